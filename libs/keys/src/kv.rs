@@ -1,0 +1,348 @@
+//! Tenant-scoped KV key schemas, one type per bucket, each rendering to a key and parsing back
+//! losslessly, with per-tenant list/watch filters.
+//!
+//! | bucket (default name) | key | example |
+//! |---|---|---|
+//! | `idempotency` | `<tenant>.<platform>.<encoded msg id>` | `acme.slack.order=2E42` |
+//! | `routes` | `<tenant>.<team or _>.<platform>` | `acme._.slack` (team-less default) |
+//! | `tenants` | `<tenant>` | `acme` |
+//! | `rate-limits` | `<tenant or _default>.<record>` | `acme.limit`, `_default.limit` |
+//!
+//! Every key starts with the tenant token, so `<tenant>.>` lists or watches exactly one
+//! tenant's keys (single-token keys are watched by their own name).
+
+use std::fmt;
+
+use crate::error::{KeyError, shown};
+use crate::id::{Address, PlatformId, TeamId, TenantId};
+use crate::token::MsgId;
+
+/// A key schema: renders to a KV key and parses back to the same value.
+pub trait KvKey: Sized {
+    /// The schema's name, used in error messages.
+    const SCHEMA: &'static str;
+    /// Renders the key; always valid for a NATS KV bucket.
+    fn render(&self) -> String;
+    /// Parses a key rendered by [`KvKey::render`].
+    fn parse(key: &str) -> Result<Self, KeyError>;
+}
+
+/// The list/watch filter for every key of one tenant in buckets keyed `<tenant>.…`.
+pub fn tenant_filter(tenant: &TenantId) -> String {
+    format!("{tenant}.>")
+}
+
+fn schema_err<K: KvKey>(key: &str, reason: impl Into<String>) -> KeyError {
+    KeyError::KeySchema {
+        schema: K::SCHEMA,
+        key: shown(key),
+        reason: reason.into(),
+    }
+}
+
+fn split_exact<'a, K: KvKey, const N: usize>(key: &'a str) -> Result<[&'a str; N], KeyError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    parts.try_into().map_err(|parts: Vec<&str>| {
+        schema_err::<K>(key, format!("expected {N} tokens, found {}", parts.len()))
+    })
+}
+
+fn field<K: KvKey, T>(key: &str, parsed: Result<T, KeyError>) -> Result<T, KeyError> {
+    parsed.map_err(|e| schema_err::<K>(key, e.to_string()))
+}
+
+/// Claim of one producer message in the `idempotency` bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    /// The tenant that sent the message.
+    pub tenant: TenantId,
+    /// The platform it is for (ids are unique per tenant and platform).
+    pub platform: PlatformId,
+    /// The producer's message id.
+    pub msg_id: MsgId,
+}
+
+impl IdempotencyKey {
+    /// The filter for one tenant's claims on one platform.
+    pub fn platform_filter(tenant: &TenantId, platform: &PlatformId) -> String {
+        format!("{tenant}.{platform}.>")
+    }
+}
+
+impl KvKey for IdempotencyKey {
+    const SCHEMA: &'static str = "idempotency";
+
+    fn render(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.tenant,
+            self.platform,
+            self.msg_id.to_token()
+        )
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [tenant, platform, msg_id] = split_exact::<Self, 3>(key)?;
+        Ok(Self {
+            tenant: field::<Self, _>(key, tenant.parse())?,
+            platform: field::<Self, _>(key, platform.parse())?,
+            msg_id: field::<Self, _>(key, MsgId::from_token(msg_id))?,
+        })
+    }
+}
+
+/// The team part of a route key: a specific team, or `_`, the tenant's default for the
+/// platform used when a team has no route of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteTeam {
+    /// Any team without its own route (rendered `_`).
+    Any,
+    /// One team.
+    Team(TeamId),
+}
+
+impl fmt::Display for RouteTeam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteTeam::Any => f.write_str("_"),
+            RouteTeam::Team(team) => team.fmt(f),
+        }
+    }
+}
+
+/// A route in the `routes` bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The team, or the tenant-wide default.
+    pub team: RouteTeam,
+    /// The platform.
+    pub platform: PlatformId,
+}
+
+impl RouteKey {
+    /// The keys to try, in order, for a message's address: the team's own route, then the
+    /// tenant's team-less default for the platform.
+    pub fn lookup_order(address: &Address) -> [RouteKey; 2] {
+        [
+            RouteKey {
+                tenant: address.tenant.clone(),
+                team: RouteTeam::Team(address.team.clone()),
+                platform: address.platform.clone(),
+            },
+            RouteKey {
+                tenant: address.tenant.clone(),
+                team: RouteTeam::Any,
+                platform: address.platform.clone(),
+            },
+        ]
+    }
+}
+
+impl KvKey for RouteKey {
+    const SCHEMA: &'static str = "route";
+
+    fn render(&self) -> String {
+        format!("{}.{}.{}", self.tenant, self.team, self.platform)
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [tenant, team, platform] = split_exact::<Self, 3>(key)?;
+        let team = match team {
+            "_" => RouteTeam::Any,
+            team => RouteTeam::Team(field::<Self, _>(key, team.parse())?),
+        };
+        Ok(Self {
+            tenant: field::<Self, _>(key, tenant.parse())?,
+            team,
+            platform: field::<Self, _>(key, platform.parse())?,
+        })
+    }
+}
+
+/// A tenant's entry in the `tenants` registry bucket (enabled/disabled and settings).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantKey {
+    /// The tenant.
+    pub tenant: TenantId,
+}
+
+impl KvKey for TenantKey {
+    const SCHEMA: &'static str = "tenant";
+
+    fn render(&self) -> String {
+        self.tenant.to_string()
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [tenant] = split_exact::<Self, 1>(key)?;
+        Ok(Self {
+            tenant: field::<Self, _>(key, tenant.parse())?,
+        })
+    }
+}
+
+/// Whose rate settings a [`RateKey`] holds: one tenant's, or the default for tenants without
+/// their own (rendered `_default`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateScope {
+    /// The default for tenants without their own record.
+    Default,
+    /// One tenant.
+    Tenant(TenantId),
+}
+
+/// Which record of a tenant a [`RateKey`] names in the `rate-limits` bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateRecord {
+    /// The configured limit (rate per second and burst).
+    Limit,
+    /// The global token state the replicas lease from.
+    Tokens,
+    /// The admission (pressure) state published for the edge.
+    Pressure,
+}
+
+impl RateRecord {
+    const ALL: [RateRecord; 3] = [RateRecord::Limit, RateRecord::Tokens, RateRecord::Pressure];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RateRecord::Limit => "limit",
+            RateRecord::Tokens => "tokens",
+            RateRecord::Pressure => "pressure",
+        }
+    }
+}
+
+/// A record in the `rate-limits` bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    /// Whose record.
+    pub scope: RateScope,
+    /// Which record.
+    pub record: RateRecord,
+}
+
+impl KvKey for RateKey {
+    const SCHEMA: &'static str = "rate";
+
+    fn render(&self) -> String {
+        match &self.scope {
+            RateScope::Default => format!("_default.{}", self.record.as_str()),
+            RateScope::Tenant(tenant) => format!("{tenant}.{}", self.record.as_str()),
+        }
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [scope, record] = split_exact::<Self, 2>(key)?;
+        let scope = match scope {
+            "_default" => RateScope::Default,
+            tenant => RateScope::Tenant(field::<Self, _>(key, tenant.parse())?),
+        };
+        let record = RateRecord::ALL
+            .into_iter()
+            .find(|r| r.as_str() == record)
+            .ok_or_else(|| schema_err::<Self>(key, "record must be limit, tokens or pressure"))?;
+        Ok(Self { scope, record })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id_strategy() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9_-]{0,63}"
+    }
+
+    /// What NATS accepts as a KV key (the server-side rule mirrored by async-nats).
+    fn is_valid_kv_key(key: &str) -> bool {
+        !key.is_empty()
+            && !key.starts_with('.')
+            && !key.ends_with('.')
+            && !key.contains("..")
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+    }
+
+    #[test]
+    fn route_lookup_prefers_the_team() {
+        let address = Address::parse("acme", "ops", "slack").unwrap();
+        let [own, default] = RouteKey::lookup_order(&address);
+        assert_eq!(own.render(), "acme.ops.slack");
+        assert_eq!(default.render(), "acme._.slack");
+        assert_eq!(RouteKey::parse("acme._.slack").unwrap(), default);
+    }
+
+    #[test]
+    fn rate_keys_render() {
+        let default = RateKey {
+            scope: RateScope::Default,
+            record: RateRecord::Limit,
+        };
+        assert_eq!(default.render(), "_default.limit");
+        assert_eq!(RateKey::parse("_default.limit").unwrap(), default);
+        assert!(RateKey::parse("acme.speed").is_err());
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_with_the_schema_named() {
+        let err = IdempotencyKey::parse("acme.slack").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("idempotency schema: expected 3 tokens, found 2"),
+            "{err}"
+        );
+        assert!(IdempotencyKey::parse("acme.slack.a.b").is_err());
+        assert!(IdempotencyKey::parse("ACME.slack.x").is_err());
+        assert!(TenantKey::parse("a.b").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn idempotency_keys_round_trip(
+            tenant in id_strategy(),
+            platform in id_strategy(),
+            msg_id in "\\PC{1,300}",
+        ) {
+            let key = IdempotencyKey {
+                tenant: TenantId::new(tenant).unwrap(),
+                platform: PlatformId::new(platform).unwrap(),
+                msg_id: MsgId::new(msg_id).unwrap(),
+            };
+            let rendered = key.render();
+            prop_assert!(is_valid_kv_key(&rendered), "{}", rendered);
+            prop_assert_eq!(rendered.split('.').count(), 3);
+            prop_assert!(rendered.starts_with(&tenant_filter(&key.tenant)[..key.tenant.as_str().len() + 1]));
+            prop_assert_eq!(IdempotencyKey::parse(&rendered).unwrap(), key);
+        }
+
+        #[test]
+        fn route_keys_round_trip(tenant in id_strategy(), team in proptest::option::of(id_strategy()), platform in id_strategy()) {
+            let key = RouteKey {
+                tenant: TenantId::new(tenant).unwrap(),
+                team: team.map_or(RouteTeam::Any, |t| RouteTeam::Team(TeamId::new(t).unwrap())),
+                platform: PlatformId::new(platform).unwrap(),
+            };
+            let rendered = key.render();
+            prop_assert!(is_valid_kv_key(&rendered));
+            prop_assert_eq!(RouteKey::parse(&rendered).unwrap(), key);
+        }
+
+        #[test]
+        fn rate_and_tenant_keys_round_trip(tenant in id_strategy()) {
+            let tenant = TenantId::new(tenant).unwrap();
+            for record in RateRecord::ALL {
+                let key = RateKey { scope: RateScope::Tenant(tenant.clone()), record };
+                prop_assert!(is_valid_kv_key(&key.render()));
+                prop_assert_eq!(RateKey::parse(&key.render()).unwrap(), key);
+            }
+            let key = TenantKey { tenant };
+            prop_assert_eq!(TenantKey::parse(&key.render()).unwrap(), key);
+        }
+    }
+}
