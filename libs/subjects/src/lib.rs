@@ -1,1 +1,33 @@
-//! placeholder
+//! The subject taxonomy: every NATS subject Switchyard publishes or subscribes to is formatted
+//! and parsed here, and nowhere else.
+//!
+//! Grammar (version `v1`; `[p.]` is the optional deployment prefix):
+//!
+//! | kind | subject | who publishes |
+//! |---|---|---|
+//! | [`StageSubject`] (ingress) | `[p.]ingress.v1.<tenant>.<team>.<platform>` | producers |
+//! | [`StageSubject`] (hand-off) | `[p.]idempotency.v1.…`, `[p.]backpressure.v1.…`, `[p.]egress.v1.<tenant>.<team>.<platform>` | the stage before |
+//! | [`DlqSubject`] | `[p.]dlq.v1.<tenant>.<stage>.<platform>` | any stage that gives up |
+//! | [`ReceiptSubject`] | `[p.]delivered.v1.<tenant>.<team>.<platform>` | egress, after a delivery |
+//! | [`ControlSubject`] | `[p.]control.v1.dlq.<command>` | the operator CLI |
+//! | [`AlertSubject`] | `[p.]alerts.v1.<tenant>.<alert>` | the dlq service |
+//!
+//! A hand-off subject is named after the stage that *consumes* it, so inserting or removing a
+//! stage is a change of which [`InputStage`] a service publishes to — configuration, not code.
+//! Ids are validated by `switchyard-keys`, so no value can add a token, a wildcard or an
+//! empty token. JetStream's own advisory subjects are in [`advisory`].
+
+pub mod advisory;
+mod error;
+mod kinds;
+mod namespace;
+
+pub use error::SubjectError;
+pub use kinds::{
+    AlertKind, AlertSubject, ControlCommand, ControlSubject, DlqFilter, DlqSubject, InputStage,
+    ReceiptSubject, StageSubject, Subject, SubjectKind,
+};
+pub use namespace::Namespace;
+
+/// The taxonomy version token every subject carries after its root.
+pub const VERSION: &str = "v1";

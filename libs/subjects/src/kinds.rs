@@ -1,0 +1,378 @@
+//! The subject kinds: one typed struct per kind, each with one format and one parse.
+
+use std::fmt;
+use std::str::FromStr;
+
+use switchyard_keys::{Address, KeyError, PlatformId, Stage, TenantId};
+
+use crate::{Namespace, SubjectError};
+
+/// A subject kind: formats to a `String` and parses back to the same value.
+pub trait SubjectKind: Sized {
+    /// The kind's name, for error messages.
+    const KIND: &'static str;
+    /// Formats the subject in a namespace.
+    fn format(&self, ns: &Namespace) -> String;
+    /// Parses a subject of this kind in a namespace.
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError>;
+}
+
+/// Splits a subject, checks its root and token count, and returns the tokens after `v1`.
+fn tokens<'a, K: SubjectKind, const N: usize>(
+    ns: &Namespace,
+    subject: &'a str,
+    accepts_root: impl Fn(&str) -> bool,
+) -> Result<(&'a str, [&'a str; N]), SubjectError> {
+    let (root, rest) = ns.split(subject)?;
+    if !accepts_root(root) {
+        return Err(SubjectError::WrongKind {
+            subject: subject.to_owned(),
+            expected: K::KIND,
+        });
+    }
+    let found = rest.len();
+    let rest: [&str; N] = rest.try_into().map_err(|_| SubjectError::TokenCount {
+        subject: subject.to_owned(),
+        kind: K::KIND,
+        expected: N,
+        found,
+    })?;
+    Ok((root, rest))
+}
+
+fn token<T: FromStr<Err = KeyError>>(subject: &str, raw: &str) -> Result<T, SubjectError> {
+    raw.parse().map_err(|source| SubjectError::InvalidToken {
+        subject: subject.to_owned(),
+        source,
+    })
+}
+
+fn address(subject: &str, [tenant, team, platform]: [&str; 3]) -> Result<Address, SubjectError> {
+    Ok(Address::new(
+        token(subject, tenant)?,
+        token(subject, team)?,
+        token(subject, platform)?,
+    ))
+}
+
+/// A stage that consumes a pipeline subject. `Ingress` is what producers publish to; the
+/// others are hand-offs between stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputStage {
+    /// `ingress.v1.…`: producers' subjects.
+    Ingress,
+    /// `idempotency.v1.…`: validated, stamped messages.
+    Idempotency,
+    /// `backpressure.v1.…`: first sightings, waiting for rate tokens.
+    Backpressure,
+    /// `egress.v1.…`: ready to deliver.
+    Egress,
+}
+
+impl InputStage {
+    /// Every input stage, in pipeline order.
+    pub const ALL: [InputStage; 4] = [
+        InputStage::Ingress,
+        InputStage::Idempotency,
+        InputStage::Backpressure,
+        InputStage::Egress,
+    ];
+
+    /// The subject root token (also the stage's name).
+    pub fn root(self) -> &'static str {
+        self.stage().as_str()
+    }
+
+    /// The pipeline stage that consumes this subject.
+    pub fn stage(self) -> Stage {
+        match self {
+            InputStage::Ingress => Stage::Ingress,
+            InputStage::Idempotency => Stage::Idempotency,
+            InputStage::Backpressure => Stage::Backpressure,
+            InputStage::Egress => Stage::Egress,
+        }
+    }
+
+    fn from_root(root: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.root() == root)
+    }
+}
+
+impl fmt::Display for InputStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.root())
+    }
+}
+
+/// `[p.]<stage>.v1.<tenant>.<team>.<platform>`: a message waiting for `stage`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StageSubject {
+    /// The stage that consumes the subject.
+    pub stage: InputStage,
+    /// Where the message is headed.
+    pub address: Address,
+}
+
+impl SubjectKind for StageSubject {
+    const KIND: &'static str = "pipeline stage";
+
+    fn format(&self, ns: &Namespace) -> String {
+        let a = &self.address;
+        ns.subject(
+            self.stage.root(),
+            &[a.tenant.as_str(), a.team.as_str(), a.platform.as_str()],
+        )
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (root, rest) = tokens::<Self, 3>(ns, subject, |r| InputStage::from_root(r).is_some())?;
+        let stage = InputStage::from_root(root).ok_or_else(|| SubjectError::WrongKind {
+            subject: subject.to_owned(),
+            expected: Self::KIND,
+        })?;
+        Ok(Self {
+            stage,
+            address: address(subject, rest)?,
+        })
+    }
+}
+
+/// `[p.]dlq.v1.<tenant>.<stage>.<platform>`: a dead-lettered message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DlqSubject {
+    /// The tenant that owns the message.
+    pub tenant: TenantId,
+    /// The stage that gave up on it.
+    pub stage: Stage,
+    /// Its platform.
+    pub platform: PlatformId,
+}
+
+impl SubjectKind for DlqSubject {
+    const KIND: &'static str = "dlq";
+
+    fn format(&self, ns: &Namespace) -> String {
+        ns.subject(
+            "dlq",
+            &[
+                self.tenant.as_str(),
+                self.stage.as_str(),
+                self.platform.as_str(),
+            ],
+        )
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (_, [tenant, stage, platform]) = tokens::<Self, 3>(ns, subject, |r| r == "dlq")?;
+        Ok(Self {
+            tenant: token(subject, tenant)?,
+            stage: token(subject, stage)?,
+            platform: token(subject, platform)?,
+        })
+    }
+}
+
+/// `[p.]delivered.v1.<tenant>.<team>.<platform>`: a delivery receipt from egress.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReceiptSubject {
+    /// The delivered message's address.
+    pub address: Address,
+}
+
+impl SubjectKind for ReceiptSubject {
+    const KIND: &'static str = "delivery receipt";
+
+    fn format(&self, ns: &Namespace) -> String {
+        let a = &self.address;
+        ns.subject(
+            "delivered",
+            &[a.tenant.as_str(), a.team.as_str(), a.platform.as_str()],
+        )
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (_, rest) = tokens::<Self, 3>(ns, subject, |r| r == "delivered")?;
+        Ok(Self {
+            address: address(subject, rest)?,
+        })
+    }
+}
+
+/// An operator command to the dlq service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ControlCommand {
+    /// A replay job request.
+    Replay,
+}
+
+impl ControlCommand {
+    fn as_str(self) -> &'static str {
+        match self {
+            ControlCommand::Replay => "replay",
+        }
+    }
+}
+
+/// `[p.]control.v1.dlq.<command>`: operator commands (replay jobs) for the dlq service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ControlSubject {
+    /// The command.
+    pub command: ControlCommand,
+}
+
+impl SubjectKind for ControlSubject {
+    const KIND: &'static str = "control";
+
+    fn format(&self, ns: &Namespace) -> String {
+        ns.subject("control", &["dlq", self.command.as_str()])
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        match tokens::<Self, 2>(ns, subject, |r| r == "control")? {
+            (_, ["dlq", "replay"]) => Ok(Self {
+                command: ControlCommand::Replay,
+            }),
+            _ => Err(SubjectError::WrongKind {
+                subject: subject.to_owned(),
+                expected: Self::KIND,
+            }),
+        }
+    }
+}
+
+/// An alert the dlq service raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// A tenant's DLQ inflow passed its threshold.
+    DlqInflow,
+}
+
+impl AlertKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::DlqInflow => "dlq-inflow",
+        }
+    }
+}
+
+/// `[p.]alerts.v1.<tenant>.<alert>`: alert events for dashboards and pagers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AlertSubject {
+    /// The tenant the alert is about.
+    pub tenant: TenantId,
+    /// What happened.
+    pub kind: AlertKind,
+}
+
+impl SubjectKind for AlertSubject {
+    const KIND: &'static str = "alert";
+
+    fn format(&self, ns: &Namespace) -> String {
+        ns.subject("alerts", &[self.tenant.as_str(), self.kind.as_str()])
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        match tokens::<Self, 2>(ns, subject, |r| r == "alerts")? {
+            (_, [tenant, "dlq-inflow"]) => Ok(Self {
+                tenant: token(subject, tenant)?,
+                kind: AlertKind::DlqInflow,
+            }),
+            _ => Err(SubjectError::WrongKind {
+                subject: subject.to_owned(),
+                expected: Self::KIND,
+            }),
+        }
+    }
+}
+
+/// Any Switchyard subject, parsed by its root token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A pipeline stage's input.
+    Stage(StageSubject),
+    /// A DLQ entry.
+    Dlq(DlqSubject),
+    /// A delivery receipt.
+    Receipt(ReceiptSubject),
+    /// An operator command.
+    Control(ControlSubject),
+    /// An alert.
+    Alert(AlertSubject),
+}
+
+impl Subject {
+    /// Parses any subject of the taxonomy.
+    pub fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (root, _) = ns.split(subject)?;
+        match root {
+            "dlq" => DlqSubject::parse(ns, subject).map(Subject::Dlq),
+            "delivered" => ReceiptSubject::parse(ns, subject).map(Subject::Receipt),
+            "control" => ControlSubject::parse(ns, subject).map(Subject::Control),
+            "alerts" => AlertSubject::parse(ns, subject).map(Subject::Alert),
+            _ => StageSubject::parse(ns, subject).map(Subject::Stage),
+        }
+    }
+
+    /// Formats the subject.
+    pub fn format(&self, ns: &Namespace) -> String {
+        match self {
+            Subject::Stage(s) => s.format(ns),
+            Subject::Dlq(s) => s.format(ns),
+            Subject::Receipt(s) => s.format(ns),
+            Subject::Control(s) => s.format(ns),
+            Subject::Alert(s) => s.format(ns),
+        }
+    }
+}
+
+/// Which DLQ entries a filter selects; `None` is a wildcard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DlqFilter {
+    /// Only this tenant's entries.
+    pub tenant: Option<TenantId>,
+    /// Only entries dead-lettered by this stage.
+    pub stage: Option<Stage>,
+    /// Only this platform's entries.
+    pub platform: Option<PlatformId>,
+}
+
+impl Namespace {
+    /// The filter for a stage's input: every tenant (`…ingress.v1.>`) or one tenant
+    /// (`…ingress.v1.<tenant>.>`).
+    pub fn stage_filter(&self, stage: InputStage, tenant: Option<&TenantId>) -> String {
+        match tenant {
+            Some(t) => self.subject(stage.root(), &[t.as_str(), ">"]),
+            None => self.subject(stage.root(), &[">"]),
+        }
+    }
+
+    /// The filter for DLQ entries: `…dlq.v1.<tenant|*>.<stage|*>.<platform|*>`.
+    pub fn dlq_filter(&self, filter: &DlqFilter) -> String {
+        let tenant = filter.tenant.as_ref().map_or("*", TenantId::as_str);
+        let stage = filter.stage.map_or("*", Stage::as_str);
+        let platform = filter.platform.as_ref().map_or("*", PlatformId::as_str);
+        self.subject("dlq", &[tenant, stage, platform])
+    }
+
+    /// The filter for delivery receipts of every tenant or one.
+    pub fn receipt_filter(&self, tenant: Option<&TenantId>) -> String {
+        match tenant {
+            Some(t) => self.subject("delivered", &[t.as_str(), ">"]),
+            None => self.subject("delivered", &[">"]),
+        }
+    }
+
+    /// The filter for every operator command.
+    pub fn control_filter(&self) -> String {
+        self.subject("control", &[">"])
+    }
+
+    /// The filter for alerts of every tenant or one.
+    pub fn alert_filter(&self, tenant: Option<&TenantId>) -> String {
+        self.subject("alerts", &[tenant.map_or("*", TenantId::as_str), "*"])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use proptest::prelude::*;
+use switchyard_keys::DeploymentPrefix;
+
+use super::*;
+
+/// NATS subject matching, for checking filters: `*` matches one token, `>` the rest.
+fn matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn is_concrete(subject: &str) -> bool {
+    subject
+        .split('.')
+        .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace))
+}
+
+/// Raw strings that are sometimes valid ids and often hostile.
+fn raw_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9][a-z0-9_-]{0,63}",
+        "[a-z0-9_.*> /:-]{0,12}",
+        "\\PC{0,8}"
+    ]
+}
+
+fn id() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9_-]{0,63}"
+}
+
+fn namespace() -> impl Strategy<Value = Namespace> {
+    proptest::option::of(id())
+        .prop_map(|p| Namespace::new(p.map(|p| DeploymentPrefix::new(p).unwrap())))
+}
+
+fn address() -> impl Strategy<Value = Address> {
+    (id(), id(), id()).prop_map(|(t, team, p)| Address::parse(&t, &team, &p).unwrap())
+}
+
+fn stage() -> impl Strategy<Value = Stage> {
+    proptest::sample::select(Stage::ALL.to_vec())
+}
+
+fn any_subject() -> impl Strategy<Value = Subject> {
+    prop_oneof![
+        (
+            proptest::sample::select(InputStage::ALL.to_vec()),
+            address()
+        )
+            .prop_map(|(stage, address)| Subject::Stage(StageSubject { stage, address })),
+        (address(), stage()).prop_map(|(a, stage)| Subject::Dlq(DlqSubject {
+            tenant: a.tenant,
+            stage,
+            platform: a.platform
+        })),
+        address().prop_map(|address| Subject::Receipt(ReceiptSubject { address })),
+        Just(Subject::Control(ControlSubject {
+            command: ControlCommand::Replay
+        })),
+        id().prop_map(|t| Subject::Alert(AlertSubject {
+            tenant: TenantId::new(t).unwrap(),
+            kind: AlertKind::DlqInflow
+        })),
+    ]
+}
+
+#[test]
+fn documented_examples() {
+    let ns = Namespace::default();
+    let address = Address::parse("acme", "ops", "slack").unwrap();
+    let ingress = StageSubject {
+        stage: InputStage::Ingress,
+        address: address.clone(),
+    };
+    assert_eq!(ingress.format(&ns), "ingress.v1.acme.ops.slack");
+    let egress = StageSubject {
+        stage: InputStage::Egress,
+        address,
+    };
+    let staging = Namespace::new(Some(DeploymentPrefix::new("staging").unwrap()));
+    assert_eq!(egress.format(&staging), "staging.egress.v1.acme.ops.slack");
+    assert_eq!(staging.stream_name("INGRESS"), "STAGING_INGRESS");
+    assert_eq!(staging.bucket_name("routes"), "staging_routes");
+    let dlq = DlqSubject {
+        tenant: TenantId::new("acme").unwrap(),
+        stage: Stage::Egress,
+        platform: PlatformId::new("slack").unwrap(),
+    };
+    assert_eq!(dlq.format(&ns), "dlq.v1.acme.egress.slack");
+    assert_eq!(ns.stage_filter(InputStage::Ingress, None), "ingress.v1.>");
+    assert_eq!(
+        ns.dlq_filter(&DlqFilter {
+            stage: Some(Stage::Egress),
+            ..Default::default()
+        }),
+        "dlq.v1.*.egress.*"
+    );
+}
+
+#[test]
+fn parse_errors_are_precise() {
+    let ns = Namespace::default();
+    let cases = [
+        (
+            "ingress.v2.acme.ops.slack",
+            "has version \"v2\"; this build speaks v1",
+        ),
+        (
+            "ingress.v1.acme.ops",
+            "has 2 tokens after the version; a pipeline stage subject has 3",
+        ),
+        (
+            "ingress.v1.acme.ops.slack.x",
+            "has 4 tokens after the version",
+        ),
+        ("ingress.v1.ACME.ops.slack", "invalid character 'A'"),
+        ("ingress.v1.acme..slack", "team id must not be empty"),
+        ("sink.v1.acme.ops.slack", "is not a pipeline stage subject"),
+        ("dlq.v1.acme.sink.slack", "unknown stage \"sink\""),
+    ];
+    for (subject, expected) in cases {
+        let err = Subject::parse(&ns, subject).unwrap_err().to_string();
+        assert!(err.contains(expected), "{subject}: {err}");
+    }
+    let staging = Namespace::new(Some(DeploymentPrefix::new("staging").unwrap()));
+    let err = Subject::parse(&staging, "prod.ingress.v1.acme.ops.slack").unwrap_err();
+    assert!(matches!(err, SubjectError::WrongPrefix { .. }));
+}
+
+proptest! {
+    #[test]
+    fn every_subject_round_trips(ns in namespace(), subject in any_subject()) {
+        let formatted = subject.format(&ns);
+        prop_assert!(is_concrete(&formatted), "{}", formatted);
+        prop_assert_eq!(Subject::parse(&ns, &formatted).unwrap(), subject);
+    }
+
+    #[test]
+    fn no_id_adds_a_token_or_wildcard(ns in namespace(), tenant in raw_id(), team in raw_id(), platform in raw_id()) {
+        let prefix_tokens = usize::from(ns.prefix().is_some());
+        if let Ok(address) = Address::parse(&tenant, &team, &platform) {
+            let subject = StageSubject { stage: InputStage::Ingress, address }.format(&ns);
+            prop_assert_eq!(subject.split('.').count(), prefix_tokens + 5);
+            prop_assert!(is_concrete(&subject));
+        }
+    }
+
+    #[test]
+    fn tenant_filter_selects_exactly_that_tenant(ns in namespace(), a in address(), b in address(), stage in proptest::sample::select(InputStage::ALL.to_vec())) {
+        let filter = ns.stage_filter(stage, Some(&a.tenant));
+        let subject_a = StageSubject { stage, address: a.clone() }.format(&ns);
+        let subject_b = StageSubject { stage, address: b.clone() }.format(&ns);
+        prop_assert!(matches(&filter, &subject_a));
+        prop_assert_eq!(matches(&filter, &subject_b), a.tenant == b.tenant);
+        prop_assert!(matches(&ns.stage_filter(stage, None), &subject_b));
+    }
+
+    #[test]
+    fn dlq_filter_selects_exactly_its_entries(ns in namespace(), a in address(), s in stage(), other in address(), other_stage in stage()) {
+        let entry = DlqSubject { tenant: other.tenant.clone(), stage: other_stage, platform: other.platform.clone() }.format(&ns);
+        let filter = DlqFilter { tenant: Some(a.tenant.clone()), stage: Some(s), platform: None };
+        let expected = other.tenant == a.tenant && other_stage == s;
+        prop_assert_eq!(matches(&ns.dlq_filter(&filter), &entry), expected);
+    }
+}
