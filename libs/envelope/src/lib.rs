@@ -1,1 +1,22 @@
-//! placeholder
+//! The message envelope: Switchyard's metadata about a message, carried in NATS headers next
+//! to payload bytes that no stage ever re-encodes.
+//!
+//! - [`headers`]: the header names (the wire contract).
+//! - [`producer`]: what a producer may send, and the policy for messages without a
+//!   `Nats-Msg-Id`.
+//! - [`envelope`]: the typed [`Envelope`] stamped by ingress, its header mapping, the
+//!   deterministic ids and hop `Nats-Msg-Id`s, and the JSON view for the CLI and HTTP.
+
+pub mod envelope;
+mod error;
+pub mod headers;
+pub mod producer;
+
+pub use envelope::{
+    Attempt, Envelope, EnvelopeId, EnvelopeView, PayloadView, SourceRef, TraceContext,
+};
+pub use error::EnvelopeError;
+pub use producer::{MsgIdPolicy, ProducerHeaders};
+
+/// The envelope schema version this build writes (`Switchyard-Schema`).
+pub const SCHEMA_VERSION: u16 = 1;

@@ -1,0 +1,134 @@
+use proptest::prelude::*;
+use time::macros::datetime;
+
+use super::*;
+
+fn sample() -> Envelope {
+    let source = SourceRef {
+        stream: "INGRESS".into(),
+        sequence: 42,
+    };
+    let received_at = datetime!(2026-11-23 10:00:00.123 UTC);
+    Envelope {
+        id: EnvelopeId::derive(&source, received_at),
+        address: Address::parse("acme", "ops", "slack").unwrap(),
+        msg_id: MsgId::new("order 42 ✓").unwrap(),
+        received_at,
+        content_type: Some("application/json".into()),
+        trace: TraceContext {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+        },
+        schema_version: SCHEMA_VERSION,
+        attempt: Attempt {
+            delivery: 2,
+            replay: 1,
+        },
+        source,
+    }
+}
+
+#[test]
+fn headers_round_trip() {
+    let envelope = sample();
+    let mut h = HeaderMap::new();
+    envelope.write_headers(&mut h);
+    assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), envelope);
+}
+
+#[test]
+fn ids_are_deterministic_uuid_v7() {
+    let a = sample();
+    let b = sample();
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.id.0.get_version_num(), 7);
+    let other = EnvelopeId::derive(
+        &SourceRef {
+            stream: "INGRESS".into(),
+            sequence: 43,
+        },
+        a.received_at,
+    );
+    assert_ne!(a.id, other);
+    let (secs, _) = a.id.0.get_timestamp().unwrap().to_unix();
+    assert_eq!(i64::try_from(secs).unwrap(), a.received_at.unix_timestamp());
+}
+
+#[test]
+fn hop_ids_differ_per_stage_and_replay() {
+    let mut envelope = sample();
+    let egress = envelope.hop_msg_id(Stage::Egress);
+    assert_ne!(egress, envelope.hop_msg_id(Stage::Idempotency));
+    envelope.attempt.replay += 1;
+    assert_ne!(egress, envelope.hop_msg_id(Stage::Egress));
+}
+
+#[test]
+fn missing_and_malformed_headers_are_named() {
+    let envelope = sample();
+    let mut h = HeaderMap::new();
+    envelope.write_headers(&mut h);
+
+    let mut missing = h.clone();
+    missing.insert(headers::TEAM, "");
+    let err = Envelope::from_headers(Some(&missing))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("header Switchyard-Team has an invalid value"),
+        "{err}"
+    );
+
+    let mut bad_time = h.clone();
+    bad_time.insert(headers::RECEIVED_AT, "yesterday");
+    let err = Envelope::from_headers(Some(&bad_time))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("header Switchyard-Received-At has an invalid value \"yesterday\""),
+        "{err}"
+    );
+
+    let mut future = h.clone();
+    future.insert(headers::SCHEMA, "9");
+    assert!(
+        Envelope::from_headers(Some(&future))
+            .unwrap_err()
+            .to_string()
+            .contains("schema versions up to 1")
+    );
+
+    assert_eq!(
+        Envelope::from_headers(None).unwrap_err(),
+        EnvelopeError::MissingHeader(headers::SCHEMA)
+    );
+}
+
+#[test]
+fn json_view_shape() {
+    let envelope = sample();
+    let view = serde_json::to_value(envelope.view(b"{\"a\":1}")).unwrap();
+    assert_eq!(view["envelope"]["tenant"], "acme");
+    assert_eq!(view["envelope"]["msg_id"], "order 42 ✓");
+    assert_eq!(view["envelope"]["received_at"], "2026-11-23T10:00:00.123Z");
+    assert_eq!(view["payload"]["encoding"], "utf8");
+    assert_eq!(view["payload"]["data"], "{\"a\":1}");
+    let back: Envelope = serde_json::from_value(view["envelope"].clone()).unwrap();
+    assert_eq!(back, envelope);
+}
+
+proptest! {
+    #[test]
+    fn payload_view_is_lossless(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+        prop_assert_eq!(PayloadView::of(&payload).decode().unwrap(), payload);
+    }
+
+    #[test]
+    fn any_msg_id_survives_headers(msg_id in "[^\r\n]{1,300}") {
+        let mut envelope = sample();
+        envelope.msg_id = MsgId::new(msg_id).unwrap();
+        let mut h = HeaderMap::new();
+        envelope.write_headers(&mut h);
+        prop_assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), envelope);
+    }
+}

@@ -1,0 +1,36 @@
+//! Header names: the wire contract between producers, stages and operators.
+//!
+//! Producers set [`NATS_MSG_ID`] (their idempotency key), optionally [`TENANT`] (must equal the
+//! subject's tenant), [`CONTENT_TYPE`] and the W3C trace headers. Ingress stamps every
+//! `Switchyard-*` header, replacing any a producer sent; later stages only read them (egress
+//! and replays update the attempt headers). Every hop's [`NATS_MSG_ID`] is the deterministic
+//! hop id from [`crate::Envelope::hop_msg_id`], so the producer's id travels in [`MSG_ID`].
+
+/// JetStream's de-duplication header; on ingress subjects, the producer's idempotency key.
+pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// The envelope id (UUIDv7), stamped by ingress; also the webhook id.
+pub const ID: &str = "Switchyard-Id";
+/// The tenant (set by ingress from the subject; a producer may set it as a claim).
+pub const TENANT: &str = "Switchyard-Tenant";
+/// The team.
+pub const TEAM: &str = "Switchyard-Team";
+/// The platform.
+pub const PLATFORM: &str = "Switchyard-Platform";
+/// The producer's message id, preserved across hops.
+pub const MSG_ID: &str = "Switchyard-Msg-Id";
+/// When ingress received the message (RFC 3339, UTC): the ingress stream's timestamp.
+pub const RECEIVED_AT: &str = "Switchyard-Received-At";
+/// The envelope schema version.
+pub const SCHEMA: &str = "Switchyard-Schema";
+/// Delivery attempts made so far by egress.
+pub const ATTEMPT: &str = "Switchyard-Attempt";
+/// How many times the message was replayed from the DLQ.
+pub const REPLAY: &str = "Switchyard-Replay";
+/// Where ingress read the message: `<stream>:<sequence>`.
+pub const SOURCE: &str = "Switchyard-Source";
+/// The payload's media type, passed through to sinks.
+pub const CONTENT_TYPE: &str = "Content-Type";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state.
+pub const TRACESTATE: &str = "tracestate";
