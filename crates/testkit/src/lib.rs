@@ -1,1 +1,34 @@
-//! placeholder
+//! Test harness for Switchyard's integration tests: real `nats-server` processes, never a fake.
+//!
+//! - [`NatsServer`]: one JetStream server from `nats/server/single.conf` on free ports with a
+//!   temporary store; can be killed (`kill -9`) and restarted on the same port and store.
+//! - [`NatsCluster`]: three servers from `nats/server/cluster-n*.conf` on loopback; any node
+//!   can be killed and restarted.
+//! - [`wait_for`]: polls a condition until it holds or a deadline passes — tests wait on
+//!   conditions, never on bare sleeps.
+//!
+//! The binary is the pinned one installed by `scripts/install-nats-server.sh` into `.tools/bin`
+//! (override with `NATS_SERVER_BIN`); a different version is refused.
+
+mod cluster;
+mod node;
+mod wait;
+
+pub use cluster::NatsCluster;
+pub use node::NatsServer;
+pub use wait::wait_for;
+
+use std::path::PathBuf;
+
+/// The nats-server version every test runs against (`nats/nats-server.version`).
+pub const PINNED_VERSION: &str = include_str!("../../../nats/nats-server.version");
+
+/// The workspace root (to find `nats/` and `.tools/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The directory of the project's server configs.
+pub fn server_config_dir() -> PathBuf {
+    workspace_root().join("nats/server")
+}

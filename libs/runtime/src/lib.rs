@@ -1,1 +1,13 @@
-//! placeholder
+//! Plumbing every Switchyard service and the CLI share: layered configuration ([`config`]),
+//! logging and trace export ([`telemetry`]), and the NATS connection ([`nats`]).
+//!
+//! A binary's `main` calls, in order, [`config::load`], [`telemetry::init`], [`nats::connect`]
+//! and [`nats::jetstream`], then hands the results to its service's `run`.
+
+pub mod config;
+pub mod nats;
+pub mod telemetry;
+
+pub use config::{ConfigError, ConfigSource, LogFormat, NatsConfig, TelemetryConfig, load};
+pub use nats::{ConnectError, connect, jetstream};
+pub use telemetry::{TelemetryError, TelemetryGuard, init, init_for_tests};

@@ -1,1 +1,21 @@
-//! placeholder
+//! Switchyard's JetStream topology: the declarations in `nats/topology.toml`, resolved for one
+//! deployment, provisioned idempotently, checked for drift, and reported on.
+//!
+//! - [`spec`]: the declaration file's types and validation ([`Topology::embedded`]).
+//! - [`resolve`]: [`ResolvedTopology`] — concrete stream/consumer/bucket configs for a
+//!   namespace, replica count and bucket overrides; services look their names up here.
+//! - [`provision`]: create what is missing, compare what exists ([`provision::provision`]).
+//! - [`status`]: streams, consumers (pending, ack-pending, redelivered) and buckets.
+
+mod error;
+mod lookup;
+pub mod provision;
+pub mod resolve;
+pub mod spec;
+pub mod status;
+
+pub use error::TopologyError;
+pub use provision::{Change, Outcome, ProvisionItem, ProvisionReport, provision};
+pub use resolve::{ResolvedTopology, TopologyOptions};
+pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Topology};
+pub use status::{StatusReport, status};

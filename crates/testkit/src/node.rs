@@ -1,0 +1,283 @@
+//! One nats-server process: spawn, health check, kill, restart.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{PINNED_VERSION, server_config_dir, wait_for, workspace_root};
+
+/// How long a server may take to report healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds the pinned nats-server binary, checking its version once per process.
+pub(crate) fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let path = std::env::var_os("NATS_SERVER_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join(".tools/bin/nats-server"));
+            let output = Command::new(&path)
+                .arg("--version")
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run {} ({e}): run scripts/install-nats-server.sh (make test does)",
+                        path.display()
+                    )
+                });
+            let version = String::from_utf8_lossy(&output.stdout);
+            let pinned = PINNED_VERSION.trim();
+            assert!(
+                version.trim().ends_with(&format!("v{pinned}")),
+                "{} is {}, but tests are pinned to v{pinned}: run scripts/install-nats-server.sh",
+                path.display(),
+                version.trim()
+            );
+            path
+        })
+        .clone()
+}
+
+/// A free TCP port on loopback (bound, then released for the server to take).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// `GET /healthz` on the monitoring port: true when the server says it is healthy.
+fn healthy(monitor_port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", monitor_port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+}
+
+/// A node's fixed identity across restarts: its config, ports, store and extra arguments.
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) client_port: u16,
+    pub(crate) monitor_port: u16,
+    config: PathBuf,
+    extra_args: Vec<String>,
+    store: TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub(crate) fn new(name: &str, config: &str, extra_args: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            client_port: free_port(),
+            monitor_port: free_port(),
+            config: server_config_dir().join(config),
+            extra_args,
+            store: tempfile::Builder::new()
+                .prefix("switchyard-nats-")
+                .tempdir()
+                .expect("temp store dir"),
+            child: None,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.store.path().join("server.log")
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.store.path().join("jetstream")
+    }
+
+    /// Spawns the process (without waiting for health).
+    pub(crate) fn spawn(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "node {} is already running",
+            self.name
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("server log file");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&self.config)
+            .args(["-a", "127.0.0.1", "-n", &self.name])
+            .args([
+                "-p",
+                &self.client_port.to_string(),
+                "-m",
+                &self.monitor_port.to_string(),
+            ])
+            .arg("-sd")
+            .arg(self.store_dir())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("server log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning nats-server {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// Waits until `/healthz` answers 200; panics with the log tail if the process exits or the
+    /// deadline passes.
+    pub(crate) async fn wait_healthy(&mut self) {
+        let port = self.monitor_port;
+        let what = format!("nats-server {} to become healthy", self.name);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "nats-server {} exited with {status}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            let probe = tokio::task::spawn_blocking(move || healthy(port))
+                .await
+                .unwrap_or(false);
+            if probe {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out waiting for {what}:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is flushed) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is running.
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The last lines of the server log, for failure messages.
+    pub(crate) fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub(crate) fn store_path(&self) -> &Path {
+        self.store.path()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A single JetStream-enabled nats-server, started from `nats/server/single.conf` on free
+/// ports with a temporary store that is deleted on drop.
+pub struct NatsServer {
+    node: Node,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it is healthy.
+    pub async fn start() -> Self {
+        let mut node = Node::new("switchyard-test", "single.conf", Vec::new());
+        node.spawn();
+        node.wait_healthy().await;
+        Self { node }
+    }
+
+    /// The client URL (`nats://127.0.0.1:<port>`).
+    pub fn url(&self) -> String {
+        self.node.url()
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.node.client_port
+    }
+
+    /// The monitoring (HTTP) port.
+    pub fn monitor_port(&self) -> u16 {
+        self.node.monitor_port
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> async_nats::Client {
+        connect(&self.url()).await
+    }
+
+    /// Kills the server with SIGKILL, as a crash would. The store is kept.
+    pub fn kill(&mut self) {
+        self.node.kill();
+    }
+
+    /// Starts the server again on the same port and store, after [`NatsServer::kill`].
+    pub async fn start_again(&mut self) {
+        self.node.spawn();
+        self.node.wait_healthy().await;
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.start_again().await;
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.node.is_running()
+    }
+
+    /// The temporary directory holding the store and the server log.
+    pub fn dir(&self) -> &Path {
+        self.node.store_path()
+    }
+}
+
+/// Connects to `url` (a comma-separated list is allowed), retrying while servers come up.
+pub(crate) async fn connect(url: &str) -> async_nats::Client {
+    let url = url.to_owned();
+    wait_for(&format!("a connection to {url}"), START_TIMEOUT, || {
+        let url = url.clone();
+        async move {
+            async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(2))
+                .connect(url.as_str())
+                .await
+                .ok()
+        }
+    })
+    .await
+}

@@ -1,0 +1,186 @@
+//! NATS connection plumbing: [`ConnectOptions`] from a [`NatsConfig`], and a JetStream context.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, ConnectOptions, Event};
+
+use crate::config::NatsConfig;
+
+/// Why a NATS connection could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `nats.url` holds no URL at all.
+    #[error("no nats server url configured (nats.url is empty)")]
+    NoUrl,
+    /// Only one of `tls_cert_file` and `tls_key_file` is set.
+    #[error("nats.tls_cert_file and nats.tls_key_file must be set together")]
+    IncompleteClientCertificate,
+    /// The credentials file could not be read or parsed.
+    #[error("cannot load nats credentials file {}", path.display())]
+    CredentialsFile {
+        /// The configured `creds_file`.
+        path: PathBuf,
+        /// The underlying I/O or parse error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server(s) could not be reached, or refused the connection.
+    #[error("cannot connect to nats at {urls}; {hint}")]
+    Connect {
+        /// The configured URL list, comma-separated, with any user:password@ redacted.
+        urls: String,
+        /// What to check first, given the kind of failure.
+        hint: &'static str,
+        /// The client's error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
+
+impl ConnectError {
+    /// The client's error kind, when the failure happened while connecting.
+    pub fn connect_kind(&self) -> Option<ConnectErrorKind> {
+        match self {
+            Self::Connect { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// Connects to the server(s) in `config`, failing promptly if none is reachable.
+///
+/// The initial connection is not retried (so a missing server is reported at start-up);
+/// once connected, the client reconnects on its own and logs connection events.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
+    let urls = config.urls();
+    if urls.is_empty() {
+        return Err(ConnectError::NoUrl);
+    }
+    let options = options(config).await?;
+    options
+        .connect(urls.as_slice())
+        .await
+        .map_err(|source| ConnectError::Connect {
+            urls: urls
+                .iter()
+                .map(|url| redact(url))
+                .collect::<Vec<_>>()
+                .join(","),
+            hint: hint(source.kind()),
+            source,
+        })
+}
+
+/// A JetStream context whose API calls time out after `config.request_timeout_secs`.
+///
+/// Call it inside a tokio runtime: the context spawns its ack task.
+pub fn jetstream(
+    client: async_nats::Client,
+    config: &NatsConfig,
+) -> async_nats::jetstream::Context {
+    let mut context = async_nats::jetstream::new(client);
+    context.set_timeout(Duration::from_secs(config.request_timeout_secs));
+    context
+}
+
+/// Client options from `config`; empty strings count as unset.
+async fn options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
+    let mut options = ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(config.connect_timeout_secs))
+        .request_timeout(Some(Duration::from_secs(config.request_timeout_secs)))
+        .require_tls(config.tls_required)
+        .event_callback(|event| async move { log_event(&event) });
+    // `retry_on_initial_connect` stays off (the default): unreachable servers fail `connect`.
+    if let Some(path) = &config.creds_file {
+        options = options.credentials_file(path).await.map_err(|source| {
+            ConnectError::CredentialsFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    if let (Some(user), Some(password)) = (non_empty(&config.user), non_empty(&config.password)) {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    if let Some(token) = non_empty(&config.token) {
+        options = options.token(token.to_owned());
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        (None, None) => {}
+        _ => return Err(ConnectError::IncompleteClientCertificate),
+    }
+    if let Some(name) = non_empty(&config.name) {
+        options = options.name(name);
+    }
+    Ok(options)
+}
+
+/// What to check first for a failure of this kind.
+fn hint(kind: ConnectErrorKind) -> &'static str {
+    match kind {
+        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+            "check nats.creds_file, nats.user/nats.password or nats.token"
+        }
+        ConnectErrorKind::Tls => "check nats.tls_* settings and the server's TLS configuration",
+        ConnectErrorKind::ServerParse => "check nats.url",
+        _ => "is nats-server running? (make run starts one)",
+    }
+}
+
+/// Logs a connection event: routine ones at info, trouble at warn.
+fn log_event(event: &Event) {
+    match event {
+        Event::Connected => tracing::info!(%event, "nats connection event"),
+        _ => tracing::warn!(%event, "nats connection event"),
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`, fit for logs and error messages.
+fn redact(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    match url[authority_start..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}***{}",
+            &url[..authority_start],
+            &url[authority_start + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// The string in `value`, unless it is missing or empty.
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(redact("nats://u:p@host:4222"), "nats://***@host:4222");
+        assert_eq!(redact("tls://tok@host:4222/x@y"), "tls://***@host:4222/x@y");
+        assert_eq!(redact("u:p@host:4222"), "***@host:4222");
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn unreachable_servers_get_the_make_run_hint() {
+        assert_eq!(
+            hint(ConnectErrorKind::Io),
+            "is nats-server running? (make run starts one)"
+        );
+        assert!(hint(ConnectErrorKind::AuthorizationViolation).contains("nats.token"));
+    }
+}

@@ -1,0 +1,374 @@
+//! Idempotent provisioning: create what is missing, compare what exists with its declaration,
+//! report drift, and fix it on request (`--fix`) where JetStream allows the change in place.
+
+use std::fmt::Debug;
+
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::{self, ErrorCode, consumer, stream};
+use serde::Serialize;
+
+use crate::TopologyError;
+use crate::lookup::stream_info;
+use crate::resolve::{ResolvedBucket, ResolvedConsumer, ResolvedStream, ResolvedTopology};
+
+/// What provisioning did with one declared item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It did not exist and was created.
+    Created,
+    /// It exists exactly as declared.
+    Unchanged,
+    /// It had drifted and was updated in place (`--fix`).
+    Updated,
+    /// It has drifted; nothing was changed (run with `--fix`).
+    Drifted,
+    /// It has drifted in a field JetStream cannot change in place; it must be recreated by
+    /// an operator (which loses its contents).
+    Unfixable,
+}
+
+/// One field that differs from its declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The field.
+    pub field: &'static str,
+    /// The declared value.
+    pub declared: String,
+    /// The value on the server.
+    pub actual: String,
+    /// Whether JetStream can change it in place.
+    pub fixable: bool,
+}
+
+/// The outcome for one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProvisionItem {
+    /// `stream`, `consumer` or `bucket`.
+    pub kind: &'static str,
+    /// Its concrete name (`STREAM/consumer` for consumers).
+    pub name: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The fields that differed (empty when created or unchanged).
+    pub changes: Vec<Change>,
+}
+
+/// The outcome of a provisioning run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProvisionReport {
+    /// One entry per declared item, in declaration order.
+    pub items: Vec<ProvisionItem>,
+}
+
+impl ProvisionReport {
+    /// Whether anything was created or updated.
+    pub fn changed_anything(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i.outcome, Outcome::Created | Outcome::Updated))
+    }
+
+    /// Whether anything is (still) different from its declaration.
+    pub fn has_drift(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i.outcome, Outcome::Drifted | Outcome::Unfixable))
+    }
+}
+
+/// Collects differences between declared and actual values.
+#[derive(Default)]
+struct Diff(Vec<Change>);
+
+impl Diff {
+    fn field<T: PartialEq + Debug>(
+        &mut self,
+        field: &'static str,
+        declared: &T,
+        actual: &T,
+        fixable: bool,
+    ) {
+        if declared != actual {
+            self.0.push(Change {
+                field,
+                declared: format!("{declared:?}"),
+                actual: format!("{actual:?}"),
+                fixable,
+            });
+        }
+    }
+}
+
+fn stream_diff(declared: &stream::Config, actual: &stream::Config) -> Vec<Change> {
+    let mut d = Diff::default();
+    d.field("subjects", &declared.subjects, &actual.subjects, true);
+    d.field("retention", &declared.retention, &actual.retention, false);
+    d.field("storage", &declared.storage, &actual.storage, false);
+    d.field(
+        "replicas",
+        &declared.num_replicas,
+        &actual.num_replicas,
+        true,
+    );
+    d.field("max_age", &declared.max_age, &actual.max_age, true);
+    d.field("max_bytes", &declared.max_bytes, &actual.max_bytes, true);
+    d.field(
+        "max_message_size",
+        &declared.max_message_size,
+        &actual.max_message_size,
+        true,
+    );
+    d.field(
+        "duplicate_window",
+        &declared.duplicate_window,
+        &actual.duplicate_window,
+        true,
+    );
+    d.field("discard", &declared.discard, &actual.discard, true);
+    d.field(
+        "allow_direct",
+        &declared.allow_direct,
+        &actual.allow_direct,
+        true,
+    );
+    d.field(
+        "max_messages_per_subject",
+        &declared.max_messages_per_subject,
+        &actual.max_messages_per_subject,
+        true,
+    );
+    d.field(
+        "allow_message_ttl",
+        &declared.allow_message_ttl,
+        &actual.allow_message_ttl,
+        false,
+    );
+    d.field(
+        "subject_delete_marker_ttl",
+        &declared.subject_delete_marker_ttl,
+        &actual.subject_delete_marker_ttl,
+        true,
+    );
+    d.field(
+        "description",
+        &declared.description,
+        &actual.description,
+        true,
+    );
+    d.0
+}
+
+fn consumer_diff(declared: &consumer::pull::Config, actual: &consumer::Config) -> Vec<Change> {
+    let mut d = Diff::default();
+    d.field(
+        "filter_subject",
+        &declared.filter_subject,
+        &actual.filter_subject,
+        true,
+    );
+    d.field(
+        "ack_policy",
+        &declared.ack_policy,
+        &actual.ack_policy,
+        false,
+    );
+    d.field(
+        "deliver_policy",
+        &declared.deliver_policy,
+        &actual.deliver_policy,
+        false,
+    );
+    d.field("ack_wait", &declared.ack_wait, &actual.ack_wait, true);
+    d.field(
+        "max_deliver",
+        &declared.max_deliver,
+        &actual.max_deliver,
+        true,
+    );
+    d.field(
+        "max_ack_pending",
+        &declared.max_ack_pending,
+        &actual.max_ack_pending,
+        true,
+    );
+    d.field(
+        "description",
+        &declared.description,
+        &actual.description,
+        true,
+    );
+    d.0
+}
+
+fn settle(kind: &'static str, name: String, changes: Vec<Change>, fix: bool) -> ProvisionItem {
+    let outcome = if changes.is_empty() {
+        Outcome::Unchanged
+    } else if changes.iter().any(|c| !c.fixable) {
+        Outcome::Unfixable
+    } else if fix {
+        Outcome::Updated
+    } else {
+        Outcome::Drifted
+    };
+    ProvisionItem {
+        kind,
+        name,
+        outcome,
+        changes,
+    }
+}
+
+async fn provision_stream(
+    js: &jetstream::Context,
+    s: &ResolvedStream,
+    fix: bool,
+) -> Result<ProvisionItem, TopologyError> {
+    let name = s.config.name.clone();
+    let Some(actual) = stream_info(js, &name).await?.map(|i| i.config) else {
+        js.create_stream(s.config.clone())
+            .await
+            .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
+        return Ok(ProvisionItem {
+            kind: "stream",
+            name,
+            outcome: Outcome::Created,
+            changes: vec![],
+        });
+    };
+    let item = settle("stream", name.clone(), stream_diff(&s.config, &actual), fix);
+    if item.outcome == Outcome::Updated {
+        js.update_stream(s.config.clone())
+            .await
+            .map_err(|e| TopologyError::js(format!("updating stream {name}"), e))?;
+    }
+    Ok(item)
+}
+
+async fn provision_consumer(
+    js: &jetstream::Context,
+    c: &ResolvedConsumer,
+    fix: bool,
+) -> Result<ProvisionItem, TopologyError> {
+    let durable = c.config.durable_name.clone().unwrap_or_default();
+    let name = format!("{}/{durable}", c.stream);
+    let stream = js
+        .get_stream_no_info(&c.stream)
+        .await
+        .map_err(|e| TopologyError::js(format!("looking up stream {}", c.stream), e))?;
+    let actual = match stream.consumer_info(&durable).await {
+        Ok(info) => info.config,
+        Err(e)
+            if matches!(e.kind(), ConsumerInfoErrorKind::NotFound)
+                || matches!(e.kind(), ConsumerInfoErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+        {
+            stream
+                .create_consumer(c.config.clone())
+                .await
+                .map_err(|e| TopologyError::js(format!("creating consumer {name}"), e))?;
+            return Ok(ProvisionItem {
+                kind: "consumer",
+                name,
+                outcome: Outcome::Created,
+                changes: vec![],
+            });
+        }
+        Err(e) => return Err(TopologyError::js(format!("looking up consumer {name}"), e)),
+    };
+    let item = settle(
+        "consumer",
+        name.clone(),
+        consumer_diff(&c.config, &actual),
+        fix,
+    );
+    if item.outcome == Outcome::Updated {
+        js.update_consumer_on_stream(c.config.clone(), &c.stream)
+            .await
+            .map_err(|e| TopologyError::js(format!("updating consumer {name}"), e))?;
+    }
+    Ok(item)
+}
+
+async fn provision_bucket(
+    js: &jetstream::Context,
+    b: &ResolvedBucket,
+    fix: bool,
+) -> Result<ProvisionItem, TopologyError> {
+    let name = b.config.bucket.clone();
+    let Some(actual) = stream_info(js, &format!("KV_{name}"))
+        .await?
+        .map(|i| i.config)
+    else {
+        js.create_key_value(b.config.clone())
+            .await
+            .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
+        return Ok(ProvisionItem {
+            kind: "bucket",
+            name,
+            outcome: Outcome::Created,
+            changes: vec![],
+        });
+    };
+    let mut d = Diff::default();
+    d.field(
+        "history",
+        &b.config.history,
+        &actual.max_messages_per_subject,
+        true,
+    );
+    d.field("max_age", &b.config.max_age, &actual.max_age, true);
+    d.field("max_bytes", &b.config.max_bytes, &actual.max_bytes, true);
+    d.field(
+        "replicas",
+        &b.config.num_replicas,
+        &actual.num_replicas,
+        true,
+    );
+    d.field("storage", &b.config.storage, &actual.storage, false);
+    d.field(
+        "per_key_ttl",
+        &b.config.limit_markers.is_some(),
+        &actual.allow_message_ttl,
+        false,
+    );
+    d.field(
+        "limit_markers",
+        &b.config.limit_markers,
+        &actual.subject_delete_marker_ttl,
+        true,
+    );
+    d.field(
+        "description",
+        &Some(b.config.description.clone()),
+        &actual.description,
+        true,
+    );
+    let item = settle("bucket", name.clone(), d.0, fix);
+    if item.outcome == Outcome::Updated {
+        js.update_key_value(b.config.clone())
+            .await
+            .map_err(|e| TopologyError::js(format!("updating bucket {name}"), e))?;
+    }
+    Ok(item)
+}
+
+/// Provisions every declared stream, consumer and bucket. Running it twice changes nothing
+/// the second time; drift is reported, and fixed in place when `fix` is set and JetStream
+/// allows it. Never deletes anything.
+pub async fn provision(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    fix: bool,
+) -> Result<ProvisionReport, TopologyError> {
+    let mut report = ProvisionReport::default();
+    for s in &topology.streams {
+        report.items.push(provision_stream(js, s, fix).await?);
+    }
+    for c in &topology.consumers {
+        report.items.push(provision_consumer(js, c, fix).await?);
+    }
+    for b in &topology.buckets {
+        report.items.push(provision_bucket(js, b, fix).await?);
+    }
+    Ok(report)
+}

@@ -1,0 +1,285 @@
+//! The declaration file's types (`nats/topology.toml`) and their validation.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TopologyError;
+
+/// The project's declarations, embedded at build time.
+pub const EMBEDDED: &str = include_str!("../../../nats/topology.toml");
+
+/// Which subjects a stream or consumer covers: a kind of the subject taxonomy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectsKind {
+    /// `ingress.v1.>`
+    Ingress,
+    /// `idempotency.v1.>`
+    Idempotency,
+    /// `backpressure.v1.>`
+    Backpressure,
+    /// `egress.v1.>`
+    Egress,
+    /// `dlq.v1.*.*.*`
+    Dlq,
+}
+
+/// Stream retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Keep until limits (age, bytes) remove messages.
+    Limits,
+    /// Each message is removed once acked.
+    Workqueue,
+}
+
+/// Stream storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk.
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// What a full stream does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Drop the oldest messages.
+    Old,
+    /// Refuse the new message (the publisher gets an error).
+    New,
+}
+
+/// A declared stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Base name (upper case; prefixed per deployment).
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// The subject kind it stores.
+    pub subjects: SubjectsKind,
+    /// Retention policy.
+    pub retention: Retention,
+    /// Storage type.
+    pub storage: Storage,
+    /// Oldest message age, in seconds (must be > 0).
+    pub max_age_secs: u64,
+    /// Largest total size, in bytes (must be > 0).
+    pub max_bytes: i64,
+    /// Largest message, in bytes.
+    pub max_msg_size: i32,
+    /// Duplicate window for `Nats-Msg-Id`, in seconds.
+    pub duplicate_window_secs: u64,
+    /// What a full stream does.
+    pub discard: Discard,
+    /// Allow direct gets (the DLQ safety net fetches by sequence).
+    #[serde(default)]
+    pub allow_direct: bool,
+}
+
+/// A declared durable pull consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    /// The stream's base name.
+    pub stream: String,
+    /// Durable name, prefixed with the owning service.
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// The subject kind it filters on.
+    pub filter: SubjectsKind,
+    /// Ack wait, in seconds.
+    pub ack_wait_secs: u64,
+    /// Deliveries before JetStream gives up (and advises the dlq service).
+    pub max_deliver: i64,
+    /// Unacked messages in flight across every replica of the service.
+    pub max_ack_pending: i64,
+}
+
+/// A declared KV bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSpec {
+    /// Base name (prefixed per deployment unless overridden).
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// Environment variable that overrides the bucket name outright.
+    #[serde(default)]
+    pub env_override: Option<String>,
+    /// Revisions kept per key.
+    pub history: i64,
+    /// Key age limit in seconds (0 = never expires; allowed only without per-key TTLs).
+    pub max_age_secs: u64,
+    /// Largest total size, in bytes (must be > 0).
+    pub max_bytes: i64,
+    /// When set, per-key TTLs are allowed and delete markers live this long, in seconds.
+    #[serde(default)]
+    pub limit_markers_secs: Option<u64>,
+}
+
+/// The whole declaration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Streams.
+    #[serde(rename = "stream")]
+    pub streams: Vec<StreamSpec>,
+    /// Consumers.
+    #[serde(rename = "consumer")]
+    pub consumers: Vec<ConsumerSpec>,
+    /// KV buckets.
+    #[serde(rename = "bucket")]
+    pub buckets: Vec<BucketSpec>,
+}
+
+fn invalid(msg: String) -> TopologyError {
+    TopologyError::Invalid(msg)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Topology {
+    /// The declarations shipped with this build (`nats/topology.toml`).
+    pub fn embedded() -> Result<Self, TopologyError> {
+        Self::from_toml(EMBEDDED)
+    }
+
+    /// Parses and validates a declaration file.
+    pub fn from_toml(text: &str) -> Result<Self, TopologyError> {
+        let topology: Topology = toml::from_str(text)?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    /// The declared stream with this base name.
+    pub fn stream(&self, name: &str) -> Option<&StreamSpec> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let mut names = BTreeSet::new();
+        for s in &self.streams {
+            if !valid_name(&s.name) || !names.insert(s.name.as_str()) {
+                return Err(invalid(format!(
+                    "stream name {:?} is invalid or declared twice",
+                    s.name
+                )));
+            }
+            if s.max_age_secs == 0 || s.max_bytes <= 0 {
+                return Err(invalid(format!(
+                    "stream {} must bound retention (max_age_secs and max_bytes > 0)",
+                    s.name
+                )));
+            }
+            if s.subjects == SubjectsKind::Dlq && s.retention == Retention::Workqueue {
+                return Err(invalid(format!(
+                    "stream {} holds the DLQ and must not be a work queue",
+                    s.name
+                )));
+            }
+        }
+        let mut consumers = BTreeSet::new();
+        for c in &self.consumers {
+            let stream = self.stream(&c.stream).ok_or_else(|| {
+                invalid(format!(
+                    "consumer {} names unknown stream {}",
+                    c.name, c.stream
+                ))
+            })?;
+            if !valid_name(&c.name) || !consumers.insert((c.stream.as_str(), c.name.as_str())) {
+                return Err(invalid(format!(
+                    "consumer name {:?} is invalid or declared twice",
+                    c.name
+                )));
+            }
+            if c.filter != stream.subjects {
+                return Err(invalid(format!(
+                    "consumer {} filters {:?} outside stream {}",
+                    c.name, c.filter, c.stream
+                )));
+            }
+        }
+        let mut buckets = BTreeSet::new();
+        for b in &self.buckets {
+            if !valid_name(&b.name) || !buckets.insert(b.name.as_str()) {
+                return Err(invalid(format!(
+                    "bucket name {:?} is invalid or declared twice",
+                    b.name
+                )));
+            }
+            if b.max_bytes <= 0 || b.history < 1 {
+                return Err(invalid(format!(
+                    "bucket {} must bound its size (max_bytes > 0, history >= 1)",
+                    b.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_declarations_are_valid() {
+        let t = Topology::embedded().unwrap();
+        assert!(
+            t.stream("DLQ")
+                .is_some_and(|s| s.retention == Retention::Limits)
+        );
+        assert!(
+            t.buckets
+                .iter()
+                .any(|b| b.name == "idempotency" && b.limit_markers_secs.is_some())
+        );
+    }
+
+    #[test]
+    fn a_work_queue_dlq_is_refused() {
+        let text = EMBEDDED.replace(
+            "retention = \"limits\"            # never a work queue",
+            "retention = \"workqueue\"            # never a work queue",
+        );
+        let err = Topology::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("DLQ and must not be a work queue"), "{err}");
+    }
+
+    #[test]
+    fn unbounded_streams_and_unknown_fields_are_refused() {
+        let text = EMBEDDED.replacen(
+            "max_age_secs = 604800           # 7 days",
+            "max_age_secs = 0",
+            1,
+        );
+        assert!(
+            Topology::from_toml(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("must bound retention")
+        );
+        let text = EMBEDDED.replacen("allow_direct = true", "allow_direkt = true", 1);
+        assert!(
+            Topology::from_toml(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field")
+        );
+    }
+}
