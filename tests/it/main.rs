@@ -1,1 +1,5 @@
+//! Cross-crate integration tests against real nats-server processes (one test binary).
 
+mod cluster;
+mod hostile_ids;
+mod provisioning;

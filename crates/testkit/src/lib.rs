@@ -15,7 +15,7 @@ mod node;
 mod wait;
 
 pub use cluster::NatsCluster;
-pub use node::NatsServer;
+pub use node::{NatsServer, free_port};
 pub use wait::wait_for;
 
 use std::path::PathBuf;

@@ -45,7 +45,7 @@ pub(crate) fn binary() -> PathBuf {
 }
 
 /// A free TCP port on loopback (bound, then released for the server to take).
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -212,7 +212,13 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until it is healthy.
     pub async fn start() -> Self {
-        let mut node = Node::new("switchyard-test", "single.conf", Vec::new());
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. `["--auth", "token"]`).
+    pub async fn start_with_args(args: &[&str]) -> Self {
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut node = Node::new("switchyard-test", "single.conf", args);
         node.spawn();
         node.wait_healthy().await;
         Self { node }
@@ -272,9 +278,13 @@ pub(crate) async fn connect(url: &str) -> async_nats::Client {
     wait_for(&format!("a connection to {url}"), START_TIMEOUT, || {
         let url = url.clone();
         async move {
+            let servers: Vec<async_nats::ServerAddr> = url
+                .split(',')
+                .map(|u| u.parse().expect("valid server url"))
+                .collect();
             async_nats::ConnectOptions::new()
                 .connection_timeout(Duration::from_secs(2))
-                .connect(url.as_str())
+                .connect(servers)
                 .await
                 .ok()
         }

@@ -19,6 +19,14 @@ pub enum KeyError {
         /// The documented limit, in bytes.
         max: usize,
     },
+    /// Leading or trailing whitespace, which NATS header values cannot carry.
+    #[error("{kind} {value:?} starts or ends with whitespace, which NATS headers do not preserve")]
+    Padded {
+        /// What was being validated.
+        kind: &'static str,
+        /// The refused value (truncated to 80 characters).
+        value: String,
+    },
     /// A character outside the documented charset.
     #[error(
         "{kind} {value:?} has an invalid character {found:?} at byte {at}: allowed are {allowed}"

@@ -90,14 +90,15 @@ pub fn decode_token(token: &str) -> Result<String, KeyError> {
 }
 
 /// A producer's message id (its `Nats-Msg-Id`, the idempotency key): any UTF-8 text of 1 to
-/// [`MAX_MSG_ID_LEN`] bytes. It is never put raw into a subject or key, only through
+/// [`MAX_MSG_ID_LEN`] bytes that neither starts nor ends with whitespace (NATS trims header
+/// values in transit, so a padded id could not mean the same thing over NATS and HTTP). It is never put raw into a subject or key, only through
 /// [`MsgId::to_token`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MsgId(String);
 
 impl MsgId {
-    /// Validates the length of a producer message id.
+    /// Validates a producer message id (length, no surrounding whitespace).
     pub fn new(value: impl Into<String>) -> Result<Self, KeyError> {
         let value = value.into();
         if value.is_empty() {
@@ -108,6 +109,12 @@ impl MsgId {
                 kind: "msg id",
                 len: value.len(),
                 max: MAX_MSG_ID_LEN,
+            });
+        }
+        if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+            return Err(KeyError::Padded {
+                kind: "msg id",
+                value: shown(&value),
             });
         }
         Ok(Self(value))
@@ -173,6 +180,9 @@ mod tests {
         assert!(MsgId::new("").is_err());
         assert!(MsgId::new("x".repeat(MAX_MSG_ID_LEN)).is_ok());
         assert!(MsgId::new("x".repeat(MAX_MSG_ID_LEN + 1)).is_err());
+        assert!(MsgId::new(" padded").is_err());
+        assert!(MsgId::new("tab\t").is_err());
+        assert!(MsgId::new("inner space").is_ok());
     }
 
     proptest! {

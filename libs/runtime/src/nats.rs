@@ -137,7 +137,7 @@ fn hint(kind: ConnectErrorKind) -> &'static str {
 /// Logs a connection event: routine ones at info, trouble at warn.
 fn log_event(event: &Event) {
     match event {
-        Event::Connected => tracing::info!(%event, "nats connection event"),
+        Event::Connected | Event::Closed => tracing::info!(%event, "nats connection event"),
         _ => tracing::warn!(%event, "nats connection event"),
     }
 }

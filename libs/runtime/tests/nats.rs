@@ -1,80 +1,15 @@
 //! `nats::connect` and `nats::jetstream` against real nats-server processes.
-//!
-//! The small spawner below stands in until `switchyard-testkit` provides the shared one.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::ConnectErrorKind;
 use switchyard_runtime::config::NatsConfig;
 use switchyard_runtime::nats::{self, ConnectError};
+use switchyard_testkit::{NatsServer, free_port};
 
 const TOKEN: &str = "s3cret-token";
 /// Guards against a hang; not a speed assertion.
 const NO_HANG: Duration = Duration::from_secs(30);
-
-/// A nats-server with JetStream and token auth on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    store: PathBuf,
-}
-
-impl Server {
-    fn start() -> Self {
-        let port = free_port();
-        let store = std::env::temp_dir().join(format!(
-            "switchyard-runtime-test-{}-{port}",
-            std::process::id()
-        ));
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store)
-            .args(["--auth", TOKEN])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server (set NATS_SERVER_BIN or run the setup command)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port, store }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
-fn nats_server_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        return path.into();
-    }
-    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/nats-server");
-    if pinned.is_file() {
-        pinned
-    } else {
-        PathBuf::from("nats-server")
-    }
-}
-
-/// A loopback port nothing listens on (at the time of asking).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
 
 fn config(url: String) -> NatsConfig {
     NatsConfig {
@@ -93,7 +28,7 @@ async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError
 
 #[tokio::test]
 async fn connects_with_token_and_reaches_jetstream() {
-    let server = Server::start();
+    let server = NatsServer::start_with_args(&["--auth", TOKEN]).await;
     let config = config(server.url());
     let client = connect(&config).await.expect("connect");
     let js = nats::jetstream(client, &config);
@@ -102,7 +37,7 @@ async fn connects_with_token_and_reaches_jetstream() {
 
 #[tokio::test]
 async fn url_list_falls_over_to_a_reachable_server() {
-    let server = Server::start();
+    let server = NatsServer::start_with_args(&["--auth", TOKEN]).await;
     let dead = format!("nats://127.0.0.1:{}", free_port());
     let config = config(format!("{dead}, {}", server.url()));
     let client = connect(&config).await.expect("connect via the live url");
@@ -125,7 +60,7 @@ async fn unreachable_server_is_reported_with_url_and_hint() {
 
 #[tokio::test]
 async fn wrong_token_is_reported_as_an_auth_failure() {
-    let server = Server::start();
+    let server = NatsServer::start_with_args(&["--auth", TOKEN]).await;
     let config = NatsConfig {
         token: Some("wrong".to_owned()),
         ..config(server.url())

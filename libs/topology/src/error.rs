@@ -10,7 +10,7 @@ pub enum TopologyError {
     #[error("invalid topology: {0}")]
     Invalid(String),
     /// A JetStream request failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     JetStream {
         /// What was being done (`creating stream INGRESS`, …).
         action: String,

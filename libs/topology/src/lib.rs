@@ -7,6 +7,7 @@
 //! - [`provision`]: create what is missing, compare what exists ([`provision::provision`]).
 //! - [`status`]: streams, consumers (pending, ack-pending, redelivered) and buckets.
 
+mod deployment;
 mod error;
 mod lookup;
 pub mod provision;
@@ -14,6 +15,7 @@ pub mod resolve;
 pub mod spec;
 pub mod status;
 
+pub use deployment::DeploymentConfig;
 pub use error::TopologyError;
 pub use provision::{Change, Outcome, ProvisionItem, ProvisionReport, provision};
 pub use resolve::{ResolvedTopology, TopologyOptions};

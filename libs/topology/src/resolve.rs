@@ -114,6 +114,8 @@ impl ResolvedTopology {
                         Discard::New => stream::DiscardPolicy::New,
                     },
                     allow_direct: s.allow_direct,
+                    max_messages_per_subject: -1,
+                    max_messages: -1,
                     ..Default::default()
                 },
             })

@@ -124,7 +124,7 @@ proptest! {
     }
 
     #[test]
-    fn any_msg_id_survives_headers(msg_id in "[^\r\n]{1,300}") {
+    fn any_msg_id_survives_headers(msg_id in "\\S([^\r\n]{0,298}\\S)?") {
         let mut envelope = sample();
         envelope.msg_id = MsgId::new(msg_id).unwrap();
         let mut h = HeaderMap::new();

@@ -25,8 +25,14 @@ pub const ENV_KEY_SEPARATOR: &str = "__";
 ///
 /// Merged only when [`ConfigSource::bucket_env_overrides`] is on.
 pub const BUCKET_ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("JS_KV_NAMESPACE_IDEMPOTENCY", "buckets.idempotency"),
-    ("JS_KV_NAMESPACE_BACKPRESSURE", "buckets.rate-limits"),
+    (
+        "JS_KV_NAMESPACE_IDEMPOTENCY",
+        "deployment.buckets.idempotency",
+    ),
+    (
+        "JS_KV_NAMESPACE_BACKPRESSURE",
+        "deployment.buckets.rate-limits",
+    ),
 ];
 
 /// Where a binary's configuration comes from, lowest precedence first.

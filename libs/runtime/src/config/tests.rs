@@ -19,7 +19,7 @@ url = "nats://127.0.0.1:4222"
 [telemetry]
 log_filter = "info"
 
-[buckets]
+[deployment.buckets]
 idempotency = "idempotency"
 rate-limits = "rate-limits"
 "#;
@@ -29,6 +29,12 @@ rate-limits = "rate-limits"
 struct AppConfig {
     nats: NatsConfig,
     telemetry: TelemetryConfig,
+    deployment: Deployment,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Deployment {
     buckets: Buckets,
 }
 
@@ -62,8 +68,8 @@ fn defaults_only_match_the_documented_defaults() {
         assert_eq!(config.nats.connect_timeout_secs, 5);
         assert_eq!(config.nats.request_timeout_secs, 10);
         assert_eq!(config.telemetry.log_format, LogFormat::Text);
-        assert_eq!(config.buckets.idempotency, "idempotency");
-        assert_eq!(config.buckets.rate_limits, "rate-limits");
+        assert_eq!(config.deployment.buckets.idempotency, "idempotency");
+        assert_eq!(config.deployment.buckets.rate_limits, "rate-limits");
         Ok(())
     });
 }
@@ -181,12 +187,12 @@ fn bucket_env_overrides_apply_only_when_enabled() {
         jail.set_env("JS_KV_NAMESPACE_BACKPRESSURE", "prod-rate-limits");
 
         let off = load_app(&source())?;
-        assert_eq!(off.buckets.idempotency, "idempotency");
-        assert_eq!(off.buckets.rate_limits, "rate-limits");
+        assert_eq!(off.deployment.buckets.idempotency, "idempotency");
+        assert_eq!(off.deployment.buckets.rate_limits, "rate-limits");
 
         let on = load_app(&source().with_bucket_env_overrides(true))?;
-        assert_eq!(on.buckets.idempotency, "prod-idempotency");
-        assert_eq!(on.buckets.rate_limits, "prod-rate-limits");
+        assert_eq!(on.deployment.buckets.idempotency, "prod-idempotency");
+        assert_eq!(on.deployment.buckets.rate_limits, "prod-rate-limits");
         Ok(())
     });
 }

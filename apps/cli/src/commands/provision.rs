@@ -1,0 +1,101 @@
+//! `switchyard provision`: create what `nats/topology.toml` declares; report and optionally
+//! fix drift. Idempotent: a second run changes nothing and says so.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use switchyard_topology::{Outcome, ProvisionReport, ResolvedTopology, provision};
+
+use crate::EXIT_DRIFT;
+use crate::output::{Output, Table};
+
+/// Arguments of `provision`.
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// Update drifted streams, consumers and buckets in place (never deletes anything).
+    #[arg(long)]
+    pub fix: bool,
+    /// Replicas for streams and buckets (overrides `deployment.replicas`; 3 on a cluster).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+}
+
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Created => "created",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Updated => "updated",
+        Outcome::Drifted => "drifted",
+        Outcome::Unfixable => "drifted (cannot fix in place)",
+    }
+}
+
+/// Renders the report as a table plus a one-line verdict.
+pub fn render(report: &ProvisionReport) -> String {
+    let mut table = Table::new(["KIND", "NAME", "RESULT", "DETAILS"]);
+    for item in &report.items {
+        let details: Vec<String> = item
+            .changes
+            .iter()
+            .map(|c| format!("{}: declared {} but is {}", c.field, c.declared, c.actual))
+            .collect();
+        table.row([
+            item.kind.to_owned(),
+            item.name.clone(),
+            outcome_label(item.outcome).to_owned(),
+            details.join("; "),
+        ]);
+    }
+    let count = |o: Outcome| report.items.iter().filter(|i| i.outcome == o).count();
+    let verdict = if !report.changed_anything() && !report.has_drift() {
+        format!(
+            "nothing to change: all {} declared items exist as declared",
+            report.items.len()
+        )
+    } else {
+        let mut parts = Vec::new();
+        for (outcome, label) in [
+            (Outcome::Created, "created"),
+            (Outcome::Updated, "updated"),
+            (Outcome::Unchanged, "unchanged"),
+            (
+                Outcome::Drifted,
+                "drifted (run `switchyard provision --fix` to update in place)",
+            ),
+            (
+                Outcome::Unfixable,
+                "drifted in fields that cannot change in place (recreating loses their data)",
+            ),
+        ] {
+            let n = count(outcome);
+            if n > 0 {
+                parts.push(format!("{n} {label}"));
+            }
+        }
+        parts.join(", ")
+    };
+    format!("{}\n{verdict}\n", table.render())
+}
+
+/// Runs `provision`.
+pub async fn run(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    args: &ProvisionArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let report = provision(js, topology, args.fix)
+        .await
+        .context("provisioning")?;
+    if out.is_json() {
+        out.json(&report)?;
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.has_drift() {
+        ExitCode::from(EXIT_DRIFT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

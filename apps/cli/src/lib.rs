@@ -1,0 +1,71 @@
+//! The operator CLI's library: argument definitions ([`Cli`]), configuration
+//! ([`config::CliConfig`]), one module per command under [`commands`], and table/JSON output
+//! ([`output`]).
+
+pub mod commands;
+pub mod config;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::CliConfig;
+
+/// Exit code when provisioning leaves drift behind (reported, not fixed).
+pub const EXIT_DRIFT: u8 = 3;
+
+/// `switchyard`: operate a Switchyard deployment.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    /// A TOML config file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated (overrides `nats.url`).
+    #[arg(long, short = 's', global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Deployment prefix (overrides `deployment.prefix`).
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the streams, consumers and buckets declared in nats/topology.toml; report drift.
+    Provision(commands::provision::ProvisionArgs),
+    /// Show streams, consumers (lag), buckets and per-tenant backlog.
+    Status(commands::status::StatusArgs),
+}
+
+/// Runs one command; returns the process exit code.
+pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
+    if let Command::Provision(args) = &cli.command {
+        config.deployment.replicas = args.replicas.or(config.deployment.replicas);
+    }
+    let topology = config
+        .deployment
+        .resolve()
+        .context("loading the topology declarations")?;
+    let client = switchyard_runtime::connect(&config.nats).await?;
+    let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
+    let out = output::Output::new(cli.json);
+    let code = match cli.command {
+        Command::Provision(args) => commands::provision::run(&js, &topology, &args, &out).await?,
+        Command::Status(args) => commands::status::run(&js, &topology, &args, &out).await?,
+    };
+    client
+        .flush()
+        .await
+        .context("flushing the NATS connection")?;
+    Ok(code)
+}
