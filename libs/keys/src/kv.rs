@@ -40,7 +40,7 @@ fn schema_err<K: KvKey>(key: &str, reason: impl Into<String>) -> KeyError {
     }
 }
 
-fn split_exact<'a, K: KvKey, const N: usize>(key: &'a str) -> Result<[&'a str; N], KeyError> {
+fn split_exact<K: KvKey, const N: usize>(key: &str) -> Result<[&str; N], KeyError> {
     let parts: Vec<&str> = key.split('.').collect();
     parts.try_into().map_err(|parts: Vec<&str>| {
         schema_err::<K>(key, format!("expected {N} tokens, found {}", parts.len()))

@@ -63,13 +63,13 @@ impl Namespace {
         subject: &'a str,
     ) -> Result<(&'a str, Vec<&'a str>), SubjectError> {
         let mut tokens = subject.split('.');
-        if let Some(prefix) = &self.prefix {
-            if tokens.next() != Some(prefix.as_str()) {
-                return Err(SubjectError::WrongPrefix {
-                    subject: subject.to_owned(),
-                    prefix: prefix.to_string(),
-                });
-            }
+        if let Some(prefix) = &self.prefix
+            && tokens.next() != Some(prefix.as_str())
+        {
+            return Err(SubjectError::WrongPrefix {
+                subject: subject.to_owned(),
+                prefix: prefix.to_string(),
+            });
         }
         let root = tokens.next().unwrap_or_default();
         match tokens.next() {
