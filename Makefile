@@ -1,0 +1,35 @@
+# Switchyard — the commands the README names. `make help` lists them.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help run test check ci nats-server fmt clippy
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+run: ## run Switchyard locally: nats-server (pinned, installed here), provisioning, services
+	@scripts/run-local.sh
+
+test: nats-server ## run the whole test suite against real nats-server processes
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace; \
+	else \
+		echo "cargo-nextest not found: falling back to cargo test"; \
+		$(CARGO) test --workspace; \
+	fi
+
+nats-server: ## install the pinned nats-server into .tools/bin
+	@scripts/install-nats-server.sh
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+clippy: ## lint, warnings are errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check: ## formatting and lints, as CI runs them
+	$(CARGO) fmt --all -- --check
+	$(MAKE) clippy
+
+ci: check test ## everything CI runs
