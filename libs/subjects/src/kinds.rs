@@ -138,37 +138,105 @@ impl SubjectKind for StageSubject {
     }
 }
 
-/// `[p.]dlq.v1.<tenant>.<stage>.<platform>`: a dead-lettered message.
+/// The token standing for "unknown" in a DLQ subject: input so broken that its tenant or
+/// platform could not be read (ids never start with `_`, so it cannot collide).
+pub const UNKNOWN_TOKEN: &str = "_";
+
+/// `[p.]dlq.v1.<tenant>.<stage>.<platform>`: a dead-lettered message. Tenant and platform are
+/// `_` when the input was too broken to name them (e.g. an invalid ingress subject).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DlqSubject {
-    /// The tenant that owns the message.
-    pub tenant: TenantId,
+    /// The tenant that owns the message, if known.
+    pub tenant: Option<TenantId>,
     /// The stage that gave up on it.
     pub stage: Stage,
-    /// Its platform.
-    pub platform: PlatformId,
+    /// Its platform, if known.
+    pub platform: Option<PlatformId>,
+}
+
+fn known<T: FromStr<Err = KeyError>>(subject: &str, raw: &str) -> Result<Option<T>, SubjectError> {
+    if raw == UNKNOWN_TOKEN {
+        Ok(None)
+    } else {
+        token(subject, raw).map(Some)
+    }
 }
 
 impl SubjectKind for DlqSubject {
     const KIND: &'static str = "dlq";
 
     fn format(&self, ns: &Namespace) -> String {
-        ns.subject(
-            "dlq",
-            &[
-                self.tenant.as_str(),
-                self.stage.as_str(),
-                self.platform.as_str(),
-            ],
-        )
+        let tenant = self.tenant.as_ref().map_or(UNKNOWN_TOKEN, TenantId::as_str);
+        let platform = self
+            .platform
+            .as_ref()
+            .map_or(UNKNOWN_TOKEN, PlatformId::as_str);
+        ns.subject("dlq", &[tenant, self.stage.as_str(), platform])
     }
 
     fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
         let (_, [tenant, stage, platform]) = tokens::<Self, 3>(ns, subject, |r| r == "dlq")?;
         Ok(Self {
-            tenant: token(subject, tenant)?,
+            tenant: known(subject, tenant)?,
             stage: token(subject, stage)?,
-            platform: token(subject, platform)?,
+            platform: known(subject, platform)?,
+        })
+    }
+}
+
+/// `[p.]delay.v1.<stage>.<tenant>.<team>.<platform>.<key>`: a message scheduled to re-enter
+/// `stage` later (a JetStream message schedule whose target is the stage's subject). Used for
+/// retries and rate waits: a waiting message holds no consumer's ack-pending slot. `key`
+/// (an envelope id) makes the schedule unique per message; a newer schedule for the same key
+/// replaces the older one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DelaySubject {
+    /// The stage the message re-enters.
+    pub stage: InputStage,
+    /// Where the message is headed.
+    pub address: Address,
+    /// The message's key (envelope id), a single token of `[A-Za-z0-9_-]`.
+    pub key: String,
+}
+
+impl SubjectKind for DelaySubject {
+    const KIND: &'static str = "delay";
+
+    fn format(&self, ns: &Namespace) -> String {
+        let a = &self.address;
+        ns.subject(
+            "delay",
+            &[
+                self.stage.root(),
+                a.tenant.as_str(),
+                a.team.as_str(),
+                a.platform.as_str(),
+                &self.key,
+            ],
+        )
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (_, [stage, tenant, team, platform, key]) =
+            tokens::<Self, 5>(ns, subject, |r| r == "delay")?;
+        let stage = InputStage::from_root(stage).ok_or_else(|| SubjectError::WrongKind {
+            subject: subject.to_owned(),
+            expected: Self::KIND,
+        })?;
+        let valid_key = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_key {
+            return Err(SubjectError::WrongKind {
+                subject: subject.to_owned(),
+                expected: Self::KIND,
+            });
+        }
+        Ok(Self {
+            stage,
+            address: address(subject, [tenant, team, platform])?,
+            key: key.to_owned(),
         })
     }
 }
@@ -299,6 +367,8 @@ pub enum Subject {
     Control(ControlSubject),
     /// An alert.
     Alert(AlertSubject),
+    /// A scheduled re-entry.
+    Delay(DelaySubject),
 }
 
 impl Subject {
@@ -310,6 +380,7 @@ impl Subject {
             "delivered" => ReceiptSubject::parse(ns, subject).map(Subject::Receipt),
             "control" => ControlSubject::parse(ns, subject).map(Subject::Control),
             "alerts" => AlertSubject::parse(ns, subject).map(Subject::Alert),
+            "delay" => DelaySubject::parse(ns, subject).map(Subject::Delay),
             _ => StageSubject::parse(ns, subject).map(Subject::Stage),
         }
     }
@@ -322,6 +393,7 @@ impl Subject {
             Subject::Receipt(s) => s.format(ns),
             Subject::Control(s) => s.format(ns),
             Subject::Alert(s) => s.format(ns),
+            Subject::Delay(s) => s.format(ns),
         }
     }
 }
@@ -361,6 +433,11 @@ impl Namespace {
             Some(t) => self.subject("delivered", &[t.as_str(), ">"]),
             None => self.subject("delivered", &[">"]),
         }
+    }
+
+    /// The filter for messages scheduled to re-enter `stage`.
+    pub fn delay_filter(&self, stage: InputStage) -> String {
+        self.subject("delay", &[stage.root(), ">"])
     }
 
     /// The filter for every operator command.

@@ -11,6 +11,7 @@
 //! | [`ReceiptSubject`] | `[p.]delivered.v1.<tenant>.<team>.<platform>` | egress, after a delivery |
 //! | [`ControlSubject`] | `[p.]control.v1.dlq.<command>` | the operator CLI |
 //! | [`AlertSubject`] | `[p.]alerts.v1.<tenant>.<alert>` | the dlq service |
+//! | [`DelaySubject`] | `[p.]delay.v1.<stage>.<tenant>.<team>.<platform>.<key>` | a stage scheduling a retry or wait |
 //!
 //! A hand-off subject is named after the stage that *consumes* it, so inserting or removing a
 //! stage is a change of which [`InputStage`] a service publishes to — configuration, not code.
@@ -24,8 +25,8 @@ mod namespace;
 
 pub use error::SubjectError;
 pub use kinds::{
-    AlertKind, AlertSubject, ControlCommand, ControlSubject, DlqFilter, DlqSubject, InputStage,
-    ReceiptSubject, StageSubject, Subject, SubjectKind,
+    AlertKind, AlertSubject, ControlCommand, ControlSubject, DelaySubject, DlqFilter, DlqSubject,
+    InputStage, ReceiptSubject, StageSubject, Subject, SubjectKind, UNKNOWN_TOKEN,
 };
 pub use namespace::Namespace;
 

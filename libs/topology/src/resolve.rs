@@ -71,7 +71,7 @@ pub struct ResolvedTopology {
     pub buckets: Vec<ResolvedBucket>,
 }
 
-/// The subject filter a subject kind stands for in a namespace.
+/// The subject filter a subject kind stands for in a namespace (what consumers filter on).
 pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
     match kind {
         SubjectsKind::Ingress => ns.stage_filter(InputStage::Ingress, None),
@@ -80,6 +80,23 @@ pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
         SubjectsKind::Egress => ns.stage_filter(InputStage::Egress, None),
         SubjectsKind::Dlq => ns.dlq_filter(&DlqFilter::default()),
     }
+}
+
+/// Every subject a stream of this kind stores: the kind's filter, plus the stage's delay
+/// subjects when the stream allows message schedules (their schedules fire into the stage).
+pub fn stream_subjects(ns: &Namespace, kind: SubjectsKind, allow_schedules: bool) -> Vec<String> {
+    let mut subjects = vec![subjects_filter(ns, kind)];
+    let stage = match kind {
+        SubjectsKind::Ingress => Some(InputStage::Ingress),
+        SubjectsKind::Idempotency => Some(InputStage::Idempotency),
+        SubjectsKind::Backpressure => Some(InputStage::Backpressure),
+        SubjectsKind::Egress => Some(InputStage::Egress),
+        SubjectsKind::Dlq => None,
+    };
+    if let (true, Some(stage)) = (allow_schedules, stage) {
+        subjects.push(ns.delay_filter(stage));
+    }
+    subjects
 }
 
 impl ResolvedTopology {
@@ -95,7 +112,8 @@ impl ResolvedTopology {
                 config: stream::Config {
                     name: ns.stream_name(&s.name),
                     description: Some(s.description.clone()),
-                    subjects: vec![subjects_filter(ns, s.subjects)],
+                    subjects: stream_subjects(ns, s.subjects, s.allow_schedules),
+                    allow_message_schedules: s.allow_schedules,
                     retention: match s.retention {
                         Retention::Limits => stream::RetentionPolicy::Limits,
                         Retention::Workqueue => stream::RetentionPolicy::WorkQueue,

@@ -82,6 +82,10 @@ pub struct StreamSpec {
     /// Allow direct gets (the DLQ safety net fetches by sequence).
     #[serde(default)]
     pub allow_direct: bool,
+    /// Allow message schedules; the stream then also stores the stage's `delay.v1.<stage>.>`
+    /// subjects, through which retries and rate waits re-enter the stage later.
+    #[serde(default)]
+    pub allow_schedules: bool,
 }
 
 /// A declared durable pull consumer.

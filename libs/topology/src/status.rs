@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 use serde::Serialize;
-use switchyard_subjects::{StageSubject, SubjectKind};
+use switchyard_subjects::Subject;
 
 use crate::TopologyError;
 use crate::lookup::stream_info;
@@ -201,11 +201,8 @@ async fn backlog(
         .get_stream_no_info(name)
         .await
         .map_err(|e| TopologyError::js(format!("reading stream {name}"), e))?;
-    let filter = topology
-        .streams
-        .iter()
-        .find(|s| s.config.name == name)
-        .map_or(">".to_owned(), |s| s.config.subjects[0].clone());
+    // Every subject of the stream: the stage's own and its scheduled (delayed) re-entries.
+    let filter = ">";
     let mut subjects = stream
         .info_with_subjects(filter)
         .await
@@ -216,11 +213,12 @@ async fn backlog(
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?
     {
-        if let Ok(parsed) = StageSubject::parse(&topology.namespace, &subject) {
-            *per_tenant
-                .entry(parsed.address.tenant.to_string())
-                .or_default() += count as u64;
-        }
+        let tenant = match Subject::parse(&topology.namespace, &subject) {
+            Ok(Subject::Stage(s)) => s.address.tenant,
+            Ok(Subject::Delay(s)) => s.address.tenant,
+            _ => continue,
+        };
+        *per_tenant.entry(tenant.to_string()).or_default() += count as u64;
     }
     Ok(per_tenant
         .into_iter()

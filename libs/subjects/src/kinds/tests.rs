@@ -57,11 +57,15 @@ fn any_subject() -> impl Strategy<Value = Subject> {
             address()
         )
             .prop_map(|(stage, address)| Subject::Stage(StageSubject { stage, address })),
-        (address(), stage()).prop_map(|(a, stage)| Subject::Dlq(DlqSubject {
-            tenant: a.tenant,
-            stage,
-            platform: a.platform
-        })),
+        (proptest::option::of(address()), stage(), any::<bool>()).prop_map(
+            |(a, stage, with_platform)| {
+                Subject::Dlq(DlqSubject {
+                    tenant: a.as_ref().map(|a| a.tenant.clone()),
+                    stage,
+                    platform: a.filter(|_| with_platform).map(|a| a.platform),
+                })
+            }
+        ),
         address().prop_map(|address| Subject::Receipt(ReceiptSubject { address })),
         Just(Subject::Control(ControlSubject {
             command: ControlCommand::Replay
@@ -91,11 +95,21 @@ fn documented_examples() {
     assert_eq!(staging.stream_name("INGRESS"), "STAGING_INGRESS");
     assert_eq!(staging.bucket_name("routes"), "staging_routes");
     let dlq = DlqSubject {
-        tenant: TenantId::new("acme").unwrap(),
+        tenant: Some(TenantId::new("acme").unwrap()),
         stage: Stage::Egress,
-        platform: PlatformId::new("slack").unwrap(),
+        platform: Some(PlatformId::new("slack").unwrap()),
     };
     assert_eq!(dlq.format(&ns), "dlq.v1.acme.egress.slack");
+    let broken = DlqSubject {
+        tenant: None,
+        stage: Stage::Ingress,
+        platform: None,
+    };
+    assert_eq!(broken.format(&ns), "dlq.v1._.ingress._");
+    assert_eq!(
+        DlqSubject::parse(&ns, "dlq.v1._.ingress._").unwrap(),
+        broken
+    );
     assert_eq!(ns.stage_filter(InputStage::Ingress, None), "ingress.v1.>");
     assert_eq!(
         ns.dlq_filter(&DlqFilter {
@@ -166,7 +180,7 @@ proptest! {
 
     #[test]
     fn dlq_filter_selects_exactly_its_entries(ns in namespace(), a in address(), s in stage(), other in address(), other_stage in stage()) {
-        let entry = DlqSubject { tenant: other.tenant.clone(), stage: other_stage, platform: other.platform.clone() }.format(&ns);
+        let entry = DlqSubject { tenant: Some(other.tenant.clone()), stage: other_stage, platform: Some(other.platform.clone()) }.format(&ns);
         let filter = DlqFilter { tenant: Some(a.tenant.clone()), stage: Some(s), platform: None };
         let expected = other.tenant == a.tenant && other_stage == s;
         prop_assert_eq!(matches(&ns.dlq_filter(&filter), &entry), expected);
