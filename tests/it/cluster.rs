@@ -2,31 +2,48 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, publish::PublishAck};
 use switchyard_keys::Address;
 use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
 use switchyard_testkit::{NatsCluster, wait_for};
 use switchyard_topology::{DeploymentConfig, Outcome, provision};
+
+/// Publishes with a `Nats-Msg-Id`: hand-off subjects de-duplicate by it, so a publish retried
+/// after a lost ack during failover is stored once and the final count is exact.
+async fn publish(js: jetstream::Context, subject: String, id: String) -> Option<PublishAck> {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", id.as_str());
+    js.publish_with_headers(subject, h, id.clone().into())
+        .await
+        .ok()?
+        .await
+        .ok()
+}
 
 #[tokio::test]
 async fn r3_streams_survive_a_node_restart() {
     let mut cluster = NatsCluster::start().await;
     let client = cluster.client().await;
     cluster.wait_for_meta_leader(&client).await;
-    let js = async_nats::jetstream::new(client);
+    let js = jetstream::new(client.clone());
+    // R3 creations on a loaded two-core machine can take longer than the 5 s default; the
+    // publishes below keep the short default so a failover retry is not stuck on one ack.
+    let mut admin = jetstream::new(client);
+    admin.set_timeout(Duration::from_secs(30));
     let topology = DeploymentConfig {
         replicas: Some(3),
         ..Default::default()
     }
     .resolve()
     .unwrap();
-    let report = provision(&js, &topology, false).await.unwrap();
+    let report = provision(&admin, &topology, false).await.unwrap();
     assert!(
         report.items.iter().all(|i| i.outcome == Outcome::Created),
         "{report:#?}"
     );
 
     let info = js
-        .get_stream("INGRESS")
+        .get_stream("IDEMPOTENCY")
         .await
         .unwrap()
         .cached_info()
@@ -40,22 +57,19 @@ async fn r3_streams_survive_a_node_restart() {
         .clone();
     assert_eq!(kv_info.config.num_replicas, 3);
 
-    let ns = &topology.namespace;
     let subject = StageSubject {
-        stage: InputStage::Ingress,
+        stage: InputStage::Idempotency,
         address: Address::parse("acme", "ops", "slack").unwrap(),
     }
-    .format(ns);
+    .format(&topology.namespace);
     for i in 0..50 {
-        js.publish(subject.clone(), format!("before-{i}").into())
+        publish(js.clone(), subject.clone(), format!("before-{i}"))
             .await
-            .unwrap()
-            .await
-            .unwrap();
+            .expect("publish before failover");
     }
 
-    // Kill the node that leads the ingress stream; the others elect a new leader and keep
-    // accepting writes.
+    // Kill the node that leads the stream; the others elect a new leader and keep accepting
+    // writes.
     let leader = info
         .cluster
         .and_then(|c| c.leader)
@@ -68,20 +82,10 @@ async fn r3_streams_survive_a_node_restart() {
         let ack = wait_for(
             "a publish ack during failover",
             Duration::from_secs(30),
-            || {
-                let js = js.clone();
-                let subject = subject.clone();
-                async move {
-                    js.publish(subject, format!("during-{i}").into())
-                        .await
-                        .ok()?
-                        .await
-                        .ok()
-                }
-            },
+            || publish(js.clone(), subject.clone(), format!("during-{i}")),
         )
         .await;
-        assert_eq!(ack.stream, "INGRESS");
+        assert_eq!(ack.stream, "IDEMPOTENCY");
     }
 
     cluster.start_again(victim).await;
@@ -93,7 +97,12 @@ async fn r3_streams_survive_a_node_restart() {
         || {
             let js = js.clone();
             async move {
-                let info = js.get_stream("INGRESS").await.ok()?.cached_info().clone();
+                let info = js
+                    .get_stream("IDEMPOTENCY")
+                    .await
+                    .ok()?
+                    .cached_info()
+                    .clone();
                 let cluster = info.cluster?;
                 let all_current = cluster.replicas.len() == 2
                     && cluster.replicas.iter().all(|r| r.current && !r.offline);
@@ -103,7 +112,7 @@ async fn r3_streams_survive_a_node_restart() {
     )
     .await;
 
-    let again = provision(&js, &topology, false).await.unwrap();
+    let again = provision(&admin, &topology, false).await.unwrap();
     assert!(
         !again.changed_anything() && !again.has_drift(),
         "{again:#?}"

@@ -43,7 +43,6 @@ fn hostile_msg_ids() -> Vec<String> {
         "\"quoted\"",
         "semi;colon",
         "back\\slash",
-        "a\u{0}nul",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -52,6 +51,13 @@ fn hostile_msg_ids() -> Vec<String> {
     ids.push("🦀".repeat(256)); // 1 KiB of 4-byte characters: the worst case, 3 KiB encoded
     ids.push(".".repeat(1024));
     ids
+}
+
+#[test]
+fn ids_a_header_cannot_carry_are_refused() {
+    for raw in ["a\u{0}nul", "cr\rlf", "line\nfeed", " padded", "padded "] {
+        assert!(MsgId::new(raw).is_err(), "{raw:?} accepted as a msg id");
+    }
 }
 
 #[test]
@@ -182,9 +188,6 @@ async fn a_tenant_wildcard_receives_exactly_that_tenants_messages() {
     let mut sent_to_acme = BTreeSet::new();
     for tenant in tenants {
         for (i, raw) in hostile_msg_ids().into_iter().enumerate() {
-            if raw.contains('\0') {
-                continue; // NUL cannot travel in a header line
-            }
             let subject = StageSubject {
                 stage: InputStage::Ingress,
                 address: Address::parse(tenant, &format!("team{}", i % 3), "slack").unwrap(),

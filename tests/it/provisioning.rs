@@ -45,7 +45,7 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
         .cached_info()
         .config
         .clone();
-    dlq.max_age = Duration::from_secs(300);
+    dlq.max_age = Duration::from_secs(600);
     js.update_stream(dlq).await.unwrap();
     let mut worker = topology.consumer("egress-worker").unwrap().config.clone();
     worker.max_deliver = 3;
@@ -58,7 +58,7 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     assert_eq!(dlq_item.outcome, Outcome::Drifted);
     assert_eq!(dlq_item.changes.len(), 1);
     assert_eq!(dlq_item.changes[0].field, "max_age");
-    assert_eq!(dlq_item.changes[0].actual, "300s");
+    assert_eq!(dlq_item.changes[0].actual, "600s");
     assert_eq!(
         outcome_of(&drifted, "EGRESS/egress-worker").outcome,
         Outcome::Drifted
@@ -72,7 +72,7 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
             .cached_info()
             .config
             .max_age,
-        Duration::from_secs(300)
+        Duration::from_secs(600)
     );
 
     let fixed = provision(&js, &topology, true).await.unwrap();

@@ -34,3 +34,27 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
+
+/// Headers the server interprets on publish (`Nats-Msg-Id`, `Nats-Expected-*`, `Nats-TTL`,
+/// `Nats-Schedule*`, …) start with this prefix. Stages never copy them from a message they
+/// read onto a message they publish: each publish sets exactly the ones it means.
+pub const SERVER_PREFIX: &str = "Nats-";
+
+/// A copy of `headers` without the server-interpreted `Nats-*` ones.
+pub fn without_server_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            if name.len() >= SERVER_PREFIX.len()
+                && name[..SERVER_PREFIX.len()].eq_ignore_ascii_case(SERVER_PREFIX)
+            {
+                continue;
+            }
+            for value in values {
+                out.append(name, value.as_str());
+            }
+        }
+    }
+    out
+}

@@ -116,8 +116,8 @@ validated_id!(
     "platform id"
 );
 validated_id!(
-    /// An optional deployment prefix (e.g. an environment name) put in front of every subject
-    /// and, upper-cased, in front of every stream and bucket name.
+    /// An optional deployment prefix (e.g. an environment name) put in front of every subject,
+    /// upper-cased in front of every stream name, and as is in front of every bucket name.
     DeploymentPrefix,
     "deployment prefix"
 );

@@ -307,7 +307,7 @@ mod tests {
         fn idempotency_keys_round_trip(
             tenant in id_strategy(),
             platform in id_strategy(),
-            msg_id in "\\S(\\PC{0,298}\\S)?",
+            msg_id in "[^\\s\\p{Cc}]([^\\p{Cc}]{0,298}[^\\s\\p{Cc}])?",
         ) {
             let key = IdempotencyKey {
                 tenant: TenantId::new(tenant).unwrap(),

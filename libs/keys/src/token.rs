@@ -91,14 +91,16 @@ pub fn decode_token(token: &str) -> Result<String, KeyError> {
 
 /// A producer's message id (its `Nats-Msg-Id`, the idempotency key): any UTF-8 text of 1 to
 /// [`MAX_MSG_ID_LEN`] bytes that neither starts nor ends with whitespace (NATS trims header
-/// values in transit, so a padded id could not mean the same thing over NATS and HTTP). It is never put raw into a subject or key, only through
+/// values in transit, so a padded id could not mean the same thing over NATS and HTTP) and
+/// has no control character but tab (a header value cannot carry CR, LF or NUL). It is never put raw into a subject or key, only through
 /// [`MsgId::to_token`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MsgId(String);
 
 impl MsgId {
-    /// Validates a producer message id (length, no surrounding whitespace).
+    /// Validates a producer message id (length, no surrounding whitespace, no control
+    /// characters but tab).
     pub fn new(value: impl Into<String>) -> Result<Self, KeyError> {
         let value = value.into();
         if value.is_empty() {
@@ -115,6 +117,18 @@ impl MsgId {
             return Err(KeyError::Padded {
                 kind: "msg id",
                 value: shown(&value),
+            });
+        }
+        if let Some((at, found)) = value
+            .char_indices()
+            .find(|(_, c)| c.is_control() && *c != '\t')
+        {
+            return Err(KeyError::InvalidChar {
+                kind: "msg id",
+                value: shown(&value),
+                found,
+                at,
+                allowed: "any UTF-8 but control characters (tab excepted)",
             });
         }
         Ok(Self(value))
@@ -183,6 +197,10 @@ mod tests {
         assert!(MsgId::new(" padded").is_err());
         assert!(MsgId::new("tab\t").is_err());
         assert!(MsgId::new("inner space").is_ok());
+        assert!(MsgId::new("in\tner").is_ok());
+        for bad in ["a\rb", "a\nb", "a\u{0}b", "a\u{7f}b"] {
+            assert!(MsgId::new(bad).is_err(), "{bad:?}");
+        }
     }
 
     proptest! {

@@ -126,7 +126,7 @@ impl ResolvedTopology {
                     max_age: Duration::from_secs(s.max_age_secs),
                     max_bytes: s.max_bytes,
                     max_message_size: s.max_msg_size,
-                    duplicate_window: Duration::from_secs(s.duplicate_window_secs),
+                    duplicate_window: Duration::from_millis(s.duplicate_window_ms),
                     discard: match s.discard {
                         Discard::Old => stream::DiscardPolicy::Old,
                         Discard::New => stream::DiscardPolicy::New,

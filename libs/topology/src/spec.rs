@@ -75,8 +75,8 @@ pub struct StreamSpec {
     pub max_bytes: i64,
     /// Largest message, in bytes.
     pub max_msg_size: i32,
-    /// Duplicate window for `Nats-Msg-Id`, in seconds.
-    pub duplicate_window_secs: u64,
+    /// Duplicate window for `Nats-Msg-Id`, in milliseconds.
+    pub duplicate_window_ms: u64,
     /// What a full stream does.
     pub discard: Discard,
     /// Allow direct gets (the DLQ safety net fetches by sequence).
@@ -116,9 +116,6 @@ pub struct BucketSpec {
     pub name: String,
     /// Human description.
     pub description: String,
-    /// Environment variable that overrides the bucket name outright.
-    #[serde(default)]
-    pub env_override: Option<String>,
     /// Revisions kept per key.
     pub history: i64,
     /// Key age limit in seconds (0 = never expires; allowed only without per-key TTLs).

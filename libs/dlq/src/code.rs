@@ -1,0 +1,118 @@
+//! The closed set of DLQ codes: why a message was dead-lettered.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a message is in the DLQ. Closed: every stage picks one of these, and `docs/contracts.md`
+/// documents each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqCode {
+    /// ingress: the subject is not `ingress.v1.<tenant>.<team>.<platform>` with valid ids.
+    InvalidSubject,
+    /// ingress: a header is malformed (e.g. an oversize or padded `Nats-Msg-Id`).
+    InvalidHeader,
+    /// ingress: no `Nats-Msg-Id` and the policy requires one.
+    MissingMsgId,
+    /// ingress: `Switchyard-Tenant` names another tenant than the subject (spoofing).
+    TenantMismatch,
+    /// ingress: the payload is larger than the configured limit.
+    PayloadTooLarge,
+    /// ingress: the payload does not match its content type (invalid UTF-8 for text, invalid
+    /// JSON for `application/json`), or is empty.
+    InvalidPayload,
+    /// ingress: the tenant is not in the tenant registry.
+    UnknownTenant,
+    /// ingress: the tenant is disabled.
+    TenantDisabled,
+    /// any stage after ingress: the envelope headers are missing or malformed.
+    InvalidEnvelope,
+    /// egress: no route for (tenant, team, platform), nor a team-less default.
+    NoRoute,
+    /// egress: the route exists but cannot be used (bad JSON, bad URL, bad secret).
+    InvalidRoute,
+    /// egress: the sink answered with a permanent failure (4xx other than 408/429).
+    PermanentFailure,
+    /// egress: every attempt of the retry budget failed.
+    RetriesExhausted,
+    /// safety net: JetStream gave up redelivering (max deliveries) before the stage could
+    /// dead-letter the message itself (it crashed, hung or was killed each time).
+    ExhaustedDeliveries,
+}
+
+impl DlqCode {
+    /// Every code.
+    pub const ALL: [DlqCode; 14] = [
+        DlqCode::InvalidSubject,
+        DlqCode::InvalidHeader,
+        DlqCode::MissingMsgId,
+        DlqCode::TenantMismatch,
+        DlqCode::PayloadTooLarge,
+        DlqCode::InvalidPayload,
+        DlqCode::UnknownTenant,
+        DlqCode::TenantDisabled,
+        DlqCode::InvalidEnvelope,
+        DlqCode::NoRoute,
+        DlqCode::InvalidRoute,
+        DlqCode::PermanentFailure,
+        DlqCode::RetriesExhausted,
+        DlqCode::ExhaustedDeliveries,
+    ];
+
+    /// The code as written in headers and shown by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqCode::InvalidSubject => "invalid_subject",
+            DlqCode::InvalidHeader => "invalid_header",
+            DlqCode::MissingMsgId => "missing_msg_id",
+            DlqCode::TenantMismatch => "tenant_mismatch",
+            DlqCode::PayloadTooLarge => "payload_too_large",
+            DlqCode::InvalidPayload => "invalid_payload",
+            DlqCode::UnknownTenant => "unknown_tenant",
+            DlqCode::TenantDisabled => "tenant_disabled",
+            DlqCode::InvalidEnvelope => "invalid_envelope",
+            DlqCode::NoRoute => "no_route",
+            DlqCode::InvalidRoute => "invalid_route",
+            DlqCode::PermanentFailure => "permanent_failure",
+            DlqCode::RetriesExhausted => "retries_exhausted",
+            DlqCode::ExhaustedDeliveries => "exhausted_deliveries",
+        }
+    }
+}
+
+impl fmt::Display for DlqCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown code string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown dlq code {0:?}")]
+pub struct UnknownCode(pub String);
+
+impl FromStr for DlqCode {
+    type Err = UnknownCode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DlqCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownCode(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_match_serde() {
+        for code in DlqCode::ALL {
+            assert_eq!(code.as_str().parse::<DlqCode>().unwrap(), code);
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{code}\""));
+        }
+        assert!("boom".parse::<DlqCode>().is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! DLQ records, written by every stage through this one library.
+//!
+//! A DLQ entry is a message on `[p.]dlq.v1.<tenant|_>.<stage>.<platform|_>` in the DLQ stream
+//! (never a work queue). Its payload is the original payload, byte for byte; its headers are
+//! the original headers (less the server-interpreted `Nats-*` ones) plus the
+//! `Switchyard-Dlq-*` headers of [`headers`]. The wire format is documented in
+//! `docs/contracts.md` so a stock NATS client can read it.
+//!
+//! - [`code`]: [`DlqCode`], the closed set of reasons.
+//! - [`record`]: [`DeadLetter`] (what a stage writes) and [`DlqEntry`] (what operators read).
+//! - [`attempt`]: [`AttemptRecord`], one delivery attempt in a message's history.
+//! - [`replay`]: where and how an entry re-enters the pipeline.
+
+pub mod attempt;
+pub mod code;
+pub mod headers;
+pub mod record;
+pub mod replay;
+
+pub use attempt::AttemptRecord;
+pub use code::DlqCode;
+pub use record::{DeadLetter, DlqEntry, DlqEntryView, DlqError};
+pub use replay::{ReplayPlan, plan_replay};

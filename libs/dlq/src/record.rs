@@ -1,0 +1,308 @@
+//! Writing a DLQ record ([`DeadLetter`]) and reading one back ([`DlqEntry`]).
+
+use std::collections::BTreeMap;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use serde::Serialize;
+use switchyard_envelope::{PayloadView, headers as env_headers};
+use switchyard_keys::{PlatformId, Stage, TenantId};
+use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::attempt::{AttemptRecord, decode_history, encode_history};
+use crate::{DlqCode, headers};
+
+/// Why a DLQ record could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// Publishing the record failed (the stage must not ack the original).
+    #[error("publishing the dlq record failed")]
+    Publish(#[source] async_nats::jetstream::context::PublishError),
+    /// A stored entry lacks a DLQ header or has a malformed one.
+    #[error("dlq entry {seq} has a missing or malformed {header} header")]
+    Malformed {
+        /// The entry's DLQ stream sequence.
+        seq: u64,
+        /// The header.
+        header: &'static str,
+    },
+    /// A stored entry's subject is not a DLQ subject.
+    #[error("dlq entry {seq} has subject {subject:?}, not a dlq subject")]
+    Subject {
+        /// The entry's DLQ stream sequence.
+        seq: u64,
+        /// The subject.
+        subject: String,
+    },
+}
+
+/// The longest reason kept, in characters.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// What a stage writes when it gives up on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The stage that gives up.
+    pub stage: Stage,
+    /// Why.
+    pub code: DlqCode,
+    /// A human reason (one line; truncated to 1000 characters).
+    pub reason: String,
+    /// The tenant, if the message names a valid one.
+    pub tenant: Option<TenantId>,
+    /// The platform, if the message names a valid one.
+    pub platform: Option<PlatformId>,
+    /// Delivery attempts made (0 when the stage never tried to deliver).
+    pub attempts: u32,
+    /// When the first failure happened.
+    pub first_failure: OffsetDateTime,
+    /// When the last failure happened.
+    pub last_failure: OffsetDateTime,
+    /// The stream the message was read from.
+    pub source_stream: String,
+    /// Its sequence there.
+    pub source_seq: u64,
+    /// The subject it was read from.
+    pub source_subject: String,
+    /// The attempt history (may be empty).
+    pub history: Vec<AttemptRecord>,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+impl DeadLetter {
+    /// The record's `Nats-Msg-Id`: one record per stored source message, so a stage that
+    /// crashes after writing the record and before acking does not write it twice.
+    pub fn msg_id(&self) -> String {
+        format!("dlq:{}:{}", self.source_stream, self.source_seq)
+    }
+
+    /// The DLQ subject the record goes to.
+    pub fn subject(&self, ns: &Namespace) -> String {
+        DlqSubject {
+            tenant: self.tenant.clone(),
+            stage: self.stage,
+            platform: self.platform.clone(),
+        }
+        .format(ns)
+    }
+
+    /// The record's headers: the original ones (less `Nats-*`) plus the DLQ headers.
+    pub fn headers(&self, original: Option<&HeaderMap>) -> HeaderMap {
+        let mut h = env_headers::without_server_headers(original);
+        let reason = self.reason.replace(['\r', '\n'], " ");
+        let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
+            Some((at, _)) => format!("{}…", &reason[..at]),
+            None => reason,
+        };
+        h.insert(headers::STAGE, self.stage.as_str());
+        h.insert(headers::CODE, self.code.as_str());
+        h.insert(headers::REASON, reason);
+        h.insert(headers::ATTEMPTS, self.attempts.to_string());
+        h.insert(headers::FIRST_FAILURE, rfc3339(self.first_failure));
+        h.insert(headers::LAST_FAILURE, rfc3339(self.last_failure));
+        h.insert(headers::SOURCE_STREAM, self.source_stream.as_str());
+        h.insert(headers::SOURCE_SEQ, self.source_seq.to_string());
+        h.insert(headers::SOURCE_SUBJECT, self.source_subject.as_str());
+        h.insert(headers::HISTORY, encode_history(&self.history));
+        if let Some(id) = original.and_then(|o| o.get(env_headers::NATS_MSG_ID)) {
+            h.insert(headers::ORIGINAL_MSG_ID, id.as_str());
+        }
+        h.insert(env_headers::NATS_MSG_ID, self.msg_id());
+        h
+    }
+
+    /// Publishes the record. Await the returned future for the stream's ack before acking
+    /// the original: only a stored record makes it safe to let go of the message.
+    pub async fn publish(
+        &self,
+        js: &jetstream::Context,
+        ns: &Namespace,
+        original_headers: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, DlqError> {
+        js.publish_with_headers(self.subject(ns), self.headers(original_headers), payload)
+            .await
+            .map_err(DlqError::Publish)
+    }
+}
+
+/// A DLQ entry as stored: the record, the original message, and where it sits.
+#[derive(Debug, Clone)]
+pub struct DlqEntry {
+    /// Sequence in the DLQ stream (the entry's id for `show`, `replay`, `purge`).
+    pub seq: u64,
+    /// When the DLQ stream stored it.
+    pub stored_at: OffsetDateTime,
+    /// The DLQ subject.
+    pub subject: String,
+    /// The record.
+    pub record: DeadLetter,
+    /// The original headers (without the DLQ headers).
+    pub original_headers: HeaderMap,
+    /// The producer's original `Nats-Msg-Id`, if any.
+    pub original_msg_id: Option<String>,
+    /// The original payload, byte for byte.
+    pub payload: Bytes,
+}
+
+fn header<'a>(h: &'a HeaderMap, seq: u64, name: &'static str) -> Result<&'a str, DlqError> {
+    h.get(name)
+        .map(|v| v.as_str())
+        .ok_or(DlqError::Malformed { seq, header: name })
+}
+
+fn parsed<T: std::str::FromStr>(
+    h: &HeaderMap,
+    seq: u64,
+    name: &'static str,
+) -> Result<T, DlqError> {
+    header(h, seq, name)?
+        .parse()
+        .map_err(|_| DlqError::Malformed { seq, header: name })
+}
+
+fn time_header(h: &HeaderMap, seq: u64, name: &'static str) -> Result<OffsetDateTime, DlqError> {
+    OffsetDateTime::parse(header(h, seq, name)?, &Rfc3339)
+        .map_err(|_| DlqError::Malformed { seq, header: name })
+}
+
+impl DlqEntry {
+    /// Reads an entry from a stored DLQ message.
+    pub fn from_message(
+        ns: &Namespace,
+        seq: u64,
+        stored_at: OffsetDateTime,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Result<Self, DlqError> {
+        let empty = HeaderMap::new();
+        let h = headers.unwrap_or(&empty);
+        let parsed_subject = DlqSubject::parse(ns, subject).map_err(|_| DlqError::Subject {
+            seq,
+            subject: subject.to_owned(),
+        })?;
+        let record = DeadLetter {
+            stage: parsed(h, seq, headers::STAGE)?,
+            code: parsed(h, seq, headers::CODE)?,
+            reason: header(h, seq, headers::REASON)?.to_owned(),
+            tenant: parsed_subject.tenant,
+            platform: parsed_subject.platform,
+            attempts: parsed(h, seq, headers::ATTEMPTS)?,
+            first_failure: time_header(h, seq, headers::FIRST_FAILURE)?,
+            last_failure: time_header(h, seq, headers::LAST_FAILURE)?,
+            source_stream: header(h, seq, headers::SOURCE_STREAM)?.to_owned(),
+            source_seq: parsed(h, seq, headers::SOURCE_SEQ)?,
+            source_subject: header(h, seq, headers::SOURCE_SUBJECT)?.to_owned(),
+            history: decode_history(h.get(headers::HISTORY).map(|v| v.as_str())).map_err(|_| {
+                DlqError::Malformed {
+                    seq,
+                    header: headers::HISTORY,
+                }
+            })?,
+        };
+        let mut original_headers = HeaderMap::new();
+        for (name, values) in h.iter() {
+            let name: &str = name.as_ref();
+            if name.starts_with(headers::PREFIX)
+                || name.eq_ignore_ascii_case(env_headers::NATS_MSG_ID)
+            {
+                continue;
+            }
+            for value in values {
+                original_headers.append(name, value.as_str());
+            }
+        }
+        Ok(Self {
+            seq,
+            stored_at,
+            subject: subject.to_owned(),
+            original_msg_id: h
+                .get(headers::ORIGINAL_MSG_ID)
+                .map(|v| v.as_str().to_owned()),
+            record,
+            original_headers,
+            payload,
+        })
+    }
+
+    /// The JSON view for the CLI.
+    pub fn view(&self) -> DlqEntryView {
+        let r = &self.record;
+        let mut original_headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, values) in self.original_headers.iter() {
+            let name: &str = name.as_ref();
+            original_headers
+                .entry(name.to_owned())
+                .or_default()
+                .extend(values.iter().map(|v| v.as_str().to_owned()));
+        }
+        DlqEntryView {
+            seq: self.seq,
+            stored_at: rfc3339(self.stored_at),
+            subject: self.subject.clone(),
+            tenant: r.tenant.as_ref().map(ToString::to_string),
+            stage: r.stage,
+            platform: r.platform.as_ref().map(ToString::to_string),
+            code: r.code,
+            reason: r.reason.clone(),
+            attempts: r.attempts,
+            first_failure: rfc3339(r.first_failure),
+            last_failure: rfc3339(r.last_failure),
+            source_stream: r.source_stream.clone(),
+            source_seq: r.source_seq,
+            source_subject: r.source_subject.clone(),
+            original_msg_id: self.original_msg_id.clone(),
+            history: r.history.clone(),
+            headers: original_headers,
+            payload: PayloadView::of(&self.payload),
+        }
+    }
+}
+
+/// The JSON shape of a DLQ entry (`switchyard dlq show --json`, `ls --json`, `tail --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DlqEntryView {
+    /// DLQ stream sequence.
+    pub seq: u64,
+    /// When the DLQ stored it.
+    pub stored_at: String,
+    /// DLQ subject.
+    pub subject: String,
+    /// Tenant, if known.
+    pub tenant: Option<String>,
+    /// The stage that gave up.
+    pub stage: Stage,
+    /// Platform, if known.
+    pub platform: Option<String>,
+    /// Code.
+    pub code: DlqCode,
+    /// Reason.
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// First failure.
+    pub first_failure: String,
+    /// Last failure.
+    pub last_failure: String,
+    /// Source stream.
+    pub source_stream: String,
+    /// Source sequence.
+    pub source_seq: u64,
+    /// Source subject.
+    pub source_subject: String,
+    /// Producer's original `Nats-Msg-Id`.
+    pub original_msg_id: Option<String>,
+    /// Attempt history.
+    pub history: Vec<AttemptRecord>,
+    /// Original headers.
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Original payload.
+    pub payload: PayloadView,
+}

@@ -1,0 +1,133 @@
+//! Where a DLQ entry re-enters the pipeline, and with which headers.
+//!
+//! An entry re-enters at the stage that gave up, so a replayed message is not dropped as a
+//! duplicate by the idempotency stage it already passed:
+//!
+//! - **ingress** failures are republished to their original producer subject with the
+//!   producer's `Nats-Msg-Id` (only codes an operator can fix: unknown or disabled tenant, or
+//!   a crash). Within the ingress stream's duplicate window the stream drops such a copy;
+//!   the publish ack says so and the entry stays in the DLQ.
+//! - later stages' failures are republished to that stage's input subject with the envelope
+//!   unchanged except: replay counter + 1 (so the hop `Nats-Msg-Id` is new), delivery
+//!   attempts reset to 0, and the attempt history cleared.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use switchyard_envelope::{Envelope, headers as env_headers};
+use switchyard_keys::Stage;
+use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
+
+use crate::{DlqCode, DlqEntry, headers};
+
+/// A replay ready to publish.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// The stage the message re-enters.
+    pub stage: InputStage,
+    /// The subject to publish to.
+    pub subject: String,
+    /// The headers, `Nats-Msg-Id` included.
+    pub headers: HeaderMap,
+    /// The original payload.
+    pub payload: Bytes,
+}
+
+/// Why an entry cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The code is a producer error: replaying would fail the same way.
+    #[error(
+        "entry {seq} was refused at {stage} with code {code}: the message itself is invalid, so a replay would fail the same way (fix the producer and publish again)"
+    )]
+    NotReplayable {
+        /// The entry.
+        seq: u64,
+        /// Its stage.
+        stage: Stage,
+        /// Its code.
+        code: DlqCode,
+    },
+    /// The entry's envelope headers are unreadable.
+    #[error("entry {seq} has no readable envelope: {reason}")]
+    NoEnvelope {
+        /// The entry.
+        seq: u64,
+        /// The envelope error.
+        reason: String,
+    },
+}
+
+fn input_stage(stage: Stage) -> Option<InputStage> {
+    match stage {
+        Stage::Ingress => Some(InputStage::Ingress),
+        Stage::Idempotency => Some(InputStage::Idempotency),
+        Stage::Backpressure => Some(InputStage::Backpressure),
+        Stage::Egress => Some(InputStage::Egress),
+        Stage::Dlq => None,
+    }
+}
+
+/// Plans the replay of one entry.
+pub fn plan_replay(ns: &Namespace, entry: &DlqEntry) -> Result<ReplayPlan, ReplayError> {
+    let record = &entry.record;
+    let refuse = || ReplayError::NotReplayable {
+        seq: entry.seq,
+        stage: record.stage,
+        code: record.code,
+    };
+    let stage = input_stage(record.stage).ok_or_else(refuse)?;
+    if stage == InputStage::Ingress {
+        if !matches!(
+            record.code,
+            DlqCode::UnknownTenant | DlqCode::TenantDisabled | DlqCode::ExhaustedDeliveries
+        ) {
+            return Err(refuse());
+        }
+        let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
+        if let Some(id) = &entry.original_msg_id {
+            h.insert(env_headers::NATS_MSG_ID, id.as_str());
+        }
+        return Ok(ReplayPlan {
+            stage,
+            subject: record.source_subject.clone(),
+            headers: h,
+            payload: entry.payload.clone(),
+        });
+    }
+    if record.code == DlqCode::InvalidEnvelope {
+        return Err(refuse());
+    }
+    let mut envelope = Envelope::from_headers(Some(&entry.original_headers)).map_err(|e| {
+        ReplayError::NoEnvelope {
+            seq: entry.seq,
+            reason: e.to_string(),
+        }
+    })?;
+    envelope.attempt.replay += 1;
+    envelope.attempt.delivery = 0;
+    let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
+    let mut cleaned = HeaderMap::new();
+    for (name, values) in h.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case(headers::ATTEMPTS_LOG) {
+            continue;
+        }
+        for value in values {
+            cleaned.append(name, value.as_str());
+        }
+    }
+    h = cleaned;
+    envelope.write_headers(&mut h);
+    h.insert(env_headers::NATS_MSG_ID, envelope.hop_msg_id(stage.stage()));
+    let subject = StageSubject {
+        stage,
+        address: envelope.address.clone(),
+    }
+    .format(ns);
+    Ok(ReplayPlan {
+        stage,
+        subject,
+        headers: h,
+        payload: entry.payload.clone(),
+    })
+}

@@ -1,0 +1,21 @@
+//! What every pipeline service shares, so each service's code is only its own logic:
+//!
+//! - [`worker`]: the consume loop. A service implements [`worker::Handler`] and returns an
+//!   [`worker::Outcome`]; the loop maps outcomes to ack / nak-with-delay / DLQ record + ack in
+//!   exactly one place, bounds concurrency, and drains in-flight work on shutdown.
+//! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
+//!   scheduling a delayed re-entry (retries, rate waits) through a JetStream message schedule.
+//! - [`metrics`]: the core metric set every service emits, in Prometheus text.
+//! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
+//! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
+
+pub mod handoff;
+pub mod metrics;
+pub mod probes;
+pub mod shutdown;
+pub mod worker;
+
+pub use handoff::{Handoff, HandoffError};
+pub use metrics::Metrics;
+pub use probes::{Readiness, router};
+pub use worker::{Handled, Handler, Outcome, Worker, WorkerSettings};

@@ -1,0 +1,88 @@
+//! `/healthz` (the process is alive), `/readyz` (NATS is connected and the stage's streams and
+//! buckets exist) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::Metrics;
+
+/// What readiness checks: the connection, then each stream and bucket the service needs.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The service's client.
+    pub client: async_nats::Client,
+    /// Its JetStream context.
+    pub js: async_nats::jetstream::Context,
+    /// Streams that must exist.
+    pub streams: Vec<String>,
+    /// KV buckets that must exist.
+    pub buckets: Vec<String>,
+}
+
+impl Readiness {
+    /// `Ok` when ready; otherwise what is missing.
+    pub async fn check(&self) -> Result<(), String> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err("not connected to nats".to_owned());
+        }
+        for stream in &self.streams {
+            self.js
+                .get_stream(stream)
+                .await
+                .map_err(|e| format!("stream {stream}: {e}"))?;
+        }
+        for bucket in &self.buckets {
+            self.js
+                .get_stream(format!("KV_{bucket}"))
+                .await
+                .map_err(|e| format!("bucket {bucket}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct ProbeState {
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<ProbeState>) -> (StatusCode, String) {
+    match state.readiness.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<ProbeState>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+/// The probe routes, to serve alone or merged with a service's own routes.
+pub fn router(readiness: Readiness, metrics_: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ProbeState {
+            readiness,
+            metrics: metrics_,
+        })
+}
