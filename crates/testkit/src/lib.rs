@@ -4,6 +4,7 @@
 //!   temporary store; can be killed (`kill -9`) and restarted on the same port and store.
 //! - [`NatsCluster`]: three servers from `nats/server/cluster-n*.conf` on loopback; any node
 //!   can be killed and restarted.
+//! - [`stored_messages`]: what a stream holds, read without consuming.
 //! - [`wait_for`]: polls a condition until it holds or a deadline passes — tests wait on
 //!   conditions, never on bare sleeps.
 //!
@@ -12,10 +13,12 @@
 
 mod cluster;
 mod node;
+mod streams;
 mod wait;
 
 pub use cluster::NatsCluster;
 pub use node::{NatsServer, free_port};
+pub use streams::{stored_count, stored_messages};
 pub use wait::wait_for;
 
 use std::path::PathBuf;

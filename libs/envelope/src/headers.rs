@@ -58,3 +58,29 @@ pub fn without_server_headers(headers: Option<&async_nats::HeaderMap>) -> async_
     }
     out
 }
+
+/// Every Switchyard header starts with this prefix; only stages set them.
+pub const SWITCHYARD_PREFIX: &str = "Switchyard-";
+
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// A producer's headers as ingress passes them on: without `Nats-*` (server-interpreted) and
+/// without any `Switchyard-*` header (only stages may set those; a producer's copy is never
+/// trusted, apart from the `Switchyard-Tenant` claim ingress checks before dropping it).
+pub fn producer_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            if has_prefix(name, SERVER_PREFIX) || has_prefix(name, SWITCHYARD_PREFIX) {
+                continue;
+            }
+            for value in values {
+                out.append(name, value.as_str());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,116 @@
+//! The ingress stage's handler: validate, stamp the envelope, hand on — or dead-letter.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use switchyard_dlq::DeadLetter;
+use switchyard_envelope::{
+    Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext, headers,
+};
+use switchyard_keys::Stage;
+use switchyard_service::{Handled, Handler, Handoff, Outcome};
+use switchyard_subjects::InputStage;
+use time::OffsetDateTime;
+
+use crate::validate::{Accepted, Validator};
+
+/// Validates producer messages and hands them on to `next`.
+pub struct IngressHandler {
+    /// The checks.
+    pub validator: Arc<Validator>,
+    /// The publisher.
+    pub handoff: Handoff,
+    /// The stage to hand on to.
+    pub next: InputStage,
+}
+
+/// A trace context for a message that arrived without one: the envelope id as the trace id
+/// (one trace per message, from ingress to sink) and the stream sequence as the span id.
+fn trace_for(given: TraceContext, id: EnvelopeId, source: &SourceRef) -> TraceContext {
+    if given.traceparent.is_some() {
+        return given;
+    }
+    let span = source.sequence.max(1);
+    TraceContext {
+        traceparent: Some(format!("00-{}-{span:016x}-01", id.0.simple())),
+        tracestate: None,
+    }
+}
+
+/// Stamps the envelope of an accepted message.
+pub fn stamp(accepted: Accepted, source: SourceRef, received_at: OffsetDateTime) -> Envelope {
+    let id = EnvelopeId::derive(&source, received_at);
+    Envelope {
+        id,
+        trace: trace_for(accepted.trace, id, &source),
+        address: accepted.address,
+        msg_id: accepted.msg_id,
+        received_at,
+        content_type: accepted.content_type,
+        schema_version: SCHEMA_VERSION,
+        attempt: Attempt::default(),
+        source,
+    }
+}
+
+impl Handler for IngressHandler {
+    async fn handle(&self, msg: &jetstream::Message) -> Handled {
+        let Ok(info) = msg.info() else {
+            return Handled {
+                tenant: None,
+                outcome: Outcome::Retry {
+                    after: std::time::Duration::from_secs(1),
+                    reason: "no message metadata".into(),
+                },
+            };
+        };
+        let source = SourceRef {
+            stream: info.stream.to_owned(),
+            sequence: info.stream_sequence,
+        };
+        let received_at = info.published;
+        match self
+            .validator
+            .check(&msg.subject, msg.headers.as_ref(), &msg.payload, &source)
+        {
+            Err(rejection) => {
+                let now = OffsetDateTime::now_utc();
+                Handled {
+                    tenant: rejection.tenant.clone(),
+                    outcome: Outcome::DeadLetter(Box::new(DeadLetter {
+                        stage: Stage::Ingress,
+                        code: rejection.code,
+                        reason: rejection.reason,
+                        tenant: rejection.tenant,
+                        platform: rejection.platform,
+                        attempts: 0,
+                        first_failure: now,
+                        last_failure: now,
+                        source_stream: source.stream,
+                        source_seq: source.sequence,
+                        source_subject: msg.subject.to_string(),
+                        history: Vec::new(),
+                    })),
+                }
+            }
+            Ok(accepted) => {
+                let envelope = stamp(accepted, source, received_at);
+                let mut h = headers::producer_headers(msg.headers.as_ref());
+                envelope.write_headers(&mut h);
+                let tenant = Some(envelope.address.tenant.clone());
+                let outcome = match self
+                    .handoff
+                    .forward(self.next, &envelope, h, msg.payload.clone())
+                    .await
+                {
+                    Ok(()) => Outcome::Forwarded,
+                    Err(e) => Outcome::Retry {
+                        after: std::time::Duration::from_secs(1),
+                        reason: format!("{e}: {:?}", std::error::Error::source(&e)),
+                    },
+                };
+                Handled { tenant, outcome }
+            }
+        }
+    }
+}

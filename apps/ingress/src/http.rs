@@ -1,0 +1,298 @@
+//! The producer HTTP API, for producers that do not speak NATS. It writes to the same ingress
+//! stream as NATS producers, so every message goes through the same worker and checks.
+//!
+//! - `POST /v1/messages/{tenant}/{team}/{platform}` — the body is the payload, as is;
+//!   `Idempotency-Key` is the producer's message id; `Content-Type` and `traceparent` pass on.
+//! - `POST /v1/messages` — JSON: `{"tenant","team","platform","id","content_type"?,
+//!   "payload": <any JSON>}` or `"payload_base64": "<bytes>"` instead of `payload`.
+//!
+//! `202 {"id","stream","seq","duplicate"}` — `id` is the envelope id the pipeline will use;
+//! 4xx with `{"error","code"}` for bad input; 503 with `Retry-After` when JetStream refuses.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap as HttpHeaders, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use switchyard_dlq::DlqCode;
+use switchyard_envelope::{EnvelopeId, SourceRef, headers};
+use switchyard_keys::{Address, MsgId};
+use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
+
+use crate::validate::Validator;
+
+/// What the API needs.
+pub struct ApiState {
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The ingress stream.
+    pub stream: stream::Stream,
+    /// The ingress stream's name.
+    pub stream_name: String,
+    /// The same checks the worker applies.
+    pub validator: Arc<Validator>,
+}
+
+/// The JSON request of `POST /v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonMessage {
+    /// Tenant id.
+    pub tenant: String,
+    /// Team id.
+    pub team: String,
+    /// Platform id.
+    pub platform: String,
+    /// The producer's message id (idempotency key).
+    pub id: String,
+    /// Media type (default `application/json` for `payload`, none for `payload_base64`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// The payload as JSON.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    /// The payload as base64 bytes.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+}
+
+/// `202 Accepted` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AcceptedBody {
+    /// The envelope id.
+    pub id: String,
+    /// The ingress stream.
+    pub stream: String,
+    /// Its sequence there.
+    pub seq: u64,
+    /// Whether the stream recognised a duplicate publish (then `id` is the original's).
+    pub duplicate: bool,
+}
+
+/// An API error: status, message and (for validation failures) the DLQ code it corresponds to.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({"error": self.message, "code": self.code})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn status_for(code: DlqCode) -> StatusCode {
+    match code {
+        DlqCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        DlqCode::UnknownTenant => StatusCode::NOT_FOUND,
+        DlqCode::TenantDisabled => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// The API routes.
+pub fn router(state: Arc<ApiState>, max_payload_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/messages", post(post_json))
+        .route("/v1/messages/{tenant}/{team}/{platform}", post(post_raw))
+        .layer(DefaultBodyLimit::max(
+            max_payload_bytes.saturating_mul(2).max(64 * 1024),
+        ))
+        .with_state(state)
+}
+
+async fn post_raw(
+    State(state): State<Arc<ApiState>>,
+    Path((tenant, team, platform)): Path<(String, String, String)>,
+    http_headers: HttpHeaders,
+    body: Bytes,
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
+    let header = |name: &str| {
+        http_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let id = header("idempotency-key").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_msg_id",
+            "missing header Idempotency-Key",
+        )
+    })?;
+    accept(
+        &state,
+        &tenant,
+        &team,
+        &platform,
+        &id,
+        header("content-type"),
+        header("traceparent"),
+        body,
+    )
+    .await
+}
+
+async fn post_json(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<JsonMessage>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
+    let Json(m) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let (payload, default_ct) = match (m.payload, m.payload_base64) {
+        (Some(value), None) => (
+            Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+            Some("application/json"),
+        ),
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_payload",
+                        format!("payload_base64: {e}"),
+                    )
+                })?;
+            (Bytes::from(bytes), None)
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+                "exactly one of payload and payload_base64 is required",
+            ));
+        }
+    };
+    let content_type = m.content_type.or(default_ct.map(str::to_owned));
+    accept(
+        &state,
+        &m.tenant,
+        &m.team,
+        &m.platform,
+        &m.id,
+        content_type,
+        None,
+        payload,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept(
+    state: &ApiState,
+    tenant: &str,
+    team: &str,
+    platform: &str,
+    id: &str,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    payload: Bytes,
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
+    let address = Address::parse(tenant, team, platform).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            DlqCode::InvalidSubject.as_str(),
+            e.to_string(),
+        )
+    })?;
+    let msg_id = MsgId::new(id).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            DlqCode::InvalidHeader.as_str(),
+            format!("Idempotency-Key: {e}"),
+        )
+    })?;
+    if let Some(ct) = &content_type
+        && ct.contains(['\r', '\n'])
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            DlqCode::InvalidHeader.as_str(),
+            "content type has a line break",
+        ));
+    }
+    state
+        .validator
+        .check_tenant_and_payload(&address, content_type.as_deref(), &payload)
+        .map_err(|r| ApiError::new(status_for(r.code), r.code.as_str(), r.reason))?;
+
+    let mut h = HeaderMap::new();
+    h.insert(headers::NATS_MSG_ID, msg_id.as_str());
+    if let Some(ct) = &content_type {
+        h.insert(headers::CONTENT_TYPE, ct.as_str());
+    }
+    if let Some(tp) = traceparent.filter(|t| !t.contains(['\r', '\n'])) {
+        h.insert(headers::TRACEPARENT, tp);
+    }
+    let subject = StageSubject {
+        stage: InputStage::Ingress,
+        address,
+    }
+    .format(&state.validator.ns);
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("jetstream refused the message: {e}"),
+        )
+    };
+    let ack = state
+        .js
+        .publish_with_headers(subject, h, payload)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let ack = ack.await.map_err(|e| unavailable(&e))?;
+    // The envelope id is derived from where and when the stream stored the message, exactly
+    // as the ingress worker will derive it.
+    let stored = state
+        .stream
+        .direct_get(ack.sequence)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let id = EnvelopeId::derive(
+        &SourceRef {
+            stream: state.stream_name.clone(),
+            sequence: ack.sequence,
+        },
+        stored.time,
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AcceptedBody {
+            id: id.to_string(),
+            stream: ack.stream,
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        }),
+    ))
+}

@@ -1,0 +1,471 @@
+//! The ingress service against a real nats-server: what it hands on, what it dead-letters
+//! with which code, and what the HTTP API answers.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::StreamMessage};
+use switchyard_dlq::{DlqCode, DlqEntry};
+use switchyard_envelope::{Envelope, headers};
+use switchyard_ingress::{IngressConfig, Running, config};
+use switchyard_keys::{TenantId, TenantKey};
+use switchyard_registry::{Store, TenantRecord};
+use switchyard_runtime::ConfigSource;
+use switchyard_subjects::Namespace;
+use switchyard_testkit::{NatsServer, stored_count, stored_messages, wait_for};
+use switchyard_topology::{DeploymentConfig, provision};
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    _server: NatsServer,
+    js: jetstream::Context,
+    running: Option<Running>,
+    shutdown: CancellationToken,
+}
+
+impl Harness {
+    async fn start(max_payload_bytes: usize) -> Self {
+        let server = NatsServer::start().await;
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        let topology = DeploymentConfig::default().resolve().unwrap();
+        provision(&js, &topology, false).await.unwrap();
+        let tenants: Store<TenantKey, TenantRecord> =
+            Store::new(js.get_key_value("tenants").await.unwrap());
+        for (tenant, enabled) in [("acme", true), ("globex", true), ("frozen", false)] {
+            let record = TenantRecord {
+                enabled,
+                max_payload_bytes: None,
+            };
+            tenants
+                .put(
+                    &TenantKey {
+                        tenant: TenantId::new(tenant).unwrap(),
+                    },
+                    &record,
+                )
+                .await
+                .unwrap();
+        }
+        let mut config: IngressConfig = switchyard_runtime::load(&ConfigSource::new(
+            config::DEFAULTS,
+            "SWITCHYARD_INGRESS_TEST_UNUSED_",
+        ))
+        .unwrap();
+        config.nats.url = server.url();
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.ingress.max_payload_bytes = max_payload_bytes;
+        let shutdown = CancellationToken::new();
+        let running = switchyard_ingress::start(config, client, shutdown.clone())
+            .await
+            .unwrap();
+        Self {
+            _server: server,
+            js,
+            running: Some(running),
+            shutdown,
+        }
+    }
+
+    fn http(&self) -> String {
+        format!("http://{}", self.running.as_ref().unwrap().http_addr)
+    }
+
+    async fn publish(&self, subject: &str, h: HeaderMap, payload: &[u8]) {
+        self.js
+            .publish_with_headers(subject.to_owned(), h, payload.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Waits until ingress has settled everything it received: nothing pending or unacked.
+    async fn settled(&self) {
+        wait_for(
+            "ingress to settle every message",
+            Duration::from_secs(20),
+            || async {
+                let consumer = self
+                    .js
+                    .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                        "ingress-worker",
+                        "INGRESS",
+                    )
+                    .await
+                    .ok()?;
+                let mut consumer = consumer;
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn handed_on(&self) -> Vec<StreamMessage> {
+        stored_messages(&self.js, "IDEMPOTENCY").await
+    }
+
+    async fn dlq(&self) -> Vec<DlqEntry> {
+        stored_messages(&self.js, "DLQ")
+            .await
+            .into_iter()
+            .map(|m| {
+                let stored_at = time::OffsetDateTime::now_utc();
+                DlqEntry::from_message(
+                    &Namespace::default(),
+                    m.sequence,
+                    stored_at,
+                    &m.subject,
+                    Some(&m.headers),
+                    m.payload,
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.running.take().unwrap().task.await.unwrap().unwrap();
+    }
+}
+
+fn with_id(id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::NATS_MSG_ID, id);
+    h
+}
+
+fn with(id: &str, extra: &[(&str, &str)]) -> HeaderMap {
+    let mut h = with_id(id);
+    for (k, v) in extra {
+        h.insert(*k, *v);
+    }
+    h
+}
+
+#[tokio::test]
+async fn good_messages_are_stamped_and_handed_on_with_payload_untouched() {
+    let h = Harness::start(1024 * 1024).await;
+    let payload = b"\x00\x01binary\xffpayload";
+    let mut headers = with(
+        "order-1",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("X-Custom", "kept"),
+        ],
+    );
+    // A producer cannot spoof envelope headers: ingress replaces them.
+    headers.insert("Switchyard-Id", "00000000-0000-0000-0000-000000000000");
+    headers.insert("Switchyard-Attempt", "99");
+    headers.insert("Switchyard-Tenant", "acme");
+    h.publish("ingress.v1.acme.ops.slack", headers, payload)
+        .await;
+    h.settled().await;
+
+    let forwarded = h.handed_on().await;
+    assert_eq!(forwarded.len(), 1);
+    let msg = &forwarded[0];
+    assert_eq!(msg.subject.as_str(), "idempotency.v1.acme.ops.slack");
+    assert_eq!(&msg.payload[..], payload);
+    let envelope = Envelope::from_headers(Some(&msg.headers)).unwrap();
+    assert_eq!(envelope.msg_id.as_str(), "order-1");
+    assert_eq!(envelope.attempt.delivery, 0);
+    assert_ne!(
+        envelope.id.to_string(),
+        "00000000-0000-0000-0000-000000000000"
+    );
+    assert_eq!(envelope.id.0.get_version_num(), 7);
+    assert_eq!(envelope.source.stream, "INGRESS");
+    assert!(
+        envelope
+            .trace
+            .traceparent
+            .as_deref()
+            .is_some_and(|t| t.starts_with("00-"))
+    );
+    assert_eq!(
+        msg.headers.get("X-Custom").map(|v| v.as_str()),
+        Some("kept")
+    );
+    assert_eq!(
+        msg.headers.get(headers::NATS_MSG_ID).map(|v| v.as_str()),
+        Some(
+            envelope
+                .hop_msg_id(switchyard_keys::Stage::Idempotency)
+                .as_str()
+        )
+    );
+    assert!(h.dlq().await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
+    let h = Harness::start(1024).await;
+    let big = vec![b'x'; 1025];
+    let long_tenant = format!("ingress.v1.{}.ops.slack", "t".repeat(65));
+    let long_id = "i".repeat(2000);
+    let cases: Vec<(&str, HeaderMap, &[u8], DlqCode)> = vec![
+        (
+            "ingress.v1.ACME.ops.slack",
+            with_id("c1"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            "ingress.v1.acme.ops",
+            with_id("c2"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            "ingress.v1.acme.ops.slack.extra",
+            with_id("c3"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            "ingress.v1.acme._ops.slack",
+            with_id("c4"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            "ingress.v1.acme.ops.sl@ck",
+            with_id("c5"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            long_tenant.as_str(),
+            with_id("c6"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            HeaderMap::new(),
+            b"x",
+            DlqCode::MissingMsgId,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with(&long_id, &[]),
+            b"x",
+            DlqCode::InvalidHeader,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c9", &[("Switchyard-Tenant", "ACME")]),
+            b"x",
+            DlqCode::TenantMismatch,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c10", &[("Switchyard-Tenant", "globex")]),
+            b"x",
+            DlqCode::TenantMismatch,
+        ),
+        (
+            "ingress.v1.ghost.ops.slack",
+            with_id("c11"),
+            b"x",
+            DlqCode::UnknownTenant,
+        ),
+        (
+            "ingress.v1.frozen.ops.slack",
+            with_id("c12"),
+            b"x",
+            DlqCode::TenantDisabled,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with_id("c13"),
+            &big,
+            DlqCode::PayloadTooLarge,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c14", &[("Content-Type", "application/json")]),
+            b"{nope",
+            DlqCode::InvalidPayload,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c15", &[("Content-Type", "text/plain")]),
+            b"\xff\xfe",
+            DlqCode::InvalidPayload,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c16", &[("Content-Type", "application/json")]),
+            b"",
+            DlqCode::InvalidPayload,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c17\u{7f}", &[]),
+            b"x",
+            DlqCode::InvalidHeader,
+        ),
+        (
+            "ingress.v1.acme.ops.slack",
+            with("c18", &[("Content-Type", "application/cloudevents+json")]),
+            b"[1,",
+            DlqCode::InvalidPayload,
+        ),
+        (
+            "ingress.v1.globex.ops.slack",
+            with("c19", &[("Switchyard-Tenant", "acme")]),
+            b"x",
+            DlqCode::TenantMismatch,
+        ),
+        (
+            "ingress.v1.acme.o%ps.slack",
+            with_id("c20"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+        (
+            "ingress.v1.acme.OPS.slack",
+            with_id("c21"),
+            b"x",
+            DlqCode::InvalidSubject,
+        ),
+    ];
+    // Interleave a good message after every hostile one.
+    for (i, (subject, headers, payload, _)) in cases.iter().enumerate() {
+        h.publish(subject, headers.clone(), payload).await;
+        h.publish(
+            "ingress.v1.acme.ops.slack",
+            with(
+                &format!("good-{i}"),
+                &[("Content-Type", "application/json")],
+            ),
+            b"{\"ok\":true}",
+        )
+        .await;
+    }
+    h.settled().await;
+
+    let dlq = h.dlq().await;
+    assert_eq!(
+        dlq.len(),
+        cases.len(),
+        "{:#?}",
+        dlq.iter()
+            .map(|e| (&e.record.source_subject, e.record.code, &e.record.reason))
+            .collect::<Vec<_>>()
+    );
+    for ((subject, _, _, expected), entry) in cases.iter().zip(&dlq) {
+        assert_eq!(
+            entry.record.code, *expected,
+            "{subject}: {}",
+            entry.record.reason
+        );
+        assert_eq!(entry.record.source_subject, *subject);
+        assert_eq!(entry.record.stage, switchyard_keys::Stage::Ingress);
+        assert!(!entry.record.reason.is_empty());
+    }
+    // The payload in the DLQ is the original, byte for byte.
+    let oversize = dlq
+        .iter()
+        .find(|e| e.record.code == DlqCode::PayloadTooLarge)
+        .unwrap();
+    assert_eq!(oversize.payload.len(), 1025);
+    assert_eq!(oversize.original_msg_id.as_deref(), Some("c13"));
+
+    let good = h.handed_on().await;
+    assert_eq!(
+        good.len(),
+        cases.len(),
+        "every good message between the hostile ones is handed on"
+    );
+    assert_eq!(
+        stored_count(&h.js, "INGRESS").await,
+        (cases.len() * 2) as u64,
+        "ingress keeps raw messages"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
+    let h = Harness::start(1024).await;
+    let http = reqwest_client();
+    let base = h.http();
+
+    let response = http
+        .post(format!("{base}/v1/messages/acme/ops/slack"))
+        .header("Idempotency-Key", "http-1")
+        .header("Content-Type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    let response = http
+        .post(format!("{base}/v1/messages"))
+        .json(&serde_json::json!({"tenant":"globex","team":"ops","platform":"billing","id":"http-2","payload":{"amount":3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let refused: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.post(format!("{base}/v1/messages/ACME/ops/slack")).header("Idempotency-Key", "x").body("x"), 400, "invalid_subject"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).body("x"), 400, "missing_msg_id"),
+        (http.post(format!("{base}/v1/messages/ghost/ops/slack")).header("Idempotency-Key", "x").body("x"), 404, "unknown_tenant"),
+        (http.post(format!("{base}/v1/messages/frozen/ops/slack")).header("Idempotency-Key", "x").body("x"), 403, "tenant_disabled"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Idempotency-Key", "x").body(vec![b'x'; 1025]), 413, "payload_too_large"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Idempotency-Key", "x").header("Content-Type", "application/json").body("{"), 400, "invalid_payload"),
+        (http.post(format!("{base}/v1/messages")).header("Content-Type", "application/json").body("{\"tenant\":"), 400, "invalid_request"),
+        (http.post(format!("{base}/v1/messages")).json(&serde_json::json!({"tenant":"acme","team":"ops","platform":"slack","id":"x","payload":1,"payload_base64":"eA=="})), 400, "invalid_payload"),
+    ];
+    for (request, status, code) in refused {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(!body["error"].as_str().unwrap().is_empty());
+    }
+
+    h.settled().await;
+    let forwarded = h.handed_on().await;
+    assert_eq!(forwarded.len(), 2);
+    let first = Envelope::from_headers(Some(&forwarded[0].headers)).unwrap();
+    assert_eq!(
+        first.id.to_string(),
+        id,
+        "the API returns the id the pipeline uses"
+    );
+    assert_eq!(&forwarded[0].payload[..], b"hello");
+    assert_eq!(&forwarded[1].payload[..], b"{\"amount\":3}");
+    assert!(
+        h.dlq().await.is_empty(),
+        "refused HTTP input never reaches the stream"
+    );
+
+    let probes = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(probes.status(), 200);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("switchyard_messages_processed_total{stage=\"ingress\",tenant=\"acme\",outcome=\"forwarded\"} 1"), "{metrics}");
+    h.stop().await;
+}
+
+fn reqwest_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().unwrap()
+}

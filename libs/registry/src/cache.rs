@@ -1,0 +1,139 @@
+//! An in-memory copy of a bucket of records, kept fresh by a KV watch.
+//!
+//! Services read routes and tenants on every message; they read this cache, never KV. The
+//! cache loads every current value first ([`KvCache::wait_loaded`]), then applies updates as
+//! the watch delivers them (typically within milliseconds), and re-creates the watch with
+//! backoff if it ends (a NATS outage): until then the last known values stay in force.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use switchyard_keys::KvKey;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A value in the cache: the record, or why the stored bytes are not a valid record (so a
+/// service can dead-letter with a precise reason instead of pretending the key is absent).
+pub type Cached<R> = Result<R, String>;
+
+/// A watched copy of one bucket.
+pub struct KvCache<K, R> {
+    entries: RwLock<HashMap<K, Cached<R>>>,
+    loaded: watch::Sender<bool>,
+}
+
+impl<K, R> KvCache<K, R>
+where
+    K: KvKey + Eq + Hash + Send + Sync + 'static,
+    R: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Starts watching `bucket` until `shutdown`.
+    pub fn start(bucket: kv::Store, shutdown: CancellationToken) -> Arc<Self> {
+        let (loaded, _) = watch::channel(false);
+        let cache = Arc::new(Self {
+            entries: RwLock::new(HashMap::new()),
+            loaded,
+        });
+        let task = cache.clone();
+        tokio::spawn(async move { task.follow(bucket, shutdown).await });
+        cache
+    }
+
+    /// Waits until every value present at start-up has been loaded.
+    pub async fn wait_loaded(&self) {
+        let mut rx = self.loaded.subscribe();
+        let _ = rx.wait_for(|loaded| *loaded).await;
+    }
+
+    /// Whether the initial load is complete.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    /// The cached value for `key`.
+    pub fn get(&self, key: &K) -> Option<Cached<R>> {
+        self.entries.read().ok()?.get(key).cloned()
+    }
+
+    /// How many keys are cached.
+    pub fn len(&self) -> usize {
+        self.entries.read().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn apply(&self, entry: &kv::Entry) {
+        let Ok(key) = K::parse(&entry.key) else {
+            tracing::warn!(key = %entry.key, "ignoring a key outside the bucket's schema");
+            return;
+        };
+        let Ok(mut entries) = self.entries.write() else {
+            return;
+        };
+        match entry.operation {
+            kv::Operation::Put => {
+                let value = serde_json::from_slice::<R>(&entry.value).map_err(|e| e.to_string());
+                entries.insert(key, value);
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                entries.remove(&key);
+            }
+        }
+    }
+
+    async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.watch_once(&bucket, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(bucket = %bucket.name, %error, ?backoff, "kv watch ended; re-creating")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Runs one watch until it ends (error) or shutdown (Ok).
+    async fn watch_once(
+        &self,
+        bucket: &kv::Store,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
+        let mut watch = bucket
+            .watch_all_from_revision(1)
+            .await
+            .map_err(|e| e.to_string())?;
+        if empty {
+            self.loaded.send_replace(true);
+        }
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = watch.next() => next,
+            };
+            let entry = match next {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("watch closed".to_owned()),
+            };
+            self.apply(&entry);
+            if entry.delta == 0 && !self.is_loaded() {
+                self.loaded.send_replace(true);
+            }
+        }
+    }
+}

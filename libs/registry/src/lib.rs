@@ -1,0 +1,18 @@
+//! Configuration records kept in KV, shared by the services and the CLI:
+//!
+//! - [`route`]: [`Route`] — where (tenant, team or `_`, platform) is delivered: an HTTP webhook
+//!   or a NATS subject; JSON in the `routes` bucket under [`switchyard_keys::RouteKey`].
+//! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
+//!   under [`switchyard_keys::TenantKey`].
+//! - [`store`]: typed get/put/list/delete over a KV bucket for either record.
+//! - [`cache`]: [`KvCache`], an in-memory copy of a bucket kept fresh by a KV watch.
+
+pub mod cache;
+pub mod route;
+pub mod store;
+pub mod tenant;
+
+pub use cache::KvCache;
+pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
+pub use store::{Store, StoreError};
+pub use tenant::TenantRecord;

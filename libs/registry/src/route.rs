@@ -1,0 +1,253 @@
+//! Routes: where a tenant's messages for a platform are delivered.
+//!
+//! JSON, tagged by `type`:
+//!
+//! ```json
+//! {"type":"webhook","url":"https://hooks.example.com/in","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+//!  "timeout_ms":10000,"max_in_flight":16,"headers":{"X-Env":"prod"}}
+//! {"type":"nats","subject":"sink.acme.billing","jetstream":true,"timeout_ms":5000,"max_in_flight":64}
+//! ```
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+/// Why a route is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Not valid route JSON.
+    #[error("route is not valid JSON for a route: {0}")]
+    Json(String),
+    /// A field is out of range or malformed.
+    #[error("route field {field}: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+
+/// A Standard Webhooks signing secret: `whsec_` followed by base64 of the key bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookSecret(pub String);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+impl WebhookSecret {
+    /// The key bytes (the base64 after `whsec_`).
+    pub fn key(&self) -> Result<Vec<u8>, RouteError> {
+        let encoded = self.0.strip_prefix("whsec_").unwrap_or(&self.0);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| RouteError::Field {
+                field: "secret",
+                reason: format!("not base64 after whsec_: {e}"),
+            })?;
+        if key.len() < 16 {
+            return Err(RouteError::Field {
+                field: "secret",
+                reason: "shorter than 16 bytes".into(),
+            });
+        }
+        Ok(key)
+    }
+}
+
+/// Delivery by HTTP POST, signed in the Standard Webhooks style.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRoute {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Signing secret (`whsec_…`).
+    pub secret: WebhookSecret,
+    /// Per-attempt timeout, in milliseconds (default 10000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts in flight at once for this route (default 16).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Delivery by publishing to a NATS subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsRoute {
+    /// The subject (no wildcards).
+    pub subject: String,
+    /// Publish through JetStream and wait for the stream's ack (default false: core NATS).
+    #[serde(default)]
+    pub jetstream: bool,
+    /// Per-attempt timeout, in milliseconds (default 10000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts in flight at once for this route (default 16).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// Where messages of one (tenant, team or `_`, platform) go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Route {
+    /// An HTTP webhook.
+    Webhook(WebhookRoute),
+    /// A NATS subject.
+    Nats(NatsRoute),
+}
+
+impl Route {
+    /// Parses and validates route JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, RouteError> {
+        let route: Route =
+            serde_json::from_slice(bytes).map_err(|e| RouteError::Json(e.to_string()))?;
+        route.validate()?;
+        Ok(route)
+    }
+
+    /// The route as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        let (timeout_ms, max_in_flight) = match self {
+            Route::Webhook(w) => {
+                let scheme_ok = w.url.starts_with("http://") || w.url.starts_with("https://");
+                if !scheme_ok || w.url.len() < 10 || w.url.contains(char::is_whitespace) {
+                    return Err(RouteError::Field {
+                        field: "url",
+                        reason: format!("{:?} is not an http(s) URL", w.url),
+                    });
+                }
+                w.secret.key()?;
+                for (name, value) in &w.headers {
+                    let bad = |s: &str| s.is_empty() || s.contains(['\r', '\n']);
+                    if bad(name) || bad(value) || name.contains([':', ' ']) {
+                        return Err(RouteError::Field {
+                            field: "headers",
+                            reason: format!("invalid header {name:?}"),
+                        });
+                    }
+                }
+                (w.timeout_ms, w.max_in_flight)
+            }
+            Route::Nats(n) => {
+                let valid = !n.subject.is_empty()
+                    && n.subject
+                        .split('.')
+                        .all(|t| !t.is_empty() && t != "*" && t != ">")
+                    && !n.subject.contains(char::is_whitespace);
+                if !valid {
+                    return Err(RouteError::Field {
+                        field: "subject",
+                        reason: format!("{:?} is not a concrete subject", n.subject),
+                    });
+                }
+                (n.timeout_ms, n.max_in_flight)
+            }
+        };
+        if !(1..=300_000).contains(&timeout_ms) {
+            return Err(RouteError::Field {
+                field: "timeout_ms",
+                reason: "must be 1..=300000".into(),
+            });
+        }
+        if !(1..=10_000).contains(&max_in_flight) {
+            return Err(RouteError::Field {
+                field: "max_in_flight",
+                reason: "must be 1..=10000".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Per-attempt timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(match self {
+            Route::Webhook(w) => w.timeout_ms,
+            Route::Nats(n) => n.timeout_ms,
+        })
+    }
+
+    /// Attempts in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        match self {
+            Route::Webhook(w) => w.max_in_flight,
+            Route::Nats(n) => n.max_in_flight,
+        }
+    }
+
+    /// The route with its secret hidden, for display.
+    pub fn redacted(&self) -> Route {
+        let mut route = self.clone();
+        if let Route::Webhook(w) = &mut route {
+            w.secret = WebhookSecret("whsec_***".into());
+        }
+        route
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_kinds_with_defaults() {
+        let w = Route::from_json(br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#).unwrap();
+        assert_eq!(w.timeout(), std::time::Duration::from_secs(10));
+        assert_eq!(w.max_in_flight(), 16);
+        let n =
+            Route::from_json(br#"{"type":"nats","subject":"sink.acme","jetstream":true}"#).unwrap();
+        assert!(matches!(
+            n,
+            Route::Nats(NatsRoute {
+                jetstream: true,
+                ..
+            })
+        ));
+        assert_eq!(Route::from_json(&n.to_json()).unwrap(), n);
+    }
+
+    #[test]
+    fn refuses_bad_routes_precisely() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"type":"ftp"}"#, "not valid JSON for a route"),
+            (br#"{"type":"webhook","url":"ftp://x/y/z/w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#, "route field url"),
+            (br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_!!"}"#, "route field secret"),
+            (br#"{"type":"nats","subject":"sink.*"}"#, "route field subject"),
+            (br#"{"type":"nats","subject":"a","timeout_ms":0}"#, "route field timeout_ms"),
+        ];
+        for (json, expected) in cases {
+            let err = Route::from_json(json).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_the_secret() {
+        let w = Route::from_json(br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#).unwrap();
+        let shown = String::from_utf8(w.redacted().to_json()).unwrap();
+        assert!(!shown.contains("MfKQ"), "{shown}");
+        assert!(!format!("{w:?}").contains("MfKQ"));
+    }
+}
