@@ -1,0 +1,135 @@
+//! The idempotency service: drops duplicates of (tenant, platform, producer msg id) inside a
+//! TTL window kept in the `idempotency` KV bucket ([`claims`]), crash-safely: a message
+//! redelivered after a crash between claiming and acking is recognised as itself and handed on
+//! ([`handler`]). The policy while KV is unreachable is explicit ([`config::KvUnavailable`]).
+
+pub mod claims;
+pub mod config;
+pub mod handler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::metrics::counter::Counter;
+use switchyard_keys::Stage;
+use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, router};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IdempotencyConfig;
+
+/// The consumer's durable name (declared in `nats/topology.toml`).
+pub const CONSUMER: &str = "idempotency-worker";
+
+/// A started service.
+pub struct Running {
+    /// The bound probes address.
+    pub http_addr: SocketAddr,
+    /// Completes when the service has drained after shutdown.
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the service; returns once it is consuming and listening.
+pub async fn start(
+    config: IdempotencyConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let topology = config
+        .deployment
+        .resolve()
+        .context("resolving the topology")?;
+    let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
+    let stream_name = topology
+        .stream_name("IDEMPOTENCY")
+        .context("no IDEMPOTENCY stream declared")?
+        .to_owned();
+    let bucket = topology
+        .bucket_name("idempotency")
+        .context("no idempotency bucket declared")?
+        .to_owned();
+    let kv = js
+        .get_key_value(&bucket)
+        .await
+        .with_context(|| format!("opening bucket {bucket} (run `switchyard provision`)"))?;
+    let stream = js
+        .get_stream(&stream_name)
+        .await
+        .with_context(|| format!("opening stream {stream_name} (run `switchyard provision`)"))?;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(CONSUMER)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening consumer {stream_name}/{CONSUMER}: {e}"))?;
+
+    let settings = &config.idempotency;
+    let ttl = Duration::from_secs(settings.ttl_secs);
+    let metrics = Arc::new(Metrics::new(Stage::Idempotency));
+    let fallbacks = Counter::default();
+    let duplicates = Counter::default();
+    metrics.register(
+        "idempotency_local_fallbacks",
+        "Claims decided by the local window while KV was unreachable",
+        fallbacks.clone(),
+    );
+    metrics.register(
+        "idempotency_duplicates",
+        "Duplicates dropped",
+        duplicates.clone(),
+    );
+    let handler = Arc::new(handler::IdempotencyHandler {
+        kv: claims::KvClaims::new(js.clone(), kv, ttl),
+        local: claims::LocalClaims::new(ttl, settings.local_window_max_keys),
+        policy: settings.kv_unavailable,
+        wait_max: Duration::from_secs(settings.kv_wait_max_secs),
+        handoff: Handoff::new(js.clone(), topology.namespace.clone()),
+        next: settings.next_stage,
+        fallbacks,
+        duplicates,
+    });
+    let readiness = Readiness {
+        client: client.clone(),
+        js: js.clone(),
+        streams: vec![stream_name],
+        buckets: vec![bucket],
+    };
+    let app = router(readiness, metrics.clone());
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let worker_settings = WorkerSettings {
+        concurrency: settings.concurrency,
+        ..WorkerSettings::default()
+    };
+    let worker = Worker::new(handler, js, topology.namespace, metrics, worker_settings);
+    let task = tokio::spawn(async move {
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(%http_addr, "idempotency running");
+        worker.run(consumer, shutdown).await;
+        server
+            .await
+            .context("http server task")?
+            .context("http server")?;
+        Ok(())
+    });
+    Ok(Running { http_addr, task })
+}
+
+/// Runs the service until `shutdown`, then drains.
+pub async fn run(
+    config: IdempotencyConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, client, shutdown)
+        .await?
+        .task
+        .await
+        .context("idempotency task")?
+}
