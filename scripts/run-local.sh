@@ -1,60 +1,87 @@
 #!/usr/bin/env bash
-# Runs Switchyard locally on the embedded default: the pinned nats-server (installed into
-# .tools/ by the project itself, no Docker) with nats/server/single.conf and a store in .run/,
-# then provisions every declared stream, consumer and bucket. Ctrl-C stops everything.
+# Runs Switchyard locally on the embedded default, no Docker: the pinned nats-server (installed
+# into .tools/ by the project itself) with nats/server/single.conf and a store in .run/,
+# provisioning, a demo tenant and route, the services (ingress, idempotency, egress) and a demo
+# webhook sink. Logs go to .run/*.log. Ctrl-C stops everything; the store is kept.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 NATS_PORT="${NATS_PORT:-4222}"
 NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-8222}"
+SINK_PORT="${SINK_PORT:-9000}"
+DEMO_SECRET="whsec_ZGVtby1zZWNyZXQtZm9yLWxvY2FsLXJ1bnM="
 RUN_DIR="$root/.run"
 mkdir -p "$RUN_DIR"
 
 scripts/install-nats-server.sh
-echo "building the CLI..."
-cargo build --quiet -p switchyard-cli
-bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"
-switchyard="$bin_dir/switchyard"
+echo "building the services and the CLI (first time: a few minutes)..."
+cargo build --quiet -p switchyard-cli -p switchyard-ingress -p switchyard-idempotency -p switchyard-egress \
+  -p switchyard-demo-sink
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 url="nats://127.0.0.1:$NATS_PORT"
+sy() { "$bin/switchyard" --server "$url" "$@"; }
 
 pids=()
 cleanup() {
   echo
-  echo "stopping..."
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  echo "stopping (services drain first)..."
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
+# Polls an HTTP endpoint with bash alone (no curl needed) until it answers 200.
+wait_http() {
+  local port=$1 path=$2 name=$3
+  for _ in $(seq 1 300); do
+    if exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+      printf 'GET %s HTTP/1.0\r\n\r\n' "$path" >&3
+      if head -1 <&3 | grep -q ' 200'; then exec 3<&-; return 0; fi
+      exec 3<&-
+    fi
+    sleep 0.1
+  done
+  echo "$name did not become ready; see $RUN_DIR/$name.log" >&2
+  exit 1
+}
+
 .tools/bin/nats-server -c nats/server/single.conf -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
   -sd "$RUN_DIR/nats" >"$RUN_DIR/nats-server.log" 2>&1 &
 pids+=($!)
+wait_http "$NATS_MONITOR_PORT" /healthz nats-server
 
-# Wait until the server answers (no fixed sleep: poll with a deadline).
-for _ in $(seq 1 100); do
-  if "$switchyard" --server "$url" status >/dev/null 2>&1; then break; fi
-  if ! kill -0 "${pids[0]}" 2>/dev/null; then
-    echo "nats-server exited; see $RUN_DIR/nats-server.log" >&2
-    tail -20 "$RUN_DIR/nats-server.log" >&2
-    exit 1
-  fi
-  sleep 0.1
+sy provision >/dev/null
+sy tenants enable demo >/dev/null
+sy routes set demo _ webhook --webhook "http://127.0.0.1:$SINK_PORT/ok" --secret "$DEMO_SECRET" >/dev/null
+
+"$bin/switchyard-demo-sink" --listen "127.0.0.1:$SINK_PORT" --secret "$DEMO_SECRET" >"$RUN_DIR/demo-sink.log" 2>&1 &
+pids+=($!)
+for svc in ingress:9101 idempotency:9102 egress:9104; do
+  name="${svc%%:*}"; port="${svc##*:}"
+  upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+  env "SWITCHYARD_${upper}_NATS__URL=$url" "SWITCHYARD_${upper}_HTTP__LISTEN=127.0.0.1:$port" \
+    "$bin/switchyard-$name" >"$RUN_DIR/$name.log" 2>&1 &
+  pids+=($!)
+  wait_http "$port" /readyz "$name"
 done
-
-"$switchyard" --server "$url" provision
 
 cat <<MSG
 
-Switchyard is up on the embedded default:
-  nats-server   $url   (monitoring http://127.0.0.1:$NATS_MONITOR_PORT, log $RUN_DIR/nats-server.log)
-  store         $RUN_DIR/nats
+Switchyard is running:
+  nats-server   $url (monitoring http://127.0.0.1:$NATS_MONITOR_PORT)
+  ingress       http://127.0.0.1:9101  (producer API: POST /v1/messages/{tenant}/{team}/{platform})
+  idempotency   http://127.0.0.1:9102/metrics
+  egress        http://127.0.0.1:9104/metrics
+  demo sink     http://127.0.0.1:$SINK_PORT  (prints deliveries to $RUN_DIR/demo-sink.log)
+  tenant "demo", route demo/_/webhook → the demo sink
 
-Try:
-  $switchyard --server $url status
-  $switchyard --server $url status --json
+Try (the README's quickstart walks the whole loop):
+  $bin/switchyard publish demo ops webhook --id order-1 --content-type application/json --data '{"hello":"world"}'
+  tail -f $RUN_DIR/demo-sink.log
+  $bin/switchyard status
 
-Ctrl-C stops everything; the store in .run/ is kept for the next run.
+Ctrl-C stops everything.
 MSG
 
 wait "${pids[0]}"

@@ -10,7 +10,6 @@ use switchyard_envelope::{Envelope, headers};
 use switchyard_keys::{IdempotencyKey, PlatformId, Stage, TenantId};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::InputStage;
-use time::OffsetDateTime;
 
 use crate::claims::{Claim, KvClaims, LocalClaims};
 use crate::config::KvUnavailable;
@@ -131,33 +130,24 @@ impl Handler for IdempotencyHandler {
 
 /// A message whose envelope cannot be read: dead-letter it (it never came from ingress intact).
 fn invalid_envelope(msg: &jetstream::Message, reason: String) -> Handled {
-    let now = OffsetDateTime::now_utc();
     let text = |name| {
         msg.headers
             .as_ref()
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_owned())
     };
-    let (stream, seq) = msg
-        .info()
-        .map(|i| (i.stream.to_owned(), i.stream_sequence))
-        .unwrap_or_default();
     let tenant: Option<TenantId> = text(headers::TENANT).and_then(|t| t.parse().ok());
+    let platform: Option<PlatformId> = text(headers::PLATFORM).and_then(|p| p.parse().ok());
+    let record = DeadLetter::for_message(
+        msg,
+        Stage::Idempotency,
+        DlqCode::InvalidEnvelope,
+        reason,
+        tenant.clone(),
+        platform,
+    );
     Handled {
-        tenant: tenant.clone(),
-        outcome: Outcome::DeadLetter(Box::new(DeadLetter {
-            stage: Stage::Idempotency,
-            code: DlqCode::InvalidEnvelope,
-            reason,
-            tenant,
-            platform: text(headers::PLATFORM).and_then(|p| p.parse::<PlatformId>().ok()),
-            attempts: 0,
-            first_failure: now,
-            last_failure: now,
-            source_stream: stream,
-            source_seq: seq,
-            source_subject: msg.subject.to_string(),
-            history: Vec::new(),
-        })),
+        tenant,
+        outcome: Outcome::DeadLetter(Box::new(record)),
     }
 }

@@ -73,26 +73,17 @@ impl Handler for IngressHandler {
             .validator
             .check(&msg.subject, msg.headers.as_ref(), &msg.payload, &source)
         {
-            Err(rejection) => {
-                let now = OffsetDateTime::now_utc();
-                Handled {
-                    tenant: rejection.tenant.clone(),
-                    outcome: Outcome::DeadLetter(Box::new(DeadLetter {
-                        stage: Stage::Ingress,
-                        code: rejection.code,
-                        reason: rejection.reason,
-                        tenant: rejection.tenant,
-                        platform: rejection.platform,
-                        attempts: 0,
-                        first_failure: now,
-                        last_failure: now,
-                        source_stream: source.stream,
-                        source_seq: source.sequence,
-                        source_subject: msg.subject.to_string(),
-                        history: Vec::new(),
-                    })),
-                }
-            }
+            Err(rejection) => Handled {
+                tenant: rejection.tenant.clone(),
+                outcome: Outcome::DeadLetter(Box::new(DeadLetter::for_message(
+                    msg,
+                    Stage::Ingress,
+                    rejection.code,
+                    rejection.reason,
+                    rejection.tenant,
+                    rejection.platform,
+                ))),
+            },
             Ok(accepted) => {
                 let envelope = stamp(accepted, source, received_at);
                 let mut h = headers::producer_headers(msg.headers.as_ref());

@@ -185,6 +185,11 @@ impl Node {
         self.child.is_some()
     }
 
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The last lines of the server log, for failure messages.
     pub(crate) fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -264,6 +269,11 @@ impl NatsServer {
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.node.is_running()
+    }
+
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.node.pid()
     }
 
     /// The temporary directory holding the store and the server log.

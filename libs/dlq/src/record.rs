@@ -76,6 +76,37 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 impl DeadLetter {
+    /// A record for `msg` as read by `stage`, with no delivery attempts: source stream,
+    /// sequence and subject from the message, first and last failure now.
+    pub fn for_message(
+        msg: &jetstream::Message,
+        stage: Stage,
+        code: DlqCode,
+        reason: impl Into<String>,
+        tenant: Option<TenantId>,
+        platform: Option<PlatformId>,
+    ) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let (source_stream, source_seq) = msg
+            .info()
+            .map(|i| (i.stream.to_owned(), i.stream_sequence))
+            .unwrap_or_default();
+        Self {
+            stage,
+            code,
+            reason: reason.into(),
+            tenant,
+            platform,
+            attempts: 0,
+            first_failure: now,
+            last_failure: now,
+            source_stream,
+            source_seq,
+            source_subject: msg.subject.to_string(),
+            history: Vec::new(),
+        }
+    }
+
     /// The record's `Nats-Msg-Id`: one record per stored source message, so a stage that
     /// crashes after writing the record and before acking does not write it twice.
     pub fn msg_id(&self) -> String {

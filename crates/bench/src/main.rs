@@ -1,0 +1,41 @@
+//! `switchyard-bench`: measures the whole pipeline (ingress → idempotency → egress → a NATS
+//! sink) running as separate processes, and raw JetStream (publish → consume → republish one
+//! hop → consume) on the same server in the same run, and prints throughput, latency
+//! percentiles and each process's peak memory.
+
+mod pipeline;
+mod raw;
+mod report;
+
+use clap::Parser;
+
+/// What to measure.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Messages per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Tenants the messages are spread over.
+    #[arg(long, default_value_t = 3)]
+    pub tenants: usize,
+    /// Publishes in flight at once.
+    #[arg(long, default_value_t = 512)]
+    pub in_flight: usize,
+    /// Directory of the service binaries (default: next to this binary).
+    #[arg(long)]
+    pub bin_dir: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = switchyard_testkit::NatsServer::start().await;
+    let raw = raw::run(&server, &args).await?;
+    let pipeline = pipeline::run(&server, &args).await?;
+    print!("{}", report::render(&args, &raw, &pipeline));
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The pipeline run: ingress, idempotency and egress as separate processes (as deployed),
+//! routes to a NATS sink, one subscriber measuring end-to-end latency.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use futures::StreamExt;
+use switchyard_keys::{Address, RouteKey, RouteTeam, TenantId, TenantKey};
+use switchyard_registry::{NatsRoute, Route, Store, TenantRecord};
+use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
+use switchyard_testkit::{NatsServer, free_port, wait_for};
+use switchyard_topology::{DeploymentConfig, provision};
+
+use crate::Args;
+use crate::raw::{latency_of, publish_all};
+use crate::report::{Figures, peak_rss};
+
+/// A service process, killed on drop.
+struct Service {
+    name: &'static str,
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+}
+
+fn spawn(
+    bin_dir: &std::path::Path,
+    name: &'static str,
+    env_prefix: &str,
+    url: &str,
+    concurrency_key: &str,
+) -> anyhow::Result<Service> {
+    let port = free_port();
+    let path = bin_dir.join(format!("switchyard-{name}"));
+    let child = Command::new(&path)
+        .env(format!("{env_prefix}NATS__URL"), url)
+        .env(
+            format!("{env_prefix}HTTP__LISTEN"),
+            format!("127.0.0.1:{port}"),
+        )
+        .env(format!("{env_prefix}TELEMETRY__LOG_FILTER"), "warn")
+        .env(format!("{env_prefix}{concurrency_key}"), "256")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "starting {} ({e}); build the binaries first (make bench does)",
+                path.display()
+            )
+        })?;
+    Ok(Service { name, child, port })
+}
+
+/// Runs the pipeline measurement.
+pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let topology = DeploymentConfig::default().resolve()?;
+    provision(&js, &topology, false).await?;
+    let ns = Namespace::default();
+    let tenants: Vec<TenantId> = (0..args.tenants.max(1))
+        .map(|i| TenantId::new(format!("tenant{i}")))
+        .collect::<Result<_, _>>()?;
+    let registry: Store<TenantKey, TenantRecord> = Store::new(js.get_key_value("tenants").await?);
+    let routes: Store<RouteKey, Route> = Store::new(js.get_key_value("routes").await?);
+    for tenant in &tenants {
+        registry
+            .put(
+                &TenantKey {
+                    tenant: tenant.clone(),
+                },
+                &TenantRecord::enabled(),
+            )
+            .await?;
+        let route = Route::Nats(NatsRoute {
+            subject: format!("bench.sink.{tenant}"),
+            jetstream: false,
+            timeout_ms: 10_000,
+            max_in_flight: 256,
+        });
+        routes
+            .put(
+                &RouteKey {
+                    tenant: tenant.clone(),
+                    team: RouteTeam::Any,
+                    platform: "bench".parse()?,
+                },
+                &route,
+            )
+            .await?;
+    }
+
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+    };
+    let url = server.url();
+    let services = vec![
+        spawn(
+            &bin_dir,
+            "ingress",
+            "SWITCHYARD_INGRESS_",
+            &url,
+            "INGRESS__CONCURRENCY",
+        )?,
+        spawn(
+            &bin_dir,
+            "idempotency",
+            "SWITCHYARD_IDEMPOTENCY_",
+            &url,
+            "IDEMPOTENCY__CONCURRENCY",
+        )?,
+        spawn(
+            &bin_dir,
+            "egress",
+            "SWITCHYARD_EGRESS_",
+            &url,
+            "EGRESS__CONCURRENCY",
+        )?,
+    ];
+    for service in &services {
+        let port = service.port;
+        wait_for(
+            &format!("{} to be ready", service.name),
+            Duration::from_secs(60),
+            || async move {
+                tokio::task::spawn_blocking(move || ready(port))
+                    .await
+                    .ok()?
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    let mut sink = client.subscribe("bench.sink.>").await?;
+    client.flush().await?;
+    let count = args.messages;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(count);
+        let mut last = Instant::now();
+        while latencies.len() < count {
+            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(60), sink.next()).await
+            else {
+                break;
+            };
+            latencies.push(latency_of(msg.headers.as_ref()).unwrap_or_default());
+            last = Instant::now();
+        }
+        (latencies, last)
+    });
+
+    let payload = bytes::Bytes::from(vec![b'x'; args.payload_bytes]);
+    let started = Instant::now();
+    publish_all(&js, count, args.in_flight, payload, |i| {
+        let tenant = tenants[i % tenants.len()].clone();
+        let subject = StageSubject {
+            stage: InputStage::Ingress,
+            address: Address::new(
+                tenant,
+                "bench".parse().expect("valid team"),
+                "bench".parse().expect("valid platform"),
+            ),
+        }
+        .format(&ns);
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("bench-{i}"));
+        (subject, h)
+    })
+    .await?;
+    let (mut latencies, last) = collect.await?;
+    latencies.sort();
+    let mut peak = Vec::new();
+    for service in &services {
+        if let Some(bytes) = peak_rss(service.child.id()) {
+            peak.push((format!("switchyard-{}", service.name), bytes));
+        }
+    }
+    if let Some(bytes) = server.pid().and_then(peak_rss) {
+        peak.push(("nats-server (whole run)".to_owned(), bytes));
+    }
+    Ok(Figures {
+        name: "pipeline: ingress→idempotency→egress".into(),
+        received: latencies.len(),
+        elapsed: last.duration_since(started),
+        latencies,
+        peak_rss: peak,
+    })
+}
