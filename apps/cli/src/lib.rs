@@ -1,10 +1,14 @@
 //! The operator CLI's library: argument definitions ([`Cli`]), configuration
-//! ([`config::CliConfig`]), one module per command under [`commands`], and table/JSON output
-//! ([`output`]).
+//! ([`config::CliConfig`]), one module per command group under [`commands`], table/JSON
+//! output ([`output`]), value parsers ([`parse`]), confirmation prompts ([`prompt`]) and
+//! opening streams and buckets with a clear error when they are missing ([`resources`]).
 
 pub mod commands;
 pub mod config;
 pub mod output;
+pub mod parse;
+pub mod prompt;
+pub mod resources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +49,14 @@ pub enum Command {
     Provision(commands::provision::ProvisionArgs),
     /// Show streams, consumers (lag), buckets and per-tenant backlog.
     Status(commands::status::StatusArgs),
+    /// Set, show, list and remove routes (where a tenant's messages are delivered).
+    Routes(commands::routes::RoutesArgs),
+    /// Enable, disable, show and list tenants in the tenant registry.
+    Tenants(commands::tenants::TenantsArgs),
+    /// Publish a message to a tenant's ingress subject.
+    Publish(commands::publish::PublishArgs),
+    /// Browse, replay and purge the dead-letter queue.
+    Dlq(commands::dlq::DlqArgs),
 }
 
 /// Runs one command; returns the process exit code.
@@ -62,6 +74,10 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
     let code = match cli.command {
         Command::Provision(args) => commands::provision::run(&js, &topology, &args, &out).await?,
         Command::Status(args) => commands::status::run(&js, &topology, &args, &out).await?,
+        Command::Routes(args) => commands::routes::run(&js, &topology, &args, &out).await?,
+        Command::Tenants(args) => commands::tenants::run(&js, &topology, &args, &out).await?,
+        Command::Publish(args) => commands::publish::run(&js, &topology, &args, &out).await?,
+        Command::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,
     };
     client
         .flush()

@@ -1,4 +1,7 @@
-//! Command output: aligned tables for people, JSON for scripts.
+//! Command output: aligned tables and field lists for people, JSON for scripts, and colour
+//! only when stdout is a terminal.
+
+use std::io::IsTerminal;
 
 use serde::Serialize;
 
@@ -23,6 +26,80 @@ impl Output {
     pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
+    }
+
+    /// Prints a value as one line of compact JSON (for streams of objects, one per line).
+    pub fn json_line<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string(value)?);
+        Ok(())
+    }
+}
+
+/// ANSI colour, enabled only when stdout is a terminal (never in pipes, files or tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Paint {
+    enabled: bool,
+}
+
+impl Paint {
+    /// Colour if stdout is a terminal.
+    pub fn stdout() -> Self {
+        Self {
+            enabled: std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.enabled {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// Red text (errors, codes of permanent failures).
+    pub fn red(&self, text: &str) -> String {
+        self.wrap("31", text)
+    }
+
+    /// Yellow text (codes of retryable failures).
+    pub fn yellow(&self, text: &str) -> String {
+        self.wrap("33", text)
+    }
+
+    /// Dimmed text (timestamps, sequence numbers).
+    pub fn dim(&self, text: &str) -> String {
+        self.wrap("2", text)
+    }
+
+    /// Bold text.
+    pub fn bold(&self, text: &str) -> String {
+        self.wrap("1", text)
+    }
+}
+
+/// Renders `name  value` lines with the values aligned; each line ends in a newline.
+pub fn fields<N: AsRef<str>, V: AsRef<str>>(pairs: &[(N, V)]) -> String {
+    let width = pairs
+        .iter()
+        .map(|(n, _)| n.as_ref().chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (name, value) in pairs {
+        let line = format!("{:<width$}  {}", name.as_ref(), value.as_ref());
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Cuts `text` to at most `max` characters (ending in `…` when cut) and flattens newlines.
+pub fn truncate(text: &str, max: usize) -> String {
+    let flat = text.replace(['\r', '\n'], " ");
+    match flat.char_indices().nth(max.saturating_sub(1)) {
+        Some((at, _)) if flat.chars().count() > max => format!("{}…", &flat[..at]),
+        _ => flat,
     }
 }
 
@@ -82,5 +159,13 @@ mod tests {
         t.row(["INGRESS", "12"]);
         t.row(["DLQ", "0"]);
         assert_eq!(t.render(), "NAME     MESSAGES\nINGRESS  12\nDLQ      0\n");
+    }
+
+    #[test]
+    fn fields_align_and_truncate_cuts() {
+        assert_eq!(fields(&[("a", "1"), ("long", "2")]), "a     1\nlong  2\n");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abcd", 4), "abcd");
+        assert_eq!(truncate("a\nb", 10), "a b");
     }
 }

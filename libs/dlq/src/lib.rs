@@ -20,4 +20,4 @@ pub mod replay;
 pub use attempt::AttemptRecord;
 pub use code::DlqCode;
 pub use record::{DeadLetter, DlqEntry, DlqEntryView, DlqError};
-pub use replay::{ReplayPlan, plan_replay};
+pub use replay::{ReplayError, ReplayPlan, plan_replay};

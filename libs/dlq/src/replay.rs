@@ -83,6 +83,11 @@ pub fn plan_replay(ns: &Namespace, entry: &DlqEntry) -> Result<ReplayPlan, Repla
         ) {
             return Err(refuse());
         }
+        // Only ever to a valid ingress subject of this deployment, whatever the record says.
+        match StageSubject::parse(ns, &record.source_subject) {
+            Ok(s) if s.stage == InputStage::Ingress => {}
+            _ => return Err(refuse()),
+        }
         let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
         if let Some(id) = &entry.original_msg_id {
             h.insert(env_headers::NATS_MSG_ID, id.as_str());

@@ -1,4 +1,8 @@
-//! One module per CLI command.
+//! One module per CLI command group.
 
+pub mod dlq;
 pub mod provision;
+pub mod publish;
+pub mod routes;
 pub mod status;
+pub mod tenants;

@@ -1,36 +1,24 @@
-//! The `switchyard` binary against a real nats-server: what it prints and how it exits.
+//! `provision`, `status`, and the errors every command shares.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use switchyard_testkit::{NatsServer, free_port};
 
-fn switchyard(server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["--server", server])
-        .args(args)
-        .env_remove("SWITCHYARD_CLI_NATS__URL")
-        .output()
-        .expect("run switchyard")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use crate::{fails, stdout, switchyard, switchyard_blocking};
 
 #[tokio::test]
 async fn provision_twice_then_drift_then_fix() {
     let server = NatsServer::start().await;
     let url = server.url();
 
-    let first = switchyard(&url, &["provision"]);
+    let first = switchyard(&url, &["provision"]).await;
     assert!(first.status.success(), "{first:?}");
     let text = stdout(&first);
     assert!(text.starts_with("KIND      NAME"), "{text}");
     assert!(text.contains("stream    INGRESS"), "{text}");
     assert!(text.trim_end().ends_with("13 created"), "{text}");
 
-    let second = switchyard(&url, &["provision"]);
+    let second = switchyard(&url, &["provision"]).await;
     assert!(second.status.success());
     assert!(
         stdout(&second)
@@ -51,7 +39,7 @@ async fn provision_twice_then_drift_then_fix() {
     ingress.max_bytes = 1 << 30;
     js.update_stream(ingress).await.unwrap();
 
-    let drifted = switchyard(&url, &["provision"]);
+    let drifted = switchyard(&url, &["provision"]).await;
     assert_eq!(drifted.status.code(), Some(3), "drift exits with 3");
     let text = stdout(&drifted);
     assert!(
@@ -63,7 +51,7 @@ async fn provision_twice_then_drift_then_fix() {
         "{text}"
     );
 
-    let fixed = switchyard(&url, &["provision", "--fix", "--json"]);
+    let fixed = switchyard(&url, &["provision", "--fix", "--json"]).await;
     assert!(fixed.status.success());
     let report: serde_json::Value = serde_json::from_slice(&fixed.stdout).unwrap();
     let ingress = report["items"]
@@ -81,7 +69,7 @@ async fn status_tables_and_json() {
     let server = NatsServer::start().await;
     let url = server.url();
 
-    let before = switchyard(&url, &["status"]);
+    let before = switchyard(&url, &["status"]).await;
     assert!(before.status.success());
     let text = stdout(&before);
     assert!(text.contains("INGRESS       missing"), "{text}");
@@ -91,7 +79,7 @@ async fn status_tables_and_json() {
         "{text}"
     );
 
-    assert!(switchyard(&url, &["provision"]).status.success());
+    assert!(switchyard(&url, &["provision"]).await.status.success());
     let js = async_nats::jetstream::new(server.client().await);
     js.publish("egress.v1.acme.ops.slack", "x".into())
         .await
@@ -99,7 +87,7 @@ async fn status_tables_and_json() {
         .await
         .unwrap();
 
-    let after = switchyard(&url, &["status"]);
+    let after = switchyard(&url, &["status"]).await;
     let text = stdout(&after);
     assert!(
         text.contains("EGRESS/egress-worker              ok     1"),
@@ -110,18 +98,50 @@ async fn status_tables_and_json() {
         "{text}"
     );
 
-    let json = switchyard(&url, &["status", "--json"]);
+    let json = switchyard(&url, &["status", "--json"]).await;
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["streams"].as_array().unwrap().len(), 5);
     assert_eq!(report["tenant_backlog"][0]["tenant"], "acme");
     assert_eq!(report["consumers"][3]["pending"], 1);
 }
 
+#[tokio::test]
+async fn commands_on_an_unprovisioned_server_say_to_provision() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let dlq_missing = "error: the DLQ stream DLQ does not exist: run `switchyard provision`";
+    for args in [
+        &["dlq", "ls"][..],
+        &["dlq", "tail", "--all", "--limit", "1"],
+        &["dlq", "show", "1"],
+        &["dlq", "replay", "--all", "--yes"],
+        &["dlq", "purge", "--all", "--yes"],
+    ] {
+        let err = fails(&url, args).await;
+        assert!(err.contains(dlq_missing), "{args:?}: {err}");
+    }
+    let err = fails(&url, &["routes", "ls"]).await;
+    assert!(
+        err.contains("error: the routes bucket routes does not exist: run `switchyard provision`"),
+        "{err}"
+    );
+    let err = fails(&url, &["tenants", "ls"]).await;
+    assert!(
+        err.contains("the tenants bucket tenants does not exist"),
+        "{err}"
+    );
+    let err = fails(&url, &["publish", "acme", "ops", "slack", "--data", "x"]).await;
+    assert!(
+        err.contains("no stream stores ingress.v1.acme.ops.slack: run `switchyard provision`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unreachable_nats_is_a_clear_error_not_a_hang() {
     let url = format!("nats://127.0.0.1:{}", free_port());
     let started = std::time::Instant::now();
-    let output = switchyard(&url, &["status"]);
+    let output = switchyard_blocking(&url, &["status"], None);
     assert_eq!(output.status.code(), Some(1));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -136,11 +156,37 @@ fn unreachable_nats_is_a_clear_error_not_a_hang() {
 
 #[test]
 fn bad_prefix_is_refused_before_connecting() {
-    let output = switchyard("nats://127.0.0.1:1", &["--prefix", "Prod.EU", "status"]);
+    let output = switchyard_blocking(
+        "nats://127.0.0.1:1",
+        &["--prefix", "Prod.EU", "status"],
+        None,
+    );
     assert_eq!(output.status.code(), Some(1));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
         err.contains("--prefix: deployment prefix \"Prod.EU\" has an invalid character 'P'"),
         "{err}"
     );
+}
+
+#[test]
+fn bad_ids_are_usage_errors_with_exit_code_1() {
+    let output = switchyard_blocking(
+        "nats://127.0.0.1:1",
+        &["dlq", "ls", "--tenant", "Acme"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("tenant id \"Acme\" has an invalid character 'A'"),
+        "{err}"
+    );
+    let output = switchyard_blocking(
+        "nats://127.0.0.1:1",
+        &["dlq", "ls", "--since", "yesterday"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("or an age like 30s, 15m"));
 }

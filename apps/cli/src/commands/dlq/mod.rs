@@ -1,0 +1,116 @@
+//! `switchyard dlq tail|ls|show|replay|purge`: operating on the DLQ stream.
+//!
+//! The DLQ is a limits-retention stream, and browsing must never remove entries: `tail` and
+//! `ls` read through ordered consumers (ephemeral, no acks), `show` through a direct get. Only
+//! `replay` (after the replayed copy is durably stored and not a duplicate) and `purge` delete
+//! entries, one sequence at a time.
+
+mod ls;
+mod purge;
+mod read;
+mod replay;
+mod show;
+mod tail;
+
+use std::process::ExitCode;
+
+use async_nats::jetstream;
+use clap::Subcommand;
+use switchyard_dlq::DlqCode;
+use switchyard_keys::{PlatformId, Stage, TenantId};
+use switchyard_subjects::DlqFilter;
+use switchyard_topology::ResolvedTopology;
+use time::OffsetDateTime;
+
+use crate::output::Output;
+use crate::{parse, resources};
+
+pub use read::{Selection, Target};
+
+/// Arguments of `dlq`.
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// The dlq command.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The `dlq` commands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Follow new DLQ entries live (never removes them); --all starts at the oldest.
+    Tail(tail::TailArgs),
+    /// List the entries stored now, oldest first (never removes them).
+    Ls(ls::LsArgs),
+    /// Show one entry in full: record, headers, payload, attempt history.
+    Show(show::ShowArgs),
+    /// Republish entries to the stage that gave up on them; remove each once stored.
+    Replay(replay::ReplayArgs),
+    /// Delete entries.
+    Purge(purge::PurgeArgs),
+}
+
+/// Which entries: tenant, stage and platform select subjects; the code is checked per entry.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only this tenant's entries.
+    #[arg(long)]
+    pub tenant: Option<TenantId>,
+    /// Only entries dead-lettered by this stage (ingress, idempotency, backpressure, egress, dlq).
+    #[arg(long)]
+    pub stage: Option<Stage>,
+    /// Only this platform's entries.
+    #[arg(long)]
+    pub platform: Option<PlatformId>,
+    /// Only entries with this code (e.g. retries_exhausted, no_route).
+    #[arg(long, value_parser = parse::dlq_code)]
+    pub code: Option<DlqCode>,
+}
+
+/// When the entries were stored: RFC 3339 or an age like 15m, 2h, 3d.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TimeArgs {
+    /// Only entries stored at or after this time (RFC 3339, or an age: 30s, 15m, 2h, 3d, 1w).
+    #[arg(long, value_name = "TIME", value_parser = parse::time)]
+    pub since: Option<OffsetDateTime>,
+    /// Only entries stored at or before this time (RFC 3339, or an age).
+    #[arg(long, value_name = "TIME", value_parser = parse::time)]
+    pub until: Option<OffsetDateTime>,
+}
+
+impl FilterArgs {
+    /// The subject part of the filter.
+    pub fn subjects(&self) -> DlqFilter {
+        DlqFilter {
+            tenant: self.tenant.clone(),
+            stage: self.stage,
+            platform: self.platform.clone(),
+        }
+    }
+
+    /// Whether any filter is set.
+    pub fn any(&self) -> bool {
+        self.tenant.is_some()
+            || self.stage.is_some()
+            || self.platform.is_some()
+            || self.code.is_some()
+    }
+}
+
+/// Runs a `dlq` command. Every one of them first checks that the DLQ stream exists.
+pub async fn run(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    args: &DlqArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let stream = resources::dlq_stream(js, topology).await?;
+    let ns = &topology.namespace;
+    match &args.command {
+        DlqCommand::Tail(a) => tail::run(&stream, ns, a, out).await,
+        DlqCommand::Ls(a) => ls::run(&stream, ns, a, out).await,
+        DlqCommand::Show(a) => show::run(&stream, ns, a, out).await,
+        DlqCommand::Replay(a) => replay::run(js, &stream, ns, a, out).await,
+        DlqCommand::Purge(a) => purge::run(&stream, ns, a, out).await,
+    }
+}

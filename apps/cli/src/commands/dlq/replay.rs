@@ -1,0 +1,310 @@
+//! `switchyard dlq replay`: republish entries to the stage that gave up on them
+//! ([`plan_replay`]), await each JetStream ack, and only then delete the entry — unless the
+//! ack says duplicate, in which case the entry stays. At a bounded rate, with a dry run.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, stream::Stream};
+use serde::Serialize;
+use switchyard_dlq::{DlqEntry, plan_replay, replay::ReplayError};
+use switchyard_subjects::Namespace;
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::read::{self, Target};
+use super::{FilterArgs, TimeArgs};
+use crate::output::Output;
+use crate::prompt;
+
+/// Arguments of `dlq replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Entries to replay, by DLQ sequence (instead of filters).
+    #[arg(value_name = "SEQ")]
+    pub seqs: Vec<u64>,
+    /// Which entries (instead of sequences).
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// When they were stored.
+    #[command(flatten)]
+    pub times: TimeArgs,
+    /// Replay every entry (no filter).
+    #[arg(long)]
+    pub all: bool,
+    /// Print what would be replayed and where; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many replays per second.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+    /// Do not ask for confirmation (required with filters when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// What happened to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// Republished, stored, and removed from the DLQ.
+    Replayed,
+    /// Dry run: would be republished.
+    WouldReplay,
+    /// Left in the DLQ (see the reason).
+    Kept,
+}
+
+/// One entry's result (`--json` prints them all).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayResult {
+    /// The entry's DLQ sequence.
+    pub seq: u64,
+    /// What happened.
+    pub outcome: ReplayOutcome,
+    /// Where it was (or would be) republished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The stream that stored the replayed copy, and at which sequence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<(String, u64)>,
+    /// A short reason, when kept: `duplicate`, `not replayable`, `no envelope`, `no such
+    /// entry`, `invalid record`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_because: Option<&'static str>,
+    /// The details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ReplayResult {
+    fn kept(seq: u64, because: &'static str, detail: String) -> Self {
+        Self {
+            seq,
+            outcome: ReplayOutcome::Kept,
+            subject: None,
+            stored: None,
+            kept_because: Some(because),
+            detail: Some(detail),
+        }
+    }
+
+    fn line(&self) -> String {
+        let subject = self.subject.as_deref().unwrap_or("-");
+        match self.outcome {
+            ReplayOutcome::Replayed => match &self.stored {
+                Some((stream, seq)) => {
+                    format!(
+                        "replayed seq {} -> {subject} ({stream} seq {seq})",
+                        self.seq
+                    )
+                }
+                None => format!("replayed seq {} -> {subject}", self.seq),
+            },
+            ReplayOutcome::WouldReplay => format!("would replay seq {} -> {subject}", self.seq),
+            ReplayOutcome::Kept => format!(
+                "kept seq {}: {}",
+                self.seq,
+                self.detail.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// `replayed N, kept M (1 duplicate, 2 not replayable)`.
+pub fn summary(results: &[ReplayResult], dry_run: bool) -> String {
+    let done = results
+        .iter()
+        .filter(|r| r.outcome != ReplayOutcome::Kept)
+        .count();
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for because in results.iter().filter_map(|r| r.kept_because) {
+        *reasons.entry(because).or_default() += 1;
+    }
+    let kept = results.len() - done;
+    let mut line = if dry_run {
+        format!("would replay {done}, would keep {kept}")
+    } else {
+        format!("replayed {done}, kept {kept}")
+    };
+    if !reasons.is_empty() {
+        let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        line.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    if dry_run {
+        line.push_str("; dry run: nothing changed");
+    }
+    line
+}
+
+/// The entries to replay, with a result already decided for the ones that cannot be read.
+async fn load(
+    stream: &Stream,
+    ns: &Namespace,
+    target: &Target,
+) -> anyhow::Result<(Vec<DlqEntry>, Vec<ReplayResult>)> {
+    match target {
+        Target::Filter(selection) => {
+            let collected = read::collect(stream, ns, selection, None).await?;
+            Ok((collected.entries, Vec::new()))
+        }
+        Target::Seqs(seqs) => {
+            let (mut entries, mut kept) = (Vec::new(), Vec::new());
+            for &seq in seqs {
+                match read::get(stream, seq).await? {
+                    None => kept.push(ReplayResult::kept(
+                        seq,
+                        "no such entry",
+                        format!("no DLQ entry with seq {seq}"),
+                    )),
+                    Some(message) => match read::entry_of(ns, &message) {
+                        Ok(entry) => entries.push(entry),
+                        Err(err) => kept.push(ReplayResult::kept(
+                            seq,
+                            "invalid record",
+                            format!("{err:#}"),
+                        )),
+                    },
+                }
+            }
+            Ok((entries, kept))
+        }
+    }
+}
+
+/// Replays one entry, paced by `pace` (or only plans it, on a dry run: no pace).
+async fn replay_one(
+    js: &jetstream::Context,
+    stream: &Stream,
+    ns: &Namespace,
+    entry: &DlqEntry,
+    pace: Option<&mut Interval>,
+) -> anyhow::Result<ReplayResult> {
+    let plan = match plan_replay(ns, entry) {
+        Ok(plan) => plan,
+        Err(err) => {
+            let because = match err {
+                ReplayError::NotReplayable { .. } => "not replayable",
+                ReplayError::NoEnvelope { .. } => "no envelope",
+            };
+            return Ok(ReplayResult::kept(entry.seq, because, err.to_string()));
+        }
+    };
+    let mut result = ReplayResult {
+        seq: entry.seq,
+        outcome: ReplayOutcome::WouldReplay,
+        subject: Some(plan.subject.clone()),
+        stored: None,
+        kept_because: None,
+        detail: None,
+    };
+    // A dry run has no pace: it publishes nothing.
+    let Some(pace) = pace else {
+        return Ok(result);
+    };
+    pace.tick().await;
+    let ack = js
+        .publish_with_headers(plan.subject.clone(), plan.headers, plan.payload)
+        .await
+        .with_context(|| format!("replaying entry {} to {}", entry.seq, plan.subject))?
+        .await
+        .with_context(|| {
+            format!(
+                "replaying entry {} to {}: waiting for the ack",
+                entry.seq, plan.subject
+            )
+        })?;
+    if ack.duplicate {
+        return Ok(ReplayResult::kept(
+            entry.seq,
+            "duplicate",
+            format!(
+                "{} already holds this replay at seq {} (inside its duplicate window); the entry stays",
+                ack.stream, ack.sequence
+            ),
+        ));
+    }
+    result.outcome = ReplayOutcome::Replayed;
+    result.stored = Some((ack.stream, ack.sequence));
+    // The copy is durably stored: only now may the entry go.
+    match stream.delete_message(entry.seq).await {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "warning: entry {} was replayed but the server did not delete it",
+            entry.seq
+        ),
+        Err(err) => eprintln!(
+            "warning: entry {} was replayed but could not be deleted: {err}",
+            entry.seq
+        ),
+    }
+    Ok(result)
+}
+
+/// Runs `dlq replay`.
+pub async fn run(
+    js: &jetstream::Context,
+    stream: &Stream,
+    ns: &Namespace,
+    args: &ReplayArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let target = Target::new(ns, &args.seqs, &args.filters, &args.times, args.all)?;
+    let needs_confirmation = matches!(target, Target::Filter(_)) && !args.dry_run && !args.yes;
+    if needs_confirmation {
+        prompt::ensure_can_confirm("replay DLQ entries selected by a filter", args.yes)?;
+    }
+    let (entries, mut results) = load(stream, ns, &target).await?;
+    if let Target::Filter(selection) = &target {
+        if entries.is_empty() {
+            if out.is_json() {
+                out.json(&serde_json::json!({"dry_run": args.dry_run, "results": []}))?;
+            } else {
+                println!("no DLQ entries match ({})", selection.describe());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let question = format!(
+            "replay {} DLQ entries ({})?",
+            entries.len(),
+            selection.describe()
+        );
+        if needs_confirmation && !prompt::confirm(&question)? {
+            anyhow::bail!("cancelled: nothing was replayed");
+        }
+    }
+    if !out.is_json() {
+        for unreadable in &results {
+            println!("{}", unreadable.line());
+        }
+    }
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
+    pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for entry in &entries {
+        let pace = (!args.dry_run).then_some(&mut pace);
+        match replay_one(js, stream, ns, entry, pace).await {
+            Ok(result) => {
+                if !out.is_json() {
+                    println!("{}", result.line());
+                }
+                results.push(result);
+            }
+            Err(err) => {
+                // Stop at the first failed publish; report what was done before it.
+                if !out.is_json() {
+                    println!("{}", summary(&results, args.dry_run));
+                }
+                return Err(err);
+            }
+        }
+    }
+    results.sort_by_key(|r| r.seq);
+    if out.is_json() {
+        out.json(&serde_json::json!({"dry_run": args.dry_run, "results": results}))?;
+    } else {
+        println!("{}", summary(&results, args.dry_run));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,341 @@
+//! `switchyard routes set|get|ls|rm`: the routes in the `routes` bucket, keyed
+//! `<tenant>.<team or _>.<platform>`. Routes are validated before they are written, and
+//! webhook secrets are never printed.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use clap::{ArgGroup, Subcommand};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use switchyard_keys::{
+    Address, KvKey, PlatformId, RouteKey, RouteTeam, TenantId, kv::tenant_filter,
+};
+use switchyard_registry::{Route, Store};
+use switchyard_topology::ResolvedTopology;
+
+use crate::output::{Output, Table, fields};
+use crate::{parse, resources};
+
+/// Arguments of `routes`.
+#[derive(Debug, clap::Args)]
+pub struct RoutesArgs {
+    /// The routes command.
+    #[command(subcommand)]
+    pub command: RoutesCommand,
+}
+
+/// The `routes` commands.
+#[derive(Debug, Subcommand)]
+pub enum RoutesCommand {
+    /// Create or replace the route of (tenant, team or `_`, platform).
+    Set(SetArgs),
+    /// Show the route a message for (tenant, team, platform) would use (secret redacted).
+    Get(KeyArgs),
+    /// List routes.
+    Ls(LsArgs),
+    /// Remove a route.
+    Rm(KeyArgs),
+}
+
+/// Which route: tenant, team (or `_`), platform.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// Team id, or `_` for the tenant's default route for the platform.
+    #[arg(value_parser = parse::route_team)]
+    pub team: RouteTeam,
+    /// Platform id.
+    pub platform: PlatformId,
+}
+
+impl KeyArgs {
+    fn key(&self) -> RouteKey {
+        RouteKey {
+            tenant: self.tenant.clone(),
+            team: self.team.clone(),
+            platform: self.platform.clone(),
+        }
+    }
+}
+
+/// Arguments of `routes set`: a webhook, a NATS subject, or the whole route as JSON.
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["webhook", "nats", "route_json"])))]
+pub struct SetArgs {
+    /// Which route.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Deliver by HTTP POST to this URL (signed; needs --secret).
+    #[arg(long, value_name = "URL", requires = "secret")]
+    pub webhook: Option<String>,
+    /// The Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes).
+    #[arg(long, value_name = "whsec_…", requires = "webhook")]
+    pub secret: Option<String>,
+    /// An extra request header for the webhook, `K=V` (repeatable).
+    #[arg(long = "header", value_name = "K=V", value_parser = parse::key_value, requires = "webhook")]
+    pub headers: Vec<(String, String)>,
+    /// Deliver by publishing to this NATS subject (no wildcards).
+    #[arg(long, value_name = "SUBJECT")]
+    pub nats: Option<String>,
+    /// With --nats: publish through JetStream and wait for the stream's ack.
+    #[arg(long, requires = "nats")]
+    pub jetstream: bool,
+    /// Per-attempt timeout in milliseconds (default 10000).
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Attempts in flight at once for this route (default 16).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// The whole route as JSON, e.g. '{"type":"nats","subject":"sink.acme"}'. (Named
+    /// --route-json because --json is the global output flag.)
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["timeout_ms", "max_in_flight"])]
+    pub route_json: Option<String>,
+}
+
+impl SetArgs {
+    /// The route these arguments describe (defaults filled in by the route's own decoder).
+    fn route(&self) -> anyhow::Result<Route> {
+        if let Some(raw) = &self.route_json {
+            return serde_json::from_str(raw).context("--route-json is not a valid route");
+        }
+        let mut route = Map::new();
+        if let (Some(url), Some(secret)) = (&self.webhook, &self.secret) {
+            route.insert("type".into(), json!("webhook"));
+            route.insert("url".into(), json!(url));
+            route.insert("secret".into(), json!(secret));
+            let headers: Map<String, Value> = self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            route.insert("headers".into(), Value::Object(headers));
+        } else if let Some(subject) = &self.nats {
+            route.insert("type".into(), json!("nats"));
+            route.insert("subject".into(), json!(subject));
+            route.insert("jetstream".into(), json!(self.jetstream));
+        }
+        if let Some(ms) = self.timeout_ms {
+            route.insert("timeout_ms".into(), json!(ms));
+        }
+        if let Some(n) = self.max_in_flight {
+            route.insert("max_in_flight".into(), json!(n));
+        }
+        serde_json::from_value(Value::Object(route)).context("building the route")
+    }
+}
+
+/// Arguments of `routes ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Only this tenant's routes.
+    #[arg(long)]
+    pub tenant: Option<TenantId>,
+}
+
+/// Runs a `routes` command.
+pub async fn run(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    args: &RoutesArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let store: Store<RouteKey, Route> =
+        Store::new(resources::bucket(js, topology, "routes").await?);
+    match &args.command {
+        RoutesCommand::Set(set) => set_route(&store, set, out).await,
+        RoutesCommand::Get(key) => get_route(&store, key, out).await,
+        RoutesCommand::Ls(ls) => list_routes(&store, ls, out).await,
+        RoutesCommand::Rm(key) => remove_route(&store, key, out).await,
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `(type, target)` of a route, for tables.
+fn describe(route: &Route) -> (&'static str, &str) {
+    match route {
+        Route::Webhook(w) => ("webhook", w.url.as_str()),
+        Route::Nats(n) => ("nats", n.subject.as_str()),
+    }
+}
+
+async fn set_route(
+    store: &Store<RouteKey, Route>,
+    args: &SetArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key.key();
+    let route = args.route()?;
+    route
+        .validate()
+        .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
+    let revision = store.put(&key, &route).await?;
+    if out.is_json() {
+        out.json(&json!({"key": key.render(), "revision": revision, "route": route.redacted()}))?;
+    } else {
+        let (kind, target) = describe(&route);
+        println!(
+            "set route {}: {kind} {target} (revision {revision})",
+            key.render()
+        );
+    }
+    Ok(())
+}
+
+async fn get_route(
+    store: &Store<RouteKey, Route>,
+    args: &KeyArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let requested = args.key();
+    let candidates: Vec<RouteKey> = match &args.team {
+        RouteTeam::Team(team) => RouteKey::lookup_order(&Address::new(
+            args.tenant.clone(),
+            team.clone(),
+            args.platform.clone(),
+        ))
+        .to_vec(),
+        RouteTeam::Any => vec![requested.clone()],
+    };
+    let mut found = None;
+    for key in candidates {
+        if let Some(route) = store.get(&key).await? {
+            found = Some((key, route));
+            break;
+        }
+    }
+    let Some((matched, route)) = found else {
+        let tried = match &args.team {
+            RouteTeam::Team(_) => format!(
+                "{} nor the tenant's default {}._.{}",
+                requested.render(),
+                args.tenant,
+                args.platform
+            ),
+            RouteTeam::Any => requested.render(),
+        };
+        anyhow::bail!("no route for {tried}");
+    };
+    let shown = route.redacted();
+    if out.is_json() {
+        return out.json(&json!({
+            "requested": requested.render(),
+            "matched": matched.render(),
+            "route": shown,
+        }));
+    }
+    let key_note = if matched == requested {
+        matched.render()
+    } else {
+        format!(
+            "{} (the tenant's default: {} has no route of its own)",
+            matched.render(),
+            requested.render()
+        )
+    };
+    let mut lines = vec![("key".to_owned(), key_note)];
+    match &shown {
+        Route::Webhook(w) => {
+            lines.push(("type".into(), "webhook".into()));
+            lines.push(("url".into(), w.url.clone()));
+            lines.push(("secret".into(), w.secret.0.clone()));
+            lines.push(("timeout_ms".into(), w.timeout_ms.to_string()));
+            lines.push(("max_in_flight".into(), w.max_in_flight.to_string()));
+            for (name, value) in &w.headers {
+                lines.push((format!("header {name}"), value.clone()));
+            }
+        }
+        Route::Nats(n) => {
+            lines.push(("type".into(), "nats".into()));
+            lines.push(("subject".into(), n.subject.clone()));
+            lines.push(("jetstream".into(), n.jetstream.to_string()));
+            lines.push(("timeout_ms".into(), n.timeout_ms.to_string()));
+            lines.push(("max_in_flight".into(), n.max_in_flight.to_string()));
+        }
+    }
+    print!("{}", fields(&lines));
+    Ok(())
+}
+
+/// One row of `routes ls --json`.
+#[derive(Debug, Serialize)]
+struct RouteRow {
+    key: String,
+    tenant: String,
+    team: String,
+    platform: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<Route>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn list_routes(
+    store: &Store<RouteKey, Route>,
+    args: &LsArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let filter = args.tenant.as_ref().map_or(">".to_owned(), tenant_filter);
+    let routes = store.list(&filter).await?;
+    if out.is_json() {
+        let rows: Vec<RouteRow> = routes
+            .into_iter()
+            .map(|(key, route)| RouteRow {
+                key: key.render(),
+                tenant: key.tenant.to_string(),
+                team: key.team.to_string(),
+                platform: key.platform.to_string(),
+                error: route.as_ref().err().map(ToString::to_string),
+                route: route.ok().map(|r| r.redacted()),
+            })
+            .collect();
+        return out.json(&rows);
+    }
+    if routes.is_empty() {
+        match &args.tenant {
+            Some(tenant) => println!("no routes for tenant {tenant}"),
+            None => println!("no routes"),
+        }
+        return Ok(());
+    }
+    let mut table = Table::new(["TENANT", "TEAM", "PLATFORM", "TYPE", "TARGET"]);
+    for (key, route) in &routes {
+        let (kind, target) = match route {
+            Ok(route) => {
+                let (kind, target) = describe(route);
+                (kind.to_owned(), target.to_owned())
+            }
+            Err(err) => ("invalid".to_owned(), err.to_string()),
+        };
+        table.row([
+            key.tenant.to_string(),
+            key.team.to_string(),
+            key.platform.to_string(),
+            kind,
+            target,
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+async fn remove_route(
+    store: &Store<RouteKey, Route>,
+    args: &KeyArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key();
+    // An unreadable record still exists and may be removed; only a missing one is an error.
+    if let Ok(None) = store.get(&key).await {
+        anyhow::bail!("no route at {}", key.render());
+    }
+    store.delete(&key).await?;
+    if out.is_json() {
+        out.json(&json!({"key": key.render(), "removed": true}))?;
+    } else {
+        println!("removed route {}", key.render());
+    }
+    Ok(())
+}

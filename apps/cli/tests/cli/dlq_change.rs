@@ -1,0 +1,263 @@
+//! `dlq replay` and `dlq purge`: the only commands that remove entries, each exactly the
+//! selected ones, and only after confirmation when selected by a filter.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use switchyard_dlq::DlqCode;
+use switchyard_keys::Stage;
+
+use crate::fixtures::{Entry, dead_letter, dead_letter_with, envelope, messages, payload, seed};
+use crate::{fails, ok, provisioned};
+
+async fn dlq_seqs(url: &str) -> Vec<u64> {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(url, &["dlq", "ls", "--json"]).await).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
+    let server = provisioned().await;
+    let url = server.url();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let mut egress = client.subscribe("egress.v1.>").await.unwrap();
+    client.flush().await.unwrap();
+    seed(&js).await;
+
+    let dry = ok(&url, &["dlq", "replay", "--tenant", "acme", "--dry-run"]).await;
+    assert_eq!(
+        dry,
+        "would replay seq 1 -> egress.v1.acme.ops.slack\n\
+         would replay seq 3 -> egress.v1.acme.ops.slack\n\
+         would replay 2, would keep 0; dry run: nothing changed\n"
+    );
+    assert_eq!(messages(&js, "DLQ").await, 4, "a dry run changes nothing");
+    assert_eq!(
+        messages(&js, "EGRESS").await,
+        0,
+        "a dry run publishes nothing"
+    );
+
+    let err = fails(&url, &["dlq", "replay", "--tenant", "acme"]).await;
+    assert!(
+        err.contains("error: refusing to replay DLQ entries selected by a filter without confirmation: stdin is not a terminal; pass --yes to confirm"),
+        "{err}"
+    );
+    assert_eq!(messages(&js, "DLQ").await, 4);
+
+    let out = ok(
+        &url,
+        &["dlq", "replay", "--tenant", "acme", "--yes", "--rate", "50"],
+    )
+    .await;
+    assert_eq!(
+        out,
+        "replayed seq 1 -> egress.v1.acme.ops.slack (EGRESS seq 1)\n\
+         replayed seq 3 -> egress.v1.acme.ops.slack (EGRESS seq 2)\n\
+         replayed 2, kept 0\n"
+    );
+    for n in [1, 3] {
+        let msg = tokio::time::timeout(Duration::from_secs(10), egress.next())
+            .await
+            .expect("the replayed copy arrives")
+            .unwrap();
+        assert_eq!(msg.subject.as_str(), "egress.v1.acme.ops.slack");
+        assert_eq!(msg.payload, payload(n), "payload bytes unchanged");
+        let h = msg.headers.unwrap();
+        assert_eq!(h.get("Switchyard-Replay").unwrap().as_str(), "1");
+        assert_eq!(h.get("Switchyard-Attempt").unwrap().as_str(), "0");
+        assert_eq!(
+            h.get("Switchyard-Msg-Id").unwrap().as_str(),
+            format!("order-{n}")
+        );
+        assert!(
+            h.get("Nats-Msg-Id")
+                .unwrap()
+                .as_str()
+                .ends_with(":egress:1")
+        );
+        assert!(
+            h.get("Switchyard-Dlq-Code").is_none(),
+            "no DLQ headers on the copy"
+        );
+    }
+    assert_eq!(
+        dlq_seqs(&url).await,
+        [2, 4],
+        "exactly acme's entries left the DLQ"
+    );
+    assert_eq!(messages(&js, "EGRESS").await, 2);
+}
+
+#[tokio::test]
+async fn dlq_replay_keeps_duplicates_missing_and_unreplayable_entries() {
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+
+    let env = envelope("acme", 7);
+    let first = dead_letter_with(
+        &js,
+        &Entry::egress("acme", DlqCode::RetriesExhausted, 7),
+        &env,
+    )
+    .await;
+    assert_eq!(
+        ok(&url, &["dlq", "replay", &first.to_string()]).await,
+        "replayed seq 1 -> egress.v1.acme.ops.slack (EGRESS seq 1)\nreplayed 1, kept 0\n",
+        "explicit sequences need no confirmation"
+    );
+    // The same message dead-lettered again replays to the same hop id: EGRESS drops the copy
+    // inside its duplicate window, and the entry stays.
+    let again = dead_letter_with(
+        &js,
+        &Entry::egress("acme", DlqCode::RetriesExhausted, 8),
+        &env,
+    )
+    .await;
+    let refused_at_ingress = Entry {
+        tenant: "acme",
+        code: DlqCode::InvalidPayload,
+        stage: Stage::Ingress,
+        n: 9,
+    };
+    let invalid = dead_letter(&js, &refused_at_ingress).await;
+    assert_eq!((again, invalid), (2, 3));
+
+    let out = ok(&url, &["dlq", "replay", "2", "3", "99"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "kept seq 99: no DLQ entry with seq 99", "{out}");
+    assert!(
+        lines[1].starts_with("kept seq 2: EGRESS already holds this replay at seq 1"),
+        "{out}"
+    );
+    assert!(
+        lines[2]
+            .starts_with("kept seq 3: entry 3 was refused at ingress with code invalid_payload"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[3],
+        "replayed 0, kept 3 (1 duplicate, 1 no such entry, 1 not replayable)"
+    );
+    assert_eq!(dlq_seqs(&url).await, [2, 3]);
+    assert_eq!(messages(&js, "EGRESS").await, 1);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["dlq", "replay", "2", "--json"]).await).unwrap();
+    assert_eq!(json["results"][0]["seq"], 2);
+    assert_eq!(json["results"][0]["outcome"], "kept");
+    assert_eq!(json["results"][0]["kept_because"], "duplicate");
+}
+
+#[tokio::test]
+async fn dlq_purge_by_code_removes_only_those_and_needs_yes() {
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    seed(&js).await;
+
+    let err = fails(&url, &["dlq", "purge", "--code", "no_route"]).await;
+    assert!(
+        err.contains("error: refusing to purge DLQ entries selected by a filter without confirmation: stdin is not a terminal; pass --yes to confirm"),
+        "{err}"
+    );
+    assert_eq!(messages(&js, "DLQ").await, 4);
+
+    assert_eq!(
+        ok(&url, &["dlq", "purge", "--code", "no_route", "--yes"]).await,
+        "removed 2 entries\n"
+    );
+    assert_eq!(dlq_seqs(&url).await, [1, 4]);
+
+    assert_eq!(ok(&url, &["dlq", "purge", "1"]).await, "removed 1 entry\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["dlq", "purge", "1", "--json"]).await).unwrap();
+    assert_eq!(json, serde_json::json!({"removed": [], "not_found": [1]}));
+
+    let err = fails(&url, &["dlq", "purge"]).await;
+    assert!(
+        err.contains("select entries: give sequences, or filters"),
+        "{err}"
+    );
+    let err = fails(&url, &["dlq", "purge", "4", "--tenant", "acme"]).await;
+    assert!(err.contains("not both"), "{err}");
+    assert_eq!(dlq_seqs(&url).await, [4]);
+}
+
+#[tokio::test]
+async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
+    let server = switchyard_testkit::NatsServer::start().await;
+    let url = server.url();
+    ok(&url, &["--prefix", "staging", "provision"]).await;
+    let js = jetstream::new(server.client().await);
+    let ns = switchyard_subjects::Namespace::new(Some("staging".parse().unwrap()));
+    let entry = Entry::egress("acme", DlqCode::NoRoute, 1);
+    crate::fixtures::dead_letter_in(&js, &ns, &entry, &envelope("acme", 1)).await;
+
+    let json: serde_json::Value = serde_json::from_str(
+        &ok(
+            &url,
+            &[
+                "--prefix", "staging", "dlq", "ls", "--tenant", "acme", "--json",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(json[0]["subject"], "staging.dlq.v1.acme.egress.slack");
+    assert_eq!(
+        ok(
+            &url,
+            &["--prefix", "staging", "dlq", "replay", "--all", "--yes"]
+        )
+        .await,
+        "replayed seq 1 -> staging.egress.v1.acme.ops.slack (STAGING_EGRESS seq 1)\nreplayed 1, kept 0\n"
+    );
+    assert_eq!(messages(&js, "STAGING_DLQ").await, 0);
+    assert_eq!(
+        ok(
+            &url,
+            &[
+                "--prefix", "staging", "publish", "acme", "ops", "slack", "--id", "a", "--data",
+                "x"
+            ]
+        )
+        .await,
+        "stored in STAGING_INGRESS seq 1\n"
+    );
+    ok(
+        &url,
+        &[
+            "--prefix",
+            "staging",
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--nats",
+            "sink.acme",
+        ],
+    )
+    .await;
+    let err = fails(&url, &["routes", "ls"]).await;
+    assert!(
+        err.contains("the routes bucket routes does not exist"),
+        "unprefixed: {err}"
+    );
+    let ls = ok(&url, &["--prefix", "staging", "routes", "ls"]).await;
+    assert!(
+        ls.contains("acme    _     slack     nats  sink.acme"),
+        "{ls}"
+    );
+    let err = fails(&url, &["dlq", "ls"]).await;
+    assert!(err.contains("the DLQ stream DLQ does not exist"), "{err}");
+}

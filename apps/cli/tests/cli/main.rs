@@ -1,0 +1,91 @@
+//! The `switchyard` binary against a real nats-server: what it prints and how it exits. One
+//! test binary, one module per command group.
+
+mod dlq_browse;
+mod dlq_change;
+mod fixtures;
+mod provision;
+mod publish;
+mod registry;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use switchyard_testkit::NatsServer;
+
+/// Runs the binary against `server` and waits for it (blocking).
+pub fn switchyard_blocking(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--server", server])
+        .args(args)
+        .env_remove("SWITCHYARD_CLI_NATS__URL")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start switchyard");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(input).expect("write stdin");
+    }
+    child.wait_with_output().expect("run switchyard")
+}
+
+/// Runs the binary without blocking the test's runtime (stdin is empty, not a terminal).
+pub async fn switchyard(server: &str, args: &[&str]) -> Output {
+    let (server, args) = (
+        server.to_owned(),
+        args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        switchyard_blocking(&server, &args, None)
+    })
+    .await
+    .expect("join")
+}
+
+/// Runs the binary and asserts it succeeded; returns stdout.
+pub async fn ok(server: &str, args: &[&str]) -> String {
+    let output = switchyard(server, args).await;
+    assert!(
+        output.status.success(),
+        "switchyard {args:?} failed: {}",
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Runs the binary and asserts it failed with exit code 1; returns stderr.
+pub async fn fails(server: &str, args: &[&str]) -> String {
+    let output = switchyard(server, args).await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "switchyard {args:?} should fail: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stderr(&output)
+}
+
+/// Stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A server with the topology provisioned by the binary itself.
+pub async fn provisioned() -> NatsServer {
+    let server = NatsServer::start().await;
+    ok(&server.url(), &["provision"]).await;
+    server
+}

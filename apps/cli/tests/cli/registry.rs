@@ -1,0 +1,230 @@
+//! `routes` and `tenants`: records in the KV buckets, validated before they are written.
+
+use crate::{fails, ok, provisioned};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test]
+async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
+    let server = provisioned().await;
+    let url = server.url();
+
+    let set = ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            SECRET,
+            "--header",
+            "X-Env=prod",
+        ],
+    )
+    .await;
+    assert_eq!(
+        set,
+        "set route acme._.slack: webhook https://hooks.example.com/in (revision 1)\n"
+    );
+    let set = ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "ops",
+            "billing",
+            "--nats",
+            "sink.acme.billing",
+            "--jetstream",
+            "--timeout-ms",
+            "5000",
+        ],
+    )
+    .await;
+    assert!(
+        set.starts_with("set route acme.ops.billing: nats sink.acme.billing"),
+        "{set}"
+    );
+    ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "globex",
+            "_",
+            "slack",
+            "--route-json",
+            r#"{"type":"nats","subject":"sink.globex"}"#,
+        ],
+    )
+    .await;
+
+    // A team without its own route falls back to the tenant's default; the secret never shows.
+    let get = ok(&url, &["routes", "get", "acme", "ops", "slack"]).await;
+    assert!(
+        get.starts_with(
+            "key            acme._.slack (the tenant's default: acme.ops.slack has no route of its own)\ntype           webhook\nurl            https://hooks.example.com/in\nsecret         whsec_***\n"
+        ),
+        "{get}"
+    );
+    assert!(get.contains("header X-Env   prod"), "{get}");
+    assert!(!get.contains("MfKQ"), "{get}");
+    let json: serde_json::Value = serde_json::from_str(
+        &ok(&url, &["routes", "get", "acme", "ops", "billing", "--json"]).await,
+    )
+    .unwrap();
+    assert_eq!(json["matched"], "acme.ops.billing");
+    assert_eq!(json["route"]["type"], "nats");
+    assert_eq!(json["route"]["jetstream"], true);
+    assert_eq!(json["route"]["timeout_ms"], 5000);
+    assert_eq!(
+        json["route"]["max_in_flight"], 16,
+        "the route's own default"
+    );
+
+    let ls = ok(&url, &["routes", "ls"]).await;
+    assert_eq!(
+        ls,
+        "TENANT  TEAM  PLATFORM  TYPE     TARGET\n\
+         acme    _     slack     webhook  https://hooks.example.com/in\n\
+         acme    ops   billing   nats     sink.acme.billing\n\
+         globex  _     slack     nats     sink.globex\n"
+    );
+    let ls = ok(&url, &["routes", "ls", "--tenant", "globex"]).await;
+    assert_eq!(ls.lines().count(), 2, "{ls}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["routes", "ls", "--json"]).await).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert_eq!(json[0]["key"], "acme._.slack");
+    assert_eq!(json[0]["route"]["secret"], "whsec_***");
+
+    // Invalid routes are refused before anything is written.
+    for (args, expected) in [
+        (
+            vec![
+                "--webhook",
+                "ftp://hooks.example.com/in",
+                "--secret",
+                SECRET,
+            ],
+            "route field url",
+        ),
+        (
+            vec![
+                "--webhook",
+                "https://hooks.example.com/in",
+                "--secret",
+                "whsec_!!",
+            ],
+            "route field secret",
+        ),
+        (vec!["--nats", "sink.*"], "route field subject"),
+        (
+            vec!["--nats", "sink.acme", "--max-in-flight", "0"],
+            "route field max_in_flight",
+        ),
+        (
+            vec!["--route-json", r#"{"type":"ftp"}"#],
+            "not a valid route",
+        ),
+    ] {
+        let mut full = vec!["routes", "set", "acme", "_", "slack"];
+        full.extend(args);
+        let err = fails(&url, &full).await;
+        assert!(err.contains(expected), "{full:?}: {err}");
+    }
+    let err = fails(
+        &url,
+        &["routes", "set", "acme", "Ops", "slack", "--nats", "a"],
+    )
+    .await;
+    assert!(
+        err.contains("team id \"Ops\" has an invalid character"),
+        "{err}"
+    );
+    let get = ok(&url, &["routes", "get", "acme", "_", "slack"]).await;
+    assert!(
+        get.contains("https://hooks.example.com/in"),
+        "unchanged: {get}"
+    );
+
+    assert_eq!(
+        ok(&url, &["routes", "rm", "acme", "_", "slack"]).await,
+        "removed route acme._.slack\n"
+    );
+    let err = fails(&url, &["routes", "get", "acme", "ops", "slack"]).await;
+    assert!(
+        err.contains("error: no route for acme.ops.slack nor the tenant's default acme._.slack"),
+        "{err}"
+    );
+    let err = fails(&url, &["routes", "rm", "acme", "_", "slack"]).await;
+    assert!(err.contains("error: no route at acme._.slack"), "{err}");
+    assert_eq!(ok(&url, &["routes", "ls"]).await.lines().count(), 3);
+}
+
+#[tokio::test]
+async fn tenants_enable_disable_get_ls() {
+    let server = provisioned().await;
+    let url = server.url();
+
+    assert_eq!(
+        ok(&url, &["tenants", "ls"]).await,
+        "no tenants registered\n"
+    );
+    let err = fails(&url, &["tenants", "get", "acme"]).await;
+    assert!(
+        err.contains("error: tenant acme is not registered"),
+        "{err}"
+    );
+
+    assert_eq!(
+        ok(&url, &["tenants", "enable", "acme"]).await,
+        "tenant acme enabled\n"
+    );
+    assert_eq!(
+        ok(&url, &["tenants", "enable", "globex"]).await,
+        "tenant globex enabled\n"
+    );
+    assert_eq!(
+        ok(&url, &["tenants", "disable", "globex"]).await,
+        "tenant globex disabled\n"
+    );
+    assert_eq!(
+        ok(&url, &["tenants", "disable", "initech"]).await,
+        "tenant initech disabled\n",
+        "disabling an unknown tenant registers it disabled"
+    );
+
+    assert_eq!(
+        ok(&url, &["tenants", "ls"]).await,
+        "TENANT   STATUS    MAX PAYLOAD\n\
+         acme     enabled   default\n\
+         globex   disabled  default\n\
+         initech  disabled  default\n"
+    );
+    assert_eq!(
+        ok(&url, &["tenants", "get", "globex"]).await,
+        "tenant globex: disabled (max payload bytes: default)\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["tenants", "get", "acme", "--json"]).await).unwrap();
+    assert_eq!(json, serde_json::json!({"tenant": "acme", "enabled": true}));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["tenants", "ls", "--json"]).await).unwrap();
+    assert_eq!(
+        json[1],
+        serde_json::json!({"tenant": "globex", "enabled": false})
+    );
+
+    ok(&url, &["tenants", "enable", "globex"]).await;
+    assert!(
+        ok(&url, &["tenants", "get", "globex"])
+            .await
+            .contains("enabled")
+    );
+}
