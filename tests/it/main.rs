@@ -2,4 +2,6 @@
 
 mod cluster;
 mod hostile_ids;
+mod permissions;
+mod pipeline;
 mod provisioning;

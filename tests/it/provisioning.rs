@@ -28,7 +28,7 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
         first.items.iter().all(|i| i.outcome == Outcome::Created),
         "{first:#?}"
     );
-    assert_eq!(first.items.len(), 13);
+    assert_eq!(first.items.len(), 14);
 
     let second = provision(&js, &topology, false).await.unwrap();
     assert!(
@@ -146,7 +146,7 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 13);
+    assert_eq!(other.missing().len(), 14);
 }
 
 #[tokio::test]

@@ -60,7 +60,7 @@ pub struct IdempotencySettings {
     pub concurrency: usize,
     /// Claim lifetime in seconds (default 129600 = 36 h).
     pub ttl_secs: u64,
-    /// Where first sightings go (default `egress`).
+    /// Where first sightings go (default `backpressure`).
     pub next_stage: InputStage,
     /// Policy while KV is unreachable (default `wait`).
     pub kv_unavailable: KvUnavailable,
@@ -98,6 +98,6 @@ mod tests {
         let config = IdempotencyConfig::defaults().unwrap();
         assert_eq!(config.idempotency.ttl_secs, 36 * 3600);
         assert_eq!(config.idempotency.kv_unavailable, KvUnavailable::Wait);
-        assert_eq!(config.idempotency.next_stage, InputStage::Egress);
+        assert_eq!(config.idempotency.next_stage, InputStage::Backpressure);
     }
 }

@@ -34,6 +34,8 @@ impl Harness {
         let mut config = IdempotencyConfig::defaults().unwrap();
         config.nats.url = server.url();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
+        // These tests read what the stage hands on from EGRESS directly.
+        config.idempotency.next_stage = InputStage::Egress;
         configure(&mut config);
         let shutdown = CancellationToken::new();
         let running = switchyard_idempotency::start(config, client, shutdown.clone())

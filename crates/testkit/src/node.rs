@@ -144,8 +144,15 @@ impl Node {
     /// Waits until `/healthz` answers 200; panics with the log tail if the process exits or the
     /// deadline passes.
     pub(crate) async fn wait_healthy(&mut self) {
+        if let Err(failure) = self.try_wait_healthy().await {
+            panic!("{failure}");
+        }
+    }
+
+    /// Like [`Node::wait_healthy`], but returns the failure (with the log tail) instead of
+    /// panicking, so a start that lost a port race can be retried on other ports.
+    pub(crate) async fn try_wait_healthy(&mut self) -> Result<(), String> {
         let port = self.monitor_port;
-        let what = format!("nats-server {} to become healthy", self.name);
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -153,23 +160,34 @@ impl Node {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "nats-server {} exited with {status}:\n{}",
                     self.name,
                     self.log_tail()
-                );
+                ));
             }
             let probe = tokio::task::spawn_blocking(move || healthy(port))
                 .await
                 .unwrap_or(false);
             if probe {
-                return;
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!("timed out waiting for {what}:\n{}", self.log_tail());
+                return Err(format!(
+                    "timed out waiting for nats-server {} to become healthy:\n{}",
+                    self.name,
+                    self.log_tail()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Picks new free ports (after a start lost a race for its ports).
+    pub(crate) fn reassign_ports(&mut self) {
+        self.client_port = free_port();
+        self.monitor_port = free_port();
     }
 
     /// Kills the process with SIGKILL (a crash: nothing is flushed) and reaps it.
@@ -224,8 +242,18 @@ impl NatsServer {
     pub async fn start_with_args(args: &[&str]) -> Self {
         let args = args.iter().map(|a| (*a).to_owned()).collect();
         let mut node = Node::new("switchyard-test", "single.conf", args);
-        node.spawn();
-        node.wait_healthy().await;
+        // Free ports are found by binding and releasing them, so another process can take one
+        // before the server does: retry on fresh ports when that happens.
+        for attempt in 1..=3 {
+            node.spawn();
+            match node.try_wait_healthy().await {
+                Ok(()) => break,
+                Err(failure) if attempt < 3 && failure.contains("address already in use") => {
+                    node.reassign_ports()
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
         Self { node }
     }
 

@@ -7,6 +7,8 @@
 //! | `routes` | `<tenant>.<team or _>.<platform>` | `acme._.slack` (team-less default) |
 //! | `tenants` | `<tenant>` | `acme` |
 //! | `rate-limits` | `<tenant or _default>.<record>` | `acme.limit`, `_default.limit` |
+//! | `dlq-stats` | `<tenant or _>.<stage>.<encoded code>`, `_state` | `acme.egress.no_route` |
+//! | `dlq-jobs` | `<job id>` | `0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b` |
 //!
 //! Every key starts with the tenant token, so `<tenant>.>` lists or watches exactly one
 //! tenant's keys (single-token keys are watched by their own name).
@@ -14,8 +16,8 @@
 use std::fmt;
 
 use crate::error::{KeyError, shown};
-use crate::id::{Address, PlatformId, TeamId, TenantId};
-use crate::token::MsgId;
+use crate::id::{Address, PlatformId, Stage, TeamId, TenantId};
+use crate::token::{MsgId, decode_token, encode_token};
 
 /// A key schema: renders to a KV key and parses back to the same value.
 pub trait KvKey: Sized {
@@ -249,6 +251,150 @@ impl KvKey for RateKey {
     }
 }
 
+/// A backpressure replica's heartbeat in the `rate-limits` bucket (`_replicas.<id>`): the
+/// live replicas are counted to split a limit while KV is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplicaKey {
+    /// The replica's id: `[A-Za-z0-9_-]`, 1 to 64 characters.
+    pub id: String,
+}
+
+impl ReplicaKey {
+    /// The filter for every replica heartbeat.
+    pub const FILTER: &'static str = "_replicas.*";
+}
+
+impl KvKey for ReplicaKey {
+    const SCHEMA: &'static str = "replica";
+
+    fn render(&self) -> String {
+        format!("_replicas.{}", self.id)
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [scope, id] = split_exact::<Self, 2>(key)?;
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if scope != "_replicas" || !valid {
+            return Err(schema_err::<Self>(
+                key,
+                "expected _replicas.<id> with id of [A-Za-z0-9_-]",
+            ));
+        }
+        Ok(Self { id: id.to_owned() })
+    }
+}
+
+/// A record in the `dlq-stats` bucket: the inflow counters of one (tenant, stage, code), or
+/// the stats processor's own state (cursor and lease).
+///
+/// | record | key | example |
+/// |---|---|---|
+/// | counter | `<tenant or _>.<stage>.<encoded code>` | `acme.egress.no_route`, `_.ingress.invalid_subject` |
+/// | processor state | `_state` | `_state` |
+///
+/// `_` stands for "no valid tenant" (as in DLQ subjects); tenant ids never start with `_`, so
+/// neither form can collide with a tenant. [`tenant_filter`] lists one tenant's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DlqStatsKey {
+    /// The counters of one (tenant, stage, code).
+    Counter {
+        /// The tenant, or `None` for entries without a valid tenant.
+        tenant: Option<TenantId>,
+        /// The stage that gave up.
+        stage: Stage,
+        /// The DLQ code (any non-empty text; `=XX`-encoded in the key).
+        code: String,
+    },
+    /// The stats processor's cursor and lease.
+    State,
+}
+
+impl DlqStatsKey {
+    /// The single-token key of the processor state.
+    pub const STATE: &'static str = "_state";
+    /// The filter for the counters of entries without a valid tenant.
+    pub const NO_TENANT_FILTER: &'static str = "_.>";
+}
+
+impl KvKey for DlqStatsKey {
+    const SCHEMA: &'static str = "dlq stats";
+
+    fn render(&self) -> String {
+        match self {
+            DlqStatsKey::State => Self::STATE.to_owned(),
+            DlqStatsKey::Counter {
+                tenant,
+                stage,
+                code,
+            } => format!(
+                "{}.{stage}.{}",
+                tenant.as_ref().map_or("_", TenantId::as_str),
+                encode_token(code)
+            ),
+        }
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        if key == Self::STATE {
+            return Ok(DlqStatsKey::State);
+        }
+        let [tenant, stage, code] = split_exact::<Self, 3>(key)?;
+        let tenant = match tenant {
+            "_" => None,
+            tenant => Some(field::<Self, _>(key, tenant.parse())?),
+        };
+        Ok(DlqStatsKey::Counter {
+            tenant,
+            stage: field::<Self, _>(key, stage.parse())?,
+            code: field::<Self, _>(key, decode_token(code))?,
+        })
+    }
+}
+
+/// A replay job in the `dlq-jobs` bucket, keyed by its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DlqJobKey {
+    /// The job id: 1 to 64 characters of `[a-z0-9-]`, starting with `[a-z0-9]` (the CLI uses
+    /// lower-case hyphenated UUIDv7s).
+    pub job: String,
+}
+
+impl DlqJobKey {
+    /// Checks a job id.
+    pub fn new(job: impl Into<String>) -> Result<Self, KeyError> {
+        let job = job.into();
+        let valid = !job.is_empty()
+            && job.len() <= 64
+            && !job.starts_with('-')
+            && job
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(schema_err::<Self>(
+                &job,
+                "a job id is 1 to 64 characters of [a-z0-9-], starting with [a-z0-9]",
+            ));
+        }
+        Ok(Self { job })
+    }
+}
+
+impl KvKey for DlqJobKey {
+    const SCHEMA: &'static str = "dlq job";
+
+    fn render(&self) -> String {
+        self.job.clone()
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        Self::new(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +425,17 @@ mod tests {
     }
 
     #[test]
+    fn replica_keys_round_trip() {
+        let key = ReplicaKey {
+            id: "0193a1b2c3".into(),
+        };
+        assert_eq!(key.render(), "_replicas.0193a1b2c3");
+        assert_eq!(ReplicaKey::parse(&key.render()).unwrap(), key);
+        assert!(ReplicaKey::parse("_replicas.a.b").is_err());
+        assert!(ReplicaKey::parse("acme.limit").is_err());
+    }
+
+    #[test]
     fn rate_keys_render() {
         let default = RateKey {
             scope: RateScope::Default,
@@ -300,6 +457,29 @@ mod tests {
         assert!(IdempotencyKey::parse("acme.slack.a.b").is_err());
         assert!(IdempotencyKey::parse("ACME.slack.x").is_err());
         assert!(TenantKey::parse("a.b").is_err());
+    }
+
+    #[test]
+    fn dlq_stats_and_job_keys_render() {
+        let key = DlqStatsKey::Counter {
+            tenant: Some(TenantId::new("acme").unwrap()),
+            stage: Stage::Egress,
+            code: "no_route".into(),
+        };
+        assert_eq!(key.render(), "acme.egress.no_route");
+        let unknown = DlqStatsKey::Counter {
+            tenant: None,
+            stage: Stage::Ingress,
+            code: "invalid_subject".into(),
+        };
+        assert_eq!(unknown.render(), "_.ingress.invalid_subject");
+        assert_eq!(DlqStatsKey::parse("_state").unwrap(), DlqStatsKey::State);
+        assert!(DlqStatsKey::parse("acme.nowhere.no_route").is_err());
+        assert!(DlqStatsKey::parse("acme.egress").is_err());
+        assert!(DlqJobKey::new("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").is_ok());
+        for bad in ["", "-x", "A", "a.b", "a_b", &"a".repeat(65)] {
+            assert!(DlqJobKey::new(bad).is_err(), "{bad:?}");
+        }
     }
 
     proptest! {
@@ -343,6 +523,30 @@ mod tests {
             }
             let key = TenantKey { tenant };
             prop_assert_eq!(TenantKey::parse(&key.render()).unwrap(), key);
+        }
+
+        #[test]
+        fn dlq_stats_keys_round_trip(
+            tenant in proptest::option::of(id_strategy()),
+            stage in 0usize..5,
+            code in "[^\\p{Cc}]{1,40}",
+        ) {
+            let key = DlqStatsKey::Counter {
+                tenant: tenant.map(|t| TenantId::new(t).unwrap()),
+                stage: Stage::ALL[stage],
+                code,
+            };
+            let rendered = key.render();
+            prop_assert!(is_valid_kv_key(&rendered), "{}", rendered);
+            prop_assert_eq!(rendered.split('.').count(), 3);
+            prop_assert_eq!(DlqStatsKey::parse(&rendered).unwrap(), key);
+        }
+
+        #[test]
+        fn dlq_job_keys_round_trip(job in "[a-z0-9][a-z0-9-]{0,63}") {
+            let key = DlqJobKey::new(job).unwrap();
+            prop_assert!(is_valid_kv_key(&key.render()));
+            prop_assert_eq!(DlqJobKey::parse(&key.render()).unwrap(), key);
         }
     }
 }

@@ -25,6 +25,7 @@ pub type Cached<R> = Result<R, String>;
 pub struct KvCache<K, R> {
     entries: RwLock<HashMap<K, Cached<R>>>,
     loaded: watch::Sender<bool>,
+    filter: Option<String>,
 }
 
 impl<K, R> KvCache<K, R>
@@ -34,10 +35,30 @@ where
 {
     /// Starts watching `bucket` until `shutdown`.
     pub fn start(bucket: kv::Store, shutdown: CancellationToken) -> Arc<Self> {
+        Self::start_inner(bucket, None, shutdown)
+    }
+
+    /// Starts watching only the keys matching `filter` (e.g. `*.pressure`), for buckets that
+    /// hold several record types. Such a cache counts as loaded as soon as its watch runs;
+    /// current values arrive right after.
+    pub fn start_filtered(
+        bucket: kv::Store,
+        filter: &str,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Self::start_inner(bucket, Some(filter.to_owned()), shutdown)
+    }
+
+    fn start_inner(
+        bucket: kv::Store,
+        filter: Option<String>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let (loaded, _) = watch::channel(false);
         let cache = Arc::new(Self {
             entries: RwLock::new(HashMap::new()),
             loaded,
+            filter,
         });
         let task = cache.clone();
         tokio::spawn(async move { task.follow(bucket, shutdown).await });
@@ -112,11 +133,25 @@ where
         bucket: &kv::Store,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
-        let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
-        let mut watch = bucket
-            .watch_all_from_revision(1)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut watch, empty) = match &self.filter {
+            Some(filter) => (
+                bucket
+                    .watch_with_history(filter)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                true,
+            ),
+            None => {
+                let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
+                (
+                    bucket
+                        .watch_all_from_revision(1)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                    empty,
+                )
+            }
+        };
         if empty {
             self.loaded.send_replace(true);
         }

@@ -5,14 +5,17 @@
 //! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
 //!   under [`switchyard_keys::TenantKey`].
 //! - [`store`]: typed get/put/list/delete over a KV bucket for either record.
+//! - [`limits`]: rate limits, token state and admission state in the `rate-limits` bucket.
 //! - [`cache`]: [`KvCache`], an in-memory copy of a bucket kept fresh by a KV watch.
 
 pub mod cache;
+pub mod limits;
 pub mod route;
 pub mod store;
 pub mod tenant;
 
 pub use cache::KvCache;
+pub use limits::{Admission, LimitRecord, PressureRecord, TokenState};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use store::{Store, StoreError};
 pub use tenant::TenantRecord;

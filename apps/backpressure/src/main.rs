@@ -1,0 +1,25 @@
+//! `switchyard-backpressure`: load config, initialise telemetry, connect, run until SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use switchyard_backpressure::{BackpressureConfig, run};
+
+/// The backpressure service.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML config file layered over the built-in defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = BackpressureConfig::load(args.config).context("loading configuration")?;
+    let _telemetry = switchyard_runtime::init(&config.telemetry, "switchyard-backpressure")?;
+    let client = switchyard_runtime::connect(&config.nats).await?;
+    run(config, client, switchyard_service::shutdown::on_signal()).await
+}

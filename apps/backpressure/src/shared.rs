@@ -1,0 +1,129 @@
+//! What every loop of the service shares: connections, names, caches, the leaser, metrics.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, stream::Stream};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
+use switchyard_registry::{KvCache, LimitRecord};
+use switchyard_service::{Handoff, Metrics};
+use switchyard_subjects::{InputStage, Namespace};
+
+use crate::config::BackpressureSettings;
+use crate::lease::Leaser;
+
+/// A per-tenant metric label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// The tenant.
+    pub tenant: String,
+}
+
+/// The service's own metrics (beyond the core set).
+#[derive(Clone, Default)]
+pub struct BackpressureMetrics {
+    /// Tokens (slots) leased, per tenant.
+    pub tokens_leased: Family<TenantLabel, Counter>,
+    /// Messages waiting for a tenant's tokens (here and at egress), from the last scan.
+    pub backlog: Family<TenantLabel, Gauge>,
+    /// 1 while a tenant's admission is closed.
+    pub admission_closed: Family<TenantLabel, Gauge>,
+    /// Live replicas last seen.
+    pub replicas: Gauge,
+    /// 1 while leases fall back to the local `limit / N` record.
+    pub fallback_active: Gauge,
+}
+
+impl BackpressureMetrics {
+    /// Registers the metrics next to the core set.
+    pub fn register(metrics: &Metrics, leaser: &Leaser) -> Self {
+        let own = Self::default();
+        metrics.register(
+            "backpressure_tokens_leased",
+            "Tokens leased, per tenant",
+            own.tokens_leased.clone(),
+        );
+        metrics.register(
+            "backpressure_backlog",
+            "Messages waiting for the tenant's tokens",
+            own.backlog.clone(),
+        );
+        metrics.register(
+            "backpressure_admission_closed",
+            "1 while the tenant's ingress is refused",
+            own.admission_closed.clone(),
+        );
+        metrics.register(
+            "backpressure_replicas",
+            "Live replicas last seen",
+            own.replicas.clone(),
+        );
+        metrics.register(
+            "backpressure_fallback_active",
+            "1 while enforcing limit/N locally (KV unreachable)",
+            own.fallback_active.clone(),
+        );
+        metrics.register(
+            "backpressure_kv_ops",
+            "KV reads and writes made for leases",
+            leaser.kv_ops.clone(),
+        );
+        metrics.register(
+            "backpressure_fallback_leases",
+            "Leases taken locally while KV was unreachable",
+            leaser.fallbacks.clone(),
+        );
+        own
+    }
+}
+
+/// Shared state.
+pub struct Shared {
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The namespace.
+    pub ns: Namespace,
+    /// The BACKPRESSURE stream.
+    pub stream: Stream,
+    /// Its name.
+    pub stream_name: String,
+    /// The next stage's stream name (its backlog counts towards admission).
+    pub next_stream_name: String,
+    /// Publisher.
+    pub handoff: Handoff,
+    /// Where messages go with a token.
+    pub next: InputStage,
+    /// Slot leases.
+    pub leaser: Arc<Leaser>,
+    /// Limits (`*.limit`), watched.
+    pub limits: Arc<KvCache<RateKey, LimitRecord>>,
+    /// Settings.
+    pub settings: BackpressureSettings,
+    /// Core metrics.
+    pub metrics: Arc<Metrics>,
+    /// Own metrics.
+    pub own: BackpressureMetrics,
+}
+
+impl Shared {
+    /// The limit in force for `tenant`: its own, else `_default`, else the built-in one. An
+    /// unreadable or invalid record is logged and skipped (never a reason to stop delivering).
+    pub fn limit_for(&self, tenant: &TenantId) -> LimitRecord {
+        for scope in [RateScope::Tenant(tenant.clone()), RateScope::Default] {
+            let key = RateKey {
+                scope,
+                record: RateRecord::Limit,
+            };
+            match self.limits.get(&key) {
+                Some(Ok(limit)) if limit.validate().is_ok() => return limit,
+                Some(Ok(limit)) => tracing::warn!(?key, ?limit, "invalid limit record ignored"),
+                Some(Err(error)) => tracing::warn!(?key, %error, "unreadable limit record ignored"),
+                None => {}
+            }
+        }
+        self.settings.built_in_limit()
+    }
+}

@@ -1,0 +1,207 @@
+//! One tenant's delivery loop: fetch what is waiting on the tenant's own consumer, take a
+//! token (a leased slot) per message, hand each on when its slot comes. Messages beyond the
+//! limit simply stay in the stream — they are not fetched, so they hold no ack-pending slot,
+//! spend no delivery attempt, and never block another tenant, whose loop is its own task.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use switchyard_dlq::{DeadLetter, DlqCode};
+use switchyard_envelope::Envelope;
+use switchyard_keys::{Stage, TenantId};
+use switchyard_service::Handoff;
+use switchyard_subjects::InputStage;
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::{Shared, TenantLabel};
+
+/// The durable consumer name for a tenant (`backpressure-<tenant>`), shared by every replica.
+pub fn consumer_name(tenant: &TenantId) -> String {
+    format!("backpressure-{tenant}")
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Creates (or opens) the tenant's consumer.
+pub async fn ensure_consumer(shared: &Shared, tenant: &TenantId) -> anyhow::Result<PullConsumer> {
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(consumer_name(tenant)),
+        description: Some(format!("backpressure: tokens for tenant {tenant}")),
+        filter_subject: shared
+            .ns
+            .stage_filter(InputStage::Backpressure, Some(tenant)),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 10,
+        max_ack_pending: 10_000,
+        inactive_threshold: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    shared
+        .stream
+        .get_or_create_consumer(&consumer_name(tenant), config)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "consumer {} on {}: {e}",
+                consumer_name(tenant),
+                shared.stream_name
+            )
+        })
+}
+
+/// Runs the loop until `shutdown` or `tenant_idle_secs` without messages.
+pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationToken) {
+    let consumer = match ensure_consumer(&shared, &tenant).await {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            tracing::warn!(%error, %tenant, "cannot open the tenant's consumer; will retry on the next scan");
+            return;
+        }
+    };
+    let label = TenantLabel {
+        tenant: tenant.to_string(),
+    };
+    let lease_window = Duration::from_secs_f64(shared.settings.lease_secs);
+    let idle_after = Duration::from_secs(shared.settings.tenant_idle_secs);
+    let mut tokens: VecDeque<i64> = VecDeque::new();
+    let mut last_activity = Instant::now();
+    let mut recent_rate = 0.0_f64;
+    while !shutdown.is_cancelled() {
+        let limit = shared.limit_for(&tenant);
+        let max_block = ((limit.rate_per_sec * shared.settings.lease_secs).ceil() as usize)
+            .clamp(1, shared.settings.max_batch);
+        let fetched = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            batch = consumer.fetch().max_messages(max_block).expires(Duration::from_secs(1)).messages() => batch,
+        };
+        let mut messages = Vec::new();
+        match fetched {
+            Ok(mut batch) => {
+                while let Some(next) = batch.next().await {
+                    match next {
+                        Ok(msg) => messages.push(msg),
+                        Err(error) => {
+                            tracing::debug!(%error, "fetch ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, %tenant, "fetch failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        if messages.is_empty() {
+            if last_activity.elapsed() >= idle_after {
+                break;
+            }
+            continue;
+        }
+        let elapsed = last_activity.elapsed().as_secs_f64().max(0.001);
+        recent_rate = 0.7 * recent_rate + 0.3 * (messages.len() as f64 / elapsed);
+        last_activity = Instant::now();
+
+        // Tokens older than two lease windows are dropped: a replica never hoards a burst.
+        let stale = now_ms() - 2 * lease_window.as_millis() as i64;
+        while tokens.front().is_some_and(|&slot| slot < stale) {
+            tokens.pop_front();
+        }
+        let missing = messages.len().saturating_sub(tokens.len());
+        if missing > 0 {
+            // Lease what this batch needs, plus what the recent rate will need in one window.
+            let ahead = (recent_rate * lease_window.as_secs_f64()).ceil() as usize;
+            let count = missing.max(ahead.min(max_block)) as u32;
+            let lease = shared.leaser.lease(&tenant, count, &limit, now_ms()).await;
+            shared.own.fallback_active.set(i64::from(
+                shared
+                    .leaser
+                    .in_fallback
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ));
+            shared
+                .own
+                .tokens_leased
+                .get_or_create(&label)
+                .inc_by(u64::from(count));
+            tokens.extend((0..lease.count).map(|i| lease.slot(i)));
+        }
+        for msg in messages {
+            let slot = tokens.pop_front().unwrap_or_else(now_ms);
+            let wait = slot - now_ms();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+            deliver(&shared, &tenant, msg).await;
+        }
+    }
+}
+
+/// Hands one message on (or dead-letters it when its envelope is unreadable), then settles it.
+async fn deliver(shared: &Shared, tenant: &TenantId, msg: jetstream::Message) {
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    metrics.count_received(tenant.as_str());
+    let outcome = match Envelope::from_headers(msg.headers.as_ref()) {
+        Ok(envelope) => {
+            let h = Handoff::headers(&envelope, msg.headers.as_ref());
+            match shared
+                .handoff
+                .forward(shared.next, &envelope, h, msg.payload.clone())
+                .await
+            {
+                Ok(()) => msg.ack().await.map(|_| "forwarded"),
+                Err(error) => {
+                    tracing::warn!(%error, "hand-off failed; redelivery requested");
+                    msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await
+                        .map(|_| "retry")
+                }
+            }
+        }
+        Err(error) => {
+            let record = DeadLetter::for_message(
+                &msg,
+                Stage::Backpressure,
+                DlqCode::InvalidEnvelope,
+                error.to_string(),
+                Some(tenant.clone()),
+                None,
+            );
+            let written = match record
+                .publish(
+                    &shared.js,
+                    &shared.ns,
+                    msg.headers.as_ref(),
+                    msg.payload.clone(),
+                )
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if written {
+                metrics.count_dead_lettered(tenant.as_str(), DlqCode::InvalidEnvelope.as_str());
+                msg.ack().await.map(|_| "dead_lettered")
+            } else {
+                msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await
+                    .map(|_| "retry")
+            }
+        }
+    };
+    match outcome {
+        Ok(label) => metrics.count_processed(tenant.as_str(), label),
+        Err(error) => {
+            tracing::warn!(%error, "acknowledgement failed; the message may be redelivered")
+        }
+    }
+    metrics.latency.observe(started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,362 @@
+//! Per-route circuit breakers: stop hammering a route that is down, without burning the retry
+//! budget of the messages waiting for it.
+//!
+//! - **closed**: attempts pass; `threshold` consecutive retryable failures open the breaker.
+//! - **open** for a period (`open`, doubling with each consecutive re-open up to `max_open`):
+//!   nothing is attempted; messages are rescheduled to come back when it half-opens.
+//! - **half-open**: one message is let through as a probe while the others wait a moment. A
+//!   probe that delivers (or gets a permanent answer: the route is up) closes the breaker; a
+//!   probe that fails opens it again for twice as long.
+//!
+//! Time is passed in, so the state machine is tested without waiting.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long other messages wait while a half-open breaker's probe is in flight.
+pub const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// A probe in flight for longer than this is presumed lost and another one is let through
+/// (a route's timeout is at most 300 s; the probe's task reports long before this).
+pub const PROBE_STALE: Duration = Duration::from_secs(360);
+
+/// Breaker tuning, shared by every route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive retryable failures that open the breaker.
+    pub threshold: u32,
+    /// The first open period.
+    pub open: Duration,
+    /// The longest open period.
+    pub max_open: Duration,
+}
+
+impl BreakerSettings {
+    /// The open period after `reopenings` consecutive re-opens: `open · 2^reopenings`, capped.
+    pub fn open_period(&self, reopenings: u32) -> Duration {
+        let factor = 2u32.saturating_pow(reopenings.min(31));
+        self.open.saturating_mul(factor).min(self.max_open)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probe_since: Option<Instant> },
+}
+
+/// Whether an attempt may go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The breaker is closed.
+    Pass,
+    /// The breaker is half-open and this attempt is its probe: report its result.
+    Probe,
+    /// Not now: come back at `until`.
+    Wait {
+        /// When to come back.
+        until: Instant,
+    },
+}
+
+/// A state change worth a log line and a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing changed.
+    None,
+    /// A closed breaker opened for `period`.
+    Opened {
+        /// How long it stays open.
+        period: Duration,
+    },
+    /// A failed probe opened the breaker again for `period`.
+    Reopened {
+        /// How long it stays open.
+        period: Duration,
+    },
+    /// The breaker closed again.
+    Closed,
+}
+
+/// One route's breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breaker {
+    state: State,
+    reopenings: u32,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            state: State::Closed { failures: 0 },
+            reopenings: 0,
+        }
+    }
+}
+
+impl Breaker {
+    /// Whether the breaker is open or half-open.
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state, State::Closed { .. })
+    }
+
+    /// Decides whether an attempt may go ahead at `now`.
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        match self.state {
+            State::Closed { .. } => Admission::Pass,
+            State::Open { until } if now < until => Admission::Wait { until },
+            State::HalfOpen {
+                probe_since: Some(since),
+            } if now.saturating_duration_since(since) < PROBE_STALE => Admission::Wait {
+                until: now + PROBE_WAIT,
+            },
+            State::Open { .. } | State::HalfOpen { .. } => {
+                self.state = State::HalfOpen {
+                    probe_since: Some(now),
+                };
+                Admission::Probe
+            }
+        }
+    }
+
+    /// When a message arriving at `now` would certainly be told to wait (open, or a probe in
+    /// flight), until when; changes nothing. Lets a message skip waiting for a route slot.
+    pub fn peek(&self, now: Instant) -> Option<Instant> {
+        match self.state {
+            State::Open { until } if now < until => Some(until),
+            State::HalfOpen {
+                probe_since: Some(since),
+            } if now.saturating_duration_since(since) < PROBE_STALE => Some(now + PROBE_WAIT),
+            _ => None,
+        }
+    }
+
+    /// The route answered (delivered, or refused for good: either way it is up).
+    pub fn succeeded(&mut self) -> Change {
+        let was_open = self.is_open();
+        self.state = State::Closed { failures: 0 };
+        self.reopenings = 0;
+        if was_open {
+            Change::Closed
+        } else {
+            Change::None
+        }
+    }
+
+    /// An attempt failed in a way that may pass later.
+    pub fn failed(&mut self, now: Instant, settings: &BreakerSettings) -> Change {
+        match self.state {
+            State::Closed { failures } => {
+                let failures = failures.saturating_add(1);
+                if failures >= settings.threshold {
+                    let period = settings.open_period(0);
+                    self.state = State::Open {
+                        until: now + period,
+                    };
+                    self.reopenings = 0;
+                    Change::Opened { period }
+                } else {
+                    self.state = State::Closed { failures };
+                    Change::None
+                }
+            }
+            State::HalfOpen { .. } => {
+                self.reopenings = self.reopenings.saturating_add(1);
+                let period = settings.open_period(self.reopenings);
+                self.state = State::Open {
+                    until: now + period,
+                };
+                Change::Reopened { period }
+            }
+            // An attempt that started before the breaker opened: already accounted for.
+            State::Open { .. } => Change::None,
+        }
+    }
+}
+
+/// The breakers of every route, by route id (the route's KV key).
+#[derive(Debug)]
+pub struct Breakers {
+    settings: BreakerSettings,
+    routes: Mutex<HashMap<String, Breaker>>,
+}
+
+impl Breakers {
+    /// No breakers yet; each route gets one on first use.
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<T>(&self, route: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        match routes.get_mut(route) {
+            Some(breaker) => f(breaker),
+            None => f(routes.entry(route.to_owned()).or_default()),
+        }
+    }
+
+    /// [`Breaker::admit`] for `route`.
+    pub fn admit(&self, route: &str, now: Instant) -> Admission {
+        self.with(route, |b| b.admit(now))
+    }
+
+    /// [`Breaker::peek`] for `route`.
+    pub fn peek(&self, route: &str, now: Instant) -> Option<Instant> {
+        self.with(route, |b| b.peek(now))
+    }
+
+    /// [`Breaker::succeeded`] for `route`.
+    pub fn succeeded(&self, route: &str) -> Change {
+        self.with(route, Breaker::succeeded)
+    }
+
+    /// [`Breaker::failed`] for `route`.
+    pub fn failed(&self, route: &str, now: Instant) -> Change {
+        self.with(route, |b| b.failed(now, &self.settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: BreakerSettings = BreakerSettings {
+        threshold: 3,
+        open: Duration::from_secs(30),
+        max_open: Duration::from_secs(100),
+    };
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn open_periods_double_up_to_the_cap() {
+        assert_eq!(SETTINGS.open_period(0), secs(30));
+        assert_eq!(SETTINGS.open_period(1), secs(60));
+        assert_eq!(SETTINGS.open_period(2), secs(100));
+        assert_eq!(SETTINGS.open_period(40), secs(100));
+    }
+
+    #[test]
+    fn opens_after_the_threshold_of_consecutive_failures() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        assert_eq!(b.failed(t0, &SETTINGS), Change::None);
+        assert_eq!(b.failed(t0, &SETTINGS), Change::None);
+        assert_eq!(b.admit(t0), Admission::Pass);
+        assert_eq!(b.peek(t0), None);
+        assert_eq!(b.failed(t0, &SETTINGS), Change::Opened { period: secs(30) });
+        assert!(b.is_open());
+        assert_eq!(b.peek(t0), Some(t0 + secs(30)));
+        assert_eq!(
+            b.admit(t0 + secs(29)),
+            Admission::Wait {
+                until: t0 + secs(30)
+            }
+        );
+        // A late failure of an attempt that started before the breaker opened changes nothing.
+        assert_eq!(b.failed(t0 + secs(1), &SETTINGS), Change::None);
+        assert_eq!(
+            b.admit(t0 + secs(29)),
+            Admission::Wait {
+                until: t0 + secs(30)
+            }
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        b.failed(t0, &SETTINGS);
+        b.failed(t0, &SETTINGS);
+        assert_eq!(b.succeeded(), Change::None);
+        b.failed(t0, &SETTINGS);
+        b.failed(t0, &SETTINGS);
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_and_a_failed_probe_reopens_for_longer() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        for _ in 0..3 {
+            b.failed(t0, &SETTINGS);
+        }
+        let t1 = t0 + secs(30);
+        assert_eq!(b.peek(t1), None);
+        assert_eq!(b.admit(t1), Admission::Probe);
+        assert_eq!(b.peek(t1), Some(t1 + PROBE_WAIT));
+        assert_eq!(
+            b.admit(t1),
+            Admission::Wait {
+                until: t1 + PROBE_WAIT
+            }
+        );
+        assert_eq!(
+            b.failed(t1, &SETTINGS),
+            Change::Reopened { period: secs(60) }
+        );
+        assert_eq!(
+            b.admit(t1 + secs(59)),
+            Admission::Wait {
+                until: t1 + secs(60)
+            }
+        );
+        let t2 = t1 + secs(60);
+        assert_eq!(b.admit(t2), Admission::Probe);
+        assert_eq!(
+            b.failed(t2, &SETTINGS),
+            Change::Reopened { period: secs(100) }
+        );
+        let t3 = t2 + secs(100);
+        assert_eq!(b.admit(t3), Admission::Probe);
+        assert_eq!(b.succeeded(), Change::Closed);
+        assert_eq!(b.admit(t3), Admission::Pass);
+        // After closing, the next open period starts from the beginning again.
+        for _ in 0..3 {
+            b.failed(t3, &SETTINGS);
+        }
+        assert_eq!(
+            b.admit(t3 + secs(29)),
+            Admission::Wait {
+                until: t3 + secs(30)
+            }
+        );
+    }
+
+    #[test]
+    fn a_lost_probe_lets_another_message_probe() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        for _ in 0..3 {
+            b.failed(t0, &SETTINGS);
+        }
+        let t1 = t0 + secs(30);
+        assert_eq!(b.admit(t1), Admission::Probe);
+        assert!(matches!(b.admit(t1 + secs(10)), Admission::Wait { .. }));
+        assert_eq!(b.admit(t1 + PROBE_STALE), Admission::Probe);
+    }
+
+    #[test]
+    fn routes_have_separate_breakers() {
+        let t0 = Instant::now();
+        let breakers = Breakers::new(SETTINGS);
+        for _ in 0..3 {
+            breakers.failed("acme.ops.slack", t0);
+        }
+        assert!(matches!(
+            breakers.admit("acme.ops.slack", t0),
+            Admission::Wait { .. }
+        ));
+        assert_eq!(breakers.admit("acme._.slack", t0), Admission::Pass);
+    }
+}

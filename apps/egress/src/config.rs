@@ -1,0 +1,213 @@
+//! The egress service's configuration: embedded defaults (`config/defaults.toml`) → `--config`
+//! file → `SWITCHYARD_EGRESS_*` environment, validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use switchyard_runtime::{ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_topology::DeploymentConfig;
+
+/// The built-in defaults, every key documented with its default.
+pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
+
+/// Environment prefix of the service's settings (`SWITCHYARD_EGRESS_EGRESS__MAX_ATTEMPTS`).
+pub const ENV_PREFIX: &str = "SWITCHYARD_EGRESS_";
+
+/// Everything the egress service is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// Logging and trace export.
+    pub telemetry: TelemetryConfig,
+    /// Which deployment (prefix, bucket names) the service runs in.
+    #[serde(default)]
+    pub deployment: DeploymentConfig,
+    /// The probe and metrics endpoint.
+    pub http: HttpConfig,
+    /// Delivery behaviour.
+    pub egress: EgressSettings,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address serving `/healthz`, `/readyz` and `/metrics` (default `0.0.0.0:9104`; port 0
+    /// picks a free port).
+    pub listen: SocketAddr,
+}
+
+/// The `[egress]` section: retries, breakers, per-route limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSettings {
+    /// Messages handled at once across all routes (default 64).
+    pub concurrency: usize,
+    /// Delivery attempts per message before it is dead-lettered with `retries_exhausted`
+    /// (default 8).
+    pub max_attempts: u32,
+    /// Wait after attempt n: `backoff_secs[min(n-1, len-1)]`, jittered within `[d/2, d]`
+    /// (default `[1, 5, 30, 120, 600, 1800, 3600]`).
+    pub backoff_secs: Vec<u64>,
+    /// Cap on a sink's `Retry-After`, in seconds (default 3600).
+    pub max_retry_after_secs: u64,
+    /// Consecutive retryable failures that open a route's breaker (default 5).
+    pub breaker_failure_threshold: u32,
+    /// The first open period of a breaker, in seconds; doubles per consecutive re-open
+    /// (default 30).
+    pub breaker_open_secs: u64,
+    /// The longest open period, in seconds (default 300).
+    pub breaker_max_open_secs: u64,
+    /// How long a message may wait for a free per-route slot before it is rescheduled,
+    /// in milliseconds (default 200).
+    pub route_wait_ms: u64,
+    /// Publish a delivery receipt after each delivery (default true).
+    pub receipts: bool,
+}
+
+/// A setting that loaded but makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting egress.{key}: {reason}")]
+pub struct InvalidSetting {
+    /// The key under `[egress]`.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl EgressSettings {
+    /// Checks every value; the first problem is returned.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let fail = |key, reason| Err(InvalidSetting { key, reason });
+        if self.concurrency == 0 {
+            return fail("concurrency", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return fail("max_attempts", "must be at least 1");
+        }
+        if self.backoff_secs.is_empty() {
+            return fail("backoff_secs", "must list at least one delay");
+        }
+        if self.backoff_secs.contains(&0) {
+            return fail("backoff_secs", "delays must be at least 1 second");
+        }
+        if self.breaker_failure_threshold == 0 {
+            return fail("breaker_failure_threshold", "must be at least 1");
+        }
+        if self.breaker_open_secs == 0 {
+            return fail("breaker_open_secs", "must be at least 1");
+        }
+        if self.breaker_max_open_secs < self.breaker_open_secs {
+            return fail(
+                "breaker_max_open_secs",
+                "must not be below breaker_open_secs",
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Self::route_wait_ms`] as a duration.
+    pub fn route_wait(&self) -> Duration {
+        Duration::from_millis(self.route_wait_ms)
+    }
+}
+
+impl EgressConfig {
+    /// Loads defaults → `file` → environment, then validates.
+    pub fn load(file: Option<PathBuf>) -> anyhow::Result<Self> {
+        let source = ConfigSource::new(DEFAULTS, ENV_PREFIX).with_file(file);
+        let config: EgressConfig =
+            switchyard_runtime::load(&source).context("loading configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings that serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.egress.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment's own (large) error type"
+)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    #[test]
+    fn defaults_load_as_documented() {
+        Jail::expect_with(|_| {
+            let config = EgressConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.http.listen.to_string(), "0.0.0.0:9104");
+            let e = &config.egress;
+            assert_eq!(e.concurrency, 64);
+            assert_eq!(e.max_attempts, 8);
+            assert_eq!(e.backoff_secs, [1, 5, 30, 120, 600, 1800, 3600]);
+            assert_eq!(e.max_retry_after_secs, 3600);
+            assert_eq!(e.breaker_failure_threshold, 5);
+            assert_eq!(e.breaker_open_secs, 30);
+            assert_eq!(e.breaker_max_open_secs, 300);
+            assert_eq!(e.route_wait_ms, 200);
+            assert!(e.receipts);
+            assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_override_the_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "egress.toml",
+                "[egress]\nmax_attempts = 3\nbackoff_secs = [2]\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            )?;
+            jail.set_env("SWITCHYARD_EGRESS_EGRESS__MAX_ATTEMPTS", "4");
+            jail.set_env("SWITCHYARD_EGRESS_EGRESS__RECEIPTS", "false");
+            jail.set_env("SWITCHYARD_EGRESS_EGRESS__BACKOFF_SECS", "[1, 10]");
+            let config =
+                EgressConfig::load(Some("egress.toml".into())).map_err(|e| e.to_string())?;
+            assert_eq!(config.egress.max_attempts, 4);
+            assert_eq!(config.egress.backoff_secs, [1, 10]);
+            assert!(!config.egress.receipts);
+            assert_eq!(config.http.listen.port(), 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[egress]\nmax_attempt = 3\n")?;
+            let err = EgressConfig::load(Some("typo.toml".into())).unwrap_err();
+            assert!(format!("{err:#}").contains("max_attempt"), "{err:#}");
+
+            jail.create_file("empty.toml", "[egress]\nbackoff_secs = []\n")?;
+            let err = EgressConfig::load(Some("empty.toml".into())).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("invalid setting egress.backoff_secs"),
+                "{err:#}"
+            );
+
+            jail.create_file(
+                "breaker.toml",
+                "[egress]\nbreaker_open_secs = 60\nbreaker_max_open_secs = 30\n",
+            )?;
+            let err = EgressConfig::load(Some("breaker.toml".into())).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("breaker_max_open_secs"),
+                "{err:#}"
+            );
+            Ok(())
+        });
+    }
+}

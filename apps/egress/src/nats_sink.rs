@@ -1,0 +1,163 @@
+//! NATS delivery: publish the payload to the route's subject with the envelope headers.
+//!
+//! Headers are the message's own less the server-interpreted `Nats-*` ones and egress's
+//! attempt log, plus `Nats-Msg-Id` = the envelope id, so a JetStream sink drops a redelivered
+//! copy within its duplicate window. With `jetstream: true` the attempt waits for the stream's
+//! acknowledgement; otherwise it waits until the publish is flushed to the server.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use bytes::Bytes;
+use switchyard_dlq::headers::ATTEMPTS_LOG;
+use switchyard_envelope::{Envelope, headers};
+use switchyard_registry::NatsRoute;
+use switchyard_subjects::{DlqFilter, InputStage, Namespace};
+
+use crate::classify::{Attempted, NatsFailure};
+
+/// Publishes messages to NATS routes.
+#[derive(Clone)]
+pub struct NatsSink {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl NatsSink {
+    /// A sink publishing through `client` (core) and `js` (JetStream routes).
+    pub fn new(client: async_nats::Client, js: jetstream::Context) -> Self {
+        Self { client, js }
+    }
+
+    /// Publishes one message and reports what happened. The caller bounds the time it takes.
+    pub async fn publish(
+        &self,
+        route: &NatsRoute,
+        envelope: &Envelope,
+        incoming: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Attempted {
+        let h = sink_headers(envelope, incoming);
+        let subject = route.subject.clone();
+        if route.jetstream {
+            let ack = match self.js.publish_with_headers(subject, h, payload).await {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            match ack {
+                Ok(_) => Attempted::NatsPublished,
+                Err(error) => {
+                    let kind = match error.kind() {
+                        PublishErrorKind::StreamNotFound => NatsFailure::NoResponders,
+                        PublishErrorKind::TimedOut => NatsFailure::Timeout,
+                        PublishErrorKind::BrokenPipe => NatsFailure::Connection,
+                        PublishErrorKind::MaxPayloadExceeded => NatsFailure::TooLarge,
+                        _ => NatsFailure::Refused,
+                    };
+                    Attempted::NatsFailed {
+                        kind,
+                        error: error.to_string(),
+                    }
+                }
+            }
+        } else {
+            if let Err(error) = self.client.publish_with_headers(subject, h, payload).await {
+                let kind = match error.kind() {
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                        NatsFailure::TooLarge
+                    }
+                    _ => NatsFailure::Connection,
+                };
+                return Attempted::NatsFailed {
+                    kind,
+                    error: error.to_string(),
+                };
+            }
+            match self.client.flush().await {
+                Ok(()) => Attempted::NatsPublished,
+                Err(error) => Attempted::NatsFailed {
+                    kind: NatsFailure::Connection,
+                    error: error.to_string(),
+                },
+            }
+        }
+    }
+}
+
+/// The headers a NATS sink receives.
+pub fn sink_headers(envelope: &Envelope, incoming: Option<&HeaderMap>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, values) in headers::without_server_headers(incoming).iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case(ATTEMPTS_LOG) {
+            continue;
+        }
+        for value in values {
+            h.append(name, value.as_str());
+        }
+    }
+    envelope.write_headers(&mut h);
+    h.insert(headers::NATS_MSG_ID, envelope.id.to_string());
+    h
+}
+
+/// Why a route's subject must not be published to: a subject inside one of Switchyard's own
+/// filters in this deployment (publishing to `egress.v1.…` would feed egress itself) or a
+/// system subject (`$JS.…`, `$KV.…`, `$SYS.…`). `None` when the subject is fine.
+pub fn forbidden_subject(ns: &Namespace, subject: &str) -> Option<String> {
+    if subject.starts_with('$') {
+        return Some(format!(
+            "route subject {subject:?} is a NATS system subject"
+        ));
+    }
+    let mut filters: Vec<String> = InputStage::ALL
+        .iter()
+        .flat_map(|stage| [ns.stage_filter(*stage, None), ns.delay_filter(*stage)])
+        .collect();
+    filters.push(ns.dlq_filter(&DlqFilter::default()));
+    filters.push(ns.receipt_filter(None));
+    filters.push(ns.control_filter());
+    filters.push(ns.alert_filter(None));
+    filters
+        .iter()
+        .find(|filter| matches_filter(filter, subject))
+        .map(|filter| {
+            format!("route subject {subject:?} is inside Switchyard's own subjects ({filter})")
+        })
+}
+
+/// NATS subject matching: `*` matches one token, a trailing `>` one or more.
+fn matches_filter(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(s)) if f == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_and_system_subjects_are_refused() {
+        let ns = Namespace::default();
+        assert!(forbidden_subject(&ns, "egress.v1.acme.ops.slack").is_some());
+        assert!(forbidden_subject(&ns, "ingress.v1.acme.ops.slack").is_some());
+        assert!(forbidden_subject(&ns, "dlq.v1.acme.egress.slack").is_some());
+        assert!(forbidden_subject(&ns, "$JS.API.STREAM.LIST").is_some());
+        assert!(forbidden_subject(&ns, "sink.acme.billing").is_none());
+        assert!(forbidden_subject(&ns, "egress.v1.acme").is_some());
+        assert!(forbidden_subject(&ns, "delay.v1.egress.a.b.c.k").is_some());
+        assert!(forbidden_subject(&ns, "delivered.v1.acme.ops.slack").is_some());
+        assert!(forbidden_subject(&ns, "egress.v2.acme.ops.slack").is_none());
+        assert!(forbidden_subject(&ns, "egress.v1").is_none());
+        let staging = Namespace::new(Some("staging".parse().unwrap()));
+        assert!(forbidden_subject(&staging, "staging.egress.v1.a.b.c").is_some());
+        assert!(forbidden_subject(&staging, "egress.v1.a.b.c").is_none());
+    }
+}

@@ -1,0 +1,75 @@
+//! Which route applies to a message, and whether it can be used.
+//!
+//! The team's own route (`<tenant>.<team>.<platform>`) wins over the tenant's default for the
+//! platform (`<tenant>._.<platform>`). The first route found is the one that applies: if it is
+//! unusable (bad JSON, a field out of range, a secret that is not base64, a NATS subject inside
+//! Switchyard's own subjects), the message is not delivered by the default instead.
+
+use switchyard_keys::{Address, KvKey, RouteKey};
+use switchyard_registry::{KvCache, Route};
+use switchyard_subjects::Namespace;
+
+use crate::nats_sink::forbidden_subject;
+
+/// A usable route.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The route's KV key, rendered (`acme.ops.slack`): identifies its breaker and slots.
+    pub id: String,
+    /// The route.
+    pub route: Route,
+    /// The webhook signing key (empty for NATS routes).
+    pub key: Vec<u8>,
+}
+
+impl Resolved {
+    /// `webhook` or `nats`.
+    pub fn kind(&self) -> &'static str {
+        match self.route {
+            Route::Webhook(_) => "webhook",
+            Route::Nats(_) => "nats",
+        }
+    }
+}
+
+/// What the lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A usable route.
+    Found(Box<Resolved>),
+    /// No route at all (the reason names both keys tried).
+    Missing(String),
+    /// The route that applies cannot be used, and why.
+    Invalid(String),
+}
+
+/// Looks up the route for `address` in the cache.
+pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Address) -> Lookup {
+    let keys = RouteKey::lookup_order(address);
+    for key in &keys {
+        let id = key.render();
+        let route = match routes.get(key) {
+            None => continue,
+            Some(Err(reason)) => {
+                return Lookup::Invalid(format!("route {id} is not a valid route: {reason}"));
+            }
+            Some(Ok(route)) => route,
+        };
+        if let Err(error) = route.validate() {
+            return Lookup::Invalid(format!("route {id}: {error}"));
+        }
+        let key = match &route {
+            Route::Webhook(w) => match w.secret.key() {
+                Ok(key) => key,
+                Err(error) => return Lookup::Invalid(format!("route {id}: {error}")),
+            },
+            Route::Nats(n) => match forbidden_subject(ns, &n.subject) {
+                Some(reason) => return Lookup::Invalid(format!("route {id}: {reason}")),
+                None => Vec::new(),
+            },
+        };
+        return Lookup::Found(Box::new(Resolved { id, route, key }));
+    }
+    let [own, default] = keys.map(|k| k.render());
+    Lookup::Missing(format!("no route {own} nor {default}"))
+}

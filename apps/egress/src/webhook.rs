@@ -1,0 +1,281 @@
+//! Webhook delivery: one HTTP POST per attempt, signed in the Standard Webhooks style.
+//!
+//! The body is the payload bytes exactly as received. Headers: the route's extra headers, then
+//! `content-type` (the envelope's, default `application/octet-stream`), `webhook-id` (the
+//! envelope id, stable across retries so the receiver can de-duplicate), `webhook-timestamp`
+//! (unix seconds when the attempt starts), `webhook-signature`
+//! (`v1,` + base64 of HMAC-SHA256 over `{id}.{timestamp}.{payload}` keyed with the secret's
+//! bytes) and the W3C `traceparent` / `tracestate`. Switchyard's headers win over a route's
+//! extra header of the same name. Redirects are not followed.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use sha2::Sha256;
+use switchyard_registry::WebhookRoute;
+
+use crate::classify::{Attempted, HttpFailure};
+
+/// The content type sent when the envelope has none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// How much of a response body is read (the start goes into the attempt history; reading it
+/// lets the connection be reused). Longer bodies are cut off and the connection is dropped.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How many characters of a response body the attempt history keeps.
+const BODY_SNIPPET_CHARS: usize = 160;
+
+/// Why the webhook client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// No rustls crypto provider was installed before the client was built.
+    #[error(
+        "no rustls crypto provider is installed; call rustls::crypto::ring::default_provider().install_default() first"
+    )]
+    NoCryptoProvider,
+    /// The HTTP client could not be built.
+    #[error("building the http client failed")]
+    Build(#[source] reqwest::Error),
+}
+
+/// One message to POST.
+#[derive(Debug, Clone)]
+pub struct WebhookRequest<'a> {
+    /// Where, and with which extra headers.
+    pub route: &'a WebhookRoute,
+    /// The signing key (the secret's bytes).
+    pub key: &'a [u8],
+    /// The `webhook-id`: the envelope id.
+    pub id: &'a str,
+    /// The payload's media type.
+    pub content_type: Option<&'a str>,
+    /// W3C `traceparent`.
+    pub traceparent: Option<&'a str>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<&'a str>,
+    /// The payload bytes, sent unchanged.
+    pub payload: Bytes,
+}
+
+/// The service's one HTTP client (rustls, pooled connections).
+#[derive(Debug, Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+}
+
+impl WebhookClient {
+    /// Builds the client, installing rustls's ring provider as the process default when no
+    /// provider is installed yet (the egress process uses ring throughout).
+    pub fn new() -> Result<Self, WebhookError> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Losing a race with another installer is fine: a provider is then installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            return Err(WebhookError::NoCryptoProvider);
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("switchyard-egress/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(WebhookError::Build)?;
+        Ok(Self { http })
+    }
+
+    /// POSTs one message and reports what happened. The caller bounds the time it takes.
+    pub async fn post(&self, request: WebhookRequest<'_>) -> Attempted {
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let headers = match headers(&request, timestamp) {
+            Ok(headers) => headers,
+            Err(error) => {
+                return Attempted::HttpFailed {
+                    kind: HttpFailure::Request,
+                    error,
+                };
+            }
+        };
+        let sent = self
+            .http
+            .post(&request.route.url)
+            .headers(headers)
+            .body(request.payload)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(error) => return failed(&error),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = Vec::new();
+        while body.len() < MAX_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                // The status is what counts; a body that breaks off does not change it.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Attempted::HttpResponse {
+            status,
+            retry_after,
+            body: snippet(&body),
+        }
+    }
+}
+
+/// The `webhook-signature` value: `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{payload}")).
+pub fn sign(key: &[u8], id: &str, timestamp: i64, payload: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(payload);
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+/// The request headers, or why one cannot be sent.
+fn headers(request: &WebhookRequest<'_>, timestamp: i64) -> Result<HeaderMap, String> {
+    let mut h = HeaderMap::new();
+    for (name, value) in &request.route.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("route header name {name:?} is not a valid HTTP header name"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("route header {name} has a value that is not valid in HTTP"))?;
+        h.insert(name, value);
+    }
+    let value = |name: &str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| format!("{name} {v:?} is not valid in an HTTP header"))
+    };
+    let content_type = request.content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
+    h.insert(CONTENT_TYPE, value("content type", content_type)?);
+    h.insert("webhook-id", value("webhook id", request.id)?);
+    h.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    let signature = sign(request.key, request.id, timestamp, &request.payload);
+    h.insert("webhook-signature", value("signature", &signature)?);
+    if let Some(tp) = request.traceparent {
+        h.insert("traceparent", value("traceparent", tp)?);
+    }
+    if let Some(ts) = request.tracestate {
+        h.insert("tracestate", value("tracestate", ts)?);
+    }
+    Ok(h)
+}
+
+fn failed(error: &reqwest::Error) -> Attempted {
+    let kind = if error.is_connect() {
+        HttpFailure::Connect
+    } else if error.is_timeout() {
+        HttpFailure::Timeout
+    } else if error.is_builder() {
+        HttpFailure::Request
+    } else {
+        HttpFailure::Transport
+    };
+    // The source chain says what actually went wrong ("connection refused", …).
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    Attempted::HttpFailed { kind, error: text }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(BODY_SNIPPET_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use switchyard_registry::WebhookSecret;
+
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification.
+        let secret = WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+        let key = secret.key().unwrap();
+        let signature = sign(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn switchyard_headers_win_over_route_headers() {
+        let route = WebhookRoute {
+            url: "http://127.0.0.1:9/h".into(),
+            secret: WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            timeout_ms: 1000,
+            max_in_flight: 1,
+            headers: BTreeMap::from([
+                ("X-Env".to_owned(), "prod".to_owned()),
+                ("webhook-id".to_owned(), "spoofed".to_owned()),
+            ]),
+        };
+        let request = WebhookRequest {
+            route: &route,
+            key: b"0123456789abcdef",
+            id: "0190-id",
+            content_type: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            tracestate: None,
+            payload: Bytes::from_static(b"\x00\xffraw"),
+        };
+        let h = headers(&request, 1_700_000_000).unwrap();
+        assert_eq!(h["x-env"], "prod");
+        assert_eq!(h["webhook-id"], "0190-id");
+        assert_eq!(h["content-type"], DEFAULT_CONTENT_TYPE);
+        assert_eq!(h["webhook-timestamp"], "1700000000");
+        assert_eq!(
+            h["webhook-signature"].to_str().unwrap(),
+            sign(
+                b"0123456789abcdef",
+                "0190-id",
+                1_700_000_000,
+                b"\x00\xffraw"
+            )
+        );
+        assert!(h.contains_key("traceparent"));
+    }
+
+    #[test]
+    fn long_bodies_are_cut_for_the_history() {
+        assert_eq!(snippet(b"  oops \n"), "oops");
+        let long = "x".repeat(500);
+        assert_eq!(
+            snippet(long.as_bytes()).chars().count(),
+            BODY_SNIPPET_CHARS + 1
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Rate-limit records in the `rate-limits` bucket: the configured limit per tenant (and the
+//! `_default`), the global token state the backpressure replicas lease from, and the
+//! admission (pressure) state the edge reads.
+
+use serde::{Deserialize, Serialize};
+
+/// A tenant's limit (JSON at `<tenant>.limit`, or `_default.limit` for tenants without one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRecord {
+    /// Messages per second delivered, across every replica.
+    pub rate_per_sec: f64,
+    /// Messages that may go at once after a quiet period.
+    pub burst: u32,
+    /// Backlog (messages waiting for this tenant's tokens) at which new ingress is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_high: Option<u64>,
+    /// Backlog below which ingress reopens (hysteresis; default: half of `backlog_high`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_low: Option<u64>,
+}
+
+impl LimitRecord {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate_per_sec.is_finite()
+            && self.rate_per_sec > 0.0
+            && self.rate_per_sec <= 1_000_000.0)
+        {
+            return Err(format!(
+                "rate_per_sec must be in (0, 1000000], not {}",
+                self.rate_per_sec
+            ));
+        }
+        if self.burst == 0 {
+            return Err("burst must be at least 1".to_owned());
+        }
+        if let (Some(high), Some(low)) = (self.backlog_high, self.backlog_low)
+            && low >= high
+        {
+            return Err(format!(
+                "backlog_low ({low}) must be below backlog_high ({high})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The reopen threshold.
+    pub fn reopen_below(&self) -> Option<u64> {
+        self.backlog_high
+            .map(|high| self.backlog_low.unwrap_or(high / 2))
+    }
+}
+
+/// The global token state of one tenant (JSON at `<tenant>.tokens`): the GCRA "theoretical
+/// arrival time", the instant (ms since the epoch) from which the next slot is free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenState {
+    /// Next free slot, in milliseconds since the epoch.
+    pub tat_ms: i64,
+}
+
+/// Whether a tenant's new ingress is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// New ingress is accepted.
+    Open,
+    /// New ingress is refused until the backlog drains below the low threshold.
+    Closed,
+}
+
+/// A tenant's admission state (JSON at `<tenant>.pressure`), written by the backpressure
+/// service when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PressureRecord {
+    /// Open or closed.
+    pub admission: Admission,
+    /// The backlog when the state was written.
+    pub backlog: u64,
+    /// When it was written (RFC 3339).
+    pub updated_at: String,
+}

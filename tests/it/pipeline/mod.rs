@@ -1,0 +1,278 @@
+//! The whole delivery path running in-process against a real nats-server and a real HTTP
+//! sink: ingress → idempotency → egress → webhook.
+
+mod crash;
+mod delivery;
+mod sink;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull};
+use switchyard_dlq::DlqEntry;
+use switchyard_keys::{RouteKey, RouteTeam, TenantId, TenantKey};
+use switchyard_registry::{Route, Store, TenantRecord, WebhookRoute, WebhookSecret};
+use switchyard_subjects::Namespace;
+use switchyard_testkit::{NatsServer, stored_messages, wait_for};
+use switchyard_topology::{DeploymentConfig, provision};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use sink::{Sink, signature_is_valid};
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Svc {
+    Ingress,
+    Idempotency,
+    Backpressure,
+    Egress,
+}
+
+struct Running {
+    svc: Svc,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct Pipeline {
+    pub server: NatsServer,
+    pub js: jetstream::Context,
+    pub sink: Sink,
+    client: async_nats::Client,
+    services: Vec<Running>,
+}
+
+impl Pipeline {
+    pub async fn start(tenants: &[&str]) -> Self {
+        switchyard_runtime::init_for_tests();
+        let server = NatsServer::start().await;
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
+            .await
+            .unwrap();
+        let registry: Store<TenantKey, TenantRecord> =
+            Store::new(js.get_key_value("tenants").await.unwrap());
+        for tenant in tenants {
+            registry
+                .put(
+                    &TenantKey {
+                        tenant: TenantId::new(*tenant).unwrap(),
+                    },
+                    &TenantRecord::enabled(),
+                )
+                .await
+                .unwrap();
+        }
+        let sink = Sink::start().await;
+        let mut pipeline = Self {
+            server,
+            js,
+            sink,
+            client,
+            services: Vec::new(),
+        };
+        for svc in [
+            Svc::Ingress,
+            Svc::Idempotency,
+            Svc::Backpressure,
+            Svc::Egress,
+        ] {
+            pipeline.start_service(svc).await;
+        }
+        pipeline
+    }
+
+    pub async fn start_service(&mut self, svc: Svc) {
+        let shutdown = CancellationToken::new();
+        let url = self.server.url();
+        let client = self.client.clone();
+        let task = match svc {
+            Svc::Ingress => {
+                let mut config = switchyard_ingress::IngressConfig::load(None).unwrap();
+                config.nats.url = url;
+                config.http.listen = "127.0.0.1:0".parse().unwrap();
+                switchyard_ingress::start(config, client, shutdown.clone())
+                    .await
+                    .unwrap()
+                    .task
+            }
+            Svc::Idempotency => {
+                let mut config = switchyard_idempotency::IdempotencyConfig::load(None).unwrap();
+                config.nats.url = url;
+                config.http.listen = "127.0.0.1:0".parse().unwrap();
+                switchyard_idempotency::start(config, client, shutdown.clone())
+                    .await
+                    .unwrap()
+                    .task
+            }
+            Svc::Backpressure => {
+                let mut config = switchyard_backpressure::BackpressureConfig::load(None).unwrap();
+                config.nats.url = url;
+                config.http.listen = "127.0.0.1:0".parse().unwrap();
+                switchyard_backpressure::start(config, client, shutdown.clone())
+                    .await
+                    .unwrap()
+                    .task
+            }
+            Svc::Egress => {
+                let mut config = switchyard_egress::EgressConfig::load(None).unwrap();
+                config.nats.url = url;
+                config.egress.max_attempts = 3;
+                config.egress.backoff_secs = vec![1];
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let token = shutdown.clone();
+                tokio::spawn(async move {
+                    switchyard_egress::serve(config, client, listener, token).await
+                })
+            }
+        };
+        self.services.push(Running {
+            svc,
+            shutdown,
+            task,
+        });
+    }
+
+    /// Kills a service the way a crash would: its tasks stop mid-flight, nothing is acked.
+    pub fn kill(&mut self, svc: Svc) {
+        let position = self
+            .services
+            .iter()
+            .position(|r| r.svc == svc)
+            .expect("service running");
+        let running = self.services.remove(position);
+        running.task.abort();
+    }
+
+    /// Stops every service gracefully (drain).
+    pub async fn stop(mut self) {
+        for running in self.services.drain(..) {
+            running.shutdown.cancel();
+            running.task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Sets a webhook route to the sink's `path` for (tenant, team or default, platform).
+    pub async fn route(&self, tenant: &str, team: Option<&str>, platform: &str, path: &str) {
+        let routes: Store<RouteKey, Route> =
+            Store::new(self.js.get_key_value("routes").await.unwrap());
+        let key = RouteKey {
+            tenant: tenant.parse().unwrap(),
+            team: team.map_or(RouteTeam::Any, |t| RouteTeam::Team(t.parse().unwrap())),
+            platform: platform.parse().unwrap(),
+        };
+        let route = Route::Webhook(WebhookRoute {
+            url: self.sink.url(path),
+            secret: WebhookSecret(SECRET.into()),
+            timeout_ms: 5_000,
+            max_in_flight: 32,
+            headers: Default::default(),
+        });
+        routes.put(&key, &route).await.unwrap();
+    }
+
+    /// Publishes a producer message onto its ingress subject.
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        team: &str,
+        platform: &str,
+        id: &str,
+        payload: &[u8],
+    ) {
+        let subject = switchyard_subjects::StageSubject {
+            stage: switchyard_subjects::InputStage::Ingress,
+            address: switchyard_keys::Address::parse(tenant, team, platform).unwrap(),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", id);
+        let subject = switchyard_subjects::SubjectKind::format(&subject, &Namespace::default());
+        wait_for("a stored publish", Duration::from_secs(30), || {
+            let (js, subject, h) = (self.js.clone(), subject.clone(), h.clone());
+            let payload = payload.to_vec();
+            async move {
+                js.publish_with_headers(subject, h, payload.into())
+                    .await
+                    .ok()?
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+
+    pub async fn dlq(&self) -> Vec<DlqEntry> {
+        stored_messages(&self.js, "DLQ")
+            .await
+            .into_iter()
+            .map(|m| {
+                DlqEntry::from_message(
+                    &Namespace::default(),
+                    m.sequence,
+                    m.time,
+                    &m.subject,
+                    Some(&m.headers),
+                    m.payload,
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Shortens every stage consumer's ack wait, so crash redeliveries come quickly.
+    pub async fn shorten_ack_wait(&self, ack_wait: Duration) {
+        let topology = DeploymentConfig::default().resolve().unwrap();
+        for consumer in &topology.consumers {
+            let mut config = consumer.config.clone();
+            config.ack_wait = ack_wait;
+            self.js
+                .update_consumer_on_stream(config, &consumer.stream)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until `n` distinct webhook ids reached the sink and every stage has settled.
+    pub async fn wait_delivered(&self, n: usize, timeout: Duration) {
+        wait_for(&format!("{n} distinct deliveries"), timeout, || async {
+            let ids: std::collections::HashSet<String> = self
+                .sink
+                .received()
+                .into_iter()
+                .map(|r| r.webhook_id)
+                .collect();
+            (ids.len() >= n).then_some(())
+        })
+        .await;
+        self.wait_settled(timeout).await;
+    }
+
+    /// Waits until no stage has pending or unacked messages.
+    pub async fn wait_settled(&self, timeout: Duration) {
+        wait_for("every stage to settle", timeout, || async {
+            if switchyard_testkit::stored_count(&self.js, "BACKPRESSURE").await > 0 {
+                return None;
+            }
+            for (consumer, stream) in [
+                ("ingress-worker", "INGRESS"),
+                ("idempotency-worker", "IDEMPOTENCY"),
+                ("egress-worker", "EGRESS"),
+            ] {
+                let mut c = self
+                    .js
+                    .get_consumer_from_stream::<pull::Config, _, _>(consumer, stream)
+                    .await
+                    .ok()?;
+                let info = c.info().await.ok()?;
+                if info.num_pending > 0 || info.num_ack_pending > 0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
+}
