@@ -7,7 +7,9 @@
 //!   "payload": <any JSON>}` or `"payload_base64": "<bytes>"` instead of `payload`.
 //!
 //! `202 {"id","stream","seq","duplicate"}` — `id` is the envelope id the pipeline will use;
-//! 4xx with `{"error","code"}` for bad input; 503 with `Retry-After` when JetStream refuses.
+//! 4xx with `{"error","code"}` for bad input; 429 with `Retry-After` while the tenant's
+//! admission is closed (its delivery backlog passed its threshold); 503 with `Retry-After`
+//! when JetStream refuses.
 
 use std::sync::Arc;
 
@@ -23,7 +25,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::{EnvelopeId, SourceRef, headers};
-use switchyard_keys::{Address, MsgId};
+use switchyard_keys::{Address, MsgId, RateKey, RateRecord, RateScope};
+use switchyard_registry::{Admission, KvCache, PressureRecord};
 use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
 
 use crate::validate::Validator;
@@ -38,6 +41,8 @@ pub struct ApiState {
     pub stream_name: String,
     /// The same checks the worker applies.
     pub validator: Arc<Validator>,
+    /// Admission state per tenant, published by the backpressure service.
+    pub pressure: Arc<KvCache<RateKey, PressureRecord>>,
 }
 
 /// The JSON request of `POST /v1/messages`.
@@ -101,7 +106,9 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({"error": self.message, "code": self.code})),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             response
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
@@ -239,6 +246,22 @@ async fn accept(
             StatusCode::BAD_REQUEST,
             DlqCode::InvalidHeader.as_str(),
             "content type has a line break",
+        ));
+    }
+    let pressure_key = RateKey {
+        scope: RateScope::Tenant(address.tenant.clone()),
+        record: RateRecord::Pressure,
+    };
+    if let Some(Ok(record)) = state.pressure.get(&pressure_key)
+        && record.admission == Admission::Closed
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "admission_closed",
+            format!(
+                "tenant {} has {} messages waiting for delivery; new messages are refused until the backlog drains (retry later)",
+                address.tenant, record.backlog
+            ),
         ));
     }
     state

@@ -56,6 +56,15 @@ pub async fn start(
         .with_context(|| format!("opening bucket {tenants_bucket} (run `switchyard provision`)"))?;
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
     tenants.wait_loaded().await;
+    let limits_bucket = topology
+        .bucket_name("rate-limits")
+        .context("no rate-limits bucket declared")?
+        .to_owned();
+    let limits_kv = js
+        .get_key_value(&limits_bucket)
+        .await
+        .with_context(|| format!("opening bucket {limits_bucket} (run `switchyard provision`)"))?;
+    let pressure = KvCache::start_filtered(limits_kv, "*.pressure", shutdown.clone());
 
     let stream = js
         .get_stream(&stream_name)
@@ -78,13 +87,14 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: vec![stream_name.clone()],
-        buckets: vec![tenants_bucket],
+        buckets: vec![tenants_bucket, limits_bucket],
     };
     let api = Arc::new(http::ApiState {
         js: js.clone(),
         stream,
         stream_name,
         validator: validator.clone(),
+        pressure,
     });
     let app = router(readiness, metrics.clone())
         .merge(http::router(api, config.ingress.max_payload_bytes));

@@ -469,3 +469,76 @@ fn reqwest_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().unwrap()
 }
+
+#[tokio::test]
+async fn http_producers_get_429_with_retry_after_while_admission_is_closed() {
+    use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope};
+    use switchyard_registry::{Admission, PressureRecord};
+    let h = Harness::start(1024).await;
+    let kv = h.js.get_key_value("rate-limits").await.unwrap();
+    let key = RateKey {
+        scope: RateScope::Tenant(TenantId::new("acme").unwrap()),
+        record: RateRecord::Pressure,
+    };
+    let record = |admission| PressureRecord {
+        admission,
+        backlog: 5000,
+        updated_at: "2026-11-23T00:00:00Z".into(),
+    };
+    kv.put(
+        key.render(),
+        serde_json::to_vec(&record(Admission::Closed))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest_client();
+    let post = |id: &'static str| {
+        http.post(format!("{}/v1/messages/acme/ops/slack", h.http()))
+            .header("Idempotency-Key", id)
+            .body("x")
+            .send()
+    };
+    let refused = wait_for(
+        "the closed state to reach ingress",
+        Duration::from_secs(10),
+        || async {
+            let response = post("a-1").await.unwrap();
+            (response.status() == 429).then_some(response)
+        },
+    )
+    .await;
+    assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "admission_closed");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("5000 messages waiting")
+    );
+    // Other tenants are not affected.
+    let other = http
+        .post(format!("{}/v1/messages/globex/ops/slack", h.http()))
+        .header("Idempotency-Key", "g-1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 202);
+    // Reopened: accepted again.
+    kv.put(
+        key.render(),
+        serde_json::to_vec(&record(Admission::Open)).unwrap().into(),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the open state to reach ingress",
+        Duration::from_secs(10),
+        || async { (post("a-2").await.unwrap().status() == 202).then_some(()) },
+    )
+    .await;
+    h.stop().await;
+}

@@ -6,6 +6,11 @@ use anyhow::Context;
 use async_nats::jetstream;
 use switchyard_topology::{ResolvedTopology, StatusReport, status};
 
+use std::collections::BTreeMap;
+
+use switchyard_keys::{RateKey, RateScope};
+use switchyard_registry::{LimitRecord, PressureRecord, Store};
+
 use crate::output::{Output, Table};
 
 /// Arguments of `status`.
@@ -123,10 +128,98 @@ pub async fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let report = status(js, topology).await.context("reading status")?;
+    let tenants = tenant_rates(js, topology).await;
     if out.is_json() {
-        out.json(&report)?;
+        out.json(&StatusView {
+            report: &report,
+            tenants: &tenants,
+        })?;
     } else {
         print!("{}", render(&report));
+        if !tenants.is_empty() {
+            let mut table = Table::new([
+                "TENANT",
+                "RATE/S",
+                "BURST",
+                "ADMISSION",
+                "BACKLOG AT CHANGE",
+            ]);
+            for t in &tenants {
+                table.row([
+                    t.tenant.clone(),
+                    t.limit
+                        .as_ref()
+                        .map_or("default".to_owned(), |l| l.rate_per_sec.to_string()),
+                    t.limit
+                        .as_ref()
+                        .map_or("-".to_owned(), |l| l.burst.to_string()),
+                    t.pressure.as_ref().map_or("open".to_owned(), |p| {
+                        format!("{:?}", p.admission).to_lowercase()
+                    }),
+                    t.pressure
+                        .as_ref()
+                        .map_or("-".to_owned(), |p| p.backlog.to_string()),
+                ]);
+            }
+            print!("\n{}", table.render());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status --json`: the topology report's fields plus `tenants`.
+#[derive(Debug, serde::Serialize)]
+struct StatusView<'a> {
+    #[serde(flatten)]
+    report: &'a switchyard_topology::StatusReport,
+    tenants: &'a [TenantRate],
+}
+
+/// One tenant's rate limit and admission state.
+#[derive(Debug, serde::Serialize)]
+pub struct TenantRate {
+    /// Tenant id (or `_default`).
+    pub tenant: String,
+    /// Its own limit, if set.
+    pub limit: Option<LimitRecord>,
+    /// Its admission state, if the backpressure service has written one.
+    pub pressure: Option<PressureRecord>,
+}
+
+/// Limits and admission states from the `rate-limits` bucket (empty if it is missing).
+async fn tenant_rates(js: &jetstream::Context, topology: &ResolvedTopology) -> Vec<TenantRate> {
+    let Some(name) = topology.bucket_name("rate-limits") else {
+        return Vec::new();
+    };
+    let Ok(bucket) = js.get_key_value(name).await else {
+        return Vec::new();
+    };
+    let limits: Store<RateKey, LimitRecord> = Store::new(bucket.clone());
+    let pressure: Store<RateKey, PressureRecord> = Store::new(bucket);
+    let mut rows: BTreeMap<String, TenantRate> = BTreeMap::new();
+    let name_of = |scope: &RateScope| match scope {
+        RateScope::Default => "_default".to_owned(),
+        RateScope::Tenant(t) => t.to_string(),
+    };
+    for (key, limit) in limits.list("*.limit").await.unwrap_or_default() {
+        let tenant = name_of(&key.scope);
+        rows.entry(tenant.clone())
+            .or_insert(TenantRate {
+                tenant,
+                limit: None,
+                pressure: None,
+            })
+            .limit = limit.ok();
+    }
+    for (key, record) in pressure.list("*.pressure").await.unwrap_or_default() {
+        let tenant = name_of(&key.scope);
+        rows.entry(tenant.clone())
+            .or_insert(TenantRate {
+                tenant,
+                limit: None,
+                pressure: None,
+            })
+            .pressure = record.ok();
+    }
+    rows.into_values().collect()
 }

@@ -228,3 +228,74 @@ async fn tenants_enable_disable_get_ls() {
             .contains("enabled")
     );
 }
+
+#[tokio::test]
+async fn limits_set_get_ls_and_bad_limits_are_refused() {
+    let server = provisioned().await;
+    let url = server.url();
+    assert_eq!(
+        ok(&url, &["limits", "ls"]).await,
+        "no limits: the backpressure service's built-in default applies to every tenant\n"
+    );
+    assert_eq!(
+        ok(
+            &url,
+            &[
+                "limits",
+                "set",
+                "acme",
+                "--rate",
+                "200",
+                "--burst",
+                "20",
+                "--backlog-high",
+                "5000"
+            ]
+        )
+        .await,
+        "set limit acme: 200/s, burst 20, backlog 5000/2500 (revision 1)\n"
+    );
+    ok(&url, &["limits", "set", "_default", "--rate", "50"]).await;
+    let get = ok(&url, &["limits", "get", "globex"]).await;
+    assert!(
+        get.contains("limit from _default\nrate       50/s\nburst      50\n"),
+        "{get}"
+    );
+    let ls = ok(&url, &["limits", "ls"]).await;
+    assert!(
+        ls.starts_with("TENANT    RATE/S  BURST  BACKLOG CLOSE/REOPEN  ADMISSION\n"),
+        "{ls}"
+    );
+    assert!(
+        ls.contains("acme      200     20     5000/2500             open"),
+        "{ls}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["limits", "ls", "--json"]).await).unwrap();
+    assert_eq!(json[1]["tenant"], "acme");
+    assert_eq!(json[1]["rate_per_sec"], 200.0);
+    let refused = fails(&url, &["limits", "set", "acme", "--rate", "0"]).await;
+    assert!(
+        refused.contains("invalid limit: rate_per_sec must be in (0, 1000000]"),
+        "{refused}"
+    );
+    let refused = fails(
+        &url,
+        &[
+            "limits",
+            "set",
+            "acme",
+            "--rate",
+            "5",
+            "--backlog-high",
+            "10",
+            "--backlog-low",
+            "10",
+        ],
+    )
+    .await;
+    assert!(
+        refused.contains("backlog_low (10) must be below backlog_high (10)"),
+        "{refused}"
+    );
+}

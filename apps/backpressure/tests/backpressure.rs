@@ -1,0 +1,382 @@
+//! The backpressure service against a real nats-server, with several replicas: global limits,
+//! fairness, live limit changes, admission state, and the KV-unreachable fallback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use futures::StreamExt;
+use switchyard_backpressure::{BackpressureConfig, Running};
+use switchyard_envelope::{Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
+use switchyard_keys::{Address, KvKey, MsgId, RateKey, RateRecord, RateScope, TenantId};
+use switchyard_registry::{Admission, LimitRecord, PressureRecord, Store};
+use switchyard_service::Handoff;
+use switchyard_subjects::{InputStage, Namespace};
+use switchyard_testkit::{NatsServer, stored_count, wait_for};
+use switchyard_topology::{DeploymentConfig, provision};
+use tokio_util::sync::CancellationToken;
+
+const SENT: &str = "Test-Sent";
+
+struct Harness {
+    server: NatsServer,
+    js: jetstream::Context,
+    replicas: Vec<(Running, CancellationToken)>,
+    delivered: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
+    seq: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+impl Harness {
+    async fn start(replicas: usize) -> Self {
+        let server = NatsServer::start().await;
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
+            .await
+            .unwrap();
+        let epoch = Instant::now();
+        // Every hand-off to egress, as it happens (a plain subscription next to the stream).
+        let delivered: Arc<Mutex<Vec<(String, Instant, Duration)>>> = Arc::default();
+        let mut sub = client.subscribe("egress.v1.>").await.unwrap();
+        client.flush().await.unwrap();
+        let sink = delivered.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let now = Instant::now();
+                let envelope = Envelope::from_headers(msg.headers.as_ref()).unwrap();
+                let sent: u64 = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(SENT))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                let latency = now
+                    .duration_since(epoch)
+                    .saturating_sub(Duration::from_micros(sent));
+                sink.lock()
+                    .unwrap()
+                    .push((envelope.address.tenant.to_string(), now, latency));
+            }
+        });
+        let mut harness = Self {
+            server,
+            js,
+            replicas: Vec::new(),
+            delivered,
+            seq: 1.into(),
+            epoch,
+        };
+        for _ in 0..replicas {
+            harness.add_replica().await;
+        }
+        harness
+    }
+
+    async fn add_replica(&mut self) {
+        let mut config = BackpressureConfig::defaults().unwrap();
+        config.nats.url = self.server.url();
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.backpressure.scan_interval_ms = 200;
+        let shutdown = CancellationToken::new();
+        let client = self.server.client().await;
+        let running = switchyard_backpressure::start(config, client, shutdown.clone())
+            .await
+            .unwrap();
+        self.replicas.push((running, shutdown));
+    }
+
+    async fn set_limit(&self, tenant: &str, limit: LimitRecord) {
+        let store: Store<RateKey, LimitRecord> =
+            Store::new(self.js.get_key_value("rate-limits").await.unwrap());
+        let key = RateKey {
+            scope: RateScope::Tenant(TenantId::new(tenant).unwrap()),
+            record: RateRecord::Limit,
+        };
+        store.put(&key, &limit).await.unwrap();
+    }
+
+    /// Hands `n` messages for `tenant` to the backpressure stage, `rate` per second (0 = at once).
+    async fn send(&self, tenant: &str, n: usize, rate: f64) {
+        let handoff = Handoff::new(self.js.clone(), Namespace::default());
+        let started = Instant::now();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for i in 0..n {
+            if rate > 0.0 {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let sequence = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let source = SourceRef {
+                stream: "INGRESS".into(),
+                sequence,
+            };
+            let envelope = Envelope {
+                id: EnvelopeId::derive(&source, time::OffsetDateTime::now_utc()),
+                address: Address::parse(tenant, "ops", "hooks").unwrap(),
+                msg_id: MsgId::new(format!("m-{sequence}")).unwrap(),
+                received_at: time::OffsetDateTime::now_utc(),
+                content_type: None,
+                trace: TraceContext::default(),
+                schema_version: SCHEMA_VERSION,
+                attempt: Attempt::default(),
+                source,
+            };
+            let mut extra = HeaderMap::new();
+            extra.insert(SENT, self.epoch.elapsed().as_micros().to_string());
+            let h = Handoff::headers(&envelope, Some(&extra));
+            let handoff = handoff.clone();
+            pending.push(async move {
+                handoff
+                    .forward(InputStage::Backpressure, &envelope, h, "x".into())
+                    .await
+            });
+            while pending.len() > 256 {
+                pending.next().await.unwrap().unwrap();
+            }
+        }
+        while let Some(result) = pending.next().await {
+            result.unwrap();
+        }
+    }
+
+    fn delivered(&self, tenant: &str) -> Vec<(Instant, Duration)> {
+        self.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _, _)| t == tenant)
+            .map(|(_, at, l)| (*at, *l))
+            .collect()
+    }
+
+    async fn wait_delivered(&self, tenant: &str, n: usize, timeout: Duration) {
+        wait_for(&format!("{n} deliveries for {tenant}"), timeout, || async {
+            (self.delivered(tenant).len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    async fn metric_sum(&self, name: &str) -> f64 {
+        let mut total = 0.0;
+        for (running, _) in &self.replicas {
+            let text = http_get(running.http_addr, "/metrics").await;
+            total += text
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        total
+    }
+
+    async fn stop(mut self) {
+        for (running, shutdown) in self.replicas.drain(..) {
+            shutdown.cancel();
+            running.task.await.unwrap().unwrap();
+        }
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn limit(rate: f64, burst: u32) -> LimitRecord {
+    LimitRecord {
+        rate_per_sec: rate,
+        burst,
+        backlog_high: None,
+        backlog_low: None,
+    }
+}
+
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort();
+    latencies[((latencies.len() as f64 - 1.0) * 0.99).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_a_tenant_to_its_limit_in_every_ten_second_window_and_lose_nothing() {
+    let h = Harness::start(3).await;
+    h.set_limit("flood", limit(200.0, 20)).await;
+    // 2,000/s for 20 s: ten times the limit.
+    h.send("flood", 40_000, 2_000.0).await;
+    let deliveries: Vec<Instant> = h.delivered("flood").into_iter().map(|(at, _)| at).collect();
+    let first = deliveries[0];
+    let mut windows = Vec::new();
+    for start in 1..=10 {
+        let from = first + Duration::from_secs(start);
+        let to = from + Duration::from_secs(10);
+        windows.push(deliveries.iter().filter(|&&t| t >= from && t < to).count());
+    }
+    eprintln!("deliveries per 10 s window (limit 200/s → 2000): {windows:?}");
+    for count in &windows {
+        assert!(
+            (1800..=2200).contains(count),
+            "window count {count} outside ±10% of 2000: {windows:?}"
+        );
+    }
+    let kv_ops = h.metric_sum("switchyard_backpressure_kv_ops_total").await;
+    let forwarded = h.delivered("flood").len() as f64;
+    eprintln!(
+        "kv operations per delivered message: {:.4} ({kv_ops} / {forwarded})",
+        kv_ops / forwarded
+    );
+    assert!(kv_ops / forwarded < 0.1);
+    // Nothing lost: lift the limit and every message goes through, once.
+    h.set_limit("flood", limit(100_000.0, 1000)).await;
+    h.wait_delivered("flood", 40_000, Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        stored_count(&h.js, "EGRESS").await,
+        40_000,
+        "each message handed on exactly once"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_slow_a_quiet_one() {
+    let h = Harness::start(3).await;
+    h.set_limit("quiet", limit(200.0, 50)).await;
+    h.set_limit("flood", limit(20.0, 5)).await;
+    h.send("quiet", 100, 20.0).await;
+    h.wait_delivered("quiet", 100, Duration::from_secs(30))
+        .await;
+    let baseline = p99(h.delivered("quiet").into_iter().map(|(_, l)| l).collect());
+
+    // The flood: 100 × its limit, while the quiet tenant keeps sending at 20/s.
+    let flood = h.send("flood", 10_000, 2_000.0);
+    let quiet = h.send("quiet", 100, 20.0);
+    tokio::join!(flood, quiet);
+    h.wait_delivered("quiet", 200, Duration::from_secs(30))
+        .await;
+    let during = p99(h
+        .delivered("quiet")
+        .into_iter()
+        .skip(100)
+        .map(|(_, l)| l)
+        .collect());
+    eprintln!(
+        "quiet tenant p99: {baseline:?} alone, {during:?} during a 100x flood by another tenant"
+    );
+    // A generous floor keeps a few-millisecond baseline from making the bound meaningless.
+    let bound = 2 * baseline.max(Duration::from_millis(25));
+    assert!(
+        during <= bound,
+        "quiet p99 {during:?} exceeds 2 × baseline ({bound:?})"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_change_takes_effect_on_every_replica_at_once() {
+    let h = Harness::start(3).await;
+    h.set_limit("slow", limit(5.0, 1)).await;
+    h.send("slow", 300, 0.0).await;
+    h.wait_delivered("slow", 5, Duration::from_secs(30)).await;
+    let changed = Instant::now();
+    h.set_limit("slow", limit(10_000.0, 100)).await;
+    // At 5/s the rest would take a minute; with the new limit on every replica it is seconds.
+    h.wait_delivered("slow", 300, Duration::from_secs(10)).await;
+    eprintln!(
+        "295 remaining messages delivered {:?} after the change",
+        changed.elapsed()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
+    let h = Harness::start(2).await;
+    h.set_limit(
+        "busy",
+        LimitRecord {
+            rate_per_sec: 50.0,
+            burst: 1,
+            backlog_high: Some(100),
+            backlog_low: Some(20),
+        },
+    )
+    .await;
+    let kv = h.js.get_key_value("rate-limits").await.unwrap();
+    let key = RateKey {
+        scope: RateScope::Tenant(TenantId::new("busy").unwrap()),
+        record: RateRecord::Pressure,
+    }
+    .render();
+    let state = |kv: async_nats::jetstream::kv::Store, key: String| async move {
+        let bytes = kv.get(&key).await.ok()??;
+        serde_json::from_slice::<PressureRecord>(&bytes)
+            .ok()
+            .map(|r| r.admission)
+    };
+    // Stand in for egress: the backlog counts what waits at egress too, so drain it.
+    let egress: jetstream::consumer::PullConsumer =
+        h.js.get_consumer_from_stream("egress-worker", "EGRESS")
+            .await
+            .unwrap();
+    let drain = tokio::spawn(async move {
+        let mut messages = egress.messages().await.unwrap();
+        while let Some(Ok(msg)) = messages.next().await {
+            msg.ack().await.unwrap();
+        }
+    });
+    h.send("busy", 200, 0.0).await;
+    wait_for("admission to close", Duration::from_secs(20), || async {
+        (state(kv.clone(), key.clone()).await == Some(Admission::Closed)).then_some(())
+    })
+    .await;
+    wait_for("admission to reopen", Duration::from_secs(30), || async {
+        (state(kv.clone(), key.clone()).await == Some(Admission::Open)).then_some(())
+    })
+    .await;
+    h.wait_delivered("busy", 200, Duration::from_secs(30)).await;
+    drain.abort();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kv_each_replica_enforces_its_share_locally_and_says_so() {
+    let h = Harness::start(1).await;
+    h.set_limit("solo", limit(100.0, 10)).await;
+    // Let the replica see the limit before the bucket disappears.
+    wait_for("the limit to be cached", Duration::from_secs(5), || async {
+        let text = http_get(h.replicas[0].0.http_addr, "/metrics").await;
+        text.contains("switchyard_backpressure_replicas 1")
+            .then_some(())
+    })
+    .await;
+    h.js.delete_key_value("rate-limits").await.unwrap();
+    h.send("solo", 100, 0.0).await;
+    h.wait_delivered("solo", 100, Duration::from_secs(30)).await;
+    assert!(
+        h.metric_sum("switchyard_backpressure_fallback_leases_total")
+            .await
+            > 0.0
+    );
+    let per_tenant: HashMap<String, usize> =
+        h.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, (t, _, _)| {
+                *m.entry(t.clone()).or_default() += 1;
+                m
+            });
+    assert_eq!(per_tenant.get("solo"), Some(&100));
+    h.stop().await;
+}
