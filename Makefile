@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test check ci nats-server fmt clippy
+.PHONY: help run test check ci nats-server fmt clippy bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,11 @@ test: nats-server ## run the whole test suite against real nats-server processes
 		echo "cargo-nextest not found: falling back to cargo test"; \
 		$(CARGO) test --workspace; \
 	fi
+
+bench: nats-server ## benchmark: the pipeline (release build) next to raw JetStream; prints figures
+	$(CARGO) build --release -p switchyard-bench -p switchyard-ingress -p switchyard-idempotency \
+		-p switchyard-backpressure -p switchyard-egress
+	"$${CARGO_TARGET_DIR:-target}/release/switchyard-bench" $(BENCH_ARGS)
 
 nats-server: ## install the pinned nats-server into .tools/bin
 	@scripts/install-nats-server.sh

@@ -1,7 +1,7 @@
-//! `switchyard-bench`: measures the whole pipeline (ingress → idempotency → egress → a NATS
-//! sink) running as separate processes, and raw JetStream (publish → consume → republish one
-//! hop → consume) on the same server in the same run, and prints throughput, latency
-//! percentiles and each process's peak memory.
+//! `switchyard-bench`: measures the whole pipeline (ingress → idempotency → backpressure →
+//! egress → a NATS sink) running as separate processes, and raw JetStream (publish → consume
+//! → republish one hop → consume) on the same server in the same run, and prints throughput,
+//! latency percentiles and each process's peak memory.
 
 mod pipeline;
 mod raw;

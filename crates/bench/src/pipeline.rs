@@ -1,4 +1,5 @@
-//! The pipeline run: ingress, idempotency and egress as separate processes (as deployed),
+//! The pipeline run: ingress, idempotency, backpressure and egress as separate processes (as
+//! deployed),
 //! routes to a NATS sink, one subscriber measuring end-to-end latency.
 
 use std::io::{Read, Write};
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt;
-use switchyard_keys::{Address, RouteKey, RouteTeam, TenantId, TenantKey};
-use switchyard_registry::{NatsRoute, Route, Store, TenantRecord};
+use switchyard_keys::{Address, RateKey, RateRecord, RateScope, RouteKey, RouteTeam, TenantId, TenantKey};
+use switchyard_registry::{LimitRecord, NatsRoute, Route, Store, TenantRecord};
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
 use switchyard_testkit::{NatsServer, free_port, wait_for};
 use switchyard_topology::{DeploymentConfig, provision};
@@ -85,6 +86,10 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
         .map(|i| TenantId::new(format!("tenant{i}")))
         .collect::<Result<_, _>>()?;
     let registry: Store<TenantKey, TenantRecord> = Store::new(js.get_key_value("tenants").await?);
+    // Limits high enough that the benchmark measures the pipeline, not a rate limit.
+    let limits: Store<RateKey, LimitRecord> = Store::new(js.get_key_value("rate-limits").await?);
+    let unlimited = LimitRecord { rate_per_sec: 1_000_000.0, burst: 100_000, backlog_high: None, backlog_low: None };
+    limits.put(&RateKey { scope: RateScope::Default, record: RateRecord::Limit }, &unlimited).await?;
     let routes: Store<RouteKey, Route> = Store::new(js.get_key_value("routes").await?);
     for tenant in &tenants {
         registry
@@ -206,7 +211,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
         peak.push(("nats-server (whole run)".to_owned(), bytes));
     }
     Ok(Figures {
-        name: "pipeline: ingress→idempotency→egress".into(),
+        name: "pipeline: 4 stages, processes".into(),
         received: latencies.len(),
         elapsed: last.duration_since(started),
         latencies,
