@@ -35,6 +35,23 @@ impl Drop for Service {
     }
 }
 
+/// `GET path` on a service's probes port, as text.
+fn http_get(port: u16, path: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// The value of a counter in Prometheus text (summed over its label sets).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn ready(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -143,6 +160,13 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
         )?,
         spawn(
             &bin_dir,
+            "backpressure",
+            "SWITCHYARD_BACKPRESSURE_",
+            &url,
+            "BACKPRESSURE__MAX_BATCH",
+        )?,
+        spawn(
+            &bin_dir,
             "egress",
             "SWITCHYARD_EGRESS_",
             &url,
@@ -207,6 +231,16 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             peak.push((format!("switchyard-{}", service.name), bytes));
         }
     }
+    let mut notes = Vec::new();
+    if let Some(backpressure) = services.iter().find(|s| s.name == "backpressure") {
+        let text = http_get(backpressure.port, "/metrics");
+        let kv_ops = metric(&text, "switchyard_backpressure_kv_ops_total");
+        let forwarded = metric(&text, "switchyard_messages_processed_total");
+        notes.push(format!(
+            "backpressure KV operations per delivered message: {:.4} ({kv_ops} ops / {forwarded} messages; target < 0.1)",
+            kv_ops / forwarded.max(1.0)
+        ));
+    }
     if let Some(bytes) = server.pid().and_then(peak_rss) {
         peak.push(("nats-server (whole run)".to_owned(), bytes));
     }
@@ -216,5 +250,6 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
         elapsed: last.duration_since(started),
         latencies,
         peak_rss: peak,
+        notes,
     })
 }

@@ -140,5 +140,6 @@ pub async fn run(server: &switchyard_testkit::NatsServer, args: &Args) -> anyhow
             .and_then(peak_rss)
             .map(|b| vec![("nats-server (raw run)".to_owned(), b)])
             .unwrap_or_default(),
+        notes: Vec::new(),
     })
 }

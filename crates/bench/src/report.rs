@@ -17,6 +17,8 @@ pub struct Figures {
     pub latencies: Vec<Duration>,
     /// Peak resident memory per process, in bytes.
     pub peak_rss: Vec<(String, u64)>,
+    /// Further figures, one line each.
+    pub notes: Vec<String>,
 }
 
 impl Figures {
@@ -87,6 +89,9 @@ pub fn render(args: &Args, raw: &Figures, pipeline: &Figures) -> String {
         "\npipeline / raw throughput: {:.2}\n",
         pipeline.rate() / raw.rate().max(1e-9)
     ));
+    for note in raw.notes.iter().chain(&pipeline.notes) {
+        out.push_str(&format!("{note}\n"));
+    }
     out.push_str("\npeak RSS:\n");
     for (name, bytes) in raw.peak_rss.iter().chain(&pipeline.peak_rss) {
         out.push_str(&format!(
