@@ -6,6 +6,7 @@
 //! Subjects are written out literally here, as the permission file writes them; one test checks
 //! that the taxonomy (`libs/subjects`) formats exactly these literals, so the two cannot drift.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -23,7 +24,8 @@ use switchyard_subjects::{
     DelaySubject, DlqSubject, InputStage, Namespace, ReceiptSubject, StageSubject, SubjectKind,
 };
 use switchyard_testkit::{
-    PINNED_VERSION, free_port, server_config_dir, stored_messages, wait_for, workspace_root,
+    PINNED_VERSION, free_port, server_config_dir, stored_count, stored_messages, wait_for,
+    workspace_root,
 };
 use switchyard_topology::{DeploymentConfig, provision};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,7 @@ const USERS: &[(&str, &str)] = &[
     ("admin", "SWITCHYARD_NATS_ADMIN_PASSWORD"),
     ("ingress", "SWITCHYARD_NATS_INGRESS_PASSWORD"),
     ("idempotency", "SWITCHYARD_NATS_IDEMPOTENCY_PASSWORD"),
+    ("backpressure", "SWITCHYARD_NATS_BACKPRESSURE_PASSWORD"),
     ("egress", "SWITCHYARD_NATS_EGRESS_PASSWORD"),
     ("tenant-acme", "SWITCHYARD_NATS_TENANT_ACME_PASSWORD"),
     ("tenant-globex", "SWITCHYARD_NATS_TENANT_GLOBEX_PASSWORD"),
@@ -76,6 +79,8 @@ struct AuthServer {
 }
 
 impl AuthServer {
+    /// Starts the server and waits until it is healthy. Free ports are found by binding and
+    /// releasing them, so another process can take one first: then it retries on fresh ports.
     async fn start() -> Self {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -85,8 +90,34 @@ impl AuthServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
+        for attempt in 1..=3 {
+            let (port, monitor) = (free_port(), free_port());
+            let mut server = Self {
+                child: Self::spawn(&dir, port, monitor),
+                dir: dir.clone(),
+                port,
+            };
+            let exited = wait_for(
+                "the nats-server with accounts.conf to become healthy",
+                TIMEOUT,
+                || {
+                    let exited = server.child.try_wait().ok().flatten();
+                    let healthy = exited.is_none() && healthy(monitor);
+                    async move { (healthy || exited.is_some()).then_some(exited) }
+                },
+            )
+            .await;
+            match exited {
+                None => return server,
+                Some(_) if attempt < 3 && server.log().contains("address already in use") => {}
+                Some(status) => panic!("nats-server exited with {status}:\n{}", server.log()),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, monitor: u16) -> Child {
         let log = std::fs::File::create(dir.join("server.log")).expect("server log");
-        let (port, monitor) = (free_port(), free_port());
         let mut command = Command::new(nats_server_binary());
         command
             .arg("-c")
@@ -101,21 +132,7 @@ impl AuthServer {
         for (user, variable) in USERS {
             command.env(variable, password(user));
         }
-        let child = command.spawn().expect("spawning nats-server");
-        let mut server = Self { child, dir, port };
-        wait_for(
-            "the nats-server with accounts.conf to become healthy",
-            TIMEOUT,
-            || {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    panic!("nats-server exited with {status}:\n{}", server.log());
-                }
-                let healthy = healthy(monitor);
-                async move { healthy.then_some(()) }
-            },
-        )
-        .await;
-        server
+        command.spawn().expect("spawning nats-server")
     }
 
     fn url(&self) -> String {
@@ -133,6 +150,37 @@ impl AuthServer {
             .filter(|line| line.contains("Violation"))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// A service's `[nats]` section: this server, as `user`.
+    fn nats_config(&self, user: &str) -> switchyard_runtime::NatsConfig {
+        switchyard_runtime::NatsConfig {
+            url: self.url(),
+            user: Some(user.to_owned()),
+            password: Some(password(user)),
+            ..Default::default()
+        }
+    }
+
+    /// A client connected the way the service binaries connect.
+    async fn service_client(&self, nats: &switchyard_runtime::NatsConfig) -> async_nats::Client {
+        switchyard_runtime::connect(nats)
+            .await
+            .unwrap_or_else(|e| panic!("connecting as {:?}: {e}", nats.user))
+    }
+
+    /// Waits for a service to start; a service that fails or cannot start within the deadline
+    /// (a refused KV watch keeps it retrying) fails the test with the server's violations.
+    async fn started<T>(&self, service: &str, start: impl Future<Output = anyhow::Result<T>>) -> T {
+        let failure = match tokio::time::timeout(TIMEOUT, start).await {
+            Ok(Ok(running)) => return running,
+            Ok(Err(error)) => format!("failed: {error:#}"),
+            Err(_) => format!("did not start within {TIMEOUT:?}"),
+        };
+        panic!(
+            "{service}, connected as user {service}, {failure}; violations:\n{}",
+            self.violations().join("\n")
+        )
     }
 
     /// A connection as `user`; `inbox` sets a custom inbox prefix (tenants need theirs).
@@ -214,29 +262,48 @@ impl Conn {
         .await;
     }
 
-    /// Publishes `subject` and waits for the server to refuse it.
-    async fn publish_refused(&self, subject: &str) {
-        self.client
-            .publish(subject.to_owned(), "x".into())
-            .await
-            .expect("publish");
+    /// Publishes to each subject and waits for the server to refuse every one.
+    async fn publishes_refused(&self, subjects: &[&str]) {
+        for subject in subjects {
+            self.client
+                .publish(subject.to_string(), "x".into())
+                .await
+                .expect("publish");
+        }
         self.client.flush().await.expect("flush");
-        self.refused("publish", subject).await;
+        for subject in subjects {
+            self.refused("publish", subject).await;
+        }
     }
 
-    /// Subscribes to `subject` and waits for the server to refuse it.
-    async fn subscribe_refused(&self, subject: &str) {
-        let _subscriber = self
-            .client
-            .subscribe(subject.to_owned())
-            .await
-            .expect("subscribe");
+    /// Subscribes to each subject and waits for the server to refuse every one.
+    async fn subscriptions_refused(&self, subjects: &[&str]) {
+        let mut subscribers = Vec::new();
+        for subject in subjects {
+            subscribers.push(
+                self.client
+                    .subscribe(subject.to_string())
+                    .await
+                    .expect("subscribe"),
+            );
+        }
         self.client.flush().await.expect("flush");
-        self.refused("subscription", subject).await;
+        for subject in subjects {
+            self.refused("subscription", subject).await;
+        }
+    }
+
+    /// Publishes through JetStream and returns the stream's ack.
+    async fn stored(&self, subject: &str) -> jetstream::publish::PublishAck {
+        self.stored_with(subject, HeaderMap::new()).await
     }
 
     /// Publishes through JetStream (with a `Nats-Msg-Id`) and returns the stream's ack.
-    async fn stored(&self, subject: &str, headers: HeaderMap) -> jetstream::publish::PublishAck {
+    async fn stored_with(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+    ) -> jetstream::publish::PublishAck {
         let mut headers = headers;
         if headers.get("Nats-Msg-Id").is_none() {
             headers.insert("Nats-Msg-Id", format!("{}-{subject}", self.user));
@@ -363,52 +430,53 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
     let globex = server.connect("tenant-globex", Some("_INBOX_globex")).await;
 
     // Its own subjects: stored, and the ack comes back on the tenant's own inbox.
-    let ack = acme
-        .stored("ingress.v1.acme.ops.hooks", HeaderMap::new())
-        .await;
+    let ack = acme.stored("ingress.v1.acme.ops.hooks").await;
     assert_eq!(ack.stream, "INGRESS");
+    globex.stored("ingress.v1.globex.web.push").await;
+
+    // Another tenant's ingress, every later stage and the buckets are refused.
     globex
-        .stored("ingress.v1.globex.web.push", HeaderMap::new())
+        .publishes_refused(&["ingress.v1.acme.ops.hooks"])
         .await;
+    acme.publishes_refused(&[
+        "ingress.v1.globex.ops.hooks",
+        "idempotency.v1.acme.ops.hooks",
+        "egress.v1.acme.ops.hooks",
+        "dlq.v1.acme.ingress.hooks",
+        "$KV.tenants.acme",
+    ])
+    .await;
 
-    // Another tenant's ingress, and every later stage, are refused.
-    acme.publish_refused("ingress.v1.globex.ops.hooks").await;
-    globex.publish_refused("ingress.v1.acme.ops.hooks").await;
-    acme.publish_refused("idempotency.v1.acme.ops.hooks").await;
-    acme.publish_refused("egress.v1.acme.ops.hooks").await;
-    acme.publish_refused("dlq.v1.acme.ingress.hooks").await;
-    acme.publish_refused("$KV.tenants.acme").await;
-
-    // Nothing to read: not the DLQ (by subscription or the JetStream API), not another
+    // Nothing to read: not the DLQ (by subscription or through the JetStream API), not another
     // tenant's subjects, not the buckets, not other clients' inboxes.
-    acme.subscribe_refused("dlq.v1.>").await;
-    acme.subscribe_refused("dlq.v1.acme.>").await;
-    acme.subscribe_refused("ingress.v1.globex.>").await;
-    acme.subscribe_refused("$KV.routes.>").await;
-    acme.subscribe_refused("_INBOX.>").await;
-    acme.publish_refused("$JS.API.STREAM.INFO.DLQ").await;
-    acme.publish_refused("$JS.API.DIRECT.GET.DLQ").await;
-    acme.publish_refused("$JS.API.STREAM.MSG.GET.DLQ").await;
-    acme.publish_refused("$JS.API.CONSUMER.CREATE.DLQ").await;
-    acme.publish_refused("$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks")
-        .await;
+    acme.subscriptions_refused(&[
+        "dlq.v1.>",
+        "dlq.v1.acme.>",
+        "ingress.v1.globex.>",
+        "$KV.routes.>",
+        "_INBOX.>",
+    ])
+    .await;
+    acme.publishes_refused(&[
+        "$JS.API.STREAM.INFO.DLQ",
+        "$JS.API.DIRECT.GET.DLQ",
+        "$JS.API.STREAM.MSG.GET.DLQ",
+        "$JS.API.CONSUMER.CREATE.DLQ",
+        "$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks",
+    ])
+    .await;
 
     // A client left on the default inbox prefix cannot receive its replies.
     let default_inbox = server.connect("tenant-acme", None).await;
-    default_inbox.subscribe_refused("_INBOX.probe").await;
+    default_inbox.subscriptions_refused(&["_INBOX.probe"]).await;
 
     // The refused publishes were dropped by the server, not stored.
-    let stored: Vec<String> = stored_messages(&admin.js, "INGRESS")
-        .await
-        .into_iter()
-        .map(|m| m.subject.to_string())
-        .collect();
     assert_eq!(
-        stored,
+        subjects(&admin, "INGRESS").await,
         ["ingress.v1.acme.ops.hooks", "ingress.v1.globex.web.push"]
     );
-    assert_eq!(stored_messages(&admin.js, "IDEMPOTENCY").await.len(), 0);
-    assert_eq!(stored_messages(&admin.js, "DLQ").await.len(), 0);
+    assert!(subjects(&admin, "IDEMPOTENCY").await.is_empty());
+    assert!(subjects(&admin, "DLQ").await.is_empty());
 }
 
 #[tokio::test]
@@ -420,133 +488,110 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .client
         .subscribe("sink.>".to_owned())
         .await
-        .expect("admin subscribes");
+        .expect("subscribe");
     admin.client.flush().await.expect("flush");
 
-    // ingress: hands on to idempotency and dead-letters; nothing past its stage.
+    // ingress: hands on to idempotency and dead-letters; nothing past its stage, no routes.
     let ingress = server.connect("ingress", None).await;
+    ingress.stored("idempotency.v1.acme.ops.hooks").await;
+    ingress.stored("dlq.v1.acme.ingress.hooks").await;
     ingress
-        .stored("idempotency.v1.acme.ops.hooks", HeaderMap::new())
+        .publishes_refused(&[
+            "egress.v1.acme.ops.hooks",
+            "backpressure.v1.acme.ops.hooks",
+            "$KV.routes.acme._.hooks",
+            "$KV.tenants.acme",
+            "$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks",
+            "$JS.API.STREAM.DELETE.INGRESS",
+            "$JS.API.STREAM.CREATE.EVIL",
+            "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
+        ])
         .await;
     ingress
-        .stored("dlq.v1.acme.ingress.hooks", HeaderMap::new())
+        .subscriptions_refused(&["ingress.v1.>", "dlq.v1.>"])
         .await;
-    ingress.publish_refused("egress.v1.acme.ops.hooks").await;
-    ingress
-        .publish_refused("backpressure.v1.acme.ops.hooks")
-        .await;
-    ingress.publish_refused("$KV.routes.acme._.hooks").await;
-    ingress.publish_refused("$KV.tenants.acme").await;
-    ingress
-        .publish_refused("$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks")
-        .await;
-    ingress
-        .publish_refused("$JS.API.STREAM.DELETE.INGRESS")
-        .await;
-    ingress.publish_refused("$JS.API.STREAM.CREATE.EVIL").await;
-    ingress
-        .publish_refused("$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker")
-        .await;
-    ingress.subscribe_refused("ingress.v1.>").await;
-    ingress.subscribe_refused("dlq.v1.>").await;
 
-    // idempotency: claims in its bucket, hands on to egress; never feeds itself or ingress.
+    // idempotency: claims in its bucket, hands on; never feeds itself or ingress.
     let idempotency = server.connect("idempotency", None).await;
+    idempotency.stored("egress.v1.acme.ops.hooks").await;
     idempotency
-        .stored("egress.v1.acme.ops.hooks", HeaderMap::new())
+        .stored("$KV.idempotency.acme.hooks.order-1")
         .await;
     idempotency
-        .stored("$KV.idempotency.acme.hooks.order-1", HeaderMap::new())
+        .publishes_refused(&[
+            "idempotency.v1.acme.ops.hooks",
+            "ingress.v1.acme.ops.hooks",
+            "$KV.routes.acme._.hooks",
+            "$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks",
+            "$JS.API.STREAM.PURGE.IDEMPOTENCY",
+        ])
         .await;
-    idempotency
-        .publish_refused("idempotency.v1.acme.ops.hooks")
-        .await;
-    idempotency
-        .publish_refused("ingress.v1.acme.ops.hooks")
-        .await;
-    idempotency.publish_refused("$KV.routes.acme._.hooks").await;
-    idempotency
-        .publish_refused("$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks")
-        .await;
-    idempotency
-        .publish_refused("$JS.API.STREAM.PURGE.IDEMPOTENCY")
-        .await;
-    idempotency.subscribe_refused("egress.v1.>").await;
+    idempotency.subscriptions_refused(&["egress.v1.>"]).await;
 
     // egress: sinks, receipts, its own retry schedules, dead letters; never the earlier
-    // stages, never the registry's contents.
+    // stages, never a change to the registry.
     let egress = server.connect("egress", None).await;
     let mut schedule = HeaderMap::new();
     schedule.insert("Nats-Schedule", "@at 2099-01-01T00:00:00Z");
     schedule.insert("Nats-Schedule-Target", "egress.v1.acme.ops.hooks");
     egress
-        .stored("delay.v1.egress.acme.ops.hooks.k1", schedule)
+        .stored_with("delay.v1.egress.acme.ops.hooks.k1", schedule)
         .await;
-    egress
-        .stored("dlq.v1.acme.egress.hooks", HeaderMap::new())
-        .await;
-    egress
-        .client
-        .publish("sink.acme.hooks", "delivered".into())
-        .await
-        .expect("publish");
-    egress
-        .client
-        .publish("delivered.v1.acme.ops.hooks", "receipt".into())
-        .await
-        .expect("publish");
+    egress.stored("dlq.v1.acme.egress.hooks").await;
+    for (subject, payload) in [
+        ("delivered.v1.acme.ops.hooks", "receipt"),
+        ("sink.acme.hooks", "delivered"),
+    ] {
+        egress
+            .client
+            .publish(subject, payload.into())
+            .await
+            .expect("publish");
+    }
     egress.client.flush().await.expect("flush");
-    let delivered = tokio::time::timeout(TIMEOUT, sinks.next())
-        .await
-        .expect("the sink publish arrives")
-        .expect("subscription open");
+    let delivered = next_message(&server, &mut sinks, "the sink publish arrives").await;
     assert_eq!(&delivered.payload[..], b"delivered");
-    egress.publish_refused("ingress.v1.acme.ops.hooks").await;
     egress
-        .publish_refused("idempotency.v1.acme.ops.hooks")
+        .publishes_refused(&[
+            "ingress.v1.acme.ops.hooks",
+            "idempotency.v1.acme.ops.hooks",
+            "egress.v1.acme.ops.hooks",
+            "delay.v1.backpressure.acme.ops.hooks.k1",
+            "$KV.routes.acme._.hooks",
+            "$KV.tenants.acme",
+            "$JS.API.STREAM.PURGE.DLQ",
+            "$JS.API.STREAM.MSG.DELETE.DLQ",
+            "$JS.API.STREAM.INFO.KV_tenants",
+        ])
         .await;
-    egress.publish_refused("egress.v1.acme.ops.hooks").await;
-    egress
-        .publish_refused("delay.v1.backpressure.acme.ops.hooks.k1")
-        .await;
-    egress.publish_refused("$KV.routes.acme._.hooks").await;
-    egress.publish_refused("$KV.tenants.acme").await;
-    egress.publish_refused("$JS.API.STREAM.PURGE.DLQ").await;
-    egress
-        .publish_refused("$JS.API.STREAM.MSG.DELETE.DLQ")
-        .await;
-    egress
-        .publish_refused("$JS.API.STREAM.INFO.KV_tenants")
-        .await;
-    egress.subscribe_refused("sink.>").await;
+    egress.subscriptions_refused(&["sink.>"]).await;
 
     // What was allowed was stored; what was refused was not.
-    let subjects = |stream: &'static str| {
-        let js = admin.js.clone();
-        async move {
-            stored_messages(&js, stream)
-                .await
-                .into_iter()
-                .map(|m| m.subject.to_string())
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(subjects("INGRESS").await, Vec::<String>::new());
+    assert!(subjects(&admin, "INGRESS").await.is_empty());
     assert_eq!(
-        subjects("IDEMPOTENCY").await,
+        subjects(&admin, "IDEMPOTENCY").await,
         ["idempotency.v1.acme.ops.hooks"]
     );
     assert_eq!(
-        subjects("EGRESS").await,
+        subjects(&admin, "EGRESS").await,
         [
             "egress.v1.acme.ops.hooks",
             "delay.v1.egress.acme.ops.hooks.k1"
         ]
     );
     assert_eq!(
-        subjects("DLQ").await,
+        subjects(&admin, "DLQ").await,
         ["dlq.v1.acme.ingress.hooks", "dlq.v1.acme.egress.hooks"]
     );
+}
+
+/// The subjects a stream holds, in order (read as admin, without consuming).
+async fn subjects(admin: &Conn, stream: &str) -> Vec<String> {
+    stored_messages(&admin.js, stream)
+        .await
+        .into_iter()
+        .map(|m| m.subject.to_string())
+        .collect()
 }
 
 /// The services, each connected as its own user through the project's connect path.
@@ -557,71 +602,64 @@ struct Services {
 }
 
 impl Services {
-    /// Starts ingress, idempotency and egress, each connected as its own user. A service that
-    /// cannot start within the deadline (e.g. a refused KV watch keeps it retrying) fails the
-    /// test with the violations the server logged.
+    /// Starts ingress, idempotency, backpressure and egress, each connected as its own user.
     async fn start(server: &AuthServer) -> Self {
+        // What egress's binary does first: one crypto provider for its webhook client.
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
         let shutdown = CancellationToken::new();
-        let nats = |user: &str| switchyard_runtime::NatsConfig {
-            url: server.url(),
-            user: Some(user.to_owned()),
-            password: Some(password(user)),
-            ..Default::default()
-        };
         let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let late = |user: &str| {
-            format!(
-                "{user} did not start within {TIMEOUT:?}; violations:\n{}",
-                server.violations().join("\n")
-            )
-        };
 
         let mut config = switchyard_ingress::IngressConfig::load(None).expect("ingress config");
-        config.nats = nats("ingress");
-        config.http.listen = any_port;
-        let client = switchyard_runtime::connect(&config.nats)
-            .await
-            .expect("ingress connects");
-        let ingress = tokio::time::timeout(
-            TIMEOUT,
-            switchyard_ingress::start(config, client, shutdown.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{}", late("ingress")))
-        .expect("ingress starts as user ingress");
+        (config.nats, config.http.listen) = (server.nats_config("ingress"), any_port);
+        let client = server.service_client(&config.nats).await;
+        let ingress = server
+            .started(
+                "ingress",
+                switchyard_ingress::start(config, client, shutdown.clone()),
+            )
+            .await;
 
         let mut config =
             switchyard_idempotency::IdempotencyConfig::load(None).expect("idempotency config");
-        config.nats = nats("idempotency");
-        config.http.listen = any_port;
-        let client = switchyard_runtime::connect(&config.nats)
-            .await
-            .expect("idempotency connects");
-        let idempotency = tokio::time::timeout(
-            TIMEOUT,
-            switchyard_idempotency::start(config, client, shutdown.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{}", late("idempotency")))
-        .expect("idempotency starts as user idempotency");
+        (config.nats, config.http.listen) = (server.nats_config("idempotency"), any_port);
+        config.idempotency.next_stage = InputStage::Backpressure;
+        let client = server.service_client(&config.nats).await;
+        let idempotency = server
+            .started(
+                "idempotency",
+                switchyard_idempotency::start(config, client, shutdown.clone()),
+            )
+            .await;
+
+        let mut config =
+            switchyard_backpressure::BackpressureConfig::load(None).expect("backpressure config");
+        (config.nats, config.http.listen) = (server.nats_config("backpressure"), any_port);
+        let client = server.service_client(&config.nats).await;
+        let backpressure = server
+            .started(
+                "backpressure",
+                switchyard_backpressure::start(config, client, shutdown.clone()),
+            )
+            .await;
 
         let mut config = switchyard_egress::EgressConfig::load(None).expect("egress config");
-        config.nats = nats("egress");
-        config.http.listen = any_port;
-        let client = switchyard_runtime::connect(&config.nats)
-            .await
-            .expect("egress connects");
-        let egress = tokio::time::timeout(
-            TIMEOUT,
-            switchyard_egress::start(config, client, shutdown.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{}", late("egress")))
-        .expect("egress starts as user egress");
+        (config.nats, config.http.listen) = (server.nats_config("egress"), any_port);
+        let client = server.service_client(&config.nats).await;
+        let egress = server
+            .started(
+                "egress",
+                switchyard_egress::start(config, client, shutdown.clone()),
+            )
+            .await;
 
         Self {
             shutdown,
-            tasks: vec![ingress.task, idempotency.task, egress.task],
+            tasks: vec![
+                ingress.task,
+                idempotency.task,
+                backpressure.task,
+                egress.task,
+            ],
             ingress_http: ingress.http_addr,
         }
     }
@@ -655,7 +693,23 @@ async fn post_http(addr: std::net::SocketAddr, path: &str, id: &str, body: &str)
     response.lines().next().unwrap_or_default().to_owned()
 }
 
-/// Waits until no stage consumer has pending or unacknowledged messages.
+/// The next message on `subscriber`, or a panic naming `what` and the server's violations.
+async fn next_message(
+    server: &AuthServer,
+    subscriber: &mut async_nats::Subscriber,
+    what: &str,
+) -> async_nats::Message {
+    match tokio::time::timeout(TIMEOUT, subscriber.next()).await {
+        Ok(Some(message)) => message,
+        _ => panic!(
+            "{what} did not arrive within {TIMEOUT:?}; violations:\n{}",
+            server.violations().join("\n")
+        ),
+    }
+}
+
+/// Waits until every stage has settled: no stage consumer has pending or unacknowledged
+/// messages, and the backpressure work queue (read through per-tenant consumers) is empty.
 async fn wait_settled(admin: &Conn) {
     wait_for("every stage to settle", TIMEOUT, || async {
         for (consumer, stream) in [
@@ -673,7 +727,7 @@ async fn wait_settled(admin: &Conn) {
                 return None;
             }
         }
-        Some(())
+        (stored_count(&admin.js, "BACKPRESSURE").await == 0).then_some(())
     })
     .await;
 }
@@ -700,18 +754,12 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
     // Over NATS, as the tenant: validated, claimed, delivered to the route's subject.
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "order-1");
-    acme.stored("ingress.v1.acme.ops.hooks", headers.clone())
+    acme.stored_with("ingress.v1.acme.ops.hooks", headers.clone())
         .await;
-    let first = tokio::time::timeout(TIMEOUT, sink.next())
-        .await
-        .expect("the delivery arrives")
-        .expect("subscription open");
+    let first = next_message(&server, &mut sink, "the delivery arrives").await;
     assert_eq!(first.subject.as_str(), "sink.acme.hooks");
     assert_eq!(&first.payload[..], b"payload");
-    tokio::time::timeout(TIMEOUT, receipts.next())
-        .await
-        .expect("the receipt arrives")
-        .expect("subscription open");
+    next_message(&server, &mut receipts, "the receipt arrives").await;
 
     // Over HTTP, through ingress's producer API (ingress writes INGRESS, reads it back).
     let status = post_http(
@@ -722,16 +770,13 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
     )
     .await;
     assert!(status.contains(" 202"), "ingress accepted: {status}");
-    let second = tokio::time::timeout(TIMEOUT, sink.next())
-        .await
-        .expect("the http delivery arrives")
-        .expect("subscription open");
+    let second = next_message(&server, &mut sink, "the http delivery arrives").await;
     assert_eq!(&second.payload[..], b"over http");
 
     // A duplicate (idempotency reads its claim back), a message without an id (ingress
     // dead-letters it) and one without a route (egress dead-letters it).
     wait_settled(&admin).await;
-    acme.stored("ingress.v1.acme.ops.hooks", headers).await;
+    acme.stored_with("ingress.v1.acme.ops.hooks", headers).await;
     acme.js
         .publish("ingress.v1.acme.ops.hooks".to_owned(), "no id".into())
         .await
@@ -740,7 +785,8 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
         .expect("stored");
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "order-3");
-    acme.stored("ingress.v1.acme.ops.nowhere", headers).await;
+    acme.stored_with("ingress.v1.acme.ops.nowhere", headers)
+        .await;
     let dlq = wait_for("two dlq entries", TIMEOUT, || async {
         let entries = stored_messages(&admin.js, "DLQ").await;
         (entries.len() >= 2).then_some(entries)
@@ -757,11 +803,8 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
     wait_settled(&admin).await;
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "order-4");
-    acme.stored("ingress.v1.acme.ops.hooks", headers).await;
-    let next = tokio::time::timeout(TIMEOUT, sink.next())
-        .await
-        .expect("the marker arrives")
-        .expect("subscription open");
+    acme.stored_with("ingress.v1.acme.ops.hooks", headers).await;
+    let next = next_message(&server, &mut sink, "the marker arrives").await;
     let msg_id = next
         .headers
         .as_ref()

@@ -148,6 +148,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
 async fn deliver(shared: &Shared, tenant: &TenantId, msg: jetstream::Message) {
     let started = Instant::now();
     let metrics = &shared.metrics;
+    metrics.in_flight.inc();
     metrics.count_received(tenant.as_str());
     let outcome = match Envelope::from_headers(msg.headers.as_ref()) {
         Ok(envelope) => {
@@ -203,5 +204,6 @@ async fn deliver(shared: &Shared, tenant: &TenantId, msg: jetstream::Message) {
             tracing::warn!(%error, "acknowledgement failed; the message may be redelivered")
         }
     }
+    metrics.in_flight.dec();
     metrics.latency.observe(started.elapsed().as_secs_f64());
 }

@@ -20,8 +20,8 @@ pub enum DlqCode {
     TenantMismatch,
     /// ingress: the payload is larger than the configured limit.
     PayloadTooLarge,
-    /// ingress: the payload does not match its content type (invalid UTF-8 for text, invalid
-    /// JSON for `application/json`), or is empty.
+    /// ingress: the payload does not match its content type (invalid UTF-8 for `text/*`,
+    /// invalid JSON — an empty payload included — for `application/json` and `+json`).
     InvalidPayload,
     /// ingress: the tenant is not in the tenant registry.
     UnknownTenant,
@@ -40,11 +40,15 @@ pub enum DlqCode {
     /// safety net: JetStream gave up redelivering (max deliveries) before the stage could
     /// dead-letter the message itself (it crashed, hung or was killed each time).
     ExhaustedDeliveries,
+    /// safety net: a consumer terminated the message (`+TERM`) and no stage had dead-lettered
+    /// it (Switchyard's stages never terminate: they ack after writing their own record, so a
+    /// terminated message comes from something else acting on a pipeline consumer).
+    Terminated,
 }
 
 impl DlqCode {
     /// Every code.
-    pub const ALL: [DlqCode; 14] = [
+    pub const ALL: [DlqCode; 15] = [
         DlqCode::InvalidSubject,
         DlqCode::InvalidHeader,
         DlqCode::MissingMsgId,
@@ -59,6 +63,7 @@ impl DlqCode {
         DlqCode::PermanentFailure,
         DlqCode::RetriesExhausted,
         DlqCode::ExhaustedDeliveries,
+        DlqCode::Terminated,
     ];
 
     /// The code as written in headers and shown by the CLI.
@@ -78,6 +83,7 @@ impl DlqCode {
             DlqCode::PermanentFailure => "permanent_failure",
             DlqCode::RetriesExhausted => "retries_exhausted",
             DlqCode::ExhaustedDeliveries => "exhausted_deliveries",
+            DlqCode::Terminated => "terminated",
         }
     }
 }

@@ -18,7 +18,8 @@ pub const SOURCE_STREAM: &str = "Switchyard-Dlq-Source-Stream";
 pub const SOURCE_SEQ: &str = "Switchyard-Dlq-Source-Seq";
 /// The subject it was read from (for ingress failures, the producer's subject).
 pub const SOURCE_SUBJECT: &str = "Switchyard-Dlq-Source-Subject";
-/// The producer's original `Nats-Msg-Id`, if it had one.
+/// The `Nats-Msg-Id` of the message as the stage read it: the producer's id for ingress
+/// failures, the hop id (`<envelope id>:<stage>:<replay>`) for later stages.
 pub const ORIGINAL_MSG_ID: &str = "Switchyard-Dlq-Original-Msg-Id";
 /// The attempt history: a JSON array of [`crate::AttemptRecord`] (the last 20).
 pub const HISTORY: &str = "Switchyard-Dlq-History";

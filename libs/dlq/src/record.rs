@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use switchyard_envelope::{PayloadView, headers as env_headers};
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
@@ -174,7 +174,7 @@ pub struct DlqEntry {
     pub subject: String,
     /// The record.
     pub record: DeadLetter,
-    /// The original headers (without the DLQ headers).
+    /// The original headers (without the DLQ headers and the server's `Nats-*` headers).
     pub original_headers: HeaderMap,
     /// The producer's original `Nats-Msg-Id`, if any.
     pub original_msg_id: Option<String>,
@@ -241,9 +241,12 @@ impl DlqEntry {
         let mut original_headers = HeaderMap::new();
         for (name, values) in h.iter() {
             let name: &str = name.as_ref();
-            if name.starts_with(headers::PREFIX)
-                || name.eq_ignore_ascii_case(env_headers::NATS_MSG_ID)
-            {
+            // The record's own headers, and the server's (`Nats-Msg-Id`, and the
+            // `Nats-Sequence`, `Nats-Time-Stamp`, … a direct get adds): not the original's.
+            let server = name
+                .get(..env_headers::SERVER_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(env_headers::SERVER_PREFIX));
+            if name.starts_with(headers::PREFIX) || server {
                 continue;
             }
             for value in values {
@@ -297,8 +300,9 @@ impl DlqEntry {
     }
 }
 
-/// The JSON shape of a DLQ entry (`switchyard dlq show --json`, `ls --json`, `tail --json`).
-#[derive(Debug, Clone, Serialize)]
+/// The JSON shape of a DLQ entry (`switchyard dlq show --json`, `ls --json`, `tail --json`,
+/// and each line of `dlq export`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DlqEntryView {
     /// DLQ stream sequence.
     pub seq: u64,

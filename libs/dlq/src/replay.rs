@@ -55,6 +55,18 @@ pub enum ReplayError {
         /// The envelope error.
         reason: String,
     },
+    /// The entry cannot re-enter the requested stage.
+    #[error(
+        "entry {seq} was dead-lettered at {stage} and cannot be replayed to {target}: only entries from ingress re-enter ingress (with the producer's message), and only entries with an envelope re-enter a later stage"
+    )]
+    TargetRefused {
+        /// The entry.
+        seq: u64,
+        /// Its stage.
+        stage: Stage,
+        /// The stage asked for.
+        target: InputStage,
+    },
 }
 
 fn input_stage(stage: Stage) -> Option<InputStage> {
@@ -67,19 +79,41 @@ fn input_stage(stage: Stage) -> Option<InputStage> {
     }
 }
 
-/// Plans the replay of one entry.
+/// Plans the replay of one entry to the stage that gave up on it.
 pub fn plan_replay(ns: &Namespace, entry: &DlqEntry) -> Result<ReplayPlan, ReplayError> {
+    plan_replay_to(ns, entry, None)
+}
+
+/// Plans the replay of one entry to `target`, or (with `None`) to the stage that gave up on
+/// it. An ingress entry can only re-enter ingress; an entry with an envelope can re-enter any
+/// stage after ingress (the copy's hop `Nats-Msg-Id` is the one for that stage).
+pub fn plan_replay_to(
+    ns: &Namespace,
+    entry: &DlqEntry,
+    target: Option<InputStage>,
+) -> Result<ReplayPlan, ReplayError> {
     let record = &entry.record;
     let refuse = || ReplayError::NotReplayable {
         seq: entry.seq,
         stage: record.stage,
         code: record.code,
     };
-    let stage = input_stage(record.stage).ok_or_else(refuse)?;
+    let own = input_stage(record.stage).ok_or_else(refuse)?;
+    let stage = target.unwrap_or(own);
+    if (own == InputStage::Ingress) != (stage == InputStage::Ingress) {
+        return Err(ReplayError::TargetRefused {
+            seq: entry.seq,
+            stage: record.stage,
+            target: stage,
+        });
+    }
     if stage == InputStage::Ingress {
         if !matches!(
             record.code,
-            DlqCode::UnknownTenant | DlqCode::TenantDisabled | DlqCode::ExhaustedDeliveries
+            DlqCode::UnknownTenant
+                | DlqCode::TenantDisabled
+                | DlqCode::ExhaustedDeliveries
+                | DlqCode::Terminated
         ) {
             return Err(refuse());
         }

@@ -4,7 +4,7 @@
 //!   [`worker::Outcome`]; the loop maps outcomes to ack / nak-with-delay / DLQ record + ack in
 //!   exactly one place, bounds concurrency, and drains in-flight work on shutdown.
 //! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
-//!   scheduling a delayed re-entry (retries, rate waits) through a JetStream message schedule.
+//!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.

@@ -185,8 +185,8 @@ impl SubjectKind for DlqSubject {
 }
 
 /// `[p.]delay.v1.<stage>.<tenant>.<team>.<platform>.<key>`: a message scheduled to re-enter
-/// `stage` later (a JetStream message schedule whose target is the stage's subject). Used for
-/// retries and rate waits: a waiting message holds no consumer's ack-pending slot. `key`
+/// `stage` later (a JetStream message schedule whose target is the stage's subject). Used by
+/// egress for retries: a waiting message holds no consumer's ack-pending slot. `key`
 /// (an envelope id) makes the schedule unique per message; a newer schedule for the same key
 /// replaces the older one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

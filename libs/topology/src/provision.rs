@@ -133,6 +133,12 @@ fn stream_diff(declared: &stream::Config, actual: &stream::Config) -> Vec<Change
         true,
     );
     d.field(
+        "allow_message_schedules",
+        &declared.allow_message_schedules,
+        &actual.allow_message_schedules,
+        true,
+    );
+    d.field(
         "max_messages_per_subject",
         &declared.max_messages_per_subject,
         &actual.max_messages_per_subject,

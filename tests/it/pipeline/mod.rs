@@ -1,5 +1,5 @@
 //! The whole delivery path running in-process against a real nats-server and a real HTTP
-//! sink: ingress → idempotency → egress → webhook.
+//! sink: ingress → idempotency → backpressure → egress → webhook.
 
 mod crash;
 mod delivery;
