@@ -74,6 +74,9 @@ pub fn init(
     config: &TelemetryConfig,
     default_service_name: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    // The OTLP exporter's HTTP client uses rustls; every Switchyard binary uses the ring
+    // provider. Losing a race with another installer is fine: a provider is then installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter =
         EnvFilter::try_new(&config.log_filter).map_err(|source| TelemetryError::InvalidFilter {
             filter: config.log_filter.clone(),

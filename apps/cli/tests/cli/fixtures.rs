@@ -1,5 +1,6 @@
 //! DLQ entries written the way a stage writes them: a real envelope, then
-//! `DeadLetter::publish` onto the real DLQ stream.
+//! `DeadLetter::publish` onto the real DLQ stream; and a dlq service run in this process for
+//! the commands that need one (`replay --job`, `jobs`, `stats`).
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::Stream};
@@ -133,4 +134,112 @@ pub async fn seed(js: &jetstream::Context) -> Vec<u64> {
 pub async fn messages(js: &jetstream::Context, stream: &str) -> u64 {
     let mut stream: Stream = js.get_stream(stream).await.unwrap();
     stream.info().await.unwrap().state.messages
+}
+
+/// Writes `count` egress entries of `tenant` (messages `first..first + count`), publishing
+/// them all before awaiting the acks; returns `(DLQ seq, envelope id)` per entry.
+pub async fn seed_many(
+    js: &jetstream::Context,
+    tenant: &'static str,
+    first: u64,
+    count: u64,
+    code: DlqCode,
+) -> Vec<(u64, String)> {
+    let ns = Namespace::default();
+    let mut pending = Vec::new();
+    for n in first..first + count {
+        let env = envelope(tenant, n);
+        let mut original = HeaderMap::new();
+        env.write_headers(&mut original);
+        original.insert(headers::NATS_MSG_ID, env.hop_msg_id(Stage::Egress));
+        let now = OffsetDateTime::now_utc();
+        let record = DeadLetter {
+            stage: Stage::Egress,
+            code,
+            reason: format!("{code} for order {n}"),
+            tenant: Some(env.address.tenant.clone()),
+            platform: Some(env.address.platform.clone()),
+            attempts: 5,
+            first_failure: now,
+            last_failure: now,
+            source_stream: "EGRESS".into(),
+            source_seq: n,
+            source_subject: StageSubject {
+                stage: InputStage::Egress,
+                address: env.address.clone(),
+            }
+            .format(&ns),
+            history: Vec::new(),
+        };
+        let ack = record
+            .publish(js, &ns, Some(&original), payload(n))
+            .await
+            .unwrap();
+        pending.push((ack, env.id.to_string()));
+    }
+    let mut out = Vec::new();
+    for (ack, id) in pending {
+        out.push((ack.await.unwrap().sequence, id));
+    }
+    out
+}
+
+/// A dlq service running in this process against `url`, with short leases and scans.
+pub struct DlqService {
+    running: Option<switchyard_dlq_service::Running>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl DlqService {
+    /// Starts an instance (its own connection).
+    pub async fn start(url: &str) -> Self {
+        let mut config = switchyard_dlq_service::DlqConfig::defaults().unwrap();
+        config.nats.url = url.to_owned();
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.jobs.lease_secs = 3;
+        config.jobs.scan_interval_secs = 1;
+        config.stats.lease_secs = 3;
+        config.safety_net.sweep_interval_secs = 0;
+        let client = async_nats::connect(url).await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = switchyard_dlq_service::start(config, client, shutdown.clone())
+            .await
+            .unwrap();
+        Self {
+            running: Some(running),
+            shutdown,
+        }
+    }
+
+    /// This instance's id (the owner named in its leases).
+    pub fn instance(&self) -> String {
+        self.running.as_ref().unwrap().instance.clone()
+    }
+
+    /// Stops it as SIGTERM would and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.running.take().unwrap().task.await.unwrap().unwrap();
+    }
+
+    /// Kills it mid-flight, as a crash would (nothing is released).
+    pub async fn crash(mut self) {
+        let running = self.running.take().unwrap();
+        running.task.abort();
+        let _ = running.task.await;
+    }
+}
+
+/// The job records in the `dlq-jobs` bucket, by id.
+pub async fn job(js: &jetstream::Context, id: &str) -> switchyard_dlq::JobRecord {
+    let store = switchyard_dlq::JobStore::new(js.get_key_value("dlq-jobs").await.unwrap());
+    store.get(id).await.unwrap().unwrap().0
+}
+
+/// Splits a table line into its cells (columns are separated by two or more spaces).
+pub fn cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
 }

@@ -3,6 +3,9 @@
 
 mod dlq_browse;
 mod dlq_change;
+mod dlq_export;
+mod dlq_jobs;
+mod dlq_stats;
 mod fixtures;
 mod provision;
 mod publish;

@@ -16,14 +16,14 @@ async fn provision_twice_then_drift_then_fix() {
     let text = stdout(&first);
     assert!(text.starts_with("KIND      NAME"), "{text}");
     assert!(text.contains("stream    INGRESS"), "{text}");
-    assert!(text.trim_end().ends_with("13 created"), "{text}");
+    assert!(text.trim_end().ends_with("14 created"), "{text}");
 
     let second = switchyard(&url, &["provision"]).await;
     assert!(second.status.success());
     assert!(
         stdout(&second)
             .trim_end()
-            .ends_with("nothing to change: all 13 declared items exist as declared"),
+            .ends_with("nothing to change: all 14 declared items exist as declared"),
         "{}",
         stdout(&second)
     );
@@ -75,7 +75,7 @@ async fn status_tables_and_json() {
     assert!(text.contains("INGRESS       missing"), "{text}");
     assert!(
         text.trim_end()
-            .ends_with("13 declared items are missing: run `switchyard provision`"),
+            .ends_with("14 declared items are missing: run `switchyard provision`"),
         "{text}"
     );
 
@@ -89,8 +89,13 @@ async fn status_tables_and_json() {
 
     let after = switchyard(&url, &["status"]).await;
     let text = stdout(&after);
-    assert!(
-        text.contains("EGRESS/egress-worker              ok     1"),
+    let egress_line = text
+        .lines()
+        .find(|l| l.starts_with("EGRESS/egress-worker"))
+        .expect("egress consumer row");
+    assert_eq!(
+        egress_line.split_whitespace().collect::<Vec<_>>()[..3],
+        ["EGRESS/egress-worker", "ok", "1"],
         "{text}"
     );
     assert!(
@@ -102,7 +107,13 @@ async fn status_tables_and_json() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["streams"].as_array().unwrap().len(), 5);
     assert_eq!(report["tenant_backlog"][0]["tenant"], "acme");
-    assert_eq!(report["consumers"][3]["pending"], 1);
+    let egress = report["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "egress-worker")
+        .unwrap();
+    assert_eq!(egress["pending"], 1);
 }
 
 #[tokio::test]
