@@ -37,4 +37,8 @@ check: ## formatting and lints, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(MAKE) clippy
 
-ci: check test ## everything CI runs
+ci: check deploy-check test ## everything CI runs
+
+.PHONY: deploy-check
+deploy-check: ## validate deploy/ and nats/server/ offline: compose, Helm chart, manifests, Dockerfile
+	@scripts/deploy-check.sh

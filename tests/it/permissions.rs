@@ -6,7 +6,6 @@
 //! Subjects are written out literally here, as the permission file writes them; one test checks
 //! that the taxonomy (`libs/subjects`) formats exactly these literals, so the two cannot drift.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -302,9 +301,8 @@ impl Conn {
     async fn stored_with(
         &self,
         subject: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
     ) -> jetstream::publish::PublishAck {
-        let mut headers = headers;
         if headers.get("Nats-Msg-Id").is_none() {
             headers.insert("Nats-Msg-Id", format!("{}-{subject}", self.user));
         }
@@ -398,7 +396,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         assert_eq!(topology.stream_name(stream), Some(stream));
         assert!(topology.consumer(consumer).is_some(), "{consumer} declared");
     }
-    for bucket in ["tenants", "routes", "idempotency"] {
+    for bucket in ["tenants", "routes", "idempotency", "rate-limits"] {
         assert_eq!(topology.bucket_name(bucket), Some(bucket));
     }
     let accounts = std::fs::read_to_string(server_config_dir().join("accounts.conf"))
@@ -413,6 +411,8 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "$JS.ACK.INGRESS.ingress-worker.>",
         "$JS.ACK.IDEMPOTENCY.idempotency-worker.>",
         "$JS.ACK.EGRESS.egress-worker.>",
+        "$JS.ACK.BACKPRESSURE.>",
+        "$KV.rate-limits.>",
         "$KV.idempotency.>",
         "KV_tenants",
         "KV_routes",
@@ -513,6 +513,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
 
     // idempotency: claims in its bucket, hands on; never feeds itself or ingress.
     let idempotency = server.connect("idempotency", None).await;
+    idempotency.stored("backpressure.v1.acme.ops.hooks").await;
     idempotency.stored("egress.v1.acme.ops.hooks").await;
     idempotency
         .stored("$KV.idempotency.acme.hooks.order-1")
@@ -527,6 +528,27 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         ])
         .await;
     idempotency.subscriptions_refused(&["egress.v1.>"]).await;
+
+    // backpressure: rate state in its bucket, hands on to egress; never its own input, an
+    // earlier stage, the registry, or a consumer outside its own stream's subjects.
+    let backpressure = server.connect("backpressure", None).await;
+    backpressure.stored("egress.v1.acme.ops.hooks").await;
+    backpressure.stored("$KV.rate-limits.acme.tokens").await;
+    backpressure
+        .publishes_refused(&[
+            "backpressure.v1.acme.ops.hooks",
+            "idempotency.v1.acme.ops.hooks",
+            "ingress.v1.acme.ops.hooks",
+            "$KV.routes.acme._.hooks",
+            "$KV.tenants.acme",
+            "$KV.idempotency.acme.hooks.order-1",
+            "$JS.API.CONSUMER.CREATE.BACKPRESSURE.evil.egress.v1.>",
+            "$JS.API.CONSUMER.CREATE.EGRESS.evil.egress.v1.>",
+            "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
+            "$JS.API.STREAM.PURGE.BACKPRESSURE",
+        ])
+        .await;
+    backpressure.subscriptions_refused(&["egress.v1.>"]).await;
 
     // egress: sinks, receipts, its own retry schedules, dead letters; never the earlier
     // stages, never a change to the registry.
@@ -569,12 +591,17 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     // What was allowed was stored; what was refused was not.
     assert!(subjects(&admin, "INGRESS").await.is_empty());
     assert_eq!(
+        subjects(&admin, "BACKPRESSURE").await,
+        ["backpressure.v1.acme.ops.hooks"]
+    );
+    assert_eq!(
         subjects(&admin, "IDEMPOTENCY").await,
         ["idempotency.v1.acme.ops.hooks"]
     );
     assert_eq!(
         subjects(&admin, "EGRESS").await,
         [
+            "egress.v1.acme.ops.hooks",
             "egress.v1.acme.ops.hooks",
             "delay.v1.egress.acme.ops.hooks.k1"
         ]
@@ -655,9 +682,9 @@ impl Services {
         Self {
             shutdown,
             tasks: vec![
-                ingress.task,
-                idempotency.task,
-                backpressure.task,
+                as_anyhow(ingress.task),
+                as_anyhow(idempotency.task),
+                as_anyhow(backpressure.task),
                 egress.task,
             ],
             ingress_http: ingress.http_addr,
@@ -665,10 +692,16 @@ impl Services {
     }
 
     /// Stops every service and waits for each to drain.
-    async fn stop(self) {
+    async fn stop(self, server: &AuthServer) {
         self.shutdown.cancel();
         for task in self.tasks {
-            task.await.expect("service task").expect("service drained");
+            match tokio::time::timeout(TIMEOUT, task).await {
+                Ok(joined) => joined.expect("service task").expect("service drained"),
+                Err(_) => panic!(
+                    "a service did not drain within {TIMEOUT:?}; violations:\n{}",
+                    server.violations().join("\n")
+                ),
+            }
         }
     }
 }
@@ -816,7 +849,7 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
         "the duplicate was dropped"
     );
     wait_settled(&admin).await;
-    services.stop().await;
+    services.stop(&server).await;
 
     let violations = server.violations();
     assert!(
@@ -824,4 +857,11 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
         "the services needed more than accounts.conf allows:\n{}",
         violations.join("\n")
     );
+}
+
+/// A service task with a typed error, as one returning `anyhow::Result`.
+fn as_anyhow<E: std::error::Error + Send + Sync + 'static>(
+    task: tokio::task::JoinHandle<Result<(), E>>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move { Ok(task.await??) })
 }

@@ -11,32 +11,22 @@ pub mod scan;
 pub mod shared;
 pub mod tenant_loop;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, router};
-use tokio::task::JoinHandle;
+use switchyard_service::{Handoff, Metrics, Readiness, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BackpressureConfig;
-
-/// A started service.
-pub struct Running {
-    /// The bound probes address.
-    pub http_addr: SocketAddr,
-    /// Completes when the service has drained after shutdown.
-    pub task: JoinHandle<anyhow::Result<()>>,
-}
 
 /// Starts the service; returns once it is scanning and listening.
 pub async fn start(
     config: BackpressureConfig,
     client: async_nats::Client,
     shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<switchyard_service::Running> {
     let topology = config
         .deployment
         .resolve()
@@ -91,27 +81,16 @@ pub async fn start(
         buckets: vec![bucket],
     };
     let app = router(readiness, metrics);
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    let http_addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
-        let heartbeat = tokio::spawn(replicas::run(shared.clone(), kv.clone(), shutdown.clone()));
-        tracing::info!(%http_addr, "backpressure running");
-        scan::run(shared, pressure, kv, shutdown).await;
-        heartbeat.await.context("heartbeat task")?;
-        server
-            .await
-            .context("http server task")?
-            .context("http server")?;
-        Ok(())
-    });
-    Ok(Running { http_addr, task })
+    let listen = config.http.listen;
+    Ok(
+        launch("backpressure", listen, app, shutdown.clone(), async move {
+            let heartbeat =
+                tokio::spawn(replicas::run(shared.clone(), kv.clone(), shutdown.clone()));
+            scan::run(shared, pressure, kv, shutdown).await;
+            let _ = heartbeat.await;
+        })
+        .await?,
+    )
 }
 
 /// Runs the service until `shutdown`, then drains.
@@ -124,5 +103,6 @@ pub async fn run(
         .await?
         .task
         .await
-        .context("backpressure task")?
+        .context("backpressure task")??;
+    Ok(())
 }

@@ -115,7 +115,9 @@ async fn scan_once(
                     _ => Admission::Open,
                 });
         let limit = shared.limit_for(&tenant);
-        let high = limit.backlog_high.unwrap_or(shared.settings.default_backlog_high);
+        let high = limit
+            .backlog_high
+            .unwrap_or(shared.settings.default_backlog_high);
         let low = limit.backlog_low.unwrap_or(high / 2);
 
         let wanted = match current {

@@ -7,15 +7,13 @@ pub mod claims;
 pub mod config;
 pub mod handler;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, router};
-use tokio::task::JoinHandle;
+use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdempotencyConfig;
@@ -23,20 +21,12 @@ pub use config::IdempotencyConfig;
 /// The consumer's durable name (declared in `nats/topology.toml`).
 pub const CONSUMER: &str = "idempotency-worker";
 
-/// A started service.
-pub struct Running {
-    /// The bound probes address.
-    pub http_addr: SocketAddr,
-    /// Completes when the service has drained after shutdown.
-    pub task: JoinHandle<anyhow::Result<()>>,
-}
-
 /// Starts the service; returns once it is consuming and listening.
 pub async fn start(
     config: IdempotencyConfig,
     client: async_nats::Client,
     shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<switchyard_service::Running> {
     let topology = config
         .deployment
         .resolve()
@@ -95,30 +85,18 @@ pub async fn start(
         buckets: vec![bucket],
     };
     let app = router(readiness, metrics.clone());
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    let http_addr = listener.local_addr()?;
     let worker_settings = WorkerSettings {
         concurrency: settings.concurrency,
         ..WorkerSettings::default()
     };
     let worker = Worker::new(handler, js, topology.namespace, metrics, worker_settings);
-    let task = tokio::spawn(async move {
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
-        tracing::info!(%http_addr, "idempotency running");
-        worker.run(consumer, shutdown).await;
-        server
-            .await
-            .context("http server task")?
-            .context("http server")?;
-        Ok(())
-    });
-    Ok(Running { http_addr, task })
+    let listen = config.http.listen;
+    Ok(
+        launch("idempotency", listen, app, shutdown.clone(), async move {
+            worker.run(consumer, shutdown).await;
+        })
+        .await?,
+    )
 }
 
 /// Runs the service until `shutdown`, then drains.
@@ -131,5 +109,6 @@ pub async fn run(
         .await?
         .task
         .await
-        .context("idempotency task")?
+        .context("idempotency task")??;
+    Ok(())
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use switchyard_envelope::{Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
+use switchyard_idempotency::IdempotencyConfig;
 use switchyard_idempotency::config::KvUnavailable;
-use switchyard_idempotency::{IdempotencyConfig, Running};
 use switchyard_keys::{Address, IdempotencyKey, KvKey, MsgId};
 use switchyard_service::Handoff;
+use switchyard_service::Running;
 use switchyard_subjects::{InputStage, Namespace};
 use switchyard_testkit::{NatsServer, stored_count, stored_messages, wait_for};
 use switchyard_topology::{DeploymentConfig, provision};

@@ -7,14 +7,12 @@ pub mod handler;
 pub mod http;
 pub mod validate;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, router};
-use tokio::task::JoinHandle;
+use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
@@ -22,20 +20,12 @@ pub use config::IngressConfig;
 /// The ingress consumer's durable name (declared in `nats/topology.toml`).
 pub const CONSUMER: &str = "ingress-worker";
 
-/// A started service: where its HTTP listener is, and the task running it.
-pub struct Running {
-    /// The bound HTTP address (useful with port 0).
-    pub http_addr: SocketAddr,
-    /// Completes when the service has drained after shutdown.
-    pub task: JoinHandle<anyhow::Result<()>>,
-}
-
 /// Starts the service; returns once it is consuming and listening.
 pub async fn start(
     config: IngressConfig,
     client: async_nats::Client,
     shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<switchyard_service::Running> {
     let topology = config
         .deployment
         .resolve()
@@ -98,10 +88,6 @@ pub async fn start(
     });
     let app = router(readiness, metrics.clone())
         .merge(http::router(api, config.ingress.max_payload_bytes));
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    let http_addr = listener.local_addr()?;
 
     let handler = Arc::new(handler::IngressHandler {
         validator,
@@ -114,21 +100,13 @@ pub async fn start(
     };
     let worker = Worker::new(handler, js, topology.namespace, metrics, settings);
 
-    let task = tokio::spawn(async move {
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
-        tracing::info!(%http_addr, "ingress running");
-        worker.run(consumer, shutdown).await;
-        server
-            .await
-            .context("http server task")?
-            .context("http server")?;
-        Ok(())
-    });
-    Ok(Running { http_addr, task })
+    let listen = config.http.listen;
+    Ok(
+        launch("ingress", listen, app, shutdown.clone(), async move {
+            worker.run(consumer, shutdown).await;
+        })
+        .await?,
+    )
 }
 
 /// Runs the service until `shutdown`, then drains.
@@ -141,5 +119,6 @@ pub async fn run(
         .await?
         .task
         .await
-        .context("ingress task")?
+        .context("ingress task")??;
+    Ok(())
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt;
-use switchyard_keys::{Address, RateKey, RateRecord, RateScope, RouteKey, RouteTeam, TenantId, TenantKey};
+use switchyard_keys::{
+    Address, RateKey, RateRecord, RateScope, RouteKey, RouteTeam, TenantId, TenantKey,
+};
 use switchyard_registry::{LimitRecord, NatsRoute, Route, Store, TenantRecord};
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
 use switchyard_testkit::{NatsServer, free_port, wait_for};
@@ -37,7 +39,9 @@ impl Drop for Service {
 
 /// `GET path` on a service's probes port, as text.
 fn http_get(port: u16, path: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
     let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
@@ -105,8 +109,21 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
     let registry: Store<TenantKey, TenantRecord> = Store::new(js.get_key_value("tenants").await?);
     // Limits high enough that the benchmark measures the pipeline, not a rate limit.
     let limits: Store<RateKey, LimitRecord> = Store::new(js.get_key_value("rate-limits").await?);
-    let unlimited = LimitRecord { rate_per_sec: 1_000_000.0, burst: 100_000, backlog_high: None, backlog_low: None };
-    limits.put(&RateKey { scope: RateScope::Default, record: RateRecord::Limit }, &unlimited).await?;
+    let unlimited = LimitRecord {
+        rate_per_sec: 1_000_000.0,
+        burst: 100_000,
+        backlog_high: None,
+        backlog_low: None,
+    };
+    limits
+        .put(
+            &RateKey {
+                scope: RateScope::Default,
+                record: RateRecord::Limit,
+            },
+            &unlimited,
+        )
+        .await?;
     let routes: Store<RouteKey, Route> = Store::new(js.get_key_value("routes").await?);
     for tenant in &tenants {
         registry

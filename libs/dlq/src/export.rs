@@ -145,8 +145,8 @@ pub fn restore(ns: &Namespace, line: &str) -> Result<Restore, ImportError> {
         }
         headers.append(parsed, value.as_str());
     }
-    let stored_id = stored_id
-        .unwrap_or_else(|| format!("dlq:{}:{}", view.source_stream, view.source_seq));
+    let stored_id =
+        stored_id.unwrap_or_else(|| format!("dlq:{}:{}", view.source_stream, view.source_seq));
     let id = if stored_id.starts_with(IMPORT_MSG_ID_PREFIX) {
         stored_id
     } else {

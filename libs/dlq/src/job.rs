@@ -130,6 +130,32 @@ pub struct JobSpec {
     pub total: u64,
 }
 
+impl JobSpec {
+    /// Checks what the types cannot: a positive rate, and listed sequences (ascending, no
+    /// duplicates) or filters, not both. A dlq service fails a job that breaks these.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.selection;
+        if self.rate == 0 {
+            return Err("rate must be at least 1 per second".to_owned());
+        }
+        if !s.seqs.is_empty() {
+            let filtered = s.tenant.is_some()
+                || s.stage.is_some()
+                || s.platform.is_some()
+                || s.code.is_some()
+                || s.since.is_some()
+                || s.until.is_some();
+            if filtered {
+                return Err("a job lists sequences or has filters, not both".to_owned());
+            }
+            if !s.seqs.windows(2).all(|w| w[0] < w[1]) {
+                return Err("listed sequences must be ascending without duplicates".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,7 +175,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job will not run again.
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// The state as shown and stored.
@@ -356,6 +385,16 @@ mod tests {
         assert_eq!(serde_json::from_str::<JobRecord>(&json).unwrap(), job);
         assert_eq!(job.spec.selection.describe(), "tenant=acme code=no_route");
         assert!(switchyard_keys::kv::DlqJobKey::new(job.id.clone()).is_ok());
+        assert!(job.spec.validate().is_ok());
+        let mut both = job.spec.clone();
+        both.selection.seqs = vec![3, 4];
+        assert!(both.validate().is_err());
+        let mut unsorted = spec();
+        unsorted.selection = JobSelection {
+            seqs: vec![4, 3],
+            ..JobSelection::default()
+        };
+        assert!(unsorted.validate().is_err());
     }
 
     #[test]

@@ -108,13 +108,13 @@ impl JobStore {
     }
 
     /// Replaces a job if its revision is still `revision`.
-    pub async fn update(&self, record: &JobRecord, revision: u64) -> Result<Written, JobStoreError> {
+    pub async fn update(
+        &self,
+        record: &JobRecord,
+        revision: u64,
+    ) -> Result<Written, JobStoreError> {
         let key = Self::key(&record.id)?;
-        match self
-            .kv
-            .update(&key, Self::encode(record)?, revision)
-            .await
-        {
+        match self.kv.update(&key, Self::encode(record)?, revision).await {
             Ok(revision) => Ok(Written::Stored(revision)),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Written::Conflict),
             Err(e) => Err(JobStoreError::Kv {
@@ -127,7 +127,9 @@ impl JobStore {
 
     /// Every job with its revision, oldest first (ids are UUIDv7s). A record that does not
     /// decode comes back as an error in place, so one bad record hides no others.
-    pub async fn list(&self) -> Result<Vec<Result<(JobRecord, u64), JobStoreError>>, JobStoreError> {
+    pub async fn list(
+        &self,
+    ) -> Result<Vec<Result<(JobRecord, u64), JobStoreError>>, JobStoreError> {
         let list_err = |e: &dyn std::fmt::Display| JobStoreError::Kv {
             action: "list",
             job: "*".to_owned(),

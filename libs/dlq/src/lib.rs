@@ -26,9 +26,9 @@ pub mod stats;
 
 pub use attempt::AttemptRecord;
 pub use code::DlqCode;
-pub use record::{DeadLetter, DlqEntry, DlqEntryView, DlqError};
 pub use export::{EXPORT_FORMAT, ExportLine, Restore};
 pub use job::{JobProgress, JobRecord, JobSelection, JobSpec, JobState, Lease};
 pub use job_store::{JobStore, JobStoreError, Written};
+pub use record::{DeadLetter, DlqEntry, DlqEntryView, DlqError};
 pub use replay::{ReplayError, ReplayPlan, plan_replay, plan_replay_to};
 pub use stats::{StatsRecord, StatsState, StatsStore, StatsStoreError};

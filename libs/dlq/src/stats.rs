@@ -134,7 +134,11 @@ impl StatsStore {
         &self,
         key: &str,
     ) -> Result<Option<(T, u64)>, StatsStoreError> {
-        let entry = self.kv.entry(key).await.map_err(|e| kv_err("get", key, e))?;
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| kv_err("get", key, e))?;
         let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
             return Ok(None);
         };
@@ -229,7 +233,8 @@ impl StatsStore {
             Err(e) => return Err(kv_err("list", filter, e)),
         };
         keys.retain(|k| {
-            matches!(DlqStatsKey::parse(k), Ok(DlqStatsKey::Counter { .. })) && key_matches(filter, k)
+            matches!(DlqStatsKey::parse(k), Ok(DlqStatsKey::Counter { .. }))
+                && key_matches(filter, k)
         });
         keys.sort();
         let mut out = Vec::with_capacity(keys.len());

@@ -7,15 +7,18 @@
 //!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
+//! - [`launch`]: binding the listener and running a service's work beside its routes.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 
 pub mod handoff;
+pub mod launch;
 pub mod metrics;
 pub mod probes;
 pub mod shutdown;
 pub mod worker;
 
 pub use handoff::{Handoff, HandoffError};
+pub use launch::{LaunchError, Running, launch};
 pub use metrics::Metrics;
 pub use probes::{Readiness, router};
 pub use worker::{Handled, Handler, Outcome, Worker, WorkerSettings};

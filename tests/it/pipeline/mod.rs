@@ -30,10 +30,32 @@ pub enum Svc {
     Egress,
 }
 
+/// A service's task: the three built on `switchyard_service::launch`, or egress's own.
+enum Task {
+    Launched(JoinHandle<Result<(), switchyard_service::LaunchError>>),
+    Egress(JoinHandle<anyhow::Result<()>>),
+}
+
+impl Task {
+    fn abort(&self) {
+        match self {
+            Task::Launched(t) => t.abort(),
+            Task::Egress(t) => t.abort(),
+        }
+    }
+
+    async fn join(self) {
+        match self {
+            Task::Launched(t) => t.await.unwrap().unwrap(),
+            Task::Egress(t) => t.await.unwrap().unwrap(),
+        }
+    }
+}
+
 struct Running {
     svc: Svc,
     shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: Task,
 }
 
 pub struct Pipeline {
@@ -94,28 +116,34 @@ impl Pipeline {
                 let mut config = switchyard_ingress::IngressConfig::load(None).unwrap();
                 config.nats.url = url;
                 config.http.listen = "127.0.0.1:0".parse().unwrap();
-                switchyard_ingress::start(config, client, shutdown.clone())
-                    .await
-                    .unwrap()
-                    .task
+                Task::Launched(
+                    switchyard_ingress::start(config, client, shutdown.clone())
+                        .await
+                        .unwrap()
+                        .task,
+                )
             }
             Svc::Idempotency => {
                 let mut config = switchyard_idempotency::IdempotencyConfig::load(None).unwrap();
                 config.nats.url = url;
                 config.http.listen = "127.0.0.1:0".parse().unwrap();
-                switchyard_idempotency::start(config, client, shutdown.clone())
-                    .await
-                    .unwrap()
-                    .task
+                Task::Launched(
+                    switchyard_idempotency::start(config, client, shutdown.clone())
+                        .await
+                        .unwrap()
+                        .task,
+                )
             }
             Svc::Backpressure => {
                 let mut config = switchyard_backpressure::BackpressureConfig::load(None).unwrap();
                 config.nats.url = url;
                 config.http.listen = "127.0.0.1:0".parse().unwrap();
-                switchyard_backpressure::start(config, client, shutdown.clone())
-                    .await
-                    .unwrap()
-                    .task
+                Task::Launched(
+                    switchyard_backpressure::start(config, client, shutdown.clone())
+                        .await
+                        .unwrap()
+                        .task,
+                )
             }
             Svc::Egress => {
                 let mut config = switchyard_egress::EgressConfig::load(None).unwrap();
@@ -124,9 +152,9 @@ impl Pipeline {
                 config.egress.backoff_secs = vec![1];
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let token = shutdown.clone();
-                tokio::spawn(async move {
+                Task::Egress(tokio::spawn(async move {
                     switchyard_egress::serve(config, client, listener, token).await
-                })
+                }))
             }
         };
         self.services.push(Running {
@@ -151,7 +179,7 @@ impl Pipeline {
     pub async fn stop(mut self) {
         for running in self.services.drain(..) {
             running.shutdown.cancel();
-            running.task.await.unwrap().unwrap();
+            running.task.join().await;
         }
     }
 

@@ -1,15 +1,22 @@
-//! `switchyard dlq tail|ls|show|replay|purge`: operating on the DLQ stream.
+//! `switchyard dlq tail|ls|show|replay|jobs|stats|purge|export|import`: operating on the DLQ
+//! stream.
 //!
-//! The DLQ is a limits-retention stream, and browsing must never remove entries: `tail` and
-//! `ls` read through ordered consumers (ephemeral, no acks), `show` through a direct get. Only
-//! `replay` (after the replayed copy is durably stored and not a duplicate) and `purge` delete
-//! entries, one sequence at a time.
+//! The DLQ is a limits-retention stream, and browsing must never remove entries: `tail`, `ls`
+//! and `export` read through ordered consumers (ephemeral, no acks), `show` through a direct
+//! get. Only `replay` (after the replayed copy is durably stored and not a duplicate) and
+//! `purge` delete entries, one sequence at a time. `replay --job` hands the replay to the dlq
+//! service as a durable job (`jobs` follows it); `stats` reads the counters the dlq service
+//! keeps; `import` restores exported entries.
 
+mod export;
+mod import;
+mod jobs;
 mod ls;
 mod purge;
 mod read;
 mod replay;
 mod show;
+mod stats;
 mod tail;
 
 use std::process::ExitCode;
@@ -18,7 +25,7 @@ use async_nats::jetstream;
 use clap::Subcommand;
 use switchyard_dlq::DlqCode;
 use switchyard_keys::{PlatformId, Stage, TenantId};
-use switchyard_subjects::DlqFilter;
+use switchyard_subjects::{DlqFilter, InputStage};
 use switchyard_topology::ResolvedTopology;
 use time::OffsetDateTime;
 
@@ -46,8 +53,26 @@ pub enum DlqCommand {
     Show(show::ShowArgs),
     /// Republish entries to the stage that gave up on them; remove each once stored.
     Replay(replay::ReplayArgs),
+    /// List replay jobs with their progress; show, follow or cancel one.
+    Jobs(jobs::JobsArgs),
+    /// DLQ inflow per tenant, stage and code, as counted by the dlq service.
+    Stats(stats::StatsArgs),
     /// Delete entries.
     Purge(purge::PurgeArgs),
+    /// Write entries to an NDJSON file (one entry per line, payload and headers included).
+    Export(export::ExportArgs),
+    /// Restore entries from an export file (same payload and headers).
+    Import(import::ImportArgs),
+}
+
+/// A stage a replay can re-enter: `ingress`, `idempotency`, `backpressure` or `egress`.
+pub fn input_stage(raw: &str) -> Result<InputStage, String> {
+    InputStage::ALL
+        .into_iter()
+        .find(|s| s.root() == raw)
+        .ok_or_else(|| {
+            format!("unknown stage {raw:?}: expected ingress, idempotency, backpressure or egress")
+        })
 }
 
 /// Which entries: tenant, stage and platform select subjects; the code is checked per entry.
@@ -110,7 +135,11 @@ pub async fn run(
         DlqCommand::Tail(a) => tail::run(&stream, ns, a, out).await,
         DlqCommand::Ls(a) => ls::run(&stream, ns, a, out).await,
         DlqCommand::Show(a) => show::run(&stream, ns, a, out).await,
-        DlqCommand::Replay(a) => replay::run(js, &stream, ns, a, out).await,
+        DlqCommand::Replay(a) => replay::run(js, topology, &stream, a, out).await,
+        DlqCommand::Jobs(a) => jobs::run(js, topology, a, out).await,
+        DlqCommand::Stats(a) => stats::run(js, topology, &stream, a, out).await,
         DlqCommand::Purge(a) => purge::run(&stream, ns, a, out).await,
+        DlqCommand::Export(a) => export::run(&stream, ns, a, out).await,
+        DlqCommand::Import(a) => import::run(js, &stream, ns, a, out).await,
     }
 }

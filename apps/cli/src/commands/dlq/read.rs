@@ -48,6 +48,13 @@ impl Selection {
         self.filters.code.is_none_or(|c| c == entry.record.code) && self.in_time(entry.stored_at)
     }
 
+    /// Where an ordered read starts: the first entry, or the first stored at `--since`.
+    pub fn start(&self) -> DeliverPolicy {
+        self.since.map_or(DeliverPolicy::All, |start_time| {
+            DeliverPolicy::ByStartTime { start_time }
+        })
+    }
+
     /// Whether a time of storage is inside `--since`/`--until`.
     pub fn in_time(&self, stored_at: OffsetDateTime) -> bool {
         self.since.is_none_or(|t| stored_at >= t) && self.until.is_none_or(|t| stored_at <= t)
@@ -184,23 +191,22 @@ pub fn entry(ns: &Namespace, message: &jetstream::Message) -> anyhow::Result<Del
     })
 }
 
-/// Reads every entry the selection matches as stored now, oldest first, stopping once caught
-/// up (the consumer has nothing pending; at once on an empty stream) or after `limit` entries.
-pub async fn collect(
+/// Reads every stored message the selection's subject filter (and `--since`) covers, oldest
+/// first, handing each to `f` with its entry (or why it is not one); stops once caught up
+/// (the consumer has nothing pending; at once on an empty stream) or when `f` returns `false`.
+pub async fn visit<F>(
     stream: &Stream,
     ns: &Namespace,
     selection: &Selection,
-    limit: Option<usize>,
-) -> anyhow::Result<Collected> {
-    let start = selection.since.map_or(DeliverPolicy::All, |start_time| {
-        DeliverPolicy::ByStartTime { start_time }
-    });
-    let consumer = ordered(stream, &selection.subject_filter, start).await?;
+    mut f: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(&jetstream::Message, Delivered) -> anyhow::Result<bool>,
+{
+    let consumer = ordered(stream, &selection.subject_filter, selection.start()).await?;
     let mut pending = consumer.cached_info().num_pending;
-    let mut collected = Collected::default();
-    if pending == 0 || limit == Some(0) {
-        collected.truncated = pending > 0;
-        return Ok(collected);
+    if pending == 0 {
+        return Ok(());
     }
     let mut messages = consumer
         .messages()
@@ -214,12 +220,34 @@ pub async fn collect(
         let message = message.context("reading the DLQ stream")?;
         pending = message.info().map(|i| i.pending).unwrap_or(0);
         let delivered = entry(ns, &message)?;
+        if !f(&message, delivered)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads every entry the selection matches as stored now, oldest first, stopping once caught
+/// up or after `limit` entries.
+pub async fn collect(
+    stream: &Stream,
+    ns: &Namespace,
+    selection: &Selection,
+    limit: Option<usize>,
+) -> anyhow::Result<Collected> {
+    let mut collected = Collected::default();
+    if limit == Some(0) {
+        let consumer = ordered(stream, &selection.subject_filter, selection.start()).await?;
+        collected.truncated = consumer.cached_info().num_pending > 0;
+        return Ok(collected);
+    }
+    visit(stream, ns, selection, |message, delivered| {
         match delivered.entry {
             Ok(entry) if selection.matches(&entry) => {
                 collected.entries.push(entry);
                 if limit.is_some_and(|l| collected.entries.len() >= l) {
-                    collected.truncated = pending > 0;
-                    break;
+                    collected.truncated = message.info().map(|i| i.pending).unwrap_or(0) > 0;
+                    return Ok(false);
                 }
             }
             Ok(_) => {}
@@ -230,7 +258,9 @@ pub async fn collect(
                 }
             }
         }
-    }
+        Ok(true)
+    })
+    .await?;
     Ok(collected)
 }
 
@@ -262,6 +292,7 @@ pub fn retryable(code: DlqCode) -> bool {
         code,
         DlqCode::RetriesExhausted
             | DlqCode::ExhaustedDeliveries
+            | DlqCode::Terminated
             | DlqCode::NoRoute
             | DlqCode::InvalidRoute
             | DlqCode::UnknownTenant

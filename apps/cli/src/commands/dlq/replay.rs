@@ -1,6 +1,10 @@
-//! `switchyard dlq replay`: republish entries to the stage that gave up on them
-//! ([`plan_replay`]), await each JetStream ack, and only then delete the entry — unless the
-//! ack says duplicate, in which case the entry stays. At a bounded rate, with a dry run.
+//! `switchyard dlq replay`: republish entries to the stage that gave up on them (or the stage
+//! given with `--to`; [`plan_replay_to`]), await each JetStream ack, and only then delete the
+//! entry — unless the ack says duplicate, in which case the entry stays. At a bounded rate,
+//! with a dry run.
+//!
+//! With `--job` (or `--follow`) the CLI replays nothing itself: it writes a durable job for
+//! the dlq service ([`super::jobs::submit`]), which survives the CLI, a crash or a restart.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -9,8 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::{self, stream::Stream};
 use serde::Serialize;
-use switchyard_dlq::{DlqEntry, plan_replay, replay::ReplayError};
-use switchyard_subjects::Namespace;
+use switchyard_dlq::{DlqEntry, plan_replay_to, replay::ReplayError};
+use switchyard_subjects::{InputStage, Namespace};
+use switchyard_topology::ResolvedTopology;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::read::{self, Target};
@@ -43,6 +48,17 @@ pub struct ReplayArgs {
     /// Do not ask for confirmation (required with filters when stdin is not a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Re-enter this stage instead of the one that gave up (idempotency, backpressure or
+    /// egress for entries with an envelope; ingress only for ingress entries).
+    #[arg(long, value_name = "STAGE", value_parser = super::input_stage)]
+    pub to: Option<InputStage>,
+    /// Hand the replay to the dlq service as a durable job (resumable after a crash, executed
+    /// by one instance at the given rate) and print its id; see `dlq jobs`.
+    #[arg(long)]
+    pub job: bool,
+    /// Create the job (implies --job) and follow its progress until it finishes.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// What happened to one entry.
@@ -180,14 +196,16 @@ async fn replay_one(
     stream: &Stream,
     ns: &Namespace,
     entry: &DlqEntry,
+    target: Option<InputStage>,
     pace: Option<&mut Interval>,
 ) -> anyhow::Result<ReplayResult> {
-    let plan = match plan_replay(ns, entry) {
+    let plan = match plan_replay_to(ns, entry, target) {
         Ok(plan) => plan,
         Err(err) => {
             let because = match err {
                 ReplayError::NotReplayable { .. } => "not replayable",
                 ReplayError::NoEnvelope { .. } => "no envelope",
+                ReplayError::TargetRefused { .. } => "target refused",
             };
             return Ok(ReplayResult::kept(entry.seq, because, err.to_string()));
         }
@@ -246,12 +264,16 @@ async fn replay_one(
 /// Runs `dlq replay`.
 pub async fn run(
     js: &jetstream::Context,
+    topology: &ResolvedTopology,
     stream: &Stream,
-    ns: &Namespace,
     args: &ReplayArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
+    let ns = &topology.namespace;
     let target = Target::new(ns, &args.seqs, &args.filters, &args.times, args.all)?;
+    if args.job || args.follow {
+        return super::jobs::submit(js, topology, stream, target, args, out).await;
+    }
     let needs_confirmation = matches!(target, Target::Filter(_)) && !args.dry_run && !args.yes;
     if needs_confirmation {
         prompt::ensure_can_confirm("replay DLQ entries selected by a filter", args.yes)?;
@@ -284,7 +306,7 @@ pub async fn run(
     pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
     for entry in &entries {
         let pace = (!args.dry_run).then_some(&mut pace);
-        match replay_one(js, stream, ns, entry, pace).await {
+        match replay_one(js, stream, ns, entry, args.to, pace).await {
             Ok(result) => {
                 if !out.is_json() {
                     println!("{}", result.line());

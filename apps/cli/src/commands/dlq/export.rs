@@ -1,0 +1,148 @@
+//! `switchyard dlq export --file F [filters]`: write the selected entries to an NDJSON file,
+//! one [`ExportLine`] per line (the entry's JSON view with its payload, plus every header as
+//! stored), oldest first, without removing anything. `dlq import` restores them. The format is
+//! described in `docs/dlq-wire-format.md`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::Stream;
+use serde::Serialize;
+use switchyard_dlq::ExportLine;
+use switchyard_subjects::Namespace;
+
+use super::read::{self, Selection};
+use super::{FilterArgs, TimeArgs};
+use crate::output::Output;
+
+/// Arguments of `dlq export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The file to write (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Which entries (default: every entry).
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// When they were stored (e.g. `--until 13d` for the entries about to age out of a
+    /// 14-day DLQ).
+    #[command(flatten)]
+    pub times: TimeArgs,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// What `export --json` prints.
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    /// The file written.
+    pub file: String,
+    /// Entries written.
+    pub exported: u64,
+    /// The first and last DLQ sequence written.
+    pub seqs: Option<(u64, u64)>,
+    /// Stored messages skipped because they are not valid DLQ records.
+    pub skipped: Vec<u64>,
+}
+
+fn open(args: &ExportArgs) -> anyhow::Result<Box<dyn Write>> {
+    if args.file.as_os_str() == "-" {
+        return Ok(Box::new(BufWriter::new(std::io::stdout().lock())));
+    }
+    let mut options = OpenOptions::new();
+    options.write(true);
+    if args.force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let file: File = options.open(&args.file).with_context(|| {
+        format!(
+            "creating {} (it must not exist; --force replaces it)",
+            args.file.display()
+        )
+    })?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
+/// Runs `dlq export`.
+pub async fn run(
+    stream: &Stream,
+    ns: &Namespace,
+    args: &ExportArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let selection = Selection::new(ns, &args.filters, &args.times);
+    let mut writer = open(args)?;
+    let mut report = ExportReport {
+        file: args.file.display().to_string(),
+        exported: 0,
+        seqs: None,
+        skipped: Vec::new(),
+    };
+    read::visit(stream, ns, &selection, |message, delivered| {
+        match &delivered.entry {
+            Ok(entry) if selection.matches(entry) => {}
+            Ok(_) => return Ok(true),
+            Err(err) => {
+                read::warn_malformed(delivered.seq, err);
+                if selection.in_time(delivered.stored_at) && selection.filters.code.is_none() {
+                    report.skipped.push(delivered.seq);
+                }
+                return Ok(true);
+            }
+        }
+        let stored = StreamMessage {
+            subject: message.subject.clone(),
+            sequence: delivered.seq,
+            headers: message.headers.clone().unwrap_or_default(),
+            payload: message.payload.clone(),
+            time: delivered.stored_at,
+        };
+        let line = ExportLine::of(ns, &stored)
+            .with_context(|| format!("exporting DLQ entry {}", delivered.seq))?;
+        serde_json::to_writer(&mut writer, &line).context("writing the export")?;
+        writer.write_all(b"\n").context("writing the export")?;
+        report.exported += 1;
+        report.seqs = Some(match report.seqs {
+            None => (delivered.seq, delivered.seq),
+            Some((first, _)) => (first, delivered.seq),
+        });
+        Ok(true)
+    })
+    .await?;
+    writer.flush().context("writing the export")?;
+    drop(writer);
+    if args.file.as_os_str() == "-" {
+        if !report.skipped.is_empty() {
+            eprintln!("skipped {} invalid records", report.skipped.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if out.is_json() {
+        out.json(&report)?;
+    } else {
+        let n = report.exported;
+        let mut line = format!(
+            "exported {n} {} to {}",
+            if n == 1 { "entry" } else { "entries" },
+            report.file
+        );
+        if let Some((first, last)) = report.seqs {
+            line.push_str(&format!(" (seq {first}..{last})"));
+        }
+        if !report.skipped.is_empty() {
+            line.push_str(&format!(
+                "; skipped {} invalid records",
+                report.skipped.len()
+            ));
+        }
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,228 @@
+//! The dlq service's configuration: built-in defaults (`config/defaults.toml`) → file →
+//! `SWITCHYARD_DLQ_*` environment. Every key is documented in the defaults file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchyard_keys::TenantId;
+use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_topology::DeploymentConfig;
+
+/// The built-in defaults, every key documented.
+pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
+
+/// Environment prefix.
+pub const ENV_PREFIX: &str = "SWITCHYARD_DLQ_";
+
+/// Everything the dlq service is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// Logging and trace export.
+    pub telemetry: TelemetryConfig,
+    /// Which deployment (prefix, bucket overrides).
+    #[serde(default)]
+    pub deployment: DeploymentConfig,
+    /// The probes listener.
+    pub http: HttpConfig,
+    /// The safety net for messages JetStream gave up on.
+    pub safety_net: SafetyNetSettings,
+    /// Replay jobs.
+    pub jobs: JobSettings,
+    /// Inflow counters.
+    pub stats: StatsSettings,
+    /// Inflow alerts.
+    pub alerts: AlertSettings,
+}
+
+/// The probes listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address (default `0.0.0.0:9105`; port 0 picks a free one).
+    pub listen: SocketAddr,
+}
+
+/// The safety net.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyNetSettings {
+    /// Whether to run it (default true).
+    pub enabled: bool,
+    /// Declared base names of the streams watched (default the four pipeline streams).
+    pub streams: Vec<String>,
+    /// Delay between an advisory and the rescue, in milliseconds (default 1000).
+    pub rescue_delay_ms: u64,
+    /// Interval of the stranded-message sweep, in seconds; 0 turns it off (default 30).
+    pub sweep_interval_secs: u64,
+    /// Candidates examined per stream and sweep (default 1000).
+    pub sweep_max_per_stream: usize,
+}
+
+impl SafetyNetSettings {
+    /// The rescue delay.
+    pub fn rescue_delay(&self) -> Duration {
+        Duration::from_millis(self.rescue_delay_ms)
+    }
+}
+
+/// Replay jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    /// Whether to execute jobs (default true).
+    pub enabled: bool,
+    /// Lease length, in seconds (default 15).
+    pub lease_secs: u64,
+    /// Interval between scans for claimable jobs, in seconds (default 5).
+    pub scan_interval_secs: u64,
+    /// Jobs executed at once (default 4).
+    pub max_concurrent: usize,
+    /// Ceiling on a job's rate, in replays per second (default 10000).
+    pub max_rate: u32,
+}
+
+/// Inflow counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSettings {
+    /// Whether to count (default true).
+    pub enabled: bool,
+    /// Lease length, in seconds (default 15).
+    pub lease_secs: u64,
+    /// Entries per KV write round (default 500).
+    pub batch_max: usize,
+}
+
+/// Inflow alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Whether to publish alerts (default true; needs `stats.enabled`).
+    pub enabled: bool,
+    /// The sliding window, in seconds (default 60).
+    pub window_secs: u64,
+    /// Entries per window above which a tenant is alerted on; 0 = never (default 100).
+    pub threshold: u64,
+    /// Least time between two alerts for one tenant, in seconds (default 300).
+    pub cooldown_secs: u64,
+    /// Per-tenant thresholds replacing `threshold` (default none).
+    #[serde(default)]
+    pub tenant_thresholds: BTreeMap<TenantId, u64>,
+}
+
+impl DlqConfig {
+    /// Loads defaults → `file` → environment.
+    pub fn load(file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        switchyard_runtime::load(
+            &ConfigSource::new(DEFAULTS, ENV_PREFIX)
+                .with_file(file)
+                .with_bucket_env_overrides(true),
+        )
+    }
+
+    /// Checks what serde cannot: intervals, leases, rates and batch sizes must be positive.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("jobs.lease_secs", self.jobs.lease_secs),
+            ("jobs.scan_interval_secs", self.jobs.scan_interval_secs),
+            ("jobs.max_concurrent", self.jobs.max_concurrent as u64),
+            ("jobs.max_rate", u64::from(self.jobs.max_rate)),
+            ("stats.lease_secs", self.stats.lease_secs),
+            ("stats.batch_max", self.stats.batch_max as u64),
+            ("alerts.window_secs", self.alerts.window_secs),
+            (
+                "safety_net.sweep_max_per_stream",
+                self.safety_net.sweep_max_per_stream as u64,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                anyhow::bail!("invalid setting {name}: must be greater than 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// The defaults alone (for tests and tools).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        switchyard_runtime::load(&ConfigSource::new(
+            DEFAULTS,
+            "SWITCHYARD_DLQ_DEFAULTS_ONLY_",
+        ))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment's own (large) error type"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let config = DlqConfig::defaults().unwrap();
+        assert_eq!(config.http.listen.port(), 9105);
+        assert!(config.safety_net.enabled);
+        assert_eq!(
+            config.safety_net.streams,
+            ["INGRESS", "IDEMPOTENCY", "BACKPRESSURE", "EGRESS"]
+        );
+        assert_eq!(config.safety_net.rescue_delay(), Duration::from_secs(1));
+        assert_eq!(config.safety_net.sweep_interval_secs, 30);
+        assert_eq!(config.jobs.lease_secs, 15);
+        assert_eq!(config.jobs.max_rate, 10_000);
+        assert_eq!(config.stats.batch_max, 500);
+        assert_eq!(config.alerts.window_secs, 60);
+        assert_eq!(config.alerts.threshold, 100);
+        assert!(config.alerts.tenant_thresholds.is_empty());
+        config.validate().unwrap();
+        let mut zero = config.clone();
+        zero.jobs.lease_secs = 0;
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("jobs.lease_secs")
+        );
+    }
+
+    #[test]
+    fn file_then_environment_override_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "dlq.toml",
+                "[alerts]\nthreshold = 5\n[alerts.tenant_thresholds]\nacme = 50\n",
+            )?;
+            jail.set_env("SWITCHYARD_DLQ_JOBS__LEASE_SECS", "3");
+            jail.set_env("SWITCHYARD_DLQ_HTTP__LISTEN", "127.0.0.1:0");
+            let config = DlqConfig::load(Some("dlq.toml".into())).unwrap();
+            assert_eq!(config.alerts.threshold, 5);
+            assert_eq!(
+                config.alerts.tenant_thresholds[&TenantId::new("acme").unwrap()],
+                50
+            );
+            assert_eq!(config.jobs.lease_secs, 3);
+            assert_eq!(config.http.listen.port(), 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_tenants_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[jobs]\nlease_sec = 3\n")?;
+            assert!(DlqConfig::load(Some("typo.toml".into())).is_err());
+            jail.create_file("bad.toml", "[alerts.tenant_thresholds]\nAcme = 3\n")?;
+            assert!(DlqConfig::load(Some("bad.toml".into())).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,220 @@
+//! The dlq service, owner of the DLQ stream:
+//!
+//! - [`safety_net`] and [`sweep`]: a message JetStream gave up on (max deliveries, or
+//!   terminated) before its stage dead-lettered it still lands in the DLQ, with code
+//!   `exhausted_deliveries` (or `terminated`), and leaves its work queue;
+//! - [`jobs`]: durable replay jobs from the `dlq-jobs` bucket, executed at their rate,
+//!   resumable after a crash, one instance per job (a KV lease);
+//! - [`stats`]: inflow counters per tenant/stage/code in the `dlq-stats` bucket, and inflow
+//!   alerts on `alerts.v1.<tenant>.dlq-inflow`;
+//!
+//! plus `/healthz`, `/readyz` and `/metrics`. Everything runs inside the one task returned by
+//! [`start`]: aborting it stops the whole instance, as a crash would.
+
+pub mod advisory;
+pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod safety_net;
+pub mod stats;
+pub mod sweep;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchyard_dlq::{JobStore, StatsStore};
+use switchyard_keys::Stage;
+use switchyard_service::{Metrics, Readiness, router};
+use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::DlqConfig;
+
+/// A started service.
+pub struct Running {
+    /// The bound probes address.
+    pub http_addr: SocketAddr,
+    /// This instance's id: the owner named in the leases it takes.
+    pub instance: String,
+    /// Completes when the service has drained after shutdown.
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Opens a declared bucket, saying to provision when it is missing.
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    topology: &switchyard_topology::ResolvedTopology,
+    base: &str,
+) -> anyhow::Result<(String, async_nats::jetstream::kv::Store)> {
+    let name = topology
+        .bucket_name(base)
+        .with_context(|| format!("no {base} bucket declared"))?
+        .to_owned();
+    let kv = js
+        .get_key_value(&name)
+        .await
+        .with_context(|| format!("opening bucket {name} (run `switchyard provision`)"))?;
+    Ok((name, kv))
+}
+
+/// Starts the service; returns once it is subscribed and listening.
+pub async fn start(
+    config: DlqConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    config.validate()?;
+    let topology = config
+        .deployment
+        .resolve()
+        .context("resolving the topology")?;
+    let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
+    let ns = topology.namespace.clone();
+    let dlq_name = topology
+        .stream_name("DLQ")
+        .context("no DLQ stream declared")?
+        .to_owned();
+    let dlq = js
+        .get_stream(&dlq_name)
+        .await
+        .with_context(|| format!("opening stream {dlq_name} (run `switchyard provision`)"))?;
+    let (jobs_bucket, jobs_kv) = bucket(&js, &topology, "dlq-jobs").await?;
+    let (stats_bucket, stats_kv) = bucket(&js, &topology, "dlq-stats").await?;
+    let instance = uuid::Uuid::now_v7().to_string();
+
+    let metrics = Arc::new(Metrics::new(Stage::Dlq));
+    let dlq_metrics = metrics::DlqMetrics::register(&metrics);
+
+    let safety = &config.safety_net;
+    let net = Arc::new(
+        safety_net::SafetyNet::open(
+            js.clone(),
+            &topology,
+            if safety.enabled { &safety.streams } else { &[] },
+            safety.rescue_delay(),
+            metrics.clone(),
+            dlq_metrics.clone(),
+        )
+        .await?,
+    );
+    let advisories = if safety.enabled {
+        net.subscribe(&client).await?
+    } else {
+        Vec::new()
+    };
+
+    let control_subject = ControlSubject {
+        command: ControlCommand::Replay,
+    }
+    .format(&ns);
+    let control = client
+        .subscribe(control_subject.clone())
+        .await
+        .with_context(|| format!("subscribing to {control_subject}"))?;
+    let runner = Arc::new(jobs::JobRunner {
+        store: JobStore::new(jobs_kv),
+        dlq: dlq.clone(),
+        js: js.clone(),
+        ns: ns.clone(),
+        owner: instance.clone(),
+        settings: config.jobs.clone(),
+        metrics: dlq_metrics.clone(),
+    });
+    let alerts = &config.alerts;
+    let processor = stats::StatsProcessor {
+        store: StatsStore::new(stats_kv),
+        dlq: dlq.clone(),
+        client: client.clone(),
+        ns: ns.clone(),
+        owner: instance.clone(),
+        settings: config.stats.clone(),
+        alerts: alerts.enabled.then(|| {
+            stats::alerts::InflowWindows::new(
+                alerts.window_secs,
+                alerts.threshold,
+                alerts.tenant_thresholds.clone(),
+                alerts.cooldown_secs,
+            )
+        }),
+        metrics: dlq_metrics,
+    };
+    client.flush().await.context("flushing subscriptions")?;
+
+    let mut streams = vec![dlq_name];
+    streams.extend(net.watched().iter().map(|w| w.name.clone()));
+    let readiness = Readiness {
+        client: client.clone(),
+        js,
+        streams,
+        buckets: vec![jobs_bucket, stats_bucket],
+    };
+    let app = router(readiness, metrics);
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+
+    let sweep_every = safety.sweep_interval_secs;
+    let sweep_max = safety.sweep_max_per_stream;
+    let (jobs_on, stats_on, safety_on) =
+        (config.jobs.enabled, config.stats.enabled, safety.enabled);
+    let id = instance.clone();
+    // Everything runs in this one task (no detached tasks), so aborting it is a crash.
+    let task = tokio::spawn(async move {
+        tracing::info!(%http_addr, instance = %id, "dlq running");
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let advisories = async {
+            if safety_on {
+                net.clone().run(advisories, shutdown.clone()).await;
+            }
+        };
+        let sweep = async {
+            if safety_on && sweep_every > 0 {
+                sweep::run(
+                    net.clone(),
+                    Duration::from_secs(sweep_every),
+                    sweep_max,
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
+        let jobs = async {
+            if jobs_on {
+                runner.run(control, shutdown.clone()).await;
+            }
+        };
+        let stats = async {
+            if stats_on {
+                processor.run(shutdown.clone()).await;
+            }
+        };
+        let (served, (), (), (), ()) = tokio::join!(server, advisories, sweep, jobs, stats);
+        served.context("http server")?;
+        tracing::info!("dlq drained");
+        Ok(())
+    });
+    Ok(Running {
+        http_addr,
+        instance,
+        task,
+    })
+}
+
+/// Runs the service until `shutdown`, then drains.
+pub async fn run(
+    config: DlqConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, client, shutdown)
+        .await?
+        .task
+        .await
+        .context("dlq task")?
+}

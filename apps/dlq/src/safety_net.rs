@@ -1,0 +1,445 @@
+//! The safety net: a message JetStream gave up on before its stage could dead-letter it (the
+//! stage crashed, hung or was killed on every delivery) still lands in the DLQ.
+//!
+//! It listens (in a queue group, so one replica handles each) to the max-deliveries and
+//! terminated advisories of the watched streams and, after [`rescue_delay`], *rescues* the
+//! message the advisory points at ([`SafetyNet::rescue`]):
+//!
+//! 1. fetch the original by stream sequence from the stream leader — if it is gone, its stage
+//!    acked it after all (or, on a work queue, terminated it, which removes it), so there is
+//!    nothing to do;
+//! 2. write a DLQ record (`exhausted_deliveries`, or `terminated`) with the consumer's name in
+//!    the reason, the stage of the stream, tenant and platform from the envelope (or the
+//!    subject), and the record `Nats-Msg-Id` a stage would have used, `dlq:<stream>:<seq>`:
+//!    when the stage did write its own record (it dead-letters before it acks or terminates,
+//!    so within seconds of the advisory), the DLQ's 5-minute duplicate window drops ours;
+//! 3. on a work-queue stream, delete the original, which would otherwise sit there until it
+//!    ages out (limits streams such as `INGRESS` keep it: it is their history).
+//!
+//! Advisories are core NATS messages: one published while no dlq replica listens is lost. The
+//! [`crate::sweep`] finds what such a gap leaves behind in the work-queue streams.
+//!
+//! [`rescue_delay`]: crate::config::SafetyNetSettings::rescue_delay_ms
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageError, Stream};
+use async_nats::jetstream::{self, message::StreamMessage};
+use futures::StreamExt;
+use switchyard_dlq::attempt::decode_history;
+use switchyard_dlq::{DeadLetter, DlqCode, headers as dlq_headers};
+use switchyard_envelope::Envelope;
+use switchyard_keys::{PlatformId, Stage, TenantId};
+use switchyard_service::Metrics;
+use switchyard_subjects::advisory::{self, AdvisoryKind};
+use switchyard_subjects::{Namespace, StageSubject, SubjectKind};
+use switchyard_topology::ResolvedTopology;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::advisory::Advisory;
+use crate::metrics::DlqMetrics;
+
+/// The queue group the replicas share, so each advisory is handled once.
+pub const QUEUE_GROUP: &str = "switchyard-dlq-safety-net";
+
+/// Rescues running at once.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// The declared pipeline streams and the stage each feeds.
+const PIPELINE: [(&str, Stage); 4] = [
+    ("INGRESS", Stage::Ingress),
+    ("IDEMPOTENCY", Stage::Idempotency),
+    ("BACKPRESSURE", Stage::Backpressure),
+    ("EGRESS", Stage::Egress),
+];
+
+/// One watched stream.
+#[derive(Clone)]
+pub struct Watched {
+    /// Deployed name (`EGRESS`, `STAGING_EGRESS`).
+    pub name: String,
+    /// The stage that consumes it (and is named as the one that gave up).
+    pub stage: Stage,
+    /// Work-queue retention: a stranded message is deleted after its rescue.
+    pub work_queue: bool,
+    /// Consumers declared on it in the topology. On a limits stream only these count (any
+    /// other consumer there is an operator's reader, not a stage); on a work queue every
+    /// consumer is a stage's (the backpressure service creates one per tenant).
+    pub declared: Vec<String>,
+    /// The stream handle.
+    pub stream: Stream,
+}
+
+/// What prompted a rescue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescue {
+    /// Max deliveries or terminated.
+    pub kind: AdvisoryKind,
+    /// Deployed stream name.
+    pub stream: String,
+    /// The consumer that gave up.
+    pub consumer: String,
+    /// The message's stream sequence.
+    pub seq: u64,
+    /// Deliveries made.
+    pub deliveries: u64,
+    /// A `+TERM` reason, if any.
+    pub term_reason: Option<String>,
+    /// Found by the sweep rather than an advisory.
+    pub swept: bool,
+}
+
+impl From<Advisory> for Rescue {
+    fn from(a: Advisory) -> Self {
+        Self {
+            kind: a.kind,
+            stream: a.stream,
+            consumer: a.consumer,
+            seq: a.stream_seq,
+            deliveries: a.deliveries,
+            term_reason: a.reason,
+            swept: false,
+        }
+    }
+}
+
+/// What a rescue did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescued {
+    /// A record was written at this DLQ sequence.
+    Written(u64),
+    /// The stage (or an earlier rescue) had already written the record; the DLQ dropped ours.
+    AlreadyDeadLettered,
+    /// The message is no longer in its stream.
+    Gone,
+    /// Not ours to rescue (the reason says why).
+    Ignored(&'static str),
+}
+
+impl Rescued {
+    fn label(&self) -> &'static str {
+        match self {
+            Rescued::Written(_) => "rescued",
+            Rescued::AlreadyDeadLettered => "already_dead_lettered",
+            Rescued::Gone => "gone",
+            Rescued::Ignored(_) => "ignored",
+        }
+    }
+}
+
+/// The safety net of one dlq service instance.
+pub struct SafetyNet {
+    js: jetstream::Context,
+    ns: Namespace,
+    watched: Vec<Watched>,
+    delay: Duration,
+    metrics: Arc<Metrics>,
+    dlq_metrics: DlqMetrics,
+}
+
+fn not_found(err: &RawMessageError) -> bool {
+    matches!(err.kind(), LastRawMessageErrorKind::NoMessageFound)
+}
+
+impl SafetyNet {
+    /// Opens the watched streams (declared base names) of `topology`.
+    pub async fn open(
+        js: jetstream::Context,
+        topology: &ResolvedTopology,
+        streams: &[String],
+        delay: Duration,
+        metrics: Arc<Metrics>,
+        dlq_metrics: DlqMetrics,
+    ) -> anyhow::Result<Self> {
+        let mut watched = Vec::new();
+        for base in streams {
+            let stage = PIPELINE
+                .iter()
+                .find(|(b, _)| b == base)
+                .map(|(_, s)| *s)
+                .with_context(|| {
+                    format!("safety_net.streams: {base:?} is not a pipeline stream (INGRESS, IDEMPOTENCY, BACKPRESSURE, EGRESS)")
+                })?;
+            let resolved = topology
+                .streams
+                .iter()
+                .find(|s| &s.base == base)
+                .with_context(|| format!("safety_net.streams: no stream {base} is declared"))?;
+            let name = resolved.config.name.clone();
+            let stream = js
+                .get_stream(&name)
+                .await
+                .with_context(|| format!("opening stream {name} (run `switchyard provision`)"))?;
+            watched.push(Watched {
+                stage,
+                work_queue: resolved.config.retention
+                    == async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+                declared: topology
+                    .consumers
+                    .iter()
+                    .filter(|c| c.stream == name)
+                    .filter_map(|c| c.config.durable_name.clone())
+                    .collect(),
+                name,
+                stream,
+            });
+        }
+        Ok(Self {
+            js,
+            ns: topology.namespace.clone(),
+            watched,
+            delay,
+            metrics,
+            dlq_metrics,
+        })
+    }
+
+    /// The watched streams.
+    pub fn watched(&self) -> &[Watched] {
+        &self.watched
+    }
+
+    /// The service's own metrics.
+    pub fn metrics(&self) -> &DlqMetrics {
+        &self.dlq_metrics
+    }
+
+    /// Subscribes to both advisories of every watched stream, in the shared queue group.
+    pub async fn subscribe(
+        &self,
+        client: &async_nats::Client,
+    ) -> anyhow::Result<Vec<async_nats::Subscriber>> {
+        let mut subs = Vec::new();
+        for w in &self.watched {
+            for kind in [AdvisoryKind::MaxDeliveries, AdvisoryKind::Terminated] {
+                let filter = advisory::filter(kind, Some(&w.name));
+                subs.push(
+                    client
+                        .queue_subscribe(filter.clone(), QUEUE_GROUP.to_owned())
+                        .await
+                        .with_context(|| format!("subscribing to {filter}"))?,
+                );
+            }
+        }
+        client
+            .flush()
+            .await
+            .context("flushing the advisory subscriptions")?;
+        Ok(subs)
+    }
+
+    /// Handles advisories until `shutdown`; waits for rescues under way.
+    pub async fn run(
+        self: Arc<Self>,
+        subs: Vec<async_nats::Subscriber>,
+        shutdown: CancellationToken,
+    ) {
+        let mut advisories = futures::stream::select_all(subs);
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut tasks = JoinSet::new();
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = advisories.next() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            while tasks.try_join_next().is_some() {}
+            let parsed = crate::advisory::parse(message.subject.as_str(), &message.payload);
+            let advisory = match parsed {
+                Ok(advisory) => advisory,
+                Err(error) => {
+                    tracing::warn!(%error, subject = %message.subject, "unreadable advisory ignored");
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let net = self.clone();
+            let cancelled = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = cancelled.cancelled() => {
+                        // The advisory is lost with this instance; the sweep finds the message.
+                        tracing::warn!(stream = %advisory.stream, seq = advisory.stream_seq, "shutting down before a rescue; left to the sweep");
+                        return;
+                    }
+                    _ = tokio::time::sleep(net.delay) => {}
+                }
+                net.handle(advisory.into()).await;
+                drop(permit);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Rescues, logging and counting the result.
+    pub async fn handle(&self, rescue: Rescue) -> Option<Rescued> {
+        self.metrics.in_flight.inc();
+        let started = std::time::Instant::now();
+        let result = self.rescue(&rescue).await;
+        self.metrics.in_flight.dec();
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(done) => {
+                self.dlq_metrics.rescue(&rescue.stream, done.label());
+                match &done {
+                    Rescued::Written(dlq_seq) => tracing::warn!(
+                        stream = %rescue.stream,
+                        consumer = %rescue.consumer,
+                        seq = rescue.seq,
+                        deliveries = rescue.deliveries,
+                        dlq_seq,
+                        swept = rescue.swept,
+                        "rescued a message its stage never dead-lettered"
+                    ),
+                    Rescued::Ignored(why) => {
+                        tracing::debug!(stream = %rescue.stream, consumer = %rescue.consumer, seq = rescue.seq, why, "advisory ignored")
+                    }
+                    other => {
+                        tracing::info!(stream = %rescue.stream, consumer = %rescue.consumer, seq = rescue.seq, result = other.label(), "nothing to rescue")
+                    }
+                }
+                Some(done)
+            }
+            Err(error) => {
+                self.dlq_metrics.rescue(&rescue.stream, "failed");
+                tracing::error!(error = format!("{error:#}"), stream = %rescue.stream, seq = rescue.seq, "rescue failed; the sweep retries work-queue messages");
+                None
+            }
+        }
+    }
+
+    /// Rescues one message (see the module docs).
+    pub async fn rescue(&self, r: &Rescue) -> anyhow::Result<Rescued> {
+        let Some(w) = self.watched.iter().find(|w| w.name == r.stream) else {
+            return Ok(Rescued::Ignored("not a watched stream"));
+        };
+        if !w.work_queue && !w.declared.iter().any(|c| c == &r.consumer) {
+            return Ok(Rescued::Ignored(
+                "not a pipeline consumer on a limits stream",
+            ));
+        }
+        let original = match w.stream.raw_message_builder().sequence(r.seq).send().await {
+            Ok(message) => message,
+            Err(err) if not_found(&err) => return Ok(Rescued::Gone),
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {} seq {}", w.name, r.seq));
+            }
+        };
+        let record = self.record(r, w, &original);
+        let tenant = record
+            .tenant
+            .as_ref()
+            .map_or("_", TenantId::as_str)
+            .to_owned();
+        self.metrics.count_received(&tenant);
+        let ack = record
+            .publish(
+                &self.js,
+                &self.ns,
+                Some(&original.headers),
+                original.payload.clone(),
+            )
+            .await
+            .context("publishing the dlq record")?
+            .await
+            .context("waiting for the dlq record's ack")?;
+        if w.work_queue {
+            // Only once the record is stored: the original goes, or it would sit there forever.
+            match w.stream.delete_message(r.seq).await {
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, stream = %w.name, seq = r.seq, "dead-lettered but not deleted; the sweep retries");
+                }
+            }
+        }
+        if ack.duplicate {
+            self.metrics.count_processed(&tenant, "duplicate");
+            return Ok(Rescued::AlreadyDeadLettered);
+        }
+        self.metrics.count_processed(&tenant, "dead_lettered");
+        self.metrics
+            .count_dead_lettered(&tenant, record.code.as_str());
+        Ok(Rescued::Written(ack.sequence))
+    }
+
+    /// The DLQ record for a rescued message.
+    fn record(&self, r: &Rescue, w: &Watched, original: &StreamMessage) -> DeadLetter {
+        let (tenant, platform) = address(&self.ns, original);
+        let (code, reason) = match r.kind {
+            AdvisoryKind::MaxDeliveries => (
+                DlqCode::ExhaustedDeliveries,
+                format!(
+                    "consumer {} on {} gave up after {} deliveries without an ack (its stage crashed, hung or was killed each time){}",
+                    r.consumer,
+                    w.name,
+                    r.deliveries,
+                    if r.swept {
+                        "; found stranded by the dlq sweep"
+                    } else {
+                        "; dead-lettered by the dlq safety net"
+                    }
+                ),
+            ),
+            AdvisoryKind::Terminated => (
+                DlqCode::Terminated,
+                format!(
+                    "consumer {} on {} terminated the message after {} deliveries{} and no stage had dead-lettered it; dead-lettered by the dlq safety net",
+                    r.consumer,
+                    w.name,
+                    r.deliveries,
+                    r.term_reason
+                        .as_deref()
+                        .map(|why| format!(" ({why})"))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        let history = decode_history(
+            original
+                .headers
+                .get(dlq_headers::ATTEMPTS_LOG)
+                .map(|v| v.as_str()),
+        )
+        .unwrap_or_default();
+        DeadLetter {
+            stage: w.stage,
+            code,
+            reason,
+            tenant,
+            platform,
+            attempts: u32::try_from(r.deliveries).unwrap_or(u32::MAX),
+            first_failure: original.time,
+            last_failure: OffsetDateTime::now_utc(),
+            source_stream: w.name.clone(),
+            source_seq: r.seq,
+            source_subject: original.subject.to_string(),
+            history,
+        }
+    }
+}
+
+/// Tenant and platform of a stored message: from its envelope when readable, else from its
+/// subject (every pipeline subject carries them), else unknown.
+fn address(ns: &Namespace, message: &StreamMessage) -> (Option<TenantId>, Option<PlatformId>) {
+    if let Ok(envelope) = Envelope::from_headers(Some(&message.headers)) {
+        return (
+            Some(envelope.address.tenant),
+            Some(envelope.address.platform),
+        );
+    }
+    match StageSubject::parse(ns, message.subject.as_str()) {
+        Ok(subject) => (Some(subject.address.tenant), Some(subject.address.platform)),
+        Err(_) => (None, None),
+    }
+}

@@ -1,0 +1,222 @@
+//! Replay jobs executed by the service: one executor per job among replicas, dry runs and
+//! unreplayable entries, cancellation. (The 5,000-entry crash-and-resume test, which also
+//! checks the CLI's `dlq jobs` output, is in `apps/cli/tests/cli/dlq_jobs.rs`.)
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use switchyard_dlq::{DlqCode, JobRecord, JobSelection, JobSpec, JobState, JobStore, Written};
+use switchyard_envelope::Envelope;
+use switchyard_keys::TenantId;
+use switchyard_subjects::InputStage;
+use switchyard_testkit::{stored_count, stored_messages, wait_for};
+use time::OffsetDateTime;
+
+use crate::{Env, seed};
+
+async fn store(js: &jetstream::Context) -> JobStore {
+    JobStore::new(js.get_key_value("dlq-jobs").await.unwrap())
+}
+
+fn spec(selection: JobSelection, rate: u32, dry_run: bool, upper_seq: u64, total: u64) -> JobSpec {
+    JobSpec {
+        selection,
+        target: None,
+        rate,
+        dry_run,
+        upper_seq,
+        total,
+    }
+}
+
+async fn create(js: &jetstream::Context, spec: JobSpec) -> String {
+    let job = JobRecord::new(spec, OffsetDateTime::now_utc());
+    store(js).await.create(&job).await.unwrap();
+    job.id
+}
+
+async fn job(js: &jetstream::Context, id: &str) -> JobRecord {
+    store(js).await.get(id).await.unwrap().unwrap().0
+}
+
+async fn finished(js: &jetstream::Context, id: &str, within: Duration) -> JobRecord {
+    wait_for("the job to finish", within, || async {
+        let job = job(js, id).await;
+        job.state.is_finished().then_some(job)
+    })
+    .await
+}
+
+/// Envelope ids of the messages stored in EGRESS.
+async fn egress_ids(js: &jetstream::Context) -> Vec<String> {
+    stored_messages(js, "EGRESS")
+        .await
+        .iter()
+        .map(|m| {
+            Envelope::from_headers(Some(&m.headers))
+                .unwrap()
+                .id
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_instances_share_a_job_but_only_one_executes_it() {
+    let env = Env::start().await;
+    let seqs = seed(&env.js, "acme", 1, 300, DlqCode::RetriesExhausted).await;
+    let a = env.service(env.config()).await;
+    let b = env.service(env.config()).await;
+    let id = create(
+        &env.js,
+        spec(
+            JobSelection::default(),
+            2000,
+            false,
+            *seqs.last().unwrap(),
+            300,
+        ),
+    )
+    .await;
+    let done = finished(&env.js, &id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, JobState::Done);
+    assert_eq!(done.claims, 1, "claimed once, by one instance");
+    assert_eq!(done.progress.replayed, 300);
+    assert_eq!(done.progress.last_seq, *seqs.last().unwrap());
+    assert!(done.lease.is_none(), "a finished job holds no lease");
+    let ids = egress_ids(&env.js).await;
+    assert_eq!(ids.len(), 300);
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        300,
+        "each entry replayed once"
+    );
+    assert_eq!(
+        stored_count(&env.js, "DLQ").await,
+        0,
+        "replayed entries left the DLQ"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_changes_nothing_and_unreplayable_entries_are_kept_with_a_reason() {
+    let env = Env::start().await;
+    seed(&env.js, "acme", 1, 3, DlqCode::NoRoute).await;
+    seed(&env.js, "acme", 4, 1, DlqCode::InvalidEnvelope).await;
+    let other = seed(&env.js, "globex", 5, 2, DlqCode::NoRoute).await;
+    let service = env.service(env.config()).await;
+    let acme = JobSelection {
+        tenant: Some(TenantId::new("acme").unwrap()),
+        ..JobSelection::default()
+    };
+    let dry = create(
+        &env.js,
+        spec(acme.clone(), 100, true, *other.last().unwrap(), 4),
+    )
+    .await;
+    let dry = finished(&env.js, &dry, Duration::from_secs(30)).await;
+    assert_eq!(dry.state, JobState::Done);
+    assert_eq!(dry.progress.would_replay, 3);
+    assert_eq!(dry.progress.replayed, 0);
+    assert_eq!(dry.progress.kept.get("not replayable"), Some(&1));
+    assert_eq!(
+        stored_count(&env.js, "DLQ").await,
+        6,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        stored_count(&env.js, "EGRESS").await,
+        0,
+        "a dry run publishes nothing"
+    );
+
+    // Into another stage than the one that gave up.
+    let mut to_backpressure = spec(acme, 100, false, *other.last().unwrap(), 4);
+    to_backpressure.target = Some(InputStage::Backpressure);
+    let real = create(&env.js, to_backpressure).await;
+    let real = finished(&env.js, &real, Duration::from_secs(30)).await;
+    assert_eq!(real.progress.replayed, 3);
+    assert_eq!(real.progress.kept_total(), 1);
+    assert_eq!(stored_count(&env.js, "BACKPRESSURE").await, 3);
+    assert_eq!(
+        stored_count(&env.js, "DLQ").await,
+        3,
+        "globex's two and the unreplayable one stay"
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_job_stops_and_leaves_the_rest_in_the_dlq() {
+    let env = Env::start().await;
+    let seqs = seed(&env.js, "acme", 1, 200, DlqCode::RetriesExhausted).await;
+    let service = env.service(env.config()).await;
+    let id = create(
+        &env.js,
+        spec(
+            JobSelection::default(),
+            20,
+            false,
+            *seqs.last().unwrap(),
+            200,
+        ),
+    )
+    .await;
+    wait_for("some progress", Duration::from_secs(30), || async {
+        (job(&env.js, &id).await.progress.replayed >= 10).then_some(())
+    })
+    .await;
+    // Cancel as the CLI does: a compare-and-set on the record.
+    let store = store(&env.js).await;
+    loop {
+        let (mut record, revision) = store.get(&id).await.unwrap().unwrap();
+        record.state = JobState::Cancelled;
+        record.finished_at = Some(OffsetDateTime::now_utc());
+        if let Written::Stored(_) = store.update(&record, revision).await.unwrap() {
+            break;
+        }
+    }
+    let stopped = wait_for(
+        "the executor to record the cancel",
+        Duration::from_secs(20),
+        || async {
+            let job = job(&env.js, &id).await;
+            (job.state == JobState::Cancelled && job.lease.is_none()).then_some(job)
+        },
+    )
+    .await;
+    let replayed = stopped.progress.replayed;
+    assert!(replayed < 200, "{replayed}");
+    // Nothing more happens, even while the service drains.
+    service.stop().await;
+    assert_eq!(job(&env.js, &id).await.progress.replayed, replayed);
+    let in_egress = stored_count(&env.js, "EGRESS").await;
+    let in_dlq = stored_count(&env.js, "DLQ").await;
+    assert_eq!(in_egress + in_dlq, 200, "nothing lost, nothing doubled");
+    assert_eq!(in_egress, replayed);
+}
+
+#[tokio::test]
+async fn an_invalid_job_fails_with_its_reason_and_touches_nothing() {
+    let env = Env::start().await;
+    seed(&env.js, "acme", 1, 2, DlqCode::NoRoute).await;
+    let service = env.service(env.config()).await;
+    // Written by hand into the bucket: listed sequences and a filter at once.
+    let invalid = JobSelection {
+        tenant: Some(TenantId::new("acme").unwrap()),
+        seqs: vec![1, 2],
+        ..JobSelection::default()
+    };
+    let id = create(&env.js, spec(invalid, 10, false, 2, 2)).await;
+    let failed = finished(&env.js, &id, Duration::from_secs(20)).await;
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("a job lists sequences or has filters, not both")
+    );
+    assert_eq!(stored_count(&env.js, "DLQ").await, 2);
+    service.stop().await;
+}

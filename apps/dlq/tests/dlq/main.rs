@@ -1,0 +1,219 @@
+//! The dlq service against a real nats-server, in one test binary: the safety net and sweep
+//! (`safety_net`), replay jobs (`jobs`), stats and alerts (`stats`), and the DLQ wire format
+//! read with a plain client (`wire_format`).
+
+mod jobs;
+mod safety_net;
+mod stats;
+mod wire_format;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use switchyard_dlq::{AttemptRecord, DeadLetter, DlqCode};
+use switchyard_dlq_service::{DlqConfig, Running};
+use switchyard_envelope::{Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
+use switchyard_keys::{Address, MsgId, Stage};
+use switchyard_service::Handoff;
+use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
+use switchyard_testkit::NatsServer;
+use switchyard_topology::{DeploymentConfig, provision};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// A provisioned server and a JetStream context on it.
+pub struct Env {
+    /// The server.
+    pub server: NatsServer,
+    /// The test's own connection.
+    pub client: async_nats::Client,
+    /// JetStream on it.
+    pub js: jetstream::Context,
+}
+
+impl Env {
+    /// Starts a server and provisions the declared topology.
+    pub async fn start() -> Self {
+        let server = NatsServer::start().await;
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
+            .await
+            .unwrap();
+        Self { server, client, js }
+    }
+
+    /// Test settings: short leases and scans, no sweep, quick rescues, alerts off.
+    pub fn config(&self) -> DlqConfig {
+        let mut config = DlqConfig::defaults().unwrap();
+        config.nats.url = self.server.url();
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.safety_net.rescue_delay_ms = 200;
+        config.safety_net.sweep_interval_secs = 0;
+        config.jobs.lease_secs = 3;
+        config.jobs.scan_interval_secs = 1;
+        config.stats.lease_secs = 3;
+        config.alerts.threshold = 0;
+        config
+    }
+
+    /// Starts a dlq service instance with its own connection.
+    pub async fn service(&self, config: DlqConfig) -> Service {
+        let shutdown = CancellationToken::new();
+        let client = self.server.client().await;
+        let running = switchyard_dlq_service::start(config, client, shutdown.clone())
+            .await
+            .unwrap();
+        Service {
+            running: Some(running),
+            shutdown,
+        }
+    }
+
+    /// Makes a declared consumer give up fast: `max_deliver` deliveries, `ack_wait` each.
+    pub async fn tighten(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max_deliver: i64,
+        ack_wait: Duration,
+    ) {
+        let topology = DeploymentConfig::default().resolve().unwrap();
+        let mut config: pull::Config = topology.consumer(consumer).unwrap().config.clone();
+        config.max_deliver = max_deliver;
+        config.ack_wait = ack_wait;
+        self.js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .update_consumer(config)
+            .await
+            .unwrap();
+    }
+}
+
+/// A running dlq service instance.
+pub struct Service {
+    /// The started instance (taken when stopped).
+    pub running: Option<Running>,
+    /// Its shutdown token.
+    pub shutdown: CancellationToken,
+}
+
+impl Service {
+    /// Stops it as SIGTERM would, and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Kills it as a crash would: the task is aborted mid-flight, nothing is released.
+    pub async fn crash(mut self) {
+        if let Some(running) = self.running.take() {
+            running.task.abort();
+            let _ = running.task.await;
+        }
+    }
+}
+
+/// The envelope ingress would have stamped on message `n` of `tenant`.
+pub fn envelope(tenant: &str, n: u64) -> Envelope {
+    let received_at = OffsetDateTime::now_utc();
+    let source = SourceRef {
+        stream: "INGRESS".into(),
+        sequence: n,
+    };
+    Envelope {
+        id: EnvelopeId::derive(&source, received_at),
+        address: Address::parse(tenant, "ops", "slack").unwrap(),
+        msg_id: MsgId::new(format!("order-{n}")).unwrap(),
+        received_at,
+        content_type: Some("application/json".into()),
+        trace: TraceContext::default(),
+        schema_version: SCHEMA_VERSION,
+        attempt: Attempt {
+            delivery: 3,
+            replay: 0,
+        },
+        source,
+    }
+}
+
+/// The payload of message `n`.
+pub fn payload(n: u64) -> Bytes {
+    Bytes::from(format!("{{\"order\":{n}}}"))
+}
+
+/// Hands message `n` of `tenant` to a stage's input stream, as the stage before would.
+pub async fn hand_to(js: &jetstream::Context, stage: InputStage, tenant: &str, n: u64) -> Envelope {
+    let env = envelope(tenant, n);
+    Handoff::new(js.clone(), Namespace::default())
+        .forward(stage, &env, Handoff::headers(&env, None), payload(n))
+        .await
+        .unwrap();
+    env
+}
+
+/// The record egress would write for message `n` of `tenant`.
+pub fn egress_record(tenant: &str, n: u64, code: DlqCode) -> (DeadLetter, HeaderMap) {
+    let env = envelope(tenant, n);
+    let mut original = HeaderMap::new();
+    env.write_headers(&mut original);
+    original.insert("Nats-Msg-Id", env.hop_msg_id(Stage::Egress));
+    let now = OffsetDateTime::now_utc();
+    let record = DeadLetter {
+        stage: Stage::Egress,
+        code,
+        reason: format!("{code} for order {n}"),
+        tenant: Some(env.address.tenant.clone()),
+        platform: Some(env.address.platform.clone()),
+        attempts: 3,
+        first_failure: now,
+        last_failure: now,
+        source_stream: "EGRESS".into(),
+        source_seq: n,
+        source_subject: StageSubject {
+            stage: InputStage::Egress,
+            address: env.address.clone(),
+        }
+        .format(&Namespace::default()),
+        history: vec![AttemptRecord::new(
+            now,
+            "http_status",
+            Some(503),
+            12,
+            Some("unavailable".into()),
+        )],
+    };
+    (record, original)
+}
+
+/// Writes `count` egress entries of `tenant` (messages `first..first+count`) into the DLQ, as
+/// egress would; returns their DLQ sequences.
+pub async fn seed(
+    js: &jetstream::Context,
+    tenant: &str,
+    first: u64,
+    count: u64,
+    code: DlqCode,
+) -> Vec<u64> {
+    let mut acks = Vec::new();
+    for n in first..first + count {
+        let (record, original) = egress_record(tenant, n, code);
+        acks.push(
+            record
+                .publish(js, &Namespace::default(), Some(&original), payload(n))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seqs = Vec::new();
+    for ack in acks {
+        seqs.push(ack.await.unwrap().sequence);
+    }
+    seqs
+}

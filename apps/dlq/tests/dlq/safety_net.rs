@@ -1,0 +1,301 @@
+//! The safety net: messages JetStream gave up on land in the DLQ once, and leave their work
+//! queue; the sweep finds what advisories missed while the service was down.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use switchyard_dlq::{DeadLetter, DlqCode, DlqEntry};
+use switchyard_keys::Stage;
+use switchyard_subjects::{InputStage, Namespace};
+use switchyard_testkit::{stored_count, stored_messages, wait_for};
+use tokio::task::JoinHandle;
+
+use crate::{Env, hand_to, payload};
+
+/// DLQ entries stored now, decoded.
+async fn dlq_entries(js: &jetstream::Context) -> Vec<DlqEntry> {
+    stored_messages(js, "DLQ")
+        .await
+        .into_iter()
+        .map(|m| {
+            DlqEntry::from_message(
+                &Namespace::default(),
+                m.sequence,
+                m.time,
+                m.subject.as_str(),
+                Some(&m.headers),
+                m.payload,
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// A stage that crashes on `poison` every time (fetches it, never acks it) and processes
+/// everything else; with `dead_letter_first`, it writes its own DLQ record before crashing.
+fn crashing_stage(
+    js: jetstream::Context,
+    stream: &'static str,
+    consumer: &'static str,
+    poison: bytes::Bytes,
+    dead_letter_first: bool,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let consumer: PullConsumer = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .get_consumer(consumer)
+            .await
+            .unwrap();
+        loop {
+            let Ok(mut batch) = consumer
+                .fetch()
+                .max_messages(10)
+                .expires(Duration::from_millis(300))
+                .messages()
+                .await
+            else {
+                continue;
+            };
+            while let Some(Ok(message)) = batch.next().await {
+                if message.payload != poison {
+                    message.ack().await.unwrap();
+                    continue;
+                }
+                if dead_letter_first {
+                    let record = DeadLetter::for_message(
+                        &message,
+                        Stage::Egress,
+                        DlqCode::RetriesExhausted,
+                        "sink kept failing",
+                        None,
+                        None,
+                    );
+                    record
+                        .publish(
+                            &js,
+                            &Namespace::default(),
+                            message.headers.as_ref(),
+                            message.payload.clone(),
+                        )
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+                // …and the stage dies before it acks.
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_message_its_stage_never_acks_ends_in_the_dlq_and_leaves_its_work_queue() {
+    let env = Env::start().await;
+    let (max_deliver, ack_wait) = (2, Duration::from_secs(1));
+    env.tighten("EGRESS", "egress-worker", max_deliver, ack_wait)
+        .await;
+    let service = env.service(env.config()).await;
+
+    let poison = hand_to(&env.js, InputStage::Egress, "acme", 1).await;
+    let started = Instant::now();
+    let stage = crashing_stage(env.js.clone(), "EGRESS", "egress-worker", payload(1), false);
+    // The stage keeps processing other messages meanwhile.
+    for n in 2..=4 {
+        hand_to(&env.js, InputStage::Egress, "acme", n).await;
+    }
+
+    let entry = wait_for(
+        "the poison message in the DLQ",
+        Duration::from_secs(30),
+        || async { dlq_entries(&env.js).await.into_iter().next() },
+    )
+    .await;
+    let latency = started.elapsed();
+    println!(
+        "safety net: poison message dead-lettered {latency:?} after its first delivery (max deliveries {max_deliver} x ack wait {ack_wait:?})"
+    );
+    assert!(
+        latency < ack_wait * max_deliver as u32 + Duration::from_secs(10),
+        "{latency:?}"
+    );
+    let r = &entry.record;
+    assert_eq!(r.code, DlqCode::ExhaustedDeliveries);
+    assert_eq!(r.stage, Stage::Egress);
+    assert!(
+        r.reason
+            .contains("consumer egress-worker on EGRESS gave up after 2 deliveries"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(r.tenant.as_ref().map(|t| t.as_str()), Some("acme"));
+    assert_eq!(r.platform.as_ref().map(|p| p.as_str()), Some("slack"));
+    assert_eq!(r.attempts, 2);
+    assert_eq!((r.source_stream.as_str(), r.source_seq), ("EGRESS", 1));
+    assert_eq!(r.source_subject, "egress.v1.acme.ops.slack");
+    assert_eq!(entry.payload, payload(1), "payload bytes unchanged");
+    assert_eq!(
+        entry
+            .original_headers
+            .get("Switchyard-Id")
+            .unwrap()
+            .as_str(),
+        poison.id.to_string()
+    );
+
+    wait_for("EGRESS to be empty", Duration::from_secs(10), || async {
+        (stored_count(&env.js, "EGRESS").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        dlq_entries(&env.js).await.len(),
+        1,
+        "the good messages were processed, not dead-lettered"
+    );
+    stage.abort();
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_its_stage_dead_lettered_before_crashing_is_not_written_twice() {
+    let env = Env::start().await;
+    env.tighten("EGRESS", "egress-worker", 2, Duration::from_secs(1))
+        .await;
+    let service = env.service(env.config()).await;
+    hand_to(&env.js, InputStage::Egress, "acme", 1).await;
+    let stage = crashing_stage(env.js.clone(), "EGRESS", "egress-worker", payload(1), true);
+
+    // Only the safety net deletes the message: once it is gone, the advisory was handled.
+    wait_for(
+        "the safety net to remove the message",
+        Duration::from_secs(30),
+        || async { (stored_count(&env.js, "EGRESS").await == 0).then_some(()) },
+    )
+    .await;
+    let entries = dlq_entries(&env.js).await;
+    assert_eq!(entries.len(), 1, "one record: the stage's own");
+    assert_eq!(entries[0].record.code, DlqCode::RetriesExhausted);
+    stage.abort();
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_stranded_while_the_dlq_service_was_down_is_rescued_by_the_sweep() {
+    let env = Env::start().await;
+    env.tighten("EGRESS", "egress-worker", 2, Duration::from_secs(1))
+        .await;
+    hand_to(&env.js, InputStage::Egress, "globex", 1).await;
+    let stage = crashing_stage(env.js.clone(), "EGRESS", "egress-worker", payload(1), false);
+    // No dlq service listens: the advisory fires into the void.
+    let stream = env.js.get_stream("EGRESS").await.unwrap();
+    wait_for(
+        "JetStream to give up on the message",
+        Duration::from_secs(30),
+        || async {
+            let info = stream.consumer_info("egress-worker").await.ok()?;
+            (info.num_ack_pending == 0
+                && info.num_pending == 0
+                && info.delivered.stream_sequence == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    stage.abort();
+    assert_eq!(
+        stored_count(&env.js, "EGRESS").await,
+        1,
+        "stranded in its work queue"
+    );
+    // A message waiting for its first delivery is not stranded and must be left alone.
+    hand_to(&env.js, InputStage::Egress, "globex", 2).await;
+
+    let mut config = env.config();
+    config.safety_net.sweep_interval_secs = 1;
+    let service = env.service(config).await;
+    let entry = wait_for(
+        "the sweep to rescue it",
+        Duration::from_secs(30),
+        || async { dlq_entries(&env.js).await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(entry.record.code, DlqCode::ExhaustedDeliveries);
+    assert!(
+        entry
+            .record
+            .reason
+            .contains("found stranded by the dlq sweep"),
+        "{}",
+        entry.record.reason
+    );
+    assert_eq!(entry.record.source_seq, 1);
+    assert_eq!(entry.record.attempts, 2, "the consumer's max_deliver");
+    wait_for(
+        "the stranded message to leave EGRESS",
+        Duration::from_secs(10),
+        || async {
+            let left: Vec<u64> = stored_messages(&env.js, "EGRESS")
+                .await
+                .iter()
+                .map(|m| m.sequence)
+                .collect();
+            (left == [2]).then_some(())
+        },
+    )
+    .await;
+    service.stop().await;
+    assert_eq!(dlq_entries(&env.js).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_terminated_on_ingress_without_a_record_is_dead_lettered_and_kept_in_ingress() {
+    let env = Env::start().await;
+    let service = env.service(env.config()).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "order 9 ✓");
+    env.js
+        .publish_with_headers("ingress.v1.acme.ops.slack", headers, "{\"order\":9}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let consumer: PullConsumer = env
+        .js
+        .get_stream("INGRESS")
+        .await
+        .unwrap()
+        .get_consumer("ingress-worker")
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = batch.next().await.unwrap().unwrap();
+    message.ack_with(AckKind::Term).await.unwrap();
+
+    let entry = wait_for(
+        "the terminated message in the DLQ",
+        Duration::from_secs(20),
+        || async { dlq_entries(&env.js).await.into_iter().next() },
+    )
+    .await;
+    let r = &entry.record;
+    assert_eq!((r.code, r.stage), (DlqCode::Terminated, Stage::Ingress));
+    assert!(
+        r.reason
+            .contains("consumer ingress-worker on INGRESS terminated the message"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(
+        r.tenant.as_ref().map(|t| t.as_str()),
+        Some("acme"),
+        "tenant from the subject"
+    );
+    assert_eq!(entry.original_msg_id.as_deref(), Some("order 9 ✓"));
+    // INGRESS is a limits stream: its history keeps the message.
+    assert_eq!(stored_count(&env.js, "INGRESS").await, 1);
+    // It can be replayed once the cause is fixed.
+    let plan = switchyard_dlq::plan_replay(&Namespace::default(), &entry).unwrap();
+    assert_eq!(plan.subject, "ingress.v1.acme.ops.slack");
+    service.stop().await;
+}
