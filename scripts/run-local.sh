@@ -2,7 +2,7 @@
 # Runs Switchyard locally on the embedded default, no Docker: the pinned nats-server (installed
 # into .tools/ by the project itself) with nats/server/single.conf and a store in .run/,
 # provisioning, a demo tenant and route, the services (ingress, idempotency, backpressure,
-# egress) and a demo
+# egress, dlq) and a demo
 # webhook sink. Logs go to .run/*.log. Ctrl-C stops everything; the store is kept.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +18,7 @@ mkdir -p "$RUN_DIR"
 scripts/install-nats-server.sh
 echo "building the services and the CLI (first time: a few minutes)..."
 cargo build --quiet -p switchyard-cli -p switchyard-ingress -p switchyard-idempotency -p switchyard-backpressure \
-  -p switchyard-egress -p switchyard-demo-sink
+  -p switchyard-egress -p switchyard-dlq-service -p switchyard-demo-sink
 bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 url="nats://127.0.0.1:$NATS_PORT"
 sy() { "$bin/switchyard" --server "$url" "$@"; }
@@ -58,7 +58,7 @@ sy routes set demo _ webhook --webhook "http://127.0.0.1:$SINK_PORT/ok" --secret
 
 "$bin/switchyard-demo-sink" --listen "127.0.0.1:$SINK_PORT" --secret "$DEMO_SECRET" >"$RUN_DIR/demo-sink.log" 2>&1 &
 pids+=($!)
-for svc in ingress:9101 idempotency:9102 backpressure:9103 egress:9104; do
+for svc in ingress:9101 idempotency:9102 backpressure:9103 egress:9104 dlq:9105; do
   name="${svc%%:*}"; port="${svc##*:}"
   upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
   env "SWITCHYARD_${upper}_NATS__URL=$url" "SWITCHYARD_${upper}_HTTP__LISTEN=127.0.0.1:$port" \
@@ -75,6 +75,7 @@ Switchyard is running:
   idempotency   http://127.0.0.1:9102/metrics
   backpressure  http://127.0.0.1:9103/metrics
   egress        http://127.0.0.1:9104/metrics
+  dlq           http://127.0.0.1:9105/metrics  (safety net, replay jobs, stats, alerts)
   demo sink     http://127.0.0.1:$SINK_PORT  (prints deliveries to $RUN_DIR/demo-sink.log)
   tenant "demo", route demo/_/webhook → the demo sink
 
