@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, launch, router};
+use switchyard_service::{Deployment, Handoff, Metrics, Readiness, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BackpressureConfig;
@@ -32,26 +32,11 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let stream_name = topology
-        .stream_name("BACKPRESSURE")
-        .context("no BACKPRESSURE stream declared")?
-        .to_owned();
-    let next_stream_name = topology
-        .stream_name(&config.backpressure.next_stage.root().to_ascii_uppercase())
-        .context("the next stage has no stream declared")?
-        .to_owned();
-    let bucket = topology
-        .bucket_name("rate-limits")
-        .context("no rate-limits bucket declared")?
-        .to_owned();
-    let kv = js
-        .get_key_value(&bucket)
-        .await
-        .with_context(|| format!("opening bucket {bucket} (run `switchyard provision`)"))?;
-    let stream = js
-        .get_stream(&stream_name)
-        .await
-        .with_context(|| format!("opening stream {stream_name} (run `switchyard provision`)"))?;
+    let deployment = Deployment { js: &js, topology: &topology };
+    let (stream_name, stream) = deployment.stream("BACKPRESSURE").await?;
+    let next_base = config.backpressure.next_stage.root().to_ascii_uppercase();
+    let (next_stream_name, _) = deployment.stream(&next_base).await?;
+    let (bucket, kv) = deployment.bucket("rate-limits").await?;
 
     let limits = KvCache::start_filtered(kv.clone(), "*.limit", shutdown.clone());
     let pressure = KvCache::start_filtered(kv.clone(), "*.pressure", shutdown.clone());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_service::{Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdempotencyConfig;
@@ -32,26 +32,10 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let stream_name = topology
-        .stream_name("IDEMPOTENCY")
-        .context("no IDEMPOTENCY stream declared")?
-        .to_owned();
-    let bucket = topology
-        .bucket_name("idempotency")
-        .context("no idempotency bucket declared")?
-        .to_owned();
-    let kv = js
-        .get_key_value(&bucket)
-        .await
-        .with_context(|| format!("opening bucket {bucket} (run `switchyard provision`)"))?;
-    let stream = js
-        .get_stream(&stream_name)
-        .await
-        .with_context(|| format!("opening stream {stream_name} (run `switchyard provision`)"))?;
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_consumer(CONSUMER)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening consumer {stream_name}/{CONSUMER}: {e}"))?;
+    let deployment = Deployment { js: &js, topology: &topology };
+    let (bucket, kv) = deployment.bucket("idempotency").await?;
+    let (stream_name, stream) = deployment.stream("IDEMPOTENCY").await?;
+    let consumer = deployment.consumer(&stream, &stream_name, CONSUMER).await?;
 
     let settings = &config.idempotency;
     let ttl = Duration::from_secs(settings.ttl_secs);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_service::{Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
@@ -31,39 +31,14 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let stream_name = topology
-        .stream_name("INGRESS")
-        .context("no INGRESS stream declared")?
-        .to_owned();
-    let tenants_bucket = topology
-        .bucket_name("tenants")
-        .context("no tenants bucket declared")?
-        .to_owned();
-
-    let tenants_kv = js
-        .get_key_value(&tenants_bucket)
-        .await
-        .with_context(|| format!("opening bucket {tenants_bucket} (run `switchyard provision`)"))?;
+    let deployment = Deployment { js: &js, topology: &topology };
+    let (tenants_bucket, tenants_kv) = deployment.bucket("tenants").await?;
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
     tenants.wait_loaded().await;
-    let limits_bucket = topology
-        .bucket_name("rate-limits")
-        .context("no rate-limits bucket declared")?
-        .to_owned();
-    let limits_kv = js
-        .get_key_value(&limits_bucket)
-        .await
-        .with_context(|| format!("opening bucket {limits_bucket} (run `switchyard provision`)"))?;
+    let (limits_bucket, limits_kv) = deployment.bucket("rate-limits").await?;
     let pressure = KvCache::start_filtered(limits_kv, "*.pressure", shutdown.clone());
-
-    let stream = js
-        .get_stream(&stream_name)
-        .await
-        .with_context(|| format!("opening stream {stream_name} (run `switchyard provision`)"))?;
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_consumer(CONSUMER)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening consumer {stream_name}/{CONSUMER}: {e}"))?;
+    let (stream_name, stream) = deployment.stream("INGRESS").await?;
+    let consumer = deployment.consumer(&stream, &stream_name, CONSUMER).await?;
 
     let validator = Arc::new(validate::Validator {
         ns: topology.namespace.clone(),
