@@ -61,6 +61,17 @@ pub struct ProvisionReport {
     pub items: Vec<ProvisionItem>,
 }
 
+impl ProvisionItem {
+    fn created(kind: &'static str, name: String) -> Self {
+        Self {
+            kind,
+            name,
+            outcome: Outcome::Created,
+            changes: Vec::new(),
+        }
+    }
+}
+
 impl ProvisionReport {
     /// Whether anything was created or updated.
     pub fn changed_anything(&self) -> bool {
@@ -235,12 +246,7 @@ async fn provision_stream(
         js.create_stream(s.config.clone())
             .await
             .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
-        return Ok(ProvisionItem {
-            kind: "stream",
-            name,
-            outcome: Outcome::Created,
-            changes: vec![],
-        });
+        return Ok(ProvisionItem::created("stream", name));
     };
     let item = settle("stream", name.clone(), stream_diff(&s.config, &actual), fix);
     if item.outcome == Outcome::Updated {
@@ -272,12 +278,7 @@ async fn provision_consumer(
                 .create_consumer(c.config.clone())
                 .await
                 .map_err(|e| TopologyError::js(format!("creating consumer {name}"), e))?;
-            return Ok(ProvisionItem {
-                kind: "consumer",
-                name,
-                outcome: Outcome::Created,
-                changes: vec![],
-            });
+            return Ok(ProvisionItem::created("consumer", name));
         }
         Err(e) => return Err(TopologyError::js(format!("looking up consumer {name}"), e)),
     };
@@ -308,12 +309,7 @@ async fn provision_bucket(
         js.create_key_value(b.config.clone())
             .await
             .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
-        return Ok(ProvisionItem {
-            kind: "bucket",
-            name,
-            outcome: Outcome::Created,
-            changes: vec![],
-        });
+        return Ok(ProvisionItem::created("bucket", name));
     };
     let mut d = Diff::default();
     d.field(
