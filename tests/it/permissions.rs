@@ -1,7 +1,8 @@
 //! The NATS permissions model (`nats/server/accounts.conf`, loaded through
 //! `nats/server/single-auth.conf`) against a real nats-server: a tenant publishes only to its
-//! own ingress subjects and reads nothing but its own replies; each service user can run its
-//! service end to end, and is refused what its service does not need.
+//! own ingress subjects and reads nothing but its own replies; each service user (the dlq
+//! service's included) can run its service end to end, and is refused what its service does not
+//! need.
 //!
 //! Subjects are written out literally here, as the permission file writes them; one test checks
 //! that the taxonomy (`libs/subjects`) formats exactly these literals, so the two cannot drift.
@@ -17,16 +18,20 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 use futures::StreamExt;
+use switchyard_dlq::{DlqCode, JobRecord, JobSelection, JobSpec, JobState, JobStore, StatsStore};
 use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId, TenantKey};
 use switchyard_registry::{Route, Store, TenantRecord};
+use switchyard_subjects::advisory::{self, AdvisoryKind};
 use switchyard_subjects::{
-    DelaySubject, DlqSubject, InputStage, Namespace, ReceiptSubject, StageSubject, SubjectKind,
+    AlertKind, AlertSubject, ControlCommand, ControlSubject, DelaySubject, DlqSubject, InputStage,
+    Namespace, ReceiptSubject, StageSubject, SubjectKind,
 };
 use switchyard_testkit::{
     PINNED_VERSION, free_port, server_config_dir, stored_count, stored_messages, wait_for,
     workspace_root,
 };
 use switchyard_topology::{DeploymentConfig, provision};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// How long any single condition may take.
@@ -39,6 +44,7 @@ const USERS: &[(&str, &str)] = &[
     ("idempotency", "SWITCHYARD_NATS_IDEMPOTENCY_PASSWORD"),
     ("backpressure", "SWITCHYARD_NATS_BACKPRESSURE_PASSWORD"),
     ("egress", "SWITCHYARD_NATS_EGRESS_PASSWORD"),
+    ("dlq", "SWITCHYARD_NATS_DLQ_PASSWORD"),
     ("tenant-acme", "SWITCHYARD_NATS_TENANT_ACME_PASSWORD"),
     ("tenant-globex", "SWITCHYARD_NATS_TENANT_GLOBEX_PASSWORD"),
 ];
@@ -333,21 +339,26 @@ async fn provision_as_admin(admin: &Conn) {
         )
         .await
         .expect("registering acme");
+    route_to_sink(admin, "hooks").await;
+}
+
+/// Routes acme's `platform` (any team) to the NATS subject `sink.acme.<platform>`, as admin.
+async fn route_to_sink(admin: &Conn, platform: &str) {
     let routes: Store<RouteKey, Route> =
         Store::new(admin.js.get_key_value("routes").await.expect("routes"));
-    let route =
-        Route::from_json(br#"{"type":"nats","subject":"sink.acme.hooks"}"#).expect("route json");
+    let json = format!(r#"{{"type":"nats","subject":"sink.acme.{platform}"}}"#);
+    let route = Route::from_json(json.as_bytes()).expect("route json");
     routes
         .put(
             &RouteKey {
                 tenant: "acme".parse().expect("id"),
                 team: RouteTeam::Any,
-                platform: "hooks".parse().expect("id"),
+                platform: platform.parse().expect("id"),
             },
             &route,
         )
         .await
-        .expect("routing acme/_/hooks");
+        .unwrap_or_else(|e| panic!("routing acme/_/{platform}: {e}"));
 }
 
 #[test]
@@ -387,6 +398,23 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         key: "k1".to_owned(),
     };
     assert_eq!(delay.format(&ns), "delay.v1.egress.acme.ops.hooks.k1");
+    let control = ControlSubject {
+        command: ControlCommand::Replay,
+    };
+    assert_eq!(control.format(&ns), "control.v1.dlq.replay");
+    let alert = AlertSubject {
+        tenant: "acme".parse().expect("id"),
+        kind: AlertKind::DlqInflow,
+    };
+    assert_eq!(alert.format(&ns), "alerts.v1.acme.dlq-inflow");
+    assert_eq!(
+        advisory::filter(AdvisoryKind::MaxDeliveries, Some("EGRESS")),
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EGRESS.*"
+    );
+    assert_eq!(
+        advisory::filter(AdvisoryKind::Terminated, Some("EGRESS")),
+        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.EGRESS.*"
+    );
     let topology = DeploymentConfig::default().resolve().expect("topology");
     for (stream, consumer) in [
         ("INGRESS", "ingress-worker"),
@@ -396,7 +424,17 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         assert_eq!(topology.stream_name(stream), Some(stream));
         assert!(topology.consumer(consumer).is_some(), "{consumer} declared");
     }
-    for bucket in ["tenants", "routes", "idempotency", "rate-limits"] {
+    for stream in ["BACKPRESSURE", "DLQ"] {
+        assert_eq!(topology.stream_name(stream), Some(stream));
+    }
+    for bucket in [
+        "tenants",
+        "routes",
+        "idempotency",
+        "rate-limits",
+        "dlq-jobs",
+        "dlq-stats",
+    ] {
         assert_eq!(topology.bucket_name(bucket), Some(bucket));
     }
     let accounts = std::fs::read_to_string(server_config_dir().join("accounts.conf"))
@@ -416,6 +454,13 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "$KV.idempotency.>",
         "KV_tenants",
         "KV_routes",
+        "\"control.v1.dlq.replay\"",
+        "\"alerts.v1.>\"",
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EGRESS.*",
+        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.EGRESS.*",
+        "$JS.API.STREAM.MSG.DELETE.DLQ",
+        "$KV.dlq-jobs.>",
+        "$KV.dlq-stats.>",
     ] {
         assert!(accounts.contains(needle), "accounts.conf names {needle}");
     }
@@ -444,6 +489,10 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
         "egress.v1.acme.ops.hooks",
         "dlq.v1.acme.ingress.hooks",
         "$KV.tenants.acme",
+        // Only operators (admin, the CLI) wake the dlq service for a replay job.
+        "control.v1.dlq.replay",
+        "alerts.v1.acme.dlq-inflow",
+        "$KV.dlq-jobs.0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
     ])
     .await;
 
@@ -455,6 +504,9 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
         "ingress.v1.globex.>",
         "$KV.routes.>",
         "_INBOX.>",
+        "alerts.v1.acme.>",
+        "control.v1.dlq.replay",
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.INGRESS.*",
     ])
     .await;
     acme.publishes_refused(&[
@@ -462,7 +514,9 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
         "$JS.API.DIRECT.GET.DLQ",
         "$JS.API.STREAM.MSG.GET.DLQ",
         "$JS.API.CONSUMER.CREATE.DLQ",
+        "$JS.API.STREAM.MSG.DELETE.DLQ",
         "$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks",
+        "$JS.API.DIRECT.GET.KV_dlq-stats.$KV.dlq-stats._state",
     ])
     .await;
 
@@ -588,6 +642,44 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .await;
     egress.subscriptions_refused(&["sink.>"]).await;
 
+    // dlq: dead letters (the safety net), alerts, and replays into the stages; never the
+    // registry or another service's buckets, never a stage's consumer, never a whole stream.
+    let dlq = server.connect("dlq", None).await;
+    dlq.stored("dlq.v1._.egress._").await;
+    dlq.client
+        .publish("alerts.v1.acme.dlq-inflow", "alert".into())
+        .await
+        .expect("publish");
+    dlq.client.flush().await.expect("flush");
+    dlq.publishes_refused(&[
+        "sink.acme.hooks",
+        "delivered.v1.acme.ops.hooks",
+        "delay.v1.egress.acme.ops.hooks.k1",
+        "control.v1.dlq.replay",
+        "$KV.routes.acme._.hooks",
+        "$KV.tenants.acme",
+        "$KV.idempotency.acme.hooks.order-1",
+        "$KV.rate-limits.acme.tokens",
+        "$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks",
+        "$JS.API.STREAM.PURGE.DLQ",
+        "$JS.API.STREAM.DELETE.DLQ",
+        "$JS.API.STREAM.UPDATE.DLQ",
+        "$JS.API.STREAM.PURGE.EGRESS",
+        "$JS.API.STREAM.MSG.DELETE.INGRESS",
+        "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
+        "$JS.API.CONSUMER.DELETE.EGRESS.egress-worker",
+        "$JS.API.CONSUMER.CREATE.EGRESS.evil.egress.v1.>",
+    ])
+    .await;
+    dlq.subscriptions_refused(&[
+        "dlq.v1.>",
+        "ingress.v1.>",
+        "sink.>",
+        "$JS.EVENT.ADVISORY.>",
+        "$JS.EVENT.ADVISORY.CONSUMER.CREATED.EGRESS.*",
+    ])
+    .await;
+
     // What was allowed was stored; what was refused was not.
     assert!(subjects(&admin, "INGRESS").await.is_empty());
     assert_eq!(
@@ -608,7 +700,11 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     );
     assert_eq!(
         subjects(&admin, "DLQ").await,
-        ["dlq.v1.acme.ingress.hooks", "dlq.v1.acme.egress.hooks"]
+        [
+            "dlq.v1.acme.ingress.hooks",
+            "dlq.v1.acme.egress.hooks",
+            "dlq.v1._.egress._"
+        ]
     );
 }
 
@@ -629,7 +725,8 @@ struct Services {
 }
 
 impl Services {
-    /// Starts ingress, idempotency, backpressure and egress, each connected as its own user.
+    /// Starts ingress, idempotency, backpressure, egress and dlq, each connected as its own
+    /// user.
     async fn start(server: &AuthServer) -> Self {
         // What egress's binary does first: one crypto provider for its webhook client.
         let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
@@ -679,6 +776,25 @@ impl Services {
             )
             .await;
 
+        let mut config = switchyard_dlq_service::DlqConfig::load(None).expect("dlq config");
+        (config.nats, config.http.listen) = (server.nats_config("dlq"), any_port);
+        // Quick rescues, a sweep every second, and an inflow alert from the second entry of a
+        // tenant. Jobs start only when the control subject wakes the service (no periodic scan
+        // after the first): that proves admin may publish it and dlq may subscribe to it.
+        config.safety_net.rescue_delay_ms = 200;
+        config.safety_net.sweep_interval_secs = 1;
+        config.jobs.scan_interval_secs = 3600;
+        config.jobs.lease_secs = 5;
+        config.stats.lease_secs = 5;
+        config.alerts.threshold = 1;
+        let client = server.service_client(&config.nats).await;
+        let dlq = server
+            .started(
+                "dlq",
+                switchyard_dlq_service::start(config, client, shutdown.clone()),
+            )
+            .await;
+
         Self {
             shutdown,
             tasks: vec![
@@ -686,6 +802,7 @@ impl Services {
                 as_anyhow(idempotency.task),
                 as_anyhow(backpressure.task),
                 egress.task,
+                dlq.task,
             ],
             ingress_http: ingress.http_addr,
         }
@@ -780,6 +897,11 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
         .subscribe("delivered.v1.acme.>".to_owned())
         .await
         .expect("admin subscribes to receipts");
+    let mut alerts = admin
+        .client
+        .subscribe("alerts.v1.>".to_owned())
+        .await
+        .expect("admin subscribes to alerts");
     admin.client.flush().await.expect("flush");
     let services = Services::start(&server).await;
     let acme = server.connect("tenant-acme", Some("_INBOX_acme")).await;
@@ -849,6 +971,10 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
         "the duplicate was dropped"
     );
     wait_settled(&admin).await;
+
+    dlq_end_to_end(&server, &admin, &mut sink, &mut alerts).await;
+
+    wait_settled(&admin).await;
     services.stop(&server).await;
 
     let violations = server.violations();
@@ -857,6 +983,214 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
         "the services needed more than accounts.conf allows:\n{}",
         violations.join("\n")
     );
+}
+
+/// What the dlq service does, as its own user, in the running pipeline (acme already has two
+/// entries: `missing_msg_id` from ingress and `no_route` from egress): an inflow alert, a
+/// safety-net rescue from a work queue, the inflow counters, and replay jobs created the way
+/// the CLI creates them (as admin: the `dlq-jobs` bucket, then `control.v1.dlq.replay`).
+async fn dlq_end_to_end(
+    server: &AuthServer,
+    admin: &Conn,
+    sink: &mut async_nats::Subscriber,
+    alerts: &mut async_nats::Subscriber,
+) {
+    // Two entries within the window, threshold 1: the counting instance alerts.
+    let alert = next_message(server, alerts, "the dlq inflow alert").await;
+    assert_eq!(alert.subject.as_str(), "alerts.v1.acme.dlq-inflow");
+
+    // The safety net: a consumer that never acks (a stage crashing on every delivery) makes
+    // JetStream give up on a message in the EGRESS work queue. The dlq service hears the
+    // max-deliveries advisory (or its sweep finds the message), reads the message, writes a
+    // record and deletes it from the work queue.
+    let poison = admin.stored("delay.v1.egress.acme.ops.hooks.poison").await;
+    let egress = admin.js.get_stream("EGRESS").await.expect("EGRESS");
+    let never_acks = egress
+        .create_consumer(pull::Config {
+            durable_name: Some("never-acks".to_owned()),
+            filter_subject: "delay.v1.egress.>".to_owned(),
+            ack_wait: Duration::from_secs(1),
+            max_deliver: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer that never acks");
+    let rescued = within(
+        server,
+        "the safety net to dead-letter the message",
+        || async {
+            // Pull (and never ack), so the server notices the expired delivery.
+            if let Ok(mut batch) = never_acks
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+            {
+                while batch.next().await.is_some() {}
+            }
+            stored_messages(&admin.js, "DLQ")
+                .await
+                .into_iter()
+                .find(|m| m.subject.as_str() == "dlq.v1._.egress._")
+        },
+    )
+    .await;
+    let headers = &rescued.headers;
+    assert_eq!(
+        headers
+            .get(switchyard_dlq::headers::CODE)
+            .map(|v| v.as_str()),
+        Some("exhausted_deliveries")
+    );
+    assert_eq!(
+        headers
+            .get(switchyard_dlq::headers::SOURCE_SEQ)
+            .map(|v| v.as_str().to_owned()),
+        Some(poison.sequence.to_string())
+    );
+    within(server, "the rescued message to leave EGRESS", || async {
+        let left = stored_messages(&admin.js, "EGRESS").await;
+        (!left.iter().any(|m| m.sequence == poison.sequence)).then_some(())
+    })
+    .await;
+    egress
+        .delete_consumer("never-acks")
+        .await
+        .expect("deleting never-acks");
+
+    // The inflow counters, as `switchyard dlq stats` reads them.
+    let stats = StatsStore::new(
+        admin
+            .js
+            .get_key_value("dlq-stats")
+            .await
+            .expect("dlq-stats"),
+    );
+    let counted = within(server, "the dlq service to count every entry", || async {
+        let counters = stats.counters(">").await.ok()?;
+        let counted: Vec<(String, String, u64)> = counters
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|r| {
+                let tenant = r.tenant.map_or("_".to_owned(), |t| t.as_str().to_owned());
+                (
+                    format!("{tenant}.{}", r.stage),
+                    r.code.as_str().to_owned(),
+                    r.count,
+                )
+            })
+            .collect();
+        (counted.iter().map(|(_, _, n)| n).sum::<u64>() == 3).then_some(counted)
+    })
+    .await;
+    assert_eq!(
+        counted,
+        [
+            ("_.egress".to_owned(), "exhausted_deliveries".to_owned(), 1),
+            ("acme.egress".to_owned(), "no_route".to_owned(), 1),
+            ("acme.ingress".to_owned(), "missing_msg_id".to_owned(), 1),
+        ]
+    );
+
+    // Replay jobs, created as `switchyard dlq replay --job` creates them. The route is fixed
+    // first, so the replayed no_route entry is delivered this time.
+    route_to_sink(admin, "nowhere").await;
+    let jobs = JobStore::new(admin.js.get_key_value("dlq-jobs").await.expect("dlq-jobs"));
+    let entries = stored_messages(&admin.js, "DLQ").await;
+    let seq_of = |subject: &str| {
+        entries
+            .iter()
+            .find(|m| m.subject.as_str() == subject)
+            .map(|m| m.sequence)
+            .unwrap_or_else(|| panic!("no {subject} entry"))
+    };
+    let upper_seq = entries.iter().map(|m| m.sequence).max().expect("entries");
+    let replay = JobRecord::new(
+        JobSpec {
+            selection: JobSelection {
+                tenant: Some("acme".parse().expect("id")),
+                code: Some(DlqCode::NoRoute),
+                ..Default::default()
+            },
+            target: None,
+            rate: 100,
+            dry_run: false,
+            upper_seq,
+            total: 1,
+        },
+        OffsetDateTime::now_utc(),
+    );
+    // A listed-sequence dry run (the entry is read by sequence; nothing is published).
+    let dry_run = JobRecord::new(
+        JobSpec {
+            selection: JobSelection {
+                seqs: vec![seq_of("dlq.v1.acme.ingress.hooks")],
+                ..Default::default()
+            },
+            target: None,
+            rate: 100,
+            dry_run: true,
+            upper_seq,
+            total: 1,
+        },
+        OffsetDateTime::now_utc(),
+    );
+    for job in [&replay, &dry_run] {
+        jobs.create(job)
+            .await
+            .expect("creating a replay job as admin");
+        admin
+            .client
+            .publish(
+                "control.v1.dlq.replay",
+                serde_json::json!({ "job": job.id }).to_string().into(),
+            )
+            .await
+            .expect("admin wakes the dlq service");
+    }
+    admin.client.flush().await.expect("flush");
+    let replayed = next_message(server, sink, "the replayed entry is delivered").await;
+    assert_eq!(replayed.subject.as_str(), "sink.acme.nowhere");
+    for (job, replayed, kept) in [(&replay, 1, 0), (&dry_run, 0, 1)] {
+        let done = within(server, "the replay job to finish", || async {
+            let (record, _) = jobs.get(&job.id).await.ok()??;
+            record.state.is_finished().then_some(record)
+        })
+        .await;
+        assert_eq!(done.state, JobState::Done, "{done:?}");
+        assert_eq!(
+            (done.progress.replayed, done.progress.kept_total()),
+            (replayed, kept),
+            "{done:?}"
+        );
+    }
+    // The replayed entry left the DLQ; the rest stays.
+    assert_eq!(
+        subjects(admin, "DLQ").await,
+        ["dlq.v1.acme.ingress.hooks", "dlq.v1._.egress._"]
+    );
+}
+
+/// Waits for `probe`; on timeout, fails naming `what` and the server's violations.
+async fn within<T, F, Fut>(server: &AuthServer, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{what}: not within {TIMEOUT:?}; violations:\n{}",
+                server.violations().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A service task with a typed error, as one returning `anyhow::Result`.

@@ -13,7 +13,7 @@ use switchyard_dlq::DlqEntry;
 use switchyard_keys::{RouteKey, RouteTeam, TenantId, TenantKey};
 use switchyard_registry::{Route, Store, TenantRecord, WebhookRoute, WebhookSecret};
 use switchyard_subjects::Namespace;
-use switchyard_testkit::{NatsServer, stored_messages, wait_for};
+use switchyard_testkit::{NatsCluster, NatsServer, stored_messages, wait_for};
 use switchyard_topology::{DeploymentConfig, provision};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -58,8 +58,39 @@ struct Running {
     task: Task,
 }
 
+/// The NATS the pipeline runs on: one server, or a 3-node cluster with R3 streams.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        match self {
+            Nats::Single(s) => s.url(),
+            Nats::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The single server (tests that restart it).
+    pub fn single(&mut self) -> &mut NatsServer {
+        match self {
+            Nats::Single(s) => s,
+            Nats::Cluster(_) => panic!("this pipeline runs on a cluster"),
+        }
+    }
+
+    /// The cluster (tests that kill nodes).
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Single(_) => panic!("this pipeline runs on one server"),
+        }
+    }
+}
+
 pub struct Pipeline {
-    pub server: NatsServer,
+    pub server: Nats,
     pub js: jetstream::Context,
     pub sink: Sink,
     client: async_nats::Client,
@@ -68,13 +99,36 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn start(tenants: &[&str]) -> Self {
-        switchyard_runtime::init_for_tests();
         let server = NatsServer::start().await;
         let client = server.client().await;
-        let js = jetstream::new(client.clone());
-        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
+        Self::start_on(Nats::Single(server), client, 1, tenants).await
+    }
+
+    /// The pipeline on a 3-node cluster, every stream and bucket replicated 3 times.
+    pub async fn start_cluster(tenants: &[&str]) -> Self {
+        let cluster = NatsCluster::start().await;
+        let client = cluster.client().await;
+        cluster.wait_for_meta_leader(&client).await;
+        Self::start_on(Nats::Cluster(cluster), client, 3, tenants).await
+    }
+
+    async fn start_on(
+        server: Nats,
+        client: async_nats::Client,
+        replicas: usize,
+        tenants: &[&str],
+    ) -> Self {
+        switchyard_runtime::init_for_tests();
+        let mut admin = jetstream::new(client.clone());
+        admin.set_timeout(Duration::from_secs(30));
+        let deployment = DeploymentConfig {
+            replicas: Some(replicas),
+            ..Default::default()
+        };
+        provision(&admin, &deployment.resolve().unwrap(), false)
             .await
             .unwrap();
+        let js = jetstream::new(client.clone());
         let registry: Store<TenantKey, TenantRecord> =
             Store::new(js.get_key_value("tenants").await.unwrap());
         for tenant in tenants {
