@@ -32,7 +32,10 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let deployment = Deployment { js: &js, topology: &topology };
+    let deployment = Deployment {
+        js: &js,
+        topology: &topology,
+    };
     let (stream_name, stream) = deployment.stream("BACKPRESSURE").await?;
     let next_base = config.backpressure.next_stage.root().to_ascii_uppercase();
     let (next_stream_name, _) = deployment.stream(&next_base).await?;

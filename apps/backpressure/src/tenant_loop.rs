@@ -80,60 +80,49 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             _ = shutdown.cancelled() => break,
             batch = consumer.fetch().max_messages(max_block).expires(Duration::from_secs(1)).messages() => batch,
         };
-        let mut messages = Vec::new();
-        match fetched {
-            Ok(mut batch) => {
-                while let Some(next) = batch.next().await {
-                    match next {
-                        Ok(msg) => messages.push(msg),
-                        Err(error) => {
-                            tracing::debug!(%error, "fetch ended");
-                            break;
-                        }
-                    }
-                }
-            }
+        let mut batch = match fetched {
+            Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(%error, %tenant, "fetch failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-        }
-        if messages.is_empty() {
-            if last_activity.elapsed() >= idle_after {
-                break;
+        };
+        // Each message is handled as it arrives (never held until the batch completes).
+        let mut got = 0usize;
+        while let Some(next) = batch.next().await {
+            let msg = match next {
+                Ok(msg) => msg,
+                Err(error) => {
+                    tracing::debug!(%error, "fetch ended");
+                    break;
+                }
+            };
+            got += 1;
+            // Tokens older than two lease windows are dropped: a replica never hoards a burst.
+            let stale = now_ms() - 2 * lease_window.as_millis() as i64;
+            while tokens.front().is_some_and(|&slot| slot < stale) {
+                tokens.pop_front();
             }
-            continue;
-        }
-        let elapsed = last_activity.elapsed().as_secs_f64().max(0.001);
-        recent_rate = 0.7 * recent_rate + 0.3 * (messages.len() as f64 / elapsed);
-        last_activity = Instant::now();
-
-        // Tokens older than two lease windows are dropped: a replica never hoards a burst.
-        let stale = now_ms() - 2 * lease_window.as_millis() as i64;
-        while tokens.front().is_some_and(|&slot| slot < stale) {
-            tokens.pop_front();
-        }
-        let missing = messages.len().saturating_sub(tokens.len());
-        if missing > 0 {
-            // Lease what this batch needs, plus what the recent rate will need in one window.
-            let ahead = (recent_rate * lease_window.as_secs_f64()).ceil() as usize;
-            let count = missing.max(ahead.min(max_block)) as u32;
-            let lease = shared.leaser.lease(&tenant, count, &limit, now_ms()).await;
-            shared.own.fallback_active.set(i64::from(
+            if tokens.is_empty() {
+                // Lease for the demand seen: the recent rate over one window, or (growing
+                // geometrically within a batch) what this batch has brought so far.
+                let ahead = (recent_rate * lease_window.as_secs_f64()).ceil() as usize;
+                let count = ahead.max(got).clamp(1, max_block) as u32;
+                let lease = shared.leaser.lease(&tenant, count, &limit, now_ms()).await;
+                shared.own.fallback_active.set(i64::from(
+                    shared
+                        .leaser
+                        .in_fallback
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ));
                 shared
-                    .leaser
-                    .in_fallback
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ));
-            shared
-                .own
-                .tokens_leased
-                .get_or_create(&label)
-                .inc_by(u64::from(count));
-            tokens.extend((0..lease.count).map(|i| lease.slot(i)));
-        }
-        for msg in messages {
+                    .own
+                    .tokens_leased
+                    .get_or_create(&label)
+                    .inc_by(u64::from(count));
+                tokens.extend((0..lease.count).map(|i| lease.slot(i)));
+            }
             let slot = tokens.pop_front().unwrap_or_else(now_ms);
             let wait = slot - now_ms();
             if wait > 0 {
@@ -141,6 +130,15 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             }
             deliver(&shared, &tenant, msg).await;
         }
+        if got == 0 {
+            if last_activity.elapsed() >= idle_after {
+                break;
+            }
+            continue;
+        }
+        let elapsed = last_activity.elapsed().as_secs_f64().max(0.001);
+        recent_rate = 0.7 * recent_rate + 0.3 * (got as f64 / elapsed);
+        last_activity = Instant::now();
     }
 }
 

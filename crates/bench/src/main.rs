@@ -25,6 +25,10 @@ pub struct Args {
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 512)]
     pub in_flight: usize,
+    /// Publish rate in messages per second (0 = as fast as possible: the latency figures are
+    /// then queueing delay; set a rate below capacity to measure the latency of a message).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Directory of the service binaries (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,

@@ -207,6 +207,27 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
 
     let mut sink = client.subscribe("bench.sink.>").await?;
     client.flush().await?;
+    // Warm-up: one message per tenant, so every stage has found every tenant (backpressure
+    // discovers tenants by scanning, every `scan_interval_ms`) before the measured run.
+    for (i, tenant) in tenants.iter().enumerate() {
+        let subject = StageSubject {
+            stage: InputStage::Ingress,
+            address: Address::new(tenant.clone(), "bench".parse()?, "bench".parse()?),
+        }
+        .format(&ns);
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("warm-up-{i}"));
+        js.publish_with_headers(subject, h, "warm-up".into())
+            .await?
+            .await?;
+    }
+    for _ in 0..tenants.len() {
+        tokio::time::timeout(Duration::from_secs(60), sink.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the warm-up messages did not come through the pipeline")
+            })?;
+    }
     let count = args.messages;
     let collect = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(count);
@@ -224,7 +245,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
 
     let payload = bytes::Bytes::from(vec![b'x'; args.payload_bytes]);
     let started = Instant::now();
-    publish_all(&js, count, args.in_flight, payload, |i| {
+    publish_all(&js, args, payload, |i| {
         let tenant = tenants[i % tenants.len()].clone();
         let subject = StageSubject {
             stage: InputStage::Ingress,
@@ -257,6 +278,30 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             "backpressure KV operations per delivered message: {:.4} ({kv_ops} ops / {forwarded} messages; target < 0.1)",
             kv_ops / forwarded.max(1.0)
         ));
+    }
+    if let Some(egress) = services.iter().find(|s| s.name == "egress") {
+        let text = http_get(egress.port, "/metrics");
+        let deferred = metric(&text, "switchyard_egress_deferred_total");
+        notes.push(format!(
+            "egress deferrals (busy route or open breaker): {deferred}"
+        ));
+    }
+    for service in &services {
+        let text = http_get(service.port, "/metrics");
+        let retries = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("switchyard_messages_processed_total")
+                    && l.contains("outcome=\"retry\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        if retries > 0.0 {
+            notes.push(format!(
+                "{}: {retries} redelivery requests (transient failures)",
+                service.name
+            ));
+        }
     }
     if let Some(bytes) = server.pid().and_then(peak_rss) {
         peak.push(("nats-server (whole run)".to_owned(), bytes));

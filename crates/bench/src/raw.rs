@@ -28,16 +28,21 @@ pub fn latency_of(headers: Option<&HeaderMap>) -> Option<Duration> {
     Some(Duration::from_nanos(now_nanos().saturating_sub(sent) as u64))
 }
 
-/// Publishes `count` messages to `subject_of(i)` with up to `in_flight` acks outstanding.
+/// Publishes `args.messages` messages with up to `args.in_flight` acks outstanding, paced at
+/// `args.rate` per second when it is set.
 pub async fn publish_all(
     js: &jetstream::Context,
-    count: usize,
-    in_flight: usize,
+    args: &Args,
     payload: bytes::Bytes,
     message: impl Fn(usize) -> (String, HeaderMap),
 ) -> anyhow::Result<()> {
+    let (count, in_flight) = (args.messages, args.in_flight);
     let mut pending = futures::stream::FuturesUnordered::new();
+    let started = tokio::time::Instant::now();
     for i in 0..count {
+        if args.rate > 0.0 {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / args.rate)).await;
+        }
         let (subject, mut h) = message(i);
         h.insert(SENT, now_nanos().to_string());
         pending.push(
@@ -120,7 +125,7 @@ pub async fn run(server: &switchyard_testkit::NatsServer, args: &Args) -> anyhow
 
     let payload = bytes::Bytes::from(vec![b'x'; args.payload_bytes]);
     let started = Instant::now();
-    publish_all(&js, count, args.in_flight, payload, |i| {
+    publish_all(&js, args, payload, |i| {
         (
             format!("bench.a.{}", i % args.tenants.max(1)),
             HeaderMap::new(),

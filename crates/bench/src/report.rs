@@ -60,11 +60,16 @@ pub fn render(args: &Args, raw: &Figures, pipeline: &Figures) -> String {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut out = format!(
-        "Switchyard benchmark: {} messages of {} bytes over {} tenants, {} publishes in flight\nmachine: {}, {} cores; nats-server {}\n\n",
+        "Switchyard benchmark: {} messages of {} bytes over {} tenants, {} publishes in flight, {}\nmachine: {}, {} cores; nats-server {}\n\n",
         args.messages,
         args.payload_bytes,
         args.tenants,
         args.in_flight,
+        if args.rate > 0.0 {
+            format!("paced at {}/s", args.rate)
+        } else {
+            "unpaced".to_owned()
+        },
         cpu_model(),
         cores,
         switchyard_testkit::PINNED_VERSION.trim()
