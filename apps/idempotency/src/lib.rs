@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
-use switchyard_service::{Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_service::{
+    Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdempotencyConfig;
@@ -32,7 +34,10 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let deployment = Deployment { js: &js, topology: &topology };
+    let deployment = Deployment {
+        js: &js,
+        topology: &topology,
+    };
     let (bucket, kv) = deployment.bucket("idempotency").await?;
     let (stream_name, stream) = deployment.stream("IDEMPOTENCY").await?;
     let consumer = deployment.consumer(&stream, &stream_name, CONSUMER).await?;

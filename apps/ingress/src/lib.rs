@@ -12,7 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_service::{
+    Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
@@ -31,7 +33,10 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let deployment = Deployment { js: &js, topology: &topology };
+    let deployment = Deployment {
+        js: &js,
+        topology: &topology,
+    };
     let (tenants_bucket, tenants_kv) = deployment.bucket("tenants").await?;
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
     tenants.wait_loaded().await;

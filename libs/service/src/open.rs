@@ -41,13 +41,20 @@ impl Deployment<'_> {
         let name = self
             .topology
             .stream_name(base)
-            .ok_or_else(|| OpenError::Undeclared { kind: "stream", name: base.to_owned() })?
+            .ok_or_else(|| OpenError::Undeclared {
+                kind: "stream",
+                name: base.to_owned(),
+            })?
             .to_owned();
         let stream = self
             .js
             .get_stream(&name)
             .await
-            .map_err(|e| OpenError::Missing { kind: "stream", name: name.clone(), message: e.to_string() })?;
+            .map_err(|e| OpenError::Missing {
+                kind: "stream",
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
         Ok((name, stream))
     }
 
@@ -56,22 +63,37 @@ impl Deployment<'_> {
         let name = self
             .topology
             .bucket_name(base)
-            .ok_or_else(|| OpenError::Undeclared { kind: "bucket", name: base.to_owned() })?
+            .ok_or_else(|| OpenError::Undeclared {
+                kind: "bucket",
+                name: base.to_owned(),
+            })?
             .to_owned();
         let store = self
             .js
             .get_key_value(&name)
             .await
-            .map_err(|e| OpenError::Missing { kind: "bucket", name: name.clone(), message: e.to_string() })?;
+            .map_err(|e| OpenError::Missing {
+                kind: "bucket",
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
         Ok((name, store))
     }
 
     /// A declared durable pull consumer on a stream opened with [`Deployment::stream`].
-    pub async fn consumer(&self, stream: &Stream, stream_name: &str, durable: &str) -> Result<PullConsumer, OpenError> {
-        stream.get_consumer(durable).await.map_err(|e| OpenError::Missing {
-            kind: "consumer",
-            name: format!("{stream_name}/{durable}"),
-            message: e.to_string(),
-        })
+    pub async fn consumer(
+        &self,
+        stream: &Stream,
+        stream_name: &str,
+        durable: &str,
+    ) -> Result<PullConsumer, OpenError> {
+        stream
+            .get_consumer(durable)
+            .await
+            .map_err(|e| OpenError::Missing {
+                kind: "consumer",
+                name: format!("{stream_name}/{durable}"),
+                message: e.to_string(),
+            })
     }
 }
