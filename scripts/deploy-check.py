@@ -14,6 +14,9 @@ Checks, each printed as one line:
   - every service in apps/ (but the CLI) has a Deployment in the chart and a service in both
     compose files, and every config key the chart and compose set (SWITCHYARD_<SVC>_… variables,
     ConfigMap and mounted TOML files) exists in that service's config;
+  - the Dockerfile builds and copies every binary the chart and compose run;
+  - every password variable accounts.conf reads is given to the NATS servers of both compose
+    files and set in example.env and in this script's NATS_ENV;
   - every repository path deploy/README.md names exists.
 Ends with "N passed, N failed"; exits non-zero when anything failed.
 """
@@ -43,8 +46,6 @@ YAMLLINT_CONFIG = ROOT / "deploy/.yamllint.yaml"
 KUBERNETES_VERSION = "1.37.0"
 RELEASE, NAMESPACE = "switchyard", "switchyard"
 
-# Services being built that the chart and compose do not deploy yet: reported, not failed.
-UPCOMING = {"dlq"}
 # What deploy/README.md names that looks like a repository path but is not one: the .env made
 # locally (never committed) and the official NATS chart's name.
 README_NOT_IN_GIT = {"deploy/compose/.env", "nats/nats"}
@@ -55,6 +56,7 @@ NATS_ENV = {
     "SWITCHYARD_NATS_IDEMPOTENCY_PASSWORD": "x",
     "SWITCHYARD_NATS_BACKPRESSURE_PASSWORD": "x",
     "SWITCHYARD_NATS_EGRESS_PASSWORD": "x",
+    "SWITCHYARD_NATS_DLQ_PASSWORD": "x",
     "SWITCHYARD_NATS_TENANT_ACME_PASSWORD": "x",
     "SWITCHYARD_NATS_TENANT_GLOBEX_PASSWORD": "x",
     "NATS_SERVER_NAME": "check",
@@ -79,7 +81,6 @@ class Report:
     def __init__(self) -> None:
         self.passed = 0
         self.failed = 0
-        self.warnings: list[str] = []
 
     def check(self, name: str, fn, *args) -> object:
         started = time.monotonic()
@@ -93,10 +94,6 @@ class Report:
         self.passed += 1
         print(f"ok    {name} ({time.monotonic() - started:.1f}s)", flush=True)
         return result
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        print(f"warn  {message}", flush=True)
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -287,7 +284,7 @@ def apps() -> dict[str, str]:
     return found
 
 
-def coverage(report: Report, chart_docs: list[dict], composes: dict[str, dict]) -> None:
+def coverage(chart_docs: list[dict], composes: dict[str, dict]) -> None:
     services = apps()
     deployed = {}
     for doc in chart_docs:
@@ -303,9 +300,7 @@ def coverage(report: Report, chart_docs: list[dict], composes: dict[str, dict]) 
             command = (compose["services"].get(name) or {}).get("command") or [None]
             if command[0] != binary:
                 places.append(f"a service {name} running {binary} in {file}")
-        if places and name in UPCOMING:
-            report.warn(f"apps/{name} is not deployed yet (upcoming): add it to the chart and compose")
-        elif places:
+        if places:
             problems.append(f"apps/{name} lacks " + "; ".join(places))
     for name in deployed:
         if name not in services:
@@ -315,6 +310,75 @@ def coverage(report: Report, chart_docs: list[dict], composes: dict[str, dict]) 
             binary = (svc.get("command") or [""])[0]
             if binary.startswith("switchyard-") and binary != "switchyard-demo-sink" and binary not in services.values():
                 problems.append(f"{file}: {name} runs {binary}, which no app in apps/ builds")
+    if problems:
+        raise Failed("\n".join(problems))
+
+
+def binaries() -> dict[str, str]:
+    """Binary name -> its Cargo package, for every package in apps/ and crates/."""
+    found = {}
+    for manifest in sorted([*(ROOT / "apps").glob("*/Cargo.toml"), *(ROOT / "crates").glob("*/Cargo.toml")]):
+        text = manifest.read_text()
+        package = re.search(r'\[package\]\s*name\s*=\s*"([^"]+)"', text)
+        if not package:
+            continue
+        bins = re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', text)
+        if not bins and (manifest.parent / "src/main.rs").exists():
+            bins = [package.group(1)]
+        for name in bins:
+            found[name] = package.group(1)
+    return found
+
+
+def image_binaries(chart_sets: dict[str, list[dict]], composes: dict[str, dict]) -> None:
+    """The image (deploy/docker/Dockerfile) builds and copies every binary the chart and compose run."""
+    known = binaries()
+    run_by: dict[str, str] = {}
+    for values_name, docs in chart_sets.items():
+        for doc, pod in pod_specs(docs):
+            for c in pod["containers"]:
+                command = c.get("command") or []
+                if command:
+                    run_by.setdefault(command[0], f"chart ({values_name}) {doc['kind']}/{doc['metadata']['name']}")
+    for file, compose in composes.items():
+        for name, svc in compose["services"].items():
+            command = svc.get("command") or []
+            if command and command[0] == "bash":  # a shell running the CLI
+                command = ["switchyard"] if "switchyard " in " ".join(command) else []
+            if command:
+                run_by.setdefault(command[0], f"{file} {name}")
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    problems = []
+    for binary, where in sorted(run_by.items()):
+        if binary not in known:
+            continue  # not ours (nats-server, the observability images)
+        package = known[binary]
+        if not re.search(rf"-p\s+{re.escape(package)}(\s|\\|$)", dockerfile):
+            problems.append(f"{where} runs {binary}, but the Dockerfile does not build package {package} (-p)")
+        if not re.search(rf"target/release/{re.escape(binary)}(\s|\\|$)", dockerfile):
+            problems.append(f"{where} runs {binary}, but the Dockerfile does not copy target/release/{binary}")
+    if problems:
+        raise Failed("\n".join(problems))
+
+
+def nats_passwords(composes: dict[str, dict]) -> None:
+    """Every password variable accounts.conf reads reaches the NATS servers and example.env."""
+    wanted = set(re.findall(r"password:\s*\$(\w+)", (ROOT / "nats/server/accounts.conf").read_text()))
+    if not wanted:
+        raise Failed("accounts.conf reads no password variables")
+    problems = []
+    example = set(re.findall(r"^(\w+)=", COMPOSE_ENV.read_text(), re.M))
+    for name in sorted(wanted - example):
+        problems.append(f"{COMPOSE_ENV.relative_to(ROOT)} does not set {name}")
+    for name in sorted(wanted - NATS_ENV.keys()):
+        problems.append(f"scripts/deploy-check.py NATS_ENV does not set {name}")
+    for file, compose in composes.items():
+        servers = {n: s for n, s in compose["services"].items() if str(s.get("image", "")).startswith("nats:")}
+        if not servers:
+            problems.append(f"{file}: no NATS server service")
+        for name, svc in servers.items():
+            for variable in sorted(wanted - (svc.get("environment") or {}).keys()):
+                problems.append(f"{file} {name}: {variable} is not passed to the server")
     if problems:
         raise Failed("\n".join(problems))
 
@@ -521,9 +585,14 @@ def main() -> int:
                  "services:\n  ingress:\n    replicas: two\n")
     if "default" in chart_sets and composes:
         report.check("every app in apps/ has a chart Deployment and a service in each compose file",
-                     coverage, report, chart_sets["default"], composes)
+                     coverage, chart_sets["default"], composes)
         report.check("every config key the chart and compose set exists in the service's config",
                      config_keys, chart_sets, composes)
+        report.check("the Dockerfile builds and copies every binary the chart and compose run",
+                     image_binaries, chart_sets, composes)
+    if composes:
+        report.check("accounts.conf's password variables reach the NATS servers and example.env",
+                     nats_passwords, composes)
     report.check("every path deploy/README.md names exists", readme_paths)
     print(f"deploy-check took {time.monotonic() - started:.0f}s; rendered manifests in {OUT.relative_to(ROOT)}/")
     print(f"{report.passed} passed, {report.failed} failed")

@@ -669,8 +669,30 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
         "$JS.API.CONSUMER.DELETE.EGRESS.egress-worker",
         "$JS.API.CONSUMER.CREATE.EGRESS.evil.egress.v1.>",
+        "$JS.API.CONSUMER.CREATE.DLQ.browse",
+        "$JS.API.CONSUMER.CREATE.DLQ.browse.dlq.v1.>",
     ])
     .await;
+    // Its DLQ readers are ordered (ephemeral) consumers: a durable one is refused, whichever
+    // way it is asked for (by name: a refused subject, listed above; without: the server).
+    let response = dlq
+        .client
+        .request(
+            "$JS.API.CONSUMER.CREATE.DLQ",
+            serde_json::json!({
+                "stream_name": "DLQ",
+                "config": {"durable_name": "browse", "ack_policy": "explicit"}
+            })
+            .to_string()
+            .into(),
+        )
+        .await
+        .expect("a JetStream API answer");
+    let answer: serde_json::Value = serde_json::from_slice(&response.payload).expect("json");
+    assert!(
+        answer.get("error").is_some(),
+        "a durable consumer on DLQ through CONSUMER.CREATE.DLQ: {answer}"
+    );
     dlq.subscriptions_refused(&[
         "dlq.v1.>",
         "ingress.v1.>",
@@ -778,10 +800,12 @@ impl Services {
 
         let mut config = switchyard_dlq_service::DlqConfig::load(None).expect("dlq config");
         (config.nats, config.http.listen) = (server.nats_config("dlq"), any_port);
-        // Quick rescues, a sweep every second, and an inflow alert from the second entry of a
-        // tenant. Jobs start only when the control subject wakes the service (no periodic scan
-        // after the first): that proves admin may publish it and dlq may subscribe to it.
-        config.safety_net.rescue_delay_ms = 200;
+        // A sweep every second, and rescues after advisories delayed past the test, so the
+        // sweep (which needs more of the JetStream API than an advisory rescue) does them. An
+        // inflow alert from a tenant's second entry. Jobs start only when the control subject
+        // wakes the service (no periodic scan after the first): that proves admin may publish
+        // it and dlq may subscribe to it.
+        config.safety_net.rescue_delay_ms = 600_000;
         config.safety_net.sweep_interval_secs = 1;
         config.jobs.scan_interval_secs = 3600;
         config.jobs.lease_secs = 5;
@@ -972,7 +996,7 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
     );
     wait_settled(&admin).await;
 
-    dlq_end_to_end(&server, &admin, &mut sink, &mut alerts).await;
+    dlq_end_to_end(&server, &admin, &acme, &mut sink, &mut alerts).await;
 
     wait_settled(&admin).await;
     services.stop(&server).await;
@@ -992,6 +1016,7 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
 async fn dlq_end_to_end(
     server: &AuthServer,
     admin: &Conn,
+    acme: &Conn,
     sink: &mut async_nats::Subscriber,
     alerts: &mut async_nats::Subscriber,
 ) {
@@ -999,10 +1024,26 @@ async fn dlq_end_to_end(
     let alert = next_message(server, alerts, "the dlq inflow alert").await;
     assert_eq!(alert.subject.as_str(), "alerts.v1.acme.dlq-inflow");
 
+    // A second entry without a route, to replay to another stage than the one that gave up.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "order-5");
+    acme.stored_with("ingress.v1.acme.ops.nowhere", headers)
+        .await;
+    within(server, "the second no_route entry", || async {
+        let entries = subjects(admin, "DLQ").await;
+        (entries
+            .iter()
+            .filter(|s| *s == "dlq.v1.acme.egress.nowhere")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+
     // The safety net: a consumer that never acks (a stage crashing on every delivery) makes
-    // JetStream give up on a message in the EGRESS work queue. The dlq service hears the
-    // max-deliveries advisory (or its sweep finds the message), reads the message, writes a
-    // record and deletes it from the work queue.
+    // JetStream give up on a message in the EGRESS work queue. The dlq service's sweep finds
+    // it stranded (its max-deliveries advisory is heard too, but that rescue waits longer
+    // than the test), reads it, writes a record and deletes it from the work queue.
     let poison = admin.stored("delay.v1.egress.acme.ops.hooks.poison").await;
     let egress = admin.js.get_stream("EGRESS").await.expect("EGRESS");
     let never_acks = egress
@@ -1081,62 +1122,81 @@ async fn dlq_end_to_end(
                 )
             })
             .collect();
-        (counted.iter().map(|(_, _, n)| n).sum::<u64>() == 3).then_some(counted)
+        (counted.iter().map(|(_, _, n)| n).sum::<u64>() == 4).then_some(counted)
     })
     .await;
     assert_eq!(
         counted,
         [
             ("_.egress".to_owned(), "exhausted_deliveries".to_owned(), 1),
-            ("acme.egress".to_owned(), "no_route".to_owned(), 1),
+            ("acme.egress".to_owned(), "no_route".to_owned(), 2),
             ("acme.ingress".to_owned(), "missing_msg_id".to_owned(), 1),
         ]
     );
 
     // Replay jobs, created as `switchyard dlq replay --job` creates them. The route is fixed
-    // first, so the replayed no_route entry is delivered this time.
+    // first, so the replayed no_route entries are delivered this time.
     route_to_sink(admin, "nowhere").await;
     let jobs = JobStore::new(admin.js.get_key_value("dlq-jobs").await.expect("dlq-jobs"));
     let entries = stored_messages(&admin.js, "DLQ").await;
-    let seq_of = |subject: &str| {
+    let seqs_of = |subject: &str| -> Vec<u64> {
         entries
             .iter()
-            .find(|m| m.subject.as_str() == subject)
+            .filter(|m| m.subject.as_str() == subject)
             .map(|m| m.sequence)
-            .unwrap_or_else(|| panic!("no {subject} entry"))
+            .collect()
     };
+    let (nowhere, hooks) = (
+        seqs_of("dlq.v1.acme.egress.nowhere"),
+        seqs_of("dlq.v1.acme.ingress.hooks"),
+    );
     let upper_seq = entries.iter().map(|m| m.sequence).max().expect("entries");
-    let replay = JobRecord::new(
-        JobSpec {
-            selection: JobSelection {
-                tenant: Some("acme".parse().expect("id")),
-                code: Some(DlqCode::NoRoute),
-                ..Default::default()
+    let job = |selection, target, dry_run, upper_seq| {
+        JobRecord::new(
+            JobSpec {
+                selection,
+                target,
+                rate: 100,
+                dry_run,
+                upper_seq,
+                total: 1,
             },
-            target: None,
-            rate: 100,
-            dry_run: false,
-            upper_seq,
-            total: 1,
+            OffsetDateTime::now_utc(),
+        )
+    };
+    // A filter (read through an ordered consumer), up to the first no_route entry: back to
+    // egress, the stage that gave up.
+    let to_egress = job(
+        JobSelection {
+            tenant: Some("acme".parse().expect("id")),
+            code: Some(DlqCode::NoRoute),
+            ..Default::default()
         },
-        OffsetDateTime::now_utc(),
+        None,
+        false,
+        nowhere[0],
     );
-    // A listed-sequence dry run (the entry is read by sequence; nothing is published).
-    let dry_run = JobRecord::new(
-        JobSpec {
-            selection: JobSelection {
-                seqs: vec![seq_of("dlq.v1.acme.ingress.hooks")],
-                ..Default::default()
-            },
-            target: None,
-            rate: 100,
-            dry_run: true,
-            upper_seq,
-            total: 1,
+    // A listed sequence (read by sequence), re-entering at backpressure (`--to backpressure`).
+    let to_backpressure = job(
+        JobSelection {
+            seqs: vec![nowhere[1]],
+            ..Default::default()
         },
-        OffsetDateTime::now_utc(),
+        Some(InputStage::Backpressure),
+        false,
+        upper_seq,
     );
-    for job in [&replay, &dry_run] {
+    // A dry run of an entry that is not replayable: kept, nothing published.
+    let dry_run = job(
+        JobSelection {
+            seqs: hooks,
+            ..Default::default()
+        },
+        None,
+        true,
+        upper_seq,
+    );
+    for job in [&to_egress, &to_backpressure, &dry_run] {
         jobs.create(job)
             .await
             .expect("creating a replay job as admin");
@@ -1150,9 +1210,16 @@ async fn dlq_end_to_end(
             .expect("admin wakes the dlq service");
     }
     admin.client.flush().await.expect("flush");
-    let replayed = next_message(server, sink, "the replayed entry is delivered").await;
-    assert_eq!(replayed.subject.as_str(), "sink.acme.nowhere");
-    for (job, replayed, kept) in [(&replay, 1, 0), (&dry_run, 0, 1)] {
+    for _ in 0..2 {
+        let replayed = next_message(server, sink, "a replayed entry is delivered").await;
+        assert_eq!(replayed.subject.as_str(), "sink.acme.nowhere");
+        assert_eq!(&replayed.payload[..], b"payload");
+    }
+    for (job, replayed, kept) in [
+        (&to_egress, 1, 0),
+        (&to_backpressure, 1, 0),
+        (&dry_run, 0, 1),
+    ] {
         let done = within(server, "the replay job to finish", || async {
             let (record, _) = jobs.get(&job.id).await.ok()??;
             record.state.is_finished().then_some(record)
@@ -1165,7 +1232,7 @@ async fn dlq_end_to_end(
             "{done:?}"
         );
     }
-    // The replayed entry left the DLQ; the rest stays.
+    // The replayed entries left the DLQ; the rest stays.
     assert_eq!(
         subjects(admin, "DLQ").await,
         ["dlq.v1.acme.ingress.hooks", "dlq.v1._.egress._"]
