@@ -151,17 +151,30 @@ async fn deliver(shared: &Shared, tenant: &TenantId, msg: jetstream::Message) {
     let outcome = match Envelope::from_headers(msg.headers.as_ref()) {
         Ok(envelope) => {
             let h = Handoff::headers(&envelope, msg.headers.as_ref());
-            match shared
-                .handoff
-                .forward(shared.next, &envelope, h, msg.payload.clone())
-                .await
-            {
-                Ok(()) => msg.ack().await.map(|_| "forwarded"),
-                Err(error) => {
-                    tracing::warn!(%error, "hand-off failed; redelivery requested");
-                    msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await
-                        .map(|_| "retry")
+            // A failed hand-off (e.g. the next stream's leader is being elected) is retried in
+            // place with progress acks, so it spends no delivery attempt; after a minute the
+            // message goes back to JetStream.
+            let mut pause = Duration::from_millis(250);
+            loop {
+                match shared
+                    .handoff
+                    .forward(shared.next, &envelope, h.clone(), msg.payload.clone())
+                    .await
+                {
+                    Ok(()) => break msg.ack().await.map(|_| "forwarded"),
+                    Err(error) if started.elapsed() + pause < Duration::from_secs(60) => {
+                        tracing::warn!(%error, ?pause, "hand-off failed; retrying in place");
+                        let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "hand-off failed for a minute; redelivery requested");
+                        break msg
+                            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await
+                            .map(|_| "retry");
+                    }
                 }
             }
         }

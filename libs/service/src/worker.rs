@@ -80,6 +80,11 @@ pub struct WorkerSettings {
     pub fetch_wait: Duration,
     /// Delay before redelivery when writing a DLQ record fails.
     pub dlq_retry_after: Duration,
+    /// How long a transient failure (`Outcome::Retry`) is retried in place — the message
+    /// kept with progress acks, the handler run again after each delay — before it is handed
+    /// back to JetStream. A NATS leader election or a short outage then costs no delivery
+    /// attempt, so it cannot exhaust the consumer's `max_deliver`.
+    pub retry_in_place: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -88,6 +93,7 @@ impl Default for WorkerSettings {
             concurrency: 64,
             fetch_wait: Duration::from_secs(1),
             dlq_retry_after: Duration::from_secs(5),
+            retry_in_place: Duration::from_secs(60),
         }
     }
 }
@@ -181,7 +187,20 @@ impl<H: Handler> Worker<H> {
     async fn process(&self, msg: jetstream::Message) {
         let started = Instant::now();
         self.metrics.in_flight.inc();
-        let handled = self.handler.handle(&msg).await;
+        let mut handled = self.handler.handle(&msg).await;
+        // Transient failures are retried in place (the handler is idempotent: hand-offs carry
+        // deterministic ids), keeping the message with progress acks.
+        while let Outcome::Retry { after, reason } = &handled.outcome {
+            if started.elapsed() + *after > self.settings.retry_in_place {
+                break;
+            }
+            tracing::warn!(%reason, ?after, subject = %msg.subject, "transient failure; retrying in place");
+            if let Err(error) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "progress ack failed");
+            }
+            tokio::time::sleep(*after).await;
+            handled = self.handler.handle(&msg).await;
+        }
         let tenant = handled
             .tenant
             .as_ref()
