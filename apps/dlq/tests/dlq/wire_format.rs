@@ -118,6 +118,24 @@ async fn dlq_entries_decode_from_the_documented_format_with_a_plain_client() {
     let reader = async_nats::connect(env.server.url()).await.unwrap();
     let mut live = reader.subscribe("dlq.v1.>").await.unwrap();
     reader.flush().await.unwrap();
+    // Wait until the subscription demonstrably receives (a probe on a subject inside its filter
+    // that the DLQ stream does not store), so no entry published below can miss it.
+    const PROBE: &str = "dlq.v1.probe";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the live subscription never received a probe"
+        );
+        env.client.publish(PROBE, "probe".into()).await.unwrap();
+        env.client.flush().await.unwrap();
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), live.next()).await
+            && message.subject.as_str() == PROBE
+        {
+            break;
+        }
+    }
 
     // Two entries, written as stages write them: an egress failure with an envelope, and an
     // ingress refusal of a message whose tenant and platform are unknown.
@@ -161,10 +179,15 @@ async fn dlq_entries_decode_from_the_documented_format_with_a_plain_client() {
 
     let mut decoded = Vec::new();
     for _ in 0..2 {
-        let message = tokio::time::timeout(Duration::from_secs(10), live.next())
-            .await
-            .expect("a live DLQ entry")
-            .unwrap();
+        let message = loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), live.next())
+                .await
+                .expect("a live DLQ entry")
+                .unwrap();
+            if message.subject.as_str() != PROBE {
+                break message;
+            }
+        };
         decoded.push(decode(
             message.subject.as_str(),
             message.headers.as_ref().unwrap(),
