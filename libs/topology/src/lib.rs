@@ -4,12 +4,15 @@
 //! - [`spec`]: the declaration file's types and validation ([`Topology::embedded`]).
 //! - [`resolve`]: [`ResolvedTopology`] — concrete stream/consumer/bucket configs for a
 //!   namespace, replica count and bucket overrides; services look their names up here.
+//! - [`open`]: opening a declared stream, consumer or bucket, with one error that says
+//!   `switchyard provision` when it is missing ([`OpenError`]).
 //! - [`provision`]: create what is missing, compare what exists ([`provision::provision`]).
 //! - [`status`]: streams, consumers (pending, ack-pending, redelivered) and buckets.
 
 mod deployment;
 mod error;
 mod lookup;
+pub mod open;
 pub mod provision;
 pub mod resolve;
 pub mod spec;
@@ -17,6 +20,7 @@ pub mod status;
 
 pub use deployment::DeploymentConfig;
 pub use error::TopologyError;
+pub use open::{OpenError, Resource};
 pub use provision::{Change, Outcome, ProvisionItem, ProvisionReport, provision};
 pub use resolve::{ResolvedTopology, TopologyOptions};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Topology};

@@ -1,9 +1,9 @@
 //! Looking up streams that may not exist yet.
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, ErrorCode, stream};
+use async_nats::jetstream::{self, stream};
 
 use crate::TopologyError;
+use crate::open::is_stream_not_found;
 
 /// A stream's info, or `None` if the stream does not exist.
 pub(crate) async fn stream_info(
@@ -12,9 +12,7 @@ pub(crate) async fn stream_info(
 ) -> Result<Option<stream::Info>, TopologyError> {
     match js.get_stream(name).await {
         Ok(stream) => Ok(Some(stream.cached_info().clone())),
-        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
-            Ok(None)
-        }
+        Err(e) if is_stream_not_found(&e) => Ok(None),
         Err(e) => Err(TopologyError::js(format!("looking up stream {name}"), e)),
     }
 }
