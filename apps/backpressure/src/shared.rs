@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{KvCache, LimitRecord};
-use switchyard_service::{Handoff, Metrics};
+use switchyard_service::{Handoff, Metrics, Settler};
 use switchyard_subjects::{InputStage, Namespace};
 
 use crate::config::BackpressureSettings;
@@ -104,6 +104,8 @@ pub struct Shared {
     pub settings: BackpressureSettings,
     /// Core metrics.
     pub metrics: Arc<Metrics>,
+    /// Settles each message (the one outcome → ack mapping every stage shares).
+    pub settler: Settler,
     /// Own metrics.
     pub own: BackpressureMetrics,
 }

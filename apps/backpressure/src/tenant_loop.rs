@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::Envelope;
 use switchyard_keys::{Stage, TenantId};
-use switchyard_service::Handoff;
+use switchyard_runtime::RetryPolicy;
+use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::InputStage;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let mut tokens: VecDeque<i64> = VecDeque::new();
     let mut last_activity = Instant::now();
     let mut recent_rate = 0.0_f64;
+    let mut fetch_backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+    let forward = Forward(shared.clone());
     while !shutdown.is_cancelled() {
         let limit = shared.limit_for(&tenant);
         let max_block = ((limit.rate_per_sec * shared.settings.lease_secs).ceil() as usize)
@@ -81,10 +83,15 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             batch = consumer.fetch().max_messages(max_block).expires(Duration::from_secs(1)).messages() => batch,
         };
         let mut batch = match fetched {
-            Ok(batch) => batch,
+            Ok(batch) => {
+                fetch_backoff.reset();
+                batch
+            }
             Err(error) => {
-                tracing::warn!(%error, %tenant, "fetch failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::warn!(%error, %tenant, "fetch failed; retrying");
+                if !fetch_backoff.wait(&shutdown).await {
+                    break;
+                }
                 continue;
             }
         };
@@ -128,7 +135,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             if wait > 0 {
                 tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             }
-            deliver(&shared, &tenant, msg).await;
+            shared.settler.process(msg, &shutdown, &forward).await;
         }
         if got == 0 {
             if last_activity.elapsed() >= idle_after {
@@ -142,79 +149,41 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     }
 }
 
-/// Hands one message on (or dead-letters it when its envelope is unreadable), then settles it.
-async fn deliver(shared: &Shared, tenant: &TenantId, msg: jetstream::Message) {
-    let started = Instant::now();
-    let metrics = &shared.metrics;
-    metrics.in_flight.inc();
-    metrics.count_received(tenant.as_str());
-    let outcome = match Envelope::from_headers(msg.headers.as_ref()) {
-        Ok(envelope) => {
-            let h = Handoff::headers(&envelope, msg.headers.as_ref());
-            // A failed hand-off (e.g. the next stream's leader is being elected) is retried in
-            // place with progress acks, so it spends no delivery attempt; after a minute the
-            // message goes back to JetStream.
-            let mut pause = Duration::from_millis(250);
-            loop {
-                match shared
-                    .handoff
-                    .forward(shared.next, &envelope, h.clone(), msg.payload.clone())
-                    .await
-                {
-                    Ok(()) => break msg.ack().await.map(|_| "forwarded"),
-                    Err(error) if started.elapsed() + pause < Duration::from_secs(60) => {
-                        tracing::warn!(%error, ?pause, "hand-off failed; retrying in place");
-                        let _ = msg.ack_with(jetstream::AckKind::Progress).await;
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "hand-off failed for a minute; redelivery requested");
-                        break msg
-                            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                            .await
-                            .map(|_| "retry");
-                    }
-                }
-            }
-        }
+/// What a tenant loop does with a message whose slot has come: hand it on to the next stage,
+/// hold it in place when the hand-off fails (the settler retries), or dead-letter it when its
+/// envelope is unreadable. Settling is the shared [`Settler`](switchyard_service::Settler)'s.
+pub struct Forward(pub Arc<Shared>);
+
+impl Handler for Forward {
+    async fn handle(&self, msg: &jetstream::Message) -> Handled {
+        forward(&self.0, msg).await
+    }
+}
+
+async fn forward(shared: &Shared, msg: &jetstream::Message) -> Handled {
+    let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
+        Ok(envelope) => envelope,
         Err(error) => {
-            let record = DeadLetter::for_message(
-                &msg,
+            return Handled::invalid_envelope(
+                msg,
+                &shared.ns,
                 Stage::Backpressure,
-                DlqCode::InvalidEnvelope,
                 error.to_string(),
-                Some(tenant.clone()),
-                None,
             );
-            let written = match record
-                .publish(
-                    &shared.js,
-                    &shared.ns,
-                    msg.headers.as_ref(),
-                    msg.payload.clone(),
-                )
-                .await
-            {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if written {
-                metrics.count_dead_lettered(tenant.as_str(), DlqCode::InvalidEnvelope.as_str());
-                msg.ack().await.map(|_| "dead_lettered")
-            } else {
-                msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await
-                    .map(|_| "retry")
-            }
         }
     };
-    match outcome {
-        Ok(label) => metrics.count_processed(tenant.as_str(), label),
-        Err(error) => {
-            tracing::warn!(%error, "acknowledgement failed; the message may be redelivered")
-        }
-    }
-    metrics.in_flight.dec();
-    metrics.latency.observe(started.elapsed().as_secs_f64());
+    let tenant = Some(envelope.address.tenant.clone());
+    let h = Handoff::headers(&envelope, msg.headers.as_ref());
+    let outcome = match shared
+        .handoff
+        .forward(shared.next, &envelope, h, msg.payload.clone())
+        .await
+    {
+        Ok(()) => Outcome::Forwarded,
+        Err(error) => Outcome::Retry {
+            after: Duration::from_secs(1),
+            reason: format!("{error:#}"),
+        },
+    };
+    Handled { tenant, outcome }
 }

@@ -36,12 +36,15 @@ impl Sinks {
             match &resolved.route {
                 Route::Webhook(route) => {
                     let id = envelope.id.to_string();
+                    // The sink's request is a child of this delivery's span (same trace).
+                    let traceparent = switchyard_runtime::telemetry::current_traceparent()
+                        .or_else(|| envelope.trace.traceparent.clone());
                     let request = WebhookRequest {
                         route,
                         key: &resolved.key,
                         id: &id,
                         content_type: envelope.content_type.as_deref(),
-                        traceparent: envelope.trace.traceparent.as_deref(),
+                        traceparent: traceparent.as_deref(),
                         tracestate: envelope.trace.tracestate.as_deref(),
                         payload: msg.payload.clone(),
                     };

@@ -54,7 +54,20 @@ async fn a_webhook_delivery_is_signed_and_carries_the_payload_bytes_unchanged() 
     assert_eq!(header("webhook-id"), envelope.id.to_string());
     assert_eq!(header("content-type"), "application/x-test");
     assert_eq!(header("x-env"), "test");
-    assert_eq!(header("traceparent"), support::TRACEPARENT);
+    // The request is a child of egress's span in the producer's trace: same trace id, a new
+    // parent span id.
+    let traceparent = header("traceparent");
+    let sent: Vec<&str> = support::TRACEPARENT.split('-').collect();
+    let got: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(
+        (got.len(), got[0], got[1]),
+        (4, sent[0], sent[1]),
+        "{traceparent}"
+    );
+    assert_ne!(
+        got[2], sent[2],
+        "the parent is egress's span: {traceparent}"
+    );
     let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!(

@@ -1,13 +1,12 @@
 //! The idempotency stage's handler: claim, then hand on first sightings (and the same message
 //! seen again after a crash); drop and count duplicates.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use prometheus_client::metrics::counter::Counter;
-use switchyard_dlq::{DeadLetter, DlqCode};
-use switchyard_envelope::{Envelope, headers};
-use switchyard_keys::{IdempotencyKey, PlatformId, Stage, TenantId};
+use switchyard_envelope::Envelope;
+use switchyard_keys::{IdempotencyKey, Stage};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::InputStage;
 
@@ -22,8 +21,6 @@ pub struct IdempotencyHandler {
     pub local: LocalClaims,
     /// Policy while KV is unreachable.
     pub policy: KvUnavailable,
-    /// With `Wait`: the longest hold of one message.
-    pub wait_max: Duration,
     /// The publisher.
     pub handoff: Handoff,
     /// Where first sightings go.
@@ -34,45 +31,30 @@ pub struct IdempotencyHandler {
     pub duplicates: Counter,
 }
 
+/// The claim's result, or why it could not be made (KV unreachable, policy `wait`).
 enum Decided {
     Claim(Claim),
-    GiveBack(String),
+    /// Hold the message: the settler retries the whole decision in place for
+    /// `kv_wait_max_secs`, then hands it back to JetStream.
+    Hold(String),
 }
 
 impl IdempotencyHandler {
-    async fn claim(
-        &self,
-        key: &IdempotencyKey,
-        envelope: &Envelope,
-        msg: &jetstream::Message,
-    ) -> Decided {
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let error = match self.kv.claim(key, envelope.id).await {
-                Ok(claim) => return Decided::Claim(claim),
-                Err(error) => error,
-            };
-            match self.policy {
-                KvUnavailable::Local => {
-                    self.fallbacks.inc();
-                    tracing::warn!(%error, tenant = %key.tenant, "kv unreachable: claiming in the local window");
-                    return Decided::Claim(self.local.claim(key, envelope.id));
-                }
-                KvUnavailable::Wait if started.elapsed() >= self.wait_max => {
-                    return Decided::GiveBack(format!(
-                        "kv unreachable for {:?}: {error}",
-                        self.wait_max
-                    ));
-                }
-                KvUnavailable::Wait => {
-                    tracing::warn!(%error, ?pause, "kv unreachable: holding the message and retrying the claim");
-                    // Keep the message ours while we wait.
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
+    /// Claims `key` once. KV trouble is the policy's: `local` decides in the in-memory window,
+    /// `wait` asks the settler to hold the message and decide again (one hold, bounded by
+    /// `kv_wait_max_secs`).
+    async fn claim(&self, key: &IdempotencyKey, envelope: &Envelope) -> Decided {
+        let error = match self.kv.claim(key, envelope.id).await {
+            Ok(claim) => return Decided::Claim(claim),
+            Err(error) => error,
+        };
+        match self.policy {
+            KvUnavailable::Local => {
+                self.fallbacks.inc();
+                tracing::warn!(%error, tenant = %key.tenant, "kv unreachable: claiming in the local window");
+                Decided::Claim(self.local.claim(key, envelope.id))
             }
+            KvUnavailable::Wait => Decided::Hold(format!("kv unreachable: {error}")),
         }
     }
 }
@@ -81,7 +63,14 @@ impl Handler for IdempotencyHandler {
     async fn handle(&self, msg: &jetstream::Message) -> Handled {
         let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
             Ok(envelope) => envelope,
-            Err(e) => return invalid_envelope(msg, e.to_string()),
+            Err(e) => {
+                return Handled::invalid_envelope(
+                    msg,
+                    self.handoff.namespace(),
+                    Stage::Idempotency,
+                    e.to_string(),
+                );
+            }
         };
         let tenant = Some(envelope.address.tenant.clone());
         let key = IdempotencyKey {
@@ -89,8 +78,8 @@ impl Handler for IdempotencyHandler {
             platform: envelope.address.platform.clone(),
             msg_id: envelope.msg_id.clone(),
         };
-        let outcome = match self.claim(&key, &envelope, msg).await {
-            Decided::GiveBack(reason) => Outcome::Retry {
+        let outcome = match self.claim(&key, &envelope).await {
+            Decided::Hold(reason) => Outcome::Retry {
                 after: Duration::from_secs(5),
                 reason,
             },
@@ -125,29 +114,5 @@ impl Handler for IdempotencyHandler {
             }
         };
         Handled { tenant, outcome }
-    }
-}
-
-/// A message whose envelope cannot be read: dead-letter it (it never came from ingress intact).
-fn invalid_envelope(msg: &jetstream::Message, reason: String) -> Handled {
-    let text = |name| {
-        msg.headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
-    let tenant: Option<TenantId> = text(headers::TENANT).and_then(|t| t.parse().ok());
-    let platform: Option<PlatformId> = text(headers::PLATFORM).and_then(|p| p.parse().ok());
-    let record = DeadLetter::for_message(
-        msg,
-        Stage::Idempotency,
-        DlqCode::InvalidEnvelope,
-        reason,
-        tenant.clone(),
-        platform,
-    );
-    Handled {
-        tenant,
-        outcome: Outcome::DeadLetter(Box::new(record)),
     }
 }

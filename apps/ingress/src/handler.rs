@@ -54,6 +54,18 @@ pub fn stamp(accepted: Accepted, source: SourceRef, received_at: OffsetDateTime)
 }
 
 impl Handler for IngressHandler {
+    /// A producer message without a `traceparent` is traced under its envelope id (the same
+    /// trace [`stamp`] writes into the envelope).
+    fn trace_fallback(&self, msg: &jetstream::Message) -> Option<String> {
+        let info = msg.info().ok()?;
+        let source = SourceRef {
+            stream: info.stream.to_owned(),
+            sequence: info.stream_sequence,
+        };
+        let id = EnvelopeId::derive(&source, info.published);
+        trace_for(TraceContext::default(), id, &source).traceparent
+    }
+
     async fn handle(&self, msg: &jetstream::Message) -> Handled {
         let Ok(info) = msg.info() else {
             return Handled {

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use switchyard_keys::KvKey;
 use tokio::sync::watch;
+use switchyard_runtime::RetryPolicy;
 use tokio_util::sync::CancellationToken;
 
 /// A value in the cache: the record, or why the stored bytes are not a valid record (so a
@@ -111,19 +112,22 @@ where
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         loop {
+            let started = tokio::time::Instant::now();
             match self.watch_once(&bucket, &shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
-                    tracing::warn!(bucket = %bucket.name, %error, ?backoff, "kv watch ended; re-creating")
+                    tracing::warn!(bucket = %bucket.name, %error, "kv watch ended; re-creating")
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            // A watch that ran for a while was healthy: start the delays over.
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if !backoff.wait(&shutdown).await {
+                return;
+            }
         }
     }
 

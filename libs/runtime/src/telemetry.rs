@@ -6,11 +6,15 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::trace::TracerProvider as _;
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
@@ -129,6 +133,82 @@ pub fn init_for_tests() {
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+/// The span every stage opens around one message: named after the stage (`otel.name`), with
+/// the message's subject, and parented on the W3C trace context in `headers` (`traceparent`,
+/// `tracestate`) — or, when those carry none, on `fallback` (a `traceparent` value the stage
+/// derives itself, e.g. ingress's per-envelope trace). With neither, the span starts a trace.
+///
+/// Chained with [`inject_current`] on every publish, one trace shows a message's whole path:
+/// ingress → idempotency → backpressure → egress → sink.
+pub fn message_span(
+    stage: &str,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    fallback: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!("message", otel.name = stage, stage, subject);
+    let propagator = TraceContextPropagator::new();
+    let mut parent = headers
+        .map(|h| propagator.extract(&NatsHeaders(h)))
+        .filter(|cx| cx.span().span_context().is_valid());
+    if parent.is_none()
+        && let Some(traceparent) = fallback
+    {
+        let carrier = std::collections::HashMap::from([(
+            "traceparent".to_owned(),
+            traceparent.to_owned(),
+        )]);
+        parent = Some(propagator.extract(&carrier))
+            .filter(|cx| cx.span().span_context().is_valid());
+    }
+    if let Some(parent) = parent {
+        // Only fails when no OpenTelemetry layer is installed; the span is then a plain one.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Writes the current span's W3C trace context into `headers` (`traceparent`, and
+/// `tracestate` when there is one), replacing what was there, so the next hop's span is its
+/// child. Leaves `headers` alone when the current span has no valid context (no OpenTelemetry
+/// layer installed).
+pub fn inject_current(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    TraceContextPropagator::new().inject_context(&cx, &mut NatsHeadersMut(headers));
+}
+
+/// The current span's `traceparent` value, when it has a valid trace context.
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = HeaderMap::new();
+    inject_current(&mut headers);
+    headers.get("traceparent").map(|v| v.as_str().to_owned())
+}
+
+/// NATS headers read by the W3C propagator.
+struct NatsHeaders<'a>(&'a HeaderMap);
+
+impl Extractor for NatsHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| AsRef::<str>::as_ref(name)).collect()
+    }
+}
+
+/// NATS headers written by the W3C propagator.
+struct NatsHeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for NatsHeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
 }
 
 /// A tracer provider for `service_name`, exporting over OTLP/HTTP when `endpoint` is set.

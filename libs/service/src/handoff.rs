@@ -47,12 +47,15 @@ impl Handoff {
         h
     }
 
+    /// Publishes and awaits the stream's ack. The current span's trace context replaces the
+    /// `traceparent` the headers carry, so the next hop's span is a child of this one.
     async fn publish(
         &self,
         subject: String,
-        h: HeaderMap,
+        mut h: HeaderMap,
         payload: Bytes,
     ) -> Result<(), HandoffError> {
+        switchyard_runtime::telemetry::inject_current(&mut h);
         let ack = self
             .js
             .publish_with_headers(subject.clone(), h, payload)

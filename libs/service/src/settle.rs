@@ -1,0 +1,262 @@
+//! Settling a message: the one place where a stage's decision ([`Outcome`]) becomes an
+//! acknowledgement. Every consume loop — the shared [`Worker`](crate::Worker) and the
+//! backpressure service's per-tenant loops — hands each message to [`Settler::process`], which
+//! opens the message's tracing span (parented on its `traceparent`), runs the stage's decision,
+//! retries transient failures in place, and then acks, naks or dead-letters it.
+//!
+//! | outcome | settlement |
+//! |---|---|
+//! | `Forwarded`, `Delivered`, `Duplicate`, `Delayed` | ack |
+//! | `Retry` | decided again in place (progress acks keep the message; delays from [`SettleSettings::hold`]) until the hold's deadline, then nak after `after` |
+//! | `DeadLetter(record)` | publish the record, await the DLQ's ack, then ack; if it cannot be stored, nak after [`SettleSettings::dlq_retry_after`] |
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use switchyard_dlq::{DeadLetter, DlqCode};
+use switchyard_keys::{Stage, TenantId};
+use switchyard_runtime::RetryPolicy;
+use switchyard_runtime::telemetry::message_span;
+use switchyard_subjects::{Namespace, StageSubject, SubjectKind};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{Handler, Metrics};
+
+/// What a stage decided for one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Handed on to the next stage (ack).
+    Forwarded,
+    /// Delivered to its sink (ack).
+    Delivered,
+    /// A duplicate, dropped on purpose (ack; counted).
+    Duplicate,
+    /// Scheduled to re-enter the stage later; the schedule is stored (ack).
+    Delayed,
+    /// A transient failure of our own infrastructure (NATS, KV): decided again in place until
+    /// the stage's hold runs out, then nak with this delay. Only for outages, never for input.
+    Retry {
+        /// How long JetStream should wait before redelivering, once the hold is over.
+        after: Duration,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Give up: write this DLQ record, then ack.
+    DeadLetter(Box<DeadLetter>),
+}
+
+impl Outcome {
+    /// The metric label of the outcome (`forwarded`, `retry`, `dead_lettered`, …).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Delivered => "delivered",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Delayed => "delayed",
+            Outcome::Retry { .. } => "retry",
+            Outcome::DeadLetter(_) => "dead_lettered",
+        }
+    }
+}
+
+/// An outcome and the tenant it concerns (for metrics).
+#[derive(Debug)]
+pub struct Handled {
+    /// The message's tenant, when it has a valid one.
+    pub tenant: Option<TenantId>,
+    /// The decision.
+    pub outcome: Outcome,
+}
+
+impl Handled {
+    /// The decision for a message whose envelope headers cannot be read: dead-letter it
+    /// `invalid_envelope`, with the tenant and platform taken from its subject (which the
+    /// ingress stage validated; headers that fail to parse are not trusted for anything).
+    pub fn invalid_envelope(
+        msg: &jetstream::Message,
+        ns: &Namespace,
+        stage: Stage,
+        reason: impl Into<String>,
+    ) -> Self {
+        let address = StageSubject::parse(ns, &msg.subject)
+            .ok()
+            .map(|s| s.address);
+        let tenant = address.as_ref().map(|a| a.tenant.clone());
+        let platform = address.map(|a| a.platform);
+        let record = DeadLetter::for_message(
+            msg,
+            stage,
+            DlqCode::InvalidEnvelope,
+            reason,
+            tenant.clone(),
+            platform,
+        );
+        Self {
+            tenant,
+            outcome: Outcome::DeadLetter(Box::new(record)),
+        }
+    }
+}
+
+/// How [`Settler`] settles.
+#[derive(Debug, Clone)]
+pub struct SettleSettings {
+    /// Delay before redelivery when writing a DLQ record fails.
+    pub dlq_retry_after: Duration,
+    /// How a transient failure (`Outcome::Retry`) is held in place — the message kept with
+    /// progress acks, the decision made again after each delay — before it is handed back to
+    /// JetStream. A NATS leader election or a short outage then costs no delivery attempt, so
+    /// it cannot exhaust the consumer's `max_deliver`. Its deadline is the whole hold.
+    pub hold: RetryPolicy,
+}
+
+impl Default for SettleSettings {
+    fn default() -> Self {
+        Self {
+            dlq_retry_after: Duration::from_secs(5),
+            hold: RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5))
+                .within(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Settles messages for one stage: writes DLQ records with `js` in `ns`, counts in `metrics`.
+#[derive(Clone)]
+pub struct Settler {
+    js: jetstream::Context,
+    ns: Namespace,
+    metrics: Arc<Metrics>,
+    settings: SettleSettings,
+}
+
+impl Settler {
+    /// A settler for the stage `metrics` belongs to.
+    pub fn new(
+        js: jetstream::Context,
+        ns: Namespace,
+        metrics: Arc<Metrics>,
+        settings: SettleSettings,
+    ) -> Self {
+        Self {
+            js,
+            ns,
+            metrics,
+            settings,
+        }
+    }
+
+    /// The stage's namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The stage.
+    pub fn stage(&self) -> Stage {
+        self.metrics.stage()
+    }
+
+    /// Decides `msg` with `handler` inside the message's span (parented on its `traceparent`,
+    /// else on [`Handler::trace_fallback`]), holds transient failures in place, and settles the
+    /// final outcome. `shutdown` cuts a hold short (the message is then nakked and redelivered
+    /// to whichever replica is still running).
+    pub async fn process<H: Handler>(
+        &self,
+        msg: jetstream::Message,
+        shutdown: &CancellationToken,
+        handler: &H,
+    ) {
+        let started = Instant::now();
+        let span = message_span(
+            self.stage().as_str(),
+            &msg.subject,
+            msg.headers.as_ref(),
+            handler.trace_fallback(&msg).as_deref(),
+        );
+        async {
+            self.metrics.in_flight.inc();
+            let mut handled = handler.handle(&msg).await;
+            let mut hold = self.settings.hold.backoff();
+            while let Outcome::Retry { reason, .. } = &handled.outcome {
+                tracing::warn!(%reason, subject = %msg.subject, "transient failure; holding the message and retrying in place");
+                if let Err(error) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%error, "progress ack failed");
+                }
+                if !hold.wait(shutdown).await {
+                    break;
+                }
+                handled = handler.handle(&msg).await;
+            }
+            let tenant = handled
+                .tenant
+                .as_ref()
+                .map_or("_", TenantId::as_str)
+                .to_owned();
+            self.metrics.count_received(&tenant);
+            self.settle(&msg, &tenant, handled.outcome).await;
+            self.metrics.in_flight.dec();
+            self.metrics
+                .latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The one place outcomes become acknowledgements.
+    async fn settle(&self, msg: &jetstream::Message, tenant: &str, outcome: Outcome) {
+        let label = outcome.label();
+        let result = match outcome {
+            Outcome::Forwarded | Outcome::Delivered | Outcome::Duplicate | Outcome::Delayed => {
+                msg.ack().await
+            }
+            Outcome::Retry { after, reason } => {
+                tracing::warn!(%reason, ?after, subject = %msg.subject, "transient failure outlasted the hold; redelivery requested");
+                msg.ack_with(AckKind::Nak(Some(after))).await
+            }
+            Outcome::DeadLetter(record) => {
+                let written = match record
+                    .publish(
+                        &self.js,
+                        &self.ns,
+                        msg.headers.as_ref(),
+                        msg.payload.clone(),
+                    )
+                    .await
+                {
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match written {
+                    Ok(_) => {
+                        tracing::info!(
+                            code = %record.code,
+                            reason = %record.reason,
+                            source_seq = record.source_seq,
+                            "dead-lettered"
+                        );
+                        self.metrics
+                            .count_dead_lettered(tenant, record.code.as_str());
+                        msg.ack().await
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, code = %record.code, "writing the dlq record failed; the message will be redelivered");
+                        self.metrics.count_processed(tenant, "retry");
+                        if let Err(error) = msg
+                            .ack_with(AckKind::Nak(Some(self.settings.dlq_retry_after)))
+                            .await
+                        {
+                            tracing::warn!(%error, "nak failed; the message is redelivered after its ack wait");
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        self.metrics.count_processed(tenant, label);
+        if let Err(error) = result {
+            tracing::warn!(%error, outcome = label, "acknowledgement failed; the message may be redelivered");
+        }
+    }
+}
