@@ -18,7 +18,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 use futures::StreamExt;
-use switchyard_dlq::{DlqCode, JobRecord, JobSelection, JobSpec, JobState, JobStore, StatsStore};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, StatsStore};
 use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId, TenantKey};
 use switchyard_registry::{Route, Store, TenantRecord};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
@@ -1167,7 +1168,7 @@ async fn dlq_end_to_end(
     // A filter (read through an ordered consumer), up to the first no_route entry: back to
     // egress, the stage that gave up.
     let to_egress = job(
-        JobSelection {
+        Selection {
             tenant: Some("acme".parse().expect("id")),
             code: Some(DlqCode::NoRoute),
             ..Default::default()
@@ -1178,7 +1179,7 @@ async fn dlq_end_to_end(
     );
     // A listed sequence (read by sequence), re-entering at backpressure (`--to backpressure`).
     let to_backpressure = job(
-        JobSelection {
+        Selection {
             seqs: vec![nowhere[1]],
             ..Default::default()
         },
@@ -1188,7 +1189,7 @@ async fn dlq_end_to_end(
     );
     // A dry run of an entry that is not replayable: kept, nothing published.
     let dry_run = job(
-        JobSelection {
+        Selection {
             seqs: hooks,
             ..Default::default()
         },

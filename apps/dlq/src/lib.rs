@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use switchyard_dlq::{JobStore, StatsStore};
+use switchyard_dlq_ops::{JobStore, StatsStore};
 use switchyard_keys::Stage;
 use switchyard_service::{Metrics, Readiness, router};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};

@@ -28,9 +28,9 @@ use anyhow::Context;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageError, Stream};
 use async_nats::jetstream::{self, message::StreamMessage};
 use futures::StreamExt;
-use switchyard_dlq::attempt::decode_history;
-use switchyard_dlq::{DeadLetter, DlqCode, headers as dlq_headers};
+use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::Envelope;
+use switchyard_envelope::attempt::decode_history;
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_service::Metrics;
 use switchyard_subjects::advisory::{self, AdvisoryKind};
@@ -408,7 +408,7 @@ impl SafetyNet {
         let history = decode_history(
             original
                 .headers
-                .get(dlq_headers::ATTEMPTS_LOG)
+                .get(switchyard_envelope::headers::ATTEMPTS_LOG)
                 .map(|v| v.as_str()),
         )
         .unwrap_or_default();

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use switchyard_dlq::attempt::{decode_history, encode_history};
-use switchyard_dlq::headers::ATTEMPTS_LOG;
-use switchyard_dlq::{AttemptRecord, DeadLetter, DlqCode};
-use switchyard_envelope::Envelope;
+use switchyard_dlq::{DeadLetter, DlqCode};
+use switchyard_envelope::attempt::{decode_history, encode_history};
+use switchyard_envelope::headers::ATTEMPTS_LOG;
+use switchyard_envelope::{AttemptRecord, Envelope};
 use switchyard_keys::{PlatformId, RouteKey, Stage, TenantId};
 use switchyard_registry::{KvCache, Route};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};

@@ -8,7 +8,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
-use switchyard_dlq::headers::ATTEMPTS_LOG;
+use switchyard_envelope::headers::ATTEMPTS_LOG;
 use switchyard_envelope::{Envelope, headers};
 use switchyard_registry::NatsRoute;
 use switchyard_subjects::{DlqFilter, InputStage, Namespace};

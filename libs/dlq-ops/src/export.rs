@@ -12,11 +12,10 @@ use async_nats::header::HeaderName;
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use switchyard_dlq::{DlqEntry, DlqEntryView, DlqError};
 use switchyard_envelope::headers as env_headers;
-use switchyard_keys::{PlatformId, TenantId};
+use switchyard_keys::{KeyError, PlatformId, TenantId};
 use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
-
-use crate::{DlqEntry, DlqEntryView, DlqError};
 
 /// The `format` value of every line this build writes and reads.
 pub const EXPORT_FORMAT: &str = "switchyard-dlq-export/1";
@@ -52,6 +51,9 @@ pub enum ImportError {
     /// A field does not make a valid record.
     #[error("{0}")]
     Invalid(String),
+    /// The tenant or platform is not a valid id.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The restored message would not be a valid DLQ record.
     #[error("the restored entry is not a valid dlq record: {0}")]
     Record(#[from] DlqError),
@@ -104,18 +106,8 @@ pub fn restore(ns: &Namespace, line: &str) -> Result<Restore, ImportError> {
         return Err(ImportError::Format { found: line.format });
     }
     let view = &line.entry;
-    let tenant = view
-        .tenant
-        .as_deref()
-        .map(TenantId::new)
-        .transpose()
-        .map_err(|e| ImportError::Invalid(e.to_string()))?;
-    let platform = view
-        .platform
-        .as_deref()
-        .map(PlatformId::new)
-        .transpose()
-        .map_err(|e| ImportError::Invalid(e.to_string()))?;
+    let tenant = view.tenant.as_deref().map(TenantId::new).transpose()?;
+    let platform = view.platform.as_deref().map(PlatformId::new).transpose()?;
     let subject = DlqSubject {
         tenant,
         stage: view.stage,

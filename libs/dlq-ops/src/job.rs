@@ -2,7 +2,7 @@
 //! ([`JobProgress`]), and who is executing it ([`Lease`]), kept as one JSON record per job in
 //! the `dlq-jobs` bucket ([`JobRecord`], read and written through [`crate::JobStore`]).
 //!
-//! A job covers the entries its [`JobSelection`] matches with a DLQ sequence at or below
+//! A job covers the entries its [`Selection`] matches with a DLQ sequence at or below
 //! [`JobSpec::upper_seq`] (the newest matching entry when the job was created), so entries
 //! that arrive later — including replays that fail again — never extend a running job.
 
@@ -10,113 +10,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use switchyard_keys::{PlatformId, Stage, TenantId};
-use switchyard_subjects::{DlqFilter, InputStage, Namespace};
+use switchyard_subjects::InputStage;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::{DlqCode, DlqEntry};
-
-/// Which entries a job replays: a filter (tenant, stage, platform, code, time range) or an
-/// explicit list of DLQ sequences.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSelection {
-    /// Only this tenant's entries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<TenantId>,
-    /// Only entries dead-lettered by this stage.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<Stage>,
-    /// Only this platform's entries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<PlatformId>,
-    /// Only entries with this code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<DlqCode>,
-    /// Only entries stored at or after this time.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub since: Option<OffsetDateTime>,
-    /// Only entries stored at or before this time.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub until: Option<OffsetDateTime>,
-    /// Exactly these DLQ sequences (ascending, no duplicates); the filters above must be
-    /// empty when this is set.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub seqs: Vec<u64>,
-}
-
-impl JobSelection {
-    /// The subject part of the filter.
-    pub fn subjects(&self) -> DlqFilter {
-        DlqFilter {
-            tenant: self.tenant.clone(),
-            stage: self.stage,
-            platform: self.platform.clone(),
-        }
-    }
-
-    /// The DLQ subject filter the job reads through.
-    pub fn subject_filter(&self, ns: &Namespace) -> String {
-        ns.dlq_filter(&self.subjects())
-    }
-
-    /// Whether an entry read through the subject filter also passes the code and time checks.
-    pub fn matches(&self, entry: &DlqEntry) -> bool {
-        self.code.is_none_or(|c| c == entry.record.code)
-            && self.since.is_none_or(|t| entry.stored_at >= t)
-            && self.until.is_none_or(|t| entry.stored_at <= t)
-    }
-
-    /// `tenant=acme code=no_route`, `seqs 4,7,9`, or `every entry`.
-    pub fn describe(&self) -> String {
-        if !self.seqs.is_empty() {
-            let shown: Vec<String> = self.seqs.iter().take(5).map(u64::to_string).collect();
-            let more = if self.seqs.len() > 5 { ",…" } else { "" };
-            return format!("seqs {}{more}", shown.join(","));
-        }
-        let mut parts = Vec::new();
-        if let Some(t) = &self.tenant {
-            parts.push(format!("tenant={t}"));
-        }
-        if let Some(s) = self.stage {
-            parts.push(format!("stage={s}"));
-        }
-        if let Some(p) = &self.platform {
-            parts.push(format!("platform={p}"));
-        }
-        if let Some(c) = self.code {
-            parts.push(format!("code={c}"));
-        }
-        let at = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
-        if let Some(t) = self.since {
-            parts.push(format!("since={}", at(t)));
-        }
-        if let Some(t) = self.until {
-            parts.push(format!("until={}", at(t)));
-        }
-        if parts.is_empty() {
-            "every entry".to_owned()
-        } else {
-            parts.join(" ")
-        }
-    }
-}
+use crate::{Lease, Leaseholder, Selection};
 
 /// What the operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Which entries.
-    pub selection: JobSelection,
+    pub selection: Selection,
     /// Where they re-enter; `None`: the stage that gave up on each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<InputStage>,
@@ -131,28 +35,13 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// Checks what the types cannot: a positive rate, and listed sequences (ascending, no
-    /// duplicates) or filters, not both. A dlq service fails a job that breaks these.
+    /// Checks what the types cannot: a positive rate, and a valid selection
+    /// ([`Selection::validate`]). A dlq service fails a job that breaks these.
     pub fn validate(&self) -> Result<(), String> {
-        let s = &self.selection;
         if self.rate == 0 {
             return Err("rate must be at least 1 per second".to_owned());
         }
-        if !s.seqs.is_empty() {
-            let filtered = s.tenant.is_some()
-                || s.stage.is_some()
-                || s.platform.is_some()
-                || s.code.is_some()
-                || s.since.is_some()
-                || s.until.is_some();
-            if filtered {
-                return Err("a job lists sequences or has filters, not both".to_owned());
-            }
-            if !s.seqs.windows(2).all(|w| w[0] < w[1]) {
-                return Err("listed sequences must be ascending without duplicates".to_owned());
-            }
-        }
-        Ok(())
+        self.selection.validate()
     }
 }
 
@@ -237,24 +126,6 @@ impl JobProgress {
     }
 }
 
-/// Which dlq service instance executes a job, and until when its claim holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lease {
-    /// The instance id of the dlq service holding it.
-    pub owner: String,
-    /// The claim lapses at this time unless renewed (every progress write renews it).
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
-}
-
-impl Lease {
-    /// Whether the lease still holds at `now`.
-    pub fn holds_at(&self, now: OffsetDateTime) -> bool {
-        self.expires_at > now
-    }
-}
-
 /// One replay job, as stored under its id in the `dlq-jobs` bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -317,14 +188,10 @@ impl JobRecord {
         }
     }
 
-    /// Whether an instance may claim it at `now`: not finished, and no live lease held by
+    /// Whether `holder` may claim it at `now`: not finished, and no live lease held by
     /// another instance.
-    pub fn claimable_by(&self, owner: &str, now: OffsetDateTime) -> bool {
-        !self.state.is_finished()
-            && self
-                .lease
-                .as_ref()
-                .is_none_or(|l| l.owner == owner || !l.holds_at(now))
+    pub fn claimable_by(&self, holder: &Leaseholder, now: OffsetDateTime) -> bool {
+        !self.state.is_finished() && holder.may_take(self.lease.as_ref(), now)
     }
 
     /// Percentage of `total` handled (100 when the job covers nothing).
@@ -353,14 +220,19 @@ pub fn new_job_id(now: OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use switchyard_dlq::DlqCode;
+    use switchyard_keys::TenantId;
+
     use super::*;
 
     fn spec() -> JobSpec {
         JobSpec {
-            selection: JobSelection {
+            selection: Selection {
                 tenant: Some(TenantId::new("acme").unwrap()),
                 code: Some(DlqCode::NoRoute),
-                ..JobSelection::default()
+                ..Selection::default()
             },
             target: Some(InputStage::Egress),
             rate: 500,
@@ -390,9 +262,9 @@ mod tests {
         both.selection.seqs = vec![3, 4];
         assert!(both.validate().is_err());
         let mut unsorted = spec();
-        unsorted.selection = JobSelection {
+        unsorted.selection = Selection {
             seqs: vec![4, 3],
-            ..JobSelection::default()
+            ..Selection::default()
         };
         assert!(unsorted.validate().is_err());
     }
@@ -400,16 +272,15 @@ mod tests {
     #[test]
     fn only_a_lapsed_or_own_lease_can_be_claimed() {
         let now = OffsetDateTime::now_utc();
+        let a = Leaseholder::new("a", Duration::from_secs(10));
+        let b = Leaseholder::new("b", Duration::from_secs(10));
         let mut job = JobRecord::new(spec(), now);
-        assert!(job.claimable_by("a", now));
-        job.lease = Some(Lease {
-            owner: "a".into(),
-            expires_at: now + time::Duration::seconds(10),
-        });
-        assert!(job.claimable_by("a", now));
-        assert!(!job.claimable_by("b", now));
-        assert!(job.claimable_by("b", now + time::Duration::seconds(11)));
+        assert!(job.claimable_by(&a, now));
+        job.lease = Some(a.grant(now));
+        assert!(job.claimable_by(&a, now));
+        assert!(!job.claimable_by(&b, now));
+        assert!(job.claimable_by(&b, now + time::Duration::seconds(11)));
         job.state = JobState::Done;
-        assert!(!job.claimable_by("a", now));
+        assert!(!job.claimable_by(&a, now));
     }
 }

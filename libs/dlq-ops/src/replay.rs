@@ -10,14 +10,15 @@
 //! - later stages' failures are republished to that stage's input subject with the envelope
 //!   unchanged except: replay counter + 1 (so the hop `Nats-Msg-Id` is new), delivery
 //!   attempts reset to 0, and the attempt history cleared.
+//!
+//! Publishing a plan, the duplicate rule and removing the entry are [`crate::step`].
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use switchyard_envelope::{Envelope, headers as env_headers};
+use switchyard_dlq::{DlqCode, DlqEntry};
+use switchyard_envelope::{Envelope, EnvelopeError, headers as env_headers};
 use switchyard_keys::Stage;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-
-use crate::{DlqCode, DlqEntry, headers};
 
 /// A replay ready to publish.
 #[derive(Debug, Clone)]
@@ -30,6 +31,10 @@ pub struct ReplayPlan {
     pub headers: HeaderMap,
     /// The original payload.
     pub payload: Bytes,
+    /// The stored message the entry was read from (its record's source stream and
+    /// sequence): a duplicate ack pointing there means the target holds the original, not a
+    /// copy of this replay ([`crate::step`]).
+    pub source: (String, u64),
 }
 
 /// Why an entry cannot be replayed.
@@ -48,12 +53,13 @@ pub enum ReplayError {
         code: DlqCode,
     },
     /// The entry's envelope headers are unreadable.
-    #[error("entry {seq} has no readable envelope: {reason}")]
+    #[error("entry {seq} has no readable envelope: {source}")]
     NoEnvelope {
         /// The entry.
         seq: u64,
         /// The envelope error.
-        reason: String,
+        #[source]
+        source: EnvelopeError,
     },
     /// The entry cannot re-enter the requested stage.
     #[error(
@@ -67,6 +73,18 @@ pub enum ReplayError {
         /// The stage asked for.
         target: InputStage,
     },
+}
+
+impl ReplayError {
+    /// The short reason an entry is kept for: `not replayable`, `no envelope`, `target
+    /// refused`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReplayError::NotReplayable { .. } => "not replayable",
+            ReplayError::NoEnvelope { .. } => "no envelope",
+            ReplayError::TargetRefused { .. } => "target refused",
+        }
+    }
 }
 
 fn input_stage(stage: Stage) -> Option<InputStage> {
@@ -93,6 +111,7 @@ pub fn plan_replay_to(
     target: Option<InputStage>,
 ) -> Result<ReplayPlan, ReplayError> {
     let record = &entry.record;
+    let source = (record.source_stream.clone(), record.source_seq);
     let refuse = || ReplayError::NotReplayable {
         seq: entry.seq,
         stage: record.stage,
@@ -131,6 +150,7 @@ pub fn plan_replay_to(
             subject: record.source_subject.clone(),
             headers: h,
             payload: entry.payload.clone(),
+            source,
         });
     }
     if record.code == DlqCode::InvalidEnvelope {
@@ -139,7 +159,7 @@ pub fn plan_replay_to(
     let mut envelope = Envelope::from_headers(Some(&entry.original_headers)).map_err(|e| {
         ReplayError::NoEnvelope {
             seq: entry.seq,
-            reason: e.to_string(),
+            source: e,
         }
     })?;
     envelope.attempt.replay += 1;
@@ -148,7 +168,7 @@ pub fn plan_replay_to(
     let mut cleaned = HeaderMap::new();
     for (name, values) in h.iter() {
         let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(headers::ATTEMPTS_LOG) {
+        if name.eq_ignore_ascii_case(env_headers::ATTEMPTS_LOG) {
             continue;
         }
         for value in values {
@@ -168,5 +188,6 @@ pub fn plan_replay_to(
         subject,
         headers: h,
         payload: entry.payload.clone(),
+        source,
     })
 }

@@ -8,14 +8,15 @@
 //! The processor's cursor (every entry at or below it is counted everywhere) and lease live
 //! in the `_state` record ([`StatsState`]).
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use futures::TryStreamExt;
+use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
+use switchyard_dlq::DlqCode;
 use switchyard_keys::kv::DlqStatsKey;
 use switchyard_keys::{KvKey, Stage, TenantId};
 use time::OffsetDateTime;
 
-use crate::{DlqCode, Lease, Written};
+use crate::Lease;
+use crate::records::{Records, StoreError, Written};
 
 /// One (tenant, stage, code) counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,97 +88,24 @@ pub struct StatsState {
     pub lease: Option<Lease>,
 }
 
-/// Why a stats store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StatsStoreError {
-    /// The KV request failed.
-    #[error("kv {action} of dlq stats key {key:?} failed: {message}")]
-    Kv {
-        /// `get`, `update` or `list`.
-        action: &'static str,
-        /// The key.
-        key: String,
-        /// The client's error.
-        message: String,
-    },
-    /// A stored value does not decode.
-    #[error("dlq stats key {key:?} holds an invalid record: {message}")]
-    Invalid {
-        /// The key.
-        key: String,
-        /// The decode error.
-        message: String,
-    },
-}
-
 /// The `dlq-stats` bucket.
 #[derive(Clone)]
 pub struct StatsStore {
-    kv: kv::Store,
-}
-
-fn kv_err(action: &'static str, key: &str, e: impl std::fmt::Display) -> StatsStoreError {
-    StatsStoreError::Kv {
-        action,
-        key: key.to_owned(),
-        message: e.to_string(),
-    }
+    /// The records.
+    records: Records,
 }
 
 impl StatsStore {
     /// Wraps the bucket.
     pub fn new(kv: kv::Store) -> Self {
-        Self { kv }
-    }
-
-    async fn read<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<(T, u64)>, StatsStoreError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| kv_err("get", key, e))?;
-        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&entry.value).map_err(|e| StatsStoreError::Invalid {
-            key: key.to_owned(),
-            message: e.to_string(),
-        })?;
-        Ok(Some((value, entry.revision)))
-    }
-
-    async fn write<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        revision: Option<u64>,
-    ) -> Result<Written, StatsStoreError> {
-        let bytes: bytes::Bytes = serde_json::to_vec(value)
-            .map_err(|e| StatsStoreError::Invalid {
-                key: key.to_owned(),
-                message: e.to_string(),
-            })?
-            .into();
-        match revision {
-            Some(revision) => match self.kv.update(key, bytes, revision).await {
-                Ok(r) => Ok(Written::Stored(r)),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Written::Conflict),
-                Err(e) => Err(kv_err("update", key, e)),
-            },
-            None => match self.kv.create(key, bytes).await {
-                Ok(r) => Ok(Written::Stored(r)),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Written::Conflict),
-                Err(e) => Err(kv_err("create", key, e)),
-            },
+        Self {
+            records: Records::new(kv),
         }
     }
 
     /// The processor state and its revision (`None`: nothing counted yet).
-    pub async fn state(&self) -> Result<Option<(StatsState, u64)>, StatsStoreError> {
-        self.read(DlqStatsKey::STATE).await
+    pub async fn state(&self) -> Result<Option<(StatsState, u64)>, StoreError> {
+        self.records.get(DlqStatsKey::STATE).await
     }
 
     /// Writes the processor state if its revision is still `revision` (`None`: create it).
@@ -185,8 +113,10 @@ impl StatsStore {
         &self,
         state: &StatsState,
         revision: Option<u64>,
-    ) -> Result<Written, StatsStoreError> {
-        self.write(DlqStatsKey::STATE, state, revision).await
+    ) -> Result<Written, StoreError> {
+        self.records
+            .write(DlqStatsKey::STATE, state, revision)
+            .await
     }
 
     /// Adds `entries` (ascending `(seq, stored at)`) to the counter `template` names, above
@@ -195,10 +125,10 @@ impl StatsStore {
         &self,
         template: &StatsRecord,
         entries: &[(u64, OffsetDateTime)],
-    ) -> Result<u64, StatsStoreError> {
+    ) -> Result<u64, StoreError> {
         let key = template.key().render();
         loop {
-            let (mut record, revision) = match self.read::<StatsRecord>(&key).await? {
+            let (mut record, revision) = match self.records.get::<StatsRecord>(&key).await? {
                 Some((record, revision)) => (record, Some(revision)),
                 None => (
                     StatsRecord {
@@ -213,7 +143,7 @@ impl StatsStore {
             if added == 0 {
                 return Ok(0);
             }
-            if let Written::Stored(_) = self.write(&key, &record, revision).await? {
+            if let Written::Stored(_) = self.records.write(&key, &record, revision).await? {
                 return Ok(added);
             }
         }
@@ -224,25 +154,18 @@ impl StatsStore {
     pub async fn counters(
         &self,
         filter: &str,
-    ) -> Result<Vec<Result<StatsRecord, StatsStoreError>>, StatsStoreError> {
-        let mut keys: Vec<String> = match self.kv.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| kv_err("list", filter, e))?,
-            Err(e) => return Err(kv_err("list", filter, e)),
-        };
+    ) -> Result<Vec<Result<StatsRecord, StoreError>>, StoreError> {
+        let mut keys = self.records.keys().await?;
         keys.retain(|k| {
             matches!(DlqStatsKey::parse(k), Ok(DlqStatsKey::Counter { .. }))
                 && key_matches(filter, k)
         });
-        keys.sort();
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            match self.read::<StatsRecord>(&key).await {
+            match self.records.get::<StatsRecord>(&key).await {
                 Ok(Some((record, _))) => out.push(Ok(record)),
                 Ok(None) => {}
-                Err(e @ StatsStoreError::Invalid { .. }) => out.push(Err(e)),
+                Err(e @ StoreError::Invalid { .. }) => out.push(Err(e)),
                 Err(e) => return Err(e),
             }
         }

@@ -21,10 +21,7 @@ pub const SOURCE_SUBJECT: &str = "Switchyard-Dlq-Source-Subject";
 /// The `Nats-Msg-Id` of the message as the stage read it: the producer's id for ingress
 /// failures, the hop id (`<envelope id>:<stage>:<replay>`) for later stages.
 pub const ORIGINAL_MSG_ID: &str = "Switchyard-Dlq-Original-Msg-Id";
-/// The attempt history: a JSON array of [`crate::AttemptRecord`] (the last 20).
+/// The attempt history: a JSON array of [`switchyard_envelope::AttemptRecord`] (the last 20).
 pub const HISTORY: &str = "Switchyard-Dlq-History";
 /// Every DLQ header starts with this.
 pub const PREFIX: &str = "Switchyard-Dlq-";
-
-/// The attempt history carried by messages between egress retries (same JSON as [`HISTORY`]).
-pub const ATTEMPTS_LOG: &str = "Switchyard-Attempts-Log";

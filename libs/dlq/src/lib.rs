@@ -8,27 +8,14 @@
 //!
 //! - [`code`]: [`DlqCode`], the closed set of reasons.
 //! - [`record`]: [`DeadLetter`] (what a stage writes) and [`DlqEntry`] (what operators read).
-//! - [`attempt`]: [`AttemptRecord`], one delivery attempt in a message's history.
-//! - [`replay`]: where and how an entry re-enters the pipeline.
-//! - [`job`] and [`job_store`]: durable replay jobs ([`JobRecord`]) in the `dlq-jobs` bucket.
-//! - [`stats`]: inflow counters per (tenant, stage, code) in the `dlq-stats` bucket.
-//! - [`export`]: the NDJSON retention export format and restoring entries from it.
+//! - [`headers`]: the record's header names.
+//!
+//! What only the dlq service and the CLI need (selecting, reading, replaying, jobs, stats,
+//! export) lives in `switchyard-dlq-ops`, so a stage binary links none of it.
 
-pub mod attempt;
 pub mod code;
-pub mod export;
 pub mod headers;
-pub mod job;
-pub mod job_store;
 pub mod record;
-pub mod replay;
-pub mod stats;
 
-pub use attempt::AttemptRecord;
 pub use code::DlqCode;
-pub use export::{EXPORT_FORMAT, ExportLine, Restore};
-pub use job::{JobProgress, JobRecord, JobSelection, JobSpec, JobState, Lease};
-pub use job_store::{JobStore, JobStoreError, Written};
 pub use record::{DeadLetter, DlqEntry, DlqEntryView, DlqError};
-pub use replay::{ReplayError, ReplayPlan, plan_replay, plan_replay_to};
-pub use stats::{StatsRecord, StatsState, StatsStore, StatsStoreError};

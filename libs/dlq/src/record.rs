@@ -12,8 +12,9 @@ use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::attempt::{AttemptRecord, decode_history, encode_history};
 use crate::{DlqCode, headers};
+use switchyard_envelope::AttemptRecord;
+use switchyard_envelope::attempt::{decode_history, encode_history};
 
 /// Why a DLQ record could not be written or read.
 #[derive(Debug, thiserror::Error)]

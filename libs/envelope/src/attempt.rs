@@ -1,4 +1,6 @@
-//! One delivery attempt, as kept in a message's attempt history.
+//! One delivery attempt, as kept in a message's attempt history: egress carries the live
+//! history between retries in [`crate::headers::ATTEMPTS_LOG`], and a DLQ record keeps it in
+//! its history header. Both use the same JSON ([`encode_history`], [`decode_history`]).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

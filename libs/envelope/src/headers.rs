@@ -84,3 +84,8 @@ pub fn producer_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::
     }
     out
 }
+
+/// The attempt history carried by messages between egress retries: a JSON array of
+/// [`crate::AttemptRecord`] (the last [`crate::attempt::MAX_HISTORY`]), written with
+/// [`crate::attempt::encode_history`]. A replay clears it.
+pub const ATTEMPTS_LOG: &str = "Switchyard-Attempts-Log";

@@ -2,16 +2,19 @@
 //! to payload bytes that no stage ever re-encodes.
 //!
 //! - [`headers`]: the header names (the wire contract).
+//! - [`attempt`]: [`AttemptRecord`], one delivery attempt in a message's attempt history.
 //! - [`producer`]: what a producer may send, and the policy for messages without a
 //!   `Nats-Msg-Id`.
 //! - [`envelope`]: the typed [`Envelope`] stamped by ingress, its header mapping, the
 //!   deterministic ids and hop `Nats-Msg-Id`s, and the JSON view for the CLI and HTTP.
 
+pub mod attempt;
 pub mod envelope;
 mod error;
 pub mod headers;
 pub mod producer;
 
+pub use attempt::AttemptRecord;
 pub use envelope::{
     Attempt, Envelope, EnvelopeId, EnvelopeView, PayloadView, SourceRef, TraceContext,
 };

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use switchyard_dlq::{DlqCode, plan_replay};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::plan_replay;
 use switchyard_subjects::Namespace;
 
 use super::{Pipeline, SECRET, signature_is_valid};

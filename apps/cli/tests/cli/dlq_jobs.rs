@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use switchyard_dlq::{DlqCode, JobState};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::JobState;
 use switchyard_envelope::Envelope;
 use switchyard_testkit::{stored_messages, wait_for};
 

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use switchyard_dlq::{DlqCode, StatsStore};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::StatsStore;
 use switchyard_testkit::wait_for;
 
 use crate::fixtures::{DlqService, cells, seed_many};

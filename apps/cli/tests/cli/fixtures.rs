@@ -5,7 +5,8 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::Stream};
 use bytes::Bytes;
-use switchyard_dlq::{AttemptRecord, DeadLetter, DlqCode};
+use switchyard_dlq::{DeadLetter, DlqCode};
+use switchyard_envelope::AttemptRecord;
 use switchyard_envelope::{
     Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext, headers,
 };
@@ -231,8 +232,8 @@ impl DlqService {
 }
 
 /// The job records in the `dlq-jobs` bucket, by id.
-pub async fn job(js: &jetstream::Context, id: &str) -> switchyard_dlq::JobRecord {
-    let store = switchyard_dlq::JobStore::new(js.get_key_value("dlq-jobs").await.unwrap());
+pub async fn job(js: &jetstream::Context, id: &str) -> switchyard_dlq_ops::JobRecord {
+    let store = switchyard_dlq_ops::JobStore::new(js.get_key_value("dlq-jobs").await.unwrap());
     store.get(id).await.unwrap().unwrap().0
 }
 

@@ -27,10 +27,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use switchyard_dlq::{JobRecord, JobState, JobStoreError, Lease, Written};
+use switchyard_dlq_ops::{JobRecord, JobState, StoreError, Written};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -56,7 +55,7 @@ pub enum Stop {
     Shutdown,
 }
 
-type Write = Pin<Box<dyn Future<Output = Result<Written, JobStoreError>> + Send>>;
+type Write = Pin<Box<dyn Future<Output = Result<Written, StoreError>> + Send>>;
 
 /// A fetched entry waiting its turn.
 struct Queued {
@@ -99,10 +98,7 @@ impl Execution {
             return Ok(None);
         }
         job.state = JobState::Running;
-        job.lease = Some(Lease {
-            owner: runner.owner.clone(),
-            expires_at: at + runner.lease(),
-        });
+        job.lease = Some(runner.holder().grant(at));
         job.claims += 1;
         job.started_at.get_or_insert(at);
         job.updated_at = at;
@@ -155,8 +151,8 @@ impl Execution {
         let mut job = self.job.clone();
         let at = now();
         job.updated_at = at;
-        if let Some(lease) = &mut job.lease {
-            lease.expires_at = at + self.lease_len();
+        if job.lease.is_some() {
+            job.lease = Some(self.runner.holder().grant(at));
         }
         job.progress.in_flight = in_flight;
         job
@@ -174,10 +170,7 @@ impl Execution {
         match self.runner.store.get(&self.job.id).await {
             Ok(None) => Err(Stop::Deleted),
             Ok(Some((theirs, revision))) => {
-                let ours = theirs
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.owner == self.runner.owner);
+                let ours = self.runner.holder().owns(theirs.lease.as_ref());
                 if !ours && theirs.state != JobState::Cancelled {
                     return Err(Stop::LostLease);
                 }
@@ -241,17 +234,10 @@ impl Execution {
             return Ok(());
         }
         let mut gone = 0;
+        let reader = self.runner.reader();
         for seq in in_flight {
-            let found = self
-                .runner
-                .dlq
-                .raw_message_builder()
-                .sequence(seq)
-                .send()
-                .await;
-            if let Err(e) = found
-                && matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound)
-            {
+            // A failed read counts as still there: the entry is handled again, not counted.
+            if matches!(reader.get(seq).await, Ok(None)) {
                 gone += 1;
             }
         }
@@ -453,15 +439,16 @@ impl Execution {
         let job = self.job.id.clone();
         Box::pin(async move {
             let seq = candidate.seq;
-            let Work::Replay { plan, source } = candidate.work else {
+            let Work::Replay { plan } = candidate.work else {
                 return (seq, Done::Skipped);
             };
             let mut backoff = Duration::from_millis(200);
             loop {
-                match step::replay_once(&runner, &deletes, seq, &plan, &source).await {
+                match step::replay_once(&runner, &deletes, seq, &plan).await {
                     Ok(done) => return (seq, done),
                     Err(error) => {
-                        tracing::warn!(%job, seq, error = format!("{error:#}"), ?backoff, "replaying an entry failed; retrying");
+                        let error = format!("{:#}", anyhow::Error::from(error));
+                        tracing::warn!(%job, seq, error, ?backoff, "replaying an entry failed; retrying");
                         tokio::select! {
                             _ = abort.cancelled() => return (seq, Done::Kept("aborted")),
                             _ = tokio::time::sleep(backoff) => {}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
-use switchyard_dlq::JobStore;
+use switchyard_dlq_ops::{DlqReader, JobStore, Leaseholder};
 use switchyard_subjects::Namespace;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -50,6 +50,16 @@ impl JobRunner {
     /// The lease length.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.lease_secs)
+    }
+
+    /// This instance's side of job leases.
+    pub fn holder(&self) -> Leaseholder {
+        Leaseholder::new(self.owner.clone(), self.lease())
+    }
+
+    /// The DLQ, read without consuming.
+    pub fn reader(&self) -> DlqReader {
+        DlqReader::new(self.dlq.clone(), self.ns.clone())
     }
 
     /// Scans and executes jobs until `shutdown`; then lets every execution release its lease
@@ -112,7 +122,7 @@ impl JobRunner {
                 break;
             }
             if running.contains(&job.id)
-                || !job.claimable_by(&self.owner, OffsetDateTime::now_utc())
+                || !job.claimable_by(&self.holder(), OffsetDateTime::now_utc())
             {
                 continue;
             }

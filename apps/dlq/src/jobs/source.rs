@@ -1,27 +1,21 @@
 //! What a job works through: its covered entries in DLQ sequence order, each already decided
 //! ([`Work`]): skip it, keep it (and why), only count it (dry run), or replay it (the plan).
 //!
-//! Filter jobs read the DLQ through an ordered consumer from the recorded progress on (no
-//! acks, nothing removed; one request per batch, not per entry) and stop at the job's
-//! `upper_seq`; listed-sequence jobs fetch each sequence from the stream leader.
+//! Filter jobs read the DLQ with the shared non-consuming reader ([`DlqReader::catch_up`](switchyard_dlq_ops::DlqReader::catch_up):
+//! an ordered consumer, one request per batch, not per entry) from the recorded progress on
+//! and stop at the job's `upper_seq`; listed-sequence jobs get each sequence from the stream
+//! leader ([`DlqReader::get`](switchyard_dlq_ops::DlqReader::get)).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, pull};
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use futures::StreamExt;
-use switchyard_dlq::{DlqEntry, JobSpec, ReplayError, ReplayPlan, plan_replay_to};
-use switchyard_subjects::InputStage;
-use time::OffsetDateTime;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use switchyard_dlq::{DlqEntry, DlqError};
+use switchyard_dlq_ops::{JobSpec, ReadError, ReplayPlan, plan_replay_to};
 use tokio::sync::mpsc;
 
 use super::JobRunner;
 
-/// How long the reader waits for the next entry before checking whether any is left (entries
-/// it was told about can be purged meanwhile).
-const IDLE: Duration = Duration::from_secs(2);
 /// Longest wait between retries of a failing read.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -39,9 +33,6 @@ pub enum Work {
     Replay {
         /// The copy to publish.
         plan: ReplayPlan,
-        /// Where the original was read from (stream, sequence): on ingress a duplicate ack
-        /// pointing there is the original message, not an earlier copy of ours.
-        source: (String, u64),
     },
 }
 
@@ -60,55 +51,18 @@ pub struct Candidate {
     pub work: Work,
 }
 
-fn decide(
-    spec: &JobSpec,
-    runner: &JobRunner,
-    seq: u64,
-    message: &async_nats::jetstream::Message,
-) -> Work {
-    let stored_at = message
-        .info()
-        .map(|i| i.published)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    decide_entry(
-        spec,
-        runner,
-        DlqEntry::from_message(
-            &runner.ns,
-            seq,
-            stored_at,
-            message.subject.as_str(),
-            message.headers.as_ref(),
-            message.payload.clone(),
-        ),
-    )
-}
-
-fn decide_entry(
-    spec: &JobSpec,
-    runner: &JobRunner,
-    entry: Result<DlqEntry, switchyard_dlq::DlqError>,
-) -> Work {
+fn decide(spec: &JobSpec, runner: &JobRunner, entry: Result<DlqEntry, DlqError>) -> Work {
     let entry = match entry {
         Ok(entry) => entry,
         Err(_) => return Work::Keep("invalid record"),
     };
-    if spec.selection.seqs.is_empty() && !spec.selection.matches(&entry) {
+    if !spec.selection.is_listed() && !spec.selection.matches(&entry) {
         return Work::Skip;
     }
     match plan_replay_to(&runner.ns, &entry, spec.target) {
-        Err(ReplayError::NotReplayable { .. }) => Work::Keep("not replayable"),
-        Err(ReplayError::NoEnvelope { .. }) => Work::Keep("no envelope"),
-        Err(ReplayError::TargetRefused { .. }) => Work::Keep("target refused"),
+        Err(refused) => Work::Keep(refused.reason()),
         Ok(_) if spec.dry_run => Work::WouldReplay,
-        Ok(plan) => Work::Replay {
-            source: if plan.stage == InputStage::Ingress {
-                (entry.record.source_stream.clone(), entry.record.source_seq)
-            } else {
-                (String::new(), 0)
-            },
-            plan,
-        },
+        Ok(plan) => Work::Replay { plan },
     }
 }
 
@@ -130,7 +84,7 @@ pub async fn feed(runner: Arc<JobRunner>, spec: JobSpec, after: u64, tx: mpsc::S
                     return;
                 }
                 tracing::warn!(
-                    error = format!("{error:#}"),
+                    error = format!("{:#}", anyhow::Error::from(error)),
                     ?backoff,
                     "reading a job's entries failed; retrying"
                 );
@@ -146,24 +100,13 @@ async fn feed_listed(
     spec: &JobSpec,
     next: &mut u64,
     tx: &mpsc::Sender<Candidate>,
-) -> anyhow::Result<()> {
+) -> Result<(), ReadError> {
+    let reader = runner.reader();
     let start = *next;
     for &seq in spec.selection.seqs.iter().filter(|&&s| s >= start) {
-        let work = match runner.dlq.raw_message_builder().sequence(seq).send().await {
-            Ok(message) => decide_entry(
-                spec,
-                runner,
-                DlqEntry::from_message(
-                    &runner.ns,
-                    seq,
-                    message.time,
-                    message.subject.as_str(),
-                    Some(&message.headers),
-                    message.payload,
-                ),
-            ),
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Work::Missing,
-            Err(e) => return Err(e).with_context(|| format!("reading DLQ entry {seq}")),
+        let work = match reader.get(seq).await? {
+            Some(message) => decide(spec, runner, reader.entry_of(&message)),
+            None => Work::Missing,
         };
         if tx.send(Candidate { seq, work }).await.is_err() {
             return Ok(());
@@ -178,49 +121,26 @@ async fn feed_filter(
     spec: &JobSpec,
     next: &mut u64,
     tx: &mpsc::Sender<Candidate>,
-) -> anyhow::Result<()> {
-    loop {
-        if *next > spec.upper_seq {
-            return Ok(());
-        }
-        let consumer = runner
-            .dlq
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: spec.selection.subject_filter(&runner.ns),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: *next,
-                },
-                replay_policy: ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .context("creating an ordered consumer on the DLQ")?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(());
-        }
-        let mut messages = consumer.messages().await.context("reading the DLQ")?;
-        loop {
-            let message = match tokio::time::timeout(IDLE, messages.next()).await {
-                // Idle: start over from `next`, which finds out whether anything is left.
-                Err(_) => break,
-                Ok(None) => anyhow::bail!("the DLQ reader ended"),
-                Ok(Some(message)) => message.context("reading the DLQ")?,
-            };
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("reading a DLQ message's metadata: {e}"))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            if seq > spec.upper_seq {
-                return Ok(());
-            }
-            let work = decide(spec, runner, seq, &message);
-            if tx.send(Candidate { seq, work }).await.is_err() {
-                return Ok(());
-            }
-            *next = seq + 1;
-            if pending == 0 {
-                return Ok(());
-            }
-        }
+) -> Result<(), ReadError> {
+    if *next > spec.upper_seq {
+        return Ok(());
     }
+    let mut read = runner.reader().catch_up(
+        spec.selection.subject_filter(&runner.ns),
+        DeliverPolicy::ByStartSequence {
+            start_sequence: *next,
+        },
+    );
+    while let Some((_, delivered)) = read.next().await? {
+        let seq = delivered.seq;
+        if seq > spec.upper_seq {
+            return Ok(());
+        }
+        let work = decide(spec, runner, delivered.entry);
+        if tx.send(Candidate { seq, work }).await.is_err() {
+            return Ok(());
+        }
+        *next = seq + 1;
+    }
+    Ok(())
 }

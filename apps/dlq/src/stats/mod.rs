@@ -18,10 +18,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, pull};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
-use switchyard_dlq::{DlqEntry, Lease, StatsRecord, StatsState, StatsStore, Written, export};
+use switchyard_dlq::DlqEntry;
+use switchyard_dlq_ops::{
+    DlqReader, Leaseholder, StatsRecord, StatsState, StatsStore, Written, export,
+};
 use switchyard_keys::KvKey;
 use switchyard_subjects::{AlertKind, AlertSubject, DlqFilter, Namespace, SubjectKind};
 use time::OffsetDateTime;
@@ -59,6 +62,10 @@ impl StatsProcessor {
         Duration::from_secs(self.settings.lease_secs)
     }
 
+    fn holder(&self) -> Leaseholder {
+        Leaseholder::new(self.owner.clone(), self.lease())
+    }
+
     /// Counts until `shutdown`, taking the lease whenever it is free.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let retry = self.lease() / 3;
@@ -89,17 +96,11 @@ impl StatsProcessor {
             Some((state, revision)) => (state, Some(revision)),
             None => (StatsState::default(), None),
         };
-        if state
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.owner != self.owner && l.holds_at(now))
-        {
+        let holder = self.holder();
+        if !holder.may_take(state.lease.as_ref(), now) {
             return Ok(None);
         }
-        state.lease = Some(Lease {
-            owner: self.owner.clone(),
-            expires_at: now + self.lease(),
-        });
+        state.lease = Some(holder.grant(now));
         Ok(match self.store.put_state(&state, revision).await? {
             Written::Stored(revision) => Some((state, revision)),
             Written::Conflict => None,
@@ -113,22 +114,16 @@ impl StatsProcessor {
         mut revision: u64,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let consumer = self
-            .dlq
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.ns.dlq_filter(&DlqFilter::default()),
-                deliver_policy: if state.cursor == 0 {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: state.cursor + 1,
-                    }
-                },
-                replay_policy: ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .context("creating an ordered consumer on the DLQ")?;
+        let start = if state.cursor == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: state.cursor + 1,
+            }
+        };
+        let consumer = DlqReader::new(self.dlq.clone(), self.ns.clone())
+            .ordered(&self.ns.dlq_filter(&DlqFilter::default()), start)
+            .await?;
         self.metrics
             .stats_lag
             .set(i64::try_from(consumer.cached_info().num_pending).unwrap_or(i64::MAX));
@@ -244,10 +239,7 @@ impl StatsProcessor {
     /// Writes the cursor and renews the lease; `None` when the lease is lost (or the write
     /// failed, after which it may be).
     async fn commit(&self, state: &mut StatsState, revision: u64) -> Option<u64> {
-        state.lease = Some(Lease {
-            owner: self.owner.clone(),
-            expires_at: OffsetDateTime::now_utc() + self.lease(),
-        });
+        state.lease = Some(self.holder().grant(OffsetDateTime::now_utc()));
         match self.store.put_state(state, Some(revision)).await {
             Ok(Written::Stored(revision)) => Some(revision),
             Ok(Written::Conflict) => None,

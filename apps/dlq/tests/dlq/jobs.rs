@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use switchyard_dlq::{DlqCode, JobRecord, JobSelection, JobSpec, JobState, JobStore, Written};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, Written};
 use switchyard_envelope::Envelope;
 use switchyard_keys::TenantId;
 use switchyard_subjects::InputStage;
@@ -19,7 +20,7 @@ async fn store(js: &jetstream::Context) -> JobStore {
     JobStore::new(js.get_key_value("dlq-jobs").await.unwrap())
 }
 
-fn spec(selection: JobSelection, rate: u32, dry_run: bool, upper_seq: u64, total: u64) -> JobSpec {
+fn spec(selection: Selection, rate: u32, dry_run: bool, upper_seq: u64, total: u64) -> JobSpec {
     JobSpec {
         selection,
         target: None,
@@ -71,7 +72,7 @@ async fn two_instances_share_a_job_but_only_one_executes_it() {
     let id = create(
         &env.js,
         spec(
-            JobSelection::default(),
+            Selection::default(),
             2000,
             false,
             *seqs.last().unwrap(),
@@ -108,9 +109,9 @@ async fn a_dry_run_changes_nothing_and_unreplayable_entries_are_kept_with_a_reas
     seed(&env.js, "acme", 4, 1, DlqCode::InvalidEnvelope).await;
     let other = seed(&env.js, "globex", 5, 2, DlqCode::NoRoute).await;
     let service = env.service(env.config()).await;
-    let acme = JobSelection {
+    let acme = Selection {
         tenant: Some(TenantId::new("acme").unwrap()),
-        ..JobSelection::default()
+        ..Selection::default()
     };
     let dry = create(
         &env.js,
@@ -156,13 +157,7 @@ async fn a_cancelled_job_stops_and_leaves_the_rest_in_the_dlq() {
     let service = env.service(env.config()).await;
     let id = create(
         &env.js,
-        spec(
-            JobSelection::default(),
-            20,
-            false,
-            *seqs.last().unwrap(),
-            200,
-        ),
+        spec(Selection::default(), 20, false, *seqs.last().unwrap(), 200),
     )
     .await;
     wait_for("some progress", Duration::from_secs(30), || async {
@@ -205,10 +200,10 @@ async fn an_invalid_job_fails_with_its_reason_and_touches_nothing() {
     seed(&env.js, "acme", 1, 2, DlqCode::NoRoute).await;
     let service = env.service(env.config()).await;
     // Written by hand into the bucket: listed sequences and a filter at once.
-    let invalid = JobSelection {
+    let invalid = Selection {
         tenant: Some(TenantId::new("acme").unwrap()),
         seqs: vec![1, 2],
-        ..JobSelection::default()
+        ..Selection::default()
     };
     let id = create(&env.js, spec(invalid, 10, false, 2, 2)).await;
     let failed = finished(&env.js, &id, Duration::from_secs(20)).await;

@@ -295,7 +295,7 @@ async fn a_message_terminated_on_ingress_without_a_record_is_dead_lettered_and_k
     // INGRESS is a limits stream: its history keeps the message.
     assert_eq!(stored_count(&env.js, "INGRESS").await, 1);
     // It can be replayed once the cause is fixed.
-    let plan = switchyard_dlq::plan_replay(&Namespace::default(), &entry).unwrap();
+    let plan = switchyard_dlq_ops::plan_replay(&Namespace::default(), &entry).unwrap();
     assert_eq!(plan.subject, "ingress.v1.acme.ops.slack");
     service.stop().await;
 }

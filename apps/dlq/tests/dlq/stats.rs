@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use switchyard_dlq::{DlqCode, StatsRecord, StatsState, StatsStore};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::{StatsRecord, StatsState, StatsStore};
 use switchyard_subjects::Namespace;
 use switchyard_testkit::wait_for;
 

@@ -10,12 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::stream::Stream;
 use serde::Serialize;
-use switchyard_dlq::ExportLine;
-use switchyard_subjects::Namespace;
+use switchyard_dlq_ops::{DlqReader, ExportLine};
 
-use super::read::{self, Selection};
+use super::read;
 use super::{FilterArgs, TimeArgs};
 use crate::output::Output;
 
@@ -71,13 +69,9 @@ fn open(args: &ExportArgs) -> anyhow::Result<Box<dyn Write>> {
 }
 
 /// Runs `dlq export`.
-pub async fn run(
-    stream: &Stream,
-    ns: &Namespace,
-    args: &ExportArgs,
-    out: &Output,
-) -> anyhow::Result<ExitCode> {
-    let selection = Selection::new(ns, &args.filters, &args.times);
+pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let ns = reader.namespace();
+    let selection = args.filters.selection(&args.times);
     let mut writer = open(args)?;
     let mut report = ExportReport {
         file: args.file.display().to_string(),
@@ -85,16 +79,17 @@ pub async fn run(
         seqs: None,
         skipped: Vec::new(),
     };
-    read::visit(stream, ns, &selection, |message, delivered| {
+    let mut read = reader.select(&selection);
+    while let Some((message, delivered)) = read.next().await? {
         match &delivered.entry {
             Ok(entry) if selection.matches(entry) => {}
-            Ok(_) => return Ok(true),
+            Ok(_) => continue,
             Err(err) => {
                 read::warn_malformed(delivered.seq, err);
-                if selection.in_time(delivered.stored_at) && selection.filters.code.is_none() {
+                if selection.in_time(delivered.stored_at) && selection.code.is_none() {
                     report.skipped.push(delivered.seq);
                 }
-                return Ok(true);
+                continue;
             }
         }
         let stored = StreamMessage {
@@ -113,9 +108,7 @@ pub async fn run(
             None => (delivered.seq, delivered.seq),
             Some((first, _)) => (first, delivered.seq),
         });
-        Ok(true)
-    })
-    .await?;
+    }
     writer.flush().context("writing the export")?;
     drop(writer);
     if args.file.as_os_str() == "-" {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use async_nats::jetstream::{self, stream::Stream};
 use serde::Serialize;
-use switchyard_dlq::export;
+use switchyard_dlq_ops::export;
 use switchyard_subjects::Namespace;
 
 use crate::output::Output;

@@ -11,13 +11,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, stream::Stream};
-use switchyard_dlq::{JobRecord, JobSelection, JobSpec, JobState, JobStore, Written};
+use async_nats::jetstream;
+use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobState, JobStore, Selection, Written};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
 use switchyard_topology::ResolvedTopology;
 use time::OffsetDateTime;
 
-use super::read::{self, Target};
+use super::read::Target;
 use super::replay::ReplayArgs;
 use crate::output::{Output, Table, fields};
 use crate::parse::show_time;
@@ -55,29 +55,22 @@ async fn store(js: &jetstream::Context, topology: &ResolvedTopology) -> anyhow::
 pub async fn submit(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
-    stream: &Stream,
+    reader: &DlqReader,
     target: Target,
     args: &ReplayArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let ns = &topology.namespace;
     let store = store(js, topology).await?;
     let (selection, total, upper_seq) = match &target {
         Target::Seqs(seqs) => {
-            let mut seqs = seqs.clone();
-            seqs.sort_unstable();
-            seqs.dedup();
-            if seqs.len() > MAX_LISTED {
+            let selection = Selection::listed(seqs.clone());
+            if selection.seqs.len() > MAX_LISTED {
                 anyhow::bail!(
                     "a job lists at most {MAX_LISTED} sequences; select the entries with filters instead"
                 );
             }
-            let upper = seqs.last().copied().unwrap_or(0);
-            let total = seqs.len() as u64;
-            let selection = JobSelection {
-                seqs,
-                ..JobSelection::default()
-            };
+            let upper = selection.seqs.last().copied().unwrap_or(0);
+            let total = selection.seqs.len() as u64;
             (selection, total, upper)
         }
         Target::Filter(selection) => {
@@ -86,16 +79,15 @@ pub async fn submit(
                 prompt::ensure_can_confirm("replay DLQ entries selected by a filter", args.yes)?;
             }
             let (mut count, mut upper) = (0u64, 0u64);
-            read::visit(stream, ns, selection, |_, delivered| {
+            let mut read = reader.select(selection);
+            while let Some((_, delivered)) = read.next().await? {
                 if let Ok(entry) = &delivered.entry
                     && selection.matches(entry)
                 {
                     count += 1;
                     upper = upper.max(entry.seq);
                 }
-                Ok(true)
-            })
-            .await?;
+            }
             if count == 0 {
                 if out.is_json() {
                     out.json(&serde_json::json!({"job": null, "matched": 0}))?;
@@ -115,17 +107,7 @@ pub async fn submit(
             if needs_confirmation && !prompt::confirm(&question)? {
                 anyhow::bail!("cancelled: no job was created");
             }
-            let f = &selection.filters;
-            let selection = JobSelection {
-                tenant: f.tenant.clone(),
-                stage: f.stage,
-                platform: f.platform.clone(),
-                code: f.code,
-                since: selection.since,
-                until: selection.until,
-                seqs: Vec::new(),
-            };
-            (selection, count, upper)
+            (selection.clone(), count, upper)
         }
     };
     let job = JobRecord::new(

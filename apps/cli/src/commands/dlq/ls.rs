@@ -3,10 +3,9 @@
 
 use std::process::ExitCode;
 
-use async_nats::jetstream::stream::Stream;
-use switchyard_subjects::Namespace;
+use switchyard_dlq_ops::DlqReader;
 
-use super::read::{self, Selection};
+use super::read;
 use super::{FilterArgs, TimeArgs};
 use crate::output::{Output, Table, truncate};
 use crate::parse::show_time;
@@ -29,14 +28,11 @@ pub struct LsArgs {
 }
 
 /// Runs `dlq ls`.
-pub async fn run(
-    stream: &Stream,
-    ns: &Namespace,
-    args: &LsArgs,
-    out: &Output,
-) -> anyhow::Result<ExitCode> {
-    let selection = Selection::new(ns, &args.filters, &args.times);
-    let collected = read::collect(stream, ns, &selection, Some(args.limit)).await?;
+pub async fn run(reader: &DlqReader, args: &LsArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let selection = args.filters.selection(&args.times);
+    let collected = reader
+        .collect(&selection, Some(args.limit), read::warn_malformed)
+        .await?;
     if out.is_json() {
         let views: Vec<_> = collected.entries.iter().map(|e| e.view()).collect();
         out.json(&views)?;

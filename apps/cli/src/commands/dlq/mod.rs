@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use async_nats::jetstream;
 use clap::Subcommand;
 use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::{DlqReader, Selection};
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::{DlqFilter, InputStage};
 use switchyard_topology::ResolvedTopology;
@@ -32,7 +33,7 @@ use time::OffsetDateTime;
 use crate::output::Output;
 use crate::{parse, resources};
 
-pub use read::{Selection, Target};
+pub use read::Target;
 
 /// Arguments of `dlq`.
 #[derive(Debug, clap::Args)]
@@ -113,6 +114,19 @@ impl FilterArgs {
         }
     }
 
+    /// The selection these filters and `times` make.
+    pub fn selection(&self, times: &TimeArgs) -> Selection {
+        Selection {
+            tenant: self.tenant.clone(),
+            stage: self.stage,
+            platform: self.platform.clone(),
+            code: self.code,
+            since: times.since,
+            until: times.until,
+            seqs: Vec::new(),
+        }
+    }
+
     /// Whether any filter is set.
     pub fn any(&self) -> bool {
         self.tenant.is_some()
@@ -131,15 +145,16 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let stream = resources::dlq_stream(js, topology).await?;
     let ns = &topology.namespace;
+    let reader = DlqReader::new(stream.clone(), ns.clone());
     match &args.command {
-        DlqCommand::Tail(a) => tail::run(&stream, ns, a, out).await,
-        DlqCommand::Ls(a) => ls::run(&stream, ns, a, out).await,
-        DlqCommand::Show(a) => show::run(&stream, ns, a, out).await,
-        DlqCommand::Replay(a) => replay::run(js, topology, &stream, a, out).await,
+        DlqCommand::Tail(a) => tail::run(&reader, a, out).await,
+        DlqCommand::Ls(a) => ls::run(&reader, a, out).await,
+        DlqCommand::Show(a) => show::run(&reader, a, out).await,
+        DlqCommand::Replay(a) => replay::run(js, topology, &reader, a, out).await,
         DlqCommand::Jobs(a) => jobs::run(js, topology, a, out).await,
         DlqCommand::Stats(a) => stats::run(js, topology, &stream, a, out).await,
-        DlqCommand::Purge(a) => purge::run(&stream, ns, a, out).await,
-        DlqCommand::Export(a) => export::run(&stream, ns, a, out).await,
+        DlqCommand::Purge(a) => purge::run(&reader, a, out).await,
+        DlqCommand::Export(a) => export::run(&reader, a, out).await,
         DlqCommand::Import(a) => import::run(js, &stream, ns, a, out).await,
     }
 }

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use async_nats::jetstream::stream::{DeleteMessageErrorKind, Stream};
+use async_nats::jetstream::stream::DeleteMessageErrorKind;
 use serde::Serialize;
-use switchyard_subjects::Namespace;
+use switchyard_dlq_ops::DlqReader;
 
 use super::read::{self, Target};
 use super::{FilterArgs, TimeArgs};
@@ -43,8 +43,7 @@ pub struct PurgeReport {
 
 /// The sequences a filter selects, after confirmation; `None` when there is nothing to do.
 async fn selected(
-    stream: &Stream,
-    ns: &Namespace,
+    reader: &DlqReader,
     target: Target,
     yes: bool,
 ) -> anyhow::Result<Option<Vec<u64>>> {
@@ -53,11 +52,13 @@ async fn selected(
         Target::Filter(selection) => selection,
     };
     prompt::ensure_can_confirm("purge DLQ entries selected by a filter", yes)?;
-    let collected = read::collect(stream, ns, &selection, None).await?;
+    let collected = reader
+        .collect(&selection, None, read::warn_malformed)
+        .await?;
     let mut seqs: Vec<u64> = collected.entries.iter().map(|e| e.seq).collect();
     // A message that is not a valid record has no readable code: it goes with a subject or
     // time filter, never with a code filter.
-    if selection.filters.code.is_none() {
+    if selection.code.is_none() {
         seqs.extend(&collected.malformed);
         seqs.sort_unstable();
     }
@@ -76,14 +77,10 @@ async fn selected(
 }
 
 /// Runs `dlq purge`.
-pub async fn run(
-    stream: &Stream,
-    ns: &Namespace,
-    args: &PurgeArgs,
-    out: &Output,
-) -> anyhow::Result<ExitCode> {
-    let target = Target::new(ns, &args.seqs, &args.filters, &args.times, args.all)?;
-    let seqs = selected(stream, ns, target, args.yes)
+pub async fn run(reader: &DlqReader, args: &PurgeArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let target = Target::new(&args.seqs, &args.filters, &args.times, args.all)?;
+    let stream = reader.stream();
+    let seqs = selected(reader, target, args.yes)
         .await?
         .unwrap_or_default();
     let mut report = PurgeReport::default();

@@ -1,7 +1,8 @@
 //! `switchyard dlq replay`: republish entries to the stage that gave up on them (or the stage
 //! given with `--to`; [`plan_replay_to`]), await each JetStream ack, and only then delete the
-//! entry — unless the ack says duplicate, in which case the entry stays. At a bounded rate,
-//! with a dry run.
+//! entry — the replay step the dlq service's jobs run too ([`step`]), with its duplicate rule:
+//! the entry stays only when the ack is a duplicate of the message it was read from. At a
+//! bounded rate, with a dry run.
 //!
 //! With `--job` (or `--follow`) the CLI replays nothing itself: it writes a durable job for
 //! the dlq service ([`super::jobs::submit`]), which survives the CLI, a crash or a restart.
@@ -10,12 +11,13 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use async_nats::jetstream::{self, stream::Stream};
+use async_nats::jetstream;
 use serde::Serialize;
-use switchyard_dlq::{DlqEntry, plan_replay_to, replay::ReplayError};
-use switchyard_subjects::{InputStage, Namespace};
+use switchyard_dlq::DlqEntry;
+use switchyard_dlq_ops::{DlqReader, StepError, Stepped, plan_replay_to, step};
+use switchyard_subjects::InputStage;
 use switchyard_topology::ResolvedTopology;
+use tokio::sync::Semaphore;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::read::{self, Target};
@@ -157,31 +159,30 @@ pub fn summary(results: &[ReplayResult], dry_run: bool) -> String {
 
 /// The entries to replay, with a result already decided for the ones that cannot be read.
 async fn load(
-    stream: &Stream,
-    ns: &Namespace,
+    reader: &DlqReader,
     target: &Target,
 ) -> anyhow::Result<(Vec<DlqEntry>, Vec<ReplayResult>)> {
     match target {
         Target::Filter(selection) => {
-            let collected = read::collect(stream, ns, selection, None).await?;
+            let collected = reader
+                .collect(selection, None, read::warn_malformed)
+                .await?;
             Ok((collected.entries, Vec::new()))
         }
         Target::Seqs(seqs) => {
             let (mut entries, mut kept) = (Vec::new(), Vec::new());
             for &seq in seqs {
-                match read::get(stream, seq).await? {
+                match reader.get(seq).await? {
                     None => kept.push(ReplayResult::kept(
                         seq,
                         "no such entry",
                         format!("no DLQ entry with seq {seq}"),
                     )),
-                    Some(message) => match read::entry_of(ns, &message) {
+                    Some(message) => match reader.entry_of(&message) {
                         Ok(entry) => entries.push(entry),
-                        Err(err) => kept.push(ReplayResult::kept(
-                            seq,
-                            "invalid record",
-                            format!("{err:#}"),
-                        )),
+                        Err(err) => {
+                            kept.push(ReplayResult::kept(seq, "invalid record", err.to_string()))
+                        }
                     },
                 }
             }
@@ -190,25 +191,19 @@ async fn load(
     }
 }
 
-/// Replays one entry, paced by `pace` (or only plans it, on a dry run: no pace).
+/// Replays one entry through the shared replay step (paced by `pace`), or only plans it, on
+/// a dry run (no pace).
 async fn replay_one(
     js: &jetstream::Context,
-    stream: &Stream,
-    ns: &Namespace,
+    reader: &DlqReader,
+    deletes: &Semaphore,
     entry: &DlqEntry,
     target: Option<InputStage>,
     pace: Option<&mut Interval>,
 ) -> anyhow::Result<ReplayResult> {
-    let plan = match plan_replay_to(ns, entry, target) {
+    let plan = match plan_replay_to(reader.namespace(), entry, target) {
         Ok(plan) => plan,
-        Err(err) => {
-            let because = match err {
-                ReplayError::NotReplayable { .. } => "not replayable",
-                ReplayError::NoEnvelope { .. } => "no envelope",
-                ReplayError::TargetRefused { .. } => "target refused",
-            };
-            return Ok(ReplayResult::kept(entry.seq, because, err.to_string()));
-        }
+        Err(err) => return Ok(ReplayResult::kept(entry.seq, err.reason(), err.to_string())),
     };
     let mut result = ReplayResult {
         seq: entry.seq,
@@ -223,41 +218,34 @@ async fn replay_one(
         return Ok(result);
     };
     pace.tick().await;
-    let ack = js
-        .publish_with_headers(plan.subject.clone(), plan.headers, plan.payload)
-        .await
-        .with_context(|| format!("replaying entry {} to {}", entry.seq, plan.subject))?
-        .await
-        .with_context(|| {
-            format!(
-                "replaying entry {} to {}: waiting for the ack",
-                entry.seq, plan.subject
-            )
-        })?;
-    if ack.duplicate {
-        return Ok(ReplayResult::kept(
-            entry.seq,
-            "duplicate",
-            format!(
-                "{} already holds this replay at seq {} (inside its duplicate window); the entry stays",
-                ack.stream, ack.sequence
-            ),
-        ));
-    }
+    let stored = match step::replay(js, reader.stream(), deletes, entry.seq, &plan).await {
+        Ok(Stepped::Replayed { stream, seq, .. }) => (stream, seq),
+        Ok(Stepped::KeptDuplicate { stream, seq }) => {
+            return Ok(ReplayResult::kept(
+                entry.seq,
+                "duplicate",
+                format!(
+                    "{stream} already holds the original at seq {seq} (inside its duplicate window), so nothing was stored; the entry stays"
+                ),
+            ));
+        }
+        // The copy is stored; only the entry could not go.
+        Err(StepError::Delete {
+            seq,
+            stream,
+            stored,
+            source,
+        }) => {
+            eprintln!(
+                "warning: entry {seq} was replayed but could not be deleted: {:#}",
+                anyhow::Error::new(source)
+            );
+            (stream, stored)
+        }
+        Err(err) => return Err(err.into()),
+    };
     result.outcome = ReplayOutcome::Replayed;
-    result.stored = Some((ack.stream, ack.sequence));
-    // The copy is durably stored: only now may the entry go.
-    match stream.delete_message(entry.seq).await {
-        Ok(true) => {}
-        Ok(false) => eprintln!(
-            "warning: entry {} was replayed but the server did not delete it",
-            entry.seq
-        ),
-        Err(err) => eprintln!(
-            "warning: entry {} was replayed but could not be deleted: {err}",
-            entry.seq
-        ),
-    }
+    result.stored = Some(stored);
     Ok(result)
 }
 
@@ -265,20 +253,19 @@ async fn replay_one(
 pub async fn run(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
-    stream: &Stream,
+    reader: &DlqReader,
     args: &ReplayArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let ns = &topology.namespace;
-    let target = Target::new(ns, &args.seqs, &args.filters, &args.times, args.all)?;
+    let target = Target::new(&args.seqs, &args.filters, &args.times, args.all)?;
     if args.job || args.follow {
-        return super::jobs::submit(js, topology, stream, target, args, out).await;
+        return super::jobs::submit(js, topology, reader, target, args, out).await;
     }
     let needs_confirmation = matches!(target, Target::Filter(_)) && !args.dry_run && !args.yes;
     if needs_confirmation {
         prompt::ensure_can_confirm("replay DLQ entries selected by a filter", args.yes)?;
     }
-    let (entries, mut results) = load(stream, ns, &target).await?;
+    let (entries, mut results) = load(reader, &target).await?;
     if let Target::Filter(selection) = &target {
         if entries.is_empty() {
             if out.is_json() {
@@ -304,9 +291,10 @@ pub async fn run(
     }
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deletes = Semaphore::new(1);
     for entry in &entries {
         let pace = (!args.dry_run).then_some(&mut pace);
-        match replay_one(js, stream, ns, entry, args.to, pace).await {
+        match replay_one(js, reader, &deletes, entry, args.to, pace).await {
             Ok(result) => {
                 if !out.is_json() {
                     println!("{}", result.line());

@@ -6,13 +6,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::stream::Stream;
 use serde_json::json;
 use switchyard_dlq::DlqEntry;
+use switchyard_dlq_ops::DlqReader;
 use switchyard_envelope::PayloadView;
-use switchyard_subjects::Namespace;
 
-use super::read;
 use crate::output::{Output, Table, fields};
 use crate::parse::show_time;
 
@@ -120,16 +118,11 @@ pub fn render(entry: &DlqEntry) -> String {
 }
 
 /// Runs `dlq show`.
-pub async fn run(
-    stream: &Stream,
-    ns: &Namespace,
-    args: &ShowArgs,
-    out: &Output,
-) -> anyhow::Result<ExitCode> {
-    let Some(message) = read::get(stream, args.seq).await? else {
+pub async fn run(reader: &DlqReader, args: &ShowArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let Some(message) = reader.get(args.seq).await? else {
         anyhow::bail!("no DLQ entry with seq {}", args.seq);
     };
-    match read::entry_of(ns, &message) {
+    match reader.entry_of(&message) {
         Ok(entry) if out.is_json() => out.json(&entry.view())?,
         Ok(entry) => print!("{}", render(&entry)),
         Err(err) => {

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use async_nats::jetstream::{self, stream::Stream};
 use serde::Serialize;
-use switchyard_dlq::{DlqCode, StatsRecord, StatsStore};
+use switchyard_dlq::DlqCode;
+use switchyard_dlq_ops::{StatsRecord, StatsStore};
 use switchyard_keys::{KvKey, Stage, TenantId, kv};
 use switchyard_topology::ResolvedTopology;
 

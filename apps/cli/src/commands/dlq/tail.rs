@@ -5,12 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use switchyard_dlq::DlqEntry;
-use switchyard_subjects::Namespace;
+use switchyard_dlq_ops::DlqReader;
 
-use super::read::{self, Selection};
+use super::read;
 use super::{FilterArgs, TimeArgs};
 use crate::output::{Output, Paint};
 use crate::parse::show_time;
@@ -50,13 +49,8 @@ pub fn line(entry: &DlqEntry, paint: Paint) -> String {
 }
 
 /// Runs `dlq tail`.
-pub async fn run(
-    stream: &Stream,
-    ns: &Namespace,
-    args: &TailArgs,
-    out: &Output,
-) -> anyhow::Result<ExitCode> {
-    let selection = Selection::new(ns, &args.filters, &TimeArgs::default());
+pub async fn run(reader: &DlqReader, args: &TailArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let selection = args.filters.selection(&TimeArgs::default());
     if args.limit == Some(0) {
         return Ok(ExitCode::SUCCESS);
     }
@@ -65,7 +59,8 @@ pub async fn run(
     } else {
         DeliverPolicy::New
     };
-    let consumer = read::ordered(stream, &selection.subject_filter, start).await?;
+    let filter = selection.subject_filter(reader.namespace());
+    let consumer = reader.ordered(&filter, start).await?;
     let mut messages = consumer
         .messages()
         .await
@@ -82,7 +77,7 @@ pub async fn run(
         let message = next
             .context("the DLQ subscription ended")?
             .context("following the DLQ stream")?;
-        let delivered = read::entry(ns, &message)?;
+        let delivered = reader.delivered(&message)?;
         let entry = match delivered.entry {
             Ok(entry) => entry,
             Err(err) => {
