@@ -4,6 +4,7 @@
 mod crash;
 mod delivery;
 mod sink;
+mod trace;
 
 use std::time::Duration;
 

@@ -21,6 +21,7 @@ pub struct Received {
     pub webhook_id: String,
     pub timestamp: String,
     pub signature: String,
+    pub traceparent: String,
     pub body: Bytes,
 }
 
@@ -56,6 +57,7 @@ async fn receive(
         webhook_id: header("webhook-id"),
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
+        traceparent: header("traceparent"),
         body,
     });
     StatusCode::from_u16(inner.statuses.get(&path).copied().unwrap_or(200)).unwrap()
