@@ -3,40 +3,19 @@
 //! tenant's admission state to KV when it changes: closed at `backlog_high`, open again below
 //! `backlog_low` (hysteresis). Every replica scans; writes happen only on a change.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
-use switchyard_subjects::{Namespace, Subject};
+use switchyard_topology::backlog_by_tenant;
 use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::{Shared, TenantLabel};
 use crate::tenant_loop;
-
-/// Per-tenant message counts in a stream (its stage subjects and delayed re-entries).
-pub async fn backlog_by_tenant(
-    js: &async_nats::jetstream::Context,
-    ns: &Namespace,
-    stream: &str,
-) -> anyhow::Result<BTreeMap<TenantId, u64>> {
-    let stream = js.get_stream_no_info(stream).await?;
-    let mut subjects = stream.info_with_subjects(">").await?;
-    let mut out = BTreeMap::new();
-    while let Some((subject, count)) = subjects.try_next().await? {
-        let tenant = match Subject::parse(ns, &subject) {
-            Ok(Subject::Stage(s)) => s.address.tenant,
-            Ok(Subject::Delay(s)) => s.address.tenant,
-            _ => continue,
-        };
-        *out.entry(tenant).or_insert(0) += count as u64;
-    }
-    Ok(out)
-}
 
 /// Runs the scan until `shutdown`, then waits for the tenant loops to finish.
 pub async fn run(
@@ -114,11 +93,9 @@ async fn scan_once(
                     Some(Ok(record)) => record.admission,
                     _ => Admission::Open,
                 });
-        let limit = shared.limit_for(&tenant);
-        let high = limit
-            .backlog_high
-            .unwrap_or(shared.settings.default_backlog_high);
-        let low = limit.backlog_low.unwrap_or(high / 2);
+        let (high, low) = shared
+            .limit_for(&tenant)
+            .thresholds(shared.settings.default_backlog_high);
 
         let wanted = match current {
             Admission::Open if backlog >= high => Admission::Closed,

@@ -7,8 +7,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{KvCache, LimitRecord};
+use switchyard_keys::{RateKey, TenantId};
+use switchyard_registry::{KvCache, LimitRecord, limit_lookup};
 use switchyard_service::{Handoff, Metrics, Settler};
 use switchyard_subjects::{InputStage, Namespace};
 
@@ -114,11 +114,7 @@ impl Shared {
     /// The limit in force for `tenant`: its own, else `_default`, else the built-in one. An
     /// unreadable or invalid record is logged and skipped (never a reason to stop delivering).
     pub fn limit_for(&self, tenant: &TenantId) -> LimitRecord {
-        for scope in [RateScope::Tenant(tenant.clone()), RateScope::Default] {
-            let key = RateKey {
-                scope,
-                record: RateRecord::Limit,
-            };
+        for (key, _) in limit_lookup(tenant) {
             match self.limits.get(&key) {
                 Some(Ok(limit)) if limit.validate().is_ok() => return limit,
                 Some(Ok(limit)) => tracing::warn!(?key, ?limit, "invalid limit record ignored"),

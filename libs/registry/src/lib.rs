@@ -15,7 +15,7 @@ pub mod store;
 pub mod tenant;
 
 pub use cache::KvCache;
-pub use limits::{Admission, LimitRecord, PressureRecord, TokenState};
+pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use store::{Store, StoreError};
 pub use tenant::TenantRecord;

@@ -3,6 +3,7 @@
 //! admission (pressure) state the edge reads.
 
 use serde::{Deserialize, Serialize};
+use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 
 /// A tenant's limit (JSON at `<tenant>.limit`, or `_default.limit` for tenants without one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,11 +46,52 @@ impl LimitRecord {
         Ok(())
     }
 
-    /// The reopen threshold.
+    /// The admission thresholds `(close at, reopen below)`: `backlog_high` (or
+    /// `default_high` when the record has none) and `backlog_low` (default: half the high
+    /// mark). The one definition the backpressure scan and the CLI share.
+    pub fn thresholds(&self, default_high: u64) -> (u64, u64) {
+        let high = self.backlog_high.unwrap_or(default_high);
+        (high, self.backlog_low.unwrap_or(high / 2))
+    }
+
+    /// The reopen threshold, when the record sets a high mark.
     pub fn reopen_below(&self) -> Option<u64> {
         self.backlog_high
-            .map(|high| self.backlog_low.unwrap_or(high / 2))
+            .map(|high| self.thresholds(high).1)
     }
+}
+
+/// Where a tenant's limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    /// The tenant's own record, `<tenant>.limit`.
+    Tenant,
+    /// The shared record, `_default.limit`.
+    Default,
+    /// Neither: the backpressure service's configured default.
+    BuiltIn,
+}
+
+/// The keys a tenant's limit is looked up at, in order: its own record, then `_default`. The
+/// first that holds a valid record applies; with neither, the service's built-in default. The
+/// one lookup order the backpressure service and the CLI share.
+pub fn limit_lookup(tenant: &TenantId) -> [(RateKey, LimitSource); 2] {
+    [
+        (
+            RateKey {
+                scope: RateScope::Tenant(tenant.clone()),
+                record: RateRecord::Limit,
+            },
+            LimitSource::Tenant,
+        ),
+        (
+            RateKey {
+                scope: RateScope::Default,
+                record: RateRecord::Limit,
+            },
+            LimitSource::Default,
+        ),
+    ]
 }
 
 /// The global token state of one tenant (JSON at `<tenant>.tokens`): the GCRA "theoretical

@@ -24,4 +24,4 @@ pub use open::{OpenError, Resource};
 pub use provision::{Change, Outcome, ProvisionItem, ProvisionReport, provision};
 pub use resolve::{ResolvedTopology, TopologyOptions};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Topology};
-pub use status::{StatusReport, status};
+pub use status::{StatusReport, backlog_by_tenant, status};

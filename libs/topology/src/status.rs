@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 use serde::Serialize;
-use switchyard_subjects::Subject;
+use switchyard_keys::TenantId;
+use switchyard_subjects::{Namespace, Subject};
 
 use crate::TopologyError;
 use crate::lookup::stream_info;
@@ -191,39 +192,52 @@ pub async fn status(
     })
 }
 
-/// Sums a work-queue stream's per-subject counts by tenant.
-async fn backlog(
+/// Messages stored in stream `name` per tenant: its per-subject counts summed by the tenant of
+/// each stage or delay (scheduled re-entry) subject; other subjects are not counted. The one
+/// definition of "a tenant's backlog in a hand-off stream", used by `status` and by the
+/// backpressure service's admission scan.
+///
+/// Errors: the stream cannot be read (`TopologyError::JetStream`).
+pub async fn backlog_by_tenant(
     js: &jetstream::Context,
-    topology: &ResolvedTopology,
+    ns: &Namespace,
     name: &str,
-) -> Result<Vec<TenantBacklog>, TopologyError> {
+) -> Result<BTreeMap<TenantId, u64>, TopologyError> {
     let stream = js
         .get_stream_no_info(name)
         .await
         .map_err(|e| TopologyError::js(format!("reading stream {name}"), e))?;
-    // Every subject of the stream: the stage's own and its scheduled (delayed) re-entries.
-    let filter = ">";
     let mut subjects = stream
-        .info_with_subjects(filter)
+        .info_with_subjects(">")
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?;
-    let mut per_tenant: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_tenant = BTreeMap::new();
     while let Some((subject, count)) = subjects
         .try_next()
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?
     {
-        let tenant = match Subject::parse(&topology.namespace, &subject) {
+        let tenant = match Subject::parse(ns, &subject) {
             Ok(Subject::Stage(s)) => s.address.tenant,
             Ok(Subject::Delay(s)) => s.address.tenant,
             _ => continue,
         };
-        *per_tenant.entry(tenant.to_string()).or_default() += count as u64;
+        *per_tenant.entry(tenant).or_insert(0) += count as u64;
     }
-    Ok(per_tenant
+    Ok(per_tenant)
+}
+
+/// [`backlog_by_tenant`] as status rows.
+async fn backlog(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    name: &str,
+) -> Result<Vec<TenantBacklog>, TopologyError> {
+    Ok(backlog_by_tenant(js, &topology.namespace, name)
+        .await?
         .into_iter()
         .map(|(tenant, messages)| TenantBacklog {
-            tenant,
+            tenant: tenant.to_string(),
             stream: name.to_owned(),
             messages,
         })

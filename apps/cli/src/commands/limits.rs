@@ -7,8 +7,8 @@ use anyhow::Context;
 use async_nats::jetstream;
 use clap::Subcommand;
 use serde::Serialize;
-use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{LimitRecord, PressureRecord, Store};
+use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
+use switchyard_registry::{LimitRecord, LimitSource, PressureRecord, Store, limit_lookup};
 use switchyard_topology::ResolvedTopology;
 
 use crate::output::{Output, Table};
@@ -137,24 +137,37 @@ pub async fn run(
         }
         LimitsCommand::Get(arg) => {
             let scope = scope(&arg.tenant)?;
-            let own = limits
-                .get(&RateKey {
-                    scope: scope.clone(),
-                    record: RateRecord::Limit,
-                })
-                .await?;
-            let (limit, from) = match own {
-                Some(limit) => (Some(limit), scope_name(&scope)),
-                None => (
-                    limits
-                        .get(&RateKey {
-                            scope: RateScope::Default,
-                            record: RateRecord::Limit,
-                        })
-                        .await?,
-                    "_default".to_owned(),
-                ),
+            // The service's lookup order: the tenant's own valid record, then `_default`.
+            let lookup = match &scope {
+                RateScope::Tenant(tenant) => limit_lookup(tenant).to_vec(),
+                RateScope::Default => vec![(
+                    RateKey {
+                        scope: RateScope::Default,
+                        record: RateRecord::Limit,
+                    },
+                    LimitSource::Default,
+                )],
             };
+            let mut limit = None;
+            let mut from = String::new();
+            for (key, source) in lookup {
+                match limits.get(&key).await? {
+                    Some(record) if record.validate().is_ok() => {
+                        limit = Some(record);
+                        from = match source {
+                            LimitSource::Tenant => scope_name(&scope),
+                            _ => "_default".to_owned(),
+                        };
+                        break;
+                    }
+                    Some(record) => eprintln!(
+                        "warning: the limit at {} is invalid and ignored by the service: {}",
+                        key.render(),
+                        record.validate().err().unwrap_or_default()
+                    ),
+                    None => {}
+                }
+            }
             let admission = match &scope {
                 RateScope::Tenant(_) => {
                     pressure
