@@ -743,7 +743,7 @@ async fn subjects(admin: &Conn, stream: &str) -> Vec<String> {
 /// The services, each connected as its own user through the project's connect path.
 struct Services {
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), switchyard_service::LaunchError>>>,
     ingress_http: std::net::SocketAddr,
 }
 
@@ -823,9 +823,9 @@ impl Services {
         Self {
             shutdown,
             tasks: vec![
-                as_anyhow(ingress.task),
-                as_anyhow(idempotency.task),
-                as_anyhow(backpressure.task),
+                ingress.task,
+                idempotency.task,
+                backpressure.task,
                 egress.task,
                 dlq.task,
             ],
@@ -1259,11 +1259,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A service task with a typed error, as one returning `anyhow::Result`.
-fn as_anyhow<E: std::error::Error + Send + Sync + 'static>(
-    task: tokio::task::JoinHandle<Result<(), E>>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move { Ok(task.await??) })
 }

@@ -1,11 +1,11 @@
 //! The backpressure service's configuration: built-in defaults (`config/defaults.toml`) →
 //! file → `SWITCHYARD_BACKPRESSURE_*` environment.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use switchyard_registry::LimitRecord;
+use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::DeploymentConfig;
@@ -27,18 +27,10 @@ pub struct BackpressureConfig {
     /// Which deployment.
     #[serde(default)]
     pub deployment: DeploymentConfig,
-    /// The probes listener.
+    /// The probes listener (`[http]`; default `listen = "0.0.0.0:9103"`).
     pub http: HttpConfig,
     /// Rate limiting and admission.
     pub backpressure: BackpressureSettings,
-}
-
-/// The probes listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address (default `0.0.0.0:9103`; port 0 picks a free one).
-    pub listen: SocketAddr,
 }
 
 /// Rate limiting and admission settings.

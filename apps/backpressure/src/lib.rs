@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Deployment, Handoff, Metrics, Readiness, launch, router};
+use switchyard_service::{Handoff, Metrics, Readiness, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BackpressureConfig;
@@ -32,14 +32,10 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let deployment = Deployment {
-        js: &js,
-        topology: &topology,
-    };
-    let (stream_name, stream) = deployment.stream("BACKPRESSURE").await?;
+    let (stream_name, stream) = topology.open_stream(&js, "BACKPRESSURE").await?;
     let next_base = config.backpressure.next_stage.root().to_ascii_uppercase();
-    let (next_stream_name, _) = deployment.stream(&next_base).await?;
-    let (bucket, kv) = deployment.bucket("rate-limits").await?;
+    let (next_stream_name, _) = topology.open_stream(&js, &next_base).await?;
+    let (bucket, kv) = topology.open_bucket(&js, "rate-limits").await?;
 
     let limits = KvCache::start_filtered(kv.clone(), "*.limit", shutdown.clone());
     let pressure = KvCache::start_filtered(kv.clone(), "*.pressure", shutdown.clone());

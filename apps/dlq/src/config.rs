@@ -2,12 +2,12 @@
 //! `SWITCHYARD_DLQ_*` environment. Every key is documented in the defaults file.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_keys::TenantId;
+use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_topology::DeploymentConfig;
 
@@ -28,7 +28,7 @@ pub struct DlqConfig {
     /// Which deployment (prefix, bucket overrides).
     #[serde(default)]
     pub deployment: DeploymentConfig,
-    /// The probes listener.
+    /// The probes listener (`[http]`; default `listen = "0.0.0.0:9105"`).
     pub http: HttpConfig,
     /// The safety net for messages JetStream gave up on.
     pub safety_net: SafetyNetSettings,
@@ -38,14 +38,6 @@ pub struct DlqConfig {
     pub stats: StatsSettings,
     /// Inflow alerts.
     pub alerts: AlertSettings,
-}
-
-/// The probes listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address (default `0.0.0.0:9105`; port 0 picks a free one).
-    pub listen: SocketAddr,
 }
 
 /// The safety net.

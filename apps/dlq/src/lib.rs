@@ -19,46 +19,21 @@ pub mod safety_net;
 pub mod stats;
 pub mod sweep;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use switchyard_dlq_ops::{JobStore, StatsStore};
 use switchyard_keys::Stage;
-use switchyard_service::{Metrics, Readiness, router};
+use switchyard_service::{Metrics, Readiness, launch, router};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::DlqConfig;
 
-/// A started service.
-pub struct Running {
-    /// The bound probes address.
-    pub http_addr: SocketAddr,
-    /// This instance's id: the owner named in the leases it takes.
-    pub instance: String,
-    /// Completes when the service has drained after shutdown.
-    pub task: JoinHandle<anyhow::Result<()>>,
-}
-
-/// Opens a declared bucket, saying to provision when it is missing.
-async fn bucket(
-    js: &async_nats::jetstream::Context,
-    topology: &switchyard_topology::ResolvedTopology,
-    base: &str,
-) -> anyhow::Result<(String, async_nats::jetstream::kv::Store)> {
-    let name = topology
-        .bucket_name(base)
-        .with_context(|| format!("no {base} bucket declared"))?
-        .to_owned();
-    let kv = js
-        .get_key_value(&name)
-        .await
-        .with_context(|| format!("opening bucket {name} (run `switchyard provision`)"))?;
-    Ok((name, kv))
-}
+/// A started dlq service; `info` is this instance's id, the owner named in the leases it
+/// takes.
+pub type Running = switchyard_service::Running<String>;
 
 /// Starts the service; returns once it is subscribed and listening.
 pub async fn start(
@@ -73,16 +48,9 @@ pub async fn start(
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let ns = topology.namespace.clone();
-    let dlq_name = topology
-        .stream_name("DLQ")
-        .context("no DLQ stream declared")?
-        .to_owned();
-    let dlq = js
-        .get_stream(&dlq_name)
-        .await
-        .with_context(|| format!("opening stream {dlq_name} (run `switchyard provision`)"))?;
-    let (jobs_bucket, jobs_kv) = bucket(&js, &topology, "dlq-jobs").await?;
-    let (stats_bucket, stats_kv) = bucket(&js, &topology, "dlq-stats").await?;
+    let (dlq_name, dlq) = topology.open_stream(&js, "DLQ").await?;
+    let (jobs_bucket, jobs_kv) = topology.open_bucket(&js, "dlq-jobs").await?;
+    let (stats_bucket, stats_kv) = topology.open_bucket(&js, "dlq-stats").await?;
     let instance = uuid::Uuid::now_v7().to_string();
 
     let metrics = Arc::new(Metrics::new(Stage::Dlq));
@@ -152,22 +120,16 @@ pub async fn start(
         buckets: vec![jobs_bucket, stats_bucket],
     };
     let app = router(readiness, metrics);
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    let http_addr = listener.local_addr()?;
 
     let sweep_every = safety.sweep_interval_secs;
     let sweep_max = safety.sweep_max_per_stream;
     let (jobs_on, stats_on, safety_on) =
         (config.jobs.enabled, config.stats.enabled, safety.enabled);
-    let id = instance.clone();
-    // Everything runs in this one task (no detached tasks), so aborting it is a crash.
-    let task = tokio::spawn(async move {
-        tracing::info!(%http_addr, instance = %id, "dlq running");
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+    tracing::info!(instance = %instance, "dlq starting");
+    let http_shutdown = shutdown.clone();
+    // Everything runs in the one task `launch` spawns (no detached tasks), so aborting it is a
+    // crash.
+    let work = async move {
         let advisories = async {
             if safety_on {
                 net.clone().run(advisories, shutdown.clone()).await;
@@ -194,16 +156,11 @@ pub async fn start(
                 processor.run(shutdown.clone()).await;
             }
         };
-        let (served, (), (), (), ()) = tokio::join!(server, advisories, sweep, jobs, stats);
-        served.context("http server")?;
+        tokio::join!(advisories, sweep, jobs, stats);
         tracing::info!("dlq drained");
-        Ok(())
-    });
-    Ok(Running {
-        http_addr,
-        instance,
-        task,
-    })
+    };
+    let running = launch("dlq", config.http.listen, app, http_shutdown, work).await?;
+    Ok(running.with_info(instance))
 }
 
 /// Runs the service until `shutdown`, then drains.
@@ -216,5 +173,6 @@ pub async fn run(
         .await?
         .task
         .await
-        .context("dlq task")?
+        .context("dlq task")??;
+    Ok(())
 }

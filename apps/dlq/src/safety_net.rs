@@ -170,11 +170,7 @@ impl SafetyNet {
                 .iter()
                 .find(|s| &s.base == base)
                 .with_context(|| format!("safety_net.streams: no stream {base} is declared"))?;
-            let name = resolved.config.name.clone();
-            let stream = js
-                .get_stream(&name)
-                .await
-                .with_context(|| format!("opening stream {name} (run `switchyard provision`)"))?;
+            let (name, stream) = topology.open_stream(&js, base).await?;
             watched.push(Watched {
                 stage,
                 work_queue: resolved.config.retention

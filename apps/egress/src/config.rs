@@ -1,12 +1,12 @@
 //! The egress service's configuration: embedded defaults (`config/defaults.toml`) → `--config`
 //! file → `SWITCHYARD_EGRESS_*` environment, validated once at start-up.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_topology::DeploymentConfig;
 
@@ -27,19 +27,10 @@ pub struct EgressConfig {
     /// Which deployment (prefix, bucket names) the service runs in.
     #[serde(default)]
     pub deployment: DeploymentConfig,
-    /// The probe and metrics endpoint.
+    /// The probe and metrics endpoint (`[http]`; default `listen = "0.0.0.0:9104"`).
     pub http: HttpConfig,
     /// Delivery behaviour.
     pub egress: EgressSettings,
-}
-
-/// The `[http]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address serving `/healthz`, `/readyz` and `/metrics` (default `0.0.0.0:9104`; port 0
-    /// picks a free port).
-    pub listen: SocketAddr,
 }
 
 /// The `[egress]` section: retries, breakers, per-route limits.

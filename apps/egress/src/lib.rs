@@ -13,7 +13,7 @@
 //! - [`receipt`]: delivery receipts; [`metrics`]: egress's own metrics.
 //!
 //! [`run`] is what the binary calls; [`start`] returns once the service is consuming, with
-//! its bound probe address; [`serve`] takes a listener of the caller's.
+//! its bound probe address (through `switchyard_service::launch`, like every service).
 
 pub mod backoff;
 pub mod breaker;
@@ -28,19 +28,16 @@ pub mod routing;
 pub mod sink;
 pub mod webhook;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use switchyard_keys::{RouteKey, Stage};
 use switchyard_registry::{KvCache, Route};
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use switchyard_service::{Handoff, Metrics, Readiness, Running, Worker, WorkerSettings, launch};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{EgressConfig, EgressSettings, HttpConfig};
+pub use config::{EgressConfig, EgressSettings};
 
 use crate::backoff::Backoff;
 use crate::breaker::{BreakerSettings, Breakers};
@@ -60,16 +57,7 @@ pub const DLQ_STREAM: &str = "DLQ";
 /// The declared (base) name of the routes bucket.
 pub const ROUTES_BUCKET: &str = "routes";
 
-/// A started service.
-#[derive(Debug)]
-pub struct Running {
-    /// The bound probe address (useful with `http.listen` on port 0).
-    pub http_addr: SocketAddr,
-    /// Completes once the service has drained after shutdown.
-    pub task: JoinHandle<anyhow::Result<()>>,
-}
-
-/// Binds `config.http.listen` and runs the service until `shutdown`, then drains.
+/// Runs the service until `shutdown`, then drains.
 pub async fn run(
     config: EgressConfig,
     client: async_nats::Client,
@@ -79,42 +67,15 @@ pub async fn run(
         .await?
         .task
         .await
-        .context("egress task")?
+        .context("egress task")??;
+    Ok(())
 }
 
-/// Runs the service with probes served on `listener` until `shutdown`, then drains in-flight
-/// messages and returns. `config.http.listen` is not used.
-pub async fn serve(
-    config: EgressConfig,
-    client: async_nats::Client,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    start_on(config, client, listener, shutdown)
-        .await?
-        .task
-        .await
-        .context("egress task")?
-}
-
-/// Binds `config.http.listen` and starts the service; returns once the routes are loaded,
-/// the probes are served and the worker is consuming.
+/// Starts the service on `config.http.listen`; returns once the routes are loaded, the probes
+/// are served and the worker is consuming.
 pub async fn start(
     config: EgressConfig,
     client: async_nats::Client,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    start_on(config, client, listener, shutdown).await
-}
-
-/// [`start`] with probes on `listener` instead of `config.http.listen`.
-pub async fn start_on(
-    config: EgressConfig,
-    client: async_nats::Client,
-    listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     config.validate()?;
@@ -124,50 +85,37 @@ pub async fn start_on(
         .resolve()
         .context("resolving the topology")?;
     let ns = topology.namespace.clone();
-    let name = |kind: &str, found: Option<&str>| {
-        found
-            .map(str::to_owned)
-            .with_context(|| format!("the topology declares no {kind}"))
-    };
-    let stream = name("stream EGRESS", topology.stream_name(STREAM))?;
-    let dlq_stream = name("stream DLQ", topology.stream_name(DLQ_STREAM))?;
-    let bucket = name("bucket routes", topology.bucket_name(ROUTES_BUCKET))?;
-    let consumer_spec = topology
+    let ack_wait = topology
         .consumer(CONSUMER)
-        .context("the topology declares no egress-worker consumer")?;
-    let ack_wait = consumer_spec.config.ack_wait;
+        .context("the topology declares no egress-worker consumer")?
+        .config
+        .ack_wait;
+    let dlq_stream = topology
+        .stream_name(DLQ_STREAM)
+        .context("the topology declares no DLQ stream")?
+        .to_owned();
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
+    let (stream, stream_handle) = topology.open_stream(&js, STREAM).await?;
+    let consumer = topology.open_consumer(&js, CONSUMER).await?;
 
     // (b) The routes cache, loaded before the first message is handled.
-    let kv = js
-        .get_key_value(&bucket)
-        .await
-        .with_context(|| format!("opening bucket {bucket} (run `switchyard provision`)"))?;
+    let (bucket, kv) = topology.open_bucket(&js, ROUTES_BUCKET).await?;
     let routes: Arc<KvCache<RouteKey, Route>> = KvCache::start(kv, shutdown.child_token());
-    let http_addr = listener.local_addr().context("reading the http address")?;
     tokio::select! {
         _ = routes.wait_loaded() => tracing::info!(bucket = %bucket, routes = routes.len(), "routes loaded"),
+        // Stopped before it started: nothing to serve, nothing to drain.
         _ = shutdown.cancelled() => {
-            return Ok(Running { http_addr, task: tokio::spawn(async { Ok(()) }) });
+            return Ok(launch("egress", config.http.listen, axum::Router::new(), shutdown, async {}).await?);
         }
     }
 
-    // The consumer and the handler, before anything is served.
+    // The handler, before anything is served.
     let metrics = Arc::new(Metrics::new(Stage::Egress));
     let egress_metrics = EgressMetrics::register(&metrics);
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream(CONSUMER, &stream)
-        .await
-        .with_context(|| {
-            format!("opening consumer {stream}/{CONSUMER} (run `switchyard provision`)")
-        })?;
     let settings = config.egress.clone();
     let handler = EgressHandler {
         ns: ns.clone(),
-        stream: js
-            .get_stream(&stream)
-            .await
-            .with_context(|| format!("opening stream {stream} (run `switchyard provision`)"))?,
+        stream: stream_handle,
         ack_wait,
         routes,
         handoff: Handoff::new(js.clone(), ns.clone()),
@@ -198,13 +146,6 @@ pub async fn start_on(
         buckets: vec![bucket],
     };
     let app = switchyard_service::router(readiness, metrics.clone());
-    let http_shutdown = shutdown.clone();
-    tracing::info!(addr = %http_addr, "serving /healthz /readyz /metrics");
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-    });
 
     // (d) The worker, until shutdown.
     let worker = Worker::new(
@@ -218,19 +159,13 @@ pub async fn start_on(
         },
     );
     tracing::info!(concurrency = settings.concurrency, "egress running");
-    let task = tokio::spawn(async move {
+    let listen = config.http.listen;
+    Ok(launch("egress", listen, app, shutdown.clone(), async move {
         worker.run(consumer, shutdown).await;
         // Flush receipts published by the last messages.
         if let Err(error) = client.flush().await {
             tracing::warn!(%error, "flushing on shutdown failed");
         }
-        match http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "the http server failed"),
-            Err(error) => tracing::warn!(%error, "the http server task failed"),
-        }
-        tracing::info!("egress stopped");
-        Ok(())
-    });
-    Ok(Running { http_addr, task })
+    })
+    .await?)
 }

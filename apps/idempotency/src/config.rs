@@ -1,10 +1,10 @@
 //! The idempotency service's configuration: built-in defaults (`config/defaults.toml`) → file
 //! → `SWITCHYARD_IDEMPOTENCY_*` environment.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::DeploymentConfig;
@@ -26,18 +26,10 @@ pub struct IdempotencyConfig {
     /// Which deployment.
     #[serde(default)]
     pub deployment: DeploymentConfig,
-    /// The probes listener.
+    /// The probes listener (`[http]`; default `listen = "0.0.0.0:9102"`).
     pub http: HttpConfig,
     /// Claiming.
     pub idempotency: IdempotencySettings,
-}
-
-/// The probes listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address (default `0.0.0.0:9102`; port 0 picks a free one).
-    pub listen: SocketAddr,
 }
 
 /// What to do while the KV store is unreachable.

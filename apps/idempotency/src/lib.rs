@@ -13,9 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
-use switchyard_service::{
-    Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router,
-};
+use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdempotencyConfig;
@@ -34,13 +32,9 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let deployment = Deployment {
-        js: &js,
-        topology: &topology,
-    };
-    let (bucket, kv) = deployment.bucket("idempotency").await?;
-    let (stream_name, stream) = deployment.stream("IDEMPOTENCY").await?;
-    let consumer = deployment.consumer(&stream, &stream_name, CONSUMER).await?;
+    let (bucket, kv) = topology.open_bucket(&js, "idempotency").await?;
+    let (stream_name, _) = topology.open_stream(&js, "IDEMPOTENCY").await?;
+    let consumer = topology.open_consumer(&js, CONSUMER).await?;
 
     let settings = &config.idempotency;
     let ttl = Duration::from_secs(settings.ttl_secs);

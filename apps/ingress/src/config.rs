@@ -1,11 +1,11 @@
 //! The ingress service's configuration: built-in defaults (`config/defaults.toml`) → file →
 //! `SWITCHYARD_INGRESS_*` environment.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use switchyard_envelope::MsgIdPolicy;
+use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::DeploymentConfig;
@@ -27,18 +27,10 @@ pub struct IngressConfig {
     /// Which deployment (prefix, bucket overrides).
     #[serde(default)]
     pub deployment: DeploymentConfig,
-    /// The HTTP listener.
+    /// The HTTP listener (`[http]`; default `listen = "0.0.0.0:9101"`).
     pub http: HttpConfig,
     /// Validation and hand-off.
     pub ingress: IngressSettings,
-}
-
-/// The HTTP listener (producer API and probes).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address to listen on (default `0.0.0.0:9101`; port 0 picks a free one).
-    pub listen: SocketAddr,
 }
 
 /// Validation and hand-off settings.

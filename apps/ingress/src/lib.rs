@@ -12,9 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{
-    Deployment, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router,
-};
+use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
@@ -33,17 +31,13 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let deployment = Deployment {
-        js: &js,
-        topology: &topology,
-    };
-    let (tenants_bucket, tenants_kv) = deployment.bucket("tenants").await?;
+    let (tenants_bucket, tenants_kv) = topology.open_bucket(&js, "tenants").await?;
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
     tenants.wait_loaded().await;
-    let (limits_bucket, limits_kv) = deployment.bucket("rate-limits").await?;
+    let (limits_bucket, limits_kv) = topology.open_bucket(&js, "rate-limits").await?;
     let pressure = KvCache::start_filtered(limits_kv, "*.pressure", shutdown.clone());
-    let (stream_name, stream) = deployment.stream("INGRESS").await?;
-    let consumer = deployment.consumer(&stream, &stream_name, CONSUMER).await?;
+    let (stream_name, stream) = topology.open_stream(&js, "INGRESS").await?;
+    let consumer = topology.open_consumer(&js, CONSUMER).await?;
 
     let validator = Arc::new(validate::Validator {
         ns: topology.namespace.clone(),

@@ -5,23 +5,21 @@
 //!   exactly one place, bounds concurrency, and drains in-flight work on shutdown.
 //! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
 //!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
-//! - [`open`]: opening the streams, consumers and buckets a service needs, with one error.
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
-//! - [`launch`]: binding the listener and running a service's work beside its routes.
+//! - [`launch`]: the one start-up path: take the listener (an address or a bound listener),
+//!   serve the routes and run the service's work beside them ([`Running`]).
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 
 pub mod handoff;
 pub mod launch;
 pub mod metrics;
-pub mod open;
 pub mod probes;
 pub mod shutdown;
 pub mod worker;
 
 pub use handoff::{Handoff, HandoffError};
-pub use launch::{LaunchError, Running, launch};
+pub use launch::{LaunchError, Listen, Running, launch};
 pub use metrics::Metrics;
-pub use open::{Deployment, OpenError};
 pub use probes::{Readiness, router};
 pub use worker::{Handled, Handler, Outcome, Worker, WorkerSettings};

@@ -31,32 +31,10 @@ pub enum Svc {
     Egress,
 }
 
-/// A service's task: the three built on `switchyard_service::launch`, or egress's own.
-enum Task {
-    Launched(JoinHandle<Result<(), switchyard_service::LaunchError>>),
-    Egress(JoinHandle<anyhow::Result<()>>),
-}
-
-impl Task {
-    fn abort(&self) {
-        match self {
-            Task::Launched(t) => t.abort(),
-            Task::Egress(t) => t.abort(),
-        }
-    }
-
-    async fn join(self) {
-        match self {
-            Task::Launched(t) => t.await.unwrap().unwrap(),
-            Task::Egress(t) => t.await.unwrap().unwrap(),
-        }
-    }
-}
-
 struct Running {
     svc: Svc,
     shutdown: CancellationToken,
-    task: Task,
+    task: JoinHandle<Result<(), switchyard_service::LaunchError>>,
 }
 
 /// The NATS the pipeline runs on: one server, or a 3-node cluster with R3 streams.
@@ -166,52 +144,32 @@ impl Pipeline {
         let shutdown = CancellationToken::new();
         let url = self.server.url();
         let client = self.client.clone();
-        let task = match svc {
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        let running = match svc {
             Svc::Ingress => {
                 let mut config = switchyard_ingress::IngressConfig::load(None).unwrap();
-                config.nats.url = url;
-                config.http.listen = "127.0.0.1:0".parse().unwrap();
-                Task::Launched(
-                    switchyard_ingress::start(config, client, shutdown.clone())
-                        .await
-                        .unwrap()
-                        .task,
-                )
+                (config.nats.url, config.http.listen) = (url, any_port);
+                switchyard_ingress::start(config, client, shutdown.clone()).await
             }
             Svc::Idempotency => {
                 let mut config = switchyard_idempotency::IdempotencyConfig::load(None).unwrap();
-                config.nats.url = url;
-                config.http.listen = "127.0.0.1:0".parse().unwrap();
-                Task::Launched(
-                    switchyard_idempotency::start(config, client, shutdown.clone())
-                        .await
-                        .unwrap()
-                        .task,
-                )
+                (config.nats.url, config.http.listen) = (url, any_port);
+                switchyard_idempotency::start(config, client, shutdown.clone()).await
             }
             Svc::Backpressure => {
                 let mut config = switchyard_backpressure::BackpressureConfig::load(None).unwrap();
-                config.nats.url = url;
-                config.http.listen = "127.0.0.1:0".parse().unwrap();
-                Task::Launched(
-                    switchyard_backpressure::start(config, client, shutdown.clone())
-                        .await
-                        .unwrap()
-                        .task,
-                )
+                (config.nats.url, config.http.listen) = (url, any_port);
+                switchyard_backpressure::start(config, client, shutdown.clone()).await
             }
             Svc::Egress => {
                 let mut config = switchyard_egress::EgressConfig::load(None).unwrap();
-                config.nats.url = url;
+                (config.nats.url, config.http.listen) = (url, any_port);
                 config.egress.max_attempts = 3;
                 config.egress.backoff_secs = vec![1];
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let token = shutdown.clone();
-                Task::Egress(tokio::spawn(async move {
-                    switchyard_egress::serve(config, client, listener, token).await
-                }))
+                switchyard_egress::start(config, client, shutdown.clone()).await
             }
         };
+        let task = running.unwrap().task;
         self.services.push(Running {
             svc,
             shutdown,
@@ -234,7 +192,7 @@ impl Pipeline {
     pub async fn stop(mut self) {
         for running in self.services.drain(..) {
             running.shutdown.cancel();
-            running.task.join().await;
+            running.task.await.unwrap().unwrap();
         }
     }
 

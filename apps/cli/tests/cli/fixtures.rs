@@ -214,7 +214,7 @@ impl DlqService {
 
     /// This instance's id (the owner named in its leases).
     pub fn instance(&self) -> String {
-        self.running.as_ref().unwrap().instance.clone()
+        self.running.as_ref().unwrap().info.clone()
     }
 
     /// Stops it as SIGTERM would and waits for it to drain.

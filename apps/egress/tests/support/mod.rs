@@ -81,7 +81,7 @@ pub struct Harness {
     pub ns: Namespace,
     routes: Store<RouteKey, Route>,
     shutdown: CancellationToken,
-    egress: Option<JoinHandle<anyhow::Result<()>>>,
+    egress: Option<JoinHandle<Result<(), switchyard_service::LaunchError>>>,
     probes: Option<SocketAddr>,
     next_seq: AtomicU64,
 }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use self::env::VerbatimEnv;
 
-pub use sections::{LogFormat, NatsConfig, TelemetryConfig};
+pub use sections::{HttpConfig, LogFormat, NatsConfig, TelemetryConfig};
 
 /// Separator between nested keys in environment variable names: `<PREFIX>NATS__URL` → `nats.url`.
 pub const ENV_KEY_SEPARATOR: &str = "__";

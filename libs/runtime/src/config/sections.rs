@@ -1,9 +1,21 @@
-//! Config sections shared by every binary: the NATS connection and telemetry.
+//! Config sections shared by every binary: the NATS connection, telemetry, and (services) the
+//! HTTP listener.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// A service's HTTP listener (the `[http]` section): probes and metrics, and ingress's
+/// producer API. No built-in default: each service's `config/defaults.toml` sets its own port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address serving `/healthz`, `/readyz` and `/metrics` (ingress: also the producer API);
+    /// port 0 picks a free port.
+    pub listen: SocketAddr,
+}
 
 /// Default NATS server URL.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
