@@ -26,7 +26,12 @@ impl JobStore {
     }
 
     fn key(id: &str) -> Result<String, StoreError> {
-        Ok(DlqJobKey::new(id)?.render())
+        DlqJobKey::new(id)
+            .map(|key| key.render())
+            .map_err(|source| StoreError::InvalidId {
+                kind: "job",
+                source,
+            })
     }
 
     /// Stores a new job; fails with [`StoreError::Exists`] if the id exists.

@@ -11,8 +11,14 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The id does not make a valid key.
-    #[error("invalid key")]
-    Key(#[from] switchyard_keys::KeyError),
+    #[error("invalid {kind} id")]
+    InvalidId {
+        /// What the id names (`job`).
+        kind: &'static str,
+        /// Why it is not a valid key.
+        #[source]
+        source: switchyard_keys::KeyError,
+    },
     /// Reading a key failed.
     #[error("kv get of {key:?} failed")]
     Get {

@@ -31,10 +31,12 @@ pub struct ReplayPlan {
     pub headers: HeaderMap,
     /// The original payload.
     pub payload: Bytes,
-    /// The stored message the entry was read from (its record's source stream and
-    /// sequence): a duplicate ack pointing there means the target holds the original, not a
-    /// copy of this replay ([`crate::step`]).
-    pub source: (String, u64),
+    /// For a replay to ingress, the producer's original message the entry was read from (its
+    /// record's source stream and sequence): the copy carries the producer's id, so a
+    /// duplicate ack pointing there means the stream still holds that original and nothing
+    /// was stored ([`crate::step`]). `None` for later stages, whose copy's hop id (replay
+    /// counter + 1) no stored original carries.
+    pub source: Option<(String, u64)>,
 }
 
 /// Why an entry cannot be replayed.
@@ -111,7 +113,6 @@ pub fn plan_replay_to(
     target: Option<InputStage>,
 ) -> Result<ReplayPlan, ReplayError> {
     let record = &entry.record;
-    let source = (record.source_stream.clone(), record.source_seq);
     let refuse = || ReplayError::NotReplayable {
         seq: entry.seq,
         stage: record.stage,
@@ -150,7 +151,7 @@ pub fn plan_replay_to(
             subject: record.source_subject.clone(),
             headers: h,
             payload: entry.payload.clone(),
-            source,
+            source: Some((record.source_stream.clone(), record.source_seq)),
         });
     }
     if record.code == DlqCode::InvalidEnvelope {
@@ -188,6 +189,6 @@ pub fn plan_replay_to(
         subject,
         headers: h,
         payload: entry.payload.clone(),
-        source,
+        source: None,
     })
 }

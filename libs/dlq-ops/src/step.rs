@@ -5,11 +5,11 @@
 //! **The duplicate rule.** A copy's `Nats-Msg-Id` is deterministic (the hop id with the replay
 //! counter + 1; for ingress, the producer's id), so a duplicate ack says the target already
 //! holds a message with that id. Only when that message is the very one the entry was read
-//! from (the record's source stream and sequence: on ingress, the producer's original, still
-//! inside the stream's duplicate window) was nothing new stored, and the entry stays
-//! ([`Stepped::KeptDuplicate`]). Any other duplicate is this message already re-entered — an
-//! earlier copy of this replay stored before a crash, or a replay of another entry for the
-//! same message — so the copy is durably stored and the entry goes like any replayed one.
+//! from ([`ReplayPlan::source`]: on ingress, the producer's original, still inside the stream's
+//! duplicate window) was nothing new stored, and the entry stays ([`Stepped::KeptDuplicate`]).
+//! Any other duplicate is this message already re-entered — an earlier copy of this replay
+//! stored before a crash, or a replay of another entry for the same message — so the copy is
+//! durably stored and the entry goes like any replayed one.
 //!
 //! **The delete.** One request per entry (`STREAM.MSG.DELETE` without secure erase: the entry
 //! is gone from the stream at once either way, and erasing makes each delete many times
@@ -101,7 +101,11 @@ pub enum StepError {
 /// Whether an ack means the copy is stored (see the module docs): anything but a duplicate
 /// pointing at the message the entry was read from.
 pub fn copy_stored(ack: &PublishAck, plan: &ReplayPlan) -> bool {
-    !(ack.duplicate && ack.stream == plan.source.0 && ack.sequence == plan.source.1)
+    let original = plan
+        .source
+        .as_ref()
+        .is_some_and(|(stream, seq)| ack.stream == *stream && ack.sequence == *seq);
+    !(ack.duplicate && original)
 }
 
 /// Replays DLQ entry `seq` (in `dlq`) by `plan`: publishes the copy, awaits the ack, and

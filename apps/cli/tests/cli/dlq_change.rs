@@ -97,7 +97,8 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
 }
 
 #[tokio::test]
-async fn dlq_replay_keeps_duplicates_missing_and_unreplayable_entries() {
+async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message_already_replayed()
+{
     let server = provisioned().await;
     let url = server.url();
     let js = jetstream::new(server.client().await);
@@ -115,7 +116,8 @@ async fn dlq_replay_keeps_duplicates_missing_and_unreplayable_entries() {
         "explicit sequences need no confirmation"
     );
     // The same message dead-lettered again replays to the same hop id: EGRESS drops the copy
-    // inside its duplicate window, and the entry stays.
+    // inside its duplicate window. The message is already back in EGRESS (the duplicate is not
+    // the entry's own source message), so the entry goes (the rule: `dlq_duplicates`).
     let again = dead_letter_with(
         &js,
         &Entry::egress("acme", DlqCode::RetriesExhausted, 8),
@@ -134,8 +136,8 @@ async fn dlq_replay_keeps_duplicates_missing_and_unreplayable_entries() {
     let out = ok(&url, &["dlq", "replay", "2", "3", "99"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "kept seq 99: no DLQ entry with seq 99", "{out}");
-    assert!(
-        lines[1].starts_with("kept seq 2: EGRESS already holds this replay at seq 1"),
+    assert_eq!(
+        lines[1], "replayed seq 2 -> egress.v1.acme.ops.slack (EGRESS seq 1)",
         "{out}"
     );
     assert!(
@@ -145,16 +147,16 @@ async fn dlq_replay_keeps_duplicates_missing_and_unreplayable_entries() {
     );
     assert_eq!(
         lines[3],
-        "replayed 0, kept 3 (1 duplicate, 1 no such entry, 1 not replayable)"
+        "replayed 1, kept 2 (1 no such entry, 1 not replayable)"
     );
-    assert_eq!(dlq_seqs(&url).await, [2, 3]);
+    assert_eq!(dlq_seqs(&url).await, [3]);
     assert_eq!(messages(&js, "EGRESS").await, 1);
 
     let json: serde_json::Value =
-        serde_json::from_str(&ok(&url, &["dlq", "replay", "2", "--json"]).await).unwrap();
-    assert_eq!(json["results"][0]["seq"], 2);
+        serde_json::from_str(&ok(&url, &["dlq", "replay", "3", "--json"]).await).unwrap();
+    assert_eq!(json["results"][0]["seq"], 3);
     assert_eq!(json["results"][0]["outcome"], "kept");
-    assert_eq!(json["results"][0]["kept_because"], "duplicate");
+    assert_eq!(json["results"][0]["kept_because"], "not replayable");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod dlq_browse;
 mod dlq_change;
+mod dlq_duplicates;
 mod dlq_export;
 mod dlq_jobs;
 mod dlq_stats;

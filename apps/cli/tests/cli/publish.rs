@@ -8,7 +8,7 @@ use crate::{fails, ok, stderr, stdout, switchyard_blocking};
 /// A config file whose topology gives INGRESS a 10-minute duplicate window. The declared
 /// window is 100 ms (see nats/topology.toml), too short for two CLI runs to land inside it
 /// without a timing race.
-fn long_window_config(dir: &tempfile::TempDir) -> String {
+pub(crate) fn long_window_config(dir: &tempfile::TempDir) -> String {
     let declared = std::fs::read_to_string(workspace_root().join("nats/topology.toml")).unwrap();
     assert!(
         declared.contains("duplicate_window_ms = 100 "),
