@@ -75,12 +75,9 @@ pub fn time(raw: &str) -> Result<OffsetDateTime, String> {
     time_at(raw, OffsetDateTime::now_utc())
 }
 
-/// A time for people and tables: RFC 3339 in UTC, to the second.
-pub fn show_time(at: OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    let at = at.replace_nanosecond(0).unwrap_or(at);
-    at.format(&Rfc3339).unwrap_or_default()
-}
+/// A time for people and tables: RFC 3339 in UTC, to the second (the same rendering a DLQ
+/// selection describes itself with).
+pub use switchyard_dlq_ops::show_time;
 
 #[cfg(test)]
 mod tests {

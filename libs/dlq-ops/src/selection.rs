@@ -49,7 +49,8 @@ pub struct Selection {
     pub seqs: Vec<u64>,
 }
 
-/// A time as a selection shows it: UTC, whole seconds.
+/// A time for people and tables: RFC 3339 in UTC, to the second (how a selection describes
+/// its time range, and how the CLI shows every time).
 pub fn show_time(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
     let at = at.replace_nanosecond(0).unwrap_or(at);
