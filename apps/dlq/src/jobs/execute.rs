@@ -182,7 +182,7 @@ impl Execution {
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(job = %self.job.id, %error, "re-reading the job failed");
+                tracing::warn!(job = %self.job.id, error = &error as &dyn std::error::Error, "re-reading the job failed");
                 self.check_lapsed()
             }
         }
@@ -217,7 +217,7 @@ impl Execution {
                 }
                 Ok(Written::Conflict) => self.on_conflict().await?,
                 Err(error) => {
-                    tracing::warn!(job = %self.job.id, %error, "recording progress failed; retrying");
+                    tracing::warn!(job = %self.job.id, error = &error as &dyn std::error::Error, "recording progress failed; retrying");
                     self.check_lapsed()?;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -398,7 +398,7 @@ impl Execution {
                             dirty = true;
                         }
                         Err(error) => {
-                            tracing::warn!(job = %self.job.id, %error, "recording progress failed; retrying");
+                            tracing::warn!(job = %self.job.id, error = &error as &dyn std::error::Error, "recording progress failed; retrying");
                             if let Err(stop) = self.check_lapsed() {
                                 abort.cancel();
                                 return Err(stop);

@@ -106,7 +106,10 @@ impl JobRunner {
         let jobs = match self.store.list().await {
             Ok(jobs) => jobs,
             Err(error) => {
-                tracing::warn!(%error, "listing replay jobs failed; retrying next scan");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "listing replay jobs failed; retrying next scan"
+                );
                 return;
             }
         };
@@ -114,7 +117,10 @@ impl JobRunner {
             let (job, revision) = match job {
                 Ok(found) => found,
                 Err(error) => {
-                    tracing::warn!(%error, "skipping an unreadable job record");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "skipping an unreadable job record"
+                    );
                     continue;
                 }
             };

@@ -244,7 +244,10 @@ impl StatsProcessor {
             Ok(Written::Stored(revision)) => Some(revision),
             Ok(Written::Conflict) => None,
             Err(error) => {
-                tracing::warn!(%error, "recording the stats cursor failed");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "recording the stats cursor failed"
+                );
                 None
             }
         }
@@ -254,7 +257,10 @@ impl StatsProcessor {
     async fn release(&self, mut state: StatsState, revision: u64) {
         state.lease = None;
         if let Err(error) = self.store.put_state(&state, Some(revision)).await {
-            tracing::warn!(%error, "releasing the stats lease failed; it lapses on its own");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "releasing the stats lease failed; it lapses on its own"
+            );
         }
     }
 
