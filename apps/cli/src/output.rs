@@ -149,6 +149,19 @@ impl Table {
     }
 }
 
+/// An error with its sources, `outer: inner: …` (what `{:#}` prints for an `anyhow::Error`),
+/// for errors shown in place in a table or JSON.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,11 +14,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 /// Why a route is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     /// Not valid route JSON.
-    #[error("route is not valid JSON for a route: {0}")]
-    Json(String),
+    #[error("route is not valid JSON for a route")]
+    Json(#[source] serde_json::Error),
     /// A field is out of range or malformed.
     #[error("route field {field}: {reason}")]
     Field {
@@ -117,8 +117,7 @@ pub enum Route {
 impl Route {
     /// Parses and validates route JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, RouteError> {
-        let route: Route =
-            serde_json::from_slice(bytes).map_err(|e| RouteError::Json(e.to_string()))?;
+        let route: Route = serde_json::from_slice(bytes).map_err(RouteError::Json)?;
         route.validate()?;
         Ok(route)
     }

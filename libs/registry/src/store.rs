@@ -12,22 +12,24 @@ use switchyard_keys::KvKey;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The KV request failed.
-    #[error("kv {action} failed for key {key:?}: {message}")]
+    #[error("kv {action} failed for key {key:?}")]
     Kv {
         /// `get`, `put`, `delete` or `list`.
         action: &'static str,
         /// The key (or filter).
         key: String,
-        /// The client's error.
-        message: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A stored value is not a valid record.
-    #[error("key {key:?} holds an invalid record: {message}")]
+    #[error("key {key:?} holds an invalid record")]
     Invalid {
         /// The key.
         key: String,
-        /// The decode error.
-        message: String,
+        /// The decode (or encode) error.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -58,13 +60,13 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
         let value = self.kv.get(&rendered).await.map_err(|e| StoreError::Kv {
             action: "get",
             key: rendered.clone(),
-            message: e.to_string(),
+            source: Box::new(e),
         })?;
         value
             .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Invalid {
                     key: rendered.clone(),
-                    message: e.to_string(),
+                    source,
                 })
             })
             .transpose()
@@ -73,9 +75,9 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
     /// Writes a record; returns the new revision.
     pub async fn put(&self, key: &K, record: &R) -> Result<u64, StoreError> {
         let rendered = key.render();
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Invalid {
+        let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Invalid {
             key: rendered.clone(),
-            message: e.to_string(),
+            source,
         })?;
         self.kv
             .put(&rendered, bytes.into())
@@ -83,7 +85,7 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
             .map_err(|e| StoreError::Kv {
                 action: "put",
                 key: rendered,
-                message: e.to_string(),
+                source: Box::new(e),
             })
     }
 
@@ -93,7 +95,7 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
         self.kv.delete(&rendered).await.map_err(|e| StoreError::Kv {
             action: "delete",
             key: rendered,
-            message: e.to_string(),
+            source: Box::new(e),
         })
     }
 
@@ -102,10 +104,10 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
     /// hide the others. Reads the latest revision per key through an ordered consumer and
     /// stops when it has caught up (at once when nothing matches).
     pub async fn list(&self, filter: &str) -> Result<Vec<(K, Result<R, StoreError>)>, StoreError> {
-        let list_err = |e: &dyn std::fmt::Display| StoreError::Kv {
+        let list_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Kv {
             action: "list",
             key: filter.to_owned(),
-            message: e.to_string(),
+            source: e,
         };
         let consumer = self
             .kv
@@ -117,15 +119,15 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
                 ..Default::default()
             })
             .await
-            .map_err(|e| list_err(&e))?;
+            .map_err(|e| list_err(e.into()))?;
         let mut pending = consumer.cached_info().num_pending;
-        let mut messages = consumer.messages().await.map_err(|e| list_err(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| list_err(e.into()))?;
         let mut out = Vec::new();
         while pending > 0 {
             let Some(message) = messages.next().await else {
                 break;
             };
-            let message = message.map_err(|e| list_err(&e))?;
+            let message = message.map_err(|e| list_err(e.into()))?;
             pending = message.info().map(|i| i.pending).unwrap_or(0);
             let deleted = message
                 .headers
@@ -142,9 +144,9 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
                 continue;
             }
             let record =
-                serde_json::from_slice(&message.payload).map_err(|e| StoreError::Invalid {
+                serde_json::from_slice(&message.payload).map_err(|source| StoreError::Invalid {
                     key: key.to_owned(),
-                    message: e.to_string(),
+                    source,
                 });
             out.push((parsed_key, record));
         }

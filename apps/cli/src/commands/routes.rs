@@ -15,7 +15,7 @@ use switchyard_keys::{
 use switchyard_registry::{Route, Store};
 use switchyard_topology::ResolvedTopology;
 
-use crate::output::{Output, Table, fields};
+use crate::output::{self, Output, Table, fields};
 use crate::{parse, resources};
 
 /// Arguments of `routes`.
@@ -307,7 +307,7 @@ async fn list_routes(
                 let (kind, target) = describe(route);
                 (kind.to_owned(), target.to_owned())
             }
-            Err(err) => ("invalid".to_owned(), err.to_string()),
+            Err(err) => ("invalid".to_owned(), output::error_chain(err)),
         };
         table.row([
             key.tenant.to_string(),

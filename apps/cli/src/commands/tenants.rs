@@ -10,7 +10,7 @@ use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{Store, TenantRecord};
 use switchyard_topology::ResolvedTopology;
 
-use crate::output::{Output, Table};
+use crate::output::{self, Output, Table};
 use crate::resources;
 
 /// Arguments of `tenants`.
@@ -135,7 +135,9 @@ async fn list(store: &Store<TenantKey, TenantRecord>, out: &Output) -> anyhow::R
                     record,
                 })
                 .unwrap_or_default(),
-                Err(err) => serde_json::json!({"tenant": key.tenant, "error": err.to_string()}),
+                Err(err) => {
+                    serde_json::json!({"tenant": key.tenant, "error": output::error_chain(err)})
+                }
             })
             .collect();
         return out.json(&rows);
@@ -152,7 +154,11 @@ async fn list(store: &Store<TenantKey, TenantRecord>, out: &Output) -> anyhow::R
                 status(record).into(),
                 max_payload(record),
             ]),
-            Err(err) => table.row([key.tenant.to_string(), "invalid".into(), err.to_string()]),
+            Err(err) => table.row([
+                key.tenant.to_string(),
+                "invalid".into(),
+                output::error_chain(err),
+            ]),
         }
     }
     print!("{}", table.render());
