@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, launch, router};
+use switchyard_service::{Handoff, Metrics, Readiness, SettleSettings, Settler, launch, router};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BackpressureConfig;
@@ -56,6 +56,12 @@ pub async fn start(
         settings: config.backpressure.clone(),
         metrics: metrics.clone(),
         own,
+        settler: Settler::new(
+            js.clone(),
+            topology.namespace.clone(),
+            metrics.clone(),
+            SettleSettings::default(),
+        ),
     });
 
     let readiness = Readiness {

@@ -95,7 +95,7 @@ impl Handler for EgressHandler {
         };
         let tenant = Some(envelope.address.tenant.clone());
         let span = tracing::info_span!(
-            "egress",
+            "deliver",
             envelope_id = %envelope.id,
             tenant = %envelope.address.tenant,
             team = %envelope.address.team,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
+use switchyard_runtime::RetryPolicy;
 use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,6 @@ pub async fn start(
         kv: claims::KvClaims::new(js.clone(), kv, ttl),
         local: claims::LocalClaims::new(ttl, settings.local_window_max_keys),
         policy: settings.kv_unavailable,
-        wait_max: Duration::from_secs(settings.kv_wait_max_secs),
         handoff: Handoff::new(js.clone(), topology.namespace.clone()),
         next: settings.next_stage,
         fallbacks,
@@ -68,10 +68,15 @@ pub async fn start(
         buckets: vec![bucket],
     };
     let app = router(readiness, metrics.clone());
-    let worker_settings = WorkerSettings {
+    // One hold for everything transient here: a claim while KV is unreachable (policy
+    // `wait`) or a failed hand-off is retried in place for exactly `kv_wait_max_secs`.
+    let mut worker_settings = WorkerSettings {
         concurrency: settings.concurrency,
         ..WorkerSettings::default()
     };
+    worker_settings.settle.hold =
+        RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2))
+            .within(Duration::from_secs(settings.kv_wait_max_secs));
     let worker = Worker::new(handler, js, topology.namespace, metrics, worker_settings);
     let listen = config.http.listen;
     Ok(

@@ -14,8 +14,8 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use switchyard_keys::KvKey;
-use tokio::sync::watch;
 use switchyard_runtime::RetryPolicy;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// A value in the cache: the record, or why the stored bytes are not a valid record (so a

@@ -56,8 +56,7 @@ impl LimitRecord {
 
     /// The reopen threshold, when the record sets a high mark.
     pub fn reopen_below(&self) -> Option<u64> {
-        self.backlog_high
-            .map(|high| self.thresholds(high).1)
+        self.backlog_high.map(|high| self.thresholds(high).1)
     }
 }
 

@@ -197,7 +197,10 @@ mod tests {
         assert!(waits >= 2, "{waits}");
         assert_eq!(started.elapsed(), Duration::from_millis(2500));
         backoff.reset();
-        assert!(backoff.next_delay().is_some(), "reset starts a new deadline");
+        assert!(
+            backoff.next_delay().is_some(),
+            "reset starts a new deadline"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -211,7 +214,11 @@ mod tests {
                 &shutdown,
                 || {
                     tries += 1;
-                    let result = if tries < 3 { Err("transient") } else { Ok(tries) };
+                    let result = if tries < 3 {
+                        Err("transient")
+                    } else {
+                        Ok(tries)
+                    };
                     async move { result }
                 },
                 |_| true,
@@ -246,7 +253,11 @@ mod tests {
             .await;
         assert_eq!(gave_up, Err("down"));
         assert!(retried > 10, "{retried}");
-        assert!(started.elapsed() <= Duration::from_millis(1001), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() <= Duration::from_millis(1001),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

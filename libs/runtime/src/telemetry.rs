@@ -7,11 +7,11 @@
 use std::io::IsTerminal;
 
 use async_nats::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -156,12 +156,10 @@ pub fn message_span(
     if parent.is_none()
         && let Some(traceparent) = fallback
     {
-        let carrier = std::collections::HashMap::from([(
-            "traceparent".to_owned(),
-            traceparent.to_owned(),
-        )]);
-        parent = Some(propagator.extract(&carrier))
-            .filter(|cx| cx.span().span_context().is_valid());
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        parent =
+            Some(propagator.extract(&carrier)).filter(|cx| cx.span().span_context().is_valid());
     }
     if let Some(parent) = parent {
         // Only fails when no OpenTelemetry layer is installed; the span is then a plain one.
@@ -198,7 +196,10 @@ impl Extractor for NatsHeaders<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| AsRef::<str>::as_ref(name)).collect()
+        self.0
+            .iter()
+            .map(|(name, _)| AsRef::<str>::as_ref(name))
+            .collect()
     }
 }
 

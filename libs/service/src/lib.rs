@@ -1,8 +1,11 @@
 //! What every pipeline service shares, so each service's code is only its own logic:
 //!
-//! - [`worker`]: the consume loop. A service implements [`worker::Handler`] and returns an
-//!   [`worker::Outcome`]; the loop maps outcomes to ack / nak-with-delay / DLQ record + ack in
-//!   exactly one place, bounds concurrency, and drains in-flight work on shutdown.
+//! - [`settle`]: the one place a stage's [`Outcome`] becomes ack / nak-with-delay / DLQ record +
+//!   ack, with the per-message tracing span and the in-place hold for transient failures; used
+//!   by the worker and by the backpressure service's per-tenant loops.
+//! - [`worker`]: the consume loop. A service implements [`worker::Handler`] and returns a
+//!   [`Handled`]; the loop bounds concurrency, settles each message through [`settle`], and
+//!   drains in-flight work on shutdown.
 //! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
 //!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
@@ -15,6 +18,7 @@ pub mod handoff;
 pub mod launch;
 pub mod metrics;
 pub mod probes;
+pub mod settle;
 pub mod shutdown;
 pub mod worker;
 
@@ -22,4 +26,5 @@ pub use handoff::{Handoff, HandoffError};
 pub use launch::{LaunchError, Listen, Running, launch};
 pub use metrics::Metrics;
 pub use probes::{Readiness, router};
-pub use worker::{Handled, Handler, Outcome, Worker, WorkerSettings};
+pub use settle::{Handled, Outcome, SettleSettings, Settler};
+pub use worker::{Handler, Worker, WorkerSettings};

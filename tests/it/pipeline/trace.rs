@@ -85,23 +85,30 @@ async fn one_trace_runs_from_ingress_through_every_stage_to_the_sink() {
     let trace_id = delivered.webhook_id.replace('-', "");
     let parts: Vec<&str> = delivered.traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "the sink got a traceparent: {delivered:?}");
-    assert_eq!(parts[1], trace_id, "the sink's request is in the message's trace");
+    assert_eq!(
+        parts[1], trace_id,
+        "the sink's request is in the message's trace"
+    );
     let sink_parent = parts[2].to_owned();
 
     let stages = ["ingress", "idempotency", "backpressure", "egress"];
-    let trace = wait_for("every stage's span exported", Duration::from_secs(30), || {
-        let spans = spans.lock().unwrap().clone();
-        let trace: HashMap<String, Exported> = spans
-            .into_iter()
-            .filter(|s| s.trace_id == trace_id)
-            .map(|s| (s.span_id.clone(), s))
-            .collect();
-        let complete = stages
-            .iter()
-            .all(|stage| trace.values().any(|s| s.name == *stage))
-            && trace.contains_key(&sink_parent);
-        async move { complete.then_some(trace) }
-    })
+    let trace = wait_for(
+        "every stage's span exported",
+        Duration::from_secs(30),
+        || {
+            let spans = spans.lock().unwrap().clone();
+            let trace: HashMap<String, Exported> = spans
+                .into_iter()
+                .filter(|s| s.trace_id == trace_id)
+                .map(|s| (s.span_id.clone(), s))
+                .collect();
+            let complete = stages
+                .iter()
+                .all(|stage| trace.values().any(|s| s.name == *stage))
+                && trace.contains_key(&sink_parent);
+            async move { complete.then_some(trace) }
+        },
+    )
     .await;
 
     let span_of = |stage: &str| {
@@ -129,5 +136,7 @@ async fn one_trace_runs_from_ingress_through_every_stage_to_the_sink() {
 
     p.stop().await;
     // Shutting export down blocks on its own thread; keep it off the runtime's workers.
-    tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
 }

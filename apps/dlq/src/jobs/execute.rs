@@ -38,9 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::JobRunner;
 use super::source::{self, Candidate, Work};
 use super::step::{self, Done, MAX_DELETES, Step};
-
-/// Longest wait between retries of a failing replay step.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+use switchyard_runtime::RetryPolicy;
 
 /// Why an execution stops before the job is finished.
 #[derive(Debug)]
@@ -207,7 +205,7 @@ impl Execution {
 
     /// Writes the whole record now (compare-and-set), retrying until stored, cancelled, lost.
     async fn save(&mut self) -> Result<(), Stop> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         loop {
             let record = self.snapshot(Vec::new());
             match self.runner.store.update(&record, self.revision).await {
@@ -219,8 +217,10 @@ impl Execution {
                 Err(error) => {
                     tracing::warn!(job = %self.job.id, error = &error as &dyn std::error::Error, "recording progress failed; retrying");
                     self.check_lapsed()?;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let delay = backoff
+                        .next_delay()
+                        .unwrap_or(RetryPolicy::INFRASTRUCTURE.max);
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -442,18 +442,16 @@ impl Execution {
             let Work::Replay { plan } = candidate.work else {
                 return (seq, Done::Skipped);
             };
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
             loop {
                 match step::replay_once(&runner, &deletes, seq, &plan).await {
                     Ok(done) => return (seq, done),
                     Err(error) => {
                         let error = format!("{:#}", anyhow::Error::from(error));
-                        tracing::warn!(%job, seq, error, ?backoff, "replaying an entry failed; retrying");
-                        tokio::select! {
-                            _ = abort.cancelled() => return (seq, Done::Kept("aborted")),
-                            _ = tokio::time::sleep(backoff) => {}
+                        tracing::warn!(%job, seq, error, "replaying an entry failed; retrying");
+                        if !backoff.wait(&abort).await {
+                            return (seq, Done::Kept("aborted"));
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }

@@ -7,7 +7,6 @@
 //! leader ([`DlqReader::get`](switchyard_dlq_ops::DlqReader::get)).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use switchyard_dlq::{DlqEntry, DlqError};
@@ -15,9 +14,7 @@ use switchyard_dlq_ops::{JobSpec, ReadError, ReplayPlan, plan_replay_to};
 use tokio::sync::mpsc;
 
 use super::JobRunner;
-
-/// Longest wait between retries of a failing read.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+use switchyard_runtime::RetryPolicy;
 
 /// What to do with one entry.
 pub enum Work {
@@ -69,7 +66,7 @@ fn decide(spec: &JobSpec, runner: &JobRunner, entry: Result<DlqEntry, DlqError>)
 /// Sends the job's candidates after `after`, in order, then closes the channel. Retries reads
 /// that fail; returns when done or when the receiver is gone.
 pub async fn feed(runner: Arc<JobRunner>, spec: JobSpec, after: u64, tx: mpsc::Sender<Candidate>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     let mut next = after + 1;
     loop {
         let result = if spec.selection.seqs.is_empty() {
@@ -83,13 +80,15 @@ pub async fn feed(runner: Arc<JobRunner>, spec: JobSpec, after: u64, tx: mpsc::S
                 if tx.is_closed() {
                     return;
                 }
+                let delay = backoff
+                    .next_delay()
+                    .unwrap_or(RetryPolicy::INFRASTRUCTURE.max);
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(error)),
-                    ?backoff,
+                    ?delay,
                     "reading a job's entries failed; retrying"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(delay).await;
             }
         }
     }
