@@ -85,7 +85,11 @@ async fn hostile_msg_ids_round_trip_through_a_real_kv_bucket() {
     let topology = DeploymentConfig::default().resolve().unwrap();
     provision(&js, &topology, false).await.unwrap();
     let kv = js
-        .get_key_value(topology.bucket_name("idempotency").unwrap())
+        .get_key_value(
+            topology
+                .bucket_name(switchyard_topology::BucketName::Idempotency)
+                .unwrap(),
+        )
         .await
         .unwrap();
 
@@ -155,7 +159,11 @@ async fn route_keys_with_default_team_round_trip_through_kv() {
     let topology = DeploymentConfig::default().resolve().unwrap();
     provision(&js, &topology, false).await.unwrap();
     let kv = js
-        .get_key_value(topology.bucket_name("routes").unwrap())
+        .get_key_value(
+            topology
+                .bucket_name(switchyard_topology::BucketName::Routes)
+                .unwrap(),
+        )
         .await
         .unwrap();
     let address = Address::parse("acme", "ops", "slack").unwrap();

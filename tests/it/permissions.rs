@@ -31,7 +31,7 @@ use switchyard_testkit::{
     PINNED_VERSION, free_port, server_config_dir, stored_count, stored_messages, wait_for,
     workspace_root,
 };
-use switchyard_topology::{DeploymentConfig, provision};
+use switchyard_topology::{BucketName, ConsumerName, DeploymentConfig, StreamName, provision};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -422,11 +422,14 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         ("IDEMPOTENCY", "idempotency-worker"),
         ("EGRESS", "egress-worker"),
     ] {
-        assert_eq!(topology.stream_name(stream), Some(stream));
-        assert!(topology.consumer(consumer).is_some(), "{consumer} declared");
+        let typed = StreamName::from_base(stream).expect("a typed stream name");
+        assert_eq!(topology.stream_name(typed), Some(stream));
+        let typed = ConsumerName::from_base(consumer).expect("a typed consumer name");
+        assert!(topology.consumer(typed).is_some(), "{consumer} declared");
     }
     for stream in ["BACKPRESSURE", "DLQ"] {
-        assert_eq!(topology.stream_name(stream), Some(stream));
+        let typed = StreamName::from_base(stream).expect("a typed stream name");
+        assert_eq!(topology.stream_name(typed), Some(stream));
     }
     for bucket in [
         "tenants",
@@ -436,7 +439,8 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "dlq-jobs",
         "dlq-stats",
     ] {
-        assert_eq!(topology.bucket_name(bucket), Some(bucket));
+        let typed = BucketName::from_base(bucket).expect("a typed bucket name");
+        assert_eq!(topology.bucket_name(typed), Some(bucket));
     }
     let accounts = std::fs::read_to_string(server_config_dir().join("accounts.conf"))
         .expect("nats/server/accounts.conf");

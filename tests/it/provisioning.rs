@@ -47,7 +47,11 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
         .clone();
     dlq.max_age = Duration::from_secs(600);
     js.update_stream(dlq).await.unwrap();
-    let mut worker = topology.consumer("egress-worker").unwrap().config.clone();
+    let mut worker = topology
+        .consumer(switchyard_topology::ConsumerName::EgressWorker)
+        .unwrap()
+        .config
+        .clone();
     worker.max_deliver = 3;
     js.update_consumer_on_stream(worker, "EGRESS")
         .await

@@ -17,6 +17,7 @@ use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
 use switchyard_service::{Handoff, Metrics, Readiness, SettleSettings, Settler, launch, router};
+use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BackpressureConfig;
@@ -32,10 +33,10 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let (stream_name, stream) = topology.open_stream(&js, "BACKPRESSURE").await?;
-    let next_base = config.backpressure.next_stage.root().to_ascii_uppercase();
-    let (next_stream_name, _) = topology.open_stream(&js, &next_base).await?;
-    let (bucket, kv) = topology.open_bucket(&js, "rate-limits").await?;
+    let (stream_name, stream) = topology.open_stream(&js, StreamName::Backpressure).await?;
+    let next = StreamName::input_of(config.backpressure.next_stage);
+    let (next_stream_name, _) = topology.open_stream(&js, next).await?;
+    let (bucket, kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
 
     let limits = KvCache::start_filtered(kv.clone(), "*.limit", shutdown.clone());
     let pressure = KvCache::start_filtered(kv.clone(), "*.pressure", shutdown.clone());
@@ -45,6 +46,7 @@ pub async fn start(
     let own = shared::BackpressureMetrics::register(&metrics, &leaser);
     let shared = Arc::new(shared::Shared {
         js: js.clone(),
+        topology: topology.clone(),
         ns: topology.namespace.clone(),
         stream,
         stream_name: stream_name.clone(),

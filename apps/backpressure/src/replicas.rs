@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::shared::Shared;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 

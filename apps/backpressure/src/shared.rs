@@ -11,6 +11,7 @@ use switchyard_keys::{RateKey, TenantId};
 use switchyard_registry::{KvCache, LimitRecord, limit_lookup};
 use switchyard_service::{Handoff, Metrics, Settler};
 use switchyard_subjects::{InputStage, Namespace};
+use switchyard_topology::ResolvedTopology;
 
 use crate::config::BackpressureSettings;
 use crate::lease::Leaser;
@@ -84,6 +85,8 @@ impl BackpressureMetrics {
 pub struct Shared {
     /// JetStream.
     pub js: jetstream::Context,
+    /// The resolved topology (the per-tenant consumer template).
+    pub topology: ResolvedTopology,
     /// The namespace.
     pub ns: Namespace,
     /// The BACKPRESSURE stream.

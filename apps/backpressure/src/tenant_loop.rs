@@ -13,46 +13,27 @@ use switchyard_envelope::Envelope;
 use switchyard_keys::{Stage, TenantId};
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
-use switchyard_subjects::InputStage;
+use switchyard_topology::ConsumerName;
 use tokio_util::sync::CancellationToken;
 
+use crate::replicas::now_ms;
 use crate::shared::{Shared, TenantLabel};
 
-/// The durable consumer name for a tenant (`backpressure-<tenant>`), shared by every replica.
-pub fn consumer_name(tenant: &TenantId) -> String {
-    format!("backpressure-{tenant}")
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Creates (or opens) the tenant's consumer.
+/// Creates (or opens) the tenant's consumer: the topology's per-tenant template
+/// `backpressure-{tenant}` (shared by every replica, removed by JetStream once idle).
 pub async fn ensure_consumer(shared: &Shared, tenant: &TenantId) -> anyhow::Result<PullConsumer> {
-    let config = jetstream::consumer::pull::Config {
-        durable_name: Some(consumer_name(tenant)),
-        description: Some(format!("backpressure: tokens for tenant {tenant}")),
-        filter_subject: shared
-            .ns
-            .stage_filter(InputStage::Backpressure, Some(tenant)),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 10,
-        max_ack_pending: 10_000,
-        inactive_threshold: Duration::from_secs(3600),
-        ..Default::default()
-    };
+    let declared = shared
+        .topology
+        .tenant_consumer(ConsumerName::BackpressureTenant, tenant)
+        .ok_or_else(|| {
+            anyhow::anyhow!("the topology declares no backpressure-{{tenant}} consumer")
+        })?;
+    let name = declared.config.durable_name.clone().unwrap_or_default();
     shared
         .stream
-        .get_or_create_consumer(&consumer_name(tenant), config)
+        .get_or_create_consumer(&name, declared.config)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "consumer {} on {}: {e}",
-                consumer_name(tenant),
-                shared.stream_name
-            )
-        })
+        .map_err(|e| anyhow::anyhow!("consumer {name} on {}: {e}", shared.stream_name))
 }
 
 /// Runs the loop until `shutdown` or `tenant_idle_secs` without messages.

@@ -3,21 +3,21 @@
 //! deployment has not been provisioned.
 
 use async_nats::jetstream::{self, kv, stream};
-use switchyard_topology::{OpenError, ResolvedTopology};
+use switchyard_topology::{BucketName, OpenError, ResolvedTopology, StreamName};
 
-/// The DLQ stream (`topology.stream_name("DLQ")`).
+/// The DLQ stream.
 pub async fn dlq_stream(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
 ) -> Result<stream::Stream, OpenError> {
-    Ok(topology.open_stream(js, "DLQ").await?.1)
+    Ok(topology.open_stream(js, StreamName::Dlq).await?.1)
 }
 
-/// A declared KV bucket by base name (`routes`, `tenants`), after prefix and overrides.
+/// A declared KV bucket (`routes`, `tenants`), after prefix and overrides.
 pub async fn bucket(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
-    base: &str,
+    bucket: BucketName,
 ) -> Result<kv::Store, OpenError> {
-    Ok(topology.open_bucket(js, base).await?.1)
+    Ok(topology.open_bucket(js, bucket).await?.1)
 }

@@ -27,6 +27,7 @@ use switchyard_dlq_ops::{JobStore, StatsStore};
 use switchyard_keys::Stage;
 use switchyard_service::{Metrics, Readiness, launch, router};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
+use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::DlqConfig;
@@ -48,9 +49,9 @@ pub async fn start(
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let ns = topology.namespace.clone();
-    let (dlq_name, dlq) = topology.open_stream(&js, "DLQ").await?;
-    let (jobs_bucket, jobs_kv) = topology.open_bucket(&js, "dlq-jobs").await?;
-    let (stats_bucket, stats_kv) = topology.open_bucket(&js, "dlq-stats").await?;
+    let (dlq_name, dlq) = topology.open_stream(&js, StreamName::Dlq).await?;
+    let (jobs_bucket, jobs_kv) = topology.open_bucket(&js, BucketName::DlqJobs).await?;
+    let (stats_bucket, stats_kv) = topology.open_bucket(&js, BucketName::DlqStats).await?;
     let instance = uuid::Uuid::now_v7().to_string();
 
     let metrics = Arc::new(Metrics::new(Stage::Dlq));

@@ -35,7 +35,7 @@ use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_service::Metrics;
 use switchyard_subjects::advisory::{self, AdvisoryKind};
 use switchyard_subjects::{Namespace, StageSubject, SubjectKind};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{ResolvedTopology, StreamName};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -49,14 +49,6 @@ pub const QUEUE_GROUP: &str = "switchyard-dlq-safety-net";
 
 /// Rescues running at once.
 const MAX_IN_FLIGHT: usize = 32;
-
-/// The declared pipeline streams and the stage each feeds.
-const PIPELINE: [(&str, Stage); 4] = [
-    ("INGRESS", Stage::Ingress),
-    ("IDEMPOTENCY", Stage::Idempotency),
-    ("BACKPRESSURE", Stage::Backpressure),
-    ("EGRESS", Stage::Egress),
-];
 
 /// One watched stream.
 #[derive(Clone)]
@@ -158,10 +150,8 @@ impl SafetyNet {
     ) -> anyhow::Result<Self> {
         let mut watched = Vec::new();
         for base in streams {
-            let stage = PIPELINE
-                .iter()
-                .find(|(b, _)| b == base)
-                .map(|(_, s)| *s)
+            let (stream_name, stage) = StreamName::from_base(base)
+                .and_then(|s| Some((s, s.stage()?)))
                 .with_context(|| {
                     format!("safety_net.streams: {base:?} is not a pipeline stream (INGRESS, IDEMPOTENCY, BACKPRESSURE, EGRESS)")
                 })?;
@@ -170,7 +160,7 @@ impl SafetyNet {
                 .iter()
                 .find(|s| &s.base == base)
                 .with_context(|| format!("safety_net.streams: no stream {base} is declared"))?;
-            let (name, stream) = topology.open_stream(&js, base).await?;
+            let (name, stream) = topology.open_stream(&js, stream_name).await?;
             watched.push(Watched {
                 stage,
                 work_queue: resolved.config.retention

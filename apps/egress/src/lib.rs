@@ -35,6 +35,7 @@ use anyhow::Context;
 use switchyard_keys::{RouteKey, Stage};
 use switchyard_registry::{KvCache, Route};
 use switchyard_service::{Handoff, Metrics, Readiness, Running, Worker, WorkerSettings, launch};
+use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{EgressConfig, EgressSettings};
@@ -47,15 +48,6 @@ use crate::metrics::EgressMetrics;
 use crate::nats_sink::NatsSink;
 use crate::sink::Sinks;
 use crate::webhook::WebhookClient;
-
-/// The consumer egress reads from.
-pub const CONSUMER: &str = "egress-worker";
-/// The declared (base) name of egress's input stream.
-pub const STREAM: &str = "EGRESS";
-/// The declared (base) name of the DLQ stream.
-pub const DLQ_STREAM: &str = "DLQ";
-/// The declared (base) name of the routes bucket.
-pub const ROUTES_BUCKET: &str = "routes";
 
 /// Runs the service until `shutdown`, then drains.
 pub async fn run(
@@ -86,20 +78,22 @@ pub async fn start(
         .context("resolving the topology")?;
     let ns = topology.namespace.clone();
     let ack_wait = topology
-        .consumer(CONSUMER)
+        .consumer(ConsumerName::EgressWorker)
         .context("the topology declares no egress-worker consumer")?
         .config
         .ack_wait;
     let dlq_stream = topology
-        .stream_name(DLQ_STREAM)
+        .stream_name(StreamName::Dlq)
         .context("the topology declares no DLQ stream")?
         .to_owned();
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let (stream, stream_handle) = topology.open_stream(&js, STREAM).await?;
-    let consumer = topology.open_consumer(&js, CONSUMER).await?;
+    let (stream, stream_handle) = topology.open_stream(&js, StreamName::Egress).await?;
+    let consumer = topology
+        .open_consumer(&js, ConsumerName::EgressWorker)
+        .await?;
 
     // (b) The routes cache, loaded before the first message is handled.
-    let (bucket, kv) = topology.open_bucket(&js, ROUTES_BUCKET).await?;
+    let (bucket, kv) = topology.open_bucket(&js, BucketName::Routes).await?;
     let routes: Arc<KvCache<RouteKey, Route>> = KvCache::start(kv, shutdown.child_token());
     tokio::select! {
         _ = routes.wait_loaded() => tracing::info!(bucket = %bucket, routes = routes.len(), "routes loaded"),

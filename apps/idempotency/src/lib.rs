@@ -15,12 +15,10 @@ use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdempotencyConfig;
-
-/// The consumer's durable name (declared in `nats/topology.toml`).
-pub const CONSUMER: &str = "idempotency-worker";
 
 /// Starts the service; returns once it is consuming and listening.
 pub async fn start(
@@ -33,9 +31,11 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let (bucket, kv) = topology.open_bucket(&js, "idempotency").await?;
-    let (stream_name, _) = topology.open_stream(&js, "IDEMPOTENCY").await?;
-    let consumer = topology.open_consumer(&js, CONSUMER).await?;
+    let (bucket, kv) = topology.open_bucket(&js, BucketName::Idempotency).await?;
+    let (stream_name, _) = topology.open_stream(&js, StreamName::Idempotency).await?;
+    let consumer = topology
+        .open_consumer(&js, ConsumerName::IdempotencyWorker)
+        .await?;
 
     let settings = &config.idempotency;
     let ttl = Duration::from_secs(settings.ttl_secs);

@@ -13,12 +13,10 @@ use anyhow::Context;
 use switchyard_keys::Stage;
 use switchyard_registry::KvCache;
 use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
-
-/// The ingress consumer's durable name (declared in `nats/topology.toml`).
-pub const CONSUMER: &str = "ingress-worker";
 
 /// Starts the service; returns once it is consuming and listening.
 pub async fn start(
@@ -31,13 +29,15 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let (tenants_bucket, tenants_kv) = topology.open_bucket(&js, "tenants").await?;
+    let (tenants_bucket, tenants_kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
     tenants.wait_loaded().await;
-    let (limits_bucket, limits_kv) = topology.open_bucket(&js, "rate-limits").await?;
+    let (limits_bucket, limits_kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
     let pressure = KvCache::start_filtered(limits_kv, "*.pressure", shutdown.clone());
-    let (stream_name, stream) = topology.open_stream(&js, "INGRESS").await?;
-    let consumer = topology.open_consumer(&js, CONSUMER).await?;
+    let (stream_name, stream) = topology.open_stream(&js, StreamName::Ingress).await?;
+    let consumer = topology
+        .open_consumer(&js, ConsumerName::IngressWorker)
+        .await?;
 
     let validator = Arc::new(validate::Validator {
         ns: topology.namespace.clone(),

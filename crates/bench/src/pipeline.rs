@@ -17,7 +17,7 @@ use switchyard_keys::{
 use switchyard_registry::{LimitRecord, NatsRoute, Route, Store, TenantRecord};
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
 use switchyard_testkit::{NatsServer, free_port, wait_for};
-use switchyard_topology::{DeploymentConfig, provision};
+use switchyard_topology::{BucketName, DeploymentConfig, provision};
 
 use crate::Args;
 use crate::raw::{latency_of, publish_all};
@@ -106,9 +106,11 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
     let tenants: Vec<TenantId> = (0..args.tenants.max(1))
         .map(|i| TenantId::new(format!("tenant{i}")))
         .collect::<Result<_, _>>()?;
-    let registry: Store<TenantKey, TenantRecord> = Store::new(js.get_key_value("tenants").await?);
+    let registry: Store<TenantKey, TenantRecord> =
+        Store::new(topology.open_bucket(&js, BucketName::Tenants).await?.1);
     // Limits high enough that the benchmark measures the pipeline, not a rate limit.
-    let limits: Store<RateKey, LimitRecord> = Store::new(js.get_key_value("rate-limits").await?);
+    let limits: Store<RateKey, LimitRecord> =
+        Store::new(topology.open_bucket(&js, BucketName::RateLimits).await?.1);
     let unlimited = LimitRecord {
         rate_per_sec: 1_000_000.0,
         burst: 100_000,
@@ -124,7 +126,8 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             &unlimited,
         )
         .await?;
-    let routes: Store<RouteKey, Route> = Store::new(js.get_key_value("routes").await?);
+    let routes: Store<RouteKey, Route> =
+        Store::new(topology.open_bucket(&js, BucketName::Routes).await?.1);
     for tenant in &tenants {
         registry
             .put(

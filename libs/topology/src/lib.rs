@@ -1,6 +1,8 @@
 //! Switchyard's JetStream topology: the declarations in `nats/topology.toml`, resolved for one
 //! deployment, provisioned idempotently, checked for drift, and reported on.
 //!
+//! - [`names`]: the typed names of every declared stream, bucket and consumer
+//!   ([`StreamName`], [`BucketName`], [`ConsumerName`]); code never names one with a string.
 //! - [`spec`]: the declaration file's types and validation ([`Topology::embedded`]).
 //! - [`resolve`]: [`ResolvedTopology`] — concrete stream/consumer/bucket configs for a
 //!   namespace, replica count and bucket overrides; services look their names up here.
@@ -12,6 +14,7 @@
 mod deployment;
 mod error;
 mod lookup;
+pub mod names;
 pub mod open;
 pub mod provision;
 pub mod resolve;
@@ -20,6 +23,7 @@ pub mod status;
 
 pub use deployment::DeploymentConfig;
 pub use error::TopologyError;
+pub use names::{BucketName, ConsumerName, StreamName};
 pub use open::{OpenError, Resource};
 pub use provision::{Change, Outcome, ProvisionItem, ProvisionReport, provision};
 pub use resolve::{ResolvedTopology, TopologyOptions};

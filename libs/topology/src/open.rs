@@ -11,6 +11,7 @@ use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode, kv};
 
 use crate::ResolvedTopology;
+use crate::names::{BucketName, ConsumerName, StreamName};
 
 /// What kind of declared item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,14 +127,15 @@ fn is_bucket_not_found(err: &KeyValueError) -> bool {
 }
 
 impl ResolvedTopology {
-    /// Opens the declared stream `base` (`INGRESS`): its concrete name and handle.
+    /// Opens the declared stream `stream` (`INGRESS`): its concrete name and handle.
     pub async fn open_stream(
         &self,
         js: &jetstream::Context,
-        base: &str,
+        stream: StreamName,
     ) -> Result<(String, Stream), OpenError> {
+        let base = stream.base();
         let name = self
-            .stream_name(base)
+            .stream_name(stream)
             .ok_or_else(|| OpenError::Undeclared {
                 resource: Resource::Stream,
                 base: base.to_owned(),
@@ -154,15 +156,16 @@ impl ResolvedTopology {
         }
     }
 
-    /// Opens the declared bucket `base` (`routes`): its concrete name (after prefix and
+    /// Opens the declared bucket `bucket` (`routes`): its concrete name (after prefix and
     /// overrides) and handle.
     pub async fn open_bucket(
         &self,
         js: &jetstream::Context,
-        base: &str,
+        bucket: BucketName,
     ) -> Result<(String, kv::Store), OpenError> {
+        let base = bucket.base();
         let name = self
-            .bucket_name(base)
+            .bucket_name(bucket)
             .ok_or_else(|| OpenError::Undeclared {
                 resource: Resource::Bucket,
                 base: base.to_owned(),
@@ -183,14 +186,16 @@ impl ResolvedTopology {
         }
     }
 
-    /// Opens the declared durable pull consumer `durable` (`egress-worker`) on its stream.
+    /// Opens the declared shared durable pull consumer `consumer` (`egress-worker`) on its
+    /// stream.
     pub async fn open_consumer(
         &self,
         js: &jetstream::Context,
-        durable: &str,
+        consumer: ConsumerName,
     ) -> Result<PullConsumer, OpenError> {
+        let durable = consumer.base();
         let declared = self
-            .consumer(durable)
+            .consumer(consumer)
             .ok_or_else(|| OpenError::Undeclared {
                 resource: Resource::Consumer,
                 base: durable.to_owned(),

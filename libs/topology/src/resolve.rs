@@ -7,6 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream::{consumer, kv, stream};
 use switchyard_subjects::{DlqFilter, InputStage, Namespace};
 
+use switchyard_keys::TenantId;
+
+use crate::names::{BucketName, ConsumerName, StreamName};
 use crate::spec::{Discard, Retention, Storage, SubjectsKind, Topology};
 
 /// How to resolve the declarations for one deployment.
@@ -43,10 +46,15 @@ pub struct ResolvedStream {
 /// A durable pull consumer ready to create.
 #[derive(Debug, Clone)]
 pub struct ResolvedConsumer {
+    /// Which declared consumer.
+    pub name: ConsumerName,
     /// The concrete stream name.
     pub stream: String,
-    /// The concrete config (durable name = declared name).
+    /// The concrete config (durable name = declared name; for a per-tenant template, the
+    /// `{tenant}` placeholders are filled by [`ResolvedTopology::tenant_consumer`]).
     pub config: consumer::pull::Config,
+    /// The subject kind it filters on (a per-tenant consumer narrows it to the tenant).
+    pub filter: SubjectsKind,
 }
 
 /// A KV bucket ready to create.
@@ -65,8 +73,10 @@ pub struct ResolvedTopology {
     pub namespace: Namespace,
     /// Streams, in declaration order.
     pub streams: Vec<ResolvedStream>,
-    /// Consumers, in declaration order.
+    /// Shared consumers, in declaration order (what provisioning creates).
     pub consumers: Vec<ResolvedConsumer>,
+    /// Per-tenant consumer templates (created on demand by their service).
+    pub tenant_consumers: Vec<ResolvedConsumer>,
     /// Buckets, in declaration order.
     pub buckets: Vec<ResolvedBucket>,
 }
@@ -138,10 +148,13 @@ impl ResolvedTopology {
                 },
             })
             .collect();
-        let consumers = topology
+        let (tenant_consumers, consumers): (Vec<_>, Vec<_>) = topology
             .consumers
             .iter()
-            .map(|c| ResolvedConsumer {
+            .filter_map(|c| Some((ConsumerName::from_base(&c.name)?, c)))
+            .map(|(name, c)| ResolvedConsumer {
+                name,
+                filter: c.filter,
                 stream: ns.stream_name(&c.stream),
                 config: consumer::pull::Config {
                     durable_name: Some(c.name.clone()),
@@ -152,11 +165,15 @@ impl ResolvedTopology {
                     ack_wait: Duration::from_secs(c.ack_wait_secs),
                     max_deliver: c.max_deliver,
                     max_ack_pending: c.max_ack_pending,
+                    inactive_threshold: c
+                        .inactive_threshold_secs
+                        .map(Duration::from_secs)
+                        .unwrap_or_default(),
                     num_replicas: 0,
                     ..Default::default()
                 },
             })
-            .collect();
+            .partition(|c| c.name.per_tenant());
         let buckets = topology
             .buckets
             .iter()
@@ -183,31 +200,57 @@ impl ResolvedTopology {
             namespace: ns.clone(),
             streams,
             consumers,
+            tenant_consumers,
             buckets,
         }
     }
 
-    /// The concrete name of a declared stream (`INGRESS` → `STAGING_INGRESS`).
-    pub fn stream_name(&self, base: &str) -> Option<&str> {
+    /// The concrete name of a declared stream (`INGRESS` → `STAGING_INGRESS`). `Some` for every
+    /// [`StreamName`] of a validated topology.
+    pub fn stream_name(&self, name: StreamName) -> Option<&str> {
         self.streams
             .iter()
-            .find(|s| s.base == base)
+            .find(|s| s.base == name.base())
             .map(|s| s.config.name.as_str())
     }
 
     /// The concrete name of a declared bucket (after prefix and overrides).
-    pub fn bucket_name(&self, base: &str) -> Option<&str> {
+    pub fn bucket_name(&self, name: BucketName) -> Option<&str> {
         self.buckets
             .iter()
-            .find(|b| b.base == base)
+            .find(|b| b.base == name.base())
             .map(|b| b.config.bucket.as_str())
     }
 
-    /// A declared consumer by durable name.
-    pub fn consumer(&self, name: &str) -> Option<&ResolvedConsumer> {
-        self.consumers
-            .iter()
-            .find(|c| c.config.durable_name.as_deref() == Some(name))
+    /// A shared consumer (`None` for a per-tenant template: see [`Self::tenant_consumer`]).
+    pub fn consumer(&self, name: ConsumerName) -> Option<&ResolvedConsumer> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
+
+    /// The per-tenant consumer `name` for `tenant`: the template with the durable name and
+    /// description filled in and the filter narrowed to the tenant's own subjects.
+    pub fn tenant_consumer(
+        &self,
+        name: ConsumerName,
+        tenant: &TenantId,
+    ) -> Option<ResolvedConsumer> {
+        let template = self.tenant_consumers.iter().find(|c| c.name == name)?;
+        let stage = match template.filter {
+            SubjectsKind::Ingress => InputStage::Ingress,
+            SubjectsKind::Idempotency => InputStage::Idempotency,
+            SubjectsKind::Backpressure => InputStage::Backpressure,
+            SubjectsKind::Egress => InputStage::Egress,
+            SubjectsKind::Dlq => return None,
+        };
+        let mut resolved = template.clone();
+        resolved.config.durable_name = name.durable(Some(tenant));
+        resolved.config.description = template
+            .config
+            .description
+            .as_ref()
+            .map(|d| d.replace("{tenant}", tenant.as_str()));
+        resolved.config.filter_subject = self.namespace.stage_filter(stage, Some(tenant));
+        Some(resolved)
     }
 }
 
@@ -225,14 +268,45 @@ mod tests {
             bucket_overrides: [("idempotency".to_owned(), "dedupe-eu".to_owned())].into(),
         };
         let resolved = ResolvedTopology::resolve(&Topology::embedded().unwrap(), &options);
-        assert_eq!(resolved.stream_name("INGRESS"), Some("STAGING_INGRESS"));
-        assert_eq!(resolved.bucket_name("idempotency"), Some("dedupe-eu"));
-        assert_eq!(resolved.bucket_name("routes"), Some("staging_routes"));
+        assert_eq!(
+            resolved.stream_name(StreamName::Ingress),
+            Some("STAGING_INGRESS")
+        );
+        assert_eq!(
+            resolved.bucket_name(BucketName::Idempotency),
+            Some("dedupe-eu")
+        );
+        assert_eq!(
+            resolved.bucket_name(BucketName::Routes),
+            Some("staging_routes")
+        );
         let ingress = &resolved.streams[0].config;
         assert_eq!(ingress.subjects, ["staging.ingress.v1.>"]);
         assert_eq!(ingress.num_replicas, 3);
-        let worker = resolved.consumer("egress-worker").unwrap();
+        let worker = resolved.consumer(ConsumerName::EgressWorker).unwrap();
         assert_eq!(worker.stream, "STAGING_EGRESS");
         assert_eq!(worker.config.filter_subject, "staging.egress.v1.>");
+        assert!(
+            resolved
+                .consumer(ConsumerName::BackpressureTenant)
+                .is_none()
+        );
+        let acme = TenantId::new("acme").unwrap();
+        let per_tenant = resolved
+            .tenant_consumer(ConsumerName::BackpressureTenant, &acme)
+            .unwrap();
+        assert_eq!(per_tenant.stream, "STAGING_BACKPRESSURE");
+        assert_eq!(
+            per_tenant.config.durable_name.as_deref(),
+            Some("backpressure-acme")
+        );
+        assert_eq!(
+            per_tenant.config.filter_subject,
+            "staging.backpressure.v1.acme.>"
+        );
+        assert_eq!(
+            per_tenant.config.inactive_threshold,
+            Duration::from_secs(3600)
+        );
     }
 }

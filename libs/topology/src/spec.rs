@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::TopologyError;
+use crate::names::{BucketName, ConsumerName, StreamName};
 
 /// The project's declarations, embedded at build time.
 pub const EMBEDDED: &str = include_str!("../../../nats/topology.toml");
@@ -106,6 +107,10 @@ pub struct ConsumerSpec {
     pub max_deliver: i64,
     /// Unacked messages in flight across every replica of the service.
     pub max_ack_pending: i64,
+    /// Idle time after which JetStream removes the consumer, in seconds (per-tenant consumers,
+    /// created on demand; shared consumers are durable and leave it unset).
+    #[serde(default)]
+    pub inactive_threshold_secs: Option<u64>,
 }
 
 /// A declared KV bucket.
@@ -173,6 +178,7 @@ impl Topology {
     }
 
     fn validate(&self) -> Result<(), TopologyError> {
+        self.validate_names()?;
         let mut names = BTreeSet::new();
         for s in &self.streams {
             if !valid_name(&s.name) || !names.insert(s.name.as_str()) {
@@ -202,7 +208,7 @@ impl Topology {
                     c.name, c.stream
                 ))
             })?;
-            if !valid_name(&c.name) || !consumers.insert((c.stream.as_str(), c.name.as_str())) {
+            if !consumers.insert((c.stream.as_str(), c.name.as_str())) {
                 return Err(invalid(format!(
                     "consumer name {:?} is invalid or declared twice",
                     c.name
@@ -227,6 +233,66 @@ impl Topology {
                 return Err(invalid(format!(
                     "bucket {} must bound its size (max_bytes > 0, history >= 1)",
                     b.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every declared name is one of the typed names the code uses ([`StreamName`],
+    /// [`BucketName`], [`ConsumerName`]), and every typed name is declared: the services open
+    /// resources by typed name, so a file that renames or drops one must fail here, not at
+    /// run time.
+    fn validate_names(&self) -> Result<(), TopologyError> {
+        fn check<T: Copy + Eq + std::fmt::Display>(
+            kind: &str,
+            declared: impl Iterator<Item = String>,
+            all: &[T],
+            parse: impl Fn(&str) -> Option<T>,
+        ) -> Result<(), TopologyError> {
+            let mut seen = Vec::new();
+            for name in declared {
+                let typed = parse(&name).ok_or_else(|| {
+                    let known: Vec<String> = all.iter().map(ToString::to_string).collect();
+                    invalid(format!(
+                        "unknown {kind} name {name:?}: the services know {}",
+                        known.join(", ")
+                    ))
+                })?;
+                seen.push(typed);
+            }
+            if let Some(missing) = all.iter().find(|t| !seen.contains(t)) {
+                return Err(invalid(format!(
+                    "{kind} {missing} is not declared: every service relies on it"
+                )));
+            }
+            Ok(())
+        }
+        check(
+            "stream",
+            self.streams.iter().map(|s| s.name.clone()),
+            &StreamName::ALL,
+            StreamName::from_base,
+        )?;
+        check(
+            "bucket",
+            self.buckets.iter().map(|b| b.name.clone()),
+            &BucketName::ALL,
+            BucketName::from_base,
+        )?;
+        check(
+            "consumer",
+            self.consumers.iter().map(|c| c.name.clone()),
+            &ConsumerName::ALL,
+            ConsumerName::from_base,
+        )?;
+        for c in &self.consumers {
+            let per_tenant = ConsumerName::from_base(&c.name).is_some_and(ConsumerName::per_tenant);
+            if per_tenant != c.inactive_threshold_secs.is_some() {
+                return Err(invalid(format!(
+                    "consumer {}: inactive_threshold_secs is required on per-tenant consumers \
+                     (created on demand, removed when idle) and refused on shared ones",
+                    c.name
                 )));
             }
         }
@@ -282,5 +348,23 @@ mod tests {
                 .to_string()
                 .contains("unknown field")
         );
+    }
+
+    #[test]
+    fn every_typed_name_must_be_declared_and_nothing_else() {
+        let renamed = EMBEDDED.replace("name = \"routes\"", "name = \"routez\"");
+        let err = Topology::from_toml(&renamed).unwrap_err().to_string();
+        assert!(err.contains("unknown bucket name \"routez\""), "{err}");
+
+        let dropped = EMBEDDED.replace("name = \"egress-worker\"", "name = \"ingress-worker\"");
+        let err = Topology::from_toml(&dropped).unwrap_err().to_string();
+        assert!(
+            err.contains("consumer egress-worker is not declared"),
+            "{err}"
+        );
+
+        let shared = EMBEDDED.replace("inactive_threshold_secs = 3600", "");
+        let err = Topology::from_toml(&shared).unwrap_err().to_string();
+        assert!(err.contains("inactive_threshold_secs is required"), "{err}");
     }
 }

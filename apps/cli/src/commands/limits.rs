@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{LimitRecord, LimitSource, PressureRecord, Store, limit_lookup};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::output::{Output, Table};
 use crate::resources;
@@ -99,7 +99,7 @@ pub async fn run(
     args: &LimitsArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let bucket = resources::bucket(js, topology, "rate-limits").await?;
+    let bucket = resources::bucket(js, topology, BucketName::RateLimits).await?;
     let limits: Store<RateKey, LimitRecord> = Store::new(bucket.clone());
     let pressure: Store<RateKey, PressureRecord> = Store::new(bucket);
     match &args.command {

@@ -13,7 +13,7 @@ use switchyard_keys::{
     Address, KvKey, PlatformId, RouteKey, RouteTeam, TenantId, kv::tenant_filter,
 };
 use switchyard_registry::{Route, Store};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::output::{self, Output, Table, fields};
 use crate::{parse, resources};
@@ -143,7 +143,7 @@ pub async fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let store: Store<RouteKey, Route> =
-        Store::new(resources::bucket(js, topology, "routes").await?);
+        Store::new(resources::bucket(js, topology, BucketName::Routes).await?);
     match &args.command {
         RoutesCommand::Set(set) => set_route(&store, set, out).await,
         RoutesCommand::Get(key) => get_route(&store, key, out).await,

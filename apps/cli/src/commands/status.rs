@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use switchyard_topology::{ResolvedTopology, StatusReport, status};
+use switchyard_topology::{BucketName, ResolvedTopology, StatusReport, status};
 
 use std::collections::BTreeMap;
 
@@ -188,7 +188,7 @@ pub struct TenantRate {
 
 /// Limits and admission states from the `rate-limits` bucket (empty if it is missing).
 async fn tenant_rates(js: &jetstream::Context, topology: &ResolvedTopology) -> Vec<TenantRate> {
-    let Some(name) = topology.bucket_name("rate-limits") else {
+    let Some(name) = topology.bucket_name(BucketName::RateLimits) else {
         return Vec::new();
     };
     let Ok(bucket) = js.get_key_value(name).await else {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{Store, TenantRecord};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::output::{self, Output, Table};
 use crate::resources;
@@ -71,7 +71,7 @@ pub async fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let store: Store<TenantKey, TenantRecord> =
-        Store::new(resources::bucket(js, topology, "tenants").await?);
+        Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);
     match &args.command {
         TenantsCommand::Enable(t) => set_enabled(&store, &t.tenant, true, out).await?,
         TenantsCommand::Disable(t) => set_enabled(&store, &t.tenant, false, out).await?,

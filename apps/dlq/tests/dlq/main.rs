@@ -82,7 +82,9 @@ impl Env {
         ack_wait: Duration,
     ) {
         let topology = DeploymentConfig::default().resolve().unwrap();
-        let mut config: pull::Config = topology.consumer(consumer).unwrap().config.clone();
+        let typed =
+            switchyard_topology::ConsumerName::from_base(consumer).expect("a declared consumer");
+        let mut config: pull::Config = topology.consumer(typed).unwrap().config.clone();
         config.max_deliver = max_deliver;
         config.ack_wait = ack_wait;
         self.js

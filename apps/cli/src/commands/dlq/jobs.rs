@@ -14,7 +14,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobState, JobStore, Selection, Written};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{BucketName, ResolvedTopology};
 use time::OffsetDateTime;
 
 use super::read::Target;
@@ -46,7 +46,7 @@ pub struct JobsArgs {
 
 async fn store(js: &jetstream::Context, topology: &ResolvedTopology) -> anyhow::Result<JobStore> {
     Ok(JobStore::new(
-        resources::bucket(js, topology, "dlq-jobs").await?,
+        resources::bucket(js, topology, BucketName::DlqJobs).await?,
     ))
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::{StatsRecord, StatsStore};
 use switchyard_keys::{KvKey, Stage, TenantId, kv};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::output::{Output, Table};
 use crate::parse::{self, show_time};
@@ -55,7 +55,7 @@ pub async fn run(
     args: &StatsArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let store = StatsStore::new(resources::bucket(js, topology, "dlq-stats").await?);
+    let store = StatsStore::new(resources::bucket(js, topology, BucketName::DlqStats).await?);
     let filter = args
         .tenant
         .as_ref()
