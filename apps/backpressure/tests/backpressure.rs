@@ -10,14 +10,13 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use std::future::IntoFuture;
 use switchyard_backpressure::BackpressureConfig;
-use switchyard_envelope::{Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
-use switchyard_keys::{Address, KvKey, MsgId, RateKey, RateRecord, RateScope, TenantId};
+use switchyard_envelope::Envelope;
+use switchyard_fixtures::{Provisioned, Service, stamped};
+use switchyard_keys::{Address, KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, LimitRecord, PressureRecord, Store};
 use switchyard_service::Handoff;
-use switchyard_service::Running;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-use switchyard_testkit::{NatsServer, stored_count, wait_for};
-use switchyard_topology::{DeploymentConfig, provision};
+use switchyard_testkit::{NatsServer, http_get, stored_count, wait_for};
 use tokio_util::sync::CancellationToken;
 
 const SENT: &str = "Test-Sent";
@@ -25,7 +24,7 @@ const SENT: &str = "Test-Sent";
 struct Harness {
     server: NatsServer,
     js: jetstream::Context,
-    replicas: Vec<(Running, CancellationToken)>,
+    replicas: Vec<Service>,
     delivered: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
     seq: std::sync::atomic::AtomicU64,
     epoch: Instant,
@@ -33,12 +32,7 @@ struct Harness {
 
 impl Harness {
     async fn start(replicas: usize) -> Self {
-        let server = NatsServer::start().await;
-        let client = server.client().await;
-        let js = jetstream::new(client.clone());
-        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
-            .await
-            .unwrap();
+        let Provisioned { server, client, js } = Provisioned::start().await;
         let epoch = Instant::now();
         // Every hand-off to egress, as it happens (a plain subscription next to the stream).
         let delivered: Arc<Mutex<Vec<(String, Instant, Duration)>>> = Arc::default();
@@ -87,7 +81,7 @@ impl Harness {
         let running = switchyard_backpressure::start(config, client, shutdown.clone())
             .await
             .unwrap();
-        self.replicas.push((running, shutdown));
+        self.replicas.push(Service::new(running, shutdown));
     }
 
     async fn set_limit(&self, tenant: &str, limit: LimitRecord) {
@@ -110,21 +104,11 @@ impl Harness {
                 tokio::time::sleep_until(due.into()).await;
             }
             let sequence = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let source = SourceRef {
-                stream: "INGRESS".into(),
+            let envelope = stamped(
+                Address::parse(tenant, "ops", "hooks").unwrap(),
+                &format!("m-{sequence}"),
                 sequence,
-            };
-            let envelope = Envelope {
-                id: EnvelopeId::derive(&source, time::OffsetDateTime::now_utc()),
-                address: Address::parse(tenant, "ops", "hooks").unwrap(),
-                msg_id: MsgId::new(format!("m-{sequence}")).unwrap(),
-                received_at: time::OffsetDateTime::now_utc(),
-                content_type: None,
-                trace: TraceContext::default(),
-                schema_version: SCHEMA_VERSION,
-                attempt: Attempt::default(),
-                source,
-            };
+            );
             let mut extra = HeaderMap::new();
             extra.insert(SENT, self.epoch.elapsed().as_micros().to_string());
             // Sent now (the publish goes out at once); only the acks are awaited later.
@@ -172,8 +156,8 @@ impl Harness {
 
     async fn metric_sum(&self, name: &str) -> f64 {
         let mut total = 0.0;
-        for (running, _) in &self.replicas {
-            let text = http_get(running.http_addr, "/metrics").await;
+        for replica in &self.replicas {
+            let text = http_get(replica.running().http_addr, "/metrics").await;
             total += text
                 .lines()
                 .filter(|l| l.starts_with(name))
@@ -184,25 +168,10 @@ impl Harness {
     }
 
     async fn stop(mut self) {
-        for (running, shutdown) in self.replicas.drain(..) {
-            shutdown.cancel();
-            running.task.await.unwrap().unwrap();
+        for replica in self.replicas.drain(..) {
+            replica.stop().await;
         }
     }
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 fn limit(rate: f64, burst: u32) -> LimitRecord {
@@ -377,7 +346,7 @@ async fn without_kv_each_replica_enforces_its_share_locally_and_says_so() {
     h.set_limit("solo", limit(100.0, 10)).await;
     // Let the replica see the limit before the bucket disappears.
     wait_for("the limit to be cached", Duration::from_secs(5), || async {
-        let text = http_get(h.replicas[0].0.http_addr, "/metrics").await;
+        let text = http_get(h.replicas[0].running().http_addr, "/metrics").await;
         text.contains("switchyard_backpressure_replicas 1")
             .then_some(())
     })

@@ -5,33 +5,27 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use switchyard_envelope::{Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
+use switchyard_envelope::{Attempt, Envelope};
+use switchyard_fixtures::{Provisioned, Service, envelope_ids, stamped};
 use switchyard_idempotency::IdempotencyConfig;
 use switchyard_idempotency::config::KvUnavailable;
 use switchyard_keys::{Address, IdempotencyKey, KvKey, MsgId};
 use switchyard_service::Handoff;
-use switchyard_service::Running;
 use switchyard_subjects::{InputStage, Namespace};
-use switchyard_testkit::{NatsServer, stored_count, stored_messages, wait_for};
+use switchyard_testkit::{NatsServer, http_get, stored_count, wait_for};
 use switchyard_topology::{DeploymentConfig, provision};
 use tokio_util::sync::CancellationToken;
 
 struct Harness {
     _server: NatsServer,
     js: jetstream::Context,
-    running: Option<Running>,
-    shutdown: CancellationToken,
+    service: Service,
     next_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Harness {
     async fn start(configure: impl FnOnce(&mut IdempotencyConfig)) -> Self {
-        let server = NatsServer::start().await;
-        let client = server.client().await;
-        let js = jetstream::new(client.clone());
-        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
-            .await
-            .unwrap();
+        let Provisioned { server, client, js } = Provisioned::start().await;
         let mut config = IdempotencyConfig::defaults().unwrap();
         config.nats.url = server.url();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -45,8 +39,7 @@ impl Harness {
         Self {
             _server: server,
             js,
-            running: Some(running),
-            shutdown,
+            service: Service::new(running, shutdown),
             next_seq: 1.into(),
         }
     }
@@ -55,22 +48,11 @@ impl Harness {
         let sequence = self
             .next_seq
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let source = SourceRef {
-            stream: "INGRESS".into(),
+        stamped(
+            Address::parse(tenant, "ops", platform).unwrap(),
+            msg_id,
             sequence,
-        };
-        let received_at = time::OffsetDateTime::now_utc();
-        Envelope {
-            id: EnvelopeId::derive(&source, received_at),
-            address: Address::parse(tenant, "ops", platform).unwrap(),
-            msg_id: MsgId::new(msg_id).unwrap(),
-            received_at,
-            content_type: None,
-            trace: TraceContext::default(),
-            schema_version: SCHEMA_VERSION,
-            attempt: Attempt::default(),
-            source,
-        }
+        )
     }
 
     /// Hands an envelope to the idempotency stage, as ingress does.
@@ -110,21 +92,11 @@ impl Harness {
     }
 
     async fn forwarded_ids(&self) -> Vec<String> {
-        stored_messages(&self.js, "EGRESS")
-            .await
-            .iter()
-            .map(|m| {
-                Envelope::from_headers(Some(&m.headers))
-                    .unwrap()
-                    .id
-                    .to_string()
-            })
-            .collect()
+        envelope_ids(&self.js, "EGRESS").await
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        self.running.take().unwrap().task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.service.stop().await;
     }
 }
 
@@ -278,7 +250,7 @@ async fn with_local_policy_claims_fall_back_to_memory_and_are_counted() {
     h.send(&dup).await;
     h.settled().await;
     assert_eq!(h.forwarded_ids().await, [first.id.to_string()]);
-    let addr = h.running.as_ref().unwrap().http_addr;
+    let addr = h.service.running().http_addr;
     let metrics = http_get(addr, "/metrics").await;
     assert!(
         metrics.contains("switchyard_idempotency_local_fallbacks_total 2"),
@@ -289,19 +261,4 @@ async fn with_local_policy_claims_fall_back_to_memory_and_are_counted() {
         "{metrics}"
     );
     h.stop().await;
-}
-
-/// A minimal HTTP GET over a TCP socket (the probes speak plain HTTP/1.1).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
 }

@@ -7,30 +7,23 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::StreamMessage};
 use switchyard_dlq::{DlqCode, DlqEntry};
 use switchyard_envelope::{Envelope, headers};
+use switchyard_fixtures::{Provisioned, Service, dlq_entries};
 use switchyard_ingress::{IngressConfig, config};
 use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{Store, TenantRecord};
 use switchyard_runtime::ConfigSource;
-use switchyard_service::Running;
-use switchyard_subjects::Namespace;
 use switchyard_testkit::{NatsServer, stored_count, stored_messages, wait_for};
-use switchyard_topology::{DeploymentConfig, provision};
 use tokio_util::sync::CancellationToken;
 
 struct Harness {
     _server: NatsServer,
     js: jetstream::Context,
-    running: Option<Running>,
-    shutdown: CancellationToken,
+    service: Service,
 }
 
 impl Harness {
     async fn start(max_payload_bytes: usize) -> Self {
-        let server = NatsServer::start().await;
-        let client = server.client().await;
-        let js = jetstream::new(client.clone());
-        let topology = DeploymentConfig::default().resolve().unwrap();
-        provision(&js, &topology, false).await.unwrap();
+        let Provisioned { server, client, js } = Provisioned::start().await;
         let tenants: Store<TenantKey, TenantRecord> =
             Store::new(js.get_key_value("tenants").await.unwrap());
         for (tenant, enabled) in [("acme", true), ("globex", true), ("frozen", false)] {
@@ -63,13 +56,12 @@ impl Harness {
         Self {
             _server: server,
             js,
-            running: Some(running),
-            shutdown,
+            service: Service::new(running, shutdown),
         }
     }
 
     fn http(&self) -> String {
-        format!("http://{}", self.running.as_ref().unwrap().http_addr)
+        format!("http://{}", self.service.running().http_addr)
     }
 
     async fn publish(&self, subject: &str, h: HeaderMap, payload: &[u8]) {
@@ -108,27 +100,11 @@ impl Harness {
     }
 
     async fn dlq(&self) -> Vec<DlqEntry> {
-        stored_messages(&self.js, "DLQ")
-            .await
-            .into_iter()
-            .map(|m| {
-                let stored_at = time::OffsetDateTime::now_utc();
-                DlqEntry::from_message(
-                    &Namespace::default(),
-                    m.sequence,
-                    stored_at,
-                    &m.subject,
-                    Some(&m.headers),
-                    m.payload,
-                )
-                .unwrap()
-            })
-            .collect()
+        dlq_entries(&self.js).await
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        self.running.take().unwrap().task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.service.stop().await;
     }
 }
 

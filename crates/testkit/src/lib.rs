@@ -5,6 +5,7 @@
 //! - [`NatsCluster`]: three servers from `nats/server/cluster-n*.conf` on loopback; any node
 //!   can be killed and restarted.
 //! - [`stored_messages`]: what a stream holds, read without consuming.
+//! - [`http_get`]: a plain HTTP/1.1 GET, for a service's probes and metrics.
 //! - [`wait_for`]: polls a condition until it holds or a deadline passes — tests wait on
 //!   conditions, never on bare sleeps.
 //!
@@ -12,11 +13,13 @@
 //! (override with `NATS_SERVER_BIN`); a different version is refused.
 
 mod cluster;
+mod http;
 mod node;
 mod streams;
 mod wait;
 
 pub use cluster::NatsCluster;
+pub use http::http_get;
 pub use node::{NatsServer, free_port};
 pub use streams::{stored_count, stored_messages};
 pub use wait::wait_for;

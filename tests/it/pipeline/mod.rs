@@ -11,10 +11,11 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use switchyard_dlq::DlqEntry;
+use switchyard_fixtures::dlq_entries;
 use switchyard_keys::{RouteKey, RouteTeam, TenantId, TenantKey};
 use switchyard_registry::{Route, Store, TenantRecord, WebhookRoute, WebhookSecret};
 use switchyard_subjects::Namespace;
-use switchyard_testkit::{NatsCluster, NatsServer, stored_messages, wait_for};
+use switchyard_testkit::{NatsCluster, NatsServer, wait_for};
 use switchyard_topology::{DeploymentConfig, provision};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -246,21 +247,7 @@ impl Pipeline {
     }
 
     pub async fn dlq(&self) -> Vec<DlqEntry> {
-        stored_messages(&self.js, "DLQ")
-            .await
-            .into_iter()
-            .map(|m| {
-                DlqEntry::from_message(
-                    &Namespace::default(),
-                    m.sequence,
-                    m.time,
-                    &m.subject,
-                    Some(&m.headers),
-                    m.payload,
-                )
-                .unwrap()
-            })
-            .collect()
+        dlq_entries(&self.js).await
     }
 
     /// Shortens every stage consumer's ack wait, so crash redeliveries come quickly.

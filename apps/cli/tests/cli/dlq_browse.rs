@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use switchyard_dlq::DlqCode;
-use switchyard_testkit::wait_for;
+use switchyard_testkit::{stored_count, wait_for};
 
-use crate::fixtures::{Entry, dead_letter, messages, seed};
+use crate::fixtures::{Entry, dead_letter, seed};
 use crate::{fails, ok, provisioned};
 
 #[tokio::test]
@@ -94,7 +94,7 @@ async fn dlq_ls_lists_entries_with_filters_and_removes_nothing() {
     assert_eq!(crate::stdout(&limited).lines().count(), 3);
     assert!(crate::stderr(&limited).contains("showing the first 2 matching entries"));
 
-    assert_eq!(messages(&js, "DLQ").await, 4, "listing removed nothing");
+    assert_eq!(stored_count(&js, "DLQ").await, 4, "listing removed nothing");
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn dlq_tail_all_returns_entries_without_removing_them() {
         "no colour when stdout is not a terminal"
     );
 
-    assert_eq!(messages(&js, "DLQ").await, 4, "tailing removed nothing");
+    assert_eq!(stored_count(&js, "DLQ").await, 4, "tailing removed nothing");
 }
 
 #[tokio::test]
@@ -217,5 +217,5 @@ async fn dlq_show_prints_the_record_payload_and_history() {
 
     let err = fails(&url, &["dlq", "show", "99"]).await;
     assert!(err.contains("error: no DLQ entry with seq 99"), "{err}");
-    assert_eq!(messages(&js, "DLQ").await, 4);
+    assert_eq!(stored_count(&js, "DLQ").await, 4);
 }

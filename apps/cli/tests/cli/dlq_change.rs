@@ -7,19 +7,10 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use switchyard_dlq::DlqCode;
 use switchyard_keys::Stage;
+use switchyard_testkit::stored_count;
 
-use crate::fixtures::{Entry, dead_letter, dead_letter_with, envelope, messages, payload, seed};
+use crate::fixtures::{Entry, dead_letter, dead_letter_with, dlq_seqs, envelope, payload, seed};
 use crate::{fails, ok, provisioned};
-
-async fn dlq_seqs(url: &str) -> Vec<u64> {
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(url, &["dlq", "ls", "--json"]).await).unwrap();
-    json.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
@@ -38,9 +29,13 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
          would replay seq 3 -> egress.v1.acme.ops.slack\n\
          would replay 2, would keep 0; dry run: nothing changed\n"
     );
-    assert_eq!(messages(&js, "DLQ").await, 4, "a dry run changes nothing");
     assert_eq!(
-        messages(&js, "EGRESS").await,
+        stored_count(&js, "DLQ").await,
+        4,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        stored_count(&js, "EGRESS").await,
         0,
         "a dry run publishes nothing"
     );
@@ -50,7 +45,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
         err.contains("error: refusing to replay DLQ entries selected by a filter without confirmation: stdin is not a terminal; pass --yes to confirm"),
         "{err}"
     );
-    assert_eq!(messages(&js, "DLQ").await, 4);
+    assert_eq!(stored_count(&js, "DLQ").await, 4);
 
     let out = ok(
         &url,
@@ -89,11 +84,11 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
         );
     }
     assert_eq!(
-        dlq_seqs(&url).await,
+        dlq_seqs(&url, &[]).await,
         [2, 4],
         "exactly acme's entries left the DLQ"
     );
-    assert_eq!(messages(&js, "EGRESS").await, 2);
+    assert_eq!(stored_count(&js, "EGRESS").await, 2);
 }
 
 #[tokio::test]
@@ -149,8 +144,8 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
         lines[3],
         "replayed 1, kept 2 (1 no such entry, 1 not replayable)"
     );
-    assert_eq!(dlq_seqs(&url).await, [3]);
-    assert_eq!(messages(&js, "EGRESS").await, 1);
+    assert_eq!(dlq_seqs(&url, &[]).await, [3]);
+    assert_eq!(stored_count(&js, "EGRESS").await, 1);
 
     let json: serde_json::Value =
         serde_json::from_str(&ok(&url, &["dlq", "replay", "3", "--json"]).await).unwrap();
@@ -171,13 +166,13 @@ async fn dlq_purge_by_code_removes_only_those_and_needs_yes() {
         err.contains("error: refusing to purge DLQ entries selected by a filter without confirmation: stdin is not a terminal; pass --yes to confirm"),
         "{err}"
     );
-    assert_eq!(messages(&js, "DLQ").await, 4);
+    assert_eq!(stored_count(&js, "DLQ").await, 4);
 
     assert_eq!(
         ok(&url, &["dlq", "purge", "--code", "no_route", "--yes"]).await,
         "removed 2 entries\n"
     );
-    assert_eq!(dlq_seqs(&url).await, [1, 4]);
+    assert_eq!(dlq_seqs(&url, &[]).await, [1, 4]);
 
     assert_eq!(ok(&url, &["dlq", "purge", "1"]).await, "removed 1 entry\n");
     let json: serde_json::Value =
@@ -191,7 +186,7 @@ async fn dlq_purge_by_code_removes_only_those_and_needs_yes() {
     );
     let err = fails(&url, &["dlq", "purge", "4", "--tenant", "acme"]).await;
     assert!(err.contains("not both"), "{err}");
-    assert_eq!(dlq_seqs(&url).await, [4]);
+    assert_eq!(dlq_seqs(&url, &[]).await, [4]);
 }
 
 #[tokio::test]
@@ -223,7 +218,7 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
         .await,
         "replayed seq 1 -> staging.egress.v1.acme.ops.slack (STAGING_EGRESS seq 1)\nreplayed 1, kept 0\n"
     );
-    assert_eq!(messages(&js, "STAGING_DLQ").await, 0);
+    assert_eq!(stored_count(&js, "STAGING_DLQ").await, 0);
     assert_eq!(
         ok(
             &url,

@@ -14,10 +14,10 @@ use switchyard_dlq_ops::JobState;
 use switchyard_envelope::headers;
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::Namespace;
-use switchyard_testkit::{NatsServer, wait_for};
+use switchyard_testkit::{NatsServer, stored_count, wait_for};
 use time::OffsetDateTime;
 
-use crate::fixtures::{DlqService, Entry, dead_letter_with, envelope, job, messages};
+use crate::fixtures::{DlqService, Entry, dead_letter_with, dlq_seqs, envelope, job};
 use crate::ok;
 use crate::publish::long_window_config;
 
@@ -74,16 +74,6 @@ async fn server(dir: &tempfile::TempDir) -> (NatsServer, String) {
     (server, config)
 }
 
-async fn dlq_seqs(url: &str, config: &str) -> Vec<u64> {
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(url, &["--config", config, "dlq", "ls", "--json"]).await).unwrap();
-    json.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,9 +97,9 @@ async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_mess
         ],
         "{out}"
     );
-    assert_eq!(dlq_seqs(&url, &config).await, [1]);
-    assert_eq!(messages(&js, "EGRESS").await, 1);
-    assert_eq!(messages(&js, "INGRESS").await, 1);
+    assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
+    assert_eq!(stored_count(&js, "EGRESS").await, 1);
+    assert_eq!(stored_count(&js, "INGRESS").await, 1);
 
     let json: serde_json::Value = serde_json::from_str(
         &ok(&url, &["--config", &config, "dlq", "replay", "1", "--json"]).await,
@@ -149,8 +139,8 @@ async fn a_replay_job_keeps_only_an_entry_whose_duplicate_is_its_source_message(
         BTreeMap::from([("duplicate".to_owned(), 1)])
     );
     assert_eq!(done.progress.handled, 3);
-    assert_eq!(dlq_seqs(&url, &config).await, [1]);
-    assert_eq!(messages(&js, "EGRESS").await, 1);
-    assert_eq!(messages(&js, "INGRESS").await, 1);
+    assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
+    assert_eq!(stored_count(&js, "EGRESS").await, 1);
+    assert_eq!(stored_count(&js, "INGRESS").await, 1);
     service.stop().await;
 }

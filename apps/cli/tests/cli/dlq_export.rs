@@ -8,10 +8,10 @@ use async_nats::jetstream::{self, message::StreamMessage};
 use switchyard_dlq::{DeadLetter, DlqCode, DlqEntry};
 use switchyard_keys::Stage;
 use switchyard_subjects::Namespace;
-use switchyard_testkit::stored_messages;
+use switchyard_testkit::{stored_count, stored_messages};
 use time::OffsetDateTime;
 
-use crate::fixtures::{Entry, dead_letter, messages, seed};
+use crate::fixtures::{Entry, dead_letter, seed};
 use crate::{fails, ok, provisioned};
 
 /// What must survive a round trip: subject, every header but the server's `Nats-*` ones (the
@@ -136,7 +136,7 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
     assert_eq!(report["exported"], 3);
 
     ok(&url, &["dlq", "purge", "--all", "--yes"]).await;
-    assert_eq!(messages(&js, "DLQ").await, 0);
+    assert_eq!(stored_count(&js, "DLQ").await, 0);
 
     // A damaged file is refused as a whole, naming the line; nothing is published.
     let damaged = dir.path().join("damaged.ndjson");
@@ -149,7 +149,7 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
     )
     .await;
     assert!(err.contains("line 3 of"), "{err}");
-    assert_eq!(messages(&js, "DLQ").await, 0);
+    assert_eq!(stored_count(&js, "DLQ").await, 0);
 
     assert_eq!(
         ok(&url, &["dlq", "import", "--file", path, "--dry-run"])
@@ -158,7 +158,7 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
             .last(),
         Some("would restore 6 entries")
     );
-    assert_eq!(messages(&js, "DLQ").await, 0);
+    assert_eq!(stored_count(&js, "DLQ").await, 0);
     assert_eq!(
         ok(&url, &["dlq", "import", "--file", path]).await,
         "restored 6 entries\n"
@@ -184,5 +184,5 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
             .unwrap();
     assert_eq!(again["restored"].as_array().unwrap().len(), 0);
     assert_eq!(again["duplicates"].as_array().unwrap().len(), 6);
-    assert_eq!(messages(&js, "DLQ").await, 6);
+    assert_eq!(stored_count(&js, "DLQ").await, 6);
 }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::JobState;
-use switchyard_envelope::Envelope;
-use switchyard_testkit::{stored_messages, wait_for};
+use switchyard_fixtures::envelope_ids;
+use switchyard_testkit::{stored_count, wait_for};
 
-use crate::fixtures::{DlqService, cells, job, messages, seed_many};
+use crate::fixtures::{DlqService, cells, job, seed_many};
 use crate::{fails, ok, provisioned};
 
 /// The job id from `job <id> created: …`.
@@ -146,20 +146,11 @@ async fn a_5000_entry_job_survives_a_crash_halfway_and_replays_each_entry_exactl
     );
 
     // What arrived at the target: every entry, once.
-    let replayed: Vec<String> = stored_messages(&js, "EGRESS")
-        .await
-        .iter()
-        .map(|m| {
-            Envelope::from_headers(Some(&m.headers))
-                .unwrap()
-                .id
-                .to_string()
-        })
-        .collect();
+    let replayed: Vec<String> = envelope_ids(&js, "EGRESS").await;
     assert_eq!(replayed.len(), 5000, "no entry replayed twice");
     let distinct: BTreeSet<String> = replayed.into_iter().collect();
     assert_eq!(distinct, seeded_ids, "none skipped");
-    assert_eq!(messages(&js, "DLQ").await, 0);
+    assert_eq!(stored_count(&js, "DLQ").await, 0);
     assert!(total < Duration::from_secs(60), "{total:?}");
     service.stop().await;
 }
@@ -193,7 +184,7 @@ async fn replay_follow_and_jobs_print_progress_in_human_and_json_form() {
         )),
         "{out}"
     );
-    assert_eq!(messages(&js, "EGRESS").await, 10);
+    assert_eq!(stored_count(&js, "EGRESS").await, 10);
 
     // JSON: the created record, then one line per change while following.
     let created: serde_json::Value = serde_json::from_str(
@@ -223,7 +214,7 @@ async fn replay_follow_and_jobs_print_progress_in_human_and_json_form() {
     assert_eq!(last["progress"]["would_replay"], 10);
     assert_eq!(last["progress"]["replayed"], 0);
     assert_eq!(
-        messages(&js, "DLQ").await,
+        stored_count(&js, "DLQ").await,
         10,
         "the dry run changed nothing"
     );
@@ -289,7 +280,7 @@ async fn replay_follow_and_jobs_print_progress_in_human_and_json_form() {
     assert_eq!(stopped.state, JobState::Cancelled);
     assert!(stopped.progress.replayed < 10);
     assert_eq!(
-        messages(&js, "DLQ").await + messages(&js, "EGRESS").await,
+        stored_count(&js, "DLQ").await + stored_count(&js, "EGRESS").await,
         20,
         "nothing lost, nothing doubled"
     );

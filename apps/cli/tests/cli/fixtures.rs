@@ -2,17 +2,20 @@
 //! `DeadLetter::publish` onto the real DLQ stream; and a dlq service run in this process for
 //! the commands that need one (`replay --job`, `jobs`, `stats`).
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream::Stream};
-use bytes::Bytes;
-use switchyard_dlq::{DeadLetter, DlqCode};
-use switchyard_envelope::AttemptRecord;
-use switchyard_envelope::{
-    Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext, headers,
+use async_nats::jetstream;
+use switchyard_dlq::DlqCode;
+use switchyard_envelope::Envelope;
+use switchyard_fixtures::{Orders, Service};
+use switchyard_keys::Stage;
+use switchyard_subjects::Namespace;
+
+/// How the CLI suite's entries look: fifth delivery, a `text` in the payload (so `show`
+/// pretty-prints it), a 42 ms "service unavailable" attempt.
+pub const ORDERS: Orders = Orders {
+    deliveries: 5,
+    text: Some("hello"),
+    failure: (42, "service unavailable"),
 };
-use switchyard_keys::{Address, MsgId, Stage};
-use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-use time::OffsetDateTime;
 
 /// One entry to write: tenant, team, platform, code; `n` makes it unique (source sequence,
 /// msg id and payload).
@@ -36,30 +39,12 @@ impl Entry {
 
 /// The envelope ingress would have stamped on message `n`.
 pub fn envelope(tenant: &str, n: u64) -> Envelope {
-    let received_at = OffsetDateTime::now_utc();
-    let source = SourceRef {
-        stream: "INGRESS".into(),
-        sequence: n,
-    };
-    Envelope {
-        id: EnvelopeId::derive(&source, received_at),
-        address: Address::parse(tenant, "ops", "slack").unwrap(),
-        msg_id: MsgId::new(format!("order-{n}")).unwrap(),
-        received_at,
-        content_type: Some("application/json".into()),
-        trace: TraceContext::default(),
-        schema_version: SCHEMA_VERSION,
-        attempt: Attempt {
-            delivery: 5,
-            replay: 0,
-        },
-        source,
-    }
+    ORDERS.envelope(tenant, n)
 }
 
 /// The payload of entry `n` (JSON, so `show` pretty-prints it).
-pub fn payload(n: u64) -> Bytes {
-    Bytes::from(format!("{{\"order\":{n},\"text\":\"hello\"}}"))
+pub fn payload(n: u64) -> bytes::Bytes {
+    ORDERS.payload(n)
 }
 
 /// Writes `entry` with the envelope `env` as a stage would; returns the DLQ sequence.
@@ -74,38 +59,10 @@ pub async fn dead_letter_in(
     entry: &Entry,
     env: &Envelope,
 ) -> u64 {
-    let mut original = HeaderMap::new();
-    env.write_headers(&mut original);
-    original.insert(headers::NATS_MSG_ID, env.hop_msg_id(entry.stage));
-    let now = OffsetDateTime::now_utc();
-    let record = DeadLetter {
-        stage: entry.stage,
-        code: entry.code,
-        reason: format!("{} for order {}", entry.code, entry.n),
-        tenant: Some(env.address.tenant.clone()),
-        platform: Some(env.address.platform.clone()),
-        attempts: 5,
-        first_failure: now,
-        last_failure: now,
-        source_stream: "EGRESS".into(),
-        source_seq: entry.n,
-        source_subject: StageSubject {
-            stage: InputStage::Egress,
-            address: env.address.clone(),
-        }
-        .format(ns),
-        history: vec![AttemptRecord::new(
-            now,
-            "http_status",
-            Some(503),
-            42,
-            Some("service unavailable".into()),
-        )],
-    };
-    record
-        .publish(js, ns, Some(&original), payload(entry.n))
+    let record = ORDERS.record(ns, entry.stage, entry.code, entry.n, env);
+    ORDERS
+        .publish(js, ns, record, entry.n)
         .await
-        .unwrap()
         .await
         .unwrap()
         .sequence
@@ -131,14 +88,9 @@ pub async fn seed(js: &jetstream::Context) -> Vec<u64> {
     seqs
 }
 
-/// Messages stored in a stream now.
-pub async fn messages(js: &jetstream::Context, stream: &str) -> u64 {
-    let mut stream: Stream = js.get_stream(stream).await.unwrap();
-    stream.info().await.unwrap().state.messages
-}
-
-/// Writes `count` egress entries of `tenant` (messages `first..first + count`), publishing
-/// them all before awaiting the acks; returns `(DLQ seq, envelope id)` per entry.
+/// Writes `count` egress entries of `tenant` (messages `first..first + count`, no attempt
+/// history), publishing them all before awaiting the acks; returns `(DLQ seq, envelope id)`
+/// per entry.
 pub async fn seed_many(
     js: &jetstream::Context,
     tenant: &'static str,
@@ -150,32 +102,9 @@ pub async fn seed_many(
     let mut pending = Vec::new();
     for n in first..first + count {
         let env = envelope(tenant, n);
-        let mut original = HeaderMap::new();
-        env.write_headers(&mut original);
-        original.insert(headers::NATS_MSG_ID, env.hop_msg_id(Stage::Egress));
-        let now = OffsetDateTime::now_utc();
-        let record = DeadLetter {
-            stage: Stage::Egress,
-            code,
-            reason: format!("{code} for order {n}"),
-            tenant: Some(env.address.tenant.clone()),
-            platform: Some(env.address.platform.clone()),
-            attempts: 5,
-            first_failure: now,
-            last_failure: now,
-            source_stream: "EGRESS".into(),
-            source_seq: n,
-            source_subject: StageSubject {
-                stage: InputStage::Egress,
-                address: env.address.clone(),
-            }
-            .format(&ns),
-            history: Vec::new(),
-        };
-        let ack = record
-            .publish(js, &ns, Some(&original), payload(n))
-            .await
-            .unwrap();
+        let (mut record, original) = ORDERS.record(&ns, Stage::Egress, code, n, &env);
+        record.history.clear();
+        let ack = ORDERS.publish(js, &ns, (record, original), n).await;
         pending.push((ack, env.id.to_string()));
     }
     let mut out = Vec::new();
@@ -186,10 +115,7 @@ pub async fn seed_many(
 }
 
 /// A dlq service running in this process against `url`, with short leases and scans.
-pub struct DlqService {
-    running: Option<switchyard_dlq_service::Running>,
-    shutdown: tokio_util::sync::CancellationToken,
-}
+pub struct DlqService(Service<String>);
 
 impl DlqService {
     /// Starts an instance (its own connection).
@@ -206,28 +132,22 @@ impl DlqService {
         let running = switchyard_dlq_service::start(config, client, shutdown.clone())
             .await
             .unwrap();
-        Self {
-            running: Some(running),
-            shutdown,
-        }
+        Self(Service::new(running, shutdown))
     }
 
     /// This instance's id (the owner named in its leases).
     pub fn instance(&self) -> String {
-        self.running.as_ref().unwrap().info.clone()
+        self.0.running().info.clone()
     }
 
     /// Stops it as SIGTERM would and waits for it to drain.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        self.running.take().unwrap().task.await.unwrap().unwrap();
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 
     /// Kills it mid-flight, as a crash would (nothing is released).
-    pub async fn crash(mut self) {
-        let running = self.running.take().unwrap();
-        running.task.abort();
-        let _ = running.task.await;
+    pub async fn crash(self) {
+        self.0.crash().await;
     }
 }
 
@@ -235,6 +155,22 @@ impl DlqService {
 pub async fn job(js: &jetstream::Context, id: &str) -> switchyard_dlq_ops::JobRecord {
     let store = switchyard_dlq_ops::JobStore::new(js.get_key_value("dlq-jobs").await.unwrap());
     store.get(id).await.unwrap().unwrap().0
+}
+
+/// The DLQ sequences `dlq ls --json` lists, with `global` arguments (such as `--config`)
+/// before the command.
+pub async fn dlq_seqs(url: &str, global: &[&str]) -> Vec<u64> {
+    let args: Vec<&str> = global
+        .iter()
+        .copied()
+        .chain(["dlq", "ls", "--json"])
+        .collect();
+    let json: serde_json::Value = serde_json::from_str(&crate::ok(url, &args).await).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
 }
 
 /// Splits a table line into its cells (columns are separated by two or more spaces).

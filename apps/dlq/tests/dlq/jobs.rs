@@ -8,10 +8,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, Written};
-use switchyard_envelope::Envelope;
+use switchyard_fixtures::envelope_ids;
 use switchyard_keys::TenantId;
 use switchyard_subjects::InputStage;
-use switchyard_testkit::{stored_count, stored_messages, wait_for};
+use switchyard_testkit::{stored_count, wait_for};
 use time::OffsetDateTime;
 
 use crate::{Env, seed};
@@ -49,20 +49,6 @@ async fn finished(js: &jetstream::Context, id: &str, within: Duration) -> JobRec
     .await
 }
 
-/// Envelope ids of the messages stored in EGRESS.
-async fn egress_ids(js: &jetstream::Context) -> Vec<String> {
-    stored_messages(js, "EGRESS")
-        .await
-        .iter()
-        .map(|m| {
-            Envelope::from_headers(Some(&m.headers))
-                .unwrap()
-                .id
-                .to_string()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn two_instances_share_a_job_but_only_one_executes_it() {
     let env = Env::start().await;
@@ -86,7 +72,7 @@ async fn two_instances_share_a_job_but_only_one_executes_it() {
     assert_eq!(done.progress.replayed, 300);
     assert_eq!(done.progress.last_seq, *seqs.last().unwrap());
     assert!(done.lease.is_none(), "a finished job holds no lease");
-    let ids = egress_ids(&env.js).await;
+    let ids = envelope_ids(&env.js, "EGRESS").await;
     assert_eq!(ids.len(), 300);
     assert_eq!(
         ids.iter().collect::<BTreeSet<_>>().len(),

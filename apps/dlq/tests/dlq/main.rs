@@ -13,15 +13,14 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use switchyard_dlq::{DeadLetter, DlqCode};
-use switchyard_dlq_service::{DlqConfig, Running};
-use switchyard_envelope::AttemptRecord;
-use switchyard_envelope::{Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
-use switchyard_keys::{Address, MsgId, Stage};
+use switchyard_dlq_service::DlqConfig;
+use switchyard_envelope::Envelope;
+use switchyard_fixtures::{Orders, Provisioned};
+use switchyard_keys::Stage;
 use switchyard_service::Handoff;
-use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
+use switchyard_subjects::{InputStage, Namespace};
 use switchyard_testkit::NatsServer;
-use switchyard_topology::{DeploymentConfig, provision};
-use time::OffsetDateTime;
+use switchyard_topology::DeploymentConfig;
 use tokio_util::sync::CancellationToken;
 
 /// A provisioned server and a JetStream context on it.
@@ -37,12 +36,7 @@ pub struct Env {
 impl Env {
     /// Starts a server and provisions the declared topology.
     pub async fn start() -> Self {
-        let server = NatsServer::start().await;
-        let client = server.client().await;
-        let js = jetstream::new(client.clone());
-        provision(&js, &DeploymentConfig::default().resolve().unwrap(), false)
-            .await
-            .unwrap();
+        let Provisioned { server, client, js } = Provisioned::start().await;
         Self { server, client, js }
     }
 
@@ -67,10 +61,7 @@ impl Env {
         let running = switchyard_dlq_service::start(config, client, shutdown.clone())
             .await
             .unwrap();
-        Service {
-            running: Some(running),
-            shutdown,
-        }
+        Service::new(running, shutdown)
     }
 
     /// Makes a declared consumer give up fast: `max_deliver` deliveries, `ack_wait` each.
@@ -98,57 +89,24 @@ impl Env {
 }
 
 /// A running dlq service instance.
-pub struct Service {
-    /// The started instance (taken when stopped).
-    pub running: Option<Running>,
-    /// Its shutdown token.
-    pub shutdown: CancellationToken,
-}
+pub type Service = switchyard_fixtures::Service<String>;
 
-impl Service {
-    /// Stops it as SIGTERM would, and waits for it to drain.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(running) = self.running.take() {
-            running.task.await.unwrap().unwrap();
-        }
-    }
-
-    /// Kills it as a crash would: the task is aborted mid-flight, nothing is released.
-    pub async fn crash(mut self) {
-        if let Some(running) = self.running.take() {
-            running.task.abort();
-            let _ = running.task.await;
-        }
-    }
-}
+/// How this suite's messages look: third delivery, a bare `{"order":n}` payload, a 12 ms
+/// "unavailable" attempt.
+pub const ORDERS: Orders = Orders {
+    deliveries: 3,
+    text: None,
+    failure: (12, "unavailable"),
+};
 
 /// The envelope ingress would have stamped on message `n` of `tenant`.
 pub fn envelope(tenant: &str, n: u64) -> Envelope {
-    let received_at = OffsetDateTime::now_utc();
-    let source = SourceRef {
-        stream: "INGRESS".into(),
-        sequence: n,
-    };
-    Envelope {
-        id: EnvelopeId::derive(&source, received_at),
-        address: Address::parse(tenant, "ops", "slack").unwrap(),
-        msg_id: MsgId::new(format!("order-{n}")).unwrap(),
-        received_at,
-        content_type: Some("application/json".into()),
-        trace: TraceContext::default(),
-        schema_version: SCHEMA_VERSION,
-        attempt: Attempt {
-            delivery: 3,
-            replay: 0,
-        },
-        source,
-    }
+    ORDERS.envelope(tenant, n)
 }
 
 /// The payload of message `n`.
 pub fn payload(n: u64) -> Bytes {
-    Bytes::from(format!("{{\"order\":{n}}}"))
+    ORDERS.payload(n)
 }
 
 /// Hands message `n` of `tenant` to a stage's input stream, as the stage before would.
@@ -163,36 +121,13 @@ pub async fn hand_to(js: &jetstream::Context, stage: InputStage, tenant: &str, n
 
 /// The record egress would write for message `n` of `tenant`.
 pub fn egress_record(tenant: &str, n: u64, code: DlqCode) -> (DeadLetter, HeaderMap) {
-    let env = envelope(tenant, n);
-    let mut original = HeaderMap::new();
-    env.write_headers(&mut original);
-    original.insert("Nats-Msg-Id", env.hop_msg_id(Stage::Egress));
-    let now = OffsetDateTime::now_utc();
-    let record = DeadLetter {
-        stage: Stage::Egress,
+    ORDERS.record(
+        &Namespace::default(),
+        Stage::Egress,
         code,
-        reason: format!("{code} for order {n}"),
-        tenant: Some(env.address.tenant.clone()),
-        platform: Some(env.address.platform.clone()),
-        attempts: 3,
-        first_failure: now,
-        last_failure: now,
-        source_stream: "EGRESS".into(),
-        source_seq: n,
-        source_subject: StageSubject {
-            stage: InputStage::Egress,
-            address: env.address.clone(),
-        }
-        .format(&Namespace::default()),
-        history: vec![AttemptRecord::new(
-            now,
-            "http_status",
-            Some(503),
-            12,
-            Some("unavailable".into()),
-        )],
-    };
-    (record, original)
+        n,
+        &envelope(tenant, n),
+    )
 }
 
 /// Writes `count` egress entries of `tenant` (messages `first..first+count`) into the DLQ, as
@@ -204,14 +139,13 @@ pub async fn seed(
     count: u64,
     code: DlqCode,
 ) -> Vec<u64> {
+    let ns = Namespace::default();
     let mut acks = Vec::new();
     for n in first..first + count {
-        let (record, original) = egress_record(tenant, n, code);
         acks.push(
-            record
-                .publish(js, &Namespace::default(), Some(&original), payload(n))
-                .await
-                .unwrap(),
+            ORDERS
+                .publish(js, &ns, egress_record(tenant, n, code), n)
+                .await,
         );
     }
     let mut seqs = Vec::new();

@@ -5,32 +5,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
-use switchyard_dlq::{DeadLetter, DlqCode, DlqEntry};
+use switchyard_dlq::{DeadLetter, DlqCode};
+use switchyard_fixtures::dlq_entries;
 use switchyard_keys::Stage;
 use switchyard_subjects::{InputStage, Namespace};
 use switchyard_testkit::{stored_count, stored_messages, wait_for};
 use tokio::task::JoinHandle;
 
 use crate::{Env, hand_to, payload};
-
-/// DLQ entries stored now, decoded.
-async fn dlq_entries(js: &jetstream::Context) -> Vec<DlqEntry> {
-    stored_messages(js, "DLQ")
-        .await
-        .into_iter()
-        .map(|m| {
-            DlqEntry::from_message(
-                &Namespace::default(),
-                m.sequence,
-                m.time,
-                m.subject.as_str(),
-                Some(&m.headers),
-                m.payload,
-            )
-            .unwrap()
-        })
-        .collect()
-}
 
 /// A stage that crashes on `poison` every time (fetches it, never acks it) and processes
 /// everything else; with `dead_letter_first`, it writes its own DLQ record before crashing.
