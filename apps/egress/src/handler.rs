@@ -17,7 +17,7 @@ use switchyard_envelope::{AttemptRecord, Envelope};
 use switchyard_keys::{PlatformId, RouteKey, Stage, TenantId};
 use switchyard_registry::{KvCache, Route};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
-use switchyard_subjects::{DelaySubject, InputStage, Namespace, StageSubject, SubjectKind};
+use switchyard_subjects::{DelaySubject, InputStage, Namespace, SubjectKind};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -77,20 +77,7 @@ impl Handler for EgressHandler {
         let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
             Ok(envelope) => envelope,
             Err(error) => {
-                let address = StageSubject::parse(&self.ns, &msg.subject)
-                    .ok()
-                    .map(|s| s.address);
-                let tenant = address.as_ref().map(|a| a.tenant.clone());
-                let platform = address.map(|a| a.platform);
-                let outcome = self.dead_letter(
-                    msg,
-                    DlqCode::InvalidEnvelope,
-                    error.to_string(),
-                    (tenant.clone(), platform),
-                    0,
-                    Vec::new(),
-                );
-                return Handled { tenant, outcome };
+                return Handled::invalid_envelope(msg, &self.ns, Stage::Egress, error.to_string());
             }
         };
         let tenant = Some(envelope.address.tenant.clone());

@@ -97,6 +97,8 @@ pub fn sink_headers(envelope: &Envelope, incoming: Option<&HeaderMap>) -> Header
     }
     envelope.write_headers(&mut h);
     h.insert(headers::NATS_MSG_ID, envelope.id.to_string());
+    // The sink's copy is a child of this delivery's span (same trace).
+    switchyard_runtime::telemetry::inject_current(&mut h);
     h
 }
 

@@ -209,6 +209,16 @@ pub enum RateRecord {
 impl RateRecord {
     const ALL: [RateRecord; 3] = [RateRecord::Limit, RateRecord::Tokens, RateRecord::Pressure];
 
+    /// The KV filter matching this record of every scope (`*.limit`, `*.pressure`): what a
+    /// watch or listing of one record type uses.
+    pub const fn filter(self) -> &'static str {
+        match self {
+            RateRecord::Limit => "*.limit",
+            RateRecord::Tokens => "*.tokens",
+            RateRecord::Pressure => "*.pressure",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             RateRecord::Limit => "limit",

@@ -207,7 +207,7 @@ pub async fn run(
         }
         LimitsCommand::Ls => {
             let mut views = Vec::new();
-            for (key, record) in limits.list("*.limit").await? {
+            for (key, record) in limits.list(RateRecord::Limit.filter()).await? {
                 let Ok(limit) = record else { continue };
                 let admission = match &key.scope {
                     RateScope::Tenant(_) => {

@@ -303,6 +303,7 @@ impl Execution {
         let mut in_flight: BTreeSet<u64> = BTreeSet::new();
         let mut write: Option<(Write, JobRecord, Vec<u64>)> = None;
         let mut dirty = false;
+        let mut write_backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         // Set once the job must stop taking entries: cancel or shutdown (drain, then stop).
         let mut stopping: Option<Stop> = None;
         // Stop retries of replays under way when the lease is lost.
@@ -383,6 +384,7 @@ impl Execution {
                     match result {
                         Ok(Written::Stored(revision)) => {
                             self.stored(revision, &record);
+                            write_backoff.reset();
                             for q in queue.iter_mut().filter(|q| reserving.contains(&q.candidate.seq)) {
                                 q.reserved = true;
                             }
@@ -404,7 +406,8 @@ impl Execution {
                                 return Err(stop);
                             }
                             dirty = true;
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            let delay = write_backoff.next_delay().unwrap_or(RetryPolicy::INFRASTRUCTURE.max);
+                            tokio::time::sleep(delay).await;
                         }
                     }
                 }
