@@ -20,7 +20,8 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 use futures::StreamExt;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, StatsStore};
-use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId, TenantKey};
+use switchyard_fixtures::{enable_tenant, ingress_settled, ingress_stream};
+use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId};
 use switchyard_registry::{Route, Store, TenantRecord};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
 use switchyard_subjects::{
@@ -31,7 +32,9 @@ use switchyard_testkit::{
     PINNED_VERSION, free_port, server_config_dir, stored_count, stored_messages, wait_for,
     workspace_root,
 };
-use switchyard_topology::{BucketName, ConsumerName, DeploymentConfig, StreamName, provision};
+use switchyard_topology::{
+    BucketName, ConsumerName, DeploymentConfig, StreamName, TenantQuota, provision,
+};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -322,24 +325,17 @@ impl Conn {
     }
 }
 
-/// Provisions the topology as admin, registers tenant acme, and routes acme's `hooks`
-/// platform to the NATS subject `sink.acme.hooks`.
-async fn provision_as_admin(admin: &Conn) {
+/// Provisions the topology as admin, registers each of `tenants` the way `switchyard tenants
+/// enable` does (its own `INGRESS_<tenant>` stream with its `ingress-worker`, then its record),
+/// and routes acme's `hooks` platform to the NATS subject `sink.acme.hooks`.
+async fn provision_as_admin(admin: &Conn, tenants: &[&str]) {
     let topology = DeploymentConfig::default().resolve().expect("topology");
     provision(&admin.js, &topology, false)
         .await
         .expect("provisioning as admin");
-    let tenants: Store<TenantKey, TenantRecord> =
-        Store::new(admin.js.get_key_value("tenants").await.expect("tenants"));
-    tenants
-        .put(
-            &TenantKey {
-                tenant: TenantId::new("acme").expect("id"),
-            },
-            &TenantRecord::enabled(),
-        )
-        .await
-        .expect("registering acme");
+    for tenant in tenants {
+        enable_tenant(&admin.js, tenant, &TenantRecord::enabled()).await;
+    }
     route_to_sink(admin, "hooks").await;
 }
 
@@ -417,8 +413,30 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.EGRESS.*"
     );
     let topology = DeploymentConfig::default().resolve().expect("topology");
+    // Ingress is per tenant: `INGRESS_<tenant>` on the tenant's own subjects (exactly what the
+    // tenant user may publish to), read through an `ingress-worker` of its own.
+    let tenant = TenantId::new("acme").expect("id");
+    let typed = StreamName::from_base("INGRESS").expect("a typed stream name");
+    assert_eq!(topology.stream_name(typed), None, "no shared INGRESS");
+    assert_eq!(
+        topology.tenant_stream_name(typed, &tenant).as_deref(),
+        Some("INGRESS_acme")
+    );
+    assert_eq!(ingress_stream("acme"), "INGRESS_acme");
+    let own = topology
+        .tenant_stream(typed, &tenant, TenantQuota::default())
+        .expect("INGRESS_<tenant> declared");
+    assert_eq!(own.config.subjects, ["ingress.v1.acme.>"]);
+    let typed = ConsumerName::from_base("ingress-worker").expect("a typed consumer name");
+    let worker = topology
+        .tenant_consumer(typed, &tenant)
+        .expect("ingress-worker declared per tenant");
+    assert_eq!(worker.stream, "INGRESS_acme");
+    assert_eq!(
+        worker.config.durable_name.as_deref(),
+        Some("ingress-worker")
+    );
     for (stream, consumer) in [
-        ("INGRESS", "ingress-worker"),
         ("IDEMPOTENCY", "idempotency-worker"),
         ("EGRESS", "egress-worker"),
     ] {
@@ -451,7 +469,11 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "\"dlq.v1.>\"",
         "\"delivered.v1.>\"",
         "\"delay.v1.egress.>\"",
-        "$JS.ACK.INGRESS.ingress-worker.>",
+        "\"ingress.v1.acme.>\"",
+        "\"$JS.API.DIRECT.GET.*\"",
+        "$JS.API.CONSUMER.INFO.*.ingress-worker",
+        "$JS.API.CONSUMER.MSG.NEXT.*.ingress-worker",
+        "$JS.ACK.*.ingress-worker.>",
         "$JS.ACK.IDEMPOTENCY.idempotency-worker.>",
         "$JS.ACK.EGRESS.egress-worker.>",
         "$JS.ACK.BACKPRESSURE.>",
@@ -469,20 +491,46 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
     ] {
         assert!(accounts.contains(needle), "accounts.conf names {needle}");
     }
+    // Ingress's `$JS.API.DIRECT.GET.*` (every tenant's stream) is taken back for every shared
+    // stream and every bucket the topology declares: none can be added without its deny line.
+    let names = topology
+        .streams
+        .iter()
+        .map(|s| s.config.name.clone())
+        .chain(
+            topology
+                .buckets
+                .iter()
+                .map(|b| format!("KV_{}", b.config.bucket)),
+        );
+    for name in names {
+        let needle = format!("\"$JS.API.DIRECT.GET.{name}\"");
+        assert!(accounts.contains(&needle), "accounts.conf denies {needle}");
+    }
+    // The dlq user has no rights on the ingress streams any more (its safety net does not
+    // watch them; the ingress stage dead-letters on its last delivery itself).
+    let dlq = accounts
+        .split("DLQ_PERMISSIONS")
+        .nth(1)
+        .and_then(|rest| rest.split("\naccounts:").next())
+        .expect("the dlq user's permissions");
+    assert!(!dlq.contains("INGRESS"), "dlq names no INGRESS stream");
 }
 
 #[tokio::test]
 async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_else() {
     let server = AuthServer::start().await;
     let admin = server.connect("admin", None).await;
-    provision_as_admin(&admin).await;
+    provision_as_admin(&admin, &["acme", "globex"]).await;
     let acme = server.connect("tenant-acme", Some("_INBOX_acme")).await;
     let globex = server.connect("tenant-globex", Some("_INBOX_globex")).await;
 
-    // Its own subjects: stored, and the ack comes back on the tenant's own inbox.
+    // Its own subjects: stored in its own stream, and the ack comes back on the tenant's own
+    // inbox.
     let ack = acme.stored("ingress.v1.acme.ops.hooks").await;
-    assert_eq!(ack.stream, "INGRESS");
-    globex.stored("ingress.v1.globex.web.push").await;
+    assert_eq!(ack.stream, "INGRESS_acme");
+    let ack = globex.stored("ingress.v1.globex.web.push").await;
+    assert_eq!(ack.stream, "INGRESS_globex");
 
     // Another tenant's ingress, every later stage and the buckets are refused.
     globex
@@ -511,10 +559,15 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
         "_INBOX.>",
         "alerts.v1.acme.>",
         "control.v1.dlq.replay",
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.INGRESS.*",
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.INGRESS_acme.*",
     ])
     .await;
     acme.publishes_refused(&[
+        // Not even its own stream, nor another tenant's, through the JetStream API.
+        "$JS.API.STREAM.INFO.INGRESS_acme",
+        "$JS.API.DIRECT.GET.INGRESS_acme",
+        "$JS.API.DIRECT.GET.INGRESS_globex",
+        "$JS.API.CONSUMER.MSG.NEXT.INGRESS_globex.ingress-worker",
         "$JS.API.STREAM.INFO.DLQ",
         "$JS.API.DIRECT.GET.DLQ",
         "$JS.API.STREAM.MSG.GET.DLQ",
@@ -531,8 +584,12 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
 
     // The refused publishes were dropped by the server, not stored.
     assert_eq!(
-        subjects(&admin, "INGRESS").await,
-        ["ingress.v1.acme.ops.hooks", "ingress.v1.globex.web.push"]
+        subjects(&admin, "INGRESS_acme").await,
+        ["ingress.v1.acme.ops.hooks"]
+    );
+    assert_eq!(
+        subjects(&admin, "INGRESS_globex").await,
+        ["ingress.v1.globex.web.push"]
     );
     assert!(subjects(&admin, "IDEMPOTENCY").await.is_empty());
     assert!(subjects(&admin, "DLQ").await.is_empty());
@@ -542,7 +599,7 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
 async fn service_users_are_refused_what_their_service_does_not_need() {
     let server = AuthServer::start().await;
     let admin = server.connect("admin", None).await;
-    provision_as_admin(&admin).await;
+    provision_as_admin(&admin, &["acme"]).await;
     let mut sinks = admin
         .client
         .subscribe("sink.>".to_owned())
@@ -550,8 +607,27 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .expect("subscribe");
     admin.client.flush().await.expect("flush");
 
-    // ingress: hands on to idempotency and dead-letters; nothing past its stage, no routes.
+    // ingress: accepts into a tenant's own stream (the HTTP producer API) and reads a
+    // duplicate's original back from it by sequence, reads it through its ingress-worker,
+    // hands on to idempotency and dead-letters; nothing past its stage, no routes.
     let ingress = server.connect("ingress", None).await;
+    let accepted = ingress.stored("ingress.v1.acme.ops.hooks").await;
+    assert_eq!(accepted.stream, "INGRESS_acme");
+    let original = ingress
+        .js
+        .get_stream_no_info("INGRESS_acme")
+        .await
+        .expect("INGRESS_acme")
+        .direct_get(accepted.sequence)
+        .await
+        .expect("ingress direct-gets from a tenant's INGRESS_<tenant>");
+    assert_eq!(original.subject.as_str(), "ingress.v1.acme.ops.hooks");
+    let mut worker = ingress
+        .js
+        .get_consumer_from_stream::<pull::Config, _, _>("ingress-worker", "INGRESS_acme")
+        .await
+        .expect("ingress reads INGRESS_acme's ingress-worker");
+    assert_eq!(worker.info().await.expect("info").num_pending, 1);
     ingress.stored("idempotency.v1.acme.ops.hooks").await;
     ingress.stored("dlq.v1.acme.ingress.hooks").await;
     ingress
@@ -560,10 +636,24 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
             "backpressure.v1.acme.ops.hooks",
             "$KV.routes.acme._.hooks",
             "$KV.tenants.acme",
+            // Its direct gets reach every tenant's stream, and nothing else: not the routes
+            // bucket (webhook signing secrets), the other buckets or the shared streams.
+            "$JS.API.DIRECT.GET.KV_routes",
             "$JS.API.DIRECT.GET.KV_routes.$KV.routes.acme._.hooks",
-            "$JS.API.STREAM.DELETE.INGRESS",
+            "$JS.API.DIRECT.GET.KV_tenants",
+            "$JS.API.DIRECT.GET.KV_idempotency",
+            "$JS.API.DIRECT.GET.KV_dlq-jobs",
+            "$JS.API.DIRECT.GET.DLQ",
+            "$JS.API.DIRECT.GET.IDEMPOTENCY",
+            "$JS.API.DIRECT.GET.EGRESS",
+            "$JS.API.STREAM.DELETE.INGRESS_acme",
+            "$JS.API.STREAM.PURGE.INGRESS_acme",
+            "$JS.API.STREAM.MSG.DELETE.INGRESS_acme",
+            "$JS.API.CONSUMER.CREATE.INGRESS_acme.evil.ingress.v1.>",
+            "$JS.API.CONSUMER.DELETE.INGRESS_acme.ingress-worker",
             "$JS.API.STREAM.CREATE.EVIL",
             "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
+            "$JS.API.CONSUMER.MSG.NEXT.IDEMPOTENCY.idempotency-worker",
         ])
         .await;
     ingress
@@ -670,6 +760,16 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         "$JS.API.STREAM.DELETE.DLQ",
         "$JS.API.STREAM.UPDATE.DLQ",
         "$JS.API.STREAM.PURGE.EGRESS",
+        // No INGRESS rights at all: the ingress stage dead-letters on its last delivery
+        // itself, and the safety net watches only the shared streams.
+        "$JS.API.STREAM.INFO.INGRESS_acme",
+        "$JS.API.STREAM.MSG.GET.INGRESS_acme",
+        "$JS.API.STREAM.MSG.DELETE.INGRESS_acme",
+        "$JS.API.DIRECT.GET.INGRESS_acme",
+        "$JS.API.CONSUMER.LIST.INGRESS_acme",
+        "$JS.API.CONSUMER.INFO.INGRESS_acme.ingress-worker",
+        "$JS.API.STREAM.INFO.INGRESS",
+        "$JS.API.STREAM.MSG.GET.INGRESS",
         "$JS.API.STREAM.MSG.DELETE.INGRESS",
         "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
         "$JS.API.CONSUMER.DELETE.EGRESS.egress-worker",
@@ -704,11 +804,18 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         "sink.>",
         "$JS.EVENT.ADVISORY.>",
         "$JS.EVENT.ADVISORY.CONSUMER.CREATED.EGRESS.*",
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.INGRESS_acme.*",
+        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.INGRESS_acme.*",
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.INGRESS.*",
     ])
     .await;
 
-    // What was allowed was stored; what was refused was not.
-    assert!(subjects(&admin, "INGRESS").await.is_empty());
+    // What was allowed was stored; what was refused was not (only ingress's own publish
+    // reached the tenant's ingress stream).
+    assert_eq!(
+        subjects(&admin, "INGRESS_acme").await,
+        ["ingress.v1.acme.ops.hooks"]
+    );
     assert_eq!(
         subjects(&admin, "BACKPRESSURE").await,
         ["backpressure.v1.acme.ops.hooks"]
@@ -852,8 +959,14 @@ impl Services {
     }
 }
 
-/// `POST /v1/messages/{tenant}/{team}/{platform}` on the ingress API; returns the status line.
-async fn post_http(addr: std::net::SocketAddr, path: &str, id: &str, body: &str) -> String {
+/// `POST /v1/messages/{tenant}/{team}/{platform}` on the ingress API; returns the status line
+/// and the body.
+async fn post_http(
+    addr: std::net::SocketAddr,
+    path: &str,
+    id: &str,
+    body: &str,
+) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -869,7 +982,12 @@ async fn post_http(addr: std::net::SocketAddr, path: &str, id: &str, body: &str)
         .read_to_string(&mut response)
         .await
         .expect("response");
-    response.lines().next().unwrap_or_default().to_owned()
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    (status, body)
 }
 
 /// The next message on `subscriber`, or a panic naming `what` and the server's violations.
@@ -887,12 +1005,15 @@ async fn next_message(
     }
 }
 
-/// Waits until every stage has settled: no stage consumer has pending or unacknowledged
-/// messages, and the backpressure work queue (read through per-tenant consumers) is empty.
+/// Waits until every stage has settled: no stage consumer (acme's `ingress-worker` on its own
+/// `INGRESS_acme` included) has pending or unacknowledged messages, and the backpressure work
+/// queue (read through per-tenant consumers) is empty.
 async fn wait_settled(admin: &Conn) {
     wait_for("every stage to settle", TIMEOUT, || async {
+        if !ingress_settled(&admin.js, "acme").await? {
+            return None;
+        }
         for (consumer, stream) in [
-            ("ingress-worker", "INGRESS"),
             ("idempotency-worker", "IDEMPOTENCY"),
             ("egress-worker", "EGRESS"),
         ] {
@@ -915,7 +1036,7 @@ async fn wait_settled(admin: &Conn) {
 async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation() {
     let server = AuthServer::start().await;
     let admin = server.connect("admin", None).await;
-    provision_as_admin(&admin).await;
+    provision_as_admin(&admin, &["acme"]).await;
     let mut sink = admin
         .client
         .subscribe("sink.acme.>".to_owned())
@@ -945,15 +1066,21 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
     assert_eq!(&first.payload[..], b"payload");
     next_message(&server, &mut receipts, "the receipt arrives").await;
 
-    // Over HTTP, through ingress's producer API (ingress writes INGRESS, reads it back).
-    let status = post_http(
-        services.ingress_http,
-        "/v1/messages/acme/ops/hooks",
-        "order-2",
-        "over http",
-    )
-    .await;
-    assert!(status.contains(" 202"), "ingress accepted: {status}");
+    // Over HTTP, through ingress's producer API (ingress writes INGRESS_acme; for a duplicate
+    // it direct-gets the original from there, whether or not it is still waiting).
+    for duplicate in [false, true] {
+        let (status, body) = post_http(
+            services.ingress_http,
+            "/v1/messages/acme/ops/hooks",
+            "order-2",
+            "over http",
+        )
+        .await;
+        assert!(status.contains(" 202"), "ingress accepted: {status} {body}");
+        let accepted: serde_json::Value = serde_json::from_str(&body).expect("json body");
+        assert_eq!(accepted["stream"], "INGRESS_acme", "{body}");
+        assert_eq!(accepted["duplicate"], duplicate, "{body}");
+    }
     let second = next_message(&server, &mut sink, "the http delivery arrives").await;
     assert_eq!(&second.payload[..], b"over http");
 

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-use switchyard_keys::DeploymentPrefix;
+use switchyard_keys::{DeploymentPrefix, TenantId};
+use switchyard_registry::TenantRecord;
 use switchyard_testkit::NatsServer;
-use switchyard_topology::{DeploymentConfig, Outcome, ProvisionReport, provision, status};
+use switchyard_topology::{
+    DeploymentConfig, Outcome, ProvisionReport, TenantQuota, provision, provision_tenant, status,
+};
 
 fn outcome_of<'a>(
     report: &'a ProvisionReport,
@@ -28,7 +31,11 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
         first.items.iter().all(|i| i.outcome == Outcome::Created),
         "{first:#?}"
     );
-    assert_eq!(first.items.len(), 14);
+    assert_eq!(
+        first.items.len(),
+        12,
+        "4 shared streams, 2 shared consumers, 6 buckets"
+    );
 
     let second = provision(&js, &topology, false).await.unwrap();
     assert!(
@@ -90,6 +97,46 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
         after.items.iter().all(|i| i.outcome == Outcome::Unchanged),
         "{after:#?}"
     );
+
+    // A tenant's own stream: created once, its quota drift reported, fixed in place.
+    let acme = switchyard_keys::TenantId::new("acme").unwrap();
+    let created = provision_tenant(&js, &topology, &acme, TenantQuota::default(), false)
+        .await
+        .unwrap();
+    let names: Vec<(&str, Outcome)> = created
+        .items
+        .iter()
+        .map(|i| (i.name.as_str(), i.outcome))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("INGRESS_acme", Outcome::Created),
+            ("INGRESS_acme/ingress-worker", Outcome::Created)
+        ]
+    );
+    let smaller = TenantQuota {
+        max_bytes: None,
+        max_msgs: Some(10),
+    };
+    let drifted = provision_tenant(&js, &topology, &acme, smaller, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_of(&drifted, "INGRESS_acme").outcome,
+        Outcome::Drifted
+    );
+    let fixed = provision_tenant(&js, &topology, &acme, smaller, true)
+        .await
+        .unwrap();
+    assert_eq!(outcome_of(&fixed, "INGRESS_acme").outcome, Outcome::Updated);
+    let info = js
+        .get_stream("INGRESS_acme")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.max_messages, 10);
 }
 
 #[tokio::test]
@@ -136,21 +183,35 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
     let topology = deployment.resolve().unwrap();
     provision(&js, &topology, false).await.unwrap();
 
-    let ingress = js.get_stream("STAGING_INGRESS").await.unwrap();
+    let egress = js.get_stream("STAGING_EGRESS").await.unwrap();
+    assert_eq!(
+        egress.cached_info().config.subjects,
+        ["staging.egress.v1.>", "staging.delay.v1.egress.>"]
+    );
+    switchyard_fixtures::enable_tenant_in(&js, &topology, "acme", &TenantRecord::enabled()).await;
+    let ingress = js.get_stream("STAGING_INGRESS_acme").await.unwrap();
     assert_eq!(
         ingress.cached_info().config.subjects,
-        ["staging.ingress.v1.>"]
+        ["staging.ingress.v1.acme.>"]
     );
     js.get_key_value("dedupe-eu").await.unwrap();
     js.get_key_value("staging_routes").await.unwrap();
 
     let report = status(&js, &topology).await.unwrap();
     assert!(report.missing().is_empty(), "{:?}", report.missing());
-    // The unprefixed deployment is a different one: nothing of it exists.
+    let tenants: Vec<&str> = report
+        .tenant_streams
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(tenants, ["STAGING_INGRESS_acme"]);
+    // The unprefixed deployment is a different one: nothing of it exists (4 shared streams,
+    // 2 shared consumers, 6 buckets; per-tenant streams are the tenants').
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 14);
+    assert_eq!(other.missing().len(), 12);
+    assert!(other.tenant_streams.is_empty());
 }
 
 #[tokio::test]
@@ -195,6 +256,7 @@ async fn restart_keeps_the_store() {
     let js = async_nats::jetstream::new(server.client().await);
     let topology = DeploymentConfig::default().resolve().unwrap();
     provision(&js, &topology, false).await.unwrap();
+    switchyard_fixtures::enable_tenant(&js, "acme", &TenantRecord::enabled()).await;
     js.publish("ingress.v1.acme.ops.slack", "kept".into())
         .await
         .unwrap()
@@ -204,7 +266,7 @@ async fn restart_keeps_the_store() {
     server.restart().await;
     let js = async_nats::jetstream::new(server.client().await);
     let info = js
-        .get_stream("INGRESS")
+        .get_stream("INGRESS_acme")
         .await
         .unwrap()
         .cached_info()
@@ -212,4 +274,62 @@ async fn restart_keeps_the_store() {
     assert_eq!(info.state.messages, 1);
     let report = provision(&js, &topology, false).await.unwrap();
     assert!(!report.changed_anything());
+    let acme = TenantId::new("acme").unwrap();
+    let own = provision_tenant(&js, &topology, &acme, TenantQuota::default(), false)
+        .await
+        .unwrap();
+    assert!(!own.changed_anything() && !own.has_drift(), "{own:?}");
+}
+
+#[tokio::test]
+async fn a_drained_shared_ingress_is_retired_and_one_still_holding_work_is_refused() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    // The layout before per-tenant ingress streams: one INGRESS on ingress.v1.> with its worker.
+    let legacy = async_nats::jetstream::stream::Config {
+        name: "INGRESS".into(),
+        subjects: vec!["ingress.v1.>".into()],
+        ..Default::default()
+    };
+    let stream = js.create_stream(legacy.clone()).await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("ingress-worker".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("ingress.v1.acme.ops.slack", "unprocessed".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let err = provision(&js, &topology, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("still holds 1 messages the ingress stage has not handed on"),
+        "{err}"
+    );
+    assert!(
+        js.get_stream("INGRESS").await.is_ok(),
+        "kept while it holds work"
+    );
+
+    // Drained (its worker consumed and acked everything): retired, then tenants get theirs.
+    js.delete_stream("INGRESS").await.unwrap();
+    js.create_stream(legacy).await.unwrap();
+    let report = provision(&js, &topology, false).await.unwrap();
+    assert!(
+        report
+            .items
+            .iter()
+            .any(|i| i.name == "INGRESS" && i.outcome == Outcome::Retired),
+        "{report:?}"
+    );
+    assert!(js.get_stream("INGRESS").await.is_err());
+    switchyard_fixtures::enable_tenant(&js, "acme", &TenantRecord::enabled()).await;
+    js.get_stream("INGRESS_acme").await.unwrap();
 }

@@ -14,7 +14,7 @@ pub mod tenant_loop;
 use std::sync::Arc;
 
 use anyhow::Context;
-use switchyard_keys::Stage;
+use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
 use switchyard_service::{Handoff, Metrics, Readiness, SettleSettings, Settler, launch, router};
 use switchyard_topology::{BucketName, StreamName};
@@ -38,8 +38,9 @@ pub async fn start(
     let (next_stream_name, _) = topology.open_stream(&js, next).await?;
     let (bucket, kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
 
-    let limits = KvCache::start_filtered(kv.clone(), "*.limit", shutdown.clone());
-    let pressure = KvCache::start_filtered(kv.clone(), "*.pressure", shutdown.clone());
+    let limits = KvCache::start_filtered(kv.clone(), RateRecord::Limit.filter(), shutdown.clone());
+    let pressure =
+        KvCache::start_filtered(kv.clone(), RateRecord::Pressure.filter(), shutdown.clone());
     limits.wait_loaded().await;
     let metrics = Arc::new(Metrics::new(Stage::Backpressure));
     let leaser = Arc::new(lease::Leaser::new(kv.clone()));

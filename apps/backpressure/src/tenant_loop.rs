@@ -55,6 +55,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let mut recent_rate = 0.0_f64;
     let mut fetch_backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     let forward = Forward(shared.clone());
+    let max_deliver = consumer.cached_info().config.max_deliver;
     while !shutdown.is_cancelled() {
         let limit = shared.limit_for(&tenant);
         let max_block = ((limit.rate_per_sec * shared.settings.lease_secs).ceil() as usize)
@@ -116,7 +117,10 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             if wait > 0 {
                 tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             }
-            shared.settler.process(msg, &shutdown, &forward).await;
+            shared
+                .settler
+                .process(msg, &shutdown, &forward, max_deliver)
+                .await;
         }
         if got == 0 {
             if last_activity.elapsed() >= idle_after {

@@ -138,6 +138,20 @@ impl DlqConfig {
                 anyhow::bail!("invalid setting {name}: must be greater than 0");
             }
         }
+        for base in &self.safety_net.streams {
+            match switchyard_topology::StreamName::from_base(base) {
+                Some(stream) if stream.per_tenant() => anyhow::bail!(
+                    "invalid setting safety_net.streams: {base} is one stream per tenant and is \
+                     not watched (its stage dead-letters a message on its consumer's last \
+                     delivery itself); remove it"
+                ),
+                Some(stream) if stream.stage().is_some() => {}
+                _ => anyhow::bail!(
+                    "invalid setting safety_net.streams: {base:?} is not a shared pipeline \
+                     stream (IDEMPOTENCY, BACKPRESSURE, EGRESS)"
+                ),
+            }
+        }
         Ok(())
     }
 
@@ -165,7 +179,7 @@ mod tests {
         assert!(config.safety_net.enabled);
         assert_eq!(
             config.safety_net.streams,
-            ["INGRESS", "IDEMPOTENCY", "BACKPRESSURE", "EGRESS"]
+            ["IDEMPOTENCY", "BACKPRESSURE", "EGRESS"]
         );
         assert_eq!(config.safety_net.rescue_delay(), Duration::from_secs(1));
         assert_eq!(config.safety_net.sweep_interval_secs, 30);
@@ -176,6 +190,17 @@ mod tests {
         assert_eq!(config.alerts.threshold, 100);
         assert!(config.alerts.tenant_thresholds.is_empty());
         config.validate().unwrap();
+        let mut per_tenant = config.clone();
+        per_tenant.safety_net.streams.push("INGRESS".into());
+        let err = per_tenant.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("safety_net.streams: INGRESS is one stream per tenant"),
+            "{err}"
+        );
+        let mut unknown = config.clone();
+        unknown.safety_net.streams = vec!["DLQ".into()];
+        let err = unknown.validate().unwrap_err().to_string();
+        assert!(err.contains("not a shared pipeline stream"), "{err}");
         let mut zero = config.clone();
         zero.jobs.lease_secs = 0;
         assert!(

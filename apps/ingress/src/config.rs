@@ -39,6 +39,9 @@ pub struct IngressConfig {
 pub struct IngressSettings {
     /// Messages handled at once (default 64).
     pub concurrency: usize,
+    /// Most messages one tenant's stream is fetched at a time (default 16): the
+    /// `concurrency` slots go round the tenants with messages in batches of at most this.
+    pub tenant_batch: usize,
     /// Largest accepted payload in bytes (default 1 MiB).
     pub max_payload_bytes: usize,
     /// What to do without `Nats-Msg-Id` (default `require`).

@@ -11,6 +11,7 @@ use switchyard_keys::Stage;
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::InputStage;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::validate::{Accepted, Validator};
 
@@ -35,6 +36,26 @@ fn trace_for(given: TraceContext, id: EnvelopeId, source: &SourceRef) -> TraceCo
         traceparent: Some(format!("00-{}-{span:016x}-01", id.0.simple())),
         tracestate: None,
     }
+}
+
+/// How far a `Switchyard-Received-At` the message carries may lie from the stream's own
+/// timestamp and still be taken as the message's received-at.
+const RECEIVED_AT_TOLERANCE: time::Duration = time::Duration::minutes(5);
+
+/// When the message was received: the `Switchyard-Received-At` the HTTP API stamps before it
+/// publishes (so the `202` can name the envelope id before the worker reads the message), when
+/// present and within five minutes of the stream's timestamp `stored`; else `stored`. A NATS
+/// producer setting the header moves only its own message's id within those minutes: the id's
+/// random part comes from the tenant's own stream and sequence, so it stays unique.
+pub fn received_at(
+    headers: Option<&async_nats::HeaderMap>,
+    stored: OffsetDateTime,
+) -> OffsetDateTime {
+    headers
+        .and_then(|h| h.get(headers::RECEIVED_AT))
+        .and_then(|v| OffsetDateTime::parse(v.as_str(), &Rfc3339).ok())
+        .filter(|at| (*at - stored).abs() <= RECEIVED_AT_TOLERANCE)
+        .unwrap_or(stored)
 }
 
 /// Stamps the envelope of an accepted message.
@@ -62,7 +83,7 @@ impl Handler for IngressHandler {
             stream: info.stream.to_owned(),
             sequence: info.stream_sequence,
         };
-        let id = EnvelopeId::derive(&source, info.published);
+        let id = EnvelopeId::derive(&source, received_at(msg.headers.as_ref(), info.published));
         trace_for(TraceContext::default(), id, &source).traceparent
     }
 
@@ -80,7 +101,7 @@ impl Handler for IngressHandler {
             stream: info.stream.to_owned(),
             sequence: info.stream_sequence,
         };
-        let received_at = info.published;
+        let received_at = received_at(msg.headers.as_ref(), info.published);
         match self
             .validator
             .check(&msg.subject, msg.headers.as_ref(), &msg.payload, &source)

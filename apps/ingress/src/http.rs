@@ -6,15 +6,18 @@
 //! - `POST /v1/messages` — JSON: `{"tenant","team","platform","id","content_type"?,
 //!   "payload": <any JSON>}` or `"payload_base64": "<bytes>"` instead of `payload`.
 //!
-//! `202 {"id","stream","seq","duplicate"}` — `id` is the envelope id the pipeline will use;
-//! 4xx with `{"error","code"}` for bad input; 429 with `Retry-After` while the tenant's
-//! admission is closed (its delivery backlog passed its threshold); 503 with `Retry-After`
-//! when JetStream refuses.
+//! `202 {"id","stream","seq","duplicate"}` — `id` is the envelope id the pipeline will use
+//! (`null` on a duplicate whose original has already been read), `stream` the tenant's own
+//! ingress stream (`INGRESS_<tenant>`); 4xx with `{"error","code"}` for bad input; 429 with
+//! `Retry-After` while the tenant's admission is closed (its delivery backlog passed its
+//! threshold) or its ingress quota is full (`quota_exceeded`); 503 with `Retry-After` when
+//! JetStream refuses otherwise (`tenant_not_provisioned` when the tenant has no stream).
 
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap as HttpHeaders, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,9 +28,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::{EnvelopeId, SourceRef, headers};
-use switchyard_keys::{Address, MsgId, RateKey, RateRecord, RateScope};
+use switchyard_keys::{Address, MsgId, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
 use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::validate::Validator;
 
@@ -35,10 +41,6 @@ use crate::validate::Validator;
 pub struct ApiState {
     /// JetStream.
     pub js: jetstream::Context,
-    /// The ingress stream.
-    pub stream: stream::Stream,
-    /// The ingress stream's name.
-    pub stream_name: String,
     /// The same checks the worker applies.
     pub validator: Arc<Validator>,
     /// Admission state per tenant, published by the backpressure service.
@@ -71,13 +73,14 @@ pub struct JsonMessage {
 /// `202 Accepted` body.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AcceptedBody {
-    /// The envelope id.
-    pub id: String,
-    /// The ingress stream.
+    /// The envelope id; on a duplicate, the original's while it still waits in the stream
+    /// (`null` once the ingress stage has read it).
+    pub id: Option<String>,
+    /// The tenant's ingress stream.
     pub stream: String,
     /// Its sequence there.
     pub seq: u64,
-    /// Whether the stream recognised a duplicate publish (then `id` is the original's).
+    /// Whether the stream recognised a duplicate publish (inside the tenant's own window).
     pub duplicate: bool,
 }
 
@@ -269,53 +272,119 @@ async fn accept(
         .check_tenant_and_payload(&address, content_type.as_deref(), &payload)
         .map_err(|r| ApiError::new(status_for(r.code), r.code.as_str(), r.reason))?;
 
+    let received_at = OffsetDateTime::now_utc();
     let mut h = HeaderMap::new();
     h.insert(headers::NATS_MSG_ID, msg_id.as_str());
+    h.insert(
+        headers::RECEIVED_AT,
+        received_at.format(&Rfc3339).unwrap_or_default(),
+    );
     if let Some(ct) = &content_type {
         h.insert(headers::CONTENT_TYPE, ct.as_str());
     }
     if let Some(tp) = traceparent.filter(|t| !t.contains(['\r', '\n'])) {
         h.insert(headers::TRACEPARENT, tp);
     }
+    let address_tenant = address.tenant.clone();
     let subject = StageSubject {
         stage: InputStage::Ingress,
         address,
     }
     .format(&state.validator.ns);
-    let unavailable = |e: &dyn std::fmt::Display| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("jetstream refused the message: {e}"),
+    let tenant = address_tenant;
+    let ack = match state.js.publish_with_headers(subject, h, payload).await {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| refused(&tenant, &e))?;
+    // The envelope id is derived from where the stream stored the message and when it was
+    // received, exactly as the ingress worker will derive it (`handler::received_at`).
+    let id = if ack.duplicate {
+        original_id(state, &ack.stream, ack.sequence).await
+    } else {
+        Some(
+            EnvelopeId::derive(
+                &SourceRef {
+                    stream: ack.stream.clone(),
+                    sequence: ack.sequence,
+                },
+                received_at,
+            )
+            .to_string(),
         )
     };
-    let ack = state
-        .js
-        .publish_with_headers(subject, h, payload)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let ack = ack.await.map_err(|e| unavailable(&e))?;
-    // The envelope id is derived from where and when the stream stored the message, exactly
-    // as the ingress worker will derive it.
-    let stored = state
-        .stream
-        .direct_get(ack.sequence)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let id = EnvelopeId::derive(
-        &SourceRef {
-            stream: state.stream_name.clone(),
-            sequence: ack.sequence,
-        },
-        stored.time,
-    );
     Ok((
         StatusCode::ACCEPTED,
         Json(AcceptedBody {
-            id: id.to_string(),
+            id,
             stream: ack.stream,
             seq: ack.sequence,
             duplicate: ack.duplicate,
         }),
     ))
+}
+
+/// The original's envelope id for a duplicate publish, while the original still waits in the
+/// tenant's stream; `None` once the ingress stage has read (and removed) it.
+async fn original_id(state: &ApiState, stream: &str, sequence: u64) -> Option<String> {
+    let stream_handle = state.js.get_stream_no_info(stream).await.ok()?;
+    let stored = stream_handle.direct_get(sequence).await.ok()?;
+    let at = crate::handler::received_at(Some(&stored.headers), stored.time);
+    Some(
+        EnvelopeId::derive(
+            &SourceRef {
+                stream: stream.to_owned(),
+                sequence,
+            },
+            at,
+        )
+        .to_string(),
+    )
+}
+
+/// What the producer hears when JetStream refuses the message: the tenant's quota is full
+/// (`429 quota_exceeded`, the stream's `discard: new` limit, error 10077), the message is too
+/// large for the stream (`413`), the tenant has no ingress stream (`503
+/// tenant_not_provisioned`), or anything else (`503 unavailable`).
+fn refused(tenant: &TenantId, error: &PublishError) -> ApiError {
+    let jetstream =
+        std::error::Error::source(error).and_then(|s| s.downcast_ref::<jetstream::Error>());
+    match (error.kind(), jetstream) {
+        (PublishErrorKind::StreamNotFound, _) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tenant_not_provisioned",
+            format!(
+                "tenant {tenant} has no ingress stream (run `switchyard tenants enable {tenant}`)"
+            ),
+        ),
+        (_, Some(js)) if js.error_code() == ErrorCode::STREAM_STORE_FAILED => {
+            let text = js.to_string();
+            if text.contains("size") {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    DlqCode::PayloadTooLarge.as_str(),
+                    format!("the message is larger than the ingress stream accepts: {text}"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    format!(
+                        "tenant {tenant}'s ingress quota is full ({text}): its accepted messages \
+                         wait for delivery; retry later"
+                    ),
+                )
+            }
+        }
+        (PublishErrorKind::MaxPayloadExceeded, _) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            DlqCode::PayloadTooLarge.as_str(),
+            format!("the message is larger than the server accepts: {error}"),
+        ),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("jetstream refused the message: {error}"),
+        ),
+    }
 }

@@ -1,19 +1,22 @@
-//! The ingress service: consumes the ingress stream, validates every producer message
-//! ([`validate`]), stamps the envelope and hands it on ([`handler`]) — or dead-letters it with
-//! a precise code — and serves the producer HTTP API ([`http`]) plus probes on one listener.
+//! The ingress service: reads every tenant's own ingress stream ([`tenants`]), validates every
+//! producer message ([`validate`]), stamps the envelope and hands it on ([`handler`]) — or
+//! dead-letters it with a precise code — and serves the producer HTTP API ([`http`]) plus
+//! probes on one listener.
 
 pub mod config;
 pub mod handler;
 pub mod http;
+pub mod tenants;
 pub mod validate;
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use switchyard_keys::Stage;
+use prometheus_client::metrics::gauge::Gauge;
+use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
 use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
-use switchyard_topology::{BucketName, ConsumerName, StreamName};
+use switchyard_topology::BucketName;
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
@@ -33,30 +36,25 @@ pub async fn start(
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
     tenants.wait_loaded().await;
     let (limits_bucket, limits_kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
-    let pressure = KvCache::start_filtered(limits_kv, "*.pressure", shutdown.clone());
-    let (stream_name, stream) = topology.open_stream(&js, StreamName::Ingress).await?;
-    let consumer = topology
-        .open_consumer(&js, ConsumerName::IngressWorker)
-        .await?;
+    let pressure =
+        KvCache::start_filtered(limits_kv, RateRecord::Pressure.filter(), shutdown.clone());
 
     let validator = Arc::new(validate::Validator {
         ns: topology.namespace.clone(),
         policy: config.ingress.msg_id_policy,
         max_payload_bytes: config.ingress.max_payload_bytes,
         require_registered_tenant: config.ingress.require_registered_tenant,
-        tenants,
+        tenants: tenants.clone(),
     });
     let metrics = Arc::new(Metrics::new(Stage::Ingress));
     let readiness = Readiness {
         client: client.clone(),
         js: js.clone(),
-        streams: vec![stream_name.clone()],
+        streams: Vec::new(),
         buckets: vec![tenants_bucket, limits_bucket],
     };
     let api = Arc::new(http::ApiState {
         js: js.clone(),
-        stream,
-        stream_name,
         validator: validator.clone(),
         pressure,
     });
@@ -70,14 +68,33 @@ pub async fn start(
     });
     let settings = WorkerSettings {
         concurrency: config.ingress.concurrency,
+        max_batch: config.ingress.tenant_batch,
         ..WorkerSettings::default()
     };
-    let worker = Worker::new(handler, js, topology.namespace, metrics, settings);
+    let consumers = Gauge::default();
+    let missing = Gauge::default();
+    metrics.register(
+        "ingress_tenant_consumers",
+        "Tenant ingress streams being read",
+        consumers.clone(),
+    );
+    metrics.register(
+        "ingress_tenant_streams_missing",
+        "Registered tenants whose ingress stream or consumer cannot be opened (not provisioned)",
+        missing.clone(),
+    );
+    let worker = Arc::new(Worker::new(
+        handler,
+        js.clone(),
+        topology.namespace.clone(),
+        metrics,
+        settings,
+    ));
 
     let listen = config.http.listen;
     Ok(
         launch("ingress", listen, app, shutdown.clone(), async move {
-            worker.run(consumer, shutdown).await;
+            tenants::supervise(worker, js, topology, tenants, consumers, missing, shutdown).await;
         })
         .await?,
     )

@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::StreamMessage};
+use futures::StreamExt;
 use switchyard_dlq::{DlqCode, DlqEntry};
 use switchyard_envelope::{Envelope, headers};
-use switchyard_fixtures::{Provisioned, Service, dlq_entries};
+use switchyard_fixtures::{
+    Provisioned, Service, dlq_entries, enable_tenant, ingress_settled, ingress_stream,
+};
 use switchyard_ingress::{IngressConfig, config};
-use switchyard_keys::{TenantId, TenantKey};
-use switchyard_registry::{Store, TenantRecord};
+use switchyard_keys::TenantId;
+use switchyard_registry::TenantRecord;
 use switchyard_runtime::ConfigSource;
 use switchyard_testkit::{NatsServer, stored_count, stored_messages, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -23,24 +26,26 @@ struct Harness {
 
 impl Harness {
     async fn start(max_payload_bytes: usize) -> Self {
-        let Provisioned { server, client, js } = Provisioned::start().await;
-        let tenants: Store<TenantKey, TenantRecord> =
-            Store::new(js.get_key_value("tenants").await.unwrap());
+        let provisioned = Self::prepare().await;
+        Self::launch(provisioned, max_payload_bytes).await
+    }
+
+    /// A server with tenants acme, globex (enabled) and frozen (disabled), each with its own
+    /// ingress stream; ingress not started yet.
+    async fn prepare() -> Provisioned {
+        let provisioned = Provisioned::start().await;
         for (tenant, enabled) in [("acme", true), ("globex", true), ("frozen", false)] {
             let record = TenantRecord {
                 enabled,
-                max_payload_bytes: None,
+                ..TenantRecord::enabled()
             };
-            tenants
-                .put(
-                    &TenantKey {
-                        tenant: TenantId::new(tenant).unwrap(),
-                    },
-                    &record,
-                )
-                .await
-                .unwrap();
+            enable_tenant(&provisioned.js, tenant, &record).await;
         }
+        provisioned
+    }
+
+    async fn launch(provisioned: Provisioned, max_payload_bytes: usize) -> Self {
+        let Provisioned { server, client, js } = provisioned;
         let mut config: IngressConfig = switchyard_runtime::load(&ConfigSource::new(
             config::DEFAULTS,
             "SWITCHYARD_INGRESS_TEST_UNUSED_",
@@ -79,17 +84,12 @@ impl Harness {
             "ingress to settle every message",
             Duration::from_secs(20),
             || async {
-                let consumer = self
-                    .js
-                    .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                        "ingress-worker",
-                        "INGRESS",
-                    )
-                    .await
-                    .ok()?;
-                let mut consumer = consumer;
-                let info = consumer.info().await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+                for tenant in ["acme", "globex", "frozen"] {
+                    if ingress_settled(&self.js, tenant).await != Some(true) {
+                        return None;
+                    }
+                }
+                Some(())
             },
         )
         .await;
@@ -154,7 +154,10 @@ async fn good_messages_are_stamped_and_handed_on_with_payload_untouched() {
         "00000000-0000-0000-0000-000000000000"
     );
     assert_eq!(envelope.id.0.get_version_num(), 7);
-    assert_eq!(envelope.source.stream, "INGRESS");
+    assert_eq!(
+        envelope.source.stream, "INGRESS_acme",
+        "the tenant's own stream"
+    );
     assert!(
         envelope
             .trace
@@ -186,12 +189,6 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
     let long_id = "i".repeat(2000);
     let cases: Vec<(&str, HeaderMap, &[u8], DlqCode)> = vec![
         (
-            "ingress.v1.ACME.ops.slack",
-            with_id("c1"),
-            b"x",
-            DlqCode::InvalidSubject,
-        ),
-        (
             "ingress.v1.acme.ops",
             with_id("c2"),
             b"x",
@@ -212,12 +209,6 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
         (
             "ingress.v1.acme.ops.sl@ck",
             with_id("c5"),
-            b"x",
-            DlqCode::InvalidSubject,
-        ),
-        (
-            long_tenant.as_str(),
-            with_id("c6"),
             b"x",
             DlqCode::InvalidSubject,
         ),
@@ -244,12 +235,6 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
             with("c10", &[("Switchyard-Tenant", "globex")]),
             b"x",
             DlqCode::TenantMismatch,
-        ),
-        (
-            "ingress.v1.ghost.ops.slack",
-            with_id("c11"),
-            b"x",
-            DlqCode::UnknownTenant,
         ),
         (
             "ingress.v1.frozen.ops.slack",
@@ -312,6 +297,28 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
             DlqCode::InvalidSubject,
         ),
     ];
+    // A subject whose tenant token is no registered tenant (invalid, unknown) has no stream
+    // to land in: the publish itself is refused, nothing is accepted.
+    for (subject, id) in [
+        ("ingress.v1.ACME.ops.slack", "c1"),
+        (long_tenant.as_str(), "c6"),
+        ("ingress.v1.ghost.ops.slack", "c11"),
+    ] {
+        let refused = match h
+            .js
+            .publish_with_headers(subject.to_owned(), with_id(id), b"x".to_vec().into())
+            .await
+        {
+            Ok(ack) => ack.await.err(),
+            Err(error) => Some(error),
+        };
+        let error = refused.unwrap_or_else(|| panic!("{subject} was accepted"));
+        assert_eq!(
+            error.kind(),
+            jetstream::context::PublishErrorKind::StreamNotFound,
+            "{subject}: {error}"
+        );
+    }
     // Interleave a good message after every hostile one.
     for (i, (subject, headers, payload, _)) in cases.iter().enumerate() {
         h.publish(subject, headers.clone(), payload).await;
@@ -336,7 +343,16 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
             .map(|e| (&e.record.source_subject, e.record.code, &e.record.reason))
             .collect::<Vec<_>>()
     );
-    for ((subject, _, _, expected), entry) in cases.iter().zip(&dlq) {
+    // Tenants' streams are read side by side, so entries are matched by their message id,
+    // not by order.
+    for (subject, headers, _, expected) in &cases {
+        let id = headers
+            .get(headers::NATS_MSG_ID)
+            .map(|v| v.as_str().to_owned());
+        let entry = dlq
+            .iter()
+            .find(|e| e.original_msg_id == id)
+            .unwrap_or_else(|| panic!("{subject} {id:?} is in the DLQ"));
         assert_eq!(
             entry.record.code, *expected,
             "{subject}: {}",
@@ -360,11 +376,13 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
         cases.len(),
         "every good message between the hostile ones is handed on"
     );
-    assert_eq!(
-        stored_count(&h.js, "INGRESS").await,
-        (cases.len() * 2) as u64,
-        "ingress keeps raw messages"
-    );
+    for tenant in ["acme", "globex", "frozen"] {
+        assert_eq!(
+            stored_count(&h.js, &ingress_stream(tenant)).await,
+            0,
+            "what ingress has settled leaves the tenant's stream (and its quota)"
+        );
+    }
     h.stop().await;
 }
 
@@ -517,5 +535,71 @@ async fn http_producers_get_429_with_retry_after_while_admission_is_closed() {
         || async { (post("a-2").await.unwrap().status() == 202).then_some(()) },
     )
     .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_no_earlier_delivery_settled_is_dead_lettered_by_ingress_on_its_last_delivery() {
+    let provisioned = Harness::prepare().await;
+    let js = provisioned.js.clone();
+    // The tenant's consumer gives up after 3 deliveries, 1 s apart.
+    let stream = ingress_stream("acme");
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("ingress-worker", stream.as_str())
+        .await
+        .unwrap();
+    let mut config = consumer.info().await.unwrap().config.clone();
+    config.max_deliver = 3;
+    config.ack_wait = Duration::from_secs(1);
+    js.update_consumer_on_stream(config, stream.as_str())
+        .await
+        .unwrap();
+    let mut h = with_id("poison-1");
+    h.insert("Content-Type", "text/plain");
+    js.publish_with_headers("ingress.v1.acme.ops.slack", h, "poison".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Two deliveries that end without a settlement, as a stage that crashes on the message
+    // would leave them.
+    for delivery in 1..=2 {
+        let msg = wait_for("a delivery", Duration::from_secs(10), || {
+            let consumer = consumer.clone();
+            async move {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await
+                    .ok()?;
+                batch.next().await?.ok()
+            }
+        })
+        .await;
+        assert_eq!(msg.info().unwrap().delivered, delivery);
+    }
+    // Ingress gets the last delivery and dead-letters it without handling it again.
+    let h = Harness::launch(provisioned, 1024 * 1024).await;
+    let entry = wait_for("the dlq entry", Duration::from_secs(20), || async {
+        h.dlq().await.into_iter().next()
+    })
+    .await;
+    assert_eq!(entry.record.code, DlqCode::ExhaustedDeliveries);
+    assert_eq!(entry.record.stage, switchyard_keys::Stage::Ingress);
+    assert_eq!(entry.record.attempts, 3);
+    assert_eq!(
+        entry.record.tenant.as_ref().map(|t| t.as_str()),
+        Some("acme")
+    );
+    assert_eq!(&entry.payload[..], b"poison");
+    h.settled().await;
+    assert!(h.handed_on().await.is_empty(), "not handed on");
+    assert_eq!(
+        stored_count(&h.js, &stream).await,
+        0,
+        "out of the tenant's quota"
+    );
     h.stop().await;
 }

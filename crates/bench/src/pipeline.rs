@@ -17,7 +17,7 @@ use switchyard_keys::{
 use switchyard_registry::{LimitRecord, NatsRoute, Route, Store, TenantRecord};
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
 use switchyard_testkit::{NatsServer, free_port, wait_for};
-use switchyard_topology::{BucketName, DeploymentConfig, provision};
+use switchyard_topology::{BucketName, DeploymentConfig, TenantQuota, provision, provision_tenant};
 
 use crate::Args;
 use crate::raw::{latency_of, publish_all};
@@ -129,6 +129,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
     let routes: Store<RouteKey, Route> =
         Store::new(topology.open_bucket(&js, BucketName::Routes).await?.1);
     for tenant in &tenants {
+        provision_tenant(&js, &topology, tenant, TenantQuota::default(), false).await?;
         registry
             .put(
                 &TenantKey {

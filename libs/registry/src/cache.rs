@@ -82,6 +82,17 @@ where
         self.entries.read().ok()?.get(key).cloned()
     }
 
+    /// Every cached key (valid or not).
+    pub fn keys(&self) -> Vec<K>
+    where
+        K: Clone,
+    {
+        self.entries
+            .read()
+            .map(|e| e.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// How many keys are cached.
     pub fn len(&self) -> usize {
         self.entries.read().map(|e| e.len()).unwrap_or(0)

@@ -13,6 +13,13 @@ pub struct TenantRecord {
     /// The tenant's own payload limit in bytes, below the ingress default (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_payload_bytes: Option<usize>,
+    /// The tenant's ingress quota in bytes: what its own ingress stream may hold accepted and
+    /// not yet read (optional; default: the topology's `INGRESS` `max_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<i64>,
+    /// The tenant's ingress quota in messages (optional; default: the topology's `max_msgs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_msgs: Option<i64>,
 }
 
 impl TenantRecord {
@@ -21,6 +28,8 @@ impl TenantRecord {
         Self {
             enabled: true,
             max_payload_bytes: None,
+            quota_bytes: None,
+            quota_msgs: None,
         }
     }
 }

@@ -161,11 +161,18 @@ impl Settler {
     /// else on [`Handler::trace_fallback`]), holds transient failures in place, and settles the
     /// final outcome. `shutdown` cuts a hold short (the message is then nakked and redelivered
     /// to whichever replica is still running).
+    ///
+    /// `max_deliver` is the consumer's (`-1`: unlimited). The stage counts deliveries itself:
+    /// the last delivery JetStream will make (`max_deliver`, when it is 2 or more) is not
+    /// decided again but dead-lettered `exhausted_deliveries` at once, so a message that
+    /// crashed or hung its stage on every earlier delivery still reaches the DLQ from its own
+    /// stage, with no advisory needed.
     pub async fn process<H: Handler>(
         &self,
         msg: jetstream::Message,
         shutdown: &CancellationToken,
         handler: &H,
+        max_deliver: i64,
     ) {
         let started = Instant::now();
         let span = message_span(
@@ -176,7 +183,12 @@ impl Settler {
         );
         async {
             self.metrics.in_flight.inc();
-            let mut handled = handler.handle(&msg).await;
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+            let mut handled = if max_deliver >= 2 && delivered >= max_deliver {
+                self.exhausted(&msg, delivered)
+            } else {
+                handler.handle(&msg).await
+            };
             let mut hold = self.settings.hold.backoff();
             while let Outcome::Retry { reason, .. } = &handled.outcome {
                 tracing::warn!(%reason, subject = %msg.subject, "transient failure; holding the message and retrying in place");
@@ -202,6 +214,32 @@ impl Settler {
         }
         .instrument(span)
         .await
+    }
+
+    /// The decision for a message on its consumer's last delivery: every earlier one ended
+    /// without a settlement (the stage crashed, hung or lost its connection).
+    fn exhausted(&self, msg: &jetstream::Message, delivered: i64) -> Handled {
+        let address = StageSubject::parse(&self.ns, &msg.subject)
+            .ok()
+            .map(|s| s.address);
+        let tenant = address.as_ref().map(|a| a.tenant.clone());
+        let mut record = DeadLetter::for_message(
+            msg,
+            self.stage(),
+            DlqCode::ExhaustedDeliveries,
+            format!(
+                "{} gave up after {delivered} deliveries: none of the earlier ones was settled (the stage crashed, hung or was cut off while handling it)",
+                self.stage()
+            ),
+            tenant.clone(),
+            address.map(|a| a.platform),
+        );
+        record.attempts = u32::try_from(delivered).unwrap_or(u32::MAX);
+        tracing::error!(subject = %msg.subject, delivered, "dead-lettering a message on its last delivery");
+        Handled {
+            tenant,
+            outcome: Outcome::DeadLetter(Box::new(record)),
+        }
     }
 
     /// The one place outcomes become acknowledgements.

@@ -41,6 +41,10 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// How long one fetch waits for messages.
     pub fetch_wait: Duration,
+    /// Most messages one fetch asks for (the free slots, at most this): with several
+    /// consumers sharing the slots (one per tenant), it bounds what one consumer takes at a
+    /// time, so the slots go round the tenants that have messages.
+    pub max_batch: usize,
     /// How each message is settled (DLQ write retries, the hold for transient failures).
     pub settle: SettleSettings,
 }
@@ -50,6 +54,7 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 64,
             fetch_wait: Duration::from_secs(1),
+            max_batch: usize::MAX,
             settle: SettleSettings::default(),
         }
     }
@@ -60,6 +65,8 @@ pub struct Worker<H> {
     handler: Arc<H>,
     settler: Settler,
     settings: WorkerSettings,
+    /// Handler slots, shared by every consumer this worker reads.
+    slots: Arc<Semaphore>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -72,17 +79,28 @@ impl<H: Handler> Worker<H> {
         settings: WorkerSettings,
     ) -> Self {
         let settler = Settler::new(js, ns, metrics, settings.settle.clone());
+        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Self {
             handler,
             settler,
             settings,
+            slots,
         }
     }
 
     /// Runs until `shutdown` is cancelled, then drains in-flight messages and returns.
     pub async fn run(self, consumer: PullConsumer, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
-        let shared = Arc::new(self);
+        Arc::new(self).consume(consumer, shutdown).await;
+    }
+
+    /// Reads `consumer` with this worker's slots until `shutdown`, then drains what it took.
+    /// Several consumers (one per tenant stream) can be read at once by the same worker: they
+    /// share its `concurrency` slots, each fetching at most `max_batch` at a time, and the
+    /// slots' FIFO queue serves the consumers with messages in turn.
+    pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        let slots = self.slots.clone();
+        let max_deliver = consumer.cached_info().config.max_deliver;
+        let shared = self;
         let mut tasks = JoinSet::new();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         while !shutdown.is_cancelled() {
@@ -92,7 +110,7 @@ impl<H: Handler> Worker<H> {
                 _ = shutdown.cancelled() => break,
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
-            let free = slots.available_permits() + 1;
+            let free = (slots.available_permits() + 1).min(shared.settings.max_batch.max(1));
             drop(permit);
             let batch = consumer
                 .fetch()
@@ -129,7 +147,7 @@ impl<H: Handler> Worker<H> {
                 tasks.spawn(async move {
                     worker
                         .settler
-                        .process(msg, &shutdown, worker.handler.as_ref())
+                        .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
                         .await;
                     drop(permit);
                 });

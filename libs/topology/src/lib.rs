@@ -25,7 +25,10 @@ pub use deployment::DeploymentConfig;
 pub use error::TopologyError;
 pub use names::{BucketName, ConsumerName, StreamName};
 pub use open::{OpenError, Resource};
-pub use provision::{Change, Outcome, ProvisionItem, ProvisionReport, provision};
-pub use resolve::{ResolvedTopology, TopologyOptions};
-pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Topology};
+pub use provision::{
+    Change, Outcome, ProvisionItem, ProvisionReport, provision, provision_tenant,
+    retire_shared_ingress,
+};
+pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions};
+pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};
 pub use status::{StatusReport, backlog_by_tenant, status};

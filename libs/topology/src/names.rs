@@ -12,7 +12,8 @@ use switchyard_subjects::InputStage;
 /// A declared stream, by its base name (the deployment prefix is applied on resolution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StreamName {
-    /// `INGRESS`: raw producer messages.
+    /// `INGRESS_<tenant>`: one tenant's raw producer messages, accepted and not yet read by
+    /// the ingress stage (per tenant: its own duplicate window and quota).
     Ingress,
     /// `IDEMPOTENCY`: stamped messages waiting for the idempotency stage.
     Idempotency,
@@ -53,6 +54,22 @@ impl StreamName {
             InputStage::Idempotency => StreamName::Idempotency,
             InputStage::Backpressure => StreamName::Backpressure,
             InputStage::Egress => StreamName::Egress,
+        }
+    }
+
+    /// Whether there is one stream per tenant (`INGRESS_<tenant>`).
+    pub const fn per_tenant(self) -> bool {
+        matches!(self, StreamName::Ingress)
+    }
+
+    /// The input subjects this stream stores; `None` for the DLQ.
+    pub const fn input_stage(self) -> Option<InputStage> {
+        match self {
+            StreamName::Ingress => Some(InputStage::Ingress),
+            StreamName::Idempotency => Some(InputStage::Idempotency),
+            StreamName::Backpressure => Some(InputStage::Backpressure),
+            StreamName::Egress => Some(InputStage::Egress),
+            StreamName::Dlq => None,
         }
     }
 
@@ -131,11 +148,12 @@ impl fmt::Display for BucketName {
     }
 }
 
-/// A declared durable consumer. Shared consumers have one name; a per-tenant consumer is a
-/// template whose concrete name carries the tenant ([`ConsumerName::durable`]).
+/// A declared durable consumer. Shared consumers have one name; a per-tenant consumer lives on
+/// a per-tenant stream (`ingress-worker` on `INGRESS_<tenant>`) or carries the tenant in its
+/// name (`backpressure-<tenant>`, [`ConsumerName::durable`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConsumerName {
-    /// `ingress-worker` on `INGRESS`.
+    /// `ingress-worker` on each `INGRESS_<tenant>`, created with the tenant's stream.
     IngressWorker,
     /// `idempotency-worker` on `IDEMPOTENCY`.
     IdempotencyWorker,
@@ -167,6 +185,15 @@ impl ConsumerName {
 
     /// Whether there is one consumer per tenant.
     pub const fn per_tenant(self) -> bool {
+        matches!(
+            self,
+            ConsumerName::IngressWorker | ConsumerName::BackpressureTenant
+        )
+    }
+
+    /// Whether its service creates it on demand (and JetStream removes it once idle), rather
+    /// than provisioning.
+    pub const fn on_demand(self) -> bool {
         matches!(self, ConsumerName::BackpressureTenant)
     }
 
@@ -177,6 +204,7 @@ impl ConsumerName {
         match (self.per_tenant(), tenant) {
             (false, None) => Some(self.base().to_owned()),
             (true, Some(tenant)) => Some(self.base().replace("{tenant}", tenant.as_str())),
+            // (`ingress-worker` keeps its name: its stream is the tenant's.)
             _ => None,
         }
     }
@@ -221,6 +249,10 @@ mod tests {
         );
         assert_eq!(ConsumerName::BackpressureTenant.durable(None), None);
         assert_eq!(ConsumerName::EgressWorker.durable(Some(&acme)), None);
+        assert_eq!(
+            ConsumerName::IngressWorker.durable(Some(&acme)).as_deref(),
+            Some("ingress-worker")
+        );
         assert_eq!(
             ConsumerName::EgressWorker.durable(None).as_deref(),
             Some("egress-worker")

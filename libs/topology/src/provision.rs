@@ -9,7 +9,12 @@ use serde::Serialize;
 
 use crate::TopologyError;
 use crate::lookup::stream_info;
-use crate::resolve::{ResolvedBucket, ResolvedConsumer, ResolvedStream, ResolvedTopology};
+use switchyard_keys::TenantId;
+
+use crate::names::{ConsumerName, StreamName};
+use crate::resolve::{
+    ResolvedBucket, ResolvedConsumer, ResolvedStream, ResolvedTopology, TenantQuota,
+};
 
 /// What provisioning did with one declared item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,6 +31,8 @@ pub enum Outcome {
     /// It has drifted in a field JetStream cannot change in place; it must be recreated by
     /// an operator (which loses its contents).
     Unfixable,
+    /// It is no longer declared and was removed once drained (the legacy shared `INGRESS`).
+    Retired,
 }
 
 /// One field that differs from its declaration.
@@ -75,9 +82,12 @@ impl ProvisionItem {
 impl ProvisionReport {
     /// Whether anything was created or updated.
     pub fn changed_anything(&self) -> bool {
-        self.items
-            .iter()
-            .any(|i| matches!(i.outcome, Outcome::Created | Outcome::Updated))
+        self.items.iter().any(|i| {
+            matches!(
+                i.outcome,
+                Outcome::Created | Outcome::Updated | Outcome::Retired
+            )
+        })
     }
 
     /// Whether anything is (still) different from its declaration.
@@ -124,6 +134,12 @@ fn stream_diff(declared: &stream::Config, actual: &stream::Config) -> Vec<Change
     );
     d.field("max_age", &declared.max_age, &actual.max_age, true);
     d.field("max_bytes", &declared.max_bytes, &actual.max_bytes, true);
+    d.field(
+        "max_messages",
+        &declared.max_messages,
+        &actual.max_messages,
+        true,
+    );
     d.field(
         "max_message_size",
         &declared.max_message_size,
@@ -354,15 +370,19 @@ async fn provision_bucket(
     Ok(item)
 }
 
-/// Provisions every declared stream, consumer and bucket. Running it twice changes nothing
-/// the second time; drift is reported, and fixed in place when `fix` is set and JetStream
-/// allows it. Never deletes anything.
+/// Provisions every declared shared stream, consumer and bucket (per-tenant resources are
+/// [`provision_tenant`]'s). Running it twice changes nothing the second time; drift is
+/// reported, and fixed in place when `fix` is set and JetStream allows it. Deletes nothing but
+/// a drained legacy shared `INGRESS` stream (see [`retire_shared_ingress`]).
 pub async fn provision(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
     fix: bool,
 ) -> Result<ProvisionReport, TopologyError> {
     let mut report = ProvisionReport::default();
+    if let Some(item) = retire_shared_ingress(js, topology).await? {
+        report.items.push(item);
+    }
     for s in &topology.streams {
         report.items.push(provision_stream(js, s, fix).await?);
     }
@@ -373,4 +393,107 @@ pub async fn provision(
         report.items.push(provision_bucket(js, b, fix).await?);
     }
     Ok(report)
+}
+
+/// Provisions `tenant`'s own resources: each per-tenant stream (`INGRESS_<tenant>`, with the
+/// tenant's `quota` over the declared defaults) and the consumers declared on it
+/// (`ingress-worker`). Idempotent like [`provision`]; `fix` applies drift — a changed quota —
+/// in place.
+///
+/// Errors: JetStream refuses (e.g. `insufficient storage resources available`, 10047, when the
+/// server cannot reserve the quota's `max_bytes`; `subjects overlap with an existing stream`
+/// while a legacy shared `INGRESS` still exists).
+pub async fn provision_tenant(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    tenant: &TenantId,
+    quota: TenantQuota,
+    fix: bool,
+) -> Result<ProvisionReport, TopologyError> {
+    let mut report = ProvisionReport::default();
+    // A tenant's streams are replicated like the deployment's shared ones (what `provision
+    // --replicas` chose), whatever the caller's own replica setting.
+    let replicas = match topology.stream_name(StreamName::Idempotency) {
+        Some(shared) => stream_info(js, shared)
+            .await?
+            .map(|i| i.config.num_replicas),
+        None => None,
+    };
+    for name in StreamName::ALL.into_iter().filter(|s| s.per_tenant()) {
+        let Some(mut stream) = topology.tenant_stream(name, tenant, quota) else {
+            continue;
+        };
+        if let Some(replicas) = replicas {
+            stream.config.num_replicas = replicas;
+        }
+        report.items.push(provision_stream(js, &stream, fix).await?);
+        for consumer in ConsumerName::ALL
+            .into_iter()
+            .filter(|c| c.per_tenant() && !c.on_demand())
+            .filter_map(|c| topology.tenant_consumer(c, tenant))
+            .filter(|c| c.stream == stream.config.name)
+        {
+            report
+                .items
+                .push(provision_consumer(js, &consumer, fix).await?);
+        }
+    }
+    Ok(report)
+}
+
+/// Before per-tenant ingress streams, one shared `INGRESS` stream stored `ingress.v1.>`; it
+/// overlaps every `INGRESS_<tenant>`, so it must go before they can be created. It is deleted
+/// only once drained — its `ingress-worker` consumer has nothing pending or unacknowledged
+/// (what it still holds is history, already handed on) — and reported as `retired`; while it
+/// still holds unprocessed messages provisioning stops with an error saying so.
+pub async fn retire_shared_ingress(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> Result<Option<ProvisionItem>, TopologyError> {
+    let name = topology.namespace.stream_name(StreamName::Ingress.base());
+    let Some(info) = stream_info(js, &name).await? else {
+        return Ok(None);
+    };
+    let shared = topology
+        .namespace
+        .stage_filter(switchyard_subjects::InputStage::Ingress, None);
+    if !info.config.subjects.contains(&shared) {
+        return Ok(None);
+    }
+    let stream = js
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|e| TopologyError::js(format!("looking up stream {name}"), e))?;
+    let worker = ConsumerName::IngressWorker.base();
+    let pending = match stream.consumer_info(worker).await {
+        Ok(info) => info.num_pending + info.num_ack_pending as u64,
+        Err(e)
+            if matches!(e.kind(), ConsumerInfoErrorKind::NotFound)
+                || matches!(e.kind(), ConsumerInfoErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+        {
+            info.state.messages
+        }
+        Err(e) => {
+            return Err(TopologyError::js(
+                format!("looking up consumer {name}/{worker}"),
+                e,
+            ));
+        }
+    };
+    if pending > 0 {
+        return Err(TopologyError::Invalid(format!(
+            "the shared stream {name} (ingress.v1.>) still holds {pending} messages the ingress \
+             stage has not handed on; ingress streams are now one per tenant: run the previous \
+             ingress service until `{worker}` has nothing pending, then provision again"
+        )));
+    }
+    js.delete_stream(&name)
+        .await
+        .map_err(|e| TopologyError::js(format!("deleting the drained stream {name}"), e))?;
+    Ok(Some(ProvisionItem {
+        kind: "stream",
+        name,
+        outcome: Outcome::Retired,
+        changes: Vec::new(),
+    }))
 }

@@ -34,6 +34,16 @@ impl Default for TopologyOptions {
     }
 }
 
+/// A tenant's own limits on its per-tenant streams, overriding the declared defaults
+/// (`switchyard tenants enable --max-bytes/--max-msgs`; kept in the tenant's registry record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantQuota {
+    /// Bytes accepted and not yet consumed; `None`: the declared default.
+    pub max_bytes: Option<i64>,
+    /// Messages accepted and not yet consumed; `None`: the declared default.
+    pub max_msgs: Option<i64>,
+}
+
 /// A stream ready to create.
 #[derive(Debug, Clone)]
 pub struct ResolvedStream {
@@ -71,8 +81,12 @@ pub struct ResolvedBucket {
 pub struct ResolvedTopology {
     /// The namespace it was resolved in.
     pub namespace: Namespace,
-    /// Streams, in declaration order.
+    /// Shared streams, in declaration order (what provisioning creates).
     pub streams: Vec<ResolvedStream>,
+    /// Per-tenant stream templates (created per tenant by `provision_tenant`): the config's
+    /// name and subjects are the template's until [`ResolvedTopology::tenant_stream`] fills
+    /// them in.
+    pub tenant_streams: Vec<ResolvedStream>,
     /// Shared consumers, in declaration order (what provisioning creates).
     pub consumers: Vec<ResolvedConsumer>,
     /// Per-tenant consumer templates (created on demand by their service).
@@ -114,7 +128,7 @@ impl ResolvedTopology {
     pub fn resolve(topology: &Topology, options: &TopologyOptions) -> Self {
         let ns = &options.namespace;
         let replicas = options.replicas.max(1);
-        let streams = topology
+        let (tenant_streams, streams): (Vec<_>, Vec<_>) = topology
             .streams
             .iter()
             .map(|s| ResolvedStream {
@@ -143,11 +157,11 @@ impl ResolvedTopology {
                     },
                     allow_direct: s.allow_direct,
                     max_messages_per_subject: -1,
-                    max_messages: -1,
+                    max_messages: s.max_msgs.unwrap_or(-1),
                     ..Default::default()
                 },
             })
-            .collect();
+            .partition(|s| StreamName::from_base(&s.base).is_some_and(StreamName::per_tenant));
         let (tenant_consumers, consumers): (Vec<_>, Vec<_>) = topology
             .consumers
             .iter()
@@ -199,6 +213,7 @@ impl ResolvedTopology {
         Self {
             namespace: ns.clone(),
             streams,
+            tenant_streams,
             consumers,
             tenant_consumers,
             buckets,
@@ -227,8 +242,57 @@ impl ResolvedTopology {
         self.consumers.iter().find(|c| c.name == name)
     }
 
-    /// The per-tenant consumer `name` for `tenant`: the template with the durable name and
-    /// description filled in and the filter narrowed to the tenant's own subjects.
+    /// The concrete name of `tenant`'s own stream `name` (`INGRESS` → `INGRESS_acme`,
+    /// `STAGING_INGRESS_acme`); `None` for a shared stream.
+    pub fn tenant_stream_name(&self, name: StreamName, tenant: &TenantId) -> Option<String> {
+        name.per_tenant()
+            .then(|| format!("{}_{tenant}", self.namespace.stream_name(name.base())))
+    }
+
+    /// Which per-tenant stream, of which tenant, a concrete stream name is (`INGRESS_acme` →
+    /// (`Ingress`, `acme`)); `None` for any other name, including another deployment's.
+    pub fn tenant_of_stream(&self, name: &str) -> Option<(StreamName, TenantId)> {
+        StreamName::ALL
+            .into_iter()
+            .filter(|s| s.per_tenant())
+            .find_map(|s| {
+                let prefix = format!("{}_", self.namespace.stream_name(s.base()));
+                let tenant = name.strip_prefix(&prefix)?.parse::<TenantId>().ok()?;
+                Some((s, tenant))
+            })
+    }
+
+    /// `tenant`'s own stream `name`, ready to create: the template with its name, subjects
+    /// (`ingress.v1.<tenant>.>`) and quota filled in.
+    pub fn tenant_stream(
+        &self,
+        name: StreamName,
+        tenant: &TenantId,
+        quota: TenantQuota,
+    ) -> Option<ResolvedStream> {
+        let template = self.tenant_streams.iter().find(|s| s.base == name.base())?;
+        let stage = name.input_stage()?;
+        let mut resolved = template.clone();
+        resolved.config.name = self.tenant_stream_name(name, tenant)?;
+        resolved.config.subjects = vec![self.namespace.stage_filter(stage, Some(tenant))];
+        resolved.config.description = template
+            .config
+            .description
+            .as_ref()
+            .map(|d| format!("{d} (tenant {tenant})"));
+        if let Some(max_bytes) = quota.max_bytes {
+            resolved.config.max_bytes = max_bytes;
+        }
+        if let Some(max_msgs) = quota.max_msgs {
+            resolved.config.max_messages = max_msgs;
+        }
+        Some(resolved)
+    }
+
+    /// The per-tenant consumer `name` for `tenant`: the template with the durable name,
+    /// description and stream filled in (`ingress-worker` on `INGRESS_<tenant>`,
+    /// `backpressure-<tenant>` on `BACKPRESSURE`) and the filter narrowed to the tenant's own
+    /// subjects.
     pub fn tenant_consumer(
         &self,
         name: ConsumerName,
@@ -250,6 +314,9 @@ impl ResolvedTopology {
             .as_ref()
             .map(|d| d.replace("{tenant}", tenant.as_str()));
         resolved.config.filter_subject = self.namespace.stage_filter(stage, Some(tenant));
+        if let Some(own) = self.tenant_stream_name(StreamName::input_of(stage), tenant) {
+            resolved.stream = own;
+        }
         Some(resolved)
     }
 }
@@ -270,7 +337,12 @@ mod tests {
         let resolved = ResolvedTopology::resolve(&Topology::embedded().unwrap(), &options);
         assert_eq!(
             resolved.stream_name(StreamName::Ingress),
-            Some("STAGING_INGRESS")
+            None,
+            "one per tenant"
+        );
+        assert_eq!(
+            resolved.stream_name(StreamName::Egress),
+            Some("STAGING_EGRESS")
         );
         assert_eq!(
             resolved.bucket_name(BucketName::Idempotency),
@@ -280,9 +352,10 @@ mod tests {
             resolved.bucket_name(BucketName::Routes),
             Some("staging_routes")
         );
-        let ingress = &resolved.streams[0].config;
-        assert_eq!(ingress.subjects, ["staging.ingress.v1.>"]);
-        assert_eq!(ingress.num_replicas, 3);
+        let idempotency = &resolved.streams[0].config;
+        assert_eq!(idempotency.name, "STAGING_IDEMPOTENCY");
+        assert_eq!(idempotency.subjects, ["staging.idempotency.v1.>"]);
+        assert_eq!(idempotency.num_replicas, 3);
         let worker = resolved.consumer(ConsumerName::EgressWorker).unwrap();
         assert_eq!(worker.stream, "STAGING_EGRESS");
         assert_eq!(worker.config.filter_subject, "staging.egress.v1.>");
@@ -308,5 +381,43 @@ mod tests {
             per_tenant.config.inactive_threshold,
             Duration::from_secs(3600)
         );
+
+        let quota = TenantQuota {
+            max_bytes: Some(1 << 20),
+            max_msgs: None,
+        };
+        let own = resolved
+            .tenant_stream(StreamName::Ingress, &acme, quota)
+            .unwrap();
+        assert_eq!(own.config.name, "STAGING_INGRESS_acme");
+        assert_eq!(own.config.subjects, ["staging.ingress.v1.acme.>"]);
+        assert_eq!(own.config.max_bytes, 1 << 20);
+        assert_eq!(own.config.max_messages, 100_000, "the declared default");
+        assert_eq!(own.config.discard, stream::DiscardPolicy::New);
+        assert_eq!(own.config.num_replicas, 3);
+        let worker = resolved
+            .tenant_consumer(ConsumerName::IngressWorker, &acme)
+            .unwrap();
+        assert_eq!(worker.stream, "STAGING_INGRESS_acme");
+        assert_eq!(
+            worker.config.durable_name.as_deref(),
+            Some("ingress-worker")
+        );
+        assert_eq!(worker.config.filter_subject, "staging.ingress.v1.acme.>");
+        assert!(
+            resolved
+                .tenant_stream(StreamName::Egress, &acme, quota)
+                .is_none()
+        );
+        assert_eq!(
+            resolved.tenant_of_stream("STAGING_INGRESS_acme"),
+            Some((StreamName::Ingress, acme.clone()))
+        );
+        assert_eq!(
+            resolved.tenant_of_stream("INGRESS_acme"),
+            None,
+            "another deployment's"
+        );
+        assert_eq!(resolved.tenant_of_stream("STAGING_INGRESS_"), None);
     }
 }

@@ -56,14 +56,28 @@ pub enum Discard {
     New,
 }
 
+/// Whose a resource is: every declaration states it, and what bounds one tenant's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tenancy {
+    /// One resource shared by every tenant; its description says what bounds one tenant's
+    /// share of it.
+    Shared,
+    /// One resource per tenant (a template: `INGRESS` → `INGRESS_<tenant>`), created when the
+    /// tenant is provisioned; its limits are that tenant's quota.
+    PerTenant,
+}
+
 /// A declared stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
-    /// Base name (upper case; prefixed per deployment).
+    /// Base name (upper case; prefixed per deployment; `_<tenant>` appended per tenant).
     pub name: String,
     /// Human description.
     pub description: String,
+    /// Shared, or one per tenant.
+    pub tenancy: Tenancy,
     /// The subject kind it stores.
     pub subjects: SubjectsKind,
     /// Retention policy.
@@ -72,8 +86,13 @@ pub struct StreamSpec {
     pub storage: Storage,
     /// Oldest message age, in seconds (must be > 0).
     pub max_age_secs: u64,
-    /// Largest total size, in bytes (must be > 0).
+    /// Largest total size, in bytes (must be > 0). Per tenant: the default quota of bytes
+    /// accepted and not yet consumed.
     pub max_bytes: i64,
+    /// Most messages held (per tenant: the default quota of messages accepted and not yet
+    /// consumed); unset = no count limit. Required on per-tenant streams.
+    #[serde(default)]
+    pub max_msgs: Option<i64>,
     /// Largest message, in bytes.
     pub max_msg_size: i32,
     /// Duplicate window for `Nats-Msg-Id`, in milliseconds.
@@ -121,6 +140,8 @@ pub struct BucketSpec {
     pub name: String,
     /// Human description.
     pub description: String,
+    /// Buckets are shared; their keys are tenant-scoped (`<tenant>.…`).
+    pub tenancy: Tenancy,
     /// Revisions kept per key.
     pub history: i64,
     /// Key age limit in seconds (0 = never expires; allowed only without per-key TTLs).
@@ -193,6 +214,20 @@ impl Topology {
                     s.name
                 )));
             }
+            if s.tenancy == Tenancy::PerTenant
+                && (s.discard != Discard::New
+                    || s.retention != Retention::Workqueue
+                    || s.max_msgs.is_none_or(|n| n <= 0)
+                    || s.allow_schedules
+                    || s.subjects == SubjectsKind::Dlq)
+            {
+                return Err(invalid(format!(
+                    "per-tenant stream {} must be a work queue with discard = \"new\" and \
+                     max_msgs > 0 (its limits are the tenant's quota: a full one refuses the \
+                     tenant's publishes, never evicts), without schedules, and not the DLQ",
+                    s.name
+                )));
+            }
             if s.subjects == SubjectsKind::Dlq && s.retention == Retention::Workqueue {
                 return Err(invalid(format!(
                     "stream {} holds the DLQ and must not be a work queue",
@@ -214,6 +249,16 @@ impl Topology {
                     c.name
                 )));
             }
+            let declared_per_tenant = stream.tenancy == Tenancy::PerTenant
+                || ConsumerName::from_base(&c.name).is_some_and(ConsumerName::on_demand);
+            if ConsumerName::from_base(&c.name)
+                .is_some_and(|n| n.per_tenant() != declared_per_tenant)
+            {
+                return Err(invalid(format!(
+                    "consumer {} on stream {}: its tenancy does not match the stream's",
+                    c.name, c.stream
+                )));
+            }
             if c.filter != stream.subjects {
                 return Err(invalid(format!(
                     "consumer {} filters {:?} outside stream {}",
@@ -226,6 +271,12 @@ impl Topology {
             if !valid_name(&b.name) || !buckets.insert(b.name.as_str()) {
                 return Err(invalid(format!(
                     "bucket name {:?} is invalid or declared twice",
+                    b.name
+                )));
+            }
+            if b.tenancy != Tenancy::Shared {
+                return Err(invalid(format!(
+                    "bucket {}: buckets are shared (their keys are tenant-scoped)",
                     b.name
                 )));
             }
@@ -287,11 +338,11 @@ impl Topology {
             ConsumerName::from_base,
         )?;
         for c in &self.consumers {
-            let per_tenant = ConsumerName::from_base(&c.name).is_some_and(ConsumerName::per_tenant);
-            if per_tenant != c.inactive_threshold_secs.is_some() {
+            let on_demand = ConsumerName::from_base(&c.name).is_some_and(ConsumerName::on_demand);
+            if on_demand != c.inactive_threshold_secs.is_some() {
                 return Err(invalid(format!(
-                    "consumer {}: inactive_threshold_secs is required on per-tenant consumers \
-                     (created on demand, removed when idle) and refused on shared ones",
+                    "consumer {}: inactive_threshold_secs is required on consumers created on \
+                     demand (removed when idle) and refused on the others",
                     c.name
                 )));
             }

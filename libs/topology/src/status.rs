@@ -81,6 +81,25 @@ pub struct TenantBacklog {
     pub messages: u64,
 }
 
+/// One tenant's own stream (`INGRESS_<tenant>`) and how full its quota is.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStreamStatus {
+    /// The tenant.
+    pub tenant: String,
+    /// Concrete stream name.
+    pub name: String,
+    /// Messages accepted and not yet read.
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The tenant's message quota (`-1`: none).
+    pub max_msgs: i64,
+    /// The tenant's byte quota.
+    pub max_bytes: i64,
+    /// The fuller of the two, in percent of the quota.
+    pub fill_pct: f64,
+}
+
 /// Everything `switchyard status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -92,6 +111,8 @@ pub struct StatusReport {
     pub buckets: Vec<BucketStatus>,
     /// Per-tenant backlog in the hand-off (work-queue) streams.
     pub tenant_backlog: Vec<TenantBacklog>,
+    /// Every tenant's own streams, with quota fill.
+    pub tenant_streams: Vec<TenantStreamStatus>,
 }
 
 impl StatusReport {
@@ -184,12 +205,58 @@ pub async fn status(
             bytes: info.as_ref().map_or(0, |i| i.state.bytes),
         });
     }
+    let tenant_streams = tenant_streams(js, topology).await?;
     Ok(StatusReport {
         streams,
         consumers,
         buckets,
         tenant_backlog,
+        tenant_streams,
     })
+}
+
+/// Every existing per-tenant stream of this deployment, found by name
+/// (`ResolvedTopology::tenant_of_stream`).
+async fn tenant_streams(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> Result<Vec<TenantStreamStatus>, TopologyError> {
+    let mut names = js.stream_names();
+    let mut found = Vec::new();
+    while let Some(name) = names
+        .try_next()
+        .await
+        .map_err(|e| TopologyError::js("listing streams".to_owned(), e))?
+    {
+        if let Some((_, tenant)) = topology.tenant_of_stream(&name) {
+            found.push((tenant, name));
+        }
+    }
+    found.sort();
+    let mut out = Vec::new();
+    for (tenant, name) in found {
+        let Some(info) = stream_info(js, &name).await? else {
+            continue;
+        };
+        let pct = |used: u64, max: i64| {
+            if max > 0 {
+                used as f64 * 100.0 / max as f64
+            } else {
+                0.0
+            }
+        };
+        out.push(TenantStreamStatus {
+            tenant: tenant.to_string(),
+            name,
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            max_msgs: info.config.max_messages,
+            max_bytes: info.config.max_bytes,
+            fill_pct: pct(info.state.messages, info.config.max_messages)
+                .max(pct(info.state.bytes, info.config.max_bytes)),
+        });
+    }
+    Ok(out)
 }
 
 /// Messages stored in stream `name` per tenant: its per-subject counts summed by the tenant of

@@ -3,20 +3,21 @@
 
 mod crash;
 mod delivery;
+mod isolation;
 mod sink;
 mod trace;
 
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull, publish::PublishAck};
 use switchyard_dlq::DlqEntry;
 use switchyard_fixtures::dlq_entries;
-use switchyard_keys::{RouteKey, RouteTeam, TenantId, TenantKey};
+use switchyard_keys::{RouteKey, RouteTeam, TenantId};
 use switchyard_registry::{Route, Store, TenantRecord, WebhookRoute, WebhookSecret};
 use switchyard_subjects::Namespace;
 use switchyard_testkit::{NatsCluster, NatsServer, wait_for};
-use switchyard_topology::{DeploymentConfig, provision};
+use switchyard_topology::{ConsumerName, DeploymentConfig, provision};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,7 @@ pub enum Svc {
 
 struct Running {
     svc: Svc,
+    http_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), switchyard_service::LaunchError>>,
 }
@@ -75,6 +77,7 @@ pub struct Pipeline {
     pub sink: Sink,
     client: async_nats::Client,
     services: Vec<Running>,
+    tenants: Vec<TenantId>,
 }
 
 impl Pipeline {
@@ -109,18 +112,15 @@ impl Pipeline {
             .await
             .unwrap();
         let js = jetstream::new(client.clone());
-        let registry: Store<TenantKey, TenantRecord> =
-            Store::new(js.get_key_value("tenants").await.unwrap());
+        let topology = deployment.resolve().unwrap();
         for tenant in tenants {
-            registry
-                .put(
-                    &TenantKey {
-                        tenant: TenantId::new(*tenant).unwrap(),
-                    },
-                    &TenantRecord::enabled(),
-                )
-                .await
-                .unwrap();
+            switchyard_fixtures::enable_tenant_in(
+                &admin,
+                &topology,
+                tenant,
+                &TenantRecord::enabled(),
+            )
+            .await;
         }
         let sink = Sink::start().await;
         let mut pipeline = Self {
@@ -129,6 +129,7 @@ impl Pipeline {
             sink,
             client,
             services: Vec::new(),
+            tenants: tenants.iter().map(|t| TenantId::new(*t).unwrap()).collect(),
         };
         for svc in [
             Svc::Ingress,
@@ -170,12 +171,23 @@ impl Pipeline {
                 switchyard_egress::start(config, client, shutdown.clone()).await
             }
         };
-        let task = running.unwrap().task;
+        let running = running.unwrap();
         self.services.push(Running {
             svc,
+            http_addr: running.http_addr,
             shutdown,
-            task,
+            task: running.task,
         });
+    }
+
+    /// The base URL of the running ingress's HTTP API.
+    pub fn ingress_http(&self) -> String {
+        let ingress = self
+            .services
+            .iter()
+            .find(|r| r.svc == Svc::Ingress)
+            .expect("ingress running");
+        format!("http://{}", ingress.http_addr)
     }
 
     /// Kills a service the way a crash would: its tasks stop mid-flight, nothing is acked.
@@ -225,6 +237,19 @@ impl Pipeline {
         id: &str,
         payload: &[u8],
     ) {
+        self.publish_acked(tenant, team, platform, id, payload)
+            .await;
+    }
+
+    /// [`Self::publish`], returning the stream's ack (retried until JetStream answers).
+    pub async fn publish_acked(
+        &self,
+        tenant: &str,
+        team: &str,
+        platform: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> PublishAck {
         let subject = switchyard_subjects::StageSubject {
             stage: switchyard_subjects::InputStage::Ingress,
             address: switchyard_keys::Address::parse(tenant, team, platform).unwrap(),
@@ -243,7 +268,7 @@ impl Pipeline {
                     .ok()
             }
         })
-        .await;
+        .await
     }
 
     pub async fn dlq(&self) -> Vec<DlqEntry> {
@@ -253,7 +278,11 @@ impl Pipeline {
     /// Shortens every stage consumer's ack wait, so crash redeliveries come quickly.
     pub async fn shorten_ack_wait(&self, ack_wait: Duration) {
         let topology = DeploymentConfig::default().resolve().unwrap();
-        for consumer in &topology.consumers {
+        let per_tenant = self
+            .tenants
+            .iter()
+            .filter_map(|t| topology.tenant_consumer(ConsumerName::IngressWorker, t));
+        for consumer in topology.consumers.iter().cloned().chain(per_tenant) {
             let mut config = consumer.config.clone();
             config.ack_wait = ack_wait;
             self.js
@@ -284,11 +313,16 @@ impl Pipeline {
             if switchyard_testkit::stored_count(&self.js, "BACKPRESSURE").await > 0 {
                 return None;
             }
-            for (consumer, stream) in [
-                ("ingress-worker", "INGRESS"),
-                ("idempotency-worker", "IDEMPOTENCY"),
-                ("egress-worker", "EGRESS"),
-            ] {
+            let ingress: Vec<(&str, String)> = self
+                .tenants
+                .iter()
+                .map(|t| ("ingress-worker", format!("INGRESS_{t}")))
+                .collect();
+            let shared = [
+                ("idempotency-worker", "IDEMPOTENCY".to_owned()),
+                ("egress-worker", "EGRESS".to_owned()),
+            ];
+            for (consumer, stream) in ingress.into_iter().chain(shared) {
                 let mut c = self
                     .js
                     .get_consumer_from_stream::<pull::Config, _, _>(consumer, stream)

@@ -5,10 +5,17 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use switchyard_topology::{Outcome, ProvisionReport, ResolvedTopology, provision};
+use switchyard_keys::TenantKey;
+use switchyard_registry::{Store, TenantRecord};
+use switchyard_topology::{
+    BucketName, Outcome, ProvisionReport, ResolvedTopology, TenantQuota, provision,
+    provision_tenant,
+};
 
 use crate::EXIT_DRIFT;
+use crate::commands::tenants;
 use crate::output::{Output, Table};
+use crate::resources;
 
 /// Arguments of `provision`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +35,7 @@ fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::Updated => "updated",
         Outcome::Drifted => "drifted",
         Outcome::Unfixable => "drifted (cannot fix in place)",
+        Outcome::Retired => "removed (drained, no longer declared)",
     }
 }
 
@@ -58,6 +66,7 @@ pub fn render(report: &ProvisionReport) -> String {
         for (outcome, label) in [
             (Outcome::Created, "created"),
             (Outcome::Updated, "updated"),
+            (Outcome::Retired, "removed once drained"),
             (Outcome::Unchanged, "unchanged"),
             (
                 Outcome::Drifted,
@@ -85,9 +94,28 @@ pub async fn run(
     args: &ProvisionArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let report = provision(js, topology, args.fix)
+    let mut report = provision(js, topology, args.fix)
         .await
         .context("provisioning")?;
+    // Every registered tenant's own streams, with its quota.
+    let tenants: Store<TenantKey, TenantRecord> =
+        Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);
+    for (key, record) in tenants.list(">").await? {
+        let quota = match &record {
+            Ok(record) => tenants::quota(record),
+            Err(error) => {
+                eprintln!(
+                    "warning: tenant {}'s record is unreadable ({error}); its stream gets the default quota",
+                    key.tenant
+                );
+                TenantQuota::default()
+            }
+        };
+        let own = provision_tenant(js, topology, &key.tenant, quota, args.fix)
+            .await
+            .with_context(|| format!("provisioning tenant {}", key.tenant))?;
+        report.items.extend(own.items);
+    }
     if out.is_json() {
         out.json(&report)?;
     } else {

@@ -134,7 +134,14 @@ pub async fn run(
     .format(&topology.namespace);
     let not_provisioned = |kind: &PublishErrorKind| {
         if *kind == PublishErrorKind::StreamNotFound {
-            format!("no stream stores {subject}: run `switchyard provision`")
+            // Each tenant's ingress stream is created by `tenants enable` (and `provision`
+            // creates the shared items and every registered tenant's stream).
+            format!(
+                "no stream stores {subject}: tenant {tenant} has no ingress stream; enable it \
+                 with `switchyard tenants enable {tenant}` (on a new server, run `switchyard \
+                 provision` first)",
+                tenant = args.tenant
+            )
         } else {
             format!("publishing to {subject}")
         }

@@ -8,7 +8,7 @@ use switchyard_topology::{BucketName, ResolvedTopology, StatusReport, status};
 
 use std::collections::BTreeMap;
 
-use switchyard_keys::{RateKey, RateScope};
+use switchyard_keys::{RateKey, RateRecord, RateScope};
 use switchyard_registry::{LimitRecord, PressureRecord, Store};
 
 use crate::output::{Output, Table};
@@ -110,6 +110,31 @@ pub fn render(report: &StatusReport) -> String {
         out.push('\n');
         out.push_str(&backlog.render());
     }
+    if !report.tenant_streams.is_empty() {
+        let mut quotas = Table::new([
+            "TENANT",
+            "INGRESS STREAM",
+            "MESSAGES",
+            "BYTES",
+            "QUOTA FILL",
+        ]);
+        for t in &report.tenant_streams {
+            let max_msgs = if t.max_msgs > 0 {
+                format!("{}/{}", t.messages, t.max_msgs)
+            } else {
+                t.messages.to_string()
+            };
+            quotas.row([
+                t.tenant.clone(),
+                t.name.clone(),
+                max_msgs,
+                format!("{}/{}", t.bytes, t.max_bytes),
+                format!("{:.1}%", t.fill_pct),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&quotas.render());
+    }
     let missing = report.missing();
     if !missing.is_empty() {
         out.push_str(&format!(
@@ -188,10 +213,7 @@ pub struct TenantRate {
 
 /// Limits and admission states from the `rate-limits` bucket (empty if it is missing).
 async fn tenant_rates(js: &jetstream::Context, topology: &ResolvedTopology) -> Vec<TenantRate> {
-    let Some(name) = topology.bucket_name(BucketName::RateLimits) else {
-        return Vec::new();
-    };
-    let Ok(bucket) = js.get_key_value(name).await else {
+    let Ok((_, bucket)) = topology.open_bucket(js, BucketName::RateLimits).await else {
         return Vec::new();
     };
     let limits: Store<RateKey, LimitRecord> = Store::new(bucket.clone());
@@ -201,7 +223,11 @@ async fn tenant_rates(js: &jetstream::Context, topology: &ResolvedTopology) -> V
         RateScope::Default => "_default".to_owned(),
         RateScope::Tenant(t) => t.to_string(),
     };
-    for (key, limit) in limits.list("*.limit").await.unwrap_or_default() {
+    for (key, limit) in limits
+        .list(RateRecord::Limit.filter())
+        .await
+        .unwrap_or_default()
+    {
         let tenant = name_of(&key.scope);
         rows.entry(tenant.clone())
             .or_insert(TenantRate {
@@ -211,7 +237,11 @@ async fn tenant_rates(js: &jetstream::Context, topology: &ResolvedTopology) -> V
             })
             .limit = limit.ok();
     }
-    for (key, record) in pressure.list("*.pressure").await.unwrap_or_default() {
+    for (key, record) in pressure
+        .list(RateRecord::Pressure.filter())
+        .await
+        .unwrap_or_default()
+    {
         let tenant = name_of(&key.scope);
         rows.entry(tenant.clone())
             .or_insert(TenantRate {

@@ -1,14 +1,16 @@
 //! `switchyard tenants enable|disable|get|ls`: the tenant registry (`tenants` bucket), which
-//! ingress consults to accept or dead-letter a tenant's messages.
+//! ingress consults to accept or dead-letter a tenant's messages, and each tenant's own
+//! ingress stream (`INGRESS_<tenant>`, with its quota), which `enable` provisions.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use async_nats::jetstream;
 use clap::Subcommand;
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{Store, TenantRecord};
-use switchyard_topology::{BucketName, ResolvedTopology};
+use switchyard_topology::{BucketName, ResolvedTopology, TenantQuota, provision_tenant};
 
 use crate::output::{self, Output, Table};
 use crate::resources;
@@ -24,8 +26,9 @@ pub struct TenantsArgs {
 /// The `tenants` commands.
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
-    /// Register a tenant, or re-enable it (its other settings are kept).
-    Enable(TenantArg),
+    /// Register a tenant (creating its own ingress stream), or re-enable it (its other
+    /// settings are kept); `--max-bytes` / `--max-msgs` set its ingress quota.
+    Enable(EnableArgs),
     /// Disable a tenant: ingress dead-letters its messages with `tenant_disabled`.
     Disable(TenantArg),
     /// Show a tenant's record.
@@ -39,6 +42,28 @@ pub enum TenantsCommand {
 pub struct TenantArg {
     /// Tenant id.
     pub tenant: TenantId,
+}
+
+/// Arguments of `tenants enable`.
+#[derive(Debug, clap::Args)]
+pub struct EnableArgs {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// Ingress quota in bytes: what the tenant's stream may hold accepted and not yet read
+    /// (default: the topology's; a full quota refuses the tenant's publishes).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_bytes: Option<i64>,
+    /// Ingress quota in messages (default: the topology's).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_msgs: Option<i64>,
+}
+
+/// A tenant's quota as the topology takes it.
+pub fn quota(record: &TenantRecord) -> TenantQuota {
+    TenantQuota {
+        max_bytes: record.quota_bytes,
+        max_msgs: record.quota_msgs,
+    }
 }
 
 /// A tenant and its record, as printed by `--json`.
@@ -73,7 +98,7 @@ pub async fn run(
     let store: Store<TenantKey, TenantRecord> =
         Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);
     match &args.command {
-        TenantsCommand::Enable(t) => set_enabled(&store, &t.tenant, true, out).await?,
+        TenantsCommand::Enable(args) => enable(js, topology, &store, args, out).await?,
         TenantsCommand::Disable(t) => set_enabled(&store, &t.tenant, false, out).await?,
         TenantsCommand::Get(t) => {
             let key = TenantKey {
@@ -101,6 +126,32 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Provisions the tenant's own streams (with its quota; a changed quota is applied in place)
+/// before registering it, so ingress never sees a tenant without its stream.
+async fn enable(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    store: &Store<TenantKey, TenantRecord>,
+    args: &EnableArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = TenantKey {
+        tenant: args.tenant.clone(),
+    };
+    let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
+    record.quota_bytes = args.max_bytes.or(record.quota_bytes);
+    record.quota_msgs = args.max_msgs.or(record.quota_msgs);
+    let report = provision_tenant(js, topology, &args.tenant, quota(&record), true)
+        .await
+        .with_context(|| format!("provisioning tenant {}'s ingress stream", args.tenant))?;
+    if !out.is_json() {
+        for item in &report.items {
+            println!("{} {}: {:?}", item.kind, item.name, item.outcome);
+        }
+    }
+    set_enabled_record(store, &args.tenant, record, true, out).await
+}
+
 async fn set_enabled(
     store: &Store<TenantKey, TenantRecord>,
     tenant: &TenantId,
@@ -110,7 +161,20 @@ async fn set_enabled(
     let key = TenantKey {
         tenant: tenant.clone(),
     };
-    let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
+    let record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
+    set_enabled_record(store, tenant, record, enabled, out).await
+}
+
+async fn set_enabled_record(
+    store: &Store<TenantKey, TenantRecord>,
+    tenant: &TenantId,
+    mut record: TenantRecord,
+    enabled: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = TenantKey {
+        tenant: tenant.clone(),
+    };
     record.enabled = enabled;
     store.put(&key, &record).await?;
     if out.is_json() {

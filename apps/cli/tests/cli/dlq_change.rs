@@ -219,6 +219,12 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
         "replayed seq 1 -> staging.egress.v1.acme.ops.slack (STAGING_EGRESS seq 1)\nreplayed 1, kept 0\n"
     );
     assert_eq!(stored_count(&js, "STAGING_DLQ").await, 0);
+    assert!(
+        ok(&url, &["--prefix", "staging", "tenants", "enable", "acme"])
+            .await
+            .starts_with("stream STAGING_INGRESS_acme: Created\n"),
+        "the tenant's own stream, prefixed"
+    );
     assert_eq!(
         ok(
             &url,
@@ -228,7 +234,7 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
             ]
         )
         .await,
-        "stored in STAGING_INGRESS seq 1\n"
+        "stored in STAGING_INGRESS_acme seq 1\n"
     );
     ok(
         &url,

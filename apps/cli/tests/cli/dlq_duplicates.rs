@@ -12,6 +12,7 @@ use async_nats::jetstream;
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_dlq_ops::JobState;
 use switchyard_envelope::headers;
+use switchyard_fixtures::ingress_stream;
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::Namespace;
 use switchyard_testkit::{NatsServer, stored_count, wait_for};
@@ -23,8 +24,8 @@ use crate::publish::long_window_config;
 
 const INGRESS_SUBJECT: &str = "ingress.v1.acme.ops.slack";
 
-/// DLQ entries 1..=3: (1) an ingress entry whose producer message is still stored in INGRESS
-/// inside its duplicate window; (2) and (3) one message dead-lettered twice at egress (same
+/// DLQ entries 1..=3: (1) an ingress entry whose producer message is still stored in the
+/// tenant's ingress stream (`INGRESS_acme`) inside its duplicate window; (2) and (3) one message dead-lettered twice at egress (same
 /// envelope, so replays of both carry the same hop id).
 async fn entries(js: &jetstream::Context) {
     let mut original = HeaderMap::new();
@@ -35,18 +36,21 @@ async fn entries(js: &jetstream::Context) {
         .unwrap()
         .await
         .unwrap();
-    assert_eq!((stored.stream.as_str(), stored.sequence), ("INGRESS", 1));
+    assert_eq!(
+        (stored.stream, stored.sequence),
+        (ingress_stream("acme"), 1)
+    );
     let now = OffsetDateTime::now_utc();
     let record = DeadLetter {
         stage: Stage::Ingress,
-        code: DlqCode::UnknownTenant,
-        reason: "unknown tenant acme".into(),
+        code: DlqCode::TenantDisabled,
+        reason: "tenant acme is disabled".into(),
         tenant: Some(TenantId::new("acme").unwrap()),
         platform: Some(PlatformId::new("slack").unwrap()),
         attempts: 0,
         first_failure: now,
         last_failure: now,
-        source_stream: "INGRESS".into(),
+        source_stream: ingress_stream("acme"),
         source_seq: 1,
         source_subject: INGRESS_SUBJECT.into(),
         history: Vec::new(),
@@ -66,11 +70,17 @@ async fn entries(js: &jetstream::Context) {
     assert_eq!(dead_letter_with(js, &again, &env).await, 3);
 }
 
-/// A provisioned server whose INGRESS keeps ids for 10 minutes, and the config naming it.
+/// A provisioned server with tenant acme enabled, whose ingress stream keeps ids for 10
+/// minutes, and the config naming that window.
 async fn server(dir: &tempfile::TempDir) -> (NatsServer, String) {
     let server = NatsServer::start().await;
     let config = long_window_config(dir);
     ok(&server.url(), &["--config", &config, "provision"]).await;
+    ok(
+        &server.url(),
+        &["--config", &config, "tenants", "enable", "acme"],
+    )
+    .await;
     (server, config)
 }
 
@@ -85,7 +95,7 @@ async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_mess
     let out = ok(&url, &["--config", &config, "dlq", "replay", "1", "2", "3"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("kept seq 1: INGRESS already holds the original at seq 1"),
+        lines[0].starts_with("kept seq 1: INGRESS_acme already holds the original at seq 1"),
         "{out}"
     );
     assert_eq!(
@@ -99,7 +109,7 @@ async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_mess
     );
     assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
     assert_eq!(stored_count(&js, "EGRESS").await, 1);
-    assert_eq!(stored_count(&js, "INGRESS").await, 1);
+    assert_eq!(stored_count(&js, &ingress_stream("acme")).await, 1);
 
     let json: serde_json::Value = serde_json::from_str(
         &ok(&url, &["--config", &config, "dlq", "replay", "1", "--json"]).await,
@@ -141,6 +151,6 @@ async fn a_replay_job_keeps_only_an_entry_whose_duplicate_is_its_source_message(
     assert_eq!(done.progress.handled, 3);
     assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
     assert_eq!(stored_count(&js, "EGRESS").await, 1);
-    assert_eq!(stored_count(&js, "INGRESS").await, 1);
+    assert_eq!(stored_count(&js, &ingress_stream("acme")).await, 1);
     service.stop().await;
 }

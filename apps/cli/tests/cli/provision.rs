@@ -2,66 +2,171 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, stream};
+use switchyard_fixtures::ingress_stream;
 use switchyard_testkit::{NatsServer, free_port};
 
-use crate::{fails, stdout, switchyard, switchyard_blocking};
+use crate::fixtures::cells;
+use crate::{fails, ok, stderr, stdout, switchyard, switchyard_blocking};
 
 #[tokio::test]
 async fn provision_twice_then_drift_then_fix() {
     let server = NatsServer::start().await;
     let url = server.url();
+    let js = jetstream::new(server.client().await);
+
+    // A legacy shared INGRESS (one stream for every tenant) goes, but only once drained.
+    let legacy = js
+        .create_stream(stream::Config {
+            name: "INGRESS".into(),
+            subjects: vec!["ingress.v1.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("ingress.v1.acme.ops.slack", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let refused = switchyard(&url, &["provision"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let err = stderr(&refused);
+    assert!(
+        err.contains("the shared stream INGRESS (ingress.v1.>) still holds 1 messages"),
+        "{err}"
+    );
+    assert!(
+        js.get_stream("INGRESS").await.is_ok(),
+        "kept while undrained"
+    );
+    legacy.purge().await.unwrap();
 
     let first = switchyard(&url, &["provision"]).await;
     assert!(first.status.success(), "{first:?}");
     let text = stdout(&first);
     assert!(text.starts_with("KIND      NAME"), "{text}");
-    assert!(text.contains("stream    INGRESS"), "{text}");
-    assert!(text.trim_end().ends_with("14 created"), "{text}");
+    let rows: Vec<Vec<&str>> = text.lines().map(cells).collect();
+    assert!(
+        rows.contains(&vec![
+            "stream",
+            "INGRESS",
+            "removed (drained, no longer declared)"
+        ]),
+        "{text}"
+    );
+    assert!(
+        rows.contains(&vec!["stream", "IDEMPOTENCY", "created"]),
+        "{text}"
+    );
+    assert!(
+        text.trim_end()
+            .ends_with("12 created, 1 removed once drained"),
+        "{text}"
+    );
+    assert!(js.get_stream("INGRESS").await.is_err(), "retired");
 
     let second = switchyard(&url, &["provision"]).await;
     assert!(second.status.success());
     assert!(
         stdout(&second)
             .trim_end()
-            .ends_with("nothing to change: all 14 declared items exist as declared"),
+            .ends_with("nothing to change: all 12 declared items exist as declared"),
         "{}",
         stdout(&second)
     );
 
-    let js = async_nats::jetstream::new(server.client().await);
-    let mut ingress = js
-        .get_stream("INGRESS")
+    // Registered tenants' streams are provisioned too, with their quota.
+    ok(&url, &["tenants", "enable", "acme", "--max-msgs", "50"]).await;
+    let third = switchyard(&url, &["provision"]).await;
+    assert!(third.status.success());
+    let text = stdout(&third);
+    let rows: Vec<Vec<&str>> = text.lines().map(cells).collect();
+    assert!(
+        rows.contains(&vec!["stream", "INGRESS_acme", "unchanged"]),
+        "{text}"
+    );
+    assert!(
+        rows.contains(&vec![
+            "consumer",
+            "INGRESS_acme/ingress-worker",
+            "unchanged"
+        ]),
+        "{text}"
+    );
+    assert!(
+        text.trim_end()
+            .ends_with("nothing to change: all 14 declared items exist as declared"),
+        "{text}"
+    );
+
+    // Drift in a shared stream and in the tenant's (whose declaration is its quota).
+    let mut egress = js
+        .get_stream("EGRESS")
         .await
         .unwrap()
         .cached_info()
         .config
         .clone();
-    ingress.max_bytes = 1 << 30;
-    js.update_stream(ingress).await.unwrap();
+    egress.max_bytes = 1 << 29;
+    js.update_stream(egress).await.unwrap();
+    let mut own = js
+        .get_stream(ingress_stream("acme"))
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    own.max_bytes = 1 << 20;
+    own.max_messages = 1000;
+    js.update_stream(own).await.unwrap();
 
     let drifted = switchyard(&url, &["provision"]).await;
     assert_eq!(drifted.status.code(), Some(3), "drift exits with 3");
     let text = stdout(&drifted);
     assert!(
-        text.contains("drifted    max_bytes: declared 4294967296 but is 1073741824"),
+        text.contains("drifted    max_bytes: declared 1073741824 but is 536870912"),
         "{text}"
     );
     assert!(
-        text.contains("1 drifted (run `switchyard provision --fix` to update in place)"),
+        text.contains(
+            "drifted    max_bytes: declared 67108864 but is 1048576; \
+             max_messages: declared 50 but is 1000"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 drifted (run `switchyard provision --fix` to update in place)"),
         "{text}"
     );
 
     let fixed = switchyard(&url, &["provision", "--fix", "--json"]).await;
     assert!(fixed.status.success());
     let report: serde_json::Value = serde_json::from_slice(&fixed.stdout).unwrap();
-    let ingress = report["items"]
-        .as_array()
+    let item = |name: &str| {
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .clone()
+    };
+    let egress = item("EGRESS");
+    assert_eq!(egress["outcome"], "updated");
+    assert_eq!(egress["changes"][0]["field"], "max_bytes");
+    let own = item("INGRESS_acme");
+    assert_eq!(own["outcome"], "updated");
+    assert_eq!(own["changes"][0]["field"], "max_bytes");
+    assert_eq!(own["changes"][1]["field"], "max_messages");
+    let own = js
+        .get_stream(ingress_stream("acme"))
+        .await
         .unwrap()
-        .iter()
-        .find(|i| i["name"] == "INGRESS")
-        .unwrap();
-    assert_eq!(ingress["outcome"], "updated");
-    assert_eq!(ingress["changes"][0]["field"], "max_bytes");
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!((own.max_bytes, own.max_messages), (67_108_864, 50));
 }
 
 #[tokio::test]
@@ -72,20 +177,37 @@ async fn status_tables_and_json() {
     let before = switchyard(&url, &["status"]).await;
     assert!(before.status.success());
     let text = stdout(&before);
-    assert!(text.contains("INGRESS       missing"), "{text}");
+    assert!(text.contains("IDEMPOTENCY   missing"), "{text}");
+    assert!(
+        !text.contains("INGRESS"),
+        "no tenant, no ingress stream: {text}"
+    );
     assert!(
         text.trim_end()
-            .ends_with("14 declared items are missing: run `switchyard provision`"),
+            .ends_with("12 declared items are missing: run `switchyard provision`"),
         "{text}"
     );
 
     assert!(switchyard(&url, &["provision"]).await.status.success());
-    let js = async_nats::jetstream::new(server.client().await);
+    ok(&url, &["tenants", "enable", "acme", "--max-msgs", "10"]).await;
+    let js = jetstream::new(server.client().await);
     js.publish("egress.v1.acme.ops.slack", "x".into())
         .await
         .unwrap()
         .await
         .unwrap();
+    js.publish("ingress.v1.acme.ops.slack", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ingress_bytes = js
+        .get_stream(ingress_stream("acme"))
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .bytes;
 
     let after = switchyard(&url, &["status"]).await;
     let text = stdout(&after);
@@ -102,10 +224,36 @@ async fn status_tables_and_json() {
         text.contains("TENANT  WAITING IN  MESSAGES\nacme    EGRESS      1"),
         "{text}"
     );
+    let quotas: Vec<Vec<&str>> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("TENANT  INGRESS STREAM"))
+        .map(cells)
+        .take(2)
+        .collect();
+    assert_eq!(
+        quotas,
+        [
+            vec![
+                "TENANT",
+                "INGRESS STREAM",
+                "MESSAGES",
+                "BYTES",
+                "QUOTA FILL"
+            ],
+            vec![
+                "acme",
+                "INGRESS_acme",
+                "1/10",
+                &format!("{ingress_bytes}/67108864"),
+                "10.0%"
+            ],
+        ],
+        "{text}"
+    );
 
     let json = switchyard(&url, &["status", "--json"]).await;
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(report["streams"].as_array().unwrap().len(), 5);
+    assert_eq!(report["streams"].as_array().unwrap().len(), 4);
     assert_eq!(report["tenant_backlog"][0]["tenant"], "acme");
     let egress = report["consumers"]
         .as_array()
@@ -114,6 +262,18 @@ async fn status_tables_and_json() {
         .find(|c| c["name"] == "egress-worker")
         .unwrap();
     assert_eq!(egress["pending"], 1);
+    assert_eq!(
+        report["tenant_streams"],
+        serde_json::json!([{
+            "tenant": "acme",
+            "name": "INGRESS_acme",
+            "messages": 1,
+            "bytes": ingress_bytes,
+            "max_msgs": 10,
+            "max_bytes": 67108864,
+            "fill_pct": 10.0
+        }])
+    );
 }
 
 #[tokio::test]
@@ -141,9 +301,20 @@ async fn commands_on_an_unprovisioned_server_say_to_provision() {
         err.contains("the tenants bucket tenants does not exist"),
         "{err}"
     );
+    let err = fails(&url, &["tenants", "enable", "acme"]).await;
+    assert!(
+        err.contains("the tenants bucket tenants does not exist"),
+        "{err}"
+    );
+    let js = jetstream::new(server.client().await);
+    assert!(
+        js.get_stream(ingress_stream("acme")).await.is_err(),
+        "no stream for a tenant that could not be registered"
+    );
     let err = fails(&url, &["publish", "acme", "ops", "slack", "--data", "x"]).await;
     assert!(
-        err.contains("no stream stores ingress.v1.acme.ops.slack: run `switchyard provision`"),
+        err.contains("no stream stores ingress.v1.acme.ops.slack")
+            && err.contains("run `switchyard provision` first"),
         "{err}"
     );
 }

@@ -1,4 +1,10 @@
-//! `routes` and `tenants`: records in the KV buckets, validated before they are written.
+//! `routes`, `tenants` and `limits`: records in the KV buckets, validated before they are
+//! written (and, for `tenants enable`, the tenant's own ingress stream).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use switchyard_fixtures::ingress_stream;
 
 use crate::{fails, ok, provisioned};
 
@@ -171,6 +177,7 @@ async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
 async fn tenants_enable_disable_get_ls() {
     let server = provisioned().await;
     let url = server.url();
+    let js = jetstream::new(server.client().await);
 
     assert_eq!(
         ok(&url, &["tenants", "ls"]).await,
@@ -182,14 +189,55 @@ async fn tenants_enable_disable_get_ls() {
         "{err}"
     );
 
+    // Enabling provisions the tenant's own ingress stream (and its consumer) first.
     assert_eq!(
         ok(&url, &["tenants", "enable", "acme"]).await,
-        "tenant acme enabled\n"
+        "stream INGRESS_acme: Created\n\
+         consumer INGRESS_acme/ingress-worker: Created\n\
+         tenant acme enabled\n"
     );
     assert_eq!(
-        ok(&url, &["tenants", "enable", "globex"]).await,
-        "tenant globex enabled\n"
+        ok(
+            &url,
+            &[
+                "tenants",
+                "enable",
+                "globex",
+                "--max-bytes",
+                "1048576",
+                "--max-msgs",
+                "10"
+            ]
+        )
+        .await,
+        "stream INGRESS_globex: Created\n\
+         consumer INGRESS_globex/ingress-worker: Created\n\
+         tenant globex enabled\n"
     );
+    let acme = ingress_config(&js, "acme").await;
+    assert_eq!(acme.subjects, ["ingress.v1.acme.>"]);
+    assert_eq!(acme.retention, stream::RetentionPolicy::WorkQueue);
+    assert_eq!(acme.discard, stream::DiscardPolicy::New);
+    assert_eq!(acme.duplicate_window, Duration::from_secs(120));
+    assert_eq!(
+        (acme.max_bytes, acme.max_messages),
+        (67_108_864, 100_000),
+        "the topology's default quota"
+    );
+    let globex = ingress_config(&js, "globex").await;
+    assert_eq!(globex.subjects, ["ingress.v1.globex.>"]);
+    assert_eq!(
+        (globex.max_bytes, globex.max_messages),
+        (1_048_576, 10),
+        "the requested quota"
+    );
+    js.get_stream(ingress_stream("globex"))
+        .await
+        .unwrap()
+        .consumer_info("ingress-worker")
+        .await
+        .expect("ingress-worker on the tenant's stream");
+
     assert_eq!(
         ok(&url, &["tenants", "disable", "globex"]).await,
         "tenant globex disabled\n"
@@ -218,15 +266,92 @@ async fn tenants_enable_disable_get_ls() {
         serde_json::from_str(&ok(&url, &["tenants", "ls", "--json"]).await).unwrap();
     assert_eq!(
         json[1],
-        serde_json::json!({"tenant": "globex", "enabled": false})
+        serde_json::json!({
+            "tenant": "globex",
+            "enabled": false,
+            "quota_bytes": 1048576,
+            "quota_msgs": 10
+        }),
+        "disabling keeps the quota"
     );
 
-    ok(&url, &["tenants", "enable", "globex"]).await;
+    // Re-enabling with a new message quota updates the stream in place: what it holds stays,
+    // and the byte quota not given again is kept.
+    let held = js
+        .publish("ingress.v1.globex.ops.slack", "held".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(held.stream, ingress_stream("globex"));
+    assert_eq!(
+        ok(&url, &["tenants", "enable", "globex", "--max-msgs", "20"]).await,
+        "stream INGRESS_globex: Updated\n\
+         consumer INGRESS_globex/ingress-worker: Unchanged\n\
+         tenant globex enabled\n"
+    );
     assert!(
         ok(&url, &["tenants", "get", "globex"])
             .await
             .contains("enabled")
     );
+    let mut globex = js.get_stream(ingress_stream("globex")).await.unwrap();
+    let info = globex.info().await.unwrap();
+    assert_eq!(
+        (info.config.max_bytes, info.config.max_messages),
+        (1_048_576, 20)
+    );
+    assert_eq!(
+        (info.state.messages, info.state.last_sequence),
+        (1, held.sequence),
+        "updated in place, not recreated"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["tenants", "get", "globex", "--json"]).await).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "tenant": "globex",
+            "enabled": true,
+            "quota_bytes": 1048576,
+            "quota_msgs": 20
+        })
+    );
+
+    // A quota the server cannot reserve is refused, and the tenant is not registered.
+    let err = fails(
+        &url,
+        &[
+            "tenants",
+            "enable",
+            "hooli",
+            "--max-bytes",
+            "1125899906842624",
+        ],
+    )
+    .await;
+    assert!(
+        err.contains("provisioning tenant hooli's ingress stream")
+            && err.contains("insufficient storage resources"),
+        "{err}"
+    );
+    let err = fails(&url, &["tenants", "get", "hooli"]).await;
+    assert!(
+        err.contains("error: tenant hooli is not registered"),
+        "{err}"
+    );
+    let err = fails(&url, &["tenants", "enable", "hooli", "--max-msgs", "0"]).await;
+    assert!(err.contains("0 is not in 1.."), "{err}");
+}
+
+/// The config of `tenant`'s own ingress stream.
+async fn ingress_config(js: &jetstream::Context, tenant: &str) -> stream::Config {
+    js.get_stream(ingress_stream(tenant))
+        .await
+        .unwrap_or_else(|e| panic!("{tenant}'s ingress stream: {e}"))
+        .cached_info()
+        .config
+        .clone()
 }
 
 #[tokio::test]

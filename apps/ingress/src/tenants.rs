@@ -1,0 +1,108 @@
+//! Reading every tenant's own ingress stream. Each registered tenant has a stream
+//! `INGRESS_<tenant>` with a durable `ingress-worker` consumer (created by `switchyard tenants
+//! enable` / `provision`); this supervisor follows the tenant registry and runs one consume loop
+//! per tenant, all sharing the worker's handler slots. A tenant with a backlog therefore takes
+//! at most `max_batch` slots at a time and the slots go round the tenants with messages: one
+//! tenant's burst queues in its own stream, not in front of the others'.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prometheus_client::metrics::gauge::Gauge;
+use switchyard_keys::{TenantId, TenantKey};
+use switchyard_registry::{KvCache, TenantRecord};
+use switchyard_service::Worker;
+use switchyard_topology::{ConsumerName, ResolvedTopology};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::IngressHandler;
+
+/// How often the registry is compared with the running loops (a tenant enabled now is read
+/// within this long; its stream holds its messages meanwhile).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs one consume loop per registered tenant until `shutdown`, then waits for every loop
+/// to drain. `consumers` counts the loops running; `missing` counts registered tenants whose
+/// stream or consumer cannot be opened (not provisioned: `switchyard provision` creates them).
+pub async fn supervise(
+    worker: Arc<Worker<IngressHandler>>,
+    js: jetstream::Context,
+    topology: ResolvedTopology,
+    tenants: Arc<KvCache<TenantKey, TenantRecord>>,
+    consumers: Gauge,
+    missing: Gauge,
+    shutdown: CancellationToken,
+) {
+    let mut running: HashMap<TenantId, CancellationToken> = HashMap::new();
+    let mut loops = JoinSet::new();
+    let mut warned: HashMap<TenantId, String> = HashMap::new();
+    while !shutdown.is_cancelled() {
+        while loops.try_join_next().is_some() {}
+        let registered: Vec<TenantId> = tenants.keys().into_iter().map(|k| k.tenant).collect();
+        // Tenants removed from the registry: stop their loops (their streams stay).
+        running.retain(|tenant, token| {
+            let keep = registered.contains(tenant) && !token.is_cancelled();
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        let mut not_open = 0;
+        for tenant in registered {
+            if running.contains_key(&tenant) {
+                continue;
+            }
+            match open(&js, &topology, &tenant).await {
+                Ok(consumer) => {
+                    warned.remove(&tenant);
+                    tracing::info!(%tenant, "reading the tenant's ingress stream");
+                    let token = shutdown.child_token();
+                    running.insert(tenant.clone(), token.clone());
+                    let worker = worker.clone();
+                    loops.spawn(async move {
+                        worker.consume(consumer, token.clone()).await;
+                        // Ended on its own (not by shutdown): reopened on the next pass.
+                        token.cancel();
+                    });
+                }
+                Err(error) => {
+                    not_open += 1;
+                    if warned.get(&tenant) != Some(&error) {
+                        tracing::warn!(%tenant, %error, "cannot read the tenant's ingress stream; retrying");
+                        warned.insert(tenant.clone(), error);
+                    }
+                }
+            }
+        }
+        consumers.set(running.len() as i64);
+        missing.set(not_open);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+/// Opens `tenant`'s `ingress-worker` consumer on its own stream.
+async fn open(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    tenant: &TenantId,
+) -> Result<jetstream::consumer::PullConsumer, String> {
+    let declared = topology
+        .tenant_consumer(ConsumerName::IngressWorker, tenant)
+        .ok_or("the topology declares no ingress-worker consumer")?;
+    let durable = declared.config.durable_name.clone().unwrap_or_default();
+    js.get_consumer_from_stream(&durable, &declared.stream)
+        .await
+        .map_err(|e| {
+            format!(
+                "{}/{durable}: {e} (run `switchyard tenants enable {tenant}` or `switchyard provision`)",
+                declared.stream
+            )
+        })
+}
