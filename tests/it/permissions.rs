@@ -20,7 +20,7 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 use futures::StreamExt;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, StatsStore};
-use switchyard_fixtures::{enable_tenant, ingress_settled, ingress_stream};
+use switchyard_fixtures::{enable_tenant, ingress_settled, ingress_stream, issue_api_key};
 use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId};
 use switchyard_registry::{Route, Store, TenantRecord};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
@@ -964,6 +964,7 @@ impl Services {
 async fn post_http(
     addr: std::net::SocketAddr,
     path: &str,
+    key: &str,
     id: &str,
     body: &str,
 ) -> (String, String) {
@@ -972,7 +973,7 @@ async fn post_http(
         .await
         .expect("ingress http");
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: ingress\r\nIdempotency-Key: {id}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: ingress\r\nAuthorization: Bearer {key}\r\nIdempotency-Key: {id}\r\n\
          Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -1068,13 +1069,20 @@ async fn each_service_runs_end_to_end_as_its_own_user_without_a_single_violation
 
     // Over HTTP, through ingress's producer API (ingress writes INGRESS_acme; for a duplicate
     // it direct-gets the original from there, whether or not it is still waiting).
+    let key = issue_api_key(&admin.js, "acme").await;
     for duplicate in [false, true] {
-        let (status, body) = post_http(
-            services.ingress_http,
-            "/v1/messages/acme/ops/hooks",
-            "order-2",
-            "over http",
-        )
+        // The key is usable once ingress's watch has it; a 401 stored nothing.
+        let (status, body) = wait_for("the key at ingress", Duration::from_secs(10), || async {
+            let (status, body) = post_http(
+                services.ingress_http,
+                "/v1/messages/acme/ops/hooks",
+                &key,
+                "order-2",
+                "over http",
+            )
+            .await;
+            (!status.contains(" 401")).then_some((status, body))
+        })
         .await;
         assert!(status.contains(" 202"), "ingress accepted: {status} {body}");
         let accepted: serde_json::Value = serde_json::from_str(&body).expect("json body");

@@ -53,6 +53,8 @@ pub enum Command {
     Routes(commands::routes::RoutesArgs),
     /// Enable, disable, show and list tenants in the tenant registry.
     Tenants(commands::tenants::TenantsArgs),
+    /// Create, list and revoke tenants' API keys for the producer HTTP API.
+    Keys(commands::keys::KeysArgs),
     /// Set, show and list per-tenant rate limits (applied by every backpressure replica).
     Limits(commands::limits::LimitsArgs),
     /// Publish a message to a tenant's ingress subject.
@@ -78,6 +80,7 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         Command::Status(args) => commands::status::run(&js, &topology, &args, &out).await?,
         Command::Routes(args) => commands::routes::run(&js, &topology, &args, &out).await?,
         Command::Tenants(args) => commands::tenants::run(&js, &topology, &args, &out).await?,
+        Command::Keys(args) => commands::keys::run(&js, &topology, &args, &out).await?,
         Command::Limits(args) => commands::limits::run(&js, &topology, &args, &out).await?,
         Command::Publish(args) => commands::publish::run(&js, &topology, &args, &out).await?,
         Command::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,

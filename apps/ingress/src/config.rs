@@ -48,6 +48,9 @@ pub struct IngressSettings {
     pub msg_id_policy: MsgIdPolicy,
     /// Whether a tenant must be in the registry (default true).
     pub require_registered_tenant: bool,
+    /// Whether HTTP producers must present their tenant's API key (default true; `false`
+    /// only behind a gateway that authenticates producers itself).
+    pub require_api_key: bool,
     /// The stage to hand on to (default `idempotency`).
     pub next_stage: InputStage,
 }

@@ -6,6 +6,10 @@
 //! - `POST /v1/messages` — JSON: `{"tenant","team","platform","id","content_type"?,
 //!   "payload": <any JSON>}` or `"payload_base64": "<bytes>"` instead of `payload`.
 //!
+//! Every request carries the tenant's API key, `Authorization: Bearer sy_<id>_<secret>`
+//! (`switchyard keys create <tenant>`): `401` without a valid one (missing, malformed,
+//! unknown, revoked, expired), `403 tenant_mismatch` when the key is another tenant's.
+//!
 //! `202 {"id","stream","seq","duplicate"}` — `id` is the envelope id the pipeline will use
 //! (`null` on a duplicate whose original has already been read), `stream` the tenant's own
 //! ingress stream (`INGRESS_<tenant>`); 4xx with `{"error","code"}` for bad input; 429 with
@@ -28,8 +32,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::{EnvelopeId, SourceRef, headers};
-use switchyard_keys::{Address, MsgId, RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{Admission, KvCache, PressureRecord};
+use switchyard_keys::{Address, ApiKeyKey, MsgId, RateKey, RateRecord, RateScope, TenantId};
+use switchyard_registry::api_key;
+use switchyard_registry::{
+    Admission, ApiKeyError, ApiKeyRecord, ApiScope, KvCache, PressureRecord,
+};
 use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
 
 use time::OffsetDateTime;
@@ -41,6 +48,10 @@ use crate::validate::Validator;
 pub struct ApiState {
     /// JetStream.
     pub js: jetstream::Context,
+    /// The tenants' API keys (hashed), watched.
+    pub keys: Arc<KvCache<ApiKeyKey, ApiKeyRecord>>,
+    /// Whether a request needs a tenant's API key (`[ingress] require_api_key`).
+    pub require_api_key: bool,
     /// The same checks the worker applies.
     pub validator: Arc<Validator>,
     /// Admission state per tenant, published by the backpressure service.
@@ -109,6 +120,12 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({"error": self.message, "code": self.code})),
         )
             .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
         {
@@ -140,12 +157,66 @@ pub fn router(state: Arc<ApiState>, max_payload_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// The key a request presents (`Authorization: Bearer sy_…`), checked: `401 unauthorized`
+/// when it is missing, malformed, unknown, revoked or expired (one message for all but the
+/// last two, so a caller learns nothing about keys it does not hold); `403 forbidden` when it
+/// lacks the `publish` scope. `None` when keys are not required.
+fn authenticate(state: &ApiState, headers: &HttpHeaders) -> Result<Option<ApiKeyRecord>, ApiError> {
+    if !state.require_api_key {
+        return Ok(None);
+    }
+    let unauthorized =
+        |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            unauthorized("missing API key: send `Authorization: Bearer sy_…` (`switchyard keys create <tenant>`)".into())
+        })?;
+    let (id, secret) =
+        api_key::parse_token(token.trim()).map_err(|e| unauthorized(e.to_string()))?;
+    let record = match state.keys.get(&id) {
+        Some(Ok(record)) => record,
+        _ => return Err(unauthorized(ApiKeyError::Unknown.to_string())),
+    };
+    record
+        .check(&id, secret, OffsetDateTime::now_utc())
+        .map_err(|e| unauthorized(e.to_string()))?;
+    if !record.allows(ApiScope::Publish) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this API key may not publish",
+        ));
+    }
+    Ok(Some(record))
+}
+
+/// A key publishes for its own tenant only: `403 tenant_mismatch` otherwise (nothing of the
+/// other tenant is looked at).
+fn authorize(key: Option<&ApiKeyRecord>, tenant: &str) -> Result<(), ApiError> {
+    match key {
+        Some(record) if record.tenant.as_str() != tenant => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_mismatch",
+            format!(
+                "this API key publishes for tenant {}, not {tenant:?}",
+                record.tenant
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn post_raw(
     State(state): State<Arc<ApiState>>,
     Path((tenant, team, platform)): Path<(String, String, String)>,
     http_headers: HttpHeaders,
     body: Bytes,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
+    let key = authenticate(&state, &http_headers)?;
+    authorize(key.as_ref(), &tenant)?;
     let header = |name: &str| {
         http_headers
             .get(name)
@@ -174,10 +245,13 @@ async fn post_raw(
 
 async fn post_json(
     State(state): State<Arc<ApiState>>,
+    http_headers: HttpHeaders,
     body: Result<Json<JsonMessage>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
+    let key = authenticate(&state, &http_headers)?;
     let Json(m) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    authorize(key.as_ref(), &m.tenant)?;
     let (payload, default_ct) = match (m.payload, m.payload_base64) {
         (Some(value), None) => (
             Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),

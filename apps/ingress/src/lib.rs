@@ -38,6 +38,9 @@ pub async fn start(
     let (limits_bucket, limits_kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
     let pressure =
         KvCache::start_filtered(limits_kv, RateRecord::Pressure.filter(), shutdown.clone());
+    let (keys_bucket, keys_kv) = topology.open_bucket(&js, BucketName::ApiKeys).await?;
+    let keys = KvCache::start(keys_kv, shutdown.clone());
+    keys.wait_loaded().await;
 
     let validator = Arc::new(validate::Validator {
         ns: topology.namespace.clone(),
@@ -51,10 +54,12 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: Vec::new(),
-        buckets: vec![tenants_bucket, limits_bucket],
+        buckets: vec![tenants_bucket, limits_bucket, keys_bucket],
     };
     let api = Arc::new(http::ApiState {
         js: js.clone(),
+        keys,
+        require_api_key: config.ingress.require_api_key,
         validator: validator.clone(),
         pressure,
     });

@@ -10,6 +10,7 @@ use switchyard_dlq::{DlqCode, DlqEntry};
 use switchyard_envelope::{Envelope, headers};
 use switchyard_fixtures::{
     Provisioned, Service, dlq_entries, enable_tenant, ingress_settled, ingress_stream,
+    issue_api_key,
 };
 use switchyard_ingress::{IngressConfig, config};
 use switchyard_keys::TenantId;
@@ -22,6 +23,8 @@ struct Harness {
     _server: NatsServer,
     js: jetstream::Context,
     service: Service,
+    /// An API key per tenant (`ghost`'s too: a key whose tenant is not registered).
+    keys: std::collections::HashMap<&'static str, String>,
 }
 
 impl Harness {
@@ -55,6 +58,10 @@ impl Harness {
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.ingress.max_payload_bytes = max_payload_bytes;
         let shutdown = CancellationToken::new();
+        let mut keys = std::collections::HashMap::new();
+        for tenant in ["acme", "globex", "frozen", "ghost"] {
+            keys.insert(tenant, issue_api_key(&js, tenant).await);
+        }
         let running = switchyard_ingress::start(config, client, shutdown.clone())
             .await
             .unwrap();
@@ -62,7 +69,12 @@ impl Harness {
             _server: server,
             js,
             service: Service::new(running, shutdown),
+            keys,
         }
+    }
+
+    fn key(&self, tenant: &str) -> &str {
+        &self.keys[tenant]
     }
 
     fn http(&self) -> String {
@@ -391,9 +403,11 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
     let h = Harness::start(1024).await;
     let http = reqwest_client();
     let base = h.http();
+    let acme = h.key("acme");
 
     let response = http
         .post(format!("{base}/v1/messages/acme/ops/slack"))
+        .bearer_auth(h.key("acme"))
         .header("Idempotency-Key", "http-1")
         .header("Content-Type", "text/plain")
         .body("hello")
@@ -406,6 +420,7 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
 
     let response = http
         .post(format!("{base}/v1/messages"))
+        .bearer_auth(h.key("globex"))
         .json(&serde_json::json!({"tenant":"globex","team":"ops","platform":"billing","id":"http-2","payload":{"amount":3}}))
         .send()
         .await
@@ -413,18 +428,28 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
     assert_eq!(response.status(), 202);
 
     let refused: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (http.post(format!("{base}/v1/messages/ACME/ops/slack")).header("Idempotency-Key", "x").body("x"), 400, "invalid_subject"),
-        (http.post(format!("{base}/v1/messages/acme/ops/slack")).body("x"), 400, "missing_msg_id"),
-        (http.post(format!("{base}/v1/messages/ghost/ops/slack")).header("Idempotency-Key", "x").body("x"), 404, "unknown_tenant"),
-        (http.post(format!("{base}/v1/messages/frozen/ops/slack")).header("Idempotency-Key", "x").body("x"), 403, "tenant_disabled"),
-        (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Idempotency-Key", "x").body(vec![b'x'; 1025]), 413, "payload_too_large"),
-        (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Idempotency-Key", "x").header("Content-Type", "application/json").body("{"), 400, "invalid_payload"),
-        (http.post(format!("{base}/v1/messages")).header("Content-Type", "application/json").body("{\"tenant\":"), 400, "invalid_request"),
-        (http.post(format!("{base}/v1/messages")).json(&serde_json::json!({"tenant":"acme","team":"ops","platform":"slack","id":"x","payload":1,"payload_base64":"eA=="})), 400, "invalid_payload"),
+        (http.post(format!("{base}/v1/messages/acme/OPS/slack")).bearer_auth(acme).header("Idempotency-Key", "x").body("x"), 400, "invalid_subject"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth(acme).body("x"), 400, "missing_msg_id"),
+        (http.post(format!("{base}/v1/messages/ghost/ops/slack")).bearer_auth(h.key("ghost")).header("Idempotency-Key", "x").body("x"), 404, "unknown_tenant"),
+        (http.post(format!("{base}/v1/messages/frozen/ops/slack")).bearer_auth(h.key("frozen")).header("Idempotency-Key", "x").body("x"), 403, "tenant_disabled"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth(acme).header("Idempotency-Key", "x").body(vec![b'x'; 1025]), 413, "payload_too_large"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth(acme).header("Idempotency-Key", "x").header("Content-Type", "application/json").body("{"), 400, "invalid_payload"),
+        (http.post(format!("{base}/v1/messages")).bearer_auth(acme).header("Content-Type", "application/json").body("{\"tenant\":"), 400, "invalid_request"),
+        (http.post(format!("{base}/v1/messages")).bearer_auth(acme).json(&serde_json::json!({"tenant":"acme","team":"ops","platform":"slack","id":"x","payload":1,"payload_base64":"eA=="})), 400, "invalid_payload"),
+        // Authentication: a key is required, and it publishes for its own tenant only.
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Idempotency-Key", "x").body("x"), 401, "unauthorized"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth("sy_not-a-key").header("Idempotency-Key", "x").body("x"), 401, "unauthorized"),
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Authorization", format!("Basic {acme}")).header("Idempotency-Key", "x").body("x"), 401, "unauthorized"),
+        (http.post(format!("{base}/v1/messages/globex/ops/slack")).bearer_auth(acme).header("Idempotency-Key", "x").body("x"), 403, "tenant_mismatch"),
+        (http.post(format!("{base}/v1/messages/ACME/ops/slack")).bearer_auth(acme).header("Idempotency-Key", "x").body("x"), 403, "tenant_mismatch"),
+        (http.post(format!("{base}/v1/messages")).bearer_auth(acme).json(&serde_json::json!({"tenant":"globex","team":"ops","platform":"slack","id":"x","payload":1})), 403, "tenant_mismatch"),
     ];
     for (request, status, code) in refused {
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), status);
+        if status == 401 {
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        }
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["code"], code, "{body}");
         assert!(!body["error"].as_str().unwrap().is_empty());
@@ -433,14 +458,23 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
     h.settled().await;
     let forwarded = h.handed_on().await;
     assert_eq!(forwarded.len(), 2);
-    let first = Envelope::from_headers(Some(&forwarded[0].headers)).unwrap();
+    // Tenants' streams are read side by side: find each message by its producer id.
+    let by_id = |msg_id: &str| {
+        forwarded
+            .iter()
+            .find(|m| {
+                Envelope::from_headers(Some(&m.headers)).is_ok_and(|e| e.msg_id.as_str() == msg_id)
+            })
+            .unwrap_or_else(|| panic!("{msg_id} handed on"))
+    };
+    let first = Envelope::from_headers(Some(&by_id("http-1").headers)).unwrap();
     assert_eq!(
         first.id.to_string(),
         id,
         "the API returns the id the pipeline uses"
     );
-    assert_eq!(&forwarded[0].payload[..], b"hello");
-    assert_eq!(&forwarded[1].payload[..], b"{\"amount\":3}");
+    assert_eq!(&by_id("http-1").payload[..], b"hello");
+    assert_eq!(&by_id("http-2").payload[..], b"{\"amount\":3}");
     assert!(
         h.dlq().await.is_empty(),
         "refused HTTP input never reaches the stream"
@@ -491,6 +525,7 @@ async fn http_producers_get_429_with_retry_after_while_admission_is_closed() {
     let http = reqwest_client();
     let post = |id: &'static str| {
         http.post(format!("{}/v1/messages/acme/ops/slack", h.http()))
+            .bearer_auth(h.key("acme"))
             .header("Idempotency-Key", id)
             .body("x")
             .send()
@@ -516,6 +551,7 @@ async fn http_producers_get_429_with_retry_after_while_admission_is_closed() {
     // Other tenants are not affected.
     let other = http
         .post(format!("{}/v1/messages/globex/ops/slack", h.http()))
+        .bearer_auth(h.key("globex"))
         .header("Idempotency-Key", "g-1")
         .body("x")
         .send()
@@ -601,5 +637,66 @@ async fn a_message_no_earlier_delivery_settled_is_dead_lettered_by_ingress_on_it
         0,
         "out of the tenant's quota"
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_or_expired_key_is_refused_within_a_watch_and_a_new_one_works() {
+    use switchyard_keys::ApiKeyKey;
+    use switchyard_registry::{ApiKeyRecord, Store};
+    let h = Harness::start(1024).await;
+    let http = reqwest_client();
+    let post = |key: String, id: &'static str| {
+        http.post(format!("{}/v1/messages/acme/ops/slack", h.http()))
+            .bearer_auth(key)
+            .header("Idempotency-Key", id)
+            .body("x")
+            .send()
+    };
+    let key = h.key("acme").to_owned();
+    assert_eq!(post(key.clone(), "k-1").await.unwrap().status(), 202);
+
+    let keys: Store<ApiKeyKey, ApiKeyRecord> =
+        Store::new(h.js.get_key_value("api-keys").await.unwrap());
+    let (id, _) = switchyard_registry::api_key::parse_token(&key).unwrap();
+    let mut record = keys.get(&id).await.unwrap().unwrap();
+    record.revoked_at = Some(time::OffsetDateTime::now_utc());
+    keys.put(&id, &record).await.unwrap();
+    let refused = wait_for(
+        "the revocation to reach ingress",
+        Duration::from_secs(10),
+        || async {
+            let response = post(key.clone(), "k-2").await.unwrap();
+            (response.status() == 401).then_some(response)
+        },
+    )
+    .await;
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+
+    // An expired key is refused the same way.
+    let fresh = issue_api_key(&h.js, "acme").await;
+    let (fresh_id, _) = switchyard_registry::api_key::parse_token(&fresh).unwrap();
+    let mut expiring = keys.get(&fresh_id).await.unwrap().unwrap();
+    expiring.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
+    keys.put(&fresh_id, &expiring).await.unwrap();
+    wait_for(
+        "the expired key to be refused",
+        Duration::from_secs(10),
+        || async { (post(fresh.clone(), "k-3").await.unwrap().status() == 401).then_some(()) },
+    )
+    .await;
+
+    // A new key works as soon as ingress has seen it.
+    let newer = issue_api_key(&h.js, "acme").await;
+    wait_for(
+        "the new key to be accepted",
+        Duration::from_secs(10),
+        || async { (post(newer.clone(), "k-4").await.unwrap().status() == 202).then_some(()) },
+    )
+    .await;
     h.stop().await;
 }

@@ -185,6 +185,49 @@ impl KvKey for TenantKey {
     }
 }
 
+/// An API key's id in the `api-keys` bucket: 32 lowercase hex characters (128 random bits),
+/// the public half of a key `sy_<id>_<secret>`. Keyed by id alone, so a request's key is
+/// found without trusting the tenant the request names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApiKeyKey {
+    /// The id.
+    pub id: String,
+}
+
+impl ApiKeyKey {
+    /// Characters in an id.
+    pub const LEN: usize = 32;
+
+    /// Validates an id (32 lowercase hex characters).
+    pub fn new(id: impl Into<String>) -> Result<Self, KeyError> {
+        let id = id.into();
+        if id.len() != Self::LEN
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(KeyError::KeySchema {
+                schema: Self::SCHEMA,
+                key: shown(&id),
+                reason: format!("an api key id is {} lowercase hex characters", Self::LEN),
+            });
+        }
+        Ok(Self { id })
+    }
+}
+
+impl KvKey for ApiKeyKey {
+    const SCHEMA: &'static str = "api key";
+
+    fn render(&self) -> String {
+        self.id.clone()
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        Self::new(key)
+    }
+}
+
 /// Whose rate settings a [`RateKey`] holds: one tenant's, or the default for tenants without
 /// their own (rendered `_default`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

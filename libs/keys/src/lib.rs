@@ -17,7 +17,7 @@ pub mod token;
 pub use error::KeyError;
 pub use id::{Address, DeploymentPrefix, PlatformId, Stage, TeamId, TenantId};
 pub use kv::{
-    IdempotencyKey, KvKey, RateKey, RateRecord, RateScope, ReplicaKey, RouteKey, RouteTeam,
-    TenantKey,
+    ApiKeyKey, IdempotencyKey, KvKey, RateKey, RateRecord, RateScope, ReplicaKey, RouteKey,
+    RouteTeam, TenantKey,
 };
 pub use token::{MsgId, decode_token, encode_token};

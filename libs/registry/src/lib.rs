@@ -7,13 +7,17 @@
 //! - [`store`]: typed get/put/list/delete over a KV bucket for either record.
 //! - [`limits`]: rate limits, token state and admission state in the `rate-limits` bucket.
 //! - [`cache`]: [`KvCache`], an in-memory copy of a bucket kept fresh by a KV watch.
+//! - [`api_key`]: [`ApiKeyRecord`] — a tenant's API key for the producer HTTP API, stored
+//!   hashed in the `api-keys` bucket under [`switchyard_keys::ApiKeyKey`].
 
+pub mod api_key;
 pub mod cache;
 pub mod limits;
 pub mod route;
 pub mod store;
 pub mod tenant;
 
+pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
 pub use cache::KvCache;
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};

@@ -111,17 +111,20 @@ pub enum BucketName {
     DlqJobs,
     /// `dlq-stats`: DLQ inflow counters.
     DlqStats,
+    /// `api-keys`: the producer HTTP API's keys, hashed.
+    ApiKeys,
 }
 
 impl BucketName {
     /// Every declared bucket.
-    pub const ALL: [BucketName; 6] = [
+    pub const ALL: [BucketName; 7] = [
         BucketName::Idempotency,
         BucketName::Routes,
         BucketName::Tenants,
         BucketName::RateLimits,
         BucketName::DlqJobs,
         BucketName::DlqStats,
+        BucketName::ApiKeys,
     ];
 
     /// The base name in the declaration file.
@@ -133,6 +136,7 @@ impl BucketName {
             BucketName::RateLimits => "rate-limits",
             BucketName::DlqJobs => "dlq-jobs",
             BucketName::DlqStats => "dlq-stats",
+            BucketName::ApiKeys => "api-keys",
         }
     }
 

@@ -22,6 +22,7 @@ fn http_client() -> reqwest::Client {
 /// Publishes ids `n-1..=n-N` over NATS and `h-1..=h-N` over HTTP for one tenant; returns the
 /// HTTP `202` bodies.
 async fn publish_all(p: &Pipeline, http: &reqwest::Client, tenant: &str) -> Vec<serde_json::Value> {
+    let key = switchyard_fixtures::issue_api_key(&p.js, tenant).await;
     let mut bodies = Vec::new();
     for i in 1..=N {
         let ack = p
@@ -29,16 +30,27 @@ async fn publish_all(p: &Pipeline, http: &reqwest::Client, tenant: &str) -> Vec<
             .await;
         assert!(!ack.duplicate, "{tenant} n-{i}: {ack:?}");
         assert_eq!(ack.stream, format!("INGRESS_{tenant}"));
-        let response = http
-            .post(format!(
-                "{}/v1/messages/{tenant}/ops/hooks",
-                p.ingress_http()
-            ))
-            .header("Idempotency-Key", format!("h-{i}"))
-            .body(tenant.to_owned())
-            .send()
-            .await
-            .unwrap();
+        // A key is usable once ingress's watch has it: a refused (401) request stored
+        // nothing, so it is simply sent again.
+        let response = wait_for(
+            "the tenant's key at ingress",
+            Duration::from_secs(10),
+            || async {
+                let response = http
+                    .post(format!(
+                        "{}/v1/messages/{tenant}/ops/hooks",
+                        p.ingress_http()
+                    ))
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", format!("h-{i}"))
+                    .body(tenant.to_owned())
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status() != 401).then_some(response)
+            },
+        )
+        .await;
         assert_eq!(response.status(), 202, "{tenant} h-{i}");
         bodies.push(response.json().await.unwrap());
     }
@@ -136,13 +148,23 @@ async fn a_tenant_over_its_quota_is_refused_loudly_loses_nothing_and_the_others_
     );
 
     let http = http_client();
-    let response = http
-        .post(format!("{}/v1/messages/flood/ops/hooks", p.ingress_http()))
-        .header("Idempotency-Key", "f-http")
-        .body("flood-http")
-        .send()
-        .await
-        .unwrap();
+    let key = switchyard_fixtures::issue_api_key(&p.js, "flood").await;
+    let response = wait_for(
+        "flood's key to reach ingress",
+        Duration::from_secs(10),
+        || async {
+            let response = http
+                .post(format!("{}/v1/messages/flood/ops/hooks", p.ingress_http()))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", "f-http")
+                .body("flood-http")
+                .send()
+                .await
+                .unwrap();
+            (response.status() != 401).then_some(response)
+        },
+    )
+    .await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
     let body: serde_json::Value = response.json().await.unwrap();

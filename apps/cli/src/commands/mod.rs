@@ -1,6 +1,7 @@
 //! One module per CLI command group.
 
 pub mod dlq;
+pub mod keys;
 pub mod limits;
 pub mod provision;
 pub mod publish;

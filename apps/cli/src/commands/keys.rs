@@ -1,0 +1,200 @@
+//! `switchyard keys create|ls|revoke`: the API keys HTTP producers authenticate with, one or
+//! more per tenant, kept hashed in the `api-keys` bucket (`libs/registry/src/api_key.rs`).
+//! Ingress watches the bucket, so a new or revoked key applies within a second. The key itself
+//! is shown once, by `create`; nothing can show it again.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use clap::Subcommand;
+use serde::Serialize;
+use switchyard_keys::{ApiKeyKey, TenantId, TenantKey};
+use switchyard_registry::{ApiKeyRecord, Store, TenantRecord, api_key};
+use switchyard_topology::{BucketName, ResolvedTopology};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::output::{Output, Table};
+use crate::resources;
+
+/// Arguments of `keys`.
+#[derive(Debug, clap::Args)]
+pub struct KeysArgs {
+    /// The keys command.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// The `keys` commands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key for a registered tenant; prints it once.
+    Create(CreateArgs),
+    /// List a tenant's keys (ids, labels, expiry, status; never the keys).
+    Ls(TenantArg),
+    /// Revoke one of a tenant's keys: refused from then on (the record stays, for the audit).
+    Revoke(RevokeArgs),
+}
+
+/// Arguments of `keys create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// Days until the key expires (default: never; rotate by creating a new key and revoking
+    /// the old one once producers use the new one).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub expires_in_days: Option<u32>,
+    /// A note for operators (who holds the key).
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// One tenant.
+#[derive(Debug, clap::Args)]
+pub struct TenantArg {
+    /// Tenant id.
+    pub tenant: TenantId,
+}
+
+/// Arguments of `keys revoke`.
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// The key's id (the 32 hex characters after `sy_`).
+    pub id: String,
+}
+
+/// A key as `keys ls --json` prints it.
+#[derive(Debug, Serialize)]
+struct KeyView<'a> {
+    id: &'a str,
+    status: &'static str,
+    #[serde(flatten)]
+    record: &'a ApiKeyRecord,
+}
+
+fn status(record: &ApiKeyRecord, now: OffsetDateTime) -> &'static str {
+    if record.revoked_at.is_some_and(|at| at <= now) {
+        "revoked"
+    } else if record.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn shown(at: Option<OffsetDateTime>) -> String {
+    at.and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// Runs a `keys` command.
+pub async fn run(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    args: &KeysArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let keys: Store<ApiKeyKey, ApiKeyRecord> =
+        Store::new(resources::bucket(js, topology, BucketName::ApiKeys).await?);
+    let now = OffsetDateTime::now_utc();
+    match &args.command {
+        KeysCommand::Create(args) => {
+            let tenants: Store<TenantKey, TenantRecord> =
+                Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);
+            let key = TenantKey {
+                tenant: args.tenant.clone(),
+            };
+            if tenants.get(&key).await?.is_none() {
+                anyhow::bail!(
+                    "tenant {} is not registered: run `switchyard tenants enable {}` first",
+                    args.tenant,
+                    args.tenant
+                );
+            }
+            let expires_at = args
+                .expires_in_days
+                .map(|days| now + time::Duration::days(i64::from(days)));
+            let issued = api_key::issue(args.tenant.clone(), expires_at, args.label.clone(), now)
+                .context("issuing a key")?;
+            keys.put(&issued.id, &issued.record).await?;
+            if out.is_json() {
+                out.json(&serde_json::json!({
+                    "id": issued.id.id,
+                    "tenant": args.tenant,
+                    "key": issued.token,
+                    "expires_at": shown(expires_at),
+                }))?;
+            } else {
+                println!("{}", issued.token);
+                eprintln!(
+                    "key {} for tenant {} (expires: {}); shown once: store it now",
+                    issued.id.id,
+                    args.tenant,
+                    shown(expires_at)
+                );
+            }
+        }
+        KeysCommand::Ls(args) => {
+            let mut rows: Vec<(String, ApiKeyRecord)> = keys
+                .list(">")
+                .await?
+                .into_iter()
+                .filter_map(|(key, record)| Some((key.id, record.ok()?)))
+                .filter(|(_, record)| record.tenant == args.tenant)
+                .collect();
+            rows.sort_by_key(|(_, record)| record.created_at);
+            if out.is_json() {
+                let views: Vec<KeyView> = rows
+                    .iter()
+                    .map(|(id, record)| KeyView {
+                        id,
+                        status: status(record, now),
+                        record,
+                    })
+                    .collect();
+                out.json(&views)?;
+            } else if rows.is_empty() {
+                println!("tenant {} has no API keys", args.tenant);
+            } else {
+                let mut table = Table::new(["ID", "STATUS", "LABEL", "CREATED", "EXPIRES"]);
+                for (id, record) in &rows {
+                    table.row([
+                        id.clone(),
+                        status(record, now).to_owned(),
+                        record.label.clone().unwrap_or_else(|| "-".to_owned()),
+                        shown(Some(record.created_at)),
+                        shown(record.expires_at),
+                    ]);
+                }
+                print!("{}", table.render());
+            }
+        }
+        KeysCommand::Revoke(args) => {
+            let id = ApiKeyKey::new(args.id.clone()).context("key id")?;
+            let Some(mut record) = keys.get(&id).await? else {
+                anyhow::bail!("tenant {} has no key {}", args.tenant, args.id);
+            };
+            if record.tenant != args.tenant {
+                anyhow::bail!("tenant {} has no key {}", args.tenant, args.id);
+            }
+            if record.revoked_at.is_none() {
+                record.revoked_at = Some(now);
+                keys.put(&id, &record).await?;
+            }
+            if out.is_json() {
+                out.json(&KeyView {
+                    id: &id.id,
+                    status: status(&record, now),
+                    record: &record,
+                })?;
+            } else {
+                println!("key {} of tenant {} revoked", id.id, args.tenant);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
