@@ -54,9 +54,14 @@ pub struct EgressSettings {
     pub breaker_open_secs: u64,
     /// The longest open period, in seconds (default 300).
     pub breaker_max_open_secs: u64,
-    /// How long a message may wait for a free per-route slot before it is rescheduled,
-    /// in milliseconds (default 200).
+    /// How long a message may wait for a free per-route (or per-tenant) slot before it is
+    /// rescheduled, in milliseconds (default 200).
     pub route_wait_ms: u64,
+    /// Most deliveries one tenant may have in flight at once, across all its routes (default
+    /// 16, a quarter of the default `concurrency`): a tenant whose sinks are slow, even when
+    /// they succeed, holds at most this many slots, and the rest of `concurrency` stays free
+    /// for the other tenants. At least 1; above `concurrency` it limits nothing.
+    pub tenant_max_in_flight: usize,
     /// Publish a delivery receipt after each delivery (default true).
     pub receipts: bool,
 }
@@ -80,6 +85,9 @@ impl EgressSettings {
         }
         if self.max_attempts == 0 {
             return fail("max_attempts", "must be at least 1");
+        }
+        if self.tenant_max_in_flight == 0 {
+            return fail("tenant_max_in_flight", "must be at least 1");
         }
         if self.backoff_secs.is_empty() {
             return fail("backoff_secs", "must list at least one delay");
@@ -149,6 +157,7 @@ mod tests {
             assert_eq!(e.breaker_open_secs, 30);
             assert_eq!(e.breaker_max_open_secs, 300);
             assert_eq!(e.route_wait_ms, 200);
+            assert_eq!(e.tenant_max_in_flight, 16);
             assert!(e.receipts);
             assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
             Ok(())

@@ -64,6 +64,8 @@ pub struct EgressHandler {
     pub breakers: Breakers,
     /// Per-route in-flight limits.
     pub limiter: Limiter,
+    /// Per-tenant in-flight limits (`tenant_max_in_flight`), across a tenant's routes.
+    pub tenant_limiter: Limiter,
     /// The retry schedule.
     pub backoff: Backoff,
     /// The `[egress]` settings.
@@ -122,6 +124,20 @@ impl EgressHandler {
             return self.hold(msg, &envelope, until).await;
         }
         let wait = self.settings.route_wait();
+        // A tenant's share of the slots first: a tenant with slow sinks waits for its own
+        // slots, never for the others'.
+        let Some(tenant_slot) = self
+            .tenant_limiter
+            .acquire(
+                envelope.address.tenant.as_str(),
+                self.settings.tenant_max_in_flight,
+                wait,
+            )
+            .await
+        else {
+            let wait = jitter(BUSY_DELAY, random_unit());
+            return self.defer(msg, &envelope, wait, "tenant_busy").await;
+        };
         let Some(slot) = self
             .limiter
             .acquire(&resolved.id, resolved.route.max_in_flight(), wait)
@@ -134,6 +150,7 @@ impl EgressHandler {
         // opened while this message waited is respected.
         if let Admission::Wait { until } = self.breakers.admit(&resolved.id, Instant::now()) {
             drop(slot);
+            drop(tenant_slot);
             return self.hold(msg, &envelope, until).await;
         }
 
@@ -162,6 +179,7 @@ impl EgressHandler {
         self.breaker_changed(change, &tenant, &resolved.id);
         // Released only now: the next message on this route sees the breaker's new state.
         drop(slot);
+        drop(tenant_slot);
 
         let attempt = envelope.attempt.delivery.saturating_add(1);
         if classified.is_delivered() {

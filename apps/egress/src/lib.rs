@@ -124,6 +124,7 @@ pub async fn start(
             max_open: Duration::from_secs(settings.breaker_max_open_secs),
         }),
         limiter: Limiter::new(),
+        tenant_limiter: Limiter::new(),
         backoff: Backoff::new(
             &settings.backoff_secs,
             Duration::from_secs(settings.max_retry_after_secs),

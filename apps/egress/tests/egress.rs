@@ -334,6 +334,68 @@ async fn a_failing_route_does_not_hold_up_other_routes() {
 }
 
 #[tokio::test]
+async fn a_tenant_with_slow_sinks_holds_only_its_share_of_the_slots() {
+    let sink = Sink::start().await;
+    // A slow but successful sink: each request answers 200 after 10 s.
+    sink.script(
+        "/slow",
+        vec![],
+        Reply::status(200).hang(Duration::from_secs(10)),
+    );
+    let mut h = Harness::new().await;
+    let mut slow = webhook(&sink, "/slow");
+    if let Route::Webhook(w) = &mut slow {
+        w.timeout_ms = 15_000;
+        w.max_in_flight = 64;
+    }
+    h.put_route("acme.ops.slack", &slow).await;
+    h.put_route("globex.ops.slack", &webhook(&sink, "/ok"))
+        .await;
+    h.start(|c| {
+        c.egress.concurrency = 16;
+        c.egress.tenant_max_in_flight = 4;
+        c.egress.route_wait_ms = 50;
+    })
+    .await;
+
+    // Far more of the slow tenant's messages than slots, all ahead of the quiet tenant's.
+    for _ in 0..40 {
+        h.publish(
+            &address("acme", "ops", "slack"),
+            Bytes::from_static(b"slow"),
+            None,
+        )
+        .await;
+    }
+    wait_for("the slow tenant's first requests", LONG, || async {
+        (sink.count("/slow") >= 4).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        h.publish(
+            &address("globex", "ops", "slack"),
+            Bytes::from_static(b"quiet"),
+            None,
+        )
+        .await;
+    }
+    // The quiet tenant is delivered while every slow request still hangs.
+    let started = std::time::Instant::now();
+    wait_for("the quiet tenant's deliveries", LONG, || async {
+        (sink.count("/ok") == 5).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the quiet tenant waited for the slow one: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(sink.max_in_flight("/slow"), 4, "the slow tenant's share");
+    assert!(h.dlq().await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn messages_without_a_usable_route_or_envelope_are_dead_lettered_with_their_code() {
     let mut h = Harness::new().await;
     h.put_raw_route(
