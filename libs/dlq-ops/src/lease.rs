@@ -2,10 +2,11 @@
 //! stats processor), and until when its claim holds.
 //!
 //! A [`Lease`] is stored inside the record it guards and changes only with that record, by a
-//! compare-and-set on the key's revision ([`crate::records`]): of several instances writing
-//! at once exactly one wins, and a writer holding an old revision must re-read. A
-//! [`Leaseholder`] is one instance's side of it: its id, how long a claim lasts, and the rules
-//! for taking, renewing and checking a claim, the same for every record that holds a lease.
+//! compare-and-set on the key's revision ([`switchyard_registry::Store::update`]): of several
+//! instances writing at once exactly one wins, and a writer holding an old revision must
+//! re-read. A [`Leaseholder`] is one instance's side of it: its id, how long a claim lasts, and
+//! the rules for taking, renewing and checking a claim, the same for every record that holds a
+//! lease.
 
 use std::time::Duration;
 

@@ -15,8 +15,9 @@ use switchyard_keys::kv::DlqStatsKey;
 use switchyard_keys::{KvKey, Stage, TenantId};
 use time::OffsetDateTime;
 
+use switchyard_registry::{Store, StoreError, Written};
+
 use crate::Lease;
-use crate::records::{Records, StoreError, Written};
 
 /// One (tenant, stage, code) counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,24 +89,28 @@ pub struct StatsState {
     pub lease: Option<Lease>,
 }
 
-/// The `dlq-stats` bucket.
+/// The `dlq-stats` bucket: counters and the processor state, two record types under one key
+/// schema.
 #[derive(Clone)]
 pub struct StatsStore {
-    /// The records.
-    records: Records,
+    /// The counters ([`DlqStatsKey::Counter`]).
+    counters: Store<DlqStatsKey, StatsRecord>,
+    /// The processor state ([`DlqStatsKey::State`]).
+    state: Store<DlqStatsKey, StatsState>,
 }
 
 impl StatsStore {
     /// Wraps the bucket.
     pub fn new(kv: kv::Store) -> Self {
         Self {
-            records: Records::new(kv),
+            counters: Store::new(kv.clone()),
+            state: Store::new(kv),
         }
     }
 
     /// The processor state and its revision (`None`: nothing counted yet).
     pub async fn state(&self) -> Result<Option<(StatsState, u64)>, StoreError> {
-        self.records.get(DlqStatsKey::STATE).await
+        self.state.entry(&DlqStatsKey::State).await
     }
 
     /// Writes the processor state if its revision is still `revision` (`None`: create it).
@@ -114,9 +119,7 @@ impl StatsStore {
         state: &StatsState,
         revision: Option<u64>,
     ) -> Result<Written, StoreError> {
-        self.records
-            .write(DlqStatsKey::STATE, state, revision)
-            .await
+        self.state.write(&DlqStatsKey::State, state, revision).await
     }
 
     /// Adds `entries` (ascending `(seq, stored at)`) to the counter `template` names, above
@@ -126,9 +129,9 @@ impl StatsStore {
         template: &StatsRecord,
         entries: &[(u64, OffsetDateTime)],
     ) -> Result<u64, StoreError> {
-        let key = template.key().render();
+        let key = template.key();
         loop {
-            let (mut record, revision) = match self.records.get::<StatsRecord>(&key).await? {
+            let (mut record, revision) = match self.counters.entry(&key).await? {
                 Some((record, revision)) => (record, Some(revision)),
                 None => (
                     StatsRecord {
@@ -143,7 +146,7 @@ impl StatsStore {
             if added == 0 {
                 return Ok(0);
             }
-            if let Written::Stored(_) = self.records.write(&key, &record, revision).await? {
+            if let Written::Stored(_) = self.counters.write(&key, &record, revision).await? {
                 return Ok(added);
             }
         }
@@ -155,21 +158,16 @@ impl StatsStore {
         &self,
         filter: &str,
     ) -> Result<Vec<Result<StatsRecord, StoreError>>, StoreError> {
-        let mut keys = self.records.keys().await?;
-        keys.retain(|k| {
-            matches!(DlqStatsKey::parse(k), Ok(DlqStatsKey::Counter { .. }))
-                && key_matches(filter, k)
-        });
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.records.get::<StatsRecord>(&key).await {
-                Ok(Some((record, _))) => out.push(Ok(record)),
-                Ok(None) => {}
-                Err(e @ StoreError::Invalid { .. }) => out.push(Err(e)),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        let entries = self
+            .counters
+            .entries(|key| {
+                matches!(key, DlqStatsKey::Counter { .. }) && key_matches(filter, &key.render())
+            })
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(_, found)| found.map(|(record, _)| record))
+            .collect())
     }
 }
 

@@ -4,7 +4,8 @@
 //!   or a NATS subject; JSON in the `routes` bucket under [`switchyard_keys::RouteKey`].
 //! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
 //!   under [`switchyard_keys::TenantKey`].
-//! - [`store`]: typed get/put/list/delete over a KV bucket for either record.
+//! - [`store`]: [`Store`], typed get/put/list/delete over a KV bucket, with revision-aware
+//!   reads and compare-and-set writes ([`Written`]); [`StoreError`] for every KV record.
 //! - [`limits`]: rate limits, token state and admission state in the `rate-limits` bucket.
 //! - [`cache`]: [`KvCache`], an in-memory copy of a bucket kept fresh by a KV watch.
 //! - [`api_key`]: [`ApiKeyRecord`] — a tenant's API key for the producer HTTP API, stored
@@ -21,5 +22,5 @@ pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
 pub use cache::KvCache;
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, Written};
 pub use tenant::TenantRecord;

@@ -1,12 +1,15 @@
-//! Typed access to a KV bucket of JSON records keyed by a [`KvKey`] schema.
+//! Typed access to a KV bucket of JSON records keyed by a [`KvKey`] schema: plain reads and
+//! writes for configuration records, and revision-aware reads with compare-and-set writes for
+//! records that several writers change (replay jobs, DLQ counters, leases).
 
 use std::marker::PhantomData;
 
-use async_nats::jetstream::{consumer, kv};
-use futures::StreamExt;
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchyard_keys::KvKey;
+use switchyard_keys::{KeyError, KvKey};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,11 +17,12 @@ pub enum StoreError {
     /// The KV request failed.
     #[error("kv {action} failed for key {key:?}")]
     Kv {
-        /// `get`, `put`, `delete` or `list`.
+        /// `get`, `put`, `create`, `update`, `delete`, `list` or `keys`.
         action: &'static str,
         /// The key (or filter).
         key: String,
-        /// The client's error, with its kind.
+        /// The client's error (an `async_nats` error carrying its kind, e.g.
+        /// [`kv::UpdateError`]).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -31,12 +35,54 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// An id given by a caller does not make a key of the bucket's schema.
+    #[error("invalid {what}")]
+    InvalidKey {
+        /// What the id names (`job id`).
+        what: &'static str,
+        /// Why it is not a valid key.
+        #[source]
+        source: KeyError,
+    },
+    /// A record with this key already exists (for callers to whom [`Written::Conflict`] on
+    /// [`Store::create`] is an error).
+    #[error("{key:?} already exists")]
+    Exists {
+        /// The key.
+        key: String,
+    },
 }
 
-/// Records of type `R` under keys of schema `K` in one bucket.
+impl StoreError {
+    fn kv(
+        action: &'static str,
+        key: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Kv {
+            action,
+            key: key.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The result of a compare-and-set write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Stored; the key's new revision.
+    Stored(u64),
+    /// Someone else wrote the key since the revision we held (or created it first).
+    Conflict,
+}
+
+/// Records of type `R` under keys of schema `K` in one bucket. A bucket holding several record
+/// types (the rate limits, the DLQ counters and their processor state) is opened once per type.
 #[derive(Clone)]
 pub struct Store<K, R> {
+    /// The bucket.
     kv: kv::Store,
+    /// The key schema and record type.
     _types: PhantomData<fn() -> (K, R)>,
 }
 
@@ -54,49 +100,140 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
         &self.kv
     }
 
-    /// Reads a record; `None` when the key does not exist (or was deleted).
-    pub async fn get(&self, key: &K) -> Result<Option<R>, StoreError> {
-        let rendered = key.render();
-        let value = self.kv.get(&rendered).await.map_err(|e| StoreError::Kv {
-            action: "get",
-            key: rendered.clone(),
-            source: Box::new(e),
-        })?;
-        value
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Invalid {
-                    key: rendered.clone(),
-                    source,
-                })
+    fn encode(key: &str, record: &R) -> Result<bytes::Bytes, StoreError> {
+        serde_json::to_vec(record)
+            .map(Into::into)
+            .map_err(|source| StoreError::Invalid {
+                key: key.to_owned(),
+                source,
             })
-            .transpose()
     }
 
-    /// Writes a record; returns the new revision.
+    /// Reads a record; `None` when the key does not exist (or was deleted).
+    pub async fn get(&self, key: &K) -> Result<Option<R>, StoreError> {
+        Ok(self.entry(key).await?.map(|(record, _)| record))
+    }
+
+    /// Reads a record and its revision (what [`Store::update`] compares against); `None` when
+    /// the key does not exist (or was deleted).
+    pub async fn entry(&self, key: &K) -> Result<Option<(R, u64)>, StoreError> {
+        let rendered = key.render();
+        let entry = self
+            .kv
+            .entry(rendered.as_str())
+            .await
+            .map_err(|e| StoreError::kv("get", &rendered, e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let record =
+            serde_json::from_slice(&entry.value).map_err(|source| StoreError::Invalid {
+                key: rendered,
+                source,
+            })?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Writes a record whatever is stored; returns the new revision.
     pub async fn put(&self, key: &K, record: &R) -> Result<u64, StoreError> {
         let rendered = key.render();
-        let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Invalid {
-            key: rendered.clone(),
-            source,
-        })?;
+        let bytes = Self::encode(&rendered, record)?;
         self.kv
-            .put(&rendered, bytes.into())
+            .put(rendered.as_str(), bytes)
             .await
-            .map_err(|e| StoreError::Kv {
-                action: "put",
-                key: rendered,
-                source: Box::new(e),
-            })
+            .map_err(|e| StoreError::kv("put", &rendered, e))
+    }
+
+    /// Stores a new record; [`Written::Conflict`] when the key exists.
+    pub async fn create(&self, key: &K, record: &R) -> Result<Written, StoreError> {
+        let rendered = key.render();
+        match self
+            .kv
+            .create(rendered.as_str(), Self::encode(&rendered, record)?)
+            .await
+        {
+            Ok(revision) => Ok(Written::Stored(revision)),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Written::Conflict),
+            Err(e) => Err(StoreError::kv("create", &rendered, e)),
+        }
+    }
+
+    /// Replaces a record if its revision is still `revision`; [`Written::Conflict`] when
+    /// someone wrote it since.
+    pub async fn update(&self, key: &K, record: &R, revision: u64) -> Result<Written, StoreError> {
+        let rendered = key.render();
+        match self
+            .kv
+            .update(
+                rendered.as_str(),
+                Self::encode(&rendered, record)?,
+                revision,
+            )
+            .await
+        {
+            Ok(revision) => Ok(Written::Stored(revision)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Written::Conflict),
+            Err(e) => Err(StoreError::kv("update", &rendered, e)),
+        }
+    }
+
+    /// Replaces a record held at `revision` ([`Store::update`]), or creates it (`None`,
+    /// [`Store::create`]).
+    pub async fn write(
+        &self,
+        key: &K,
+        record: &R,
+        revision: Option<u64>,
+    ) -> Result<Written, StoreError> {
+        match revision {
+            Some(revision) => self.update(key, record, revision).await,
+            None => self.create(key, record).await,
+        }
     }
 
     /// Deletes a record (a delete marker; history keeps the old value).
     pub async fn delete(&self, key: &K) -> Result<(), StoreError> {
         let rendered = key.render();
-        self.kv.delete(&rendered).await.map_err(|e| StoreError::Kv {
-            action: "delete",
-            key: rendered,
-            source: Box::new(e),
-        })
+        self.kv
+            .delete(rendered.as_str())
+            .await
+            .map_err(|e| StoreError::kv("delete", &rendered, e))
+    }
+
+    /// Every live key of the schema in the bucket, sorted; keys of other schemas are skipped.
+    /// Reads no values ([`Store::entries`] reads them with their revisions).
+    pub async fn keys(&self) -> Result<Vec<K>, StoreError> {
+        let mut keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| StoreError::kv("keys", ">", e))?
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::kv("keys", ">", e))?;
+        keys.sort();
+        Ok(keys.iter().filter_map(|key| K::parse(key).ok()).collect())
+    }
+
+    /// Every live record whose key is `wanted`, with its revision, sorted by key: the keys are
+    /// listed first ([`Store::keys`]), then each record is read ([`Store::entry`]), so every
+    /// revision is one a compare-and-set can be made against. A value that does not decode
+    /// comes back as an error in place, so one bad record hides no others; a key deleted in
+    /// between is skipped.
+    pub async fn entries(
+        &self,
+        wanted: impl Fn(&K) -> bool,
+    ) -> Result<Vec<(K, Result<(R, u64), StoreError>)>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.keys().await?.into_iter().filter(|key| wanted(key)) {
+            match self.entry(&key).await {
+                Ok(Some(found)) => out.push((key, Ok(found))),
+                Ok(None) => {}
+                Err(e @ StoreError::Invalid { .. }) => out.push((key, Err(e))),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Every live record whose key matches `filter` (e.g. a tenant filter, or `>`), sorted by
@@ -104,11 +241,6 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
     /// hide the others. Reads the latest revision per key through an ordered consumer and
     /// stops when it has caught up (at once when nothing matches).
     pub async fn list(&self, filter: &str) -> Result<Vec<(K, Result<R, StoreError>)>, StoreError> {
-        let list_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Kv {
-            action: "list",
-            key: filter.to_owned(),
-            source: e,
-        };
         let consumer = self
             .kv
             .stream
@@ -119,15 +251,18 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
                 ..Default::default()
             })
             .await
-            .map_err(|e| list_err(e.into()))?;
+            .map_err(|e| StoreError::kv("list", filter, e))?;
         let mut pending = consumer.cached_info().num_pending;
-        let mut messages = consumer.messages().await.map_err(|e| list_err(e.into()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| StoreError::kv("list", filter, e))?;
         let mut out = Vec::new();
         while pending > 0 {
             let Some(message) = messages.next().await else {
                 break;
             };
-            let message = message.map_err(|e| list_err(e.into()))?;
+            let message = message.map_err(|e| StoreError::kv("list", filter, e))?;
             pending = message.info().map(|i| i.pending).unwrap_or(0);
             let deleted = message
                 .headers
