@@ -1,5 +1,7 @@
 //! The backpressure service's configuration: built-in defaults (`config/defaults.toml`) →
-//! file → `SWITCHYARD_BACKPRESSURE_*` environment.
+//! file → `SWITCHYARD_BACKPRESSURE_*` environment, validated at start-up against the resolved
+//! topology ([`BackpressureSettings::validate`]): a value that would stall, overflow or panic a
+//! tenant loop is refused with the key and the fix, before anything runs.
 
 use std::path::PathBuf;
 
@@ -8,7 +10,7 @@ use switchyard_registry::LimitRecord;
 use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
-use switchyard_topology::DeploymentConfig;
+use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology};
 
 /// The built-in defaults, every key documented.
 pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
@@ -57,7 +59,128 @@ pub struct BackpressureSettings {
     pub max_batch: usize,
 }
 
+/// A setting that loaded but cannot work: `invalid setting backpressure.<key>: <reason and fix>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting backpressure.{key}: {reason}")]
+pub struct InvalidSetting {
+    /// The key under `[backpressure]`.
+    pub key: &'static str,
+    /// What is wrong with it, and what to set instead.
+    pub reason: String,
+}
+
+/// The shortest lease, in seconds (a shorter one only multiplies KV writes).
+pub const MIN_LEASE_SECS: f64 = 0.01;
+
 impl BackpressureSettings {
+    /// Checks every value against its range and the resolved topology (the per-tenant
+    /// `backpressure-{tenant}` consumer's `ack_wait` and `max_ack_pending`); the first problem
+    /// is returned.
+    pub fn validate(&self, topology: &ResolvedTopology) -> Result<(), InvalidSetting> {
+        let fail = |key, reason: String| Err(InvalidSetting { key, reason });
+        let Some(consumer) = topology
+            .tenant_consumers
+            .iter()
+            .find(|c| c.name == ConsumerName::BackpressureTenant)
+        else {
+            return fail(
+                "next_stage",
+                "the topology declares no backpressure-{tenant} consumer".to_owned(),
+            );
+        };
+        let ack_wait = consumer.config.ack_wait.as_secs_f64();
+        let max_ack_pending = usize::try_from(consumer.config.max_ack_pending).unwrap_or(0);
+        if self.next_stage != InputStage::Egress {
+            return fail(
+                "next_stage",
+                format!(
+                    "{:?} is not after backpressure (it would feed itself or an earlier stage); \
+                     set it to \"egress\"",
+                    self.next_stage
+                ),
+            );
+        }
+        if let Err(reason) = self.built_in_limit().validate() {
+            let key = if reason.starts_with("burst") {
+                "default_burst"
+            } else {
+                "default_rate_per_sec"
+            };
+            return fail(key, format!("{reason}; the default is 1000"));
+        }
+        // One slot per 1/rate: a message fetched for a slower rate would outwait its ack_wait
+        // and be redelivered (and finally dead-lettered) while it waits for its slot.
+        let min_rate = 1.0 / ack_wait.max(f64::MIN_POSITIVE);
+        if self.default_rate_per_sec < min_rate {
+            return fail(
+                "default_rate_per_sec",
+                format!(
+                    "{} per second spaces slots further apart than the backpressure-{{tenant}} \
+                     consumer's ack_wait ({ack_wait} s); set at least {min_rate:.4}",
+                    self.default_rate_per_sec
+                ),
+            );
+        }
+        if self.default_backlog_high == 0 {
+            return fail(
+                "default_backlog_high",
+                "0 keeps every tenant's admission closed; set at least 1 (default 100000)"
+                    .to_owned(),
+            );
+        }
+        // Fetched messages wait up to one lease for their slots: well inside ack_wait.
+        let max_lease = ack_wait / 2.0;
+        if !(self.lease_secs.is_finite()
+            && self.lease_secs >= MIN_LEASE_SECS
+            && self.lease_secs <= max_lease)
+        {
+            return fail(
+                "lease_secs",
+                format!(
+                    "{} is not a number of seconds in [{MIN_LEASE_SECS}, {max_lease}] (half the \
+                     backpressure-{{tenant}} consumer's ack_wait); the default is 0.5",
+                    self.lease_secs
+                ),
+            );
+        }
+        if self.scan_interval_ms == 0 || self.scan_interval_ms > 60_000 {
+            return fail(
+                "scan_interval_ms",
+                format!(
+                    "{} is outside [1, 60000] (0 spins; longer delays admission and new \
+                     tenants); the default is 500",
+                    self.scan_interval_ms
+                ),
+            );
+        }
+        if self.heartbeat_secs == 0 || self.heartbeat_secs > 3600 {
+            return fail(
+                "heartbeat_secs",
+                format!(
+                    "{} is outside [1, 3600]; the default is 5",
+                    self.heartbeat_secs
+                ),
+            );
+        }
+        if self.tenant_idle_secs == 0 {
+            return fail(
+                "tenant_idle_secs",
+                "0 stops a tenant loop before it fetches; set at least 1 (default 60)".to_owned(),
+            );
+        }
+        if self.max_batch == 0 || self.max_batch > max_ack_pending {
+            return fail(
+                "max_batch",
+                format!(
+                    "{} is outside [1, {max_ack_pending}] (the backpressure-{{tenant}} \
+                     consumer's max_ack_pending); the default is 1000",
+                    self.max_batch
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The limit applied when KV holds neither the tenant's nor a `_default` one.
     pub fn built_in_limit(&self) -> LimitRecord {
         LimitRecord {
@@ -79,6 +202,13 @@ impl BackpressureConfig {
         )
     }
 
+    /// Checks every setting against the topology this configuration resolves to.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let topology = self.deployment.resolve()?;
+        self.backpressure.validate(&topology)?;
+        Ok(())
+    }
+
     /// The defaults alone.
     pub fn defaults() -> Result<Self, ConfigError> {
         switchyard_runtime::load(&ConfigSource::new(
@@ -89,8 +219,17 @@ impl BackpressureConfig {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment's own (large) error type"
+)]
 mod tests {
+    use figment::Jail;
+
     use super::*;
+
+    /// One change to the default settings.
+    type Change = Box<dyn FnOnce(&mut BackpressureSettings)>;
 
     #[test]
     fn defaults_match_the_docs() {
@@ -98,5 +237,89 @@ mod tests {
         assert_eq!(config.backpressure.next_stage, InputStage::Egress);
         assert_eq!(config.backpressure.lease_secs, 0.5);
         assert!(config.backpressure.built_in_limit().validate().is_ok());
+        config.validate().unwrap();
+    }
+
+    /// The message `settings` is refused with, after `change`.
+    fn refusal(change: impl FnOnce(&mut BackpressureSettings)) -> String {
+        let config = BackpressureConfig::defaults().unwrap();
+        let topology = config.deployment.resolve().unwrap();
+        let mut settings = config.backpressure;
+        change(&mut settings);
+        settings.validate(&topology).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_setting_that_would_stall_or_panic_a_tenant_loop_is_refused_by_name() {
+        let cases: Vec<(&str, Change)> = vec![
+            ("max_batch", Box::new(|s| s.max_batch = 0)),
+            ("max_batch", Box::new(|s| s.max_batch = 10_001)),
+            ("lease_secs", Box::new(|s| s.lease_secs = -1.0)),
+            ("lease_secs", Box::new(|s| s.lease_secs = f64::NAN)),
+            ("lease_secs", Box::new(|s| s.lease_secs = f64::INFINITY)),
+            ("lease_secs", Box::new(|s| s.lease_secs = 0.0)),
+            ("lease_secs", Box::new(|s| s.lease_secs = 16.0)),
+            (
+                "default_rate_per_sec",
+                Box::new(|s| s.default_rate_per_sec = 0.0),
+            ),
+            (
+                "default_rate_per_sec",
+                Box::new(|s| s.default_rate_per_sec = -5.0),
+            ),
+            (
+                "default_rate_per_sec",
+                Box::new(|s| s.default_rate_per_sec = f64::NAN),
+            ),
+            (
+                "default_rate_per_sec",
+                Box::new(|s| s.default_rate_per_sec = 1e-300),
+            ),
+            (
+                "default_rate_per_sec",
+                Box::new(|s| s.default_rate_per_sec = 1e12),
+            ),
+            ("default_burst", Box::new(|s| s.default_burst = 0)),
+            (
+                "default_backlog_high",
+                Box::new(|s| s.default_backlog_high = 0),
+            ),
+            ("scan_interval_ms", Box::new(|s| s.scan_interval_ms = 0)),
+            ("heartbeat_secs", Box::new(|s| s.heartbeat_secs = 0)),
+            ("tenant_idle_secs", Box::new(|s| s.tenant_idle_secs = 0)),
+            (
+                "next_stage",
+                Box::new(|s| s.next_stage = InputStage::Backpressure),
+            ),
+        ];
+        for (key, change) in cases {
+            let message = refusal(change);
+            assert!(
+                message.starts_with(&format!("invalid setting backpressure.{key}: ")),
+                "{key}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_value_from_a_file_or_the_environment_is_refused_at_validation() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bp.toml", "[backpressure]\nmax_batch = 0\n")?;
+            let config = BackpressureConfig::load(Some("bp.toml".into())).unwrap();
+            let err = config.validate().unwrap_err();
+            assert!(
+                format!("{err:#}").contains("invalid setting backpressure.max_batch"),
+                "{err:#}"
+            );
+            jail.set_env("SWITCHYARD_BACKPRESSURE_BACKPRESSURE__MAX_BATCH", "10");
+            jail.set_env("SWITCHYARD_BACKPRESSURE_BACKPRESSURE__LEASE_SECS", "-0.5");
+            let config = BackpressureConfig::load(Some("bp.toml".into())).unwrap();
+            let err = config.validate().unwrap_err();
+            assert!(
+                format!("{err:#}").contains("invalid setting backpressure.lease_secs"),
+                "{err:#}"
+            );
+            Ok(())
+        });
     }
 }

@@ -11,6 +11,11 @@
 //! moving with time, so nothing is lost for longer than the lease (≤ `lease_secs` of rate),
 //! and the limit is never exceeded because of it. While KV is unreachable a replica leases
 //! from a local record at `rate / N` (N = live replicas last seen) and says so.
+//!
+//! The arithmetic never overflows: every step saturates (a rate of 0, NaN or a vanishing rate
+//! gives the latest representable slot, never a panic), and a persisted `tat_ms` that is
+//! unreadable or impossibly far ahead ([`sane_tat`]) is reset with a warning instead of being
+//! trusted. Start-up validation refuses the settings that could reach those extremes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,18 +38,59 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// When slot `i` may be used (ms since the epoch).
+    /// When slot `i` may be used (ms since the epoch; saturates at the representable ends).
     pub fn slot(&self, i: u32) -> i64 {
-        self.start_ms + (f64::from(i) * self.spacing_ms) as i64
+        self.start_ms
+            .saturating_add(ms_of(f64::from(i) * self.spacing_ms, f64::floor))
     }
 }
 
-/// GCRA: the lease for `count` slots given the current `tat`, and the new `tat`.
+/// How far ahead of now a persisted `tat_ms` may be before it counts as impossible: an hour,
+/// or 1,000 slots at the current rate when that is longer. Real records run ahead of now by at
+/// most the leases taken and not yet used (replicas × `lease_secs`, seconds at most).
+pub const TAT_HORIZON_MS: i64 = 3_600_000;
+
+/// Milliseconds between slots at `rate` per second: `1000 / rate`, or `f64::INFINITY` for a
+/// rate that is not a positive finite number (never NaN, never negative).
+fn spacing_ms(rate_per_sec: f64) -> f64 {
+    if rate_per_sec.is_finite() && rate_per_sec > 0.0 {
+        1000.0 / rate_per_sec
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// `ms` rounded by `round` as whole milliseconds, saturating (NaN counts as 0; `as` saturates).
+fn ms_of(ms: f64, round: fn(f64) -> f64) -> i64 {
+    round(ms) as i64
+}
+
+/// The `tat_ms` to lease from, given the persisted one: itself when plausible, else `now_ms`
+/// (no extra burst is granted from a record that cannot be trusted) and a reason to log.
+/// Impossible: further ahead of `now_ms` than [`TAT_HORIZON_MS`] (or 1,000 slots at `limit`'s
+/// rate, whichever is longer). A `tat_ms` in the past is always fine (GCRA clamps it).
+pub fn sane_tat(tat_ms: i64, now_ms: i64, limit: &LimitRecord) -> Result<i64, String> {
+    let horizon = TAT_HORIZON_MS.max(ms_of(1000.0 * spacing_ms(limit.rate_per_sec), f64::ceil));
+    if tat_ms.saturating_sub(now_ms) > horizon {
+        return Err(format!(
+            "tat_ms {tat_ms} is {} ms ahead of now (more than the {horizon} ms any lease can \
+             reach)",
+            tat_ms.saturating_sub(now_ms)
+        ));
+    }
+    Ok(tat_ms)
+}
+
+/// GCRA: the lease for `count` slots given the current `tat`, and the new `tat`. Saturating
+/// throughout: no input (extreme times, a zero, NaN or vanishing rate, any burst) panics.
 pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease, i64) {
-    let spacing_ms = 1000.0 / limit.rate_per_sec;
-    let tolerance = (f64::from(limit.burst.saturating_sub(1)) * spacing_ms) as i64;
-    let start_ms = tat_ms.max(now_ms - tolerance);
-    let new_tat = start_ms + (f64::from(count) * spacing_ms).ceil() as i64;
+    let spacing_ms = spacing_ms(limit.rate_per_sec);
+    let tolerance = ms_of(
+        f64::from(limit.burst.saturating_sub(1)) * spacing_ms,
+        f64::floor,
+    );
+    let start_ms = tat_ms.max(now_ms.saturating_sub(tolerance));
+    let new_tat = start_ms.saturating_add(ms_of(f64::from(count) * spacing_ms, f64::ceil));
     (
         Lease {
             start_ms,
@@ -144,8 +190,14 @@ impl Leaser {
             let entry = self.kv.entry(&key).await.map_err(|e| e.to_string())?;
             let (tat, revision) = match &entry {
                 Some(e) if e.operation == kv::Operation::Put => {
-                    let state: TokenState = serde_json::from_slice(&e.value).unwrap_or_default();
-                    (state.tat_ms, e.revision)
+                    let tat = serde_json::from_slice::<TokenState>(&e.value)
+                        .map_err(|error| format!("unreadable token state: {error}"))
+                        .and_then(|state| sane_tat(state.tat_ms, now_ms, limit))
+                        .unwrap_or_else(|problem| {
+                            tracing::warn!(%tenant, %key, %problem, "token state reset to now");
+                            now_ms
+                        });
+                    (tat, e.revision)
                 }
                 Some(e) => (0, e.revision),
                 None => (0, 0),
@@ -230,5 +282,61 @@ mod tests {
         assert_eq!(slots.len(), 2000);
         assert!(slots.windows(2).all(|w| w[1] >= w[0]));
         assert!(slots.last().unwrap() - slots[0] >= 9_990);
+    }
+
+    #[test]
+    fn extreme_rates_bursts_and_times_neither_overflow_nor_panic() {
+        let rates = [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+            1e-300,
+            1e-9,
+            1.0,
+            1_000_000.0,
+            f64::MAX,
+        ];
+        let bursts = [0, 1, 1000, u32::MAX];
+        let times = [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX];
+        let counts = [0, 1, u32::MAX];
+        for rate in rates {
+            for burst in bursts {
+                let l = limit(rate, burst);
+                for tat in times {
+                    for now in times {
+                        for count in counts {
+                            let (lease, new_tat) = gcra(tat, now, &l, count);
+                            assert!(new_tat >= lease.start_ms, "{rate} {burst} {tat} {now}");
+                            assert!(lease.slot(count) >= lease.start_ms);
+                            assert!(!lease.spacing_ms.is_nan() && lease.spacing_ms >= 0.0);
+                            let _ = sane_tat(tat, now, &l);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tat_far_in_the_future_is_refused_and_a_plausible_one_kept() {
+        let now = 1_700_000_000_000;
+        let l = limit(1000.0, 1000);
+        assert_eq!(sane_tat(now + 5_000, now, &l), Ok(now + 5_000));
+        assert_eq!(sane_tat(0, now, &l), Ok(0), "the past is always fine");
+        assert_eq!(sane_tat(i64::MIN, now, &l), Ok(i64::MIN));
+        assert!(sane_tat(i64::MAX, now, &l).is_err());
+        assert!(sane_tat(now + TAT_HORIZON_MS + 1, now, &l).is_err());
+        // A slow rate legitimately runs further ahead: 1,000 slots of 10 s.
+        assert!(sane_tat(now + 2 * TAT_HORIZON_MS, now, &limit(0.1, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_zero_rate_gives_the_latest_slot_not_a_panic() {
+        let (lease, tat) = gcra(0, 10_000, &limit(0.0, 1), 3);
+        assert_eq!(lease.start_ms, 10_000);
+        assert_eq!(tat, i64::MAX);
+        assert_eq!(lease.slot(1), i64::MAX);
     }
 }

@@ -2,7 +2,9 @@
 //! ([`lease`]: GCRA slots leased from KV), one delivery loop per tenant so a flooding tenant
 //! never blocks another ([`tenant_loop`]), and lag-aware admission state for the edge
 //! ([`scan`]). Limits live in the `rate-limits` bucket and are watched, so a change applies
-//! to the next lease on every replica.
+//! to the next lease on every replica. Settings are validated at start-up against the topology
+//! ([`config::BackpressureSettings::validate`]); a tenant loop that dies is restarted by the next
+//! scan, and `/readyz` fails while one keeps dying ([`scan::LoopHealth`]).
 
 pub mod config;
 pub mod lease;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, SettleSettings, Settler, launch, router};
+use switchyard_service::{Handoff, Metrics, Readiness, SettleSettings, Settler, launch, probes};
 use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    config.backpressure.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (stream_name, stream) = topology.open_stream(&js, StreamName::Backpressure).await?;
     let next = StreamName::input_of(config.backpressure.next_stage);
@@ -45,6 +48,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new(Stage::Backpressure));
     let leaser = Arc::new(lease::Leaser::new(kv.clone()));
     let own = shared::BackpressureMetrics::register(&metrics, &leaser);
+    let loop_health = Arc::new(scan::LoopHealth::default());
     let shared = Arc::new(shared::Shared {
         js: js.clone(),
         topology: topology.clone(),
@@ -59,6 +63,7 @@ pub async fn start(
         settings: config.backpressure.clone(),
         metrics: metrics.clone(),
         own,
+        loop_health: loop_health.clone(),
         settler: Settler::new(
             js.clone(),
             topology.namespace.clone(),
@@ -73,7 +78,12 @@ pub async fn start(
         streams: vec![stream_name, next_stream_name],
         buckets: vec![bucket],
     };
-    let app = router(readiness, metrics);
+    // Ready only while no tenant loop keeps dying (see `scan::LoopHealth`).
+    let app = probes::router_with_check(
+        readiness,
+        metrics,
+        Arc::new(move || loop_health.check(std::time::Instant::now())),
+    );
     let listen = config.http.listen;
     Ok(
         launch("backpressure", listen, app, shutdown.clone(), async move {

@@ -2,20 +2,154 @@
 //! at the next stage), start a loop for every tenant with messages waiting, and publish each
 //! tenant's admission state to KV when it changes: closed at `backlog_high`, open again below
 //! `backlog_low` (hysteresis). Every replica scans; writes happen only on a change.
+//!
+//! Tenant loops are supervised ([`TenantLoops`]): a loop that ends — idle, or by panicking — is
+//! reaped on the next pass, and started again as soon as its tenant has messages waiting. A
+//! panic is caught as a `JoinError`, logged with the tenant, counted
+//! (`backpressure_tenant_loop_panics_total`) and remembered for readiness ([`LoopHealth`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
 use switchyard_topology::backlog_by_tenant;
 use time::format_description::well_known::Rfc3339;
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::{Shared, TenantLabel};
 use crate::tenant_loop;
+
+/// How long a tenant loop's panics are remembered for readiness.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(300);
+
+/// Panics of one tenant's loop within [`CRASH_WINDOW`] that make `/readyz` fail.
+pub const CRASH_LOOP_PANICS: usize = 3;
+
+/// Which tenant loops have been panicking lately: `/readyz` fails while any tenant's loop has
+/// panicked [`CRASH_LOOP_PANICS`] times within [`CRASH_WINDOW`] without ending cleanly since.
+#[derive(Debug, Default)]
+pub struct LoopHealth {
+    panics: Mutex<HashMap<TenantId, VecDeque<Instant>>>,
+}
+
+impl LoopHealth {
+    /// `tenant`'s loop panicked at `at`.
+    pub fn panicked(&self, tenant: &TenantId, at: Instant) {
+        let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = panics.entry(tenant.clone()).or_default();
+        recent.push_back(at);
+        while recent.len() > CRASH_LOOP_PANICS {
+            recent.pop_front();
+        }
+    }
+
+    /// `tenant`'s loop ended on its own (idle or shutdown): its past panics are forgiven.
+    pub fn ended_cleanly(&self, tenant: &TenantId) {
+        let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
+        panics.remove(tenant);
+    }
+
+    /// `Err` naming the tenants whose loop keeps dying, as of `now`.
+    pub fn check(&self, now: Instant) -> Result<(), String> {
+        let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
+        panics.retain(|_, recent| {
+            recent.retain(|at| now.saturating_duration_since(*at) < CRASH_WINDOW);
+            !recent.is_empty()
+        });
+        let mut dying: Vec<String> = panics
+            .iter()
+            .filter(|(_, recent)| recent.len() >= CRASH_LOOP_PANICS)
+            .map(|(tenant, _)| tenant.to_string())
+            .collect();
+        if dying.is_empty() {
+            return Ok(());
+        }
+        dying.sort();
+        Err(format!(
+            "tenant loop keeps panicking ({CRASH_LOOP_PANICS} times in {} s): {}",
+            CRASH_WINDOW.as_secs(),
+            dying.join(", ")
+        ))
+    }
+}
+
+/// The running tenant loops, one task per tenant.
+#[derive(Default)]
+pub struct TenantLoops {
+    tasks: JoinSet<()>,
+    tenants: HashMap<Id, TenantId>,
+    running: HashSet<TenantId>,
+}
+
+impl TenantLoops {
+    /// Starts `run` as `tenant`'s loop unless one is running; whether it started.
+    pub fn ensure(
+        &mut self,
+        tenant: &TenantId,
+        run: impl Future<Output = ()> + Send + 'static,
+    ) -> bool {
+        if self.running.contains(tenant) {
+            return false;
+        }
+        let id = self.tasks.spawn(run).id();
+        self.tenants.insert(id, tenant.clone());
+        self.running.insert(tenant.clone());
+        true
+    }
+
+    /// Whether `tenant`'s loop is running.
+    pub fn is_running(&self, tenant: &TenantId) -> bool {
+        self.running.contains(tenant)
+    }
+
+    /// Reaps every loop that has ended, without waiting; the tenants whose loop panicked.
+    pub fn reap(&mut self) -> Vec<(TenantId, JoinError)> {
+        let mut panicked = Vec::new();
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
+            panicked.extend(self.ended(ended));
+        }
+        panicked
+    }
+
+    /// Waits for every loop to end (after shutdown); the tenants whose loop panicked.
+    pub async fn drain(&mut self) -> Vec<(TenantId, JoinError)> {
+        let mut panicked = Vec::new();
+        while let Some(ended) = self.tasks.join_next_with_id().await {
+            panicked.extend(self.ended(ended));
+        }
+        panicked
+    }
+
+    fn ended(&mut self, ended: Result<(Id, ()), JoinError>) -> Option<(TenantId, JoinError)> {
+        let (id, error) = match ended {
+            Ok((id, ())) => (id, None),
+            Err(error) => (error.id(), Some(error)),
+        };
+        let tenant = self.tenants.remove(&id)?;
+        self.running.remove(&tenant);
+        Some((tenant, error?))
+    }
+}
+
+/// Logs, counts and remembers each loop that ended by panicking, and forgets the past panics
+/// of each loop that ended on its own.
+fn record(shared: &Shared, ended: Vec<(TenantId, JoinError)>) {
+    for (tenant, error) in ended {
+        tracing::error!(%tenant, %error, "tenant loop died; it restarts on the next scan with messages waiting");
+        shared
+            .own
+            .tenant_loop_panics
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_string(),
+            })
+            .inc();
+        shared.loop_health.panicked(&tenant, Instant::now());
+    }
+}
 
 /// Runs the scan until `shutdown`, then waits for the tenant loops to finish.
 pub async fn run(
@@ -24,39 +158,32 @@ pub async fn run(
     kv: async_nats::jetstream::kv::Store,
     shutdown: CancellationToken,
 ) {
-    let running: Arc<Mutex<HashSet<TenantId>>> = Arc::default();
-    let mut loops = JoinSet::new();
+    let mut loops = TenantLoops::default();
     let mut admission: HashMap<TenantId, Admission> = HashMap::new();
     let interval = Duration::from_millis(shared.settings.scan_interval_ms);
     while !shutdown.is_cancelled() {
-        while loops.try_join_next().is_some() {}
+        let died = loops.reap();
+        record(&shared, died);
         match scan_once(&shared, &pressure, &kv, &mut admission).await {
             Ok(waiting) => {
                 for tenant in waiting {
-                    let fresh = running
-                        .lock()
-                        .map(|mut r| r.insert(tenant.clone()))
-                        .unwrap_or(false);
-                    if fresh {
-                        let (shared, running, token) =
-                            (shared.clone(), running.clone(), shutdown.clone());
-                        loops.spawn(async move {
-                            tenant_loop::run(shared, tenant.clone(), token).await;
-                            if let Ok(mut r) = running.lock() {
-                                r.remove(&tenant);
-                            }
-                        });
-                    }
+                    let (s, t, token) = (shared.clone(), tenant.clone(), shutdown.clone());
+                    loops.ensure(&tenant, async move {
+                        tenant_loop::run(s.clone(), t.clone(), token).await;
+                        s.loop_health.ended_cleanly(&t);
+                    });
                 }
             }
             Err(error) => tracing::warn!(%error, "backlog scan failed"),
         }
+        shared.own.tenant_loops.set(loops.running.len() as i64);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
         }
     }
-    while loops.join_next().await.is_some() {}
+    let died = loops.drain().await;
+    record(&shared, died);
 }
 
 /// One scan; returns the tenants with messages waiting here.
@@ -126,4 +253,61 @@ async fn scan_once(
         .filter(|(_, n)| *n > 0)
         .map(|(t, _)| t)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> TenantId {
+        TenantId::new(id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_loop_is_reaped_and_can_be_started_again() {
+        let mut loops = TenantLoops::default();
+        let acme = tenant("acme");
+        assert!(loops.ensure(&acme, async { panic!("boom") }));
+        assert!(!loops.ensure(&acme, async {}), "one loop per tenant");
+        let mut died = Vec::new();
+        for _ in 0..100 {
+            died.extend(loops.reap());
+            if !loops.is_running(&acme) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(died.len(), 1);
+        assert_eq!(died[0].0, acme);
+        assert!(died[0].1.is_panic());
+        assert!(loops.ensure(&acme, async {}), "restarted on the next pass");
+        assert!(loops.drain().await.is_empty(), "a clean end is no panic");
+        assert!(!loops.is_running(&acme));
+    }
+
+    #[test]
+    fn readiness_fails_while_a_tenant_loop_keeps_panicking_and_recovers() {
+        let health = LoopHealth::default();
+        let (acme, other) = (tenant("acme"), tenant("other"));
+        let start = Instant::now();
+        health.panicked(&acme, start);
+        health.panicked(&other, start);
+        health.panicked(&acme, start);
+        assert!(
+            health.check(start).is_ok(),
+            "two panics are restarts, not a crash loop"
+        );
+        health.panicked(&acme, start);
+        let err = health.check(start).unwrap_err();
+        assert!(err.contains("acme") && !err.contains("other"), "{err}");
+        assert!(
+            health.check(start + CRASH_WINDOW).is_ok(),
+            "old panics are forgotten"
+        );
+        health.panicked(&acme, start);
+        health.panicked(&acme, start);
+        health.panicked(&acme, start);
+        health.ended_cleanly(&acme);
+        assert!(health.check(start).is_ok(), "a clean end forgives");
+    }
 }

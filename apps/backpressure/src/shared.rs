@@ -15,6 +15,7 @@ use switchyard_topology::ResolvedTopology;
 
 use crate::config::BackpressureSettings;
 use crate::lease::Leaser;
+use crate::scan::LoopHealth;
 
 /// A per-tenant metric label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +37,10 @@ pub struct BackpressureMetrics {
     pub replicas: Gauge,
     /// 1 while leases fall back to the local `limit / N` record.
     pub fallback_active: Gauge,
+    /// Tenant loops that ended by panicking (each is restarted by the next scan), per tenant.
+    pub tenant_loop_panics: Family<TenantLabel, Counter>,
+    /// Tenant loops running, from the last scan.
+    pub tenant_loops: Gauge,
 }
 
 impl BackpressureMetrics {
@@ -66,6 +71,16 @@ impl BackpressureMetrics {
             "backpressure_fallback_active",
             "1 while enforcing limit/N locally (KV unreachable)",
             own.fallback_active.clone(),
+        );
+        metrics.register(
+            "backpressure_tenant_loop_panics",
+            "Tenant loops that panicked (restarted by the next scan), per tenant",
+            own.tenant_loop_panics.clone(),
+        );
+        metrics.register(
+            "backpressure_tenant_loops",
+            "Tenant loops running",
+            own.tenant_loops.clone(),
         );
         metrics.register(
             "backpressure_kv_ops",
@@ -111,6 +126,8 @@ pub struct Shared {
     pub settler: Settler,
     /// Own metrics.
     pub own: BackpressureMetrics,
+    /// Recent tenant loop panics, for readiness.
+    pub loop_health: Arc<LoopHealth>,
 }
 
 impl Shared {

@@ -48,7 +48,11 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let label = TenantLabel {
         tenant: tenant.to_string(),
     };
-    let lease_window = Duration::from_secs_f64(shared.settings.lease_secs);
+    // The settings were validated at start-up; these fall-backs only keep a loop from panicking
+    // on a value validation would have refused.
+    let lease_window = Duration::try_from_secs_f64(shared.settings.lease_secs)
+        .unwrap_or(Duration::from_millis(500));
+    let max_batch = shared.settings.max_batch.max(1);
     let idle_after = Duration::from_secs(shared.settings.tenant_idle_secs);
     let mut tokens: VecDeque<i64> = VecDeque::new();
     let mut last_activity = Instant::now();
@@ -58,8 +62,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let max_deliver = consumer.cached_info().config.max_deliver;
     while !shutdown.is_cancelled() {
         let limit = shared.limit_for(&tenant);
-        let max_block = ((limit.rate_per_sec * shared.settings.lease_secs).ceil() as usize)
-            .clamp(1, shared.settings.max_batch);
+        let max_block =
+            ((limit.rate_per_sec * lease_window.as_secs_f64()).ceil() as usize).clamp(1, max_batch);
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
             batch = consumer.fetch().max_messages(max_block).expires(Duration::from_secs(1)).messages() => batch,
@@ -89,7 +93,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             };
             got += 1;
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
-            let stale = now_ms() - 2 * lease_window.as_millis() as i64;
+            let stale = now_ms().saturating_sub(2 * lease_window.as_millis() as i64);
             while tokens.front().is_some_and(|&slot| slot < stale) {
                 tokens.pop_front();
             }
@@ -113,7 +117,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 tokens.extend((0..lease.count).map(|i| lease.slot(i)));
             }
             let slot = tokens.pop_front().unwrap_or_else(now_ms);
-            let wait = slot - now_ms();
+            let wait = slot.saturating_sub(now_ms());
             if wait > 0 {
                 tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             }

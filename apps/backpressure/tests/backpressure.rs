@@ -371,3 +371,57 @@ async fn without_kv_each_replica_enforces_its_share_locally_and_says_so() {
     assert_eq!(per_tenant.get("solo"), Some(&100));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_token_state_is_reset_and_the_tenant_still_delivers() {
+    let mut h = Harness::start(0).await;
+    // A `<tenant>.tokens` record no lease can have written: the next slot at the end of time.
+    let kv = h.js.get_key_value("rate-limits").await.unwrap();
+    let key = RateKey {
+        scope: RateScope::Tenant(TenantId::new("poisoned").unwrap()),
+        record: RateRecord::Tokens,
+    }
+    .render();
+    kv.put(&key, format!("{{\"tat_ms\": {}}}", i64::MAX).into())
+        .await
+        .unwrap();
+    h.add_replica().await;
+    h.send("poisoned", 20, 0.0).await;
+    h.wait_delivered("poisoned", 20, Duration::from_secs(20))
+        .await;
+    // The record was replaced by a plausible one (near now, never i64::MAX again).
+    let state: switchyard_registry::TokenState =
+        serde_json::from_slice(&kv.get(&key).await.unwrap().unwrap()).unwrap();
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    assert!(
+        state.tat_ms < now_ms + 60_000,
+        "tat_ms {} still far ahead",
+        state.tat_ms
+    );
+    assert_eq!(
+        h.metric_sum("switchyard_backpressure_tenant_loop_panics_total")
+            .await,
+        0.0
+    );
+    let ready = http_get(h.replicas[0].running().http_addr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_that_would_crash_a_tenant_loop_stops_the_service_at_start_up() {
+    let server = NatsServer::start().await;
+    let mut config = BackpressureConfig::defaults().unwrap();
+    config.nats.url = server.url();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.backpressure.default_rate_per_sec = 0.0;
+    let client = server.client().await;
+    let Err(error) = switchyard_backpressure::start(config, client, CancellationToken::new()).await
+    else {
+        panic!("a zero default rate was accepted");
+    };
+    assert!(
+        format!("{error:#}").contains("invalid setting backpressure.default_rate_per_sec"),
+        "{error:#}"
+    );
+}

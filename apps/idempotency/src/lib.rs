@@ -30,6 +30,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    config.idempotency.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (bucket, kv) = topology.open_bucket(&js, BucketName::Idempotency).await?;
     let (stream_name, _) = topology.open_stream(&js, StreamName::Idempotency).await?;

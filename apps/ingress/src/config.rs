@@ -1,5 +1,6 @@
 //! The ingress service's configuration: built-in defaults (`config/defaults.toml`) → file →
-//! `SWITCHYARD_INGRESS_*` environment.
+//! `SWITCHYARD_INGRESS_*` environment, validated at start-up against the resolved topology
+//! ([`IngressSettings::validate`]).
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use switchyard_envelope::MsgIdPolicy;
 use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
-use switchyard_topology::DeploymentConfig;
+use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology, StreamName};
 
 /// The built-in defaults, every key documented.
 pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
@@ -55,7 +56,125 @@ pub struct IngressSettings {
     pub next_stage: InputStage,
 }
 
+/// Header room a producer message may need in its own `INGRESS_<tenant>` stream (its NATS
+/// headers), on top of `max_payload_bytes`.
+pub const PRODUCER_HEADER_ROOM: usize = 16 * 1024;
+
+/// Header room a message needs in the next stage's stream (the envelope and hop headers).
+pub const HOP_HEADER_ROOM: usize = 64 * 1024;
+
+/// Room a DLQ record needs beyond the payload (the original headers plus the record's own).
+pub const DLQ_RECORD_ROOM: usize = 128 * 1024;
+
+/// A setting that loaded but cannot work: `invalid setting ingress.<key>: <reason and fix>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting ingress.{key}: {reason}")]
+pub struct InvalidSetting {
+    /// The key under `[ingress]`.
+    pub key: &'static str,
+    /// What is wrong with it, and what to set instead.
+    pub reason: String,
+}
+
+impl IngressSettings {
+    /// Checks every value against its range and the resolved topology (the per-tenant
+    /// `ingress-worker` consumer, the `INGRESS` template's, the next stage's and the DLQ's
+    /// `max_msg_size`); the first problem is returned.
+    pub fn validate(&self, topology: &ResolvedTopology) -> Result<(), InvalidSetting> {
+        let fail = |key, reason: String| Err(InvalidSetting { key, reason });
+        if self.concurrency == 0 {
+            return fail(
+                "concurrency",
+                "0 handles nothing; set at least 1 (default 64)".into(),
+            );
+        }
+        let max_ack_pending = topology
+            .tenant_consumers
+            .iter()
+            .find(|c| c.name == ConsumerName::IngressWorker)
+            .map_or(0, |c| {
+                usize::try_from(c.config.max_ack_pending).unwrap_or(0)
+            });
+        if self.tenant_batch == 0
+            || self.tenant_batch > self.concurrency
+            || self.tenant_batch > max_ack_pending
+        {
+            return fail(
+                "tenant_batch",
+                format!(
+                    "{} is outside [1, min(ingress.concurrency = {}, the ingress-worker \
+                     consumer's max_ack_pending = {max_ack_pending})]; the default is 16",
+                    self.tenant_batch, self.concurrency
+                ),
+            );
+        }
+        if self.next_stage == InputStage::Ingress {
+            return fail(
+                "next_stage",
+                "\"ingress\" would feed ingress itself; set \"idempotency\" (default), \
+                 \"backpressure\" or \"egress\""
+                    .into(),
+            );
+        }
+        if self.max_payload_bytes == 0 {
+            return fail(
+                "max_payload_bytes",
+                "0 refuses every message; set at least 1 (default 1048576)".into(),
+            );
+        }
+        // What every later step must carry: the producer's message in its own stream, the
+        // stamped envelope in the next stage's stream, and a DLQ record of it.
+        let limits = [
+            (
+                topology
+                    .tenant_streams
+                    .iter()
+                    .find(|s| s.base == StreamName::Ingress.base()),
+                PRODUCER_HEADER_ROOM,
+            ),
+            (
+                topology
+                    .streams
+                    .iter()
+                    .find(|s| s.base == StreamName::input_of(self.next_stage).base()),
+                HOP_HEADER_ROOM,
+            ),
+            (
+                topology
+                    .streams
+                    .iter()
+                    .find(|s| s.base == StreamName::Dlq.base()),
+                DLQ_RECORD_ROOM,
+            ),
+        ];
+        for (stream, room) in limits {
+            let Some(stream) = stream else { continue };
+            let size = usize::try_from(stream.config.max_message_size).unwrap_or(usize::MAX);
+            let most = size.saturating_sub(room);
+            if self.max_payload_bytes > most {
+                return fail(
+                    "max_payload_bytes",
+                    format!(
+                        "{} does not fit the {} stream's max_msg_size ({size} bytes) with {room} \
+                         bytes of headers; set at most {most}, or raise max_msg_size in the \
+                         topology",
+                        self.max_payload_bytes, stream.base
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 impl IngressConfig {
+    /// Checks every setting against the topology this configuration resolves to.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let topology = self.deployment.resolve()?;
+        self.ingress.validate(&topology)?;
+        Ok(())
+    }
+
     /// Loads defaults → `file` → environment.
     pub fn load(file: Option<PathBuf>) -> Result<Self, ConfigError> {
         switchyard_runtime::load(
@@ -67,19 +186,91 @@ impl IngressConfig {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment's own (large) error type"
+)]
 mod tests {
+    use figment::Jail;
+
     use super::*;
 
-    #[test]
-    fn defaults_load_and_match_the_docs() {
-        let config: IngressConfig = switchyard_runtime::load(&ConfigSource::new(
+    /// One change to the default settings.
+    type Change = Box<dyn FnOnce(&mut IngressSettings)>;
+
+    fn defaults() -> IngressConfig {
+        switchyard_runtime::load(&ConfigSource::new(
             DEFAULTS,
             "SWITCHYARD_INGRESS_TEST_UNUSED_",
         ))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_docs() {
+        let config = defaults();
         assert_eq!(config.ingress.max_payload_bytes, 1_048_576);
         assert_eq!(config.ingress.msg_id_policy, MsgIdPolicy::Require);
         assert_eq!(config.ingress.next_stage, InputStage::Idempotency);
         assert_eq!(config.http.listen.port(), 9101);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn every_unworkable_setting_is_refused_by_name() {
+        let config = defaults();
+        let topology = config.deployment.resolve().unwrap();
+        let cases: Vec<(&str, Change)> = vec![
+            ("concurrency", Box::new(|s| s.concurrency = 0)),
+            ("tenant_batch", Box::new(|s| s.tenant_batch = 0)),
+            ("tenant_batch", Box::new(|s| s.tenant_batch = 65)),
+            (
+                "tenant_batch",
+                Box::new(|s| {
+                    s.concurrency = 5000;
+                    s.tenant_batch = 2000;
+                }),
+            ),
+            (
+                "next_stage",
+                Box::new(|s| s.next_stage = InputStage::Ingress),
+            ),
+            ("max_payload_bytes", Box::new(|s| s.max_payload_bytes = 0)),
+            (
+                "max_payload_bytes",
+                Box::new(|s| s.max_payload_bytes = 1_048_577),
+            ),
+            (
+                "max_payload_bytes",
+                Box::new(|s| s.max_payload_bytes = 8 << 20),
+            ),
+        ];
+        for (key, change) in cases {
+            let mut settings = config.ingress.clone();
+            change(&mut settings);
+            let message = settings.validate(&topology).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("invalid setting ingress.{key}: ")),
+                "{key}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_payload_limit_beyond_the_ingress_stream_names_the_stream_and_the_most_allowed() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SWITCHYARD_INGRESS_INGRESS__MAX_PAYLOAD_BYTES", "2000000");
+            let config = IngressConfig::load(None).unwrap();
+            let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(
+                err.contains("invalid setting ingress.max_payload_bytes"),
+                "{err}"
+            );
+            assert!(
+                err.contains("INGRESS stream") && err.contains("at most 1048576"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 }

@@ -1,5 +1,6 @@
 //! `/healthz` (the process is alive), `/readyz` (NATS is connected and the stage's streams and
-//! buckets exist) and `/metrics` (Prometheus text).
+//! buckets exist, and any check of the service's own — [`router_with_check`] — passes) and
+//! `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 
@@ -45,10 +46,16 @@ impl Readiness {
     }
 }
 
+/// A service's own readiness condition, checked after [`Readiness::check`]: `Err` says why the
+/// service is not ready (e.g. the backpressure service while a tenant loop keeps dying). Cheap
+/// and synchronous: it reads state the service keeps, it does not probe anything.
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 #[derive(Clone)]
 struct ProbeState {
     readiness: Readiness,
     metrics: Arc<Metrics>,
+    own: Option<ReadinessCheck>,
 }
 
 async fn healthz() -> &'static str {
@@ -56,7 +63,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<ProbeState>) -> (StatusCode, String) {
-    match state.readiness.check().await {
+    let checked = match state.readiness.check().await {
+        Ok(()) => state.own.as_ref().map_or(Ok(()), |own| own()),
+        failed => failed,
+    };
+    match checked {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -77,6 +88,19 @@ async fn metrics(State(state): State<ProbeState>) -> ([(&'static str, &'static s
 
 /// The probe routes, to serve alone or merged with a service's own routes.
 pub fn router(readiness: Readiness, metrics_: Arc<Metrics>) -> Router {
+    routes(readiness, metrics_, None)
+}
+
+/// The probe routes, with `/readyz` also failing while `own` says the service is not ready.
+pub fn router_with_check(
+    readiness: Readiness,
+    metrics_: Arc<Metrics>,
+    own: ReadinessCheck,
+) -> Router {
+    routes(readiness, metrics_, Some(own))
+}
+
+fn routes(readiness: Readiness, metrics_: Arc<Metrics>, own: Option<ReadinessCheck>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -84,5 +108,6 @@ pub fn router(readiness: Readiness, metrics_: Arc<Metrics>) -> Router {
         .with_state(ProbeState {
             readiness,
             metrics: metrics_,
+            own,
         })
 }
