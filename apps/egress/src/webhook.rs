@@ -7,6 +7,11 @@
 //! (`v1,` + base64 of HMAC-SHA256 over `{id}.{timestamp}.{payload}` keyed with the secret's
 //! bytes) and the W3C `traceparent` / `tracestate`. Switchyard's headers win over a route's
 //! extra header of the same name. Redirects are not followed.
+//!
+//! Only these headers are sent: a producer's own headers (which travel with the message and
+//! reach NATS sinks) are not forwarded to a webhook, a third party that expects the Standard
+//! Webhooks headers and could otherwise read a producer's internal ones. A failure names the
+//! URL as [`WebhookRoute::display_url`] shows it (`scheme://host[:port]`), never the full URL.
 
 use std::time::Duration;
 
@@ -108,7 +113,7 @@ impl WebhookClient {
             .await;
         let mut response = match sent {
             Ok(response) => response,
-            Err(error) => return failed(&error),
+            Err(error) => return failed(error, &request.route.display_url()),
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -179,7 +184,11 @@ fn headers(request: &WebhookRequest<'_>, timestamp: i64) -> Result<HeaderMap, St
     Ok(h)
 }
 
-fn failed(error: &reqwest::Error) -> Attempted {
+/// What a request that got no response reports. The client's error names the full URL, which
+/// may carry credentials (`user:password@`, `?token=…`): it is dropped
+/// ([`reqwest::Error::without_url`]) and the URL as it may be shown (`scheme://host[:port]`)
+/// is named instead, so neither the attempt history, the DLQ reason nor a log line holds it.
+fn failed(error: reqwest::Error, shown_url: &str) -> Attempted {
     let kind = if error.is_connect() {
         HttpFailure::Connect
     } else if error.is_timeout() {
@@ -189,9 +198,10 @@ fn failed(error: &reqwest::Error) -> Attempted {
     } else {
         HttpFailure::Transport
     };
+    let error = error.without_url();
     // The source chain says what actually went wrong ("connection refused", …).
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut text = format!("POST {shown_url}: {error}");
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -267,6 +277,45 @@ mod tests {
             )
         );
         assert!(h.contains_key("traceparent"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_names_neither_the_credentials_nor_the_path_of_its_url() {
+        let client = WebhookClient::new().unwrap();
+        // Port 1 refuses the connection; the second URL cannot even be parsed.
+        for (url, shown) in [
+            (
+                "http://u:pw@127.0.0.1:1/h/P4TH?token=T0KEN",
+                "http://127.0.0.1:1",
+            ),
+            ("http://u:pw@[::1/h/P4TH?token=T0KEN", "http://[::1"),
+        ] {
+            let route = WebhookRoute {
+                url: url.into(),
+                secret: WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+                timeout_ms: 1000,
+                max_in_flight: 1,
+                headers: BTreeMap::new(),
+            };
+            let attempted = client
+                .post(WebhookRequest {
+                    route: &route,
+                    key: b"0123456789abcdef",
+                    id: "0190-id",
+                    content_type: None,
+                    traceparent: None,
+                    tracestate: None,
+                    payload: Bytes::from_static(b"x"),
+                })
+                .await;
+            let Attempted::HttpFailed { error, .. } = attempted else {
+                panic!("{attempted:?}");
+            };
+            assert!(error.starts_with(&format!("POST {shown}: ")), "{error}");
+            for secret in ["pw", "T0KEN", "P4TH"] {
+                assert!(!error.contains(secret), "{error}");
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! webhook deliveries, retries and `Retry-After`, dead-lettering with the attempt history,
 //! NATS routes, per-route isolation and the circuit breaker.
 
+mod exposure;
 mod support;
 
 use std::collections::BTreeMap;

@@ -2,9 +2,12 @@
 //! stream as NATS producers, so every message goes through the same worker and checks.
 //!
 //! - `POST /v1/messages/{tenant}/{team}/{platform}` — the body is the payload, as is;
-//!   `Idempotency-Key` is the producer's message id; `Content-Type` and `traceparent` pass on.
+//!   `Idempotency-Key` is the producer's message id (its bytes read as UTF-8: `400
+//!   invalid_header` when they are not); `Content-Type` (visible ASCII, else `400
+//!   invalid_header`) and `traceparent` pass on.
 //! - `POST /v1/messages` — JSON: `{"tenant","team","platform","id","content_type"?,
-//!   "payload": <any JSON>}` or `"payload_base64": "<bytes>"` instead of `payload`.
+//!   "payload": <any JSON>}` or `"payload_base64": "<bytes>"` instead of `payload`. The
+//!   payload stored is exactly the JSON text sent for `payload`, never re-serialised.
 //!
 //! Every request carries the tenant's API key, `Authorization: Bearer sy_<id>_<secret>`
 //! (`switchyard keys create <tenant>`): `401` without a valid one (missing, malformed,
@@ -30,6 +33,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::{EnvelopeId, SourceRef, headers};
 use switchyard_keys::{Address, ApiKeyKey, MsgId, RateKey, RateRecord, RateScope, TenantId};
@@ -73,9 +77,10 @@ pub struct JsonMessage {
     /// Media type (default `application/json` for `payload`, none for `payload_base64`).
     #[serde(default)]
     pub content_type: Option<String>,
-    /// The payload as JSON.
+    /// The payload as JSON, kept as the exact text the producer sent for the field (no
+    /// re-serialisation: numbers, key order, duplicate keys and whitespace stay as sent).
     #[serde(default)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Box<RawValue>>,
     /// The payload as base64 bytes.
     #[serde(default)]
     pub payload_base64: Option<String>,
@@ -217,30 +222,46 @@ async fn post_raw(
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     let key = authenticate(&state, &http_headers)?;
     authorize(key.as_ref(), &tenant)?;
-    let header = |name: &str| {
-        http_headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let id = header("idempotency-key").ok_or_else(|| {
+    let id = utf8_header(&http_headers, "Idempotency-Key")?.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_msg_id",
             "missing header Idempotency-Key",
         )
     })?;
+    let content_type = utf8_header(&http_headers, "Content-Type")?;
+    // W3C: a traceparent that cannot be read is ignored (a new trace starts).
+    let traceparent = http_headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
     accept(
         &state,
         &tenant,
         &team,
         &platform,
-        &id,
-        header("content-type"),
-        header("traceparent"),
+        id,
+        content_type.map(str::to_owned),
+        traceparent.map(str::to_owned),
         body,
     )
     .await
+}
+
+/// A request header as text: its bytes read as UTF-8 (ids are UTF-8 by contract, and HTTP
+/// carries them as raw bytes). `None` when absent; `400 invalid_header` when not UTF-8.
+fn utf8_header<'a>(headers: &'a HttpHeaders, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|value| {
+            std::str::from_utf8(value.as_bytes()).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    DlqCode::InvalidHeader.as_str(),
+                    format!("header {name} is not UTF-8: {e}"),
+                )
+            })
+        })
+        .transpose()
 }
 
 async fn post_json(
@@ -253,8 +274,8 @@ async fn post_json(
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
     authorize(key.as_ref(), &m.tenant)?;
     let (payload, default_ct) = match (m.payload, m.payload_base64) {
-        (Some(value), None) => (
-            Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+        (Some(raw), None) => (
+            Bytes::from(String::from(Box::<str>::from(raw))),
             Some("application/json"),
         ),
         (None, Some(b64)) => {
@@ -316,14 +337,14 @@ async fn accept(
             format!("Idempotency-Key: {e}"),
         )
     })?;
-    if let Some(ct) = &content_type
-        && ct.contains(['\r', '\n'])
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            DlqCode::InvalidHeader.as_str(),
-            "content type has a line break",
-        ));
+    if let Some(ct) = &content_type {
+        crate::validate::check_content_type(ct).map_err(|reason| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                DlqCode::InvalidHeader.as_str(),
+                reason,
+            )
+        })?;
     }
     let pressure_key = RateKey {
         scope: RateScope::Tenant(address.tenant.clone()),

@@ -61,8 +61,9 @@ fn reject(code: DlqCode, reason: impl Into<String>, address: Option<&Address>) -
 }
 
 impl Validator {
-    /// Checks a message read from the ingress stream, in this order: subject, headers, tenant
-    /// claim, msg id, tenant registry, payload size, payload against its content type.
+    /// Checks a message read from the ingress stream, in this order: subject, headers (a
+    /// content type must be ASCII, [`check_content_type`]), tenant claim, msg id, tenant
+    /// registry, payload size, payload against its content type.
     pub fn check(
         &self,
         subject: &str,
@@ -82,6 +83,10 @@ impl Validator {
         let address = parsed.address;
         let producer = ProducerHeaders::read(headers)
             .map_err(|e| reject(DlqCode::InvalidHeader, e.to_string(), Some(&address)))?;
+        if let Some(ct) = &producer.content_type {
+            check_content_type(ct)
+                .map_err(|reason| reject(DlqCode::InvalidHeader, reason, Some(&address)))?;
+        }
         if let Some(claimed) = &producer.claimed_tenant
             && claimed != address.tenant.as_str()
         {
@@ -164,6 +169,21 @@ impl Validator {
     }
 }
 
+/// A content type is an HTTP field value made of a media type (RFC 9110): visible ASCII,
+/// spaces and tabs only. Anything else (a line break, `✓`) is refused with `invalid_header`
+/// rather than dropped, over NATS and HTTP alike: a webhook could not send it on.
+pub fn check_content_type(content_type: &str) -> Result<(), String> {
+    match content_type
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        Some((at, found)) => Err(format!(
+            "Content-Type {content_type:?} has {found:?} at byte {at}: a content type is visible ASCII"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Text must be UTF-8; JSON must parse.
 fn check_content(content_type: Option<&str>, payload: &[u8]) -> Result<(), String> {
     let Some(ct) = content_type else {
@@ -192,6 +212,21 @@ fn check_content(content_type: Option<&str>, payload: &[u8]) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_types_are_visible_ascii() {
+        assert!(check_content_type("text/plain; charset=utf-8").is_ok());
+        assert!(check_content_type("application/json;\tq=1").is_ok());
+        for bad in [
+            "text/plain ✓",
+            "text/plain\r\nX-Evil: 1",
+            "text/pl\u{0}ain",
+            "tëxt/plain",
+        ] {
+            let err = check_content_type(bad).unwrap_err();
+            assert!(err.contains("visible ASCII"), "{err}");
+        }
+    }
 
     #[test]
     fn content_checks() {

@@ -494,6 +494,113 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn http_ids_are_read_as_utf8_content_types_are_checked_and_json_payloads_kept_verbatim() {
+    let h = Harness::start(1024).await;
+    let http = reqwest_client();
+    let base = h.http();
+    let acme = h.key("acme");
+    let raw_url = format!("{base}/v1/messages/acme/ops/slack");
+    let bytes = |b: &[u8]| reqwest::header::HeaderValue::from_bytes(b).unwrap();
+
+    // A UTF-8 id is accepted over HTTP as it is over NATS and JSON.
+    let response = http
+        .post(&raw_url)
+        .bearer_auth(acme)
+        .header("Idempotency-Key", bytes("order ✓ 9".as_bytes()))
+        .header("Content-Type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+
+    // The JSON route stores exactly the text sent for `payload`: a number beyond f64, keys out
+    // of order, a duplicate key, an escape and inner whitespace all survive.
+    let payload = r#"{"b": 1, "a":123456789012345678901234567890,"a":2,"s":"\u00e9" , "n":1.50}"#;
+    let body = format!(
+        r#"{{"tenant":"acme","team":"ops","platform":"slack","id":"json-verbatim","payload": {payload} }}"#
+    );
+    let response = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(acme)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+
+    let refused = [
+        // Not UTF-8: a bad header, not a missing one.
+        (
+            b"order \xff 9".as_slice(),
+            b"text/plain".as_slice(),
+            "invalid_header",
+            "Idempotency-Key is not UTF-8",
+        ),
+        // A content type is refused, never dropped.
+        (
+            b"ct-1".as_slice(),
+            "text/plain ✓".as_bytes(),
+            "invalid_header",
+            "visible ASCII",
+        ),
+        (
+            b"ct-2".as_slice(),
+            b"text/\xffplain".as_slice(),
+            "invalid_header",
+            "Content-Type is not UTF-8",
+        ),
+    ];
+    for (id, content_type, code, message) in refused {
+        let response = http
+            .post(&raw_url)
+            .bearer_auth(acme)
+            .header("Idempotency-Key", bytes(id))
+            .header("Content-Type", bytes(content_type))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(message), "{body}");
+    }
+    // The same content type over NATS is dead-lettered with the same code.
+    h.publish(
+        "ingress.v1.acme.ops.slack",
+        with("nats-ct", &[("Content-Type", "text/plain ✓")]),
+        b"x",
+    )
+    .await;
+
+    h.settled().await;
+    let forwarded = h.handed_on().await;
+    assert_eq!(forwarded.len(), 2);
+    let by_id = |msg_id: &str| {
+        forwarded
+            .iter()
+            .find(|m| {
+                Envelope::from_headers(Some(&m.headers)).is_ok_and(|e| e.msg_id.as_str() == msg_id)
+            })
+            .unwrap_or_else(|| panic!("{msg_id} handed on"))
+    };
+    assert_eq!(&by_id("order ✓ 9").payload[..], b"hello");
+    let json = by_id("json-verbatim");
+    assert_eq!(std::str::from_utf8(&json.payload).unwrap(), payload);
+    assert_eq!(
+        json.headers.get(headers::CONTENT_TYPE).map(|v| v.as_str()),
+        Some("application/json")
+    );
+    let dlq = h.dlq().await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].original_msg_id.as_deref(), Some("nats-ct"));
+    assert_eq!(dlq[0].record.code, DlqCode::InvalidHeader);
+    h.stop().await;
+}
+
 fn reqwest_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().unwrap()

@@ -49,9 +49,18 @@ impl std::fmt::Debug for WebhookSecret {
 }
 
 impl WebhookSecret {
-    /// The key bytes (the base64 after `whsec_`).
+    /// The key bytes (the base64 after `whsec_`). A secret without the `whsec_` prefix is
+    /// refused: it is not a Standard Webhooks secret, and guessing how to read it would sign
+    /// with a key the receiver does not hold.
     pub fn key(&self) -> Result<Vec<u8>, RouteError> {
-        let encoded = self.0.strip_prefix("whsec_").unwrap_or(&self.0);
+        let Some(encoded) = self.0.strip_prefix("whsec_") else {
+            return Err(RouteError::Field {
+                field: "secret",
+                reason: "does not start with whsec_ (a Standard Webhooks secret is whsec_ \
+                         followed by the standard base64 of at least 16 key bytes)"
+                    .into(),
+            });
+        };
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|e| RouteError::Field {
@@ -68,8 +77,31 @@ impl WebhookSecret {
     }
 }
 
+/// A URL as it may be shown, logged or recorded: `scheme://host[:port]` only. User info
+/// (`user:password@`), path, query and fragment are dropped, since any of them may carry a
+/// credential (`?token=…`, a Slack-style secret path). Works on any string, valid URL or not;
+/// without `://` it keeps what stands before the first `/`, `\`, `?` or `#`, less user info.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    // Where the authority ends for an http(s) URL (`\` counts as `/` there).
+    let end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .rfind('@')
+        .map_or(authority, |at| &authority[at + 1..]);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}"),
+        None => host.to_owned(),
+    }
+}
+
 /// Delivery by HTTP POST, signed in the Standard Webhooks style.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` shows [`WebhookRoute::display_url`] and the header names only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRoute {
     /// `http://` or `https://` URL.
@@ -85,6 +117,26 @@ pub struct WebhookRoute {
     /// Extra request headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+}
+
+impl WebhookRoute {
+    /// The URL as it may be shown, logged or recorded: `scheme://host[:port]` ([`redact_url`]).
+    /// Every place that prints, logs or records a webhook URL uses this.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for WebhookRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRoute")
+            .field("url", &self.display_url())
+            .field("secret", &self.secret)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Delivery by publishing to a NATS subject.
@@ -135,7 +187,7 @@ impl Route {
                 if !scheme_ok || w.url.len() < 10 || w.url.contains(char::is_whitespace) {
                     return Err(RouteError::Field {
                         field: "url",
-                        reason: format!("{:?} is not an http(s) URL", w.url),
+                        reason: format!("{:?} is not an http(s) URL", redact_url(&w.url)),
                     });
                 }
                 w.secret.key()?;
@@ -196,13 +248,24 @@ impl Route {
         }
     }
 
-    /// The route with its secret hidden, for display.
+    /// The route as it may be shown: the secret hidden, the URL reduced to
+    /// `scheme://host[:port]` ([`WebhookRoute::display_url`]).
     pub fn redacted(&self) -> Route {
         let mut route = self.clone();
         if let Route::Webhook(w) = &mut route {
             w.secret = WebhookSecret("whsec_***".into());
+            w.url = w.display_url();
         }
         route
+    }
+
+    /// `(type, target)` for one-line displays: `webhook` and the URL as it may be shown, or
+    /// `nats` and the subject.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Route::Webhook(w) => ("webhook", w.display_url()),
+            Route::Nats(n) => ("nats", n.subject.clone()),
+        }
     }
 }
 
@@ -240,6 +303,64 @@ mod tests {
             let err = Route::from_json(json).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn a_secret_without_the_whsec_prefix_is_refused() {
+        // Valid base64 of 24 bytes, but not a Standard Webhooks secret.
+        let err = Route::from_json(br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("route field secret"), "{err}");
+        assert!(err.contains("does not start with whsec_"), "{err}");
+        assert!(!err.contains("MfKQ"), "{err}");
+        let short = Route::from_json(
+            br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_YWJj"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(short.contains("shorter than 16 bytes"), "{short}");
+    }
+
+    #[test]
+    fn urls_are_shown_as_scheme_host_and_port_only() {
+        let cases = [
+            ("http://u:pw@host/h?token=T", "http://host"),
+            (
+                "https://hooks.example.com:8443/services/T0/B0/XXXX",
+                "https://hooks.example.com:8443",
+            ),
+            (
+                "https://user@hooks.example.com?token=T#frag",
+                "https://hooks.example.com",
+            ),
+            ("http://a:b@c@host:81\\@evil/p", "http://host:81"),
+            ("http://[::1]:9/h", "http://[::1]:9"),
+            ("u:pw@host/path?x", "host"),
+            ("https://hooks.example.com", "https://hooks.example.com"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_route_url_are_never_shown() {
+        let w = Route::from_json(br#"{"type":"webhook","url":"http://u:pw@127.0.0.1:9/h?token=T0KEN","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#).unwrap();
+        let shown = String::from_utf8(w.redacted().to_json()).unwrap();
+        assert!(shown.contains(r#""url":"http://127.0.0.1:9""#), "{shown}");
+        assert_eq!(w.describe(), ("webhook", "http://127.0.0.1:9".to_owned()));
+        let debug = format!("{w:?}");
+        for secret in ["pw", "T0KEN", "/h"] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        // An invalid URL is named without its credentials too.
+        let err = Route::from_json(br#"{"type":"webhook","url":"ftp://u:pw@x/y?token=T0KEN","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"ftp://x\""), "{err}");
+        assert!(!err.contains("pw") && !err.contains("T0KEN"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `switchyard routes set|get|ls|rm`: the routes in the `routes` bucket, keyed
-//! `<tenant>.<team or _>.<platform>`. Routes are validated before they are written, and
-//! webhook secrets are never printed.
+//! `<tenant>.<team or _>.<platform>`. Routes are validated before they are written (a webhook
+//! secret must be `whsec_` + base64). Webhook secrets are never printed, and a webhook URL is
+//! shown as `scheme://host[:port]` only ([`Route::redacted`], [`Route::describe`]): user info,
+//! path and query may hold credentials.
 
 use std::process::ExitCode;
 
@@ -31,7 +33,8 @@ pub struct RoutesArgs {
 pub enum RoutesCommand {
     /// Create or replace the route of (tenant, team or `_`, platform).
     Set(SetArgs),
-    /// Show the route a message for (tenant, team, platform) would use (secret redacted).
+    /// Show the route a message for (tenant, team, platform) would use (secret and URL
+    /// credentials redacted).
     Get(KeyArgs),
     /// List routes.
     Ls(LsArgs),
@@ -153,14 +156,6 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `(type, target)` of a route, for tables.
-fn describe(route: &Route) -> (&'static str, &str) {
-    match route {
-        Route::Webhook(w) => ("webhook", w.url.as_str()),
-        Route::Nats(n) => ("nats", n.subject.as_str()),
-    }
-}
-
 async fn set_route(
     store: &Store<RouteKey, Route>,
     args: &SetArgs,
@@ -175,7 +170,7 @@ async fn set_route(
     if out.is_json() {
         out.json(&json!({"key": key.render(), "revision": revision, "route": route.redacted()}))?;
     } else {
-        let (kind, target) = describe(&route);
+        let (kind, target) = route.describe();
         println!(
             "set route {}: {kind} {target} (revision {revision})",
             key.render()
@@ -304,8 +299,8 @@ async fn list_routes(
     for (key, route) in &routes {
         let (kind, target) = match route {
             Ok(route) => {
-                let (kind, target) = describe(route);
-                (kind.to_owned(), target.to_owned())
+                let (kind, target) = route.describe();
+                (kind.to_owned(), target)
             }
             Err(err) => ("invalid".to_owned(), output::error_chain(err)),
         };

@@ -34,7 +34,7 @@ async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
     .await;
     assert_eq!(
         set,
-        "set route acme._.slack: webhook https://hooks.example.com/in (revision 1)\n"
+        "set route acme._.slack: webhook https://hooks.example.com (revision 1)\n"
     );
     let set = ok(
         &url,
@@ -74,7 +74,7 @@ async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
     let get = ok(&url, &["routes", "get", "acme", "ops", "slack"]).await;
     assert!(
         get.starts_with(
-            "key            acme._.slack (the tenant's default: acme.ops.slack has no route of its own)\ntype           webhook\nurl            https://hooks.example.com/in\nsecret         whsec_***\n"
+            "key            acme._.slack (the tenant's default: acme.ops.slack has no route of its own)\ntype           webhook\nurl            https://hooks.example.com\nsecret         whsec_***\n"
         ),
         "{get}"
     );
@@ -97,7 +97,7 @@ async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
     assert_eq!(
         ls,
         "TENANT  TEAM  PLATFORM  TYPE     TARGET\n\
-         acme    _     slack     webhook  https://hooks.example.com/in\n\
+         acme    _     slack     webhook  https://hooks.example.com\n\
          acme    ops   billing   nats     sink.acme.billing\n\
          globex  _     slack     nats     sink.globex\n"
     );
@@ -155,7 +155,8 @@ async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
     );
     let get = ok(&url, &["routes", "get", "acme", "_", "slack"]).await;
     assert!(
-        get.contains("https://hooks.example.com/in"),
+        get.contains("url            https://hooks.example.com\n")
+            && get.contains("header X-Env   prod"),
         "unchanged: {get}"
     );
 
@@ -171,6 +172,88 @@ async fn routes_set_get_ls_rm_round_trip_and_bad_routes_are_refused() {
     let err = fails(&url, &["routes", "rm", "acme", "_", "slack"]).await;
     assert!(err.contains("error: no route at acme._.slack"), "{err}");
     assert_eq!(ok(&url, &["routes", "ls"]).await.lines().count(), 3);
+}
+
+#[tokio::test]
+async fn route_urls_are_shown_without_credentials_and_secrets_need_the_whsec_prefix() {
+    let server = provisioned().await;
+    let url = server.url();
+    let hook = "https://alice:pa55word@hooks.example.com:8443/services/P4TH?token=T0KEN";
+    let hidden = ["alice", "pa55word", "P4TH", "T0KEN"];
+
+    let set = ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--webhook",
+            hook,
+            "--secret",
+            SECRET,
+        ],
+    )
+    .await;
+    assert_eq!(
+        set,
+        "set route acme._.slack: webhook https://hooks.example.com:8443 (revision 1)\n"
+    );
+    let shown = [
+        set,
+        ok(
+            &url,
+            &[
+                "--json",
+                "routes",
+                "set",
+                "acme",
+                "ops",
+                "slack",
+                "--webhook",
+                hook,
+                "--secret",
+                SECRET,
+            ],
+        )
+        .await,
+        ok(&url, &["routes", "ls"]).await,
+        ok(&url, &["routes", "ls", "--json"]).await,
+        ok(&url, &["routes", "get", "acme", "ops", "slack"]).await,
+        ok(&url, &["routes", "get", "acme", "ops", "slack", "--json"]).await,
+    ];
+    for out in &shown {
+        assert!(out.contains("https://hooks.example.com:8443"), "{out}");
+        for secret in hidden {
+            assert!(!out.contains(secret), "{out}");
+        }
+    }
+
+    // A Standard Webhooks secret is whsec_ + base64: bare base64 is refused, nothing written.
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "set",
+            "globex",
+            "_",
+            "slack",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            SECRET.trim_start_matches("whsec_"),
+        ],
+    )
+    .await;
+    assert!(
+        err.contains("refusing to write an invalid route to globex._.slack")
+            && err.contains("route field secret: does not start with whsec_"),
+        "{err}"
+    );
+    assert!(!err.contains("MfKQ"), "{err}");
+    let err = fails(&url, &["routes", "get", "globex", "_", "slack"]).await;
+    assert!(err.contains("no route for globex._.slack"), "{err}");
 }
 
 #[tokio::test]

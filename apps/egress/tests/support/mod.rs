@@ -168,6 +168,18 @@ impl Harness {
         payload: Bytes,
         content_type: Option<&str>,
     ) -> Envelope {
+        self.publish_with(address, payload, content_type, &[]).await
+    }
+
+    /// [`Harness::publish`], with headers of the producer's own (say `X-Order`) travelling
+    /// along, as ingress passes them on.
+    pub async fn publish_with(
+        &self,
+        address: &Address,
+        payload: Bytes,
+        content_type: Option<&str>,
+        producer_headers: &[(&str, &str)],
+    ) -> Envelope {
         let sequence = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let source = SourceRef {
             stream: "INGRESS".into(),
@@ -188,7 +200,11 @@ impl Harness {
             attempt: Attempt::default(),
             source,
         };
-        let mut h = Handoff::headers(&envelope, None);
+        let mut producer = async_nats::HeaderMap::new();
+        for (name, value) in producer_headers {
+            producer.insert(*name, *value);
+        }
+        let mut h = Handoff::headers(&envelope, Some(&producer));
         h.insert(
             headers::NATS_MSG_ID,
             envelope.hop_msg_id(switchyard_keys::Stage::Egress),
