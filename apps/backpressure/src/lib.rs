@@ -104,8 +104,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     start(config, client, shutdown)
         .await?
-        .task
+        .finished()
         .await
-        .context("backpressure task")??;
-    Ok(())
+        .context("backpressure service")
 }

@@ -172,8 +172,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     start(config, client, shutdown)
         .await?
-        .task
+        .finished()
         .await
-        .context("dlq task")??;
-    Ok(())
+        .context("dlq service")
 }

@@ -57,10 +57,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     start(config, client, shutdown)
         .await?
-        .task
+        .finished()
         .await
-        .context("egress task")??;
-    Ok(())
+        .context("egress service")
 }
 
 /// Starts the service on `config.http.listen`; returns once the routes are loaded, the probes

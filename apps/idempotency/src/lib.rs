@@ -96,8 +96,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     start(config, client, shutdown)
         .await?
-        .task
+        .finished()
         .await
-        .context("idempotency task")??;
-    Ok(())
+        .context("idempotency service")
 }

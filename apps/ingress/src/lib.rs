@@ -114,8 +114,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     start(config, client, shutdown)
         .await?
-        .task
+        .finished()
         .await
-        .context("ingress task")??;
-    Ok(())
+        .context("ingress service")
 }

@@ -29,6 +29,9 @@ pub enum LaunchError {
     /// The HTTP server failed.
     #[error("http server")]
     Serve(#[source] std::io::Error),
+    /// The service's task panicked or was aborted.
+    #[error("the service task ended abnormally")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Where a service listens: an address to bind (`http.listen`; port 0 picks a free one), or a
@@ -77,6 +80,16 @@ pub struct Running<T = ()> {
     pub task: JoinHandle<Result<(), LaunchError>>,
     /// What else the service reports about itself.
     pub info: T,
+}
+
+impl<T> Running<T> {
+    /// Waits until the service has stopped (after shutdown: work drained, server closed).
+    ///
+    /// Errors: the server failed ([`LaunchError::Serve`]) or the task panicked or was aborted
+    /// ([`LaunchError::Task`]).
+    pub async fn finished(self) -> Result<(), LaunchError> {
+        self.task.await.map_err(LaunchError::Task)?
+    }
 }
 
 impl Running {
