@@ -59,15 +59,8 @@ pub struct BackpressureSettings {
     pub max_batch: usize,
 }
 
-/// A setting that loaded but cannot work: `invalid setting backpressure.<key>: <reason and fix>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid setting backpressure.{key}: {reason}")]
-pub struct InvalidSetting {
-    /// The key under `[backpressure]`.
-    pub key: &'static str,
-    /// What is wrong with it, and what to set instead.
-    pub reason: String,
-}
+/// A setting that loaded but cannot work: `invalid setting backpressure.<key>: <reason>`.
+pub use switchyard_runtime::InvalidSetting;
 
 /// The shortest lease, in seconds (a shorter one only multiplies KV writes).
 pub const MIN_LEASE_SECS: f64 = 0.01;
@@ -77,7 +70,13 @@ impl BackpressureSettings {
     /// `backpressure-{tenant}` consumer's `ack_wait` and `max_ack_pending`); the first problem
     /// is returned.
     pub fn validate(&self, topology: &ResolvedTopology) -> Result<(), InvalidSetting> {
-        let fail = |key, reason: String| Err(InvalidSetting { key, reason });
+        let fail = |key, reason: String| {
+            Err(InvalidSetting {
+                section: "backpressure",
+                key,
+                reason,
+            })
+        };
         let Some(consumer) = topology
             .tenant_consumers
             .iter()

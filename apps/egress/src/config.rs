@@ -66,20 +66,19 @@ pub struct EgressSettings {
     pub receipts: bool,
 }
 
-/// A setting that loaded but makes no sense.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid setting egress.{key}: {reason}")]
-pub struct InvalidSetting {
-    /// The key under `[egress]`.
-    pub key: &'static str,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
+/// A setting that loaded but cannot work: `invalid setting egress.<key>: <reason>`.
+pub use switchyard_runtime::InvalidSetting;
 
 impl EgressSettings {
     /// Checks every value; the first problem is returned.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let fail = |key, reason| Err(InvalidSetting { key, reason });
+        let fail = |key, reason: &str| {
+            Err(InvalidSetting {
+                section: "egress",
+                key,
+                reason: reason.to_owned(),
+            })
+        };
         if self.concurrency == 0 {
             return fail("concurrency", "must be at least 1");
         }

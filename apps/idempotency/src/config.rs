@@ -66,21 +66,20 @@ pub struct IdempotencySettings {
 /// The longest `kv_wait_max_secs`: an hour (a longer hold only hides an outage).
 pub const MAX_KV_WAIT_SECS: u64 = 3600;
 
-/// A setting that loaded but cannot work: `invalid setting idempotency.<key>: <reason and fix>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid setting idempotency.{key}: {reason}")]
-pub struct InvalidSetting {
-    /// The key under `[idempotency]`.
-    pub key: &'static str,
-    /// What is wrong with it, and what to set instead.
-    pub reason: String,
-}
+/// A setting that loaded but cannot work: `invalid setting idempotency.<key>: <reason>`.
+pub use switchyard_runtime::InvalidSetting;
 
 impl IdempotencySettings {
     /// Checks every value against its range and the resolved `idempotency` bucket (per-key
     /// TTLs allowed, `max_age`); the first problem is returned.
     pub fn validate(&self, topology: &ResolvedTopology) -> Result<(), InvalidSetting> {
-        let fail = |key, reason: String| Err(InvalidSetting { key, reason });
+        let fail = |key, reason: String| {
+            Err(InvalidSetting {
+                section: "idempotency",
+                key,
+                reason,
+            })
+        };
         if self.concurrency == 0 {
             return fail(
                 "concurrency",

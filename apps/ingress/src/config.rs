@@ -66,22 +66,21 @@ pub const HOP_HEADER_ROOM: usize = 64 * 1024;
 /// Room a DLQ record needs beyond the payload (the original headers plus the record's own).
 pub const DLQ_RECORD_ROOM: usize = 128 * 1024;
 
-/// A setting that loaded but cannot work: `invalid setting ingress.<key>: <reason and fix>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid setting ingress.{key}: {reason}")]
-pub struct InvalidSetting {
-    /// The key under `[ingress]`.
-    pub key: &'static str,
-    /// What is wrong with it, and what to set instead.
-    pub reason: String,
-}
+/// A setting that loaded but cannot work: `invalid setting ingress.<key>: <reason>`.
+pub use switchyard_runtime::InvalidSetting;
 
 impl IngressSettings {
     /// Checks every value against its range and the resolved topology (the per-tenant
     /// `ingress-worker` consumer, the `INGRESS` template's, the next stage's and the DLQ's
     /// `max_msg_size`); the first problem is returned.
     pub fn validate(&self, topology: &ResolvedTopology) -> Result<(), InvalidSetting> {
-        let fail = |key, reason: String| Err(InvalidSetting { key, reason });
+        let fail = |key, reason: String| {
+            Err(InvalidSetting {
+                section: "ingress",
+                key,
+                reason,
+            })
+        };
         if self.concurrency == 0 {
             return fail(
                 "concurrency",

@@ -10,7 +10,9 @@ pub mod nats;
 pub mod retry;
 pub mod telemetry;
 
-pub use config::{ConfigError, ConfigSource, LogFormat, NatsConfig, TelemetryConfig, load};
+pub use config::{
+    ConfigError, ConfigSource, InvalidSetting, LogFormat, NatsConfig, TelemetryConfig, load,
+};
 pub use nats::{ConnectError, connect, jetstream};
 pub use retry::{Backoff, RetryPolicy};
 pub use telemetry::{TelemetryError, TelemetryGuard, init, init_for_tests};

@@ -18,6 +18,20 @@ use self::env::VerbatimEnv;
 
 pub use sections::{HttpConfig, LogFormat, NatsConfig, TelemetryConfig};
 
+/// A setting that loaded but cannot work, found by a service's start-up validation:
+/// `invalid setting <section>.<key>: <what is wrong, and what to set instead>`. The service
+/// stops before it connects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {section}.{key}: {reason}")]
+pub struct InvalidSetting {
+    /// The config section (`ingress`, `egress`, …).
+    pub section: &'static str,
+    /// The key in it.
+    pub key: &'static str,
+    /// What is wrong with it, and what to set instead.
+    pub reason: String,
+}
+
 /// Separator between nested keys in environment variable names: `<PREFIX>NATS__URL` → `nats.url`.
 pub const ENV_KEY_SEPARATOR: &str = "__";
 
