@@ -339,11 +339,13 @@ async fn provision_as_admin(admin: &Conn, tenants: &[&str]) {
     route_to_sink(admin, "hooks").await;
 }
 
-/// Routes acme's `platform` (any team) to the NATS subject `sink.acme.<platform>`, as admin.
+/// Routes acme's `platform` (any team) to the NATS subject `sink.acme.<platform>`, as admin;
+/// fire-and-forget, since the tests' subscribers only watch and never reply.
 async fn route_to_sink(admin: &Conn, platform: &str) {
     let routes: Store<RouteKey, Route> =
         Store::new(admin.js.get_key_value("routes").await.expect("routes"));
-    let json = format!(r#"{{"type":"nats","subject":"sink.acme.{platform}"}}"#);
+    let json =
+        format!(r#"{{"type":"nats","subject":"sink.acme.{platform}","fire_and_forget":true}}"#);
     let route = Route::from_json(json.as_bytes()).expect("route json");
     routes
         .put(

@@ -3,9 +3,9 @@
 //!
 //! | what happened | verdict |
 //! |---|---|
-//! | HTTP 2xx, NATS publish flushed or acknowledged | delivered |
+//! | HTTP 2xx; NATS: a reply (core route), the stream's ack (JetStream route), flushed (`fire_and_forget` route) | delivered |
 //! | HTTP 408, 429, 5xx; timeouts; connect errors; other transport errors | retryable |
-//! | NATS no responders (no stream for a JetStream route), timeouts, a broken connection | retryable |
+//! | NATS no responders (nobody subscribed to a core route, no stream for a JetStream route), no reply or ack in time, a broken connection | retryable |
 //! | HTTP 1xx, 3xx (redirects are not followed), other 4xx; a request that cannot be built; a message too large for the sink | permanent |
 //!
 //! `Retry-After` (seconds or an HTTP date) is honoured on 429 and 503 only.
@@ -35,7 +35,8 @@ pub enum Attempted {
         /// The client's error.
         error: String,
     },
-    /// The message was published (flushed, or acknowledged by a stream).
+    /// The NATS sink took the message: a reply came (core route), the stream acknowledged it
+    /// (JetStream route), or it was flushed (`fire_and_forget` route).
     NatsPublished,
     /// The NATS publish failed.
     NatsFailed {
@@ -67,9 +68,9 @@ pub enum HttpFailure {
 /// How a NATS publish failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatsFailure {
-    /// No stream (or responder) listens on the subject.
+    /// Nobody listens on the subject: no subscriber (core route) or no stream (JetStream).
     NoResponders,
-    /// No acknowledgement in time.
+    /// No reply or acknowledgement in time.
     Timeout,
     /// The connection is down or the publish could not be sent.
     Connection,

@@ -2,11 +2,17 @@
 //!
 //! Headers are the message's own less the server-interpreted `Nats-*` ones and egress's
 //! attempt log, plus `Nats-Msg-Id` = the envelope id, so a JetStream sink drops a redelivered
-//! copy within its duplicate window. With `jetstream: true` the attempt waits for the stream's
-//! acknowledgement; otherwise it waits until the publish is flushed to the server.
+//! copy within its duplicate window. How an attempt is confirmed depends on the route:
+//!
+//! | route | sent as | delivered when | nobody listening |
+//! |---|---|---|---|
+//! | `jetstream: true` | JetStream publish | the stream acks | no responders (no stream): retryable |
+//! | core (default) | request, reply inbox, the route's `timeout_ms` | any reply arrives (content not read) | no responders: retryable |
+//! | core, `fire_and_forget: true` | publish | flushed to the server | not detectable: counts as delivered |
 
-use async_nats::HeaderMap;
+use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::{HeaderMap, Request};
 use bytes::Bytes;
 use switchyard_envelope::headers::ATTEMPTS_LOG;
 use switchyard_envelope::{Envelope, headers};
@@ -57,6 +63,40 @@ impl NatsSink {
                         kind,
                         error: error.to_string(),
                     }
+                }
+            }
+        } else if !route.fire_and_forget {
+            let request = Request::new()
+                .headers(h)
+                .payload(payload)
+                .timeout(Some(std::time::Duration::from_millis(route.timeout_ms)));
+            match self.client.send_request(subject, request).await {
+                // Any reply is the subscriber's acknowledgement; its content is not read.
+                Ok(_reply) => Attempted::NatsPublished,
+                Err(error) => {
+                    let (kind, error) = match error.kind() {
+                        RequestErrorKind::NoResponders => (
+                            NatsFailure::NoResponders,
+                            format!(
+                                "no responders on {}: nobody is subscribed to the route's subject",
+                                route.subject
+                            ),
+                        ),
+                        RequestErrorKind::TimedOut => (
+                            NatsFailure::Timeout,
+                            format!(
+                                "no reply on {} within {} ms",
+                                route.subject, route.timeout_ms
+                            ),
+                        ),
+                        RequestErrorKind::MaxPayloadExceeded => {
+                            (NatsFailure::TooLarge, error.to_string())
+                        }
+                        RequestErrorKind::InvalidSubject | RequestErrorKind::Other => {
+                            (NatsFailure::Connection, error.to_string())
+                        }
+                    };
+                    Attempted::NatsFailed { kind, error }
                 }
             }
         } else {

@@ -3,6 +3,7 @@
 //! NATS routes, per-route isolation and the circuit breaker.
 
 mod exposure;
+mod nats_routes;
 mod support;
 
 use std::collections::BTreeMap;
@@ -407,6 +408,7 @@ async fn messages_without_a_usable_route_or_envelope_are_dead_lettered_with_thei
     let feeding_itself = Route::Nats(NatsRoute {
         subject: "egress.v1.acme.ops.loop".into(),
         jetstream: true,
+        fire_and_forget: false,
         timeout_ms: 1000,
         max_in_flight: 1,
     });
@@ -488,18 +490,21 @@ async fn nats_routes_deliver_to_a_subscriber_and_to_a_stream() {
     let core = Route::Nats(NatsRoute {
         subject: "sink.acme.orders".into(),
         jetstream: false,
+        fire_and_forget: false,
         timeout_ms: 2000,
         max_in_flight: 4,
     });
     let stream = Route::Nats(NatsRoute {
         subject: "sink.js.orders".into(),
         jetstream: true,
+        fire_and_forget: false,
         timeout_ms: 2000,
         max_in_flight: 4,
     });
     let missing_stream = Route::Nats(NatsRoute {
         subject: "sink.nostream.orders".into(),
         jetstream: true,
+        fire_and_forget: false,
         timeout_ms: 2000,
         max_in_flight: 4,
     });
@@ -527,6 +532,10 @@ async fn nats_routes_deliver_to_a_subscriber_and_to_a_stream() {
     let got = tokio::time::timeout(LONG, futures::StreamExt::next(&mut sub))
         .await
         .expect("a delivery")
+        .unwrap();
+    h.client
+        .publish(got.reply.clone().unwrap(), Bytes::new())
+        .await
         .unwrap();
     assert_eq!(got.payload, payload);
     let headers = got.headers.unwrap();

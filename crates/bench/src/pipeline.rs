@@ -141,6 +141,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
         let route = Route::Nats(NatsRoute {
             subject: format!("bench.sink.{tenant}"),
             jetstream: false,
+            fire_and_forget: false,
             timeout_ms: 10_000,
             max_in_flight: 256,
         });
@@ -226,12 +227,17 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             .await?;
     }
     for _ in 0..tenants.len() {
-        tokio::time::timeout(Duration::from_secs(60), sink.next())
+        let msg = tokio::time::timeout(Duration::from_secs(60), sink.next())
             .await
             .map_err(|_| {
                 anyhow::anyhow!("the warm-up messages did not come through the pipeline")
             })?;
+        // A core NATS route is a request: the sink's reply acknowledges the delivery.
+        if let Some(reply) = msg.and_then(|m| m.reply) {
+            client.publish(reply, bytes::Bytes::new()).await?;
+        }
     }
+    let replier = client.clone();
     let count = args.messages;
     let collect = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(count);
@@ -241,6 +247,9 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             else {
                 break;
             };
+            if let Some(reply) = msg.reply.clone() {
+                let _ = replier.publish(reply, bytes::Bytes::new()).await;
+            }
             latencies.push(latency_of(msg.headers.as_ref()).unwrap_or_default());
             last = Instant::now();
         }

@@ -6,6 +6,8 @@
 //! {"type":"webhook","url":"https://hooks.example.com/in","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 //!  "timeout_ms":10000,"max_in_flight":16,"headers":{"X-Env":"prod"}}
 //! {"type":"nats","subject":"sink.acme.billing","jetstream":true,"timeout_ms":5000,"max_in_flight":64}
+//! {"type":"nats","subject":"svc.acme.billing","timeout_ms":5000}
+//! {"type":"nats","subject":"feed.acme.billing","fire_and_forget":true}
 //! ```
 
 use std::collections::BTreeMap;
@@ -139,7 +141,15 @@ impl std::fmt::Debug for WebhookRoute {
     }
 }
 
-/// Delivery by publishing to a NATS subject.
+/// Delivery by publishing to a NATS subject. How a delivery is confirmed:
+///
+/// - `jetstream: true`: published through JetStream; delivered once the stream acks.
+/// - core NATS (the default): sent as a request; delivered once any reply arrives (its
+///   content is not read). Nobody subscribed (no responders) or no reply within `timeout_ms`
+///   is a retryable failure, so a core route never counts as delivered with nobody listening.
+/// - `fire_and_forget: true` (core NATS only, explicit opt-out): published and flushed to the
+///   server, which counts as delivered even when nobody is subscribed — the message is then
+///   lost. For feeds whose subscribers do not reply and where loss is acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsRoute {
@@ -148,12 +158,20 @@ pub struct NatsRoute {
     /// Publish through JetStream and wait for the stream's ack (default false: core NATS).
     #[serde(default)]
     pub jetstream: bool,
+    /// Core NATS only: publish without waiting for a reply; flushed counts as delivered, even
+    /// with nobody subscribed (default false: a request that needs a reply).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fire_and_forget: bool,
     /// Per-attempt timeout, in milliseconds (default 10000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Attempts in flight at once for this route (default 16).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Where messages of one (tenant, team or `_`, platform) go.
@@ -212,6 +230,14 @@ impl Route {
                     return Err(RouteError::Field {
                         field: "subject",
                         reason: format!("{:?} is not a concrete subject", n.subject),
+                    });
+                }
+                if n.jetstream && n.fire_and_forget {
+                    return Err(RouteError::Field {
+                        field: "fire_and_forget",
+                        reason: "is for core NATS routes; a JetStream route always waits for \
+                                 the stream's ack"
+                            .into(),
                     });
                 }
                 (n.timeout_ms, n.max_in_flight)
@@ -291,13 +317,39 @@ mod tests {
     }
 
     #[test]
+    fn a_core_nats_route_needs_a_reply_unless_it_opts_out() {
+        let core = Route::from_json(br#"{"type":"nats","subject":"svc.acme"}"#).unwrap();
+        let Route::Nats(n) = &core else {
+            panic!("{core:?}")
+        };
+        assert!(!n.jetstream && !n.fire_and_forget);
+        // The default is not written out, so stored routes read back unchanged.
+        assert_eq!(
+            core.to_json(),
+            br#"{"type":"nats","subject":"svc.acme","jetstream":false,"timeout_ms":10000,"max_in_flight":16}"#
+        );
+        let feed =
+            Route::from_json(br#"{"type":"nats","subject":"feed.acme","fire_and_forget":true}"#)
+                .unwrap();
+        assert!(matches!(
+            &feed,
+            Route::Nats(NatsRoute {
+                fire_and_forget: true,
+                ..
+            })
+        ));
+        assert_eq!(Route::from_json(&feed.to_json()).unwrap(), feed);
+    }
+
+    #[test]
     fn refuses_bad_routes_precisely() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
             (br#"{"type":"ftp"}"#, "not valid JSON for a route"),
             (br#"{"type":"webhook","url":"ftp://x/y/z/w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#, "route field url"),
             (br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_!!"}"#, "route field secret"),
             (br#"{"type":"nats","subject":"sink.*"}"#, "route field subject"),
             (br#"{"type":"nats","subject":"a","timeout_ms":0}"#, "route field timeout_ms"),
+            (br#"{"type":"nats","subject":"a","jetstream":true,"fire_and_forget":true}"#, "route field fire_and_forget"),
         ];
         for (json, expected) in cases {
             let err = Route::from_json(json).unwrap_err().to_string();

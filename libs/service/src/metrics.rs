@@ -53,6 +53,9 @@ pub struct Metrics {
     pub processed: Family<OutcomeLabels, Counter>,
     /// Messages dead-lettered, by code.
     pub dead_lettered: Family<DlqLabels, Counter>,
+    /// Confirmed acks (delivered, dead-lettered) the server did not confirm in time: each such
+    /// message may be redelivered, and is then handled again under the same ids.
+    pub acks_unconfirmed: Family<TenantLabels, Counter>,
     /// Messages being handled now.
     pub in_flight: Gauge,
     /// Handler latency, in seconds.
@@ -66,6 +69,7 @@ impl Metrics {
         let received = Family::<TenantLabels, Counter>::default();
         let processed = Family::<OutcomeLabels, Counter>::default();
         let dead_lettered = Family::<DlqLabels, Counter>::default();
+        let acks_unconfirmed = Family::<TenantLabels, Counter>::default();
         let in_flight = Gauge::default();
         let latency = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -86,6 +90,11 @@ impl Metrics {
             dead_lettered.clone(),
         );
         registry.register(
+            "acks_unconfirmed",
+            "Acks of delivered or dead-lettered messages the server did not confirm in time (each may be redelivered)",
+            acks_unconfirmed.clone(),
+        );
+        registry.register(
             "messages_in_flight",
             "Messages being handled now",
             in_flight.clone(),
@@ -101,6 +110,7 @@ impl Metrics {
             received,
             processed,
             dead_lettered,
+            acks_unconfirmed,
             in_flight,
             latency,
         }
@@ -146,6 +156,16 @@ impl Metrics {
                 stage: self.stage.to_string(),
                 tenant: tenant.to_owned(),
                 code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an ack the server did not confirm.
+    pub fn count_ack_unconfirmed(&self, tenant: &str) {
+        self.acks_unconfirmed
+            .get_or_create(&TenantLabels {
+                stage: self.stage.to_string(),
+                tenant: tenant.to_owned(),
             })
             .inc();
     }

@@ -6,9 +6,33 @@
 //!
 //! | outcome | settlement |
 //! |---|---|
-//! | `Forwarded`, `Delivered`, `Duplicate`, `Delayed` | ack |
+//! | `Forwarded`, `Duplicate`, `Delayed` | ack (plain) |
+//! | `Delivered` | confirmed ack (see below) |
 //! | `Retry` | decided again in place (progress acks keep the message; delays from [`SettleSettings::hold`]) until the hold's deadline, then nak after `after` |
-//! | `DeadLetter(record)` | publish the record, await the DLQ's ack, then ack; if it cannot be stored, nak after [`SettleSettings::dlq_retry_after`] |
+//! | `DeadLetter(record)` | publish the record, await the DLQ's ack, then confirmed ack; if it cannot be stored, nak after [`SettleSettings::dlq_retry_after`] |
+//!
+//! **Which acks are confirmed** ([`Outcome::ack_mode`], the one place this is chosen). A plain
+//! ack is fire-and-forget: if it is lost (a connection cut, a consumer leader change), JetStream
+//! redelivers the message after the consumer's ack wait and the stage handles it again. Where
+//! that second handling is absorbed, plain acks stay (one publish, no round trip); where it
+//! would reach the outside world twice, the ack is confirmed — sent with a reply subject
+//! (`AckKind::Ack`, async-nats `double_ack`) and awaited, retried within
+//! [`SettleSettings::confirm_ack`]:
+//!
+//! - `Forwarded`: plain. The redelivered copy is handed on again under the same deterministic
+//!   hop `Nats-Msg-Id`, which the next stream's duplicate window drops.
+//! - `Duplicate`: plain. The copy is decided a duplicate again.
+//! - `Delayed`: plain. The schedule (or delayed copy) is published under the same
+//!   deterministic id, so it is stored once; egress cancels a schedule left behind once a
+//!   redelivered copy settles for good.
+//! - `Retry` (nak): plain. A lost nak means redelivery after the ack wait instead of `after`.
+//! - `Delivered`: confirmed. A redelivered copy would be delivered to the sink again.
+//! - `DeadLetter`: confirmed. The DLQ record itself is de-duplicated (`dlq:<stream>:<seq>`),
+//!   but a redelivered copy at egress would be attempted at the sink again.
+//!
+//! A confirmation that does not come is logged and counted (`switchyard_acks_unconfirmed_total`);
+//! the message may then be redelivered and is handled again under the same ids (a webhook gets
+//! the same `webhook-id`, a NATS route the same `Nats-Msg-Id`), so the receiver can drop it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +47,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{Handler, Metrics};
+
+/// How an outcome's acknowledgement is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Fire-and-forget: a lost ack is absorbed (the copy JetStream redelivers is dropped or
+    /// decided the same way without reaching the outside world again).
+    Plain,
+    /// Sent with a reply subject and awaited (`AckKind::Ack` via `double_ack`): a lost ack
+    /// would deliver (or attempt) the message again.
+    Confirmed,
+}
 
 /// What a stage decided for one message.
 #[derive(Debug)]
@@ -57,6 +92,17 @@ impl Outcome {
             Outcome::Delayed => "delayed",
             Outcome::Retry { .. } => "retry",
             Outcome::DeadLetter(_) => "dead_lettered",
+        }
+    }
+
+    /// How this outcome is acknowledged: the one place the choice is made (see the module
+    /// documentation for why each outcome gets its mode).
+    pub fn ack_mode(&self) -> AckMode {
+        match self {
+            Outcome::Delivered | Outcome::DeadLetter(_) => AckMode::Confirmed,
+            Outcome::Forwarded | Outcome::Duplicate | Outcome::Delayed | Outcome::Retry { .. } => {
+                AckMode::Plain
+            }
         }
     }
 }
@@ -110,6 +156,12 @@ pub struct SettleSettings {
     /// JetStream. A NATS leader election or a short outage then costs no delivery attempt, so
     /// it cannot exhaust the consumer's `max_deliver`. Its deadline is the whole hold.
     pub hold: RetryPolicy,
+    /// How a confirmed ack ([`AckMode::Confirmed`]) is retried when its confirmation does not
+    /// come; its deadline bounds the whole wait. Acking twice is harmless: the server confirms
+    /// an ack for a message it no longer holds as pending.
+    pub confirm_ack: RetryPolicy,
+    /// How long one try of a confirmed ack waits for the server's confirmation.
+    pub confirm_ack_try: Duration,
 }
 
 impl Default for SettleSettings {
@@ -118,6 +170,9 @@ impl Default for SettleSettings {
             dlq_retry_after: Duration::from_secs(5),
             hold: RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5))
                 .within(Duration::from_secs(60)),
+            confirm_ack: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1))
+                .within(Duration::from_secs(10)),
+            confirm_ack_try: Duration::from_secs(2),
         }
     }
 }
@@ -206,7 +261,7 @@ impl Settler {
                 .map_or("_", TenantId::as_str)
                 .to_owned();
             self.metrics.count_received(&tenant);
-            self.settle(&msg, &tenant, handled.outcome).await;
+            self.settle(&msg, &tenant, handled.outcome, shutdown).await;
             self.metrics.in_flight.dec();
             self.metrics
                 .latency
@@ -243,11 +298,18 @@ impl Settler {
     }
 
     /// The one place outcomes become acknowledgements.
-    async fn settle(&self, msg: &jetstream::Message, tenant: &str, outcome: Outcome) {
+    async fn settle(
+        &self,
+        msg: &jetstream::Message,
+        tenant: &str,
+        outcome: Outcome,
+        shutdown: &CancellationToken,
+    ) {
         let label = outcome.label();
+        let mode = outcome.ack_mode();
         let result = match outcome {
             Outcome::Forwarded | Outcome::Delivered | Outcome::Duplicate | Outcome::Delayed => {
-                msg.ack().await
+                self.ack(msg, tenant, mode, shutdown).await
             }
             Outcome::Retry { after, reason } => {
                 tracing::warn!(%reason, ?after, subject = %msg.subject, "transient failure outlasted the hold; redelivery requested");
@@ -276,7 +338,7 @@ impl Settler {
                         );
                         self.metrics
                             .count_dead_lettered(tenant, record.code.as_str());
-                        msg.ack().await
+                        self.ack(msg, tenant, mode, shutdown).await
                     }
                     Err(error) => {
                         tracing::error!(%error, code = %record.code, "writing the dlq record failed; the message will be redelivered");
@@ -295,6 +357,50 @@ impl Settler {
         self.metrics.count_processed(tenant, label);
         if let Err(error) = result {
             tracing::warn!(%error, outcome = label, "acknowledgement failed; the message may be redelivered");
+        }
+    }
+
+    /// Acks `msg` in `mode`. A confirmed ack is tried again within
+    /// [`SettleSettings::confirm_ack`], each try waiting [`SettleSettings::confirm_ack_try`];
+    /// one never confirmed is counted and returned as an error.
+    async fn ack(
+        &self,
+        msg: &jetstream::Message,
+        tenant: &str,
+        mode: AckMode,
+        shutdown: &CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        match mode {
+            AckMode::Plain => msg.ack().await,
+            AckMode::Confirmed => {
+                let per_try = self.settings.confirm_ack_try;
+                let confirmed = self
+                    .settings
+                    .confirm_ack
+                    .run(
+                        shutdown,
+                        || async move {
+                            match tokio::time::timeout(per_try, msg.double_ack()).await {
+                                Ok(result) => result,
+                                Err(_) => Err(format!(
+                                    "no confirmation within {} ms",
+                                    per_try.as_millis()
+                                )
+                                .into()),
+                            }
+                        },
+                        |_| true,
+                        |error, delay| {
+                            tracing::debug!(%error, ?delay, "ack not confirmed; acking again");
+                        },
+                    )
+                    .await;
+                if let Err(error) = &confirmed {
+                    self.metrics.count_ack_unconfirmed(tenant);
+                    tracing::warn!(%error, subject = %msg.subject, "the server did not confirm the ack; the message may be redelivered and handled again under the same ids");
+                }
+                confirmed
+            }
         }
     }
 }

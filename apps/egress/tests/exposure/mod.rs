@@ -27,6 +27,7 @@ async fn producer_headers_reach_a_nats_sink_but_never_a_webhook() {
     let nats = Route::Nats(NatsRoute {
         subject: "sink.acme.orders".into(),
         jetstream: false,
+        fire_and_forget: false,
         timeout_ms: 2000,
         max_in_flight: 4,
     });
@@ -49,6 +50,11 @@ async fn producer_headers_reach_a_nats_sink_but_never_a_webhook() {
     let got = tokio::time::timeout(LONG, futures::StreamExt::next(&mut sub))
         .await
         .expect("a NATS delivery")
+        .unwrap();
+    // A core NATS route is a request: the reply acknowledges it.
+    h.client
+        .publish(got.reply.clone().unwrap(), Bytes::new())
+        .await
         .unwrap();
     let nats_headers = got.headers.unwrap();
     assert_eq!(nats_headers.get("X-Order").unwrap().as_str(), "42");
