@@ -1,7 +1,8 @@
 //! Claims of (tenant, platform, producer msg id) in the `idempotency` bucket.
 //!
-//! A claim is an atomic create of the key with the envelope id as its value and a per-key TTL
-//! (`Nats-TTL`). The outcome tells first sightings from duplicates, and also recognises the
+//! A claim is an atomic create of the key with the envelope id as its value — its 16 raw
+//! bytes ([`claim_value`]; claims written as the 36-character text form are still read) — and
+//! a per-key TTL (`Nats-TTL`). The outcome tells first sightings from duplicates, and also recognises the
 //! *same* message seen again (a crash between claiming and acking): the value is that
 //! message's own envelope id, so it is handed on again instead of being dropped.
 //!
@@ -14,8 +15,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode, kv};
 use switchyard_envelope::EnvelopeId;
 use switchyard_keys::{IdempotencyKey, KvKey};
 
@@ -33,10 +34,59 @@ pub enum Claim {
     },
 }
 
-/// The claim could not be decided because KV did not answer.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("kv unavailable: {0}")]
-pub struct Unavailable(pub String);
+/// Why a claim could not be decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// KV did not answer (unreachable, timed out, bucket missing): the `kv_unavailable`
+    /// policy decides.
+    #[error("kv unavailable: {0}")]
+    Unavailable(String),
+    /// The bucket answered and refused the new claim because it is full (its `max_bytes` or
+    /// `max_msgs`, or the server's storage): the message must wait for room, never be claimed
+    /// anywhere else (a local claim would double).
+    #[error("idempotency bucket full: {0}")]
+    BucketFull(String),
+}
+
+/// The error of a refused claim write: [`ClaimError::BucketFull`] when JetStream says the
+/// bucket (or the server's storage) is full — err_code 10077 with "maximum bytes exceeded" /
+/// "maximum messages exceeded", or the server's storage, 10023 / 10047 —, else
+/// [`ClaimError::Unavailable`].
+pub fn classify(error: &PublishError) -> ClaimError {
+    let server =
+        std::error::Error::source(error).and_then(|s| s.downcast_ref::<jetstream::Error>());
+    match server {
+        Some(e) if is_full(e.error_code(), &e.to_string()) => ClaimError::BucketFull(e.to_string()),
+        _ => ClaimError::Unavailable(error.to_string()),
+    }
+}
+
+/// Whether a JetStream API error (its code and text) says the store is full.
+pub fn is_full(code: ErrorCode, text: &str) -> bool {
+    (code == ErrorCode::STREAM_STORE_FAILED
+        && text.contains("maximum")
+        && text.contains("exceeded"))
+        || code == ErrorCode::INSUFFICIENT_RESOURCES
+        || code == ErrorCode::STORAGE_RESOURCES_EXCEEDED
+}
+
+/// The stored value of a claim by `id`: its 16 raw bytes (the text form takes 36).
+pub fn claim_value(id: EnvelopeId) -> [u8; 16] {
+    *id.0.as_bytes()
+}
+
+/// The envelope id a stored claim value names: 16 raw bytes, or the text form written by
+/// earlier versions. `None` for anything else.
+pub fn claimed_by(value: &[u8]) -> Option<EnvelopeId> {
+    match value.len() {
+        16 => uuid::Uuid::from_slice(value).ok().map(EnvelopeId),
+        _ => std::str::from_utf8(value)
+            .ok()?
+            .parse::<uuid::Uuid>()
+            .ok()
+            .map(EnvelopeId),
+    }
+}
 
 /// Claims in a real KV bucket.
 pub struct KvClaims {
@@ -52,7 +102,7 @@ impl KvClaims {
     }
 
     /// Publishes the claim expecting `revision` as the key's last sequence (0 = no key).
-    async fn write(&self, key: &str, id: &str, revision: u64) -> Result<bool, Unavailable> {
+    async fn write(&self, key: &str, id: EnvelopeId, revision: u64) -> Result<bool, ClaimError> {
         // The bucket's own put subject (`$KV.<bucket>.<key>`), as async-nats builds it.
         let subject = format!(
             "{}{key}",
@@ -63,7 +113,7 @@ impl KvClaims {
         h.insert("Nats-TTL", self.ttl.as_secs().max(1).to_string());
         let ack = match self
             .js
-            .publish_with_headers(subject, h, id.to_owned().into())
+            .publish_with_headers(subject, h, claim_value(id).to_vec().into())
             .await
         {
             Ok(ack) => ack.await,
@@ -72,33 +122,35 @@ impl KvClaims {
         match ack {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-            Err(e) => Err(Unavailable(e.to_string())),
+            Err(e) => Err(classify(&e)),
         }
     }
 
     /// Claims `key` for the message `id`.
-    pub async fn claim(&self, key: &IdempotencyKey, id: EnvelopeId) -> Result<Claim, Unavailable> {
+    pub async fn claim(&self, key: &IdempotencyKey, id: EnvelopeId) -> Result<Claim, ClaimError> {
         let rendered = key.render();
-        let id = id.to_string();
         let mut expected = 0;
         // Three rounds cover the races: the key expires, or another replica re-creates it,
         // between our write and our read.
         for _ in 0..3 {
-            if self.write(&rendered, &id, expected).await? {
+            if self.write(&rendered, id, expected).await? {
                 return Ok(Claim::First);
             }
             match self
                 .kv
                 .entry(&rendered)
                 .await
-                .map_err(|e| Unavailable(e.to_string()))?
+                .map_err(|e| ClaimError::Unavailable(e.to_string()))?
             {
                 Some(entry) if entry.operation == kv::Operation::Put => {
-                    let first = String::from_utf8_lossy(&entry.value).into_owned();
-                    return Ok(if first == id {
-                        Claim::SameMessage
-                    } else {
-                        Claim::Duplicate { first }
+                    return Ok(match claimed_by(&entry.value) {
+                        Some(first) if first == id => Claim::SameMessage,
+                        Some(first) => Claim::Duplicate {
+                            first: first.to_string(),
+                        },
+                        None => Claim::Duplicate {
+                            first: String::from_utf8_lossy(&entry.value).into_owned(),
+                        },
                     });
                 }
                 // A delete or expiry marker: re-create over it, keeping the TTL.
@@ -106,7 +158,7 @@ impl KvClaims {
                 None => expected = 0,
             }
         }
-        Err(Unavailable(format!(
+        Err(ClaimError::Unavailable(format!(
             "key {rendered:?} kept changing while claiming"
         )))
     }
@@ -208,5 +260,38 @@ mod tests {
         }
         // "a" was evicted to keep the bound: it is a first sighting again.
         assert_eq!(local.claim(&key("a"), envelope_id(9)), Claim::First);
+    }
+
+    #[test]
+    fn claim_values_are_16_raw_bytes_and_the_text_form_still_reads() {
+        let id = envelope_id(0x0193_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b);
+        assert_eq!(claim_value(id).len(), 16);
+        assert_eq!(claimed_by(&claim_value(id)), Some(id));
+        assert_eq!(claimed_by(id.to_string().as_bytes()), Some(id));
+        assert_eq!(claimed_by(b"not an id"), None);
+    }
+
+    #[test]
+    fn only_a_full_store_is_bucket_full() {
+        assert!(is_full(
+            ErrorCode::STREAM_STORE_FAILED,
+            "maximum bytes exceeded (code 503, error code 10077)"
+        ));
+        assert!(is_full(
+            ErrorCode::STREAM_STORE_FAILED,
+            "maximum messages exceeded (code 503, error code 10077)"
+        ));
+        assert!(is_full(
+            ErrorCode::INSUFFICIENT_RESOURCES,
+            "insufficient resources"
+        ));
+        assert!(!is_full(
+            ErrorCode::STREAM_STORE_FAILED,
+            "some other store failure"
+        ));
+        assert!(!is_full(
+            ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
+            "wrong last sequence"
+        ));
     }
 }

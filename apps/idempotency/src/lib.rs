@@ -14,11 +14,15 @@ use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
 use switchyard_runtime::RetryPolicy;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_service::probes::router_with_check;
+use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch};
 use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdempotencyConfig;
+
+/// How often a message held by a full bucket tries its claim again.
+const FULL_RECHECK: Duration = Duration::from_secs(2);
 
 /// Starts the service; returns once it is consuming and listening.
 pub async fn start(
@@ -30,6 +34,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    switchyard_topology::check_server(&client, &topology)?;
     config.idempotency.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (bucket, kv) = topology.open_bucket(&js, BucketName::Idempotency).await?;
@@ -43,6 +48,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new(Stage::Idempotency));
     let fallbacks = Counter::default();
     let duplicates = Counter::default();
+    let bucket_full = Counter::default();
     metrics.register(
         "idempotency_local_fallbacks",
         "Claims decided by the local window while KV was unreachable",
@@ -53,6 +59,12 @@ pub async fn start(
         "Duplicates dropped",
         duplicates.clone(),
     );
+    metrics.register(
+        "idempotency_bucket_full",
+        "Messages held because the idempotency bucket was full (its max_bytes or max_msgs)",
+        bucket_full.clone(),
+    );
+    let full = handler::BucketFull::default();
     let handler = Arc::new(handler::IdempotencyHandler {
         kv: claims::KvClaims::new(js.clone(), kv, ttl),
         local: claims::LocalClaims::new(ttl, settings.local_window_max_keys),
@@ -61,14 +73,18 @@ pub async fn start(
         next: settings.next_stage,
         fallbacks,
         duplicates,
+        bucket_full,
+        full: full.clone(),
+        full_recheck: FULL_RECHECK,
+        shutdown: shutdown.clone(),
     });
     let readiness = Readiness {
         client: client.clone(),
         js: js.clone(),
         streams: vec![stream_name],
-        buckets: vec![bucket],
+        buckets: vec![bucket.clone()],
     };
-    let app = router(readiness, metrics.clone());
+    let app = router_with_check(readiness, metrics.clone(), full.readiness(bucket));
     // One hold for everything transient here: a claim while KV is unreachable (policy
     // `wait`) or a failed hand-off is retried in place for exactly `kv_wait_max_secs`.
     let mut worker_settings = WorkerSettings {

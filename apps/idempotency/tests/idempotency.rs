@@ -1,13 +1,16 @@
 //! The idempotency service against a real nats-server: first sightings go on, duplicates stop,
 //! the same message after a crash goes on, claims expire and re-create with their TTL, and the
-//! KV-unavailable policies behave as documented.
+//! KV-unavailable policies behave as documented; a full bucket holds messages (never
+//! dead-letters or claims them locally) and says so; claims are compact.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
+use switchyard_envelope::EnvelopeId;
 use switchyard_envelope::{Attempt, Envelope};
 use switchyard_fixtures::{Provisioned, Service, envelope_ids, stamped};
 use switchyard_idempotency::IdempotencyConfig;
+use switchyard_idempotency::claims::{KvClaims, claim_value};
 use switchyard_idempotency::config::KvUnavailable;
 use switchyard_keys::{Address, IdempotencyKey, KvKey, MsgId};
 use switchyard_service::Handoff;
@@ -117,16 +120,16 @@ async fn duplicates_are_dropped_per_tenant_and_platform() {
         .map(|e| e.id.to_string())
         .collect();
     assert_eq!(forwarded, expected);
-    // The claim names the first sighting.
     let kv = h.js.get_key_value("idempotency").await.unwrap();
     let key = IdempotencyKey {
         tenant: "acme".parse().unwrap(),
         platform: "slack".parse().unwrap(),
         msg_id: MsgId::new("order-1").unwrap(),
     };
+    // The claim names the first sighting, as the id's 16 raw bytes.
     assert_eq!(
         kv.get(key.render()).await.unwrap().unwrap(),
-        first.id.to_string().as_bytes()
+        claim_value(first.id)[..]
     );
     h.stop().await;
 }
@@ -261,4 +264,167 @@ async fn with_local_policy_claims_fall_back_to_memory_and_are_counted() {
         "{metrics}"
     );
     h.stop().await;
+}
+
+/// The claims bucket's stream: (messages, bytes).
+async fn bucket_usage(js: &jetstream::Context) -> (u64, u64) {
+    let mut stream = js.get_stream("KV_idempotency").await.unwrap();
+    let info = stream.info().await.unwrap();
+    (info.state.messages, info.state.bytes)
+}
+
+/// Sets the claims bucket's `max_bytes` (its KV stream's).
+async fn set_bucket_max_bytes(js: &jetstream::Context, max_bytes: i64) {
+    let mut stream = js.get_stream("KV_idempotency").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_bytes = max_bytes;
+    js.update_stream(config).await.unwrap();
+}
+
+async fn a_full_bucket_holds_the_message_until_it_has_room(policy: KvUnavailable) {
+    let h = Harness::start(|c| c.idempotency.kv_unavailable = policy).await;
+    let addr = h.service.running().http_addr;
+    let first = h.envelope("acme", "slack", "full-1");
+    h.send(&first).await;
+    h.settled().await;
+    // The bucket is exactly full: the next claim does not fit.
+    let (_, used) = bucket_usage(&h.js).await;
+    set_bucket_max_bytes(&h.js, i64::try_from(used).unwrap()).await;
+
+    let held = h.envelope("globex", "slack", "full-2");
+    h.send(&held).await;
+    wait_for(
+        "readiness to report the full bucket",
+        Duration::from_secs(10),
+        || async {
+            let ready = http_get(addr, "/readyz").await;
+            ready.contains("bucket idempotency is full").then_some(())
+        },
+    )
+    .await;
+    // Held across several rechecks: in flight, never redelivered, not handed on, not
+    // dead-lettered, not claimed in the local window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let info = h.consumer_info().await.unwrap();
+    assert_eq!((info.num_ack_pending, info.num_redelivered), (1, 0));
+    assert_eq!(h.forwarded_ids().await, [first.id.to_string()]);
+    assert_eq!(stored_count(&h.js, "DLQ").await, 0);
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_idempotency_bucket_full_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_idempotency_local_fallbacks_total 0"),
+        "{metrics}"
+    );
+
+    // The bucket is enlarged: the held message goes on, once, and readiness recovers.
+    set_bucket_max_bytes(&h.js, 1 << 20).await;
+    h.settled().await;
+    assert_eq!(
+        h.forwarded_ids().await,
+        [first.id.to_string(), held.id.to_string()]
+    );
+    wait_for("readiness to recover", Duration::from_secs(10), || async {
+        (!http_get(addr, "/readyz").await.contains("not ready")).then_some(())
+    })
+    .await;
+    assert_eq!(stored_count(&h.js, "DLQ").await, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn with_wait_policy_a_full_bucket_holds_the_message_until_it_has_room() {
+    a_full_bucket_holds_the_message_until_it_has_room(KvUnavailable::Wait).await;
+}
+
+#[tokio::test]
+async fn with_local_policy_a_full_bucket_still_holds_and_never_claims_locally() {
+    a_full_bucket_holds_the_message_until_it_has_room(KvUnavailable::Local).await;
+}
+
+#[tokio::test]
+async fn a_full_bucket_refuses_claims_with_its_own_error() {
+    let Provisioned {
+        server: _server,
+        js,
+        ..
+    } = Provisioned::start().await;
+    let kv = js.get_key_value("idempotency").await.unwrap();
+    let claims = KvClaims::new(js.clone(), kv, Duration::from_secs(60));
+    let key = |id: &str| IdempotencyKey {
+        tenant: "acme".parse().unwrap(),
+        platform: "slack".parse().unwrap(),
+        msg_id: MsgId::new(id).unwrap(),
+    };
+    let id = |n: u128| EnvelopeId(uuid::Uuid::from_u128(n));
+    claims.claim(&key("a"), id(1)).await.unwrap();
+    let (_, used) = bucket_usage(&js).await;
+    set_bucket_max_bytes(&js, i64::try_from(used).unwrap()).await;
+    let refused = claims.claim(&key("b"), id(2)).await.unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            switchyard_idempotency::claims::ClaimError::BucketFull(e)
+                if e.contains("maximum bytes exceeded") && e.contains("10077")
+        ),
+        "{refused:?}"
+    );
+    // A duplicate is still recognised while the bucket is full.
+    assert!(matches!(
+        claims.claim(&key("a"), id(3)).await.unwrap(),
+        switchyard_idempotency::claims::Claim::Duplicate { .. }
+    ));
+}
+
+#[tokio::test]
+async fn claims_are_compact() {
+    let Provisioned {
+        server: _server,
+        js,
+        ..
+    } = Provisioned::start().await;
+    let kv = js.get_key_value("idempotency").await.unwrap();
+    let claims = KvClaims::new(js.clone(), kv, Duration::from_secs(129_600));
+    const N: u64 = 1000;
+    for n in 0..N {
+        let key = IdempotencyKey {
+            tenant: "acme".parse().unwrap(),
+            platform: "slack".parse().unwrap(),
+            msg_id: MsgId::new(format!("order-{n:06}")).unwrap(),
+        };
+        let id = EnvelopeId(uuid::Uuid::now_v7());
+        claims.claim(&key, id).await.unwrap();
+    }
+    let (messages, bytes) = bucket_usage(&js).await;
+    assert_eq!(messages, N);
+    let compact = bytes / N;
+    // The same claims with the value as text (36 bytes), as earlier versions wrote them.
+    for n in 0..N {
+        let key = IdempotencyKey {
+            tenant: "acme".parse().unwrap(),
+            platform: "slack".parse().unwrap(),
+            msg_id: MsgId::new(format!("order-b{n:05}")).unwrap(),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        headers.insert("Nats-TTL", "129600");
+        js.publish_with_headers(
+            format!("$KV.idempotency.{}", key.render()),
+            headers,
+            uuid::Uuid::now_v7().to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let (_, all) = bucket_usage(&js).await;
+    let text = (all - bytes) / N;
+    println!("bytes per claim: {compact} (raw id), {text} (text id)");
+    assert!(compact + 20 <= text, "{compact} vs {text}");
+    // The sizing formula in nats/topology.toml: 136 bytes + the key's length per claim (this
+    // key, `acme.slack.order-000001`, is 23 bytes long).
+    assert!(compact <= 136 + 23, "{compact} bytes per claim");
 }

@@ -34,6 +34,12 @@ pub struct StreamStatus {
     pub replicas: usize,
     /// The cluster leader's name (clustered servers only).
     pub leader: Option<String>,
+    /// Its byte limit (`-1`: none).
+    pub max_bytes: i64,
+    /// Its message limit (`-1`: none).
+    pub max_msgs: i64,
+    /// The fuller of bytes and messages, in percent of the limits that are set.
+    pub fill_pct: f64,
 }
 
 /// One declared consumer's state.
@@ -68,6 +74,47 @@ pub struct BucketStatus {
     pub values: u64,
     /// Bytes stored.
     pub bytes: u64,
+    /// Its byte limit (`-1`: none).
+    pub max_bytes: i64,
+    /// Its value limit (`-1`: none).
+    pub max_msgs: i64,
+    /// The fuller of bytes and values, in percent of the limits that are set.
+    pub fill_pct: f64,
+    /// Buckets whose values expire (the idempotency claims): hours until `max_bytes` is
+    /// reached at the write rate of the values stored now (their count over the time between
+    /// the oldest and the newest), ignoring expiries. `None` without a byte limit, or with too
+    /// few values to tell a rate.
+    pub headroom_hours: Option<f64>,
+}
+
+/// `used` in percent of `max` (0 when `max` is not a limit).
+fn pct(used: u64, max: i64) -> f64 {
+    if max > 0 {
+        used as f64 * 100.0 / max as f64
+    } else {
+        0.0
+    }
+}
+
+/// The fuller of a stream's bytes and messages, in percent of its limits.
+fn fill(state: &stream::State, config: &stream::Config) -> f64 {
+    pct(state.messages, config.max_messages).max(pct(state.bytes, config.max_bytes))
+}
+
+/// Hours until `info`'s stream reaches `max_bytes` at the rate its stored messages were
+/// written (their count over the span between the first and the last), ignoring expiries.
+fn headroom_hours(info: &stream::Info) -> Option<f64> {
+    let (state, max) = (&info.state, info.config.max_bytes);
+    if max <= 0 || state.messages < 2 {
+        return None;
+    }
+    let span = (state.last_timestamp - state.first_timestamp).as_seconds_f64();
+    if span <= 0.0 {
+        return None;
+    }
+    let bytes_per_sec = state.bytes as f64 / span;
+    let free = (max as f64 - state.bytes as f64).max(0.0);
+    Some(free / bytes_per_sec / 3600.0)
 }
 
 /// Messages waiting in one work-queue stream for one tenant.
@@ -162,6 +209,9 @@ pub async fn status(
                 last_seq: i.state.last_sequence,
                 consumers: i.state.consumer_count,
                 replicas: i.config.num_replicas,
+                max_bytes: i.config.max_bytes,
+                max_msgs: i.config.max_messages,
+                fill_pct: fill(&i.state, &i.config),
                 leader: i.cluster.and_then(|c| c.leader),
             },
             None => StreamStatus {
@@ -174,6 +224,9 @@ pub async fn status(
                 consumers: 0,
                 replicas: 0,
                 leader: None,
+                max_bytes: s.config.max_bytes,
+                max_msgs: s.config.max_messages,
+                fill_pct: 0.0,
             },
         });
     }
@@ -203,6 +256,15 @@ pub async fn status(
             present: info.is_some(),
             values: info.as_ref().map_or(0, |i| i.state.messages),
             bytes: info.as_ref().map_or(0, |i| i.state.bytes),
+            max_bytes: info
+                .as_ref()
+                .map_or(b.config.max_bytes, |i| i.config.max_bytes),
+            max_msgs: info.as_ref().map_or(-1, |i| i.config.max_messages),
+            fill_pct: info.as_ref().map_or(0.0, |i| fill(&i.state, &i.config)),
+            headroom_hours: info
+                .as_ref()
+                .filter(|_| b.config.max_age > std::time::Duration::ZERO)
+                .and_then(headroom_hours),
         });
     }
     let tenant_streams = tenant_streams(js, topology).await?;
@@ -238,13 +300,6 @@ async fn tenant_streams(
         let Some(info) = stream_info(js, &name).await? else {
             continue;
         };
-        let pct = |used: u64, max: i64| {
-            if max > 0 {
-                used as f64 * 100.0 / max as f64
-            } else {
-                0.0
-            }
-        };
         out.push(TenantStreamStatus {
             tenant: tenant.to_string(),
             name,
@@ -252,8 +307,7 @@ async fn tenant_streams(
             bytes: info.state.bytes,
             max_msgs: info.config.max_messages,
             max_bytes: info.config.max_bytes,
-            fill_pct: pct(info.state.messages, info.config.max_messages)
-                .max(pct(info.state.bytes, info.config.max_bytes)),
+            fill_pct: fill(&info.state, &info.config),
         });
     }
     Ok(out)

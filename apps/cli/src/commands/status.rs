@@ -1,4 +1,5 @@
-//! `switchyard status`: streams, consumers (lag), buckets and per-tenant backlog.
+//! `switchyard status`: streams, consumers (lag), buckets (fill, and hours of headroom for the
+//! idempotency claims) and per-tenant backlog.
 
 use std::process::ExitCode;
 
@@ -33,6 +34,23 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A limit for people: `1.0 GiB`, or `-` when there is none.
+fn limit_bytes(max: i64) -> String {
+    u64::try_from(max)
+        .ok()
+        .filter(|m| *m > 0)
+        .map_or("-".to_owned(), human_bytes)
+}
+
+/// Fill for people: `12.5%` (the fuller of bytes and messages), `-` when absent.
+fn fill(present: bool, fill_pct: f64) -> String {
+    if present {
+        format!("{fill_pct:.1}%")
+    } else {
+        "-".to_owned()
+    }
+}
+
 fn present<T: ToString>(present: bool, value: T) -> String {
     if present {
         value.to_string()
@@ -48,6 +66,8 @@ pub fn render(report: &StatusReport) -> String {
         "STATE",
         "MESSAGES",
         "BYTES",
+        "MAX BYTES",
+        "FILL",
         "FIRST",
         "LAST",
         "CONSUMERS",
@@ -60,6 +80,8 @@ pub fn render(report: &StatusReport) -> String {
             if s.present { "ok" } else { "missing" }.to_owned(),
             present(s.present, s.messages),
             present(s.present, human_bytes(s.bytes)),
+            limit_bytes(s.max_bytes),
+            fill(s.present, s.fill_pct),
             present(s.present, s.first_seq),
             present(s.present, s.last_seq),
             present(s.present, s.consumers),
@@ -85,13 +107,25 @@ pub fn render(report: &StatusReport) -> String {
             present(c.present, c.waiting),
         ]);
     }
-    let mut buckets = Table::new(["BUCKET", "STATE", "VALUES", "BYTES"]);
+    let mut buckets = Table::new([
+        "BUCKET",
+        "STATE",
+        "VALUES",
+        "BYTES",
+        "MAX BYTES",
+        "FILL",
+        "HEADROOM",
+    ]);
     for b in &report.buckets {
         buckets.row([
             b.name.clone(),
             if b.present { "ok" } else { "missing" }.to_owned(),
             present(b.present, b.values),
             present(b.present, human_bytes(b.bytes)),
+            limit_bytes(b.max_bytes),
+            fill(b.present, b.fill_pct),
+            b.headroom_hours
+                .map_or("-".to_owned(), |h| format!("{h:.1} h")),
         ]);
     }
     let mut out = format!(

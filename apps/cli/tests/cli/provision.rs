@@ -209,8 +209,41 @@ async fn status_tables_and_json() {
         .state
         .bytes;
 
+    // Two claims, written a moment apart: enough to tell the bucket's write rate.
+    let claims = js.get_key_value("idempotency").await.unwrap();
+    claims.put("acme.slack.a", "x".into()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    claims.put("acme.slack.b", "y".into()).await.unwrap();
+
     let after = switchyard(&url, &["status"]).await;
     let text = stdout(&after);
+    // Fill of every stream and bucket against its limit; headroom for the claims.
+    let header = text.lines().find(|l| l.starts_with("BUCKET")).unwrap();
+    assert_eq!(
+        cells(header),
+        [
+            "BUCKET",
+            "STATE",
+            "VALUES",
+            "BYTES",
+            "MAX BYTES",
+            "FILL",
+            "HEADROOM"
+        ]
+    );
+    let claims_row = cells(
+        text.lines()
+            .find(|l| l.starts_with("idempotency "))
+            .unwrap(),
+    );
+    assert_eq!(claims_row[..3], ["idempotency", "ok", "2"], "{text}");
+    assert_eq!(claims_row[4], "4.0 GiB", "{text}");
+    assert_eq!(claims_row[5], "0.0%", "{text}");
+    assert!(claims_row[6].ends_with(" h"), "{text}");
+    let routes_row = cells(text.lines().find(|l| l.starts_with("routes ")).unwrap());
+    assert_eq!(routes_row[4..], ["64.0 MiB", "0.0%", "-"], "{text}");
+    let egress_stream = cells(text.lines().find(|l| l.starts_with("EGRESS ")).unwrap());
+    assert_eq!(egress_stream[4..6], ["1.0 GiB", "0.0%"], "{text}");
     let egress_line = text
         .lines()
         .find(|l| l.starts_with("EGRESS/egress-worker"))
@@ -262,6 +295,33 @@ async fn status_tables_and_json() {
         .find(|c| c["name"] == "egress-worker")
         .unwrap();
     assert_eq!(egress["pending"], 1);
+    let stream = |name: &str| {
+        report["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stream("EGRESS")["max_bytes"], 1073741824);
+    assert!(stream("EGRESS")["fill_pct"].as_f64().unwrap() > 0.0);
+    let bucket = report["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "idempotency")
+        .unwrap();
+    assert_eq!(bucket["max_bytes"], 4294967296_u64);
+    assert!(bucket["fill_pct"].as_f64().unwrap() > 0.0);
+    assert!(bucket["headroom_hours"].as_f64().unwrap() > 0.0);
+    let routes = report["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "routes")
+        .unwrap();
+    assert_eq!(routes["headroom_hours"], serde_json::Value::Null);
     assert_eq!(
         report["tenant_streams"],
         serde_json::json!([{
