@@ -34,6 +34,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    switchyard_topology::check_server(&client, &topology)?;
     config.backpressure.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (stream_name, stream) = topology.open_stream(&js, StreamName::Backpressure).await?;

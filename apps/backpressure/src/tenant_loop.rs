@@ -140,7 +140,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
 
 /// What a tenant loop does with a message whose slot has come: hand it on to the next stage,
 /// hold it in place when the hand-off fails (the settler retries), or dead-letter it when its
-/// envelope is unreadable. Settling is the shared [`Settler`](switchyard_service::Settler)'s.
+/// envelope is unreadable or it is too large for the next stage (`payload_too_large`). Settling is the shared [`Settler`](switchyard_service::Settler)'s.
 pub struct Forward(pub Arc<Shared>);
 
 impl Handler for Forward {
@@ -169,10 +169,7 @@ async fn forward(shared: &Shared, msg: &jetstream::Message) -> Handled {
         .await
     {
         Ok(()) => Outcome::Forwarded,
-        Err(error) => Outcome::Retry {
-            after: Duration::from_secs(1),
-            reason: format!("{error:#}"),
-        },
+        Err(error) => error.outcome(msg, Stage::Backpressure, &envelope),
     };
     Handled { tenant, outcome }
 }

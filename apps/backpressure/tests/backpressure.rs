@@ -1,6 +1,9 @@
 //! The backpressure service against a real nats-server, with several replicas: global limits,
 //! fairness, live limit changes, admission state, and the KV-unreachable fallback.
 
+#[path = "backpressure/payload_limits.rs"]
+mod payload_limits;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -47,6 +47,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    switchyard_topology::check_server(&client, &topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let ns = topology.namespace.clone();
     let (dlq_name, dlq) = topology.open_stream(&js, StreamName::Dlq).await?;

@@ -75,6 +75,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    switchyard_topology::check_server(&client, &topology)?;
     let ns = topology.namespace.clone();
     let ack_wait = topology
         .consumer(ConsumerName::EgressWorker)

@@ -128,10 +128,7 @@ impl Handler for IngressHandler {
                     .await
                 {
                     Ok(()) => Outcome::Forwarded,
-                    Err(e) => Outcome::Retry {
-                        after: std::time::Duration::from_secs(1),
-                        reason: format!("{e}: {:?}", std::error::Error::source(&e)),
-                    },
+                    Err(e) => e.outcome(msg, Stage::Ingress, &envelope),
                 };
                 Handled { tenant, outcome }
             }

@@ -31,6 +31,7 @@ pub async fn start(
         .deployment
         .resolve()
         .context("resolving the topology")?;
+    switchyard_topology::check_server(&client, &topology)?;
     config.ingress.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (tenants_bucket, tenants_kv) = topology.open_bucket(&js, BucketName::Tenants).await?;

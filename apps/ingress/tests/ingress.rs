@@ -1,6 +1,9 @@
 //! The ingress service against a real nats-server: what it hands on, what it dead-letters
 //! with which code, and what the HTTP API answers.
 
+#[path = "ingress/payload_limits.rs"]
+mod payload_limits;
+
 use std::time::Duration;
 
 use async_nats::HeaderMap;

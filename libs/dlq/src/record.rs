@@ -43,6 +43,15 @@ pub enum DlqError {
 /// The longest reason kept, in characters.
 const MAX_REASON_CHARS: usize = 1000;
 
+/// Room a record's own headers need beyond the message it keeps (whose headers travel with
+/// it): stage, code, a reason of at most 1000 characters, attempts, two timestamps, the
+/// source stream, sequence and subject, the original and the record's `Nats-Msg-Id`, and a
+/// history of at most 20 attempts with errors of at most 200 characters — about 25 KiB at
+/// worst, so 64 KiB leaves room. The DLQ stream's `max_msg_size` must exceed every stage
+/// stream's by this much, or a message a stage holds cannot be dead-lettered
+/// (`switchyard_topology::check_server_limits` refuses such a topology).
+pub const RECORD_HEADER_ROOM: usize = 64 * 1024;
+
 /// What a stage writes when it gives up on a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -341,4 +350,54 @@ pub struct DlqEntryView {
     pub headers: BTreeMap<String, Vec<String>>,
     /// Original payload.
     pub payload: PayloadView,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_envelope::attempt::MAX_HISTORY;
+
+    /// Bytes a header map takes on the wire (`Name: value\r\n` per value).
+    fn wire_size(h: &HeaderMap) -> usize {
+        h.iter()
+            .map(|(name, values)| {
+                let name: &str = name.as_ref();
+                values
+                    .iter()
+                    .map(|v| name.len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_largest_record_headers_fit_their_room() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        // Four-byte characters everywhere text is kept, and every field at its longest.
+        let wide = "\u{1F4A5}".repeat(5000);
+        let record = DeadLetter {
+            stage: Stage::Egress,
+            code: DlqCode::ExhaustedDeliveries,
+            reason: wide.clone(),
+            tenant: None,
+            platform: None,
+            attempts: u32::MAX,
+            first_failure: at,
+            last_failure: at,
+            source_stream: "X".repeat(255),
+            source_seq: u64::MAX,
+            source_subject: "s".repeat(1024),
+            history: (0..MAX_HISTORY * 2)
+                .map(|i| {
+                    AttemptRecord::new(at, "http_status", Some(599), i as u64, Some(wide.clone()))
+                })
+                .collect(),
+        };
+        let original = HeaderMap::new();
+        let own = wire_size(&record.headers(Some(&original)));
+        assert!(
+            own < RECORD_HEADER_ROOM,
+            "{own} bytes of record headers exceed {RECORD_HEADER_ROOM}"
+        );
+    }
 }

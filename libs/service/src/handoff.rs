@@ -2,10 +2,15 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
+use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::{Envelope, headers};
+use switchyard_keys::Stage;
 use switchyard_subjects::{DelaySubject, InputStage, Namespace, StageSubject, SubjectKind};
 use time::OffsetDateTime;
+
+use crate::settle::Outcome;
 use time::format_description::well_known::Rfc3339;
 
 /// A hand-off that JetStream did not confirm; the message must not be acked.
@@ -20,6 +25,75 @@ pub enum HandoffError {
         #[source]
         source: async_nats::jetstream::context::PublishError,
     },
+}
+
+/// What kind of failure a [`HandoffError`] is: the one decision a stage makes on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffErrorKind {
+    /// The message (payload plus headers) is larger than the server's `max_payload` or the
+    /// next stream's `max_msg_size`: no retry can succeed, so it is permanent (dead-letter it
+    /// `payload_too_large`).
+    TooLarge,
+    /// Anything else (no stream, a full stream, a timeout, a lost connection): transient.
+    Other,
+}
+
+/// The JetStream error a stream answers a message over its `max_msg_size` with.
+const MESSAGE_TOO_LARGE: async_nats::jetstream::ErrorCode = async_nats::jetstream::ErrorCode(10054);
+
+/// The text of the store failure (`10077`, which also covers a full stream) for a message
+/// over a size limit.
+const SIZE_EXCEEDED_TEXT: &str = "message size exceeds maximum allowed";
+
+impl HandoffError {
+    /// Whether the hand-off can never succeed ([`HandoffErrorKind::TooLarge`]) or may on a
+    /// retry.
+    pub fn kind(&self) -> HandoffErrorKind {
+        let HandoffError::Publish { source, .. } = self;
+        if source.kind() == PublishErrorKind::MaxPayloadExceeded {
+            return HandoffErrorKind::TooLarge;
+        }
+        let server = std::error::Error::source(source)
+            .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>());
+        match server {
+            Some(e)
+                if e.error_code() == MESSAGE_TOO_LARGE
+                    || (e.error_code()
+                        == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED
+                        && e.to_string()
+                            .to_ascii_lowercase()
+                            .contains(SIZE_EXCEEDED_TEXT)) =>
+            {
+                HandoffErrorKind::TooLarge
+            }
+            _ => HandoffErrorKind::Other,
+        }
+    }
+
+    /// What a stage does with its failed hand-off of `msg` (one rule for every stage): a
+    /// message too large for the next hop is dead-lettered `payload_too_large` at once (no
+    /// retry can carry it); anything else is retried after a second.
+    pub fn outcome(&self, msg: &jetstream::Message, stage: Stage, envelope: &Envelope) -> Outcome {
+        let HandoffError::Publish { subject, source } = self;
+        match self.kind() {
+            HandoffErrorKind::TooLarge => Outcome::DeadLetter(Box::new(DeadLetter::for_message(
+                msg,
+                stage,
+                DlqCode::PayloadTooLarge,
+                format!(
+                    "the message ({} bytes of payload) is too large to hand on to {subject}: \
+                         {source}",
+                    msg.payload.len()
+                ),
+                Some(envelope.address.tenant.clone()),
+                Some(envelope.address.platform.clone()),
+            ))),
+            HandoffErrorKind::Other => Outcome::Retry {
+                after: std::time::Duration::from_secs(1),
+                reason: format!("{self}: {source}"),
+            },
+        }
+    }
 }
 
 /// Publishes envelopes to pipeline subjects.
@@ -123,5 +197,35 @@ impl Handoff {
             ),
         );
         self.publish(subject, h, payload).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::context::PublishError;
+
+    use super::*;
+
+    fn failed(kind: PublishErrorKind) -> HandoffError {
+        HandoffError::Publish {
+            subject: "idempotency.v1.acme.ops.hooks".into(),
+            source: PublishError::new(kind),
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_server_max_payload_is_too_large_and_other_failures_are_not() {
+        assert_eq!(
+            failed(PublishErrorKind::MaxPayloadExceeded).kind(),
+            HandoffErrorKind::TooLarge
+        );
+        for kind in [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::Other,
+        ] {
+            assert_eq!(failed(kind).kind(), HandoffErrorKind::Other, "{kind:?}");
+        }
     }
 }

@@ -9,10 +9,13 @@
 //! - [`open`]: opening a declared stream, consumer or bucket, with one error that says
 //!   `switchyard provision` when it is missing ([`OpenError`]).
 //! - [`provision`]: create what is missing, compare what exists ([`provision::provision`]).
+//! - [`limits`]: the server's `max_payload` against the declared message sizes
+//!   ([`check_server_limits`], [`check_server`]).
 //! - [`status`]: streams, consumers (pending, ack-pending, redelivered) and buckets.
 
 mod deployment;
 mod error;
+pub mod limits;
 mod lookup;
 pub mod names;
 pub mod open;
@@ -23,6 +26,7 @@ pub mod status;
 
 pub use deployment::DeploymentConfig;
 pub use error::TopologyError;
+pub use limits::{LimitProblem, ServerLimitError, check_server, check_server_limits};
 pub use names::{BucketName, ConsumerName, StreamName};
 pub use open::{OpenError, Resource};
 pub use provision::{

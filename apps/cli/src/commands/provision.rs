@@ -1,5 +1,6 @@
 //! `switchyard provision`: create what `nats/topology.toml` declares; report and optionally
-//! fix drift. Idempotent: a second run changes nothing and says so.
+//! fix drift. Idempotent: a second run changes nothing and says so. Refuses (exit code 1) when
+//! the server's `max_payload` does not fit the declared message sizes.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use async_nats::jetstream;
 use switchyard_keys::TenantKey;
 use switchyard_registry::{Store, TenantRecord};
 use switchyard_topology::{
-    BucketName, Outcome, ProvisionReport, ResolvedTopology, TenantQuota, provision,
+    BucketName, Outcome, ProvisionReport, ResolvedTopology, TenantQuota, check_server, provision,
     provision_tenant,
 };
 
@@ -94,6 +95,15 @@ pub async fn run(
     args: &ProvisionArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
+    // Streams the server cannot fill (or a DLQ that cannot hold their records) would accept
+    // messages that can be neither handed on nor dead-lettered: refuse before creating any.
+    if let Err(error) = check_server(&js.client(), topology) {
+        let lines: Vec<String> = error.problems.iter().map(|p| format!("  - {p}")).collect();
+        anyhow::bail!(
+            "refusing to provision: the server's limits do not fit the declared sizes\n{}",
+            lines.join("\n")
+        );
+    }
     let mut report = provision(js, topology, args.fix)
         .await
         .context("provisioning")?;

@@ -12,6 +12,7 @@ mod keys;
 mod provision;
 mod publish;
 mod registry;
+mod server_limits;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
