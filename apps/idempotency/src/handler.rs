@@ -218,10 +218,8 @@ impl Handler for IdempotencyHandler {
                     .await
                 {
                     Ok(()) => Outcome::Forwarded,
-                    Err(e) => Outcome::Retry {
-                        after: Duration::from_secs(1),
-                        reason: e.to_string(),
-                    },
+                    // Too large for the next stream: permanent (`payload_too_large`).
+                    Err(e) => e.outcome(msg, Stage::Idempotency, &envelope),
                 }
             }
         };
