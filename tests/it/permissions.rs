@@ -22,7 +22,7 @@ use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, StatsStore};
 use switchyard_fixtures::{enable_tenant, ingress_settled, ingress_stream, issue_api_key};
 use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId};
-use switchyard_registry::{Route, Store, TenantRecord};
+use switchyard_registry::{Admission, PressureRecord, Route, Store, TenantRecord};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
 use switchyard_subjects::{
     AlertKind, AlertSubject, ControlCommand, ControlSubject, DelaySubject, DlqSubject, InputStage,
@@ -52,6 +52,15 @@ const USERS: &[(&str, &str)] = &[
     ("tenant-acme", "SWITCHYARD_NATS_TENANT_ACME_PASSWORD"),
     ("tenant-globex", "SWITCHYARD_NATS_TENANT_GLOBEX_PASSWORD"),
 ];
+
+/// The service users, each of which reads its replies only under its own inbox prefix.
+const SERVICES: &[&str] = &["ingress", "idempotency", "backpressure", "egress", "dlq"];
+
+/// The inbox prefix `accounts.conf` lets `user` read: `_INBOX_<service>` for a service (its
+/// `nats.inbox_prefix` default), `_INBOX_<id>` for `tenant-<id>`.
+fn inbox(user: &str) -> String {
+    format!("_INBOX_{}", user.strip_prefix("tenant-").unwrap_or(user))
+}
 
 /// The test password of `user` (the server gets it through its environment).
 fn password(user: &str) -> String {
@@ -161,13 +170,23 @@ impl AuthServer {
             .collect()
     }
 
-    /// A service's `[nats]` section: this server, as `user`.
-    fn nats_config(&self, user: &str) -> switchyard_runtime::NatsConfig {
+    /// A service's `[nats]` section as its defaults load it (its own inbox prefix
+    /// `_INBOX_<user>` included, which this checks), pointed at this server as `user`.
+    fn nats_config(
+        &self,
+        user: &str,
+        loaded: switchyard_runtime::NatsConfig,
+    ) -> switchyard_runtime::NatsConfig {
+        assert_eq!(
+            loaded.inbox_prefix,
+            inbox(user),
+            "{user}'s defaults set its own inbox prefix"
+        );
         switchyard_runtime::NatsConfig {
             url: self.url(),
             user: Some(user.to_owned()),
             password: Some(password(user)),
-            ..Default::default()
+            ..loaded
         }
     }
 
@@ -490,8 +509,20 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "$JS.API.STREAM.MSG.DELETE.DLQ",
         "$KV.dlq-jobs.>",
         "$KV.dlq-stats.>",
+        "\"$JS.API.DIRECT.GET.EGRESS.delay.v1.egress.>\"",
+        "\"$JS.API.STREAM.MSG.DELETE.EGRESS\"",
+        "\"$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits.acme.pressure\"",
     ] {
         assert!(accounts.contains(needle), "accounts.conf names {needle}");
+    }
+    // Each service reads only its own inbox prefix; none the shared `_INBOX.>`; egress cannot
+    // purge a stream.
+    for service in SERVICES {
+        let needle = format!("\"{}.>\"", inbox(service));
+        assert!(accounts.contains(&needle), "accounts.conf names {needle}");
+    }
+    for absent in ["\"_INBOX.>\"", "STREAM.PURGE"] {
+        assert!(!accounts.contains(absent), "accounts.conf grants {absent}");
     }
     // Ingress's `$JS.API.DIRECT.GET.*` (every tenant's stream) is taken back for every shared
     // stream and every bucket the topology declares: none can be added without its deny line.
@@ -598,6 +629,121 @@ async fn a_tenant_publishes_only_to_its_own_ingress_subjects_and_reads_nothing_e
 }
 
 #[tokio::test]
+async fn each_service_reads_its_replies_only_under_its_own_inbox_prefix() {
+    let server = AuthServer::start().await;
+    let admin = server.connect("admin", None).await;
+    provision_as_admin(&admin, &["acme"]).await;
+    for service in SERVICES {
+        // Its own prefix works: a JetStream answer (a publish ack) comes back on it.
+        let own = server.connect(service, Some(&inbox(service))).await;
+        own.stored("dlq.v1.acme.ingress.hooks").await;
+        // Every other reply space is refused: the shared default, each other service's, a
+        // tenant's.
+        let mut others = vec!["_INBOX.>".to_owned(), "_INBOX.probe".to_owned()];
+        others.extend(
+            SERVICES
+                .iter()
+                .filter(|other| *other != service)
+                .map(|other| format!("{}.>", inbox(other))),
+        );
+        others.push(format!("{}.>", inbox("tenant-acme")));
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        own.subscriptions_refused(&others).await;
+        // A client of this user left on the default prefix cannot read its own replies.
+        let default_inbox = server.connect(service, None).await;
+        default_inbox.subscriptions_refused(&["_INBOX.probe"]).await;
+    }
+    // The CLI and tooling connect as admin, which keeps the default `_INBOX`.
+    let cli = switchyard_runtime::NatsConfig {
+        url: server.url(),
+        user: Some("admin".to_owned()),
+        password: Some(password("admin")),
+        ..Default::default()
+    };
+    assert_eq!(cli.inbox_prefix, "_INBOX");
+    let client = server.service_client(&cli).await;
+    jetstream::new(client)
+        .get_stream("DLQ")
+        .await
+        .expect("admin reads on the default inbox");
+}
+
+#[tokio::test]
+async fn a_tenant_reads_its_own_admission_record_and_nothing_else_of_the_bucket() {
+    let server = AuthServer::start().await;
+    let admin = server.connect("admin", None).await;
+    provision_as_admin(&admin, &["acme", "globex"]).await;
+    // Backpressure's records, written as admin: acme is being refused, globex has no record.
+    let closed = PressureRecord {
+        admission: Admission::Closed,
+        backlog: 5_000,
+        updated_at: "2025-01-01T00:00:00Z".to_owned(),
+    };
+    let bucket = admin
+        .js
+        .get_key_value("rate-limits")
+        .await
+        .expect("rate-limits");
+    for (key, value) in [
+        ("acme.pressure", serde_json::to_vec(&closed).expect("json")),
+        ("acme.limit", br#"{"rate_per_sec":50}"#.to_vec()),
+        ("acme.tokens", b"{}".to_vec()),
+        ("_default.limit", br#"{"rate_per_sec":100}"#.to_vec()),
+    ] {
+        bucket
+            .put(key, value.into())
+            .await
+            .unwrap_or_else(|e| panic!("writing {key}: {e}"));
+    }
+    let acme = server.connect("tenant-acme", Some("_INBOX_acme")).await;
+    let globex = server.connect("tenant-globex", Some("_INBOX_globex")).await;
+
+    // One direct get of its own key (no stream info, no KV binding: the tenant has neither).
+    let record = acme
+        .js
+        .get_stream_no_info("KV_rate-limits")
+        .await
+        .expect("a stream handle")
+        .direct_get_last_for_subject("$KV.rate-limits.acme.pressure")
+        .await
+        .expect("acme reads its own admission record");
+    let read: PressureRecord = serde_json::from_slice(&record.payload).expect("a PressureRecord");
+    assert_eq!(read, closed);
+    // Without a record (never refused yet) the answer is "not found", not a refusal.
+    let missing = globex
+        .js
+        .get_stream_no_info("KV_rate-limits")
+        .await
+        .expect("a stream handle")
+        .direct_get_last_for_subject("$KV.rate-limits.globex.pressure")
+        .await
+        .expect_err("globex has no record");
+    assert_eq!(
+        missing.kind(),
+        jetstream::stream::DirectGetErrorKind::NotFound
+    );
+
+    // Another tenant's record, its own other keys, the bucket by sequence, its info, watches.
+    acme.publishes_refused(&[
+        "$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits.globex.pressure",
+        "$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits.acme.limit",
+        "$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits.acme.tokens",
+        "$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits._default.limit",
+        "$JS.API.DIRECT.GET.KV_rate-limits",
+        "$JS.API.STREAM.MSG.GET.KV_rate-limits",
+        "$JS.API.STREAM.INFO.KV_rate-limits",
+        "$JS.API.CONSUMER.CREATE.KV_rate-limits",
+        "$KV.rate-limits.acme.pressure",
+    ])
+    .await;
+    acme.subscriptions_refused(&["$KV.rate-limits.>", "$KV.rate-limits.acme.pressure"])
+        .await;
+    globex
+        .publishes_refused(&["$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits.acme.pressure"])
+        .await;
+}
+
+#[tokio::test]
 async fn service_users_are_refused_what_their_service_does_not_need() {
     let server = AuthServer::start().await;
     let admin = server.connect("admin", None).await;
@@ -612,7 +758,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     // ingress: accepts into a tenant's own stream (the HTTP producer API) and reads a
     // duplicate's original back from it by sequence, reads it through its ingress-worker,
     // hands on to idempotency and dead-letters; nothing past its stage, no routes.
-    let ingress = server.connect("ingress", None).await;
+    let ingress = server.connect("ingress", Some(&inbox("ingress"))).await;
     let accepted = ingress.stored("ingress.v1.acme.ops.hooks").await;
     assert_eq!(accepted.stream, "INGRESS_acme");
     let original = ingress
@@ -663,7 +809,9 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .await;
 
     // idempotency: claims in its bucket, hands on; never feeds itself or ingress.
-    let idempotency = server.connect("idempotency", None).await;
+    let idempotency = server
+        .connect("idempotency", Some(&inbox("idempotency")))
+        .await;
     idempotency.stored("backpressure.v1.acme.ops.hooks").await;
     idempotency.stored("egress.v1.acme.ops.hooks").await;
     idempotency
@@ -682,7 +830,9 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
 
     // backpressure: rate state in its bucket, hands on to egress; never its own input, an
     // earlier stage, the registry, or a consumer outside its own stream's subjects.
-    let backpressure = server.connect("backpressure", None).await;
+    let backpressure = server
+        .connect("backpressure", Some(&inbox("backpressure")))
+        .await;
     backpressure.stored("egress.v1.acme.ops.hooks").await;
     backpressure.stored("$KV.rate-limits.acme.tokens").await;
     backpressure
@@ -703,13 +853,34 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
 
     // egress: sinks, receipts, its own retry schedules, dead letters; never the earlier
     // stages, never a change to the registry.
-    let egress = server.connect("egress", None).await;
+    let egress = server.connect("egress", Some(&inbox("egress"))).await;
     let mut schedule = HeaderMap::new();
     schedule.insert("Nats-Schedule", "@at 2099-01-01T00:00:00Z");
     schedule.insert("Nats-Schedule-Target", "egress.v1.acme.ops.hooks");
     egress
-        .stored_with("delay.v1.egress.acme.ops.hooks.k1", schedule)
+        .stored_with("delay.v1.egress.acme.ops.hooks.k1", schedule.clone())
         .await;
+    // Cancelling a leftover schedule, as egress's handler does: the last message of its delay
+    // subject by direct get, then that message by sequence (never a purge).
+    let leftover = egress
+        .stored_with("delay.v1.egress.acme.ops.hooks.k2", schedule)
+        .await;
+    let stream = egress
+        .js
+        .get_stream_no_info("EGRESS")
+        .await
+        .expect("EGRESS");
+    let found = stream
+        .direct_get_last_for_subject("delay.v1.egress.acme.ops.hooks.k2")
+        .await
+        .expect("egress direct-gets the last schedule of a delay subject");
+    assert_eq!(found.sequence, leftover.sequence);
+    assert!(
+        stream
+            .delete_message(found.sequence)
+            .await
+            .expect("egress deletes a schedule by sequence")
+    );
     egress.stored("dlq.v1.acme.egress.hooks").await;
     for (subject, payload) in [
         ("delivered.v1.acme.ops.hooks", "receipt"),
@@ -732,6 +903,14 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
             "delay.v1.backpressure.acme.ops.hooks.k1",
             "$KV.routes.acme._.hooks",
             "$KV.tenants.acme",
+            // No whole-stream purge of EGRESS (not even filtered): leftover schedules go one
+            // by one. Its direct gets reach only the last schedule of a delay subject, never a
+            // message by sequence or the messages waiting for delivery.
+            "$JS.API.STREAM.PURGE.EGRESS",
+            "$JS.API.DIRECT.GET.EGRESS",
+            "$JS.API.DIRECT.GET.EGRESS.egress.v1.acme.ops.hooks",
+            "$JS.API.STREAM.MSG.GET.EGRESS",
+            "$JS.API.STREAM.MSG.DELETE.IDEMPOTENCY",
             "$JS.API.STREAM.PURGE.DLQ",
             "$JS.API.STREAM.MSG.DELETE.DLQ",
             "$JS.API.STREAM.INFO.KV_tenants",
@@ -741,7 +920,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
 
     // dlq: dead letters (the safety net), alerts, and replays into the stages; never the
     // registry or another service's buckets, never a stage's consumer, never a whole stream.
-    let dlq = server.connect("dlq", None).await;
+    let dlq = server.connect("dlq", Some(&inbox("dlq"))).await;
     dlq.stored("dlq.v1._.egress._").await;
     dlq.client
         .publish("alerts.v1.acme.dlq-inflow", "alert".into())
@@ -870,7 +1049,7 @@ impl Services {
         let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
 
         let mut config = switchyard_ingress::IngressConfig::load(None).expect("ingress config");
-        (config.nats, config.http.listen) = (server.nats_config("ingress"), any_port);
+        (config.nats, config.http.listen) = (server.nats_config("ingress", config.nats), any_port);
         let client = server.service_client(&config.nats).await;
         let ingress = server
             .started(
@@ -881,7 +1060,8 @@ impl Services {
 
         let mut config =
             switchyard_idempotency::IdempotencyConfig::load(None).expect("idempotency config");
-        (config.nats, config.http.listen) = (server.nats_config("idempotency"), any_port);
+        (config.nats, config.http.listen) =
+            (server.nats_config("idempotency", config.nats), any_port);
         config.idempotency.next_stage = InputStage::Backpressure;
         let client = server.service_client(&config.nats).await;
         let idempotency = server
@@ -893,7 +1073,8 @@ impl Services {
 
         let mut config =
             switchyard_backpressure::BackpressureConfig::load(None).expect("backpressure config");
-        (config.nats, config.http.listen) = (server.nats_config("backpressure"), any_port);
+        (config.nats, config.http.listen) =
+            (server.nats_config("backpressure", config.nats), any_port);
         let client = server.service_client(&config.nats).await;
         let backpressure = server
             .started(
@@ -903,7 +1084,7 @@ impl Services {
             .await;
 
         let mut config = switchyard_egress::EgressConfig::load(None).expect("egress config");
-        (config.nats, config.http.listen) = (server.nats_config("egress"), any_port);
+        (config.nats, config.http.listen) = (server.nats_config("egress", config.nats), any_port);
         let client = server.service_client(&config.nats).await;
         let egress = server
             .started(
@@ -913,7 +1094,7 @@ impl Services {
             .await;
 
         let mut config = switchyard_dlq_service::DlqConfig::load(None).expect("dlq config");
-        (config.nats, config.http.listen) = (server.nats_config("dlq"), any_port);
+        (config.nats, config.http.listen) = (server.nats_config("dlq", config.nats), any_port);
         // A sweep every second, and rescues after advisories delayed past the test, so the
         // sweep (which needs more of the JetStream API than an advisory rescue) does them. An
         // inflow alert from a tenant's second entry. Jobs start only when the control subject

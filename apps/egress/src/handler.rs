@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::stream::{
+    DeleteMessageError, DeleteMessageErrorKind, DirectGetErrorKind,
+};
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::attempt::{decode_history, encode_history};
 use switchyard_envelope::headers::ATTEMPTS_LOG;
@@ -267,6 +271,11 @@ impl EgressHandler {
     /// A copy JetStream delivered more than once may have left a schedule behind: the earlier
     /// copy scheduled a retry or a hold, then crashed before its ack. Once this copy is settled
     /// for good, such a schedule would deliver the message again; cancel it.
+    ///
+    /// An envelope has at most one pending schedule (a new one replaces the last), so the
+    /// schedule is found by a direct get of the last message on its delay subject and deleted
+    /// by that sequence: egress may read only the last message of a delay subject and delete
+    /// single messages, never purge EGRESS.
     async fn cancel_orphan_schedule(&self, msg: &jetstream::Message, envelope: &Envelope) {
         if !msg.info().is_ok_and(|info| info.delivered > 1) {
             return;
@@ -277,15 +286,31 @@ impl EgressHandler {
             key: envelope.id.to_string(),
         }
         .format(&self.ns);
-        match self.stream.purge().filter(subject).await {
-            Ok(purged) if purged.purged > 0 => {
-                tracing::info!(
-                    purged = purged.purged,
-                    "cancelled a schedule left by an earlier delivery"
+        let schedule = match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(schedule) => schedule,
+            Err(error) if error.kind() == DirectGetErrorKind::NotFound => return,
+            Err(error) => {
+                tracing::warn!(%error, "looking up a leftover schedule failed");
+                return;
+            }
+        };
+        match self.stream.delete_message(schedule.sequence).await {
+            Ok(_) => tracing::info!(
+                sequence = schedule.sequence,
+                "cancelled a schedule left by an earlier delivery"
+            ),
+            // Fired (or cancelled by another copy) since it was looked up: nothing left to do.
+            Err(error) if already_gone(&error) => {
+                tracing::debug!(
+                    sequence = schedule.sequence,
+                    "leftover schedule already gone"
                 );
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cancelling a leftover schedule failed"),
+            Err(error) => tracing::warn!(
+                %error,
+                sequence = schedule.sequence,
+                "cancelling a leftover schedule failed"
+            ),
         }
     }
 
@@ -410,4 +435,17 @@ fn record(at: OffsetDateTime, classified: &Classified, duration_ms: u64) -> Atte
         duration_ms,
         classified.error.clone(),
     )
+}
+
+/// Whether deleting a message failed only because it is no longer in the stream (the server
+/// answers `no message found`, error code 10057, or 10043 for a sequence it never had).
+fn already_gone(error: &DeleteMessageError) -> bool {
+    match error.kind() {
+        DeleteMessageErrorKind::JetStream(error) => {
+            error.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
+                || (error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                    && error.to_string().contains("no message found"))
+        }
+        _ => false,
+    }
 }

@@ -13,6 +13,14 @@ pub enum ConnectError {
     /// `nats.url` holds no URL at all.
     #[error("no nats server url configured (nats.url is empty)")]
     NoUrl,
+    /// `nats.inbox_prefix` cannot prefix a reply subject.
+    #[error("invalid setting nats.inbox_prefix {prefix:?}: {reason}")]
+    InvalidInboxPrefix {
+        /// The configured prefix.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Only one of `tls_cert_file` and `tls_key_file` is set.
     #[error("nats.tls_cert_file and nats.tls_key_file must be set together")]
     IncompleteClientCertificate,
@@ -86,7 +94,16 @@ pub fn jetstream(
 
 /// Client options from `config`; empty strings count as unset.
 async fn options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
+    if let Some(reason) = config.inbox_prefix_problem() {
+        return Err(ConnectError::InvalidInboxPrefix {
+            prefix: config.inbox_prefix.clone(),
+            reason,
+        });
+    }
     let mut options = ConnectOptions::new()
+        // Replies (JetStream API, publish acks, pulled messages, KV watches) arrive under this
+        // prefix: accounts.conf lets each service user subscribe to its own prefix only.
+        .custom_inbox_prefix(&config.inbox_prefix)
         .connection_timeout(Duration::from_secs(config.connect_timeout_secs))
         .request_timeout(Some(Duration::from_secs(config.request_timeout_secs)))
         .require_tls(config.tls_required)
@@ -182,5 +199,36 @@ mod tests {
             "is nats-server running? (make run starts one)"
         );
         assert!(hint(ConnectErrorKind::AuthorizationViolation).contains("nats.token"));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_inbox_prefix_is_refused_before_connecting() {
+        for prefix in [
+            "",
+            "_INBOX_a.",
+            "._INBOX",
+            "_INBOX..a",
+            "_INBOX.*",
+            "_INBOX_>",
+            "a b",
+        ] {
+            let config = NatsConfig {
+                inbox_prefix: prefix.to_owned(),
+                ..NatsConfig::default()
+            };
+            let error = connect(&config).await.expect_err(prefix);
+            assert!(
+                matches!(error, ConnectError::InvalidInboxPrefix { .. }),
+                "{prefix:?}: {error}"
+            );
+            assert!(error.to_string().contains("nats.inbox_prefix"), "{error}");
+        }
+        for prefix in ["_INBOX", "_INBOX_ingress", "staging._INBOX_egress"] {
+            let config = NatsConfig {
+                inbox_prefix: prefix.to_owned(),
+                ..NatsConfig::default()
+            };
+            assert_eq!(config.inbox_prefix_problem(), None, "{prefix}");
+        }
     }
 }

@@ -20,6 +20,11 @@ pub struct HttpConfig {
 /// Default NATS server URL.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
+/// The NATS clients' own default inbox prefix, kept when `nats.inbox_prefix` is not set (the
+/// CLI, which connects as `admin`, and tools). Each service's `config/defaults.toml` sets its
+/// own (`_INBOX_<service>`), the only inbox its NATS user may subscribe to.
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
+
 /// How to reach and authenticate to NATS (the `[nats]` section).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +53,12 @@ pub struct NatsConfig {
     pub request_timeout_secs: u64,
     /// Client name shown by the server's monitoring (`nats server report connections`). Default: none.
     pub name: Option<String>,
+    /// Subject prefix of the client's reply inboxes: JetStream API replies, publish acks,
+    /// pulled messages and KV watch deliveries all arrive on `<inbox_prefix>.…`, so a user
+    /// whose subscribe rights are `<inbox_prefix>.>` reads its own replies and no one else's.
+    /// One or more subject tokens, no wildcards. Default `_INBOX`; each service's defaults set
+    /// `_INBOX_<service>` (see `nats/server/accounts.conf`).
+    pub inbox_prefix: String,
 }
 
 impl Default for NatsConfig {
@@ -65,6 +76,7 @@ impl Default for NatsConfig {
             connect_timeout_secs: 5,
             request_timeout_secs: 10,
             name: None,
+            inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
         }
     }
 }
@@ -77,6 +89,25 @@ impl NatsConfig {
             .map(str::trim)
             .filter(|url| !url.is_empty())
             .collect()
+    }
+
+    /// Why `inbox_prefix` cannot prefix a reply subject, if it cannot: it must be one or more
+    /// non-empty tokens of printable ASCII without wildcards (`*`, `>`).
+    pub fn inbox_prefix_problem(&self) -> Option<&'static str> {
+        let prefix = self.inbox_prefix.as_str();
+        if prefix.is_empty() {
+            return Some("is empty; set a subject prefix such as _INBOX_<service>");
+        }
+        if prefix.split('.').any(str::is_empty) {
+            return Some("has an empty token (a leading, trailing or doubled `.`)");
+        }
+        if prefix.contains(['*', '>']) {
+            return Some("contains a wildcard (`*` or `>`)");
+        }
+        if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return Some("may hold only printable ASCII without spaces");
+        }
+        None
     }
 }
 

@@ -67,6 +67,7 @@ fn defaults_only_match_the_documented_defaults() {
         assert_eq!(config.telemetry, TelemetryConfig::default());
         assert_eq!(config.nats.connect_timeout_secs, 5);
         assert_eq!(config.nats.request_timeout_secs, 10);
+        assert_eq!(config.nats.inbox_prefix, DEFAULT_INBOX_PREFIX);
         assert_eq!(config.telemetry.log_format, LogFormat::Text);
         assert_eq!(config.deployment.buckets.idempotency, "idempotency");
         assert_eq!(config.deployment.buckets.rate_limits, "rate-limits");
@@ -102,6 +103,7 @@ fn env_overrides_file() {
         jail.set_env("TEST_NATS__TOKEN", "true");
         jail.set_env("TEST_NATS__TLS_REQUIRED", "true");
         jail.set_env("TEST_NATS__REQUEST_TIMEOUT_SECS", "30");
+        jail.set_env("TEST_NATS__INBOX_PREFIX", "_INBOX_egress");
         jail.set_env("TEST_TELEMETRY__LOG_FILTER", "debug,async_nats=warn");
         let config = load_app(&source().with_file(Some("app.toml".into())))?;
         assert_eq!(config.nats.urls(), ["nats://a:4222", "nats://b:4222"]);
@@ -113,6 +115,7 @@ fn env_overrides_file() {
         assert_eq!(config.nats.token.as_deref(), Some("true"));
         assert!(config.nats.tls_required);
         assert_eq!(config.nats.request_timeout_secs, 30);
+        assert_eq!(config.nats.inbox_prefix, "_INBOX_egress");
         assert_eq!(config.telemetry.log_filter, "debug,async_nats=warn");
         Ok(())
     });
