@@ -1,5 +1,5 @@
 //! When a failed attempt is tried again: the configured schedule with jitter, or the sink's own
-//! `Retry-After` (capped).
+//! `Retry-After` (capped); and when to stop trying: the message's delivery [`Deadline`].
 //!
 //! Attempt n (1-based) waits `d = backoff_secs[min(n-1, len-1)]`, jittered uniformly within
 //! `[d/2, d]` so messages that failed together do not come back together.
@@ -69,6 +69,75 @@ pub fn random_unit() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
+/// The header a rescheduled copy of a replayed message carries to anchor its deadline:
+/// `<replay>;<unix ms>`, the replay counter and when egress first handled that replay's copy.
+/// A value for another replay counter (carried over from an earlier replay's DLQ record) is
+/// ignored.
+pub const DEADLINE_FROM: &str = "Switchyard-Deadline-From";
+
+/// When a message must have been delivered by: `delivery_deadline_secs` after its envelope's
+/// `received_at`, or, for a replayed copy (`attempt.replay > 0`), after egress first handled
+/// that replay. A replay therefore gets a fresh deadline; an entry dead-lettered
+/// `deadline_exceeded` can be replayed once its route works again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// When the count started.
+    pub from: OffsetDateTime,
+    /// When it ends.
+    pub at: OffsetDateTime,
+    /// The [`DEADLINE_FROM`] value rescheduled copies carry (replays only).
+    stamp: Option<String>,
+}
+
+impl Deadline {
+    /// The deadline of a message received at `received_at` and replayed `replay` times that
+    /// carried `carried` in [`DEADLINE_FROM`], handled at `now`.
+    pub fn new(
+        limit: Duration,
+        received_at: OffsetDateTime,
+        replay: u32,
+        carried: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Self {
+        let (from, stamp) = if replay == 0 {
+            (received_at, None)
+        } else {
+            let from = carried
+                .and_then(|value| parse_stamp(value, replay))
+                .unwrap_or(now);
+            let millis = from.unix_timestamp_nanos() / 1_000_000;
+            (from, Some(format!("{replay};{millis}")))
+        };
+        let at =
+            from.saturating_add(time::Duration::try_from(limit).unwrap_or(time::Duration::MAX));
+        Self { from, at, stamp }
+    }
+
+    /// Whether the deadline has passed at `now`.
+    pub fn passed(&self, now: OffsetDateTime) -> bool {
+        now >= self.at
+    }
+
+    /// How long is left at `now` (zero once passed).
+    pub fn remaining(&self, now: OffsetDateTime) -> Duration {
+        Duration::try_from(self.at - now).unwrap_or(Duration::ZERO)
+    }
+
+    /// The [`DEADLINE_FROM`] value a rescheduled copy must carry, for a replayed message.
+    pub fn stamp(&self) -> Option<&str> {
+        self.stamp.as_deref()
+    }
+}
+
+fn parse_stamp(value: &str, replay: u32) -> Option<OffsetDateTime> {
+    let (counter, millis) = value.trim().split_once(';')?;
+    if counter.parse::<u32>().ok()? != replay {
+        return None;
+    }
+    let millis: i128 = millis.parse().ok()?;
+    OffsetDateTime::from_unix_timestamp_nanos(millis.checked_mul(1_000_000)?).ok()
+}
+
 /// Reads a `Retry-After` value: delay-seconds (`120`) or an HTTP date
 /// (`Wed, 21 Oct 2015 07:28:00 GMT`), relative to `now`. A date in the past means "now".
 pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
@@ -130,6 +199,44 @@ mod tests {
         let backoff = Backoff::new(&[1], secs(60));
         assert_eq!(backoff.delay(1, Some(secs(2))), secs(2));
         assert_eq!(backoff.delay(1, Some(secs(7200))), secs(60));
+    }
+
+    #[test]
+    fn the_deadline_counts_from_receipt_and_a_replay_from_its_first_handling() {
+        let received = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let now = received + secs(100_000);
+        let day = secs(86_400);
+
+        let first = Deadline::new(day, received, 0, None, now);
+        assert_eq!(first.at, received + day);
+        assert!(first.passed(now));
+        assert_eq!(first.remaining(now), Duration::ZERO);
+        assert_eq!(first.stamp(), None);
+        // A stamp does not move the deadline of a message that was never replayed.
+        let stamped = Deadline::new(day, received, 0, Some("0;1700050000000"), now);
+        assert_eq!(stamped.at, received + day);
+
+        // A replay starts counting when egress first handles it, and its copies carry that.
+        let replay = Deadline::new(day, received, 1, None, now);
+        assert_eq!(replay.from, now);
+        assert!(!replay.passed(now));
+        assert_eq!(replay.remaining(now), day);
+        let later = now + secs(3600);
+        let again = Deadline::new(day, received, 1, replay.stamp(), later);
+        assert_eq!(again, replay);
+        assert_eq!(again.remaining(later), secs(86_400 - 3600));
+
+        // The stamp of an earlier replay (kept by the DLQ record) does not count for this one;
+        // nor does a garbled one.
+        let second = Deadline::new(day, received, 2, replay.stamp(), later);
+        assert_eq!(second.from, later);
+        for garbled in ["", "2", "2;", "x;1", "2;abc", "2;99999999999999999999999"] {
+            assert_eq!(
+                Deadline::new(day, received, 2, Some(garbled), later).from,
+                later,
+                "{garbled:?}"
+            );
+        }
     }
 
     #[test]

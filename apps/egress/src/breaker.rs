@@ -8,6 +8,11 @@
 //!   probe that delivers (or gets a permanent answer: the route is up) closes the breaker; a
 //!   probe that fails opens it again for twice as long.
 //!
+//! Messages told to wait (held by the breaker, or deferred because the route or the tenant had
+//! no free slot) are not all sent back at the same moment: [`Breakers::release_at`] gives each
+//! its own slot in a per-route queue, at most one per `spacing`, so a held route costs a bounded
+//! number of republishes per second however many messages wait for it.
+//!
 //! Time is passed in, so the state machine is tested without waiting.
 
 use std::collections::HashMap;
@@ -22,6 +27,23 @@ pub const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// A probe in flight for longer than this is presumed lost and another one is let through
 /// (a route's timeout is at most 300 s; the probe's task reports long before this).
 pub const PROBE_STALE: Duration = Duration::from_secs(360);
+
+/// Messages held by a route's open breaker come back at most one per this (per route, per egress
+/// replica): 4 a second, 240 a minute, until the queue spans the longest open period.
+pub const HOLD_SPACING: Duration = Duration::from_millis(250);
+
+/// A busy route's (or tenant's) deferred messages are spread over at most this much time.
+pub const BUSY_MAX_SPREAD: Duration = Duration::from_secs(30);
+
+/// How one kind of wait spreads the messages of a route over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    /// At most one message comes back per this much time.
+    pub spacing: Duration,
+    /// No message waits more than this past its earliest time; beyond it messages are spread
+    /// at random over this span (and come back more often than one per `spacing`).
+    pub max: Duration,
+}
 
 /// Breaker tuning, shared by every route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,11 +200,14 @@ impl Breaker {
     }
 }
 
-/// The breakers of every route, by route id (the route's KV key).
+/// The breakers of every route, by route id (the route's KV key), and the queue of messages
+/// waiting for each.
 #[derive(Debug)]
 pub struct Breakers {
     settings: BreakerSettings,
     routes: Mutex<HashMap<String, Breaker>>,
+    /// Per route: the first free release slot of its waiting messages.
+    queues: Mutex<HashMap<String, Instant>>,
 }
 
 impl Breakers {
@@ -191,7 +216,34 @@ impl Breakers {
         Self {
             settings,
             routes: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The spread of messages held by an open breaker: [`HOLD_SPACING`], up to the longest
+    /// open period.
+    pub fn hold_spread(&self) -> Spread {
+        Spread {
+            spacing: HOLD_SPACING,
+            max: self.settings.max_open,
+        }
+    }
+
+    /// When a message of `route` that may come back at `earliest` is released: the route's
+    /// next free slot at or after `earliest` (slots are `spread.spacing` apart), plus up to one
+    /// spacing of jitter (`unit` in `[0, 1)`). Once the queue reaches `spread.max` past
+    /// `earliest`, the message gets a random time within `spread.max` instead and the queue
+    /// does not grow.
+    pub fn release_at(&self, route: &str, earliest: Instant, spread: Spread, unit: f64) -> Instant {
+        let unit = unit.clamp(0.0, 1.0);
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = queues.entry(route.to_owned()).or_insert(earliest);
+        let slot = (*next).max(earliest);
+        if slot.saturating_duration_since(earliest) >= spread.max {
+            return earliest + spread.max.mul_f64(unit);
+        }
+        *next = slot + spread.spacing;
+        slot + spread.spacing.mul_f64(unit)
     }
 
     fn with<T>(&self, route: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
@@ -344,6 +396,56 @@ mod tests {
         assert_eq!(b.admit(t1), Admission::Probe);
         assert!(matches!(b.admit(t1 + secs(10)), Admission::Wait { .. }));
         assert_eq!(b.admit(t1 + PROBE_STALE), Admission::Probe);
+    }
+
+    #[test]
+    fn held_messages_get_their_own_slots_at_most_one_per_spacing() {
+        let t0 = Instant::now();
+        let breakers = Breakers::new(SETTINGS);
+        let spread = Spread {
+            spacing: Duration::from_millis(250),
+            max: secs(100),
+        };
+        let until = t0 + secs(30);
+        // 40 messages held at once until the half-open time: one slot each, 250 ms apart.
+        let mut at: Vec<Instant> = (0..40)
+            .map(|i| breakers.release_at("acme.ops.slack", until, spread, f64::from(i) / 40.0))
+            .collect();
+        at.sort();
+        assert!(at[0] >= until && at[39] < until + secs(10) + Duration::from_millis(250));
+        for second in 0..11 {
+            let from = until + secs(second);
+            let within = at
+                .iter()
+                .filter(|t| **t >= from && **t < from + secs(1))
+                .count();
+            assert!(within <= 5, "{within} released in second {second}");
+        }
+        // A message re-held while a probe is in flight joins the end of the queue.
+        let again = breakers.release_at("acme.ops.slack", until + secs(1), spread, 0.0);
+        assert_eq!(again, until + secs(10));
+        // Another route has its own queue.
+        assert_eq!(
+            breakers.release_at("acme._.slack", until, spread, 0.0),
+            until
+        );
+        // Once a queue is past its span, messages are spread over the span instead.
+        let short = Spread {
+            spacing: secs(1),
+            max: secs(5),
+        };
+        for _ in 0..5 {
+            breakers.release_at("globex.ops.slack", t0, short, 0.5);
+        }
+        assert_eq!(
+            breakers.release_at("globex.ops.slack", t0, short, 0.5),
+            t0 + Duration::from_millis(2500)
+        );
+        // A queue whose slots are all past starts again from the earliest time.
+        assert_eq!(
+            breakers.release_at("globex.ops.slack", t0 + secs(60), short, 0.0),
+            t0 + secs(60)
+        );
     }
 
     #[test]

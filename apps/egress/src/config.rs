@@ -64,7 +64,16 @@ pub struct EgressSettings {
     pub tenant_max_in_flight: usize,
     /// Publish a delivery receipt after each delivery (default true).
     pub receipts: bool,
+    /// How long a message may take to be delivered, in seconds (default 86400, one day),
+    /// counted from its envelope's `received_at` (a replayed copy: from when egress first
+    /// handled that replay). Past it the message is dead-lettered `deadline_exceeded` with
+    /// its attempt history, whatever held it: retries, an open breaker, a busy route or
+    /// tenant. 1 to [`MAX_DELIVERY_DEADLINE_SECS`].
+    pub delivery_deadline_secs: u64,
 }
+
+/// The longest `delivery_deadline_secs` accepted: one year.
+pub const MAX_DELIVERY_DEADLINE_SECS: u64 = 365 * 86_400;
 
 /// A setting that loaded but cannot work: `invalid setting egress.<key>: <reason>`.
 pub use switchyard_runtime::InvalidSetting;
@@ -100,6 +109,12 @@ impl EgressSettings {
         if self.breaker_open_secs == 0 {
             return fail("breaker_open_secs", "must be at least 1");
         }
+        if !(1..=MAX_DELIVERY_DEADLINE_SECS).contains(&self.delivery_deadline_secs) {
+            return fail(
+                "delivery_deadline_secs",
+                "must be between 1 and 31536000 (one year)",
+            );
+        }
         if self.breaker_max_open_secs < self.breaker_open_secs {
             return fail(
                 "breaker_max_open_secs",
@@ -112,6 +127,11 @@ impl EgressSettings {
     /// [`Self::route_wait_ms`] as a duration.
     pub fn route_wait(&self) -> Duration {
         Duration::from_millis(self.route_wait_ms)
+    }
+
+    /// [`Self::delivery_deadline_secs`] as a duration.
+    pub fn delivery_deadline(&self) -> Duration {
+        Duration::from_secs(self.delivery_deadline_secs)
     }
 }
 
@@ -158,6 +178,7 @@ mod tests {
             assert_eq!(e.route_wait_ms, 200);
             assert_eq!(e.tenant_max_in_flight, 16);
             assert!(e.receipts);
+            assert_eq!(e.delivery_deadline_secs, 86_400);
             assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
             Ok(())
         });
@@ -206,6 +227,15 @@ mod tests {
                 format!("{err:#}").contains("breaker_max_open_secs"),
                 "{err:#}"
             );
+
+            for bad in ["0", "31536001"] {
+                jail.set_env("SWITCHYARD_EGRESS_EGRESS__DELIVERY_DEADLINE_SECS", bad);
+                let err = EgressConfig::load(None).unwrap_err();
+                assert!(
+                    format!("{err:#}").contains("invalid setting egress.delivery_deadline_secs"),
+                    "{bad}: {err:#}"
+                );
+            }
             Ok(())
         });
     }

@@ -4,7 +4,11 @@
 //! Waiting never holds an ack-pending slot: a retry, a message held back by an open breaker
 //! and a message that found its route busy are all scheduled to re-enter egress later
 //! ([`Handoff::schedule`]) and the current copy is acked. Only real attempts count against
-//! `max_attempts`; their history travels in the `Switchyard-Attempts-Log` header.
+//! `max_attempts`; their history travels in the `Switchyard-Attempts-Log` header. Held
+//! messages come back one by one from a per-route queue ([`Breakers::release_at`]), never
+//! all at once. Whatever holds a message, its delivery [`Deadline`] bounds the wait: past it
+//! the message is dead-lettered `deadline_exceeded` with its history, and no wait is
+//! scheduled beyond it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +30,8 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::backoff::{Backoff, jitter, random_unit};
-use crate::breaker::{Admission, Breakers, Change};
+use crate::backoff::{Backoff, DEADLINE_FROM, Deadline, jitter, random_unit};
+use crate::breaker::{Admission, BUSY_MAX_SPREAD, Breakers, Change, Spread};
 use crate::classify::{Classified, Verdict, classify};
 use crate::config::EgressSettings;
 use crate::limiter::Limiter;
@@ -39,10 +43,6 @@ use crate::sink::{Sinks, with_progress};
 /// How long a message that found its route busy waits before re-entering (jittered within
 /// `[d/2, d]`).
 pub const BUSY_DELAY: Duration = Duration::from_secs(1);
-
-/// Messages held back by an open breaker come back spread over this much time after it
-/// half-opens, not all at once.
-pub const HALF_OPEN_SPREAD: Duration = Duration::from_millis(500);
 
 /// The longest nak delay when a schedule cannot be stored (a NATS problem of our own).
 const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
@@ -107,6 +107,16 @@ impl EgressHandler {
             Some(envelope.address.platform.clone()),
         );
         let tenant = envelope.address.tenant.as_str().to_owned();
+        let deadline = Deadline::new(
+            self.settings.delivery_deadline(),
+            envelope.received_at,
+            envelope.attempt.replay,
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(DEADLINE_FROM))
+                .map(|v| v.as_str()),
+            OffsetDateTime::now_utc(),
+        );
         let resolved = match lookup(&self.routes, &self.ns, &envelope.address) {
             Lookup::Found(resolved) => resolved,
             Lookup::Missing(reason) => {
@@ -123,9 +133,16 @@ impl EgressHandler {
                 );
             }
         };
+        if deadline.passed(OffsetDateTime::now_utc()) {
+            return self
+                .deadline_exceeded(msg, &envelope, &deadline, parties)
+                .await;
+        }
         // An open breaker holds the message back without waiting for a slot ...
         if let Some(until) = self.breakers.peek(&resolved.id, Instant::now()) {
-            return self.hold(msg, &envelope, until).await;
+            return self
+                .hold(msg, &envelope, &deadline, &resolved.id, until)
+                .await;
         }
         let wait = self.settings.route_wait();
         // A tenant's share of the slots first: a tenant with slow sinks waits for its own
@@ -139,23 +156,31 @@ impl EgressHandler {
             )
             .await
         else {
-            let wait = jitter(BUSY_DELAY, random_unit());
-            return self.defer(msg, &envelope, wait, "tenant_busy").await;
+            let spacing = busy_spacing(self.settings.tenant_max_in_flight);
+            let wait = self.spread(&resolved.id, spacing);
+            return self
+                .defer(msg, &envelope, &deadline, wait, "tenant_busy")
+                .await;
         };
         let Some(slot) = self
             .limiter
             .acquire(&resolved.id, resolved.route.max_in_flight(), wait)
             .await
         else {
-            let wait = jitter(BUSY_DELAY, random_unit());
-            return self.defer(msg, &envelope, wait, "route_busy").await;
+            let spacing = busy_spacing(resolved.route.max_in_flight());
+            let wait = self.spread(&resolved.id, spacing);
+            return self
+                .defer(msg, &envelope, &deadline, wait, "route_busy")
+                .await;
         };
         // ... and the decision that counts is taken holding the slot, so a breaker that
         // opened while this message waited is respected.
         if let Admission::Wait { until } = self.breakers.admit(&resolved.id, Instant::now()) {
             drop(slot);
             drop(tenant_slot);
-            return self.hold(msg, &envelope, until).await;
+            return self
+                .hold(msg, &envelope, &deadline, &resolved.id, until)
+                .await;
         }
 
         let started_at = OffsetDateTime::now_utc();
@@ -193,27 +218,35 @@ impl EgressHandler {
             self.cancel_orphan_schedule(msg, &envelope).await;
             return Outcome::Delivered;
         }
-        let mut history = match decode_history(
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(ATTEMPTS_LOG))
-                .map(|v| v.as_str()),
-        ) {
-            Ok(history) => history,
-            Err(error) => {
-                tracing::warn!(%error, "unreadable attempt history; starting a new one");
-                Vec::new()
-            }
-        };
+        let mut history = history(msg);
         let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         history.push(record(started_at, &classified, duration_ms));
         let reason = classified.error.clone().unwrap_or_default();
         match classified.verdict {
             Verdict::Retryable { retry_after } if attempt < self.settings.max_attempts => {
                 let delay = self.backoff.delay(attempt, retry_after);
+                if delay >= deadline.remaining(OffsetDateTime::now_utc()) {
+                    // The next attempt would come after the deadline: give up now.
+                    self.cancel_orphan_schedule(msg, &envelope).await;
+                    let reason = format!(
+                        "{}; attempt {attempt} failed and the next would be due after it: {reason}",
+                        deadline_reason(&deadline)
+                    );
+                    return self.dead_letter(
+                        msg,
+                        DlqCode::DeadlineExceeded,
+                        reason,
+                        parties,
+                        attempt,
+                        history,
+                    );
+                }
                 envelope.attempt.delivery = attempt;
                 let mut h = Handoff::headers(&envelope, msg.headers.as_ref());
                 h.insert(ATTEMPTS_LOG, encode_history(&history));
+                if let Some(stamp) = deadline.stamp() {
+                    h.insert(DEADLINE_FROM, stamp);
+                }
                 let at = OffsetDateTime::now_utc() + delay;
                 let tag = attempt.to_string();
                 let scheduled = self
@@ -314,29 +347,89 @@ impl EgressHandler {
         }
     }
 
-    /// Holds the message back until the route's breaker half-opens (spread a little so the
-    /// held messages do not all come back at once), without counting an attempt.
-    async fn hold(&self, msg: &jetstream::Message, envelope: &Envelope, until: Instant) -> Outcome {
-        let wait = until.saturating_duration_since(Instant::now())
-            + HALF_OPEN_SPREAD.mul_f64(random_unit());
-        self.defer(msg, envelope, wait, "breaker_open").await
+    /// Holds the message back until the route's breaker half-opens, in its own slot of the
+    /// route's queue ([`Breakers::release_at`]), without counting an attempt.
+    async fn hold(
+        &self,
+        msg: &jetstream::Message,
+        envelope: &Envelope,
+        deadline: &Deadline,
+        route: &str,
+        until: Instant,
+    ) -> Outcome {
+        let spread = self.breakers.hold_spread();
+        let at = self
+            .breakers
+            .release_at(route, until, spread, random_unit());
+        let wait = at.saturating_duration_since(Instant::now());
+        self.defer(msg, envelope, deadline, wait, "breaker_open")
+            .await
     }
 
-    /// Schedules the message to come back after `wait` without counting an attempt.
+    /// How long a message that found `route` (or its tenant) busy waits: about [`BUSY_DELAY`],
+    /// then its own slot of the route's queue, `spacing` apart.
+    fn spread(&self, route: &str, spacing: Duration) -> Duration {
+        let earliest = Instant::now() + jitter(BUSY_DELAY, random_unit());
+        let spread = Spread {
+            spacing,
+            max: BUSY_MAX_SPREAD,
+        };
+        let at = self
+            .breakers
+            .release_at(route, earliest, spread, random_unit());
+        at.saturating_duration_since(Instant::now())
+    }
+
+    /// The message is past its delivery deadline: dead-letter it with the attempts it made.
+    async fn deadline_exceeded(
+        &self,
+        msg: &jetstream::Message,
+        envelope: &Envelope,
+        deadline: &Deadline,
+        parties: (Option<TenantId>, Option<PlatformId>),
+    ) -> Outcome {
+        self.cancel_orphan_schedule(msg, envelope).await;
+        let history = history(msg);
+        let attempts = envelope.attempt.delivery;
+        let mut reason = format!("{}; {attempts} attempts made", deadline_reason(deadline));
+        if let Some(last) = history.last().and_then(|a| a.error.as_deref()) {
+            reason.push_str("; last: ");
+            reason.push_str(last);
+        }
+        tracing::warn!(attempts, %reason, "delivery deadline exceeded");
+        self.dead_letter(
+            msg,
+            DlqCode::DeadlineExceeded,
+            reason,
+            parties,
+            attempts,
+            history,
+        )
+    }
+
+    /// Schedules the message to come back after `wait` (never past its deadline) without
+    /// counting an attempt.
     async fn defer(
         &self,
         msg: &jetstream::Message,
         envelope: &Envelope,
+        deadline: &Deadline,
         wait: Duration,
         reason: &'static str,
     ) -> Outcome {
-        let h = Handoff::headers(envelope, msg.headers.as_ref());
-        let at = OffsetDateTime::now_utc() + wait;
-        // Unique per deferral: the hand-off id is de-duplicated by the stream.
+        let wait = wait.min(deadline.remaining(OffsetDateTime::now_utc()));
+        let mut h = Handoff::headers(envelope, msg.headers.as_ref());
+        if let Some(stamp) = deadline.stamp() {
+            h.insert(DEADLINE_FROM, stamp);
+        }
+        let now = OffsetDateTime::now_utc();
+        let at = now + wait;
+        // Unique per deferral (the hand-off id is de-duplicated by the stream): by when it was
+        // decided, as two deferrals clamped to the deadline share their `at`.
         let tag = format!(
             "{reason}-{}-{}",
             envelope.attempt.delivery,
-            at.unix_timestamp_nanos() / 1_000_000
+            now.unix_timestamp_nanos() / 1_000_000
         );
         let scheduled = self
             .handoff
@@ -425,6 +518,36 @@ impl EgressHandler {
         record.history = history;
         Outcome::DeadLetter(Box::new(record))
     }
+}
+
+/// The attempt history the message carries (a new one when it is unreadable).
+fn history(msg: &jetstream::Message) -> Vec<AttemptRecord> {
+    let carried = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(ATTEMPTS_LOG))
+        .map(|v| v.as_str());
+    decode_history(carried).unwrap_or_else(|error| {
+        tracing::warn!(%error, "unreadable attempt history; starting a new one");
+        Vec::new()
+    })
+}
+
+/// The slot spacing of a busy route or tenant with `slots` slots: about as many messages come
+/// back per second as it has slots.
+fn busy_spacing(slots: usize) -> Duration {
+    let slots = u32::try_from(slots.max(1)).unwrap_or(u32::MAX);
+    Duration::from_secs(1) / slots
+}
+
+/// The first words of a `deadline_exceeded` reason.
+fn deadline_reason(deadline: &Deadline) -> String {
+    let since = deadline
+        .from
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| deadline.from.to_string());
+    let limit = (deadline.at - deadline.from).whole_seconds();
+    format!("not delivered within the delivery deadline of {limit} s from {since}")
 }
 
 fn record(at: OffsetDateTime, classified: &Classified, duration_ms: u64) -> AttemptRecord {

@@ -1,7 +1,8 @@
 //! The egress service in-process against a real nats-server and a real HTTP sink: signed
 //! webhook deliveries, retries and `Retry-After`, dead-lettering with the attempt history,
-//! NATS routes, per-route isolation and the circuit breaker.
+//! NATS routes, per-route isolation, the circuit breaker and the delivery deadline.
 
+mod deadline;
 mod exposure;
 mod nats_routes;
 mod support;

@@ -37,6 +37,11 @@ pub enum DlqCode {
     PermanentFailure,
     /// egress: every attempt of the retry budget failed.
     RetriesExhausted,
+    /// egress: not delivered within the delivery deadline (`[egress] delivery_deadline_secs`,
+    /// counted from the envelope's `received_at`, or for a replayed copy from when egress first
+    /// handled that replay), whatever held it: retries, an open breaker, a busy route or
+    /// tenant. The record keeps the attempts made, possibly none.
+    DeadlineExceeded,
     /// safety net: JetStream gave up redelivering (max deliveries) before the stage could
     /// dead-letter the message itself (it crashed, hung or was killed each time).
     ExhaustedDeliveries,
@@ -48,7 +53,7 @@ pub enum DlqCode {
 
 impl DlqCode {
     /// Every code.
-    pub const ALL: [DlqCode; 15] = [
+    pub const ALL: [DlqCode; 16] = [
         DlqCode::InvalidSubject,
         DlqCode::InvalidHeader,
         DlqCode::MissingMsgId,
@@ -62,6 +67,7 @@ impl DlqCode {
         DlqCode::InvalidRoute,
         DlqCode::PermanentFailure,
         DlqCode::RetriesExhausted,
+        DlqCode::DeadlineExceeded,
         DlqCode::ExhaustedDeliveries,
         DlqCode::Terminated,
     ];
@@ -82,6 +88,7 @@ impl DlqCode {
             DlqCode::InvalidRoute => "invalid_route",
             DlqCode::PermanentFailure => "permanent_failure",
             DlqCode::RetriesExhausted => "retries_exhausted",
+            DlqCode::DeadlineExceeded => "deadline_exceeded",
             DlqCode::ExhaustedDeliveries => "exhausted_deliveries",
             DlqCode::Terminated => "terminated",
         }
@@ -120,5 +127,16 @@ mod tests {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{code}\""));
         }
         assert!("boom".parse::<DlqCode>().is_err());
+    }
+
+    #[test]
+    fn every_code_is_listed_once_with_a_distinct_name() {
+        let names: std::collections::BTreeSet<&str> =
+            DlqCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), DlqCode::ALL.len());
+        assert_eq!(
+            "deadline_exceeded".parse::<DlqCode>().unwrap(),
+            DlqCode::DeadlineExceeded
+        );
     }
 }

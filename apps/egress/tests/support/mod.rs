@@ -180,12 +180,33 @@ impl Harness {
         content_type: Option<&str>,
         producer_headers: &[(&str, &str)],
     ) -> Envelope {
+        self.publish_received(
+            address,
+            payload,
+            content_type,
+            producer_headers,
+            OffsetDateTime::now_utc(),
+            0,
+        )
+        .await
+    }
+
+    /// [`Harness::publish_with`] of an envelope received at `received_at` and replayed
+    /// `replay` times.
+    pub async fn publish_received(
+        &self,
+        address: &Address,
+        payload: Bytes,
+        content_type: Option<&str>,
+        producer_headers: &[(&str, &str)],
+        received_at: OffsetDateTime,
+        replay: u32,
+    ) -> Envelope {
         let sequence = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let source = SourceRef {
             stream: "INGRESS".into(),
             sequence,
         };
-        let received_at = OffsetDateTime::now_utc();
         let envelope = Envelope {
             id: EnvelopeId::derive(&source, received_at),
             address: address.clone(),
@@ -197,7 +218,10 @@ impl Harness {
                 tracestate: None,
             },
             schema_version: SCHEMA_VERSION,
-            attempt: Attempt::default(),
+            attempt: Attempt {
+                delivery: 0,
+                replay,
+            },
             source,
         };
         let mut producer = async_nats::HeaderMap::new();
