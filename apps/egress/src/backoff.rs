@@ -69,11 +69,9 @@ pub fn random_unit() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-/// The header a rescheduled copy of a replayed message carries to anchor its deadline:
-/// `<replay>;<unix ms>`, the replay counter and when egress first handled that replay's copy.
-/// A value for another replay counter (carried over from an earlier replay's DLQ record) is
-/// ignored.
-pub const DEADLINE_FROM: &str = "Switchyard-Deadline-From";
+/// The header a rescheduled copy of a replayed message carries to anchor its deadline (owned
+/// by the envelope's header names).
+pub use switchyard_envelope::headers::DEADLINE_FROM;
 
 /// When a message must have been delivered by: `delivery_deadline_secs` after its envelope's
 /// `received_at`, or, for a replayed copy (`attempt.replay > 0`), after egress first handled

@@ -89,3 +89,9 @@ pub fn producer_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::
 /// [`crate::AttemptRecord`] (the last [`crate::attempt::MAX_HISTORY`]), written with
 /// [`crate::attempt::encode_history`]. A replay clears it.
 pub const ATTEMPTS_LOG: &str = "Switchyard-Attempts-Log";
+
+/// On egress's rescheduled copies of a replayed message: `<replay>;<unix ms>`, the replay
+/// counter and when egress first handled that replay's copy, which anchors its delivery
+/// deadline. A value for another replay counter (carried over from an earlier replay's DLQ
+/// record) is ignored.
+pub const DEADLINE_FROM: &str = "Switchyard-Deadline-From";

@@ -55,5 +55,6 @@ pub fn retryable(code: DlqCode) -> bool {
             | DlqCode::InvalidRoute
             | DlqCode::UnknownTenant
             | DlqCode::TenantDisabled
+            | DlqCode::DeadlineExceeded
     )
 }
