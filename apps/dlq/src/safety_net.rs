@@ -409,6 +409,7 @@ impl SafetyNet {
             last_failure: OffsetDateTime::now_utc(),
             source_stream: w.name.clone(),
             source_seq: r.seq,
+            source_time: Some(original.time),
             source_subject: original.subject.to_string(),
             history,
         }

@@ -75,6 +75,10 @@ pub struct DeadLetter {
     pub source_stream: String,
     /// Its sequence there.
     pub source_seq: u64,
+    /// When the stream stored it (the server's timestamp), when known: part of the record's
+    /// id, so a stream deleted and re-created — its sequences starting over — never gives a
+    /// new message the id of an earlier one's record.
+    pub source_time: Option<OffsetDateTime>,
     /// The subject it was read from.
     pub source_subject: String,
     /// The attempt history (may be empty).
@@ -97,9 +101,9 @@ impl DeadLetter {
         platform: Option<PlatformId>,
     ) -> Self {
         let now = OffsetDateTime::now_utc();
-        let (source_stream, source_seq) = msg
+        let (source_stream, source_seq, source_time) = msg
             .info()
-            .map(|i| (i.stream.to_owned(), i.stream_sequence))
+            .map(|i| (i.stream.to_owned(), i.stream_sequence, Some(i.published)))
             .unwrap_or_default();
         Self {
             stage,
@@ -112,15 +116,27 @@ impl DeadLetter {
             last_failure: now,
             source_stream,
             source_seq,
+            source_time,
             source_subject: msg.subject.to_string(),
             history: Vec::new(),
         }
     }
 
     /// The record's `Nats-Msg-Id`: one record per stored source message, so a stage that
-    /// crashes after writing the record and before acking does not write it twice.
+    /// crashes after writing the record and before acking does not write it twice (and the
+    /// safety net's record for the same message is dropped): `dlq:<stream>:<seq>:<stored ms>`,
+    /// the source message's stream, sequence and stored time in Unix milliseconds; without a
+    /// stored time, `dlq:<stream>:<seq>`.
     pub fn msg_id(&self) -> String {
-        format!("dlq:{}:{}", self.source_stream, self.source_seq)
+        match self.source_time {
+            Some(at) => format!(
+                "dlq:{}:{}:{}",
+                self.source_stream,
+                self.source_seq,
+                at.unix_timestamp_nanos() / 1_000_000
+            ),
+            None => format!("dlq:{}:{}", self.source_stream, self.source_seq),
+        }
     }
 
     /// The DLQ subject the record goes to.
@@ -240,6 +256,8 @@ impl DlqEntry {
             last_failure: time_header(h, seq, headers::LAST_FAILURE)?,
             source_stream: header(h, seq, headers::SOURCE_STREAM)?.to_owned(),
             source_seq: parsed(h, seq, headers::SOURCE_SEQ)?,
+            // Not a header of its own: it lives in the record's `Nats-Msg-Id`.
+            source_time: None,
             source_subject: header(h, seq, headers::SOURCE_SUBJECT)?.to_owned(),
             history: decode_history(h.get(headers::HISTORY).map(|v| v.as_str())).map_err(|_| {
                 DlqError::Malformed {
@@ -386,6 +404,7 @@ mod tests {
             last_failure: at,
             source_stream: "X".repeat(255),
             source_seq: u64::MAX,
+            source_time: None,
             source_subject: "s".repeat(1024),
             history: (0..MAX_HISTORY * 2)
                 .map(|i| {
@@ -399,5 +418,33 @@ mod tests {
             own < RECORD_HEADER_ROOM,
             "{own} bytes of record headers exceed {RECORD_HEADER_ROOM}"
         );
+    }
+
+    #[test]
+    fn a_record_id_names_the_stored_message_so_a_recreated_stream_gets_new_ids() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_789).unwrap();
+        let record = |source_time| DeadLetter {
+            stage: Stage::Egress,
+            code: DlqCode::PermanentFailure,
+            reason: "x".into(),
+            tenant: None,
+            platform: None,
+            attempts: 1,
+            first_failure: at,
+            last_failure: at,
+            source_stream: "EGRESS".into(),
+            source_seq: 7,
+            source_time,
+            source_subject: "egress.v1.acme.ops.slack".into(),
+            history: Vec::new(),
+        };
+        assert_eq!(record(Some(at)).msg_id(), "dlq:EGRESS:7:1800000000123");
+        let later = at + time::Duration::minutes(1);
+        assert_ne!(
+            record(Some(at)).msg_id(),
+            record(Some(later)).msg_id(),
+            "seq 7 of a re-created stream is another message"
+        );
+        assert_eq!(record(None).msg_id(), "dlq:EGRESS:7");
     }
 }

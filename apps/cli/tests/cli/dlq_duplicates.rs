@@ -52,6 +52,7 @@ async fn entries(js: &jetstream::Context) {
         last_failure: now,
         source_stream: ingress_stream("acme"),
         source_seq: 1,
+        source_time: None,
         source_subject: INGRESS_SUBJECT.into(),
         history: Vec::new(),
     };

@@ -70,6 +70,7 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
         last_failure: now,
         source_stream: "INGRESS".into(),
         source_seq: 9,
+        source_time: None,
         source_subject: "ingress.v1.x".into(),
         history: Vec::new(),
     }

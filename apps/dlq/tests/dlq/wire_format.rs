@@ -161,6 +161,7 @@ async fn dlq_entries_decode_from_the_documented_format_with_a_plain_client() {
         last_failure: now,
         source_stream: "INGRESS".into(),
         source_seq: 3,
+        source_time: None,
         source_subject: "ingress.v1.acme.ops".into(),
         history: Vec::new(),
     };
