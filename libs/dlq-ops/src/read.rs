@@ -65,6 +65,31 @@ pub struct Delivered {
     pub entry: Result<DlqEntry, DlqError>,
 }
 
+impl Delivered {
+    /// Reads a message delivered from the DLQ stream of namespace `ns` as an entry.
+    ///
+    /// Errors: the message carries no JetStream metadata ([`ReadError::Metadata`]); a message
+    /// that is not a valid record is `Ok` with `entry` holding why.
+    pub fn read(ns: &Namespace, message: &jetstream::Message) -> Result<Self, ReadError> {
+        let info = message.info().map_err(ReadError::Metadata)?;
+        let (seq, stored_at, pending) = (info.stream_sequence, info.published, info.pending);
+        let entry = DlqEntry::from_message(
+            ns,
+            seq,
+            stored_at,
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            message.payload.clone(),
+        );
+        Ok(Self {
+            seq,
+            stored_at,
+            pending,
+            entry,
+        })
+    }
+}
+
 /// Entries read by [`DlqReader::collect`].
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -124,24 +149,9 @@ impl DlqReader {
         Ok(self.ordered(filter, start).await?.cached_info().num_pending)
     }
 
-    /// Reads a delivered message as an entry.
+    /// Reads a delivered message as an entry ([`Delivered::read`] in this reader's namespace).
     pub fn delivered(&self, message: &jetstream::Message) -> Result<Delivered, ReadError> {
-        let info = message.info().map_err(ReadError::Metadata)?;
-        let (seq, stored_at, pending) = (info.stream_sequence, info.published, info.pending);
-        let entry = DlqEntry::from_message(
-            &self.ns,
-            seq,
-            stored_at,
-            message.subject.as_str(),
-            message.headers.as_ref(),
-            message.payload.clone(),
-        );
-        Ok(Delivered {
-            seq,
-            stored_at,
-            pending,
-            entry,
-        })
+        Delivered::read(&self.ns, message)
     }
 
     /// Reads a stored message as an entry.

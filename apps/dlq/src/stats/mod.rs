@@ -21,9 +21,8 @@ use anyhow::Context;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
-use switchyard_dlq::DlqEntry;
 use switchyard_dlq_ops::{
-    DlqReader, Leaseholder, StatsRecord, StatsState, StatsStore, Written, export,
+    Delivered, DlqReader, Leaseholder, StatsRecord, StatsState, StatsStore, Written, export,
 };
 use switchyard_keys::KvKey;
 use switchyard_subjects::{AlertKind, AlertSubject, DlqFilter, Namespace, SubjectKind};
@@ -176,10 +175,12 @@ impl StatsProcessor {
         let mut raised = Vec::new();
         let mut last = state.cursor;
         for message in batch {
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("reading a DLQ message's metadata: {e}"))?;
-            let (seq, stored_at, pending) = (info.stream_sequence, info.published, info.pending);
+            let Delivered {
+                seq,
+                stored_at,
+                pending,
+                entry,
+            } = Delivered::read(&self.ns, message).context("reading a DLQ message")?;
             last = last.max(seq);
             self.metrics
                 .stats_lag
@@ -191,14 +192,7 @@ impl StatsProcessor {
                 state.imported += 1;
                 continue;
             }
-            let entry = match DlqEntry::from_message(
-                &self.ns,
-                seq,
-                stored_at,
-                message.subject.as_str(),
-                message.headers.as_ref(),
-                message.payload.clone(),
-            ) {
+            let entry = match entry {
                 Ok(entry) => entry,
                 Err(error) => {
                     tracing::warn!(seq, %error, "not a valid DLQ record; not counted");
