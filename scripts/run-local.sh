@@ -52,7 +52,7 @@ wait_http() {
 pids+=($!)
 wait_http "$NATS_MONITOR_PORT" /healthz nats-server
 
-sy provision >/dev/null
+sy provision --fix >/dev/null   # --fix: a store from an older version is brought up to date
 sy tenants enable demo >/dev/null
 sy routes set demo _ webhook --webhook "http://127.0.0.1:$SINK_PORT/ok" --secret "$DEMO_SECRET" >/dev/null
 
