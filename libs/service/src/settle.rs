@@ -126,19 +126,27 @@ impl Handled {
         stage: Stage,
         reason: impl Into<String>,
     ) -> Self {
+        Self::dead_letter_by_subject(msg, ns, stage, DlqCode::InvalidEnvelope, reason, 0)
+    }
+
+    /// Dead-letter `msg` with `code` after `attempts` attempts, its tenant and platform read
+    /// from its subject (never from its headers, which may be what is wrong with it).
+    fn dead_letter_by_subject(
+        msg: &jetstream::Message,
+        ns: &Namespace,
+        stage: Stage,
+        code: DlqCode,
+        reason: impl Into<String>,
+        attempts: u32,
+    ) -> Self {
         let address = StageSubject::parse(ns, &msg.subject)
             .ok()
             .map(|s| s.address);
         let tenant = address.as_ref().map(|a| a.tenant.clone());
         let platform = address.map(|a| a.platform);
-        let record = DeadLetter::for_message(
-            msg,
-            stage,
-            DlqCode::InvalidEnvelope,
-            reason,
-            tenant.clone(),
-            platform,
-        );
+        let mut record =
+            DeadLetter::for_message(msg, stage, code, reason, tenant.clone(), platform);
+        record.attempts = attempts;
         Self {
             tenant,
             outcome: Outcome::DeadLetter(Box::new(record)),
@@ -274,27 +282,18 @@ impl Settler {
     /// The decision for a message on its consumer's last delivery: every earlier one ended
     /// without a settlement (the stage crashed, hung or lost its connection).
     fn exhausted(&self, msg: &jetstream::Message, delivered: i64) -> Handled {
-        let address = StageSubject::parse(&self.ns, &msg.subject)
-            .ok()
-            .map(|s| s.address);
-        let tenant = address.as_ref().map(|a| a.tenant.clone());
-        let mut record = DeadLetter::for_message(
+        tracing::error!(subject = %msg.subject, delivered, "dead-lettering a message on its last delivery");
+        Handled::dead_letter_by_subject(
             msg,
+            &self.ns,
             self.stage(),
             DlqCode::ExhaustedDeliveries,
             format!(
                 "{} gave up after {delivered} deliveries: none of the earlier ones was settled (the stage crashed, hung or was cut off while handling it)",
                 self.stage()
             ),
-            tenant.clone(),
-            address.map(|a| a.platform),
-        );
-        record.attempts = u32::try_from(delivered).unwrap_or(u32::MAX);
-        tracing::error!(subject = %msg.subject, delivered, "dead-lettering a message on its last delivery");
-        Handled {
-            tenant,
-            outcome: Outcome::DeadLetter(Box::new(record)),
-        }
+            u32::try_from(delivered).unwrap_or(u32::MAX),
+        )
     }
 
     /// The one place outcomes become acknowledgements.
