@@ -49,6 +49,9 @@ use crate::nats_sink::NatsSink;
 use crate::sink::Sinks;
 use crate::webhook::WebhookClient;
 
+/// How long shutdown waits to flush the last receipts to NATS.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 /// Runs the service until `shutdown`, then drains.
 pub async fn run(
     config: EgressConfig,
@@ -157,9 +160,15 @@ pub async fn start(
     let listen = config.http.listen;
     Ok(launch("egress", listen, app, shutdown.clone(), async move {
         worker.run(consumer, shutdown).await;
-        // Flush receipts published by the last messages.
-        if let Err(error) = client.flush().await {
-            tracing::warn!(%error, "flushing on shutdown failed");
+        // Flush receipts published by the last messages — bounded: with NATS gone, a flush
+        // would wait for a reconnection that never comes, and the process would never exit.
+        match tokio::time::timeout(SHUTDOWN_FLUSH, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "flushing receipts on shutdown failed"),
+            Err(_) => tracing::warn!(
+                ?SHUTDOWN_FLUSH,
+                "NATS unreachable: receipts not yet flushed are dropped on shutdown"
+            ),
         }
     })
     .await?)

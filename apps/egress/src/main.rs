@@ -22,6 +22,8 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let result = async {
         let config = EgressConfig::load(args.config)?;
+        // Bad settings stop the service before it connects (start validates again).
+        config.validate()?;
         let _telemetry = switchyard_runtime::init(&config.telemetry, "switchyard-egress")?;
         // One crypto provider for every TLS connection the process makes.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -172,12 +172,21 @@ fn authenticate(state: &ApiState, headers: &HttpHeaders) -> Result<Option<ApiKey
     }
     let unauthorized =
         |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    let token = headers
+    let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
             unauthorized("missing API key: send `Authorization: Bearer sy_…` (`switchyard keys create <tenant>`)".into())
+        })?;
+    // The scheme is case-insensitive (RFC 7235 §2.1).
+    let token = header
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
+        .ok_or_else(|| {
+            unauthorized(
+                "the API key goes in the Bearer scheme: `Authorization: Bearer sy_…`".into(),
+            )
         })?;
     let (id, secret) =
         api_key::parse_token(token.trim()).map_err(|e| unauthorized(e.to_string()))?;

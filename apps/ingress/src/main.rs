@@ -19,6 +19,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = IngressConfig::load(args.config).context("loading configuration")?;
+    // Bad settings stop the service before it connects (start validates again).
+    config.validate()?;
     let _telemetry = switchyard_runtime::init(&config.telemetry, "switchyard-ingress")?;
     let client = switchyard_runtime::connect(&config.nats).await?;
     run(config, client, switchyard_service::shutdown::on_signal()).await

@@ -67,13 +67,32 @@ pub struct RevokeArgs {
     pub id: String,
 }
 
-/// A key as `keys ls --json` prints it.
+/// A key as `keys ls --json` prints it: everything but its hash.
 #[derive(Debug, Serialize)]
 struct KeyView<'a> {
     id: &'a str,
     status: &'static str,
-    #[serde(flatten)]
-    record: &'a ApiKeyRecord,
+    tenant: &'a TenantId,
+    scopes: &'a [switchyard_registry::ApiScope],
+    label: Option<&'a str>,
+    created_at: String,
+    expires_at: String,
+    revoked_at: String,
+}
+
+impl<'a> KeyView<'a> {
+    fn new(id: &'a str, record: &'a ApiKeyRecord, now: OffsetDateTime) -> Self {
+        Self {
+            id,
+            status: status(record, now),
+            tenant: &record.tenant,
+            scopes: &record.scopes,
+            label: record.label.as_deref(),
+            created_at: shown(Some(record.created_at)),
+            expires_at: shown(record.expires_at),
+            revoked_at: shown(record.revoked_at),
+        }
+    }
 }
 
 fn status(record: &ApiKeyRecord, now: OffsetDateTime) -> &'static str {
@@ -150,11 +169,7 @@ pub async fn run(
             if out.is_json() {
                 let views: Vec<KeyView> = rows
                     .iter()
-                    .map(|(id, record)| KeyView {
-                        id,
-                        status: status(record, now),
-                        record,
-                    })
+                    .map(|(id, record)| KeyView::new(id, record, now))
                     .collect();
                 out.json(&views)?;
             } else if rows.is_empty() {
@@ -186,11 +201,7 @@ pub async fn run(
                 keys.put(&id, &record).await?;
             }
             if out.is_json() {
-                out.json(&KeyView {
-                    id: &id.id,
-                    status: status(&record, now),
-                    record: &record,
-                })?;
+                out.json(&KeyView::new(&id.id, &record, now))?;
             } else {
                 println!("key {} of tenant {} revoked", id.id, args.tenant);
             }
