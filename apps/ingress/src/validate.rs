@@ -61,8 +61,9 @@ fn reject(code: DlqCode, reason: impl Into<String>, address: Option<&Address>) -
 }
 
 impl Validator {
-    /// Checks a message read from the ingress stream, in this order: subject, headers (a
-    /// content type must be ASCII, [`check_content_type`]), tenant claim, msg id, tenant
+    /// Checks a message read from the ingress stream, in this order: subject, headers (a block
+    /// the client could not parse is `invalid_header`; a content type must be ASCII,
+    /// [`check_content_type`]), tenant claim, msg id, tenant
     /// registry, payload size, payload against its content type.
     pub fn check(
         &self,
@@ -81,6 +82,17 @@ impl Validator {
             ));
         }
         let address = parsed.address;
+        if let Some(error) = headers.and_then(|h| h.get(async_nats::connection::HEADER_PARSE_ERROR))
+        {
+            // The client could not parse the header block (a name outside ASCII 33..=126, a
+            // line without a colon, bytes that are not UTF-8); the raw block travels on in the
+            // record's `Async-Nats-Unparsed-Headers` header (vendor/async-nats/PATCHED.md).
+            return Err(reject(
+                DlqCode::InvalidHeader,
+                format!("the header block cannot be parsed: {error}"),
+                Some(&address),
+            ));
+        }
         let producer = ProducerHeaders::read(headers)
             .map_err(|e| reject(DlqCode::InvalidHeader, e.to_string(), Some(&address)))?;
         if let Some(ct) = &producer.content_type {

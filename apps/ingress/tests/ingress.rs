@@ -3,6 +3,8 @@
 
 #[path = "ingress/payload_limits.rs"]
 mod payload_limits;
+#[path = "ingress/unparsable_headers.rs"]
+mod unparsable_headers;
 
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ struct Harness {
     _server: NatsServer,
     js: jetstream::Context,
     service: Service,
+    /// The connection ingress runs on (its statistics count reconnects).
+    ingress_client: async_nats::Client,
     /// An API key per tenant (`ghost`'s too: a key whose tenant is not registered).
     keys: std::collections::HashMap<&'static str, String>,
 }
@@ -65,6 +69,7 @@ impl Harness {
         for tenant in ["acme", "globex", "frozen", "ghost"] {
             keys.insert(tenant, issue_api_key(&js, tenant).await);
         }
+        let ingress_client = client.clone();
         let running = switchyard_ingress::start(config, client, shutdown.clone())
             .await
             .unwrap();
@@ -72,6 +77,7 @@ impl Harness {
             _server: server,
             js,
             service: Service::new(running, shutdown),
+            ingress_client,
             keys,
         }
     }

@@ -152,6 +152,7 @@ impl DeadLetter {
     /// The record's headers: the original ones (less `Nats-*`) plus the DLQ headers.
     pub fn headers(&self, original: Option<&HeaderMap>) -> HeaderMap {
         let mut h = env_headers::without_server_headers(original);
+        cap_unparsed_headers(&mut h);
         let reason = self.reason.replace(['\r', '\n'], " ");
         let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
             Some((at, _)) => format!("{}…", &reason[..at]),
@@ -186,6 +187,31 @@ impl DeadLetter {
         js.publish_with_headers(self.subject(ns), self.headers(original_headers), payload)
             .await
             .map_err(DlqError::Publish)
+    }
+}
+
+/// The most characters of an unparsed header block a record keeps.
+pub const MAX_UNPARSED_HEADER_CHARS: usize = 8 * 1024;
+
+/// Caps the escaped header block the client could not parse (`Async-Nats-Unparsed-Headers`,
+/// up to 4 characters a byte) at [`MAX_UNPARSED_HEADER_CHARS`], so that the record still fits
+/// in [`RECORD_HEADER_ROOM`] over the original message's size. A cut block ends with
+/// `…[cut at N of M characters]`.
+fn cap_unparsed_headers(h: &mut HeaderMap) {
+    let name = async_nats::connection::UNPARSED_HEADERS;
+    let Some(value) = h.get(name).map(|v| v.as_str().to_owned()) else {
+        return;
+    };
+    // The client writes ASCII here, but a producer may set the same name itself.
+    if let Some((at, _)) = value.char_indices().nth(MAX_UNPARSED_HEADER_CHARS) {
+        h.insert(
+            name,
+            format!(
+                "{}…[cut at {MAX_UNPARSED_HEADER_CHARS} of {} characters]",
+                &value[..at],
+                value.chars().count()
+            ),
+        );
     }
 }
 
@@ -418,6 +444,26 @@ mod tests {
             own < RECORD_HEADER_ROOM,
             "{own} bytes of record headers exceed {RECORD_HEADER_ROOM}"
         );
+        // A header block the client could not parse arrives escaped, up to four times its
+        // size (or forged by a producer with wide characters): the record keeps a bounded cut.
+        for escaped in ["\\xff".repeat(50_000), wide.repeat(10)] {
+            let mut unparsed = HeaderMap::new();
+            unparsed.insert(async_nats::connection::UNPARSED_HEADERS, escaped.as_str());
+            let headers = record.headers(Some(&unparsed));
+            let own = wire_size(&headers);
+            assert!(
+                own < RECORD_HEADER_ROOM,
+                "{own} bytes of record headers exceed {RECORD_HEADER_ROOM}"
+            );
+            let kept = headers
+                .get(async_nats::connection::UNPARSED_HEADERS)
+                .unwrap()
+                .as_str();
+            assert!(kept.ends_with(&format!(
+                "…[cut at {MAX_UNPARSED_HEADER_CHARS} of {} characters]",
+                escaped.chars().count()
+            )));
+        }
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! Header blocks and subjects the Rust client cannot parse, published over raw NATS protocol:
+//! nats-server stores them, ingress dead-letters them `invalid_header` with the raw block kept,
+//! its connection never drops, and other tenants' messages flow on.
+
+use std::sync::atomic::Ordering;
+
+use switchyard_dlq::DlqCode;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::{Harness, with_id};
+
+/// Publishes `HPUB subject <header block> payload` on a raw connection and waits for the
+/// server's `PONG`, so the message is stored when this returns (the streams ack nothing back
+/// without a reply subject, but the server has processed the publish).
+async fn publish_raw(port: u16, subject: &[u8], header_block: &[u8], payload: &[u8]) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = BufReader::new(stream);
+    let mut info = String::new();
+    stream.read_line(&mut info).await.unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let mut out = Vec::new();
+    out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n");
+    out.extend_from_slice(b"HPUB ");
+    out.extend_from_slice(subject);
+    out.extend_from_slice(
+        format!(
+            " {} {}\r\n",
+            header_block.len(),
+            header_block.len() + payload.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(header_block);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    stream.get_mut().write_all(&out).await.unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "PONG\r\n", "the server refused the publish");
+}
+
+#[tokio::test]
+async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connection_drops() {
+    let h = Harness::start(1024 * 1024).await;
+    let port = h._server.port();
+    let connects = h
+        .ingress_client
+        .statistics()
+        .connects
+        .load(Ordering::Relaxed);
+    let poison: [(&str, &[u8]); 3] = [
+        ("non-ascii-name", b"NATS/1.0\r\nX-\xc3\x9cnicode: 1\r\n\r\n"),
+        (
+            "no-colon",
+            b"NATS/1.0\r\nNats-Msg-Id: p-2\r\njust text\r\n\r\n",
+        ),
+        ("not-utf8", b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n"),
+    ];
+    for (i, (_, block)) in poison.iter().enumerate() {
+        publish_raw(
+            port,
+            b"ingress.v1.acme.ops.slack",
+            block,
+            format!("p{i}").as_bytes(),
+        )
+        .await;
+    }
+    // A subject that is not UTF-8 (nats-server accepts any bytes in a token).
+    publish_raw(
+        port,
+        b"ingress.v1.acme.ops.sl\xffck",
+        b"NATS/1.0\r\nNats-Msg-Id: p-5\r\n\r\n",
+        b"p5",
+    )
+    .await;
+    // Another tenant's message, after the poison, flows on.
+    h.publish("ingress.v1.globex.ops.slack", with_id("g-1"), b"fine")
+        .await;
+
+    h.settled().await;
+    let forwarded = h.handed_on().await;
+    assert_eq!(forwarded.len(), 1, "only globex's message is handed on");
+    assert_eq!(&forwarded[0].payload[..], b"fine");
+
+    let dlq = h.dlq().await;
+    assert_eq!(
+        dlq.len(),
+        poison.len() + 1,
+        "every poison message is dead-lettered"
+    );
+    let mut unparsed = 0;
+    for (i, (what, block)) in poison.iter().enumerate() {
+        let entry = dlq
+            .iter()
+            .find(|e| e.payload[..] == *format!("p{i}").as_bytes())
+            .unwrap_or_else(|| panic!("{what} dead-lettered"));
+        assert_eq!(entry.record.code, DlqCode::InvalidHeader, "{what}");
+        assert_eq!(
+            entry.record.tenant.as_ref().map(|t| t.as_str()),
+            Some("acme")
+        );
+        assert!(
+            entry
+                .record
+                .reason
+                .starts_with("the header block cannot be parsed"),
+            "{what}: {}",
+            entry.record.reason
+        );
+        // The raw block is kept, escaped, for the operator.
+        let kept = entry
+            .original_headers
+            .get(async_nats::connection::UNPARSED_HEADERS)
+            .unwrap_or_else(|| panic!("{what}: raw block kept"))
+            .as_str()
+            .to_owned();
+        assert_eq!(kept, block.escape_ascii().to_string(), "{what}");
+        unparsed += 1;
+    }
+    assert_eq!(unparsed, poison.len());
+    let odd_subject = dlq.iter().find(|e| e.payload[..] == b"p5"[..]).unwrap();
+    assert_eq!(odd_subject.record.code, DlqCode::InvalidSubject);
+
+    assert_eq!(
+        h.ingress_client
+            .statistics()
+            .connects
+            .load(Ordering::Relaxed),
+        connects,
+        "ingress's connection never dropped"
+    );
+    h.stop().await;
+}
