@@ -1,7 +1,8 @@
 //! Where a DLQ entry re-enters the pipeline, and with which headers.
 //!
-//! An entry re-enters at the stage that gave up, so a replayed message is not dropped as a
-//! duplicate by the idempotency stage it already passed:
+//! An entry re-enters at the stage that gave up (an egress entry: backpressure, so the tenant's
+//! rate limit paces replays), so a replayed message is not dropped as a duplicate by the
+//! idempotency stage it already passed:
 //!
 //! - **ingress** failures are republished to their original producer subject with the
 //!   producer's `Nats-Msg-Id` (only codes an operator can fix: unknown or disabled tenant, or
@@ -89,24 +90,28 @@ impl ReplayError {
     }
 }
 
-fn input_stage(stage: Stage) -> Option<InputStage> {
+/// The stage an entry of `stage` re-enters by default: the stage that gave up, except that an
+/// egress entry re-enters backpressure, so a replay is paced by the tenant's rate limit and
+/// counted against its admission like any other message (a replay straight to egress, `--to
+/// egress`, bypasses both).
+fn default_target(stage: Stage) -> Option<InputStage> {
     match stage {
         Stage::Ingress => Some(InputStage::Ingress),
         Stage::Idempotency => Some(InputStage::Idempotency),
-        Stage::Backpressure => Some(InputStage::Backpressure),
-        Stage::Egress => Some(InputStage::Egress),
+        Stage::Backpressure | Stage::Egress => Some(InputStage::Backpressure),
         Stage::Dlq => None,
     }
 }
 
-/// Plans the replay of one entry to the stage that gave up on it.
+/// Plans the replay of one entry to its default target ([`plan_replay_to`] with `None`).
 pub fn plan_replay(ns: &Namespace, entry: &DlqEntry) -> Result<ReplayPlan, ReplayError> {
     plan_replay_to(ns, entry, None)
 }
 
-/// Plans the replay of one entry to `target`, or (with `None`) to the stage that gave up on
-/// it. An ingress entry can only re-enter ingress; an entry with an envelope can re-enter any
-/// stage after ingress (the copy's hop `Nats-Msg-Id` is the one for that stage).
+/// Plans the replay of one entry to `target`, or (with `None`) to its default: the stage that
+/// gave up on it, or backpressure for an egress entry (so the tenant's rate limit applies). An
+/// ingress entry can only re-enter ingress; an entry with an envelope can re-enter any stage
+/// after ingress (the copy's hop `Nats-Msg-Id` is the one for that stage).
 pub fn plan_replay_to(
     ns: &Namespace,
     entry: &DlqEntry,
@@ -118,7 +123,7 @@ pub fn plan_replay_to(
         stage: record.stage,
         code: record.code,
     };
-    let own = input_stage(record.stage).ok_or_else(refuse)?;
+    let own = default_target(record.stage).ok_or_else(refuse)?;
     let stage = target.unwrap_or(own);
     if (own == InputStage::Ingress) != (stage == InputStage::Ingress) {
         return Err(ReplayError::TargetRefused {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::plan_replay;
-use switchyard_subjects::Namespace;
+use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
+use switchyard_registry::{LimitRecord, Store};
+use switchyard_subjects::{InputStage, Namespace};
 
 use super::{Pipeline, SECRET, signature_is_valid};
 
@@ -121,7 +123,7 @@ async fn a_permanent_failure_lands_in_the_dlq_and_replays_once_the_route_is_fixe
     assert_eq!(entry.record.history[0].status, Some(400));
     assert_eq!(&entry.payload[..], b"payload-9");
 
-    // Fix the route, replay: re-injected at egress (not dropped as a duplicate by the
+    // Fix the route, replay: re-injected at backpressure (not dropped as a duplicate by the
     // idempotency stage it already passed), delivered, and only then removed from the DLQ.
     p.route("acme", None, "hooks", "fixed").await;
     let plan = plan_replay(&Namespace::default(), &entry).unwrap();
@@ -149,5 +151,64 @@ async fn a_permanent_failure_lands_in_the_dlq_and_replays_once_the_route_is_fixe
         "the replay keeps the webhook id"
     );
     assert!(p.dlq().await.is_empty());
+    p.stop().await;
+}
+
+/// Sets `tenant`'s rate limit in the `rate-limits` bucket.
+async fn set_limit(p: &Pipeline, tenant: &str, rate_per_sec: f64, burst: u32) {
+    let store: Store<RateKey, LimitRecord> =
+        Store::new(p.js.get_key_value("rate-limits").await.unwrap());
+    let key = RateKey {
+        scope: RateScope::Tenant(TenantId::new(tenant).unwrap()),
+        record: RateRecord::Limit,
+    };
+    let limit = LimitRecord {
+        rate_per_sec,
+        burst,
+        backlog_high: None,
+        backlog_low: None,
+    };
+    store.put(&key, &limit).await.unwrap();
+}
+
+#[tokio::test]
+async fn replayed_egress_entries_are_paced_by_the_tenants_rate_limit() {
+    let p = Pipeline::start(&["acme"]).await;
+    set_limit(&p, "acme", 2.0, 1).await;
+    p.route("acme", None, "hooks", "broken").await;
+    p.sink.answer("broken", 400);
+    for i in 0..10 {
+        p.publish("acme", "ops", "hooks", &format!("order-{i}"), b"x")
+            .await;
+    }
+    let entries = switchyard_testkit::wait_for("10 dlq entries", Duration::from_secs(60), || async {
+        let entries = p.dlq().await;
+        (entries.len() == 10).then_some(entries)
+    })
+    .await;
+
+    // The default target of an egress entry is backpressure: the copies wait for the
+    // tenant's tokens (2/s, burst 1) instead of reaching the sink at once.
+    p.route("acme", None, "hooks", "fixed").await;
+    let started = std::time::Instant::now();
+    for entry in &entries {
+        assert_eq!(entry.record.code, DlqCode::PermanentFailure);
+        let plan = plan_replay(&Namespace::default(), entry).unwrap();
+        assert_eq!(plan.stage, InputStage::Backpressure);
+        p.js.publish_with_headers(plan.subject, plan.headers, plan.payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    switchyard_testkit::wait_for("10 replayed deliveries", Duration::from_secs(60), || async {
+        (p.sink.received().iter().filter(|r| r.path == "fixed").count() == 10).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "10 replays at 2/s (burst 1) reached the sink in {took:?}: the rate limit was bypassed"
+    );
     p.stop().await;
 }

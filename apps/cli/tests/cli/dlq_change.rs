@@ -18,15 +18,15 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
     let url = server.url();
     let client = server.client().await;
     let js = jetstream::new(client.clone());
-    let mut egress = client.subscribe("egress.v1.>").await.unwrap();
+    let mut copies = client.subscribe("backpressure.v1.>").await.unwrap();
     client.flush().await.unwrap();
     seed(&js).await;
 
     let dry = ok(&url, &["dlq", "replay", "--tenant", "acme", "--dry-run"]).await;
     assert_eq!(
         dry,
-        "would replay seq 1 -> egress.v1.acme.ops.slack\n\
-         would replay seq 3 -> egress.v1.acme.ops.slack\n\
+        "would replay seq 1 -> backpressure.v1.acme.ops.slack\n\
+         would replay seq 3 -> backpressure.v1.acme.ops.slack\n\
          would replay 2, would keep 0; dry run: nothing changed\n"
     );
     assert_eq!(
@@ -35,7 +35,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
         "a dry run changes nothing"
     );
     assert_eq!(
-        stored_count(&js, "EGRESS").await,
+        stored_count(&js, "BACKPRESSURE").await,
         0,
         "a dry run publishes nothing"
     );
@@ -54,16 +54,16 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
     .await;
     assert_eq!(
         out,
-        "replayed seq 1 -> egress.v1.acme.ops.slack (EGRESS seq 1)\n\
-         replayed seq 3 -> egress.v1.acme.ops.slack (EGRESS seq 2)\n\
+        "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)\n\
+         replayed seq 3 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 2)\n\
          replayed 2, kept 0\n"
     );
     for n in [1, 3] {
-        let msg = tokio::time::timeout(Duration::from_secs(10), egress.next())
+        let msg = tokio::time::timeout(Duration::from_secs(10), copies.next())
             .await
             .expect("the replayed copy arrives")
             .unwrap();
-        assert_eq!(msg.subject.as_str(), "egress.v1.acme.ops.slack");
+        assert_eq!(msg.subject.as_str(), "backpressure.v1.acme.ops.slack");
         assert_eq!(msg.payload, payload(n), "payload bytes unchanged");
         let h = msg.headers.unwrap();
         assert_eq!(h.get("Switchyard-Replay").unwrap().as_str(), "1");
@@ -76,7 +76,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
             h.get("Nats-Msg-Id")
                 .unwrap()
                 .as_str()
-                .ends_with(":egress:1")
+                .ends_with(":backpressure:1")
         );
         assert!(
             h.get("Switchyard-Dlq-Code").is_none(),
@@ -88,7 +88,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
         [2, 4],
         "exactly acme's entries left the DLQ"
     );
-    assert_eq!(stored_count(&js, "EGRESS").await, 2);
+    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 2);
 }
 
 #[tokio::test]
@@ -107,7 +107,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     .await;
     assert_eq!(
         ok(&url, &["dlq", "replay", &first.to_string()]).await,
-        "replayed seq 1 -> egress.v1.acme.ops.slack (EGRESS seq 1)\nreplayed 1, kept 0\n",
+        "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)\nreplayed 1, kept 0\n",
         "explicit sequences need no confirmation"
     );
     // The same message dead-lettered again replays to the same hop id: EGRESS drops the copy
@@ -132,7 +132,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "kept seq 99: no DLQ entry with seq 99", "{out}");
     assert_eq!(
-        lines[1], "replayed seq 2 -> egress.v1.acme.ops.slack (EGRESS seq 1)",
+        lines[1], "replayed seq 2 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
         "{out}"
     );
     assert!(
@@ -145,7 +145,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
         "replayed 1, kept 2 (1 no such entry, 1 not replayable)"
     );
     assert_eq!(dlq_seqs(&url, &[]).await, [3]);
-    assert_eq!(stored_count(&js, "EGRESS").await, 1);
+    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
 
     let json: serde_json::Value =
         serde_json::from_str(&ok(&url, &["dlq", "replay", "3", "--json"]).await).unwrap();
@@ -216,7 +216,7 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
             &["--prefix", "staging", "dlq", "replay", "--all", "--yes"]
         )
         .await,
-        "replayed seq 1 -> staging.egress.v1.acme.ops.slack (STAGING_EGRESS seq 1)\nreplayed 1, kept 0\n"
+        "replayed seq 1 -> staging.backpressure.v1.acme.ops.slack (STAGING_BACKPRESSURE seq 1)\nreplayed 1, kept 0\n"
     );
     assert_eq!(stored_count(&js, "STAGING_DLQ").await, 0);
     assert!(

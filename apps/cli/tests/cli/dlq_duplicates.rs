@@ -102,14 +102,14 @@ async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_mess
     assert_eq!(
         lines[1..],
         [
-            "replayed seq 2 -> egress.v1.acme.ops.slack (EGRESS seq 1)",
-            "replayed seq 3 -> egress.v1.acme.ops.slack (EGRESS seq 1)",
+            "replayed seq 2 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+            "replayed seq 3 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
             "replayed 2, kept 1 (1 duplicate)",
         ],
         "{out}"
     );
     assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
-    assert_eq!(stored_count(&js, "EGRESS").await, 1);
+    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
     assert_eq!(stored_count(&js, &ingress_stream("acme")).await, 1);
 
     let json: serde_json::Value = serde_json::from_str(
@@ -151,7 +151,7 @@ async fn a_replay_job_keeps_only_an_entry_whose_duplicate_is_its_source_message(
     );
     assert_eq!(done.progress.handled, 3);
     assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
-    assert_eq!(stored_count(&js, "EGRESS").await, 1);
+    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
     assert_eq!(stored_count(&js, &ingress_stream("acme")).await, 1);
     service.stop().await;
 }

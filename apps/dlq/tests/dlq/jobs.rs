@@ -72,7 +72,7 @@ async fn two_instances_share_a_job_but_only_one_executes_it() {
     assert_eq!(done.progress.replayed, 300);
     assert_eq!(done.progress.last_seq, *seqs.last().unwrap());
     assert!(done.lease.is_none(), "a finished job holds no lease");
-    let ids = envelope_ids(&env.js, "EGRESS").await;
+    let ids = envelope_ids(&env.js, "BACKPRESSURE").await;
     assert_eq!(ids.len(), 300);
     assert_eq!(
         ids.iter().collect::<BTreeSet<_>>().len(),
@@ -115,7 +115,7 @@ async fn a_dry_run_changes_nothing_and_unreplayable_entries_are_kept_with_a_reas
         "a dry run changes nothing"
     );
     assert_eq!(
-        stored_count(&env.js, "EGRESS").await,
+        stored_count(&env.js, "BACKPRESSURE").await,
         0,
         "a dry run publishes nothing"
     );
@@ -174,10 +174,10 @@ async fn a_cancelled_job_stops_and_leaves_the_rest_in_the_dlq() {
     // Nothing more happens, even while the service drains.
     service.stop().await;
     assert_eq!(job(&env.js, &id).await.progress.replayed, replayed);
-    let in_egress = stored_count(&env.js, "EGRESS").await;
+    let in_backpressure = stored_count(&env.js, "BACKPRESSURE").await;
     let in_dlq = stored_count(&env.js, "DLQ").await;
-    assert_eq!(in_egress + in_dlq, 200, "nothing lost, nothing doubled");
-    assert_eq!(in_egress, replayed);
+    assert_eq!(in_backpressure + in_dlq, 200, "nothing lost, nothing doubled");
+    assert_eq!(in_backpressure, replayed);
 }
 
 #[tokio::test]

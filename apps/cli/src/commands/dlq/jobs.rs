@@ -267,7 +267,7 @@ fn render(job: &JobRecord) -> String {
             "target",
             job.spec
                 .target
-                .map_or("the stage that gave up on each entry".to_owned(), |t| {
+                .map_or("the stage that gave up on each entry (egress: backpressure)".to_owned(), |t| {
                     t.to_string()
                 }),
         ),

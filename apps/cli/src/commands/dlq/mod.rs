@@ -52,7 +52,8 @@ pub enum DlqCommand {
     Ls(ls::LsArgs),
     /// Show one entry in full: record, headers, payload, attempt history.
     Show(show::ShowArgs),
-    /// Republish entries to the stage that gave up on them; remove each once stored.
+    /// Republish entries to the stage that gave up on them (egress entries: backpressure, so the
+    /// tenant's rate limit applies); remove each once stored.
     Replay(replay::ReplayArgs),
     /// List replay jobs with their progress; show, follow or cancel one.
     Jobs(jobs::JobsArgs),

@@ -1,5 +1,6 @@
-//! `switchyard dlq replay`: republish entries to the stage that gave up on them (or the stage
-//! given with `--to`; [`plan_replay_to`]), await each JetStream ack, and only then delete the
+//! `switchyard dlq replay`: republish entries to the stage that gave up on them (egress entries
+//! to backpressure, so the tenant's rate limit paces them), or the stage given with `--to`
+//! ([`plan_replay_to`]); await each JetStream ack, and only then delete the
 //! entry — the replay step the dlq service's jobs run too ([`step`]), with its duplicate rule:
 //! the entry stays only when the ack is a duplicate of the message it was read from. At a
 //! bounded rate, with a dry run.
@@ -50,8 +51,9 @@ pub struct ReplayArgs {
     /// Do not ask for confirmation (required with filters when stdin is not a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Re-enter this stage instead of the one that gave up (idempotency, backpressure or
-    /// egress for entries with an envelope; ingress only for ingress entries).
+    /// Re-enter this stage instead of the default (the stage that gave up; backpressure for
+    /// egress entries): idempotency, backpressure or egress for entries with an envelope
+    /// (`egress` skips the tenant's rate limit and admission); ingress only for ingress entries.
     #[arg(long, value_name = "STAGE", value_parser = super::input_stage)]
     pub to: Option<InputStage>,
     /// Hand the replay to the dlq service as a durable job (resumable after a crash, executed
