@@ -4,18 +4,27 @@
 //!
 //! A restored entry is republished to the DLQ subject of its tenant, stage and platform in the
 //! importing deployment, with its stored headers, except `Nats-Msg-Id`, which becomes
-//! `import:<the stored Nats-Msg-Id>`: JetStream remembers ids of deleted messages for its
-//! duplicate window, and the stats processor does not count restored entries as new inflow.
+//! `import:<run>/<identity>`: the entry's [`identity`] (its record id `dlq:…`, which an export
+//! keeps) behind a token new for each import run, so that the DLQ's duplicate window, which
+//! remembers ids of purged entries, never drops a restore; the stats processor does not count
+//! restored entries as new inflow. Whether an entry is already stored is decided by identity
+//! ([`stored_identities`]), not by that window: importing a file twice, or into the DLQ it was
+//! exported from, stores each entry once.
+
+use std::collections::HashSet;
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderName;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchyard_dlq::{DlqEntry, DlqEntryView, DlqError};
 use switchyard_envelope::headers as env_headers;
 use switchyard_keys::{KeyError, PlatformId, TenantId};
-use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
+use switchyard_subjects::{DlqFilter, DlqSubject, Namespace, SubjectKind};
+
+use crate::read::{DlqReader, ReadError};
 
 /// The `format` value of every line this build writes and reads.
 pub const EXPORT_FORMAT: &str = "switchyard-dlq-export/1";
@@ -90,17 +99,20 @@ impl ExportLine {
 pub struct Restore {
     /// The DLQ subject in the importing deployment.
     pub subject: String,
-    /// The stored headers, with `Nats-Msg-Id` = `import:<stored id>`.
+    /// The stored headers, with `Nats-Msg-Id` = `import:<run>/<identity>`.
     pub headers: HeaderMap,
+    /// The entry's [`identity`]: the same for the stored original, its export and every
+    /// restore of it.
+    pub identity: String,
     /// The payload, byte for byte.
     pub payload: Bytes,
     /// The entry's sequence in the exporting DLQ.
     pub exported_seq: u64,
 }
 
-/// Reads one line of an export file into what to publish, checking that the result is a valid
-/// DLQ record in `ns`.
-pub fn restore(ns: &Namespace, line: &str) -> Result<Restore, ImportError> {
+/// Reads one line of an export file into what to publish in import run `run` (a token without
+/// `/`, new for each run), checking that the result is a valid DLQ record in `ns`.
+pub fn restore(ns: &Namespace, line: &str, run: &str) -> Result<Restore, ImportError> {
     let line: ExportLine = serde_json::from_str(line)?;
     if line.format != EXPORT_FORMAT {
         return Err(ImportError::Format { found: line.format });
@@ -137,13 +149,11 @@ pub fn restore(ns: &Namespace, line: &str) -> Result<Restore, ImportError> {
         }
         headers.append(parsed, value.as_str());
     }
-    let stored_id =
-        stored_id.unwrap_or_else(|| format!("dlq:{}:{}", view.source_stream, view.source_seq));
-    let id = if stored_id.starts_with(IMPORT_MSG_ID_PREFIX) {
-        stored_id
-    } else {
-        format!("{IMPORT_MSG_ID_PREFIX}{stored_id}")
-    };
+    let identity = stored_id.as_deref().map_or_else(
+        || format!("dlq:{}:{}", view.source_stream, view.source_seq),
+        identity_of,
+    );
+    let id = format!("{IMPORT_MSG_ID_PREFIX}{run}/{identity}");
     headers.insert(env_headers::NATS_MSG_ID, id.as_str());
     DlqEntry::from_message(
         ns,
@@ -157,8 +167,44 @@ pub fn restore(ns: &Namespace, line: &str) -> Result<Restore, ImportError> {
         subject,
         headers,
         payload,
+        identity,
         exported_seq: view.seq,
     })
+}
+
+/// The identity of a stored `Nats-Msg-Id`: the record id itself (`dlq:…`), or for a restored
+/// entry the identity it was restored under (`import:<run>/<identity>`; an older restore's
+/// `import:<identity>`).
+fn identity_of(msg_id: &str) -> String {
+    match msg_id.strip_prefix(IMPORT_MSG_ID_PREFIX) {
+        None => msg_id.to_owned(),
+        Some(rest) => rest
+            .split_once('/')
+            .map_or(rest, |(_, identity)| identity)
+            .to_owned(),
+    }
+}
+
+/// An entry's identity, from its stored headers (`None` without a `Nats-Msg-Id`).
+pub fn identity(headers: Option<&HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(env_headers::NATS_MSG_ID))
+        .map(|id| identity_of(id.as_str()))
+}
+
+/// The identities of every entry the DLQ stores now (read through `reader`, nothing removed).
+pub async fn stored_identities(reader: &DlqReader) -> Result<HashSet<String>, ReadError> {
+    let mut read = reader.catch_up(
+        reader.namespace().dlq_filter(&DlqFilter::default()),
+        DeliverPolicy::All,
+    );
+    let mut identities = HashSet::new();
+    while let Some((message, _)) = read.next().await? {
+        if let Some(id) = identity(message.headers.as_ref()) {
+            identities.insert(id);
+        }
+    }
+    Ok(identities)
 }
 
 /// Whether a stored entry is a restored one (its `Nats-Msg-Id` starts with `import:`).

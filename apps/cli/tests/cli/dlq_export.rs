@@ -1,5 +1,6 @@
 //! `dlq export` and `dlq import`: export, purge, import restores the same entries (payload and
-//! headers equal), once.
+//! headers equal), once: never twice (the file again, or into the DLQ it came from), and never
+//! nothing (after a second purge inside the duplicate window).
 
 use std::collections::BTreeMap;
 
@@ -136,6 +137,17 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
     .unwrap();
     assert_eq!(report["exported"], 3);
 
+    // Importing into the DLQ the file came from, while it still holds the originals, stores
+    // nothing twice.
+    assert_eq!(
+        ok(&url, &["dlq", "import", "--file", path])
+            .await
+            .lines()
+            .last(),
+        Some("restored 0 entries; 6 already stored (left alone)")
+    );
+    assert_eq!(stored_count(&js, "DLQ").await, 6);
+
     ok(&url, &["dlq", "purge", "--all", "--yes"]).await;
     assert_eq!(stored_count(&js, "DLQ").await, 0);
 
@@ -172,18 +184,35 @@ async fn export_then_purge_then_import_restores_the_same_entries() {
     );
     for m in &after_msgs {
         let id = m.headers.get("Nats-Msg-Id").unwrap().as_str();
-        assert!(id.starts_with("import:dlq:"), "{id}");
+        assert!(
+            id.starts_with("import:") && id.contains("/dlq:"),
+            "import:<run>/<record id>, not {id}"
+        );
     }
     // Browsing and replaying work on restored entries as on any other.
     let ls: serde_json::Value =
         serde_json::from_str(&ok(&url, &["dlq", "ls", "--json"]).await).unwrap();
     assert_eq!(ls.as_array().unwrap().len(), 6);
 
-    // The same file again (inside the duplicate window) restores nothing twice.
+    // The same file again restores nothing twice.
     let again: serde_json::Value =
         serde_json::from_str(&ok(&url, &["dlq", "import", "--file", path, "--json"]).await)
             .unwrap();
     assert_eq!(again["restored"].as_array().unwrap().len(), 0);
-    assert_eq!(again["duplicates"].as_array().unwrap().len(), 6);
+    assert_eq!(again["already_stored"].as_array().unwrap().len(), 6);
     assert_eq!(stored_count(&js, "DLQ").await, 6);
+
+    // Purged again, inside the DLQ's duplicate window (which remembers the purged ids): the
+    // next import restores every entry instead of silently nothing.
+    ok(&url, &["dlq", "purge", "--all", "--yes"]).await;
+    assert_eq!(
+        ok(&url, &["dlq", "import", "--file", path]).await,
+        "restored 6 entries\n"
+    );
+    let restored_again: Vec<_> = stored_messages(&js, "DLQ")
+        .await
+        .iter()
+        .map(comparable)
+        .collect();
+    assert_eq!(restored_again, before);
 }

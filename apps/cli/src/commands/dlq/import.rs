@@ -1,9 +1,12 @@
 //! `switchyard dlq import --file F`: restore entries from a `dlq export` file. The whole file
 //! is checked first (every line must restore to a valid DLQ record in this deployment), then
-//! each entry is republished to its DLQ subject with its stored headers and payload; only
-//! `Nats-Msg-Id` changes (`import:<stored id>`), so importing the same file twice within the
-//! DLQ's duplicate window stores each entry once. Restored entries get new sequences and
-//! storage times; the dlq service does not count them as new inflow.
+//! each entry the DLQ does not hold already is republished to its DLQ subject with its stored
+//! headers and payload; only `Nats-Msg-Id` changes (`import:<run>/<identity>`,
+//! [`export::restore`]). "Already held" is decided by the entry's identity against every entry
+//! stored now ([`export::stored_identities`]), never by the duplicate window: importing a file
+//! twice, or into the DLQ it came from, stores each entry once, and an import after a purge
+//! restores everything. Restored entries get new sequences and storage times; the dlq service
+//! does not count them as new inflow.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -13,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use async_nats::jetstream::{self, stream::Stream};
 use serde::Serialize;
-use switchyard_dlq_ops::export;
+use switchyard_dlq_ops::{DlqReader, export};
 use switchyard_subjects::Namespace;
 
 use crate::output::Output;
@@ -36,8 +39,9 @@ pub struct ImportReport {
     pub dry_run: bool,
     /// `[exported seq, new seq]` of each restored entry (new seq 0 on a dry run).
     pub restored: Vec<(u64, u64)>,
-    /// Exported seqs the DLQ already held (dropped as duplicates of an earlier import).
-    pub duplicates: Vec<u64>,
+    /// Exported seqs the DLQ already held (the original, an earlier restore, or an earlier
+    /// line of the same file), left alone.
+    pub already_stored: Vec<u64>,
 }
 
 fn lines(args: &ImportArgs) -> anyhow::Result<Box<dyn BufRead>> {
@@ -52,11 +56,15 @@ fn lines(args: &ImportArgs) -> anyhow::Result<Box<dyn BufRead>> {
 /// Runs `dlq import`.
 pub async fn run(
     js: &jetstream::Context,
-    _stream: &Stream,
+    stream: &Stream,
     ns: &Namespace,
     args: &ImportArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
+    let run = format!(
+        "{:x}",
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
     let mut restores = Vec::new();
     for (n, line) in lines(args)?.lines().enumerate() {
         let line =
@@ -64,7 +72,7 @@ pub async fn run(
         if line.trim().is_empty() {
             continue;
         }
-        let restore = export::restore(ns, &line)
+        let restore = export::restore(ns, &line, &run)
             .with_context(|| format!("line {} of {}", n + 1, args.file.display()))?;
         restores.push(restore);
     }
@@ -72,7 +80,21 @@ pub async fn run(
         dry_run: args.dry_run,
         ..ImportReport::default()
     };
+    let reader = DlqReader::new(stream.clone(), ns.clone());
+    let mut held = export::stored_identities(&reader)
+        .await
+        .context("reading the identities of the entries stored now")?;
     for restore in restores {
+        if !held.insert(restore.identity.clone()) {
+            if !out.is_json() {
+                println!(
+                    "already stored: seq {} ({})",
+                    restore.exported_seq, restore.identity
+                );
+            }
+            report.already_stored.push(restore.exported_seq);
+            continue;
+        }
         if args.dry_run {
             if !out.is_json() {
                 println!(
@@ -94,11 +116,13 @@ pub async fn run(
                     restore.exported_seq
                 )
             })?;
-        if ack.duplicate {
-            report.duplicates.push(restore.exported_seq);
-        } else {
-            report.restored.push((restore.exported_seq, ack.sequence));
-        }
+        anyhow::ensure!(
+            !ack.duplicate,
+            "restoring entry {}: the DLQ dropped it as a duplicate of seq {} although this run's id is new; nothing after it was imported",
+            restore.exported_seq,
+            ack.sequence
+        );
+        report.restored.push((restore.exported_seq, ack.sequence));
     }
     if out.is_json() {
         out.json(&report)?;
@@ -113,10 +137,10 @@ pub async fn run(
             },
             if n == 1 { "entry" } else { "entries" }
         );
-        if !report.duplicates.is_empty() {
+        if !report.already_stored.is_empty() {
             line.push_str(&format!(
-                "; {} already restored (duplicates dropped)",
-                report.duplicates.len()
+                "; {} already stored (left alone)",
+                report.already_stored.len()
             ));
         }
         println!("{line}");

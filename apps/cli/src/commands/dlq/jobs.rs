@@ -265,11 +265,10 @@ fn render(job: &JobRecord) -> String {
         ("selection", job.spec.selection.describe()),
         (
             "target",
-            job.spec
-                .target
-                .map_or("the stage that gave up on each entry (egress: backpressure)".to_owned(), |t| {
-                    t.to_string()
-                }),
+            job.spec.target.map_or(
+                "the stage that gave up on each entry (egress: backpressure)".to_owned(),
+                |t| t.to_string(),
+            ),
         ),
         ("rate", format!("{}/s", job.spec.rate)),
         (
