@@ -71,9 +71,9 @@ pub async fn start(
         .await?,
     );
     let advisories = if safety.enabled {
-        net.subscribe(&client).await?
+        Some(safety_net::SafetyNet::advisories(&js, &topology).await?)
     } else {
-        Vec::new()
+        None
     };
 
     let control_subject = ControlSubject {
@@ -114,6 +114,9 @@ pub async fn start(
     client.flush().await.context("flushing subscriptions")?;
 
     let mut streams = vec![dlq_name];
+    if safety.enabled {
+        streams.push(topology.open_stream(&js, StreamName::Advisories).await?.0);
+    }
     streams.extend(net.watched().iter().map(|w| w.name.clone()));
     let readiness = Readiness {
         client: client.clone(),
@@ -133,7 +136,7 @@ pub async fn start(
     // crash.
     let work = async move {
         let advisories = async {
-            if safety_on {
+            if let Some(advisories) = advisories {
                 net.clone().run(advisories, shutdown.clone()).await;
             }
         };

@@ -1,9 +1,13 @@
 //! The safety net: a message JetStream gave up on before its stage could dead-letter it (the
 //! stage crashed, hung or was killed on every delivery) still lands in the DLQ.
 //!
-//! It listens (in a queue group, so one replica handles each) to the max-deliveries and
-//! terminated advisories of the watched streams and, after [`rescue_delay`], *rescues* the
-//! message the advisory points at ([`SafetyNet::rescue`]):
+//! JetStream publishes a max-deliveries or terminated advisory when a consumer gives up on (or
+//! terminates) a message; the `ADVISORIES` stream captures those of the shared stage streams,
+//! so none is lost while no dlq instance runs. The replicas share its durable consumer
+//! `dlq-safety-net`; for each advisory on a watched stream, once it is [`rescue_delay`] old
+//! (a younger one is nak'd with the rest of the delay, so the server holds it), the safety net
+//! *rescues* the message it points at ([`SafetyNet::rescue`]) and only then acks the advisory
+//! (a failed rescue is retried: nak after [`RETRY_AFTER`]):
 //!
 //! 1. fetch the original by stream sequence from the stream leader — if it is gone, its stage
 //!    acked it after all (or, on a work queue, terminated it, which removes it), so there is
@@ -16,8 +20,10 @@
 //! 3. on a work-queue stream, delete the original, which would otherwise sit there until it
 //!    ages out (limits streams such as `INGRESS` keep it: it is their history).
 //!
-//! Advisories are core NATS messages: one published while no dlq replica listens is lost. The
-//! [`crate::sweep`] finds what such a gap leaves behind in the work-queue streams.
+//! "Gone" (step 1) means the stage acked the message after all, or dead-lettered it itself (on
+//! its last delivery, before acking): the advisory is handled within seconds, while a message
+//! can only age out of its stream after `max_age` (7 days). The [`crate::sweep`] remains the
+//! backstop for what no advisory reports (a full `ADVISORIES` drops new ones).
 //!
 //! [`rescue_delay`]: crate::config::SafetyNetSettings::rescue_delay_ms
 
@@ -25,6 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use async_nats::jetstream::consumer::{Consumer, pull};
+use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageError, Stream};
 use async_nats::jetstream::{self, message::StreamMessage};
 use futures::StreamExt;
@@ -32,10 +40,11 @@ use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::Envelope;
 use switchyard_envelope::attempt::decode_history;
 use switchyard_keys::{PlatformId, Stage, TenantId};
+use switchyard_runtime::retry::RetryPolicy;
 use switchyard_service::Metrics;
-use switchyard_subjects::advisory::{self, AdvisoryKind};
+use switchyard_subjects::advisory::AdvisoryKind;
 use switchyard_subjects::{Namespace, StageSubject, SubjectKind};
-use switchyard_topology::{ResolvedTopology, StreamName};
+use switchyard_topology::{ConsumerName, ResolvedTopology, StreamName};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -44,8 +53,8 @@ use tokio_util::sync::CancellationToken;
 use crate::advisory::Advisory;
 use crate::metrics::DlqMetrics;
 
-/// The queue group the replicas share, so each advisory is handled once.
-pub const QUEUE_GROUP: &str = "switchyard-dlq-safety-net";
+/// How long a failed rescue waits before its advisory is delivered again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Rescues running at once.
 const MAX_IN_FLIGHT: usize = 32;
@@ -195,73 +204,95 @@ impl SafetyNet {
         &self.dlq_metrics
     }
 
-    /// Subscribes to both advisories of every watched stream, in the shared queue group.
-    pub async fn subscribe(
-        &self,
-        client: &async_nats::Client,
-    ) -> anyhow::Result<Vec<async_nats::Subscriber>> {
-        let mut subs = Vec::new();
-        for w in &self.watched {
-            for kind in [AdvisoryKind::MaxDeliveries, AdvisoryKind::Terminated] {
-                let filter = advisory::filter(kind, Some(&w.name));
-                subs.push(
-                    client
-                        .queue_subscribe(filter.clone(), QUEUE_GROUP.to_owned())
-                        .await
-                        .with_context(|| format!("subscribing to {filter}"))?,
-                );
-            }
-        }
-        client
-            .flush()
-            .await
-            .context("flushing the advisory subscriptions")?;
-        Ok(subs)
+    /// The durable consumer on `ADVISORIES` the replicas share.
+    pub async fn advisories(
+        js: &jetstream::Context,
+        topology: &ResolvedTopology,
+    ) -> anyhow::Result<Consumer<pull::Config>> {
+        Ok(topology
+            .open_consumer(js, ConsumerName::DlqSafetyNet)
+            .await?)
     }
 
-    /// Handles advisories until `shutdown`; waits for rescues under way.
+    /// Handles advisories from `consumer` until `shutdown`; waits for the rescues under way.
     pub async fn run(
         self: Arc<Self>,
-        subs: Vec<async_nats::Subscriber>,
+        consumer: Consumer<pull::Config>,
         shutdown: CancellationToken,
     ) {
-        let mut advisories = futures::stream::select_all(subs);
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut tasks = JoinSet::new();
-        loop {
-            let message = tokio::select! {
+        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+        'consume: loop {
+            let mut messages = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                message = advisories.next() => match message {
-                    Some(message) => message,
-                    None => break,
+                messages = consumer.messages() => match messages {
+                    Ok(messages) => messages,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the advisories failed; retrying");
+                        if !backoff.wait(&shutdown).await {
+                            break;
+                        }
+                        continue;
+                    }
                 },
             };
-            while tasks.try_join_next().is_some() {}
-            let parsed = crate::advisory::parse(message.subject.as_str(), &message.payload);
-            let advisory = match parsed {
-                Ok(advisory) => advisory,
-                Err(error) => {
-                    tracing::warn!(%error, subject = %message.subject, "unreadable advisory ignored");
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => break 'consume,
+                    message = messages.next() => match message {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "reading the advisories failed; retrying");
+                            break;
+                        }
+                        None => break,
+                    },
+                };
+                backoff.reset();
+                while tasks.try_join_next().is_some() {}
+                let parsed = crate::advisory::parse(message.subject.as_str(), &message.payload);
+                let advisory = match parsed {
+                    Ok(advisory) => advisory,
+                    Err(error) => {
+                        tracing::warn!(%error, subject = %message.subject, "unreadable advisory dropped");
+                        if let Err(error) = message.ack().await {
+                            tracing::warn!(%error, "acking an unreadable advisory failed");
+                        }
+                        continue;
+                    }
+                };
+                // Too young: give the stage time to write its own record first. The server
+                // holds the advisory meanwhile (a nak with delay), not this instance.
+                let age = message.info().map_or(Duration::MAX, |info| {
+                    (OffsetDateTime::now_utc() - info.published)
+                        .try_into()
+                        .unwrap_or_default()
+                });
+                if let Some(wait) = self.delay.checked_sub(age).filter(|w| !w.is_zero()) {
+                    if let Err(error) = message.ack_with(AckKind::Nak(Some(wait))).await {
+                        tracing::warn!(%error, "deferring an advisory failed; it will be delivered again");
+                    }
                     continue;
                 }
-            };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let net = self.clone();
-            let cancelled = shutdown.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = cancelled.cancelled() => {
-                        // The advisory is lost with this instance; the sweep finds the message.
-                        tracing::warn!(stream = %advisory.stream, seq = advisory.stream_seq, "shutting down before a rescue; left to the sweep");
-                        return;
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break 'consume;
+                };
+                let net = self.clone();
+                tasks.spawn(async move {
+                    let settled = match net.handle(advisory.into()).await {
+                        Some(_) => message.ack().await,
+                        None => message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await,
+                    };
+                    if let Err(error) = settled {
+                        tracing::warn!(%error, "settling an advisory failed; it will be delivered again");
                     }
-                    _ = tokio::time::sleep(net.delay) => {}
-                }
-                net.handle(advisory.into()).await;
-                drop(permit);
-            });
+                    drop(permit);
+                });
+            }
+            if !backoff.wait(&shutdown).await {
+                break;
+            }
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -292,14 +323,14 @@ impl SafetyNet {
                         tracing::debug!(stream = %rescue.stream, consumer = %rescue.consumer, seq = rescue.seq, why, "advisory ignored")
                     }
                     other => {
-                        tracing::info!(stream = %rescue.stream, consumer = %rescue.consumer, seq = rescue.seq, result = other.label(), "nothing to rescue")
+                        tracing::info!(stream = %rescue.stream, consumer = %rescue.consumer, seq = rescue.seq, result = other.label(), "nothing to rescue: acked or dead-lettered by its stage")
                     }
                 }
                 Some(done)
             }
             Err(error) => {
                 self.dlq_metrics.rescue(&rescue.stream, "failed");
-                tracing::error!(error = format!("{error:#}"), stream = %rescue.stream, seq = rescue.seq, "rescue failed; the sweep retries work-queue messages");
+                tracing::error!(error = format!("{error:#}"), stream = %rescue.stream, seq = rescue.seq, "rescue failed; retried");
                 None
             }
         }

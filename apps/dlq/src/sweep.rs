@@ -1,8 +1,8 @@
 //! The stranded-message sweep: what the safety net does for advisories it never heard.
 //!
-//! Advisories are core NATS messages, not stored: one fired while no dlq replica was listening
-//! is lost, and the message it pointed at stays in its work-queue stream, delivered
-//! `max_deliver` times and never again. The sweep finds such messages by positive evidence:
+//! Advisories are kept in the `ADVISORIES` stream until handled, but a full stream drops new
+//! ones (the server publishes them without an ack): the message such an advisory pointed at
+//! stays in its work-queue stream, delivered `max_deliver` times and never again. The sweep finds such messages by positive evidence:
 //! for each consumer of a watched work-queue stream, when the consumer has **nothing in
 //! flight** (`num_ack_pending` = 0), every message still stored under its filter at or below
 //! its last delivered stream sequence has been given up on (acked ones are removed from a work

@@ -108,8 +108,9 @@ pub fn check_server_limits(
         })
         .collect();
     let dlq = streams().find(|s| s.base == StreamName::Dlq.base());
+    // The streams whose messages a stage may dead-letter (not the DLQ, not the advisories).
     let largest = streams()
-        .filter(|s| s.base != StreamName::Dlq.base())
+        .filter(|s| StreamName::from_base(&s.base).is_some_and(|n| n.stage().is_some()))
         .map(|s| (s, effective_size(s, server_max_payload)))
         // The first declared of the largest (`max_by_key` keeps the last).
         .collect::<Vec<_>>()

@@ -23,16 +23,20 @@ pub enum StreamName {
     Egress,
     /// `DLQ`: dead letters.
     Dlq,
+    /// `ADVISORIES`: JetStream's max-deliveries and terminated advisories of the shared stage
+    /// streams, kept until the dlq service's safety net has handled them.
+    Advisories,
 }
 
 impl StreamName {
     /// Every declared stream.
-    pub const ALL: [StreamName; 5] = [
+    pub const ALL: [StreamName; 6] = [
         StreamName::Ingress,
         StreamName::Idempotency,
         StreamName::Backpressure,
         StreamName::Egress,
         StreamName::Dlq,
+        StreamName::Advisories,
     ];
 
     /// The base name in the declaration file.
@@ -43,6 +47,7 @@ impl StreamName {
             StreamName::Backpressure => "BACKPRESSURE",
             StreamName::Egress => "EGRESS",
             StreamName::Dlq => "DLQ",
+            StreamName::Advisories => "ADVISORIES",
         }
     }
 
@@ -62,25 +67,25 @@ impl StreamName {
         matches!(self, StreamName::Ingress)
     }
 
-    /// The input subjects this stream stores; `None` for the DLQ.
+    /// The input subjects this stream stores; `None` for the DLQ and the advisories.
     pub const fn input_stage(self) -> Option<InputStage> {
         match self {
             StreamName::Ingress => Some(InputStage::Ingress),
             StreamName::Idempotency => Some(InputStage::Idempotency),
             StreamName::Backpressure => Some(InputStage::Backpressure),
             StreamName::Egress => Some(InputStage::Egress),
-            StreamName::Dlq => None,
+            StreamName::Dlq | StreamName::Advisories => None,
         }
     }
 
-    /// The stage that consumes this stream; `None` for the DLQ.
+    /// The stage that consumes this stream; `None` for the DLQ and the advisories.
     pub const fn stage(self) -> Option<Stage> {
         match self {
             StreamName::Ingress => Some(Stage::Ingress),
             StreamName::Idempotency => Some(Stage::Idempotency),
             StreamName::Backpressure => Some(Stage::Backpressure),
             StreamName::Egress => Some(Stage::Egress),
-            StreamName::Dlq => None,
+            StreamName::Dlq | StreamName::Advisories => None,
         }
     }
 
@@ -166,15 +171,18 @@ pub enum ConsumerName {
     /// `backpressure-<tenant>` on `BACKPRESSURE`: one per tenant, created on demand by the
     /// backpressure service and removed by JetStream once idle.
     BackpressureTenant,
+    /// `dlq-safety-net` on `ADVISORIES`: the dlq service's safety net.
+    DlqSafetyNet,
 }
 
 impl ConsumerName {
     /// Every declared consumer (templates included).
-    pub const ALL: [ConsumerName; 4] = [
+    pub const ALL: [ConsumerName; 5] = [
         ConsumerName::IngressWorker,
         ConsumerName::IdempotencyWorker,
         ConsumerName::EgressWorker,
         ConsumerName::BackpressureTenant,
+        ConsumerName::DlqSafetyNet,
     ];
 
     /// The name in the declaration file (`{tenant}` marks a per-tenant template).
@@ -184,6 +192,7 @@ impl ConsumerName {
             ConsumerName::IdempotencyWorker => "idempotency-worker",
             ConsumerName::EgressWorker => "egress-worker",
             ConsumerName::BackpressureTenant => "backpressure-{tenant}",
+            ConsumerName::DlqSafetyNet => "dlq-safety-net",
         }
     }
 

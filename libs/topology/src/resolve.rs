@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv, stream};
+use switchyard_subjects::advisory::{self, AdvisoryKind};
 use switchyard_subjects::{DlqFilter, InputStage, Namespace};
 
 use switchyard_keys::TenantId;
@@ -95,7 +96,8 @@ pub struct ResolvedTopology {
     pub buckets: Vec<ResolvedBucket>,
 }
 
-/// The subject filter a subject kind stands for in a namespace (what consumers filter on).
+/// The subject filter a subject kind stands for in a namespace (what consumers filter on);
+/// empty (every subject of the stream) for the advisories, whose stream stores several.
 pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
     match kind {
         SubjectsKind::Ingress => ns.stage_filter(InputStage::Ingress, None),
@@ -103,19 +105,39 @@ pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
         SubjectsKind::Backpressure => ns.stage_filter(InputStage::Backpressure, None),
         SubjectsKind::Egress => ns.stage_filter(InputStage::Egress, None),
         SubjectsKind::Dlq => ns.dlq_filter(&DlqFilter::default()),
+        SubjectsKind::Advisories => String::new(),
     }
+}
+
+/// The advisory subjects the `ADVISORIES` stream captures in a namespace: both kinds for each
+/// shared stage stream (`IDEMPOTENCY`, `BACKPRESSURE`, `EGRESS`, prefixed). Per-tenant
+/// `INGRESS_<tenant>` streams are not covered (a subject cannot match a name prefix); the
+/// ingress stage dead-letters on a message's last delivery itself.
+pub fn advisory_subjects(ns: &Namespace) -> Vec<String> {
+    StreamName::ALL
+        .into_iter()
+        .filter(|s| s.stage().is_some() && !s.per_tenant())
+        .flat_map(|s| {
+            let name = ns.stream_name(s.base());
+            [AdvisoryKind::MaxDeliveries, AdvisoryKind::Terminated]
+                .map(|kind| advisory::filter(kind, Some(&name)))
+        })
+        .collect()
 }
 
 /// Every subject a stream of this kind stores: the kind's filter, plus the stage's delay
 /// subjects when the stream allows message schedules (their schedules fire into the stage).
 pub fn stream_subjects(ns: &Namespace, kind: SubjectsKind, allow_schedules: bool) -> Vec<String> {
+    if kind == SubjectsKind::Advisories {
+        return advisory_subjects(ns);
+    }
     let mut subjects = vec![subjects_filter(ns, kind)];
     let stage = match kind {
         SubjectsKind::Ingress => Some(InputStage::Ingress),
         SubjectsKind::Idempotency => Some(InputStage::Idempotency),
         SubjectsKind::Backpressure => Some(InputStage::Backpressure),
         SubjectsKind::Egress => Some(InputStage::Egress),
-        SubjectsKind::Dlq => None,
+        SubjectsKind::Dlq | SubjectsKind::Advisories => None,
     };
     if let (true, Some(stage)) = (allow_schedules, stage) {
         subjects.push(ns.delay_filter(stage));
@@ -304,7 +326,7 @@ impl ResolvedTopology {
             SubjectsKind::Idempotency => InputStage::Idempotency,
             SubjectsKind::Backpressure => InputStage::Backpressure,
             SubjectsKind::Egress => InputStage::Egress,
-            SubjectsKind::Dlq => return None,
+            SubjectsKind::Dlq | SubjectsKind::Advisories => return None,
         };
         let mut resolved = template.clone();
         resolved.config.durable_name = name.durable(Some(tenant));

@@ -24,6 +24,10 @@ pub enum SubjectsKind {
     Egress,
     /// `dlq.v1.*.*.*`
     Dlq,
+    /// JetStream's max-deliveries and terminated advisories of the shared stage streams
+    /// (`$JS.EVENT.ADVISORY.CONSUMER.{MAX_DELIVERIES,MSG_TERMINATED}.<stream>.*` for this
+    /// deployment's `IDEMPOTENCY`, `BACKPRESSURE`, `EGRESS`); a consumer on it takes them all.
+    Advisories,
 }
 
 /// Stream retention.
@@ -219,12 +223,13 @@ impl Topology {
                     || s.retention != Retention::Workqueue
                     || s.max_msgs.is_none_or(|n| n <= 0)
                     || s.allow_schedules
-                    || s.subjects == SubjectsKind::Dlq)
+                    || matches!(s.subjects, SubjectsKind::Dlq | SubjectsKind::Advisories))
             {
                 return Err(invalid(format!(
                     "per-tenant stream {} must be a work queue with discard = \"new\" and \
                      max_msgs > 0 (its limits are the tenant's quota: a full one refuses the \
-                     tenant's publishes, never evicts), without schedules, and not the DLQ",
+                     tenant's publishes, never evicts), without schedules, and not the DLQ or the \
+                     advisories",
                     s.name
                 )));
             }

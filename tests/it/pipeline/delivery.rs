@@ -181,11 +181,12 @@ async fn replayed_egress_entries_are_paced_by_the_tenants_rate_limit() {
         p.publish("acme", "ops", "hooks", &format!("order-{i}"), b"x")
             .await;
     }
-    let entries = switchyard_testkit::wait_for("10 dlq entries", Duration::from_secs(60), || async {
-        let entries = p.dlq().await;
-        (entries.len() == 10).then_some(entries)
-    })
-    .await;
+    let entries =
+        switchyard_testkit::wait_for("10 dlq entries", Duration::from_secs(60), || async {
+            let entries = p.dlq().await;
+            (entries.len() == 10).then_some(entries)
+        })
+        .await;
 
     // The default target of an egress entry is backpressure: the copies wait for the
     // tenant's tokens (2/s, burst 1) instead of reaching the sink at once.
@@ -201,9 +202,19 @@ async fn replayed_egress_entries_are_paced_by_the_tenants_rate_limit() {
             .await
             .unwrap();
     }
-    switchyard_testkit::wait_for("10 replayed deliveries", Duration::from_secs(60), || async {
-        (p.sink.received().iter().filter(|r| r.path == "fixed").count() == 10).then_some(())
-    })
+    switchyard_testkit::wait_for(
+        "10 replayed deliveries",
+        Duration::from_secs(60),
+        || async {
+            (p.sink
+                .received()
+                .iter()
+                .filter(|r| r.path == "fixed")
+                .count()
+                == 10)
+                .then_some(())
+        },
+    )
     .await;
     let took = started.elapsed();
     assert!(

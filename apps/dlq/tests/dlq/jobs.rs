@@ -176,7 +176,11 @@ async fn a_cancelled_job_stops_and_leaves_the_rest_in_the_dlq() {
     assert_eq!(job(&env.js, &id).await.progress.replayed, replayed);
     let in_backpressure = stored_count(&env.js, "BACKPRESSURE").await;
     let in_dlq = stored_count(&env.js, "DLQ").await;
-    assert_eq!(in_backpressure + in_dlq, 200, "nothing lost, nothing doubled");
+    assert_eq!(
+        in_backpressure + in_dlq,
+        200,
+        "nothing lost, nothing doubled"
+    );
     assert_eq!(in_backpressure, replayed);
 }
 

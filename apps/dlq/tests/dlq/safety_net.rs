@@ -163,14 +163,17 @@ async fn a_message_its_stage_dead_lettered_before_crashing_is_not_written_twice(
     service.stop().await;
 }
 
-#[tokio::test]
-async fn a_message_stranded_while_the_dlq_service_was_down_is_rescued_by_the_sweep() {
+/// A message JetStream gave up on while no dlq instance ran; `advisory_lost` drops its
+/// advisory from `ADVISORIES` first (as a full stream would). Returns the rescued entry's
+/// reason once the stranded message has left `EGRESS`, and the one waiting for its first
+/// delivery is left alone.
+async fn stranded_while_down(advisory_lost: bool) -> String {
     let env = Env::start().await;
     env.tighten("EGRESS", "egress-worker", 2, Duration::from_secs(1))
         .await;
     hand_to(&env.js, InputStage::Egress, "globex", 1).await;
     let stage = crashing_stage(env.js.clone(), "EGRESS", "egress-worker", payload(1), false);
-    // No dlq service listens: the advisory fires into the void.
+    // No dlq service runs: the advisory waits in ADVISORIES.
     let stream = env.js.get_stream("EGRESS").await.unwrap();
     wait_for(
         "JetStream to give up on the message",
@@ -190,27 +193,32 @@ async fn a_message_stranded_while_the_dlq_service_was_down_is_rescued_by_the_swe
         1,
         "stranded in its work queue"
     );
+    wait_for(
+        "the advisory to be captured",
+        Duration::from_secs(10),
+        || async { (stored_count(&env.js, "ADVISORIES").await == 1).then_some(()) },
+    )
+    .await;
+    if advisory_lost {
+        env.js
+            .get_stream("ADVISORIES")
+            .await
+            .unwrap()
+            .purge()
+            .await
+            .unwrap();
+    }
     // A message waiting for its first delivery is not stranded and must be left alone.
     hand_to(&env.js, InputStage::Egress, "globex", 2).await;
 
     let mut config = env.config();
     config.safety_net.sweep_interval_secs = 1;
     let service = env.service(config).await;
-    let entry = wait_for(
-        "the sweep to rescue it",
-        Duration::from_secs(30),
-        || async { dlq_entries(&env.js).await.into_iter().next() },
-    )
+    let entry = wait_for("the rescue", Duration::from_secs(30), || async {
+        dlq_entries(&env.js).await.into_iter().next()
+    })
     .await;
     assert_eq!(entry.record.code, DlqCode::ExhaustedDeliveries);
-    assert!(
-        entry
-            .record
-            .reason
-            .contains("found stranded by the dlq sweep"),
-        "{}",
-        entry.record.reason
-    );
     assert_eq!(entry.record.source_seq, 1);
     assert_eq!(entry.record.attempts, 2, "the consumer's max_deliver");
     wait_for(
@@ -226,6 +234,31 @@ async fn a_message_stranded_while_the_dlq_service_was_down_is_rescued_by_the_swe
         },
     )
     .await;
+    wait_for(
+        "the advisory to be acked",
+        Duration::from_secs(10),
+        || async { (stored_count(&env.js, "ADVISORIES").await == 0).then_some(()) },
+    )
+    .await;
     service.stop().await;
     assert_eq!(dlq_entries(&env.js).await.len(), 1);
+    entry.record.reason
+}
+
+#[tokio::test]
+async fn a_message_stranded_while_the_dlq_service_was_down_is_rescued_from_its_durable_advisory() {
+    let reason = stranded_while_down(false).await;
+    assert!(
+        reason.ends_with("dead-lettered by the dlq safety net"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_whose_advisory_was_lost_is_rescued_by_the_sweep() {
+    let reason = stranded_while_down(true).await;
+    assert!(
+        reason.contains("found stranded by the dlq sweep"),
+        "{reason}"
+    );
 }
