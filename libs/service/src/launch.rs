@@ -1,20 +1,24 @@
 //! Starting a service: take its HTTP listener (an address to bind, or a listener the caller
-//! already bound), serve its routes, run its work beside them, and stop both on shutdown — the
-//! same for every service.
+//! already bound) — and a second one for the probes when they live apart from the service's
+//! public routes (ingress) — serve the routes, run the service's work beside them, and stop
+//! everything on shutdown; the same for every service.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::serve::{DEFAULT_HEADER_READ_TIMEOUT, serve};
+
 /// Why a service could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    /// The HTTP listener could not be bound.
+    /// An HTTP listener could not be bound.
     #[error("binding {addr}")]
     Bind {
         /// The configured address.
@@ -26,9 +30,6 @@ pub enum LaunchError {
     /// The bound listener's address could not be read.
     #[error("reading the http listener's address")]
     LocalAddr(#[source] std::io::Error),
-    /// The HTTP server failed.
-    #[error("http server")]
-    Serve(#[source] std::io::Error),
     /// The service's task panicked or was aborted.
     #[error("the service task ended abnormally")]
     Task(#[source] tokio::task::JoinError),
@@ -68,13 +69,47 @@ impl Listen {
     }
 }
 
-/// A started service: where its HTTP listener is, and the task running it. `T` is whatever
+/// One HTTP listener of a service: where it listens, what it serves, and how long a client has
+/// to send a request's headers (default [`DEFAULT_HEADER_READ_TIMEOUT`]).
+#[derive(Debug)]
+pub struct HttpServer {
+    /// Where to listen.
+    pub listen: Listen,
+    /// The routes.
+    pub app: Router,
+    /// A connection whose request headers are not in by then is closed without an answer (an
+    /// idle keep-alive connection too).
+    pub header_read_timeout: Duration,
+}
+
+impl HttpServer {
+    /// `app` on `listen`, with the default header read timeout.
+    pub fn new(listen: impl Into<Listen>, app: Router) -> Self {
+        Self {
+            listen: listen.into(),
+            app,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+
+    /// The same, closing connections whose headers take longer than `timeout`.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+}
+
+/// A started service: where its HTTP listeners are, and the task running it. `T` is whatever
 /// else a service reports about itself (the dlq service: its instance id); `()` for most.
 #[derive(Debug)]
 pub struct Running<T = ()> {
-    /// The bound HTTP address (useful with port 0).
+    /// The bound address of the service's main listener (useful with port 0): ingress's
+    /// producer API; for the other services, their probes and metrics.
     pub http_addr: SocketAddr,
-    /// Completes once the work has drained and the server has stopped, after shutdown.
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: a listener of their own (ingress's
+    /// `http.probes_listen`), or `http_addr` when the service has one listener.
+    pub probes_addr: SocketAddr,
+    /// Completes once the work has drained and the servers have stopped, after shutdown.
     /// Everything the service runs is inside it: aborting it stops the service as a crash
     /// would.
     pub task: JoinHandle<Result<(), LaunchError>>,
@@ -83,10 +118,9 @@ pub struct Running<T = ()> {
 }
 
 impl<T> Running<T> {
-    /// Waits until the service has stopped (after shutdown: work drained, server closed).
+    /// Waits until the service has stopped (after shutdown: work drained, servers closed).
     ///
-    /// Errors: the server failed ([`LaunchError::Serve`]) or the task panicked or was aborted
-    /// ([`LaunchError::Task`]).
+    /// Errors: the task panicked or was aborted ([`LaunchError::Task`]).
     pub async fn finished(self) -> Result<(), LaunchError> {
         self.task.await.map_err(LaunchError::Task)?
     }
@@ -97,6 +131,7 @@ impl Running {
     pub fn with_info<T>(self, info: T) -> Running<T> {
         Running {
             http_addr: self.http_addr,
+            probes_addr: self.probes_addr,
             task: self.task,
             info,
         }
@@ -105,10 +140,7 @@ impl Running {
 
 /// Serves `app` on `listen` until `shutdown`, and runs `work` (which must itself stop on
 /// `shutdown`, draining what it has in flight) in the same task. Returns once the listener is
-/// bound.
-///
-/// `work` is boxed before anything is awaited, so a service's (large) work future never sits
-/// inside its `start` future.
+/// bound. [`launch_with`] with one listener.
 pub fn launch<W>(
     name: &'static str,
     listen: impl Into<Listen>,
@@ -119,24 +151,82 @@ pub fn launch<W>(
 where
     W: Future<Output = ()> + Send + 'static,
 {
-    let listen = listen.into();
+    launch_with(name, HttpServer::new(listen, app), None, shutdown, work)
+}
+
+/// Serves `main` (and `probes`, when the probes have a listener of their own) until `shutdown`,
+/// and runs `work` (which must itself stop on `shutdown`, draining what it has in flight) in
+/// the same task. Returns once every listener is bound; a listener that cannot be bound stops
+/// the start ([`LaunchError::Bind`]).
+///
+/// `work` is boxed before anything is awaited, so a service's (large) work future never sits
+/// inside its `start` future.
+pub fn launch_with<W>(
+    name: &'static str,
+    main: HttpServer,
+    probes: Option<HttpServer>,
+    shutdown: CancellationToken,
+    work: W,
+) -> impl Future<Output = Result<Running, LaunchError>>
+where
+    W: Future<Output = ()> + Send + 'static,
+{
     let work: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(work);
     async move {
-        let listener = listen.bind().await?;
-        let http_addr = listener.local_addr().map_err(LaunchError::LocalAddr)?;
+        let main = Bound::bind(main).await?;
+        let probes = match probes {
+            Some(probes) => Some(Bound::bind(probes).await?),
+            None => None,
+        };
+        let http_addr = main.addr;
+        let probes_addr = probes.as_ref().map_or(http_addr, |probes| probes.addr);
         let task = tokio::spawn(async move {
-            tracing::info!(service = name, %http_addr, "running");
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .into_future();
-            let (served, ()) = tokio::join!(server, work);
+            tracing::info!(service = name, %http_addr, %probes_addr, "running");
+            let probes = async {
+                if let Some(probes) = probes {
+                    probes.serve(shutdown.clone()).await;
+                }
+            };
+            tokio::join!(main.serve(shutdown.clone()), probes, work);
             tracing::info!(service = name, "stopped");
-            served.map_err(LaunchError::Serve)
+            Ok(())
         });
         Ok(Running {
             http_addr,
+            probes_addr,
             task,
             info: (),
         })
+    }
+}
+
+/// An [`HttpServer`] whose listener is bound.
+struct Bound {
+    /// The bound listener.
+    listener: TcpListener,
+    /// Its address.
+    addr: SocketAddr,
+    /// The routes.
+    app: Router,
+    /// See [`HttpServer::header_read_timeout`].
+    header_read_timeout: Duration,
+}
+
+impl Bound {
+    /// Binds `server`'s listener.
+    async fn bind(server: HttpServer) -> Result<Self, LaunchError> {
+        let listener = server.listen.bind().await?;
+        let addr = listener.local_addr().map_err(LaunchError::LocalAddr)?;
+        Ok(Self {
+            listener,
+            addr,
+            app: server.app,
+            header_read_timeout: server.header_read_timeout,
+        })
+    }
+
+    /// Serves until `shutdown`, then lets the open connections finish.
+    async fn serve(self, shutdown: CancellationToken) {
+        serve(self.listener, self.app, self.header_read_timeout, shutdown).await;
     }
 }

@@ -11,19 +11,23 @@
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`launch`]: the one start-up path: take the listener (an address or a bound listener),
-//!   serve the routes and run the service's work beside them ([`Running`]).
+//!   and a second one where the probes live apart ([`launch_with`]: ingress), serve the routes
+//!   and run the service's work beside them ([`Running`]).
+//! - [`serve`]: one listener served with a deadline on each request's headers, and drained on
+//!   shutdown.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 
 pub mod handoff;
 pub mod launch;
 pub mod metrics;
 pub mod probes;
+pub mod serve;
 pub mod settle;
 pub mod shutdown;
 pub mod worker;
 
 pub use handoff::{Handoff, HandoffError};
-pub use launch::{LaunchError, Listen, Running, launch};
+pub use launch::{HttpServer, LaunchError, Listen, Running, launch, launch_with};
 pub use metrics::Metrics;
 pub use probes::{Readiness, router};
 pub use settle::{Handled, Outcome, SettleSettings, Settler};
