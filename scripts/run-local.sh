@@ -58,10 +58,17 @@ sy routes set demo _ webhook --webhook "http://127.0.0.1:$SINK_PORT/ok" --secret
 
 "$bin/switchyard-demo-sink" --listen "127.0.0.1:$SINK_PORT" --secret "$DEMO_SECRET" >"$RUN_DIR/demo-sink.log" 2>&1 &
 pids+=($!)
-for svc in ingress:9101 idempotency:9102 backpressure:9103 egress:9104 dlq:9105; do
+# name:port of the probes. Ingress's producer API listens apart, on 9101.
+for svc in ingress:9111 idempotency:9102 backpressure:9103 egress:9104 dlq:9105; do
   name="${svc%%:*}"; port="${svc##*:}"
   upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
-  env "SWITCHYARD_${upper}_NATS__URL=$url" "SWITCHYARD_${upper}_HTTP__LISTEN=127.0.0.1:$port" \
+  if [ "$name" = ingress ]; then
+    listen=("SWITCHYARD_INGRESS_HTTP__LISTEN=127.0.0.1:9101"
+      "SWITCHYARD_INGRESS_HTTP__PROBES_LISTEN=127.0.0.1:$port")
+  else
+    listen=("SWITCHYARD_${upper}_HTTP__LISTEN=127.0.0.1:$port")
+  fi
+  env "SWITCHYARD_${upper}_NATS__URL=$url" "${listen[@]}" \
     "$bin/switchyard-$name" >"$RUN_DIR/$name.log" 2>&1 &
   pids+=($!)
   wait_http "$port" /readyz "$name"
@@ -72,6 +79,7 @@ cat <<MSG
 Switchyard is running:
   nats-server   $url (monitoring http://127.0.0.1:$NATS_MONITOR_PORT)
   ingress       http://127.0.0.1:9101  (producer API: POST /v1/messages/{tenant}/{team}/{platform})
+                http://127.0.0.1:9111/metrics  (its probes and metrics, on their own listener)
   idempotency   http://127.0.0.1:9102/metrics
   backpressure  http://127.0.0.1:9103/metrics
   egress        http://127.0.0.1:9104/metrics

@@ -16,6 +16,7 @@ QUOTA="${2:-4194304}"
 PORT="${PORT:-14222}"
 MONITOR="${MONITOR:-18222}"
 HTTP="${HTTP:-19101}"
+PROBES="${PROBES:-19111}"
 
 scripts/install-nats-server.sh
 cargo build --quiet -p switchyard-cli -p switchyard-ingress
@@ -50,7 +51,7 @@ echo "provisioned $N tenants in $(echo "$ended - $started" | bc) s ($(echo "($en
 echo "nats-server rss with $N tenant streams: $(rss_mib "$nats") MiB"
 
 SWITCHYARD_INGRESS_NATS__URL="nats://127.0.0.1:$PORT" SWITCHYARD_INGRESS_HTTP__LISTEN="127.0.0.1:$HTTP" \
-  "$bin/switchyard-ingress" >"$store/ingress.log" 2>&1 &
+  SWITCHYARD_INGRESS_HTTP__PROBES_LISTEN="127.0.0.1:$PROBES" "$bin/switchyard-ingress" >"$store/ingress.log" 2>&1 &
 ingress=$!
 pids+=("$ingress")
 ready=$(date +%s.%N)

@@ -1,12 +1,13 @@
 //! The ingress service's configuration: built-in defaults (`config/defaults.toml`) → file →
 //! `SWITCHYARD_INGRESS_*` environment, validated at start-up against the resolved topology
-//! ([`IngressSettings::validate`]).
+//! ([`IngressSettings::validate`]) and the listeners' own ranges ([`IngressHttpConfig::validate`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_envelope::MsgIdPolicy;
-use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology, StreamName};
@@ -28,8 +29,9 @@ pub struct IngressConfig {
     /// Which deployment (prefix, bucket overrides).
     #[serde(default)]
     pub deployment: DeploymentConfig,
-    /// The HTTP listener (`[http]`; default `listen = "0.0.0.0:9101"`).
-    pub http: HttpConfig,
+    /// The HTTP listeners (`[http]`): the producer API on `listen` (default `0.0.0.0:9101`),
+    /// probes and metrics on `probes_listen` (default port 9111), and the API's limits.
+    pub http: IngressHttpConfig,
     /// Validation and hand-off.
     pub ingress: IngressSettings,
 }
@@ -56,6 +58,107 @@ pub struct IngressSettings {
     pub next_stage: InputStage,
 }
 
+/// Ingress's `[http]` section: the public producer API and, on a listener of its own, the
+/// probes and metrics (so the API port can be opened to producers and the probe port kept to
+/// the cluster), and what bounds the API's requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressHttpConfig {
+    /// The producer API (`POST /v1/messages…`) and nothing else (default `0.0.0.0:9101`);
+    /// port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz` and `/metrics`. Unset (the default): port
+    /// [`DEFAULT_PROBES_PORT`] on `listen`'s address, or a free port when `listen`'s port is
+    /// 0 (tests, several instances on one host). Port 0 picks a free port.
+    #[serde(default)]
+    pub probes_listen: Option<SocketAddr>,
+    /// How long a producer has to send a request's headers, and then its body, and how long
+    /// ingress then takes to answer, in milliseconds (default 30000). Headers not in by then:
+    /// the connection is closed; a body not in: `408 request_timeout`; no answer yet: `503
+    /// timeout` with `Retry-After` (a retry with the same `Idempotency-Key` is safe).
+    pub request_timeout_ms: u64,
+    /// Most API requests handled at once, their bodies included (default 64); one more is
+    /// answered `503 overloaded` with `Retry-After` at once, never queued. Each may hold up to
+    /// 2 × `ingress.max_payload_bytes` of body in memory.
+    pub max_concurrent_requests: usize,
+}
+
+/// The probe listener's port when `http.probes_listen` is not set (the API's 9101 + 10).
+pub const DEFAULT_PROBES_PORT: u16 = 9111;
+
+/// `http.request_timeout_ms`'s range.
+pub const REQUEST_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
+
+/// `http.max_concurrent_requests`'s range.
+pub const MAX_CONCURRENT_REQUESTS: std::ops::RangeInclusive<usize> = 1..=65_536;
+
+impl IngressHttpConfig {
+    /// Where the probes listen: `probes_listen`, or its default next to `listen`.
+    pub fn probes_addr(&self) -> SocketAddr {
+        self.probes_listen.unwrap_or_else(|| {
+            let port = if self.listen.port() == 0 {
+                0
+            } else {
+                DEFAULT_PROBES_PORT
+            };
+            SocketAddr::new(self.listen.ip(), port)
+        })
+    }
+
+    /// The API's request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Checks the limits' ranges, and that the probes do not ask for the API's port.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let fail = |key, reason: String| {
+            Err(InvalidSetting {
+                section: "http",
+                key,
+                reason,
+            })
+        };
+        if !REQUEST_TIMEOUT_MS.contains(&self.request_timeout_ms) {
+            return fail(
+                "request_timeout_ms",
+                format!(
+                    "{} is outside [{}, {}] milliseconds; the default is 30000",
+                    self.request_timeout_ms,
+                    REQUEST_TIMEOUT_MS.start(),
+                    REQUEST_TIMEOUT_MS.end()
+                ),
+            );
+        }
+        if !MAX_CONCURRENT_REQUESTS.contains(&self.max_concurrent_requests) {
+            return fail(
+                "max_concurrent_requests",
+                format!(
+                    "{} is outside [{}, {}]; the default is 64",
+                    self.max_concurrent_requests,
+                    MAX_CONCURRENT_REQUESTS.start(),
+                    MAX_CONCURRENT_REQUESTS.end()
+                ),
+            );
+        }
+        let probes = self.probes_addr();
+        let overlap = probes.ip() == self.listen.ip()
+            || probes.ip().is_unspecified()
+            || self.listen.ip().is_unspecified();
+        if probes.port() != 0 && probes.port() == self.listen.port() && overlap {
+            return fail(
+                "probes_listen",
+                format!(
+                    "{probes} takes the producer API's port (http.listen = {}); the probes need \
+                     a listener of their own: set another port (default {DEFAULT_PROBES_PORT})",
+                    self.listen
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Header room a producer message may need in its own `INGRESS_<tenant>` stream (its NATS
 /// headers), on top of `max_payload_bytes`.
 pub const PRODUCER_HEADER_ROOM: usize = 16 * 1024;
@@ -66,7 +169,7 @@ pub const HOP_HEADER_ROOM: usize = 64 * 1024;
 /// Room a DLQ record needs beyond the payload (the original headers plus the record's own).
 pub const DLQ_RECORD_ROOM: usize = 128 * 1024;
 
-/// A setting that loaded but cannot work: `invalid setting ingress.<key>: <reason>`.
+/// A setting that loaded but cannot work: `invalid setting <section>.<key>: <reason>`.
 pub use switchyard_runtime::InvalidSetting;
 
 impl IngressSettings {
@@ -169,6 +272,7 @@ impl IngressSettings {
 impl IngressConfig {
     /// Checks every setting against the topology this configuration resolves to.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.http.validate()?;
         let topology = self.deployment.resolve()?;
         self.ingress.validate(&topology)?;
         Ok(())
@@ -212,7 +316,85 @@ mod tests {
         assert_eq!(config.ingress.msg_id_policy, MsgIdPolicy::Require);
         assert_eq!(config.ingress.next_stage, InputStage::Idempotency);
         assert_eq!(config.http.listen.port(), 9101);
+        assert_eq!(config.http.probes_listen, None);
+        assert_eq!(config.http.probes_addr().to_string(), "0.0.0.0:9111");
+        assert_eq!(config.http.request_timeout(), Duration::from_secs(30));
+        assert_eq!(config.http.max_concurrent_requests, 64);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_probe_listener_defaults_next_to_the_api_and_to_a_free_port_with_it() {
+        let mut http = defaults().http;
+        http.listen = "127.0.0.1:19101".parse().unwrap();
+        assert_eq!(http.probes_addr().to_string(), "127.0.0.1:9111");
+        http.listen = "[::1]:0".parse().unwrap();
+        assert_eq!(http.probes_addr().to_string(), "[::1]:0");
+        http.probes_listen = Some("10.0.0.1:9200".parse().unwrap());
+        assert_eq!(http.probes_addr().to_string(), "10.0.0.1:9200");
+        // Another address on the same port is its own listener.
+        http.listen = "10.0.0.2:9200".parse().unwrap();
+        http.validate().unwrap();
+    }
+
+    #[test]
+    fn every_unworkable_http_setting_is_refused_by_name() {
+        type HttpChange = Box<dyn FnOnce(&mut IngressHttpConfig)>;
+        let cases: Vec<(&str, HttpChange)> = vec![
+            ("request_timeout_ms", Box::new(|h| h.request_timeout_ms = 0)),
+            ("request_timeout_ms", Box::new(|h| h.request_timeout_ms = 9)),
+            (
+                "request_timeout_ms",
+                Box::new(|h| h.request_timeout_ms = 600_001),
+            ),
+            (
+                "max_concurrent_requests",
+                Box::new(|h| h.max_concurrent_requests = 0),
+            ),
+            (
+                "max_concurrent_requests",
+                Box::new(|h| h.max_concurrent_requests = 65_537),
+            ),
+            (
+                "probes_listen",
+                Box::new(|h| h.probes_listen = Some("127.0.0.1:9101".parse().unwrap())),
+            ),
+            (
+                "probes_listen",
+                Box::new(|h| h.listen = "[::]:9111".parse().unwrap()),
+            ),
+        ];
+        for (key, change) in cases {
+            let mut http = defaults().http;
+            change(&mut http);
+            let message = http.validate().unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("invalid setting http.{key}: ")),
+                "{key}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_settings_come_from_the_environment_and_are_checked_with_the_rest() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SWITCHYARD_INGRESS_HTTP__PROBES_LISTEN", "127.0.0.1:9200");
+            jail.set_env("SWITCHYARD_INGRESS_HTTP__REQUEST_TIMEOUT_MS", "2500");
+            let config = IngressConfig::load(None).unwrap();
+            assert_eq!(config.http.probes_addr().to_string(), "127.0.0.1:9200");
+            assert_eq!(config.http.request_timeout(), Duration::from_millis(2500));
+            config.validate().unwrap();
+            jail.set_env("SWITCHYARD_INGRESS_HTTP__MAX_CONCURRENT_REQUESTS", "0");
+            let err = format!(
+                "{:#}",
+                IngressConfig::load(None).unwrap().validate().unwrap_err()
+            );
+            assert!(
+                err.contains("invalid setting http.max_concurrent_requests: 0 is outside"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! ingress stream (`INGRESS_<tenant>`); 4xx with `{"error","code"}` for bad input; 429 with
 //! `Retry-After` while the tenant's admission is closed (its delivery backlog passed its
 //! threshold) or its ingress quota is full (`quota_exceeded`); 503 with `Retry-After` when
-//! JetStream refuses otherwise (`tenant_not_provisioned` when the tenant has no stream).
+//! JetStream refuses otherwise (`tenant_not_provisioned` when the tenant has no stream); 408
+//! `request_timeout`, 503 `timeout` and 503 `overloaded` from the listener's bounds
+//! ([`guard`]). This router is all the public listener serves: the probes have their own.
 
 use std::sync::Arc;
 
@@ -47,6 +49,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::validate::Validator;
+
+pub mod guard;
+
+pub use guard::Guard;
 
 /// What the API needs.
 pub struct ApiState {
@@ -151,15 +157,15 @@ fn status_for(code: DlqCode) -> StatusCode {
     }
 }
 
-/// The API routes.
-pub fn router(state: Arc<ApiState>, max_payload_bytes: usize) -> Router {
-    Router::new()
+/// The API routes, bounded by `guard` (bodies by twice `max_payload_bytes`, room for base64).
+pub fn router(state: Arc<ApiState>, max_payload_bytes: usize, guard: Guard) -> Router {
+    let routes = Router::new()
         .route("/v1/messages", post(post_json))
         .route("/v1/messages/{tenant}/{team}/{platform}", post(post_raw))
         .layer(DefaultBodyLimit::max(
             max_payload_bytes.saturating_mul(2).max(64 * 1024),
-        ))
-        .with_state(state)
+        ));
+    guard.apply(routes.with_state(state))
 }
 
 /// The key a request presents (`Authorization: Bearer sy_…`), checked: `401 unauthorized`

@@ -1,7 +1,7 @@
 //! The ingress service: reads every tenant's own ingress stream ([`tenants`]), validates every
 //! producer message ([`validate`]), stamps the envelope and hands it on ([`handler`]) — or
-//! dead-letters it with a precise code — and serves the producer HTTP API ([`http`]) plus
-//! probes on one listener.
+//! dead-letters it with a precise code — and serves the producer HTTP API ([`http`]) on the
+//! public listener, with probes and metrics on a listener of their own.
 
 pub mod config;
 pub mod handler;
@@ -15,7 +15,9 @@ use anyhow::Context;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch, router};
+use switchyard_service::{
+    Handoff, HttpServer, Metrics, Readiness, Worker, WorkerSettings, launch_with, router,
+};
 use switchyard_topology::BucketName;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,7 @@ pub async fn start(
         .resolve()
         .context("resolving the topology")?;
     switchyard_topology::check_server(&client, &topology)?;
+    config.http.validate()?;
     config.ingress.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (tenants_bucket, tenants_kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
@@ -65,8 +68,20 @@ pub async fn start(
         validator: validator.clone(),
         pressure,
     });
-    let app = router(readiness, metrics.clone())
-        .merge(http::router(api, config.ingress.max_payload_bytes));
+    let guard = http::Guard::new(
+        config.http.request_timeout(),
+        config.http.max_concurrent_requests,
+        &metrics,
+    );
+    let public = HttpServer::new(
+        config.http.listen,
+        http::router(api, config.ingress.max_payload_bytes, guard),
+    )
+    .header_read_timeout(config.http.request_timeout());
+    let probes = HttpServer::new(
+        config.http.probes_addr(),
+        router(readiness, metrics.clone()),
+    );
 
     let handler = Arc::new(handler::IngressHandler {
         validator,
@@ -98,13 +113,11 @@ pub async fn start(
         settings,
     ));
 
-    let listen = config.http.listen;
-    Ok(
-        launch("ingress", listen, app, shutdown.clone(), async move {
-            tenants::supervise(worker, js, topology, tenants, consumers, missing, shutdown).await;
-        })
-        .await?,
-    )
+    let http_shutdown = shutdown.clone();
+    let work = async move {
+        tenants::supervise(worker, js, topology, tenants, consumers, missing, shutdown).await;
+    };
+    Ok(launch_with("ingress", public, Some(probes), http_shutdown, work).await?)
 }
 
 /// Runs the service until `shutdown`, then drains.

@@ -1,6 +1,8 @@
 //! The ingress service against a real nats-server: what it hands on, what it dead-letters
 //! with which code, and what the HTTP API answers.
 
+#[path = "ingress/listeners.rs"]
+mod listeners;
 #[path = "ingress/payload_limits.rs"]
 mod payload_limits;
 #[path = "ingress/unparsable_headers.rs"]
@@ -55,6 +57,17 @@ impl Harness {
     }
 
     async fn launch(provisioned: Provisioned, max_payload_bytes: usize) -> Self {
+        Self::launch_with(provisioned, |config| {
+            config.ingress.max_payload_bytes = max_payload_bytes;
+        })
+        .await
+    }
+
+    /// Starts ingress with the test defaults, changed by `configure`.
+    async fn launch_with(
+        provisioned: Provisioned,
+        configure: impl FnOnce(&mut IngressConfig),
+    ) -> Self {
         let Provisioned { server, client, js } = provisioned;
         let mut config: IngressConfig = switchyard_runtime::load(&ConfigSource::new(
             config::DEFAULTS,
@@ -63,7 +76,7 @@ impl Harness {
         .unwrap();
         config.nats.url = server.url();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
-        config.ingress.max_payload_bytes = max_payload_bytes;
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let mut keys = std::collections::HashMap::new();
         for tenant in ["acme", "globex", "frozen", "ghost"] {
@@ -88,6 +101,11 @@ impl Harness {
 
     fn http(&self) -> String {
         format!("http://{}", self.service.running().http_addr)
+    }
+
+    /// The base URL of the probe listener (`/healthz`, `/readyz`, `/metrics`).
+    fn probes(&self) -> String {
+        format!("http://{}", self.service.running().probes_addr)
     }
 
     async fn publish(&self, subject: &str, h: HeaderMap, payload: &[u8]) {
@@ -489,10 +507,14 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
         "refused HTTP input never reaches the stream"
     );
 
-    let probes = http.get(format!("{base}/readyz")).send().await.unwrap();
+    let probes = http
+        .get(format!("{}/readyz", h.probes()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(probes.status(), 200);
     let metrics = http
-        .get(format!("{base}/metrics"))
+        .get(format!("{}/metrics", h.probes()))
         .send()
         .await
         .unwrap()

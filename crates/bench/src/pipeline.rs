@@ -75,12 +75,23 @@ fn spawn(
 ) -> anyhow::Result<Service> {
     let port = free_port();
     let path = bin_dir.join(format!("switchyard-{name}"));
-    let child = Command::new(&path)
-        .env(format!("{env_prefix}NATS__URL"), url)
-        .env(
+    let mut command = Command::new(&path);
+    if name == "ingress" {
+        // Ingress serves its probes apart from the producer API, which the bench does not use.
+        command
+            .env(format!("{env_prefix}HTTP__LISTEN"), "127.0.0.1:0")
+            .env(
+                format!("{env_prefix}HTTP__PROBES_LISTEN"),
+                format!("127.0.0.1:{port}"),
+            );
+    } else {
+        command.env(
             format!("{env_prefix}HTTP__LISTEN"),
             format!("127.0.0.1:{port}"),
-        )
+        );
+    }
+    let child = command
+        .env(format!("{env_prefix}NATS__URL"), url)
         .env(format!("{env_prefix}TELEMETRY__LOG_FILTER"), "warn")
         .env(format!("{env_prefix}{concurrency_key}"), "256")
         .stdin(Stdio::null())

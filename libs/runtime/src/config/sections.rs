@@ -7,13 +7,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A service's HTTP listener (the `[http]` section): probes and metrics, and ingress's
-/// producer API. No built-in default: each service's `config/defaults.toml` sets its own port.
+/// A service's HTTP listener (the `[http]` section): probes and metrics. No built-in default:
+/// each service's `config/defaults.toml` sets its own port. Ingress has its own `[http]`
+/// section (its producer API and its probes on separate listeners, and the API's limits).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address serving `/healthz`, `/readyz` and `/metrics` (ingress: also the producer API);
-    /// port 0 picks a free port.
+    /// Address serving `/healthz`, `/readyz` and `/metrics`; port 0 picks a free port.
     pub listen: SocketAddr,
 }
 
