@@ -477,6 +477,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "rate-limits",
         "dlq-jobs",
         "dlq-stats",
+        "dlq-replays",
     ] {
         let typed = BucketName::from_base(bucket).expect("a typed bucket name");
         assert_eq!(topology.bucket_name(typed), Some(bucket));

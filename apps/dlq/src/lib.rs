@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use switchyard_dlq_ops::{JobStore, StatsStore};
+use switchyard_dlq_ops::{JobStore, Markers, StatsStore};
 use switchyard_keys::Stage;
 use switchyard_service::{Metrics, Readiness, launch, router};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
@@ -53,6 +53,7 @@ pub async fn start(
     let (dlq_name, dlq) = topology.open_stream(&js, StreamName::Dlq).await?;
     let (jobs_bucket, jobs_kv) = topology.open_bucket(&js, BucketName::DlqJobs).await?;
     let (stats_bucket, stats_kv) = topology.open_bucket(&js, BucketName::DlqStats).await?;
+    let (replays_bucket, replays_kv) = topology.open_bucket(&js, BucketName::DlqReplays).await?;
     let instance = uuid::Uuid::now_v7().to_string();
 
     let metrics = Arc::new(Metrics::new(Stage::Dlq));
@@ -88,6 +89,7 @@ pub async fn start(
         store: JobStore::new(jobs_kv),
         dlq: dlq.clone(),
         js: js.clone(),
+        markers: Markers::new(replays_kv),
         ns: ns.clone(),
         owner: instance.clone(),
         settings: config.jobs.clone(),
@@ -122,7 +124,7 @@ pub async fn start(
         client: client.clone(),
         js,
         streams,
-        buckets: vec![jobs_bucket, stats_bucket],
+        buckets: vec![jobs_bucket, stats_bucket, replays_bucket],
     };
     let app = router(readiness, metrics);
 

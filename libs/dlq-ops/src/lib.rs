@@ -30,7 +30,7 @@ pub use read::{CatchUp, Collected, Delivered, DlqReader, ReadError};
 pub use replay::{ReplayError, ReplayPlan, plan_replay, plan_replay_to};
 pub use selection::{Selection, show_time};
 pub use stats::{StatsRecord, StatsState, StatsStore};
-pub use step::{StepError, Stepped};
+pub use step::{Markers, ReplayIntent, Replayer, StepError, Stepped};
 /// What [`JobStore`] and [`StatsStore`] return: the KV store's one error type and the outcome
 /// of a compare-and-set write, so their callers need not name the registry.
 pub use switchyard_registry::{StoreError, Written};

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use switchyard_dlq::{DlqCode, DlqEntry};
 use switchyard_envelope::{Envelope, EnvelopeError, headers as env_headers};
 use switchyard_keys::Stage;
+use switchyard_keys::kv::DlqReplayKey;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
 
 /// A replay ready to publish.
@@ -38,6 +39,8 @@ pub struct ReplayPlan {
     /// was stored ([`crate::step`]). `None` for later stages, whose copy's hop id (replay
     /// counter + 1) no stored original carries.
     pub source: Option<(String, u64)>,
+    /// The entry's key in the `dlq-replays` bucket ([`crate::step`]).
+    pub marker: DlqReplayKey,
 }
 
 /// Why an entry cannot be replayed.
@@ -157,6 +160,7 @@ pub fn plan_replay_to(
             headers: h,
             payload: entry.payload.clone(),
             source: Some((record.source_stream.clone(), record.source_seq)),
+            marker: marker(entry),
         });
     }
     if record.code == DlqCode::InvalidEnvelope {
@@ -195,5 +199,16 @@ pub fn plan_replay_to(
         headers: h,
         payload: entry.payload.clone(),
         source: None,
+        marker: marker(entry),
     })
+}
+
+/// The entry's key in the `dlq-replays` bucket: tenant, DLQ sequence, storage time.
+fn marker(entry: &DlqEntry) -> DlqReplayKey {
+    DlqReplayKey {
+        tenant: entry.record.tenant.clone(),
+        seq: entry.seq,
+        stored_ms: i64::try_from(entry.stored_at.unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or_default(),
+    }
 }

@@ -11,6 +11,16 @@
 //! stored before a crash, or a replay of another entry for the same message — so the copy is
 //! durably stored and the entry goes like any replayed one.
 //!
+//! **The marker.** Before publishing, the step creates the entry's key in the `dlq-replays`
+//! bucket ([`Markers`]; per-key TTL [`MARKER_TTL`], longer than the DLQ keeps an entry) and
+//! purges it once the entry is removed. A key already there means an earlier replay of this
+//! entry may have stored its copy and stopped before removing the entry (a crash, a lost
+//! connection). Within [`SAFE_REPUBLISH`] of that attempt the target's duplicate window (5
+//! minutes on the hand-off streams) still drops a second copy, so the step publishes again;
+//! after it, a second copy would be stored and delivered twice, so the entry is kept
+//! ([`Stepped::KeptUncertain`]) unless the caller forces it. A replay to ingress is never
+//! uncertain: its copy carries the producer's id, which the idempotency stage drops for 36 h.
+//!
 //! **The delete.** One request per entry (`STREAM.MSG.DELETE` without secure erase: the entry
 //! is gone from the stream at once either way, and erasing makes each delete many times
 //! slower); an entry already gone (an earlier attempt deleted it, or it was purged) counts as
@@ -21,6 +31,14 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{DeleteStatus, Stream};
 use async_nats::jetstream::{self, ErrorCode};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use switchyard_keys::kv::DlqReplayKey;
+use switchyard_registry::{Store, StoreError, Written};
+use switchyard_subjects::InputStage;
+use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::ReplayPlan;
@@ -45,6 +63,55 @@ pub enum Stepped {
         /// Its sequence there.
         seq: u64,
     },
+    /// An earlier replay of this entry began at `since`, longer than [`SAFE_REPUBLISH`] ago,
+    /// and did not finish: its copy may be stored, and another would not be dropped as a
+    /// duplicate. Nothing was published; the entry stays.
+    KeptUncertain {
+        /// When the earlier replay began.
+        since: OffsetDateTime,
+        /// Where it published.
+        subject: String,
+    },
+}
+
+/// How long a replay's marker lives unless purged: longer than the DLQ keeps an entry (14 d).
+pub const MARKER_TTL: Duration = Duration::from_secs(15 * 24 * 3600);
+
+/// How long a purged marker's own purge record lives.
+pub const PURGED_TTL: Duration = Duration::from_secs(60);
+
+/// How long after an unfinished replay began a second copy is still dropped by the target's
+/// duplicate window (300 s on `IDEMPOTENCY`, `BACKPRESSURE`, `EGRESS`), with a minute's margin.
+pub const SAFE_REPUBLISH: Duration = Duration::from_secs(240);
+
+/// What a replay marker records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayIntent {
+    /// When the replay began (the replaying host's clock).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The subject the copy goes to.
+    pub subject: String,
+}
+
+/// The `dlq-replays` bucket.
+#[derive(Clone)]
+pub struct Markers {
+    store: Store<DlqReplayKey, ReplayIntent>,
+}
+
+impl Markers {
+    /// Wraps the `dlq-replays` bucket.
+    pub fn new(kv: kv::Store) -> Self {
+        Self {
+            store: Store::new(kv),
+        }
+    }
+
+    /// The unfinished replay recorded for `key`, if any.
+    pub async fn get(&self, key: &DlqReplayKey) -> Result<Option<ReplayIntent>, StoreError> {
+        self.store.get(key).await
+    }
 }
 
 /// Why removing a replayed entry failed.
@@ -83,6 +150,15 @@ pub enum StepError {
         #[source]
         source: PublishError,
     },
+    /// The `dlq-replays` bucket could not be read or written.
+    #[error("replaying entry {seq}: the dlq-replays bucket")]
+    Marker {
+        /// The entry.
+        seq: u64,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
     /// The copy is stored, but the entry could not be removed from the DLQ.
     #[error("entry {seq} was replayed ({stream} seq {stored}) but could not be deleted")]
     Delete {
@@ -108,18 +184,54 @@ pub fn copy_stored(ack: &PublishAck, plan: &ReplayPlan) -> bool {
     !(ack.duplicate && original)
 }
 
-/// Replays DLQ entry `seq` (in `dlq`) by `plan`: publishes the copy, awaits the ack, and
-/// removes the entry unless the duplicate rule keeps it. `deletes` bounds how many deletes
-/// wait at the JetStream API at once (they are served one at a time per stream), so other
-/// clients' API calls are not starved. Retrying after an error is safe: a copy stored by the
-/// failed attempt makes the next ack a duplicate of it, and the entry goes.
+/// Where a replay step publishes and what it removes: the context, the DLQ, the
+/// `dlq-replays` bucket, and a bound on deletes waiting at the JetStream API at once (they are
+/// served one at a time per stream), so other clients' API calls are not starved.
+pub struct Replayer<'a> {
+    /// The JetStream context copies are published with.
+    pub js: &'a jetstream::Context,
+    /// The DLQ.
+    pub dlq: &'a Stream,
+    /// The `dlq-replays` bucket.
+    pub markers: &'a Markers,
+    /// The delete bound.
+    pub deletes: &'a Semaphore,
+}
+
+/// Replays DLQ entry `seq` by `plan` (see the module docs): records the replay in the
+/// `dlq-replays` bucket, publishes the copy, awaits the ack, removes the entry unless the
+/// duplicate rule keeps it, and purges the record. `force` replays even an entry whose earlier
+/// replay is uncertain. Retrying after an error is safe within [`SAFE_REPUBLISH`]: a copy
+/// stored by the failed attempt makes the next ack a duplicate of it, and the entry goes.
 pub async fn replay(
-    js: &jetstream::Context,
-    dlq: &Stream,
-    deletes: &Semaphore,
+    r: &Replayer<'_>,
     seq: u64,
     plan: &ReplayPlan,
+    force: bool,
 ) -> Result<Stepped, StepError> {
+    let marker = |source| StepError::Marker { seq, source };
+    let intent = ReplayIntent {
+        at: OffsetDateTime::now_utc(),
+        subject: plan.subject.clone(),
+    };
+    let recorded = r
+        .markers
+        .store
+        .create_with_ttl(&plan.marker, &intent, MARKER_TTL)
+        .await
+        .map_err(marker)?;
+    if matches!(recorded, Written::Conflict)
+        && !force
+        && plan.stage != InputStage::Ingress
+        && let Some(earlier) = r.markers.get(&plan.marker).await.map_err(marker)?
+        && (intent.at - earlier.at).unsigned_abs() >= SAFE_REPUBLISH
+    {
+        return Ok(Stepped::KeptUncertain {
+            since: earlier.at,
+            subject: earlier.subject,
+        });
+    }
+    let js = r.js;
     let ack = js
         .publish_with_headers(
             plan.subject.clone(),
@@ -139,20 +251,38 @@ pub async fn replay(
             source,
         })?;
     if !copy_stored(&ack, plan) {
+        // Nothing was stored: no replay is under way.
+        r.markers
+            .store
+            .purge_with_ttl(&plan.marker, PURGED_TTL)
+            .await
+            .map_err(marker)?;
         return Ok(Stepped::KeptDuplicate {
             stream: ack.stream,
             seq: ack.sequence,
         });
     }
-    // Only a closed semaphore fails to give a permit, and nothing closes it.
-    let _permit = deletes.acquire().await.ok();
-    if let Err(source) = delete(js, dlq, seq).await {
-        return Err(StepError::Delete {
-            seq,
-            stream: ack.stream,
-            stored: ack.sequence,
-            source,
-        });
+    {
+        // Only a closed semaphore fails to give a permit, and nothing closes it.
+        let _permit = r.deletes.acquire().await.ok();
+        if let Err(source) = delete(js, r.dlq, seq).await {
+            return Err(StepError::Delete {
+                seq,
+                stream: ack.stream,
+                stored: ack.sequence,
+                source,
+            });
+        }
+    }
+    // The entry is gone, so no later replay of it can double; a purge that fails leaves a
+    // record that ages out (MARKER_TTL) and is only read for an entry still in the DLQ.
+    if let Err(error) = r
+        .markers
+        .store
+        .purge_with_ttl(&plan.marker, PURGED_TTL)
+        .await
+    {
+        tracing::warn!(%error, seq, "purging a finished replay's marker failed; it ages out");
     }
     Ok(Stepped::Replayed {
         stream: ack.stream,

@@ -9,6 +9,7 @@
 //! | `rate-limits` | `<tenant or _default>.<record>` | `acme.limit`, `_default.limit` |
 //! | `dlq-stats` | `<tenant or _>.<stage>.<encoded code>`, `_state` | `acme.egress.no_route` |
 //! | `dlq-jobs` | `<job id>` | `0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b` |
+//! | `dlq-replays` | `<tenant or _>.<dlq seq>.<stored ms>` | `acme.42.1765000000123` |
 //!
 //! Every key starts with the tenant token, so `<tenant>.>` lists or watches exactly one
 //! tenant's keys (single-token keys are watched by their own name).
@@ -448,6 +449,51 @@ impl KvKey for DlqJobKey {
     }
 }
 
+/// A replay under way of one stored DLQ entry, in the `dlq-replays` bucket: the entry's
+/// tenant (`_` without one), DLQ sequence and storage time in ms since the epoch (together
+/// unique even when the DLQ is re-created).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DlqReplayKey {
+    /// The entry's tenant.
+    pub tenant: Option<TenantId>,
+    /// Its DLQ sequence.
+    pub seq: u64,
+    /// When the DLQ stored it, in ms since the Unix epoch.
+    pub stored_ms: i64,
+}
+
+impl KvKey for DlqReplayKey {
+    const SCHEMA: &'static str = "dlq replay";
+
+    fn render(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.tenant.as_ref().map_or("_", TenantId::as_str),
+            self.seq,
+            self.stored_ms
+        )
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [tenant, seq, stored_ms] = split_exact::<Self, 3>(key)?;
+        let tenant = match tenant {
+            "_" => None,
+            tenant => Some(field::<Self, _>(key, tenant.parse())?),
+        };
+        let number = |raw: &str| {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0 && n.to_string() == raw)
+                .ok_or_else(|| schema_err::<Self>(key, "sequence and time are decimal numbers"))
+        };
+        Ok(Self {
+            tenant,
+            seq: number(seq)?.unsigned_abs(),
+            stored_ms: number(stored_ms)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,6 +646,22 @@ mod tests {
             let key = DlqJobKey::new(job).unwrap();
             prop_assert!(is_valid_kv_key(&key.render()));
             prop_assert_eq!(DlqJobKey::parse(&key.render()).unwrap(), key);
+        }
+
+        #[test]
+        fn dlq_replay_keys_round_trip(
+            tenant in proptest::option::of(id_strategy()),
+            seq in 0u64..(i64::MAX as u64),
+            stored_ms in 0i64..i64::MAX,
+        ) {
+            let key = DlqReplayKey {
+                tenant: tenant.map(|t| TenantId::new(t).unwrap()),
+                seq,
+                stored_ms,
+            };
+            let rendered = key.render();
+            prop_assert!(is_valid_kv_key(&rendered), "{}", rendered);
+            prop_assert_eq!(DlqReplayKey::parse(&rendered).unwrap(), key);
         }
     }
 }

@@ -158,6 +158,41 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
         }
     }
 
+    /// Stores a new record that the server removes after `ttl` (a per-key TTL: the bucket
+    /// must allow them, `limit_markers`; nats-server 2.11+); [`Written::Conflict`] when the
+    /// key exists.
+    pub async fn create_with_ttl(
+        &self,
+        key: &K,
+        record: &R,
+        ttl: std::time::Duration,
+    ) -> Result<Written, StoreError> {
+        let rendered = key.render();
+        match self
+            .kv
+            .create_with_ttl(rendered.as_str(), Self::encode(&rendered, record)?, ttl)
+            .await
+        {
+            Ok(revision) => Ok(Written::Stored(revision)),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Written::Conflict),
+            Err(e) => Err(StoreError::kv("create", &rendered, e)),
+        }
+    }
+
+    /// Removes a key and every revision of it; the purge marker itself goes after `ttl`, so
+    /// nothing of the key stays in the bucket (per-key TTLs, as [`Store::create_with_ttl`]).
+    pub async fn purge_with_ttl(
+        &self,
+        key: &K,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let rendered = key.render();
+        self.kv
+            .purge_with_ttl(rendered.as_str(), ttl)
+            .await
+            .map_err(|e| StoreError::kv("purge", &rendered, e))
+    }
+
     /// Replaces a record if its revision is still `revision`; [`Written::Conflict`] when
     /// someone wrote it since.
     pub async fn update(&self, key: &K, record: &R, revision: u64) -> Result<Written, StoreError> {

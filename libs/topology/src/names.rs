@@ -118,11 +118,14 @@ pub enum BucketName {
     DlqStats,
     /// `api-keys`: the producer HTTP API's keys, hashed.
     ApiKeys,
+    /// `dlq-replays`: replays under way, one per DLQ entry between publishing its copy and
+    /// removing it.
+    DlqReplays,
 }
 
 impl BucketName {
     /// Every declared bucket.
-    pub const ALL: [BucketName; 7] = [
+    pub const ALL: [BucketName; 8] = [
         BucketName::Idempotency,
         BucketName::Routes,
         BucketName::Tenants,
@@ -130,6 +133,7 @@ impl BucketName {
         BucketName::DlqJobs,
         BucketName::DlqStats,
         BucketName::ApiKeys,
+        BucketName::DlqReplays,
     ];
 
     /// The base name in the declaration file.
@@ -142,6 +146,7 @@ impl BucketName {
             BucketName::DlqJobs => "dlq-jobs",
             BucketName::DlqStats => "dlq-stats",
             BucketName::ApiKeys => "api-keys",
+            BucketName::DlqReplays => "dlq-replays",
         }
     }
 

@@ -264,3 +264,71 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
     let err = fails(&url, &["dlq", "ls"]).await;
     assert!(err.contains("the DLQ stream DLQ does not exist"), "{err}");
 }
+
+/// Records in `dlq-replays` that a replay of DLQ entry `seq` (tenant acme) began `ago`, as a
+/// replay that stopped between publishing its copy and removing the entry leaves it.
+async fn unfinished_replay(js: &jetstream::Context, seq: u64, ago: Duration) -> String {
+    let stored = js
+        .get_stream("DLQ")
+        .await
+        .unwrap()
+        .get_raw_message(seq)
+        .await
+        .unwrap()
+        .time;
+    let key = format!("acme.{seq}.{}", stored.unix_timestamp_nanos() / 1_000_000);
+    let at = time::OffsetDateTime::now_utc() - ago;
+    let intent = serde_json::json!({
+        "at": at.format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "subject": "backpressure.v1.acme.ops.slack",
+    });
+    js.get_key_value("dlq-replays")
+        .await
+        .unwrap()
+        .put(key.as_str(), intent.to_string().into())
+        .await
+        .unwrap();
+    key
+}
+
+#[tokio::test]
+async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_until_forced() {
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    let old = dead_letter(&js, &Entry::egress("acme", DlqCode::RetriesExhausted, 1)).await;
+    let recent = dead_letter(&js, &Entry::egress("acme", DlqCode::RetriesExhausted, 2)).await;
+    let old_key = unfinished_replay(&js, old, Duration::from_secs(600)).await;
+    unfinished_replay(&js, recent, Duration::from_secs(60)).await;
+
+    // Ten minutes ago: a copy may be stored and the target's 5-minute window would not drop a
+    // second one, so nothing is published. One minute ago: the window still would, so the
+    // replay goes ahead.
+    let out = ok(&url, &["dlq", "replay", "1", "2"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with(
+            "kept seq 1: a replay of this entry to backpressure.v1.acme.ops.slack began at"
+        ) && lines[0].contains("`dlq replay 1 --force`"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "replayed seq 2 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+            "replayed 1, kept 1 (1 uncertain)",
+        ],
+        "{out}"
+    );
+    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
+    assert_eq!(dlq_seqs(&url, &[]).await, [1]);
+
+    // The operator checked the sink: --force replays it, and the record of the replay goes.
+    assert_eq!(
+        ok(&url, &["dlq", "replay", "1", "--force"]).await,
+        "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 2)\nreplayed 1, kept 0\n"
+    );
+    assert!(dlq_seqs(&url, &[]).await.is_empty());
+    let markers = js.get_key_value("dlq-replays").await.unwrap();
+    assert!(markers.get(old_key.as_str()).await.unwrap().is_none());
+}

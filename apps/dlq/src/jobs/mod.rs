@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
-use switchyard_dlq_ops::{DlqReader, JobStore, Leaseholder};
+use switchyard_dlq_ops::{DlqReader, JobStore, Leaseholder, Markers};
 use switchyard_subjects::Namespace;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -36,6 +36,8 @@ pub struct JobRunner {
     pub dlq: Stream,
     /// For publishing replays.
     pub js: jetstream::Context,
+    /// The `dlq-replays` bucket (replays under way).
+    pub markers: Markers,
     /// The deployment namespace.
     pub ns: Namespace,
     /// This instance's id (the lease owner).

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use switchyard_dlq_ops::{ReplayPlan, StepError, Stepped, step};
+use switchyard_dlq_ops::{ReplayPlan, Replayer, StepError, Stepped, step};
 use tokio::sync::Semaphore;
 
 use super::JobRunner;
@@ -50,10 +50,17 @@ pub async fn replay_once(
     seq: u64,
     plan: &ReplayPlan,
 ) -> Result<Done, StepError> {
-    Ok(
-        match step::replay(&runner.js, &runner.dlq, deletes, seq, plan).await? {
-            Stepped::Replayed { .. } => Done::Replayed,
-            Stepped::KeptDuplicate { .. } => Done::Kept("duplicate"),
-        },
-    )
+    let replayer = Replayer {
+        js: &runner.js,
+        dlq: &runner.dlq,
+        markers: &runner.markers,
+        deletes,
+    };
+    Ok(match step::replay(&replayer, seq, plan, false).await? {
+        Stepped::Replayed { .. } => Done::Replayed,
+        Stepped::KeptDuplicate { .. } => Done::Kept("duplicate"),
+        // An earlier replay of it began too long ago to publish again safely: the CLI's
+        // `dlq replay <seq> --force` decides.
+        Stepped::KeptUncertain { .. } => Done::Kept("uncertain"),
+    })
 }

@@ -15,16 +15,16 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde::Serialize;
 use switchyard_dlq::DlqEntry;
-use switchyard_dlq_ops::{DlqReader, StepError, Stepped, plan_replay_to, step};
+use switchyard_dlq_ops::{DlqReader, Markers, Replayer, StepError, Stepped, plan_replay_to, step};
 use switchyard_subjects::InputStage;
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{BucketName, ResolvedTopology};
 use tokio::sync::Semaphore;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::read::{self, Target};
 use super::{FilterArgs, TimeArgs};
 use crate::output::Output;
-use crate::prompt;
+use crate::{prompt, resources};
 
 /// Arguments of `dlq replay`.
 #[derive(Debug, clap::Args)]
@@ -63,6 +63,11 @@ pub struct ReplayArgs {
     /// Create the job (implies --job) and follow its progress until it finishes.
     #[arg(long)]
     pub follow: bool,
+    /// Replay even entries whose earlier replay began more than 4 minutes ago and did not
+    /// finish (kept as `uncertain`: its copy may already be stored, and the target's duplicate
+    /// window no longer drops a second one). Check the sink first.
+    #[arg(long, conflicts_with_all = ["job", "follow", "dry_run"])]
+    pub force: bool,
 }
 
 /// What happened to one entry.
@@ -196,13 +201,13 @@ async fn load(
 /// Replays one entry through the shared replay step (paced by `pace`), or only plans it, on
 /// a dry run (no pace).
 async fn replay_one(
-    js: &jetstream::Context,
+    replayer: &Replayer<'_>,
     reader: &DlqReader,
-    deletes: &Semaphore,
     entry: &DlqEntry,
-    target: Option<InputStage>,
+    args: &ReplayArgs,
     pace: Option<&mut Interval>,
 ) -> anyhow::Result<ReplayResult> {
+    let target = args.to;
     let plan = match plan_replay_to(reader.namespace(), entry, target) {
         Ok(plan) => plan,
         Err(err) => return Ok(ReplayResult::kept(entry.seq, err.reason(), err.to_string())),
@@ -220,8 +225,22 @@ async fn replay_one(
         return Ok(result);
     };
     pace.tick().await;
-    let stored = match step::replay(js, reader.stream(), deletes, entry.seq, &plan).await {
+    let stored = match step::replay(replayer, entry.seq, &plan, args.force).await {
         Ok(Stepped::Replayed { stream, seq, .. }) => (stream, seq),
+        Ok(Stepped::KeptUncertain { since, subject }) => {
+            return Ok(ReplayResult::kept(
+                entry.seq,
+                "uncertain",
+                format!(
+                    "a replay of this entry to {subject} began at {} and did not finish; its copy may be stored and a second one would not be dropped as a duplicate. Check the sink, then `dlq purge {}` or `dlq replay {} --force`",
+                    since
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    entry.seq,
+                    entry.seq
+                ),
+            ));
+        }
         Ok(Stepped::KeptDuplicate { stream, seq }) => {
             return Ok(ReplayResult::kept(
                 entry.seq,
@@ -294,9 +313,16 @@ pub async fn run(
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deletes = Semaphore::new(1);
+    let markers = Markers::new(resources::bucket(js, topology, BucketName::DlqReplays).await?);
+    let replayer = Replayer {
+        js,
+        dlq: reader.stream(),
+        markers: &markers,
+        deletes: &deletes,
+    };
     for entry in &entries {
         let pace = (!args.dry_run).then_some(&mut pace);
-        match replay_one(js, reader, &deletes, entry, args.to, pace).await {
+        match replay_one(&replayer, reader, entry, args, pace).await {
             Ok(result) => {
                 if !out.is_json() {
                     println!("{}", result.line());
