@@ -527,15 +527,29 @@ def config_keys(chart_sets: dict[str, list[dict]], composes: dict[str, dict]) ->
 
 
 def chart_ports(docs: list[dict]) -> None:
+    """Container ports match the defaults (http.listen; ingress's documented probes_listen),
+    and the probes ask the port the probes answer on."""
     problems = []
     for doc in docs:
         if doc["kind"] != "Deployment":
             continue
         component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
-        port = doc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
-        default = tomllib.loads((ROOT / "apps" / component / "config/defaults.toml").read_text())["http"]["listen"]
-        if not default.endswith(f":{port}"):
-            problems.append(f"{component}: chart port {port}, default http.listen {default}")
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        text = (ROOT / "apps" / component / "config/defaults.toml").read_text()
+        default = tomllib.loads(text)["http"]["listen"]
+        if not default.endswith(f":{ports['http']}"):
+            problems.append(f"{component}: chart port {ports['http']}, default http.listen {default}")
+        if "probes" in ports:
+            documented = re.search(r'^#\s*probes_listen\s*=\s*"([^"]+)"', text, re.M)
+            if not documented or not documented.group(1).endswith(f":{ports['probes']}"):
+                problems.append(f"{component}: chart probes port {ports['probes']}, documented default "
+                                f"http.probes_listen {documented.group(1) if documented else 'none'}")
+        want = "probes" if "probes" in ports else "http"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            port = container.get(probe, {}).get("httpGet", {}).get("port")
+            if port != want:
+                problems.append(f"{component}: {probe} asks port {port}, the probes answer on {want}")
     if problems:
         raise Failed("\n".join(problems))
 
@@ -580,7 +594,7 @@ def main() -> int:
         report.check(f"pod hardening, probes, limits, hooks ({label})", hardening, docs)
         report.check(f"ServiceMonitors select a Service's metrics port ({label})", service_monitors, docs,
                      bool((values or {}).get("serviceMonitor", {}).get("enabled")))
-        report.check(f"service ports match http.listen defaults ({label})", chart_ports, docs)
+        report.check(f"service ports match the http listen defaults, probes their port ({label})", chart_ports, docs)
     report.check("services.ingress.replicas: two fails rendering and lint", helm_refuses,
                  "services:\n  ingress:\n    replicas: two\n")
     if "default" in chart_sets and composes:

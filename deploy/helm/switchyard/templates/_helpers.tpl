@@ -187,10 +187,14 @@ Args: root, component, service (its values block).
 {{- with $root.Values.deployment.prefix }}
 {{- $_ := set $deployment "prefix" . }}
 {{- end }}
+{{- $http := dict "listen" (printf "0.0.0.0:%d" (int .service.port)) }}
+{{- with .service.probesPort }}
+{{- $_ := set $http "probes_listen" (printf "0.0.0.0:%d" (int .)) }}
+{{- end }}
 {{- $base := dict
   "nats" (include "switchyard.natsSettings" $root | fromJson)
   "telemetry" $telemetry
-  "http" (dict "listen" (printf "0.0.0.0:%d" (int .service.port)))
+  "http" $http
 }}
 {{- if $deployment }}
 {{- $_ := set $base "deployment" $deployment }}
@@ -244,4 +248,22 @@ Args: root, component, service (its values block).
 {{- if and .Values.nats.tls.enabled (not .Values.nats.tls.secretName) }}
 {{- fail "nats.tls.enabled needs nats.tls.secretName (a Secret with the CA, and the client certificate for mutual TLS)" }}
 {{- end }}
+{{- if not .Values.services.ingress.probesPort }}
+{{- fail "services.ingress.probesPort is required: ingress answers probes and /metrics only on their own listener (http.probes_listen), never on its API port" }}
+{{- end }}
+{{- range $component, $service := .Values.services }}
+{{- if $service.probesPort }}
+{{- if ne $component "ingress" }}
+{{- fail (printf "services.%s.probesPort: only ingress serves its probes on a listener of their own (http.probes_listen); remove it" $component) }}
+{{- end }}
+{{- if eq (int $service.probesPort) (int $service.port) }}
+{{- fail (printf "services.%s.probesPort must differ from services.%s.port" $component $component) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The container port the probes and /metrics answer on. Args: a service's values block. */}}
+{{- define "switchyard.probesPortName" -}}
+{{- if .probesPort }}probes{{ else }}http{{ end }}
 {{- end }}
