@@ -56,6 +56,19 @@ pub struct IngressSettings {
     pub require_api_key: bool,
     /// The stage to hand on to (default `idempotency`).
     pub next_stage: InputStage,
+    /// Messages one tenant may have waiting in the next stage's stream before ingress stops
+    /// reading its stream (default 1000): the most any other tenant waits behind it there
+    /// (`crate::credit`).
+    pub next_stage_credit: u64,
+    /// How often the next stage's stream is scanned for the credit, in ms (default 250).
+    pub credit_scan_ms: u64,
+}
+
+impl IngressSettings {
+    /// [`IngressSettings::credit_scan_ms`] as a duration.
+    pub fn credit_scan(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.credit_scan_ms)
+    }
 }
 
 /// Ingress's `[http]` section: the public producer API and, on a listener of its own, the
@@ -207,6 +220,25 @@ impl IngressSettings {
                     "{} is outside [1, min(ingress.concurrency = {}, the ingress-worker \
                      consumer's max_ack_pending = {max_ack_pending})]; the default is 16",
                     self.tenant_batch, self.concurrency
+                ),
+            );
+        }
+        if self.next_stage_credit < self.tenant_batch as u64 {
+            return fail(
+                "next_stage_credit",
+                format!(
+                    "{} is below ingress.tenant_batch ({}): a tenant could never fetch a whole \
+                     batch; set at least that (default 1000)",
+                    self.next_stage_credit, self.tenant_batch
+                ),
+            );
+        }
+        if !(10..=60_000).contains(&self.credit_scan_ms) {
+            return fail(
+                "credit_scan_ms",
+                format!(
+                    "{} is outside [10, 60000]; the default is 250",
+                    self.credit_scan_ms
                 ),
             );
         }
@@ -416,6 +448,9 @@ mod tests {
                 "next_stage",
                 Box::new(|s| s.next_stage = InputStage::Ingress),
             ),
+            ("next_stage_credit", Box::new(|s| s.next_stage_credit = 15)),
+            ("credit_scan_ms", Box::new(|s| s.credit_scan_ms = 0)),
+            ("credit_scan_ms", Box::new(|s| s.credit_scan_ms = 60_001)),
             ("max_payload_bytes", Box::new(|s| s.max_payload_bytes = 0)),
             (
                 "max_payload_bytes",

@@ -4,6 +4,7 @@
 //! public listener, with probes and metrics on a listener of their own.
 
 pub mod config;
+pub mod credit;
 pub mod handler;
 pub mod http;
 pub mod tenants;
@@ -18,7 +19,7 @@ use switchyard_registry::KvCache;
 use switchyard_service::{
     Handoff, HttpServer, Metrics, Readiness, Worker, WorkerSettings, launch_with, router,
 };
-use switchyard_topology::BucketName;
+use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
 pub use config::IngressConfig;
@@ -66,8 +67,9 @@ pub async fn start(
         keys,
         require_api_key: config.ingress.require_api_key,
         validator: validator.clone(),
-        pressure,
+        pressure: pressure.clone(),
     });
+    let pressure_for_credit = pressure;
     let guard = http::Guard::new(
         config.http.request_timeout(),
         config.http.max_concurrent_requests,
@@ -105,6 +107,22 @@ pub async fn start(
         "Registered tenants whose ingress stream or consumer cannot be opened (not provisioned)",
         missing.clone(),
     );
+    let paused = Gauge::default();
+    metrics.register(
+        "ingress_tenants_paused",
+        "Tenants not read now: over their credit at the next stage, or admission closed",
+        paused.clone(),
+    );
+    let credit = Arc::new(credit::Credit::new(paused));
+    let credit_settings = credit::CreditSettings {
+        next_stream: topology
+            .stream_name(StreamName::input_of(config.ingress.next_stage))
+            .context("the topology declares no stream for ingress.next_stage")?
+            .to_owned(),
+        limit: config.ingress.next_stage_credit,
+        every: config.ingress.credit_scan(),
+    };
+
     let worker = Arc::new(Worker::new(
         handler,
         js.clone(),
@@ -115,7 +133,24 @@ pub async fn start(
 
     let http_shutdown = shutdown.clone();
     let work = async move {
-        tenants::supervise(worker, js, topology, tenants, consumers, missing, shutdown).await;
+        let scan = credit.clone().run(
+            js.clone(),
+            topology.namespace.clone(),
+            credit_settings,
+            pressure_for_credit,
+            shutdown.clone(),
+        );
+        let supervisor = tenants::Supervisor {
+            worker,
+            credit,
+            js,
+            topology,
+            tenants,
+            consumers,
+            missing,
+        };
+        let read = tenants::supervise(supervisor, shutdown);
+        tokio::join!(scan, read);
     };
     Ok(launch_with("ingress", public, Some(probes), http_shutdown, work).await?)
 }

@@ -3,7 +3,8 @@
 //! enable` / `provision`); this supervisor follows the tenant registry and runs one consume loop
 //! per tenant, all sharing the worker's handler slots. A tenant with a backlog therefore takes
 //! at most `max_batch` slots at a time and the slots go round the tenants with messages: one
-//! tenant's burst queues in its own stream, not in front of the others'.
+//! tenant's burst queues in its own stream, not in front of the others'. Each loop reads only
+//! while its tenant has credit at the next stage ([`crate::credit`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,24 +19,46 @@ use switchyard_topology::{ConsumerName, ResolvedTopology};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::credit::Credit;
 use crate::handler::IngressHandler;
 
 /// How often the registry is compared with the running loops (a tenant enabled now is read
 /// within this long; its stream holds its messages meanwhile).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
+/// What the supervisor needs: the shared worker, the credit gates, where the tenants' streams
+/// are, the registry, and its two gauges (`consumers`: loops running; `missing`: registered
+/// tenants whose stream or consumer cannot be opened, not provisioned: `switchyard provision`
+/// creates them).
+pub struct Supervisor {
+    /// The worker whose slots every loop shares.
+    pub worker: Arc<Worker<IngressHandler>>,
+    /// The tenants' credit at the next stage.
+    pub credit: Arc<Credit>,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The resolved topology (tenant stream and consumer names).
+    pub topology: ResolvedTopology,
+    /// The tenant registry.
+    pub tenants: Arc<KvCache<TenantKey, TenantRecord>>,
+    /// Loops running.
+    pub consumers: Gauge,
+    /// Registered tenants not readable.
+    pub missing: Gauge,
+}
+
 /// Runs one consume loop per registered tenant until `shutdown`, then waits for every loop
-/// to drain. `consumers` counts the loops running; `missing` counts registered tenants whose
-/// stream or consumer cannot be opened (not provisioned: `switchyard provision` creates them).
-pub async fn supervise(
-    worker: Arc<Worker<IngressHandler>>,
-    js: jetstream::Context,
-    topology: ResolvedTopology,
-    tenants: Arc<KvCache<TenantKey, TenantRecord>>,
-    consumers: Gauge,
-    missing: Gauge,
-    shutdown: CancellationToken,
-) {
+/// to drain.
+pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
+    let Supervisor {
+        worker,
+        credit,
+        js,
+        topology,
+        tenants,
+        consumers,
+        missing,
+    } = s;
     let mut running: HashMap<TenantId, CancellationToken> = HashMap::new();
     let mut loops = JoinSet::new();
     let mut warned: HashMap<TenantId, String> = HashMap::new();
@@ -47,6 +70,7 @@ pub async fn supervise(
             let keep = registered.contains(tenant) && !token.is_cancelled();
             if !keep {
                 token.cancel();
+                credit.forget(tenant);
             }
             keep
         });
@@ -62,8 +86,11 @@ pub async fn supervise(
                     let token = shutdown.child_token();
                     running.insert(tenant.clone(), token.clone());
                     let worker = worker.clone();
+                    let gate = credit.gate(&tenant);
                     loops.spawn(async move {
-                        worker.consume(consumer, token.clone()).await;
+                        worker
+                            .consume_gated(consumer, Some(gate), token.clone())
+                            .await;
                         // Ended on its own (not by shutdown): reopened on the next pass.
                         token.cancel();
                     });

@@ -1,6 +1,8 @@
 //! The ingress service against a real nats-server: what it hands on, what it dead-letters
 //! with which code, and what the HTTP API answers.
 
+#[path = "ingress/credit.rs"]
+mod credit;
 #[path = "ingress/listeners.rs"]
 mod listeners;
 #[path = "ingress/payload_limits.rs"]

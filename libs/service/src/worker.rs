@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use switchyard_runtime::RetryPolicy;
 use switchyard_subjects::Namespace;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +98,19 @@ impl<H: Handler> Worker<H> {
     /// share its `concurrency` slots, each fetching at most `max_batch` at a time, and the
     /// slots' FIFO queue serves the consumers with messages in turn.
     pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        self.consume_gated(consumer, None, shutdown).await;
+    }
+
+    /// [`Worker::consume`], fetching only while `gate` reads `true` (a tenant with credit at
+    /// the next stage, say): a closed gate stops new fetches (one under way still delivers up
+    /// to `max_batch`), and the loop waits for it to open. A gate whose sender is gone counts
+    /// as open.
+    pub async fn consume_gated(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        mut gate: Option<watch::Receiver<bool>>,
+        shutdown: CancellationToken,
+    ) {
         let slots = self.slots.clone();
         let max_deliver = consumer.cached_info().config.max_deliver;
         let shared = self;
@@ -105,6 +118,15 @@ impl<H: Handler> Worker<H> {
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
+            if let Some(open) = gate.as_mut() {
+                let sender_gone = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    waited = open.wait_for(|open| *open) => waited.is_err(),
+                };
+                if sender_gone {
+                    gate = None;
+                }
+            }
             // Wait for at least one free slot (or shutdown) before fetching.
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
