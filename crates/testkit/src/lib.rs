@@ -6,6 +6,8 @@
 //!   can be killed and restarted.
 //! - [`stored_messages`]: what a stream holds, read without consuming.
 //! - [`http_get`]: a plain HTTP/1.1 GET, for a service's probes and metrics.
+//! - [`publish_raw`]: a publish over the raw protocol, for header blocks and subjects the Rust
+//!   client cannot produce.
 //! - [`wait_for`]: polls a condition until it holds or a deadline passes — tests wait on
 //!   conditions, never on bare sleeps.
 //!
@@ -15,12 +17,14 @@
 mod cluster;
 mod http;
 mod node;
+mod raw;
 mod streams;
 mod wait;
 
 pub use cluster::NatsCluster;
 pub use http::http_get;
 pub use node::{NatsServer, free_port};
+pub use raw::publish_raw;
 pub use streams::{stored_count, stored_messages};
 pub use wait::wait_for;
 

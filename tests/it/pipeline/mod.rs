@@ -1,6 +1,7 @@
 //! The whole delivery path running in-process against a real nats-server and a real HTTP
 //! sink: ingress → idempotency → backpressure → egress → webhook.
 
+mod conservation;
 mod crash;
 mod delivery;
 mod isolation;
@@ -250,39 +251,56 @@ impl Pipeline {
         id: &str,
         payload: &[u8],
     ) -> PublishAck {
-        let subject = switchyard_subjects::StageSubject {
-            stage: switchyard_subjects::InputStage::Ingress,
-            address: switchyard_keys::Address::parse(tenant, team, platform).unwrap(),
-        };
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", id);
-        let subject = switchyard_subjects::SubjectKind::format(&subject, &Namespace::default());
         wait_for("a stored publish", Duration::from_secs(30), || {
-            let (js, subject, h) = (self.js.clone(), subject.clone(), h.clone());
-            let payload = payload.to_vec();
-            async move {
-                js.publish_with_headers(subject, h, payload.into())
-                    .await
-                    .ok()?
-                    .await
-                    .ok()
-            }
+            self.try_publish(tenant, team, platform, id, payload)
         })
         .await
+    }
+
+    /// One publish of a producer message with `Nats-Msg-Id: id`: the stream's ack, or `None`
+    /// when the publish or its ack failed (the server down, a timeout). A message refused this
+    /// way may still have been stored; publishing it again with the same id is deduplicated.
+    pub async fn try_publish(
+        &self,
+        tenant: &str,
+        team: &str,
+        platform: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Option<PublishAck> {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", id);
+        let subject = ingress_subject(tenant, team, platform);
+        self.js
+            .publish_with_headers(subject, h, payload.to_vec().into())
+            .await
+            .ok()?
+            .await
+            .ok()
     }
 
     pub async fn dlq(&self) -> Vec<DlqEntry> {
         dlq_entries(&self.js).await
     }
 
-    /// Shortens every stage consumer's ack wait, so crash redeliveries come quickly.
+    /// Shortens every stage consumer's ack wait, so crash redeliveries come quickly: the
+    /// declared consumers, each tenant's `ingress-worker` and each tenant's
+    /// `backpressure-<tenant>` (created here if the backpressure service has not created it yet;
+    /// the service opens it as it is).
     pub async fn shorten_ack_wait(&self, ack_wait: Duration) {
         let topology = DeploymentConfig::default().resolve().unwrap();
-        let per_tenant = self
-            .tenants
+        let per_tenant = |name| {
+            self.tenants
+                .iter()
+                .filter_map(|t| topology.tenant_consumer(name, t))
+                .collect::<Vec<_>>()
+        };
+        for consumer in topology
+            .consumers
             .iter()
-            .filter_map(|t| topology.tenant_consumer(ConsumerName::IngressWorker, t));
-        for consumer in topology.consumers.iter().cloned().chain(per_tenant) {
+            .cloned()
+            .chain(per_tenant(ConsumerName::IngressWorker))
+        {
             let mut config = consumer.config.clone();
             config.ack_wait = ack_wait;
             self.js
@@ -290,15 +308,25 @@ impl Pipeline {
                 .await
                 .unwrap();
         }
+        for consumer in per_tenant(ConsumerName::BackpressureTenant) {
+            let mut config = consumer.config.clone();
+            config.ack_wait = ack_wait;
+            self.js
+                .create_consumer_on_stream(config, &consumer.stream)
+                .await
+                .unwrap();
+        }
     }
 
-    /// Waits until `n` distinct webhook ids reached the sink and every stage has settled.
+    /// Waits until the sink accepted (2xx) `n` distinct webhook ids and every stage has
+    /// settled.
     pub async fn wait_delivered(&self, n: usize, timeout: Duration) {
         wait_for(&format!("{n} distinct deliveries"), timeout, || async {
             let ids: std::collections::HashSet<String> = self
                 .sink
                 .received()
                 .into_iter()
+                .filter(|r| r.delivered())
                 .map(|r| r.webhook_id)
                 .collect();
             (ids.len() >= n).then_some(())
@@ -337,4 +365,13 @@ impl Pipeline {
         })
         .await;
     }
+}
+
+/// The ingress subject producers publish (tenant, team, platform) on.
+pub fn ingress_subject(tenant: &str, team: &str, platform: &str) -> String {
+    let subject = switchyard_subjects::StageSubject {
+        stage: switchyard_subjects::InputStage::Ingress,
+        address: switchyard_keys::Address::parse(tenant, team, platform).unwrap(),
+    };
+    switchyard_subjects::SubjectKind::format(&subject, &Namespace::default())
 }

@@ -1,7 +1,8 @@
 //! A real HTTP webhook sink for the pipeline tests: records every request and answers with
-//! the status scripted for its path (200 unless told otherwise).
+//! the status scripted for its path (200 unless told otherwise), or fails one request in n on
+//! a path with a retryable status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -23,12 +24,54 @@ pub struct Received {
     pub signature: String,
     pub traceparent: String,
     pub body: Bytes,
+    /// The status the sink answered.
+    pub status: u16,
+}
+
+impl Received {
+    /// Whether the sink accepted this request (a 2xx answer): the message was delivered.
+    pub fn delivered(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// A path failing one request in every `every` with `status`, but never the same webhook id
+/// twice: when the request due to fail carries an id that failed before, the next request with
+/// a fresh id fails in its place. Every message fails at most once, so its retry budget never
+/// decides its fate. At most one such failure is owed at a time (a debt carried further would
+/// come due as a run of failures and open the route's circuit breaker), so a little less than
+/// one request in `every` fails when many retries arrive together.
+struct FailEvery {
+    every: u64,
+    status: u16,
+    /// Requests this path received so far.
+    seen: u64,
+    /// A failure is due (an `every`-th request came, and no fresh id has taken it yet).
+    owed: bool,
+    /// Webhook ids already failed once.
+    failed: HashSet<String>,
 }
 
 #[derive(Default)]
 struct Inner {
     received: Vec<Received>,
     statuses: HashMap<String, u16>,
+    failing: HashMap<String, FailEvery>,
+}
+
+impl Inner {
+    /// The status to answer a request for `webhook_id` on `path`.
+    fn status(&mut self, path: &str, webhook_id: &str) -> u16 {
+        if let Some(f) = self.failing.get_mut(path) {
+            f.seen += 1;
+            f.owed |= f.seen % f.every == 0;
+            if f.owed && f.failed.insert(webhook_id.to_owned()) {
+                f.owed = false;
+                return f.status;
+            }
+        }
+        self.statuses.get(path).copied().unwrap_or(200)
+    }
 }
 
 /// The sink.
@@ -52,15 +95,18 @@ async fn receive(
             .to_owned()
     };
     let mut inner = inner.lock().unwrap();
+    let webhook_id = header("webhook-id");
+    let status = inner.status(&path, &webhook_id);
     inner.received.push(Received {
-        path: path.clone(),
-        webhook_id: header("webhook-id"),
+        path,
+        webhook_id,
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
         traceparent: header("traceparent"),
         body,
+        status,
     });
-    StatusCode::from_u16(inner.statuses.get(&path).copied().unwrap_or(200)).unwrap()
+    StatusCode::from_u16(status).unwrap()
 }
 
 impl Sink {
@@ -88,6 +134,23 @@ impl Sink {
             .insert(path.to_owned(), status);
     }
 
+    /// Fails one request in every `every` on `path` with `status` from now on, never the same
+    /// webhook id twice (see [`FailEvery`]); other requests get what [`Sink::answer`] scripted.
+    pub fn fail_every(&self, path: &str, every: u64, status: u16) {
+        assert!(every > 0, "every must be at least 1");
+        self.inner.lock().unwrap().failing.insert(
+            path.to_owned(),
+            FailEvery {
+                every,
+                status,
+                seen: 0,
+                owed: false,
+                failed: HashSet::new(),
+            },
+        );
+    }
+
+    /// Every request received so far, whatever the sink answered.
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
     }

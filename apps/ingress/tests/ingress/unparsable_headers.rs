@@ -5,40 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use switchyard_dlq::DlqCode;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use switchyard_testkit::publish_raw;
 
 use super::{Harness, with_id};
-
-/// Publishes `HPUB subject <header block> payload` on a raw connection and waits for the
-/// server's `PONG`, so the message is stored when this returns (the streams ack nothing back
-/// without a reply subject, but the server has processed the publish).
-async fn publish_raw(port: u16, subject: &[u8], header_block: &[u8], payload: &[u8]) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut stream = BufReader::new(stream);
-    let mut info = String::new();
-    stream.read_line(&mut info).await.unwrap();
-    assert!(info.starts_with("INFO "), "{info}");
-    let mut out = Vec::new();
-    out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n");
-    out.extend_from_slice(b"HPUB ");
-    out.extend_from_slice(subject);
-    out.extend_from_slice(
-        format!(
-            " {} {}\r\n",
-            header_block.len(),
-            header_block.len() + payload.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(header_block);
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\nPING\r\n");
-    stream.get_mut().write_all(&out).await.unwrap();
-    let mut line = String::new();
-    stream.read_line(&mut line).await.unwrap();
-    assert_eq!(line, "PONG\r\n", "the server refused the publish");
-}
 
 #[tokio::test]
 async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connection_drops() {
