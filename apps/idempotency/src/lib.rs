@@ -16,6 +16,7 @@ use switchyard_keys::Stage;
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::probes::router_with_check;
 use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch};
+use switchyard_subjects::{StageSubject, SubjectKind};
 use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
 
@@ -94,11 +95,28 @@ pub async fn start(
     worker_settings.settle.hold =
         RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2))
             .within(Duration::from_secs(settings.kv_wait_max_secs));
-    let worker = Worker::new(handler, js, topology.namespace, metrics, worker_settings);
+    // Fair across tenants: up to the consumer's max_ack_pending fetched, served per tenant in
+    // turn (a burst of one tenant, bounded by ingress's credit, is not a queue for the others).
+    let window = usize::try_from(consumer.cached_info().config.max_ack_pending).unwrap_or(1);
+    let ns = topology.namespace.clone();
+    let worker = Arc::new(Worker::new(
+        handler,
+        js,
+        topology.namespace,
+        metrics,
+        worker_settings,
+    ));
     let listen = config.http.listen;
     Ok(
         launch("idempotency", listen, app, shutdown.clone(), async move {
-            worker.run(consumer, shutdown).await;
+            let tenant_of = move |msg: &async_nats::jetstream::Message| {
+                StageSubject::parse(&ns, msg.subject.as_str())
+                    .ok()
+                    .map(|s| s.address.tenant)
+            };
+            worker
+                .consume_fair(consumer, window, tenant_of, shutdown)
+                .await;
         })
         .await?,
     )

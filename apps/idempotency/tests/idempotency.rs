@@ -19,6 +19,21 @@ use switchyard_testkit::{NatsServer, http_get, stored_count, wait_for};
 use switchyard_topology::{DeploymentConfig, provision};
 use tokio_util::sync::CancellationToken;
 
+/// Hands an envelope to the idempotency stage, as ingress does.
+async fn send(js: &jetstream::Context, envelope: &Envelope) {
+    let handoff = Handoff::new(js.clone(), Namespace::default());
+    let h = Handoff::headers(envelope, None);
+    handoff
+        .forward(
+            InputStage::Idempotency,
+            envelope,
+            h,
+            envelope.msg_id.as_str().to_owned().into(),
+        )
+        .await
+        .unwrap();
+}
+
 struct Harness {
     _server: NatsServer,
     js: jetstream::Context,
@@ -28,7 +43,18 @@ struct Harness {
 
 impl Harness {
     async fn start(configure: impl FnOnce(&mut IdempotencyConfig)) -> Self {
+        Self::start_after(configure, &[]).await
+    }
+
+    /// Starts the stage once `backlog` waits in `IDEMPOTENCY`.
+    async fn start_after(
+        configure: impl FnOnce(&mut IdempotencyConfig),
+        backlog: &[Envelope],
+    ) -> Self {
         let Provisioned { server, client, js } = Provisioned::start().await;
+        for envelope in backlog {
+            send(&js, envelope).await;
+        }
         let mut config = IdempotencyConfig::defaults().unwrap();
         config.nats.url = server.url();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -60,17 +86,7 @@ impl Harness {
 
     /// Hands an envelope to the idempotency stage, as ingress does.
     async fn send(&self, envelope: &Envelope) {
-        let handoff = Handoff::new(self.js.clone(), Namespace::default());
-        let h = Handoff::headers(envelope, None);
-        handoff
-            .forward(
-                InputStage::Idempotency,
-                envelope,
-                h,
-                envelope.msg_id.as_str().to_owned().into(),
-            )
-            .await
-            .unwrap();
+        send(&self.js, envelope).await;
     }
 
     async fn consumer_info(&self) -> Option<jetstream::consumer::Info> {
@@ -427,4 +443,35 @@ async fn claims_are_compact() {
     // The sizing formula in nats/topology.toml: 136 bytes + the key's length per claim (this
     // key, `acme.slack.order-000001`, is 23 bytes long).
     assert!(compact <= 136 + 23, "{compact} bytes per claim");
+}
+
+#[tokio::test]
+async fn a_quiet_tenant_is_served_in_turn_not_behind_another_tenants_burst() {
+    // 500 messages of one tenant wait in IDEMPOTENCY, then one of another; one slot.
+    let mut backlog: Vec<Envelope> = (0..500u64)
+        .map(|i| {
+            stamped(
+                Address::parse("flood", "ops", "slack").unwrap(),
+                &format!("f-{i}"),
+                i + 1,
+            )
+        })
+        .collect();
+    let quiet = stamped(Address::parse("quiet", "ops", "slack").unwrap(), "q-1", 501);
+    backlog.push(quiet.clone());
+    let h = Harness::start_after(|c| c.idempotency.concurrency = 1, &backlog).await;
+    h.settled().await;
+    let forwarded = h.forwarded_ids().await;
+    assert_eq!(forwarded.len(), 501);
+    let position = forwarded
+        .iter()
+        .position(|id| *id == quiet.id.to_string())
+        .expect("quiet's message handed on");
+    // In stream order it would be the 501st; served in turn it goes as soon as it is fetched.
+    assert!(
+        position < 50,
+        "quiet's message was handed on {}th, behind the burst",
+        position + 1
+    );
+    h.stop().await;
 }

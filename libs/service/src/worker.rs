@@ -6,12 +6,14 @@
 //! buffer holding an ack-pending slot), and on shutdown stops fetching and waits for every
 //! in-flight message to settle.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
+use switchyard_keys::TenantId;
 use switchyard_runtime::RetryPolicy;
 use switchyard_subjects::Namespace;
 use tokio::sync::{Semaphore, watch};
@@ -178,5 +180,148 @@ impl<H: Handler> Worker<H> {
         tracing::info!(in_flight = tasks.len(), "draining");
         while tasks.join_next().await.is_some() {}
         tracing::info!("drained");
+    }
+
+    /// Reads one consumer shared by every tenant (a hand-off stream) fairly: it keeps up to
+    /// `window` messages fetched (buffered or being handled), queues the buffered ones per
+    /// tenant (`tenant_of`, from the subject), and hands free slots to the tenants in turn, so
+    /// a message of a quiet tenant waits behind at most one message of each other tenant with
+    /// messages buffered, not behind a whole burst of one of them. Stream order is kept within
+    /// a tenant. `window` should stay within the consumer's `max_ack_pending`, and small enough
+    /// that a buffered message is handled before its `ack_wait` (else it is delivered again,
+    /// which the stages absorb as a duplicate). Runs until `shutdown`, then drains what it took
+    /// (buffered messages are left unacked: JetStream redelivers them).
+    pub async fn consume_fair(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        window: usize,
+        tenant_of: impl Fn(&jetstream::Message) -> Option<TenantId>,
+        shutdown: CancellationToken,
+    ) {
+        let window = window.max(1);
+        let slots = self.slots.clone();
+        let max_deliver = consumer.cached_info().config.max_deliver;
+        let mut queues = FairQueues::default();
+        let mut tasks = JoinSet::new();
+        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+        let dispatch = |queues: &mut FairQueues, tasks: &mut JoinSet<()>| {
+            while !queues.is_empty() {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(msg) = queues.pop() else {
+                    break;
+                };
+                let worker = self.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    worker
+                        .settler
+                        .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
+                        .await;
+                    drop(permit);
+                });
+            }
+        };
+        'outer: while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            dispatch(&mut queues, &mut tasks);
+            let room = window.saturating_sub(queues.len() + tasks.len());
+            if room == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
+            let batch = consumer
+                .fetch()
+                .max_messages(room)
+                .expires(self.settings.fetch_wait)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => {
+                    backoff.reset();
+                    batch
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "fetch failed; retrying");
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    next = batch.next() => match next {
+                        Some(Ok(msg)) => {
+                            let tenant = tenant_of(&msg);
+                            queues.push(tenant, msg);
+                            dispatch(&mut queues, &mut tasks);
+                        }
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "fetch ended");
+                            break;
+                        }
+                        None => break,
+                    },
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                        dispatch(&mut queues, &mut tasks);
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            in_flight = tasks.len(),
+            buffered = queues.len(),
+            "draining (buffered messages are left for redelivery)"
+        );
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("drained");
+    }
+}
+
+/// Fetched messages waiting for a slot, one FIFO queue per tenant (`None`: a subject that
+/// names none), served in turn.
+#[derive(Default)]
+struct FairQueues {
+    queues: HashMap<Option<TenantId>, VecDeque<jetstream::Message>>,
+    /// Tenants with messages, in the order they are served next.
+    turn: VecDeque<Option<TenantId>>,
+    len: usize,
+}
+
+impl FairQueues {
+    fn push(&mut self, tenant: Option<TenantId>, msg: jetstream::Message) {
+        let queue = self.queues.entry(tenant.clone()).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(tenant);
+        }
+        queue.push_back(msg);
+        self.len += 1;
+    }
+
+    /// The next tenant's oldest message.
+    fn pop(&mut self) -> Option<jetstream::Message> {
+        let tenant = self.turn.pop_front()?;
+        let queue = self.queues.get_mut(&tenant)?;
+        let msg = queue.pop_front()?;
+        if queue.is_empty() {
+            self.queues.remove(&tenant);
+        } else {
+            self.turn.push_back(tenant);
+        }
+        self.len -= 1;
+        Some(msg)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
