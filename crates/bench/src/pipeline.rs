@@ -107,130 +107,172 @@ fn spawn(
     Ok(Service { name, child, port })
 }
 
+/// A provisioned deployment with every service running as a process (killed on drop).
+pub struct Deployment {
+    /// The services.
+    services: Vec<Service>,
+    /// A client of the deployment's server.
+    pub client: async_nats::Client,
+    /// JetStream on it.
+    pub js: jetstream::Context,
+    /// The rate-limits bucket.
+    pub limits: Store<RateKey, LimitRecord>,
+}
+
+impl Deployment {
+    /// Provisions the topology, enables `tenants` (each with `quota`, and a core NATS route to
+    /// `bench.sink.<tenant>` with up to `max_in_flight` requests at once), sets the default
+    /// limit high enough that the run measures the pipeline, not a limit, and starts the four
+    /// services.
+    pub async fn start(
+        server: &NatsServer,
+        args: &Args,
+        tenants: &[TenantId],
+        quota: TenantQuota,
+        max_in_flight: usize,
+    ) -> anyhow::Result<Self> {
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        let topology = DeploymentConfig::default().resolve()?;
+        provision(&js, &topology, false).await?;
+        let registry: Store<TenantKey, TenantRecord> =
+            Store::new(topology.open_bucket(&js, BucketName::Tenants).await?.1);
+        let limits: Store<RateKey, LimitRecord> =
+            Store::new(topology.open_bucket(&js, BucketName::RateLimits).await?.1);
+        let unlimited = LimitRecord {
+            rate_per_sec: 1_000_000.0,
+            burst: 100_000,
+            backlog_high: None,
+            backlog_low: None,
+        };
+        limits
+            .put(
+                &RateKey {
+                    scope: RateScope::Default,
+                    record: RateRecord::Limit,
+                },
+                &unlimited,
+            )
+            .await?;
+        let routes: Store<RouteKey, Route> =
+            Store::new(topology.open_bucket(&js, BucketName::Routes).await?.1);
+        for tenant in tenants {
+            provision_tenant(&js, &topology, tenant, quota, false).await?;
+            registry
+                .put(
+                    &TenantKey {
+                        tenant: tenant.clone(),
+                    },
+                    &TenantRecord::enabled(),
+                )
+                .await?;
+            let route = Route::Nats(NatsRoute {
+                subject: format!("bench.sink.{tenant}"),
+                jetstream: false,
+                fire_and_forget: false,
+                timeout_ms: 10_000,
+                max_in_flight,
+            });
+            routes
+                .put(
+                    &RouteKey {
+                        tenant: tenant.clone(),
+                        team: RouteTeam::Any,
+                        platform: "bench".parse()?,
+                    },
+                    &route,
+                )
+                .await?;
+        }
+
+        let bin_dir = match &args.bin_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+        };
+        let url = server.url();
+        let services = vec![
+            spawn(
+                &bin_dir,
+                "ingress",
+                "SWITCHYARD_INGRESS_",
+                &url,
+                "INGRESS__CONCURRENCY",
+            )?,
+            spawn(
+                &bin_dir,
+                "idempotency",
+                "SWITCHYARD_IDEMPOTENCY_",
+                &url,
+                "IDEMPOTENCY__CONCURRENCY",
+            )?,
+            spawn(
+                &bin_dir,
+                "backpressure",
+                "SWITCHYARD_BACKPRESSURE_",
+                &url,
+                "BACKPRESSURE__MAX_BATCH",
+            )?,
+            spawn(
+                &bin_dir,
+                "egress",
+                "SWITCHYARD_EGRESS_",
+                &url,
+                "EGRESS__CONCURRENCY",
+            )?,
+        ];
+        for service in &services {
+            let port = service.port;
+            wait_for(
+                &format!("{} to be ready", service.name),
+                Duration::from_secs(60),
+                || async move {
+                    tokio::task::spawn_blocking(move || ready(port))
+                        .await
+                        .ok()?
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+        Ok(Self {
+            services,
+            client,
+            js,
+            limits,
+        })
+    }
+}
+
+/// The ingress subject of `tenant` on the benchmark's team and platform.
+pub fn ingress_subject(tenant: &TenantId) -> String {
+    StageSubject {
+        stage: InputStage::Ingress,
+        address: Address::new(
+            tenant.clone(),
+            "bench".parse().expect("valid team"),
+            "bench".parse().expect("valid platform"),
+        ),
+    }
+    .format(&Namespace::default())
+}
+
 /// Runs the pipeline measurement.
 pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
-    let client = server.client().await;
-    let js = jetstream::new(client.clone());
-    let topology = DeploymentConfig::default().resolve()?;
-    provision(&js, &topology, false).await?;
-    let ns = Namespace::default();
     let tenants: Vec<TenantId> = (0..args.tenants.max(1))
         .map(|i| TenantId::new(format!("tenant{i}")))
         .collect::<Result<_, _>>()?;
-    let registry: Store<TenantKey, TenantRecord> =
-        Store::new(topology.open_bucket(&js, BucketName::Tenants).await?.1);
-    // Limits high enough that the benchmark measures the pipeline, not a rate limit.
-    let limits: Store<RateKey, LimitRecord> =
-        Store::new(topology.open_bucket(&js, BucketName::RateLimits).await?.1);
-    let unlimited = LimitRecord {
-        rate_per_sec: 1_000_000.0,
-        burst: 100_000,
-        backlog_high: None,
-        backlog_low: None,
-    };
-    limits
-        .put(
-            &RateKey {
-                scope: RateScope::Default,
-                record: RateRecord::Limit,
-            },
-            &unlimited,
-        )
-        .await?;
-    let routes: Store<RouteKey, Route> =
-        Store::new(topology.open_bucket(&js, BucketName::Routes).await?.1);
-    for tenant in &tenants {
-        provision_tenant(&js, &topology, tenant, TenantQuota::default(), false).await?;
-        registry
-            .put(
-                &TenantKey {
-                    tenant: tenant.clone(),
-                },
-                &TenantRecord::enabled(),
-            )
-            .await?;
-        let route = Route::Nats(NatsRoute {
-            subject: format!("bench.sink.{tenant}"),
-            jetstream: false,
-            fire_and_forget: false,
-            timeout_ms: 10_000,
-            max_in_flight: 256,
-        });
-        routes
-            .put(
-                &RouteKey {
-                    tenant: tenant.clone(),
-                    team: RouteTeam::Any,
-                    platform: "bench".parse()?,
-                },
-                &route,
-            )
-            .await?;
-    }
-
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default(),
-    };
-    let url = server.url();
-    let services = vec![
-        spawn(
-            &bin_dir,
-            "ingress",
-            "SWITCHYARD_INGRESS_",
-            &url,
-            "INGRESS__CONCURRENCY",
-        )?,
-        spawn(
-            &bin_dir,
-            "idempotency",
-            "SWITCHYARD_IDEMPOTENCY_",
-            &url,
-            "IDEMPOTENCY__CONCURRENCY",
-        )?,
-        spawn(
-            &bin_dir,
-            "backpressure",
-            "SWITCHYARD_BACKPRESSURE_",
-            &url,
-            "BACKPRESSURE__MAX_BATCH",
-        )?,
-        spawn(
-            &bin_dir,
-            "egress",
-            "SWITCHYARD_EGRESS_",
-            &url,
-            "EGRESS__CONCURRENCY",
-        )?,
-    ];
-    for service in &services {
-        let port = service.port;
-        wait_for(
-            &format!("{} to be ready", service.name),
-            Duration::from_secs(60),
-            || async move {
-                tokio::task::spawn_blocking(move || ready(port))
-                    .await
-                    .ok()?
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-
+    let deployment = Deployment::start(server, args, &tenants, TenantQuota::default(), 256).await?;
+    let (client, js) = (deployment.client.clone(), deployment.js.clone());
+    let services = &deployment.services;
     let mut sink = client.subscribe("bench.sink.>").await?;
     client.flush().await?;
     // Warm-up: one message per tenant, so every stage has found every tenant (backpressure
     // discovers tenants by scanning, every `scan_interval_ms`) before the measured run.
     for (i, tenant) in tenants.iter().enumerate() {
-        let subject = StageSubject {
-            stage: InputStage::Ingress,
-            address: Address::new(tenant.clone(), "bench".parse()?, "bench".parse()?),
-        }
-        .format(&ns);
+        let subject = ingress_subject(tenant);
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", format!("warm-up-{i}"));
         js.publish_with_headers(subject, h, "warm-up".into())
@@ -270,16 +312,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
     let payload = bytes::Bytes::from(vec![b'x'; args.payload_bytes]);
     let started = Instant::now();
     publish_all(&js, args, payload, |i| {
-        let tenant = tenants[i % tenants.len()].clone();
-        let subject = StageSubject {
-            stage: InputStage::Ingress,
-            address: Address::new(
-                tenant,
-                "bench".parse().expect("valid team"),
-                "bench".parse().expect("valid platform"),
-            ),
-        }
-        .format(&ns);
+        let subject = ingress_subject(&tenants[i % tenants.len()]);
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", format!("bench-{i}"));
         (subject, h)
@@ -288,7 +321,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
     let (mut latencies, last) = collect.await?;
     latencies.sort();
     let mut peak = Vec::new();
-    for service in &services {
+    for service in services {
         if let Some(bytes) = peak_rss(service.child.id()) {
             peak.push((format!("switchyard-{}", service.name), bytes));
         }
@@ -310,7 +343,7 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             "egress deferrals (busy route or open breaker): {deferred}"
         ));
     }
-    for service in &services {
+    for service in services {
         let text = http_get(service.port, "/metrics");
         let retries = text
             .lines()
