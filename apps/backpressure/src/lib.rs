@@ -18,7 +18,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
-use switchyard_service::{Handoff, Metrics, Readiness, SettleSettings, Settler, launch, probes};
+use switchyard_service::{
+    Handoff, HighWater, Metrics, Readiness, SettleSettings, Settler, launch, probes,
+};
 use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +59,16 @@ pub async fn start(
         stream,
         stream_name: stream_name.clone(),
         next_stream_name: next_stream_name.clone(),
-        handoff: Handoff::new(js.clone(), topology.namespace.clone()),
+        // Never make a discard-old next stream (EGRESS: its schedules) evict: wait above its
+        // high-water mark instead.
+        handoff: Handoff::new(js.clone(), topology.namespace.clone()).with_high_water(
+            HighWater::start(
+                js.clone(),
+                config.backpressure.next_stage,
+                next_stream_name.clone(),
+                shutdown.clone(),
+            ),
+        ),
         next: config.backpressure.next_stage,
         leaser,
         limits,

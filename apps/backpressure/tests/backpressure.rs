@@ -1,6 +1,8 @@
 //! The backpressure service against a real nats-server, with several replicas: global limits,
 //! fairness, live limit changes, admission state, and the KV-unreachable fallback.
 
+#[path = "backpressure/high_water.rs"]
+mod high_water;
 #[path = "backpressure/payload_limits.rs"]
 mod payload_limits;
 

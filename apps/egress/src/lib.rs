@@ -34,7 +34,9 @@ use std::time::Duration;
 use anyhow::Context;
 use switchyard_keys::{RouteKey, Stage};
 use switchyard_registry::{KvCache, Route};
-use switchyard_service::{Handoff, Metrics, Readiness, Running, Worker, WorkerSettings, launch};
+use switchyard_service::{
+    Handoff, HighWater, Metrics, Readiness, Running, Worker, WorkerSettings, launch,
+};
 use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +117,14 @@ pub async fn start(
         stream: stream_handle,
         ack_wait,
         routes,
-        handoff: Handoff::new(js.clone(), ns.clone()),
+        // Retries and deferrals are schedules in EGRESS, which must discard old: none is added
+        // above its high-water mark, so none evicts another tenant's messages.
+        handoff: Handoff::new(js.clone(), ns.clone()).with_high_water(HighWater::start(
+            js.clone(),
+            switchyard_subjects::InputStage::Egress,
+            stream.clone(),
+            shutdown.child_token(),
+        )),
         client: client.clone(),
         sinks: Sinks {
             webhook: WebhookClient::new().context("building the webhook client")?,

@@ -10,6 +10,9 @@ use switchyard_keys::Stage;
 use switchyard_subjects::{DelaySubject, InputStage, Namespace, StageSubject, SubjectKind};
 use time::OffsetDateTime;
 
+use std::sync::Arc;
+
+use crate::high_water::HighWater;
 use crate::settle::Outcome;
 use time::format_description::well_known::Rfc3339;
 
@@ -24,6 +27,17 @@ pub enum HandoffError {
         /// The client's error.
         #[source]
         source: async_nats::jetstream::context::PublishError,
+    },
+    /// The target stream is above its high-water mark ([`crate::high_water`]): nothing was
+    /// published.
+    #[error("{stream} is {:.0}% full, above its high-water mark; nothing was published to {subject}", fill * 100.0)]
+    AboveHighWater {
+        /// The stream.
+        stream: String,
+        /// The subject that was not published to.
+        subject: String,
+        /// Its fill, as a fraction of its limits.
+        fill: f64,
     },
 }
 
@@ -49,7 +63,9 @@ impl HandoffError {
     /// Whether the hand-off can never succeed ([`HandoffErrorKind::TooLarge`]) or may on a
     /// retry.
     pub fn kind(&self) -> HandoffErrorKind {
-        let HandoffError::Publish { source, .. } = self;
+        let HandoffError::Publish { source, .. } = self else {
+            return HandoffErrorKind::Other;
+        };
         if source.kind() == PublishErrorKind::MaxPayloadExceeded {
             return HandoffErrorKind::TooLarge;
         }
@@ -74,23 +90,28 @@ impl HandoffError {
     /// message too large for the next hop is dead-lettered `payload_too_large` at once (no
     /// retry can carry it); anything else is retried after a second.
     pub fn outcome(&self, msg: &jetstream::Message, stage: Stage, envelope: &Envelope) -> Outcome {
-        let HandoffError::Publish { subject, source } = self;
-        match self.kind() {
-            HandoffErrorKind::TooLarge => Outcome::DeadLetter(Box::new(DeadLetter::for_message(
-                msg,
-                stage,
-                DlqCode::PayloadTooLarge,
-                format!(
-                    "the message ({} bytes of payload) is too large to hand on to {subject}: \
-                         {source}",
-                    msg.payload.len()
-                ),
-                Some(envelope.address.tenant.clone()),
-                Some(envelope.address.platform.clone()),
-            ))),
-            HandoffErrorKind::Other => Outcome::Retry {
+        match (self, self.kind()) {
+            (HandoffError::Publish { subject, source }, HandoffErrorKind::TooLarge) => {
+                Outcome::DeadLetter(Box::new(DeadLetter::for_message(
+                    msg,
+                    stage,
+                    DlqCode::PayloadTooLarge,
+                    format!(
+                        "the message ({} bytes of payload) is too large to hand on to \
+                         {subject}: {source}",
+                        msg.payload.len()
+                    ),
+                    Some(envelope.address.tenant.clone()),
+                    Some(envelope.address.platform.clone()),
+                )))
+            }
+            (HandoffError::Publish { source, .. }, _) => Outcome::Retry {
                 after: std::time::Duration::from_secs(1),
                 reason: format!("{self}: {source}"),
+            },
+            (HandoffError::AboveHighWater { .. }, _) => Outcome::Retry {
+                after: std::time::Duration::from_secs(1),
+                reason: self.to_string(),
             },
         }
     }
@@ -101,12 +122,61 @@ impl HandoffError {
 pub struct Handoff {
     js: jetstream::Context,
     ns: Namespace,
+    /// A stream whose high-water mark stops hand-offs and schedules into it.
+    high_water: Option<Arc<HighWater>>,
 }
 
 impl Handoff {
     /// A hand-off publisher in a namespace.
     pub fn new(js: jetstream::Context, ns: Namespace) -> Self {
-        Self { js, ns }
+        Self {
+            js,
+            ns,
+            high_water: None,
+        }
+    }
+
+    /// The same publisher, refusing ([`HandoffError::AboveHighWater`]) to add to `mark`'s
+    /// stage while its stream is above its high-water mark.
+    pub fn with_high_water(mut self, mark: Arc<HighWater>) -> Self {
+        self.high_water = Some(mark);
+        self
+    }
+
+    /// Takes room for a message of `bytes` in `stage`'s stream when it is watched; fails when
+    /// that would pass its mark.
+    fn check_room(
+        &self,
+        stage: InputStage,
+        subject: &str,
+        bytes: usize,
+    ) -> Result<(), HandoffError> {
+        match &self.high_water {
+            Some(mark) if mark.stage() == stage => {
+                mark.reserve(bytes)
+                    .map_err(|fill| HandoffError::AboveHighWater {
+                        stream: mark.stream().to_owned(),
+                        subject: subject.to_owned(),
+                        fill,
+                    })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A message's size as a stream counts it, near enough: subject, headers, payload.
+    fn stored_size(subject: &str, h: &HeaderMap, payload: &Bytes) -> usize {
+        let headers: usize = h
+            .iter()
+            .map(|(name, values)| {
+                let name: &str = name.as_ref();
+                values
+                    .iter()
+                    .map(|v| name.len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum();
+        subject.len() + headers + payload.len()
     }
 
     /// The namespace.
@@ -156,6 +226,7 @@ impl Handoff {
             address: envelope.address.clone(),
         }
         .format(&self.ns);
+        self.check_room(next, &subject, Self::stored_size(&subject, &h, &payload))?;
         self.publish(subject, h, payload).await
     }
 
@@ -196,6 +267,7 @@ impl Handoff {
                 envelope.id, stage, envelope.attempt.replay
             ),
         );
+        self.check_room(stage, &subject, Self::stored_size(&subject, &h, &payload))?;
         self.publish(subject, h, payload).await
     }
 }

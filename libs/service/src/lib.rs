@@ -8,6 +8,8 @@
 //!   drains in-flight work on shutdown.
 //! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
 //!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
+//! - [`high_water`]: the fill of a stream that must discard old (`EGRESS`), above which
+//!   hand-offs and schedules into it wait instead of making it evict.
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`launch`]: the one start-up path: take the listener (an address or a bound listener),
@@ -18,6 +20,7 @@
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 
 pub mod handoff;
+pub mod high_water;
 pub mod launch;
 pub mod metrics;
 pub mod probes;
@@ -27,6 +30,7 @@ pub mod shutdown;
 pub mod worker;
 
 pub use handoff::{Handoff, HandoffError};
+pub use high_water::HighWater;
 pub use launch::{HttpServer, LaunchError, Listen, Running, launch, launch_with};
 pub use metrics::Metrics;
 pub use probes::{Readiness, router};

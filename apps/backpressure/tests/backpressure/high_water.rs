@@ -1,0 +1,78 @@
+//! `EGRESS` must discard old (JetStream refuses message schedules otherwise), so a full one
+//! would evict its oldest messages. Hand-offs into it stop at its high-water mark instead: the
+//! rest wait in `BACKPRESSURE`, nothing is evicted, and every message arrives once there is
+//! room.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use futures::StreamExt;
+use switchyard_envelope::Envelope;
+use switchyard_testkit::{stored_count, wait_for};
+
+use super::Harness;
+
+#[tokio::test]
+async fn hand_offs_stop_at_egress_high_water_mark_and_nothing_is_evicted() {
+    let mut h = Harness::start(0).await;
+    // A tiny EGRESS: 10 messages, so 90 % is 9.
+    let mut config =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    config.max_messages = 10;
+    h.js.update_stream(config).await.unwrap();
+    h.add_replica().await;
+
+    h.send("acme", 30, 0.0).await;
+    wait_for(
+        "EGRESS to reach its high-water mark, the rest waiting",
+        Duration::from_secs(30),
+        || async {
+            (stored_count(&h.js, "EGRESS").await >= 9
+                && stored_count(&h.js, "BACKPRESSURE").await > 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let egress = h.js.get_stream("EGRESS").await.unwrap();
+    let state = egress.cached_info().state.clone();
+    assert_eq!(
+        state.first_sequence, 1,
+        "nothing evicted from EGRESS: {state:?}"
+    );
+    assert!(state.messages <= 10, "{state:?}");
+
+    // Something drains EGRESS (here: the egress stage's consumer, acking what it reads):
+    // every message arrives, once.
+    let drain = egress
+        .get_consumer::<pull::Config>("egress-worker")
+        .await
+        .unwrap();
+    let mut ids = BTreeSet::new();
+    let mut messages = drain.messages().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ids.len() < 30 {
+        let msg = tokio::time::timeout_at(deadline, messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 30 reached EGRESS", ids.len()))
+            .unwrap()
+            .unwrap();
+        ids.insert(Envelope::from_headers(msg.headers.as_ref()).unwrap().id);
+        msg.double_ack().await.unwrap();
+    }
+    assert_eq!(ids.len(), 30);
+    let state =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .state
+            .clone();
+    assert_eq!(state.messages, 0, "{state:?}");
+    h.stop().await;
+}
