@@ -19,7 +19,7 @@ use anyhow::Context;
 use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
 use switchyard_service::{
-    Handoff, HighWater, Metrics, Readiness, SettleSettings, Settler, launch, probes,
+    DlqQuota, Handoff, HighWater, Metrics, Readiness, SettleSettings, Settler, launch, probes,
 };
 use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,18 @@ pub async fn start(
             js.clone(),
             topology.namespace.clone(),
             metrics.clone(),
-            SettleSettings::default(),
+            SettleSettings {
+                dlq_quota: topology.dlq_tenant_quota().map(|(dlq, limit)| {
+                    DlqQuota::start(
+                        js.clone(),
+                        topology.namespace.clone(),
+                        dlq,
+                        limit,
+                        shutdown.clone(),
+                    )
+                }),
+                ..SettleSettings::default()
+            },
         ),
     });
 

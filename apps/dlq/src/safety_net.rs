@@ -41,7 +41,7 @@ use switchyard_envelope::Envelope;
 use switchyard_envelope::attempt::decode_history;
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_runtime::retry::RetryPolicy;
-use switchyard_service::Metrics;
+use switchyard_service::{DlqQuota, Metrics};
 use switchyard_subjects::advisory::AdvisoryKind;
 use switchyard_subjects::{Namespace, StageSubject, SubjectKind};
 use switchyard_topology::{ConsumerName, ResolvedTopology, StreamName};
@@ -136,6 +136,9 @@ impl Rescued {
 /// The safety net of one dlq service instance.
 pub struct SafetyNet {
     js: jetstream::Context,
+    /// Each tenant's share of the DLQ: a rescue of a tenant holding its share waits (the
+    /// advisory is retried) instead of taking other tenants' room.
+    quota: Option<Arc<DlqQuota>>,
     ns: Namespace,
     watched: Vec<Watched>,
     delay: Duration,
@@ -185,6 +188,15 @@ impl SafetyNet {
             });
         }
         Ok(Self {
+            quota: topology.dlq_tenant_quota().map(|(dlq, limit)| {
+                DlqQuota::start(
+                    js.clone(),
+                    topology.namespace.clone(),
+                    dlq,
+                    limit,
+                    CancellationToken::new(),
+                )
+            }),
             js,
             ns: topology.namespace.clone(),
             watched,
@@ -354,6 +366,15 @@ impl SafetyNet {
             }
         };
         let record = self.record(r, w, &original);
+        if let Some(quota) = &self.quota
+            && let Err(held) = quota.reserve(record.tenant.as_ref())
+        {
+            anyhow::bail!(
+                "tenant {} holds its share of the DLQ ({held} of {} entries); retried",
+                record.tenant.as_ref().map_or("_", TenantId::as_str),
+                quota.limit()
+            );
+        }
         let tenant = record
             .tenant
             .as_ref()

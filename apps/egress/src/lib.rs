@@ -35,7 +35,8 @@ use anyhow::Context;
 use switchyard_keys::{RouteKey, Stage};
 use switchyard_registry::{KvCache, Route};
 use switchyard_service::{
-    Handoff, HighWater, Metrics, Readiness, Running, Worker, WorkerSettings, launch,
+    DlqQuota, Handoff, HighWater, Metrics, Readiness, Running, SettleSettings, Worker,
+    WorkerSettings, launch,
 };
 use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
@@ -155,6 +156,9 @@ pub async fn start(
     let app = switchyard_service::router(readiness, metrics.clone());
 
     // (d) The worker, until shutdown.
+    let dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {
+        DlqQuota::start(js.clone(), ns.clone(), dlq, limit, shutdown.child_token())
+    });
     let worker = Worker::new(
         Arc::new(handler),
         js,
@@ -162,6 +166,10 @@ pub async fn start(
         metrics,
         WorkerSettings {
             concurrency: settings.concurrency,
+            settle: SettleSettings {
+                dlq_quota,
+                ..SettleSettings::default()
+            },
             ..WorkerSettings::default()
         },
     );

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use switchyard_keys::Stage;
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::probes::router_with_check;
-use switchyard_service::{Handoff, Metrics, Readiness, Worker, WorkerSettings, launch};
+use switchyard_service::{DlqQuota, Handoff, Metrics, Readiness, Worker, WorkerSettings, launch};
 use switchyard_subjects::{StageSubject, SubjectKind};
 use switchyard_topology::{BucketName, ConsumerName, StreamName};
 use tokio_util::sync::CancellationToken;
@@ -92,6 +92,15 @@ pub async fn start(
         concurrency: settings.concurrency,
         ..WorkerSettings::default()
     };
+    worker_settings.settle.dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {
+        DlqQuota::start(
+            js.clone(),
+            topology.namespace.clone(),
+            dlq,
+            limit,
+            shutdown.clone(),
+        )
+    });
     worker_settings.settle.hold =
         RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2))
             .within(Duration::from_secs(settings.kv_wait_max_secs));

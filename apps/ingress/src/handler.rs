@@ -10,6 +10,7 @@ use switchyard_envelope::{
 use switchyard_keys::Stage;
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::InputStage;
+use switchyard_topology::ResolvedTopology;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -23,6 +24,8 @@ pub struct IngressHandler {
     pub handoff: Handoff,
     /// The stage to hand on to.
     pub next: InputStage,
+    /// The topology, to tell whose stream a message was read from.
+    pub topology: ResolvedTopology,
 }
 
 /// A trace context for a message that arrived without one: the envelope id as the trace id
@@ -106,17 +109,26 @@ impl Handler for IngressHandler {
             .validator
             .check(&msg.subject, msg.headers.as_ref(), &msg.payload, &source)
         {
-            Err(rejection) => Handled {
-                tenant: rejection.tenant.clone(),
-                outcome: Outcome::DeadLetter(Box::new(DeadLetter::for_message(
-                    msg,
-                    Stage::Ingress,
-                    rejection.code,
-                    rejection.reason,
-                    rejection.tenant,
-                    rejection.platform,
-                ))),
-            },
+            Err(rejection) => {
+                // A subject that names no valid tenant was still read from one tenant's own
+                // stream: the record (and its share of the DLQ) is that tenant's.
+                let tenant = rejection.tenant.or_else(|| {
+                    self.topology
+                        .tenant_of_stream(info.stream)
+                        .map(|(_, tenant)| tenant)
+                });
+                Handled {
+                    tenant: tenant.clone(),
+                    outcome: Outcome::DeadLetter(Box::new(DeadLetter::for_message(
+                        msg,
+                        Stage::Ingress,
+                        rejection.code,
+                        rejection.reason,
+                        tenant,
+                        rejection.platform,
+                    ))),
+                }
+            }
             Ok(accepted) => {
                 let envelope = stamp(accepted, source, received_at);
                 let mut h = headers::producer_headers(msg.headers.as_ref());

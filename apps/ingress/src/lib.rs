@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
 use switchyard_service::{
-    Handoff, HttpServer, Metrics, Readiness, Worker, WorkerSettings, launch_with, router,
+    DlqQuota, Handoff, HttpServer, Metrics, Readiness, Worker, WorkerSettings, launch_with, router,
 };
 use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
@@ -89,12 +89,22 @@ pub async fn start(
         validator,
         handoff: Handoff::new(js.clone(), topology.namespace.clone()),
         next: config.ingress.next_stage,
+        topology: topology.clone(),
     });
-    let settings = WorkerSettings {
+    let mut settings = WorkerSettings {
         concurrency: config.ingress.concurrency,
         max_batch: config.ingress.tenant_batch,
         ..WorkerSettings::default()
     };
+    settings.settle.dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {
+        DlqQuota::start(
+            js.clone(),
+            topology.namespace.clone(),
+            dlq,
+            limit,
+            shutdown.clone(),
+        )
+    });
     let consumers = Gauge::default();
     let missing = Gauge::default();
     metrics.register(

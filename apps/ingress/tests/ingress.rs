@@ -3,6 +3,8 @@
 
 #[path = "ingress/credit.rs"]
 mod credit;
+#[path = "ingress/dlq_share.rs"]
+mod dlq_share;
 #[path = "ingress/listeners.rs"]
 mod listeners;
 #[path = "ingress/payload_limits.rs"]

@@ -8,6 +8,7 @@
 //!   drains in-flight work on shutdown.
 //! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
 //!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
+//! - [`dlq_quota`]: each tenant's share of the DLQ, checked before a record is written.
 //! - [`high_water`]: the fill of a stream that must discard old (`EGRESS`), above which
 //!   hand-offs and schedules into it wait instead of making it evict.
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
@@ -19,6 +20,7 @@
 //!   shutdown.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 
+pub mod dlq_quota;
 pub mod handoff;
 pub mod high_water;
 pub mod launch;
@@ -29,6 +31,7 @@ pub mod settle;
 pub mod shutdown;
 pub mod worker;
 
+pub use dlq_quota::DlqQuota;
 pub use handoff::{Handoff, HandoffError};
 pub use high_water::HighWater;
 pub use launch::{HttpServer, LaunchError, Listen, Running, launch, launch_with};

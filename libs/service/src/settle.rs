@@ -46,6 +46,7 @@ use switchyard_subjects::{Namespace, StageSubject, SubjectKind};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::dlq_quota::DlqQuota;
 use crate::{Handler, Metrics};
 
 /// How an outcome's acknowledgement is sent.
@@ -170,6 +171,8 @@ pub struct SettleSettings {
     pub confirm_ack: RetryPolicy,
     /// How long one try of a confirmed ack waits for the server's confirmation.
     pub confirm_ack_try: Duration,
+    /// Each tenant's share of the DLQ ([`crate::dlq_quota`]); `None`: unbounded.
+    pub dlq_quota: Option<Arc<DlqQuota>>,
 }
 
 impl Default for SettleSettings {
@@ -181,6 +184,7 @@ impl Default for SettleSettings {
             confirm_ack: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1))
                 .within(Duration::from_secs(10)),
             confirm_ack_try: Duration::from_secs(2),
+            dlq_quota: None,
         }
     }
 }
@@ -315,6 +319,24 @@ impl Settler {
                 msg.ack_with(AckKind::Nak(Some(after))).await
             }
             Outcome::DeadLetter(record) => {
+                if let Some(quota) = &self.settings.dlq_quota
+                    && let Err(held) = quota.reserve(record.tenant.as_ref())
+                {
+                    tracing::warn!(
+                        held,
+                        limit = quota.limit(),
+                        code = %record.code,
+                        "the tenant holds its share of the DLQ; the message is kept and retried"
+                    );
+                    self.metrics.count_processed(tenant, "dlq_quota");
+                    if let Err(error) = msg
+                        .ack_with(AckKind::Nak(Some(self.settings.dlq_retry_after)))
+                        .await
+                    {
+                        tracing::warn!(%error, "nak failed; the message is redelivered after its ack wait");
+                    }
+                    return;
+                }
                 let written = match record
                     .publish(
                         &self.js,

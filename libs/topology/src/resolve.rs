@@ -52,6 +52,8 @@ pub struct ResolvedStream {
     pub base: String,
     /// The concrete config (name prefixed for the deployment).
     pub config: stream::Config,
+    /// Entries one tenant may hold (the DLQ's `tenant_max_msgs`), when declared.
+    pub tenant_max_msgs: Option<i64>,
 }
 
 /// A durable pull consumer ready to create.
@@ -155,6 +157,7 @@ impl ResolvedTopology {
             .iter()
             .map(|s| ResolvedStream {
                 base: s.name.clone(),
+                tenant_max_msgs: s.tenant_max_msgs,
                 config: stream::Config {
                     name: ns.stream_name(&s.name),
                     description: Some(s.description.clone()),
@@ -309,6 +312,17 @@ impl ResolvedTopology {
             resolved.config.max_messages = max_msgs;
         }
         Some(resolved)
+    }
+
+    /// The DLQ's deployed name and the entries one tenant may hold in it, when the topology
+    /// bounds them (`tenant_max_msgs`).
+    pub fn dlq_tenant_quota(&self) -> Option<(String, u64)> {
+        let dlq = self
+            .streams
+            .iter()
+            .find(|s| s.base == StreamName::Dlq.base())?;
+        let limit = u64::try_from(dlq.tenant_max_msgs?).ok()?;
+        Some((dlq.config.name.clone(), limit))
     }
 
     /// The per-tenant consumer `name` for `tenant`: the template with the durable name,

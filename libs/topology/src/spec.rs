@@ -110,6 +110,10 @@ pub struct StreamSpec {
     /// subjects, through which retries and rate waits re-enter the stage later.
     #[serde(default)]
     pub allow_schedules: bool,
+    /// The DLQ only: entries one tenant may hold (the stages then keep a further dead letter
+    /// of that tenant where it is, and retry it, instead of taking other tenants' room).
+    #[serde(default)]
+    pub tenant_max_msgs: Option<i64>,
 }
 
 /// A declared durable pull consumer.
@@ -230,6 +234,15 @@ impl Topology {
                      max_msgs > 0 (its limits are the tenant's quota: a full one refuses the \
                      tenant's publishes, never evicts), without schedules, and not the DLQ or the \
                      advisories",
+                    s.name
+                )));
+            }
+            if s.tenant_max_msgs.is_some()
+                && (s.subjects != SubjectsKind::Dlq || s.tenant_max_msgs.is_some_and(|n| n <= 0))
+            {
+                return Err(invalid(format!(
+                    "stream {}: tenant_max_msgs is a per-tenant share of the DLQ (> 0), \
+                     declared on the DLQ only",
                     s.name
                 )));
             }

@@ -90,6 +90,11 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
     assert_eq!(unparsed, poison.len());
     let odd_subject = dlq.iter().find(|e| e.payload[..] == b"p5"[..]).unwrap();
     assert_eq!(odd_subject.record.code, DlqCode::InvalidSubject);
+    assert_eq!(
+        odd_subject.record.tenant.as_ref().map(|t| t.as_str()),
+        Some("acme"),
+        "read from acme's own stream, so acme's record"
+    );
 
     assert_eq!(
         h.ingress_client

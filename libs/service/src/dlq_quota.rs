@@ -1,0 +1,158 @@
+//! Each tenant's share of the DLQ. The DLQ is one stream for every tenant and refuses records
+//! when full (`discard = new`), so without a share one tenant's invalid traffic could fill it
+//! and stop every other tenant's dead-lettering. A tenant holding its share (the DLQ's
+//! `tenant_max_msgs` in `nats/topology.toml`) gets no further record written: the stage keeps
+//! that message where it is and retries it (as for a DLQ write that fails), so its own
+//! pipeline slows and its own quotas refuse it, while the others' dead letters still go in.
+//! Entries without a tenant share one bucket of the same size.
+//!
+//! The counts are the DLQ's per-subject counts (`dlq.v1.<tenant>.<stage>.<platform>`), read
+//! every [`POLL_EVERY`], plus what this process wrote since.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use switchyard_keys::TenantId;
+use switchyard_runtime::RetryPolicy;
+use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
+use tokio_util::sync::CancellationToken;
+
+/// How often the DLQ's per-tenant counts are read.
+pub const POLL_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Entries per tenant at the last reading.
+    read: HashMap<Option<TenantId>, u64>,
+    /// Entries this process wrote since.
+    added: HashMap<Option<TenantId>, u64>,
+}
+
+/// The tenants' shares of the DLQ.
+#[derive(Debug)]
+pub struct DlqQuota {
+    limit: u64,
+    counts: Mutex<Counts>,
+}
+
+impl DlqQuota {
+    /// Watches the DLQ `stream` of namespace `ns` until `shutdown`, with `limit` entries per
+    /// tenant. Until the first reading only this process's writes count.
+    pub fn start(
+        js: jetstream::Context,
+        ns: Namespace,
+        stream: String,
+        limit: u64,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let quota = Arc::new(Self::new(limit));
+        let task = quota.clone();
+        tokio::spawn(async move { task.poll(js, ns, stream, shutdown).await });
+        quota
+    }
+
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    /// Entries one tenant may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Takes room for one entry of `tenant`; fails with its count when it holds its share.
+    pub fn reserve(&self, tenant: Option<&TenantId>) -> Result<(), u64> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = tenant.cloned();
+        let held = counts.read.get(&key).copied().unwrap_or(0)
+            + counts.added.get(&key).copied().unwrap_or(0);
+        if held >= self.limit {
+            return Err(held);
+        }
+        *counts.added.entry(key).or_default() += 1;
+        Ok(())
+    }
+
+    /// Records one reading of the entries per tenant (it includes what this process wrote).
+    pub fn record(&self, read: HashMap<Option<TenantId>, u64>) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.read = read;
+        counts.added.clear();
+    }
+
+    async fn poll(
+        &self,
+        js: jetstream::Context,
+        ns: Namespace,
+        stream: String,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+        loop {
+            match read(&js, &ns, &stream).await {
+                Ok(read) => {
+                    backoff.reset();
+                    self.record(read);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(POLL_EVERY) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %stream, "reading the DLQ's per-tenant counts failed");
+                    if !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Entries per tenant in the DLQ now; the error is the client's, as text (it is only logged).
+async fn read(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    stream: &str,
+) -> Result<HashMap<Option<TenantId>, u64>, String> {
+    let stream = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut subjects = stream
+        .info_with_subjects(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut read: HashMap<Option<TenantId>, u64> = HashMap::new();
+    while let Some((subject, count)) = subjects.try_next().await.map_err(|e| e.to_string())? {
+        if let Ok(dlq) = DlqSubject::parse(ns, &subject) {
+            *read.entry(dlq.tenant).or_default() += count as u64;
+        }
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_holding_its_share_is_refused_and_the_others_are_not() {
+        let quota = DlqQuota::new(3);
+        let acme = TenantId::new("acme").unwrap();
+        let globex = TenantId::new("globex").unwrap();
+        quota.record([(Some(acme.clone()), 2)].into());
+        quota.reserve(Some(&acme)).unwrap();
+        assert_eq!(quota.reserve(Some(&acme)), Err(3));
+        quota.reserve(Some(&globex)).unwrap();
+        quota.reserve(None).unwrap();
+        quota.record([(Some(acme.clone()), 1)].into());
+        quota.reserve(Some(&acme)).unwrap();
+    }
+}
