@@ -679,6 +679,7 @@ async fn a_tenant_reads_its_own_admission_record_and_nothing_else_of_the_bucket(
         admission: Admission::Closed,
         backlog: 5_000,
         updated_at: "2025-01-01T00:00:00Z".to_owned(),
+        reopen_in_secs: None,
     };
     let bucket = admin
         .js

@@ -220,9 +220,8 @@ async fn scan_once(
                     Some(Ok(record)) => record.admission,
                     _ => Admission::Open,
                 });
-        let (high, low) = shared
-            .limit_for(&tenant)
-            .thresholds(shared.settings.default_backlog_high);
+        let limit = shared.limit_for(&tenant);
+        let (high, low) = limit.thresholds(shared.settings.default_backlog_high);
 
         let wanted = match current {
             Admission::Open if backlog >= high => Admission::Closed,
@@ -241,6 +240,9 @@ async fn scan_once(
                 updated_at: time::OffsetDateTime::now_utc()
                     .format(&Rfc3339)
                     .unwrap_or_default(),
+                reopen_in_secs: (wanted == Admission::Closed).then(|| {
+                    PressureRecord::estimate_reopen_secs(backlog, low, limit.rate_per_sec)
+                }),
             };
             kv.put(key.render(), serde_json::to_vec(&record)?.into())
                 .await?;

@@ -314,12 +314,11 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
         record: RateRecord::Pressure,
     }
     .render();
-    let state = |kv: async_nats::jetstream::kv::Store, key: String| async move {
+    let record = |kv: async_nats::jetstream::kv::Store, key: String| async move {
         let bytes = kv.get(&key).await.ok()??;
-        serde_json::from_slice::<PressureRecord>(&bytes)
-            .ok()
-            .map(|r| r.admission)
+        serde_json::from_slice::<PressureRecord>(&bytes).ok()
     };
+    let state = |kv, key| async { record(kv, key).await.map(|r| r.admission) };
     // Stand in for egress: the backlog counts what waits at egress too, so drain it.
     let egress: jetstream::consumer::PullConsumer =
         h.js.get_consumer_from_stream("egress-worker", "EGRESS")
@@ -332,10 +331,19 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
         }
     });
     h.send("busy", 200, 0.0).await;
-    wait_for("admission to close", Duration::from_secs(20), || async {
-        (state(kv.clone(), key.clone()).await == Some(Admission::Closed)).then_some(())
+    let closed = wait_for("admission to close", Duration::from_secs(20), || async {
+        record(kv.clone(), key.clone())
+            .await
+            .filter(|r| r.admission == Admission::Closed)
     })
     .await;
+    // The estimate producers are told to retry after: the backlog above the low mark at
+    // the tenant's rate (at least 100 - 20 = 80 messages at 50/s: 2 s).
+    let reopen = closed.reopen_in_secs.expect("an estimate when closing");
+    assert!(
+        reopen >= 2 && reopen == PressureRecord::estimate_reopen_secs(closed.backlog, 20, 50.0),
+        "{closed:?}"
+    );
     wait_for("admission to reopen", Duration::from_secs(30), || async {
         (state(kv.clone(), key.clone()).await == Some(Admission::Open)).then_some(())
     })

@@ -112,6 +112,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Retry-After` of a 429 or 503, in seconds (default 1).
+    retry_after_secs: u64,
 }
 
 impl ApiError {
@@ -120,7 +122,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: 1,
         }
+    }
+
+    /// The same error, telling the producer to retry after `secs` (at least 1).
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = secs.max(1);
+        self
     }
 }
 
@@ -142,7 +151,7 @@ impl IntoResponse for ApiError {
         {
             response
                 .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                .insert("retry-after", self.retry_after_secs.into());
         }
         response
     }
@@ -375,7 +384,8 @@ async fn accept(
                 "tenant {} has {} messages waiting for delivery; new messages are refused until the backlog drains (retry later)",
                 address.tenant, record.backlog
             ),
-        ));
+        )
+        .retry_after(record.reopen_in_secs.unwrap_or(1)));
     }
     state
         .validator

@@ -655,6 +655,7 @@ async fn http_producers_get_429_with_retry_after_while_admission_is_closed() {
         admission,
         backlog: 5000,
         updated_at: "2026-11-23T00:00:00Z".into(),
+        reopen_in_secs: Some(42),
     };
     kv.put(
         key.render(),
@@ -681,7 +682,11 @@ async fn http_producers_get_429_with_retry_after_while_admission_is_closed() {
         },
     )
     .await;
-    assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(
+        refused.headers().get("retry-after").unwrap(),
+        "42",
+        "the backpressure service's estimate of when admission reopens"
+    );
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["code"], "admission_closed");
     assert!(

@@ -121,4 +121,40 @@ pub struct PressureRecord {
     pub backlog: u64,
     /// When it was written (RFC 3339).
     pub updated_at: String,
+    /// For a closed admission: about how long until it reopens, in seconds, as estimated when
+    /// it closed (the backlog above `backlog_low` at the tenant's rate). Producers are told to
+    /// retry after this (HTTP `Retry-After`). Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopen_in_secs: Option<u64>,
+}
+
+impl PressureRecord {
+    /// The estimate for [`PressureRecord::reopen_in_secs`]: the backlog above `low` drained at
+    /// `rate_per_sec`, rounded up, at least 1 s and at most an hour.
+    pub fn estimate_reopen_secs(backlog: u64, low: u64, rate_per_sec: f64) -> u64 {
+        let above = backlog.saturating_sub(low) as f64;
+        let secs = if rate_per_sec > 0.0 && rate_per_sec.is_finite() {
+            (above / rate_per_sec).ceil()
+        } else {
+            3600.0
+        };
+        (secs as u64).clamp(1, 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_is_estimated_from_the_backlog_above_low_and_the_rate() {
+        assert_eq!(PressureRecord::estimate_reopen_secs(5_000, 2_500, 50.0), 50);
+        assert_eq!(PressureRecord::estimate_reopen_secs(101, 100, 1_000.0), 1);
+        assert_eq!(PressureRecord::estimate_reopen_secs(10, 100, 1.0), 1);
+        assert_eq!(
+            PressureRecord::estimate_reopen_secs(1_000_000, 0, 1.0),
+            3600
+        );
+        assert_eq!(PressureRecord::estimate_reopen_secs(5, 0, 0.0), 3600);
+    }
 }

@@ -40,6 +40,7 @@ async fn set_admission(js: &jetstream::Context, tenant: &str, admission: Admissi
         admission,
         backlog: 0,
         updated_at: "2026-12-06T00:00:00Z".into(),
+        reopen_in_secs: None,
     };
     store.put(&key, &record).await.unwrap();
 }
