@@ -118,3 +118,47 @@ async fn r3_streams_survive_a_node_restart() {
         "{again:#?}"
     );
 }
+
+#[tokio::test]
+async fn tenant_streams_are_led_by_every_node_of_the_cluster() {
+    let cluster = NatsCluster::start().await;
+    let client = cluster.client().await;
+    cluster.wait_for_meta_leader(&client).await;
+    let mut admin = jetstream::new(client);
+    admin.set_timeout(Duration::from_secs(30));
+    let topology = DeploymentConfig {
+        replicas: Some(3),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    provision(&admin, &topology, false).await.unwrap();
+    // 24 tenants, each with its R3 ingress stream: JetStream elects each stream's leader on
+    // its own, so no node leads them all (with 24 independent elections over 3 nodes, all on
+    // one node has a probability of 3 / 3^24).
+    let quota = switchyard_topology::TenantQuota {
+        max_bytes: Some(1 << 20),
+        max_msgs: None,
+    };
+    let mut leaders: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..24 {
+        let tenant = switchyard_keys::TenantId::new(format!("t{i}")).unwrap();
+        switchyard_topology::provision_tenant(&admin, &topology, &tenant, quota, false)
+            .await
+            .unwrap();
+        let name = topology
+            .tenant_stream_name(switchyard_topology::StreamName::Ingress, &tenant)
+            .unwrap();
+        let leader = wait_for("the stream's leader", Duration::from_secs(30), || async {
+            let mut stream = admin.get_stream(&name).await.ok()?;
+            stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+        })
+        .await;
+        *leaders.entry(leader).or_default() += 1;
+    }
+    eprintln!("tenant stream leaders per node: {leaders:?}");
+    assert!(
+        leaders.len() >= 2,
+        "every tenant stream led by one node: {leaders:?}"
+    );
+}
