@@ -60,10 +60,13 @@ until [ "$(grep -c "reading the tenant's ingress stream" "$store/ingress.log" 2>
   if ! kill -0 "$ingress" 2>/dev/null; then echo "ingress exited; see $store/ingress.log"; exit 1; fi
 done
 echo "ingress reading all $N tenant streams $(echo "$(date +%s.%N) - $ready" | bc) s after start"
+# Idle: over two of ingress's pull waits (tenants::FETCH_WAIT, 20 s), so every tenant's pull
+# is renewed in the window.
+IDLE="${IDLE:-40}"
 sleep 5
 t0_n=$(cpu_ticks "$nats"); t0_i=$(cpu_ticks "$ingress")
-sleep 10
+sleep "$IDLE"
 t1_n=$(cpu_ticks "$nats"); t1_i=$(cpu_ticks "$ingress")
 hz=$(getconf CLK_TCK)
-echo "idle, 10 s: nats-server $(echo "scale=1; ($t1_n - $t0_n) * 100 / $hz / 10" | bc)% of a core, ingress $(echo "scale=1; ($t1_i - $t0_i) * 100 / $hz / 10" | bc)% of a core"
+echo "idle, $IDLE s: nats-server $(echo "scale=1; ($t1_n - $t0_n) * 100 / $hz / $IDLE" | bc)% of a core, ingress $(echo "scale=1; ($t1_i - $t0_i) * 100 / $hz / $IDLE" | bc)% of a core"
 echo "rss idle: nats-server $(rss_mib "$nats") MiB, ingress $(rss_mib "$ingress") MiB"

@@ -94,6 +94,9 @@ pub async fn start(
     let mut settings = WorkerSettings {
         concurrency: config.ingress.concurrency,
         max_batch: config.ingress.tenant_batch,
+        // One pull waits per tenant; a long wait keeps an idle tenant's cost low (a message
+        // arriving is delivered to the waiting pull at once).
+        fetch_wait: tenants::FETCH_WAIT,
         ..WorkerSettings::default()
     };
     settings.settle.dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {

@@ -155,13 +155,19 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             };
-            while let Some(next) = batch.next().await {
+            loop {
+                // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not.
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    next = batch.next() => next,
+                };
                 let msg = match next {
-                    Ok(msg) => msg,
-                    Err(error) => {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(error)) => {
                         tracing::debug!(%error, "fetch ended");
                         break;
                     }
+                    None => break,
                 };
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;

@@ -149,7 +149,8 @@ async fn a_flooding_tenant_is_paused_at_its_credit_refused_at_its_quota_and_othe
 
     // Closed admission pauses a tenant with credit to spare; open again, it is read.
     set_admission(&h.js, "globex", Admission::Closed).await;
-    wait_for("globex to be paused", Duration::from_secs(20), || async {
+    // Paused: no new pull once the one waiting (up to tenants::FETCH_WAIT, 20 s) has ended.
+    wait_for("globex to be paused", Duration::from_secs(60), || async {
         (reading(&h.js, "globex").await.1 == 0).then_some(())
     })
     .await;
