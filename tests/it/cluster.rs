@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, publish::PublishAck};
 use switchyard_keys::Address;
 use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
 use switchyard_testkit::{NatsCluster, wait_for};
-use switchyard_topology::{DeploymentConfig, Outcome, provision};
+use switchyard_topology::{DeploymentConfig, Outcome, ResolvedTopology, provision};
 
 /// Publishes with a `Nats-Msg-Id`: hand-off subjects de-duplicate by it, so a publish retried
 /// after a lost ack during failover is stored once and the final count is exact.
@@ -20,15 +20,19 @@ async fn publish(js: jetstream::Context, subject: String, id: String) -> Option<
         .ok()
 }
 
-#[tokio::test]
-async fn r3_streams_survive_a_node_restart() {
-    let mut cluster = NatsCluster::start().await;
+/// A 3-node cluster with its meta leader elected, a client of it, an admin context whose API
+/// requests wait 30 s (R3 creations on a loaded two-core machine can take longer than the 5 s
+/// default), and the R3 topology.
+async fn cluster() -> (
+    NatsCluster,
+    async_nats::Client,
+    jetstream::Context,
+    ResolvedTopology,
+) {
+    let cluster = NatsCluster::start().await;
     let client = cluster.client().await;
     cluster.wait_for_meta_leader(&client).await;
-    let js = jetstream::new(client.clone());
-    // R3 creations on a loaded two-core machine can take longer than the 5 s default; the
-    // publishes below keep the short default so a failover retry is not stuck on one ack.
-    let mut admin = jetstream::new(client);
+    let mut admin = jetstream::new(client.clone());
     admin.set_timeout(Duration::from_secs(30));
     let topology = DeploymentConfig {
         replicas: Some(3),
@@ -36,6 +40,15 @@ async fn r3_streams_survive_a_node_restart() {
     }
     .resolve()
     .unwrap();
+    (cluster, client, admin, topology)
+}
+
+#[tokio::test]
+async fn r3_streams_survive_a_node_restart() {
+    let (mut cluster, client, admin, topology) = cluster().await;
+    // The publishes below keep the short default timeout, so a failover retry is not stuck
+    // on one ack.
+    let js = jetstream::new(client);
     let report = provision(&admin, &topology, false).await.unwrap();
     assert!(
         report.items.iter().all(|i| i.outcome == Outcome::Created),
@@ -121,17 +134,7 @@ async fn r3_streams_survive_a_node_restart() {
 
 #[tokio::test]
 async fn tenant_streams_are_led_by_every_node_of_the_cluster() {
-    let cluster = NatsCluster::start().await;
-    let client = cluster.client().await;
-    cluster.wait_for_meta_leader(&client).await;
-    let mut admin = jetstream::new(client);
-    admin.set_timeout(Duration::from_secs(30));
-    let topology = DeploymentConfig {
-        replicas: Some(3),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
+    let (_cluster, _client, admin, topology) = cluster().await;
     provision(&admin, &topology, false).await.unwrap();
     // 24 tenants, each with its R3 ingress stream: JetStream elects each stream's leader on
     // its own, so no node leads them all (with 24 independent elections over 3 nodes, all on

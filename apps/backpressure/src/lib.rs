@@ -81,15 +81,12 @@ pub async fn start(
             topology.namespace.clone(),
             metrics.clone(),
             SettleSettings {
-                dlq_quota: topology.dlq_tenant_quota().map(|(dlq, limit)| {
-                    DlqQuota::start(
-                        js.clone(),
-                        topology.namespace.clone(),
-                        dlq,
-                        limit,
-                        shutdown.clone(),
-                    )
-                }),
+                dlq_quota: DlqQuota::start_declared(
+                    &js,
+                    &topology.namespace,
+                    topology.dlq_tenant_quota(),
+                    &shutdown,
+                ),
                 ..SettleSettings::default()
             },
         ),

@@ -188,15 +188,12 @@ impl SafetyNet {
             });
         }
         Ok(Self {
-            quota: topology.dlq_tenant_quota().map(|(dlq, limit)| {
-                DlqQuota::start(
-                    js.clone(),
-                    topology.namespace.clone(),
-                    dlq,
-                    limit,
-                    CancellationToken::new(),
-                )
-            }),
+            quota: DlqQuota::start_declared(
+                &js,
+                &topology.namespace,
+                topology.dlq_tenant_quota(),
+                &CancellationToken::new(),
+            ),
             js,
             ns: topology.namespace.clone(),
             watched,

@@ -156,9 +156,12 @@ pub async fn start(
     let app = switchyard_service::router(readiness, metrics.clone());
 
     // (d) The worker, until shutdown.
-    let dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {
-        DlqQuota::start(js.clone(), ns.clone(), dlq, limit, shutdown.child_token())
-    });
+    let dlq_quota = DlqQuota::start_declared(
+        &js,
+        &ns,
+        topology.dlq_tenant_quota(),
+        &shutdown.child_token(),
+    );
     let worker = Worker::new(
         Arc::new(handler),
         js,

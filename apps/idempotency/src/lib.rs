@@ -92,15 +92,12 @@ pub async fn start(
         concurrency: settings.concurrency,
         ..WorkerSettings::default()
     };
-    worker_settings.settle.dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {
-        DlqQuota::start(
-            js.clone(),
-            topology.namespace.clone(),
-            dlq,
-            limit,
-            shutdown.clone(),
-        )
-    });
+    worker_settings.settle.dlq_quota = DlqQuota::start_declared(
+        &js,
+        &topology.namespace,
+        topology.dlq_tenant_quota(),
+        &shutdown,
+    );
     worker_settings.settle.hold =
         RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2))
             .within(Duration::from_secs(settings.kv_wait_max_secs));

@@ -99,15 +99,12 @@ pub async fn start(
         fetch_wait: tenants::FETCH_WAIT,
         ..WorkerSettings::default()
     };
-    settings.settle.dlq_quota = topology.dlq_tenant_quota().map(|(dlq, limit)| {
-        DlqQuota::start(
-            js.clone(),
-            topology.namespace.clone(),
-            dlq,
-            limit,
-            shutdown.clone(),
-        )
-    });
+    settings.settle.dlq_quota = DlqQuota::start_declared(
+        &js,
+        &topology.namespace,
+        topology.dlq_tenant_quota(),
+        &shutdown,
+    );
     let consumers = Gauge::default();
     let missing = Gauge::default();
     metrics.register(

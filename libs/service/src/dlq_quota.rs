@@ -54,6 +54,19 @@ impl DlqQuota {
         quota
     }
 
+    /// [`DlqQuota::start`] for a declared share (`ResolvedTopology::dlq_tenant_quota`: the
+    /// DLQ's deployed name and the share); `None` when the topology declares none.
+    pub fn start_declared(
+        js: &jetstream::Context,
+        ns: &Namespace,
+        declared: Option<(String, u64)>,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<Self>> {
+        declared.map(|(stream, limit)| {
+            Self::start(js.clone(), ns.clone(), stream, limit, shutdown.clone())
+        })
+    }
+
     fn new(limit: u64) -> Self {
         Self {
             limit,

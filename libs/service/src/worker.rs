@@ -15,6 +15,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use switchyard_keys::TenantId;
 use switchyard_runtime::RetryPolicy;
+use switchyard_runtime::retry::Backoff;
 use switchyard_subjects::Namespace;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -136,24 +137,10 @@ impl<H: Handler> Worker<H> {
             };
             let free = (slots.available_permits() + 1).min(shared.settings.max_batch.max(1));
             drop(permit);
-            let batch = consumer
-                .fetch()
-                .max_messages(free)
-                .expires(shared.settings.fetch_wait)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(batch) => {
-                    backoff.reset();
-                    batch
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "fetch failed; retrying");
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
+            let mut batch = match shared.fetch(&consumer, free, &mut backoff, &shutdown).await {
+                Fetched::Batch(batch) => batch,
+                Fetched::Retry => continue,
+                Fetched::Stop => break,
             };
             loop {
                 // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not.
@@ -239,24 +226,10 @@ impl<H: Handler> Worker<H> {
                     _ = tasks.join_next() => continue,
                 }
             }
-            let batch = consumer
-                .fetch()
-                .max_messages(room)
-                .expires(self.settings.fetch_wait)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(batch) => {
-                    backoff.reset();
-                    batch
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "fetch failed; retrying");
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
+            let mut batch = match self.fetch(&consumer, room, &mut backoff, &shutdown).await {
+                Fetched::Batch(batch) => batch,
+                Fetched::Retry => continue,
+                Fetched::Stop => break,
             };
             loop {
                 tokio::select! {
@@ -286,6 +259,49 @@ impl<H: Handler> Worker<H> {
         );
         while tasks.join_next().await.is_some() {}
         tracing::info!("drained");
+    }
+}
+
+/// What one fetch gave.
+enum Fetched {
+    /// Up to the asked number of messages, as they arrive (within `fetch_wait`).
+    Batch(Box<jetstream::consumer::pull::Batch>),
+    /// The fetch failed; its backoff has been waited: fetch again.
+    Retry,
+    /// Shutdown came while waiting.
+    Stop,
+}
+
+impl<H: Handler> Worker<H> {
+    /// Asks `consumer` for up to `max` messages within `fetch_wait`; a failure waits the next
+    /// delay of `backoff` (shared by the loop, reset by a success).
+    async fn fetch(
+        &self,
+        consumer: &PullConsumer,
+        max: usize,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Fetched {
+        let batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(self.settings.fetch_wait)
+            .messages()
+            .await;
+        match batch {
+            Ok(batch) => {
+                backoff.reset();
+                Fetched::Batch(Box::new(batch))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "fetch failed; retrying");
+                if backoff.wait(shutdown).await {
+                    Fetched::Retry
+                } else {
+                    Fetched::Stop
+                }
+            }
+        }
     }
 }
 
