@@ -17,7 +17,7 @@ use switchyard_keys::TenantId;
 use switchyard_runtime::RetryPolicy;
 use switchyard_runtime::retry::Backoff;
 use switchyard_subjects::Namespace;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -159,15 +159,7 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let worker = shared.clone();
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    worker
-                        .settler
-                        .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
-                        .await;
-                    drop(permit);
-                });
+                shared.spawn(&mut tasks, msg, permit, &shutdown, max_deliver);
             }
         }
         tracing::info!(in_flight = tasks.len(), "draining");
@@ -205,15 +197,7 @@ impl<H: Handler> Worker<H> {
                 let Some(msg) = queues.pop() else {
                     break;
                 };
-                let worker = self.clone();
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    worker
-                        .settler
-                        .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
-                        .await;
-                    drop(permit);
-                });
+                self.spawn(tasks, msg, permit, &shutdown, max_deliver);
             }
         };
         'outer: while !shutdown.is_cancelled() {
@@ -273,6 +257,26 @@ enum Fetched {
 }
 
 impl<H: Handler> Worker<H> {
+    /// Settles `msg` in a task of `tasks`, holding its slot (`permit`) until done.
+    fn spawn(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        msg: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+        shutdown: &CancellationToken,
+        max_deliver: i64,
+    ) {
+        let worker = self.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            worker
+                .settler
+                .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
+                .await;
+            drop(permit);
+        });
+    }
+
     /// Asks `consumer` for up to `max` messages within `fetch_wait`; a failure waits the next
     /// delay of `backoff` (shared by the loop, reset by a success).
     async fn fetch(
