@@ -20,11 +20,11 @@ use async_nats::jetstream::stream::{
 };
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::attempt::{decode_history, encode_history};
-use switchyard_envelope::headers::ATTEMPTS_LOG;
+use switchyard_envelope::headers::{ATTEMPTS_LOG, PARKED_ATTEMPTS, PARKED_CODE, PARKED_REASON};
 use switchyard_envelope::{AttemptRecord, Envelope};
 use switchyard_keys::{PlatformId, RouteKey, Stage, TenantId};
 use switchyard_registry::{KvCache, Route};
-use switchyard_service::{Handled, Handler, Handoff, Outcome};
+use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::{DelaySubject, InputStage, Namespace, SubjectKind};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -76,7 +76,13 @@ pub struct EgressHandler {
     pub settings: EgressSettings,
     /// Egress's own metrics.
     pub metrics: EgressMetrics,
+    /// Each tenant's share of the DLQ: a dead letter of a tenant holding its share is parked
+    /// ([`PARKED_CODE`]) rather than left to a redelivery that would call the sink again.
+    pub dlq_quota: Option<Arc<DlqQuota>>,
 }
+
+/// How long a parked dead letter waits before it tries the DLQ again.
+const PARKED_WAIT: Duration = Duration::from_secs(5);
 
 impl Handler for EgressHandler {
     async fn handle(&self, msg: &jetstream::Message) -> Handled {
@@ -95,9 +101,39 @@ impl Handler for EgressHandler {
             platform = %envelope.address.platform,
             attempt = envelope.attempt.delivery + 1,
         );
-        let outcome = self.deliver(msg, envelope).instrument(span).await;
+        let parties = (tenant.clone(), Some(envelope.address.platform.clone()));
+        let outcome = match parked(msg) {
+            // Decided already (the sink refused it for good, say): only the record is due.
+            Some((code, reason, attempts)) => {
+                self.dead_letter(msg, code, reason, parties, attempts, history(msg))
+            }
+            None => self.deliver(msg, envelope.clone()).instrument(span).await,
+        };
+        let outcome = match outcome {
+            Outcome::DeadLetter(record)
+                if self
+                    .dlq_quota
+                    .as_ref()
+                    .is_some_and(|q| q.holds_share(record.tenant.as_ref())) =>
+            {
+                self.park(msg, &envelope, &record).await
+            }
+            other => other,
+        };
         Handled { tenant, outcome }
     }
+}
+
+/// A parked dead letter's code, reason and attempts, when `msg` is one.
+fn parked(msg: &jetstream::Message) -> Option<(DlqCode, String, u32)> {
+    let h = msg.headers.as_ref()?;
+    let code = h.get(PARKED_CODE)?.as_str().parse().ok()?;
+    let reason = h.get(PARKED_REASON).map_or("", |v| v.as_str()).to_owned();
+    let attempts = h
+        .get(PARKED_ATTEMPTS)
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0);
+    Some((code, reason, attempts))
 }
 
 impl EgressHandler {
@@ -493,6 +529,47 @@ impl EgressHandler {
         {
             tracing::warn!(%error, "publishing the delivery receipt failed");
             self.metrics.receipts_failed.inc();
+        }
+    }
+
+    /// Parks a decided dead letter whose tenant holds its share of the DLQ: a copy carrying
+    /// the decision (code, reason, attempts, history) re-enters egress after [`PARKED_WAIT`]
+    /// and this one is acked, so the sink is not called again and no shared slot is held.
+    async fn park(
+        &self,
+        msg: &jetstream::Message,
+        envelope: &Envelope,
+        record: &DeadLetter,
+    ) -> Outcome {
+        let mut h = Handoff::headers(envelope, msg.headers.as_ref());
+        h.insert(PARKED_CODE, record.code.as_str());
+        h.insert(PARKED_REASON, record.reason.replace(['\r', '\n'], " "));
+        h.insert(PARKED_ATTEMPTS, record.attempts.to_string());
+        h.insert(ATTEMPTS_LOG, encode_history(&record.history));
+        let now = OffsetDateTime::now_utc();
+        let tag = format!("parked-{}", now.unix_timestamp_nanos() / 1_000_000);
+        let scheduled = self
+            .handoff
+            .schedule(
+                InputStage::Egress,
+                envelope,
+                h,
+                msg.payload.clone(),
+                now + PARKED_WAIT,
+                &tag,
+            )
+            .await;
+        match scheduled {
+            Ok(()) => {
+                tracing::warn!(code = %record.code, "the tenant holds its share of the DLQ; the dead letter is parked and tried again");
+                self.metrics
+                    .count_deferred(envelope.address.tenant.as_str(), "dlq_share");
+                Outcome::Delayed
+            }
+            Err(error) => Outcome::Retry {
+                after: PARKED_WAIT,
+                reason: format!("parking a dead letter failed: {error}"),
+            },
         }
     }
 

@@ -113,6 +113,12 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new(Stage::Egress));
     let egress_metrics = EgressMetrics::register(&metrics);
     let settings = config.egress.clone();
+    let dlq_quota = DlqQuota::start_declared(
+        &js,
+        &ns,
+        topology.dlq_tenant_quota(),
+        &shutdown.child_token(),
+    );
     let handler = EgressHandler {
         ns: ns.clone(),
         stream: stream_handle,
@@ -144,6 +150,7 @@ pub async fn start(
         ),
         metrics: egress_metrics,
         settings: settings.clone(),
+        dlq_quota: dlq_quota.clone(),
     };
 
     // (c) Probes and metrics.
@@ -156,12 +163,6 @@ pub async fn start(
     let app = switchyard_service::router(readiness, metrics.clone());
 
     // (d) The worker, until shutdown.
-    let dlq_quota = DlqQuota::start_declared(
-        &js,
-        &ns,
-        topology.dlq_tenant_quota(),
-        &shutdown.child_token(),
-    );
     let worker = Worker::new(
         Arc::new(handler),
         js,

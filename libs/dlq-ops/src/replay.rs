@@ -178,7 +178,15 @@ pub fn plan_replay_to(
     let mut cleaned = HeaderMap::new();
     for (name, values) in h.iter() {
         let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(env_headers::ATTEMPTS_LOG) {
+        if [
+            env_headers::ATTEMPTS_LOG,
+            env_headers::PARKED_CODE,
+            env_headers::PARKED_REASON,
+            env_headers::PARKED_ATTEMPTS,
+        ]
+        .iter()
+        .any(|cleared| name.eq_ignore_ascii_case(cleared))
+        {
             continue;
         }
         for value in values {
@@ -210,5 +218,74 @@ fn marker(entry: &DlqEntry) -> DlqReplayKey {
         seq: entry.seq,
         stored_ms: i64::try_from(entry.stored_at.unix_timestamp_nanos() / 1_000_000)
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_dlq::DeadLetter;
+    use switchyard_envelope::{Attempt, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
+    use switchyard_keys::{Address, MsgId};
+    use time::OffsetDateTime;
+
+    #[test]
+    fn a_replayed_copy_carries_no_attempt_history_and_no_parking() {
+        let at = OffsetDateTime::now_utc();
+        let source = SourceRef {
+            stream: "INGRESS_acme".into(),
+            sequence: 1,
+        };
+        let envelope = Envelope {
+            id: EnvelopeId::derive(&source, at),
+            address: Address::parse("acme", "ops", "slack").unwrap(),
+            msg_id: MsgId::new("order-1").unwrap(),
+            received_at: at,
+            content_type: None,
+            trace: TraceContext::default(),
+            schema_version: SCHEMA_VERSION,
+            attempt: Attempt::default(),
+            source,
+        };
+        let mut original = HeaderMap::new();
+        envelope.write_headers(&mut original);
+        original.insert(env_headers::ATTEMPTS_LOG, "[]");
+        original.insert(env_headers::PARKED_CODE, "permanent_failure");
+        original.insert(env_headers::PARKED_REASON, "refused");
+        original.insert(env_headers::PARKED_ATTEMPTS, "1");
+        let record = DeadLetter {
+            stage: Stage::Egress,
+            code: DlqCode::PermanentFailure,
+            reason: "refused".into(),
+            tenant: Some(envelope.address.tenant.clone()),
+            platform: Some(envelope.address.platform.clone()),
+            attempts: 1,
+            first_failure: at,
+            last_failure: at,
+            source_stream: "EGRESS".into(),
+            source_seq: 9,
+            source_time: Some(at),
+            source_subject: "egress.v1.acme.ops.slack".into(),
+            history: Vec::new(),
+        };
+        let entry = DlqEntry {
+            seq: 1,
+            stored_at: at,
+            subject: "dlq.v1.acme.egress.slack".into(),
+            record,
+            original_headers: original,
+            original_msg_id: None,
+            payload: Bytes::from_static(b"x"),
+        };
+        let plan = plan_replay(&Namespace::default(), &entry).unwrap();
+        for cleared in [
+            env_headers::ATTEMPTS_LOG,
+            env_headers::PARKED_CODE,
+            env_headers::PARKED_REASON,
+            env_headers::PARKED_ATTEMPTS,
+        ] {
+            assert!(plan.headers.get(cleared).is_none(), "{cleared} cleared");
+        }
+        assert_eq!(plan.stage, InputStage::Backpressure);
     }
 }

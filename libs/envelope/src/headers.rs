@@ -90,6 +90,17 @@ pub fn producer_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::
 /// [`crate::attempt::encode_history`]. A replay clears it.
 pub const ATTEMPTS_LOG: &str = "Switchyard-Attempts-Log";
 
+/// On egress's parked copy of a decided dead letter (its tenant held its share of the DLQ):
+/// the code to write it with. A copy carrying it is dead-lettered, not delivered, when it comes
+/// back. A replay clears it, with [`PARKED_REASON`] and [`PARKED_ATTEMPTS`].
+pub const PARKED_CODE: &str = "Switchyard-Parked-Code";
+
+/// On a parked dead letter: its reason.
+pub const PARKED_REASON: &str = "Switchyard-Parked-Reason";
+
+/// On a parked dead letter: the delivery attempts made.
+pub const PARKED_ATTEMPTS: &str = "Switchyard-Parked-Attempts";
+
 /// On egress's rescheduled copies of a replayed message: `<replay>;<unix ms>`, the replay
 /// counter and when egress first handled that replay's copy, which anchors its delivery
 /// deadline. A value for another replay counter (carried over from an earlier replay's DLQ

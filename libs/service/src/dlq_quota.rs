@@ -79,6 +79,14 @@ impl DlqQuota {
         self.limit
     }
 
+    /// Whether `tenant` holds its share now (nothing is reserved).
+    pub fn holds_share(&self, tenant: Option<&TenantId>) -> bool {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = tenant.cloned();
+        counts.read.get(&key).copied().unwrap_or(0) + counts.added.get(&key).copied().unwrap_or(0)
+            >= self.limit
+    }
+
     /// Takes room for one entry of `tenant`; fails with its count when it holds its share.
     pub fn reserve(&self, tenant: Option<&TenantId>) -> Result<(), u64> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
