@@ -7,7 +7,8 @@
 //! its consume loop fetches nothing ([`switchyard_service::Worker::consume_gated`]), so its
 //! backlog stays in its own `INGRESS_<tenant>` stream, where its quota refuses its producers
 //! once full (NATS: a JetStream error; HTTP: `429`), and no other tenant waits behind more than
-//! `next_stage_credit` of its messages at the next stage.
+//! `next_stage_credit` of its messages at the next stage. A tenant holding its share of the
+//! DLQ is paused as well, until an operator makes room (its refusals cannot be recorded).
 //!
 //! [`Credit::run`] scans the next stream's per-subject counts every `credit_scan_ms`
 //! ([`switchyard_topology::backlog_by_tenant`]; skipped while the whole stream holds fewer
@@ -24,6 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
 use switchyard_runtime::RetryPolicy;
+use switchyard_service::DlqQuota;
 use switchyard_subjects::Namespace;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -98,13 +100,16 @@ impl Credit {
         closed
     }
 
-    /// Scans until `shutdown` (see the module docs).
+    /// Scans until `shutdown` (see the module docs). A tenant holding its share of the DLQ
+    /// (`dlq_quota`) is paused too: its refusals could not be recorded, and a message read
+    /// again and again would use up its deliveries.
     pub async fn run(
         self: Arc<Self>,
         js: jetstream::Context,
         ns: Namespace,
         settings: CreditSettings,
         pressure: Arc<KvCache<RateKey, PressureRecord>>,
+        dlq_quota: Option<Arc<DlqQuota>>,
         shutdown: CancellationToken,
     ) {
         let admission_closed = |tenant: &TenantId| {
@@ -113,6 +118,9 @@ impl Credit {
                 record: RateRecord::Pressure,
             };
             matches!(pressure.get(&key), Some(Ok(r)) if r.admission == Admission::Closed)
+                || dlq_quota
+                    .as_ref()
+                    .is_some_and(|q| q.holds_share(Some(tenant)))
         };
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         loop {

@@ -105,6 +105,7 @@ pub async fn start(
         topology.dlq_tenant_quota(),
         &shutdown,
     );
+    let dlq_quota = settings.settle.dlq_quota.clone();
     let consumers = Gauge::default();
     let missing = Gauge::default();
     metrics.register(
@@ -148,6 +149,7 @@ pub async fn start(
             topology.namespace.clone(),
             credit_settings,
             pressure_for_credit,
+            dlq_quota,
             shutdown.clone(),
         );
         let supervisor = tenants::Supervisor {

@@ -70,6 +70,22 @@ async fn a_tenant_holding_its_dlq_share_waits_and_others_still_dead_letter() {
         2,
         "acme's other two wait in its own stream"
     );
+    // And ingress stops reading acme meanwhile, so those two do not use up their deliveries.
+    wait_for("acme to be paused", Duration::from_secs(20), || async {
+        let metrics = super::reqwest_client()
+            .get(format!("{}/metrics", h.probes()))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_ingress_tenants_paused") && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .await;
 
     // The operator clears acme's entries: the two waiting ones are dead-lettered in turn.
     h.js.get_stream("DLQ")
@@ -86,17 +102,23 @@ async fn a_tenant_holding_its_dlq_share_waits_and_others_still_dead_letter() {
     )
     .await;
     assert_eq!(stored_count(&h.js, &ingress_stream("acme")).await, 0);
-    let payloads: Vec<String> = dlq_entries(&h.js)
+    let acme: Vec<_> = dlq_entries(&h.js)
         .await
-        .iter()
+        .into_iter()
         .filter(|e| {
             e.record
                 .tenant
                 .as_ref()
                 .is_some_and(|t| t.as_str() == "acme")
         })
-        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
         .collect();
-    assert_eq!(payloads.len(), 2, "{payloads:?}");
+    assert_eq!(acme.len(), 2);
+    for entry in &acme {
+        assert_eq!(
+            entry.record.code,
+            switchyard_dlq::DlqCode::MissingMsgId,
+            "their own code, not exhausted_deliveries"
+        );
+    }
     h.stop().await;
 }
