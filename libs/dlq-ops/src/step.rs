@@ -112,6 +112,23 @@ impl Markers {
     pub async fn get(&self, key: &DlqReplayKey) -> Result<Option<ReplayIntent>, StoreError> {
         self.store.get(key).await
     }
+
+    /// The unfinished earlier replay of `plan`'s entry that makes publishing it again unsafe
+    /// (begun [`SAFE_REPUBLISH`] or more before `now`; never for a replay to ingress), if any:
+    /// what a replay would keep the entry as `uncertain` for.
+    pub async fn uncertain(
+        &self,
+        plan: &ReplayPlan,
+        now: OffsetDateTime,
+    ) -> Result<Option<ReplayIntent>, StoreError> {
+        if plan.stage == InputStage::Ingress {
+            return Ok(None);
+        }
+        Ok(self
+            .get(&plan.marker)
+            .await?
+            .filter(|earlier| (now - earlier.at).unsigned_abs() >= SAFE_REPUBLISH))
+    }
 }
 
 /// Why removing a replayed entry failed.
@@ -222,9 +239,7 @@ pub async fn replay(
         .map_err(marker)?;
     if matches!(recorded, Written::Conflict)
         && !force
-        && plan.stage != InputStage::Ingress
-        && let Some(earlier) = r.markers.get(&plan.marker).await.map_err(marker)?
-        && (intent.at - earlier.at).unsigned_abs() >= SAFE_REPUBLISH
+        && let Some(earlier) = r.markers.uncertain(plan, intent.at).await.map_err(marker)?
     {
         return Ok(Stepped::KeptUncertain {
             since: earlier.at,

@@ -10,7 +10,9 @@ use clap::Subcommand;
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{Store, TenantRecord};
-use switchyard_topology::{BucketName, ResolvedTopology, TenantQuota, provision_tenant};
+use switchyard_topology::{
+    BucketName, ResolvedTopology, StreamName, TenantQuota, provision_tenant,
+};
 
 use crate::output::{self, Output, Table};
 use crate::resources;
@@ -138,6 +140,22 @@ async fn enable(
     let key = TenantKey {
         tenant: args.tenant.clone(),
     };
+    // A quota below the largest message the stream takes would refuse such a message for
+    // ever ("quota full, retry"), however empty the stream.
+    let largest = topology
+        .tenant_streams
+        .iter()
+        .find(|s| s.base == StreamName::Ingress.base())
+        .map_or(0, |s| i64::from(s.config.max_message_size));
+    if let Some(bytes) = args.max_bytes
+        && bytes < largest
+    {
+        anyhow::bail!(
+            "--max-bytes {bytes} is below the largest message a tenant stream takes ({largest} \
+             bytes, INGRESS's max_msg_size): such a message could never be accepted; set at \
+             least {largest}"
+        );
+    }
     let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
     record.quota_bytes = args.max_bytes.or(record.quota_bytes);
     record.quota_msgs = args.max_msgs.or(record.quota_msgs);

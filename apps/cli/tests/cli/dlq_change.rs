@@ -301,6 +301,14 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     let old_key = unfinished_replay(&js, old, Duration::from_secs(600)).await;
     unfinished_replay(&js, recent, Duration::from_secs(60)).await;
 
+    // A dry run says what the real run will keep.
+    let dry = ok(&url, &["dlq", "replay", "1", "2", "--dry-run"]).await;
+    assert!(
+        dry.starts_with("kept seq 1: a replay of this entry to backpressure.v1.acme.ops.slack"),
+        "{dry}"
+    );
+    assert!(dry.contains("would replay seq 2 -> "), "{dry}");
+
     // Ten minutes ago: a copy may be stored and the target's 5-minute window would not drop a
     // second one, so nothing is published. One minute ago: the window still would, so the
     // replay goes ahead.

@@ -287,7 +287,7 @@ async fn tenants_enable_disable_get_ls() {
                 "enable",
                 "globex",
                 "--max-bytes",
-                "1048576",
+                "2097152",
                 "--max-msgs",
                 "10"
             ]
@@ -311,7 +311,7 @@ async fn tenants_enable_disable_get_ls() {
     assert_eq!(globex.subjects, ["ingress.v1.globex.>"]);
     assert_eq!(
         (globex.max_bytes, globex.max_messages),
-        (1_048_576, 10),
+        (2_097_152, 10),
         "the requested quota"
     );
     js.get_stream(ingress_stream("globex"))
@@ -352,7 +352,7 @@ async fn tenants_enable_disable_get_ls() {
         serde_json::json!({
             "tenant": "globex",
             "enabled": false,
-            "quota_bytes": 1048576,
+            "quota_bytes": 2097152,
             "quota_msgs": 10
         }),
         "disabling keeps the quota"
@@ -382,7 +382,7 @@ async fn tenants_enable_disable_get_ls() {
     let info = globex.info().await.unwrap();
     assert_eq!(
         (info.config.max_bytes, info.config.max_messages),
-        (1_048_576, 20)
+        (2_097_152, 20)
     );
     assert_eq!(
         (info.state.messages, info.state.last_sequence),
@@ -396,7 +396,7 @@ async fn tenants_enable_disable_get_ls() {
         serde_json::json!({
             "tenant": "globex",
             "enabled": true,
-            "quota_bytes": 1048576,
+            "quota_bytes": 2097152,
             "quota_msgs": 20
         })
     );
@@ -421,6 +421,14 @@ async fn tenants_enable_disable_get_ls() {
     let err = fails(&url, &["tenants", "get", "hooli"]).await;
     assert!(
         err.contains("error: tenant hooli is not registered"),
+        "{err}"
+    );
+    // A quota below the largest message would refuse that message for ever.
+    let err = fails(&url, &["tenants", "enable", "hooli", "--max-bytes", "300"]).await;
+    assert!(
+        err.contains(
+            "--max-bytes 300 is below the largest message a tenant stream takes (1064960 bytes"
+        ),
         "{err}"
     );
     let err = fails(&url, &["tenants", "enable", "hooli", "--max-msgs", "0"]).await;

@@ -86,12 +86,7 @@ pub async fn run(
         .context("reading the identities of the entries stored now")?;
     for restore in restores {
         if !held.insert(restore.identity.clone()) {
-            if !out.is_json() {
-                println!(
-                    "already stored: seq {} ({})",
-                    restore.exported_seq, restore.identity
-                );
-            }
+            // Counted in the summary line; `--json` lists their exported sequences.
             report.already_stored.push(restore.exported_seq);
             continue;
         }

@@ -198,6 +198,20 @@ async fn load(
     }
 }
 
+/// Entry `seq` kept because its replay to `subject`, begun at `since`, did not finish.
+fn uncertain(seq: u64, subject: &str, since: time::OffsetDateTime) -> ReplayResult {
+    ReplayResult::kept(
+        seq,
+        "uncertain",
+        format!(
+            "a replay of this entry to {subject} began at {} and did not finish; its copy may be stored and a second one would not be dropped as a duplicate. Check the sink, then `dlq purge {seq}` or `dlq replay {seq} --force`",
+            since
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        ),
+    )
+}
+
 /// Replays one entry through the shared replay step (paced by `pace`), or only plans it, on
 /// a dry run (no pace).
 async fn replay_one(
@@ -220,26 +234,23 @@ async fn replay_one(
         kept_because: None,
         detail: None,
     };
-    // A dry run has no pace: it publishes nothing.
+    // A dry run has no pace: it publishes nothing (but says what a real run would keep).
     let Some(pace) = pace else {
+        if !args.force
+            && let Some(earlier) = replayer
+                .markers
+                .uncertain(&plan, time::OffsetDateTime::now_utc())
+                .await?
+        {
+            return Ok(uncertain(entry.seq, &earlier.subject, earlier.at));
+        }
         return Ok(result);
     };
     pace.tick().await;
     let stored = match step::replay(replayer, entry.seq, &plan, args.force).await {
         Ok(Stepped::Replayed { stream, seq, .. }) => (stream, seq),
         Ok(Stepped::KeptUncertain { since, subject }) => {
-            return Ok(ReplayResult::kept(
-                entry.seq,
-                "uncertain",
-                format!(
-                    "a replay of this entry to {subject} began at {} and did not finish; its copy may be stored and a second one would not be dropped as a duplicate. Check the sink, then `dlq purge {}` or `dlq replay {} --force`",
-                    since
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
-                    entry.seq,
-                    entry.seq
-                ),
-            ));
+            return Ok(uncertain(entry.seq, &subject, since));
         }
         Ok(Stepped::KeptDuplicate { stream, seq }) => {
             return Ok(ReplayResult::kept(
