@@ -19,7 +19,9 @@ use crate::serve::{DEFAULT_HEADER_READ_TIMEOUT, serve};
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// An HTTP listener could not be bound.
-    #[error("binding {addr}")]
+    #[error(
+        "binding {addr} (the service's http.listen, or ingress's http.probes_listen): another process may hold it; set a free address"
+    )]
     Bind {
         /// The configured address.
         addr: SocketAddr,
