@@ -106,6 +106,11 @@ pub struct AlertSettings {
     /// Per-tenant thresholds replacing `threshold` (default none).
     #[serde(default)]
     pub tenant_thresholds: BTreeMap<TenantId, u64>,
+    /// Entries that age out of the DLQ within this many seconds are counted and alerted on
+    /// (`alerts.v1.<tenant>.dlq-expiring`); 0 = never (default 86400).
+    pub expiring_within_secs: u64,
+    /// How often the counting instance looks for them, in seconds (default 300).
+    pub expiry_check_secs: u64,
 }
 
 impl DlqConfig {
@@ -128,6 +133,7 @@ impl DlqConfig {
             ("stats.lease_secs", self.stats.lease_secs),
             ("stats.batch_max", self.stats.batch_max as u64),
             ("alerts.window_secs", self.alerts.window_secs),
+            ("alerts.expiry_check_secs", self.alerts.expiry_check_secs),
             (
                 "safety_net.sweep_max_per_stream",
                 self.safety_net.sweep_max_per_stream as u64,

@@ -5,8 +5,9 @@
 //!   `exhausted_deliveries` (or `terminated`), and leaves its work queue;
 //! - [`jobs`]: durable replay jobs from the `dlq-jobs` bucket, executed at their rate,
 //!   resumable after a crash, one instance per job (a KV lease);
-//! - [`stats`]: inflow counters per tenant/stage/code in the `dlq-stats` bucket, and inflow
-//!   alerts on `alerts.v1.<tenant>.dlq-inflow`;
+//! - [`stats`]: inflow counters per tenant/stage/code in the `dlq-stats` bucket, inflow
+//!   alerts on `alerts.v1.<tenant>.dlq-inflow`, and entries about to age out counted and
+//!   alerted on `alerts.v1.<tenant>.dlq-expiring`;
 //!
 //! plus `/healthz`, `/readyz` and `/metrics`. Everything runs inside the one task returned by
 //! [`start`]: aborting it stops the whole instance, as a crash would.
@@ -111,6 +112,7 @@ pub async fn start(
                 alerts.cooldown_secs,
             )
         }),
+        expiry: expiry_check(alerts, dlq.cached_info().config.max_age)?,
         metrics: dlq_metrics,
     };
     client.flush().await.context("flushing subscriptions")?;
@@ -168,6 +170,34 @@ pub async fn start(
     };
     let running = launch("dlq", config.http.listen, app, http_shutdown, work).await?;
     Ok(running.with_info(instance))
+}
+
+/// The expiry check ([`stats::expiry`]) for the DLQ's `max_age`: none when alerts are off,
+/// `expiring_within_secs` is 0, or the DLQ keeps entries for ever. A window not below the
+/// DLQ's `max_age` is refused (every entry would be "expiring").
+fn expiry_check(
+    alerts: &config::AlertSettings,
+    max_age: Duration,
+) -> anyhow::Result<Option<stats::ExpiryCheck>> {
+    if !alerts.enabled || alerts.expiring_within_secs == 0 || max_age.is_zero() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        alerts.expiring_within_secs < max_age.as_secs(),
+        "invalid setting alerts.expiring_within_secs: {} is not below the DLQ's max_age ({} s); \
+         set less, or 0 for no expiry alerts",
+        alerts.expiring_within_secs,
+        max_age.as_secs()
+    );
+    Ok(Some(stats::ExpiryCheck {
+        max_age: time::Duration::try_from(max_age)?,
+        within: time::Duration::seconds(i64::try_from(alerts.expiring_within_secs)?),
+        every: Duration::from_secs(alerts.expiry_check_secs),
+        cooldown: time::Duration::seconds(i64::try_from(alerts.cooldown_secs)?),
+        cooldowns: stats::expiry::Cooldowns::default(),
+        gauged: Default::default(),
+        last: None,
+    }))
 }
 
 /// Runs the service until `shutdown`, then drains.

@@ -46,6 +46,9 @@ pub struct DlqMetrics {
     pub stats_lag: Gauge,
     /// Inflow alerts published, by tenant.
     pub alerts: Family<AlertLabels, Counter>,
+    /// Entries that age out within `alerts.expiring_within_secs`, by tenant (`_`: none), as of
+    /// the last check by the counting instance.
+    pub expiring: Family<AlertLabels, Gauge>,
 }
 
 impl DlqMetrics {
@@ -81,6 +84,11 @@ impl DlqMetrics {
             "dlq_inflow_alerts",
             "DLQ inflow alerts published, by tenant",
             m.alerts.clone(),
+        );
+        core.register(
+            "dlq_expiring_entries",
+            "DLQ entries that age out within alerts.expiring_within_secs, by tenant",
+            m.expiring.clone(),
         );
         m
     }

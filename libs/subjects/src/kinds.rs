@@ -314,12 +314,15 @@ impl SubjectKind for ControlSubject {
 pub enum AlertKind {
     /// A tenant's DLQ inflow passed its threshold.
     DlqInflow,
+    /// Some of a tenant's DLQ entries will age out (the DLQ's `max_age`) soon.
+    DlqExpiring,
 }
 
 impl AlertKind {
     fn as_str(self) -> &'static str {
         match self {
             AlertKind::DlqInflow => "dlq-inflow",
+            AlertKind::DlqExpiring => "dlq-expiring",
         }
     }
 }
@@ -345,6 +348,10 @@ impl SubjectKind for AlertSubject {
             (_, [tenant, "dlq-inflow"]) => Ok(Self {
                 tenant: token(subject, tenant)?,
                 kind: AlertKind::DlqInflow,
+            }),
+            (_, [tenant, "dlq-expiring"]) => Ok(Self {
+                tenant: token(subject, tenant)?,
+                kind: AlertKind::DlqExpiring,
             }),
             _ => Err(SubjectError::WrongKind {
                 subject: subject.to_owned(),

@@ -13,6 +13,7 @@
 //! redelivered entry below a counter's watermark could not be told from one already counted.
 
 pub mod alerts;
+pub mod expiry;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,8 +53,28 @@ pub struct StatsProcessor {
     pub settings: StatsSettings,
     /// Inflow windows, when alerts are on.
     pub alerts: Option<InflowWindows>,
+    /// The expiry check, when alerts are on and `expiring_within_secs` is set.
+    pub expiry: Option<ExpiryCheck>,
     /// Metrics.
     pub metrics: DlqMetrics,
+}
+
+/// What the expiry check ([`expiry`]) needs, and when it ran.
+pub struct ExpiryCheck {
+    /// The DLQ's `max_age`.
+    pub max_age: time::Duration,
+    /// How far ahead entries count as expiring.
+    pub within: time::Duration,
+    /// How often to look.
+    pub every: Duration,
+    /// At most one alert per tenant per this.
+    pub cooldown: time::Duration,
+    /// When each tenant was last alerted.
+    pub cooldowns: expiry::Cooldowns,
+    /// Tenants with a gauge set (to zero those that have no expiring entry any more).
+    pub gauged: std::collections::BTreeSet<String>,
+    /// When it last ran (on this instance).
+    pub last: Option<std::time::Instant>,
 }
 
 impl StatsProcessor {
@@ -159,6 +180,77 @@ impl StatsProcessor {
             match self.commit(&mut state, revision).await {
                 Some(r) => revision = r,
                 None => anyhow::bail!("lost the stats lease"),
+            }
+            self.check_expiry().await;
+        }
+    }
+
+    /// Counts and alerts on the entries about to age out, when due ([`expiry`]). A read that
+    /// fails is logged and tried again at the next check.
+    async fn check_expiry(&mut self) {
+        let Some(check) = &mut self.expiry else {
+            return;
+        };
+        if check.last.is_some_and(|at| at.elapsed() < check.every) {
+            return;
+        }
+        check.last = Some(std::time::Instant::now());
+        let now = OffsetDateTime::now_utc();
+        let reader = DlqReader::new(self.dlq.clone(), self.ns.clone());
+        let found = match expiry::stored_before(&reader, now - (check.max_age - check.within)).await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "looking for expiring DLQ entries failed"
+                );
+                return;
+            }
+        };
+        let mut gauged = std::collections::BTreeSet::new();
+        for (tenant, (count, _)) in &found {
+            let label = tenant.as_ref().map_or("_".to_owned(), |t| t.to_string());
+            self.metrics
+                .expiring
+                .get_or_create(&crate::metrics::AlertLabels {
+                    tenant: label.clone(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            gauged.insert(label);
+        }
+        for gone in check.gauged.difference(&gauged) {
+            self.metrics
+                .expiring
+                .get_or_create(&crate::metrics::AlertLabels {
+                    tenant: gone.clone(),
+                })
+                .set(0);
+        }
+        check.gauged = gauged;
+        let alerts = check
+            .cooldowns
+            .due(&found, check.max_age, check.within, check.cooldown, now);
+        for alert in alerts {
+            let subject = AlertSubject {
+                tenant: alert.tenant.clone(),
+                kind: AlertKind::DlqExpiring,
+            }
+            .format(&self.ns);
+            tracing::warn!(
+                tenant = %alert.tenant,
+                count = alert.count,
+                oldest_expires_at = %alert.oldest_expires_at,
+                %subject,
+                "DLQ entries about to age out"
+            );
+            match serde_json::to_vec(&alert) {
+                Ok(payload) => {
+                    if let Err(error) = self.client.publish(subject, payload.into()).await {
+                        tracing::error!(%error, "publishing an alert failed");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "encoding an alert failed"),
             }
         }
     }

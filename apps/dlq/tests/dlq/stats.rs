@@ -146,3 +146,66 @@ async fn alerts_fire_for_the_tenant_over_its_threshold_and_not_for_others() {
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn entries_about_to_age_out_are_counted_and_alerted_per_tenant() {
+    let env = Env::start().await;
+    // A DLQ that keeps entries 600 s (its duplicate window is 300 s): with a 598 s look-ahead,
+    // an entry older than 2 s is about to age out.
+    let mut dlq = env
+        .js
+        .get_stream("DLQ")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    dlq.max_age = Duration::from_secs(600);
+    env.js.update_stream(dlq).await.unwrap();
+    let mut alerts = env
+        .client
+        .subscribe(Namespace::default().alert_filter(None))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+
+    // A look-ahead not below max_age would call every entry expiring: refused by name.
+    let mut config = env.config();
+    config.alerts.expiring_within_secs = 600;
+    let Err(refused) = switchyard_dlq_service::start(
+        config,
+        env.server.client().await,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    else {
+        panic!("started with a look-ahead as long as max_age");
+    };
+    assert!(
+        format!("{refused:#}").contains("invalid setting alerts.expiring_within_secs"),
+        "{refused:#}"
+    );
+
+    let mut config = env.config();
+    config.alerts.expiring_within_secs = 598;
+    config.alerts.expiry_check_secs = 1;
+    let service = env.service(config).await;
+    seed(&env.js, "acme", 1, 3, DlqCode::RetriesExhausted).await;
+
+    let alert = tokio::time::timeout(Duration::from_secs(30), alerts.next())
+        .await
+        .expect("an expiry alert for acme")
+        .unwrap();
+    assert_eq!(alert.subject.as_str(), "alerts.v1.acme.dlq-expiring");
+    let body: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
+    assert_eq!(body["kind"], "dlq-expiring");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["count"], 3);
+    assert_eq!(body["within_secs"], 598);
+    let metrics = switchyard_testkit::http_get(service.running().http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_dlq_expiring_entries{tenant=\"acme\"} 3"),
+        "{metrics}"
+    );
+    service.stop().await;
+}

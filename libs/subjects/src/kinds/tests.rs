@@ -70,9 +70,13 @@ fn any_subject() -> impl Strategy<Value = Subject> {
         Just(Subject::Control(ControlSubject {
             command: ControlCommand::Replay
         })),
-        id().prop_map(|t| Subject::Alert(AlertSubject {
+        (id(), any::<bool>()).prop_map(|(t, inflow)| Subject::Alert(AlertSubject {
             tenant: TenantId::new(t).unwrap(),
-            kind: AlertKind::DlqInflow
+            kind: if inflow {
+                AlertKind::DlqInflow
+            } else {
+                AlertKind::DlqExpiring
+            }
         })),
     ]
 }
