@@ -38,6 +38,21 @@ pub struct DlqConfig {
     pub stats: StatsSettings,
     /// Inflow alerts.
     pub alerts: AlertSettings,
+    /// Per-tenant retention of DLQ entries, shorter than the DLQ's `max_age`.
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: an explicit per-tenant policy for how long the DLQ keeps a tenant's entries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Tenant → seconds its DLQ entries are kept (default none: the DLQ's `max_age`, 14 d, for
+    /// every tenant). Older entries of the tenant are removed by the counting instance at each
+    /// expiry check, counted (`switchyard_dlq_retention_removed_total{tenant}`) and logged;
+    /// `alerts.v1.<tenant>.dlq-expiring` warns before, as for `max_age`.
+    #[serde(default)]
+    pub tenants: BTreeMap<TenantId, u64>,
 }
 
 /// The safety net.
@@ -142,6 +157,14 @@ impl DlqConfig {
         for (name, value) in positive {
             if value == 0 {
                 anyhow::bail!("invalid setting {name}: must be greater than 0");
+            }
+        }
+        for (tenant, secs) in &self.retention.tenants {
+            if *secs == 0 {
+                anyhow::bail!(
+                    "invalid setting retention.tenants.{tenant}: 0 would remove every entry at \
+                     once; give seconds > 0 (or remove the line for the DLQ's max_age)"
+                );
             }
         }
         for base in &self.safety_net.streams {

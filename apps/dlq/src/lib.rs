@@ -112,7 +112,7 @@ pub async fn start(
                 alerts.cooldown_secs,
             )
         }),
-        expiry: expiry_check(alerts, dlq.cached_info().config.max_age)?,
+        expiry: expiry_check(alerts, &config.retention, dlq.cached_info().config.max_age)?,
         metrics: dlq_metrics,
     };
     client.flush().await.context("flushing subscriptions")?;
@@ -177,10 +177,30 @@ pub async fn start(
 /// DLQ's `max_age` is refused (every entry would be "expiring").
 fn expiry_check(
     alerts: &config::AlertSettings,
+    retention: &config::RetentionSettings,
     max_age: Duration,
 ) -> anyhow::Result<Option<stats::ExpiryCheck>> {
     if !alerts.enabled || alerts.expiring_within_secs == 0 || max_age.is_zero() {
+        anyhow::ensure!(
+            retention.tenants.is_empty(),
+            "invalid setting retention.tenants: a tenant's retention is applied by the expiry \
+             check, which needs alerts.enabled and alerts.expiring_within_secs > 0"
+        );
         return Ok(None);
+    }
+    let mut tenants = std::collections::BTreeMap::new();
+    for (tenant, secs) in &retention.tenants {
+        anyhow::ensure!(
+            *secs > alerts.expiring_within_secs,
+            "invalid setting retention.tenants.{tenant}: {secs} s is not above \
+             alerts.expiring_within_secs ({} s), so its entries would be alerted on as soon as \
+             stored; keep them longer or shorten the look-ahead",
+            alerts.expiring_within_secs
+        );
+        tenants.insert(
+            tenant.clone(),
+            time::Duration::seconds(i64::try_from(*secs)?),
+        );
     }
     anyhow::ensure!(
         alerts.expiring_within_secs < max_age.as_secs(),
@@ -197,6 +217,7 @@ fn expiry_check(
         cooldowns: stats::expiry::Cooldowns::default(),
         gauged: Default::default(),
         last: None,
+        retention: tenants,
     }))
 }
 

@@ -49,6 +49,8 @@ pub struct DlqMetrics {
     /// Entries that age out within `alerts.expiring_within_secs`, by tenant (`_`: none), as of
     /// the last check by the counting instance.
     pub expiring: Family<AlertLabels, Gauge>,
+    /// Entries removed past their tenant's own retention (`[retention] tenants`), by tenant.
+    pub retention_removed: Family<AlertLabels, Counter>,
 }
 
 impl DlqMetrics {
@@ -89,6 +91,11 @@ impl DlqMetrics {
             "dlq_expiring_entries",
             "DLQ entries that age out within alerts.expiring_within_secs, by tenant",
             m.expiring.clone(),
+        );
+        core.register(
+            "dlq_retention_removed",
+            "DLQ entries removed past their tenant's own retention, by tenant",
+            m.retention_removed.clone(),
         );
         m
     }

@@ -1,10 +1,11 @@
-//! Entries about to age out. The DLQ keeps an entry `max_age` (14 days) and then drops it: the
-//! stream's retention is the one expiry policy, for every tenant. So that none goes unnoticed,
-//! the counting instance (the one holding the stats lease) looks every `alerts.expiry_check_secs`
-//! for entries stored more than `max_age − alerts.expiring_within_secs` ago, counts them per
-//! tenant (gauge `switchyard_dlq_expiring_entries{tenant}`), and publishes one
-//! [`ExpiringAlert`] per tenant with any on `alerts.v1.<tenant>.dlq-expiring` (at most once per
-//! `alerts.cooldown_secs`), so an operator can replay or export them first.
+//! Entries about to age out. The DLQ keeps an entry `max_age` (14 days) and then drops it; a
+//! tenant may have a shorter retention of its own (`[retention] tenants`), applied here: the
+//! counting instance (the one holding the stats lease) deletes that tenant's older entries
+//! ([`remove_older`], counted). So that no expiry goes unnoticed, it also looks every
+//! `alerts.expiry_check_secs` for entries due within `alerts.expiring_within_secs` of their
+//! tenant's retention, counts them per tenant (gauge `switchyard_dlq_expiring_entries{tenant}`),
+//! and publishes one [`ExpiringAlert`] per tenant with any on `alerts.v1.<tenant>.dlq-expiring`
+//! (at most once per `alerts.cooldown_secs`), so an operator can replay or export them first.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,12 +35,13 @@ pub struct ExpiringAlert {
     pub oldest_expires_at: OffsetDateTime,
 }
 
-/// Per tenant (`None`: entries without one): how many entries were stored before `cutoff`, and
-/// the oldest one's storage time. Reads the DLQ from its start and stops at the first entry
-/// stored at or after `cutoff` (nothing is removed).
+/// Per tenant (`None`: entries without one): how many entries were stored before its cut-off
+/// (`cutoff_for`), and the oldest one's storage time. Reads the DLQ from its start and stops at
+/// the first entry stored at or after `stop`, the latest cut-off (nothing is removed).
 pub async fn stored_before(
     reader: &DlqReader,
-    cutoff: OffsetDateTime,
+    cutoff_for: impl Fn(Option<&TenantId>) -> OffsetDateTime,
+    stop: OffsetDateTime,
 ) -> Result<BTreeMap<Option<TenantId>, (u64, OffsetDateTime)>, ReadError> {
     let mut read = reader.catch_up(
         reader.namespace().dlq_filter(&DlqFilter::default()),
@@ -47,14 +49,41 @@ pub async fn stored_before(
     );
     let mut found: BTreeMap<Option<TenantId>, (u64, OffsetDateTime)> = BTreeMap::new();
     while let Some((_, delivered)) = read.next().await? {
-        if delivered.stored_at >= cutoff {
+        if delivered.stored_at >= stop {
             break;
         }
         let tenant = delivered.entry.ok().and_then(|e| e.record.tenant);
+        if delivered.stored_at >= cutoff_for(tenant.as_ref()) {
+            continue;
+        }
         let slot = found.entry(tenant).or_insert((0, delivered.stored_at));
         slot.0 += 1;
     }
     Ok(found)
+}
+
+/// Removes `tenant`'s entries stored before `cutoff` (its retention); returns how many. Reads
+/// the tenant's entries from the oldest and deletes each one by sequence (the dlq user's one
+/// removal right, `STREAM.MSG.DELETE`; no service may purge).
+pub async fn remove_older(
+    reader: &DlqReader,
+    tenant: &TenantId,
+    cutoff: OffsetDateTime,
+) -> anyhow::Result<u64> {
+    let filter = reader.namespace().dlq_filter(&DlqFilter {
+        tenant: Some(tenant.clone()),
+        ..DlqFilter::default()
+    });
+    let mut read = reader.catch_up(filter, DeliverPolicy::All);
+    let mut removed = 0;
+    while let Some((_, delivered)) = read.next().await? {
+        if delivered.stored_at >= cutoff {
+            break;
+        }
+        reader.stream().delete_message(delivered.seq).await?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// When each tenant was last alerted, so alerts repeat at most once per cooldown.
@@ -69,7 +98,7 @@ impl Cooldowns {
     pub fn due(
         &mut self,
         found: &BTreeMap<Option<TenantId>, (u64, OffsetDateTime)>,
-        max_age: Duration,
+        retention_of: impl Fn(&TenantId) -> Duration,
         within: Duration,
         cooldown: Duration,
         now: OffsetDateTime,
@@ -87,7 +116,7 @@ impl Cooldowns {
                 count: *count,
                 within_secs: within.whole_seconds().unsigned_abs(),
                 oldest_stored_at: *oldest,
-                oldest_expires_at: *oldest + max_age,
+                oldest_expires_at: *oldest + retention_of(tenant),
             });
         }
         alerts
@@ -109,7 +138,7 @@ mod tests {
         let mut cooldowns = Cooldowns::default();
         let (max_age, within, cooldown) =
             (Duration::days(14), Duration::days(1), Duration::minutes(5));
-        let alerts = cooldowns.due(&found, max_age, within, cooldown, now);
+        let alerts = cooldowns.due(&found, |_| max_age, within, cooldown, now);
         assert_eq!(
             alerts.len(),
             1,
@@ -122,7 +151,7 @@ mod tests {
             cooldowns
                 .due(
                     &found,
-                    max_age,
+                    |_| max_age,
                     within,
                     cooldown,
                     now + Duration::minutes(1)
@@ -133,7 +162,7 @@ mod tests {
             cooldowns
                 .due(
                     &found,
-                    max_age,
+                    |_| max_age,
                     within,
                     cooldown,
                     now + Duration::minutes(6)

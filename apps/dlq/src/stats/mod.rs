@@ -75,6 +75,17 @@ pub struct ExpiryCheck {
     pub gauged: std::collections::BTreeSet<String>,
     /// When it last ran (on this instance).
     pub last: Option<std::time::Instant>,
+    /// Tenants with a retention of their own, shorter than `max_age` (`[retention] tenants`).
+    pub retention: BTreeMap<switchyard_keys::TenantId, time::Duration>,
+}
+
+impl ExpiryCheck {
+    /// How long `tenant`'s entries are kept: its own retention, else the DLQ's `max_age`.
+    fn retention_of(&self, tenant: Option<&switchyard_keys::TenantId>) -> time::Duration {
+        tenant
+            .and_then(|t| self.retention.get(t))
+            .map_or(self.max_age, |r| (*r).min(self.max_age))
+    }
 }
 
 impl StatsProcessor {
@@ -197,8 +208,35 @@ impl StatsProcessor {
         check.last = Some(std::time::Instant::now());
         let now = OffsetDateTime::now_utc();
         let reader = DlqReader::new(self.dlq.clone(), self.ns.clone());
-        let found = match expiry::stored_before(&reader, now - (check.max_age - check.within)).await
-        {
+        // The tenants' own retention first: what is past it goes, counted.
+        for (tenant, retention) in &check.retention {
+            match expiry::remove_older(&reader, tenant, now - *retention).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::warn!(%tenant, removed, retention_secs = retention.whole_seconds(), "removed DLQ entries past the tenant's retention");
+                    self.metrics
+                        .retention_removed
+                        .get_or_create(&crate::metrics::AlertLabels {
+                            tenant: tenant.to_string(),
+                        })
+                        .inc_by(removed);
+                }
+                Err(error) => {
+                    tracing::warn!(%tenant, error = format!("{error:#}"), "applying the tenant's DLQ retention failed; tried again at the next check");
+                }
+            }
+        }
+        let cutoff_for = |tenant: Option<&switchyard_keys::TenantId>| {
+            now - (check.retention_of(tenant) - check.within)
+        };
+        let stop = check
+            .retention
+            .keys()
+            .map(|t| cutoff_for(Some(t)))
+            .chain([cutoff_for(None)])
+            .max()
+            .unwrap_or(now);
+        let found = match expiry::stored_before(&reader, cutoff_for, stop).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(
@@ -228,9 +266,14 @@ impl StatsProcessor {
                 .set(0);
         }
         check.gauged = gauged;
-        let alerts = check
-            .cooldowns
-            .due(&found, check.max_age, check.within, check.cooldown, now);
+        let (max_age, retention) = (check.max_age, check.retention.clone());
+        let alerts = check.cooldowns.due(
+            &found,
+            |t| retention.get(t).map_or(max_age, |r| (*r).min(max_age)),
+            check.within,
+            check.cooldown,
+            now,
+        );
         for alert in alerts {
             let subject = AlertSubject {
                 tenant: alert.tenant.clone(),

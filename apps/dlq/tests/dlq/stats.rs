@@ -12,6 +12,7 @@ use switchyard_subjects::Namespace;
 use switchyard_testkit::wait_for;
 
 use crate::{Env, seed};
+use switchyard_fixtures::dlq_entries;
 
 async fn store(js: &jetstream::Context) -> StatsStore {
     StatsStore::new(js.get_key_value("dlq-stats").await.unwrap())
@@ -206,6 +207,57 @@ async fn entries_about_to_age_out_are_counted_and_alerted_per_tenant() {
     assert!(
         metrics.contains("switchyard_dlq_expiring_entries{tenant=\"acme\"} 3"),
         "{metrics}"
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_with_its_own_retention_is_warned_then_its_older_entries_are_removed_and_counted()
+{
+    let env = Env::start().await;
+    let mut alerts = env
+        .client
+        .subscribe(Namespace::default().alert_filter(None))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+    let mut config = env.config();
+    config.alerts.expiring_within_secs = 2;
+    config.alerts.expiry_check_secs = 1;
+    config
+        .retention
+        .tenants
+        .insert(switchyard_keys::TenantId::new("globex").unwrap(), 4);
+    let service = env.service(config).await;
+    seed(&env.js, "globex", 1, 2, DlqCode::NoRoute).await;
+    seed(&env.js, "acme", 3, 1, DlqCode::NoRoute).await;
+
+    // Two seconds before its 4 s retention ends: warned.
+    let alert = tokio::time::timeout(Duration::from_secs(30), alerts.next())
+        .await
+        .expect("an expiry alert for globex")
+        .unwrap();
+    assert_eq!(alert.subject.as_str(), "alerts.v1.globex.dlq-expiring");
+    let body: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
+    assert_eq!(body["count"], 2);
+    // Past it: removed, counted; acme's entry (the DLQ's 14 days) stays.
+    wait_for(
+        "globex's entries removed",
+        Duration::from_secs(30),
+        || async {
+            let metrics =
+                switchyard_testkit::http_get(service.running().http_addr, "/metrics").await;
+            metrics
+                .contains("switchyard_dlq_retention_removed_total{tenant=\"globex\"} 2")
+                .then_some(())
+        },
+    )
+    .await;
+    let left = dlq_entries(&env.js).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].record.tenant.as_ref().map(|t| t.as_str()),
+        Some("acme")
     );
     service.stop().await;
 }
