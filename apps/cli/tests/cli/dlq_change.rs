@@ -331,6 +331,17 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
     assert_eq!(dlq_seqs(&url, &[]).await, [1]);
 
+    // --force takes sequences only, never a filter.
+    let err = fails(
+        &url,
+        &["dlq", "replay", "--tenant", "acme", "--force", "--yes"],
+    )
+    .await;
+    assert!(
+        err.contains("--force replays entries named by sequence"),
+        "{err}"
+    );
+
     // The operator checked the sink: --force replays it, and the record of the replay goes.
     assert_eq!(
         ok(&url, &["dlq", "replay", "1", "--force"]).await,

@@ -290,6 +290,11 @@ pub async fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let target = Target::new(&args.seqs, &args.filters, &args.times, args.all)?;
+    anyhow::ensure!(
+        !args.force || matches!(target, Target::Seqs(_)),
+        "--force replays entries named by sequence (each checked at its sink first), not a \
+         filter: give the sequences"
+    );
     if args.job || args.follow {
         return super::jobs::submit(js, topology, reader, target, args, out).await;
     }
