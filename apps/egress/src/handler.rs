@@ -285,17 +285,7 @@ impl EgressHandler {
                 }
                 let at = OffsetDateTime::now_utc() + delay;
                 let tag = attempt.to_string();
-                let scheduled = self
-                    .handoff
-                    .schedule(
-                        InputStage::Egress,
-                        &envelope,
-                        h,
-                        msg.payload.clone(),
-                        at,
-                        &tag,
-                    )
-                    .await;
+                let scheduled = self.reenter(&envelope, h, msg, at, &tag).await;
                 match scheduled {
                     Ok(()) => {
                         tracing::info!(route = %resolved.id, attempt, ?delay, %reason, "attempt failed; retry scheduled");
@@ -467,17 +457,7 @@ impl EgressHandler {
             envelope.attempt.delivery,
             now.unix_timestamp_nanos() / 1_000_000
         );
-        let scheduled = self
-            .handoff
-            .schedule(
-                InputStage::Egress,
-                envelope,
-                h,
-                msg.payload.clone(),
-                at,
-                &tag,
-            )
-            .await;
+        let scheduled = self.reenter(envelope, h, msg, at, &tag).await;
         match scheduled {
             Ok(()) => {
                 tracing::debug!(reason, ?wait, "deferred");
@@ -532,6 +512,28 @@ impl EgressHandler {
         }
     }
 
+    /// Schedules a copy of `msg` (its payload, headers `h`) to re-enter egress at `at`; `tag`
+    /// makes the schedule's publish id unique.
+    async fn reenter(
+        &self,
+        envelope: &Envelope,
+        h: async_nats::HeaderMap,
+        msg: &jetstream::Message,
+        at: OffsetDateTime,
+        tag: &str,
+    ) -> Result<(), switchyard_service::HandoffError> {
+        self.handoff
+            .schedule(
+                InputStage::Egress,
+                envelope,
+                h,
+                msg.payload.clone(),
+                at,
+                tag,
+            )
+            .await
+    }
+
     /// Parks a decided dead letter whose tenant holds its share of the DLQ: a copy carrying
     /// the decision (code, reason, attempts, history) re-enters egress after [`PARKED_WAIT`]
     /// and this one is acked, so the sink is not called again and no shared slot is held.
@@ -549,15 +551,7 @@ impl EgressHandler {
         let now = OffsetDateTime::now_utc();
         let tag = format!("parked-{}", now.unix_timestamp_nanos() / 1_000_000);
         let scheduled = self
-            .handoff
-            .schedule(
-                InputStage::Egress,
-                envelope,
-                h,
-                msg.payload.clone(),
-                now + PARKED_WAIT,
-                &tag,
-            )
+            .reenter(envelope, h, msg, now + PARKED_WAIT, &tag)
             .await;
         match scheduled {
             Ok(()) => {

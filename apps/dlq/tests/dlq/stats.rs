@@ -14,6 +14,17 @@ use switchyard_testkit::wait_for;
 use crate::{Env, seed};
 use switchyard_fixtures::dlq_entries;
 
+/// Every alert the dlq service publishes, from now on.
+async fn alert_feed(env: &Env) -> async_nats::Subscriber {
+    let alerts = env
+        .client
+        .subscribe(Namespace::default().alert_filter(None))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+    alerts
+}
+
 async fn store(js: &jetstream::Context) -> StatsStore {
     StatsStore::new(js.get_key_value("dlq-stats").await.unwrap())
 }
@@ -106,12 +117,7 @@ async fn inflow_is_counted_per_tenant_stage_and_code_exactly_once_across_restart
 #[tokio::test]
 async fn alerts_fire_for_the_tenant_over_its_threshold_and_not_for_others() {
     let env = Env::start().await;
-    let mut alerts = env
-        .client
-        .subscribe(Namespace::default().alert_filter(None))
-        .await
-        .unwrap();
-    env.client.flush().await.unwrap();
+    let mut alerts = alert_feed(&env).await;
     let mut config = env.config();
     config.alerts.threshold = 5;
     config.alerts.window_secs = 300;
@@ -163,12 +169,7 @@ async fn entries_about_to_age_out_are_counted_and_alerted_per_tenant() {
         .clone();
     dlq.max_age = Duration::from_secs(600);
     env.js.update_stream(dlq).await.unwrap();
-    let mut alerts = env
-        .client
-        .subscribe(Namespace::default().alert_filter(None))
-        .await
-        .unwrap();
-    env.client.flush().await.unwrap();
+    let mut alerts = alert_feed(&env).await;
 
     // A look-ahead not below max_age would call every entry expiring: refused by name.
     let mut config = env.config();
@@ -215,12 +216,7 @@ async fn entries_about_to_age_out_are_counted_and_alerted_per_tenant() {
 async fn a_tenant_with_its_own_retention_is_warned_then_its_older_entries_are_removed_and_counted()
 {
     let env = Env::start().await;
-    let mut alerts = env
-        .client
-        .subscribe(Namespace::default().alert_filter(None))
-        .await
-        .unwrap();
-    env.client.flush().await.unwrap();
+    let mut alerts = alert_feed(&env).await;
     let mut config = env.config();
     config.alerts.expiring_within_secs = 2;
     config.alerts.expiry_check_secs = 1;
