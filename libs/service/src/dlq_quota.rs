@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::TryStreamExt;
 use switchyard_keys::TenantId;
 use switchyard_runtime::RetryPolicy;
-use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
+use switchyard_subjects::Namespace;
 use tokio_util::sync::CancellationToken;
 
 /// How often the DLQ's per-tenant counts are read.
@@ -136,27 +135,17 @@ impl DlqQuota {
     }
 }
 
-/// Entries per tenant in the DLQ now; the error is the client's, as text (it is only logged).
+/// Entries per tenant in the DLQ now ([`switchyard_topology::dlq_entries_by_tenant`]); the
+/// error as text (it is only logged).
 async fn read(
     js: &jetstream::Context,
     ns: &Namespace,
     stream: &str,
 ) -> Result<HashMap<Option<TenantId>, u64>, String> {
-    let stream = js
-        .get_stream_no_info(stream)
+    switchyard_topology::dlq_entries_by_tenant(js, ns, stream)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut subjects = stream
-        .info_with_subjects(">")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut read: HashMap<Option<TenantId>, u64> = HashMap::new();
-    while let Some((subject, count)) = subjects.try_next().await.map_err(|e| e.to_string())? {
-        if let Ok(dlq) = DlqSubject::parse(ns, &subject) {
-            *read.entry(dlq.tenant).or_default() += count as u64;
-        }
-    }
-    Ok(read)
+        .map(|counts| counts.into_iter().collect())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -35,4 +35,4 @@ pub use provision::{
 };
 pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};
-pub use status::{StatusReport, backlog_by_tenant, status};
+pub use status::{StatusReport, backlog_by_tenant, dlq_entries_by_tenant, status};

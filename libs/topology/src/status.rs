@@ -160,6 +160,19 @@ pub struct StatusReport {
     pub tenant_backlog: Vec<TenantBacklog>,
     /// Every tenant's own streams, with quota fill.
     pub tenant_streams: Vec<TenantStreamStatus>,
+    /// What each tenant holds of the DLQ, with its share (when the topology declares one).
+    pub tenant_dlq: Vec<TenantDlqShare>,
+}
+
+/// One tenant's entries in the DLQ.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantDlqShare {
+    /// The tenant (`_` for records without one).
+    pub tenant: String,
+    /// Entries stored.
+    pub entries: u64,
+    /// Its share (`tenant_max_msgs`), when declared.
+    pub share: Option<u64>,
 }
 
 impl StatusReport {
@@ -268,12 +281,34 @@ pub async fn status(
         });
     }
     let tenant_streams = tenant_streams(js, topology).await?;
+    let mut tenant_dlq = Vec::new();
+    let dlq = topology
+        .streams
+        .iter()
+        .find(|s| s.base == crate::StreamName::Dlq.base());
+    if let Some(dlq) = dlq
+        && streams
+            .iter()
+            .any(|s| s.name == dlq.config.name && s.present && s.messages > 0)
+    {
+        let share = dlq.tenant_max_msgs.and_then(|n| u64::try_from(n).ok());
+        for (tenant, entries) in
+            dlq_entries_by_tenant(js, &topology.namespace, &dlq.config.name).await?
+        {
+            tenant_dlq.push(TenantDlqShare {
+                tenant: tenant.map_or("_".to_owned(), |t| t.to_string()),
+                entries,
+                share,
+            });
+        }
+    }
     Ok(StatusReport {
         streams,
         consumers,
         buckets,
         tenant_backlog,
         tenant_streams,
+        tenant_dlq,
     })
 }
 
@@ -344,6 +379,38 @@ pub async fn backlog_by_tenant(
             _ => continue,
         };
         *per_tenant.entry(tenant).or_insert(0) += count as u64;
+    }
+    Ok(per_tenant)
+}
+
+/// Entries stored in the DLQ `name` per tenant (`None`: records without one), from its
+/// per-subject counts (`dlq.v1.<tenant>.<stage>.<platform>`): what each tenant holds of its
+/// share (`tenant_max_msgs`). The one definition, used by `status` and by the stages' share
+/// check.
+///
+/// Errors: the stream cannot be read (`TopologyError::JetStream`).
+pub async fn dlq_entries_by_tenant(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    name: &str,
+) -> Result<BTreeMap<Option<TenantId>, u64>, TopologyError> {
+    let stream = js
+        .get_stream_no_info(name)
+        .await
+        .map_err(|e| TopologyError::js(format!("reading stream {name}"), e))?;
+    let mut subjects = stream
+        .info_with_subjects(">")
+        .await
+        .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?;
+    let mut per_tenant = BTreeMap::new();
+    while let Some((subject, count)) = subjects
+        .try_next()
+        .await
+        .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?
+    {
+        if let Ok(Subject::Dlq(dlq)) = Subject::parse(ns, &subject) {
+            *per_tenant.entry(dlq.tenant).or_insert(0) += count as u64;
+        }
     }
     Ok(per_tenant)
 }

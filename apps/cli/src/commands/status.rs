@@ -169,6 +169,23 @@ pub fn render(report: &StatusReport) -> String {
         out.push('\n');
         out.push_str(&quotas.render());
     }
+    if !report.tenant_dlq.is_empty() {
+        let mut shares = Table::new(["TENANT", "DLQ ENTRIES", "OF ITS SHARE"]);
+        for t in &report.tenant_dlq {
+            shares.row([
+                t.tenant.clone(),
+                t.entries.to_string(),
+                t.share.map_or("-".to_owned(), |share| {
+                    format!(
+                        "{:.1}% of {share}",
+                        t.entries as f64 * 100.0 / share.max(1) as f64
+                    )
+                }),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&shares.render());
+    }
     let missing = report.missing();
     if !missing.is_empty() {
         out.push_str(&format!(

@@ -432,3 +432,38 @@ fn bad_ids_are_usage_errors_with_exit_code_1() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("or an age like 30s, 15m"));
 }
+
+#[tokio::test]
+async fn status_shows_what_each_tenant_holds_of_its_dlq_share() {
+    let server = crate::provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    for n in [1, 2] {
+        crate::fixtures::dead_letter(
+            &js,
+            &crate::fixtures::Entry::egress("acme", switchyard_dlq::DlqCode::NoRoute, n),
+        )
+        .await;
+    }
+    crate::fixtures::dead_letter(
+        &js,
+        &crate::fixtures::Entry::egress("globex", switchyard_dlq::DlqCode::NoRoute, 3),
+    )
+    .await;
+    let text = ok(&url, &["status"]).await;
+    let rows: Vec<Vec<&str>> = text.lines().map(cells).collect();
+    assert!(
+        rows.contains(&vec!["TENANT", "DLQ ENTRIES", "OF ITS SHARE"]),
+        "{text}"
+    );
+    assert!(rows.contains(&vec!["acme", "2", "0.0% of 10000"]), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["status", "--json"]).await).unwrap();
+    assert_eq!(
+        report["tenant_dlq"],
+        serde_json::json!([
+            {"tenant": "acme", "entries": 2, "share": 10000},
+            {"tenant": "globex", "entries": 1, "share": 10000},
+        ])
+    );
+}
