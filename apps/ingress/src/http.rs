@@ -381,7 +381,7 @@ async fn accept(
             StatusCode::TOO_MANY_REQUESTS,
             "admission_closed",
             format!(
-                "tenant {} has {} messages waiting for delivery; new messages are refused until the backlog drains (retry later)",
+                "tenant {} had {} messages waiting for delivery when its admission closed; new messages are refused until the backlog drains (retry later)",
                 address.tenant, record.backlog
             ),
         )

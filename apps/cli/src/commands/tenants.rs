@@ -115,11 +115,15 @@ pub async fn run(
                     record: &record,
                 })?;
             } else {
+                let quota =
+                    |q: Option<i64>| q.map_or_else(|| "default".to_owned(), |n| n.to_string());
                 println!(
-                    "tenant {}: {} (max payload bytes: {})",
+                    "tenant {}: {} (max payload bytes: {}; ingress quota: {} bytes, {} messages)",
                     t.tenant,
                     status(&record),
-                    max_payload(&record)
+                    max_payload(&record),
+                    quota(record.quota_bytes),
+                    quota(record.quota_msgs)
                 );
             }
         }

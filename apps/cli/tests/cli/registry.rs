@@ -340,7 +340,7 @@ async fn tenants_enable_disable_get_ls() {
     );
     assert_eq!(
         ok(&url, &["tenants", "get", "globex"]).await,
-        "tenant globex: disabled (max payload bytes: default)\n"
+        "tenant globex: disabled (max payload bytes: default; ingress quota: 2097152 bytes, 10 messages)\n"
     );
     let json: serde_json::Value =
         serde_json::from_str(&ok(&url, &["tenants", "get", "acme", "--json"]).await).unwrap();
