@@ -540,6 +540,10 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
     for name in names {
         let needle = format!("\"$JS.API.DIRECT.GET.{name}\"");
         assert!(accounts.contains(&needle), "accounts.conf denies {needle}");
+        // Backpressure's `$JS.API.STREAM.UPDATE.*` (holding a tenant's stream shut) is taken
+        // back for the same streams and buckets.
+        let needle = format!("\"$JS.API.STREAM.UPDATE.{name}\"");
+        assert!(accounts.contains(&needle), "accounts.conf denies {needle}");
     }
     // The dlq user has no rights on the ingress streams any more (its safety net does not
     // watch them; the ingress stage dead-letters on its last delivery itself).

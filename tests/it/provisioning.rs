@@ -333,3 +333,71 @@ async fn a_drained_shared_ingress_is_retired_and_one_still_holding_work_is_refus
     switchyard_fixtures::enable_tenant(&js, "acme", &TenantRecord::enabled()).await;
     js.get_stream("INGRESS_acme").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tenant_stream_held_shut_by_closed_admission_keeps_its_hold_through_provisioning() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    provision(&js, &topology, false).await.unwrap();
+    let acme = switchyard_keys::TenantId::new("acme").unwrap();
+    let quota = switchyard_topology::TenantQuota {
+        max_bytes: None,
+        max_msgs: Some(500),
+    };
+    switchyard_topology::provision_tenant(&js, &topology, &acme, quota, false)
+        .await
+        .unwrap();
+    let config = |js: async_nats::jetstream::Context| async move {
+        js.get_stream("INGRESS_acme")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone()
+    };
+
+    assert!(
+        switchyard_topology::hold_tenant_ingress(&js, &topology, &acme, true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(config(js.clone()).await.max_messages, 1, "held shut");
+    // Provisioning the same quota finds nothing to change: the hold is not drift.
+    let report = switchyard_topology::provision_tenant(&js, &topology, &acme, quota, false)
+        .await
+        .unwrap();
+    assert!(
+        !report.has_drift() && !report.changed_anything(),
+        "{report:#?}"
+    );
+    // A new quota meanwhile (`tenants enable acme --max-msgs 800`) keeps the hold and changes
+    // only the quota it returns to.
+    let raised = switchyard_topology::TenantQuota {
+        max_bytes: None,
+        max_msgs: Some(800),
+    };
+    switchyard_topology::provision_tenant(&js, &topology, &acme, raised, true)
+        .await
+        .unwrap();
+    let held = config(js.clone()).await;
+    assert_eq!(held.max_messages, 1);
+    assert_eq!(
+        held.metadata
+            .get(switchyard_topology::HELD_QUOTA_KEY)
+            .map(String::as_str),
+        Some("800")
+    );
+    assert!(
+        switchyard_topology::hold_tenant_ingress(&js, &topology, &acme, false)
+            .await
+            .unwrap()
+    );
+    let released = config(js.clone()).await;
+    assert_eq!(released.max_messages, 800);
+    assert!(
+        !released
+            .metadata
+            .contains_key(switchyard_topology::HELD_QUOTA_KEY)
+    );
+}

@@ -76,6 +76,7 @@ pub async fn start(
         metrics: metrics.clone(),
         own,
         loop_health: loop_health.clone(),
+        release_pending: Default::default(),
         settler: Settler::new(
             js.clone(),
             topology.namespace.clone(),

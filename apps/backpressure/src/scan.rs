@@ -186,6 +186,24 @@ pub async fn run(
     record(&shared, died);
 }
 
+/// Holds (`true`) or releases `tenant`'s ingress stream ([`switchyard_topology::hold_tenant_ingress`]);
+/// `false` when that failed (logged).
+async fn hold(shared: &Shared, tenant: &TenantId, shut: bool) -> bool {
+    match switchyard_topology::hold_tenant_ingress(&shared.js, &shared.topology, tenant, shut).await
+    {
+        Ok(changed) => {
+            if changed {
+                tracing::info!(%tenant, held = shut, "tenant's ingress stream");
+            }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%tenant, %error, held = shut, "holding or releasing the tenant's ingress stream failed; retried");
+            false
+        }
+    }
+}
+
 /// One scan; returns the tenants with messages waiting here.
 async fn scan_once(
     shared: &Shared,
@@ -247,7 +265,26 @@ async fn scan_once(
             kv.put(key.render(), serde_json::to_vec(&record)?.into())
                 .await?;
             tracing::info!(%tenant, backlog, high, low, admission = ?wanted, "admission changed");
-            admission.insert(tenant, wanted);
+            if wanted == Admission::Open {
+                shared.lock_release().insert(tenant.clone());
+            }
+            admission.insert(tenant.clone(), wanted);
+        }
+        // While closed, the tenant's NATS producers are refused at once, not only once its
+        // stream's quota is full (HTTP producers read the record): its stream is held shut,
+        // checked every scan (a restart or a failed update is mended here).
+        if wanted == Admission::Closed {
+            hold(shared, &tenant, true).await;
+        }
+    }
+    // Streams of tenants whose admission reopened: released, retried until it works.
+    let pending: Vec<TenantId> = shared.lock_release().iter().cloned().collect();
+    for tenant in pending {
+        // Closed again meanwhile: the hold stays, nothing to release.
+        let done = admission.get(&tenant) == Some(&Admission::Closed)
+            || hold(shared, &tenant, false).await;
+        if done {
+            shared.lock_release().remove(&tenant);
         }
     }
     Ok(here

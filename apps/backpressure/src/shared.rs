@@ -128,9 +128,19 @@ pub struct Shared {
     pub own: BackpressureMetrics,
     /// Recent tenant loop panics, for readiness.
     pub loop_health: Arc<LoopHealth>,
+    /// Tenants whose admission reopened and whose ingress stream is still to be released
+    /// from its hold (`scan`).
+    pub release_pending: std::sync::Mutex<std::collections::HashSet<TenantId>>,
 }
 
 impl Shared {
+    /// [`Shared::release_pending`], locked (a poisoned lock still holds a valid set).
+    pub fn lock_release(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TenantId>> {
+        self.release_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The limit in force for `tenant`: its own, else `_default`, else the built-in one. An
     /// unreadable or invalid record is logged and skipped (never a reason to stop delivering).
     pub fn limit_for(&self, tenant: &TenantId) -> LimitRecord {

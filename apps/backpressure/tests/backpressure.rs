@@ -295,9 +295,30 @@ async fn a_limit_change_takes_effect_on_every_replica_at_once() {
     h.stop().await;
 }
 
+/// One NATS publish to `tenant`'s ingress subject: `true` when its stream acked it.
+async fn ingress_accepts(js: &jetstream::Context, tenant: &str, id: &str) -> bool {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", id);
+    match js
+        .publish_with_headers(format!("ingress.v1.{tenant}.ops.hooks"), h, "x".into())
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
     let h = Harness::start(2).await;
+    // The tenant's own ingress stream, which closed admission holds shut to NATS producers.
+    switchyard_fixtures::enable_tenant(
+        &h.js,
+        "busy",
+        &switchyard_registry::TenantRecord::enabled(),
+    )
+    .await;
+    assert!(ingress_accepts(&h.js, "busy", "before").await);
     h.set_limit(
         "busy",
         LimitRecord {
@@ -344,9 +365,33 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
         reopen >= 2 && reopen == PressureRecord::estimate_reopen_secs(closed.backlog, 20, 50.0),
         "{closed:?}"
     );
+    // Its NATS producers are refused at once (the stream is held shut), not once its quota
+    // fills.
+    let mut n = 0;
+    wait_for(
+        "the tenant's NATS publishes refused",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            let (id, js) = (format!("closed-{n}"), h.js.clone());
+            async move { (!ingress_accepts(&js, "busy", &id).await).then_some(()) }
+        },
+    )
+    .await;
     wait_for("admission to reopen", Duration::from_secs(30), || async {
         (state(kv.clone(), key.clone()).await == Some(Admission::Open)).then_some(())
     })
+    .await;
+    let mut n = 0;
+    wait_for(
+        "the tenant's NATS publishes accepted again",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            let (id, js) = (format!("open-{n}"), h.js.clone());
+            async move { ingress_accepts(&js, "busy", &id).await.then_some(()) }
+        },
+    )
     .await;
     h.wait_delivered("busy", 200, Duration::from_secs(30)).await;
     drain.abort();

@@ -30,8 +30,8 @@ pub use limits::{LimitProblem, ServerLimitError, check_server, check_server_limi
 pub use names::{BucketName, ConsumerName, StreamName};
 pub use open::{OpenError, Resource};
 pub use provision::{
-    Change, Outcome, ProvisionItem, ProvisionReport, provision, provision_tenant,
-    retire_shared_ingress,
+    Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, hold_tenant_ingress,
+    provision, provision_tenant, retire_shared_ingress,
 };
 pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};

@@ -140,6 +140,15 @@ fn stream_diff(declared: &stream::Config, actual: &stream::Config) -> Vec<Change
         &actual.max_messages,
         true,
     );
+    // A tenant stream held shut by closed admission: the quota it returns to.
+    if let Some(held) = declared.metadata.get(HELD_QUOTA_KEY) {
+        d.field(
+            "held quota (metadata)",
+            &Some(held),
+            &actual.metadata.get(HELD_QUOTA_KEY),
+            true,
+        );
+    }
     d.field(
         "max_message_size",
         &declared.max_message_size,
@@ -426,6 +435,17 @@ pub async fn provision_tenant(
         if let Some(replicas) = replicas {
             stream.config.num_replicas = replicas;
         }
+        // A stream held shut by closed admission ([`hold_tenant_ingress`]) keeps its hold;
+        // the quota it returns to on release is the one declared now.
+        if let Some(actual) = stream_info(js, &stream.config.name).await?
+            && actual.config.metadata.contains_key(HELD_QUOTA_KEY)
+        {
+            stream.config.metadata.insert(
+                HELD_QUOTA_KEY.to_owned(),
+                stream.config.max_messages.to_string(),
+            );
+            stream.config.max_messages = actual.config.max_messages;
+        }
         report.items.push(provision_stream(js, &stream, fix).await?);
         for consumer in ConsumerName::ALL
             .into_iter()
@@ -439,6 +459,51 @@ pub async fn provision_tenant(
         }
     }
     Ok(report)
+}
+
+/// Metadata key on a tenant's ingress stream held shut by closed admission: its message quota
+/// to return to on release.
+pub const HELD_QUOTA_KEY: &str = "switchyard.held_quota_msgs";
+
+/// Holds `tenant`'s ingress stream shut to new publishes (`hold`), or releases it: held, its
+/// `max_msgs` is lowered to what it stores now (at least 1), so with `discard = new` every
+/// further publish is refused with JetStream's 10077 "maximum messages exceeded", and the quota
+/// is kept in the stream's metadata ([`HELD_QUOTA_KEY`]); released, the quota is restored.
+/// Returns whether the stream changed (`false`: already so, or no such stream). Used by the
+/// backpressure service on admission changes; provisioning keeps a hold in place.
+///
+/// Errors: the stream cannot be read or updated (`TopologyError::JetStream`).
+pub async fn hold_tenant_ingress(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    tenant: &TenantId,
+    hold: bool,
+) -> Result<bool, TopologyError> {
+    let Some(name) = topology.tenant_stream_name(StreamName::Ingress, tenant) else {
+        return Ok(false);
+    };
+    let Some(info) = stream_info(js, &name).await? else {
+        return Ok(false);
+    };
+    let mut config = info.config.clone();
+    config.metadata.retain(|key, _| !key.starts_with("_nats."));
+    match (hold, config.metadata.get(HELD_QUOTA_KEY).cloned()) {
+        (true, None) => {
+            config
+                .metadata
+                .insert(HELD_QUOTA_KEY.to_owned(), config.max_messages.to_string());
+            config.max_messages = i64::try_from(info.state.messages.max(1)).unwrap_or(i64::MAX);
+        }
+        (false, Some(quota)) => {
+            config.max_messages = quota.parse().unwrap_or(-1);
+            config.metadata.remove(HELD_QUOTA_KEY);
+        }
+        _ => return Ok(false),
+    }
+    js.update_stream(config)
+        .await
+        .map_err(|e| TopologyError::js(format!("updating stream {name}"), e))?;
+    Ok(true)
 }
 
 /// Before per-tenant ingress streams, one shared `INGRESS` stream stored `ingress.v1.>`; it
