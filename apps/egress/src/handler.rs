@@ -107,7 +107,7 @@ impl Handler for EgressHandler {
             Some((code, reason, attempts)) => {
                 self.dead_letter(msg, code, reason, parties, attempts, history(msg))
             }
-            None => self.deliver(msg, envelope.clone()).instrument(span).await,
+            None => self.deliver(msg, envelope).instrument(span).await,
         };
         let outcome = match outcome {
             Outcome::DeadLetter(record)
@@ -116,7 +116,7 @@ impl Handler for EgressHandler {
                     .as_ref()
                     .is_some_and(|q| q.holds_share(record.tenant.as_ref())) =>
             {
-                self.park(msg, &envelope, &record).await
+                self.park(msg, &record).await
             }
             other => other,
         };
@@ -537,12 +537,18 @@ impl EgressHandler {
     /// Parks a decided dead letter whose tenant holds its share of the DLQ: a copy carrying
     /// the decision (code, reason, attempts, history) re-enters egress after [`PARKED_WAIT`]
     /// and this one is acked, so the sink is not called again and no shared slot is held.
-    async fn park(
-        &self,
-        msg: &jetstream::Message,
-        envelope: &Envelope,
-        record: &DeadLetter,
-    ) -> Outcome {
+    async fn park(&self, msg: &jetstream::Message, record: &DeadLetter) -> Outcome {
+        // The envelope as the message carries it (read once more only on this rare path).
+        let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return Outcome::Retry {
+                    after: PARKED_WAIT,
+                    reason: format!("parking a dead letter: {error}"),
+                };
+            }
+        };
+        let envelope = &envelope;
         let mut h = Handoff::headers(envelope, msg.headers.as_ref());
         h.insert(PARKED_CODE, record.code.as_str());
         h.insert(PARKED_REASON, record.reason.replace(['\r', '\n'], " "));

@@ -24,7 +24,7 @@ use async_nats::jetstream;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
-use switchyard_runtime::RetryPolicy;
+use switchyard_runtime::retry::poll;
 use switchyard_service::DlqQuota;
 use switchyard_subjects::Namespace;
 use tokio::sync::watch;
@@ -122,25 +122,20 @@ impl Credit {
                     .as_ref()
                     .is_some_and(|q| q.holds_share(Some(tenant)))
         };
-        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
-        loop {
-            match scan(&js, &ns, &settings).await {
-                Ok(backlog) => {
-                    backoff.reset();
-                    self.apply(&backlog, settings.limit, admission_closed);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(settings.every) => {}
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, stream = %settings.next_stream, "scanning the next stage's backlog failed; gates unchanged");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let what = format!(
+            "scanning the next stage's backlog ({}; gates unchanged)",
+            settings.next_stream
+        );
+        poll(
+            settings.every,
+            &shutdown,
+            &what,
+            || scan(&js, &ns, &settings),
+            |backlog| {
+                self.apply(&backlog, settings.limit, admission_closed);
+            },
+        )
+        .await;
     }
 }
 

@@ -10,6 +10,8 @@
 //!   whose fetch fails, a watch that ends and is re-created, a message held in place with
 //!   progress acks): [`Backoff::wait`] sleeps for the next delay, and [`Backoff::reset`] starts
 //!   over after a success.
+//! - [`poll`] reads something every interval (a stream's fill, a scan) and retries a read that
+//!   fails on [`RetryPolicy::INFRASTRUCTURE`] in between.
 
 use std::future::Future;
 use std::time::Duration;
@@ -161,6 +163,41 @@ impl Backoff {
     /// from now.
     pub fn reset(&mut self) {
         *self = Self::new(self.policy);
+    }
+}
+
+/// Reads with `read` every `every` until `shutdown`, handing each result to `apply`. A read
+/// that fails is logged (`what` says what was read) and tried again after the next delay of
+/// [`RetryPolicy::INFRASTRUCTURE`] rather than `every`; a success resets that sequence.
+pub async fn poll<T, E, F, Fut>(
+    every: Duration,
+    shutdown: &CancellationToken,
+    what: &str,
+    mut read: F,
+    mut apply: impl FnMut(T),
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+    loop {
+        match read().await {
+            Ok(value) => {
+                backoff.reset();
+                apply(value);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "{what} failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use switchyard_keys::TenantId;
-use switchyard_runtime::RetryPolicy;
+use switchyard_runtime::retry::poll;
 use switchyard_subjects::Namespace;
 use tokio_util::sync::CancellationToken;
 
@@ -113,25 +113,15 @@ impl DlqQuota {
         stream: String,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
-        loop {
-            match read(&js, &ns, &stream).await {
-                Ok(read) => {
-                    backoff.reset();
-                    self.record(read);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(POLL_EVERY) => {}
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %stream, "reading the DLQ's per-tenant counts failed");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let what = format!("reading the per-tenant counts of {stream}");
+        poll(
+            POLL_EVERY,
+            &shutdown,
+            &what,
+            || read(&js, &ns, &stream),
+            |counts| self.record(counts),
+        )
+        .await;
     }
 }
 

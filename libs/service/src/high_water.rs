@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use switchyard_runtime::RetryPolicy;
+use switchyard_runtime::retry::poll;
 use switchyard_subjects::InputStage;
 use tokio_util::sync::CancellationToken;
 
@@ -134,31 +134,23 @@ impl HighWater {
     }
 
     async fn poll(&self, js: jetstream::Context, shutdown: CancellationToken) {
-        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
-        loop {
-            match js.get_stream(&self.stream).await {
-                Ok(stream) => {
-                    backoff.reset();
-                    let info = stream.cached_info();
-                    self.record(
-                        info.state.bytes,
-                        info.state.messages,
-                        info.config.max_bytes,
-                        info.config.max_messages,
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(POLL_EVERY) => {}
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, stream = %self.stream, "reading the stream's fill failed");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let what = format!("reading the fill of {}", self.stream);
+        poll(
+            POLL_EVERY,
+            &shutdown,
+            &what,
+            || js.get_stream(&self.stream),
+            |stream| {
+                let info = stream.cached_info();
+                self.record(
+                    info.state.bytes,
+                    info.state.messages,
+                    info.config.max_bytes,
+                    info.config.max_messages,
+                );
+            },
+        )
+        .await;
     }
 }
 

@@ -348,17 +348,14 @@ async fn tenant_streams(
     Ok(out)
 }
 
-/// Messages stored in stream `name` per tenant: its per-subject counts summed by the tenant of
-/// each stage or delay (scheduled re-entry) subject; other subjects are not counted. The one
-/// definition of "a tenant's backlog in a hand-off stream", used by `status` and by the
-/// backpressure service's admission scan.
-///
-/// Errors: the stream cannot be read (`TopologyError::JetStream`).
-pub async fn backlog_by_tenant(
+/// Stream `name`'s per-subject counts summed by the key `key_of` gives each parsed subject
+/// (subjects it gives none, or that do not parse, are not counted).
+async fn counts_by<K: Ord>(
     js: &jetstream::Context,
     ns: &Namespace,
     name: &str,
-) -> Result<BTreeMap<TenantId, u64>, TopologyError> {
+    key_of: impl Fn(Subject) -> Option<K>,
+) -> Result<BTreeMap<K, u64>, TopologyError> {
     let stream = js
         .get_stream_no_info(name)
         .await
@@ -367,20 +364,36 @@ pub async fn backlog_by_tenant(
         .info_with_subjects(">")
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?;
-    let mut per_tenant = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     while let Some((subject, count)) = subjects
         .try_next()
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?
     {
-        let tenant = match Subject::parse(ns, &subject) {
-            Ok(Subject::Stage(s)) => s.address.tenant,
-            Ok(Subject::Delay(s)) => s.address.tenant,
-            _ => continue,
-        };
-        *per_tenant.entry(tenant).or_insert(0) += count as u64;
+        if let Some(key) = Subject::parse(ns, &subject).ok().and_then(&key_of) {
+            *counts.entry(key).or_insert(0) += count as u64;
+        }
     }
-    Ok(per_tenant)
+    Ok(counts)
+}
+
+/// Messages stored in stream `name` per tenant: its per-subject counts summed by the tenant of
+/// each stage or delay (scheduled re-entry) subject; other subjects are not counted. The one
+/// definition of "a tenant's backlog in a hand-off stream", used by `status`, by the
+/// backpressure service's admission scan and by ingress's credit.
+///
+/// Errors: the stream cannot be read (`TopologyError::JetStream`).
+pub async fn backlog_by_tenant(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    name: &str,
+) -> Result<BTreeMap<TenantId, u64>, TopologyError> {
+    counts_by(js, ns, name, |subject| match subject {
+        Subject::Stage(s) => Some(s.address.tenant),
+        Subject::Delay(s) => Some(s.address.tenant),
+        _ => None,
+    })
+    .await
 }
 
 /// Entries stored in the DLQ `name` per tenant (`None`: records without one), from its
@@ -394,25 +407,11 @@ pub async fn dlq_entries_by_tenant(
     ns: &Namespace,
     name: &str,
 ) -> Result<BTreeMap<Option<TenantId>, u64>, TopologyError> {
-    let stream = js
-        .get_stream_no_info(name)
-        .await
-        .map_err(|e| TopologyError::js(format!("reading stream {name}"), e))?;
-    let mut subjects = stream
-        .info_with_subjects(">")
-        .await
-        .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?;
-    let mut per_tenant = BTreeMap::new();
-    while let Some((subject, count)) = subjects
-        .try_next()
-        .await
-        .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?
-    {
-        if let Ok(Subject::Dlq(dlq)) = Subject::parse(ns, &subject) {
-            *per_tenant.entry(dlq.tenant).or_insert(0) += count as u64;
-        }
-    }
-    Ok(per_tenant)
+    counts_by(js, ns, name, |subject| match subject {
+        Subject::Dlq(dlq) => Some(dlq.tenant),
+        _ => None,
+    })
+    .await
 }
 
 /// [`backlog_by_tenant`] as status rows.
