@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, ConnectOptions, Event};
 
-use crate::config::NatsConfig;
+use crate::config::{InvalidSetting, NatsConfig};
 
 /// Why a NATS connection could not be established.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,10 @@ pub enum ConnectError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A timeout of 0 s: `nats.connect_timeout_secs` would race the connection, and
+    /// `nats.request_timeout_secs` would fail every JetStream call.
+    #[error(transparent)]
+    InvalidSetting(#[from] InvalidSetting),
     /// Only one of `tls_cert_file` and `tls_key_file` is set.
     #[error("nats.tls_cert_file and nats.tls_key_file must be set together")]
     IncompleteClientCertificate,
@@ -64,6 +68,20 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectE
     let urls = config.urls();
     if urls.is_empty() {
         return Err(ConnectError::NoUrl);
+    }
+    for (key, secs) in [
+        ("connect_timeout_secs", config.connect_timeout_secs),
+        ("request_timeout_secs", config.request_timeout_secs),
+    ] {
+        if secs == 0 {
+            return Err(InvalidSetting {
+                section: "nats",
+                key,
+                reason: "0 s leaves no time to answer; set at least 1 (the default is 5 or 10)"
+                    .into(),
+            }
+            .into());
+        }
     }
     let options = options(config).await?;
     options
@@ -202,7 +220,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unusable_inbox_prefix_is_refused_before_connecting() {
+    async fn an_unusable_inbox_prefix_or_a_zero_timeout_is_refused_before_connecting() {
         for prefix in [
             "",
             "_INBOX_a.",
@@ -222,6 +240,23 @@ mod tests {
                 "{prefix:?}: {error}"
             );
             assert!(error.to_string().contains("nats.inbox_prefix"), "{error}");
+        }
+        for zero in [
+            NatsConfig {
+                connect_timeout_secs: 0,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                request_timeout_secs: 0,
+                ..NatsConfig::default()
+            },
+        ] {
+            let error = connect(&zero).await.expect_err("a zero timeout");
+            assert!(
+                error.to_string().starts_with("invalid setting nats.")
+                    && error.to_string().contains("_timeout_secs"),
+                "{error}"
+            );
         }
         for prefix in ["_INBOX", "_INBOX_ingress", "staging._INBOX_egress"] {
             let config = NatsConfig {
