@@ -15,6 +15,18 @@ DEMO_SECRET="whsec_ZGVtby1zZWNyZXQtZm9yLWxvY2FsLXJ1bnM="
 RUN_DIR="$root/.run"
 mkdir -p "$RUN_DIR"
 
+# Every port this run listens on (the services' are fixed: 9101-9105 and ingress's probes on
+# 9111). One already taken means another run (or another program) holds it: stop before
+# anything, so its logs and store are left alone.
+for port in "$NATS_PORT" "$NATS_MONITOR_PORT" "$SINK_PORT" 9101 9102 9103 9104 9105 9111; do
+  if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+    exec 3<&-
+    echo "port $port is already in use (is another \`make run\` running?); stop it first," >&2
+    echo "or move NATS_PORT / NATS_MONITOR_PORT / SINK_PORT (the service ports are fixed)" >&2
+    exit 1
+  fi
+done
+
 scripts/install-nats-server.sh
 echo "building the services and the CLI (first time: a few minutes)..."
 cargo build --quiet -p switchyard-cli -p switchyard-ingress -p switchyard-idempotency -p switchyard-backpressure \
