@@ -208,6 +208,23 @@ impl Route {
                         reason: format!("{:?} is not an http(s) URL", redact_url(&w.url)),
                     });
                 }
+                // What the HTTP client will parse (an unclosed IPv6 bracket, a port over
+                // 65535, no host): refused here rather than at every delivery.
+                match url::Url::parse(&w.url) {
+                    Ok(parsed) if parsed.host().is_some() => {}
+                    Ok(_) => {
+                        return Err(RouteError::Field {
+                            field: "url",
+                            reason: format!("{:?} names no host", redact_url(&w.url)),
+                        });
+                    }
+                    Err(error) => {
+                        return Err(RouteError::Field {
+                            field: "url",
+                            reason: format!("{:?} is not a valid URL: {error}", redact_url(&w.url)),
+                        });
+                    }
+                }
                 w.secret.key()?;
                 for (name, value) in &w.headers {
                     let bad = |s: &str| s.is_empty() || s.contains(['\r', '\n']);
@@ -343,9 +360,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_routes_precisely() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 8] = [
             (br#"{"type":"ftp"}"#, "not valid JSON for a route"),
             (br#"{"type":"webhook","url":"ftp://x/y/z/w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#, "route field url"),
+            (br#"{"type":"webhook","url":"http://u:pw@[::1/h?token=T","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#, "is not a valid URL: invalid IPv6 address"),
+            (br#"{"type":"webhook","url":"http://127.0.0.1:99999/h","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#, "is not a valid URL: invalid port number"),
             (br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_!!"}"#, "route field secret"),
             (br#"{"type":"nats","subject":"sink.*"}"#, "route field subject"),
             (br#"{"type":"nats","subject":"a","timeout_ms":0}"#, "route field timeout_ms"),
