@@ -37,7 +37,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   >"$store/nats.log" 2>&1 &
 nats=$!
 pids+=("$nats")
-for _ in $(seq 1 100); do sy status >/dev/null 2>&1 && break; sleep 0.1; done
+# Up once status answers: 0, or 3 while nothing is provisioned yet.
+for _ in $(seq 1 100); do
+  rc=0; sy status >/dev/null 2>&1 || rc=$?
+  if [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ]; then break; fi
+  sleep 0.1
+done
 sy provision >/dev/null
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)"
 echo "nats-server rss before tenants: $(rss_mib "$nats") MiB"

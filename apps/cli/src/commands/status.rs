@@ -196,7 +196,7 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
-/// Runs `status`.
+/// Runs `status`: exit 0, or 3 while declared streams, consumers or buckets are missing.
 pub async fn run(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
@@ -240,7 +240,13 @@ pub async fn run(
             print!("\n{}", table.render());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // Like `provision`'s drift: exit 3 while declared items are missing, so a script or a
+    // probe can tell an unprovisioned deployment from a healthy one.
+    Ok(if report.missing().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 /// `status --json`: the topology report's fields plus `tenants`.

@@ -175,7 +175,11 @@ async fn status_tables_and_json() {
     let url = server.url();
 
     let before = switchyard(&url, &["status"]).await;
-    assert!(before.status.success());
+    assert_eq!(
+        before.status.code(),
+        Some(3),
+        "missing items exit 3, like drift"
+    );
     let text = stdout(&before);
     assert!(text.contains("IDEMPOTENCY   missing"), "{text}");
     assert!(
