@@ -24,13 +24,14 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::LimitRecord;
-use switchyard_testkit::NatsServer;
 use switchyard_topology::TenantQuota;
 use tokio::sync::watch;
 
 use crate::Args;
-use crate::pipeline::{Deployment, ingress_subject};
-use crate::raw::{SENT, latency_of, now_nanos};
+use crate::pipeline::{Deployment, Layout, ingress_subject};
+use crate::report::Machine;
+use crate::servers::Servers;
+use crate::traffic::{SENT, latency_of, now_nanos};
 
 /// How long the slow tenant's sink takes to answer.
 const SLOW_SINK: Duration = Duration::from_secs(8);
@@ -94,7 +95,7 @@ async fn take(collected: &Collected, n: usize) -> Vec<Duration> {
 }
 
 /// Runs the three phases and returns the report.
-pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<String> {
+pub async fn run(servers: &Servers, args: &Args) -> anyhow::Result<String> {
     let quiet = TenantId::new("quiet")?;
     let flood = TenantId::new("flood")?;
     let slow = TenantId::new("slow")?;
@@ -103,7 +104,17 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<String> {
         max_bytes: None,
         max_msgs: Some(10_000),
     };
-    let deployment = Deployment::start(server, args, &tenants, quota, 256).await?;
+    let deployment = Deployment::start(
+        servers,
+        &Layout {
+            tenants: &tenants,
+            quota,
+            max_in_flight: 256,
+            stage_replicas: args.replicas,
+            bin_dir: args.bin_dir.clone(),
+        },
+    )
+    .await?;
     let limited = LimitRecord {
         rate_per_sec: 50.0,
         burst: 50,
@@ -278,19 +289,13 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<String> {
     let _ = stop_tx.send(true);
     let _ = sink_task.await;
     drop(deployment);
-    Ok(render(args, &phases))
+    Ok(render(args, &Machine::detect(servers.describe()), &phases))
 }
 
-fn render(args: &Args, phases: &[Phase]) -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+fn render(args: &Args, machine: &Machine, phases: &[Phase]) -> String {
     let mut out = format!(
-        "Switchyard fairness: tenant quiet at {}/s for {} s per phase; {} cores; nats-server {}\n\n",
-        args.fairness_quiet_rate,
-        args.fairness_secs,
-        cores,
-        switchyard_testkit::PINNED_VERSION.trim()
+        "Switchyard fairness: tenant quiet at {}/s for {} s per phase\n{machine}\n\n",
+        args.fairness_quiet_rate, args.fairness_secs,
     );
     out.push_str(&format!(
         "{:<26} {:>9} {:>8} {:>8} {:>8} {:>12}\n",

@@ -1,29 +1,44 @@
 //! `switchyard-bench`: measures the whole pipeline (ingress → idempotency → backpressure →
-//! egress → a NATS sink) running as separate processes, and raw JetStream (publish → consume
-//! → republish one hop → consume) on the same server in the same run, and prints throughput,
-//! latency percentiles and each process's peak memory. With `--fairness`, measures instead
-//! whether one tenant's flood or slow sink slows another tenant ([`fairness`]).
+//! egress → a NATS sink, each stage a separate process) next to what JetStream itself can do
+//! for the same work, on the same server(s) in the same invocation ([`reference`]): one
+//! windowed hop, and the ideal 4-hop pipeline, whose throughput is the headline ratio.
+//!
+//! One comparison per (tenant count, payload size) given, each on fresh servers; several
+//! print a summary. `--replicas` runs several processes per stage, `--cluster` a 3-node
+//! cluster with R3 streams, `--fairness` the fairness run between tenants ([`fairness`]).
 
 mod fairness;
 mod pipeline;
-mod raw;
+mod reference;
 mod report;
+mod servers;
+mod traffic;
 
 use clap::Parser;
+
+use crate::report::{Figures, Machine};
+use crate::servers::Servers;
+use crate::traffic::Traffic;
 
 /// What to measure.
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// Messages per run.
+    /// Messages per run (fewer for large payloads: see --max-run-bytes).
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 256)]
-    pub payload_bytes: usize,
-    /// Tenants the messages are spread over.
-    #[arg(long, default_value_t = 3)]
-    pub tenants: usize,
+    /// Payload sizes in bytes, comma-separated: one comparison per size
+    /// (e.g. 256,4096,65536,1048576).
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    pub payload_bytes: Vec<usize>,
+    /// Most payload bytes one run publishes: a size whose --messages would pass it sends
+    /// fewer messages (at least 100).
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub max_run_bytes: usize,
+    /// Tenants the messages are spread over, comma-separated: one comparison per count
+    /// (e.g. 3,100,1000).
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    pub tenants: Vec<usize>,
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 512)]
     pub in_flight: usize,
@@ -31,6 +46,24 @@ pub struct Args {
     /// then queueing delay; set a rate below capacity to measure the latency of a message).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Processes per pipeline stage.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Run on a 3-node cluster (on this machine) with every stream and bucket R3.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Messages each reference relay keeps in flight.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Which runs each comparison makes, comma-separated (fewer to profile one, say; the
+    /// ratios need the pipeline and a reference).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "one-hop,ideal,pipeline"
+    )]
+    pub runs: Vec<Run>,
     /// Directory of the service binaries (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,
@@ -49,16 +82,86 @@ pub struct Args {
     pub fairness_flood: usize,
 }
 
+/// One run of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Run {
+    /// One windowed JetStream hop ([`reference::one_hop`]).
+    OneHop,
+    /// The ideal 4-hop JetStream pipeline ([`reference::ideal`]).
+    Ideal,
+    /// Switchyard's pipeline ([`pipeline::run`]).
+    Pipeline,
+}
+
+impl Args {
+    /// Messages a run of `payload_bytes` messages publishes: `--messages`, fewer when that
+    /// would pass `--max-run-bytes`, never under 100.
+    pub fn messages_for(&self, payload_bytes: usize) -> usize {
+        self.messages
+            .min(self.max_run_bytes / payload_bytes.max(1))
+            .max(100)
+    }
+}
+
+/// One comparison: the references and the pipeline on fresh servers.
+async fn compare(
+    args: &Args,
+    tenants: usize,
+    payload_bytes: usize,
+) -> anyhow::Result<Vec<Figures>> {
+    let servers = Servers::start(args.cluster).await;
+    let machine = Machine::detect(servers.describe());
+    let traffic = Traffic::of(args, payload_bytes);
+    let target = reference::Target {
+        urls: servers.urls(),
+        replicas: servers.replicas(),
+        run: "r".to_owned(),
+        processes: servers.processes(),
+    };
+    let mut runs = Vec::new();
+    if args.runs.contains(&Run::OneHop) {
+        runs.push(reference::one_hop(&target, &traffic, tenants, args.window).await?);
+    }
+    if args.runs.contains(&Run::Ideal) {
+        runs.push(reference::ideal(&target, &traffic, tenants, args.window).await?);
+    }
+    if args.runs.contains(&Run::Pipeline) {
+        runs.push(pipeline::run(&servers, args, &traffic, tenants).await?);
+    }
+    let title = format!(
+        "Switchyard benchmark: {} messages of {} bytes over {} tenants, {} publishes in flight, {}; {} process(es) per stage",
+        traffic.messages,
+        payload_bytes,
+        tenants,
+        args.in_flight,
+        if args.rate > 0.0 {
+            format!("paced at {}/s", args.rate)
+        } else {
+            "unpaced".to_owned()
+        },
+        args.replicas.max(1),
+    );
+    print!("{}\n", report::render(&title, &machine, &runs));
+    Ok(runs)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server = switchyard_testkit::NatsServer::start().await;
     if args.fairness {
-        print!("{}", fairness::run(&server, &args).await?);
+        let servers = Servers::start(args.cluster).await;
+        print!("{}", fairness::run(&servers, &args).await?);
         return Ok(());
     }
-    let raw = raw::run(&server, &args).await?;
-    let pipeline = pipeline::run(&server, &args).await?;
-    print!("{}", report::render(&args, &raw, &pipeline));
+    let mut summary = Vec::new();
+    for &tenants in &args.tenants {
+        for &payload_bytes in &args.payload_bytes {
+            let runs = compare(&args, tenants, payload_bytes).await?;
+            summary.push((tenants, payload_bytes, runs));
+        }
+    }
+    if summary.len() > 1 {
+        print!("{}", report::summary(&summary));
+    }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The pipeline run: ingress, idempotency, backpressure and egress as separate processes (as
-//! deployed),
-//! routes to a NATS sink, one subscriber measuring end-to-end latency.
+//! deployed, optionally several of each), routes to a NATS sink, one subscriber measuring
+//! end-to-end latency; the CPU each process used per delivered message.
 
+use std::future::IntoFuture;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -16,12 +17,13 @@ use switchyard_keys::{
 };
 use switchyard_registry::{LimitRecord, NatsRoute, Route, Store, TenantRecord};
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-use switchyard_testkit::{NatsServer, free_port, wait_for};
+use switchyard_testkit::{free_port, wait_for};
 use switchyard_topology::{BucketName, DeploymentConfig, TenantQuota, provision, provision_tenant};
 
 use crate::Args;
-use crate::raw::{latency_of, publish_all};
-use crate::report::{Figures, peak_rss};
+use crate::report::{Figures, cpu_per_message, cpu_times, peak_rss};
+use crate::servers::Servers;
+use crate::traffic::{Sink, Traffic, publish_all};
 
 /// A service process, killed on drop.
 struct Service {
@@ -38,7 +40,7 @@ impl Drop for Service {
 }
 
 /// `GET path` on a service's probes port, as text.
-fn http_get(port: u16, path: &str) -> String {
+pub fn http_get(port: u16, path: &str) -> String {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
     };
@@ -66,13 +68,48 @@ fn ready(port: u16) -> bool {
     response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
 }
 
+/// Settings of one stage's process.
+struct Stage {
+    name: &'static str,
+    env_prefix: &'static str,
+    /// The setting sized to the run (handler slots, or backpressure's batch).
+    concurrency_key: &'static str,
+}
+
+const STAGES: [Stage; 4] = [
+    Stage {
+        name: "ingress",
+        env_prefix: "SWITCHYARD_INGRESS_",
+        concurrency_key: "INGRESS__CONCURRENCY",
+    },
+    Stage {
+        name: "idempotency",
+        env_prefix: "SWITCHYARD_IDEMPOTENCY_",
+        concurrency_key: "IDEMPOTENCY__CONCURRENCY",
+    },
+    Stage {
+        name: "backpressure",
+        env_prefix: "SWITCHYARD_BACKPRESSURE_",
+        concurrency_key: "BACKPRESSURE__MAX_BATCH",
+    },
+    Stage {
+        name: "egress",
+        env_prefix: "SWITCHYARD_EGRESS_",
+        concurrency_key: "EGRESS__CONCURRENCY",
+    },
+];
+
 fn spawn(
     bin_dir: &std::path::Path,
-    name: &'static str,
-    env_prefix: &str,
-    url: &str,
-    concurrency_key: &str,
+    stage: &Stage,
+    urls: &str,
+    replicas: usize,
 ) -> anyhow::Result<Service> {
+    let Stage {
+        name,
+        env_prefix,
+        concurrency_key,
+    } = *stage;
     let port = free_port();
     let path = bin_dir.join(format!("switchyard-{name}"));
     let mut command = Command::new(&path);
@@ -91,7 +128,11 @@ fn spawn(
         );
     }
     let child = command
-        .env(format!("{env_prefix}NATS__URL"), url)
+        .env(format!("{env_prefix}NATS__URL"), urls)
+        .env(
+            format!("{env_prefix}DEPLOYMENT__REPLICAS"),
+            replicas.to_string(),
+        )
         .env(format!("{env_prefix}TELEMETRY__LOG_FILTER"), "warn")
         .env(format!("{env_prefix}{concurrency_key}"), "256")
         .stdin(Stdio::null())
@@ -107,6 +148,20 @@ fn spawn(
     Ok(Service { name, child, port })
 }
 
+/// How a deployment is laid out.
+pub struct Layout<'a> {
+    /// The tenants, each enabled with `quota` and routed to `bench.sink.<tenant>`.
+    pub tenants: &'a [TenantId],
+    /// Each tenant's quota.
+    pub quota: TenantQuota,
+    /// Requests in flight at once per route.
+    pub max_in_flight: usize,
+    /// Processes per stage.
+    pub stage_replicas: usize,
+    /// Where the service binaries are (default: next to this binary).
+    pub bin_dir: Option<PathBuf>,
+}
+
 /// A provisioned deployment with every service running as a process (killed on drop).
 pub struct Deployment {
     /// The services.
@@ -120,20 +175,18 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Provisions the topology, enables `tenants` (each with `quota`, and a core NATS route to
-    /// `bench.sink.<tenant>` with up to `max_in_flight` requests at once), sets the default
-    /// limit high enough that the run measures the pipeline, not a limit, and starts the four
-    /// services.
-    pub async fn start(
-        server: &NatsServer,
-        args: &Args,
-        tenants: &[TenantId],
-        quota: TenantQuota,
-        max_in_flight: usize,
-    ) -> anyhow::Result<Self> {
-        let client = server.client().await;
+    /// Provisions the topology (replicated as `servers` wants), enables the layout's tenants
+    /// (each with its quota and a core NATS route to `bench.sink.<tenant>`), sets the default
+    /// limit high enough that the run measures the pipeline, not a limit, and starts
+    /// `stage_replicas` processes of each of the four services.
+    pub async fn start(servers: &Servers, layout: &Layout<'_>) -> anyhow::Result<Self> {
+        let client = servers.client().await;
         let js = jetstream::new(client.clone());
-        let topology = DeploymentConfig::default().resolve()?;
+        let topology = DeploymentConfig {
+            replicas: Some(servers.replicas()),
+            ..Default::default()
+        }
+        .resolve()?;
         provision(&js, &topology, false).await?;
         let registry: Store<TenantKey, TenantRecord> =
             Store::new(topology.open_bucket(&js, BucketName::Tenants).await?.1);
@@ -156,8 +209,8 @@ impl Deployment {
             .await?;
         let routes: Store<RouteKey, Route> =
             Store::new(topology.open_bucket(&js, BucketName::Routes).await?.1);
-        for tenant in tenants {
-            provision_tenant(&js, &topology, tenant, quota, false).await?;
+        for tenant in layout.tenants {
+            provision_tenant(&js, &topology, tenant, layout.quota, false).await?;
             registry
                 .put(
                     &TenantKey {
@@ -171,7 +224,7 @@ impl Deployment {
                 jetstream: false,
                 fire_and_forget: false,
                 timeout_ms: 10_000,
-                max_in_flight,
+                max_in_flight: layout.max_in_flight,
             });
             routes
                 .put(
@@ -185,44 +238,20 @@ impl Deployment {
                 .await?;
         }
 
-        let bin_dir = match &args.bin_dir {
+        let bin_dir = match &layout.bin_dir {
             Some(dir) => dir.clone(),
             None => std::env::current_exe()?
                 .parent()
                 .map(PathBuf::from)
                 .unwrap_or_default(),
         };
-        let url = server.url();
-        let services = vec![
-            spawn(
-                &bin_dir,
-                "ingress",
-                "SWITCHYARD_INGRESS_",
-                &url,
-                "INGRESS__CONCURRENCY",
-            )?,
-            spawn(
-                &bin_dir,
-                "idempotency",
-                "SWITCHYARD_IDEMPOTENCY_",
-                &url,
-                "IDEMPOTENCY__CONCURRENCY",
-            )?,
-            spawn(
-                &bin_dir,
-                "backpressure",
-                "SWITCHYARD_BACKPRESSURE_",
-                &url,
-                "BACKPRESSURE__MAX_BATCH",
-            )?,
-            spawn(
-                &bin_dir,
-                "egress",
-                "SWITCHYARD_EGRESS_",
-                &url,
-                "EGRESS__CONCURRENCY",
-            )?,
-        ];
+        let urls = servers.urls().join(",");
+        let mut services = Vec::new();
+        for stage in &STAGES {
+            for _ in 0..layout.stage_replicas.max(1) {
+                services.push(spawn(&bin_dir, stage, &urls, servers.replicas())?);
+            }
+        }
         for service in &services {
             let port = service.port;
             wait_for(
@@ -244,6 +273,11 @@ impl Deployment {
             limits,
         })
     }
+
+    /// Each service process's name and id.
+    fn processes(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
+        self.services.iter().map(|s| (s.name, s.child.id()))
+    }
 }
 
 /// The ingress subject of `tenant` on the benchmark's team and platform.
@@ -259,59 +293,76 @@ pub fn ingress_subject(tenant: &TenantId) -> String {
     .format(&Namespace::default())
 }
 
-/// Runs the pipeline measurement.
-pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
-    let tenants: Vec<TenantId> = (0..args.tenants.max(1))
+/// The stream-leader placement on a cluster: how many of the deployment's streams each node
+/// leads.
+async fn leader_placement(js: &jetstream::Context) -> anyhow::Result<String> {
+    let mut leaders: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut streams = js.streams();
+    while let Some(info) = streams.next().await {
+        if let Some(leader) = info?.cluster.and_then(|c| c.leader) {
+            *leaders.entry(leader).or_default() += 1;
+        }
+    }
+    Ok(leaders
+        .iter()
+        .map(|(node, n)| format!("{node}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Runs the pipeline measurement: `traffic` spread over `tenants` tenants, `stage_replicas`
+/// processes per stage.
+pub async fn run(
+    servers: &Servers,
+    args: &Args,
+    traffic: &Traffic,
+    tenants: usize,
+) -> anyhow::Result<Figures> {
+    let tenants: Vec<TenantId> = (0..tenants.max(1))
         .map(|i| TenantId::new(format!("tenant{i}")))
         .collect::<Result<_, _>>()?;
-    let deployment = Deployment::start(server, args, &tenants, TenantQuota::default(), 256).await?;
+    let deployment = Deployment::start(
+        servers,
+        &Layout {
+            tenants: &tenants,
+            quota: TenantQuota::default(),
+            max_in_flight: 256,
+            stage_replicas: args.replicas,
+            bin_dir: args.bin_dir.clone(),
+        },
+    )
+    .await?;
     let (client, js) = (deployment.client.clone(), deployment.js.clone());
     let services = &deployment.services;
-    let mut sink = client.subscribe("bench.sink.>").await?;
-    client.flush().await?;
+    let mut sink = Sink::subscribe(&client, "bench.sink.>").await?;
     // Warm-up: one message per tenant, so every stage has found every tenant (backpressure
     // discovers tenants by scanning, every `scan_interval_ms`) before the measured run.
+    let mut warm_up = futures::stream::FuturesUnordered::new();
     for (i, tenant) in tenants.iter().enumerate() {
-        let subject = ingress_subject(tenant);
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", format!("warm-up-{i}"));
-        js.publish_with_headers(subject, h, "warm-up".into())
-            .await?
-            .await?;
+        warm_up.push(
+            js.publish_with_headers(ingress_subject(tenant), h, "warm-up".into())
+                .await?
+                .into_future(),
+        );
     }
-    for _ in 0..tenants.len() {
-        let msg = tokio::time::timeout(Duration::from_secs(60), sink.next())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("the warm-up messages did not come through the pipeline")
-            })?;
-        // A core NATS route is a request: the sink's reply acknowledges the delivery.
-        if let Some(reply) = msg.and_then(|m| m.reply) {
-            client.publish(reply, bytes::Bytes::new()).await?;
-        }
+    while let Some(ack) = warm_up.next().await {
+        ack?;
     }
-    let replier = client.clone();
-    let count = args.messages;
-    let collect = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(count);
-        let mut last = Instant::now();
-        while latencies.len() < count {
-            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(60), sink.next()).await
-            else {
-                break;
-            };
-            if let Some(reply) = msg.reply.clone() {
-                let _ = replier.publish(reply, bytes::Bytes::new()).await;
-            }
-            latencies.push(latency_of(msg.headers.as_ref()).unwrap_or_default());
-            last = Instant::now();
-        }
-        (latencies, last)
-    });
+    sink.skip(tenants.len(), Duration::from_secs(120)).await?;
+    let collect = sink.collect(traffic.messages, Duration::from_secs(60));
 
-    let payload = bytes::Bytes::from(vec![b'x'; args.payload_bytes]);
+    let processes: Vec<(String, u32)> = deployment
+        .processes()
+        .map(|(name, pid)| (name.to_owned(), pid))
+        .chain(servers.processes())
+        .chain([("bench".to_owned(), std::process::id())])
+        .collect();
+    let cpu_before = cpu_times(&processes);
+    let messages_before = servers.messages_by_client();
     let started = Instant::now();
-    publish_all(&js, args, payload, |i| {
+    publish_all(&js, traffic, |i| {
         let subject = ingress_subject(&tenants[i % tenants.len()]);
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", format!("bench-{i}"));
@@ -320,13 +371,37 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
     .await?;
     let (mut latencies, last) = collect.await?;
     latencies.sort();
-    let mut peak = Vec::new();
-    for service in services {
-        if let Some(bytes) = peak_rss(service.child.id()) {
-            peak.push((format!("switchyard-{}", service.name), bytes));
+    let cpu_after = cpu_times(&processes);
+    let messages_after = servers.messages_by_client();
+    let mut figures = Figures::new(
+        &format!(
+            "Switchyard pipeline{}",
+            if args.replicas > 1 {
+                format!(", {} replicas per stage", args.replicas)
+            } else {
+                String::new()
+            }
+        ),
+        traffic,
+        latencies,
+        last.duration_since(started),
+    );
+    figures.notes.push(format!(
+        "{}: {}",
+        figures.name,
+        cpu_per_message(&cpu_before, &cpu_after, figures.received)
+    ));
+    figures.notes.push(messages_per_delivery(
+        &messages_before,
+        &messages_after,
+        figures.received,
+    ));
+    for (name, pid) in deployment.processes() {
+        if let Some(bytes) = peak_rss(pid) {
+            figures.peak_rss.push((format!("switchyard-{name}"), bytes));
         }
     }
-    let mut notes = Vec::new();
+    let notes = &mut figures.notes;
     if let Some(backpressure) = services.iter().find(|s| s.name == "backpressure") {
         let text = http_get(backpressure.port, "/metrics");
         let kv_ops = metric(&text, "switchyard_backpressure_kv_ops_total");
@@ -360,15 +435,43 @@ pub async fn run(server: &NatsServer, args: &Args) -> anyhow::Result<Figures> {
             ));
         }
     }
-    if let Some(bytes) = server.pid().and_then(peak_rss) {
-        peak.push(("nats-server (whole run)".to_owned(), bytes));
+    for (name, bytes) in servers.resident() {
+        notes.push(format!(
+            "{name} resident memory at the end: {:.1} MiB",
+            bytes as f64 / 1048576.0
+        ));
     }
-    Ok(Figures {
-        name: "pipeline: 4 stages, processes".into(),
-        received: latencies.len(),
-        elapsed: last.duration_since(started),
-        latencies,
-        peak_rss: peak,
-        notes,
-    })
+    if servers.replicas() > 1 {
+        notes.push(format!(
+            "stream leaders per node: {}",
+            leader_placement(&js).await?
+        ));
+    }
+    Ok(figures)
+}
+
+/// NATS messages each client sent and received per delivered message, between two
+/// [`Servers::messages_by_client`] samples (clients that exchanged none left out).
+pub fn messages_per_delivery(
+    before: &[(String, u64, u64)],
+    after: &[(String, u64, u64)],
+    delivered: usize,
+) -> String {
+    let per = |n: u64| n as f64 / delivered.max(1) as f64;
+    let parts: Vec<String> = after
+        .iter()
+        .filter_map(|(name, sent, received)| {
+            let (s0, r0) = before
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, s, r)| (*s, *r));
+            let (sent, received) = (sent.saturating_sub(s0), received.saturating_sub(r0));
+            (sent + received > 0)
+                .then(|| format!("{name} {:.2} out / {:.2} in", per(sent), per(received)))
+        })
+        .collect();
+    format!(
+        "NATS messages per delivered message, sent / received by each client: {}",
+        parts.join(", ")
+    )
 }

@@ -62,6 +62,16 @@ impl NatsCluster {
         &self.nodes[i].name
     }
 
+    /// The monitoring (HTTP) port of node `i`.
+    pub fn monitor_port(&self, i: usize) -> u16 {
+        self.nodes[i].monitor_port
+    }
+
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].pid()
+    }
+
     /// A client that knows every node (it fails over when one dies).
     pub async fn client(&self) -> async_nats::Client {
         connect(&self.url()).await

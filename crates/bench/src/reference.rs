@@ -1,0 +1,348 @@
+//! The references the pipeline is measured against, on the same server(s) in the same
+//! invocation: what JetStream itself can do for the same work, written as well as we know how.
+//!
+//! Both are built from one relay: it reads a work-queue stream through a pull consumer and
+//! keeps up to `window` messages in flight, each acked only after its own next step is
+//! confirmed — the pipeline's guarantee (every hand-off acknowledged by the next stream before
+//! the input is acked), without its features.
+//!
+//! - [`one_hop`]: publish to A; one relay hands each message on to B; a reader acks B.
+//! - [`ideal`]: the **ideal 4-hop pipeline** — the same work Switchyard does per message:
+//!   publish to stream 1; relay 1→2; relay 2→3 after one KV create with a TTL (the idempotency
+//!   claim); relay 3→4; relay 4 → a core NATS request to the sink, whose reply is awaited, then
+//!   a confirmed ack (`double_ack`, as egress acks a delivery). Every hand-off carries a
+//!   per-hop `Nats-Msg-Id` into a stream with a 5-minute duplicate window, as the pipeline's
+//!   do. Each relay has its own connection, all in this one process.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, kv, stream};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::report::{Figures, cpu_per_message, cpu_times};
+use crate::traffic::{Sink, Traffic, latency_of, publish_all};
+
+/// Where a reference runs.
+pub struct Target {
+    /// The server URLs (every node of a cluster).
+    pub urls: Vec<String>,
+    /// Replicas of every stream and bucket (3 on a cluster).
+    pub replicas: usize,
+    /// Names streams, subjects and buckets apart from other runs on the same server.
+    pub run: String,
+    /// The server processes (name, pid), whose CPU time is measured with this one's.
+    pub processes: Vec<(String, u32)>,
+}
+
+impl Target {
+    /// A new connection (each relay has its own, as each service does).
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let addrs = self
+            .urls
+            .iter()
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(async_nats::connect(addrs).await?)
+    }
+}
+
+/// Stops `relays`, failing with the first error one of them ended with.
+async fn stop(relays: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    for relay in relays {
+        if relay.is_finished() {
+            relay.await??;
+        } else {
+            relay.abort();
+        }
+    }
+    Ok(())
+}
+
+/// What a relay does with each message it reads.
+enum Step {
+    /// Publish to `to` (the subject with prefix `from` replaced), await the stream's ack, then
+    /// ack the input; first create the claim key in `claim` when there is one.
+    Forward {
+        from: String,
+        to: String,
+        hop: usize,
+        claim: Option<kv::Store>,
+    },
+    /// Request on `to` (a core NATS sink), await the reply, then a confirmed ack.
+    Deliver { from: String, to: String },
+}
+
+impl Step {
+    async fn apply(
+        &self,
+        js: &jetstream::Context,
+        client: &async_nats::Client,
+        msg: jetstream::Message,
+    ) -> anyhow::Result<()> {
+        match self {
+            Step::Forward {
+                from,
+                to,
+                hop,
+                claim,
+            } => {
+                let mut h = msg.headers.clone().unwrap_or_default();
+                // The producer's id, without an earlier hop's suffix.
+                let id = h
+                    .get("Nats-Msg-Id")
+                    .and_then(|v| v.as_str().split(':').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(kv) = claim {
+                    let key = format!("{}.{}", msg.subject.rsplit('.').next().unwrap_or("_"), id);
+                    kv.create_with_ttl(key, vec![0u8; 16].into(), Duration::from_secs(86_400))
+                        .await?;
+                }
+                h.insert("Nats-Msg-Id", format!("{id}:{hop}"));
+                let subject = msg.subject.replacen(from.as_str(), to, 1);
+                js.publish_with_headers(subject, h, msg.payload.clone())
+                    .await?
+                    .await?;
+                msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            }
+            Step::Deliver { from, to } => {
+                let h = msg.headers.clone().unwrap_or_default();
+                let subject = msg.subject.replacen(from.as_str(), to, 1);
+                client
+                    .request_with_headers(subject, h, msg.payload.clone())
+                    .await?;
+                msg.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `consumer` with up to `window` messages in flight, applying `step` to each, until the
+/// task is aborted.
+async fn relay(
+    consumer: PullConsumer,
+    client: async_nats::Client,
+    step: Step,
+    window: usize,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(client.clone());
+    let mut input = consumer
+        .stream()
+        .max_messages_per_batch(window)
+        .messages()
+        .await?;
+    let mut pending = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(done) = pending.next(), if !pending.is_empty() => done?,
+            next = input.next(), if pending.len() < window => match next {
+                Some(msg) => pending.push(step.apply(&js, &client, msg.map_err(|e| anyhow::anyhow!(e))?)),
+                None => break,
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Creates work-queue stream `name` on `subject` (5-minute duplicate window) and a durable
+/// pull consumer on it.
+async fn stream_and_consumer(
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    replicas: usize,
+) -> anyhow::Result<PullConsumer> {
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(300),
+            num_replicas: replicas,
+            max_message_size: 2 * 1024 * 1024 - 4096,
+            ..Default::default()
+        })
+        .await?;
+    Ok(stream
+        .create_consumer(pull::Config {
+            durable_name: Some("relay".into()),
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Publishes the traffic to `first.<tenant>` (one `Nats-Msg-Id` each) and collects what the
+/// `sink` (or, without one, `reader`) receives.
+async fn drive(
+    target: &Target,
+    js: &jetstream::Context,
+    traffic: &Traffic,
+    tenants: usize,
+    first: &str,
+    collected: tokio::task::JoinHandle<anyhow::Result<(Vec<Duration>, Instant)>>,
+) -> anyhow::Result<(Vec<Duration>, Duration, String)> {
+    let processes: Vec<(String, u32)> = target
+        .processes
+        .iter()
+        .cloned()
+        .chain([("bench (relays)".to_owned(), std::process::id())])
+        .collect();
+    let cpu_before = cpu_times(&processes);
+    let started = Instant::now();
+    publish_all(js, traffic, |i| {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("m{i}"));
+        (format!("{first}.t{}", i % tenants.max(1)), h)
+    })
+    .await?;
+    let (mut latencies, last) = collected.await??;
+    latencies.sort();
+    let cpu = cpu_per_message(&cpu_before, &cpu_times(&processes), latencies.len());
+    Ok((latencies, last.duration_since(started), cpu))
+}
+
+/// One windowed hop: publish to A, one relay A → B, a reader acking B.
+pub async fn one_hop(
+    target: &Target,
+    traffic: &Traffic,
+    tenants: usize,
+    window: usize,
+) -> anyhow::Result<Figures> {
+    let client = target.connect().await?;
+    let js = jetstream::new(client.clone());
+    let run = &target.run;
+    let (a, b) = (format!("bench_{run}_hop_a"), format!("bench_{run}_hop_b"));
+    let relay_in = stream_and_consumer(
+        &js,
+        &format!("BENCH_{run}_HOP_A"),
+        &format!("{a}.>"),
+        target.replicas,
+    )
+    .await?;
+    let reader = stream_and_consumer(
+        &js,
+        &format!("BENCH_{run}_HOP_B"),
+        &format!("{b}.>"),
+        target.replicas,
+    )
+    .await?;
+    let step = Step::Forward {
+        from: a.clone(),
+        to: b,
+        hop: 1,
+        claim: None,
+    };
+    let relay = tokio::spawn(relay(relay_in, target.connect().await?, step, window));
+    let count = traffic.messages;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(count);
+        let mut messages = reader.messages().await?;
+        let mut last = Instant::now();
+        while latencies.len() < count {
+            let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_secs(30), messages.next()).await
+            else {
+                break;
+            };
+            let msg = msg?;
+            latencies.push(latency_of(msg.headers.as_ref()).unwrap_or_default());
+            msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            last = Instant::now();
+        }
+        anyhow::Ok((latencies, last))
+    });
+    let result = drive(target, &js, traffic, tenants, &a, collect).await;
+    stop(vec![relay]).await?;
+    let (latencies, elapsed, cpu) = result?;
+    for name in ["A", "B"] {
+        let _ = js.delete_stream(format!("BENCH_{run}_HOP_{name}")).await;
+    }
+    let mut figures = Figures::new(
+        "JetStream, 1 hop (windowed relay)",
+        traffic,
+        latencies,
+        elapsed,
+    );
+    figures.notes.push(format!("{}: {cpu}", figures.name));
+    Ok(figures)
+}
+
+/// The ideal 4-hop pipeline (see the module documentation).
+pub async fn ideal(
+    target: &Target,
+    traffic: &Traffic,
+    tenants: usize,
+    window: usize,
+) -> anyhow::Result<Figures> {
+    let client = target.connect().await?;
+    let js = jetstream::new(client.clone());
+    let run = &target.run;
+    let prefix = |hop: usize| format!("bench_{run}_ideal_{hop}");
+    let claims = js
+        .create_key_value(kv::Config {
+            bucket: format!("bench_{run}_claims"),
+            history: 1,
+            num_replicas: target.replicas,
+            limit_markers: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+        .await?;
+    let mut consumers = Vec::new();
+    for hop in 1..=4 {
+        consumers.push(
+            stream_and_consumer(
+                &js,
+                &format!("BENCH_{run}_IDEAL_{hop}"),
+                &format!("{}.>", prefix(hop)),
+                target.replicas,
+            )
+            .await?,
+        );
+    }
+    let sink_subject = format!("bench_{run}_sink");
+    let sink = Sink::subscribe(&client, &format!("{sink_subject}.>")).await?;
+    let mut relays = Vec::new();
+    for (i, consumer) in consumers.into_iter().enumerate() {
+        let hop = i + 1;
+        let step = if hop == 4 {
+            Step::Deliver {
+                from: prefix(hop),
+                to: sink_subject.clone(),
+            }
+        } else {
+            Step::Forward {
+                from: prefix(hop),
+                to: prefix(hop + 1),
+                hop,
+                claim: (hop == 2).then(|| claims.clone()),
+            }
+        };
+        relays.push(tokio::spawn(relay(
+            consumer,
+            target.connect().await?,
+            step,
+            window,
+        )));
+    }
+    let collect = sink.collect(traffic.messages, Duration::from_secs(60));
+    let collect = tokio::spawn(async move { anyhow::Ok(collect.await?) });
+    let result = drive(target, &js, traffic, tenants, &prefix(1), collect).await;
+    stop(relays).await?;
+    let (latencies, elapsed, cpu) = result?;
+    for hop in 1..=4 {
+        let _ = js.delete_stream(format!("BENCH_{run}_IDEAL_{hop}")).await;
+    }
+    let _ = js.delete_key_value(format!("bench_{run}_claims")).await;
+    let mut figures = Figures::new(
+        "JetStream ideal, 4 hops + KV create",
+        traffic,
+        latencies,
+        elapsed,
+    );
+    figures.notes.push(format!("{}: {cpu}", figures.name));
+    Ok(figures)
+}
