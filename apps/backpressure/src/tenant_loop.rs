@@ -2,6 +2,12 @@
 //! token (a leased slot) per message, hand each on when its slot comes. Messages beyond the
 //! limit simply stay in the stream — they are not fetched, so they hold no ack-pending slot,
 //! spend no delivery attempt, and never block another tenant, whose loop is its own task.
+//!
+//! Up to `max_batch` of the tenant's messages are in flight at once, each in its own task
+//! (waiting for its slot, then handed on and settled), so the tenant's throughput is not one
+//! hand-off round trip at a time, and a message held by a failing hand-off does not hold the
+//! ones behind it. Hand-offs of one tenant may reach `EGRESS` out of stream order (no stage
+//! promises order).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,6 +20,8 @@ use switchyard_keys::{Stage, TenantId};
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::replicas::now_ms;
@@ -60,13 +68,24 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let mut fetch_backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     let forward = Forward(shared.clone());
     let max_deliver = consumer.cached_info().config.max_deliver;
+    // Messages fetched and not yet settled: at most `max_batch`.
+    let room = Arc::new(Semaphore::new(max_batch));
+    let mut in_flight = JoinSet::new();
     while !shutdown.is_cancelled() {
+        while in_flight.try_join_next().is_some() {}
         let limit = shared.limit_for(&tenant);
         let max_block =
             ((limit.rate_per_sec * lease_window.as_secs_f64()).ceil() as usize).clamp(1, max_batch);
+        let free = room.available_permits().min(max_block);
+        if free == 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = in_flight.join_next() => continue,
+            }
+        }
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
-            batch = consumer.fetch().max_messages(max_block).expires(Duration::from_secs(1)).messages() => batch,
+            batch = consumer.fetch().max_messages(free).expires(Duration::from_secs(1)).messages() => batch,
         };
         let mut batch = match fetched {
             Ok(batch) => {
@@ -117,14 +136,23 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 tokens.extend((0..lease.count).map(|i| lease.slot(i)));
             }
             let slot = tokens.pop_front().unwrap_or_else(now_ms);
-            let wait = slot.saturating_sub(now_ms());
-            if wait > 0 {
-                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-            }
-            shared
-                .settler
-                .process(msg, &shutdown, &forward, max_deliver)
-                .await;
+            // The fetch asked for no more than the free room; waiting here is only a guard.
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                break;
+            };
+            let (forward, shutdown) = (forward.clone(), shutdown.clone());
+            in_flight.spawn(async move {
+                let wait = slot.saturating_sub(now_ms());
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
+                forward
+                    .0
+                    .settler
+                    .process(msg, &shutdown, &forward, max_deliver)
+                    .await;
+                drop(permit);
+            });
         }
         if got == 0 {
             if last_activity.elapsed() >= idle_after {
@@ -136,11 +164,14 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         recent_rate = 0.7 * recent_rate + 0.3 * (got as f64 / elapsed);
         last_activity = Instant::now();
     }
+    // Whatever was fetched is settled before the loop ends (a hold ends at shutdown).
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// What a tenant loop does with a message whose slot has come: hand it on to the next stage,
 /// hold it in place when the hand-off fails (the settler retries), or dead-letter it when its
 /// envelope is unreadable or it is too large for the next stage (`payload_too_large`). Settling is the shared [`Settler`](switchyard_service::Settler)'s.
+#[derive(Clone)]
 pub struct Forward(pub Arc<Shared>);
 
 impl Handler for Forward {
