@@ -112,6 +112,7 @@ pub async fn run(servers: &Servers, args: &Args) -> anyhow::Result<String> {
             max_in_flight: 256,
             stage_replicas: args.replicas,
             bin_dir: args.bin_dir.clone(),
+            otlp_endpoint: args.otlp_endpoint.clone(),
         },
     )
     .await?;

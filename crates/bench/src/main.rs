@@ -64,6 +64,11 @@ pub struct Args {
         default_value = "one-hop,ideal,pipeline"
     )]
     pub runs: Vec<Run>,
+    /// Have the services record and export their spans to this OTLP/HTTP endpoint (to
+    /// measure what tracing costs; nothing need listen there). Default: none, as deployed
+    /// without `telemetry.otlp_endpoint`.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
     /// Directory of the service binaries (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,
@@ -141,7 +146,7 @@ async fn compare(
         },
         args.replicas.max(1),
     );
-    print!("{}\n", report::render(&title, &machine, &runs));
+    println!("{}", report::render(&title, &machine, &runs));
     Ok(runs)
 }
 

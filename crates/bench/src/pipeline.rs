@@ -99,11 +99,16 @@ const STAGES: [Stage; 4] = [
     },
 ];
 
+/// Starts one process of `stage`, with its default settings but for the NATS URLs, the
+/// replicas, its listeners, its concurrency (256) and the OTLP endpoint; its log (the default
+/// filter, `info`) goes to `<log_dir>/<name>-<port>.log`.
 fn spawn(
     bin_dir: &std::path::Path,
     stage: &Stage,
     urls: &str,
     replicas: usize,
+    otlp_endpoint: Option<&str>,
+    log_dir: &std::path::Path,
 ) -> anyhow::Result<Service> {
     let Stage {
         name,
@@ -112,6 +117,7 @@ fn spawn(
     } = *stage;
     let port = free_port();
     let path = bin_dir.join(format!("switchyard-{name}"));
+    let log = std::fs::File::create(log_dir.join(format!("{name}-{port}.log")))?;
     let mut command = Command::new(&path);
     if name == "ingress" {
         // Ingress serves its probes apart from the producer API, which the bench does not use.
@@ -133,11 +139,11 @@ fn spawn(
             format!("{env_prefix}DEPLOYMENT__REPLICAS"),
             replicas.to_string(),
         )
-        .env(format!("{env_prefix}TELEMETRY__LOG_FILTER"), "warn")
+        .envs(otlp_endpoint.map(|url| (format!("{env_prefix}TELEMETRY__OTLP_ENDPOINT"), url)))
         .env(format!("{env_prefix}{concurrency_key}"), "256")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .map_err(|e| {
             anyhow::anyhow!(
@@ -160,6 +166,8 @@ pub struct Layout<'a> {
     pub stage_replicas: usize,
     /// Where the service binaries are (default: next to this binary).
     pub bin_dir: Option<PathBuf>,
+    /// Where the services export spans (OTLP/HTTP); `None`: no span is recorded.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A provisioned deployment with every service running as a process (killed on drop).
@@ -246,10 +254,19 @@ impl Deployment {
                 .unwrap_or_default(),
         };
         let urls = servers.urls().join(",");
+        let log_dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&log_dir)?;
         let mut services = Vec::new();
         for stage in &STAGES {
             for _ in 0..layout.stage_replicas.max(1) {
-                services.push(spawn(&bin_dir, stage, &urls, servers.replicas())?);
+                services.push(spawn(
+                    &bin_dir,
+                    stage,
+                    &urls,
+                    servers.replicas(),
+                    layout.otlp_endpoint.as_deref(),
+                    &log_dir,
+                )?);
             }
         }
         for service in &services {
@@ -329,6 +346,7 @@ pub async fn run(
             max_in_flight: 256,
             stage_replicas: args.replicas,
             bin_dir: args.bin_dir.clone(),
+            otlp_endpoint: args.otlp_endpoint.clone(),
         },
     )
     .await?;

@@ -68,7 +68,7 @@ enum Step {
         from: String,
         to: String,
         hop: usize,
-        claim: Option<kv::Store>,
+        claim: Option<Box<kv::Store>>,
     },
     /// Request on `to` (a core NATS sink), await the reply, then a confirmed ack.
     Deliver { from: String, to: String },
@@ -318,7 +318,7 @@ pub async fn ideal(
                 from: prefix(hop),
                 to: prefix(hop + 1),
                 hop,
-                claim: (hop == 2).then(|| claims.clone()),
+                claim: (hop == 2).then(|| Box::new(claims.clone())),
             }
         };
         relays.push(tokio::spawn(relay(

@@ -1,8 +1,13 @@
 //! Tracing set-up: a global subscriber logging to stderr, OpenTelemetry spans, W3C propagation.
 //!
-//! The OpenTelemetry layer is always installed, so every span has a trace context that can be
-//! injected into and extracted from `traceparent` headers; spans leave the process only when
-//! [`TelemetryConfig::otlp_endpoint`] is set.
+//! The OpenTelemetry layer is installed only when spans are exported
+//! ([`TelemetryConfig::otlp_endpoint`] set): then every span has a trace context, each stage's
+//! per-message span is a child of the previous stage's (`traceparent` injected at each hop)
+//! and the spans leave the process. Without an endpoint no span would leave the process, so
+//! none is recorded: building and dropping an OpenTelemetry span per message per stage cost
+//! about a fifth of the pipeline's CPU (docs/performance.md). The message's trace context
+//! still travels: each stage passes on the `traceparent` it received (the producer's, or the
+//! one ingress derived from the envelope id), so a sink sees the producer's trace either way.
 
 use std::io::IsTerminal;
 
@@ -57,14 +62,14 @@ pub enum TelemetryError {
 #[derive(Debug)]
 #[must_use = "dropping the guard shuts span export down"]
 pub struct TelemetryGuard {
-    /// The tracer provider behind the OpenTelemetry layer.
-    provider: SdkTracerProvider,
+    /// The tracer provider behind the OpenTelemetry layer, when spans are exported.
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         // Shutdown flushes the batch processor first; nothing useful can be done on failure.
-        if let Err(error) = self.provider.shutdown() {
+        if let Some(Err(error)) = self.provider.as_ref().map(SdkTracerProvider::shutdown) {
             tracing::warn!(%error, "span export did not shut down cleanly");
         }
     }
@@ -104,7 +109,9 @@ pub fn init(
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard"));
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")));
 
     tracing_subscriber::registry()
         .with(filter)
@@ -212,18 +219,19 @@ impl Injector for NatsHeadersMut<'_> {
     }
 }
 
-/// A tracer provider for `service_name`, exporting over OTLP/HTTP when `endpoint` is set.
+/// A tracer provider for `service_name` exporting over OTLP/HTTP to `endpoint`; `None` without
+/// an endpoint (nothing to record spans for).
 fn tracer_provider(
     endpoint: Option<&str>,
     service_name: &str,
-) -> Result<SdkTracerProvider, TelemetryError> {
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    let Some(base) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else {
+        return Ok(None);
+    };
     let resource = Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let Some(base) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else {
-        return Ok(builder.build());
-    };
     let endpoint = traces_endpoint(base);
     let exporter = SpanExporter::builder()
         .with_http()
@@ -231,7 +239,7 @@ fn tracer_provider(
         .with_endpoint(endpoint.clone())
         .build()
         .map_err(|source| TelemetryError::Exporter { endpoint, source })?;
-    Ok(builder.with_batch_exporter(exporter).build())
+    Ok(Some(builder.with_batch_exporter(exporter).build()))
 }
 
 /// The traces URL under an OTLP/HTTP base endpoint, leaving one that already names it alone.
