@@ -85,7 +85,12 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         }
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
-            batch = consumer.fetch().max_messages(free).expires(Duration::from_secs(1)).messages() => batch,
+            batch = consumer
+                .fetch()
+                .max_messages(free)
+                .max_bytes(switchyard_service::worker::FETCH_MAX_BYTES)
+                .expires(Duration::from_secs(1))
+                .messages() => batch,
         };
         let mut batch = match fetched {
             Ok(batch) => {

@@ -125,10 +125,10 @@ async fn compare(
     };
     let mut runs = Vec::new();
     if args.runs.contains(&Run::OneHop) {
-        runs.push(reference::one_hop(&target, &traffic, tenants, args.window).await?);
+        runs.push(reference::one_hop(&target, &traffic, tenants).await?);
     }
     if args.runs.contains(&Run::Ideal) {
-        runs.push(reference::ideal(&target, &traffic, tenants, args.window).await?);
+        runs.push(reference::ideal(&target, &traffic, tenants).await?);
     }
     if args.runs.contains(&Run::Pipeline) {
         runs.push(pipeline::run(&servers, args, &traffic, tenants).await?);
@@ -138,7 +138,7 @@ async fn compare(
         traffic.messages,
         payload_bytes,
         tenants,
-        args.in_flight,
+        traffic.in_flight,
         if args.rate > 0.0 {
             format!("paced at {}/s", args.rate)
         } else {

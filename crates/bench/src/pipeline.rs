@@ -189,7 +189,7 @@ impl Deployment {
     /// `stage_replicas` processes of each of the four services.
     pub async fn start(servers: &Servers, layout: &Layout<'_>) -> anyhow::Result<Self> {
         let client = servers.client().await;
-        let js = jetstream::new(client.clone());
+        let js = crate::traffic::jetstream(&client);
         let topology = DeploymentConfig {
             replicas: Some(servers.replicas()),
             ..Default::default()
@@ -327,6 +327,17 @@ async fn leader_placement(js: &jetstream::Context) -> anyhow::Result<String> {
         .join(", "))
 }
 
+/// A quota that holds a tenant's whole share of `traffic` with room to spare (the publisher
+/// may outrun the pipeline by all of it): the declared default (64 MiB), or twice the share
+/// when that is larger, at most 4 GiB.
+fn quota_for(traffic: &Traffic, tenants: usize) -> TenantQuota {
+    let share = traffic.messages * (traffic.payload_bytes + 1024) / tenants.max(1);
+    TenantQuota {
+        max_bytes: Some((2 * share).clamp(64 << 20, 4 << 30) as i64),
+        max_msgs: None,
+    }
+}
+
 /// Runs the pipeline measurement: `traffic` spread over `tenants` tenants, `stage_replicas`
 /// processes per stage.
 pub async fn run(
@@ -342,7 +353,7 @@ pub async fn run(
         servers,
         &Layout {
             tenants: &tenants,
-            quota: TenantQuota::default(),
+            quota: quota_for(traffic, tenants.len()),
             max_in_flight: 256,
             stage_replicas: args.replicas,
             bin_dir: args.bin_dir.clone(),
@@ -350,9 +361,10 @@ pub async fn run(
         },
     )
     .await?;
-    let (client, js) = (deployment.client.clone(), deployment.js.clone());
+    let js = deployment.js.clone();
     let services = &deployment.services;
-    let mut sink = Sink::subscribe(&client, "bench.sink.>").await?;
+    // The sink has a connection of its own, as a real one would.
+    let mut sink = Sink::subscribe(&servers.client().await, "bench.sink.>").await?;
     // Warm-up: one message per tenant, so every stage has found every tenant (backpressure
     // discovers tenants by scanning, every `scan_interval_ms`) before the measured run.
     let mut warm_up = futures::stream::FuturesUnordered::new();

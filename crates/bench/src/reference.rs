@@ -97,8 +97,16 @@ impl Step {
                     .to_owned();
                 if let Some(kv) = claim {
                     let key = format!("{}.{}", msg.subject.rsplit('.').next().unwrap_or("_"), id);
-                    kv.create_with_ttl(key, vec![0u8; 16].into(), Duration::from_secs(86_400))
-                        .await?;
+                    // A redelivered message finds its own claim and is handed on again, as the
+                    // idempotency stage hands on the same message seen again.
+                    match kv
+                        .create_with_ttl(key, vec![0u8; 16].into(), Duration::from_secs(86_400))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 h.insert("Nats-Msg-Id", format!("{id}:{hop}"));
                 let subject = msg.subject.replacen(from.as_str(), to, 1);
@@ -128,10 +136,11 @@ async fn relay(
     step: Step,
     window: usize,
 ) -> anyhow::Result<()> {
-    let js = jetstream::new(client.clone());
+    let js = crate::traffic::jetstream(&client);
     let mut input = consumer
         .stream()
         .max_messages_per_batch(window)
+        .max_bytes_per_batch(crate::traffic::IN_FLIGHT_BYTES)
         .messages()
         .await?;
     let mut pending = FuturesUnordered::new();
@@ -210,10 +219,10 @@ pub async fn one_hop(
     target: &Target,
     traffic: &Traffic,
     tenants: usize,
-    window: usize,
 ) -> anyhow::Result<Figures> {
+    let window = traffic.window;
     let client = target.connect().await?;
-    let js = jetstream::new(client.clone());
+    let js = crate::traffic::jetstream(&client);
     let run = &target.run;
     let (a, b) = (format!("bench_{run}_hop_a"), format!("bench_{run}_hop_b"));
     let relay_in = stream_and_consumer(
@@ -240,7 +249,12 @@ pub async fn one_hop(
     let count = traffic.messages;
     let collect = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(count);
-        let mut messages = reader.messages().await?;
+        let mut messages = reader
+            .stream()
+            .max_messages_per_batch(window)
+            .max_bytes_per_batch(crate::traffic::IN_FLIGHT_BYTES)
+            .messages()
+            .await?;
         let mut last = Instant::now();
         while latencies.len() < count {
             let Ok(Some(msg)) =
@@ -272,14 +286,10 @@ pub async fn one_hop(
 }
 
 /// The ideal 4-hop pipeline (see the module documentation).
-pub async fn ideal(
-    target: &Target,
-    traffic: &Traffic,
-    tenants: usize,
-    window: usize,
-) -> anyhow::Result<Figures> {
+pub async fn ideal(target: &Target, traffic: &Traffic, tenants: usize) -> anyhow::Result<Figures> {
+    let window = traffic.window;
     let client = target.connect().await?;
-    let js = jetstream::new(client.clone());
+    let js = crate::traffic::jetstream(&client);
     let run = &target.run;
     let prefix = |hop: usize| format!("bench_{run}_ideal_{hop}");
     let claims = js
@@ -304,7 +314,8 @@ pub async fn ideal(
         );
     }
     let sink_subject = format!("bench_{run}_sink");
-    let sink = Sink::subscribe(&client, &format!("{sink_subject}.>")).await?;
+    // The sink has a connection of its own, as a real one would.
+    let sink = Sink::subscribe(&target.connect().await?, &format!("{sink_subject}.>")).await?;
     let mut relays = Vec::new();
     for (i, consumer) in consumers.into_iter().enumerate() {
         let hop = i + 1;

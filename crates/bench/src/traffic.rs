@@ -27,6 +27,17 @@ pub fn latency_of(headers: Option<&HeaderMap>) -> Option<Duration> {
     Some(Duration::from_nanos(now_nanos().saturating_sub(sent) as u64))
 }
 
+/// Bytes of payload a publisher keeps awaiting acks, or a relay in flight, at most, whatever
+/// `--in-flight` and `--window` say (512 messages of 1 MiB would outlast any ack timeout).
+pub const IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
+
+/// JetStream on `client`, with a publish-ack timeout long enough for large messages (30 s).
+pub fn jetstream(client: &async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build(client.clone())
+}
+
 /// What a run publishes: how many messages, how big, how fast.
 #[derive(Debug, Clone)]
 pub struct Traffic {
@@ -38,6 +49,8 @@ pub struct Traffic {
     pub in_flight: usize,
     /// Messages per second (0: as fast as acks come back).
     pub rate: f64,
+    /// Messages each reference relay keeps in flight.
+    pub window: usize,
 }
 
 impl Traffic {
@@ -46,8 +59,15 @@ impl Traffic {
         Self {
             messages: args.messages_for(payload_bytes),
             payload_bytes,
-            in_flight: args.in_flight,
+            in_flight: args
+                .in_flight
+                .min(IN_FLIGHT_BYTES / payload_bytes.max(1))
+                .max(1),
             rate: args.rate,
+            window: args
+                .window
+                .min(IN_FLIGHT_BYTES / payload_bytes.max(1))
+                .max(1),
         }
     }
 

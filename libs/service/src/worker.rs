@@ -25,6 +25,13 @@ use crate::Metrics;
 pub use crate::settle::{Handled, Outcome};
 use crate::settle::{SettleSettings, Settler};
 
+/// Most bytes one fetch asks for (16 MiB): above any message the topology's streams admit
+/// (`max_msg_size` ≤ 1 MiB + 64 KiB), so a fetch always gets at least one message, and well
+/// below nats-server's `max_pending` per client (64 MiB by default), past which the server cuts
+/// the connection as a slow consumer: 256 slots of 1 MiB messages would otherwise ask for
+/// 256 MiB at once.
+pub const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// A stage's logic for one message.
 pub trait Handler: Send + Sync + 'static {
     /// Decides what happens to `msg`. Must not panic on any input.
@@ -289,6 +296,7 @@ impl<H: Handler> Worker<H> {
         let batch = consumer
             .fetch()
             .max_messages(max)
+            .max_bytes(FETCH_MAX_BYTES)
             .expires(self.settings.fetch_wait)
             .messages()
             .await;
