@@ -3,10 +3,11 @@
 //! limit simply stay in the stream — they are not fetched, so they hold no ack-pending slot,
 //! spend no delivery attempt, and never block another tenant, whose loop is its own task.
 //!
-//! Up to `max_batch` of the tenant's messages are in flight at once, each in its own task
-//! (waiting for its slot, then handed on and settled), so the tenant's throughput is not one
-//! hand-off round trip at a time, and a message held by a failing hand-off does not hold the
-//! ones behind it. Hand-offs of one tenant may reach `EGRESS` out of stream order (no stage
+//! Up to one lease window of the tenant's rate (at most `max_batch`) of its messages are in
+//! flight at once, each in its own task (waiting for its slot, then handed on and settled), so
+//! the tenant's throughput is not one hand-off round trip at a time, and a message held by a
+//! failing hand-off does not hold the ones behind it; a message is never fetched long before
+//! its slot. Hand-offs of one tenant may reach `EGRESS` out of stream order (no stage
 //! promises order).
 
 use std::collections::VecDeque;
@@ -76,7 +77,10 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         let limit = shared.limit_for(&tenant);
         let max_block =
             ((limit.rate_per_sec * lease_window.as_secs_f64()).ceil() as usize).clamp(1, max_batch);
-        let free = room.available_permits().min(max_block);
+        // In flight at most one lease window of the tenant's rate (`max_block`): every fetched
+        // message's slot is near, none is hoarded for a later window.
+        let in_flight_now = max_batch - room.available_permits();
+        let free = max_block.saturating_sub(in_flight_now);
         if free == 0 {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -198,7 +202,7 @@ async fn forward(shared: &Shared, msg: &jetstream::Message) -> Handled {
         }
     };
     let tenant = Some(envelope.address.tenant.clone());
-    let h = Handoff::headers(&envelope, msg.headers.as_ref());
+    let h = Handoff::pass_on_headers(msg.headers.as_ref());
     let outcome = match shared
         .handoff
         .forward(shared.next, &envelope, h, msg.payload.clone())

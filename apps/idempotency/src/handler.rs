@@ -211,7 +211,7 @@ impl Handler for IdempotencyHandler {
                 if claim == Claim::SameMessage {
                     tracing::info!(envelope_id = %envelope.id, "same message seen again (redelivery): handing on");
                 }
-                let h = Handoff::headers(&envelope, msg.headers.as_ref());
+                let h = Handoff::pass_on_headers(msg.headers.as_ref());
                 match self
                     .handoff
                     .forward(self.next, &envelope, h, msg.payload.clone())

@@ -328,12 +328,15 @@ async fn leader_placement(js: &jetstream::Context) -> anyhow::Result<String> {
 }
 
 /// A quota that holds a tenant's whole share of `traffic` with room to spare (the publisher
-/// may outrun the pipeline by all of it): the declared default (64 MiB), or twice the share
-/// when that is larger, at most 4 GiB.
+/// may outrun the pipeline by all of it): twice the share, at least 4 MiB, and no more than
+/// 8 GiB over all the tenants together (the server reserves each tenant stream's `max_bytes`
+/// up front, within `max_file_store`: 16 GB in the bundled config).
 fn quota_for(traffic: &Traffic, tenants: usize) -> TenantQuota {
-    let share = traffic.messages * (traffic.payload_bytes + 1024) / tenants.max(1);
+    let tenants = tenants.max(1);
+    let share = traffic.messages * (traffic.payload_bytes + 1024) / tenants;
+    let most = (8usize << 30) / tenants;
     TenantQuota {
-        max_bytes: Some((2 * share).clamp(64 << 20, 4 << 30) as i64),
+        max_bytes: Some((2 * share).max(4 << 20).min(most) as i64),
         max_msgs: None,
     }
 }

@@ -44,15 +44,16 @@ pub const SERVER_PREFIX: &str = "Nats-";
 pub fn without_server_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::new();
     if let Some(headers) = headers {
-        for (name, values) in headers.iter() {
-            let name: &str = name.as_ref();
+        for (key, values) in headers.iter() {
+            let name: &str = key.as_ref();
             if name.len() >= SERVER_PREFIX.len()
                 && name[..SERVER_PREFIX.len()].eq_ignore_ascii_case(SERVER_PREFIX)
             {
                 continue;
             }
+            // Cloned as they are: parsing the name again would only check what was checked.
             for value in values {
-                out.append(name, value.as_str());
+                out.append(key.clone(), value.clone());
             }
         }
     }

@@ -191,6 +191,14 @@ impl Handoff {
         h
     }
 
+    /// The headers for handing on a message whose envelope this stage leaves as it is
+    /// (idempotency, backpressure): the incoming ones less `Nats-*`, as they are. The same as
+    /// [`Handoff::headers`] with the envelope read from them, without writing the thirteen
+    /// envelope headers again.
+    pub fn pass_on_headers(incoming: Option<&HeaderMap>) -> HeaderMap {
+        headers::without_server_headers(incoming)
+    }
+
     /// Publishes and awaits the stream's ack. The current span's trace context replaces the
     /// `traceparent` the headers carry, so the next hop's span is a child of this one.
     async fn publish(
