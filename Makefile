@@ -19,7 +19,7 @@ test: nats-server ## run the whole test suite against real nats-server processes
 		$(CARGO) test --workspace; \
 	fi
 
-bench: nats-server ## benchmark: the pipeline (release build) next to raw JetStream; prints figures
+bench: nats-server ## benchmark: the pipeline (release build) next to the ideal JetStream pipeline; prints figures
 	$(CARGO) build --release -p switchyard-bench -p switchyard-ingress -p switchyard-idempotency \
 		-p switchyard-backpressure -p switchyard-egress
 	"$${CARGO_TARGET_DIR:-target}/release/switchyard-bench" $(BENCH_ARGS)

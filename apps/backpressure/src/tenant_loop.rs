@@ -91,9 +91,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             _ = shutdown.cancelled() => break,
             batch = consumer
                 .fetch()
-                .max_messages(free)
-                .max_bytes(switchyard_service::worker::FETCH_MAX_BYTES)
-                .expires(Duration::from_secs(1))
+                .max_messages(free.min(switchyard_service::worker::FETCH_MAX_MESSAGES))
+                .expires(switchyard_service::worker::TENANT_FETCH_WAIT)
                 .messages() => batch,
         };
         let mut batch = match fetched {
@@ -111,13 +110,19 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         };
         // Each message is handled as it arrives (never held until the batch completes).
         let mut got = 0usize;
-        while let Some(next) = batch.next().await {
+        loop {
+            // A pull waits long for its messages (`TENANT_FETCH_WAIT`): shutdown does not.
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = batch.next() => next,
+            };
             let msg = match next {
-                Ok(msg) => msg,
-                Err(error) => {
+                Some(Ok(msg)) => msg,
+                Some(Err(error)) => {
                     tracing::debug!(%error, "fetch ended");
                     break;
                 }
+                None => break,
             };
             got += 1;
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.

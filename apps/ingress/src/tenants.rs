@@ -22,10 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::credit::Credit;
 use crate::handler::IngressHandler;
 
-/// How long each tenant's pull waits for messages before it is renewed. A message that arrives
-/// meanwhile is delivered to the waiting pull at once, so this bounds only what an idle tenant
-/// costs (a pull request per tenant per `FETCH_WAIT`, on ingress and on nats-server).
-pub const FETCH_WAIT: Duration = Duration::from_secs(20);
+/// How long each tenant's pull waits for messages before it is renewed (the shared
+/// [`switchyard_service::worker::TENANT_FETCH_WAIT`]).
+pub const FETCH_WAIT: Duration = switchyard_service::worker::TENANT_FETCH_WAIT;
 
 /// How often the registry is compared with the running loops (a tenant enabled now is read
 /// within this long; its stream holds its messages meanwhile).

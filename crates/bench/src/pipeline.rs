@@ -483,8 +483,9 @@ pub async fn run(
     Ok(figures)
 }
 
-/// NATS messages each client sent and received per delivered message, between two
-/// [`Servers::messages_by_client`] samples (clients that exchanged none left out).
+/// NATS messages each service's connection sent and received per delivered message, between
+/// two [`Servers::messages_by_client`] samples (the benchmark's own connections, and services
+/// that exchanged none, left out).
 pub fn messages_per_delivery(
     before: &[(String, u64, u64)],
     after: &[(String, u64, u64)],
@@ -493,6 +494,7 @@ pub fn messages_per_delivery(
     let per = |n: u64| n as f64 / delivered.max(1) as f64;
     let parts: Vec<String> = after
         .iter()
+        .filter(|(name, _, _)| name.starts_with("switchyard-"))
         .filter_map(|(name, sent, received)| {
             let (s0, r0) = before
                 .iter()
@@ -504,7 +506,7 @@ pub fn messages_per_delivery(
         })
         .collect();
     format!(
-        "NATS messages per delivered message, sent / received by each client: {}",
+        "NATS messages per delivered message, sent / received by each service: {}",
         parts.join(", ")
     )
 }

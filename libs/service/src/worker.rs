@@ -25,12 +25,22 @@ use crate::Metrics;
 pub use crate::settle::{Handled, Outcome};
 use crate::settle::{SettleSettings, Settler};
 
-/// Most bytes one fetch asks for (16 MiB): above any message the topology's streams admit
-/// (`max_msg_size` ≤ 1 MiB + 64 KiB), so a fetch always gets at least one message, and well
-/// below nats-server's `max_pending` per client (64 MiB by default), past which the server cuts
-/// the connection as a slow consumer: 256 slots of 1 MiB messages would otherwise ask for
-/// 256 MiB at once.
-pub const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Most messages one fetch asks for (32). The topology's streams admit messages up to
+/// 1 MiB + 64 KiB (`max_msg_size`), so one fetch brings at most ~34 MiB, well below
+/// nats-server's `max_pending` per client (64 MiB by default), past which the server cuts the
+/// connection as a slow consumer: 256 free slots of 1 MiB messages would otherwise ask for
+/// 256 MiB at once. (A fetch's own `max_bytes` would bound it by size instead, but pulls with
+/// `max_bytes` on a clustered consumer lost deliveries under load in the benchmark: every
+/// message was redelivered until `max_deliver`.) 32 messages a fetch keep its cost (a
+/// subscription, a pull request, an unsubscribe) small per message.
+pub const FETCH_MAX_MESSAGES: usize = 32;
+
+/// How long a per-tenant pull (ingress's and backpressure's loops, one per tenant) waits for
+/// messages before it is renewed. A message that arrives meanwhile is delivered to the waiting
+/// pull at once, so this bounds only what an idle tenant costs: a pull request (and its
+/// timeout status) per tenant per wait, on the stage and on nats-server. At one second, 1,000
+/// idle tenants cost 1,000 pulls a second on each stage (docs/performance.md).
+pub const TENANT_FETCH_WAIT: Duration = Duration::from_secs(20);
 
 /// A stage's logic for one message.
 pub trait Handler: Send + Sync + 'static {
@@ -295,8 +305,7 @@ impl<H: Handler> Worker<H> {
     ) -> Fetched {
         let batch = consumer
             .fetch()
-            .max_messages(max)
-            .max_bytes(FETCH_MAX_BYTES)
+            .max_messages(max.min(FETCH_MAX_MESSAGES))
             .expires(self.settings.fetch_wait)
             .messages()
             .await;
