@@ -91,7 +91,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             _ = shutdown.cancelled() => break,
             batch = consumer
                 .fetch()
-                .max_messages(free.min(switchyard_service::worker::FETCH_MAX_MESSAGES))
+                .max_messages(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES))
                 .expires(switchyard_service::worker::TENANT_FETCH_WAIT)
                 .messages() => batch,
         };

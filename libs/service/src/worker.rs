@@ -25,15 +25,22 @@ use crate::Metrics;
 pub use crate::settle::{Handled, Outcome};
 use crate::settle::{SettleSettings, Settler};
 
-/// Most messages one fetch asks for (32). The topology's streams admit messages up to
-/// 1 MiB + 64 KiB (`max_msg_size`), so one fetch brings at most ~34 MiB, well below
-/// nats-server's `max_pending` per client (64 MiB by default), past which the server cuts the
-/// connection as a slow consumer: 256 free slots of 1 MiB messages would otherwise ask for
-/// 256 MiB at once. (A fetch's own `max_bytes` would bound it by size instead, but pulls with
-/// `max_bytes` on a clustered consumer lost deliveries under load in the benchmark: every
-/// message was redelivered until `max_deliver`.) 32 messages a fetch keep its cost (a
-/// subscription, a pull request, an unsubscribe) small per message.
+/// Most messages one fetch of a stage's shared consumer asks for (32). The topology's streams
+/// admit messages up to 1 MiB + 64 KiB (`max_msg_size`), so one fetch brings at most ~34 MiB,
+/// below nats-server's `max_pending` per client (64 MiB by default), past which the server cuts
+/// the connection as a slow consumer (its unacked messages then come back only after the
+/// consumer's `ack_wait`): 256 free slots of 1 MiB messages would otherwise ask for 256 MiB at
+/// once. (A pull's own `max_bytes` would bound it by size instead, but on a 3-node cluster
+/// pulls with `max_bytes` lost deliveries under load in the benchmark: messages were
+/// redelivered until `max_deliver`.) 32 messages a fetch keep its fixed cost (a subscription,
+/// a pull request, an unsubscribe) small per message.
 pub const FETCH_MAX_MESSAGES: usize = 32;
+
+/// Most messages one per-tenant fetch asks for (16, as ingress's default `tenant_batch`):
+/// several tenants' pulls run at once on one connection, so each brings less (three tenants'
+/// 1 MiB messages: ~51 MiB). Many tenants with large messages pulling at once can still pass
+/// `max_pending` (docs/performance.md).
+pub const TENANT_FETCH_MAX_MESSAGES: usize = 16;
 
 /// How long a per-tenant pull (ingress's and backpressure's loops, one per tenant) waits for
 /// messages before it is renewed. A message that arrives meanwhile is delivered to the waiting
