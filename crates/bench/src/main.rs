@@ -24,7 +24,7 @@ use crate::traffic::Traffic;
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// Messages per run (fewer for large payloads: see --max-run-bytes).
+    /// Messages per run (at least 100; fewer for large payloads: see --max-run-bytes).
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
     /// Payload sizes in bytes, comma-separated: one comparison per size
@@ -39,7 +39,7 @@ pub struct Args {
     /// (e.g. 3,100,1000).
     #[arg(long, value_delimiter = ',', default_value = "3")]
     pub tenants: Vec<usize>,
-    /// Publishes in flight at once.
+    /// Publishes in flight at once (fewer for large payloads: at most 8 MiB in flight).
     #[arg(long, default_value_t = 512)]
     pub in_flight: usize,
     /// Publish rate in messages per second (0 = as fast as possible: the latency figures are
@@ -52,7 +52,7 @@ pub struct Args {
     /// Run on a 3-node cluster (on this machine) with every stream and bucket R3.
     #[arg(long)]
     pub cluster: bool,
-    /// Messages each reference relay keeps in flight.
+    /// Messages each reference relay keeps in flight (at most 8 MiB).
     #[arg(long, default_value_t = 256)]
     pub window: usize,
     /// Which runs each comparison makes, comma-separated (fewer to profile one, say; the
@@ -90,11 +90,11 @@ pub struct Args {
 /// One run of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Run {
-    /// One windowed JetStream hop ([`reference::one_hop`]).
+    /// One windowed JetStream hop.
     OneHop,
-    /// The ideal 4-hop JetStream pipeline ([`reference::ideal`]).
+    /// The ideal 4-hop JetStream pipeline (the headline ratio's reference).
     Ideal,
-    /// Switchyard's pipeline ([`pipeline::run`]).
+    /// Switchyard's pipeline, its services as processes.
     Pipeline,
 }
 

@@ -174,6 +174,8 @@ pub struct Layout<'a> {
 pub struct Deployment {
     /// The services.
     services: Vec<Service>,
+    /// Where the services' logs are written.
+    pub log_dir: PathBuf,
     /// A client of the deployment's server.
     pub client: async_nats::Client,
     /// JetStream on it.
@@ -285,6 +287,7 @@ impl Deployment {
         }
         Ok(Self {
             services,
+            log_dir,
             client,
             js,
             limits,
@@ -390,7 +393,7 @@ pub async fn run(
         .processes()
         .map(|(name, pid)| (name.to_owned(), pid))
         .chain(servers.processes())
-        .chain([("bench".to_owned(), std::process::id())])
+        .chain([("bench (publisher, sink)".to_owned(), std::process::id())])
         .collect();
     let cpu_before = cpu_times(&processes);
     let messages_before = servers.messages_by_client();
@@ -408,7 +411,8 @@ pub async fn run(
     let messages_after = servers.messages_by_client();
     let mut figures = Figures::new(
         &format!(
-            "Switchyard pipeline{}",
+            "{}{}",
+            crate::report::PIPELINE,
             if args.replicas > 1 {
                 format!(", {} replicas per stage", args.replicas)
             } else {
@@ -446,7 +450,8 @@ pub async fn run(
     }
     if let Some(egress) = services.iter().find(|s| s.name == "egress") {
         let text = http_get(egress.port, "/metrics");
-        let deferred = metric(&text, "switchyard_egress_deferred_total");
+        // `max` turns the empty sum's -0 into 0.
+        let deferred = metric(&text, "switchyard_egress_deferred_total").max(0.0);
         notes.push(format!(
             "egress deferrals (busy route or open breaker): {deferred}"
         ));
@@ -468,6 +473,10 @@ pub async fn run(
             ));
         }
     }
+    notes.push(format!(
+        "service logs: {} (kept after the run)",
+        deployment.log_dir.display()
+    ));
     for (name, bytes) in servers.resident() {
         notes.push(format!(
             "{name} resident memory at the end: {:.1} MiB",

@@ -198,7 +198,10 @@ async fn drive(
         .processes
         .iter()
         .cloned()
-        .chain([("bench (relays)".to_owned(), std::process::id())])
+        .chain([(
+            "bench (relays, publisher, sink)".to_owned(),
+            std::process::id(),
+        )])
         .collect();
     let cpu_before = cpu_times(&processes);
     let started = Instant::now();
@@ -225,15 +228,17 @@ pub async fn one_hop(
     let js = crate::traffic::jetstream(&client);
     let run = &target.run;
     let (a, b) = (format!("bench_{run}_hop_a"), format!("bench_{run}_hop_b"));
+    // The relay and the reader each pull, ack and publish on a connection of their own.
+    let relay_client = target.connect().await?;
     let relay_in = stream_and_consumer(
-        &js,
+        &crate::traffic::jetstream(&relay_client),
         &format!("BENCH_{run}_HOP_A"),
         &format!("{a}.>"),
         target.replicas,
     )
     .await?;
     let reader = stream_and_consumer(
-        &js,
+        &crate::traffic::jetstream(&target.connect().await?),
         &format!("BENCH_{run}_HOP_B"),
         &format!("{b}.>"),
         target.replicas,
@@ -245,7 +250,7 @@ pub async fn one_hop(
         hop: 1,
         claim: None,
     };
-    let relay = tokio::spawn(relay(relay_in, target.connect().await?, step, window));
+    let relay = tokio::spawn(relay(relay_in, relay_client, step, window));
     let count = traffic.messages;
     let collect = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(count);
@@ -292,52 +297,48 @@ pub async fn ideal(target: &Target, traffic: &Traffic, tenants: usize) -> anyhow
     let js = crate::traffic::jetstream(&client);
     let run = &target.run;
     let prefix = |hop: usize| format!("bench_{run}_ideal_{hop}");
-    let claims = js
-        .create_key_value(kv::Config {
-            bucket: format!("bench_{run}_claims"),
-            history: 1,
-            num_replicas: target.replicas,
-            limit_markers: Some(Duration::from_secs(60)),
-            ..Default::default()
-        })
-        .await?;
-    let mut consumers = Vec::new();
-    for hop in 1..=4 {
-        consumers.push(
-            stream_and_consumer(
-                &js,
-                &format!("BENCH_{run}_IDEAL_{hop}"),
-                &format!("{}.>", prefix(hop)),
-                target.replicas,
-            )
-            .await?,
-        );
-    }
+    let claims = format!("bench_{run}_claims");
+    js.create_key_value(kv::Config {
+        bucket: claims.clone(),
+        history: 1,
+        num_replicas: target.replicas,
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await?;
     let sink_subject = format!("bench_{run}_sink");
     // The sink has a connection of its own, as a real one would.
     let sink = Sink::subscribe(&target.connect().await?, &format!("{sink_subject}.>")).await?;
     let mut relays = Vec::new();
-    for (i, consumer) in consumers.into_iter().enumerate() {
-        let hop = i + 1;
+    for hop in 1..=4 {
+        // Each relay pulls, acks, creates its claims and publishes on a connection of its own.
+        let relay_client = target.connect().await?;
+        let relay_js = crate::traffic::jetstream(&relay_client);
+        let consumer = stream_and_consumer(
+            &relay_js,
+            &format!("BENCH_{run}_IDEAL_{hop}"),
+            &format!("{}.>", prefix(hop)),
+            target.replicas,
+        )
+        .await?;
         let step = if hop == 4 {
             Step::Deliver {
                 from: prefix(hop),
                 to: sink_subject.clone(),
             }
         } else {
+            let claim = match hop {
+                2 => Some(Box::new(relay_js.get_key_value(&claims).await?)),
+                _ => None,
+            };
             Step::Forward {
                 from: prefix(hop),
                 to: prefix(hop + 1),
                 hop,
-                claim: (hop == 2).then(|| Box::new(claims.clone())),
+                claim,
             }
         };
-        relays.push(tokio::spawn(relay(
-            consumer,
-            target.connect().await?,
-            step,
-            window,
-        )));
+        relays.push(tokio::spawn(relay(consumer, relay_client, step, window)));
     }
     let collect = sink.collect(traffic.messages, Duration::from_secs(60));
     let collect = tokio::spawn(async move { anyhow::Ok(collect.await?) });
@@ -347,13 +348,8 @@ pub async fn ideal(target: &Target, traffic: &Traffic, tenants: usize) -> anyhow
     for hop in 1..=4 {
         let _ = js.delete_stream(format!("BENCH_{run}_IDEAL_{hop}")).await;
     }
-    let _ = js.delete_key_value(format!("bench_{run}_claims")).await;
-    let mut figures = Figures::new(
-        "JetStream ideal, 4 hops + KV create",
-        traffic,
-        latencies,
-        elapsed,
-    );
+    let _ = js.delete_key_value(&claims).await;
+    let mut figures = Figures::new(crate::report::IDEAL, traffic, latencies, elapsed);
     figures.notes.push(format!("{}: {cpu}", figures.name));
     Ok(figures)
 }

@@ -177,12 +177,12 @@ impl std::fmt::Display for Machine {
 pub fn render(title: &str, machine: &Machine, runs: &[Figures]) -> String {
     let mut out = format!("{title}\n{machine}\n\n");
     out.push_str(&format!(
-        "{:<38} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8}\n",
+        "{:<38} {:>13} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8}\n",
         "run", "received", "msgs/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
     ));
     for f in runs {
         out.push_str(&format!(
-            "{:<38} {:>9} {:>9.0} {:>8.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1}\n",
+            "{:<38} {:>13} {:>9.0} {:>8.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1}\n",
             f.name,
             format!("{}/{}", f.received, f.sent),
             f.rate(),
@@ -222,6 +222,12 @@ pub fn render(title: &str, machine: &Machine, runs: &[Figures]) -> String {
     out
 }
 
+/// The name every pipeline run's figures start with.
+pub const PIPELINE: &str = "Switchyard pipeline";
+
+/// The name of the ideal 4-hop reference's figures.
+pub const IDEAL: &str = "JetStream ideal, 4 hops + KV create";
+
 /// One line per comparison (tenants, payload bytes, its runs: the references, then the
 /// pipeline): the pipeline's throughput, its ratio to the ideal 4-hop reference, and to the
 /// first comparison's pipeline.
@@ -232,10 +238,15 @@ pub fn summary(comparisons: &[(usize, usize, Vec<Figures>)]) -> String {
     );
     let first = comparisons
         .first()
-        .and_then(|(_, _, runs)| runs.last())
+        .and_then(|(_, _, runs)| runs.iter().find(|f| f.name.starts_with(PIPELINE)))
         .map_or(f64::NAN, Figures::rate);
     for (tenants, bytes, runs) in comparisons {
-        let (Some(pipeline), Some(ideal)) = (runs.last(), runs.iter().rev().nth(1)) else {
+        let pipeline = runs.iter().find(|f| f.name.starts_with(PIPELINE));
+        let ideal = runs.iter().find(|f| f.name.starts_with(IDEAL));
+        let (Some(pipeline), Some(ideal)) = (pipeline, ideal) else {
+            out.push_str(&format!(
+                "{tenants:>8} {bytes:>9}  (needs the pipeline and the ideal runs)\n"
+            ));
             continue;
         };
         out.push_str(&format!(
