@@ -76,3 +76,55 @@ async fn hand_offs_stop_at_egress_high_water_mark_and_nothing_is_evicted() {
     assert_eq!(state.messages, 0, "{state:?}");
     h.stop().await;
 }
+
+/// A tenant's messages are handed on together, not one round trip at a time: while `EGRESS`
+/// is at its high-water mark every hand-off is held in place, and all of the tenant's messages
+/// its lease window admits are held at once (the stage's in-flight gauge), not one behind the
+/// other. All of them arrive once there is room.
+#[tokio::test]
+async fn a_tenants_held_hand_offs_are_in_flight_together_not_one_at_a_time() {
+    let mut h = Harness::start(0).await;
+    let mut config =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    config.max_messages = 10;
+    h.js.update_stream(config).await.unwrap();
+    h.add_replica().await;
+    // 1,000/s over a 0.5 s lease window: up to 500 of the tenant's messages in flight.
+    h.set_limit("acme", super::limit(1_000.0, 1_000)).await;
+
+    h.send("acme", 30, 0.0).await;
+    // EGRESS takes 9 (90 % of 10); the other 21 are held, all at once.
+    wait_for(
+        "the tenant's held hand-offs to be in flight together",
+        Duration::from_secs(30),
+        || async { (h.metric_sum("switchyard_messages_in_flight").await >= 15.0).then_some(()) },
+    )
+    .await;
+
+    let drain =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .get_consumer::<pull::Config>("egress-worker")
+            .await
+            .unwrap();
+    let mut ids = BTreeSet::new();
+    let mut messages = drain.messages().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ids.len() < 30 {
+        let msg = tokio::time::timeout_at(deadline, messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 30 reached EGRESS", ids.len()))
+            .unwrap()
+            .unwrap();
+        ids.insert(Envelope::from_headers(msg.headers.as_ref()).unwrap().id);
+        msg.double_ack().await.unwrap();
+    }
+    assert_eq!(ids.len(), 30);
+    h.stop().await;
+}
