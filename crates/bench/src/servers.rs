@@ -19,29 +19,8 @@ impl Servers {
         if cluster {
             let cluster = NatsCluster::start().await;
             let client = cluster.client().await;
+            // Also waits until an R3 stream can be placed.
             cluster.wait_for_meta_leader(&client).await;
-            // A meta leader may still see a peer as offline: wait until an R3 stream can be
-            // placed (provisioning fails with "no suitable peers" otherwise).
-            let js = async_nats::jetstream::new(client);
-            switchyard_testkit::wait_for(
-                "every peer of the cluster",
-                std::time::Duration::from_secs(60),
-                || {
-                    let js = js.clone();
-                    async move {
-                        js.create_stream(async_nats::jetstream::stream::Config {
-                            name: "BENCH_PLACEMENT_PROBE".into(),
-                            subjects: vec!["bench.placement.probe".into()],
-                            num_replicas: 3,
-                            ..Default::default()
-                        })
-                        .await
-                        .ok()?;
-                        js.delete_stream("BENCH_PLACEMENT_PROBE").await.ok()
-                    }
-                },
-            )
-            .await;
             Servers::Cluster(cluster)
         } else {
             Servers::Single(NatsServer::start().await)

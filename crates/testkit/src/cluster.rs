@@ -106,13 +106,35 @@ impl NatsCluster {
         }
     }
 
-    /// Waits until a JetStream request through `client` succeeds (a meta leader is elected).
+    /// Waits until a JetStream request through `client` succeeds (a meta leader is elected)
+    /// and an R3 stream can be placed: a meta leader can be elected while it still counts a
+    /// peer as offline, and creating a replicated stream or bucket then fails with "no
+    /// suitable peers for placement" (JetStream error 10005).
     pub async fn wait_for_meta_leader(&self, client: &async_nats::Client) {
         let js = async_nats::jetstream::new(client.clone());
         wait_for("a JetStream meta leader", Duration::from_secs(30), || {
             let js = js.clone();
             async move { js.query_account().await.ok() }
         })
+        .await;
+        wait_for(
+            "every peer to be placeable (an R3 stream to be created)",
+            Duration::from_secs(30),
+            || {
+                let js = js.clone();
+                async move {
+                    js.create_stream(async_nats::jetstream::stream::Config {
+                        name: "TESTKIT_PLACEMENT_PROBE".into(),
+                        subjects: vec!["testkit.placement.probe".into()],
+                        num_replicas: 3,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                    js.delete_stream("TESTKIT_PLACEMENT_PROBE").await.ok()
+                }
+            },
+        )
         .await;
     }
 }
