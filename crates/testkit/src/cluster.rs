@@ -117,6 +117,24 @@ impl NatsCluster {
             async move { js.query_account().await.ok() }
         })
         .await;
+        // The meta leader's view of its peers: both current, neither offline, three checks in
+        // a row (a peer that just joined can be marked offline for a moment).
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.monitor_port).collect();
+        let mut steady = 0;
+        wait_for(
+            "the meta leader to see both peers current",
+            Duration::from_secs(60),
+            || {
+                let ports = ports.clone();
+                let ok = std::thread::spawn(move || peers_current(&ports))
+                    .join()
+                    .unwrap_or(false);
+                steady = if ok { steady + 1 } else { 0 };
+                let done = steady >= 3;
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
         wait_for(
             "every peer to be placeable (an R3 stream to be created)",
             Duration::from_secs(30),
@@ -137,4 +155,30 @@ impl NatsCluster {
         )
         .await;
     }
+}
+
+/// Whether the meta leader sees both other peers current and none offline: some node's `/jsz`
+/// `meta_cluster` lists two replicas, both `"current": true` (a follower lists the peers it does
+/// not follow as not current).
+fn peers_current(monitor_ports: &[u16]) -> bool {
+    monitor_ports.iter().any(|&port| {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if std::io::Write::write_all(&mut stream, b"GET /jsz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut body);
+        let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+        let Some(start) = compact.find("\"meta_cluster\":") else {
+            return false;
+        };
+        let meta = &compact[start..];
+        let meta = &meta[..meta.find("\"cluster_size\"").unwrap_or(meta.len())];
+        meta.matches("\"current\":true").count() >= 2 && !meta.contains("\"offline\":true")
+    })
 }
