@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::Args;
 use crate::pipeline::{Deployment, Layout, ingress_subject};
-use crate::report::Machine;
+use crate::report::{Machine, percentile_ms};
 use crate::servers::Servers;
 use crate::traffic::{SENT, latency_of, now_nanos};
 
@@ -45,13 +45,9 @@ struct Phase {
 
 impl Phase {
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
         let mut sorted = self.latencies.clone();
         sorted.sort();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[index].as_secs_f64() * 1000.0
+        percentile_ms(&sorted, p)
     }
 }
 

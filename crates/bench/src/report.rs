@@ -42,11 +42,7 @@ impl Figures {
 
     /// The `p` quantile of the latencies (0..=1), in milliseconds; NaN without any.
     pub fn percentile(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[index].as_secs_f64() * 1000.0
+        percentile_ms(&self.latencies, p)
     }
 
     /// Messages per second received.
@@ -58,6 +54,15 @@ impl Figures {
     pub fn megabytes_per_sec(&self) -> f64 {
         self.rate() * self.payload_bytes as f64 / 1e6
     }
+}
+
+/// The `p` quantile (0..=1) of `sorted` latencies, in milliseconds; NaN when empty.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
 }
 
 /// Peak resident set size of a process (Linux `VmHWM`), in bytes.

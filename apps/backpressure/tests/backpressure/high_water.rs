@@ -17,15 +17,7 @@ use super::Harness;
 async fn hand_offs_stop_at_egress_high_water_mark_and_nothing_is_evicted() {
     let mut h = Harness::start(0).await;
     // A tiny EGRESS: 10 messages, so 90 % is 9.
-    let mut config =
-        h.js.get_stream("EGRESS")
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-    config.max_messages = 10;
-    h.js.update_stream(config).await.unwrap();
+    shrink_egress(&h, 10).await;
     h.add_replica().await;
 
     h.send("acme", 30, 0.0).await;
@@ -49,23 +41,7 @@ async fn hand_offs_stop_at_egress_high_water_mark_and_nothing_is_evicted() {
 
     // Something drains EGRESS (here: the egress stage's consumer, acking what it reads):
     // every message arrives, once.
-    let drain = egress
-        .get_consumer::<pull::Config>("egress-worker")
-        .await
-        .unwrap();
-    let mut ids = BTreeSet::new();
-    let mut messages = drain.messages().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ids.len() < 30 {
-        let msg = tokio::time::timeout_at(deadline, messages.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of 30 reached EGRESS", ids.len()))
-            .unwrap()
-            .unwrap();
-        ids.insert(Envelope::from_headers(msg.headers.as_ref()).unwrap().id);
-        msg.double_ack().await.unwrap();
-    }
-    assert_eq!(ids.len(), 30);
+    assert_eq!(drain_egress(&h, 30).await.len(), 30);
     let state =
         h.js.get_stream("EGRESS")
             .await
@@ -84,15 +60,7 @@ async fn hand_offs_stop_at_egress_high_water_mark_and_nothing_is_evicted() {
 #[tokio::test]
 async fn a_tenants_held_hand_offs_are_in_flight_together_not_one_at_a_time() {
     let mut h = Harness::start(0).await;
-    let mut config =
-        h.js.get_stream("EGRESS")
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-    config.max_messages = 10;
-    h.js.update_stream(config).await.unwrap();
+    shrink_egress(&h, 10).await;
     h.add_replica().await;
     // 1,000/s over a 0.5 s lease window: up to 500 of the tenant's messages in flight.
     h.set_limit("acme", super::limit(1_000.0, 1_000)).await;
@@ -106,6 +74,26 @@ async fn a_tenants_held_hand_offs_are_in_flight_together_not_one_at_a_time() {
     )
     .await;
 
+    assert_eq!(drain_egress(&h, 30).await.len(), 30);
+    h.stop().await;
+}
+
+/// Sets `EGRESS`'s `max_messages` (its high-water mark is 90 % of it).
+async fn shrink_egress(h: &Harness, max_messages: i64) {
+    let mut config =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    config.max_messages = max_messages;
+    h.js.update_stream(config).await.unwrap();
+}
+
+/// Reads `EGRESS` through the egress stage's consumer, acking, until `n` distinct envelopes
+/// arrived (or fails after 60 s naming how many did); their ids.
+async fn drain_egress(h: &Harness, n: usize) -> BTreeSet<switchyard_envelope::EnvelopeId> {
     let drain =
         h.js.get_stream("EGRESS")
             .await
@@ -116,15 +104,14 @@ async fn a_tenants_held_hand_offs_are_in_flight_together_not_one_at_a_time() {
     let mut ids = BTreeSet::new();
     let mut messages = drain.messages().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ids.len() < 30 {
+    while ids.len() < n {
         let msg = tokio::time::timeout_at(deadline, messages.next())
             .await
-            .unwrap_or_else(|_| panic!("only {} of 30 reached EGRESS", ids.len()))
+            .unwrap_or_else(|_| panic!("only {} of {n} reached EGRESS", ids.len()))
             .unwrap()
             .unwrap();
         ids.insert(Envelope::from_headers(msg.headers.as_ref()).unwrap().id);
         msg.double_ack().await.unwrap();
     }
-    assert_eq!(ids.len(), 30);
-    h.stop().await;
+    ids
 }
