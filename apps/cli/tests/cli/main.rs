@@ -8,6 +8,7 @@ mod dlq_export;
 mod dlq_jobs;
 mod dlq_stats;
 mod fixtures;
+mod json_output;
 mod keys;
 mod provision;
 mod publish;
