@@ -3,6 +3,7 @@
 //! Ingress watches the bucket, so a new or revoked key applies within a second. The key itself
 //! is shown once, by `create`; nothing can show it again.
 
+use anstream::{print, println};
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -1,6 +1,7 @@
 //! `switchyard limits set|get|ls`: per-tenant rate limits in the `rate-limits` bucket. Every
 //! backpressure replica watches them, so a change applies within a second, no restart.
 
+use anstream::{print, println};
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -2,6 +2,7 @@
 //! fix drift. Idempotent: a second run changes nothing and says so. Refuses (exit code 1) when
 //! the server's `max_payload` does not fit the declared message sizes.
 
+use anstream::print;
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -2,6 +2,7 @@
 //! JetStream, with the producer's `Nats-Msg-Id`, and report where the stream stored it (or
 //! that its duplicate window dropped it).
 
+use anstream::println;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;

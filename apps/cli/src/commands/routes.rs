@@ -4,6 +4,7 @@
 //! shown as `scheme://host[:port]` only ([`Route::redacted`], [`Route::describe`]): user info,
 //! path and query may hold credentials.
 
+use anstream::{print, println};
 use std::process::ExitCode;
 
 use anyhow::Context;

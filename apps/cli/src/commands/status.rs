@@ -1,6 +1,7 @@
 //! `switchyard status`: streams, consumers (lag), buckets (fill, and hours of headroom for the
 //! idempotency claims) and per-tenant backlog.
 
+use anstream::print;
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -2,6 +2,7 @@
 //! ingress consults to accept or dead-letter a tenant's messages, and each tenant's own
 //! ingress stream (`INGRESS_<tenant>`, with its quota), which `enable` provisions.
 
+use anstream::{print, println};
 use std::process::ExitCode;
 
 use anyhow::Context;

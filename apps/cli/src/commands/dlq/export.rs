@@ -3,6 +3,7 @@
 //! stored), oldest first, without removing anything. `dlq import` restores them. The format is
 //! described in `docs/dlq-wire-format.md`.
 
+use anstream::println;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 //! restores everything. Restored entries get new sequences and storage times; the dlq service
 //! does not count them as new inflow.
 
+use anstream::println;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

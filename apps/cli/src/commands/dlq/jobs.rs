@@ -6,6 +6,7 @@
 //! dlq service starts it at once; `jobs` lists, shows, follows (a progress bar on a terminal,
 //! a line per second otherwise) and cancels them. The CLI never replays a job's entries itself.
 
+use anstream::{print, println};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

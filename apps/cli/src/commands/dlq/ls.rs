@@ -1,6 +1,7 @@
 //! `switchyard dlq ls`: the entries stored now, oldest first, read through an ordered
 //! consumer until caught up (never removes anything).
 
+use anstream::{print, println};
 use std::process::ExitCode;
 
 use switchyard_dlq_ops::DlqReader;

@@ -1,6 +1,7 @@
 //! `switchyard dlq purge`: delete exactly the selected entries, one sequence at a time (so an
 //! entry stored after the confirmation is never swept away with them).
 
+use anstream::println;
 use std::process::ExitCode;
 
 use async_nats::jetstream::stream::DeleteMessageErrorKind;

@@ -58,3 +58,14 @@ pub fn retryable(code: DlqCode) -> bool {
             | DlqCode::DeadlineExceeded
     )
 }
+
+/// A DLQ code for a table or a line: yellow when replay can fix it once its cause is fixed
+/// ([`retryable`]), red when it cannot.
+pub fn code_cell(code: DlqCode) -> String {
+    let style = if retryable(code) {
+        crate::output::style::WARN
+    } else {
+        crate::output::style::BAD
+    };
+    crate::output::paint(style, code.as_str())
+}

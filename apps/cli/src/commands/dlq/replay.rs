@@ -8,6 +8,7 @@
 //! With `--job` (or `--follow`) the CLI replays nothing itself: it writes a durable job for
 //! the dlq service ([`super::jobs::submit`]), which survives the CLI, a crash or a restart.
 
+use anstream::println;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;

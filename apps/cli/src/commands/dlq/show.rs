@@ -2,6 +2,7 @@
 //! `allow_direct`): the record, the original headers, the payload (pretty-printed when it is
 //! JSON) and the attempt history.
 
+use anstream::print;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -11,7 +12,7 @@ use switchyard_dlq::DlqEntry;
 use switchyard_dlq_ops::DlqReader;
 use switchyard_envelope::PayloadView;
 
-use crate::output::{Output, Table, fields};
+use crate::output::{Output, Table, fields, printable};
 use crate::parse::show_time;
 
 /// Arguments of `dlq show`.
@@ -37,7 +38,11 @@ fn header_lines(headers: &HeaderMap) -> String {
     let mut out = String::new();
     for (name, values) in sorted {
         for value in values {
-            out.push_str(&format!("  {name}: {value}\n"));
+            out.push_str(&format!(
+                "  {}: {}\n",
+                printable(&name),
+                printable(value.as_str())
+            ));
         }
     }
     out
@@ -51,8 +56,10 @@ pub fn payload_text(payload: &[u8]) -> String {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or(view.data);
     format!(
-        "payload ({}, {} bytes)\n{body}\n",
-        view.encoding, view.bytes
+        "payload ({}, {} bytes)\n{}\n",
+        view.encoding,
+        view.bytes,
+        printable(&body)
     )
 }
 

@@ -3,6 +3,7 @@
 //! inflow since counting began — replayed or purged entries stay counted; `dlq ls` shows what
 //! is stored now.
 
+use anstream::{print, println};
 use std::process::ExitCode;
 
 use async_nats::jetstream::{self, stream::Stream};

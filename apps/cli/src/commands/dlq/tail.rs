@@ -1,6 +1,7 @@
 //! `switchyard dlq tail`: follow DLQ entries live through an ordered consumer (never removes
 //! anything), one line per entry, until `--limit` entries or Ctrl-C.
 
+use anstream::println;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use switchyard_dlq_ops::DlqReader;
 
 use super::read;
 use super::{FilterArgs, TimeArgs};
-use crate::output::{Output, Paint};
+use crate::output::{self, Output, paint, style};
 use crate::parse::show_time;
 
 /// Arguments of `dlq tail`.
@@ -28,23 +29,19 @@ pub struct TailArgs {
     pub limit: Option<usize>,
 }
 
-/// One human line: time, seq, tenant, stage, platform, code, reason.
-pub fn line(entry: &DlqEntry, paint: Paint) -> String {
+/// One human line: time, seq, tenant, stage, platform, code, reason (styled; the reason made
+/// printable and on one line).
+pub fn line(entry: &DlqEntry) -> String {
     let r = &entry.record;
-    let code = if read::retryable(r.code) {
-        paint.yellow(r.code.as_str())
-    } else {
-        paint.red(r.code.as_str())
-    };
     format!(
         "{}  seq {}  {}  {}  {}  {}  {}",
-        paint.dim(&show_time(entry.stored_at)),
-        paint.bold(&entry.seq.to_string()),
+        paint(style::DIM, &show_time(entry.stored_at)),
+        paint(style::BOLD, &entry.seq.to_string()),
         r.tenant.as_ref().map_or("_", |t| t.as_str()),
         r.stage,
         r.platform.as_ref().map_or("_", |p| p.as_str()),
-        code,
-        r.reason.replace(['\r', '\n'], " "),
+        read::code_cell(r.code),
+        output::printable(&r.reason.replace(['\r', '\n'], " ")),
     )
 }
 
@@ -65,7 +62,6 @@ pub async fn run(reader: &DlqReader, args: &TailArgs, out: &Output) -> anyhow::R
         .messages()
         .await
         .context("following the DLQ stream")?;
-    let paint = Paint::stdout();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut shown = 0;
@@ -91,7 +87,7 @@ pub async fn run(reader: &DlqReader, args: &TailArgs, out: &Output) -> anyhow::R
         if out.is_json() {
             out.json_line(&entry.view())?;
         } else {
-            println!("{}", line(&entry, paint));
+            println!("{}", line(&entry));
         }
         shown += 1;
         if args.limit.is_some_and(|limit| shown >= limit) {
