@@ -1,12 +1,13 @@
 //! The operator CLI's library: argument definitions ([`Cli`]), configuration
 //! ([`config::CliConfig`]), one module per command group under [`commands`], table/JSON
-//! output ([`output`]), value parsers ([`parse`]), confirmation prompts ([`prompt`]) and
+//! output ([`output`]), progress bars ([`progress`]), value parsers ([`parse`]), confirmation prompts ([`prompt`]) and
 //! opening streams and buckets with a clear error when they are missing ([`resources`]).
 
 pub mod commands;
 pub mod config;
 pub mod output;
 pub mod parse;
+pub mod progress;
 pub mod prompt;
 pub mod resources;
 
@@ -45,6 +46,25 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The commands that work on a deployment over one NATS connection.
+    #[command(flatten)]
+    Nats(NatsCommand),
+    /// Check the deployment for what operators get wrong, each with its fix; exit 0 ok,
+    /// 1 warn, 2 fail.
+    ///
+    /// Checks the server version, JetStream, max_payload against the declared sizes, every
+    /// declared stream, consumer and bucket (and drift), fill levels, clock skew, the
+    /// services' readiness (`--ready`) and the NATS user's permissions. Changes nothing.
+    Doctor(commands::doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::shell::CompletionsArgs),
+    /// Write man pages for every command to a folder.
+    Man(commands::shell::ManArgs),
+}
+
+/// The commands that connect to NATS before they start.
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
     /// Create the streams, consumers and buckets declared in nats/topology.toml; report drift.
     Provision(commands::provision::ProvisionArgs),
     /// Show streams, consumers (lag), buckets and per-tenant backlog.
@@ -65,29 +85,46 @@ pub enum Command {
 
 /// Runs one command; returns the process exit code.
 pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
-    if let Command::Provision(args) = &cli.command {
+    let out = output::Output::new(cli.json);
+    let command = match cli.command {
+        Command::Completions(args) => return Ok(commands::shell::completions(&args)),
+        Command::Man(args) => return commands::shell::man(&args),
+        Command::Doctor(args) => {
+            // The doctor connects itself: an unreachable server is one of its findings.
+            let topology = topology(&config)?;
+            return commands::doctor::run(&config, &topology, &args, &out).await;
+        }
+        Command::Nats(command) => command,
+    };
+    if let NatsCommand::Provision(args) = &command {
         config.deployment.replicas = args.replicas.or(config.deployment.replicas);
     }
-    let topology = config
-        .deployment
-        .resolve()
-        .context("loading the topology declarations")?;
+    let topology = topology(&config)?;
     let client = switchyard_runtime::connect(&config.nats).await?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let out = output::Output::new(cli.json);
-    let code = match cli.command {
-        Command::Provision(args) => commands::provision::run(&js, &topology, &args, &out).await?,
-        Command::Status(args) => commands::status::run(&js, &topology, &args, &out).await?,
-        Command::Routes(args) => commands::routes::run(&js, &topology, &args, &out).await?,
-        Command::Tenants(args) => commands::tenants::run(&js, &topology, &args, &out).await?,
-        Command::Keys(args) => commands::keys::run(&js, &topology, &args, &out).await?,
-        Command::Limits(args) => commands::limits::run(&js, &topology, &args, &out).await?,
-        Command::Publish(args) => commands::publish::run(&js, &topology, &args, &out).await?,
-        Command::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,
+    let code = match command {
+        NatsCommand::Provision(args) => {
+            commands::provision::run(&js, &topology, &args, &out).await?
+        }
+        NatsCommand::Status(args) => commands::status::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Routes(args) => commands::routes::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Tenants(args) => commands::tenants::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Keys(args) => commands::keys::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Limits(args) => commands::limits::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Publish(args) => commands::publish::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,
     };
     client
         .flush()
         .await
         .context("flushing the NATS connection")?;
     Ok(code)
+}
+
+/// The deployment's topology, as the config resolves it.
+fn topology(config: &CliConfig) -> anyhow::Result<switchyard_topology::ResolvedTopology> {
+    config
+        .deployment
+        .resolve()
+        .context("loading the topology declarations")
 }

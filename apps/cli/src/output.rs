@@ -103,6 +103,7 @@ pub fn terminal_width() -> Option<u16> {
             console::Term::stdout()
                 .size_checked()
                 .map(|(_rows, columns)| columns)
+                .filter(|c| *c > 0)
         })
 }
 

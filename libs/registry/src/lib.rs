@@ -23,4 +23,4 @@ pub use cache::KvCache;
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use store::{Store, StoreError, Written};
-pub use tenant::TenantRecord;
+pub use tenant::{TenantNameError, TenantRecord};

@@ -8,7 +8,8 @@
 //!   namespace, replica count and bucket overrides; services look their names up here.
 //! - [`open`]: opening a declared stream, consumer or bucket, with one error that says
 //!   `switchyard provision` when it is missing ([`OpenError`]).
-//! - [`provision`]: create what is missing, compare what exists ([`provision::provision`]).
+//! - [`provision`]: create what is missing, compare what exists ([`provision::provision`]); or
+//!   only compare, changing nothing ([`provision::check`]).
 //! - [`limits`]: the server's `max_payload` against the declared message sizes
 //!   ([`check_server_limits`], [`check_server`]).
 //! - [`status`]: streams, consumers (pending, ack-pending, redelivered) and buckets.
@@ -26,12 +27,15 @@ pub mod status;
 
 pub use deployment::DeploymentConfig;
 pub use error::TopologyError;
-pub use limits::{LimitProblem, ServerLimitError, check_server, check_server_limits};
+pub use limits::{
+    LimitProblem, MIN_SERVER_VERSION, PINNED_SERVER_VERSION, SERVER_FIX, ServerLimitError,
+    check_server, check_server_limits, parse_server_version,
+};
 pub use names::{BucketName, ConsumerName, StreamName};
 pub use open::{OpenError, Resource};
 pub use provision::{
-    Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, hold_tenant_ingress,
-    provision, provision_tenant, retire_shared_ingress,
+    Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, check, check_tenant,
+    hold_tenant_ingress, provision, provision_tenant, retire_shared_ingress,
 };
 pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};

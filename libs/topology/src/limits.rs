@@ -11,6 +11,25 @@ use switchyard_dlq::record::RECORD_HEADER_ROOM;
 use crate::names::StreamName;
 use crate::resolve::{ResolvedStream, ResolvedTopology};
 
+/// The oldest nats-server the declared topology works on, `(major, minor, patch)`: message
+/// schedules on `EGRESS` (`allow_msg_schedules`, nats-server 2.12) and per-key TTLs with
+/// limit markers on the `idempotency` bucket (2.11).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+/// The nats-server version every test and benchmark runs against (`nats/nats-server.version`,
+/// what `make nats-server` installs).
+pub const PINNED_SERVER_VERSION: &str = include_str!("../../../nats/nats-server.version");
+
+/// Parses `2.15.1` (a leading `v` and a suffix such as `-beta.1` or `+build` are ignored);
+/// `None` when it is not three dot-separated numbers.
+pub fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let version = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(version)
+}
+
 /// What the bundled server configs (`nats/server/*.conf`) set, and the fix every problem names.
 pub const SERVER_FIX: &str = "set `max_payload: 2MB` in the nats-server config (as nats/server/*.conf do) and restart the server";
 
@@ -153,6 +172,18 @@ pub fn check_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_versions_parse_with_prefixes_and_suffixes_and_order_numerically() {
+        assert_eq!(parse_server_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_server_version("v2.12.0-beta.1"), Some((2, 12, 0)));
+        assert_eq!(parse_server_version(PINNED_SERVER_VERSION), Some((2, 15, 1)));
+        assert_eq!(parse_server_version("2.15"), None);
+        assert_eq!(parse_server_version("2.x.1"), None);
+        assert!(parse_server_version("2.9.25").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_server_version("2.10.0").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_server_version(PINNED_SERVER_VERSION).unwrap() >= MIN_SERVER_VERSION);
+    }
     use crate::{Topology, TopologyOptions};
 
     fn declared() -> ResolvedTopology {

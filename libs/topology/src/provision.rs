@@ -33,6 +33,29 @@ pub enum Outcome {
     Unfixable,
     /// It is no longer declared and was removed once drained (the legacy shared `INGRESS`).
     Retired,
+    /// It does not exist; nothing was created ([`check`], [`check_tenant`]).
+    Missing,
+}
+
+/// What a provisioning run may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// Change nothing: report what is missing or drifted.
+    Nothing,
+    /// Create what is missing; report drift.
+    Create,
+    /// Create what is missing and fix drift in place.
+    CreateAndFix,
+}
+
+impl Apply {
+    fn of(fix: bool) -> Self {
+        if fix {
+            Self::CreateAndFix
+        } else {
+            Self::Create
+        }
+    }
 }
 
 /// One field that differs from its declaration.
@@ -75,6 +98,13 @@ impl ProvisionItem {
             name,
             outcome: Outcome::Created,
             changes: Vec::new(),
+        }
+    }
+
+    fn missing(kind: &'static str, name: String) -> Self {
+        Self {
+            outcome: Outcome::Missing,
+            ..Self::created(kind, name)
         }
     }
 }
@@ -243,12 +273,12 @@ fn consumer_diff(declared: &consumer::pull::Config, actual: &consumer::Config) -
     d.0
 }
 
-fn settle(kind: &'static str, name: String, changes: Vec<Change>, fix: bool) -> ProvisionItem {
+fn settle(kind: &'static str, name: String, changes: Vec<Change>, apply: Apply) -> ProvisionItem {
     let outcome = if changes.is_empty() {
         Outcome::Unchanged
     } else if changes.iter().any(|c| !c.fixable) {
         Outcome::Unfixable
-    } else if fix {
+    } else if apply == Apply::CreateAndFix {
         Outcome::Updated
     } else {
         Outcome::Drifted
@@ -264,16 +294,24 @@ fn settle(kind: &'static str, name: String, changes: Vec<Change>, fix: bool) -> 
 async fn provision_stream(
     js: &jetstream::Context,
     s: &ResolvedStream,
-    fix: bool,
+    apply: Apply,
 ) -> Result<ProvisionItem, TopologyError> {
     let name = s.config.name.clone();
     let Some(actual) = stream_info(js, &name).await?.map(|i| i.config) else {
+        if apply == Apply::Nothing {
+            return Ok(ProvisionItem::missing("stream", name));
+        }
         js.create_stream(s.config.clone())
             .await
             .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
         return Ok(ProvisionItem::created("stream", name));
     };
-    let item = settle("stream", name.clone(), stream_diff(&s.config, &actual), fix);
+    let item = settle(
+        "stream",
+        name.clone(),
+        stream_diff(&s.config, &actual),
+        apply,
+    );
     if item.outcome == Outcome::Updated {
         js.update_stream(s.config.clone())
             .await
@@ -285,7 +323,7 @@ async fn provision_stream(
 async fn provision_consumer(
     js: &jetstream::Context,
     c: &ResolvedConsumer,
-    fix: bool,
+    apply: Apply,
 ) -> Result<ProvisionItem, TopologyError> {
     let durable = c.config.durable_name.clone().unwrap_or_default();
     let name = format!("{}/{durable}", c.stream);
@@ -299,11 +337,22 @@ async fn provision_consumer(
             if matches!(e.kind(), ConsumerInfoErrorKind::NotFound)
                 || matches!(e.kind(), ConsumerInfoErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
         {
+            if apply == Apply::Nothing {
+                return Ok(ProvisionItem::missing("consumer", name));
+            }
             stream
                 .create_consumer(c.config.clone())
                 .await
                 .map_err(|e| TopologyError::js(format!("creating consumer {name}"), e))?;
             return Ok(ProvisionItem::created("consumer", name));
+        }
+        // Checking, a consumer whose stream is missing is missing too.
+        Err(e)
+            if apply == Apply::Nothing
+                && (matches!(e.kind(), ConsumerInfoErrorKind::StreamNotFound)
+                    || matches!(e.kind(), ConsumerInfoErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)) =>
+        {
+            return Ok(ProvisionItem::missing("consumer", name));
         }
         Err(e) => return Err(TopologyError::js(format!("looking up consumer {name}"), e)),
     };
@@ -311,7 +360,7 @@ async fn provision_consumer(
         "consumer",
         name.clone(),
         consumer_diff(&c.config, &actual),
-        fix,
+        apply,
     );
     if item.outcome == Outcome::Updated {
         js.update_consumer_on_stream(c.config.clone(), &c.stream)
@@ -324,13 +373,16 @@ async fn provision_consumer(
 async fn provision_bucket(
     js: &jetstream::Context,
     b: &ResolvedBucket,
-    fix: bool,
+    apply: Apply,
 ) -> Result<ProvisionItem, TopologyError> {
     let name = b.config.bucket.clone();
     let Some(actual) = stream_info(js, &format!("KV_{name}"))
         .await?
         .map(|i| i.config)
     else {
+        if apply == Apply::Nothing {
+            return Ok(ProvisionItem::missing("bucket", name));
+        }
         js.create_key_value(b.config.clone())
             .await
             .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
@@ -370,7 +422,7 @@ async fn provision_bucket(
         &actual.description,
         true,
     );
-    let item = settle("bucket", name.clone(), d.0, fix);
+    let item = settle("bucket", name.clone(), d.0, apply);
     if item.outcome == Outcome::Updated {
         js.update_key_value(b.config.clone())
             .await
@@ -392,14 +444,37 @@ pub async fn provision(
     if let Some(item) = retire_shared_ingress(js, topology).await? {
         report.items.push(item);
     }
+    report
+        .items
+        .extend(shared(js, topology, Apply::of(fix)).await?.items);
+    Ok(report)
+}
+
+/// [`provision`] without changing anything: every declared shared stream, consumer and bucket
+/// as [`Outcome::Unchanged`], [`Outcome::Drifted`], [`Outcome::Unfixable`] or
+/// [`Outcome::Missing`] (what `switchyard doctor` reports). Needs only read access to the
+/// JetStream API.
+pub async fn check(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> Result<ProvisionReport, TopologyError> {
+    shared(js, topology, Apply::Nothing).await
+}
+
+async fn shared(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    apply: Apply,
+) -> Result<ProvisionReport, TopologyError> {
+    let mut report = ProvisionReport::default();
     for s in &topology.streams {
-        report.items.push(provision_stream(js, s, fix).await?);
+        report.items.push(provision_stream(js, s, apply).await?);
     }
     for c in &topology.consumers {
-        report.items.push(provision_consumer(js, c, fix).await?);
+        report.items.push(provision_consumer(js, c, apply).await?);
     }
     for b in &topology.buckets {
-        report.items.push(provision_bucket(js, b, fix).await?);
+        report.items.push(provision_bucket(js, b, apply).await?);
     }
     Ok(report)
 }
@@ -418,6 +493,26 @@ pub async fn provision_tenant(
     tenant: &TenantId,
     quota: TenantQuota,
     fix: bool,
+) -> Result<ProvisionReport, TopologyError> {
+    tenant_resources(js, topology, tenant, quota, Apply::of(fix)).await
+}
+
+/// [`provision_tenant`] without changing anything (see [`check`]).
+pub async fn check_tenant(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    tenant: &TenantId,
+    quota: TenantQuota,
+) -> Result<ProvisionReport, TopologyError> {
+    tenant_resources(js, topology, tenant, quota, Apply::Nothing).await
+}
+
+async fn tenant_resources(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    tenant: &TenantId,
+    quota: TenantQuota,
+    apply: Apply,
 ) -> Result<ProvisionReport, TopologyError> {
     let mut report = ProvisionReport::default();
     // A tenant's streams are replicated like the deployment's shared ones (what `provision
@@ -446,7 +541,9 @@ pub async fn provision_tenant(
             );
             stream.config.max_messages = actual.config.max_messages;
         }
-        report.items.push(provision_stream(js, &stream, fix).await?);
+        report
+            .items
+            .push(provision_stream(js, &stream, apply).await?);
         for consumer in ConsumerName::ALL
             .into_iter()
             .filter(|c| c.per_tenant() && !c.on_demand())
@@ -455,7 +552,7 @@ pub async fn provision_tenant(
         {
             report
                 .items
-                .push(provision_consumer(js, &consumer, fix).await?);
+                .push(provision_consumer(js, &consumer, apply).await?);
         }
     }
     Ok(report)

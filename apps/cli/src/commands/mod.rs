@@ -1,10 +1,12 @@
 //! One module per CLI command group.
 
 pub mod dlq;
+pub mod doctor;
 pub mod keys;
 pub mod limits;
 pub mod provision;
 pub mod publish;
 pub mod routes;
+pub mod shell;
 pub mod status;
 pub mod tenants;

@@ -16,7 +16,8 @@ use switchyard_topology::{
 
 use crate::EXIT_DRIFT;
 use crate::commands::tenants;
-use crate::output::{Output, Table};
+use crate::output::{Output, Table, paint, printable, style};
+use crate::progress::Progress;
 use crate::resources;
 
 /// Arguments of `provision`.
@@ -38,7 +39,19 @@ fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::Drifted => "drifted",
         Outcome::Unfixable => "drifted (cannot fix in place)",
         Outcome::Retired => "removed (drained, no longer declared)",
+        Outcome::Missing => "missing",
     }
+}
+
+/// An outcome for a table: green when as declared or made so, yellow when drifted or
+/// removed, red when it needs an operator.
+pub fn outcome_cell(outcome: Outcome) -> String {
+    let style = match outcome {
+        Outcome::Created | Outcome::Unchanged | Outcome::Updated => style::GOOD,
+        Outcome::Drifted | Outcome::Retired => style::WARN,
+        Outcome::Unfixable | Outcome::Missing => style::BAD,
+    };
+    paint(style, outcome_label(outcome))
 }
 
 /// Renders the report as a table plus a one-line verdict.
@@ -50,11 +63,11 @@ pub fn render(report: &ProvisionReport) -> String {
             .iter()
             .map(|c| format!("{}: declared {} but is {}", c.field, c.declared, c.actual))
             .collect();
-        table.row([
+        table.painted_row(vec![
             item.kind.to_owned(),
-            item.name.clone(),
-            outcome_label(item.outcome).to_owned(),
-            details.join("; "),
+            printable(&item.name),
+            outcome_cell(item.outcome),
+            printable(&details.join("; ")),
         ]);
     }
     let count = |o: Outcome| report.items.iter().filter(|i| i.outcome == o).count();
@@ -105,20 +118,28 @@ pub async fn run(
             lines.join("\n")
         );
     }
+    let shared = Progress::spinner(
+        out,
+        "provisioning the shared streams, consumers and buckets",
+    );
     let mut report = provision(js, topology, args.fix)
         .await
         .context("provisioning")?;
+    shared.finish();
     // Every registered tenant's own streams, with its quota.
     let tenants: Store<TenantKey, TenantRecord> =
         Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);
-    for (key, record) in tenants.list(">").await? {
+    let registered = tenants.list(">").await?;
+    let progress = Progress::bar(out, registered.len() as u64, "provisioning tenants");
+    for (key, record) in registered {
+        progress.inc(1);
         let quota = match &record {
             Ok(record) => tenants::quota(record),
             Err(error) => {
-                eprintln!(
+                progress.warn(format_args!(
                     "warning: tenant {}'s record is unreadable ({error}); its stream gets the default quota",
                     key.tenant
-                );
+                ));
                 TenantQuota::default()
             }
         };
@@ -127,6 +148,7 @@ pub async fn run(
             .with_context(|| format!("provisioning tenant {}", key.tenant))?;
         report.items.extend(own.items);
     }
+    progress.finish();
     if out.is_json() {
         out.json(&report)?;
     } else {

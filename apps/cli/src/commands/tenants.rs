@@ -59,9 +59,21 @@ pub struct EnableArgs {
     /// Ingress quota in messages (default: the topology's).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_msgs: Option<i64>,
+    /// A display name for people, in any script (at most 100 characters, no control
+    /// characters); kept when re-enabling without it.
+    #[arg(long, value_parser = tenant_name)]
+    pub name: Option<String>,
 }
 
 /// A tenant's quota as the topology takes it.
+/// Parses `--name` ([`switchyard_registry::tenant::check_name`]).
+fn tenant_name(raw: &str) -> Result<String, String> {
+    switchyard_registry::tenant::check_name(raw)
+        .map(|()| raw.to_owned())
+        .map_err(|err| err.to_string())
+}
+
+/// The tenant's ingress quota as its record sets it (defaults where unset).
 pub fn quota(record: &TenantRecord) -> TenantQuota {
     TenantQuota {
         max_bytes: record.quota_bytes,
@@ -118,8 +130,13 @@ pub async fn run(
             } else {
                 let quota =
                     |q: Option<i64>| q.map_or_else(|| "default".to_owned(), |n| n.to_string());
+                let name = record
+                    .name
+                    .as_deref()
+                    .map(|n| format!(" ({})", output::printable(n)))
+                    .unwrap_or_default();
                 println!(
-                    "tenant {}: {} (max payload bytes: {}; ingress quota: {} bytes, {} messages)",
+                    "tenant {}{name}: {} (max payload bytes: {}; ingress quota: {} bytes, {} messages)",
                     t.tenant,
                     status(&record),
                     max_payload(&record),
@@ -164,6 +181,7 @@ async fn enable(
     let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
     record.quota_bytes = args.max_bytes.or(record.quota_bytes);
     record.quota_msgs = args.max_msgs.or(record.quota_msgs);
+    record.name = args.name.clone().or(record.name);
     let report = provision_tenant(js, topology, &args.tenant, quota(&record), true)
         .await
         .with_context(|| format!("provisioning tenant {}'s ingress stream", args.tenant))?;
@@ -233,18 +251,27 @@ async fn list(store: &Store<TenantKey, TenantRecord>, out: &Output) -> anyhow::R
         println!("no tenants registered");
         return Ok(());
     }
-    let mut table = Table::new(["TENANT", "STATUS", "MAX PAYLOAD"]);
+    let mut table = Table::new(["TENANT", "NAME", "STATUS", "MAX PAYLOAD"]);
     for (key, record) in &tenants {
         match record {
-            Ok(record) => table.row([
+            Ok(record) => table.painted_row(vec![
                 key.tenant.to_string(),
-                status(record).into(),
+                output::printable(record.name.as_deref().unwrap_or("-")),
+                output::paint(
+                    if record.enabled {
+                        output::style::GOOD
+                    } else {
+                        output::style::WARN
+                    },
+                    status(record),
+                ),
                 max_payload(record),
             ]),
-            Err(err) => table.row([
+            Err(err) => table.painted_row(vec![
                 key.tenant.to_string(),
-                "invalid".into(),
-                output::error_chain(err),
+                "-".into(),
+                output::paint(output::style::BAD, "invalid"),
+                output::printable(&output::error_chain(err)),
             ]),
         }
     }

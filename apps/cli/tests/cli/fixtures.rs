@@ -135,6 +135,11 @@ impl DlqService {
         Self(Service::new(running, shutdown))
     }
 
+    /// Where its `/healthz`, `/readyz` and `/metrics` answer.
+    pub fn probes_addr(&self) -> std::net::SocketAddr {
+        self.0.running().probes_addr
+    }
+
     /// This instance's id (the owner named in its leases).
     pub fn instance(&self) -> String {
         self.0.running().info.clone()

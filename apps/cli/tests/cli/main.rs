@@ -7,6 +7,7 @@ mod dlq_duplicates;
 mod dlq_export;
 mod dlq_jobs;
 mod dlq_stats;
+mod doctor;
 mod fixtures;
 mod json_output;
 mod keys;
@@ -14,18 +15,33 @@ mod provision;
 mod publish;
 mod registry;
 mod server_limits;
+mod terminal;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use switchyard_testkit::NatsServer;
 
-/// Runs the binary against `server` and waits for it (blocking).
-pub fn switchyard_blocking(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+/// The terminal settings a test's environment might carry in, removed so that output is
+/// what a plain pipe gets (each test sets what it checks).
+pub const TERMINAL_ENV: [&str; 5] = ["COLUMNS", "NO_COLOR", "CLICOLOR", "CLICOLOR_FORCE", "TERM"];
+
+/// The binary, pointed at `server`, with the terminal settings of the environment removed.
+pub fn command(server: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
         .args(["--server", server])
         .args(args)
-        .env_remove("SWITCHYARD_CLI_NATS__URL")
+        .env_remove("SWITCHYARD_CLI_NATS__URL");
+    for variable in TERMINAL_ENV {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// Runs the binary against `server` and waits for it (blocking).
+pub fn switchyard_blocking(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = command(server, args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

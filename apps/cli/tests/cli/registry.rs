@@ -333,10 +333,10 @@ async fn tenants_enable_disable_get_ls() {
 
     assert_eq!(
         ok(&url, &["tenants", "ls"]).await,
-        "TENANT   STATUS    MAX PAYLOAD\n\
-         acme     enabled   default\n\
-         globex   disabled  default\n\
-         initech  disabled  default\n"
+        "TENANT   NAME  STATUS    MAX PAYLOAD\n\
+         acme     -     enabled   default\n\
+         globex   -     disabled  default\n\
+         initech  -     disabled  default\n"
     );
     assert_eq!(
         ok(&url, &["tenants", "get", "globex"]).await,

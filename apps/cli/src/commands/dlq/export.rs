@@ -17,6 +17,7 @@ use switchyard_dlq_ops::{DlqReader, ExportLine};
 use super::read;
 use super::{FilterArgs, TimeArgs};
 use crate::output::Output;
+use crate::progress::Progress;
 
 /// Arguments of `dlq export`.
 #[derive(Debug, clap::Args)]
@@ -81,6 +82,7 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
         skipped: Vec::new(),
     };
     let mut read = reader.select(&selection);
+    let progress = Progress::counter(out, "exported");
     while let Some((message, delivered)) = read.next().await? {
         match &delivered.entry {
             Ok(entry) if selection.matches(entry) => {}
@@ -105,6 +107,7 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
         serde_json::to_writer(&mut writer, &line).context("writing the export")?;
         writer.write_all(b"\n").context("writing the export")?;
         report.exported += 1;
+        progress.inc(1);
         report.seqs = Some(match report.seqs {
             None => (delivered.seq, delivered.seq),
             Some((first, _)) => (first, delivered.seq),
@@ -112,6 +115,7 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
     }
     writer.flush().context("writing the export")?;
     drop(writer);
+    progress.finish();
     if args.file.as_os_str() == "-" {
         if !report.skipped.is_empty() {
             eprintln!("skipped {} invalid records", report.skipped.len());

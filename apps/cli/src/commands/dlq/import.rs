@@ -21,6 +21,7 @@ use switchyard_dlq_ops::{DlqReader, export};
 use switchyard_subjects::Namespace;
 
 use crate::output::Output;
+use crate::progress::Progress;
 
 /// Arguments of `dlq import`.
 #[derive(Debug, clap::Args)]
@@ -82,10 +83,22 @@ pub async fn run(
         ..ImportReport::default()
     };
     let reader = DlqReader::new(stream.clone(), ns.clone());
+    let loading = Progress::spinner(out, "reading the DLQ");
     let mut held = export::stored_identities(&reader)
         .await
         .context("reading the identities of the entries stored now")?;
+    loading.finish();
+    let progress = Progress::bar(
+        out,
+        restores.len() as u64,
+        if args.dry_run {
+            "checking"
+        } else {
+            "restoring"
+        },
+    );
     for restore in restores {
+        progress.inc(1);
         if !held.insert(restore.identity.clone()) {
             // Counted in the summary line; `--json` lists their exported sequences.
             report.already_stored.push(restore.exported_seq);
@@ -93,10 +106,10 @@ pub async fn run(
         }
         if args.dry_run {
             if !out.is_json() {
-                println!(
+                progress.println(format_args!(
                     "would restore seq {} -> {}",
                     restore.exported_seq, restore.subject
-                );
+                ));
             }
             report.restored.push((restore.exported_seq, 0));
             continue;
@@ -120,6 +133,7 @@ pub async fn run(
         );
         report.restored.push((restore.exported_seq, ack.sequence));
     }
+    progress.finish();
     if out.is_json() {
         out.json(&report)?;
     } else {

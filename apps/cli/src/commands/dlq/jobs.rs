@@ -7,7 +7,6 @@
 //! a line per second otherwise) and cancels them. The CLI never replays a job's entries itself.
 
 use anstream::{print, println};
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use super::read::Target;
 use super::replay::ReplayArgs;
 use crate::output::{Output, Table, fields};
 use crate::parse::show_time;
+use crate::progress::Progress;
 use crate::{prompt, resources};
 
 /// The most sequences one job may list.
@@ -338,17 +338,12 @@ async fn cancel(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<Exit
     anyhow::bail!("job {id} keeps changing; try again")
 }
 
-/// The progress line: `[#####.....]  2500/5000  50%  replayed 2500  kept 0  498/s  eta 5s`.
-fn bar_line(job: &JobRecord, rate: Option<f64>, width: usize) -> String {
-    let pct = job.percent();
-    let filled = ((pct / 100.0) * width as f64).round() as usize;
+/// The progress of a job in words: `2500/5000 50%  replayed 2500  kept 0  498/s  eta 5s` (the
+/// line `--follow` prints when no bar is drawn).
+fn progress_line(job: &JobRecord, rate: Option<f64>) -> String {
     let mut line = format!(
-        "[{}{}] {}/{} {:>3.0}%  replayed {}  kept {}",
-        "#".repeat(filled.min(width)),
-        ".".repeat(width.saturating_sub(filled)),
-        job.progress.handled,
-        job.spec.total,
-        pct,
+        "{}  replayed {}  kept {}",
+        progress_cell(job),
         if job.spec.dry_run {
             job.progress.would_replay
         } else {
@@ -397,7 +392,9 @@ fn final_line(job: &JobRecord) -> String {
 
 /// Follows a job until it finishes (or Ctrl-C, which leaves the job running).
 pub async fn follow(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<ExitCode> {
-    let tty = !out.is_json() && std::io::stdout().is_terminal();
+    // A bar on a terminal; otherwise (and never with --json) a line per change, at most one
+    // a second.
+    let bar = Progress::bar(out, 0, format!("job {id}"));
     let started = Instant::now();
     let mut warned = false;
     let mut last_shown: Option<(u64, JobState)> = None;
@@ -423,23 +420,26 @@ pub async fn follow(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<
             if changed {
                 out.json_line(&job)?;
             }
-        } else if tty {
-            print!("\r\x1b[2K{} {}", job.state, bar_line(&job, rate, 30));
-            std::io::stdout().flush().ok();
+        } else if bar.is_shown() {
+            bar.set(job.progress.handled, job.spec.total);
+            bar.set_message(format!("job {id} {}", job.state));
         } else if changed
             && (last_line.elapsed() >= Duration::from_secs(1) || job.state.is_finished())
         {
-            println!("job {} {}: {}", job.id, job.state, bar_line(&job, rate, 20));
+            println!(
+                "job {} {}: {}",
+                job.id,
+                job.state,
+                progress_line(&job, rate)
+            );
             last_line = Instant::now();
         }
         if changed {
             last_shown = Some(now);
         }
         if job.state.is_finished() {
+            bar.finish();
             if !out.is_json() {
-                if tty {
-                    println!();
-                }
                 println!("{}", final_line(&job));
             }
             return match job.state {
@@ -452,14 +452,15 @@ pub async fn follow(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<
         }
         if job.state == JobState::Pending && !warned && started.elapsed() >= UNCLAIMED_WARNING {
             warned = true;
-            eprintln!(
-                "\nwarning: no dlq service has claimed job {id} after {}s; is switchyard-dlq running?",
+            bar.warn(format_args!(
+                "warning: no dlq service has claimed job {id} after {}s; is switchyard-dlq running?",
                 UNCLAIMED_WARNING.as_secs()
-            );
+            ));
         }
         tokio::select! {
             _ = &mut ctrl_c => {
-                eprintln!("\nstopped following; job {id} continues (switchyard dlq jobs {id})");
+                bar.finish();
+                eprintln!("stopped following; job {id} continues (switchyard dlq jobs {id})");
                 return Ok(ExitCode::SUCCESS);
             }
             _ = tokio::time::sleep(POLL) => {}

@@ -11,6 +11,7 @@ use switchyard_dlq_ops::DlqReader;
 use super::read::{self, Target};
 use super::{FilterArgs, TimeArgs};
 use crate::output::Output;
+use crate::progress::Progress;
 use crate::prompt;
 
 /// Arguments of `dlq purge`.
@@ -47,15 +48,18 @@ async fn selected(
     reader: &DlqReader,
     target: Target,
     yes: bool,
+    out: &Output,
 ) -> anyhow::Result<Option<Vec<u64>>> {
     let selection = match target {
         Target::Seqs(seqs) => return Ok(Some(seqs)),
         Target::Filter(selection) => selection,
     };
     prompt::ensure_can_confirm("purge DLQ entries selected by a filter", yes)?;
+    let loading = Progress::spinner(out, "reading the DLQ");
     let collected = reader
         .collect(&selection, None, read::warn_malformed)
         .await?;
+    loading.finish();
     let mut seqs: Vec<u64> = collected.entries.iter().map(|e| e.seq).collect();
     // A message that is not a valid record has no readable code: it goes with a subject or
     // time filter, never with a code filter.
@@ -81,12 +85,15 @@ async fn selected(
 pub async fn run(reader: &DlqReader, args: &PurgeArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let target = Target::new(&args.seqs, &args.filters, &args.times, args.all)?;
     let stream = reader.stream();
-    let seqs = selected(reader, target, args.yes)
+    let seqs = selected(reader, target, args.yes, out)
         .await?
         .unwrap_or_default();
     let mut report = PurgeReport::default();
+    let progress = Progress::bar(out, seqs.len() as u64, "deleting");
     for seq in seqs {
-        match stream.delete_message(seq).await {
+        let deleted = stream.delete_message(seq).await;
+        progress.inc(1);
+        match deleted {
             Ok(true) => report.removed.push(seq),
             Ok(false) => report.not_found.push(seq),
             // The server refuses the delete of a sequence it does not hold.
@@ -101,6 +108,7 @@ pub async fn run(reader: &DlqReader, args: &PurgeArgs, out: &Output) -> anyhow::
             }
         }
     }
+    progress.finish();
     if out.is_json() {
         out.json(&report)?;
     } else {

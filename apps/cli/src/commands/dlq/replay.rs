@@ -25,6 +25,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use super::read::{self, Target};
 use super::{FilterArgs, TimeArgs};
 use crate::output::Output;
+use crate::progress::Progress;
 use crate::{prompt, resources};
 
 /// Arguments of `dlq replay`.
@@ -303,7 +304,9 @@ pub async fn run(
     if needs_confirmation {
         prompt::ensure_can_confirm("replay DLQ entries selected by a filter", args.yes)?;
     }
+    let loading = Progress::spinner(out, "reading the DLQ");
     let (entries, mut results) = load(reader, &target).await?;
+    loading.finish();
     if let Target::Filter(selection) = &target {
         if entries.is_empty() {
             if out.is_json() {
@@ -337,17 +340,29 @@ pub async fn run(
         markers: &markers,
         deletes: &deletes,
     };
+    let progress = Progress::bar(
+        out,
+        entries.len() as u64,
+        if args.dry_run {
+            "checking"
+        } else {
+            "replaying"
+        },
+    );
     for entry in &entries {
         let pace = (!args.dry_run).then_some(&mut pace);
-        match replay_one(&replayer, reader, entry, args, pace).await {
+        let result = replay_one(&replayer, reader, entry, args, pace).await;
+        progress.inc(1);
+        match result {
             Ok(result) => {
                 if !out.is_json() {
-                    println!("{}", result.line());
+                    progress.println(result.line());
                 }
                 results.push(result);
             }
             Err(err) => {
                 // Stop at the first failed publish; report what was done before it.
+                progress.finish();
                 if !out.is_json() {
                     println!("{}", summary(&results, args.dry_run));
                 }
@@ -355,6 +370,7 @@ pub async fn run(
             }
         }
     }
+    progress.finish();
     results.sort_by_key(|r| r.seq);
     if out.is_json() {
         out.json(&serde_json::json!({"dry_run": args.dry_run, "results": results}))?;

@@ -1,0 +1,203 @@
+//! `switchyard doctor`: every check with ok / warn / fail and its fix; exit 0, 1 or 2.
+
+use async_nats::jetstream;
+use serde_json::Value;
+use switchyard_testkit::NatsServer;
+
+use crate::fixtures::DlqService;
+use crate::{ok, provisioned, stdout, switchyard};
+
+/// Runs `doctor --json` (with `extra` arguments); returns the exit code and the checks.
+async fn doctor(url: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    let args: Vec<&str> = ["doctor", "--json"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let output = switchyard(url, &args).await;
+    let report: Value = serde_json::from_str(&stdout(&output))
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", stdout(&output)));
+    (output.status.code(), report)
+}
+
+/// The check named `name`.
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+}
+
+#[tokio::test]
+async fn doctor_fails_on_a_stock_server_naming_the_max_payload_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("stock-payload.conf");
+    std::fs::write(
+        &conf,
+        "max_payload: 1MB\njetstream {\n  max_memory_store: 256MB\n  max_file_store: 1GB\n}\n",
+    )
+    .unwrap();
+    let server = NatsServer::start_with_args(&["-c", conf.to_str().unwrap()]).await;
+    let url = server.url();
+
+    let (code, report) = doctor(&url, &[]).await;
+    assert_eq!(code, Some(2), "a failed check exits 2: {report:#}");
+    assert_eq!(report["status"], "fail");
+    let payload = check(&report, "max payload");
+    assert_eq!(payload["level"], "fail");
+    assert!(
+        payload["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_payload is 1048576 bytes"),
+        "{payload}"
+    );
+    assert!(
+        payload["fix"]
+            .as_str()
+            .unwrap()
+            .contains("max_payload: 2MB"),
+        "{payload}"
+    );
+    // Nothing is provisioned on it: each declared item is missing, with the command to run.
+    let dlq = check(&report, "stream DLQ");
+    assert_eq!(dlq["level"], "fail");
+    assert_eq!(dlq["detail"], "missing");
+    assert!(
+        dlq["fix"]
+            .as_str()
+            .unwrap()
+            .contains("switchyard provision")
+    );
+    assert_eq!(check(&report, "jetstream")["level"], "ok");
+    assert_eq!(check(&report, "server version")["level"], "ok");
+    assert!(
+        server_unchanged(&server).await,
+        "the doctor changes nothing on the server"
+    );
+
+    // The same for people: one row per check, the fix on it, the totals last.
+    let human = switchyard(&url, &["doctor"]).await;
+    assert_eq!(human.status.code(), Some(2));
+    let text = stdout(&human);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("max payload"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("  fail  "), "{row}");
+    assert!(text.contains("max_payload: 2MB"), "{text}");
+    assert!(text.trim_end().ends_with(" fail"), "{text}");
+}
+
+/// Whether the server still has no streams.
+async fn server_unchanged(server: &NatsServer) -> bool {
+    let js = jetstream::new(server.client().await);
+    js.query_account().await.unwrap().streams == 0
+}
+
+#[tokio::test]
+async fn doctor_passes_on_the_bundled_config_then_flags_drift_a_full_quota_and_a_dead_service() {
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    ok(&url, &["tenants", "enable", "acme", "--max-msgs", "2"]).await;
+    let dlq = DlqService::start(&url).await;
+    let ready = format!("http://{}/readyz", dlq.probes_addr());
+
+    let (code, report) = doctor(&url, &["--ready", &ready]).await;
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["status"], "ok");
+    for c in report["checks"].as_array().unwrap() {
+        assert_eq!(c["level"], "ok", "{c}");
+    }
+    for name in [
+        "connection",
+        "server version",
+        "jetstream",
+        "max payload",
+        "topology",
+        "fill",
+        "clock",
+        "permissions",
+    ] {
+        check(&report, name);
+    }
+    assert_eq!(
+        check(&report, &format!("ready {ready}"))["detail"],
+        "200 OK"
+    );
+    assert!(
+        check(&report, "topology")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("registered tenants: 1"),
+        "{report:#}"
+    );
+
+    // Drift in a shared stream: a warning with the fix.
+    let mut egress = js
+        .get_stream("EGRESS")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    egress.max_bytes = 1 << 29;
+    js.update_stream(egress).await.unwrap();
+    let (code, report) = doctor(&url, &[]).await;
+    assert_eq!(code, Some(1), "the worst is a warning: {report:#}");
+    let drift = check(&report, "stream EGRESS");
+    assert_eq!(drift["level"], "warn");
+    assert!(
+        drift["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_bytes: declared 1073741824 but is 536870912"),
+        "{drift}"
+    );
+    assert!(drift["fix"].as_str().unwrap().contains("provision --fix"));
+    ok(&url, &["provision", "--fix"]).await;
+
+    // A tenant whose quota is full (its publishes are refused): a failure.
+    for n in 0..2 {
+        ok(
+            &url,
+            &[
+                "publish",
+                "acme",
+                "ops",
+                "slack",
+                "--data",
+                &format!("{{\"n\":{n}}}"),
+            ],
+        )
+        .await;
+    }
+    let (code, report) = doctor(&url, &[]).await;
+    assert_eq!(code, Some(2), "{report:#}");
+    let quota = check(&report, "tenant acme quota");
+    assert_eq!(quota["level"], "fail");
+    assert_eq!(quota["detail"], "100.0% full");
+
+    // A service that stopped answering its readiness probe.
+    dlq.stop().await;
+    let (code, report) = doctor(&url, &["--ready", &ready]).await;
+    assert_eq!(code, Some(2));
+    let probe = check(&report, &format!("ready {ready}"));
+    assert_eq!(probe["level"], "fail");
+    assert!(
+        probe["detail"].as_str().unwrap().starts_with("no answer"),
+        "{probe}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_on_an_unreachable_server_is_one_failed_check_not_an_error() {
+    let output = switchyard("nats://127.0.0.1:1", &["doctor"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let text = stdout(&output);
+    assert!(text.starts_with("CHECK"), "{text}");
+    assert!(text.contains("connection  fail"), "{text}");
+    assert!(text.contains("start nats-server"), "{text}");
+}

@@ -1,0 +1,216 @@
+//! What people see: tables fitted to the terminal by display width, colour only where it
+//! belongs (`NO_COLOR`, `CLICOLOR_FORCE`, terminals), progress bars on a terminal's stderr and
+//! never in pipes or `--json`, shell completions and man pages. A real terminal is a pty made
+//! by util-linux's `script`.
+
+use std::process::Stdio;
+
+use async_nats::jetstream;
+
+use crate::fixtures::seed_many;
+use crate::{command, ok, provisioned, stdout};
+use switchyard_dlq::DlqCode;
+
+const WIDE_NAME: &str = "株式会社アクメ・グローバル・ホールディングス・国際物流事業本部";
+
+/// Runs the binary in a pseudo-terminal (stdout and stderr both on it) with `env`; returns
+/// everything the terminal showed, with `\r\n` back to `\n`.
+fn in_terminal(server: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_switchyard"))
+        .chain(["--server", server])
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .stdin(Stdio::null());
+    for variable in crate::TERMINAL_ENV {
+        script.env_remove(variable);
+    }
+    script
+        .env("TERM", "xterm-256color")
+        .envs(env.iter().copied());
+    let output = script.output().expect("run script(1) from util-linux");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).replace("\r\n", "\n"),
+    )
+}
+
+/// Runs the binary with stdout and stderr piped, with `env`.
+async fn piped(server: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = command(server, args);
+    command.envs(env.iter().copied()).stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || command.output().expect("run switchyard"))
+        .await
+        .unwrap()
+}
+
+/// The display column at which `needle` starts in `line` (wide characters count two).
+fn column_of(line: &str, needle: &str) -> usize {
+    let at = line
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} in {line:?}"));
+    console::measure_text_width(&line[..at])
+}
+
+#[tokio::test]
+async fn tables_fit_80_columns_by_display_width_with_a_wide_character_tenant_name() {
+    let server = provisioned().await;
+    let url = server.url();
+    ok(&url, &["tenants", "enable", "acme", "--name", WIDE_NAME]).await;
+    ok(&url, &["tenants", "enable", "globex", "--name", "Globex"]).await;
+    ok(&url, &["tenants", "disable", "initech"]).await;
+
+    let narrow = piped(&url, &["tenants", "ls"], &[("COLUMNS", "80")]).await;
+    let narrow = stdout(&narrow);
+    let lines: Vec<&str> = narrow.lines().collect();
+    for line in &lines {
+        assert!(
+            console::measure_text_width(line) <= 80,
+            "{} columns: {line}\n{narrow}",
+            console::measure_text_width(line)
+        );
+    }
+    // The 62-column name wraps inside its column; STATUS starts at the same display column
+    // on the header and on every row, though "株" is one character and two columns.
+    let status = column_of(lines[0], "STATUS");
+    for (row, state) in [
+        ("acme ", "enabled"),
+        ("globex ", "enabled"),
+        ("initech ", "disabled"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row} in\n{narrow}"));
+        assert_eq!(column_of(line, state), status, "{narrow}");
+    }
+    assert!(lines.len() > 4, "the wide name wrapped:\n{narrow}");
+    assert!(narrow.contains("株式会社アクメ"), "{narrow}");
+
+    // No width (a pipe, no COLUMNS): one line per row, never wrapped, whatever its length.
+    let wide = ok(&url, &["tenants", "ls"]).await;
+    assert_eq!(wide.lines().count(), 4, "{wide}");
+    assert!(wide.lines().nth(1).unwrap().contains(WIDE_NAME), "{wide}");
+    assert!(console::measure_text_width(wide.lines().nth(1).unwrap()) > 80);
+}
+
+#[tokio::test]
+async fn colour_only_on_a_terminal_never_with_no_color_always_with_clicolor_force() {
+    let server = provisioned().await;
+    let url = server.url();
+    ok(&url, &["tenants", "enable", "acme"]).await;
+    let args = ["tenants", "ls"];
+
+    let (code, shown) = in_terminal(&url, &args, &[]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("\x1b["), "a terminal gets colour: {shown:?}");
+
+    let (code, shown) = in_terminal(&url, &args, &[("NO_COLOR", "1")]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        !shown.contains('\x1b'),
+        "NO_COLOR removes colour: {shown:?}"
+    );
+    assert!(shown.contains("acme"), "{shown:?}");
+
+    let plain = ok(&url, &args).await;
+    assert!(!plain.contains('\x1b'), "a pipe gets none: {plain:?}");
+    let forced = stdout(&piped(&url, &args, &[("CLICOLOR_FORCE", "1")]).await);
+    assert!(
+        forced.contains("\x1b["),
+        "CLICOLOR_FORCE colours a pipe: {forced:?}"
+    );
+    let both = stdout(&piped(&url, &args, &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]).await);
+    assert!(!both.contains('\x1b'), "NO_COLOR wins: {both:?}");
+
+    // Colour never reaches --json, even forced or on a terminal.
+    let (_, json) = in_terminal(
+        &url,
+        &["tenants", "ls", "--json"],
+        &[("CLICOLOR_FORCE", "1")],
+    );
+    assert!(!json.contains('\x1b'), "{json:?}");
+}
+
+#[tokio::test]
+async fn progress_shows_on_a_terminal_and_never_in_pipes_or_json() {
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    seed_many(&js, "acme", 1, 300, DlqCode::NoRoute).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    // A terminal: the bar is drawn on stderr while the export runs, then cleared.
+    let on_terminal = file("terminal.ndjson");
+    let (code, shown) = in_terminal(&url, &["dlq", "export", "--file", &on_terminal], &[]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("exported 300 entries"), "{shown}");
+    assert!(
+        shown.contains("exported") && shown.matches("exported").count() >= 2,
+        "the counter was drawn before the summary: {shown:?}"
+    );
+
+    // A pipe: stderr holds nothing, stdout only the summary.
+    let in_pipe = file("pipe.ndjson");
+    let output = piped(&url, &["dlq", "export", "--file", &in_pipe], &[]).await;
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "",
+        "no bar in a pipe"
+    );
+    assert!(stdout(&output).starts_with("exported 300 entries to "));
+
+    // --json on a terminal: no bar either.
+    let json_file = file("json.ndjson");
+    let (code, shown) = in_terminal(
+        &url,
+        &["dlq", "export", "--file", &json_file, "--json"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    let report: serde_json::Value = serde_json::from_str(shown.trim()).expect("only JSON");
+    assert_eq!(report["exported"], 300);
+
+    // Purge, on a terminal, draws its bar too and removes every entry.
+    let (code, shown) = in_terminal(&url, &["dlq", "purge", "--all", "--yes"], &[]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("deleting"), "{shown:?}");
+    assert!(shown.contains("removed 300 entries"), "{shown}");
+}
+
+#[tokio::test]
+async fn completions_and_man_pages_come_from_the_command_definitions() {
+    for (shell, marker) in [
+        ("bash", "_switchyard()"),
+        ("zsh", "#compdef switchyard"),
+        ("fish", "complete -c switchyard"),
+    ] {
+        let script = ok("nats://127.0.0.1:1", &["completions", shell]).await;
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["replay", "doctor", "dry-run"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let written = ok(
+        "nats://127.0.0.1:1",
+        &["man", "--dir", dir.path().to_str().unwrap()],
+    )
+    .await;
+    assert!(written.starts_with("wrote "), "{written}");
+    for page in [
+        "switchyard.1",
+        "switchyard-dlq-replay.1",
+        "switchyard-doctor.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let replay = std::fs::read_to_string(dir.path().join("switchyard-dlq-replay.1")).unwrap();
+    assert!(replay.contains("dry\\-run"), "{replay}");
+}
