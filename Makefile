@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test check ci nats-server fmt clippy bench
+.PHONY: help run test check ci nats-server fmt clippy bench install-cli
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +23,19 @@ bench: nats-server ## benchmark: the pipeline (release build) next to the ideal 
 	$(CARGO) build --release -p switchyard-bench -p switchyard-ingress -p switchyard-idempotency \
 		-p switchyard-backpressure -p switchyard-egress
 	"$${CARGO_TARGET_DIR:-target}/release/switchyard-bench" $(BENCH_ARGS)
+
+PREFIX ?= $(HOME)/.local
+install-cli: ## install the switchyard CLI, its man pages and shell completions under PREFIX (default ~/.local)
+	$(CARGO) build --release -p switchyard-cli
+	@bin="$${CARGO_TARGET_DIR:-target}/release/switchyard"; \
+	install -d "$(PREFIX)/bin" "$(PREFIX)/share/man/man1" "$(PREFIX)/share/bash-completion/completions" \
+		"$(PREFIX)/share/zsh/site-functions" "$(PREFIX)/share/fish/vendor_completions.d" && \
+	install -m 755 "$$bin" "$(PREFIX)/bin/switchyard" && \
+	"$$bin" man --dir "$(PREFIX)/share/man/man1" && \
+	"$$bin" completions bash > "$(PREFIX)/share/bash-completion/completions/switchyard" && \
+	"$$bin" completions zsh > "$(PREFIX)/share/zsh/site-functions/_switchyard" && \
+	"$$bin" completions fish > "$(PREFIX)/share/fish/vendor_completions.d/switchyard.fish" && \
+	echo "installed switchyard under $(PREFIX) (add $(PREFIX)/bin to PATH, $(PREFIX)/share/man to MANPATH)"
 
 nats-server: ## install the pinned nats-server into .tools/bin
 	@scripts/install-nats-server.sh

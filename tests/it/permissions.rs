@@ -1591,3 +1591,47 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `switchyard doctor` reads a user's permissions from the server itself
+/// (`$SYS.REQ.USER.INFO`); with the bundled accounts only admin may ask (a restricted user's
+/// permissions are checked end to end in the CLI's own suite).
+#[tokio::test]
+async fn the_doctor_reads_admins_permissions_and_says_when_a_user_may_not_ask() {
+    use switchyard_cli::commands::doctor::{Level, permissions};
+
+    let server = AuthServer::start().await;
+    let topology = DeploymentConfig::default().resolve().expect("topology");
+    // admin has no allow-list at all.
+    let conn = server.connect("admin", None).await;
+    let answered = permissions::ask(&conn.client).await;
+    assert!(
+        answered.server_time.is_some(),
+        "the server stamps its answer: {answered:?}"
+    );
+    let admin = permissions::check(&answered, &topology, "_INBOX");
+    assert_eq!(admin.len(), 1, "{admin:?}");
+    assert_eq!(admin[0].level, Level::Ok);
+    assert_eq!(
+        admin[0].detail,
+        "user admin in account SWITCHYARD may publish and subscribe to every subject"
+    );
+
+    // The service and tenant users may not ask (least privilege): the doctor says so and
+    // how to fix it, instead of guessing.
+    for (user, inbox) in [("tenant-acme", "_INBOX_acme"), ("egress", "_INBOX_egress")] {
+        let conn = server.connect(user, Some(inbox)).await;
+        let answered = permissions::ask(&conn.client).await;
+        assert!(answered.info.is_err(), "{user}: {answered:?}");
+        let checks = permissions::check(&answered, &topology, inbox);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].level, Level::Warn, "{checks:?}");
+        assert!(
+            checks[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("$SYS.REQ.USER.INFO"),
+            "{checks:?}"
+        );
+    }
+}

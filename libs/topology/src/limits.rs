@@ -177,7 +177,10 @@ mod tests {
     fn server_versions_parse_with_prefixes_and_suffixes_and_order_numerically() {
         assert_eq!(parse_server_version("2.15.1"), Some((2, 15, 1)));
         assert_eq!(parse_server_version("v2.12.0-beta.1"), Some((2, 12, 0)));
-        assert_eq!(parse_server_version(PINNED_SERVER_VERSION), Some((2, 15, 1)));
+        assert_eq!(
+            parse_server_version(PINNED_SERVER_VERSION),
+            Some((2, 15, 1))
+        );
         assert_eq!(parse_server_version("2.15"), None);
         assert_eq!(parse_server_version("2.x.1"), None);
         assert!(parse_server_version("2.9.25").unwrap() < MIN_SERVER_VERSION);

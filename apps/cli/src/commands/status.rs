@@ -1,23 +1,34 @@
 //! `switchyard status`: streams, consumers (lag), buckets (fill, and hours of headroom for the
-//! idempotency claims) and per-tenant backlog.
-
-use anstream::print;
-use std::process::ExitCode;
-
-use anyhow::Context;
-use async_nats::jetstream;
-use switchyard_topology::{BucketName, ResolvedTopology, StatusReport, status};
+//! idempotency claims) and per-tenant backlog; with `--watch`, the same refreshed in place on a
+//! terminal until Ctrl-C.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
 
+use anstream::print;
+use anyhow::Context;
+use async_nats::jetstream;
 use switchyard_keys::{RateKey, RateRecord, RateScope};
 use switchyard_registry::{LimitRecord, PressureRecord, Store};
+use switchyard_topology::{BucketName, ResolvedTopology, StatusReport, status};
 
-use crate::output::{Output, Table};
+use crate::output::{self, Output, Table, style};
+use crate::parse::show_time;
 
 /// Arguments of `status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Refresh until Ctrl-C: redrawn in place on a terminal; elsewhere one snapshot after
+    /// another (with `--json`, one JSON object per line).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with `--watch`.
+    #[arg(long, value_name = "SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+}
 
 /// Bytes for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
 pub fn human_bytes(bytes: u64) -> String {
@@ -60,6 +71,15 @@ fn present<T: ToString>(present: bool, value: T) -> String {
     }
 }
 
+/// `ok` in green, `missing` in red.
+fn state(present: bool) -> String {
+    if present {
+        output::paint(style::GOOD, "ok")
+    } else {
+        output::paint(style::BAD, "missing")
+    }
+}
+
 /// Renders the report as tables.
 pub fn render(report: &StatusReport) -> String {
     let mut streams = Table::new([
@@ -76,9 +96,9 @@ pub fn render(report: &StatusReport) -> String {
         "LEADER",
     ]);
     for s in &report.streams {
-        streams.row([
+        streams.painted_row(vec![
             s.name.clone(),
-            if s.present { "ok" } else { "missing" }.to_owned(),
+            state(s.present),
             present(s.present, s.messages),
             present(s.present, human_bytes(s.bytes)),
             limit_bytes(s.max_bytes),
@@ -99,9 +119,9 @@ pub fn render(report: &StatusReport) -> String {
         "WAITING",
     ]);
     for c in &report.consumers {
-        consumers.row([
+        consumers.painted_row(vec![
             format!("{}/{}", c.stream, c.name),
-            if c.present { "ok" } else { "missing" }.to_owned(),
+            state(c.present),
             present(c.present, c.pending),
             present(c.present, c.ack_pending),
             present(c.present, c.redelivered),
@@ -118,9 +138,9 @@ pub fn render(report: &StatusReport) -> String {
         "HEADROOM",
     ]);
     for b in &report.buckets {
-        buckets.row([
+        buckets.painted_row(vec![
             b.name.clone(),
-            if b.present { "ok" } else { "missing" }.to_owned(),
+            state(b.present),
             present(b.present, b.values),
             present(b.present, human_bytes(b.bytes)),
             limit_bytes(b.max_bytes),
@@ -197,57 +217,112 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
-/// Runs `status`: exit 0, or 3 while declared streams, consumers or buckets are missing.
+/// Runs `status`: exit 0, or 3 while declared streams, consumers or buckets are missing. With
+/// `--watch`, refreshes every `--interval` seconds until Ctrl-C (exit 0).
 pub async fn run(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
-    _args: &StatusArgs,
+    args: &StatusArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let report = status(js, topology).await.context("reading status")?;
-    let tenants = tenant_rates(js, topology).await;
-    if out.is_json() {
-        out.json(&StatusView {
-            report: &report,
-            tenants: &tenants,
-        })?;
-    } else {
-        print!("{}", render(&report));
-        if !tenants.is_empty() {
-            let mut table = Table::new([
-                "TENANT",
-                "RATE/S",
-                "BURST",
-                "ADMISSION",
-                "BACKLOG AT CHANGE",
-            ]);
-            for t in &tenants {
-                table.row([
-                    t.tenant.clone(),
-                    t.limit
-                        .as_ref()
-                        .map_or("default".to_owned(), |l| l.rate_per_sec.to_string()),
-                    t.limit
-                        .as_ref()
-                        .map_or("-".to_owned(), |l| l.burst.to_string()),
-                    t.pressure.as_ref().map_or("open".to_owned(), |p| {
-                        format!("{:?}", p.admission).to_lowercase()
-                    }),
-                    t.pressure
-                        .as_ref()
-                        .map_or("-".to_owned(), |p| p.backlog.to_string()),
-                ]);
-            }
-            print!("\n{}", table.render());
+    if !args.watch {
+        let (report, tenants) = read(js, topology).await?;
+        if out.is_json() {
+            out.json(&StatusView {
+                report: &report,
+                tenants: &tenants,
+            })?;
+        } else {
+            print!("{}", render_all(&report, &tenants));
+        }
+        return Ok(exit_code(&report));
+    }
+    let terminal = !out.is_json() && std::io::stdout().is_terminal();
+    let mut every = tokio::time::interval(Duration::from_secs(args.interval));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            _ = every.tick() => {}
+        }
+        let (report, tenants) = read(js, topology).await?;
+        let now = show_time(time::OffsetDateTime::now_utc());
+        if out.is_json() {
+            out.json_line(&StatusView {
+                report: &report,
+                tenants: &tenants,
+            })?;
+        } else if terminal {
+            // Redraw in place: clear the screen, then the snapshot under a header line.
+            let _ = console::Term::stdout().clear_screen();
+            print!(
+                "{}\n\n{}",
+                output::paint(
+                    style::DIM,
+                    &format!("every {}s · {now} · Ctrl-C to stop", args.interval)
+                ),
+                render_all(&report, &tenants)
+            );
+        } else {
+            print!("--- {now}\n{}\n", render_all(&report, &tenants));
         }
     }
-    // Like `provision`'s drift: exit 3 while declared items are missing, so a script or a
-    // probe can tell an unprovisioned deployment from a healthy one.
-    Ok(if report.missing().is_empty() {
+}
+
+/// One status snapshot: the topology report and each tenant's limit and admission.
+async fn read(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> anyhow::Result<(StatusReport, Vec<TenantRate>)> {
+    let report = status(js, topology).await.context("reading status")?;
+    let tenants = tenant_rates(js, topology).await;
+    Ok((report, tenants))
+}
+
+/// Like `provision`'s drift: 3 while declared items are missing, so a script or a probe can
+/// tell an unprovisioned deployment from a healthy one.
+fn exit_code(report: &StatusReport) -> ExitCode {
+    if report.missing().is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
-    })
+    }
+}
+
+/// The report's tables, then the tenants' limits and admission states.
+fn render_all(report: &StatusReport, tenants: &[TenantRate]) -> String {
+    let mut out = render(report);
+    if !tenants.is_empty() {
+        let mut table = Table::new([
+            "TENANT",
+            "RATE/S",
+            "BURST",
+            "ADMISSION",
+            "BACKLOG AT CHANGE",
+        ]);
+        for t in tenants {
+            table.row([
+                t.tenant.clone(),
+                t.limit
+                    .as_ref()
+                    .map_or("default".to_owned(), |l| l.rate_per_sec.to_string()),
+                t.limit
+                    .as_ref()
+                    .map_or("-".to_owned(), |l| l.burst.to_string()),
+                t.pressure.as_ref().map_or("open".to_owned(), |p| {
+                    format!("{:?}", p.admission).to_lowercase()
+                }),
+                t.pressure
+                    .as_ref()
+                    .map_or("-".to_owned(), |p| p.backlog.to_string()),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table.render());
+    }
+    out
 }
 
 /// `status --json`: the topology report's fields plus `tenants`.

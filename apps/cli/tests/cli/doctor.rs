@@ -201,3 +201,82 @@ async fn doctor_on_an_unreachable_server_is_one_failed_check_not_an_error() {
     assert!(text.contains("connection  fail"), "{text}");
     assert!(text.contains("start nats-server"), "{text}");
 }
+
+#[tokio::test]
+async fn doctor_names_each_cli_operation_a_restricted_user_may_not_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("restricted.conf");
+    // An operator account with two users: admin (everything) and ops, who may read and write
+    // JetStream and KV but neither the routes bucket nor the DLQ's deletes, nor any pipeline
+    // subject.
+    std::fs::write(
+        &conf,
+        r#"max_payload: 2MB
+jetstream { max_memory_store: 256MB, max_file_store: 16GB }
+accounts {
+  OPS {
+    jetstream: enabled
+    users: [
+      { user: admin, password: admin-pass }
+      {
+        user: ops, password: ops-pass
+        permissions: {
+          publish: {
+            allow: ["$JS.API.>", "$KV.>", "$SYS.REQ.USER.INFO"]
+            deny: ["$KV.routes.>", "$JS.API.STREAM.MSG.DELETE.>"]
+          }
+          subscribe: { allow: ["_INBOX.>"] }
+        }
+      }
+    ]
+  }
+}
+"#,
+    )
+    .unwrap();
+    let server = NatsServer::start_with_args(&["-c", conf.to_str().unwrap()]).await;
+    let url = server.url();
+    // Each user's credentials in a CLI config file (`nats.user`, `nats.password`).
+    let config = |user: &str, password: &str| {
+        let path = dir.path().join(format!("{user}.toml"));
+        std::fs::write(
+            &path,
+            format!("[nats]\nuser = \"{user}\"\npassword = \"{password}\"\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let admin = config("admin", "admin-pass");
+    ok(&url, &["--config", &admin, "provision"]).await;
+
+    let ops = config("ops", "ops-pass");
+    let (code, report) = doctor(&url, &["--config", &ops]).await;
+    assert_eq!(code, Some(1), "only warnings: {report:#}");
+    let read = check(&report, "permission: read JetStream");
+    assert_eq!(read["level"], "ok", "{read}");
+    assert!(
+        read["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("user ops in account OPS may"),
+        "{read}"
+    );
+    for (operation, denied) in [
+        ("write the registry", "publish $KV.routes.doctor"),
+        (
+            "replay and purge the DLQ",
+            "publish $JS.API.STREAM.MSG.DELETE.DLQ",
+        ),
+        ("replay and purge the DLQ", "publish backpressure.v1.doctor"),
+        ("publish test messages", "publish ingress.v1.doctor"),
+    ] {
+        let c = check(&report, &format!("permission: {operation}"));
+        assert_eq!(c["level"], "warn", "{c}");
+        assert!(
+            c["detail"].as_str().unwrap().contains(denied),
+            "{denied}: {c}"
+        );
+    }
+    assert_eq!(check(&report, "permission: provision")["level"], "ok");
+    assert_eq!(check(&report, "clock")["level"], "ok");
+}

@@ -16,8 +16,14 @@ const WIDE_NAME: &str = "株式会社アクメ・グローバル・ホールデ�
 /// Runs the binary in a pseudo-terminal (stdout and stderr both on it) with `env`; returns
 /// everything the terminal showed, with `\r\n` back to `\n`.
 fn in_terminal(server: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_switchyard"))
-        .chain(["--server", server])
+    let mut full = vec!["--server", server];
+    full.extend(args);
+    run_in_terminal(env!("CARGO_BIN_EXE_switchyard"), &full, env)
+}
+
+/// Runs `program` with `args` in a pseudo-terminal (see [`in_terminal`]).
+fn run_in_terminal(program: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(program)
         .chain(args.iter().copied())
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
         .collect();
@@ -213,4 +219,68 @@ async fn completions_and_man_pages_come_from_the_command_definitions() {
     }
     let replay = std::fs::read_to_string(dir.path().join("switchyard-dlq-replay.1")).unwrap();
     assert!(replay.contains("dry\\-run"), "{replay}");
+}
+
+#[tokio::test]
+async fn status_watch_redraws_in_place_on_a_terminal_and_streams_snapshots_elsewhere() {
+    let server = provisioned().await;
+    let url = server.url();
+
+    // A terminal: the screen is cleared before each snapshot; Ctrl-C (SIGINT) exits 0.
+    let (code, shown) =
+        in_terminal_with_timeout(&url, &["status", "--watch", "--interval", "1"], "2.5");
+    assert_eq!(code, Some(0), "Ctrl-C ends the watch cleanly: {shown}");
+    assert!(
+        shown.matches("\x1b[2J").count() >= 2,
+        "cleared and redrawn at least twice: {shown:?}"
+    );
+    assert!(shown.matches("Ctrl-C to stop").count() >= 2, "{shown:?}");
+    assert!(shown.contains("IDEMPOTENCY"), "{shown:?}");
+
+    // --json: one JSON object per line and per refresh, never a clear-screen.
+    let (code, shown) = in_terminal_with_timeout(
+        &url,
+        &["status", "--watch", "--interval", "1", "--json"],
+        "2.5",
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    let snapshots: Vec<serde_json::Value> = shown
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(snapshots.len() >= 2, "{shown}");
+    assert_eq!(snapshots[0]["streams"][0]["name"], "IDEMPOTENCY");
+
+    // A pipe: snapshots one after another, each under a `--- <time>` line.
+    let output = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            std::process::Command::new("timeout")
+                .args(["--preserve-status", "-s", "INT", "2.5"])
+                .arg(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["--server", &url, "status", "--watch", "--interval", "1"])
+                .env_remove("COLUMNS")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(
+        text.matches("\n--- ").count() + usize::from(text.starts_with("--- ")) >= 2,
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{text:?}");
+}
+
+/// [`in_terminal`], interrupted with SIGINT (Ctrl-C) after `seconds`.
+fn in_terminal_with_timeout(server: &str, args: &[&str], seconds: &str) -> (Option<i32>, String) {
+    let mut wrapped = vec!["--preserve-status", "-s", "INT", seconds];
+    wrapped.push(env!("CARGO_BIN_EXE_switchyard"));
+    wrapped.extend(["--server", server]);
+    wrapped.extend(args);
+    run_in_terminal("timeout", &wrapped, &[])
 }
