@@ -18,8 +18,9 @@ pub struct Resolved {
     pub id: String,
     /// The route.
     pub route: Route,
-    /// The webhook signing key (empty for NATS routes).
-    pub key: Vec<u8>,
+    /// The webhook signing keys: the current secret's, then each previous secret's still in
+    /// its overlap window (empty for NATS routes).
+    pub keys: Vec<Vec<u8>>,
 }
 
 impl Resolved {
@@ -58,9 +59,10 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
         if let Err(error) = route.validate() {
             return Lookup::Invalid(format!("route {id}: {error}"));
         }
-        let key = match &route {
-            Route::Webhook(w) => match w.secret.key() {
-                Ok(key) => key,
+        let keys = match &route {
+            // Looked up at every attempt: a previous secret past its overlap stops signing.
+            Route::Webhook(w) => match w.signing_keys(time::OffsetDateTime::now_utc()) {
+                Ok(keys) => keys,
                 Err(error) => return Lookup::Invalid(format!("route {id}: {error}")),
             },
             Route::Nats(n) => match forbidden_subject(ns, &n.subject) {
@@ -68,7 +70,7 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
                 None => Vec::new(),
             },
         };
-        return Lookup::Found(Box::new(Resolved { id, route, key }));
+        return Lookup::Found(Box::new(Resolved { id, route, keys }));
     }
     let [own, default] = keys.map(|k| k.render());
     Lookup::Missing(format!("no route {own} nor {default}"))

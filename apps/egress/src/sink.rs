@@ -41,7 +41,7 @@ impl Sinks {
                         .or_else(|| envelope.trace.traceparent.clone());
                     let request = WebhookRequest {
                         route,
-                        key: &resolved.key,
+                        keys: &resolved.keys,
                         id: &id,
                         content_type: envelope.content_type.as_deref(),
                         traceparent: traceparent.as_deref(),

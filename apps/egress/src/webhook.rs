@@ -52,8 +52,9 @@ pub enum WebhookError {
 pub struct WebhookRequest<'a> {
     /// Where, and with which extra headers.
     pub route: &'a WebhookRoute,
-    /// The signing key (the secret's bytes).
-    pub key: &'a [u8],
+    /// The signing keys (secrets' bytes): the current secret's first, then any previous one
+    /// still in its overlap window; each adds one `v1,` signature.
+    pub keys: &'a [Vec<u8>],
     /// The `webhook-id`: the envelope id.
     pub id: &'a str,
     /// The payload's media type.
@@ -173,7 +174,13 @@ fn headers(request: &WebhookRequest<'_>, timestamp: i64) -> Result<HeaderMap, St
     h.insert(CONTENT_TYPE, value("content type", content_type)?);
     h.insert("webhook-id", value("webhook id", request.id)?);
     h.insert("webhook-timestamp", HeaderValue::from(timestamp));
-    let signature = sign(request.key, request.id, timestamp, &request.payload);
+    // Standard Webhooks: space-separated signatures; a receiver accepts any that verifies.
+    let signature = request
+        .keys
+        .iter()
+        .map(|key| sign(key, request.id, timestamp, &request.payload))
+        .collect::<Vec<_>>()
+        .join(" ");
     h.insert("webhook-signature", value("signature", &signature)?);
     if let Some(tp) = request.traceparent {
         h.insert("traceparent", value("traceparent", tp)?);
@@ -252,10 +259,11 @@ mod tests {
                 ("X-Env".to_owned(), "prod".to_owned()),
                 ("webhook-id".to_owned(), "spoofed".to_owned()),
             ]),
+            previous_secrets: Vec::new(),
         };
         let request = WebhookRequest {
             route: &route,
-            key: b"0123456789abcdef",
+            keys: &[b"0123456789abcdef".to_vec()],
             id: "0190-id",
             content_type: None,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
@@ -296,11 +304,12 @@ mod tests {
                 timeout_ms: 1000,
                 max_in_flight: 1,
                 headers: BTreeMap::new(),
+                previous_secrets: Vec::new(),
             };
             let attempted = client
                 .post(WebhookRequest {
                     route: &route,
-                    key: b"0123456789abcdef",
+                    keys: &[b"0123456789abcdef".to_vec()],
                     id: "0190-id",
                     content_type: None,
                     traceparent: None,

@@ -6,6 +6,7 @@ mod deadline;
 mod dlq_share;
 mod exposure;
 mod nats_routes;
+mod rotation;
 mod support;
 
 use std::collections::BTreeMap;

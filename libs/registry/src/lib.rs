@@ -2,6 +2,7 @@
 //!
 //! - [`route`]: [`Route`] — where (tenant, team or `_`, platform) is delivered: an HTTP webhook
 //!   or a NATS subject; JSON in the `routes` bucket under [`switchyard_keys::RouteKey`].
+//! - [`rotation`]: a webhook route's previous signing secrets, signing until they expire.
 //! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
 //!   under [`switchyard_keys::TenantKey`].
 //! - [`store`]: [`Store`], typed get/put/list/delete over a KV bucket, with revision-aware
@@ -14,6 +15,7 @@
 pub mod api_key;
 pub mod cache;
 pub mod limits;
+pub mod rotation;
 pub mod route;
 pub mod store;
 pub mod tenant;
@@ -21,6 +23,7 @@ pub mod tenant;
 pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
 pub use cache::KvCache;
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
+pub use rotation::{MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use store::{Store, StoreError, Written};
 pub use tenant::{TenantNameError, TenantRecord};

@@ -9,6 +9,10 @@
 //! {"type":"nats","subject":"svc.acme.billing","timeout_ms":5000}
 //! {"type":"nats","subject":"feed.acme.billing","fire_and_forget":true}
 //! ```
+//!
+//! A webhook route rotated with an overlap also holds `previous_secrets`
+//! (`[{"secret":"whsec_…","expires_at":"2026-12-07T12:00:00Z"}]`), which keep signing until
+//! they expire ([`crate::rotation`]).
 
 use std::collections::BTreeMap;
 
@@ -119,6 +123,10 @@ pub struct WebhookRoute {
     /// Extra request headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Secrets rotated out that keep signing every delivery until they expire
+    /// ([`crate::rotation`]); at most [`crate::rotation::MAX_PREVIOUS_SECRETS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<crate::rotation::RetiringSecret>,
 }
 
 impl WebhookRoute {
@@ -137,6 +145,7 @@ impl std::fmt::Debug for WebhookRoute {
             .field("timeout_ms", &self.timeout_ms)
             .field("max_in_flight", &self.max_in_flight)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("previous_secrets", &self.previous_secrets)
             .finish()
     }
 }
@@ -226,6 +235,19 @@ impl Route {
                     }
                 }
                 w.secret.key()?;
+                for previous in &w.previous_secrets {
+                    previous.secret.key()?;
+                }
+                if w.previous_secrets.len() > crate::rotation::MAX_PREVIOUS_SECRETS {
+                    return Err(RouteError::Field {
+                        field: "previous_secrets",
+                        reason: format!(
+                            "{} previous secrets; at most {}",
+                            w.previous_secrets.len(),
+                            crate::rotation::MAX_PREVIOUS_SECRETS
+                        ),
+                    });
+                }
                 for (name, value) in &w.headers {
                     let bad = |s: &str| s.is_empty() || s.contains(['\r', '\n']);
                     if bad(name) || bad(value) || name.contains([':', ' ']) {
@@ -297,6 +319,9 @@ impl Route {
         let mut route = self.clone();
         if let Route::Webhook(w) = &mut route {
             w.secret = WebhookSecret("whsec_***".into());
+            for previous in &mut w.previous_secrets {
+                previous.secret = WebhookSecret("whsec_***".into());
+            }
             w.url = w.display_url();
         }
         route

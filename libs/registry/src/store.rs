@@ -17,7 +17,7 @@ pub enum StoreError {
     /// The KV request failed.
     #[error("kv {action} failed for key {key:?}")]
     Kv {
-        /// `get`, `put`, `create`, `update`, `delete`, `list` or `keys`.
+        /// `get`, `put`, `create`, `update`, `delete`, `purge_history`, `list` or `keys`.
         action: &'static str,
         /// The key (or filter).
         key: String,
@@ -224,6 +224,21 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
             Some(revision) => self.update(key, record, revision).await,
             None => self.create(key, record).await,
         }
+    }
+
+    /// Drops every earlier revision of `key` from the bucket's history, keeping only the
+    /// current one (a JetStream purge of the key's subject with `keep: 1`). For records whose
+    /// old values must not linger, such as a route's rotated-out signing secrets.
+    pub async fn purge_history(&self, key: &K) -> Result<(), StoreError> {
+        let rendered = key.render();
+        self.kv
+            .stream
+            .purge()
+            .filter(format!("{}{rendered}", self.kv.prefix))
+            .keep(1)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::kv("purge_history", &rendered, e))
     }
 
     /// Deletes a record (a delete marker; history keeps the old value).

@@ -225,6 +225,7 @@ impl Pipeline {
             timeout_ms: 5_000,
             max_in_flight: 32,
             headers: Default::default(),
+            previous_secrets: Vec::new(),
         });
         routes.put(&key, &route).await.unwrap();
     }

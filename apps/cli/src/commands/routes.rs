@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use switchyard_keys::{
     Address, KvKey, PlatformId, RouteKey, RouteTeam, TenantId, kv::tenant_filter,
 };
-use switchyard_registry::{Route, Store};
+use switchyard_registry::{Route, Store, WebhookSecret, Written};
 use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::output::{self, Output, Table, fields};
@@ -41,6 +41,32 @@ pub enum RoutesCommand {
     Ls(LsArgs),
     /// Remove a route.
     Rm(KeyArgs),
+    /// Rotate a webhook route's signing secret: the new one signs every delivery from now on,
+    /// the current one keeps signing too until the overlap ends (receivers holding either
+    /// verify); secrets are never printed, and the key's history is purged of old ones.
+    RotateSecret(RotateArgs),
+}
+
+/// Arguments of `routes rotate-secret`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Which route (its own key: no fallback to the tenant's default).
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The new Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes).
+    #[arg(long, value_name = "whsec_…")]
+    pub secret: String,
+    /// How long the current secret keeps signing (an age: 30m, 24h, 7d; `0s` stops it at
+    /// once).
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = overlap)]
+    pub overlap: time::Duration,
+}
+
+/// Parses `--overlap` (an age, `0s` included).
+fn overlap(raw: &str) -> Result<time::Duration, String> {
+    parse::age(raw)
+        .and_then(|age| time::Duration::try_from(age).ok())
+        .ok_or_else(|| format!("{raw:?} is not an age such as 30m, 24h or 7d"))
 }
 
 /// Which route: tenant, team (or `_`), platform.
@@ -153,6 +179,7 @@ pub async fn run(
         RoutesCommand::Get(key) => get_route(&store, key, out).await,
         RoutesCommand::Ls(ls) => list_routes(&store, ls, out).await,
         RoutesCommand::Rm(key) => remove_route(&store, key, out).await,
+        RoutesCommand::RotateSecret(rotate) => rotate_secret(&store, rotate, out).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -168,6 +195,8 @@ async fn set_route(
         .validate()
         .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
     let revision = store.put(&key, &route).await?;
+    // A replaced route's old secret must not linger in the key's history.
+    store.purge_history(&key).await?;
     if out.is_json() {
         out.json(&json!({"key": key.render(), "revision": revision, "route": route.redacted()}))?;
     } else {
@@ -241,6 +270,16 @@ async fn get_route(
             lines.push(("max_in_flight".into(), w.max_in_flight.to_string()));
             for (name, value) in &w.headers {
                 lines.push((format!("header {name}"), value.clone()));
+            }
+            for previous in &w.previous_secrets {
+                lines.push((
+                    "previous secret".into(),
+                    format!(
+                        "{} (signs until {})",
+                        previous.secret.0,
+                        parse::show_time(previous.expires_at)
+                    ),
+                ));
             }
         }
         Route::Nats(n) => {
@@ -328,10 +367,79 @@ async fn remove_route(
         anyhow::bail!("no route at {}", key.render());
     }
     store.delete(&key).await?;
+    // Keep the delete marker only: the removed route's secret does not linger in history.
+    store.purge_history(&key).await?;
     if out.is_json() {
         out.json(&json!({"key": key.render(), "removed": true}))?;
     } else {
         println!("removed route {}", key.render());
     }
     Ok(())
+}
+
+async fn rotate_secret(
+    store: &Store<RouteKey, Route>,
+    args: &RotateArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key.key();
+    // Compare-and-set: a route changed meanwhile is read again, never overwritten blindly.
+    for _ in 0..10 {
+        let Some((route, revision)) = store.entry(&key).await? else {
+            anyhow::bail!(
+                "no route at {} (rotate-secret names a route's own key)",
+                key.render()
+            );
+        };
+        let Route::Webhook(mut webhook) = route else {
+            anyhow::bail!(
+                "route {} delivers over NATS: it has no signing secret",
+                key.render()
+            );
+        };
+        let now = time::OffsetDateTime::now_utc();
+        webhook
+            .rotate(WebhookSecret(args.secret.clone()), args.overlap, now)
+            .with_context(|| format!("rotating the secret of route {}", key.render()))?;
+        let route = Route::Webhook(webhook);
+        route
+            .validate()
+            .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
+        let Written::Stored(revision) = store.update(&key, &route, revision).await? else {
+            continue;
+        };
+        store.purge_history(&key).await?;
+        if out.is_json() {
+            return out.json(
+                &json!({"key": key.render(), "revision": revision, "route": route.redacted()}),
+            );
+        }
+        let signing: Vec<time::OffsetDateTime> = match &route {
+            Route::Webhook(w) => w
+                .previous_secrets
+                .iter()
+                .map(|p| p.expires_at)
+                .filter(|at| *at > now)
+                .collect(),
+            Route::Nats(_) => Vec::new(),
+        };
+        let also = match signing.iter().max() {
+            None => "only the new secret signs".to_owned(),
+            Some(last) if signing.len() == 1 => format!(
+                "1 previous secret signs too, until {}",
+                parse::show_time(*last)
+            ),
+            Some(last) => format!(
+                "{} previous secrets sign too, the last until {}",
+                signing.len(),
+                parse::show_time(*last)
+            ),
+        };
+        println!(
+            "rotated the signing secret of route {} (revision {revision}); {also}",
+            key.render()
+        );
+        return Ok(());
+    }
+    anyhow::bail!("route {} keeps changing; try again", key.render())
 }

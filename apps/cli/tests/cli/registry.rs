@@ -515,3 +515,178 @@ async fn limits_set_get_ls_and_bad_limits_are_refused() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn routes_rotate_secret_keeps_the_old_secret_signing_for_the_overlap_and_never_shows_either()
+{
+    use futures::StreamExt;
+
+    const NEW: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const NEWER: &str = "whsec_3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    let set = [
+        "routes",
+        "set",
+        "acme",
+        "_",
+        "slack",
+        "--webhook",
+        "https://hooks.example.com/in",
+        "--secret",
+        SECRET,
+    ];
+    ok(&url, &set).await;
+    ok(&url, &set).await;
+
+    let rotated = crate::switchyard(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "slack",
+            "--secret",
+            NEW,
+            "--overlap",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(rotated.status.success(), "{}", crate::stderr(&rotated));
+    let said = format!("{}{}", crate::stdout(&rotated), crate::stderr(&rotated));
+    assert!(
+        said.starts_with("rotated the signing secret of route acme._.slack (revision "),
+        "{said}"
+    );
+    assert!(
+        said.contains("; 1 previous secret signs too, until "),
+        "{said}"
+    );
+    let shown = ok(&url, &["routes", "get", "acme", "ops", "slack"]).await;
+    assert!(shown.contains("previous secret"), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["routes", "get", "acme", "_", "slack", "--json"]).await)
+            .unwrap();
+    assert_eq!(json["route"]["secret"], "whsec_***");
+    assert_eq!(json["route"]["previous_secrets"][0]["secret"], "whsec_***");
+    for text in [&said, &shown, &json.to_string()] {
+        assert!(!text.contains(SECRET) && !text.contains(NEW), "{text}");
+    }
+
+    // The stored record holds both secrets; the key's history holds nothing older, so the
+    // rotated-out secret does not linger in earlier revisions (two `set`s came before).
+    let routes = js.get_key_value("routes").await.unwrap();
+    let history: Vec<_> = routes
+        .history("acme._.slack")
+        .await
+        .unwrap()
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(history.len(), 1, "only the current revision is kept");
+    let stored = String::from_utf8(history[0].as_ref().unwrap().value.to_vec()).unwrap();
+    assert!(stored.contains(NEW) && stored.contains(SECRET), "{stored}");
+
+    // Rotating to a secret in use, or a NATS route, is refused; a zero overlap stops the old
+    // secret at once.
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "slack",
+            "--secret",
+            NEW,
+        ],
+    )
+    .await;
+    assert!(err.contains("the current one or a previous one"), "{err}");
+    assert!(!err.contains(NEW), "{err}");
+    ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "ops",
+            "billing",
+            "--nats",
+            "sink.acme",
+        ],
+    )
+    .await;
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "ops",
+            "billing",
+            "--secret",
+            NEWER,
+        ],
+    )
+    .await;
+    assert!(
+        err.contains("delivers over NATS: it has no signing secret"),
+        "{err}"
+    );
+    let more = ok(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "slack",
+            "--secret",
+            NEWER,
+            "--overlap",
+            "0s",
+        ],
+    )
+    .await;
+    assert!(
+        more.contains("; 1 previous secret signs too"),
+        "the first rotation's overlap still runs: {more}"
+    );
+    ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "teams",
+            "--webhook",
+            "https://t.example.com/in",
+            "--secret",
+            SECRET,
+        ],
+    )
+    .await;
+    let immediate = ok(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "teams",
+            "--secret",
+            NEW,
+            "--overlap",
+            "0s",
+        ],
+    )
+    .await;
+    assert!(
+        immediate.ends_with("only the new secret signs\n"),
+        "{immediate}"
+    );
+}

@@ -50,6 +50,7 @@ pub fn webhook(sink: &Sink, path: &str) -> Route {
         timeout_ms: 5000,
         max_in_flight: 16,
         headers: Default::default(),
+        previous_secrets: Vec::new(),
     })
 }
 

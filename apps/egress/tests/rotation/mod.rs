@@ -1,0 +1,157 @@
+//! Signing-secret rotation with an overlap window: during the overlap every delivery carries a
+//! signature for the new secret and one for the old, so receivers holding either verify it;
+//! once the old secret expires, it signs nothing. The receivers here follow the Standard
+//! Webhooks spec, not egress's code.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use switchyard_registry::{Route, WebhookSecret};
+use switchyard_testkit::wait_for;
+
+use crate::support::{Harness, SECRET, Sink, address, webhook};
+
+const LONG: Duration = Duration::from_secs(30);
+const NEW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// A Standard Webhooks receiver holding one secret: `webhook-signature` is a space-separated
+/// list of `version,base64` signatures; `v1` is HMAC-SHA256 of `{id}.{timestamp}.{body}` keyed
+/// with the base64 after `whsec_`, compared in constant time; the timestamp must be within
+/// five minutes. Any `v1` that verifies is enough.
+fn receiver_accepts(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(timestamp), Some(signatures)) = (
+        text("webhook-id"),
+        text("webhook-timestamp"),
+        text("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let Ok(sent) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    if (time::OffsetDateTime::now_utc().unix_timestamp() - sent).abs() > 300 {
+        return false;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| b64.decode(k).ok())
+    else {
+        return false;
+    };
+    signatures
+        .split(' ')
+        .filter_map(|entry| entry.split_once(','))
+        .filter(|(version, _)| *version == "v1")
+        .filter_map(|(_, signature)| b64.decode(signature).ok())
+        .any(|signature| {
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+                return false;
+            };
+            mac.update(format!("{id}.{timestamp}.").as_bytes());
+            mac.update(body);
+            mac.verify_slice(&signature).is_ok()
+        })
+}
+
+/// Publishes `n` messages and waits until `path` has received `total` requests.
+async fn deliver(h: &Harness, sink: &Sink, path: &str, n: usize, total: usize) {
+    for i in 0..n {
+        h.publish(
+            &address("acme", "ops", "slack"),
+            Bytes::from(format!("{{\"n\":{i}}}")),
+            Some("application/json"),
+        )
+        .await;
+    }
+    wait_for("the deliveries", LONG, || async {
+        (sink.count(path) >= total).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn during_an_overlap_receivers_holding_either_secret_verify_every_delivery() {
+    let sink = Sink::start().await;
+    let mut h = Harness::new().await;
+    let original = webhook(&sink, "/hook");
+    h.put_route("acme.ops.slack", &original).await;
+    h.start(|_| {}).await;
+
+    deliver(&h, &sink, "/hook", 3, 3).await;
+    for r in sink.requests("/hook") {
+        assert!(receiver_accepts(SECRET, &r.headers, &r.body));
+        assert!(!receiver_accepts(NEW_SECRET, &r.headers, &r.body));
+    }
+
+    // Rotate with a one-hour overlap; egress follows the route's KV record.
+    let Route::Webhook(mut rotated) = original.clone() else {
+        panic!("a webhook route")
+    };
+    rotated
+        .rotate(
+            WebhookSecret(NEW_SECRET.into()),
+            time::Duration::hours(1),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    h.put_route("acme.ops.slack", &Route::Webhook(rotated.clone()))
+        .await;
+    // Until egress's copy of the routes has the rotation, a delivery is signed by the old
+    // secret alone; send one at a time until one carries both signatures.
+    let mut total = 3;
+    wait_for("a delivery signed with the new secret", LONG, || {
+        total += 1;
+        let expected = total;
+        let (h, sink) = (&h, &sink);
+        async move {
+            deliver(h, sink, "/hook", 1, expected).await;
+            let last = sink.requests("/hook").pop()?;
+            receiver_accepts(NEW_SECRET, &last.headers, &last.body).then_some(())
+        }
+    })
+    .await;
+    let before = sink.count("/hook");
+    deliver(&h, &sink, "/hook", 20, before + 20).await;
+    for r in &sink.requests("/hook")[before..] {
+        let signatures = r.headers["webhook-signature"].to_str().unwrap();
+        assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+        assert!(
+            receiver_accepts(SECRET, &r.headers, &r.body),
+            "old: {signatures}"
+        );
+        assert!(
+            receiver_accepts(NEW_SECRET, &r.headers, &r.body),
+            "new: {signatures}"
+        );
+    }
+
+    // Once the overlap is over, the old secret signs nothing.
+    rotated.previous_secrets[0].expires_at =
+        time::OffsetDateTime::now_utc() - time::Duration::SECOND;
+    h.put_route("acme.ops.slack", &Route::Webhook(rotated))
+        .await;
+    let mut total = sink.count("/hook");
+    wait_for("a delivery signed by the new secret alone", LONG, || {
+        total += 1;
+        let expected = total;
+        let (h, sink) = (&h, &sink);
+        async move {
+            deliver(h, sink, "/hook", 1, expected).await;
+            let last = sink.requests("/hook").pop()?;
+            (!receiver_accepts(SECRET, &last.headers, &last.body)).then_some(())
+        }
+    })
+    .await;
+    let before = sink.count("/hook");
+    deliver(&h, &sink, "/hook", 5, before + 5).await;
+    for r in &sink.requests("/hook")[before..] {
+        assert!(!receiver_accepts(SECRET, &r.headers, &r.body));
+        assert!(receiver_accepts(NEW_SECRET, &r.headers, &r.body));
+    }
+}
