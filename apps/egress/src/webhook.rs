@@ -175,12 +175,22 @@ fn headers(request: &WebhookRequest<'_>, timestamp: i64) -> Result<HeaderMap, St
     h.insert("webhook-id", value("webhook id", request.id)?);
     h.insert("webhook-timestamp", HeaderValue::from(timestamp));
     // Standard Webhooks: space-separated signatures; a receiver accepts any that verifies.
-    let signature = request
+    let mut signatures: Vec<String> = request
         .keys
         .iter()
         .map(|key| sign(key, request.id, timestamp, &request.payload))
-        .collect::<Vec<_>>()
-        .join(" ");
+        .collect();
+    // And the asymmetric `v1a` one, when the route has an Ed25519 key.
+    if let Some(key) = &request.route.signing_key {
+        let pair = key.key_pair().map_err(|e| e.to_string())?;
+        signatures.push(switchyard_registry::sign_v1a(
+            &pair,
+            request.id,
+            timestamp,
+            &request.payload,
+        ));
+    }
+    let signature = signatures.join(" ");
     h.insert("webhook-signature", value("signature", &signature)?);
     if let Some(tp) = request.traceparent {
         h.insert("traceparent", value("traceparent", tp)?);
@@ -260,6 +270,7 @@ mod tests {
                 ("webhook-id".to_owned(), "spoofed".to_owned()),
             ]),
             previous_secrets: Vec::new(),
+            signing_key: None,
         };
         let request = WebhookRequest {
             route: &route,
@@ -305,6 +316,7 @@ mod tests {
                 max_in_flight: 1,
                 headers: BTreeMap::new(),
                 previous_secrets: Vec::new(),
+                signing_key: None,
             };
             let attempted = client
                 .post(WebhookRequest {

@@ -3,6 +3,7 @@
 //! - [`route`]: [`Route`] — where (tenant, team or `_`, platform) is delivered: an HTTP webhook
 //!   or a NATS subject; JSON in the `routes` bucket under [`switchyard_keys::RouteKey`].
 //! - [`rotation`]: a webhook route's previous signing secrets, signing until they expire.
+//! - [`signing_key`]: a webhook route's optional Ed25519 key for `v1a` signatures.
 //! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
 //!   under [`switchyard_keys::TenantKey`].
 //! - [`store`]: [`Store`], typed get/put/list/delete over a KV bucket, with revision-aware
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod limits;
 pub mod rotation;
 pub mod route;
+pub mod signing_key;
 pub mod store;
 pub mod tenant;
 
@@ -25,5 +27,6 @@ pub use cache::KvCache;
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use rotation::{MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
+pub use signing_key::{SigningKey, sign_v1a};
 pub use store::{Store, StoreError, Written};
 pub use tenant::{TenantNameError, TenantRecord};

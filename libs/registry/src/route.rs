@@ -127,6 +127,10 @@ pub struct WebhookRoute {
     /// ([`crate::rotation`]); at most [`crate::rotation::MAX_PREVIOUS_SECRETS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secrets: Vec<crate::rotation::RetiringSecret>,
+    /// An Ed25519 private key (`whsk_…`): every delivery also carries a `v1a` signature that
+    /// receivers verify with its public key alone ([`crate::signing_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<crate::signing_key::SigningKey>,
 }
 
 impl WebhookRoute {
@@ -146,6 +150,7 @@ impl std::fmt::Debug for WebhookRoute {
             .field("max_in_flight", &self.max_in_flight)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("previous_secrets", &self.previous_secrets)
+            .field("signing_key", &self.signing_key)
             .finish()
     }
 }
@@ -238,6 +243,9 @@ impl Route {
                 for previous in &w.previous_secrets {
                     previous.secret.key()?;
                 }
+                if let Some(key) = &w.signing_key {
+                    key.key_pair()?;
+                }
                 if w.previous_secrets.len() > crate::rotation::MAX_PREVIOUS_SECRETS {
                     return Err(RouteError::Field {
                         field: "previous_secrets",
@@ -321,6 +329,9 @@ impl Route {
             w.secret = WebhookSecret("whsec_***".into());
             for previous in &mut w.previous_secrets {
                 previous.secret = WebhookSecret("whsec_***".into());
+            }
+            if let Some(key) = &mut w.signing_key {
+                key.0 = "whsk_***".into();
             }
             w.url = w.display_url();
         }

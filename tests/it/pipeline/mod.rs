@@ -226,6 +226,7 @@ impl Pipeline {
             max_in_flight: 32,
             headers: Default::default(),
             previous_secrets: Vec::new(),
+            signing_key: None,
         });
         routes.put(&key, &route).await.unwrap();
     }

@@ -104,6 +104,11 @@ pub struct SetArgs {
     /// The Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes).
     #[arg(long, value_name = "whsec_…", requires = "webhook")]
     pub secret: Option<String>,
+    /// Also sign with this Ed25519 private key (`whsk_` + base64 of its 32-byte seed): each
+    /// delivery then carries a `v1a` signature receivers verify with the public key alone
+    /// (`routes get` shows it, `whpk_…`).
+    #[arg(long, value_name = "whsk_…", requires = "webhook")]
+    pub signing_key: Option<String>,
     /// An extra request header for the webhook, `K=V` (repeatable).
     #[arg(long = "header", value_name = "K=V", value_parser = parse::key_value, requires = "webhook")]
     pub headers: Vec<(String, String)>,
@@ -136,6 +141,9 @@ impl SetArgs {
             route.insert("type".into(), json!("webhook"));
             route.insert("url".into(), json!(url));
             route.insert("secret".into(), json!(secret));
+            if let Some(key) = &self.signing_key {
+                route.insert("signing_key".into(), json!(key));
+            }
             let headers: Map<String, Value> = self
                 .headers
                 .iter()
@@ -244,12 +252,21 @@ async fn get_route(
         anyhow::bail!("no route for {tried}");
     };
     let shown = route.redacted();
+    // The public half of a v1a key is for receivers: shown, unlike every secret.
+    let public_key = match &route {
+        Route::Webhook(w) => w.signing_key.as_ref().map(|k| k.public_key()).transpose()?,
+        Route::Nats(_) => None,
+    };
     if out.is_json() {
-        return out.json(&json!({
+        let mut view = json!({
             "requested": requested.render(),
             "matched": matched.render(),
             "route": shown,
-        }));
+        });
+        if let Some(public) = &public_key {
+            view["public_key"] = json!(public);
+        }
+        return out.json(&view);
     }
     let key_note = if matched == requested {
         matched.render()
@@ -270,6 +287,10 @@ async fn get_route(
             lines.push(("max_in_flight".into(), w.max_in_flight.to_string()));
             for (name, value) in &w.headers {
                 lines.push((format!("header {name}"), value.clone()));
+            }
+            if let Some(public) = &public_key {
+                lines.push(("signing key".into(), "whsk_*** (v1a)".into()));
+                lines.push(("public key".into(), public.clone()));
             }
             for previous in &w.previous_secrets {
                 lines.push((

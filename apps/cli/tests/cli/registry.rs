@@ -690,3 +690,63 @@ async fn routes_rotate_secret_keeps_the_old_secret_signing_for_the_overlap_and_n
         "{immediate}"
     );
 }
+
+#[tokio::test]
+async fn a_routes_ed25519_signing_key_is_hidden_and_its_public_key_shown() {
+    const KEY: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let server = provisioned().await;
+    let url = server.url();
+    ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            SECRET,
+            "--signing-key",
+            KEY,
+        ],
+    )
+    .await;
+    let public = switchyard_registry::SigningKey(KEY.into())
+        .public_key()
+        .unwrap();
+    let shown = ok(&url, &["routes", "get", "acme", "_", "slack"]).await;
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("public key ") && l.ends_with(&public)),
+        "{shown}"
+    );
+    assert!(!shown.contains(KEY), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["routes", "get", "acme", "_", "slack", "--json"]).await)
+            .unwrap();
+    assert_eq!(json["public_key"], public.as_str());
+    assert_eq!(json["route"]["signing_key"], "whsk_***");
+
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            SECRET,
+            "--signing-key",
+            "whsk_AAEC",
+        ],
+    )
+    .await;
+    assert!(err.contains("route field signing_key"), "{err}");
+    assert!(!err.contains("whsk_AAEC"), "the key is never echoed: {err}");
+}

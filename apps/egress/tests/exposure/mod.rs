@@ -109,6 +109,7 @@ async fn credentials_in_a_route_url_never_reach_the_dlq_record_or_the_attempt_hi
             max_in_flight: 4,
             headers: BTreeMap::new(),
             previous_secrets: Vec::new(),
+            signing_key: None,
         })
     };
     let mut h = Harness::new().await;

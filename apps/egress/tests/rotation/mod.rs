@@ -155,3 +155,65 @@ async fn during_an_overlap_receivers_holding_either_secret_verify_every_delivery
         assert!(receiver_accepts(NEW_SECRET, &r.headers, &r.body));
     }
 }
+
+/// A Standard Webhooks receiver holding only the route's public key (`whpk_…`): accepts when a
+/// `v1a` signature verifies with Ed25519 over `{id}.{timestamp}.{body}`.
+fn public_key_receiver_accepts(public: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(timestamp), Some(signatures)) = (
+        text("webhook-id"),
+        text("webhook-timestamp"),
+        text("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some(public) = public
+        .strip_prefix("whpk_")
+        .and_then(|k| b64.decode(k).ok())
+    else {
+        return false;
+    };
+    let content = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body].concat();
+    signatures
+        .split(' ')
+        .filter_map(|entry| entry.split_once(','))
+        .filter(|(version, _)| *version == "v1a")
+        .filter_map(|(_, signature)| b64.decode(signature).ok())
+        .any(|signature| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+                .verify(&content, &signature)
+                .is_ok()
+        })
+}
+
+#[tokio::test]
+async fn a_route_with_an_ed25519_key_adds_a_v1a_signature_its_public_key_verifies() {
+    let sink = Sink::start().await;
+    let mut h = Harness::new().await;
+    let Route::Webhook(mut route) = webhook(&sink, "/hook") else {
+        panic!("a webhook route")
+    };
+    let key =
+        switchyard_registry::SigningKey("whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+    let public = key.public_key().unwrap();
+    route.signing_key = Some(key);
+    h.put_route("acme.ops.slack", &Route::Webhook(route)).await;
+    h.start(|_| {}).await;
+
+    deliver(&h, &sink, "/hook", 5, 5).await;
+    for r in sink.requests("/hook") {
+        let signatures = r.headers["webhook-signature"].to_str().unwrap();
+        assert!(signatures.contains(" v1a,"), "{signatures}");
+        assert!(
+            public_key_receiver_accepts(&public, &r.headers, &r.body),
+            "{signatures}"
+        );
+        assert!(
+            receiver_accepts(SECRET, &r.headers, &r.body),
+            "v1 still signs"
+        );
+        let tampered = [&r.body[..], b" "].concat();
+        assert!(!public_key_receiver_accepts(&public, &r.headers, &tampered));
+    }
+}

@@ -51,6 +51,7 @@ pub fn webhook(sink: &Sink, path: &str) -> Route {
         max_in_flight: 16,
         headers: Default::default(),
         previous_secrets: Vec::new(),
+        signing_key: None,
     })
 }
 
