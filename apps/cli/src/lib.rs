@@ -48,7 +48,7 @@ pub struct Cli {
 pub enum Command {
     /// The commands that work on a deployment over one NATS connection.
     #[command(flatten)]
-    Nats(NatsCommand),
+    Nats(Box<NatsCommand>),
     /// Check the deployment for what operators get wrong, each with its fix; exit 0 ok,
     /// 1 warn, 2 fail.
     ///
@@ -94,7 +94,7 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
             let topology = topology(&config)?;
             return commands::doctor::run(&config, &topology, &args, &out).await;
         }
-        Command::Nats(command) => command,
+        Command::Nats(command) => *command,
     };
     if let NatsCommand::Provision(args) = &command {
         config.deployment.replicas = args.replicas.or(config.deployment.replicas);
