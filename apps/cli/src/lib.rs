@@ -24,7 +24,7 @@ pub const EXIT_DRIFT: u8 = 3;
 
 /// `switchyard`: operate a Switchyard deployment.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about)]
+#[command(name = "switchyard", version, about, propagate_version = true)]
 pub struct Cli {
     /// A TOML config file layered over the built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
@@ -87,7 +87,7 @@ pub enum NatsCommand {
 pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
     let out = output::Output::new(cli.json);
     let command = match cli.command {
-        Command::Completions(args) => return Ok(commands::shell::completions(&args)),
+        Command::Completions(args) => return commands::shell::completions(&args),
         Command::Man(args) => return commands::shell::man(&args),
         Command::Doctor(args) => {
             // The doctor connects itself: an unreachable server is one of its findings.

@@ -2,21 +2,31 @@
 //! runs one command.
 
 use clap::Parser;
-use switchyard_cli::{Cli, config::CliConfig, run};
+use switchyard_cli::{Cli, Command, config::CliConfig, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // Help and --version print and exit 0; a usage error exits 1 like any other error.
+        // Help and --version print and exit 0; a usage error exits 1 like any other error
+        // (2 for `doctor`, whose 1 means "warnings").
         Err(err) => {
             let _ = err.print();
-            return if err.use_stderr() {
-                std::process::ExitCode::FAILURE
-            } else {
+            return if !err.use_stderr() {
                 std::process::ExitCode::SUCCESS
+            } else if std::env::args().any(|arg| arg == "doctor") {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
             };
         }
+    };
+    // The doctor's exit codes are 0 ok, 1 warn, 2 fail: an error before any check (bad config,
+    // an unreadable topology) is a failure, never a warning.
+    let failure = if matches!(cli.command, Command::Doctor(_)) {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::FAILURE
     };
     let result = async {
         let config = CliConfig::load(&cli)?;
@@ -27,8 +37,13 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            // Errors quote what they could not use (a KV record, a server's answer): made
+            // printable like any text from outside.
+            eprintln!(
+                "error: {}",
+                switchyard_cli::output::printable_text(&format!("{err:#}"))
+            );
+            failure
         }
     }
 }

@@ -71,9 +71,21 @@ pub fn paint(style: Style, text: &str) -> String {
     format!("{style}{}{style:#}", printable(text))
 }
 
-/// `text` with every control character but newline and tab shown escaped (`\u{1b}` for ESC,
-/// `\r` for a carriage return), so text from outside cannot drive the terminal.
+/// `text` for one line (a table cell, a field, a message): every control character — newlines
+/// and tabs included — and every invisible formatting character (a bidirectional override, a
+/// zero-width space: [`switchyard_keys::display`]) shown escaped (`\u{1b}`, `\n`,
+/// `\u{202e}`), so text from outside can neither drive the terminal nor fake a row.
 pub fn printable(text: &str) -> String {
+    escaped(text, |c| c.is_control())
+}
+
+/// [`printable`] for text of several lines (a payload body): newlines and tabs are kept.
+pub fn printable_text(text: &str) -> String {
+    escaped(text, |c| c.is_control() && c != '\n' && c != '\t')
+}
+
+fn escaped(text: &str, control: impl Fn(char) -> bool) -> String {
+    let needs_escape = |c: char| control(c) || switchyard_keys::display::is_invisible_format(c);
     if !text.chars().any(needs_escape) {
         return text.to_owned();
     }
@@ -86,10 +98,6 @@ pub fn printable(text: &str) -> String {
         }
     }
     out
-}
-
-fn needs_escape(c: char) -> bool {
-    c.is_control() && c != '\n' && c != '\t'
 }
 
 /// The width to fit tables to: `COLUMNS` when it holds a number, else the terminal's; `None`
@@ -273,7 +281,10 @@ mod tests {
     #[test]
     fn control_characters_are_shown_escaped_never_sent() {
         assert_eq!(printable("ok\x1b[2Jbad\r"), "ok\\u{1b}[2Jbad\\r");
-        assert_eq!(printable("two\nlines\tand tab"), "two\nlines\tand tab");
+        assert_eq!(printable("fake\nrow\tcell"), "fake\\nrow\\tcell");
+        assert_eq!(printable("Glo\u{202E}xeb"), "Glo\\u{202e}xeb");
+        assert_eq!(printable_text("two\nlines\tand tab"), "two\nlines\tand tab");
+        assert_eq!(printable_text("a\u{200B}b\x07"), "a\\u{200b}b\\u{7}");
         let mut t = Table::new(["A"]).with_width(None);
         t.row(["\x1b]0;owned\x07"]);
         assert!(!t.render().contains("\x1b]"), "no raw escape in a cell");

@@ -79,6 +79,14 @@ impl Progress {
         self.bar.suspend(|| anstream::eprintln!("{line}"));
     }
 
+    /// A bar that is never drawn (where the command's own output is on the terminal: an export
+    /// to stdout).
+    pub fn hidden() -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+        }
+    }
+
     /// Counts `n` more steps done.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);

@@ -161,7 +161,8 @@ impl StatsStore {
         let entries = self
             .counters
             .entries(|key| {
-                matches!(key, DlqStatsKey::Counter { .. }) && key_matches(filter, &key.render())
+                matches!(key, DlqStatsKey::Counter { .. })
+                    && switchyard_subjects::pattern_matches(filter, &key.render())
             })
             .await?;
         Ok(entries
@@ -169,20 +170,6 @@ impl StatsStore {
             .map(|(_, found)| found.map(|(record, _)| record))
             .collect())
     }
-}
-
-/// Whether a key matches a NATS-style key filter (`*` one token, trailing `>` the rest).
-fn key_matches(filter: &str, key: &str) -> bool {
-    let mut keys = key.split('.');
-    for f in filter.split('.') {
-        match (f, keys.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (f, Some(k)) if f == k => {}
-            _ => return false,
-        }
-    }
-    keys.next().is_none()
 }
 
 #[cfg(test)]
@@ -214,10 +201,25 @@ mod tests {
 
     #[test]
     fn key_filters_match_whole_tokens() {
-        assert!(key_matches(">", "acme.egress.no_route"));
-        assert!(key_matches("acme.>", "acme.egress.no_route"));
-        assert!(!key_matches("acme.>", "acme-eu.egress.no_route"));
-        assert!(key_matches("*.egress.*", "_.egress.no_route"));
-        assert!(!key_matches("*.egress", "acme.egress.no_route"));
+        assert!(switchyard_subjects::pattern_matches(
+            ">",
+            "acme.egress.no_route"
+        ));
+        assert!(switchyard_subjects::pattern_matches(
+            "acme.>",
+            "acme.egress.no_route"
+        ));
+        assert!(!switchyard_subjects::pattern_matches(
+            "acme.>",
+            "acme-eu.egress.no_route"
+        ));
+        assert!(switchyard_subjects::pattern_matches(
+            "*.egress.*",
+            "_.egress.no_route"
+        ));
+        assert!(!switchyard_subjects::pattern_matches(
+            "*.egress",
+            "acme.egress.no_route"
+        ));
     }
 }

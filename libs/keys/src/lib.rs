@@ -6,9 +6,11 @@
 //!   [`Address`] — strict charset `[a-z0-9][a-z0-9_-]{0,63}`.
 //! - [`token`]: [`MsgId`] (any UTF-8, 1..=1024 bytes) and the `=XX` escape encoding that maps
 //!   it to `[A-Za-z0-9_=-]`, valid both as a subject token and as a KV key token.
+//! - [`display`]: invisible formatting characters, refused or escaped in user text.
 //! - [`kv`]: the key schemas of each bucket, with render/parse round trips and per-tenant
 //!   list/watch filters.
 
+pub mod display;
 pub mod error;
 pub mod id;
 pub mod kv;

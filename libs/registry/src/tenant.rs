@@ -54,14 +54,17 @@ pub enum TenantNameError {
     /// Starts or ends with whitespace (names are compared and shown as given).
     #[error("a tenant name must not start or end with whitespace")]
     Padded,
-    /// Holds a control character (a newline, ESC…), which could rewrite an operator's
-    /// terminal or a log line.
-    #[error("a tenant name must not contain control characters ({0:?} found)")]
+    /// Holds a control character (a newline, ESC…) or an invisible formatting character (a
+    /// bidirectional override, a zero-width space: [`switchyard_keys::display`]), which could
+    /// rewrite an operator's terminal or make the name read as another.
+    #[error(
+        "a tenant name must not contain control or invisible formatting characters ({0:?} found)"
+    )]
     Control(char),
 }
 
 /// Checks a display name: 1 to [`MAX_NAME_CHARS`] characters, any script (wide characters
-/// included), no control characters, no surrounding whitespace.
+/// included), no control or invisible formatting characters, no surrounding whitespace.
 ///
 /// # Errors
 /// [`TenantNameError`] naming the rule the name breaks.
@@ -72,7 +75,10 @@ pub fn check_name(name: &str) -> Result<(), TenantNameError> {
     if name.trim() != name {
         return Err(TenantNameError::Padded);
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || switchyard_keys::display::is_invisible_format(*c))
+    {
         return Err(TenantNameError::Control(c));
     }
     match name.chars().count() {
@@ -100,6 +106,10 @@ mod name_tests {
         assert_eq!(
             check_name("two\nlines"),
             Err(TenantNameError::Control('\n'))
+        );
+        assert_eq!(
+            check_name("Glo\u{202E}xeb"),
+            Err(TenantNameError::Control('\u{202E}'))
         );
         assert_eq!(
             check_name(&"a".repeat(MAX_NAME_CHARS + 1)),

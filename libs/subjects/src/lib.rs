@@ -16,12 +16,14 @@
 //! A hand-off subject is named after the stage that *consumes* it, so inserting or removing a
 //! stage is a change of which [`InputStage`] a service publishes to — configuration, not code.
 //! Ids are validated by `switchyard-keys`, so no value can add a token, a wildcard or an
-//! empty token. JetStream's own advisory subjects are in [`advisory`].
+//! empty token. JetStream's own advisory subjects are in [`advisory`]; [`pattern_matches`] is
+//! the server's wildcard matching.
 
 pub mod advisory;
 mod error;
 mod kinds;
 mod namespace;
+mod wildcard;
 
 pub use error::SubjectError;
 pub use kinds::{
@@ -29,6 +31,7 @@ pub use kinds::{
     InputStage, ReceiptSubject, StageSubject, Subject, SubjectKind, UNKNOWN_TOKEN,
 };
 pub use namespace::Namespace;
+pub use wildcard::pattern_matches;
 
 /// The taxonomy version token every subject carries after its root.
 pub const VERSION: &str = "v1";

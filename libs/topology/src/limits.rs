@@ -91,6 +91,32 @@ impl fmt::Display for LimitProblem {
     }
 }
 
+impl LimitProblem {
+    /// The problem in one short clause, without the fix (for a table row):
+    /// `stream EGRESS: max_msg_size 1114112 > the server's max_payload 1048576`.
+    pub fn summary(&self) -> String {
+        match self {
+            LimitProblem::StreamOverServer {
+                stream,
+                max_msg_size,
+                server_max_payload,
+            } => format!(
+                "stream {stream}: max_msg_size {max_msg_size} > the server's max_payload \
+                 {server_max_payload}"
+            ),
+            LimitProblem::DlqTooSmall {
+                dlq_size,
+                largest,
+                largest_size,
+                room,
+            } => format!(
+                "stream DLQ: messages of up to {dlq_size} bytes < {largest}'s {largest_size} + \
+                 {room} for a DLQ record"
+            ),
+        }
+    }
+}
+
 /// The server's limits do not fit the declared sizes (what a service refuses to start on).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]

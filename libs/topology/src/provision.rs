@@ -71,6 +71,17 @@ pub struct Change {
     pub fixable: bool,
 }
 
+impl std::fmt::Display for Change {
+    /// `max_bytes: declared 1073741824 but is 536870912`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: declared {} but is {}",
+            self.field, self.declared, self.actual
+        )
+    }
+}
+
 /// The outcome for one item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProvisionItem {

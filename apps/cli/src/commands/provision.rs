@@ -58,11 +58,7 @@ pub fn outcome_cell(outcome: Outcome) -> String {
 pub fn render(report: &ProvisionReport) -> String {
     let mut table = Table::new(["KIND", "NAME", "RESULT", "DETAILS"]);
     for item in &report.items {
-        let details: Vec<String> = item
-            .changes
-            .iter()
-            .map(|c| format!("{}: declared {} but is {}", c.field, c.declared, c.actual))
-            .collect();
+        let details: Vec<String> = item.changes.iter().map(ToString::to_string).collect();
         table.painted_row(vec![
             item.kind.to_owned(),
             printable(&item.name),

@@ -2,6 +2,7 @@
 //! man pages generated from the clap definitions themselves (clap_complete, clap_mangen), so
 //! they never fall behind the commands. `make install-cli` installs both.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,16 +28,19 @@ pub struct ManArgs {
     pub dir: PathBuf,
 }
 
-/// Prints the completion script for `args.shell` on stdout.
-pub fn completions(args: &CompletionsArgs) -> ExitCode {
+/// Prints the completion script for `args.shell` on stdout (a reader that stops early, as
+/// `| head` does, is not an error).
+pub fn completions(args: &CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut command = Cli::command();
-    clap_complete::generate(
-        args.shell,
-        &mut command,
-        "switchyard",
-        &mut std::io::stdout(),
-    );
-    ExitCode::SUCCESS
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "switchyard", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(err).context("writing the completion script"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Writes a man page for `switchyard` and for each of its subcommands, at every depth.

@@ -3,7 +3,7 @@
 //! terminal until Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub watch: bool,
     /// Seconds between refreshes with `--watch`.
-    #[arg(long, value_name = "SECS", default_value_t = 2,
+    #[arg(long, value_name = "SECS", default_value_t = 2, requires = "watch",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval: u64,
 }
@@ -243,30 +243,64 @@ pub async fn run(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
+        // Ctrl-C ends the watch at once, while waiting and while reading alike.
         tokio::select! {
             _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
             _ = every.tick() => {}
         }
-        let (report, tenants) = read(js, topology).await?;
+        let snapshot = tokio::select! {
+            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            snapshot = read(js, topology) => snapshot,
+        };
         let now = show_time(time::OffsetDateTime::now_utc());
-        if out.is_json() {
-            out.json_line(&StatusView {
-                report: &report,
-                tenants: &tenants,
-            })?;
-        } else if terminal {
-            // Redraw in place: clear the screen, then the snapshot under a header line.
-            let _ = console::Term::stdout().clear_screen();
-            print!(
-                "{}\n\n{}",
+        // A failed read (the server restarting, a leader election) is shown and retried at the
+        // next tick: a watch outlives what it watches.
+        let body = match (&snapshot, out.is_json()) {
+            (Ok((report, tenants)), true) => {
+                let view = StatusView { report, tenants };
+                format!("{}\n", serde_json::to_string(&view)?)
+            }
+            (Err(err), true) => {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"at": now, "error": format!("{err:#}")})
+                )
+            }
+            (Ok((report, tenants)), false) => render_all(report, tenants),
+            (Err(err), false) => format!(
+                "{}\n",
+                output::paint(
+                    style::BAD,
+                    &format!("error: {err:#} (retrying every {}s)", args.interval)
+                )
+            ),
+        };
+        let frame = if terminal {
+            // Redraw in place: the screen is cleared through the terminal itself (colour
+            // settings do not apply to it), then the snapshot under a header line.
+            if console::Term::stdout().clear_screen().is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            format!(
+                "{}\n\n{body}",
                 output::paint(
                     style::DIM,
                     &format!("every {}s · {now} · Ctrl-C to stop", args.interval)
-                ),
-                render_all(&report, &tenants)
-            );
+                )
+            )
+        } else if out.is_json() {
+            body
         } else {
-            print!("--- {now}\n{}\n", render_all(&report, &tenants));
+            format!("--- {now}\n{body}\n")
+        };
+        // A reader that went away (`status --watch | head`) ends the watch quietly.
+        let mut stdout = anstream::stdout().lock();
+        if stdout
+            .write_all(frame.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return Ok(ExitCode::SUCCESS);
         }
     }
 }

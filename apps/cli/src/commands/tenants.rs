@@ -59,13 +59,16 @@ pub struct EnableArgs {
     /// Ingress quota in messages (default: the topology's).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_msgs: Option<i64>,
-    /// A display name for people, in any script (at most 100 characters, no control
-    /// characters); kept when re-enabling without it.
-    #[arg(long, value_parser = tenant_name)]
+    /// A display name for people, in any script (at most 100 characters, no control or
+    /// invisible formatting characters); kept when re-enabling without it. An ingress of an
+    /// earlier version refuses a record with a name: set names once every ingress is upgraded.
+    #[arg(long, value_parser = tenant_name, conflicts_with = "no_name")]
     pub name: Option<String>,
+    /// Remove the tenant's display name.
+    #[arg(long)]
+    pub no_name: bool,
 }
 
-/// A tenant's quota as the topology takes it.
 /// Parses `--name` ([`switchyard_registry::tenant::check_name`]).
 fn tenant_name(raw: &str) -> Result<String, String> {
     switchyard_registry::tenant::check_name(raw)
@@ -181,7 +184,11 @@ async fn enable(
     let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
     record.quota_bytes = args.max_bytes.or(record.quota_bytes);
     record.quota_msgs = args.max_msgs.or(record.quota_msgs);
-    record.name = args.name.clone().or(record.name);
+    record.name = if args.no_name {
+        None
+    } else {
+        args.name.clone().or(record.name)
+    };
     let report = provision_tenant(js, topology, &args.tenant, quota(&record), true)
         .await
         .with_context(|| format!("provisioning tenant {}'s ingress stream", args.tenant))?;

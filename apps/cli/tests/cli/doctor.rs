@@ -46,12 +46,14 @@ async fn doctor_fails_on_a_stock_server_naming_the_max_payload_fix() {
     assert_eq!(report["status"], "fail");
     let payload = check(&report, "max payload");
     assert_eq!(payload["level"], "fail");
+    let detail = payload["detail"].as_str().unwrap();
     assert!(
-        payload["detail"]
-            .as_str()
-            .unwrap()
-            .contains("max_payload is 1048576 bytes"),
+        detail.contains("stream EGRESS: max_msg_size 1114112 > the server's max_payload 1048576"),
         "{payload}"
+    );
+    assert!(
+        !detail.contains("max_payload: 2MB"),
+        "the fix is in its own column: {payload}"
     );
     assert!(
         payload["fix"]
@@ -60,15 +62,21 @@ async fn doctor_fails_on_a_stock_server_naming_the_max_payload_fix() {
             .contains("max_payload: 2MB"),
         "{payload}"
     );
-    // Nothing is provisioned on it: each declared item is missing, with the command to run.
-    let dlq = check(&report, "stream DLQ");
-    assert_eq!(dlq["level"], "fail");
-    assert_eq!(dlq["detail"], "missing");
+    // Nothing is provisioned on it: one check lists every missing item, with what to do first.
+    let topology = check(&report, "topology");
+    assert_eq!(topology["level"], "fail");
+    let missing = topology["detail"].as_str().unwrap();
     assert!(
-        dlq["fix"]
-            .as_str()
-            .unwrap()
-            .contains("switchyard provision")
+        missing.starts_with("16 of 16 declared items are missing: "),
+        "{missing}"
+    );
+    assert!(
+        missing.contains("stream DLQ") && missing.contains("bucket routes"),
+        "{missing}"
+    );
+    assert_eq!(
+        topology["fix"],
+        "fix max payload (above), then run `switchyard provision`"
     );
     assert_eq!(check(&report, "jetstream")["level"], "ok");
     assert_eq!(check(&report, "server version")["level"], "ok");
@@ -200,6 +208,42 @@ async fn doctor_on_an_unreachable_server_is_one_failed_check_not_an_error() {
     assert!(text.starts_with("CHECK"), "{text}");
     assert!(text.contains("connection  fail"), "{text}");
     assert!(text.contains("start nats-server"), "{text}");
+
+    // Arguments it cannot use exit 2 as well (1 would read as "warnings").
+    for bad in [
+        &["doctor", "--ready", "ftp://host/x"][..],
+        &["doctor", "--fill-warn", "nan"],
+        &["doctor", "--fill-warn", "90", "--fill-fail", "50"],
+    ] {
+        let output = switchyard("nats://127.0.0.1:1", bad).await;
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            crate::stderr(&output)
+        );
+    }
+}
+
+#[tokio::test]
+async fn doctor_shows_readiness_urls_without_their_credentials() {
+    let server = provisioned().await;
+    let url = server.url();
+    let dlq = DlqService::start(&url).await;
+    let ready = format!(
+        "http://probe:s3cret@{}/readyz?token=T0KEN",
+        dlq.probes_addr()
+    );
+    let output = switchyard(&url, &["doctor", "--ready", &ready]).await;
+    let text = format!("{}{}", stdout(&output), crate::stderr(&output));
+    assert!(
+        text.contains(&format!("ready http://{}/readyz", dlq.probes_addr())),
+        "{text}"
+    );
+    for secret in ["s3cret", "T0KEN", "probe:"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    dlq.stop().await;
 }
 
 #[tokio::test]

@@ -284,3 +284,94 @@ fn in_terminal_with_timeout(server: &str, args: &[&str], seconds: &str) -> (Opti
     wrapped.extend(args);
     run_in_terminal("timeout", &wrapped, &[])
 }
+
+#[tokio::test]
+async fn text_from_outside_can_neither_fake_a_row_nor_hide_in_invisible_characters() {
+    let server = provisioned().await;
+    let url = server.url();
+    ok(&url, &["tenants", "enable", "acme"]).await;
+    // A record written straight to KV (not through the CLI's checks) with a name that tries
+    // to add a row, colour the screen and reverse the text.
+    let js = jetstream::new(server.client().await);
+    let tenants = js.get_key_value("tenants").await.unwrap();
+    tenants
+        .put(
+            "mallory",
+            r#"{"enabled":true,"name":"x\nevil    enabled  default\u001b[31m\u202egnp.exe"}"#
+                .into(),
+        )
+        .await
+        .unwrap();
+    let listed = ok(&url, &["tenants", "ls"]).await;
+    assert_eq!(listed.lines().count(), 3, "one line per tenant: {listed}");
+    let row = listed.lines().find(|l| l.starts_with("mallory")).unwrap();
+    assert!(row.contains(r"x\nevil"), "{row}");
+    assert!(
+        row.contains(r"\u{1b}[31m") && row.contains(r"\u{202e}"),
+        "{row}"
+    );
+    assert!(
+        !listed.contains('\x1b') && !listed.contains('\u{202e}'),
+        "{listed:?}"
+    );
+
+    // The CLI itself refuses such names.
+    for name in ["two\nlines", "Glo\u{202E}xeb", "zero\u{200B}width"] {
+        let err = crate::fails(&url, &["tenants", "enable", "acme", "--name", name]).await;
+        assert!(
+            err.contains("control or invisible formatting characters"),
+            "{err}"
+        );
+    }
+    // And a name can be removed again.
+    ok(&url, &["tenants", "enable", "acme", "--name", "Acme"]).await;
+    ok(&url, &["tenants", "enable", "acme", "--no-name"]).await;
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["tenants", "get", "acme", "--json"]).await).unwrap();
+    assert_eq!(json, serde_json::json!({"tenant": "acme", "enabled": true}));
+}
+
+#[tokio::test]
+async fn a_watch_ends_quietly_when_its_reader_goes_away() {
+    use std::io::BufRead;
+
+    let server = provisioned().await;
+    let url = server.url();
+    for json in [false, true] {
+        let mut args = vec!["status", "--watch", "--interval", "1"];
+        if json {
+            args.push("--json");
+        }
+        let mut child = command(&url, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read the first line (`| head -1`), then close the pipe.
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        let status = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut stderr = String::new();
+                    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                        .unwrap();
+                    return (status, stderr);
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("the watch kept running after its reader left");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.0.code(), Some(0), "json={json}: {}", status.1);
+        assert!(!status.1.contains("panicked"), "{}", status.1);
+    }
+}

@@ -3,19 +3,9 @@ use switchyard_keys::DeploymentPrefix;
 
 use super::*;
 
-/// NATS subject matching, for checking filters: `*` matches one token, `>` the rest.
+/// NATS subject matching, for checking filters.
 fn matches(filter: &str, subject: &str) -> bool {
-    let mut f = filter.split('.');
-    let mut s = subject.split('.');
-    loop {
-        match (f.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    crate::pattern_matches(filter, subject)
 }
 
 fn is_concrete(subject: &str) -> bool {

@@ -82,7 +82,12 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
         skipped: Vec::new(),
     };
     let mut read = reader.select(&selection);
-    let progress = Progress::counter(out, "exported");
+    // Exporting to stdout: the lines are the output, and a counter would land between them.
+    let progress = if args.file.as_os_str() == "-" {
+        Progress::hidden()
+    } else {
+        Progress::counter(out, "exported")
+    };
     while let Some((message, delivered)) = read.next().await? {
         match &delivered.entry {
             Ok(entry) if selection.matches(entry) => {}

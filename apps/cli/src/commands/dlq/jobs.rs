@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use super::read::Target;
 use super::replay::ReplayArgs;
-use crate::output::{Output, Table, fields};
+use crate::output::{self, Output, Table, fields};
 use crate::parse::show_time;
 use crate::progress::Progress;
 use crate::{prompt, resources};
@@ -204,7 +204,7 @@ async fn list(store: &JobStore, out: &Output) -> anyhow::Result<ExitCode> {
     for job in jobs {
         match job {
             Ok((job, _)) => ok.push(job),
-            Err(err) => eprintln!("warning: {err}"),
+            Err(err) => eprintln!("warning: {}", output::printable(&err.to_string())),
         }
     }
     if out.is_json() {
@@ -305,7 +305,7 @@ fn render(job: &JobRecord) -> String {
         pairs.push(("finished", show_time(at)));
     }
     if let Some(err) = &job.error {
-        pairs.push(("error", err.clone()));
+        pairs.push(("error", output::printable(err)));
     }
     fields(&pairs)
 }
@@ -446,7 +446,9 @@ pub async fn follow(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<
                 JobState::Done => Ok(ExitCode::SUCCESS),
                 state => Err(anyhow::anyhow!(
                     "job {id} {state}{}",
-                    job.error.map(|e| format!(": {e}")).unwrap_or_default()
+                    job.error
+                        .map(|e| format!(": {}", output::printable(&e)))
+                        .unwrap_or_default()
                 )),
             };
         }

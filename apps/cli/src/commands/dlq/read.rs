@@ -41,7 +41,10 @@ impl Target {
 
 /// Reports a stored message that is not a valid DLQ record.
 pub fn warn_malformed(seq: u64, err: &DlqError) {
-    eprintln!("warning: DLQ entry {seq} is not a valid DLQ record: {err}");
+    eprintln!(
+        "warning: DLQ entry {seq} is not a valid DLQ record: {}",
+        crate::output::printable(&err.to_string())
+    );
 }
 
 /// `true` for the codes whose entries replay can fix once the cause is fixed (shown in colour).

@@ -12,7 +12,7 @@ use switchyard_dlq::DlqEntry;
 use switchyard_dlq_ops::DlqReader;
 use switchyard_envelope::PayloadView;
 
-use crate::output::{Output, Table, fields, printable};
+use crate::output::{Output, Table, fields, printable, printable_text};
 use crate::parse::show_time;
 
 /// Arguments of `dlq show`.
@@ -59,7 +59,7 @@ pub fn payload_text(payload: &[u8]) -> String {
         "payload ({}, {} bytes)\n{}\n",
         view.encoding,
         view.bytes,
-        printable(&body)
+        printable_text(&body)
     )
 }
 

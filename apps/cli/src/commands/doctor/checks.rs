@@ -4,16 +4,18 @@
 
 use std::time::Duration;
 
+use async_nats::ConnectErrorKind;
 use async_nats::jetstream;
+use async_nats::jetstream::context::AccountErrorKind;
 use switchyard_keys::TenantKey;
 use switchyard_registry::{Store, TenantRecord};
 use switchyard_topology::{
-    BucketName, MIN_SERVER_VERSION, Outcome, PINNED_SERVER_VERSION, ProvisionItem,
-    ResolvedTopology, SERVER_FIX, StreamName, check, check_server_limits, check_tenant,
-    parse_server_version, status,
+    BucketName, LimitProblem, MIN_SERVER_VERSION, Outcome, PINNED_SERVER_VERSION, ResolvedTopology,
+    SERVER_FIX, TenantQuota, check, check_server_limits, check_tenant, parse_server_version,
+    status,
 };
 
-use super::{Check, DoctorArgs, permissions};
+use super::{Check, DoctorArgs, Level, permissions};
 use crate::commands::tenants;
 use crate::config::CliConfig;
 use crate::output::{error_chain, truncate};
@@ -21,16 +23,31 @@ use crate::output::{error_chain, truncate};
 /// How long one readiness probe may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a JetStream API request may take before the doctor calls it unanswered.
+const JS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Every check, in the order the module docs give.
 pub async fn all(config: &CliConfig, topology: &ResolvedTopology, args: &DoctorArgs) -> Vec<Check> {
     let mut checks = Vec::new();
     let client = match switchyard_runtime::connect(&config.nats).await {
         Ok(client) => client,
         Err(err) => {
+            let fix = match err.connect_kind() {
+                Some(
+                    ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation,
+                ) => {
+                    "check the credentials: nats.user / nats.password, nats.creds_file or \
+                      nats.token in the CLI config (or SWITCHYARD_CLI_NATS__*)"
+                }
+                Some(ConnectErrorKind::Tls) => {
+                    "check nats.tls_* in the CLI config against the server's TLS configuration"
+                }
+                _ => "start nats-server, or point --server (or nats.url in the CLI config) at it",
+            };
             checks.push(Check::fail(
                 "connection",
                 format!("cannot connect: {}", error_chain(&err)),
-                "start nats-server, or point --server (or nats.url in the CLI config) at it",
+                fix,
             ));
             checks.extend(readiness(&args.ready).await);
             return checks;
@@ -40,12 +57,23 @@ pub async fn all(config: &CliConfig, topology: &ResolvedTopology, args: &DoctorA
     checks.push(Check::ok(
         "connection",
         format!(
-            "connected to {} ({}:{})",
-            info.server_name, info.host, info.port
-        ),
+                "connected to {} (server {})",
+                config
+                    .nats
+                    .urls()
+                    .iter()
+                    .map(|raw| url::Url::parse(raw)
+                        .map_or_else(|_| "***".to_owned(), |u| shown_url(&u)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                info.server_name
+            ),
     ));
     checks.push(version(&info.version));
-    let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
+    let mut js = switchyard_runtime::jetstream(client.clone(), &config.nats);
+    // A refused request (no permission to publish to the JetStream API) gets no answer at
+    // all: wait seconds for it, not the configured request timeout.
+    js.set_timeout(JS_TIMEOUT);
     let jetstream_ok = match js.query_account().await {
         Ok(account) => {
             checks.push(Check::ok(
@@ -60,19 +88,32 @@ pub async fn all(config: &CliConfig, topology: &ResolvedTopology, args: &DoctorA
             true
         }
         Err(err) => {
-            checks.push(Check::fail(
-                "jetstream",
-                format!("not available: {}", error_chain(&err)),
-                "enable JetStream in the nats-server config (a `jetstream { … }` block, as \
-                 nats/server/*.conf have) and restart the server; with accounts, give the \
-                 user's account JetStream limits",
-            ));
+            let (detail, fix) = match err.kind() {
+                AccountErrorKind::TimedOut => (
+                    format!(
+                        "no answer from the JetStream API in {} s",
+                        JS_TIMEOUT.as_secs()
+                    ),
+                    "the user may not publish to $JS.API.> or receive its replies (see the \
+                     permission checks below; the server logs a Permissions Violation), or the \
+                     server is overloaded",
+                ),
+                _ => (
+                    format!("not available: {}", error_chain(&err)),
+                    "enable JetStream in the nats-server config (a `jetstream { … }` block, as \
+                     nats/server/*.conf have) and restart the server; with accounts, give the \
+                     user's account JetStream limits",
+                ),
+            };
+            checks.push(Check::fail("jetstream", detail, fix));
             false
         }
     };
-    checks.push(max_payload(info.max_payload, topology));
+    let payload = max_payload(info.max_payload, topology);
+    let payload_ok = payload.level == Level::Ok;
+    checks.push(payload);
     if jetstream_ok {
-        checks.extend(declared(&js, topology).await);
+        checks.extend(declared(&js, topology, payload_ok).await);
         checks.extend(fill(&js, topology, args).await);
     }
     let answered = permissions::ask(&client).await;
@@ -126,86 +167,122 @@ fn max_payload(server_max_payload: usize, topology: &ResolvedTopology) -> Check 
             ),
         );
     }
-    let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    Check::fail("max payload", found.join("; "), SERVER_FIX)
+    let found: Vec<String> = problems.iter().map(LimitProblem::summary).collect();
+    Check::fail(
+        "max payload",
+        found.join("; "),
+        format!("{SERVER_FIX} (or lower those streams' max_msg_size in nats/topology.toml)"),
+    )
 }
 
-/// One check per declared item that is missing or drifted, or one `ok` for all.
-async fn declared(js: &jetstream::Context, topology: &ResolvedTopology) -> Vec<Check> {
+/// One `fail` listing every missing declared item, one check per drifted item, a `warn` per
+/// unreadable tenant record; or one `ok` for all. `payload_ok`: whether `provision` can run
+/// now (it refuses while the server's `max_payload` is too small).
+async fn declared(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    payload_ok: bool,
+) -> Vec<Check> {
+    fn cannot_read(what: &str, err: &(dyn std::error::Error + 'static)) -> Check {
+        Check::fail(
+            "topology",
+            format!("cannot read {what}: {}", error_chain(err)),
+            "check the user's permissions (below) and the server's health",
+        )
+    }
     let mut items = match check(js, topology).await {
         Ok(report) => report.items,
-        Err(err) => {
-            return vec![Check::fail(
-                "topology",
-                format!("cannot read the declared resources: {}", error_chain(&err)),
-                "check the user's permissions (below) and the server's health",
-            )];
-        }
+        Err(err) => return vec![cannot_read("the declared resources", &err)],
     };
+    let mut checks = Vec::new();
     let mut tenants_seen = 0;
     if let Ok((_, bucket)) = topology.open_bucket(js, BucketName::Tenants).await {
         let store: Store<TenantKey, TenantRecord> = Store::new(bucket);
-        for (key, record) in store.list(">").await.unwrap_or_default() {
+        let registered = match store.list(">").await {
+            Ok(registered) => registered,
+            Err(err) => return vec![cannot_read("the tenant registry", &err)],
+        };
+        for (key, record) in registered {
             tenants_seen += 1;
-            let quota = record.as_ref().map(tenants::quota).unwrap_or_default();
+            let quota = match &record {
+                Ok(record) => tenants::quota(record),
+                Err(err) => {
+                    checks.push(Check::warn(
+                        format!("tenant {}", key.tenant),
+                        format!("its record is unreadable: {}", error_chain(err)),
+                        format!(
+                            "rewrite it: `switchyard tenants enable {}` (its stream is checked \
+                             with the default quota)",
+                            key.tenant
+                        ),
+                    ));
+                    TenantQuota::default()
+                }
+            };
             match check_tenant(js, topology, &key.tenant, quota).await {
                 Ok(report) => items.extend(report.items),
-                Err(err) => items.push(ProvisionItem {
-                    kind: "stream",
-                    name: format!("{} (tenant {})", StreamName::Ingress.base(), key.tenant),
-                    outcome: Outcome::Missing,
-                    changes: vec![switchyard_topology::Change {
-                        field: "error",
-                        declared: String::new(),
-                        actual: error_chain(&err),
-                        fixable: false,
-                    }],
-                }),
+                Err(err) => {
+                    return vec![cannot_read(
+                        &format!("tenant {}'s streams", key.tenant),
+                        &err,
+                    )];
+                }
             }
         }
     }
     let total = items.len();
-    let checks: Vec<Check> = items
-        .into_iter()
-        .filter(|item| item.outcome != Outcome::Unchanged)
-        .map(|item| {
-            let what = format!("{} {}", item.kind, item.name);
-            let changes: Vec<String> = item
-                .changes
-                .iter()
-                .map(|c| format!("{}: declared {} but is {}", c.field, c.declared, c.actual))
-                .collect();
-            match item.outcome {
-                Outcome::Missing => Check::fail(
-                    what,
-                    "missing",
-                    "run `switchyard provision` (creates what is missing, changes nothing else)",
-                ),
-                Outcome::Unfixable => Check::fail(
-                    what,
-                    format!("drifted: {}", changes.join("; ")),
-                    "these fields cannot change in place: drain it, delete it and run \
-                     `switchyard provision` (recreating loses its contents)",
-                ),
-                _ => Check::warn(
-                    what,
-                    format!("drifted: {}", changes.join("; ")),
-                    "run `switchyard provision --fix` to update it in place",
-                ),
-            }
-        })
+    let missing: Vec<String> = items
+        .iter()
+        .filter(|item| item.outcome == Outcome::Missing)
+        .map(|item| format!("{} {}", item.kind, item.name))
         .collect();
+    if !missing.is_empty() {
+        checks.push(Check::fail(
+            "topology",
+            format!(
+                "{} of {total} declared items are missing: {}",
+                missing.len(),
+                missing.join(", ")
+            ),
+            if payload_ok {
+                "run `switchyard provision` (creates what is missing, changes nothing else)"
+            } else {
+                "fix max payload (above), then run `switchyard provision`"
+            },
+        ));
+    }
+    for item in items
+        .iter()
+        .filter(|item| matches!(item.outcome, Outcome::Drifted | Outcome::Unfixable))
+    {
+        let what = format!("{} {}", item.kind, item.name);
+        let changes: Vec<String> = item.changes.iter().map(ToString::to_string).collect();
+        let detail = format!("drifted: {}", changes.join("; "));
+        checks.push(if item.outcome == Outcome::Unfixable {
+            Check::fail(
+                what,
+                detail,
+                "these fields cannot change in place: drain it, delete it and run \
+                 `switchyard provision` (recreating loses its contents)",
+            )
+        } else {
+            Check::warn(
+                what,
+                detail,
+                "run `switchyard provision --fix` to update it in place",
+            )
+        });
+    }
     if checks.is_empty() {
-        vec![Check::ok(
+        checks.push(Check::ok(
             "topology",
             format!(
                 "all {total} declared streams, consumers and buckets exist as declared \
                  (registered tenants: {tenants_seen})"
             ),
-        )]
-    } else {
-        checks
+        ));
     }
+    checks
 }
 
 /// How full every stream, bucket and tenant quota is.
@@ -315,14 +392,32 @@ fn clock(answered: &permissions::Answered, args: &DoctorArgs) -> Check {
     }
 }
 
-/// Each `--ready` URL must answer 200.
+/// The most of a readiness answer's body that is read (it names what the service waits for).
+const READY_BODY_BYTES: usize = 4096;
+
+/// `url` as it may be shown: without user, password, query or fragment (a probe URL may carry
+/// a token, as route URLs may).
+pub fn shown_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Each `--ready` URL must answer 200 itself (redirects are not followed).
 async fn readiness(urls: &[url::Url]) -> Vec<Check> {
     if urls.is_empty() {
         return Vec::new();
     }
     // reqwest is built without a default TLS provider (the workspace picks ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match reqwest::Client::builder().timeout(READY_TIMEOUT).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(READY_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
         Ok(client) => client,
         Err(err) => {
             return vec![Check::fail(
@@ -334,15 +429,23 @@ async fn readiness(urls: &[url::Url]) -> Vec<Check> {
     };
     let mut checks = Vec::new();
     for url in urls {
-        let what = format!("ready {url}");
+        let what = format!("ready {}", shown_url(url));
         let fix = "see the service's log; its readiness body names what it waits for";
         match client.get(url.clone()).send().await {
             Ok(response) if response.status() == reqwest::StatusCode::OK => {
                 checks.push(Check::ok(what, "200 OK"));
             }
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status();
-                let body = response.text().await.unwrap_or_default();
+                let mut body = Vec::new();
+                while body.len() < READY_BODY_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                body.truncate(READY_BODY_BYTES);
+                let body = String::from_utf8_lossy(&body);
                 checks.push(Check::fail(
                     what,
                     format!("{status}: {}", truncate(body.trim(), 200)),
@@ -351,8 +454,9 @@ async fn readiness(urls: &[url::Url]) -> Vec<Check> {
             }
             Err(err) => checks.push(Check::fail(
                 what,
-                format!("no answer: {}", error_chain(&err)),
-                "is the service running, and is this its `http.listen` address?",
+                format!("no answer: {}", error_chain(&err.without_url())),
+                "is the service running, and is this its probes address (`http.listen`, \
+                 ingress's `http.probes_listen`)?",
             )),
         }
     }

@@ -31,18 +31,39 @@ use crate::progress::Progress;
 pub struct DoctorArgs {
     /// A service's readiness URL to probe (repeatable), e.g.
     /// `http://127.0.0.1:9091/readyz`; each must answer 200.
-    #[arg(long = "ready", value_name = "URL")]
+    #[arg(long = "ready", value_name = "URL", value_parser = http_url)]
     pub ready: Vec<url::Url>,
     /// Fill (percent of a stream's, bucket's or tenant quota's limit) from which a check warns.
-    #[arg(long, value_name = "PCT", default_value_t = 80.0)]
+    #[arg(long, value_name = "PCT", default_value_t = 80.0, value_parser = percent)]
     pub fill_warn: f64,
-    /// Fill from which a check fails.
-    #[arg(long, value_name = "PCT", default_value_t = 95.0)]
+    /// Fill from which a check fails (at least --fill-warn).
+    #[arg(long, value_name = "PCT", default_value_t = 95.0, value_parser = percent)]
     pub fill_fail: f64,
     /// Clock skew between this host and the server, in milliseconds, from which a check warns
     /// (ten times as much fails).
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub max_skew_ms: u64,
+}
+
+/// Parses `--ready`: an `http://` or `https://` URL.
+fn http_url(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|err| format!("{raw:?} is not a URL: {err}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err(format!(
+            "{:?} is not an http(s) URL with a host (a readiness probe is an HTTP GET)",
+            checks::shown_url(&url)
+        )),
+    }
+}
+
+/// Parses a percentage: a number from 0 to 100.
+fn percent(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+        _ => Err(format!("{raw:?} is not a percentage from 0 to 100")),
+    }
 }
 
 /// How a check came out, worst last.
@@ -134,6 +155,12 @@ pub async fn run(
     args: &DoctorArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.fill_fail >= args.fill_warn,
+        "--fill-fail ({}) is below --fill-warn ({}): a fill would fail before it warns",
+        args.fill_fail,
+        args.fill_warn
+    );
     let progress = Progress::spinner(out, "checking");
     let checks = checks::all(config, topology, args).await;
     progress.finish();

@@ -37,8 +37,15 @@ pub struct SubjectPermission {
 impl SubjectPermission {
     /// Whether `subject` (concrete: no wildcards) passes these lists.
     pub fn allows(&self, subject: &str) -> bool {
-        (self.allow.is_empty() || self.allow.iter().any(|p| pattern_matches(p, subject)))
-            && !self.deny.iter().any(|p| pattern_matches(p, subject))
+        (self.allow.is_empty()
+            || self
+                .allow
+                .iter()
+                .any(|p| switchyard_subjects::pattern_matches(p, subject)))
+            && !self
+                .deny
+                .iter()
+                .any(|p| switchyard_subjects::pattern_matches(p, subject))
     }
 }
 
@@ -94,23 +101,6 @@ pub struct Answered {
     pub sent_at: time::OffsetDateTime,
     /// How long the answer took.
     pub round_trip: Duration,
-}
-
-/// Whether NATS subject pattern `pattern` matches the concrete `subject`: tokens split on
-/// `.`, `*` matches one token, `>` (last) matches one or more.
-pub fn pattern_matches(pattern: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    let mut pattern_tokens = pattern.split('.').peekable();
-    while let Some(p) = pattern_tokens.next() {
-        if p == ">" && pattern_tokens.peek().is_none() {
-            return subject_tokens.next().is_some();
-        }
-        match subject_tokens.next() {
-            Some(s) if p == "*" || p == s => {}
-            _ => return false,
-        }
-    }
-    subject_tokens.next().is_none()
 }
 
 /// What the CLI needs for one operation: subjects to publish to and to subscribe to.
@@ -319,20 +309,6 @@ pub async fn ask(client: &async_nats::Client) -> Answered {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_match_as_nats_matches_them() {
-        assert!(pattern_matches("a.b", "a.b"));
-        assert!(!pattern_matches("a.b", "a.b.c"));
-        assert!(pattern_matches("a.*", "a.b"));
-        assert!(!pattern_matches("a.*", "a.b.c"));
-        assert!(pattern_matches("a.>", "a.b.c"));
-        assert!(!pattern_matches("a.>", "a"));
-        assert!(pattern_matches(">", "a"));
-        assert!(pattern_matches("$JS.API.>", "$JS.API.STREAM.INFO.DLQ"));
-        assert!(pattern_matches("$KV.*.>", "$KV.routes.acme"));
-        assert!(!pattern_matches("ingress.v1.acme.>", "ingress.v1.globex.x"));
-    }
 
     #[test]
     fn deny_wins_over_allow_and_an_empty_allow_list_allows_the_rest() {
