@@ -25,8 +25,8 @@ use switchyard_keys::{Address, RouteKey, RouteTeam, Stage, TenantId};
 use switchyard_registry::{Admission, PressureRecord, Route, Store, TenantRecord};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
 use switchyard_subjects::{
-    AlertKind, AlertSubject, ControlCommand, ControlSubject, DelaySubject, DlqSubject, InputStage,
-    Namespace, ReceiptSubject, StageSubject, SubjectKind,
+    AlertKind, AlertSubject, AttemptSubject, ControlCommand, ControlSubject, DelaySubject,
+    DlqSubject, InputStage, Namespace, ReceiptSubject, StageSubject, SubjectKind,
 };
 use switchyard_testkit::{
     PINNED_VERSION, free_port, server_config_dir, stored_count, stored_messages, wait_for,
@@ -410,6 +410,10 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         address: acme.clone(),
     };
     assert_eq!(receipt.format(&ns), "delivered.v1.acme.ops.hooks");
+    let attempt = AttemptSubject {
+        tenant: "acme".parse().expect("id"),
+    };
+    assert_eq!(attempt.format(&ns), "attempts.v1.acme");
     let delay = DelaySubject {
         stage: InputStage::Egress,
         address: acme,
@@ -466,7 +470,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         let typed = ConsumerName::from_base(consumer).expect("a typed consumer name");
         assert!(topology.consumer(typed).is_some(), "{consumer} declared");
     }
-    for stream in ["BACKPRESSURE", "DLQ"] {
+    for stream in ["BACKPRESSURE", "DLQ", "ATTEMPTS"] {
         let typed = StreamName::from_base(stream).expect("a typed stream name");
         assert_eq!(topology.stream_name(typed), Some(stream));
     }
@@ -490,6 +494,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "\"egress.v1.>\"",
         "\"dlq.v1.>\"",
         "\"delivered.v1.>\"",
+        "\"attempts.v1.>\"",
         "\"delay.v1.egress.>\"",
         "\"ingress.v1.acme.>\"",
         "\"$JS.API.DIRECT.GET.*\"",

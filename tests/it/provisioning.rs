@@ -33,8 +33,8 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     );
     assert_eq!(
         first.items.len(),
-        16,
-        "5 shared streams, 3 shared consumers, 8 buckets"
+        17,
+        "6 shared streams, 3 shared consumers, 8 buckets"
     );
 
     let second = provision(&js, &topology, false).await.unwrap();
@@ -205,12 +205,12 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
         .map(|t| t.name.as_str())
         .collect();
     assert_eq!(tenants, ["STAGING_INGRESS_acme"]);
-    // The unprefixed deployment is a different one: nothing of it exists (5 shared streams,
+    // The unprefixed deployment is a different one: nothing of it exists (6 shared streams,
     // 3 shared consumers, 8 buckets; per-tenant streams are the tenants').
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 16);
+    assert_eq!(other.missing().len(), 17);
     assert!(other.tenant_streams.is_empty());
 }
 

@@ -81,6 +81,8 @@ pub enum NatsCommand {
     Publish(commands::publish::PublishArgs),
     /// Browse, replay and purge the dead-letter queue.
     Dlq(commands::dlq::DlqArgs),
+    /// The delivery log: every attempt egress made, delivered or not.
+    Attempts(commands::attempts::AttemptsArgs),
 }
 
 /// Runs one command; returns the process exit code.
@@ -113,6 +115,7 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         NatsCommand::Limits(args) => commands::limits::run(&js, &topology, &args, &out).await?,
         NatsCommand::Publish(args) => commands::publish::run(&js, &topology, &args, &out).await?,
         NatsCommand::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Attempts(args) => commands::attempts::run(&js, &topology, &args, &out).await?,
     };
     client
         .flush()

@@ -64,6 +64,9 @@ pub struct EgressSettings {
     pub tenant_max_in_flight: usize,
     /// Publish a delivery receipt after each delivery (default true).
     pub receipts: bool,
+    /// Write every attempt to the delivery log, stream `ATTEMPTS` (default true; read with
+    /// `switchyard attempts`).
+    pub attempt_log: bool,
     /// How long a message may take to be delivered, in seconds (default 86400, one day),
     /// counted from its envelope's `received_at` (a replayed copy: from when egress first
     /// handled that replay). Past it the message is dead-lettered `deadline_exceeded` with
@@ -178,6 +181,7 @@ mod tests {
             assert_eq!(e.route_wait_ms, 200);
             assert_eq!(e.tenant_max_in_flight, 16);
             assert!(e.receipts);
+            assert!(e.attempt_log);
             assert_eq!(e.delivery_deadline_secs, 86_400);
             assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
             Ok(())

@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::attempt_log::AttemptLog;
 use crate::backoff::{Backoff, DEADLINE_FROM, Deadline, jitter, random_unit};
 use crate::breaker::{Admission, BUSY_MAX_SPREAD, Breakers, Change, Spread};
 use crate::classify::{Classified, Verdict, classify};
@@ -79,6 +80,8 @@ pub struct EgressHandler {
     /// Each tenant's share of the DLQ: a dead letter of a tenant holding its share is parked
     /// ([`PARKED_CODE`]) rather than left to a redelivery that would call the sink again.
     pub dlq_quota: Option<Arc<DlqQuota>>,
+    /// The delivery log: every attempt, delivered or not.
+    pub attempt_log: AttemptLog,
 }
 
 /// How long a parked dead letter waits before it tries the DLQ again.
@@ -247,6 +250,16 @@ impl EgressHandler {
         drop(tenant_slot);
 
         let attempt = envelope.attempt.delivery.saturating_add(1);
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        self.attempt_log
+            .record(
+                &envelope,
+                &resolved,
+                attempt,
+                result,
+                record(started_at, &classified, duration_ms),
+            )
+            .await;
         if classified.is_delivered() {
             tracing::debug!(route = %resolved.id, attempt, status = ?classified.status, "delivered");
             self.receipt(&envelope, &resolved, attempt, classified.status)
@@ -255,7 +268,6 @@ impl EgressHandler {
             return Outcome::Delivered;
         }
         let mut history = history(msg);
-        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         history.push(record(started_at, &classified, duration_ms));
         let reason = classified.error.clone().unwrap_or_default();
         match classified.verdict {

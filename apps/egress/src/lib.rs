@@ -10,11 +10,13 @@
 //! - [`classify`]: the one place deciding delivered / retryable / permanent.
 //! - [`backoff`]: the retry schedule with jitter, and `Retry-After`.
 //! - [`breaker`]: per-route circuit breakers; [`limiter`]: per-route in-flight limits.
-//! - [`receipt`]: delivery receipts; [`metrics`]: egress's own metrics.
+//! - [`receipt`]: delivery receipts; [`attempt_log`]: the delivery log (every attempt);
+//!   [`metrics`]: egress's own metrics.
 //!
 //! [`run`] is what the binary calls; [`start`] returns once the service is consuming, with
 //! its bound probe address (through `switchyard_service::launch`, like every service).
 
+pub mod attempt_log;
 pub mod backoff;
 pub mod breaker;
 pub mod classify;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{EgressConfig, EgressSettings};
 
+use crate::attempt_log::AttemptLog;
 use crate::backoff::Backoff;
 use crate::breaker::{BreakerSettings, Breakers};
 use crate::handler::EgressHandler;
@@ -148,6 +151,12 @@ pub async fn start(
             &settings.backoff_secs,
             Duration::from_secs(settings.max_retry_after_secs),
         ),
+        attempt_log: AttemptLog {
+            js: js.clone(),
+            ns: ns.clone(),
+            enabled: settings.attempt_log,
+            metrics: egress_metrics.clone(),
+        },
         metrics: egress_metrics,
         settings: settings.clone(),
         dlq_quota: dlq_quota.clone(),

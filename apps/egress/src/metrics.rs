@@ -58,6 +58,10 @@ pub struct EgressMetrics {
     pub deferred: Family<DeferLabels, Counter>,
     /// `switchyard_egress_receipts_failed_total`: receipts that could not be published.
     pub receipts_failed: Counter,
+    /// `switchyard_egress_attempts_logged_total`: delivery log records the stream stored.
+    pub attempts_logged: Counter,
+    /// `switchyard_egress_attempts_log_failed_total`: delivery log records not stored.
+    pub attempts_log_failed: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -76,6 +80,8 @@ impl EgressMetrics {
             breaker_opened: Family::default(),
             deferred: Family::default(),
             receipts_failed: Counter::default(),
+            attempts_logged: Counter::default(),
+            attempts_log_failed: Counter::default(),
         };
         core.register(
             "egress_attempts",
@@ -106,6 +112,16 @@ impl EgressMetrics {
             "egress_receipts_failed",
             "Delivery receipts that could not be published",
             metrics.receipts_failed.clone(),
+        );
+        core.register(
+            "egress_attempts_logged",
+            "Delivery log records the ATTEMPTS stream stored",
+            metrics.attempts_logged.clone(),
+        );
+        core.register(
+            "egress_attempts_log_failed",
+            "Delivery log records that could not be stored",
+            metrics.attempts_log_failed.clone(),
         );
         metrics
     }

@@ -159,26 +159,13 @@ pub fn forbidden_subject(ns: &Namespace, subject: &str) -> Option<String> {
     filters.push(ns.receipt_filter(None));
     filters.push(ns.control_filter());
     filters.push(ns.alert_filter(None));
+    filters.push(ns.attempt_filter(None));
     filters
         .iter()
-        .find(|filter| matches_filter(filter, subject))
+        .find(|filter| switchyard_subjects::pattern_matches(filter, subject))
         .map(|filter| {
             format!("route subject {subject:?} is inside Switchyard's own subjects ({filter})")
         })
-}
-
-/// NATS subject matching: `*` matches one token, a trailing `>` one or more.
-fn matches_filter(filter: &str, subject: &str) -> bool {
-    let mut subject = subject.split('.');
-    for token in filter.split('.') {
-        match (token, subject.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (f, Some(s)) if f == s => {}
-            _ => return false,
-        }
-    }
-    subject.next().is_none()
 }
 
 #[cfg(test)]
@@ -196,6 +183,7 @@ mod tests {
         assert!(forbidden_subject(&ns, "egress.v1.acme").is_some());
         assert!(forbidden_subject(&ns, "delay.v1.egress.a.b.c.k").is_some());
         assert!(forbidden_subject(&ns, "delivered.v1.acme.ops.slack").is_some());
+        assert!(forbidden_subject(&ns, "attempts.v1.acme").is_some());
         assert!(forbidden_subject(&ns, "egress.v2.acme.ops.slack").is_none());
         assert!(forbidden_subject(&ns, "egress.v1").is_none());
         let staging = Namespace::new(Some("staging".parse().unwrap()));

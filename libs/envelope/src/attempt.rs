@@ -1,6 +1,9 @@
 //! One delivery attempt, as kept in a message's attempt history: egress carries the live
 //! history between retries in [`crate::headers::ATTEMPTS_LOG`], and a DLQ record keeps it in
-//! its history header. Both use the same JSON ([`encode_history`], [`decode_history`]).
+//! its history header. Both use the same JSON ([`encode_history`], [`decode_history`]). The
+//! delivery log (`ATTEMPTS`) stores each attempt on its own, with what it was for
+//! ([`LoggedAttempt`]). An attempt's error text has credentials masked
+//! ([`mask_credentials`]): a sink's response may echo them.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -38,7 +41,7 @@ impl AttemptRecord {
         error: Option<String>,
     ) -> Self {
         let error = error.map(|e| {
-            let one_line = e.replace(['\r', '\n'], " ");
+            let one_line = mask_credentials(&e.replace(['\r', '\n'], " "));
             match one_line.char_indices().nth(MAX_ERROR_CHARS) {
                 Some((at, _)) => format!("{}…", &one_line[..at]),
                 None => one_line,
@@ -52,6 +55,59 @@ impl AttemptRecord {
             error,
         }
     }
+}
+
+/// Credentials a sink's response may echo, with the value that follows them: `Bearer <token>`,
+/// and `token`, `api_key`, `password`, `secret`, `authorization`, `cookie`… followed by `=`,
+/// `:` or a quoted JSON value.
+static CREDENTIALS: std::sync::LazyLock<[regex::Regex; 2]> = std::sync::LazyLock::new(|| {
+    [
+        regex::Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"),
+        regex::Regex::new(
+            r#"(?i)\b((?:access_|refresh_|id_|api[_-]?|auth[_-]?|session[_-]?)?(?:token|key|secret|password|passwd|pwd|authorization|cookie|credentials?))("?\s*[:=]\s*"?)([^\s"',;&}]+)"#,
+        ),
+    ]
+    .map(|pattern| pattern.expect("a valid pattern"))
+});
+
+/// `text` with credential values replaced by `***` (the names stay, so the reason is still
+/// readable): `{"token":"abc"}` → `{"token":"***"}`, `Bearer eyJ…` → `Bearer ***`.
+pub fn mask_credentials(text: &str) -> String {
+    let [bearer, keyed] = &*CREDENTIALS;
+    let text = bearer.replace_all(text, "$1 ***");
+    keyed.replace_all(&text, "$1$2***").into_owned()
+}
+
+/// One record of the delivery log: stream `ATTEMPTS`, subject `attempts.v1.<tenant>`, one per
+/// attempt egress makes, delivered or not. JSON; the attempt's own fields (`at`, `outcome`,
+/// `status`, `duration_ms`, `error`) are inline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedAttempt {
+    /// The envelope id (the `webhook-id` the receiver saw).
+    pub id: String,
+    /// The producer's message id.
+    pub msg_id: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The team.
+    pub team: String,
+    /// The platform.
+    pub platform: String,
+    /// The route's KV key (`<tenant>.<team or _>.<platform>`): the destination.
+    pub route: String,
+    /// `webhook` or `nats`.
+    pub route_type: String,
+    /// Which attempt (1 for the first).
+    pub attempt: u32,
+    /// How it counted: `delivered`, `retryable` (retried later, unless attempts or the deadline
+    /// run out) or `permanent` (dead-lettered).
+    pub result: String,
+    /// The W3C trace id of the delivery, when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trace_id: Option<String>,
+    /// When, what happened, how long it took.
+    #[serde(flatten)]
+    pub record: AttemptRecord,
 }
 
 /// Encodes a history as one header value (compact JSON), keeping the last [`MAX_HISTORY`].
@@ -68,6 +124,37 @@ pub fn decode_history(value: Option<&str>) -> Result<Vec<AttemptRecord>, serde_j
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_an_error_are_masked_and_the_rest_stays_readable() {
+        for (raw, masked) in [
+            (
+                r#"HTTP 401: {"error":"bad token","token":"abc123","user":"ann"}"#,
+                r#"HTTP 401: {"error":"bad token","token":"***","user":"ann"}"#,
+            ),
+            (
+                "HTTP 403: Authorization: Bearer eyJhbGciOi.x.y refused",
+                "HTTP 403: Authorization: *** *** refused",
+            ),
+            ("HTTP 400: api_key=SECRET&x=1", "HTTP 400: api_key=***&x=1"),
+            ("HTTP 500: password: hunter2", "HTTP 500: password: ***"),
+            (
+                "HTTP 503: service unavailable",
+                "HTTP 503: service unavailable",
+            ),
+        ] {
+            assert_eq!(mask_credentials(raw), masked);
+        }
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let record = AttemptRecord::new(
+            at,
+            "http_status",
+            Some(401),
+            3,
+            Some(r#"{"secret":"s"}"#.into()),
+        );
+        assert_eq!(record.error.as_deref(), Some(r#"{"secret":"***"}"#));
+    }
 
     #[test]
     fn history_round_trips_and_is_bounded() {

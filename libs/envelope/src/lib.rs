@@ -14,7 +14,7 @@ mod error;
 pub mod headers;
 pub mod producer;
 
-pub use attempt::AttemptRecord;
+pub use attempt::{AttemptRecord, LoggedAttempt};
 pub use envelope::{
     Attempt, Envelope, EnvelopeId, EnvelopeView, PayloadView, SourceRef, TraceContext,
 };

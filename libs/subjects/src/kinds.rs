@@ -267,6 +267,30 @@ impl SubjectKind for ReceiptSubject {
     }
 }
 
+/// `[p.]attempts.v1.<tenant>`: the delivery log — one record per delivery attempt egress
+/// makes for the tenant, delivered or not. One subject per tenant, so the `ATTEMPTS` stream's
+/// per-subject limit bounds each tenant's share of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttemptSubject {
+    /// The tenant whose message was attempted.
+    pub tenant: TenantId,
+}
+
+impl SubjectKind for AttemptSubject {
+    const KIND: &'static str = "delivery attempt";
+
+    fn format(&self, ns: &Namespace) -> String {
+        ns.subject("attempts", &[self.tenant.as_str()])
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (_, [tenant]) = tokens::<Self, 1>(ns, subject, |r| r == "attempts")?;
+        Ok(Self {
+            tenant: token(subject, tenant)?,
+        })
+    }
+}
+
 /// An operator command to the dlq service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ControlCommand {
@@ -370,6 +394,8 @@ pub enum Subject {
     Dlq(DlqSubject),
     /// A delivery receipt.
     Receipt(ReceiptSubject),
+    /// A delivery attempt in the delivery log.
+    Attempt(AttemptSubject),
     /// An operator command.
     Control(ControlSubject),
     /// An alert.
@@ -385,6 +411,7 @@ impl Subject {
         match root {
             "dlq" => DlqSubject::parse(ns, subject).map(Subject::Dlq),
             "delivered" => ReceiptSubject::parse(ns, subject).map(Subject::Receipt),
+            "attempts" => AttemptSubject::parse(ns, subject).map(Subject::Attempt),
             "control" => ControlSubject::parse(ns, subject).map(Subject::Control),
             "alerts" => AlertSubject::parse(ns, subject).map(Subject::Alert),
             "delay" => DelaySubject::parse(ns, subject).map(Subject::Delay),
@@ -398,6 +425,7 @@ impl Subject {
             Subject::Stage(s) => s.format(ns),
             Subject::Dlq(s) => s.format(ns),
             Subject::Receipt(s) => s.format(ns),
+            Subject::Attempt(s) => s.format(ns),
             Subject::Control(s) => s.format(ns),
             Subject::Alert(s) => s.format(ns),
             Subject::Delay(s) => s.format(ns),
@@ -440,6 +468,11 @@ impl Namespace {
             Some(t) => self.subject("delivered", &[t.as_str(), ">"]),
             None => self.subject("delivered", &[">"]),
         }
+    }
+
+    /// The filter for the delivery log of every tenant (`…attempts.v1.*`) or one.
+    pub fn attempt_filter(&self, tenant: Option<&TenantId>) -> String {
+        self.subject("attempts", &[tenant.map_or("*", TenantId::as_str)])
     }
 
     /// The filter for messages scheduled to re-enter `stage`.

@@ -9,6 +9,7 @@
 //! | [`StageSubject`] (hand-off) | `[p.]idempotency.v1.…`, `[p.]backpressure.v1.…`, `[p.]egress.v1.<tenant>.<team>.<platform>` | the stage before |
 //! | [`DlqSubject`] | `[p.]dlq.v1.<tenant>.<stage>.<platform>` | any stage that gives up |
 //! | [`ReceiptSubject`] | `[p.]delivered.v1.<tenant>.<team>.<platform>` | egress, after a delivery |
+//! | [`AttemptSubject`] | `[p.]attempts.v1.<tenant>` | egress, after every attempt (the delivery log) |
 //! | [`ControlSubject`] | `[p.]control.v1.dlq.<command>` | the operator CLI |
 //! | [`AlertSubject`] | `[p.]alerts.v1.<tenant>.<alert>` | the dlq service |
 //! | [`DelaySubject`] | `[p.]delay.v1.<stage>.<tenant>.<team>.<platform>.<key>` | a stage scheduling a retry or wait |
@@ -27,8 +28,9 @@ mod wildcard;
 
 pub use error::SubjectError;
 pub use kinds::{
-    AlertKind, AlertSubject, ControlCommand, ControlSubject, DelaySubject, DlqFilter, DlqSubject,
-    InputStage, ReceiptSubject, StageSubject, Subject, SubjectKind, UNKNOWN_TOKEN,
+    AlertKind, AlertSubject, AttemptSubject, ControlCommand, ControlSubject, DelaySubject,
+    DlqFilter, DlqSubject, InputStage, ReceiptSubject, StageSubject, Subject, SubjectKind,
+    UNKNOWN_TOKEN,
 };
 pub use namespace::Namespace;
 pub use wildcard::pattern_matches;

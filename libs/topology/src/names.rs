@@ -26,17 +26,20 @@ pub enum StreamName {
     /// `ADVISORIES`: JetStream's max-deliveries and terminated advisories of the shared stage
     /// streams, kept until the dlq service's safety net has handled them.
     Advisories,
+    /// `ATTEMPTS`: the delivery log, every attempt egress makes (limits, per-tenant subjects).
+    Attempts,
 }
 
 impl StreamName {
     /// Every declared stream.
-    pub const ALL: [StreamName; 6] = [
+    pub const ALL: [StreamName; 7] = [
         StreamName::Ingress,
         StreamName::Idempotency,
         StreamName::Backpressure,
         StreamName::Egress,
         StreamName::Dlq,
         StreamName::Advisories,
+        StreamName::Attempts,
     ];
 
     /// The base name in the declaration file.
@@ -48,6 +51,7 @@ impl StreamName {
             StreamName::Egress => "EGRESS",
             StreamName::Dlq => "DLQ",
             StreamName::Advisories => "ADVISORIES",
+            StreamName::Attempts => "ATTEMPTS",
         }
     }
 
@@ -74,7 +78,7 @@ impl StreamName {
             StreamName::Idempotency => Some(InputStage::Idempotency),
             StreamName::Backpressure => Some(InputStage::Backpressure),
             StreamName::Egress => Some(InputStage::Egress),
-            StreamName::Dlq | StreamName::Advisories => None,
+            StreamName::Dlq | StreamName::Advisories | StreamName::Attempts => None,
         }
     }
 
@@ -85,7 +89,7 @@ impl StreamName {
             StreamName::Idempotency => Some(Stage::Idempotency),
             StreamName::Backpressure => Some(Stage::Backpressure),
             StreamName::Egress => Some(Stage::Egress),
-            StreamName::Dlq | StreamName::Advisories => None,
+            StreamName::Dlq | StreamName::Advisories | StreamName::Attempts => None,
         }
     }
 

@@ -108,6 +108,7 @@ pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
         SubjectsKind::Egress => ns.stage_filter(InputStage::Egress, None),
         SubjectsKind::Dlq => ns.dlq_filter(&DlqFilter::default()),
         SubjectsKind::Advisories => String::new(),
+        SubjectsKind::Attempts => ns.attempt_filter(None),
     }
 }
 
@@ -139,7 +140,7 @@ pub fn stream_subjects(ns: &Namespace, kind: SubjectsKind, allow_schedules: bool
         SubjectsKind::Idempotency => Some(InputStage::Idempotency),
         SubjectsKind::Backpressure => Some(InputStage::Backpressure),
         SubjectsKind::Egress => Some(InputStage::Egress),
-        SubjectsKind::Dlq | SubjectsKind::Advisories => None,
+        SubjectsKind::Dlq | SubjectsKind::Advisories | SubjectsKind::Attempts => None,
     };
     if let (true, Some(stage)) = (allow_schedules, stage) {
         subjects.push(ns.delay_filter(stage));
@@ -181,7 +182,7 @@ impl ResolvedTopology {
                         Discard::New => stream::DiscardPolicy::New,
                     },
                     allow_direct: s.allow_direct,
-                    max_messages_per_subject: -1,
+                    max_messages_per_subject: s.max_msgs_per_subject.unwrap_or(-1),
                     max_messages: s.max_msgs.unwrap_or(-1),
                     ..Default::default()
                 },
@@ -340,7 +341,7 @@ impl ResolvedTopology {
             SubjectsKind::Idempotency => InputStage::Idempotency,
             SubjectsKind::Backpressure => InputStage::Backpressure,
             SubjectsKind::Egress => InputStage::Egress,
-            SubjectsKind::Dlq | SubjectsKind::Advisories => return None,
+            SubjectsKind::Dlq | SubjectsKind::Advisories | SubjectsKind::Attempts => return None,
         };
         let mut resolved = template.clone();
         resolved.config.durable_name = name.durable(Some(tenant));

@@ -28,6 +28,8 @@ pub enum SubjectsKind {
     /// (`$JS.EVENT.ADVISORY.CONSUMER.{MAX_DELIVERIES,MSG_TERMINATED}.<stream>.*` for this
     /// deployment's `IDEMPOTENCY`, `BACKPRESSURE`, `EGRESS`); a consumer on it takes them all.
     Advisories,
+    /// `attempts.v1.*`: the delivery log, one subject per tenant.
+    Attempts,
 }
 
 /// Stream retention.
@@ -114,6 +116,10 @@ pub struct StreamSpec {
     /// of that tenant where it is, and retry it, instead of taking other tenants' room).
     #[serde(default)]
     pub tenant_max_msgs: Option<i64>,
+    /// Messages kept per subject, the oldest evicted first (the delivery log: one subject per
+    /// tenant, so this is each tenant's share). Requires `discard = "old"`, limits retention.
+    #[serde(default)]
+    pub max_msgs_per_subject: Option<i64>,
 }
 
 /// A declared durable pull consumer.
@@ -227,7 +233,10 @@ impl Topology {
                     || s.retention != Retention::Workqueue
                     || s.max_msgs.is_none_or(|n| n <= 0)
                     || s.allow_schedules
-                    || matches!(s.subjects, SubjectsKind::Dlq | SubjectsKind::Advisories))
+                    || matches!(
+                        s.subjects,
+                        SubjectsKind::Dlq | SubjectsKind::Advisories | SubjectsKind::Attempts
+                    ))
             {
                 return Err(invalid(format!(
                     "per-tenant stream {} must be a work queue with discard = \"new\" and \
@@ -243,6 +252,25 @@ impl Topology {
                 return Err(invalid(format!(
                     "stream {}: tenant_max_msgs is a per-tenant share of the DLQ (> 0), \
                      declared on the DLQ only",
+                    s.name
+                )));
+            }
+            if s.max_msgs_per_subject.is_some_and(|n| n <= 0)
+                || (s.max_msgs_per_subject.is_some()
+                    && (s.retention != Retention::Limits || s.discard != Discard::Old))
+            {
+                return Err(invalid(format!(
+                    "stream {}: max_msgs_per_subject (> 0) evicts the oldest of a subject: it \
+                     needs limits retention with discard = \"old\"",
+                    s.name
+                )));
+            }
+            if s.subjects == SubjectsKind::Attempts
+                && (s.retention != Retention::Limits || s.max_msgs_per_subject.is_none())
+            {
+                return Err(invalid(format!(
+                    "stream {} holds the delivery log: limits retention, and \
+                     max_msgs_per_subject to bound each tenant's share",
                     s.name
                 )));
             }

@@ -1,6 +1,7 @@
 //! The whole delivery path running in-process against a real nats-server and a real HTTP
 //! sink: ingress → idempotency → backpressure → egress → webhook.
 
+mod attempts;
 mod conservation;
 mod crash;
 mod delivery;

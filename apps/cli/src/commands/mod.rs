@@ -1,5 +1,6 @@
 //! One module per CLI command group.
 
+pub mod attempts;
 pub mod dlq;
 pub mod doctor;
 pub mod keys;

@@ -1,6 +1,7 @@
 //! The `switchyard` binary against a real nats-server: what it prints and how it exits. One
 //! test binary, one module per command group.
 
+mod attempts;
 mod dlq_browse;
 mod dlq_change;
 mod dlq_duplicates;

@@ -57,6 +57,9 @@ fn any_subject() -> impl Strategy<Value = Subject> {
             }
         ),
         address().prop_map(|address| Subject::Receipt(ReceiptSubject { address })),
+        id().prop_map(|t| Subject::Attempt(AttemptSubject {
+            tenant: TenantId::new(t).unwrap()
+        })),
         Just(Subject::Control(ControlSubject {
             command: ControlCommand::Replay
         })),

@@ -197,6 +197,19 @@ fn operations(topology: &ResolvedTopology, inbox_prefix: &str) -> Vec<Operation>
             essential: false,
         },
         Operation {
+            what: "read the delivery log",
+            commands: "attempts ls, attempts show",
+            publish: vec![
+                format!(
+                    "$JS.API.CONSUMER.CREATE.{}",
+                    stream(StreamName::Attempts)
+                ),
+                format!("$JS.API.DIRECT.GET.{}", stream(StreamName::Attempts)),
+            ],
+            subscribe: vec![inbox.clone()],
+            essential: false,
+        },
+        Operation {
             what: "durable replay jobs",
             commands: "dlq replay --job, dlq jobs",
             publish: vec![
