@@ -200,10 +200,7 @@ fn operations(topology: &ResolvedTopology, inbox_prefix: &str) -> Vec<Operation>
             what: "read the delivery log",
             commands: "attempts ls, attempts show",
             publish: vec![
-                format!(
-                    "$JS.API.CONSUMER.CREATE.{}",
-                    stream(StreamName::Attempts)
-                ),
+                format!("$JS.API.CONSUMER.CREATE.{}", stream(StreamName::Attempts)),
                 format!("$JS.API.DIRECT.GET.{}", stream(StreamName::Attempts)),
             ],
             subscribe: vec![inbox.clone()],
