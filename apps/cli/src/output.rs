@@ -36,14 +36,28 @@ impl Output {
 
     /// Prints a value as pretty JSON.
     pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
-        Ok(())
+        write_stdout(&format!("{}\n", serde_json::to_string_pretty(value)?))
     }
 
     /// Prints a value as one line of compact JSON (for streams of objects, one per line).
     pub fn json_line<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string(value)?);
-        Ok(())
+        write_stdout(&format!("{}\n", serde_json::to_string(value)?))
+    }
+}
+
+/// Writes `text` to stdout as is. A reader that went away (`… --json | head -1`) ends the
+/// process quietly with status 0, as a Unix tool killed by SIGPIPE would, instead of a panic.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => Err(anyhow::Error::new(err).context("writing to stdout")),
     }
 }
 

@@ -13,6 +13,17 @@ use switchyard_subjects::{AttemptSubject, Namespace, SubjectKind};
 use crate::metrics::EgressMetrics;
 use crate::routing::Resolved;
 
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), only when it is one:
+/// the header comes from producers, and a record must stay small (a tenant's share of the log
+/// is counted in records, not bytes).
+fn trace_id(traceparent: Option<&str>) -> Option<String> {
+    let id = traceparent?.split('-').nth(1)?;
+    let valid = id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0');
+    valid.then(|| id.to_owned())
+}
+
 /// Writes the delivery log (`[egress] attempt_log`, default on).
 #[derive(Clone)]
 pub struct AttemptLog {
@@ -49,13 +60,9 @@ impl AttemptLog {
             route: resolved.id.clone(),
             route_type: resolved.kind().to_owned(),
             attempt,
+            replay: envelope.attempt.replay,
             result: result.to_owned(),
-            trace_id: envelope
-                .trace
-                .traceparent
-                .as_deref()
-                .and_then(|tp| tp.split('-').nth(1))
-                .map(str::to_owned),
+            trace_id: trace_id(envelope.trace.traceparent.as_deref()),
             record,
         };
         let payload = match serde_json::to_vec(&logged) {
@@ -90,5 +97,28 @@ impl AttemptLog {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_w3c_trace_id_is_logged() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id(Some(&format!("00-{id}-00f067aa0ba902b7-01"))).as_deref(),
+            Some(id)
+        );
+        for bad in [
+            format!("00-{}-00f067aa0ba902b7-01", "a".repeat(14_000)),
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".to_owned(),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            "garbage".to_owned(),
+        ] {
+            assert_eq!(trace_id(Some(&bad)), None, "{bad:.60}");
+        }
+        assert_eq!(trace_id(None), None);
     }
 }

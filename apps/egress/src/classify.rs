@@ -104,7 +104,8 @@ pub struct Classified {
     pub outcome: &'static str,
     /// The HTTP status, when there was a response.
     pub status: Option<u16>,
-    /// What went wrong, for people.
+    /// What went wrong, for people (credentials masked, control characters escaped:
+    /// [`switchyard_envelope::clean_error`]).
     pub error: Option<String>,
 }
 
@@ -188,7 +189,9 @@ pub fn classify(attempted: &Attempted, now: OffsetDateTime) -> Classified {
         verdict,
         outcome,
         status,
-        error,
+        // Cleaned once, here: the attempt history, the delivery log, the DLQ reason and the
+        // logs all use this text, and a sink's answer may carry credentials or escape codes.
+        error: error.map(|e| switchyard_envelope::clean_error(&e)),
     }
 }
 

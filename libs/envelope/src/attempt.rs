@@ -41,7 +41,7 @@ impl AttemptRecord {
         error: Option<String>,
     ) -> Self {
         let error = error.map(|e| {
-            let one_line = mask_credentials(&e.replace(['\r', '\n'], " "));
+            let one_line = clean_error(&e.replace(['\r', '\n'], " "));
             match one_line.char_indices().nth(MAX_ERROR_CHARS) {
                 Some((at, _)) => format!("{}…", &one_line[..at]),
                 None => one_line,
@@ -57,25 +57,76 @@ impl AttemptRecord {
     }
 }
 
-/// Credentials a sink's response may echo, with the value that follows them: `Bearer <token>`,
-/// and `token`, `api_key`, `password`, `secret`, `authorization`, `cookie`… followed by `=`,
-/// `:` or a quoted JSON value.
-static CREDENTIALS: std::sync::LazyLock<[regex::Regex; 2]> = std::sync::LazyLock::new(|| {
-    [
-        regex::Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"),
-        regex::Regex::new(
-            r#"(?i)\b((?:access_|refresh_|id_|api[_-]?|auth[_-]?|session[_-]?)?(?:token|key|secret|password|passwd|pwd|authorization|cookie|credentials?))("?\s*[:=]\s*"?)([^\s"',;&}]+)"#,
-        ),
-    ]
-    .map(|pattern| pattern.expect("a valid pattern"))
-});
+/// The credential-masking rules, applied in order (see [`mask_credentials`]).
+static CREDENTIALS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> =
+    std::sync::LazyLock::new(|| {
+        // A name that says "credential": the keyword may end a longer name (`client_secret`,
+        // `aws_secret_access_key`, `accessToken`, `x-api-key`).
+        const NAME: &str = r"[A-Za-z0-9_-]*(?:token|secret|password|passwd|pwd|api[_-]?key|apikey|access[_-]?key|private[_-]?key|cookie|credentials?|signature|sig)";
+        let rules: [(String, &'static str); 5] = [
+            // URL user information: `scheme://user:password@host`.
+            (
+                r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@".to_owned(),
+                "${1}***@",
+            ),
+            // An Authorization header or field: its whole value, whatever the scheme.
+            (
+                r#"(?i)\b((?:proxy-)?authorization)("?\s*[:=]\s*"?)[^"\r\n,}]*"#.to_owned(),
+                "$1$2***",
+            ),
+            // `Bearer <token>`, `Basic <b64>`, `Token <t>` anywhere else.
+            (
+                r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}".to_owned(),
+                "$1 ***",
+            ),
+            // A quoted JSON value under a credential name: the whole string.
+            (
+                format!(r#"(?i)("{NAME}")(\s*:\s*)"(?:[^"\\]|\\.)*""#),
+                r#"$1$2"***""#,
+            ),
+            // `name=value`, `name: value` (query strings, forms, headers, logs).
+            (
+                format!(r#"(?i)\b({NAME})(\s*[:=]\s*)[^\s"',;&}}]+"#),
+                "$1$2***",
+            ),
+        ];
+        rules
+            .into_iter()
+            .map(|(pattern, with)| (regex::Regex::new(&pattern).expect("a valid pattern"), with))
+            .collect()
+    });
 
 /// `text` with credential values replaced by `***` (the names stay, so the reason is still
-/// readable): `{"token":"abc"}` → `{"token":"***"}`, `Bearer eyJ…` → `Bearer ***`.
+/// readable): URL user information, `Authorization` values, `Bearer`/`Basic`/`Token`
+/// credentials, and the value of any field whose name ends in `token`, `secret`, `password`,
+/// `key` (`api_key`, `aws_secret_access_key`, `accessToken`…), `cookie`, `credentials` or
+/// `signature` — quoted JSON strings whole. Over-masking is preferred to a leak.
 pub fn mask_credentials(text: &str) -> String {
-    let [bearer, keyed] = &*CREDENTIALS;
-    let text = bearer.replace_all(text, "$1 ***");
-    keyed.replace_all(&text, "$1$2***").into_owned()
+    let mut text = text.to_owned();
+    for (pattern, with) in CREDENTIALS.iter() {
+        text = pattern.replace_all(&text, *with).into_owned();
+    }
+    text
+}
+
+/// An attempt's error text as it may be stored, logged and shown: credentials masked
+/// ([`mask_credentials`]) and control characters escaped (`\u{1b}`), so a sink's answer can
+/// neither leak a secret into the DLQ, the delivery log or a log line nor drive the terminal of
+/// whoever reads them.
+pub fn clean_error(text: &str) -> String {
+    let masked = mask_credentials(text);
+    if !masked.chars().any(char::is_control) {
+        return masked;
+    }
+    let mut out = String::with_capacity(masked.len() + 8);
+    for c in masked.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One record of the delivery log: stream `ATTEMPTS`, subject `attempts.v1.<tenant>`, one per
@@ -97,12 +148,16 @@ pub struct LoggedAttempt {
     pub route: String,
     /// `webhook` or `nats`.
     pub route_type: String,
-    /// Which attempt (1 for the first).
+    /// Which attempt (1 for the first; counted again from 1 after a replay).
     pub attempt: u32,
+    /// How many times the message was replayed from the DLQ before this attempt (0: never).
+    #[serde(default)]
+    pub replay: u32,
     /// How it counted: `delivered`, `retryable` (retried later, unless attempts or the deadline
     /// run out) or `permanent` (dead-lettered).
     pub result: String,
-    /// The W3C trace id of the delivery, when known.
+    /// The W3C trace id of the delivery (32 lowercase hex digits), when the message carried a
+    /// valid `traceparent`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub trace_id: Option<String>,
     /// When, what happened, how long it took.
@@ -134,17 +189,35 @@ mod tests {
             ),
             (
                 "HTTP 403: Authorization: Bearer eyJhbGciOi.x.y refused",
-                "HTTP 403: Authorization: *** *** refused",
+                "HTTP 403: Authorization: ***",
+            ),
+            (
+                "HTTP 403: authorization=Token abcdef123",
+                "HTTP 403: authorization=***",
             ),
             ("HTTP 400: api_key=SECRET&x=1", "HTTP 400: api_key=***&x=1"),
             ("HTTP 500: password: hunter2", "HTTP 500: password: ***"),
+            (
+                r#"HTTP 400: {"password":"two words here","n":1}"#,
+                r#"HTTP 400: {"password":"***","n":1}"#,
+            ),
+            (
+                r#"HTTP 400: {"client_secret":"cs","aws_secret_access_key":"ak","accessToken":"t"}"#,
+                r#"HTTP 400: {"client_secret":"***","aws_secret_access_key":"***","accessToken":"***"}"#,
+            ),
+            (
+                "HTTP 302: see https://user:pw@host/x?sig=abc&ok=1",
+                "HTTP 302: see https://***@host/x?sig=***&ok=1",
+            ),
+            ("sent Bearer abcdefgh123 to x", "sent Bearer *** to x"),
             (
                 "HTTP 503: service unavailable",
                 "HTTP 503: service unavailable",
             ),
         ] {
-            assert_eq!(mask_credentials(raw), masked);
+            assert_eq!(mask_credentials(raw), masked, "{raw}");
         }
+        assert_eq!(clean_error("a\x1b]0;title\x07b"), "a\\u{1b}]0;title\\u{7}b");
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let record = AttemptRecord::new(
             at,

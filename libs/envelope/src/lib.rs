@@ -14,7 +14,7 @@ mod error;
 pub mod headers;
 pub mod producer;
 
-pub use attempt::{AttemptRecord, LoggedAttempt};
+pub use attempt::{AttemptRecord, LoggedAttempt, clean_error, mask_credentials};
 pub use envelope::{
     Attempt, Envelope, EnvelopeId, EnvelopeView, PayloadView, SourceRef, TraceContext,
 };

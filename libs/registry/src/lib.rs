@@ -25,7 +25,7 @@ pub mod tenant;
 pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
 pub use cache::KvCache;
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
-pub use rotation::{MAX_PREVIOUS_SECRETS, RetiringSecret};
+pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use signing_key::{SigningKey, sign_v1a};
 pub use store::{Store, StoreError, Written};

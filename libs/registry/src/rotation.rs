@@ -13,6 +13,10 @@ use time::OffsetDateTime;
 
 use crate::route::{RouteError, WebhookRoute, WebhookSecret};
 
+/// The longest overlap a rotation may give the old secret: 30 days (receivers get a month to
+/// switch; a longer one would keep a possibly compromised secret signing indefinitely).
+pub const MAX_OVERLAP: time::Duration = time::Duration::days(30);
+
 /// At most this many previous secrets per route (each adds one HMAC per delivery and ~50 bytes
 /// to the `webhook-signature` header).
 pub const MAX_PREVIOUS_SECRETS: usize = 4;
@@ -56,8 +60,9 @@ impl WebhookRoute {
     ///
     /// # Errors
     /// [`RouteError::Field`] when `new` is not a valid secret, is the current secret or a
-    /// previous one (rotating to it would not change what receivers need), or when more than
-    /// [`MAX_PREVIOUS_SECRETS`] would still be signing.
+    /// previous one (rotating to it would not change what receivers need), when `overlap` is
+    /// negative or over [`MAX_OVERLAP`], or when more than [`MAX_PREVIOUS_SECRETS`] would
+    /// still be signing.
     pub fn rotate(
         &mut self,
         new: WebhookSecret,
@@ -65,6 +70,14 @@ impl WebhookRoute {
         now: OffsetDateTime,
     ) -> Result<(), RouteError> {
         new.key()?;
+        if overlap < time::Duration::ZERO || overlap > MAX_OVERLAP {
+            return Err(RouteError::Field {
+                field: "previous_secrets",
+                reason: format!(
+                    "an overlap of {overlap} is outside 0 s to {MAX_OVERLAP} (30 days)"
+                ),
+            });
+        }
         let reused = std::iter::once(&self.secret)
             .chain(self.previous_secrets.iter().map(|p| &p.secret))
             .any(|s| *s == new);
@@ -102,6 +115,12 @@ impl WebhookRoute {
         self.secret = new;
         self.previous_secrets = previous;
         Ok(())
+    }
+
+    /// Stops every previous secret at once (a compromised one, an overlap that is no longer
+    /// needed): from now on only the current secret signs. Returns how many were dropped.
+    pub fn revoke_previous(&mut self) -> usize {
+        std::mem::take(&mut self.previous_secrets).len()
     }
 }
 
@@ -193,6 +212,23 @@ mod tests {
         w.rotate(fresh(99), time::Duration::hours(1), later)
             .unwrap();
         assert_eq!(w.previous_secrets.len(), 1);
+    }
+
+    #[test]
+    fn an_overlap_is_bounded_and_previous_secrets_can_be_revoked() {
+        let now = OffsetDateTime::now_utc();
+        let mut w = route();
+        for bad in [
+            MAX_OVERLAP + time::Duration::SECOND,
+            -time::Duration::SECOND,
+        ] {
+            let err = w.rotate(WebhookSecret(NEW.into()), bad, now).unwrap_err();
+            assert!(err.to_string().contains("outside 0 s"), "{err}");
+        }
+        w.rotate(WebhookSecret(NEW.into()), MAX_OVERLAP, now)
+            .unwrap();
+        assert_eq!(w.revoke_previous(), 1);
+        assert_eq!(w.signing_keys(now).unwrap().len(), 1);
     }
 
     #[test]

@@ -104,6 +104,27 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Whether a route header's value is a credential, hidden wherever a route is shown
+/// ([`Route::redacted`]): `Authorization`, `Proxy-Authorization`, `Cookie`, and any name holding
+/// `token`, `secret`, `key`, `auth`, `password`, `session` or `signature` (`X-Api-Key`,
+/// `X-Auth-Token`), case-insensitively.
+pub fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "cookie"
+        || [
+            "authorization",
+            "token",
+            "secret",
+            "key",
+            "auth",
+            "password",
+            "session",
+            "signature",
+        ]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
 /// Delivery by HTTP POST, signed in the Standard Webhooks style.
 ///
 /// Its `Debug` shows [`WebhookRoute::display_url`] and the header names only.
@@ -257,7 +278,9 @@ impl Route {
                     });
                 }
                 for (name, value) in &w.headers {
-                    let bad = |s: &str| s.is_empty() || s.contains(['\r', '\n']);
+                    // HTTP field values allow tab, never other control characters.
+                    let bad =
+                        |s: &str| s.is_empty() || s.chars().any(|c| c.is_control() && c != '\t');
                     if bad(name) || bad(value) || name.contains([':', ' ']) {
                         return Err(RouteError::Field {
                             field: "headers",
@@ -332,6 +355,11 @@ impl Route {
             }
             if let Some(key) = &mut w.signing_key {
                 key.0 = "whsk_***".into();
+            }
+            for (name, value) in &mut w.headers {
+                if is_credential_header(name) {
+                    *value = "***".into();
+                }
             }
             w.url = w.display_url();
         }
@@ -468,6 +496,21 @@ mod tests {
             .to_string();
         assert!(err.contains("\"ftp://x\""), "{err}");
         assert!(!err.contains("pw") && !err.contains("T0KEN"), "{err}");
+    }
+
+    #[test]
+    fn credential_headers_are_hidden_and_control_characters_refused() {
+        let w = Route::from_json(br#"{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","headers":{"Authorization":"Bearer sk_live_X","X-Api-Key":"k1","X-Env":"prod"}}"#).unwrap();
+        let shown = serde_json::to_string(&w.redacted()).unwrap();
+        assert!(
+            !shown.contains("sk_live_X") && !shown.contains("k1"),
+            "{shown}"
+        );
+        assert!(shown.contains(r#""X-Env":"prod""#), "{shown}");
+        let bell = Route::from_json(
+            "{\"type\":\"webhook\",\"url\":\"http://127.0.0.1:9/h\",\"secret\":\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\",\"headers\":{\"X-Env\":\"a\\u0007b\"}}".as_bytes(),
+        );
+        assert!(bell.is_err(), "{bell:?}");
     }
 
     #[test]

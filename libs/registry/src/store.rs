@@ -227,8 +227,11 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
     }
 
     /// Drops every earlier revision of `key` from the bucket's history, keeping only the
-    /// current one (a JetStream purge of the key's subject with `keep: 1`). For records whose
-    /// old values must not linger, such as a route's rotated-out signing secrets.
+    /// current one (a JetStream purge of the key's subject with `keep: 1`): for records whose
+    /// old values must not linger, such as a route's rotated-out signing secrets. The KV and
+    /// its API no longer hold them; their bytes may stay in the store's block files until
+    /// nats-server compacts or removes the block (a bucket denies single-message deletes, the
+    /// only way JetStream overwrites a message): encryption at rest is what covers the disk.
     pub async fn purge_history(&self, key: &K) -> Result<(), StoreError> {
         let rendered = key.render();
         self.kv

@@ -88,6 +88,7 @@ impl LsArgs {
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// The attempt's sequence in the log (`attempts ls` prints it).
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     pub seq: u64,
 }
 
@@ -171,6 +172,13 @@ pub async fn list(
     if consumer.cached_info().num_pending == 0 {
         return Ok(Vec::new());
     }
+    // What is stored now is what is read: under a steady write rate the read still ends.
+    let last = stream
+        .get_info()
+        .await
+        .context("reading the delivery log")?
+        .state
+        .last_sequence;
     let mut messages = consumer
         .messages()
         .await
@@ -182,7 +190,19 @@ pub async fn list(
             .map_err(|e| anyhow::anyhow!("reading the delivery log: {e}"))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         seen(1);
+        // The tenant is the one whose subject holds the record, whatever the record says.
+        let subject_tenant = message
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default();
         match serde_json::from_slice::<LoggedAttempt>(&message.payload) {
+            Ok(attempt) if attempt.tenant != subject_tenant => eprintln!(
+                "warning: log record {seq} names tenant {} but is stored under {}; skipped",
+                output::printable(&attempt.tenant),
+                output::printable(subject_tenant)
+            ),
             Ok(attempt) if args.matches(&attempt) => {
                 kept.push_back(Listed { seq, attempt });
                 if kept.len() as u64 > args.limit {
@@ -195,7 +215,7 @@ pub async fn list(
                 output::printable(&err.to_string())
             ),
         }
-        if pending == 0 || args.until.is_some_and(|until| info.published > until) {
+        if pending == 0 || seq >= last || args.until.is_some_and(|until| info.published > until) {
             break;
         }
     }
@@ -237,7 +257,14 @@ fn render_one(listed: &Listed) -> String {
         ("route", format!("{} ({})", a.route, a.route_type)),
         ("id", a.id.clone()),
         ("msg id", a.msg_id.clone()),
-        ("attempt", a.attempt.to_string()),
+        (
+            "attempt",
+            if a.replay > 0 {
+                format!("{} (after replay {})", a.attempt, a.replay)
+            } else {
+                a.attempt.to_string()
+            },
+        ),
         ("result", a.result.clone()),
         ("outcome", a.record.outcome.clone()),
         (
@@ -273,6 +300,7 @@ mod tests {
             route: "acme._.slack".into(),
             route_type: "webhook".into(),
             attempt: 2,
+            replay: 0,
             result: "retryable".into(),
             trace_id: None,
             record: AttemptRecord::new(at, "http_status", Some(503), 12, None),

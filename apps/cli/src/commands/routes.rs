@@ -5,6 +5,7 @@
 //! path and query may hold credentials.
 
 use anstream::{print, println};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -49,17 +50,47 @@ pub enum RoutesCommand {
 
 /// Arguments of `routes rotate-secret`.
 #[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("what").required(true).multiple(true)
+    .args(["secret", "secret_file", "revoke_previous"])))]
 pub struct RotateArgs {
     /// Which route (its own key: no fallback to the tenant's default).
     #[command(flatten)]
     pub key: KeyArgs,
-    /// The new Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes).
-    #[arg(long, value_name = "whsec_…")]
-    pub secret: String,
-    /// How long the current secret keeps signing (an age: 30m, 24h, 7d; `0s` stops it at
-    /// once).
+    /// The new Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes). On
+    /// the command line it shows in `ps` and shell history: prefer --secret-file.
+    #[arg(long, value_name = "whsec_…", conflicts_with = "secret_file")]
+    pub secret: Option<String>,
+    /// Read the new secret from this file (`-`: standard input), whitespace trimmed.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// How long the current secret keeps signing (an age: 30m, 24h, 7d; at most 30d; `0s`
+    /// stops it at once).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = overlap)]
     pub overlap: time::Duration,
+    /// Stop every previous secret now (one that leaked, an overlap no longer needed); with a
+    /// new secret, the current one stops too (no overlap).
+    #[arg(long)]
+    pub revoke_previous: bool,
+}
+
+/// A secret given inline or read from a file (`-`: standard input), whitespace trimmed.
+fn read_secret(
+    inline: Option<&String>,
+    file: Option<&PathBuf>,
+    flag: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(file) = file else {
+        return Ok(inline.cloned());
+    };
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the secret from stdin")?
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading {flag} {}", file.display()))?
+    };
+    let text = text.trim();
+    anyhow::ensure!(!text.is_empty(), "{flag} {} is empty", file.display());
+    Ok(Some(text.to_owned()))
 }
 
 /// Parses `--overlap` (an age, `0s` included).
@@ -94,21 +125,35 @@ impl KeyArgs {
 /// Arguments of `routes set`: a webhook, a NATS subject, or the whole route as JSON.
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["webhook", "nats", "route_json"])))]
+#[command(group(ArgGroup::new("secret_source").args(["secret", "secret_file"])))]
 pub struct SetArgs {
     /// Which route.
     #[command(flatten)]
     pub key: KeyArgs,
-    /// Deliver by HTTP POST to this URL (signed; needs --secret).
-    #[arg(long, value_name = "URL", requires = "secret")]
+    /// Deliver by HTTP POST to this URL (signed; needs --secret or --secret-file).
+    #[arg(long, value_name = "URL", requires = "secret_source")]
     pub webhook: Option<String>,
-    /// The Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes).
+    /// The Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes). On the
+    /// command line it shows in `ps` and shell history: prefer --secret-file.
     #[arg(long, value_name = "whsec_…", requires = "webhook")]
     pub secret: Option<String>,
+    /// Read the signing secret from this file (`-`: standard input), surrounding whitespace
+    /// trimmed.
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    pub secret_file: Option<PathBuf>,
     /// Also sign with this Ed25519 private key (`whsk_` + base64 of its 32-byte seed): each
     /// delivery then carries a `v1a` signature receivers verify with the public key alone
     /// (`routes get` shows it, `whpk_…`).
-    #[arg(long, value_name = "whsk_…", requires = "webhook")]
+    #[arg(
+        long,
+        value_name = "whsk_…",
+        requires = "webhook",
+        conflicts_with = "signing_key_file"
+    )]
     pub signing_key: Option<String>,
+    /// Read the Ed25519 private key from this file (`-`: standard input).
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    pub signing_key_file: Option<PathBuf>,
     /// An extra request header for the webhook, `K=V` (repeatable).
     #[arg(long = "header", value_name = "K=V", value_parser = parse::key_value, requires = "webhook")]
     pub headers: Vec<(String, String)>,
@@ -137,11 +182,21 @@ impl SetArgs {
             return serde_json::from_str(raw).context("--route-json is not a valid route");
         }
         let mut route = Map::new();
-        if let (Some(url), Some(secret)) = (&self.webhook, &self.secret) {
+        let secret = read_secret(
+            self.secret.as_ref(),
+            self.secret_file.as_ref(),
+            "--secret-file",
+        )?;
+        let signing_key = read_secret(
+            self.signing_key.as_ref(),
+            self.signing_key_file.as_ref(),
+            "--signing-key-file",
+        )?;
+        if let (Some(url), Some(secret)) = (&self.webhook, &secret) {
             route.insert("type".into(), json!("webhook"));
             route.insert("url".into(), json!(url));
             route.insert("secret".into(), json!(secret));
-            if let Some(key) = &self.signing_key {
+            if let Some(key) = &signing_key {
                 route.insert("signing_key".into(), json!(key));
             }
             let headers: Map<String, Value> = self
@@ -198,7 +253,18 @@ async fn set_route(
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
-    let route = args.route()?;
+    let mut route = args.route()?;
+    // Replacing a webhook route keeps a rotation's overlap when the secret stays the same
+    // (changing the timeout must not cut off receivers still on the old secret); a new secret
+    // here replaces every old one at once (`rotate-secret` gives an overlap).
+    let mut dropped = 0;
+    if let (Some(Route::Webhook(old)), Route::Webhook(new)) = (store.get(&key).await?, &mut route) {
+        if old.secret == new.secret && new.previous_secrets.is_empty() {
+            new.previous_secrets = old.previous_secrets;
+        } else {
+            dropped = old.previous_secrets.len() + usize::from(old.secret != new.secret);
+        }
+    }
     route
         .validate()
         .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
@@ -213,6 +279,12 @@ async fn set_route(
             "set route {}: {kind} {target} (revision {revision})",
             key.render()
         );
+        if dropped > 0 {
+            println!(
+                "the route's earlier signing secrets stopped signing (`routes rotate-secret` \
+                 keeps the old one signing for an overlap)"
+            );
+        }
     }
     Ok(())
 }
@@ -404,6 +476,11 @@ async fn rotate_secret(
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
+    let new = read_secret(
+        args.secret.as_ref(),
+        args.secret_file.as_ref(),
+        "--secret-file",
+    )?;
     // Compare-and-set: a route changed meanwhile is read again, never overwritten blindly.
     for _ in 0..10 {
         let Some((route, revision)) = store.entry(&key).await? else {
@@ -419,9 +496,19 @@ async fn rotate_secret(
             );
         };
         let now = time::OffsetDateTime::now_utc();
-        webhook
-            .rotate(WebhookSecret(args.secret.clone()), args.overlap, now)
-            .with_context(|| format!("rotating the secret of route {}", key.render()))?;
+        if let Some(new) = &new {
+            let overlap = if args.revoke_previous {
+                time::Duration::ZERO
+            } else {
+                args.overlap
+            };
+            webhook
+                .rotate(WebhookSecret(new.clone()), overlap, now)
+                .with_context(|| format!("rotating the secret of route {}", key.render()))?;
+        }
+        if args.revoke_previous {
+            webhook.revoke_previous();
+        }
         let route = Route::Webhook(webhook);
         route
             .validate()
@@ -456,10 +543,12 @@ async fn rotate_secret(
                 parse::show_time(*last)
             ),
         };
-        println!(
-            "rotated the signing secret of route {} (revision {revision}); {also}",
-            key.render()
-        );
+        let did = if new.is_some() {
+            "rotated the signing secret of"
+        } else {
+            "revoked the previous signing secrets of"
+        };
+        println!("{did} route {} (revision {revision}); {also}", key.render());
         return Ok(());
     }
     anyhow::bail!("route {} keeps changing; try again", key.render())

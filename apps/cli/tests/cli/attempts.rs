@@ -18,6 +18,7 @@ fn logged(tenant: &str, n: u32, attempt: u32, result: &str, status: u16) -> Logg
         route: format!("{tenant}._.slack"),
         route_type: "webhook".to_owned(),
         attempt,
+        replay: 0,
         result: result.to_owned(),
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
         record: AttemptRecord::new(

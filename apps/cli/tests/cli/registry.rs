@@ -689,6 +689,111 @@ async fn routes_rotate_secret_keeps_the_old_secret_signing_for_the_overlap_and_n
         immediate.ends_with("only the new secret signs\n"),
         "{immediate}"
     );
+
+    // A leaked previous secret is revoked at once; an overlap is bounded; a secret may come
+    // from a file (never the command line).
+    let revoked = ok(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "slack",
+            "--revoke-previous",
+        ],
+    )
+    .await;
+    assert!(
+        revoked.starts_with("revoked the previous signing secrets of route acme._.slack")
+            && revoked.ends_with("only the new secret signs\n"),
+        "{revoked}"
+    );
+    let too_long = fails(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "slack",
+            "--secret",
+            SECRET,
+            "--overlap",
+            "99999999w",
+        ],
+    )
+    .await;
+    assert!(too_long.contains("outside 0 s"), "{too_long}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let from_file = ok(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "slack",
+            "--secret-file",
+            file,
+            "--overlap",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(
+        from_file.contains("1 previous secret signs too"),
+        "{from_file}"
+    );
+
+    // Changing a route's timeout keeps the overlap; changing its secret ends it, and says so.
+    let same = ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret-file",
+            file,
+            "--timeout-ms",
+            "5000",
+        ],
+    )
+    .await;
+    assert!(!same.contains("stopped signing"), "{same}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["routes", "get", "acme", "_", "slack", "--json"]).await)
+            .unwrap();
+    assert_eq!(
+        json["route"]["previous_secrets"].as_array().unwrap().len(),
+        1
+    );
+    let other = ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "slack",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            NEW,
+        ],
+    )
+    .await;
+    assert!(
+        other.contains("earlier signing secrets stopped signing"),
+        "{other}"
+    );
 }
 
 #[tokio::test]
