@@ -183,3 +183,48 @@ async fn credentials_in_a_route_url_never_reach_the_dlq_record_or_the_attempt_hi
     assert!(request.headers.contains_key("authorization"));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn credentials_and_escape_codes_in_a_sinks_answer_never_reach_the_dlq_or_the_delivery_log() {
+    let sink = Sink::start().await;
+    sink.script(
+        "/deny",
+        vec![],
+        Reply::status(400).body(
+            "{\"password\":\"two words here\",\"token\":\"T0KEN\"}\u{1b}[2J\u{1b}]0;owned\u{7}",
+        ),
+    );
+    let mut h = Harness::new().await;
+    h.put_route("acme.ops.slack", &webhook(&sink, "/deny"))
+        .await;
+    h.start(|_| {}).await;
+    let envelope = h
+        .publish(
+            &address("acme", "ops", "slack"),
+            Bytes::from_static(b"{}"),
+            None,
+        )
+        .await;
+    let entry = h.dlq_entry(&envelope).await;
+    assert_eq!(entry.record.code, DlqCode::PermanentFailure);
+    let history_error = entry.record.history[0].error.clone().unwrap();
+    for text in [&entry.record.reason, &history_error] {
+        for leaked in ["two words here", "T0KEN", "\u{1b}", "\u{7}"] {
+            assert!(!text.contains(leaked), "{leaked:?} in {text:?}");
+        }
+        assert!(text.contains(r#""password":"***""#), "{text}");
+    }
+    let js = async_nats::jetstream::new(h.client.clone());
+    let logged = switchyard_testkit::wait_for("the attempt in the delivery log", LONG, || async {
+        let stream = js.get_stream("ATTEMPTS").await.ok()?;
+        let message = stream
+            .get_last_raw_message_by_subject("attempts.v1.acme")
+            .await
+            .ok()?;
+        serde_json::from_slice::<switchyard_envelope::LoggedAttempt>(&message.payload).ok()
+    })
+    .await;
+    assert_eq!(logged.result, "permanent");
+    assert_eq!(logged.record.error.as_deref(), Some(history_error.as_str()));
+    h.stop().await;
+}
