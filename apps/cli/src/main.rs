@@ -39,10 +39,16 @@ async fn main() -> std::process::ExitCode {
         Err(err) => {
             // Errors quote what they could not use (a KV record, a server's answer): made
             // printable like any text from outside.
-            eprintln!(
-                "error: {}",
-                switchyard_cli::output::printable_text(&format!("{err:#}"))
-            );
+            let text = format!("{err:#}");
+            eprintln!("error: {}", switchyard_cli::output::printable_text(&text));
+            // The server answers nothing to a request its permissions refuse: say so.
+            if text.contains("timed out") {
+                eprintln!(
+                    "hint: a request that gets no answer may be refused by the NATS user's \
+                     permissions (the server logs a Permissions Violation): `switchyard doctor` \
+                     checks them"
+                );
+            }
             failure
         }
     }

@@ -262,6 +262,7 @@ accounts {
     jetstream: enabled
     users: [
       { user: admin, password: admin-pass }
+      { user: nojs, password: nojs-pass, permissions: { publish: { allow: ["nothing.>"] } } }
       {
         user: ops, password: ops-pass
         permissions: {
@@ -323,4 +324,20 @@ accounts {
     }
     assert_eq!(check(&report, "permission: provision")["level"], "ok");
     assert_eq!(check(&report, "clock")["level"], "ok");
+
+    // Any command whose request the server refuses times out; the error says where to look.
+    let path = dir.path().join("nojs.toml");
+    std::fs::write(
+        &path,
+        "[nats]\nuser = \"nojs\"\npassword = \"nojs-pass\"\nrequest_timeout_secs = 1\n",
+    )
+    .unwrap();
+    let err = crate::fails(&url, &["--config", path.to_str().unwrap(), "status"]).await;
+    assert!(err.contains("timed out"), "{err}");
+    assert!(
+        err.contains(
+            "hint: a request that gets no answer may be refused by the NATS user's permissions"
+        ),
+        "{err}"
+    );
 }
