@@ -141,6 +141,20 @@ async fn options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
     if let Some(token) = non_empty(&config.token) {
         options = options.token(token.to_owned());
     }
+    // Credentials in the URL (`nats://user:password@host`, `nats://token@host`), the NATS
+    // convention, when none are configured otherwise: the client does not read them itself.
+    let configured = config.creds_file.is_some()
+        || non_empty(&config.user).is_some()
+        || non_empty(&config.token).is_some();
+    if !configured {
+        match config.urls().first().and_then(|url| url_credentials(url)) {
+            Some(UrlCredentials::UserPassword(user, password)) => {
+                options = options.user_and_password(user, password);
+            }
+            Some(UrlCredentials::Token(token)) => options = options.token(token),
+            None => {}
+        }
+    }
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone());
     }
@@ -177,6 +191,33 @@ fn log_event(event: &Event) {
     }
 }
 
+/// Credentials carried by a server URL's user information.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    /// `nats://user:password@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// The credentials in `raw`'s user information, percent-decoded; `None` without any.
+fn url_credentials(raw: &str) -> Option<UrlCredentials> {
+    let url = url::Url::parse(raw).ok()?;
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(url.username());
+    match url.password() {
+        Some(password) if !user.is_empty() => {
+            Some(UrlCredentials::UserPassword(user, decode(password)))
+        }
+        None if !user.is_empty() => Some(UrlCredentials::Token(user)),
+        _ => None,
+    }
+}
+
 /// `url` with any `user:password@` replaced by `***@`, fit for logs and error messages.
 fn redact(url: &str) -> String {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
@@ -201,6 +242,23 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_read_percent_decoded() {
+        assert_eq!(
+            url_credentials("nats://admin:p%40ss%3Aword@127.0.0.1:4222"),
+            Some(UrlCredentials::UserPassword(
+                "admin".into(),
+                "p@ss:word".into()
+            ))
+        );
+        assert_eq!(
+            url_credentials("nats://s3cr3t-token@host:4222"),
+            Some(UrlCredentials::Token("s3cr3t-token".into()))
+        );
+        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
+        assert_eq!(url_credentials("127.0.0.1:4222"), None);
+    }
 
     #[test]
     fn credentials_in_urls_are_redacted() {

@@ -291,8 +291,9 @@ accounts {
         .unwrap();
         path.to_str().unwrap().to_owned()
     };
-    let admin = config("admin", "admin-pass");
-    ok(&url, &["--config", &admin, "provision"]).await;
+    // Credentials may also ride in the server URL (`nats://user:password@host`).
+    let as_admin = url.replacen("nats://", "nats://admin:admin-pass@", 1);
+    ok(&as_admin, &["provision"]).await;
 
     let ops = config("ops", "ops-pass");
     let (code, report) = doctor(&url, &["--config", &ops]).await;
