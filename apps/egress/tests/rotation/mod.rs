@@ -18,45 +18,51 @@ use crate::support::{Harness, SECRET, Sink, address, webhook};
 const LONG: Duration = Duration::from_secs(30);
 const NEW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-/// A Standard Webhooks receiver holding one secret: `webhook-signature` is a space-separated
-/// list of `version,base64` signatures; `v1` is HMAC-SHA256 of `{id}.{timestamp}.{body}` keyed
-/// with the base64 after `whsec_`, compared in constant time; the timestamp must be within
-/// five minutes. Any `v1` that verifies is enough.
-fn receiver_accepts(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+/// What a Standard Webhooks receiver checks before any key: the `webhook-id`,
+/// `webhook-timestamp` (within five minutes) and `webhook-signature` headers. Returns the signed
+/// content, `{id}.{timestamp}.{body}`, and the decoded signatures of `version` from the
+/// space-separated `version,base64` list.
+fn signed(headers: &HeaderMap, body: &[u8], version: &str) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(timestamp), Some(signatures)) = (
-        text("webhook-id"),
-        text("webhook-timestamp"),
-        text("webhook-signature"),
+    let (id, timestamp, signatures) = (
+        text("webhook-id")?,
+        text("webhook-timestamp")?,
+        text("webhook-signature")?,
+    );
+    let sent = timestamp.parse::<i64>().ok()?;
+    if (time::OffsetDateTime::now_utc().unix_timestamp() - sent).abs() > 300 {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decoded = signatures
+        .split(' ')
+        .filter_map(|entry| entry.split_once(','))
+        .filter(|(v, _)| *v == version)
+        .filter_map(|(_, signature)| b64.decode(signature).ok())
+        .collect();
+    let content = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body].concat();
+    Some((content, decoded))
+}
+
+/// A receiver holding one secret: a `v1` signature is HMAC-SHA256 of the signed content keyed
+/// with the base64 after `whsec_`, compared in constant time. Any that verifies is enough.
+fn receiver_accepts(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Some((content, signatures)), Some(key)) = (
+        signed(headers, body, "v1"),
+        secret
+            .strip_prefix("whsec_")
+            .and_then(|k| b64.decode(k).ok()),
     ) else {
         return false;
     };
-    let Ok(sent) = timestamp.parse::<i64>() else {
-        return false;
-    };
-    if (time::OffsetDateTime::now_utc().unix_timestamp() - sent).abs() > 300 {
-        return false;
-    }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let Some(key) = secret
-        .strip_prefix("whsec_")
-        .and_then(|k| b64.decode(k).ok())
-    else {
-        return false;
-    };
-    signatures
-        .split(' ')
-        .filter_map(|entry| entry.split_once(','))
-        .filter(|(version, _)| *version == "v1")
-        .filter_map(|(_, signature)| b64.decode(signature).ok())
-        .any(|signature| {
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
-                return false;
-            };
-            mac.update(format!("{id}.{timestamp}.").as_bytes());
-            mac.update(body);
-            mac.verify_slice(&signature).is_ok()
-        })
+    signatures.iter().any(|signature| {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+            return false;
+        };
+        mac.update(&content);
+        mac.verify_slice(signature).is_ok()
+    })
 }
 
 /// Publishes `n` messages and waits until `path` has received `total` requests.
@@ -156,35 +162,23 @@ async fn during_an_overlap_receivers_holding_either_secret_verify_every_delivery
     }
 }
 
-/// A Standard Webhooks receiver holding only the route's public key (`whpk_…`): accepts when a
-/// `v1a` signature verifies with Ed25519 over `{id}.{timestamp}.{body}`.
+/// A receiver holding only the route's public key (`whpk_…`): accepts when a `v1a` signature
+/// verifies with Ed25519 over the signed content.
 fn public_key_receiver_accepts(public: &str, headers: &HeaderMap, body: &[u8]) -> bool {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(timestamp), Some(signatures)) = (
-        text("webhook-id"),
-        text("webhook-timestamp"),
-        text("webhook-signature"),
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Some((content, signatures)), Some(public)) = (
+        signed(headers, body, "v1a"),
+        public
+            .strip_prefix("whpk_")
+            .and_then(|k| b64.decode(k).ok()),
     ) else {
         return false;
     };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let Some(public) = public
-        .strip_prefix("whpk_")
-        .and_then(|k| b64.decode(k).ok())
-    else {
-        return false;
-    };
-    let content = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body].concat();
-    signatures
-        .split(' ')
-        .filter_map(|entry| entry.split_once(','))
-        .filter(|(version, _)| *version == "v1a")
-        .filter_map(|(_, signature)| b64.decode(signature).ok())
-        .any(|signature| {
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
-                .verify(&content, &signature)
-                .is_ok()
-        })
+    signatures.iter().any(|signature| {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+            .verify(&content, signature)
+            .is_ok()
+    })
 }
 
 #[tokio::test]
