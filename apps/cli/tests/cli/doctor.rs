@@ -31,14 +31,7 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn doctor_fails_on_a_stock_server_naming_the_max_payload_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("stock-payload.conf");
-    std::fs::write(
-        &conf,
-        "max_payload: 1MB\njetstream {\n  max_memory_store: 256MB\n  max_file_store: 1GB\n}\n",
-    )
-    .unwrap();
-    let server = NatsServer::start_with_args(&["-c", conf.to_str().unwrap()]).await;
+    let (server, _dir) = crate::stock_payload_server().await;
     let url = server.url();
 
     let (code, report) = doctor(&url, &[]).await;
@@ -144,15 +137,7 @@ async fn doctor_passes_on_the_bundled_config_then_flags_drift_a_full_quota_and_a
     );
 
     // Drift in a shared stream: a warning with the fix.
-    let mut egress = js
-        .get_stream("EGRESS")
-        .await
-        .unwrap()
-        .cached_info()
-        .config
-        .clone();
-    egress.max_bytes = 1 << 29;
-    js.update_stream(egress).await.unwrap();
+    crate::drift_egress(&js).await;
     let (code, report) = doctor(&url, &[]).await;
     assert_eq!(code, Some(1), "the worst is a warning: {report:#}");
     let drift = check(&report, "stream EGRESS");

@@ -107,6 +107,34 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A nats-server with the stock 1 MiB `max_payload` (below what the topology declares) and
+/// JetStream, as `nats-server -js` runs; the temporary directory holds its config.
+pub async fn stock_payload_server() -> (NatsServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("stock-payload.conf");
+    std::fs::write(
+        &conf,
+        "max_payload: 1MB\njetstream {\n  max_memory_store: 256MB\n  max_file_store: 1GB\n}\n",
+    )
+    .unwrap();
+    let server = NatsServer::start_with_args(&["-c", conf.to_str().unwrap()]).await;
+    (server, dir)
+}
+
+/// Changes the shared `EGRESS` stream's `max_bytes` to 512 MiB behind provisioning's back
+/// (drift it can fix in place).
+pub async fn drift_egress(js: &async_nats::jetstream::Context) {
+    let mut egress = js
+        .get_stream("EGRESS")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    egress.max_bytes = 1 << 29;
+    js.update_stream(egress).await.unwrap();
+}
+
 /// A server with the topology provisioned by the binary itself.
 pub async fn provisioned() -> NatsServer {
     let server = NatsServer::start().await;

@@ -101,15 +101,7 @@ async fn provision_twice_then_drift_then_fix() {
     );
 
     // Drift in a shared stream and in the tenant's (whose declaration is its quota).
-    let mut egress = js
-        .get_stream("EGRESS")
-        .await
-        .unwrap()
-        .cached_info()
-        .config
-        .clone();
-    egress.max_bytes = 1 << 29;
-    js.update_stream(egress).await.unwrap();
+    crate::drift_egress(&js).await;
     let mut own = js
         .get_stream(ingress_stream("acme"))
         .await

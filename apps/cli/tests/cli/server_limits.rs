@@ -1,20 +1,12 @@
 //! `provision` on a server whose `max_payload` is below the declared message sizes.
 
 use async_nats::jetstream;
-use switchyard_testkit::NatsServer;
 
 use crate::fails;
 
 #[tokio::test]
 async fn provision_refuses_a_server_with_the_stock_1mib_max_payload_naming_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("stock-payload.conf");
-    std::fs::write(
-        &conf,
-        "max_payload: 1MB\njetstream {\n  max_memory_store: 256MB\n  max_file_store: 1GB\n}\n",
-    )
-    .unwrap();
-    let server = NatsServer::start_with_args(&["-c", conf.to_str().unwrap()]).await;
+    let (server, _dir) = crate::stock_payload_server().await;
     let err = fails(&server.url(), &["provision"]).await;
     assert!(
         err.contains("refusing to provision: the server's limits do not fit the declared sizes"),
