@@ -62,11 +62,18 @@ impl Progress {
         progress
     }
 
-    /// A spinner for one step that may take a while: `⠋ reading the DLQ`.
-    pub fn spinner(out: &Output, what: impl Into<Cow<'static, str>>) -> Self {
-        let progress = Self::new(out, ProgressBar::no_length(), SPINNER);
-        progress.bar.set_message(what);
-        progress
+    /// Runs one step that may take a while under a spinner (`⠋ reading the DLQ (2s)`),
+    /// cleared when the step ends, however it ends.
+    pub async fn during<T>(
+        out: &Output,
+        what: impl Into<Cow<'static, str>>,
+        step: impl std::future::Future<Output = T>,
+    ) -> T {
+        let spinner = Self::new(out, ProgressBar::no_length(), SPINNER);
+        spinner.bar.set_message(what);
+        let done = step.await;
+        spinner.finish();
+        done
     }
 
     /// Whether the bar is drawn (`--json` and non-terminals hide it).

@@ -10,16 +10,7 @@ use switchyard_topology::{DeploymentConfig, StreamName};
 use super::Pipeline;
 
 fn all() -> LsArgs {
-    LsArgs {
-        tenant: None,
-        route: None,
-        result: None,
-        failed: false,
-        message: None,
-        since: None,
-        until: None,
-        limit: 1_000_000,
-    }
+    LsArgs::everything()
 }
 
 #[tokio::test]

@@ -23,6 +23,9 @@ use crate::output::{self, Output, Table, fields};
 use crate::parse::{self, show_time};
 use crate::progress::Progress;
 
+/// The largest `--limit`.
+pub const MAX_LIMIT: u64 = 1_000_000;
+
 /// Arguments of `attempts`.
 #[derive(Debug, clap::Args)]
 pub struct AttemptsArgs {
@@ -66,11 +69,26 @@ pub struct LsArgs {
     pub until: Option<OffsetDateTime>,
     /// At most this many (the most recent).
     #[arg(long, value_name = "N", default_value_t = 100,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_LIMIT))]
     pub limit: u64,
 }
 
 impl LsArgs {
+    /// Every attempt, no filter, up to the largest `--limit` (what a program listing the whole
+    /// log asks for).
+    pub fn everything() -> Self {
+        Self {
+            tenant: None,
+            route: None,
+            result: None,
+            failed: false,
+            message: None,
+            since: None,
+            until: None,
+            limit: MAX_LIMIT,
+        }
+    }
+
     fn matches(&self, attempt: &LoggedAttempt) -> bool {
         self.route.as_ref().is_none_or(|r| *r == attempt.route)
             && self.result.as_ref().is_none_or(|r| *r == attempt.result)
@@ -306,16 +324,7 @@ mod tests {
             record: AttemptRecord::new(at, "http_status", Some(503), 12, None),
         };
         let args = |f: &dyn Fn(&mut LsArgs)| {
-            let mut a = LsArgs {
-                tenant: None,
-                route: None,
-                result: None,
-                failed: false,
-                message: None,
-                since: None,
-                until: None,
-                limit: 10,
-            };
+            let mut a = LsArgs::everything();
             f(&mut a);
             a.matches(&attempt)
         };

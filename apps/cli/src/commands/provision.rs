@@ -114,14 +114,13 @@ pub async fn run(
             lines.join("\n")
         );
     }
-    let shared = Progress::spinner(
+    let mut report = Progress::during(
         out,
         "provisioning the shared streams, consumers and buckets",
-    );
-    let mut report = provision(js, topology, args.fix)
-        .await
-        .context("provisioning")?;
-    shared.finish();
+        provision(js, topology, args.fix),
+    )
+    .await
+    .context("provisioning")?;
     // Every registered tenant's own streams, with its quota.
     let tenants: Store<TenantKey, TenantRecord> =
         Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);

@@ -83,11 +83,9 @@ pub async fn run(
         ..ImportReport::default()
     };
     let reader = DlqReader::new(stream.clone(), ns.clone());
-    let loading = Progress::spinner(out, "reading the DLQ");
-    let mut held = export::stored_identities(&reader)
+    let mut held = Progress::during(out, "reading the DLQ", export::stored_identities(&reader))
         .await
         .context("reading the identities of the entries stored now")?;
-    loading.finish();
     let progress = Progress::bar(
         out,
         restores.len() as u64,

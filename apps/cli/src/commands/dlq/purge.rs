@@ -55,11 +55,12 @@ async fn selected(
         Target::Filter(selection) => selection,
     };
     prompt::ensure_can_confirm("purge DLQ entries selected by a filter", yes)?;
-    let loading = Progress::spinner(out, "reading the DLQ");
-    let collected = reader
-        .collect(&selection, None, read::warn_malformed)
-        .await?;
-    loading.finish();
+    let collected = Progress::during(
+        out,
+        "reading the DLQ",
+        reader.collect(&selection, None, read::warn_malformed),
+    )
+    .await?;
     let mut seqs: Vec<u64> = collected.entries.iter().map(|e| e.seq).collect();
     // A message that is not a valid record has no readable code: it goes with a subject or
     // time filter, never with a code filter.

@@ -304,9 +304,8 @@ pub async fn run(
     if needs_confirmation {
         prompt::ensure_can_confirm("replay DLQ entries selected by a filter", args.yes)?;
     }
-    let loading = Progress::spinner(out, "reading the DLQ");
-    let (entries, mut results) = load(reader, &target).await?;
-    loading.finish();
+    let (entries, mut results) =
+        Progress::during(out, "reading the DLQ", load(reader, &target)).await?;
     if let Target::Filter(selection) = &target {
         if entries.is_empty() {
             if out.is_json() {

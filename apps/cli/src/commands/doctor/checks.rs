@@ -183,16 +183,9 @@ async fn declared(
     topology: &ResolvedTopology,
     payload_ok: bool,
 ) -> Vec<Check> {
-    fn cannot_read(what: &str, err: &(dyn std::error::Error + 'static)) -> Check {
-        Check::fail(
-            "topology",
-            format!("cannot read {what}: {}", error_chain(err)),
-            "check the user's permissions (below) and the server's health",
-        )
-    }
     let mut items = match check(js, topology).await {
         Ok(report) => report.items,
-        Err(err) => return vec![cannot_read("the declared resources", &err)],
+        Err(err) => return vec![cannot_read("topology", "the declared resources", &err)],
     };
     let mut checks = Vec::new();
     let mut tenants_seen = 0;
@@ -200,7 +193,7 @@ async fn declared(
         let store: Store<TenantKey, TenantRecord> = Store::new(bucket);
         let registered = match store.list(">").await {
             Ok(registered) => registered,
-            Err(err) => return vec![cannot_read("the tenant registry", &err)],
+            Err(err) => return vec![cannot_read("topology", "the tenant registry", &err)],
         };
         for (key, record) in registered {
             tenants_seen += 1;
@@ -223,6 +216,7 @@ async fn declared(
                 Ok(report) => items.extend(report.items),
                 Err(err) => {
                     return vec![cannot_read(
+                        "topology",
                         &format!("tenant {}'s streams", key.tenant),
                         &err,
                     )];
@@ -285,6 +279,15 @@ async fn declared(
     checks
 }
 
+/// A check that could not read what it checks.
+fn cannot_read(check: &str, what: &str, err: &(dyn std::error::Error + 'static)) -> Check {
+    Check::fail(
+        check,
+        format!("cannot read {what}: {}", error_chain(err)),
+        "check the user's permissions (below) and the server's health",
+    )
+}
+
 /// How full every stream, bucket and tenant quota is.
 async fn fill(
     js: &jetstream::Context,
@@ -293,13 +296,7 @@ async fn fill(
 ) -> Vec<Check> {
     let report = match status(js, topology).await {
         Ok(report) => report,
-        Err(err) => {
-            return vec![Check::fail(
-                "fill",
-                format!("cannot read the streams' state: {}", error_chain(&err)),
-                "check the user's permissions (below) and the server's health",
-            )];
-        }
+        Err(err) => return vec![cannot_read("fill", "the streams' state", &err)],
     };
     let mut levels: Vec<(String, f64, &'static str)> = Vec::new();
     for s in report.streams.iter().filter(|s| s.present) {

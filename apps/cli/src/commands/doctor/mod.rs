@@ -119,11 +119,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self {
-            level: Level::Warn,
-            fix: Some(fix.into()),
-            ..Self::ok(check, detail)
-        }
+        Self::with_fix(Level::Warn, check, detail, fix)
     }
 
     /// A `fail` check with its fix.
@@ -132,8 +128,17 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::with_fix(Level::Fail, check, detail, fix)
+    }
+
+    fn with_fix(
+        level: Level,
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
-            level: Level::Fail,
+            level,
             fix: Some(fix.into()),
             ..Self::ok(check, detail)
         }
@@ -161,9 +166,7 @@ pub async fn run(
         args.fill_fail,
         args.fill_warn
     );
-    let progress = Progress::spinner(out, "checking");
-    let checks = checks::all(config, topology, args).await;
-    progress.finish();
+    let checks = Progress::during(out, "checking", checks::all(config, topology, args)).await;
     let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
     if out.is_json() {
         out.json(&Report {
