@@ -11,7 +11,18 @@ async fn main() -> std::process::ExitCode {
         // Help and --version print and exit 0; a usage error exits 1 like any other error
         // (2 for `doctor`, whose 1 means "warnings").
         Err(err) => {
-            let _ = err.print();
+            // clap quotes the value it refused: made printable (it may hold escape codes) and
+            // cut short (it may be huge).
+            let text = switchyard_cli::output::printable_text(&err.render().to_string());
+            let text = match text.char_indices().nth(4096) {
+                Some((at, _)) => format!("{}…\n", &text[..at]),
+                None => text,
+            };
+            if err.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
             return if !err.use_stderr() {
                 std::process::ExitCode::SUCCESS
             } else if std::env::args().any(|arg| arg == "doctor") {
@@ -42,7 +53,7 @@ async fn main() -> std::process::ExitCode {
             let text = format!("{err:#}");
             eprintln!("error: {}", switchyard_cli::output::printable_text(&text));
             // The server answers nothing to a request its permissions refuse: say so.
-            if text.contains("timed out") {
+            if text.contains("timed out") && !text.contains("cannot connect") {
                 eprintln!(
                     "hint: a request that gets no answer may be refused by the NATS user's \
                      permissions (the server logs a Permissions Violation): `switchyard doctor` \

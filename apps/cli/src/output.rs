@@ -45,12 +45,14 @@ impl Output {
     }
 }
 
-/// Writes `text` to stdout as is. A reader that went away (`… --json | head -1`) ends the
+/// Writes `text` to stdout (colour kept or stripped as for all output). A reader that went away (`… --json | head -1`) ends the
 /// process quietly with status 0, as a Unix tool killed by SIGPIPE would, instead of a panic.
-fn write_stdout(text: &str) -> anyhow::Result<()> {
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
 
-    let mut stdout = std::io::stdout().lock();
+    // Through anstream, so a human line's colour is kept or stripped like any output (JSON
+    // never holds an escape code, so it passes unchanged).
+    let mut stdout = anstream::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())

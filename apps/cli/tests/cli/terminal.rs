@@ -316,11 +316,21 @@ async fn text_from_outside_can_neither_fake_a_row_nor_hide_in_invisible_characte
     );
 
     // The CLI itself refuses such names.
-    for name in ["two\nlines", "Glo\u{202E}xeb", "zero\u{200B}width"] {
+    for name in [
+        "two\nlines",
+        "Glo\u{202E}xeb",
+        "zero\u{200B}width",
+        "\u{1b}]0;owned\u{7}",
+    ] {
         let err = crate::fails(&url, &["tenants", "enable", "acme", "--name", name]).await;
         assert!(
             err.contains("control or invisible formatting characters"),
             "{err}"
+        );
+        // The refused value is quoted back escaped, never raw.
+        assert!(
+            !err.contains('\u{1b}') && !err.contains('\u{202E}'),
+            "{err:?}"
         );
     }
     // And a name can be removed again.
@@ -331,47 +341,56 @@ async fn text_from_outside_can_neither_fake_a_row_nor_hide_in_invisible_characte
     assert_eq!(json, serde_json::json!({"tenant": "acme", "enabled": true}));
 }
 
-#[tokio::test]
-async fn a_watch_ends_quietly_when_its_reader_goes_away() {
+/// Runs the binary with `args`, reads its first line of output (`| head -1`), closes the pipe
+/// and waits for it to end (at most 20 s); returns its exit status and stderr.
+async fn first_line_then_close(url: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
     use std::io::BufRead;
 
+    let mut child = command(url, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    let what = format!("{args:?}");
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what} kept running after its reader left");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_watch_a_tail_and_an_export_end_quietly_when_their_reader_goes_away() {
     let server = provisioned().await;
     let url = server.url();
-    for json in [false, true] {
-        let mut args = vec!["status", "--watch", "--interval", "1"];
-        if json {
-            args.push("--json");
-        }
-        let mut child = command(&url, &args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Read the first line (`| head -1`), then close the pipe.
-        let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        assert!(!first.is_empty());
-        let status = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    let mut stderr = String::new();
-                    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
-                        .unwrap();
-                    return (status, stderr);
-                }
-                if std::time::Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("the watch kept running after its reader left");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(status.0.code(), Some(0), "json={json}: {}", status.1);
-        assert!(!status.1.contains("panicked"), "{}", status.1);
+    let js = jetstream::new(server.client().await);
+    seed_many(&js, "acme", 1, 3000, DlqCode::NoRoute).await;
+    for args in [
+        &["status", "--watch", "--interval", "1"][..],
+        &["status", "--watch", "--interval", "1", "--json"],
+        &["dlq", "tail", "--all"],
+        &["dlq", "export", "--file", "-"],
+    ] {
+        let (status, stderr) = first_line_then_close(&url, args).await;
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

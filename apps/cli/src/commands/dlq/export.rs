@@ -71,6 +71,19 @@ fn open(args: &ExportArgs) -> anyhow::Result<Box<dyn Write>> {
 }
 
 /// Runs `dlq export`.
+/// A write's outcome: exporting to stdout, a reader that went away (`| head`) ends the export
+/// quietly with status 0, as a Unix tool killed by SIGPIPE would.
+fn written(result: std::io::Result<()>, args: &ExportArgs) -> anyhow::Result<()> {
+    match result {
+        Err(err)
+            if err.kind() == std::io::ErrorKind::BrokenPipe && args.file.as_os_str() == "-" =>
+        {
+            std::process::exit(0)
+        }
+        other => other.context("writing the export"),
+    }
+}
+
 pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let ns = reader.namespace();
     let selection = args.filters.selection(&args.times);
@@ -109,8 +122,9 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
         };
         let line = ExportLine::of(ns, &stored)
             .with_context(|| format!("exporting DLQ entry {}", delivered.seq))?;
-        serde_json::to_writer(&mut writer, &line).context("writing the export")?;
-        writer.write_all(b"\n").context("writing the export")?;
+        let mut bytes = serde_json::to_vec(&line).context("encoding the export")?;
+        bytes.push(b'\n');
+        written(writer.write_all(&bytes), args)?;
         report.exported += 1;
         progress.inc(1);
         report.seqs = Some(match report.seqs {
@@ -118,7 +132,7 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
             Some((first, _)) => (first, delivered.seq),
         });
     }
-    writer.flush().context("writing the export")?;
+    written(writer.flush(), args)?;
     drop(writer);
     progress.finish();
     if args.file.as_os_str() == "-" {

@@ -1,7 +1,6 @@
 //! `switchyard dlq tail`: follow DLQ entries live through an ordered consumer (never removes
 //! anything), one line per entry, until `--limit` entries or Ctrl-C.
 
-use anstream::println;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -87,7 +86,8 @@ pub async fn run(reader: &DlqReader, args: &TailArgs, out: &Output) -> anyhow::R
         if out.is_json() {
             out.json_line(&entry.view())?;
         } else {
-            println!("{}", line(&entry));
+            // Through `write_stdout`: a reader that went away (`| head`) ends the tail.
+            output::write_stdout(&format!("{}\n", line(&entry)))?;
         }
         shown += 1;
         if args.limit.is_some_and(|limit| shown >= limit) {
