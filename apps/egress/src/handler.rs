@@ -354,7 +354,7 @@ impl EgressHandler {
         let subject = DelaySubject {
             stage: InputStage::Egress,
             address: envelope.address.clone(),
-            key: envelope.id.to_string(),
+            key: envelope.copy_key(),
         }
         .format(&self.ns);
         let schedule = match self.stream.direct_get_last_for_subject(subject).await {

@@ -74,6 +74,7 @@ pub fn stamp(accepted: Accepted, source: SourceRef, received_at: OffsetDateTime)
         schema_version: SCHEMA_VERSION,
         attempt: Attempt::default(),
         source,
+        destination: None,
     }
 }
 

@@ -246,6 +246,7 @@ mod tests {
             schema_version: SCHEMA_VERSION,
             attempt: Attempt::default(),
             source,
+            destination: None,
         };
         let mut original = HeaderMap::new();
         envelope.write_headers(&mut original);

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use async_nats::HeaderMap;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use switchyard_keys::{Address, MsgId, Stage};
+use switchyard_keys::{Address, DestinationId, MsgId, Stage};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -131,6 +131,67 @@ pub struct Envelope {
     pub attempt: Attempt,
     /// Where ingress read the message.
     pub source: SourceRef,
+    /// The destination this copy is for, once egress has fanned the message out to a tenant's
+    /// destinations (header `Switchyard-Destination`); `None` before, and for a message
+    /// delivered by its route. Each copy has its own attempts, schedules, DLQ entry and replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+}
+
+/// Which of a tenant's deliveries a fanned-out copy is ([`Envelope::destination`]), as the
+/// `Switchyard-Destination` header writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Destination {
+    /// One of the tenant's destinations, by id.
+    Named(DestinationId),
+    /// The tenant's route for the message's (team or `_`, platform), written `_route`: the
+    /// one-destination subscription every route is.
+    Route,
+}
+
+impl Destination {
+    /// The header value of [`Destination::Route`] (an id never starts with `_`).
+    pub const ROUTE: &'static str = "_route";
+
+    /// The header value: the destination id, or `_route`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Destination::Named(id) => id.as_str(),
+            Destination::Route => Self::ROUTE,
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Destination {
+    type Err = switchyard_keys::KeyError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw == Self::ROUTE {
+            return Ok(Destination::Route);
+        }
+        raw.parse().map(Destination::Named)
+    }
+}
+
+impl From<Destination> for String {
+    fn from(d: Destination) -> String {
+        d.as_str().to_owned()
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = switchyard_keys::KeyError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        raw.parse()
+    }
 }
 
 fn required<'a>(h: Option<&'a HeaderMap>, name: &'static str) -> Result<&'a str, EnvelopeError> {
@@ -182,6 +243,9 @@ impl Envelope {
         if let Some(ts) = &self.trace.tracestate {
             h.insert(headers::TRACESTATE, ts.as_str());
         }
+        if let Some(destination) = &self.destination {
+            h.insert(headers::DESTINATION, destination.as_str());
+        }
     }
 
     /// Reads an envelope stamped by ingress. Every stage after ingress calls this; an error
@@ -214,6 +278,13 @@ impl Envelope {
                 replay: counter(h, headers::REPLAY)?,
             },
             source: parsed(h, headers::SOURCE, SourceRef::from_str)?,
+            destination: match text(h, headers::DESTINATION) {
+                None => None,
+                Some(raw) => Some(
+                    raw.parse()
+                        .map_err(|e| EnvelopeError::invalid(headers::DESTINATION, raw, e))?,
+                ),
+            },
         })
     }
 
@@ -221,7 +292,18 @@ impl Envelope {
     /// `<envelope id>:<stage>:<replay>`. A crash-redelivered hand-off repeats it and JetStream
     /// drops the copy; a replay bumps the replay counter and so gets a fresh id.
     pub fn hop_msg_id(&self, next: Stage) -> String {
-        format!("{}:{}:{}", self.id, next, self.attempt.replay)
+        format!("{}:{}:{}", self.copy_key(), next, self.attempt.replay)
+    }
+
+    /// What tells this copy of the message from the others: the envelope id, followed by
+    /// `_<destination>` on a fanned-out copy (`0193…-…_orders-hook`, `0193…_route`). One token
+    /// of `[A-Za-z0-9_-]` (an envelope id holds no `_`, so keys of different copies never
+    /// collide): the key of the copy's delay subject and the start of its hop ids.
+    pub fn copy_key(&self) -> String {
+        match &self.destination {
+            None => self.id.to_string(),
+            Some(destination) => format!("{}_{destination}", self.id),
+        }
     }
 
     /// The JSON view for the CLI and HTTP: the envelope plus the payload.

@@ -28,6 +28,12 @@ pub const ATTEMPT: &str = "Switchyard-Attempt";
 pub const REPLAY: &str = "Switchyard-Replay";
 /// Where ingress read the message: `<stream>:<sequence>`.
 pub const SOURCE: &str = "Switchyard-Source";
+/// Which destination a fanned-out copy is for (`orders-hook`, or `_route`); absent before
+/// egress fans a message out ([`crate::Destination`]).
+pub const DESTINATION: &str = "Switchyard-Destination";
+/// The producer's event type, matched by destination subscriptions' `event_types` (a producer
+/// header: any text, passed on as it is).
+pub const EVENT_TYPE: &str = "Event-Type";
 /// The payload's media type, passed through to sinks.
 pub const CONTENT_TYPE: &str = "Content-Type";
 /// W3C trace context.

@@ -16,7 +16,7 @@ pub mod producer;
 
 pub use attempt::{AttemptRecord, LoggedAttempt, clean_error, mask_credentials};
 pub use envelope::{
-    Attempt, Envelope, EnvelopeId, EnvelopeView, PayloadView, SourceRef, TraceContext,
+    Attempt, Destination, Envelope, EnvelopeId, EnvelopeView, PayloadView, SourceRef, TraceContext,
 };
 pub use error::EnvelopeError;
 pub use producer::{MsgIdPolicy, ProducerHeaders};

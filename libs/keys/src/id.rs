@@ -116,6 +116,12 @@ validated_id!(
     "platform id"
 );
 validated_id!(
+    /// One of a tenant's destinations (fan-out subscriptions: `orders-hook`, `audit`), unique
+    /// within its tenant.
+    DestinationId,
+    "destination id"
+);
+validated_id!(
     /// An optional deployment prefix (e.g. an environment name) put in front of every subject,
     /// upper-cased in front of every stream name, and as is in front of every bucket name.
     DeploymentPrefix,

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `idempotency` | `<tenant>.<platform>.<encoded msg id>` | `acme.slack.order=2E42` |
 //! | `routes` | `<tenant>.<team or _>.<platform>` | `acme._.slack` (team-less default) |
+//! | `destinations` | `<tenant>.<destination>` | `acme.orders-hook` |
 //! | `tenants` | `<tenant>` | `acme` |
 //! | `rate-limits` | `<tenant or _default>.<record>` | `acme.limit`, `_default.limit` |
 //! | `dlq-stats` | `<tenant or _>.<stage>.<encoded code>`, `_state` | `acme.egress.no_route` |
@@ -17,7 +18,7 @@
 use std::fmt;
 
 use crate::error::{KeyError, shown};
-use crate::id::{Address, PlatformId, Stage, TeamId, TenantId};
+use crate::id::{Address, DestinationId, PlatformId, Stage, TeamId, TenantId};
 use crate::token::{MsgId, decode_token, encode_token};
 
 /// A key schema: renders to a KV key and parses back to the same value.
@@ -182,6 +183,31 @@ impl KvKey for TenantKey {
         let [tenant] = split_exact::<Self, 1>(key)?;
         Ok(Self {
             tenant: field::<Self, _>(key, tenant.parse())?,
+        })
+    }
+}
+
+/// A destination in the `destinations` bucket: `<tenant>.<destination>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestinationKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The destination, unique within the tenant.
+    pub destination: DestinationId,
+}
+
+impl KvKey for DestinationKey {
+    const SCHEMA: &'static str = "destination";
+
+    fn render(&self) -> String {
+        format!("{}.{}", self.tenant, self.destination)
+    }
+
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        let [tenant, destination] = split_exact::<Self, 2>(key)?;
+        Ok(Self {
+            tenant: field::<Self, _>(key, tenant.parse())?,
+            destination: field::<Self, _>(key, destination.parse())?,
         })
     }
 }
@@ -521,6 +547,19 @@ mod tests {
         assert_eq!(own.render(), "acme.ops.slack");
         assert_eq!(default.render(), "acme._.slack");
         assert_eq!(RouteKey::parse("acme._.slack").unwrap(), default);
+    }
+
+    #[test]
+    fn destination_keys_round_trip_and_cannot_be_confused_with_route_keys() {
+        let key = DestinationKey {
+            tenant: "acme".parse().unwrap(),
+            destination: "orders-hook".parse().unwrap(),
+        };
+        assert_eq!(key.render(), "acme.orders-hook");
+        assert_eq!(DestinationKey::parse("acme.orders-hook").unwrap(), key);
+        assert!(DestinationKey::parse("acme.ops.slack").is_err());
+        assert!(DestinationKey::parse("acme._hidden").is_err());
+        assert!(RouteKey::parse("acme.orders-hook").is_err());
     }
 
     #[test]

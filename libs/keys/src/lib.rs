@@ -17,9 +17,9 @@ pub mod kv;
 pub mod token;
 
 pub use error::KeyError;
-pub use id::{Address, DeploymentPrefix, PlatformId, Stage, TeamId, TenantId};
+pub use id::{Address, DeploymentPrefix, DestinationId, PlatformId, Stage, TeamId, TenantId};
 pub use kv::{
-    ApiKeyKey, IdempotencyKey, KvKey, RateKey, RateRecord, RateScope, ReplicaKey, RouteKey,
-    RouteTeam, TenantKey,
+    ApiKeyKey, DestinationKey, IdempotencyKey, KvKey, RateKey, RateRecord, RateScope, ReplicaKey,
+    RouteKey, RouteTeam, TenantKey,
 };
 pub use token::{MsgId, decode_token, encode_token};

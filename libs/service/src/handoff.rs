@@ -240,7 +240,8 @@ impl Handoff {
 
     /// Schedules the message to re-enter `stage` at `at` (a JetStream message schedule on the
     /// stage's delay subject). `tag` makes the publish id unique per scheduling (e.g. the
-    /// attempt number); the schedule replaces any earlier one for the same envelope.
+    /// attempt number); the schedule replaces any earlier one for the same copy of the
+    /// envelope ([`Envelope::copy_key`]: a fanned-out copy has its own delay subject).
     pub async fn schedule(
         &self,
         stage: InputStage,
@@ -260,7 +261,7 @@ impl Handoff {
         let subject = DelaySubject {
             stage,
             address: envelope.address.clone(),
-            key: envelope.id.to_string(),
+            key: envelope.copy_key(),
         }
         .format(&self.ns);
         h.insert(
@@ -272,7 +273,9 @@ impl Handoff {
             headers::NATS_MSG_ID,
             format!(
                 "{}:delay:{}:{}:{tag}",
-                envelope.id, stage, envelope.attempt.replay
+                envelope.copy_key(),
+                stage,
+                envelope.attempt.replay
             ),
         );
         self.check_room(stage, &subject, Self::stored_size(&subject, &h, &payload))?;

@@ -225,6 +225,7 @@ impl Harness {
                 replay,
             },
             source,
+            destination: None,
         };
         let mut producer = async_nats::HeaderMap::new();
         for (name, value) in producer_headers {

@@ -25,6 +25,7 @@ fn sample() -> Envelope {
             replay: 1,
         },
         source,
+        destination: None,
     }
 }
 
@@ -130,5 +131,57 @@ proptest! {
         let mut h = HeaderMap::new();
         envelope.write_headers(&mut h);
         prop_assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), envelope);
+    }
+}
+
+#[test]
+fn a_fanned_out_copy_carries_its_destination_and_has_its_own_keys() {
+    let original = sample();
+    let mut copies = Vec::new();
+    for raw in ["orders-hook", "audit", "_route"] {
+        let mut copy = sample();
+        copy.destination = Some(raw.parse().unwrap());
+        let mut h = HeaderMap::new();
+        copy.write_headers(&mut h);
+        assert_eq!(h.get(headers::DESTINATION).unwrap().as_str(), raw);
+        assert_eq!(Envelope::from_headers(Some(&h)).unwrap(), copy);
+        copies.push(copy);
+    }
+    assert_eq!(copies[2].destination, Some(Destination::Route));
+    let mut keys: Vec<String> = copies.iter().map(Envelope::copy_key).collect();
+    keys.push(original.copy_key());
+    assert_eq!(original.copy_key(), original.id.to_string());
+    assert_eq!(keys[0], format!("{}_orders-hook", original.id));
+    let mut hops: Vec<String> = copies
+        .iter()
+        .chain([&original])
+        .map(|c| c.hop_msg_id(Stage::Egress))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    hops.sort();
+    hops.dedup();
+    assert_eq!(
+        (keys.len(), hops.len()),
+        (4, 4),
+        "every copy has its own keys"
+    );
+    for key in &keys {
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{key} is one subject token"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_destination_header_is_a_precise_envelope_error() {
+    let mut h = HeaderMap::new();
+    sample().write_headers(&mut h);
+    for bad in ["Orders", "_other", "a.b", ""] {
+        h.insert(headers::DESTINATION, bad);
+        let error = Envelope::from_headers(Some(&h)).unwrap_err().to_string();
+        assert!(error.contains(headers::DESTINATION), "{bad:?}: {error}");
     }
 }
