@@ -2,6 +2,9 @@
 //!
 //! - [`route`]: [`Route`] — where (tenant, team or `_`, platform) is delivered: an HTTP webhook
 //!   or a NATS subject; JSON in the `routes` bucket under [`switchyard_keys::RouteKey`].
+//! - [`destination`]: [`Destination`] — one of a tenant's fan-out subscriptions: a route-shaped
+//!   target and a [`Subscription`] (platforms, teams, event types, content filter); JSON in the
+//!   `destinations` bucket under [`switchyard_keys::DestinationKey`].
 //! - [`rotation`]: a webhook route's previous signing secrets, signing until they expire.
 //! - [`signing_key`]: a webhook route's optional Ed25519 key for `v1a` signatures.
 //! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
@@ -15,6 +18,7 @@
 
 pub mod api_key;
 pub mod cache;
+pub mod destination;
 pub mod limits;
 pub mod rotation;
 pub mod route;
@@ -24,6 +28,7 @@ pub mod tenant;
 
 pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
 pub use cache::KvCache;
+pub use destination::{Destination, DestinationError, Subscription, Unmatched};
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};

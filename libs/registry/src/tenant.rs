@@ -24,6 +24,14 @@ pub struct TenantRecord {
     /// The tenant's ingress quota in messages (optional; default: the topology's `max_msgs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_msgs: Option<i64>,
+    /// What egress does with a message none of the tenant's destinations (nor a route) takes,
+    /// when the tenant has destinations (default: dead-letter it `no_subscriber`).
+    #[serde(default, skip_serializing_if = "is_dead_letter")]
+    pub unmatched: crate::Unmatched,
+}
+
+fn is_dead_letter(unmatched: &crate::Unmatched) -> bool {
+    *unmatched == crate::Unmatched::DeadLetter
 }
 
 impl TenantRecord {
@@ -35,6 +43,7 @@ impl TenantRecord {
             max_payload_bytes: None,
             quota_bytes: None,
             quota_msgs: None,
+            unmatched: crate::Unmatched::DeadLetter,
         }
     }
 }
