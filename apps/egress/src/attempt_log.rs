@@ -57,6 +57,7 @@ impl AttemptLog {
             tenant: envelope.address.tenant.to_string(),
             team: envelope.address.team.to_string(),
             platform: envelope.address.platform.to_string(),
+            destination: envelope.destination.as_ref().map(ToString::to_string),
             route: resolved.id.clone(),
             route_type: resolved.kind().to_owned(),
             attempt,

@@ -1,4 +1,5 @@
-//! The egress decision for one message: route lookup, breaker, per-route slot, one delivery
+//! The egress decision for one message: fan-out to the tenant's destinations
+//! ([`crate::fanout`]), or route / destination lookup, breaker, per-route slot, one delivery
 //! attempt, then delivered / retry later / dead-letter.
 //!
 //! Waiting never holds an ack-pending slot: a retry, a message held back by an open breaker
@@ -20,10 +21,12 @@ use async_nats::jetstream::stream::{
 };
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::attempt::{decode_history, encode_history};
-use switchyard_envelope::headers::{ATTEMPTS_LOG, PARKED_ATTEMPTS, PARKED_CODE, PARKED_REASON};
-use switchyard_envelope::{AttemptRecord, Envelope};
-use switchyard_keys::{PlatformId, RouteKey, Stage, TenantId};
-use switchyard_registry::{KvCache, Route};
+use switchyard_envelope::headers::{
+    ATTEMPTS_LOG, DESTINATION, PARKED_ATTEMPTS, PARKED_CODE, PARKED_REASON,
+};
+use switchyard_envelope::{AttemptRecord, Destination as Target, Envelope};
+use switchyard_keys::{DestinationKey, PlatformId, RouteKey, Stage, TenantId, TenantKey};
+use switchyard_registry::{Destination, KvCache, Route, TenantRecord, Unmatched};
 use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::{DelaySubject, InputStage, Namespace, SubjectKind};
 use time::OffsetDateTime;
@@ -35,10 +38,11 @@ use crate::backoff::{Backoff, DEADLINE_FROM, Deadline, jitter, random_unit};
 use crate::breaker::{Admission, BUSY_MAX_SPREAD, Breakers, Change, Spread};
 use crate::classify::{Classified, Verdict, classify};
 use crate::config::EgressSettings;
+use crate::fanout::{self, Plan};
 use crate::limiter::Limiter;
 use crate::metrics::EgressMetrics;
 use crate::receipt::Receipt;
-use crate::routing::{Lookup, Resolved, lookup};
+use crate::routing::{Lookup, Resolved, lookup, lookup_destination};
 use crate::sink::{Sinks, with_progress};
 
 /// How long a message that found its route busy waits before re-entering (jittered within
@@ -59,6 +63,10 @@ pub struct EgressHandler {
     pub ack_wait: Duration,
     /// Routes, kept fresh by a KV watch.
     pub routes: Arc<KvCache<RouteKey, Route>>,
+    /// Destinations, kept fresh by a KV watch.
+    pub destinations: Arc<KvCache<DestinationKey, Destination>>,
+    /// Tenant records (their `unmatched` policy), kept fresh by a KV watch.
+    pub tenants: Arc<KvCache<TenantKey, TenantRecord>>,
     /// Schedules re-entries.
     pub handoff: Handoff,
     /// Publishes receipts.
@@ -156,7 +164,30 @@ impl EgressHandler {
                 .map(|v| v.as_str()),
             OffsetDateTime::now_utc(),
         );
-        let resolved = match lookup(&self.routes, &self.ns, &envelope.address) {
+        let found = match &envelope.destination {
+            Some(Target::Named(destination)) => lookup_destination(
+                &self.destinations,
+                &self.ns,
+                &envelope.address.tenant,
+                destination,
+            ),
+            Some(Target::Route) => lookup(&self.routes, &self.ns, &envelope.address),
+            None => match fanout::plan(
+                &self.destinations,
+                &self.routes,
+                &self.ns,
+                &envelope,
+                msg.headers.as_ref(),
+                &msg.payload,
+            ) {
+                Plan::Route => lookup(&self.routes, &self.ns, &envelope.address),
+                Plan::Copies(targets) => return self.fan_out(msg, &envelope, &targets).await,
+                Plan::Unmatched(reason) => {
+                    return self.unmatched(msg, &envelope, reason, parties).await;
+                }
+            },
+        };
+        let resolved = match found {
             Lookup::Found(resolved) => resolved,
             Lookup::Missing(reason) => {
                 return self.dead_letter(msg, DlqCode::NoRoute, reason, parties, 0, Vec::new());
@@ -339,6 +370,76 @@ impl EgressHandler {
         }
     }
 
+    /// Publishes one copy of the message per target back into `EGRESS`, each naming its
+    /// destination and under its own hop id, and acks the original once every copy is stored.
+    /// A copy that is not stored fails the whole fan-out, which runs again on redelivery (the
+    /// copies already stored are dropped by the stream's duplicate window).
+    async fn fan_out(
+        &self,
+        msg: &jetstream::Message,
+        envelope: &Envelope,
+        targets: &[Target],
+    ) -> Outcome {
+        let publishes = targets.iter().map(|target| {
+            let mut copy = envelope.clone();
+            copy.destination = Some(target.clone());
+            let mut h = Handoff::pass_on_headers(msg.headers.as_ref());
+            h.insert(DESTINATION, target.as_str());
+            async move {
+                self.handoff
+                    .forward(InputStage::Egress, &copy, h, msg.payload.clone())
+                    .await
+            }
+        });
+        let failed: Vec<_> = futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if let Some(error) = failed.first() {
+            tracing::warn!(%error, failed = failed.len(), copies = targets.len(), "fanning out failed");
+            return error.outcome(msg, Stage::Egress, envelope);
+        }
+        tracing::debug!(copies = targets.len(), "fanned out");
+        self.metrics
+            .count_fanned_out(envelope.address.tenant.as_str(), targets.len());
+        Outcome::Forwarded
+    }
+
+    /// Nothing takes the message: the tenant's `unmatched` policy dead-letters it
+    /// `no_subscriber` (the default) or drops it with a receipt.
+    async fn unmatched(
+        &self,
+        msg: &jetstream::Message,
+        envelope: &Envelope,
+        reason: String,
+        parties: (Option<TenantId>, Option<PlatformId>),
+    ) -> Outcome {
+        let key = TenantKey {
+            tenant: envelope.address.tenant.clone(),
+        };
+        let policy = match self.tenants.get(&key) {
+            Some(Ok(record)) => record.unmatched,
+            // Unknown or unreadable: the default, which loses nothing.
+            _ => Unmatched::DeadLetter,
+        };
+        self.metrics
+            .count_unmatched(envelope.address.tenant.as_str(), policy.as_str());
+        match policy {
+            Unmatched::DeadLetter => {
+                self.dead_letter(msg, DlqCode::NoSubscriber, reason, parties, 0, Vec::new())
+            }
+            Unmatched::Drop => {
+                tracing::info!(%reason, "no destination takes the message; dropped as the tenant asks");
+                if self.settings.receipts {
+                    self.publish_receipt(&Receipt::unmatched(envelope), envelope)
+                        .await;
+                }
+                Outcome::Dropped
+            }
+        }
+    }
+
     /// A copy JetStream delivered more than once may have left a schedule behind: the earlier
     /// copy scheduled a retry or a hold, then crashed before its ack. Once this copy is settled
     /// for good, such a schedule would deliver the message again; cancel it.
@@ -512,7 +613,15 @@ impl EgressHandler {
         if !self.settings.receipts {
             return;
         }
-        let receipt = Receipt::new(envelope, resolved, attempts, status);
+        self.publish_receipt(
+            &Receipt::new(envelope, resolved, attempts, status),
+            envelope,
+        )
+        .await;
+    }
+
+    /// Publishes `receipt` (core NATS, best effort: a failure is counted and logged).
+    async fn publish_receipt(&self, receipt: &Receipt, envelope: &Envelope) {
         let (subject, h, payload) = receipt.message(&self.ns, envelope);
         if let Err(error) = self
             .client

@@ -21,6 +21,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod classify;
 pub mod config;
+pub mod fanout;
 pub mod handler;
 pub mod limiter;
 pub mod metrics;
@@ -34,8 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use switchyard_keys::{RouteKey, Stage};
-use switchyard_registry::{KvCache, Route};
+use switchyard_keys::{DestinationKey, RouteKey, Stage, TenantKey};
+use switchyard_registry::{Destination, KvCache, Route, TenantRecord};
 use switchyard_service::{
     DlqQuota, Handoff, HighWater, Metrics, Readiness, Running, SettleSettings, Worker,
     WorkerSettings, launch,
@@ -112,6 +113,22 @@ pub async fn start(
         }
     }
 
+    // Destinations and tenant records (the unmatched policy), loaded the same way: a message
+    // handled before they are would skip a destination.
+    let (destinations_bucket, kv) = topology.open_bucket(&js, BucketName::Destinations).await?;
+    let destinations: Arc<KvCache<DestinationKey, Destination>> =
+        KvCache::start(kv, shutdown.child_token());
+    let (tenants_bucket, kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
+    let tenants: Arc<KvCache<TenantKey, TenantRecord>> = KvCache::start(kv, shutdown.child_token());
+    tokio::select! {
+        _ = async { tokio::join!(destinations.wait_loaded(), tenants.wait_loaded()) } => {
+            tracing::info!(destinations = destinations.len(), tenants = tenants.len(), "destinations and tenants loaded");
+        }
+        _ = shutdown.cancelled() => {
+            return Ok(launch("egress", config.http.listen, axum::Router::new(), shutdown, async {}).await?);
+        }
+    }
+
     // The handler, before anything is served.
     let metrics = Arc::new(Metrics::new(Stage::Egress));
     let egress_metrics = EgressMetrics::register(&metrics);
@@ -127,6 +144,8 @@ pub async fn start(
         stream: stream_handle,
         ack_wait,
         routes,
+        destinations,
+        tenants,
         // Retries and deferrals are schedules in EGRESS, which must discard old: none is added
         // above its high-water mark, so none evicts another tenant's messages.
         handoff: Handoff::new(js.clone(), ns.clone()).with_high_water(HighWater::start(
@@ -167,7 +186,7 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: vec![stream, dlq_stream],
-        buckets: vec![bucket],
+        buckets: vec![bucket, destinations_bucket, tenants_bucket],
     };
     let app = switchyard_service::router(readiness, metrics.clone());
 

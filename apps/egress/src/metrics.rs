@@ -36,6 +36,15 @@ pub struct DeferLabels {
     pub reason: String,
 }
 
+/// Labels of a message no destination took.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnmatchedLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// What was done: `dead_letter` or `drop`.
+    pub policy: String,
+}
+
 /// Labels: the route type.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteTypeLabel {
@@ -58,6 +67,10 @@ pub struct EgressMetrics {
     pub deferred: Family<DeferLabels, Counter>,
     /// `switchyard_egress_receipts_failed_total`: receipts that could not be published.
     pub receipts_failed: Counter,
+    /// `switchyard_egress_fanned_out_total{tenant}`: copies made for the tenant's destinations.
+    pub fanned_out: Family<TenantLabel, Counter>,
+    /// `switchyard_egress_unmatched_total{tenant,policy}`: messages no destination took.
+    pub unmatched: Family<UnmatchedLabels, Counter>,
     /// `switchyard_egress_attempts_logged_total`: delivery log records the stream stored.
     pub attempts_logged: Counter,
     /// `switchyard_egress_attempts_log_failed_total`: delivery log records not stored.
@@ -80,6 +93,8 @@ impl EgressMetrics {
             breaker_opened: Family::default(),
             deferred: Family::default(),
             receipts_failed: Counter::default(),
+            fanned_out: Family::default(),
+            unmatched: Family::default(),
             attempts_logged: Counter::default(),
             attempts_log_failed: Counter::default(),
         };
@@ -114,6 +129,16 @@ impl EgressMetrics {
             metrics.receipts_failed.clone(),
         );
         core.register(
+            "egress_fanned_out",
+            "Copies of messages made for the tenant's destinations (one per matching destination)",
+            metrics.fanned_out.clone(),
+        );
+        core.register(
+            "egress_unmatched",
+            "Messages of tenants with destinations that none took, by policy (dead_letter, drop)",
+            metrics.unmatched.clone(),
+        );
+        core.register(
             "egress_attempts_logged",
             "Delivery log records the ATTEMPTS stream stored",
             metrics.attempts_logged.clone(),
@@ -140,6 +165,25 @@ impl EgressMetrics {
                 route_type: route_type.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Counts `copies` copies made for `tenant`'s destinations.
+    pub fn count_fanned_out(&self, tenant: &str, copies: usize) {
+        self.fanned_out
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
+            })
+            .inc_by(u64::try_from(copies).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one message of `tenant` that no destination took, handled by `policy`.
+    pub fn count_unmatched(&self, tenant: &str, policy: &str) {
+        self.unmatched
+            .get_or_create(&UnmatchedLabels {
+                tenant: tenant.to_owned(),
+                policy: policy.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one deferral.

@@ -13,6 +13,10 @@ use time::OffsetDateTime;
 
 use crate::routing::Resolved;
 
+fn delivered() -> String {
+    "delivered".to_owned()
+}
+
 /// What a receipt says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -26,7 +30,16 @@ pub struct Receipt {
     pub platform: String,
     /// The producer's message id.
     pub msg_id: String,
-    /// The route's KV key (`<tenant>.<team or _>.<platform>`).
+    /// `delivered`, or `unmatched` (no destination took the message and the tenant's policy
+    /// drops such messages: no route, no attempt).
+    #[serde(default = "delivered")]
+    pub result: String,
+    /// The destination a fanned-out copy was for (`orders-hook`, or `_route`); absent when the
+    /// tenant has no destinations.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub destination: Option<String>,
+    /// The route's KV key (`<tenant>.<team or _>.<platform>`), or the destination's
+    /// (`<tenant>.<destination>`); empty for `unmatched`.
     pub route: String,
     /// `webhook` or `nats`.
     pub route_type: String,
@@ -54,10 +67,30 @@ impl Receipt {
             team: envelope.address.team.to_string(),
             platform: envelope.address.platform.to_string(),
             msg_id: envelope.msg_id.as_str().to_owned(),
+            result: delivered(),
+            destination: envelope.destination.as_ref().map(ToString::to_string),
             route: resolved.id.clone(),
             route_type: resolved.kind().to_owned(),
             attempts,
             status,
+            delivered_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// The receipt of a message no destination took, dropped by the tenant's policy.
+    pub fn unmatched(envelope: &Envelope) -> Self {
+        Self {
+            id: envelope.id.to_string(),
+            tenant: envelope.address.tenant.to_string(),
+            team: envelope.address.team.to_string(),
+            platform: envelope.address.platform.to_string(),
+            msg_id: envelope.msg_id.as_str().to_owned(),
+            result: "unmatched".to_owned(),
+            destination: None,
+            route: String::new(),
+            route_type: "none".to_owned(),
+            attempts: 0,
+            status: None,
             delivered_at: OffsetDateTime::now_utc(),
         }
     }

@@ -1,12 +1,12 @@
-//! Which route applies to a message, and whether it can be used.
+//! Which route or destination a message is delivered to, and whether it can be used.
 //!
 //! The team's own route (`<tenant>.<team>.<platform>`) wins over the tenant's default for the
 //! platform (`<tenant>._.<platform>`). The first route found is the one that applies: if it is
 //! unusable (bad JSON, a field out of range, a secret that is not base64, a NATS subject inside
 //! Switchyard's own subjects), the message is not delivered by the default instead.
 
-use switchyard_keys::{Address, KvKey, RouteKey};
-use switchyard_registry::{KvCache, Route};
+use switchyard_keys::{Address, DestinationId, DestinationKey, KvKey, RouteKey, TenantId};
+use switchyard_registry::{Destination, KvCache, Route};
 use switchyard_subjects::Namespace;
 
 use crate::nats_sink::forbidden_subject;
@@ -14,7 +14,8 @@ use crate::nats_sink::forbidden_subject;
 /// A usable route.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    /// The route's KV key, rendered (`acme.ops.slack`): identifies its breaker and slots.
+    /// The route's KV key, rendered (`acme.ops.slack`), or the destination's
+    /// (`acme.orders-hook`): identifies its breaker and slots.
     pub id: String,
     /// The route.
     pub route: Route,
@@ -49,29 +50,63 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
     let keys = RouteKey::lookup_order(address);
     for key in &keys {
         let id = key.render();
-        let route = match routes.get(key) {
+        return match routes.get(key) {
             None => continue,
             Some(Err(reason)) => {
-                return Lookup::Invalid(format!("route {id} is not a valid route: {reason}"));
+                Lookup::Invalid(format!("route {id} is not a valid route: {reason}"))
             }
-            Some(Ok(route)) => route,
+            Some(Ok(route)) => usable("route", id, route, ns),
         };
-        if let Err(error) = route.validate() {
-            return Lookup::Invalid(format!("route {id}: {error}"));
-        }
-        let keys = match &route {
-            // Looked up at every attempt: a previous secret past its overlap stops signing.
-            Route::Webhook(w) => match w.signing_keys(time::OffsetDateTime::now_utc()) {
-                Ok(keys) => keys,
-                Err(error) => return Lookup::Invalid(format!("route {id}: {error}")),
-            },
-            Route::Nats(n) => match forbidden_subject(ns, &n.subject) {
-                Some(reason) => return Lookup::Invalid(format!("route {id}: {reason}")),
-                None => Vec::new(),
-            },
-        };
-        return Lookup::Found(Box::new(Resolved { id, route, keys }));
     }
     let [own, default] = keys.map(|k| k.render());
     Lookup::Missing(format!("no route {own} nor {default}"))
+}
+
+/// Looks up destination `destination` of `tenant` in the cache: the target of a fanned-out
+/// copy. Its id (`<tenant>.<destination>`, the destination's KV key) names its breaker and
+/// slots apart from any route's (`<tenant>.<team or _>.<platform>`).
+pub fn lookup_destination(
+    destinations: &KvCache<DestinationKey, Destination>,
+    ns: &Namespace,
+    tenant: &TenantId,
+    destination: &DestinationId,
+) -> Lookup {
+    let key = DestinationKey {
+        tenant: tenant.clone(),
+        destination: destination.clone(),
+    };
+    let id = key.render();
+    match destinations.get(&key) {
+        None => Lookup::Missing(format!(
+            "destination {destination} of tenant {tenant} does not exist (deleted since the \
+             message was fanned out to it)"
+        )),
+        Some(Err(reason)) => Lookup::Invalid(format!(
+            "destination {id} is not a valid destination: {reason}"
+        )),
+        Some(Ok(found)) => match found.subscription.validate() {
+            Err(error) => Lookup::Invalid(format!("destination {id}: {error}")),
+            Ok(()) => usable("destination", id, found.target, ns),
+        },
+    }
+}
+
+/// Whether `route` (a route's, or a destination's target), called `what` `id`, can be used
+/// now: its fields are valid, its signing keys readable (looked up at every attempt: a
+/// previous secret past its overlap stops signing), a NATS subject outside Switchyard's own.
+fn usable(what: &str, id: String, route: Route, ns: &Namespace) -> Lookup {
+    if let Err(error) = route.validate() {
+        return Lookup::Invalid(format!("{what} {id}: {error}"));
+    }
+    let keys = match &route {
+        Route::Webhook(w) => match w.signing_keys(time::OffsetDateTime::now_utc()) {
+            Ok(keys) => keys,
+            Err(error) => return Lookup::Invalid(format!("{what} {id}: {error}")),
+        },
+        Route::Nats(n) => match forbidden_subject(ns, &n.subject) {
+            Some(reason) => return Lookup::Invalid(format!("{what} {id}: {reason}")),
+            None => Vec::new(),
+        },
+    };
+    Lookup::Found(Box::new(Resolved { id, route, keys }))
 }

@@ -33,6 +33,9 @@ pub enum DlqCode {
     NoRoute,
     /// egress: the route exists but cannot be used (bad JSON, bad URL, bad secret).
     InvalidRoute,
+    /// egress: the tenant has destinations, and none of them (nor a route) takes the message;
+    /// only under the tenant's default `unmatched = "dead_letter"` policy.
+    NoSubscriber,
     /// egress: the sink answered with a permanent failure (4xx other than 408/429).
     PermanentFailure,
     /// egress: every attempt of the retry budget failed.
@@ -53,7 +56,7 @@ pub enum DlqCode {
 
 impl DlqCode {
     /// Every code.
-    pub const ALL: [DlqCode; 16] = [
+    pub const ALL: [DlqCode; 17] = [
         DlqCode::InvalidSubject,
         DlqCode::InvalidHeader,
         DlqCode::MissingMsgId,
@@ -65,6 +68,7 @@ impl DlqCode {
         DlqCode::InvalidEnvelope,
         DlqCode::NoRoute,
         DlqCode::InvalidRoute,
+        DlqCode::NoSubscriber,
         DlqCode::PermanentFailure,
         DlqCode::RetriesExhausted,
         DlqCode::DeadlineExceeded,
@@ -86,6 +90,7 @@ impl DlqCode {
             DlqCode::InvalidEnvelope => "invalid_envelope",
             DlqCode::NoRoute => "no_route",
             DlqCode::InvalidRoute => "invalid_route",
+            DlqCode::NoSubscriber => "no_subscriber",
             DlqCode::PermanentFailure => "permanent_failure",
             DlqCode::RetriesExhausted => "retries_exhausted",
             DlqCode::DeadlineExceeded => "deadline_exceeded",

@@ -144,7 +144,12 @@ pub struct LoggedAttempt {
     pub team: String,
     /// The platform.
     pub platform: String,
-    /// The route's KV key (`<tenant>.<team or _>.<platform>`): the destination.
+    /// The destination a fanned-out copy was for (`orders-hook`, or `_route` for the
+    /// tenant's route); absent when the tenant has no destinations.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub destination: Option<String>,
+    /// The route's KV key (`<tenant>.<team or _>.<platform>`), or the destination's
+    /// (`<tenant>.<destination>`): what was called, and whose breaker counted it.
     pub route: String,
     /// `webhook` or `nats`.
     pub route_type: String,

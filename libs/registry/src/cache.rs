@@ -93,6 +93,23 @@ where
             .unwrap_or_default()
     }
 
+    /// The entries whose keys `pick` selects, cloned: one pass over every key under the read
+    /// lock (microseconds for thousands of keys), for the few keys of one tenant.
+    pub fn select(&self, mut pick: impl FnMut(&K) -> bool) -> Vec<(K, Cached<R>)>
+    where
+        K: Clone,
+    {
+        self.entries
+            .read()
+            .map(|e| {
+                e.iter()
+                    .filter(|(k, _)| pick(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// How many keys are cached.
     pub fn len(&self) -> usize {
         self.entries.read().map(|e| e.len()).unwrap_or(0)

@@ -181,9 +181,9 @@ impl Destination {
         if let Some(description) = &self.description {
             let chars = description.chars().count();
             if chars > MAX_DESCRIPTION_CHARS
-                || description.chars().any(|c| {
-                    c.is_control() || switchyard_keys::display::is_invisible_format(c)
-                })
+                || description
+                    .chars()
+                    .any(|c| c.is_control() || switchyard_keys::display::is_invisible_format(c))
             {
                 return Err(DestinationError::Field {
                     field: "description",
@@ -244,7 +244,10 @@ mod tests {
         assert_eq!(destination.subscription, Subscription::default());
         let written = String::from_utf8(destination.to_json()).unwrap();
         assert!(!written.contains("subscription"), "{written}");
-        assert_eq!(Destination::from_json(written.as_bytes()).unwrap(), destination);
+        assert_eq!(
+            Destination::from_json(written.as_bytes()).unwrap(),
+            destination
+        );
 
         let json = br#"{"target":{"type":"nats","subject":"sink.x"},
             "subscription":{"platforms":["shop"],"event_types":["order.created"],
@@ -269,10 +272,19 @@ mod tests {
         };
         assert!(m("eu", "shop", Some("order.created"), Some(&big)));
         assert!(!m("us", "shop", Some("order.created"), Some(&big)), "team");
-        assert!(!m("eu", "blog", Some("order.created"), Some(&big)), "platform");
-        assert!(!m("eu", "shop", Some("order.paid"), Some(&big)), "event type");
+        assert!(
+            !m("eu", "blog", Some("order.created"), Some(&big)),
+            "platform"
+        );
+        assert!(
+            !m("eu", "shop", Some("order.paid"), Some(&big)),
+            "event type"
+        );
         assert!(!m("eu", "shop", None, Some(&big)), "no event type header");
-        assert!(!m("eu", "shop", Some("order.created"), Some(&small)), "filter");
+        assert!(
+            !m("eu", "shop", Some("order.created"), Some(&small)),
+            "filter"
+        );
         assert!(!m("eu", "shop", Some("order.created"), None), "not JSON");
         let all = Subscription::default();
         assert!(all.matches(&address("x", "y"), None, &h[..], None));
@@ -282,10 +294,7 @@ mod tests {
     #[test]
     fn invalid_destinations_are_refused_with_the_field_named() {
         for (json, field) in [
-            (
-                r#"{"target":{"type":"nats","subject":"a.*"}}"#,
-                "subject",
-            ),
+            (r#"{"target":{"type":"nats","subject":"a.*"}}"#, "subject"),
             (
                 r#"{"target":{"type":"nats","subject":"a"},"subscription":{"event_types":[" x"]}}"#,
                 "event_types",
@@ -300,7 +309,12 @@ mod tests {
             ),
         ] {
             let error = Destination::from_json(json.as_bytes()).unwrap_err();
-            let text = format!("{error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default());
+            let text = format!(
+                "{error}: {}",
+                std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
             assert!(text.contains(field), "{json}: {text}");
         }
         for json in [
@@ -310,7 +324,10 @@ mod tests {
             r#"{"target":{"type":"nats","subject":"a"},"owner":"x"}"#,
         ] {
             assert!(
-                matches!(Destination::from_json(json.as_bytes()), Err(DestinationError::Json(_))),
+                matches!(
+                    Destination::from_json(json.as_bytes()),
+                    Err(DestinationError::Json(_))
+                ),
                 "{json}"
             );
         }
@@ -324,10 +341,8 @@ mod tests {
     fn a_redacted_destination_shows_no_secret() {
         let json = br#"{"target":{"type":"webhook","url":"https://u:p@h.example/x?token=t",
             "secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}"#;
-        let shown = String::from_utf8(
-            Destination::from_json(json).unwrap().redacted().to_json(),
-        )
-        .unwrap();
+        let shown =
+            String::from_utf8(Destination::from_json(json).unwrap().redacted().to_json()).unwrap();
         for secret in ["MfKQ9r8", "token=t", "u:p"] {
             assert!(!shown.contains(secret), "{shown}");
         }

@@ -7,7 +7,7 @@
 //! | outcome | settlement |
 //! |---|---|
 //! | `Forwarded`, `Duplicate`, `Delayed` | ack (plain) |
-//! | `Delivered` | confirmed ack (see below) |
+//! | `Delivered`, `Dropped` | confirmed ack (see below) |
 //! | `Retry` | decided again in place (progress acks keep the message; delays from [`SettleSettings::hold`]) until the hold's deadline, then nak after `after` |
 //! | `DeadLetter(record)` | publish the record, await the DLQ's ack, then confirmed ack; if it cannot be stored, nak after [`SettleSettings::dlq_retry_after`] |
 //!
@@ -27,6 +27,7 @@
 //!   redelivered copy settles for good.
 //! - `Retry` (nak): plain. A lost nak means redelivery after the ack wait instead of `after`.
 //! - `Delivered`: confirmed. A redelivered copy would be delivered to the sink again.
+//! - `Dropped`: confirmed. A redelivered copy would be counted and receipted again.
 //! - `DeadLetter`: confirmed. The DLQ record itself is de-duplicated (`dlq:<stream>:<seq>`),
 //!   but a redelivered copy at egress would be attempted at the sink again.
 //!
@@ -71,6 +72,10 @@ pub enum Outcome {
     Duplicate,
     /// Scheduled to re-enter the stage later; the schedule is stored (ack).
     Delayed,
+    /// Dropped on purpose because the tenant asked for it (egress: a message none of its
+    /// destinations takes, under `unmatched = "drop"`); counted and receipted by the stage
+    /// (ack).
+    Dropped,
     /// A transient failure of our own infrastructure (NATS, KV): decided again in place until
     /// the stage's hold runs out, then nak with this delay. Only for outages, never for input.
     Retry {
@@ -91,6 +96,7 @@ impl Outcome {
             Outcome::Delivered => "delivered",
             Outcome::Duplicate => "duplicate",
             Outcome::Delayed => "delayed",
+            Outcome::Dropped => "dropped",
             Outcome::Retry { .. } => "retry",
             Outcome::DeadLetter(_) => "dead_lettered",
         }
@@ -100,7 +106,7 @@ impl Outcome {
     /// documentation for why each outcome gets its mode).
     pub fn ack_mode(&self) -> AckMode {
         match self {
-            Outcome::Delivered | Outcome::DeadLetter(_) => AckMode::Confirmed,
+            Outcome::Delivered | Outcome::DeadLetter(_) | Outcome::Dropped => AckMode::Confirmed,
             Outcome::Forwarded | Outcome::Duplicate | Outcome::Delayed | Outcome::Retry { .. } => {
                 AckMode::Plain
             }
@@ -311,9 +317,11 @@ impl Settler {
         let label = outcome.label();
         let mode = outcome.ack_mode();
         let result = match outcome {
-            Outcome::Forwarded | Outcome::Delivered | Outcome::Duplicate | Outcome::Delayed => {
-                self.ack(msg, tenant, mode, shutdown).await
-            }
+            Outcome::Forwarded
+            | Outcome::Delivered
+            | Outcome::Duplicate
+            | Outcome::Delayed
+            | Outcome::Dropped => self.ack(msg, tenant, mode, shutdown).await,
             Outcome::Retry { after, reason } => {
                 tracing::warn!(%reason, ?after, subject = %msg.subject, "transient failure outlasted the hold; redelivery requested");
                 msg.ack_with(AckKind::Nak(Some(after))).await

@@ -112,6 +112,8 @@ pub enum BucketName {
     Idempotency,
     /// `routes`: where each (tenant, team, platform) is delivered.
     Routes,
+    /// `destinations`: each tenant's fan-out destinations and their subscriptions.
+    Destinations,
     /// `tenants`: the tenant registry.
     Tenants,
     /// `rate-limits`: limits, token state, admission.
@@ -129,9 +131,10 @@ pub enum BucketName {
 
 impl BucketName {
     /// Every declared bucket.
-    pub const ALL: [BucketName; 8] = [
+    pub const ALL: [BucketName; 9] = [
         BucketName::Idempotency,
         BucketName::Routes,
+        BucketName::Destinations,
         BucketName::Tenants,
         BucketName::RateLimits,
         BucketName::DlqJobs,
@@ -145,6 +148,7 @@ impl BucketName {
         match self {
             BucketName::Idempotency => "idempotency",
             BucketName::Routes => "routes",
+            BucketName::Destinations => "destinations",
             BucketName::Tenants => "tenants",
             BucketName::RateLimits => "rate-limits",
             BucketName::DlqJobs => "dlq-jobs",

@@ -315,6 +315,7 @@ mod tests {
             tenant: "acme".into(),
             team: "ops".into(),
             platform: "slack".into(),
+            destination: None,
             route: "acme._.slack".into(),
             route_type: "webhook".into(),
             attempt: 2,

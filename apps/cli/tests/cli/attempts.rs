@@ -15,6 +15,7 @@ fn logged(tenant: &str, n: u32, attempt: u32, result: &str, status: u16) -> Logg
         tenant: tenant.to_owned(),
         team: "ops".to_owned(),
         platform: "slack".to_owned(),
+        destination: None,
         route: format!("{tenant}._.slack"),
         route_type: "webhook".to_owned(),
         attempt,

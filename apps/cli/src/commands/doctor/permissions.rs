@@ -156,9 +156,10 @@ fn operations(topology: &ResolvedTopology, inbox_prefix: &str) -> Vec<Operation>
         },
         Operation {
             what: "write the registry",
-            commands: "routes, tenants, limits, keys",
+            commands: "routes, destinations, tenants, limits, keys",
             publish: [
                 BucketName::Routes,
+                BucketName::Destinations,
                 BucketName::Tenants,
                 BucketName::RateLimits,
                 BucketName::ApiKeys,
