@@ -5,6 +5,7 @@ mod attempts;
 mod conservation;
 mod crash;
 mod delivery;
+mod destinations;
 mod isolation;
 mod sink;
 mod trace;
@@ -77,7 +78,7 @@ pub struct Pipeline {
     pub server: Nats,
     pub js: jetstream::Context,
     pub sink: Sink,
-    client: async_nats::Client,
+    pub client: async_nats::Client,
     services: Vec<Running>,
     tenants: Vec<TenantId>,
 }
