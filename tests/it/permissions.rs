@@ -893,6 +893,10 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
             .expect("egress deletes a schedule by sequence")
     );
     egress.stored("dlq.v1.acme.egress.hooks").await;
+    // Fan-out: a copy per destination back into EGRESS (what a schedule could do anyway), and
+    // a destination that stayed down marked disabled in its record.
+    egress.stored("egress.v1.acme.ops.hooks").await;
+    egress.stored("$KV.destinations.acme.crm").await;
     for (subject, payload) in [
         ("delivered.v1.acme.ops.hooks", "receipt"),
         ("sink.acme.hooks", "delivered"),
@@ -910,7 +914,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .publishes_refused(&[
             "ingress.v1.acme.ops.hooks",
             "idempotency.v1.acme.ops.hooks",
-            "egress.v1.acme.ops.hooks",
+            "backpressure.v1.acme.ops.hooks",
             "delay.v1.backpressure.acme.ops.hooks.k1",
             "$KV.routes.acme._.hooks",
             "$KV.tenants.acme",
@@ -924,7 +928,8 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
             "$JS.API.STREAM.MSG.DELETE.IDEMPOTENCY",
             "$JS.API.STREAM.PURGE.DLQ",
             "$JS.API.STREAM.MSG.DELETE.DLQ",
-            "$JS.API.STREAM.INFO.KV_tenants",
+            "$JS.API.STREAM.INFO.KV_api-keys",
+            "$JS.API.DIRECT.GET.KV_routes",
         ])
         .await;
     egress.subscriptions_refused(&["sink.>"]).await;

@@ -71,6 +71,8 @@ pub enum NatsCommand {
     Status(commands::status::StatusArgs),
     /// Set, show, list and remove routes (where a tenant's messages are delivered).
     Routes(commands::routes::RoutesArgs),
+    /// Set, show, list and remove destinations: a tenant's fan-out subscriptions.
+    Destinations(commands::destinations::DestinationsArgs),
     /// Enable, disable, show and list tenants in the tenant registry.
     Tenants(commands::tenants::TenantsArgs),
     /// Create, list and revoke tenants' API keys for the producer HTTP API.
@@ -110,6 +112,9 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         }
         NatsCommand::Status(args) => commands::status::run(&js, &topology, &args, &out).await?,
         NatsCommand::Routes(args) => commands::routes::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Destinations(args) => {
+            commands::destinations::run(&js, &topology, &args, &out).await?
+        }
         NatsCommand::Tenants(args) => commands::tenants::run(&js, &topology, &args, &out).await?,
         NatsCommand::Keys(args) => commands::keys::run(&js, &topology, &args, &out).await?,
         NatsCommand::Limits(args) => commands::limits::run(&js, &topology, &args, &out).await?,

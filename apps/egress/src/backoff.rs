@@ -83,7 +83,7 @@ pub struct Deadline {
     pub from: OffsetDateTime,
     /// When it ends.
     pub at: OffsetDateTime,
-    /// The [`DEADLINE_FROM`] value rescheduled copies carry (replays only).
+    /// The [`DEADLINE_FROM`] value rescheduled copies carry (replays, and parked copies).
     stamp: Option<String>,
 }
 
@@ -97,18 +97,22 @@ impl Deadline {
         carried: Option<&str>,
         now: OffsetDateTime,
     ) -> Self {
-        let (from, stamp) = if replay == 0 {
-            (received_at, None)
-        } else {
-            let from = carried
-                .and_then(|value| parse_stamp(value, replay))
-                .unwrap_or(now);
-            let millis = from.unix_timestamp_nanos() / 1_000_000;
-            (from, Some(format!("{replay};{millis}")))
+        let carried = carried.and_then(|value| parse_stamp(value, replay));
+        let (from, stamp) = match (carried, replay) {
+            (Some(from), _) => (from, Some(Self::stamp_at(replay, from))),
+            (None, 0) => (received_at, None),
+            (None, _) => (now, Some(Self::stamp_at(replay, now))),
         };
         let at =
             from.saturating_add(time::Duration::try_from(limit).unwrap_or(time::Duration::MAX));
         Self { from, at, stamp }
+    }
+
+    /// The [`DEADLINE_FROM`] value that starts the deadline of a copy replayed `replay` times
+    /// over at `from`: written by each replay's first handling, and by parking (a parked copy's
+    /// deadline counts from its release, not from its reception).
+    pub fn stamp_at(replay: u32, from: OffsetDateTime) -> String {
+        format!("{replay};{}", from.unix_timestamp_nanos() / 1_000_000)
     }
 
     /// Whether the deadline has passed at `now`.
@@ -210,9 +214,15 @@ mod tests {
         assert!(first.passed(now));
         assert_eq!(first.remaining(now), Duration::ZERO);
         assert_eq!(first.stamp(), None);
-        // A stamp does not move the deadline of a message that was never replayed.
+        // A stamp for this replay counter (0: written only when a parked copy is held) moves
+        // the start, and is carried on.
         let stamped = Deadline::new(day, received, 0, Some("0;1700050000000"), now);
-        assert_eq!(stamped.at, received + day);
+        assert_eq!(stamped.at, received + secs(50_000) + day);
+        assert_eq!(stamped.stamp(), Some("0;1700050000000"));
+        assert_eq!(
+            Deadline::stamp_at(0, received + secs(50_000)),
+            "0;1700050000000"
+        );
 
         // A replay starts counting when egress first handles it, and its copies carry that.
         let replay = Deadline::new(day, received, 1, None, now);

@@ -109,6 +109,8 @@ pub enum Change {
 pub struct Breaker {
     state: State,
     reopenings: u32,
+    /// When it last opened from closed: the route has been down since (until it closes).
+    down_since: Option<Instant>,
 }
 
 impl Default for Breaker {
@@ -116,6 +118,7 @@ impl Default for Breaker {
         Self {
             state: State::Closed { failures: 0 },
             reopenings: 0,
+            down_since: None,
         }
     }
 }
@@ -157,11 +160,19 @@ impl Breaker {
         }
     }
 
+    /// How long the route has been down at `now`: since its breaker opened from closed, while
+    /// it has not closed again (re-opens keep counting). `None` while closed.
+    pub fn down_for(&self, now: Instant) -> Option<Duration> {
+        self.down_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
     /// The route answered (delivered, or refused for good: either way it is up).
     pub fn succeeded(&mut self) -> Change {
         let was_open = self.is_open();
         self.state = State::Closed { failures: 0 };
         self.reopenings = 0;
+        self.down_since = None;
         if was_open {
             Change::Closed
         } else {
@@ -180,6 +191,7 @@ impl Breaker {
                         until: now + period,
                     };
                     self.reopenings = 0;
+                    self.down_since = Some(now);
                     Change::Opened { period }
                 } else {
                     self.state = State::Closed { failures };
@@ -264,6 +276,17 @@ impl Breakers {
         self.with(route, |b| b.peek(now))
     }
 
+    /// [`Breaker::down_for`] for `route`.
+    pub fn down_for(&self, route: &str, now: Instant) -> Option<Duration> {
+        self.with(route, |b| b.down_for(now))
+    }
+
+    /// Forgets `route`'s breaker (closed, no failures): for a destination that was disabled,
+    /// whose parked messages must not wait for an old open period once it is enabled again.
+    pub fn reset(&self, route: &str) {
+        self.with(route, |b| *b = Breaker::default());
+    }
+
     /// [`Breaker::succeeded`] for `route`.
     pub fn succeeded(&self, route: &str) -> Change {
         self.with(route, Breaker::succeeded)
@@ -295,6 +318,31 @@ mod tests {
         assert_eq!(SETTINGS.open_period(1), secs(60));
         assert_eq!(SETTINGS.open_period(2), secs(100));
         assert_eq!(SETTINGS.open_period(40), secs(100));
+    }
+
+    #[test]
+    fn a_route_is_down_from_its_first_opening_through_reopenings_until_it_closes() {
+        let t0 = Instant::now();
+        let b = Breakers::new(SETTINGS);
+        for _ in 0..3 {
+            b.failed("acme.crm", t0);
+        }
+        assert_eq!(b.down_for("acme.crm", t0 + secs(5)), Some(secs(5)));
+        assert_eq!(b.admit("acme.crm", t0 + secs(30)), Admission::Probe);
+        assert_eq!(
+            b.failed("acme.crm", t0 + secs(31)),
+            Change::Reopened { period: secs(60) }
+        );
+        assert_eq!(b.down_for("acme.crm", t0 + secs(40)), Some(secs(40)));
+        assert_eq!(b.down_for("acme.other", t0), None);
+        b.reset("acme.crm");
+        assert_eq!(b.down_for("acme.crm", t0 + secs(41)), None);
+        assert_eq!(b.admit("acme.crm", t0 + secs(41)), Admission::Pass);
+        for _ in 0..3 {
+            b.failed("acme.crm", t0 + secs(50));
+        }
+        assert_eq!(b.succeeded("acme.crm"), Change::Closed);
+        assert_eq!(b.down_for("acme.crm", t0 + secs(60)), None);
     }
 
     #[test]

@@ -73,6 +73,13 @@ pub struct EgressSettings {
     /// its attempt history, whatever held it: retries, an open breaker, a busy route or
     /// tenant. 1 to [`MAX_DELIVERY_DEADLINE_SECS`].
     pub delivery_deadline_secs: u64,
+    /// A destination whose breaker stayed open this long, in seconds, re-opens included, is
+    /// disabled by egress (default 3600; 0: never). Its messages are then parked until an
+    /// operator enables it again (`switchyard destinations enable`).
+    pub disable_after_secs: u64,
+    /// How often a parked message looks again whether its destination was enabled, in seconds
+    /// (default 30; 1 to 3600): the longest a release waits.
+    pub park_recheck_secs: u64,
 }
 
 /// The longest `delivery_deadline_secs` accepted: one year.
@@ -118,6 +125,9 @@ impl EgressSettings {
                 "must be between 1 and 31536000 (one year)",
             );
         }
+        if !(1..=3600).contains(&self.park_recheck_secs) {
+            return fail("park_recheck_secs", "must be between 1 and 3600");
+        }
         if self.breaker_max_open_secs < self.breaker_open_secs {
             return fail(
                 "breaker_max_open_secs",
@@ -130,6 +140,17 @@ impl EgressSettings {
     /// [`Self::route_wait_ms`] as a duration.
     pub fn route_wait(&self) -> Duration {
         Duration::from_millis(self.route_wait_ms)
+    }
+
+    /// [`Self::disable_after_secs`] as a duration; `None` when destinations are never
+    /// disabled automatically.
+    pub fn disable_after(&self) -> Option<Duration> {
+        (self.disable_after_secs > 0).then(|| Duration::from_secs(self.disable_after_secs))
+    }
+
+    /// [`Self::park_recheck_secs`] as a duration.
+    pub fn park_recheck(&self) -> Duration {
+        Duration::from_secs(self.park_recheck_secs)
     }
 
     /// [`Self::delivery_deadline_secs`] as a duration.
@@ -181,6 +202,8 @@ mod tests {
             assert_eq!(e.route_wait_ms, 200);
             assert_eq!(e.tenant_max_in_flight, 16);
             assert!(e.receipts);
+            assert_eq!(e.disable_after_secs, 3600);
+            assert_eq!(e.park_recheck_secs, 30);
             assert!(e.attempt_log);
             assert_eq!(e.delivery_deadline_secs, 86_400);
             assert_eq!(config.nats.url, "nats://127.0.0.1:4222");

@@ -25,8 +25,12 @@ use switchyard_envelope::headers::{
     ATTEMPTS_LOG, DESTINATION, PARKED_ATTEMPTS, PARKED_CODE, PARKED_REASON,
 };
 use switchyard_envelope::{AttemptRecord, Destination as Target, Envelope};
-use switchyard_keys::{DestinationKey, PlatformId, RouteKey, Stage, TenantId, TenantKey};
-use switchyard_registry::{Destination, KvCache, Route, TenantRecord, Unmatched};
+use switchyard_keys::{
+    DestinationId, DestinationKey, PlatformId, RouteKey, Stage, TenantId, TenantKey,
+};
+use switchyard_registry::{
+    Destination, Disabled, DisabledBy, KvCache, Route, Store, TenantRecord, Unmatched, Written,
+};
 use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::{DelaySubject, InputStage, Namespace, SubjectKind};
 use time::OffsetDateTime;
@@ -65,6 +69,8 @@ pub struct EgressHandler {
     pub routes: Arc<KvCache<RouteKey, Route>>,
     /// Destinations, kept fresh by a KV watch.
     pub destinations: Arc<KvCache<DestinationKey, Destination>>,
+    /// The destinations bucket, for disabling a destination that stayed down.
+    pub destination_store: Store<DestinationKey, Destination>,
     /// Tenant records (their `unmatched` policy), kept fresh by a KV watch.
     pub tenants: Arc<KvCache<TenantKey, TenantRecord>>,
     /// Schedules re-entries.
@@ -203,6 +209,11 @@ impl EgressHandler {
                 );
             }
         };
+        // A disabled destination's copy waits for it, whatever its deadline: the deadline
+        // counts again from its release.
+        if resolved.disabled.is_some() {
+            return self.hold_parked(msg, &envelope).await;
+        }
         if deadline.passed(OffsetDateTime::now_utc()) {
             return self
                 .deadline_exceeded(msg, &envelope, &deadline, parties)
@@ -276,6 +287,12 @@ impl EgressHandler {
             Verdict::Delivered | Verdict::Permanent => self.breakers.succeeded(&resolved.id),
         };
         self.breaker_changed(change, &tenant, &resolved.id);
+        if let (Change::Opened { .. } | Change::Reopened { .. }, Some(Target::Named(id))) =
+            (change, &envelope.destination)
+        {
+            self.disable_if_down(&envelope.address.tenant, id, &resolved.id)
+                .await;
+        }
         // Released only now: the next message on this route sees the breaker's new state.
         drop(slot);
         drop(tenant_slot);
@@ -404,6 +421,86 @@ impl EgressHandler {
         self.metrics
             .count_fanned_out(envelope.address.tenant.as_str(), targets.len());
         Outcome::Forwarded
+    }
+
+    /// Holds a copy for a disabled destination: it comes back after about
+    /// `park_recheck_secs` to look again, without counting an attempt, and carries a fresh
+    /// [`DEADLINE_FROM`] so that its delivery deadline counts from its release.
+    async fn hold_parked(&self, msg: &jetstream::Message, envelope: &Envelope) -> Outcome {
+        let wait = jitter(self.settings.park_recheck(), random_unit());
+        let now = OffsetDateTime::now_utc();
+        let mut h = Handoff::headers(envelope, msg.headers.as_ref());
+        h.insert(
+            DEADLINE_FROM,
+            Deadline::stamp_at(envelope.attempt.replay, now),
+        );
+        let tag = format!(
+            "parked-{}-{}",
+            envelope.attempt.delivery,
+            now.unix_timestamp_nanos() / 1_000_000
+        );
+        match self.reenter(envelope, h, msg, now + wait, &tag).await {
+            Ok(()) => {
+                tracing::debug!(?wait, "destination disabled; parked");
+                self.metrics
+                    .count_deferred(envelope.address.tenant.as_str(), "destination_disabled");
+                Outcome::Delayed
+            }
+            Err(error) => Outcome::Retry {
+                after: wait.min(MAX_NAK_DELAY),
+                reason: format!("parking for a disabled destination failed: {error}"),
+            },
+        }
+    }
+
+    /// Disables destination `destination` of `tenant` (breaker id `id`) when its breaker has
+    /// been open for `[egress] disable_after_secs`: written to its record by compare-and-set
+    /// (an operator's concurrent change wins; another replica's disabling is kept), then its
+    /// breaker is forgotten, since parking now holds its messages.
+    async fn disable_if_down(&self, tenant: &TenantId, destination: &DestinationId, id: &str) {
+        let Some(after) = self.settings.disable_after() else {
+            return;
+        };
+        let Some(down) = self.breakers.down_for(id, Instant::now()) else {
+            return;
+        };
+        if down < after {
+            return;
+        }
+        let key = DestinationKey {
+            tenant: tenant.clone(),
+            destination: destination.clone(),
+        };
+        let written = match self.destination_store.entry(&key).await {
+            Ok(Some((mut record, revision))) if record.disabled.is_none() => {
+                record.disabled = Some(Disabled {
+                    at: OffsetDateTime::now_utc(),
+                    by: DisabledBy::Egress,
+                    reason: format!(
+                        "down for {} s (circuit breaker open since); its messages are parked",
+                        down.as_secs()
+                    ),
+                });
+                self.destination_store
+                    .update(&key, &record, revision)
+                    .await
+                    .map(Some)
+            }
+            // Gone, or disabled already.
+            Ok(_) => Ok(None),
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(Some(Written::Stored(_))) => {
+                tracing::warn!(destination = %destination, down_secs = down.as_secs(), "destination stayed down; disabled, its messages are parked");
+                self.metrics.count_disabled(tenant.as_str());
+                self.breakers.reset(id);
+            }
+            Ok(Some(Written::Conflict)) | Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, destination = %destination, "disabling a destination that stayed down failed; tried again at its next failed probe");
+            }
+        }
     }
 
     /// Nothing takes the message: the tenant's `unmatched` policy dead-letters it

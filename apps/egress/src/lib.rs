@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use switchyard_keys::{DestinationKey, RouteKey, Stage, TenantKey};
-use switchyard_registry::{Destination, KvCache, Route, TenantRecord};
+use switchyard_registry::{Destination, KvCache, Route, Store, TenantRecord};
 use switchyard_service::{
     DlqQuota, Handoff, HighWater, Metrics, Readiness, Running, SettleSettings, Worker,
     WorkerSettings, launch,
@@ -116,6 +116,7 @@ pub async fn start(
     // Destinations and tenant records (the unmatched policy), loaded the same way: a message
     // handled before they are would skip a destination.
     let (destinations_bucket, kv) = topology.open_bucket(&js, BucketName::Destinations).await?;
+    let destination_store = Store::new(kv.clone());
     let destinations: Arc<KvCache<DestinationKey, Destination>> =
         KvCache::start(kv, shutdown.child_token());
     let (tenants_bucket, kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
@@ -145,6 +146,7 @@ pub async fn start(
         ack_wait,
         routes,
         destinations,
+        destination_store,
         tenants,
         // Retries and deferrals are schedules in EGRESS, which must discard old: none is added
         // above its high-water mark, so none evicts another tenant's messages.

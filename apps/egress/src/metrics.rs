@@ -32,7 +32,8 @@ pub struct TenantLabel {
 pub struct DeferLabels {
     /// The tenant.
     pub tenant: String,
-    /// `breaker_open` (the route's breaker held it back) or `route_busy` (no free slot).
+    /// `breaker_open` (the route's breaker held it back), `route_busy` / `tenant_busy` (no free
+    /// slot), `dlq_share`, or `destination_disabled` (parked).
     pub reason: String,
 }
 
@@ -71,6 +72,9 @@ pub struct EgressMetrics {
     pub fanned_out: Family<TenantLabel, Counter>,
     /// `switchyard_egress_unmatched_total{tenant,policy}`: messages no destination took.
     pub unmatched: Family<UnmatchedLabels, Counter>,
+    /// `switchyard_egress_destinations_disabled_total{tenant}`: destinations egress disabled
+    /// because they stayed down.
+    pub destinations_disabled: Family<TenantLabel, Counter>,
     /// `switchyard_egress_attempts_logged_total`: delivery log records the stream stored.
     pub attempts_logged: Counter,
     /// `switchyard_egress_attempts_log_failed_total`: delivery log records not stored.
@@ -95,6 +99,7 @@ impl EgressMetrics {
             receipts_failed: Counter::default(),
             fanned_out: Family::default(),
             unmatched: Family::default(),
+            destinations_disabled: Family::default(),
             attempts_logged: Counter::default(),
             attempts_log_failed: Counter::default(),
         };
@@ -137,6 +142,11 @@ impl EgressMetrics {
             "egress_unmatched",
             "Messages of tenants with destinations that none took, by policy (dead_letter, drop)",
             metrics.unmatched.clone(),
+        );
+        core.register(
+            "egress_destinations_disabled",
+            "Destinations disabled because they stayed down (their messages are parked)",
+            metrics.destinations_disabled.clone(),
         );
         core.register(
             "egress_attempts_logged",
@@ -182,6 +192,15 @@ impl EgressMetrics {
             .get_or_create(&UnmatchedLabels {
                 tenant: tenant.to_owned(),
                 policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one destination of `tenant` disabled because it stayed down.
+    pub fn count_disabled(&self, tenant: &str) {
+        self.destinations_disabled
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
             })
             .inc();
     }

@@ -6,7 +6,7 @@
 //! Switchyard's own subjects), the message is not delivered by the default instead.
 
 use switchyard_keys::{Address, DestinationId, DestinationKey, KvKey, RouteKey, TenantId};
-use switchyard_registry::{Destination, KvCache, Route};
+use switchyard_registry::{Destination, Disabled, KvCache, Route};
 use switchyard_subjects::Namespace;
 
 use crate::nats_sink::forbidden_subject;
@@ -22,6 +22,8 @@ pub struct Resolved {
     /// The webhook signing keys: the current secret's, then each previous secret's still in
     /// its overlap window (empty for NATS routes).
     pub keys: Vec<Vec<u8>>,
+    /// Set when a destination is disabled: its copies are parked, not attempted.
+    pub disabled: Option<Disabled>,
 }
 
 impl Resolved {
@@ -86,7 +88,13 @@ pub fn lookup_destination(
         )),
         Some(Ok(found)) => match found.subscription.validate() {
             Err(error) => Lookup::Invalid(format!("destination {id}: {error}")),
-            Ok(()) => usable("destination", id, found.target, ns),
+            Ok(()) => match usable("destination", id, found.target, ns) {
+                Lookup::Found(mut resolved) => {
+                    resolved.disabled = found.disabled;
+                    Lookup::Found(resolved)
+                }
+                other => other,
+            },
         },
     }
 }
@@ -108,5 +116,10 @@ fn usable(what: &str, id: String, route: Route, ns: &Namespace) -> Lookup {
             None => Vec::new(),
         },
     };
-    Lookup::Found(Box::new(Resolved { id, route, keys }))
+    Lookup::Found(Box::new(Resolved {
+        id,
+        route,
+        keys,
+        disabled: None,
+    }))
 }

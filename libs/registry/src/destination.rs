@@ -50,7 +50,7 @@ pub enum DestinationError {
     #[error("destination is not valid JSON for a destination")]
     Json(#[source] serde_json::Error),
     /// The target is not a usable route.
-    #[error("destination target: {0}")]
+    #[error("destination target is not usable")]
     Target(#[source] RouteError),
     /// A subscription field is out of range or malformed.
     #[error("destination field {field}: {reason}")]
@@ -154,6 +154,34 @@ pub struct Destination {
     /// A note for people (optional, at most [`MAX_DESCRIPTION_CHARS`] characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Set while the destination is disabled: its copies are parked (held in `EGRESS`, never
+    /// attempted, never dead-lettered for waiting) until it is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+}
+
+/// Who disabled a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisabledBy {
+    /// An operator (`switchyard destinations disable`).
+    Operator,
+    /// Egress, because the destination stayed down (its breaker open) for
+    /// `[egress] disable_after_secs`.
+    Egress,
+}
+
+/// Why and since when a destination is disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disabled {
+    /// When it was disabled.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+    /// Who disabled it.
+    pub by: DisabledBy,
+    /// Why, for people (at most [`MAX_DESCRIPTION_CHARS`] characters; no control characters).
+    pub reason: String,
 }
 
 fn is_default(subscription: &Subscription) -> bool {
@@ -178,21 +206,27 @@ impl Destination {
     pub fn validate(&self) -> Result<(), DestinationError> {
         self.target.validate().map_err(DestinationError::Target)?;
         self.subscription.validate()?;
-        if let Some(description) = &self.description {
-            let chars = description.chars().count();
-            if chars > MAX_DESCRIPTION_CHARS
-                || description
+        let note = |field: &'static str, text: &str| {
+            let bad = text.chars().count() > MAX_DESCRIPTION_CHARS
+                || text
                     .chars()
-                    .any(|c| c.is_control() || switchyard_keys::display::is_invisible_format(c))
-            {
+                    .any(|c| c.is_control() || switchyard_keys::display::is_invisible_format(c));
+            if bad {
                 return Err(DestinationError::Field {
-                    field: "description",
+                    field,
                     reason: format!(
                         "at most {MAX_DESCRIPTION_CHARS} characters, none of them control or \
                          invisible formatting characters"
                     ),
                 });
             }
+            Ok(())
+        };
+        if let Some(description) = &self.description {
+            note("description", description)?;
+        }
+        if let Some(disabled) = &self.disabled {
+            note("disabled.reason", &disabled.reason)?;
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ use switchyard_dlq_ops::plan_replay;
 use switchyard_envelope::headers;
 use switchyard_keys::{DestinationKey, TenantKey};
 use switchyard_registry::{
-    Destination, NatsRoute, Route, Store, Subscription, TenantRecord, Unmatched, WebhookRoute,
-    WebhookSecret,
+    Destination, DisabledBy, NatsRoute, Route, Store, Subscription, TenantRecord, Unmatched,
+    WebhookRoute, WebhookSecret,
 };
 use switchyard_subjects::Namespace;
 use switchyard_testkit::wait_for;
@@ -46,6 +46,7 @@ fn webhook(p: &Pipeline, path: &str, subscription: serde_json::Value) -> Destina
         }),
         subscription: serde_json::from_value(subscription).unwrap(),
         description: None,
+        disabled: None,
     }
 }
 
@@ -147,6 +148,7 @@ async fn one_message_reaches_exactly_the_matching_destinations_and_a_failing_one
             }),
             subscription: Subscription::default(),
             description: None,
+            disabled: None,
         },
     )
     .await;
@@ -305,5 +307,79 @@ async fn a_message_no_destination_takes_is_dead_lettered_or_dropped_by_the_tenan
         "the dropped message is not dead-lettered"
     );
     assert!(p.sink.received().is_empty(), "nothing was delivered");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_destination_is_disabled_its_messages_parked_and_all_delivered_once_enabled() {
+    let mut p = Pipeline::start(&["acme"]).await;
+    p.kill(Svc::Egress);
+    p.start_service_tuned(Svc::Egress, |config| {
+        let egress = &mut config.egress;
+        (egress.max_attempts, egress.breaker_failure_threshold) = (10, 1);
+        (egress.breaker_open_secs, egress.breaker_max_open_secs) = (1, 1);
+        (egress.disable_after_secs, egress.park_recheck_secs) = (2, 1);
+    })
+    .await;
+    put_destination(&p, "acme", "crm", webhook(&p, "crm", serde_json::json!({}))).await;
+    p.sink.answer("crm", 503);
+    for i in 0..5 {
+        publish(&p, "shop", &format!("m{i}"), "order.created", "{}").await;
+    }
+
+    // Down for two seconds: egress disables it.
+    let store: Store<DestinationKey, Destination> =
+        Store::new(p.js.get_key_value("destinations").await.unwrap());
+    let key = DestinationKey {
+        tenant: "acme".parse().unwrap(),
+        destination: "crm".parse().unwrap(),
+    };
+    let disabled = wait_for("egress to disable crm", LONG, || async {
+        store.get(&key).await.unwrap().and_then(|d| d.disabled)
+    })
+    .await;
+    assert_eq!(disabled.by, DisabledBy::Egress);
+    assert!(disabled.reason.contains("parked"), "{}", disabled.reason);
+    let attempts_when_disabled = p.sink.received().len();
+
+    // Parked: nothing is attempted and nothing is dead-lettered while it stays disabled,
+    // though the messages come back to look every second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        p.sink.received().len(),
+        attempts_when_disabled,
+        "no attempt while disabled"
+    );
+    assert!(
+        p.dlq().await.is_empty(),
+        "parked messages are not dead-lettered"
+    );
+
+    // Enabled again (as `switchyard destinations enable` writes it): every message is
+    // delivered, once.
+    p.sink.answer("crm", 200);
+    let mut record = store.get(&key).await.unwrap().unwrap();
+    record.disabled = None;
+    store.put(&key, &record).await.unwrap();
+    wait_for("the five parked messages delivered", LONG, || async {
+        let delivered: std::collections::HashSet<String> = p
+            .sink
+            .received()
+            .into_iter()
+            .filter(|r| r.delivered())
+            .map(|r| r.webhook_id)
+            .collect();
+        (delivered.len() == 5).then_some(())
+    })
+    .await;
+    p.wait_settled(LONG).await;
+    let delivered = p
+        .sink
+        .received()
+        .into_iter()
+        .filter(|r| r.delivered())
+        .count();
+    assert_eq!(delivered, 5, "each parked message delivered exactly once");
+    assert!(p.dlq().await.is_empty());
     p.stop().await;
 }

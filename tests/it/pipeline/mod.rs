@@ -146,6 +146,16 @@ impl Pipeline {
     }
 
     pub async fn start_service(&mut self, svc: Svc) {
+        self.start_service_tuned(svc, |_| {}).await;
+    }
+
+    /// [`Self::start_service`], with egress's settings adjusted by `tune_egress` after the
+    /// pipeline tests' own.
+    pub async fn start_service_tuned(
+        &mut self,
+        svc: Svc,
+        tune_egress: impl FnOnce(&mut switchyard_egress::EgressConfig),
+    ) {
         let shutdown = CancellationToken::new();
         let url = self.server.url();
         let client = self.client.clone();
@@ -171,6 +181,7 @@ impl Pipeline {
                 (config.nats.url, config.http.listen) = (url, any_port);
                 config.egress.max_attempts = 3;
                 config.egress.backoff_secs = vec![1];
+                tune_egress(&mut config);
                 switchyard_egress::start(config, client, shutdown.clone()).await
             }
         };

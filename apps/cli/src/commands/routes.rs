@@ -73,8 +73,9 @@ pub struct RotateArgs {
     pub revoke_previous: bool,
 }
 
-/// A secret given inline or read from a file (`-`: standard input), whitespace trimmed.
-fn read_secret(
+/// A value (a secret, a filter) given inline or read from a file (`-`: standard input),
+/// whitespace trimmed; `flag` names the file's flag in errors.
+pub(crate) fn read_inline_or_file(
     inline: Option<&String>,
     file: Option<&PathBuf>,
     flag: &str,
@@ -83,7 +84,8 @@ fn read_secret(
         return Ok(inline.cloned());
     };
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the secret from stdin")?
+        std::io::read_to_string(std::io::stdin())
+            .with_context(|| format!("reading {flag} from stdin"))?
     } else {
         std::fs::read_to_string(file)
             .with_context(|| format!("reading {flag} {}", file.display()))?
@@ -122,14 +124,23 @@ impl KeyArgs {
     }
 }
 
-/// Arguments of `routes set`: a webhook, a NATS subject, or the whole route as JSON.
+/// Arguments of `routes set`: which route, and its target.
 #[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["webhook", "nats", "route_json"])))]
-#[command(group(ArgGroup::new("secret_source").args(["secret", "secret_file"])))]
 pub struct SetArgs {
     /// Which route.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// Where it delivers.
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// A delivery target given as flags: a webhook, a NATS subject, or the whole route as JSON.
+/// Shared by `routes set` and `destinations set` (a destination's target is a route).
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["webhook", "nats", "route_json"])))]
+#[command(group(ArgGroup::new("secret_source").args(["secret", "secret_file"])))]
+pub struct TargetArgs {
     /// Deliver by HTTP POST to this URL (signed; needs --secret or --secret-file).
     #[arg(long, value_name = "URL", requires = "secret_source")]
     pub webhook: Option<String>,
@@ -163,10 +174,14 @@ pub struct SetArgs {
     /// With --nats: publish through JetStream and wait for the stream's ack.
     #[arg(long, requires = "nats")]
     pub jetstream: bool,
+    /// With --nats: publish on core NATS without waiting for a reply (flushed counts as
+    /// delivered, even with nobody subscribed).
+    #[arg(long, requires = "nats", conflicts_with = "jetstream")]
+    pub fire_and_forget: bool,
     /// Per-attempt timeout in milliseconds (default 10000).
     #[arg(long, value_name = "MS")]
     pub timeout_ms: Option<u64>,
-    /// Attempts in flight at once for this route (default 16).
+    /// Attempts in flight at once for this target (default 16).
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
     /// The whole route as JSON, e.g. '{"type":"nats","subject":"sink.acme"}'. (Named
@@ -175,19 +190,19 @@ pub struct SetArgs {
     pub route_json: Option<String>,
 }
 
-impl SetArgs {
+impl TargetArgs {
     /// The route these arguments describe (defaults filled in by the route's own decoder).
-    fn route(&self) -> anyhow::Result<Route> {
+    pub(crate) fn route(&self) -> anyhow::Result<Route> {
         if let Some(raw) = &self.route_json {
             return serde_json::from_str(raw).context("--route-json is not a valid route");
         }
         let mut route = Map::new();
-        let secret = read_secret(
+        let secret = read_inline_or_file(
             self.secret.as_ref(),
             self.secret_file.as_ref(),
             "--secret-file",
         )?;
-        let signing_key = read_secret(
+        let signing_key = read_inline_or_file(
             self.signing_key.as_ref(),
             self.signing_key_file.as_ref(),
             "--signing-key-file",
@@ -209,6 +224,7 @@ impl SetArgs {
             route.insert("type".into(), json!("nats"));
             route.insert("subject".into(), json!(subject));
             route.insert("jetstream".into(), json!(self.jetstream));
+            route.insert("fire_and_forget".into(), json!(self.fire_and_forget));
         }
         if let Some(ms) = self.timeout_ms {
             route.insert("timeout_ms".into(), json!(ms));
@@ -217,6 +233,22 @@ impl SetArgs {
             route.insert("max_in_flight".into(), json!(n));
         }
         serde_json::from_value(Value::Object(route)).context("building the route")
+    }
+}
+
+/// Carries a replaced webhook target's rotation overlap into its replacement when the secret
+/// stays the same (changing the timeout must not cut off receivers still on the old secret); a
+/// new secret replaces every old one at once (`routes rotate-secret` gives an overlap).
+/// Returns how many earlier secrets stopped signing.
+pub(crate) fn keep_previous_secrets(old: Option<Route>, new: &mut Route) -> usize {
+    let (Some(Route::Webhook(old)), Route::Webhook(new)) = (old, new) else {
+        return 0;
+    };
+    if old.secret == new.secret && new.previous_secrets.is_empty() {
+        new.previous_secrets = old.previous_secrets;
+        0
+    } else {
+        old.previous_secrets.len() + usize::from(old.secret != new.secret)
     }
 }
 
@@ -253,18 +285,8 @@ async fn set_route(
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
-    let mut route = args.route()?;
-    // Replacing a webhook route keeps a rotation's overlap when the secret stays the same
-    // (changing the timeout must not cut off receivers still on the old secret); a new secret
-    // here replaces every old one at once (`rotate-secret` gives an overlap).
-    let mut dropped = 0;
-    if let (Some(Route::Webhook(old)), Route::Webhook(new)) = (store.get(&key).await?, &mut route) {
-        if old.secret == new.secret && new.previous_secrets.is_empty() {
-            new.previous_secrets = old.previous_secrets;
-        } else {
-            dropped = old.previous_secrets.len() + usize::from(old.secret != new.secret);
-        }
-    }
+    let mut route = args.target.route()?;
+    let dropped = keep_previous_secrets(store.get(&key).await?, &mut route);
     route
         .validate()
         .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
@@ -324,11 +346,7 @@ async fn get_route(
         anyhow::bail!("no route for {tried}");
     };
     let shown = route.redacted();
-    // The public half of a v1a key is for receivers: shown, unlike every secret.
-    let public_key = match &route {
-        Route::Webhook(w) => w.signing_key.as_ref().map(|k| k.public_key()).transpose()?,
-        Route::Nats(_) => None,
-    };
+    let public_key = public_key(&route)?;
     if out.is_json() {
         let mut view = json!({
             "requested": requested.render(),
@@ -350,7 +368,28 @@ async fn get_route(
         )
     };
     let mut lines = vec![("key".to_owned(), key_note)];
-    match &shown {
+    target_fields(&shown, public_key.as_deref(), &mut lines);
+    print!("{}", fields(&lines));
+    Ok(())
+}
+
+/// The public half of a webhook target's v1a signing key (`whpk_…`): for receivers, so shown,
+/// unlike every secret.
+pub(crate) fn public_key(route: &Route) -> anyhow::Result<Option<String>> {
+    Ok(match route {
+        Route::Webhook(w) => w.signing_key.as_ref().map(|k| k.public_key()).transpose()?,
+        Route::Nats(_) => None,
+    })
+}
+
+/// The `get` lines of a target: `shown` is the [redacted](Route::redacted) route,
+/// `public_key` its [`public_key`].
+pub(crate) fn target_fields(
+    shown: &Route,
+    public_key: Option<&str>,
+    lines: &mut Vec<(String, String)>,
+) {
+    match shown {
         Route::Webhook(w) => {
             lines.push(("type".into(), "webhook".into()));
             lines.push(("url".into(), w.url.clone()));
@@ -360,9 +399,9 @@ async fn get_route(
             for (name, value) in &w.headers {
                 lines.push((format!("header {name}"), value.clone()));
             }
-            if let Some(public) = &public_key {
+            if let Some(public) = public_key {
                 lines.push(("signing key".into(), "whsk_*** (v1a)".into()));
-                lines.push(("public key".into(), public.clone()));
+                lines.push(("public key".into(), public.to_owned()));
             }
             for previous in &w.previous_secrets {
                 lines.push((
@@ -379,12 +418,13 @@ async fn get_route(
             lines.push(("type".into(), "nats".into()));
             lines.push(("subject".into(), n.subject.clone()));
             lines.push(("jetstream".into(), n.jetstream.to_string()));
+            if n.fire_and_forget {
+                lines.push(("fire_and_forget".into(), "true".into()));
+            }
             lines.push(("timeout_ms".into(), n.timeout_ms.to_string()));
             lines.push(("max_in_flight".into(), n.max_in_flight.to_string()));
         }
     }
-    print!("{}", fields(&lines));
-    Ok(())
 }
 
 /// One row of `routes ls --json`.
@@ -476,7 +516,7 @@ async fn rotate_secret(
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
-    let new = read_secret(
+    let new = read_inline_or_file(
         args.secret.as_ref(),
         args.secret_file.as_ref(),
         "--secret-file",

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use async_nats::jetstream;
 use clap::Subcommand;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
-use switchyard_registry::{Store, TenantRecord};
+use switchyard_registry::{Store, TenantRecord, Unmatched};
 use switchyard_topology::{
     BucketName, ResolvedTopology, StreamName, TenantQuota, provision_tenant,
 };
@@ -30,7 +31,8 @@ pub struct TenantsArgs {
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
     /// Register a tenant (creating its own ingress stream), or re-enable it (its other
-    /// settings are kept); `--max-bytes` / `--max-msgs` set its ingress quota.
+    /// settings are kept); `--max-bytes` / `--max-msgs` set its ingress quota, `--unmatched`
+    /// what becomes of a message none of its destinations takes.
     Enable(EnableArgs),
     /// Disable a tenant: ingress dead-letters its messages with `tenant_disabled`.
     Disable(TenantArg),
@@ -67,6 +69,23 @@ pub struct EnableArgs {
     /// Remove the tenant's display name.
     #[arg(long)]
     pub no_name: bool,
+    /// What egress does with a message of the tenant that none of its destinations (nor a
+    /// route) takes, once it has destinations: dead-letter it `no_subscriber` (the default) or
+    /// drop it (counted, with a receipt); kept when re-enabling without it. Services of an
+    /// earlier version refuse a record with `drop`: set it once every service is upgraded.
+    #[arg(long, value_name = "POLICY", value_parser = unmatched_policy())]
+    pub unmatched: Option<Unmatched>,
+}
+
+/// Parses `--unmatched`: `dead_letter` or `drop` ([`Unmatched::as_str`]).
+fn unmatched_policy() -> impl TypedValueParser<Value = Unmatched> {
+    let policies = [Unmatched::DeadLetter, Unmatched::Drop];
+    PossibleValuesParser::new(policies.map(Unmatched::as_str)).map(move |raw| {
+        policies
+            .into_iter()
+            .find(|policy| policy.as_str() == raw)
+            .unwrap_or_default()
+    })
 }
 
 /// Parses `--name` ([`switchyard_registry::tenant::check_name`]).
@@ -138,8 +157,13 @@ pub async fn run(
                     .as_deref()
                     .map(|n| format!(" ({})", output::printable(n)))
                     .unwrap_or_default();
+                // The policy shows only when it is not the default, like in the record.
+                let unmatched = match record.unmatched {
+                    Unmatched::DeadLetter => String::new(),
+                    policy => format!("; unmatched messages: {}", policy.as_str()),
+                };
                 println!(
-                    "tenant {}{name}: {} (max payload bytes: {}; ingress quota: {} bytes, {} messages)",
+                    "tenant {}{name}: {} (max payload bytes: {}; ingress quota: {} bytes, {} messages{unmatched})",
                     t.tenant,
                     status(&record),
                     max_payload(&record),
@@ -189,6 +213,7 @@ async fn enable(
     } else {
         args.name.clone().or(record.name)
     };
+    record.unmatched = args.unmatched.unwrap_or(record.unmatched);
     let report = provision_tenant(js, topology, &args.tenant, quota(&record), true)
         .await
         .with_context(|| format!("provisioning tenant {}'s ingress stream", args.tenant))?;

@@ -1,0 +1,507 @@
+//! `switchyard destinations set|get|ls|rm|disable|enable`: a tenant's destinations (fan-out subscriptions) in
+//! the `destinations` bucket, keyed `<tenant>.<destination>`. A destination's target is a route
+//! and is given with the same flags as `routes set` ([`TargetArgs`]); its subscription (platforms,
+//! teams, event types, a content filter) is validated before anything is written. Secrets are
+//! never printed and a webhook URL is shown as `scheme://host[:port]` only
+//! ([`Destination::redacted`]), as for routes.
+
+use anstream::{print, println};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use clap::Subcommand;
+use serde::Serialize;
+use switchyard_filter::Filter;
+use switchyard_keys::{
+    DestinationId, DestinationKey, KvKey, PlatformId, TeamId, TenantId, kv::tenant_filter,
+};
+use switchyard_registry::{Destination, Disabled, DisabledBy, Store, Subscription, Written};
+use switchyard_topology::{BucketName, ResolvedTopology};
+
+use crate::commands::routes::{
+    TargetArgs, keep_previous_secrets, public_key, read_inline_or_file, target_fields,
+};
+use crate::output::{self, Output, Table, fields};
+use crate::resources;
+
+/// Arguments of `destinations`.
+#[derive(Debug, clap::Args)]
+pub struct DestinationsArgs {
+    /// The destinations command.
+    #[command(subcommand)]
+    pub command: DestinationsCommand,
+}
+
+/// The `destinations` commands.
+#[derive(Debug, Subcommand)]
+pub enum DestinationsCommand {
+    /// Create or replace a tenant's destination: where its copies go (flags as for `routes
+    /// set`) and which of the tenant's messages it takes (every part ANDed; none given: all).
+    Set(Box<SetArgs>),
+    /// Show a destination (secrets and URL credentials redacted).
+    Get(KeyArgs),
+    /// List destinations, of every tenant or of one.
+    Ls(LsArgs),
+    /// Remove a destination.
+    Rm(KeyArgs),
+    /// Disable a destination: its copies are parked in `EGRESS` (not attempted, not
+    /// dead-lettered) until it is enabled again.
+    Disable(DisableArgs),
+    /// Enable a disabled destination (by an operator, or by egress because it stayed down):
+    /// its parked copies are delivered within `[egress] park_recheck_secs`.
+    Enable(KeyArgs),
+}
+
+/// Arguments of `destinations disable`.
+#[derive(Debug, clap::Args)]
+pub struct DisableArgs {
+    /// Which destination.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Why, for the people who will read `destinations get` (at most 200 characters).
+    #[arg(long, default_value = "disabled by an operator")]
+    pub reason: String,
+}
+
+/// Which destination: tenant and destination id.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// Destination id, unique within the tenant (`orders-hook`, `audit`).
+    pub destination: DestinationId,
+}
+
+impl KeyArgs {
+    fn key(&self) -> DestinationKey {
+        DestinationKey {
+            tenant: self.tenant.clone(),
+            destination: self.destination.clone(),
+        }
+    }
+}
+
+/// Arguments of `destinations set`: the target, as for `routes set`, and the subscription.
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// Which destination.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// A note for people (at most 200 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Where its copies go.
+    #[command(flatten, next_help_heading = "Target")]
+    pub target: TargetArgs,
+    /// Take only messages for this platform (repeatable; none: every platform).
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        help_heading = "Subscription"
+    )]
+    pub platforms: Vec<PlatformId>,
+    /// Take only messages of this team (repeatable; none: every team).
+    #[arg(long = "team", value_name = "TEAM", help_heading = "Subscription")]
+    pub teams: Vec<TeamId>,
+    /// Take only messages whose `Event-Type` header is exactly this (repeatable; none: with
+    /// or without the header).
+    #[arg(
+        long = "event-type",
+        value_name = "TYPE",
+        help_heading = "Subscription"
+    )]
+    pub event_types: Vec<String>,
+    /// Take only messages this content filter matches, e.g. '{"body":{"amount":{"$gt":100}}}'
+    /// (over the JSON payload and the headers).
+    #[arg(
+        long,
+        value_name = "JSON",
+        conflicts_with = "filter_file",
+        help_heading = "Subscription"
+    )]
+    pub filter: Option<String>,
+    /// Read the content filter from this file (`-`: standard input).
+    #[arg(long, value_name = "FILE", help_heading = "Subscription")]
+    pub filter_file: Option<PathBuf>,
+}
+
+impl SetArgs {
+    /// The destination these arguments describe (not yet validated).
+    fn destination(&self) -> anyhow::Result<Destination> {
+        let filter = match read_inline_or_file(
+            self.filter.as_ref(),
+            self.filter_file.as_ref(),
+            "--filter-file",
+        )? {
+            Some(text) => {
+                Filter::from_slice(text.as_bytes()).context("the content filter is not valid")?
+            }
+            None => Filter::match_all(),
+        };
+        Ok(Destination {
+            target: self.target.route()?,
+            subscription: Subscription {
+                platforms: self.platforms.clone(),
+                teams: self.teams.clone(),
+                event_types: self.event_types.clone(),
+                filter,
+            },
+            description: self.description.clone(),
+            disabled: None,
+        })
+    }
+}
+
+/// Arguments of `destinations ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Only this tenant's destinations.
+    pub tenant: Option<TenantId>,
+}
+
+/// Runs a `destinations` command.
+pub async fn run(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    args: &DestinationsArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let store: Store<DestinationKey, Destination> =
+        Store::new(resources::bucket(js, topology, BucketName::Destinations).await?);
+    match &args.command {
+        DestinationsCommand::Set(set) => set_destination(&store, set, out).await,
+        DestinationsCommand::Get(key) => get_destination(&store, key, out).await,
+        DestinationsCommand::Ls(ls) => list_destinations(&store, ls, out).await,
+        DestinationsCommand::Rm(key) => remove_destination(&store, key, out).await,
+        DestinationsCommand::Disable(args) => {
+            let disabled = Disabled {
+                at: time::OffsetDateTime::now_utc(),
+                by: DisabledBy::Operator,
+                reason: args.reason.clone(),
+            };
+            switch(&store, &args.key, Some(disabled), out).await
+        }
+        DestinationsCommand::Enable(key) => switch(&store, key, None, out).await,
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A destination as `--json` prints it: its key, then the (redacted) record's fields, or why
+/// the stored record is unreadable.
+#[derive(Debug, Serialize)]
+struct DestinationView {
+    key: String,
+    tenant: String,
+    destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    #[serde(flatten)]
+    record: Option<Destination>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl DestinationView {
+    /// The view of a readable record, redacted.
+    fn new(key: &DestinationKey, record: &Destination) -> Self {
+        Self {
+            key: key.render(),
+            tenant: key.tenant.to_string(),
+            destination: key.destination.to_string(),
+            revision: None,
+            record: Some(record.redacted()),
+            public_key: None,
+            error: None,
+        }
+    }
+}
+
+async fn set_destination(
+    store: &Store<DestinationKey, Destination>,
+    args: &SetArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key.key();
+    let refusing = || {
+        format!(
+            "refusing to write an invalid destination to {}",
+            key.render()
+        )
+    };
+    let mut destination = args.destination().with_context(refusing)?;
+    let old = store.get(&key).await?;
+    // Replacing the target or the subscription does not enable a disabled destination.
+    destination.disabled = old.as_ref().and_then(|d| d.disabled.clone());
+    let dropped = keep_previous_secrets(old.map(|d| d.target), &mut destination.target);
+    // The target first, so that its error reads as a route's (`route field url: …`).
+    destination.target.validate().with_context(refusing)?;
+    destination.validate().with_context(refusing)?;
+    let revision = store.put(&key, &destination).await?;
+    // A replaced destination's old secret must not linger in the key's history.
+    store.purge_history(&key).await?;
+    if out.is_json() {
+        let view = DestinationView {
+            revision: Some(revision),
+            ..DestinationView::new(&key, &destination)
+        };
+        return out.json(&view);
+    }
+    let (kind, target) = destination.target.describe();
+    println!(
+        "set destination {}: {kind} {target}, {} (revision {revision})",
+        key.render(),
+        summary(&destination.subscription)
+    );
+    if dropped > 0 {
+        println!("the destination's earlier signing secrets stopped signing");
+    }
+    Ok(())
+}
+
+async fn get_destination(
+    store: &Store<DestinationKey, Destination>,
+    args: &KeyArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key();
+    let Some(destination) = store.get(&key).await? else {
+        anyhow::bail!("no destination at {}", key.render());
+    };
+    let public_key = public_key(&destination.target)?;
+    if out.is_json() {
+        let view = DestinationView {
+            public_key,
+            ..DestinationView::new(&key, &destination)
+        };
+        return out.json(&view);
+    }
+    let shown = destination.redacted();
+    let mut lines = vec![
+        ("key".to_owned(), key.render()),
+        ("state".to_owned(), state(&shown)),
+    ];
+    if let Some(description) = &shown.description {
+        lines.push(("description".into(), description.clone()));
+    }
+    target_fields(&shown.target, public_key.as_deref(), &mut lines);
+    let subscription = &shown.subscription;
+    if *subscription == Subscription::default() {
+        lines.push(("subscription".into(), "all of the tenant's messages".into()));
+    }
+    for (name, items) in [
+        ("platforms", joined(&subscription.platforms, ", ")),
+        ("teams", joined(&subscription.teams, ", ")),
+        ("event types", joined(&subscription.event_types, ", ")),
+    ] {
+        if !items.is_empty() {
+            lines.push((name.to_owned(), items));
+        }
+    }
+    if !subscription.filter.is_match_all() {
+        let filter = serde_json::to_string(&subscription.filter).context("showing the filter")?;
+        lines.push(("filter".into(), filter));
+    }
+    print!("{}", fields(&lines));
+    Ok(())
+}
+
+/// A subscription in one line: `platforms=shop,blog teams=eu events=order.created filter`,
+/// or `all`.
+fn summary(subscription: &Subscription) -> String {
+    let mut parts = Vec::new();
+    for (name, items) in [
+        ("platforms", joined(&subscription.platforms, ",")),
+        ("teams", joined(&subscription.teams, ",")),
+        ("events", joined(&subscription.event_types, ",")),
+    ] {
+        if !items.is_empty() {
+            parts.push(format!("{name}={items}"));
+        }
+    }
+    if !subscription.filter.is_match_all() {
+        parts.push("filter".to_owned());
+    }
+    if parts.is_empty() {
+        "all".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `items` joined by `separator`.
+fn joined<T: ToString>(items: &[T], separator: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+async fn list_destinations(
+    store: &Store<DestinationKey, Destination>,
+    args: &LsArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let filter = args.tenant.as_ref().map_or(">".to_owned(), tenant_filter);
+    let destinations = store.list(&filter).await?;
+    if out.is_json() {
+        let rows: Vec<DestinationView> = destinations
+            .iter()
+            .map(|(key, record)| match record {
+                Ok(record) => DestinationView::new(key, record),
+                Err(err) => DestinationView {
+                    key: key.render(),
+                    tenant: key.tenant.to_string(),
+                    destination: key.destination.to_string(),
+                    revision: None,
+                    record: None,
+                    public_key: None,
+                    error: Some(output::error_chain(err)),
+                },
+            })
+            .collect();
+        return out.json(&rows);
+    }
+    if destinations.is_empty() {
+        match &args.tenant {
+            Some(tenant) => println!("no destinations for tenant {tenant}"),
+            None => println!("no destinations"),
+        }
+        return Ok(());
+    }
+    let mut table = Table::new([
+        "TENANT",
+        "DESTINATION",
+        "STATE",
+        "TYPE",
+        "TARGET",
+        "SUBSCRIPTION",
+    ]);
+    for (key, record) in &destinations {
+        let (state, kind, target, subscription) = match record {
+            Ok(destination) => {
+                let (kind, target) = destination.target.describe();
+                let state = if destination.disabled.is_some() {
+                    "disabled"
+                } else {
+                    "enabled"
+                };
+                (
+                    state,
+                    kind.to_owned(),
+                    target,
+                    summary(&destination.subscription),
+                )
+            }
+            Err(err) => (
+                "-",
+                "invalid".to_owned(),
+                output::error_chain(err),
+                String::new(),
+            ),
+        };
+        table.row([
+            key.tenant.to_string(),
+            key.destination.to_string(),
+            state.to_owned(),
+            kind,
+            target,
+            subscription,
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// Disables (`Some`) or enables (`None`) a destination by compare-and-set on its record, so a
+/// concurrent change (an edit, egress disabling it) is never overwritten: retried on conflict.
+async fn switch(
+    store: &Store<DestinationKey, Destination>,
+    args: &KeyArgs,
+    disabled: Option<Disabled>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key();
+    let verb = if disabled.is_some() {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    for _ in 0..CAS_TRIES {
+        let Some((mut record, revision)) = store.entry(&key).await? else {
+            anyhow::bail!("no destination at {}", key.render());
+        };
+        let unchanged = record.disabled.is_some() == disabled.is_some();
+        if !unchanged {
+            record.disabled.clone_from(&disabled);
+            record
+                .validate()
+                .with_context(|| format!("refusing to write destination {}", key.render()))?;
+            if let Written::Conflict = store.update(&key, &record, revision).await? {
+                continue;
+            }
+        }
+        if out.is_json() {
+            return out.json(&serde_json::json!({
+                "key": key.render(), verb: true, "changed": !unchanged,
+            }));
+        }
+        if unchanged {
+            println!("destination {} is {verb} already", key.render());
+        } else {
+            println!("{verb} destination {}", key.render());
+        }
+        return Ok(());
+    }
+    anyhow::bail!(
+        "destination {} kept changing under this command ({CAS_TRIES} tries); run it again",
+        key.render()
+    )
+}
+
+/// How many times `enable`/`disable` tries its compare-and-set.
+const CAS_TRIES: usize = 5;
+
+/// How a destination's state reads: `enabled`, or `disabled by egress since <time>: <reason>`.
+fn state(destination: &Destination) -> String {
+    match &destination.disabled {
+        None => "enabled".to_owned(),
+        Some(disabled) => format!(
+            "disabled by {} since {}: {}",
+            match disabled.by {
+                DisabledBy::Operator => "an operator",
+                DisabledBy::Egress => "egress (it stayed down)",
+            },
+            disabled
+                .at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            output::printable(&disabled.reason)
+        ),
+    }
+}
+
+async fn remove_destination(
+    store: &Store<DestinationKey, Destination>,
+    args: &KeyArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key();
+    // An unreadable record still exists and may be removed; only a missing one is an error.
+    if let Ok(None) = store.get(&key).await {
+        anyhow::bail!("no destination at {}", key.render());
+    }
+    store.delete(&key).await?;
+    // Keep the delete marker only: the removed destination's secret does not linger in history.
+    store.purge_history(&key).await?;
+    if out.is_json() {
+        out.json(&serde_json::json!({"key": key.render(), "removed": true}))
+    } else {
+        println!("removed destination {}", key.render());
+        Ok(())
+    }
+}
