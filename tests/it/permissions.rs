@@ -1029,7 +1029,9 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         [
             "egress.v1.acme.ops.hooks",
             "egress.v1.acme.ops.hooks",
-            "delay.v1.egress.acme.ops.hooks.k1"
+            "delay.v1.egress.acme.ops.hooks.k1",
+            // egress's own fan-out copy
+            "egress.v1.acme.ops.hooks"
         ]
     );
     assert_eq!(

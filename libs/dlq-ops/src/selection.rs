@@ -1,18 +1,20 @@
 //! Which DLQ entries an operation covers: one [`Selection`] for the CLI's filters (`ls`,
 //! `export`, `replay`, `purge`, …) and for replay jobs, whose record stores it as JSON.
 //!
-//! Tenant, stage and platform narrow the subjects read (the DLQ subject filter); the code and
-//! the time range are checked per entry. Or the selection lists DLQ sequences instead.
+//! Tenant, stage and platform narrow the subjects read (the DLQ subject filter); the code, the
+//! destination and the time range are checked per entry. Or the selection lists DLQ sequences
+//! instead.
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use serde::{Deserialize, Serialize};
 use switchyard_dlq::{DlqCode, DlqEntry};
+use switchyard_envelope::{Destination, headers};
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::{DlqFilter, Namespace};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Which entries: a filter (tenant, stage, platform, code, time range) or an explicit list of
+/// Which entries: a filter (tenant, stage, platform, code, destination, time range) or an explicit list of
 /// DLQ sequences. Its JSON is the `selection` of a replay job record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,10 @@ pub struct Selection {
     /// Only entries with this code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<DlqCode>,
+    /// Only the fanned-out copies of this destination (`Switchyard-Destination` of the
+    /// original message: a destination id, or `_route`): what a destination failed to take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
     /// Only entries stored at or after this time.
     #[serde(
         default,
@@ -79,6 +85,7 @@ impl Selection {
             || self.stage.is_some()
             || self.platform.is_some()
             || self.code.is_some()
+            || self.destination.is_some()
             || self.since.is_some()
             || self.until.is_some()
     }
@@ -118,9 +125,24 @@ impl Selection {
         })
     }
 
-    /// Whether an entry read through the subject filter also passes the code and time checks.
+    /// Whether an entry read through the subject filter also passes the code, destination and
+    /// time checks.
     pub fn matches(&self, entry: &DlqEntry) -> bool {
-        self.code.is_none_or(|c| c == entry.record.code) && self.in_time(entry.stored_at)
+        self.code.is_none_or(|c| c == entry.record.code)
+            && self.destination.as_ref().is_none_or(|d| {
+                entry
+                    .original_headers
+                    .get(headers::DESTINATION)
+                    .is_some_and(|v| v.as_str() == d.as_str())
+            })
+            && self.in_time(entry.stored_at)
+    }
+
+    /// Whether a check needs a readable record (a code or a destination): a DLQ message that is
+    /// not a valid record then never matches, while with subject and time filters alone it goes
+    /// with the rest.
+    pub fn reads_records(&self) -> bool {
+        self.code.is_some() || self.destination.is_some()
     }
 
     /// Whether a time of storage is inside `since`/`until`.
@@ -147,6 +169,9 @@ impl Selection {
         }
         if let Some(c) = self.code {
             parts.push(format!("code={c}"));
+        }
+        if let Some(d) = &self.destination {
+            parts.push(format!("destination={d}"));
         }
         if let Some(t) = self.since {
             parts.push(format!("since={}", show_time(t)));
@@ -192,6 +217,59 @@ mod tests {
         assert_eq!(listed.describe(), "seqs 4,7,9");
         assert!(listed.validate().is_ok());
         assert!(serde_json::from_str::<Selection>(r#"{"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_destination_filter_takes_only_that_destinations_copies() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let entry = |destination: Option<&str>| {
+            let mut original = async_nats::HeaderMap::new();
+            if let Some(d) = destination {
+                original.insert(headers::DESTINATION, d);
+            }
+            DlqEntry {
+                seq: 1,
+                stored_at: at,
+                subject: "dlq.v1.acme.egress.shop".into(),
+                record: switchyard_dlq::DeadLetter {
+                    stage: Stage::Egress,
+                    code: DlqCode::RetriesExhausted,
+                    reason: "down".into(),
+                    tenant: Some(TenantId::new("acme").unwrap()),
+                    platform: None,
+                    attempts: 3,
+                    first_failure: at,
+                    last_failure: at,
+                    source_stream: "EGRESS".into(),
+                    source_seq: 9,
+                    source_time: Some(at),
+                    source_subject: "egress.v1.acme.ops.shop".into(),
+                    history: Vec::new(),
+                },
+                original_headers: original,
+                original_msg_id: None,
+                payload: bytes::Bytes::from_static(b"x"),
+            }
+        };
+        let crm = Selection {
+            destination: Some("crm".parse().unwrap()),
+            ..Selection::default()
+        };
+        assert!(crm.matches(&entry(Some("crm"))));
+        assert!(!crm.matches(&entry(Some("orders"))));
+        assert!(!crm.matches(&entry(None)));
+        assert!(crm.is_filtered() && crm.reads_records());
+        assert_eq!(crm.describe(), "destination=crm");
+        let route = Selection {
+            destination: Some("_route".parse().unwrap()),
+            ..Selection::default()
+        };
+        assert!(route.matches(&entry(Some("_route"))));
+        assert_eq!(
+            serde_json::to_string(&route).unwrap(),
+            r#"{"destination":"_route"}"#
+        );
+        assert!(Selection::default().matches(&entry(Some("crm"))));
     }
 
     #[test]

@@ -49,9 +49,13 @@ pub struct LsArgs {
     /// Only this tenant's attempts (read from its own subject: fast).
     #[arg(long)]
     pub tenant: Option<TenantId>,
-    /// Only attempts over this route (destination), by its key: `acme._.slack`.
+    /// Only attempts over this route or destination, by its key: `acme._.slack`,
+    /// `acme.orders`.
     #[arg(long, value_name = "KEY")]
     pub route: Option<String>,
+    /// Only the attempts of one destination's copies (a destination id, or `_route`).
+    #[arg(long, value_name = "DESTINATION")]
+    pub destination: Option<String>,
     /// Only attempts that came out so: `delivered`, `retryable` or `permanent`.
     #[arg(long, value_parser = ["delivered", "retryable", "permanent"])]
     pub result: Option<String>,
@@ -80,6 +84,7 @@ impl LsArgs {
         Self {
             tenant: None,
             route: None,
+            destination: None,
             result: None,
             failed: false,
             message: None,
@@ -91,6 +96,10 @@ impl LsArgs {
 
     fn matches(&self, attempt: &LoggedAttempt) -> bool {
         self.route.as_ref().is_none_or(|r| *r == attempt.route)
+            && self
+                .destination
+                .as_ref()
+                .is_none_or(|d| attempt.destination.as_ref() == Some(d))
             && self.result.as_ref().is_none_or(|r| *r == attempt.result)
             && (!self.failed || attempt.result != "delivered")
             && self
@@ -273,6 +282,10 @@ fn render_one(listed: &Listed) -> String {
         ("team", a.team.clone()),
         ("platform", a.platform.clone()),
         ("route", format!("{} ({})", a.route, a.route_type)),
+        (
+            "destination",
+            a.destination.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
         ("id", a.id.clone()),
         ("msg id", a.msg_id.clone()),
         (
@@ -334,6 +347,10 @@ mod tests {
         assert!(!args(&|a| a.result = Some("delivered".into())));
         assert!(args(&|a| a.route = Some("acme._.slack".into())));
         assert!(!args(&|a| a.route = Some("acme.ops.slack".into())));
+        assert!(
+            !args(&|a| a.destination = Some("crm".into())),
+            "not a fanned-out copy"
+        );
         assert!(args(&|a| a.message = Some("order-1".into())));
         assert!(args(&|a| a.message = Some("0190-id".into())));
         assert!(!args(&|a| a.since = Some(at + time::Duration::SECOND)));

@@ -107,7 +107,7 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
             Ok(_) => continue,
             Err(err) => {
                 read::warn_malformed(delivered.seq, err);
-                if selection.in_time(delivered.stored_at) && selection.code.is_none() {
+                if selection.in_time(delivered.stored_at) && !selection.reads_records() {
                     report.skipped.push(delivered.seq);
                 }
                 continue;

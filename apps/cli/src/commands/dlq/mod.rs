@@ -25,6 +25,7 @@ use async_nats::jetstream;
 use clap::Subcommand;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::{DlqReader, Selection};
+use switchyard_envelope::Destination;
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::{DlqFilter, InputStage};
 use switchyard_topology::ResolvedTopology;
@@ -92,6 +93,10 @@ pub struct FilterArgs {
     /// Only entries with this code (e.g. retries_exhausted, no_route).
     #[arg(long, value_parser = parse::dlq_code)]
     pub code: Option<DlqCode>,
+    /// Only a destination's copies (a destination id, or `_route`): with `replay`, re-delivers
+    /// what that destination failed to take (`--since` for a window).
+    #[arg(long, value_name = "DESTINATION")]
+    pub destination: Option<Destination>,
 }
 
 /// When the entries were stored: RFC 3339 or an age like 15m, 2h, 3d.
@@ -122,6 +127,7 @@ impl FilterArgs {
             stage: self.stage,
             platform: self.platform.clone(),
             code: self.code,
+            destination: self.destination.clone(),
             since: times.since,
             until: times.until,
             seqs: Vec::new(),
@@ -134,6 +140,7 @@ impl FilterArgs {
             || self.stage.is_some()
             || self.platform.is_some()
             || self.code.is_some()
+            || self.destination.is_some()
     }
 }
 

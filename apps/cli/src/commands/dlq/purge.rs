@@ -64,7 +64,7 @@ async fn selected(
     let mut seqs: Vec<u64> = collected.entries.iter().map(|e| e.seq).collect();
     // A message that is not a valid record has no readable code: it goes with a subject or
     // time filter, never with a code filter.
-    if selection.code.is_none() {
+    if !selection.reads_records() {
         seqs.extend(&collected.malformed);
         seqs.sort_unstable();
     }
