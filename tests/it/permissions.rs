@@ -897,6 +897,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     // a destination that stayed down marked disabled in its record.
     egress.stored("egress.v1.acme.ops.hooks").await;
     egress.stored("$KV.destinations.acme.crm").await;
+    egress.stored("$KV.rate-limits.acme.crm.tokens").await;
     for (subject, payload) in [
         ("delivered.v1.acme.ops.hooks", "receipt"),
         ("sink.acme.hooks", "delivered"),
@@ -930,6 +931,11 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
             "$JS.API.STREAM.MSG.DELETE.DLQ",
             "$JS.API.STREAM.INFO.KV_api-keys",
             "$JS.API.DIRECT.GET.KV_routes",
+            // Of rate-limits, only destinations' token records: no tenant's limit or tokens.
+            "$KV.rate-limits.acme.tokens",
+            "$KV.rate-limits.acme.limit",
+            "$KV.rate-limits.acme.crm.limit",
+            "$JS.API.DIRECT.GET.KV_rate-limits.$KV.rate-limits.acme.tokens",
         ])
         .await;
     egress.subscriptions_refused(&["sink.>"]).await;

@@ -7,7 +7,6 @@
 //! scan, and `/readyz` fails while one keeps dying ([`scan::LoopHealth`]).
 
 pub mod config;
-pub mod lease;
 pub mod replicas;
 pub mod scan;
 pub mod shared;
@@ -49,7 +48,7 @@ pub async fn start(
         KvCache::start_filtered(kv.clone(), RateRecord::Pressure.filter(), shutdown.clone());
     limits.wait_loaded().await;
     let metrics = Arc::new(Metrics::new(Stage::Backpressure));
-    let leaser = Arc::new(lease::Leaser::new(kv.clone()));
+    let leaser = Arc::new(switchyard_service::lease::Leaser::new(kv.clone()));
     let own = shared::BackpressureMetrics::register(&metrics, &leaser);
     let loop_health = Arc::new(scan::LoopHealth::default());
     let shared = Arc::new(shared::Shared {

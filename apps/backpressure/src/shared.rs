@@ -9,12 +9,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateKey, TenantId};
 use switchyard_registry::{KvCache, LimitRecord, limit_lookup};
+use switchyard_service::lease::Leaser;
 use switchyard_service::{Handoff, Metrics, Settler};
 use switchyard_subjects::{InputStage, Namespace};
 use switchyard_topology::ResolvedTopology;
 
 use crate::config::BackpressureSettings;
-use crate::lease::Leaser;
 use crate::scan::LoopHealth;
 
 /// A per-tenant metric label.

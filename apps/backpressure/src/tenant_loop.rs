@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use switchyard_envelope::Envelope;
-use switchyard_keys::{Stage, TenantId};
+use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, Stage, TenantId};
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
@@ -135,7 +135,12 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 // geometrically within a batch) what this batch has brought so far.
                 let ahead = (recent_rate * lease_window.as_secs_f64()).ceil() as usize;
                 let count = ahead.max(got).clamp(1, max_block) as u32;
-                let lease = shared.leaser.lease(&tenant, count, &limit, now_ms()).await;
+                let key = RateKey {
+                    scope: RateScope::Tenant(tenant.clone()),
+                    record: RateRecord::Tokens,
+                }
+                .render();
+                let lease = shared.leaser.lease(&key, count, &limit, now_ms()).await;
                 shared.own.fallback_active.set(i64::from(
                     shared
                         .leaser

@@ -29,7 +29,8 @@ use switchyard_keys::{
     DestinationId, DestinationKey, PlatformId, RouteKey, Stage, TenantId, TenantKey,
 };
 use switchyard_registry::{
-    Destination, Disabled, DisabledBy, KvCache, Route, Store, TenantRecord, Unmatched, Written,
+    Destination, Disabled, DisabledBy, KvCache, RateLimit, Route, Store, TenantRecord, Unmatched,
+    Written,
 };
 use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::{DelaySubject, InputStage, Namespace, SubjectKind};
@@ -45,6 +46,7 @@ use crate::config::EgressSettings;
 use crate::fanout::{self, Plan};
 use crate::limiter::Limiter;
 use crate::metrics::EgressMetrics;
+use crate::rate::{self, DestinationRates};
 use crate::receipt::Receipt;
 use crate::routing::{Lookup, Resolved, lookup, lookup_destination};
 use crate::sink::{Sinks, with_progress};
@@ -71,6 +73,8 @@ pub struct EgressHandler {
     pub destinations: Arc<KvCache<DestinationKey, Destination>>,
     /// The destinations bucket, for disabling a destination that stayed down.
     pub destination_store: Store<DestinationKey, Destination>,
+    /// Per-destination rate limits, leased from the `rate-limits` bucket.
+    pub rates: DestinationRates,
     /// Tenant records (their `unmatched` policy), kept fresh by a KV watch.
     pub tenants: Arc<KvCache<TenantKey, TenantRecord>>,
     /// Schedules re-entries.
@@ -176,6 +180,7 @@ impl EgressHandler {
                 &self.ns,
                 &envelope.address.tenant,
                 destination,
+                self.tenant_destination_rate(&envelope.address.tenant),
             ),
             Some(Target::Route) => lookup(&self.routes, &self.ns, &envelope.address),
             None => match fanout::plan(
@@ -254,6 +259,26 @@ impl EgressHandler {
                 .defer(msg, &envelope, &deadline, wait, "route_busy")
                 .await;
         };
+        // A rate-limited destination: a slot of its rate, shared by every replica, before the
+        // breaker's decision (a probe must not then wait for the rate).
+        if let Some((key, limit)) = &resolved.rate {
+            match self
+                .rates
+                .take(key, limit, now_ms(), self.settings.route_wait())
+                .await
+            {
+                Ok(wait) if wait.is_zero() => {}
+                Ok(wait) => tokio::time::sleep(wait).await,
+                Err(()) => {
+                    drop(slot);
+                    drop(tenant_slot);
+                    let wait = self.spread(&resolved.id, rate::spacing(limit));
+                    return self
+                        .defer(msg, &envelope, &deadline, wait, "rate_limited")
+                        .await;
+                }
+            }
+        }
         // ... and the decision that counts is taken holding the slot, so a breaker that
         // opened while this message waited is respected.
         if let Admission::Wait { until } = self.breakers.admit(&resolved.id, Instant::now()) {
@@ -421,6 +446,17 @@ impl EgressHandler {
         self.metrics
             .count_fanned_out(envelope.address.tenant.as_str(), targets.len());
         Outcome::Forwarded
+    }
+
+    /// The tenant's `destination_rate_limit`, from its cached record.
+    fn tenant_destination_rate(&self, tenant: &TenantId) -> Option<RateLimit> {
+        let key = TenantKey {
+            tenant: tenant.clone(),
+        };
+        match self.tenants.get(&key) {
+            Some(Ok(record)) => record.destination_rate_limit,
+            _ => None,
+        }
     }
 
     /// Holds a copy for a disabled destination: it comes back after about
@@ -826,6 +862,11 @@ fn history(msg: &jetstream::Message) -> Vec<AttemptRecord> {
         tracing::warn!(%error, "unreadable attempt history; starting a new one");
         Vec::new()
     })
+}
+
+/// Now, in milliseconds since the epoch (the lease arithmetic's clock).
+fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 /// The slot spacing of a busy route or tenant with `slots` slots: about as many messages come

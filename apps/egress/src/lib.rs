@@ -26,6 +26,7 @@ pub mod handler;
 pub mod limiter;
 pub mod metrics;
 pub mod nats_sink;
+pub mod rate;
 pub mod receipt;
 pub mod routing;
 pub mod sink;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use anyhow::Context;
 use switchyard_keys::{DestinationKey, RouteKey, Stage, TenantKey};
 use switchyard_registry::{Destination, KvCache, Route, Store, TenantRecord};
+use switchyard_service::lease::Leaser;
 use switchyard_service::{
     DlqQuota, Handoff, HighWater, Metrics, Readiness, Running, SettleSettings, Worker,
     WorkerSettings, launch,
@@ -53,6 +55,7 @@ use crate::handler::EgressHandler;
 use crate::limiter::Limiter;
 use crate::metrics::EgressMetrics;
 use crate::nats_sink::NatsSink;
+use crate::rate::DestinationRates;
 use crate::sink::Sinks;
 use crate::webhook::WebhookClient;
 
@@ -119,6 +122,7 @@ pub async fn start(
     let destination_store = Store::new(kv.clone());
     let destinations: Arc<KvCache<DestinationKey, Destination>> =
         KvCache::start(kv, shutdown.child_token());
+    let (_, rate_kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
     let (tenants_bucket, kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
     let tenants: Arc<KvCache<TenantKey, TenantRecord>> = KvCache::start(kv, shutdown.child_token());
     tokio::select! {
@@ -132,6 +136,18 @@ pub async fn start(
 
     // The handler, before anything is served.
     let metrics = Arc::new(Metrics::new(Stage::Egress));
+    let leaser = Leaser::new(rate_kv);
+    metrics.register(
+        "egress_rate_kv_ops",
+        "KV operations of destinations' rate-limit leases (reads and writes)",
+        leaser.kv_ops.clone(),
+    );
+    metrics.register(
+        "egress_rate_fallbacks",
+        "Destination rate-limit leases taken from the local record while KV was unreachable",
+        leaser.fallbacks.clone(),
+    );
+
     let egress_metrics = EgressMetrics::register(&metrics);
     let settings = config.egress.clone();
     let dlq_quota = DlqQuota::start_declared(
@@ -147,6 +163,7 @@ pub async fn start(
         routes,
         destinations,
         destination_store,
+        rates: DestinationRates::new(leaser),
         tenants,
         // Retries and deferrals are schedules in EGRESS, which must discard old: none is added
         // above its high-water mark, so none evicts another tenant's messages.

@@ -6,7 +6,7 @@
 //! Switchyard's own subjects), the message is not delivered by the default instead.
 
 use switchyard_keys::{Address, DestinationId, DestinationKey, KvKey, RouteKey, TenantId};
-use switchyard_registry::{Destination, Disabled, KvCache, Route};
+use switchyard_registry::{Destination, Disabled, KvCache, LimitRecord, RateLimit, Route};
 use switchyard_subjects::Namespace;
 
 use crate::nats_sink::forbidden_subject;
@@ -24,6 +24,10 @@ pub struct Resolved {
     pub keys: Vec<Vec<u8>>,
     /// Set when a destination is disabled: its copies are parked, not attempted.
     pub disabled: Option<Disabled>,
+    /// A destination's rate limit, with the key of its token record in `rate-limits`
+    /// (`<tenant>.<destination>.tokens`); `None`: unlimited (routes, and destinations without
+    /// a limit of their own or of their tenant).
+    pub rate: Option<(String, LimitRecord)>,
 }
 
 impl Resolved {
@@ -67,11 +71,15 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
 /// Looks up destination `destination` of `tenant` in the cache: the target of a fanned-out
 /// copy. Its id (`<tenant>.<destination>`, the destination's KV key) names its breaker and
 /// slots apart from any route's (`<tenant>.<team or _>.<platform>`).
+///
+/// `tenant_rate` is the tenant's `destination_rate_limit`, which applies when the destination
+/// has no `rate_limit` of its own.
 pub fn lookup_destination(
     destinations: &KvCache<DestinationKey, Destination>,
     ns: &Namespace,
     tenant: &TenantId,
     destination: &DestinationId,
+    tenant_rate: Option<RateLimit>,
 ) -> Lookup {
     let key = DestinationKey {
         tenant: tenant.clone(),
@@ -91,6 +99,10 @@ pub fn lookup_destination(
             Ok(()) => match usable("destination", id, found.target, ns) {
                 Lookup::Found(mut resolved) => {
                     resolved.disabled = found.disabled;
+                    resolved.rate = found
+                        .rate_limit
+                        .or(tenant_rate)
+                        .map(|limit| (format!("{id}.tokens", id = key.render()), limit.as_limit()));
                     Lookup::Found(resolved)
                 }
                 other => other,
@@ -121,5 +133,6 @@ fn usable(what: &str, id: String, route: Route, ns: &Namespace) -> Lookup {
         route,
         keys,
         disabled: None,
+        rate: None,
     }))
 }

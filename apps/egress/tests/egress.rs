@@ -3,6 +3,7 @@
 //! NATS routes, per-route isolation, the circuit breaker and the delivery deadline.
 
 mod deadline;
+mod destinations;
 mod dlq_share;
 mod exposure;
 mod nats_routes;

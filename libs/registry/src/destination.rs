@@ -158,6 +158,49 @@ pub struct Destination {
     /// attempted, never dead-lettered for waiting) until it is enabled again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<Disabled>,
+    /// Its own rate limit, across every egress replica (absent: the tenant's
+    /// `destination_rate_limit`, else none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A destination's rate limit: at most `rate_per_sec` attempts a second across every egress
+/// replica, and `burst` at once after a quiet period (GCRA, leased from the `rate-limits`
+/// bucket: `switchyard_service::lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Attempts per second, in (0, 1 000 000].
+    pub rate_per_sec: f64,
+    /// Attempts at once after a quiet period, at least 1 (default 1: none ahead of the rate).
+    #[serde(default = "one")]
+    pub burst: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl RateLimit {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), DestinationError> {
+        self.as_limit()
+            .validate()
+            .map_err(|reason| DestinationError::Field {
+                field: "rate_limit",
+                reason,
+            })
+    }
+
+    /// The limit as the lease arithmetic takes it.
+    pub fn as_limit(&self) -> crate::LimitRecord {
+        crate::LimitRecord {
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+            backlog_high: None,
+            backlog_low: None,
+        }
+    }
 }
 
 /// Who disabled a destination.
@@ -227,6 +270,9 @@ impl Destination {
         }
         if let Some(disabled) = &self.disabled {
             note("disabled.reason", &disabled.reason)?;
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
         }
         Ok(())
     }
@@ -365,6 +411,17 @@ mod tests {
                 "{json}"
             );
         }
+        for limit in [r#"{"rate_per_sec":0}"#, r#"{"rate_per_sec":5,"burst":0}"#] {
+            let json =
+                format!(r#"{{"target":{{"type":"nats","subject":"a"}},"rate_limit":{limit}}}"#);
+            let error = Destination::from_json(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("rate_limit"), "{limit}: {error}");
+        }
+        let json = br#"{"target":{"type":"nats","subject":"a"},"rate_limit":{"rate_per_sec":5}}"#;
+        let limited = Destination::from_json(json).unwrap();
+        assert_eq!(limited.rate_limit.map(|l| l.burst), Some(1));
         let many: Vec<String> = (0..=MAX_LIST).map(|i| format!("t{i}")).collect();
         let json = serde_json::json!({"target":{"type":"nats","subject":"a"},
                                       "subscription":{"event_types": many}});

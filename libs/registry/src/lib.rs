@@ -29,7 +29,7 @@ pub mod tenant;
 pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
 pub use cache::KvCache;
 pub use destination::{
-    Destination, DestinationError, Disabled, DisabledBy, Subscription, Unmatched,
+    Destination, DestinationError, Disabled, DisabledBy, RateLimit, Subscription, Unmatched,
 };
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// A tenant's entry in the `tenants` bucket (JSON). A tenant without an entry is unknown and
 /// its messages are dead-lettered with `unknown_tenant` (unless ingress is configured to
 /// accept unregistered tenants).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRecord {
     /// A display name for people (`株式会社アクメ`, `Acme Corp`), shown by the CLI next to
@@ -28,6 +28,10 @@ pub struct TenantRecord {
     /// when the tenant has destinations (default: dead-letter it `no_subscriber`).
     #[serde(default, skip_serializing_if = "is_dead_letter")]
     pub unmatched: crate::Unmatched,
+    /// The rate limit of each of the tenant's destinations that has none of its own (optional:
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_rate_limit: Option<crate::RateLimit>,
 }
 
 fn is_dead_letter(unmatched: &crate::Unmatched) -> bool {
@@ -44,6 +48,7 @@ impl TenantRecord {
             quota_bytes: None,
             quota_msgs: None,
             unmatched: crate::Unmatched::DeadLetter,
+            destination_rate_limit: None,
         }
     }
 }

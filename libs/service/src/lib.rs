@@ -11,6 +11,8 @@
 //! - [`dlq_quota`]: each tenant's share of the DLQ, checked before a record is written.
 //! - [`high_water`]: the fill of a stream that must discard old (`EGRESS`), above which
 //!   hand-offs and schedules into it wait instead of making it evict.
+//! - [`lease`]: global rate limits across replicas, by leasing GCRA slots from KV (a tenant's
+//!   limit at backpressure, a destination's at egress).
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`launch`]: the one start-up path: take the listener (an address or a bound listener),
@@ -24,6 +26,7 @@ pub mod dlq_quota;
 pub mod handoff;
 pub mod high_water;
 pub mod launch;
+pub mod lease;
 pub mod metrics;
 pub mod probes;
 pub mod serve;

@@ -47,6 +47,7 @@ fn webhook(p: &Pipeline, path: &str, subscription: serde_json::Value) -> Destina
         subscription: serde_json::from_value(subscription).unwrap(),
         description: None,
         disabled: None,
+        rate_limit: None,
     }
 }
 
@@ -149,6 +150,7 @@ async fn one_message_reaches_exactly_the_matching_destinations_and_a_failing_one
             subscription: Subscription::default(),
             description: None,
             disabled: None,
+            rate_limit: None,
         },
     )
     .await;

@@ -17,7 +17,9 @@ use switchyard_filter::Filter;
 use switchyard_keys::{
     DestinationId, DestinationKey, KvKey, PlatformId, TeamId, TenantId, kv::tenant_filter,
 };
-use switchyard_registry::{Destination, Disabled, DisabledBy, Store, Subscription, Written};
+use switchyard_registry::{
+    Destination, Disabled, DisabledBy, RateLimit, Store, Subscription, Written,
+};
 use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::commands::routes::{
@@ -125,6 +127,13 @@ pub struct SetArgs {
     /// Read the content filter from this file (`-`: standard input).
     #[arg(long, value_name = "FILE", help_heading = "Subscription")]
     pub filter_file: Option<PathBuf>,
+    /// At most this many attempts a second to this destination, across every egress replica
+    /// (default: the tenant's `--destination-rate`, else unlimited).
+    #[arg(long, value_name = "PER_SEC", help_heading = "Limits")]
+    pub rate: Option<f64>,
+    /// Attempts at once after a quiet period, with --rate (default 1).
+    #[arg(long, value_name = "N", requires = "rate", help_heading = "Limits")]
+    pub burst: Option<u32>,
 }
 
 impl SetArgs {
@@ -150,6 +159,10 @@ impl SetArgs {
             },
             description: self.description.clone(),
             disabled: None,
+            rate_limit: self.rate.map(|rate_per_sec| RateLimit {
+                rate_per_sec,
+                burst: self.burst.unwrap_or(1),
+            }),
         })
     }
 }
@@ -304,6 +317,12 @@ async fn get_destination(
     if !subscription.filter.is_match_all() {
         let filter = serde_json::to_string(&subscription.filter).context("showing the filter")?;
         lines.push(("filter".into(), filter));
+    }
+    if let Some(limit) = &shown.rate_limit {
+        lines.push((
+            "rate limit".into(),
+            format!("{}/s, burst {}", limit.rate_per_sec, limit.burst),
+        ));
     }
     print!("{}", fields(&lines));
     Ok(())

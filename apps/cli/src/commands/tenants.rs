@@ -11,7 +11,7 @@ use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
-use switchyard_registry::{Store, TenantRecord, Unmatched};
+use switchyard_registry::{RateLimit, Store, TenantRecord, Unmatched};
 use switchyard_topology::{
     BucketName, ResolvedTopology, StreamName, TenantQuota, provision_tenant,
 };
@@ -75,6 +75,16 @@ pub struct EnableArgs {
     /// earlier version refuse a record with `drop`: set it once every service is upgraded.
     #[arg(long, value_name = "POLICY", value_parser = unmatched_policy())]
     pub unmatched: Option<Unmatched>,
+    /// The rate limit of each of the tenant's destinations without one of its own, in attempts
+    /// a second across every egress replica; kept when re-enabling without it.
+    #[arg(long, value_name = "PER_SEC", conflicts_with = "no_destination_rate")]
+    pub destination_rate: Option<f64>,
+    /// Attempts at once after a quiet period, with --destination-rate (default 1).
+    #[arg(long, value_name = "N", requires = "destination_rate")]
+    pub destination_burst: Option<u32>,
+    /// Remove the tenant's default destination rate limit.
+    #[arg(long)]
+    pub no_destination_rate: bool,
 }
 
 /// Parses `--unmatched`: `dead_letter` or `drop` ([`Unmatched::as_str`]).
@@ -214,6 +224,16 @@ async fn enable(
         args.name.clone().or(record.name)
     };
     record.unmatched = args.unmatched.unwrap_or(record.unmatched);
+    if args.no_destination_rate {
+        record.destination_rate_limit = None;
+    } else if let Some(rate_per_sec) = args.destination_rate {
+        let limit = RateLimit {
+            rate_per_sec,
+            burst: args.destination_burst.unwrap_or(1),
+        };
+        limit.validate().context("--destination-rate")?;
+        record.destination_rate_limit = Some(limit);
+    }
     let report = provision_tenant(js, topology, &args.tenant, quota(&record), true)
         .await
         .with_context(|| format!("provisioning tenant {}'s ingress stream", args.tenant))?;

@@ -84,6 +84,8 @@ pub struct Harness {
     routes: Store<RouteKey, Route>,
     shutdown: CancellationToken,
     egress: Option<JoinHandle<Result<(), switchyard_service::LaunchError>>>,
+    /// More egress replicas ([`Harness::start_replicas`]).
+    replicas: Vec<JoinHandle<Result<(), switchyard_service::LaunchError>>>,
     probes: Option<SocketAddr>,
     next_seq: AtomicU64,
 }
@@ -112,6 +114,7 @@ impl Harness {
             routes: Store::new(kv),
             shutdown: CancellationToken::new(),
             egress: None,
+            replicas: Vec::new(),
             probes: None,
             next_seq: AtomicU64::new(1),
         }
@@ -155,6 +158,22 @@ impl Harness {
             }
         })
         .await;
+    }
+
+    /// Starts `n` more egress replicas beside the first, each on its own connection, with the
+    /// same settings as [`Harness::start`] would give them after `tune`.
+    pub async fn start_replicas(&mut self, n: usize, tune: impl Fn(&mut EgressConfig)) {
+        for _ in 0..n {
+            let mut config = EgressConfig::load(None).unwrap();
+            config.nats.url = self.server.url();
+            tune(&mut config);
+            config.http.listen = "127.0.0.1:0".parse().unwrap();
+            let client = self.server.client().await;
+            let running = switchyard_egress::start(config, client, self.shutdown.clone())
+                .await
+                .unwrap();
+            self.replicas.push(running.task);
+        }
     }
 
     /// GETs a probe endpoint's body.
@@ -338,6 +357,13 @@ impl Harness {
     /// Cancels egress and checks it drains and returns cleanly.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
+        for replica in self.replicas.drain(..) {
+            tokio::time::timeout(Duration::from_secs(30), replica)
+                .await
+                .expect("an egress replica stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
         if let Some(egress) = self.egress.take() {
             tokio::time::timeout(Duration::from_secs(30), egress)
                 .await

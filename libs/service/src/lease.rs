@@ -1,6 +1,8 @@
-//! Global rate limiting by leasing GCRA slots from KV.
+//! Global rate limiting by leasing GCRA slots from KV, shared by the backpressure stage (one
+//! limit per tenant) and egress (one per destination with a rate limit).
 //!
-//! Each tenant has one record, `<tenant>.tokens` = `{"tat_ms": T}`: the instant from which the
+//! Each limited thing has one record in the `rate-limits` bucket — a tenant's `<tenant>.tokens`,
+//! a destination's `<tenant>.<destination>.tokens` — holding `{"tat_ms": T}`: the instant from which the
 //! next delivery slot is free (GCRA's theoretical arrival time). A replica that needs `k`
 //! tokens leases `k` consecutive slots with one compare-and-swap:
 //! `start = max(T, now − burst/rate)`, `T' = start + k/rate`. Slot `i` of the lease may be used
@@ -23,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_nats::jetstream::kv;
 use prometheus_client::metrics::counter::Counter;
-use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{LimitRecord, TokenState};
 
 /// A lease: `count` slots from `start_ms`, `spacing_ms` apart.
@@ -104,7 +105,8 @@ pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease
 /// Leases slots, from KV or (while KV is unreachable) locally.
 pub struct Leaser {
     kv: kv::Store,
-    local: Mutex<HashMap<TenantId, i64>>,
+    /// The fallback's token state, by record key.
+    local: Mutex<HashMap<String, i64>>,
     /// Live replicas last seen (for the fallback's `rate / N`).
     pub replicas: AtomicUsize,
     /// Whether the last lease fell back to the local record.
@@ -128,15 +130,11 @@ impl Leaser {
         }
     }
 
-    /// Leases `count` slots for `tenant` under `limit`.
-    pub async fn lease(
-        &self,
-        tenant: &TenantId,
-        count: u32,
-        limit: &LimitRecord,
-        now_ms: i64,
-    ) -> Lease {
-        match self.lease_kv(tenant, count, limit, now_ms).await {
+    /// Leases `count` slots under `limit` from the token record `key` (rendered:
+    /// `RateKey { scope: Tenant(acme), record: Tokens }` → `acme.tokens`, or a destination's
+    /// `acme.crm.tokens`).
+    pub async fn lease(&self, key: &str, count: u32, limit: &LimitRecord, now_ms: i64) -> Lease {
+        match self.lease_kv(key, count, limit, now_ms).await {
             Ok(lease) => {
                 if self.in_fallback.swap(false, Ordering::Relaxed) {
                     tracing::info!("kv reachable again: global rate limiting restored");
@@ -148,18 +146,12 @@ impl Leaser {
                     tracing::warn!(%error, "kv unreachable: enforcing limit / live replicas locally");
                 }
                 self.fallbacks.inc();
-                self.lease_local(tenant, count, limit, now_ms)
+                self.lease_local(key, count, limit, now_ms)
             }
         }
     }
 
-    fn lease_local(
-        &self,
-        tenant: &TenantId,
-        count: u32,
-        limit: &LimitRecord,
-        now_ms: i64,
-    ) -> Lease {
+    fn lease_local(&self, key: &str, count: u32, limit: &LimitRecord, now_ms: i64) -> Lease {
         let replicas = self.replicas.load(Ordering::Relaxed).max(1) as f64;
         let share = LimitRecord {
             rate_per_sec: limit.rate_per_sec / replicas,
@@ -167,7 +159,7 @@ impl Leaser {
             ..limit.clone()
         };
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = local.entry(tenant.clone()).or_insert(0);
+        let tat = local.entry(key.to_owned()).or_insert(0);
         let (lease, new_tat) = gcra(*tat, now_ms, &share, count);
         *tat = new_tat;
         lease
@@ -175,26 +167,21 @@ impl Leaser {
 
     async fn lease_kv(
         &self,
-        tenant: &TenantId,
+        key: &str,
         count: u32,
         limit: &LimitRecord,
         now_ms: i64,
     ) -> Result<Lease, String> {
-        let key = RateKey {
-            scope: RateScope::Tenant(tenant.clone()),
-            record: RateRecord::Tokens,
-        }
-        .render();
         for _ in 0..16 {
             self.kv_ops.inc();
-            let entry = self.kv.entry(&key).await.map_err(|e| e.to_string())?;
+            let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
             let (tat, revision) = match &entry {
                 Some(e) if e.operation == kv::Operation::Put => {
                     let tat = serde_json::from_slice::<TokenState>(&e.value)
                         .map_err(|error| format!("unreadable token state: {error}"))
                         .and_then(|state| sane_tat(state.tat_ms, now_ms, limit))
                         .unwrap_or_else(|problem| {
-                            tracing::warn!(%tenant, %key, %problem, "token state reset to now");
+                            tracing::warn!(%key, %problem, "token state reset to now");
                             now_ms
                         });
                     (tat, e.revision)
@@ -207,7 +194,7 @@ impl Leaser {
             self.kv_ops.inc();
             let written = if revision == 0 {
                 self.kv
-                    .create(&key, value.into())
+                    .create(key, value.into())
                     .await
                     .map(|_| ())
                     .map_err(|e| {
@@ -218,7 +205,7 @@ impl Leaser {
                     })
             } else {
                 self.kv
-                    .update(&key, value.into(), revision)
+                    .update(key, value.into(), revision)
                     .await
                     .map(|_| ())
                     .map_err(|e| {
@@ -234,7 +221,7 @@ impl Leaser {
                 Err((false, error)) => return Err(error),
             }
         }
-        Err(format!("lease for {tenant} kept conflicting"))
+        Err(format!("lease of {key} kept conflicting"))
     }
 }
 
