@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test check ci nats-server fmt clippy bench install-cli
+.PHONY: help run test check ci nats-server api-tools fmt clippy bench install-cli
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -11,7 +11,7 @@ help: ## list targets
 run: ## run Switchyard locally: nats-server (pinned, installed here), provisioning, services
 	@scripts/run-local.sh
 
-test: nats-server ## run the whole test suite against real nats-server processes
+test: nats-server api-tools ## run the whole test suite against real nats-server processes
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace; \
 	else \
@@ -39,6 +39,9 @@ install-cli: ## install the switchyard CLI, its man pages and shell completions 
 
 nats-server: ## install the pinned nats-server into .tools/bin
 	@scripts/install-nats-server.sh
+
+api-tools: ## install the management API's conformance tool (schemathesis, pinned) into .tools/api-venv
+	@scripts/install-api-tools.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all

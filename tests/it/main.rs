@@ -1,5 +1,6 @@
 //! Cross-crate integration tests against real nats-server processes (one test binary).
 
+mod api;
 mod cluster;
 mod hostile_ids;
 mod permissions;

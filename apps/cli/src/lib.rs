@@ -3,6 +3,7 @@
 //! output ([`output`]), progress bars ([`progress`]), value parsers ([`parse`]), confirmation prompts ([`prompt`]) and
 //! opening streams and buckets with a clear error when they are missing ([`resources`]).
 
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod output;
@@ -60,6 +61,8 @@ pub enum Command {
     Completions(commands::shell::CompletionsArgs),
     /// Write man pages for every command to a folder.
     Man(commands::shell::ManArgs),
+    /// The management HTTP API: serve it, or print its OpenAPI description.
+    Api(api::ApiArgs),
 }
 
 /// The commands that connect to NATS before they start.
@@ -97,6 +100,15 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
             // The doctor connects itself: an unreachable server is one of its findings.
             let topology = topology(&config)?;
             return commands::doctor::run(&config, &topology, &args, &out).await;
+        }
+        Command::Api(args) => {
+            if matches!(args.command, api::ApiCommand::Openapi) {
+                return Ok(api::openapi_json_command());
+            }
+            let topology = topology(&config)?;
+            let client = switchyard_runtime::connect(&config.nats).await?;
+            let js = switchyard_runtime::jetstream(client, &config.nats);
+            return api::run(&js, &topology, &args).await;
         }
         Command::Nats(command) => *command,
     };

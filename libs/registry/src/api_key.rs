@@ -25,6 +25,9 @@ pub const TOKEN_PREFIX: &str = "sy_";
 pub enum ApiScope {
     /// Publish the tenant's messages through the HTTP API.
     Publish,
+    /// Read and change the tenant's own destinations, DLQ and delivery log through the
+    /// management API (`switchyard api serve`).
+    Manage,
 }
 
 /// A key's record (JSON at `<id>` in `api-keys`). Never holds the secret.

@@ -50,6 +50,20 @@ pub struct CreateArgs {
     /// A note for operators (who holds the key).
     #[arg(long)]
     pub label: Option<String>,
+    /// What the key may do: `publish` (the producer HTTP API, the default) and/or `manage`
+    /// (the tenant's own destinations, DLQ and delivery log through the management API).
+    /// Services of an earlier version do not know `manage`.
+    #[arg(long = "scope", value_name = "SCOPE", value_parser = scope)]
+    pub scopes: Vec<switchyard_registry::ApiScope>,
+}
+
+/// Parses `--scope`: `publish` or `manage`.
+fn scope(raw: &str) -> Result<switchyard_registry::ApiScope, String> {
+    match raw {
+        "publish" => Ok(switchyard_registry::ApiScope::Publish),
+        "manage" => Ok(switchyard_registry::ApiScope::Manage),
+        other => Err(format!("unknown scope {other:?}: publish or manage")),
+    }
 }
 
 /// One tenant.
@@ -138,8 +152,13 @@ pub async fn run(
             let expires_at = args
                 .expires_in_days
                 .map(|days| now + time::Duration::days(i64::from(days)));
-            let issued = api_key::issue(args.tenant.clone(), expires_at, args.label.clone(), now)
-                .context("issuing a key")?;
+            let mut issued =
+                api_key::issue(args.tenant.clone(), expires_at, args.label.clone(), now)
+                    .context("issuing a key")?;
+            if !args.scopes.is_empty() {
+                issued.record.scopes.clone_from(&args.scopes);
+                issued.record.scopes.dedup();
+            }
             keys.put(&issued.id, &issued.record).await?;
             if out.is_json() {
                 out.json(&serde_json::json!({

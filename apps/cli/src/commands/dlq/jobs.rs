@@ -147,7 +147,7 @@ pub async fn submit(
 }
 
 /// Tells running dlq services about a new job (best effort: they also scan the bucket).
-async fn announce(js: &jetstream::Context, topology: &ResolvedTopology, id: &str) {
+pub async fn announce(js: &jetstream::Context, topology: &ResolvedTopology, id: &str) {
     let subject = ControlSubject {
         command: ControlCommand::Replay,
     }

@@ -10,7 +10,7 @@
 
 mod export;
 mod import;
-mod jobs;
+pub mod jobs;
 mod ls;
 mod purge;
 mod read;

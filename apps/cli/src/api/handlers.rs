@@ -1,0 +1,710 @@
+//! The management API's endpoints: the same records and reads the CLI's commands use (the
+//! registry's stores, the DLQ reader, the delivery log's listing, replay jobs), so the API and
+//! the CLI always agree. Every path, query and body is read by hand into the API's own
+//! errors (never a framework's plain-text rejection), and every record shown is redacted.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobStore, Selection};
+use switchyard_envelope::Destination as Copy;
+use switchyard_keys::{DestinationId, DestinationKey, KvKey, TenantId, TenantKey};
+use switchyard_registry::{Destination, Disabled, DisabledBy, Written};
+use switchyard_topology::StreamName;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::{Principal, authenticate};
+use super::error::ApiError;
+use crate::commands::attempts::{self, LsArgs};
+
+/// The most entries or attempts one listing returns.
+pub const MAX_PAGE: usize = 1_000;
+
+/// A tenant and its registry record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    /// The tenant id.
+    pub tenant: String,
+    /// Its record (`enabled`, `name`, quotas, `unmatched`, `destination_rate_limit`).
+    #[schema(value_type = Object)]
+    pub record: Value,
+}
+
+/// A destination, its secrets redacted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationView {
+    /// The tenant.
+    pub tenant: String,
+    /// The destination id.
+    pub destination: String,
+    /// The record (`target`, `subscription`, `description`, `disabled`, `rate_limit`), with
+    /// webhook secrets as `whsec_***` and URLs as `scheme://host[:port]`; absent when the stored
+    /// record is unreadable.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<Value>,
+    /// Why the stored record is unreadable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A page of DLQ entries, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DlqPage {
+    /// The entries (the JSON of `switchyard dlq show --json`).
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<Value>,
+    /// Whether more entries matched than the page holds.
+    pub truncated: bool,
+}
+
+/// A replay job (the record in `dlq-jobs`, as `switchyard dlq jobs --json` shows it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    /// The job id.
+    pub id: String,
+    /// The whole record: spec, state, progress.
+    #[schema(value_type = Object)]
+    pub job: Value,
+}
+
+/// A page of the delivery log, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptsPage {
+    /// The attempts (the JSON of `switchyard attempts ls --json`).
+    #[schema(value_type = Vec<Object>)]
+    pub attempts: Vec<Value>,
+}
+
+/// What `POST …/dlq/replay` replays: listed sequences, or filters within the tenant.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Exactly these DLQ sequences (of this tenant); not with filters.
+    #[serde(default)]
+    pub seqs: Vec<u64>,
+    /// Only entries with this code (`retries_exhausted`, …).
+    pub code: Option<String>,
+    /// Only one destination's copies (a destination id, or `_route`).
+    pub destination: Option<String>,
+    /// Replays per second (default 100, 1 to 10 000).
+    pub rate: Option<u32>,
+    /// Only plan: publish nothing, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What `POST …/disable` may say.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableRequest {
+    /// Why (shown by `switchyard destinations get`).
+    pub reason: Option<String>,
+}
+
+fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
+    raw.parse()
+        .map_err(|e| ApiError::bad_request(format!("tenant: {e}")))
+}
+
+fn destination_of(raw: &str) -> Result<DestinationId, ApiError> {
+    raw.parse()
+        .map_err(|e| ApiError::bad_request(format!("destination: {e}")))
+}
+
+/// The caller, allowed to reach `tenant`.
+async fn caller_for(
+    state: &ApiState,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<TenantId, ApiError> {
+    let principal = authenticate(headers, &state.operator_token, &state.keys).await?;
+    let tenant = tenant_of(tenant)?;
+    principal.may(&tenant)?;
+    Ok(tenant)
+}
+
+fn unavailable(error: impl std::error::Error) -> ApiError {
+    ApiError::unavailable(&error)
+}
+
+fn anyhow_unavailable(error: &anyhow::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{error:#}"),
+    )
+}
+
+/// A query parameter as a number in `range`.
+fn number(
+    query: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "{name} must be a whole number from 1 to {max}"
+            ))),
+        },
+    }
+}
+
+fn view(tenant: &TenantId, id: &DestinationId, record: &Destination) -> DestinationView {
+    DestinationView {
+        tenant: tenant.to_string(),
+        destination: id.to_string(),
+        record: Some(serde_json::to_value(record.redacted()).unwrap_or(Value::Null)),
+        error: None,
+    }
+}
+
+/// Lists every tenant (operator only).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    responses((status = 200, body = Vec<TenantView>), (status = 401, body = ApiError),
+              (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn list_tenants(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TenantView>>, ApiError> {
+    authenticate(&headers, &state.operator_token, &state.keys)
+        .await?
+        .operator()?;
+    let listed = state.tenants.list(">").await.map_err(unavailable)?;
+    Ok(Json(
+        listed
+            .into_iter()
+            .map(|(key, record)| TenantView {
+                tenant: key.tenant.to_string(),
+                record: match record {
+                    Ok(record) => serde_json::to_value(record).unwrap_or(Value::Null),
+                    Err(error) => serde_json::json!({"error": error.to_string()}),
+                },
+            })
+            .collect(),
+    ))
+}
+
+/// One tenant's registry record.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    responses((status = 200, body = TenantView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn get_tenant(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let key = TenantKey {
+        tenant: tenant.clone(),
+    };
+    match state.tenants.get(&key).await.map_err(unavailable)? {
+        Some(record) => Ok(Json(TenantView {
+            tenant: tenant.to_string(),
+            record: serde_json::to_value(record).unwrap_or(Value::Null),
+        })),
+        None => Err(ApiError::not_found(format!("no tenant {tenant}"))),
+    }
+}
+
+/// A tenant's destinations.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/destinations", tag = "destinations",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    responses((status = 200, body = Vec<DestinationView>), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn list_destinations(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<DestinationView>>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let filter = switchyard_keys::kv::tenant_filter(&tenant);
+    let listed = state
+        .destinations
+        .list(&filter)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(
+        listed
+            .into_iter()
+            .map(|(key, record)| match record {
+                Ok(record) => view(&key.tenant, &key.destination, &record),
+                Err(error) => DestinationView {
+                    tenant: key.tenant.to_string(),
+                    destination: key.destination.to_string(),
+                    record: None,
+                    error: Some(error.to_string()),
+                },
+            })
+            .collect(),
+    ))
+}
+
+/// One destination.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/destinations/{destination}", tag = "destinations",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("destination" = String, Path, description = "destination id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    responses((status = 200, body = DestinationView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn get_destination(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, destination)): Path<(String, String)>,
+) -> Result<Json<DestinationView>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let key = DestinationKey {
+        tenant,
+        destination: destination_of(&destination)?,
+    };
+    match state.destinations.get(&key).await.map_err(unavailable)? {
+        Some(record) => Ok(Json(view(&key.tenant, &key.destination, &record))),
+        None => Err(ApiError::not_found(format!(
+            "no destination {}",
+            key.render()
+        ))),
+    }
+}
+
+/// Creates or replaces a destination (the JSON of `destinations` records); a stored
+/// `disabled` state is kept, and so are a webhook's previous secrets when its secret is
+/// unchanged.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/destinations/{destination}", tag = "destinations",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("destination" = String, Path, description = "destination id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = Object, description = "a destination: {\"target\": {…route…}, \"subscription\": {…}}"),
+    responses((status = 200, body = DestinationView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn put_destination(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, destination)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<DestinationView>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let key = DestinationKey {
+        tenant,
+        destination: destination_of(&destination)?,
+    };
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    let mut record: Destination =
+        serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let old = state.destinations.get(&key).await.map_err(unavailable)?;
+    record.disabled = old.as_ref().and_then(|d| d.disabled.clone());
+    crate::commands::routes::keep_previous_secrets(old.map(|d| d.target), &mut record.target);
+    record.validate().map_err(|e| {
+        let mut message = e.to_string();
+        if let Some(source) = std::error::Error::source(&e) {
+            message.push_str(": ");
+            message.push_str(&source.to_string());
+        }
+        ApiError::invalid(message)
+    })?;
+    state
+        .destinations
+        .put(&key, &record)
+        .await
+        .map_err(unavailable)?;
+    state
+        .destinations
+        .purge_history(&key)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(view(&key.tenant, &key.destination, &record)))
+}
+
+/// Removes a destination.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/destinations/{destination}", tag = "destinations",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("destination" = String, Path, description = "destination id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    responses((status = 204, description = "removed"), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn delete_destination(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, destination)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let key = DestinationKey {
+        tenant,
+        destination: destination_of(&destination)?,
+    };
+    if let Ok(None) = state.destinations.get(&key).await {
+        return Err(ApiError::not_found(format!(
+            "no destination {}",
+            key.render()
+        )));
+    }
+    state.destinations.delete(&key).await.map_err(unavailable)?;
+    state
+        .destinations
+        .purge_history(&key)
+        .await
+        .map_err(unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disables (`disable`) or enables (`enable`) a destination, by compare-and-set.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/destinations/{destination}/{action}", tag = "destinations",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("destination" = String, Path, description = "destination id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("action" = String, Path, description = "`disable` or `enable`", pattern = "^(disable|enable)$")),
+    request_body(content = Option<DisableRequest>, description = "for disable: an optional reason"),
+    responses((status = 200, body = DestinationView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 409, body = ApiError),
+              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn switch_destination(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, destination, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Json<DestinationView>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let key = DestinationKey {
+        tenant,
+        destination: destination_of(&destination)?,
+    };
+    let request: DisableRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DisableRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    let disabled = match action.as_str() {
+        "disable" => Some(Disabled {
+            at: OffsetDateTime::now_utc(),
+            by: DisabledBy::Operator,
+            reason: request
+                .reason
+                .unwrap_or_else(|| "disabled through the management API".to_owned()),
+        }),
+        "enable" => None,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no action {:?}: disable or enable",
+                crate::output::printable(other)
+            )));
+        }
+    };
+    for _ in 0..5 {
+        let Some((mut record, revision)) =
+            state.destinations.entry(&key).await.map_err(unavailable)?
+        else {
+            return Err(ApiError::not_found(format!(
+                "no destination {}",
+                key.render()
+            )));
+        };
+        if record.disabled.is_some() == disabled.is_some() {
+            return Ok(Json(view(&key.tenant, &key.destination, &record)));
+        }
+        record.disabled.clone_from(&disabled);
+        record
+            .validate()
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        match state
+            .destinations
+            .update(&key, &record, revision)
+            .await
+            .map_err(unavailable)?
+        {
+            Written::Stored(_) => return Ok(Json(view(&key.tenant, &key.destination, &record))),
+            Written::Conflict => continue,
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        "the destination kept changing; try again",
+    ))
+}
+
+/// The selection of a tenant's DLQ entries from query parameters `code` and `destination`.
+fn dlq_selection(
+    tenant: &TenantId,
+    code: Option<&String>,
+    destination: Option<&String>,
+) -> Result<Selection, ApiError> {
+    Ok(Selection {
+        tenant: Some(tenant.clone()),
+        code: code
+            .map(|c| crate::parse::dlq_code(c))
+            .transpose()
+            .map_err(ApiError::bad_request)?,
+        destination: destination
+            .map(|d| d.parse::<Copy>())
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("destination: {e}")))?,
+        ..Selection::default()
+    })
+}
+
+/// A tenant's DLQ entries, oldest first (`limit`: 1 to 1000, default 100; `code`,
+/// `destination` filters). Never consumes.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("limit" = Option<u32>, Query, description = "at most this many (1 to 1000, default 100)", minimum = 1, maximum = 1000),
+           ("code" = Option<String>, Query, description = "only this DLQ code"),
+           ("destination" = Option<String>, Query, description = "only this destination's copies")),
+    responses((status = 200, body = DlqPage), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn list_dlq(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<DlqPage>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let limit = number(&query, "limit", 100, MAX_PAGE)?;
+    let selection = dlq_selection(&tenant, query.get("code"), query.get("destination"))?;
+    let reader = state.dlq().await?;
+    let collected = reader
+        .collect(&selection, Some(limit), |_, _| {})
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(DlqPage {
+        entries: collected
+            .entries
+            .iter()
+            .map(|e| serde_json::to_value(e.view()).unwrap_or(Value::Null))
+            .collect(),
+        truncated: collected.truncated,
+    }))
+}
+
+/// One DLQ entry of the tenant, by its sequence.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq/{seq}", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("seq" = u64, Path, description = "DLQ sequence", minimum = 1)),
+    responses((status = 200, body = Object), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn get_dlq_entry(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, seq)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    // Stream sequences start at 1.
+    let seq: u64 = match seq.parse() {
+        Ok(seq) if seq >= 1 => seq,
+        _ => return Err(ApiError::bad_request("seq must be a whole number from 1")),
+    };
+    let reader = state.dlq().await?;
+    let not_found = || ApiError::not_found(format!("no DLQ entry {seq} of tenant {tenant}"));
+    let Some(message) = reader.get(seq).await.map_err(unavailable)? else {
+        return Err(not_found());
+    };
+    match reader.entry_of(&message) {
+        Ok(entry) if entry.record.tenant.as_ref() == Some(&tenant) => Ok(Json(
+            serde_json::to_value(entry.view()).unwrap_or(Value::Null),
+        )),
+        // Another tenant's, or not a record: nothing of it is shown.
+        _ => Err(not_found()),
+    }
+}
+
+/// Replays a tenant's DLQ entries through a durable replay job run by the dlq service.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/dlq/replay", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = ReplayRequest),
+    responses((status = 202, body = JobView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn replay_dlq(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let request: ReplayRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rate = request.rate.unwrap_or(100);
+    if !(1..=10_000).contains(&rate) {
+        return Err(ApiError::bad_request("rate must be from 1 to 10000"));
+    }
+    let filter = dlq_selection(&tenant, request.code.as_ref(), request.destination.as_ref())?;
+    if !request.seqs.is_empty() && (request.code.is_some() || request.destination.is_some()) {
+        return Err(ApiError::bad_request("list seqs or filter, not both"));
+    }
+    let reader = state.dlq().await?;
+    // Only the tenant's own entries count, listed or filtered.
+    let (mut count, mut upper, mut seqs) = (0u64, 0u64, Vec::new());
+    let mut read = reader.select(&filter);
+    while let Some((_, delivered)) = read.next().await.map_err(unavailable)? {
+        if let Ok(entry) = &delivered.entry
+            && filter.matches(entry)
+            && (request.seqs.is_empty() || request.seqs.contains(&entry.seq))
+        {
+            count += 1;
+            upper = upper.max(entry.seq);
+            seqs.push(entry.seq);
+        }
+    }
+    if count == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_matches",
+            "no DLQ entry of the tenant matches: no job created",
+        ));
+    }
+    let selection = if request.seqs.is_empty() {
+        filter
+    } else {
+        Selection::listed(seqs)
+    };
+    let job = JobRecord::new(
+        JobSpec {
+            selection,
+            target: None,
+            rate,
+            dry_run: request.dry_run,
+            upper_seq: upper,
+            total: count,
+        },
+        OffsetDateTime::now_utc(),
+    );
+    state.jobs.create(&job).await.map_err(unavailable)?;
+    crate::commands::dlq::jobs::announce(&state.js, &state.topology, &job.id).await;
+    Ok((StatusCode::ACCEPTED, Json(job_view(&job))).into_response())
+}
+
+fn job_view(job: &JobRecord) -> JobView {
+    JobView {
+        id: job.id.clone(),
+        job: serde_json::to_value(job).unwrap_or(Value::Null),
+    }
+}
+
+/// A replay job: a tenant sees only jobs over its own entries.
+#[utoipa::path(get, path = "/v1/jobs/{job}", tag = "dlq",
+    params(("job" = String, Path, description = "job id (a UUID)")),
+    responses((status = 200, body = JobView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 404, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn get_job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let principal = authenticate(&headers, &state.operator_token, &state.keys).await?;
+    let not_found = || ApiError::not_found(format!("no job {}", crate::output::printable(&job)));
+    let found = match state.jobs.get(&job).await {
+        Ok(found) => found,
+        // Not a job id at all.
+        Err(switchyard_registry::StoreError::InvalidKey { .. }) => {
+            return Err(ApiError::bad_request("not a job id"));
+        }
+        Err(error) => return Err(unavailable(error)),
+    };
+    let Some((record, _)) = found else {
+        return Err(not_found());
+    };
+    let visible = match &principal {
+        Principal::Operator => true,
+        Principal::Tenant(own) => record.spec.selection.tenant.as_ref() == Some(own),
+    };
+    if !visible {
+        return Err(not_found());
+    }
+    Ok(Json(job_view(&record)))
+}
+
+/// A tenant's delivery log, the most recent `limit` (1 to 1000, default 100) attempts that
+/// match, oldest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts", tag = "attempts",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("limit" = Option<u32>, Query, description = "at most this many (1 to 1000, default 100)", minimum = 1, maximum = 1000),
+           ("failed" = Option<bool>, Query, description = "only attempts that did not deliver"),
+           ("destination" = Option<String>, Query, description = "only this destination's copies")),
+    responses((status = 200, body = AttemptsPage), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn list_attempts(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<AttemptsPage>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let limit = number(&query, "limit", 100, MAX_PAGE)?;
+    let failed = match query.get("failed").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("failed must be true or false")),
+    };
+    let mut args = LsArgs::everything();
+    args.tenant = Some(tenant.clone());
+    args.failed = failed;
+    args.destination = query.get("destination").cloned();
+    args.limit = u64::try_from(limit).unwrap_or(100);
+    let (_, stream) = state
+        .topology
+        .open_stream(&state.js, StreamName::Attempts)
+        .await
+        .map_err(unavailable)?;
+    let filter = state.topology.namespace.attempt_filter(Some(&tenant));
+    let listed = attempts::list(&stream, &filter, &args, |_| {})
+        .await
+        .map_err(|e| anyhow_unavailable(&e))?;
+    Ok(Json(AttemptsPage {
+        attempts: listed
+            .iter()
+            .map(|l| serde_json::to_value(l).unwrap_or(Value::Null))
+            .collect(),
+    }))
+}
+
+/// Streams, consumers, buckets and per-tenant backlog (operator only): `switchyard status
+/// --json`.
+#[utoipa::path(get, path = "/v1/status", tag = "status",
+    responses((status = 200, body = Object), (status = 401, body = ApiError),
+              (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn status(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authenticate(&headers, &state.operator_token, &state.keys)
+        .await?
+        .operator()?;
+    let report = switchyard_topology::status(&state.js, &state.topology)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
+}
+
+/// A job store over the `dlq-jobs` bucket (for `ApiState`).
+pub fn job_store(kv: async_nats::jetstream::kv::Store) -> JobStore {
+    JobStore::new(kv)
+}
+
+/// The DLQ reader of the deployment.
+pub async fn dlq_reader(state: &ApiState) -> Result<DlqReader, ApiError> {
+    let stream = crate::resources::dlq_stream(&state.js, &state.topology)
+        .await
+        .map_err(unavailable)?;
+    Ok(DlqReader::new(stream, state.topology.namespace.clone()))
+}

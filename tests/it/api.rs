@@ -1,0 +1,341 @@
+//! The management API (`switchyard api serve`) against a real nats-server: what each scope may
+//! reach, and the OpenAPI conformance run — schemathesis drives every operation of the
+//! description the API serves, and every answer must be documented, JSON, and match its
+//! schema, with no server error.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchyard_cli::api::{ApiState, openapi_json, router};
+use switchyard_dlq::DlqCode;
+use switchyard_fixtures::{Orders, Provisioned, enable_tenant};
+use switchyard_keys::{ApiKeyKey, Stage};
+use switchyard_registry::{ApiKeyRecord, ApiScope, Store, TenantRecord, api_key};
+use switchyard_subjects::Namespace;
+use switchyard_topology::{BucketName, DeploymentConfig};
+
+const OPERATOR: &str = "operator-token-0123456789abcdef0123456789";
+
+/// A provisioned server with tenants acme and globex, a destination and a DLQ entry each, a
+/// manage key of acme's, and the API served on a free port.
+struct Api {
+    provisioned: Provisioned,
+    base: String,
+    acme_key: String,
+}
+
+async fn manage_key(js: &async_nats::jetstream::Context, tenant: &str) -> String {
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    let mut issued = api_key::issue(
+        tenant.parse().unwrap(),
+        None,
+        None,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    issued.record.scopes = vec![ApiScope::Manage];
+    let bucket = topology
+        .open_bucket(js, BucketName::ApiKeys)
+        .await
+        .unwrap()
+        .1;
+    Store::<ApiKeyKey, ApiKeyRecord>::new(bucket)
+        .put(&issued.id, &issued.record)
+        .await
+        .unwrap();
+    issued.token
+}
+
+async fn start() -> Api {
+    switchyard_runtime::init_for_tests();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let provisioned = Provisioned::start().await;
+    let js = &provisioned.js;
+    let ns = Namespace::default();
+    let orders = Orders {
+        deliveries: 3,
+        text: None,
+        failure: (12, "HTTP 503"),
+    };
+    for (n, tenant) in [(1, "acme"), (2, "globex")] {
+        enable_tenant(js, tenant, &TenantRecord::enabled()).await;
+        let env = orders.envelope(tenant, n);
+        let record = orders.record(&ns, Stage::Egress, DlqCode::RetriesExhausted, n, &env);
+        orders.publish(js, &ns, record, n).await.await.unwrap();
+    }
+    let acme_key = manage_key(js, "acme").await;
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    let state = ApiState::open(js, &topology, OPERATOR).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let api = Api {
+        provisioned,
+        base,
+        acme_key,
+    };
+    for tenant in ["acme", "globex"] {
+        let (status, _) = api
+            .call(
+                "PUT",
+                &format!("/v1/tenants/{tenant}/destinations/crm"),
+                OPERATOR,
+                Some(json!({"target": {"type": "webhook", "url": "https://u:p@crm.example/in?token=t",
+                                       "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+                            "subscription": {"platforms": ["slack"]}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    api
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
+        };
+        (status, value)
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_key_reaches_its_own_tenant_only_and_the_operator_every_tenant() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+
+    // Its own things.
+    let (status, destinations) = api
+        .call("GET", "/v1/tenants/acme/destinations", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(destinations[0]["destination"], "crm");
+    let shown = destinations.to_string();
+    for secret in ["MfKQ9r8", "token=t", "u:p"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    let (status, page) = api.call("GET", "/v1/tenants/acme/dlq", &acme, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["tenant"], "acme");
+    let acme_seq = entries[0]["seq"].as_u64().unwrap();
+
+    // Nothing of another tenant, whichever path or id it tries.
+    for path in [
+        "/v1/tenants/globex",
+        "/v1/tenants/globex/destinations",
+        "/v1/tenants/globex/destinations/crm",
+        "/v1/tenants/globex/dlq",
+        "/v1/tenants/globex/attempts",
+    ] {
+        let (status, body) = api.call("GET", path, &acme, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert_eq!(body["error"], "tenant_mismatch");
+    }
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/v1/tenants/globex/destinations/x",
+            Some(json!({"target": {"type": "nats", "subject": "sink.x"}})),
+        ),
+        ("DELETE", "/v1/tenants/globex/destinations/crm", None),
+        ("POST", "/v1/tenants/globex/destinations/crm/disable", None),
+        ("POST", "/v1/tenants/globex/dlq/replay", Some(json!({}))),
+    ] {
+        let (status, _) = api.call(method, path, &acme, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    // globex's DLQ entry is not acme's, even by its sequence under acme's path.
+    let (_, all) = api
+        .call("GET", "/v1/tenants/globex/dlq", OPERATOR, None)
+        .await;
+    let globex_seq = all["entries"][0]["seq"].as_u64().unwrap();
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/dlq/{globex_seq}"),
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, entry) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/dlq/{acme_seq}"),
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(entry["code"], "retries_exhausted");
+    // Operator-only paths.
+    for path in ["/v1/tenants", "/v1/status"] {
+        let (status, _) = api.call("GET", path, &acme, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        let (status, _) = api.call("GET", path, OPERATOR, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    // No or a wrong token: 401.
+    let (status, _) = api.call("GET", "/v1/tenants/acme", "sy_wrong", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A replay job over acme's entry; visible to acme, not to a globex key.
+    let (status, job) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/dlq/replay",
+            &acme,
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["job"]["spec"]["total"], 1);
+    let (status, _) = api
+        .call("GET", &format!("/v1/jobs/{id}"), &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let globex_key = manage_key(&api.provisioned.js, "globex").await;
+    let (status, _) = api
+        .call("GET", &format!("/v1/jobs/{id}"), &globex_key, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Disable and enable, as the CLI does.
+    let (status, disabled) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/disable",
+            &acme,
+            Some(json!({"reason": "maintenance"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(disabled["record"]["disabled"]["reason"], "maintenance");
+    let (_, enabled) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/enable",
+            &acme,
+            None,
+        )
+        .await;
+    assert!(enabled["record"].get("disabled").is_none(), "{enabled}");
+    // An invalid destination is refused with the reason, and nothing is written.
+    let (status, refused) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/destinations/bad",
+            &acme,
+            Some(json!({"target": {"type": "nats", "subject": "a.*"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        refused["message"].as_str().unwrap().contains("subject"),
+        "{refused}"
+    );
+    let (status, _) = api
+        .call("GET", "/v1/tenants/acme/destinations/bad", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Where schemathesis is: `SWITCHYARD_SCHEMATHESIS`, else the one `make api-tools` installs.
+fn schemathesis() -> PathBuf {
+    if let Ok(path) = std::env::var("SWITCHYARD_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/api-venv/bin/st");
+    assert!(
+        path.exists(),
+        "schemathesis is not installed at {}: run `make api-tools` (make test does)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn the_running_api_conforms_to_its_openapi_description() {
+    let api = start().await;
+    let st = schemathesis();
+    let base = api.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(st)
+            .args([
+                "run",
+                &format!("{base}/openapi.json"),
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+                "--header",
+                &format!("Authorization: Bearer {OPERATOR}"),
+                "--max-examples",
+                "25",
+                "--seed",
+                "20261206",
+                "--generation-deterministic",
+                "--request-timeout",
+                "20",
+                "--workers",
+                "1",
+                "--no-color",
+            ])
+            .env("SCHEMATHESIS_HOOKS", "")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    // The description the API serves is the one in the repository.
+    let served = reqwest::get(format!("{}/openapi.json", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(served, openapi_json());
+    drop(api);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[test]
+fn docs_openapi_json_is_the_generated_description() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == openapi_json(),
+        "docs/openapi.json is not what the code generates: run \
+         `cargo run -p switchyard-cli -- api openapi > docs/openapi.json`"
+    );
+}
