@@ -1,7 +1,10 @@
 //! Per-route circuit breakers: stop hammering a route that is down, without burning the retry
 //! budget of the messages waiting for it.
 //!
-//! - **closed**: attempts pass; `threshold` consecutive retryable failures open the breaker.
+//! - **closed**: attempts pass; `threshold` consecutive retryable failures open the breaker,
+//!   and so does a failure rate: at least `failure_rate` of the last `window` attempts (once
+//!   `window` attempts were seen since the breaker last changed) — a sink that fails every other
+//!   request never makes `threshold` failures in a row, yet is down for half the messages.
 //! - **open** for a period (`open`, doubling with each consecutive re-open up to `max_open`):
 //!   nothing is attempted; messages are rescheduled to come back when it half-opens.
 //! - **half-open**: one message is let through as a probe while the others wait a moment. A
@@ -46,7 +49,7 @@ pub struct Spread {
 }
 
 /// Breaker tuning, shared by every route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
     /// Consecutive retryable failures that open the breaker.
     pub threshold: u32,
@@ -54,7 +57,15 @@ pub struct BreakerSettings {
     pub open: Duration,
     /// The longest open period.
     pub max_open: Duration,
+    /// The share of failures among the last `window` attempts that opens the breaker, in
+    /// (0, 1]; 0 turns the rate rule off.
+    pub failure_rate: f64,
+    /// How many recent attempts the rate is computed over (1 to [`MAX_WINDOW`]).
+    pub window: u32,
 }
+
+/// The longest window of the failure-rate rule (the attempts are kept as bits of a `u64`).
+pub const MAX_WINDOW: u32 = 64;
 
 impl BreakerSettings {
     /// The open period after `reopenings` consecutive re-opens: `open · 2^reopenings`, capped.
@@ -111,6 +122,10 @@ pub struct Breaker {
     reopenings: u32,
     /// When it last opened from closed: the route has been down since (until it closes).
     down_since: Option<Instant>,
+    /// The outcomes of the last attempts while closed, newest in bit 0 (1: a failure).
+    recent: u64,
+    /// How many of `recent`'s bits hold an outcome (at most the window).
+    samples: u32,
 }
 
 impl Default for Breaker {
@@ -119,6 +134,8 @@ impl Default for Breaker {
             state: State::Closed { failures: 0 },
             reopenings: 0,
             down_since: None,
+            recent: 0,
+            samples: 0,
         }
     }
 }
@@ -167,12 +184,43 @@ impl Breaker {
             .map(|since| now.saturating_duration_since(since))
     }
 
+    /// Records an attempt's outcome while closed (the window is kept up to [`MAX_WINDOW`]).
+    fn remember(&mut self, failed: bool) {
+        self.recent = (self.recent << 1) | u64::from(failed);
+        self.samples = self.samples.saturating_add(1).min(MAX_WINDOW);
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent = 0;
+        self.samples = 0;
+    }
+
+    /// Whether the last `window` attempts (all of them seen) failed at `failure_rate` or more.
+    fn rate_exceeded(&self, settings: &BreakerSettings) -> bool {
+        let window = settings.window.clamp(1, MAX_WINDOW);
+        if settings.failure_rate <= 0.0 || self.samples < window {
+            return false;
+        }
+        let mask = if window == 64 {
+            u64::MAX
+        } else {
+            (1u64 << window) - 1
+        };
+        let failures = (self.recent & mask).count_ones();
+        f64::from(failures) >= settings.failure_rate * f64::from(window)
+    }
+
     /// The route answered (delivered, or refused for good: either way it is up).
     pub fn succeeded(&mut self) -> Change {
         let was_open = self.is_open();
         self.state = State::Closed { failures: 0 };
         self.reopenings = 0;
         self.down_since = None;
+        if was_open {
+            self.forget_recent();
+        } else {
+            self.remember(false);
+        }
         if was_open {
             Change::Closed
         } else {
@@ -185,7 +233,9 @@ impl Breaker {
         match self.state {
             State::Closed { failures } => {
                 let failures = failures.saturating_add(1);
-                if failures >= settings.threshold {
+                self.remember(true);
+                if failures >= settings.threshold || self.rate_exceeded(settings) {
+                    self.forget_recent();
                     let period = settings.open_period(0);
                     self.state = State::Open {
                         until: now + period,
@@ -306,7 +356,69 @@ mod tests {
         threshold: 3,
         open: Duration::from_secs(30),
         max_open: Duration::from_secs(100),
+        failure_rate: 0.0,
+        window: 20,
     };
+
+    #[test]
+    fn a_failure_rate_over_the_window_opens_a_breaker_no_run_of_failures_would() {
+        let settings = BreakerSettings {
+            failure_rate: 0.5,
+            window: 10,
+            ..SETTINGS
+        };
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        // Every other attempt fails: never three in a row, but half of every ten.
+        let mut opened = None;
+        for i in 0..20 {
+            let change = if i % 2 == 0 {
+                b.failed(t0, &settings)
+            } else {
+                b.succeeded()
+            };
+            if change != Change::None {
+                opened = Some((i, change));
+                break;
+            }
+        }
+        assert_eq!(
+            opened,
+            Some((10, Change::Opened { period: secs(30) })),
+            "the first failure with ten attempts seen, five of them failed"
+        );
+        // One in three failing stays closed, however long it runs.
+        let mut b = Breaker::default();
+        for i in 0..200 {
+            let change = if i % 3 == 0 {
+                b.failed(t0, &settings)
+            } else {
+                b.succeeded()
+            };
+            assert_eq!(change, Change::None, "attempt {i}");
+        }
+        // Off: the same alternation never opens it.
+        let mut b = Breaker::default();
+        for i in 0..100 {
+            if i % 2 == 0 {
+                assert_eq!(b.failed(t0, &SETTINGS), Change::None);
+            } else {
+                b.succeeded();
+            }
+        }
+        // A window of 64 works too.
+        let wide = BreakerSettings {
+            failure_rate: 1.0,
+            window: MAX_WINDOW,
+            threshold: 1000,
+            ..SETTINGS
+        };
+        let mut b = Breaker::default();
+        for _ in 0..63 {
+            assert_eq!(b.failed(t0, &wide), Change::None);
+        }
+        assert_eq!(b.failed(t0, &wide), Change::Opened { period: secs(30) });
+    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

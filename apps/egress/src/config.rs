@@ -34,7 +34,7 @@ pub struct EgressConfig {
 }
 
 /// The `[egress]` section: retries, breakers, per-route limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressSettings {
     /// Messages handled at once across all routes (default 64).
@@ -54,6 +54,11 @@ pub struct EgressSettings {
     pub breaker_open_secs: u64,
     /// The longest open period, in seconds (default 300).
     pub breaker_max_open_secs: u64,
+    /// The share of failed attempts among a route's last `breaker_window` that opens its
+    /// breaker too (default 0.5; 0 turns the rule off; at most 1).
+    pub breaker_failure_rate: f64,
+    /// How many recent attempts `breaker_failure_rate` looks at (default 20; 1 to 64).
+    pub breaker_window: u32,
     /// How long a message may wait for a free per-route (or per-tenant) slot before it is
     /// rescheduled, in milliseconds (default 200).
     pub route_wait_ms: u64,
@@ -124,6 +129,15 @@ impl EgressSettings {
                 "delivery_deadline_secs",
                 "must be between 1 and 31536000 (one year)",
             );
+        }
+        if !(0.0..=1.0).contains(&self.breaker_failure_rate) {
+            return fail(
+                "breaker_failure_rate",
+                "must be between 0 (off) and 1 (a share of the window's attempts)",
+            );
+        }
+        if !(1..=crate::breaker::MAX_WINDOW).contains(&self.breaker_window) {
+            return fail("breaker_window", "must be between 1 and 64 attempts");
         }
         if !(1..=3600).contains(&self.park_recheck_secs) {
             return fail("park_recheck_secs", "must be between 1 and 3600");
@@ -199,6 +213,8 @@ mod tests {
             assert_eq!(e.breaker_failure_threshold, 5);
             assert_eq!(e.breaker_open_secs, 30);
             assert_eq!(e.breaker_max_open_secs, 300);
+            assert_eq!(e.breaker_failure_rate, 0.5);
+            assert_eq!(e.breaker_window, 20);
             assert_eq!(e.route_wait_ms, 200);
             assert_eq!(e.tenant_max_in_flight, 16);
             assert!(e.receipts);
@@ -262,6 +278,23 @@ mod tests {
                     format!("{err:#}").contains("invalid setting egress.delivery_deadline_secs"),
                     "{bad}: {err:#}"
                 );
+            }
+            jail.set_env("SWITCHYARD_EGRESS_EGRESS__DELIVERY_DEADLINE_SECS", "86400");
+            for (key, bad) in [
+                ("breaker_failure_rate", "1.5"),
+                ("breaker_failure_rate", "-0.1"),
+                ("breaker_window", "0"),
+                ("breaker_window", "65"),
+                ("park_recheck_secs", "0"),
+            ] {
+                let var = format!("SWITCHYARD_EGRESS_EGRESS__{}", key.to_ascii_uppercase());
+                jail.set_env(&var, bad);
+                let err = EgressConfig::load(None).unwrap_err();
+                assert!(
+                    format!("{err:#}").contains(&format!("invalid setting egress.{key}")),
+                    "{key}={bad}: {err:#}"
+                );
+                jail.clear_env();
             }
             Ok(())
         });

@@ -182,6 +182,8 @@ pub async fn start(
             threshold: settings.breaker_failure_threshold,
             open: Duration::from_secs(settings.breaker_open_secs),
             max_open: Duration::from_secs(settings.breaker_max_open_secs),
+            failure_rate: settings.breaker_failure_rate,
+            window: settings.breaker_window,
         }),
         limiter: Limiter::new(),
         tenant_limiter: Limiter::new(),
