@@ -193,6 +193,16 @@ async fn a_tenant_key_reaches_its_own_tenant_only_and_the_operator_every_tenant(
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(entry["code"], "retries_exhausted");
+    // Its events, not another tenant's.
+    let (status, events) = api
+        .call("GET", "/v1/tenants/acme/events?limit=10", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    assert!(events["events"].is_array());
+    let (status, _) = api
+        .call("GET", "/v1/tenants/globex/events", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // Operator-only paths.
     for path in ["/v1/tenants", "/v1/status"] {
         let (status, _) = api.call("GET", path, &acme, None).await;
@@ -246,6 +256,25 @@ async fn a_tenant_key_reaches_its_own_tenant_only_and_the_operator_every_tenant(
         )
         .await;
     assert!(enabled["record"].get("disabled").is_none(), "{enabled}");
+    // Both are events (stored off the request's path: they may take a moment).
+    switchyard_testkit::wait_for(
+        "the disabled and enabled events",
+        Duration::from_secs(30),
+        || async {
+            let (_, events) = api
+                .call("GET", "/v1/tenants/acme/events", &acme, None)
+                .await;
+            let kinds: Vec<String> = events["events"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+                .collect();
+            (kinds.iter().any(|k| k == "destination_disabled")
+                && kinds.iter().any(|k| k == "destination_enabled"))
+            .then_some(())
+        },
+    )
+    .await;
     // An invalid destination is refused with the reason, and nothing is written.
     let (status, refused) = api
         .call(

@@ -33,8 +33,8 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     );
     assert_eq!(
         first.items.len(),
-        18,
-        "6 shared streams, 3 shared consumers, 9 buckets"
+        19,
+        "7 shared streams, 3 shared consumers, 9 buckets"
     );
 
     let second = provision(&js, &topology, false).await.unwrap();
@@ -205,12 +205,12 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
         .map(|t| t.name.as_str())
         .collect();
     assert_eq!(tenants, ["STAGING_INGRESS_acme"]);
-    // The unprefixed deployment is a different one: nothing of it exists (6 shared streams,
+    // The unprefixed deployment is a different one: nothing of it exists (7 shared streams,
     // 3 shared consumers, 9 buckets; per-tenant streams are the tenants').
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 18);
+    assert_eq!(other.missing().len(), 19);
     assert!(other.tenant_streams.is_empty());
 }
 

@@ -88,6 +88,8 @@ pub enum NatsCommand {
     Dlq(commands::dlq::DlqArgs),
     /// The delivery log: every attempt egress made, delivered or not.
     Attempts(commands::attempts::AttemptsArgs),
+    /// Operational events: destinations disabled and enabled, breakers, DLQ inflow.
+    Events(commands::events::EventsArgs),
 }
 
 /// Runs one command; returns the process exit code.
@@ -133,6 +135,7 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         NatsCommand::Publish(args) => commands::publish::run(&js, &topology, &args, &out).await?,
         NatsCommand::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,
         NatsCommand::Attempts(args) => commands::attempts::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Events(args) => commands::events::run(&js, &topology, &args, &out).await?,
     };
     client
         .flush()

@@ -102,6 +102,7 @@ pub async fn start(
         dlq: dlq.clone(),
         client: client.clone(),
         ns: ns.clone(),
+        events: switchyard_service::events::EventLog::new(js.clone(), ns.clone(), "dlq"),
         owner: instance.clone(),
         settings: config.stats.clone(),
         alerts: alerts.enabled.then(|| {

@@ -32,8 +32,9 @@ use switchyard_registry::{
     Destination, Disabled, DisabledBy, KvCache, RateLimit, Route, Store, TenantRecord, Unmatched,
     Written,
 };
+use switchyard_service::events::EventLog;
 use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
-use switchyard_subjects::{DelaySubject, InputStage, Namespace, SubjectKind};
+use switchyard_subjects::{DelaySubject, EventKind, InputStage, Namespace, SubjectKind};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -100,6 +101,8 @@ pub struct EgressHandler {
     pub dlq_quota: Option<Arc<DlqQuota>>,
     /// The delivery log: every attempt, delivered or not.
     pub attempt_log: AttemptLog,
+    /// Operational events (breakers, destinations disabled).
+    pub events: EventLog,
 }
 
 /// How long a parked dead letter waits before it tries the DLQ again.
@@ -311,7 +314,7 @@ impl EgressHandler {
             Verdict::Retryable { .. } => self.breakers.failed(&resolved.id, Instant::now()),
             Verdict::Delivered | Verdict::Permanent => self.breakers.succeeded(&resolved.id),
         };
-        self.breaker_changed(change, &tenant, &resolved.id);
+        self.breaker_changed(change, &envelope.address.tenant, &resolved.id);
         if let (Change::Opened { .. } | Change::Reopened { .. }, Some(Target::Named(id))) =
             (change, &envelope.destination)
         {
@@ -531,6 +534,16 @@ impl EgressHandler {
                 tracing::warn!(destination = %destination, down_secs = down.as_secs(), "destination stayed down; disabled, its messages are parked");
                 self.metrics.count_disabled(tenant.as_str());
                 self.breakers.reset(id);
+                self.events.emit(
+                    EventKind::DestinationDisabled,
+                    Some(tenant),
+                    Some(destination.as_str()),
+                    &format!(
+                        "disabled by egress: down for {} s; its messages are parked until it is \
+                         enabled",
+                        down.as_secs()
+                    ),
+                );
             }
             Ok(Some(Written::Conflict)) | Ok(None) => {}
             Err(error) => {
@@ -718,20 +731,29 @@ impl EgressHandler {
         }
     }
 
-    fn breaker_changed(&self, change: Change, tenant: &str, route: &str) {
+    fn breaker_changed(&self, change: Change, tenant: &TenantId, route: &str) {
         match change {
             Change::None => {}
             Change::Opened { period } => {
                 tracing::warn!(route, ?period, "circuit breaker opened");
-                self.metrics.breaker_opened(tenant, true);
+                self.metrics.breaker_opened(tenant.as_str(), true);
+                let detail = format!("opened for {} s on one egress replica", period.as_secs());
+                self.events
+                    .emit(EventKind::BreakerOpened, Some(tenant), Some(route), &detail);
             }
             Change::Reopened { period } => {
                 tracing::warn!(route, ?period, "probe failed; circuit breaker open again");
-                self.metrics.breaker_opened(tenant, false);
+                self.metrics.breaker_opened(tenant.as_str(), false);
             }
             Change::Closed => {
                 tracing::info!(route, "route recovered; circuit breaker closed");
-                self.metrics.breaker_closed(tenant);
+                self.metrics.breaker_closed(tenant.as_str());
+                self.events.emit(
+                    EventKind::BreakerClosed,
+                    Some(tenant),
+                    Some(route),
+                    "a probe was answered: closed",
+                );
             }
         }
     }

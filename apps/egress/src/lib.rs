@@ -38,6 +38,7 @@ use std::time::Duration;
 use anyhow::Context;
 use switchyard_keys::{DestinationKey, RouteKey, Stage, TenantKey};
 use switchyard_registry::{Destination, KvCache, Route, Store, TenantRecord};
+use switchyard_service::events::EventLog;
 use switchyard_service::lease::Leaser;
 use switchyard_service::{
     DlqQuota, Handoff, HighWater, Metrics, Readiness, Running, SettleSettings, Worker,
@@ -196,6 +197,15 @@ pub async fn start(
             ns: ns.clone(),
             enabled: settings.attempt_log,
             metrics: egress_metrics.clone(),
+        },
+        events: {
+            let events = EventLog::new(js.clone(), ns.clone(), "egress");
+            metrics.register(
+                "egress_events_failed",
+                "Operational events the EVENTS stream did not confirm",
+                events.failed.clone(),
+            );
+            events
         },
         metrics: egress_metrics,
         settings: settings.clone(),

@@ -160,6 +160,7 @@ pub fn forbidden_subject(ns: &Namespace, subject: &str) -> Option<String> {
     filters.push(ns.control_filter());
     filters.push(ns.alert_filter(None));
     filters.push(ns.attempt_filter(None));
+    filters.push(ns.event_filter(None, None));
     filters
         .iter()
         .find(|filter| switchyard_subjects::pattern_matches(filter, subject))
@@ -184,6 +185,7 @@ mod tests {
         assert!(forbidden_subject(&ns, "delay.v1.egress.a.b.c.k").is_some());
         assert!(forbidden_subject(&ns, "delivered.v1.acme.ops.slack").is_some());
         assert!(forbidden_subject(&ns, "attempts.v1.acme").is_some());
+        assert!(forbidden_subject(&ns, "events.v1.acme.breaker_opened").is_some());
         assert!(forbidden_subject(&ns, "egress.v2.acme.ops.slack").is_none());
         assert!(forbidden_subject(&ns, "egress.v1").is_none());
         let staging = Namespace::new(Some("staging".parse().unwrap()));

@@ -9,6 +9,7 @@
 //! - [`handoff`]: publishing to the next stage with the deterministic hop `Nats-Msg-Id`, and
 //!   scheduling a delayed re-entry (egress retries) through a JetStream message schedule.
 //! - [`dlq_quota`]: each tenant's share of the DLQ, checked before a record is written.
+//! - [`events`]: durable operational events per tenant (stream `EVENTS`).
 //! - [`high_water`]: the fill of a stream that must discard old (`EGRESS`), above which
 //!   hand-offs and schedules into it wait instead of making it evict.
 //! - [`lease`]: global rate limits across replicas, by leasing GCRA slots from KV (a tenant's
@@ -23,6 +24,7 @@
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 
 pub mod dlq_quota;
+pub mod events;
 pub mod handoff;
 pub mod high_water;
 pub mod launch;

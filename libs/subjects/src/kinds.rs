@@ -385,6 +385,100 @@ impl SubjectKind for AlertSubject {
     }
 }
 
+/// What an operational event says happened (`[p.]events.v1.<tenant or _>.<kind>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// A destination was disabled (by an operator, or by egress because it stayed down).
+    DestinationDisabled,
+    /// A destination was enabled again.
+    DestinationEnabled,
+    /// A route's or destination's circuit breaker opened (on one egress replica).
+    BreakerOpened,
+    /// It closed again: the route or destination answered.
+    BreakerClosed,
+    /// A tenant's DLQ inflow passed its threshold (the `dlq-inflow` alert, made durable).
+    DlqInflow,
+    /// A replay job ended (done, failed or cancelled).
+    ReplayJobFinished,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::DestinationDisabled,
+        EventKind::DestinationEnabled,
+        EventKind::BreakerOpened,
+        EventKind::BreakerClosed,
+        EventKind::DlqInflow,
+        EventKind::ReplayJobFinished,
+    ];
+
+    /// The subject token and JSON name: `destination_disabled`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DestinationDisabled => "destination_disabled",
+            EventKind::DestinationEnabled => "destination_enabled",
+            EventKind::BreakerOpened => "breaker_opened",
+            EventKind::BreakerClosed => "breaker_closed",
+            EventKind::DlqInflow => "dlq_inflow",
+            EventKind::ReplayJobFinished => "replay_job_finished",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == raw)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown event kind {raw:?}: one of {}", all.join(", "))
+            })
+    }
+}
+
+/// `[p.]events.v1.<tenant or _>.<kind>`: a durable operational event (stream `EVENTS`), about
+/// one tenant or, with `_`, the deployment. One subject per (tenant, kind), so the stream's
+/// per-subject limit bounds each tenant's share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventSubject {
+    /// The tenant it is about; `None` for the deployment.
+    pub tenant: Option<TenantId>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl SubjectKind for EventSubject {
+    const KIND: &'static str = "operational event";
+
+    fn format(&self, ns: &Namespace) -> String {
+        let tenant = self.tenant.as_ref().map_or("_", TenantId::as_str);
+        ns.subject("events", &[tenant, self.kind.as_str()])
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        let (_, [tenant, kind]) = tokens::<Self, 2>(ns, subject, |r| r == "events")?;
+        let kind = kind.parse().map_err(|_| SubjectError::WrongKind {
+            subject: subject.to_owned(),
+            expected: Self::KIND,
+        })?;
+        let tenant = match tenant {
+            "_" => None,
+            tenant => Some(token(subject, tenant)?),
+        };
+        Ok(Self { tenant, kind })
+    }
+}
+
 /// Any Switchyard subject, parsed by its root token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
@@ -396,6 +490,8 @@ pub enum Subject {
     Receipt(ReceiptSubject),
     /// A delivery attempt in the delivery log.
     Attempt(AttemptSubject),
+    /// An operational event.
+    Event(EventSubject),
     /// An operator command.
     Control(ControlSubject),
     /// An alert.
@@ -412,6 +508,7 @@ impl Subject {
             "dlq" => DlqSubject::parse(ns, subject).map(Subject::Dlq),
             "delivered" => ReceiptSubject::parse(ns, subject).map(Subject::Receipt),
             "attempts" => AttemptSubject::parse(ns, subject).map(Subject::Attempt),
+            "events" => EventSubject::parse(ns, subject).map(Subject::Event),
             "control" => ControlSubject::parse(ns, subject).map(Subject::Control),
             "alerts" => AlertSubject::parse(ns, subject).map(Subject::Alert),
             "delay" => DelaySubject::parse(ns, subject).map(Subject::Delay),
@@ -426,6 +523,7 @@ impl Subject {
             Subject::Dlq(s) => s.format(ns),
             Subject::Receipt(s) => s.format(ns),
             Subject::Attempt(s) => s.format(ns),
+            Subject::Event(s) => s.format(ns),
             Subject::Control(s) => s.format(ns),
             Subject::Alert(s) => s.format(ns),
             Subject::Delay(s) => s.format(ns),
@@ -473,6 +571,18 @@ impl Namespace {
     /// The filter for the delivery log of every tenant (`…attempts.v1.*`) or one.
     pub fn attempt_filter(&self, tenant: Option<&TenantId>) -> String {
         self.subject("attempts", &[tenant.map_or("*", TenantId::as_str)])
+    }
+
+    /// The filter for operational events: of every tenant and the deployment
+    /// (`…events.v1.*.*`), or of one tenant, of one kind or both.
+    pub fn event_filter(&self, tenant: Option<&TenantId>, kind: Option<EventKind>) -> String {
+        self.subject(
+            "events",
+            &[
+                tenant.map_or("*", TenantId::as_str),
+                kind.map_or("*", EventKind::as_str),
+            ],
+        )
     }
 
     /// The filter for messages scheduled to re-enter `stage`.

@@ -10,6 +10,7 @@
 //! | [`DlqSubject`] | `[p.]dlq.v1.<tenant>.<stage>.<platform>` | any stage that gives up |
 //! | [`ReceiptSubject`] | `[p.]delivered.v1.<tenant>.<team>.<platform>` | egress, after a delivery |
 //! | [`AttemptSubject`] | `[p.]attempts.v1.<tenant>` | egress, after every attempt (the delivery log) |
+//! | [`EventSubject`] | `[p.]events.v1.<tenant or _>.<kind>` | egress, the CLI and API, the dlq service: operational events (stream `EVENTS`) |
 //! | [`ControlSubject`] | `[p.]control.v1.dlq.<command>` | the operator CLI |
 //! | [`AlertSubject`] | `[p.]alerts.v1.<tenant>.<alert>` | the dlq service |
 //! | [`DelaySubject`] | `[p.]delay.v1.<stage>.<tenant>.<team>.<platform>.<key>` | a stage scheduling a retry or wait |
@@ -29,8 +30,8 @@ mod wildcard;
 pub use error::SubjectError;
 pub use kinds::{
     AlertKind, AlertSubject, AttemptSubject, ControlCommand, ControlSubject, DelaySubject,
-    DlqFilter, DlqSubject, InputStage, ReceiptSubject, StageSubject, Subject, SubjectKind,
-    UNKNOWN_TOKEN,
+    DlqFilter, DlqSubject, EventKind, EventSubject, InputStage, ReceiptSubject, StageSubject,
+    Subject, SubjectKind, UNKNOWN_TOKEN,
 };
 pub use namespace::Namespace;
 pub use wildcard::pattern_matches;

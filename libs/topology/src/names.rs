@@ -28,11 +28,13 @@ pub enum StreamName {
     Advisories,
     /// `ATTEMPTS`: the delivery log, every attempt egress makes (limits, per-tenant subjects).
     Attempts,
+    /// `EVENTS`: operational events per tenant (limits, one subject per tenant and kind).
+    Events,
 }
 
 impl StreamName {
     /// Every declared stream.
-    pub const ALL: [StreamName; 7] = [
+    pub const ALL: [StreamName; 8] = [
         StreamName::Ingress,
         StreamName::Idempotency,
         StreamName::Backpressure,
@@ -40,6 +42,7 @@ impl StreamName {
         StreamName::Dlq,
         StreamName::Advisories,
         StreamName::Attempts,
+        StreamName::Events,
     ];
 
     /// The base name in the declaration file.
@@ -52,6 +55,7 @@ impl StreamName {
             StreamName::Dlq => "DLQ",
             StreamName::Advisories => "ADVISORIES",
             StreamName::Attempts => "ATTEMPTS",
+            StreamName::Events => "EVENTS",
         }
     }
 
@@ -78,7 +82,10 @@ impl StreamName {
             StreamName::Idempotency => Some(InputStage::Idempotency),
             StreamName::Backpressure => Some(InputStage::Backpressure),
             StreamName::Egress => Some(InputStage::Egress),
-            StreamName::Dlq | StreamName::Advisories | StreamName::Attempts => None,
+            StreamName::Dlq
+            | StreamName::Advisories
+            | StreamName::Attempts
+            | StreamName::Events => None,
         }
     }
 
@@ -89,7 +96,10 @@ impl StreamName {
             StreamName::Idempotency => Some(Stage::Idempotency),
             StreamName::Backpressure => Some(Stage::Backpressure),
             StreamName::Egress => Some(Stage::Egress),
-            StreamName::Dlq | StreamName::Advisories | StreamName::Attempts => None,
+            StreamName::Dlq
+            | StreamName::Advisories
+            | StreamName::Attempts
+            | StreamName::Events => None,
         }
     }
 

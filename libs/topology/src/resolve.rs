@@ -109,6 +109,7 @@ pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
         SubjectsKind::Dlq => ns.dlq_filter(&DlqFilter::default()),
         SubjectsKind::Advisories => String::new(),
         SubjectsKind::Attempts => ns.attempt_filter(None),
+        SubjectsKind::Events => ns.event_filter(None, None),
     }
 }
 
@@ -140,7 +141,10 @@ pub fn stream_subjects(ns: &Namespace, kind: SubjectsKind, allow_schedules: bool
         SubjectsKind::Idempotency => Some(InputStage::Idempotency),
         SubjectsKind::Backpressure => Some(InputStage::Backpressure),
         SubjectsKind::Egress => Some(InputStage::Egress),
-        SubjectsKind::Dlq | SubjectsKind::Advisories | SubjectsKind::Attempts => None,
+        SubjectsKind::Dlq
+        | SubjectsKind::Advisories
+        | SubjectsKind::Attempts
+        | SubjectsKind::Events => None,
     };
     if let (true, Some(stage)) = (allow_schedules, stage) {
         subjects.push(ns.delay_filter(stage));
@@ -341,7 +345,10 @@ impl ResolvedTopology {
             SubjectsKind::Idempotency => InputStage::Idempotency,
             SubjectsKind::Backpressure => InputStage::Backpressure,
             SubjectsKind::Egress => InputStage::Egress,
-            SubjectsKind::Dlq | SubjectsKind::Advisories | SubjectsKind::Attempts => return None,
+            SubjectsKind::Dlq
+            | SubjectsKind::Advisories
+            | SubjectsKind::Attempts
+            | SubjectsKind::Events => return None,
         };
         let mut resolved = template.clone();
         resolved.config.durable_name = name.durable(Some(tenant));

@@ -30,6 +30,8 @@ pub enum SubjectsKind {
     Advisories,
     /// `attempts.v1.*`: the delivery log, one subject per tenant.
     Attempts,
+    /// `events.v1.*.*`: operational events, one subject per (tenant or `_`, kind).
+    Events,
 }
 
 /// Stream retention.
@@ -235,7 +237,10 @@ impl Topology {
                     || s.allow_schedules
                     || matches!(
                         s.subjects,
-                        SubjectsKind::Dlq | SubjectsKind::Advisories | SubjectsKind::Attempts
+                        SubjectsKind::Dlq
+                            | SubjectsKind::Advisories
+                            | SubjectsKind::Attempts
+                            | SubjectsKind::Events
                     ))
             {
                 return Err(invalid(format!(
@@ -265,12 +270,12 @@ impl Topology {
                     s.name
                 )));
             }
-            if s.subjects == SubjectsKind::Attempts
+            if matches!(s.subjects, SubjectsKind::Attempts | SubjectsKind::Events)
                 && (s.retention != Retention::Limits || s.max_msgs_per_subject.is_none())
             {
                 return Err(invalid(format!(
-                    "stream {} holds the delivery log: limits retention, and \
-                     max_msgs_per_subject to bound each tenant's share",
+                    "stream {} holds a per-tenant log (delivery attempts or events): limits \
+                     retention, and max_msgs_per_subject to bound each tenant's share",
                     s.name
                 )));
             }

@@ -342,6 +342,48 @@ async fn a_dead_destination_is_disabled_its_messages_parked_and_all_delivered_on
     .await;
     assert_eq!(disabled.by, DisabledBy::Egress);
     assert!(disabled.reason.contains("parked"), "{}", disabled.reason);
+    // Operators and the tenant learn it from the durable events.
+    let topology = switchyard_topology::DeploymentConfig::default()
+        .resolve()
+        .unwrap();
+    let (_, events) = topology
+        .open_stream(&p.js, switchyard_topology::StreamName::Events)
+        .await
+        .unwrap();
+    let args = switchyard_cli::commands::events::LsArgs {
+        tenant: Some("acme".parse().unwrap()),
+        kind: None,
+        since: None,
+        limit: 100,
+    };
+    let listed = wait_for("the destination_disabled event", LONG, || async {
+        let listed = switchyard_cli::commands::events::list(&events, &topology, &args)
+            .await
+            .unwrap();
+        listed
+            .iter()
+            .any(|l| l.event.kind == "destination_disabled")
+            .then_some(listed)
+    })
+    .await;
+    let kinds: Vec<(&str, Option<&str>, &str)> = listed
+        .iter()
+        .map(|l| {
+            (
+                l.event.kind.as_str(),
+                l.event.about.as_deref(),
+                l.event.source.as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("breaker_opened", Some("acme.crm"), "egress")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("destination_disabled", Some("crm"), "egress")),
+        "{kinds:?}"
+    );
     let attempts_when_disabled = p.sink.received().len();
 
     // Parked: nothing is attempted and nothing is dead-lettered while it stays disabled,

@@ -16,6 +16,7 @@ use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobStore, Selection};
 use switchyard_envelope::Destination as Copy;
 use switchyard_keys::{DestinationId, DestinationKey, KvKey, TenantId, TenantKey};
 use switchyard_registry::{Destination, Disabled, DisabledBy, Written};
+use switchyard_subjects::EventKind;
 use switchyard_topology::StreamName;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -82,6 +83,14 @@ pub struct AttemptsPage {
     /// The attempts (the JSON of `switchyard attempts ls --json`).
     #[schema(value_type = Vec<Object>)]
     pub attempts: Vec<Value>,
+}
+
+/// A page of a tenant's operational events, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsPage {
+    /// The events (the JSON of `switchyard events ls --json`).
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
 }
 
 /// What `POST …/dlq/replay` replays: listed sequences, or filters within the tenant.
@@ -429,7 +438,22 @@ pub async fn switch_destination(
             .await
             .map_err(unavailable)?
         {
-            Written::Stored(_) => return Ok(Json(view(&key.tenant, &key.destination, &record))),
+            Written::Stored(_) => {
+                let (kind, detail) = match &disabled {
+                    Some(d) => (EventKind::DestinationDisabled, d.reason.as_str()),
+                    None => (
+                        EventKind::DestinationEnabled,
+                        "enabled through the management API",
+                    ),
+                };
+                state.events.emit(
+                    kind,
+                    Some(&key.tenant),
+                    Some(key.destination.as_str()),
+                    detail,
+                );
+                return Ok(Json(view(&key.tenant, &key.destination, &record)));
+            }
             Written::Conflict => continue,
         }
     }
@@ -672,6 +696,50 @@ pub async fn list_attempts(
         .map_err(|e| anyhow_unavailable(&e))?;
     Ok(Json(AttemptsPage {
         attempts: listed
+            .iter()
+            .map(|l| serde_json::to_value(l).unwrap_or(Value::Null))
+            .collect(),
+    }))
+}
+
+/// A tenant's operational events, the most recent `limit` (1 to 1000, default 100) that match,
+/// oldest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("limit" = Option<u32>, Query, description = "at most this many (1 to 1000, default 100)", minimum = 1, maximum = 1000),
+           ("kind" = Option<String>, Query, description = "only this kind (destination_disabled, …)")),
+    responses((status = 200, body = EventsPage), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn list_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let limit = number(&query, "limit", 100, MAX_PAGE)?;
+    let kind = query
+        .get("kind")
+        .map(|k| k.parse::<EventKind>())
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let (_, stream) = state
+        .topology
+        .open_stream(&state.js, StreamName::Events)
+        .await
+        .map_err(unavailable)?;
+    let args = crate::commands::events::LsArgs {
+        tenant: Some(tenant),
+        kind,
+        since: None,
+        limit: u64::try_from(limit).unwrap_or(100),
+    };
+    let listed = crate::commands::events::list(&stream, &state.topology, &args)
+        .await
+        .map_err(|e| anyhow_unavailable(&e))?;
+    Ok(Json(EventsPage {
+        events: listed
             .iter()
             .map(|l| serde_json::to_value(l).unwrap_or(Value::Null))
             .collect(),

@@ -26,6 +26,7 @@ use clap::Subcommand;
 use switchyard_dlq_ops::{DlqReader, JobStore};
 use switchyard_keys::{ApiKeyKey, DestinationKey, TenantKey};
 use switchyard_registry::{ApiKeyRecord, Destination, Store, TenantRecord};
+use switchyard_service::events::EventLog;
 use switchyard_topology::{BucketName, ResolvedTopology};
 use utoipa::OpenApi;
 
@@ -38,7 +39,7 @@ use error::ApiError;
     info(
         title = "Switchyard management API",
         description = "Tenants, destinations, the DLQ (list, show, replay jobs), the delivery \
-                       log and status. Authorization: Bearer <operator token>, or a tenant's API \
+                       log, operational events and status. Authorization: Bearer <operator token>, or a tenant's API \
                        key with the manage scope (its own tenant only)."
     ),
     paths(
@@ -54,6 +55,7 @@ use error::ApiError;
         handlers::replay_dlq,
         handlers::get_job,
         handlers::list_attempts,
+        handlers::list_events,
         handlers::status,
     ),
     components(schemas(
@@ -63,6 +65,7 @@ use error::ApiError;
         handlers::DlqPage,
         handlers::JobView,
         handlers::AttemptsPage,
+        handlers::EventsPage,
         handlers::ReplayRequest,
         handlers::DisableRequest,
     )),
@@ -140,6 +143,8 @@ pub struct ApiState {
     pub destinations: Store<DestinationKey, Destination>,
     /// Replay jobs.
     pub jobs: Arc<JobStore>,
+    /// Operational events (destinations disabled and enabled through the API).
+    pub events: EventLog,
 }
 
 impl ApiState {
@@ -158,6 +163,7 @@ impl ApiState {
             tenants: Store::new(bucket(BucketName::Tenants).await?),
             destinations: Store::new(bucket(BucketName::Destinations).await?),
             jobs: Arc::new(handlers::job_store(bucket(BucketName::DlqJobs).await?)),
+            events: EventLog::new(js.clone(), topology.namespace.clone(), "api"),
         })
     }
 
@@ -189,6 +195,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tenants/{tenant}/dlq/replay", post(replay_dlq))
         .route("/v1/tenants/{tenant}/dlq/{seq}", get(get_dlq_entry))
         .route("/v1/tenants/{tenant}/attempts", get(list_attempts))
+        .route("/v1/tenants/{tenant}/events", get(list_events))
         .route("/v1/jobs/{job}", get(get_job))
         .route("/v1/status", get(status))
         .fallback(|| async { ApiError::not_found("no such path") })

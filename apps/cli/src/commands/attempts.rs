@@ -183,7 +183,56 @@ pub async fn list(
     args: &LsArgs,
     seen: impl Fn(u64),
 ) -> anyhow::Result<Vec<Listed>> {
-    let start = args.since.map_or(DeliverPolicy::All, |start_time| {
+    let mut kept: VecDeque<Listed> = VecDeque::new();
+    read_log(
+        stream,
+        filter,
+        args.since,
+        args.until,
+        "the delivery log",
+        |seq, subject, payload| {
+            seen(1);
+            // The tenant is the one whose subject holds the record, whatever the record says.
+            let subject_tenant = subject.rsplit('.').next().unwrap_or_default();
+            match serde_json::from_slice::<LoggedAttempt>(payload) {
+                Ok(attempt) if attempt.tenant != subject_tenant => eprintln!(
+                    "warning: log record {seq} names tenant {} but is stored under {}; skipped",
+                    output::printable(&attempt.tenant),
+                    output::printable(subject_tenant)
+                ),
+                Ok(attempt) if args.matches(&attempt) => {
+                    kept.push_back(Listed { seq, attempt });
+                    if kept.len() as u64 > args.limit {
+                        kept.pop_front();
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => eprintln!(
+                    "warning: log record {seq} is not a delivery attempt: {}",
+                    output::printable(&err.to_string())
+                ),
+            }
+        },
+    )
+    .await?;
+    Ok(kept.into())
+}
+
+/// Reads every message under `filter` of a log stream (limits retention: `ATTEMPTS`,
+/// `EVENTS`) through an ordered consumer — nothing is consumed — oldest first from `since`, up
+/// to what the stream holds when the read starts (under a steady write rate the read still
+/// ends) or past `until`, calling `each(seq, subject, payload)`. `what` names the log in
+/// errors.
+pub async fn read_log(
+    stream: &Stream,
+    filter: &str,
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+    what: &str,
+    mut each: impl FnMut(u64, &str, &[u8]),
+) -> anyhow::Result<()> {
+    let reading = || format!("reading {what}");
+    let start = since.map_or(DeliverPolicy::All, |start_time| {
         DeliverPolicy::ByStartTime { start_time }
     });
     let consumer = stream
@@ -194,59 +243,29 @@ pub async fn list(
             ..Default::default()
         })
         .await
-        .context("reading the delivery log")?;
-    let mut kept: VecDeque<Listed> = VecDeque::new();
+        .with_context(reading)?;
     if consumer.cached_info().num_pending == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    // What is stored now is what is read: under a steady write rate the read still ends.
     let last = stream
         .get_info()
         .await
-        .context("reading the delivery log")?
+        .with_context(reading)?
         .state
         .last_sequence;
-    let mut messages = consumer
-        .messages()
-        .await
-        .context("reading the delivery log")?;
+    let mut messages = consumer.messages().await.with_context(reading)?;
     while let Some(message) = messages.next().await {
-        let message = message.context("reading the delivery log")?;
+        let message = message.with_context(reading)?;
         let info = message
             .info()
-            .map_err(|e| anyhow::anyhow!("reading the delivery log: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", reading()))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
-        seen(1);
-        // The tenant is the one whose subject holds the record, whatever the record says.
-        let subject_tenant = message
-            .subject
-            .as_str()
-            .rsplit('.')
-            .next()
-            .unwrap_or_default();
-        match serde_json::from_slice::<LoggedAttempt>(&message.payload) {
-            Ok(attempt) if attempt.tenant != subject_tenant => eprintln!(
-                "warning: log record {seq} names tenant {} but is stored under {}; skipped",
-                output::printable(&attempt.tenant),
-                output::printable(subject_tenant)
-            ),
-            Ok(attempt) if args.matches(&attempt) => {
-                kept.push_back(Listed { seq, attempt });
-                if kept.len() as u64 > args.limit {
-                    kept.pop_front();
-                }
-            }
-            Ok(_) => {}
-            Err(err) => eprintln!(
-                "warning: log record {seq} is not a delivery attempt: {}",
-                output::printable(&err.to_string())
-            ),
-        }
-        if pending == 0 || seq >= last || args.until.is_some_and(|until| info.published > until) {
+        each(seq, message.subject.as_str(), &message.payload);
+        if pending == 0 || seq >= last || until.is_some_and(|until| info.published > until) {
             break;
         }
     }
-    Ok(kept.into())
+    Ok(())
 }
 
 /// The attempts as a table.

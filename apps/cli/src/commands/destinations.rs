@@ -20,6 +20,8 @@ use switchyard_keys::{
 use switchyard_registry::{
     Destination, Disabled, DisabledBy, RateLimit, Store, Subscription, Written,
 };
+use switchyard_service::events::EventLog;
+use switchyard_subjects::EventKind;
 use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::commands::routes::{
@@ -183,6 +185,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let store: Store<DestinationKey, Destination> =
         Store::new(resources::bucket(js, topology, BucketName::Destinations).await?);
+    let events = EventLog::new(js.clone(), topology.namespace.clone(), "cli");
     match &args.command {
         DestinationsCommand::Set(set) => set_destination(&store, set, out).await,
         DestinationsCommand::Get(key) => get_destination(&store, key, out).await,
@@ -194,9 +197,9 @@ pub async fn run(
                 by: DisabledBy::Operator,
                 reason: args.reason.clone(),
             };
-            switch(&store, &args.key, Some(disabled), out).await
+            switch(&store, &events, &args.key, Some(disabled), out).await
         }
-        DestinationsCommand::Enable(key) => switch(&store, key, None, out).await,
+        DestinationsCommand::Enable(key) => switch(&store, &events, key, None, out).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -440,6 +443,7 @@ async fn list_destinations(
 /// concurrent change (an edit, egress disabling it) is never overwritten: retried on conflict.
 async fn switch(
     store: &Store<DestinationKey, Destination>,
+    events: &EventLog,
     args: &KeyArgs,
     disabled: Option<Disabled>,
     out: &Output,
@@ -462,6 +466,25 @@ async fn switch(
                 .with_context(|| format!("refusing to write destination {}", key.render()))?;
             if let Written::Conflict = store.update(&key, &record, revision).await? {
                 continue;
+            }
+            let (kind, detail) = match &disabled {
+                Some(d) => (EventKind::DestinationDisabled, d.reason.clone()),
+                None => (
+                    EventKind::DestinationEnabled,
+                    "enabled by an operator".to_owned(),
+                ),
+            };
+            // Reported, never undone: the change is made whether or not the event is stored.
+            if let Err(error) = events
+                .emit_and_wait(
+                    kind,
+                    Some(&key.tenant),
+                    Some(key.destination.as_str()),
+                    &detail,
+                )
+                .await
+            {
+                eprintln!("warning: the {kind} event was not stored: {error}");
             }
         }
         if out.is_json() {

@@ -57,6 +57,8 @@ pub struct StatsProcessor {
     pub expiry: Option<ExpiryCheck>,
     /// Metrics.
     pub metrics: DlqMetrics,
+    /// Operational events: each inflow alert is also a durable `dlq_inflow` event.
+    pub events: switchyard_service::events::EventLog,
 }
 
 /// What the expiry check ([`expiry`]) needs, and when it ran.
@@ -423,5 +425,14 @@ impl StatsProcessor {
         if let Err(error) = self.client.publish(subject, payload.into()).await {
             tracing::error!(%error, "publishing an alert failed");
         }
+        self.events.emit(
+            switchyard_subjects::EventKind::DlqInflow,
+            Some(&alert.tenant),
+            None,
+            &format!(
+                "{} DLQ entries within {} s (threshold {})",
+                alert.count, alert.window_secs, alert.threshold
+            ),
+        );
     }
 }

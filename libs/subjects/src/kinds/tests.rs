@@ -63,6 +63,14 @@ fn any_subject() -> impl Strategy<Value = Subject> {
         Just(Subject::Control(ControlSubject {
             command: ControlCommand::Replay
         })),
+        (
+            proptest::option::of(id()),
+            proptest::sample::select(EventKind::ALL.to_vec())
+        )
+            .prop_map(|(t, kind)| Subject::Event(EventSubject {
+                tenant: t.map(|t| TenantId::new(t).unwrap()),
+                kind,
+            })),
         (id(), any::<bool>()).prop_map(|(t, inflow)| Subject::Alert(AlertSubject {
             tenant: TenantId::new(t).unwrap(),
             kind: if inflow {
@@ -182,4 +190,44 @@ proptest! {
         let expected = other.tenant == a.tenant && other_stage == s;
         prop_assert_eq!(matches(&ns.dlq_filter(&filter), &entry), expected);
     }
+}
+
+#[test]
+fn event_subjects_name_their_tenant_or_the_deployment() {
+    let ns = Namespace::default();
+    let acme = EventSubject {
+        tenant: Some(TenantId::new("acme").unwrap()),
+        kind: EventKind::DestinationDisabled,
+    };
+    assert_eq!(acme.format(&ns), "events.v1.acme.destination_disabled");
+    assert_eq!(EventSubject::parse(&ns, &acme.format(&ns)).unwrap(), acme);
+    let all = EventSubject {
+        tenant: None,
+        kind: EventKind::ReplayJobFinished,
+    };
+    assert_eq!(all.format(&ns), "events.v1._.replay_job_finished");
+    assert_eq!(
+        EventSubject::parse(&ns, "events.v1._.replay_job_finished").unwrap(),
+        all
+    );
+    assert!(EventSubject::parse(&ns, "events.v1.acme.exploded").is_err());
+    assert_eq!(ns.event_filter(None, None), "events.v1.*.*");
+    assert!(matches(
+        &ns.event_filter(Some(&TenantId::new("acme").unwrap()), None),
+        &acme.format(&ns)
+    ));
+    assert!(!matches(
+        &ns.event_filter(Some(&TenantId::new("acme-eu").unwrap()), None),
+        &acme.format(&ns)
+    ));
+    assert_eq!(
+        "breaker_opened".parse::<EventKind>(),
+        Ok(EventKind::BreakerOpened)
+    );
+    assert!(
+        "nope"
+            .parse::<EventKind>()
+            .unwrap_err()
+            .contains("destination_disabled")
+    );
 }
