@@ -203,6 +203,61 @@ async fn a_tenant_key_reaches_its_own_tenant_only_and_the_operator_every_tenant(
         .call("GET", "/v1/tenants/globex/events", &acme, None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A tenant's own targets only: its own sink subjects and public hosts (an operator may
+    // point anywhere).
+    for target in [
+        json!({"type": "nats", "subject": "sink.globex.orders"}),
+        json!({"type": "nats", "subject": "ingress.v1.globex.ops.shop"}),
+        json!({"type": "webhook", "url": "http://127.0.0.1:9106/v1/status",
+               "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+        json!({"type": "webhook", "url": "http://169.254.169.254/latest/meta-data",
+               "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+    ] {
+        let (status, body) = api
+            .call(
+                "PUT",
+                "/v1/tenants/acme/destinations/steal",
+                &acme,
+                Some(json!({"target": target})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{target}: {body}");
+    }
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/destinations/own",
+            &acme,
+            Some(json!({"target": {"type": "nats", "subject": "sink.acme.orders"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/destinations/internal",
+            OPERATOR,
+            Some(json!({"target": {"type": "nats", "subject": "sink.shared.audit"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "an operator may");
+    // What the framework refuses before a handler runs is answered in the same JSON shape.
+    for (method, path, want) in [
+        ("PATCH", "/v1/tenants/acme", StatusCode::METHOD_NOT_ALLOWED),
+        (
+            "GET",
+            "/v1/tenants/%FF/destinations",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", "/v1/nowhere", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = api.call(method, path, &acme, None).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{body}"
+        );
+    }
     // Operator-only paths.
     for path in ["/v1/tenants", "/v1/status"] {
         let (status, _) = api.call("GET", path, &acme, None).await;
@@ -235,6 +290,31 @@ async fn a_tenant_key_reaches_its_own_tenant_only_and_the_operator_every_tenant(
         .call("GET", &format!("/v1/jobs/{id}"), &globex_key, None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A job listing acme's sequences is acme's too; globex's sequence listed by acme matches
+    // nothing.
+    let (status, job) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/dlq/replay",
+            &acme,
+            Some(json!({"seqs": [acme_seq], "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let listed_id = job["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .call("GET", &format!("/v1/jobs/{listed_id}"), &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/dlq/replay",
+            &acme,
+            Some(json!({"seqs": [globex_seq], "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     // Disable and enable, as the CLI does.
     let (status, disabled) = api
@@ -247,6 +327,7 @@ async fn a_tenant_key_reaches_its_own_tenant_only_and_the_operator_every_tenant(
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(disabled["record"]["disabled"]["reason"], "maintenance");
+    assert_eq!(disabled["record"]["disabled"]["by"], "tenant");
     let (_, enabled) = api
         .call(
             "POST",
@@ -367,4 +448,44 @@ fn docs_openapi_json_is_the_generated_description() {
         "docs/openapi.json is not what the code generates: run \
          `cargo run -p switchyard-cli -- api openapi > docs/openapi.json`"
     );
+}
+
+#[tokio::test]
+async fn a_disabled_tenant_manages_nothing() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+    let (status, _) = api
+        .call("GET", "/v1/tenants/acme/destinations", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    enable_tenant(
+        &api.provisioned.js,
+        "acme",
+        &TenantRecord {
+            enabled: false,
+            ..TenantRecord::enabled()
+        },
+    )
+    .await;
+    for (method, path) in [
+        ("GET", "/v1/tenants/acme/destinations"),
+        ("PUT", "/v1/tenants/acme/destinations/after"),
+        ("POST", "/v1/tenants/acme/dlq/replay"),
+    ] {
+        let (status, body) = api
+            .call(
+                method,
+                path,
+                &acme,
+                Some(json!({"target": {"type": "nats", "subject": "sink.acme.x"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert_eq!(body["error"], "tenant_disabled");
+    }
+    // The operator still may.
+    let (status, _) = api
+        .call("GET", "/v1/tenants/acme/destinations", OPERATOR, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -6,8 +6,8 @@
 //! ([`switchyard_service::lease`]): each replica takes a lease of a quarter second of slots by
 //! one compare-and-set, and slots are disjoint across replicas, so the attempts of all replicas
 //! together never pass the rate (plus the burst after a quiet period). A slot is used at or
-//! after its time and at most [`MAX_LATE`] after it (an unused slot is dropped, never saved
-//! up); a message that finds no slot within `route_wait_ms` is rescheduled without an attempt
+//! after its time — a burst slot, already due when the lease is taken, from then — and at most
+//! [`MAX_LATE`] after it (an unused slot is dropped, never saved up); a message that finds no slot within `route_wait_ms` is rescheduled without an attempt
 //! (deferral reason `rate_limited`). The cost: one KV read and one write per lease, about four
 //! leases a second per busy destination and replica.
 
@@ -34,6 +34,9 @@ struct Local {
     lease: Lease,
     /// The next unused slot.
     next: u32,
+    /// When the lease was taken (ms since the epoch): a slot before it — a burst slot, due
+    /// already — counts as due from then.
+    taken_ms: i64,
 }
 
 /// The slots this replica holds, per token record.
@@ -75,13 +78,20 @@ impl DestinationRates {
                     .leaser
                     .lease(key, lease_size(limit), limit, now_ms)
                     .await;
-                leases.insert(key.to_owned(), Local { lease, next: 0 });
+                leases.insert(
+                    key.to_owned(),
+                    Local {
+                        lease,
+                        next: 0,
+                        taken_ms: now_ms,
+                    },
+                );
             }
             let Some(local) = leases.get_mut(key) else {
                 continue;
             };
             while local.next < local.lease.count
-                && local.lease.slot(local.next) < now_ms.saturating_sub(late_ms)
+                && local.lease.slot(local.next).max(local.taken_ms) < now_ms.saturating_sub(late_ms)
             {
                 local.next += 1;
             }
@@ -98,15 +108,20 @@ impl DestinationRates {
     }
 }
 
-/// Slots in one lease: [`LEASE_WINDOW`] of the rate, at least 1, at most [`MAX_LEASE`].
+/// Slots in one lease: [`LEASE_WINDOW`] of the rate, plus the burst beyond the first slot (a
+/// lease after a quiet period starts `burst − 1` slots in the past: those are the burst), at
+/// least 1, at most [`MAX_LEASE`].
 fn lease_size(limit: &LimitRecord) -> u32 {
     let slots = (limit.rate_per_sec * LEASE_WINDOW.as_secs_f64()).ceil();
-    if slots.is_finite() && slots >= 1.0 {
+    let window = if slots.is_finite() && slots >= 1.0 {
         // `as` saturates; the bound keeps a lease small.
         (slots as u32).min(MAX_LEASE)
     } else {
         1
-    }
+    };
+    window
+        .saturating_add(limit.burst.saturating_sub(1))
+        .min(MAX_LEASE)
 }
 
 /// The spacing of a destination's slots: `1 / rate` (for spreading the messages it defers).
@@ -123,9 +138,13 @@ mod tests {
     use super::*;
 
     fn limit(rate: f64) -> LimitRecord {
+        limit_burst(rate, 1)
+    }
+
+    fn limit_burst(rate: f64, burst: u32) -> LimitRecord {
         LimitRecord {
             rate_per_sec: rate,
-            burst: 1,
+            burst,
             backlog_high: None,
             backlog_low: None,
         }
@@ -138,6 +157,12 @@ mod tests {
         assert_eq!(lease_size(&limit(1000.0)), 250);
         assert_eq!(lease_size(&limit(1e12)), MAX_LEASE);
         assert_eq!(lease_size(&limit(f64::NAN)), 1);
+        assert_eq!(
+            lease_size(&limit_burst(5.0, 20)),
+            21,
+            "the burst rides on the lease"
+        );
+        assert_eq!(lease_size(&limit_burst(5.0, u32::MAX)), MAX_LEASE);
         assert_eq!(spacing(&limit(5.0)), Duration::from_millis(200));
         assert_eq!(spacing(&limit(0.0)), Duration::from_secs(3600));
     }

@@ -90,11 +90,19 @@ impl Selection {
             || self.until.is_some()
     }
 
-    /// Listed sequences (ascending, no duplicates) or filters, not both.
+    /// Listed sequences (ascending, no duplicates) or filters, not both — but for the tenant:
+    /// listed sequences may name the tenant they must belong to (the management API's jobs do;
+    /// a listed entry of another tenant is then skipped).
     pub fn validate(&self) -> Result<(), String> {
         if self.is_listed() {
-            if self.is_filtered() {
-                return Err("a job lists sequences or has filters, not both".to_owned());
+            let beyond_tenant = Selection {
+                tenant: None,
+                ..self.clone()
+            };
+            if beyond_tenant.is_filtered() {
+                return Err(
+                    "a job lists sequences or has filters (but a tenant), not both".to_owned(),
+                );
             }
             if !self.seqs.windows(2).all(|w| w[0] < w[1]) {
                 return Err("listed sequences must be ascending without duplicates".to_owned());
@@ -155,7 +163,11 @@ impl Selection {
         if self.is_listed() {
             let shown: Vec<String> = self.seqs.iter().take(5).map(u64::to_string).collect();
             let more = if self.seqs.len() > 5 { ",…" } else { "" };
-            return format!("seqs {}{more}", shown.join(","));
+            let tenant = self
+                .tenant
+                .as_ref()
+                .map_or(String::new(), |t| format!("tenant={t} "));
+            return format!("{tenant}seqs {}{more}", shown.join(","));
         }
         let mut parts = Vec::new();
         if let Some(t) = &self.tenant {
@@ -283,5 +295,10 @@ mod tests {
         };
         assert!(unsorted.validate().is_err());
         assert_eq!(Selection::default().describe(), "every entry");
+        // The tenant the listed entries must belong to is not a filter.
+        let mut owned = Selection::listed(vec![3, 4]);
+        owned.tenant = Some(TenantId::new("acme").unwrap());
+        assert!(owned.validate().is_ok());
+        assert_eq!(owned.describe(), "tenant=acme seqs 3,4");
     }
 }

@@ -296,7 +296,8 @@ impl Envelope {
     }
 
     /// What tells this copy of the message from the others: the envelope id, followed by
-    /// `_<destination>` on a fanned-out copy (`0193…-…_orders-hook`, `0193…_route`). One token
+    /// `_<destination>` on a fanned-out copy (`0193…-…_orders-hook`; the route's copy,
+    /// `_route`, gives `0193…__route`). One token
     /// of `[A-Za-z0-9_-]` (an envelope id holds no `_`, so keys of different copies never
     /// collide): the key of the copy's delay subject and the start of its hop ids.
     pub fn copy_key(&self) -> String {

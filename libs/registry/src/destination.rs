@@ -34,6 +34,10 @@ use switchyard_keys::{Address, PlatformId, TeamId};
 
 use crate::route::{Route, RouteError};
 
+/// The most destinations one tenant may have (each matching message is copied once per
+/// destination into the shared `EGRESS` stream).
+pub const MAX_DESTINATIONS: usize = 100;
+
 /// The most platforms, teams or event types one subscription lists.
 pub const MAX_LIST: usize = 100;
 
@@ -182,14 +186,36 @@ fn one() -> u32 {
 }
 
 impl RateLimit {
-    /// Checks the values.
+    /// The slowest rate accepted: one attempt every 1,000 s.
+    pub const MIN_RATE: f64 = 0.001;
+    /// The fastest rate accepted.
+    pub const MAX_RATE: f64 = 1_000_000.0;
+    /// The largest burst accepted.
+    pub const MAX_BURST: u32 = 10_000;
+
+    /// Checks the values: rate in [[`Self::MIN_RATE`], [`Self::MAX_RATE`]], burst in 1 to
+    /// [`Self::MAX_BURST`].
     pub fn validate(&self) -> Result<(), DestinationError> {
-        self.as_limit()
-            .validate()
-            .map_err(|reason| DestinationError::Field {
-                field: "rate_limit",
-                reason,
-            })
+        let field = |reason: String| DestinationError::Field {
+            field: "rate_limit",
+            reason,
+        };
+        if !(Self::MIN_RATE..=Self::MAX_RATE).contains(&self.rate_per_sec) {
+            return Err(field(format!(
+                "rate_per_sec must be from {} to {} attempts a second, not {:.3e}",
+                Self::MIN_RATE,
+                Self::MAX_RATE,
+                self.rate_per_sec
+            )));
+        }
+        if !(1..=Self::MAX_BURST).contains(&self.burst) {
+            return Err(field(format!(
+                "burst must be from 1 to {}, not {}",
+                Self::MAX_BURST,
+                self.burst
+            )));
+        }
+        Ok(())
     }
 
     /// The limit as the lease arithmetic takes it.
@@ -212,6 +238,8 @@ pub enum DisabledBy {
     /// Egress, because the destination stayed down (its breaker open) for
     /// `[egress] disable_after_secs`.
     Egress,
+    /// The tenant itself, through the management API with its own key.
+    Tenant,
 }
 
 /// Why and since when a destination is disabled.
@@ -411,7 +439,13 @@ mod tests {
                 "{json}"
             );
         }
-        for limit in [r#"{"rate_per_sec":0}"#, r#"{"rate_per_sec":5,"burst":0}"#] {
+        for limit in [
+            r#"{"rate_per_sec":0}"#,
+            r#"{"rate_per_sec":5,"burst":0}"#,
+            r#"{"rate_per_sec":1e-300}"#,
+            r#"{"rate_per_sec":1e300}"#,
+            r#"{"rate_per_sec":5,"burst":4294967295}"#,
+        ] {
             let json =
                 format!(r#"{{"target":{{"type":"nats","subject":"a"}},"rate_limit":{limit}}}"#);
             let error = Destination::from_json(json.as_bytes())

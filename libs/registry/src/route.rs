@@ -344,6 +344,81 @@ impl Route {
         }
     }
 
+    /// Whether a tenant may set this target for itself (the management API with a tenant's
+    /// key; operators are not held to it): a NATS subject under `sink.<tenant>.` only — egress
+    /// may publish anywhere under `sink.>`, so another tenant's sink subjects would be reachable
+    /// otherwise — and a webhook whose host is not `localhost` nor a loopback, private,
+    /// link-local, shared, unspecified or multicast IP address (egress's own network).
+    ///
+    /// A host name that resolves to such an address is not caught here (the check does not
+    /// resolve names): egress's network policy must stop that.
+    ///
+    /// Errors: [`RouteError::Field`] naming `subject` or `url`.
+    pub fn check_tenant_scope(&self, tenant: &str) -> Result<(), RouteError> {
+        match self {
+            Route::Nats(n) => {
+                let own = format!("sink.{tenant}.");
+                if !n.subject.starts_with(&own) || n.subject.len() == own.len() {
+                    return Err(RouteError::Field {
+                        field: "subject",
+                        reason: format!("a tenant's NATS destinations are under {own}>"),
+                    });
+                }
+                Ok(())
+            }
+            Route::Webhook(w) => {
+                let internal = || RouteError::Field {
+                    field: "url",
+                    reason: format!(
+                        "{} is an internal address; a tenant's webhooks go to public hosts",
+                        w.display_url()
+                    ),
+                };
+                let parsed = url::Url::parse(&w.url).map_err(|_| internal())?;
+                match parsed.host() {
+                    Some(url::Host::Domain(host)) => {
+                        let host = host.trim_end_matches('.').to_ascii_lowercase();
+                        if host == "localhost" || host.ends_with(".localhost") {
+                            return Err(internal());
+                        }
+                        Ok(())
+                    }
+                    Some(url::Host::Ipv4(ip)) => {
+                        let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
+                        if ip.is_loopback()
+                            || ip.is_private()
+                            || ip.is_link_local()
+                            || ip.is_unspecified()
+                            || ip.is_multicast()
+                            || ip.is_broadcast()
+                            || shared
+                        {
+                            return Err(internal());
+                        }
+                        Ok(())
+                    }
+                    Some(url::Host::Ipv6(ip)) => {
+                        let mapped = ip.to_ipv4_mapped();
+                        let first = ip.segments()[0];
+                        let unique_local = (first & 0xfe00) == 0xfc00;
+                        let link_local = (first & 0xffc0) == 0xfe80;
+                        if ip.is_loopback()
+                            || ip.is_unspecified()
+                            || ip.is_multicast()
+                            || unique_local
+                            || link_local
+                            || mapped.is_some()
+                        {
+                            return Err(internal());
+                        }
+                        Ok(())
+                    }
+                    None => Err(internal()),
+                }
+            }
+        }
+    }
+
     /// The route as it may be shown: the secret hidden, the URL reduced to
     /// `scheme://host[:port]` ([`WebhookRoute::display_url`]).
     pub fn redacted(&self) -> Route {
@@ -519,5 +594,68 @@ mod tests {
         let shown = String::from_utf8(w.redacted().to_json()).unwrap();
         assert!(!shown.contains("MfKQ"), "{shown}");
         assert!(!format!("{w:?}").contains("MfKQ"));
+    }
+
+    #[test]
+    fn a_tenant_may_target_its_own_sink_subjects_and_public_hosts_only() {
+        let nats = |subject: &str| {
+            Route::Nats(NatsRoute {
+                subject: subject.into(),
+                jetstream: false,
+                fire_and_forget: false,
+                timeout_ms: 1000,
+                max_in_flight: 1,
+            })
+        };
+        assert!(nats("sink.acme.orders").check_tenant_scope("acme").is_ok());
+        for other in [
+            "sink.globex.orders",
+            "sink.acme",
+            "sink.acme-eu.x",
+            "ingress.v1.acme.a.b",
+            "sink.acme.",
+        ] {
+            assert!(nats(other).check_tenant_scope("acme").is_err(), "{other}");
+        }
+        let hook = |url: &str| {
+            Route::Webhook(WebhookRoute {
+                url: url.into(),
+                secret: WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+                timeout_ms: 1000,
+                max_in_flight: 1,
+                headers: BTreeMap::new(),
+                previous_secrets: Vec::new(),
+                signing_key: None,
+            })
+        };
+        for public in [
+            "https://hooks.example.com/in",
+            "http://203.0.113.7:8080/x",
+            "https://[2001:db8::1]/x",
+        ] {
+            assert!(hook(public).check_tenant_scope("acme").is_ok(), "{public}");
+        }
+        for internal in [
+            "http://127.0.0.1:9105/v1/status",
+            "http://localhost/x",
+            "http://api.localhost/x",
+            "http://10.0.0.5/x",
+            "http://172.16.0.1/x",
+            "http://192.168.1.1/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://100.64.0.1/x",
+            "http://0.0.0.0/x",
+            "http://[::1]/x",
+            "http://[fd00::1]/x",
+            "http://[fe80::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://2130706433/x",
+        ] {
+            let error = hook(internal)
+                .check_tenant_scope("acme")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("url"), "{internal}: {error}");
+        }
     }
 }

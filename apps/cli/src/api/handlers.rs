@@ -29,6 +29,11 @@ use crate::commands::attempts::{self, LsArgs};
 /// The most entries or attempts one listing returns.
 pub const MAX_PAGE: usize = 1_000;
 
+/// The most sequences one replay request lists.
+pub const MAX_LISTED: usize = 10_000;
+
+pub use switchyard_registry::destination::MAX_DESTINATIONS;
+
 /// A tenant and its registry record.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantView {
@@ -129,16 +134,39 @@ fn destination_of(raw: &str) -> Result<DestinationId, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("destination: {e}")))
 }
 
-/// The caller, allowed to reach `tenant`.
+/// The caller, allowed to reach `tenant`: the operator, or a key of `tenant` whose tenant is
+/// registered and enabled (a disabled tenant manages nothing: `403 tenant_disabled`).
 async fn caller_for(
     state: &ApiState,
     headers: &HeaderMap,
     tenant: &str,
 ) -> Result<TenantId, ApiError> {
+    Ok(caller(state, headers, tenant).await?.1)
+}
+
+/// [`caller_for`], with who it is.
+async fn caller(
+    state: &ApiState,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<(Principal, TenantId), ApiError> {
     let principal = authenticate(headers, &state.operator_token, &state.keys).await?;
     let tenant = tenant_of(tenant)?;
     principal.may(&tenant)?;
-    Ok(tenant)
+    if let Principal::Tenant(own) = &principal {
+        let key = TenantKey {
+            tenant: own.clone(),
+        };
+        let enabled = matches!(state.tenants.get(&key).await, Ok(Some(record)) if record.enabled);
+        if !enabled {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_disabled",
+                "the tenant is not enabled: its keys manage nothing",
+            ));
+        }
+    }
+    Ok((principal, tenant))
 }
 
 fn unavailable(error: impl std::error::Error) -> ApiError {
@@ -306,7 +334,7 @@ pub async fn put_destination(
     Path((tenant, destination)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
     let key = DestinationKey {
         tenant,
         destination: destination_of(&destination)?,
@@ -316,24 +344,65 @@ pub async fn put_destination(
     if !value.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
-    let mut record: Destination =
+    let given: Destination =
         serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let old = state.destinations.get(&key).await.map_err(unavailable)?;
-    record.disabled = old.as_ref().and_then(|d| d.disabled.clone());
-    crate::commands::routes::keep_previous_secrets(old.map(|d| d.target), &mut record.target);
-    record.validate().map_err(|e| {
-        let mut message = e.to_string();
-        if let Some(source) = std::error::Error::source(&e) {
-            message.push_str(": ");
-            message.push_str(&source.to_string());
+    if let Principal::Tenant(own) = &principal {
+        given
+            .target
+            .check_tenant_scope(own.as_str())
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    // Compare-and-set: a concurrent change (egress disabling it, another edit) is re-read.
+    let mut record = None;
+    for _ in 0..5 {
+        let old = state.destinations.entry(&key).await.map_err(unavailable)?;
+        if old.is_none() {
+            let count = state
+                .destinations
+                .keys()
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .filter(|k| k.tenant == key.tenant)
+                .count();
+            if count >= MAX_DESTINATIONS {
+                return Err(ApiError::invalid(format!(
+                    "tenant {} has {count} destinations, the most a tenant may have",
+                    key.tenant
+                )));
+            }
         }
-        ApiError::invalid(message)
-    })?;
-    state
-        .destinations
-        .put(&key, &record)
-        .await
+        let mut next = given.clone();
+        next.disabled = old.as_ref().and_then(|(d, _)| d.disabled.clone());
+        crate::commands::routes::keep_previous_secrets(
+            old.as_ref().map(|(d, _)| d.target.clone()),
+            &mut next.target,
+        );
+        next.validate().map_err(|e| {
+            let mut message = e.to_string();
+            if let Some(source) = std::error::Error::source(&e) {
+                message.push_str(": ");
+                message.push_str(&source.to_string());
+            }
+            ApiError::invalid(message)
+        })?;
+        let written = match &old {
+            Some((_, revision)) => state.destinations.update(&key, &next, *revision).await,
+            None => state.destinations.create(&key, &next).await,
+        }
         .map_err(unavailable)?;
+        if let Written::Stored(_) = written {
+            record = Some(next);
+            break;
+        }
+    }
+    let Some(record) = record else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the destination kept changing; try again",
+        ));
+    };
     state
         .destinations
         .purge_history(&key)
@@ -390,7 +459,7 @@ pub async fn switch_destination(
     Path((tenant, destination, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
     let key = DestinationKey {
         tenant,
         destination: destination_of(&destination)?,
@@ -403,7 +472,10 @@ pub async fn switch_destination(
     let disabled = match action.as_str() {
         "disable" => Some(Disabled {
             at: OffsetDateTime::now_utc(),
-            by: DisabledBy::Operator,
+            by: match principal {
+                Principal::Operator => DisabledBy::Operator,
+                Principal::Tenant(_) => DisabledBy::Tenant,
+            },
             reason: request
                 .reason
                 .unwrap_or_else(|| "disabled through the management API".to_owned()),
@@ -574,6 +646,12 @@ pub async fn replay_dlq(
     if !request.seqs.is_empty() && (request.code.is_some() || request.destination.is_some()) {
         return Err(ApiError::bad_request("list seqs or filter, not both"));
     }
+    if request.seqs.len() > MAX_LISTED {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LISTED} seqs; select more with filters"
+        )));
+    }
+    let listed: std::collections::HashSet<u64> = request.seqs.iter().copied().collect();
     let reader = state.dlq().await?;
     // Only the tenant's own entries count, listed or filtered.
     let (mut count, mut upper, mut seqs) = (0u64, 0u64, Vec::new());
@@ -581,7 +659,7 @@ pub async fn replay_dlq(
     while let Some((_, delivered)) = read.next().await.map_err(unavailable)? {
         if let Ok(entry) = &delivered.entry
             && filter.matches(entry)
-            && (request.seqs.is_empty() || request.seqs.contains(&entry.seq))
+            && (listed.is_empty() || listed.contains(&entry.seq))
         {
             count += 1;
             upper = upper.max(entry.seq);
@@ -598,7 +676,11 @@ pub async fn replay_dlq(
     let selection = if request.seqs.is_empty() {
         filter
     } else {
-        Selection::listed(seqs)
+        // The listed entries are the tenant's: the job says so (and skips any other).
+        Selection {
+            tenant: Some(tenant.clone()),
+            ..Selection::listed(seqs)
+        }
     };
     let job = JobRecord::new(
         JobSpec {
@@ -683,7 +765,11 @@ pub async fn list_attempts(
     let mut args = LsArgs::everything();
     args.tenant = Some(tenant.clone());
     args.failed = failed;
-    args.destination = query.get("destination").cloned();
+    args.destination = query
+        .get("destination")
+        .map(|d| d.parse::<Copy>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("destination: {e}")))?;
     args.limit = u64::try_from(limit).unwrap_or(100);
     let (_, stream) = state
         .topology

@@ -118,7 +118,7 @@ pub enum ApiCommand {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:9105")]
+    #[arg(long, default_value = "127.0.0.1:9106")]
     pub listen: SocketAddr,
     /// A file holding the operator token (at least 32 bytes, whitespace trimmed); or set
     /// `SWITCHYARD_API_OPERATOR_TOKEN`.
@@ -199,8 +199,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{job}", get(get_job))
         .route("/v1/status", get(status))
         .fallback(|| async { ApiError::not_found("no such path") })
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
         .with_state(state)
 }
+
+/// Requests handled at once; more wait their turn.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// The operator token from `--operator-token-file` or `SWITCHYARD_API_OPERATOR_TOKEN`.
 pub fn operator_token(args: &ServeArgs) -> anyhow::Result<String> {

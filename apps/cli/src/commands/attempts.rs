@@ -55,7 +55,7 @@ pub struct LsArgs {
     pub route: Option<String>,
     /// Only the attempts of one destination's copies (a destination id, or `_route`).
     #[arg(long, value_name = "DESTINATION")]
-    pub destination: Option<String>,
+    pub destination: Option<switchyard_envelope::Destination>,
     /// Only attempts that came out so: `delivered`, `retryable` or `permanent`.
     #[arg(long, value_parser = ["delivered", "retryable", "permanent"])]
     pub result: Option<String>,
@@ -99,7 +99,7 @@ impl LsArgs {
             && self
                 .destination
                 .as_ref()
-                .is_none_or(|d| attempt.destination.as_ref() == Some(d))
+                .is_none_or(|d| attempt.destination.as_deref() == Some(d.as_str()))
             && self.result.as_ref().is_none_or(|r| *r == attempt.result)
             && (!self.failed || attempt.result != "delivered")
             && self
@@ -367,7 +367,7 @@ mod tests {
         assert!(args(&|a| a.route = Some("acme._.slack".into())));
         assert!(!args(&|a| a.route = Some("acme.ops.slack".into())));
         assert!(
-            !args(&|a| a.destination = Some("crm".into())),
+            !args(&|a| a.destination = Some("crm".parse().unwrap())),
             "not a fanned-out copy"
         );
         assert!(args(&|a| a.message = Some("order-1".into())));

@@ -17,6 +17,7 @@ use switchyard_filter::Filter;
 use switchyard_keys::{
     DestinationId, DestinationKey, KvKey, PlatformId, TeamId, TenantId, kv::tenant_filter,
 };
+use switchyard_registry::destination::MAX_DESTINATIONS;
 use switchyard_registry::{
     Destination, Disabled, DisabledBy, RateLimit, Store, Subscription, Written,
 };
@@ -248,15 +249,51 @@ async fn set_destination(
             key.render()
         )
     };
-    let mut destination = args.destination().with_context(refusing)?;
-    let old = store.get(&key).await?;
-    // Replacing the target or the subscription does not enable a disabled destination.
-    destination.disabled = old.as_ref().and_then(|d| d.disabled.clone());
-    let dropped = keep_previous_secrets(old.map(|d| d.target), &mut destination.target);
+    let given = args.destination().with_context(refusing)?;
     // The target first, so that its error reads as a route's (`route field url: …`).
-    destination.target.validate().with_context(refusing)?;
-    destination.validate().with_context(refusing)?;
-    let revision = store.put(&key, &destination).await?;
+    given.target.validate().with_context(refusing)?;
+    // Compare-and-set: egress disabling the destination meanwhile is re-read, never undone.
+    let mut stored = None;
+    for _ in 0..CAS_TRIES {
+        let old = store.entry(&key).await?;
+        if old.is_none() {
+            let count = store
+                .keys()
+                .await?
+                .iter()
+                .filter(|k| k.tenant == key.tenant)
+                .count();
+            if count >= MAX_DESTINATIONS {
+                anyhow::bail!(
+                    "tenant {} has {count} destinations, the most a tenant may have \
+                     ({MAX_DESTINATIONS}); remove one first",
+                    key.tenant
+                );
+            }
+        }
+        let mut next = given.clone();
+        // Replacing the target or the subscription does not enable a disabled destination.
+        next.disabled = old.as_ref().and_then(|(d, _)| d.disabled.clone());
+        let dropped = keep_previous_secrets(
+            old.as_ref().map(|(d, _)| d.target.clone()),
+            &mut next.target,
+        );
+        next.validate().with_context(refusing)?;
+        let written = match &old {
+            Some((_, revision)) => store.update(&key, &next, *revision).await?,
+            None => store.create(&key, &next).await?,
+        };
+        if let Written::Stored(revision) = written {
+            stored = Some((next, revision, dropped));
+            break;
+        }
+    }
+    let Some((destination, revision, dropped)) = stored else {
+        anyhow::bail!(
+            "destination {} kept changing under this command ({CAS_TRIES} tries); run it again",
+            key.render()
+        );
+    };
     // A replaced destination's old secret must not linger in the key's history.
     store.purge_history(&key).await?;
     if out.is_json() {
@@ -517,6 +554,7 @@ fn state(destination: &Destination) -> String {
             match disabled.by {
                 DisabledBy::Operator => "an operator",
                 DisabledBy::Egress => "egress (it stayed down)",
+                DisabledBy::Tenant => "the tenant",
             },
             disabled
                 .at

@@ -156,8 +156,12 @@ pub async fn run(
                 api_key::issue(args.tenant.clone(), expires_at, args.label.clone(), now)
                     .context("issuing a key")?;
             if !args.scopes.is_empty() {
-                issued.record.scopes.clone_from(&args.scopes);
-                issued.record.scopes.dedup();
+                issued.record.scopes.clear();
+                for scope in &args.scopes {
+                    if !issued.record.scopes.contains(scope) {
+                        issued.record.scopes.push(*scope);
+                    }
+                }
             }
             keys.put(&issued.id, &issued.record).await?;
             if out.is_json() {

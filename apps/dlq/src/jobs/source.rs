@@ -53,7 +53,16 @@ fn decide(spec: &JobSpec, runner: &JobRunner, entry: Result<DlqEntry, DlqError>)
         Ok(entry) => entry,
         Err(_) => return Work::Keep("invalid record"),
     };
-    if !spec.selection.is_listed() && !spec.selection.matches(&entry) {
+    let selected = if spec.selection.is_listed() {
+        // A listed job that names a tenant replays that tenant's entries only.
+        spec.selection
+            .tenant
+            .as_ref()
+            .is_none_or(|tenant| entry.record.tenant.as_ref() == Some(tenant))
+    } else {
+        spec.selection.matches(&entry)
+    };
+    if !selected {
         return Work::Skip;
     }
     match plan_replay_to(&runner.ns, &entry, spec.target) {

@@ -10,6 +10,59 @@ use tokio::time::Instant;
 
 use crate::support::{Harness, Sink, address, webhook};
 
+/// A destination limited to `rate` with `burst`, and egress started.
+async fn limited(sink: &Sink, rate: f64, burst: u32) -> Harness {
+    let mut h = Harness::new().await;
+    let store: Store<DestinationKey, Destination> =
+        Store::new(h.js.get_key_value("destinations").await.unwrap());
+    let key = DestinationKey {
+        tenant: "acme".parse().unwrap(),
+        destination: "crm".parse().unwrap(),
+    };
+    let destination = Destination {
+        target: webhook(sink, "/crm"),
+        subscription: Subscription::default(),
+        description: None,
+        disabled: None,
+        rate_limit: Some(RateLimit {
+            rate_per_sec: rate,
+            burst,
+        }),
+    };
+    store.put(&key, &destination).await.unwrap();
+    h.start(|config| config.egress.concurrency = 64).await;
+    h
+}
+
+#[tokio::test]
+async fn after_a_quiet_period_a_destination_takes_its_burst_at_once_then_its_rate() {
+    let sink = Sink::start().await;
+    let h = limited(&sink, 1.0, 10).await;
+    let started = Instant::now();
+    for i in 0..12 {
+        h.publish(
+            &address("acme", "ops", "shop"),
+            Bytes::from(format!("{{\"n\":{i}}}")),
+            Some("application/json"),
+        )
+        .await;
+    }
+    wait_for("twelve deliveries", Duration::from_secs(30), || async {
+        (sink.count("/crm") >= 12).then_some(())
+    })
+    .await;
+    let mut times: Vec<Duration> = sink
+        .requests("/crm")
+        .iter()
+        .map(|r| r.at.saturating_duration_since(started))
+        .collect();
+    times.sort();
+    // The burst of ten goes at once; the next two wait for the rate (1/s).
+    assert!(times[9] < Duration::from_secs(2), "{times:?}");
+    assert!(times[11] >= Duration::from_millis(1500), "{times:?}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_destination_limited_to_5_per_second_gets_at_most_that_across_three_replicas() {
     const RATE: f64 = 5.0;

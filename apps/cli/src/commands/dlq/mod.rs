@@ -93,9 +93,10 @@ pub struct FilterArgs {
     /// Only entries with this code (e.g. retries_exhausted, no_route).
     #[arg(long, value_parser = parse::dlq_code)]
     pub code: Option<DlqCode>,
-    /// Only a destination's copies (a destination id, or `_route`): with `replay`, re-delivers
-    /// what that destination failed to take (`--since` for a window).
-    #[arg(long, value_name = "DESTINATION")]
+    /// Only a destination's copies (a destination id, or `_route`; with --tenant, since ids
+    /// are unique within a tenant): with `replay`, re-delivers what that destination failed to
+    /// take (`--since` for a window).
+    #[arg(long, value_name = "DESTINATION", requires = "tenant")]
     pub destination: Option<Destination>,
 }
 
