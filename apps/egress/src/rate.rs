@@ -12,6 +12,7 @@
 //! leases a second per busy destination and replica.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_registry::LimitRecord;
@@ -42,7 +43,8 @@ struct Local {
 /// The slots this replica holds, per token record.
 pub struct DestinationRates {
     leaser: Leaser,
-    leases: Mutex<HashMap<String, Local>>,
+    /// One lock per token record: a slow lease of one destination never holds up another's.
+    leases: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Local>>>>>,
 }
 
 impl DestinationRates {
@@ -50,7 +52,7 @@ impl DestinationRates {
     pub fn new(leaser: Leaser) -> Self {
         Self {
             leaser,
-            leases: Mutex::new(HashMap::new()),
+            leases: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -71,23 +73,27 @@ impl DestinationRates {
     ) -> Result<Duration, ()> {
         let max_wait_ms = i64::try_from(max_wait.as_millis()).unwrap_or(i64::MAX);
         let late_ms = i64::try_from(MAX_LATE.as_millis()).unwrap_or(0);
-        let mut leases = self.leases.lock().await;
+        let slot = {
+            let mut leases = self
+                .leases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            leases.entry(key.to_owned()).or_default().clone()
+        };
+        let mut held = slot.lock().await;
         for fresh in [false, true] {
             if fresh {
                 let lease = self
                     .leaser
                     .lease(key, lease_size(limit), limit, now_ms)
                     .await;
-                leases.insert(
-                    key.to_owned(),
-                    Local {
-                        lease,
-                        next: 0,
-                        taken_ms: now_ms,
-                    },
-                );
+                *held = Some(Local {
+                    lease,
+                    next: 0,
+                    taken_ms: now_ms,
+                });
             }
-            let Some(local) = leases.get_mut(key) else {
+            let Some(local) = held.as_mut() else {
                 continue;
             };
             while local.next < local.lease.count
