@@ -189,9 +189,11 @@ async fn an_invalid_job_fails_with_its_reason_and_touches_nothing() {
     let env = Env::start().await;
     seed(&env.js, "acme", 1, 2, DlqCode::NoRoute).await;
     let service = env.service(env.config()).await;
-    // Written by hand into the bucket: listed sequences and a filter at once.
+    // Written by hand into the bucket: listed sequences and a filter at once (a tenant alone
+    // may go with listed sequences: the entries must be that tenant's).
     let invalid = Selection {
         tenant: Some(TenantId::new("acme").unwrap()),
+        code: Some(DlqCode::NoRoute),
         seqs: vec![1, 2],
         ..Selection::default()
     };
@@ -200,8 +202,29 @@ async fn an_invalid_job_fails_with_its_reason_and_touches_nothing() {
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(
         failed.error.as_deref(),
-        Some("a job lists sequences or has filters, not both")
+        Some("a job lists sequences or has filters (but a tenant), not both")
     );
     assert_eq!(stored_count(&env.js, "DLQ").await, 2);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_listed_job_naming_a_tenant_replays_that_tenants_entries_only() {
+    let env = Env::start().await;
+    let acme = seed(&env.js, "acme", 1, 2, DlqCode::NoRoute).await;
+    let globex = seed(&env.js, "globex", 3, 1, DlqCode::NoRoute).await;
+    let service = env.service(env.config()).await;
+    // acme's job (the management API writes such jobs) lists a sequence of globex's too.
+    let listed = Selection {
+        tenant: Some(TenantId::new("acme").unwrap()),
+        ..Selection::listed(vec![acme[0], acme[1], globex[0]])
+    };
+    let id = create(&env.js, spec(listed, 100, true, globex[0], 3)).await;
+    let done = finished(&env.js, &id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(
+        done.progress.would_replay, 2,
+        "globex's entry is not acme's to replay"
+    );
     service.stop().await;
 }
