@@ -95,6 +95,7 @@ pub async fn start(
         owner: instance.clone(),
         settings: config.jobs.clone(),
         metrics: dlq_metrics.clone(),
+        events: switchyard_service::events::EventLog::new(js.clone(), ns.clone(), "dlq"),
     });
     let alerts = &config.alerts;
     let processor = stats::StatsProcessor {

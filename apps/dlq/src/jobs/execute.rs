@@ -126,7 +126,8 @@ impl Execution {
         let id = self.job.id.clone();
         match self.execute(&shutdown).await {
             Ok(()) => {
-                tracing::info!(job = %id, replayed = self.job.progress.replayed, kept = self.job.progress.kept_total(), "replay job done")
+                tracing::info!(job = %id, replayed = self.job.progress.replayed, kept = self.job.progress.kept_total(), "replay job done");
+                self.finished("done");
             }
             Err(Stop::Shutdown) => {
                 // Hand the job back at once instead of letting the lease lapse.
@@ -135,9 +136,31 @@ impl Execution {
                     tracing::info!(job = %id, last_seq = self.job.progress.last_seq, "replay job released for another instance");
                 }
             }
+            Err(Stop::Cancelled) => {
+                tracing::warn!(job = %id, "replay job cancelled");
+                self.finished("cancelled");
+            }
             Err(stop) => tracing::warn!(job = %id, ?stop, "replay job stopped on this instance"),
         }
         id
+    }
+
+    /// Reports the job's end as a `replay_job_finished` event, about the tenant its selection
+    /// names (or the deployment).
+    fn finished(&self, how: &str) {
+        let p = &self.job.progress;
+        self.runner.events.emit(
+            switchyard_subjects::EventKind::ReplayJobFinished,
+            self.job.spec.selection.tenant.as_ref(),
+            Some(&self.job.id),
+            &format!(
+                "{how}: {} replayed, {} kept, of {} ({})",
+                p.replayed,
+                p.kept_total(),
+                self.job.spec.total,
+                self.job.spec.selection.describe()
+            ),
+        );
     }
 
     fn lease_len(&self) -> Duration {

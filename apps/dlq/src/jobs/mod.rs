@@ -46,6 +46,8 @@ pub struct JobRunner {
     pub settings: JobSettings,
     /// Metrics.
     pub metrics: DlqMetrics,
+    /// Operational events: `replay_job_finished` when a job ends here.
+    pub events: switchyard_service::events::EventLog,
 }
 
 impl JobRunner {

@@ -226,5 +226,24 @@ async fn a_listed_job_naming_a_tenant_replays_that_tenants_entries_only() {
         done.progress.would_replay, 2,
         "globex's entry is not acme's to replay"
     );
+    // Its end is an operational event of acme's.
+    let events = env.js.get_stream("EVENTS").await.unwrap();
+    let event = wait_for(
+        "the replay_job_finished event",
+        Duration::from_secs(10),
+        || async {
+            events
+                .direct_get_last_for_subject("events.v1.acme.replay_job_finished")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["about"], id.as_str());
+    assert!(
+        event["detail"].as_str().unwrap().starts_with("done: "),
+        "{event}"
+    );
     service.stop().await;
 }
