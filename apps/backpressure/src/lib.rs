@@ -76,6 +76,11 @@ pub async fn start(
         own,
         loop_health: loop_health.clone(),
         release_pending: Default::default(),
+        events: switchyard_service::events::EventLog::new(
+            js.clone(),
+            topology.namespace.clone(),
+            "backpressure",
+        ),
         settler: Settler::new(
             js.clone(),
             topology.namespace.clone(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
+use switchyard_subjects::EventKind;
 use switchyard_topology::backlog_by_tenant;
 use time::format_description::well_known::Rfc3339;
 use tokio::task::{Id, JoinError, JoinSet};
@@ -265,6 +266,19 @@ async fn scan_once(
             kv.put(key.render(), serde_json::to_vec(&record)?.into())
                 .await?;
             tracing::info!(%tenant, backlog, high, low, admission = ?wanted, "admission changed");
+            if wanted != current {
+                let (kind, detail) = match wanted {
+                    Admission::Closed => (
+                        EventKind::AdmissionClosed,
+                        format!("backlog {backlog} reached {high}: producers are refused"),
+                    ),
+                    Admission::Open => (
+                        EventKind::AdmissionReopened,
+                        format!("backlog {backlog} fell below {low}: producers are admitted"),
+                    ),
+                };
+                shared.events.emit(kind, Some(&tenant), None, &detail);
+            }
             if wanted == Admission::Open {
                 shared.lock_release().insert(tenant.clone());
             }

@@ -131,6 +131,8 @@ pub struct Shared {
     /// Tenants whose admission reopened and whose ingress stream is still to be released
     /// from its hold (`scan`).
     pub release_pending: std::sync::Mutex<std::collections::HashSet<TenantId>>,
+    /// Operational events: admission closed and reopened.
+    pub events: switchyard_service::events::EventLog,
 }
 
 impl Shared {

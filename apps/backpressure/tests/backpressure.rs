@@ -394,6 +394,19 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
     )
     .await;
     h.wait_delivered("busy", 200, Duration::from_secs(30)).await;
+    // Both changes are operational events of the tenant's.
+    let events = h.js.get_stream("EVENTS").await.unwrap();
+    for kind in ["admission_closed", "admission_reopened"] {
+        let event = wait_for(kind, Duration::from_secs(10), || async {
+            events
+                .direct_get_last_for_subject(format!("events.v1.busy.{kind}"))
+                .await
+                .ok()
+        })
+        .await;
+        let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        assert_eq!(event["source"], "backpressure", "{event}");
+    }
     drain.abort();
     h.stop().await;
 }

@@ -400,17 +400,23 @@ pub enum EventKind {
     DlqInflow,
     /// A replay job ended (done, failed or cancelled).
     ReplayJobFinished,
+    /// A tenant's admission closed: its backlog passed its high mark, its producers are refused.
+    AdmissionClosed,
+    /// It reopened: the backlog fell below the low mark.
+    AdmissionReopened,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
         EventKind::BreakerClosed,
         EventKind::DlqInflow,
         EventKind::ReplayJobFinished,
+        EventKind::AdmissionClosed,
+        EventKind::AdmissionReopened,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -422,6 +428,8 @@ impl EventKind {
             EventKind::BreakerClosed => "breaker_closed",
             EventKind::DlqInflow => "dlq_inflow",
             EventKind::ReplayJobFinished => "replay_job_finished",
+            EventKind::AdmissionClosed => "admission_closed",
+            EventKind::AdmissionReopened => "admission_reopened",
         }
     }
 }
