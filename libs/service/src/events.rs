@@ -2,8 +2,8 @@
 //! `EVENTS`: limits retention, the last 10,000 of each kind of each tenant for 30 days), read
 //! with `switchyard events ls` and the management API. Emitted where the thing happens:
 //! egress (a breaker opened or closed, a destination disabled because it stayed down), the CLI
-//! and the management API (a destination disabled or enabled by an operator), the dlq service
-//! (DLQ inflow over threshold, a replay job finished).
+//! and the management API (a destination disabled or enabled), the dlq service (DLQ inflow over
+//! threshold, a replay job finished), backpressure (a tenant's admission closed or reopened).
 //!
 //! An event is published and its ack awaited off the caller's path ([`EventLog::emit`]): an
 //! event the stream does not confirm is counted and logged and never changes what the caller

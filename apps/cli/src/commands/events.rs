@@ -1,5 +1,6 @@
 //! `switchyard events ls`: the operational events (stream `EVENTS`, `switchyard_service::events`)
-//! — destinations disabled and enabled, breakers opened and closed, DLQ inflow over threshold —
+//! — destinations disabled and enabled, breakers opened and closed, DLQ inflow over threshold,
+//! replay jobs finished, admission closed and reopened —
 //! read through an ordered consumer (nothing is consumed), oldest first.
 
 use std::collections::VecDeque;
@@ -41,7 +42,7 @@ pub struct LsArgs {
     #[arg(long)]
     pub tenant: Option<TenantId>,
     /// Only events of this kind (destination_disabled, destination_enabled, breaker_opened,
-    /// breaker_closed, dlq_inflow, replay_job_finished).
+    /// breaker_closed, dlq_inflow, replay_job_finished, admission_closed, admission_reopened).
     #[arg(long)]
     pub kind: Option<EventKind>,
     /// Only events at or after this time (RFC 3339, or an age: 30s, 15m, 2h, 3d, 1w).
