@@ -35,5 +35,5 @@ pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState
 pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use signing_key::{SigningKey, sign_v1a};
-pub use store::{Store, StoreError, Written};
+pub use store::{Changed, Store, StoreError, Written};
 pub use tenant::{TenantNameError, TenantRecord};

@@ -76,6 +76,17 @@ pub enum Written {
     Conflict,
 }
 
+/// What [`Store::change`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed<R> {
+    /// The record written, and its revision.
+    Stored(R, u64),
+    /// The change left the record as it was (`None`: there is none).
+    Unchanged(Option<R>),
+    /// Someone else wrote the key between each read and write, every time.
+    Conflicts,
+}
+
 /// Records of type `R` under keys of schema `K` in one bucket. A bucket holding several record
 /// types (the rate limits, the DLQ counters and their processor state) is opened once per type.
 #[derive(Clone)]
@@ -224,6 +235,32 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
             Some(revision) => self.update(key, record, revision).await,
             None => self.create(key, record).await,
         }
+    }
+
+    /// Changes a record by compare-and-set, reading it again after a conflict, at most `tries`
+    /// rounds: `change` gets the stored record (`None`: absent) and returns the record to
+    /// write, or `None` to leave it as it is. A concurrent writer's change is never overwritten.
+    ///
+    /// Errors: `change`'s own, or a [`StoreError`] of a read or write.
+    pub async fn change<E: From<StoreError>>(
+        &self,
+        key: &K,
+        tries: usize,
+        mut change: impl FnMut(Option<&R>) -> Result<Option<R>, E>,
+    ) -> Result<Changed<R>, E> {
+        for _ in 0..tries {
+            let stored = self.entry(key).await?;
+            let Some(next) = change(stored.as_ref().map(|(record, _)| record))? else {
+                return Ok(Changed::Unchanged(stored.map(|(record, _)| record)));
+            };
+            if let Written::Stored(revision) = self
+                .write(key, &next, stored.map(|(_, revision)| revision))
+                .await?
+            {
+                return Ok(Changed::Stored(next, revision));
+            }
+        }
+        Ok(Changed::Conflicts)
     }
 
     /// Drops every earlier revision of `key` from the bucket's history, keeping only the

@@ -45,15 +45,18 @@ impl ApiError {
     }
 
     /// `503 unavailable`: NATS or a bucket did not answer; the message names the cause.
-    pub fn unavailable(error: &dyn std::error::Error) -> Self {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(inner) = source {
-            message.push_str(": ");
-            message.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    pub fn unavailable(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            crate::output::error_chain(error),
+        )
+    }
+}
+
+impl From<switchyard_registry::StoreError> for ApiError {
+    fn from(error: switchyard_registry::StoreError) -> Self {
+        Self::unavailable(&error)
     }
 }
 

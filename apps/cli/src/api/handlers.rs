@@ -15,7 +15,7 @@ use serde_json::Value;
 use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobStore, Selection};
 use switchyard_envelope::Destination as Copy;
 use switchyard_keys::{DestinationId, DestinationKey, KvKey, TenantId, TenantKey};
-use switchyard_registry::{Destination, Disabled, DisabledBy, Written};
+use switchyard_registry::{Changed, Destination, Disabled, DisabledBy};
 use switchyard_subjects::EventKind;
 use switchyard_topology::StreamName;
 use time::OffsetDateTime;
@@ -25,6 +25,7 @@ use super::ApiState;
 use super::auth::{Principal, authenticate};
 use super::error::ApiError;
 use crate::commands::attempts::{self, LsArgs};
+use crate::commands::destinations::{CAS_TRIES, others, replacing, switch_event, switched};
 
 /// The most entries or attempts one listing returns.
 pub const MAX_PAGE: usize = 1_000;
@@ -169,7 +170,7 @@ async fn caller(
     Ok((principal, tenant))
 }
 
-fn unavailable(error: impl std::error::Error) -> ApiError {
+fn unavailable(error: impl std::error::Error + 'static) -> ApiError {
     ApiError::unavailable(&error)
 }
 
@@ -179,6 +180,34 @@ fn anyhow_unavailable(error: &anyhow::Error) -> ApiError {
         "unavailable",
         format!("{error:#}"),
     )
+}
+
+/// A destination named in a query parameter (a destination id, or `_route`).
+fn copy_of(raw: Option<&String>) -> Result<Option<Copy>, ApiError> {
+    raw.map(|d| d.parse::<Copy>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("destination: {e}")))
+}
+
+/// One of the log streams (`ATTEMPTS`, `EVENTS`).
+async fn log_stream(
+    state: &ApiState,
+    name: StreamName,
+) -> Result<async_nats::jetstream::stream::Stream, ApiError> {
+    Ok(state
+        .topology
+        .open_stream(&state.js, name)
+        .await
+        .map_err(unavailable)?
+        .1)
+}
+
+/// Records as the JSON the CLI's `--json` prints for them.
+fn values<T: Serialize>(items: &[T]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|item| serde_json::to_value(item).unwrap_or(Value::Null))
+        .collect()
 }
 
 /// A query parameter as a number in `range`.
@@ -352,56 +381,25 @@ pub async fn put_destination(
             .check_tenant_scope(own.as_str())
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
-    // Compare-and-set: a concurrent change (egress disabling it, another edit) is re-read.
-    let mut record = None;
-    for _ in 0..5 {
-        let old = state.destinations.entry(&key).await.map_err(unavailable)?;
-        if old.is_none() {
-            let count = state
-                .destinations
-                .keys()
-                .await
-                .map_err(unavailable)?
-                .iter()
-                .filter(|k| k.tenant == key.tenant)
-                .count();
-            if count >= MAX_DESTINATIONS {
-                return Err(ApiError::invalid(format!(
-                    "tenant {} has {count} destinations, the most a tenant may have",
-                    key.tenant
-                )));
-            }
-        }
-        let mut next = given.clone();
-        next.disabled = old.as_ref().and_then(|(d, _)| d.disabled.clone());
-        crate::commands::routes::keep_previous_secrets(
-            old.as_ref().map(|(d, _)| d.target.clone()),
-            &mut next.target,
-        );
-        next.validate().map_err(|e| {
-            let mut message = e.to_string();
-            if let Some(source) = std::error::Error::source(&e) {
-                message.push_str(": ");
-                message.push_str(&source.to_string());
-            }
-            ApiError::invalid(message)
-        })?;
-        let written = match &old {
-            Some((_, revision)) => state.destinations.update(&key, &next, *revision).await,
-            None => state.destinations.create(&key, &next).await,
-        }
-        .map_err(unavailable)?;
-        if let Written::Stored(_) = written {
-            record = Some(next);
-            break;
-        }
+    let others = others(&state.destinations, &key).await?;
+    if others >= MAX_DESTINATIONS {
+        return Err(ApiError::invalid(format!(
+            "tenant {} has {others} destinations, the most a tenant may have",
+            key.tenant
+        )));
     }
-    let Some(record) = record else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "the destination kept changing; try again",
-        ));
+    // Compare-and-set: a concurrent change (egress disabling it, another edit) is re-read.
+    let changed = state
+        .destinations
+        .change(&key, CAS_TRIES, |old| {
+            let (next, _) = replacing(&given, old);
+            next.validate()
+                .map_err(|e| ApiError::invalid(crate::output::error_chain(&e)))?;
+            Ok::<_, ApiError>(Some(next))
+        })
+        .await?;
+    let Changed::Stored(record, _) = changed else {
+        return Err(conflict());
     };
     state
         .destinations
@@ -488,52 +486,47 @@ pub async fn switch_destination(
             )));
         }
     };
-    for _ in 0..5 {
-        let Some((mut record, revision)) =
-            state.destinations.entry(&key).await.map_err(unavailable)?
-        else {
-            return Err(ApiError::not_found(format!(
-                "no destination {}",
-                key.render()
-            )));
-        };
-        if record.disabled.is_some() == disabled.is_some() {
-            return Ok(Json(view(&key.tenant, &key.destination, &record)));
-        }
-        record.disabled.clone_from(&disabled);
-        record
-            .validate()
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        match state
-            .destinations
-            .update(&key, &record, revision)
-            .await
-            .map_err(unavailable)?
-        {
-            Written::Stored(_) => {
-                let (kind, detail) = match &disabled {
-                    Some(d) => (EventKind::DestinationDisabled, d.reason.as_str()),
-                    None => (
-                        EventKind::DestinationEnabled,
-                        "enabled through the management API",
-                    ),
-                };
-                state.events.emit(
-                    kind,
-                    Some(&key.tenant),
-                    Some(key.destination.as_str()),
-                    detail,
-                );
-                return Ok(Json(view(&key.tenant, &key.destination, &record)));
+    let changed = state
+        .destinations
+        .change(&key, CAS_TRIES, |old| {
+            let Some(old) = old else {
+                return Err(ApiError::not_found(format!(
+                    "no destination {}",
+                    key.render()
+                )));
+            };
+            let next = switched(old, &disabled);
+            if let Some(next) = &next {
+                next.validate()
+                    .map_err(|e| ApiError::invalid(crate::output::error_chain(&e)))?;
             }
-            Written::Conflict => continue,
+            Ok(next)
+        })
+        .await?;
+    let record = match changed {
+        Changed::Stored(record, _) => {
+            let (kind, detail) = switch_event(&disabled, "enabled through the management API");
+            state.events.emit(
+                kind,
+                Some(&key.tenant),
+                Some(key.destination.as_str()),
+                detail,
+            );
+            record
         }
-    }
-    Err(ApiError::new(
+        Changed::Unchanged(Some(record)) => record,
+        Changed::Unchanged(None) | Changed::Conflicts => return Err(conflict()),
+    };
+    Ok(Json(view(&key.tenant, &key.destination, &record)))
+}
+
+/// `409 conflict`: the record kept changing under the request.
+fn conflict() -> ApiError {
+    ApiError::new(
         StatusCode::CONFLICT,
         "conflict",
         "the destination kept changing; try again",
-    ))
+    )
 }
 
 /// The selection of a tenant's DLQ entries from query parameters `code` and `destination`.
@@ -548,10 +541,7 @@ fn dlq_selection(
             .map(|c| crate::parse::dlq_code(c))
             .transpose()
             .map_err(ApiError::bad_request)?,
-        destination: destination
-            .map(|d| d.parse::<Copy>())
-            .transpose()
-            .map_err(|e| ApiError::bad_request(format!("destination: {e}")))?,
+        destination: copy_of(destination)?,
         ..Selection::default()
     })
 }
@@ -765,26 +755,15 @@ pub async fn list_attempts(
     let mut args = LsArgs::everything();
     args.tenant = Some(tenant.clone());
     args.failed = failed;
-    args.destination = query
-        .get("destination")
-        .map(|d| d.parse::<Copy>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("destination: {e}")))?;
+    args.destination = copy_of(query.get("destination"))?;
     args.limit = u64::try_from(limit).unwrap_or(100);
-    let (_, stream) = state
-        .topology
-        .open_stream(&state.js, StreamName::Attempts)
-        .await
-        .map_err(unavailable)?;
+    let stream = log_stream(&state, StreamName::Attempts).await?;
     let filter = state.topology.namespace.attempt_filter(Some(&tenant));
     let listed = attempts::list(&stream, &filter, &args, |_| {})
         .await
         .map_err(|e| anyhow_unavailable(&e))?;
     Ok(Json(AttemptsPage {
-        attempts: listed
-            .iter()
-            .map(|l| serde_json::to_value(l).unwrap_or(Value::Null))
-            .collect(),
+        attempts: values(&listed),
     }))
 }
 
@@ -810,11 +789,7 @@ pub async fn list_events(
         .map(|k| k.parse::<EventKind>())
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let (_, stream) = state
-        .topology
-        .open_stream(&state.js, StreamName::Events)
-        .await
-        .map_err(unavailable)?;
+    let stream = log_stream(&state, StreamName::Events).await?;
     let args = crate::commands::events::LsArgs {
         tenant: Some(tenant),
         kind,
@@ -825,10 +800,7 @@ pub async fn list_events(
         .await
         .map_err(|e| anyhow_unavailable(&e))?;
     Ok(Json(EventsPage {
-        events: listed
-            .iter()
-            .map(|l| serde_json::to_value(l).unwrap_or(Value::Null))
-            .collect(),
+        events: values(&listed),
     }))
 }
 

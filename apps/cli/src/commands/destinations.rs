@@ -19,7 +19,7 @@ use switchyard_keys::{
 };
 use switchyard_registry::destination::MAX_DESTINATIONS;
 use switchyard_registry::{
-    Destination, Disabled, DisabledBy, RateLimit, Store, Subscription, Written,
+    Changed, Destination, Disabled, DisabledBy, RateLimit, Store, StoreError, Subscription,
 };
 use switchyard_service::events::EventLog;
 use switchyard_subjects::EventKind;
@@ -252,43 +252,25 @@ async fn set_destination(
     let given = args.destination().with_context(refusing)?;
     // The target first, so that its error reads as a route's (`route field url: …`).
     given.target.validate().with_context(refusing)?;
-    // Compare-and-set: egress disabling the destination meanwhile is re-read, never undone.
-    let mut stored = None;
-    for _ in 0..CAS_TRIES {
-        let old = store.entry(&key).await?;
-        if old.is_none() {
-            let count = store
-                .keys()
-                .await?
-                .iter()
-                .filter(|k| k.tenant == key.tenant)
-                .count();
-            if count >= MAX_DESTINATIONS {
-                anyhow::bail!(
-                    "tenant {} has {count} destinations, the most a tenant may have \
-                     ({MAX_DESTINATIONS}); remove one first",
-                    key.tenant
-                );
-            }
-        }
-        let mut next = given.clone();
-        // Replacing the target or the subscription does not enable a disabled destination.
-        next.disabled = old.as_ref().and_then(|(d, _)| d.disabled.clone());
-        let dropped = keep_previous_secrets(
-            old.as_ref().map(|(d, _)| d.target.clone()),
-            &mut next.target,
+    let others = others(store, &key).await?;
+    if others >= MAX_DESTINATIONS {
+        anyhow::bail!(
+            "tenant {} has {others} destinations, the most a tenant may have \
+             ({MAX_DESTINATIONS}); remove one first",
+            key.tenant
         );
-        next.validate().with_context(refusing)?;
-        let written = match &old {
-            Some((_, revision)) => store.update(&key, &next, *revision).await?,
-            None => store.create(&key, &next).await?,
-        };
-        if let Written::Stored(revision) = written {
-            stored = Some((next, revision, dropped));
-            break;
-        }
     }
-    let Some((destination, revision, dropped)) = stored else {
+    // Compare-and-set: egress disabling the destination meanwhile is re-read, never undone.
+    let mut dropped = 0;
+    let changed = store
+        .change(&key, CAS_TRIES, |old| {
+            let next;
+            (next, dropped) = replacing(&given, old);
+            next.validate().with_context(refusing)?;
+            anyhow::Ok(Some(next))
+        })
+        .await?;
+    let Changed::Stored(destination, revision) = changed else {
         anyhow::bail!(
             "destination {} kept changing under this command ({CAS_TRIES} tries); run it again",
             key.render()
@@ -491,59 +473,100 @@ async fn switch(
     } else {
         "enabled"
     };
-    for _ in 0..CAS_TRIES {
-        let Some((mut record, revision)) = store.entry(&key).await? else {
-            anyhow::bail!("no destination at {}", key.render());
-        };
-        let unchanged = record.disabled.is_some() == disabled.is_some();
-        if !unchanged {
-            record.disabled.clone_from(&disabled);
-            record
-                .validate()
-                .with_context(|| format!("refusing to write destination {}", key.render()))?;
-            if let Written::Conflict = store.update(&key, &record, revision).await? {
-                continue;
-            }
-            let (kind, detail) = match &disabled {
-                Some(d) => (EventKind::DestinationDisabled, d.reason.clone()),
-                None => (
-                    EventKind::DestinationEnabled,
-                    "enabled by an operator".to_owned(),
-                ),
+    let changed = store
+        .change(&key, CAS_TRIES, |old| {
+            let Some(old) = old else {
+                anyhow::bail!("no destination at {}", key.render());
             };
-            // Reported, never undone: the change is made whether or not the event is stored.
-            if let Err(error) = events
-                .emit_and_wait(
-                    kind,
-                    Some(&key.tenant),
-                    Some(key.destination.as_str()),
-                    &detail,
-                )
-                .await
-            {
-                eprintln!("warning: the {kind} event was not stored: {error}");
+            let next = switched(old, &disabled);
+            if let Some(next) = &next {
+                next.validate()
+                    .with_context(|| format!("refusing to write destination {}", key.render()))?;
             }
+            Ok(next)
+        })
+        .await?;
+    let changed = match changed {
+        Changed::Stored(..) => true,
+        Changed::Unchanged(_) => false,
+        Changed::Conflicts => anyhow::bail!(
+            "destination {} kept changing under this command ({CAS_TRIES} tries); run it again",
+            key.render()
+        ),
+    };
+    if changed {
+        let (kind, detail) = switch_event(&disabled, "enabled by an operator");
+        // Reported, never undone: the change is made whether or not the event is stored.
+        if let Err(error) = events
+            .emit_and_wait(
+                kind,
+                Some(&key.tenant),
+                Some(key.destination.as_str()),
+                detail,
+            )
+            .await
+        {
+            eprintln!("warning: the {kind} event was not stored: {error}");
         }
-        if out.is_json() {
-            return out.json(&serde_json::json!({
-                "key": key.render(), verb: true, "changed": !unchanged,
-            }));
-        }
-        if unchanged {
-            println!("destination {} is {verb} already", key.render());
-        } else {
-            println!("{verb} destination {}", key.render());
-        }
-        return Ok(());
     }
-    anyhow::bail!(
-        "destination {} kept changing under this command ({CAS_TRIES} tries); run it again",
-        key.render()
-    )
+    if out.is_json() {
+        return out.json(&serde_json::json!({
+            "key": key.render(), verb: true, "changed": changed,
+        }));
+    }
+    if changed {
+        println!("{verb} destination {}", key.render());
+    } else {
+        println!("destination {} is {verb} already", key.render());
+    }
+    Ok(())
 }
 
-/// How many times `enable`/`disable` tries its compare-and-set.
-const CAS_TRIES: usize = 5;
+/// `record` disabled (`Some`) or enabled (`None`); `None` when it is so already.
+pub(crate) fn switched(record: &Destination, disabled: &Option<Disabled>) -> Option<Destination> {
+    (record.disabled.is_some() != disabled.is_some()).then(|| Destination {
+        disabled: disabled.clone(),
+        ..record.clone()
+    })
+}
+
+/// The event a switch is reported as: its kind, and the reason (or `enabled` for enabling).
+pub(crate) fn switch_event<'a>(
+    disabled: &'a Option<Disabled>,
+    enabled: &'a str,
+) -> (EventKind, &'a str) {
+    match disabled {
+        Some(d) => (EventKind::DestinationDisabled, &d.reason),
+        None => (EventKind::DestinationEnabled, enabled),
+    }
+}
+
+/// How many destinations `key`'s tenant has besides `key` (a tenant has at most
+/// [`MAX_DESTINATIONS`]).
+pub(crate) async fn others(
+    store: &Store<DestinationKey, Destination>,
+    key: &DestinationKey,
+) -> Result<usize, StoreError> {
+    Ok(store
+        .keys()
+        .await?
+        .iter()
+        .filter(|k| k.tenant == key.tenant && *k != key)
+        .count())
+}
+
+/// `given` as it replaces `old`: the stored `disabled` kept (replacing a destination never
+/// enables it), a webhook's previous secrets kept while its secret is unchanged; and how many
+/// earlier secrets stopped signing.
+pub(crate) fn replacing(given: &Destination, old: Option<&Destination>) -> (Destination, usize) {
+    let mut next = given.clone();
+    next.disabled = old.and_then(|d| d.disabled.clone());
+    let dropped = keep_previous_secrets(old.map(|d| d.target.clone()), &mut next.target);
+    (next, dropped)
+}
+
+/// How many times a write of a destination tries its compare-and-set.
+pub(crate) const CAS_TRIES: usize = 5;
 
 /// How a destination's state reads: `enabled`, or `disabled by egress since <time>: <reason>`.
 fn state(destination: &Destination) -> String {

@@ -68,29 +68,9 @@ async fn a_destination_limited_to_5_per_second_gets_at_most_that_across_three_re
     const RATE: f64 = 5.0;
     const MESSAGES: usize = 110;
     let sink = Sink::start().await;
-    let mut h = Harness::new().await;
-    let store: Store<DestinationKey, Destination> =
-        Store::new(h.js.get_key_value("destinations").await.unwrap());
-    let key = DestinationKey {
-        tenant: "acme".parse().unwrap(),
-        destination: "crm".parse().unwrap(),
-    };
-    let destination = Destination {
-        target: webhook(&sink, "/crm"),
-        subscription: Subscription::default(),
-        description: None,
-        disabled: None,
-        rate_limit: Some(RateLimit {
-            rate_per_sec: RATE,
-            burst: 1,
-        }),
-    };
-    store.put(&key, &destination).await.unwrap();
-    let tune = |config: &mut switchyard_egress::EgressConfig| {
-        config.egress.concurrency = 64;
-    };
-    h.start(tune).await;
-    h.start_replicas(2, tune).await;
+    let mut h = limited(&sink, RATE, 1).await;
+    h.start_replicas(2, |config| config.egress.concurrency = 64)
+        .await;
 
     let started = Instant::now();
     for i in 0..MESSAGES {
