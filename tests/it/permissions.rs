@@ -898,6 +898,21 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     egress.stored("egress.v1.acme.ops.hooks").await;
     egress.stored("$KV.destinations.acme.crm").await;
     egress.stored("$KV.rate-limits.acme.crm.tokens").await;
+    // Shared circuit breakers: an open breaker's record, written and watched by every replica.
+    egress.stored("$KV.breakers.acme.crm").await;
+    let breakers = egress
+        .js
+        .get_key_value("breakers")
+        .await
+        .expect("egress opens the breakers bucket");
+    breakers
+        .watch_all()
+        .await
+        .expect("egress watches the breakers bucket");
+    breakers
+        .entry("acme.crm")
+        .await
+        .expect("egress reads a breaker's record");
     for (subject, payload) in [
         ("delivered.v1.acme.ops.hooks", "receipt"),
         ("sink.acme.hooks", "delivered"),

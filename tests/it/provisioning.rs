@@ -34,7 +34,7 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     assert_eq!(
         first.items.len(),
         19,
-        "7 shared streams, 3 shared consumers, 9 buckets"
+        "7 shared streams, 3 shared consumers, 10 buckets"
     );
 
     let second = provision(&js, &topology, false).await.unwrap();
@@ -206,7 +206,7 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
         .collect();
     assert_eq!(tenants, ["STAGING_INGRESS_acme"]);
     // The unprefixed deployment is a different one: nothing of it exists (7 shared streams,
-    // 3 shared consumers, 9 buckets; per-tenant streams are the tenants').
+    // 3 shared consumers, 10 buckets; per-tenant streams are the tenants').
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();

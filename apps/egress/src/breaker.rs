@@ -115,6 +115,29 @@ pub enum Change {
     Closed,
 }
 
+/// An open breaker as the `breakers` bucket shows it (another replica's, or this one's own
+/// write coming back), its times on this process's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shared {
+    /// Until when nothing is attempted.
+    pub until: Instant,
+    /// When the route went down.
+    pub down_since: Instant,
+    /// Failed probes since it opened.
+    pub reopenings: u32,
+}
+
+/// What taking the shared state did to this replica's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// Its state did not change between closed and open (an open period may have moved).
+    Unchanged,
+    /// A closed breaker opened: another replica found the route down.
+    Opened,
+    /// An open breaker closed: another replica's probe was answered.
+    Closed,
+}
+
 /// One route's breaker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Breaker {
@@ -182,6 +205,57 @@ impl Breaker {
     pub fn down_for(&self, now: Instant) -> Option<Duration> {
         self.down_since
             .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// This breaker's state for the other replicas: `Some` while open or half-open (until
+    /// when nothing is attempted, since when the route is down, failed probes), `None` while
+    /// closed.
+    pub fn shared(&self, now: Instant) -> Option<Shared> {
+        let down_since = self.down_since?;
+        let until = match self.state {
+            State::Closed { .. } => return None,
+            State::Open { until } => until,
+            State::HalfOpen { .. } => now,
+        };
+        Some(Shared {
+            until,
+            down_since,
+            reopenings: self.reopenings,
+        })
+    }
+
+    /// Takes the state every replica shares: open until `shared.until` (`Some`), or closed
+    /// (`None`: the record was deleted, a probe was answered somewhere). The last write wins,
+    /// with one exception: a probe of this replica's own in flight is not cut short by a
+    /// record whose open period is already over (its answer decides, here and everywhere).
+    pub fn adopt(&mut self, shared: Option<Shared>, now: Instant) -> Adopted {
+        match shared {
+            Some(shared) => {
+                if matches!(self.state, State::HalfOpen { .. }) && shared.until <= now {
+                    return Adopted::Unchanged;
+                }
+                let opened = !self.is_open();
+                self.state = State::Open {
+                    until: shared.until,
+                };
+                self.down_since = Some(
+                    self.down_since
+                        .map_or(shared.down_since, |own| own.min(shared.down_since)),
+                );
+                self.reopenings = shared.reopenings;
+                if opened {
+                    self.forget_recent();
+                    Adopted::Opened
+                } else {
+                    Adopted::Unchanged
+                }
+            }
+            None if self.is_open() => {
+                *self = Breaker::default();
+                Adopted::Closed
+            }
+            None => Adopted::Unchanged,
+        }
     }
 
     /// Records an attempt's outcome while closed (the window is kept up to [`MAX_WINDOW`]).
@@ -333,8 +407,42 @@ impl Breakers {
 
     /// Forgets `route`'s breaker (closed, no failures): for a destination that was disabled,
     /// whose parked messages must not wait for an old open period once it is enabled again.
-    pub fn reset(&self, route: &str) {
-        self.with(route, |b| *b = Breaker::default());
+    /// Returns whether it was open.
+    pub fn reset(&self, route: &str) -> bool {
+        self.with(route, |b| {
+            let was_open = b.is_open();
+            *b = Breaker::default();
+            was_open
+        })
+    }
+
+    /// [`Breaker::shared`] for `route`.
+    pub fn shared(&self, route: &str, now: Instant) -> Option<Shared> {
+        self.with(route, |b| b.shared(now))
+    }
+
+    /// [`Breaker::adopt`] for `route`. A route this replica never saw gets a breaker only
+    /// when the shared state is open.
+    pub fn adopt(&self, route: &str, shared: Option<Shared>, now: Instant) -> Adopted {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        match (routes.get_mut(route), shared) {
+            (Some(breaker), shared) => breaker.adopt(shared, now),
+            (None, None) => Adopted::Unchanged,
+            (None, Some(shared)) => routes
+                .entry(route.to_owned())
+                .or_default()
+                .adopt(Some(shared), now),
+        }
+    }
+
+    /// The routes whose breakers are open or half-open here.
+    pub fn open_routes(&self) -> Vec<String> {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes
+            .iter()
+            .filter(|(_, b)| b.is_open())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// [`Breaker::succeeded`] for `route`.
@@ -620,5 +728,92 @@ mod tests {
             Admission::Wait { .. }
         ));
         assert_eq!(breakers.admit("acme._.slack", t0), Admission::Pass);
+    }
+
+    #[test]
+    fn another_replicas_open_breaker_holds_here_until_its_time_and_its_close_closes_here() {
+        let t0 = Instant::now();
+        let breakers = Breakers::new(SETTINGS);
+        let route = "acme.crm";
+        // Never seen here, closed elsewhere: nothing to adopt, no breaker made.
+        assert_eq!(breakers.adopt(route, None, t0), Adopted::Unchanged);
+        assert!(breakers.open_routes().is_empty());
+        // Opened by another replica: held here too, until its time, with its down time.
+        let shared = Shared {
+            until: t0 + secs(30),
+            down_since: t0 - secs(100),
+            reopenings: 2,
+        };
+        assert_eq!(breakers.adopt(route, Some(shared), t0), Adopted::Opened);
+        assert_eq!(
+            breakers.admit(route, t0 + secs(1)),
+            Admission::Wait {
+                until: t0 + secs(30)
+            }
+        );
+        assert_eq!(breakers.down_for(route, t0), Some(secs(100)));
+        assert_eq!(breakers.shared(route, t0), Some(shared));
+        assert_eq!(breakers.open_routes(), vec![route.to_owned()]);
+        // This replica's own write coming back changes nothing.
+        assert_eq!(breakers.adopt(route, Some(shared), t0), Adopted::Unchanged);
+        // After it, this replica probes; a failed probe doubles from the shared re-openings.
+        assert_eq!(breakers.admit(route, t0 + secs(30)), Admission::Probe);
+        // A stale record (its period over) does not cut this replica's probe short.
+        assert_eq!(
+            breakers.adopt(route, Some(shared), t0 + secs(31)),
+            Adopted::Unchanged
+        );
+        assert_eq!(
+            breakers.failed(route, t0 + secs(31)),
+            Change::Reopened {
+                period: secs(100) // 30 · 2^3, capped at the longest period
+            }
+        );
+        // Another replica's probe was answered: the record is gone, closed here.
+        assert_eq!(breakers.adopt(route, None, t0 + secs(40)), Adopted::Closed);
+        assert_eq!(breakers.admit(route, t0 + secs(40)), Admission::Pass);
+        assert_eq!(breakers.shared(route, t0 + secs(40)), None);
+        assert_eq!(breakers.down_for(route, t0 + secs(40)), None);
+        // A record replacing another (a failed probe elsewhere) moves the open period here.
+        assert_eq!(
+            breakers.adopt(route, Some(shared), t0 + secs(41)),
+            Adopted::Opened
+        );
+        let later = Shared {
+            until: t0 + secs(90),
+            ..shared
+        };
+        assert_eq!(
+            breakers.adopt(route, Some(later), t0 + secs(42)),
+            Adopted::Unchanged
+        );
+        assert_eq!(
+            breakers.admit(route, t0 + secs(60)),
+            Admission::Wait {
+                until: t0 + secs(90)
+            }
+        );
+        // Reset (a disabled destination) reports that it was open.
+        assert!(breakers.reset(route));
+        assert!(!breakers.reset(route));
+    }
+
+    #[test]
+    fn a_breaker_shares_nothing_while_closed_and_its_open_period_while_open() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        assert_eq!(b.shared(t0), None);
+        b.failed(t0, &SETTINGS);
+        b.failed(t0, &SETTINGS);
+        assert_eq!(b.shared(t0), None);
+        assert_eq!(b.failed(t0, &SETTINGS), Change::Opened { period: secs(30) });
+        assert_eq!(
+            b.shared(t0),
+            Some(Shared {
+                until: t0 + secs(30),
+                down_since: t0,
+                reopenings: 0
+            })
+        );
     }
 }

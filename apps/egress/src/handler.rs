@@ -50,6 +50,7 @@ use crate::metrics::EgressMetrics;
 use crate::rate::{self, DestinationRates};
 use crate::receipt::Receipt;
 use crate::routing::{Lookup, Resolved, lookup, lookup_destination};
+use crate::shared_breaker::SharedBreakers;
 use crate::sink::{Sinks, with_progress};
 
 /// How long a message that found its route busy waits before re-entering (jittered within
@@ -84,8 +85,11 @@ pub struct EgressHandler {
     pub client: async_nats::Client,
     /// Delivers to webhooks and NATS subjects.
     pub sinks: Sinks,
-    /// Per-route circuit breakers.
-    pub breakers: Breakers,
+    /// Per-route circuit breakers (this replica's view; kept in step with the other
+    /// replicas' by `shared_breakers`).
+    pub breakers: Arc<Breakers>,
+    /// The open breakers every replica shares (the `breakers` bucket).
+    pub shared_breakers: Arc<SharedBreakers>,
     /// Per-route in-flight limits.
     pub limiter: Limiter,
     /// Per-tenant in-flight limits (`tenant_max_in_flight`), across a tenant's routes.
@@ -314,7 +318,8 @@ impl EgressHandler {
             Verdict::Retryable { .. } => self.breakers.failed(&resolved.id, Instant::now()),
             Verdict::Delivered | Verdict::Permanent => self.breakers.succeeded(&resolved.id),
         };
-        self.breaker_changed(change, &envelope.address.tenant, &resolved.id);
+        self.breaker_changed(change, &envelope.address.tenant, &resolved.id)
+            .await;
         if let (Change::Opened { .. } | Change::Reopened { .. }, Some(Target::Named(id))) =
             (change, &envelope.destination)
         {
@@ -533,7 +538,13 @@ impl EgressHandler {
             Ok(Some(Written::Stored(_))) => {
                 tracing::warn!(destination = %destination, down_secs = down.as_secs(), "destination stayed down; disabled, its messages are parked");
                 self.metrics.count_disabled(tenant.as_str());
-                self.breakers.reset(id);
+                if self.breakers.reset(id) {
+                    self.metrics.breaker_closed(tenant.as_str());
+                }
+                // Parking holds its messages now: every replica forgets the breaker.
+                if let Err(error) = self.shared_breakers.closed(id).await {
+                    tracing::warn!(%error, route = id, "removing a disabled destination's shared breaker failed");
+                }
                 self.events.emit(
                     EventKind::DestinationDisabled,
                     Some(tenant),
@@ -731,28 +742,61 @@ impl EgressHandler {
         }
     }
 
-    fn breaker_changed(&self, change: Change, tenant: &TenantId, route: &str) {
-        match change {
-            Change::None => {}
-            Change::Opened { period } => {
+    /// Logs and counts a change of this replica's breaker `route`, shares it with the other
+    /// replicas, and reports `breaker_opened` / `breaker_closed` when this replica's write
+    /// decided it for everyone (or, with KV unreachable, for itself).
+    async fn breaker_changed(&self, change: Change, tenant: &TenantId, route: &str) {
+        let shared = self.breakers.shared(route, Instant::now());
+        match (change, shared) {
+            (Change::None, _) => {}
+            (Change::Opened { period }, shared) => {
                 tracing::warn!(route, ?period, "circuit breaker opened");
                 self.metrics.breaker_opened(tenant.as_str(), true);
-                let detail = format!("opened for {} s on one egress replica", period.as_secs());
+                let detail = match shared {
+                    Some(shared) => match self.shared_breakers.opened(route, shared).await {
+                        Ok(true) => {
+                            format!("opened for {} s, on every egress replica", period.as_secs())
+                        }
+                        // Another replica's record holds it: that one reported it.
+                        Ok(false) => return,
+                        Err(error) => {
+                            tracing::warn!(%error, route, "sharing an open breaker failed; it holds on this replica only");
+                            format!(
+                                "opened for {} s on one egress replica (sharing it failed)",
+                                period.as_secs()
+                            )
+                        }
+                    },
+                    None => format!("opened for {} s", period.as_secs()),
+                };
                 self.events
                     .emit(EventKind::BreakerOpened, Some(tenant), Some(route), &detail);
             }
-            Change::Reopened { period } => {
+            (Change::Reopened { period }, shared) => {
                 tracing::warn!(route, ?period, "probe failed; circuit breaker open again");
                 self.metrics.breaker_opened(tenant.as_str(), false);
+                if let Some(shared) = shared
+                    && let Err(error) = self.shared_breakers.reopened(route, shared).await
+                {
+                    tracing::warn!(%error, route, "sharing a re-opened breaker failed");
+                }
             }
-            Change::Closed => {
+            (Change::Closed, _) => {
                 tracing::info!(route, "route recovered; circuit breaker closed");
                 self.metrics.breaker_closed(tenant.as_str());
+                match self.shared_breakers.closed(route).await {
+                    Ok(true) => {}
+                    // Closed already by another replica's probe, which reported it.
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, route, "sharing a closed breaker failed");
+                    }
+                }
                 self.events.emit(
                     EventKind::BreakerClosed,
                     Some(tenant),
                     Some(route),
-                    "a probe was answered: closed",
+                    "a probe was answered: closed on every egress replica",
                 );
             }
         }

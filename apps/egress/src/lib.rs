@@ -9,7 +9,8 @@
 //!   [`nats_sink`] (the NATS publish).
 //! - [`classify`]: the one place deciding delivered / retryable / permanent.
 //! - [`backoff`]: the retry schedule with jitter, and `Retry-After`.
-//! - [`breaker`]: per-route circuit breakers; [`limiter`]: per-route in-flight limits.
+//! - [`breaker`]: per-route circuit breakers, shared by every replica through the `breakers`
+//!   bucket ([`shared_breaker`]); [`limiter`]: per-route in-flight limits.
 //! - [`receipt`]: delivery receipts; [`attempt_log`]: the delivery log (every attempt);
 //!   [`metrics`]: egress's own metrics.
 //!
@@ -29,6 +30,7 @@ pub mod nats_sink;
 pub mod rate;
 pub mod receipt;
 pub mod routing;
+pub mod shared_breaker;
 pub mod sink;
 pub mod webhook;
 
@@ -57,6 +59,7 @@ use crate::limiter::Limiter;
 use crate::metrics::EgressMetrics;
 use crate::nats_sink::NatsSink;
 use crate::rate::DestinationRates;
+use crate::shared_breaker::SharedBreakers;
 use crate::sink::Sinks;
 use crate::webhook::WebhookClient;
 
@@ -126,8 +129,16 @@ pub async fn start(
     let (_, rate_kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
     let (tenants_bucket, kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
     let tenants: Arc<KvCache<TenantKey, TenantRecord>> = KvCache::start(kv, shutdown.child_token());
+    // Open breakers of every replica: loaded too, so no replica starts by hammering a route
+    // the others hold back.
+    let (breakers_bucket, kv) = topology.open_bucket(&js, BucketName::Breakers).await?;
+    let shared_breakers = Arc::new(SharedBreakers::start(
+        kv,
+        shared_breaker::replica_name(),
+        shutdown.child_token(),
+    ));
     tokio::select! {
-        _ = async { tokio::join!(destinations.wait_loaded(), tenants.wait_loaded()) } => {
+        _ = async { tokio::join!(destinations.wait_loaded(), tenants.wait_loaded(), shared_breakers.wait_loaded()) } => {
             tracing::info!(destinations = destinations.len(), tenants = tenants.len(), "destinations and tenants loaded");
         }
         _ = shutdown.cancelled() => {
@@ -157,6 +168,18 @@ pub async fn start(
         topology.dlq_tenant_quota(),
         &shutdown.child_token(),
     );
+    let breakers = Arc::new(Breakers::new(BreakerSettings {
+        threshold: settings.breaker_failure_threshold,
+        open: Duration::from_secs(settings.breaker_open_secs),
+        max_open: Duration::from_secs(settings.breaker_max_open_secs),
+        failure_rate: settings.breaker_failure_rate,
+        window: settings.breaker_window,
+    }));
+    shared_breakers.follow(
+        breakers.clone(),
+        egress_metrics.clone(),
+        shutdown.child_token(),
+    );
     let handler = EgressHandler {
         ns: ns.clone(),
         stream: stream_handle,
@@ -179,13 +202,8 @@ pub async fn start(
             webhook: WebhookClient::new().context("building the webhook client")?,
             nats: NatsSink::new(client.clone(), js.clone()),
         },
-        breakers: Breakers::new(BreakerSettings {
-            threshold: settings.breaker_failure_threshold,
-            open: Duration::from_secs(settings.breaker_open_secs),
-            max_open: Duration::from_secs(settings.breaker_max_open_secs),
-            failure_rate: settings.breaker_failure_rate,
-            window: settings.breaker_window,
-        }),
+        breakers: breakers.clone(),
+        shared_breakers: shared_breakers.clone(),
         limiter: Limiter::new(),
         tenant_limiter: Limiter::new(),
         backoff: Backoff::new(
@@ -217,7 +235,7 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: vec![stream, dlq_stream],
-        buckets: vec![bucket, destinations_bucket, tenants_bucket],
+        buckets: vec![bucket, destinations_bucket, tenants_bucket, breakers_bucket],
     };
     let app = switchyard_service::router(readiness, metrics.clone());
 

@@ -226,6 +226,19 @@ impl EgressMetrics {
         }
     }
 
+    /// A breaker of `tenant` opened (`true`) or closed here because another replica's did:
+    /// only the gauge of open breakers follows (the counter counts this replica's own).
+    pub fn breaker_adopted(&self, tenant: &str, opened: bool) {
+        let gauge = self.breakers_open.get_or_create(&TenantLabel {
+            tenant: tenant.to_owned(),
+        });
+        if opened {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+    }
+
     /// A breaker of `tenant` closed.
     pub fn breaker_closed(&self, tenant: &str) {
         self.breakers_open

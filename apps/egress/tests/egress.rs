@@ -8,6 +8,7 @@ mod dlq_share;
 mod exposure;
 mod nats_routes;
 mod rotation;
+mod shared_breakers;
 mod support;
 
 use std::collections::BTreeMap;

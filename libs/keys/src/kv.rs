@@ -11,6 +11,7 @@
 //! | `dlq-stats` | `<tenant or _>.<stage>.<encoded code>`, `_state` | `acme.egress.no_route` |
 //! | `dlq-jobs` | `<job id>` | `0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b` |
 //! | `dlq-replays` | `<tenant or _>.<dlq seq>.<stored ms>` | `acme.42.1765000000123` |
+//! | `breakers` | a route's or a destination's key | `acme.ops.slack`, `acme.orders-hook` |
 //!
 //! Every key starts with the tenant token, so `<tenant>.>` lists or watches exactly one
 //! tenant's keys (single-token keys are watched by their own name).
@@ -209,6 +210,50 @@ impl KvKey for DestinationKey {
             tenant: field::<Self, _>(key, tenant.parse())?,
             destination: field::<Self, _>(key, destination.parse())?,
         })
+    }
+}
+
+/// A circuit breaker's key in the `breakers` bucket: the key of the route or destination it
+/// guards, as in its own bucket (a route's three tokens, a destination's two), so a record
+/// names what it holds back and `<tenant>.>` lists one tenant's open breakers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BreakerKey {
+    /// A route's breaker (`acme.ops.slack`, `acme._.slack`).
+    Route(RouteKey),
+    /// A destination's breaker (`acme.orders-hook`).
+    Destination(DestinationKey),
+}
+
+impl BreakerKey {
+    /// The tenant whose route or destination it is.
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            BreakerKey::Route(key) => &key.tenant,
+            BreakerKey::Destination(key) => &key.tenant,
+        }
+    }
+}
+
+impl KvKey for BreakerKey {
+    const SCHEMA: &'static str = "breaker";
+
+    fn render(&self) -> String {
+        match self {
+            BreakerKey::Route(key) => key.render(),
+            BreakerKey::Destination(key) => key.render(),
+        }
+    }
+
+    /// Three tokens make a route's key, two a destination's; anything else is refused.
+    fn parse(key: &str) -> Result<Self, KeyError> {
+        match key.split('.').count() {
+            3 => RouteKey::parse(key).map(BreakerKey::Route),
+            2 => DestinationKey::parse(key).map(BreakerKey::Destination),
+            n => Err(schema_err::<Self>(
+                key,
+                format!("expected 3 tokens (a route) or 2 (a destination), found {n}"),
+            )),
+        }
     }
 }
 
@@ -547,6 +592,22 @@ mod tests {
         assert_eq!(own.render(), "acme.ops.slack");
         assert_eq!(default.render(), "acme._.slack");
         assert_eq!(RouteKey::parse("acme._.slack").unwrap(), default);
+    }
+
+    #[test]
+    fn breaker_keys_are_a_route_or_a_destination_key_and_nothing_else() {
+        for key in ["acme.ops.slack", "acme._.slack"] {
+            let parsed = BreakerKey::parse(key).unwrap();
+            assert!(matches!(parsed, BreakerKey::Route(_)), "{key}");
+            assert_eq!(parsed.render(), key);
+            assert_eq!(parsed.tenant().as_str(), "acme");
+        }
+        let parsed = BreakerKey::parse("acme.orders-hook").unwrap();
+        assert!(matches!(parsed, BreakerKey::Destination(_)));
+        assert_eq!(parsed.render(), "acme.orders-hook");
+        for junk in ["acme", "a.b.c.d", "acme..x", "Acme.ops.slack", ""] {
+            assert!(BreakerKey::parse(junk).is_err(), "{junk:?}");
+        }
     }
 
     #[test]

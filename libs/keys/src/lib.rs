@@ -19,7 +19,7 @@ pub mod token;
 pub use error::KeyError;
 pub use id::{Address, DeploymentPrefix, DestinationId, PlatformId, Stage, TeamId, TenantId};
 pub use kv::{
-    ApiKeyKey, DestinationKey, IdempotencyKey, KvKey, RateKey, RateRecord, RateScope, ReplicaKey,
-    RouteKey, RouteTeam, TenantKey,
+    ApiKeyKey, BreakerKey, DestinationKey, IdempotencyKey, KvKey, RateKey, RateRecord, RateScope,
+    ReplicaKey, RouteKey, RouteTeam, TenantKey,
 };
 pub use token::{MsgId, decode_token, encode_token};

@@ -5,6 +5,8 @@
 //! - [`destination`]: [`Destination`] — one of a tenant's fan-out subscriptions: a route-shaped
 //!   target and a [`Subscription`] (platforms, teams, event types, content filter); JSON in the
 //!   `destinations` bucket under [`switchyard_keys::DestinationKey`].
+//! - [`breaker`]: [`BreakerRecord`] — an open circuit breaker shared by every egress replica;
+//!   JSON in the `breakers` bucket under [`switchyard_keys::BreakerKey`].
 //! - [`rotation`]: a webhook route's previous signing secrets, signing until they expire.
 //! - [`signing_key`]: a webhook route's optional Ed25519 key for `v1a` signatures.
 //! - [`tenant`]: [`TenantRecord`] — whether a tenant may send; JSON in the `tenants` bucket
@@ -17,6 +19,7 @@
 //!   hashed in the `api-keys` bucket under [`switchyard_keys::ApiKeyKey`].
 
 pub mod api_key;
+pub mod breaker;
 pub mod cache;
 pub mod destination;
 pub mod limits;
@@ -27,6 +30,7 @@ pub mod store;
 pub mod tenant;
 
 pub use api_key::{ApiKeyError, ApiKeyRecord, ApiScope, IssuedKey};
+pub use breaker::BreakerRecord;
 pub use cache::KvCache;
 pub use destination::{
     Destination, DestinationError, Disabled, DisabledBy, RateLimit, Subscription, Unmatched,

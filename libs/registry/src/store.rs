@@ -290,6 +290,21 @@ impl<K: KvKey, R: Serialize + DeserializeOwned> Store<K, R> {
             .map_err(|e| StoreError::kv("delete", &rendered, e))
     }
 
+    /// Deletes a record if its revision is still `revision` (a delete marker): `true`, or
+    /// `false` when someone wrote or deleted it since.
+    pub async fn delete_at(&self, key: &K, revision: u64) -> Result<bool, StoreError> {
+        let rendered = key.render();
+        match self
+            .kv
+            .delete_expect_revision(rendered.as_str(), Some(revision))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(StoreError::kv("delete", &rendered, e)),
+        }
+    }
+
     /// Every live key of the schema in the bucket, sorted; keys of other schemas are skipped.
     /// Reads no values ([`Store::entries`] reads them with their revisions).
     pub async fn keys(&self) -> Result<Vec<K>, StoreError> {

@@ -137,11 +137,13 @@ pub enum BucketName {
     /// `dlq-replays`: replays under way, one per DLQ entry between publishing its copy and
     /// removing it.
     DlqReplays,
+    /// `breakers`: open circuit breakers, shared by every egress replica.
+    Breakers,
 }
 
 impl BucketName {
     /// Every declared bucket.
-    pub const ALL: [BucketName; 9] = [
+    pub const ALL: [BucketName; 10] = [
         BucketName::Idempotency,
         BucketName::Routes,
         BucketName::Destinations,
@@ -151,6 +153,7 @@ impl BucketName {
         BucketName::DlqStats,
         BucketName::ApiKeys,
         BucketName::DlqReplays,
+        BucketName::Breakers,
     ];
 
     /// The base name in the declaration file.
@@ -165,6 +168,7 @@ impl BucketName {
             BucketName::DlqStats => "dlq-stats",
             BucketName::ApiKeys => "api-keys",
             BucketName::DlqReplays => "dlq-replays",
+            BucketName::Breakers => "breakers",
         }
     }
 
