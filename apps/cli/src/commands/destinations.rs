@@ -15,11 +15,13 @@ use clap::Subcommand;
 use serde::Serialize;
 use switchyard_filter::Filter;
 use switchyard_keys::{
-    DestinationId, DestinationKey, KvKey, PlatformId, TeamId, TenantId, kv::tenant_filter,
+    BreakerKey, DestinationId, DestinationKey, KvKey, PlatformId, TeamId, TenantId,
+    kv::tenant_filter,
 };
 use switchyard_registry::destination::MAX_DESTINATIONS;
 use switchyard_registry::{
-    Changed, Destination, Disabled, DisabledBy, RateLimit, Store, StoreError, Subscription,
+    BreakerRecord, Changed, Destination, Disabled, DisabledBy, RateLimit, Store, StoreError,
+    Subscription,
 };
 use switchyard_service::events::EventLog;
 use switchyard_subjects::EventKind;
@@ -189,8 +191,14 @@ pub async fn run(
     let events = EventLog::new(js.clone(), topology.namespace.clone(), "cli");
     match &args.command {
         DestinationsCommand::Set(set) => set_destination(&store, set, out).await,
-        DestinationsCommand::Get(key) => get_destination(&store, key, out).await,
-        DestinationsCommand::Ls(ls) => list_destinations(&store, ls, out).await,
+        DestinationsCommand::Get(key) => {
+            let breakers = breakers(js, topology).await?;
+            get_destination(&store, &breakers, key, out).await
+        }
+        DestinationsCommand::Ls(ls) => {
+            let breakers = breakers(js, topology).await?;
+            list_destinations(&store, &breakers, ls, out).await
+        }
         DestinationsCommand::Rm(key) => remove_destination(&store, key, out).await,
         DestinationsCommand::Disable(args) => {
             let disabled = Disabled {
@@ -218,8 +226,51 @@ struct DestinationView {
     record: Option<Destination>,
     #[serde(skip_serializing_if = "Option::is_none")]
     public_key: Option<String>,
+    /// Its circuit breaker's shared record while open (egress's `breakers` bucket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker: Option<BreakerRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// The `breakers` bucket: egress's open circuit breakers.
+async fn breakers(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> anyhow::Result<Store<BreakerKey, BreakerRecord>> {
+    Ok(Store::new(
+        resources::bucket(js, topology, BucketName::Breakers).await?,
+    ))
+}
+
+/// How a breaker reads: `closed`, `open until <time> (down since <time>, <n> failed
+/// probes)`, or `half-open: probing since <time>` once its open period is over.
+fn breaker_state(record: Option<&BreakerRecord>, now: time::OffsetDateTime) -> String {
+    let Some(record) = record else {
+        return "closed".to_owned();
+    };
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let probes = match record.reopenings {
+        0 => String::new(),
+        1 => ", 1 failed probe".to_owned(),
+        n => format!(", {n} failed probes"),
+    };
+    if record.open_until > now {
+        format!(
+            "open until {} (down since {}{probes})",
+            at(record.open_until),
+            at(record.down_since)
+        )
+    } else {
+        format!(
+            "half-open: probing since {} (down since {}{probes})",
+            at(record.open_until),
+            at(record.down_since)
+        )
+    }
 }
 
 impl DestinationView {
@@ -232,6 +283,7 @@ impl DestinationView {
             revision: None,
             record: Some(record.redacted()),
             public_key: None,
+            breaker: None,
             error: None,
         }
     }
@@ -299,6 +351,7 @@ async fn set_destination(
 
 async fn get_destination(
     store: &Store<DestinationKey, Destination>,
+    breakers: &Store<BreakerKey, BreakerRecord>,
     args: &KeyArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
@@ -307,9 +360,14 @@ async fn get_destination(
         anyhow::bail!("no destination at {}", key.render());
     };
     let public_key = public_key(&destination.target)?;
+    let breaker = breakers
+        .get(&BreakerKey::Destination(key.clone()))
+        .await
+        .context("reading the destination's circuit breaker")?;
     if out.is_json() {
         let view = DestinationView {
             public_key,
+            breaker,
             ..DestinationView::new(&key, &destination)
         };
         return out.json(&view);
@@ -318,6 +376,10 @@ async fn get_destination(
     let mut lines = vec![
         ("key".to_owned(), key.render()),
         ("state".to_owned(), state(&shown)),
+        (
+            "breaker".to_owned(),
+            breaker_state(breaker.as_ref(), time::OffsetDateTime::now_utc()),
+        ),
     ];
     if let Some(description) = &shown.description {
         lines.push(("description".into(), description.clone()));
@@ -384,16 +446,30 @@ fn joined<T: ToString>(items: &[T], separator: &str) -> String {
 
 async fn list_destinations(
     store: &Store<DestinationKey, Destination>,
+    breakers: &Store<BreakerKey, BreakerRecord>,
     args: &LsArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
     let filter = args.tenant.as_ref().map_or(">".to_owned(), tenant_filter);
     let destinations = store.list(&filter).await?;
+    // Open breakers of the same tenants (routes' too: only destinations' are shown).
+    let open: std::collections::HashMap<String, BreakerRecord> = breakers
+        .list(&filter)
+        .await
+        .context("reading the circuit breakers")?
+        .into_iter()
+        .filter_map(|(key, record)| Some((key.render(), record.ok()?)))
+        .collect();
+    let breaker_of = |key: &DestinationKey| open.get(&key.render()).cloned();
+    let now = time::OffsetDateTime::now_utc();
     if out.is_json() {
         let rows: Vec<DestinationView> = destinations
             .iter()
             .map(|(key, record)| match record {
-                Ok(record) => DestinationView::new(key, record),
+                Ok(record) => DestinationView {
+                    breaker: breaker_of(key),
+                    ..DestinationView::new(key, record)
+                },
                 Err(err) => DestinationView {
                     key: key.render(),
                     tenant: key.tenant.to_string(),
@@ -401,6 +477,7 @@ async fn list_destinations(
                     revision: None,
                     record: None,
                     public_key: None,
+                    breaker: None,
                     error: Some(output::error_chain(err)),
                 },
             })
@@ -426,10 +503,11 @@ async fn list_destinations(
         let (state, kind, target, subscription) = match record {
             Ok(destination) => {
                 let (kind, target) = destination.target.describe();
-                let state = if destination.disabled.is_some() {
-                    "disabled"
-                } else {
-                    "enabled"
+                let state = match (destination.disabled.is_some(), breaker_of(key)) {
+                    (true, _) => "disabled",
+                    (false, Some(record)) if record.open_until > now => "enabled, breaker open",
+                    (false, Some(_)) => "enabled, breaker half-open",
+                    (false, None) => "enabled",
                 };
                 (
                     state,

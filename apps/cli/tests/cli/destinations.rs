@@ -81,6 +81,7 @@ async fn destinations_set_get_ls_rm_round_trip_and_invalid_ones_are_refused() {
         get,
         "key            acme.orders-hook\n\
          state          enabled\n\
+         breaker        closed\n\
          description    Orders over 100\n\
          type           webhook\n\
          url            https://hooks.example.com\n\
@@ -325,4 +326,82 @@ async fn disable_parks_a_destination_enable_releases_it_and_set_keeps_the_state(
     )
     .await;
     assert!(control.contains("disabled.reason"), "{control}");
+}
+
+#[tokio::test]
+async fn a_destinations_open_circuit_breaker_shows_in_get_ls_and_json() {
+    let server = provisioned().await;
+    let url = server.url();
+    for name in ["crm", "audit"] {
+        ok(
+            &url,
+            &["destinations", "set", "acme", name, "--nats", "sink.acme.x"],
+        )
+        .await;
+    }
+    // What egress writes when the breaker of acme.crm opens (and a route's, not shown).
+    let client = async_nats::connect(&url).await.unwrap();
+    let breakers = async_nats::jetstream::new(client)
+        .get_key_value("breakers")
+        .await
+        .unwrap();
+    let until = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let record = json!({
+        "down_since": "2026-12-06T10:00:00Z",
+        "open_until": until.format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "reopenings": 2,
+        "by": "egress-0/7",
+    });
+    for key in ["acme.crm", "acme.ops.slack"] {
+        breakers
+            .put(key, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .unwrap();
+    }
+
+    let get = ok(&url, &["destinations", "get", "acme", "crm"]).await;
+    let breaker = get.lines().find(|l| l.starts_with("breaker")).unwrap();
+    assert!(
+        breaker.contains("open until ")
+            && breaker.ends_with("(down since 2026-12-06T10:00:00Z, 2 failed probes)"),
+        "{breaker}"
+    );
+    let ls = ok(&url, &["destinations", "ls", "acme"]).await;
+    let row = |name: &str| {
+        ls.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row("crm").contains("enabled, breaker open"), "{ls}");
+    assert!(!row("audit").contains("breaker"), "{ls}");
+    let json: Value =
+        serde_json::from_str(&ok(&url, &["destinations", "get", "acme", "crm", "--json"]).await)
+            .unwrap();
+    assert_eq!(json["breaker"]["reopenings"], 2);
+    assert_eq!(json["breaker"]["by"], "egress-0/7");
+
+    // Its open period over: half-open (the next attempt is a probe).
+    let past = json!({
+        "down_since": "2026-12-06T10:00:00Z",
+        "open_until": "2026-12-06T10:05:00Z",
+        "reopenings": 0,
+        "by": "egress-0/7",
+    });
+    breakers
+        .put("acme.crm", serde_json::to_vec(&past).unwrap().into())
+        .await
+        .unwrap();
+    let get = ok(&url, &["destinations", "get", "acme", "crm"]).await;
+    assert!(
+        get.contains(
+            "half-open: probing since 2026-12-06T10:05:00Z (down since 2026-12-06T10:00:00Z)"
+        ),
+        "{get}"
+    );
+    assert!(
+        ok(&url, &["destinations", "ls", "acme"])
+            .await
+            .contains("enabled, breaker half-open")
+    );
 }
