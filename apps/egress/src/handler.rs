@@ -109,6 +109,10 @@ pub struct EgressHandler {
     pub events: EventLog,
 }
 
+/// The longest `attempts_exhausted` detail, in characters (the DLQ entry keeps the whole
+/// reason).
+const EXHAUSTED_DETAIL_CHARS: usize = 400;
+
 /// How long a parked dead letter waits before it tries the DLQ again.
 const PARKED_WAIT: Duration = Duration::from_secs(5);
 
@@ -361,6 +365,12 @@ impl EgressHandler {
                         "{}; attempt {attempt} failed and the next would be due after it: {reason}",
                         deadline_reason(&deadline)
                     );
+                    self.exhausted(
+                        &envelope,
+                        Some(&resolved.id),
+                        DlqCode::DeadlineExceeded,
+                        &reason,
+                    );
                     return self.dead_letter(
                         msg,
                         DlqCode::DeadlineExceeded,
@@ -395,6 +405,12 @@ impl EgressHandler {
                 let reason = format!(
                     "{attempt} of {} attempts failed; last: {reason}",
                     self.settings.max_attempts
+                );
+                self.exhausted(
+                    &envelope,
+                    Some(&resolved.id),
+                    DlqCode::RetriesExhausted,
+                    &reason,
                 );
                 self.dead_letter(
                     msg,
@@ -693,6 +709,9 @@ impl EgressHandler {
             reason.push_str(last);
         }
         tracing::warn!(attempts, %reason, "delivery deadline exceeded");
+        if attempts > 0 {
+            self.exhausted(envelope, None, DlqCode::DeadlineExceeded, &reason);
+        }
         self.dead_letter(
             msg,
             DlqCode::DeadlineExceeded,
@@ -891,6 +910,28 @@ impl EgressHandler {
                 reason: format!("parking a dead letter failed: {error}"),
             },
         }
+    }
+
+    /// Reports `attempts_exhausted`: `envelope` is dead-lettered `code` after its last
+    /// attempt on `route` (its key; `None` when not known here: the destination's name then).
+    fn exhausted(&self, envelope: &Envelope, route: Option<&str>, code: DlqCode, reason: &str) {
+        let about = route
+            .map(str::to_owned)
+            .or_else(|| match &envelope.destination {
+                Some(Target::Named(id)) => Some(id.to_string()),
+                _ => None,
+            });
+        let mut detail = format!("message {} dead-lettered {code}: {reason}", envelope.id);
+        if let Some((cut, _)) = detail.char_indices().nth(EXHAUSTED_DETAIL_CHARS) {
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        self.events.emit(
+            EventKind::AttemptsExhausted,
+            Some(&envelope.address.tenant),
+            about.as_deref(),
+            &detail,
+        );
     }
 
     fn dead_letter(

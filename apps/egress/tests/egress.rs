@@ -276,6 +276,20 @@ async fn a_dead_route_is_dead_lettered_with_retries_exhausted_after_max_attempts
     );
     assert_eq!(entry.payload, Bytes::from_static(b"doomed"));
     assert_eq!(sink.count("/dead"), 3);
+    // Reported as an operational event too, naming the route and the message.
+    let event = wait_for("the attempts_exhausted event", LONG, || async {
+        h.events("attempts_exhausted").await.1
+    })
+    .await;
+    assert_eq!(event["about"], "acme.ops.slack");
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!(
+            "message {} dead-lettered retries_exhausted: 3 of 3 attempts failed",
+            envelope.id
+        )),
+        "{detail}"
+    );
     h.stop().await;
 }
 

@@ -404,11 +404,16 @@ pub enum EventKind {
     AdmissionClosed,
     /// It reopened: the backlog fell below the low mark.
     AdmissionReopened,
+    /// A message was dead-lettered after its last attempt (`retries_exhausted`, or its
+    /// delivery deadline passed): a destination or route is failing a tenant's messages.
+    AttemptsExhausted,
+    /// Some of a tenant's DLQ entries age out soon (the `dlq-expiring` alert, made durable).
+    DlqExpiring,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
@@ -417,6 +422,8 @@ impl EventKind {
         EventKind::ReplayJobFinished,
         EventKind::AdmissionClosed,
         EventKind::AdmissionReopened,
+        EventKind::AttemptsExhausted,
+        EventKind::DlqExpiring,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -430,6 +437,8 @@ impl EventKind {
             EventKind::ReplayJobFinished => "replay_job_finished",
             EventKind::AdmissionClosed => "admission_closed",
             EventKind::AdmissionReopened => "admission_reopened",
+            EventKind::AttemptsExhausted => "attempts_exhausted",
+            EventKind::DlqExpiring => "dlq_expiring",
         }
     }
 }

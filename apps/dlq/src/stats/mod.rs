@@ -297,6 +297,20 @@ impl StatsProcessor {
                 }
                 Err(error) => tracing::error!(%error, "encoding an alert failed"),
             }
+            let expires = alert
+                .oldest_expires_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            self.events.emit(
+                switchyard_subjects::EventKind::DlqExpiring,
+                Some(&alert.tenant),
+                None,
+                &format!(
+                    "{} DLQ entries age out within {} s; the oldest at {expires} (replay or \
+                     export them before)",
+                    alert.count, alert.within_secs
+                ),
+            );
         }
     }
 

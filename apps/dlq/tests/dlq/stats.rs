@@ -209,6 +209,28 @@ async fn entries_about_to_age_out_are_counted_and_alerted_per_tenant() {
         metrics.contains("switchyard_dlq_expiring_entries{tenant=\"acme\"} 3"),
         "{metrics}"
     );
+    // The alert is a durable operational event of acme's too.
+    let events = env.js.get_stream("EVENTS").await.unwrap();
+    let event = switchyard_testkit::wait_for(
+        "the dlq_expiring event",
+        Duration::from_secs(10),
+        || async {
+            events
+                .direct_get_last_for_subject("events.v1.acme.dlq_expiring")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["tenant"], "acme");
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 DLQ entries age out within 598 s; the oldest at "),
+        "{event}"
+    );
     service.stop().await;
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use switchyard_registry::{BreakerRecord, Route};
 use switchyard_testkit::wait_for;
 
@@ -12,14 +11,7 @@ use crate::support::{Harness, Reply, Sink, address, webhook};
 
 /// How many operational events of `kind` the EVENTS stream holds for tenant acme.
 async fn events(h: &Harness, kind: &str) -> u64 {
-    let subject = format!("events.v1.acme.{kind}");
-    let stream = h.js.get_stream_no_info("EVENTS").await.unwrap();
-    let mut subjects = stream.info_with_subjects(&subject).await.unwrap();
-    let mut count = 0;
-    while let Some((_, n)) = subjects.try_next().await.unwrap() {
-        count += n as u64;
-    }
-    count
+    h.events(kind).await.0
 }
 
 #[tokio::test]

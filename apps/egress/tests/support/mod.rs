@@ -176,6 +176,26 @@ impl Harness {
         }
     }
 
+    /// The operational events of `kind` about tenant acme in the EVENTS stream: how many,
+    /// and the last one's JSON.
+    pub async fn events(&self, kind: &str) -> (u64, Option<serde_json::Value>) {
+        let subject = format!("events.v1.acme.{kind}");
+        let stream = self.js.get_stream_no_info("EVENTS").await.unwrap();
+        let mut subjects = stream.info_with_subjects(&subject).await.unwrap();
+        let mut count = 0;
+        while let Some((_, n)) = futures::TryStreamExt::try_next(&mut subjects)
+            .await
+            .unwrap()
+        {
+            count += n as u64;
+        }
+        if count == 0 {
+            return (0, None);
+        }
+        let last = stream.direct_get_last_for_subject(&subject).await.unwrap();
+        (count, Some(serde_json::from_slice(&last.payload).unwrap()))
+    }
+
     /// GETs a probe endpoint's body.
     pub async fn probe(&self, path: &str) -> String {
         let url = format!("http://{}{path}", self.probes.unwrap());
