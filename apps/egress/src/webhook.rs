@@ -15,11 +15,8 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use sha2::Sha256;
 use switchyard_registry::WebhookRoute;
 
 use crate::classify::{Attempted, HttpFailure};
@@ -138,23 +135,10 @@ impl WebhookClient {
     }
 }
 
-/// The `webhook-signature` value: `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{payload}")).
+/// The `webhook-signature` value: `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{payload}"))
+/// ([`switchyard_registry::sign_v1`]).
 pub fn sign(key: &[u8], id: &str, timestamp: i64, payload: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(payload);
-    let digest = mac.finalize().into_bytes();
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(digest)
-    )
+    switchyard_registry::sign_v1(key, id, timestamp, payload)
 }
 
 /// The request headers, or why one cannot be sent.

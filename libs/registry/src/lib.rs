@@ -38,6 +38,6 @@ pub use destination::{
 pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
 pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
-pub use signing_key::{SigningKey, sign_v1a};
+pub use signing_key::{SigningKey, sign_v1, sign_v1a};
 pub use store::{Changed, Store, StoreError, Written};
 pub use tenant::{TenantNameError, TenantRecord};

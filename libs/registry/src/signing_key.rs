@@ -2,7 +2,9 @@
 //! key serialised `whsk_` + base64 and its public key `whpk_` + base64
 //! (<https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md>,
 //! "Signature scheme"). The receiver needs only the public key, so it cannot sign: what a
-//! consumer that does not control the producer's security should prefer.
+//! consumer that does not control the producer's security should prefer. [`sign_v1`] gives the
+//! symmetric `v1` signature (HMAC-SHA256 with a `whsec_` secret), shared by egress's
+//! deliveries and the dlq service's operator webhook.
 
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -66,18 +68,36 @@ impl SigningKey {
     }
 }
 
-/// The `v1a` signature of a message: `v1a,` + base64 of the Ed25519 signature over
-/// `{id}.{timestamp}.{payload}`.
-pub fn sign_v1a(pair: &Ed25519KeyPair, id: &str, timestamp: i64, payload: &[u8]) -> String {
+/// What a Standard Webhooks signature signs: `{id}.{timestamp}.{payload}`.
+fn signed_content(id: &str, timestamp: i64, payload: &[u8]) -> Vec<u8> {
     let mut content = Vec::with_capacity(id.len() + 24 + payload.len());
     content.extend_from_slice(id.as_bytes());
     content.push(b'.');
     content.extend_from_slice(timestamp.to_string().as_bytes());
     content.push(b'.');
     content.extend_from_slice(payload);
+    content
+}
+
+/// The `v1a` signature of a message: `v1a,` + base64 of the Ed25519 signature over
+/// `{id}.{timestamp}.{payload}`.
+pub fn sign_v1a(pair: &Ed25519KeyPair, id: &str, timestamp: i64, payload: &[u8]) -> String {
+    let content = signed_content(id, timestamp, payload);
     format!(
         "v1a,{}",
         base64::engine::general_purpose::STANDARD.encode(pair.sign(&content).as_ref())
+    )
+}
+
+/// The symmetric `v1` signature of a message (the `webhook-signature` header's value for one
+/// secret): `v1,` + base64 of HMAC-SHA256(`key`, `{id}.{timestamp}.{payload}`), `key` being
+/// the bytes of a `whsec_` secret ([`crate::WebhookSecret::key`]).
+pub fn sign_v1(key: &[u8], id: &str, timestamp: i64, payload: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let tag = ring::hmac::sign(&key, &signed_content(id, timestamp, payload));
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
     )
 }
 
