@@ -482,6 +482,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "dlq-jobs",
         "dlq-stats",
         "dlq-replays",
+        "breakers",
     ] {
         let typed = BucketName::from_base(bucket).expect("a typed bucket name");
         assert_eq!(topology.bucket_name(typed), Some(bucket));

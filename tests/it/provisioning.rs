@@ -33,7 +33,7 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     );
     assert_eq!(
         first.items.len(),
-        19,
+        20,
         "7 shared streams, 3 shared consumers, 10 buckets"
     );
 
@@ -210,7 +210,7 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 19);
+    assert_eq!(other.missing().len(), 20);
     assert!(other.tenant_streams.is_empty());
 }
 

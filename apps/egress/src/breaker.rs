@@ -226,12 +226,13 @@ impl Breaker {
 
     /// Takes the state every replica shares: open until `shared.until` (`Some`), or closed
     /// (`None`: the record was deleted, a probe was answered somewhere). The last write wins,
-    /// with one exception: a probe of this replica's own in flight is not cut short by a
-    /// record whose open period is already over (its answer decides, here and everywhere).
+    /// except that a record whose open period is already over changes nothing: it neither
+    /// opens a closed breaker (the next attempt finds out) nor cuts short a probe of this
+    /// replica's own in flight (its answer decides, here and everywhere).
     pub fn adopt(&mut self, shared: Option<Shared>, now: Instant) -> Adopted {
         match shared {
             Some(shared) => {
-                if matches!(self.state, State::HalfOpen { .. }) && shared.until <= now {
+                if shared.until <= now && !matches!(self.state, State::Open { .. }) {
                     return Adopted::Unchanged;
                 }
                 let opened = !self.is_open();
@@ -421,9 +422,17 @@ impl Breakers {
         self.with(route, |b| b.shared(now))
     }
 
-    /// [`Breaker::adopt`] for `route`. A route this replica never saw gets a breaker only
-    /// when the shared state is open.
+    /// [`Breaker::adopt`] for `route`, the shared state bounded first: open at most the
+    /// longest open period from `now`, down since no later than `now` (a record from a skewed
+    /// clock or written by hand cannot hold a route longer than a breaker of this replica's
+    /// own would). A route this replica never saw gets a breaker only when the shared state
+    /// is open.
     pub fn adopt(&self, route: &str, shared: Option<Shared>, now: Instant) -> Adopted {
+        let shared = shared.map(|s| Shared {
+            until: s.until.min(now + self.settings.max_open),
+            down_since: s.down_since.min(now),
+            reopenings: s.reopenings,
+        });
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         match (routes.get_mut(route), shared) {
             (Some(breaker), shared) => breaker.adopt(shared, now),
@@ -775,8 +784,12 @@ mod tests {
         assert_eq!(breakers.shared(route, t0 + secs(40)), None);
         assert_eq!(breakers.down_for(route, t0 + secs(40)), None);
         // A record replacing another (a failed probe elsewhere) moves the open period here.
+        let again = Shared {
+            until: t0 + secs(50),
+            ..shared
+        };
         assert_eq!(
-            breakers.adopt(route, Some(shared), t0 + secs(41)),
+            breakers.adopt(route, Some(again), t0 + secs(41)),
             Adopted::Opened
         );
         let later = Shared {
@@ -796,6 +809,25 @@ mod tests {
         // Reset (a disabled destination) reports that it was open.
         assert!(breakers.reset(route));
         assert!(!breakers.reset(route));
+        // A record whose period is over does not open a closed breaker (start-up, a replay).
+        let t1 = t0 + secs(200);
+        assert_eq!(breakers.adopt(route, Some(shared), t1), Adopted::Unchanged);
+        assert_eq!(breakers.admit(route, t1), Admission::Pass);
+        // A record holding for a year (a skewed clock, a hand-written one) holds at most the
+        // longest open period, and its route down since no later than now.
+        let forever = Shared {
+            until: t1 + secs(365 * 86_400),
+            down_since: t1 + secs(60),
+            reopenings: 0,
+        };
+        assert_eq!(breakers.adopt(route, Some(forever), t1), Adopted::Opened);
+        assert_eq!(
+            breakers.admit(route, t1),
+            Admission::Wait {
+                until: t1 + secs(100)
+            }
+        );
+        assert_eq!(breakers.down_for(route, t1), Some(Duration::ZERO));
     }
 
     #[test]

@@ -228,6 +228,10 @@ impl EgressHandler {
         // A disabled destination's copy waits for it, whatever its deadline: the deadline
         // counts again from its release.
         if resolved.disabled.is_some() {
+            // Parking holds its messages now: its breaker is forgotten on every replica.
+            if let Err(error) = self.shared_breakers.forget(&resolved.id).await {
+                tracing::warn!(%error, route = %resolved.id, "forgetting a disabled destination's shared breaker failed");
+            }
             return self.hold_parked(msg, &envelope).await;
         }
         if deadline.passed(OffsetDateTime::now_utc()) {
@@ -554,12 +558,9 @@ impl EgressHandler {
             Ok(Some(Written::Stored(_))) => {
                 tracing::warn!(destination = %destination, down_secs = down.as_secs(), "destination stayed down; disabled, its messages are parked");
                 self.metrics.count_disabled(tenant.as_str());
-                if self.breakers.reset(id) {
-                    self.metrics.breaker_closed(tenant.as_str());
-                }
                 // Parking holds its messages now: every replica forgets the breaker.
-                if let Err(error) = self.shared_breakers.closed(id).await {
-                    tracing::warn!(%error, route = id, "removing a disabled destination's shared breaker failed");
+                if let Err(error) = self.shared_breakers.forget(id).await {
+                    tracing::warn!(%error, route = id, "forgetting a disabled destination's shared breaker failed");
                 }
                 self.events.emit(
                     EventKind::DestinationDisabled,

@@ -129,16 +129,8 @@ pub async fn start(
     let (_, rate_kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
     let (tenants_bucket, kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
     let tenants: Arc<KvCache<TenantKey, TenantRecord>> = KvCache::start(kv, shutdown.child_token());
-    // Open breakers of every replica: loaded too, so no replica starts by hammering a route
-    // the others hold back.
-    let (breakers_bucket, kv) = topology.open_bucket(&js, BucketName::Breakers).await?;
-    let shared_breakers = Arc::new(SharedBreakers::start(
-        kv,
-        shared_breaker::replica_name(),
-        shutdown.child_token(),
-    ));
     tokio::select! {
-        _ = async { tokio::join!(destinations.wait_loaded(), tenants.wait_loaded(), shared_breakers.wait_loaded()) } => {
+        _ = async { tokio::join!(destinations.wait_loaded(), tenants.wait_loaded()) } => {
             tracing::info!(destinations = destinations.len(), tenants = tenants.len(), "destinations and tenants loaded");
         }
         _ = shutdown.cancelled() => {
@@ -175,11 +167,22 @@ pub async fn start(
         failure_rate: settings.breaker_failure_rate,
         window: settings.breaker_window,
     }));
-    shared_breakers.follow(
+    // The open breakers of every replica, adopted before the first message, so no replica
+    // starts by hammering a route the others hold back.
+    let (breakers_bucket, kv) = topology.open_bucket(&js, BucketName::Breakers).await?;
+    let shared_breakers = SharedBreakers::start(
+        kv,
         breakers.clone(),
         egress_metrics.clone(),
+        shared_breaker::replica_name(),
         shutdown.child_token(),
     );
+    tokio::select! {
+        _ = shared_breakers.wait_loaded() => {}
+        _ = shutdown.cancelled() => {
+            return Ok(launch("egress", config.http.listen, axum::Router::new(), shutdown, async {}).await?);
+        }
+    }
     let handler = EgressHandler {
         ns: ns.clone(),
         stream: stream_handle,

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use switchyard_keys::KvKey;
 use switchyard_runtime::RetryPolicy;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// A value in the cache: the record, or why the stored bytes are not a valid record (so a
@@ -27,16 +27,11 @@ pub struct KvCache<K, R> {
     entries: RwLock<HashMap<K, Cached<R>>>,
     loaded: watch::Sender<bool>,
     filter: Option<String>,
-    changes: broadcast::Sender<K>,
 }
-
-/// How many changed keys a [`KvCache::changes`] receiver may fall behind before it is told it
-/// lagged (and should read every key again).
-pub const CHANGES_BUFFER: usize = 1024;
 
 impl<K, R> KvCache<K, R>
 where
-    K: KvKey + Eq + Hash + Clone + Send + Sync + 'static,
+    K: KvKey + Eq + Hash + Send + Sync + 'static,
     R: DeserializeOwned + Clone + Send + Sync + 'static,
 {
     /// Starts watching `bucket` until `shutdown`.
@@ -61,12 +56,10 @@ where
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (loaded, _) = watch::channel(false);
-        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         let cache = Arc::new(Self {
             entries: RwLock::new(HashMap::new()),
             loaded,
             filter,
-            changes,
         });
         let task = cache.clone();
         tokio::spawn(async move { task.follow(bucket, shutdown).await });
@@ -89,15 +82,11 @@ where
         self.entries.read().ok()?.get(key).cloned()
     }
 
-    /// The keys whose values change from now on (put, deleted or purged), each after the
-    /// cache applied it: [`KvCache::get`] then returns the new value. A receiver more than
-    /// [`CHANGES_BUFFER`] keys behind gets `RecvError::Lagged` and should read every key.
-    pub fn changes(&self) -> broadcast::Receiver<K> {
-        self.changes.subscribe()
-    }
-
     /// Every cached key (valid or not).
-    pub fn keys(&self) -> Vec<K> {
+    pub fn keys(&self) -> Vec<K>
+    where
+        K: Clone,
+    {
         self.entries
             .read()
             .map(|e| e.keys().cloned().collect())
@@ -106,7 +95,10 @@ where
 
     /// The entries whose keys `pick` selects, cloned: one pass over every key under the read
     /// lock (microseconds for thousands of keys), for the few keys of one tenant.
-    pub fn select(&self, mut pick: impl FnMut(&K) -> bool) -> Vec<(K, Cached<R>)> {
+    pub fn select(&self, mut pick: impl FnMut(&K) -> bool) -> Vec<(K, Cached<R>)>
+    where
+        K: Clone,
+    {
         self.entries
             .read()
             .map(|e| {
@@ -133,23 +125,18 @@ where
             tracing::warn!(key = %entry.key, "ignoring a key outside the bucket's schema");
             return;
         };
-        {
-            let Ok(mut entries) = self.entries.write() else {
-                return;
-            };
-            match entry.operation {
-                kv::Operation::Put => {
-                    let value =
-                        serde_json::from_slice::<R>(&entry.value).map_err(|e| e.to_string());
-                    entries.insert(key.clone(), value);
-                }
-                kv::Operation::Delete | kv::Operation::Purge => {
-                    entries.remove(&key);
-                }
+        let Ok(mut entries) = self.entries.write() else {
+            return;
+        };
+        match entry.operation {
+            kv::Operation::Put => {
+                let value = serde_json::from_slice::<R>(&entry.value).map_err(|e| e.to_string());
+                entries.insert(key, value);
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                entries.remove(&key);
             }
         }
-        // No receiver is fine: nobody follows this cache's changes.
-        let _ = self.changes.send(key);
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {

@@ -23,12 +23,16 @@ pub const MAX_DETAIL_CHARS: usize = 500;
 /// One operational event (JSON).
 ///
 /// ```json
-/// {"kind": "destination_disabled", "tenant": "acme", "about": "crm",
+/// {"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "kind": "destination_disabled", "tenant": "acme", "about": "crm",
 ///  "at": "2026-12-06T10:00:00Z", "source": "egress",
 ///  "detail": "down for 3600 s (circuit breaker open since); its messages are parked"}
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpEvent {
+    /// A UUID v7 of its own (the `webhook-id` when it is delivered as a webhook; events stored
+    /// before ids were given have none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// What happened (`EventKind::as_str`).
     pub kind: String,
     /// The tenant it is about; absent for the deployment.
@@ -56,6 +60,7 @@ impl OpEvent {
         detail: &str,
     ) -> Self {
         Self {
+            id: uuid::Uuid::now_v7().to_string(),
             kind: kind.as_str().to_owned(),
             tenant: tenant.map(ToString::to_string),
             about: about.map(str::to_owned),

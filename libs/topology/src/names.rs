@@ -200,16 +200,21 @@ pub enum ConsumerName {
     BackpressureTenant,
     /// `dlq-safety-net` on `ADVISORIES`: the dlq service's safety net.
     DlqSafetyNet,
+    /// `events-webhook` on `EVENTS`: the dlq service's delivery of operational events to an
+    /// operator's webhook, created by the service when one is configured (and removed by
+    /// JetStream once idle).
+    EventsWebhook,
 }
 
 impl ConsumerName {
     /// Every declared consumer (templates included).
-    pub const ALL: [ConsumerName; 5] = [
+    pub const ALL: [ConsumerName; 6] = [
         ConsumerName::IngressWorker,
         ConsumerName::IdempotencyWorker,
         ConsumerName::EgressWorker,
         ConsumerName::BackpressureTenant,
         ConsumerName::DlqSafetyNet,
+        ConsumerName::EventsWebhook,
     ];
 
     /// The name in the declaration file (`{tenant}` marks a per-tenant template).
@@ -220,6 +225,7 @@ impl ConsumerName {
             ConsumerName::EgressWorker => "egress-worker",
             ConsumerName::BackpressureTenant => "backpressure-{tenant}",
             ConsumerName::DlqSafetyNet => "dlq-safety-net",
+            ConsumerName::EventsWebhook => "events-webhook",
         }
     }
 
@@ -234,7 +240,10 @@ impl ConsumerName {
     /// Whether its service creates it on demand (and JetStream removes it once idle), rather
     /// than provisioning.
     pub const fn on_demand(self) -> bool {
-        matches!(self, ConsumerName::BackpressureTenant)
+        matches!(
+            self,
+            ConsumerName::BackpressureTenant | ConsumerName::EventsWebhook
+        )
     }
 
     /// The concrete durable name: the base name, with `{tenant}` replaced for a per-tenant

@@ -481,7 +481,8 @@ async fn shared(
     for s in &topology.streams {
         report.items.push(provision_stream(js, s, apply).await?);
     }
-    for c in &topology.consumers {
+    // Consumers made on demand are their service's to create (and JetStream's to remove).
+    for c in topology.consumers.iter().filter(|c| !c.name.on_demand()) {
         report.items.push(provision_consumer(js, c, apply).await?);
     }
     for b in &topology.buckets {

@@ -205,7 +205,13 @@ impl ResolvedTopology {
                     description: Some(c.description.clone()),
                     filter_subject: subjects_filter(ns, c.filter),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    deliver_policy: consumer::DeliverPolicy::All,
+                    // A shared consumer made on demand starts from what is new: the events
+                    // webhook does not replay the stream's past when it is first configured.
+                    deliver_policy: if name.on_demand() && !name.per_tenant() {
+                        consumer::DeliverPolicy::New
+                    } else {
+                        consumer::DeliverPolicy::All
+                    },
                     ack_wait: Duration::from_secs(c.ack_wait_secs),
                     max_deliver: c.max_deliver,
                     max_ack_pending: c.max_ack_pending,

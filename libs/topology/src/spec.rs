@@ -300,8 +300,9 @@ impl Topology {
                     c.name
                 )));
             }
-            let declared_per_tenant = stream.tenancy == Tenancy::PerTenant
-                || ConsumerName::from_base(&c.name).is_some_and(ConsumerName::on_demand);
+            // Per tenant: on a per-tenant stream, or a `{tenant}` template on a shared one.
+            let declared_per_tenant =
+                stream.tenancy == Tenancy::PerTenant || c.name.contains("{tenant}");
             if ConsumerName::from_base(&c.name)
                 .is_some_and(|n| n.per_tenant() != declared_per_tenant)
             {

@@ -250,6 +250,10 @@ pub async fn status(
             Ok(stream) => stream.consumer_info(&durable).await.ok(),
             Err(_) => None,
         };
+        // One made on demand is shown while it exists, never missed.
+        if c.name.on_demand() && info.is_none() {
+            continue;
+        }
         consumers.push(ConsumerStatus {
             stream: c.stream.clone(),
             name: durable,

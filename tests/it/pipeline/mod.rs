@@ -313,6 +313,7 @@ impl Pipeline {
         for consumer in topology
             .consumers
             .iter()
+            .filter(|c| !c.name.on_demand())
             .cloned()
             .chain(per_tenant(ConsumerName::IngressWorker))
         {

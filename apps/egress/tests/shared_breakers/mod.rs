@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_registry::{BreakerRecord, Route};
+use switchyard_keys::DestinationKey;
+use switchyard_registry::{BreakerRecord, Destination, Route, Store, Subscription};
 use switchyard_testkit::wait_for;
 
 use crate::support::{Harness, Reply, Sink, address, webhook};
@@ -106,5 +107,101 @@ async fn a_breaker_one_replica_opens_holds_the_route_on_every_replica_and_one_pr
     // One outage, two replicas: reported once each way.
     assert_eq!(events(&h, "breaker_opened").await, 1);
     assert_eq!(events(&h, "breaker_closed").await, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_destination_disabled_by_one_replica_forgets_its_breaker_on_every_replica() {
+    const MESSAGES: usize = 5;
+    let sink = Sink::start().await;
+    sink.script("/crm", vec![], Reply::status(503));
+    let mut h = Harness::new().await;
+    let destinations: Store<DestinationKey, Destination> =
+        Store::new(h.js.get_key_value("destinations").await.unwrap());
+    let key = DestinationKey {
+        tenant: "acme".parse().unwrap(),
+        destination: "crm".parse().unwrap(),
+    };
+    let destination = Destination {
+        target: webhook(&sink, "/crm"),
+        subscription: Subscription::default(),
+        description: None,
+        disabled: None,
+        rate_limit: None,
+    };
+    destinations.put(&key, &destination).await.unwrap();
+    // Both replicas open at the first failure and probe every second, together: the failed
+    // probes of one race the other's disabling.
+    let tune = |c: &mut switchyard_egress::config::EgressConfig| {
+        c.egress.max_attempts = 1000;
+        c.egress.backoff_secs = vec![1];
+        c.egress.breaker_failure_threshold = 1;
+        c.egress.breaker_open_secs = 1;
+        c.egress.breaker_max_open_secs = 1;
+        c.egress.disable_after_secs = 2;
+        c.egress.park_recheck_secs = 1;
+    };
+    h.start(tune).await;
+    h.start_replicas(1, tune).await;
+    for i in 0..MESSAGES {
+        h.publish(
+            &address("acme", "ops", "shop"),
+            Bytes::from(format!("{{\"n\":{i}}}")),
+            Some("application/json"),
+        )
+        .await;
+    }
+    wait_for("egress to disable crm", Duration::from_secs(30), || async {
+        destinations
+            .get(&key)
+            .await
+            .unwrap()
+            .and_then(|d| d.disabled)
+    })
+    .await;
+    // Parking holds its messages: no breaker record is left for it, on any replica.
+    let breakers = h.js.get_key_value("breakers").await.unwrap();
+    wait_for(
+        "crm's breaker forgotten",
+        Duration::from_secs(10),
+        || async {
+            breakers
+                .get("acme.crm")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Fixed and enabled: every message is delivered once, and crm is not disabled again by
+    // an outage that is over.
+    sink.script("/crm", vec![], Reply::status(200));
+    let mut enabled = destinations.get(&key).await.unwrap().unwrap();
+    enabled.disabled = None;
+    destinations.put(&key, &enabled).await.unwrap();
+    wait_for(
+        "every message delivered",
+        Duration::from_secs(30),
+        || async {
+            let delivered = sink.statuses("/crm").iter().filter(|s| **s == 200).count();
+            (delivered >= MESSAGES).then_some(())
+        },
+    )
+    .await;
+    let delivered = sink.statuses("/crm").iter().filter(|s| **s == 200).count();
+    assert_eq!(delivered, MESSAGES, "each message delivered once");
+    assert!(
+        destinations
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+            .is_none(),
+        "not disabled again"
+    );
+    assert!(breakers.get("acme.crm").await.unwrap().is_none());
     h.stop().await;
 }
