@@ -960,6 +960,15 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     // registry or another service's buckets, never a stage's consumer, never a whole stream.
     let dlq = server.connect("dlq", Some(&inbox("dlq"))).await;
     dlq.stored("dlq.v1._.egress._").await;
+    // The events webhook: its on-demand consumer on EVENTS, created, then opened again.
+    let topology = switchyard_topology::DeploymentConfig::default()
+        .resolve()
+        .expect("the declared topology");
+    for _ in 0..2 {
+        switchyard_dlq_service::events_webhook::EventsWebhook::consumer(&dlq.js, &topology)
+            .await
+            .expect("dlq creates and opens the events-webhook consumer");
+    }
     dlq.client
         .publish("alerts.v1.acme.dlq-inflow", "alert".into())
         .await

@@ -41,6 +41,31 @@ pub struct DlqConfig {
     /// Per-tenant retention of DLQ entries, shorter than the DLQ's `max_age`.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// Operational events delivered to an operator's endpoint as signed webhooks.
+    pub events_webhook: EventsWebhookSettings,
+}
+
+/// `[events_webhook]`: operational events delivered to an operator's endpoint
+/// ([`crate::events_webhook`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsWebhookSettings {
+    /// The endpoint, `http://` or `https://`; empty turns the delivery off (default).
+    pub url: String,
+    /// A file holding the Standard Webhooks signing secret (`whsec_` + base64); required with
+    /// `url`.
+    pub secret_file: PathBuf,
+    /// Only events of these kinds (`EventKind` names); empty: every kind (default).
+    pub kinds: Vec<String>,
+    /// One delivery's timeout, in milliseconds (default 10000; 1 to 30000).
+    pub timeout_ms: u64,
+}
+
+impl EventsWebhookSettings {
+    /// Whether events are delivered (a `url` is set).
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
 }
 
 /// `[retention]`: an explicit per-tenant policy for how long the DLQ keeps a tenant's entries.
@@ -159,6 +184,34 @@ impl DlqConfig {
                 anyhow::bail!("invalid setting {name}: must be greater than 0");
             }
         }
+        let webhook = &self.events_webhook;
+        if webhook.enabled() {
+            match reqwest::Url::parse(&webhook.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                _ => anyhow::bail!(
+                    "invalid setting events_webhook.url: {:?} is not an http:// or https:// URL \
+                     (leave it empty to turn the delivery off)",
+                    webhook.url
+                ),
+            }
+            if webhook.secret_file.as_os_str().is_empty() {
+                anyhow::bail!(
+                    "invalid setting events_webhook.secret_file: required with events_webhook.url \
+                     (a file holding the signing secret, whsec_ + base64)"
+                );
+            }
+            if !(1..=30_000).contains(&webhook.timeout_ms) {
+                anyhow::bail!(
+                    "invalid setting events_webhook.timeout_ms: {} is not between 1 and 30000",
+                    webhook.timeout_ms
+                );
+            }
+        }
+        for kind in &webhook.kinds {
+            if let Err(error) = kind.parse::<switchyard_subjects::EventKind>() {
+                anyhow::bail!("invalid setting events_webhook.kinds: {error}");
+            }
+        }
         for (tenant, secs) in &self.retention.tenants {
             if *secs == 0 {
                 anyhow::bail!(
@@ -230,6 +283,35 @@ mod tests {
         unknown.safety_net.streams = vec!["DLQ".into()];
         let err = unknown.validate().unwrap_err().to_string();
         assert!(err.contains("not a shared pipeline stream"), "{err}");
+        assert!(!config.events_webhook.enabled());
+        for (tune, key) in [
+            (
+                (|c: &mut DlqConfig| c.events_webhook.url = "ftp://ops.example.com".into())
+                    as fn(&mut DlqConfig),
+                "events_webhook.url",
+            ),
+            (
+                |c: &mut DlqConfig| c.events_webhook.url = "https://ops.example.com/in".into(),
+                "events_webhook.secret_file",
+            ),
+            (
+                |c: &mut DlqConfig| c.events_webhook.kinds = vec!["breaker_open".into()],
+                "events_webhook.kinds: unknown event kind \"breaker_open\"",
+            ),
+            (
+                |c: &mut DlqConfig| {
+                    c.events_webhook.url = "https://ops.example.com/in".into();
+                    c.events_webhook.secret_file = "/run/secrets/events".into();
+                    c.events_webhook.timeout_ms = 0;
+                },
+                "events_webhook.timeout_ms",
+            ),
+        ] {
+            let mut bad = config.clone();
+            tune(&mut bad);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
         let mut zero = config.clone();
         zero.jobs.lease_secs = 0;
         assert!(

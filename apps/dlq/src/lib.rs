@@ -8,12 +8,15 @@
 //! - [`stats`]: inflow counters per tenant/stage/code in the `dlq-stats` bucket, inflow
 //!   alerts on `alerts.v1.<tenant>.dlq-inflow`, and entries about to age out counted and
 //!   alerted on `alerts.v1.<tenant>.dlq-expiring`;
+//! - [`events_webhook`]: operational events delivered to an operator's endpoint as signed
+//!   webhooks, when `[events_webhook] url` is set;
 //!
 //! plus `/healthz`, `/readyz` and `/metrics`. Everything runs inside the one task returned by
 //! [`start`]: aborting it stops the whole instance, as a crash would.
 
 pub mod advisory;
 pub mod config;
+pub mod events_webhook;
 pub mod jobs;
 pub mod metrics;
 pub mod safety_net;
@@ -59,6 +62,15 @@ pub async fn start(
 
     let metrics = Arc::new(Metrics::new(Stage::Dlq));
     let dlq_metrics = metrics::DlqMetrics::register(&metrics);
+    // The events webhook's consumer is opened now: events stored from here on are delivered.
+    let events_webhook = match events_webhook::EventsWebhook::new(&config.events_webhook, &metrics)?
+    {
+        Some(webhook) => Some((
+            webhook,
+            events_webhook::EventsWebhook::consumer(&js, &topology).await?,
+        )),
+        None => None,
+    };
 
     let safety = &config.safety_net;
     let net = Arc::new(
@@ -167,7 +179,12 @@ pub async fn start(
                 processor.run(shutdown.clone()).await;
             }
         };
-        tokio::join!(advisories, sweep, jobs, stats);
+        let webhook = async {
+            if let Some((webhook, consumer)) = events_webhook {
+                webhook.run(consumer, shutdown.clone()).await;
+            }
+        };
+        tokio::join!(advisories, sweep, jobs, stats, webhook);
         tracing::info!("dlq drained");
     };
     let running = launch("dlq", config.http.listen, app, http_shutdown, work).await?;

@@ -2,6 +2,7 @@
 //! (`safety_net`), replay jobs (`jobs`), stats and alerts (`stats`), and the DLQ wire format
 //! read with a plain client (`wire_format`).
 
+mod events_webhook;
 mod jobs;
 mod safety_net;
 mod stats;
