@@ -1,7 +1,10 @@
 //! The management API (`switchyard api serve`) against a real nats-server: what each scope may
-//! reach, and the OpenAPI conformance run — schemathesis drives every operation of the
-//! description the API serves, and every answer must be documented, JSON, and match its
-//! schema, with no server error.
+//! reach (keys, limits, the DLQ's purge and jobs included), and the OpenAPI conformance run —
+//! schemathesis drives every operation of the description the API serves, and every answer must
+//! be documented, JSON, and match its schema, with no server error. Each test serves its own
+//! API over its own server, so what the fuzzing purges or revokes is nobody else's data. (The
+//! deadline and the access log are tested on a router of their own:
+//! `apps/cli/src/api/middleware.rs`.)
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,6 +31,14 @@ struct Api {
 }
 
 async fn manage_key(js: &async_nats::jetstream::Context, tenant: &str) -> String {
+    stored_key(js, tenant, vec![ApiScope::Manage]).await
+}
+
+async fn stored_key(
+    js: &async_nats::jetstream::Context,
+    tenant: &str,
+    scopes: Vec<ApiScope>,
+) -> String {
     let topology = DeploymentConfig::default().resolve().unwrap();
     let mut issued = api_key::issue(
         tenant.parse().unwrap(),
@@ -36,7 +47,7 @@ async fn manage_key(js: &async_nats::jetstream::Context, tenant: &str) -> String
         time::OffsetDateTime::now_utc(),
     )
     .unwrap();
-    issued.record.scopes = vec![ApiScope::Manage];
+    issued.record.scopes = scopes;
     let bucket = topology
         .open_bucket(js, BucketName::ApiKeys)
         .await
@@ -473,6 +484,10 @@ async fn a_disabled_tenant_manages_nothing() {
         ("GET", "/v1/tenants/acme/destinations"),
         ("PUT", "/v1/tenants/acme/destinations/after"),
         ("POST", "/v1/tenants/acme/dlq/replay"),
+        ("POST", "/v1/tenants/acme/dlq/purge"),
+        ("GET", "/v1/tenants/acme/keys"),
+        ("GET", "/v1/tenants/acme/limits"),
+        ("GET", "/v1/jobs"),
     ] {
         let (status, body) = api
             .call(
@@ -490,4 +505,408 @@ async fn a_disabled_tenant_manages_nothing() {
         .call("GET", "/v1/tenants/acme/destinations", OPERATOR, None)
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_are_issued_by_the_operator_listed_without_secrets_and_revoked_by_their_tenant() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+
+    // The operator issues a manage key; the key is in the answer, once, and works at once.
+    let (status, created) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/keys",
+            OPERATOR,
+            Some(json!({"scopes": ["manage"], "label": "portal", "expires_in_days": 30})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["tenant"], "acme");
+    let token = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with(&format!("sy_{id}_")), "{created}");
+    assert_ne!(created["expires_at"], "-");
+    let (status, _) = api
+        .call("GET", "/v1/tenants/acme/destinations", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the new key manages acme");
+    let (status, _) = api
+        .call("GET", "/v1/tenants/globex/destinations", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "and acme only");
+
+    // Listed for the tenant: ids, scopes, labels, status; never a secret or a hash.
+    let (status, listed) = api.call("GET", "/v1/tenants/acme/keys", &acme, None).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let keys = listed.as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{listed}");
+    let new = keys.iter().find(|k| k["id"] == id.as_str()).unwrap();
+    assert_eq!(new["status"], "active");
+    assert_eq!(new["label"], "portal");
+    assert_eq!(new["scopes"], json!(["manage"]));
+    let shown = listed.to_string();
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(
+        !shown.contains(secret) && !shown.contains("hash"),
+        "{shown}"
+    );
+
+    // Issuing is the operator's: not even for the key's own tenant.
+    let (status, body) = api
+        .call("POST", "/v1/tenants/acme/keys", &acme, Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "operator_only");
+    // Another tenant's keys are out of reach, by its path or by a key id under one's own.
+    let globex_key = stored_key(&api.provisioned.js, "globex", vec![ApiScope::Publish]).await;
+    let (globex_id, _) = api_key::parse_token(&globex_key).unwrap();
+    for (method, path) in [
+        ("GET", "/v1/tenants/globex/keys".to_owned()),
+        ("POST", "/v1/tenants/globex/keys".to_owned()),
+        (
+            "POST",
+            format!("/v1/tenants/globex/keys/{}/revoke", globex_id.id),
+        ),
+    ] {
+        let (status, body) = api.call(method, &path, &acme, Some(json!({}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert_eq!(body["error"], "tenant_mismatch");
+    }
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/keys/{}/revoke", globex_id.id),
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "globex's key is not acme's");
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/keys/{}/revoke", globex_id.id),
+            OPERATOR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not even for the operator");
+    // Refusals that change nothing.
+    for (path, body, want) in [
+        ("/v1/tenants/nobody/keys", json!({}), StatusCode::NOT_FOUND),
+        (
+            "/v1/tenants/acme/keys",
+            json!({"scopes": ["admin"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/tenants/acme/keys",
+            json!({"expires_in_days": 0}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, answer) = api.call("POST", path, OPERATOR, Some(body)).await;
+        assert_eq!(status, want, "{path}: {answer}");
+    }
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/keys/not-a-key/revoke",
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A publish key (the default scope) does not manage.
+    let (_, publish) = api
+        .call("POST", "/v1/tenants/acme/keys", OPERATOR, Some(json!({})))
+        .await;
+    let (status, body) = api
+        .call(
+            "GET",
+            "/v1/tenants/acme/keys",
+            publish["key"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // The tenant revokes the new key: refused from then on, kept in the listing as revoked.
+    let (status, revoked) = api
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/keys/{id}/revoke"),
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked["status"], "revoked");
+    let (status, _) = api
+        .call("GET", "/v1/tenants/acme/destinations", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked key is refused");
+    let (status, again) = api
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/keys/{id}/revoke"),
+            OPERATOR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["revoked_at"], revoked["revoked_at"], "revoked once");
+    let (_, listed) = api
+        .call("GET", "/v1/tenants/acme/keys", OPERATOR, None)
+        .await;
+    let new = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(new["status"], "revoked");
+}
+
+#[tokio::test]
+async fn a_tenant_reads_its_own_limit_and_only_the_operator_sets_limits() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+
+    let (status, set) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/limits",
+            OPERATOR,
+            Some(json!({"rate_per_sec": 20.0, "backlog_high": 1000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["tenant"], "acme");
+    assert_eq!(set["burst"], 20, "one second's worth, as the CLI sets it");
+    let (status, own) = api
+        .call("GET", "/v1/tenants/acme/limits", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    assert_eq!(own["rate_per_sec"], 20.0);
+    assert_eq!(own["backlog_high"], 1000);
+    assert_eq!(own["from"], "acme");
+
+    // A tenant cannot raise its own limit, nor read or set anyone else's.
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/limits",
+            &acme,
+            Some(json!({"rate_per_sec": 100000.0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "operator_only");
+    for (method, path) in [
+        ("GET", "/v1/tenants/globex/limits"),
+        ("PUT", "/v1/tenants/globex/limits"),
+    ] {
+        let (status, body) = api
+            .call(method, path, &acme, Some(json!({"rate_per_sec": 1.0})))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert_eq!(body["error"], "tenant_mismatch");
+    }
+    for (method, path) in [
+        ("GET", "/v1/limits"),
+        ("GET", "/v1/limits/_default"),
+        ("PUT", "/v1/limits/_default"),
+    ] {
+        let (status, body) = api
+            .call(method, path, &acme, Some(json!({"rate_per_sec": 1.0})))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+    }
+    let (_, own) = api
+        .call("GET", "/v1/tenants/acme/limits", &acme, None)
+        .await;
+    assert_eq!(own["rate_per_sec"], 20.0, "unchanged");
+
+    // Invalid limits are refused with the reason; a tenant without a limit of its own gets
+    // `_default`'s, as the backpressure service does.
+    for (body, want) in [
+        (
+            json!({"rate_per_sec": 0.0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"rate_per_sec": 5.0, "backlog_high": 10, "backlog_low": 10}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"rate": 5.0}), StatusCode::BAD_REQUEST),
+    ] {
+        let (status, answer) = api
+            .call("PUT", "/v1/tenants/globex/limits", OPERATOR, Some(body))
+            .await;
+        assert_eq!(status, want, "{answer}");
+    }
+    let (status, _) = api
+        .call("GET", "/v1/tenants/globex/limits", OPERATOR, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no limit, no _default");
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/limits/_default",
+            OPERATOR,
+            Some(json!({"rate_per_sec": 5.0, "burst": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, globex) = api
+        .call("GET", "/v1/tenants/globex/limits", OPERATOR, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{globex}");
+    assert_eq!(globex["from"], "_default");
+    assert_eq!(globex["burst"], 10);
+    let (status, all) = api.call("GET", "/v1/limits", OPERATOR, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let scopes: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["tenant"].as_str())
+        .collect();
+    assert!(
+        scopes.contains(&"acme") && scopes.contains(&"_default"),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn a_purge_runs_dry_then_with_its_confirmed_count_and_only_over_the_tenants_entries() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+    let seq_of = |page: &Value| page["entries"][0]["seq"].as_u64().unwrap();
+    let (_, page) = api.call("GET", "/v1/tenants/acme/dlq", &acme, None).await;
+    let acme_seq = seq_of(&page);
+    let (_, page) = api
+        .call("GET", "/v1/tenants/globex/dlq", OPERATOR, None)
+        .await;
+    let globex_seq = seq_of(&page);
+    let purge = |body: Value| {
+        let api = &api;
+        let acme = acme.clone();
+        async move {
+            api.call("POST", "/v1/tenants/acme/dlq/purge", &acme, Some(body))
+                .await
+        }
+    };
+
+    // Jobs first, while the entries are there: listed and cancelled by their own tenant only.
+    let (status, job) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/dlq/replay",
+            &acme,
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let globex = manage_key(&api.provisioned.js, "globex").await;
+    let ids = |jobs: &Value| -> Vec<String> {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (status, jobs) = api.call("GET", "/v1/jobs", &acme, None).await;
+    assert_eq!(status, StatusCode::OK, "{jobs}");
+    assert_eq!(ids(&jobs), vec![job_id.clone()]);
+    let (_, jobs) = api.call("GET", "/v1/jobs", &globex, None).await;
+    assert!(ids(&jobs).is_empty(), "{jobs}");
+    let (_, jobs) = api.call("GET", "/v1/jobs", OPERATOR, None).await;
+    assert_eq!(ids(&jobs), vec![job_id.clone()]);
+    let cancel = format!("/v1/jobs/{job_id}/cancel");
+    let (status, _) = api.call("POST", &cancel, &globex, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's job");
+    let (status, cancelled) = api.call("POST", &cancel, &acme, None).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["job"]["state"], "cancelled");
+    let (status, again) = api.call("POST", &cancel, &acme, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"], "finished");
+    let (status, _) = api
+        .call("POST", "/v1/jobs/Not_A_Job/cancel", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A dry run says what would go.
+    let (status, dry) = purge(json!({"dry_run": true})).await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["matched"], 1);
+    assert_eq!(dry["selected"], json!([acme_seq]));
+    assert_eq!(dry["removed"], json!([]));
+    // Without the confirmation, or with another count, nothing goes.
+    let (status, body) = purge(json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "confirmation_required");
+    let (status, body) = purge(json!({"confirm": 2})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "count_mismatch");
+    let (status, _) = purge(json!({"seqs": [acme_seq], "code": "retries_exhausted"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "seqs or filters");
+    // Another tenant's entries: out of reach by its path, and by sequence under one's own.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/globex/dlq/purge",
+            &acme,
+            Some(json!({"confirm": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "tenant_mismatch");
+    let (status, listed) = purge(json!({"seqs": [globex_seq], "confirm": 0})).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["matched"], 0);
+    assert_eq!(listed["removed"], json!([]));
+    assert_eq!(listed["not_found"], json!([globex_seq]));
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/dlq/{acme_seq}"),
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "still there after every refusal");
+
+    // Confirmed: exactly the tenant's entry goes.
+    let (status, done) = purge(json!({"code": "retries_exhausted", "confirm": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["dry_run"], false);
+    assert_eq!(done["removed"], json!([acme_seq]));
+    let (_, page) = api.call("GET", "/v1/tenants/acme/dlq", &acme, None).await;
+    assert_eq!(page["entries"], json!([]), "{page}");
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/globex/dlq/{globex_seq}"),
+            OPERATOR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "globex's entry is untouched");
+    // Nothing left: a purge of nothing deletes nothing.
+    let (status, empty) = purge(json!({"confirm": 0})).await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty["matched"], 0);
+}
+
+#[tokio::test]
+async fn the_probes_answer_without_a_token() {
+    let api = start().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = reqwest::get(format!("{}{path}", api.base)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
 }

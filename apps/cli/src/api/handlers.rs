@@ -1,7 +1,10 @@
-//! The management API's endpoints: the same records and reads the CLI's commands use (the
-//! registry's stores, the DLQ reader, the delivery log's listing, replay jobs), so the API and
-//! the CLI always agree. Every path, query and body is read by hand into the API's own
-//! errors (never a framework's plain-text rejection), and every record shown is redacted.
+//! The management API's tenant, destination, delivery-log, event and status endpoints, and the
+//! helpers every endpoint module shares (who is calling, path and query parsing): the same
+//! records and reads the CLI's commands use (the registry's stores, the delivery log's
+//! listing), so the API and the CLI always agree. Every path, query and body is read by hand
+//! into the API's own errors (never a framework's plain-text rejection), and every record
+//! shown is redacted. The DLQ and replay jobs are in [`super::dlq`], API keys in
+//! [`super::keys`], rate limits in [`super::limits`].
 
 use std::collections::HashMap;
 
@@ -9,10 +12,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobStore, Selection};
 use switchyard_envelope::Destination as Copy;
 use switchyard_keys::{DestinationId, DestinationKey, KvKey, TenantId, TenantKey};
 use switchyard_registry::{Changed, Destination, Disabled, DisabledBy};
@@ -30,7 +31,8 @@ use crate::commands::destinations::{CAS_TRIES, others, replacing, switch_event, 
 /// The most entries or attempts one listing returns.
 pub const MAX_PAGE: usize = 1_000;
 
-/// The most sequences one replay request lists.
+/// The most sequences one replay or purge request lists, and the most entries one purge
+/// deletes.
 pub const MAX_LISTED: usize = 10_000;
 
 pub use switchyard_registry::destination::MAX_DESTINATIONS;
@@ -63,26 +65,6 @@ pub struct DestinationView {
     pub error: Option<String>,
 }
 
-/// A page of DLQ entries, oldest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DlqPage {
-    /// The entries (the JSON of `switchyard dlq show --json`).
-    #[schema(value_type = Vec<Object>)]
-    pub entries: Vec<Value>,
-    /// Whether more entries matched than the page holds.
-    pub truncated: bool,
-}
-
-/// A replay job (the record in `dlq-jobs`, as `switchyard dlq jobs --json` shows it).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobView {
-    /// The job id.
-    pub id: String,
-    /// The whole record: spec, state, progress.
-    #[schema(value_type = Object)]
-    pub job: Value,
-}
-
 /// A page of the delivery log, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptsPage {
@@ -99,24 +81,6 @@ pub struct EventsPage {
     pub events: Vec<Value>,
 }
 
-/// What `POST …/dlq/replay` replays: listed sequences, or filters within the tenant.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
-    /// Exactly these DLQ sequences (of this tenant); not with filters.
-    #[serde(default)]
-    pub seqs: Vec<u64>,
-    /// Only entries with this code (`retries_exhausted`, …).
-    pub code: Option<String>,
-    /// Only one destination's copies (a destination id, or `_route`).
-    pub destination: Option<String>,
-    /// Replays per second (default 100, 1 to 10 000).
-    pub rate: Option<u32>,
-    /// Only plan: publish nothing, delete nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
 /// What `POST …/disable` may say.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -125,7 +89,7 @@ pub struct DisableRequest {
     pub reason: Option<String>,
 }
 
-fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
+pub(super) fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
     raw.parse()
         .map_err(|e| ApiError::bad_request(format!("tenant: {e}")))
 }
@@ -137,7 +101,7 @@ fn destination_of(raw: &str) -> Result<DestinationId, ApiError> {
 
 /// The caller, allowed to reach `tenant`: the operator, or a key of `tenant` whose tenant is
 /// registered and enabled (a disabled tenant manages nothing: `403 tenant_disabled`).
-async fn caller_for(
+pub(super) async fn caller_for(
     state: &ApiState,
     headers: &HeaderMap,
     tenant: &str,
@@ -146,7 +110,7 @@ async fn caller_for(
 }
 
 /// [`caller_for`], with who it is.
-async fn caller(
+pub(super) async fn caller(
     state: &ApiState,
     headers: &HeaderMap,
     tenant: &str,
@@ -154,7 +118,24 @@ async fn caller(
     let principal = authenticate(headers, &state.operator_token, &state.keys).await?;
     let tenant = tenant_of(tenant)?;
     principal.may(&tenant)?;
-    if let Principal::Tenant(own) = &principal {
+    enabled(state, &principal).await?;
+    Ok((principal, tenant))
+}
+
+/// The caller, for paths that name no tenant (`/v1/jobs`): the operator, or a key of a
+/// registered and enabled tenant (`403 tenant_disabled` otherwise).
+pub(super) async fn principal(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let principal = authenticate(headers, &state.operator_token, &state.keys).await?;
+    enabled(state, &principal).await?;
+    Ok(principal)
+}
+
+/// `403 tenant_disabled` for a key of a tenant that is not registered and enabled.
+async fn enabled(state: &ApiState, principal: &Principal) -> Result<(), ApiError> {
+    if let Principal::Tenant(own) = principal {
         let key = TenantKey {
             tenant: own.clone(),
         };
@@ -167,14 +148,14 @@ async fn caller(
             ));
         }
     }
-    Ok((principal, tenant))
+    Ok(())
 }
 
-fn unavailable(error: impl std::error::Error + 'static) -> ApiError {
+pub(super) fn unavailable(error: impl std::error::Error + 'static) -> ApiError {
     ApiError::unavailable(&error)
 }
 
-fn anyhow_unavailable(error: &anyhow::Error) -> ApiError {
+pub(super) fn anyhow_unavailable(error: &anyhow::Error) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -183,7 +164,7 @@ fn anyhow_unavailable(error: &anyhow::Error) -> ApiError {
 }
 
 /// A destination named in a query parameter (a destination id, or `_route`).
-fn copy_of(raw: Option<&String>) -> Result<Option<Copy>, ApiError> {
+pub(super) fn copy_of(raw: Option<&String>) -> Result<Option<Copy>, ApiError> {
     raw.map(|d| d.parse::<Copy>())
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("destination: {e}")))
@@ -203,7 +184,7 @@ async fn log_stream(
 }
 
 /// Records as the JSON the CLI's `--json` prints for them.
-fn values<T: Serialize>(items: &[T]) -> Vec<Value> {
+pub(super) fn values<T: Serialize>(items: &[T]) -> Vec<Value> {
     items
         .iter()
         .map(|item| serde_json::to_value(item).unwrap_or(Value::Null))
@@ -211,7 +192,7 @@ fn values<T: Serialize>(items: &[T]) -> Vec<Value> {
 }
 
 /// A query parameter as a number in `range`.
-fn number(
+pub(super) fn number(
     query: &HashMap<String, String>,
     name: &str,
     default: usize,
@@ -529,206 +510,6 @@ fn conflict() -> ApiError {
     )
 }
 
-/// The selection of a tenant's DLQ entries from query parameters `code` and `destination`.
-fn dlq_selection(
-    tenant: &TenantId,
-    code: Option<&String>,
-    destination: Option<&String>,
-) -> Result<Selection, ApiError> {
-    Ok(Selection {
-        tenant: Some(tenant.clone()),
-        code: code
-            .map(|c| crate::parse::dlq_code(c))
-            .transpose()
-            .map_err(ApiError::bad_request)?,
-        destination: copy_of(destination)?,
-        ..Selection::default()
-    })
-}
-
-/// A tenant's DLQ entries, oldest first (`limit`: 1 to 1000, default 100; `code`,
-/// `destination` filters). Never consumes.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq", tag = "dlq",
-    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
-           ("limit" = Option<u32>, Query, description = "at most this many (1 to 1000, default 100)", minimum = 1, maximum = 1000),
-           ("code" = Option<String>, Query, description = "only this DLQ code"),
-           ("destination" = Option<String>, Query, description = "only this destination's copies")),
-    responses((status = 200, body = DlqPage), (status = 400, body = ApiError),
-              (status = 401, body = ApiError), (status = 403, body = ApiError),
-              (status = 503, body = ApiError)))]
-pub async fn list_dlq(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(tenant): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<DlqPage>, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
-    let limit = number(&query, "limit", 100, MAX_PAGE)?;
-    let selection = dlq_selection(&tenant, query.get("code"), query.get("destination"))?;
-    let reader = state.dlq().await?;
-    let collected = reader
-        .collect(&selection, Some(limit), |_, _| {})
-        .await
-        .map_err(unavailable)?;
-    Ok(Json(DlqPage {
-        entries: collected
-            .entries
-            .iter()
-            .map(|e| serde_json::to_value(e.view()).unwrap_or(Value::Null))
-            .collect(),
-        truncated: collected.truncated,
-    }))
-}
-
-/// One DLQ entry of the tenant, by its sequence.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq/{seq}", tag = "dlq",
-    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
-           ("seq" = u64, Path, description = "DLQ sequence", minimum = 1)),
-    responses((status = 200, body = Object), (status = 400, body = ApiError),
-              (status = 401, body = ApiError), (status = 403, body = ApiError),
-              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn get_dlq_entry(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path((tenant, seq)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
-    // Stream sequences start at 1.
-    let seq: u64 = match seq.parse() {
-        Ok(seq) if seq >= 1 => seq,
-        _ => return Err(ApiError::bad_request("seq must be a whole number from 1")),
-    };
-    let reader = state.dlq().await?;
-    let not_found = || ApiError::not_found(format!("no DLQ entry {seq} of tenant {tenant}"));
-    let Some(message) = reader.get(seq).await.map_err(unavailable)? else {
-        return Err(not_found());
-    };
-    match reader.entry_of(&message) {
-        Ok(entry) if entry.record.tenant.as_ref() == Some(&tenant) => Ok(Json(
-            serde_json::to_value(entry.view()).unwrap_or(Value::Null),
-        )),
-        // Another tenant's, or not a record: nothing of it is shown.
-        _ => Err(not_found()),
-    }
-}
-
-/// Replays a tenant's DLQ entries through a durable replay job run by the dlq service.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/dlq/replay", tag = "dlq",
-    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
-    request_body(content = ReplayRequest),
-    responses((status = 202, body = JobView), (status = 400, body = ApiError),
-              (status = 401, body = ApiError), (status = 403, body = ApiError),
-              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn replay_dlq(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(tenant): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
-    let request: ReplayRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let rate = request.rate.unwrap_or(100);
-    if !(1..=10_000).contains(&rate) {
-        return Err(ApiError::bad_request("rate must be from 1 to 10000"));
-    }
-    let filter = dlq_selection(&tenant, request.code.as_ref(), request.destination.as_ref())?;
-    if !request.seqs.is_empty() && (request.code.is_some() || request.destination.is_some()) {
-        return Err(ApiError::bad_request("list seqs or filter, not both"));
-    }
-    if request.seqs.len() > MAX_LISTED {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_LISTED} seqs; select more with filters"
-        )));
-    }
-    let listed: std::collections::HashSet<u64> = request.seqs.iter().copied().collect();
-    let reader = state.dlq().await?;
-    // Only the tenant's own entries count, listed or filtered.
-    let (mut count, mut upper, mut seqs) = (0u64, 0u64, Vec::new());
-    let mut read = reader.select(&filter);
-    while let Some((_, delivered)) = read.next().await.map_err(unavailable)? {
-        if let Ok(entry) = &delivered.entry
-            && filter.matches(entry)
-            && (listed.is_empty() || listed.contains(&entry.seq))
-        {
-            count += 1;
-            upper = upper.max(entry.seq);
-            seqs.push(entry.seq);
-        }
-    }
-    if count == 0 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "nothing_matches",
-            "no DLQ entry of the tenant matches: no job created",
-        ));
-    }
-    let selection = if request.seqs.is_empty() {
-        filter
-    } else {
-        // The listed entries are the tenant's: the job says so (and skips any other).
-        Selection {
-            tenant: Some(tenant.clone()),
-            ..Selection::listed(seqs)
-        }
-    };
-    let job = JobRecord::new(
-        JobSpec {
-            selection,
-            target: None,
-            rate,
-            dry_run: request.dry_run,
-            upper_seq: upper,
-            total: count,
-        },
-        OffsetDateTime::now_utc(),
-    );
-    state.jobs.create(&job).await.map_err(unavailable)?;
-    crate::commands::dlq::jobs::announce(&state.js, &state.topology, &job.id).await;
-    Ok((StatusCode::ACCEPTED, Json(job_view(&job))).into_response())
-}
-
-fn job_view(job: &JobRecord) -> JobView {
-    JobView {
-        id: job.id.clone(),
-        job: serde_json::to_value(job).unwrap_or(Value::Null),
-    }
-}
-
-/// A replay job: a tenant sees only jobs over its own entries.
-#[utoipa::path(get, path = "/v1/jobs/{job}", tag = "dlq",
-    params(("job" = String, Path, description = "job id (a UUID)")),
-    responses((status = 200, body = JobView), (status = 400, body = ApiError),
-              (status = 401, body = ApiError), (status = 404, body = ApiError),
-              (status = 503, body = ApiError)))]
-pub async fn get_job(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(job): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    let principal = authenticate(&headers, &state.operator_token, &state.keys).await?;
-    let not_found = || ApiError::not_found(format!("no job {}", crate::output::printable(&job)));
-    let found = match state.jobs.get(&job).await {
-        Ok(found) => found,
-        // Not a job id at all.
-        Err(switchyard_registry::StoreError::InvalidKey { .. }) => {
-            return Err(ApiError::bad_request("not a job id"));
-        }
-        Err(error) => return Err(unavailable(error)),
-    };
-    let Some((record, _)) = found else {
-        return Err(not_found());
-    };
-    let visible = match &principal {
-        Principal::Operator => true,
-        Principal::Tenant(own) => record.spec.selection.tenant.as_ref() == Some(own),
-    };
-    if !visible {
-        return Err(not_found());
-    }
-    Ok(Json(job_view(&record)))
-}
-
 /// A tenant's delivery log, the most recent `limit` (1 to 1000, default 100) attempts that
 /// match, oldest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts", tag = "attempts",
@@ -820,17 +601,4 @@ pub async fn status(
         .await
         .map_err(unavailable)?;
     Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
-}
-
-/// A job store over the `dlq-jobs` bucket (for `ApiState`).
-pub fn job_store(kv: async_nats::jetstream::kv::Store) -> JobStore {
-    JobStore::new(kv)
-}
-
-/// The DLQ reader of the deployment.
-pub async fn dlq_reader(state: &ApiState) -> Result<DlqReader, ApiError> {
-    let stream = crate::resources::dlq_stream(&state.js, &state.topology)
-        .await
-        .map_err(unavailable)?;
-    Ok(DlqReader::new(stream, state.topology.namespace.clone()))
 }

@@ -2,35 +2,48 @@
 //! binary next to a deployment, over the same NATS connection, records and reads as the CLI's
 //! commands (so the two always agree).
 //!
-//! Operator scope (the operator token: every tenant, `/v1/tenants`, `/v1/status`) and tenant
-//! scope (a tenant's API key with the `manage` scope: that tenant's paths only; another tenant's
-//! are `403 tenant_mismatch`, another tenant's DLQ entries and jobs `404`). The OpenAPI 3.1
-//! description is generated from the handlers ([`ApiDoc`], utoipa), served at
-//! `/openapi.json`, written by `switchyard api openapi`, and kept in `docs/openapi.json`, which
-//! a test compares with the generated one.
+//! Operator scope (the operator token: every tenant, `/v1/tenants`, `/v1/status`, `/v1/limits`,
+//! issuing keys and setting limits) and tenant scope (a tenant's API key with the `manage`
+//! scope: that tenant's paths only; another tenant's are `403 tenant_mismatch`, another
+//! tenant's DLQ entries, jobs and keys `404`). The OpenAPI 3.1 description is generated from
+//! the handlers ([`ApiDoc`], utoipa), served at `/openapi.json`, written by `switchyard api
+//! openapi`, and kept in `docs/openapi.json`, which a test compares with the generated one.
+//!
+//! Every request has a deadline (`--request-timeout-secs`, `503 timeout` past it), waits for
+//! one of [`MAX_CONCURRENT_REQUESTS`] turns, and is one line of the access log
+//! ([`middleware`]). `/healthz` and `/readyz` (NATS connected, the streams and buckets the API
+//! uses exist) answer Kubernetes probes, outside all three and without a token.
 
 pub mod auth;
+pub mod dlq;
 pub mod error;
 pub mod handlers;
+pub mod keys;
+pub mod limits;
+pub mod middleware;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use clap::Subcommand;
 use switchyard_dlq_ops::{DlqReader, JobStore};
 use switchyard_keys::{ApiKeyKey, DestinationKey, TenantKey};
 use switchyard_registry::{ApiKeyRecord, Destination, Store, TenantRecord};
 use switchyard_service::events::EventLog;
-use switchyard_topology::{BucketName, ResolvedTopology};
+use switchyard_service::probes::Readiness;
+use switchyard_topology::{BucketName, ResolvedTopology, StreamName};
 use utoipa::OpenApi;
 
-use crate::resources;
+use crate::commands::limits::LimitStores;
 use error::ApiError;
 
 /// The OpenAPI description of the management API.
@@ -38,9 +51,11 @@ use error::ApiError;
 #[openapi(
     info(
         title = "Switchyard management API",
-        description = "Tenants, destinations, the DLQ (list, show, replay jobs), the delivery \
-                       log, operational events and status. Authorization: Bearer <operator token>, or a tenant's API \
-                       key with the manage scope (its own tenant only)."
+        description = "Tenants, API keys, destinations, rate limits, the DLQ (list, show, \
+                       replay, purge, replay jobs), the delivery log, operational events and \
+                       status. Authorization: Bearer <operator token>, or a tenant's API key with \
+                       the manage scope (its own tenant only; issuing keys and setting limits \
+                       are the operator's). Every request has a deadline: past it, 503 timeout."
     ),
     paths(
         handlers::list_tenants,
@@ -50,10 +65,21 @@ use error::ApiError;
         handlers::put_destination,
         handlers::delete_destination,
         handlers::switch_destination,
-        handlers::list_dlq,
-        handlers::get_dlq_entry,
-        handlers::replay_dlq,
-        handlers::get_job,
+        keys::list_keys,
+        keys::create_key,
+        keys::revoke_key,
+        limits::get_limits,
+        limits::put_limits,
+        limits::list_limits,
+        limits::get_default_limits,
+        limits::put_default_limits,
+        dlq::list_dlq,
+        dlq::get_dlq_entry,
+        dlq::replay_dlq,
+        dlq::purge_dlq,
+        dlq::list_jobs,
+        dlq::get_job,
+        dlq::cancel_job,
         handlers::list_attempts,
         handlers::list_events,
         handlers::status,
@@ -62,12 +88,17 @@ use error::ApiError;
         ApiError,
         handlers::TenantView,
         handlers::DestinationView,
-        handlers::DlqPage,
-        handlers::JobView,
+        dlq::DlqPage,
+        dlq::JobView,
+        dlq::PurgeResult,
         handlers::AttemptsPage,
         handlers::EventsPage,
-        handlers::ReplayRequest,
+        dlq::ReplayRequest,
+        dlq::PurgeRequest,
         handlers::DisableRequest,
+        keys::CreateKeyRequest,
+        keys::ScopeName,
+        limits::LimitRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -124,7 +155,15 @@ pub struct ServeArgs {
     /// `SWITCHYARD_API_OPERATOR_TOKEN`.
     #[arg(long, value_name = "FILE")]
     pub operator_token_file: Option<PathBuf>,
+    /// The most seconds a request may take (waiting for its turn included); past it the answer
+    /// is `503 timeout`.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
 }
+
+/// The default of `--request-timeout-secs`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every handler reads.
 #[derive(Clone)]
@@ -143,8 +182,14 @@ pub struct ApiState {
     pub destinations: Store<DestinationKey, Destination>,
     /// Replay jobs.
     pub jobs: Arc<JobStore>,
+    /// Rate limits and admission states.
+    pub limits: Arc<LimitStores>,
     /// Operational events (destinations disabled and enabled through the API).
     pub events: EventLog,
+    /// What `/readyz` checks.
+    pub readiness: Readiness,
+    /// How long a request may take ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
+    pub request_timeout: Duration,
 }
 
 impl ApiState {
@@ -154,32 +199,71 @@ impl ApiState {
         topology: &ResolvedTopology,
         operator_token: &str,
     ) -> anyhow::Result<Self> {
-        let bucket = |name| resources::bucket(js, topology, name);
+        // Each bucket's name, for `/readyz`.
+        let mut names = Vec::new();
+        let mut open = async |name: BucketName| -> anyhow::Result<kv::Store> {
+            let (bucket, store) = topology.open_bucket(js, name).await?;
+            names.push(bucket);
+            Ok(store)
+        };
+        let keys = Store::new(open(BucketName::ApiKeys).await?);
+        let tenants = Store::new(open(BucketName::Tenants).await?);
+        let destinations = Store::new(open(BucketName::Destinations).await?);
+        let jobs = Arc::new(dlq::job_store(open(BucketName::DlqJobs).await?));
+        let limits = Arc::new(LimitStores::new(open(BucketName::RateLimits).await?));
+        let (dlq, _) = topology.open_stream(js, StreamName::Dlq).await?;
         Ok(Self {
             js: js.clone(),
             topology: Arc::new(topology.clone()),
             operator_token: operator_token.into(),
-            keys: Store::new(bucket(BucketName::ApiKeys).await?),
-            tenants: Store::new(bucket(BucketName::Tenants).await?),
-            destinations: Store::new(bucket(BucketName::Destinations).await?),
-            jobs: Arc::new(handlers::job_store(bucket(BucketName::DlqJobs).await?)),
+            keys,
+            tenants,
+            destinations,
+            jobs,
+            limits,
             events: EventLog::new(js.clone(), topology.namespace.clone(), "api"),
+            readiness: Readiness {
+                client: js.client(),
+                js: js.clone(),
+                streams: vec![dlq],
+                buckets: names,
+            },
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         })
     }
 
     /// The DLQ reader.
     pub async fn dlq(&self) -> Result<DlqReader, ApiError> {
-        handlers::dlq_reader(self).await
+        dlq::dlq_reader(self).await
     }
 }
 
-/// The API's routes.
+/// The API's routes, each behind the access log, the request deadline and the shared
+/// concurrency limit; then the probes, outside them.
 pub fn router(state: ApiState) -> Router {
     use handlers::*;
-    Router::new()
+    let timeout = state.request_timeout;
+    let api = Router::new()
         .route("/openapi.json", get(|| async { openapi_json() }))
         .route("/v1/tenants", get(list_tenants))
         .route("/v1/tenants/{tenant}", get(get_tenant))
+        .route(
+            "/v1/tenants/{tenant}/keys",
+            get(keys::list_keys).post(keys::create_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/revoke",
+            post(keys::revoke_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/limits",
+            get(limits::get_limits).put(limits::put_limits),
+        )
+        .route("/v1/limits", get(limits::list_limits))
+        .route(
+            "/v1/limits/_default",
+            get(limits::get_default_limits).put(limits::put_default_limits),
+        )
         .route("/v1/tenants/{tenant}/destinations", get(list_destinations))
         .route(
             "/v1/tenants/{tenant}/destinations/{destination}",
@@ -191,19 +275,43 @@ pub fn router(state: ApiState) -> Router {
             "/v1/tenants/{tenant}/destinations/{destination}/{action}",
             post(switch_destination),
         )
-        .route("/v1/tenants/{tenant}/dlq", get(list_dlq))
-        .route("/v1/tenants/{tenant}/dlq/replay", post(replay_dlq))
-        .route("/v1/tenants/{tenant}/dlq/{seq}", get(get_dlq_entry))
+        .route("/v1/tenants/{tenant}/dlq", get(dlq::list_dlq))
+        .route("/v1/tenants/{tenant}/dlq/replay", post(dlq::replay_dlq))
+        .route("/v1/tenants/{tenant}/dlq/purge", post(dlq::purge_dlq))
+        .route("/v1/tenants/{tenant}/dlq/{seq}", get(dlq::get_dlq_entry))
         .route("/v1/tenants/{tenant}/attempts", get(list_attempts))
         .route("/v1/tenants/{tenant}/events", get(list_events))
-        .route("/v1/jobs/{job}", get(get_job))
+        .route("/v1/jobs", get(dlq::list_jobs))
+        .route("/v1/jobs/{job}", get(dlq::get_job))
+        .route("/v1/jobs/{job}/cancel", post(dlq::cancel_job))
         .route("/v1/status", get(status))
         .fallback(|| async { ApiError::not_found("no such path") })
         .layer(axum::middleware::map_response(error::json_errors))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
+        // One limit for the whole API (a `ConcurrencyLimitLayer` would give each route its own).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            timeout,
+            middleware::deadline,
+        ))
+        .layer(axum::middleware::from_fn(middleware::access_log));
+    let probes = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    api.merge(probes).with_state(state)
+}
+
+/// `/readyz`: `200` when NATS is connected and the DLQ stream and the API's buckets exist,
+/// `503` with the reason otherwise.
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
+    match state.readiness.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
 }
 
 /// Requests handled at once; more wait their turn.
@@ -245,7 +353,8 @@ pub async fn run(
         ApiCommand::Openapi => Ok(openapi_json_command()),
         ApiCommand::Serve(serve) => {
             let token = operator_token(serve)?;
-            let state = ApiState::open(js, topology, &token).await?;
+            let mut state = ApiState::open(js, topology, &token).await?;
+            state.request_timeout = Duration::from_secs(serve.request_timeout_secs);
             let listener = tokio::net::TcpListener::bind(serve.listen)
                 .await
                 .with_context(|| format!("listening on {}", serve.listen))?;
@@ -253,10 +362,10 @@ pub async fn run(
                 "management API on http://{} (OpenAPI: /openapi.json)",
                 listener.local_addr().unwrap_or(serve.listen)
             );
+            // SIGTERM or Ctrl-C: stop accepting, finish the requests in flight.
+            let stop = switchyard_service::shutdown::on_signal();
             axum::serve(listener, router(state))
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
+                .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
                 .context("serving the management API")?;
             Ok(ExitCode::SUCCESS)

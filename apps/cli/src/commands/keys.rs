@@ -1,7 +1,8 @@
 //! `switchyard keys create|ls|revoke`: the API keys HTTP producers authenticate with, one or
 //! more per tenant, kept hashed in the `api-keys` bucket (`libs/registry/src/api_key.rs`).
 //! Ingress watches the bucket, so a new or revoked key applies within a second. The key itself
-//! is shown once, by `create`; nothing can show it again.
+//! is shown once, by `create`; nothing can show it again. The management API issues, lists and
+//! revokes keys through the same functions ([`new_key`], [`tenant_keys`], [`revoke`]).
 
 use anstream::{print, println};
 use std::process::ExitCode;
@@ -11,7 +12,10 @@ use async_nats::jetstream;
 use clap::Subcommand;
 use serde::Serialize;
 use switchyard_keys::{ApiKeyKey, TenantId, TenantKey};
-use switchyard_registry::{ApiKeyRecord, Store, TenantRecord, api_key};
+use switchyard_registry::api_key::IssuedKey;
+use switchyard_registry::{
+    ApiKeyRecord, ApiScope, Changed, Store, StoreError, TenantRecord, api_key,
+};
 use switchyard_topology::{BucketName, ResolvedTopology};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -82,13 +86,15 @@ pub struct RevokeArgs {
     pub id: String,
 }
 
-/// A key as `keys ls --json` prints it: everything but its hash.
+/// A key as `keys ls --json` (and the management API) shows it: everything but its hash.
+/// `{"id", "status": "active"|"expired"|"revoked", "tenant", "scopes", "label", "created_at",
+/// "expires_at", "revoked_at"}`, times as RFC 3339 or `-`.
 #[derive(Debug, Serialize)]
-struct KeyView<'a> {
+pub struct KeyView<'a> {
     id: &'a str,
     status: &'static str,
     tenant: &'a TenantId,
-    scopes: &'a [switchyard_registry::ApiScope],
+    scopes: &'a [ApiScope],
     label: Option<&'a str>,
     created_at: String,
     expires_at: String,
@@ -96,7 +102,8 @@ struct KeyView<'a> {
 }
 
 impl<'a> KeyView<'a> {
-    fn new(id: &'a str, record: &'a ApiKeyRecord, now: OffsetDateTime) -> Self {
+    /// The view of key `id` at `now`.
+    pub fn new(id: &'a str, record: &'a ApiKeyRecord, now: OffsetDateTime) -> Self {
         Self {
             id,
             status: status(record, now),
@@ -106,6 +113,28 @@ impl<'a> KeyView<'a> {
             created_at: shown(Some(record.created_at)),
             expires_at: shown(record.expires_at),
             revoked_at: shown(record.revoked_at),
+        }
+    }
+}
+
+/// What `keys create --json` (and the management API's `201`) shows of a new key, the key
+/// itself included, once: `{"id", "tenant", "key": "sy_…", "expires_at"}`.
+#[derive(Debug, Serialize)]
+pub struct CreatedView<'a> {
+    expires_at: String,
+    id: &'a str,
+    key: &'a str,
+    tenant: &'a TenantId,
+}
+
+impl<'a> CreatedView<'a> {
+    /// The view of a key just issued.
+    pub fn new(issued: &'a IssuedKey) -> Self {
+        Self {
+            expires_at: shown(issued.record.expires_at),
+            id: &issued.id.id,
+            key: &issued.token,
+            tenant: &issued.record.tenant,
         }
     }
 }
@@ -124,6 +153,93 @@ fn shown(at: Option<OffsetDateTime>) -> String {
     at.and_then(|at| at.format(&Rfc3339).ok())
         .unwrap_or_else(|| "-".to_owned())
 }
+
+/// A new key for `tenant` (not stored yet): expiring `expires_in_days` from `now` if given,
+/// with `scopes` (duplicates dropped; none: `publish`). The tenant must be registered: the
+/// caller checks.
+///
+/// Errors: [`api_key::ApiKeyError::Random`] when the system has no randomness to give.
+pub fn new_key(
+    tenant: TenantId,
+    expires_in_days: Option<u32>,
+    label: Option<String>,
+    scopes: &[ApiScope],
+    now: OffsetDateTime,
+) -> Result<IssuedKey, api_key::ApiKeyError> {
+    let expires_at = expires_in_days.map(|days| now + time::Duration::days(i64::from(days)));
+    let mut issued = api_key::issue(tenant, expires_at, label, now)?;
+    if !scopes.is_empty() {
+        issued.record.scopes.clear();
+        for scope in scopes {
+            if !issued.record.scopes.contains(scope) {
+                issued.record.scopes.push(*scope);
+            }
+        }
+    }
+    Ok(issued)
+}
+
+/// `tenant`'s keys (id and record), oldest first; unreadable records are left out.
+///
+/// Errors: the bucket's listing failed.
+pub async fn tenant_keys(
+    keys: &Store<ApiKeyKey, ApiKeyRecord>,
+    tenant: &TenantId,
+) -> Result<Vec<(String, ApiKeyRecord)>, StoreError> {
+    let mut rows: Vec<(String, ApiKeyRecord)> = keys
+        .list(">")
+        .await?
+        .into_iter()
+        .filter_map(|(key, record)| Some((key.id, record.ok()?)))
+        .filter(|(_, record)| &record.tenant == tenant)
+        .collect();
+    rows.sort_by_key(|(_, record)| record.created_at);
+    Ok(rows)
+}
+
+/// What [`revoke`] did.
+#[derive(Debug)]
+pub enum Revoked {
+    /// The key is revoked (now, or already before: its first revocation time is kept).
+    Revoked(ApiKeyRecord),
+    /// The tenant has no such key (an id of another tenant's key included).
+    NoSuchKey,
+    /// The record kept changing under the compare-and-set; nothing was written.
+    KeptChanging,
+}
+
+/// Revokes `tenant`'s key `id` at `now`, by compare-and-set.
+///
+/// Errors: a read or write of the bucket failed.
+pub async fn revoke(
+    keys: &Store<ApiKeyKey, ApiKeyRecord>,
+    tenant: &TenantId,
+    id: &ApiKeyKey,
+    now: OffsetDateTime,
+) -> Result<Revoked, StoreError> {
+    let changed = keys
+        .change(id, REVOKE_TRIES, |stored| {
+            Ok::<_, StoreError>(match stored {
+                Some(record) if &record.tenant == tenant && record.revoked_at.is_none() => {
+                    Some(ApiKeyRecord {
+                        revoked_at: Some(now),
+                        ..record.clone()
+                    })
+                }
+                _ => None,
+            })
+        })
+        .await?;
+    Ok(match changed {
+        Changed::Stored(record, _) => Revoked::Revoked(record),
+        Changed::Unchanged(Some(record)) if &record.tenant == tenant => Revoked::Revoked(record),
+        Changed::Unchanged(_) => Revoked::NoSuchKey,
+        Changed::Conflicts => Revoked::KeptChanging,
+    })
+}
+
+/// Compare-and-set rounds of [`revoke`].
+const REVOKE_TRIES: usize = 10;
 
 /// Runs a `keys` command.
 pub async fn run(
@@ -149,47 +265,29 @@ pub async fn run(
                     args.tenant
                 );
             }
-            let expires_at = args
-                .expires_in_days
-                .map(|days| now + time::Duration::days(i64::from(days)));
-            let mut issued =
-                api_key::issue(args.tenant.clone(), expires_at, args.label.clone(), now)
-                    .context("issuing a key")?;
-            if !args.scopes.is_empty() {
-                issued.record.scopes.clear();
-                for scope in &args.scopes {
-                    if !issued.record.scopes.contains(scope) {
-                        issued.record.scopes.push(*scope);
-                    }
-                }
-            }
+            let issued = new_key(
+                args.tenant.clone(),
+                args.expires_in_days,
+                args.label.clone(),
+                &args.scopes,
+                now,
+            )
+            .context("issuing a key")?;
             keys.put(&issued.id, &issued.record).await?;
             if out.is_json() {
-                out.json(&serde_json::json!({
-                    "id": issued.id.id,
-                    "tenant": args.tenant,
-                    "key": issued.token,
-                    "expires_at": shown(expires_at),
-                }))?;
+                out.json(&CreatedView::new(&issued))?;
             } else {
                 println!("{}", issued.token);
                 eprintln!(
                     "key {} for tenant {} (expires: {}); shown once: store it now",
                     issued.id.id,
                     args.tenant,
-                    shown(expires_at)
+                    shown(issued.record.expires_at)
                 );
             }
         }
         KeysCommand::Ls(args) => {
-            let mut rows: Vec<(String, ApiKeyRecord)> = keys
-                .list(">")
-                .await?
-                .into_iter()
-                .filter_map(|(key, record)| Some((key.id, record.ok()?)))
-                .filter(|(_, record)| record.tenant == args.tenant)
-                .collect();
-            rows.sort_by_key(|(_, record)| record.created_at);
+            let rows = tenant_keys(&keys, &args.tenant).await?;
             if out.is_json() {
                 let views: Vec<KeyView> = rows
                     .iter()
@@ -214,16 +312,15 @@ pub async fn run(
         }
         KeysCommand::Revoke(args) => {
             let id = ApiKeyKey::new(args.id.clone()).context("key id")?;
-            let Some(mut record) = keys.get(&id).await? else {
-                anyhow::bail!("tenant {} has no key {}", args.tenant, args.id);
+            let record = match revoke(&keys, &args.tenant, &id, now).await? {
+                Revoked::Revoked(record) => record,
+                Revoked::NoSuchKey => {
+                    anyhow::bail!("tenant {} has no key {}", args.tenant, args.id)
+                }
+                Revoked::KeptChanging => {
+                    anyhow::bail!("key {} kept changing; try again", args.id)
+                }
             };
-            if record.tenant != args.tenant {
-                anyhow::bail!("tenant {} has no key {}", args.tenant, args.id);
-            }
-            if record.revoked_at.is_none() {
-                record.revoked_at = Some(now);
-                keys.put(&id, &record).await?;
-            }
             if out.is_json() {
                 out.json(&KeyView::new(&id.id, &record, now))?;
             } else {

@@ -1,5 +1,7 @@
 //! `switchyard limits set|get|ls`: per-tenant rate limits in the `rate-limits` bucket. Every
-//! backpressure replica watches them, so a change applies within a second, no restart.
+//! backpressure replica watches them, so a change applies within a second, no restart. The
+//! management API reads and writes limits through the same functions ([`in_force`], [`set`],
+//! [`list`]).
 
 use anstream::{print, println};
 use std::process::ExitCode;
@@ -9,7 +11,9 @@ use async_nats::jetstream;
 use clap::Subcommand;
 use serde::Serialize;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{LimitRecord, LimitSource, PressureRecord, Store, limit_lookup};
+use switchyard_registry::{
+    LimitRecord, LimitSource, PressureRecord, Store, StoreError, limit_lookup,
+};
 use switchyard_topology::{BucketName, ResolvedTopology};
 
 use crate::output::{Output, Table};
@@ -70,20 +74,174 @@ fn scope(raw: &str) -> anyhow::Result<RateScope> {
     }
 }
 
-fn scope_name(scope: &RateScope) -> String {
+/// `_default`, or the tenant id.
+pub fn scope_name(scope: &RateScope) -> String {
     match scope {
         RateScope::Default => "_default".to_owned(),
         RateScope::Tenant(t) => t.to_string(),
     }
 }
 
-/// One row of `limits ls --json`.
+/// A limit as `limits get|ls|set --json` (and the management API) show it:
+/// `{"tenant", "rate_per_sec", "burst", "backlog_high"?, "backlog_low"?, "admission"}`.
 #[derive(Debug, Serialize)]
-struct LimitView {
-    tenant: String,
+pub struct LimitView {
+    /// The tenant, or `_default`.
+    pub tenant: String,
+    /// The limit.
     #[serde(flatten)]
-    limit: LimitRecord,
-    admission: Option<PressureRecord>,
+    pub limit: LimitRecord,
+    /// The tenant's admission state, when the backpressure service wrote one.
+    pub admission: Option<PressureRecord>,
+}
+
+/// The two record kinds of the `rate-limits` bucket.
+pub struct LimitStores {
+    /// `<tenant>.limit`, `_default.limit`.
+    pub limits: Store<RateKey, LimitRecord>,
+    /// `<tenant>.pressure`.
+    pub pressure: Store<RateKey, PressureRecord>,
+}
+
+impl LimitStores {
+    /// Both over the `rate-limits` bucket.
+    pub fn new(bucket: async_nats::jetstream::kv::Store) -> Self {
+        Self {
+            limits: Store::new(bucket.clone()),
+            pressure: Store::new(bucket),
+        }
+    }
+
+    /// The admission state of `scope` (none for `_default`).
+    ///
+    /// Errors: the read failed.
+    async fn admission(&self, scope: &RateScope) -> Result<Option<PressureRecord>, StoreError> {
+        match scope {
+            RateScope::Tenant(_) => {
+                self.pressure
+                    .get(&RateKey {
+                        scope: scope.clone(),
+                        record: RateRecord::Pressure,
+                    })
+                    .await
+            }
+            RateScope::Default => Ok(None),
+        }
+    }
+}
+
+/// The record `limits set` writes: `burst` defaults to one second's worth of `rate`.
+///
+/// Errors: the values are not a valid limit (the reason).
+pub fn limit_record(
+    rate: f64,
+    burst: Option<u32>,
+    backlog_high: Option<u64>,
+    backlog_low: Option<u64>,
+) -> Result<LimitRecord, String> {
+    let record = LimitRecord {
+        rate_per_sec: rate,
+        burst: burst.unwrap_or_else(|| rate.ceil().max(1.0) as u32),
+        backlog_high,
+        backlog_low,
+    };
+    record.validate()?;
+    Ok(record)
+}
+
+/// Writes `scope`'s limit (every backpressure replica applies it within a second); returns
+/// the bucket's revision.
+///
+/// Errors: the write failed.
+pub async fn set(
+    stores: &LimitStores,
+    scope: &RateScope,
+    record: &LimitRecord,
+) -> Result<u64, StoreError> {
+    let key = RateKey {
+        scope: scope.clone(),
+        record: RateRecord::Limit,
+    };
+    stores.limits.put(&key, record).await
+}
+
+/// A limit found by [`in_force`].
+#[derive(Debug)]
+pub struct Found {
+    /// The limit and the admission state (`tenant` is the scope asked about).
+    pub view: LimitView,
+    /// Where the limit comes from: the tenant, or `_default`.
+    pub from: String,
+}
+
+/// What [`in_force`] found.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The limit the backpressure service applies; `None` when neither the tenant nor
+    /// `_default` holds a valid record (the service's built-in default applies).
+    pub found: Option<Found>,
+    /// Records looked at and ignored because they are invalid: (key, why).
+    pub ignored: Vec<(String, String)>,
+}
+
+/// The limit in force for `scope`, in the service's lookup order: the tenant's own valid
+/// record, then `_default`.
+///
+/// Errors: a read failed.
+pub async fn in_force(stores: &LimitStores, scope: &RateScope) -> Result<Lookup, StoreError> {
+    let lookup = match scope {
+        RateScope::Tenant(tenant) => limit_lookup(tenant).to_vec(),
+        RateScope::Default => vec![(
+            RateKey {
+                scope: RateScope::Default,
+                record: RateRecord::Limit,
+            },
+            LimitSource::Default,
+        )],
+    };
+    let mut ignored = Vec::new();
+    for (key, source) in lookup {
+        let Some(record) = stores.limits.get(&key).await? else {
+            continue;
+        };
+        if let Err(why) = record.validate() {
+            ignored.push((key.render(), why));
+            continue;
+        }
+        let from = match source {
+            LimitSource::Tenant => scope_name(scope),
+            _ => "_default".to_owned(),
+        };
+        let view = LimitView {
+            tenant: scope_name(scope),
+            limit: record,
+            admission: stores.admission(scope).await?,
+        };
+        return Ok(Lookup {
+            found: Some(Found { view, from }),
+            ignored,
+        });
+    }
+    Ok(Lookup {
+        found: None,
+        ignored,
+    })
+}
+
+/// Every limit record with each tenant's admission state (unreadable records left out).
+///
+/// Errors: a read failed.
+pub async fn list(stores: &LimitStores) -> Result<Vec<LimitView>, StoreError> {
+    let mut views = Vec::new();
+    for (key, record) in stores.limits.list(RateRecord::Limit.filter()).await? {
+        let Ok(limit) = record else { continue };
+        views.push(LimitView {
+            tenant: scope_name(&key.scope),
+            admission: stores.admission(&key.scope).await?,
+            limit,
+        });
+    }
+    Ok(views)
 }
 
 fn thresholds(limit: &LimitRecord) -> String {
@@ -100,26 +258,13 @@ pub async fn run(
     args: &LimitsArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let bucket = resources::bucket(js, topology, BucketName::RateLimits).await?;
-    let limits: Store<RateKey, LimitRecord> = Store::new(bucket.clone());
-    let pressure: Store<RateKey, PressureRecord> = Store::new(bucket);
+    let stores = LimitStores::new(resources::bucket(js, topology, BucketName::RateLimits).await?);
     match &args.command {
         LimitsCommand::Set(set) => {
             let scope = scope(&set.tenant)?;
-            let record = LimitRecord {
-                rate_per_sec: set.rate,
-                burst: set.burst.unwrap_or_else(|| set.rate.ceil().max(1.0) as u32),
-                backlog_high: set.backlog_high,
-                backlog_low: set.backlog_low,
-            };
-            record
-                .validate()
+            let record = limit_record(set.rate, set.burst, set.backlog_high, set.backlog_low)
                 .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
-            let key = RateKey {
-                scope: scope.clone(),
-                record: RateRecord::Limit,
-            };
-            let revision = limits.put(&key, &record).await?;
+            let revision = self::set(&stores, &scope, &record).await?;
             if out.is_json() {
                 out.json(&LimitView {
                     tenant: scope_name(&scope),
@@ -138,67 +283,28 @@ pub async fn run(
         }
         LimitsCommand::Get(arg) => {
             let scope = scope(&arg.tenant)?;
-            // The service's lookup order: the tenant's own valid record, then `_default`.
-            let lookup = match &scope {
-                RateScope::Tenant(tenant) => limit_lookup(tenant).to_vec(),
-                RateScope::Default => vec![(
-                    RateKey {
-                        scope: RateScope::Default,
-                        record: RateRecord::Limit,
-                    },
-                    LimitSource::Default,
-                )],
-            };
-            let mut limit = None;
-            let mut from = String::new();
-            for (key, source) in lookup {
-                match limits.get(&key).await? {
-                    Some(record) if record.validate().is_ok() => {
-                        limit = Some(record);
-                        from = match source {
-                            LimitSource::Tenant => scope_name(&scope),
-                            _ => "_default".to_owned(),
-                        };
-                        break;
-                    }
-                    Some(record) => eprintln!(
-                        "warning: the limit at {} is invalid and ignored by the service: {}",
-                        key.render(),
-                        record.validate().err().unwrap_or_default()
-                    ),
-                    None => {}
-                }
+            let lookup = in_force(&stores, &scope).await?;
+            for (key, why) in &lookup.ignored {
+                eprintln!(
+                    "warning: the limit at {key} is invalid and ignored by the service: {why}"
+                );
             }
-            let admission = match &scope {
-                RateScope::Tenant(_) => {
-                    pressure
-                        .get(&RateKey {
-                            scope: scope.clone(),
-                            record: RateRecord::Pressure,
-                        })
-                        .await?
-                }
-                RateScope::Default => None,
-            };
-            let Some(limit) = limit else {
+            let Some(Found { view, from }) = lookup.found else {
                 anyhow::bail!(
                     "no limit for {} and no _default: the backpressure service's built-in default applies",
                     arg.tenant
                 );
             };
             if out.is_json() {
-                out.json(&LimitView {
-                    tenant: scope_name(&scope),
-                    limit,
-                    admission,
-                })?;
+                out.json(&view)?;
             } else {
-                println!("tenant     {}", scope_name(&scope));
+                let limit = &view.limit;
+                println!("tenant     {}", view.tenant);
                 println!("limit from {from}");
                 println!("rate       {}/s", limit.rate_per_sec);
                 println!("burst      {}", limit.burst);
-                println!("backlog    {} (close/reopen)", thresholds(&limit));
-                if let Some(p) = admission {
+                println!("backlog    {} (close/reopen)", thresholds(limit));
+                if let Some(p) = &view.admission {
                     println!(
                         "admission  {:?} (backlog {} at {})",
                         p.admission, p.backlog, p.updated_at
@@ -207,26 +313,7 @@ pub async fn run(
             }
         }
         LimitsCommand::Ls => {
-            let mut views = Vec::new();
-            for (key, record) in limits.list(RateRecord::Limit.filter()).await? {
-                let Ok(limit) = record else { continue };
-                let admission = match &key.scope {
-                    RateScope::Tenant(_) => {
-                        pressure
-                            .get(&RateKey {
-                                scope: key.scope.clone(),
-                                record: RateRecord::Pressure,
-                            })
-                            .await?
-                    }
-                    RateScope::Default => None,
-                };
-                views.push(LimitView {
-                    tenant: scope_name(&key.scope),
-                    limit,
-                    admission,
-                });
-            }
+            let views = list(&stores).await?;
             if out.is_json() {
                 out.json(&views)?;
             } else if views.is_empty() {

@@ -4,7 +4,8 @@
 //! `submit` writes a [`JobRecord`] to the `dlq-jobs` bucket (the selection, target stage, rate,
 //! dry run, the entries it covers) and announces it on `control.v1.dlq.replay` so a running
 //! dlq service starts it at once; `jobs` lists, shows, follows (a progress bar on a terminal,
-//! a line per second otherwise) and cancels them. The CLI never replays a job's entries itself.
+//! a line per second otherwise) and cancels them ([`cancel_job`], shared with the management
+//! API). The CLI never replays a job's entries itself.
 
 use anstream::{print, println};
 use std::process::ExitCode;
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobState, JobStore, Selection, Written};
+use switchyard_dlq_ops::{
+    DlqReader, JobRecord, JobSpec, JobState, JobStore, Selection, StoreError, Written,
+};
 use switchyard_subjects::{ControlCommand, ControlSubject, SubjectKind};
 use switchyard_topology::{BucketName, ResolvedTopology};
 use time::OffsetDateTime;
@@ -310,20 +313,58 @@ fn render(job: &JobRecord) -> String {
     fields(&pairs)
 }
 
-async fn cancel(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<ExitCode> {
-    for _ in 0..10 {
-        let (mut job, revision) = store
-            .get(id)
-            .await?
-            .with_context(|| format!("no replay job {id}"))?;
+/// What [`cancel_job`] did.
+#[derive(Debug)]
+pub enum Cancelled {
+    /// The job is cancelled now: entries already replayed stay replayed, the rest stay in the
+    /// DLQ.
+    Cancelled(JobRecord),
+    /// The job had finished already (done, failed or cancelled): nothing changed.
+    Finished(JobRecord),
+    /// There is no such job.
+    NoSuchJob,
+    /// The job kept changing under the compare-and-set (its runner records progress); nothing
+    /// changed.
+    KeptChanging,
+}
+
+/// Cancels job `id` by compare-and-set; the dlq service running it stops at its next step.
+/// `allowed` sees the stored job first and may refuse (`false`: [`Cancelled::NoSuchJob`], as
+/// for a job the caller may not see).
+///
+/// Errors: a read or write of the `dlq-jobs` bucket failed, or `id` is not a job id.
+pub async fn cancel_job(
+    store: &JobStore,
+    id: &str,
+    allowed: impl Fn(&JobRecord) -> bool,
+) -> Result<Cancelled, StoreError> {
+    for _ in 0..CANCEL_TRIES {
+        let Some((mut job, revision)) = store.get(id).await? else {
+            return Ok(Cancelled::NoSuchJob);
+        };
+        if !allowed(&job) {
+            return Ok(Cancelled::NoSuchJob);
+        }
         if job.state.is_finished() {
-            anyhow::bail!("job {id} is already {}", job.state);
+            return Ok(Cancelled::Finished(job));
         }
         let now = OffsetDateTime::now_utc();
         job.state = JobState::Cancelled;
         job.finished_at = Some(now);
         job.updated_at = now;
         if let Written::Stored(_) = store.update(&job, revision).await? {
+            return Ok(Cancelled::Cancelled(job));
+        }
+    }
+    Ok(Cancelled::KeptChanging)
+}
+
+/// Compare-and-set rounds of [`cancel_job`].
+const CANCEL_TRIES: usize = 10;
+
+async fn cancel(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<ExitCode> {
+    match cancel_job(store, id, |_| true).await? {
+        Cancelled::Cancelled(job) => {
             if out.is_json() {
                 out.json(&job)?;
             } else {
@@ -332,10 +373,12 @@ async fn cancel(store: &JobStore, id: &str, out: &Output) -> anyhow::Result<Exit
                     job.progress.replayed
                 );
             }
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
+        Cancelled::Finished(job) => anyhow::bail!("job {id} is already {}", job.state),
+        Cancelled::NoSuchJob => anyhow::bail!("no replay job {id}"),
+        Cancelled::KeptChanging => anyhow::bail!("job {id} keeps changing; try again"),
     }
-    anyhow::bail!("job {id} keeps changing; try again")
 }
 
 /// The progress of a job in words: `2500/5000 50%  replayed 2500  kept 0  498/s  eta 5s` (the

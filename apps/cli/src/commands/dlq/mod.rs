@@ -12,7 +12,7 @@ mod export;
 mod import;
 pub mod jobs;
 mod ls;
-mod purge;
+pub mod purge;
 mod read;
 mod replay;
 mod show;

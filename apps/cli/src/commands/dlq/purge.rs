@@ -1,10 +1,11 @@
 //! `switchyard dlq purge`: delete exactly the selected entries, one sequence at a time (so an
-//! entry stored after the confirmation is never swept away with them).
+//! entry stored after the confirmation is never swept away with them). The management API's
+//! purge deletes through the same [`delete`].
 
 use anstream::println;
 use std::process::ExitCode;
 
-use async_nats::jetstream::stream::DeleteMessageErrorKind;
+use async_nats::jetstream::stream::{DeleteMessageErrorKind, Stream};
 use serde::Serialize;
 use switchyard_dlq_ops::DlqReader;
 
@@ -82,18 +83,21 @@ async fn selected(
     Ok(Some(seqs))
 }
 
-/// Runs `dlq purge`.
-pub async fn run(reader: &DlqReader, args: &PurgeArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let target = Target::new(&args.seqs, &args.filters, &args.times, args.all)?;
-    let stream = reader.stream();
-    let seqs = selected(reader, target, args.yes, out)
-        .await?
-        .unwrap_or_default();
+/// Deletes exactly `seqs` from the DLQ stream, one sequence at a time (so an entry stored
+/// since they were selected is never swept away with them), calling `each` after every one.
+/// A sequence the stream does not hold (any more) goes to [`PurgeReport::not_found`].
+///
+/// Errors: a delete failed for another reason than a missing sequence; the entries before it
+/// are deleted (the message says how many).
+pub async fn delete(
+    stream: &Stream,
+    seqs: &[u64],
+    mut each: impl FnMut(),
+) -> anyhow::Result<PurgeReport> {
     let mut report = PurgeReport::default();
-    let progress = Progress::bar(out, seqs.len() as u64, "deleting");
-    for seq in seqs {
+    for &seq in seqs {
         let deleted = stream.delete_message(seq).await;
-        progress.inc(1);
+        each();
         match deleted {
             Ok(true) => report.removed.push(seq),
             Ok(false) => report.not_found.push(seq),
@@ -109,6 +113,17 @@ pub async fn run(reader: &DlqReader, args: &PurgeArgs, out: &Output) -> anyhow::
             }
         }
     }
+    Ok(report)
+}
+
+/// Runs `dlq purge`.
+pub async fn run(reader: &DlqReader, args: &PurgeArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let target = Target::new(&args.seqs, &args.filters, &args.times, args.all)?;
+    let seqs = selected(reader, target, args.yes, out)
+        .await?
+        .unwrap_or_default();
+    let progress = Progress::bar(out, seqs.len() as u64, "deleting");
+    let report = delete(reader.stream(), &seqs, || progress.inc(1)).await?;
     progress.finish();
     if out.is_json() {
         out.json(&report)?;

@@ -1,0 +1,500 @@
+//! The management API's DLQ and replay-job endpoints: list, show, replay (a durable job run by
+//! the dlq service), purge, and the jobs (list, show, cancel). They select through dlq-ops's
+//! [`Selection`] and [`DlqReader`] (never consuming), delete through the CLI's
+//! [`purge::delete`] and cancel through its [`jobs::cancel_job`], so the API and `switchyard
+//! dlq` agree. A tenant's key reaches its own entries and jobs only: another tenant's are
+//! `404`, as if they did not exist.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchyard_dlq_ops::{DlqReader, JobRecord, JobSpec, JobStore, Selection, StoreError};
+use switchyard_keys::TenantId;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::Principal;
+use super::error::ApiError;
+use super::handlers::{
+    MAX_LISTED, MAX_PAGE, anyhow_unavailable, caller_for, copy_of, number, principal, unavailable,
+};
+use crate::commands::dlq::{jobs, purge};
+
+/// A page of DLQ entries, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DlqPage {
+    /// The entries (the JSON of `switchyard dlq show --json`).
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<Value>,
+    /// Whether more entries matched than the page holds.
+    pub truncated: bool,
+}
+
+/// A replay job (the record in `dlq-jobs`, as `switchyard dlq jobs --json` shows it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    /// The job id.
+    pub id: String,
+    /// The whole record: spec, state, progress.
+    #[schema(value_type = Object)]
+    pub job: Value,
+}
+
+/// What `POST …/dlq/replay` replays: listed sequences, or filters within the tenant.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Exactly these DLQ sequences (of this tenant); not with filters.
+    #[serde(default)]
+    pub seqs: Vec<u64>,
+    /// Only entries with this code (`retries_exhausted`, …).
+    pub code: Option<String>,
+    /// Only one destination's copies (a destination id, or `_route`).
+    pub destination: Option<String>,
+    /// Replays per second (default 100, 1 to 10 000).
+    pub rate: Option<u32>,
+    /// Only plan: publish nothing, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What `POST …/dlq/purge` deletes: listed sequences, or filters within the tenant (none: every
+/// entry of the tenant). Nothing is deleted without `confirm`, the number of entries the
+/// caller expects to delete (what a dry run reported as `matched`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Exactly these DLQ sequences (of this tenant); not with filters.
+    #[serde(default)]
+    pub seqs: Vec<u64>,
+    /// Only entries with this code (`retries_exhausted`, …).
+    pub code: Option<String>,
+    /// Only one destination's copies (a destination id, or `_route`).
+    pub destination: Option<String>,
+    /// Only report what would be deleted: `matched` and `selected`.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Required unless `dry_run`: how many entries the selection matches. When it matches
+    /// another number now, nothing is deleted (`409 count_mismatch`).
+    pub confirm: Option<u64>,
+}
+
+/// What a purge deleted (or, in a dry run, would delete).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PurgeResult {
+    /// Whether this was a dry run (nothing deleted).
+    pub dry_run: bool,
+    /// How many of the tenant's entries the selection matched.
+    pub matched: u64,
+    /// Their sequences, oldest first.
+    pub selected: Vec<u64>,
+    /// Sequences deleted (empty in a dry run).
+    pub removed: Vec<u64>,
+    /// Selected sequences that were gone when deleted, and listed sequences that are not the
+    /// tenant's entries.
+    pub not_found: Vec<u64>,
+}
+
+/// The selection of a tenant's DLQ entries from `code` and `destination` (query parameters or
+/// body fields).
+fn dlq_selection(
+    tenant: &TenantId,
+    code: Option<&String>,
+    destination: Option<&String>,
+) -> Result<Selection, ApiError> {
+    Ok(Selection {
+        tenant: Some(tenant.clone()),
+        code: code
+            .map(|c| crate::parse::dlq_code(c))
+            .transpose()
+            .map_err(ApiError::bad_request)?,
+        destination: copy_of(destination)?,
+        ..Selection::default()
+    })
+}
+
+/// The tenant's entries a request selects: sequences stored now, oldest first.
+struct Matched {
+    /// Their sequences.
+    seqs: Vec<u64>,
+    /// Listed sequences that are not among them.
+    unlisted: Vec<u64>,
+}
+
+/// Reads which of `tenant`'s entries match `filter` and, when `listed` is not empty, are
+/// listed; stops after `cap` matches (so a caller can tell "more than `cap - 1`"). Only
+/// readable records of the tenant count: what the listing shows is what a replay or purge
+/// reaches.
+async fn matching(
+    reader: &DlqReader,
+    tenant: &TenantId,
+    filter: &Selection,
+    listed: &[u64],
+    cap: usize,
+) -> Result<Matched, ApiError> {
+    let wanted: HashSet<u64> = listed.iter().copied().collect();
+    let mut seqs = Vec::new();
+    let mut read = reader.select(filter);
+    while let Some((_, delivered)) = read.next().await.map_err(unavailable)? {
+        if let Ok(entry) = &delivered.entry
+            && entry.record.tenant.as_ref() == Some(tenant)
+            && filter.matches(entry)
+            && (wanted.is_empty() || wanted.contains(&entry.seq))
+        {
+            seqs.push(entry.seq);
+            if seqs.len() >= cap {
+                break;
+            }
+        }
+    }
+    let found: HashSet<u64> = seqs.iter().copied().collect();
+    let mut unlisted: Vec<u64> = wanted.difference(&found).copied().collect();
+    unlisted.sort_unstable();
+    Ok(Matched { seqs, unlisted })
+}
+
+/// Listed sequences or filters, not both, and not too many.
+fn check_listed(
+    seqs: &[u64],
+    code: Option<&String>,
+    destination: Option<&String>,
+) -> Result<(), ApiError> {
+    if !seqs.is_empty() && (code.is_some() || destination.is_some()) {
+        return Err(ApiError::bad_request("list seqs or filter, not both"));
+    }
+    if seqs.len() > MAX_LISTED {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LISTED} seqs; select more with filters"
+        )));
+    }
+    Ok(())
+}
+
+/// A tenant's DLQ entries, oldest first (`limit`: 1 to 1000, default 100; `code`,
+/// `destination` filters). Never consumes.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("limit" = Option<u32>, Query, description = "at most this many (1 to 1000, default 100)", minimum = 1, maximum = 1000),
+           ("code" = Option<String>, Query, description = "only this DLQ code"),
+           ("destination" = Option<String>, Query, description = "only this destination's copies")),
+    responses((status = 200, body = DlqPage), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn list_dlq(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<DlqPage>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let limit = number(&query, "limit", 100, MAX_PAGE)?;
+    let selection = dlq_selection(&tenant, query.get("code"), query.get("destination"))?;
+    let reader = state.dlq().await?;
+    let collected = reader
+        .collect(&selection, Some(limit), |_, _| {})
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(DlqPage {
+        entries: collected
+            .entries
+            .iter()
+            .map(|e| serde_json::to_value(e.view()).unwrap_or(Value::Null))
+            .collect(),
+        truncated: collected.truncated,
+    }))
+}
+
+/// One DLQ entry of the tenant, by its sequence.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq/{seq}", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("seq" = u64, Path, description = "DLQ sequence", minimum = 1)),
+    responses((status = 200, body = Object), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn get_dlq_entry(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, seq)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    // Stream sequences start at 1.
+    let seq: u64 = match seq.parse() {
+        Ok(seq) if seq >= 1 => seq,
+        _ => return Err(ApiError::bad_request("seq must be a whole number from 1")),
+    };
+    let reader = state.dlq().await?;
+    let not_found = || ApiError::not_found(format!("no DLQ entry {seq} of tenant {tenant}"));
+    let Some(message) = reader.get(seq).await.map_err(unavailable)? else {
+        return Err(not_found());
+    };
+    match reader.entry_of(&message) {
+        Ok(entry) if entry.record.tenant.as_ref() == Some(&tenant) => Ok(Json(
+            serde_json::to_value(entry.view()).unwrap_or(Value::Null),
+        )),
+        // Another tenant's, or not a record: nothing of it is shown.
+        _ => Err(not_found()),
+    }
+}
+
+/// Replays a tenant's DLQ entries through a durable replay job run by the dlq service.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/dlq/replay", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = ReplayRequest),
+    responses((status = 202, body = JobView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn replay_dlq(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let request: ReplayRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rate = request.rate.unwrap_or(100);
+    if !(1..=10_000).contains(&rate) {
+        return Err(ApiError::bad_request("rate must be from 1 to 10000"));
+    }
+    let filter = dlq_selection(&tenant, request.code.as_ref(), request.destination.as_ref())?;
+    check_listed(
+        &request.seqs,
+        request.code.as_ref(),
+        request.destination.as_ref(),
+    )?;
+    let reader = state.dlq().await?;
+    // Only the tenant's own entries count, listed or filtered.
+    let matched = matching(&reader, &tenant, &filter, &request.seqs, usize::MAX).await?;
+    let (count, upper) = (
+        matched.seqs.len() as u64,
+        matched.seqs.iter().copied().max().unwrap_or(0),
+    );
+    if count == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_matches",
+            "no DLQ entry of the tenant matches: no job created",
+        ));
+    }
+    let selection = if request.seqs.is_empty() {
+        filter
+    } else {
+        // The listed entries are the tenant's: the job says so (and skips any other).
+        Selection {
+            tenant: Some(tenant.clone()),
+            ..Selection::listed(matched.seqs)
+        }
+    };
+    let job = JobRecord::new(
+        JobSpec {
+            selection,
+            target: None,
+            rate,
+            dry_run: request.dry_run,
+            upper_seq: upper,
+            total: count,
+        },
+        OffsetDateTime::now_utc(),
+    );
+    state.jobs.create(&job).await.map_err(unavailable)?;
+    jobs::announce(&state.js, &state.topology, &job.id).await;
+    Ok((StatusCode::ACCEPTED, Json(job_view(&job))).into_response())
+}
+
+/// Deletes a tenant's DLQ entries: listed sequences, or what the filters select (none: every
+/// entry of the tenant), at most 10 000 a request. A dry run (`"dry_run": true`) reports what
+/// would go; a purge itself needs `"confirm": <matched>` and deletes exactly the entries
+/// selected then, one sequence at a time (an entry stored meanwhile is never swept away).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/dlq/purge", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = PurgeRequest),
+    responses((status = 200, body = PurgeResult), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 409, body = ApiError), (status = 422, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn purge_dlq(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Json<PurgeResult>, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let request: PurgeRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let filter = dlq_selection(&tenant, request.code.as_ref(), request.destination.as_ref())?;
+    check_listed(
+        &request.seqs,
+        request.code.as_ref(),
+        request.destination.as_ref(),
+    )?;
+    if !request.dry_run && request.confirm.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "confirmation_required",
+            "a purge needs \"confirm\": the number of entries it deletes (run it with \
+             \"dry_run\": true to see them)",
+        ));
+    }
+    let reader = state.dlq().await?;
+    let matched = matching(&reader, &tenant, &filter, &request.seqs, MAX_LISTED + 1).await?;
+    if matched.seqs.len() > MAX_LISTED {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many",
+            format!(
+                "more than {MAX_LISTED} entries match: narrow the selection (code, destination, \
+                 listed seqs) or purge with `switchyard dlq purge`"
+            ),
+        ));
+    }
+    let count = matched.seqs.len() as u64;
+    let mut result = PurgeResult {
+        dry_run: request.dry_run,
+        matched: count,
+        selected: matched.seqs,
+        removed: Vec::new(),
+        not_found: matched.unlisted,
+    };
+    if request.dry_run {
+        return Ok(Json(result));
+    }
+    if request.confirm != Some(count) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "count_mismatch",
+            format!(
+                "the selection matches {count} entries now, not {}: nothing was deleted",
+                request.confirm.unwrap_or_default()
+            ),
+        ));
+    }
+    let report = purge::delete(reader.stream(), &result.selected, || {})
+        .await
+        .map_err(|e| anyhow_unavailable(&e))?;
+    result.removed = report.removed;
+    result.not_found.extend(report.not_found);
+    result.not_found.sort_unstable();
+    Ok(Json(result))
+}
+
+fn job_view(job: &JobRecord) -> JobView {
+    JobView {
+        id: job.id.clone(),
+        job: serde_json::to_value(job).unwrap_or(Value::Null),
+    }
+}
+
+/// Whether `principal` may see `job`: the operator every job, a tenant the jobs over its own
+/// entries.
+fn visible(principal: &Principal, job: &JobRecord) -> bool {
+    match principal {
+        Principal::Operator => true,
+        Principal::Tenant(own) => job.spec.selection.tenant.as_ref() == Some(own),
+    }
+}
+
+/// A failed job read: `400` when the path's id is not a job id, `503` otherwise.
+fn job_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::InvalidKey { .. } => ApiError::bad_request("not a job id"),
+        error => unavailable(error),
+    }
+}
+
+/// Replay jobs, oldest first (`switchyard dlq jobs --json`): the operator's every job, a
+/// tenant's its own.
+#[utoipa::path(get, path = "/v1/jobs", tag = "dlq",
+    responses((status = 200, body = Vec<JobView>), (status = 401, body = ApiError),
+              (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn list_jobs(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let principal = principal(&state, &headers).await?;
+    let listed = state.jobs.list().await.map_err(unavailable)?;
+    Ok(Json(
+        listed
+            .into_iter()
+            // A record that does not decode is nobody's to see (the CLI warns about it).
+            .filter_map(Result::ok)
+            .filter(|(job, _)| visible(&principal, job))
+            .map(|(job, _)| job_view(&job))
+            .collect(),
+    ))
+}
+
+/// A replay job: a tenant sees only jobs over its own entries.
+#[utoipa::path(get, path = "/v1/jobs/{job}", tag = "dlq",
+    params(("job" = String, Path, description = "job id (a UUID)")),
+    responses((status = 200, body = JobView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn get_job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let principal = principal(&state, &headers).await?;
+    let found = state.jobs.get(&job).await.map_err(job_error)?;
+    match found {
+        Some((record, _)) if visible(&principal, &record) => Ok(Json(job_view(&record))),
+        _ => Err(no_job(&job)),
+    }
+}
+
+fn no_job(job: &str) -> ApiError {
+    ApiError::not_found(format!("no job {}", crate::output::printable(job)))
+}
+
+/// Cancels a replay job (`switchyard dlq jobs JOB --cancel`): entries already replayed stay
+/// replayed, the rest stay in the DLQ. A tenant cancels only jobs over its own entries.
+#[utoipa::path(post, path = "/v1/jobs/{job}/cancel", tag = "dlq",
+    params(("job" = String, Path, description = "job id (a UUID)")),
+    responses((status = 200, body = JobView), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 409, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn cancel_job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let principal = principal(&state, &headers).await?;
+    let cancelled = jobs::cancel_job(&state.jobs, &job, |record| visible(&principal, record))
+        .await
+        .map_err(job_error)?;
+    match cancelled {
+        jobs::Cancelled::Cancelled(record) => Ok(Json(job_view(&record))),
+        jobs::Cancelled::Finished(record) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "finished",
+            format!("job {} is already {}", record.id, record.state),
+        )),
+        jobs::Cancelled::NoSuchJob => Err(no_job(&job)),
+        jobs::Cancelled::KeptChanging => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the job kept changing; try again",
+        )),
+    }
+}
+
+/// A job store over the `dlq-jobs` bucket (for `ApiState`).
+pub fn job_store(kv: async_nats::jetstream::kv::Store) -> JobStore {
+    JobStore::new(kv)
+}
+
+/// The DLQ reader of the deployment.
+pub async fn dlq_reader(state: &ApiState) -> Result<DlqReader, ApiError> {
+    let stream = crate::resources::dlq_stream(&state.js, &state.topology)
+        .await
+        .map_err(unavailable)?;
+    Ok(DlqReader::new(stream, state.topology.namespace.clone()))
+}
