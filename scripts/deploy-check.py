@@ -12,8 +12,9 @@ Checks, each printed as one line:
     check and the hardening every pod must have (non-root, read-only root, no capabilities);
   - yamllint on values, Chart.yaml, the example and the compose files (never templates/);
   - every service in apps/ (but the CLI) has a Deployment in the chart and a service in both
-    compose files, and every config key the chart and compose set (SWITCHYARD_<SVC>_… variables,
-    ConfigMap and mounted TOML files) exists in that service's config;
+    compose files (the one other Deployment: the management API, `switchyard api serve`), and
+    every config key the chart and compose set (SWITCHYARD_<SVC>_… variables, ConfigMap and
+    mounted TOML files) exists in that service's config;
   - the Dockerfile builds and copies every binary the chart and compose run;
   - every password variable accounts.conf reads is given to the NATS servers of both compose
     files and set in example.env and in this script's NATS_ENV;
@@ -63,6 +64,11 @@ NATS_ENV = {
 }
 # Unprefixed variables the config loader also reads (libs/runtime BUCKET_ENV_OVERRIDES).
 BUCKET_ENV = {"JS_KV_NAMESPACE_IDEMPOTENCY", "JS_KV_NAMESPACE_BACKPRESSURE"}
+# The management API: the CLI's binary (`switchyard api serve`, apps/cli/src/api/mod.rs), its
+# chart component, and the one variable it reads outside the CLI's config (the operator token).
+API_COMPONENT = "api"
+API_COMMAND = ["switchyard", "api", "serve"]
+API_ENV = {"SWITCHYARD_API_OPERATOR_TOKEN"}
 # Shared config sections and the Rust structs that define them.
 SHARED_SECTIONS = {
     "nats": ("libs/runtime/src/config/sections.rs", "NatsConfig"),
@@ -303,8 +309,11 @@ def coverage(chart_docs: list[dict], composes: dict[str, dict]) -> None:
         if places:
             problems.append(f"apps/{name} lacks " + "; ".join(places))
     for name in deployed:
+        if name == API_COMPONENT:
+            continue
         if name not in services:
             problems.append(f"the chart deploys {name}, which is not in apps/")
+
     for file, compose in composes.items():
         for name, svc in compose["services"].items():
             binary = (svc.get("command") or [""])[0]
@@ -455,6 +464,8 @@ def env_problems(where: str, component: str, env_names: list[str]) -> list[str]:
     for name in env_names:
         if name in BUCKET_ENV or not name.startswith("SWITCHYARD_"):
             continue
+        if component == "cli" and name in API_ENV:
+            continue
         if not name.startswith(prefix):
             problems.append(f"{where}: {name} is not read by {component} (its prefix is {prefix})")
             continue
@@ -536,6 +547,19 @@ def chart_ports(docs: list[dict]) -> None:
         component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
         container = doc["spec"]["template"]["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if component == API_COMPONENT:
+            # Configured by flags: its port is the one --listen names; probes answer on it.
+            command = container["command"]
+            if command[:3] != API_COMMAND:
+                problems.append(f"api: the Deployment runs {command[:3]}, not {API_COMMAND}")
+            listen = command[command.index("--listen") + 1] if "--listen" in command else ""
+            if not listen.endswith(f":{ports['http']}"):
+                problems.append(f"api: chart port {ports['http']}, --listen {listen or 'missing'}")
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                port = container.get(probe, {}).get("httpGet", {}).get("port")
+                if port != "http":
+                    problems.append(f"api: {probe} asks port {port}, the probes answer on http")
+            continue
         text = (ROOT / "apps" / component / "config/defaults.toml").read_text()
         default = tomllib.loads(text)["http"]["listen"]
         if not default.endswith(f":{ports['http']}"):

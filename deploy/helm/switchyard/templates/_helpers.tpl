@@ -68,9 +68,10 @@ app.kubernetes.io/part-of: switchyard
 {{- default (printf "%s-nats" (include "switchyard.fullname" .)) .Values.nats.auth.secretName }}
 {{- end }}
 
-{{/* Environment variable prefix of a component: SWITCHYARD_INGRESS_, …, SWITCHYARD_CLI_. */}}
+{{/* Environment variable prefix of a component: SWITCHYARD_INGRESS_, …; the CLI's binary
+(provision, api): SWITCHYARD_CLI_. */}}
 {{- define "switchyard.envPrefix" -}}
-{{- if eq .component "provision" }}SWITCHYARD_CLI_{{ else }}SWITCHYARD_{{ upper .component }}_{{ end }}
+{{- if has .component (list "provision" "api") }}SWITCHYARD_CLI_{{ else }}SWITCHYARD_{{ upper .component }}_{{ end }}
 {{- end }}
 
 {{/* Where the TLS Secret and the .creds file are mounted. */}}
