@@ -57,6 +57,13 @@ pub struct BackpressureSettings {
     pub tenant_idle_secs: u64,
     /// Messages fetched at once per tenant (default 1000).
     pub max_batch: usize,
+    /// How often each tenant's own ingress stream is compared with its quota, in seconds
+    /// (default 30; 0 = never; at most 3600).
+    pub quota_check_secs: u64,
+    /// The fill, in % of the quota (the fuller of bytes and messages), at which a tenant's
+    /// stream is reported near full (default 80; above 10, at most 100); reported again once it
+    /// fell 10 points below.
+    pub quota_near_full_pct: f64,
 }
 
 /// A setting that loaded but cannot work: `invalid setting backpressure.<key>: <reason>`.
@@ -165,6 +172,24 @@ impl BackpressureSettings {
             return fail(
                 "tenant_idle_secs",
                 "0 stops a tenant loop before it fetches; set at least 1 (default 60)".to_owned(),
+            );
+        }
+        if self.quota_check_secs > 3600 {
+            return fail(
+                "quota_check_secs",
+                format!(
+                    "{} is above 3600; set 0 (never) to 3600 (default 30)",
+                    self.quota_check_secs
+                ),
+            );
+        }
+        if !(self.quota_near_full_pct > 10.0 && self.quota_near_full_pct <= 100.0) {
+            return fail(
+                "quota_near_full_pct",
+                format!(
+                    "{} is outside (10, 100]; the default is 80",
+                    self.quota_near_full_pct
+                ),
             );
         }
         if self.max_batch == 0 || self.max_batch > max_ack_pending {
@@ -286,6 +311,19 @@ mod tests {
             ("scan_interval_ms", Box::new(|s| s.scan_interval_ms = 0)),
             ("heartbeat_secs", Box::new(|s| s.heartbeat_secs = 0)),
             ("tenant_idle_secs", Box::new(|s| s.tenant_idle_secs = 0)),
+            ("quota_check_secs", Box::new(|s| s.quota_check_secs = 3601)),
+            (
+                "quota_near_full_pct",
+                Box::new(|s| s.quota_near_full_pct = 5.0),
+            ),
+            (
+                "quota_near_full_pct",
+                Box::new(|s| s.quota_near_full_pct = f64::NAN),
+            ),
+            (
+                "quota_near_full_pct",
+                Box::new(|s| s.quota_near_full_pct = 101.0),
+            ),
             (
                 "next_stage",
                 Box::new(|s| s.next_stage = InputStage::Backpressure),

@@ -2,11 +2,13 @@
 //! ([`lease`]: GCRA slots leased from KV), one delivery loop per tenant so a flooding tenant
 //! never blocks another ([`tenant_loop`]), and lag-aware admission state for the edge
 //! ([`scan`]). Limits live in the `rate-limits` bucket and are watched, so a change applies
-//! to the next lease on every replica. Settings are validated at start-up against the topology
+//! to the next lease on every replica. [`quota`] reports each tenant's own ingress stream
+//! near its quota (event `quota_near_full`, once per crossing across replicas). Settings are validated at start-up against the topology
 //! ([`config::BackpressureSettings::validate`]); a tenant loop that dies is restarted by the next
 //! scan, and `/readyz` fails while one keeps dying ([`scan::LoopHealth`]).
 
 pub mod config;
+pub mod quota;
 pub mod replicas;
 pub mod scan;
 pub mod shared;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use switchyard_keys::{RateRecord, Stage};
-use switchyard_registry::KvCache;
+use switchyard_registry::{KvCache, Store};
 use switchyard_service::{
     DlqQuota, Handoff, HighWater, Metrics, Readiness, SettleSettings, Settler, launch, probes,
 };
@@ -114,7 +116,9 @@ pub async fn start(
         launch("backpressure", listen, app, shutdown.clone(), async move {
             let heartbeat =
                 tokio::spawn(replicas::run(shared.clone(), kv.clone(), shutdown.clone()));
-            scan::run(shared, pressure, kv, shutdown).await;
+            let quota = quota::run(&shared, Store::new(kv.clone()), shutdown.clone());
+            let scan = scan::run(shared.clone(), pressure, kv, shutdown);
+            tokio::join!(quota, scan);
             let _ = heartbeat.await;
         })
         .await?,

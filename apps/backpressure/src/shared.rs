@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
 use switchyard_keys::{RateKey, TenantId};
 use switchyard_registry::{KvCache, LimitRecord, limit_lookup};
 use switchyard_service::lease::Leaser;
@@ -41,9 +42,21 @@ pub struct BackpressureMetrics {
     pub tenant_loop_panics: Family<TenantLabel, Counter>,
     /// Tenant loops running, from the last scan.
     pub tenant_loops: Gauge,
+    /// Each tenant's own ingress stream's fill, in % of its quota (the fuller of bytes and
+    /// messages), from the last quota check.
+    pub quota_fill_pct: Family<TenantLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl BackpressureMetrics {
+    /// Sets `tenant`'s quota fill gauge.
+    pub fn quota_fill(&self, tenant: &str, fill_pct: f64) {
+        self.quota_fill_pct
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
+            })
+            .set(fill_pct);
+    }
+
     /// Registers the metrics next to the core set.
     pub fn register(metrics: &Metrics, leaser: &Leaser) -> Self {
         let own = Self::default();
@@ -51,6 +64,11 @@ impl BackpressureMetrics {
             "backpressure_tokens_leased",
             "Tokens leased, per tenant",
             own.tokens_leased.clone(),
+        );
+        metrics.register(
+            "backpressure_quota_fill_pct",
+            "The tenant's own ingress stream's fill, in % of its quota",
+            own.quota_fill_pct.clone(),
         );
         metrics.register(
             "backpressure_backlog",

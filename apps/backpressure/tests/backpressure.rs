@@ -81,6 +81,7 @@ impl Harness {
         config.nats.url = self.server.url();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.backpressure.scan_interval_ms = 200;
+        config.backpressure.quota_check_secs = 1;
         let shutdown = CancellationToken::new();
         let client = self.server.client().await;
         let running = switchyard_backpressure::start(config, client, shutdown.clone())
@@ -495,4 +496,103 @@ async fn a_setting_that_would_crash_a_tenant_loop_stops_the_service_at_start_up(
         format!("{error:#}").contains("invalid setting backpressure.default_rate_per_sec"),
         "{error:#}"
     );
+}
+
+/// How many operational events of `kind` tenant `tenant` has.
+async fn event_count(js: &jetstream::Context, tenant: &str, kind: &str) -> usize {
+    let subject = format!("events.v1.{tenant}.{kind}");
+    let stream = js.get_stream_no_info("EVENTS").await.unwrap();
+    let mut subjects = stream.info_with_subjects(&subject).await.unwrap();
+    let mut count = 0;
+    while let Some((_, n)) = futures::TryStreamExt::try_next(&mut subjects)
+        .await
+        .unwrap()
+    {
+        count += n;
+    }
+    count
+}
+
+#[tokio::test]
+async fn a_tenant_stream_near_its_quota_is_reported_once_per_crossing_across_replicas() {
+    let h = Harness::start(2).await;
+    let topology = switchyard_topology::DeploymentConfig::default()
+        .resolve()
+        .unwrap();
+    let tenant = TenantId::new("full").unwrap();
+    let quota = switchyard_topology::TenantQuota {
+        max_bytes: None,
+        max_msgs: Some(10),
+    };
+    switchyard_topology::provision_tenant(&h.js, &topology, &tenant, quota, true)
+        .await
+        .unwrap();
+    // Nine of its ten messages, unread (no ingress stage runs here): 90 %.
+    let fill = |n: usize| {
+        let js = h.js.clone();
+        async move {
+            for i in 0..n {
+                js.publish("ingress.v1.full.ops.shop", format!("m{i}").into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    fill(9).await;
+    let events = h.js.get_stream("EVENTS").await.unwrap();
+    let event = wait_for(
+        "the quota_near_full event",
+        Duration::from_secs(15),
+        || async {
+            events
+                .direct_get_last_for_subject("events.v1.full.quota_near_full")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["source"], "backpressure", "{event}");
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("INGRESS_full at 90 % of its quota (")
+            && detail.contains("9 of 10 messages"),
+        "{detail}"
+    );
+    wait_for("the fill gauge", Duration::from_secs(10), || async {
+        http_get(h.replicas[0].running().http_addr, "/metrics")
+            .await
+            .contains("switchyard_backpressure_quota_fill_pct{tenant=\"full\"} 90")
+            .then_some(())
+    })
+    .await;
+    // Two replicas, three more checks each while it stays full: still one report.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(event_count(&h.js, "full", "quota_near_full").await, 1);
+
+    // Drained (below 70 %), then nearly full again: a second crossing, a second report.
+    h.js.get_stream("INGRESS_full")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let store: Store<RateKey, switchyard_registry::QuotaRecord> =
+        Store::new(h.js.get_key_value("rate-limits").await.unwrap());
+    let key = RateKey {
+        scope: RateScope::Tenant(tenant.clone()),
+        record: RateRecord::Quota,
+    };
+    wait_for("the record cleared", Duration::from_secs(15), || async {
+        store.get(&key).await.unwrap().filter(|r| !r.near_full)
+    })
+    .await;
+    fill(8).await;
+    wait_for("a second report", Duration::from_secs(15), || async {
+        (event_count(&h.js, "full", "quota_near_full").await == 2).then_some(())
+    })
+    .await;
+    h.stop().await;
 }

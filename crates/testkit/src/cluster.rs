@@ -13,15 +13,45 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts the three nodes and waits until every one is healthy (which includes knowing the
-    /// JetStream meta leader).
+    /// JetStream meta leader). Free ports are found by binding and releasing them, so another
+    /// process can take one before a server does: the whole cluster is then started again on
+    /// fresh ports (at most three times).
     pub async fn start() -> Self {
+        let mut attempt = 1;
+        loop {
+            let mut nodes = Self::nodes();
+            for node in &mut nodes {
+                node.spawn();
+            }
+            let mut failure = None;
+            for node in &mut nodes {
+                if let Err(failed) = node.try_wait_healthy().await {
+                    failure = Some(failed);
+                    break;
+                }
+            }
+            match failure {
+                None => return Self { nodes },
+                Some(failed) if attempt < 3 && failed.contains("address already in use") => {
+                    for node in &mut nodes {
+                        node.kill();
+                    }
+                    attempt += 1;
+                }
+                Some(failed) => panic!("{failed}"),
+            }
+        }
+    }
+
+    /// Three nodes on fresh loopback ports, routed to each other, not yet started.
+    fn nodes() -> Vec<Node> {
         let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes = route_ports
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut nodes: Vec<Node> = route_ports
+        route_ports
             .iter()
             .enumerate()
             .map(|(i, port)| {
@@ -37,14 +67,7 @@ impl NatsCluster {
                     args,
                 )
             })
-            .collect();
-        for node in &mut nodes {
-            node.spawn();
-        }
-        for node in &mut nodes {
-            node.wait_healthy().await;
-        }
-        Self { nodes }
+            .collect()
     }
 
     /// Every node's client URL.

@@ -7,7 +7,7 @@
 //! | `routes` | `<tenant>.<team or _>.<platform>` | `acme._.slack` (team-less default) |
 //! | `destinations` | `<tenant>.<destination>` | `acme.orders-hook` |
 //! | `tenants` | `<tenant>` | `acme` |
-//! | `rate-limits` | `<tenant or _default>.<record>` | `acme.limit`, `_default.limit` |
+//! | `rate-limits` | `<tenant or _default>.<record>` | `acme.limit`, `_default.limit`, `acme.quota` |
 //! | `dlq-stats` | `<tenant or _>.<stage>.<encoded code>`, `_state` | `acme.egress.no_route` |
 //! | `dlq-jobs` | `<job id>` | `0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b` |
 //! | `dlq-replays` | `<tenant or _>.<dlq seq>.<stored ms>` | `acme.42.1765000000123` |
@@ -319,10 +319,18 @@ pub enum RateRecord {
     Tokens,
     /// The admission (pressure) state published for the edge.
     Pressure,
+    /// Whether the tenant's own ingress stream is near its quota (the latch of the
+    /// `quota_near_full` event).
+    Quota,
 }
 
 impl RateRecord {
-    const ALL: [RateRecord; 3] = [RateRecord::Limit, RateRecord::Tokens, RateRecord::Pressure];
+    const ALL: [RateRecord; 4] = [
+        RateRecord::Limit,
+        RateRecord::Tokens,
+        RateRecord::Pressure,
+        RateRecord::Quota,
+    ];
 
     /// The KV filter matching this record of every scope (`*.limit`, `*.pressure`): what a
     /// watch or listing of one record type uses.
@@ -331,6 +339,7 @@ impl RateRecord {
             RateRecord::Limit => "*.limit",
             RateRecord::Tokens => "*.tokens",
             RateRecord::Pressure => "*.pressure",
+            RateRecord::Quota => "*.quota",
         }
     }
 
@@ -339,6 +348,7 @@ impl RateRecord {
             RateRecord::Limit => "limit",
             RateRecord::Tokens => "tokens",
             RateRecord::Pressure => "pressure",
+            RateRecord::Quota => "quota",
         }
     }
 }
@@ -371,7 +381,9 @@ impl KvKey for RateKey {
         let record = RateRecord::ALL
             .into_iter()
             .find(|r| r.as_str() == record)
-            .ok_or_else(|| schema_err::<Self>(key, "record must be limit, tokens or pressure"))?;
+            .ok_or_else(|| {
+                schema_err::<Self>(key, "record must be limit, tokens, pressure or quota")
+            })?;
         Ok(Self { scope, record })
     }
 }

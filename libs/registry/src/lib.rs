@@ -35,7 +35,9 @@ pub use cache::KvCache;
 pub use destination::{
     Destination, DestinationError, Disabled, DisabledBy, RateLimit, Subscription, Unmatched,
 };
-pub use limits::{Admission, LimitRecord, LimitSource, PressureRecord, TokenState, limit_lookup};
+pub use limits::{
+    Admission, LimitRecord, LimitSource, PressureRecord, QuotaRecord, TokenState, limit_lookup,
+};
 pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};
 pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
 pub use signing_key::{SigningKey, sign_v1, sign_v1a};

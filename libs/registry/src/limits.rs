@@ -111,6 +111,20 @@ pub enum Admission {
     Closed,
 }
 
+/// Whether a tenant's own ingress stream is near its quota (JSON at `<tenant>.quota`), written
+/// by the backpressure service's quota check when it crosses a bound, by compare-and-set: the
+/// replica whose write sets `near_full` reports the `quota_near_full` event, once per crossing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaRecord {
+    /// Whether its fill reached `quota_near_full_pct` (and has not yet fallen 10 points below).
+    pub near_full: bool,
+    /// The fill when it was written: the fuller of bytes and messages, in % of the quota.
+    pub fill_pct: f64,
+    /// When it was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+}
+
 /// A tenant's admission state (JSON at `<tenant>.pressure`), written by the backpressure
 /// service when it changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -409,11 +409,14 @@ pub enum EventKind {
     AttemptsExhausted,
     /// Some of a tenant's DLQ entries age out soon (the `dlq-expiring` alert, made durable).
     DlqExpiring,
+    /// A tenant's own ingress stream reached `quota_near_full_pct` of its quota: once full,
+    /// its producers are refused.
+    QuotaNearFull,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
@@ -424,6 +427,7 @@ impl EventKind {
         EventKind::AdmissionReopened,
         EventKind::AttemptsExhausted,
         EventKind::DlqExpiring,
+        EventKind::QuotaNearFull,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -439,6 +443,7 @@ impl EventKind {
             EventKind::AdmissionReopened => "admission_reopened",
             EventKind::AttemptsExhausted => "attempts_exhausted",
             EventKind::DlqExpiring => "dlq_expiring",
+            EventKind::QuotaNearFull => "quota_near_full",
         }
     }
 }
