@@ -910,3 +910,119 @@ async fn the_probes_answer_without_a_token() {
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 }
+
+#[tokio::test]
+async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
+    let api = start().await;
+    let js = &api.provisioned.js;
+    // A new tenant, with a quota and a name: its ingress stream exists with that quota.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/initech/enable",
+            OPERATOR,
+            Some(json!({"max_msgs": 500, "name": "Initech", "unmatched": "drop",
+                        "destination_rate_limit": {"rate_per_sec": 5.0, "burst": 2}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tenant"], "initech");
+    assert_eq!(body["record"]["enabled"], true);
+    assert_eq!(body["record"]["name"], "Initech");
+    assert_eq!(body["record"]["unmatched"], "drop");
+    let stream = js.get_stream("INGRESS_initech").await.unwrap();
+    assert_eq!(stream.cached_info().config.max_messages, 500);
+    // Re-enabling keeps what is not given; null removes a name.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/initech/enable",
+            OPERATOR,
+            Some(json!({"name": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["record"].get("name").is_none(), "{body}");
+    assert_eq!(body["record"]["unmatched"], "drop");
+    assert_eq!(body["record"]["destination_rate_limit"]["rate_per_sec"], 5.0);
+
+    // Bad settings are refused by name, before anything changes.
+    for (request, field) in [
+        (json!({"max_bytes": 300}), "max_bytes 300 is below the largest message"),
+        (json!({"max_msgs": 0}), "max_msgs 0 is below 1"),
+        (json!({"name": "a\u{1b}[31m"}), "name "),
+        (json!({"unmatched": "keep"}), "unmatched \"keep\""),
+        (
+            json!({"destination_rate_limit": {"rate_per_sec": 0.0, "burst": 1}}),
+            "destination_rate ",
+        ),
+    ] {
+        let (status, body) = api
+            .call("POST", "/v1/tenants/initech/enable", OPERATOR, Some(request))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with(field),
+            "{field}: {body}"
+        );
+    }
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/tenants/initech/enable",
+            OPERATOR,
+            Some(json!({"quota": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are refused");
+    // More than the server can reserve: refused by it, and the tenant is not registered.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/hooli/enable",
+            OPERATOR,
+            Some(json!({"max_bytes": 1_125_899_906_842_624_i64})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "provisioning_refused");
+    let (status, _) = api.call("GET", "/v1/tenants/hooli", OPERATOR, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A tenant's key can neither register tenants nor raise its own quota, nor disable.
+    let acme = api.acme_key.clone();
+    for path in [
+        "/v1/tenants/acme/enable",
+        "/v1/tenants/acme/disable",
+        "/v1/tenants/initech/enable",
+    ] {
+        let (status, body) = api
+            .call("POST", path, &acme, Some(json!({"max_msgs": 1_000_000})))
+            .await;
+        assert!(
+            status == StatusCode::FORBIDDEN,
+            "{path}: {status} {body}"
+        );
+    }
+
+    // Disabled: its record says so, and its keys are refused.
+    let initech = manage_key(js, "initech").await;
+    let (status, _) = api
+        .call("GET", "/v1/tenants/initech", &initech, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api
+        .call("POST", "/v1/tenants/initech/disable", OPERATOR, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["record"]["enabled"], false);
+    let (status, body) = api
+        .call("GET", "/v1/tenants/initech", &initech, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "tenant_disabled");
+    let (status, _) = api
+        .call("POST", "/v1/tenants/nobody/disable", OPERATOR, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

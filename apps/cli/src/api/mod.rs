@@ -21,6 +21,7 @@ pub mod handlers;
 pub mod keys;
 pub mod limits;
 pub mod middleware;
+pub mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ use error::ApiError;
     paths(
         handlers::list_tenants,
         handlers::get_tenant,
+        tenants::enable_tenant,
+        tenants::disable_tenant,
         handlers::list_destinations,
         handlers::get_destination,
         handlers::put_destination,
@@ -99,6 +102,7 @@ use error::ApiError;
         keys::CreateKeyRequest,
         keys::ScopeName,
         limits::LimitRequest,
+        tenants::EnableRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -247,6 +251,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(|| async { openapi_json() }))
         .route("/v1/tenants", get(list_tenants))
         .route("/v1/tenants/{tenant}", get(get_tenant))
+        .route(
+            "/v1/tenants/{tenant}/enable",
+            post(tenants::enable_tenant),
+        )
+        .route(
+            "/v1/tenants/{tenant}/disable",
+            post(tenants::disable_tenant),
+        )
         .route(
             "/v1/tenants/{tenant}/keys",
             get(keys::list_keys).post(keys::create_key),

@@ -5,15 +5,15 @@
 use anstream::{print, println};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use async_nats::jetstream;
 use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
-use switchyard_registry::{RateLimit, Store, TenantRecord, Unmatched};
+use switchyard_registry::{RateLimit, Store, StoreError, TenantRecord, Unmatched};
 use switchyard_topology::{
-    BucketName, ResolvedTopology, StreamName, TenantQuota, provision_tenant,
+    BucketName, ProvisionReport, ResolvedTopology, StreamName, TenantQuota, TopologyError,
+    provision_tenant,
 };
 
 use crate::output::{self, Output, Table};
@@ -187,18 +187,63 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Provisions the tenant's own streams (with its quota; a changed quota is applied in place)
-/// before registering it, so ingress never sees a tenant without its stream.
-async fn enable(
+/// What `tenants enable` (and the management API's `POST /v1/tenants/{tenant}/enable`)
+/// changes in a tenant's record; `None` keeps what the record has (the defaults for a new
+/// tenant).
+#[derive(Debug, Clone, Default)]
+pub struct TenantChange {
+    /// Ingress quota in bytes (at least the largest message a tenant stream takes).
+    pub max_bytes: Option<i64>,
+    /// Ingress quota in messages (at least 1).
+    pub max_msgs: Option<i64>,
+    /// The display name; `Some(None)` removes it.
+    pub name: Option<Option<String>>,
+    /// What becomes of a message none of its destinations takes.
+    pub unmatched: Option<Unmatched>,
+    /// The default rate limit of its destinations; `Some(None)` removes it.
+    pub destination_rate: Option<Option<RateLimit>>,
+}
+
+/// Why a tenant could not be enabled.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// A value is out of range: `field` (`max_bytes`, `name`, …) and why.
+    #[error("{field} {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it, and the fix.
+        reason: String,
+    },
+    /// Its record could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Its ingress stream could not be provisioned (the server refused, or is unreachable).
+    #[error("provisioning tenant {tenant}'s ingress stream")]
+    Provision {
+        /// The tenant.
+        tenant: TenantId,
+        /// The server's answer.
+        #[source]
+        source: TopologyError,
+    },
+}
+
+/// Registers `tenant` or re-enables it with `change` applied: provisions its own streams
+/// first (with its quota; a changed quota is applied in place), so ingress never sees a tenant
+/// without its stream, then writes its record, enabled. Returns the record and what
+/// provisioning did.
+///
+/// Errors: [`TenantError::Invalid`] before anything is changed; the record's read or write; the
+/// provisioning.
+pub async fn enable_tenant(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
     store: &Store<TenantKey, TenantRecord>,
-    args: &EnableArgs,
-    out: &Output,
-) -> anyhow::Result<()> {
-    let key = TenantKey {
-        tenant: args.tenant.clone(),
-    };
+    tenant: &TenantId,
+    change: &TenantChange,
+) -> Result<(TenantRecord, ProvisionReport), TenantError> {
+    let invalid = |field, reason: String| TenantError::Invalid { field, reason };
     // A quota below the largest message the stream takes would refuse such a message for
     // ever ("quota full, retry"), however empty the stream.
     let largest = topology
@@ -206,43 +251,129 @@ async fn enable(
         .iter()
         .find(|s| s.base == StreamName::Ingress.base())
         .map_or(0, |s| i64::from(s.config.max_message_size));
-    if let Some(bytes) = args.max_bytes
-        && bytes < largest
+    // Larger quotas are the server's to refuse (it reserves `max_bytes` up front).
+    if let Some(bytes) = change.max_bytes
+        && bytes < largest.max(1)
     {
-        anyhow::bail!(
-            "--max-bytes {bytes} is below the largest message a tenant stream takes ({largest} \
-             bytes, INGRESS's max_msg_size): such a message could never be accepted; set at \
-             least {largest}"
-        );
+        return Err(invalid(
+            "max_bytes",
+            format!(
+                "{bytes} is below the largest message a tenant stream takes ({largest} bytes, \
+                 INGRESS's max_msg_size): such a message could never be accepted; set at least \
+                 {largest}"
+            ),
+        ));
     }
-    let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
-    record.quota_bytes = args.max_bytes.or(record.quota_bytes);
-    record.quota_msgs = args.max_msgs.or(record.quota_msgs);
-    record.name = if args.no_name {
-        None
-    } else {
-        args.name.clone().or(record.name)
+    if let Some(msgs) = change.max_msgs
+        && msgs < 1
+    {
+        return Err(invalid(
+            "max_msgs",
+            format!("{msgs} is below 1: the stream would take nothing"),
+        ));
+    }
+    if let Some(Some(name)) = &change.name {
+        switchyard_registry::tenant::check_name(name)
+            .map_err(|err| invalid("name", err.to_string()))?;
+    }
+    if let Some(Some(limit)) = &change.destination_rate {
+        limit
+            .validate()
+            .map_err(|err| invalid("destination_rate", err.to_string()))?;
+    }
+    let key = TenantKey {
+        tenant: tenant.clone(),
     };
-    record.unmatched = args.unmatched.unwrap_or(record.unmatched);
-    if args.no_destination_rate {
-        record.destination_rate_limit = None;
-    } else if let Some(rate_per_sec) = args.destination_rate {
-        let limit = RateLimit {
-            rate_per_sec,
-            burst: args.destination_burst.unwrap_or(1),
-        };
-        limit.validate().context("--destination-rate")?;
-        record.destination_rate_limit = Some(limit);
+    let mut record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
+    record.quota_bytes = change.max_bytes.or(record.quota_bytes);
+    record.quota_msgs = change.max_msgs.or(record.quota_msgs);
+    if let Some(name) = &change.name {
+        record.name = name.clone();
     }
-    let report = provision_tenant(js, topology, &args.tenant, quota(&record), true)
+    record.unmatched = change.unmatched.unwrap_or(record.unmatched);
+    if let Some(limit) = change.destination_rate {
+        record.destination_rate_limit = limit;
+    }
+    let report = provision_tenant(js, topology, tenant, quota(&record), true)
         .await
-        .with_context(|| format!("provisioning tenant {}'s ingress stream", args.tenant))?;
+        .map_err(|source| TenantError::Provision {
+            tenant: tenant.clone(),
+            source,
+        })?;
+    record.enabled = true;
+    store.put(&key, &record).await?;
+    Ok((record, report))
+}
+
+/// Disables (`enabled` false) or re-enables a registered tenant, keeping its other settings;
+/// `None` when it is not registered.
+pub async fn set_tenant_enabled(
+    store: &Store<TenantKey, TenantRecord>,
+    tenant: &TenantId,
+    enabled: bool,
+) -> Result<Option<TenantRecord>, StoreError> {
+    let key = TenantKey {
+        tenant: tenant.clone(),
+    };
+    let Some(mut record) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    record.enabled = enabled;
+    store.put(&key, &record).await?;
+    Ok(Some(record))
+}
+
+async fn enable(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    store: &Store<TenantKey, TenantRecord>,
+    args: &EnableArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let change = TenantChange {
+        max_bytes: args.max_bytes,
+        max_msgs: args.max_msgs,
+        name: if args.no_name {
+            Some(None)
+        } else {
+            args.name.clone().map(Some)
+        },
+        unmatched: args.unmatched,
+        destination_rate: if args.no_destination_rate {
+            Some(None)
+        } else {
+            args.destination_rate.map(|rate_per_sec| {
+                Some(RateLimit {
+                    rate_per_sec,
+                    burst: args.destination_burst.unwrap_or(1),
+                })
+            })
+        },
+    };
+    let (record, report) = match enable_tenant(js, topology, store, &args.tenant, &change).await {
+        Ok(done) => done,
+        // Named as the flag the operator typed.
+        Err(TenantError::Invalid { field, reason }) => {
+            anyhow::bail!("--{} {reason}", field.replace('_', "-"))
+        }
+        Err(other) => return Err(other.into()),
+    };
     if !out.is_json() {
         for item in &report.items {
             println!("{} {}: {:?}", item.kind, item.name, item.outcome);
         }
     }
-    set_enabled_record(store, &args.tenant, record, true, out).await
+    show_enabled(&args.tenant, &record, out)
+}
+
+/// Prints a tenant's record after a change: `tenant acme enabled`, or its JSON.
+fn show_enabled(tenant: &TenantId, record: &TenantRecord, out: &Output) -> anyhow::Result<()> {
+    if out.is_json() {
+        out.json(&TenantView { tenant, record })
+    } else {
+        println!("tenant {tenant} {}", status(record));
+        Ok(())
+    }
 }
 
 async fn set_enabled(
@@ -251,34 +382,24 @@ async fn set_enabled(
     enabled: bool,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let key = TenantKey {
-        tenant: tenant.clone(),
+    // An unregistered tenant is registered, disabled: its messages are refused from now on.
+    let record = match set_tenant_enabled(store, tenant, enabled).await? {
+        Some(record) => record,
+        None => {
+            let mut record = TenantRecord::enabled();
+            record.enabled = enabled;
+            store
+                .put(
+                    &TenantKey {
+                        tenant: tenant.clone(),
+                    },
+                    &record,
+                )
+                .await?;
+            record
+        }
     };
-    let record = store.get(&key).await?.unwrap_or_else(TenantRecord::enabled);
-    set_enabled_record(store, tenant, record, enabled, out).await
-}
-
-async fn set_enabled_record(
-    store: &Store<TenantKey, TenantRecord>,
-    tenant: &TenantId,
-    mut record: TenantRecord,
-    enabled: bool,
-    out: &Output,
-) -> anyhow::Result<()> {
-    let key = TenantKey {
-        tenant: tenant.clone(),
-    };
-    record.enabled = enabled;
-    store.put(&key, &record).await?;
-    if out.is_json() {
-        out.json(&TenantView {
-            tenant,
-            record: &record,
-        })
-    } else {
-        println!("tenant {tenant} {}", status(&record));
-        Ok(())
-    }
+    show_enabled(tenant, &record, out)
 }
 
 async fn list(store: &Store<TenantKey, TenantRecord>, out: &Output) -> anyhow::Result<()> {
