@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{Admission, KvCache, PressureRecord};
+use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
+use switchyard_registry::{Admission, KvCache, PressureRecord, Store, StoreError, Written};
 use switchyard_subjects::EventKind;
 use switchyard_topology::backlog_by_tenant;
 use time::format_description::well_known::Rfc3339;
@@ -205,6 +205,36 @@ async fn hold(shared: &Shared, tenant: &TenantId, shut: bool) -> bool {
     }
 }
 
+/// Writes a tenant's admission `record` by compare-and-set; `true` when the stored admission
+/// was another one (or none) and this write set it: this replica changed it for everyone and
+/// reports the change. A stored record that is not valid JSON is replaced.
+async fn write_pressure(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &RateKey,
+    record: &PressureRecord,
+) -> Result<bool, StoreError> {
+    let store: Store<RateKey, PressureRecord> = Store::new(kv.clone());
+    for _ in 0..3 {
+        let stored = match store.entry(key).await {
+            Ok(stored) => stored,
+            Err(StoreError::Invalid { .. }) => {
+                store.put(key, record).await?;
+                return Ok(true);
+            }
+            Err(error) => return Err(error),
+        };
+        let changed = stored.as_ref().map(|(old, _)| old.admission) != Some(record.admission);
+        if let Written::Stored(_) = store
+            .write(key, record, stored.map(|(_, revision)| revision))
+            .await?
+        {
+            return Ok(changed);
+        }
+    }
+    // Three other writers in a row: theirs stands, and they report it.
+    Ok(false)
+}
+
 /// One scan; returns the tenants with messages waiting here.
 async fn scan_once(
     shared: &Shared,
@@ -263,10 +293,11 @@ async fn scan_once(
                     PressureRecord::estimate_reopen_secs(backlog, low, limit.rate_per_sec)
                 }),
             };
-            kv.put(key.render(), serde_json::to_vec(&record)?.into())
-                .await?;
+            let changed_here = write_pressure(kv, &key, &record).await?;
             tracing::info!(%tenant, backlog, high, low, admission = ?wanted, "admission changed");
-            if wanted != current {
+            // Reported by the replica whose write changed the stored state (once per change
+            // across replicas).
+            if wanted != current && changed_here {
                 let (kind, detail) = match wanted {
                     Admission::Closed => (
                         EventKind::AdmissionClosed,

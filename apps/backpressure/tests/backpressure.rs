@@ -407,6 +407,8 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
         .await;
         let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
         assert_eq!(event["source"], "backpressure", "{event}");
+        // Two replicas saw each change; the one whose write changed the record reported it.
+        assert_eq!(event_count(&h.js, "busy", kind).await, 1, "{kind}");
     }
     drain.abort();
     h.stop().await;
