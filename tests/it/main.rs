@@ -2,6 +2,7 @@
 
 mod api;
 mod cluster;
+mod encryption;
 mod hostile_ids;
 mod permissions;
 mod pipeline;

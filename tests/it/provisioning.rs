@@ -33,8 +33,8 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     );
     assert_eq!(
         first.items.len(),
-        20,
-        "7 shared streams, 3 shared consumers, 10 buckets"
+        21,
+        "7 shared streams, 3 shared consumers, 11 buckets"
     );
 
     let second = provision(&js, &topology, false).await.unwrap();
@@ -206,11 +206,11 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
         .collect();
     assert_eq!(tenants, ["STAGING_INGRESS_acme"]);
     // The unprefixed deployment is a different one: nothing of it exists (7 shared streams,
-    // 3 shared consumers, 10 buckets; per-tenant streams are the tenants').
+    // 3 shared consumers, 11 buckets; per-tenant streams are the tenants').
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 20);
+    assert_eq!(other.missing().len(), 21);
     assert!(other.tenant_streams.is_empty());
 }
 

@@ -90,6 +90,8 @@ pub enum NatsCommand {
     Attempts(commands::attempts::AttemptsArgs),
     /// Operational events: destinations disabled and enabled, breakers, DLQ inflow.
     Events(commands::events::EventsArgs),
+    /// Per-tenant payload encryption: enable, rotate, re-wrap, status, shred.
+    Encryption(commands::encryption::EncryptionArgs),
 }
 
 /// Runs one command; returns the process exit code.
@@ -136,6 +138,9 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         NatsCommand::Dlq(args) => commands::dlq::run(&js, &topology, &args, &out).await?,
         NatsCommand::Attempts(args) => commands::attempts::run(&js, &topology, &args, &out).await?,
         NatsCommand::Events(args) => commands::events::run(&js, &topology, &args, &out).await?,
+        NatsCommand::Encryption(args) => {
+            commands::encryption::run(&js, &topology, &args, &out).await?
+        }
     };
     client
         .flush()

@@ -31,6 +31,12 @@ pub struct EgressConfig {
     pub http: HttpConfig,
     /// Delivery behaviour.
     pub egress: EgressSettings,
+    /// Payload encryption (`[encryption]`): the key-encryption key that unwraps the data keys
+    /// of tenants with encryption on, to open their payloads before delivery (default: none;
+    /// such a tenant's messages are then held, never delivered or dead-lettered for it).
+    /// Loaded and checked at start-up.
+    #[serde(default)]
+    pub encryption: switchyard_crypt::EncryptionConfig,
 }
 
 /// The `[egress]` section: retries, breakers, per-route limits.
@@ -186,6 +192,7 @@ impl EgressConfig {
     /// Checks the settings that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.egress.validate()?;
+        self.encryption.load_ring()?;
         Ok(())
     }
 }
@@ -243,6 +250,25 @@ mod tests {
             assert_eq!(config.egress.backoff_secs, [1, 10]);
             assert!(!config.egress.receipts);
             assert_eq!(config.http.listen.port(), 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_kek_file_is_refused_by_name() {
+        Jail::expect_with(|jail| {
+            let config = EgressConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.encryption.kek_file, None);
+            jail.create_file("kek", &"cd".repeat(32))?;
+            jail.set_env("SWITCHYARD_EGRESS_ENCRYPTION__KEK_FILE", "kek");
+            let config = EgressConfig::load(None).map_err(|e| e.to_string())?;
+            assert!(config.encryption.load_ring().unwrap().is_some());
+            jail.set_env("SWITCHYARD_EGRESS_ENCRYPTION__KEK_FILE", "nowhere");
+            let err = EgressConfig::load(None).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("invalid setting encryption.kek_file"),
+                "{err:#}"
+            );
             Ok(())
         });
     }

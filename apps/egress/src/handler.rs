@@ -51,7 +51,7 @@ use crate::rate::{self, DestinationRates};
 use crate::receipt::Receipt;
 use crate::routing::{Lookup, Resolved, lookup, lookup_destination};
 use crate::shared_breaker::SharedBreakers;
-use crate::sink::{Sinks, with_progress};
+use crate::sink::{Sinks, Unopened, with_progress};
 
 /// How long a message that found its route busy waits before re-entering (jittered within
 /// `[d/2, d]`).
@@ -185,6 +185,15 @@ impl EgressHandler {
                 .map(|v| v.as_str()),
             OffsetDateTime::now_utc(),
         );
+        // Encrypted payloads are opened once, before fan-out filters and the sink read them;
+        // copies, retries and dead letters keep the sealed bytes.
+        let payload = match self.sinks.open(msg, &envelope).await {
+            Ok(payload) => payload,
+            Err(Unopened::DeadLetter(code, reason)) => {
+                return self.dead_letter(msg, code, reason, parties, 0, Vec::new());
+            }
+            Err(Unopened::Retry { after, reason }) => return Outcome::Retry { after, reason },
+        };
         let found = match &envelope.destination {
             Some(Target::Named(destination)) => lookup_destination(
                 &self.destinations,
@@ -200,7 +209,7 @@ impl EgressHandler {
                 &self.ns,
                 &envelope,
                 msg.headers.as_ref(),
-                &msg.payload,
+                &payload,
             ) {
                 Plan::Route => lookup(&self.routes, &self.ns, &envelope.address),
                 Plan::Copies(targets) => return self.fan_out(msg, &envelope, &targets).await,
@@ -309,7 +318,7 @@ impl EgressHandler {
         let attempted = with_progress(
             msg,
             self.ack_wait,
-            self.sinks.attempt(msg, &envelope, &resolved),
+            self.sinks.attempt(msg, &envelope, &resolved, payload),
         )
         .await;
         let elapsed = clock.elapsed();

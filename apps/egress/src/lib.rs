@@ -169,6 +169,10 @@ pub async fn start(
     }));
     // The open breakers of every replica, adopted before the first message, so no replica
     // starts by hammering a route the others hold back.
+    // The tenants' data keys: encrypted payloads are opened before fan-out and delivery.
+    let ring = config.encryption.load_ring()?;
+    let (keys_bucket, kv) = topology.open_bucket(&js, BucketName::TenantKeys).await?;
+    let keys = switchyard_crypt::KeyCache::start(kv, ring, shutdown.child_token());
     let (breakers_bucket, kv) = topology.open_bucket(&js, BucketName::Breakers).await?;
     let shared_breakers = SharedBreakers::start(
         kv,
@@ -178,7 +182,7 @@ pub async fn start(
         shutdown.child_token(),
     );
     tokio::select! {
-        _ = shared_breakers.wait_loaded() => {}
+        _ = async { tokio::join!(shared_breakers.wait_loaded(), keys.wait_loaded()) } => {}
         _ = shutdown.cancelled() => {
             return Ok(launch("egress", config.http.listen, axum::Router::new(), shutdown, async {}).await?);
         }
@@ -204,6 +208,7 @@ pub async fn start(
         sinks: Sinks {
             webhook: WebhookClient::new().context("building the webhook client")?,
             nats: NatsSink::new(client.clone(), js.clone()),
+            keys,
         },
         breakers: breakers.clone(),
         shared_breakers: shared_breakers.clone(),
@@ -238,7 +243,13 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: vec![stream, dlq_stream],
-        buckets: vec![bucket, destinations_bucket, tenants_bucket, breakers_bucket],
+        buckets: vec![
+            bucket,
+            destinations_bucket,
+            tenants_bucket,
+            breakers_bucket,
+            keys_bucket,
+        ],
     };
     let app = switchyard_service::router(readiness, metrics.clone());
 

@@ -1,7 +1,8 @@
 //! NATS delivery: publish the payload to the route's subject with the envelope headers.
 //!
-//! Headers are the message's own less the server-interpreted `Nats-*` ones and egress's
-//! attempt log, plus `Nats-Msg-Id` = the envelope id, so a JetStream sink drops a redelivered
+//! Headers are the message's own less the server-interpreted `Nats-*` ones, egress's attempt
+//! log and the seal headers (`Switchyard-Key`, `Switchyard-Nonce`: the sink gets the payload in
+//! clear), plus `Nats-Msg-Id` = the envelope id, so a JetStream sink drops a redelivered
 //! copy within its duplicate window. How an attempt is confirmed depends on the route:
 //!
 //! | route | sent as | delivered when | nobody listening |
@@ -128,7 +129,11 @@ pub fn sink_headers(envelope: &Envelope, incoming: Option<&HeaderMap>) -> Header
     let mut h = HeaderMap::new();
     for (name, values) in headers::without_server_headers(incoming).iter() {
         let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(ATTEMPTS_LOG) {
+        if name.eq_ignore_ascii_case(ATTEMPTS_LOG)
+            || switchyard_crypt::cache::SEAL_HEADERS
+                .iter()
+                .any(|seal| name.eq_ignore_ascii_case(seal))
+        {
             continue;
         }
         for value in values {
@@ -172,6 +177,36 @@ pub fn forbidden_subject(ns: &Namespace, subject: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nats_sink_gets_no_seal_headers_with_the_plaintext() {
+        let source = switchyard_envelope::SourceRef {
+            stream: "INGRESS_acme".into(),
+            sequence: 1,
+        };
+        let received_at = time::OffsetDateTime::now_utc();
+        let envelope = Envelope {
+            id: switchyard_envelope::EnvelopeId::derive(&source, received_at),
+            address: switchyard_keys::Address::parse("acme", "ops", "billing").unwrap(),
+            msg_id: switchyard_keys::MsgId::new("order-1").unwrap(),
+            received_at,
+            content_type: None,
+            trace: Default::default(),
+            schema_version: switchyard_envelope::SCHEMA_VERSION,
+            attempt: Default::default(),
+            source,
+            destination: None,
+        };
+        let mut incoming = HeaderMap::new();
+        envelope.write_headers(&mut incoming);
+        incoming.insert(switchyard_crypt::KEY_HEADER, "3f9c0a7de21b4c55");
+        incoming.insert(switchyard_crypt::NONCE_HEADER, "AAAAAAAAAAAAAAAA");
+        incoming.insert("X-Order", "42");
+        let h = sink_headers(&envelope, Some(&incoming));
+        assert!(h.get(switchyard_crypt::KEY_HEADER).is_none());
+        assert!(h.get(switchyard_crypt::NONCE_HEADER).is_none());
+        assert_eq!(h.get("X-Order").map(|v| v.as_str()), Some("42"));
+    }
 
     #[test]
     fn pipeline_and_system_subjects_are_refused() {

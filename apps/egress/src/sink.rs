@@ -1,10 +1,17 @@
 //! One delivery attempt over the route's sink (webhook or NATS), bounded by the route's
-//! timeout, while the message's ack deadline is kept alive.
+//! timeout, while the message's ack deadline is kept alive; and the payload a sink (and a
+//! fan-out filter) reads: opened first when the tenant's payloads are encrypted
+//! ([`Sinks::open`]).
 
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use switchyard_crypt::{KeyCache, OpenError};
+use switchyard_dlq::DlqCode;
 use switchyard_envelope::Envelope;
 use switchyard_registry::Route;
 use tokio::time::Instant;
@@ -21,15 +28,75 @@ pub struct Sinks {
     pub webhook: WebhookClient,
     /// Delivers to NATS subjects.
     pub nats: NatsSink,
+    /// The tenants' data keys, to open encrypted payloads.
+    pub keys: Arc<KeyCache>,
+}
+
+/// How long a message whose payload cannot be opened now (no KEK, KV unreachable, a key that
+/// does not unwrap) waits before it is handled again.
+pub const OPEN_RETRY: Duration = Duration::from_secs(10);
+
+/// Why a payload cannot be delivered in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unopened {
+    /// Never: dead-letter it with this code and reason (the entry keeps the encrypted bytes).
+    DeadLetter(DlqCode, String),
+    /// Not now: handle it again after `after`.
+    Retry {
+        /// How long to wait.
+        after: Duration,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Sinks {
-    /// Delivers `msg` once over `resolved`'s sink; a route's timeout ends the attempt.
+    /// The payload of `msg` in clear: as it is, or opened with its tenant's data key when it is
+    /// sealed (bound to the envelope's tenant and id: a payload moved to another tenant or
+    /// message, or whose key id or bytes were changed, does not open).
+    ///
+    /// Errors: [`Unopened::DeadLetter`] with `payload_tampered`, `unknown_data_key` or
+    /// `tenant_shredded`; [`Unopened::Retry`] while it cannot be opened now.
+    pub async fn open(
+        &self,
+        msg: &jetstream::Message,
+        envelope: &Envelope,
+    ) -> Result<Bytes, Unopened> {
+        let tenant = &envelope.address.tenant;
+        match self
+            .keys
+            .open(
+                tenant,
+                &envelope.id.to_string(),
+                msg.headers.as_ref(),
+                &msg.payload,
+            )
+            .await
+        {
+            Ok(opened) => Ok(opened.payload().clone()),
+            Err(error) => Err(match error.dlq_code() {
+                Some(code) => Unopened::DeadLetter(code, error.to_string()),
+                None => {
+                    if let OpenError::Unavailable(reason) = &error {
+                        tracing::error!(%reason, %tenant, "an encrypted payload cannot be opened now: the message is held");
+                    }
+                    Unopened::Retry {
+                        after: OPEN_RETRY,
+                        reason: error.to_string(),
+                    }
+                }
+            }),
+        }
+    }
+
+    /// Delivers `payload` (the message's, in clear: [`Sinks::open`]) once over `resolved`'s
+    /// sink; a route's timeout ends the attempt.
     pub async fn attempt(
         &self,
         msg: &jetstream::Message,
         envelope: &Envelope,
         resolved: &Resolved,
+        payload: Bytes,
     ) -> Attempted {
         let timeout = resolved.route.timeout();
         let sent = async {
@@ -46,13 +113,13 @@ impl Sinks {
                         content_type: envelope.content_type.as_deref(),
                         traceparent: traceparent.as_deref(),
                         tracestate: envelope.trace.tracestate.as_deref(),
-                        payload: msg.payload.clone(),
+                        payload: payload.clone(),
                     };
                     self.webhook.post(request).await
                 }
                 Route::Nats(route) => {
                     self.nats
-                        .publish(route, envelope, msg.headers.as_ref(), msg.payload.clone())
+                        .publish(route, envelope, msg.headers.as_ref(), payload.clone())
                         .await
                 }
             }

@@ -34,6 +34,11 @@ pub struct IngressConfig {
     pub http: IngressHttpConfig,
     /// Validation and hand-off.
     pub ingress: IngressSettings,
+    /// Payload encryption (`[encryption]`): the key-encryption key that unwraps the data keys
+    /// of tenants with encryption on (default: none; such a tenant's messages are then held,
+    /// never handed on in clear). Loaded and checked at start-up.
+    #[serde(default)]
+    pub encryption: switchyard_crypt::EncryptionConfig,
 }
 
 /// Validation and hand-off settings.
@@ -307,6 +312,7 @@ impl IngressConfig {
         self.http.validate()?;
         let topology = self.deployment.resolve()?;
         self.ingress.validate(&topology)?;
+        self.encryption.load_ring()?;
         Ok(())
     }
 
@@ -405,6 +411,33 @@ mod tests {
                 "{key}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn the_kek_file_comes_from_the_environment_and_a_bad_one_is_refused_by_name() {
+        Jail::expect_with(|jail| {
+            assert_eq!(defaults().encryption.kek_file, None);
+            jail.create_file("kek", &"ab".repeat(32))?;
+            jail.set_env("SWITCHYARD_INGRESS_ENCRYPTION__KEK_FILE", "kek");
+            let config = IngressConfig::load(None).unwrap();
+            assert_eq!(
+                config.encryption.kek_file.as_deref(),
+                Some(std::path::Path::new("kek"))
+            );
+            assert!(config.encryption.load_ring().unwrap().is_some());
+            jail.create_file("junk", "not a key")?;
+            jail.set_env("SWITCHYARD_INGRESS_ENCRYPTION__KEK_FILE", "junk");
+            let message = IngressConfig::load(None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with("invalid setting encryption.kek_file: "),
+                "{message}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

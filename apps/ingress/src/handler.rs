@@ -1,15 +1,26 @@
 //! The ingress stage's handler: validate, stamp the envelope, hand on — or dead-letter.
+//!
+//! **Encryption at the edge.** For a tenant with encryption on, the payload handed on is
+//! sealed under the tenant's current data key, bound to the tenant and the envelope id
+//! ([`switchyard_crypt::KeyCache::seal`]; `Switchyard-Key` and `Switchyard-Nonce` carry the
+//! key id and nonce), so every later stream, the DLQ included, holds only ciphertext. A
+//! payload the HTTP API sealed before storing it (bound to `ingress:<msg id>`,
+//! [`switchyard_crypt::edge_seal_id`]) is opened first, validated in clear and sealed again
+//! under the envelope id. One that does not open is dead-lettered `payload_tampered`,
+//! `unknown_data_key` or `tenant_shredded`; one that cannot be sealed now (no KEK) is held.
 
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use bytes::Bytes;
+use switchyard_crypt::{KeyCache, OpenError, edge_seal_id, insert_seal_headers};
 use switchyard_dlq::DeadLetter;
 use switchyard_envelope::{
     Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext, headers,
 };
-use switchyard_keys::Stage;
+use switchyard_keys::{Stage, TenantId};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
-use switchyard_subjects::InputStage;
+use switchyard_subjects::{InputStage, StageSubject, SubjectKind};
 use switchyard_topology::ResolvedTopology;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -26,7 +37,14 @@ pub struct IngressHandler {
     pub next: InputStage,
     /// The topology, to tell whose stream a message was read from.
     pub topology: ResolvedTopology,
+    /// The tenants' data keys: which tenants have encryption on, and the keys that seal and
+    /// open their payloads.
+    pub sealing: Arc<KeyCache>,
 }
+
+/// How long a message of a tenant with encryption on waits before it is tried again when its
+/// payload cannot be sealed or opened now (no KEK, an unreadable key record, KV unreachable).
+pub const SEAL_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A trace context for a message that arrived without one: the envelope id as the trace id
 /// (one trace per message, from ingress to sink) and the stream sequence as the span id.
@@ -106,9 +124,13 @@ impl Handler for IngressHandler {
             sequence: info.stream_sequence,
         };
         let received_at = received_at(msg.headers.as_ref(), info.published);
+        let payload = match self.edge_payload(msg).await {
+            Ok(payload) => payload,
+            Err(handled) => return *handled,
+        };
         match self
             .validator
-            .check(&msg.subject, msg.headers.as_ref(), &msg.payload, &source)
+            .check(&msg.subject, msg.headers.as_ref(), &payload, &source)
         {
             Err(rejection) => {
                 // A subject that names no valid tenant was still read from one tenant's own
@@ -135,15 +157,91 @@ impl Handler for IngressHandler {
                 let mut h = headers::producer_headers(msg.headers.as_ref());
                 envelope.write_headers(&mut h);
                 let tenant = Some(envelope.address.tenant.clone());
-                let outcome = match self
-                    .handoff
-                    .forward(self.next, &envelope, h, msg.payload.clone())
-                    .await
-                {
+                let payload = match self.sealing.seal(
+                    &envelope.address.tenant,
+                    &envelope.id.to_string(),
+                    &payload,
+                ) {
+                    Ok(None) => payload,
+                    Ok(Some(sealed)) => {
+                        insert_seal_headers(&mut h, &sealed.headers);
+                        Bytes::from(sealed.ciphertext)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "a payload cannot be sealed: the message is held");
+                        return Handled {
+                            tenant,
+                            outcome: Outcome::Retry {
+                                after: SEAL_RETRY,
+                                reason: error.to_string(),
+                            },
+                        };
+                    }
+                };
+                let outcome = match self.handoff.forward(self.next, &envelope, h, payload).await {
                     Ok(()) => Outcome::Forwarded,
                     Err(e) => e.outcome(msg, Stage::Ingress, &envelope),
                 };
                 Handled { tenant, outcome }
+            }
+        }
+    }
+}
+
+impl IngressHandler {
+    /// The producer's payload in clear: as it came, or — when it carries seal headers (the HTTP
+    /// API sealed it before storing it) — opened for the subject's tenant, bound to
+    /// `ingress:<Nats-Msg-Id>`. Seal headers on a message of a tenant that never had
+    /// encryption on are a producer's own noise: they are dropped with the other
+    /// `Switchyard-*` headers and the payload is taken as it is. `Err` is the decision for a
+    /// payload that does not open: dead-lettered with its precise code, or held while it
+    /// cannot be opened now.
+    async fn edge_payload(&self, msg: &jetstream::Message) -> Result<Bytes, Box<Handled>> {
+        let h = msg.headers.as_ref();
+        let sealed = h.is_some_and(|h| {
+            h.get(switchyard_crypt::KEY_HEADER).is_some()
+                || h.get(switchyard_crypt::NONCE_HEADER).is_some()
+        });
+        if !sealed {
+            return Ok(msg.payload.clone());
+        }
+        // A subject without a valid tenant is refused by validation, whatever the payload.
+        let Ok(subject) = StageSubject::parse(&self.validator.ns, &msg.subject) else {
+            return Ok(msg.payload.clone());
+        };
+        let tenant: TenantId = subject.address.tenant.clone();
+        let msg_id = h
+            .and_then(|h| h.get(headers::NATS_MSG_ID))
+            .map_or("", |v| v.as_str());
+        match self
+            .sealing
+            .open(&tenant, &edge_seal_id(msg_id), h, &msg.payload)
+            .await
+        {
+            Ok(opened) => Ok(opened.payload().clone()),
+            Err(OpenError::NotEncrypted { .. }) => Ok(msg.payload.clone()),
+            Err(error) => {
+                let outcome = match error.dlq_code() {
+                    Some(code) => Outcome::DeadLetter(Box::new(DeadLetter::for_message(
+                        msg,
+                        Stage::Ingress,
+                        code,
+                        error.to_string(),
+                        Some(tenant.clone()),
+                        Some(subject.address.platform.clone()),
+                    ))),
+                    None => {
+                        tracing::error!(%error, "a sealed payload cannot be opened now: the message is held");
+                        Outcome::Retry {
+                            after: SEAL_RETRY,
+                            reason: error.to_string(),
+                        }
+                    }
+                };
+                Err(Box::new(Handled {
+                    tenant: Some(tenant),
+                    outcome,
+                }))
             }
         }
     }

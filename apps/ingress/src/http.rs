@@ -18,7 +18,9 @@
 //! ingress stream (`INGRESS_<tenant>`); 4xx with `{"error","code"}` for bad input; 429 with
 //! `Retry-After` while the tenant's admission is closed (its delivery backlog passed its
 //! threshold) or its ingress quota is full (`quota_exceeded`); 503 with `Retry-After` when
-//! JetStream refuses otherwise (`tenant_not_provisioned` when the tenant has no stream); 408
+//! JetStream refuses otherwise (`tenant_not_provisioned` when the tenant has no stream, and
+//! `encryption_unavailable` when the tenant has encryption on but ingress cannot seal: no KEK,
+//! an unreadable key record); 408
 //! `request_timeout`, 503 `timeout` and 503 `overloaded` from the listener's bounds
 //! ([`guard`]). This router is all the public listener serves: the probes have their own.
 
@@ -36,6 +38,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use switchyard_crypt::{KeyCache, edge_seal_id, insert_seal_headers};
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::{EnvelopeId, SourceRef, headers};
 use switchyard_keys::{Address, ApiKeyKey, MsgId, RateKey, RateRecord, RateScope, TenantId};
@@ -66,6 +69,9 @@ pub struct ApiState {
     pub validator: Arc<Validator>,
     /// Admission state per tenant, published by the backpressure service.
     pub pressure: Arc<KvCache<RateKey, PressureRecord>>,
+    /// The tenants' data keys: a tenant with encryption on has its payload sealed before it is
+    /// stored.
+    pub sealing: Arc<KeyCache>,
 }
 
 /// The JSON request of `POST /v1/messages`.
@@ -405,6 +411,29 @@ async fn accept(
     if let Some(tp) = traceparent.filter(|t| !t.contains(['\r', '\n'])) {
         h.insert(headers::TRACEPARENT, tp);
     }
+    // A tenant with encryption on: the payload is sealed before it is stored, bound to the
+    // tenant and the producer's message id (the ingress stage opens it and seals it again
+    // under the envelope id).
+    let payload =
+        match state
+            .sealing
+            .seal(&address.tenant, &edge_seal_id(msg_id.as_str()), &payload)
+        {
+            Ok(None) => payload,
+            Ok(Some(sealed)) => {
+                insert_seal_headers(&mut h, &sealed.headers);
+                Bytes::from(sealed.ciphertext)
+            }
+            Err(error) => {
+                tracing::error!(%error, "a producer's payload cannot be sealed: refused with 503");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "encryption_unavailable",
+                    format!("{error}; retry later"),
+                )
+                .retry_after(5));
+            }
+        };
     let address_tenant = address.tenant.clone();
     let subject = StageSubject {
         stage: InputStage::Ingress,

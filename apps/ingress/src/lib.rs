@@ -1,7 +1,9 @@
 //! The ingress service: reads every tenant's own ingress stream ([`tenants`]), validates every
 //! producer message ([`validate`]), stamps the envelope and hands it on ([`handler`]) — or
 //! dead-letters it with a precise code — and serves the producer HTTP API ([`http`]) on the
-//! public listener, with probes and metrics on a listener of their own.
+//! public listener, with probes and metrics on a listener of their own. A tenant with
+//! encryption on (`tenant-keys` bucket) has its payloads sealed at this edge: by the HTTP API
+//! before it stores them, by the stage before it hands them on ([`handler`]).
 
 pub mod config;
 pub mod credit;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus_client::metrics::gauge::Gauge;
+use switchyard_crypt::KeyCache;
 use switchyard_keys::{RateRecord, Stage};
 use switchyard_registry::KvCache;
 use switchyard_service::{
@@ -37,6 +40,7 @@ pub async fn start(
     switchyard_topology::check_server(&client, &topology)?;
     config.http.validate()?;
     config.ingress.validate(&topology)?;
+    let ring = config.encryption.load_ring()?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (tenants_bucket, tenants_kv) = topology.open_bucket(&js, BucketName::Tenants).await?;
     let tenants = KvCache::start(tenants_kv, shutdown.clone());
@@ -47,6 +51,11 @@ pub async fn start(
     let (keys_bucket, keys_kv) = topology.open_bucket(&js, BucketName::ApiKeys).await?;
     let keys = KvCache::start(keys_kv, shutdown.clone());
     keys.wait_loaded().await;
+    // Tenants with encryption on: their payloads are sealed before they are stored (HTTP) or
+    // handed on (NATS producers).
+    let (sealing_bucket, sealing_kv) = topology.open_bucket(&js, BucketName::TenantKeys).await?;
+    let sealing = KeyCache::start(sealing_kv, ring, shutdown.clone());
+    sealing.wait_loaded().await;
 
     let validator = Arc::new(validate::Validator {
         ns: topology.namespace.clone(),
@@ -60,7 +69,7 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: Vec::new(),
-        buckets: vec![tenants_bucket, limits_bucket, keys_bucket],
+        buckets: vec![tenants_bucket, limits_bucket, keys_bucket, sealing_bucket],
     };
     let api = Arc::new(http::ApiState {
         js: js.clone(),
@@ -68,6 +77,7 @@ pub async fn start(
         require_api_key: config.ingress.require_api_key,
         validator: validator.clone(),
         pressure: pressure.clone(),
+        sealing: sealing.clone(),
     });
     let pressure_for_credit = pressure;
     let guard = http::Guard::new(
@@ -90,6 +100,7 @@ pub async fn start(
         handoff: Handoff::new(js.clone(), topology.namespace.clone()),
         next: config.ingress.next_stage,
         topology: topology.clone(),
+        sealing,
     });
     let mut settings = WorkerSettings {
         concurrency: config.ingress.concurrency,

@@ -109,6 +109,14 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
+/// The id a payload sealed at the edge, before the ingress stage has stamped its envelope, is
+/// bound to: `ingress:<the producer's message id>` (ingress's HTTP API seals with it before it
+/// stores a message; the ingress stage opens with it and seals again under the envelope id).
+/// Envelope ids are UUIDs, so the two kinds of binding never collide.
+pub fn edge_seal_id(msg_id: &str) -> String {
+    format!("ingress:{msg_id}")
+}
+
 fn payload_aad(tenant: &TenantId, envelope_id: &str, key: &DekId) -> Vec<u8> {
     aead::associated_data(&[
         b"switchyard payload v1",

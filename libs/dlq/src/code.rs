@@ -52,11 +52,21 @@ pub enum DlqCode {
     /// it (Switchyard's stages never terminate: they ack after writing their own record, so a
     /// terminated message comes from something else acting on a pipeline consumer).
     Terminated,
+    /// ingress or egress: a sealed payload does not authenticate — its ciphertext, nonce or
+    /// key id was changed, or it was moved to another tenant or message (its seal headers
+    /// malformed included). Nothing was decrypted.
+    PayloadTampered,
+    /// ingress or egress: a sealed payload names a data key its tenant does not have (never
+    /// created, or the tenant's encryption was never on).
+    UnknownDataKey,
+    /// ingress or egress: the tenant's data keys were destroyed (`switchyard encryption
+    /// shred`): its sealed payloads can never be decrypted again.
+    TenantShredded,
 }
 
 impl DlqCode {
     /// Every code.
-    pub const ALL: [DlqCode; 17] = [
+    pub const ALL: [DlqCode; 20] = [
         DlqCode::InvalidSubject,
         DlqCode::InvalidHeader,
         DlqCode::MissingMsgId,
@@ -74,6 +84,9 @@ impl DlqCode {
         DlqCode::DeadlineExceeded,
         DlqCode::ExhaustedDeliveries,
         DlqCode::Terminated,
+        DlqCode::PayloadTampered,
+        DlqCode::UnknownDataKey,
+        DlqCode::TenantShredded,
     ];
 
     /// The code as written in headers and shown by the CLI.
@@ -96,6 +109,9 @@ impl DlqCode {
             DlqCode::DeadlineExceeded => "deadline_exceeded",
             DlqCode::ExhaustedDeliveries => "exhausted_deliveries",
             DlqCode::Terminated => "terminated",
+            DlqCode::PayloadTampered => "payload_tampered",
+            DlqCode::UnknownDataKey => "unknown_data_key",
+            DlqCode::TenantShredded => "tenant_shredded",
         }
     }
 }

@@ -139,11 +139,14 @@ pub enum BucketName {
     DlqReplays,
     /// `breakers`: open circuit breakers, shared by every egress replica.
     Breakers,
+    /// `tenant-keys`: each tenant's data-encryption keys, wrapped by the KEK (a record means
+    /// the tenant's payloads are encrypted).
+    TenantKeys,
 }
 
 impl BucketName {
     /// Every declared bucket.
-    pub const ALL: [BucketName; 10] = [
+    pub const ALL: [BucketName; 11] = [
         BucketName::Idempotency,
         BucketName::Routes,
         BucketName::Destinations,
@@ -154,6 +157,7 @@ impl BucketName {
         BucketName::ApiKeys,
         BucketName::DlqReplays,
         BucketName::Breakers,
+        BucketName::TenantKeys,
     ];
 
     /// The base name in the declaration file.
@@ -169,6 +173,7 @@ impl BucketName {
             BucketName::ApiKeys => "api-keys",
             BucketName::DlqReplays => "dlq-replays",
             BucketName::Breakers => "breakers",
+            BucketName::TenantKeys => "tenant-keys",
         }
     }
 

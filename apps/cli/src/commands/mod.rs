@@ -4,6 +4,7 @@ pub mod attempts;
 pub mod destinations;
 pub mod dlq;
 pub mod doctor;
+pub mod encryption;
 pub mod events;
 pub mod keys;
 pub mod limits;

@@ -10,6 +10,7 @@ mod dlq_export;
 mod dlq_jobs;
 mod dlq_stats;
 mod doctor;
+mod encryption;
 mod fixtures;
 mod json_output;
 mod keys;

@@ -61,7 +61,7 @@ async fn provision_twice_then_drift_then_fix() {
     );
     assert!(
         text.trim_end()
-            .ends_with("20 created, 1 removed once drained"),
+            .ends_with("21 created, 1 removed once drained"),
         "{text}"
     );
     assert!(js.get_stream("INGRESS").await.is_err(), "retired");
@@ -71,7 +71,7 @@ async fn provision_twice_then_drift_then_fix() {
     assert!(
         stdout(&second)
             .trim_end()
-            .ends_with("nothing to change: all 20 declared items exist as declared"),
+            .ends_with("nothing to change: all 21 declared items exist as declared"),
         "{}",
         stdout(&second)
     );
@@ -96,7 +96,7 @@ async fn provision_twice_then_drift_then_fix() {
     );
     assert!(
         text.trim_end()
-            .ends_with("nothing to change: all 21 declared items exist as declared"),
+            .ends_with("nothing to change: all 23 declared items exist as declared"),
         "{text}"
     );
 
@@ -180,7 +180,7 @@ async fn status_tables_and_json() {
     );
     assert!(
         text.trim_end()
-            .ends_with("20 declared items are missing: run `switchyard provision`"),
+            .ends_with("21 declared items are missing: run `switchyard provision`"),
         "{text}"
     );
 

@@ -158,7 +158,7 @@ pub async fn run(
     match &args.command {
         DlqCommand::Tail(a) => tail::run(&reader, a, out).await,
         DlqCommand::Ls(a) => ls::run(&reader, a, out).await,
-        DlqCommand::Show(a) => show::run(&reader, a, out).await,
+        DlqCommand::Show(a) => show::run(js, topology, &reader, a, out).await,
         DlqCommand::Replay(a) => replay::run(js, topology, &reader, a, out).await,
         DlqCommand::Jobs(a) => jobs::run(js, topology, a, out).await,
         DlqCommand::Stats(a) => stats::run(js, topology, &stream, a, out).await,
