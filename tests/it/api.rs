@@ -921,8 +921,10 @@ async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
             "POST",
             "/v1/tenants/initech/enable",
             OPERATOR,
-            Some(json!({"max_msgs": 500, "name": "Initech", "unmatched": "drop",
-                        "destination_rate_limit": {"rate_per_sec": 5.0, "burst": 2}})),
+            Some(
+                json!({"max_msgs": 500, "name": "Initech", "unmatched": "drop",
+                        "destination_rate_limit": {"rate_per_sec": 5.0, "burst": 2}}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -944,11 +946,17 @@ async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["record"].get("name").is_none(), "{body}");
     assert_eq!(body["record"]["unmatched"], "drop");
-    assert_eq!(body["record"]["destination_rate_limit"]["rate_per_sec"], 5.0);
+    assert_eq!(
+        body["record"]["destination_rate_limit"]["rate_per_sec"],
+        5.0
+    );
 
     // Bad settings are refused by name, before anything changes.
     for (request, field) in [
-        (json!({"max_bytes": 300}), "max_bytes 300 is below the largest message"),
+        (
+            json!({"max_bytes": 300}),
+            "max_bytes 300 is below the largest message",
+        ),
         (json!({"max_msgs": 0}), "max_msgs 0 is below 1"),
         (json!({"name": "a\u{1b}[31m"}), "name "),
         (json!({"unmatched": "keep"}), "unmatched \"keep\""),
@@ -958,7 +966,12 @@ async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
         ),
     ] {
         let (status, body) = api
-            .call("POST", "/v1/tenants/initech/enable", OPERATOR, Some(request))
+            .call(
+                "POST",
+                "/v1/tenants/initech/enable",
+                OPERATOR,
+                Some(request),
+            )
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(
@@ -974,7 +987,11 @@ async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
             Some(json!({"quota": 1})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are refused");
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused"
+    );
     // More than the server can reserve: refused by it, and the tenant is not registered.
     let (status, body) = api
         .call(
@@ -999,26 +1016,19 @@ async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
         let (status, body) = api
             .call("POST", path, &acme, Some(json!({"max_msgs": 1_000_000})))
             .await;
-        assert!(
-            status == StatusCode::FORBIDDEN,
-            "{path}: {status} {body}"
-        );
+        assert!(status == StatusCode::FORBIDDEN, "{path}: {status} {body}");
     }
 
     // Disabled: its record says so, and its keys are refused.
     let initech = manage_key(js, "initech").await;
-    let (status, _) = api
-        .call("GET", "/v1/tenants/initech", &initech, None)
-        .await;
+    let (status, _) = api.call("GET", "/v1/tenants/initech", &initech, None).await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = api
         .call("POST", "/v1/tenants/initech/disable", OPERATOR, None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["record"]["enabled"], false);
-    let (status, body) = api
-        .call("GET", "/v1/tenants/initech", &initech, None)
-        .await;
+    let (status, body) = api.call("GET", "/v1/tenants/initech", &initech, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"], "tenant_disabled");
     let (status, _) = api

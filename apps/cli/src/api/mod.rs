@@ -251,10 +251,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(|| async { openapi_json() }))
         .route("/v1/tenants", get(list_tenants))
         .route("/v1/tenants/{tenant}", get(get_tenant))
-        .route(
-            "/v1/tenants/{tenant}/enable",
-            post(tenants::enable_tenant),
-        )
+        .route("/v1/tenants/{tenant}/enable", post(tenants::enable_tenant))
         .route(
             "/v1/tenants/{tenant}/disable",
             post(tenants::disable_tenant),

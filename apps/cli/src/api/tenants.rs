@@ -101,8 +101,7 @@ pub async fn enable_tenant(
         unmatched,
         destination_rate: request.destination_rate_limit,
     };
-    match tenants::enable_tenant(&state.js, &state.topology, &state.tenants, &tenant, &change)
-        .await
+    match tenants::enable_tenant(&state.js, &state.topology, &state.tenants, &tenant, &change).await
     {
         Ok((record, _)) => Ok(Json(view(&tenant, &record))),
         Err(TenantError::Invalid { field, reason }) => {
