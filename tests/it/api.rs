@@ -844,14 +844,25 @@ async fn a_purge_runs_dry_then_with_its_confirmed_count_and_only_over_the_tenant
     assert_eq!(status, StatusCode::OK, "{dry}");
     assert_eq!(dry["matched"], 1);
     assert_eq!(dry["selected"], json!([acme_seq]));
+    assert_eq!(dry["through"], acme_seq);
     assert_eq!(dry["removed"], json!([]));
     // Without the confirmation, or with another count, nothing goes.
     let (status, body) = purge(json!({})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"], "confirmation_required");
-    let (status, body) = purge(json!({"confirm": 2})).await;
+    let (status, body) = purge(json!({"confirm": 1})).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "without through: {body}"
+    );
+    assert_eq!(body["error"], "confirmation_required");
+    let (status, body) = purge(json!({"confirm": 2, "through": acme_seq})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"], "count_mismatch");
+    // Below the entry: it is not selected, so the count differs and nothing goes.
+    let (status, body) = purge(json!({"confirm": 1, "through": acme_seq - 1})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (status, _) = purge(json!({"seqs": [acme_seq], "code": "retries_exhausted"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "seqs or filters");
     // Another tenant's entries: out of reach by its path, and by sequence under one's own.
@@ -881,7 +892,9 @@ async fn a_purge_runs_dry_then_with_its_confirmed_count_and_only_over_the_tenant
     assert_eq!(status, StatusCode::OK, "still there after every refusal");
 
     // Confirmed: exactly the tenant's entry goes.
-    let (status, done) = purge(json!({"code": "retries_exhausted", "confirm": 1})).await;
+    let (status, done) = purge(json!({"code": "retries_exhausted", "confirm": 1,
+                                      "through": acme_seq}))
+    .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["dry_run"], false);
     assert_eq!(done["removed"], json!([acme_seq]));
@@ -897,7 +910,7 @@ async fn a_purge_runs_dry_then_with_its_confirmed_count_and_only_over_the_tenant
         .await;
     assert_eq!(status, StatusCode::OK, "globex's entry is untouched");
     // Nothing left: a purge of nothing deletes nothing.
-    let (status, empty) = purge(json!({"confirm": 0})).await;
+    let (status, empty) = purge(json!({"confirm": 0, "through": 0})).await;
     assert_eq!(status, StatusCode::OK, "{empty}");
     assert_eq!(empty["matched"], 0);
 }
@@ -1035,4 +1048,117 @@ async fn the_operator_registers_and_disables_tenants_and_a_tenant_key_cannot() {
         .call("POST", "/v1/tenants/nobody/disable", OPERATOR, None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn what_a_hostile_tenant_or_a_stranger_sends_is_refused_before_it_costs_anything() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+    let client = reqwest::Client::new();
+    // No credentials: 401 at once, body unread (a large one too); the description needs none.
+    let response = client
+        .post(format!("{}/v1/tenants/acme/dlq/purge", api.base))
+        .body(vec![b'x'; 200_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = client
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // A body over 256 KiB: 413.
+    let response = client
+        .put(format!("{}/v1/tenants/acme/destinations/big", api.base))
+        .bearer_auth(&acme)
+        .body(vec![b' '; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A destination that would take more than its share of the bucket every tenant shares.
+    let headers: serde_json::Map<String, Value> = (0..16)
+        .map(|i| (format!("x-pad-{i}"), Value::String("v".repeat(2000))))
+        .collect();
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/destinations/fat",
+            &acme,
+            Some(
+                json!({"target": {"type": "webhook", "url": "https://hooks.example.com/in",
+                                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                                   "headers": headers}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("at most 16384"),
+        "{body}"
+    );
+    // What an operator disabled, the tenant cannot enable.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/disable",
+            OPERATOR,
+            Some(json!({"reason": "abuse report"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/enable",
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "operator_only");
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/enable",
+            OPERATOR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // At most ten replay jobs pending at once (no dlq service runs here: they stay pending).
+    for n in 0..10 {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/tenants/acme/dlq/replay",
+                &acme,
+                Some(json!({"dry_run": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "job {n}: {body}");
+    }
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/dlq/replay",
+            &acme,
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "too_many_jobs");
+    // Another tenant's jobs do not count against globex.
+    let globex = manage_key(&api.provisioned.js, "globex").await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tenants/globex/dlq/replay",
+            &globex,
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }

@@ -191,7 +191,7 @@ impl DlqConfig {
                 _ => anyhow::bail!(
                     "invalid setting events_webhook.url: {:?} is not an http:// or https:// URL \
                      (leave it empty to turn the delivery off)",
-                    webhook.url
+                    switchyard_registry::route::redact_url(&webhook.url)
                 ),
             }
             if webhook.secret_file.as_os_str().is_empty() {
@@ -286,8 +286,9 @@ mod tests {
         assert!(!config.events_webhook.enabled());
         for (tune, key) in [
             (
-                (|c: &mut DlqConfig| c.events_webhook.url = "ftp://ops.example.com".into())
-                    as fn(&mut DlqConfig),
+                (|c: &mut DlqConfig| {
+                    c.events_webhook.url = "htps://ops:S3cret@ops.example.com/in?token=t".into()
+                }) as fn(&mut DlqConfig),
                 "events_webhook.url",
             ),
             (
@@ -311,6 +312,7 @@ mod tests {
             tune(&mut bad);
             let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
+            assert!(!err.contains("S3cret") && !err.contains("token=t"), "{err}");
         }
         let mut zero = config.clone();
         zero.jobs.lease_secs = 0;

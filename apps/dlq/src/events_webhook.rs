@@ -144,39 +144,26 @@ impl EventsWebhook {
             .with_context(|| format!("opening consumer {}/{durable}", declared.stream))
     }
 
-    /// Delivers events from `consumer` until `shutdown`; a consumer that stops is opened
-    /// again after a pause.
+    /// Delivers events from `consumer` until `shutdown`, one at a time: each is fetched only
+    /// when the one before was answered, so none waits in a buffer past the consumer's ack
+    /// wait while a slow endpoint answers (it would be delivered again). A read that fails is
+    /// tried again after a pause.
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
         loop {
-            let mut messages = tokio::select! {
+            let fetched = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                messages = consumer.messages() => match messages {
-                    Ok(messages) => messages,
-                    Err(error) => {
-                        tracing::warn!(%error, "reading events for the events webhook failed; retried");
-                        if !pause(&shutdown).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
+                fetched = next_event(&consumer) => fetched,
             };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => self.handle(&message).await,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "reading events for the events webhook failed; retried");
-                        break;
+            match fetched {
+                Ok(Some(message)) => self.handle(&message).await,
+                // Nothing new within the fetch's wait.
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "reading events for the events webhook failed; retried");
+                    if !pause(&shutdown).await {
+                        return;
                     }
-                    None => break,
                 }
-            }
-            if !pause(&shutdown).await {
-                return;
             }
         }
     }
@@ -248,6 +235,25 @@ impl EventsWebhook {
         self.counts.get_or_create(&Outcome { outcome }).inc();
     }
 }
+
+/// The next event, waiting up to [`FETCH_WAIT`]; `None` when none came.
+async fn next_event(consumer: &PullConsumer) -> anyhow::Result<Option<jetstream::Message>> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(FETCH_WAIT)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    match batch.next().await {
+        Some(Ok(message)) => Ok(Some(message)),
+        Some(Err(error)) => Err(anyhow::anyhow!(error)),
+        None => Ok(None),
+    }
+}
+
+/// How long one fetch waits for an event.
+pub const FETCH_WAIT: Duration = Duration::from_secs(5);
 
 /// Acks or naks; a failure leaves the event to be redelivered after the ack wait.
 async fn settle(message: &jetstream::Message, kind: AckKind) {

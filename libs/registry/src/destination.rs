@@ -38,6 +38,10 @@ use crate::route::{Route, RouteError};
 /// destination into the shared `EGRESS` stream).
 pub const MAX_DESTINATIONS: usize = 100;
 
+/// The largest destination record, as JSON: 16 KiB (a tenant's 100 destinations hold at most
+/// 1.6 MiB of the `destinations` bucket; size the bucket for tenants × that).
+pub const MAX_DESTINATION_BYTES: usize = 16 * 1024;
+
 /// The most platforms, teams or event types one subscription lists.
 pub const MAX_LIST: usize = 100;
 
@@ -273,9 +277,18 @@ impl Destination {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Checks the target, the subscription and the description.
+    /// Checks the target, the subscription and the description, and that the record stays
+    /// within [`MAX_DESTINATION_BYTES`] as JSON (one tenant's destinations cannot fill the
+    /// bucket every tenant shares).
     pub fn validate(&self) -> Result<(), DestinationError> {
         self.target.validate().map_err(DestinationError::Target)?;
+        let size = self.to_json().len();
+        if size > MAX_DESTINATION_BYTES {
+            return Err(DestinationError::Field {
+                field: "destination",
+                reason: format!("{size} bytes as JSON; at most {MAX_DESTINATION_BYTES}"),
+            });
+        }
         self.subscription.validate()?;
         let note = |field: &'static str, text: &str| {
             let bad = text.chars().count() > MAX_DESCRIPTION_CHARS

@@ -43,6 +43,37 @@ fn default_max_in_flight() -> usize {
     16
 }
 
+/// Name suffixes a tenant's webhook may not use: reserved for loopback and private networks
+/// (`localhost`, `local`, `internal`, `home.arpa`, `lan`, `intranet`, `corp`) or cluster
+/// service discovery (`svc`, `cluster.local`, `consul`).
+pub const INTERNAL_SUFFIXES: [&str; 10] = [
+    "localhost",
+    "local",
+    "internal",
+    "home.arpa",
+    "lan",
+    "intranet",
+    "corp",
+    "svc",
+    "cluster.local",
+    "consul",
+];
+
+/// The longest webhook URL, in bytes.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// The most extra headers a webhook route sends.
+pub const MAX_HEADERS: usize = 32;
+
+/// The longest extra header name, in bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+
+/// The longest extra header value, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+
+/// The longest NATS route subject, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
 /// A Standard Webhooks signing secret: `whsec_` followed by base64 of the key bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -232,11 +263,21 @@ impl Route {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Checks every field.
+    /// Checks every field: an http(s) URL of at most [`MAX_URL_BYTES`], at most
+    /// [`MAX_HEADERS`] headers (names up to [`MAX_HEADER_NAME_BYTES`], values up to
+    /// [`MAX_HEADER_VALUE_BYTES`], no control characters), a concrete subject of at most
+    /// [`MAX_SUBJECT_BYTES`] without whitespace or control characters, the secrets, the
+    /// timeout and the in-flight limit.
     pub fn validate(&self) -> Result<(), RouteError> {
         let (timeout_ms, max_in_flight) = match self {
             Route::Webhook(w) => {
                 let scheme_ok = w.url.starts_with("http://") || w.url.starts_with("https://");
+                if w.url.len() > MAX_URL_BYTES {
+                    return Err(RouteError::Field {
+                        field: "url",
+                        reason: format!("{} bytes; at most {MAX_URL_BYTES}", w.url.len()),
+                    });
+                }
                 if !scheme_ok || w.url.len() < 10 || w.url.contains(char::is_whitespace) {
                     return Err(RouteError::Field {
                         field: "url",
@@ -277,11 +318,22 @@ impl Route {
                         ),
                     });
                 }
+                if w.headers.len() > MAX_HEADERS {
+                    return Err(RouteError::Field {
+                        field: "headers",
+                        reason: format!("{} headers; at most {MAX_HEADERS}", w.headers.len()),
+                    });
+                }
                 for (name, value) in &w.headers {
                     // HTTP field values allow tab, never other control characters.
                     let bad =
                         |s: &str| s.is_empty() || s.chars().any(|c| c.is_control() && c != '\t');
-                    if bad(name) || bad(value) || name.contains([':', ' ']) {
+                    if bad(name)
+                        || bad(value)
+                        || name.contains([':', ' '])
+                        || name.len() > MAX_HEADER_NAME_BYTES
+                        || value.len() > MAX_HEADER_VALUE_BYTES
+                    {
                         return Err(RouteError::Field {
                             field: "headers",
                             reason: format!("invalid header {name:?}"),
@@ -292,10 +344,14 @@ impl Route {
             }
             Route::Nats(n) => {
                 let valid = !n.subject.is_empty()
+                    && n.subject.len() <= MAX_SUBJECT_BYTES
                     && n.subject
                         .split('.')
                         .all(|t| !t.is_empty() && t != "*" && t != ">")
-                    && !n.subject.contains(char::is_whitespace);
+                    && !n
+                        .subject
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control());
                 if !valid {
                     return Err(RouteError::Field {
                         field: "subject",
@@ -378,7 +434,15 @@ impl Route {
                 match parsed.host() {
                     Some(url::Host::Domain(host)) => {
                         let host = host.trim_end_matches('.').to_ascii_lowercase();
-                        if host == "localhost" || host.ends_with(".localhost") {
+                        // A single label (`nats`, `kubernetes`) resolves through the search
+                        // domains of egress's own network; the suffixes are reserved for
+                        // private networks and service discovery (RFC 6761, 6762, 8375, and
+                        // cluster DNS). Names of public zones that resolve to internal
+                        // addresses are egress's network policy to stop.
+                        let internal_suffix = INTERNAL_SUFFIXES
+                            .iter()
+                            .any(|suffix| host == *suffix || host.ends_with(&format!(".{suffix}")));
+                        if !host.contains('.') || internal_suffix {
                             return Err(internal());
                         }
                         Ok(())
@@ -454,6 +518,45 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_urls_headers_and_subjects_are_refused_by_field() {
+        let webhook = |url: String, headers: Vec<(String, String)>| {
+            serde_json::json!({"type": "webhook", "url": url,
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "headers": headers.into_iter().collect::<BTreeMap<_, _>>()})
+        };
+        let refused = |value: serde_json::Value| {
+            Route::from_json(value.to_string().as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let base = "https://hooks.example.com/";
+        assert!(
+            refused(webhook(
+                format!("{base}{}", "a".repeat(MAX_URL_BYTES)),
+                vec![]
+            ))
+            .contains("url")
+        );
+        let many = (0..=MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), "v".to_owned()))
+            .collect();
+        assert!(refused(webhook(base.into(), many)).contains("headers"));
+        let long_value = vec![("x-big".to_owned(), "v".repeat(MAX_HEADER_VALUE_BYTES + 1))];
+        assert!(refused(webhook(base.into(), long_value)).contains("headers"));
+        let nats = |subject: &str| serde_json::json!({"type": "nats", "subject": subject});
+        assert!(refused(nats(&"a".repeat(MAX_SUBJECT_BYTES + 1))).contains("subject"));
+        for control in ["sink.acme.\u{0}", "sink.acme.\u{1b}]0;x\u{7}"] {
+            assert!(refused(nats(control)).contains("subject"), "{control:?}");
+        }
+        // At the bounds: accepted.
+        let fits = (0..MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), "v".repeat(64)))
+            .collect();
+        Route::from_json(webhook(base.into(), fits).to_string().as_bytes()).unwrap();
+        Route::from_json(nats(&"a".repeat(MAX_SUBJECT_BYTES)).to_string().as_bytes()).unwrap();
+    }
 
     #[test]
     fn parses_both_kinds_with_defaults() {
@@ -650,6 +753,13 @@ mod tests {
             "http://[fe80::1]/x",
             "http://[::ffff:127.0.0.1]/x",
             "http://2130706433/x",
+            "https://nats:8222/",
+            "https://kubernetes.default.svc/",
+            "https://api.default.svc.cluster.local/",
+            "https://metadata.google.internal/",
+            "https://printer.local/",
+            "https://router.home.arpa/",
+            "https://NATS./x",
         ] {
             let error = hook(internal)
                 .check_tenant_scope("acme")

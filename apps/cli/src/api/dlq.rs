@@ -84,6 +84,9 @@ pub struct PurgeRequest {
     /// Required unless `dry_run`: how many entries the selection matches. When it matches
     /// another number now, nothing is deleted (`409 count_mismatch`).
     pub confirm: Option<u64>,
+    /// Required unless `dry_run` or `seqs`: the dry run's `through`. Only entries at or below
+    /// it are selected, so an entry stored after the dry run is never deleted unseen.
+    pub through: Option<u64>,
 }
 
 /// What a purge deleted (or, in a dry run, would delete).
@@ -95,6 +98,9 @@ pub struct PurgeResult {
     pub matched: u64,
     /// Their sequences, oldest first.
     pub selected: Vec<u64>,
+    /// The highest of them (0 when none): what a purge confirming this dry run names as
+    /// `through`.
+    pub through: u64,
     /// Sequences deleted (empty in a dry run).
     pub removed: Vec<u64>,
     /// Selected sequences that were gone when deleted, and listed sequences that are not the
@@ -243,13 +249,18 @@ pub async fn get_dlq_entry(
     }
 }
 
-/// Replays a tenant's DLQ entries through a durable replay job run by the dlq service.
+/// The most replay jobs one tenant may have pending or running at once.
+pub const MAX_ACTIVE_JOBS: usize = 10;
+
+/// Replays a tenant's DLQ entries through a durable replay job run by the dlq service (at most
+/// [`MAX_ACTIVE_JOBS`] of a tenant's pending or running: `429 too_many_jobs`).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/dlq/replay", tag = "dlq",
     params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     request_body(content = ReplayRequest),
     responses((status = 202, body = JobView), (status = 400, body = ApiError),
               (status = 401, body = ApiError), (status = 403, body = ApiError),
-              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+              (status = 422, body = ApiError), (status = 429, body = ApiError),
+              (status = 503, body = ApiError)))]
 pub async fn replay_dlq(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -269,6 +280,29 @@ pub async fn replay_dlq(
         request.code.as_ref(),
         request.destination.as_ref(),
     )?;
+    // A tenant's jobs are bounded: each is a record in the bucket every tenant shares, and a
+    // run of the dlq service.
+    let active = state
+        .jobs
+        .list()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|(job, _)| {
+            !job.state.is_finished() && job.spec.selection.tenant.as_ref() == Some(&tenant)
+        })
+        .count();
+    if active >= MAX_ACTIVE_JOBS {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_jobs",
+            format!(
+                "tenant {tenant} has {active} replay jobs pending or running, the most it may \
+                 have: wait for one to finish (or cancel one)"
+            ),
+        ));
+    }
     let reader = state.dlq().await?;
     // Only the tenant's own entries count, listed or filtered.
     let matched = matching(&reader, &tenant, &filter, &request.seqs, usize::MAX).await?;
@@ -310,8 +344,10 @@ pub async fn replay_dlq(
 
 /// Deletes a tenant's DLQ entries: listed sequences, or what the filters select (none: every
 /// entry of the tenant), at most 10 000 a request. A dry run (`"dry_run": true`) reports what
-/// would go; a purge itself needs `"confirm": <matched>` and deletes exactly the entries
-/// selected then, one sequence at a time (an entry stored meanwhile is never swept away).
+/// would go and `through`; a purge itself needs `"confirm": <matched>` and, for a filtered
+/// selection, the dry run's `"through"`: it deletes only entries at or below it, exactly those
+/// selected then, one sequence at a time (an entry stored after the dry run is never deleted
+/// unseen; one gone meanwhile makes the count differ: `409`).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/dlq/purge", tag = "dlq",
     params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     request_body(content = PurgeRequest),
@@ -334,16 +370,21 @@ pub async fn purge_dlq(
         request.code.as_ref(),
         request.destination.as_ref(),
     )?;
-    if !request.dry_run && request.confirm.is_none() {
+    let unconfirmed =
+        request.confirm.is_none() || (request.seqs.is_empty() && request.through.is_none());
+    if !request.dry_run && unconfirmed {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "confirmation_required",
-            "a purge needs \"confirm\": the number of entries it deletes (run it with \
-             \"dry_run\": true to see them)",
+            "a purge needs \"confirm\": the number of entries it deletes, and, unless it lists \
+             \"seqs\", \"through\": the dry run's (run it with \"dry_run\": true to see them)",
         ));
     }
     let reader = state.dlq().await?;
-    let matched = matching(&reader, &tenant, &filter, &request.seqs, MAX_LISTED + 1).await?;
+    let mut matched = matching(&reader, &tenant, &filter, &request.seqs, MAX_LISTED + 1).await?;
+    if let (false, Some(through)) = (request.dry_run, request.through) {
+        matched.seqs.retain(|seq| *seq <= through);
+    }
     if matched.seqs.len() > MAX_LISTED {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -358,6 +399,7 @@ pub async fn purge_dlq(
     let mut result = PurgeResult {
         dry_run: request.dry_run,
         matched: count,
+        through: matched.seqs.iter().copied().max().unwrap_or(0),
         selected: matched.seqs,
         removed: Vec::new(),
         not_found: matched.unlisted,

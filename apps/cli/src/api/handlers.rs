@@ -139,8 +139,8 @@ async fn enabled(state: &ApiState, principal: &Principal) -> Result<(), ApiError
         let key = TenantKey {
             tenant: own.clone(),
         };
-        let enabled = matches!(state.tenants.get(&key).await, Ok(Some(record)) if record.enabled);
-        if !enabled {
+        let record = state.tenants.get(&key).await.map_err(unavailable)?;
+        if !record.is_some_and(|r| r.enabled) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "tenant_disabled",
@@ -362,6 +362,12 @@ pub async fn put_destination(
             .check_tenant_scope(own.as_str())
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
+    let existed = state
+        .destinations
+        .get(&key)
+        .await
+        .map_err(unavailable)?
+        .is_some();
     let others = others(&state.destinations, &key).await?;
     if others >= MAX_DESTINATIONS {
         return Err(ApiError::invalid(format!(
@@ -382,12 +388,32 @@ pub async fn put_destination(
     let Changed::Stored(record, _) = changed else {
         return Err(conflict());
     };
+    // Concurrent creates each counted the others before writing: counted again now, the
+    // one that went over the limit is taken back (a replaced destination never is).
+    let created = others < MAX_DESTINATIONS && !existed;
+    if created && others_now(&state, &key).await? >= MAX_DESTINATIONS {
+        state.destinations.delete(&key).await.map_err(unavailable)?;
+        state
+            .destinations
+            .purge_history(&key)
+            .await
+            .map_err(unavailable)?;
+        return Err(ApiError::invalid(format!(
+            "tenant {} has {MAX_DESTINATIONS} destinations, the most a tenant may have",
+            key.tenant
+        )));
+    }
     state
         .destinations
         .purge_history(&key)
         .await
         .map_err(unavailable)?;
     Ok(Json(view(&key.tenant, &key.destination, &record)))
+}
+
+/// How many destinations the tenant of `key` has besides `key`, now.
+async fn others_now(state: &ApiState, key: &DestinationKey) -> Result<usize, ApiError> {
+    Ok(others(&state.destinations, key).await?)
 }
 
 /// Removes a destination.
@@ -476,6 +502,20 @@ pub async fn switch_destination(
                     key.render()
                 )));
             };
+            // What an operator disabled, only an operator enables.
+            if let (Principal::Tenant(_), None, Some(current)) =
+                (&principal, &disabled, &old.disabled)
+                && current.by == DisabledBy::Operator
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "operator_only",
+                    format!(
+                        "destination {} was disabled by an operator; only an operator enables it",
+                        key.render()
+                    ),
+                ));
+            }
             let next = switched(old, &disabled);
             if let Some(next) = &next {
                 next.validate()

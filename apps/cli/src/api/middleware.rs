@@ -42,6 +42,24 @@ pub async fn access_log(request: Request, next: Next) -> Response {
     response
 }
 
+/// Lets through only requests with valid credentials (the operator token, or an active API
+/// key), answering the others `401` at once — before they wait for a turn under the
+/// concurrency limit or their body is read. `/openapi.json` needs none. Which tenant a key may
+/// reach is each handler's check.
+pub async fn credentials(
+    State(state): State<super::ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/openapi.json" {
+        return next.run(request).await;
+    }
+    match super::auth::authenticate(request.headers(), &state.operator_token, &state.keys).await {
+        Ok(_) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
 /// Answers `503 timeout` when the request is not answered within `limit` (waiting for a turn
 /// under the concurrency limit included). The handler is stopped where it stands: what it
 /// changed before then stays changed (a purge may have deleted part of its entries; a list

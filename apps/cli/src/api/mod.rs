@@ -9,9 +9,11 @@
 //! the handlers ([`ApiDoc`], utoipa), served at `/openapi.json`, written by `switchyard api
 //! openapi`, and kept in `docs/openapi.json`, which a test compares with the generated one.
 //!
-//! Every request has a deadline (`--request-timeout-secs`, `503 timeout` past it), waits for
-//! one of [`MAX_CONCURRENT_REQUESTS`] turns, and is one line of the access log
-//! ([`middleware`]). `/healthz` and `/readyz` (NATS connected, the streams and buckets the API
+//! Every request has a deadline (`--request-timeout-secs`, `503 timeout` past it), shows valid
+//! credentials before anything else (`401` without reading its body), waits for one of
+//! [`MAX_CONCURRENT_REQUESTS`] turns, carries at most [`MAX_BODY_BYTES`], and is one line of the
+//! access log ([`middleware`]); a client must send its headers within the service default
+//! (`switchyard_service::launch`). `/healthz` and `/readyz` (NATS connected, the streams and buckets the API
 //! uses exist) answer Kubernetes probes, outside all three and without a token.
 
 pub mod auth;
@@ -296,9 +298,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .fallback(|| async { ApiError::not_found("no such path") })
         .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         // One limit for the whole API (a `ConcurrencyLimitLayer` would give each route its own).
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
+        ))
+        // Outside the limit: a request without valid credentials is answered 401 before it
+        // takes a turn or its body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::credentials,
         ))
         .layer(axum::middleware::from_fn_with_state(
             timeout,
@@ -325,6 +334,10 @@ async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
 
 /// Requests handled at once; more wait their turn.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+
+/// The largest request body, in bytes (a destination is at most 16 KiB of JSON; a purge of
+/// 10,000 listed sequences about 80 KiB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The operator token from `--operator-token-file` or `SWITCHYARD_API_OPERATOR_TOKEN`.
 pub fn operator_token(args: &ServeArgs) -> anyhow::Result<String> {
@@ -364,17 +377,20 @@ pub async fn run(
             let token = operator_token(serve)?;
             let mut state = ApiState::open(js, topology, &token).await?;
             state.request_timeout = Duration::from_secs(serve.request_timeout_secs);
-            let listener = tokio::net::TcpListener::bind(serve.listen)
-                .await
-                .with_context(|| format!("listening on {}", serve.listen))?;
+            // SIGTERM or Ctrl-C: stop accepting, finish the requests in flight. Served like
+            // every service's listener: a client that does not send its headers in time is
+            // closed, so none holds a connection (or the shutdown) for ever.
+            let stop = switchyard_service::shutdown::on_signal();
+            let running =
+                switchyard_service::launch("api", serve.listen, router(state), stop, async {})
+                    .await
+                    .with_context(|| format!("listening on {}", serve.listen))?;
             eprintln!(
                 "management API on http://{} (OpenAPI: /openapi.json)",
-                listener.local_addr().unwrap_or(serve.listen)
+                running.http_addr
             );
-            // SIGTERM or Ctrl-C: stop accepting, finish the requests in flight.
-            let stop = switchyard_service::shutdown::on_signal();
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+            running
+                .finished()
                 .await
                 .context("serving the management API")?;
             Ok(ExitCode::SUCCESS)
