@@ -410,6 +410,51 @@ async fn an_encrypted_tenants_payload_is_never_stored_in_clear_and_both_tenants_
     for marker in [&b"acme-only-4111"[..], b"acme-refused-4222"] {
         assert_eq!(h.store_files_holding(marker), Vec::<PathBuf>::new());
     }
+    // The management API shows acme's dead-lettered payload decrypted when it holds the KEK,
+    // and sealed (saying so) when it does not.
+    let acme_seq = entries
+        .iter()
+        .find(|e| {
+            e.record
+                .tenant
+                .as_ref()
+                .is_some_and(|t| t.as_str() == "acme")
+        })
+        .expect("acme's refused message in the DLQ")
+        .seq;
+    let operator = "operator-token-0123456789abcdef0123456789";
+    for with_kek in [true, false] {
+        let mut state = switchyard_cli::api::ApiState::open(
+            &h.js,
+            &DeploymentConfig::default().resolve().unwrap(),
+            operator,
+        )
+        .await
+        .unwrap();
+        if with_kek {
+            state = state.with_kek(ring(&[kek.as_path()])).await.unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            async move { axum::serve(listener, switchyard_cli::api::router(state)).await },
+        );
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(format!("{base}/v1/tenants/acme/dlq/{acme_seq}"))
+            .bearer_auth(operator)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["encryption"]["decrypted"], with_kek, "{body}");
+        assert_eq!(
+            body.to_string().contains("acme-refused-4222"),
+            with_kek,
+            "{body}"
+        );
+    }
 
     // A NATS producer's payload is stored in clear in the tenant's own ingress stream while it
     // waits for the ingress stage (stopped here), and there only; ingress seals it as it hands

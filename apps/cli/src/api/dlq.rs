@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::handlers::{
     MAX_LISTED, MAX_PAGE, anyhow_unavailable, caller_for, copy_of, number, principal, unavailable,
 };
-use crate::commands::dlq::{jobs, purge};
+use crate::commands::dlq::{jobs, purge, show};
 
 /// A page of DLQ entries, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -241,9 +241,17 @@ pub async fn get_dlq_entry(
         return Err(not_found());
     };
     match reader.entry_of(&message) {
-        Ok(entry) if entry.record.tenant.as_ref() == Some(&tenant) => Ok(Json(
-            serde_json::to_value(entry.view()).unwrap_or(Value::Null),
-        )),
+        Ok(entry) if entry.record.tenant.as_ref() == Some(&tenant) => {
+            // An encrypted payload: decrypted with the API's KEK, or shown sealed and why.
+            let keys = state
+                .data_keys
+                .as_deref()
+                .map(|(store, ring)| (store, ring));
+            let sealed = show::unseal(&entry, keys).await;
+            Ok(Json(
+                show::json_view(&entry, &sealed).map_err(|e| anyhow_unavailable(&e))?,
+            ))
+        }
         // Another tenant's, or not a record: nothing of it is shown.
         _ => Err(not_found()),
     }

@@ -166,6 +166,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
+    /// The key-encryption key, to show encrypted tenants' DLQ payloads decrypted (without it
+    /// they show sealed, with `"encryption": {"decrypted": false}`).
+    #[command(flatten)]
+    pub kek: crate::commands::encryption::KekArgs,
 }
 
 /// The default of `--request-timeout-secs`.
@@ -196,6 +200,9 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// How long a request may take ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
     pub request_timeout: Duration,
+    /// The tenants' data keys and the KEK ring that unwraps them, when the API was given a KEK
+    /// ([`ApiState::with_kek`]): encrypted DLQ payloads are then shown decrypted.
+    pub data_keys: Option<Arc<(switchyard_crypt::KeyStore, switchyard_crypt::KekRing)>>,
 }
 
 impl ApiState {
@@ -235,7 +242,21 @@ impl ApiState {
                 buckets: names,
             },
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            data_keys: None,
         })
+    }
+
+    /// The same state, decrypting encrypted tenants' DLQ payloads with `ring` (the tenants'
+    /// data keys read from the `tenant-keys` bucket).
+    ///
+    /// Errors: the bucket cannot be opened.
+    pub async fn with_kek(mut self, ring: switchyard_crypt::KekRing) -> anyhow::Result<Self> {
+        let (_, bucket) = self
+            .topology
+            .open_bucket(&self.js, BucketName::TenantKeys)
+            .await?;
+        self.data_keys = Some(Arc::new((switchyard_crypt::KeyStore::new(bucket), ring)));
+        Ok(self)
     }
 
     /// The DLQ reader.
@@ -377,6 +398,9 @@ pub async fn run(
             let token = operator_token(serve)?;
             let mut state = ApiState::open(js, topology, &token).await?;
             state.request_timeout = Duration::from_secs(serve.request_timeout_secs);
+            if let Some(ring) = serve.kek.ring()? {
+                state = state.with_kek(ring).await?;
+            }
             // SIGTERM or Ctrl-C: stop accepting, finish the requests in flight. Served like
             // every service's listener: a client that does not send its headers in time is
             // closed, so none holds a connection (or the shutdown) for ever.

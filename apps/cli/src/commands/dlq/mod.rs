@@ -15,7 +15,7 @@ mod ls;
 pub mod purge;
 mod read;
 mod replay;
-mod show;
+pub mod show;
 mod stats;
 mod tail;
 

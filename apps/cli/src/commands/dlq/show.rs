@@ -229,7 +229,7 @@ pub fn render(entry: &DlqEntry, sealed: &Sealed) -> String {
 
 /// The JSON view of an entry: the record's view, with `"encryption"` for an encrypted
 /// payload and the plaintext as `payload` once decrypted.
-fn json_view(entry: &DlqEntry, sealed: &Sealed) -> anyhow::Result<serde_json::Value> {
+pub fn json_view(entry: &DlqEntry, sealed: &Sealed) -> anyhow::Result<serde_json::Value> {
     let mut view = serde_json::to_value(entry.view())?;
     let encryption = match sealed {
         Sealed::No => return Ok(view),
