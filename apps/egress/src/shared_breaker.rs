@@ -32,10 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use switchyard_keys::{BreakerKey, KvKey};
 use switchyard_registry::{BreakerRecord, Store, StoreError, Written};
-use switchyard_runtime::RetryPolicy;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -108,51 +106,14 @@ impl SharedBreakers {
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {
-        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
-        loop {
-            let started = Instant::now();
-            match self.watch_once(&bucket, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => tracing::warn!(%error, "breakers watch ended; re-creating"),
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff.reset();
-            }
-            if !backoff.wait(&shutdown).await {
-                return;
-            }
-        }
-    }
-
-    /// Runs one watch (from the bucket's first revision) until it ends (error) or shutdown.
-    async fn watch_once(
-        &self,
-        bucket: &kv::Store,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
-        let mut watch = bucket
-            .watch_all_from_revision(1)
-            .await
-            .map_err(|e| e.to_string())?;
-        if empty {
-            self.loaded.send_replace(true);
-        }
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = watch.next() => next,
-            };
-            let entry = match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("watch closed".to_owned()),
-            };
-            self.apply(&entry);
-            if entry.delta == 0 {
-                self.loaded.send_replace(true);
-            }
-        }
+        switchyard_registry::cache::follow_bucket(
+            &bucket,
+            None,
+            &self.loaded,
+            &shutdown,
+            &|entry| self.apply(entry),
+        )
+        .await;
     }
 
     /// Adopts one change of the bucket, unless this replica has seen a later one of its key.

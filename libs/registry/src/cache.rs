@@ -140,67 +140,92 @@ where
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {
-        let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
-        loop {
-            let started = tokio::time::Instant::now();
-            match self.watch_once(&bucket, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(bucket = %bucket.name, %error, "kv watch ended; re-creating")
-                }
+        follow_bucket(
+            &bucket,
+            self.filter.as_deref(),
+            &self.loaded,
+            &shutdown,
+            &|entry| self.apply(entry),
+        )
+        .await;
+    }
+}
+
+/// Follows `bucket` until `shutdown`: every current entry (or, with `filter`, every entry of
+/// the matching keys, history included), then each change, handed to `apply` in the bucket's
+/// order. A watch that ends (a NATS outage) is re-created with backoff, and the bucket is then
+/// handed over again from its start: `apply` must take an entry it has seen as a no-op (a
+/// revision check does). `loaded` is set once every value present at the start was handed
+/// over (at once for a filtered watch, or an empty bucket).
+pub async fn follow_bucket(
+    bucket: &kv::Store,
+    filter: Option<&str>,
+    loaded: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+    apply: &(dyn Fn(&kv::Entry) + Sync),
+) {
+    let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+    loop {
+        let started = tokio::time::Instant::now();
+        match watch_once(bucket, filter, loaded, shutdown, apply).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(bucket = %bucket.name, %error, "kv watch ended; re-creating")
             }
-            // A watch that ran for a while was healthy: start the delays over.
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff.reset();
-            }
-            if !backoff.wait(&shutdown).await {
-                return;
-            }
+        }
+        // A watch that ran for a while was healthy: start the delays over.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        if !backoff.wait(shutdown).await {
+            return;
         }
     }
+}
 
-    /// Runs one watch until it ends (error) or shutdown (Ok).
-    async fn watch_once(
-        &self,
-        bucket: &kv::Store,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        let (mut watch, empty) = match &self.filter {
-            Some(filter) => (
+/// Runs one watch until it ends (error) or shutdown (Ok).
+async fn watch_once(
+    bucket: &kv::Store,
+    filter: Option<&str>,
+    loaded: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+    apply: &(dyn Fn(&kv::Entry) + Sync),
+) -> Result<(), String> {
+    let (mut watch, empty) = match filter {
+        Some(filter) => (
+            bucket
+                .watch_with_history(filter)
+                .await
+                .map_err(|e| e.to_string())?,
+            true,
+        ),
+        None => {
+            let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
+            (
                 bucket
-                    .watch_with_history(filter)
+                    .watch_all_from_revision(1)
                     .await
                     .map_err(|e| e.to_string())?,
-                true,
-            ),
-            None => {
-                let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
-                (
-                    bucket
-                        .watch_all_from_revision(1)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                    empty,
-                )
-            }
-        };
-        if empty {
-            self.loaded.send_replace(true);
+                empty,
+            )
         }
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = watch.next() => next,
-            };
-            let entry = match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("watch closed".to_owned()),
-            };
-            self.apply(&entry);
-            if entry.delta == 0 && !self.is_loaded() {
-                self.loaded.send_replace(true);
-            }
+    };
+    if empty {
+        loaded.send_replace(true);
+    }
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = watch.next() => next,
+        };
+        let entry = match next {
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("watch closed".to_owned()),
+        };
+        apply(&entry);
+        if entry.delta == 0 && !*loaded.borrow() {
+            loaded.send_replace(true);
         }
     }
 }
