@@ -812,3 +812,130 @@ async fn content_filters_read_the_decrypted_payload_and_copies_stay_sealed() {
     assert_ne!(&entries[0].payload[..], br#"{"amount": 5}"#);
     h.stop().await;
 }
+
+/// A webhook receiver answering `status` with the request's own body (as receivers often do in
+/// an error).
+async fn echo_server(status: u16) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::post(move |body: Bytes| async move {
+            (axum::http::StatusCode::from_u16(status).unwrap(), body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn an_answer_echoing_an_encrypted_payload_is_not_kept_in_the_records() {
+    let mut h = Harness::start(&["acme"], &["acme"], &["echo"]).await;
+    let kek = h.kek("kek1");
+    let addr = echo_server(422).await;
+    let routes: Store<RouteKey, Route> = Store::new(h.js.get_key_value("routes").await.unwrap());
+    routes
+        .put(
+            &RouteKey {
+                tenant: tenant("acme"),
+                team: RouteTeam::Any,
+                platform: "echo".parse().unwrap(),
+            },
+            &Route::Webhook(WebhookRoute {
+                url: format!("http://{addr}/x"),
+                secret: WebhookSecret(SECRET.into()),
+                timeout_ms: 5_000,
+                max_in_flight: 32,
+                headers: Default::default(),
+                previous_secrets: Vec::new(),
+                signing_key: None,
+            }),
+        )
+        .await
+        .unwrap();
+    for svc in [
+        Svc::Ingress,
+        Svc::Idempotency,
+        Svc::Backpressure,
+        Svc::Egress,
+    ] {
+        h.start_service(svc, Some(&kek)).await;
+    }
+    h.post("acme", "echo", "e-1", br#"{"card":"acme-echo-4111"}"#)
+        .await;
+    let entries = h.dlq(1).await;
+    assert_eq!(entries[0].record.code, DlqCode::PermanentFailure);
+    assert!(
+        entries[0]
+            .record
+            .reason
+            .ends_with("HTTP 422: (response body not kept: the payload is encrypted)"),
+        "{}",
+        entries[0].record.reason
+    );
+    // Nothing of the answer in any stream: not the DLQ record, not the delivery log.
+    let attempts = h.js.get_stream("ATTEMPTS").await.unwrap();
+    wait_for("the attempt logged", DEADLINE, || async {
+        let mut attempts = attempts.clone();
+        (attempts.info().await.unwrap().state.messages >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.store_files_holding(b"acme-echo-4111"),
+        Vec::<PathBuf>::new()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_shred_the_tenants_new_messages_are_refused_not_passed_on_in_clear() {
+    let mut h = Harness::start(&["acme"], &["acme"], &["billing"]).await;
+    let kek = h.kek("kek1");
+    for svc in [
+        Svc::Ingress,
+        Svc::Idempotency,
+        Svc::Backpressure,
+        Svc::Egress,
+    ] {
+        h.start_service(svc, Some(&kek)).await;
+    }
+    h.post("acme", "billing", "s-1", br#"{"x":"before-shred-1"}"#)
+        .await;
+    h.delivered("acme/billing").await;
+    assert!(h.keys.shred(&tenant("acme")).await.unwrap());
+    // Once ingress's watch has seen the shred (milliseconds), the HTTP API refuses: nothing
+    // is stored, and the producer is not told why.
+    let mut n = 0;
+    let (status, body) = wait_for("the refusal", DEADLINE, || {
+        n += 1;
+        let (id, payload) = (format!("s-{n}"), format!(r#"{{"x":"after-shred-{n}"}}"#));
+        let h = &h;
+        async move {
+            let (status, body) = h
+                .post_answer("acme", "billing", &id, payload.as_bytes())
+                .await;
+            (status == 503).then_some((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("encryption_unavailable"), "{body}");
+    assert!(!body.contains("shred"), "{body}");
+    let refused = format!("after-shred-{n}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.store_files_holding(refused.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    assert!(
+        !h.sink
+            .received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(&refused)),
+        "not delivered in clear"
+    );
+    // Attempts before the watch saw it (the documented window) were not passed on in clear
+    // either once it did: nothing of acme's arrives unsealed after the refusal.
+    assert!(n <= 3, "refused only after {n} posts");
+    h.stop().await;
+}

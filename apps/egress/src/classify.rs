@@ -16,6 +16,30 @@ use time::OffsetDateTime;
 
 use crate::backoff::parse_retry_after;
 
+/// What replaces a response body that is not kept: the message's tenant has encryption on, and
+/// receivers often echo the payload in an error.
+pub const BODY_NOT_KEPT: &str = "(response body not kept: the payload is encrypted)";
+
+impl Attempted {
+    /// The same attempt without the response body's excerpt ([`BODY_NOT_KEPT`] instead): for a
+    /// message whose payload is encrypted, since the attempt log, the DLQ record, the retry's
+    /// history header and the operational events all keep what the sink answered, in clear.
+    pub fn without_body(self) -> Self {
+        match self {
+            Attempted::HttpResponse {
+                status,
+                retry_after,
+                body,
+            } if !body.is_empty() => Attempted::HttpResponse {
+                status,
+                retry_after,
+                body: BODY_NOT_KEPT.to_owned(),
+            },
+            other => other,
+        }
+    }
+}
+
 /// What one attempt did, as reported by a sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempted {
@@ -198,6 +222,32 @@ pub fn classify(attempted: &Attempted, now: OffsetDateTime) -> Classified {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attempt_without_its_body_keeps_the_status_and_says_why() {
+        let answered = Attempted::HttpResponse {
+            status: 422,
+            retry_after: None,
+            body: r#"{"card":"4111"}"#.to_owned(),
+        };
+        let classified = classify(&answered.clone().without_body(), OffsetDateTime::now_utc());
+        assert_eq!(
+            classified.error.as_deref(),
+            Some("HTTP 422: (response body not kept: the payload is encrypted)")
+        );
+        assert_eq!(classified.status, Some(422));
+        // Nothing to hide: unchanged.
+        let empty = Attempted::HttpResponse {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        };
+        assert_eq!(empty.clone().without_body(), empty);
+        assert_eq!(
+            Attempted::NatsPublished.without_body(),
+            Attempted::NatsPublished
+        );
+    }
 
     fn http(status: u16, retry_after: Option<&str>) -> Classified {
         let now = OffsetDateTime::from_unix_timestamp(1_445_412_480).unwrap();

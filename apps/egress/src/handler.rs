@@ -113,6 +113,11 @@ pub struct EgressHandler {
 /// reason).
 const EXHAUSTED_DETAIL_CHARS: usize = 400;
 
+/// The least time a message whose payload cannot be opened now waits before it comes back
+/// (with the consumer's `max_deliver` of 50: about 50 minutes before it is dead-lettered,
+/// sealed, `exhausted_deliveries`).
+const UNOPENED_WAIT: Duration = Duration::from_secs(60);
+
 /// How long a parked dead letter waits before it tries the DLQ again.
 const PARKED_WAIT: Duration = Duration::from_secs(5);
 
@@ -187,12 +192,24 @@ impl EgressHandler {
         );
         // Encrypted payloads are opened once, before fan-out filters and the sink read them;
         // copies, retries and dead letters keep the sealed bytes.
+        let sealed = matches!(
+            switchyard_crypt::seal_headers(msg.headers.as_ref()),
+            Ok(Some(_))
+        );
         let payload = match self.sinks.open(msg, &envelope).await {
             Ok(payload) => payload,
             Err(Unopened::DeadLetter(code, reason)) => {
                 return self.dead_letter(msg, code, reason, parties, 0, Vec::new());
             }
-            Err(Unopened::Retry { after, reason }) => return Outcome::Retry { after, reason },
+            // Not held in place: a key this replica cannot unwrap (a KEK it lacks) lasts
+            // longer than any hold, and held messages would take the slots other tenants'
+            // messages need.
+            Err(Unopened::Retry { after, reason }) => {
+                return Outcome::Wait {
+                    after: after.max(UNOPENED_WAIT),
+                    reason,
+                };
+            }
         };
         let found = match &envelope.destination {
             Some(Target::Named(destination)) => lookup_destination(
@@ -322,6 +339,13 @@ impl EgressHandler {
         )
         .await;
         let elapsed = clock.elapsed();
+        // An encrypted payload's attempt keeps no excerpt of the answer (it may echo the
+        // payload) in the records that follow.
+        let attempted = if sealed {
+            attempted.without_body()
+        } else {
+            attempted
+        };
         let classified = classify(&attempted, OffsetDateTime::now_utc());
         let kind = resolved.kind();
         let result = match classified.verdict {

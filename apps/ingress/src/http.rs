@@ -425,11 +425,13 @@ async fn accept(
                 Bytes::from(sealed.ciphertext)
             }
             Err(error) => {
+                // The reason (a missing KEK, a shredded tenant) is the operator's: logged,
+                // not told to the producer.
                 tracing::error!(%error, "a producer's payload cannot be sealed: refused with 503");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "encryption_unavailable",
-                    format!("{error}; retry later"),
+                    "the tenant's payloads are encrypted and cannot be sealed now; retry later",
                 )
                 .retry_after(5));
             }

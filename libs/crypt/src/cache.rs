@@ -1,22 +1,27 @@
 //! What a service holds to seal and open its tenants' payloads: [`KeyCache`], the
-//! `tenant-keys` bucket watched (a [`KvCache`]) with the data keys it has unwrapped, cached
-//! per (tenant, key id) and dropped within [`SWEEP`] of their record's deletion (a shredded
-//! tenant's keys leave memory too) or change.
+//! `tenant-keys` bucket watched with the data keys it has unwrapped, cached per (tenant, key
+//! id) and dropped within [`SWEEP`] of their record's deletion or of the key's removal from it
+//! (a shredded tenant's keys leave memory too; a re-wrap keeps them).
+//!
+//! A shredded tenant (its record purged: the purge marker stays) is not a tenant without
+//! encryption: its new payloads are never passed on in clear. Sealing fails for it
+//! ([`SealError`]) until `switchyard encryption enable` gives it new keys.
 //!
 //! A message naming a key the watched record lacks (a rotation the watch has not delivered
 //! yet), or of a tenant without a record, is looked up in KV once more before the answer is
 //! final, so a service never dead-letters a message because its watch lags.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use switchyard_dlq::DlqCode;
-use switchyard_keys::{TenantId, TenantKey};
-use switchyard_registry::{KvCache, Store};
+use switchyard_keys::{KvKey, TenantId, TenantKey};
+use switchyard_registry::Store;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::dek::DataKey;
@@ -123,17 +128,73 @@ pub struct SealError {
     pub reason: String,
 }
 
-/// An unwrapped data key and the stored form it came from (to notice a re-wrap or a change).
+/// An unwrapped data key.
 struct Unwrapped {
-    /// The KEK id and the wrapped bytes of the record's entry.
-    source: (String, String),
     /// The key.
     key: Arc<DataKey>,
 }
 
+/// What the watch last saw of one tenant's record.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// A record (or why its bytes are not one).
+    Record(Result<TenantKeys, String>),
+    /// Purged: the tenant was shredded.
+    Shredded,
+}
+
+/// The watched records, by tenant, with the revision each was seen at.
+#[derive(Default)]
+struct Records {
+    seen: RwLock<HashMap<TenantId, (u64, Seen)>>,
+}
+
+impl Records {
+    /// Applies one change of the bucket (a revision already applied is skipped: a re-created
+    /// watch hands the bucket over again).
+    fn apply(&self, entry: &kv::Entry) {
+        let Ok(key) = TenantKey::parse(&entry.key) else {
+            tracing::warn!(key = %entry.key, "ignoring a key outside the tenant-keys schema");
+            return;
+        };
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if seen
+            .get(&key.tenant)
+            .is_some_and(|(revision, _)| *revision >= entry.revision)
+        {
+            return;
+        }
+        let now = match entry.operation {
+            kv::Operation::Put => {
+                Seen::Record(TenantKeys::from_json(&entry.value).map_err(|e| e.to_string()))
+            }
+            kv::Operation::Purge => Seen::Shredded,
+            kv::Operation::Delete => {
+                seen.remove(&key.tenant);
+                return;
+            }
+        };
+        seen.insert(key.tenant, (entry.revision, now));
+    }
+
+    fn get(&self, tenant: &TenantId) -> Option<Seen> {
+        let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
+        seen.get(tenant).map(|(_, seen)| seen.clone())
+    }
+
+    /// The tenant's record, when it has one.
+    fn record(&self, tenant: &TenantId) -> Option<Result<TenantKeys, String>> {
+        match self.get(tenant)? {
+            Seen::Record(record) => Some(record),
+            Seen::Shredded => None,
+        }
+    }
+}
+
 /// The tenants' key records, watched, and the data keys unwrapped from them.
 pub struct KeyCache {
-    records: Arc<KvCache<TenantKey, TenantKeys>>,
+    records: Arc<Records>,
+    loaded: watch::Sender<bool>,
     kv: kv::Store,
     ring: Option<Arc<KekRing>>,
     unwrapped: RwLock<HashMap<(TenantId, DekId), Unwrapped>>,
@@ -162,9 +223,29 @@ impl KeyCache {
     /// Watches the opened `tenant-keys` bucket until `shutdown`; `ring` is the service's KEKs
     /// (`None`: it has none, and holds the messages of tenants with encryption on).
     pub fn start(kv: kv::Store, ring: Option<KekRing>, shutdown: CancellationToken) -> Arc<Self> {
-        let records = KvCache::start(kv.clone(), shutdown.clone());
+        let records = Arc::new(Records::default());
+        let (loaded, _) = watch::channel(false);
+        {
+            let (records, loaded, kv, shutdown) = (
+                records.clone(),
+                loaded.clone(),
+                kv.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                switchyard_registry::cache::follow_bucket(
+                    &kv,
+                    None,
+                    &loaded,
+                    &shutdown,
+                    &|entry| records.apply(entry),
+                )
+                .await;
+            });
+        }
         let cache = Arc::new(Self {
             records,
+            loaded,
             kv,
             ring: ring.map(Arc::new),
             unwrapped: RwLock::new(HashMap::new()),
@@ -188,24 +269,34 @@ impl KeyCache {
 
     /// Waits until every record present at start-up is loaded: the watch's initial load, then
     /// every key the bucket lists (a bucket's stream can report no values right after a purge
-    /// and a new record, which the watch alone would take for an empty bucket), for at most
-    /// [`LOAD_WAIT`]. A service must not seal or pass on anything before: a tenant whose record
-    /// it has not seen yet would be taken for one without encryption.
+    /// and a new record, which the watch alone would take for an empty bucket). A service must
+    /// not seal or pass on anything before — a tenant whose record it has not seen yet would be
+    /// taken for one without encryption — so this waits as long as it takes: a listing that
+    /// fails is tried again, and a watch that lags is waited for (both said every
+    /// [`LOAD_WAIT`]).
     pub async fn wait_loaded(&self) {
-        self.records.wait_loaded().await;
+        let mut loaded = self.loaded.subscribe();
+        let _ = loaded.wait_for(|loaded| *loaded).await;
         let store: Store<TenantKey, TenantKeys> = Store::new(self.kv.clone());
-        let keys = match store.keys().await {
-            Ok(keys) => keys,
-            Err(error) => {
-                tracing::warn!(%error, "listing the tenant-keys bucket failed; relying on its watch");
-                return;
+        let keys = loop {
+            match store.keys().await {
+                Ok(keys) => break keys,
+                Err(error) => {
+                    tracing::warn!(%error, "listing the tenant-keys bucket failed; tried again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         };
-        let deadline = tokio::time::Instant::now() + LOAD_WAIT;
-        while keys.iter().any(|key| self.records.get(key).is_none()) {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("the tenant-keys watch did not deliver every listed key in time");
-                return;
+        let mut warn_at = tokio::time::Instant::now() + LOAD_WAIT;
+        while keys
+            .iter()
+            .any(|key| self.records.get(&key.tenant).is_none())
+        {
+            if tokio::time::Instant::now() >= warn_at {
+                tracing::warn!(
+                    "the tenant-keys watch has not delivered every listed key yet; waiting"
+                );
+                warn_at += LOAD_WAIT;
             }
             tokio::time::sleep(LOAD_POLL).await;
         }
@@ -216,9 +307,10 @@ impl KeyCache {
         self.ring.is_some()
     }
 
-    /// Whether the tenant has encryption on, as the watch last saw it.
+    /// Whether the tenant has encryption on (or was shredded: its payloads are never passed on
+    /// in clear either), as the watch last saw it.
     pub fn is_on(&self, tenant: &TenantId) -> bool {
-        self.records.get(&record_key(tenant)).is_some()
+        self.records.get(tenant).is_some()
     }
 
     /// How many data keys are unwrapped in memory now.
@@ -226,34 +318,31 @@ impl KeyCache {
         self.unwrapped.read().map(|u| u.len()).unwrap_or(0)
     }
 
-    /// Drops every unwrapped key whose record is gone (shredded) or no longer holds it as it
-    /// was unwrapped (re-wrapped, changed).
+    /// Drops every unwrapped key whose record is gone (shredded, deleted) or no longer holds
+    /// its id. A re-wrap (the same keys under another KEK) keeps them: the keys did not change,
+    /// and a service that has not received the new KEK yet keeps working.
     pub fn sweep(&self) {
         let Ok(mut unwrapped) = self.unwrapped.write() else {
             return;
         };
-        unwrapped.retain(
-            |(tenant, id), entry| match self.records.get(&record_key(tenant)) {
-                Some(Ok(record)) => record.keys.get(id).is_some_and(|w| {
-                    (w.kek.as_str(), w.wrapped.as_str())
-                        == (entry.source.0.as_str(), entry.source.1.as_str())
-                }),
-                _ => false,
-            },
-        );
+        unwrapped.retain(|(tenant, id), _| match self.records.record(tenant) {
+            Some(Ok(record)) => record.keys.contains_key(id),
+            _ => false,
+        });
     }
 
     /// The data key `id` of `record`, unwrapped once and then cached.
     fn data_key(&self, record: &TenantKeys, id: &DekId) -> Result<Arc<DataKey>, CryptError> {
-        let entry = record.keys.get(id).ok_or_else(|| CryptError::UnknownKey {
-            tenant: record.tenant.to_string(),
-            key: id.to_string(),
-        })?;
-        let source = (entry.kek.clone(), entry.wrapped.clone());
+        if !record.keys.contains_key(id) {
+            return Err(CryptError::UnknownKey {
+                tenant: record.tenant.to_string(),
+                key: id.to_string(),
+            });
+        }
         let cache_key = (record.tenant.clone(), id.clone());
+        // Cached under its id: a re-wrap changes how it is stored, never the key.
         if let Ok(unwrapped) = self.unwrapped.read()
             && let Some(found) = unwrapped.get(&cache_key)
-            && found.source == source
         {
             return Ok(found.key.clone());
         }
@@ -268,13 +357,7 @@ impl KeyCache {
         };
         let key = Arc::new(record.key(id, ring)?);
         if let Ok(mut unwrapped) = self.unwrapped.write() {
-            unwrapped.insert(
-                cache_key,
-                Unwrapped {
-                    source,
-                    key: key.clone(),
-                },
-            );
+            unwrapped.insert(cache_key, Unwrapped { key: key.clone() });
         }
         Ok(key)
     }
@@ -290,10 +373,17 @@ impl KeyCache {
             tenant: tenant.clone(),
             reason,
         };
-        match self.records.get(&record_key(tenant)) {
+        match self.records.get(tenant) {
             None => Ok(None),
-            Some(Err(reason)) => Err(failed(format!("its key record is invalid: {reason}"))),
-            Some(Ok(record)) => self
+            Some(Seen::Shredded) => Err(failed(
+                "its data keys were shredded (`switchyard encryption shred`): its messages are \
+                 not passed on until `switchyard encryption enable` gives it new keys"
+                    .to_owned(),
+            )),
+            Some(Seen::Record(Err(reason))) => {
+                Err(failed(format!("its key record is invalid: {reason}")))
+            }
+            Some(Seen::Record(Ok(record))) => self
                 .data_key(&record, &record.current)
                 .map(Some)
                 .map_err(|e| failed(e.to_string())),
@@ -335,7 +425,7 @@ impl KeyCache {
         tenant: &TenantId,
         id: &DekId,
     ) -> Result<Arc<DataKey>, OpenError> {
-        if let Some(Ok(record)) = self.records.get(&record_key(tenant))
+        if let Some(Ok(record)) = self.records.record(tenant)
             && record.keys.contains_key(id)
         {
             return self.data_key(&record, id).map_err(unavailable);
@@ -381,11 +471,5 @@ impl KeyCache {
             payload: Bytes::from(plaintext),
             key: seal.key,
         })
-    }
-}
-
-fn record_key(tenant: &TenantId) -> TenantKey {
-    TenantKey {
-        tenant: tenant.clone(),
     }
 }

@@ -9,6 +9,7 @@
 //! | `Forwarded`, `Duplicate`, `Delayed` | ack (plain) |
 //! | `Delivered`, `Dropped` | confirmed ack (see below) |
 //! | `Retry` | decided again in place (progress acks keep the message; delays from [`SettleSettings::hold`]) until the hold's deadline, then nak after `after` |
+//! | `Wait` | nak after `after` at once (no hold: the slot is freed for other tenants' messages) |
 //! | `DeadLetter(record)` | publish the record, await the DLQ's ack, then confirmed ack; if it cannot be stored, nak after [`SettleSettings::dlq_retry_after`] |
 //!
 //! **Which acks are confirmed** ([`Outcome::ack_mode`], the one place this is chosen). A plain
@@ -84,6 +85,15 @@ pub enum Outcome {
         /// Why, for the log.
         reason: String,
     },
+    /// Not now, for a reason no hold in place would outlast (a key-encryption key this
+    /// service lacks): nak at once with this delay, freeing the message's slot. Counts towards
+    /// the consumer's `max_deliver` like every delivery.
+    Wait {
+        /// How long JetStream should wait before redelivering.
+        after: Duration,
+        /// Why, for the log.
+        reason: String,
+    },
     /// Give up: write this DLQ record, then ack.
     DeadLetter(Box<DeadLetter>),
 }
@@ -98,6 +108,7 @@ impl Outcome {
             Outcome::Delayed => "delayed",
             Outcome::Dropped => "dropped",
             Outcome::Retry { .. } => "retry",
+            Outcome::Wait { .. } => "wait",
             Outcome::DeadLetter(_) => "dead_lettered",
         }
     }
@@ -107,9 +118,11 @@ impl Outcome {
     pub fn ack_mode(&self) -> AckMode {
         match self {
             Outcome::Delivered | Outcome::DeadLetter(_) | Outcome::Dropped => AckMode::Confirmed,
-            Outcome::Forwarded | Outcome::Duplicate | Outcome::Delayed | Outcome::Retry { .. } => {
-                AckMode::Plain
-            }
+            Outcome::Forwarded
+            | Outcome::Duplicate
+            | Outcome::Delayed
+            | Outcome::Retry { .. }
+            | Outcome::Wait { .. } => AckMode::Plain,
         }
     }
 }
@@ -324,6 +337,10 @@ impl Settler {
             | Outcome::Dropped => self.ack(msg, tenant, mode, shutdown).await,
             Outcome::Retry { after, reason } => {
                 tracing::warn!(%reason, ?after, subject = %msg.subject, "transient failure outlasted the hold; redelivery requested");
+                msg.ack_with(AckKind::Nak(Some(after))).await
+            }
+            Outcome::Wait { after, reason } => {
+                tracing::warn!(%reason, ?after, subject = %msg.subject, "not handled now; redelivery requested");
                 msg.ack_with(AckKind::Nak(Some(after))).await
             }
             Outcome::DeadLetter(record) => {
