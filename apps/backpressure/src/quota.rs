@@ -55,8 +55,13 @@ pub async fn run(shared: &Shared, store: Store<RateKey, QuotaRecord>, shutdown: 
     // What this replica last knew of each tenant's record (saves a read per tenant per check).
     let mut near_full: HashMap<TenantId, bool> = HashMap::new();
     loop {
-        if let Err(error) = check(shared, &store, &mut near_full).await {
-            tracing::warn!(%error, "checking the tenants' quotas failed; tried again");
+        match check(shared, &store, &mut near_full).await {
+            Ok(()) => {
+                shared.own.quota_checks.inc();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "checking the tenants' quotas failed; tried again");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

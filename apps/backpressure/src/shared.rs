@@ -45,6 +45,8 @@ pub struct BackpressureMetrics {
     /// Each tenant's own ingress stream's fill, in % of its quota (the fuller of bytes and
     /// messages), from the last quota check.
     pub quota_fill_pct: Family<TenantLabel, Gauge<f64, AtomicU64>>,
+    /// Quota checks completed (every tenant's stream read).
+    pub quota_checks: Counter,
 }
 
 impl BackpressureMetrics {
@@ -64,6 +66,11 @@ impl BackpressureMetrics {
             "backpressure_tokens_leased",
             "Tokens leased, per tenant",
             own.tokens_leased.clone(),
+        );
+        metrics.register(
+            "backpressure_quota_checks",
+            "Quota checks completed (every tenant's own ingress stream compared with its quota)",
+            own.quota_checks.clone(),
         );
         metrics.register(
             "backpressure_quota_fill_pct",

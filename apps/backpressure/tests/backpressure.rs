@@ -571,7 +571,19 @@ async fn a_tenant_stream_near_its_quota_is_reported_once_per_crossing_across_rep
     })
     .await;
     // Two replicas, three more checks each while it stays full: still one report.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let checks = "switchyard_backpressure_quota_checks_total";
+    for replica in &h.replicas {
+        let addr = replica.running().http_addr;
+        let before = switchyard_testkit::metric(addr, checks).await;
+        wait_for(
+            "three more quota checks",
+            Duration::from_secs(15),
+            || async {
+                (switchyard_testkit::metric(addr, checks).await >= before + 3.0).then_some(())
+            },
+        )
+        .await;
+    }
     assert_eq!(event_count(&h.js, "full", "quota_near_full").await, 1);
 
     // Drained (below 70 %), then nearly full again: a second crossing, a second report.

@@ -19,3 +19,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// The value of one Prometheus series (`switchyard_egress_deferred_total{tenant="acme",…}`,
+/// exactly as exposed) at `addr`'s `/metrics`; 0 while the series is absent.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let text = http_get(addr, "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}

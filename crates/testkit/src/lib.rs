@@ -22,7 +22,7 @@ mod streams;
 mod wait;
 
 pub use cluster::NatsCluster;
-pub use http::http_get;
+pub use http::{http_get, metric};
 pub use node::{NatsServer, free_port};
 pub use raw::publish_raw;
 pub use streams::{stored_count, stored_messages};

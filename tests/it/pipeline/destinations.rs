@@ -387,8 +387,16 @@ async fn a_dead_destination_is_disabled_its_messages_parked_and_all_delivered_on
     let attempts_when_disabled = p.sink.received().len();
 
     // Parked: nothing is attempted and nothing is dead-lettered while it stays disabled,
-    // though the messages come back to look every second.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // though the messages come back to look every second (each of them twice, at least).
+    let parked =
+        "switchyard_egress_deferred_total{tenant=\"acme\",reason=\"destination_disabled\"}";
+    let before = p.metric(Svc::Egress, parked).await;
+    wait_for(
+        "the parked messages to come back twice",
+        Duration::from_secs(30),
+        || async { (p.metric(Svc::Egress, parked).await >= before + 10.0).then_some(()) },
+    )
+    .await;
     assert_eq!(
         p.sink.received().len(),
         attempts_when_disabled,

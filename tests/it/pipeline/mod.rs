@@ -194,6 +194,16 @@ impl Pipeline {
         });
     }
 
+    /// The value of `series` in `svc`'s `/metrics` (0 while absent).
+    pub async fn metric(&self, svc: Svc, series: &str) -> f64 {
+        let running = self
+            .services
+            .iter()
+            .find(|r| r.svc == svc)
+            .expect("the service runs");
+        switchyard_testkit::metric(running.http_addr, series).await
+    }
+
     /// The base URL of the running ingress's HTTP API.
     pub fn ingress_http(&self) -> String {
         let ingress = self

@@ -74,8 +74,16 @@ async fn a_breaker_one_replica_opens_holds_the_route_on_every_replica_and_one_pr
     assert_eq!(record.reopenings, 0);
 
     // Held on both replicas for the open period: no attempt but the one B may have had in
-    // flight when A's breaker opened, though messages keep coming back to look.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // flight when A's breaker opened, though messages keep coming back to look (A holds
+    // several itself meanwhile).
+    let held = "switchyard_egress_deferred_total{tenant=\"acme\",reason=\"breaker_open\"}";
+    let before = h.metric(held).await;
+    wait_for(
+        "messages held by the open breaker",
+        Duration::from_secs(4),
+        || async { (h.metric(held).await >= before + 3.0).then_some(()) },
+    )
+    .await;
     let held = sink.count("/down");
     assert!(
         held <= at_open + 1,
