@@ -19,6 +19,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::stream::{
     DeleteMessageError, DeleteMessageErrorKind, DirectGetErrorKind,
 };
+use switchyard_crypt::Opened;
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::attempt::{decode_history, encode_history};
 use switchyard_envelope::headers::{
@@ -192,12 +193,9 @@ impl EgressHandler {
         );
         // Encrypted payloads are opened once, before fan-out filters and the sink read them;
         // copies, retries and dead letters keep the sealed bytes.
-        let sealed = matches!(
-            switchyard_crypt::seal_headers(msg.headers.as_ref()),
-            Ok(Some(_))
-        );
-        let payload = match self.sinks.open(msg, &envelope).await {
-            Ok(payload) => payload,
+        let (payload, sealed) = match self.sinks.open(msg, &envelope).await {
+            Ok(Opened::Plain(payload)) => (payload, false),
+            Ok(Opened::Decrypted { payload, .. }) => (payload, true),
             Err(Unopened::DeadLetter(code, reason)) => {
                 return self.dead_letter(msg, code, reason, parties, 0, Vec::new());
             }

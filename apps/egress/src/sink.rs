@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use switchyard_crypt::{KeyCache, OpenError};
+use switchyard_crypt::{KeyCache, OpenError, Opened};
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::Envelope;
 use switchyard_registry::Route;
@@ -51,8 +51,8 @@ pub enum Unopened {
 }
 
 impl Sinks {
-    /// The payload of `msg` in clear: as it is, or opened with its tenant's data key when it is
-    /// sealed (bound to the envelope's tenant and id: a payload moved to another tenant or
+    /// The payload of `msg` in clear: as it is ([`Opened::Plain`]), or opened with its tenant's
+    /// data key when it is sealed ([`Opened::Decrypted`]; bound to the envelope's tenant and id: a payload moved to another tenant or
     /// message, or whose key id or bytes were changed, does not open).
     ///
     /// Errors: [`Unopened::DeadLetter`] with `payload_tampered`, `unknown_data_key` or
@@ -61,7 +61,7 @@ impl Sinks {
         &self,
         msg: &jetstream::Message,
         envelope: &Envelope,
-    ) -> Result<Bytes, Unopened> {
+    ) -> Result<Opened, Unopened> {
         let tenant = &envelope.address.tenant;
         match self
             .keys
@@ -73,7 +73,7 @@ impl Sinks {
             )
             .await
         {
-            Ok(opened) => Ok(opened.payload().clone()),
+            Ok(opened) => Ok(opened),
             Err(error) => Err(match error.dlq_code() {
                 Some(code) => Unopened::DeadLetter(code, error.to_string()),
                 None => {
