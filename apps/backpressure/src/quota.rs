@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{QuotaRecord, Store, StoreError, Written};
+use switchyard_registry::{Changed, QuotaRecord, Store, StoreError};
 use switchyard_subjects::EventKind;
 use switchyard_topology::StreamName;
 use tokio_util::sync::CancellationToken;
@@ -145,20 +145,20 @@ async fn latch(
         fill_pct: fill,
         at: time::OffsetDateTime::now_utc(),
     };
-    let stored = store.entry(&key).await?;
-    match stored {
-        Some((old, _)) if old.near_full == wanted => return Ok(Latched::Already),
-        // Absent means not near full: nothing to clear.
-        None if !wanted => return Ok(Latched::Already),
-        _ => {}
-    }
-    let written = store
-        .write(&key, &record, stored.map(|(_, revision)| revision))
+    let changed = store
+        .change(&key, 3, |old| {
+            Ok::<_, StoreError>(match old {
+                Some(old) if old.near_full == wanted => None,
+                // Absent means not near full: nothing to clear.
+                None if !wanted => None,
+                _ => Some(record.clone()),
+            })
+        })
         .await?;
-    Ok(match written {
-        Written::Stored(_) if wanted => Latched::Reported,
-        // Cleared, or another replica wrote first (it reports).
-        Written::Stored(_) | Written::Conflict => Latched::Already,
+    Ok(match changed {
+        Changed::Stored(..) if wanted => Latched::Reported,
+        // Cleared, said already, or other replicas kept writing (one of them reports).
+        Changed::Stored(..) | Changed::Unchanged(_) | Changed::Conflicts => Latched::Already,
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{Admission, KvCache, PressureRecord, Store, StoreError, Written};
+use switchyard_registry::{Admission, Changed, KvCache, PressureRecord, Store, StoreError};
 use switchyard_subjects::EventKind;
 use switchyard_topology::backlog_by_tenant;
 use time::format_description::well_known::Rfc3339;
@@ -214,25 +214,23 @@ async fn write_pressure(
     record: &PressureRecord,
 ) -> Result<bool, StoreError> {
     let store: Store<RateKey, PressureRecord> = Store::new(kv.clone());
-    for _ in 0..3 {
-        let stored = match store.entry(key).await {
-            Ok(stored) => stored,
-            Err(StoreError::Invalid { .. }) => {
-                store.put(key, record).await?;
-                return Ok(true);
-            }
-            Err(error) => return Err(error),
-        };
-        let changed = stored.as_ref().map(|(old, _)| old.admission) != Some(record.admission);
-        if let Written::Stored(_) = store
-            .write(key, record, stored.map(|(_, revision)| revision))
-            .await?
-        {
-            return Ok(changed);
+    let mut changed = false;
+    let written = store
+        .change(key, 3, |old| {
+            changed = old.map(|o| o.admission) != Some(record.admission);
+            Ok::<_, StoreError>(Some(record.clone()))
+        })
+        .await;
+    match written {
+        Ok(Changed::Stored(..)) => Ok(changed),
+        // Three other writers in a row: theirs stands, and they report it.
+        Ok(Changed::Unchanged(_) | Changed::Conflicts) => Ok(false),
+        Err(StoreError::Invalid { .. }) => {
+            store.put(key, record).await?;
+            Ok(true)
         }
+        Err(error) => Err(error),
     }
-    // Three other writers in a row: theirs stands, and they report it.
-    Ok(false)
 }
 
 /// One scan; returns the tenants with messages waiting here.
