@@ -368,10 +368,10 @@ pub async fn put_destination(
         .await
         .map_err(unavailable)?
         .is_some();
-    let others = others(&state.destinations, &key).await?;
-    if others >= MAX_DESTINATIONS {
+    let count = others(&state.destinations, &key).await?;
+    if count >= MAX_DESTINATIONS {
         return Err(ApiError::invalid(format!(
-            "tenant {} has {others} destinations, the most a tenant may have",
+            "tenant {} has {count} destinations, the most a tenant may have",
             key.tenant
         )));
     }
@@ -390,8 +390,7 @@ pub async fn put_destination(
     };
     // Concurrent creates each counted the others before writing: counted again now, the
     // one that went over the limit is taken back (a replaced destination never is).
-    let created = others < MAX_DESTINATIONS && !existed;
-    if created && others_now(&state, &key).await? >= MAX_DESTINATIONS {
+    if !existed && others(&state.destinations, &key).await? >= MAX_DESTINATIONS {
         state.destinations.delete(&key).await.map_err(unavailable)?;
         state
             .destinations
@@ -409,11 +408,6 @@ pub async fn put_destination(
         .await
         .map_err(unavailable)?;
     Ok(Json(view(&key.tenant, &key.destination, &record)))
-}
-
-/// How many destinations the tenant of `key` has besides `key`, now.
-async fn others_now(state: &ApiState, key: &DestinationKey) -> Result<usize, ApiError> {
-    Ok(others(&state.destinations, key).await?)
 }
 
 /// Removes a destination.
