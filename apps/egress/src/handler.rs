@@ -231,6 +231,16 @@ impl EgressHandler {
                 Plan::Unmatched(reason) => {
                     return self.unmatched(msg, &envelope, reason, parties).await;
                 }
+                Plan::TooCostly(reason) => {
+                    return self.dead_letter(
+                        msg,
+                        DlqCode::InvalidRoute,
+                        reason,
+                        parties,
+                        0,
+                        Vec::new(),
+                    );
+                }
             },
         };
         let resolved = match found {

@@ -1,6 +1,7 @@
 //! Evaluation: walks the compiled filter once against a message's headers and parsed payload,
 //! without allocating, and answers whether it matches.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 
 use serde_json::{Number, Value};
@@ -8,18 +9,56 @@ use serde_json::{Number, Value};
 use crate::HeaderLookup;
 use crate::ast::{Clause, Cond, Entry, Op, Root, Scalar};
 
-/// Whether `root` matches a message with these headers and this payload (`None`: not JSON).
+/// How many comparisons evaluation may still make (a value tested against one operand is
+/// one): shared by every filter a message is matched against, so a message's evaluation cost is
+/// bounded however large its payload and however many filters read it.
+#[derive(Debug)]
+pub struct Budget {
+    left: Cell<u64>,
+    ran_out: Cell<bool>,
+}
+
+impl Budget {
+    /// `steps` comparisons.
+    pub fn new(steps: u64) -> Self {
+        Self {
+            left: Cell::new(steps),
+            ran_out: Cell::new(false),
+        }
+    }
+
+    /// Whether the budget ran out (evaluations since answered `false` without finishing).
+    pub fn exhausted(&self) -> bool {
+        self.ran_out.get()
+    }
+
+    /// Takes `steps`; `false` (and nothing left) when fewer remain.
+    fn spend(&self, steps: u64) -> bool {
+        let left = self.left.get();
+        if left < steps {
+            self.left.set(0);
+            self.ran_out.set(true);
+            return false;
+        }
+        self.left.set(left - steps);
+        true
+    }
+}
+
+/// Whether `root` matches a message with these headers and this payload (`None`: not JSON),
+/// within `budget` (out of it, `false`; see [`Budget::exhausted`]).
 pub(crate) fn matches<H: HeaderLookup + ?Sized>(
     root: &Root,
     headers: &H,
     body: Option<&Value>,
+    budget: &Budget,
 ) -> bool {
     root.clauses.iter().all(|clause| match clause {
-        Clause::Body(cond) => body.is_some_and(|body| holds(cond, BodyPos(Some(body)))),
-        Clause::Headers(cond) => holds(cond, HeaderMapPos(headers)),
-        Clause::And(filters) => filters.iter().all(|f| matches(f, headers, body)),
-        Clause::Or(filters) => filters.iter().any(|f| matches(f, headers, body)),
-        Clause::Not(filter) => !matches(filter, headers, body),
+        Clause::Body(cond) => body.is_some_and(|body| holds(cond, BodyPos(Some(body), budget))),
+        Clause::Headers(cond) => holds(cond, HeaderMapPos(headers, budget)),
+        Clause::And(filters) => filters.iter().all(|f| matches(f, headers, body, budget)),
+        Clause::Or(filters) => filters.iter().any(|f| matches(f, headers, body, budget)),
+        Clause::Not(filter) => !matches(filter, headers, body, budget),
     })
 }
 
@@ -59,6 +98,8 @@ impl<'v> Leaf<'v> {
 
 /// A position in the data that a condition is tested at.
 trait Pos: Copy {
+    /// Takes `steps` of the evaluation's budget; `false` when it ran out.
+    fn spend(self, steps: u64) -> bool;
     /// Whether the position holds a value (`$exists`).
     fn present(self) -> bool;
     /// Whether `test` holds for the value here or, for an array or a multi-valued header, for
@@ -70,33 +111,39 @@ trait Pos: Copy {
 
 /// A position in the payload; `None` where the path leads nowhere.
 #[derive(Clone, Copy)]
-struct BodyPos<'v>(Option<&'v Value>);
+struct BodyPos<'v, 'b>(Option<&'v Value>, &'b Budget);
 
-impl Pos for BodyPos<'_> {
+impl Pos for BodyPos<'_, '_> {
+    fn spend(self, steps: u64) -> bool {
+        self.1.spend(steps)
+    }
+
     fn present(self) -> bool {
         self.0.is_some()
     }
 
     fn any(self, mut test: impl FnMut(Leaf<'_>) -> bool) -> bool {
         let Some(value) = self.0 else { return false };
+        let mut test = |leaf| self.spend(1) && test(leaf);
         test(Leaf::Json(value))
             || matches!(value, Value::Array(items) if items.iter().any(|e| test(Leaf::Json(e))))
     }
 
     fn field(self, name: &str, cond: &Cond) -> bool {
+        let budget = self.1;
         match self.0 {
-            Some(Value::Object(map)) => holds(cond, BodyPos(map.get(name))),
+            Some(Value::Object(map)) => holds(cond, BodyPos(map.get(name), budget)),
             Some(Value::Array(items)) => items.iter().any(|item| {
                 let value = item.as_object().and_then(|map| map.get(name));
-                holds(cond, BodyPos(value))
+                budget.spend(1) && holds(cond, BodyPos(value, budget))
             }),
-            _ => holds(cond, BodyPos(None)),
+            _ => holds(cond, BodyPos(None, budget)),
         }
     }
 }
 
 /// The header map: its fields are headers.
-struct HeaderMapPos<'h, H: ?Sized>(&'h H);
+struct HeaderMapPos<'h, H: ?Sized>(&'h H, &'h Budget);
 
 impl<H: ?Sized> Clone for HeaderMapPos<'_, H> {
     fn clone(&self) -> Self {
@@ -107,6 +154,10 @@ impl<H: ?Sized> Clone for HeaderMapPos<'_, H> {
 impl<H: ?Sized> Copy for HeaderMapPos<'_, H> {}
 
 impl<H: HeaderLookup + ?Sized> Pos for HeaderMapPos<'_, H> {
+    fn spend(self, steps: u64) -> bool {
+        self.1.spend(steps)
+    }
+
     fn present(self) -> bool {
         // Unreachable: parsing allows only header names and $and/$or/$not here.
         false
@@ -118,12 +169,12 @@ impl<H: HeaderLookup + ?Sized> Pos for HeaderMapPos<'_, H> {
     }
 
     fn field(self, name: &str, cond: &Cond) -> bool {
-        holds(cond, HeaderPos(self.0, name))
+        holds(cond, HeaderPos(self.0, name, self.1))
     }
 }
 
 /// One header, by its lowercase name.
-struct HeaderPos<'h, H: ?Sized>(&'h H, &'h str);
+struct HeaderPos<'h, H: ?Sized>(&'h H, &'h str, &'h Budget);
 
 impl<H: ?Sized> Clone for HeaderPos<'_, H> {
     fn clone(&self) -> Self {
@@ -134,12 +185,18 @@ impl<H: ?Sized> Clone for HeaderPos<'_, H> {
 impl<H: ?Sized> Copy for HeaderPos<'_, H> {}
 
 impl<H: HeaderLookup + ?Sized> Pos for HeaderPos<'_, H> {
+    fn spend(self, steps: u64) -> bool {
+        self.2.spend(steps)
+    }
+
     fn present(self) -> bool {
         self.0.values(self.1).next().is_some()
     }
 
     fn any(self, mut test: impl FnMut(Leaf<'_>) -> bool) -> bool {
-        self.0.values(self.1).any(|text| test(Leaf::Text(text)))
+        self.0
+            .values(self.1)
+            .any(|text| self.spend(1) && test(Leaf::Text(text)))
     }
 
     fn field(self, _name: &str, _cond: &Cond) -> bool {
@@ -163,8 +220,12 @@ fn op_holds<P: Pos>(op: &Op, pos: P) -> bool {
     match op {
         Op::Eq(operand) => pos.any(|leaf| leaf.equals(operand)),
         Op::Neq(operand) => !pos.any(|leaf| leaf.equals(operand)),
-        Op::In(operands) => pos.any(|leaf| operands.iter().any(|o| leaf.equals(o))),
-        Op::Nin(operands) => !pos.any(|leaf| operands.iter().any(|o| leaf.equals(o))),
+        Op::In(operands) => pos.any(|leaf| {
+            pos.spend(operands.len() as u64) && operands.iter().any(|o| leaf.equals(o))
+        }),
+        Op::Nin(operands) => !pos.any(|leaf| {
+            pos.spend(operands.len() as u64) && operands.iter().any(|o| leaf.equals(o))
+        }),
         Op::Cmp(cmp, operand) => pos.any(|leaf| {
             leaf.compare(operand)
                 .is_some_and(|ordering| cmp.holds(ordering))

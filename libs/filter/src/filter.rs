@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::ast::Root;
 use crate::error::{FilterError, FilterErrorKind};
+use crate::eval::Budget;
 use crate::{HeaderLookup, MAX_FILTER_BYTES, eval, parse};
 
 /// A validated, compiled content filter (see the [crate docs](crate) for the language).
@@ -71,7 +72,20 @@ impl Filter {
     /// or `None` when the payload is not JSON (every `body` clause then fails). Parse the
     /// payload once per message and call this for each destination.
     pub fn matches<H: HeaderLookup + ?Sized>(&self, headers: &H, body: Option<&Value>) -> bool {
-        eval::matches(&self.root, headers, body)
+        eval::matches(&self.root, headers, body, &Budget::new(u64::MAX))
+    }
+
+    /// [`Filter::matches`] within `budget`, shared by every filter one message is matched
+    /// against: `None` once it ran out (the answer is then unknown), so that a filter over a
+    /// large payload — or many filters over one message — cannot take unbounded time.
+    pub fn matches_within<H: HeaderLookup + ?Sized>(
+        &self,
+        headers: &H,
+        body: Option<&Value>,
+        budget: &Budget,
+    ) -> Option<bool> {
+        let matched = eval::matches(&self.root, headers, body, budget);
+        (!budget.exhausted()).then_some(matched)
     }
 
     /// Whether a message matches, given its raw payload: parses the payload as JSON only if the

@@ -152,6 +152,7 @@ mod parse;
 mod tests;
 
 pub use error::{FilterError, FilterErrorKind};
+pub use eval::Budget;
 pub use filter::Filter;
 pub use headers::{HeaderLookup, NoHeaders};
 

@@ -102,13 +102,31 @@ impl Subscription {
         headers: &H,
         body: Option<&serde_json::Value>,
     ) -> bool {
+        let unlimited = switchyard_filter::Budget::new(u64::MAX);
+        self.matches_within(address, event_type, headers, body, &unlimited)
+            .unwrap_or(false)
+    }
+
+    /// [`Subscription::matches`] within `budget` (shared by every destination one message is
+    /// matched against): `None` when the budget ran out before the answer was known.
+    pub fn matches_within<H: HeaderLookup + ?Sized>(
+        &self,
+        address: &Address,
+        event_type: Option<&str>,
+        headers: &H,
+        body: Option<&serde_json::Value>,
+        budget: &switchyard_filter::Budget,
+    ) -> Option<bool> {
         let listed = |list: &[String], value: Option<&str>| {
             list.is_empty() || value.is_some_and(|v| list.iter().any(|l| l == v))
         };
-        (self.platforms.is_empty() || self.platforms.contains(&address.platform))
+        if !((self.platforms.is_empty() || self.platforms.contains(&address.platform))
             && (self.teams.is_empty() || self.teams.contains(&address.team))
-            && listed(&self.event_types, event_type)
-            && self.filter.matches(headers, body)
+            && listed(&self.event_types, event_type))
+        {
+            return Some(false);
+        }
+        self.filter.matches_within(headers, body, budget)
     }
 
     /// Whether matching reads the payload.

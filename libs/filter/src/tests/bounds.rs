@@ -187,3 +187,25 @@ fn parsed_values_are_accepted_at_the_size_limit_and_refused_above() {
     let stored = serde_json::from_value::<Filter>(compact_of_len(MAX_FILTER_BYTES + 1));
     assert!(stored.is_err(), "deserialising enforces the size bound too");
 }
+
+#[test]
+fn a_budget_bounds_what_one_message_may_cost_across_filters() {
+    use super::filter;
+    use crate::{Budget, NoHeaders};
+    // 256 operands against an array of 10,000 strings: 2.56 million comparisons.
+    let operands: Vec<String> = (0..256).map(|i| format!("x{i}")).collect();
+    let costly = filter(serde_json::json!({"body": {"a": {"$in": operands}}}));
+    let items: Vec<String> = (0..10_000).map(|i| format!("y{i}")).collect();
+    let body = serde_json::json!({ "a": items });
+    let budget = Budget::new(1_000_000);
+    assert_eq!(costly.matches_within(&NoHeaders, Some(&body), &budget), None);
+    assert!(budget.exhausted());
+    // Within the budget, the answer is known; the budget is shared by the filters of one
+    // message, so a second filter over it gets what the first left.
+    let cheap = filter(serde_json::json!({"body": {"a": {"$eq": "y3"}}}));
+    let budget = Budget::new(1_000_000);
+    assert_eq!(cheap.matches_within(&NoHeaders, Some(&body), &budget), Some(true));
+    assert_eq!(costly.matches_within(&NoHeaders, Some(&body), &budget), None);
+    // Unbounded matching still answers (and the costly filter does not match).
+    assert!(!costly.matches(&NoHeaders, Some(&body)));
+}
