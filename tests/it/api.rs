@@ -1117,6 +1117,12 @@ async fn what_a_hostile_tenant_or_a_stranger_sends_is_refused_before_it_costs_an
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"], "operator_only");
+    // Nor delete it to create it again, enabled.
+    let (status, body) = api
+        .call("DELETE", "/v1/tenants/acme/destinations/crm", &acme, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "operator_only");
     let (status, _) = api
         .call(
             "POST",

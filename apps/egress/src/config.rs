@@ -99,6 +99,9 @@ pub const MAX_DELIVERY_DEADLINE_SECS: u64 = 365 * 86_400;
 /// A setting that loaded but cannot work: `invalid setting egress.<key>: <reason>`.
 pub use switchyard_runtime::InvalidSetting;
 
+/// The longest breaker open period, in seconds: a day.
+pub const MAX_BREAKER_OPEN_SECS: u64 = 86_400;
+
 impl EgressSettings {
     /// Checks every value; the first problem is returned.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
@@ -152,6 +155,19 @@ impl EgressSettings {
             return fail(
                 "breaker_max_open_secs",
                 "must not be below breaker_open_secs",
+            );
+        }
+        // Bounded so that every time computed from them stays far inside the clocks' range.
+        if self.breaker_max_open_secs > MAX_BREAKER_OPEN_SECS {
+            return fail(
+                "breaker_max_open_secs",
+                "must be at most 86400 (a day; breaker_open_secs too)",
+            );
+        }
+        if self.disable_after_secs > MAX_DELIVERY_DEADLINE_SECS {
+            return fail(
+                "disable_after_secs",
+                "must be between 0 (never) and 31536000 (one year)",
             );
         }
         Ok(())
@@ -312,6 +328,8 @@ mod tests {
                 ("breaker_window", "0"),
                 ("breaker_window", "65"),
                 ("park_recheck_secs", "0"),
+                ("breaker_max_open_secs", "9223372036854775807"),
+                ("disable_after_secs", "9223372036854775807"),
             ] {
                 let var = format!("SWITCHYARD_EGRESS_EGRESS__{}", key.to_ascii_uppercase());
                 jail.set_env(&var, bad);

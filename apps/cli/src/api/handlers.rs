@@ -422,16 +422,36 @@ pub async fn delete_destination(
     headers: HeaderMap,
     Path((tenant, destination)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
+    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
     let key = DestinationKey {
         tenant,
         destination: destination_of(&destination)?,
     };
-    if let Ok(None) = state.destinations.get(&key).await {
-        return Err(ApiError::not_found(format!(
-            "no destination {}",
-            key.render()
-        )));
+    match state.destinations.get(&key).await.map_err(unavailable)? {
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no destination {}",
+                key.render()
+            )));
+        }
+        // Deleting and creating it again would enable what an operator disabled.
+        Some(found)
+            if matches!(principal, Principal::Tenant(_))
+                && found
+                    .disabled
+                    .as_ref()
+                    .is_some_and(|d| d.by == DisabledBy::Operator) =>
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "operator_only",
+                format!(
+                    "destination {} was disabled by an operator; only an operator removes it",
+                    key.render()
+                ),
+            ));
+        }
+        Some(_) => {}
     }
     state.destinations.delete(&key).await.map_err(unavailable)?;
     state
