@@ -59,6 +59,20 @@ pub enum DestinationsCommand {
     /// Enable a disabled destination (by an operator, or by egress because it stayed down):
     /// its parked copies are delivered within `[egress] park_recheck_secs`.
     Enable(KeyArgs),
+    /// Give a webhook destination a new signing secret; the current one keeps signing too for
+    /// --overlap (every delivery carries both signatures), so receivers switch at their pace.
+    RotateSecret(RotateArgs),
+}
+
+/// Arguments of `destinations rotate-secret`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Which destination.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The new secret and its overlap.
+    #[command(flatten)]
+    pub secret: crate::commands::routes::SecretArgs,
 }
 
 /// Arguments of `destinations disable`.
@@ -209,6 +223,7 @@ pub async fn run(
             switch(&store, &events, &args.key, Some(disabled), out).await
         }
         DestinationsCommand::Enable(key) => switch(&store, &events, key, None, out).await,
+        DestinationsCommand::RotateSecret(args) => rotate_secret(&store, args, out).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -685,4 +700,59 @@ async fn remove_destination(
         println!("removed destination {}", key.render());
         Ok(())
     }
+}
+
+/// `destinations rotate-secret`: the rotation of `routes rotate-secret`, on a destination's
+/// webhook target, by compare-and-set (its `disabled` state and everything else kept); the
+/// retired secrets' history is purged.
+async fn rotate_secret(
+    store: &Store<DestinationKey, Destination>,
+    args: &RotateArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let key = args.key.key();
+    let new = args.secret.new_secret()?;
+    let now = time::OffsetDateTime::now_utc();
+    let changed = store
+        .change(&key, 10, |old| {
+            let Some(old) = old else {
+                anyhow::bail!("no destination at {}", key.render());
+            };
+            let mut next = old.clone();
+            let switchyard_registry::Route::Webhook(webhook) = &mut next.target else {
+                anyhow::bail!(
+                    "destination {} delivers over NATS: it has no signing secret",
+                    key.render()
+                );
+            };
+            args.secret
+                .apply(webhook, new.as_ref(), now)
+                .with_context(|| format!("rotating the secret of destination {}", key.render()))?;
+            next.validate().with_context(|| {
+                format!(
+                    "refusing to write an invalid destination to {}",
+                    key.render()
+                )
+            })?;
+            Ok(Some(next))
+        })
+        .await?;
+    let Changed::Stored(destination, revision) = changed else {
+        anyhow::bail!("destination {} keeps changing; try again", key.render());
+    };
+    store.purge_history(&key).await?;
+    if out.is_json() {
+        let view = DestinationView {
+            revision: Some(revision),
+            ..DestinationView::new(&key, &destination)
+        };
+        return out.json(&view);
+    }
+    let (did, also) =
+        crate::commands::routes::rotation_summary(&destination.target, new.is_some(), now);
+    println!(
+        "{did} destination {} (revision {revision}); {also}",
+        key.render()
+    );
+    Ok(())
 }

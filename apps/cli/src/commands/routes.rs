@@ -56,6 +56,14 @@ pub struct RotateArgs {
     /// Which route (its own key: no fallback to the tenant's default).
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The new secret and its overlap.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+/// A signing-secret rotation (`routes rotate-secret`, `destinations rotate-secret`).
+#[derive(Debug, clap::Args)]
+pub struct SecretArgs {
     /// The new Standard Webhooks signing secret (`whsec_` + base64 of at least 16 bytes). On
     /// the command line it shows in `ps` and shell history: prefer --secret-file.
     #[arg(long, value_name = "whsec_…", conflicts_with = "secret_file")]
@@ -71,6 +79,78 @@ pub struct RotateArgs {
     /// new secret, the current one stops too (no overlap).
     #[arg(long)]
     pub revoke_previous: bool,
+}
+
+impl SecretArgs {
+    /// The new secret, read from the command line or its file.
+    pub(crate) fn new_secret(&self) -> anyhow::Result<Option<String>> {
+        read_inline_or_file(
+            self.secret.as_ref(),
+            self.secret_file.as_ref(),
+            "--secret-file",
+        )
+    }
+
+    /// Applies the rotation to `webhook` at `now` (`new`: from [`SecretArgs::new_secret`]).
+    ///
+    /// Errors: the new secret is not a secret, is the current or a previous one, or the
+    /// overlap is out of range.
+    pub(crate) fn apply(
+        &self,
+        webhook: &mut switchyard_registry::WebhookRoute,
+        new: Option<&String>,
+        now: time::OffsetDateTime,
+    ) -> Result<(), switchyard_registry::RouteError> {
+        if let Some(new) = new {
+            let overlap = if self.revoke_previous {
+                time::Duration::ZERO
+            } else {
+                self.overlap
+            };
+            webhook.rotate(WebhookSecret(new.clone()), overlap, now)?;
+        }
+        if self.revoke_previous {
+            webhook.revoke_previous();
+        }
+        Ok(())
+    }
+}
+
+/// What a rotation left signing, for people: `rotated the signing secret of` / `revoked the
+/// previous signing secrets of`, and `only the new secret signs` / `1 previous secret signs
+/// too, until …`.
+pub(crate) fn rotation_summary(
+    route: &Route,
+    rotated: bool,
+    now: time::OffsetDateTime,
+) -> (&'static str, String) {
+    let signing: Vec<time::OffsetDateTime> = match route {
+        Route::Webhook(w) => w
+            .previous_secrets
+            .iter()
+            .map(|p| p.expires_at)
+            .filter(|at| *at > now)
+            .collect(),
+        Route::Nats(_) => Vec::new(),
+    };
+    let also = match signing.iter().max() {
+        None => "only the new secret signs".to_owned(),
+        Some(last) if signing.len() == 1 => format!(
+            "1 previous secret signs too, until {}",
+            parse::show_time(*last)
+        ),
+        Some(last) => format!(
+            "{} previous secrets sign too, the last until {}",
+            signing.len(),
+            parse::show_time(*last)
+        ),
+    };
+    let did = if rotated {
+        "rotated the signing secret of"
+    } else {
+        "revoked the previous signing secrets of"
+    };
+    (did, also)
 }
 
 /// A value (a secret, a filter) given inline or read from a file (`-`: standard input),
@@ -516,11 +596,7 @@ async fn rotate_secret(
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
-    let new = read_inline_or_file(
-        args.secret.as_ref(),
-        args.secret_file.as_ref(),
-        "--secret-file",
-    )?;
+    let new = args.secret.new_secret()?;
     // Compare-and-set: a route changed meanwhile is read again, never overwritten blindly.
     for _ in 0..10 {
         let Some((route, revision)) = store.entry(&key).await? else {
@@ -536,19 +612,9 @@ async fn rotate_secret(
             );
         };
         let now = time::OffsetDateTime::now_utc();
-        if let Some(new) = &new {
-            let overlap = if args.revoke_previous {
-                time::Duration::ZERO
-            } else {
-                args.overlap
-            };
-            webhook
-                .rotate(WebhookSecret(new.clone()), overlap, now)
-                .with_context(|| format!("rotating the secret of route {}", key.render()))?;
-        }
-        if args.revoke_previous {
-            webhook.revoke_previous();
-        }
+        args.secret
+            .apply(&mut webhook, new.as_ref(), now)
+            .with_context(|| format!("rotating the secret of route {}", key.render()))?;
         let route = Route::Webhook(webhook);
         route
             .validate()
@@ -562,32 +628,7 @@ async fn rotate_secret(
                 &json!({"key": key.render(), "revision": revision, "route": route.redacted()}),
             );
         }
-        let signing: Vec<time::OffsetDateTime> = match &route {
-            Route::Webhook(w) => w
-                .previous_secrets
-                .iter()
-                .map(|p| p.expires_at)
-                .filter(|at| *at > now)
-                .collect(),
-            Route::Nats(_) => Vec::new(),
-        };
-        let also = match signing.iter().max() {
-            None => "only the new secret signs".to_owned(),
-            Some(last) if signing.len() == 1 => format!(
-                "1 previous secret signs too, until {}",
-                parse::show_time(*last)
-            ),
-            Some(last) => format!(
-                "{} previous secrets sign too, the last until {}",
-                signing.len(),
-                parse::show_time(*last)
-            ),
-        };
-        let did = if new.is_some() {
-            "rotated the signing secret of"
-        } else {
-            "revoked the previous signing secrets of"
-        };
+        let (did, also) = rotation_summary(&route, new.is_some(), now);
         println!("{did} route {} (revision {revision}); {also}", key.render());
         return Ok(());
     }

@@ -405,3 +405,107 @@ async fn a_destinations_open_circuit_breaker_shows_in_get_ls_and_json() {
             .contains("enabled, breaker half-open")
     );
 }
+
+#[tokio::test]
+async fn rotate_secret_keeps_the_old_secret_signing_for_the_overlap() {
+    let server = provisioned().await;
+    let url = server.url();
+    ok(
+        &url,
+        &[
+            "destinations",
+            "set",
+            "acme",
+            "crm",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            SECRET,
+        ],
+    )
+    .await;
+    let new = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let rotated = ok(
+        &url,
+        &[
+            "destinations",
+            "rotate-secret",
+            "acme",
+            "crm",
+            "--secret",
+            new,
+            "--overlap",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(
+        rotated.starts_with("rotated the signing secret of destination acme.crm (revision ")
+            && rotated.contains("; 1 previous secret signs too, until "),
+        "{rotated}"
+    );
+    assert!(
+        !rotated.contains("whsec_C2F") && !rotated.contains(SECRET),
+        "{rotated}"
+    );
+    let get: Value =
+        serde_json::from_str(&ok(&url, &["destinations", "get", "acme", "crm", "--json"]).await)
+            .unwrap();
+    assert_eq!(get["target"]["secret"], "whsec_***");
+    assert_eq!(
+        get["target"]["previous_secrets"].as_array().unwrap().len(),
+        1
+    );
+    // The same secret again, or a NATS destination: refused, nothing changed.
+    let again = fails(
+        &url,
+        &[
+            "destinations",
+            "rotate-secret",
+            "acme",
+            "crm",
+            "--secret",
+            new,
+        ],
+    )
+    .await;
+    assert!(again.contains("fresh secret"), "{again}");
+    ok(
+        &url,
+        &[
+            "destinations",
+            "set",
+            "acme",
+            "audit",
+            "--nats",
+            "sink.acme.audit",
+        ],
+    )
+    .await;
+    let nats = fails(
+        &url,
+        &[
+            "destinations",
+            "rotate-secret",
+            "acme",
+            "audit",
+            "--secret",
+            new,
+        ],
+    )
+    .await;
+    assert!(nats.contains("has no signing secret"), "{nats}");
+    // Revoking the previous secrets leaves the new one alone.
+    let revoked = ok(
+        &url,
+        &[
+            "destinations",
+            "rotate-secret",
+            "acme",
+            "crm",
+            "--revoke-previous",
+        ],
+    )
+    .await;
+    assert!(revoked.contains("only the new secret signs"), "{revoked}");
+}
