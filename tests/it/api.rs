@@ -1166,3 +1166,44 @@ async fn what_a_hostile_tenant_or_a_stranger_sends_is_refused_before_it_costs_an
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
+
+#[tokio::test]
+async fn listings_take_the_clis_filters_and_refuse_unknown_parameters() {
+    let api = start().await;
+    let acme = api.acme_key.clone();
+    for path in [
+        "/v1/tenants/acme/attempts?message=order-1&since=2h&until=2099-01-01T00:00:00Z&result=permanent&limit=1000",
+        "/v1/tenants/acme/attempts?failed=true&destination=crm",
+        "/v1/tenants/acme/events?kind=breaker_opened&limit=5",
+        "/v1/tenants/acme/dlq?code=retries_exhausted&limit=5",
+    ] {
+        let (status, body) = api.call("GET", path, &acme, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    for (path, says) in [
+        (
+            "/v1/tenants/acme/attempts?mesage=order-1",
+            "unknown query parameter \"mesage\"",
+        ),
+        ("/v1/tenants/acme/attempts?since=yesterday", "since: "),
+        (
+            "/v1/tenants/acme/attempts?failed=true&result=delivered",
+            "result must be",
+        ),
+        (
+            "/v1/tenants/acme/events?tenant=globex",
+            "unknown query parameter \"tenant\"",
+        ),
+        (
+            "/v1/tenants/acme/dlq?stage=egress",
+            "unknown query parameter \"stage\"",
+        ),
+    ] {
+        let (status, body) = api.call("GET", path, &acme, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(says),
+            "{path}: {body}"
+        );
+    }
+}

@@ -23,7 +23,8 @@ use super::ApiState;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::handlers::{
-    MAX_LISTED, MAX_PAGE, anyhow_unavailable, caller_for, copy_of, number, principal, unavailable,
+    MAX_LISTED, MAX_PAGE, anyhow_unavailable, caller_for, copy_of, known_parameters, number,
+    principal, unavailable,
 };
 use crate::commands::dlq::{jobs, purge, show};
 
@@ -200,6 +201,7 @@ pub async fn list_dlq(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DlqPage>, ApiError> {
     let tenant = caller_for(&state, &headers, &tenant).await?;
+    known_parameters(&query, &["limit", "code", "destination"])?;
     let limit = number(&query, "limit", 100, MAX_PAGE)?;
     let selection = dlq_selection(&tenant, query.get("code"), query.get("destination"))?;
     let reader = state.dlq().await?;

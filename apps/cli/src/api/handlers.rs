@@ -191,6 +191,22 @@ pub(super) fn values<T: Serialize>(items: &[T]) -> Vec<Value> {
         .collect()
 }
 
+/// `400` naming a query parameter that is not one of `known` (a typo must not widen a
+/// listing silently).
+pub(super) fn known_parameters(
+    query: &HashMap<String, String>,
+    known: &[&str],
+) -> Result<(), ApiError> {
+    match query.keys().find(|name| !known.contains(&name.as_str())) {
+        Some(name) => Err(ApiError::bad_request(format!(
+            "unknown query parameter {:?}: one of {}",
+            crate::output::printable(name),
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A query parameter as a number in `range`.
 pub(super) fn number(
     query: &HashMap<String, String>,
@@ -570,7 +586,11 @@ fn conflict() -> ApiError {
     params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
            ("limit" = Option<u32>, Query, description = "at most this many (1 to 1000, default 100)", minimum = 1, maximum = 1000),
            ("failed" = Option<bool>, Query, description = "only attempts that did not deliver"),
-           ("destination" = Option<String>, Query, description = "only this destination's copies")),
+           ("result" = Option<String>, Query, description = "only attempts with this result: delivered, retryable or permanent", pattern = "^(delivered|retryable|permanent)$"),
+           ("destination" = Option<String>, Query, description = "only this destination's copies"),
+           ("message" = Option<String>, Query, description = "only this message's attempts (its envelope id or producer message id)"),
+           ("since" = Option<String>, Query, description = "only attempts at or after this time (RFC 3339, or an age: 30s, 15m, 2h, 3d)"),
+           ("until" = Option<String>, Query, description = "only attempts before this time (RFC 3339, or an age)")),
     responses((status = 200, body = AttemptsPage), (status = 400, body = ApiError),
               (status = 401, body = ApiError), (status = 403, body = ApiError),
               (status = 503, body = ApiError)))]
@@ -581,16 +601,49 @@ pub async fn list_attempts(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<AttemptsPage>, ApiError> {
     let tenant = caller_for(&state, &headers, &tenant).await?;
+    known_parameters(
+        &query,
+        &[
+            "limit",
+            "failed",
+            "result",
+            "destination",
+            "message",
+            "since",
+            "until",
+        ],
+    )?;
     let limit = number(&query, "limit", 100, MAX_PAGE)?;
     let failed = match query.get("failed").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("failed must be true or false")),
     };
+    let result = match query.get("result").map(String::as_str) {
+        None => None,
+        Some(r @ ("delivered" | "retryable" | "permanent")) if !failed => Some(r.to_owned()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "result must be delivered, retryable or permanent (and not with failed)",
+            ));
+        }
+    };
+    let time = |name: &str| -> Result<Option<OffsetDateTime>, ApiError> {
+        query
+            .get(name)
+            .map(|raw| {
+                crate::parse::time(raw).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+            })
+            .transpose()
+    };
     let mut args = LsArgs::everything();
     args.tenant = Some(tenant.clone());
     args.failed = failed;
+    args.result = result;
     args.destination = copy_of(query.get("destination"))?;
+    args.message = query.get("message").cloned();
+    args.since = time("since")?;
+    args.until = time("until")?;
     args.limit = u64::try_from(limit).unwrap_or(100);
     let stream = log_stream(&state, StreamName::Attempts).await?;
     let filter = state.topology.namespace.attempt_filter(Some(&tenant));
@@ -618,6 +671,7 @@ pub async fn list_events(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let tenant = caller_for(&state, &headers, &tenant).await?;
+    known_parameters(&query, &["limit", "kind"])?;
     let limit = number(&query, "limit", 100, MAX_PAGE)?;
     let kind = query
         .get("kind")
