@@ -59,6 +59,23 @@ pub const INTERNAL_SUFFIXES: [&str; 10] = [
     "consul",
 ];
 
+/// Whether an IPv4 address is not a public host's: loopback, private, link-local, shared
+/// (100.64/10), this network (0/8), IETF protocol assignments (192.0.0/24), benchmarking
+/// (198.18/15), reserved (240/4), multicast or broadcast.
+fn internal_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || a == 0
+        || (a == 100 && (b & 0xc0) == 64)
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (b & 0xfe) == 18)
+        || a >= 240
+}
+
 /// The longest webhook URL, in bytes.
 pub const MAX_URL_BYTES: usize = 2048;
 
@@ -448,30 +465,29 @@ impl Route {
                         Ok(())
                     }
                     Some(url::Host::Ipv4(ip)) => {
-                        let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
-                        if ip.is_loopback()
-                            || ip.is_private()
-                            || ip.is_link_local()
-                            || ip.is_unspecified()
-                            || ip.is_multicast()
-                            || ip.is_broadcast()
-                            || shared
-                        {
+                        if internal_v4(ip) {
                             return Err(internal());
                         }
                         Ok(())
                     }
                     Some(url::Host::Ipv6(ip)) => {
-                        let mapped = ip.to_ipv4_mapped();
-                        let first = ip.segments()[0];
-                        let unique_local = (first & 0xfe00) == 0xfc00;
-                        let link_local = (first & 0xffc0) == 0xfe80;
+                        let s = ip.segments();
+                        let unique_local = (s[0] & 0xfe00) == 0xfc00;
+                        let link_local = (s[0] & 0xffc0) == 0xfe80;
+                        // IPv4 inside IPv6: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d),
+                        // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) all reach IPv4 hosts.
+                        let compatible = s[..6] == [0; 6];
+                        let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+                        let six_to_four = s[0] == 0x2002;
                         if ip.is_loopback()
                             || ip.is_unspecified()
                             || ip.is_multicast()
                             || unique_local
                             || link_local
-                            || mapped.is_some()
+                            || ip.to_ipv4_mapped().is_some()
+                            || compatible
+                            || nat64
+                            || six_to_four
                         {
                             return Err(internal());
                         }
@@ -760,6 +776,13 @@ mod tests {
             "https://printer.local/",
             "https://router.home.arpa/",
             "https://NATS./x",
+            "http://0.1.2.3/x",
+            "http://192.0.0.8/x",
+            "http://198.18.0.1/x",
+            "http://240.0.0.1/x",
+            "http://[::127.0.0.1]/x",
+            "http://[64:ff9b::7f00:1]/x",
+            "http://[2002:7f00:1::]/x",
         ] {
             let error = hook(internal)
                 .check_tenant_scope("acme")
