@@ -198,14 +198,23 @@ fn a_budget_bounds_what_one_message_may_cost_across_filters() {
     let items: Vec<String> = (0..10_000).map(|i| format!("y{i}")).collect();
     let body = serde_json::json!({ "a": items });
     let budget = Budget::new(1_000_000);
-    assert_eq!(costly.matches_within(&NoHeaders, Some(&body), &budget), None);
+    assert_eq!(
+        costly.matches_within(&NoHeaders, Some(&body), &budget),
+        None
+    );
     assert!(budget.exhausted());
     // Within the budget, the answer is known; the budget is shared by the filters of one
     // message, so a second filter over it gets what the first left.
     let cheap = filter(serde_json::json!({"body": {"a": {"$eq": "y3"}}}));
     let budget = Budget::new(1_000_000);
-    assert_eq!(cheap.matches_within(&NoHeaders, Some(&body), &budget), Some(true));
-    assert_eq!(costly.matches_within(&NoHeaders, Some(&body), &budget), None);
+    assert_eq!(
+        cheap.matches_within(&NoHeaders, Some(&body), &budget),
+        Some(true)
+    );
+    assert_eq!(
+        costly.matches_within(&NoHeaders, Some(&body), &budget),
+        None
+    );
     // Unbounded matching still answers (and the costly filter does not match).
     assert!(!costly.matches(&NoHeaders, Some(&body)));
 }
