@@ -30,9 +30,15 @@ impl NatsCluster {
                     break;
                 }
             }
+            // A node that lost a port race may be another than the one that failed to become
+            // healthy (a node waits for its peers' routes): every log is looked at.
+            let raced = failure.is_some()
+                && nodes
+                    .iter()
+                    .any(|node| node.log_tail().contains("address already in use"));
             match failure {
                 None => return Self { nodes },
-                Some(failed) if attempt < 3 && failed.contains("address already in use") => {
+                Some(_) if attempt < 3 && raced => {
                     for node in &mut nodes {
                         node.kill();
                     }

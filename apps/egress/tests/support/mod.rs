@@ -196,11 +196,6 @@ impl Harness {
         (count, Some(serde_json::from_slice(&last.payload).unwrap()))
     }
 
-    /// The value of `series` in the first egress's `/metrics` (0 while absent).
-    pub async fn metric(&self, series: &str) -> f64 {
-        switchyard_testkit::metric(self.probes.expect("egress started"), series).await
-    }
-
     /// GETs a probe endpoint's body.
     pub async fn probe(&self, path: &str) -> String {
         let url = format!("http://{}{path}", self.probes.unwrap());
