@@ -1,6 +1,7 @@
 //! Cross-crate integration tests against real nats-server processes (one test binary).
 
 mod api;
+mod backup;
 mod cluster;
 mod encryption;
 mod hostile_ids;

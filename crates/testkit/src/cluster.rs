@@ -128,6 +128,21 @@ impl NatsCluster {
         self.start_again(i).await;
     }
 
+    /// A disaster: every node is killed (SIGKILL), every JetStream store deleted, and the
+    /// cluster started again, empty, on the same ports.
+    pub async fn wipe(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+            node.wipe_store();
+        }
+        for node in &mut self.nodes {
+            node.spawn();
+        }
+        for node in &mut self.nodes {
+            node.wait_healthy().await;
+        }
+    }
+
     /// Waits until every running node reports healthy again.
     pub async fn wait_healthy(&mut self) {
         for node in self.nodes.iter_mut().filter(|n| n.is_running()) {

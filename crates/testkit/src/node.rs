@@ -215,6 +215,17 @@ impl Node {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Deletes the JetStream store (every stream, consumer and bucket); the log is kept. Only
+    /// while the process is stopped.
+    pub(crate) fn wipe_store(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.name);
+        match std::fs::remove_dir_all(self.store_dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("deleting the store of {}: {e}", self.name),
+        }
+    }
+
     pub(crate) fn store_path(&self) -> &Path {
         self.store.path()
     }
@@ -291,6 +302,14 @@ impl NatsServer {
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill();
+        self.start_again().await;
+    }
+
+    /// A disaster: the server is killed (SIGKILL), its JetStream store deleted, and it is
+    /// started again, empty, on the same port.
+    pub async fn wipe(&mut self) {
+        self.node.kill();
+        self.node.wipe_store();
         self.start_again().await;
     }
 

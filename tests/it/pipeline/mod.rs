@@ -225,6 +225,26 @@ impl Pipeline {
         running.task.abort();
     }
 
+    /// Stops one service gracefully (drain): what it holds is acked or handed back first.
+    pub async fn stop_service(&mut self, svc: Svc) {
+        let position = self
+            .services
+            .iter()
+            .position(|r| r.svc == svc)
+            .expect("service running");
+        let running = self.services.remove(position);
+        running.shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+    }
+
+    /// Stops every running service gracefully, keeping the server and the sink.
+    pub async fn stop_services(&mut self) {
+        for running in self.services.drain(..) {
+            running.shutdown.cancel();
+            running.task.await.unwrap().unwrap();
+        }
+    }
+
     /// Stops every service gracefully (drain).
     pub async fn stop(mut self) {
         for running in self.services.drain(..) {
