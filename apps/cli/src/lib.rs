@@ -92,6 +92,8 @@ pub enum NatsCommand {
     Events(commands::events::EventsArgs),
     /// Per-tenant payload encryption: enable, rotate, re-wrap, status, shred.
     Encryption(commands::encryption::EncryptionArgs),
+    /// Back up every stream and bucket to a folder, restore one, check one.
+    Backup(commands::backup::BackupArgs),
 }
 
 /// Runs one command; returns the process exit code.
@@ -141,6 +143,7 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         NatsCommand::Encryption(args) => {
             commands::encryption::run(&js, &topology, &args, &out).await?
         }
+        NatsCommand::Backup(args) => commands::backup::run(&js, &topology, &args, &out).await?,
     };
     client
         .flush()

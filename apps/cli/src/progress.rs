@@ -55,6 +55,14 @@ impl Progress {
         progress
     }
 
+    /// A bar of bytes, its total set later with [`Self::set`]:
+    /// `DLQ [=====>    ] 1.2 MiB/4.0 MiB 30% 12 MiB/s eta 1s`.
+    pub fn bytes(out: &Output, what: impl Into<Cow<'static, str>>) -> Self {
+        let progress = Self::new(out, ProgressBar::new(0), BYTES);
+        progress.bar.set_message(what);
+        progress
+    }
+
     /// A counter of steps whose number is not known in advance: `⠋ exporting 1234 entries`.
     pub fn counter(out: &Output, what: impl Into<Cow<'static, str>>) -> Self {
         let progress = Self::new(out, ProgressBar::no_length(), COUNTER);
@@ -130,6 +138,8 @@ impl Drop for Progress {
 }
 
 const BAR: &str = "{msg} [{bar:30.cyan/blue}] {pos}/{len} {percent}% {per_sec} eta {eta}";
+const BYTES: &str =
+    "{msg} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {percent}% {bytes_per_sec} eta {eta}";
 const COUNTER: &str = "{spinner} {msg} {pos} {per_sec}";
 const SPINNER: &str = "{spinner} {msg} ({elapsed})";
 
@@ -139,7 +149,7 @@ mod tests {
 
     #[test]
     fn the_templates_parse() {
-        for template in [BAR, COUNTER, SPINNER] {
+        for template in [BAR, BYTES, COUNTER, SPINNER] {
             assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
         }
     }

@@ -1,6 +1,7 @@
 //! One module per CLI command group.
 
 pub mod attempts;
+pub mod backup;
 pub mod destinations;
 pub mod dlq;
 pub mod doctor;

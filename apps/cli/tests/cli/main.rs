@@ -2,6 +2,7 @@
 //! test binary, one module per command group.
 
 mod attempts;
+mod backup;
 mod destinations;
 mod dlq_browse;
 mod dlq_change;
