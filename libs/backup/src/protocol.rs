@@ -254,7 +254,7 @@ pub async fn restore(
             "restore answer without a deliver subject",
         ));
     };
-    let max_payload = usize::try_from(client.server_info().max_payload).unwrap_or(RESTORE_CHUNK);
+    let max_payload = client.server_info().max_payload;
     let mut buf = vec![0u8; RESTORE_CHUNK.min(max_payload.max(1024))];
     loop {
         let n = read_full(input, &mut buf)
