@@ -109,6 +109,7 @@ pub async fn run(servers: &Servers, args: &Args) -> anyhow::Result<String> {
             stage_replicas: args.replicas,
             bin_dir: args.bin_dir.clone(),
             otlp_endpoint: args.otlp_endpoint.clone(),
+            kek_file: None,
         },
     )
     .await?;

@@ -61,7 +61,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "one-hop,ideal,pipeline"
+        default_value = "one-hop,ideal,pipeline,pipeline-encrypted"
     )]
     pub runs: Vec<Run>,
     /// Have the services record and export their spans to this OTLP/HTTP endpoint (to
@@ -96,6 +96,9 @@ pub enum Run {
     Ideal,
     /// Switchyard's pipeline, its services as processes.
     Pipeline,
+    /// The same with payload encryption on for every tenant (sealed at ingress, opened at
+    /// egress), on the same servers after the plain run.
+    PipelineEncrypted,
 }
 
 impl Args {
@@ -131,7 +134,10 @@ async fn compare(
         runs.push(reference::ideal(&target, &traffic, tenants).await?);
     }
     if args.runs.contains(&Run::Pipeline) {
-        runs.push(pipeline::run(&servers, args, &traffic, tenants).await?);
+        runs.push(pipeline::run(&servers, args, &traffic, tenants, false).await?);
+    }
+    if args.runs.contains(&Run::PipelineEncrypted) {
+        runs.push(pipeline::run(&servers, args, &traffic, tenants, true).await?);
     }
     let title = format!(
         "Switchyard benchmark: {} messages of {} bytes over {} tenants, {} publishes in flight, {}; {} process(es) per stage",

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt;
+use switchyard_crypt::{KekRing, KeyStore, LocalKek};
 use switchyard_keys::{
     Address, RateKey, RateRecord, RateScope, RouteKey, RouteTeam, TenantId, TenantKey,
 };
@@ -108,6 +109,7 @@ fn spawn(
     urls: &str,
     replicas: usize,
     otlp_endpoint: Option<&str>,
+    kek_file: Option<&std::path::Path>,
     log_dir: &std::path::Path,
 ) -> anyhow::Result<Service> {
     let Stage {
@@ -140,6 +142,12 @@ fn spawn(
             replicas.to_string(),
         )
         .envs(otlp_endpoint.map(|url| (format!("{env_prefix}TELEMETRY__OTLP_ENDPOINT"), url)))
+        // Only the stages that seal and open payloads hold the KEK.
+        .envs(
+            kek_file
+                .filter(|_| matches!(name, "ingress" | "egress"))
+                .map(|path| (format!("{env_prefix}ENCRYPTION__KEK_FILE"), path)),
+        )
         .env(format!("{env_prefix}{concurrency_key}"), "256")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -168,6 +176,9 @@ pub struct Layout<'a> {
     pub bin_dir: Option<PathBuf>,
     /// Where the services export spans (OTLP/HTTP); `None`: no span is recorded.
     pub otlp_endpoint: Option<String>,
+    /// A KEK file: every tenant gets payload encryption on (a data key wrapped by it) and
+    /// ingress and egress are given the file; `None`: encryption off.
+    pub kek_file: Option<PathBuf>,
 }
 
 /// A provisioned deployment with every service running as a process (killed on drop).
@@ -219,8 +230,20 @@ impl Deployment {
             .await?;
         let routes: Store<RouteKey, Route> =
             Store::new(topology.open_bucket(&js, BucketName::Routes).await?.1);
+        let keys = match &layout.kek_file {
+            Some(path) => Some((
+                KeyStore::new(topology.open_bucket(&js, BucketName::TenantKeys).await?.1),
+                KekRing::new(LocalKek::from_file(path)?),
+            )),
+            None => None,
+        };
         for tenant in layout.tenants {
             provision_tenant(&js, &topology, tenant, layout.quota, false).await?;
+            if let Some((store, ring)) = &keys {
+                store
+                    .enable(tenant, ring, time::OffsetDateTime::now_utc())
+                    .await?;
+            }
             registry
                 .put(
                     &TenantKey {
@@ -267,6 +290,7 @@ impl Deployment {
                     &urls,
                     servers.replicas(),
                     layout.otlp_endpoint.as_deref(),
+                    layout.kek_file.as_deref(),
                     &log_dir,
                 )?);
             }
@@ -344,14 +368,40 @@ fn quota_for(traffic: &Traffic, tenants: usize) -> TenantQuota {
     }
 }
 
+/// Writes a fresh KEK (32 random bytes as hex, mode 0600) into a new file under the temporary
+/// folder; returns its path.
+fn fresh_kek_file() -> anyhow::Result<PathBuf> {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let path = std::env::temp_dir().join(format!(
+        "switchyard-bench-kek-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(path)
+}
+
 /// Runs the pipeline measurement: `traffic` spread over `tenants` tenants, `stage_replicas`
-/// processes per stage.
+/// processes per stage; with `encrypted`, every tenant has payload encryption on (sealed at
+/// ingress, opened at egress: `libs/crypt`).
 pub async fn run(
     servers: &Servers,
     args: &Args,
     traffic: &Traffic,
     tenants: usize,
+    encrypted: bool,
 ) -> anyhow::Result<Figures> {
+    // Message ids differ between the runs of one comparison: they share the servers, whose
+    // duplicate windows and idempotency claims would drop a second run's messages.
+    let run_id = if encrypted { "enc" } else { "plain" };
+    let kek_file = encrypted.then(fresh_kek_file).transpose()?;
     let tenants: Vec<TenantId> = (0..tenants.max(1))
         .map(|i| TenantId::new(format!("tenant{i}")))
         .collect::<Result<_, _>>()?;
@@ -364,6 +414,7 @@ pub async fn run(
             stage_replicas: args.replicas,
             bin_dir: args.bin_dir.clone(),
             otlp_endpoint: args.otlp_endpoint.clone(),
+            kek_file: kek_file.clone(),
         },
     )
     .await?;
@@ -376,7 +427,7 @@ pub async fn run(
     let mut warm_up = futures::stream::FuturesUnordered::new();
     for (i, tenant) in tenants.iter().enumerate() {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", format!("warm-up-{i}"));
+        h.insert("Nats-Msg-Id", format!("warm-up-{run_id}-{i}"));
         warm_up.push(
             js.publish_with_headers(ingress_subject(tenant), h, "warm-up".into())
                 .await?
@@ -401,7 +452,7 @@ pub async fn run(
     publish_all(&js, traffic, |i| {
         let subject = ingress_subject(&tenants[i % tenants.len()]);
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", format!("bench-{i}"));
+        h.insert("Nats-Msg-Id", format!("bench-{run_id}-{i}"));
         (subject, h)
     })
     .await?;
@@ -411,8 +462,9 @@ pub async fn run(
     let messages_after = servers.messages_by_client();
     let mut figures = Figures::new(
         &format!(
-            "{}{}",
+            "{}{}{}",
             crate::report::PIPELINE,
+            if encrypted { ", encryption on" } else { "" },
             if args.replicas > 1 {
                 format!(", {} replicas per stage", args.replicas)
             } else {

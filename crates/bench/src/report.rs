@@ -177,8 +177,8 @@ impl std::fmt::Display for Machine {
     }
 }
 
-/// The table of `runs` under `title`, then the ratios of the last run (the pipeline) to the
-/// ones before it, then each run's notes and peak memory.
+/// The table of `runs` under `title`, then the ratios of each pipeline run to the runs before
+/// it, then each run's notes and peak memory.
 pub fn render(title: &str, machine: &Machine, runs: &[Figures]) -> String {
     let mut out = format!("{title}\n{machine}\n\n");
     out.push_str(&format!(
@@ -198,14 +198,20 @@ pub fn render(title: &str, machine: &Machine, runs: &[Figures]) -> String {
             f.percentile(1.0)
         ));
     }
-    if let Some((pipeline, references)) = runs.split_last() {
+    // Each pipeline run against every run before it (the references, and the plain pipeline
+    // for the encrypted one).
+    for (i, pipeline) in runs.iter().enumerate() {
+        if !pipeline.name.starts_with(PIPELINE) || i == 0 {
+            continue;
+        }
         out.push('\n');
-        for reference in references.iter().rev() {
+        for reference in runs[..i].iter().rev() {
             out.push_str(&format!(
-                "{} / {}: {:.2} of the throughput\n",
+                "{} / {}: {:.2} of the throughput, p50 latency {:+.1} ms\n",
                 pipeline.name,
                 reference.name,
-                pipeline.rate() / reference.rate().max(1e-9)
+                pipeline.rate() / reference.rate().max(1e-9),
+                pipeline.percentile(0.5) - reference.percentile(0.5)
             ));
         }
     }
