@@ -39,7 +39,9 @@ pub use limits::{
     Admission, LimitRecord, LimitSource, PressureRecord, QuotaRecord, TokenState, limit_lookup,
 };
 pub use rotation::{MAX_OVERLAP, MAX_PREVIOUS_SECRETS, RetiringSecret};
-pub use route::{NatsRoute, Route, RouteError, WebhookRoute, WebhookSecret};
+pub use route::{
+    NatsRoute, Route, RouteError, SEALED_SECRET_PREFIX, WebhookRoute, WebhookSecret, sealed_key_id,
+};
 pub use signing_key::{SigningKey, sign_v1, sign_v1a};
 pub use store::{Changed, Store, StoreError, Written};
 pub use tenant::{TenantNameError, TenantRecord};

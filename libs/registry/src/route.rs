@@ -13,6 +13,12 @@
 //! A webhook route rotated with an overlap also holds `previous_secrets`
 //! (`[{"secret":"whsec_…","expires_at":"2026-12-07T12:00:00Z"}]`), which keep signing until
 //! they expire ([`crate::rotation`]).
+//!
+//! For a tenant with encryption on, every secret field (`secret`, each previous `secret`,
+//! `signing_key`) holds the secret sealed under the tenant's data key instead:
+//! `enc:v1:<data key id>:<base64>` ([`SEALED_SECRET_PREFIX`]; sealed and opened by
+//! `switchyard_crypt::route_secret`). Validation checks a sealed value's form only; what it
+//! holds is checked before it is sealed and after it is opened.
 
 use std::collections::BTreeMap;
 
@@ -91,7 +97,51 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
 /// The longest NATS route subject, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 256;
 
-/// A Standard Webhooks signing secret: `whsec_` followed by base64 of the key bytes.
+/// What a sealed secret field starts with (`enc:v1:<data key id>:<base64>`): the form
+/// `switchyard_crypt::SealedSecret` writes, defined here because the records that hold it are
+/// this crate's (the crypt crate depends on this one and re-exports it as its
+/// `SEALED_PREFIX`).
+pub const SEALED_SECRET_PREFIX: &str = "enc:v1:";
+
+/// The data key id of a sealed secret field's value (`enc:v1:<id>:…`), `None` when the value
+/// is not sealed or names no id.
+pub fn sealed_key_id(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(SEALED_SECRET_PREFIX)?;
+    rest.split_once(':')
+        .map(|(id, _)| id)
+        .filter(|id| !id.is_empty())
+}
+
+/// Checks the form of a sealed secret field: `enc:v1:<id>:<body>`, both parts non-empty and
+/// printable ASCII without spaces (its content is checked when it is opened).
+pub(crate) fn check_sealed(field: &'static str, text: &str) -> Result<(), RouteError> {
+    let body = text
+        .strip_prefix(SEALED_SECRET_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, body)| body);
+    let printable = text.chars().all(|c| c.is_ascii_graphic());
+    match (sealed_key_id(text), body) {
+        (Some(_), Some(body)) if !body.is_empty() && printable => Ok(()),
+        _ => Err(RouteError::Field {
+            field,
+            reason: format!(
+                "starts with {SEALED_SECRET_PREFIX} but is not a sealed secret \
+                 ({SEALED_SECRET_PREFIX}<data key id>:<base64>)"
+            ),
+        }),
+    }
+}
+
+/// How a sealed secret field is shown: `enc:v1:<data key id>:***`.
+fn shown_sealed(text: &str) -> String {
+    format!(
+        "{SEALED_SECRET_PREFIX}{}:***",
+        sealed_key_id(text).unwrap_or("?")
+    )
+}
+
+/// A Standard Webhooks signing secret: `whsec_` followed by base64 of the key bytes; or, for a
+/// tenant with encryption on, that secret sealed ([`SEALED_SECRET_PREFIX`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct WebhookSecret(pub String);
@@ -103,10 +153,36 @@ impl std::fmt::Debug for WebhookSecret {
 }
 
 impl WebhookSecret {
+    /// Whether it is sealed (`enc:v1:…`): it must be opened before it signs.
+    pub fn is_sealed(&self) -> bool {
+        self.0.starts_with(SEALED_SECRET_PREFIX)
+    }
+
+    /// Checks it: a valid `whsec_` secret ([`WebhookSecret::key`]), or a well-formed sealed one.
+    ///
+    /// # Errors
+    /// [`RouteError::Field`] naming `secret`.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        if self.is_sealed() {
+            check_sealed("secret", &self.0)
+        } else {
+            self.key().map(|_| ())
+        }
+    }
+
     /// The key bytes (the base64 after `whsec_`). A secret without the `whsec_` prefix is
     /// refused: it is not a Standard Webhooks secret, and guessing how to read it would sign
     /// with a key the receiver does not hold.
     pub fn key(&self) -> Result<Vec<u8>, RouteError> {
+        if let Some(id) = sealed_key_id(&self.0) {
+            return Err(RouteError::Field {
+                field: "secret",
+                reason: format!(
+                    "is sealed under data key {id}: it signs only once opened with the \
+                     tenant's key"
+                ),
+            });
+        }
         let Some(encoded) = self.0.strip_prefix("whsec_") else {
             return Err(RouteError::Field {
                 field: "secret",
@@ -318,12 +394,12 @@ impl Route {
                         });
                     }
                 }
-                w.secret.key()?;
+                w.secret.validate()?;
                 for previous in &w.previous_secrets {
-                    previous.secret.key()?;
+                    previous.secret.validate()?;
                 }
                 if let Some(key) = &w.signing_key {
-                    key.key_pair()?;
+                    key.validate()?;
                 }
                 if w.previous_secrets.len() > crate::rotation::MAX_PREVIOUS_SECRETS {
                     return Err(RouteError::Field {
@@ -499,17 +575,25 @@ impl Route {
         }
     }
 
-    /// The route as it may be shown: the secret hidden, the URL reduced to
-    /// `scheme://host[:port]` ([`WebhookRoute::display_url`]).
+    /// The route as it may be shown: the secrets hidden (`whsec_***`, `whsk_***`; a sealed
+    /// one as `enc:v1:<data key id>:***`), the URL reduced to `scheme://host[:port]`
+    /// ([`WebhookRoute::display_url`]).
     pub fn redacted(&self) -> Route {
+        let hide = |text: &str, clear: &str| {
+            if text.starts_with(SEALED_SECRET_PREFIX) {
+                shown_sealed(text)
+            } else {
+                clear.to_owned()
+            }
+        };
         let mut route = self.clone();
         if let Route::Webhook(w) = &mut route {
-            w.secret = WebhookSecret("whsec_***".into());
+            w.secret = WebhookSecret(hide(&w.secret.0, "whsec_***"));
             for previous in &mut w.previous_secrets {
-                previous.secret = WebhookSecret("whsec_***".into());
+                previous.secret = WebhookSecret(hide(&previous.secret.0, "whsec_***"));
             }
             if let Some(key) = &mut w.signing_key {
-                key.0 = "whsk_***".into();
+                key.0 = hide(&key.0, "whsk_***");
             }
             for (name, value) in &mut w.headers {
                 if is_credential_header(name) {
@@ -705,6 +789,39 @@ mod tests {
             "{\"type\":\"webhook\",\"url\":\"http://127.0.0.1:9/h\",\"secret\":\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\",\"headers\":{\"X-Env\":\"a\\u0007b\"}}".as_bytes(),
         );
         assert!(bell.is_err(), "{bell:?}");
+    }
+
+    #[test]
+    fn sealed_secrets_pass_validation_by_form_and_show_their_key_id_only() {
+        let sealed = "enc:v1:d1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let json = format!(
+            r#"{{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"{sealed}",
+                "signing_key":"{sealed}",
+                "previous_secrets":[{{"secret":"{sealed}","expires_at":"2030-01-01T00:00:00Z"}}]}}"#
+        );
+        let route = Route::from_json(json.as_bytes()).unwrap();
+        let Route::Webhook(w) = &route else {
+            panic!("{route:?}")
+        };
+        assert!(w.secret.is_sealed() && w.signing_key.as_ref().unwrap().is_sealed());
+        let err = w.secret.key().unwrap_err().to_string();
+        assert!(err.contains("sealed under data key d1"), "{err}");
+        assert!(w.signing_keys(time::OffsetDateTime::now_utc()).is_err());
+        let shown = String::from_utf8(route.redacted().to_json()).unwrap();
+        assert!(!shown.contains("AAAA"), "{shown}");
+        assert_eq!(shown.matches("enc:v1:d1:***").count(), 3, "{shown}");
+        for bad in [
+            "enc:v1:",
+            "enc:v1:d1",
+            "enc:v1::AAAA",
+            "enc:v1:d1:",
+            "enc:v1:d1:AA AA",
+        ] {
+            let json =
+                format!(r#"{{"type":"webhook","url":"http://127.0.0.1:9/h","secret":"{bad}"}}"#);
+            let err = Route::from_json(json.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains("route field secret"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -32,12 +32,35 @@ fn invalid(reason: &str) -> RouteError {
 }
 
 impl SigningKey {
+    /// Whether it is sealed (`enc:v1:…`, [`crate::route::SEALED_SECRET_PREFIX`]): it must be
+    /// opened before it signs, and its public key is not known until then.
+    pub fn is_sealed(&self) -> bool {
+        self.0.starts_with(crate::route::SEALED_SECRET_PREFIX)
+    }
+
+    /// Checks it: a valid key pair ([`SigningKey::key_pair`]), or a well-formed sealed key.
+    ///
+    /// # Errors
+    /// [`RouteError::Field`] naming `signing_key`.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        if self.is_sealed() {
+            crate::route::check_sealed("signing_key", &self.0)
+        } else {
+            self.key_pair().map(|_| ())
+        }
+    }
+
     /// The key pair.
     ///
     /// # Errors
     /// [`RouteError::Field`] when it is not `whsk_` + base64 of 32 or 64 bytes, or the 64 bytes'
     /// public half does not belong to the seed.
     pub fn key_pair(&self) -> Result<Ed25519KeyPair, RouteError> {
+        if let Some(id) = crate::route::sealed_key_id(&self.0) {
+            return Err(invalid(&format!(
+                "is sealed under data key {id}: it signs only once opened with the tenant's key"
+            )));
+        }
         let encoded = self.0.strip_prefix("whsk_").ok_or_else(|| {
             invalid("does not start with whsk_ (a Standard Webhooks signing key)")
         })?;
