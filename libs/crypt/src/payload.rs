@@ -22,10 +22,10 @@ use crate::id::DekId;
 
 /// Names the data key a payload was sealed with (a [`DekId`]). Its presence means the payload
 /// is sealed.
-pub const KEY_HEADER: &str = "Switchyard-Key";
+pub const KEY_HEADER: &str = switchyard_envelope::headers::SEAL_KEY;
 
 /// The payload's 96-bit nonce, standard base64 (16 characters).
-pub const NONCE_HEADER: &str = "Switchyard-Nonce";
+pub const NONCE_HEADER: &str = switchyard_envelope::headers::SEAL_NONCE;
 
 /// A 96-bit AES-GCM nonce; shown (and carried in [`NONCE_HEADER`]) as standard base64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::producer::text;
-use crate::{EnvelopeError, SCHEMA_VERSION, headers};
+use crate::{EnvelopeError, headers, schema};
 
 /// Namespace for deriving envelope ids (fixed forever: changing it changes every id).
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d1c_7a2e_4b8f_4c3a_9e61_2f0d_8a7b_c4e9);
@@ -125,7 +125,8 @@ pub struct Envelope {
     pub content_type: Option<String>,
     /// Trace context.
     pub trace: TraceContext,
-    /// Envelope schema version.
+    /// Envelope schema version ([`crate::schema`]): the lowest that describes the envelope, 1
+    /// for a plain payload and 2 for a sealed one ([`crate::schema_for`]).
     pub schema_version: u16,
     /// Attempt counters.
     pub attempt: Attempt,
@@ -249,16 +250,11 @@ impl Envelope {
     }
 
     /// Reads an envelope stamped by ingress. Every stage after ingress calls this; an error
-    /// names the missing or malformed header.
+    /// names the missing or malformed header, or ([`EnvelopeError::UnsupportedSchema`]) the
+    /// `Switchyard-Schema` version found and the range this build reads
+    /// ([`schema::readable`]).
     pub fn from_headers(h: Option<&HeaderMap>) -> Result<Self, EnvelopeError> {
-        let schema_version = parsed(h, headers::SCHEMA, u16::from_str)?;
-        if schema_version > SCHEMA_VERSION {
-            return Err(EnvelopeError::invalid(
-                headers::SCHEMA,
-                &schema_version.to_string(),
-                format!("this build reads schema versions up to {SCHEMA_VERSION}"),
-            ));
-        }
+        let schema_version = schema::readable(parsed(h, headers::SCHEMA, u16::from_str)?)?;
         Ok(Self {
             id: parsed(h, headers::ID, EnvelopeId::from_str)?,
             address: Address::new(

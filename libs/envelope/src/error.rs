@@ -16,6 +16,10 @@ pub enum EnvelopeError {
         /// Why it was refused.
         reason: String,
     },
+    /// `Switchyard-Schema` is a version this build does not read (it names the version found
+    /// and the range read).
+    #[error(transparent)]
+    UnsupportedSchema(#[from] crate::UnsupportedSchema),
 }
 
 impl EnvelopeError {

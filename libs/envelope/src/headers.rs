@@ -26,6 +26,12 @@ pub const SCHEMA: &str = "Switchyard-Schema";
 pub const ATTEMPT: &str = "Switchyard-Attempt";
 /// How many times the message was replayed from the DLQ.
 pub const REPLAY: &str = "Switchyard-Replay";
+/// On a sealed payload (envelope schema version 2, [`crate::schema`]): the id of the data key
+/// it was sealed with. Its presence means the payload is ciphertext; `libs/crypt` writes and
+/// reads it.
+pub const SEAL_KEY: &str = "Switchyard-Key";
+/// On a sealed payload: its 96-bit nonce, standard base64 (16 characters).
+pub const SEAL_NONCE: &str = "Switchyard-Nonce";
 /// Where ingress read the message: `<stream>:<sequence>`.
 pub const SOURCE: &str = "Switchyard-Source";
 /// Which destination a fanned-out copy is for (`orders-hook`, or `_route`); absent before

@@ -7,12 +7,15 @@
 //!   `Nats-Msg-Id`.
 //! - [`envelope`]: the typed [`Envelope`] stamped by ingress, its header mapping, the
 //!   deterministic ids and hop `Nats-Msg-Id`s, and the JSON view for the CLI and HTTP.
+//! - [`schema`]: the `Switchyard-Schema` versions, which this build reads and writes, and the
+//!   upgrade steps a DLQ replay applies.
 
 pub mod attempt;
 pub mod envelope;
 mod error;
 pub mod headers;
 pub mod producer;
+pub mod schema;
 
 pub use attempt::{AttemptRecord, LoggedAttempt, clean_error, mask_credentials};
 pub use envelope::{
@@ -20,6 +23,6 @@ pub use envelope::{
 };
 pub use error::EnvelopeError;
 pub use producer::{MsgIdPolicy, ProducerHeaders};
-
-/// The envelope schema version this build writes (`Switchyard-Schema`).
-pub const SCHEMA_VERSION: u16 = 1;
+pub use schema::{
+    MIN_SCHEMA_VERSION, SCHEMA_VERSION, SchemaError, UnsupportedSchema, Upgrade, schema_for,
+};

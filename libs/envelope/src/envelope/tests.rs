@@ -19,7 +19,7 @@ fn sample() -> Envelope {
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             tracestate: None,
         },
-        schema_version: SCHEMA_VERSION,
+        schema_version: crate::SCHEMA_VERSION,
         attempt: Attempt {
             delivery: 2,
             replay: 1,
@@ -92,12 +92,26 @@ fn missing_and_malformed_headers_are_named() {
 
     let mut future = h.clone();
     future.insert(headers::SCHEMA, "9");
-    assert!(
-        Envelope::from_headers(Some(&future))
-            .unwrap_err()
-            .to_string()
-            .contains("schema versions up to 1")
+    let err = Envelope::from_headers(Some(&future)).unwrap_err();
+    assert_eq!(
+        err,
+        EnvelopeError::UnsupportedSchema(crate::UnsupportedSchema { found: 9 })
     );
+    assert_eq!(
+        err.to_string(),
+        "envelope schema version 9 is not one this build reads (it reads versions 1..=2)"
+    );
+    let mut ancient = h.clone();
+    ancient.insert(headers::SCHEMA, "0");
+    assert!(matches!(
+        Envelope::from_headers(Some(&ancient)),
+        Err(EnvelopeError::UnsupportedSchema(_))
+    ));
+    for readable in ["1", "2"] {
+        let mut ok = h.clone();
+        ok.insert(headers::SCHEMA, readable);
+        assert!(Envelope::from_headers(Some(&ok)).is_ok(), "{readable}");
+    }
 
     assert_eq!(
         Envelope::from_headers(None).unwrap_err(),
