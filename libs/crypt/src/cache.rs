@@ -112,8 +112,17 @@ fn unavailable(error: CryptError) -> OpenError {
         CryptError::Tampered { .. }
         | CryptError::UnknownKey { .. }
         | CryptError::Shredded { .. }
-        | CryptError::BadHeader { .. } => OpenError::Refused(error),
+        | CryptError::BadHeader { .. }
+        | CryptError::BadSecret { .. }
+        | CryptError::InvalidSecret { .. } => OpenError::Refused(error),
         other => OpenError::Unavailable(other.to_string()),
+    }
+}
+
+/// Sorted as a data key lookup's errors are: never ([`OpenError::Refused`]) or not now.
+impl From<CryptError> for OpenError {
+    fn from(error: CryptError) -> Self {
+        unavailable(error)
     }
 }
 
@@ -443,6 +452,35 @@ impl KeyCache {
                 key: id.clone(),
             }),
         }
+    }
+
+    /// Opens the sealed secrets of `route` (a route's or a destination's target, found at
+    /// `place`) in place, with the tenant's data keys as for payloads
+    /// ([`KeyCache::opening_key`]). Returns how many were opened (0 for a route in clear).
+    ///
+    /// # Errors
+    /// As [`KeyCache::opening_key`]; [`OpenError::Refused`] with [`CryptError::Tampered`] for a
+    /// secret sealed for another record, tenant or field (or changed), or
+    /// [`CryptError::BadSecret`] for a malformed one.
+    pub async fn open_secrets(
+        &self,
+        route: &mut switchyard_registry::Route,
+        place: &crate::route_secret::SecretPlace,
+    ) -> Result<usize, OpenError> {
+        let ids = crate::route_secret::sealed_key_ids(route).map_err(OpenError::Refused)?;
+        let mut keys = HashMap::new();
+        for id in ids {
+            let key = self.opening_key(place.tenant(), &id).await?;
+            keys.insert(id, key);
+        }
+        crate::route_secret::open_secrets(route, place, |id| {
+            keys.get(id).cloned().ok_or_else(|| {
+                OpenError::Refused(CryptError::UnknownKey {
+                    tenant: place.tenant().to_string(),
+                    key: id.to_string(),
+                })
+            })
+        })
     }
 
     /// Opens a received message's payload for `tenant`, bound to `aad_id` (the envelope id, or

@@ -86,6 +86,14 @@ pub enum CryptError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A route or destination secret that cannot be sealed or opened as it stands: its clear
+    /// value is not a valid secret (the reason names the field, never the value), it is sealed
+    /// where a clear one was expected, or sealed for a tenant with encryption off.
+    #[error("{reason}")]
+    InvalidSecret {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A data key id or KEK id outside its charset or length.
     #[error("invalid {kind} {value:?}: {reason}")]
     InvalidId {

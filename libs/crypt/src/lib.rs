@@ -14,6 +14,8 @@
 //!   [`keys_or_shredded`] for a deleted tenant.
 //! - [`payload`]: [`DataKey::seal`] / [`DataKey::open`], [`SealHeaders`].
 //! - [`secret`]: [`SealedSecret`], `enc:v1:<key id>:<base64>`.
+//! - [`route_secret`]: the secrets of route and destination records sealed in place
+//!   ([`SecretPlace`] and its labels, [`SecretSealer`] for writers).
 //! - [`id`]: [`DekId`] and the key id charset.
 //! - [`config`]: [`EncryptionConfig`], the services' `[encryption]` section (KEK files).
 //! - [`store`]: [`KeyStore`], the `tenant-keys` bucket as operators change it (enable, rotate,
@@ -33,6 +35,7 @@ pub mod id;
 pub mod kek;
 pub mod payload;
 pub mod record;
+pub mod route_secret;
 pub mod secret;
 pub mod store;
 
@@ -45,5 +48,6 @@ pub use id::DekId;
 pub use kek::{KekRing, KeyEncryptionKey, LocalKek, WrapContext};
 pub use payload::{KEY_HEADER, NONCE_HEADER, Nonce, SealHeaders, Sealed, edge_seal_id};
 pub use record::{TenantKeys, WrappedDek, keys_or_shredded};
+pub use route_secret::{SecretField, SecretPlace, SecretSealer};
 pub use secret::{SEALED_PREFIX, SealedSecret};
 pub use store::{Enabled, KeyState, KeyStore, KeyStoreError};

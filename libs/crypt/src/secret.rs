@@ -20,8 +20,9 @@ use crate::dek::DataKey;
 use crate::error::CryptError;
 use crate::id::DekId;
 
-/// What every sealed secret string starts with.
-pub const SEALED_PREFIX: &str = "enc:v1:";
+/// What every sealed secret string starts with (defined beside the records that hold it:
+/// [`switchyard_registry::SEALED_SECRET_PREFIX`]).
+pub const SEALED_PREFIX: &str = switchyard_registry::SEALED_SECRET_PREFIX;
 
 /// A secret sealed under one of a tenant's data keys.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use crate::error::CryptError;
 use crate::id::DekId;
 use crate::kek::KekRing;
 use crate::record::TenantKeys;
+use crate::route_secret::SecretSealer;
 
 /// How many times a compare-and-set change is tried before giving up on a busy record.
 const CAS_TRIES: usize = 5;
@@ -36,6 +37,26 @@ pub enum KeyStoreError {
     /// The tenant has no key record (encryption is off, or its keys were shredded).
     #[error("tenant {tenant} has no encryption keys: run `switchyard encryption enable {tenant}`")]
     NotEnabled {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// The tenant has encryption on, so its route and destination secrets are stored sealed,
+    /// and the writer holds no key-encryption key to seal them with.
+    #[error(
+        "tenant {tenant} has encryption on: its route and destination secrets are stored \
+         sealed, which needs the key-encryption key: pass --kek-file FILE (or set \
+         SWITCHYARD_KEK_FILE); nothing was written"
+    )]
+    NoKek {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// The tenant's data keys were shredded: nothing can be sealed for it.
+    #[error(
+        "tenant {tenant}'s data keys were shredded: its secrets cannot be sealed until \
+         `switchyard encryption enable {tenant}` gives it new keys; nothing was written"
+    )]
+    Shredded {
         /// The tenant.
         tenant: TenantId,
     },
@@ -289,6 +310,38 @@ impl KeyStore {
             payload: Bytes::from(plaintext),
             key: seal.key,
         })
+    }
+
+    /// What a writer of `tenant`'s route and destination records seals their secrets with
+    /// ([`SecretSealer`]): clear for a tenant with encryption off; its record, `ring` and its
+    /// current data key for one with encryption on.
+    ///
+    /// # Errors
+    /// [`KeyStoreError::NoKek`] when the tenant has encryption on and `ring` is `None` (never
+    /// write such a secret in clear); [`KeyStoreError::Shredded`]; [`KeyStoreError::Crypt`]
+    /// when the current key does not unwrap under `ring`; [`KeyStoreError::Store`].
+    pub async fn secret_sealer<'a>(
+        &self,
+        tenant: &TenantId,
+        ring: Option<&'a KekRing>,
+    ) -> Result<SecretSealer<'a>, KeyStoreError> {
+        match self.state(tenant).await? {
+            KeyState::Off => Ok(SecretSealer::Clear(tenant.clone())),
+            KeyState::Shredded => Err(KeyStoreError::Shredded {
+                tenant: tenant.clone(),
+            }),
+            KeyState::On(record, _) => {
+                let ring = ring.ok_or_else(|| KeyStoreError::NoKek {
+                    tenant: tenant.clone(),
+                })?;
+                let current = std::sync::Arc::new(record.current_key(ring)?);
+                Ok(SecretSealer::Sealing {
+                    record,
+                    ring,
+                    current,
+                })
+            }
+        }
     }
 
     /// Every tenant with encryption on, sorted, with its record (or why it does not parse).
