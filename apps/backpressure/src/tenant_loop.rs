@@ -203,12 +203,7 @@ async fn forward(shared: &Shared, msg: &jetstream::Message) -> Handled {
     let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
         Ok(envelope) => envelope,
         Err(error) => {
-            return Handled::invalid_envelope(
-                msg,
-                &shared.ns,
-                Stage::Backpressure,
-                error.to_string(),
-            );
+            return Handled::unreadable_envelope(msg, &shared.ns, Stage::Backpressure, &error);
         }
     };
     let tenant = Some(envelope.address.tenant.clone());

@@ -127,7 +127,7 @@ impl Handler for EgressHandler {
         let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
             Ok(envelope) => envelope,
             Err(error) => {
-                return Handled::invalid_envelope(msg, &self.ns, Stage::Egress, error.to_string());
+                return Handled::unreadable_envelope(msg, &self.ns, Stage::Egress, &error);
             }
         };
         let tenant = Some(envelope.address.tenant.clone());

@@ -176,11 +176,11 @@ impl Handler for IdempotencyHandler {
         let envelope = match Envelope::from_headers(msg.headers.as_ref()) {
             Ok(envelope) => envelope,
             Err(e) => {
-                return Handled::invalid_envelope(
+                return Handled::unreadable_envelope(
                     msg,
                     self.handoff.namespace(),
                     Stage::Idempotency,
-                    e.to_string(),
+                    &e,
                 );
             }
         };

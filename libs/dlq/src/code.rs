@@ -29,6 +29,10 @@ pub enum DlqCode {
     TenantDisabled,
     /// any stage after ingress: the envelope headers are missing or malformed.
     InvalidEnvelope,
+    /// any stage after ingress: the envelope's `Switchyard-Schema` is a version this build does
+    /// not read (written by a newer build, or older than the oldest it reads); the reason names
+    /// the version and the range read. Replayable once the stage reads that version.
+    UnsupportedSchema,
     /// egress: no route for (tenant, team, platform), nor a team-less default.
     NoRoute,
     /// egress: the route exists but cannot be used (bad JSON, bad URL, bad secret).
@@ -66,7 +70,7 @@ pub enum DlqCode {
 
 impl DlqCode {
     /// Every code.
-    pub const ALL: [DlqCode; 20] = [
+    pub const ALL: [DlqCode; 21] = [
         DlqCode::InvalidSubject,
         DlqCode::InvalidHeader,
         DlqCode::MissingMsgId,
@@ -76,6 +80,7 @@ impl DlqCode {
         DlqCode::UnknownTenant,
         DlqCode::TenantDisabled,
         DlqCode::InvalidEnvelope,
+        DlqCode::UnsupportedSchema,
         DlqCode::NoRoute,
         DlqCode::InvalidRoute,
         DlqCode::NoSubscriber,
@@ -101,6 +106,7 @@ impl DlqCode {
             DlqCode::UnknownTenant => "unknown_tenant",
             DlqCode::TenantDisabled => "tenant_disabled",
             DlqCode::InvalidEnvelope => "invalid_envelope",
+            DlqCode::UnsupportedSchema => "unsupported_schema",
             DlqCode::NoRoute => "no_route",
             DlqCode::InvalidRoute => "invalid_route",
             DlqCode::NoSubscriber => "no_subscriber",

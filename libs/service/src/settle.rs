@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use switchyard_dlq::{DeadLetter, DlqCode};
+use switchyard_envelope::EnvelopeError;
 use switchyard_keys::{Stage, TenantId};
 use switchyard_runtime::RetryPolicy;
 use switchyard_runtime::telemetry::message_span;
@@ -137,16 +138,25 @@ pub struct Handled {
 }
 
 impl Handled {
-    /// The decision for a message whose envelope headers cannot be read: dead-letter it
-    /// `invalid_envelope`, with the tenant and platform taken from its subject (which the
-    /// ingress stage validated; headers that fail to parse are not trusted for anything).
-    pub fn invalid_envelope(
+    /// The decision for a message whose envelope headers cannot be read
+    /// ([`Envelope::from_headers`](switchyard_envelope::Envelope::from_headers) refused them):
+    /// dead-letter it `unsupported_schema` when its `Switchyard-Schema` is a version this build
+    /// does not read, else `invalid_envelope`; the reason is `error`, the tenant and platform
+    /// are taken from its subject (which the ingress stage validated; headers that fail to
+    /// parse are not trusted for anything).
+    pub fn unreadable_envelope(
         msg: &jetstream::Message,
         ns: &Namespace,
         stage: Stage,
-        reason: impl Into<String>,
+        error: &EnvelopeError,
     ) -> Self {
-        Self::dead_letter_by_subject(msg, ns, stage, DlqCode::InvalidEnvelope, reason, 0)
+        let code = match error {
+            EnvelopeError::UnsupportedSchema(_) => DlqCode::UnsupportedSchema,
+            EnvelopeError::MissingHeader(_) | EnvelopeError::InvalidHeader { .. } => {
+                DlqCode::InvalidEnvelope
+            }
+        };
+        Self::dead_letter_by_subject(msg, ns, stage, code, error.to_string(), 0)
     }
 
     /// Dead-letter `msg` with `code` after `attempts` attempts, its tenant and platform read

@@ -59,6 +59,7 @@ pub fn retryable(code: DlqCode) -> bool {
             | DlqCode::UnknownTenant
             | DlqCode::TenantDisabled
             | DlqCode::DeadlineExceeded
+            | DlqCode::UnsupportedSchema
     )
 }
 
