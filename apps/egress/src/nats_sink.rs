@@ -2,8 +2,9 @@
 //!
 //! Headers are the message's own less the server-interpreted `Nats-*` ones, egress's attempt
 //! log and the seal headers (`Switchyard-Key`, `Switchyard-Nonce`: the sink gets the payload in
-//! clear), plus `Nats-Msg-Id` = the envelope id, so a JetStream sink drops a redelivered
-//! copy within its duplicate window. How an attempt is confirmed depends on the route:
+//! clear, so `Switchyard-Schema` is 1, the version of a plain payload), plus `Nats-Msg-Id` =
+//! the envelope id, so a JetStream sink drops a redelivered copy within its duplicate window.
+//! How an attempt is confirmed depends on the route:
 //!
 //! | route | sent as | delivered when | nobody listening |
 //! |---|---|---|---|
@@ -16,7 +17,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::{HeaderMap, Request};
 use bytes::Bytes;
 use switchyard_envelope::headers::ATTEMPTS_LOG;
-use switchyard_envelope::{Envelope, headers};
+use switchyard_envelope::{Envelope, headers, schema_for};
 use switchyard_registry::NatsRoute;
 use switchyard_subjects::{DlqFilter, InputStage, Namespace};
 
@@ -141,6 +142,8 @@ pub fn sink_headers(envelope: &Envelope, incoming: Option<&HeaderMap>) -> Header
         }
     }
     envelope.write_headers(&mut h);
+    // The sink's copy carries the plaintext: the lowest version that describes it is 1.
+    h.insert(headers::SCHEMA, schema_for(false).to_string());
     h.insert(headers::NATS_MSG_ID, envelope.id.to_string());
     // The sink's copy is a child of this delivery's span (same trace).
     switchyard_runtime::telemetry::inject_current(&mut h);
@@ -179,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_nats_sink_gets_no_seal_headers_with_the_plaintext() {
+    fn a_nats_sink_gets_the_plaintext_as_a_version_1_envelope_without_seal_headers() {
         let source = switchyard_envelope::SourceRef {
             stream: "INGRESS_acme".into(),
             sequence: 1,
@@ -192,7 +195,7 @@ mod tests {
             received_at,
             content_type: None,
             trace: Default::default(),
-            schema_version: switchyard_envelope::SCHEMA_VERSION,
+            schema_version: switchyard_envelope::schema_for(true),
             attempt: Default::default(),
             source,
             destination: None,
@@ -205,6 +208,11 @@ mod tests {
         let h = sink_headers(&envelope, Some(&incoming));
         assert!(h.get(switchyard_crypt::KEY_HEADER).is_none());
         assert!(h.get(switchyard_crypt::NONCE_HEADER).is_none());
+        assert_eq!(
+            h.get(headers::SCHEMA).map(|v| v.as_str()),
+            Some("1"),
+            "the plaintext copy is a version 1 envelope"
+        );
         assert_eq!(h.get("X-Order").map(|v| v.as_str()), Some("42"));
     }
 

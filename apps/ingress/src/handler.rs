@@ -8,6 +8,8 @@
 //! [`switchyard_crypt::edge_seal_id`]) is opened first, validated in clear and sealed again
 //! under the envelope id. One that does not open is dead-lettered `payload_tampered`,
 //! `unknown_data_key` or `tenant_shredded`; one that cannot be sealed now (no KEK) is held.
+//! The envelope's `Switchyard-Schema` is the lowest version that describes it: 1 for a plain
+//! payload, 2 for a sealed one ([`switchyard_envelope::schema`]).
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use bytes::Bytes;
 use switchyard_crypt::{KeyCache, OpenError, edge_seal_id, insert_seal_headers};
 use switchyard_dlq::DeadLetter;
 use switchyard_envelope::{
-    Attempt, Envelope, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext, headers,
+    Attempt, Envelope, EnvelopeId, SourceRef, TraceContext, headers, schema_for,
 };
 use switchyard_keys::{Stage, TenantId};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
@@ -79,7 +81,8 @@ pub fn received_at(
         .unwrap_or(stored)
 }
 
-/// Stamps the envelope of an accepted message.
+/// Stamps the envelope of an accepted message, as one with a plain payload (schema version 1;
+/// the handler stamps version 2 once it has sealed the payload, [`schema_for`]).
 pub fn stamp(accepted: Accepted, source: SourceRef, received_at: OffsetDateTime) -> Envelope {
     let id = EnvelopeId::derive(&source, received_at);
     Envelope {
@@ -89,7 +92,7 @@ pub fn stamp(accepted: Accepted, source: SourceRef, received_at: OffsetDateTime)
         msg_id: accepted.msg_id,
         received_at,
         content_type: accepted.content_type,
-        schema_version: SCHEMA_VERSION,
+        schema_version: schema_for(false),
         attempt: Attempt::default(),
         source,
         destination: None,
@@ -153,20 +156,15 @@ impl Handler for IngressHandler {
                 }
             }
             Ok(accepted) => {
-                let envelope = stamp(accepted, source, received_at);
-                let mut h = headers::producer_headers(msg.headers.as_ref());
-                envelope.write_headers(&mut h);
+                let mut envelope = stamp(accepted, source, received_at);
                 let tenant = Some(envelope.address.tenant.clone());
-                let payload = match self.sealing.seal(
+                let (payload, seal) = match self.sealing.seal(
                     &envelope.address.tenant,
                     &envelope.id.to_string(),
                     &payload,
                 ) {
-                    Ok(None) => payload,
-                    Ok(Some(sealed)) => {
-                        insert_seal_headers(&mut h, &sealed.headers);
-                        Bytes::from(sealed.ciphertext)
-                    }
+                    Ok(None) => (payload, None),
+                    Ok(Some(sealed)) => (Bytes::from(sealed.ciphertext), Some(sealed.headers)),
                     Err(error) => {
                         tracing::error!(%error, "a payload cannot be sealed: the message is held");
                         return Handled {
@@ -178,6 +176,14 @@ impl Handler for IngressHandler {
                         };
                     }
                 };
+                // The lowest version that describes it: a sealed payload is version 2, so a
+                // build that reads only version 1 refuses it rather than deliver ciphertext.
+                envelope.schema_version = schema_for(seal.is_some());
+                let mut h = headers::producer_headers(msg.headers.as_ref());
+                envelope.write_headers(&mut h);
+                if let Some(seal) = &seal {
+                    insert_seal_headers(&mut h, seal);
+                }
                 let outcome = match self.handoff.forward(self.next, &envelope, h, payload).await {
                     Ok(()) => Outcome::Forwarded,
                     Err(e) => e.outcome(msg, Stage::Ingress, &envelope),
