@@ -10,14 +10,17 @@
 //!   the publish ack says so and the entry stays in the DLQ.
 //! - later stages' failures are republished to that stage's input subject with the envelope
 //!   unchanged except: replay counter + 1 (so the hop `Nats-Msg-Id` is new), delivery
-//!   attempts reset to 0, and the attempt history cleared.
+//!   attempts reset to 0, and the attempt history cleared. First its `Switchyard-Schema` is
+//!   brought to the version this build would stamp ([`switchyard_envelope::schema::upgrade`]);
+//!   an entry whose version this build does not read, or whose headers contradict their
+//!   version, is refused ([`ReplayError::Schema`], naming the versions) and stays in the DLQ.
 //!
 //! Publishing a plan, the duplicate rule and removing the entry are [`crate::step`].
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use switchyard_dlq::{DlqCode, DlqEntry};
-use switchyard_envelope::{Envelope, EnvelopeError, headers as env_headers};
+use switchyard_envelope::{Envelope, EnvelopeError, SchemaError, headers as env_headers, schema};
 use switchyard_keys::Stage;
 use switchyard_keys::kv::DlqReplayKey;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
@@ -67,6 +70,17 @@ pub enum ReplayError {
         #[source]
         source: EnvelopeError,
     },
+    /// The entry's envelope schema version cannot be brought to one this build writes: a
+    /// version it does not read (the error names it and the range read), headers that
+    /// contradict their version, or no readable version at all.
+    #[error("entry {seq} cannot be replayed by this build: {source}")]
+    Schema {
+        /// The entry.
+        seq: u64,
+        /// Why the upgrade refused it.
+        #[source]
+        source: SchemaError,
+    },
     /// The entry cannot re-enter the requested stage.
     #[error(
         "entry {seq} was dead-lettered at {stage} and cannot be replayed to {target}: only entries from ingress re-enter ingress (with the producer's message), and only entries with an envelope re-enter a later stage"
@@ -82,12 +96,18 @@ pub enum ReplayError {
 }
 
 impl ReplayError {
-    /// The short reason an entry is kept for: `not replayable`, `no envelope`, `target
-    /// refused`.
+    /// The short reason an entry is kept for: `not replayable`, `no envelope`, `unsupported
+    /// schema` (a version this build does not read), `inconsistent schema` (headers its
+    /// version does not describe), `target refused`.
     pub fn reason(&self) -> &'static str {
         match self {
             ReplayError::NotReplayable { .. } => "not replayable",
             ReplayError::NoEnvelope { .. } => "no envelope",
+            ReplayError::Schema { source, .. } => match source {
+                SchemaError::Unsupported(_) => "unsupported schema",
+                SchemaError::Inconsistent { .. } => "inconsistent schema",
+                SchemaError::Missing | SchemaError::Invalid { .. } => "no envelope",
+            },
             ReplayError::TargetRefused { .. } => "target refused",
         }
     }
@@ -166,15 +186,17 @@ pub fn plan_replay_to(
     if record.code == DlqCode::InvalidEnvelope {
         return Err(refuse());
     }
-    let mut envelope = Envelope::from_headers(Some(&entry.original_headers)).map_err(|e| {
-        ReplayError::NoEnvelope {
-            seq: entry.seq,
-            source: e,
-        }
+    let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
+    schema::upgrade(&mut h).map_err(|source| ReplayError::Schema {
+        seq: entry.seq,
+        source,
+    })?;
+    let mut envelope = Envelope::from_headers(Some(&h)).map_err(|e| ReplayError::NoEnvelope {
+        seq: entry.seq,
+        source: e,
     })?;
     envelope.attempt.replay += 1;
     envelope.attempt.delivery = 0;
-    let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
     let mut cleaned = HeaderMap::new();
     for (name, values) in h.iter() {
         let name: &str = name.as_ref();
@@ -225,35 +247,19 @@ fn marker(entry: &DlqEntry) -> DlqReplayKey {
 mod tests {
     use super::*;
     use switchyard_dlq::DeadLetter;
-    use switchyard_envelope::{Attempt, EnvelopeId, SCHEMA_VERSION, SourceRef, TraceContext};
+    use switchyard_envelope::{Attempt, EnvelopeId, SourceRef, TraceContext};
     use switchyard_keys::{Address, MsgId};
     use time::OffsetDateTime;
 
-    #[test]
-    fn a_replayed_copy_carries_no_attempt_history_and_no_parking() {
-        let at = OffsetDateTime::now_utc();
-        let source = SourceRef {
-            stream: "INGRESS_acme".into(),
-            sequence: 1,
-        };
-        let envelope = Envelope {
-            id: EnvelopeId::derive(&source, at),
-            address: Address::parse("acme", "ops", "slack").unwrap(),
-            msg_id: MsgId::new("order-1").unwrap(),
-            received_at: at,
-            content_type: None,
-            trace: TraceContext::default(),
-            schema_version: SCHEMA_VERSION,
-            attempt: Attempt::default(),
-            source,
-            destination: None,
-        };
+    /// An egress entry (`permanent_failure`) of a message whose envelope is `envelope`,
+    /// with `extra` headers on the original.
+    fn entry_of(envelope: &Envelope, extra: &[(&str, &str)]) -> DlqEntry {
+        let at = envelope.received_at;
         let mut original = HeaderMap::new();
         envelope.write_headers(&mut original);
-        original.insert(env_headers::ATTEMPTS_LOG, "[]");
-        original.insert(env_headers::PARKED_CODE, "permanent_failure");
-        original.insert(env_headers::PARKED_REASON, "refused");
-        original.insert(env_headers::PARKED_ATTEMPTS, "1");
+        for (name, value) in extra {
+            original.insert(*name, *value);
+        }
         let record = DeadLetter {
             stage: Stage::Egress,
             code: DlqCode::PermanentFailure,
@@ -269,7 +275,7 @@ mod tests {
             source_subject: "egress.v1.acme.ops.slack".into(),
             history: Vec::new(),
         };
-        let entry = DlqEntry {
+        DlqEntry {
             seq: 1,
             stored_at: at,
             subject: "dlq.v1.acme.egress.slack".into(),
@@ -277,7 +283,45 @@ mod tests {
             original_headers: original,
             original_msg_id: None,
             payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn envelope(schema_version: u16) -> Envelope {
+        let at = OffsetDateTime::now_utc();
+        let source = SourceRef {
+            stream: "INGRESS_acme".into(),
+            sequence: 1,
         };
+        Envelope {
+            id: EnvelopeId::derive(&source, at),
+            address: Address::parse("acme", "ops", "slack").unwrap(),
+            msg_id: MsgId::new("order-1").unwrap(),
+            received_at: at,
+            content_type: None,
+            trace: TraceContext::default(),
+            schema_version,
+            attempt: Attempt::default(),
+            source,
+            destination: None,
+        }
+    }
+
+    const SEALED: [(&str, &str); 2] = [
+        (env_headers::SEAL_KEY, "3f9c0a7de21b4c55"),
+        (env_headers::SEAL_NONCE, "AAAAAAAAAAAAAAAA"),
+    ];
+
+    #[test]
+    fn a_replayed_copy_carries_no_attempt_history_and_no_parking() {
+        let entry = entry_of(
+            &envelope(1),
+            &[
+                (env_headers::ATTEMPTS_LOG, "[]"),
+                (env_headers::PARKED_CODE, "permanent_failure"),
+                (env_headers::PARKED_REASON, "refused"),
+                (env_headers::PARKED_ATTEMPTS, "1"),
+            ],
+        );
         let plan = plan_replay(&Namespace::default(), &entry).unwrap();
         for cleared in [
             env_headers::ATTEMPTS_LOG,
@@ -288,5 +332,53 @@ mod tests {
             assert!(plan.headers.get(cleared).is_none(), "{cleared} cleared");
         }
         assert_eq!(plan.stage, InputStage::Backpressure);
+    }
+
+    fn schema_of(plan: &ReplayPlan) -> &str {
+        plan.headers.get(env_headers::SCHEMA).unwrap().as_str()
+    }
+
+    #[test]
+    fn replayed_copies_carry_the_lowest_version_that_describes_them() {
+        let ns = Namespace::default();
+        let plain_v1 = plan_replay(&ns, &entry_of(&envelope(1), &[])).unwrap();
+        assert_eq!(schema_of(&plain_v1), "1");
+        let sealed_v2 = plan_replay(&ns, &entry_of(&envelope(2), &SEALED)).unwrap();
+        assert_eq!(schema_of(&sealed_v2), "2");
+        assert!(sealed_v2.headers.get(env_headers::SEAL_KEY).is_some());
+        let plain_v2 = plan_replay(&ns, &entry_of(&envelope(2), &[])).unwrap();
+        assert_eq!(
+            schema_of(&plain_v2),
+            "1",
+            "a plain copy is written as version 1"
+        );
+        for plan in [plain_v1, sealed_v2, plain_v2] {
+            let copy = Envelope::from_headers(Some(&plan.headers)).unwrap();
+            assert_eq!(copy.attempt.replay, 1);
+        }
+    }
+
+    #[test]
+    fn an_entry_this_build_cannot_upgrade_is_refused_naming_the_versions() {
+        let ns = Namespace::default();
+        let err = plan_replay(&ns, &entry_of(&envelope(3), &[])).unwrap_err();
+        assert_eq!(err.reason(), "unsupported schema");
+        assert_eq!(
+            err.to_string(),
+            "entry 1 cannot be replayed by this build: envelope schema version 3 is not one this build reads (it reads versions 1..=2)"
+        );
+        let err = plan_replay(&ns, &entry_of(&envelope(1), &SEALED)).unwrap_err();
+        assert_eq!(err.reason(), "inconsistent schema");
+        assert!(
+            err.to_string()
+                .contains("envelope schema version 1 does not describe header Switchyard-Key"),
+            "{err}"
+        );
+        let mut garbled = entry_of(&envelope(1), &[]);
+        garbled.original_headers.insert(env_headers::SCHEMA, "one");
+        assert_eq!(
+            plan_replay(&ns, &garbled).unwrap_err().reason(),
+            "no envelope"
+        );
     }
 }
