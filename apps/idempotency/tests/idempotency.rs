@@ -1,18 +1,20 @@
 //! The idempotency service against a real nats-server: first sightings go on, duplicates stop,
 //! the same message after a crash goes on, claims expire and re-create with their TTL, and the
 //! KV-unavailable policies behave as documented; a full bucket holds messages (never
-//! dead-letters or claims them locally) and says so; claims are compact.
+//! dead-letters or claims them locally) and says so; claims are compact; an envelope of a
+//! schema version the stage does not read is dead-lettered `unsupported_schema`.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
+use switchyard_dlq::DlqCode;
 use switchyard_envelope::EnvelopeId;
 use switchyard_envelope::{Attempt, Envelope};
 use switchyard_fixtures::{Provisioned, Service, envelope_ids, stamped};
 use switchyard_idempotency::IdempotencyConfig;
 use switchyard_idempotency::claims::{KvClaims, claim_value};
 use switchyard_idempotency::config::KvUnavailable;
-use switchyard_keys::{Address, IdempotencyKey, KvKey, MsgId};
+use switchyard_keys::{Address, IdempotencyKey, KvKey, MsgId, Stage};
 use switchyard_service::Handoff;
 use switchyard_subjects::{InputStage, Namespace};
 use switchyard_testkit::{NatsServer, http_get, stored_count, wait_for};
@@ -473,5 +475,33 @@ async fn a_quiet_tenant_is_served_in_turn_not_behind_another_tenants_burst() {
         "quiet's message was handed on {}th, behind the burst",
         position + 1
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_envelope_of_a_schema_version_this_build_does_not_read_is_dead_lettered_unsupported_schema()
+ {
+    let h = Harness::start(|_| {}).await;
+    let mut newer = h.envelope("acme", "slack", "from-a-newer-build");
+    newer.schema_version = switchyard_envelope::SCHEMA_VERSION + 1;
+    let plain = h.envelope("acme", "slack", "plain");
+    assert_eq!(
+        plain.schema_version, 1,
+        "fixtures stamp a plain payload as 1"
+    );
+    h.send(&newer).await;
+    h.send(&plain).await;
+    h.settled().await;
+    assert_eq!(h.forwarded_ids().await, [plain.id.to_string()]);
+    let entries = switchyard_fixtures::dlq_entries(&h.js).await;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    let record = &entries[0].record;
+    assert_eq!(record.code, DlqCode::UnsupportedSchema);
+    assert_eq!(record.stage, Stage::Idempotency);
+    assert_eq!(
+        record.reason,
+        "envelope schema version 3 is not one this build reads (it reads versions 1..=2)"
+    );
+    assert_eq!(record.tenant.as_ref().map(|t| t.as_str()), Some("acme"));
     h.stop().await;
 }

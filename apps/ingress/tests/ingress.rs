@@ -191,6 +191,10 @@ async fn good_messages_are_stamped_and_handed_on_with_payload_untouched() {
     assert_eq!(&msg.payload[..], payload);
     let envelope = Envelope::from_headers(Some(&msg.headers)).unwrap();
     assert_eq!(envelope.msg_id.as_str(), "order-1");
+    assert_eq!(
+        envelope.schema_version, 1,
+        "a plain payload is stamped with the lowest version that describes it"
+    );
     assert_eq!(envelope.attempt.delivery, 0);
     assert_ne!(
         envelope.id.to_string(),
