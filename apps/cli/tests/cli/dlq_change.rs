@@ -1,13 +1,15 @@
 //! `dlq replay` and `dlq purge`: the only commands that remove entries, each exactly the
-//! selected ones, and only after confirmation when selected by a filter.
+//! selected ones, and only after confirmation when selected by a filter; a replay upgrades an
+//! entry's envelope schema version or keeps the entry, naming the versions.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use switchyard_dlq::DlqCode;
+use switchyard_envelope::{Envelope, headers};
 use switchyard_keys::Stage;
-use switchyard_testkit::stored_count;
+use switchyard_testkit::{stored_count, stored_messages};
 
 use crate::fixtures::{Entry, dead_letter, dead_letter_with, dlq_seqs, envelope, payload, seed};
 use crate::{fails, ok, provisioned};
@@ -152,6 +154,62 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     assert_eq!(json["results"][0]["seq"], 3);
     assert_eq!(json["results"][0]["outcome"], "kept");
     assert_eq!(json["results"][0]["kept_because"], "not replayable");
+}
+
+#[tokio::test]
+async fn dlq_replay_upgrades_a_version_1_entry_and_keeps_one_of_a_version_this_build_does_not_read()
+{
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    let older = envelope("acme", 11);
+    assert_eq!(
+        older.schema_version, 1,
+        "written by a build before version 2"
+    );
+    let mut newer = envelope("acme", 12);
+    newer.schema_version = 3;
+    let retries = |n| Entry::egress("acme", DlqCode::RetriesExhausted, n);
+    let v1 = dead_letter_with(&js, &retries(11), &older).await;
+    let v3 = dead_letter_with(&js, &retries(12), &newer).await;
+    assert_eq!((v1, v3), (1, 2));
+
+    let out = ok(&url, &["dlq", "replay", "1", "2"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+            "kept seq 2: entry 2 cannot be replayed by this build: envelope schema version 3 is not one this build reads (it reads versions 1..=2)",
+            "replayed 1, kept 1 (1 unsupported schema)",
+        ],
+        "{out}"
+    );
+
+    // The version 1 entry arrives at its stage readable, still version 1 (a plain payload).
+    let copies = stored_messages(&js, "BACKPRESSURE").await;
+    assert_eq!(copies.len(), 1);
+    let copy = Envelope::from_headers(Some(&copies[0].headers)).unwrap();
+    assert_eq!(copy.schema_version, 1);
+    assert_eq!(copy.id, older.id);
+    assert_eq!(copy.attempt.replay, 1);
+    assert_eq!(copies[0].payload, payload(11), "payload bytes unchanged");
+
+    // The version 3 entry stays in the DLQ as it was.
+    assert_eq!(dlq_seqs(&url, &[]).await, [2]);
+    let kept = &switchyard_fixtures::dlq_entries(&js).await[0];
+    assert_eq!(kept.seq, 2);
+    assert_eq!(kept.record.code, DlqCode::RetriesExhausted);
+    assert_eq!(
+        kept.original_headers
+            .get(headers::SCHEMA)
+            .map(|v| v.as_str()),
+        Some("3")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["dlq", "replay", "2", "--json"]).await).unwrap();
+    assert_eq!(json["results"][0]["kept_because"], "unsupported schema");
+    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
 }
 
 #[tokio::test]
