@@ -243,7 +243,7 @@ impl EgressHandler {
                 }
             },
         };
-        let resolved = match found {
+        let mut resolved = match found {
             Lookup::Found(resolved) => resolved,
             Lookup::Missing(reason) => {
                 return self.dead_letter(msg, DlqCode::NoRoute, reason, parties, 0, Vec::new());
@@ -272,6 +272,20 @@ impl EgressHandler {
             return self
                 .deadline_exceeded(msg, &envelope, &deadline, parties)
                 .await;
+        }
+        // A tenant with encryption on stores its secrets sealed: opened for this attempt only;
+        // one that cannot be opened never signs (dead-lettered, or waited for as a payload).
+        match self.sinks.open_secrets(&mut resolved).await {
+            Ok(()) => {}
+            Err(Unopened::DeadLetter(code, reason)) => {
+                return self.dead_letter(msg, code, reason, parties, 0, Vec::new());
+            }
+            Err(Unopened::Retry { after, reason }) => {
+                return Outcome::Wait {
+                    after: after.max(UNOPENED_WAIT),
+                    reason,
+                };
+            }
         }
         // An open breaker holds the message back without waiting for a slot ...
         if let Some(until) = self.breakers.peek(&resolved.id, Instant::now()) {

@@ -5,6 +5,8 @@
 //! unusable (bad JSON, a field out of range, a secret that is not base64, a NATS subject inside
 //! Switchyard's own subjects), the message is not delivered by the default instead.
 
+use switchyard_crypt::SecretPlace;
+use switchyard_crypt::route_secret::has_sealed;
 use switchyard_keys::{Address, DestinationId, DestinationKey, KvKey, RouteKey, TenantId};
 use switchyard_registry::{Destination, Disabled, KvCache, LimitRecord, RateLimit, Route};
 use switchyard_subjects::Namespace;
@@ -17,10 +19,15 @@ pub struct Resolved {
     /// The route's KV key, rendered (`acme.ops.slack`), or the destination's
     /// (`acme.orders-hook`): identifies its breaker and slots.
     pub id: String,
-    /// The route.
+    /// The record it was found in: the place its sealed secrets are bound to.
+    pub place: SecretPlace,
+    /// The route (its secrets sealed as stored when [`Resolved::sealed`]: open them with
+    /// `Sinks::open_secrets` before an attempt).
     pub route: Route,
+    /// Whether some of the route's secrets are sealed (the tenant has encryption on).
+    pub sealed: bool,
     /// The webhook signing keys: the current secret's, then each previous secret's still in
-    /// its overlap window (empty for NATS routes).
+    /// its overlap window (empty for NATS routes, and until sealed secrets are opened).
     pub keys: Vec<Vec<u8>>,
     /// Set when a destination is disabled: its copies are parked, not attempted.
     pub disabled: Option<Disabled>,
@@ -61,7 +68,7 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
             Some(Err(reason)) => {
                 Lookup::Invalid(format!("route {id} is not a valid route: {reason}"))
             }
-            Some(Ok(route)) => usable("route", id, route, ns),
+            Some(Ok(route)) => usable("route", id, SecretPlace::Route(key.clone()), route, ns),
         };
     }
     let [own, default] = keys.map(|k| k.render());
@@ -96,7 +103,13 @@ pub fn lookup_destination(
         )),
         Some(Ok(found)) => match found.subscription.validate() {
             Err(error) => Lookup::Invalid(format!("destination {id}: {error}")),
-            Ok(()) => match usable("destination", id, found.target, ns) {
+            Ok(()) => match usable(
+                "destination",
+                id,
+                SecretPlace::Destination(key.clone()),
+                found.target,
+                ns,
+            ) {
                 Lookup::Found(mut resolved) => {
                     resolved.disabled = found.disabled;
                     resolved.rate = found
@@ -113,12 +126,15 @@ pub fn lookup_destination(
 
 /// Whether `route` (a route's, or a destination's target), called `what` `id`, can be used
 /// now: its fields are valid, its signing keys readable (looked up at every attempt: a
-/// previous secret past its overlap stops signing), a NATS subject outside Switchyard's own.
-fn usable(what: &str, id: String, route: Route, ns: &Namespace) -> Lookup {
+/// previous secret past its overlap stops signing; sealed ones once opened), a NATS subject
+/// outside Switchyard's own.
+fn usable(what: &str, id: String, place: SecretPlace, route: Route, ns: &Namespace) -> Lookup {
     if let Err(error) = route.validate() {
         return Lookup::Invalid(format!("{what} {id}: {error}"));
     }
+    let sealed = has_sealed(&route);
     let keys = match &route {
+        Route::Webhook(_) if sealed => Vec::new(),
         Route::Webhook(w) => match w.signing_keys(time::OffsetDateTime::now_utc()) {
             Ok(keys) => keys,
             Err(error) => return Lookup::Invalid(format!("{what} {id}: {error}")),
@@ -130,7 +146,9 @@ fn usable(what: &str, id: String, route: Route, ns: &Namespace) -> Lookup {
     };
     Lookup::Found(Box::new(Resolved {
         id,
+        place,
         route,
+        sealed,
         keys,
         disabled: None,
         rate: None,

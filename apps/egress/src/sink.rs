@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use switchyard_crypt::{KeyCache, OpenError, Opened};
+use switchyard_crypt::{CryptError, KeyCache, OpenError, Opened};
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::Envelope;
 use switchyard_registry::Route;
@@ -87,6 +87,67 @@ impl Sinks {
                 }
             }),
         }
+    }
+
+    /// Opens `resolved`'s sealed secrets (a tenant with encryption on stores its route and
+    /// destination secrets sealed) with the tenant's data keys, and makes its signing keys from
+    /// them; a route in clear is left as it is. The plaintext lives in this attempt's copy of
+    /// the route only.
+    ///
+    /// Errors: [`Unopened::DeadLetter`] with `tenant_shredded` when the tenant's keys were
+    /// shredded (its secrets can never be opened again), or `invalid_route` when a secret does
+    /// not open (sealed for another record, tenant or field, changed, malformed, under a key
+    /// the tenant does not have) or opens to an invalid secret — never an attempt signed with
+    /// anything else; [`Unopened::Retry`] while it cannot be opened now (no KEK on this
+    /// replica, KV unreachable).
+    pub async fn open_secrets(&self, resolved: &mut Resolved) -> Result<(), Unopened> {
+        if !resolved.sealed {
+            return Ok(());
+        }
+        let invalid = |reason: String| {
+            Unopened::DeadLetter(
+                DlqCode::InvalidRoute,
+                format!(
+                    "{}'s sealed secrets cannot be used: {reason}",
+                    resolved.place.describe()
+                ),
+            )
+        };
+        if let Err(error) = self
+            .keys
+            .open_secrets(&mut resolved.route, &resolved.place)
+            .await
+        {
+            let tenant = resolved.place.tenant();
+            return Err(match error {
+                OpenError::Refused(CryptError::Shredded { .. }) => {
+                    Unopened::DeadLetter(DlqCode::TenantShredded, error.to_string())
+                }
+                OpenError::Refused(_) | OpenError::NotEncrypted { .. } => {
+                    invalid(error.to_string())
+                }
+                OpenError::Unavailable(reason) => {
+                    tracing::error!(%reason, %tenant, route = %resolved.id, "a route's sealed secrets cannot be opened now: the message is held");
+                    Unopened::Retry {
+                        after: OPEN_RETRY,
+                        reason: format!(
+                            "{}'s sealed secrets cannot be opened now: {reason}",
+                            resolved.place.describe()
+                        ),
+                    }
+                }
+            });
+        }
+        if let Route::Webhook(w) = &resolved.route {
+            if let Some(key) = &w.signing_key {
+                key.key_pair().map_err(|e| invalid(e.to_string()))?;
+            }
+            resolved.keys = w
+                .signing_keys(time::OffsetDateTime::now_utc())
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        resolved.sealed = false;
+        Ok(())
     }
 
     /// Delivers `payload` (the message's, in clear: [`Sinks::open`]) once over `resolved`'s
