@@ -26,7 +26,9 @@ use super::ApiState;
 use super::auth::{Principal, authenticate};
 use super::error::ApiError;
 use crate::commands::attempts::{self, LsArgs};
-use crate::commands::destinations::{CAS_TRIES, others, replacing, switch_event, switched};
+use crate::commands::destinations::{
+    CAS_TRIES, opened_target, others, replacing, switch_event, switched,
+};
 
 /// The most entries or attempts one listing returns.
 pub const MAX_PAGE: usize = 1_000;
@@ -55,8 +57,8 @@ pub struct DestinationView {
     /// The destination id.
     pub destination: String,
     /// The record (`target`, `subscription`, `description`, `disabled`, `rate_limit`), with
-    /// webhook secrets as `whsec_***` and URLs as `scheme://host[:port]`; absent when the stored
-    /// record is unreadable.
+    /// webhook secrets as `whsec_***` (sealed ones as `enc:v1:<data key id>:***`) and URLs as
+    /// `scheme://host[:port]`; absent when the stored record is unreadable.
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<Value>,
@@ -346,7 +348,8 @@ pub async fn get_destination(
 
 /// Creates or replaces a destination (the JSON of `destinations` records); a stored
 /// `disabled` state is kept, and so are a webhook's previous secrets when its secret is
-/// unchanged.
+/// unchanged. For a tenant with encryption on, the target's secrets are stored sealed under its
+/// current data key: an API started without `--kek-file` refuses with `503 kek_required`.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/destinations/{destination}", tag = "destinations",
     params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
            ("destination" = String, Path, description = "destination id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
@@ -378,6 +381,24 @@ pub async fn put_destination(
             .check_tenant_scope(own.as_str())
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
+    let ring = state.data_keys.as_ref().map(|keys| &keys.1);
+    let sealer = match state.tenant_keys.secret_sealer(&key.tenant, ring).await {
+        Ok(sealer) => sealer,
+        Err(error @ switchyard_crypt::KeyStoreError::NoKek { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kek_required",
+                format!(
+                    "{error} (this API was started without it: `switchyard api serve --kek-file`)"
+                ),
+            ));
+        }
+        Err(error @ switchyard_crypt::KeyStoreError::Shredded { .. }) => {
+            return Err(ApiError::invalid(error.to_string()));
+        }
+        Err(error) => return Err(unavailable(error)),
+    };
+    let place = switchyard_crypt::SecretPlace::Destination(key.clone());
     let existed = state
         .destinations
         .get(&key)
@@ -395,9 +416,13 @@ pub async fn put_destination(
     let changed = state
         .destinations
         .change(&key, CAS_TRIES, |old| {
-            let (next, _) = replacing(&given, old);
+            let old = opened_target(&sealer, old, &place);
+            let (mut next, _) = replacing(&given, old.as_ref());
             next.validate()
                 .map_err(|e| ApiError::invalid(crate::output::error_chain(&e)))?;
+            sealer
+                .seal(&mut next.target, &place)
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
             Ok::<_, ApiError>(Some(next))
         })
         .await?;

@@ -167,7 +167,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
     /// The key-encryption key, to show encrypted tenants' DLQ payloads decrypted (without it
-    /// they show sealed, with `"encryption": {"decrypted": false}`).
+    /// they show sealed, with `"encryption": {"decrypted": false}`), and to seal the
+    /// destination secrets of tenants with encryption on (without it, writing one is refused
+    /// with `503 kek_required`).
     #[command(flatten)]
     pub kek: crate::commands::encryption::KekArgs,
 }
@@ -200,6 +202,8 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// How long a request may take ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
     pub request_timeout: Duration,
+    /// The `tenant-keys` bucket: whether a tenant's destination secrets are written sealed.
+    pub tenant_keys: switchyard_crypt::KeyStore,
     /// The tenants' data keys and the KEK ring that unwraps them, when the API was given a KEK
     /// ([`ApiState::with_kek`]): encrypted DLQ payloads are then shown decrypted.
     pub data_keys: Option<Arc<(switchyard_crypt::KeyStore, switchyard_crypt::KekRing)>>,
@@ -225,6 +229,9 @@ impl ApiState {
         let jobs = Arc::new(dlq::job_store(open(BucketName::DlqJobs).await?));
         let limits = Arc::new(LimitStores::new(open(BucketName::RateLimits).await?));
         let (dlq, _) = topology.open_stream(js, StreamName::Dlq).await?;
+        let tenant_keys = switchyard_crypt::KeyStore::new(
+            topology.open_bucket(js, BucketName::TenantKeys).await?.1,
+        );
         Ok(Self {
             js: js.clone(),
             topology: Arc::new(topology.clone()),
@@ -240,8 +247,10 @@ impl ApiState {
                 js: js.clone(),
                 streams: vec![dlq],
                 buckets: names,
+                storage: None,
             },
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            tenant_keys,
             data_keys: None,
         })
     }

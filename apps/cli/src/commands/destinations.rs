@@ -3,7 +3,8 @@
 //! and is given with the same flags as `routes set` ([`TargetArgs`]); its subscription (platforms,
 //! teams, event types, a content filter) is validated before anything is written. Secrets are
 //! never printed and a webhook URL is shown as `scheme://host[:port]` only
-//! ([`Destination::redacted`]), as for routes.
+//! ([`Destination::redacted`]), as for routes. For a tenant with encryption on, `set` and
+//! `rotate-secret` store the target's secrets sealed (`commands::sealing`; `--kek-file`).
 
 use anstream::{print, println};
 use std::path::PathBuf;
@@ -27,11 +28,14 @@ use switchyard_service::events::EventLog;
 use switchyard_subjects::EventKind;
 use switchyard_topology::{BucketName, ResolvedTopology};
 
+use crate::commands::encryption::KekArgs;
 use crate::commands::routes::{
     TargetArgs, keep_previous_secrets, public_key, read_inline_or_file, target_fields,
 };
+use crate::commands::sealing::{opened_old, secret_sealer};
 use crate::output::{self, Output, Table, fields};
 use crate::resources;
+use switchyard_crypt::{SecretPlace, SecretSealer};
 
 /// Arguments of `destinations`.
 #[derive(Debug, clap::Args)]
@@ -73,6 +77,9 @@ pub struct RotateArgs {
     /// The new secret and its overlap.
     #[command(flatten)]
     pub secret: crate::commands::routes::SecretArgs,
+    /// The key-encryption key, to seal the secrets of a tenant with encryption on.
+    #[command(flatten)]
+    pub kek: KekArgs,
 }
 
 /// Arguments of `destinations disable`.
@@ -153,6 +160,9 @@ pub struct SetArgs {
     /// Attempts at once after a quiet period, with --rate (default 1).
     #[arg(long, value_name = "N", requires = "rate", help_heading = "Limits")]
     pub burst: Option<u32>,
+    /// The key-encryption key, to seal the secrets of a tenant with encryption on.
+    #[command(flatten)]
+    pub kek: KekArgs,
 }
 
 impl SetArgs {
@@ -204,7 +214,13 @@ pub async fn run(
         Store::new(resources::bucket(js, topology, BucketName::Destinations).await?);
     let events = EventLog::new(js.clone(), topology.namespace.clone(), "cli");
     match &args.command {
-        DestinationsCommand::Set(set) => set_destination(&store, set, out).await,
+        DestinationsCommand::Set(set) => {
+            let ring = set.kek.ring()?;
+            let sealer = secret_sealer(js, topology, &set.key.tenant, ring.as_ref())
+                .await
+                .with_context(|| format!("writing destination {}", set.key.key().render()))?;
+            set_destination(&store, &sealer, set, out).await
+        }
         DestinationsCommand::Get(key) => {
             let breakers = breakers(js, topology).await?;
             get_destination(&store, &breakers, key, out).await
@@ -223,7 +239,18 @@ pub async fn run(
             switch(&store, &events, &args.key, Some(disabled), out).await
         }
         DestinationsCommand::Enable(key) => switch(&store, &events, key, None, out).await,
-        DestinationsCommand::RotateSecret(args) => rotate_secret(&store, args, out).await,
+        DestinationsCommand::RotateSecret(args) => {
+            let ring = args.kek.ring()?;
+            let sealer = secret_sealer(js, topology, &args.key.tenant, ring.as_ref())
+                .await
+                .with_context(|| {
+                    format!(
+                        "rotating the secret of destination {}",
+                        args.key.key().render()
+                    )
+                })?;
+            rotate_secret(&store, &sealer, args, out).await
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -306,6 +333,7 @@ impl DestinationView {
 
 async fn set_destination(
     store: &Store<DestinationKey, Destination>,
+    sealer: &SecretSealer<'_>,
     args: &SetArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
@@ -328,12 +356,17 @@ async fn set_destination(
         );
     }
     // Compare-and-set: egress disabling the destination meanwhile is re-read, never undone.
+    let place = SecretPlace::Destination(key.clone());
     let mut dropped = 0;
     let changed = store
         .change(&key, CAS_TRIES, |old| {
-            let next;
-            (next, dropped) = replacing(&given, old);
+            let mut next;
+            let old = opened_target(sealer, old, &place);
+            (next, dropped) = replacing(&given, old.as_ref());
             next.validate().with_context(refusing)?;
+            sealer
+                .seal(&mut next.target, &place)
+                .with_context(refusing)?;
             anyhow::Ok(Some(next))
         })
         .await?;
@@ -658,6 +691,22 @@ pub(crate) fn replacing(given: &Destination, old: Option<&Destination>) -> (Dest
     (next, dropped)
 }
 
+/// A stored destination with its target's secrets opened ([`opened_old`]), for [`replacing`];
+/// one whose secrets do not open stays as stored (its sealed secrets then differ from any new
+/// one, so none of them is kept).
+pub(crate) fn opened_target(
+    sealer: &SecretSealer<'_>,
+    old: Option<&Destination>,
+    place: &SecretPlace,
+) -> Option<Destination> {
+    let old = old?;
+    let mut opened = old.clone();
+    if let Some(target) = opened_old(sealer, Some(old.target.clone()), place) {
+        opened.target = target;
+    }
+    Some(opened)
+}
+
 /// How many times a write of a destination tries its compare-and-set.
 pub(crate) const CAS_TRIES: usize = 5;
 
@@ -707,18 +756,24 @@ async fn remove_destination(
 /// retired secrets' history is purged.
 async fn rotate_secret(
     store: &Store<DestinationKey, Destination>,
+    sealer: &SecretSealer<'_>,
     args: &RotateArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
     let new = args.secret.new_secret()?;
     let now = time::OffsetDateTime::now_utc();
+    let place = SecretPlace::Destination(key.clone());
     let changed = store
         .change(&key, 10, |old| {
             let Some(old) = old else {
                 anyhow::bail!("no destination at {}", key.render());
             };
             let mut next = old.clone();
+            // The rotation compares and keeps secrets in clear; sealed again below.
+            sealer
+                .open(&mut next.target, &place)
+                .with_context(|| format!("opening the secrets of destination {}", key.render()))?;
             let switchyard_registry::Route::Webhook(webhook) = &mut next.target else {
                 anyhow::bail!(
                     "destination {} delivers over NATS: it has no signing secret",
@@ -728,12 +783,16 @@ async fn rotate_secret(
             args.secret
                 .apply(webhook, new.as_ref(), now)
                 .with_context(|| format!("rotating the secret of destination {}", key.render()))?;
-            next.validate().with_context(|| {
+            let refusing = || {
                 format!(
                     "refusing to write an invalid destination to {}",
                     key.render()
                 )
-            })?;
+            };
+            next.validate().with_context(refusing)?;
+            sealer
+                .seal(&mut next.target, &place)
+                .with_context(refusing)?;
             Ok(Some(next))
         })
         .await?;

@@ -4,7 +4,9 @@
 //! delivery. The key-encryption key (KEK) that wraps the data keys comes from `--kek-file`
 //! (or `SWITCHYARD_KEK_FILE`) and never goes to NATS; `status` and `shred` need none.
 //!
-//! - `enable <tenant>`: a first data key (idempotent).
+//! - `enable <tenant>`: a first data key (idempotent), and the secrets of the tenant's routes and
+//!   destinations written before sealed under it (`commands::sealing`; run again, it seals
+//!   whatever is still in clear).
 //! - `rotate <tenant>`: a new current data key; older ones keep opening what they sealed.
 //! - `rewrap`: every tenant's data keys under the current KEK, `--previous-kek-file` naming
 //!   the KEK(s) they are wrapped under now. Messages are untouched.
@@ -26,6 +28,7 @@ use switchyard_topology::{BucketName, ResolvedTopology};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::commands::sealing;
 use crate::output::{Output, Table, fields};
 use crate::{prompt, resources};
 
@@ -211,10 +214,16 @@ pub async fn run(
                 Enabled::Created(key) => (true, key),
                 Enabled::AlreadyOn(key) => (false, key),
             };
+            // Secrets written while encryption was off are sealed now.
+            let sealer = store
+                .secret_sealer(&args.tenant, Some(&ring))
+                .await
+                .with_context(|| format!("sealing tenant {}'s secrets", args.tenant))?;
+            let sealed = sealing::seal_existing(js, topology, &args.tenant, &sealer).await?;
             if out.is_json() {
                 out.json(&serde_json::json!({
                     "tenant": args.tenant, "created": created, "current_key": key,
-                    "kek": ring.current().id(),
+                    "kek": ring.current().id(), "sealed_secrets": sealed,
                 }))?;
             } else if created {
                 println!(
@@ -226,6 +235,23 @@ pub async fn run(
             } else {
                 println!(
                     "tenant {} already has encryption on (current data key {key})",
+                    args.tenant
+                );
+            }
+            if !out.is_json() {
+                println!(
+                    "sealed the secrets of {} route(s) and {} destination(s) stored in clear",
+                    sealed.routes, sealed.destinations
+                );
+                for skipped in &sealed.skipped {
+                    println!("not sealed: {skipped}");
+                }
+            }
+            if !sealed.skipped.is_empty() {
+                anyhow::bail!(
+                    "some of tenant {}'s records were not sealed; fix them and run `switchyard \
+                     encryption enable {}` again",
+                    args.tenant,
                     args.tenant
                 );
             }

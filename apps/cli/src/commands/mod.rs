@@ -12,6 +12,7 @@ pub mod limits;
 pub mod provision;
 pub mod publish;
 pub mod routes;
+pub mod sealing;
 pub mod shell;
 pub mod status;
 pub mod tenants;

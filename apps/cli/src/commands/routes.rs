@@ -3,6 +3,10 @@
 //! secret must be `whsec_` + base64). Webhook secrets are never printed, and a webhook URL is
 //! shown as `scheme://host[:port]` only ([`Route::redacted`], [`Route::describe`]): user info,
 //! path and query may hold credentials.
+//!
+//! For a tenant with encryption on, `set` and `rotate-secret` store every secret sealed under
+//! the tenant's current data key (`commands::sealing`), which needs `--kek-file`; `get` and `ls`
+//! show a sealed secret as `enc:v1:<data key id>:***`.
 
 use anstream::{print, println};
 use std::path::PathBuf;
@@ -19,8 +23,11 @@ use switchyard_keys::{
 use switchyard_registry::{Route, Store, WebhookSecret, Written};
 use switchyard_topology::{BucketName, ResolvedTopology};
 
+use crate::commands::encryption::KekArgs;
+use crate::commands::sealing::{opened_old, secret_sealer};
 use crate::output::{self, Output, Table, fields};
 use crate::{parse, resources};
+use switchyard_crypt::SecretPlace;
 
 /// Arguments of `routes`.
 #[derive(Debug, clap::Args)]
@@ -59,6 +66,9 @@ pub struct RotateArgs {
     /// The new secret and its overlap.
     #[command(flatten)]
     pub secret: SecretArgs,
+    /// The key-encryption key, to seal the secrets of a tenant with encryption on.
+    #[command(flatten)]
+    pub kek: KekArgs,
 }
 
 /// A signing-secret rotation (`routes rotate-secret`, `destinations rotate-secret`).
@@ -213,6 +223,9 @@ pub struct SetArgs {
     /// Where it delivers.
     #[command(flatten)]
     pub target: TargetArgs,
+    /// The key-encryption key, to seal the secrets of a tenant with encryption on.
+    #[command(flatten)]
+    pub kek: KekArgs,
 }
 
 /// A delivery target given as flags: a webhook, a NATS subject, or the whole route as JSON.
@@ -350,26 +363,37 @@ pub async fn run(
     let store: Store<RouteKey, Route> =
         Store::new(resources::bucket(js, topology, BucketName::Routes).await?);
     match &args.command {
-        RoutesCommand::Set(set) => set_route(&store, set, out).await,
+        RoutesCommand::Set(set) => set_route(js, topology, &store, set, out).await,
         RoutesCommand::Get(key) => get_route(&store, key, out).await,
         RoutesCommand::Ls(ls) => list_routes(&store, ls, out).await,
         RoutesCommand::Rm(key) => remove_route(&store, key, out).await,
-        RoutesCommand::RotateSecret(rotate) => rotate_secret(&store, rotate, out).await,
+        RoutesCommand::RotateSecret(rotate) => {
+            rotate_secret(js, topology, &store, rotate, out).await
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn set_route(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
     store: &Store<RouteKey, Route>,
     args: &SetArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
+    let refusing = || format!("refusing to write an invalid route to {}", key.render());
     let mut route = args.target.route()?;
-    let dropped = keep_previous_secrets(store.get(&key).await?, &mut route);
-    route
-        .validate()
-        .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
+    route.validate().with_context(refusing)?;
+    let ring = args.kek.ring()?;
+    let sealer = secret_sealer(js, topology, &key.tenant, ring.as_ref())
+        .await
+        .with_context(|| format!("writing route {}", key.render()))?;
+    let place = SecretPlace::Route(key.clone());
+    let old = opened_old(&sealer, store.get(&key).await?, &place);
+    let dropped = keep_previous_secrets(old, &mut route);
+    route.validate().with_context(refusing)?;
+    sealer.seal(&mut route, &place).with_context(refusing)?;
     let revision = store.put(&key, &route).await?;
     // A replaced route's old secret must not linger in the key's history.
     store.purge_history(&key).await?;
@@ -454,10 +478,16 @@ async fn get_route(
 }
 
 /// The public half of a webhook target's v1a signing key (`whpk_…`): for receivers, so shown,
-/// unlike every secret.
+/// unlike every secret. `None` too while the key is sealed (its public half is not known
+/// without the tenant's data key).
 pub(crate) fn public_key(route: &Route) -> anyhow::Result<Option<String>> {
     Ok(match route {
-        Route::Webhook(w) => w.signing_key.as_ref().map(|k| k.public_key()).transpose()?,
+        Route::Webhook(w) => w
+            .signing_key
+            .as_ref()
+            .filter(|k| !k.is_sealed())
+            .map(|k| k.public_key())
+            .transpose()?,
         Route::Nats(_) => None,
     })
 }
@@ -479,8 +509,10 @@ pub(crate) fn target_fields(
             for (name, value) in &w.headers {
                 lines.push((format!("header {name}"), value.clone()));
             }
+            if let Some(key) = &w.signing_key {
+                lines.push(("signing key".into(), format!("{} (v1a)", key.0)));
+            }
             if let Some(public) = public_key {
-                lines.push(("signing key".into(), "whsk_*** (v1a)".into()));
                 lines.push(("public key".into(), public.to_owned()));
             }
             for previous in &w.previous_secrets {
@@ -591,12 +623,19 @@ async fn remove_route(
 }
 
 async fn rotate_secret(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
     store: &Store<RouteKey, Route>,
     args: &RotateArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
     let key = args.key.key();
     let new = args.secret.new_secret()?;
+    let ring = args.kek.ring()?;
+    let sealer = secret_sealer(js, topology, &key.tenant, ring.as_ref())
+        .await
+        .with_context(|| format!("rotating the secret of route {}", key.render()))?;
+    let place = SecretPlace::Route(key.clone());
     // Compare-and-set: a route changed meanwhile is read again, never overwritten blindly.
     for _ in 0..10 {
         let Some((route, revision)) = store.entry(&key).await? else {
@@ -605,19 +644,30 @@ async fn rotate_secret(
                 key.render()
             );
         };
-        let Route::Webhook(mut webhook) = route else {
+        let Route::Webhook(webhook) = route else {
             anyhow::bail!(
                 "route {} delivers over NATS: it has no signing secret",
                 key.render()
             );
         };
+        // The rotation compares and keeps secrets in clear; the record is sealed again below.
+        let mut opened = Route::Webhook(webhook);
+        sealer
+            .open(&mut opened, &place)
+            .with_context(|| format!("opening the secrets of route {}", key.render()))?;
+        let Route::Webhook(mut webhook) = opened else {
+            unreachable!("opening secrets keeps the route's kind")
+        };
         let now = time::OffsetDateTime::now_utc();
         args.secret
             .apply(&mut webhook, new.as_ref(), now)
             .with_context(|| format!("rotating the secret of route {}", key.render()))?;
-        let route = Route::Webhook(webhook);
+        let mut route = Route::Webhook(webhook);
         route
             .validate()
+            .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
+        sealer
+            .seal(&mut route, &place)
             .with_context(|| format!("refusing to write an invalid route to {}", key.render()))?;
         let Written::Stored(revision) = store.update(&key, &route, revision).await? else {
             continue;

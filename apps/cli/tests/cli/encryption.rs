@@ -163,3 +163,294 @@ async fn keys_are_enabled_rotated_rewrapped_and_shredded_and_dlq_show_decrypts_o
     let err = fails(&url, &["encryption", "rotate", "acme", "--kek-file", kek2]).await;
     assert!(err.contains("has no encryption keys"), "{err}");
 }
+
+const ACME_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const GLOBEX_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const ROTATED: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX";
+
+/// The raw value of `key` in `bucket`, as text.
+async fn raw(js: &async_nats::jetstream::Context, bucket: &str, key: &str) -> String {
+    let kv = js.get_key_value(bucket).await.unwrap();
+    let value = kv.get(key).await.unwrap().expect("the record exists");
+    String::from_utf8(value.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn route_and_destination_secrets_of_an_encrypted_tenant_are_stored_sealed_and_never_shown() {
+    let server = provisioned().await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(dir.path(), "kek", 0x33);
+    let kek = kek.to_str().unwrap();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // A webhook target, with the KEK for acme (encryption on) only.
+    let webhook = |tenant: &str, secret: &'static str| {
+        let mut args = vec![
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            secret,
+        ];
+        if tenant == "acme" {
+            args.extend(["--kek-file", kek]);
+        }
+        args
+    };
+
+    // Written while acme's encryption is off: in clear, as before.
+    ok(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "shop",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            ACME_SECRET,
+        ],
+    )
+    .await;
+    ok(
+        &url,
+        &[
+            "destinations",
+            "set",
+            "acme",
+            "erp",
+            "--webhook",
+            "https://hooks.example.com/erp",
+            "--secret",
+            ACME_SECRET,
+        ],
+    )
+    .await;
+    assert!(
+        raw(&js, "routes", "acme._.shop")
+            .await
+            .contains(ACME_SECRET)
+    );
+
+    // Enabling encryption seals them, once.
+    let out = ok(&url, &["encryption", "enable", "acme", "--kek-file", kek]).await;
+    assert!(
+        out.contains("sealed the secrets of 1 route(s) and 1 destination(s)"),
+        "{out}"
+    );
+    let again = ok(&url, &["encryption", "enable", "acme", "--kek-file", kek]).await;
+    assert!(
+        again.contains("of 0 route(s) and 0 destination(s)"),
+        "{again}"
+    );
+    for (bucket, key) in [("routes", "acme._.shop"), ("destinations", "acme.erp")] {
+        let stored = raw(&js, bucket, key).await;
+        assert!(!stored.contains("whsec_"), "{bucket} {key}: {stored}");
+        assert!(stored.contains("\"secret\":\"enc:v1:"), "{stored}");
+    }
+
+    // A writer without the KEK is refused, naming --kek-file; nothing changes.
+    let before = raw(&js, "routes", "acme._.shop").await;
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "shop",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            ACME_SECRET,
+        ],
+    )
+    .await;
+    assert!(
+        err.contains("--kek-file") && err.contains("encryption on"),
+        "{err}"
+    );
+    let err = fails(
+        &url,
+        &[
+            "destinations",
+            "set",
+            "acme",
+            "erp",
+            "--webhook",
+            "https://hooks.example.com/erp",
+            "--secret",
+            ACME_SECRET,
+        ],
+    )
+    .await;
+    assert!(err.contains("--kek-file"), "{err}");
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "shop",
+            "--secret",
+            ROTATED,
+        ],
+    )
+    .await;
+    assert!(err.contains("--kek-file"), "{err}");
+    assert_eq!(raw(&js, "routes", "acme._.shop").await, before);
+    // An invalid secret is refused before sealing, without showing it.
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "shop",
+            "--webhook",
+            "https://hooks.example.com/in",
+            "--secret",
+            "whsec_YWJj",
+            "--kek-file",
+            kek,
+        ],
+    )
+    .await;
+    assert!(
+        err.contains("shorter than 16 bytes") && !err.contains("YWJj"),
+        "{err}"
+    );
+
+    // With it, sets and rotations are sealed; globex (encryption off) stays in clear.
+    let mut set = vec!["routes", "set", "acme", "_", "billing"];
+    set.extend(webhook("acme", ACME_SECRET));
+    ok(&url, &set).await;
+    let mut set = vec!["routes", "set", "globex", "_", "billing"];
+    set.extend(webhook("globex", GLOBEX_SECRET));
+    ok(&url, &set).await;
+    ok(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "billing",
+            "--secret",
+            ROTATED,
+            "--overlap",
+            "1h",
+            "--kek-file",
+            kek,
+        ],
+    )
+    .await;
+    let acme = raw(&js, "routes", "acme._.billing").await;
+    for secret in [ACME_SECRET, ROTATED] {
+        assert!(!acme.contains(secret), "{acme}");
+    }
+    assert_eq!(acme.matches("enc:v1:").count(), 2, "{acme}");
+    assert!(
+        raw(&js, "routes", "globex._.billing")
+            .await
+            .contains(GLOBEX_SECRET)
+    );
+    // Rotating to the secret already signing is refused (compared in clear).
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "rotate-secret",
+            "acme",
+            "_",
+            "billing",
+            "--secret",
+            ROTATED,
+            "--kek-file",
+            kek,
+        ],
+    )
+    .await;
+    assert!(err.contains("current one or a previous one"), "{err}");
+    ok(
+        &url,
+        &[
+            "destinations",
+            "rotate-secret",
+            "acme",
+            "erp",
+            "--secret",
+            ROTATED,
+            "--kek-file",
+            kek,
+        ],
+    )
+    .await;
+    let erp = raw(&js, "destinations", "acme.erp").await;
+    assert!(
+        !erp.contains("whsec_") && erp.matches("enc:v1:").count() == 2,
+        "{erp}"
+    );
+
+    // Shown sealed (its key id), never in clear.
+    for args in [
+        vec!["routes", "get", "acme", "_", "billing"],
+        vec!["--json", "routes", "get", "acme", "_", "billing"],
+        vec!["--json", "routes", "ls"],
+        vec!["destinations", "get", "acme", "erp"],
+        vec!["--json", "destinations", "ls"],
+    ] {
+        let shown = ok(&url, &args).await;
+        for secret in [ACME_SECRET, ROTATED, GLOBEX_SECRET] {
+            assert!(!shown.contains(secret), "{args:?}: {shown}");
+        }
+        if args.contains(&"get") {
+            assert!(
+                shown.contains("enc:v1:") && shown.contains(":***"),
+                "{args:?}: {shown}"
+            );
+        }
+    }
+
+    // A sealed secret copied into another route does not open there: refused when written.
+    let sealed = serde_json::from_str::<serde_json::Value>(&acme).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let copied =
+        format!(r#"{{"type":"webhook","url":"https://hooks.example.com/in","secret":"{sealed}"}}"#);
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "set",
+            "acme",
+            "_",
+            "other",
+            "--route-json",
+            &copied,
+            "--kek-file",
+            kek,
+        ],
+    )
+    .await;
+    assert!(err.contains("does not authenticate"), "{err}");
+    let err = fails(
+        &url,
+        &[
+            "routes",
+            "set",
+            "globex",
+            "_",
+            "other",
+            "--route-json",
+            &copied,
+        ],
+    )
+    .await;
+    assert!(err.contains("encryption off"), "{err}");
+}
