@@ -8,3 +8,4 @@ mod hostile_ids;
 mod permissions;
 mod pipeline;
 mod provisioning;
+mod storage;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use switchyard_registry::LimitRecord;
 use switchyard_runtime::config::HttpConfig;
-use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology};
 
@@ -26,6 +26,9 @@ pub struct BackpressureConfig {
     pub nats: NatsConfig,
     /// Logging and trace export.
     pub telemetry: TelemetryConfig,
+    /// Storage health bounds (`[storage]`; every key has a default).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Which deployment.
     #[serde(default)]
     pub deployment: DeploymentConfig,
@@ -228,6 +231,7 @@ impl BackpressureConfig {
 
     /// Checks every setting against the topology this configuration resolves to.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.storage.validate()?;
         let topology = self.deployment.resolve()?;
         self.backpressure.validate(&topology)?;
         Ok(())

@@ -104,7 +104,15 @@ pub async fn start(
         js,
         streams: vec![stream_name, next_stream_name],
         buckets: vec![bucket],
-    };
+        storage: None,
+    }
+    .measured(
+        config.storage.clone(),
+        &topology.namespace,
+        topology.stream_name(StreamName::Dlq).map(str::to_owned),
+        &metrics,
+        shutdown.clone(),
+    );
     // Ready only while no tenant loop keeps dying (see `scan::LoopHealth`).
     let app = probes::router_with_check(
         readiness,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_keys::TenantId;
 use switchyard_runtime::config::HttpConfig;
-use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
 use switchyard_topology::DeploymentConfig;
 
 /// The built-in defaults, every key documented.
@@ -25,6 +25,9 @@ pub struct DlqConfig {
     pub nats: NatsConfig,
     /// Logging and trace export.
     pub telemetry: TelemetryConfig,
+    /// Storage health bounds (`[storage]`; every key has a default).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Which deployment (prefix, bucket overrides).
     #[serde(default)]
     pub deployment: DeploymentConfig,
@@ -165,6 +168,7 @@ impl DlqConfig {
 
     /// Checks what serde cannot: intervals, leases, rates and batch sizes must be positive.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.storage.validate()?;
         let positive = [
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("jobs.scan_interval_secs", self.jobs.scan_interval_secs),

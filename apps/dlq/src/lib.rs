@@ -141,7 +141,15 @@ pub async fn start(
         js,
         streams,
         buckets: vec![jobs_bucket, stats_bucket, replays_bucket],
-    };
+        storage: None,
+    }
+    .measured(
+        config.storage.clone(),
+        &ns,
+        None,
+        &metrics,
+        shutdown.clone(),
+    );
     let app = router(readiness, metrics);
 
     let sweep_every = safety.sweep_interval_secs;

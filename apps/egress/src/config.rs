@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 use switchyard_runtime::config::HttpConfig;
-use switchyard_runtime::{ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_runtime::{ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
 use switchyard_topology::DeploymentConfig;
 
 /// The built-in defaults, every key documented with its default.
@@ -24,6 +24,9 @@ pub struct EgressConfig {
     pub nats: NatsConfig,
     /// Logging and trace export.
     pub telemetry: TelemetryConfig,
+    /// Storage health bounds (`[storage]`; every key has a default).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Which deployment (prefix, bucket names) the service runs in.
     #[serde(default)]
     pub deployment: DeploymentConfig,
@@ -207,6 +210,7 @@ impl EgressConfig {
 
     /// Checks the settings that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.storage.validate()?;
         self.egress.validate()?;
         self.encryption.load_ring()?;
         Ok(())

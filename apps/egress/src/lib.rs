@@ -243,14 +243,23 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: vec![stream, dlq_stream],
+        // The first is the storage check's KV probe: one this user may read by direct get.
         buckets: vec![
-            bucket,
             destinations_bucket,
+            bucket,
             tenants_bucket,
             breakers_bucket,
             keys_bucket,
         ],
-    };
+        storage: None,
+    }
+    .measured(
+        config.storage.clone(),
+        &ns,
+        None,
+        &metrics,
+        shutdown.clone(),
+    );
     let app = switchyard_service::router(readiness, metrics.clone());
 
     // (d) The worker, until shutdown.

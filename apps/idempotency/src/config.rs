@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use switchyard_runtime::config::HttpConfig;
-use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::{BucketName, DeploymentConfig, ResolvedTopology};
 
@@ -24,6 +24,9 @@ pub struct IdempotencyConfig {
     pub nats: NatsConfig,
     /// Logging and trace export.
     pub telemetry: TelemetryConfig,
+    /// Storage health bounds (`[storage]`; every key has a default).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Which deployment.
     #[serde(default)]
     pub deployment: DeploymentConfig,
@@ -155,6 +158,7 @@ impl IdempotencySettings {
 impl IdempotencyConfig {
     /// Checks every setting against the topology this configuration resolves to.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.storage.validate()?;
         let topology = self.deployment.resolve()?;
         self.idempotency.validate(&topology)?;
         Ok(())

@@ -84,7 +84,15 @@ pub async fn start(
         js: js.clone(),
         streams: vec![stream_name],
         buckets: vec![bucket.clone()],
-    };
+        storage: None,
+    }
+    .measured(
+        config.storage.clone(),
+        &topology.namespace,
+        topology.stream_name(StreamName::Dlq).map(str::to_owned),
+        &metrics,
+        shutdown.clone(),
+    );
     let app = router_with_check(readiness, metrics.clone(), full.readiness(bucket));
     // One hold for everything transient here: a claim while KV is unreachable (policy
     // `wait`) or a failed hand-off is retried in place for exactly `kv_wait_max_secs`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_envelope::MsgIdPolicy;
-use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, TelemetryConfig};
+use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
 use switchyard_subjects::InputStage;
 use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology, StreamName};
 
@@ -26,6 +26,9 @@ pub struct IngressConfig {
     pub nats: NatsConfig,
     /// Logging and trace export.
     pub telemetry: TelemetryConfig,
+    /// Storage health bounds (`[storage]`; every key has a default).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Which deployment (prefix, bucket overrides).
     #[serde(default)]
     pub deployment: DeploymentConfig,
@@ -309,6 +312,7 @@ impl IngressSettings {
 impl IngressConfig {
     /// Checks every setting against the topology this configuration resolves to.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.storage.validate()?;
         self.http.validate()?;
         let topology = self.deployment.resolve()?;
         self.ingress.validate(&topology)?;

@@ -69,8 +69,17 @@ pub async fn start(
         client: client.clone(),
         js: js.clone(),
         streams: Vec::new(),
-        buckets: vec![tenants_bucket, limits_bucket, keys_bucket, sealing_bucket],
-    };
+        // The first is the storage check's KV probe: one this user may read by direct get.
+        buckets: vec![sealing_bucket, tenants_bucket, limits_bucket, keys_bucket],
+        storage: None,
+    }
+    .measured(
+        config.storage.clone(),
+        &topology.namespace,
+        topology.stream_name(StreamName::Dlq).map(str::to_owned),
+        &metrics,
+        shutdown.clone(),
+    );
     let api = Arc::new(http::ApiState {
         js: js.clone(),
         keys,

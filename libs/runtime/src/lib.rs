@@ -11,7 +11,8 @@ pub mod retry;
 pub mod telemetry;
 
 pub use config::{
-    ConfigError, ConfigSource, InvalidSetting, LogFormat, NatsConfig, TelemetryConfig, load,
+    ConfigError, ConfigSource, InvalidSetting, LogFormat, NatsConfig, StorageConfig,
+    TelemetryConfig, load,
 };
 pub use nats::{ConnectError, connect, jetstream};
 pub use retry::{Backoff, RetryPolicy};

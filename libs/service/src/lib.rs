@@ -22,6 +22,8 @@
 //! - [`serve`]: one listener served with a deadline on each request's headers, and drained on
 //!   shutdown.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
+//! - [`storage`]: storage health (KV and publish round trips, fill of shared streams and
+//!   buckets) measured every interval, for `/readyz` and `/metrics` ([`StorageProbe`]).
 
 pub mod dlq_quota;
 pub mod events;
@@ -34,6 +36,7 @@ pub mod probes;
 pub mod serve;
 pub mod settle;
 pub mod shutdown;
+pub mod storage;
 pub mod worker;
 
 pub use dlq_quota::DlqQuota;
@@ -43,4 +46,5 @@ pub use launch::{HttpServer, LaunchError, Listen, Running, launch, launch_with};
 pub use metrics::Metrics;
 pub use probes::{Readiness, router};
 pub use settle::{Handled, Outcome, SettleSettings, Settler};
+pub use storage::StorageProbe;
 pub use worker::{Handler, Worker, WorkerSettings};

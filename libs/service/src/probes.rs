@@ -1,6 +1,7 @@
-//! `/healthz` (the process is alive), `/readyz` (NATS is connected and the stage's streams and
-//! buckets exist, and any check of the service's own — [`router_with_check`] — passes) and
-//! `/metrics` (Prometheus text).
+//! `/healthz` (the process is alive), `/readyz` (NATS is connected, the stage's streams and
+//! buckets exist, the last storage measurement is within its bounds — [`crate::storage`] — and
+//! any check of the service's own — [`router_with_check`] — passes) and `/metrics`
+//! (Prometheus text).
 
 use std::sync::Arc;
 
@@ -22,9 +23,45 @@ pub struct Readiness {
     pub streams: Vec<String>,
     /// KV buckets that must exist.
     pub buckets: Vec<String>,
+    /// The service's storage measurement, whose last verdict readiness reports
+    /// ([`crate::storage`]); `None`: not measured.
+    pub storage: Option<crate::StorageProbe>,
 }
 
 impl Readiness {
+    /// Adds the storage measurement ([`crate::storage`]), started here and run until
+    /// `shutdown`: KV reads from the first of the readiness's buckets, fill of its streams, its
+    /// buckets and `also` (the DLQ, say), with `config`'s interval and bounds; metrics in
+    /// `metrics`. Without buckets, only publishes and fill are measured.
+    pub fn measured(
+        mut self,
+        config: switchyard_runtime::config::StorageConfig,
+        ns: &switchyard_subjects::Namespace,
+        also: impl IntoIterator<Item = String>,
+        metrics: &Metrics,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let mut streams: Vec<String> = self.streams.clone();
+        streams.extend(self.buckets.iter().map(|b| format!("KV_{b}")));
+        for stream in also {
+            if !streams.contains(&stream) {
+                streams.push(stream);
+            }
+        }
+        let probe = crate::StorageProbe::new(
+            self.js.clone(),
+            ns,
+            metrics.stage(),
+            config,
+            self.buckets.first().cloned(),
+            streams,
+            metrics,
+        );
+        tokio::spawn(probe.clone().run(shutdown));
+        self.storage = Some(probe);
+        self
+    }
+
     /// `Ok` when ready; otherwise what is missing.
     pub async fn check(&self) -> Result<(), String> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -41,6 +78,9 @@ impl Readiness {
                 .get_stream(format!("KV_{bucket}"))
                 .await
                 .map_err(|e| format!("bucket {bucket}: {e}"))?;
+        }
+        if let Some(storage) = &self.storage {
+            storage.verdict()?;
         }
         Ok(())
     }

@@ -204,6 +204,15 @@ impl Pipeline {
         switchyard_testkit::metric(running.http_addr, series).await
     }
 
+    /// Where `svc`'s probes and metrics answer.
+    pub fn probes_addr(&self, svc: Svc) -> std::net::SocketAddr {
+        self.services
+            .iter()
+            .find(|r| r.svc == svc)
+            .expect("the service runs")
+            .http_addr
+    }
+
     /// The base URL of the running ingress's HTTP API.
     pub fn ingress_http(&self) -> String {
         let ingress = self

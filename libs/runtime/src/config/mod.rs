@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 
 use self::env::VerbatimEnv;
 
-pub use sections::{DEFAULT_INBOX_PREFIX, HttpConfig, LogFormat, NatsConfig, TelemetryConfig};
+pub use sections::{
+    DEFAULT_INBOX_PREFIX, HttpConfig, LogFormat, NatsConfig, StorageConfig, TelemetryConfig,
+};
 
 /// A setting that loaded but cannot work, found by a service's start-up validation:
 /// `invalid setting <section>.<key>: <what is wrong, and what to set instead>`. The service

@@ -156,3 +156,76 @@ impl Default for TelemetryConfig {
         }
     }
 }
+
+/// Storage health as each service measures it (the `[storage]` section): how often, and the
+/// bounds past which `/readyz` fails with the reason (`libs/service`'s `storage` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Seconds between two measurements (a KV read, a refused publish, the fill of the
+    /// shared streams and buckets the service uses). Default 15; 1 to 3600.
+    pub check_interval_secs: u64,
+    /// Longest KV round trip, in milliseconds, before readiness fails. Default 1000; 1 to
+    /// 60000.
+    pub max_kv_rtt_ms: u64,
+    /// Longest stream publish round trip, in milliseconds, before readiness fails. Default
+    /// 1000; 1 to 60000.
+    pub max_publish_rtt_ms: u64,
+    /// Fill (of bytes or messages, whichever is fuller) of a shared stream or bucket the
+    /// service uses, in percent of its limit, at which readiness fails. Default 95; 1 to 100.
+    pub max_fill_pct: f64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_secs: 15,
+            max_kv_rtt_ms: 1000,
+            max_publish_rtt_ms: 1000,
+            max_fill_pct: 95.0,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks every value against its range: `invalid setting storage.<key>: <reason>`.
+    pub fn validate(&self) -> Result<(), super::InvalidSetting> {
+        let fail = |key, reason: String| {
+            Err(super::InvalidSetting {
+                section: "storage",
+                key,
+                reason,
+            })
+        };
+        if !(1..=3600).contains(&self.check_interval_secs) {
+            return fail(
+                "check_interval_secs",
+                format!(
+                    "{} is outside [1, 3600] seconds; the default is 15",
+                    self.check_interval_secs
+                ),
+            );
+        }
+        for (key, value) in [
+            ("max_kv_rtt_ms", self.max_kv_rtt_ms),
+            ("max_publish_rtt_ms", self.max_publish_rtt_ms),
+        ] {
+            if !(1..=60_000).contains(&value) {
+                return fail(
+                    key,
+                    format!("{value} is outside [1, 60000] milliseconds; the default is 1000"),
+                );
+            }
+        }
+        if !(self.max_fill_pct >= 1.0 && self.max_fill_pct <= 100.0) {
+            return fail(
+                "max_fill_pct",
+                format!(
+                    "{} is outside [1, 100] percent; the default is 95",
+                    self.max_fill_pct
+                ),
+            );
+        }
+        Ok(())
+    }
+}
