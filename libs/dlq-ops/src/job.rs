@@ -100,8 +100,8 @@ pub struct JobProgress {
     pub replayed: u64,
     /// Dry run: entries that would be replayed.
     pub would_replay: u64,
-    /// Left in the DLQ, by reason (`not replayable`, `no envelope`, `target refused`,
-    /// `duplicate`, `invalid record`).
+    /// Left in the DLQ, by reason (`not replayable`, `no envelope`, `unsupported schema`,
+    /// `inconsistent schema`, `target refused`, `duplicate`, `invalid record`).
     pub kept: BTreeMap<String, u64>,
     /// Listed sequences that were no longer in the DLQ.
     pub missing: u64,

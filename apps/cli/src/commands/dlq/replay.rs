@@ -97,8 +97,8 @@ pub struct ReplayResult {
     /// The stream that stored the replayed copy, and at which sequence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored: Option<(String, u64)>,
-    /// A short reason, when kept: `duplicate`, `not replayable`, `no envelope`, `no such
-    /// entry`, `invalid record`.
+    /// A short reason, when kept: `duplicate`, `not replayable`, `no envelope`, `unsupported
+    /// schema`, `inconsistent schema`, `target refused`, `no such entry`, `invalid record`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_because: Option<&'static str>,
     /// The details.
