@@ -54,8 +54,10 @@ pub async fn run(shared: &Shared, store: Store<RateKey, QuotaRecord>, shutdown: 
     }
     // What this replica last knew of each tenant's record (saves a read per tenant per check).
     let mut near_full: HashMap<TenantId, bool> = HashMap::new();
+    // Which shared streams and buckets this replica reported near full.
+    let mut storage_near_full: HashMap<String, bool> = HashMap::new();
     loop {
-        match check(shared, &store, &mut near_full).await {
+        match check(shared, &store, &mut near_full, &mut storage_near_full).await {
             Ok(()) => {
                 shared.own.quota_checks.inc();
             }
@@ -75,11 +77,28 @@ async fn check(
     shared: &Shared,
     store: &Store<RateKey, QuotaRecord>,
     near_full: &mut HashMap<TenantId, bool>,
+    storage_near_full: &mut HashMap<String, bool>,
 ) -> anyhow::Result<()> {
     let high = shared.settings.quota_near_full_pct;
     let low = high - HYSTERESIS_PCT;
+    let topology = &shared.topology;
+    let shared_streams: Vec<String> = topology
+        .streams
+        .iter()
+        .map(|s| s.config.name.clone())
+        .chain(
+            topology
+                .buckets
+                .iter()
+                .map(|b| format!("KV_{}", b.config.bucket)),
+        )
+        .collect();
     let mut streams = shared.js.streams();
     while let Some(info) = streams.try_next().await? {
+        if shared_streams.contains(&info.config.name) {
+            storage(shared, &info, high, low, storage_near_full);
+            continue;
+        }
         let Some((StreamName::Ingress, tenant)) =
             shared.topology.tenant_of_stream(&info.config.name)
         else {
@@ -106,7 +125,12 @@ async fn check(
                     EventKind::QuotaNearFull,
                     Some(&tenant),
                     None,
-                    &detail(&info, fill),
+                    &detail(
+                        &info,
+                        fill,
+                        "its quota",
+                        "its producers are refused once it is full",
+                    ),
                 );
                 near_full.insert(tenant, true);
             }
@@ -119,6 +143,37 @@ async fn check(
         }
     }
     Ok(())
+}
+
+/// A shared stream or bucket crossing `high` is reported once by this replica (the event
+/// `storage_near_full`, of the deployment: no tenant); falling below `low` re-arms it. Each
+/// backpressure replica reports a crossing it sees (a report, not a command: several replicas
+/// report it several times).
+fn storage(
+    shared: &Shared,
+    info: &jetstream::stream::Info,
+    high: f64,
+    low: f64,
+    reported: &mut HashMap<String, bool>,
+) {
+    let fill = fill_pct(&info.state, &info.config);
+    let name = &info.config.name;
+    let was = reported.get(name).copied().unwrap_or(false);
+    if fill >= high && !was {
+        tracing::warn!(stream = %name, fill_pct = fill, "shared stream or bucket near its limits");
+        let detail = detail(
+            info,
+            fill,
+            "its limits",
+            "writes to it are refused once it is full, for every tenant",
+        );
+        shared
+            .events
+            .emit(EventKind::StorageNearFull, None, Some(name), &detail);
+        reported.insert(name.clone(), true);
+    } else if fill < low && was {
+        reported.insert(name.clone(), false);
+    }
 }
 
 /// What [`latch`] did.
@@ -163,8 +218,8 @@ async fn latch(
 }
 
 /// `INGRESS_acme at 83 % of its quota (53 MiB of 64 MiB, 1200 of 100000 messages); its
-/// producers are refused once it is full`.
-fn detail(info: &jetstream::stream::Info, fill: f64) -> String {
+/// producers are refused once it is full`: `limit` names the limits, `then` what follows.
+fn detail(info: &jetstream::stream::Info, fill: f64, limit: &str, then: &str) -> String {
     let mib = |b: f64| b / (1024.0 * 1024.0);
     let bytes = if info.config.max_bytes > 0 {
         format!(
@@ -184,8 +239,7 @@ fn detail(info: &jetstream::stream::Info, fill: f64) -> String {
         format!("{} messages", info.state.messages)
     };
     format!(
-        "{} at {fill:.0} % of its quota ({bytes}, {messages}); its producers are refused once \
-         it is full",
+        "{} at {fill:.0} % of {limit} ({bytes}, {messages}); {then}",
         info.config.name
     )
 }

@@ -610,3 +610,41 @@ async fn a_tenant_stream_near_its_quota_is_reported_once_per_crossing_across_rep
     .await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_shared_stream_near_its_limits_is_reported_as_an_event_of_the_deployment() {
+    let h = Harness::start(1).await;
+    // The DLQ bounded to ten entries, nine of them there: 90 %.
+    let mut dlq = h.js.get_stream("DLQ").await.unwrap();
+    let mut bounded = dlq.info().await.unwrap().config.clone();
+    bounded.max_messages = 10;
+    h.js.update_stream(&bounded).await.unwrap();
+    for i in 0..9 {
+        h.js.publish(format!("dlq.v1.acme.egress.p{i}"), "entry".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let events = h.js.get_stream("EVENTS").await.unwrap();
+    let event = wait_for(
+        "the storage_near_full event",
+        Duration::from_secs(15),
+        || async {
+            events
+                .direct_get_last_for_subject("events.v1._.storage_near_full")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["about"], "DLQ", "{event}");
+    assert!(event.get("tenant").is_none(), "{event}");
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("DLQ at 90 % of its limits (") && detail.contains("9 of 10 messages"),
+        "{detail}"
+    );
+    h.stop().await;
+}

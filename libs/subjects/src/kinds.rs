@@ -412,11 +412,14 @@ pub enum EventKind {
     /// A tenant's own ingress stream reached `quota_near_full_pct` of its quota: once full,
     /// its producers are refused.
     QuotaNearFull,
+    /// A shared stream or bucket of the deployment (the DLQ, a stage's stream, a KV bucket)
+    /// reached `quota_near_full_pct` of its limits (an event of the deployment: no tenant).
+    StorageNearFull,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
@@ -428,6 +431,7 @@ impl EventKind {
         EventKind::AttemptsExhausted,
         EventKind::DlqExpiring,
         EventKind::QuotaNearFull,
+        EventKind::StorageNearFull,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -444,6 +448,7 @@ impl EventKind {
             EventKind::AttemptsExhausted => "attempts_exhausted",
             EventKind::DlqExpiring => "dlq_expiring",
             EventKind::QuotaNearFull => "quota_near_full",
+            EventKind::StorageNearFull => "storage_near_full",
         }
     }
 }
