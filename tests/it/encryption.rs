@@ -660,6 +660,13 @@ async fn rotated_keys_keep_old_messages_readable_and_shredding_makes_the_rest_un
         .as_str()
         .to_owned();
     assert_ne!(&first_payload[..], b"first message");
+    assert_eq!(
+        first_headers
+            .get(switchyard_envelope::headers::SCHEMA)
+            .map(|v| v.as_str()),
+        Some("2"),
+        "a sealed payload is a version 2 envelope"
+    );
 
     // DEK rotation: ingress (restarted, so it has certainly seen the record) seals m2 with the
     // new key.
