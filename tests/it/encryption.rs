@@ -13,6 +13,9 @@
 //!   belongs to dead-letters it at egress with a precise code; the DLQ keeps the ciphertext.
 //! - DEK rotation keeps old messages readable, KEK rotation re-wraps without touching them,
 //!   and after shredding a stored message of the tenant cannot be decrypted.
+//! - The encrypted tenant's route secrets are stored sealed (the harness writes them as the
+//!   CLI does): its deliveries carry a valid signature made with the plaintext secret, and a
+//!   sealed secret copied into another route dead-letters `invalid_route`, signing nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
-use switchyard_crypt::{KekRing, KeyState, KeyStore, LocalKek, OpenError, insert_seal_headers};
+use switchyard_crypt::{
+    KekRing, KeyState, KeyStore, LocalKek, OpenError, SecretPlace, insert_seal_headers,
+};
 use switchyard_dlq::{DlqCode, DlqEntry};
 use switchyard_envelope::headers;
 use switchyard_keys::{Address, RouteKey, RouteTeam, TenantId};
@@ -32,7 +37,7 @@ use switchyard_topology::{BucketName, ConsumerName, DeploymentConfig, provision}
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{SECRET, Sink};
+use crate::pipeline::{SECRET, Sink, signature_is_valid};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -131,14 +136,20 @@ impl Harness {
         }
         let sink = Sink::start().await;
         let routes: Store<RouteKey, Route> = Store::new(js.get_key_value("routes").await.unwrap());
+        let ring1 = ring(&[&kek1]);
         for name in tenants {
+            // An encrypted tenant's secrets sealed, as `switchyard routes set --kek-file` does.
+            let sealer = keys
+                .secret_sealer(&tenant(name), Some(&ring1))
+                .await
+                .unwrap();
             for platform in platforms {
                 let key = RouteKey {
                     tenant: tenant(name),
                     team: RouteTeam::Any,
                     platform: platform.parse().unwrap(),
                 };
-                let route = Route::Webhook(WebhookRoute {
+                let mut route = Route::Webhook(WebhookRoute {
                     url: sink.url(&format!("{name}/{platform}")),
                     secret: WebhookSecret(SECRET.into()),
                     timeout_ms: 5_000,
@@ -147,6 +158,9 @@ impl Harness {
                     previous_secrets: Vec::new(),
                     signing_key: None,
                 });
+                sealer
+                    .seal(&mut route, &SecretPlace::Route(key.clone()))
+                    .unwrap();
                 routes.put(&key, &route).await.unwrap();
             }
         }
@@ -390,10 +404,31 @@ async fn an_encrypted_tenants_payload_is_never_stored_in_clear_and_both_tenants_
         assert_eq!(h.store_files_holding(marker), Vec::<PathBuf>::new());
     }
 
+    // acme's route secret is sealed in the `routes` bucket, globex's in clear.
+    let raw_route = |key: &'static str| {
+        let js = h.js.clone();
+        async move {
+            let kv = js.get_key_value("routes").await.unwrap();
+            String::from_utf8(kv.get(key).await.unwrap().unwrap().to_vec()).unwrap()
+        }
+    };
+    let acme_route = raw_route("acme._.billing").await;
+    assert!(
+        !acme_route.contains(SECRET) && acme_route.contains("\"secret\":\"enc:v1:"),
+        "{acme_route}"
+    );
+    assert!(raw_route("globex._.billing").await.contains(SECRET));
+
     // Delivered byte-identical; the refused ones dead-lettered, the encrypted one still sealed.
     h.start_service(Svc::Egress, Some(&kek)).await;
     assert_eq!(h.delivered("acme/billing").await, &secret[..]);
     assert_eq!(h.delivered("globex/billing").await, &open[..]);
+    // Both signed with the plaintext secret: egress opened acme's.
+    for path in ["acme/billing", "globex/billing"] {
+        let received = h.sink.received();
+        let r = received.iter().find(|r| r.path == path).unwrap();
+        assert!(signature_is_valid(SECRET, r), "{path}");
+    }
     let entries = h.dlq(2).await;
     assert!(
         entries
@@ -891,6 +926,63 @@ async fn an_answer_echoing_an_encrypted_payload_is_not_kept_in_the_records() {
         h.store_files_holding(b"acme-echo-4111"),
         Vec::<PathBuf>::new()
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_sealed_route_secret_copied_into_another_route_dead_letters_invalid_route_unsigned() {
+    let mut h = Harness::start(&["acme"], &["acme"], &["billing", "copied"]).await;
+    let kek = h.kek("kek1");
+    // acme._.copied gets acme._.billing's sealed secret: bound to billing's label, it does not
+    // open there.
+    let routes: Store<RouteKey, Route> = Store::new(h.js.get_key_value("routes").await.unwrap());
+    let key = |platform: &str| RouteKey {
+        tenant: tenant("acme"),
+        team: RouteTeam::Any,
+        platform: platform.parse().unwrap(),
+    };
+    let Some(Route::Webhook(billing)) = routes.get(&key("billing")).await.unwrap() else {
+        panic!("acme's billing route is a webhook");
+    };
+    assert!(billing.secret.is_sealed());
+    let Some(Route::Webhook(mut copied)) = routes.get(&key("copied")).await.unwrap() else {
+        panic!("acme's copied route is a webhook");
+    };
+    copied.secret = billing.secret.clone();
+    routes
+        .put(&key("copied"), &Route::Webhook(copied))
+        .await
+        .unwrap();
+    for svc in [
+        Svc::Ingress,
+        Svc::Idempotency,
+        Svc::Backpressure,
+        Svc::Egress,
+    ] {
+        h.start_service(svc, Some(&kek)).await;
+    }
+    h.post("acme", "copied", "c-1", br#"{"x":"copied"}"#).await;
+    h.post("acme", "billing", "c-2", br#"{"x":"billing"}"#)
+        .await;
+    let entries = h.dlq(1).await;
+    assert_eq!(
+        entries[0].record.code,
+        DlqCode::InvalidRoute,
+        "{entries:#?}"
+    );
+    let reason = &entries[0].record.reason;
+    assert!(
+        reason.contains("route acme._.copied") && reason.contains("does not authenticate"),
+        "{reason}"
+    );
+    h.delivered("acme/billing").await;
+    let received = h.sink.received();
+    assert!(
+        received.iter().all(|r| r.path != "acme/copied"),
+        "nothing sent"
+    );
+    let billing = received.iter().find(|r| r.path == "acme/billing").unwrap();
+    assert!(signature_is_valid(SECRET, billing));
     h.stop().await;
 }
 
