@@ -112,7 +112,8 @@ pub async fn start(
         topology.stream_name(StreamName::Dlq).map(str::to_owned),
         &metrics,
         shutdown.clone(),
-    );
+    )
+    .await;
     // Ready only while no tenant loop keeps dying (see `scan::LoopHealth`).
     let app = probes::router_with_check(
         readiness,

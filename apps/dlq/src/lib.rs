@@ -149,7 +149,8 @@ pub async fn start(
         None,
         &metrics,
         shutdown.clone(),
-    );
+    )
+    .await;
     let app = router(readiness, metrics);
 
     let sweep_every = safety.sweep_interval_secs;

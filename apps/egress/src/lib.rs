@@ -259,7 +259,8 @@ pub async fn start(
         None,
         &metrics,
         shutdown.clone(),
-    );
+    )
+    .await;
     let app = switchyard_service::router(readiness, metrics.clone());
 
     // (d) The worker, until shutdown.

@@ -92,7 +92,8 @@ pub async fn start(
         topology.stream_name(StreamName::Dlq).map(str::to_owned),
         &metrics,
         shutdown.clone(),
-    );
+    )
+    .await;
     let app = router_with_check(readiness, metrics.clone(), full.readiness(bucket));
     // One hold for everything transient here: a claim while KV is unreachable (policy
     // `wait`) or a failed hand-off is retried in place for exactly `kv_wait_max_secs`.

@@ -79,7 +79,8 @@ pub async fn start(
         topology.stream_name(StreamName::Dlq).map(str::to_owned),
         &metrics,
         shutdown.clone(),
-    );
+    )
+    .await;
     let api = Arc::new(http::ApiState {
         js: js.clone(),
         keys,

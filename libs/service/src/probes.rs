@@ -29,11 +29,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Adds the storage measurement ([`crate::storage`]), started here and run until
-    /// `shutdown`: KV reads from the first of the readiness's buckets, fill of its streams, its
+    /// Adds the storage measurement ([`crate::storage`]): measured once here (so readiness
+    /// answers from the start), then every interval until `shutdown`: KV reads from the first of the readiness's buckets, fill of its streams, its
     /// buckets and `also` (the DLQ, say), with `config`'s interval and bounds; metrics in
     /// `metrics`. Without buckets, only publishes and fill are measured.
-    pub fn measured(
+    pub async fn measured(
         mut self,
         config: switchyard_runtime::config::StorageConfig,
         ns: &switchyard_subjects::Namespace,
@@ -57,6 +57,7 @@ impl Readiness {
             streams,
             metrics,
         );
+        probe.record(probe.measure().await);
         tokio::spawn(probe.clone().run(shutdown));
         self.storage = Some(probe);
         self

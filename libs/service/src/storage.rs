@@ -146,20 +146,7 @@ impl StorageProbe {
         streams: Vec<String>,
         metrics: &Metrics,
     ) -> Self {
-        // `…dlq.v1.*.<stage>.*` with `_` for the tenant and `_readiness` for the platform.
-        let mut wildcards = ["_", PROBE_KEY].into_iter();
-        let subject = ns
-            .dlq_filter(&DlqFilter {
-                stage: Some(stage),
-                ..Default::default()
-            })
-            .split('.')
-            .map(|token| match token {
-                "*" => wildcards.next().unwrap_or("_"),
-                other => other,
-            })
-            .collect::<Vec<_>>()
-            .join(".");
+        let subject = probe_subject(ns, stage);
         let gauges = Gauges::default();
         gauges.register(metrics);
         Self {
@@ -192,28 +179,32 @@ impl StorageProbe {
         last.verdict.clone()
     }
 
-    /// Measures every `check_interval_secs` until `shutdown`.
+    /// Records a measurement's verdict (what [`Self::verdict`] answers from now on).
+    pub fn record(&self, verdict: Result<(), String>) {
+        let result = if verdict.is_ok() { "ok" } else { "failed" };
+        self.gauges
+            .checks
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if let Err(reason) = &verdict {
+            tracing::warn!(%reason, "storage check failed: not ready");
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = Last {
+                finished: Instant::now(),
+                verdict,
+            };
+        }
+    }
+
+    /// Measures every `check_interval_secs` (the first after one interval) until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            let verdict = self.measure().await;
-            let result = if verdict.is_ok() { "ok" } else { "failed" };
-            self.gauges
-                .checks
-                .get_or_create(&ResultLabels { result })
-                .inc();
-            if let Err(reason) = &verdict {
-                tracing::warn!(%reason, "storage check failed: not ready");
-            }
-            if let Ok(mut last) = self.last.lock() {
-                *last = Last {
-                    finished: Instant::now(),
-                    verdict,
-                };
-            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(self.config.check_interval_secs)) => {}
             }
+            self.record(self.measure().await);
         }
     }
 
@@ -297,48 +288,88 @@ impl StorageProbe {
         let Some(bucket) = self.bucket.as_deref() else {
             return Ok(None);
         };
-        let kv = tokio::time::timeout(PROBE_TIMEOUT, self.js.get_key_value(bucket))
+        kv_round_trip(&self.js, bucket)
             .await
-            .map_err(|_| format!("opening bucket {bucket}: no answer"))?
-            .map_err(|e| format!("opening bucket {bucket}: {e}"))?;
-        let started = Instant::now();
-        match tokio::time::timeout(PROBE_TIMEOUT, kv.get(PROBE_KEY)).await {
-            Ok(Ok(_)) => Ok(Some((bucket, started.elapsed()))),
-            Ok(Err(e)) => Err(format!("KV read from bucket {bucket}: {e}")),
-            Err(_) => Err(format!(
-                "KV read from bucket {bucket}: no answer in {} s",
-                PROBE_TIMEOUT.as_secs()
-            )),
-        }
+            .map(|rtt| Some((bucket, rtt)))
     }
 
     async fn publish_rtt(&self) -> Result<Duration, String> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Expected-Stream", PROBE_EXPECTED_STREAM);
-        let started = Instant::now();
-        let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
-            let ack = self
-                .js
-                .publish_with_headers(self.subject.clone(), headers, Bytes::new())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(ack.await)
-        })
-        .await;
-        let elapsed = started.elapsed();
-        match answer {
-            // The refusal is the answer the probe asks for: the stream's leader read the
-            // publish and said no.
-            Ok(Ok(Err(e))) if is_stream_mismatch(&e) => Ok(elapsed),
-            Ok(Ok(Err(e))) => Err(format!("stream publish probe: {e}")),
-            // Stored: cannot happen unless a stream took the probe's name.
-            Ok(Ok(Ok(_))) => Ok(elapsed),
-            Ok(Err(e)) => Err(format!("stream publish probe: {e}")),
-            Err(_) => Err(format!(
-                "stream publish probe: no answer in {} s",
-                PROBE_TIMEOUT.as_secs()
-            )),
-        }
+        publish_round_trip(&self.js, &self.subject).await
+    }
+}
+
+/// The subject the publish probe of a `stage` uses: `…dlq.v1._.<stage>._readiness` (the DLQ
+/// stream's, so that stream's leader answers; refused, never stored).
+pub fn probe_subject(ns: &Namespace, stage: Stage) -> String {
+    let mut wildcards = ["_", PROBE_KEY].into_iter();
+    ns.dlq_filter(&DlqFilter {
+        stage: Some(stage),
+        ..Default::default()
+    })
+    .split('.')
+    .map(|token| match token {
+        "*" => wildcards.next().unwrap_or("_"),
+        other => other,
+    })
+    .collect::<Vec<_>>()
+    .join(".")
+}
+
+/// A KV round trip: a read of [`PROBE_KEY`] (never written) from `bucket`, timed from the
+/// request to its answer.
+///
+/// # Errors
+/// The bucket cannot be opened, the read fails, or no answer comes in 10 s: the reason.
+pub async fn kv_round_trip(js: &jetstream::Context, bucket: &str) -> Result<Duration, String> {
+    let kv = tokio::time::timeout(PROBE_TIMEOUT, js.get_key_value(bucket))
+        .await
+        .map_err(|_| format!("opening bucket {bucket}: no answer"))?
+        .map_err(|e| format!("opening bucket {bucket}: {e}"))?;
+    let started = Instant::now();
+    match tokio::time::timeout(PROBE_TIMEOUT, kv.get(PROBE_KEY)).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(format!("KV read from bucket {bucket}: {e}")),
+        Err(_) => Err(format!(
+            "KV read from bucket {bucket}: no answer in {} s",
+            PROBE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// A stream publish round trip: a publish to `subject` (see [`probe_subject`]) with
+/// `Nats-Expected-Stream: switchyard-readiness-probe`, which the stream's leader refuses
+/// unstored, timed from the publish to the refusal.
+///
+/// # Errors
+/// No stream answers, another error comes back, or no answer comes in 10 s: the reason.
+pub async fn publish_round_trip(
+    js: &jetstream::Context,
+    subject: &str,
+) -> Result<Duration, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Expected-Stream", PROBE_EXPECTED_STREAM);
+    let started = Instant::now();
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let ack = js
+            .publish_with_headers(subject.to_owned(), headers, Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(ack.await)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    match answer {
+        // The refusal is the answer the probe asks for: the stream's leader read the publish
+        // and said no.
+        Ok(Ok(Err(e))) if is_stream_mismatch(&e) => Ok(elapsed),
+        Ok(Ok(Err(e))) => Err(format!("stream publish probe: {e}")),
+        // Stored: cannot happen unless a stream took the probe's name.
+        Ok(Ok(Ok(_))) => Ok(elapsed),
+        Ok(Err(e)) => Err(format!("stream publish probe: {e}")),
+        Err(_) => Err(format!(
+            "stream publish probe: no answer in {} s",
+            PROBE_TIMEOUT.as_secs()
+        )),
     }
 }
 

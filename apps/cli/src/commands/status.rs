@@ -226,14 +226,15 @@ pub async fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     if !args.watch {
-        let (report, tenants) = read(js, topology).await?;
+        let (report, tenants, trips) = read(js, topology).await?;
         if out.is_json() {
             out.json(&StatusView {
                 report: &report,
                 tenants: &tenants,
+                round_trips: &trips,
             })?;
         } else {
-            print!("{}", render_all(&report, &tenants));
+            print!("{}", render_all(&report, &tenants, &trips));
         }
         return Ok(exit_code(&report));
     }
@@ -256,8 +257,12 @@ pub async fn run(
         // A failed read (the server restarting, a leader election) is shown and retried at the
         // next tick: a watch outlives what it watches.
         let body = match (&snapshot, out.is_json()) {
-            (Ok((report, tenants)), true) => {
-                let view = StatusView { report, tenants };
+            (Ok((report, tenants, trips)), true) => {
+                let view = StatusView {
+                    report,
+                    tenants,
+                    round_trips: trips,
+                };
                 format!("{}\n", serde_json::to_string(&view)?)
             }
             (Err(err), true) => {
@@ -266,7 +271,7 @@ pub async fn run(
                     serde_json::json!({"at": now, "error": format!("{err:#}")})
                 )
             }
-            (Ok((report, tenants)), false) => render_all(report, tenants),
+            (Ok((report, tenants, trips)), false) => render_all(report, tenants, trips),
             (Err(err), false) => format!(
                 "{}\n",
                 output::paint(
@@ -309,10 +314,61 @@ pub async fn run(
 async fn read(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
-) -> anyhow::Result<(StatusReport, Vec<TenantRate>)> {
+) -> anyhow::Result<(StatusReport, Vec<TenantRate>, RoundTrips)> {
     let report = status(js, topology).await.context("reading status")?;
     let tenants = tenant_rates(js, topology).await;
-    Ok((report, tenants))
+    let trips = RoundTrips::measure(js, topology).await;
+    Ok((report, tenants, trips))
+}
+
+/// The round trips this command measured, as each service's storage check does
+/// (`switchyard_service::storage`): a KV read from the `tenants` bucket and a publish the DLQ's
+/// leader refuses unstored. `null`/absent in JSON when that probe failed; `*_error` says why.
+#[derive(Debug, serde::Serialize)]
+pub struct RoundTrips {
+    /// The KV read, milliseconds.
+    kv_ms: Option<f64>,
+    /// Why the KV read failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kv_error: Option<String>,
+    /// The stream publish, milliseconds.
+    publish_ms: Option<f64>,
+    /// Why the publish failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_error: Option<String>,
+}
+
+impl RoundTrips {
+    async fn measure(js: &jetstream::Context, topology: &ResolvedTopology) -> Self {
+        use switchyard_service::storage;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let kv = match topology.bucket_name(BucketName::Tenants) {
+            Some(bucket) => storage::kv_round_trip(js, bucket).await,
+            None => Err("no tenants bucket declared".to_owned()),
+        };
+        let subject = storage::probe_subject(&topology.namespace, switchyard_keys::Stage::Dlq);
+        let publish = storage::publish_round_trip(js, &subject).await;
+        Self {
+            kv_ms: kv.as_ref().ok().map(|d| ms(*d)),
+            kv_error: kv.err(),
+            publish_ms: publish.as_ref().ok().map(|d| ms(*d)),
+            publish_error: publish.err(),
+        }
+    }
+
+    /// `round trips: KV read 0.4 ms, stream publish 0.6 ms` (or why one failed).
+    fn line(&self) -> String {
+        let one = |value: Option<f64>, error: &Option<String>| match (value, error) {
+            (Some(ms), _) => format!("{ms:.1} ms"),
+            (None, Some(error)) => output::paint(style::BAD, &format!("failed: {error}")),
+            (None, None) => "-".to_owned(),
+        };
+        format!(
+            "round trips (from here): KV read {}, stream publish {}\n",
+            one(self.kv_ms, &self.kv_error),
+            one(self.publish_ms, &self.publish_error)
+        )
+    }
 }
 
 /// Like `provision`'s drift: 3 while declared items are missing, so a script or a probe can
@@ -326,8 +382,10 @@ fn exit_code(report: &StatusReport) -> ExitCode {
 }
 
 /// The report's tables, then the tenants' limits and admission states.
-fn render_all(report: &StatusReport, tenants: &[TenantRate]) -> String {
-    let mut out = render(report);
+fn render_all(report: &StatusReport, tenants: &[TenantRate], trips: &RoundTrips) -> String {
+    let mut out = trips.line();
+    out.push('\n');
+    out.push_str(&render(report));
     if !tenants.is_empty() {
         let mut table = Table::new([
             "TENANT",
@@ -365,6 +423,7 @@ struct StatusView<'a> {
     #[serde(flatten)]
     report: &'a switchyard_topology::StatusReport,
     tenants: &'a [TenantRate],
+    round_trips: &'a RoundTrips,
 }
 
 /// One tenant's rate limit and admission state.

@@ -17,7 +17,8 @@ fn masked(json: &str) -> String {
         .expect("time pattern");
     let uuid = regex::Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
         .expect("uuid pattern");
-    let size = regex::Regex::new(r#""(bytes|fill_pct)": [0-9.e-]+"#).expect("size pattern");
+    let size = regex::Regex::new(r#""(bytes|fill_pct|kv_ms|publish_ms)": [0-9.e-]+"#)
+        .expect("size pattern");
     let json = time.replace_all(json, "<time>");
     let json = uuid.replace_all(&json, "<uuid>");
     size.replace_all(&json, r#""$1": <size>"#).into_owned()

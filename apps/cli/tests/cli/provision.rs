@@ -462,4 +462,18 @@ async fn status_shows_what_each_tenant_holds_of_its_dlq_share() {
             {"tenant": "globex", "entries": 1, "share": 10000},
         ])
     );
+    // The round trips `status` measured itself, as the services' storage checks do; the
+    // publish probe stores nothing.
+    assert!(text.contains("round trips (from here): KV read "), "{text}");
+    assert!(!text.contains("failed:"), "{text}");
+    assert!(
+        report["round_trips"]["kv_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["round_trips"]["publish_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    let entries = ok(&url, &["--json", "dlq", "ls"]).await;
+    assert!(!entries.contains("_readiness"), "{entries}");
 }
