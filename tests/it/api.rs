@@ -1207,3 +1207,45 @@ async fn listings_take_the_clis_filters_and_refuse_unknown_parameters() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_api_without_the_kek_refuses_an_encrypted_tenants_destination_secret() {
+    let api = start().await;
+    let js = &api.provisioned.js;
+    let keys = switchyard_crypt::KeyStore::new(js.get_key_value("tenant-keys").await.unwrap());
+    let ring = switchyard_crypt::KekRing::new(switchyard_crypt::LocalKek::generate().unwrap());
+    keys.enable(
+        &"acme".parse().unwrap(),
+        &ring,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
+    let body = json!({"target": {"type": "webhook", "url": "https://crm.example/in",
+                                 "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"}});
+    let (status, answer) = api
+        .call(
+            "PUT",
+            "/v1/tenants/acme/destinations/erp",
+            OPERATOR,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"], "kek_required", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("--kek-file"), "{message}");
+    assert!(!message.contains("C2FVsBQ"), "{message}");
+    let destinations = js.get_key_value("destinations").await.unwrap();
+    assert!(destinations.get("acme.erp").await.unwrap().is_none());
+    // A tenant with encryption off is written as before.
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/tenants/globex/destinations/erp",
+            OPERATOR,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
