@@ -118,6 +118,12 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
         }
         Command::Nats(command) => *command,
     };
+    // Checking a backup needs no server: it is done where the backup is kept.
+    if let NatsCommand::Backup(args) = &command
+        && let commands::backup::BackupCommand::Verify(dir) = &args.command
+    {
+        return commands::backup::verify(&topology(&config)?, dir, &out).await;
+    }
     if let NatsCommand::Provision(args) = &command {
         config.deployment.replicas = args.replicas.or(config.deployment.replicas);
     }

@@ -29,11 +29,81 @@ pub enum BackupError {
         .0.display()
     )]
     Exists(PathBuf),
+    /// The folder is not there, or is a file.
+    #[error("{}: {problem}", dir.display())]
+    Folder {
+        /// The folder named.
+        dir: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// The deployment has no stream or bucket to back up: another server or prefix than meant,
+    /// or one not provisioned.
+    #[error(
+        "this deployment has no stream or bucket to back up (namespace {namespace:?}): check \
+         --server and --prefix, or run `switchyard provision` first"
+    )]
+    NothingToBackUp {
+        /// The namespace looked in (empty: the default one).
+        namespace: String,
+    },
+    /// The backup comes from another deployment namespace than the target's.
+    #[error(
+        "the backup is of namespace {backup:?} and this deployment's is {target:?}: restore it \
+         with the same --prefix it was taken with (streams and subjects are named after it)"
+    )]
+    NamespaceMismatch {
+        /// The backup's namespace (empty: the default one).
+        backup: String,
+        /// The target's.
+        target: String,
+    },
+    /// A restore failed part-way: what was restored, what was deleted and not put back, and
+    /// what was not reached.
+    #[error(
+        "restoring {stream} failed: {source}. {stream} existed and was deleted first: it is now \
+         missing or partial. Restored before it: {}. Not reached (left as they were): {}. Fix \
+         the cause and run `switchyard backup restore --force` again with an intact backup",
+        list(restored),
+        list(untouched)
+    )]
+    RestoreFailed {
+        /// The stream whose restore failed.
+        stream: String,
+        /// Streams restored before it.
+        restored: Vec<String>,
+        /// Streams not reached.
+        untouched: Vec<String>,
+        /// Why it failed.
+        #[source]
+        source: Box<BackupError>,
+    },
+    /// A restore of a stream that did not exist before failed: nothing of it was there before.
+    #[error(
+        "restoring {stream} failed: {source}. Restored before it: {}. Not reached: {}. Fix the \
+         cause and run `switchyard backup restore --force` again",
+        list(restored),
+        list(untouched)
+    )]
+    RestoreIncomplete {
+        /// The stream whose restore failed.
+        stream: String,
+        /// Streams restored before it.
+        restored: Vec<String>,
+        /// Streams not reached.
+        untouched: Vec<String>,
+        /// Why it failed.
+        #[source]
+        source: Box<BackupError>,
+    },
     /// The manifest cannot be parsed or names a file outside the backup folder.
     #[error("invalid manifest: {0}")]
     Manifest(String),
     /// The manifest is of a format this build does not read.
-    #[error("the backup's manifest is format {found}; this build reads format {supported}")]
+    #[error(
+        "the backup's manifest is format {found}; this build reads format {supported}: restore \
+         it with the Switchyard version that wrote it (or a newer one)"
+    )]
     Format {
         /// The manifest's format.
         found: u32,
@@ -41,7 +111,7 @@ pub enum BackupError {
         supported: u32,
     },
     /// A snapshot file is missing or differs from the manifest (size or SHA-256).
-    #[error("{}: {problem}", file.display())]
+    #[error("{}: {problem}: the backup is damaged; restore another one", file.display())]
     Checksum {
         /// The file.
         file: PathBuf,
@@ -112,6 +182,14 @@ pub enum BackupError {
         #[source]
         source: Source,
     },
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 impl BackupError {

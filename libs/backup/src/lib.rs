@@ -110,6 +110,38 @@ async fn stream_size(
     }
 }
 
+/// The deployment's namespace as a manifest records it (empty: the default one).
+fn namespace_of(topology: &ResolvedTopology) -> String {
+    topology
+        .namespace
+        .prefix()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// Checks that every item is a stream of this deployment and names itself: its `stream` is
+/// its config's `name`, and is a declared stream, a tenant's own stream or a declared bucket's
+/// (a manifest cannot make a restore delete or create any other stream).
+fn check_items(manifest: &Manifest, topology: &ResolvedTopology) -> Result<(), BackupError> {
+    for item in &manifest.items {
+        let named = item.config.get("name").and_then(serde_json::Value::as_str);
+        if named != Some(item.stream.as_str()) {
+            return Err(BackupError::Manifest(format!(
+                "item {} carries the config of stream {}",
+                item.stream,
+                named.unwrap_or("(none)")
+            )));
+        }
+        if plan::replicas_for(topology, &item.stream).is_none() {
+            return Err(BackupError::Manifest(format!(
+                "item {} is not a stream or bucket of this deployment",
+                item.stream
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn number(value: &serde_json::Value, key: &str) -> u64 {
     value
         .get(key)
@@ -141,13 +173,16 @@ pub async fn create(
     {
         return Err(BackupError::Exists(dir.to_owned()));
     }
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| BackupError::io(format!("creating {}", dir.display()), e))?;
+    let planned = plan(js, topology).await?;
+    if planned.is_empty() {
+        return Err(BackupError::NothingToBackUp {
+            namespace: namespace_of(topology),
+        });
+    }
+    manifest::create_folder(dir).await?;
     let created_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let planned = plan(js, topology).await?;
     let online = !consumers_in_use(js, planned.iter().map(|p| p.stream.as_str()))
         .await?
         .is_empty();
@@ -163,11 +198,7 @@ pub async fn create(
         progress.item(&p.stream);
         let file = manifest::snapshot_file(&p.stream);
         let partial = dir.join(format!("{file}.partial"));
-        let mut out = tokio::io::BufWriter::new(
-            tokio::fs::File::create(&partial)
-                .await
-                .map_err(|e| BackupError::io(format!("creating {}", partial.display()), e))?,
-        );
+        let mut out = tokio::io::BufWriter::new(manifest::create_private(&partial).await?);
         let snapshot = protocol::snapshot(client, &p.stream, &mut out, |n| progress.advance(n))
             .await
             .inspect_err(|_| {
@@ -202,11 +233,7 @@ pub async fn create(
         switchyard_version: env!("CARGO_PKG_VERSION").to_owned(),
         envelope_schema: switchyard_envelope::SCHEMA_VERSION,
         server_version: client.server_info().version,
-        namespace: topology
-            .namespace
-            .prefix()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
+        namespace: namespace_of(topology),
         topology_hash: topology_hash(topology),
         online,
         items,
@@ -235,6 +262,14 @@ pub async fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreReport, BackupError> {
     let manifest = Manifest::read(dir).await?;
+    let target = namespace_of(topology);
+    if manifest.namespace != target {
+        return Err(BackupError::NamespaceMismatch {
+            backup: manifest.namespace.clone(),
+            target,
+        });
+    }
+    check_items(&manifest, topology)?;
     manifest.verify(dir).await?;
     let mut existing = Vec::new();
     let mut holding = Vec::new();
@@ -268,39 +303,80 @@ pub async fn restore(
         ..Default::default()
     };
     progress.begin(manifest.total_bytes());
-    for item in &manifest.items {
+    for (i, item) in manifest.items.iter().enumerate() {
         progress.item(&item.stream);
-        if existing.contains(&item.stream) {
-            js.delete_stream(&item.stream)
-                .await
-                .map_err(|e| BackupError::js(format!("deleting stream {}", item.stream), e))?;
+        let deleted = existing.contains(&item.stream);
+        let restored = restore_one(client, js, topology, dir, item, deleted, progress).await;
+        if let Err(source) = restored {
+            let restored = report.restored.iter().map(|(s, _)| s.clone()).collect();
+            let untouched = manifest.items[i + 1..]
+                .iter()
+                .map(|item| item.stream.clone())
+                .collect();
+            let source = Box::new(source);
+            return Err(if deleted {
+                BackupError::RestoreFailed {
+                    stream: item.stream.clone(),
+                    restored,
+                    untouched,
+                    source,
+                }
+            } else {
+                BackupError::RestoreIncomplete {
+                    stream: item.stream.clone(),
+                    restored,
+                    untouched,
+                    source,
+                }
+            });
+        }
+        if deleted {
             report.replaced.push(item.stream.clone());
         }
-        let mut config = item.config.clone();
-        if let (Some(replicas), Some(obj)) = (
-            plan::replicas_for(topology, &item.stream),
-            config.as_object_mut(),
-        ) {
-            obj.insert("num_replicas".to_owned(), replicas.into());
-        }
-        let path = dir.join(&item.file);
-        let mut input = tokio::io::BufReader::new(
-            tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| BackupError::io(format!("opening {}", path.display()), e))?,
-        );
-        let state = protocol::restore(
-            client,
-            &item.stream,
-            &config,
-            &item.state,
-            &mut input,
-            |n| progress.advance(n),
-        )
-        .await?;
         report
             .restored
-            .push((item.stream.clone(), number(&state, "messages")));
+            .push((item.stream.clone(), restored.unwrap_or(0)));
     }
     Ok(report)
+}
+
+/// Restores one item (deleting the stream first when it exists); returns the messages it
+/// holds now.
+async fn restore_one(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+    dir: &Path,
+    item: &Item,
+    exists: bool,
+    progress: &dyn Progress,
+) -> Result<u64, BackupError> {
+    if exists {
+        js.delete_stream(&item.stream)
+            .await
+            .map_err(|e| BackupError::js(format!("deleting stream {}", item.stream), e))?;
+    }
+    let mut config = item.config.clone();
+    if let (Some(replicas), Some(obj)) = (
+        plan::replicas_for(topology, &item.stream),
+        config.as_object_mut(),
+    ) {
+        obj.insert("num_replicas".to_owned(), replicas.into());
+    }
+    let path = dir.join(&item.file);
+    let mut input = tokio::io::BufReader::new(
+        tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| BackupError::io(format!("opening {}", path.display()), e))?,
+    );
+    let state = protocol::restore(
+        client,
+        &item.stream,
+        &config,
+        &item.state,
+        &mut input,
+        |n| progress.advance(n),
+    )
+    .await?;
+    Ok(number(&state, "messages"))
 }

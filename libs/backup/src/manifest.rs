@@ -91,6 +91,22 @@ impl Manifest {
     /// [`BackupError::Format`] for a format this build does not read; [`BackupError::Manifest`]
     /// when an item names a file outside the folder.
     pub async fn read(dir: &Path) -> Result<Self, BackupError> {
+        match tokio::fs::metadata(dir).await {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(BackupError::Folder {
+                    dir: dir.to_owned(),
+                    problem: "is a file, not a backup folder".to_owned(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BackupError::Folder {
+                    dir: dir.to_owned(),
+                    problem: "does not exist: name the folder `backup create` wrote".to_owned(),
+                });
+            }
+            Err(e) => return Err(BackupError::io(format!("reading {}", dir.display()), e)),
+        }
         let path = dir.join(MANIFEST_FILE);
         let text = match tokio::fs::read(&path).await {
             Ok(text) => text,
@@ -129,7 +145,12 @@ impl Manifest {
         let partial = dir.join(format!("{MANIFEST_FILE}.partial"));
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| BackupError::Manifest(format!("serializing the manifest: {e}")))?;
-        tokio::fs::write(&partial, text)
+        let mut file = create_private(&partial).await?;
+        use tokio::io::AsyncWriteExt;
+        file.write_all(&text)
+            .await
+            .map_err(|e| BackupError::io(format!("writing {}", partial.display()), e))?;
+        file.sync_all()
             .await
             .map_err(|e| BackupError::io(format!("writing {}", partial.display()), e))?;
         tokio::fs::rename(&partial, &path)
@@ -164,6 +185,57 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Creates the backup folder (owner only: `0700`) if it is missing; refuses a file.
+///
+/// # Errors
+/// [`BackupError::Folder`] when `dir` is a file or cannot be created (the reason and the fix).
+pub(crate) async fn create_folder(dir: &Path) -> Result<(), BackupError> {
+    let folder = |problem: String| BackupError::Folder {
+        dir: dir.to_owned(),
+        problem,
+    };
+    match tokio::fs::metadata(dir).await {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => return Err(folder("is a file: name a new or empty folder".to_owned())),
+        Err(_) => {}
+    }
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(dir).await.map_err(|e| {
+        folder(format!(
+            "cannot be created ({e}): choose a folder you may write to"
+        ))
+    })
+}
+
+/// Creates a new file readable by its owner only (`0600`: a backup holds payloads, and the
+/// secrets of tenants without encryption), refusing one that exists (or a link planted in its
+/// place).
+///
+/// # Errors
+/// [`BackupError::Folder`] naming the file when it exists or cannot be created.
+pub(crate) async fn create_private(path: &Path) -> Result<tokio::fs::File, BackupError> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path).await.map_err(|e| {
+        let problem = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            "exists already (left by an interrupted backup, or planted): remove it, or back up \
+             into a new folder"
+                .to_owned()
+        } else {
+            format!("cannot be created ({e}): choose a folder you may write to")
+        };
+        BackupError::Folder {
+            dir: path.to_owned(),
+            problem,
+        }
+    })
 }
 
 /// The snapshot file name of a stream.

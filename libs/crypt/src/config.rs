@@ -24,7 +24,7 @@ use crate::kek::{KekRing, LocalKek};
 #[serde(deny_unknown_fields)]
 pub struct EncryptionConfig {
     /// The key-encryption key file: one line, the 32-byte key as 64 hex characters or base64
-    /// (`openssl rand -hex 32`), not writable by group or others. Default: unset (no KEK).
+    /// (`openssl rand -hex 32`), not readable by others nor writable by group or others. Default: unset (no KEK).
     #[serde(default)]
     pub kek_file: Option<PathBuf>,
     /// Older KEK files, kept during a KEK rotation so data keys not yet re-wrapped
@@ -46,7 +46,7 @@ impl EncryptionConfig {
     ///
     /// # Errors
     /// [`InvalidSetting`] naming `encryption.kek_file` or `encryption.previous_kek_files` when
-    /// a file cannot be read, is writable by group or others, or holds no key; naming
+    /// a file cannot be read, is readable by others or writable by group or others, or holds no key; naming
     /// `encryption.previous_kek_files` when previous files are given without `kek_file`, or
     /// when two files hold the same key.
     pub fn load_ring(&self) -> Result<Option<KekRing>, InvalidSetting> {

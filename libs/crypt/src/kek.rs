@@ -168,9 +168,12 @@ impl LocalKek {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = metadata.permissions().mode();
-            if mode & 0o022 != 0 {
+            // Group read stays allowed: Kubernetes adds it to a secret volume's files when the
+            // pod sets `fsGroup`.
+            if mode & 0o026 != 0 {
                 return Err(failed(format!(
-                    "is writable by group or others (mode {:03o}); run `chmod go-w` on it",
+                    "is readable by others or writable by group or others (mode {:03o}); run \
+                     `chmod 600` on it",
                     mode & 0o777
                 )));
             }
@@ -402,14 +405,23 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn a_kek_file_writable_by_others_is_refused() {
+    fn a_kek_file_readable_by_others_or_writable_by_group_or_others_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let file = key_file(HEX);
-        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
-        let message = LocalKek::from_file(file.path()).unwrap_err().to_string();
-        assert!(message.contains("writable by group or others"), "{message}");
-        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o444)).unwrap();
-        LocalKek::from_file(file.path()).unwrap();
+        for mode in [0o666, 0o644, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let message = LocalKek::from_file(file.path()).unwrap_err().to_string();
+            assert!(
+                message.contains("readable by others or writable by group or others")
+                    && message.contains("chmod 600"),
+                "{mode:o}: {message}"
+            );
+        }
+        // Owner read (Helm's 0400), and group read (what `fsGroup` adds), are fine.
+        for mode in [0o400, 0o600, 0o440] {
+            std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            LocalKek::from_file(file.path()).unwrap();
+        }
     }
 
     #[test]

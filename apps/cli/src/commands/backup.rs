@@ -118,38 +118,7 @@ pub async fn run(
                 }
             }
         }
-        BackupCommand::Verify(args) => {
-            let manifest = Manifest::read(&args.dir).await?;
-            Progress::during(out, "checking", manifest.verify(&args.dir)).await?;
-            if out.is_json() {
-                out.json(&manifest_view(&manifest))?;
-            } else {
-                print!(
-                    "{}",
-                    fields(&[
-                        ("created", manifest.created_at.clone()),
-                        ("switchyard", manifest.switchyard_version.clone()),
-                        ("nats-server", manifest.server_version.clone()),
-                        ("envelope schema", manifest.envelope_schema.to_string()),
-                        ("topology", short(&manifest.topology_hash)),
-                        (
-                            "matches this deployment",
-                            yes_no(
-                                manifest.topology_hash
-                                    == switchyard_backup::topology_hash(topology)
-                            )
-                            .to_owned()
-                        ),
-                    ])
-                );
-                print_items(&manifest);
-                println!(
-                    "every file matches the manifest ({} files, {})",
-                    manifest.items.len(),
-                    human_bytes(manifest.total_bytes())
-                );
-            }
-        }
+        BackupCommand::Verify(args) => return verify(topology, args, out).await,
         BackupCommand::Restore(args) => {
             let bar = Bar(Progress::bytes(out, "restoring"));
             let report =
@@ -159,6 +128,46 @@ pub async fn run(
             let report = report?;
             print_restore(&report, out)?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backup verify`: the manifest and every file's size and SHA-256, with no NATS connection
+/// (a backup can be checked where it is kept, before any server is up); whether its topology
+/// matches this deployment's comes from the configuration alone.
+///
+/// Errors: what [`Manifest::read`] and [`Manifest::verify`] return.
+pub async fn verify(
+    topology: &ResolvedTopology,
+    args: &DirArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::read(&args.dir).await?;
+    Progress::during(out, "checking", manifest.verify(&args.dir)).await?;
+    if out.is_json() {
+        out.json(&manifest_view(&manifest))?;
+    } else {
+        print!(
+            "{}",
+            fields(&[
+                ("created", manifest.created_at.clone()),
+                ("switchyard", manifest.switchyard_version.clone()),
+                ("nats-server", manifest.server_version.clone()),
+                ("envelope schema", manifest.envelope_schema.to_string()),
+                ("topology", short(&manifest.topology_hash)),
+                (
+                    "matches this deployment",
+                    yes_no(manifest.topology_hash == switchyard_backup::topology_hash(topology))
+                        .to_owned()
+                ),
+            ])
+        );
+        print_items(&manifest);
+        println!(
+            "every file matches the manifest ({} files, {})",
+            manifest.items.len(),
+            human_bytes(manifest.total_bytes())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,7 +36,7 @@ use crate::{prompt, resources};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KekArgs {
     /// The key-encryption key file: one line, 32 bytes as 64 hex characters or base64
-    /// (`openssl rand -hex 32`), not writable by group or others.
+    /// (`openssl rand -hex 32`), not readable by others nor writable by group or others.
     #[arg(long, value_name = "FILE", env = "SWITCHYARD_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
     /// An older KEK file, to unwrap data keys not yet re-wrapped under `--kek-file` (repeat

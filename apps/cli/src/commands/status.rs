@@ -341,7 +341,8 @@ pub struct RoundTrips {
 impl RoundTrips {
     async fn measure(js: &jetstream::Context, topology: &ResolvedTopology) -> Self {
         use switchyard_service::storage;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Milliseconds to two decimals: what a person reads, and what a script compares.
+        let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
         let kv = match topology.bucket_name(BucketName::Tenants) {
             Some(bucket) => storage::kv_round_trip(js, bucket).await,
             None => Err("no tenants bucket declared".to_owned()),
