@@ -8,12 +8,16 @@
 //! - [`http_get`]: a plain HTTP/1.1 GET, for a service's probes and metrics.
 //! - [`publish_raw`]: a publish over the raw protocol, for header blocks and subjects the Rust
 //!   client cannot produce.
+//! - [`Browser`]: a headless Chromium (chromedriver on a free port, a fresh profile) for
+//!   end-to-end browser tests, with waits on page text and screenshots.
 //! - [`wait_for`]: polls a condition until it holds or a deadline passes — tests wait on
 //!   conditions, never on bare sleeps.
 //!
-//! The binary is the pinned one installed by `scripts/install-nats-server.sh` into `.tools/bin`
-//! (override with `NATS_SERVER_BIN`); a different version is refused.
+//! The nats-server binary is the pinned one installed by `scripts/install-nats-server.sh` into
+//! `.tools/bin` (override with `NATS_SERVER_BIN`); a different version is refused. The browser
+//! is Debian's `chromium` with its `chromium-driver`, which `.ci/run` installs.
 
+mod browser;
 mod cluster;
 mod http;
 mod node;
@@ -21,6 +25,7 @@ mod raw;
 mod streams;
 mod wait;
 
+pub use browser::Browser;
 pub use cluster::NatsCluster;
 pub use http::{http_get, metric};
 pub use node::{NatsServer, free_port};
