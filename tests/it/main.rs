@@ -3,6 +3,7 @@
 mod api;
 mod backup;
 mod cluster;
+mod console;
 mod encryption;
 mod hostile_ids;
 mod permissions;

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod output;
 pub mod parse;
 pub mod progress;
@@ -108,8 +109,10 @@ pub async fn run(cli: Cli, mut config: CliConfig) -> anyhow::Result<ExitCode> {
             return commands::doctor::run(&config, &topology, &args, &out).await;
         }
         Command::Api(args) => {
-            if matches!(args.command, api::ApiCommand::Openapi) {
-                return Ok(api::openapi_json_command());
+            match &args.command {
+                api::ApiCommand::Openapi => return Ok(api::openapi_json_command()),
+                api::ApiCommand::PortalLink(link) => return api::portal_link_command(link),
+                api::ApiCommand::Serve(_) => {}
             }
             let topology = topology(&config)?;
             let client = switchyard_runtime::connect(&config.nats).await?;

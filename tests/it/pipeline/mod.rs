@@ -50,7 +50,8 @@ pub enum Nats {
 }
 
 impl Nats {
-    fn url(&self) -> String {
+    /// The client URL(s).
+    pub fn url(&self) -> String {
         match self {
             Nats::Single(s) => s.url(),
             Nats::Cluster(c) => c.url(),

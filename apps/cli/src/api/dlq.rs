@@ -111,7 +111,7 @@ pub struct PurgeResult {
 
 /// The selection of a tenant's DLQ entries from `code` and `destination` (query parameters or
 /// body fields).
-fn dlq_selection(
+pub(crate) fn dlq_selection(
     tenant: &TenantId,
     code: Option<&String>,
     destination: Option<&String>,
@@ -128,18 +128,18 @@ fn dlq_selection(
 }
 
 /// The tenant's entries a request selects: sequences stored now, oldest first.
-struct Matched {
+pub(crate) struct Matched {
     /// Their sequences.
-    seqs: Vec<u64>,
+    pub(crate) seqs: Vec<u64>,
     /// Listed sequences that are not among them.
-    unlisted: Vec<u64>,
+    pub(crate) unlisted: Vec<u64>,
 }
 
 /// Reads which of `tenant`'s entries match `filter` and, when `listed` is not empty, are
 /// listed; stops after `cap` matches (so a caller can tell "more than `cap - 1`"). Only
 /// readable records of the tenant count: what the listing shows is what a replay or purge
 /// reaches.
-async fn matching(
+pub(crate) async fn matching(
     reader: &DlqReader,
     tenant: &TenantId,
     filter: &Selection,
@@ -280,6 +280,22 @@ pub async fn replay_dlq(
     let tenant = caller_for(&state, &headers, &tenant).await?;
     let request: ReplayRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let job = start_replay(&state, &tenant, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_view(&job))).into_response())
+}
+
+/// Creates the replay job a request asks for over `tenant`'s entries (what `POST
+/// …/dlq/replay` and the console's replay do): the rate checked, listed sequences or filters,
+/// at most [`MAX_ACTIVE_JOBS`] of the tenant's active, only the tenant's entries counted; the
+/// dlq service is woken.
+///
+/// Errors: `400` bad rate or selection, `422 nothing_matches`, `429 too_many_jobs`, `503`.
+pub(crate) async fn start_replay(
+    state: &ApiState,
+    tenant: &TenantId,
+    request: ReplayRequest,
+) -> Result<JobRecord, ApiError> {
+    let tenant = tenant.clone();
     let rate = request.rate.unwrap_or(100);
     if !(1..=10_000).contains(&rate) {
         return Err(ApiError::bad_request("rate must be from 1 to 10000"));
@@ -349,7 +365,7 @@ pub async fn replay_dlq(
     );
     state.jobs.create(&job).await.map_err(unavailable)?;
     jobs::announce(&state.js, &state.topology, &job.id).await;
-    Ok((StatusCode::ACCEPTED, Json(job_view(&job))).into_response())
+    Ok(job)
 }
 
 /// Deletes a tenant's DLQ entries: listed sequences, or what the filters select (none: every
@@ -445,7 +461,7 @@ fn job_view(job: &JobRecord) -> JobView {
 
 /// Whether `principal` may see `job`: the operator every job, a tenant the jobs over its own
 /// entries.
-fn visible(principal: &Principal, job: &JobRecord) -> bool {
+pub(crate) fn visible(principal: &Principal, job: &JobRecord) -> bool {
     match principal {
         Principal::Operator => true,
         Principal::Tenant(own) => job.spec.selection.tenant.as_ref() == Some(own),
@@ -453,7 +469,7 @@ fn visible(principal: &Principal, job: &JobRecord) -> bool {
 }
 
 /// A failed job read: `400` when the path's id is not a job id, `503` otherwise.
-fn job_error(error: StoreError) -> ApiError {
+pub(crate) fn job_error(error: StoreError) -> ApiError {
     match error {
         StoreError::InvalidKey { .. } => ApiError::bad_request("not a job id"),
         error => unavailable(error),

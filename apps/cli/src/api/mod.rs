@@ -149,6 +149,27 @@ pub enum ApiCommand {
     Serve(ServeArgs),
     /// Print the API's OpenAPI 3.1 description (JSON).
     Openapi,
+    /// Print a signed link to one tenant's portal in the console (that tenant alone).
+    PortalLink(PortalLinkArgs),
+}
+
+/// Arguments of `api portal-link`.
+#[derive(Debug, clap::Args)]
+pub struct PortalLinkArgs {
+    /// The tenant.
+    pub tenant: switchyard_keys::TenantId,
+    /// The console's base URL, as the tenant reaches it.
+    #[arg(long, default_value = "http://127.0.0.1:9106")]
+    pub url: String,
+    /// How long the link may be used to open a portal session, in seconds (the session then
+    /// lasts 8 hours at most).
+    #[arg(long, value_name = "SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..=604_800))]
+    pub ttl_secs: u64,
+    /// The operator token file (the link is signed with a key derived from it: rotating the
+    /// token revokes every link); or set `SWITCHYARD_API_OPERATOR_TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub operator_token_file: Option<PathBuf>,
 }
 
 /// Arguments of `api serve`.
@@ -207,6 +228,9 @@ pub struct ApiState {
     /// The tenants' data keys and the KEK ring that unwraps them, when the API was given a KEK
     /// ([`ApiState::with_kek`]): encrypted DLQ payloads are then shown decrypted.
     pub data_keys: Option<Arc<(switchyard_crypt::KeyStore, switchyard_crypt::KekRing)>>,
+    /// The web console served beside the API under `/ui` (its keys derive from the operator
+    /// token; see [`crate::console`]).
+    pub console: Arc<crate::console::Console>,
 }
 
 impl ApiState {
@@ -252,6 +276,11 @@ impl ApiState {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             tenant_keys,
             data_keys: None,
+            console: Arc::new(crate::console::Console::new(
+                operator_token,
+                false,
+                tokio_util::sync::CancellationToken::new(),
+            )),
         })
     }
 
@@ -347,7 +376,13 @@ pub fn router(state: ApiState) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    api.merge(probes).with_state(state)
+    // The console answers its own paths (`/ui…`) outside the API's bearer-token layers: its
+    // pages authenticate by session cookie.
+    let console = crate::console::router(crate::console::ConsoleState {
+        api: state.clone(),
+        console: state.console.clone(),
+    });
+    console.merge(api.merge(probes).with_state(state))
 }
 
 /// `/readyz`: `200` when NATS is connected and the DLQ stream and the API's buckets exist,
@@ -371,7 +406,23 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The operator token from `--operator-token-file` or `SWITCHYARD_API_OPERATOR_TOKEN`.
 pub fn operator_token(args: &ServeArgs) -> anyhow::Result<String> {
-    let token = match &args.operator_token_file {
+    read_operator_token(args.operator_token_file.as_deref())
+}
+
+/// `switchyard api portal-link`: prints the link (needs no server).
+pub fn portal_link_command(args: &PortalLinkArgs) -> anyhow::Result<ExitCode> {
+    let token = read_operator_token(args.operator_token_file.as_deref())?;
+    let keys = crate::console::Keys::new(&token);
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp()
+        + i64::try_from(args.ttl_secs).unwrap_or(3600);
+    let link = keys.link(&args.tenant, exp);
+    anstream::println!("{}/ui/portal?token={link}", args.url.trim_end_matches('/'));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The operator token from a file or `SWITCHYARD_API_OPERATOR_TOKEN`, checked.
+fn read_operator_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the operator token from {}", path.display()))?,
         None => std::env::var("SWITCHYARD_API_OPERATOR_TOKEN").context(
@@ -403,6 +454,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match &args.command {
         ApiCommand::Openapi => Ok(openapi_json_command()),
+        ApiCommand::PortalLink(args) => portal_link_command(args),
         ApiCommand::Serve(serve) => {
             let token = operator_token(serve)?;
             let mut state = ApiState::open(js, topology, &token).await?;
@@ -414,12 +466,19 @@ pub async fn run(
             // every service's listener: a client that does not send its headers in time is
             // closed, so none holds a connection (or the shutdown) for ever.
             let stop = switchyard_service::shutdown::on_signal();
+            // The console's cookies are `Secure` unless the API listens on loopback only (a
+            // local run over plain HTTP); its live streams end on the same signal.
+            state.console = Arc::new(crate::console::Console::new(
+                &token,
+                !serve.listen.ip().is_loopback(),
+                stop.clone(),
+            ));
             let running =
                 switchyard_service::launch("api", serve.listen, router(state), stop, async {})
                     .await
                     .with_context(|| format!("listening on {}", serve.listen))?;
             eprintln!(
-                "management API on http://{} (OpenAPI: /openapi.json)",
+                "management API on http://{} (OpenAPI: /openapi.json; console: /ui)",
                 running.http_addr
             );
             running

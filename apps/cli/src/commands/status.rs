@@ -311,7 +311,9 @@ pub async fn run(
 }
 
 /// One status snapshot: the topology report and each tenant's limit and admission.
-async fn read(
+/// The status report, every tenant's rate limit and admission state, and the round trips (what
+/// `status` prints; the console's overview reads the same).
+pub(crate) async fn read(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
 ) -> anyhow::Result<(StatusReport, Vec<TenantRate>, RoundTrips)> {

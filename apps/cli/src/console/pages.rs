@@ -1,0 +1,1055 @@
+//! The console's pages and live streams (see the module page of [`crate::console`]).
+//!
+//! Every page but the login form, the portal exchange and the static files needs a session
+//! ([`super::session`]); every form posts its session's CSRF token. A portal session's tenant
+//! scopes everything: a DLQ entry or job of another tenant is "not found", a tenant filter
+//! naming another tenant is refused.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use switchyard_dlq_ops::{DlqReader, JobRecord, Selection};
+use switchyard_keys::{PlatformId, Stage, TenantId};
+use switchyard_registry::Admission;
+use time::OffsetDateTime;
+
+use super::session::{LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECS, Session, Who, random_id};
+use super::{APP_CSS, APP_JS, ConsoleState, PAGE};
+use crate::api::dlq::{ReplayRequest, matching, start_replay, visible};
+use crate::commands::dlq::{jobs, show};
+
+/// How often the overview's live stream sends a fresh snapshot.
+const OVERVIEW_EVERY: Duration = Duration::from_secs(2);
+/// How often the DLQ's live tail looks for new entries.
+const TAIL_EVERY: Duration = Duration::from_secs(1);
+/// How often a job page's live stream reads the job.
+const JOB_EVERY: Duration = Duration::from_millis(500);
+/// The most payload bytes an entry page shows as hex.
+const HEX_BYTES: usize = 64 * 1024;
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The value of cookie `name` in the request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, Path=/ui, `Secure` where configured.
+fn set_cookie(state: &ConsoleState, name: &str, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.console.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Max-Age={max_age}; Path=/ui; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// A rendered page.
+fn page(state: &ConsoleState, status: StatusCode, template: &str, context: Value) -> Response {
+    match state.console.render(template, &context) {
+        Ok(html) => (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, template, "a console page did not render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page did not render").into_response()
+        }
+    }
+}
+
+/// The common context of a page shown in a session.
+fn base(state: &ConsoleState, session: &Session) -> serde_json::Map<String, Value> {
+    let mut context = serde_json::Map::new();
+    context.insert("csrf".into(), state.console.keys.csrf(session).into());
+    context.insert(
+        "who".into(),
+        match &session.who {
+            Who::Operator => "operator".into(),
+            Who::Tenant(t) => format!("tenant {t}").into(),
+        },
+    );
+    context.insert(
+        "portal".into(),
+        session.who.tenant().map(ToString::to_string).into(),
+    );
+    context
+}
+
+/// A message page (an error, a refusal), in a session or not.
+fn message(
+    state: &ConsoleState,
+    session: Option<&Session>,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+) -> Response {
+    let mut context = session.map(|s| base(state, s)).unwrap_or_default();
+    context.insert("title".into(), title.into());
+    context.insert("text".into(), text.into());
+    page(state, status, "message.html", Value::Object(context))
+}
+
+/// The request's session, or a redirect to the login form.
+#[allow(clippy::result_large_err, reason = "the error is the answer itself")]
+fn session(state: &ConsoleState, headers: &HeaderMap) -> Result<Session, Response> {
+    cookie(headers, SESSION_COOKIE)
+        .and_then(|c| state.console.keys.session(&c, now()))
+        .ok_or_else(|| see_other("/ui/login"))
+}
+
+/// Checks a form's CSRF token against the session.
+#[allow(clippy::result_large_err, reason = "the error is the answer itself")]
+fn csrf(state: &ConsoleState, session: &Session, given: &str) -> Result<(), Response> {
+    if state.console.keys.csrf_ok(session, given) {
+        Ok(())
+    } else {
+        Err(message(
+            state,
+            Some(session),
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form's security token does not match this session: reload the page and try \
+             again.",
+        ))
+    }
+}
+
+/// `/ui`: the overview, or the login form.
+pub async fn home() -> Response {
+    see_other("/ui/overview")
+}
+
+/// `/ui/app.js`.
+pub async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
+    )
+}
+
+/// `/ui/app.css`.
+pub async fn app_css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_CSS,
+    )
+}
+
+fn login_page(
+    state: &ConsoleState,
+    status: StatusCode,
+    error: Option<&str>,
+    note: Option<&str>,
+) -> Response {
+    let nonce = random_id();
+    let mut response = page(
+        state,
+        status,
+        "login.html",
+        json!({"csrf": state.console.keys.login_csrf(&nonce), "error": error, "note": note}),
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(state, LOGIN_COOKIE, &nonce, 600),
+    );
+    response
+}
+
+/// Query of the login form.
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    out: Option<String>,
+}
+
+/// `GET /ui/login`.
+pub async fn login_form(
+    State(state): State<ConsoleState>,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let note = q.out.is_some().then_some("You are logged out.");
+    login_page(&state, StatusCode::OK, None, note)
+}
+
+/// The login form.
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    csrf: String,
+}
+
+/// `POST /ui/login`: the operator token for a session.
+pub async fn login(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if nonce.is_empty() || !state.console.keys.login_csrf_ok(&nonce, &form.csrf) {
+        return login_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some("The form expired: try again."),
+            None,
+        );
+    }
+    let token = form.token.trim();
+    if !bool::from(token.as_bytes().ct_eq(state.api.operator_token.as_bytes())) {
+        tracing::warn!("console login with a wrong operator token");
+        return login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            Some("That is not the operator token."),
+            None,
+        );
+    }
+    let (value, _) = state.console.keys.issue(&Who::Operator, now());
+    let mut response = see_other("/ui/overview");
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, &value, SESSION_SECS),
+    );
+    headers.append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, "", 0));
+    response
+}
+
+/// A form with only its CSRF token.
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+/// `POST /ui/logout`.
+pub async fn logout(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    if let Err(refused) = csrf(&state, &session, &form.csrf) {
+        return refused;
+    }
+    state.console.keys.revoke(&session.sid);
+    let mut response = see_other("/ui/login?out=1");
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, "", 0),
+    );
+    response
+}
+
+/// Query of the portal link.
+#[derive(Deserialize)]
+pub struct PortalQuery {
+    token: Option<String>,
+}
+
+/// `GET /ui/portal?token=…`: a tenant's portal link for a session of that tenant.
+pub async fn portal(State(state): State<ConsoleState>, Query(q): Query<PortalQuery>) -> Response {
+    let refused = || {
+        message(
+            &state,
+            None,
+            StatusCode::UNAUTHORIZED,
+            "Link not valid",
+            "This portal link is not valid or has expired: ask your operator for a new one.",
+        )
+    };
+    let Some(tenant) = q
+        .token
+        .as_deref()
+        .and_then(|t| state.console.keys.link_tenant(t, now()))
+    else {
+        return refused();
+    };
+    let key = switchyard_keys::TenantKey {
+        tenant: tenant.clone(),
+    };
+    match state.api.tenants.get(&key).await {
+        Ok(Some(record)) if record.enabled => {}
+        _ => return refused(),
+    }
+    let (value, _) = state.console.keys.issue(&Who::Tenant(tenant), now());
+    let mut response = see_other("/ui/overview");
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, &value, SESSION_SECS),
+    );
+    response
+}
+
+/// One tenant's row on the overview.
+#[derive(Debug, Serialize)]
+struct TenantRow {
+    tenant: String,
+    rate: String,
+    backlog: u64,
+    quota_pct: f64,
+    admission: &'static str,
+    dlq: u64,
+}
+
+/// Every tenant the caller may see, with what the overview shows of it.
+async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>, String> {
+    let (report, rates, _) = crate::commands::status::read(&state.api.js, &state.api.topology)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let mut tenants: BTreeSet<String> = report
+        .tenant_streams
+        .iter()
+        .map(|t| t.tenant.clone())
+        .collect();
+    tenants.extend(
+        rates
+            .iter()
+            .map(|r| r.tenant.clone())
+            .filter(|t| t != "_default"),
+    );
+    tenants.extend(report.tenant_dlq.iter().map(|t| t.tenant.clone()));
+    tenants.remove("_");
+    if let Some(own) = who.tenant() {
+        tenants.retain(|t| t == own.as_str());
+    }
+    let default_rate = rates
+        .iter()
+        .find(|r| r.tenant == "_default")
+        .and_then(|r| r.limit.as_ref());
+    Ok(tenants
+        .into_iter()
+        .map(|tenant| {
+            let rate = rates.iter().find(|r| r.tenant == tenant);
+            let limit = rate.and_then(|r| r.limit.as_ref()).or(default_rate);
+            TenantRow {
+                rate: limit.map_or("-".to_owned(), |l| format!("{}/s", l.rate_per_sec)),
+                backlog: report
+                    .tenant_backlog
+                    .iter()
+                    .filter(|b| b.tenant == tenant)
+                    .map(|b| b.messages)
+                    .sum::<u64>()
+                    + report
+                        .tenant_streams
+                        .iter()
+                        .filter(|s| s.tenant == tenant)
+                        .map(|s| s.messages)
+                        .sum::<u64>(),
+                quota_pct: report
+                    .tenant_streams
+                    .iter()
+                    .find(|s| s.tenant == tenant)
+                    .map_or(0.0, |s| (s.fill_pct * 10.0).round() / 10.0),
+                admission: match rate.and_then(|r| r.pressure.as_ref()).map(|p| p.admission) {
+                    Some(Admission::Closed) => "closed",
+                    _ => "open",
+                },
+                dlq: report
+                    .tenant_dlq
+                    .iter()
+                    .find(|d| d.tenant == tenant)
+                    .map_or(0, |d| d.entries),
+                tenant,
+            }
+        })
+        .collect())
+}
+
+/// `GET /ui/overview`.
+pub async fn overview(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let rows = match overview_rows(&state, &session.who).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &format!("Reading the deployment failed: {error}"),
+            );
+        }
+    };
+    let mut context = base(&state, &session);
+    context.insert("rows".into(), json!(rows));
+    page(
+        &state,
+        StatusCode::OK,
+        "overview.html",
+        Value::Object(context),
+    )
+}
+
+/// An event stream that ends on shutdown, with keep-alives.
+fn live(
+    state: &ConsoleState,
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    let stop = state.console.stop.clone().cancelled_owned();
+    let mut response = Sse::new(events.take_until(stop))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// `GET /ui/overview/live`: the overview's rows every 2 s (event `tenants`).
+pub async fn overview_live(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+    };
+    let inner = state.clone();
+    let events = futures::stream::unfold(true, move |first| {
+        let state = inner.clone();
+        let who = session.who.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(OVERVIEW_EVERY).await;
+            }
+            let event = match overview_rows(&state, &who).await {
+                Ok(rows) => Event::default()
+                    .event("tenants")
+                    .data(serde_json::to_string(&rows).unwrap_or_default()),
+                Err(error) => Event::default().event("error").data(error),
+            };
+            Some((Ok(event), false))
+        }
+    });
+    live(&state, events)
+}
+
+/// The DLQ browser's filters (query parameters; empty ones are no filter).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct DlqQuery {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    stage: String,
+    #[serde(default)]
+    platform: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    /// Entries after this DLQ sequence (the page's cursor).
+    #[serde(default)]
+    after: u64,
+}
+
+impl DlqQuery {
+    /// The selection, the caller's scope applied: a portal session's own tenant, whatever the
+    /// query says (another tenant named is refused).
+    fn selection(&self, who: &Who) -> Result<Selection, String> {
+        let some = |s: &String| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        let mut tenant = some(&self.tenant)
+            .map(|t| t.parse::<TenantId>().map_err(|e| format!("tenant: {e}")))
+            .transpose()?;
+        if let Some(own) = who.tenant() {
+            if tenant.as_ref().is_some_and(|t| t != own) {
+                return Err("this portal shows its own tenant only".to_owned());
+            }
+            tenant = Some(own.clone());
+        }
+        Ok(Selection {
+            tenant,
+            stage: some(&self.stage)
+                .map(|s| s.parse::<Stage>().map_err(|e| format!("stage: {e}")))
+                .transpose()?,
+            platform: some(&self.platform)
+                .map(|p| {
+                    p.parse::<PlatformId>()
+                        .map_err(|e| format!("platform: {e}"))
+                })
+                .transpose()?,
+            code: some(&self.code)
+                .map(|c| crate::parse::dlq_code(&c))
+                .transpose()?,
+            since: some(&self.since)
+                .map(|t| crate::parse::time(&t))
+                .transpose()?,
+            until: some(&self.until)
+                .map(|t| crate::parse::time(&t))
+                .transpose()?,
+            ..Selection::default()
+        })
+    }
+
+    /// The query string of these filters with another cursor.
+    fn with_after(&self, after: u64) -> String {
+        let mut q = self.clone();
+        q.after = after;
+        query_string(&q)
+    }
+}
+
+/// `a=1&b=2` of the non-empty filters.
+fn query_string(q: &DlqQuery) -> String {
+    let pairs = [
+        ("tenant", q.tenant.as_str()),
+        ("stage", q.stage.as_str()),
+        ("platform", q.platform.as_str()),
+        ("code", q.code.as_str()),
+        ("since", q.since.as_str()),
+        ("until", q.until.as_str()),
+    ];
+    let mut out: Vec<String> = pairs
+        .iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            )
+        })
+        .collect();
+    if q.after > 0 {
+        out.push(format!("after={}", q.after));
+    }
+    out.join("&")
+}
+
+/// One entry's row in the DLQ table (and in the live tail's events).
+#[derive(Debug, Serialize)]
+struct EntryRow {
+    seq: u64,
+    stored_at: String,
+    tenant: String,
+    stage: String,
+    platform: String,
+    code: String,
+    attempts: u32,
+    reason: String,
+}
+
+fn row_of(entry: &switchyard_dlq::DlqEntry) -> EntryRow {
+    let reason: String = entry.record.reason.chars().take(160).collect();
+    EntryRow {
+        seq: entry.seq,
+        stored_at: switchyard_dlq_ops::show_time(entry.stored_at),
+        tenant: entry
+            .record
+            .tenant
+            .as_ref()
+            .map_or("_".to_owned(), ToString::to_string),
+        stage: entry.record.stage.to_string(),
+        platform: entry
+            .record
+            .platform
+            .as_ref()
+            .map_or("-".to_owned(), ToString::to_string),
+        code: entry.record.code.to_string(),
+        attempts: entry.record.attempts,
+        reason,
+    }
+}
+
+/// Up to `limit` entries the selection matches after DLQ sequence `after`, oldest first, and
+/// whether more are stored. Reads from `after + 1` on (never the whole stream).
+async fn entries_after(
+    reader: &DlqReader,
+    selection: &Selection,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<EntryRow>, bool), String> {
+    let start = if after == 0 {
+        selection.start()
+    } else {
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        }
+    };
+    let mut read = reader.catch_up(selection.subject_filter(reader.namespace()), start);
+    let mut rows = Vec::new();
+    while let Some((_, delivered)) = read.next().await.map_err(|e| e.to_string())? {
+        if let Ok(entry) = &delivered.entry
+            && selection.matches(entry)
+        {
+            rows.push(row_of(entry));
+            if rows.len() >= limit {
+                return Ok((rows, delivered.pending > 0));
+            }
+        }
+    }
+    Ok((rows, false))
+}
+
+/// `GET /ui/dlq`: a page of entries after the cursor, the filters, and the live tail on the
+/// last page.
+pub async fn dlq(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<DlqQuery>,
+) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let selection = match query.selection(&session.who) {
+        Ok(s) => s,
+        Err(error) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::BAD_REQUEST,
+                "Bad filter",
+                &error,
+            );
+        }
+    };
+    let reader = match state.api.dlq().await {
+        Ok(r) => r,
+        Err(e) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &e.message,
+            );
+        }
+    };
+    let (rows, more) = match entries_after(&reader, &selection, query.after, PAGE).await {
+        Ok(found) => found,
+        Err(error) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &error,
+            );
+        }
+    };
+    let last = rows.last().map_or(query.after, |r| r.seq);
+    let mut context = base(&state, &session);
+    context.insert("rows".into(), json!(rows));
+    context.insert("filters".into(), json!(query));
+    context.insert(
+        "tenant_fixed".into(),
+        session.who.tenant().map(ToString::to_string).into(),
+    );
+    context.insert(
+        "next".into(),
+        more.then(|| format!("/ui/dlq?{}", query.with_after(last)))
+            .into(),
+    );
+    context.insert(
+        "first".into(),
+        (query.after > 0)
+            .then(|| format!("/ui/dlq?{}", query.with_after(0)))
+            .into(),
+    );
+    context.insert(
+        "live".into(),
+        (!more)
+            .then(|| format!("/ui/dlq/live?{}", query.with_after(last)))
+            .into(),
+    );
+    context.insert(
+        "replay_tenant".into(),
+        selection.tenant.as_ref().map(ToString::to_string).into(),
+    );
+    context.insert("codes".into(), json!(code_names()));
+    page(&state, StatusCode::OK, "dlq.html", Value::Object(context))
+}
+
+fn code_names() -> Vec<&'static str> {
+    switchyard_dlq::DlqCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect()
+}
+
+/// `GET /ui/dlq/live`: entries stored after the cursor as they come (event `entry`, one row
+/// each).
+pub async fn dlq_live(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<DlqQuery>,
+) -> Response {
+    let Ok(session) = session(&state, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let Ok(selection) = query.selection(&session.who) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Ok(reader) = state.api.dlq().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let events = futures::stream::unfold(
+        (reader, selection, query.after, Vec::<Event>::new()),
+        |(reader, selection, mut after, mut queued)| async move {
+            loop {
+                if let Some(event) = queued.pop() {
+                    return Some((Ok(event), (reader, selection, after, queued)));
+                }
+                tokio::time::sleep(TAIL_EVERY).await;
+                if let Ok((rows, _)) = entries_after(&reader, &selection, after, PAGE).await {
+                    for row in rows.iter().rev() {
+                        queued.push(
+                            Event::default()
+                                .event("entry")
+                                .id(row.seq.to_string())
+                                .data(serde_json::to_string(row).unwrap_or_default()),
+                        );
+                    }
+                    after = rows.last().map_or(after, |r| r.seq);
+                }
+            }
+        },
+    );
+    live(&state, events)
+}
+
+/// The payload of an entry's JSON view in the forms the page shows.
+fn payload_forms(view: &Value) -> Value {
+    let payload = &view["payload"];
+    let bytes: Vec<u8> = match payload["encoding"].as_str() {
+        Some("utf8") => payload["data"]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec(),
+        Some("base64") => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(payload["data"].as_str().unwrap_or_default())
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let text = std::str::from_utf8(&bytes).ok().map(str::to_owned);
+    let pretty = text
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| serde_json::to_string_pretty(&v).ok());
+    let hex: Vec<String> = bytes[..bytes.len().min(HEX_BYTES)]
+        .chunks(16)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{:08x}  {}", i * 16, hex.join(" "))
+        })
+        .collect();
+    json!({
+        "bytes": bytes.len(),
+        "text": text,
+        "json": pretty,
+        "hex": hex.join("\n"),
+        "hex_cut": bytes.len() > HEX_BYTES,
+    })
+}
+
+/// `GET /ui/dlq/{seq}`: one entry.
+pub async fn entry(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(seq): Path<String>,
+) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let not_found = || {
+        message(
+            &state,
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such DLQ entry (it may have been replayed or purged).",
+        )
+    };
+    let Ok(seq) = seq.parse::<u64>() else {
+        return not_found();
+    };
+    let Ok(reader) = state.api.dlq().await else {
+        return message(
+            &state,
+            Some(&session),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "the DLQ cannot be read now",
+        );
+    };
+    let Ok(Some(message_)) = reader.get(seq).await else {
+        return not_found();
+    };
+    let Ok(entry) = reader.entry_of(&message_) else {
+        return not_found();
+    };
+    if let Some(own) = session.who.tenant()
+        && entry.record.tenant.as_ref() != Some(own)
+    {
+        return not_found();
+    }
+    let keys = state
+        .api
+        .data_keys
+        .as_deref()
+        .map(|(store, ring)| (store, ring));
+    let sealed = show::unseal(&entry, keys).await;
+    let Ok(view) = show::json_view(&entry, &sealed) else {
+        return not_found();
+    };
+    let mut context = base(&state, &session);
+    context.insert("payload".into(), payload_forms(&view));
+    context.insert("row".into(), json!(row_of(&entry)));
+    context.insert("entry".into(), view);
+    context.insert(
+        "replayable".into(),
+        switchyard_dlq_ops::plan_replay(reader.namespace(), &entry)
+            .is_ok()
+            .into(),
+    );
+    page(&state, StatusCode::OK, "entry.html", Value::Object(context))
+}
+
+/// The replay form: a tenant's entries, listed (`seq`) or by code, a dry run until confirmed.
+#[derive(Debug, Deserialize)]
+pub struct ReplayForm {
+    csrf: String,
+    tenant: String,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    rate: Option<u32>,
+    /// `yes` once the operator saw the dry run.
+    #[serde(default)]
+    confirm: String,
+    /// The dry run's highest sequence: a confirmed replay takes nothing stored after it.
+    #[serde(default)]
+    through: Option<u64>,
+}
+
+/// `POST /ui/dlq/replay`: without `confirm`, what would be replayed; with it, the job.
+pub async fn replay(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    if let Err(refused) = csrf(&state, &session, &form.csrf) {
+        return refused;
+    }
+    let refuse =
+        |status, text: &str| message(&state, Some(&session), status, "Replay refused", text);
+    let Ok(tenant) = form.tenant.trim().parse::<TenantId>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Choose a tenant first: a replay covers one tenant's entries.",
+        );
+    };
+    if session.who.tenant().is_some_and(|own| *own != tenant) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This portal replays its own tenant's entries only.",
+        );
+    }
+    let code = (!form.code.trim().is_empty()).then(|| form.code.trim().to_owned());
+    let selection = match crate::api::dlq::dlq_selection(&tenant, code.as_ref(), None) {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.message),
+    };
+    let listed: Vec<u64> = form.seq.into_iter().collect();
+    let reader = match state.api.dlq().await {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.message),
+    };
+    let matched = match matching(&reader, &tenant, &selection, &listed, 10_001).await {
+        Ok(m) => m,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.message),
+    };
+    let through = matched.seqs.iter().copied().max().unwrap_or(0);
+    if form.confirm != "yes" {
+        let mut context = base(&state, &session);
+        context.insert("tenant".into(), tenant.to_string().into());
+        context.insert("code".into(), code.clone().into());
+        context.insert("seq".into(), form.seq.into());
+        context.insert("rate".into(), form.rate.unwrap_or(100).into());
+        context.insert("matched".into(), matched.seqs.len().into());
+        context.insert(
+            "shown".into(),
+            json!(matched.seqs.iter().take(20).collect::<Vec<_>>()),
+        );
+        context.insert("through".into(), through.into());
+        return page(
+            &state,
+            StatusCode::OK,
+            "replay.html",
+            Value::Object(context),
+        );
+    }
+    // Confirmed: exactly what the dry run saw, nothing stored after it.
+    let seqs: Vec<u64> = matched
+        .seqs
+        .into_iter()
+        .filter(|s| form.through.is_none_or(|t| *s <= t))
+        .collect();
+    let request = ReplayRequest {
+        seqs,
+        rate: form.rate,
+        ..ReplayRequest::default()
+    };
+    match start_replay(&state.api, &tenant, request).await {
+        Ok(job) => see_other(&format!("/ui/jobs/{}", job.id)),
+        Err(e) => refuse(e.status, &e.message),
+    }
+}
+
+/// A job as its page and live stream show it.
+fn job_json(job: &JobRecord) -> Value {
+    let p = &job.progress;
+    let total = job.spec.total.max(1);
+    json!({
+        "id": job.id,
+        "state": job.state.to_string(),
+        "finished": job.state.is_finished(),
+        "total": job.spec.total,
+        "handled": p.handled,
+        "replayed": p.replayed,
+        "kept": p.kept.values().sum::<u64>(),
+        "kept_by": p.kept,
+        "missing": p.missing,
+        "pct": (p.handled.min(job.spec.total) * 100 / total),
+        "selection": job.spec.selection.describe(),
+        "rate": job.spec.rate,
+        "error": job.error,
+    })
+}
+
+/// The job, when the session may see it.
+async fn visible_job(state: &ConsoleState, who: &Who, id: &str) -> Option<JobRecord> {
+    let principal = match who {
+        Who::Operator => crate::api::auth::Principal::Operator,
+        Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
+    };
+    match state.api.jobs.get(id).await {
+        Ok(Some((job, _))) if visible(&principal, &job) => Some(job),
+        _ => None,
+    }
+}
+
+/// `GET /ui/jobs/{job}`.
+pub async fn job(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let Some(job) = visible_job(&state, &session.who, &id).await else {
+        return message(
+            &state,
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such job.",
+        );
+    };
+    let mut context = base(&state, &session);
+    context.insert("job".into(), job_json(&job));
+    page(&state, StatusCode::OK, "job.html", Value::Object(context))
+}
+
+/// `GET /ui/jobs/{job}/live`: the job every 500 ms (event `job`) until it is finished.
+pub async fn job_live(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(session) = session(&state, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    if visible_job(&state, &session.who, &id).await.is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let inner = state.clone();
+    let events = futures::stream::unfold(Some(()), move |go| {
+        let state = inner.clone();
+        let who = session.who.clone();
+        let id = id.clone();
+        async move {
+            go?;
+            tokio::time::sleep(JOB_EVERY).await;
+            let job = visible_job(&state, &who, &id).await?;
+            let finished = job.state.is_finished();
+            let event = Event::default()
+                .event("job")
+                .data(job_json(&job).to_string());
+            Some((Ok(event), (!finished).then_some(())))
+        }
+    });
+    live(&state, events)
+}
+
+/// `POST /ui/jobs/{job}/cancel`.
+pub async fn cancel(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session(&state, &headers) {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    if let Err(refused) = csrf(&state, &session, &form.csrf) {
+        return refused;
+    }
+    let principal = match &session.who {
+        Who::Operator => crate::api::auth::Principal::Operator,
+        Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
+    };
+    let _ = jobs::cancel_job(&state.api.jobs, &id, |record| visible(&principal, record)).await;
+    see_other(&format!("/ui/jobs/{id}"))
+}
