@@ -2,7 +2,7 @@
 # Runs Switchyard locally on the embedded default, no Docker: the pinned nats-server (installed
 # into .tools/ by the project itself) with nats/server/single.conf and a store in .run/,
 # provisioning, a demo tenant and route, the services (ingress, idempotency, backpressure,
-# egress, dlq) and a demo
+# egress, dlq), the management API with the web console, and a demo
 # webhook sink. Logs go to .run/*.log. Ctrl-C stops everything; the store is kept.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +18,7 @@ mkdir -p "$RUN_DIR"
 # Every port this run listens on (the services' are fixed: 9101-9105 and ingress's probes on
 # 9111). One already taken means another run (or another program) holds it: stop before
 # anything, so its logs and store are left alone.
-for port in "$NATS_PORT" "$NATS_MONITOR_PORT" "$SINK_PORT" 9101 9102 9103 9104 9105 9111; do
+for port in "$NATS_PORT" "$NATS_MONITOR_PORT" "$SINK_PORT" 9101 9102 9103 9104 9105 9106 9111; do
   if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
     exec 3<&-
     echo "port $port is already in use (is another \`make run\` running?); stop it first," >&2
@@ -86,6 +86,17 @@ for svc in ingress:9111 idempotency:9102 backpressure:9103 egress:9104 dlq:9105;
   wait_http "$port" /readyz "$name"
 done
 
+# The management API and the web console (/ui), with an operator token made for this run
+# (kept in .run/, readable by its owner only).
+token_file="$RUN_DIR/operator-token"
+if [ ! -s "$token_file" ]; then
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file")
+fi
+"$bin/switchyard" --server "$url" api serve --listen 127.0.0.1:9106 \
+  --operator-token-file "$token_file" >"$RUN_DIR/api.log" 2>&1 &
+pids+=($!)
+wait_http 9106 /readyz api
+
 cat <<MSG
 
 Switchyard is running:
@@ -96,6 +107,7 @@ Switchyard is running:
   backpressure  http://127.0.0.1:9103/metrics
   egress        http://127.0.0.1:9104/metrics
   dlq           http://127.0.0.1:9105/metrics  (safety net, replay jobs, stats, alerts)
+  api, console  http://127.0.0.1:9106/ui  (log in with the token in $token_file)
   demo sink     http://127.0.0.1:$SINK_PORT  (prints deliveries to $RUN_DIR/demo-sink.log)
   tenant "demo", route demo/_/webhook → the demo sink
 

@@ -195,3 +195,207 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
     let _ = dlq_task.await;
     p.stop().await;
 }
+
+/// The value of the hidden `csrf` field on the browser's page.
+async fn page_csrf(browser: &Browser) -> String {
+    browser
+        .client()
+        .find(fantoccini::Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() {
+    let p = Pipeline::start(&["acme", "globex"]).await;
+    for tenant in ["acme", "globex"] {
+        p.route(tenant, None, "hooks", "down").await;
+    }
+    p.sink.answer("down", 400);
+    let base = serve_api(&p).await;
+    p.publish("acme", "ops", "hooks", "a-1", b"acme's order")
+        .await;
+    p.publish("globex", "ops", "hooks", "g-1", b"globex's secret order")
+        .await;
+    let dlq = wait_for("both dead letters", DEADLINE, || async {
+        let entries = p.dlq().await;
+        (entries.len() == 2).then_some(entries)
+    })
+    .await;
+    let seq_of = |tenant: &str| {
+        dlq.iter()
+            .find(|e| {
+                e.record
+                    .tenant
+                    .as_ref()
+                    .is_some_and(|t| t.as_str() == tenant)
+            })
+            .unwrap()
+            .seq
+    };
+    let globex_seq = seq_of("globex");
+    // A job over globex's entries (a dry run), made by the operator through the API.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let job: serde_json::Value = http
+        .post(format!("{base}/v1/tenants/globex/dlq/replay"))
+        .bearer_auth(OPERATOR)
+        .json(&serde_json::json!({"dry_run": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let globex_job = job["id"].as_str().unwrap().to_owned();
+
+    // A link that does not verify, or has expired, opens nothing.
+    let keys = switchyard_cli::console::Keys::new(OPERATOR);
+    let acme: switchyard_keys::TenantId = "acme".parse().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for bad in [
+        keys.link(&acme, now - 1),
+        switchyard_cli::console::Keys::new(&OPERATOR.replace('0', "1")).link(&acme, now + 600),
+        "garbage".to_owned(),
+    ] {
+        let answer = http
+            .get(format!("{base}/ui/portal?token={bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401);
+        assert!(answer.headers().get("set-cookie").is_none());
+    }
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!(
+            "{base}/ui/portal?token={}",
+            keys.link(&acme, now + 600)
+        ))
+        .await;
+    browser.wait_for_text("h1", "Tenant acme", DEADLINE).await;
+    browser.wait_for_text("#tenants", "acme", DEADLINE).await;
+    browser.goto(&format!("{base}/ui/dlq")).await;
+    browser
+        .wait_for_text("#entries tbody", "permanent_failure", DEADLINE)
+        .await;
+    let source = browser.client().source().await.unwrap();
+    assert!(
+        !source.contains("globex"),
+        "the portal shows another tenant: {source}"
+    );
+    browser.screenshot(&shot("portal-dlq")).await;
+    let csrf = page_csrf(&browser).await;
+    let cookie = browser
+        .client()
+        .get_named_cookie("sy_session")
+        .await
+        .unwrap();
+    let cookie = format!("sy_session={}", cookie.value());
+
+    // Every page, stream and form of the portal, asked for globex's things: nothing of them.
+    let get = |path: String| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        let base = base.clone();
+        async move {
+            let answer = http
+                .get(format!("{base}{path}"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.text().await.unwrap_or_default())
+        }
+    };
+    for (path, status) in [
+        ("/ui/dlq?tenant=globex".to_owned(), 400),
+        (format!("/ui/dlq/{globex_seq}"), 404),
+        ("/ui/dlq/live?tenant=globex".to_owned(), 400),
+        (format!("/ui/jobs/{globex_job}"), 404),
+        (format!("/ui/jobs/{globex_job}/live"), 404),
+    ] {
+        let (got, body) = get(path.clone()).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(!body.contains("globex's secret"), "{path}: {body}");
+    }
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        let base = base.clone();
+        async move {
+            let answer = http
+                .post(format!("{base}{path}"))
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(
+                    form.iter()
+                        .map(|(k, v)| {
+                            format!(
+                                "{k}={}",
+                                url::form_urlencoded::byte_serialize(v.as_bytes())
+                                    .collect::<String>()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("&"),
+                )
+                .send()
+                .await
+                .unwrap();
+            answer.status().as_u16()
+        }
+    };
+    let replay = post(
+        "/ui/dlq/replay".to_owned(),
+        vec![("csrf", csrf.clone()), ("tenant", "globex".to_owned())],
+    )
+    .await;
+    assert_eq!(replay, 403);
+    post(
+        format!("/ui/jobs/{globex_job}/cancel"),
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    let job: serde_json::Value = http
+        .get(format!("{base}/v1/jobs/{globex_job}"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(job["job"]["state"], "cancelled", "{job}");
+    // A form without the session's token is refused.
+    let forged = post(
+        "/ui/dlq/replay".to_owned(),
+        vec![("csrf", "forged".to_owned()), ("tenant", "acme".to_owned())],
+    )
+    .await;
+    assert_eq!(forged, 403);
+    // The live overview carries acme's row alone.
+    let mut live = http
+        .get(format!("{base}/ui/overview/live"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    let first = live.chunk().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(
+        first.contains("\"tenant\":\"acme\"") && !first.contains("globex"),
+        "{first}"
+    );
+
+    browser.close().await;
+    p.stop().await;
+}
