@@ -7,6 +7,7 @@
 //! print a summary. `--replicas` runs several processes per stage, `--cluster` a 3-node
 //! cluster with R3 streams, `--fairness` the fairness run between tenants ([`fairness`]).
 
+mod console;
 mod fairness;
 mod pipeline;
 mod reference;
@@ -72,6 +73,10 @@ pub struct Args {
     /// Directory of the service binaries (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Measure the web console's DLQ page instead, with this many DLQ entries stored (e.g.
+    /// 100000), and the console process's memory (`switchyard` is started from --bin-dir).
+    #[arg(long, value_name = "ENTRIES")]
+    pub console_dlq: Option<u64>,
     /// Measure fairness between tenants instead (a quiet tenant alone, during another's flood,
     /// and while a third's sink is slow).
     #[arg(long)]
@@ -167,6 +172,9 @@ async fn compare(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(entries) = args.console_dlq {
+        return console::run(entries, args.bin_dir.clone()).await;
+    }
     if args.fairness {
         let servers = Servers::start(args.cluster).await;
         print!("{}", fairness::run(&servers, &args).await?);

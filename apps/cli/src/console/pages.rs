@@ -586,14 +586,29 @@ fn row_of(entry: &switchyard_dlq::DlqEntry) -> EntryRow {
     }
 }
 
-/// Up to `limit` entries the selection matches after DLQ sequence `after`, oldest first, and
-/// whether more are stored. Reads from `after + 1` on (never the whole stream).
+/// The most DLQ messages one page reads to fill itself: with a filter the subjects cannot
+/// express (a code, a time range), a page that found too few in this many ends early with a
+/// cursor to read on from, so no request reads the whole stream.
+const SCAN_LIMIT: usize = 5_000;
+
+/// A page of entries.
+struct Found {
+    /// The entries, oldest first.
+    rows: Vec<EntryRow>,
+    /// Whether more may follow (matching entries stored, or the scan stopped early).
+    more: bool,
+    /// Where the next page starts reading: the last sequence read.
+    cursor: u64,
+}
+
+/// Up to `limit` entries the selection matches after DLQ sequence `after`, oldest first,
+/// reading from `after + 1` on and at most [`SCAN_LIMIT`] messages (never the whole stream).
 async fn entries_after(
     reader: &DlqReader,
     selection: &Selection,
     after: u64,
     limit: usize,
-) -> Result<(Vec<EntryRow>, bool), String> {
+) -> Result<Found, String> {
     let start = if after == 0 {
         selection.start()
     } else {
@@ -603,17 +618,28 @@ async fn entries_after(
     };
     let mut read = reader.catch_up(selection.subject_filter(reader.namespace()), start);
     let mut rows = Vec::new();
+    let (mut scanned, mut cursor) = (0, after);
     while let Some((_, delivered)) = read.next().await.map_err(|e| e.to_string())? {
+        scanned += 1;
+        cursor = delivered.seq;
         if let Ok(entry) = &delivered.entry
             && selection.matches(entry)
         {
             rows.push(row_of(entry));
-            if rows.len() >= limit {
-                return Ok((rows, delivered.pending > 0));
-            }
+        }
+        if rows.len() >= limit || scanned >= SCAN_LIMIT {
+            return Ok(Found {
+                rows,
+                more: delivered.pending > 0,
+                cursor,
+            });
         }
     }
-    Ok((rows, false))
+    Ok(Found {
+        rows,
+        more: false,
+        cursor,
+    })
 }
 
 /// `GET /ui/dlq`: a page of entries after the cursor, the filters, and the live tail on the
@@ -651,19 +677,20 @@ pub async fn dlq(
             );
         }
     };
-    let (rows, more) = match entries_after(&reader, &selection, query.after, PAGE).await {
-        Ok(found) => found,
-        Err(error) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                &error,
-            );
-        }
-    };
-    let last = rows.last().map_or(query.after, |r| r.seq);
+    let Found { rows, more, cursor } =
+        match entries_after(&reader, &selection, query.after, PAGE).await {
+            Ok(found) => found,
+            Err(error) => {
+                return message(
+                    &state,
+                    Some(&session),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    &error,
+                );
+            }
+        };
+    let last = cursor;
     let mut context = base(&state, &session);
     context.insert("rows".into(), json!(rows));
     context.insert("filters".into(), json!(query));
@@ -693,6 +720,7 @@ pub async fn dlq(
         selection.tenant.as_ref().map(ToString::to_string).into(),
     );
     context.insert("codes".into(), json!(code_names()));
+    context.insert("cursor".into(), cursor.into());
     page(&state, StatusCode::OK, "dlq.html", Value::Object(context))
 }
 
@@ -727,8 +755,8 @@ pub async fn dlq_live(
                     return Some((Ok(event), (reader, selection, after, queued)));
                 }
                 tokio::time::sleep(TAIL_EVERY).await;
-                if let Ok((rows, _)) = entries_after(&reader, &selection, after, PAGE).await {
-                    for row in rows.iter().rev() {
+                if let Ok(found) = entries_after(&reader, &selection, after, PAGE).await {
+                    for row in found.rows.iter().rev() {
                         queued.push(
                             Event::default()
                                 .event("entry")
@@ -736,7 +764,7 @@ pub async fn dlq_live(
                                 .data(serde_json::to_string(row).unwrap_or_default()),
                         );
                     }
-                    after = rows.last().map_or(after, |r| r.seq);
+                    after = found.cursor;
                 }
             }
         },
