@@ -280,6 +280,12 @@ mod tests {
             let config = EgressConfig::load(None).map_err(|e| e.to_string())?;
             assert_eq!(config.encryption.kek_file, None);
             jail.create_file("kek", &"cd".repeat(32))?;
+            {
+                // A KEK file readable by others is refused: owner only, as deployed.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions("kek", std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
+            }
             jail.set_env("SWITCHYARD_EGRESS_ENCRYPTION__KEK_FILE", "kek");
             let config = EgressConfig::load(None).map_err(|e| e.to_string())?;
             assert!(config.encryption.load_ring().unwrap().is_some());

@@ -422,6 +422,12 @@ mod tests {
         Jail::expect_with(|jail| {
             assert_eq!(defaults().encryption.kek_file, None);
             jail.create_file("kek", &"ab".repeat(32))?;
+            {
+                // A KEK file readable by others is refused: owner only, as deployed.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions("kek", std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
+            }
             jail.set_env("SWITCHYARD_INGRESS_ENCRYPTION__KEK_FILE", "kek");
             let config = IngressConfig::load(None).unwrap();
             assert_eq!(
