@@ -396,6 +396,130 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         "{first}"
     );
 
+    // A confirmed replay whose entries are gone starts no job (it never widens to the tenant's
+    // whole DLQ); a cursor past every sequence is an empty page; unknown pages and job ids are
+    // "not found", with the console's headers.
+    let job_count = || {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}/v1/jobs"))
+                .bearer_auth(OPERATOR)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<serde_json::Value>>()
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let jobs_before = job_count().await;
+    let stale = post(
+        "/ui/dlq/replay".to_owned(),
+        vec![
+            ("csrf", csrf.clone()),
+            ("tenant", "acme".to_owned()),
+            ("seq", globex_seq.to_string()),
+            ("confirm", "yes".to_owned()),
+            ("through", "0".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(stale, 422);
+    assert_eq!(job_count().await, jobs_before, "no job started");
+    assert_eq!(get(format!("/ui/dlq?after={}", u64::MAX)).await.0, 200);
+    for path in ["/ui/nope", "/ui/dlq/1/x"] {
+        let answer = http
+            .get(format!("{base}{path}"))
+            .header("cookie", cookie.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+        assert!(
+            answer.headers().contains_key("content-security-policy"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        post(
+            "/ui/jobs/x%0d%0ay/cancel".to_owned(),
+            vec![("csrf", csrf.clone())]
+        )
+        .await,
+        404
+    );
+    // A link never replaces the session a browser has.
+    let again = http
+        .get(format!(
+            "{base}/ui/portal?token={}",
+            keys.link(&acme, now + 600)
+        ))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+
+    // Logging out ends the live streams the session had open.
+    assert_eq!(
+        post("/ui/logout".to_owned(), vec![("csrf", csrf.clone())]).await,
+        303
+    );
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(_)) = live.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the live stream outlived its session");
+    assert_eq!(get("/ui/overview".to_owned()).await.0, 303);
+
+    // Disabling the tenant ends its portal sessions.
+    let fresh = http
+        .get(format!(
+            "{base}/ui/portal?token={}",
+            keys.link(&acme, now + 600)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 303);
+    let fresh_cookie = fresh
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("sy_session="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let overview = |cookie: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}/ui/overview"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(overview(fresh_cookie.clone()).await, 200);
+    let disabled = http
+        .post(format!("{base}/v1/tenants/acme/disable"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(disabled.is_success(), "{disabled}");
+    wait_for("the portal session to end", DEADLINE, || async {
+        (overview(fresh_cookie.clone()).await == 303).then_some(())
+    })
+    .await;
+
     browser.close().await;
     p.stop().await;
 }

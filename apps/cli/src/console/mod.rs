@@ -33,6 +33,10 @@ pub use session::{Keys, Session, Who};
 
 /// DLQ entries a page shows.
 pub const PAGE: usize = 50;
+/// Live streams open at once, over every session (each polls NATS).
+pub const MAX_LIVE: usize = 64;
+/// The largest form body, in bytes.
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// What the console keeps: its templates and keys.
 pub struct Console {
@@ -44,6 +48,8 @@ pub struct Console {
     /// Ends live streams on shutdown (an open event stream would otherwise hold the server's
     /// graceful shutdown for ever).
     pub stop: CancellationToken,
+    /// Slots for live streams ([`MAX_LIVE`]).
+    pub live_slots: Arc<tokio::sync::Semaphore>,
 }
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -79,6 +85,7 @@ impl Console {
             keys: Keys::new(operator_token),
             secure_cookies,
             stop,
+            live_slots: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE)),
         }
     }
 
@@ -129,9 +136,15 @@ async fn secure_headers(mut response: axum::response::Response) -> axum::respons
 
 /// The console's routes (under `/ui`), with the API's state.
 pub fn router(state: ConsoleState) -> Router {
-    use axum::routing::{get, post};
+    use axum::routing::{any, get, post};
     use pages::*;
+    // Forms: a session checked before the body is read, and a small body.
+    let forms = Router::new().layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        posted_in_session,
+    ));
     Router::new()
+        .merge(forms)
         .route("/ui", get(home))
         .route("/ui/", get(home))
         .route("/ui/login", get(login_form).post(login))
@@ -148,7 +161,12 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/ui/jobs/{job}/cancel", post(cancel))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))
+        .route("/ui/{*rest}", any(not_found))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(secure_headers))
+        .layer(axum::middleware::from_fn(
+            crate::api::middleware::access_log,
+        ))
         .with_state(state)
 }
 

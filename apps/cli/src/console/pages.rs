@@ -88,6 +88,7 @@ fn page(state: &ConsoleState, status: StatusCode, template: &str, context: Value
 /// The common context of a page shown in a session.
 fn base(state: &ConsoleState, session: &Session) -> serde_json::Map<String, Value> {
     let mut context = serde_json::Map::new();
+    context.insert("session".into(), true.into());
     context.insert("csrf".into(), state.console.keys.csrf(session).into());
     context.insert(
         "who".into(),
@@ -117,12 +118,30 @@ fn message(
     page(state, status, "message.html", Value::Object(context))
 }
 
+/// The session a cookie value names, when it is valid now: signed, not expired, not logged
+/// out, and for a portal session, its tenant still enabled (checked on every request, so
+/// disabling a tenant ends its portal sessions).
+async fn live_session(state: &ConsoleState, cookie: &str) -> Option<Session> {
+    let session = state.console.keys.session(cookie, now())?;
+    if let Some(tenant) = session.who.tenant() {
+        let key = switchyard_keys::TenantKey {
+            tenant: tenant.clone(),
+        };
+        match state.api.tenants.get(&key).await {
+            Ok(Some(record)) if record.enabled => {}
+            _ => return None,
+        }
+    }
+    Some(session)
+}
+
 /// The request's session, or a redirect to the login form.
-#[allow(clippy::result_large_err, reason = "the error is the answer itself")]
-fn session(state: &ConsoleState, headers: &HeaderMap) -> Result<Session, Response> {
-    cookie(headers, SESSION_COOKIE)
-        .and_then(|c| state.console.keys.session(&c, now()))
-        .ok_or_else(|| see_other("/ui/login"))
+async fn session(state: &ConsoleState, headers: &HeaderMap) -> Result<Session, Response> {
+    match cookie(headers, SESSION_COOKIE) {
+        Some(c) => live_session(state, &c).await,
+        None => None,
+    }
+    .ok_or_else(|| see_other("/ui/login"))
 }
 
 /// Checks a form's CSRF token against the session.
@@ -139,6 +158,34 @@ fn csrf(state: &ConsoleState, session: &Session, given: &str) -> Result<(), Resp
             "The form's security token does not match this session: reload the page and try \
              again.",
         ))
+    }
+}
+
+/// Any other path under `/ui`: not found (with the console's headers).
+pub async fn not_found(State(state): State<ConsoleState>) -> Response {
+    message(
+        &state,
+        None,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such page.",
+    )
+}
+
+/// Before a form's body is read: a request without a valid session cookie is sent to the
+/// login form (as the API answers `401` before reading a body).
+pub async fn posted_in_session(
+    State(state): State<ConsoleState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let valid = cookie(request.headers(), SESSION_COOKIE)
+        .and_then(|c| state.console.keys.session(&c, now()))
+        .is_some();
+    if valid {
+        next.run(request).await
+    } else {
+        see_other("/ui/login")
     }
 }
 
@@ -259,14 +306,14 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
     if let Err(refused) = csrf(&state, &session, &form.csrf) {
         return refused;
     }
-    state.console.keys.revoke(&session.sid);
+    state.console.keys.revoke(&session, now());
     let mut response = see_other("/ui/login?out=1");
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -282,7 +329,11 @@ pub struct PortalQuery {
 }
 
 /// `GET /ui/portal?token=…`: a tenant's portal link for a session of that tenant.
-pub async fn portal(State(state): State<ConsoleState>, Query(q): Query<PortalQuery>) -> Response {
+pub async fn portal(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<PortalQuery>,
+) -> Response {
     let refused = || {
         message(
             &state,
@@ -305,6 +356,17 @@ pub async fn portal(State(state): State<ConsoleState>, Query(q): Query<PortalQue
     match state.api.tenants.get(&key).await {
         Ok(Some(record)) if record.enabled => {}
         _ => return refused(),
+    }
+    // A link never replaces a session the browser has (someone could send the operator a
+    // link that quietly turns their browser into a tenant's portal).
+    if let Ok(current) = session(&state, &headers).await {
+        return message(
+            &state,
+            Some(&current),
+            StatusCode::CONFLICT,
+            "Already logged in",
+            "This browser has a console session: log out first to open a portal link.",
+        );
     }
     let (value, _) = state.console.keys.issue(&Who::Tenant(tenant), now());
     let mut response = see_other("/ui/overview");
@@ -392,7 +454,7 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
 
 /// `GET /ui/overview`.
 pub async fn overview(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
@@ -418,13 +480,34 @@ pub async fn overview(State(state): State<ConsoleState>, headers: HeaderMap) -> 
     )
 }
 
-/// An event stream that ends on shutdown, with keep-alives.
+/// An event stream that ends on shutdown, and as soon as its session does (logged out,
+/// expired, its tenant disabled: checked before every event), with keep-alives; at most
+/// [`super::MAX_LIVE`] streams are open at once (`503` past them).
 fn live(
     state: &ConsoleState,
+    headers: &HeaderMap,
     events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
 ) -> Response {
+    let Ok(permit) = state.console.live_slots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live streams open",
+        )
+            .into_response();
+    };
+    let cookie = cookie(headers, SESSION_COOKIE).unwrap_or_default();
+    let checker = state.clone();
+    let events = events.take_while(move |_| {
+        let (state, cookie) = (checker.clone(), cookie.clone());
+        async move { live_session(&state, &cookie).await.is_some() }
+    });
     let stop = state.console.stop.clone().cancelled_owned();
-    let mut response = Sse::new(events.take_until(stop))
+    let events = events.take_until(stop).map(move |event| {
+        // The slot is held as long as the stream is.
+        let _held = &permit;
+        event
+    });
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
     response
@@ -435,7 +518,7 @@ fn live(
 
 /// `GET /ui/overview/live`: the overview's rows every 2 s (event `tenants`).
 pub async fn overview_live(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
     };
@@ -456,7 +539,7 @@ pub async fn overview_live(State(state): State<ConsoleState>, headers: HeaderMap
             Some((Ok(event), false))
         }
     });
-    live(&state, events)
+    live(&state, &headers, events)
 }
 
 /// The DLQ browser's filters (query parameters; empty ones are no filter).
@@ -611,6 +694,13 @@ async fn entries_after(
 ) -> Result<Found, String> {
     let start = if after == 0 {
         selection.start()
+    } else if after == u64::MAX {
+        // Nothing can follow the last sequence there is.
+        return Ok(Found {
+            rows: Vec::new(),
+            more: false,
+            cursor: after,
+        });
     } else {
         async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
             start_sequence: after + 1,
@@ -649,7 +739,7 @@ pub async fn dlq(
     headers: HeaderMap,
     Query(query): Query<DlqQuery>,
 ) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
@@ -738,7 +828,7 @@ pub async fn dlq_live(
     headers: HeaderMap,
     Query(query): Query<DlqQuery>,
 ) -> Response {
-    let Ok(session) = session(&state, &headers) else {
+    let Ok(session) = session(&state, &headers).await else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let Ok(selection) = query.selection(&session.who) else {
@@ -769,7 +859,7 @@ pub async fn dlq_live(
             }
         },
     );
-    live(&state, events)
+    live(&state, &headers, events)
 }
 
 /// The payload of an entry's JSON view in the forms the page shows.
@@ -817,7 +907,7 @@ pub async fn entry(
     headers: HeaderMap,
     Path(seq): Path<String>,
 ) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
@@ -900,7 +990,7 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
@@ -955,12 +1045,19 @@ pub async fn replay(
             Value::Object(context),
         );
     }
-    // Confirmed: exactly what the dry run saw, nothing stored after it.
+    // Confirmed: exactly what the dry run saw, nothing stored after it; and always as a list
+    // (an empty list would mean every entry of the tenant to the API).
     let seqs: Vec<u64> = matched
         .seqs
         .into_iter()
-        .filter(|s| form.through.is_none_or(|t| *s <= t))
+        .filter(|s| form.through.is_some_and(|t| *s <= t))
         .collect();
+    if seqs.is_empty() {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Nothing matches any more (replayed or purged meanwhile): no job was started.",
+        );
+    }
     let request = ReplayRequest {
         seqs,
         rate: form.rate,
@@ -993,8 +1090,16 @@ fn job_json(job: &JobRecord) -> Value {
     })
 }
 
+/// Whether `id` has the shape of a job id (a UUID: hex digits and dashes).
+fn job_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 /// The job, when the session may see it.
 async fn visible_job(state: &ConsoleState, who: &Who, id: &str) -> Option<JobRecord> {
+    if !job_id_ok(id) {
+        return None;
+    }
     let principal = match who {
         Who::Operator => crate::api::auth::Principal::Operator,
         Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
@@ -1011,7 +1116,7 @@ pub async fn job(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
@@ -1035,7 +1140,7 @@ pub async fn job_live(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Ok(session) = session(&state, &headers) else {
+    let Ok(session) = session(&state, &headers).await else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     if visible_job(&state, &session.who, &id).await.is_none() {
@@ -1057,7 +1162,7 @@ pub async fn job_live(
             Some((Ok(event), (!finished).then_some(())))
         }
     });
-    live(&state, events)
+    live(&state, &headers, events)
 }
 
 /// `POST /ui/jobs/{job}/cancel`.
@@ -1067,7 +1172,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session(&state, &headers) {
+    let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
     };
@@ -1078,6 +1183,15 @@ pub async fn cancel(
         Who::Operator => crate::api::auth::Principal::Operator,
         Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
     };
+    if !job_id_ok(&id) {
+        return message(
+            &state,
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such job.",
+        );
+    }
     let _ = jobs::cancel_job(&state.api.jobs, &id, |record| visible(&principal, record)).await;
     see_other(&format!("/ui/jobs/{id}"))
 }

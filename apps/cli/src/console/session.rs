@@ -14,7 +14,7 @@
 //!
 //! Tags are compared in constant time (`Mac::verify_slice`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use base64::Engine;
@@ -99,7 +99,8 @@ pub struct Session {
 pub struct Keys {
     session: Vec<u8>,
     portal: Vec<u8>,
-    revoked: Mutex<HashSet<String>>,
+    /// Logged-out session ids, with when each would have expired (pruned once past it).
+    revoked: Mutex<HashMap<String, i64>>,
 }
 
 fn derive(secret: &str, label: &str) -> Vec<u8> {
@@ -141,7 +142,7 @@ impl Keys {
         Self {
             session: derive(operator_token, "switchyard/console/session/v1"),
             portal: derive(operator_token, "switchyard/console/portal/v1"),
-            revoked: Mutex::new(HashSet::new()),
+            revoked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -174,7 +175,7 @@ impl Keys {
         if claims.exp <= now {
             return None;
         }
-        if self.revoked.lock().ok()?.contains(&claims.sid) {
+        if self.revoked.lock().ok()?.contains_key(&claims.sid) {
             return None;
         }
         Some(Session {
@@ -184,10 +185,12 @@ impl Keys {
         })
     }
 
-    /// Ends a session in this process (logout).
-    pub fn revoke(&self, sid: &str) {
+    /// Ends a session in this process (logout); ids of sessions that have expired anyway are
+    /// forgotten, so the list stays as long as the sessions logged out within 8 hours.
+    pub fn revoke(&self, session: &Session, now: i64) {
         if let Ok(mut revoked) = self.revoked.lock() {
-            revoked.insert(sid.to_owned());
+            revoked.retain(|_, exp| *exp > now);
+            revoked.insert(session.sid.clone(), session.exp);
         }
     }
 
@@ -232,7 +235,8 @@ impl Keys {
             return None;
         }
         let claims: LinkClaims = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
-        (claims.exp > now).then(|| claims.tenant.parse().ok())?
+        (claims.exp > now && claims.exp - now <= MAX_LINK_SECS)
+            .then(|| claims.tenant.parse().ok())?
     }
 }
 
@@ -261,7 +265,7 @@ mod tests {
                 .replace("operator", "tenant:acme"),
         );
         assert!(keys.session(&format!("{forged}.{sig}"), 1_001).is_none());
-        keys.revoke(&session.sid);
+        keys.revoke(&session, 1_001);
         assert!(keys.session(&cookie, 1_001).is_none());
     }
 
@@ -277,8 +281,13 @@ mod tests {
         assert!(!keys.login_csrf_ok("n2", &keys.login_csrf("n1")));
         let acme: TenantId = "acme".parse().unwrap();
         let link = keys.link(&acme, 100);
-        assert_eq!(keys.link_tenant(&link, 99), Some(acme));
+        assert_eq!(keys.link_tenant(&link, 99), Some(acme.clone()));
         assert_eq!(keys.link_tenant(&link, 100), None);
+        // No link lives longer than the cap, whoever signed it.
+        assert_eq!(
+            keys.link_tenant(&keys.link(&acme, MAX_LINK_SECS + 10), 1),
+            None
+        );
         // A session cookie is not a link, nor the other way round (separate keys).
         let (cookie, _) = keys.issue(&Who::Operator, 0);
         assert_eq!(keys.link_tenant(&cookie, 1), None);
