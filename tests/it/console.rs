@@ -64,6 +64,26 @@ async fn dlq_service(
     (shutdown, task)
 }
 
+/// Sets destination `crm` of `tenant` through the API (a webhook to the sink, for a platform no
+/// message uses: it changes no delivery of the tests).
+async fn put_destination(base: &str, tenant: &str, url: &str) {
+    let answer = reqwest::Client::new()
+        .put(format!("{base}/v1/tenants/{tenant}/destinations/crm"))
+        .bearer_auth(OPERATOR)
+        .json(&serde_json::json!({
+            "target": {"type": "webhook", "url": url,
+                       "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+            "subscription": {"platforms": ["unused"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "{}",
+        answer.text().await.unwrap()
+    );
+}
+
 async fn log_in(browser: &Browser, base: &str) {
     browser.goto(&format!("{base}/ui/overview")).await;
     // Not logged in: the login form.
@@ -157,6 +177,33 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .wait_for_text("#job-progress", "1 replayed", DEADLINE)
         .await;
     browser.screenshot(&shot("job")).await;
+
+    // A destination disabled and enabled again from its page; the events feed shows it, and
+    // the replay job's end.
+    put_destination(&base, "acme", &p.sink.url("crm")).await;
+    browser.goto(&format!("{base}/ui/destinations")).await;
+    browser
+        .wait_for_text("#destinations", "enabled", DEADLINE)
+        .await;
+    browser
+        .wait_for_text("#destinations", "closed", DEADLINE)
+        .await;
+    click(&browser, "disable-acme-crm").await;
+    browser
+        .wait_for_text("#destinations", "disabled by an operator", DEADLINE)
+        .await;
+    browser.screenshot(&shot("destinations")).await;
+    click(&browser, "enable-acme-crm").await;
+    browser
+        .wait_for_text("[data-field=state]", "enabled", DEADLINE)
+        .await;
+    browser.goto(&format!("{base}/ui/events")).await;
+    browser
+        .wait_for_text("#events", "destination_disabled", DEADLINE)
+        .await;
+    browser
+        .wait_for_text("#events", "replay_job_finished", DEADLINE)
+        .await;
 
     // Gone from the DLQ, delivered once.
     browser.goto(&format!("{base}/ui/dlq?tenant=acme")).await;
@@ -254,6 +301,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .await
         .unwrap();
     let globex_job = job["id"].as_str().unwrap().to_owned();
+    put_destination(&base, "globex", &p.sink.url("crm")).await;
 
     // A link that does not verify, or has expired, opens nothing.
     let keys = switchyard_cli::console::Keys::new(OPERATOR);
@@ -375,6 +423,47 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .await
         .unwrap();
     assert_ne!(job["job"]["state"], "cancelled", "{job}");
+    assert_eq!(
+        post(
+            "/ui/destinations/globex/crm/disable".to_owned(),
+            vec![("csrf", csrf.clone())]
+        )
+        .await,
+        404
+    );
+    let crm: serde_json::Value = http
+        .get(format!("{base}/v1/tenants/globex/destinations/crm"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(crm["record"]["disabled"].is_null(), "{crm}");
+    let (_, page) = get("/ui/destinations".to_owned()).await;
+    assert!(!page.contains("globex"), "{page}");
+    // Forms: no session, no body read (sent to the login form); a body over 16 KiB refused.
+    let anonymous = http
+        .post(format!("{base}/ui/dlq/replay"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 303);
+    let big = http
+        .post(format!("{base}/ui/dlq/replay"))
+        .header("cookie", cookie.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={csrf}&tenant=acme&pad={}",
+            "a".repeat(20 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
     // A form without the session's token is refused.
     let forged = post(
         "/ui/dlq/replay".to_owned(),

@@ -548,9 +548,25 @@ pub async fn switch_destination(
             )));
         }
     };
+    let record = switch(&state, &principal, &key, disabled).await?;
+    Ok(Json(view(&key.tenant, &key.destination, &record)))
+}
+
+/// Disables (`Some`) or enables (`None`) a destination as `principal`, by compare-and-set, and
+/// reports the change as an operational event (what `POST …/disable|enable` and the console
+/// do). What an operator disabled, only an operator enables.
+///
+/// Errors: `404` no such destination, `403 operator_only`, `422` an invalid record, `409` it
+/// kept changing, `503`.
+pub(crate) async fn switch(
+    state: &ApiState,
+    principal: &Principal,
+    key: &DestinationKey,
+    disabled: Option<Disabled>,
+) -> Result<Destination, ApiError> {
     let changed = state
         .destinations
-        .change(&key, CAS_TRIES, |old| {
+        .change(key, CAS_TRIES, |old| {
             let Some(old) = old else {
                 return Err(ApiError::not_found(format!(
                     "no destination {}",
@@ -559,7 +575,7 @@ pub async fn switch_destination(
             };
             // What an operator disabled, only an operator enables.
             if let (Principal::Tenant(_), None, Some(current)) =
-                (&principal, &disabled, &old.disabled)
+                (principal, &disabled, &old.disabled)
                 && current.by == DisabledBy::Operator
             {
                 return Err(ApiError::new(
@@ -593,7 +609,7 @@ pub async fn switch_destination(
         Changed::Unchanged(Some(record)) => record,
         Changed::Unchanged(None) | Changed::Conflicts => return Err(conflict()),
     };
-    Ok(Json(view(&key.tenant, &key.destination, &record)))
+    Ok(record)
 }
 
 /// `409 conflict`: the record kept changing under the request.

@@ -276,7 +276,7 @@ struct DestinationView {
 }
 
 /// The `breakers` bucket: egress's open circuit breakers.
-async fn breakers(
+pub(crate) async fn breakers(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
 ) -> anyhow::Result<Store<BreakerKey, BreakerRecord>> {
@@ -287,7 +287,7 @@ async fn breakers(
 
 /// How a breaker reads: `closed`, `open until <time> (down since <time>, <n> failed
 /// probes)`, or `half-open: probing since <time>` once its open period is over.
-fn breaker_state(record: Option<&BreakerRecord>, now: time::OffsetDateTime) -> String {
+pub(crate) fn breaker_state(record: Option<&BreakerRecord>, now: time::OffsetDateTime) -> String {
     let Some(record) = record else {
         return "closed".to_owned();
     };
@@ -711,7 +711,8 @@ pub(crate) fn opened_target(
 pub(crate) const CAS_TRIES: usize = 5;
 
 /// How a destination's state reads: `enabled`, or `disabled by egress since <time>: <reason>`.
-fn state(destination: &Destination) -> String {
+/// `enabled`, or `disabled by <who> since <time>: <reason>`.
+pub(crate) fn state(destination: &Destination) -> String {
     match &destination.disabled {
         None => "enabled".to_owned(),
         Some(disabled) => format!(

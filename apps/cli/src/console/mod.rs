@@ -61,6 +61,11 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("replay.html", include_str!("templates/replay.html")),
     ("job.html", include_str!("templates/job.html")),
     ("message.html", include_str!("templates/message.html")),
+    (
+        "destinations.html",
+        include_str!("templates/destinations.html"),
+    ),
+    ("events.html", include_str!("templates/events.html")),
 ];
 
 /// The console's script.
@@ -139,26 +144,33 @@ pub fn router(state: ConsoleState) -> Router {
     use axum::routing::{any, get, post};
     use pages::*;
     // Forms: a session checked before the body is read, and a small body.
-    let forms = Router::new().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        posted_in_session,
-    ));
+    let forms = Router::new()
+        .route("/ui/logout", post(logout))
+        .route("/ui/dlq/replay", post(replay))
+        .route("/ui/jobs/{job}/cancel", post(cancel))
+        .route(
+            "/ui/destinations/{tenant}/{destination}/{action}",
+            post(switch_destination),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            posted_in_session,
+        ));
     Router::new()
         .merge(forms)
         .route("/ui", get(home))
         .route("/ui/", get(home))
         .route("/ui/login", get(login_form).post(login))
-        .route("/ui/logout", post(logout))
         .route("/ui/portal", get(portal))
         .route("/ui/overview", get(overview))
         .route("/ui/overview/live", get(overview_live))
         .route("/ui/dlq", get(dlq))
         .route("/ui/dlq/live", get(dlq_live))
-        .route("/ui/dlq/replay", post(replay))
         .route("/ui/dlq/{seq}", get(entry))
         .route("/ui/jobs/{job}", get(job))
         .route("/ui/jobs/{job}/live", get(job_live))
-        .route("/ui/jobs/{job}/cancel", post(cancel))
+        .route("/ui/destinations", get(destinations))
+        .route("/ui/events", get(events))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))
         .route("/ui/{*rest}", any(not_found))

@@ -1195,3 +1195,244 @@ pub async fn cancel(
     let _ = jobs::cancel_job(&state.api.jobs, &id, |record| visible(&principal, record)).await;
     see_other(&format!("/ui/jobs/{id}"))
 }
+
+/// The principal a session acts as (the API's scope rules).
+fn principal_of(who: &Who) -> crate::api::auth::Principal {
+    match who {
+        Who::Operator => crate::api::auth::Principal::Operator,
+        Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
+    }
+}
+
+/// One destination's row.
+#[derive(Debug, Serialize)]
+struct DestinationRow {
+    tenant: String,
+    destination: String,
+    kind: &'static str,
+    target: String,
+    state: String,
+    enabled: bool,
+    breaker: String,
+    rate: String,
+}
+
+/// `GET /ui/destinations`: every destination the session may see, its state, circuit breaker
+/// and rate limit, with enable / disable.
+pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let unavailable = |e: String| {
+        message(
+            &state,
+            Some(&session),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            &e,
+        )
+    };
+    let filter = match session.who.tenant() {
+        Some(t) => switchyard_keys::kv::tenant_filter(t),
+        None => ">".to_owned(),
+    };
+    let listed = match state.api.destinations.list(&filter).await {
+        Ok(listed) => listed,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let breakers =
+        match crate::commands::destinations::breakers(&state.api.js, &state.api.topology).await {
+            Ok(b) => b,
+            Err(e) => return unavailable(format!("{e:#}")),
+        };
+    let now = OffsetDateTime::now_utc();
+    let mut rows = Vec::new();
+    for (key, record) in listed {
+        let Ok(record) = record else { continue };
+        let breaker = breakers
+            .get(&switchyard_keys::BreakerKey::Destination(key.clone()))
+            .await
+            .ok()
+            .flatten();
+        let (kind, target) = record.redacted().target.describe();
+        rows.push(DestinationRow {
+            tenant: key.tenant.to_string(),
+            destination: key.destination.to_string(),
+            kind,
+            target,
+            state: crate::commands::destinations::state(&record),
+            enabled: record.disabled.is_none(),
+            breaker: crate::commands::destinations::breaker_state(breaker.as_ref(), now),
+            rate: record
+                .rate_limit
+                .as_ref()
+                .map_or("-".to_owned(), |r| format!("{}/s", r.rate_per_sec)),
+        });
+    }
+    let mut context = base(&state, &session);
+    context.insert("rows".into(), json!(rows));
+    page(
+        &state,
+        StatusCode::OK,
+        "destinations.html",
+        Value::Object(context),
+    )
+}
+
+/// `POST /ui/destinations/{tenant}/{destination}/{action}`: disable or enable.
+pub async fn switch_destination(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path((tenant, destination, action)): Path<(String, String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    if let Err(refused) = csrf(&state, &session, &form.csrf) {
+        return refused;
+    }
+    let not_found = || {
+        message(
+            &state,
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such destination.",
+        )
+    };
+    let (Ok(tenant), Ok(destination)) = (
+        tenant.parse::<TenantId>(),
+        destination.parse::<switchyard_keys::DestinationId>(),
+    ) else {
+        return not_found();
+    };
+    if session.who.tenant().is_some_and(|own| *own != tenant) {
+        return not_found();
+    }
+    let principal = principal_of(&session.who);
+    let disabled = match action.as_str() {
+        "disable" => Some(switchyard_registry::Disabled {
+            at: OffsetDateTime::now_utc(),
+            by: match session.who {
+                Who::Operator => switchyard_registry::DisabledBy::Operator,
+                Who::Tenant(_) => switchyard_registry::DisabledBy::Tenant,
+            },
+            reason: "disabled in the console".to_owned(),
+        }),
+        "enable" => None,
+        _ => return not_found(),
+    };
+    let key = switchyard_keys::DestinationKey {
+        tenant,
+        destination,
+    };
+    match crate::api::handlers::switch(&state.api, &principal, &key, disabled).await {
+        Ok(_) => see_other("/ui/destinations"),
+        Err(e) if e.status == StatusCode::NOT_FOUND => not_found(),
+        Err(e) => message(&state, Some(&session), e.status, "Refused", &e.message),
+    }
+}
+
+/// Filters of the events feed.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    kind: String,
+}
+
+/// `GET /ui/events`: the operational events the session may see, newest first (the last 200).
+pub async fn events(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let kind = match query.kind.trim() {
+        "" => None,
+        raw => match raw.parse::<switchyard_subjects::EventKind>() {
+            Ok(kind) => Some(kind),
+            Err(e) => {
+                return message(
+                    &state,
+                    Some(&session),
+                    StatusCode::BAD_REQUEST,
+                    "Bad filter",
+                    &e,
+                );
+            }
+        },
+    };
+    let stream = match state
+        .api
+        .topology
+        .open_stream(&state.api.js, switchyard_topology::StreamName::Events)
+        .await
+    {
+        Ok((_, stream)) => stream,
+        Err(e) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &e.to_string(),
+            );
+        }
+    };
+    let args = crate::commands::events::LsArgs {
+        tenant: session.who.tenant().cloned(),
+        kind,
+        since: None,
+        limit: 200,
+    };
+    let listed = match crate::commands::events::list(&stream, &state.api.topology, &args).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &format!("{e:#}"),
+            );
+        }
+    };
+    let rows: Vec<Value> = listed
+        .iter()
+        .rev()
+        .map(|e| {
+            json!({
+                "at": switchyard_dlq_ops::show_time(e.event.at),
+                "kind": e.event.kind,
+                "tenant": e.event.tenant.clone().unwrap_or_else(|| "_".to_owned()),
+                "about": e.event.about.clone().unwrap_or_default(),
+                "source": e.event.source,
+                "detail": e.event.detail,
+            })
+        })
+        .collect();
+    let mut context = base(&state, &session);
+    context.insert("rows".into(), json!(rows));
+    context.insert("kind".into(), query.kind.trim().into());
+    context.insert(
+        "kinds".into(),
+        json!(
+            switchyard_subjects::EventKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+        ),
+    );
+    page(
+        &state,
+        StatusCode::OK,
+        "events.html",
+        Value::Object(context),
+    )
+}
