@@ -117,6 +117,49 @@ async fn click(browser: &Browser, id: &str) {
         .unwrap();
 }
 
+/// How many DLQ entries `tenant` has.
+async fn entries_of(p: &Pipeline, tenant: &str) -> usize {
+    p.dlq()
+        .await
+        .iter()
+        .filter(|e| {
+            e.record
+                .tenant
+                .as_ref()
+                .is_some_and(|t| t.as_str() == tenant)
+        })
+        .count()
+}
+
+/// The DLQ page of acme, its purge dry run for the one entry there.
+async fn purge_dry_run(browser: &Browser, base: &str) {
+    browser.goto(&format!("{base}/ui/dlq?tenant=acme")).await;
+    browser
+        .wait_for_text("#entries tbody", "permanent_failure", DEADLINE)
+        .await;
+    click(browser, "purge-all").await;
+    browser
+        .wait_for_text(
+            "#purge-dry-run",
+            "1 entry of tenant acme would be deleted",
+            DEADLINE,
+        )
+        .await;
+}
+
+/// Types `count` into the purge confirmation and submits it.
+async fn type_purge_count(browser: &Browser, count: &str) {
+    browser
+        .client()
+        .find(fantoccini::Locator::Id("purge-count"))
+        .await
+        .unwrap()
+        .send_keys(count)
+        .await
+        .unwrap();
+    click(browser, "purge-confirm").await;
+}
+
 #[tokio::test]
 async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out() {
     let p = Pipeline::start(&["acme"]).await;
@@ -228,6 +271,22 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .filter(|r| r.delivered())
         .collect();
     assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
+
+    // A purge: a dry run, then the count typed; a wrong count deletes nothing.
+    p.route("acme", None, "hooks", "down").await;
+    p.publish("acme", "ops", "hooks", "order-2", b"to be purged")
+        .await;
+    purge_dry_run(&browser, &base).await;
+    type_purge_count(&browser, "2").await;
+    browser
+        .wait_for_text("#message", "nothing was deleted", DEADLINE)
+        .await;
+    purge_dry_run(&browser, &base).await;
+    type_purge_count(&browser, "1").await;
+    browser
+        .wait_for_text("#purged", "Deleted 1 entry", DEADLINE)
+        .await;
+    assert!(p.dlq().await.is_empty(), "purged");
 
     // Logged out: the login form says so, and a page asks to log in again.
     click(&browser, "logout").await;
@@ -408,6 +467,18 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
     )
     .await;
     assert_eq!(replay, 403);
+    let purge = post(
+        "/ui/dlq/purge".to_owned(),
+        vec![
+            ("csrf", csrf.clone()),
+            ("tenant", "globex".to_owned()),
+            ("confirm", "1".to_owned()),
+            ("through", globex_seq.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(purge, 403);
+    assert_eq!(entries_of(&p, "globex").await, 1, "globex's entry stays");
     post(
         format!("/ui/jobs/{globex_job}/cancel"),
         vec![("csrf", csrf.clone())],

@@ -390,6 +390,21 @@ pub async fn purge_dlq(
     let tenant = caller_for(&state, &headers, &tenant).await?;
     let request: PurgeRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(purge_entries(&state, &tenant, request).await?))
+}
+
+/// Deletes (or, in a dry run, lists) `tenant`'s DLQ entries a purge request selects: what
+/// `POST …/dlq/purge` and the console's purge do (confirmation by count and `through`, at most
+/// [`MAX_LISTED`], one sequence at a time).
+///
+/// Errors: `400` a bad selection, `422 confirmation_required` / `too_many`, `409
+/// count_mismatch` (nothing deleted), `503`.
+pub(crate) async fn purge_entries(
+    state: &ApiState,
+    tenant: &TenantId,
+    request: PurgeRequest,
+) -> Result<PurgeResult, ApiError> {
+    let tenant = tenant.clone();
     let filter = dlq_selection(&tenant, request.code.as_ref(), request.destination.as_ref())?;
     check_listed(
         &request.seqs,
@@ -431,7 +446,7 @@ pub async fn purge_dlq(
         not_found: matched.unlisted,
     };
     if request.dry_run {
-        return Ok(Json(result));
+        return Ok(result);
     }
     if request.confirm != Some(count) {
         return Err(ApiError::new(
@@ -449,7 +464,7 @@ pub async fn purge_dlq(
     result.removed = report.removed;
     result.not_found.extend(report.not_found);
     result.not_found.sort_unstable();
-    Ok(Json(result))
+    Ok(result)
 }
 
 fn job_view(job: &JobRecord) -> JobView {

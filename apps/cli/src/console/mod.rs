@@ -66,6 +66,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("templates/destinations.html"),
     ),
     ("events.html", include_str!("templates/events.html")),
+    ("purge.html", include_str!("templates/purge.html")),
 ];
 
 /// The console's script.
@@ -147,6 +148,7 @@ pub fn router(state: ConsoleState) -> Router {
     let forms = Router::new()
         .route("/ui/logout", post(logout))
         .route("/ui/dlq/replay", post(replay))
+        .route("/ui/dlq/purge", post(purge))
         .route("/ui/jobs/{job}/cancel", post(cancel))
         .route(
             "/ui/destinations/{tenant}/{destination}/{action}",

@@ -1436,3 +1436,88 @@ pub async fn events(
         Value::Object(context),
     )
 }
+
+/// The purge form: a tenant's entries by code, a dry run until the count is typed.
+#[derive(Debug, Deserialize)]
+pub struct PurgeForm {
+    csrf: String,
+    tenant: String,
+    #[serde(default)]
+    code: String,
+    /// The number the operator typed: what the dry run counted.
+    #[serde(default)]
+    confirm: String,
+    /// The dry run's highest sequence.
+    #[serde(default)]
+    through: Option<u64>,
+}
+
+/// `POST /ui/dlq/purge`: without `confirm`, what would be deleted and a field to type its
+/// count; with the count typed, the deletion of exactly those entries (the API's purge:
+/// nothing deleted when the count differs now).
+pub async fn purge(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Form(form): Form<PurgeForm>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    if let Err(refused) = csrf(&state, &session, &form.csrf) {
+        return refused;
+    }
+    let refuse =
+        |status, text: &str| message(&state, Some(&session), status, "Purge refused", text);
+    let Ok(tenant) = form.tenant.trim().parse::<TenantId>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Choose a tenant first: a purge covers one tenant's entries.",
+        );
+    };
+    if session.who.tenant().is_some_and(|own| *own != tenant) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This portal purges its own tenant's entries only.",
+        );
+    }
+    let code = (!form.code.trim().is_empty()).then(|| form.code.trim().to_owned());
+    let typed = form.confirm.trim();
+    let request = if typed.is_empty() {
+        crate::api::dlq::PurgeRequest {
+            code: code.clone(),
+            dry_run: true,
+            ..Default::default()
+        }
+    } else {
+        let Ok(confirm) = typed.parse::<u64>() else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Type the number of entries to delete.",
+            );
+        };
+        crate::api::dlq::PurgeRequest {
+            code: code.clone(),
+            confirm: Some(confirm),
+            through: Some(form.through.unwrap_or(0)),
+            ..Default::default()
+        }
+    };
+    let dry_run = request.dry_run;
+    let result = match crate::api::dlq::purge_entries(&state.api, &tenant, request).await {
+        Ok(result) => result,
+        Err(e) => return refuse(e.status, &e.message),
+    };
+    let mut context = base(&state, &session);
+    context.insert("tenant".into(), tenant.to_string().into());
+    context.insert("code".into(), code.into());
+    context.insert("dry_run".into(), dry_run.into());
+    context.insert("matched".into(), result.matched.into());
+    context.insert("through".into(), result.through.into());
+    context.insert(
+        "shown".into(),
+        json!(result.selected.iter().take(20).collect::<Vec<_>>()),
+    );
+    context.insert("removed".into(), result.removed.len().into());
+    page(&state, StatusCode::OK, "purge.html", Value::Object(context))
+}
