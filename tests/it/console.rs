@@ -272,6 +272,18 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .collect();
     assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
 
+    // The delivery log, searched by the producer's id: the refused attempt, then the delivery.
+    browser
+        .goto(&format!("{base}/ui/attempts?tenant=acme&message=order-1"))
+        .await;
+    browser
+        .wait_for_text("#attempts", "permanent", DEADLINE)
+        .await;
+    browser
+        .wait_for_text("#attempts", "delivered", DEADLINE)
+        .await;
+    browser.screenshot(&shot("attempts")).await;
+
     // A purge: a dry run, then the count typed; a wrong count deletes nothing.
     p.route("acme", None, "hooks", "down").await;
     p.publish("acme", "ops", "hooks", "order-2", b"to be purged")
@@ -427,6 +439,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         ("/ui/dlq?tenant=globex".to_owned(), 400),
         (format!("/ui/dlq/{globex_seq}"), 404),
         ("/ui/dlq/live?tenant=globex".to_owned(), 400),
+        ("/ui/attempts?tenant=globex".to_owned(), 400),
         (format!("/ui/jobs/{globex_job}"), 404),
         (format!("/ui/jobs/{globex_job}/live"), 404),
     ] {
@@ -514,6 +527,9 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
     assert!(crm["record"]["disabled"].is_null(), "{crm}");
     let (_, page) = get("/ui/destinations".to_owned()).await;
     assert!(!page.contains("globex"), "{page}");
+    let (status, page) = get("/ui/attempts".to_owned()).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("a-1") && !page.contains("g-1"), "{page}");
     // Forms: no session, no body read (sent to the login form); a body over 16 KiB refused.
     let anonymous = http
         .post(format!("{base}/ui/dlq/replay"))

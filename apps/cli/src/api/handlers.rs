@@ -642,8 +642,24 @@ pub async fn list_attempts(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<AttemptsPage>, ApiError> {
     let tenant = caller_for(&state, &headers, &tenant).await?;
+    Ok(Json(AttemptsPage {
+        attempts: attempts_of(&state, &tenant, &query).await?,
+    }))
+}
+
+/// `tenant`'s delivery log as `GET …/attempts` lists it for `query` (`limit`, `failed`,
+/// `result`, `destination`, `message`, `since`, `until`; others refused): the most recent that
+/// match, oldest first, as the JSON of `switchyard attempts ls --json`. The console's
+/// attempts page reads the same.
+///
+/// Errors: `400` a bad or unknown parameter, `503`.
+pub(crate) async fn attempts_of(
+    state: &ApiState,
+    tenant: &TenantId,
+    query: &HashMap<String, String>,
+) -> Result<Vec<Value>, ApiError> {
     known_parameters(
-        &query,
+        query,
         &[
             "limit",
             "failed",
@@ -654,7 +670,7 @@ pub async fn list_attempts(
             "until",
         ],
     )?;
-    let limit = number(&query, "limit", 100, MAX_PAGE)?;
+    let limit = number(query, "limit", 100, MAX_PAGE)?;
     let failed = match query.get("failed").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -686,14 +702,12 @@ pub async fn list_attempts(
     args.since = time("since")?;
     args.until = time("until")?;
     args.limit = u64::try_from(limit).unwrap_or(100);
-    let stream = log_stream(&state, StreamName::Attempts).await?;
+    let stream = log_stream(state, StreamName::Attempts).await?;
     let filter = state.topology.namespace.attempt_filter(Some(&tenant));
     let listed = attempts::list(&stream, &filter, &args, |_| {})
         .await
         .map_err(|e| anyhow_unavailable(&e))?;
-    Ok(Json(AttemptsPage {
-        attempts: values(&listed),
-    }))
+    Ok(values(&listed))
 }
 
 /// A tenant's operational events, the most recent `limit` (1 to 1000, default 100) that match,

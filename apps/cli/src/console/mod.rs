@@ -67,6 +67,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("events.html", include_str!("templates/events.html")),
     ("purge.html", include_str!("templates/purge.html")),
+    ("attempts.html", include_str!("templates/attempts.html")),
 ];
 
 /// The console's script.
@@ -173,6 +174,7 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/ui/jobs/{job}/live", get(job_live))
         .route("/ui/destinations", get(destinations))
         .route("/ui/events", get(events))
+        .route("/ui/attempts", get(attempts))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))
         .route("/ui/{*rest}", any(not_found))

@@ -1521,3 +1521,78 @@ pub async fn purge(
     context.insert("removed".into(), result.removed.len().into());
     page(&state, StatusCode::OK, "purge.html", Value::Object(context))
 }
+
+/// `GET /ui/attempts?tenant=…&result=…&destination=…&message=…&since=…&until=…`: the delivery
+/// log of one tenant (a portal's own), the most recent 200 attempts that match, newest first.
+pub async fn attempts(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let mut query: std::collections::HashMap<String, String> = query
+        .into_iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k, v.trim().to_owned()))
+        .collect();
+    let named = query.remove("tenant");
+    let tenant = match (session.who.tenant(), named) {
+        (Some(own), Some(named)) if named != own.as_str() => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::BAD_REQUEST,
+                "Bad filter",
+                "this portal shows its own tenant only",
+            );
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, Some(named)) => match named.parse::<TenantId>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                return message(
+                    &state,
+                    Some(&session),
+                    StatusCode::BAD_REQUEST,
+                    "Bad filter",
+                    &format!("tenant: {e}"),
+                );
+            }
+        },
+        (None, None) => None,
+    };
+    let mut context = base(&state, &session);
+    let mut shown: Vec<Value> = Vec::new();
+    if let Some(tenant) = &tenant {
+        query.insert("limit".into(), "200".into());
+        match crate::api::handlers::attempts_of(&state.api, tenant, &query).await {
+            Ok(mut listed) => {
+                listed.reverse();
+                shown = listed;
+            }
+            Err(e) => {
+                return message(&state, Some(&session), e.status, "Bad filter", &e.message);
+            }
+        }
+    }
+    query.remove("limit");
+    context.insert("rows".into(), json!(shown));
+    context.insert("filters".into(), json!(query));
+    context.insert(
+        "tenant".into(),
+        tenant.as_ref().map(ToString::to_string).into(),
+    );
+    context.insert(
+        "tenant_fixed".into(),
+        session.who.tenant().map(ToString::to_string).into(),
+    );
+    page(
+        &state,
+        StatusCode::OK,
+        "attempts.html",
+        Value::Object(context),
+    )
+}
