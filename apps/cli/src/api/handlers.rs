@@ -703,7 +703,7 @@ pub(crate) async fn attempts_of(
     args.until = time("until")?;
     args.limit = u64::try_from(limit).unwrap_or(100);
     let stream = log_stream(state, StreamName::Attempts).await?;
-    let filter = state.topology.namespace.attempt_filter(Some(&tenant));
+    let filter = state.topology.namespace.attempt_filter(Some(tenant));
     let listed = attempts::list(&stream, &filter, &args, |_| {})
         .await
         .map_err(|e| anyhow_unavailable(&e))?;
