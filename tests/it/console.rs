@@ -171,6 +171,17 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
 
     log_in(&browser, &base).await;
     browser.wait_for_text("#tenants", "acme", DEADLINE).await;
+    // The last hour's charts have their first sample.
+    let points = browser
+        .client()
+        .find(fantoccini::Locator::Css("polyline[data-chart=backlog]"))
+        .await
+        .unwrap()
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(!points.is_empty(), "no chart sample");
     browser.screenshot(&shot("overview")).await;
 
     // The DLQ of acme, empty, following live; a failing message arrives while it is open.

@@ -473,6 +473,12 @@ pub async fn run(
                 !serve.listen.ip().is_loopback(),
                 stop.clone(),
             ));
+            tokio::spawn(crate::console::pages::sample_history(
+                crate::console::ConsoleState {
+                    api: state.clone(),
+                    console: state.console.clone(),
+                },
+            ));
             let running =
                 switchyard_service::launch("api", serve.listen, router(state), stop, async {})
                     .await

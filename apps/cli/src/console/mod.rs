@@ -19,6 +19,7 @@
 //! as the API and the CLI (status report, DLQ reader, replay jobs), with the caller's scope:
 //! a portal session reaches its tenant's things only, whatever the URL names.
 
+pub mod history;
 pub mod pages;
 pub mod session;
 
@@ -50,6 +51,8 @@ pub struct Console {
     pub stop: CancellationToken,
     /// Slots for live streams ([`MAX_LIVE`]).
     pub live_slots: Arc<tokio::sync::Semaphore>,
+    /// The overview's last hour.
+    pub history: history::History,
 }
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -93,6 +96,7 @@ impl Console {
             secure_cookies,
             stop,
             live_slots: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE)),
+            history: history::History::default(),
         }
     }
 

@@ -386,6 +386,7 @@ struct TenantRow {
     quota_pct: f64,
     admission: &'static str,
     dlq: u64,
+    charts: super::history::Charts,
 }
 
 /// Every tenant the caller may see, with what the overview shows of it.
@@ -406,9 +407,6 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
     );
     tenants.extend(report.tenant_dlq.iter().map(|t| t.tenant.clone()));
     tenants.remove("_");
-    if let Some(own) = who.tenant() {
-        tenants.retain(|t| t == own.as_str());
-    }
     let default_rate = rates
         .iter()
         .find(|r| r.tenant == "_default")
@@ -446,10 +444,34 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
                     .iter()
                     .find(|d| d.tenant == tenant)
                     .map_or(0, |d| d.entries),
+                charts: super::history::Charts {
+                    backlog: String::new(),
+                    dlq: String::new(),
+                    backlog_max: 0,
+                    dlq_max: 0,
+                },
                 tenant,
             }
         })
-        .collect())
+        .collect::<Vec<_>>())
+    .map(|mut rows| {
+        // Every tenant's sample (whoever reads), then each row's charts.
+        let at = now();
+        state.console.history.record(
+            at,
+            rows.iter()
+                .map(|r| (r.tenant.clone(), r.backlog, r.dlq))
+                .collect::<Vec<_>>(),
+        );
+        // A portal sees its own tenant's row alone (every tenant is sampled above).
+        if let Some(own) = who.tenant() {
+            rows.retain(|r| r.tenant == own.as_str());
+        }
+        for row in &mut rows {
+            row.charts = state.console.history.charts(&row.tenant, at);
+        }
+        rows
+    })
 }
 
 /// `GET /ui/overview`.
@@ -1595,4 +1617,20 @@ pub async fn attempts(
         "attempts.html",
         Value::Object(context),
     )
+}
+
+/// Samples every tenant for the overview's charts every [`super::history::EVERY`] seconds until
+/// shutdown (what `switchyard api serve` runs, so the last hour is there before anyone looks).
+pub async fn sample_history(state: ConsoleState) {
+    let every = Duration::from_secs(super::history::EVERY.unsigned_abs());
+    let stop = state.console.stop.clone();
+    loop {
+        if let Err(error) = overview_rows(&state, &Who::Operator).await {
+            tracing::debug!(%error, "sampling the overview failed; tried again");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }

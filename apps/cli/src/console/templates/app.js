@@ -34,6 +34,10 @@ function overview(table) {
         if (quota) quota.textContent = `${row.quota_pct}%`;
         const admission = tr.querySelector('[data-field="admission"]');
         if (admission) admission.className = row.admission;
+        for (const chart of ["backlog", "dlq"]) {
+          const line = tr.querySelector(`polyline[data-chart="${chart}"]`);
+          if (line) line.setAttribute("points", String(row.charts[chart]));
+        }
       }
     },
   });
