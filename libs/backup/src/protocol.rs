@@ -113,6 +113,36 @@ async fn request(
         .await
 }
 
+/// How long a restore chunk is resent while nobody listens on the restore's subject yet.
+const INTEREST_WAIT: Duration = Duration::from_secs(5);
+
+/// [`request`] to a restore's deliver subject. In a cluster the server receiving the restore
+/// (the meta leader) may be another than the one this client is connected to, and its
+/// subscription reaches the others over the routes a moment after the restore answer: until
+/// then a chunk finds no responders. Nothing received it, so it is sent again, for at most
+/// [`INTEREST_WAIT`].
+async fn restore_request(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match request(client, subject.to_owned(), payload.clone(), timeout).await {
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            answered => return answered,
+        }
+    }
+}
+
 /// Snapshots `stream` (its messages and its consumers with their state) into `out`, calling
 /// `progress` with the byte count of each chunk written.
 ///
@@ -263,9 +293,9 @@ pub async fn restore(
         if n == 0 {
             break;
         }
-        let reply = request(
+        let reply = restore_request(
             client,
-            deliver.clone(),
+            &deliver,
             Bytes::copy_from_slice(&buf[..n]),
             REQUEST_TIMEOUT,
         )
@@ -276,7 +306,7 @@ pub async fn restore(
         }
         progress(n as u64);
     }
-    let done = request(client, deliver, Bytes::new(), RESTORE_FINISH)
+    let done = restore_request(client, &deliver, Bytes::new(), RESTORE_FINISH)
         .await
         .map_err(|e| BackupError::request(stream, "finishing the restore", e))?;
     let done: RestoredResponse = serde_json::from_slice(&done.payload).map_err(|e| {
