@@ -135,7 +135,13 @@ async fn r3_streams_survive_a_node_restart() {
 #[tokio::test]
 async fn tenant_streams_are_led_by_every_node_of_the_cluster() {
     let (_cluster, _client, admin, topology) = cluster().await;
-    provision(&admin, &topology, false).await.unwrap();
+    // Idempotent: a request lost to a meta-leader change (it times out) is made again.
+    wait_for(
+        "the topology provisioned",
+        Duration::from_secs(120),
+        || async { provision(&admin, &topology, false).await.ok() },
+    )
+    .await;
     // 24 tenants, each with its R3 ingress stream: JetStream elects each stream's leader on
     // its own, so no node leads them all (with 24 independent elections over 3 nodes, all on
     // one node has a probability of 3 / 3^24).

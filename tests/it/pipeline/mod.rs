@@ -112,9 +112,15 @@ impl Pipeline {
             replicas: Some(replicas),
             ..Default::default()
         };
-        provision(&admin, &deployment.resolve().unwrap(), false)
-            .await
-            .unwrap();
+        // Provisioning is idempotent: a request lost to a meta-leader change on a busy cluster
+        // (it times out) is simply made again.
+        let resolved = deployment.resolve().unwrap();
+        wait_for(
+            "the topology provisioned",
+            Duration::from_secs(120),
+            || async { provision(&admin, &resolved, false).await.ok() },
+        )
+        .await;
         let js = jetstream::new(client.clone());
         let topology = deployment.resolve().unwrap();
         for tenant in tenants {
