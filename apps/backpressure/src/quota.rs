@@ -90,7 +90,7 @@ async fn check(
             topology
                 .buckets
                 .iter()
-                .map(|b| format!("KV_{}", b.config.bucket)),
+                .map(|b| switchyard_topology::bucket_stream(&b.config.bucket)),
         )
         .collect();
     let mut streams = shared.js.streams();

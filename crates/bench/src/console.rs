@@ -133,7 +133,7 @@ pub async fn run(entries: u64, bin_dir: Option<std::path::PathBuf>) -> anyhow::R
     let (cookie, _) = keys.issue(
         &switchyard_cli::console::Who::Operator,
         time::OffsetDateTime::now_utc().unix_timestamp(),
-    );
+    )?;
 
     println!(
         "console DLQ page, {entries} entries, {TRIES} requests each (ms: p50 / max); machine: {} cores",

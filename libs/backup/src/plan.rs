@@ -10,7 +10,7 @@
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{ResolvedTopology, bucket_stream};
 
 use crate::BackupError;
 use crate::manifest::ItemKind;
@@ -22,11 +22,6 @@ pub struct Planned {
     pub kind: ItemKind,
     /// The JetStream stream name (`KV_<bucket>` for a bucket).
     pub stream: String,
-}
-
-/// The stream that holds a KV bucket (JetStream's naming: `KV_<bucket>`).
-pub fn bucket_stream(bucket: &str) -> String {
-    format!("KV_{bucket}")
 }
 
 /// Every stream of the deployment in backup order, from what exists on the server: declared

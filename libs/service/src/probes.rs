@@ -42,7 +42,11 @@ impl Readiness {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
         let mut streams: Vec<String> = self.streams.clone();
-        streams.extend(self.buckets.iter().map(|b| format!("KV_{b}")));
+        streams.extend(
+            self.buckets
+                .iter()
+                .map(|b| switchyard_topology::bucket_stream(b)),
+        );
         for stream in also {
             if !streams.contains(&stream) {
                 streams.push(stream);
@@ -76,7 +80,7 @@ impl Readiness {
         }
         for bucket in &self.buckets {
             self.js
-                .get_stream(format!("KV_{bucket}"))
+                .get_stream(switchyard_topology::bucket_stream(bucket))
                 .await
                 .map_err(|e| format!("bucket {bucket}: {e}"))?;
         }

@@ -37,6 +37,6 @@ pub use provision::{
     Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, check, check_tenant,
     hold_tenant_ingress, provision, provision_tenant, retire_shared_ingress,
 };
-pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions};
+pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions, bucket_stream};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};
 pub use status::{StatusReport, backlog_by_tenant, dlq_entries_by_tenant, status};

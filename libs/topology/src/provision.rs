@@ -387,7 +387,7 @@ async fn provision_bucket(
     apply: Apply,
 ) -> Result<ProvisionItem, TopologyError> {
     let name = b.config.bucket.clone();
-    let Some(actual) = stream_info(js, &format!("KV_{name}"))
+    let Some(actual) = stream_info(js, &crate::resolve::bucket_stream(&name))
         .await?
         .map(|i| i.config)
     else {

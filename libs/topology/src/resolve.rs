@@ -98,6 +98,11 @@ pub struct ResolvedTopology {
     pub buckets: Vec<ResolvedBucket>,
 }
 
+/// The stream that holds a KV bucket: JetStream names it `KV_<bucket>` (the KV design, ADR-8).
+pub fn bucket_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// The subject filter a subject kind stands for in a namespace (what consumers filter on);
 /// empty (every subject of the stream) for the advisories, whose stream stores several.
 pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {

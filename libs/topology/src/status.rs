@@ -266,7 +266,7 @@ pub async fn status(
     }
     let mut buckets = Vec::new();
     for b in &topology.buckets {
-        let info = stream_info(js, &format!("KV_{}", b.config.bucket)).await?;
+        let info = stream_info(js, &crate::resolve::bucket_stream(&b.config.bucket)).await?;
         buckets.push(BucketStatus {
             name: b.config.bucket.clone(),
             base: b.base.clone(),

@@ -310,15 +310,23 @@ pub async fn run(
     }
 }
 
-/// One status snapshot: the topology report and each tenant's limit and admission.
-/// The status report, every tenant's rate limit and admission state, and the round trips (what
-/// `status` prints; the console's overview reads the same).
-pub(crate) async fn read(
+/// One status snapshot: the topology report and every tenant's rate limit and admission state
+/// (the console's overview reads the same).
+pub(crate) async fn snapshot(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> anyhow::Result<(StatusReport, Vec<TenantRate>)> {
+    let report = status(js, topology).await.context("reading status")?;
+    let tenants = tenant_rates(js, topology).await;
+    Ok((report, tenants))
+}
+
+/// What `status` prints: the snapshot and the round trips it measured.
+async fn read(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
 ) -> anyhow::Result<(StatusReport, Vec<TenantRate>, RoundTrips)> {
-    let report = status(js, topology).await.context("reading status")?;
-    let tenants = tenant_rates(js, topology).await;
+    let (report, tenants) = snapshot(js, topology).await?;
     let trips = RoundTrips::measure(js, topology).await;
     Ok((report, tenants, trips))
 }

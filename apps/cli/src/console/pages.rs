@@ -189,6 +189,69 @@ pub async fn posted_in_session(
     }
 }
 
+/// `503`: the system's random number generator failed, so no session or form id is made.
+fn no_randomness(state: &ConsoleState) -> Response {
+    tracing::error!("the system random number generator failed");
+    message(
+        state,
+        None,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        "The server cannot make a session now (its random number generator failed).",
+    )
+}
+
+/// The session of a posted form whose CSRF token is that session's; else the answer to give
+/// (the login form, or `403`).
+async fn form_session(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    token: &str,
+) -> Result<Session, Response> {
+    let session = session(state, headers).await?;
+    csrf(state, &session, token)?;
+    Ok(session)
+}
+
+/// The tenant a replay or purge form names, within the session's scope (a portal acts on its
+/// own tenant only); else the refusal to show.
+#[allow(clippy::result_large_err, reason = "the error is the answer itself")]
+fn form_tenant(
+    state: &ConsoleState,
+    session: &Session,
+    raw: &str,
+    action: &str,
+) -> Result<TenantId, Response> {
+    let refuse = |status, text: String| {
+        message(
+            state,
+            Some(session),
+            status,
+            &format!("{action} refused"),
+            &text,
+        )
+    };
+    let tenant = raw.trim().parse::<TenantId>().map_err(|_| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Choose a tenant first: a {} covers one tenant's entries.",
+                action.to_lowercase()
+            ),
+        )
+    })?;
+    if session.who.tenant().is_some_and(|own| *own != tenant) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "This portal acts on its own tenant's entries only ({}).",
+                action.to_lowercase()
+            ),
+        ));
+    }
+    Ok(tenant)
+}
+
 /// `/ui`: the overview, or the login form.
 pub async fn home() -> Response {
     see_other("/ui/overview")
@@ -222,7 +285,9 @@ fn login_page(
     error: Option<&str>,
     note: Option<&str>,
 ) -> Response {
-    let nonce = random_id();
+    let Ok(nonce) = random_id() else {
+        return no_randomness(state);
+    };
     let mut response = page(
         state,
         status,
@@ -283,7 +348,9 @@ pub async fn login(
             None,
         );
     }
-    let (value, _) = state.console.keys.issue(&Who::Operator, now());
+    let Ok((value, _)) = state.console.keys.issue(&Who::Operator, now()) else {
+        return no_randomness(&state);
+    };
     let mut response = see_other("/ui/overview");
     let headers = response.headers_mut();
     headers.append(
@@ -306,13 +373,10 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
+    let session = match form_session(&state, &headers, &form.csrf).await {
         Ok(s) => s,
-        Err(to_login) => return to_login,
+        Err(answer) => return answer,
     };
-    if let Err(refused) = csrf(&state, &session, &form.csrf) {
-        return refused;
-    }
     state.console.keys.revoke(&session, now());
     let mut response = see_other("/ui/login?out=1");
     response.headers_mut().append(
@@ -368,7 +432,9 @@ pub async fn portal(
             "This browser has a console session: log out first to open a portal link.",
         );
     }
-    let (value, _) = state.console.keys.issue(&Who::Tenant(tenant), now());
+    let Ok((value, _)) = state.console.keys.issue(&Who::Tenant(tenant), now()) else {
+        return no_randomness(&state);
+    };
     let mut response = see_other("/ui/overview");
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -391,7 +457,7 @@ struct TenantRow {
 
 /// Every tenant the caller may see, with what the overview shows of it.
 async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>, String> {
-    let (report, rates, _) = crate::commands::status::read(&state.api.js, &state.api.topology)
+    let (report, rates) = crate::commands::status::snapshot(&state.api.js, &state.api.topology)
         .await
         .map_err(|e| format!("{e:#}"))?;
     let mut tenants: BTreeSet<String> = report
@@ -1012,27 +1078,16 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
+    let session = match form_session(&state, &headers, &form.csrf).await {
         Ok(s) => s,
-        Err(to_login) => return to_login,
+        Err(answer) => return answer,
     };
-    if let Err(refused) = csrf(&state, &session, &form.csrf) {
-        return refused;
-    }
     let refuse =
         |status, text: &str| message(&state, Some(&session), status, "Replay refused", text);
-    let Ok(tenant) = form.tenant.trim().parse::<TenantId>() else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "Choose a tenant first: a replay covers one tenant's entries.",
-        );
+    let tenant = match form_tenant(&state, &session, &form.tenant, "Replay") {
+        Ok(t) => t,
+        Err(refused) => return refused,
     };
-    if session.who.tenant().is_some_and(|own| *own != tenant) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "This portal replays its own tenant's entries only.",
-        );
-    }
     let code = (!form.code.trim().is_empty()).then(|| form.code.trim().to_owned());
     let selection = match crate::api::dlq::dlq_selection(&tenant, code.as_ref(), None) {
         Ok(s) => s,
@@ -1122,10 +1177,7 @@ async fn visible_job(state: &ConsoleState, who: &Who, id: &str) -> Option<JobRec
     if !job_id_ok(id) {
         return None;
     }
-    let principal = match who {
-        Who::Operator => crate::api::auth::Principal::Operator,
-        Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
-    };
+    let principal = principal_of(who);
     match state.api.jobs.get(id).await {
         Ok(Some((job, _))) if visible(&principal, &job) => Some(job),
         _ => None,
@@ -1194,17 +1246,11 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
+    let session = match form_session(&state, &headers, &form.csrf).await {
         Ok(s) => s,
-        Err(to_login) => return to_login,
+        Err(answer) => return answer,
     };
-    if let Err(refused) = csrf(&state, &session, &form.csrf) {
-        return refused;
-    }
-    let principal = match &session.who {
-        Who::Operator => crate::api::auth::Principal::Operator,
-        Who::Tenant(t) => crate::api::auth::Principal::Tenant(t.clone()),
-    };
+    let principal = principal_of(&session.who);
     if !job_id_ok(&id) {
         return message(
             &state,
@@ -1309,13 +1355,10 @@ pub async fn switch_destination(
     Path((tenant, destination, action)): Path<(String, String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
+    let session = match form_session(&state, &headers, &form.csrf).await {
         Ok(s) => s,
-        Err(to_login) => return to_login,
+        Err(answer) => return answer,
     };
-    if let Err(refused) = csrf(&state, &session, &form.csrf) {
-        return refused;
-    }
     let not_found = || {
         message(
             &state,
@@ -1482,27 +1525,16 @@ pub async fn purge(
     headers: HeaderMap,
     Form(form): Form<PurgeForm>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
+    let session = match form_session(&state, &headers, &form.csrf).await {
         Ok(s) => s,
-        Err(to_login) => return to_login,
+        Err(answer) => return answer,
     };
-    if let Err(refused) = csrf(&state, &session, &form.csrf) {
-        return refused;
-    }
     let refuse =
         |status, text: &str| message(&state, Some(&session), status, "Purge refused", text);
-    let Ok(tenant) = form.tenant.trim().parse::<TenantId>() else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "Choose a tenant first: a purge covers one tenant's entries.",
-        );
+    let tenant = match form_tenant(&state, &session, &form.tenant, "Purge") {
+        Ok(t) => t,
+        Err(refused) => return refused,
     };
-    if session.who.tenant().is_some_and(|own| *own != tenant) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "This portal purges its own tenant's entries only.",
-        );
-    }
     let code = (!form.code.trim().is_empty()).then(|| form.code.trim().to_owned());
     let typed = form.confirm.trim();
     let request = if typed.is_empty() {

@@ -128,12 +128,14 @@ fn verify(key: &[u8], parts: &[&[u8]], given: &[u8]) -> bool {
 }
 
 /// 16 random bytes, hex.
-pub fn random_id() -> String {
+///
+/// # Errors
+/// The system's random number generator failed (the page answers `503`: no session or form
+/// is made with a weak id).
+pub fn random_id() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
-    // The system RNG failing is a broken host; an all-zero id would only be a weak session id,
-    // so refuse to go on instead.
-    getrandom::fill(&mut bytes).expect("the system random number generator works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Keys {
@@ -147,10 +149,13 @@ impl Keys {
     }
 
     /// A new session cookie value for `who`, valid from `now` (Unix seconds).
-    pub fn issue(&self, who: &Who, now: i64) -> (String, Session) {
+    ///
+    /// # Errors
+    /// The system's random number generator failed ([`random_id`]).
+    pub fn issue(&self, who: &Who, now: i64) -> Result<(String, Session), getrandom::Error> {
         let session = Session {
             who: who.clone(),
-            sid: random_id(),
+            sid: random_id()?,
             exp: now + SESSION_SECS,
         };
         let claims = Claims {
@@ -160,7 +165,7 @@ impl Keys {
         };
         let body = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let sig = B64.encode(tag(&self.session, &[b"session", body.as_bytes()]));
-        (format!("{body}.{sig}"), session)
+        Ok((format!("{body}.{sig}"), session))
     }
 
     /// The session a cookie value names, when its tag verifies, it has not expired at `now`
@@ -249,7 +254,7 @@ mod tests {
     #[test]
     fn a_session_verifies_until_it_expires_or_is_revoked() {
         let keys = Keys::new(TOKEN);
-        let (cookie, session) = keys.issue(&Who::Operator, 1_000);
+        let (cookie, session) = keys.issue(&Who::Operator, 1_000).unwrap();
         assert_eq!(keys.session(&cookie, 1_001).unwrap().who, Who::Operator);
         assert!(keys.session(&cookie, 1_000 + SESSION_SECS).is_none());
         // Another operator token's keys, or a changed body, do not verify.
@@ -272,8 +277,8 @@ mod tests {
     #[test]
     fn csrf_tokens_belong_to_their_session_and_links_to_their_tenant() {
         let keys = Keys::new(TOKEN);
-        let (_, a) = keys.issue(&Who::Operator, 0);
-        let (_, b) = keys.issue(&Who::Operator, 0);
+        let (_, a) = keys.issue(&Who::Operator, 0).unwrap();
+        let (_, b) = keys.issue(&Who::Operator, 0).unwrap();
         assert!(keys.csrf_ok(&a, &keys.csrf(&a)));
         assert!(!keys.csrf_ok(&b, &keys.csrf(&a)));
         assert!(!keys.csrf_ok(&a, "garbage"));
@@ -289,7 +294,7 @@ mod tests {
             None
         );
         // A session cookie is not a link, nor the other way round (separate keys).
-        let (cookie, _) = keys.issue(&Who::Operator, 0);
+        let (cookie, _) = keys.issue(&Who::Operator, 0).unwrap();
         assert_eq!(keys.link_tenant(&cookie, 1), None);
         assert!(keys.session(&link, 1).is_none());
     }
