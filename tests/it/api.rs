@@ -1250,3 +1250,163 @@ async fn an_api_without_the_kek_refuses_an_encrypted_tenants_destination_secret(
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_destination_secret_rotates_to_a_generated_one_shown_once_and_within_its_tenant() {
+    let api = start().await;
+    let js = &api.provisioned.js;
+    let destinations = js.get_key_value("destinations").await.unwrap();
+    let stored = || async {
+        let raw = destinations.get("acme.crm").await.unwrap().unwrap();
+        serde_json::from_slice::<Value>(&raw).unwrap()
+    };
+    // An empty body: a generated secret, returned once; the old one signs for 24 h more.
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/rotate-secret",
+            &api.acme_key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let secret = answer["secret"].as_str().unwrap().to_owned();
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 40,
+        "{answer}"
+    );
+    assert!(
+        answer["signing"]
+            .as_str()
+            .unwrap()
+            .contains("1 previous secret signs too"),
+        "{answer}"
+    );
+    let record = stored().await;
+    assert_eq!(record["target"]["secret"], secret.as_str());
+    assert_eq!(
+        record["target"]["previous_secrets"][0]["secret"],
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    );
+    // Never shown again: the destination reads redacted.
+    let (_, shown) = api
+        .call("GET", "/v1/tenants/acme/destinations/crm", OPERATOR, None)
+        .await;
+    assert!(!shown.to_string().contains(&secret[6..]), "{shown}");
+    // A given secret with no overlap: not returned, and the current one stops at once.
+    let given = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/rotate-secret",
+            OPERATOR,
+            Some(json!({"secret": given, "overlap": "0s"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer.get("secret").is_none(), "{answer}");
+    let record = stored().await;
+    assert_eq!(record["target"]["secret"], given);
+    // The 24 h overlap of the first rotation still runs; revoking stops it.
+    assert_eq!(
+        record["target"]["previous_secrets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/destinations/crm/rotate-secret",
+            OPERATOR,
+            Some(json!({"rotate": false, "revoke_previous": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        stored().await["target"]["previous_secrets"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    // Refused, nothing written: a reused secret, a bad overlap, an unknown field, nothing to
+    // do, another tenant's destination, an absent one.
+    for (path, body, expected) in [
+        ("acme/destinations/crm", json!({"secret": given}), 422),
+        ("acme/destinations/crm", json!({"overlap": "31d"}), 422),
+        ("acme/destinations/crm", json!({"overlap": "soon"}), 400),
+        ("acme/destinations/crm", json!({"secrets": given}), 400),
+        ("acme/destinations/crm", json!({"rotate": false}), 400),
+        ("globex/destinations/crm", json!({}), 403),
+        ("acme/destinations/nope", json!({}), 404),
+    ] {
+        let (status, answer) = api
+            .call(
+                "POST",
+                &format!("/v1/tenants/{path}/rotate-secret"),
+                &api.acme_key,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status.as_u16(), expected, "{path} {body}: {answer}");
+    }
+    assert_eq!(stored().await["target"]["secret"], given);
+    // Reported, without the secret.
+    let (_, events) = api
+        .call(
+            "GET",
+            "/v1/tenants/acme/events?kind=secret_rotated",
+            OPERATOR,
+            None,
+        )
+        .await;
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(!Value::from(events.clone()).to_string().contains("whsec_"));
+}
+
+#[tokio::test]
+async fn a_tenants_dlq_exports_as_ndjson_that_names_its_own_entries_only() {
+    let api = start().await;
+    let export = |path: &str, token: &str| {
+        let url = format!("{}{path}", api.base);
+        let token = token.to_owned();
+        async move {
+            let answer = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status();
+            let kind = answer
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, kind, answer.text().await.unwrap())
+        }
+    };
+    let (status, kind, body) = export("/v1/tenants/acme/dlq/export", &api.acme_key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(kind.as_deref(), Some("application/x-ndjson"));
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{body}");
+    assert_eq!(lines[0]["tenant"], "acme", "{body}");
+    assert!(lines[0]["stored_headers"].is_array(), "{body}");
+    // Filters narrow it; another tenant's export and bad filters are refused.
+    let (_, _, none) = export("/v1/tenants/acme/dlq/export?code=no_route", &api.acme_key).await;
+    assert_eq!(none, "");
+    let (_, _, recent) = export("/v1/tenants/acme/dlq/export?since=1h", OPERATOR).await;
+    assert_eq!(recent.lines().count(), 1);
+    for (path, expected) in [
+        ("/v1/tenants/globex/dlq/export", 403),
+        ("/v1/tenants/acme/dlq/export?since=soon", 400),
+        ("/v1/tenants/acme/dlq/export?limit=1", 400),
+    ] {
+        let (status, _, body) = export(path, &api.acme_key).await;
+        assert_eq!(status.as_u16(), expected, "{path}: {body}");
+    }
+}

@@ -182,7 +182,6 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .unwrap()
         .unwrap_or_default();
     assert!(!points.is_empty(), "no chart sample");
-    browser.screenshot(&shot("overview")).await;
 
     // The DLQ of acme, empty, following live; a failing message arrives while it is open.
     browser.goto(&format!("{base}/ui/dlq?tenant=acme")).await;
@@ -208,6 +207,37 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .wait_for_text("#entries tbody a", "", DEADLINE)
         .await;
     let seq = link.text().await.unwrap();
+    // The export link of these filters: the entry as an NDJSON line of `dlq export`.
+    let export = browser
+        .client()
+        .find(fantoccini::Locator::Id("export"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let cookie = browser
+        .client()
+        .get_named_cookie("sy_session")
+        .await
+        .unwrap();
+    let exported = reqwest::Client::new()
+        .get(format!("{base}{export}"))
+        .header("cookie", format!("sy_session={}", cookie.value()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{exported}");
+    assert_eq!(lines[0]["seq"].to_string(), seq, "{exported}");
+    assert_eq!(lines[0]["code"], "permanent_failure", "{exported}");
     link.click().await.unwrap();
     browser
         .wait_for_text("h1", &format!("Entry {seq}"), DEADLINE)
@@ -251,7 +281,39 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
     browser
         .wait_for_text("[data-field=state]", "enabled", DEADLINE)
         .await;
+    // Its secret rotated: the new one shown on the answer alone, the old one signing 24 h more.
+    click(&browser, "rotate-acme-crm").await;
+    let secret = browser
+        .wait_for_text("#new-secret", "whsec_", DEADLINE)
+        .await
+        .text()
+        .await
+        .unwrap();
+    browser
+        .wait_for_text("#signing", "1 previous secret signs too", DEADLINE)
+        .await;
+    let stored: serde_json::Value = serde_json::from_slice(
+        &p.js
+            .get_key_value("destinations")
+            .await
+            .unwrap()
+            .get("acme.crm")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["target"]["secret"], secret.as_str());
+    click(&browser, "back").await;
+    browser
+        .wait_for_text("#destinations", "enabled", DEADLINE)
+        .await;
+    let page = browser.client().source().await.unwrap();
+    assert!(!page.contains(&secret[6..]), "the secret shown again");
     browser.goto(&format!("{base}/ui/events")).await;
+    browser
+        .wait_for_text("#events", "secret_rotated", DEADLINE)
+        .await;
     browser
         .wait_for_text("#events", "destination_disabled", DEADLINE)
         .await;
@@ -310,6 +372,13 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .wait_for_text("#purged", "Deleted 1 entry", DEADLINE)
         .await;
     assert!(p.dlq().await.is_empty(), "purged");
+
+    // The overview after all this: acme's destination counted, its DLQ inflow measured.
+    browser.goto(&format!("{base}/ui/overview")).await;
+    browser
+        .wait_for_text("[data-field=destinations]", "1", DEADLINE)
+        .await;
+    browser.screenshot(&shot("overview")).await;
 
     // Logged out: the login form says so, and a page asks to log in again.
     click(&browser, "logout").await;
@@ -451,6 +520,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         (format!("/ui/dlq/{globex_seq}"), 404),
         ("/ui/dlq/live?tenant=globex".to_owned(), 400),
         ("/ui/attempts?tenant=globex".to_owned(), 400),
+        ("/ui/dlq/export?tenant=globex".to_owned(), 400),
         (format!("/ui/jobs/{globex_job}"), 404),
         (format!("/ui/jobs/{globex_job}/live"), 404),
     ] {
@@ -536,8 +606,39 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .await
         .unwrap();
     assert!(crm["record"]["disabled"].is_null(), "{crm}");
+    assert_eq!(
+        post(
+            "/ui/destinations/globex/crm/rotate-secret".to_owned(),
+            vec![("csrf", csrf.clone())]
+        )
+        .await,
+        404
+    );
+    let crm: serde_json::Value = serde_json::from_slice(
+        &p.js
+            .get_key_value("destinations")
+            .await
+            .unwrap()
+            .get("globex.crm")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        crm["target"]["secret"], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "globex's secret rotated from acme's portal"
+    );
     let (_, page) = get("/ui/destinations".to_owned()).await;
     assert!(!page.contains("globex"), "{page}");
+    // Its export holds its own entry alone.
+    let (status, exported) = get("/ui/dlq/export".to_owned()).await;
+    assert_eq!(status, 200);
+    assert_eq!(exported.lines().count(), 1, "{exported}");
+    assert!(
+        exported.contains("\"tenant\":\"acme\"") && !exported.contains("globex"),
+        "{exported}"
+    );
     let (status, page) = get("/ui/attempts".to_owned()).await;
     assert_eq!(status, 200);
     assert!(page.contains("a-1") && !page.contains("g-1"), "{page}");

@@ -31,6 +31,9 @@ pub enum RouteError {
     /// Not valid route JSON.
     #[error("route is not valid JSON for a route")]
     Json(#[source] serde_json::Error),
+    /// The operating system's random source failed while generating a secret.
+    #[error("generating a signing secret: the random source failed: {0}")]
+    Random(String),
     /// A field is out of range or malformed.
     #[error("route field {field}: {reason}")]
     Field {
@@ -153,6 +156,24 @@ impl std::fmt::Debug for WebhookSecret {
 }
 
 impl WebhookSecret {
+    /// Key bytes of a generated secret: 32 (the Standard Webhooks spec asks for 24 to 64,
+    /// "Symmetric signatures").
+    pub const GENERATED_KEY_BYTES: usize = 32;
+
+    /// A fresh secret: `whsec_` and the standard base64 of [`Self::GENERATED_KEY_BYTES`]
+    /// random bytes from the operating system (`getrandom`).
+    ///
+    /// # Errors
+    /// [`RouteError::Random`] when the random source fails.
+    pub fn generate() -> Result<Self, RouteError> {
+        let mut key = [0u8; Self::GENERATED_KEY_BYTES];
+        getrandom::fill(&mut key).map_err(|e| RouteError::Random(e.to_string()))?;
+        Ok(Self(format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )))
+    }
+
     /// Whether it is sealed (`enc:v1:…`): it must be opened before it signs.
     pub fn is_sealed(&self) -> bool {
         self.0.starts_with(SEALED_SECRET_PREFIX)
@@ -618,6 +639,17 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_secrets_are_valid_and_distinct() {
+        let (a, b) = (
+            WebhookSecret::generate().unwrap(),
+            WebhookSecret::generate().unwrap(),
+        );
+        assert_eq!(a.key().unwrap().len(), WebhookSecret::GENERATED_KEY_BYTES);
+        assert!(a.0.starts_with("whsec_"));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn oversized_urls_headers_and_subjects_are_refused_by_field() {

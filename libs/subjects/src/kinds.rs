@@ -415,11 +415,14 @@ pub enum EventKind {
     /// A shared stream or bucket of the deployment (the DLQ, a stage's stream, a KV bucket)
     /// reached `quota_near_full_pct` of its limits (an event of the deployment: no tenant).
     StorageNearFull,
+    /// A destination's signing secret was rotated (or its previous secrets revoked) through
+    /// the management API or the console.
+    SecretRotated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
@@ -432,6 +435,7 @@ impl EventKind {
         EventKind::DlqExpiring,
         EventKind::QuotaNearFull,
         EventKind::StorageNearFull,
+        EventKind::SecretRotated,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -449,6 +453,7 @@ impl EventKind {
             EventKind::DlqExpiring => "dlq_expiring",
             EventKind::QuotaNearFull => "quota_near_full",
             EventKind::StorageNearFull => "storage_near_full",
+            EventKind::SecretRotated => "secret_rotated",
         }
     }
 }

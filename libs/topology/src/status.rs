@@ -137,6 +137,9 @@ pub struct TenantStreamStatus {
     pub name: String,
     /// Messages accepted and not yet read.
     pub messages: u64,
+    /// Messages accepted since the stream was made (its last sequence): the difference of two
+    /// readings over their interval is the tenant's accepted rate.
+    pub accepted: u64,
     /// Their bytes.
     pub bytes: u64,
     /// The tenant's message quota (`-1`: none).
@@ -343,6 +346,7 @@ async fn tenant_streams(
             tenant: tenant.to_string(),
             name,
             messages: info.state.messages,
+            accepted: info.state.last_sequence,
             bytes: info.state.bytes,
             max_msgs: info.config.max_messages,
             max_bytes: info.config.max_bytes,

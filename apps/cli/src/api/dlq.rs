@@ -219,6 +219,125 @@ pub async fn list_dlq(
     }))
 }
 
+/// A tenant's DLQ entries as NDJSON, the format of `switchyard dlq export` (one line per entry:
+/// its JSON view, payload and every stored header; sealed payloads stay sealed), oldest first,
+/// streamed as read: `switchyard dlq import` takes the file back. Filters `code`,
+/// `destination`, `since`, `until` (RFC 3339, or an age: 2h, 3d). Never consumes.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq/export", tag = "dlq",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("code" = Option<String>, Query, description = "only this DLQ code"),
+           ("destination" = Option<String>, Query, description = "only this destination's copies"),
+           ("since" = Option<String>, Query, description = "only entries stored at or after this time (RFC 3339, or an age: 30s, 15m, 2h, 3d)"),
+           ("until" = Option<String>, Query, description = "only entries stored before this time (RFC 3339, or an age)")),
+    responses((status = 200, content_type = "application/x-ndjson", body = String, description = "one export line per entry"),
+              (status = 400, body = ApiError), (status = 401, body = ApiError),
+              (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn export_dlq(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let tenant = caller_for(&state, &headers, &tenant).await?;
+    known_parameters(&query, &["code", "destination", "since", "until"])?;
+    let mut selection = dlq_selection(&tenant, query.get("code"), query.get("destination"))?;
+    let time = |name: &str| {
+        query
+            .get(name)
+            .map(|raw| {
+                crate::parse::time(raw).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+            })
+            .transpose()
+    };
+    selection.since = time("since")?;
+    selection.until = time("until")?;
+    let reader = state.dlq().await?;
+    Ok(export(&reader, selection, &format!("dlq-{tenant}.ndjson")))
+}
+
+/// Bytes of export lines gathered before they are sent as one chunk.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+/// The answer of an export: `application/x-ndjson`, an attachment named `file_name`, the
+/// entries `selection` matches as stored now streamed as they are read (a bounded channel:
+/// never the whole DLQ in memory; a client that goes away stops the read). Stored messages
+/// that are not valid DLQ records are left out, as `dlq export` leaves them out. A read that
+/// fails midway ends the body with an error, so the client sees a broken transfer rather than
+/// a file that looks whole. What `GET …/dlq/export` and the console's export link answer.
+pub(crate) fn export(reader: &DlqReader, selection: Selection, file_name: &str) -> Response {
+    use async_nats::jetstream::message::StreamMessage;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let ns = reader.namespace().clone();
+    let mut read = reader.select(&selection);
+    tokio::spawn(async move {
+        let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
+        loop {
+            let (message, delivered) = match read.next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            if !delivered
+                .entry
+                .as_ref()
+                .is_ok_and(|entry| selection.matches(entry))
+            {
+                continue;
+            }
+            let stored = StreamMessage {
+                subject: message.subject.clone(),
+                sequence: delivered.seq,
+                headers: message.headers.clone().unwrap_or_default(),
+                payload: message.payload.clone(),
+                time: delivered.stored_at,
+            };
+            let line = switchyard_dlq_ops::ExportLine::of(&ns, &stored)
+                .map_err(|e| e.to_string())
+                .and_then(|line| serde_json::to_vec(&line).map_err(|e| e.to_string()));
+            match line {
+                Ok(line) => {
+                    chunk.extend_from_slice(&line);
+                    chunk.push(b'\n');
+                }
+                Err(e) => {
+                    let error = format!("exporting DLQ entry {}: {e}", delivered.seq);
+                    let _ = tx.send(Err(std::io::Error::other(error))).await;
+                    return;
+                }
+            }
+            if chunk.len() >= EXPORT_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(EXPORT_CHUNK));
+                if tx.send(Ok(Bytes::from(full))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(Ok(Bytes::from(chunk))).await;
+        }
+    });
+    let body = axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-ndjson".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// One DLQ entry of the tenant, by its sequence.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/dlq/{seq}", tag = "dlq",
     params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),

@@ -381,23 +381,7 @@ pub async fn put_destination(
             .check_tenant_scope(own.as_str())
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
-    let ring = state.data_keys.as_ref().map(|keys| &keys.1);
-    let sealer = match state.tenant_keys.secret_sealer(&key.tenant, ring).await {
-        Ok(sealer) => sealer,
-        Err(error @ switchyard_crypt::KeyStoreError::NoKek { .. }) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "kek_required",
-                format!(
-                    "{error} (this API was started without it: `switchyard api serve --kek-file`)"
-                ),
-            ));
-        }
-        Err(error @ switchyard_crypt::KeyStoreError::Shredded { .. }) => {
-            return Err(ApiError::invalid(error.to_string()));
-        }
-        Err(error) => return Err(unavailable(error)),
-    };
+    let sealer = sealer_for(&state, &key.tenant).await?;
     let place = switchyard_crypt::SecretPlace::Destination(key.clone());
     let existed = state
         .destinations
@@ -449,6 +433,208 @@ pub async fn put_destination(
         .await
         .map_err(unavailable)?;
     Ok(Json(view(&key.tenant, &key.destination, &record)))
+}
+
+/// The sealer of `tenant`'s destination secrets: sealing under its current data key when its
+/// encryption is on, a pass-through when off.
+///
+/// Errors: `503 kek_required` (encryption on, this API has no KEK), `422` (the tenant's keys
+/// were shredded), `503` (the `tenant-keys` bucket unreachable).
+async fn sealer_for<'a>(
+    state: &'a ApiState,
+    tenant: &TenantId,
+) -> Result<switchyard_crypt::SecretSealer<'a>, ApiError> {
+    let ring = state.data_keys.as_ref().map(|keys| &keys.1);
+    match state.tenant_keys.secret_sealer(tenant, ring).await {
+        Ok(sealer) => Ok(sealer),
+        Err(error @ switchyard_crypt::KeyStoreError::NoKek { .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kek_required",
+            format!("{error} (this API was started without it: `switchyard api serve --kek-file`)"),
+        )),
+        Err(error @ switchyard_crypt::KeyStoreError::Shredded { .. }) => {
+            Err(ApiError::invalid(error.to_string()))
+        }
+        Err(error) => Err(unavailable(error)),
+    }
+}
+
+/// A signing-secret rotation (`POST …/rotate-secret`; every field optional, an empty body
+/// rotates to a generated secret with a 24 h overlap).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// The new Standard Webhooks secret (`whsec_` + base64 of at least 16 bytes); absent: one
+    /// is generated (32 random bytes) and returned once in the answer.
+    pub secret: Option<String>,
+    /// How long the current secret keeps signing beside the new one: an age (`30m`, `24h`,
+    /// `7d`; at most 30 days; `0s` stops it at once). Default `24h`.
+    pub overlap: Option<String>,
+    /// Stop every previous secret now (one that leaked); with a rotation the current secret
+    /// stops too (no overlap). With `"rotate": false`, this alone.
+    #[serde(default)]
+    pub revoke_previous: bool,
+    /// Whether to rotate at all (default `true`; `false` with `revoke_previous` only revokes).
+    pub rotate: Option<bool>,
+}
+
+/// The answer to a rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotateAnswer {
+    /// The destination as stored now (redacted).
+    pub destination: DestinationView,
+    /// The generated secret: shown this once, never again (absent when the request gave one
+    /// or only revoked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// What signs now: `only the new secret signs` or `1 previous secret signs too, until …`.
+    pub signing: String,
+}
+
+/// Rotates a webhook destination's signing secret, keeping the current one signing for an
+/// overlap, in the Standard Webhooks way (receivers accept any of the signatures); or revokes
+/// its previous secrets. A generated secret is returned once. Reported as a `secret_rotated`
+/// event (never with the secret).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/destinations/{destination}/rotate-secret", tag = "destinations",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+           ("destination" = String, Path, description = "destination id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = Option<RotateRequest>, description = "the new secret (else generated), the overlap, revoke_previous"),
+    responses((status = 200, body = RotateAnswer), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 409, body = ApiError),
+              (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn rotate_destination_secret(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, destination)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<RotateAnswer>, ApiError> {
+    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
+    let key = DestinationKey {
+        tenant,
+        destination: destination_of(&destination)?,
+    };
+    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    Ok(Json(
+        rotate_secret(&state, &principal, &key, &request).await?,
+    ))
+}
+
+/// Rotates `key`'s signing secret as `principal` (what `POST …/rotate-secret` and the
+/// console's rotate form do): by compare-and-set, the secrets opened and sealed again for a
+/// tenant with encryption on, the retired secrets' history purged, a `secret_rotated` event.
+///
+/// Errors: `400` a bad overlap or nothing to do, `404` no such destination, `409` it kept
+/// changing, `422` not a webhook destination or a refused secret (reused, malformed, too many
+/// previous secrets), `503` as [`sealer_for`] or KV unreachable.
+pub(crate) async fn rotate_secret(
+    state: &ApiState,
+    principal: &Principal,
+    key: &DestinationKey,
+    request: &RotateRequest,
+) -> Result<RotateAnswer, ApiError> {
+    let overlap = match request.overlap.as_deref().map(str::trim) {
+        None | Some("") => time::Duration::hours(24),
+        Some(raw) => crate::parse::age(raw)
+            .and_then(|age| time::Duration::try_from(age).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "overlap {:?} is not an age such as 30m, 24h or 7d",
+                    crate::output::printable(raw)
+                ))
+            })?,
+    };
+    let rotate = request.rotate.unwrap_or(true);
+    if !rotate && !request.revoke_previous {
+        return Err(ApiError::bad_request(
+            "nothing to do: rotate, revoke_previous, or both",
+        ));
+    }
+    let (new, generated) = match (rotate, &request.secret) {
+        (false, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "a secret was given with \"rotate\": false",
+            ));
+        }
+        (false, None) => (None, false),
+        (true, Some(given)) => (Some(given.trim().to_owned()), false),
+        (true, None) => (
+            Some(
+                switchyard_registry::WebhookSecret::generate()
+                    .map_err(unavailable)?
+                    .0,
+            ),
+            true,
+        ),
+    };
+    let rotation = crate::commands::routes::SecretArgs {
+        secret: new.clone(),
+        secret_file: None,
+        overlap,
+        revoke_previous: request.revoke_previous,
+    };
+    let sealer = sealer_for(state, &key.tenant).await?;
+    let place = switchyard_crypt::SecretPlace::Destination(key.clone());
+    let now = OffsetDateTime::now_utc();
+    let changed = state
+        .destinations
+        .change(key, CAS_TRIES, |old| {
+            let Some(old) = old else {
+                return Err(ApiError::not_found(format!(
+                    "no destination {}",
+                    key.render()
+                )));
+            };
+            let mut next = old.clone();
+            sealer
+                .open(&mut next.target, &place)
+                .map_err(|e| ApiError::invalid(format!("the stored secrets do not open: {e}")))?;
+            let switchyard_registry::Route::Webhook(webhook) = &mut next.target else {
+                return Err(ApiError::invalid(format!(
+                    "destination {} delivers over NATS: it has no signing secret",
+                    key.render()
+                )));
+            };
+            rotation
+                .apply(webhook, new.as_ref(), now)
+                .map_err(|e| ApiError::invalid(crate::output::error_chain(&e)))?;
+            next.validate()
+                .map_err(|e| ApiError::invalid(crate::output::error_chain(&e)))?;
+            sealer
+                .seal(&mut next.target, &place)
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            Ok::<_, ApiError>(Some(next))
+        })
+        .await?;
+    let Changed::Stored(record, _) = changed else {
+        return Err(conflict());
+    };
+    state
+        .destinations
+        .purge_history(key)
+        .await
+        .map_err(unavailable)?;
+    let (did, signing) =
+        crate::commands::routes::rotation_summary(&record.target, new.is_some(), now);
+    let who = match principal {
+        Principal::Operator => "an operator",
+        Principal::Tenant(_) => "the tenant",
+    };
+    state.events.emit(
+        EventKind::SecretRotated,
+        Some(&key.tenant),
+        Some(key.destination.as_str()),
+        &format!("{did} destination {} ({who}); {signing}", key.destination),
+    );
+    Ok(RotateAnswer {
+        destination: view(&key.tenant, &key.destination, &record),
+        secret: generated.then_some(new).flatten(),
+        signing,
+    })
 }
 
 /// Removes a destination.

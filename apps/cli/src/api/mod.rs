@@ -70,6 +70,7 @@ use error::ApiError;
         handlers::put_destination,
         handlers::delete_destination,
         handlers::switch_destination,
+        handlers::rotate_destination_secret,
         keys::list_keys,
         keys::create_key,
         keys::revoke_key,
@@ -79,6 +80,7 @@ use error::ApiError;
         limits::get_default_limits,
         limits::put_default_limits,
         dlq::list_dlq,
+        dlq::export_dlq,
         dlq::get_dlq_entry,
         dlq::replay_dlq,
         dlq::purge_dlq,
@@ -101,6 +103,8 @@ use error::ApiError;
         dlq::ReplayRequest,
         dlq::PurgeRequest,
         handlers::DisableRequest,
+        handlers::RotateRequest,
+        handlers::RotateAnswer,
         keys::CreateKeyRequest,
         keys::ScopeName,
         limits::LimitRequest,
@@ -345,9 +349,14 @@ pub fn router(state: ApiState) -> Router {
             "/v1/tenants/{tenant}/destinations/{destination}/{action}",
             post(switch_destination),
         )
+        .route(
+            "/v1/tenants/{tenant}/destinations/{destination}/rotate-secret",
+            post(rotate_destination_secret),
+        )
         .route("/v1/tenants/{tenant}/dlq", get(dlq::list_dlq))
         .route("/v1/tenants/{tenant}/dlq/replay", post(dlq::replay_dlq))
         .route("/v1/tenants/{tenant}/dlq/purge", post(dlq::purge_dlq))
+        .route("/v1/tenants/{tenant}/dlq/export", get(dlq::export_dlq))
         .route("/v1/tenants/{tenant}/dlq/{seq}", get(dlq::get_dlq_entry))
         .route("/v1/tenants/{tenant}/attempts", get(list_attempts))
         .route("/v1/tenants/{tenant}/events", get(list_events))

@@ -71,6 +71,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("events.html", include_str!("templates/events.html")),
     ("purge.html", include_str!("templates/purge.html")),
     ("attempts.html", include_str!("templates/attempts.html")),
+    ("rotated.html", include_str!("templates/rotated.html")),
 ];
 
 /// The console's script.
@@ -159,6 +160,10 @@ pub fn router(state: ConsoleState) -> Router {
             "/ui/destinations/{tenant}/{destination}/{action}",
             post(switch_destination),
         )
+        .route(
+            "/ui/destinations/{tenant}/{destination}/rotate-secret",
+            post(rotate_destination_secret),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             posted_in_session,
@@ -173,6 +178,7 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/ui/overview/live", get(overview_live))
         .route("/ui/dlq", get(dlq))
         .route("/ui/dlq/live", get(dlq_live))
+        .route("/ui/dlq/export", get(dlq_export))
         .route("/ui/dlq/{seq}", get(entry))
         .route("/ui/jobs/{job}", get(job))
         .route("/ui/jobs/{job}/live", get(job_live))

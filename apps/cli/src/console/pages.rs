@@ -5,7 +5,7 @@
 //! scopes everything: a DLQ entry or job of another tenant is "not found", a tenant filter
 //! naming another tenant is refused.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -447,12 +447,53 @@ pub async fn portal(
 #[derive(Debug, Serialize)]
 struct TenantRow {
     tenant: String,
+    /// Messages accepted per second (`12.5/s`; `-` until two samples exist).
     rate: String,
+    /// Its rate limit (`500/s`, `-`).
+    limit: String,
     backlog: u64,
     quota_pct: f64,
     admission: &'static str,
     dlq: u64,
+    /// DLQ entries stored per minute (`2/min`; `-` until two samples exist).
+    dlq_inflow: String,
+    /// Its destinations: `3`, `3, 1 failing` (`-`: none).
+    destinations: String,
+    /// Whether none of them fails.
+    destinations_ok: bool,
     charts: super::history::Charts,
+    #[serde(skip)]
+    reading: super::history::Reading,
+}
+
+/// Every tenant's destinations: how many, and how many are disabled or have a circuit breaker
+/// that is not closed (one KV read per destination: read at the history's pace).
+async fn destination_health(
+    state: &ConsoleState,
+) -> Result<BTreeMap<String, super::history::Health>, String> {
+    let listed = state
+        .api
+        .destinations
+        .list(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    let breakers = crate::commands::destinations::breakers(&state.api.js, &state.api.topology)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let mut health: BTreeMap<String, super::history::Health> = BTreeMap::new();
+    for (key, record) in listed {
+        let tripped = breakers
+            .get(&switchyard_keys::BreakerKey::Destination(key.clone()))
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        let disabled = record.as_ref().map_or(true, |r| r.disabled.is_some());
+        let entry = health.entry(key.tenant.to_string()).or_default();
+        entry.total += 1;
+        entry.failing += usize::from(tripped || disabled);
+    }
+    Ok(health)
 }
 
 /// Every tenant the caller may see, with what the overview shows of it.
@@ -460,6 +501,14 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
     let (report, rates) = crate::commands::status::snapshot(&state.api.js, &state.api.topology)
         .await
         .map_err(|e| format!("{e:#}"))?;
+    let at = now();
+    let history = &state.console.history;
+    if history.health_due(at) {
+        match destination_health(state).await {
+            Ok(health) => history.set_health(at, health),
+            Err(error) => tracing::warn!(%error, "reading the destinations' health"),
+        }
+    }
     let mut tenants: BTreeSet<String> = report
         .tenant_streams
         .iter()
@@ -477,67 +526,73 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
         .iter()
         .find(|r| r.tenant == "_default")
         .and_then(|r| r.limit.as_ref());
-    Ok(tenants
+    let mut rows: Vec<TenantRow> = tenants
         .into_iter()
         .map(|tenant| {
             let rate = rates.iter().find(|r| r.tenant == tenant);
             let limit = rate.and_then(|r| r.limit.as_ref()).or(default_rate);
-            TenantRow {
-                rate: limit.map_or("-".to_owned(), |l| format!("{}/s", l.rate_per_sec)),
+            let own = report.tenant_streams.iter().find(|s| s.tenant == tenant);
+            let reading = super::history::Reading {
                 backlog: report
                     .tenant_backlog
                     .iter()
                     .filter(|b| b.tenant == tenant)
                     .map(|b| b.messages)
                     .sum::<u64>()
-                    + report
-                        .tenant_streams
-                        .iter()
-                        .filter(|s| s.tenant == tenant)
-                        .map(|s| s.messages)
-                        .sum::<u64>(),
-                quota_pct: report
-                    .tenant_streams
-                    .iter()
-                    .find(|s| s.tenant == tenant)
-                    .map_or(0.0, |s| (s.fill_pct * 10.0).round() / 10.0),
-                admission: match rate.and_then(|r| r.pressure.as_ref()).map(|p| p.admission) {
-                    Some(Admission::Closed) => "closed",
-                    _ => "open",
-                },
+                    + own.map_or(0, |s| s.messages),
                 dlq: report
                     .tenant_dlq
                     .iter()
                     .find(|d| d.tenant == tenant)
                     .map_or(0, |d| d.entries),
-                charts: super::history::Charts {
-                    backlog: String::new(),
-                    dlq: String::new(),
-                    backlog_max: 0,
-                    dlq_max: 0,
+                accepted: own.map_or(0, |s| s.accepted),
+            };
+            let health = history.health(&tenant);
+            TenantRow {
+                rate: String::new(),
+                limit: limit.map_or("-".to_owned(), |l| format!("{}/s", l.rate_per_sec)),
+                backlog: reading.backlog,
+                quota_pct: own.map_or(0.0, |s| (s.fill_pct * 10.0).round() / 10.0),
+                admission: match rate.and_then(|r| r.pressure.as_ref()).map(|p| p.admission) {
+                    Some(Admission::Closed) => "closed",
+                    _ => "open",
                 },
+                dlq: reading.dlq,
+                dlq_inflow: String::new(),
+                destinations: match health {
+                    h if h.total == 0 => "-".to_owned(),
+                    h if h.failing == 0 => h.total.to_string(),
+                    h => format!("{}, {} failing", h.total, h.failing),
+                },
+                destinations_ok: health.failing == 0,
+                charts: super::history::Charts::default(),
+                reading,
                 tenant,
             }
         })
-        .collect::<Vec<_>>())
-    .map(|mut rows| {
-        // Every tenant's sample (whoever reads), then each row's charts.
-        let at = now();
-        state.console.history.record(
-            at,
-            rows.iter()
-                .map(|r| (r.tenant.clone(), r.backlog, r.dlq))
-                .collect::<Vec<_>>(),
-        );
-        // A portal sees its own tenant's row alone (every tenant is sampled above).
-        if let Some(own) = who.tenant() {
-            rows.retain(|r| r.tenant == own.as_str());
-        }
-        for row in &mut rows {
-            row.charts = state.console.history.charts(&row.tenant, at);
-        }
-        rows
-    })
+        .collect();
+    // Rates against the samples before this one, then every tenant's sample (whoever reads),
+    // then each row's charts.
+    for row in &mut rows {
+        (row.rate, row.dlq_inflow) = match history.rates(&row.tenant, at, row.reading) {
+            Some((rate, inflow)) => (format!("{rate}/s"), format!("{inflow}/min")),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+    }
+    history.record(
+        at,
+        rows.iter()
+            .map(|r| (r.tenant.clone(), r.reading))
+            .collect::<Vec<_>>(),
+    );
+    // A portal sees its own tenant's row alone (every tenant is sampled above).
+    if let Some(own) = who.tenant() {
+        rows.retain(|r| r.tenant == own.as_str());
+    }
+    for row in &mut rows {
+        row.charts = history.charts(&row.tenant, at);
+    }
+    Ok(rows)
 }
 
 /// `GET /ui/overview`.
@@ -899,7 +954,53 @@ pub async fn dlq(
     );
     context.insert("codes".into(), json!(code_names()));
     context.insert("cursor".into(), cursor.into());
+    context.insert(
+        "export".into(),
+        format!("/ui/dlq/export?{}", query.with_after(0)).into(),
+    );
     page(&state, StatusCode::OK, "dlq.html", Value::Object(context))
+}
+
+/// `GET /ui/dlq/export`: every entry the filters select (within the session's scope) as the
+/// NDJSON of `switchyard dlq export`, streamed ([`crate::api::dlq::export`]).
+pub async fn dlq_export(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<DlqQuery>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(to_login) => return to_login,
+    };
+    let selection = match query.selection(&session.who) {
+        Ok(s) => s,
+        Err(error) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::BAD_REQUEST,
+                "Bad filter",
+                &error,
+            );
+        }
+    };
+    let reader = match state.api.dlq().await {
+        Ok(r) => r,
+        Err(e) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &e.message,
+            );
+        }
+    };
+    let name = match &selection.tenant {
+        Some(tenant) => format!("dlq-{tenant}.ndjson"),
+        None => "dlq.ndjson".to_owned(),
+    };
+    crate::api::dlq::export(&reader, selection, &name)
 }
 
 fn code_names() -> Vec<&'static str> {
@@ -1283,6 +1384,49 @@ struct DestinationRow {
     enabled: bool,
     breaker: String,
     rate: String,
+    /// Whether this session may enable or disable it (a portal may not enable what an
+    /// operator disabled).
+    switchable: bool,
+    /// Whether it delivers over HTTP (it has a signing secret to rotate).
+    webhook: bool,
+    /// Its recent attempts: `18 of 20 delivered`, or empty when none is in the tenant's last
+    /// [`RECENT_ATTEMPTS`].
+    recent: String,
+    /// Its last attempt: `<time> delivered (200)`.
+    last: String,
+    /// Whether its last attempt delivered.
+    last_ok: bool,
+}
+
+/// How many of a tenant's most recent attempts the destinations page summarises.
+const RECENT_ATTEMPTS: usize = 200;
+
+/// One destination's summary of its tenant's recent attempts (oldest first): how many
+/// delivered, and the last one.
+fn recent_of(attempts: &[Value], destination: &str) -> (String, String, bool) {
+    let mine: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| a.get("destination").and_then(Value::as_str) == Some(destination))
+        .collect();
+    let Some(last) = mine.last() else {
+        return (String::new(), String::new(), false);
+    };
+    let delivered = |a: &Value| a.get("result").and_then(Value::as_str) == Some("delivered");
+    let ok = mine.iter().filter(|a| delivered(a)).count();
+    let field = |name: &str| {
+        last.get(name)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_default()
+    };
+    let status = match last.get("status") {
+        Some(Value::Number(n)) => format!(" ({n})"),
+        _ => String::new(),
+    };
+    (
+        format!("{ok} of {} delivered", mine.len()),
+        format!("{} {}{status}", field("at"), field("result")),
+        delivered(last),
+    )
 }
 
 /// `GET /ui/destinations`: every destination the session may see, its state, circuit breaker
@@ -1316,8 +1460,25 @@ pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap)
         };
     let now = OffsetDateTime::now_utc();
     let mut rows = Vec::new();
+    // Each tenant's recent attempts, read once for all its destinations.
+    let mut recent: BTreeMap<TenantId, Vec<Value>> = BTreeMap::new();
     for (key, record) in listed {
         let Ok(record) = record else { continue };
+        if !recent.contains_key(&key.tenant) {
+            let query = std::collections::HashMap::from([(
+                "limit".to_owned(),
+                RECENT_ATTEMPTS.to_string(),
+            )]);
+            // An unreadable delivery log leaves the column empty, not the page.
+            let attempts = crate::api::handlers::attempts_of(&state.api, &key.tenant, &query)
+                .await
+                .unwrap_or_default();
+            recent.insert(key.tenant.clone(), attempts);
+        }
+        let (summary, last, last_ok) = recent_of(
+            recent.get(&key.tenant).map_or(&[][..], Vec::as_slice),
+            key.destination.as_str(),
+        );
         let breaker = breakers
             .get(&switchyard_keys::BreakerKey::Destination(key.clone()))
             .await
@@ -1336,6 +1497,15 @@ pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap)
                 .rate_limit
                 .as_ref()
                 .map_or("-".to_owned(), |r| format!("{}/s", r.rate_per_sec)),
+            switchable: session.who.tenant().is_none()
+                || !record
+                    .disabled
+                    .as_ref()
+                    .is_some_and(|d| d.by == switchyard_registry::DisabledBy::Operator),
+            webhook: matches!(record.target, switchyard_registry::Route::Webhook(_)),
+            recent: summary,
+            last,
+            last_ok,
         });
     }
     let mut context = base(&state, &session);
@@ -1396,6 +1566,79 @@ pub async fn switch_destination(
     };
     match crate::api::handlers::switch(&state.api, &principal, &key, disabled).await {
         Ok(_) => see_other("/ui/destinations"),
+        Err(e) if e.status == StatusCode::NOT_FOUND => not_found(),
+        Err(e) => message(&state, Some(&session), e.status, "Refused", &e.message),
+    }
+}
+
+/// The rotate-secret form: its CSRF token and the overlap (an age).
+#[derive(Deserialize)]
+pub struct RotateForm {
+    csrf: String,
+    #[serde(default)]
+    overlap: String,
+}
+
+/// `POST /ui/destinations/{tenant}/{destination}/rotate-secret`: rotates to a generated secret
+/// (the current one signing for the chosen overlap) and shows the new secret on this answer
+/// alone (`no-store`; no page shows it again).
+pub async fn rotate_destination_secret(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path((tenant, destination)): Path<(String, String)>,
+    Form(form): Form<RotateForm>,
+) -> Response {
+    let session = match form_session(&state, &headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let not_found = || {
+        message(
+            &state,
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such destination.",
+        )
+    };
+    let (Ok(tenant), Ok(destination)) = (
+        tenant.parse::<TenantId>(),
+        destination.parse::<switchyard_keys::DestinationId>(),
+    ) else {
+        return not_found();
+    };
+    if session.who.tenant().is_some_and(|own| *own != tenant) {
+        return not_found();
+    }
+    let key = switchyard_keys::DestinationKey {
+        tenant,
+        destination,
+    };
+    let request = crate::api::handlers::RotateRequest {
+        overlap: Some(form.overlap),
+        ..Default::default()
+    };
+    match crate::api::handlers::rotate_secret(
+        &state.api,
+        &principal_of(&session.who),
+        &key,
+        &request,
+    )
+    .await
+    {
+        Ok(answer) => {
+            let mut context = base(&state, &session);
+            context.insert("tenant".into(), key.tenant.to_string().into());
+            context.insert("destination".into(), key.destination.to_string().into());
+            context.insert("secret".into(), answer.secret.into());
+            context.insert("signing".into(), answer.signing.into());
+            page(
+                &state,
+                StatusCode::OK,
+                "rotated.html",
+                Value::Object(context),
+            )
+        }
         Err(e) if e.status == StatusCode::NOT_FOUND => not_found(),
         Err(e) => message(&state, Some(&session), e.status, "Refused", &e.message),
     }
@@ -1664,5 +1907,40 @@ pub async fn sample_history(state: ConsoleState) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destinations_recent_attempts_are_counted_apart_from_its_tenants_others() {
+        let attempts = [
+            json!({"destination": "crm", "result": "retryable", "status": 503, "at": "t1"}),
+            json!({"destination": "erp", "result": "delivered", "status": 200, "at": "t2"}),
+            json!({"destination": "crm", "result": "delivered", "status": 200, "at": "t3"}),
+        ];
+        assert_eq!(
+            recent_of(&attempts, "crm"),
+            (
+                "1 of 2 delivered".to_owned(),
+                "t3 delivered (200)".to_owned(),
+                true
+            )
+        );
+        let failed = [json!({"destination": "crm", "result": "permanent", "at": "t4"})];
+        assert_eq!(
+            recent_of(&failed, "crm"),
+            (
+                "0 of 1 delivered".to_owned(),
+                "t4 permanent".to_owned(),
+                false
+            )
+        );
+        assert_eq!(
+            recent_of(&attempts, "nope"),
+            (String::new(), String::new(), false)
+        );
     }
 }

@@ -26,7 +26,7 @@ function overview(table) {
       for (const row of rows) {
         const tr = table.querySelector(`tr[data-tenant="${CSS.escape(row.tenant)}"]`);
         if (!tr) continue;
-        for (const field of ["rate", "backlog", "admission", "dlq"]) {
+        for (const field of ["rate", "limit", "backlog", "admission", "dlq", "dlq_inflow"]) {
           const td = tr.querySelector(`[data-field="${field}"]`);
           if (td) td.textContent = String(row[field]);
         }
@@ -34,7 +34,13 @@ function overview(table) {
         if (quota) quota.textContent = `${row.quota_pct}%`;
         const admission = tr.querySelector('[data-field="admission"]');
         if (admission) admission.className = row.admission;
-        for (const chart of ["backlog", "dlq"]) {
+        const destinations = tr.querySelector('[data-field="destinations"]');
+        if (destinations) {
+          destinations.className = row.destinations_ok ? "open" : "closed";
+          const link = destinations.querySelector("a");
+          if (link) link.textContent = String(row.destinations);
+        }
+        for (const chart of ["rate", "backlog", "dlq_inflow"]) {
           const line = tr.querySelector(`polyline[data-chart="${chart}"]`);
           if (line) line.setAttribute("points", String(row.charts[chart]));
         }
