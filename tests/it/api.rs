@@ -524,7 +524,7 @@ async fn keys_are_issued_by_the_operator_listed_without_secrets_and_revoked_by_t
     let token = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(token.starts_with(&format!("sy_{id}_")), "{created}");
-    assert_ne!(created["expires_at"], "-");
+    assert!(created["expires_at"].is_string(), "{created}");
     let (status, _) = api
         .call("GET", "/v1/tenants/acme/destinations", &token, None)
         .await;

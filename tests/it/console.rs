@@ -36,6 +36,10 @@ fn shot(name: &str) -> PathBuf {
 async fn serve_api(p: &Pipeline) -> String {
     let topology = DeploymentConfig::default().resolve().unwrap();
     let state = ApiState::open(&p.js, &topology, OPERATOR).await.unwrap();
+    switchyard_cli::console::spawn_background(&switchyard_cli::console::ConsoleState {
+        api: state.clone(),
+        console: state.console.clone(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -750,11 +754,40 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .unwrap();
     assert_eq!(again.status(), 409);
 
+    // A second replica of the API takes the session too, until it logs out on the first.
+    let replica = serve_api(&p).await;
+    let on_replica = |base: String| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        async move {
+            http.get(format!("{base}/ui/overview"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(on_replica(replica.clone()).await, 200);
+
     // Logging out ends the live streams the session had open.
     assert_eq!(
         post("/ui/logout".to_owned(), vec![("csrf", csrf.clone())]).await,
         303
     );
+    // Every replica refuses it from then on: the running one, and one started afterwards.
+    wait_for(
+        "the other replica to refuse the session",
+        DEADLINE,
+        || async { (on_replica(replica.clone()).await == 303).then_some(()) },
+    )
+    .await;
+    let late = serve_api(&p).await;
+    wait_for("a replica started later to refuse it", DEADLINE, || async {
+        (on_replica(late.clone()).await == 303).then_some(())
+    })
+    .await;
     let ended = tokio::time::timeout(DEADLINE, async {
         while let Ok(Some(_)) = live.chunk().await {}
     })

@@ -418,11 +418,14 @@ pub enum EventKind {
     /// A destination's signing secret was rotated (or its previous secrets revoked) through
     /// the management API or the console.
     SecretRotated,
+    /// A console session was logged out (`about`: its session id, not a credential), so every
+    /// management API replica refuses its cookie from then on.
+    SessionEnded,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
@@ -436,6 +439,7 @@ impl EventKind {
         EventKind::QuotaNearFull,
         EventKind::StorageNearFull,
         EventKind::SecretRotated,
+        EventKind::SessionEnded,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -454,6 +458,7 @@ impl EventKind {
             EventKind::QuotaNearFull => "quota_near_full",
             EventKind::StorageNearFull => "storage_near_full",
             EventKind::SecretRotated => "secret_rotated",
+            EventKind::SessionEnded => "session_ended",
         }
     }
 }

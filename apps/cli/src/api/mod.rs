@@ -482,16 +482,24 @@ pub async fn run(
                 !serve.listen.ip().is_loopback(),
                 stop.clone(),
             ));
-            tokio::spawn(crate::console::pages::sample_history(
-                crate::console::ConsoleState {
-                    api: state.clone(),
-                    console: state.console.clone(),
-                },
-            ));
+            crate::console::spawn_background(&crate::console::ConsoleState {
+                api: state.clone(),
+                console: state.console.clone(),
+            });
+            // Bound here, so a taken address names this command's own setting.
+            let listener = tokio::net::TcpListener::bind(serve.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding {} (--listen): another process may hold it; choose a free \
+                         address with --listen",
+                        serve.listen
+                    )
+                })?;
             let running =
-                switchyard_service::launch("api", serve.listen, router(state), stop, async {})
+                switchyard_service::launch("api", listener, router(state), stop, async {})
                     .await
-                    .with_context(|| format!("listening on {}", serve.listen))?;
+                    .with_context(|| format!("serving on {}", serve.listen))?;
             eprintln!(
                 "management API on http://{} (OpenAPI: /openapi.json; console: /ui)",
                 running.http_addr

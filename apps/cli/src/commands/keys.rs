@@ -97,8 +97,10 @@ pub struct KeyView<'a> {
     scopes: &'a [ApiScope],
     label: Option<&'a str>,
     created_at: String,
-    expires_at: String,
-    revoked_at: String,
+    /// RFC 3339; `null`: never expires.
+    expires_at: Option<String>,
+    /// RFC 3339; `null`: not revoked.
+    revoked_at: Option<String>,
 }
 
 impl<'a> KeyView<'a> {
@@ -111,8 +113,8 @@ impl<'a> KeyView<'a> {
             scopes: &record.scopes,
             label: record.label.as_deref(),
             created_at: shown(Some(record.created_at)),
-            expires_at: shown(record.expires_at),
-            revoked_at: shown(record.revoked_at),
+            expires_at: rfc3339(record.expires_at),
+            revoked_at: rfc3339(record.revoked_at),
         }
     }
 }
@@ -121,7 +123,8 @@ impl<'a> KeyView<'a> {
 /// itself included, once: `{"id", "tenant", "key": "sy_…", "expires_at"}`.
 #[derive(Debug, Serialize)]
 pub struct CreatedView<'a> {
-    expires_at: String,
+    /// RFC 3339; `null`: never expires.
+    expires_at: Option<String>,
     id: &'a str,
     key: &'a str,
     tenant: &'a TenantId,
@@ -131,7 +134,7 @@ impl<'a> CreatedView<'a> {
     /// The view of a key just issued.
     pub fn new(issued: &'a IssuedKey) -> Self {
         Self {
-            expires_at: shown(issued.record.expires_at),
+            expires_at: rfc3339(issued.record.expires_at),
             id: &issued.id.id,
             key: &issued.token,
             tenant: &issued.record.tenant,
@@ -149,9 +152,14 @@ fn status(record: &ApiKeyRecord, now: OffsetDateTime) -> &'static str {
     }
 }
 
-fn shown(at: Option<OffsetDateTime>) -> String {
+/// A time as JSON shows it: RFC 3339, `None` (`null`) when absent.
+fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
     at.and_then(|at| at.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// A time as a table shows it: RFC 3339, `-` when absent.
+fn shown(at: Option<OffsetDateTime>) -> String {
+    rfc3339(at).unwrap_or_else(|| "-".to_owned())
 }
 
 /// A new key for `tenant` (not stored yet): expiring `expires_in_days` from `now` if given,

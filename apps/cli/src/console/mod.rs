@@ -3,11 +3,16 @@
 //! a signed link, for one tenant (its portal).
 //!
 //! - [`session`]: signed session cookies, CSRF tokens, portal links.
-//! - [`pages`]: the pages — login and logout, the overview (every tenant's rate limit, backlog,
-//!   quota fill, admission and DLQ entries, updated live), the DLQ browser (the CLI's filters,
-//!   pages of [`PAGE`] entries by sequence, live tail), an entry (record, headers, payload as
+//! - [`logouts`]: logouts every replica honours (`session_ended` events).
+//! - [`history`]: the overview's last hour and rates.
+//! - [`pages`]: the pages — login and logout, the overview (every tenant's accepted rate, rate
+//!   limit, backlog, quota fill, admission, DLQ entries and inflow, destinations' health,
+//!   updated live, with last-hour charts), the DLQ browser (the CLI's filters, pages of
+//!   [`PAGE`] entries by sequence, live tail, export), an entry (record, headers, payload as
 //!   text, pretty JSON and hex, attempt history), replay (a dry run first, then a durable job
-//!   run by the dlq service, its progress live, cancellable), and the portal link exchange.
+//!   run by the dlq service, its progress live, cancellable), purge, destinations (recent
+//!   attempts, disable / enable, rotate secret), the delivery log, the events feed, and the
+//!   portal link exchange.
 //! - `templates/`: the pages' HTML (minijinja; `.html` templates are auto-escaped), `app.js`
 //!   (the live updates: `EventSource`, DOM built with `textContent` only) and `app.css`.
 //!
@@ -20,6 +25,7 @@
 //! a portal session reaches its tenant's things only, whatever the URL names.
 
 pub mod history;
+pub mod logouts;
 pub mod pages;
 pub mod session;
 
@@ -144,6 +150,14 @@ async fn secure_headers(mut response: axum::response::Response) -> axum::respons
         set(headers, header::CACHE_CONTROL, "no-store");
     }
     response
+}
+
+/// Starts what the console runs beside its pages until `state.console.stop`: the overview's
+/// sampler ([`pages::sample_history`]) and the follow of every replica's logouts
+/// ([`logouts::follow`]). `switchyard api serve` calls it; so do tests serving the router.
+pub fn spawn_background(state: &ConsoleState) {
+    tokio::spawn(pages::sample_history(state.clone()));
+    tokio::spawn(logouts::follow(state.clone()));
 }
 
 /// The console's routes (under `/ui`), with the API's state.

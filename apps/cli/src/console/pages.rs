@@ -378,6 +378,10 @@ pub async fn logout(
         Err(answer) => return answer,
     };
     state.console.keys.revoke(&session, now());
+    if let Err(error) = super::logouts::report(&state, &session).await {
+        // Logged out here; another replica may still take the cookie until it expires.
+        tracing::warn!(%error, "a logout was not reported to the other API replicas");
+    }
     let mut response = see_other("/ui/login?out=1");
     response.headers_mut().append(
         header::SET_COOKIE,

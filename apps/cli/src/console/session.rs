@@ -3,8 +3,9 @@
 //! - **Session cookie** `sy_session`: `<base64url JSON {who, sid, exp}>.<base64url HMAC-SHA256>`,
 //!   `HttpOnly; SameSite=Strict; Path=/ui` (and `Secure` unless the console listens on a
 //!   loopback address). `who` is `operator` or `tenant:<id>` (a portal session). It lasts
-//!   [`SESSION_SECS`]; logging out revokes its `sid` in this process; rotating the operator
-//!   token revokes every session and portal link at once (the keys derive from it).
+//!   [`SESSION_SECS`]; logging out revokes its `sid` in this process and, through a
+//!   `session_ended` event every replica follows, in every other; rotating the operator token
+//!   revokes every session and portal link at once (the keys derive from it).
 //! - **CSRF** (OWASP's HMAC-based synchronizer token): every form carries
 //!   `HMAC(key, "csrf" ‖ sid)`; a POST whose field does not verify is refused `403`. The login
 //!   form, which has no session yet, pairs a random `sy_login` cookie with
@@ -193,9 +194,18 @@ impl Keys {
     /// Ends a session in this process (logout); ids of sessions that have expired anyway are
     /// forgotten, so the list stays as long as the sessions logged out within 8 hours.
     pub fn revoke(&self, session: &Session, now: i64) {
+        self.revoke_sid(&session.sid, session.exp, now);
+    }
+
+    /// Ends session `sid` (which would have expired at `exp`, Unix seconds) in this process: a
+    /// logout here, or one another replica reported (`session_ended`).
+    pub fn revoke_sid(&self, sid: &str, exp: i64, now: i64) {
+        if exp <= now {
+            return;
+        }
         if let Ok(mut revoked) = self.revoked.lock() {
             revoked.retain(|_, exp| *exp > now);
-            revoked.insert(session.sid.clone(), session.exp);
+            revoked.insert(sid.to_owned(), exp);
         }
     }
 
