@@ -1410,3 +1410,57 @@ async fn a_tenants_dlq_exports_as_ndjson_that_names_its_own_entries_only() {
         assert_eq!(status.as_u16(), expected, "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn the_operator_makes_portal_links_for_registered_enabled_tenants_only() {
+    let api = start().await;
+    let (status, link) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/portal-link",
+            OPERATOR,
+            Some(json!({"ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{link}");
+    let path = link["path"].as_str().unwrap();
+    assert!(path.starts_with("/ui/portal?token="), "{link}");
+    // The link opens a portal session of acme.
+    let opened = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), StatusCode::SEE_OTHER);
+    assert!(
+        opened
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("sy_session=")),
+        "no session"
+    );
+    api.call("POST", "/v1/tenants/globex/disable", OPERATOR, None)
+        .await;
+    for (path, token, body, expected) in [
+        ("acme", api.acme_key.as_str(), json!({}), 403),
+        ("nobody", OPERATOR, json!({}), 404),
+        ("globex", OPERATOR, json!({}), 422),
+        ("acme", OPERATOR, json!({"ttl_secs": 10}), 422),
+        ("acme", OPERATOR, json!({"ttl": 600}), 400),
+    ] {
+        let (status, answer) = api
+            .call(
+                "POST",
+                &format!("/v1/tenants/{path}/portal-link"),
+                token,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status.as_u16(), expected, "{path} {body}: {answer}");
+        assert!(answer.get("path").is_none(), "{answer}");
+    }
+}

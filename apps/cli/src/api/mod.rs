@@ -64,6 +64,7 @@ use error::ApiError;
         handlers::list_tenants,
         handlers::get_tenant,
         tenants::enable_tenant,
+        tenants::portal_link,
         tenants::disable_tenant,
         handlers::list_destinations,
         handlers::get_destination,
@@ -109,6 +110,8 @@ use error::ApiError;
         keys::ScopeName,
         limits::LimitRequest,
         tenants::EnableRequest,
+        tenants::PortalLinkRequest,
+        tenants::PortalLink,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -320,6 +323,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/tenants/{tenant}/disable",
             post(tenants::disable_tenant),
+        )
+        .route(
+            "/v1/tenants/{tenant}/portal-link",
+            post(tenants::portal_link),
         )
         .route(
             "/v1/tenants/{tenant}/keys",

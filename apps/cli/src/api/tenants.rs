@@ -7,8 +7,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use switchyard_keys::TenantKey;
 use switchyard_registry::{RateLimit, TenantRecord, Unmatched};
 use utoipa::ToSchema;
 
@@ -139,4 +140,92 @@ pub async fn disable_tenant(
         Some(record) => Ok(Json(view(&tenant, &record))),
         None => Err(ApiError::not_found(format!("no tenant {tenant}"))),
     }
+}
+
+/// What `POST /v1/tenants/{tenant}/portal-link` takes: how long the link may be used.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortalLinkRequest {
+    /// Seconds the link may be used to open a portal session (60 to 604800; default 3600).
+    /// The session it opens then lasts 8 hours at most.
+    #[schema(minimum = 60, maximum = 604_800)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A signed link to one tenant's portal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalLink {
+    /// The tenant.
+    pub tenant: String,
+    /// The link's path on this server (`/ui/portal?token=…`): prefix it with the console's
+    /// base URL as the tenant reaches it.
+    pub path: String,
+    /// Until when it may be used (RFC 3339).
+    pub expires_at: String,
+}
+
+/// The shortest and longest life of a portal link, seconds.
+const LINK_SECS: std::ops::RangeInclusive<u64> = 60..=604_800;
+
+/// A signed, short-lived link to a registered, enabled tenant's portal in the console
+/// (operator only: what `switchyard api portal-link` prints). It is signed with a key derived
+/// from the operator token, so rotating the token revokes every link; disabling the tenant
+/// ends the sessions links opened.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/portal-link", tag = "tenants",
+    params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = Option<PortalLinkRequest>),
+    responses((status = 200, body = PortalLink), (status = 400, body = ApiError),
+              (status = 401, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 422, body = ApiError),
+              (status = 503, body = ApiError)))]
+pub async fn portal_link(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Json<PortalLink>, ApiError> {
+    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
+    principal.operator()?;
+    let request: PortalLinkRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PortalLinkRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    let ttl = request.ttl_secs.unwrap_or(3600);
+    if !LINK_SECS.contains(&ttl) {
+        return Err(ApiError::invalid(format!(
+            "ttl_secs {ttl} is outside {} to {}",
+            LINK_SECS.start(),
+            LINK_SECS.end()
+        )));
+    }
+    let record = state
+        .tenants
+        .get(&TenantKey {
+            tenant: tenant.clone(),
+        })
+        .await
+        .map_err(unavailable)?;
+    match record {
+        None => {
+            return Err(ApiError::not_found(format!(
+                "tenant {tenant} is not registered (`switchyard tenants enable {tenant}`)"
+            )));
+        }
+        Some(record) if !record.enabled => {
+            return Err(ApiError::invalid(format!(
+                "tenant {tenant} is disabled: its portal would open nothing"
+            )));
+        }
+        Some(_) => {}
+    }
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(ttl as i64);
+    let token = state.console.keys.link(&tenant, expires.unix_timestamp());
+    Ok(Json(PortalLink {
+        tenant: tenant.to_string(),
+        path: format!("/ui/portal?token={token}"),
+        expires_at: expires
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }))
 }
