@@ -312,6 +312,19 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
     browser
         .wait_for_text("#destinations", "enabled", DEADLINE)
         .await;
+    // Narrowed to a tenant without destinations: none shown.
+    browser
+        .goto(&format!("{base}/ui/destinations?tenant=globex"))
+        .await;
+    browser
+        .wait_for_text("#destinations", "No destination", DEADLINE)
+        .await;
+    browser
+        .goto(&format!("{base}/ui/destinations?tenant=acme"))
+        .await;
+    browser
+        .wait_for_text("#destinations", "enabled", DEADLINE)
+        .await;
     let page = browser.client().source().await.unwrap();
     assert!(!page.contains(&secret[6..]), "the secret shown again");
     browser.goto(&format!("{base}/ui/events")).await;
@@ -525,6 +538,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         ("/ui/dlq/live?tenant=globex".to_owned(), 400),
         ("/ui/attempts?tenant=globex".to_owned(), 400),
         ("/ui/dlq/export?tenant=globex".to_owned(), 400),
+        ("/ui/destinations?tenant=globex".to_owned(), 400),
         (format!("/ui/jobs/{globex_job}"), 404),
         (format!("/ui/jobs/{globex_job}/live"), 404),
     ] {

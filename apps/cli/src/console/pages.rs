@@ -1405,6 +1405,16 @@ struct DestinationRow {
 /// How many of a tenant's most recent attempts the destinations page summarises.
 const RECENT_ATTEMPTS: usize = 200;
 
+/// The most tenants whose recent attempts one destinations page reads.
+const RECENT_TENANTS: usize = 20;
+
+/// A page narrowed to one tenant (`?tenant=`).
+#[derive(Debug, Default, Deserialize)]
+pub struct TenantQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
 /// One destination's summary of its tenant's recent attempts (oldest first): how many
 /// delivered, and the last one.
 fn recent_of(attempts: &[Value], destination: &str) -> (String, String, bool) {
@@ -1435,10 +1445,44 @@ fn recent_of(attempts: &[Value], destination: &str) -> (String, String, bool) {
 
 /// `GET /ui/destinations`: every destination the session may see, its state, circuit breaker
 /// and rate limit, with enable / disable.
-pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+pub async fn destinations(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<TenantQuery>,
+) -> Response {
     let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
+    };
+    // The operator may narrow the page to one tenant; a portal sees its own anyway.
+    let named = match query
+        .tenant
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        None => None,
+        Some(raw) => match raw.parse::<TenantId>() {
+            Ok(t) if session.who.tenant().is_none_or(|own| *own == t) => Some(t),
+            Ok(_) => {
+                return message(
+                    &state,
+                    Some(&session),
+                    StatusCode::BAD_REQUEST,
+                    "Bad filter",
+                    "this portal shows its own tenant only",
+                );
+            }
+            Err(e) => {
+                return message(
+                    &state,
+                    Some(&session),
+                    StatusCode::BAD_REQUEST,
+                    "Bad filter",
+                    &format!("tenant: {e}"),
+                );
+            }
+        },
     };
     let unavailable = |e: String| {
         message(
@@ -1449,7 +1493,7 @@ pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap)
             &e,
         )
     };
-    let filter = match session.who.tenant() {
+    let filter = match session.who.tenant().or(named.as_ref()) {
         Some(t) => switchyard_keys::kv::tenant_filter(t),
         None => ">".to_owned(),
     };
@@ -1464,11 +1508,14 @@ pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap)
         };
     let now = OffsetDateTime::now_utc();
     let mut rows = Vec::new();
-    // Each tenant's recent attempts, read once for all its destinations.
+    // Each tenant's recent attempts, read once for all its destinations (one read of the
+    // delivery log per tenant: past RECENT_TENANTS tenants, only once narrowed to one).
+    let tenants: BTreeSet<&TenantId> = listed.iter().map(|(key, _)| &key.tenant).collect();
+    let read_recent = tenants.len() <= RECENT_TENANTS;
     let mut recent: BTreeMap<TenantId, Vec<Value>> = BTreeMap::new();
     for (key, record) in listed {
         let Ok(record) = record else { continue };
-        if !recent.contains_key(&key.tenant) {
+        if read_recent && !recent.contains_key(&key.tenant) {
             let query = std::collections::HashMap::from([(
                 "limit".to_owned(),
                 RECENT_ATTEMPTS.to_string(),
@@ -1514,6 +1561,11 @@ pub async fn destinations(State(state): State<ConsoleState>, headers: HeaderMap)
     }
     let mut context = base(&state, &session);
     context.insert("rows".into(), json!(rows));
+    context.insert("read_recent".into(), read_recent.into());
+    context.insert(
+        "tenant".into(),
+        named.as_ref().map(ToString::to_string).into(),
+    );
     page(
         &state,
         StatusCode::OK,
