@@ -324,6 +324,7 @@ async fn status_tables_and_json() {
             "tenant": "acme",
             "name": "INGRESS_acme",
             "messages": 1,
+            "accepted": 1,
             "bytes": ingress_bytes,
             "max_msgs": 10,
             "max_bytes": 67108864,
