@@ -252,6 +252,34 @@ fn form_tenant(
     Ok(tenant)
 }
 
+/// The tenant a page's `tenant` filter names, within the session's scope: none named is the
+/// portal's own tenant (the operator's: none); another tenant named from a portal, or a
+/// malformed id, is a `400` "Bad filter" page.
+fn filter_tenant(
+    state: &ConsoleState,
+    session: &Session,
+    named: Option<&str>,
+) -> Result<Option<TenantId>, Response> {
+    let bad = |text: &str| {
+        message(
+            state,
+            Some(session),
+            StatusCode::BAD_REQUEST,
+            "Bad filter",
+            text,
+        )
+    };
+    let named = named.map(str::trim).filter(|t| !t.is_empty());
+    match (session.who.tenant(), named) {
+        (own, None) => Ok(own.cloned()),
+        (own, Some(raw)) => match raw.parse::<TenantId>() {
+            Ok(t) if own.is_none_or(|own| *own == t) => Ok(Some(t)),
+            Ok(_) => Err(bad("this portal shows its own tenant only")),
+            Err(e) => Err(bad(&format!("tenant: {e}"))),
+        },
+    }
+}
+
 /// `/ui`: the overview, or the login form.
 pub async fn home() -> Response {
     see_other("/ui/overview")
@@ -1455,34 +1483,9 @@ pub async fn destinations(
         Err(to_login) => return to_login,
     };
     // The operator may narrow the page to one tenant; a portal sees its own anyway.
-    let named = match query
-        .tenant
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        None => None,
-        Some(raw) => match raw.parse::<TenantId>() {
-            Ok(t) if session.who.tenant().is_none_or(|own| *own == t) => Some(t),
-            Ok(_) => {
-                return message(
-                    &state,
-                    Some(&session),
-                    StatusCode::BAD_REQUEST,
-                    "Bad filter",
-                    "this portal shows its own tenant only",
-                );
-            }
-            Err(e) => {
-                return message(
-                    &state,
-                    Some(&session),
-                    StatusCode::BAD_REQUEST,
-                    "Bad filter",
-                    &format!("tenant: {e}"),
-                );
-            }
-        },
+    let named = match filter_tenant(&state, &session, query.tenant.as_deref()) {
+        Ok(named) => named,
+        Err(refused) => return refused,
     };
     let unavailable = |e: String| {
         message(
@@ -1493,7 +1496,7 @@ pub async fn destinations(
             &e,
         )
     };
-    let filter = match session.who.tenant().or(named.as_ref()) {
+    let filter = match &named {
         Some(t) => switchyard_keys::kv::tenant_filter(t),
         None => ">".to_owned(),
     };
@@ -1891,31 +1894,9 @@ pub async fn attempts(
         .filter(|(_, v)| !v.trim().is_empty())
         .map(|(k, v)| (k, v.trim().to_owned()))
         .collect();
-    let named = query.remove("tenant");
-    let tenant = match (session.who.tenant(), named) {
-        (Some(own), Some(named)) if named != own.as_str() => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::BAD_REQUEST,
-                "Bad filter",
-                "this portal shows its own tenant only",
-            );
-        }
-        (Some(own), _) => Some(own.clone()),
-        (None, Some(named)) => match named.parse::<TenantId>() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                return message(
-                    &state,
-                    Some(&session),
-                    StatusCode::BAD_REQUEST,
-                    "Bad filter",
-                    &format!("tenant: {e}"),
-                );
-            }
-        },
-        (None, None) => None,
+    let tenant = match filter_tenant(&state, &session, query.remove("tenant").as_deref()) {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused,
     };
     let mut context = base(&state, &session);
     let mut shown: Vec<Value> = Vec::new();
