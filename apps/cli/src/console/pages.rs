@@ -255,6 +255,7 @@ fn form_tenant(
 /// The tenant a page's `tenant` filter names, within the session's scope: none named is the
 /// portal's own tenant (the operator's: none); another tenant named from a portal, or a
 /// malformed id, is a `400` "Bad filter" page.
+#[allow(clippy::result_large_err, reason = "the error is the answer itself")]
 fn filter_tenant(
     state: &ConsoleState,
     session: &Session,
