@@ -1337,6 +1337,12 @@ async fn a_destination_secret_rotates_to_a_generated_one_shown_once_and_within_i
         ("acme/destinations/crm", json!({"overlap": "soon"}), 400),
         ("acme/destinations/crm", json!({"secrets": given}), 400),
         ("acme/destinations/crm", json!({"rotate": false}), 400),
+        ("acme/destinations/crm", json!({"overlap": ""}), 400),
+        (
+            "acme/destinations/crm",
+            json!({"rotate": false, "revoke_previous": true, "overlap": "1h"}),
+            400,
+        ),
         ("globex/destinations/crm", json!({}), 403),
         ("acme/destinations/nope", json!({}), 404),
     ] {

@@ -312,6 +312,17 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
     browser
         .wait_for_text("#destinations", "enabled", DEADLINE)
         .await;
+    let page = browser.client().source().await.unwrap();
+    assert!(!page.contains(&secret[6..]), "the secret shown again");
+    // A leaked old secret stopped at once.
+    click(&browser, "revoke-acme-crm").await;
+    browser
+        .wait_for_text("#signing", "only the new secret signs", DEADLINE)
+        .await;
+    click(&browser, "back").await;
+    browser
+        .wait_for_text("#destinations", "enabled", DEADLINE)
+        .await;
     // Narrowed to a tenant without destinations: none shown.
     browser
         .goto(&format!("{base}/ui/destinations?tenant=globex"))
@@ -325,8 +336,6 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
     browser
         .wait_for_text("#destinations", "enabled", DEADLINE)
         .await;
-    let page = browser.client().source().await.unwrap();
-    assert!(!page.contains(&secret[6..]), "the secret shown again");
     browser.goto(&format!("{base}/ui/events")).await;
     browser
         .wait_for_text("#events", "secret_rotated", DEADLINE)
@@ -539,6 +548,8 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         ("/ui/attempts?tenant=globex".to_owned(), 400),
         ("/ui/dlq/export?tenant=globex".to_owned(), 400),
         ("/ui/destinations?tenant=globex".to_owned(), 400),
+        ("/ui/dlq?foo=1".to_owned(), 400),
+        ("/ui/dlq/export?tenant=acme&foo=1".to_owned(), 400),
         (format!("/ui/jobs/{globex_job}"), 404),
         (format!("/ui/jobs/{globex_job}/live"), 404),
     ] {
@@ -649,6 +660,9 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
     );
     let (_, page) = get("/ui/destinations".to_owned()).await;
     assert!(!page.contains("globex"), "{page}");
+    // A destination filter is applied (acme's entry is its route's).
+    let (status, none) = get("/ui/dlq/export?destination=crm".to_owned()).await;
+    assert_eq!((status, none.as_str()), (200, ""));
     // Its export holds its own entry alone.
     let (status, exported) = get("/ui/dlq/export".to_owned()).await;
     assert_eq!(status, 200);

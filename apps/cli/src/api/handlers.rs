@@ -435,6 +435,13 @@ pub async fn put_destination(
     Ok(Json(view(&key.tenant, &key.destination, &record)))
 }
 
+/// Whether a request body says nothing: empty, whitespace, or JSON `null` (what the OpenAPI
+/// description allows for an optional body).
+pub(crate) fn empty_body(body: &[u8]) -> bool {
+    let trimmed = body.trim_ascii();
+    trimmed.is_empty() || trimmed == b"null"
+}
+
 /// The sealer of `tenant`'s destination secrets: sealing under its current data key when its
 /// encryption is on, a pass-through when off.
 ///
@@ -514,7 +521,7 @@ pub async fn rotate_destination_secret(
         tenant,
         destination: destination_of(&destination)?,
     };
-    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let request: RotateRequest = if empty_body(&body) {
         RotateRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
@@ -538,7 +545,7 @@ pub(crate) async fn rotate_secret(
     request: &RotateRequest,
 ) -> Result<RotateAnswer, ApiError> {
     let overlap = match request.overlap.as_deref().map(str::trim) {
-        None | Some("") => time::Duration::hours(24),
+        None => time::Duration::hours(24),
         Some(raw) => crate::parse::age(raw)
             .and_then(|age| time::Duration::try_from(age).ok())
             .ok_or_else(|| {
@@ -548,10 +555,21 @@ pub(crate) async fn rotate_secret(
                 ))
             })?,
     };
+    if overlap > switchyard_registry::MAX_OVERLAP {
+        return Err(ApiError::invalid(format!(
+            "overlap {} is over 30 days, the longest an old secret may keep signing",
+            request.overlap.as_deref().unwrap_or_default().trim()
+        )));
+    }
     let rotate = request.rotate.unwrap_or(true);
     if !rotate && !request.revoke_previous {
         return Err(ApiError::bad_request(
             "nothing to do: rotate, revoke_previous, or both",
+        ));
+    }
+    if !rotate && request.overlap.is_some() {
+        return Err(ApiError::bad_request(
+            "overlap applies to a rotation: with \"rotate\": false nothing new signs",
         ));
     }
     let (new, generated) = match (rotate, &request.secret) {

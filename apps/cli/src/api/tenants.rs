@@ -186,7 +186,7 @@ pub async fn portal_link(
 ) -> Result<Json<PortalLink>, ApiError> {
     let (principal, tenant) = caller(&state, &headers, &tenant).await?;
     principal.operator()?;
-    let request: PortalLinkRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let request: PortalLinkRequest = if super::handlers::empty_body(&body) {
         PortalLinkRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -718,11 +719,16 @@ pub async fn overview_live(State(state): State<ConsoleState>, headers: HeaderMap
     live(&state, &headers, events)
 }
 
-/// The DLQ browser's filters (query parameters; empty ones are no filter).
+/// The DLQ browser's filters (query parameters; empty ones are no filter; another parameter is
+/// refused).
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DlqQuery {
     #[serde(default)]
     tenant: String,
+    /// One destination's copies (a destination id, or `_route`).
+    #[serde(default)]
+    destination: String,
     #[serde(default)]
     stage: String,
     #[serde(default)]
@@ -766,6 +772,10 @@ impl DlqQuery {
             code: some(&self.code)
                 .map(|c| crate::parse::dlq_code(&c))
                 .transpose()?,
+            destination: some(&self.destination)
+                .map(|d| d.parse::<switchyard_envelope::Destination>())
+                .transpose()
+                .map_err(|e| format!("destination: {e}"))?,
             since: some(&self.since)
                 .map(|t| crate::parse::time(&t))
                 .transpose()?,
@@ -790,6 +800,7 @@ fn query_string(q: &DlqQuery) -> String {
         ("tenant", q.tenant.as_str()),
         ("stage", q.stage.as_str()),
         ("platform", q.platform.as_str()),
+        ("destination", q.destination.as_str()),
         ("code", q.code.as_str()),
         ("since", q.since.as_str()),
         ("until", q.until.as_str()),
@@ -913,11 +924,23 @@ async fn entries_after(
 pub async fn dlq(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-    Query(query): Query<DlqQuery>,
+    query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Response {
     let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejected) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::BAD_REQUEST,
+                "Bad filter",
+                &rejected.body_text(),
+            );
+        }
     };
     let selection = match query.selection(&session.who) {
         Ok(s) => s,
@@ -999,11 +1022,23 @@ pub async fn dlq(
 pub async fn dlq_export(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-    Query(query): Query<DlqQuery>,
+    query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Response {
     let session = match session(&state, &headers).await {
         Ok(s) => s,
         Err(to_login) => return to_login,
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejected) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::BAD_REQUEST,
+                "Bad filter",
+                &rejected.body_text(),
+            );
+        }
     };
     let selection = match query.selection(&session.who) {
         Ok(s) => s,
@@ -1048,10 +1083,13 @@ fn code_names() -> Vec<&'static str> {
 pub async fn dlq_live(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-    Query(query): Query<DlqQuery>,
+    query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Response {
     let Ok(session) = session(&state, &headers).await else {
         return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let Ok(Query(query)) = query else {
+        return StatusCode::BAD_REQUEST.into_response();
     };
     let Ok(selection) = query.selection(&session.who) else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -1394,8 +1432,20 @@ pub async fn cancel(
             "No such job.",
         );
     }
-    let _ = jobs::cancel_job(&state.api.jobs, &id, |record| visible(&principal, record)).await;
-    see_other(&format!("/ui/jobs/{id}"))
+    let refused =
+        |status, text: &str| message(&state, Some(&session), status, "Cancel refused", text);
+    match jobs::cancel_job(&state.api.jobs, &id, |record| visible(&principal, record)).await {
+        Ok(jobs::Cancelled::Cancelled(_)) => see_other(&format!("/ui/jobs/{id}")),
+        Ok(jobs::Cancelled::NoSuchJob) => refused(StatusCode::NOT_FOUND, "No such job."),
+        Ok(jobs::Cancelled::Finished(_)) => {
+            refused(StatusCode::CONFLICT, "The job has ended already.")
+        }
+        Ok(jobs::Cancelled::KeptChanging) => refused(
+            StatusCode::CONFLICT,
+            "The job kept changing while it was being cancelled; try again.",
+        ),
+        Err(error) => refused(StatusCode::SERVICE_UNAVAILABLE, &error.to_string()),
+    }
 }
 
 /// The principal a session acts as (the API's scope rules).
@@ -1637,6 +1687,9 @@ pub struct RotateForm {
     csrf: String,
     #[serde(default)]
     overlap: String,
+    /// `previous`: revoke every previous secret instead of rotating.
+    #[serde(default)]
+    revoke: String,
 }
 
 /// `POST /ui/destinations/{tenant}/{destination}/rotate-secret`: rotates to a generated secret
@@ -1674,9 +1727,17 @@ pub async fn rotate_destination_secret(
         tenant,
         destination,
     };
-    let request = crate::api::handlers::RotateRequest {
-        overlap: Some(form.overlap),
-        ..Default::default()
+    let request = if form.revoke == "previous" {
+        crate::api::handlers::RotateRequest {
+            rotate: Some(false),
+            revoke_previous: true,
+            ..Default::default()
+        }
+    } else {
+        crate::api::handlers::RotateRequest {
+            overlap: Some(form.overlap),
+            ..Default::default()
+        }
     };
     match crate::api::handlers::rotate_secret(
         &state.api,
