@@ -868,6 +868,44 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         (overview(fresh_cookie.clone()).await == 303).then_some(())
     })
     .await;
+    // For good: enabling the tenant again does not bring the session back, on this replica
+    // or on another.
+    let enabled = http
+        .post(format!("{base}/v1/tenants/acme/enable"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(enabled.is_success(), "{enabled}");
+    assert_eq!(overview(fresh_cookie.clone()).await, 303);
+    let on_other = |cookie: String| {
+        let http = http.clone();
+        let replica = replica.clone();
+        async move {
+            http.get(format!("{replica}/ui/overview"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    wait_for("the other replica to end it too", DEADLINE, || async {
+        (on_other(fresh_cookie.clone()).await == 303).then_some(())
+    })
+    .await;
+    // A link opened after the re-enabling works.
+    let again = http
+        .get(format!(
+            "{base}/ui/portal?token={}",
+            keys.link(&acme, now + 600)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 303);
 
     browser.close().await;
     p.stop().await;

@@ -421,11 +421,14 @@ pub enum EventKind {
     /// A console session was logged out (`about`: its session id, not a credential), so every
     /// management API replica refuses its cookie from then on.
     SessionEnded,
+    /// A tenant was disabled by an operator: its producers and keys are refused, and its
+    /// portal sessions end for good (enabling it again does not bring them back).
+    TenantDisabled,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::DestinationDisabled,
         EventKind::DestinationEnabled,
         EventKind::BreakerOpened,
@@ -440,6 +443,7 @@ impl EventKind {
         EventKind::StorageNearFull,
         EventKind::SecretRotated,
         EventKind::SessionEnded,
+        EventKind::TenantDisabled,
     ];
 
     /// The subject token and JSON name: `destination_disabled`, ….
@@ -459,6 +463,7 @@ impl EventKind {
             EventKind::StorageNearFull => "storage_near_full",
             EventKind::SecretRotated => "secret_rotated",
             EventKind::SessionEnded => "session_ended",
+            EventKind::TenantDisabled => "tenant_disabled",
         }
     }
 }

@@ -133,13 +133,28 @@ pub async fn disable_tenant(
 ) -> Result<Json<TenantView>, ApiError> {
     let (principal, tenant) = caller(&state, &headers, &tenant).await?;
     principal.operator()?;
-    match tenants::set_tenant_enabled(&state.tenants, &tenant, false)
+    let Some(record) = tenants::set_tenant_enabled(&state.tenants, &tenant, false)
         .await
         .map_err(unavailable)?
+    else {
+        return Err(ApiError::not_found(format!("no tenant {tenant}")));
+    };
+    // Its portal sessions end here at once, and on every other replica through the event.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    state.console.keys.end_tenant_sessions(&tenant, now, now);
+    if let Err(error) = state
+        .events
+        .emit_and_wait(
+            switchyard_subjects::EventKind::TenantDisabled,
+            Some(&tenant),
+            None,
+            tenants::DISABLED_DETAIL,
+        )
+        .await
     {
-        Some(record) => Ok(Json(view(&tenant, &record))),
-        None => Err(ApiError::not_found(format!("no tenant {tenant}"))),
+        tracing::warn!(%error, %tenant, "the tenant_disabled event was not stored");
     }
+    Ok(Json(view(&tenant, &record)))
 }
 
 /// What `POST /v1/tenants/{tenant}/portal-link` takes: how long the link may be used.

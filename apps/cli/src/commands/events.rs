@@ -44,7 +44,7 @@ pub struct LsArgs {
     /// Only events of this kind (destination_disabled, destination_enabled, breaker_opened,
     /// breaker_closed, dlq_inflow, dlq_expiring, replay_job_finished, admission_closed,
     /// admission_reopened, attempts_exhausted, quota_near_full, storage_near_full,
-    /// secret_rotated, session_ended).
+    /// secret_rotated, session_ended, tenant_disabled).
     #[arg(long)]
     pub kind: Option<EventKind>,
     /// Only events at or after this time (RFC 3339, or an age: 30s, 15m, 2h, 3d, 1w).

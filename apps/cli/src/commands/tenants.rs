@@ -11,6 +11,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{RateLimit, Store, StoreError, TenantRecord, Unmatched};
+use switchyard_subjects::EventKind;
 use switchyard_topology::{
     BucketName, ProvisionReport, ResolvedTopology, StreamName, TenantQuota, TopologyError,
     provision_tenant,
@@ -146,7 +147,10 @@ pub async fn run(
         Store::new(resources::bucket(js, topology, BucketName::Tenants).await?);
     match &args.command {
         TenantsCommand::Enable(args) => enable(js, topology, &store, args, out).await?,
-        TenantsCommand::Disable(t) => set_enabled(&store, &t.tenant, false, out).await?,
+        TenantsCommand::Disable(t) => {
+            set_enabled(&store, &t.tenant, false, out).await?;
+            report_disabled(js, topology, &t.tenant).await;
+        }
         TenantsCommand::Get(t) => {
             let key = TenantKey {
                 tenant: t.tenant.clone(),
@@ -373,6 +377,32 @@ fn show_enabled(tenant: &TenantId, record: &TenantRecord, out: &Output) -> anyho
     } else {
         println!("tenant {tenant} {}", status(record));
         Ok(())
+    }
+}
+
+/// What a `tenant_disabled` event says.
+pub(crate) const DISABLED_DETAIL: &str =
+    "disabled by an operator: its producers and keys are refused, its portal sessions ended";
+
+/// Reports that `tenant` was disabled (the event API replicas follow to end its portal
+/// sessions for good); a failure is a warning: the tenant is disabled either way.
+async fn report_disabled(js: &jetstream::Context, topology: &ResolvedTopology, tenant: &TenantId) {
+    let events =
+        switchyard_service::events::EventLog::new(js.clone(), topology.namespace.clone(), "cli");
+    if let Err(error) = events
+        .emit_and_wait(
+            EventKind::TenantDisabled,
+            Some(tenant),
+            None,
+            DISABLED_DETAIL,
+        )
+        .await
+    {
+        eprintln!(
+            "warning: the tenant_disabled event was not stored ({error}): API replicas end its \
+             portal sessions while it stays disabled, but would take them back if it were \
+             enabled again"
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Logouts every replica of the management API honours. A session cookie is verified by its
+//! Logouts every replica of the management API honours (and tenants disabled, whose portal
+//! sessions end for good). A session cookie is verified by its
 //! signature alone, so a logout must reach every replica that could be handed the cookie: the
 //! replica that logs a session out stores a `session_ended` operational event (`about`: the
 //! session id) before it answers, and every replica follows those events in the `EVENTS`
@@ -57,7 +58,8 @@ pub async fn follow(state: ConsoleState) {
     }
 }
 
-/// Reads `session_ended` events from [`SESSION_SECS`] back on; returns why it stopped.
+/// Reads `session_ended` and `tenant_disabled` events from [`SESSION_SECS`] back on; returns
+/// why it stopped.
 async fn follow_once(state: &ConsoleState) -> String {
     let topology = &state.api.topology;
     let stream = match topology
@@ -70,9 +72,14 @@ async fn follow_once(state: &ConsoleState) -> String {
     let start = OffsetDateTime::now_utc() - time::Duration::seconds(SESSION_SECS);
     let consumer = match stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: topology
-                .namespace
-                .event_filter(None, Some(EventKind::SessionEnded)),
+            filter_subjects: vec![
+                topology
+                    .namespace
+                    .event_filter(None, Some(EventKind::SessionEnded)),
+                topology
+                    .namespace
+                    .event_filter(None, Some(EventKind::TenantDisabled)),
+            ],
             deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
             ..Default::default()
         })
@@ -93,10 +100,14 @@ async fn follow_once(state: &ConsoleState) -> String {
         let Ok(event) = serde_json::from_slice::<OpEvent>(&message.payload) else {
             continue;
         };
-        if let Some(sid) = &event.about {
-            let now = OffsetDateTime::now_utc().unix_timestamp();
-            let exp = event.at.unix_timestamp() + SESSION_SECS;
-            state.console.keys.revoke_sid(sid, exp, now);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let at = event.at.unix_timestamp();
+        if event.kind == EventKind::TenantDisabled.as_str() {
+            if let Some(tenant) = event.tenant.as_deref().and_then(|t| t.parse().ok()) {
+                state.console.keys.end_tenant_sessions(&tenant, at, now);
+            }
+        } else if let Some(sid) = &event.about {
+            state.console.keys.revoke_sid(sid, at + SESSION_SECS, now);
         }
     }
     "the stream of logouts ended".to_owned()

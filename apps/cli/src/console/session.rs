@@ -102,6 +102,9 @@ pub struct Keys {
     portal: Vec<u8>,
     /// Logged-out session ids, with when each would have expired (pruned once past it).
     revoked: Mutex<HashMap<String, i64>>,
+    /// Tenants disabled within a session's life, with when: their portal sessions opened
+    /// before it are ended for good.
+    tenants_ended: Mutex<HashMap<String, i64>>,
 }
 
 fn derive(secret: &str, label: &str) -> Vec<u8> {
@@ -146,6 +149,7 @@ impl Keys {
             session: derive(operator_token, "switchyard/console/session/v1"),
             portal: derive(operator_token, "switchyard/console/portal/v1"),
             revoked: Mutex::new(HashMap::new()),
+            tenants_ended: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,6 +188,19 @@ impl Keys {
         if self.revoked.lock().ok()?.contains_key(&claims.sid) {
             return None;
         }
+        // A portal session opened before its tenant was last disabled stays ended.
+        if let Some(tenant) = claims.who.strip_prefix("tenant:") {
+            let opened = claims.exp - SESSION_SECS;
+            if self
+                .tenants_ended
+                .lock()
+                .ok()?
+                .get(tenant)
+                .is_some_and(|&at| at >= opened)
+            {
+                return None;
+            }
+        }
         Some(Session {
             who: Who::parse(&claims.who)?,
             sid: claims.sid,
@@ -206,6 +223,19 @@ impl Keys {
         if let Ok(mut revoked) = self.revoked.lock() {
             revoked.retain(|_, exp| *exp > now);
             revoked.insert(sid.to_owned(), exp);
+        }
+    }
+
+    /// Ends every portal session of `tenant` opened at or before `at` (Unix seconds; the
+    /// tenant was disabled then), for good; forgotten once no such session can be alive.
+    pub fn end_tenant_sessions(&self, tenant: &TenantId, at: i64, now: i64) {
+        if at + SESSION_SECS <= now {
+            return;
+        }
+        if let Ok(mut ended) = self.tenants_ended.lock() {
+            ended.retain(|_, at| *at + SESSION_SECS > now);
+            let last = ended.entry(tenant.to_string()).or_insert(at);
+            *last = (*last).max(at);
         }
     }
 
@@ -258,6 +288,22 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disabled_tenants_portal_sessions_end_for_good_and_later_ones_live() {
+        let keys = Keys::new("an-operator-token-of-at-least-32-bytes-0123");
+        let acme: TenantId = "acme".parse().unwrap();
+        let before = keys.issue(&Who::Tenant(acme.clone()), 1_000).unwrap().0;
+        let operator = keys.issue(&Who::Operator, 1_000).unwrap().0;
+        keys.end_tenant_sessions(&acme, 1_500, 1_600);
+        assert!(keys.session(&before, 1_700).is_none());
+        assert!(keys.session(&operator, 1_700).is_some());
+        let after = keys.issue(&Who::Tenant(acme.clone()), 2_000).unwrap().0;
+        assert!(keys.session(&after, 2_100).is_some());
+        // A disabling older than any session's life is not kept.
+        keys.end_tenant_sessions(&acme, 0, SESSION_SECS + 1);
+        assert!(keys.session(&after, 2_100).is_some());
+    }
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
