@@ -1340,6 +1340,11 @@ async fn a_destination_secret_rotates_to_a_generated_one_shown_once_and_within_i
         ("acme/destinations/crm", json!({"overlap": ""}), 400),
         (
             "acme/destinations/crm",
+            json!({"secret": format!("whsec_{}", "A".repeat(100_000))}),
+            422,
+        ),
+        (
+            "acme/destinations/crm",
             json!({"rotate": false, "revoke_previous": true, "overlap": "1h"}),
             400,
         ),
@@ -1411,6 +1416,7 @@ async fn a_tenants_dlq_exports_as_ndjson_that_names_its_own_entries_only() {
         ("/v1/tenants/globex/dlq/export", 403),
         ("/v1/tenants/acme/dlq/export?since=soon", 400),
         ("/v1/tenants/acme/dlq/export?limit=1", 400),
+        ("/v1/tenants/acme/dlq/export?since=1h&until=2h", 400),
     ] {
         let (status, _, body) = export(path, &api.acme_key).await;
         assert_eq!(status.as_u16(), expected, "{path}: {body}");

@@ -405,6 +405,18 @@ async fn the_operator_watches_a_dead_letter_arrive_replays_it_once_and_logs_out(
         .wait_for_text("[data-field=destinations]", "1", DEADLINE)
         .await;
     browser.screenshot(&shot("overview")).await;
+    // A disabled tenant says so on the overview.
+    let disabled = reqwest::Client::new()
+        .post(format!("{base}/v1/tenants/acme/disable"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(disabled.is_success(), "{disabled}");
+    browser
+        .wait_for_text("[data-field=admission]", "disabled", DEADLINE)
+        .await;
 
     // Logged out: the login form says so, and a page asks to log in again.
     click(&browser, "logout").await;
@@ -549,6 +561,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         ("/ui/dlq/export?tenant=globex".to_owned(), 400),
         ("/ui/destinations?tenant=globex".to_owned(), 400),
         ("/ui/dlq?foo=1".to_owned(), 400),
+        ("/ui/dlq?since=1h&until=2h".to_owned(), 400),
         ("/ui/dlq/export?tenant=acme&foo=1".to_owned(), 400),
         (format!("/ui/jobs/{globex_job}"), 404),
         (format!("/ui/jobs/{globex_job}/live"), 404),

@@ -153,6 +153,21 @@ impl Selection {
         self.code.is_some() || self.destination.is_some()
     }
 
+    /// Refuses a time range nothing can be inside: `since` after `until`.
+    ///
+    /// # Errors
+    /// The message, naming both times.
+    pub fn check_time_range(&self) -> Result<(), String> {
+        match (self.since, self.until) {
+            (Some(since), Some(until)) if since > until => Err(format!(
+                "since ({}) is after until ({}): nothing can match",
+                show_time(since),
+                show_time(until)
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a time of storage is inside `since`/`until`.
     pub fn in_time(&self, stored_at: OffsetDateTime) -> bool {
         self.since.is_none_or(|t| stored_at >= t) && self.until.is_none_or(|t| stored_at <= t)
@@ -202,6 +217,29 @@ impl Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_range_with_since_after_until_is_refused_naming_both() {
+        let at = |secs| Some(OffsetDateTime::from_unix_timestamp(secs).unwrap());
+        let range = |since, until| Selection {
+            since,
+            until,
+            ..Selection::default()
+        };
+        let error = range(at(2_000), at(1_000)).check_time_range().unwrap_err();
+        assert!(
+            error.contains("since (") && error.contains("is after until ("),
+            "{error}"
+        );
+        for fine in [
+            range(at(1_000), at(2_000)),
+            range(at(1_000), at(1_000)),
+            range(at(1_000), None),
+            range(None, at(1_000)),
+        ] {
+            assert!(fine.check_time_range().is_ok());
+        }
+    }
 
     #[test]
     fn the_job_record_json_shape_is_kept() {

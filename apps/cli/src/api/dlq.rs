@@ -251,6 +251,9 @@ pub async fn export_dlq(
     };
     selection.since = time("since")?;
     selection.until = time("until")?;
+    selection
+        .check_time_range()
+        .map_err(ApiError::bad_request)?;
     let reader = state.dlq().await?;
     Ok(export(&reader, selection, &format!("dlq-{tenant}.ndjson")))
 }

@@ -466,6 +466,9 @@ async fn sealer_for<'a>(
     }
 }
 
+/// The longest secret a rotation takes, in bytes.
+const MAX_SECRET_BYTES: usize = 256;
+
 /// A signing-secret rotation (`POST …/rotate-secret`; every field optional, an empty body
 /// rotates to a generated secret with a 24 h overlap).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -579,6 +582,13 @@ pub(crate) async fn rotate_secret(
             ));
         }
         (false, None) => (None, false),
+        (true, Some(given)) if given.len() > MAX_SECRET_BYTES => {
+            return Err(ApiError::invalid(format!(
+                "secret: {} bytes, at most {MAX_SECRET_BYTES} (whsec_ and the base64 of 16 to 64 \
+                 key bytes)",
+                given.len()
+            )));
+        }
         (true, Some(given)) => (Some(given.trim().to_owned()), false),
         (true, None) => (
             Some(
@@ -905,6 +915,13 @@ pub(crate) async fn attempts_of(
     args.message = query.get("message").cloned();
     args.since = time("since")?;
     args.until = time("until")?;
+    if let (Some(since), Some(until)) = (args.since, args.until)
+        && since > until
+    {
+        return Err(ApiError::bad_request(
+            "since is after until: nothing can match",
+        ));
+    }
     args.limit = u64::try_from(limit).unwrap_or(100);
     let stream = log_stream(state, StreamName::Attempts).await?;
     let filter = state.topology.namespace.attempt_filter(Some(tenant));

@@ -432,8 +432,31 @@ pub fn portal_link_command(args: &PortalLinkArgs) -> anyhow::Result<ExitCode> {
     let exp = time::OffsetDateTime::now_utc().unix_timestamp()
         + i64::try_from(args.ttl_secs).unwrap_or(3600);
     let link = keys.link(&args.tenant, exp);
-    anstream::println!("{}/ui/portal?token={link}", args.url.trim_end_matches('/'));
+    anstream::println!("{}/ui/portal?token={link}", console_base(&args.url)?);
+    eprintln!(
+        "the link opens tenant {}'s portal once it is registered and enabled (checked when \
+         opened; POST /v1/tenants/{}/portal-link checks now)",
+        args.tenant, args.tenant
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The console's base URL from `--url`: `http` or `https`, without a trailing `/` or `/ui`.
+///
+/// Errors: not an http(s) URL, or one with a query or fragment.
+fn console_base(raw: &str) -> anyhow::Result<String> {
+    let url = url::Url::parse(raw.trim())
+        .with_context(|| format!("--url {raw:?} is not a URL such as https://console.example"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https") && url.host().is_some(),
+        "--url {raw:?} is not an http or https URL with a host"
+    );
+    anyhow::ensure!(
+        url.query().is_none() && url.fragment().is_none(),
+        "--url {raw:?} has a query or fragment: give the console's base URL"
+    );
+    let base = url.as_str().trim_end_matches('/');
+    Ok(base.strip_suffix("/ui").unwrap_or(base).to_owned())
 }
 
 /// The operator token from a file or `SWITCHYARD_API_OPERATOR_TOKEN`, checked.

@@ -4,10 +4,10 @@
 //! nothing a tenant sends reaches the drawing). Rates are differences of two samples over
 //! their interval: the accepted rate from the tenant stream's last sequence, the DLQ inflow
 //! from the rise of its entry count (entries replayed or purged in the same interval hide as
-//! many new ones, so it is a lower bound). Also the destinations' health per tenant, read at
-//! the same pace (it costs a KV read per destination).
+//! many new ones, so it is a lower bound). Also the destinations' health per tenant and which
+//! tenants are disabled, read at the same pace (it costs a KV read per destination).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -48,14 +48,18 @@ pub struct Health {
     pub failing: usize,
 }
 
+/// What is read at the sampling pace only: when, the destinations' health per tenant, the
+/// disabled tenants.
+type SlowReadings = (Option<i64>, BTreeMap<String, Health>, BTreeSet<String>);
+
 /// Every tenant's samples.
 #[derive(Default)]
 pub struct History {
     samples: Mutex<BTreeMap<String, VecDeque<Sample>>>,
     /// When the last sample was taken (none yet: `None`).
     last: Mutex<Option<i64>>,
-    /// Destinations' health per tenant, and when it was read.
-    health: Mutex<(Option<i64>, BTreeMap<String, Health>)>,
+    /// Destinations' health per tenant and the disabled tenants, and when they were read.
+    health: Mutex<SlowReadings>,
 }
 
 /// A tenant's charts: SVG `points` over the last hour of its accepted rate, backlog and DLQ
@@ -137,11 +141,24 @@ impl History {
             .unwrap_or(false)
     }
 
-    /// Keeps the destinations' health read at `now`.
-    pub fn set_health(&self, now: i64, health: BTreeMap<String, Health>) {
+    /// Keeps the destinations' health and the disabled tenants read at `now`.
+    pub fn set_health(
+        &self,
+        now: i64,
+        health: BTreeMap<String, Health>,
+        disabled: BTreeSet<String>,
+    ) {
         if let Ok(mut h) = self.health.lock() {
-            *h = (Some(now), health);
+            *h = (Some(now), health, disabled);
         }
+    }
+
+    /// Whether `tenant` was disabled when last read.
+    pub fn disabled(&self, tenant: &str) -> bool {
+        self.health
+            .lock()
+            .map(|h| h.2.contains(tenant))
+            .unwrap_or(false)
     }
 
     /// `tenant`'s destinations' health as last read (no destination: zero).
@@ -265,7 +282,12 @@ mod tests {
             total: 3,
             failing: 1,
         };
-        history.set_health(0, BTreeMap::from([("acme".to_owned(), failing)]));
+        history.set_health(
+            0,
+            BTreeMap::from([("acme".to_owned(), failing)]),
+            BTreeSet::from(["globex".to_owned()]),
+        );
+        assert!(history.disabled("globex") && !history.disabled("acme"));
         assert!(!history.health_due(EVERY - 1));
         assert!(history.health_due(EVERY));
         assert_eq!(history.health("acme"), failing);

@@ -538,9 +538,17 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
     let at = now();
     let history = &state.console.history;
     if history.health_due(at) {
-        match destination_health(state).await {
-            Ok(health) => history.set_health(at, health),
-            Err(error) => tracing::warn!(%error, "reading the destinations' health"),
+        let disabled = state.api.tenants.list(">").await.map(|tenants| {
+            tenants
+                .into_iter()
+                .filter(|(_, record)| record.as_ref().is_ok_and(|r| !r.enabled))
+                .map(|(key, _)| key.tenant.to_string())
+                .collect::<BTreeSet<String>>()
+        });
+        match (destination_health(state).await, disabled) {
+            (Ok(health), Ok(disabled)) => history.set_health(at, health, disabled),
+            (Err(error), _) => tracing::warn!(%error, "reading the destinations' health"),
+            (_, Err(error)) => tracing::warn!(%error, "reading the tenants"),
         }
     }
     let mut tenants: BTreeSet<String> = report
@@ -588,6 +596,7 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
                 backlog: reading.backlog,
                 quota_pct: own.map_or(0.0, |s| (s.fill_pct * 10.0).round() / 10.0),
                 admission: match rate.and_then(|r| r.pressure.as_ref()).map(|p| p.admission) {
+                    _ if history.disabled(&tenant) => "disabled",
                     Some(Admission::Closed) => "closed",
                     _ => "open",
                 },
@@ -784,6 +793,7 @@ impl DlqQuery {
                 .transpose()?,
             ..Selection::default()
         })
+        .and_then(|selection| selection.check_time_range().map(|()| selection))
     }
 
     /// The query string of these filters with another cursor.

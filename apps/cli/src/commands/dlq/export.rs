@@ -86,7 +86,7 @@ fn written(result: std::io::Result<()>, args: &ExportArgs) -> anyhow::Result<()>
 
 pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let ns = reader.namespace();
-    let selection = args.filters.selection(&args.times);
+    let selection = args.filters.selection(&args.times)?;
     let mut writer = open(args)?;
     let mut report = ExportReport {
         file: args.file.display().to_string(),

@@ -30,7 +30,7 @@ pub struct LsArgs {
 
 /// Runs `dlq ls`.
 pub async fn run(reader: &DlqReader, args: &LsArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let selection = args.filters.selection(&args.times);
+    let selection = args.filters.selection(&args.times)?;
     let collected = reader
         .collect(&selection, Some(args.limit), read::warn_malformed)
         .await?;

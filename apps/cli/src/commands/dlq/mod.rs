@@ -122,8 +122,10 @@ impl FilterArgs {
     }
 
     /// The selection these filters and `times` make.
-    pub fn selection(&self, times: &TimeArgs) -> Selection {
-        Selection {
+    ///
+    /// Errors: `--since` after `--until`.
+    pub fn selection(&self, times: &TimeArgs) -> anyhow::Result<Selection> {
+        let selection = Selection {
             tenant: self.tenant.clone(),
             stage: self.stage,
             platform: self.platform.clone(),
@@ -132,7 +134,11 @@ impl FilterArgs {
             since: times.since,
             until: times.until,
             seqs: Vec::new(),
-        }
+        };
+        selection
+            .check_time_range()
+            .map_err(|e| anyhow::anyhow!("--{}", e.replacen("until", "--until", 1)))?;
+        Ok(selection)
     }
 
     /// Whether any filter is set.

@@ -35,7 +35,7 @@ impl Target {
                 "select entries: give sequences, or filters (--tenant, --stage, --platform, --code, --since, --until), or --all for every entry"
             );
         }
-        Ok(Self::Filter(filters.selection(times)))
+        Ok(Self::Filter(filters.selection(times)?))
     }
 }
 

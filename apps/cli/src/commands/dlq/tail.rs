@@ -46,7 +46,7 @@ pub fn line(entry: &DlqEntry) -> String {
 
 /// Runs `dlq tail`.
 pub async fn run(reader: &DlqReader, args: &TailArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let selection = args.filters.selection(&TimeArgs::default());
+    let selection = args.filters.selection(&TimeArgs::default())?;
     if args.limit == Some(0) {
         return Ok(ExitCode::SUCCESS);
     }
