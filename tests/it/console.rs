@@ -673,6 +673,23 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
     );
     let (_, page) = get("/ui/destinations".to_owned()).await;
     assert!(!page.contains("globex"), "{page}");
+    // A purge's dry run takes the page's destination filter too: none of acme's entries is
+    // crm's.
+    let dry_run = http
+        .post(format!("{base}/ui/dlq/purge"))
+        .header("cookie", cookie.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&tenant=acme&destination=crm"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        dry_run.contains("0 entries of tenant acme for destination crm would be deleted"),
+        "{dry_run}"
+    );
     // A destination filter is applied (acme's entry is its route's).
     let (status, none) = get("/ui/dlq/export?destination=crm".to_owned()).await;
     assert_eq!((status, none.as_str()), (200, ""));

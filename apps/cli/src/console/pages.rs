@@ -1244,6 +1244,9 @@ pub struct ReplayForm {
     seq: Option<u64>,
     #[serde(default)]
     code: String,
+    /// One destination's copies (a destination id, or `_route`).
+    #[serde(default)]
+    destination: String,
     #[serde(default)]
     rate: Option<u32>,
     /// `yes` once the operator saw the dry run.
@@ -1271,10 +1274,13 @@ pub async fn replay(
         Err(refused) => return refused,
     };
     let code = (!form.code.trim().is_empty()).then(|| form.code.trim().to_owned());
-    let selection = match crate::api::dlq::dlq_selection(&tenant, code.as_ref(), None) {
-        Ok(s) => s,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.message),
-    };
+    let destination =
+        (!form.destination.trim().is_empty()).then(|| form.destination.trim().to_owned());
+    let selection =
+        match crate::api::dlq::dlq_selection(&tenant, code.as_ref(), destination.as_ref()) {
+            Ok(s) => s,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.message),
+        };
     let listed: Vec<u64> = form.seq.into_iter().collect();
     let reader = match state.api.dlq().await {
         Ok(r) => r,
@@ -1289,6 +1295,7 @@ pub async fn replay(
         let mut context = base(&state, &session);
         context.insert("tenant".into(), tenant.to_string().into());
         context.insert("code".into(), code.clone().into());
+        context.insert("destination".into(), destination.clone().into());
         context.insert("seq".into(), form.seq.into());
         context.insert("rate".into(), form.rate.unwrap_or(100).into());
         context.insert("matched".into(), matched.seqs.len().into());
@@ -1883,6 +1890,9 @@ pub struct PurgeForm {
     tenant: String,
     #[serde(default)]
     code: String,
+    /// One destination's copies (a destination id, or `_route`).
+    #[serde(default)]
+    destination: String,
     /// The number the operator typed: what the dry run counted.
     #[serde(default)]
     confirm: String,
@@ -1910,10 +1920,13 @@ pub async fn purge(
         Err(refused) => return refused,
     };
     let code = (!form.code.trim().is_empty()).then(|| form.code.trim().to_owned());
+    let destination =
+        (!form.destination.trim().is_empty()).then(|| form.destination.trim().to_owned());
     let typed = form.confirm.trim();
     let request = if typed.is_empty() {
         crate::api::dlq::PurgeRequest {
             code: code.clone(),
+            destination: destination.clone(),
             dry_run: true,
             ..Default::default()
         }
@@ -1926,6 +1939,7 @@ pub async fn purge(
         };
         crate::api::dlq::PurgeRequest {
             code: code.clone(),
+            destination: destination.clone(),
             confirm: Some(confirm),
             through: Some(form.through.unwrap_or(0)),
             ..Default::default()
@@ -1939,6 +1953,7 @@ pub async fn purge(
     let mut context = base(&state, &session);
     context.insert("tenant".into(), tenant.to_string().into());
     context.insert("code".into(), code.into());
+    context.insert("destination".into(), destination.into());
     context.insert("dry_run".into(), dry_run.into());
     context.insert("matched".into(), result.matched.into());
     context.insert("through".into(), result.through.into());
