@@ -1417,6 +1417,10 @@ async fn a_tenants_dlq_exports_as_ndjson_that_names_its_own_entries_only() {
         ("/v1/tenants/acme/dlq/export?since=soon", 400),
         ("/v1/tenants/acme/dlq/export?limit=1", 400),
         ("/v1/tenants/acme/dlq/export?since=1h&until=2h", 400),
+        (
+            "/v1/tenants/acme/dlq/export?code=no_route&code=retries_exhausted",
+            400,
+        ),
     ] {
         let (status, _, body) = export(path, &api.acme_key).await;
         assert_eq!(status.as_u16(), expected, "{path}: {body}");

@@ -1,5 +1,6 @@
 //! What wraps every request of the management API: a deadline (past it, `503 timeout` in the
-//! API's error shape) and an access log, one line per request.
+//! API's error shape), one value per query parameter, and an access log, one line per
+//! request.
 //!
 //! The access log (target [`ACCESS_TARGET`], level `info`) has the method, the *route* — the
 //! path template (`/v1/tenants/{tenant}/dlq`), never the path itself, nor a query, a header or
@@ -40,6 +41,25 @@ pub async fn access_log(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// Refuses `400` a query that gives one parameter more than once (`?code=a&code=b`): every
+/// endpoint reads one value per name, and silently keeping the last would select other entries
+/// than the caller meant.
+pub async fn single_parameters(request: Request, next: Next) -> Response {
+    if let Some(query) = request.uri().query() {
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in url::form_urlencoded::parse(query.as_bytes()) {
+            if !seen.insert(name.clone()) {
+                return ApiError::bad_request(format!(
+                    "parameter {:?} is given more than once: give it once",
+                    crate::output::printable(&name)
+                ))
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// Lets through only requests with valid credentials (the operator token, or an active API

@@ -373,6 +373,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .fallback(|| async { ApiError::not_found("no such path") })
         .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::from_fn(middleware::single_parameters))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         // One limit for the whole API (a `ConcurrencyLimitLayer` would give each route its own).
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
