@@ -1,27 +1,61 @@
 //! Reading what a stream holds, for assertions (without consuming anything).
 
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream::{DirectGetErrorKind, Info};
 use async_nats::jetstream::{self, message::StreamMessage};
+
+/// How long a read of a stream's info keeps trying: in a cluster, a request made while the
+/// stream's leader is being elected again (a node killed) times out, and the next one is
+/// answered.
+const INFO_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The stream and its info, asked again while the server does not answer (up to
+/// [`INFO_DEADLINE`]); panics naming the stream and the last error after it.
+async fn stream_info(js: &jetstream::Context, stream: &str) -> (jetstream::stream::Stream, Info) {
+    let deadline = Instant::now() + INFO_DEADLINE;
+    loop {
+        let error = match js.get_stream(stream).await {
+            Ok(mut handle) => match handle.info().await {
+                Ok(info) => {
+                    let info = info.clone();
+                    return (handle, info);
+                }
+                Err(e) => format!("info: {e}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            panic!("stream {stream}: {error} (for {INFO_DEADLINE:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// Every message a stream holds now, in sequence order (direct gets, so nothing is consumed;
 /// the stream needs `allow_direct`).
 pub async fn stored_messages(js: &jetstream::Context, stream: &str) -> Vec<StreamMessage> {
-    let mut handle = js
-        .get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
-    let state = handle
-        .info()
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream} info: {e}"))
-        .state
-        .clone();
+    let (handle, info) = stream_info(js, stream).await;
+    let state = info.state;
     let mut out = Vec::new();
     if state.messages == 0 {
         return out;
     }
+    let deadline = Instant::now() + INFO_DEADLINE;
     for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(msg) = handle.direct_get(seq).await {
-            out.push(msg);
+        // A sequence deleted meanwhile is skipped; a get the server did not answer (a leader
+        // being elected) is made again.
+        loop {
+            match handle.direct_get(seq).await {
+                Ok(msg) => out.push(msg),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => panic!("stream {stream} message {seq}: {e} (for {INFO_DEADLINE:?})"),
+            }
+            break;
         }
     }
     out
@@ -29,9 +63,5 @@ pub async fn stored_messages(js: &jetstream::Context, stream: &str) -> Vec<Strea
 
 /// How many messages a stream holds now.
 pub async fn stored_count(js: &jetstream::Context, stream: &str) -> u64 {
-    let mut handle = js
-        .get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
-    handle.info().await.map(|i| i.state.messages).unwrap_or(0)
+    stream_info(js, stream).await.1.state.messages
 }
