@@ -1656,24 +1656,10 @@ pub async fn switch_destination(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let not_found = || {
-        message(
-            &state,
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such destination.",
-        )
-    };
-    let (Ok(tenant), Ok(destination)) = (
-        tenant.parse::<TenantId>(),
-        destination.parse::<switchyard_keys::DestinationId>(),
-    ) else {
+    let not_found = || no_destination(&state, &session);
+    let Some(key) = form_destination(&session, &tenant, &destination) else {
         return not_found();
     };
-    if session.who.tenant().is_some_and(|own| *own != tenant) {
-        return not_found();
-    }
     let principal = principal_of(&session.who);
     let disabled = match action.as_str() {
         "disable" => Some(switchyard_registry::Disabled {
@@ -1687,15 +1673,41 @@ pub async fn switch_destination(
         "enable" => None,
         _ => return not_found(),
     };
-    let key = switchyard_keys::DestinationKey {
-        tenant,
-        destination,
-    };
     match crate::api::handlers::switch(&state.api, &principal, &key, disabled).await {
         Ok(_) => see_other("/ui/destinations"),
         Err(e) if e.status == StatusCode::NOT_FOUND => not_found(),
         Err(e) => message(&state, Some(&session), e.status, "Refused", &e.message),
     }
+}
+
+/// The destination a form's path names, when the session may act on it: a malformed id or
+/// another tenant's destination from a portal is `None` (answered "not found", as an absent
+/// one is, so a portal learns nothing of what exists elsewhere).
+fn form_destination(
+    session: &Session,
+    tenant: &str,
+    destination: &str,
+) -> Option<switchyard_keys::DestinationKey> {
+    let tenant = tenant.parse::<TenantId>().ok()?;
+    let destination = destination.parse::<switchyard_keys::DestinationId>().ok()?;
+    if session.who.tenant().is_some_and(|own| *own != tenant) {
+        return None;
+    }
+    Some(switchyard_keys::DestinationKey {
+        tenant,
+        destination,
+    })
+}
+
+/// The "no such destination" page.
+fn no_destination(state: &ConsoleState, session: &Session) -> Response {
+    message(
+        state,
+        Some(session),
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "No such destination.",
+    )
 }
 
 /// The rotate-secret form: its CSRF token and the overlap (an age).
@@ -1722,27 +1734,9 @@ pub async fn rotate_destination_secret(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let not_found = || {
-        message(
-            &state,
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such destination.",
-        )
-    };
-    let (Ok(tenant), Ok(destination)) = (
-        tenant.parse::<TenantId>(),
-        destination.parse::<switchyard_keys::DestinationId>(),
-    ) else {
+    let not_found = || no_destination(&state, &session);
+    let Some(key) = form_destination(&session, &tenant, &destination) else {
         return not_found();
-    };
-    if session.who.tenant().is_some_and(|own| *own != tenant) {
-        return not_found();
-    }
-    let key = switchyard_keys::DestinationKey {
-        tenant,
-        destination,
     };
     let request = if form.revoke == "previous" {
         crate::api::handlers::RotateRequest {
