@@ -38,14 +38,33 @@ struct Sample {
     reading: Reading,
 }
 
-/// A tenant's destinations: how many, and how many fail (disabled, or circuit breaker not
-/// closed).
+/// A tenant's destinations: how many, how many fail (circuit breaker not closed) and how many
+/// are disabled (on purpose, or by egress after staying down).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Health {
     /// Destinations.
     pub total: usize,
-    /// Disabled or with an open (or half-open) breaker.
+    /// Enabled, with an open (or half-open) breaker.
     pub failing: usize,
+    /// Disabled (their messages are parked).
+    pub disabled: usize,
+}
+
+impl Health {
+    /// `-` (none), `3`, `3, 1 failing`, `3, 1 disabled`, `3, 1 failing, 1 disabled`.
+    pub fn describe(&self) -> String {
+        if self.total == 0 {
+            return "-".to_owned();
+        }
+        let mut out = self.total.to_string();
+        if self.failing > 0 {
+            out.push_str(&format!(", {} failing", self.failing));
+        }
+        if self.disabled > 0 {
+            out.push_str(&format!(", {} disabled", self.disabled));
+        }
+        out
+    }
 }
 
 /// What is read at the sampling pace only: when, the destinations' health per tenant, the
@@ -281,7 +300,16 @@ mod tests {
         let failing = Health {
             total: 3,
             failing: 1,
+            disabled: 0,
         };
+        assert_eq!(failing.describe(), "3, 1 failing");
+        let parked = Health {
+            total: 2,
+            failing: 0,
+            disabled: 2,
+        };
+        assert_eq!(parked.describe(), "2, 2 disabled");
+        assert_eq!(Health::default().describe(), "-");
         history.set_health(
             0,
             BTreeMap::from([("acme".to_owned(), failing)]),

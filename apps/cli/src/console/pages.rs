@@ -491,17 +491,17 @@ struct TenantRow {
     dlq: u64,
     /// DLQ entries stored per minute (`2/min`; `-` until two samples exist).
     dlq_inflow: String,
-    /// Its destinations: `3`, `3, 1 failing` (`-`: none).
+    /// Its destinations: `3`, `3, 1 failing, 1 disabled` (`-`: none).
     destinations: String,
-    /// Whether none of them fails.
+    /// Whether none of them fails or is disabled.
     destinations_ok: bool,
     charts: super::history::Charts,
     #[serde(skip)]
     reading: super::history::Reading,
 }
 
-/// Every tenant's destinations: how many, and how many are disabled or have a circuit breaker
-/// that is not closed (one KV read per destination: read at the history's pace).
+/// Every tenant's destinations: how many, how many have a circuit breaker that is not closed,
+/// how many are disabled (one KV read per destination: read at the history's pace).
 async fn destination_health(
     state: &ConsoleState,
 ) -> Result<BTreeMap<String, super::history::Health>, String> {
@@ -522,10 +522,15 @@ async fn destination_health(
             .ok()
             .flatten()
             .is_some();
-        let disabled = record.as_ref().map_or(true, |r| r.disabled.is_some());
+        // An unreadable record delivers nothing: counted as failing.
+        let disabled = record.as_ref().is_ok_and(|r| r.disabled.is_some());
         let entry = health.entry(key.tenant.to_string()).or_default();
         entry.total += 1;
-        entry.failing += usize::from(tripped || disabled);
+        if disabled {
+            entry.disabled += 1;
+        } else if tripped || record.is_err() {
+            entry.failing += 1;
+        }
     }
     Ok(health)
 }
@@ -602,12 +607,8 @@ async fn overview_rows(state: &ConsoleState, who: &Who) -> Result<Vec<TenantRow>
                 },
                 dlq: reading.dlq,
                 dlq_inflow: String::new(),
-                destinations: match health {
-                    h if h.total == 0 => "-".to_owned(),
-                    h if h.failing == 0 => h.total.to_string(),
-                    h => format!("{}, {} failing", h.total, h.failing),
-                },
-                destinations_ok: health.failing == 0,
+                destinations: health.describe(),
+                destinations_ok: health.failing == 0 && health.disabled == 0,
                 charts: super::history::Charts::default(),
                 reading,
                 tenant,
