@@ -69,6 +69,25 @@ pub enum ImportError {
 }
 
 impl ExportLine {
+    /// The line for a message read from the DLQ ([`DlqReader`]: the message and where it was
+    /// stored); fails when it is not a valid record.
+    pub fn of_read(
+        ns: &Namespace,
+        message: &async_nats::jetstream::Message,
+        delivered: &crate::read::Delivered,
+    ) -> Result<Self, DlqError> {
+        Self::of(
+            ns,
+            &StreamMessage {
+                subject: message.subject.clone(),
+                sequence: delivered.seq,
+                headers: message.headers.clone().unwrap_or_default(),
+                payload: message.payload.clone(),
+                time: delivered.stored_at,
+            },
+        )
+    }
+
     /// The line for a stored DLQ message; fails when it is not a valid record.
     pub fn of(ns: &Namespace, message: &StreamMessage) -> Result<Self, DlqError> {
         let entry = DlqEntry::from_message(

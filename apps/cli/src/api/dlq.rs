@@ -268,7 +268,6 @@ const EXPORT_CHUNK: usize = 64 * 1024;
 /// fails midway ends the body with an error, so the client sees a broken transfer rather than
 /// a file that looks whole. What `GET …/dlq/export` and the console's export link answer.
 pub(crate) fn export(reader: &DlqReader, selection: Selection, file_name: &str) -> Response {
-    use async_nats::jetstream::message::StreamMessage;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let ns = reader.namespace().clone();
     let mut read = reader.select(&selection);
@@ -290,14 +289,7 @@ pub(crate) fn export(reader: &DlqReader, selection: Selection, file_name: &str) 
             {
                 continue;
             }
-            let stored = StreamMessage {
-                subject: message.subject.clone(),
-                sequence: delivered.seq,
-                headers: message.headers.clone().unwrap_or_default(),
-                payload: message.payload.clone(),
-                time: delivered.stored_at,
-            };
-            let line = switchyard_dlq_ops::ExportLine::of(&ns, &stored)
+            let line = switchyard_dlq_ops::ExportLine::of_read(&ns, &message, &delivered)
                 .map_err(|e| e.to_string())
                 .and_then(|line| serde_json::to_vec(&line).map_err(|e| e.to_string()));
             match line {

@@ -101,6 +101,23 @@ fn destination_of(raw: &str) -> Result<DestinationId, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("destination: {e}")))
 }
 
+/// The caller, allowed to reach `tenant` ([`caller`]), and the destination the path names.
+///
+/// Errors: those of [`caller`]; `400` a malformed destination id.
+async fn destination_caller(
+    state: &ApiState,
+    headers: &HeaderMap,
+    tenant: &str,
+    destination: &str,
+) -> Result<(Principal, DestinationKey), ApiError> {
+    let (principal, tenant) = caller(state, headers, tenant).await?;
+    let key = DestinationKey {
+        tenant,
+        destination: destination_of(destination)?,
+    };
+    Ok((principal, key))
+}
+
 /// The caller, allowed to reach `tenant`: the operator, or a key of `tenant` whose tenant is
 /// registered and enabled (a disabled tenant manages nothing: `403 tenant_disabled`).
 pub(super) async fn caller_for(
@@ -332,11 +349,7 @@ pub async fn get_destination(
     headers: HeaderMap,
     Path((tenant, destination)): Path<(String, String)>,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let tenant = caller_for(&state, &headers, &tenant).await?;
-    let key = DestinationKey {
-        tenant,
-        destination: destination_of(&destination)?,
-    };
+    let (_, key) = destination_caller(&state, &headers, &tenant, &destination).await?;
     match state.destinations.get(&key).await.map_err(unavailable)? {
         Some(record) => Ok(Json(view(&key.tenant, &key.destination, &record))),
         None => Err(ApiError::not_found(format!(
@@ -363,11 +376,7 @@ pub async fn put_destination(
     Path((tenant, destination)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
-    let key = DestinationKey {
-        tenant,
-        destination: destination_of(&destination)?,
-    };
+    let (principal, key) = destination_caller(&state, &headers, &tenant, &destination).await?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
     if !value.is_object() {
@@ -519,11 +528,7 @@ pub async fn rotate_destination_secret(
     Path((tenant, destination)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<RotateAnswer>, ApiError> {
-    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
-    let key = DestinationKey {
-        tenant,
-        destination: destination_of(&destination)?,
-    };
+    let (principal, key) = destination_caller(&state, &headers, &tenant, &destination).await?;
     let request: RotateRequest = if empty_body(&body) {
         RotateRequest::default()
     } else {
@@ -677,11 +682,7 @@ pub async fn delete_destination(
     headers: HeaderMap,
     Path((tenant, destination)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
-    let key = DestinationKey {
-        tenant,
-        destination: destination_of(&destination)?,
-    };
+    let (principal, key) = destination_caller(&state, &headers, &tenant, &destination).await?;
     match state.destinations.get(&key).await.map_err(unavailable)? {
         None => {
             return Err(ApiError::not_found(format!(
@@ -733,11 +734,7 @@ pub async fn switch_destination(
     Path((tenant, destination, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let (principal, tenant) = caller(&state, &headers, &tenant).await?;
-    let key = DestinationKey {
-        tenant,
-        destination: destination_of(&destination)?,
-    };
+    let (principal, key) = destination_caller(&state, &headers, &tenant, &destination).await?;
     let request: DisableRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DisableRequest::default()
     } else {

@@ -930,6 +930,58 @@ async fn entries_after(
     })
 }
 
+/// What the DLQ page and its export read: the session, its filters, their selection within
+/// the session's scope, and the DLQ reader.
+struct DlqRead {
+    session: Session,
+    query: DlqQuery,
+    selection: Selection,
+    reader: DlqReader,
+}
+
+/// The session (else the login form), the filters (malformed, unknown or out of scope: a
+/// `400` "Bad filter" page) and the reader (`503` when the DLQ cannot be opened).
+#[allow(clippy::result_large_err, reason = "the error is the answer itself")]
+async fn dlq_read(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    query: Result<Query<DlqQuery>, QueryRejection>,
+) -> Result<DlqRead, Response> {
+    let session = session(state, headers).await?;
+    let bad = |text: &str| {
+        message(
+            state,
+            Some(&session),
+            StatusCode::BAD_REQUEST,
+            "Bad filter",
+            text,
+        )
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejected) => return Err(bad(&rejected.body_text())),
+    };
+    let selection = query.selection(&session.who).map_err(|e| bad(&e))?;
+    let reader = match state.api.dlq().await {
+        Ok(reader) => reader,
+        Err(e) => {
+            return Err(message(
+                state,
+                Some(&session),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &e.message,
+            ));
+        }
+    };
+    Ok(DlqRead {
+        session,
+        query,
+        selection,
+        reader,
+    })
+}
+
 /// `GET /ui/dlq`: a page of entries after the cursor, the filters, and the live tail on the
 /// last page.
 pub async fn dlq(
@@ -937,45 +989,14 @@ pub async fn dlq(
     headers: HeaderMap,
     query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(s) => s,
-        Err(to_login) => return to_login,
-    };
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejected) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::BAD_REQUEST,
-                "Bad filter",
-                &rejected.body_text(),
-            );
-        }
-    };
-    let selection = match query.selection(&session.who) {
-        Ok(s) => s,
-        Err(error) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::BAD_REQUEST,
-                "Bad filter",
-                &error,
-            );
-        }
-    };
-    let reader = match state.api.dlq().await {
-        Ok(r) => r,
-        Err(e) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                &e.message,
-            );
-        }
+    let DlqRead {
+        session,
+        query,
+        selection,
+        reader,
+    } = match dlq_read(&state, &headers, query).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
     };
     let Found { rows, more, cursor } =
         match entries_after(&reader, &selection, query.after, PAGE).await {
@@ -1035,45 +1056,11 @@ pub async fn dlq_export(
     headers: HeaderMap,
     query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(s) => s,
-        Err(to_login) => return to_login,
-    };
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejected) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::BAD_REQUEST,
-                "Bad filter",
-                &rejected.body_text(),
-            );
-        }
-    };
-    let selection = match query.selection(&session.who) {
-        Ok(s) => s,
-        Err(error) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::BAD_REQUEST,
-                "Bad filter",
-                &error,
-            );
-        }
-    };
-    let reader = match state.api.dlq().await {
-        Ok(r) => r,
-        Err(e) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                &e.message,
-            );
-        }
+    let DlqRead {
+        selection, reader, ..
+    } = match dlq_read(&state, &headers, query).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
     };
     let name = match &selection.tenant {
         Some(tenant) => format!("dlq-{tenant}.ndjson"),

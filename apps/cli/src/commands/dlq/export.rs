@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use async_nats::jetstream::message::StreamMessage;
 use serde::Serialize;
 use switchyard_dlq_ops::{DlqReader, ExportLine};
 
@@ -113,14 +112,7 @@ pub async fn run(reader: &DlqReader, args: &ExportArgs, out: &Output) -> anyhow:
                 continue;
             }
         }
-        let stored = StreamMessage {
-            subject: message.subject.clone(),
-            sequence: delivered.seq,
-            headers: message.headers.clone().unwrap_or_default(),
-            payload: message.payload.clone(),
-            time: delivered.stored_at,
-        };
-        let line = ExportLine::of(ns, &stored)
+        let line = ExportLine::of_read(ns, &message, &delivered)
             .with_context(|| format!("exporting DLQ entry {}", delivered.seq))?;
         let mut bytes = serde_json::to_vec(&line).context("encoding the export")?;
         bytes.push(b'\n');
