@@ -11,12 +11,12 @@ help: ## list targets
 run: ## run Switchyard locally: nats-server (pinned, installed here), provisioning, services
 	@scripts/run-local.sh
 
-test: nats-server api-tools ## run the whole test suite against real nats-server processes
+test: nats-server api-tools ## run the whole test suite against real nats-server processes, then the patched NATS client's unit tests (vendor/async-nats)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace; \
+		$(CARGO) nextest run --workspace && $(CARGO) nextest run -p async-nats; \
 	else \
 		echo "cargo-nextest not found: falling back to cargo test"; \
-		$(CARGO) test --workspace; \
+		$(CARGO) test --workspace && $(CARGO) test -p async-nats --lib; \
 	fi
 
 bench: nats-server ## benchmark: the pipeline (release build) next to the ideal JetStream pipeline; prints figures

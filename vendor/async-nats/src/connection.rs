@@ -18,7 +18,7 @@ use std::fmt::{self, Display, Write as _};
 use std::future::{self, Future};
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::str::{self, FromStr};
+use std::str;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,7 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{self, AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::trace;
 
-use crate::header::{HeaderMap, HeaderName, IntoHeaderValue};
+use crate::header::{HeaderMap, HeaderName, HeaderValue, IntoHeaderValue};
 use crate::status::StatusCode;
 use crate::subject::Subject;
 use crate::{ClientOp, ServerError, ServerOp, Statistics};
@@ -178,8 +178,9 @@ impl Connection {
 
         if self.read_buf.starts_with(b"MSG ") {
             // Switchyard patch: a subject that is not UTF-8 (nats-server accepts any bytes in a
-            // token) is decoded lossily instead of dropping the connection.
-            let line = String::from_utf8_lossy(&self.read_buf[4..len]).into_owned();
+            // token) is decoded lossily instead of dropping the connection. A UTF-8 line is read
+            // in place, and its subject and reply become slices of it ([`Arg`]).
+            let line = String::from_utf8_lossy(&self.read_buf[4..len]);
             let mut args = line.split(' ').filter(|s| !s.is_empty());
 
             // Parse the operation syntax: MSG <subject> <sid> [reply-to] <#bytes>
@@ -223,10 +224,13 @@ impl Connection {
                 + reply_to.as_ref().map(|reply| reply.len()).unwrap_or(0)
                 + subject.len();
 
-            let subject = Subject::from(subject);
-            let reply = reply_to.map(Subject::from);
+            let subject = Arg::of(&line, subject, 4);
+            let reply = reply_to.map(|reply| Arg::of(&line, reply, 4));
+            drop(line);
 
-            self.read_buf.advance(len + 2);
+            let line = self.read_buf.split_to(len + 2).freeze();
+            let subject = subject.into_subject(&line);
+            let reply = reply.map(|reply| reply.into_subject(&line));
             let payload = self.read_buf.split_to(payload_len).freeze();
             self.read_buf.advance(2);
 
@@ -253,7 +257,7 @@ impl Connection {
         if self.read_buf.starts_with(b"HMSG ") {
             // Extract whitespace-delimited arguments that come after "HMSG".
             // Switchyard patch: see the MSG branch.
-            let line = String::from_utf8_lossy(&self.read_buf[5..len]).into_owned();
+            let line = String::from_utf8_lossy(&self.read_buf[5..len]);
             let mut args = line.split_whitespace().filter(|s| !s.is_empty());
 
             // <subject> <sid> [reply-to] <# header bytes><# total bytes>
@@ -285,7 +289,7 @@ impl Connection {
             };
 
             // Convert the slice into a subject
-            let subject = Subject::from(subject);
+            let subject = Arg::of(&line, subject, 5);
 
             // Parse the subject ID.
             let sid = sid.parse::<u64>().map_err(|_| {
@@ -296,7 +300,7 @@ impl Connection {
             })?;
 
             // Convert the slice into a subject.
-            let reply = reply_to.map(Subject::from);
+            let reply = reply_to.map(|reply| Arg::of(&line, reply, 5));
 
             // Parse the number of payload bytes.
             let header_len = header_len.parse::<usize>().map_err(|_| {
@@ -314,6 +318,7 @@ impl Connection {
                     "cannot parse the number of bytes argument after HMSG",
                 )
             })?;
+            drop(line);
 
             if total_len < header_len {
                 return Err(io::Error::new(
@@ -327,8 +332,11 @@ impl Connection {
                 return Ok(None);
             }
 
-            self.read_buf.advance(len + 2);
-            let header = self.read_buf.split_to(header_len);
+            let line = self.read_buf.split_to(len + 2).freeze();
+            let subject = subject.into_subject(&line);
+            let reply = reply.map(|reply| reply.into_subject(&line));
+            // Switchyard patch: frozen, so that the parsed names and values are slices of it.
+            let header = self.read_buf.split_to(header_len).freeze();
             let payload = self.read_buf.split_to(total_len - header_len).freeze();
             self.read_buf.advance(2);
 
@@ -471,12 +479,17 @@ impl Connection {
 
                 match headers {
                     Some(headers) if !headers.is_empty() => {
-                        let headers = headers.to_bytes();
-
-                        let headers_len = headers.len();
+                        let headers_len = headers.wire_len();
                         let total_len = headers_len + payload.len();
                         small_write!("{headers_len} {total_len}\r\n");
-                        self.write(headers);
+                        // Switchyard patch: a small header block is written straight into the
+                        // flattened buffer instead of through a `Vec` of its own.
+                        if headers_len < WRITE_FLATTEN_THRESHOLD {
+                            self.write_buf_len += headers_len;
+                            headers.write_to(&mut self.flattened_writes);
+                        } else {
+                            self.write(headers.to_bytes());
+                        }
                     }
                     _ => {
                         let payload_len = payload.len();
@@ -811,6 +824,37 @@ where
 }
 
 
+/// Switchyard patch: a subject or reply argument of a `MSG` / `HMSG` control line. When the
+/// line is UTF-8 (the usual case, read in place without a copy) it is the argument's place in
+/// the read buffer, sliced out once the whole message has arrived (no allocation); otherwise its
+/// lossily decoded text.
+enum Arg {
+    At(std::ops::Range<usize>),
+    Owned(String),
+}
+
+impl Arg {
+    /// `arg`, a slice of `line`, which starts `offset` bytes into the read buffer.
+    fn of(line: &std::borrow::Cow<'_, str>, arg: &str, offset: usize) -> Arg {
+        match line {
+            std::borrow::Cow::Borrowed(text) => {
+                let start = offset + (arg.as_ptr() as usize - text.as_ptr() as usize);
+                Arg::At(start..start + arg.len())
+            }
+            std::borrow::Cow::Owned(_) => Arg::Owned(arg.to_owned()),
+        }
+    }
+
+    /// The subject, sliced from `line` (the control line split off the read buffer).
+    fn into_subject(self, line: &Bytes) -> Subject {
+        match self {
+            // SAFETY: the range is that of a `str` argument of the line, which was UTF-8.
+            Arg::At(range) => unsafe { Subject::from_bytes_unchecked(line.slice(range)) },
+            Arg::Owned(text) => Subject::from(text),
+        }
+    }
+}
+
 /// Switchyard patch: the name of the marker header that carries a header block the client could
 /// not parse, as `<[u8]>::escape_ascii` text.
 pub const UNPARSED_HEADERS: &str = "Async-Nats-Unparsed-Headers";
@@ -834,8 +878,13 @@ fn unparsed_header_block(header: &[u8], err: &io::Error) -> HeaderMap {
 
 /// The status, description and headers of an HMSG header block (unchanged upstream logic,
 /// moved into a function by the Switchyard patch).
+///
+/// Switchyard patch: names and values are slices of `header` (no copy, no allocation each; a
+/// value folded over several lines is the one exception), the map is sized for the block's
+/// lines up front, and a value holding a lone carriage return is refused as a parse error
+/// instead of panicking in `HeaderValue::from`.
 fn parse_header_block(
-    header: &[u8],
+    header: &Bytes,
 ) -> Result<(Option<StatusCode>, Option<String>, HeaderMap), io::Error> {
     let mut lines = std::str::from_utf8(header)
         .map_err(|_| {
@@ -876,7 +925,7 @@ fn parse_header_block(
         None
     };
 
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(memchr::memchr_iter(b'\n', header).count());
     while let Some(line) = lines.next() {
         if line.is_empty() {
             continue;
@@ -886,20 +935,43 @@ fn parse_header_block(
             io::Error::new(io::ErrorKind::InvalidInput, "no header version line found")
         })?;
 
-        let name = HeaderName::from_str(name)
+        let name = HeaderName::from_block(header, name)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
 
-        // Read the header value, which might have been split into multiple lines
-        // `trim_start` and `trim_end` do the same job as doing `value.trim().to_owned()` at the end, but without a reallocation
-        let mut value = value.trim_start().to_owned();
-        while let Some(v) = lines.next_if(|s| s.starts_with(char::is_whitespace)) {
-            value.push_str(v);
-        }
-        value.truncate(value.trim_end().len());
+        // Read the header value, which might have been split into multiple lines.
+        let value = value.trim_start();
+        let value = if lines
+            .peek()
+            .is_some_and(|s| s.starts_with(char::is_whitespace))
+        {
+            let mut value = value.to_owned();
+            while let Some(v) = lines.next_if(|s| s.starts_with(char::is_whitespace)) {
+                value.push_str(v);
+            }
+            value.truncate(value.trim_end().len());
+            if value.contains('\r') {
+                return Err(lone_carriage_return());
+            }
+            value.into_header_value()
+        } else {
+            let value = value.trim_end();
+            if value.contains('\r') {
+                return Err(lone_carriage_return());
+            }
+            HeaderValue::from_block(header, value)
+        };
 
-        headers.append(name, value.into_header_value());
+        headers.append(name, value);
     }
     Ok((status, description, headers))
+}
+
+/// Switchyard patch: a header value may not hold a carriage return (`HeaderValue`'s rule).
+fn lone_carriage_return() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "header value contains a carriage return",
+    )
 }
 
 #[cfg(test)]
@@ -1205,22 +1277,28 @@ mod read_op {
     // Regression for https://github.com/nats-io/nats.rs/issues/1572:
     // nats-server forwards arbitrary bytes in subjects (no UTF-8 enforcement),
     // so a publisher sending `balance.\xFF` reaches a `balance.*` subscriber.
-    // The parser must surface an io::Error rather than panicking, otherwise the
-    // ConnectionHandler task dies and the client never reconnects.
+    // Switchyard patch: the subject is decoded lossily and the message delivered (upstream
+    // returned an error, which dropped the connection).
     #[tokio::test]
-    async fn msg_with_non_utf8_subject_returns_error() {
+    async fn msg_with_non_utf8_subject_is_decoded_lossily() {
         let (stream, mut server) = io::duplex(128);
         let mut connection = Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
 
         server.write_all(b"MSG balance.\xFF 1 2\r\n").await.unwrap();
         server.write_all(b"hi\r\n").await.unwrap();
 
-        let err = connection.read_op().await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let Some(ServerOp::Message {
+            subject, payload, ..
+        }) = connection.read_op().await.unwrap()
+        else {
+            panic!("a message");
+        };
+        assert_eq!(subject.as_str(), "balance.\u{FFFD}");
+        assert_eq!(&payload[..], b"hi");
     }
 
     #[tokio::test]
-    async fn hmsg_with_non_utf8_subject_returns_error() {
+    async fn hmsg_with_non_utf8_subject_is_decoded_lossily() {
         let (stream, mut server) = io::duplex(128);
         let mut connection = Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
 
@@ -1230,8 +1308,101 @@ mod read_op {
             .unwrap();
         server.write_all(b"NATS/1.0\r\n\r\nhi\r\n").await.unwrap();
 
-        let err = connection.read_op().await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let Some(ServerOp::Message {
+            subject, payload, ..
+        }) = connection.read_op().await.unwrap()
+        else {
+            panic!("a message");
+        };
+        assert_eq!(subject.as_str(), "balance.\u{FFFD}");
+        assert_eq!(&payload[..], b"hi");
+    }
+
+    /// Switchyard patch: names, values, subject and reply are slices of what was read; a
+    /// message that arrives in pieces is parsed once it is whole.
+    #[tokio::test]
+    async fn hmsg_parts_are_read_in_place_and_a_split_message_waits_for_its_end() {
+        let (stream, mut server) = io::duplex(1024);
+        let mut connection = Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
+        let block = b"NATS/1.0\r\nSwitchyard-Tenant: acme\r\nX-Many: 1\r\nX-Many: 2\r\nX-Fold: a\r\n  b\r\nNats-Msg-Id:  id-1 \r\n\r\n";
+        let line = format!(
+            "HMSG orders.acme 7 _INBOX.reply.1 {} {}\r\n",
+            block.len(),
+            block.len() + 5
+        );
+        server.write_all(line.as_bytes()).await.unwrap();
+        server.write_all(&block[..20]).await.unwrap();
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            connection.read_op(),
+        )
+        .await;
+        assert!(first.is_err(), "half a message is not parsed");
+        server.write_all(&block[20..]).await.unwrap();
+        server.write_all(b"hello\r\n").await.unwrap();
+
+        let Some(ServerOp::Message {
+            sid,
+            subject,
+            reply,
+            headers,
+            payload,
+            length,
+            ..
+        }) = connection.read_op().await.unwrap()
+        else {
+            panic!("a message");
+        };
+        let headers = headers.unwrap();
+        assert_eq!(sid, 7);
+        assert_eq!(subject.as_str(), "orders.acme");
+        assert_eq!(reply.unwrap().as_str(), "_INBOX.reply.1");
+        assert_eq!(&payload[..], b"hello");
+        assert_eq!(length, "_INBOX.reply.1".len() + "orders.acme".len() + block.len() + 5);
+        assert_eq!(headers.get("Switchyard-Tenant").unwrap().as_str(), "acme");
+        assert_eq!(
+            headers.get_all("X-Many").map(|v| v.as_str()).collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        assert_eq!(headers.get("X-Fold").unwrap().as_str(), "a  b");
+        assert_eq!(
+            headers.get(crate::header::NATS_MESSAGE_ID).unwrap().as_str(),
+            "id-1"
+        );
+        assert_eq!(headers.get("x-many"), None, "names are case-sensitive");
+        assert_eq!(headers.get("not a name"), None, "an invalid name is not found");
+    }
+
+    /// Switchyard patch: a lone carriage return in a value (plain or folded) is an unparsable
+    /// block (marker headers), not a panic in the connection task.
+    #[tokio::test]
+    async fn a_lone_carriage_return_in_a_value_gives_the_marker_headers() {
+        for block in [
+            &b"NATS/1.0\r\nX-Cr: a\rb\r\n\r\n"[..],
+            &b"NATS/1.0\r\nX-Fold: a\r\n \rb\r\n\r\n"[..],
+        ] {
+            let (stream, mut server) = io::duplex(1024);
+            let mut connection =
+                Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
+            let line = format!("HMSG s 1 {} {}\r\n", block.len(), block.len() + 2);
+            server.write_all(line.as_bytes()).await.unwrap();
+            server.write_all(block).await.unwrap();
+            server.write_all(b"hi\r\n").await.unwrap();
+            let Some(ServerOp::Message { headers, .. }) = connection.read_op().await.unwrap()
+            else {
+                panic!("a message");
+            };
+            let headers = headers.unwrap();
+            assert_eq!(
+                headers.get(super::UNPARSED_HEADERS).unwrap().as_str(),
+                block.escape_ascii().to_string()
+            );
+            assert!(headers
+                .get(super::HEADER_PARSE_ERROR)
+                .unwrap()
+                .as_str()
+                .contains("carriage return"));
+        }
     }
 }
 

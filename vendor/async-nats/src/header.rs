@@ -20,9 +20,10 @@
 
 //! NATS [Message][crate::Message] headers, modeled loosely after the `http::header` crate.
 
-use std::{collections::HashMap, fmt, slice::Iter, str::FromStr};
+use std::{borrow::Borrow, collections::HashMap, fmt, hash::Hash, slice::Iter, str::FromStr};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A struct for handling NATS headers.
@@ -46,8 +47,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct HeaderMap {
-    inner: HashMap<HeaderName, Vec<HeaderValue>>,
+    // Switchyard patch: the values of one name are a `SmallVec` (one value, the usual case,
+    // needs no allocation of its own) instead of a `Vec`.
+    inner: HashMap<HeaderName, Values>,
 }
+
+/// The values of one header name, in the order they were added (Switchyard patch: a
+/// `SmallVec` holding one value inline; upstream, a `Vec`).
+pub type Values = SmallVec<[HeaderValue; 1]>;
 
 /// Helper enum for backward-compatible deserialization using serde's untagged feature
 /// This is required because of the bug #1470 where the client incorrectly serialized
@@ -71,9 +78,15 @@ impl<'de> Deserialize<'de> for HeaderMap {
         // Use the untagged enum to automatically try both formats
         let helper = HeaderMapHelper::deserialize(deserializer)?;
 
-        Ok(match helper {
-            HeaderMapHelper::Legacy { inner } => HeaderMap { inner },
-            HeaderMapHelper::Current(inner) => HeaderMap { inner },
+        let inner = match helper {
+            HeaderMapHelper::Legacy { inner } => inner,
+            HeaderMapHelper::Current(inner) => inner,
+        };
+        Ok(HeaderMap {
+            inner: inner
+                .into_iter()
+                .map(|(name, values)| (name, Values::from_vec(values)))
+                .collect(),
         })
     }
 }
@@ -84,7 +97,11 @@ impl Serialize for HeaderMap {
         S: Serializer,
     {
         // Serialize as the new format (direct HashMap without "inner" wrapper)
-        self.inner.serialize(serializer)
+        serializer.collect_map(
+            self.inner
+                .iter()
+                .map(|(name, values)| (name, values.as_slice())),
+        )
     }
 }
 
@@ -99,7 +116,7 @@ impl FromIterator<(HeaderName, HeaderValue)> for HeaderMap {
 }
 
 impl HeaderMap {
-    pub fn iter(&self) -> std::collections::hash_map::Iter<'_, HeaderName, Vec<HeaderValue>> {
+    pub fn iter(&self) -> std::collections::hash_map::Iter<'_, HeaderName, Values> {
         self.inner.iter()
     }
 }
@@ -129,6 +146,20 @@ impl HeaderMap {
     /// ```
     pub fn new() -> Self {
         HeaderMap::default()
+    }
+
+    /// An empty map with room for `capacity` header names before it reallocates
+    /// (Switchyard patch).
+    pub fn with_capacity(capacity: usize) -> Self {
+        HeaderMap {
+            inner: HashMap::with_capacity(capacity),
+        }
+    }
+
+    /// Keeps only the headers whose name `keep` accepts, with all their values (Switchyard
+    /// patch).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.inner.retain(|name, _| keep(name.as_str()));
     }
 
     /// Returns true if the map contains no elements.
@@ -180,8 +211,10 @@ impl HeaderMap {
     /// headers.insert("Key", "Value");
     /// ```
     pub fn insert<K: IntoHeaderName, V: IntoHeaderValue>(&mut self, name: K, value: V) {
-        self.inner
-            .insert(name.into_header_name(), vec![value.into_header_value()]);
+        let value = value.into_header_value();
+        let values = name.entry_in(&mut self.inner);
+        values.clear();
+        values.push(value);
     }
 
     /// Appends a new value to the list of values to a given key.
@@ -196,16 +229,8 @@ impl HeaderMap {
     /// headers.append("Key", "Value");
     /// headers.append("Key", "Another");
     pub fn append<K: IntoHeaderName, V: IntoHeaderValue>(&mut self, name: K, value: V) {
-        let key = name.into_header_name();
-        let v = self.inner.get_mut(&key);
-        match v {
-            Some(v) => {
-                v.push(value.into_header_value());
-            }
-            None => {
-                self.insert(key, value.into_header_value());
-            }
-        }
+        let value = value.into_header_value();
+        name.entry_in(&mut self.inner).push(value);
     }
 
     /// Gets a value for a given key. If key is not found, [Option::None] is returned.
@@ -220,9 +245,7 @@ impl HeaderMap {
     /// let values = headers.get("Key").unwrap();
     /// ```
     pub fn get<K: IntoHeaderName>(&self, key: K) -> Option<&HeaderValue> {
-        self.inner
-            .get(&key.into_header_name())
-            .and_then(|x| x.first())
+        key.find_in(&self.inner).and_then(|x| x.first())
     }
 
     /// Gets a last value for a given key. If key is not found, [Option::None] is returned.
@@ -237,9 +260,7 @@ impl HeaderMap {
     /// let values = headers.get_last("Key").unwrap();
     /// ```
     pub fn get_last<K: IntoHeaderName>(&self, key: K) -> Option<&HeaderValue> {
-        self.inner
-            .get(&key.into_header_name())
-            .and_then(|x| x.last())
+        key.find_in(&self.inner).and_then(|x| x.last())
     }
 
     /// Gets an iterator to the values for a given key.
@@ -257,9 +278,8 @@ impl HeaderMap {
     /// let value2 = values.next();
     /// ```
     pub fn get_all<K: IntoHeaderName>(&self, key: K) -> GetAll<'_, HeaderValue> {
-        let inner = self
-            .inner
-            .get(&key.into_header_name())
+        let inner = key
+            .find_in(&self.inner)
             .map(|x| x.iter())
             .unwrap_or([].iter());
 
@@ -267,18 +287,25 @@ impl HeaderMap {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut buf = vec![];
-        buf.extend_from_slice(b"NATS/1.0\r\n");
+        // Switchyard patch: sized once ([`Self::wire_len`]) instead of grown.
+        let mut buf = Vec::with_capacity(self.wire_len());
+        self.write_to(&mut buf);
+        buf
+    }
+
+    /// Appends the header block as it goes on the wire (Switchyard patch: lets the connection
+    /// write it straight into its buffer). Writes exactly [`Self::wire_len`] bytes.
+    pub(crate) fn write_to(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(b"NATS/1.0\r\n");
         for (k, vs) in &self.inner {
             for v in vs.iter() {
-                buf.extend_from_slice(k.as_str().as_bytes());
-                buf.extend_from_slice(b": ");
-                buf.extend_from_slice(v.inner.as_bytes());
-                buf.extend_from_slice(b"\r\n");
+                buf.put_slice(k.as_str().as_bytes());
+                buf.put_slice(b": ");
+                buf.put_slice(&v.inner);
+                buf.put_slice(b"\r\n");
             }
         }
-        buf.extend_from_slice(b"\r\n");
-        buf
+        buf.put_slice(b"\r\n");
     }
 }
 
@@ -293,10 +320,53 @@ impl HeaderMap {
 /// headers.insert("Key", "Value");
 /// headers.insert("Another", "AnotherValue");
 /// ```
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct HeaderValue {
-    inner: String,
+    // Switchyard patch: `Bytes` holding UTF-8 text (every constructor takes a `str` or
+    // `String`, or a slice of a header block checked to be UTF-8), so a value parsed from a
+    // message shares the message's buffer and a clone is a reference count, not a copy.
+    // Upstream: a `String`.
+    inner: Bytes,
+}
+
+impl HeaderValue {
+    /// A value that is a slice of a received header block (Switchyard patch); `text` must lie
+    /// inside `block` and hold no CR or LF.
+    pub(crate) fn from_block(block: &Bytes, text: &str) -> Self {
+        HeaderValue {
+            inner: block.slice_ref(text.as_bytes()),
+        }
+    }
+
+    fn owned(text: String) -> Self {
+        HeaderValue {
+            inner: Bytes::from(text),
+        }
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for HeaderValue {
+    fn serialize<S>(&self, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+    {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderValue {
+    fn deserialize<D>(deserializer: D) -> Result<Self, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        String::deserialize(deserializer).map(HeaderValue::owned)
+    }
 }
 
 impl fmt::Display for HeaderValue {
@@ -319,65 +389,49 @@ impl AsRef<str> for HeaderValue {
 
 impl From<i16> for HeaderValue {
     fn from(v: i16) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<i32> for HeaderValue {
     fn from(v: i32) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<i64> for HeaderValue {
     fn from(v: i64) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<isize> for HeaderValue {
     fn from(v: isize) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<u16> for HeaderValue {
     fn from(v: u16) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<u32> for HeaderValue {
     fn from(v: u32) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<u64> for HeaderValue {
     fn from(v: u64) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
 impl From<usize> for HeaderValue {
     fn from(v: usize) -> Self {
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
@@ -386,9 +440,7 @@ impl FromStr for HeaderValue {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         validate_header_value(s)?;
-        Ok(HeaderValue {
-            inner: s.to_string(),
-        })
+        Ok(HeaderValue::owned(s.to_string()))
     }
 }
 
@@ -398,9 +450,7 @@ impl From<&str> for HeaderValue {
             validate_header_value(v).is_ok(),
             "invalid header value: cannot contain '\\r' or '\\n'"
         );
-        Self {
-            inner: v.to_string(),
-        }
+        Self::owned(v.to_string())
     }
 }
 
@@ -410,7 +460,7 @@ impl From<String> for HeaderValue {
             validate_header_value(&inner).is_ok(),
             "invalid header value: cannot contain '\\r' or '\\n'"
         );
-        Self { inner }
+        Self::owned(inner)
     }
 }
 
@@ -420,7 +470,8 @@ impl HeaderValue {
     }
 
     pub fn as_str(&self) -> &str {
-        self.inner.as_str()
+        // SAFETY: every constructor stores UTF-8 (see the field).
+        unsafe { std::str::from_utf8_unchecked(&self.inner) }
     }
 }
 
@@ -448,6 +499,28 @@ fn validate_header_value(s: &str) -> Result<(), ParseHeaderValueError> {
 
 pub trait IntoHeaderName {
     fn into_header_name(self) -> HeaderName;
+
+    /// Switchyard patch: the values stored under this name in `map`. Text keys are looked up
+    /// as they are, without building a [`HeaderName`] (no allocation, and a name that could
+    /// not have been stored is simply not found rather than a panic).
+    #[doc(hidden)]
+    fn find_in(self, map: &HashMap<HeaderName, Values>) -> Option<&Values>
+    where
+        Self: Sized,
+    {
+        map.get(&self.into_header_name())
+    }
+
+    /// Switchyard patch: the values stored under this name in `map`, an empty list inserted
+    /// under it if there are none. A text key already present is not turned into a new
+    /// [`HeaderName`] (no allocation when a header is set again).
+    #[doc(hidden)]
+    fn entry_in(self, map: &mut HashMap<HeaderName, Values>) -> &mut Values
+    where
+        Self: Sized,
+    {
+        map.entry(self.into_header_name()).or_default()
+    }
 }
 
 impl IntoHeaderName for &str {
@@ -465,6 +538,17 @@ impl IntoHeaderName for &str {
             },
         }
     }
+
+    fn find_in(self, map: &HashMap<HeaderName, Values>) -> Option<&Values> {
+        map.get(self)
+    }
+
+    fn entry_in(self, map: &mut HashMap<HeaderName, Values>) -> &mut Values {
+        if map.contains_key(self) {
+            return map.get_mut(self).expect("the key was found just above");
+        }
+        map.entry(self.into_header_name()).or_default()
+    }
 }
 
 impl IntoHeaderName for String {
@@ -481,6 +565,17 @@ impl IntoHeaderName for String {
                 inner: HeaderRepr::Custom(self.into()),
             },
         }
+    }
+
+    fn find_in(self, map: &HashMap<HeaderName, Values>) -> Option<&Values> {
+        map.get(self.as_str())
+    }
+
+    fn entry_in(self, map: &mut HashMap<HeaderName, Values>) -> &mut Values {
+        if map.contains_key(self.as_str()) {
+            return map.get_mut(self.as_str()).expect("the key was found just above");
+        }
+        map.entry(self.into_header_name()).or_default()
     }
 }
 
@@ -711,9 +806,51 @@ enum HeaderRepr {
 ///
 /// `HeaderName` represents standard header names using an `enum`, as such they
 /// will not require an allocation for storage.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+// Switchyard patch: equality and hashing are those of the name's text (as `str`'s), so that a
+// map keyed by `HeaderName` can be searched with a `&str` ([`Borrow<str>`]) without building
+// a name. Equivalent to upstream's derived ones: a name equal to a standard header is always
+// stored as `HeaderRepr::Standard` (every constructor checks `StandardHeader::from_bytes`).
+#[derive(Clone, Debug)]
 pub struct HeaderName {
     inner: HeaderRepr,
+}
+
+impl PartialEq for HeaderName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeaderName {}
+
+impl Hash for HeaderName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl Borrow<str> for HeaderName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl HeaderName {
+    /// A name that is a slice of a received header block (Switchyard patch): `text` must lie
+    /// inside `block` and be a valid name.
+    pub(crate) fn from_block(block: &Bytes, text: &str) -> Result<Self, ParseHeaderNameError> {
+        validate_header_name(text)?;
+        Ok(match StandardHeader::from_bytes(text.as_bytes()) {
+            Some(v) => HeaderName {
+                inner: HeaderRepr::Standard(v),
+            },
+            None => HeaderName {
+                inner: HeaderRepr::Custom(CustomHeader {
+                    bytes: block.slice_ref(text.as_bytes()),
+                }),
+            },
+        })
+    }
 }
 
 impl HeaderName {

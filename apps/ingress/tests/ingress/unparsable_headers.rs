@@ -18,13 +18,19 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
         .statistics()
         .connects
         .load(Ordering::Relaxed);
-    let poison: [(&str, &[u8]); 3] = [
+    let poison: [(&str, &[u8]); 5] = [
         ("non-ascii-name", b"NATS/1.0\r\nX-\xc3\x9cnicode: 1\r\n\r\n"),
         (
             "no-colon",
             b"NATS/1.0\r\nNats-Msg-Id: p-2\r\njust text\r\n\r\n",
         ),
         ("not-utf8", b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n"),
+        // A carriage return inside a value (the client's header values may not hold one).
+        ("lone-cr", b"NATS/1.0\r\nX-Cr: a\rb\r\n\r\n"),
+        (
+            "lone-cr-in-a-folded-value",
+            b"NATS/1.0\r\nX-Fold: a\r\n \rb\r\n\r\n",
+        ),
     ];
     for (i, (_, block)) in poison.iter().enumerate() {
         publish_raw(

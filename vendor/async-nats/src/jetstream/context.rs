@@ -124,7 +124,9 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) client: Client,
-    pub(crate) prefix: String,
+    // Switchyard patch: `Arc<str>` (upstream: `String`), so that cloning a context (once per
+    // message a consumer yields) does not copy it.
+    pub(crate) prefix: Arc<str>,
     /// The timeout set with `ContextBuilder::timeout` or `set_timeout`, if any.
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_ack_semaphore: Arc<tokio::sync::Semaphore>,
@@ -351,7 +353,7 @@ where
         spawn_acker(stream, self.ack_timeout, self.concurrency_limit);
         Context {
             client,
-            prefix: self.prefix,
+            prefix: self.prefix.into(),
             timeout: self.timeout,
             max_ack_semaphore: Arc::new(tokio::sync::Semaphore::new(self.semaphore_capacity)),
             ack_sender: tx,
@@ -1103,7 +1105,7 @@ impl Context {
             stream_name,
             stream: stream.clone(),
             put_prefix: None,
-            use_jetstream_prefix: self.prefix != "$JS.API",
+            use_jetstream_prefix: &*self.prefix != "$JS.API",
         };
         if let Some(ref mirror) = stream.info.config.mirror {
             let bucket = mirror.name.trim_start_matches("KV_");
@@ -1166,7 +1168,7 @@ impl Context {
             }
         })?;
 
-        Ok(map_to_kv(stream, self.prefix.clone(), bucket_name))
+        Ok(map_to_kv(stream, self.prefix.to_string(), bucket_name))
     }
 
     /// Updates an existing key-value bucket.
@@ -1222,7 +1224,7 @@ impl Context {
             name: stream_name,
         };
 
-        Ok(map_to_kv(stream, self.prefix.clone(), bucket_name))
+        Ok(map_to_kv(stream, self.prefix.to_string(), bucket_name))
     }
 
     /// Tries to update an existing Key-Value bucket. If it does not exist, creates it.
@@ -1275,7 +1277,7 @@ impl Context {
             name: stream_name,
         };
 
-        Ok(map_to_kv(stream, self.prefix.clone(), bucket_name))
+        Ok(map_to_kv(stream, self.prefix.to_string(), bucket_name))
     }
 
     /// Deletes given key-value bucket.
@@ -1953,7 +1955,8 @@ impl PublishAckFuture {
                 if m.status == Some(StatusCode::NO_RESPONDERS) {
                     return Err(PublishError::new(PublishErrorKind::StreamNotFound));
                 }
-                let response = serde_json::from_slice(m.payload.as_ref())
+                // Switchyard patch: `Response::from_slice` instead of `serde_json::from_slice`.
+                let response = Response::<PublishAck>::from_slice(m.payload.as_ref())
                     .map_err(|err| PublishError::with_source(PublishErrorKind::Other, err))?;
                 match response {
                     Response::Err { error } => match error.error_code() {

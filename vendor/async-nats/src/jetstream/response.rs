@@ -22,3 +22,24 @@ pub enum Response<T> {
     Err { error: super::errors::Error },
     Ok(T),
 }
+
+/// Switchyard patch: the `error` member of a JetStream response, if any; every other member is
+/// skipped without being stored.
+#[derive(Deserialize)]
+struct ErrorMember {
+    #[serde(default)]
+    error: Option<super::errors::Error>,
+}
+
+impl<T: serde::de::DeserializeOwned> Response<T> {
+    /// Switchyard patch: parses a response without `untagged`'s buffering. Deriving
+    /// `Deserialize` with `#[serde(untagged)]` first copies the whole document into an owned
+    /// tree, then builds (and formats) a "missing field `error`" error for every successful
+    /// response before trying `T`; this reads the `error` member alone, then `T`.
+    pub(crate) fn from_slice(json: &[u8]) -> serde_json::Result<Self> {
+        match serde_json::from_slice::<ErrorMember>(json)?.error {
+            Some(error) => Ok(Response::Err { error }),
+            None => serde_json::from_slice(json).map(Response::Ok),
+        }
+    }
+}
