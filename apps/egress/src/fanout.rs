@@ -12,13 +12,13 @@
 //! than the message silently skipping it. When nothing takes the message, the tenant's
 //! `unmatched` policy decides ([`Plan::Unmatched`]).
 
+use crate::nats_sink::OwnSubjects;
 use async_nats::HeaderMap;
 use serde_json::Value;
 use switchyard_envelope::{Destination as Target, Envelope, headers};
 use switchyard_filter::{Budget, HeaderLookup};
 use switchyard_keys::{DestinationKey, RouteKey};
 use switchyard_registry::{Destination, KvCache, Route};
-use switchyard_subjects::Namespace;
 
 use crate::routing::{Lookup, lookup};
 
@@ -64,7 +64,7 @@ impl HeaderLookup for NatsHeaders<'_> {
 pub fn plan(
     destinations: &KvCache<DestinationKey, Destination>,
     routes: &KvCache<RouteKey, Route>,
-    ns: &Namespace,
+    own: &OwnSubjects,
     envelope: &Envelope,
     h: Option<&HeaderMap>,
     payload: &[u8],
@@ -118,7 +118,7 @@ pub fn plan(
             }
         }
     }
-    let route = lookup(routes, ns, &envelope.address);
+    let route = lookup(routes, own, &envelope.address);
     if !matches!(route, Lookup::Missing(_)) {
         targets.push(Target::Route);
     }

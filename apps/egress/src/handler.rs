@@ -48,6 +48,7 @@ use crate::config::EgressSettings;
 use crate::fanout::{self, Plan};
 use crate::limiter::Limiter;
 use crate::metrics::EgressMetrics;
+use crate::nats_sink::OwnSubjects;
 use crate::rate::{self, DestinationRates};
 use crate::receipt::Receipt;
 use crate::routing::{Lookup, Resolved, lookup, lookup_destination};
@@ -65,6 +66,8 @@ const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
 pub struct EgressHandler {
     /// The deployment namespace.
     pub ns: Namespace,
+    /// The namespace's own subjects, which NATS routes may not publish into.
+    pub own_subjects: OwnSubjects,
     /// The egress stream (holds the scheduled re-entries; names the DLQ source when a message
     /// has no JetStream metadata).
     pub stream: jetstream::stream::Stream,
@@ -212,21 +215,21 @@ impl EgressHandler {
         let found = match &envelope.destination {
             Some(Target::Named(destination)) => lookup_destination(
                 &self.destinations,
-                &self.ns,
+                &self.own_subjects,
                 &envelope.address.tenant,
                 destination,
                 self.tenant_destination_rate(&envelope.address.tenant),
             ),
-            Some(Target::Route) => lookup(&self.routes, &self.ns, &envelope.address),
+            Some(Target::Route) => lookup(&self.routes, &self.own_subjects, &envelope.address),
             None => match fanout::plan(
                 &self.destinations,
                 &self.routes,
-                &self.ns,
+                &self.own_subjects,
                 &envelope,
                 msg.headers.as_ref(),
                 &payload,
             ) {
-                Plan::Route => lookup(&self.routes, &self.ns, &envelope.address),
+                Plan::Route => lookup(&self.routes, &self.own_subjects, &envelope.address),
                 Plan::Copies(targets) => return self.fan_out(msg, &envelope, &targets).await,
                 Plan::Unmatched(reason) => {
                     return self.unmatched(msg, &envelope, reason, parties).await;

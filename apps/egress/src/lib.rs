@@ -189,6 +189,7 @@ pub async fn start(
     }
     let handler = EgressHandler {
         ns: ns.clone(),
+        own_subjects: nats_sink::OwnSubjects::of(&ns),
         stream: stream_handle,
         ack_wait,
         routes,

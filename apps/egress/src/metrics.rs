@@ -15,9 +15,9 @@ pub struct AttemptLabels {
     /// The tenant.
     pub tenant: String,
     /// `webhook` or `nats`.
-    pub route_type: String,
+    pub route_type: &'static str,
     /// `delivered`, `retryable` or `permanent`.
-    pub result: String,
+    pub result: &'static str,
 }
 
 /// Labels: the tenant.
@@ -50,7 +50,7 @@ pub struct UnmatchedLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteTypeLabel {
     /// `webhook` or `nats`.
-    pub route_type: String,
+    pub route_type: &'static str,
 }
 
 /// Egress's metrics, registered in the service's registry.
@@ -162,18 +162,22 @@ impl EgressMetrics {
     }
 
     /// Counts one attempt.
-    pub fn count_attempt(&self, tenant: &str, route_type: &str, result: &str, seconds: f64) {
+    pub fn count_attempt(
+        &self,
+        tenant: &str,
+        route_type: &'static str,
+        result: &'static str,
+        seconds: f64,
+    ) {
         self.attempts
             .get_or_create(&AttemptLabels {
                 tenant: tenant.to_owned(),
-                route_type: route_type.to_owned(),
-                result: result.to_owned(),
+                route_type,
+                result,
             })
             .inc();
         self.attempt_duration
-            .get_or_create(&RouteTypeLabel {
-                route_type: route_type.to_owned(),
-            })
+            .get_or_create(&RouteTypeLabel { route_type })
             .observe(seconds);
     }
 

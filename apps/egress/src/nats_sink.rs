@@ -127,54 +127,67 @@ impl NatsSink {
 
 /// The headers a NATS sink receives.
 pub fn sink_headers(envelope: &Envelope, incoming: Option<&HeaderMap>) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (name, values) in headers::without_server_headers(incoming).iter() {
-        let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(ATTEMPTS_LOG)
+    let mut h = headers::without_server_headers(incoming);
+    h.retain(|name| {
+        !(name.eq_ignore_ascii_case(ATTEMPTS_LOG)
             || switchyard_crypt::cache::SEAL_HEADERS
                 .iter()
-                .any(|seal| name.eq_ignore_ascii_case(seal))
-        {
-            continue;
-        }
-        for value in values {
-            h.append(name, value.as_str());
-        }
-    }
+                .any(|seal| name.eq_ignore_ascii_case(seal)))
+    });
     envelope.write_headers(&mut h);
     // The sink's copy carries the plaintext: the lowest version that describes it is 1.
-    h.insert(headers::SCHEMA, schema_for(false).to_string());
+    h.insert(
+        headers::name(headers::SCHEMA),
+        schema_for(false).to_string(),
+    );
     h.insert(headers::NATS_MSG_ID, envelope.id.to_string());
     // The sink's copy is a child of this delivery's span (same trace).
     switchyard_runtime::telemetry::inject_current(&mut h);
     h
 }
 
-/// Why a route's subject must not be published to: a subject inside one of Switchyard's own
-/// filters in this deployment (publishing to `egress.v1.…` would feed egress itself) or a
-/// system subject (`$JS.…`, `$KV.…`, `$SYS.…`). `None` when the subject is fine.
-pub fn forbidden_subject(ns: &Namespace, subject: &str) -> Option<String> {
-    if subject.starts_with('$') {
-        return Some(format!(
-            "route subject {subject:?} is a NATS system subject"
-        ));
+/// Switchyard's own subject filters in one deployment (every stage's input and delay
+/// subjects, the DLQ's, receipts', control, alerts', attempts' and events'), which no NATS
+/// route may publish into. Built once per namespace: a route is checked at every attempt.
+#[derive(Debug, Clone)]
+pub struct OwnSubjects {
+    filters: std::sync::Arc<[String]>,
+}
+
+impl OwnSubjects {
+    /// The filters of namespace `ns`.
+    pub fn of(ns: &Namespace) -> Self {
+        let mut filters: Vec<String> = InputStage::ALL
+            .iter()
+            .flat_map(|stage| [ns.stage_filter(*stage, None), ns.delay_filter(*stage)])
+            .collect();
+        filters.push(ns.dlq_filter(&DlqFilter::default()));
+        filters.push(ns.receipt_filter(None));
+        filters.push(ns.control_filter());
+        filters.push(ns.alert_filter(None));
+        filters.push(ns.attempt_filter(None));
+        filters.push(ns.event_filter(None, None));
+        Self {
+            filters: filters.into(),
+        }
     }
-    let mut filters: Vec<String> = InputStage::ALL
-        .iter()
-        .flat_map(|stage| [ns.stage_filter(*stage, None), ns.delay_filter(*stage)])
-        .collect();
-    filters.push(ns.dlq_filter(&DlqFilter::default()));
-    filters.push(ns.receipt_filter(None));
-    filters.push(ns.control_filter());
-    filters.push(ns.alert_filter(None));
-    filters.push(ns.attempt_filter(None));
-    filters.push(ns.event_filter(None, None));
-    filters
-        .iter()
-        .find(|filter| switchyard_subjects::pattern_matches(filter, subject))
-        .map(|filter| {
-            format!("route subject {subject:?} is inside Switchyard's own subjects ({filter})")
-        })
+
+    /// Why a route's subject must not be published to: a subject inside one of these filters
+    /// (publishing to `egress.v1.…` would feed egress itself) or a system subject (`$JS.…`,
+    /// `$KV.…`, `$SYS.…`). `None` when the subject is fine.
+    pub fn forbidden(&self, subject: &str) -> Option<String> {
+        if subject.starts_with('$') {
+            return Some(format!(
+                "route subject {subject:?} is a NATS system subject"
+            ));
+        }
+        self.filters
+            .iter()
+            .find(|filter| switchyard_subjects::pattern_matches(filter, subject))
+            .map(|filter| {
+                format!("route subject {subject:?} is inside Switchyard's own subjects ({filter})")
+            })
+    }
 }
 
 #[cfg(test)]
@@ -218,21 +231,21 @@ mod tests {
 
     #[test]
     fn pipeline_and_system_subjects_are_refused() {
-        let ns = Namespace::default();
-        assert!(forbidden_subject(&ns, "egress.v1.acme.ops.slack").is_some());
-        assert!(forbidden_subject(&ns, "ingress.v1.acme.ops.slack").is_some());
-        assert!(forbidden_subject(&ns, "dlq.v1.acme.egress.slack").is_some());
-        assert!(forbidden_subject(&ns, "$JS.API.STREAM.LIST").is_some());
-        assert!(forbidden_subject(&ns, "sink.acme.billing").is_none());
-        assert!(forbidden_subject(&ns, "egress.v1.acme").is_some());
-        assert!(forbidden_subject(&ns, "delay.v1.egress.a.b.c.k").is_some());
-        assert!(forbidden_subject(&ns, "delivered.v1.acme.ops.slack").is_some());
-        assert!(forbidden_subject(&ns, "attempts.v1.acme").is_some());
-        assert!(forbidden_subject(&ns, "events.v1.acme.breaker_opened").is_some());
-        assert!(forbidden_subject(&ns, "egress.v2.acme.ops.slack").is_none());
-        assert!(forbidden_subject(&ns, "egress.v1").is_none());
-        let staging = Namespace::new(Some("staging".parse().unwrap()));
-        assert!(forbidden_subject(&staging, "staging.egress.v1.a.b.c").is_some());
-        assert!(forbidden_subject(&staging, "egress.v1.a.b.c").is_none());
+        let own = OwnSubjects::of(&Namespace::default());
+        assert!(own.forbidden("egress.v1.acme.ops.slack").is_some());
+        assert!(own.forbidden("ingress.v1.acme.ops.slack").is_some());
+        assert!(own.forbidden("dlq.v1.acme.egress.slack").is_some());
+        assert!(own.forbidden("$JS.API.STREAM.LIST").is_some());
+        assert!(own.forbidden("sink.acme.billing").is_none());
+        assert!(own.forbidden("egress.v1.acme").is_some());
+        assert!(own.forbidden("delay.v1.egress.a.b.c.k").is_some());
+        assert!(own.forbidden("delivered.v1.acme.ops.slack").is_some());
+        assert!(own.forbidden("attempts.v1.acme").is_some());
+        assert!(own.forbidden("events.v1.acme.breaker_opened").is_some());
+        assert!(own.forbidden("egress.v2.acme.ops.slack").is_none());
+        assert!(own.forbidden("egress.v1").is_none());
+        let staging = OwnSubjects::of(&Namespace::new(Some("staging".parse().unwrap())));
+        assert!(staging.forbidden("staging.egress.v1.a.b.c").is_some());
+        assert!(staging.forbidden("egress.v1.a.b.c").is_none());
     }
 }

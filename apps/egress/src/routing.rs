@@ -5,13 +5,11 @@
 //! unusable (bad JSON, a field out of range, a secret that is not base64, a NATS subject inside
 //! Switchyard's own subjects), the message is not delivered by the default instead.
 
+use crate::nats_sink::OwnSubjects;
 use switchyard_crypt::SecretPlace;
 use switchyard_crypt::route_secret::has_sealed;
 use switchyard_keys::{Address, DestinationId, DestinationKey, KvKey, RouteKey, TenantId};
 use switchyard_registry::{Destination, Disabled, KvCache, LimitRecord, RateLimit, Route};
-use switchyard_subjects::Namespace;
-
-use crate::nats_sink::forbidden_subject;
 
 /// A usable route.
 #[derive(Debug, Clone)]
@@ -59,7 +57,7 @@ pub enum Lookup {
 }
 
 /// Looks up the route for `address` in the cache.
-pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Address) -> Lookup {
+pub fn lookup(routes: &KvCache<RouteKey, Route>, own: &OwnSubjects, address: &Address) -> Lookup {
     let keys = RouteKey::lookup_order(address);
     for key in &keys {
         let id = key.render();
@@ -68,7 +66,7 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
             Some(Err(reason)) => {
                 Lookup::Invalid(format!("route {id} is not a valid route: {reason}"))
             }
-            Some(Ok(route)) => usable("route", id, SecretPlace::Route(key.clone()), route, ns),
+            Some(Ok(route)) => usable("route", id, SecretPlace::Route(key.clone()), route, own),
         };
     }
     let [own, default] = keys.map(|k| k.render());
@@ -83,7 +81,7 @@ pub fn lookup(routes: &KvCache<RouteKey, Route>, ns: &Namespace, address: &Addre
 /// has no `rate_limit` of its own.
 pub fn lookup_destination(
     destinations: &KvCache<DestinationKey, Destination>,
-    ns: &Namespace,
+    own: &OwnSubjects,
     tenant: &TenantId,
     destination: &DestinationId,
     tenant_rate: Option<RateLimit>,
@@ -108,7 +106,7 @@ pub fn lookup_destination(
                 id,
                 SecretPlace::Destination(key.clone()),
                 found.target,
-                ns,
+                own,
             ) {
                 Lookup::Found(mut resolved) => {
                     resolved.disabled = found.disabled;
@@ -128,7 +126,7 @@ pub fn lookup_destination(
 /// now: its fields are valid, its signing keys readable (looked up at every attempt: a
 /// previous secret past its overlap stops signing; sealed ones once opened), a NATS subject
 /// outside Switchyard's own.
-fn usable(what: &str, id: String, place: SecretPlace, route: Route, ns: &Namespace) -> Lookup {
+fn usable(what: &str, id: String, place: SecretPlace, route: Route, own: &OwnSubjects) -> Lookup {
     if let Err(error) = route.validate() {
         return Lookup::Invalid(format!("{what} {id}: {error}"));
     }
@@ -139,7 +137,7 @@ fn usable(what: &str, id: String, place: SecretPlace, route: Route, ns: &Namespa
             Ok(keys) => keys,
             Err(error) => return Lookup::Invalid(format!("{what} {id}: {error}")),
         },
-        Route::Nats(n) => match forbidden_subject(ns, &n.subject) {
+        Route::Nats(n) => match own.forbidden(&n.subject) {
             Some(reason) => return Lookup::Invalid(format!("{what} {id}: {reason}")),
             None => Vec::new(),
         },

@@ -222,30 +222,42 @@ impl Envelope {
     /// spoof them); other headers are left as they are. Does not set `Nats-Msg-Id`: the
     /// publisher sets the hop id for the subject it publishes to.
     pub fn write_headers(&self, h: &mut HeaderMap) {
-        h.insert(headers::ID, self.id.to_string());
-        h.insert(headers::TENANT, self.address.tenant.as_str());
-        h.insert(headers::TEAM, self.address.team.as_str());
-        h.insert(headers::PLATFORM, self.address.platform.as_str());
-        h.insert(headers::MSG_ID, self.msg_id.as_str());
+        h.insert(headers::name(headers::ID), self.id.to_string());
+        h.insert(headers::name(headers::TENANT), self.address.tenant.as_str());
+        h.insert(headers::name(headers::TEAM), self.address.team.as_str());
         h.insert(
-            headers::RECEIVED_AT,
+            headers::name(headers::PLATFORM),
+            self.address.platform.as_str(),
+        );
+        h.insert(headers::name(headers::MSG_ID), self.msg_id.as_str());
+        h.insert(
+            headers::name(headers::RECEIVED_AT),
             self.received_at.format(&Rfc3339).unwrap_or_default(),
         );
-        h.insert(headers::SCHEMA, self.schema_version.to_string());
-        h.insert(headers::ATTEMPT, self.attempt.delivery.to_string());
-        h.insert(headers::REPLAY, self.attempt.replay.to_string());
-        h.insert(headers::SOURCE, self.source.to_string());
+        h.insert(
+            headers::name(headers::SCHEMA),
+            self.schema_version.to_string(),
+        );
+        h.insert(
+            headers::name(headers::ATTEMPT),
+            self.attempt.delivery.to_string(),
+        );
+        h.insert(
+            headers::name(headers::REPLAY),
+            self.attempt.replay.to_string(),
+        );
+        h.insert(headers::name(headers::SOURCE), self.source.to_string());
         if let Some(ct) = &self.content_type {
-            h.insert(headers::CONTENT_TYPE, ct.as_str());
+            h.insert(headers::name(headers::CONTENT_TYPE), ct.as_str());
         }
         if let Some(tp) = &self.trace.traceparent {
-            h.insert(headers::TRACEPARENT, tp.as_str());
+            h.insert(headers::name(headers::TRACEPARENT), tp.as_str());
         }
         if let Some(ts) = &self.trace.tracestate {
-            h.insert(headers::TRACESTATE, ts.as_str());
+            h.insert(headers::name(headers::TRACESTATE), ts.as_str());
         }
         if let Some(destination) = &self.destination {
-            h.insert(headers::DESTINATION, destination.as_str());
+            h.insert(headers::name(headers::DESTINATION), destination.as_str());
         }
     }
 

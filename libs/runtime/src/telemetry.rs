@@ -10,6 +10,7 @@
 //! one ingress derived from the envelope id), so a sink sees the producer's trace either way.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator as _;
@@ -26,6 +27,11 @@ use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 use crate::config::{LogFormat, TelemetryConfig};
+
+/// Whether an OpenTelemetry layer is installed (spans have a trace context): set by [`init`]
+/// with an endpoint and by [`init_for_tests`]. Without one, [`message_span`] and
+/// [`inject_current`] skip the W3C propagator, whose parse would be thrown away.
+static SPANS_RECORDED: AtomicBool = AtomicBool::new(false);
 
 /// Path of the trace signal under an OTLP/HTTP base endpoint.
 const OTLP_TRACES_PATH: &str = "/v1/traces";
@@ -120,6 +126,7 @@ pub fn init(
         .try_init()
         .map_err(TelemetryError::AlreadyInitialised)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    SPANS_RECORDED.store(provider.is_some(), Ordering::Relaxed);
     Ok(TelemetryGuard { provider })
 }
 
@@ -140,6 +147,7 @@ pub fn init_for_tests() {
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    SPANS_RECORDED.store(true, Ordering::Relaxed);
 }
 
 /// The span every stage opens around one message: named after the stage (`otel.name`), with
@@ -156,6 +164,9 @@ pub fn message_span(
     fallback: Option<&str>,
 ) -> tracing::Span {
     let span = tracing::info_span!("message", otel.name = stage, stage, subject);
+    if !SPANS_RECORDED.load(Ordering::Relaxed) {
+        return span;
+    }
     let propagator = TraceContextPropagator::new();
     let mut parent = headers
         .map(|h| propagator.extract(&NatsHeaders(h)))
@@ -180,6 +191,9 @@ pub fn message_span(
 /// child. Leaves `headers` alone when the current span has no valid context (no OpenTelemetry
 /// layer installed).
 pub fn inject_current(headers: &mut HeaderMap) {
+    if !SPANS_RECORDED.load(Ordering::Relaxed) {
+        return;
+    }
     let cx = tracing::Span::current().context();
     if !cx.span().span_context().is_valid() {
         return;

@@ -16,7 +16,7 @@ use switchyard_keys::Stage;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabels {
     /// The stage.
-    pub stage: String,
+    pub stage: &'static str,
     /// The tenant.
     pub tenant: String,
 }
@@ -25,18 +25,18 @@ pub struct TenantLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// The stage.
-    pub stage: String,
+    pub stage: &'static str,
     /// The tenant.
     pub tenant: String,
     /// `forwarded`, `delivered`, `duplicate`, `delayed`, `retry` or `dead_lettered`.
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 /// Labels: stage, tenant and DLQ code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DlqLabels {
     /// The stage.
-    pub stage: String,
+    pub stage: &'static str,
     /// The tenant.
     pub tenant: String,
     /// The DLQ code.
@@ -132,19 +132,19 @@ impl Metrics {
     pub fn count_received(&self, tenant: &str) {
         self.received
             .get_or_create(&TenantLabels {
-                stage: self.stage.to_string(),
+                stage: self.stage.as_str(),
                 tenant: tenant.to_owned(),
             })
             .inc();
     }
 
     /// Counts a settled message.
-    pub fn count_processed(&self, tenant: &str, outcome: &str) {
+    pub fn count_processed(&self, tenant: &str, outcome: &'static str) {
         self.processed
             .get_or_create(&OutcomeLabels {
-                stage: self.stage.to_string(),
+                stage: self.stage.as_str(),
                 tenant: tenant.to_owned(),
-                outcome: outcome.to_owned(),
+                outcome,
             })
             .inc();
     }
@@ -153,7 +153,7 @@ impl Metrics {
     pub fn count_dead_lettered(&self, tenant: &str, code: &str) {
         self.dead_lettered
             .get_or_create(&DlqLabels {
-                stage: self.stage.to_string(),
+                stage: self.stage.as_str(),
                 tenant: tenant.to_owned(),
                 code: code.to_owned(),
             })
@@ -164,7 +164,7 @@ impl Metrics {
     pub fn count_ack_unconfirmed(&self, tenant: &str) {
         self.acks_unconfirmed
             .get_or_create(&TenantLabels {
-                stage: self.stage.to_string(),
+                stage: self.stage.as_str(),
                 tenant: tenant.to_owned(),
             })
             .inc();
