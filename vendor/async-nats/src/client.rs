@@ -88,12 +88,15 @@ fn max_payload_error(sizes: (usize, usize)) -> PublishError {
 /// Client is a `Cloneable` handle to NATS connection.
 /// Client should not be created directly. Instead, one of two methods can be used:
 /// [crate::connect] and [crate::ConnectOptions::connect]
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Client {
     info: tokio::sync::watch::Receiver<Option<ServerInfo>>,
     pub(crate) state: tokio::sync::watch::Receiver<State>,
     pub(crate) sender: mpsc::Sender<Command>,
-    poll_sender: PollSender<Command>,
+    // Switchyard patch: made on the first use of the `Sink` impl, and not cloned (upstream: made
+    // in `new` and cloned, one allocation per clone; a client is cloned for every message a
+    // JetStream consumer yields). A clone of a `PollSender` starts idle, as a new one does.
+    poll_sender: Option<PollSender<Command>>,
     next_subscription_id: Arc<AtomicU64>,
     subscription_capacity: usize,
     inbox_prefix: Arc<str>,
@@ -211,27 +214,52 @@ impl Sink<OutboundMessage> for Client {
     type Error = PublishError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.poll_sender.poll_ready_unpin(cx).map_err(Into::into)
+        self.poll_sender().poll_ready_unpin(cx).map_err(Into::into)
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: OutboundMessage) -> Result<(), Self::Error> {
         self.check_payload_size(msg.headers.as_ref(), msg.payload.len())
             .map_err(max_payload_error)?;
-        self.poll_sender
+        self.poll_sender()
             .start_send_unpin(Command::Publish(msg))
             .map_err(Into::into)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.poll_sender.poll_flush_unpin(cx).map_err(Into::into)
+        self.poll_sender().poll_flush_unpin(cx).map_err(Into::into)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.poll_sender.poll_close_unpin(cx).map_err(Into::into)
+        self.poll_sender().poll_close_unpin(cx).map_err(Into::into)
+    }
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Client {
+            info: self.info.clone(),
+            state: self.state.clone(),
+            sender: self.sender.clone(),
+            poll_sender: None,
+            next_subscription_id: self.next_subscription_id.clone(),
+            subscription_capacity: self.subscription_capacity,
+            inbox_prefix: self.inbox_prefix.clone(),
+            request_timeout: self.request_timeout,
+            max_payload: self.max_payload.clone(),
+            connection_stats: self.connection_stats.clone(),
+            skip_subject_validation: self.skip_subject_validation,
+        }
     }
 }
 
 impl Client {
+    /// Switchyard patch: this handle's `PollSender`, made on first use.
+    fn poll_sender(&mut self) -> &mut PollSender<Command> {
+        let sender = &self.sender;
+        self.poll_sender
+            .get_or_insert_with(|| PollSender::new(sender.clone()))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         info: tokio::sync::watch::Receiver<Option<ServerInfo>>,
@@ -244,12 +272,11 @@ impl Client {
         statistics: Arc<Statistics>,
         skip_subject_validation: bool,
     ) -> Client {
-        let poll_sender = PollSender::new(sender.clone());
         Client {
             info,
             state,
             sender,
-            poll_sender,
+            poll_sender: None,
             next_subscription_id: Arc::new(AtomicU64::new(1)),
             subscription_capacity: capacity,
             inbox_prefix: inbox_prefix.into(),
@@ -774,7 +801,8 @@ impl Client {
     /// # }
     /// ```
     pub fn new_inbox(&self) -> String {
-        format!("{}.{}", self.inbox_prefix, crate::id_generator::next())
+        // Switchyard patch: built at its exact size.
+        crate::id_generator::with_prefix(&self.inbox_prefix)
     }
 
     /// Subscribes to a subject to receive [messages][Message].

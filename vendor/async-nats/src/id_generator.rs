@@ -29,6 +29,23 @@ pub(crate) fn next() -> String {
     nuid::next().to_string()
 }
 
+/// Switchyard patch: `prefix`, a dot and a new id in one allocation of the exact size
+/// (`format!` and `to_string` grew the string several times per inbox).
+#[cfg(feature = "nuid")]
+pub(crate) fn with_prefix(prefix: &str) -> String {
+    let id = nuid::next();
+    let mut out = String::with_capacity(prefix.len() + 1 + id.len());
+    out.push_str(prefix);
+    out.push('.');
+    out.push_str(id.as_str());
+    out
+}
+
+#[cfg(not(feature = "nuid"))]
+pub(crate) fn with_prefix(prefix: &str) -> String {
+    format!("{prefix}.{}", next())
+}
+
 /// Generate a unique ID string using rand-based alphanumeric generation.
 ///
 /// This is used when the `nuid` feature is disabled. Generates a 22-character
@@ -49,6 +66,16 @@ pub(crate) fn next() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_prefix_joins_the_prefix_and_a_fresh_id_at_its_exact_size() {
+        let a = with_prefix("_INBOX.abc");
+        let b = with_prefix("_INBOX.abc");
+        let id = a.strip_prefix("_INBOX.abc.").expect("prefix and dot");
+        assert!(id.len() >= 20 && id.chars().all(|c| c.is_alphanumeric()));
+        assert_ne!(a, b);
+        assert_eq!(a.capacity(), a.len());
+    }
 
     #[test]
     fn test_next_generates_non_empty() {
