@@ -181,7 +181,11 @@ impl Connection {
             // token) is decoded lossily instead of dropping the connection. A UTF-8 line is read
             // in place, and its subject and reply become slices of it ([`Arg`]).
             let line = String::from_utf8_lossy(&self.read_buf[4..len]);
-            let mut args = line.split(' ').filter(|s| !s.is_empty());
+            // Switchyard patch: arguments are split on space and tab, as nats-server splits them
+            // (upstream: on ' ' here, on any Unicode whitespace for HMSG, which broke a line
+            // whose subject holds, say, U+00A0 into too many arguments and dropped the
+            // connection).
+            let mut args = line.split([' ', '\t']).filter(|s| !s.is_empty());
 
             // Parse the operation syntax: MSG <subject> <sid> [reply-to] <#bytes>
             let (subject, sid, reply_to, payload_len) = match (
@@ -258,7 +262,7 @@ impl Connection {
             // Extract whitespace-delimited arguments that come after "HMSG".
             // Switchyard patch: see the MSG branch.
             let line = String::from_utf8_lossy(&self.read_buf[5..len]);
-            let mut args = line.split_whitespace().filter(|s| !s.is_empty());
+            let mut args = line.split([' ', '\t']).filter(|s| !s.is_empty());
 
             // <subject> <sid> [reply-to] <# header bytes><# total bytes>
             let (subject, sid, reply_to, header_len, total_len) = match (
@@ -925,7 +929,10 @@ fn parse_header_block(
         None
     };
 
-    let mut headers = HeaderMap::with_capacity(memchr::memchr_iter(b'\n', header).count());
+    // Sized for the block's lines, up to a bound: blank lines are skipped, so a block of a
+    // million newlines must not reserve a million entries.
+    let lines_in_block = memchr::memchr_iter(b'\n', header).count();
+    let mut headers = HeaderMap::with_capacity(lines_in_block.min(MAX_PRESIZED_HEADERS));
     while let Some(line) = lines.next() {
         if line.is_empty() {
             continue;
@@ -965,6 +972,9 @@ fn parse_header_block(
     }
     Ok((status, description, headers))
 }
+
+/// Switchyard patch: the most header names a parsed map is sized for up front.
+const MAX_PRESIZED_HEADERS: usize = 32;
 
 /// Switchyard patch: a header value may not hold a carriage return (`HeaderValue`'s rule).
 fn lone_carriage_return() -> io::Error {
@@ -1371,6 +1381,58 @@ mod read_op {
         );
         assert_eq!(headers.get("x-many"), None, "names are case-sensitive");
         assert_eq!(headers.get("not a name"), None, "an invalid name is not found");
+    }
+
+    /// Switchyard patch: arguments are split on space and tab only, as nats-server splits them:
+    /// a subject holding another Unicode space is one argument, not a broken line.
+    #[tokio::test]
+    async fn a_subject_with_a_unicode_space_is_one_argument() {
+        let (stream, mut server) = io::duplex(1024);
+        let mut connection = Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
+        server
+            .write_all("HMSG a.b\u{a0}c\t1  _INBOX.x 12 14\r\nNATS/1.0\r\n\r\nhi\r\n".as_bytes())
+            .await
+            .unwrap();
+        server
+            .write_all("MSG a.b\u{85}c\t2 2\r\nhi\r\n".as_bytes())
+            .await
+            .unwrap();
+        for (sid, want, reply) in [(1, "a.b\u{a0}c", Some("_INBOX.x")), (2, "a.b\u{85}c", None)] {
+            let Some(ServerOp::Message {
+                sid: got_sid,
+                subject,
+                reply: got_reply,
+                payload,
+                ..
+            }) = connection.read_op().await.unwrap()
+            else {
+                panic!("a message");
+            };
+            assert_eq!(got_sid, sid);
+            assert_eq!(subject.as_str(), want);
+            assert_eq!(got_reply.as_ref().map(|r| r.as_str()), reply);
+            assert_eq!(&payload[..], b"hi");
+        }
+    }
+
+    /// Switchyard patch: a block of blank lines parses to an empty map without reserving an
+    /// entry per line.
+    #[tokio::test]
+    async fn a_block_of_blank_lines_reserves_a_bounded_map() {
+        let (stream, mut server) = io::duplex(1 << 20);
+        let mut connection = Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
+        let mut block = b"NATS/1.0\r\n".to_vec();
+        block.extend(std::iter::repeat_n(b'\n', 100_000));
+        let line = format!("HMSG s 1 {} {}\r\n", block.len(), block.len() + 2);
+        server.write_all(line.as_bytes()).await.unwrap();
+        server.write_all(&block).await.unwrap();
+        server.write_all(b"hi\r\n").await.unwrap();
+        let Some(ServerOp::Message { headers, .. }) = connection.read_op().await.unwrap() else {
+            panic!("a message");
+        };
+        let headers = headers.unwrap();
+        assert!(headers.is_empty());
+        assert!(headers.capacity() <= 64, "{}", headers.capacity());
     }
 
     /// Switchyard patch: a lone carriage return in a value (plain or folded) is an unparsable

@@ -156,6 +156,12 @@ impl HeaderMap {
         }
     }
 
+    /// How many header names the map holds before it reallocates (Switchyard patch, for tests).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+
     /// Keeps only the headers whose name `keep` accepts, with all their values (Switchyard
     /// patch).
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
@@ -365,7 +371,9 @@ impl<'de> Deserialize<'de> for HeaderValue {
     where
         D: Deserializer<'de>,
     {
-        String::deserialize(deserializer).map(HeaderValue::owned)
+        let text = String::deserialize(deserializer)?;
+        validate_header_value(&text).map_err(serde::de::Error::custom)?;
+        Ok(HeaderValue::owned(text))
     }
 }
 
@@ -1295,6 +1303,17 @@ mod tests {
         assert_eq!(
             header_map.get("Other-Header").unwrap().as_str(),
             "other-value"
+        );
+    }
+
+    /// Switchyard patch: a deserialized value is checked as a constructed one is.
+    #[test]
+    fn a_deserialized_value_may_not_hold_cr_or_lf() {
+        assert!(serde_json::from_str::<HeaderValue>(r#""a\rb""#).is_err());
+        assert!(serde_json::from_str::<HeaderMap>(r#"{"X": ["a\nX-Injected: 1"]}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<HeaderValue>(r#""fine""#).unwrap().as_str(),
+            "fine"
         );
     }
 
