@@ -814,20 +814,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
 
     // A second replica of the API takes the session too, until it logs out on the first.
     let replica = serve_api(&p).await;
-    let on_replica = |base: String| {
-        let http = http.clone();
-        let cookie = cookie.clone();
-        async move {
-            http.get(format!("{base}/ui/overview"))
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(on_replica(replica.clone()).await, 200);
+    assert_eq!(overview_status(&http, &replica, &cookie).await, 200);
 
     // Logging out ends the live streams the session had open.
     assert_eq!(
@@ -838,12 +825,12 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
     wait_for(
         "the other replica to refuse the session",
         DEADLINE,
-        || async { (on_replica(replica.clone()).await == 303).then_some(()) },
+        || async { (overview_status(&http, &replica, &cookie).await == 303).then_some(()) },
     )
     .await;
     let late = serve_api(&p).await;
     wait_for("a replica started later to refuse it", DEADLINE, || async {
-        (on_replica(late.clone()).await == 303).then_some(())
+        (overview_status(&http, &late, &cookie).await == 303).then_some(())
     })
     .await;
     let ended = tokio::time::timeout(DEADLINE, async {
@@ -872,20 +859,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .and_then(|v| v.split(';').next())
         .unwrap()
         .to_owned();
-    let overview = |cookie: String| {
-        let http = http.clone();
-        let base = base.clone();
-        async move {
-            http.get(format!("{base}/ui/overview"))
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(overview(fresh_cookie.clone()).await, 200);
+    assert_eq!(overview_status(&http, &base, &fresh_cookie).await, 200);
     let disabled = http
         .post(format!("{base}/v1/tenants/acme/disable"))
         .bearer_auth(OPERATOR)
@@ -895,7 +869,7 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .status();
     assert!(disabled.is_success(), "{disabled}");
     wait_for("the portal session to end", DEADLINE, || async {
-        (overview(fresh_cookie.clone()).await == 303).then_some(())
+        (overview_status(&http, &base, &fresh_cookie).await == 303).then_some(())
     })
     .await;
     // For good: enabling the tenant again does not bring the session back, on this replica
@@ -908,22 +882,9 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
         .unwrap()
         .status();
     assert!(enabled.is_success(), "{enabled}");
-    assert_eq!(overview(fresh_cookie.clone()).await, 303);
-    let on_other = |cookie: String| {
-        let http = http.clone();
-        let replica = replica.clone();
-        async move {
-            http.get(format!("{replica}/ui/overview"))
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    assert_eq!(overview_status(&http, &base, &fresh_cookie).await, 303);
     wait_for("the other replica to end it too", DEADLINE, || async {
-        (on_other(fresh_cookie.clone()).await == 303).then_some(())
+        (overview_status(&http, &replica, &fresh_cookie).await == 303).then_some(())
     })
     .await;
     // A link opened after the re-enabling works.
@@ -939,4 +900,16 @@ async fn a_tenants_portal_link_shows_that_tenant_alone_whatever_the_urls_name() 
 
     browser.close().await;
     p.stop().await;
+}
+
+/// The status of `GET {base}/ui/overview` with session `cookie` (redirects not followed by the
+/// tests' client: 303 is "signed out").
+async fn overview_status(http: &reqwest::Client, base: &str, cookie: &str) -> u16 {
+    http.get(format!("{base}/ui/overview"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }

@@ -61,19 +61,23 @@ pub const SERVER_PREFIX: &str = "Nats-";
 
 /// A copy of `headers` without the server-interpreted `Nats-*` ones.
 pub fn without_server_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
+    copy_except(headers, |name| has_prefix(name, SERVER_PREFIX))
+}
+
+/// A copy of `headers` without those whose name `drop` accepts. Names and values are cloned as
+/// they are (a reference count each: the client holds them as slices of the received block);
+/// parsing a name again would only check what was checked.
+fn copy_except(
+    headers: Option<&async_nats::HeaderMap>,
+    drop: impl Fn(&str) -> bool,
+) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::with_capacity(headers.map_or(0, |h| h.len()));
-    if let Some(headers) = headers {
-        for (key, values) in headers.iter() {
-            let name: &str = key.as_ref();
-            if name.len() >= SERVER_PREFIX.len()
-                && name[..SERVER_PREFIX.len()].eq_ignore_ascii_case(SERVER_PREFIX)
-            {
-                continue;
-            }
-            // Cloned as they are: parsing the name again would only check what was checked.
-            for value in values {
-                out.append(key.clone(), value.clone());
-            }
+    for (key, values) in headers.into_iter().flat_map(|h| h.iter()) {
+        if drop(key.as_ref()) {
+            continue;
+        }
+        for value in values {
+            out.append(key.clone(), value.clone());
         }
     }
     out
@@ -90,19 +94,9 @@ fn has_prefix(name: &str, prefix: &str) -> bool {
 /// without any `Switchyard-*` header (only stages may set those; a producer's copy is never
 /// trusted, apart from the `Switchyard-Tenant` claim ingress checks before dropping it).
 pub fn producer_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
-    let mut out = async_nats::HeaderMap::with_capacity(headers.map_or(0, |h| h.len()));
-    if let Some(headers) = headers {
-        for (key, values) in headers.iter() {
-            let name: &str = key.as_ref();
-            if has_prefix(name, SERVER_PREFIX) || has_prefix(name, SWITCHYARD_PREFIX) {
-                continue;
-            }
-            for value in values {
-                out.append(key.clone(), value.clone());
-            }
-        }
-    }
-    out
+    copy_except(headers, |name| {
+        has_prefix(name, SERVER_PREFIX) || has_prefix(name, SWITCHYARD_PREFIX)
+    })
 }
 
 /// The attempt history carried by messages between egress retries: a JSON array of

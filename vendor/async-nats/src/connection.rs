@@ -945,9 +945,10 @@ fn parse_header_block(
         let name = HeaderName::from_block(header, name)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
 
-        // Read the header value, which might have been split into multiple lines.
+        // Read the header value, which might have been split into multiple lines: only a
+        // folded value is copied; any other is a slice of the block.
         let value = value.trim_start();
-        let value = if lines
+        let value: std::borrow::Cow<'_, str> = if lines
             .peek()
             .is_some_and(|s| s.starts_with(char::is_whitespace))
         {
@@ -956,16 +957,20 @@ fn parse_header_block(
                 value.push_str(v);
             }
             value.truncate(value.trim_end().len());
-            if value.contains('\r') {
-                return Err(lone_carriage_return());
-            }
-            value.into_header_value()
+            value.into()
         } else {
-            let value = value.trim_end();
-            if value.contains('\r') {
-                return Err(lone_carriage_return());
-            }
-            HeaderValue::from_block(header, value)
+            value.trim_end().into()
+        };
+        // A value may not hold a carriage return (`HeaderValue`'s rule, which panics).
+        if value.contains('\r') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "header value contains a carriage return",
+            ));
+        }
+        let value = match value {
+            std::borrow::Cow::Borrowed(text) => HeaderValue::from_block(header, text),
+            std::borrow::Cow::Owned(text) => text.into_header_value(),
         };
 
         headers.append(name, value);
@@ -976,13 +981,6 @@ fn parse_header_block(
 /// Switchyard patch: the most header names a parsed map is sized for up front.
 const MAX_PRESIZED_HEADERS: usize = 32;
 
-/// Switchyard patch: a header value may not hold a carriage return (`HeaderValue`'s rule).
-fn lone_carriage_return() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "header value contains a carriage return",
-    )
-}
 
 #[cfg(test)]
 mod read_op {
