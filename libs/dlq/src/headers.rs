@@ -23,5 +23,9 @@ pub const SOURCE_SUBJECT: &str = "Switchyard-Dlq-Source-Subject";
 pub const ORIGINAL_MSG_ID: &str = "Switchyard-Dlq-Original-Msg-Id";
 /// The attempt history: a JSON array of [`switchyard_envelope::AttemptRecord`] (the last 20).
 pub const HISTORY: &str = "Switchyard-Dlq-History";
+/// Set when the original headers were too large to keep (over
+/// [`crate::record::MAX_ORIGINAL_HEADER_BYTES`]): how many there were and their size. The
+/// record then carries no original header.
+pub const HEADERS_DROPPED: &str = "Switchyard-Dlq-Headers-Dropped";
 /// Every DLQ header starts with this.
 pub const PREFIX: &str = "Switchyard-Dlq-";

@@ -149,10 +149,24 @@ impl DeadLetter {
         .format(ns)
     }
 
-    /// The record's headers: the original ones (less `Nats-*`) plus the DLQ headers.
+    /// The record's headers: the original ones (less `Nats-*`) plus the DLQ headers. Original
+    /// headers over [`MAX_ORIGINAL_HEADER_BYTES`] are dropped and
+    /// [`headers::HEADERS_DROPPED`] says so, so that a record can always be stored.
     pub fn headers(&self, original: Option<&HeaderMap>) -> HeaderMap {
         let mut h = env_headers::without_server_headers(original);
         cap_unparsed_headers(&mut h);
+        let kept = wire_size(&h);
+        if kept > MAX_ORIGINAL_HEADER_BYTES {
+            let count = h.iter().map(|(_, values)| values.len()).sum::<usize>();
+            h = HeaderMap::new();
+            h.insert(
+                headers::HEADERS_DROPPED,
+                format!(
+                    "{count} original headers of {kept} bytes, over the record's \
+                     {MAX_ORIGINAL_HEADER_BYTES}-byte share of the server's header limit"
+                ),
+            );
+        }
         let reason = self.reason.replace(['\r', '\n'], " ");
         let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
             Some((at, _)) => format!("{}…", &reason[..at]),
@@ -188,6 +202,26 @@ impl DeadLetter {
             .await
             .map_err(DlqError::Publish)
     }
+}
+
+/// The most bytes of original headers a record keeps (names, values and separators): the
+/// rest of nats-server's 65,535-byte header block limit (JetStream error 10097) is the
+/// record's own headers'. Over it, the original headers are dropped, not the record. It
+/// holds the largest cut of an unparsed block ([`MAX_UNPARSED_HEADER_CHARS`] characters of up
+/// to 4 bytes each).
+pub const MAX_ORIGINAL_HEADER_BYTES: usize = 33 * 1024;
+
+/// The size of `h` on the wire, less the `NATS/1.0` line: `<name>: <value>\r\n` per value.
+fn wire_size(h: &HeaderMap) -> usize {
+    h.iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 /// The most characters of an unparsed header block a record keeps.
@@ -402,17 +436,6 @@ mod tests {
     use switchyard_envelope::attempt::MAX_HISTORY;
 
     /// Bytes a header map takes on the wire (`Name: value\r\n` per value).
-    fn wire_size(h: &HeaderMap) -> usize {
-        h.iter()
-            .map(|(name, values)| {
-                let name: &str = name.as_ref();
-                values
-                    .iter()
-                    .map(|v| name.len() + v.as_str().len() + 4)
-                    .sum::<usize>()
-            })
-            .sum()
-    }
 
     #[test]
     fn the_largest_record_headers_fit_their_room() {
@@ -444,6 +467,26 @@ mod tests {
             own < RECORD_HEADER_ROOM,
             "{own} bytes of record headers exceed {RECORD_HEADER_ROOM}"
         );
+        // With the most original headers a record keeps, it stays under the server's header
+        // block limit (65,535 bytes, error 10097).
+        assert!(
+            own + MAX_ORIGINAL_HEADER_BYTES + b"NATS/1.0\r\n\r\n".len() < 65_535,
+            "{own} bytes of record headers leave no room for the original ones"
+        );
+        // Original headers over the share are dropped, and the record says so.
+        let mut big = HeaderMap::new();
+        for i in 0..3_000 {
+            big.insert(format!("X-Pad-{i}").as_str(), "p".repeat(16));
+        }
+        let kept = record.headers(Some(&big));
+        assert!(kept.get("X-Pad-1").is_none());
+        assert!(
+            kept.get(headers::HEADERS_DROPPED)
+                .unwrap()
+                .as_str()
+                .starts_with("3000 original headers of ")
+        );
+        assert!(wire_size(&kept) < 65_535 - 12);
         // A header block the client could not parse arrives escaped, up to four times its
         // size (or forged by a producer with wide characters): the record keeps a bounded cut.
         for escaped in ["\\xff".repeat(50_000), wide.repeat(10)] {

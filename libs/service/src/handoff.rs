@@ -55,6 +55,11 @@ pub enum HandoffErrorKind {
 /// The JetStream error a stream answers a message over its `max_msg_size` with.
 const MESSAGE_TOO_LARGE: async_nats::jetstream::ErrorCode = async_nats::jetstream::ErrorCode(10054);
 
+/// The JetStream error a stream answers a message whose header block is over 65,535 bytes
+/// with (`JSMessageHeaderTooLarge`): the stage's own headers pushed a producer's large block
+/// over it, and no retry can shrink it.
+const HEADER_TOO_LARGE: async_nats::jetstream::ErrorCode = async_nats::jetstream::ErrorCode(10097);
+
 /// The text of the store failure (`10077`, which also covers a full stream) for a message
 /// over a size limit.
 const SIZE_EXCEEDED_TEXT: &str = "message size exceeds maximum allowed";
@@ -74,6 +79,7 @@ impl HandoffError {
         match server {
             Some(e)
                 if e.error_code() == MESSAGE_TOO_LARGE
+                    || e.error_code() == HEADER_TOO_LARGE
                     || (e.error_code()
                         == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED
                         && e.to_string()

@@ -123,3 +123,41 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
     );
     h.stop().await;
 }
+
+/// A producer's header block the stream accepts but which Switchyard's envelope headers push
+/// over nats-server's 65,535-byte header limit (JetStream error 10097): no retry can carry it,
+/// so it is dead-lettered at once — its record keeps no original header, so that it fits — and
+/// it holds no slot another tenant's messages need.
+#[tokio::test]
+async fn a_header_block_too_large_to_carry_on_is_dead_lettered_at_once_without_its_headers() {
+    let h = Harness::start(1024 * 1024).await;
+    let port = h._server.port();
+    let mut block = b"NATS/1.0\r\nNats-Msg-Id: big-1\r\nX-Pad: ".to_vec();
+    block.resize(65_300 - 4, b'p');
+    block.extend_from_slice(b"\r\n\r\n");
+    publish_raw(port, b"ingress.v1.acme.ops.slack", &block, b"big").await;
+    h.publish("ingress.v1.globex.ops.slack", with_id("g-1"), b"fine")
+        .await;
+
+    h.settled().await;
+    let forwarded = h.handed_on().await;
+    assert_eq!(forwarded.len(), 1, "only globex's message is handed on");
+    assert_eq!(&forwarded[0].payload[..], b"fine");
+    let dlq = h.dlq().await;
+    assert_eq!(dlq.len(), 1, "the large block is dead-lettered, not lost");
+    let entry = &dlq[0];
+    assert_eq!(&entry.payload[..], b"big");
+    assert_eq!(entry.record.code, DlqCode::PayloadTooLarge);
+    assert_eq!(entry.record.attempts, 0, "{}", entry.record.reason);
+    assert!(
+        entry.record.reason.contains("header size exceeds"),
+        "{}",
+        entry.record.reason
+    );
+    assert!(
+        entry.original_headers.is_empty(),
+        "the original headers are dropped"
+    );
+    assert_eq!(entry.original_msg_id.as_deref(), Some("big-1"));
+    h.stop().await;
+}
