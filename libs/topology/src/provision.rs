@@ -2,6 +2,7 @@
 //! report drift, and fix it on request (`--fix`) where JetStream allows the change in place.
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, ErrorCode, consumer, stream};
@@ -10,6 +11,8 @@ use serde::Serialize;
 use crate::TopologyError;
 use crate::lookup::stream_info;
 use switchyard_keys::TenantId;
+use switchyard_runtime::retry::RetryPolicy;
+use tokio_util::sync::CancellationToken;
 
 use crate::names::{ConsumerName, StreamName};
 use crate::resolve::{
@@ -302,6 +305,46 @@ fn settle(kind: &'static str, name: String, changes: Vec<Change>, apply: Apply) 
     }
 }
 
+/// nats-server's answer to a replicated stream's creation while its meta leader still counts
+/// a peer as offline ("no suitable peers for placement"): right after a cluster starts, or a
+/// node restarts, it passes within seconds.
+const NO_SUITABLE_PEERS: ErrorCode = ErrorCode(10005);
+
+/// How long creating a stream or bucket waits out [`NO_SUITABLE_PEERS`] before failing.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `create` (a stream's or a bucket's creation), trying again while the cluster cannot
+/// place its replicas yet ([`NO_SUITABLE_PEERS`], in the error or any error it wraps), for up to
+/// [`PLACEMENT_WAIT`]. Any other error is returned at once.
+async fn while_placing<T, E, Fut>(what: &str, create: impl FnMut() -> Fut) -> Result<T, E>
+where
+    E: std::error::Error + 'static,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(2))
+        .within(PLACEMENT_WAIT)
+        .run(
+            &CancellationToken::new(),
+            create,
+            |error| awaits_placement(error),
+            |error, after| {
+                tracing::warn!(%error, ?after, "{what}: the cluster cannot place its replicas yet; trying again");
+            },
+        )
+        .await
+}
+
+/// Whether `error`, or an error it wraps, is [`NO_SUITABLE_PEERS`].
+fn awaits_placement(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.downcast_ref::<jetstream::context::CreateStreamError>()
+            .is_some_and(|e| {
+                matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                    if j.error_code() == NO_SUITABLE_PEERS)
+            })
+    })
+}
+
 async fn provision_stream(
     js: &jetstream::Context,
     s: &ResolvedStream,
@@ -312,7 +355,7 @@ async fn provision_stream(
         if apply == Apply::Nothing {
             return Ok(ProvisionItem::missing("stream", name));
         }
-        js.create_stream(s.config.clone())
+        while_placing(&name, || js.create_stream(s.config.clone()))
             .await
             .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
         return Ok(ProvisionItem::created("stream", name));
@@ -394,7 +437,7 @@ async fn provision_bucket(
         if apply == Apply::Nothing {
             return Ok(ProvisionItem::missing("bucket", name));
         }
-        js.create_key_value(b.config.clone())
+        while_placing(&name, || js.create_key_value(b.config.clone()))
             .await
             .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
         return Ok(ProvisionItem::created("bucket", name));

@@ -938,8 +938,9 @@ fn parse_header_block(
             continue;
         }
 
+        // Switchyard patch: the error names the fault (upstream: "no header version line found").
         let (name, value) = line.split_once(':').ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no header version line found")
+            io::Error::new(io::ErrorKind::InvalidInput, "a header line without a colon")
         })?;
 
         let name = HeaderName::from_block(header, name)

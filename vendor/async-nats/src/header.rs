@@ -979,7 +979,8 @@ impl std::fmt::Display for ParseHeaderNameError {
 impl std::error::Error for ParseHeaderNameError {}
 
 fn validate_header_name(s: &str) -> Result<(), ParseHeaderNameError> {
-    if s.contains(|c: char| !c.is_ascii_graphic() || c == ':') {
+    // Switchyard patch: an empty name (a line `: value`) is refused too.
+    if s.is_empty() || s.contains(|c: char| !c.is_ascii_graphic() || c == ':') {
         Err(ParseHeaderNameError)
     } else {
         Ok(())
@@ -1304,6 +1305,13 @@ mod tests {
             header_map.get("Other-Header").unwrap().as_str(),
             "other-value"
         );
+    }
+
+    /// Switchyard patch: an empty name is not a name.
+    #[test]
+    fn an_empty_header_name_is_refused() {
+        assert!(HeaderName::from_str("").is_err());
+        assert!(HeaderName::try_from(String::new()).is_err());
     }
 
     /// Switchyard patch: a deserialized value is checked as a constructed one is.

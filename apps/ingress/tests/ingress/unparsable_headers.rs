@@ -18,13 +18,14 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
         .statistics()
         .connects
         .load(Ordering::Relaxed);
-    let poison: [(&str, &[u8]); 5] = [
+    let poison: [(&str, &[u8]); 6] = [
         ("non-ascii-name", b"NATS/1.0\r\nX-\xc3\x9cnicode: 1\r\n\r\n"),
         (
             "no-colon",
             b"NATS/1.0\r\nNats-Msg-Id: p-2\r\njust text\r\n\r\n",
         ),
         ("not-utf8", b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n"),
+        ("empty-name", b"NATS/1.0\r\n: v\r\n\r\n"),
         // A carriage return inside a value (the client's header values may not hold one).
         ("lone-cr", b"NATS/1.0\r\nX-Cr: a\rb\r\n\r\n"),
         (
@@ -46,7 +47,7 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
         port,
         b"ingress.v1.acme.ops.sl\xffck",
         b"NATS/1.0\r\nNats-Msg-Id: p-5\r\n\r\n",
-        b"p5",
+        b"s5",
     )
     .await;
     // A subject holding a Unicode space (U+00A0), on a message with headers: the client splits
@@ -55,7 +56,7 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
         port,
         "ingress.v1.acme.ops.sl\u{a0}ck".as_bytes(),
         b"NATS/1.0\r\nNats-Msg-Id: p-6\r\n\r\n",
-        b"p6",
+        b"s6",
     )
     .await;
     // Another tenant's message, after the poison, flows on.
@@ -103,7 +104,7 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
         unparsed += 1;
     }
     assert_eq!(unparsed, poison.len());
-    for payload in [&b"p5"[..], &b"p6"[..]] {
+    for payload in [&b"s5"[..], &b"s6"[..]] {
         let odd_subject = dlq.iter().find(|e| e.payload[..] == *payload).unwrap();
         assert_eq!(odd_subject.record.code, DlqCode::InvalidSubject);
         assert_eq!(
