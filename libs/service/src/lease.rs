@@ -9,6 +9,12 @@
 //! from `start + i/rate` on. Slots are disjoint across replicas, so the delivered rate never
 //! exceeds `rate` (plus `burst` after a quiet period), whatever the number of replicas.
 //!
+//! A replica remembers the record it last wrote (its `T'` and the revision the write got) and
+//! leases next by compare-and-swap against that revision without reading first: while no other
+//! replica has leased the same record meanwhile, a lease is one KV write, not a read and a
+//! write. A record changed by anyone else fails the swap (wrong last revision) and is read
+//! again, so the remembered value is only ever used while it is exactly what the bucket holds.
+//!
 //! A replica that dies holding a lease strands at most that lease's slots: the record keeps
 //! moving with time, so nothing is lost for longer than the lease (≤ `lease_secs` of rate),
 //! and the limit is never exceeded because of it. While KV is unreachable a replica leases
@@ -107,6 +113,9 @@ pub struct Leaser {
     kv: kv::Store,
     /// The fallback's token state, by record key.
     local: Mutex<HashMap<String, i64>>,
+    /// What this replica last wrote, by record key: `(revision, tat_ms)`. Valid for as long as
+    /// the record's revision is still that one, which the compare-and-swap checks.
+    written: Mutex<HashMap<String, (u64, i64)>>,
     /// Live replicas last seen (for the fallback's `rate / N`).
     pub replicas: AtomicUsize,
     /// Whether the last lease fell back to the local record.
@@ -123,6 +132,7 @@ impl Leaser {
         Self {
             kv,
             local: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
             replicas: AtomicUsize::new(1),
             in_fallback: AtomicBool::new(false),
             kv_ops: Counter::default(),
@@ -172,42 +182,28 @@ impl Leaser {
         limit: &LimitRecord,
         now_ms: i64,
     ) -> Result<Lease, String> {
+        // The first try swaps against what this replica last wrote, unread; any later one
+        // (and the first, when nothing is remembered) reads the record first.
+        let mut remembered = self.remembered(key);
         for _ in 0..16 {
-            self.kv_ops.inc();
-            let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
-            let (tat, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    let tat = serde_json::from_slice::<TokenState>(&e.value)
-                        .map_err(|error| format!("unreadable token state: {error}"))
-                        .and_then(|state| sane_tat(state.tat_ms, now_ms, limit))
-                        .unwrap_or_else(|problem| {
-                            tracing::warn!(%key, %problem, "token state reset to now");
-                            now_ms
-                        });
-                    (tat, e.revision)
-                }
-                Some(e) => (0, e.revision),
-                None => (0, 0),
+            let (tat, revision) = match remembered.take() {
+                Some(known) => known,
+                None => self.read(key, limit, now_ms).await?,
             };
             let (lease, new_tat) = gcra(tat, now_ms, limit, count);
             let value = serde_json::to_vec(&TokenState { tat_ms: new_tat }).unwrap_or_default();
             self.kv_ops.inc();
             let written = if revision == 0 {
-                self.kv
-                    .create(key, value.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    })
+                self.kv.create(key, value.into()).await.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
             } else {
                 self.kv
                     .update(key, value.into(), revision)
                     .await
-                    .map(|_| ())
                     .map_err(|e| {
                         (
                             e.kind() == kv::UpdateErrorKind::WrongLastRevision,
@@ -216,12 +212,67 @@ impl Leaser {
                     })
             };
             match written {
-                Ok(()) => return Ok(lease),
-                Err((true, _)) => continue, // another replica leased first: read again
-                Err((false, error)) => return Err(error),
+                Ok(new_revision) => {
+                    self.remember(key, Some((new_revision, new_tat)));
+                    return Ok(lease);
+                }
+                // Another replica leased first (or the record changed): read it again.
+                Err((true, _)) => self.remember(key, None),
+                Err((false, error)) => {
+                    self.remember(key, None);
+                    return Err(error);
+                }
             }
         }
         Err(format!("lease of {key} kept conflicting"))
+    }
+
+    /// The record `key` as stored: `(tat_ms, revision)`, revision 0 when there is none. An
+    /// unreadable or impossible `tat_ms` reads as `now_ms`, with a warning.
+    async fn read(
+        &self,
+        key: &str,
+        limit: &LimitRecord,
+        now_ms: i64,
+    ) -> Result<(i64, u64), String> {
+        self.kv_ops.inc();
+        let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
+        Ok(match &entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let tat = serde_json::from_slice::<TokenState>(&e.value)
+                    .map_err(|error| format!("unreadable token state: {error}"))
+                    .and_then(|state| sane_tat(state.tat_ms, now_ms, limit))
+                    .unwrap_or_else(|problem| {
+                        tracing::warn!(%key, %problem, "token state reset to now");
+                        now_ms
+                    });
+                (tat, e.revision)
+            }
+            Some(e) => (0, e.revision),
+            None => (0, 0),
+        })
+    }
+
+    /// What this replica last wrote to `key`, as `(tat_ms, revision)`.
+    fn remembered(&self, key: &str) -> Option<(i64, u64)> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.get(key).map(|&(revision, tat)| (tat, revision))
+    }
+
+    /// Records (or, with `None`, forgets) what this replica last wrote to `key`.
+    fn remember(&self, key: &str, write: Option<(u64, i64)>) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match write {
+            Some(write) => match written.get_mut(key) {
+                Some(known) => *known = write,
+                None => {
+                    written.insert(key.to_owned(), write);
+                }
+            },
+            None => {
+                written.remove(key);
+            }
+        }
     }
 }
 
