@@ -274,11 +274,28 @@ async fn restart_keeps_the_store() {
     assert_eq!(info.state.messages, 1);
     let report = provision(&js, &topology, false).await.unwrap();
     assert!(!report.changed_anything());
+    // The tenant's stream is kept; its consumer, whose state nats-server keeps in memory, is
+    // not (the stream still holds the message), and is created again.
     let acme = TenantId::new("acme").unwrap();
     let own = provision_tenant(&js, &topology, &acme, TenantQuota::default(), false)
         .await
         .unwrap();
-    assert!(!own.changed_anything() && !own.has_drift(), "{own:?}");
+    let outcomes: Vec<_> = own
+        .items
+        .iter()
+        .map(|i| (i.name.as_str(), i.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("INGRESS_acme", Outcome::Unchanged),
+            ("INGRESS_acme/ingress-worker", Outcome::Created)
+        ]
+    );
+    let again = provision_tenant(&js, &topology, &acme, TenantQuota::default(), false)
+        .await
+        .unwrap();
+    assert!(!again.changed_anything() && !again.has_drift(), "{again:?}");
 }
 
 #[tokio::test]

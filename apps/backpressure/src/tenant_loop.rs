@@ -29,7 +29,8 @@ use crate::replicas::now_ms;
 use crate::shared::{Shared, TenantLabel};
 
 /// Creates (or opens) the tenant's consumer: the topology's per-tenant template
-/// `backpressure-{tenant}` (shared by every replica, removed by JetStream once idle).
+/// `backpressure-{tenant}` (shared by every replica, removed by JetStream once idle, and by a
+/// server restart: its state is kept in memory, `storage = "memory"` in the topology).
 pub async fn ensure_consumer(shared: &Shared, tenant: &TenantId) -> anyhow::Result<PullConsumer> {
     let declared = shared
         .topology
@@ -110,6 +111,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         };
         // Each message is handled as it arrives (never held until the batch completes).
         let mut got = 0usize;
+        let mut failed = false;
         loop {
             // A pull waits long for its messages (`TENANT_FETCH_WAIT`): shutdown does not.
             let next = tokio::select! {
@@ -120,6 +122,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 Some(Ok(msg)) => msg,
                 Some(Err(error)) => {
                     tracing::debug!(%error, "fetch ended");
+                    failed = true;
                     break;
                 }
                 None => break,
@@ -172,6 +175,17 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     .await;
                 drop(permit);
             });
+        }
+        if failed {
+            // Gone: its state is kept in nats-server's memory and a server restart removes it.
+            // The loop ends; the next scan that sees the tenant's messages creates it again.
+            if switchyard_service::worker::consumer_gone(&consumer).await {
+                tracing::info!(%tenant, "the tenant's consumer is gone (nats-server restarted?); the next scan creates it again");
+                break;
+            }
+            if !fetch_backoff.wait(&shutdown).await {
+                break;
+            }
         }
         if got == 0 {
             if last_activity.elapsed() >= idle_after {

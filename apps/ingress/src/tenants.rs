@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{TenantId, TenantKey};
 use switchyard_registry::{KvCache, TenantRecord};
-use switchyard_service::Worker;
+use switchyard_service::{Ended, Worker};
 use switchyard_topology::{ConsumerName, ResolvedTopology};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -91,10 +91,14 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
                     running.insert(tenant.clone(), token.clone());
                     let worker = worker.clone();
                     let gate = credit.gate(&tenant);
+                    let tenant = tenant.clone();
                     loops.spawn(async move {
-                        worker
+                        let ended = worker
                             .consume_gated(consumer, Some(gate), token.clone())
                             .await;
+                        if ended == Ended::ConsumerGone {
+                            tracing::info!(%tenant, "the tenant's ingress consumer is gone (its state is kept in nats-server's memory, lost when the server restarts); creating it again");
+                        }
                         // Ended on its own (not by shutdown): reopened on the next pass.
                         token.cancel();
                     });
@@ -118,7 +122,10 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
     while loops.join_next().await.is_some() {}
 }
 
-/// Opens `tenant`'s `ingress-worker` consumer on its own stream.
+/// Opens `tenant`'s `ingress-worker` consumer on its own stream, creating it as declared when
+/// the stream has none: its state is kept in nats-server's memory (`storage = "memory"` in
+/// the topology), so a server restart removes it, and the stream, a work queue, still holds
+/// every message it had not acked. The stream itself is never created here.
 async fn open(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
@@ -128,12 +135,18 @@ async fn open(
         .tenant_consumer(ConsumerName::IngressWorker, tenant)
         .ok_or("the topology declares no ingress-worker consumer")?;
     let durable = declared.config.durable_name.clone().unwrap_or_default();
-    js.get_consumer_from_stream(&durable, &declared.stream)
+    let not_provisioned = |e: &dyn std::fmt::Display| {
+        format!(
+            "{}/{durable}: {e} (run `switchyard tenants enable {tenant}` or `switchyard provision`)",
+            declared.stream
+        )
+    };
+    let stream = js
+        .get_stream_no_info(&declared.stream)
         .await
-        .map_err(|e| {
-            format!(
-                "{}/{durable}: {e} (run `switchyard tenants enable {tenant}` or `switchyard provision`)",
-                declared.stream
-            )
-        })
+        .map_err(|e| not_provisioned(&e))?;
+    stream
+        .get_or_create_consumer(&durable, declared.config)
+        .await
+        .map_err(|e| not_provisioned(&e))
 }

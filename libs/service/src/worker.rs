@@ -49,6 +49,35 @@ pub const TENANT_FETCH_MAX_MESSAGES: usize = 16;
 /// idle tenants cost 1,000 pulls a second on each stage (docs/performance.md).
 pub const TENANT_FETCH_WAIT: Duration = Duration::from_secs(20);
 
+/// Why a per-tenant consume loop ended ([`Worker::consume_gated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The consumer (or its stream) no longer exists on the server: open or create it again.
+    ConsumerGone,
+}
+
+/// Whether `consumer`, or its stream, no longer exists on the server (JetStream 10014
+/// `consumer not found`, 10059 `stream not found`). Asked after a fetch ends in an error: a
+/// pull to a consumer that is gone is answered 503 (no responders), or 409 when it is deleted
+/// while the pull waits. Any other answer, a timeout included, is not "gone".
+pub async fn consumer_gone(consumer: &PullConsumer) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+    match consumer.get_info().await {
+        Ok(_) => false,
+        Err(error) => match error.kind() {
+            Kind::NotFound | Kind::StreamNotFound => true,
+            Kind::JetStream(js) => matches!(
+                js.error_code(),
+                ErrorCode::CONSUMER_NOT_FOUND | ErrorCode::STREAM_NOT_FOUND
+            ),
+            _ => false,
+        },
+    }
+}
+
 /// A stage's logic for one message.
 pub trait Handler: Send + Sync + 'static {
     /// Decides what happens to `msg`. Must not panic on any input.
@@ -123,21 +152,36 @@ impl<H: Handler> Worker<H> {
     /// Reads `consumer` with this worker's slots until `shutdown`, then drains what it took.
     /// Several consumers (one per tenant stream) can be read at once by the same worker: they
     /// share its `concurrency` slots, each fetching at most `max_batch` at a time, and the
-    /// slots' FIFO queue serves the consumers with messages in turn.
+    /// slots' FIFO queue serves the consumers with messages in turn. A fetch that ends in an
+    /// error (the consumer deleted, say) is followed by a pause, never by a tight loop.
     pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
-        self.consume_gated(consumer, None, shutdown).await;
+        self.consume_until(consumer, None, false, shutdown).await;
     }
 
-    /// [`Worker::consume`], fetching only while `gate` reads `true` (a tenant with credit at
-    /// the next stage, say): a closed gate stops new fetches (one under way still delivers up
-    /// to `max_batch`), and the loop waits for it to open. A gate whose sender is gone counts
-    /// as open.
+    /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` reads `true`
+    /// (a tenant with credit at the next stage, say): a closed gate stops new fetches (one
+    /// under way still delivers up to `max_batch`), and the loop waits for it to open. A gate
+    /// whose sender is gone counts as open. Ends, after draining, at `shutdown`
+    /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
+    /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
+    /// survive the server's restart), for the caller to create it again.
     pub async fn consume_gated(
         self: Arc<Self>,
         consumer: PullConsumer,
-        mut gate: Option<watch::Receiver<bool>>,
+        gate: Option<watch::Receiver<bool>>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Ended {
+        self.consume_until(consumer, gate, true, shutdown).await
+    }
+
+    async fn consume_until(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        mut gate: Option<watch::Receiver<bool>>,
+        end_when_gone: bool,
+        shutdown: CancellationToken,
+    ) -> Ended {
+        let mut ended = Ended::Shutdown;
         let slots = self.slots.clone();
         let max_deliver = consumer.cached_info().config.max_deliver;
         let shared = self;
@@ -166,6 +210,7 @@ impl<H: Handler> Worker<H> {
                 Fetched::Retry => continue,
                 Fetched::Stop => break,
             };
+            let mut failed = false;
             loop {
                 // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not.
                 let next = tokio::select! {
@@ -176,6 +221,7 @@ impl<H: Handler> Worker<H> {
                     Some(Ok(msg)) => msg,
                     Some(Err(error)) => {
                         tracing::debug!(%error, "fetch ended");
+                        failed = true;
                         break;
                     }
                     None => break,
@@ -185,10 +231,20 @@ impl<H: Handler> Worker<H> {
                 };
                 shared.spawn(&mut tasks, msg, permit, &shutdown, max_deliver);
             }
+            if failed {
+                if end_when_gone && consumer_gone(&consumer).await {
+                    ended = Ended::ConsumerGone;
+                    break;
+                }
+                if !backoff.wait(&shutdown).await {
+                    break;
+                }
+            }
         }
         tracing::info!(in_flight = tasks.len(), "draining");
         while tasks.join_next().await.is_some() {}
         tracing::info!("drained");
+        ended
     }
 
     /// Reads one consumer shared by every tenant (a hand-off stream) fairly: it keeps up to

@@ -225,6 +225,7 @@ impl ResolvedTopology {
                         .map(Duration::from_secs)
                         .unwrap_or_default(),
                     num_replicas: 0,
+                    memory_storage: c.storage == Some(Storage::Memory),
                     ..Default::default()
                 },
             })

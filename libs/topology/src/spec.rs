@@ -146,6 +146,18 @@ pub struct ConsumerSpec {
     /// created on demand; shared consumers are durable and leave it unset).
     #[serde(default)]
     pub inactive_threshold_secs: Option<u64>,
+    /// Where nats-server keeps the consumer's state (delivered and ack floor, pending and
+    /// redelivery counts): `file` (the default, and the stream's own storage) or `memory`.
+    /// nats-server writes a file consumer's state to a new file, renamed into place, up to ten
+    /// times a second per consumer (`consumerFileStore.flushLoop`), so per-tenant consumers that
+    /// each see a message now and then cost the server file creations in proportion to the
+    /// messages. Allowed only on a work-queue stream, whose messages are removed when acked:
+    /// what a consumer held unacked is still in the stream, so one lost with its server's
+    /// restart (memory state is not kept) is created again and delivers it again, with its
+    /// delivery counts started afresh. Set only on per-tenant consumers, which the services
+    /// create again when they find them gone.
+    #[serde(default)]
+    pub storage: Option<Storage>,
 }
 
 /// A declared KV bucket.
@@ -390,6 +402,23 @@ impl Topology {
             ConsumerName::from_base,
         )?;
         for c in &self.consumers {
+            if c.storage == Some(Storage::Memory) {
+                let work_queue = self
+                    .streams
+                    .iter()
+                    .any(|s| s.name == c.stream && s.retention == Retention::Workqueue);
+                let per_tenant =
+                    ConsumerName::from_base(&c.name).is_some_and(ConsumerName::per_tenant);
+                if !work_queue || !per_tenant {
+                    return Err(invalid(format!(
+                        "consumer {}: storage = \"memory\" is allowed only on a per-tenant \
+                         consumer of a work-queue stream (its state is lost when nats-server \
+                         restarts; only there does the stream still hold what it had not acked, \
+                         and a service create it again); remove the line",
+                        c.name
+                    )));
+                }
+            }
             let on_demand = ConsumerName::from_base(&c.name).is_some_and(ConsumerName::on_demand);
             if on_demand != c.inactive_threshold_secs.is_some() {
                 return Err(invalid(format!(
@@ -469,5 +498,37 @@ mod tests {
         let shared = EMBEDDED.replace("inactive_threshold_secs = 3600", "");
         let err = Topology::from_toml(&shared).unwrap_err().to_string();
         assert!(err.contains("inactive_threshold_secs is required"), "{err}");
+    }
+
+    #[test]
+    fn memory_consumer_state_only_on_per_tenant_consumers_of_work_queues() {
+        let topology = Topology::from_toml(EMBEDDED).unwrap();
+        let memory: Vec<&str> = topology
+            .consumers
+            .iter()
+            .filter(|c| c.storage == Some(Storage::Memory))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(memory, ["ingress-worker", "backpressure-{tenant}"]);
+
+        // A shared consumer of a work queue (no service creates it again) and one of a limits
+        // stream (which keeps what was acked too) are refused.
+        let shared = EMBEDDED.replacen(
+            "filter = \"egress\"\n",
+            "filter = \"egress\"\nstorage = \"memory\"\n",
+            1,
+        );
+        let err = Topology::from_toml(&shared).unwrap_err().to_string();
+        assert!(
+            err.contains("consumer egress-worker: storage = \"memory\""),
+            "{err}"
+        );
+        let limits = EMBEDDED.replacen(
+            "filter = \"events\"\n",
+            "filter = \"events\"\nstorage = \"memory\"\n",
+            1,
+        );
+        let err = Topology::from_toml(&limits).unwrap_err().to_string();
+        assert!(err.contains("consumer events-webhook: storage"), "{err}");
     }
 }

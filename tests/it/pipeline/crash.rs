@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 
+use switchyard_topology::ConsumerName;
+
 use super::{Pipeline, Svc};
 
 /// Short ack waits (so crash redeliveries come quickly) and a route for tenant `acme`.
@@ -64,8 +66,26 @@ async fn a_nats_server_killed_with_sigkill_mid_stream_loses_nothing() {
     let mut p = Pipeline::start(&["acme"]).await;
     prepare(&p).await;
     publish_range(&p, 0..101).await;
+    let restarted = time::OffsetDateTime::now_utc();
     p.server.single().restart().await;
     publish_range(&p, 101..200).await;
+    p.wait_delivered(200, Duration::from_secs(180)).await;
+    // The tenant's consumers keep their state in memory: the restart removed them, and the
+    // stages created them again (else nothing published after it would have arrived).
+    for name in [
+        ConsumerName::IngressWorker,
+        ConsumerName::BackpressureTenant,
+    ] {
+        let info = p
+            .tenant_consumer_info("acme", name)
+            .await
+            .unwrap_or_else(|| panic!("{name:?} created again"));
+        assert!(info.config.memory_storage, "{name:?} state in memory");
+        assert!(
+            info.created >= restarted,
+            "{name:?} created after the restart"
+        );
+    }
     assert_all_delivered(p, 200, Duration::from_secs(180), "the restart").await;
 }
 

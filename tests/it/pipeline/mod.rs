@@ -380,6 +380,19 @@ impl Pipeline {
         }
     }
 
+    /// The `name` consumer of `tenant` as nats-server has it now, `None` when it has none.
+    pub async fn tenant_consumer_info(
+        &self,
+        tenant: &str,
+        name: ConsumerName,
+    ) -> Option<jetstream::consumer::Info> {
+        let topology = DeploymentConfig::default().resolve().unwrap();
+        let declared = topology.tenant_consumer(name, &TenantId::new(tenant).unwrap())?;
+        let durable = declared.config.durable_name.clone()?;
+        let stream = self.js.get_stream_no_info(&declared.stream).await.ok()?;
+        stream.consumer_info(&durable).await.ok()
+    }
+
     /// Waits until the sink accepted (2xx) `n` distinct webhook ids and every stage has
     /// settled.
     pub async fn wait_delivered(&self, n: usize, timeout: Duration) {
