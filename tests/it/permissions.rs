@@ -788,6 +788,27 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .await
         .expect("ingress reads INGRESS_acme's ingress-worker");
     assert_eq!(worker.info().await.expect("info").num_pending, 1);
+    // It creates that consumer again as declared (its state is in memory, so a server restart
+    // removes it); the message is still in the stream for it.
+    let declared = DeploymentConfig::default()
+        .resolve()
+        .expect("topology")
+        .tenant_consumer(ConsumerName::IngressWorker, &TenantId::new("acme").unwrap())
+        .expect("declared");
+    admin
+        .js
+        .delete_consumer_from_stream("ingress-worker", "INGRESS_acme")
+        .await
+        .expect("admin deletes it");
+    let mut again = ingress
+        .js
+        .get_stream_no_info("INGRESS_acme")
+        .await
+        .expect("INGRESS_acme")
+        .get_or_create_consumer("ingress-worker", declared.config)
+        .await
+        .expect("ingress creates INGRESS_acme's ingress-worker");
+    assert_eq!(again.info().await.expect("info").num_pending, 1);
     ingress.stored("idempotency.v1.acme.ops.hooks").await;
     ingress.stored("dlq.v1.acme.ingress.hooks").await;
     ingress
@@ -810,6 +831,8 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
             "$JS.API.STREAM.PURGE.INGRESS_acme",
             "$JS.API.STREAM.MSG.DELETE.INGRESS_acme",
             "$JS.API.CONSUMER.CREATE.INGRESS_acme.evil.ingress.v1.>",
+            "$JS.API.CONSUMER.CREATE.INGRESS_acme.ingress-worker",
+            "$JS.API.CONSUMER.CREATE.EGRESS.ingress-worker.egress.v1.>",
             "$JS.API.CONSUMER.DELETE.INGRESS_acme.ingress-worker",
             "$JS.API.STREAM.CREATE.EVIL",
             "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",

@@ -6,7 +6,8 @@ use switchyard_keys::{DeploymentPrefix, TenantId};
 use switchyard_registry::TenantRecord;
 use switchyard_testkit::NatsServer;
 use switchyard_topology::{
-    DeploymentConfig, Outcome, ProvisionReport, TenantQuota, provision, provision_tenant, status,
+    ConsumerName, DeploymentConfig, Outcome, ProvisionReport, TenantQuota, provision,
+    provision_tenant, status,
 };
 
 fn outcome_of<'a>(
@@ -169,6 +170,49 @@ async fn a_field_that_cannot_change_in_place_is_reported_not_touched() {
         info.config.storage,
         async_nats::jetstream::stream::StorageType::Memory
     );
+}
+
+#[tokio::test]
+async fn a_tenant_consumer_kept_on_file_from_before_is_fixed_in_place_and_stays_on_file() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    let acme = TenantId::new("acme").unwrap();
+    provision_tenant(&js, &topology, &acme, TenantQuota::default(), true)
+        .await
+        .unwrap();
+    // As a deployment made before the declaration moved it to memory has it, and drifted.
+    let declared = topology
+        .tenant_consumer(ConsumerName::IngressWorker, &acme)
+        .unwrap();
+    js.delete_consumer_from_stream("ingress-worker", &declared.stream)
+        .await
+        .unwrap();
+    let before = async_nats::jetstream::consumer::pull::Config {
+        memory_storage: false,
+        ack_wait: Duration::from_secs(7),
+        ..declared.config.clone()
+    };
+    js.create_consumer_on_stream(before, &declared.stream)
+        .await
+        .unwrap();
+
+    let report = provision_tenant(&js, &topology, &acme, TenantQuota::default(), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_of(&report, "INGRESS_acme/ingress-worker").outcome,
+        Outcome::Updated
+    );
+    let info = js
+        .get_stream_no_info(&declared.stream)
+        .await
+        .unwrap()
+        .consumer_info("ingress-worker")
+        .await
+        .unwrap();
+    assert_eq!(info.config.ack_wait, declared.config.ack_wait);
+    assert!(!info.config.memory_storage, "its storage is not changed");
 }
 
 #[tokio::test]

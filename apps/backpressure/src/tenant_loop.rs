@@ -97,10 +97,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 .messages() => batch,
         };
         let mut batch = match fetched {
-            Ok(batch) => {
-                fetch_backoff.reset();
-                batch
-            }
+            Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(%error, %tenant, "fetch failed; retrying");
                 if !fetch_backoff.wait(&shutdown).await {
@@ -176,16 +173,17 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 drop(permit);
             });
         }
-        if failed {
+        // Sending a pull succeeds even while the server answers each with an error: the
+        // backoff is reset only by a pull that ended without one, so the pause grows.
+        if !failed {
+            fetch_backoff.reset();
+        } else if switchyard_service::worker::consumer_gone(&consumer).await {
             // Gone: its state is kept in nats-server's memory and a server restart removes it.
             // The loop ends; the next scan that sees the tenant's messages creates it again.
-            if switchyard_service::worker::consumer_gone(&consumer).await {
-                tracing::info!(%tenant, "the tenant's consumer is gone (nats-server restarted?); the next scan creates it again");
-                break;
-            }
-            if !fetch_backoff.wait(&shutdown).await {
-                break;
-            }
+            tracing::info!(%tenant, "the tenant's consumer is gone (nats-server restarted?); the next scan creates it again");
+            break;
+        } else if !fetch_backoff.wait(&shutdown).await {
+            break;
         }
         if got == 0 {
             if last_activity.elapsed() >= idle_after {

@@ -1,6 +1,7 @@
 //! Reading every tenant's own ingress stream. Each registered tenant has a stream
 //! `INGRESS_<tenant>` with a durable `ingress-worker` consumer (created by `switchyard tenants
-//! enable` / `provision`); this supervisor follows the tenant registry and runs one consume loop
+//! enable` / `provision`, and here again when a server restart removed it: its state is kept in
+//! nats-server's memory); this supervisor follows the tenant registry and runs one consume loop
 //! per tenant, all sharing the worker's handler slots. A tenant with a backlog therefore takes
 //! at most `max_batch` slots at a time and the slots go round the tenants with messages: one
 //! tenant's burst queues in its own stream, not in front of the others'. Each loop reads only
@@ -32,8 +33,8 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the supervisor needs: the shared worker, the credit gates, where the tenants' streams
 /// are, the registry, and its two gauges (`consumers`: loops running; `missing`: registered
-/// tenants whose stream or consumer cannot be opened, not provisioned: `switchyard provision`
-/// creates them).
+/// tenants whose stream cannot be opened or consumer created, not provisioned: `switchyard
+/// provision` creates them).
 pub struct Supervisor {
     /// The worker whose slots every loop shares.
     pub worker: Arc<Worker<IngressHandler>>,

@@ -9,11 +9,14 @@
 //! from `start + i/rate` on. Slots are disjoint across replicas, so the delivered rate never
 //! exceeds `rate` (plus `burst` after a quiet period), whatever the number of replicas.
 //!
-//! A replica remembers the record it last wrote (its `T'` and the revision the write got) and
-//! leases next by compare-and-swap against that revision without reading first: while no other
-//! replica has leased the same record meanwhile, a lease is one KV write, not a read and a
-//! write. A record changed by anyone else fails the swap (wrong last revision) and is read
-//! again, so the remembered value is only ever used while it is exactly what the bucket holds.
+//! A replica remembers the record it last wrote (its `T'` and the revision the write got) for
+//! [`REMEMBER_FOR`] and leases next by compare-and-swap against that revision without reading
+//! first: while no other replica has leased the same record meanwhile, a lease is one KV write,
+//! not a read and a write. A record changed by anyone else fails the swap (wrong last revision)
+//! and is read again, so the remembered value is only used while it is what the bucket holds.
+//! (The one way a swap could succeed against a changed record is a revision reused: the bucket
+//! deleted and made again, or restored from a backup, and written up to the same revision; the
+//! short memory bounds that window to seconds.)
 //!
 //! A replica that dies holding a lease strands at most that lease's slots: the record keeps
 //! moving with time, so nothing is lost for longer than the lease (≤ `lease_secs` of rate),
@@ -51,6 +54,22 @@ impl Lease {
             .saturating_add(ms_of(f64::from(i) * self.spacing_ms, f64::floor))
     }
 }
+
+/// How long a replica trusts the record it last wrote without reading it (10 s): longer than
+/// the gap between a busy tenant's leases, short enough that a bucket made again or restored
+/// meanwhile is read, not assumed.
+pub const REMEMBER_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What this replica last wrote to one record.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    revision: u64,
+    tat_ms: i64,
+    at: std::time::Instant,
+}
+
+/// Records remembered before the stale ones are dropped (each a key and three numbers).
+const REMEMBERED_BEFORE_PRUNING: usize = 1024;
 
 /// How far ahead of now a persisted `tat_ms` may be before it counts as impossible: an hour,
 /// or 1,000 slots at the current rate when that is longer. Real records run ahead of now by at
@@ -113,9 +132,9 @@ pub struct Leaser {
     kv: kv::Store,
     /// The fallback's token state, by record key.
     local: Mutex<HashMap<String, i64>>,
-    /// What this replica last wrote, by record key: `(revision, tat_ms)`. Valid for as long as
+    /// What this replica last wrote, by record key, for [`REMEMBER_FOR`]. Valid for as long as
     /// the record's revision is still that one, which the compare-and-swap checks.
-    written: Mutex<HashMap<String, (u64, i64)>>,
+    written: Mutex<HashMap<String, Written>>,
     /// Live replicas last seen (for the fallback's `rate / N`).
     pub replicas: AtomicUsize,
     /// Whether the last lease fell back to the local record.
@@ -253,24 +272,46 @@ impl Leaser {
         })
     }
 
-    /// What this replica last wrote to `key`, as `(tat_ms, revision)`.
+    /// What this replica wrote to `key` within [`REMEMBER_FOR`], as `(tat_ms, revision)`.
     fn remembered(&self, key: &str) -> Option<(i64, u64)> {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.get(key).map(|&(revision, tat)| (tat, revision))
+        written
+            .get(key)
+            .filter(|w| w.at.elapsed() < REMEMBER_FOR)
+            .map(|w| (w.tat_ms, w.revision))
     }
 
-    /// Records (or, with `None`, forgets) what this replica last wrote to `key`.
+    /// Records (or, with `None`, forgets) what this replica wrote to `key`: a write that got
+    /// an older revision than one remembered (two leases of one record at once) is not kept.
     fn remember(&self, key: &str, write: Option<(u64, i64)>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match write {
-            Some(write) => match written.get_mut(key) {
-                Some(known) => *known = write,
-                None => {
-                    written.insert(key.to_owned(), write);
+        let Some((revision, tat_ms)) = write else {
+            written.remove(key);
+            return;
+        };
+        let now = std::time::Instant::now();
+        match written.get_mut(key) {
+            Some(known) => {
+                if revision > known.revision || known.at.elapsed() >= REMEMBER_FOR {
+                    *known = Written {
+                        revision,
+                        tat_ms,
+                        at: now,
+                    };
                 }
-            },
+            }
             None => {
-                written.remove(key);
+                if written.len() >= REMEMBERED_BEFORE_PRUNING {
+                    written.retain(|_, w| w.at.elapsed() < REMEMBER_FOR);
+                }
+                written.insert(
+                    key.to_owned(),
+                    Written {
+                        revision,
+                        tat_ms,
+                        at: now,
+                    },
+                );
             }
         }
     }

@@ -231,14 +231,13 @@ impl<H: Handler> Worker<H> {
                 };
                 shared.spawn(&mut tasks, msg, permit, &shutdown, max_deliver);
             }
-            if failed {
-                if end_when_gone && consumer_gone(&consumer).await {
-                    ended = Ended::ConsumerGone;
-                    break;
-                }
-                if !backoff.wait(&shutdown).await {
-                    break;
-                }
+            if !failed {
+                backoff.reset();
+            } else if end_when_gone && consumer_gone(&consumer).await {
+                ended = Ended::ConsumerGone;
+                break;
+            } else if !backoff.wait(&shutdown).await {
+                break;
             }
         }
         tracing::info!(in_flight = tasks.len(), "draining");
@@ -295,6 +294,7 @@ impl<H: Handler> Worker<H> {
                 Fetched::Retry => continue,
                 Fetched::Stop => break,
             };
+            let mut failed = false;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
@@ -306,6 +306,7 @@ impl<H: Handler> Worker<H> {
                         }
                         Some(Err(error)) => {
                             tracing::debug!(%error, "fetch ended");
+                            failed = true;
                             break;
                         }
                         None => break,
@@ -314,6 +315,13 @@ impl<H: Handler> Worker<H> {
                         dispatch(&mut queues, &mut tasks);
                     }
                 }
+            }
+            // A pull the server answered with an error (the consumer deleted, say) is retried
+            // after a growing pause, never at once.
+            if !failed {
+                backoff.reset();
+            } else if !backoff.wait(&shutdown).await {
+                break;
             }
         }
         tracing::info!(
@@ -358,7 +366,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Asks `consumer` for up to `max` messages within `fetch_wait`; a failure waits the next
-    /// delay of `backoff` (shared by the loop, reset by a success).
+    /// delay of `backoff` (shared by the loop, which resets it once a fetch ends without an
+    /// error: sending the pull succeeds even while the server answers every pull with one).
     async fn fetch(
         &self,
         consumer: &PullConsumer,
@@ -373,10 +382,7 @@ impl<H: Handler> Worker<H> {
             .messages()
             .await;
         match batch {
-            Ok(batch) => {
-                backoff.reset();
-                Fetched::Batch(Box::new(batch))
-            }
+            Ok(batch) => Fetched::Batch(Box::new(batch)),
             Err(error) => {
                 tracing::warn!(%error, "fetch failed; retrying");
                 if backoff.wait(shutdown).await {

@@ -417,7 +417,14 @@ async fn provision_consumer(
         apply,
     );
     if item.outcome == Outcome::Updated {
-        js.update_consumer_on_stream(c.config.clone(), &c.stream)
+        // Where nats-server keeps the state cannot change in place (it refuses: "storage type
+        // can not be updated"), and is not drift: a consumer created on file before a
+        // declaration moved it to memory keeps its file state and is updated as it is.
+        let config = consumer::pull::Config {
+            memory_storage: actual.memory_storage,
+            ..c.config.clone()
+        };
+        js.update_consumer_on_stream(config, &c.stream)
             .await
             .map_err(|e| TopologyError::js(format!("updating consumer {name}"), e))?;
     }
