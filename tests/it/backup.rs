@@ -62,6 +62,26 @@ async fn publish(p: &Pipeline, tenant: &str, ids: std::ops::Range<usize>) {
     }
 }
 
+/// Consumers the server shows in use (a pull waiting, or a message delivered and not acked),
+/// as `STREAM/consumer`: what a backup's `online` reports.
+async fn in_use(js: &async_nats::jetstream::Context) -> Vec<String> {
+    let mut in_use = Vec::new();
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap_or_default();
+    for name in names {
+        let Ok(stream) = js.get_stream_no_info(&name).await else {
+            continue;
+        };
+        let consumers: Vec<_> = stream.consumers().try_collect().await.unwrap_or_default();
+        in_use.extend(
+            consumers
+                .into_iter()
+                .filter(|c| c.num_waiting > 0 || c.num_ack_pending > 0)
+                .map(|c| format!("{name}/{}", c.name)),
+        );
+    }
+    in_use
+}
+
 async fn round_trip(mut p: Pipeline, replicas: usize) {
     let topology = topology(replicas);
     p.route(ACME, None, PLATFORM, "ok").await;
@@ -112,6 +132,15 @@ async fn round_trip(mut p: Pipeline, replicas: usize) {
     publish(&p, ACME, 20..30).await;
     p.stop_services().await;
     assert_eq!(stored_count(&p.js, "INGRESS_acme").await, 10);
+    // A stopped service's last acks and the end of its waiting pulls reach the server (and, on
+    // a cluster, each consumer's leader) a moment after it stops; a backup taken before that
+    // would rightly see those consumers in use.
+    wait_for(
+        "the stopped services' consumers idle at the server",
+        DEADLINE,
+        || async { in_use(&p.js).await.is_empty().then_some(()) },
+    )
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let manifest = switchyard_backup::create(&p.client, &p.js, &topology, dir.path(), &Quiet)
