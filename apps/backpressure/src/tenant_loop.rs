@@ -73,6 +73,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     // Messages fetched and not yet settled: at most `max_batch`.
     let room = Arc::new(Semaphore::new(max_batch));
     let mut in_flight = JoinSet::new();
+    let mut reconnected = switchyard_runtime::nats::reconnections();
     while !shutdown.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
         let limit = shared.limit_for(&tenant);
@@ -110,9 +111,14 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         let mut got = 0usize;
         let mut failed = false;
         loop {
-            // A pull waits long for its messages (`TENANT_FETCH_WAIT`): shutdown does not.
+            // A pull waits long for its messages (`TENANT_FETCH_WAIT`): shutdown does not, nor
+            // a reconnection (a restarted server forgot the pull, and maybe the consumer).
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = reconnected.changed() => {
+                    failed = true;
+                    break;
+                }
                 next = batch.next() => next,
             };
             let msg = match next {

@@ -125,7 +125,14 @@ async fn options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
         .connection_timeout(Duration::from_secs(config.connect_timeout_secs))
         .request_timeout(Some(Duration::from_secs(config.request_timeout_secs)))
         .require_tls(config.tls_required)
-        .event_callback(|event| async move { log_event(&event) });
+        .event_callback({
+            // Whether this client lost its connection since it last connected.
+            let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            move |event| {
+                let dropped = dropped.clone();
+                async move { on_event(&event, &dropped) }
+            }
+        });
     // `retry_on_initial_connect` stays off (the default): unreachable servers fail `connect`.
     if let Some(path) = &config.creds_file {
         options = options.credentials_file(path).await.map_err(|source| {
@@ -184,11 +191,42 @@ fn hint(kind: ConnectErrorKind) -> &'static str {
 }
 
 /// Logs a connection event: routine ones at info, trouble at warn.
-fn log_event(event: &Event) {
+fn on_event(event: &Event, dropped: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
     match event {
-        Event::Connected | Event::Closed => tracing::info!(%event, "nats connection event"),
+        Event::Connected => {
+            tracing::info!(%event, "nats connection event");
+            if dropped.swap(false, Ordering::Relaxed) {
+                reconnected().send_modify(|count| *count += 1);
+            }
+        }
+        Event::Disconnected => {
+            dropped.store(true, Ordering::Relaxed);
+            tracing::warn!(%event, "nats connection event");
+        }
+        Event::Closed => tracing::info!(%event, "nats connection event"),
         _ => tracing::warn!(%event, "nats connection event"),
     }
+}
+
+/// Counts the reconnections (a connection again after one was lost; not first connections) of
+/// every client [`connect`] made in this process.
+fn reconnected() -> &'static tokio::sync::watch::Sender<u64> {
+    static RECONNECTED: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+        std::sync::OnceLock::new();
+    RECONNECTED.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+/// Changes each time a client of this process connects again after losing its connection. A
+/// pull waiting when the connection dropped is lost if the server restarted (it keeps pull
+/// requests in memory), and the client would wait out the pull's whole expiry (20 s for a
+/// tenant's) for nothing: consume loops select on `changed()` to end such a pull at once and
+/// pull again — finding, if so, that a consumer whose state was in memory is gone. Returned
+/// marked seen.
+pub fn reconnections() -> tokio::sync::watch::Receiver<u64> {
+    let mut receiver = reconnected().subscribe();
+    receiver.mark_unchanged();
+    receiver
 }
 
 /// Credentials carried by a server URL's user information.

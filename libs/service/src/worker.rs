@@ -182,6 +182,7 @@ impl<H: Handler> Worker<H> {
         shutdown: CancellationToken,
     ) -> Ended {
         let mut ended = Ended::Shutdown;
+        let mut reconnected = switchyard_runtime::nats::reconnections();
         let slots = self.slots.clone();
         let max_deliver = consumer.cached_info().config.max_deliver;
         let shared = self;
@@ -212,9 +213,15 @@ impl<H: Handler> Worker<H> {
             };
             let mut failed = false;
             loop {
-                // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not.
+                // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not,
+                // nor a reconnection (the server may have forgotten the pull: it ends here, and
+                // the next pull finds out whether the consumer is still there).
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    _ = reconnected.changed() => {
+                        failed = true;
+                        break;
+                    }
                     next = batch.next() => next,
                 };
                 let msg = match next {
@@ -268,6 +275,7 @@ impl<H: Handler> Worker<H> {
         let mut queues = FairQueues::default();
         let mut tasks = JoinSet::new();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+        let mut reconnected = switchyard_runtime::nats::reconnections();
         let dispatch = |queues: &mut FairQueues, tasks: &mut JoinSet<()>| {
             while !queues.is_empty() {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -298,6 +306,11 @@ impl<H: Handler> Worker<H> {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
+                    // The server may have forgotten the pull: pull again.
+                    _ = reconnected.changed() => {
+                        failed = true;
+                        break;
+                    }
                     next = batch.next() => match next {
                         Some(Ok(msg)) => {
                             let tenant = tenant_of(&msg);

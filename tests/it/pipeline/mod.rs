@@ -84,17 +84,29 @@ pub struct Pipeline {
     tenants: Vec<TenantId>,
 }
 
+/// A client made as the service binaries make theirs (`switchyard_runtime::nats::connect`),
+/// so that its reconnections after a server restart reach the consume loops as they do there.
+async fn service_client(url: String) -> async_nats::Client {
+    let config = switchyard_runtime::config::NatsConfig {
+        url,
+        ..Default::default()
+    };
+    switchyard_runtime::nats::connect(&config)
+        .await
+        .expect("a connection to the test server")
+}
+
 impl Pipeline {
     pub async fn start(tenants: &[&str]) -> Self {
         let server = NatsServer::start().await;
-        let client = server.client().await;
+        let client = service_client(server.url()).await;
         Self::start_on(Nats::Single(server), client, 1, tenants).await
     }
 
     /// The pipeline on a 3-node cluster, every stream and bucket replicated 3 times.
     pub async fn start_cluster(tenants: &[&str]) -> Self {
         let cluster = NatsCluster::start().await;
-        let client = cluster.client().await;
+        let client = service_client(cluster.url()).await;
         cluster.wait_for_meta_leader(&client).await;
         Self::start_on(Nats::Cluster(cluster), client, 3, tenants).await
     }
