@@ -136,6 +136,32 @@ async fn doctor_passes_on_the_bundled_config_then_flags_drift_a_full_quota_and_a
         "{report:#}"
     );
 
+    // A tenant's consumer whose state is in memory, gone (as after a server restart): the
+    // services create it again, so a warning saying so, not a missing-topology failure.
+    js.delete_consumer_from_stream("ingress-worker", "INGRESS_acme")
+        .await
+        .unwrap();
+    let (code, report) = doctor(&url, &[]).await;
+    assert_eq!(code, Some(1), "the worst is a warning: {report:#}");
+    let consumers = check(&report, "tenant consumers");
+    assert_eq!(consumers["level"], "warn");
+    assert!(
+        consumers["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 missing: consumer INGRESS_acme/ingress-worker (their state is kept in nats-server's memory"),
+        "{consumers}"
+    );
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["level"] != "fail"),
+        "not a missing-topology failure: {report:#}"
+    );
+    ok(&url, &["provision"]).await;
+
     // Drift in a shared stream: a warning with the fix.
     crate::drift_egress(&js).await;
     let (code, report) = doctor(&url, &[]).await;

@@ -10,9 +10,9 @@ use async_nats::jetstream::context::AccountErrorKind;
 use switchyard_keys::TenantKey;
 use switchyard_registry::{Store, TenantRecord};
 use switchyard_topology::{
-    BucketName, LimitProblem, MIN_SERVER_VERSION, Outcome, PINNED_SERVER_VERSION, ResolvedTopology,
-    SERVER_FIX, TenantQuota, check, check_server_limits, check_tenant, parse_server_version,
-    status,
+    BucketName, ConsumerName, LimitProblem, MIN_SERVER_VERSION, Outcome, PINNED_SERVER_VERSION,
+    ResolvedTopology, SERVER_FIX, TenantQuota, check, check_server_limits, check_tenant,
+    parse_server_version, status,
 };
 
 use super::{Check, DoctorArgs, Level, permissions};
@@ -189,6 +189,9 @@ async fn declared(
     };
     let mut checks = Vec::new();
     let mut tenants_seen = 0;
+    // Per-tenant consumers whose state nats-server keeps in memory: a server restart removes
+    // them, and the stages create them again when they next read the tenant.
+    let mut recreated_by_services: Vec<String> = Vec::new();
     if let Ok((_, bucket)) = topology.open_bucket(js, BucketName::Tenants).await {
         let store: Store<TenantKey, TenantRecord> = Store::new(bucket);
         let registered = match store.list(">").await {
@@ -213,7 +216,19 @@ async fn declared(
                 }
             };
             match check_tenant(js, topology, &key.tenant, quota).await {
-                Ok(report) => items.extend(report.items),
+                Ok(report) => {
+                    items.extend(report.items);
+                    recreated_by_services.extend(
+                        ConsumerName::ALL
+                            .iter()
+                            .filter_map(|&name| topology.tenant_consumer(name, &key.tenant))
+                            .filter(|c| c.config.memory_storage)
+                            .map(|c| {
+                                let durable = c.config.durable_name.unwrap_or_default();
+                                format!("{}/{durable}", c.stream)
+                            }),
+                    );
+                }
                 Err(err) => {
                     return vec![cannot_read(
                         "topology",
@@ -225,11 +240,29 @@ async fn declared(
         }
     }
     let total = items.len();
-    let missing: Vec<String> = items
-        .iter()
-        .filter(|item| item.outcome == Outcome::Missing)
-        .map(|item| format!("{} {}", item.kind, item.name))
-        .collect();
+    let (mut recreated, mut missing) = (Vec::new(), Vec::new());
+    for item in items.iter().filter(|item| item.outcome == Outcome::Missing) {
+        let shown = format!("{} {}", item.kind, item.name);
+        if item.kind == "consumer" && recreated_by_services.contains(&item.name) {
+            recreated.push(shown);
+        } else {
+            missing.push(shown);
+        }
+    }
+    if !recreated.is_empty() {
+        checks.push(Check::warn(
+            "tenant consumers",
+            format!(
+                "{} missing: {} (their state is kept in nats-server's memory, so a server \
+                 restart removes them; the services create them again as soon as they \
+                 reconnect)",
+                recreated.len(),
+                recreated.join(", ")
+            ),
+            "nothing, right after a server restart; if they stay missing, check that ingress \
+             (and backpressure, for a backlog) is running, or run `switchyard provision`",
+        ));
+    }
     if !missing.is_empty() {
         checks.push(Check::fail(
             "topology",
