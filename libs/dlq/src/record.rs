@@ -6,6 +6,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use switchyard_envelope::headers::wire_size;
 use switchyard_envelope::{PayloadView, headers as env_headers};
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::{DlqSubject, Namespace, SubjectKind};
@@ -210,19 +211,6 @@ impl DeadLetter {
 /// holds the largest cut of an unparsed block ([`MAX_UNPARSED_HEADER_CHARS`] characters of up
 /// to 4 bytes each).
 pub const MAX_ORIGINAL_HEADER_BYTES: usize = 33 * 1024;
-
-/// The size of `h` on the wire, less the `NATS/1.0` line: `<name>: <value>\r\n` per value.
-fn wire_size(h: &HeaderMap) -> usize {
-    h.iter()
-        .map(|(name, values)| {
-            let name: &str = name.as_ref();
-            values
-                .iter()
-                .map(|v| name.len() + v.as_str().len() + 4)
-                .sum::<usize>()
-        })
-        .sum()
-}
 
 /// The most characters of an unparsed header block a record keeps.
 pub const MAX_UNPARSED_HEADER_CHARS: usize = 8 * 1024;
@@ -434,8 +422,6 @@ pub struct DlqEntryView {
 mod tests {
     use super::*;
     use switchyard_envelope::attempt::MAX_HISTORY;
-
-    /// Bytes a header map takes on the wire (`Name: value\r\n` per value).
 
     #[test]
     fn the_largest_record_headers_fit_their_room() {

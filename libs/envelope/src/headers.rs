@@ -83,6 +83,22 @@ fn copy_except(
     out
 }
 
+/// The size of `headers` on the wire in bytes, less the `NATS/1.0` status line and the closing
+/// blank line: `<name>: <value>\r\n` for each value. What counts against nats-server's
+/// 65,535-byte header limit and a stream's message size.
+pub fn wire_size(headers: &async_nats::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 /// Every Switchyard header starts with this prefix; only stages set them.
 pub const SWITCHYARD_PREFIX: &str = "Switchyard-";
 

@@ -172,17 +172,7 @@ impl Handoff {
 
     /// A message's size as a stream counts it, near enough: subject, headers, payload.
     fn stored_size(subject: &str, h: &HeaderMap, payload: &Bytes) -> usize {
-        let headers: usize = h
-            .iter()
-            .map(|(name, values)| {
-                let name: &str = name.as_ref();
-                values
-                    .iter()
-                    .map(|v| name.len() + v.as_str().len() + 4)
-                    .sum::<usize>()
-            })
-            .sum();
-        subject.len() + headers + payload.len()
+        subject.len() + switchyard_envelope::headers::wire_size(h) + payload.len()
     }
 
     /// The namespace.

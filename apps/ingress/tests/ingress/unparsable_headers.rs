@@ -9,6 +9,17 @@ use switchyard_testkit::publish_raw;
 
 use super::{Harness, with_id};
 
+/// Publishes another tenant's good message after the poison and checks it is the only one
+/// handed on, once everything has settled.
+async fn another_tenant_flows_on(h: &Harness) {
+    h.publish("ingress.v1.globex.ops.slack", with_id("g-1"), b"fine")
+        .await;
+    h.settled().await;
+    let forwarded = h.handed_on().await;
+    assert_eq!(forwarded.len(), 1, "only globex's message is handed on");
+    assert_eq!(&forwarded[0].payload[..], b"fine");
+}
+
 #[tokio::test]
 async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connection_drops() {
     let h = Harness::start(1024 * 1024).await;
@@ -60,13 +71,7 @@ async fn a_header_block_the_client_cannot_parse_is_dead_lettered_and_no_connecti
     )
     .await;
     // Another tenant's message, after the poison, flows on.
-    h.publish("ingress.v1.globex.ops.slack", with_id("g-1"), b"fine")
-        .await;
-
-    h.settled().await;
-    let forwarded = h.handed_on().await;
-    assert_eq!(forwarded.len(), 1, "only globex's message is handed on");
-    assert_eq!(&forwarded[0].payload[..], b"fine");
+    another_tenant_flows_on(&h).await;
 
     let dlq = h.dlq().await;
     assert_eq!(
@@ -137,13 +142,7 @@ async fn a_header_block_too_large_to_carry_on_is_dead_lettered_at_once_without_i
     block.resize(65_300 - 4, b'p');
     block.extend_from_slice(b"\r\n\r\n");
     publish_raw(port, b"ingress.v1.acme.ops.slack", &block, b"big").await;
-    h.publish("ingress.v1.globex.ops.slack", with_id("g-1"), b"fine")
-        .await;
-
-    h.settled().await;
-    let forwarded = h.handed_on().await;
-    assert_eq!(forwarded.len(), 1, "only globex's message is handed on");
-    assert_eq!(&forwarded[0].payload[..], b"fine");
+    another_tenant_flows_on(&h).await;
     let dlq = h.dlq().await;
     assert_eq!(dlq.len(), 1, "the large block is dead-lettered, not lost");
     let entry = &dlq[0];
