@@ -48,8 +48,11 @@ pub async fn ensure_consumer(shared: &Shared, tenant: &TenantId) -> anyhow::Resu
 
 /// Runs the loop until `shutdown` or `tenant_idle_secs` without messages.
 pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationToken) {
-    let consumer = match ensure_consumer(&shared, &tenant).await {
-        Ok(consumer) => consumer,
+    // One loop runs per tenant with messages waiting, so its state is kept once per tenant:
+    // the consumer (its cached info, over a kilobyte) is boxed, and so is every sub-future the
+    // loop awaits only now and then (opening the consumer, a pull's start, a lease, a backoff).
+    let consumer = match Box::pin(ensure_consumer(&shared, &tenant)).await {
+        Ok(consumer) => Box::new(consumer),
         Err(error) => {
             tracing::warn!(%error, %tenant, "cannot open the tenant's consumer; will retry on the next scan");
             return;
@@ -91,17 +94,17 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         }
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
-            batch = consumer
+            batch = Box::pin(consumer
                 .fetch()
                 .max_messages(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES))
                 .expires(switchyard_service::worker::TENANT_FETCH_WAIT)
-                .messages() => batch,
+                .messages()) => batch,
         };
         let mut batch = match fetched {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(%error, %tenant, "fetch failed; retrying");
-                if !fetch_backoff.wait(&shutdown).await {
+                if !Box::pin(fetch_backoff.wait(&shutdown)).await {
                     break;
                 }
                 continue;
@@ -113,12 +116,15 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         loop {
             // A pull waits long for its messages (`TENANT_FETCH_WAIT`): shutdown does not, nor
             // a reconnection (a restarted server forgot the pull, and maybe the consumer).
+            // Settled messages' tasks are reaped meanwhile (a finished task keeps its future's
+            // memory until joined).
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = reconnected.changed() => {
                     failed = true;
                     break;
                 }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
                 next = batch.next() => next,
             };
             let msg = match next {
@@ -146,7 +152,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     record: RateRecord::Tokens,
                 }
                 .render();
-                let lease = shared.leaser.lease(&key, count, &limit, now_ms()).await;
+                let lease = Box::pin(shared.leaser.lease(&key, count, &limit, now_ms())).await;
                 shared.own.fallback_active.set(i64::from(
                     shared
                         .leaser
@@ -183,12 +189,12 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         // backoff is reset only by a pull that ended without one, so the pause grows.
         if !failed {
             fetch_backoff.reset();
-        } else if switchyard_service::worker::consumer_gone(&consumer).await {
+        } else if Box::pin(switchyard_service::worker::consumer_gone(&consumer)).await {
             // Gone: its state is kept in nats-server's memory and a server restart removes it.
             // The loop ends; the next scan that sees the tenant's messages creates it again.
             tracing::info!(%tenant, "the tenant's consumer is gone (nats-server restarted?); the next scan creates it again");
             break;
-        } else if !fetch_backoff.wait(&shutdown).await {
+        } else if !Box::pin(fetch_backoff.wait(&shutdown)).await {
             break;
         }
         if got == 0 {

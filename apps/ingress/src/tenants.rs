@@ -93,10 +93,11 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
                     let worker = worker.clone();
                     let gate = credit.gate(&tenant);
                     let tenant = tenant.clone();
+                    // Built here, not inside the task: the task then holds the loop's future
+                    // (with its consumer boxed), not a second copy of the consumer.
+                    let consume = worker.consume_gated(consumer, Some(gate), token.clone());
                     loops.spawn(async move {
-                        let ended = worker
-                            .consume_gated(consumer, Some(gate), token.clone())
-                            .await;
+                        let ended = consume.await;
                         if ended == Ended::ConsumerGone {
                             tracing::info!(%tenant, "the tenant's ingress consumer is gone (its state is kept in nats-server's memory, lost when the server restarts); creating it again");
                         }

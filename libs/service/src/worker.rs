@@ -20,6 +20,7 @@ use switchyard_subjects::Namespace;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Metrics;
 pub use crate::settle::{Handled, Outcome};
@@ -155,7 +156,8 @@ impl<H: Handler> Worker<H> {
     /// slots' FIFO queue serves the consumers with messages in turn. A fetch that ends in an
     /// error (the consumer deleted, say) is followed by a pause, never by a tight loop.
     pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
-        self.consume_until(consumer, None, false, shutdown).await;
+        self.consume_until(Box::new(consumer), None, false, shutdown)
+            .await;
     }
 
     /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` reads `true`
@@ -165,18 +167,23 @@ impl<H: Handler> Worker<H> {
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
     /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
     /// survive the server's restart), for the caller to create it again.
-    pub async fn consume_gated(
+    ///
+    /// One such loop runs per tenant, for as long as the tenant is registered, so what it
+    /// keeps is kept once per tenant: the consumer (its cached info, over a kilobyte) is boxed
+    /// here, before the loop's state is laid out, and the sub-futures the loop awaits only now
+    /// and then (a pull's start, a backoff, the consumer check) are boxed while awaited.
+    pub fn consume_gated(
         self: Arc<Self>,
         consumer: PullConsumer,
         gate: Option<watch::Receiver<bool>>,
         shutdown: CancellationToken,
-    ) -> Ended {
-        self.consume_until(consumer, gate, true, shutdown).await
+    ) -> impl Future<Output = Ended> + Send {
+        self.consume_until(Box::new(consumer), gate, true, shutdown)
     }
 
     async fn consume_until(
         self: Arc<Self>,
-        consumer: PullConsumer,
+        consumer: Box<PullConsumer>,
         mut gate: Option<watch::Receiver<bool>>,
         end_when_gone: bool,
         shutdown: CancellationToken,
@@ -186,10 +193,12 @@ impl<H: Handler> Worker<H> {
         let slots = self.slots.clone();
         let max_deliver = consumer.cached_info().config.max_deliver;
         let shared = self;
-        let mut tasks = JoinSet::new();
+        // Tracked, not joined: a finished task's memory (its whole future) is freed as it ends,
+        // where a `JoinSet` would keep it until joined — and this loop can wait long (for its
+        // gate, a slot, a tenant's next message) with up to `max_batch` finished tasks.
+        let tasks = TaskTracker::new();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
             if let Some(open) = gate.as_mut() {
                 let sender_gone = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -206,7 +215,8 @@ impl<H: Handler> Worker<H> {
             };
             let free = (slots.available_permits() + 1).min(shared.settings.max_batch.max(1));
             drop(permit);
-            let mut batch = match shared.fetch(&consumer, free, &mut backoff, &shutdown).await {
+            let fetched = Box::pin(shared.fetch(&consumer, free, &mut backoff, &shutdown)).await;
+            let mut batch = match fetched {
                 Fetched::Batch(batch) => batch,
                 Fetched::Retry => continue,
                 Fetched::Stop => break,
@@ -236,19 +246,20 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                shared.spawn(&mut tasks, msg, permit, &shutdown, max_deliver);
+                tasks.spawn(shared.task(msg, permit, &shutdown, max_deliver));
             }
             if !failed {
                 backoff.reset();
-            } else if end_when_gone && consumer_gone(&consumer).await {
+            } else if end_when_gone && Box::pin(consumer_gone(&consumer)).await {
                 ended = Ended::ConsumerGone;
                 break;
-            } else if !backoff.wait(&shutdown).await {
+            } else if !Box::pin(backoff.wait(&shutdown)).await {
                 break;
             }
         }
         tracing::info!(in_flight = tasks.len(), "draining");
-        while tasks.join_next().await.is_some() {}
+        tasks.close();
+        tasks.wait().await;
         tracing::info!("drained");
         ended
     }
@@ -284,7 +295,7 @@ impl<H: Handler> Worker<H> {
                 let Some(msg) = queues.pop() else {
                     break;
                 };
-                self.spawn(tasks, msg, permit, &shutdown, max_deliver);
+                tasks.spawn(self.task(msg, permit, &shutdown, max_deliver));
             }
         };
         'outer: while !shutdown.is_cancelled() {
@@ -358,24 +369,23 @@ enum Fetched {
 }
 
 impl<H: Handler> Worker<H> {
-    /// Settles `msg` in a task of `tasks`, holding its slot (`permit`) until done.
-    fn spawn(
+    /// The task that settles `msg`, holding its slot (`permit`) until done.
+    fn task(
         self: &Arc<Self>,
-        tasks: &mut JoinSet<()>,
         msg: jetstream::Message,
         permit: OwnedSemaphorePermit,
         shutdown: &CancellationToken,
         max_deliver: i64,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let worker = self.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
+        async move {
             worker
                 .settler
                 .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
                 .await;
             drop(permit);
-        });
+        }
     }
 
     /// Asks `consumer` for up to `max` messages within `fetch_wait`; a failure waits the next
