@@ -195,8 +195,12 @@ impl<H: Handler> Worker<H> {
         let shared = self;
         // Tracked, not joined: a finished task's memory (its whole future) is freed as it ends,
         // where a `JoinSet` would keep it until joined — and this loop can wait long (for its
-        // gate, a slot, a tenant's next message) with up to `max_batch` finished tasks.
+        // gate, a slot, a tenant's next message) with up to `max_batch` finished tasks. As with
+        // a `JoinSet`, dropping this loop (aborting the service's task, as a crash would) ends
+        // every task it started: `kill` is cancelled by the guard, and each task ends at it.
         let tasks = TaskTracker::new();
+        let kill = CancellationToken::new();
+        let _kill_on_drop = kill.clone().drop_guard();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         while !shutdown.is_cancelled() {
             if let Some(open) = gate.as_mut() {
@@ -246,7 +250,8 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                tasks.spawn(shared.task(msg, permit, &shutdown, max_deliver));
+                let task = shared.task(msg, permit, &shutdown, max_deliver);
+                tasks.spawn(kill.clone().run_until_cancelled_owned(task));
             }
             if !failed {
                 backoff.reset();

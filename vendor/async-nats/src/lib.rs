@@ -444,7 +444,7 @@ pub(crate) enum ClientOp {
 
 /// Switchyard patch: what a subscription's channel carries, a boxed [`Message`]. A Tokio
 /// channel allocates its first block of 32 slots when it is created, and a `Message` is
-/// ~180 bytes, so an idle subscription (a per-tenant pull waiting for messages, one per
+/// 184 bytes, so an idle subscription (a per-tenant pull waiting for messages, one per
 /// tenant) held ~6 KiB; boxed, ~300 bytes, for one allocation per received message.
 pub(crate) type SubscriptionItem = Box<Message>;
 
@@ -1313,6 +1313,7 @@ impl Subscriber {
     fn new(
         sid: u64,
         sender: mpsc::Sender<Command>,
+        // Switchyard patch: boxed messages (see `SubscriptionItem`).
         receiver: mpsc::Receiver<SubscriptionItem>,
     ) -> Subscriber {
         Subscriber {
