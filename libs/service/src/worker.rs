@@ -250,8 +250,7 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let task = shared.task(msg, permit, &shutdown, max_deliver);
-                tasks.spawn(kill.clone().run_until_cancelled_owned(task));
+                tasks.spawn(shared.task(msg, permit, &shutdown, &kill, max_deliver));
             }
             if !failed {
                 backoff.reset();
@@ -289,6 +288,8 @@ impl<H: Handler> Worker<H> {
         let slots = self.slots.clone();
         let max_deliver = consumer.cached_info().config.max_deliver;
         let mut queues = FairQueues::default();
+        // A `JoinSet` ends its tasks when it is dropped: they need no kill token.
+        let never_killed = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         let mut reconnected = switchyard_runtime::nats::reconnections();
@@ -300,7 +301,7 @@ impl<H: Handler> Worker<H> {
                 let Some(msg) = queues.pop() else {
                     break;
                 };
-                tasks.spawn(self.task(msg, permit, &shutdown, max_deliver));
+                tasks.spawn(self.task(msg, permit, &shutdown, &never_killed, max_deliver));
             }
         };
         'outer: while !shutdown.is_cancelled() {
@@ -374,21 +375,29 @@ enum Fetched {
 }
 
 impl<H: Handler> Worker<H> {
-    /// The task that settles `msg`, holding its slot (`permit`) until done.
+    /// The task that settles `msg`, holding its slot (`permit`) until done, or ending where it
+    /// is (the message neither acked nor naked, as in a crash) once `kill` is cancelled. The
+    /// race is written inside the task, not as a wrapper around it: a wrapping `async fn` would
+    /// hold the task's future twice (its argument, and the moved copy it awaits).
     fn task(
         self: &Arc<Self>,
         msg: jetstream::Message,
         permit: OwnedSemaphorePermit,
         shutdown: &CancellationToken,
+        kill: &CancellationToken,
         max_deliver: i64,
     ) -> impl Future<Output = ()> + Send + 'static {
         let worker = self.clone();
         let shutdown = shutdown.clone();
+        let kill = kill.clone();
         async move {
-            worker
-                .settler
-                .process(msg, &shutdown, worker.handler.as_ref(), max_deliver)
-                .await;
+            tokio::select! {
+                biased;
+                () = kill.cancelled() => {}
+                () = worker
+                    .settler
+                    .process(msg, &shutdown, worker.handler.as_ref(), max_deliver) => {}
+            }
             drop(permit);
         }
     }
