@@ -5,10 +5,13 @@
 //!
 //! One comparison per (tenant count, payload size) given, each on fresh servers; several
 //! print a summary. `--replicas` runs several processes per stage, `--cluster` a 3-node
-//! cluster with R3 streams, `--fairness` the fairness run between tenants ([`fairness`]).
+//! cluster with R3 streams, `--fairness` the fairness run between tenants ([`fairness`]),
+//! `--consumer-layout` JetStream's cost per message for many tenants' consumers on one shared
+//! stream against a stream per tenant ([`layout`]).
 
 mod console;
 mod fairness;
+mod layout;
 mod pipeline;
 mod reference;
 mod report;
@@ -81,6 +84,11 @@ pub struct Args {
     /// and while a third's sink is slow).
     #[arg(long)]
     pub fairness: bool,
+    /// Measure what nats-server spends per message for `--tenants` tenants read through one
+    /// shared work-queue stream with a consumer per tenant, against a stream per tenant
+    /// (JetStream alone; `--messages`, the first `--payload-bytes`, `--rate`, `--cluster`).
+    #[arg(long)]
+    pub consumer_layout: bool,
     /// Fairness: the quiet tenant's rate, messages per second.
     #[arg(long, default_value_t = 20.0)]
     pub fairness_quiet_rate: f64,
@@ -174,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(entries) = args.console_dlq {
         return console::run(entries, args.bin_dir.clone()).await;
+    }
+    if args.consumer_layout {
+        layout::run(&args).await?;
+        return Ok(());
     }
     if args.fairness {
         let servers = Servers::start(args.cluster).await;
