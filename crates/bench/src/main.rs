@@ -7,7 +7,7 @@
 //! print a summary. `--replicas` runs several processes per stage, `--cluster` a 3-node
 //! cluster with R3 streams, `--fairness` the fairness run between tenants ([`fairness`]),
 //! `--consumer-layout` JetStream's cost per message for many tenants' consumers on one shared
-//! stream against a stream per tenant ([`layout`]).
+//! stream, on 16 shard streams and on a stream per tenant ([`layout`]).
 
 mod console;
 mod fairness;
@@ -85,9 +85,11 @@ pub struct Args {
     #[arg(long)]
     pub fairness: bool,
     /// Measure what nats-server spends per message for `--tenants` tenants read through one
-    /// shared work-queue stream with a consumer per tenant, against a stream per tenant
-    /// (JetStream alone; `--messages`, the first `--payload-bytes`, `--rate`, `--cluster`).
-    #[arg(long)]
+    /// shared work-queue stream with a consumer per tenant, 16 shard streams, and a stream per
+    /// tenant (JetStream alone; uses `--messages`, the first `--payload-bytes`, `--rate`,
+    /// `--in-flight`, `--max-run-bytes`, `--cluster`; no service runs, so `--runs`,
+    /// `--replicas`, `--window`, `--bin-dir` and `--otlp-endpoint` do not apply).
+    #[arg(long, conflicts_with_all = ["fairness", "console_dlq"])]
     pub consumer_layout: bool,
     /// Fairness: the quiet tenant's rate, messages per second.
     #[arg(long, default_value_t = 20.0)]

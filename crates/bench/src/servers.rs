@@ -102,9 +102,15 @@ impl Servers {
 
     /// What runs, for the report's machine line.
     pub fn describe(&self) -> &'static str {
-        match self {
-            Servers::Single(_) => "one node, file storage, R1",
-            Servers::Cluster(_) => "3-node cluster on this machine, file storage, R3",
+        Self::description(matches!(self, Servers::Cluster(_)))
+    }
+
+    /// What [`Servers::start`] with `cluster` runs, for a report's machine line.
+    pub fn description(cluster: bool) -> &'static str {
+        if cluster {
+            "3-node cluster on this machine, file storage, R3"
+        } else {
+            "one node, file storage, R1"
         }
     }
 

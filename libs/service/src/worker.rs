@@ -197,10 +197,10 @@ impl<H: Handler> Worker<H> {
         // where a `JoinSet` would keep it until joined — and this loop can wait long (for its
         // gate, a slot, a tenant's next message) with up to `max_batch` finished tasks. As with
         // a `JoinSet`, dropping this loop (aborting the service's task, as a crash would) ends
-        // every task it started: `kill` is cancelled by the guard, and each task ends at it.
+        // every task it started: `abort` is cancelled by the guard, and each task ends at it.
         let tasks = TaskTracker::new();
-        let kill = CancellationToken::new();
-        let _kill_on_drop = kill.clone().drop_guard();
+        let abort = CancellationToken::new();
+        let _abort_on_drop = abort.clone().drop_guard();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         while !shutdown.is_cancelled() {
             if let Some(open) = gate.as_mut() {
@@ -250,7 +250,7 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                tasks.spawn(shared.task(msg, permit, &shutdown, &kill, max_deliver));
+                tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver));
             }
             if !failed {
                 backoff.reset();
@@ -288,8 +288,8 @@ impl<H: Handler> Worker<H> {
         let slots = self.slots.clone();
         let max_deliver = consumer.cached_info().config.max_deliver;
         let mut queues = FairQueues::default();
-        // A `JoinSet` ends its tasks when it is dropped: they need no kill token.
-        let never_killed = CancellationToken::new();
+        // A `JoinSet` ends its tasks when it is dropped: they need no abort token.
+        let never_aborted = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         let mut reconnected = switchyard_runtime::nats::reconnections();
@@ -301,7 +301,7 @@ impl<H: Handler> Worker<H> {
                 let Some(msg) = queues.pop() else {
                     break;
                 };
-                tasks.spawn(self.task(msg, permit, &shutdown, &never_killed, max_deliver));
+                tasks.spawn(self.task(msg, permit, &shutdown, &never_aborted, max_deliver));
             }
         };
         'outer: while !shutdown.is_cancelled() {
@@ -376,7 +376,7 @@ enum Fetched {
 
 impl<H: Handler> Worker<H> {
     /// The task that settles `msg`, holding its slot (`permit`) until done, or ending where it
-    /// is (the message neither acked nor naked, as in a crash) once `kill` is cancelled. The
+    /// is (the message neither acked nor nak'd, as in a crash) once `abort` is cancelled. The
     /// race is written inside the task, not as a wrapper around it: a wrapping `async fn` would
     /// hold the task's future twice (its argument, and the moved copy it awaits).
     fn task(
@@ -384,16 +384,16 @@ impl<H: Handler> Worker<H> {
         msg: jetstream::Message,
         permit: OwnedSemaphorePermit,
         shutdown: &CancellationToken,
-        kill: &CancellationToken,
+        abort: &CancellationToken,
         max_deliver: i64,
     ) -> impl Future<Output = ()> + Send + 'static {
         let worker = self.clone();
         let shutdown = shutdown.clone();
-        let kill = kill.clone();
+        let abort = abort.clone();
         async move {
             tokio::select! {
                 biased;
-                () = kill.cancelled() => {}
+                () = abort.cancelled() => {}
                 () = worker
                     .settler
                     .process(msg, &shutdown, worker.handler.as_ref(), max_deliver) => {}

@@ -1,6 +1,6 @@
 //! `Worker` against a real stream: dropping a per-tenant consume loop (aborting the service's
-//! task, as a crash would) ends the message tasks it started, leaving their messages unacked
-//! for redelivery, exactly as a shutdown would not.
+//! task, as a crash would) ends the message tasks it started where they are, leaving their
+//! messages unacked for redelivery — whereas a shutdown waits for them to settle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +15,10 @@ use switchyard_testkit::NatsServer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Reports each message it starts, then never finishes; reports when its work is dropped.
+/// Reports each message it starts (with its delivery count), then never finishes; reports
+/// when its work is dropped.
 struct Stuck {
-    started: mpsc::UnboundedSender<()>,
+    started: mpsc::UnboundedSender<i64>,
     dropped: mpsc::UnboundedSender<()>,
 }
 
@@ -30,9 +31,10 @@ impl Drop for ReportDrop {
 }
 
 impl Handler for Stuck {
-    async fn handle(&self, _msg: &jetstream::Message) -> Handled {
+    async fn handle(&self, msg: &jetstream::Message) -> Handled {
         let _report = ReportDrop(self.dropped.clone());
-        let _ = self.started.send(());
+        let delivered = msg.info().map_or(0, |info| info.delivered);
+        let _ = self.started.send(delivered);
         std::future::pending::<()>().await;
         Handled {
             tenant: None,
@@ -55,7 +57,8 @@ async fn one_message_consumer(server: &NatsServer) -> (jetstream::Context, consu
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("worker".into()),
-            ack_wait: Duration::from_secs(30),
+            // Short, so the abandoned message comes back within the test.
+            ack_wait: Duration::from_secs(1),
             ..Default::default()
         })
         .await
@@ -68,17 +71,9 @@ async fn one_message_consumer(server: &NatsServer) -> (jetstream::Context, consu
     (js, consumer)
 }
 
-#[tokio::test]
-async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_unacked() {
-    let server = NatsServer::start().await;
-    let (js, consumer) = one_message_consumer(&server).await;
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
-    let worker = Arc::new(Worker::new(
-        Arc::new(Stuck {
-            started: started_tx,
-            dropped: dropped_tx,
-        }),
+fn worker(js: &jetstream::Context, handler: Stuck) -> Arc<Worker<Stuck>> {
+    Arc::new(Worker::new(
+        Arc::new(handler),
         js.clone(),
         Namespace::new(None),
         Arc::new(Metrics::new(Stage::Ingress)),
@@ -88,14 +83,29 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
             max_batch: 4,
             settle: SettleSettings::default(),
         },
-    ));
-    let shutdown = CancellationToken::new();
-    let looping = tokio::spawn(worker.consume_gated(consumer.clone(), None, shutdown.clone()));
+    ))
+}
 
-    tokio::time::timeout(Duration::from_secs(10), started.recv())
+#[tokio::test]
+async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_unacked() {
+    let server = NatsServer::start().await;
+    let (js, consumer) = one_message_consumer(&server).await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let first = worker(
+        &js,
+        Stuck {
+            started: started_tx.clone(),
+            dropped: dropped_tx.clone(),
+        },
+    );
+    let looping =
+        tokio::spawn(first.consume_gated(consumer.clone(), None, CancellationToken::new()));
+    let delivered = tokio::time::timeout(Duration::from_secs(10), started.recv())
         .await
         .expect("the message reached the handler")
         .expect("handler alive");
+    assert_eq!(delivered, 1);
     looping.abort();
     assert!(looping.await.unwrap_err().is_cancelled());
     tokio::time::timeout(Duration::from_secs(5), dropped.recv())
@@ -103,11 +113,20 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
         .expect("the message's task ended with its loop, as under a JoinSet")
         .expect("a drop report");
 
-    let mut consumer = consumer;
-    let info = consumer.info().await.expect("consumer info");
-    assert_eq!(
-        info.num_ack_pending, 1,
-        "neither acked nor settled: redelivered after ack_wait, as after a crash"
+    // Neither acked nor nak'd: another loop (a restarted service) gets it again once its
+    // ack_wait has passed, as after a crash.
+    let second = worker(
+        &js,
+        Stuck {
+            started: started_tx,
+            dropped: dropped_tx,
+        },
     );
-    assert!(!shutdown.is_cancelled());
+    let again = tokio::spawn(second.consume_gated(consumer, None, CancellationToken::new()));
+    let delivered = tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("the abandoned message was delivered again")
+        .expect("handler alive");
+    assert_eq!(delivered, 2, "the same message, its second delivery");
+    again.abort();
 }
