@@ -1,0 +1,7 @@
+//! The service library against a real nats-server: rate leases on a real bucket, and the
+//! worker's consume loop (one test binary, as the style asks).
+
+#[path = "service/lease.rs"]
+mod lease;
+#[path = "service/worker.rs"]
+mod worker;
