@@ -364,19 +364,84 @@ async fn restore_one(
         obj.insert("num_replicas".to_owned(), replicas.into());
     }
     let path = dir.join(&item.file);
-    let mut input = tokio::io::BufReader::new(
-        tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| BackupError::io(format!("opening {}", path.display()), e))?,
-    );
-    let state = protocol::restore(
-        client,
+    // Right after a cluster's stores were wiped or a node restarted, the meta leader may still
+    // count a peer as offline and refuse to place the stream: waited out as provisioning does
+    // (the refusal comes before any of the snapshot is sent).
+    let state = switchyard_topology::provision::while_placing(
         &item.stream,
-        &config,
-        &item.state,
-        &mut input,
-        |n| progress.advance(n),
+        || async {
+            let mut input = tokio::io::BufReader::new(
+                tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| BackupError::io(format!("opening {}", path.display()), e))?,
+            );
+            protocol::restore(
+                client,
+                &item.stream,
+                &config,
+                &item.state,
+                &mut input,
+                |n| progress.advance(n),
+            )
+            .await
+        },
+        awaits_placement,
     )
     .await?;
     Ok(number(&state, "messages"))
+}
+
+/// Whether `error` is nats-server refusing to place a stream's replicas for now
+/// ([`switchyard_topology::provision::NO_SUITABLE_PEERS`]).
+fn awaits_placement(error: &BackupError) -> bool {
+    matches!(error, BackupError::Api { err_code, .. }
+        if u64::from(*err_code) == switchyard_topology::provision::NO_SUITABLE_PEERS.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(err_code: u16) -> BackupError {
+        BackupError::Api {
+            stream: "ADVISORIES".into(),
+            action: "restore".into(),
+            code: 400,
+            err_code,
+            description: "no suitable peers for placement, peer offline".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_placement_refusal_is_waited_out() {
+        assert!(awaits_placement(&refused(10005)));
+        assert!(
+            !awaits_placement(&refused(10130)),
+            "the stream exists: final"
+        );
+        assert!(!awaits_placement(&BackupError::io(
+            "opening",
+            std::io::Error::other("gone")
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_restore_refused_for_placement_is_tried_again_and_succeeds() {
+        let mut tries = 0;
+        let restored = switchyard_topology::provision::while_placing(
+            "ADVISORIES",
+            || {
+                tries += 1;
+                let outcome = if tries < 3 {
+                    Err(refused(10005))
+                } else {
+                    Ok(tries)
+                };
+                async move { outcome }
+            },
+            awaits_placement,
+        )
+        .await;
+        assert_eq!(restored.unwrap(), 3);
+    }
 }

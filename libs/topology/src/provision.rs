@@ -305,20 +305,26 @@ fn settle(kind: &'static str, name: String, changes: Vec<Change>, apply: Apply) 
     }
 }
 
-/// nats-server's answer to a replicated stream's creation while its meta leader still counts
-/// a peer as offline ("no suitable peers for placement"): right after a cluster starts, or a
-/// node restarts, it passes within seconds.
-const NO_SUITABLE_PEERS: ErrorCode = ErrorCode(10005);
+/// nats-server's answer to a replicated stream's creation (or restore) while its meta leader
+/// still counts a peer as offline ("no suitable peers for placement"): right after a cluster
+/// starts, or a node restarts, it passes within seconds.
+pub const NO_SUITABLE_PEERS: ErrorCode = ErrorCode(10005);
 
-/// How long creating a stream or bucket waits out [`NO_SUITABLE_PEERS`] before failing.
-const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
+/// How long creating (or restoring) a stream or bucket waits out [`NO_SUITABLE_PEERS`] before
+/// failing.
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
 
-/// Runs `create` (a stream's or a bucket's creation), trying again while the cluster cannot
-/// place its replicas yet ([`NO_SUITABLE_PEERS`], in the error or any error it wraps), for up to
-/// [`PLACEMENT_WAIT`]. Any other error is returned at once.
-async fn while_placing<T, E, Fut>(what: &str, create: impl FnMut() -> Fut) -> Result<T, E>
+/// Runs `create` (a stream's or a bucket's creation or restore), trying again while the
+/// cluster cannot place its replicas yet (`placing` says whether an error is
+/// [`NO_SUITABLE_PEERS`]), every 250 ms to 2 s for up to [`PLACEMENT_WAIT`], logging each
+/// retry with `what`. Any other error is returned at once.
+pub async fn while_placing<T, E, Fut>(
+    what: &str,
+    create: impl FnMut() -> Fut,
+    placing: impl Fn(&E) -> bool,
+) -> Result<T, E>
 where
-    E: std::error::Error + 'static,
+    E: std::fmt::Display,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(2))
@@ -326,7 +332,7 @@ where
         .run(
             &CancellationToken::new(),
             create,
-            |error| awaits_placement(error),
+            placing,
             |error, after| {
                 tracing::warn!(%error, ?after, "{what}: the cluster cannot place its replicas yet; trying again");
             },
@@ -355,9 +361,13 @@ async fn provision_stream(
         if apply == Apply::Nothing {
             return Ok(ProvisionItem::missing("stream", name));
         }
-        while_placing(&name, || js.create_stream(s.config.clone()))
-            .await
-            .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
+        while_placing(
+            &name,
+            || js.create_stream(s.config.clone()),
+            |e| awaits_placement(e),
+        )
+        .await
+        .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
         return Ok(ProvisionItem::created("stream", name));
     };
     let item = settle(
@@ -444,9 +454,13 @@ async fn provision_bucket(
         if apply == Apply::Nothing {
             return Ok(ProvisionItem::missing("bucket", name));
         }
-        while_placing(&name, || js.create_key_value(b.config.clone()))
-            .await
-            .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
+        while_placing(
+            &name,
+            || js.create_key_value(b.config.clone()),
+            |e| awaits_placement(e),
+        )
+        .await
+        .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
         return Ok(ProvisionItem::created("bucket", name));
     };
     let mut d = Diff::default();
