@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -437,7 +438,14 @@ pub async fn run(
     while let Some(ack) = warm_up.next().await {
         ack?;
     }
-    sink.skip(tenants.len(), Duration::from_secs(120)).await?;
+    sink.skip(tenants.len(), Duration::from_secs(120))
+        .await
+        .with_context(|| {
+            format!(
+                "warming up; the services' logs: {}",
+                deployment.log_dir.display()
+            )
+        })?;
     let collect = sink.collect(traffic.messages, Duration::from_secs(60));
 
     let processes: Vec<(String, u32)> = deployment

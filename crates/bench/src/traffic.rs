@@ -130,14 +130,25 @@ impl Sink {
         })
     }
 
-    /// Answers and drops `n` messages (warm-up), failing after `wait` without one.
+    /// Answers and drops `n` messages (warm-up), failing after `wait` without one (the error
+    /// says how many had come, and which subject came last: a stall of one tenant shows as
+    /// all but a few).
     pub async fn skip(&mut self, n: usize, wait: Duration) -> anyhow::Result<()> {
-        for _ in 0..n {
+        let mut last: Option<String> = None;
+        for got in 0..n {
             let msg = tokio::time::timeout(wait, self.subscription.next())
                 .await
                 .ok()
                 .flatten()
-                .ok_or_else(|| anyhow::anyhow!("the warm-up messages did not come through"))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the warm-up messages did not come through: {got} of {n} came, then none \
+                         for {} s (last on {})",
+                        wait.as_secs(),
+                        last.as_deref().unwrap_or("nothing")
+                    )
+                })?;
+            last = Some(msg.subject.to_string());
             if let Some(reply) = msg.reply {
                 self.client.publish(reply, bytes::Bytes::new()).await?;
             }
