@@ -341,7 +341,8 @@ where
 }
 
 /// Whether `error`, or an error it wraps, is [`NO_SUITABLE_PEERS`].
-fn awaits_placement(error: &(dyn std::error::Error + 'static)) -> bool {
+fn awaits_placement<E: std::error::Error + 'static>(error: &E) -> bool {
+    let error: &(dyn std::error::Error + 'static) = error;
     std::iter::successors(Some(error), |e| e.source()).any(|e| {
         e.downcast_ref::<jetstream::context::CreateStreamError>()
             .is_some_and(|e| {
@@ -364,7 +365,7 @@ async fn provision_stream(
         while_placing(
             &name,
             || js.create_stream(s.config.clone()),
-            |e| awaits_placement(e),
+            awaits_placement,
         )
         .await
         .map_err(|e| TopologyError::js(format!("creating stream {name}"), e))?;
@@ -457,7 +458,7 @@ async fn provision_bucket(
         while_placing(
             &name,
             || js.create_key_value(b.config.clone()),
-            |e| awaits_placement(e),
+            awaits_placement,
         )
         .await
         .map_err(|e| TopologyError::js(format!("creating bucket {name}"), e))?;
