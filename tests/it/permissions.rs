@@ -29,8 +29,8 @@ use switchyard_subjects::{
     DlqSubject, InputStage, Namespace, ReceiptSubject, StageSubject, SubjectKind,
 };
 use switchyard_testkit::{
-    PINNED_VERSION, free_port, server_config_dir, stored_count, stored_messages, wait_for,
-    workspace_root,
+    PINNED_VERSION, backpressure_stream, backpressure_streams, free_port, server_config_dir,
+    stored_count_in, stored_messages, wait_for, workspace_root,
 };
 use switchyard_topology::{
     BucketName, ConsumerName, DeploymentConfig, StreamName, TenantQuota, provision,
@@ -397,7 +397,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
     );
     assert_eq!(
         stage(InputStage::Backpressure),
-        "backpressure.v1.acme.ops.hooks"
+        "backpressure.v1.15.acme.ops.hooks"
     );
     assert_eq!(stage(InputStage::Egress), "egress.v1.acme.ops.hooks");
     let dlq = DlqSubject {
@@ -470,10 +470,18 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         let typed = ConsumerName::from_base(consumer).expect("a typed consumer name");
         assert!(topology.consumer(typed).is_some(), "{consumer} declared");
     }
-    for stream in ["BACKPRESSURE", "DLQ", "ATTEMPTS"] {
+    for stream in ["DLQ", "ATTEMPTS"] {
         let typed = StreamName::from_base(stream).expect("a typed stream name");
         assert_eq!(topology.stream_name(typed), Some(stream));
     }
+    // BACKPRESSURE is one stream per shard, each named in the permissions.
+    let typed = StreamName::from_base("BACKPRESSURE").expect("a typed stream name");
+    assert_eq!(topology.stream_name(typed), None, "sharded");
+    assert_eq!(topology.stream_names(typed), backpressure_streams());
+    assert_eq!(
+        topology.stream_of_tenant(typed, &tenant),
+        backpressure_stream("acme")
+    );
     for bucket in [
         "tenants",
         "routes",
@@ -504,7 +512,7 @@ fn the_permission_file_names_the_subjects_the_taxonomy_formats() {
         "$JS.ACK.*.ingress-worker.>",
         "$JS.ACK.IDEMPOTENCY.idempotency-worker.>",
         "$JS.ACK.EGRESS.egress-worker.>",
-        "$JS.ACK.BACKPRESSURE.>",
+        "$JS.ACK.BACKPRESSURE_15.>",
         "$KV.rate-limits.>",
         "$KV.idempotency.>",
         "KV_tenants",
@@ -814,7 +822,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     ingress
         .publishes_refused(&[
             "egress.v1.acme.ops.hooks",
-            "backpressure.v1.acme.ops.hooks",
+            "backpressure.v1.15.acme.ops.hooks",
             "$KV.routes.acme._.hooks",
             "$KV.tenants.acme",
             // Its direct gets reach every tenant's stream, and nothing else: not the routes
@@ -847,7 +855,9 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     let idempotency = server
         .connect("idempotency", Some(&inbox("idempotency")))
         .await;
-    idempotency.stored("backpressure.v1.acme.ops.hooks").await;
+    idempotency
+        .stored("backpressure.v1.15.acme.ops.hooks")
+        .await;
     idempotency.stored("egress.v1.acme.ops.hooks").await;
     idempotency
         .stored("$KV.idempotency.acme.hooks.order-1")
@@ -872,16 +882,16 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
     backpressure.stored("$KV.rate-limits.acme.tokens").await;
     backpressure
         .publishes_refused(&[
-            "backpressure.v1.acme.ops.hooks",
+            "backpressure.v1.15.acme.ops.hooks",
             "idempotency.v1.acme.ops.hooks",
             "ingress.v1.acme.ops.hooks",
             "$KV.routes.acme._.hooks",
             "$KV.tenants.acme",
             "$KV.idempotency.acme.hooks.order-1",
-            "$JS.API.CONSUMER.CREATE.BACKPRESSURE.evil.egress.v1.>",
+            "$JS.API.CONSUMER.CREATE.BACKPRESSURE_15.evil.egress.v1.>",
             "$JS.API.CONSUMER.CREATE.EGRESS.evil.egress.v1.>",
             "$JS.API.CONSUMER.MSG.NEXT.EGRESS.egress-worker",
-            "$JS.API.STREAM.PURGE.BACKPRESSURE",
+            "$JS.API.STREAM.PURGE.BACKPRESSURE_15",
         ])
         .await;
     backpressure.subscriptions_refused(&["egress.v1.>"]).await;
@@ -954,7 +964,7 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .publishes_refused(&[
             "ingress.v1.acme.ops.hooks",
             "idempotency.v1.acme.ops.hooks",
-            "backpressure.v1.acme.ops.hooks",
+            "backpressure.v1.15.acme.ops.hooks",
             "delay.v1.backpressure.acme.ops.hooks.k1",
             "$KV.routes.acme._.hooks",
             "$KV.tenants.acme",
@@ -1071,8 +1081,8 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         ["ingress.v1.acme.ops.hooks"]
     );
     assert_eq!(
-        subjects(&admin, "BACKPRESSURE").await,
-        ["backpressure.v1.acme.ops.hooks"]
+        subjects(&admin, &backpressure_stream("acme")).await,
+        ["backpressure.v1.15.acme.ops.hooks"]
     );
     assert_eq!(
         subjects(&admin, "IDEMPOTENCY").await,
@@ -1286,7 +1296,7 @@ async fn wait_settled(admin: &Conn) {
                 return None;
             }
         }
-        (stored_count(&admin.js, "BACKPRESSURE").await == 0).then_some(())
+        (stored_count_in(&admin.js, &backpressure_streams()).await == 0).then_some(())
     })
     .await;
 }

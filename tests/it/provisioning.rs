@@ -34,8 +34,8 @@ async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     );
     assert_eq!(
         first.items.len(),
-        21,
-        "7 shared streams, 3 shared consumers, 11 buckets"
+        36,
+        "6 shared streams and 16 BACKPRESSURE shards, 3 shared consumers, 11 buckets"
     );
 
     let second = provision(&js, &topology, false).await.unwrap();
@@ -249,12 +249,13 @@ async fn prefix_and_bucket_overrides_name_what_is_created() {
         .map(|t| t.name.as_str())
         .collect();
     assert_eq!(tenants, ["STAGING_INGRESS_acme"]);
-    // The unprefixed deployment is a different one: nothing of it exists (7 shared streams,
-    // 3 shared consumers, 11 buckets; per-tenant streams are the tenants').
+    // The unprefixed deployment is a different one: nothing of it exists (6 shared streams and
+    // 16 BACKPRESSURE shards, 3 shared consumers, 11 buckets; per-tenant streams are the
+    // tenants').
     let other = status(&js, &DeploymentConfig::default().resolve().unwrap())
         .await
         .unwrap();
-    assert_eq!(other.missing().len(), 21);
+    assert_eq!(other.missing().len(), 36);
     assert!(other.tenant_streams.is_empty());
 }
 
@@ -393,6 +394,85 @@ async fn a_drained_shared_ingress_is_retired_and_one_still_holding_work_is_refus
     assert!(js.get_stream("INGRESS").await.is_err());
     switchyard_fixtures::enable_tenant(&js, "acme", &TenantRecord::enabled()).await;
     js.get_stream("INGRESS_acme").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_holding_work_is_refused()
+ {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    // The layout before the shards: one BACKPRESSURE work queue on backpressure.v1.>.
+    let legacy = async_nats::jetstream::stream::Config {
+        name: "BACKPRESSURE".into(),
+        subjects: vec!["backpressure.v1.>".into()],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    };
+    let stream = js.create_stream(legacy).await.unwrap();
+    js.publish("backpressure.v1.acme.ops.slack", "unprocessed".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let err = provision(&js, &topology, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("still holds 1 messages the backpressure stage has not handed on")
+            && err.contains("run its backpressure service until BACKPRESSURE is empty"),
+        "{err}"
+    );
+    assert!(
+        js.get_stream("BACKPRESSURE").await.is_ok(),
+        "kept while it holds work"
+    );
+    assert!(
+        js.get_stream("BACKPRESSURE_00").await.is_err(),
+        "no shard beside it"
+    );
+
+    // Emptied (the previous build's stage handed everything on): retired, shards created.
+    stream.purge().await.unwrap();
+    let report = provision(&js, &topology, false).await.unwrap();
+    assert!(
+        report
+            .items
+            .iter()
+            .any(|i| i.name == "BACKPRESSURE" && i.outcome == Outcome::Retired),
+        "{report:?}"
+    );
+    assert!(js.get_stream("BACKPRESSURE").await.is_err());
+    for shard in switchyard_testkit::backpressure_streams() {
+        let info = js.get_stream(&shard).await.unwrap().cached_info().clone();
+        assert_eq!(
+            info.config.max_bytes,
+            64 << 20,
+            "{shard}: each shard's limit"
+        );
+    }
+    // A hand-off lands in its tenant's shard, and nowhere else.
+    js.publish("backpressure.v1.15.acme.ops.slack", "sharded".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        switchyard_testkit::stored_count(&js, &switchyard_testkit::backpressure_stream("acme"))
+            .await,
+        1
+    );
+    assert_eq!(
+        switchyard_testkit::stored_count_in(&js, &switchyard_testkit::backpressure_streams()).await,
+        1
+    );
+    // Provisioning again changes nothing.
+    let again = provision(&js, &topology, false).await.unwrap();
+    assert!(
+        again.items.iter().all(|i| i.outcome == Outcome::Unchanged),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]

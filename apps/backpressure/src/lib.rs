@@ -40,7 +40,8 @@ pub async fn start(
     switchyard_topology::check_server(&client, &topology)?;
     config.backpressure.validate(&topology)?;
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
-    let (stream_name, stream) = topology.open_stream(&js, StreamName::Backpressure).await?;
+    let streams = topology.open_streams(&js, StreamName::Backpressure).await?;
+    let stream_names: Vec<String> = streams.iter().map(|(name, _)| name.clone()).collect();
     let next = StreamName::input_of(config.backpressure.next_stage);
     let (next_stream_name, _) = topology.open_stream(&js, next).await?;
     let (bucket, kv) = topology.open_bucket(&js, BucketName::RateLimits).await?;
@@ -57,8 +58,8 @@ pub async fn start(
         js: js.clone(),
         topology: topology.clone(),
         ns: topology.namespace.clone(),
-        stream,
-        stream_name: stream_name.clone(),
+        streams,
+        stream_names: stream_names.clone(),
         next_stream_name: next_stream_name.clone(),
         // Never make a discard-old next stream (EGRESS: its schedules) evict: wait above its
         // high-water mark instead.
@@ -102,7 +103,7 @@ pub async fn start(
     let readiness = Readiness {
         client,
         js,
-        streams: vec![stream_name, next_stream_name],
+        streams: stream_names.into_iter().chain([next_stream_name]).collect(),
         buckets: vec![bucket],
         storage: None,
     }

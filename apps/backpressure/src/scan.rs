@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, Changed, KvCache, PressureRecord, Store, StoreError};
 use switchyard_subjects::EventKind;
-use switchyard_topology::backlog_by_tenant;
+use switchyard_topology::{backlog_by_tenant, backlog_by_tenant_in};
 use time::format_description::well_known::Rfc3339;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -240,7 +240,7 @@ async fn scan_once(
     kv: &async_nats::jetstream::kv::Store,
     admission: &mut HashMap<TenantId, Admission>,
 ) -> anyhow::Result<Vec<TenantId>> {
-    let here = backlog_by_tenant(&shared.js, &shared.ns, &shared.stream_name).await?;
+    let here = backlog_by_tenant_in(&shared.js, &shared.ns, &shared.stream_names).await?;
     let next = backlog_by_tenant(&shared.js, &shared.ns, &shared.next_stream_name).await?;
     let mut tenants: HashSet<TenantId> = here.keys().chain(next.keys()).cloned().collect();
     tenants.extend(

@@ -13,7 +13,7 @@ use switchyard_registry::{KvCache, LimitRecord, limit_lookup};
 use switchyard_service::lease::Leaser;
 use switchyard_service::{Handoff, Metrics, Settler};
 use switchyard_subjects::{InputStage, Namespace};
-use switchyard_topology::ResolvedTopology;
+use switchyard_topology::{ResolvedTopology, StreamName};
 
 use crate::config::BackpressureSettings;
 use crate::scan::LoopHealth;
@@ -129,11 +129,11 @@ pub struct Shared {
     pub topology: ResolvedTopology,
     /// The namespace.
     pub ns: Namespace,
-    /// The BACKPRESSURE stream.
-    pub stream: Stream,
-    /// Its name.
-    pub stream_name: String,
-    /// The next stage's stream name (its backlog counts towards admission).
+    /// The `BACKPRESSURE_<shard>` streams, names and handles, in shard order.
+    pub streams: Vec<(String, Stream)>,
+    /// Their names, in shard order (what the scan reads).
+    pub stream_names: Vec<String>,
+    /// The next stage's stream name (`EGRESS`: its backlog counts towards admission).
     pub next_stream_name: String,
     /// Publisher.
     pub handoff: Handoff,
@@ -161,6 +161,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The stream holding `tenant`'s messages here (its shard's), name and handle; `None`
+    /// only if the stream was not opened at start-up (it always is).
+    pub fn stream_of(&self, tenant: &TenantId) -> Option<&(String, Stream)> {
+        let name = self
+            .topology
+            .stream_of_tenant(StreamName::Backpressure, tenant);
+        self.streams.iter().find(|(n, _)| *n == name)
+    }
+
     /// [`Shared::release_pending`], locked (a poisoned lock still holds a valid set).
     pub fn lock_release(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TenantId>> {
         self.release_pending

@@ -39,11 +39,13 @@ pub async fn ensure_consumer(shared: &Shared, tenant: &TenantId) -> anyhow::Resu
             anyhow::anyhow!("the topology declares no backpressure-{{tenant}} consumer")
         })?;
     let name = declared.config.durable_name.clone().unwrap_or_default();
-    shared
-        .stream
+    let (stream_name, stream) = shared
+        .stream_of(tenant)
+        .ok_or_else(|| anyhow::anyhow!("stream {} was not opened", declared.stream))?;
+    stream
         .get_or_create_consumer(&name, declared.config)
         .await
-        .map_err(|e| anyhow::anyhow!("consumer {name} on {}: {e}", shared.stream_name))
+        .map_err(|e| anyhow::anyhow!("consumer {name} on {stream_name}: {e}"))
 }
 
 /// Runs the loop until `shutdown` or `tenant_idle_secs` without messages.

@@ -62,7 +62,7 @@ const MAX_IN_FLIGHT: usize = 32;
 /// One watched stream.
 #[derive(Clone)]
 pub struct Watched {
-    /// Deployed name (`EGRESS`, `STAGING_EGRESS`).
+    /// Deployed name (`EGRESS`, `STAGING_EGRESS`, `BACKPRESSURE_07`).
     pub name: String,
     /// The stage that consumes it (and is named as the one that gave up).
     pub stage: Stage,
@@ -172,20 +172,22 @@ impl SafetyNet {
                 .iter()
                 .find(|s| &s.base == base)
                 .with_context(|| format!("safety_net.streams: no stream {base} is declared"))?;
-            let (name, stream) = topology.open_stream(&js, stream_name).await?;
-            watched.push(Watched {
-                stage,
-                work_queue: resolved.config.retention
-                    == async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
-                declared: topology
-                    .consumers
-                    .iter()
-                    .filter(|c| c.stream == name)
-                    .filter_map(|c| c.config.durable_name.clone())
-                    .collect(),
-                name,
-                stream,
-            });
+            // A sharded declaration (`BACKPRESSURE`) is watched shard by shard.
+            for (name, stream) in topology.open_streams(&js, stream_name).await? {
+                watched.push(Watched {
+                    stage,
+                    work_queue: resolved.config.retention
+                        == async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+                    declared: topology
+                        .consumers
+                        .iter()
+                        .filter(|c| c.stream == name)
+                        .filter_map(|c| c.config.durable_name.clone())
+                        .collect(),
+                    name,
+                    stream,
+                });
+            }
         }
         Ok(Self {
             quota: DlqQuota::start_declared(

@@ -40,6 +40,12 @@ pub async fn start(
     let js = switchyard_runtime::jetstream(client.clone(), &config.nats);
     let (bucket, kv) = topology.open_bucket(&js, BucketName::Idempotency).await?;
     let (stream_name, _) = topology.open_stream(&js, StreamName::Idempotency).await?;
+    // The next stage's streams must exist before any hand-off: a hand-off's subject with no
+    // stream of this build's layout would be refused or, beside an unsharded `BACKPRESSURE`
+    // not yet retired by `switchyard provision`, stored where no stage reads it.
+    topology
+        .open_streams(&js, StreamName::input_of(config.idempotency.next_stage))
+        .await?;
     let consumer = topology
         .open_consumer(&js, ConsumerName::IdempotencyWorker)
         .await?;

@@ -39,8 +39,8 @@ pub struct Credit {
 
 /// Where a tenant's credit is counted and how much it has.
 pub struct CreditSettings {
-    /// The deployed name of the stream after ingress.
-    pub next_stream: String,
+    /// The deployed names of the stream after ingress (one, or a sharded stage's shards).
+    pub next_streams: Vec<String>,
     /// Messages a tenant may have waiting there before ingress pauses it (>= 1).
     pub limit: u64,
     /// How often the next stream is scanned.
@@ -124,7 +124,7 @@ impl Credit {
         };
         let what = format!(
             "scanning the next stage's backlog ({}; gates unchanged)",
-            settings.next_stream
+            settings.next_streams.join(", ")
         );
         poll(
             settings.every,
@@ -139,18 +139,23 @@ impl Credit {
     }
 }
 
-/// Messages per tenant in the next stream; empty when the whole stream holds fewer than the
-/// credit (nobody can be over it, and the per-subject listing is skipped).
+/// Messages per tenant in the next stream (or streams: a tenant's messages sit in one of
+/// them); a stream holding fewer than the credit in all is skipped (nobody there can be over
+/// it, and its per-subject listing is not read).
 async fn scan(
     js: &jetstream::Context,
     ns: &Namespace,
     settings: &CreditSettings,
 ) -> anyhow::Result<std::collections::BTreeMap<TenantId, u64>> {
-    let stream = js.get_stream(&settings.next_stream).await?;
-    if stream.cached_info().state.messages < settings.limit {
-        return Ok(Default::default());
+    let mut backlog = std::collections::BTreeMap::new();
+    for name in &settings.next_streams {
+        let stream = js.get_stream(name).await?;
+        if stream.cached_info().state.messages < settings.limit {
+            continue;
+        }
+        backlog.extend(switchyard_topology::backlog_by_tenant(js, ns, name).await?);
     }
-    Ok(switchyard_topology::backlog_by_tenant(js, ns, &settings.next_stream).await?)
+    Ok(backlog)
 }
 
 #[cfg(test)]

@@ -147,10 +147,13 @@ pub async fn start(
     );
     let credit = Arc::new(credit::Credit::new(paused));
     let credit_settings = credit::CreditSettings {
-        next_stream: topology
-            .stream_name(StreamName::input_of(config.ingress.next_stage))
-            .context("the topology declares no stream for ingress.next_stage")?
-            .to_owned(),
+        // Opened, not only named: the next stage's streams must exist before any hand-off.
+        next_streams: topology
+            .open_streams(&js, StreamName::input_of(config.ingress.next_stage))
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect(),
         limit: config.ingress.next_stage_credit,
         every: config.ingress.credit_scan(),
     };

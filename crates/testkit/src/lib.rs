@@ -30,7 +30,9 @@ pub use cluster::NatsCluster;
 pub use http::{http_get, metric};
 pub use node::{NatsServer, free_port};
 pub use raw::publish_raw;
-pub use streams::{stored_count, stored_messages};
+pub use streams::{
+    backpressure_stream, backpressure_streams, stored_count, stored_count_in, stored_messages,
+};
 pub use wait::wait_for;
 
 use std::path::PathBuf;

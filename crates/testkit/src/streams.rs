@@ -65,3 +65,29 @@ pub async fn stored_messages(js: &jetstream::Context, stream: &str) -> Vec<Strea
 pub async fn stored_count(js: &jetstream::Context, stream: &str) -> u64 {
     stream_info(js, stream).await.1.state.messages
 }
+
+/// The `BACKPRESSURE` shard stream that holds `tenant`'s hand-offs in a deployment without a
+/// prefix (`BACKPRESSURE_15` for `acme`): `switchyard_topology::shard_stream_name` of the
+/// tenant's `Shard`.
+///
+/// Panics: `tenant` is not a valid tenant id.
+pub fn backpressure_stream(tenant: &str) -> String {
+    let tenant = switchyard_keys::TenantId::new(tenant).expect("a valid tenant id");
+    format!("BACKPRESSURE_{}", switchyard_subjects::Shard::of(&tenant))
+}
+
+/// Every `BACKPRESSURE` shard stream of a deployment without a prefix, in shard order.
+pub fn backpressure_streams() -> Vec<String> {
+    switchyard_subjects::Shard::all()
+        .map(|shard| format!("BACKPRESSURE_{shard}"))
+        .collect()
+}
+
+/// Messages stored now in all of `streams` (the `BACKPRESSURE` shards).
+pub async fn stored_count_in(js: &jetstream::Context, streams: &[String]) -> u64 {
+    let mut total = 0;
+    for stream in streams {
+        total += stored_count(js, stream).await;
+    }
+    total
+}

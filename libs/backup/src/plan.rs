@@ -2,7 +2,7 @@
 //! tenant's own stream that exists, then every declared bucket; and the topology's hash.
 //!
 //! The order is what makes a backup of a running pipeline lose nothing: streams are taken
-//! upstream first (`INGRESS_<tenant>`, `IDEMPOTENCY`, `BACKPRESSURE`, `EGRESS`, `DLQ`), so a
+//! upstream first (`INGRESS_<tenant>`, `IDEMPOTENCY`, `BACKPRESSURE_<shard>`, `EGRESS`, `DLQ`), so a
 //! message that moves on while the backup runs is caught again downstream (at worst twice,
 //! never not at all); buckets come after every stream, so the data keys of `tenant-keys` cover
 //! every payload a stream snapshot sealed with them (a key is stored before its first use).

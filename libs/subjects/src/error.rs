@@ -43,6 +43,14 @@ pub enum SubjectError {
         /// How many were found.
         found: usize,
     },
+    /// A sharded stage's subject names a shard other than its tenant's.
+    #[error("subject {subject:?} names the wrong shard: its tenant's shard is {expected}")]
+    WrongShard {
+        /// The subject.
+        subject: String,
+        /// The tenant's shard.
+        expected: crate::Shard,
+    },
     /// A token is not a valid id.
     #[error("subject {subject:?}: {source}")]
     InvalidToken {

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use switchyard_keys::{Address, KeyError, PlatformId, Stage, TenantId};
 
-use crate::{Namespace, SubjectError};
+use crate::{Namespace, Shard, SubjectError};
 
 /// A subject kind: formats to a `String` and parses back to the same value.
 pub trait SubjectKind: Sized {
@@ -94,6 +94,13 @@ impl InputStage {
         }
     }
 
+    /// Whether this stage's input is spread over [`Shard::COUNT`] streams, with the tenant's
+    /// [`Shard`] as the subject's first token after the version (`BACKPRESSURE`, whose
+    /// consumers are one per tenant; see [`Shard`]).
+    pub const fn sharded(self) -> bool {
+        matches!(self, InputStage::Backpressure)
+    }
+
     fn from_root(root: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.root() == root)
     }
@@ -105,7 +112,10 @@ impl fmt::Display for InputStage {
     }
 }
 
-/// `[p.]<stage>.v1.<tenant>.<team>.<platform>`: a message waiting for `stage`.
+/// `[p.]<stage>.v1.<tenant>.<team>.<platform>`: a message waiting for `stage`; for a
+/// [sharded](InputStage::sharded) stage `[p.]<stage>.v1.<shard>.<tenant>.<team>.<platform>`,
+/// where `<shard>` is always [`Shard::of`] the tenant (a subject naming another shard does
+/// not parse).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StageSubject {
     /// The stage that consumes the subject.
@@ -119,22 +129,38 @@ impl SubjectKind for StageSubject {
 
     fn format(&self, ns: &Namespace) -> String {
         let a = &self.address;
-        ns.subject(
-            self.stage.root(),
-            &[a.tenant.as_str(), a.team.as_str(), a.platform.as_str()],
-        )
+        let ids = [a.tenant.as_str(), a.team.as_str(), a.platform.as_str()];
+        if self.stage.sharded() {
+            let shard = Shard::of(&a.tenant).token();
+            ns.subject(self.stage.root(), &[shard, ids[0], ids[1], ids[2]])
+        } else {
+            ns.subject(self.stage.root(), &ids)
+        }
     }
 
     fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
-        let (root, rest) = tokens::<Self, 3>(ns, subject, |r| InputStage::from_root(r).is_some())?;
+        let (root, _) = ns.split(subject)?;
         let stage = InputStage::from_root(root).ok_or_else(|| SubjectError::WrongKind {
             subject: subject.to_owned(),
             expected: Self::KIND,
         })?;
-        Ok(Self {
-            stage,
-            address: address(subject, rest)?,
-        })
+        if !stage.sharded() {
+            let (_, rest) = tokens::<Self, 3>(ns, subject, |_| true)?;
+            return Ok(Self {
+                stage,
+                address: address(subject, rest)?,
+            });
+        }
+        let (_, [shard, tenant, team, platform]) = tokens::<Self, 4>(ns, subject, |_| true)?;
+        let address = address(subject, [tenant, team, platform])?;
+        let expected = Shard::of(&address.tenant);
+        if shard != expected.token() {
+            return Err(SubjectError::WrongShard {
+                subject: subject.to_owned(),
+                expected,
+            });
+        }
+        Ok(Self { stage, address })
     }
 }
 
@@ -586,12 +612,21 @@ pub struct DlqFilter {
 
 impl Namespace {
     /// The filter for a stage's input: every tenant (`…ingress.v1.>`) or one tenant
-    /// (`…ingress.v1.<tenant>.>`).
+    /// (`…ingress.v1.<tenant>.>`; `…backpressure.v1.<shard>.<tenant>.>` for a sharded stage).
     pub fn stage_filter(&self, stage: InputStage, tenant: Option<&TenantId>) -> String {
         match tenant {
+            Some(t) if stage.sharded() => {
+                self.subject(stage.root(), &[Shard::of(t).token(), t.as_str(), ">"])
+            }
             Some(t) => self.subject(stage.root(), &[t.as_str(), ">"]),
             None => self.subject(stage.root(), &[">"]),
         }
+    }
+
+    /// The filter for one shard of a [sharded](InputStage::sharded) stage's input
+    /// (`…backpressure.v1.07.>`): what that shard's stream stores.
+    pub fn shard_filter(&self, stage: InputStage, shard: Shard) -> String {
+        self.subject(stage.root(), &[shard.token(), ">"])
     }
 
     /// The filter for DLQ entries: `…dlq.v1.<tenant|*>.<stage|*>.<platform|*>`.

@@ -6,7 +6,8 @@
 //! | kind | subject | who publishes |
 //! |---|---|---|
 //! | [`StageSubject`] (ingress) | `[p.]ingress.v1.<tenant>.<team>.<platform>` | producers |
-//! | [`StageSubject`] (hand-off) | `[p.]idempotency.v1.…`, `[p.]backpressure.v1.…`, `[p.]egress.v1.<tenant>.<team>.<platform>` | the stage before |
+//! | [`StageSubject`] (hand-off) | `[p.]idempotency.v1.…`, `[p.]egress.v1.<tenant>.<team>.<platform>` | the stage before |
+//! | [`StageSubject`] (sharded hand-off) | `[p.]backpressure.v1.<shard>.<tenant>.<team>.<platform>` ([`Shard`]) | the stage before |
 //! | [`DlqSubject`] | `[p.]dlq.v1.<tenant>.<stage>.<platform>` | any stage that gives up |
 //! | [`ReceiptSubject`] | `[p.]delivered.v1.<tenant>.<team>.<platform>` | egress, after a delivery |
 //! | [`AttemptSubject`] | `[p.]attempts.v1.<tenant>` | egress, after every attempt (the delivery log) |
@@ -25,6 +26,7 @@ pub mod advisory;
 mod error;
 mod kinds;
 mod namespace;
+mod shard;
 mod wildcard;
 
 pub use error::SubjectError;
@@ -34,6 +36,7 @@ pub use kinds::{
     Subject, SubjectKind, UNKNOWN_TOKEN,
 };
 pub use namespace::Namespace;
+pub use shard::Shard;
 pub use wildcard::pattern_matches;
 
 /// The taxonomy version token every subject carries after its root.

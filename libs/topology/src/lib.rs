@@ -36,7 +36,12 @@ pub use open::{OpenError, Resource};
 pub use provision::{
     Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, check, check_tenant,
     hold_tenant_ingress, provision, provision_tenant, retire_shared_ingress,
+    retire_unsharded_backpressure,
 };
-pub use resolve::{ResolvedTopology, TenantQuota, TopologyOptions, bucket_stream};
+pub use resolve::{
+    ResolvedTopology, TenantQuota, TopologyOptions, bucket_stream, shard_stream_name,
+};
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};
-pub use status::{StatusReport, backlog_by_tenant, dlq_entries_by_tenant, status};
+pub use status::{
+    StatusReport, backlog_by_tenant, backlog_by_tenant_in, dlq_entries_by_tenant, status,
+};

@@ -17,7 +17,8 @@ pub enum StreamName {
     Ingress,
     /// `IDEMPOTENCY`: stamped messages waiting for the idempotency stage.
     Idempotency,
-    /// `BACKPRESSURE`: first sightings waiting for their tenant's rate tokens.
+    /// `BACKPRESSURE_<shard>`: first sightings waiting for their tenant's rate tokens, in
+    /// [`Shard::COUNT`](switchyard_subjects::Shard::COUNT) streams, each holding the tenants of one [`Shard`](switchyard_subjects::Shard).
     Backpressure,
     /// `EGRESS`: messages ready for delivery (and their scheduled retries).
     Egress,
@@ -73,6 +74,16 @@ impl StreamName {
     /// Whether there is one stream per tenant (`INGRESS_<tenant>`).
     pub const fn per_tenant(self) -> bool {
         matches!(self, StreamName::Ingress)
+    }
+
+    /// Whether it is spread over [`Shard::COUNT`](switchyard_subjects::Shard::COUNT) streams, one per shard of the tenants
+    /// (`BACKPRESSURE` → `BACKPRESSURE_00` … `BACKPRESSURE_15`): its stage's subjects carry
+    /// the tenant's shard ([`InputStage::sharded`]).
+    pub const fn sharded(self) -> bool {
+        match self.input_stage() {
+            Some(stage) => stage.sharded(),
+            None => false,
+        }
     }
 
     /// The input subjects this stream stores; `None` for the DLQ and the advisories.

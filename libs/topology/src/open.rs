@@ -156,6 +156,41 @@ impl ResolvedTopology {
         }
     }
 
+    /// Opens every concrete stream of the shared or sharded declaration `stream` (one, or one
+    /// per shard in shard order): their names and handles. Errors as [`Self::open_stream`];
+    /// `Undeclared` for a per-tenant declaration.
+    pub async fn open_streams(
+        &self,
+        js: &jetstream::Context,
+        stream: StreamName,
+    ) -> Result<Vec<(String, Stream)>, OpenError> {
+        let base = stream.base();
+        let names = self.stream_names(stream);
+        if names.is_empty() {
+            return Err(OpenError::Undeclared {
+                resource: Resource::Stream,
+                base: base.to_owned(),
+            });
+        }
+        let mut opened = Vec::with_capacity(names.len());
+        for name in names {
+            match js.get_stream(&name).await {
+                Ok(handle) => opened.push((name, handle)),
+                Err(err) => {
+                    let missing = is_stream_not_found(&err);
+                    return Err(OpenError::from_client(
+                        Resource::Stream,
+                        base,
+                        name,
+                        missing,
+                        err,
+                    ));
+                }
+            }
+        }
+        Ok(opened)
+    }
+
     /// Opens the declared bucket `bucket` (`routes`): its concrete name (after prefix and
     /// overrides) and handle.
     pub async fn open_bucket(

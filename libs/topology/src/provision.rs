@@ -34,7 +34,8 @@ pub enum Outcome {
     /// It has drifted in a field JetStream cannot change in place; it must be recreated by
     /// an operator (which loses its contents).
     Unfixable,
-    /// It is no longer declared and was removed once drained (the legacy shared `INGRESS`).
+    /// It is no longer declared and was removed once drained (the legacy shared `INGRESS`, the
+    /// unsharded `BACKPRESSURE`).
     Retired,
     /// It does not exist; nothing was created ([`check`], [`check_tenant`]).
     Missing,
@@ -510,7 +511,8 @@ async fn provision_bucket(
 /// Provisions every declared shared stream, consumer and bucket (per-tenant resources are
 /// [`provision_tenant`]'s). Running it twice changes nothing the second time; drift is
 /// reported, and fixed in place when `fix` is set and JetStream allows it. Deletes nothing but
-/// a drained legacy shared `INGRESS` stream (see [`retire_shared_ingress`]).
+/// a drained legacy shared `INGRESS` stream (see [`retire_shared_ingress`]) and an emptied
+/// unsharded `BACKPRESSURE` stream (see [`retire_unsharded_backpressure`]).
 pub async fn provision(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
@@ -518,6 +520,9 @@ pub async fn provision(
 ) -> Result<ProvisionReport, TopologyError> {
     let mut report = ProvisionReport::default();
     if let Some(item) = retire_shared_ingress(js, topology).await? {
+        report.items.push(item);
+    }
+    if let Some(item) = retire_unsharded_backpressure(js, topology).await? {
         report.items.push(item);
     }
     report
@@ -729,6 +734,49 @@ pub async fn retire_shared_ingress(
     js.delete_stream(&name)
         .await
         .map_err(|e| TopologyError::js(format!("deleting the drained stream {name}"), e))?;
+    Ok(Some(ProvisionItem {
+        kind: "stream",
+        name,
+        outcome: Outcome::Retired,
+        changes: Vec::new(),
+    }))
+}
+
+/// Before its shards, one `BACKPRESSURE` stream stored `backpressure.v1.>`; it overlaps every
+/// `BACKPRESSURE_<shard>` (`backpressure.v1.<shard>.>`), so it must go before they can be
+/// created. It is a work queue: what it still stores, the backpressure stage has not handed
+/// on, and its subjects (without a shard) are not read by this build. It is deleted only once
+/// empty and reported as `retired`; while it holds messages provisioning stops with an error
+/// saying how to empty it.
+pub async fn retire_unsharded_backpressure(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> Result<Option<ProvisionItem>, TopologyError> {
+    let name = topology
+        .namespace
+        .stream_name(StreamName::Backpressure.base());
+    let Some(info) = stream_info(js, &name).await? else {
+        return Ok(None);
+    };
+    let unsharded = topology
+        .namespace
+        .stage_filter(switchyard_subjects::InputStage::Backpressure, None);
+    if !info.config.subjects.contains(&unsharded) {
+        return Ok(None);
+    }
+    if info.state.messages > 0 {
+        return Err(TopologyError::Invalid(format!(
+            "the stream {name} ({unsharded}) still holds {} messages the backpressure stage has \
+             not handed on; it is now sharded (one stream per shard of the tenants): stop \
+             ingress and idempotency of the previous build (producers' messages wait in their \
+             INGRESS_<tenant> streams), run its backpressure service until {name} is empty, \
+             then provision again and start this build",
+            info.state.messages
+        )));
+    }
+    js.delete_stream(&name)
+        .await
+        .map_err(|e| TopologyError::js(format!("deleting the emptied stream {name}"), e))?;
     Ok(Some(ProvisionItem {
         kind: "stream",
         name,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv, stream};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
-use switchyard_subjects::{DlqFilter, InputStage, Namespace};
+use switchyard_subjects::{DlqFilter, InputStage, Namespace, Shard};
 
 use switchyard_keys::TenantId;
 
@@ -54,6 +54,27 @@ pub struct ResolvedStream {
     pub config: stream::Config,
     /// Entries one tenant may hold (the DLQ's `tenant_max_msgs`), when declared.
     pub tenant_max_msgs: Option<i64>,
+    /// The shard it holds, for one of a sharded declaration's streams (`BACKPRESSURE_07`).
+    pub shard: Option<Shard>,
+}
+
+impl ResolvedStream {
+    /// Shard `shard` of this sharded declaration: its name (`BACKPRESSURE_07`), subjects
+    /// (`backpressure.v1.07.>`) and description; the declared limits are each shard's.
+    fn shard(&self, ns: &Namespace, name: StreamName, shard: Shard) -> Self {
+        let mut resolved = self.clone();
+        resolved.shard = Some(shard);
+        resolved.config.name = shard_stream_name(ns, name, shard);
+        if let Some(stage) = name.input_stage() {
+            resolved.config.subjects = vec![ns.shard_filter(stage, shard)];
+        }
+        resolved.config.description = self
+            .config
+            .description
+            .as_ref()
+            .map(|d| format!("{d} (shard {shard})"));
+        resolved
+    }
 }
 
 /// A durable pull consumer ready to create.
@@ -84,7 +105,8 @@ pub struct ResolvedBucket {
 pub struct ResolvedTopology {
     /// The namespace it was resolved in.
     pub namespace: Namespace,
-    /// Shared streams, in declaration order (what provisioning creates).
+    /// Shared streams, in declaration order, a sharded declaration's as one stream per shard
+    /// in shard order (what provisioning creates).
     pub streams: Vec<ResolvedStream>,
     /// Per-tenant stream templates (created per tenant by `provision_tenant`): the config's
     /// name and subjects are the template's until [`ResolvedTopology::tenant_stream`] fills
@@ -118,16 +140,36 @@ pub fn subjects_filter(ns: &Namespace, kind: SubjectsKind) -> String {
     }
 }
 
+/// The concrete name of shard `shard` of the sharded stream `name` (`BACKPRESSURE` →
+/// `BACKPRESSURE_07`, `STAGING_BACKPRESSURE_07`).
+pub fn shard_stream_name(ns: &Namespace, name: StreamName, shard: Shard) -> String {
+    format!("{}_{shard}", ns.stream_name(name.base()))
+}
+
+/// Every concrete stream of a shared or sharded declaration in a namespace (one, or one per
+/// shard in shard order); none for a per-tenant one.
+pub fn stream_names(ns: &Namespace, name: StreamName) -> Vec<String> {
+    if name.per_tenant() {
+        Vec::new()
+    } else if name.sharded() {
+        Shard::all()
+            .map(|shard| shard_stream_name(ns, name, shard))
+            .collect()
+    } else {
+        vec![ns.stream_name(name.base())]
+    }
+}
+
 /// The advisory subjects the `ADVISORIES` stream captures in a namespace: both kinds for each
-/// shared stage stream (`IDEMPOTENCY`, `BACKPRESSURE`, `EGRESS`, prefixed). Per-tenant
-/// `INGRESS_<tenant>` streams are not covered (a subject cannot match a name prefix); the
-/// ingress stage dead-letters on a message's last delivery itself.
+/// shared stage stream (`IDEMPOTENCY`, every `BACKPRESSURE_<shard>`, `EGRESS`, prefixed).
+/// Per-tenant `INGRESS_<tenant>` streams are not covered (a subject cannot match a name
+/// prefix); the ingress stage dead-letters on a message's last delivery itself.
 pub fn advisory_subjects(ns: &Namespace) -> Vec<String> {
     StreamName::ALL
         .into_iter()
-        .filter(|s| s.stage().is_some() && !s.per_tenant())
-        .flat_map(|s| {
-            let name = ns.stream_name(s.base());
+        .filter(|s| s.stage().is_some())
+        .flat_map(|s| stream_names(ns, s))
+        .flat_map(|name| {
             [AdvisoryKind::MaxDeliveries, AdvisoryKind::Terminated]
                 .map(|kind| advisory::filter(kind, Some(&name)))
         })
@@ -168,6 +210,7 @@ impl ResolvedTopology {
             .map(|s| ResolvedStream {
                 base: s.name.clone(),
                 tenant_max_msgs: s.tenant_max_msgs,
+                shard: None,
                 config: stream::Config {
                     name: ns.stream_name(&s.name),
                     description: Some(s.description.clone()),
@@ -196,6 +239,12 @@ impl ResolvedTopology {
                     ..Default::default()
                 },
             })
+            .flat_map(
+                |s| match StreamName::from_base(&s.base).filter(|n| n.sharded()) {
+                    Some(name) => Shard::all().map(|shard| s.shard(ns, name, shard)).collect(),
+                    None => vec![s],
+                },
+            )
             .partition(|s| StreamName::from_base(&s.base).is_some_and(StreamName::per_tenant));
         let (tenant_consumers, consumers): (Vec<_>, Vec<_>) = topology
             .consumers
@@ -262,13 +311,32 @@ impl ResolvedTopology {
         }
     }
 
-    /// The concrete name of a declared stream (`INGRESS` → `STAGING_INGRESS`). `Some` for every
-    /// [`StreamName`] of a validated topology.
+    /// The concrete name of a declared shared stream (`EGRESS` → `STAGING_EGRESS`). `Some` for
+    /// every shared [`StreamName`] of a validated topology; `None` for a per-tenant or a
+    /// sharded one (see [`Self::stream_names`], [`Self::stream_of_tenant`]).
     pub fn stream_name(&self, name: StreamName) -> Option<&str> {
         self.streams
             .iter()
-            .find(|s| s.base == name.base())
+            .find(|s| s.base == name.base() && s.shard.is_none())
             .map(|s| s.config.name.as_str())
+    }
+
+    /// Every concrete stream of a shared or sharded declaration (one, or one per shard in
+    /// shard order); none for a per-tenant one.
+    pub fn stream_names(&self, name: StreamName) -> Vec<String> {
+        stream_names(&self.namespace, name)
+    }
+
+    /// The concrete stream that holds `tenant`'s messages of the declared stream `name`: its
+    /// own (`INGRESS_acme`), its shard's (`BACKPRESSURE_15`) or the shared one (`EGRESS`).
+    pub fn stream_of_tenant(&self, name: StreamName, tenant: &TenantId) -> String {
+        if name.sharded() {
+            shard_stream_name(&self.namespace, name, Shard::of(tenant))
+        } else if name.per_tenant() {
+            format!("{}_{tenant}", self.namespace.stream_name(name.base()))
+        } else {
+            self.namespace.stream_name(name.base())
+        }
     }
 
     /// The concrete name of a declared bucket (after prefix and overrides).
@@ -288,7 +356,7 @@ impl ResolvedTopology {
     /// `STAGING_INGRESS_acme`); `None` for a shared stream.
     pub fn tenant_stream_name(&self, name: StreamName, tenant: &TenantId) -> Option<String> {
         name.per_tenant()
-            .then(|| format!("{}_{tenant}", self.namespace.stream_name(name.base())))
+            .then(|| self.stream_of_tenant(name, tenant))
     }
 
     /// Which per-tenant stream, of which tenant, a concrete stream name is (`INGRESS_acme` →
@@ -344,8 +412,8 @@ impl ResolvedTopology {
 
     /// The per-tenant consumer `name` for `tenant`: the template with the durable name,
     /// description and stream filled in (`ingress-worker` on `INGRESS_<tenant>`,
-    /// `backpressure-<tenant>` on `BACKPRESSURE`) and the filter narrowed to the tenant's own
-    /// subjects.
+    /// `backpressure-<tenant>` on its shard's `BACKPRESSURE_<shard>`) and the filter narrowed to
+    /// the tenant's own subjects.
     pub fn tenant_consumer(
         &self,
         name: ConsumerName,
@@ -370,9 +438,7 @@ impl ResolvedTopology {
             .as_ref()
             .map(|d| d.replace("{tenant}", tenant.as_str()));
         resolved.config.filter_subject = self.namespace.stage_filter(stage, Some(tenant));
-        if let Some(own) = self.tenant_stream_name(StreamName::input_of(stage), tenant) {
-            resolved.stream = own;
-        }
+        resolved.stream = self.stream_of_tenant(StreamName::input_of(stage), tenant);
         Some(resolved)
     }
 }
@@ -424,14 +490,31 @@ mod tests {
         let per_tenant = resolved
             .tenant_consumer(ConsumerName::BackpressureTenant, &acme)
             .unwrap();
-        assert_eq!(per_tenant.stream, "STAGING_BACKPRESSURE");
+        assert_eq!(per_tenant.stream, "STAGING_BACKPRESSURE_15", "acme's shard");
         assert_eq!(
             per_tenant.config.durable_name.as_deref(),
             Some("backpressure-acme")
         );
         assert_eq!(
             per_tenant.config.filter_subject,
-            "staging.backpressure.v1.acme.>"
+            "staging.backpressure.v1.15.acme.>"
+        );
+        assert_eq!(
+            resolved.stream_name(StreamName::Backpressure),
+            None,
+            "sharded"
+        );
+        let shards: Vec<_> = resolved
+            .streams
+            .iter()
+            .filter(|s| s.base == "BACKPRESSURE")
+            .collect();
+        assert_eq!(shards.len(), usize::from(Shard::COUNT));
+        assert_eq!(shards[7].config.name, "STAGING_BACKPRESSURE_07");
+        assert_eq!(shards[7].config.subjects, ["staging.backpressure.v1.07.>"]);
+        assert_eq!(
+            resolved.stream_names(StreamName::Backpressure)[7],
+            "STAGING_BACKPRESSURE_07"
         );
         assert_eq!(
             per_tenant.config.inactive_threshold,

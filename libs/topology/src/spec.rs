@@ -74,6 +74,10 @@ pub enum Tenancy {
     /// One resource per tenant (a template: `INGRESS` → `INGRESS_<tenant>`), created when the
     /// tenant is provisioned; its limits are that tenant's quota.
     PerTenant,
+    /// One stream per shard of the tenants (`BACKPRESSURE` → `BACKPRESSURE_00` …
+    /// `BACKPRESSURE_15`, `switchyard_subjects::Shard`), all created by provisioning; its
+    /// limits are each shard's, so one tenant's share is bounded by its shard's.
+    Sharded,
 }
 
 /// A declared stream.
@@ -95,7 +99,7 @@ pub struct StreamSpec {
     /// Oldest message age, in seconds (must be > 0).
     pub max_age_secs: u64,
     /// Largest total size, in bytes (must be > 0). Per tenant: the default quota of bytes
-    /// accepted and not yet consumed.
+    /// accepted and not yet consumed. Sharded: each shard stream's.
     pub max_bytes: i64,
     /// Most messages held (per tenant: the default quota of messages accepted and not yet
     /// consumed); unset = no count limit. Required on per-tenant streams.
@@ -261,6 +265,23 @@ impl Topology {
                      tenant's publishes, never evicts), without schedules, and not the DLQ or the \
                      advisories",
                     s.name
+                )));
+            }
+            let sharded = StreamName::from_base(&s.name).is_some_and(StreamName::sharded);
+            if (s.tenancy == Tenancy::Sharded) != sharded
+                || (sharded && (s.allow_schedules || s.retention != Retention::Workqueue))
+            {
+                return Err(invalid(format!(
+                    "stream {}: tenancy = \"sharded\" is the declaration of a stream whose \
+                     subjects carry the tenant's shard (BACKPRESSURE, one stream per shard), a \
+                     work queue without schedules, and of no other: {}",
+                    s.name,
+                    if sharded {
+                        "declare it tenancy = \"sharded\", retention = \"workqueue\", \
+                         allow_schedules = false, with each shard's limits"
+                    } else {
+                        "declare it \"shared\" or \"per_tenant\""
+                    }
                 )));
             }
             if s.tenant_max_msgs.is_some()

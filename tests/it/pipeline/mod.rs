@@ -425,7 +425,13 @@ impl Pipeline {
     /// Waits until no stage has pending or unacked messages.
     pub async fn wait_settled(&self, timeout: Duration) {
         wait_for("every stage to settle", timeout, || async {
-            if switchyard_testkit::stored_count(&self.js, "BACKPRESSURE").await > 0 {
+            if switchyard_testkit::stored_count_in(
+                &self.js,
+                &switchyard_testkit::backpressure_streams(),
+            )
+            .await
+                > 0
+            {
                 return None;
             }
             let ingress: Vec<(&str, String)> = self

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 use switchyard_envelope::Envelope;
-use switchyard_testkit::{stored_count, wait_for};
+use switchyard_testkit::{backpressure_streams, stored_count, stored_count_in, wait_for};
 
 use super::Harness;
 
@@ -26,7 +26,7 @@ async fn hand_offs_stop_at_egress_high_water_mark_and_nothing_is_evicted() {
         Duration::from_secs(30),
         || async {
             (stored_count(&h.js, "EGRESS").await >= 9
-                && stored_count(&h.js, "BACKPRESSURE").await > 0)
+                && stored_count_in(&h.js, &backpressure_streams()).await > 0)
                 .then_some(())
         },
     )

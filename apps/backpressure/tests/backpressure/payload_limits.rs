@@ -9,7 +9,7 @@ use switchyard_fixtures::{dlq_entries, stamped};
 use switchyard_keys::{Address, Stage};
 use switchyard_service::Handoff;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-use switchyard_testkit::{stored_count, wait_for};
+use switchyard_testkit::{backpressure_streams, stored_count, stored_count_in, wait_for};
 
 use super::Harness;
 
@@ -65,7 +65,7 @@ async fn a_hand_off_too_large_for_egress_is_dead_lettered_payload_too_large() {
     assert_eq!(entries[0].payload.len(), 8000);
     // The small one went on, and nothing is left held in BACKPRESSURE.
     wait_for("BACKPRESSURE to drain", Duration::from_secs(15), || async {
-        (stored_count(&harness.js, "BACKPRESSURE").await == 0).then_some(())
+        (stored_count_in(&harness.js, &backpressure_streams()).await == 0).then_some(())
     })
     .await;
     assert_eq!(stored_count(&harness.js, "EGRESS").await, 1);

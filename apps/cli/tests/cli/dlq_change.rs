@@ -9,7 +9,9 @@ use futures::StreamExt;
 use switchyard_dlq::DlqCode;
 use switchyard_envelope::{Envelope, headers};
 use switchyard_keys::Stage;
-use switchyard_testkit::{stored_count, stored_messages};
+use switchyard_testkit::{
+    backpressure_stream, backpressure_streams, stored_count, stored_count_in, stored_messages,
+};
 
 use crate::fixtures::{Entry, dead_letter, dead_letter_with, dlq_seqs, envelope, payload, seed};
 use crate::{fails, ok, provisioned};
@@ -27,8 +29,8 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
     let dry = ok(&url, &["dlq", "replay", "--tenant", "acme", "--dry-run"]).await;
     assert_eq!(
         dry,
-        "would replay seq 1 -> backpressure.v1.acme.ops.slack\n\
-         would replay seq 3 -> backpressure.v1.acme.ops.slack\n\
+        "would replay seq 1 -> backpressure.v1.15.acme.ops.slack\n\
+         would replay seq 3 -> backpressure.v1.15.acme.ops.slack\n\
          would replay 2, would keep 0; dry run: nothing changed\n"
     );
     assert_eq!(
@@ -37,7 +39,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
         "a dry run changes nothing"
     );
     assert_eq!(
-        stored_count(&js, "BACKPRESSURE").await,
+        stored_count_in(&js, &backpressure_streams()).await,
         0,
         "a dry run publishes nothing"
     );
@@ -56,8 +58,8 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
     .await;
     assert_eq!(
         out,
-        "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)\n\
-         replayed seq 3 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 2)\n\
+        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)\n\
+         replayed seq 3 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 2)\n\
          replayed 2, kept 0\n"
     );
     for n in [1, 3] {
@@ -65,7 +67,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
             .await
             .expect("the replayed copy arrives")
             .unwrap();
-        assert_eq!(msg.subject.as_str(), "backpressure.v1.acme.ops.slack");
+        assert_eq!(msg.subject.as_str(), "backpressure.v1.15.acme.ops.slack");
         assert_eq!(msg.payload, payload(n), "payload bytes unchanged");
         let h = msg.headers.unwrap();
         assert_eq!(h.get("Switchyard-Replay").unwrap().as_str(), "1");
@@ -90,7 +92,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
         [2, 4],
         "exactly acme's entries left the DLQ"
     );
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 2);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 2);
 }
 
 #[tokio::test]
@@ -109,7 +111,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     .await;
     assert_eq!(
         ok(&url, &["dlq", "replay", &first.to_string()]).await,
-        "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)\nreplayed 1, kept 0\n",
+        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)\nreplayed 1, kept 0\n",
         "explicit sequences need no confirmation"
     );
     // The same message dead-lettered again replays to the same hop id: EGRESS drops the copy
@@ -134,7 +136,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "kept seq 99: no DLQ entry with seq 99", "{out}");
     assert_eq!(
-        lines[1], "replayed seq 2 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+        lines[1], "replayed seq 2 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
         "{out}"
     );
     assert!(
@@ -147,7 +149,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
         "replayed 1, kept 2 (1 no such entry, 1 not replayable)"
     );
     assert_eq!(dlq_seqs(&url, &[]).await, [3]);
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 1);
 
     let json: serde_json::Value =
         serde_json::from_str(&ok(&url, &["dlq", "replay", "3", "--json"]).await).unwrap();
@@ -179,7 +181,7 @@ async fn dlq_replay_upgrades_a_version_1_entry_and_keeps_one_of_a_version_this_b
     assert_eq!(
         lines,
         [
-            "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+            "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
             "kept seq 2: entry 2 cannot be replayed by this build: envelope schema version 3 is not one this build reads (it reads versions 1..=2)",
             "replayed 1, kept 1 (1 unsupported schema)",
         ],
@@ -187,7 +189,7 @@ async fn dlq_replay_upgrades_a_version_1_entry_and_keeps_one_of_a_version_this_b
     );
 
     // The version 1 entry arrives at its stage readable, still version 1 (a plain payload).
-    let copies = stored_messages(&js, "BACKPRESSURE").await;
+    let copies = stored_messages(&js, &backpressure_stream("acme")).await;
     assert_eq!(copies.len(), 1);
     let copy = Envelope::from_headers(Some(&copies[0].headers)).unwrap();
     assert_eq!(copy.schema_version, 1);
@@ -209,7 +211,7 @@ async fn dlq_replay_upgrades_a_version_1_entry_and_keeps_one_of_a_version_this_b
     let json: serde_json::Value =
         serde_json::from_str(&ok(&url, &["dlq", "replay", "2", "--json"]).await).unwrap();
     assert_eq!(json["results"][0]["kept_because"], "unsupported schema");
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 1);
 }
 
 #[tokio::test]
@@ -274,7 +276,7 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
             &["--prefix", "staging", "dlq", "replay", "--all", "--yes"]
         )
         .await,
-        "replayed seq 1 -> staging.backpressure.v1.acme.ops.slack (STAGING_BACKPRESSURE seq 1)\nreplayed 1, kept 0\n"
+        "replayed seq 1 -> staging.backpressure.v1.15.acme.ops.slack (STAGING_BACKPRESSURE_15 seq 1)\nreplayed 1, kept 0\n"
     );
     assert_eq!(stored_count(&js, "STAGING_DLQ").await, 0);
     assert!(
@@ -338,7 +340,7 @@ async fn unfinished_replay(js: &jetstream::Context, seq: u64, ago: Duration) -> 
     let at = time::OffsetDateTime::now_utc() - ago;
     let intent = serde_json::json!({
         "at": at.format(&time::format_description::well_known::Rfc3339).unwrap(),
-        "subject": "backpressure.v1.acme.ops.slack",
+        "subject": "backpressure.v1.15.acme.ops.slack",
     });
     js.get_key_value("dlq-replays")
         .await
@@ -362,7 +364,7 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     // A dry run says what the real run will keep.
     let dry = ok(&url, &["dlq", "replay", "1", "2", "--dry-run"]).await;
     assert!(
-        dry.starts_with("kept seq 1: a replay of this entry to backpressure.v1.acme.ops.slack"),
+        dry.starts_with("kept seq 1: a replay of this entry to backpressure.v1.15.acme.ops.slack"),
         "{dry}"
     );
     assert!(dry.contains("would replay seq 2 -> "), "{dry}");
@@ -374,19 +376,19 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     let lines: Vec<&str> = out.lines().collect();
     assert!(
         lines[0].starts_with(
-            "kept seq 1: a replay of this entry to backpressure.v1.acme.ops.slack began at"
+            "kept seq 1: a replay of this entry to backpressure.v1.15.acme.ops.slack began at"
         ) && lines[0].contains("`dlq replay 1 --force`"),
         "{out}"
     );
     assert_eq!(
         lines[1..],
         [
-            "replayed seq 2 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+            "replayed seq 2 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
             "replayed 1, kept 1 (1 uncertain)",
         ],
         "{out}"
     );
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 1);
     assert_eq!(dlq_seqs(&url, &[]).await, [1]);
 
     // --force takes sequences only, never a filter.
@@ -403,7 +405,7 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     // The operator checked the sink: --force replays it, and the record of the replay goes.
     assert_eq!(
         ok(&url, &["dlq", "replay", "1", "--force"]).await,
-        "replayed seq 1 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 2)\nreplayed 1, kept 0\n"
+        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 2)\nreplayed 1, kept 0\n"
     );
     assert!(dlq_seqs(&url, &[]).await.is_empty());
     let markers = js.get_key_value("dlq-replays").await.unwrap();

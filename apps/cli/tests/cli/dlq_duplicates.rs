@@ -15,7 +15,9 @@ use switchyard_envelope::headers;
 use switchyard_fixtures::ingress_stream;
 use switchyard_keys::{PlatformId, Stage, TenantId};
 use switchyard_subjects::Namespace;
-use switchyard_testkit::{NatsServer, stored_count, wait_for};
+use switchyard_testkit::{
+    NatsServer, backpressure_streams, stored_count, stored_count_in, wait_for,
+};
 use time::OffsetDateTime;
 
 use crate::fixtures::{DlqService, Entry, dead_letter_with, dlq_seqs, envelope, job};
@@ -102,14 +104,14 @@ async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_mess
     assert_eq!(
         lines[1..],
         [
-            "replayed seq 2 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
-            "replayed seq 3 -> backpressure.v1.acme.ops.slack (BACKPRESSURE seq 1)",
+            "replayed seq 2 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
+            "replayed seq 3 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
             "replayed 2, kept 1 (1 duplicate)",
         ],
         "{out}"
     );
     assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 1);
     assert_eq!(stored_count(&js, &ingress_stream("acme")).await, 1);
 
     let json: serde_json::Value = serde_json::from_str(
@@ -151,7 +153,7 @@ async fn a_replay_job_keeps_only_an_entry_whose_duplicate_is_its_source_message(
     );
     assert_eq!(done.progress.handled, 3);
     assert_eq!(dlq_seqs(&url, &["--config", &config]).await, [1]);
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 1);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 1);
     assert_eq!(stored_count(&js, &ingress_stream("acme")).await, 1);
     service.stop().await;
 }

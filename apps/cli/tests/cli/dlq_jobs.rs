@@ -9,7 +9,9 @@ use async_nats::jetstream;
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::JobState;
 use switchyard_fixtures::envelope_ids;
-use switchyard_testkit::{stored_count, wait_for};
+use switchyard_testkit::{
+    backpressure_stream, backpressure_streams, stored_count, stored_count_in, wait_for,
+};
 
 use crate::fixtures::{DlqService, cells, job, seed_many};
 use crate::{fails, ok, provisioned};
@@ -146,7 +148,7 @@ async fn a_5000_entry_job_survives_a_crash_halfway_and_replays_each_entry_exactl
     );
 
     // What arrived at the target: every entry, once.
-    let replayed: Vec<String> = envelope_ids(&js, "BACKPRESSURE").await;
+    let replayed: Vec<String> = envelope_ids(&js, &backpressure_stream("acme")).await;
     assert_eq!(replayed.len(), 5000, "no entry replayed twice");
     let distinct: BTreeSet<String> = replayed.into_iter().collect();
     assert_eq!(distinct, seeded_ids, "none skipped");
@@ -184,7 +186,7 @@ async fn replay_follow_and_jobs_print_progress_in_human_and_json_form() {
         )),
         "{out}"
     );
-    assert_eq!(stored_count(&js, "BACKPRESSURE").await, 10);
+    assert_eq!(stored_count_in(&js, &backpressure_streams()).await, 10);
 
     // JSON: the created record, then one line per change while following.
     let created: serde_json::Value = serde_json::from_str(
@@ -280,7 +282,7 @@ async fn replay_follow_and_jobs_print_progress_in_human_and_json_form() {
     assert_eq!(stopped.state, JobState::Cancelled);
     assert!(stopped.progress.replayed < 10);
     assert_eq!(
-        stored_count(&js, "DLQ").await + stored_count(&js, "BACKPRESSURE").await,
+        stored_count(&js, "DLQ").await + stored_count_in(&js, &backpressure_streams()).await,
         20,
         "nothing lost, nothing doubled"
     );

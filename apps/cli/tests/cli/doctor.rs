@@ -60,7 +60,7 @@ async fn doctor_fails_on_a_stock_server_naming_the_max_payload_fix() {
     assert_eq!(topology["level"], "fail");
     let missing = topology["detail"].as_str().unwrap();
     assert!(
-        missing.starts_with("21 of 21 declared items are missing: "),
+        missing.starts_with("36 of 36 declared items are missing: "),
         "{missing}"
     );
     assert!(

@@ -61,7 +61,7 @@ async fn provision_twice_then_drift_then_fix() {
     );
     assert!(
         text.trim_end()
-            .ends_with("21 created, 1 removed once drained"),
+            .ends_with("36 created, 1 removed once drained"),
         "{text}"
     );
     assert!(js.get_stream("INGRESS").await.is_err(), "retired");
@@ -71,7 +71,7 @@ async fn provision_twice_then_drift_then_fix() {
     assert!(
         stdout(&second)
             .trim_end()
-            .ends_with("nothing to change: all 21 declared items exist as declared"),
+            .ends_with("nothing to change: all 36 declared items exist as declared"),
         "{}",
         stdout(&second)
     );
@@ -96,7 +96,7 @@ async fn provision_twice_then_drift_then_fix() {
     );
     assert!(
         text.trim_end()
-            .ends_with("nothing to change: all 23 declared items exist as declared"),
+            .ends_with("nothing to change: all 38 declared items exist as declared"),
         "{text}"
     );
 
@@ -173,14 +173,14 @@ async fn status_tables_and_json() {
         "missing items exit 3, like drift"
     );
     let text = stdout(&before);
-    assert!(text.contains("IDEMPOTENCY   missing"), "{text}");
+    assert!(text.contains("IDEMPOTENCY      missing"), "{text}");
     assert!(
         !text.contains("INGRESS"),
         "no tenant, no ingress stream: {text}"
     );
     assert!(
         text.trim_end()
-            .ends_with("21 declared items are missing: run `switchyard provision`"),
+            .ends_with("36 declared items are missing: run `switchyard provision`"),
         "{text}"
     );
 
@@ -282,7 +282,11 @@ async fn status_tables_and_json() {
 
     let json = switchyard(&url, &["status", "--json"]).await;
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(report["streams"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        report["streams"].as_array().unwrap().len(),
+        22,
+        "6 shared, 16 shards"
+    );
     assert_eq!(report["tenant_backlog"][0]["tenant"], "acme");
     let egress = report["consumers"]
         .as_array()

@@ -11,7 +11,9 @@ use switchyard_dlq_ops::{JobRecord, JobSpec, JobState, JobStore, Selection, Writ
 use switchyard_fixtures::envelope_ids;
 use switchyard_keys::TenantId;
 use switchyard_subjects::InputStage;
-use switchyard_testkit::{stored_count, wait_for};
+use switchyard_testkit::{
+    backpressure_stream, backpressure_streams, stored_count, stored_count_in, wait_for,
+};
 use time::OffsetDateTime;
 
 use crate::{Env, seed};
@@ -72,7 +74,7 @@ async fn two_instances_share_a_job_but_only_one_executes_it() {
     assert_eq!(done.progress.replayed, 300);
     assert_eq!(done.progress.last_seq, *seqs.last().unwrap());
     assert!(done.lease.is_none(), "a finished job holds no lease");
-    let ids = envelope_ids(&env.js, "BACKPRESSURE").await;
+    let ids = envelope_ids(&env.js, &backpressure_stream("acme")).await;
     assert_eq!(ids.len(), 300);
     assert_eq!(
         ids.iter().collect::<BTreeSet<_>>().len(),
@@ -115,7 +117,7 @@ async fn a_dry_run_changes_nothing_and_unreplayable_entries_are_kept_with_a_reas
         "a dry run changes nothing"
     );
     assert_eq!(
-        stored_count(&env.js, "BACKPRESSURE").await,
+        stored_count_in(&env.js, &backpressure_streams()).await,
         0,
         "a dry run publishes nothing"
     );
@@ -127,7 +129,7 @@ async fn a_dry_run_changes_nothing_and_unreplayable_entries_are_kept_with_a_reas
     let real = finished(&env.js, &real, Duration::from_secs(30)).await;
     assert_eq!(real.progress.replayed, 3);
     assert_eq!(real.progress.kept_total(), 1);
-    assert_eq!(stored_count(&env.js, "BACKPRESSURE").await, 3);
+    assert_eq!(stored_count_in(&env.js, &backpressure_streams()).await, 3);
     assert_eq!(
         stored_count(&env.js, "DLQ").await,
         3,
@@ -174,7 +176,7 @@ async fn a_cancelled_job_stops_and_leaves_the_rest_in_the_dlq() {
     // Nothing more happens, even while the service drains.
     service.stop().await;
     assert_eq!(job(&env.js, &id).await.progress.replayed, replayed);
-    let in_backpressure = stored_count(&env.js, "BACKPRESSURE").await;
+    let in_backpressure = stored_count_in(&env.js, &backpressure_streams()).await;
     let in_dlq = stored_count(&env.js, "DLQ").await;
     assert_eq!(
         in_backpressure + in_dlq,

@@ -8,8 +8,10 @@ use futures::StreamExt;
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_fixtures::dlq_entries;
 use switchyard_keys::Stage;
+use switchyard_keys::TenantId;
 use switchyard_subjects::{InputStage, Namespace};
-use switchyard_testkit::{stored_count, stored_messages, wait_for};
+use switchyard_testkit::{backpressure_stream, stored_count, stored_messages, wait_for};
+use switchyard_topology::{ConsumerName, DeploymentConfig};
 use tokio::task::JoinHandle;
 
 use crate::{Env, hand_to, payload};
@@ -18,14 +20,15 @@ use crate::{Env, hand_to, payload};
 /// everything else; with `dead_letter_first`, it writes its own DLQ record before crashing.
 fn crashing_stage(
     js: jetstream::Context,
-    stream: &'static str,
+    stream: impl Into<String>,
     consumer: &'static str,
     poison: bytes::Bytes,
     dead_letter_first: bool,
 ) -> JoinHandle<()> {
+    let stream = stream.into();
     tokio::spawn(async move {
         let consumer: PullConsumer = js
-            .get_stream(stream)
+            .get_stream(&stream)
             .await
             .unwrap()
             .get_consumer(consumer)
@@ -136,6 +139,60 @@ async fn a_message_its_stage_never_acks_ends_in_the_dlq_and_leaves_its_work_queu
         1,
         "the good messages were processed, not dead-lettered"
     );
+    stage.abort();
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_a_tenants_backpressure_consumer_gives_up_on_is_rescued_from_its_shard() {
+    let env = Env::start().await;
+    // The tenant's consumer on its shard, as the backpressure service makes it, giving up
+    // after two deliveries a second apart.
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    let acme = TenantId::new("acme").unwrap();
+    let mut declared = topology
+        .tenant_consumer(ConsumerName::BackpressureTenant, &acme)
+        .unwrap();
+    declared.config.max_deliver = 2;
+    declared.config.ack_wait = Duration::from_secs(1);
+    let shard = backpressure_stream("acme");
+    assert_eq!(declared.stream, shard);
+    env.js
+        .get_stream(&shard)
+        .await
+        .unwrap()
+        .create_consumer(declared.config)
+        .await
+        .unwrap();
+    let service = env.service(env.config()).await;
+
+    hand_to(&env.js, InputStage::Backpressure, "acme", 1).await;
+    let stage = crashing_stage(
+        env.js.clone(),
+        shard.clone(),
+        "backpressure-acme",
+        payload(1),
+        false,
+    );
+
+    let entry = wait_for(
+        "the poison message in the DLQ",
+        Duration::from_secs(30),
+        || async { dlq_entries(&env.js).await.into_iter().next() },
+    )
+    .await;
+    let r = &entry.record;
+    assert_eq!(r.code, DlqCode::ExhaustedDeliveries);
+    assert_eq!(r.stage, Stage::Backpressure);
+    assert_eq!(
+        (r.source_stream.as_str(), r.source_seq),
+        (shard.as_str(), 1)
+    );
+    assert_eq!(r.source_subject, "backpressure.v1.15.acme.ops.slack");
+    wait_for("the shard to be empty", Duration::from_secs(10), || async {
+        (stored_count(&env.js, &shard).await == 0).then_some(())
+    })
+    .await;
     stage.abort();
     service.stop().await;
 }

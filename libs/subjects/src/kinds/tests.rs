@@ -145,6 +145,15 @@ fn parse_errors_are_precise() {
         ("ingress.v1.acme..slack", "team id must not be empty"),
         ("sink.v1.acme.ops.slack", "is not a pipeline stage subject"),
         ("dlq.v1.acme.sink.slack", "unknown stage \"sink\""),
+        (
+            "backpressure.v1.acme.ops.slack",
+            "has 3 tokens after the version; a pipeline stage subject has 4",
+        ),
+        (
+            "backpressure.v1.03.acme.ops.slack",
+            "names the wrong shard: its tenant's shard is 15",
+        ),
+        ("backpressure.v1.15.acme.ops.*", "invalid character '*'"),
     ];
     for (subject, expected) in cases {
         let err = Subject::parse(&ns, subject).unwrap_err().to_string();
@@ -181,6 +190,19 @@ proptest! {
         prop_assert!(matches(&filter, &subject_a));
         prop_assert_eq!(matches(&filter, &subject_b), a.tenant == b.tenant);
         prop_assert!(matches(&ns.stage_filter(stage, None), &subject_b));
+    }
+
+    #[test]
+    fn a_sharded_stages_subjects_sit_in_their_tenants_shard_alone(ns in namespace(), a in address()) {
+        let stage = InputStage::Backpressure;
+        let subject = StageSubject { stage, address: a.clone() }.format(&ns);
+        let prefix_tokens = usize::from(ns.prefix().is_some());
+        prop_assert_eq!(subject.split('.').count(), prefix_tokens + 6);
+        let own = Shard::of(&a.tenant);
+        for shard in Shard::all() {
+            prop_assert_eq!(matches(&ns.shard_filter(stage, shard), &subject), shard == own);
+        }
+        prop_assert_eq!(StageSubject::parse(&ns, &subject).unwrap().address, a);
     }
 
     #[test]
