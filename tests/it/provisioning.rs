@@ -410,6 +410,33 @@ async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_hol
         ..Default::default()
     };
     let stream = js.create_stream(legacy).await.unwrap();
+    // The previous build's stage had a consumer per tenant on it.
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("backpressure-acme".into()),
+            filter_subject: "backpressure.v1.acme.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // And ADVISORIES captured the unsharded stream's advisories.
+    let mut advisories = topology
+        .streams
+        .iter()
+        .find(|s| s.base == "ADVISORIES")
+        .unwrap()
+        .config
+        .clone();
+    advisories.subjects = ["IDEMPOTENCY", "BACKPRESSURE", "EGRESS"]
+        .into_iter()
+        .flat_map(|s| {
+            [
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*"),
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{s}.*"),
+            ]
+        })
+        .collect();
+    js.create_stream(advisories).await.unwrap();
     js.publish("backpressure.v1.acme.ops.slack", "unprocessed".into())
         .await
         .unwrap()
@@ -433,7 +460,8 @@ async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_hol
         "no shard beside it"
     );
 
-    // Emptied (the previous build's stage handed everything on): retired, shards created.
+    // Emptied (the previous build's stage handed everything on): retired, shards created,
+    // and ADVISORIES follows the shards without `--fix` (the safety net hears of them).
     stream.purge().await.unwrap();
     let report = provision(&js, &topology, false).await.unwrap();
     assert!(
@@ -442,6 +470,32 @@ async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_hol
             .iter()
             .any(|i| i.name == "BACKPRESSURE" && i.outcome == Outcome::Retired),
         "{report:?}"
+    );
+    let advisories = outcome_of(&report, "ADVISORIES");
+    assert_eq!(advisories.outcome, Outcome::Updated, "{report:?}");
+    assert_eq!(advisories.changes[0].field, "subjects");
+    assert_eq!(
+        report
+            .items
+            .iter()
+            .filter(|i| i.name == "ADVISORIES")
+            .count(),
+        1,
+        "reported once"
+    );
+    let subjects = js
+        .get_stream("ADVISORIES")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .subjects
+        .clone();
+    assert!(
+        subjects.contains(&"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.BACKPRESSURE_15.*".into())
+            && !subjects
+                .contains(&"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.BACKPRESSURE.*".into()),
+        "{subjects:?}"
     );
     assert!(js.get_stream("BACKPRESSURE").await.is_err());
     for shard in switchyard_testkit::backpressure_streams() {

@@ -161,12 +161,13 @@ fn storage(
     let was = reported.get(name).copied().unwrap_or(false);
     if fill >= high && !was {
         tracing::warn!(stream = %name, fill_pct = fill, "shared stream or bucket near its limits");
-        let detail = detail(
-            info,
-            fill,
-            "its limits",
-            "writes to it are refused once it is full, for every tenant",
-        );
+        // A shard of a sharded stream (`BACKPRESSURE_07`) holds only its shard's tenants.
+        let whose = if shared.stream_names.contains(name) {
+            "writes to it are refused once it is full, for every tenant of its shard"
+        } else {
+            "writes to it are refused once it is full, for every tenant"
+        };
+        let detail = detail(info, fill, "its limits", whose);
         shared
             .events
             .emit(EventKind::StorageNearFull, None, Some(name), &detail);

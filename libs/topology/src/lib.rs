@@ -34,8 +34,8 @@ pub use limits::{
 pub use names::{BucketName, ConsumerName, StreamName};
 pub use open::{OpenError, Resource};
 pub use provision::{
-    Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, check, check_tenant,
-    hold_tenant_ingress, provision, provision_tenant, retire_shared_ingress,
+    Change, HELD_QUOTA_KEY, Outcome, ProvisionItem, ProvisionReport, advisories_follow_the_shards,
+    check, check_tenant, hold_tenant_ingress, provision, provision_tenant, retire_shared_ingress,
     retire_unsharded_backpressure,
 };
 pub use resolve::{

@@ -141,7 +141,14 @@ pub fn check_server_limits(
     server_max_payload: usize,
     topology: &ResolvedTopology,
 ) -> Vec<LimitProblem> {
-    let streams = || topology.streams.iter().chain(&topology.tenant_streams);
+    // One entry per declaration: a sharded one's shards share its sizes.
+    let streams = || {
+        topology
+            .streams
+            .iter()
+            .chain(&topology.tenant_streams)
+            .filter(|s| s.shard.is_none_or(|shard| shard.index() == 0))
+    };
     let mut problems: Vec<LimitProblem> = streams()
         .filter(|s| {
             usize::try_from(s.config.max_message_size).is_ok_and(|size| size > server_max_payload)

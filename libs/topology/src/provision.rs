@@ -512,7 +512,9 @@ async fn provision_bucket(
 /// [`provision_tenant`]'s). Running it twice changes nothing the second time; drift is
 /// reported, and fixed in place when `fix` is set and JetStream allows it. Deletes nothing but
 /// a drained legacy shared `INGRESS` stream (see [`retire_shared_ingress`]) and an emptied
-/// unsharded `BACKPRESSURE` stream (see [`retire_unsharded_backpressure`]).
+/// unsharded `BACKPRESSURE` stream (see [`retire_unsharded_backpressure`]); changes without
+/// `fix` only the `ADVISORIES` subjects that still name the latter
+/// ([`advisories_follow_the_shards`]).
 pub async fn provision(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
@@ -525,9 +527,14 @@ pub async fn provision(
     if let Some(item) = retire_unsharded_backpressure(js, topology).await? {
         report.items.push(item);
     }
-    report
-        .items
-        .extend(shared(js, topology, Apply::of(fix)).await?.items);
+    let migrated = advisories_follow_the_shards(js, topology).await?;
+    let shared = shared(js, topology, Apply::of(fix)).await?.items;
+    // The migrated stream is reported once: updated, unless it drifts in something else too.
+    report.items.extend(shared.into_iter().filter(|item| {
+        !(migrated.as_ref().is_some_and(|m| m.name == item.name)
+            && item.outcome == Outcome::Unchanged)
+    }));
+    report.items.extend(migrated);
     Ok(report)
 }
 
@@ -745,9 +752,14 @@ pub async fn retire_shared_ingress(
 /// Before its shards, one `BACKPRESSURE` stream stored `backpressure.v1.>`; it overlaps every
 /// `BACKPRESSURE_<shard>` (`backpressure.v1.<shard>.>`), so it must go before they can be
 /// created. It is a work queue: what it still stores, the backpressure stage has not handed
-/// on, and its subjects (without a shard) are not read by this build. It is deleted only once
-/// empty and reported as `retired`; while it holds messages provisioning stops with an error
-/// saying how to empty it.
+/// on, and its subjects (without a shard) are not read by this build. While it holds messages
+/// provisioning stops with an error saying how to empty it. Once empty, it first stops storing
+/// its subjects (a dead subject, `backpressure.v1.retiring`, in their place), so a hand-off a
+/// previous build's stage still publishes is refused — and retried by that stage — rather than
+/// stored between the check and the delete; it is checked empty once more (else its subjects
+/// are restored and provisioning stops as above) and deleted, reported as `retired`. The
+/// `ADVISORIES` subjects that named it are then brought to the shards' in place
+/// ([`advisories_follow_the_shards`]).
 pub async fn retire_unsharded_backpressure(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
@@ -764,15 +776,31 @@ pub async fn retire_unsharded_backpressure(
     if !info.config.subjects.contains(&unsharded) {
         return Ok(None);
     }
+    let holds_work = |messages: u64| {
+        TopologyError::Invalid(format!(
+            "the stream {name} ({unsharded}) still holds {messages} messages the backpressure \
+             stage has not handed on; it is now sharded (one stream per shard of the tenants): \
+             stop the previous build's idempotency service (messages wait in IDEMPOTENCY), run \
+             its backpressure service until {name} is empty, then provision again and start \
+             this build"
+        ))
+    };
     if info.state.messages > 0 {
-        return Err(TopologyError::Invalid(format!(
-            "the stream {name} ({unsharded}) still holds {} messages the backpressure stage has \
-             not handed on; it is now sharded (one stream per shard of the tenants): stop \
-             ingress and idempotency of the previous build (producers' messages wait in their \
-             INGRESS_<tenant> streams), run its backpressure service until {name} is empty, \
-             then provision again and start this build",
-            info.state.messages
-        )));
+        return Err(holds_work(info.state.messages));
+    }
+    let mut closed = info.config.clone();
+    closed.subjects = vec![format!("{}retiring", unsharded.trim_end_matches('>'))];
+    js.update_stream(closed)
+        .await
+        .map_err(|e| TopologyError::js(format!("closing the emptied stream {name}"), e))?;
+    let messages = stream_info(js, &name)
+        .await?
+        .map_or(0, |i| i.state.messages);
+    if messages > 0 {
+        js.update_stream(info.config.clone())
+            .await
+            .map_err(|e| TopologyError::js(format!("reopening the stream {name}"), e))?;
+        return Err(holds_work(messages));
     }
     js.delete_stream(&name)
         .await
@@ -782,5 +810,54 @@ pub async fn retire_unsharded_backpressure(
         name,
         outcome: Outcome::Retired,
         changes: Vec::new(),
+    }))
+}
+
+/// `ADVISORIES` as a previous build declared it captures the advisories of the unsharded
+/// `BACKPRESSURE`, none of its shards': left so, the dlq safety net would hear of no message
+/// the backpressure stage gives up on (only its sweep would find them). Part of the migration
+/// to shards, its subjects are set to the declared ones in place (`updated`), without `--fix`;
+/// any other drift of it is still only reported. `None` when it is missing or already follows
+/// the shards.
+pub async fn advisories_follow_the_shards(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> Result<Option<ProvisionItem>, TopologyError> {
+    let Some(declared) = topology
+        .streams
+        .iter()
+        .find(|s| s.base == StreamName::Advisories.base())
+    else {
+        return Ok(None);
+    };
+    let name = declared.config.name.clone();
+    let Some(info) = stream_info(js, &name).await? else {
+        return Ok(None);
+    };
+    let unsharded = topology
+        .namespace
+        .stream_name(StreamName::Backpressure.base());
+    let old = switchyard_subjects::advisory::filter(
+        switchyard_subjects::advisory::AdvisoryKind::MaxDeliveries,
+        Some(&unsharded),
+    );
+    if !info.config.subjects.contains(&old) {
+        return Ok(None);
+    }
+    let mut config = info.config.clone();
+    config.subjects = declared.config.subjects.clone();
+    js.update_stream(config)
+        .await
+        .map_err(|e| TopologyError::js(format!("updating stream {name}'s subjects"), e))?;
+    Ok(Some(ProvisionItem {
+        kind: "stream",
+        name,
+        outcome: Outcome::Updated,
+        changes: vec![Change {
+            field: "subjects",
+            declared: declared.config.subjects.join(", "),
+            actual: info.config.subjects.join(", "),
+            fixable: true,
+        }],
     }))
 }
