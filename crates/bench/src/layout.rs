@@ -2,10 +2,10 @@
 //! tenants' work-queue messages are read by a consumer per tenant, laid out three ways:
 //!
 //! - **shared**: one stream for every tenant, a filtered durable consumer per tenant (the
-//!   layout of `BACKPRESSURE` and its `backpressure-<tenant>` consumers);
+//!   layout of `BACKPRESSURE` and its `backpressure-<tenant>` consumers before its shards);
 //! - **sharded**: [`SHARDS`] streams, each holding the tenants `t` with `t % SHARDS` its shard,
-//!   a consumer per tenant on its shard's stream (a layout Switchyard does not use: measured to
-//!   see whether it would cut the shared stream's costs);
+//!   a consumer per tenant on its shard's stream (the layout of the `BACKPRESSURE_<shard>`
+//!   streams, chosen on these measurements);
 //! - **per tenant**: one stream per tenant with one consumer on it (the layout of
 //!   `INGRESS_<tenant>` and `ingress-worker`).
 //!
