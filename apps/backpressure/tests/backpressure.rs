@@ -17,11 +17,12 @@ use std::future::IntoFuture;
 use switchyard_backpressure::BackpressureConfig;
 use switchyard_envelope::Envelope;
 use switchyard_fixtures::{Provisioned, Service, stamped};
-use switchyard_keys::{Address, KvKey, RateKey, RateRecord, RateScope, TenantId};
+use switchyard_keys::{Address, DeploymentPrefix, KvKey, RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, LimitRecord, PressureRecord, Store};
 use switchyard_service::Handoff;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-use switchyard_testkit::{NatsServer, http_get, stored_count, wait_for};
+use switchyard_testkit::{NatsServer, http_get, stored_count, stored_count_in, wait_for};
+use switchyard_topology::{DeploymentConfig, StreamName, provision};
 use tokio_util::sync::CancellationToken;
 
 const SENT: &str = "Test-Sent";
@@ -647,4 +648,102 @@ async fn a_shared_stream_near_its_limits_is_reported_as_an_event_of_the_deployme
         "{detail}"
     );
     h.stop().await;
+}
+
+#[tokio::test]
+async fn each_tenant_is_read_from_its_own_shard_in_a_prefixed_deployment() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let deployment = DeploymentConfig {
+        prefix: Some(DeploymentPrefix::new("staging").unwrap()),
+        ..Default::default()
+    };
+    let topology = deployment.resolve().unwrap();
+    provision(&js, &topology, false).await.unwrap();
+    let mut handed_on = client.subscribe("staging.egress.v1.>").await.unwrap();
+    client.flush().await.unwrap();
+    let mut config = BackpressureConfig::defaults().unwrap();
+    config.nats.url = server.url();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.backpressure.scan_interval_ms = 200;
+    config.deployment = deployment;
+    let shutdown = CancellationToken::new();
+    let running = switchyard_backpressure::start(config, server.client().await, shutdown.clone())
+        .await
+        .unwrap();
+    let service = Service::new(running, shutdown);
+
+    // Tenants of several shards; `07` is itself a shard token, and need not sit in shard 07.
+    let tenants = ["acme", "globex", "07", "t0"];
+    let handoff = Handoff::new(js.clone(), topology.namespace.clone());
+    let mut sequence = 0;
+    for tenant in tenants {
+        for i in 0..3 {
+            sequence += 1;
+            let envelope = stamped(
+                Address::parse(tenant, "ops", "hooks").unwrap(),
+                &format!("{tenant}-{i}"),
+                sequence,
+            );
+            handoff
+                .forward(
+                    InputStage::Backpressure,
+                    &envelope,
+                    Handoff::headers(&envelope, None),
+                    "x".into(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut arrived: HashMap<String, usize> = HashMap::new();
+    for _ in 0..12 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), handed_on.next())
+            .await
+            .expect("every message handed on to egress")
+            .unwrap();
+        let envelope = Envelope::from_headers(msg.headers.as_ref()).unwrap();
+        *arrived
+            .entry(envelope.address.tenant.to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        arrived,
+        tenants.iter().map(|t| (t.to_string(), 3)).collect(),
+        "each message once"
+    );
+
+    let mut shards = std::collections::BTreeSet::new();
+    for tenant in tenants {
+        let id = TenantId::new(tenant).unwrap();
+        let shard = topology.stream_of_tenant(StreamName::Backpressure, &id);
+        assert!(shard.starts_with("STAGING_BACKPRESSURE_"), "{shard}");
+        // The tenant's consumer is on its own shard's stream, filtered on its own subjects.
+        let consumer = js
+            .get_stream(&shard)
+            .await
+            .unwrap()
+            .consumer_info(format!("backpressure-{tenant}"))
+            .await
+            .unwrap()
+            .config
+            .filter_subject
+            .clone();
+        assert_eq!(
+            consumer,
+            format!(
+                "staging.backpressure.v1.{}.{tenant}.>",
+                &shard[shard.len() - 2..]
+            )
+        );
+        shards.insert(shard);
+    }
+    assert_eq!(shards.len(), 4, "four shards: {shards:?}");
+    let every_shard = topology.stream_names(StreamName::Backpressure);
+    wait_for("every shard empty", Duration::from_secs(10), || async {
+        (stored_count_in(&js, &every_shard).await == 0).then_some(())
+    })
+    .await;
+    service.stop().await;
 }
