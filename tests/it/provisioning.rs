@@ -530,6 +530,61 @@ async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_hol
 }
 
 #[tokio::test]
+async fn a_retirement_of_the_unsharded_backpressure_stopped_half_way_is_finished_or_undone() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let topology = DeploymentConfig::default().resolve().unwrap();
+    // As a retirement leaves it after closing it to its subjects: on the dead subject alone.
+    let closed = async_nats::jetstream::stream::Config {
+        name: "BACKPRESSURE".into(),
+        subjects: vec!["backpressure.v1.retiring".into()],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    };
+
+    // Holding a message (one that landed as it was closed): put back on its subjects, so the
+    // previous build's stage can hand it on, and refused.
+    js.create_stream(closed.clone()).await.unwrap();
+    js.publish("backpressure.v1.retiring", "landed late".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let err = provision(&js, &topology, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("still holds 1 messages the backpressure stage has not handed on"),
+        "{err}"
+    );
+    let reopened = js
+        .get_stream("BACKPRESSURE")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .subjects
+        .clone();
+    assert_eq!(reopened, ["backpressure.v1.>"]);
+    assert!(js.get_stream("BACKPRESSURE_00").await.is_err());
+
+    // Empty: the retirement is finished, and the shards are created.
+    js.delete_stream("BACKPRESSURE").await.unwrap();
+    js.create_stream(closed).await.unwrap();
+    let report = provision(&js, &topology, false).await.unwrap();
+    assert_eq!(
+        outcome_of(&report, "BACKPRESSURE").outcome,
+        Outcome::Retired
+    );
+    assert!(js.get_stream("BACKPRESSURE").await.is_err());
+    assert_eq!(
+        outcome_of(&report, "BACKPRESSURE_15").outcome,
+        Outcome::Created
+    );
+}
+
+#[tokio::test]
 async fn a_tenant_stream_held_shut_by_closed_admission_keeps_its_hold_through_provisioning() {
     let server = NatsServer::start().await;
     let js = async_nats::jetstream::new(server.client().await);

@@ -745,5 +745,7 @@ async fn each_tenant_is_read_from_its_own_shard_in_a_prefixed_deployment() {
         (stored_count_in(&js, &every_shard).await == 0).then_some(())
     })
     .await;
+    // Nothing handed on twice: the egress stream (no egress runs here) holds the twelve.
+    assert_eq!(stored_count(&js, "STAGING_EGRESS").await, 12);
     service.stop().await;
 }

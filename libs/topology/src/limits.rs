@@ -254,7 +254,11 @@ mod tests {
             })
             .collect();
         for stream in ["INGRESS", "IDEMPOTENCY", "BACKPRESSURE", "EGRESS", "DLQ"] {
-            assert!(over.contains(&stream), "{stream} missing from {problems:?}");
+            assert_eq!(
+                over.iter().filter(|s| **s == stream).count(),
+                1,
+                "{stream} once in {problems:?}"
+            );
         }
         // Capped by the server, the DLQ is no larger than the stage streams.
         assert!(

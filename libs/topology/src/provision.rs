@@ -27,7 +27,8 @@ pub enum Outcome {
     Created,
     /// It exists exactly as declared.
     Unchanged,
-    /// It had drifted and was updated in place (`--fix`).
+    /// It had drifted and was updated in place (`--fix`; without it, only `ADVISORIES`'s
+    /// subjects in the migration to a sharded `BACKPRESSURE`).
     Updated,
     /// It has drifted; nothing was changed (run with `--fix`).
     Drifted,
@@ -527,14 +528,19 @@ pub async fn provision(
     if let Some(item) = retire_unsharded_backpressure(js, topology).await? {
         report.items.push(item);
     }
-    let migrated = advisories_follow_the_shards(js, topology).await?;
-    let shared = shared(js, topology, Apply::of(fix)).await?.items;
-    // The migrated stream is reported once: updated, unless it drifts in something else too.
-    report.items.extend(shared.into_iter().filter(|item| {
-        !(migrated.as_ref().is_some_and(|m| m.name == item.name)
-            && item.outcome == Outcome::Unchanged)
-    }));
-    report.items.extend(migrated);
+    let mut migrated = advisories_follow_the_shards(js, topology).await?;
+    // The migrated stream is reported once, in its place: updated, or, when it drifts in
+    // something else too, as that says, with the migrated subjects among its changes.
+    for mut item in shared(js, topology, Apply::of(fix)).await?.items {
+        if let Some(m) = migrated.take_if(|m| m.name == item.name) {
+            if item.outcome == Outcome::Unchanged {
+                item = m;
+            } else {
+                item.changes.splice(0..0, m.changes);
+            }
+        }
+        report.items.push(item);
+    }
     Ok(report)
 }
 
@@ -755,52 +761,75 @@ pub async fn retire_shared_ingress(
 /// on, and its subjects (without a shard) are not read by this build. While it holds messages
 /// provisioning stops with an error saying how to empty it. Once empty, it first stops storing
 /// its subjects (a dead subject, `backpressure.v1.retiring`, in their place), so a hand-off a
-/// previous build's stage still publishes is refused — and retried by that stage — rather than
-/// stored between the check and the delete; it is checked empty once more (else its subjects
-/// are restored and provisioning stops as above) and deleted, reported as `retired`. The
+/// previous build's stage still publishes is refused — and retried by that stage; after
+/// [`RETIRE_SETTLE`] (for a publish taken just before to land) it is checked again — empty, and
+/// its last sequence unchanged — else its subjects are restored and provisioning stops as
+/// above; then it is deleted, reported as `retired`. A stream left closed by a retirement that
+/// stopped half-way is picked up again the same way. The
 /// `ADVISORIES` subjects that named it are then brought to the shards' in place
 /// ([`advisories_follow_the_shards`]).
 pub async fn retire_unsharded_backpressure(
     js: &jetstream::Context,
     topology: &ResolvedTopology,
 ) -> Result<Option<ProvisionItem>, TopologyError> {
-    let name = topology
-        .namespace
-        .stream_name(StreamName::Backpressure.base());
+    let ns = &topology.namespace;
+    let name = ns.stream_name(StreamName::Backpressure.base());
     let Some(info) = stream_info(js, &name).await? else {
         return Ok(None);
     };
-    let unsharded = topology
-        .namespace
-        .stage_filter(switchyard_subjects::InputStage::Backpressure, None);
-    if !info.config.subjects.contains(&unsharded) {
+    let unsharded = ns.stage_filter(switchyard_subjects::InputStage::Backpressure, None);
+    let retiring = format!("{}retiring", unsharded.trim_end_matches('>'));
+    // Open on the old subjects, or closed by a retirement that stopped half-way (its next
+    // steps are made again here).
+    let open = info.config.subjects.contains(&unsharded);
+    if !open && info.config.subjects != [retiring.clone()] {
         return Ok(None);
     }
+    let idempotency = ns.stream_name(StreamName::Idempotency.base());
     let holds_work = |messages: u64| {
         TopologyError::Invalid(format!(
             "the stream {name} ({unsharded}) still holds {messages} messages the backpressure \
              stage has not handed on; it is now sharded (one stream per shard of the tenants): \
-             stop the previous build's idempotency service (messages wait in IDEMPOTENCY), run \
-             its backpressure service until {name} is empty, then provision again and start \
-             this build"
+             stop the previous build's idempotency service (messages wait in {idempotency}), \
+             run its backpressure service until {name} is empty, then provision again and \
+             start this build"
         ))
     };
+    // Back on its old subjects, so the previous build's stage can go on emptying it.
+    let reopen = |messages: u64| {
+        let mut reopened = info.config.clone();
+        reopened.subjects = vec![unsharded.clone()];
+        let refused = holds_work(messages);
+        let what = format!("reopening the stream {name}");
+        async move {
+            js.update_stream(reopened)
+                .await
+                .map_err(|e| TopologyError::js(what, e))?;
+            Err::<Option<ProvisionItem>, _>(refused)
+        }
+    };
     if info.state.messages > 0 {
-        return Err(holds_work(info.state.messages));
+        return if open {
+            Err(holds_work(info.state.messages))
+        } else {
+            reopen(info.state.messages).await
+        };
     }
-    let mut closed = info.config.clone();
-    closed.subjects = vec![format!("{}retiring", unsharded.trim_end_matches('>'))];
-    js.update_stream(closed)
-        .await
-        .map_err(|e| TopologyError::js(format!("closing the emptied stream {name}"), e))?;
-    let messages = stream_info(js, &name)
-        .await?
-        .map_or(0, |i| i.state.messages);
-    if messages > 0 {
-        js.update_stream(info.config.clone())
+    if open {
+        let mut closed = info.config.clone();
+        closed.subjects = vec![retiring];
+        js.update_stream(closed)
             .await
-            .map_err(|e| TopologyError::js(format!("reopening the stream {name}"), e))?;
-        return Err(holds_work(messages));
+            .map_err(|e| TopologyError::js(format!("closing the emptied stream {name}"), e))?;
+        // A publish the server took before the update may still be on its way into the
+        // stream (queued, or being replicated): give it time to land, then look again.
+        tokio::time::sleep(RETIRE_SETTLE).await;
+    }
+    let after = stream_info(js, &name).await?.map(|i| i.state);
+    if let Some(state) = after
+        && (state.messages > 0 || state.last_sequence != info.state.last_sequence)
+    {
+        return reopen(state.messages).await;
     }
     js.delete_stream(&name)
         .await
@@ -812,6 +841,10 @@ pub async fn retire_unsharded_backpressure(
         changes: Vec::new(),
     }))
 }
+
+/// How long [`retire_unsharded_backpressure`] waits, after closing the old stream to its
+/// subjects, for a publish the server took just before to land, before it looks again.
+const RETIRE_SETTLE: Duration = Duration::from_secs(1);
 
 /// `ADVISORIES` as a previous build declared it captures the advisories of the unsharded
 /// `BACKPRESSURE`, none of its shards': left so, the dlq safety net would hear of no message

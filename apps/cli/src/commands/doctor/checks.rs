@@ -272,7 +272,8 @@ async fn declared(
                 missing.join(", ")
             ),
             if payload_ok {
-                "run `switchyard provision` (creates what is missing, changes nothing else)"
+                "run `switchyard provision` (creates what is missing; beyond that it only retires \
+                 an emptied stream of an earlier layout, docs/operations.md)"
             } else {
                 "fix max payload (above), then run `switchyard provision`"
             },
