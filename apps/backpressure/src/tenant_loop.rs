@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use switchyard_envelope::Envelope;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, Stage, TenantId};
@@ -177,7 +177,18 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             in_flight.spawn(async move {
                 let wait = slot.saturating_sub(now_ms());
                 if wait > 0 {
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    tokio::select! {
+                        // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
+                        // away): the message goes back to its stream at once, for whichever
+                        // replica runs next (a delivery attempt spent).
+                        _ = shutdown.cancelled() => {
+                            if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
+                                tracing::debug!(%error, "nak at shutdown failed; redelivered after ack_wait");
+                            }
+                            return;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    }
                 }
                 forward
                     .0
@@ -209,7 +220,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         recent_rate = 0.7 * recent_rate + 0.3 * (got as f64 / elapsed);
         last_activity = Instant::now();
     }
-    // Whatever was fetched is settled before the loop ends (a hold ends at shutdown).
+    // Whatever was fetched is settled before the loop ends (a hold ends at shutdown; a message
+    // still waiting for its slot is given back).
     while in_flight.join_next().await.is_some() {}
 }
 

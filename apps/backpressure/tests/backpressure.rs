@@ -21,7 +21,9 @@ use switchyard_keys::{Address, DeploymentPrefix, KvKey, RateKey, RateRecord, Rat
 use switchyard_registry::{Admission, LimitRecord, PressureRecord, Store};
 use switchyard_service::Handoff;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
-use switchyard_testkit::{NatsServer, http_get, stored_count, stored_count_in, wait_for};
+use switchyard_testkit::{
+    NatsServer, backpressure_stream, http_get, stored_count, stored_count_in, wait_for,
+};
 use switchyard_topology::{DeploymentConfig, StreamName, provision};
 use tokio_util::sync::CancellationToken;
 
@@ -748,4 +750,52 @@ async fn each_tenant_is_read_from_its_own_shard_in_a_prefixed_deployment() {
     // Nothing handed on twice: the egress stream (no egress runs here) holds the twelve.
     assert_eq!(stored_count(&js, "STAGING_EGRESS").await, 12);
     service.stop().await;
+}
+
+#[tokio::test]
+async fn a_shard_near_its_limits_is_reported_for_the_tenants_of_that_shard() {
+    let mut h = Harness::start(1).await;
+    // One message a hundred seconds: after its burst of one, acme's messages wait in its shard.
+    h.set_limit("acme", limit(0.01, 1)).await;
+    let shard = backpressure_stream("acme");
+    let mut stream = h.js.get_stream(&shard).await.unwrap();
+    let mut bounded = stream.info().await.unwrap().config.clone();
+    bounded.max_messages = 10;
+    h.js.update_stream(&bounded).await.unwrap();
+    // Ten in, one handed on with the burst, nine waiting: 90 % of the shard's limit.
+    h.send("acme", 10, 0.0).await;
+    h.wait_delivered("acme", 1, Duration::from_secs(15)).await;
+    let events = h.js.get_stream("EVENTS").await.unwrap();
+    let event = wait_for(
+        "the storage_near_full event",
+        Duration::from_secs(15),
+        || async {
+            events
+                .direct_get_last_for_subject("events.v1._.storage_near_full")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["about"], shard.as_str(), "{event}");
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("{shard} at 90 % of its limits ("))
+            && detail.contains("9 of 10 messages")
+            && detail.ends_with("for every tenant of its shard"),
+        "{detail}"
+    );
+    // Stopping does not wait for acme's next slot, a hundred seconds away: the message waiting
+    // for it goes back to the shard, and nothing is lost.
+    let stopping = Instant::now();
+    for replica in std::mem::take(&mut h.replicas) {
+        replica.stop().await;
+    }
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(stored_count(&h.js, &shard).await, 9);
 }
