@@ -21,6 +21,26 @@ fn outcome_of<'a>(
         .unwrap_or_else(|| panic!("{name} not in report"))
 }
 
+/// Publishes `payload` on `subject` and waits for a stream to store it.
+async fn stored(js: &async_nats::jetstream::Context, subject: &'static str, payload: &'static str) {
+    js.publish(subject, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Why provisioning `topology` is refused (panics if it is not).
+async fn refused(
+    js: &async_nats::jetstream::Context,
+    topology: &switchyard_topology::ResolvedTopology,
+) -> String {
+    provision(js, topology, false)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test]
 async fn second_run_changes_nothing_and_drift_is_reported_then_fixed() {
     let server = NatsServer::start().await;
@@ -302,11 +322,7 @@ async fn restart_keeps_the_store() {
     let topology = DeploymentConfig::default().resolve().unwrap();
     provision(&js, &topology, false).await.unwrap();
     switchyard_fixtures::enable_tenant(&js, "acme", &TenantRecord::enabled()).await;
-    js.publish("ingress.v1.acme.ops.slack", "kept".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    stored(&js, "ingress.v1.acme.ops.slack", "kept").await;
 
     server.restart().await;
     let js = async_nats::jetstream::new(server.client().await);
@@ -362,15 +378,8 @@ async fn a_drained_shared_ingress_is_retired_and_one_still_holding_work_is_refus
         })
         .await
         .unwrap();
-    js.publish("ingress.v1.acme.ops.slack", "unprocessed".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let err = provision(&js, &topology, false)
-        .await
-        .unwrap_err()
-        .to_string();
+    stored(&js, "ingress.v1.acme.ops.slack", "unprocessed").await;
+    let err = refused(&js, &topology).await;
     assert!(
         err.contains("still holds 1 messages the ingress stage has not handed on"),
         "{err}"
@@ -437,15 +446,8 @@ async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_hol
         })
         .collect();
     js.create_stream(advisories).await.unwrap();
-    js.publish("backpressure.v1.acme.ops.slack", "unprocessed".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let err = provision(&js, &topology, false)
-        .await
-        .unwrap_err()
-        .to_string();
+    stored(&js, "backpressure.v1.acme.ops.slack", "unprocessed").await;
+    let err = refused(&js, &topology).await;
     assert!(
         err.contains("still holds 1 messages the backpressure stage has not handed on")
             && err.contains("run its backpressure service until BACKPRESSURE is empty"),
@@ -507,11 +509,7 @@ async fn an_emptied_unsharded_backpressure_is_retired_for_its_shards_and_one_hol
         );
     }
     // A hand-off lands in its tenant's shard, and nowhere else.
-    js.publish("backpressure.v1.15.acme.ops.slack", "sharded".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    stored(&js, "backpressure.v1.15.acme.ops.slack", "sharded").await;
     assert_eq!(
         switchyard_testkit::stored_count(&js, &switchyard_testkit::backpressure_stream("acme"))
             .await,
@@ -545,15 +543,8 @@ async fn a_retirement_of_the_unsharded_backpressure_stopped_half_way_is_finished
     // Holding a message (one that landed as it was closed): put back on its subjects, so the
     // previous build's stage can hand it on, and refused.
     js.create_stream(closed.clone()).await.unwrap();
-    js.publish("backpressure.v1.retiring", "landed late".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let err = provision(&js, &topology, false)
-        .await
-        .unwrap_err()
-        .to_string();
+    stored(&js, "backpressure.v1.retiring", "landed late").await;
+    let err = refused(&js, &topology).await;
     assert!(
         err.contains("still holds 1 messages the backpressure stage has not handed on"),
         "{err}"

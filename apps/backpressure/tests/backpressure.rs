@@ -504,6 +504,18 @@ async fn a_setting_that_would_crash_a_tenant_loop_stops_the_service_at_start_up(
 }
 
 /// How many operational events of `kind` tenant `tenant` has.
+/// The latest event stored on `subject`, as JSON, waited for up to 15 s.
+async fn last_event(js: &jetstream::Context, subject: &str) -> serde_json::Value {
+    let events = js.get_stream("EVENTS").await.unwrap();
+    let event = wait_for(
+        &format!("an event on {subject}"),
+        Duration::from_secs(15),
+        || async { events.direct_get_last_for_subject(subject).await.ok() },
+    )
+    .await;
+    serde_json::from_slice(&event.payload).unwrap()
+}
+
 async fn event_count(js: &jetstream::Context, tenant: &str, kind: &str) -> usize {
     let subject = format!("events.v1.{tenant}.{kind}");
     let stream = js.get_stream_no_info("EVENTS").await.unwrap();
@@ -546,19 +558,7 @@ async fn a_tenant_stream_near_its_quota_is_reported_once_per_crossing_across_rep
         }
     };
     fill(9).await;
-    let events = h.js.get_stream("EVENTS").await.unwrap();
-    let event = wait_for(
-        "the quota_near_full event",
-        Duration::from_secs(15),
-        || async {
-            events
-                .direct_get_last_for_subject("events.v1.full.quota_near_full")
-                .await
-                .ok()
-        },
-    )
-    .await;
-    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    let event = last_event(&h.js, "events.v1.full.quota_near_full").await;
     assert_eq!(event["source"], "backpressure", "{event}");
     let detail = event["detail"].as_str().unwrap();
     assert!(
@@ -629,19 +629,7 @@ async fn a_shared_stream_near_its_limits_is_reported_as_an_event_of_the_deployme
             .await
             .unwrap();
     }
-    let events = h.js.get_stream("EVENTS").await.unwrap();
-    let event = wait_for(
-        "the storage_near_full event",
-        Duration::from_secs(15),
-        || async {
-            events
-                .direct_get_last_for_subject("events.v1._.storage_near_full")
-                .await
-                .ok()
-        },
-    )
-    .await;
-    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    let event = last_event(&h.js, "events.v1._.storage_near_full").await;
     assert_eq!(event["about"], "DLQ", "{event}");
     assert!(event.get("tenant").is_none(), "{event}");
     let detail = event["detail"].as_str().unwrap();
@@ -765,19 +753,7 @@ async fn a_shard_near_its_limits_is_reported_for_the_tenants_of_that_shard() {
     // Ten in, one handed on with the burst, nine waiting: 90 % of the shard's limit.
     h.send("acme", 10, 0.0).await;
     h.wait_delivered("acme", 1, Duration::from_secs(15)).await;
-    let events = h.js.get_stream("EVENTS").await.unwrap();
-    let event = wait_for(
-        "the storage_near_full event",
-        Duration::from_secs(15),
-        || async {
-            events
-                .direct_get_last_for_subject("events.v1._.storage_near_full")
-                .await
-                .ok()
-        },
-    )
-    .await;
-    let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    let event = last_event(&h.js, "events.v1._.storage_near_full").await;
     assert_eq!(event["about"], shard.as_str(), "{event}");
     let detail = event["detail"].as_str().unwrap();
     assert!(
