@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_envelope::MsgIdPolicy;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
-use switchyard_subjects::InputStage;
+use switchyard_subjects::{InputStage, SizeClass};
 use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology, StreamName};
 
 /// The built-in defaults, every key documented.
@@ -68,6 +68,11 @@ pub struct IngressSettings {
     /// reading its stream (default 1000): the most any other tenant waits behind it there
     /// (`crate::credit`).
     pub next_stage_credit: u64,
+    /// Bytes one tenant may hold in the shared streams of the sized stages from the next stage
+    /// on (`IDEMPOTENCY` and its `BACKPRESSURE_<shard>`, counted by
+    /// [`switchyard_subjects::SizeClass`]) before ingress stops reading its stream (default
+    /// 16 MiB; `crate::credit`).
+    pub next_stage_credit_bytes: u64,
     /// How often the next stage's stream is scanned for the credit, in ms (default 250).
     pub credit_scan_ms: u64,
 }
@@ -241,6 +246,18 @@ impl IngressSettings {
                 ),
             );
         }
+        let largest = SizeClass::of(self.max_payload_bytes.saturating_add(HOP_HEADER_ROOM)).bound();
+        if self.next_stage_credit_bytes < largest {
+            return fail(
+                "next_stage_credit_bytes",
+                format!(
+                    "{} is below what one message of max_payload_bytes ({}) counts ({largest} \
+                     bytes): such a tenant would be paused after each message; set at least \
+                     that (default 16777216)",
+                    self.next_stage_credit_bytes, self.max_payload_bytes
+                ),
+            );
+        }
         if !(10..=60_000).contains(&self.credit_scan_ms) {
             return fail(
                 "credit_scan_ms",
@@ -357,6 +374,7 @@ mod tests {
         assert_eq!(config.ingress.max_payload_bytes, 1_048_576);
         assert_eq!(config.ingress.msg_id_policy, MsgIdPolicy::Require);
         assert_eq!(config.ingress.next_stage, InputStage::Idempotency);
+        assert_eq!(config.ingress.next_stage_credit_bytes, 16 * 1024 * 1024);
         assert_eq!(config.http.listen.port(), 9101);
         assert_eq!(config.http.probes_listen, None);
         assert_eq!(config.http.probes_addr().to_string(), "0.0.0.0:9111");
@@ -492,6 +510,10 @@ mod tests {
                 Box::new(|s| s.next_stage = InputStage::Ingress),
             ),
             ("next_stage_credit", Box::new(|s| s.next_stage_credit = 15)),
+            (
+                "next_stage_credit_bytes",
+                Box::new(|s| s.next_stage_credit_bytes = 1_114_111),
+            ),
             ("credit_scan_ms", Box::new(|s| s.credit_scan_ms = 0)),
             ("credit_scan_ms", Box::new(|s| s.credit_scan_ms = 60_001)),
             ("max_payload_bytes", Box::new(|s| s.max_payload_bytes = 0)),

@@ -22,6 +22,7 @@ use switchyard_registry::KvCache;
 use switchyard_service::{
     DlqQuota, Handoff, HttpServer, Metrics, Readiness, Worker, WorkerSettings, launch_with, router,
 };
+use switchyard_subjects::InputStage;
 use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
@@ -105,12 +106,23 @@ pub async fn start(
         router(readiness, metrics.clone()),
     );
 
+    let paused = Gauge::default();
+    metrics.register(
+        "ingress_tenants_paused",
+        "Tenants not read now: over their credit at the next stages, or admission closed",
+        paused.clone(),
+    );
+    let credit = Arc::new(credit::Credit::new(
+        config.ingress.next_stage_credit_bytes,
+        paused,
+    ));
     let handler = Arc::new(handler::IngressHandler {
         validator,
         handoff: Handoff::new(js.clone(), topology.namespace.clone()),
         next: config.ingress.next_stage,
         topology: topology.clone(),
         sealing,
+        credit: credit.clone(),
     });
     let mut settings = WorkerSettings {
         concurrency: config.ingress.concurrency,
@@ -139,13 +151,20 @@ pub async fn start(
         "Registered tenants whose ingress stream or consumer cannot be opened (not provisioned)",
         missing.clone(),
     );
-    let paused = Gauge::default();
-    metrics.register(
-        "ingress_tenants_paused",
-        "Tenants not read now: over their credit at the next stage, or admission closed",
-        paused.clone(),
-    );
-    let credit = Arc::new(credit::Credit::new(paused));
+    // The sized stages from the next one on: where a tenant's bytes count against its credit.
+    let mut held_streams = Vec::new();
+    for stage in InputStage::ALL
+        .into_iter()
+        .skip_while(|s| *s != config.ingress.next_stage)
+        .filter(|s| s.sized())
+    {
+        for (name, _) in topology
+            .open_streams(&js, StreamName::input_of(stage))
+            .await?
+        {
+            held_streams.push((name, stage.sharded()));
+        }
+    }
     let credit_settings = credit::CreditSettings {
         // Opened, not only named: the next stage's streams must exist before any hand-off.
         next_streams: topology
@@ -155,6 +174,7 @@ pub async fn start(
             .map(|(name, _)| name)
             .collect(),
         limit: config.ingress.next_stage_credit,
+        held_streams,
         every: config.ingress.credit_scan(),
     };
 

@@ -187,7 +187,7 @@ async fn good_messages_are_stamped_and_handed_on_with_payload_untouched() {
     let forwarded = h.handed_on().await;
     assert_eq!(forwarded.len(), 1);
     let msg = &forwarded[0];
-    assert_eq!(msg.subject.as_str(), "idempotency.v1.acme.ops.slack");
+    assert_eq!(msg.subject.as_str(), "idempotency.v1.acme.ops.slack.1k");
     assert_eq!(&msg.payload[..], payload);
     let envelope = Envelope::from_headers(Some(&msg.headers)).unwrap();
     assert_eq!(envelope.msg_id.as_str(), "order-1");

@@ -23,7 +23,7 @@ use switchyard_dlq::{DlqCode, DlqEntry};
 use switchyard_envelope::{Envelope, EnvelopeError, SchemaError, headers as env_headers, schema};
 use switchyard_keys::Stage;
 use switchyard_keys::kv::DlqReplayKey;
-use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
+use switchyard_subjects::{InputStage, Namespace, SizeClass, StageSubject, SubjectKind};
 
 /// A replay ready to publish.
 #[derive(Debug, Clone)]
@@ -222,7 +222,10 @@ pub fn plan_replay_to(
         stage,
         address: envelope.address.clone(),
     }
-    .format(ns);
+    .format_sized(
+        ns,
+        SizeClass::of(env_headers::message_size(&h, &entry.payload)),
+    );
     Ok(ReplayPlan {
         stage,
         subject,

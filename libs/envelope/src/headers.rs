@@ -83,6 +83,12 @@ fn copy_except(
     out
 }
 
+/// The size of a message with `headers` and `payload` in bytes, as sized stages classify it
+/// (`switchyard_subjects::SizeClass`): [`wire_size`] of the headers plus the payload.
+pub fn message_size(headers: &async_nats::HeaderMap, payload: &[u8]) -> usize {
+    wire_size(headers) + payload.len()
+}
+
 /// The size of `headers` on the wire in bytes, less the `NATS/1.0` status line and the closing
 /// blank line: `<name>: <value>\r\n` for each value. What counts against nats-server's
 /// 65,535-byte header limit and a stream's message size.

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use switchyard_dlq::{DeadLetter, DlqCode};
 use switchyard_envelope::{Envelope, headers};
 use switchyard_keys::Stage;
-use switchyard_subjects::{DelaySubject, InputStage, Namespace, StageSubject, SubjectKind};
+use switchyard_subjects::{
+    DelaySubject, InputStage, Namespace, SizeClass, StageSubject, SubjectKind,
+};
 use time::OffsetDateTime;
 
 use std::sync::Arc;
@@ -175,6 +177,13 @@ impl Handoff {
         subject.len() + switchyard_envelope::headers::wire_size(h) + payload.len()
     }
 
+    /// The [`SizeClass`] of a hand-off with headers `h` and `payload` (their wire size, in
+    /// bytes): the last token of a sized stage's subject, and what ingress counts against a
+    /// tenant's byte credit.
+    pub fn size_class(h: &HeaderMap, payload: &Bytes) -> SizeClass {
+        SizeClass::of(headers::message_size(h, payload))
+    }
+
     /// The namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.ns
@@ -229,7 +238,7 @@ impl Handoff {
             stage: next,
             address: envelope.address.clone(),
         }
-        .format(&self.ns);
+        .format_sized(&self.ns, Self::size_class(&h, &payload));
         self.check_room(next, &subject, Self::stored_size(&subject, &h, &payload))?;
         self.publish(subject, h, payload).await
     }
@@ -253,7 +262,7 @@ impl Handoff {
             stage,
             address: envelope.address.clone(),
         }
-        .format(&self.ns);
+        .format_sized(&self.ns, Self::size_class(&h, &payload));
         let subject = DelaySubject {
             stage,
             address: envelope.address.clone(),

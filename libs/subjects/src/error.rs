@@ -51,6 +51,16 @@ pub enum SubjectError {
         /// The tenant's shard.
         expected: crate::Shard,
     },
+    /// A sized stage's subject ends in a token that is no [`crate::SizeClass`].
+    #[error(
+        "subject {subject:?} ends in {token:?}, which is no size class (1k, 2k, … 512k, 1m, … 64m)"
+    )]
+    InvalidSizeClass {
+        /// The subject.
+        subject: String,
+        /// The last token.
+        token: String,
+    },
     /// A token is not a valid id.
     #[error("subject {subject:?}: {source}")]
     InvalidToken {
@@ -60,4 +70,20 @@ pub enum SubjectError {
         #[source]
         source: KeyError,
     },
+}
+
+impl SubjectError {
+    /// The same error about `subject` (a parse of part of it reports the whole).
+    pub(crate) fn naming(mut self, whole: &str) -> Self {
+        match &mut self {
+            SubjectError::WrongPrefix { subject, .. }
+            | SubjectError::WrongKind { subject, .. }
+            | SubjectError::UnsupportedVersion { subject, .. }
+            | SubjectError::TokenCount { subject, .. }
+            | SubjectError::WrongShard { subject, .. }
+            | SubjectError::InvalidSizeClass { subject, .. }
+            | SubjectError::InvalidToken { subject, .. } => *subject = whole.to_owned(),
+        }
+        self
+    }
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use switchyard_keys::{Address, KeyError, PlatformId, Stage, TenantId};
 
-use crate::{Namespace, Shard, SubjectError};
+use crate::{Namespace, Shard, SizeClass, SubjectError};
 
 /// A subject kind: formats to a `String` and parses back to the same value.
 pub trait SubjectKind: Sized {
@@ -101,6 +101,13 @@ impl InputStage {
         matches!(self, InputStage::Backpressure)
     }
 
+    /// Whether this stage's subjects end in the message's [`SizeClass`]: the hand-offs into
+    /// the streams many tenants share ahead of their rate limit (`IDEMPOTENCY`,
+    /// `BACKPRESSURE_<shard>`), whose bytes per tenant ingress's credit counts.
+    pub const fn sized(self) -> bool {
+        matches!(self, InputStage::Idempotency | InputStage::Backpressure)
+    }
+
     fn from_root(root: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.root() == root)
     }
@@ -115,7 +122,9 @@ impl fmt::Display for InputStage {
 /// `[p.]<stage>.v1.<tenant>.<team>.<platform>`: a message waiting for `stage`; for a
 /// [sharded](InputStage::sharded) stage `[p.]<stage>.v1.<shard>.<tenant>.<team>.<platform>`,
 /// where `<shard>` is always [`Shard::of`] the tenant (a subject naming another shard does
-/// not parse).
+/// not parse). A [sized](InputStage::sized) stage's subject ends in the message's
+/// [`SizeClass`] token (`….<platform>.<class>`, written by [`StageSubject::format_sized`]);
+/// one without it parses too (counted as [`SizeClass::SMALLEST`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StageSubject {
     /// The stage that consumes the subject.
@@ -124,26 +133,60 @@ pub struct StageSubject {
     pub address: Address,
 }
 
-impl SubjectKind for StageSubject {
-    const KIND: &'static str = "pipeline stage";
-
-    fn format(&self, ns: &Namespace) -> String {
-        let a = &self.address;
-        let ids = [a.tenant.as_str(), a.team.as_str(), a.platform.as_str()];
-        if self.stage.sharded() {
-            let shard = Shard::of(&a.tenant).token();
-            ns.subject(self.stage.root(), &[shard, ids[0], ids[1], ids[2]])
-        } else {
-            ns.subject(self.stage.root(), &ids)
-        }
+impl StageSubject {
+    /// The subject of a message whose stored size (headers and payload) falls in `size`: for
+    /// a [sized](InputStage::sized) stage with the class token last, for any other stage the
+    /// same as [`SubjectKind::format`]. Every publisher into a sized stage uses this one.
+    pub fn format_sized(&self, ns: &Namespace, size: SizeClass) -> String {
+        self.format_with(ns, self.stage.sized().then_some(size))
     }
 
-    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
-        let (root, _) = ns.split(subject)?;
+    /// Parses a stage subject and, for a sized stage, its class (`None`: an unsized stage, or
+    /// a sized stage's subject without the class token).
+    ///
+    /// Errors: as [`SubjectKind::parse`]; a last token that is no class, on a sized stage's
+    /// subject one token longer than its address, is [`SubjectError::InvalidSizeClass`].
+    pub fn parse_sized(
+        ns: &Namespace,
+        subject: &str,
+    ) -> Result<(Self, Option<SizeClass>), SubjectError> {
+        let (root, rest) = ns.split(subject)?;
         let stage = InputStage::from_root(root).ok_or_else(|| SubjectError::WrongKind {
             subject: subject.to_owned(),
             expected: Self::KIND,
         })?;
+        let ids = if stage.sharded() { 4 } else { 3 };
+        let (body, size) = match subject.rsplit_once('.') {
+            Some((body, last)) if stage.sized() && rest.len() == ids + 1 => {
+                let size =
+                    SizeClass::from_token(last).ok_or_else(|| SubjectError::InvalidSizeClass {
+                        subject: subject.to_owned(),
+                        token: last.to_owned(),
+                    })?;
+                (body, Some(size))
+            }
+            _ => (subject, None),
+        };
+        let parsed = Self::parse_unsized(ns, stage, body).map_err(|e| e.naming(subject))?;
+        Ok((parsed, size))
+    }
+
+    fn format_with(&self, ns: &Namespace, size: Option<SizeClass>) -> String {
+        let a = &self.address;
+        let mut tokens = Vec::with_capacity(5);
+        if self.stage.sharded() {
+            tokens.push(Shard::of(&a.tenant).token());
+        }
+        tokens.extend([a.tenant.as_str(), a.team.as_str(), a.platform.as_str()]);
+        tokens.extend(size.map(SizeClass::token));
+        ns.subject(self.stage.root(), &tokens)
+    }
+
+    fn parse_unsized(
+        ns: &Namespace,
+        stage: InputStage,
+        subject: &str,
+    ) -> Result<Self, SubjectError> {
         if !stage.sharded() {
             let (_, rest) = tokens::<Self, 3>(ns, subject, |_| true)?;
             return Ok(Self {
@@ -161,6 +204,20 @@ impl SubjectKind for StageSubject {
             });
         }
         Ok(Self { stage, address })
+    }
+}
+
+impl SubjectKind for StageSubject {
+    const KIND: &'static str = "pipeline stage";
+
+    /// The subject without a class token (for a sized stage, counted as the smallest class:
+    /// publishers into a sized stage use [`StageSubject::format_sized`]).
+    fn format(&self, ns: &Namespace) -> String {
+        self.format_with(ns, None)
+    }
+
+    fn parse(ns: &Namespace, subject: &str) -> Result<Self, SubjectError> {
+        Self::parse_sized(ns, subject).map(|(parsed, _)| parsed)
     }
 }
 

@@ -6,8 +6,9 @@
 //! | kind | subject | who publishes |
 //! |---|---|---|
 //! | [`StageSubject`] (ingress) | `[p.]ingress.v1.<tenant>.<team>.<platform>` | producers |
-//! | [`StageSubject`] (hand-off) | `[p.]idempotency.v1.…`, `[p.]egress.v1.<tenant>.<team>.<platform>` | the stage before |
-//! | [`StageSubject`] (sharded hand-off) | `[p.]backpressure.v1.<shard>.<tenant>.<team>.<platform>` ([`Shard`]) | the stage before |
+//! | [`StageSubject`] (hand-off) | `[p.]egress.v1.<tenant>.<team>.<platform>` | the stage before |
+//! | [`StageSubject`] (sized hand-off) | `[p.]idempotency.v1.<tenant>.<team>.<platform>.<class>` ([`SizeClass`]) | the stage before |
+//! | [`StageSubject`] (sharded, sized hand-off) | `[p.]backpressure.v1.<shard>.<tenant>.<team>.<platform>.<class>` ([`Shard`]) | the stage before |
 //! | [`DlqSubject`] | `[p.]dlq.v1.<tenant>.<stage>.<platform>` | any stage that gives up |
 //! | [`ReceiptSubject`] | `[p.]delivered.v1.<tenant>.<team>.<platform>` | egress, after a delivery |
 //! | [`AttemptSubject`] | `[p.]attempts.v1.<tenant>` | egress, after every attempt (the delivery log) |
@@ -27,6 +28,7 @@ mod error;
 mod kinds;
 mod namespace;
 mod shard;
+mod size;
 mod wildcard;
 
 pub use error::SubjectError;
@@ -37,6 +39,7 @@ pub use kinds::{
 };
 pub use namespace::Namespace;
 pub use shard::Shard;
+pub use size::SizeClass;
 pub use wildcard::pattern_matches;
 
 /// The taxonomy version token every subject carries after its root.

@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 use serde::Serialize;
 use switchyard_keys::TenantId;
-use switchyard_subjects::{Namespace, Subject};
+use switchyard_subjects::{DelaySubject, Namespace, SizeClass, StageSubject, Subject, SubjectKind};
 
 use crate::TopologyError;
 use crate::lookup::stream_info;
@@ -356,14 +356,12 @@ async fn tenant_streams(
     Ok(out)
 }
 
-/// Stream `name`'s per-subject counts summed by the key `key_of` gives each parsed subject
-/// (subjects it gives none, or that do not parse, are not counted).
-async fn counts_by<K: Ord>(
+/// Calls `each` with every subject stream `name` stores and its count of messages.
+async fn per_subject(
     js: &jetstream::Context,
-    ns: &Namespace,
     name: &str,
-    key_of: impl Fn(Subject) -> Option<K>,
-) -> Result<BTreeMap<K, u64>, TopologyError> {
+    mut each: impl FnMut(&str, u64),
+) -> Result<(), TopologyError> {
     let stream = js
         .get_stream_no_info(name)
         .await
@@ -372,17 +370,74 @@ async fn counts_by<K: Ord>(
         .info_with_subjects(">")
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?;
-    let mut counts = BTreeMap::new();
     while let Some((subject, count)) = subjects
         .try_next()
         .await
         .map_err(|e| TopologyError::js(format!("reading subjects of {name}"), e))?
     {
-        if let Some(key) = Subject::parse(ns, &subject).ok().and_then(&key_of) {
-            *counts.entry(key).or_insert(0) += count as u64;
-        }
+        each(&subject, count as u64);
     }
+    Ok(())
+}
+
+/// Stream `name`'s per-subject counts summed by the key `key_of` gives each parsed subject
+/// (subjects it gives none, or that do not parse, are not counted).
+async fn counts_by<K: Ord>(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    name: &str,
+    key_of: impl Fn(Subject) -> Option<K>,
+) -> Result<BTreeMap<K, u64>, TopologyError> {
+    let mut counts = BTreeMap::new();
+    per_subject(js, name, |subject, count| {
+        if let Some(key) = Subject::parse(ns, subject).ok().and_then(&key_of) {
+            *counts.entry(key).or_insert(0) += count;
+        }
+    })
+    .await?;
     Ok(counts)
+}
+
+/// What one tenant holds in hand-off streams: its messages, and their bytes as their
+/// [`SizeClass`] tokens count them (each message at its class's bound, so never less than it
+/// holds and at most about twice; a message without a class token at [`SizeClass::SMALLEST`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Messages stored.
+    pub messages: u64,
+    /// Their bytes, counted by size class.
+    pub bytes: u64,
+}
+
+/// [`Held`] per tenant in the streams `names` (a tenant's holdings summed over them): the
+/// tenant of each stage or delay subject, with the bytes its size class says; other subjects
+/// are not counted. What ingress's byte credit reads (`IDEMPOTENCY` and the
+/// `BACKPRESSURE_<shard>` streams).
+///
+/// Errors: a stream cannot be read (`TopologyError::JetStream`).
+pub async fn held_by_tenant(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    names: &[String],
+) -> Result<BTreeMap<TenantId, Held>, TopologyError> {
+    let mut held: BTreeMap<TenantId, Held> = BTreeMap::new();
+    for name in names {
+        per_subject(js, name, |subject, count| {
+            let (tenant, size) = match StageSubject::parse_sized(ns, subject) {
+                Ok((stage, size)) => (stage.address.tenant, size),
+                Err(_) => match DelaySubject::parse(ns, subject) {
+                    Ok(delay) => (delay.address.tenant, None),
+                    Err(_) => return,
+                },
+            };
+            let bound = size.unwrap_or(SizeClass::SMALLEST).bound();
+            let entry = held.entry(tenant).or_default();
+            entry.messages += count;
+            entry.bytes = entry.bytes.saturating_add(count.saturating_mul(bound));
+        })
+        .await?;
+    }
+    Ok(held)
 }
 
 /// Messages stored in stream `name` per tenant: its per-subject counts summed by the tenant of

@@ -29,8 +29,8 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
     let dry = ok(&url, &["dlq", "replay", "--tenant", "acme", "--dry-run"]).await;
     assert_eq!(
         dry,
-        "would replay seq 1 -> backpressure.v1.15.acme.ops.slack\n\
-         would replay seq 3 -> backpressure.v1.15.acme.ops.slack\n\
+        "would replay seq 1 -> backpressure.v1.15.acme.ops.slack.1k\n\
+         would replay seq 3 -> backpressure.v1.15.acme.ops.slack.1k\n\
          would replay 2, would keep 0; dry run: nothing changed\n"
     );
     assert_eq!(
@@ -58,8 +58,8 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
     .await;
     assert_eq!(
         out,
-        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)\n\
-         replayed seq 3 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 2)\n\
+        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)\n\
+         replayed seq 3 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 2)\n\
          replayed 2, kept 0\n"
     );
     for n in [1, 3] {
@@ -67,7 +67,7 @@ async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
             .await
             .expect("the replayed copy arrives")
             .unwrap();
-        assert_eq!(msg.subject.as_str(), "backpressure.v1.15.acme.ops.slack");
+        assert_eq!(msg.subject.as_str(), "backpressure.v1.15.acme.ops.slack.1k");
         assert_eq!(msg.payload, payload(n), "payload bytes unchanged");
         let h = msg.headers.unwrap();
         assert_eq!(h.get("Switchyard-Replay").unwrap().as_str(), "1");
@@ -111,7 +111,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     .await;
     assert_eq!(
         ok(&url, &["dlq", "replay", &first.to_string()]).await,
-        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)\nreplayed 1, kept 0\n",
+        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)\nreplayed 1, kept 0\n",
         "explicit sequences need no confirmation"
     );
     // The same message dead-lettered again replays to the same hop id: EGRESS drops the copy
@@ -136,7 +136,7 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "kept seq 99: no DLQ entry with seq 99", "{out}");
     assert_eq!(
-        lines[1], "replayed seq 2 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
+        lines[1], "replayed seq 2 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)",
         "{out}"
     );
     assert!(
@@ -181,7 +181,7 @@ async fn dlq_replay_upgrades_a_version_1_entry_and_keeps_one_of_a_version_this_b
     assert_eq!(
         lines,
         [
-            "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
+            "replayed seq 1 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)",
             "kept seq 2: entry 2 cannot be replayed by this build: envelope schema version 3 is not one this build reads (it reads versions 1..=2)",
             "replayed 1, kept 1 (1 unsupported schema)",
         ],
@@ -276,7 +276,7 @@ async fn dlq_publish_and_routes_honour_the_deployment_prefix() {
             &["--prefix", "staging", "dlq", "replay", "--all", "--yes"]
         )
         .await,
-        "replayed seq 1 -> staging.backpressure.v1.15.acme.ops.slack (STAGING_BACKPRESSURE_15 seq 1)\nreplayed 1, kept 0\n"
+        "replayed seq 1 -> staging.backpressure.v1.15.acme.ops.slack.1k (STAGING_BACKPRESSURE_15 seq 1)\nreplayed 1, kept 0\n"
     );
     assert_eq!(stored_count(&js, "STAGING_DLQ").await, 0);
     assert!(
@@ -383,7 +383,7 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     assert_eq!(
         lines[1..],
         [
-            "replayed seq 2 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
+            "replayed seq 2 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)",
             "replayed 1, kept 1 (1 uncertain)",
         ],
         "{out}"
@@ -405,7 +405,7 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     // The operator checked the sink: --force replays it, and the record of the replay goes.
     assert_eq!(
         ok(&url, &["dlq", "replay", "1", "--force"]).await,
-        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 2)\nreplayed 1, kept 0\n"
+        "replayed seq 1 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 2)\nreplayed 1, kept 0\n"
     );
     assert!(dlq_seqs(&url, &[]).await.is_empty());
     let markers = js.get_key_value("dlq-replays").await.unwrap();

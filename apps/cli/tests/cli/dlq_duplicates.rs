@@ -104,8 +104,8 @@ async fn immediate_replay_keeps_only_an_entry_whose_duplicate_is_its_source_mess
     assert_eq!(
         lines[1..],
         [
-            "replayed seq 2 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
-            "replayed seq 3 -> backpressure.v1.15.acme.ops.slack (BACKPRESSURE_15 seq 1)",
+            "replayed seq 2 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)",
+            "replayed seq 3 -> backpressure.v1.15.acme.ops.slack.1k (BACKPRESSURE_15 seq 1)",
             "replayed 2, kept 1 (1 duplicate)",
         ],
         "{out}"

@@ -188,7 +188,7 @@ async fn a_message_a_tenants_backpressure_consumer_gives_up_on_is_rescued_from_i
         (r.source_stream.as_str(), r.source_seq),
         (shard.as_str(), 1)
     );
-    assert_eq!(r.source_subject, "backpressure.v1.15.acme.ops.slack");
+    assert_eq!(r.source_subject, "backpressure.v1.15.acme.ops.slack.1k");
     wait_for("the shard to be empty", Duration::from_secs(10), || async {
         (stored_count(&env.js, &shard).await == 0).then_some(())
     })

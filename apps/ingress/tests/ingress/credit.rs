@@ -1,8 +1,9 @@
 //! Backpressure that travels back to the tenant's edge: a tenant over its credit at the next
-//! stage, or with closed admission, is not read; its backlog stays in its own stream, where
-//! its quota refuses its NATS producers, and the other tenants flow on. Nothing it had
-//! accepted is lost once it has room again. No idempotency service runs here: `IDEMPOTENCY`
-//! only fills, and the test drains it by hand.
+//! stages (messages in `IDEMPOTENCY`, bytes there and in its `BACKPRESSURE_<shard>`), or with
+//! closed admission, is not read; its backlog stays in its own stream, where its quota refuses
+//! its NATS producers, and the other tenants flow on. Nothing it had accepted is lost once it
+//! has room again. No idempotency or backpressure service runs here: `IDEMPOTENCY` only fills,
+//! and the tests move or drain it by hand.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use async_nats::jetstream::{self, stream::Stream};
 use switchyard_fixtures::{enable_tenant, ingress_stream};
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, PressureRecord, Store, TenantRecord};
-use switchyard_testkit::wait_for;
+use switchyard_subjects::{Shard, SizeClass};
+use switchyard_testkit::{backpressure_stream, stored_messages, wait_for};
+use switchyard_topology::Held;
 
 use super::{Harness, with_id};
 
@@ -174,5 +177,161 @@ async fn a_flooding_tenant_is_paused_at_its_credit_refused_at_its_quota_and_othe
         || async { (handed_on(&h.js).await.get(&globex) == Some(&15)).then_some(()) },
     )
     .await;
+    h.stop().await;
+}
+
+/// The most of `acme`'s 100 KiB messages the byte credit test lets it hold at once: 16 reach
+/// its 2 MiB, and two fetches of `tenant_batch` (2) may be under way as the 16th is counted.
+const MOST_AT_ONCE: u64 = 16 + 2 * 2;
+
+/// What `tenant` holds in `streams`, as the byte credit counts it.
+async fn held(js: &jetstream::Context, streams: &[String], tenant: &TenantId) -> Held {
+    switchyard_topology::held_by_tenant(js, &Default::default(), streams)
+        .await
+        .unwrap()
+        .get(tenant)
+        .copied()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams_and_others_flow_on()
+ {
+    let h = Harness::launch_with(Harness::prepare().await, |config| {
+        config.ingress.next_stage_credit_bytes = 2 * 1024 * 1024;
+        config.ingress.tenant_batch = 2;
+        config.ingress.credit_scan_ms = 20;
+    })
+    .await;
+    let acme = TenantId::new("acme").unwrap();
+    let globex = TenantId::new("globex").unwrap();
+    let idempotency = vec!["IDEMPOTENCY".to_owned()];
+    let shard = vec![backpressure_stream("acme")];
+    // 100 KiB payloads: with their envelope headers in the 128k class (139,264 bytes each),
+    // so 2 MiB holds 15 of them; 40 is far below acme's message credit (1,000).
+    let payload = vec![b'x'; 100 * 1024];
+    for i in 0..40 {
+        h.publish(
+            "ingress.v1.acme.ops.slack",
+            with_id(&format!("a-{i}")),
+            &payload,
+        )
+        .await;
+    }
+    wait_for(
+        "acme to be paused with its backlog in its own stream",
+        Duration::from_secs(20),
+        || async {
+            let (pending, waiting) = reading(&h.js, "acme").await;
+            (pending > 0 && waiting == 0).then_some(())
+        },
+    )
+    .await;
+    let at_pause = held(&h.js, &idempotency, &acme).await;
+    let class = SizeClass::from_token("128k").unwrap().bound();
+    assert_eq!(
+        at_pause.bytes,
+        at_pause.messages * class,
+        "every hand-off in the 128k class"
+    );
+    // Paused once its hand-offs reached 2 MiB (the 16th): past it at most what was already
+    // fetched, a batch or two of 2.
+    assert!(
+        (16..=MOST_AT_ONCE).contains(&at_pause.messages),
+        "acme holds {} messages ({} bytes) in IDEMPOTENCY",
+        at_pause.messages,
+        at_pause.bytes
+    );
+    let subjects: Vec<String> = stored_messages(&h.js, "IDEMPOTENCY")
+        .await
+        .into_iter()
+        .map(|m| m.subject.to_string())
+        .collect();
+    assert!(
+        subjects
+            .iter()
+            .all(|s| s == "idempotency.v1.acme.ops.slack.128k"),
+        "{subjects:?}"
+    );
+
+    // globex's small messages are handed on at once meanwhile.
+    for i in 0..10 {
+        h.publish(
+            "ingress.v1.globex.ops.slack",
+            with_id(&format!("g-{i}")),
+            b"y",
+        )
+        .await;
+    }
+    wait_for(
+        "globex's messages handed on",
+        Duration::from_secs(20),
+        || async { (held(&h.js, &idempotency, &globex).await.messages == 10).then_some(()) },
+    )
+    .await;
+
+    // The idempotency stage hands acme's messages to its shard (here by hand, with their
+    // class; copied first, then taken out of IDEMPOTENCY, so that acme holds them throughout):
+    // held there, they still count, and acme stays paused.
+    let waiting = held(&h.js, &idempotency, &acme).await.messages;
+    for i in 0..waiting {
+        h.publish(
+            &format!("backpressure.v1.{}.acme.ops.slack.128k", Shard::of(&acme)),
+            with_id(&format!("moved-{i}")),
+            &payload,
+        )
+        .await;
+    }
+    assert_eq!(held(&h.js, &shard, &acme).await.bytes, waiting * class);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idempotency_stream = h.js.get_stream("IDEMPOTENCY").await.unwrap();
+    let moved = idempotency_stream
+        .purge()
+        .filter("idempotency.v1.acme.>")
+        .await
+        .unwrap()
+        .purged;
+    assert_eq!(moved, waiting, "acme handed on nothing meanwhile");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        held(&h.js, &idempotency, &acme).await.messages,
+        0,
+        "acme is not read while its shard holds its bytes"
+    );
+    let pending = reading(&h.js, "acme").await.0;
+    assert_eq!(
+        pending + moved,
+        40,
+        "nothing lost: in its own stream or handed on"
+    );
+
+    // Its rate limit lets the messages go (here: the shard is emptied by hand): acme is read
+    // again, until everything it had accepted has been handed on, never holding more than
+    // its bytes at a time.
+    let backpressure = h.js.get_stream(&shard[0]).await.unwrap();
+    let mut handed_on = moved;
+    backpressure.purge().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while handed_on < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {handed_on} of acme's 40 messages were handed on"
+        );
+        let now = held(&h.js, &idempotency, &acme).await;
+        assert!(
+            now.messages <= MOST_AT_ONCE,
+            "acme holds {} at once",
+            now.messages
+        );
+        handed_on += idempotency_stream
+            .purge()
+            .filter("idempotency.v1.acme.>")
+            .await
+            .unwrap()
+            .purged;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handed_on, 40, "each accepted message handed on once");
+    assert!(h.dlq().await.is_empty(), "nothing dead-lettered");
     h.stop().await;
 }

@@ -154,6 +154,22 @@ fn parse_errors_are_precise() {
             "names the wrong shard: its tenant's shard is 15",
         ),
         ("backpressure.v1.15.acme.ops.*", "invalid character '*'"),
+        (
+            "backpressure.v1.15.acme.ops.slack.3k",
+            "ends in \"3k\", which is no size class",
+        ),
+        (
+            "backpressure.v1.03.acme.ops.slack.1k",
+            "\"backpressure.v1.03.acme.ops.slack.1k\" names the wrong shard",
+        ),
+        (
+            "idempotency.v1.acme.ops.slack.1k.x",
+            "has 5 tokens after the version; a pipeline stage subject has 3",
+        ),
+        (
+            "egress.v1.acme.ops.slack.1k",
+            "has 4 tokens after the version",
+        ),
     ];
     for (subject, expected) in cases {
         let err = Subject::parse(&ns, subject).unwrap_err().to_string();
@@ -203,6 +219,29 @@ proptest! {
             prop_assert_eq!(matches(&ns.shard_filter(stage, shard), &subject), shard == own);
         }
         prop_assert_eq!(StageSubject::parse(&ns, &subject).unwrap().address, a);
+    }
+
+    #[test]
+    fn a_sized_stages_subject_carries_its_class_and_is_still_its_tenants(ns in namespace(), a in address(), b in address(), stage in proptest::sample::select(InputStage::ALL.to_vec()), bytes in 0usize..80_000_000) {
+        let class = SizeClass::of(bytes);
+        let subject = StageSubject { stage, address: a.clone() };
+        let sized = subject.format_sized(&ns, class);
+        prop_assert!(is_concrete(&sized), "{}", sized);
+        let extra = usize::from(stage.sized());
+        prop_assert_eq!(sized.split('.').count(), subject.format(&ns).split('.').count() + extra);
+        let (parsed, found) = StageSubject::parse_sized(&ns, &sized).unwrap();
+        prop_assert_eq!(&parsed, &subject);
+        prop_assert_eq!(found, stage.sized().then_some(class));
+        // The form without a class still parses, with none.
+        prop_assert_eq!(StageSubject::parse_sized(&ns, &subject.format(&ns)).unwrap(), (subject.clone(), None));
+        prop_assert!(matches(&ns.stage_filter(stage, Some(&a.tenant)), &sized));
+        let other = StageSubject { stage, address: b.clone() }.format_sized(&ns, class);
+        prop_assert_eq!(matches(&ns.stage_filter(stage, Some(&a.tenant)), &other), a.tenant == b.tenant);
+        if stage.sharded() {
+            for shard in Shard::all() {
+                prop_assert_eq!(matches(&ns.shard_filter(stage, shard), &sized), shard == Shard::of(&a.tenant));
+            }
+        }
     }
 
     #[test]
