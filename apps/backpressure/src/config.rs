@@ -9,8 +9,8 @@ use serde::Deserialize;
 use switchyard_registry::LimitRecord;
 use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
-use switchyard_subjects::InputStage;
-use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology};
+use switchyard_subjects::{InputStage, SizeClass};
+use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology, StreamName};
 
 /// The built-in defaults, every key documented.
 pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
@@ -50,6 +50,11 @@ pub struct BackpressureSettings {
     pub default_burst: u32,
     /// Backlog that closes admission for tenants without their own threshold (default 100000).
     pub default_backlog_high: u64,
+    /// Bytes a tenant's messages may take in its `BACKPRESSURE_<shard>` (counted by size
+    /// class) before its admission closes; it reopens under half (default 12 MiB, below
+    /// ingress's `next_stage_credit_bytes`, so that a tenant of large messages is refused
+    /// with `admission_closed` before ingress stops reading it).
+    pub default_backlog_high_bytes: u64,
     /// Longest stretch of a tenant's rate one lease holds, in seconds (default 0.5).
     pub lease_secs: f64,
     /// Backlog scan and tenant discovery period, in milliseconds (default 500).
@@ -135,6 +140,29 @@ impl BackpressureSettings {
                 "default_backlog_high",
                 "0 keeps every tenant's admission closed; set at least 1 (default 100000)"
                     .to_owned(),
+            );
+        }
+        // The largest message a shard stores, counted at its class's bound.
+        let largest = topology
+            .streams
+            .iter()
+            .filter(|s| s.base == StreamName::Backpressure.base())
+            // Unlimited (-1): as large as a class goes.
+            .map(|s| {
+                SizeClass::of(usize::try_from(s.config.max_message_size).unwrap_or(usize::MAX))
+            })
+            .max()
+            .unwrap_or(SizeClass::SMALLEST)
+            .bound();
+        if self.default_backlog_high_bytes < largest {
+            return fail(
+                "default_backlog_high_bytes",
+                format!(
+                    "{} is below what the largest message a BACKPRESSURE shard stores counts \
+                     ({largest} bytes): one message would close admission; set at least that \
+                     (default 12582912)",
+                    self.default_backlog_high_bytes
+                ),
             );
         }
         // Fetched messages wait up to one lease for their slots: well inside ack_wait.
@@ -311,6 +339,10 @@ mod tests {
             (
                 "default_backlog_high",
                 Box::new(|s| s.default_backlog_high = 0),
+            ),
+            (
+                "default_backlog_high_bytes",
+                Box::new(|s| s.default_backlog_high_bytes = 1_114_111),
             ),
             ("scan_interval_ms", Box::new(|s| s.scan_interval_ms = 0)),
             ("heartbeat_secs", Box::new(|s| s.heartbeat_secs = 0)),

@@ -1,7 +1,10 @@
 //! The scan: every `scan_interval_ms`, read each tenant's backlog (waiting here, plus waiting
-//! at the next stage), start a loop for every tenant with messages waiting, and publish each
-//! tenant's admission state to KV when it changes: closed at `backlog_high`, open again below
-//! `backlog_low` (hysteresis). Every replica scans; writes happen only on a change.
+//! at the next stage) and the bytes it holds in its shard (counted by the size class of each
+//! subject, `switchyard_topology::held_by_tenant`), start a loop for every tenant with messages
+//! waiting, and publish each tenant's admission state to KV when it changes: closed at
+//! `backlog_high` or at `default_backlog_high_bytes` in its shard, open again below
+//! `backlog_low` with under half those bytes (hysteresis). Every replica scans; writes happen
+//! only on a change.
 //!
 //! Tenant loops are supervised ([`TenantLoops`]): a loop that ends — idle, or by panicking — is
 //! reaped on the next pass, and started again as soon as its tenant has messages waiting. A
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, Changed, KvCache, PressureRecord, Store, StoreError};
 use switchyard_subjects::EventKind;
-use switchyard_topology::{backlog_by_tenant, backlog_by_tenant_in};
+use switchyard_topology::{Held, backlog_by_tenant, held_by_tenant};
 use time::format_description::well_known::Rfc3339;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -233,6 +236,21 @@ async fn write_pressure(
     }
 }
 
+/// How many of the messages `held` must leave (at their average counted size, oldest first)
+/// for the rest to count fewer than `under` bytes.
+fn to_drain(held: Held, under: u64) -> u64 {
+    if held.bytes < under || held.messages == 0 {
+        return 0;
+    }
+    let above = u128::from(held.bytes - under) + 1;
+    let each = u128::from(held.bytes)
+        .div_ceil(u128::from(held.messages))
+        .max(1);
+    u64::try_from(above.div_ceil(each))
+        .unwrap_or(u64::MAX)
+        .min(held.messages)
+}
+
 /// One scan; returns the tenants with messages waiting here.
 async fn scan_once(
     shared: &Shared,
@@ -240,7 +258,7 @@ async fn scan_once(
     kv: &async_nats::jetstream::kv::Store,
     admission: &mut HashMap<TenantId, Admission>,
 ) -> anyhow::Result<Vec<TenantId>> {
-    let here = backlog_by_tenant_in(&shared.js, &shared.ns, &shared.stream_names).await?;
+    let here = held_by_tenant(&shared.js, &shared.ns, &shared.stream_names).await?;
     let next = backlog_by_tenant(&shared.js, &shared.ns, &shared.next_stream_name).await?;
     let mut tenants: HashSet<TenantId> = here.keys().chain(next.keys()).cloned().collect();
     tenants.extend(
@@ -249,9 +267,10 @@ async fn scan_once(
             .filter(|(_, a)| **a == Admission::Closed)
             .map(|(t, _)| t.clone()),
     );
+    let bytes_high = shared.settings.default_backlog_high_bytes;
     for tenant in tenants {
-        let backlog =
-            here.get(&tenant).copied().unwrap_or(0) + next.get(&tenant).copied().unwrap_or(0);
+        let held = here.get(&tenant).copied().unwrap_or_default();
+        let backlog = held.messages + next.get(&tenant).copied().unwrap_or(0);
         let label = TenantLabel {
             tenant: tenant.to_string(),
         };
@@ -270,9 +289,12 @@ async fn scan_once(
         let limit = shared.limit_for(&tenant);
         let (high, low) = limit.thresholds(shared.settings.default_backlog_high);
 
+        // Bytes in its shard close admission too (a shard's 64 MiB is its tenants'), and it
+        // reopens once they are under half the mark.
+        let over_bytes = held.bytes >= bytes_high;
         let wanted = match current {
-            Admission::Open if backlog >= high => Admission::Closed,
-            Admission::Closed if backlog < low => Admission::Open,
+            Admission::Open if backlog >= high || over_bytes => Admission::Closed,
+            Admission::Closed if backlog < low && held.bytes < bytes_high / 2 => Admission::Open,
             same => same,
         };
         shared
@@ -288,22 +310,37 @@ async fn scan_once(
                     .format(&Rfc3339)
                     .unwrap_or_default(),
                 reopen_in_secs: (wanted == Admission::Closed).then(|| {
-                    PressureRecord::estimate_reopen_secs(backlog, low, limit.rate_per_sec)
+                    let rate = limit.rate_per_sec;
+                    // Both must fall: the backlog below its low mark, the bytes below half theirs.
+                    let bytes_low = held.messages.saturating_sub(to_drain(held, bytes_high / 2));
+                    PressureRecord::estimate_reopen_secs(backlog, low, rate).max(
+                        PressureRecord::estimate_reopen_secs(held.messages, bytes_low, rate),
+                    )
                 }),
             };
             let changed_here = write_pressure(kv, &key, &record).await?;
-            tracing::info!(%tenant, backlog, high, low, admission = ?wanted, "admission changed");
+            tracing::info!(%tenant, backlog, high, low, held_bytes = held.bytes, bytes_high, admission = ?wanted, "admission changed");
             // Reported by the replica whose write changed the stored state (once per change
             // across replicas).
             if wanted != current && changed_here {
                 let (kind, detail) = match wanted {
+                    Admission::Closed if backlog < high => (
+                        EventKind::AdmissionClosed,
+                        format!(
+                            "{} bytes waiting in its shard reached {bytes_high} (backlog {backlog}): producers are refused",
+                            held.bytes
+                        ),
+                    ),
                     Admission::Closed => (
                         EventKind::AdmissionClosed,
                         format!("backlog {backlog} reached {high}: producers are refused"),
                     ),
                     Admission::Open => (
                         EventKind::AdmissionReopened,
-                        format!("backlog {backlog} fell below {low}: producers are admitted"),
+                        format!(
+                            "backlog {backlog} fell below {low} ({} bytes waiting in its shard): producers are admitted",
+                            held.bytes
+                        ),
                     ),
                 };
                 shared.events.emit(kind, Some(&tenant), None, &detail);
@@ -332,7 +369,7 @@ async fn scan_once(
     }
     Ok(here
         .into_iter()
-        .filter(|(_, n)| *n > 0)
+        .filter(|(_, held)| held.messages > 0)
         .map(|(t, _)| t)
         .collect())
 }
@@ -365,6 +402,20 @@ mod tests {
         assert!(loops.ensure(&acme, async {}), "restarted on the next pass");
         assert!(loops.drain().await.is_empty(), "a clean end is no panic");
         assert!(!loops.is_running(&acme));
+    }
+
+    #[test]
+    fn the_messages_to_drain_bring_the_bytes_under_the_mark() {
+        let held = |messages, bytes| Held { messages, bytes };
+        assert_eq!(to_drain(held(14, 14 * 1_114_112), 6_291_456), 9);
+        assert_eq!(
+            to_drain(held(14, 14 * 1_114_112), 14 * 1_114_112),
+            1,
+            "not yet fewer"
+        );
+        assert_eq!(to_drain(held(14, 14 * 1_114_112), 14 * 1_114_112 + 1), 0);
+        assert_eq!(to_drain(held(3, 3000), 1), 3, "never more than it holds");
+        assert_eq!(to_drain(held(0, 0), 0), 0);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use switchyard_registry::{Admission, LimitRecord, PressureRecord, Store};
 use switchyard_service::Handoff;
 use switchyard_subjects::{InputStage, Namespace, StageSubject, SubjectKind};
 use switchyard_testkit::{
-    NatsServer, backpressure_stream, http_get, stored_count, stored_count_in, wait_for,
+    NatsServer, backpressure_stream, http_get, stored_count, stored_count_in, stored_messages,
+    wait_for,
 };
 use switchyard_topology::{DeploymentConfig, StreamName, provision};
 use tokio_util::sync::CancellationToken;
@@ -417,6 +418,105 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn admission_closes_when_a_tenants_messages_take_its_bytes_in_its_shard_and_reopens_under_half()
+ {
+    let h = Harness::start(1).await;
+    switchyard_fixtures::enable_tenant(
+        &h.js,
+        "heavy",
+        &switchyard_registry::TenantRecord::enabled(),
+    )
+    .await;
+    // A slow tenant whose backlog mark in messages is far away.
+    h.set_limit(
+        "heavy",
+        LimitRecord {
+            rate_per_sec: 0.1,
+            burst: 1,
+            backlog_high: Some(1000),
+            backlog_low: Some(500),
+        },
+    )
+    .await;
+    // Fourteen 1 MiB messages handed on as idempotency hands them: each in the 1m class
+    // (1,114,112 bytes counted), 14 of them past the default 12 MiB.
+    let handoff = Handoff::new(h.js.clone(), Namespace::default());
+    let payload = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+    for i in 0..14 {
+        let envelope = stamped(
+            Address::parse("heavy", "ops", "hooks").unwrap(),
+            &format!("big-{i}"),
+            1000 + i,
+        );
+        let headers = Handoff::headers(&envelope, None);
+        handoff
+            .forward(
+                InputStage::Backpressure,
+                &envelope,
+                headers,
+                payload.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    let shard = backpressure_stream("heavy");
+    let subjects: Vec<String> = stored_messages(&h.js, &shard)
+        .await
+        .into_iter()
+        .map(|m| m.subject.to_string())
+        .collect();
+    let expected = format!(
+        "{}.heavy.ops.hooks.1m",
+        shard.replace("BACKPRESSURE_", "backpressure.v1.")
+    );
+    assert!(
+        !subjects.is_empty() && subjects.iter().all(|s| *s == expected),
+        "{subjects:?}"
+    );
+
+    let kv = h.js.get_key_value("rate-limits").await.unwrap();
+    let key = RateKey {
+        scope: RateScope::Tenant(TenantId::new("heavy").unwrap()),
+        record: RateRecord::Pressure,
+    }
+    .render();
+    let admission = || async {
+        let bytes = kv.get(&key).await.ok()??;
+        serde_json::from_slice::<PressureRecord>(&bytes).ok()
+    };
+    let closed = wait_for("admission to close", Duration::from_secs(20), || async {
+        admission()
+            .await
+            .filter(|r| r.admission == Admission::Closed)
+    })
+    .await;
+    // Producers are told to retry once the bytes could be under half the mark at its rate:
+    // at least 12 messages of 1,114,112 counted bytes stored, 7 of them to go at 0.1/s.
+    let reopen = closed.reopen_in_secs.expect("an estimate when closing");
+    assert!(reopen >= 70, "{closed:?}");
+    let event = last_event(&h.js, "events.v1.heavy.admission_closed").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("bytes waiting in its shard reached 12582912")),
+        "{event}"
+    );
+
+    // Its shard emptied (here by hand): under half the bytes and the low mark, it reopens.
+    h.js.get_stream(&shard)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    wait_for("admission to reopen", Duration::from_secs(20), || async {
+        admission().await.filter(|r| r.admission == Admission::Open)
+    })
+    .await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_kv_each_replica_enforces_its_share_locally_and_says_so() {
     let h = Harness::start(1).await;
@@ -503,7 +603,6 @@ async fn a_setting_that_would_crash_a_tenant_loop_stops_the_service_at_start_up(
     );
 }
 
-/// How many operational events of `kind` tenant `tenant` has.
 /// The latest event stored on `subject`, as JSON, waited for up to 15 s.
 async fn last_event(js: &jetstream::Context, subject: &str) -> serde_json::Value {
     let events = js.get_stream("EVENTS").await.unwrap();
@@ -516,6 +615,7 @@ async fn last_event(js: &jetstream::Context, subject: &str) -> serde_json::Value
     serde_json::from_slice(&event.payload).unwrap()
 }
 
+/// How many operational events of `kind` tenant `tenant` has.
 async fn event_count(js: &jetstream::Context, tenant: &str, kind: &str) -> usize {
     let subject = format!("events.v1.{tenant}.{kind}");
     let stream = js.get_stream_no_info("EVENTS").await.unwrap();

@@ -18,12 +18,16 @@
 //! until an operator makes room (its refusals cannot be recorded).
 //!
 //! [`Credit::run`] scans the streams' per-subject counts every `credit_scan_ms`
-//! ([`switchyard_topology::backlog_by_tenant`], [`switchyard_topology::held_by_tenant`];
-//! a stream is listed only when some tenant could be over a bound with what it stores) and
-//! opens or closes each tenant's gate. Between scans every hand-off is counted against its
-//! tenant's bytes ([`Credit::spend`]), so a tenant handing on faster than the scans see is
-//! paused as soon as it reaches the bound, not a scan later. A scan that fails leaves the
-//! gates as they are; reading resumes with the next good one.
+//! ([`switchyard_topology::backlog_by_tenant`], [`switchyard_topology::held_by_tenant`]; a
+//! held stream too empty for any tenant to be near the bound is not listed but charged to its
+//! tenants at the most they can hold there) and opens or closes each tenant's gate; a tenant's
+//! gate stays closed until a scan has counted it. Between scans every message is counted
+//! against its tenant's bytes as it arrives from the tenant's stream ([`TenantMeter`]), and
+//! each fetch brings no more messages than the tenant's bytes left hold at the largest it has
+//! fetched, so a tenant handing on faster than the scans see is paused as soon as it reaches
+//! the bound, not a scan later, and passes it by one message at most — per ingress replica,
+//! each of which counts its own. A scan that fails leaves the gates as they are; reading
+//! resumes with the next good one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,26 +40,50 @@ use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
 use switchyard_runtime::retry::poll;
 use switchyard_service::DlqQuota;
-use switchyard_subjects::{Namespace, SizeClass};
+use switchyard_subjects::{Namespace, Shard, SizeClass};
 use switchyard_topology::Held;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// One tenant's gate: `open` while it has credit. `spent` counts every byte the tenant handed
-/// on (never reset); `marked` is its value when the scan in progress began, and `held` plus
-/// what was spent since `counted_from` (the mark of the scan applied last) is what the tenant
-/// holds as far as this replica knows — a hand-off made while a scan was reading is counted on
-/// top of it even if the reading saw it too (counted twice until the next scan, never missed).
+/// One tenant's gate: `open` while it has credit.
+///
+/// Bytes are counted twice over: `spent` when a message arrives from the tenant's stream (its
+/// [`TenantMeter`], so the next fetch already sees it) and `settled` once its handling has
+/// ended (handed on, dead-lettered or given back). A scan marks `settled` as it begins
+/// (`marked`): every message settled by then that was handed on is stored before the scan
+/// reads, so it is in the reading; every one spent past the mark — under way at the mark, or
+/// fetched since — is counted on top of it (`counted_from`, the mark of the scan applied
+/// last). A message the reading also saw is counted twice until the next scan; none is missed.
 struct Gate {
     open: watch::Sender<bool>,
+    /// The largest message counted so far ([`counted`]): what a fetch's size is planned by.
+    largest: AtomicU64,
     held: AtomicU64,
     spent: AtomicU64,
+    settled: AtomicU64,
     marked: AtomicU64,
     counted_from: AtomicU64,
 }
 
 impl Gate {
-    /// Bytes held as the last scan read them plus those handed on since it began.
+    /// Counts `bytes` against the tenant before its message is handed on, and closes the gate
+    /// once what the last scan counted plus what was spent since reaches `limit` (the next
+    /// scan opens it again if there is room).
+    fn spend(&self, tenant: &TenantId, bytes: u64, limit: u64) {
+        self.spent.fetch_add(bytes, Ordering::Relaxed);
+        self.largest.fetch_max(bytes, Ordering::Relaxed);
+        // Decided under the watch's lock, as `Credit::apply` decides: neither undoes the other.
+        self.open.send_if_modified(|open| {
+            if !*open || self.holding() < limit {
+                return false;
+            }
+            *open = false;
+            tracing::info!(%tenant, open = false, over_bytes = true, "tenant gate");
+            true
+        });
+    }
+
+    /// Bytes held as the last scan read them plus those spent since it began.
     fn holding(&self) -> u64 {
         let since = self
             .spent
@@ -68,7 +96,7 @@ impl Gate {
 /// The gates of every tenant being read: `true` while the tenant has credit.
 pub struct Credit {
     gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
-    /// Bytes a tenant may hold in the held streams ([`CreditSettings::bytes_limit`]).
+    /// Bytes a tenant may hold in the held streams ([`CreditSettings`]).
     bytes_limit: u64,
     /// Tenants paused now.
     paused: Gauge,
@@ -82,22 +110,52 @@ pub struct CreditSettings {
     pub limit: u64,
     /// The deployed names of the streams whose bytes count against a tenant's byte credit:
     /// those of the [sized](switchyard_subjects::InputStage::sized) stages from the next
-    /// stage on, with whether each is one shard of a sharded stage (a tenant's messages sit
-    /// in one shard of it). Empty when the next stage is past them (`egress`).
-    pub held_streams: Vec<(String, bool)>,
+    /// stage on, each with its shard when it is one shard of a sharded stage (a tenant's
+    /// messages sit in the one [`Shard::of`] it). Empty when the next stage is past them.
+    pub held_streams: Vec<(String, Option<Shard>)>,
     /// How often the streams are scanned.
     pub every: Duration,
 }
 
 /// What one scan read: messages per tenant in the next stage's stream, and what each tenant
-/// holds in the held streams. A stream that cannot hold any tenant over its bound is not
-/// listed, so its tenants are missing here.
+/// holds in the held streams.
 #[derive(Debug, Default)]
 pub struct Reading {
-    /// Messages per tenant in the next stage's stream.
+    /// Messages per tenant in the next stage's stream (streams that cannot hold a tenant at
+    /// the credit are not listed, so their tenants are missing here).
     pub backlog: BTreeMap<TenantId, u64>,
-    /// Messages and bytes per tenant in the held streams.
+    /// Messages and bytes per tenant in the held streams that were listed.
     pub held: BTreeMap<TenantId, Held>,
+    /// For the held streams not listed (too little in them for any tenant to be near the
+    /// bound): the most bytes any tenant can hold in them, charged to every tenant — in
+    /// `unsharded` for the streams every tenant uses, per shard for the shards.
+    pub unlisted: Unlisted,
+}
+
+/// The most bytes any one tenant can hold in the held streams a scan did not list.
+#[derive(Debug, Default)]
+pub struct Unlisted {
+    /// In the unsharded streams (every tenant's messages may be there).
+    pub unsharded: u64,
+    /// In each shard not listed (only that shard's tenants' messages are there).
+    pub shards: BTreeMap<Shard, u64>,
+}
+
+impl Reading {
+    /// What `tenant` holds as this reading counts it: its bytes in the listed streams plus
+    /// the most it can hold in the others it may use.
+    fn bytes_of(&self, tenant: &TenantId) -> u64 {
+        let listed = self.held.get(tenant).map_or(0, |h| h.bytes);
+        let shard = self
+            .unlisted
+            .shards
+            .get(&Shard::of(tenant))
+            .copied()
+            .unwrap_or(0);
+        listed
+            .saturating_add(self.unlisted.unsharded)
+            .saturating_add(shard)
+    }
 }
 
 impl Credit {
@@ -111,42 +169,34 @@ impl Credit {
         }
     }
 
-    /// `tenant`'s gate (open until a scan or a hand-off says otherwise).
-    pub fn gate(&self, tenant: &TenantId) -> watch::Receiver<bool> {
+    /// `tenant`'s gate for its consume loop: closed until the next scan has counted the
+    /// tenant (a new tenant, or one read again after an ingress restart, may already hold its
+    /// bytes); its [`TenantMeter`] counts each message the loop fetches against the tenant's
+    /// bytes as it arrives and plans each fetch by them. The gate outlives the loop: a loop
+    /// started again for the same tenant gets the same state.
+    pub fn gate(&self, tenant: &TenantId) -> switchyard_service::Gate {
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        gates
+        let gate = gates
             .entry(tenant.clone())
             .or_insert_with(|| {
                 Arc::new(Gate {
-                    open: watch::channel(true).0,
+                    open: watch::channel(false).0,
+                    largest: AtomicU64::new(0),
                     held: AtomicU64::new(0),
                     spent: AtomicU64::new(0),
+                    settled: AtomicU64::new(0),
                     marked: AtomicU64::new(0),
                     counted_from: AtomicU64::new(0),
                 })
             })
-            .open
-            .subscribe()
-    }
-
-    /// Counts a hand-off of `bytes` (its size class's bound) against `tenant`'s byte credit,
-    /// and pauses the tenant once what the last scan counted plus what it handed on since
-    /// reaches the bound (the next scan opens it again if it has room).
-    pub fn spend(&self, tenant: &TenantId, bytes: u64) {
-        let gate = {
-            let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-            gates.get(tenant).cloned()
-        };
-        let Some(gate) = gate else { return };
-        gate.spent.fetch_add(bytes, Ordering::Relaxed);
-        if gate.holding() >= self.bytes_limit {
-            gate.open.send_if_modified(|open| {
-                let was = std::mem::replace(open, false);
-                if was {
-                    tracing::info!(%tenant, open = false, over_bytes = true, "tenant gate");
-                }
-                was
-            });
+            .clone();
+        switchyard_service::Gate {
+            open: gate.open.subscribe(),
+            meter: Some(Arc::new(TenantMeter {
+                tenant: tenant.clone(),
+                gate,
+                limit: self.bytes_limit,
+            })),
         }
     }
 
@@ -156,19 +206,20 @@ impl Credit {
         gates.remove(tenant);
     }
 
-    /// Marks where every tenant's count of bytes handed on stands as a scan begins: what is
-    /// handed on from here is counted on top of that scan's [`Reading`].
+    /// Marks where every tenant's settled hand-offs stand as a scan begins: what is spent past
+    /// it is counted on top of that scan's [`Reading`].
     pub fn mark(&self) {
         let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         for gate in gates.values() {
             gate.marked
-                .store(gate.spent.load(Ordering::Relaxed), Ordering::Relaxed);
+                .store(gate.settled.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
     /// Opens or closes every gate from one [`Reading`] (against `limit` messages and the byte
-    /// bound: the bytes it read plus those handed on since its [`mark`](Self::mark)) and
-    /// admission; returns how many are closed.
+    /// bound: the bytes it counts plus those spent since its [`mark`](Self::mark)) and
+    /// admission; returns how many are closed. A gate created after the mark is counted from
+    /// its first byte.
     pub fn apply(
         &self,
         reading: &Reading,
@@ -179,19 +230,15 @@ impl Credit {
         let mut closed = 0;
         for (tenant, gate) in gates.iter() {
             let over = reading.backlog.get(tenant).is_some_and(|n| *n >= limit);
-            gate.held.store(
-                reading.held.get(tenant).map_or(0, |h| h.bytes),
-                Ordering::Relaxed,
-            );
+            gate.held.store(reading.bytes_of(tenant), Ordering::Relaxed);
             gate.counted_from
                 .store(gate.marked.load(Ordering::Relaxed), Ordering::Relaxed);
-            let held = gate.holding();
-            let over_bytes = held >= self.bytes_limit;
-            let open = !over && !over_bytes && !admission_closed(tenant);
-            if !open {
-                closed += 1;
-            }
+            let shut = over || admission_closed(tenant);
+            let mut open = false;
             gate.open.send_if_modified(|was| {
+                let held = gate.holding();
+                let over_bytes = held >= self.bytes_limit;
+                open = !shut && !over_bytes;
                 let changed = *was != open;
                 if changed {
                     tracing::info!(%tenant, open, over_credit = over, over_bytes, held_bytes = held, "tenant gate");
@@ -199,6 +246,9 @@ impl Credit {
                 *was = open;
                 changed
             });
+            if !open {
+                closed += 1;
+            }
         }
         self.paused.set(closed as i64);
         closed
@@ -246,11 +296,54 @@ impl Credit {
     }
 }
 
+/// What bytes a message read from a tenant's own stream counts once handed on: the class of
+/// its headers and payload with room for the envelope's headers ([`ENVELOPE_ROOM`]), which
+/// the hand-off adds (its subject's class is that of what is actually sent, usually the same).
+pub fn counted(msg: &jetstream::Message) -> u64 {
+    let size = match msg.headers.as_ref() {
+        Some(h) => switchyard_envelope::headers::message_size(h, &msg.payload),
+        None => msg.payload.len(),
+    };
+    SizeClass::of(size + ENVELOPE_ROOM).bound()
+}
+
+/// Bytes a hand-off's envelope headers (ids, times, trace, seal) add to a producer's message,
+/// at most, as counted for the credit before the hand-off is built.
+pub const ENVELOPE_ROOM: usize = 2048;
+
+/// One tenant's [`switchyard_service::Meter`]: every message its loop fetches is counted
+/// against its bytes as it arrives (the gate closes once the tenant reaches its bound, so no
+/// further fetch starts), and settled when handled; each fetch brings at most as many messages
+/// as its bytes left hold at the largest it has fetched ([`fetch_max`]).
+struct TenantMeter {
+    tenant: TenantId,
+    gate: Arc<Gate>,
+    limit: u64,
+}
+
+impl switchyard_service::Meter for TenantMeter {
+    fn fetch_max(&self) -> usize {
+        let left = self.limit.saturating_sub(self.gate.holding());
+        fetch_max(left, self.gate.largest.load(Ordering::Relaxed))
+    }
+
+    fn fetched(&self, msg: &jetstream::Message) -> u64 {
+        let bytes = counted(msg);
+        self.gate.spend(&self.tenant, bytes, self.limit);
+        bytes
+    }
+
+    fn finished(&self, charged: u64) {
+        self.gate.settled.fetch_add(charged, Ordering::Relaxed);
+    }
+}
+
 /// One [`Reading`]. The next stage's streams are listed only when they hold the credit in
-/// messages (nobody there can be over it otherwise); a held stream only when some tenant with
-/// messages in it could be over the byte bound: a tenant's messages lie in its one shard and
-/// the unsharded held streams, and each message counts at most twice its bytes or the smallest
-/// class's bound ([`most_counted`]).
+/// messages (nobody there can be over it otherwise). A held stream is listed when a tenant
+/// with messages in it could hold half the byte bound or more (its messages lie in its one
+/// shard and the unsharded held streams; [`most_counted`] bounds what a stream's messages
+/// count); one not listed is charged to its tenants at that most ([`Unlisted`]), which leaves
+/// each of them at least half its bytes to hand on before the next scan.
 async fn scan(
     js: &jetstream::Context,
     ns: &Namespace,
@@ -277,27 +370,37 @@ async fn scan(
             most_counted(state.bytes, state.messages),
         ));
     }
-    let unsharded: u64 = stored.iter().filter(|s| !s.1).map(|s| s.2).sum();
+    let unsharded: u64 = stored.iter().filter(|s| s.1.is_none()).map(|s| s.2).sum();
     let largest_shard = stored
         .iter()
-        .filter(|s| s.1)
+        .filter(|s| s.1.is_some())
         .map(|s| s.2)
         .max()
         .unwrap_or(0);
-    let listed: Vec<String> = stored
-        .into_iter()
-        .filter(|(_, shard, most)| {
-            let with = if *shard {
-                unsharded + most
-            } else {
-                unsharded + largest_shard
-            };
-            *most > 0 && with >= bytes_limit
-        })
-        .map(|(name, ..)| name)
-        .collect();
+    let mut listed = Vec::new();
+    for (name, shard, most) in stored {
+        let with = unsharded.saturating_add(if shard.is_some() { most } else { largest_shard });
+        if most > 0 && with.saturating_mul(2) >= bytes_limit {
+            listed.push(name);
+        } else if let Some(shard) = shard {
+            reading.unlisted.shards.insert(shard, most);
+        } else {
+            reading.unlisted.unsharded = reading.unlisted.unsharded.saturating_add(most);
+        }
+    }
     reading.held = switchyard_topology::held_by_tenant(js, ns, &listed).await?;
     Ok(reading)
+}
+
+/// The most messages a tenant's next fetch may bring with `left` bytes of credit, planned at
+/// the largest message it has fetched (`largest`, as [`counted`]): as many of those as fit, at
+/// least one; one while it has fetched none (its first fetch learns its size). Past its credit
+/// goes at most the last message of a fetch (more only when messages grow larger than before).
+fn fetch_max(left: u64, largest: u64) -> usize {
+    if largest == 0 {
+        return 1;
+    }
+    usize::try_from(left / largest).unwrap_or(usize::MAX).max(1)
 }
 
 /// The most bytes size classes can count for `messages` messages storing `bytes` bytes: each
@@ -306,6 +409,25 @@ fn most_counted(bytes: u64, messages: u64) -> u64 {
     bytes
         .saturating_mul(2)
         .saturating_add(messages.saturating_mul(SizeClass::SMALLEST.bound()))
+}
+
+#[cfg(test)]
+impl Credit {
+    /// What a fetched message of `bytes` counts, as its meter counts it.
+    fn spend(&self, tenant: &TenantId, bytes: u64) {
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = gates.get(tenant) {
+            gate.spend(tenant, bytes, self.bytes_limit);
+        }
+    }
+
+    /// Its handling ended.
+    fn settle(&self, tenant: &TenantId, bytes: u64) {
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = gates.get(tenant) {
+            gate.settled.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +447,7 @@ mod tests {
                     ((*t).clone(), held)
                 })
                 .collect(),
+            unlisted: Unlisted::default(),
         }
     }
 
@@ -333,11 +456,13 @@ mod tests {
         let credit = Credit::new(u64::MAX, Gauge::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
-        let (a, g) = (credit.gate(&acme), credit.gate(&globex));
+        let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
         assert!(
-            *a.borrow() && *g.borrow(),
-            "open until a scan says otherwise"
+            !*a.borrow() && !*g.borrow(),
+            "closed until a scan has counted them"
         );
+        assert_eq!(credit.apply(&Reading::default(), 1000, |_| false), 0);
+        assert!(*a.borrow() && *g.borrow());
 
         let backlog = reading(&[(&acme, 1000), (&globex, 999)], &[]);
         assert_eq!(credit.apply(&backlog, 1000, |_| false), 1);
@@ -356,8 +481,22 @@ mod tests {
         let credit = Credit::new(1000, Gauge::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
-        let (a, g) = (credit.gate(&acme), credit.gate(&globex));
+        let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
 
+        // A fetch brings one message until the tenant's size is known, then as many of its
+        // largest as its bytes left hold (at least one).
+        let fetch = |tenant: &TenantId| credit.gate(tenant).meter.unwrap().fetch_max();
+        assert_eq!(fetch(&acme), 1, "size not known yet");
+        credit.spend(&acme, 100);
+        credit.settle(&acme, 100);
+        assert_eq!(fetch(&acme), 9, "900 left of 1000: nine of 100");
+        credit.mark();
+        let partly = reading(&[], &[(&acme, 950), (&globex, 200)]);
+        assert_eq!(credit.apply(&partly, 10, |_| false), 0);
+        assert_eq!(fetch(&acme), 1, "50 left: still one");
+
+        // Between scans, hand-offs count as they start: globex reaches the bound with one
+        // more byte.
         assert_eq!(
             credit.apply(&reading(&[], &[(&acme, 1000), (&globex, 999)]), 10, |_| {
                 false
@@ -365,30 +504,25 @@ mod tests {
             1
         );
         assert!(!*a.borrow() && *g.borrow(), "held bytes at the bound pause");
-
-        // Between scans, hand-offs count: globex reaches the bound with one more byte.
         credit.spend(&globex, 1);
-        assert!(
-            !*g.borrow(),
-            "paused by its own hand-offs, not a scan later"
-        );
+        assert!(!*g.borrow(), "paused by its own hand-off, not a scan later");
+        credit.settle(&globex, 1);
 
-        // A scan counts from what the streams hold when it began: what was handed on before
-        // is in its reading, what is handed on while it reads is counted on top.
-        credit.mark();
+        // A scan counts what was settled before it began in its reading, and what is spent
+        // past its mark on top: here 100 bytes under way as it began, settled after it read.
         credit.spend(&globex, 100);
+        credit.mark();
+        credit.settle(&globex, 100);
         assert_eq!(
             credit.apply(&reading(&[], &[(&globex, 400)]), 10, |_| false),
             0
         );
-        assert!(
-            *a.borrow() && *g.borrow(),
-            "400 read and 100 handed on since"
-        );
+        assert!(*a.borrow() && *g.borrow(), "400 read, 100 under way");
         credit.spend(&globex, 499);
         assert!(*g.borrow(), "400 held and 599 handed on is below 1000");
         credit.spend(&globex, 1);
         assert!(!*g.borrow());
+        credit.settle(&globex, 500);
         credit.mark();
         assert_eq!(
             credit.apply(&reading(&[], &[(&globex, 999)]), 10, |_| false),
@@ -400,5 +534,30 @@ mod tests {
         );
         credit.spend(&TenantId::new("initech").unwrap(), 5000);
         assert!(*a.borrow(), "a tenant not read has no gate to close");
+    }
+
+    #[test]
+    fn streams_not_listed_are_charged_to_their_tenants_at_the_most_they_can_hold() {
+        let credit = Credit::new(1000, Gauge::default());
+        let acme = TenantId::new("acme").unwrap();
+        let globex = TenantId::new("globex").unwrap();
+        let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
+        let mut reading = reading(&[], &[]);
+        reading.unlisted.unsharded = 300;
+        reading.unlisted.shards.insert(Shard::of(&acme), 400);
+        assert_eq!(credit.apply(&reading, 10, |_| false), 0);
+        credit.spend(&globex, 699);
+        assert!(
+            *g.borrow(),
+            "globex's shard was listed: 300 charged and 699 spent"
+        );
+        credit.spend(&acme, 299);
+        assert!(*a.borrow(), "300 + 400 charged and 299 spent");
+        credit.spend(&acme, 1);
+        assert!(!*a.borrow(), "acme's own shard counts, not globex's");
+        assert_eq!(
+            most_counted(1000, 2),
+            2000 + 2 * SizeClass::SMALLEST.bound()
+        );
     }
 }

@@ -27,7 +27,6 @@ use switchyard_topology::ResolvedTopology;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::credit::Credit;
 use crate::validate::{Accepted, Validator};
 
 /// Validates producer messages and hands them on to `next`.
@@ -43,8 +42,6 @@ pub struct IngressHandler {
     /// The tenants' data keys: which tenants have encryption on, and the keys that seal and
     /// open their payloads.
     pub sealing: Arc<KeyCache>,
-    /// The tenants' credit: each hand-off counts against its tenant's bytes.
-    pub credit: Arc<Credit>,
 }
 
 /// How long a message of a tenant with encryption on waits before it is tried again when its
@@ -187,10 +184,6 @@ impl Handler for IngressHandler {
                 if let Some(seal) = &seal {
                     insert_seal_headers(&mut h, seal);
                 }
-                // Counted before it is made, so that the tenant's next fetch already sees it (a
-                // hand-off that fails is counted until the next scan reads what is stored).
-                let counted = Handoff::size_class(&h, &payload).bound();
-                self.credit.spend(&envelope.address.tenant, counted);
                 let outcome = match self.handoff.forward(self.next, &envelope, h, payload).await {
                     Ok(()) => Outcome::Forwarded,
                     Err(e) => e.outcome(msg, Stage::Ingress, &envelope),

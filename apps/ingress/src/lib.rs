@@ -122,7 +122,6 @@ pub async fn start(
         next: config.ingress.next_stage,
         topology: topology.clone(),
         sealing,
-        credit: credit.clone(),
     });
     let mut settings = WorkerSettings {
         concurrency: config.ingress.concurrency,
@@ -158,12 +157,18 @@ pub async fn start(
         .skip_while(|s| *s != config.ingress.next_stage)
         .filter(|s| s.sized())
     {
-        for (name, _) in topology
+        // Opened, not only named: they must exist to be counted.
+        topology
             .open_streams(&js, StreamName::input_of(stage))
-            .await?
-        {
-            held_streams.push((name, stage.sharded()));
-        }
+            .await?;
+        let base = StreamName::input_of(stage).base();
+        held_streams.extend(
+            topology
+                .streams
+                .iter()
+                .filter(|s| s.base == base)
+                .map(|s| (s.config.name.clone(), s.shard)),
+        );
     }
     let credit_settings = credit::CreditSettings {
         // Opened, not only named: the next stage's streams must exist before any hand-off.

@@ -71,10 +71,15 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
         while loops.try_join_next().is_some() {}
         let registered: Vec<TenantId> = tenants.keys().into_iter().map(|k| k.tenant).collect();
         // Tenants removed from the registry: stop their loops (their streams stay).
+        // A loop that ended on its own is started again below with the same gate (its
+        // tenant's bytes counted so far).
         running.retain(|tenant, token| {
-            let keep = registered.contains(tenant) && !token.is_cancelled();
+            let registered = registered.contains(tenant);
+            let keep = registered && !token.is_cancelled();
             if !keep {
                 token.cancel();
+            }
+            if !registered {
                 credit.forget(tenant);
             }
             keep

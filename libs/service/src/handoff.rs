@@ -178,9 +178,8 @@ impl Handoff {
     }
 
     /// The [`SizeClass`] of a hand-off with headers `h` and `payload` (their wire size, in
-    /// bytes): the last token of a sized stage's subject, and what ingress counts against a
-    /// tenant's byte credit.
-    pub fn size_class(h: &HeaderMap, payload: &Bytes) -> SizeClass {
+    /// bytes): the last token of a sized stage's subject.
+    fn size_class(h: &HeaderMap, payload: &Bytes) -> SizeClass {
         SizeClass::of(headers::message_size(h, payload))
     }
 
@@ -209,10 +208,9 @@ impl Handoff {
     async fn publish(
         &self,
         subject: String,
-        mut h: HeaderMap,
+        h: HeaderMap,
         payload: Bytes,
     ) -> Result<(), HandoffError> {
-        switchyard_runtime::telemetry::inject_current(&mut h);
         let ack = self
             .js
             .publish_with_headers(subject.clone(), h, payload)
@@ -226,6 +224,8 @@ impl Handoff {
 
     /// Publishes to `next`'s input subject with the hop `Nats-Msg-Id`, and waits for the
     /// stream's ack. A crash-redelivered hand-off repeats the id and is dropped by the stream.
+    /// A sized stage's subject carries the [`SizeClass`] of exactly what is sent (headers
+    /// complete, the current trace context included).
     pub async fn forward(
         &self,
         next: InputStage,
@@ -234,6 +234,7 @@ impl Handoff {
         payload: Bytes,
     ) -> Result<(), HandoffError> {
         h.insert(headers::NATS_MSG_ID, envelope.hop_msg_id(next.stage()));
+        switchyard_runtime::telemetry::inject_current(&mut h);
         let subject = StageSubject {
             stage: next,
             address: envelope.address.clone(),
@@ -258,6 +259,7 @@ impl Handoff {
     ) -> Result<(), HandoffError> {
         // A schedule must lie in the future; round up to whole milliseconds ahead.
         let at = at.max(OffsetDateTime::now_utc() + time::Duration::milliseconds(50));
+        switchyard_runtime::telemetry::inject_current(&mut h);
         let target = StageSubject {
             stage,
             address: envelope.address.clone(),

@@ -47,4 +47,4 @@ pub use metrics::Metrics;
 pub use probes::{Readiness, router};
 pub use settle::{Handled, Outcome, SettleSettings, Settler};
 pub use storage::StorageProbe;
-pub use worker::{Ended, Handler, Worker, WorkerSettings};
+pub use worker::{Ended, Gate, Handler, Meter, Worker, WorkerSettings};

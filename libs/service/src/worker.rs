@@ -50,6 +50,37 @@ pub const TENANT_FETCH_MAX_MESSAGES: usize = 16;
 /// idle tenants cost 1,000 pulls a second on each stage (docs/performance.md).
 pub const TENANT_FETCH_WAIT: Duration = Duration::from_secs(20);
 
+/// What a gated consume loop ([`Worker::consume_gated`]) checks before each fetch.
+pub struct Gate {
+    /// `true` while the loop may fetch; it waits while `false`.
+    pub open: watch::Receiver<bool>,
+    /// What counts the loop's messages and plans its fetches; `None`: nothing counted.
+    pub meter: Option<Arc<dyn Meter>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("open", &*self.open.borrow())
+            .field("fetch_max", &self.meter.as_ref().map(|m| m.fetch_max()))
+            .finish()
+    }
+}
+
+/// Counts what a gated loop takes ([`Gate::meter`]): each message as it arrives from a fetch
+/// (before its task starts, so the next fetch is planned with it counted) and again once its
+/// handling has ended, whatever the outcome (an aborted task included).
+pub trait Meter: Send + Sync {
+    /// The most messages the next fetch may bring (at least 1), on top of the free slots and
+    /// `max_batch`; read before each fetch.
+    fn fetch_max(&self) -> usize;
+    /// `msg` arrived from a fetch; returns what was charged for it, handed back to
+    /// [`Meter::finished`].
+    fn fetched(&self, msg: &jetstream::Message) -> u64;
+    /// The handling of a message charged `charged` has ended.
+    fn finished(&self, charged: u64);
+}
+
 /// Why a per-tenant consume loop ended ([`Worker::consume_gated`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -160,10 +191,11 @@ impl<H: Handler> Worker<H> {
             .await;
     }
 
-    /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` reads `true`
-    /// (a tenant with credit at the next stage, say): a closed gate stops new fetches (one
-    /// under way still delivers up to `max_batch`), and the loop waits for it to open. A gate
-    /// whose sender is gone counts as open. Ends, after draining, at `shutdown`
+    /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` is open (a
+    /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
+    /// a closed gate stops new fetches (one under way still delivers up to `max_batch`), and
+    /// the loop waits for it to open. A gate whose sender is gone counts as open, unbounded.
+    /// Ends, after draining, at `shutdown`
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
     /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
     /// survive the server's restart), for the caller to create it again.
@@ -175,7 +207,7 @@ impl<H: Handler> Worker<H> {
     pub fn consume_gated(
         self: Arc<Self>,
         consumer: PullConsumer,
-        gate: Option<watch::Receiver<bool>>,
+        gate: Option<Gate>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Ended> + Send {
         self.consume_until(Box::new(consumer), gate, true, shutdown)
@@ -184,7 +216,7 @@ impl<H: Handler> Worker<H> {
     async fn consume_until(
         self: Arc<Self>,
         consumer: Box<PullConsumer>,
-        mut gate: Option<watch::Receiver<bool>>,
+        mut gate: Option<Gate>,
         end_when_gone: bool,
         shutdown: CancellationToken,
     ) -> Ended {
@@ -203,7 +235,7 @@ impl<H: Handler> Worker<H> {
         let _abort_on_drop = abort.clone().drop_guard();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         while !shutdown.is_cancelled() {
-            if let Some(open) = gate.as_mut() {
+            if let Some(open) = gate.as_mut().map(|g| &mut g.open) {
                 let sender_gone = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     waited = open.wait_for(|open| *open) => waited.is_err(),
@@ -217,7 +249,11 @@ impl<H: Handler> Worker<H> {
                 _ = shutdown.cancelled() => break,
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
-            let free = (slots.available_permits() + 1).min(shared.settings.max_batch.max(1));
+            let mut free = (slots.available_permits() + 1).min(shared.settings.max_batch.max(1));
+            let meter = gate.as_ref().and_then(|g| g.meter.clone());
+            if let Some(meter) = &meter {
+                free = free.min(meter.fetch_max().max(1));
+            }
             drop(permit);
             let fetched = Box::pin(shared.fetch(&consumer, free, &mut backoff, &shutdown)).await;
             let mut batch = match fetched {
@@ -250,7 +286,8 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver));
+                let metered = meter.as_ref().map(|m| (m.clone(), m.fetched(&msg)));
+                tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver, metered));
             }
             if !failed {
                 backoff.reset();
@@ -301,7 +338,7 @@ impl<H: Handler> Worker<H> {
                 let Some(msg) = queues.pop() else {
                     break;
                 };
-                tasks.spawn(self.task(msg, permit, &shutdown, &never_aborted, max_deliver));
+                tasks.spawn(self.task(msg, permit, &shutdown, &never_aborted, max_deliver, None));
             }
         };
         'outer: while !shutdown.is_cancelled() {
@@ -386,6 +423,7 @@ impl<H: Handler> Worker<H> {
         shutdown: &CancellationToken,
         abort: &CancellationToken,
         max_deliver: i64,
+        metered: Option<(Arc<dyn Meter>, u64)>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let worker = self.clone();
         let shutdown = shutdown.clone();
@@ -397,6 +435,9 @@ impl<H: Handler> Worker<H> {
                 () = worker
                     .settler
                     .process(msg, &shutdown, worker.handler.as_ref(), max_deliver) => {}
+            }
+            if let Some((meter, charged)) = metered {
+                meter.finished(charged);
             }
             drop(permit);
         }

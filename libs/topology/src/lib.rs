@@ -43,6 +43,5 @@ pub use resolve::{
 };
 pub use spec::{BucketSpec, ConsumerSpec, StreamSpec, SubjectsKind, Tenancy, Topology};
 pub use status::{
-    Held, StatusReport, backlog_by_tenant, backlog_by_tenant_in, dlq_entries_by_tenant,
-    held_by_tenant, status,
+    Held, StatusReport, backlog_by_tenant, dlq_entries_by_tenant, held_by_tenant, status,
 };

@@ -459,24 +459,6 @@ pub async fn backlog_by_tenant(
     .await
 }
 
-/// [`backlog_by_tenant`] summed over several streams: a sharded declaration's shards, or one
-/// stream (what [`crate::ResolvedTopology::stream_names`] returns).
-///
-/// Errors: a stream cannot be read (`TopologyError::JetStream`).
-pub async fn backlog_by_tenant_in(
-    js: &jetstream::Context,
-    ns: &Namespace,
-    names: &[String],
-) -> Result<BTreeMap<TenantId, u64>, TopologyError> {
-    let mut total = BTreeMap::new();
-    for name in names {
-        for (tenant, count) in backlog_by_tenant(js, ns, name).await? {
-            *total.entry(tenant).or_insert(0) += count;
-        }
-    }
-    Ok(total)
-}
-
 /// Entries stored in the DLQ `name` per tenant (`None`: records without one), from its
 /// per-subject counts (`dlq.v1.<tenant>.<stage>.<platform>`): what each tenant holds of its
 /// share (`tenant_max_msgs`). The one definition, used by `status` and by the stages' share

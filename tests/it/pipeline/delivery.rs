@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use switchyard_dlq::DlqCode;
 use switchyard_dlq_ops::plan_replay;
-use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
-use switchyard_registry::{LimitRecord, Store};
 use switchyard_subjects::{InputStage, Namespace};
 
 use super::{Pipeline, SECRET, signature_is_valid};
@@ -154,27 +152,10 @@ async fn a_permanent_failure_lands_in_the_dlq_and_replays_once_the_route_is_fixe
     p.stop().await;
 }
 
-/// Sets `tenant`'s rate limit in the `rate-limits` bucket.
-async fn set_limit(p: &Pipeline, tenant: &str, rate_per_sec: f64, burst: u32) {
-    let store: Store<RateKey, LimitRecord> =
-        Store::new(p.js.get_key_value("rate-limits").await.unwrap());
-    let key = RateKey {
-        scope: RateScope::Tenant(TenantId::new(tenant).unwrap()),
-        record: RateRecord::Limit,
-    };
-    let limit = LimitRecord {
-        rate_per_sec,
-        burst,
-        backlog_high: None,
-        backlog_low: None,
-    };
-    store.put(&key, &limit).await.unwrap();
-}
-
 #[tokio::test]
 async fn replayed_egress_entries_are_paced_by_the_tenants_rate_limit() {
     let p = Pipeline::start(&["acme"]).await;
-    set_limit(&p, "acme", 2.0, 1).await;
+    p.set_limit("acme", 2.0, 1).await;
     p.route("acme", None, "hooks", "broken").await;
     p.sink.answer("broken", 400);
     for i in 0..10 {

@@ -1,14 +1,18 @@
 //! Tenant isolation at the edge: each tenant's own ingress stream, duplicate window and quota.
-//! Another tenant's ids cannot suppress a tenant's messages, and a tenant over its quota is
-//! refused loudly — over NATS and HTTP — while the others are served.
+//! Another tenant's ids cannot suppress a tenant's messages, a tenant over its quota is
+//! refused loudly — over NATS and HTTP — while the others are served, and a slow tenant of
+//! large messages cannot fill the `BACKPRESSURE` shard it shares with others.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::ErrorCode;
+use switchyard_keys::TenantId;
 use switchyard_registry::TenantRecord;
-use switchyard_testkit::wait_for;
+use switchyard_subjects::{Namespace, Shard, SizeClass};
+use switchyard_testkit::{backpressure_stream, wait_for};
+use switchyard_topology::held_by_tenant;
 
 use super::Pipeline;
 
@@ -204,5 +208,100 @@ async fn a_tenant_over_its_quota_is_refused_loudly_loses_nothing_and_the_others_
     let accepted: HashSet<Vec<u8>> = (0..5).map(|i| format!("flood-{i}").into_bytes()).collect();
     assert_eq!(flood, accepted);
     assert!(p.dlq().await.is_empty());
+    p.stop().await;
+}
+
+/// Distinct messages (webhook ids) of `path` the sink accepted.
+fn delivered_to(p: &Pipeline, path: &str) -> usize {
+    p.sink
+        .received()
+        .iter()
+        .filter(|r| r.path == path && r.delivered())
+        .map(|r| r.webhook_id.clone())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+#[tokio::test]
+async fn a_slow_tenant_of_large_messages_cannot_fill_the_shard_it_shares_with_another() {
+    let p = Pipeline::start(&["hefty", "light"]).await;
+    let hefty = TenantId::new("hefty").unwrap();
+    let light = TenantId::new("light").unwrap();
+    assert_eq!(
+        Shard::of(&hefty),
+        Shard::of(&light),
+        "the two share a shard"
+    );
+    p.route("hefty", None, "hooks", "hefty").await;
+    p.route("light", None, "hooks", "light").await;
+    // hefty may keep 128 MiB in its own stream, twice its shard's 64 MiB, and gets one
+    // message through every 2 s.
+    let quota = TenantRecord {
+        quota_bytes: Some(128 * 1024 * 1024),
+        ..TenantRecord::enabled()
+    };
+    switchyard_fixtures::enable_tenant(&p.js, "hefty", &quota).await;
+    p.set_limit("hefty", 0.5, 1).await;
+
+    // It sends 72 messages of 1 MiB, more than the shard holds: counted only by messages
+    // (admission's 100,000), all of them would be handed on and fill the shard, whose full
+    // limits would refuse light's hand-offs.
+    let payload = vec![b'h'; 1024 * 1024];
+    let mut accepted = 0;
+    for i in 0..72 {
+        if p.try_publish("hefty", "ops", "hooks", &format!("h-{i}"), &payload)
+            .await
+            .is_some()
+        {
+            accepted += 1;
+        }
+    }
+    // Its bytes in IDEMPOTENCY and the shard stay within ingress's byte credit (16 MiB counted
+    // by size class, passed by one message at most).
+    let streams = vec!["IDEMPOTENCY".to_owned(), backpressure_stream("hefty")];
+    let most = 16 * 1024 * 1024 + SizeClass::of(1024 * 1024 + 64 * 1024).bound();
+    for _ in 0..10 {
+        let held = held_by_tenant(&p.js, &Namespace::default(), &streams)
+            .await
+            .unwrap()
+            .get(&hefty)
+            .copied()
+            .unwrap_or_default();
+        assert!(held.bytes <= most, "hefty holds {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The rest waits in hefty's own stream, under its own quota.
+    let own = p.js.get_stream("INGRESS_hefty").await.unwrap();
+    let waiting = own.cached_info().state.messages;
+    assert!(
+        waiting + 17 >= accepted as u64,
+        "{waiting} of hefty's {accepted} accepted messages still in its own stream"
+    );
+    let shard = p.js.get_stream(backpressure_stream("hefty")).await.unwrap();
+    let info = shard.cached_info();
+    assert!(
+        info.state.bytes < info.config.max_bytes as u64 / 2,
+        "the shard is far from full: {} of {} bytes",
+        info.state.bytes,
+        info.config.max_bytes
+    );
+
+    // light is served throughout.
+    for i in 0..20 {
+        p.publish("light", "ops", "hooks", &format!("l-{i}"), b"light")
+            .await;
+    }
+    wait_for("light's deliveries", Duration::from_secs(30), || async {
+        (delivered_to(&p, "light") == 20).then_some(())
+    })
+    .await;
+
+    // Nothing hefty had accepted is lost: at a rate that lets it through, all of it arrives.
+    p.set_limit("hefty", 1000.0, 1000).await;
+    wait_for("hefty's deliveries", Duration::from_secs(120), || async {
+        (delivered_to(&p, "hefty") == accepted).then_some(())
+    })
+    .await;
+    assert!(p.dlq().await.is_empty(), "nothing dead-lettered");
     p.stop().await;
 }

@@ -16,8 +16,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, publish::PublishAck};
 use switchyard_dlq::DlqEntry;
 use switchyard_fixtures::dlq_entries;
-use switchyard_keys::{RouteKey, RouteTeam, TenantId};
-use switchyard_registry::{Route, Store, TenantRecord, WebhookRoute, WebhookSecret};
+use switchyard_keys::{RateKey, RateRecord, RateScope, RouteKey, RouteTeam, TenantId};
+use switchyard_registry::{LimitRecord, Route, Store, TenantRecord, WebhookRoute, WebhookSecret};
 use switchyard_subjects::Namespace;
 use switchyard_testkit::{NatsCluster, NatsServer, wait_for};
 use switchyard_topology::{ConsumerName, DeploymentConfig, provision};
@@ -350,6 +350,23 @@ impl Pipeline {
             .ok()?
             .await
             .ok()
+    }
+
+    /// Sets `tenant`'s rate limit in the `rate-limits` bucket (admission marks: the defaults).
+    pub async fn set_limit(&self, tenant: &str, rate_per_sec: f64, burst: u32) {
+        let store: Store<RateKey, LimitRecord> =
+            Store::new(self.js.get_key_value("rate-limits").await.unwrap());
+        let key = RateKey {
+            scope: RateScope::Tenant(TenantId::new(tenant).unwrap()),
+            record: RateRecord::Limit,
+        };
+        let limit = LimitRecord {
+            rate_per_sec,
+            burst,
+            backlog_high: None,
+            backlog_low: None,
+        };
+        store.put(&key, &limit).await.unwrap();
     }
 
     pub async fn dlq(&self) -> Vec<DlqEntry> {

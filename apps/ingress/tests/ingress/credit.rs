@@ -180,9 +180,14 @@ async fn a_flooding_tenant_is_paused_at_its_credit_refused_at_its_quota_and_othe
     h.stop().await;
 }
 
-/// The most of `acme`'s 100 KiB messages the byte credit test lets it hold at once: 16 reach
-/// its 2 MiB, and two fetches of `tenant_batch` (2) may be under way as the 16th is counted.
-const MOST_AT_ONCE: u64 = 16 + 2 * 2;
+/// Messages `acme` sends in the byte credit test: 500 KiB payloads.
+const LARGE: u64 = 30;
+
+/// The most of `acme`'s 500 KiB messages the byte credit test lets it hold at once: the 8th
+/// reaches its 4 MiB, and no fetch brings more than its bytes left hold at the largest message
+/// it has fetched (at least one; the first fetch one). A fetch of `tenant_batch` (16) planned
+/// by messages alone would bring up to 16.
+const MOST_AT_ONCE: u64 = 8;
 
 /// What `tenant` holds in `streams`, as the byte credit counts it.
 async fn held(js: &jetstream::Context, streams: &[String], tenant: &TenantId) -> Held {
@@ -198,8 +203,7 @@ async fn held(js: &jetstream::Context, streams: &[String], tenant: &TenantId) ->
 async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams_and_others_flow_on()
  {
     let h = Harness::launch_with(Harness::prepare().await, |config| {
-        config.ingress.next_stage_credit_bytes = 2 * 1024 * 1024;
-        config.ingress.tenant_batch = 2;
+        config.ingress.next_stage_credit_bytes = 4 * 1024 * 1024;
         config.ingress.credit_scan_ms = 20;
     })
     .await;
@@ -207,10 +211,10 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     let globex = TenantId::new("globex").unwrap();
     let idempotency = vec!["IDEMPOTENCY".to_owned()];
     let shard = vec![backpressure_stream("acme")];
-    // 100 KiB payloads: with their envelope headers in the 128k class (139,264 bytes each),
-    // so 2 MiB holds 15 of them; 40 is far below acme's message credit (1,000).
-    let payload = vec![b'x'; 100 * 1024];
-    for i in 0..40 {
+    // 500 KiB payloads: with their envelope headers in the 512k class (557,056 bytes each),
+    // so 4 MiB holds 7 of them; 30 is far below acme's message credit (1,000).
+    let payload = vec![b'x'; 500 * 1024];
+    for i in 0..LARGE {
         h.publish(
             "ingress.v1.acme.ops.slack",
             with_id(&format!("a-{i}")),
@@ -218,26 +222,26 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
         )
         .await;
     }
-    wait_for(
-        "acme to be paused with its backlog in its own stream",
+    // Paused once its hand-offs reached 4 MiB (the 8th): its 8th stored, no pull of its
+    // stream waiting, the rest still there.
+    let at_pause = wait_for(
+        "acme to be paused at its bytes with its backlog in its own stream",
         Duration::from_secs(20),
         || async {
+            let now = held(&h.js, &idempotency, &acme).await;
             let (pending, waiting) = reading(&h.js, "acme").await;
-            (pending > 0 && waiting == 0).then_some(())
+            (now.messages >= 8 && pending > 0 && waiting == 0).then_some(now)
         },
     )
     .await;
-    let at_pause = held(&h.js, &idempotency, &acme).await;
-    let class = SizeClass::from_token("128k").unwrap().bound();
+    let class = SizeClass::from_token("512k").unwrap().bound();
     assert_eq!(
         at_pause.bytes,
         at_pause.messages * class,
-        "every hand-off in the 128k class"
+        "every hand-off in the 512k class"
     );
-    // Paused once its hand-offs reached 2 MiB (the 16th): past it at most what was already
-    // fetched, a batch or two of 2.
     assert!(
-        (16..=MOST_AT_ONCE).contains(&at_pause.messages),
+        at_pause.messages <= MOST_AT_ONCE,
         "acme holds {} messages ({} bytes) in IDEMPOTENCY",
         at_pause.messages,
         at_pause.bytes
@@ -250,7 +254,7 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     assert!(
         subjects
             .iter()
-            .all(|s| s == "idempotency.v1.acme.ops.slack.128k"),
+            .all(|s| s == "idempotency.v1.acme.ops.slack.512k"),
         "{subjects:?}"
     );
 
@@ -276,7 +280,7 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     let waiting = held(&h.js, &idempotency, &acme).await.messages;
     for i in 0..waiting {
         h.publish(
-            &format!("backpressure.v1.{}.acme.ops.slack.128k", Shard::of(&acme)),
+            &format!("backpressure.v1.{}.acme.ops.slack.512k", Shard::of(&acme)),
             with_id(&format!("moved-{i}")),
             &payload,
         )
@@ -301,7 +305,7 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     let pending = reading(&h.js, "acme").await.0;
     assert_eq!(
         pending + moved,
-        40,
+        LARGE,
         "nothing lost: in its own stream or handed on"
     );
 
@@ -311,11 +315,11 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     let backpressure = h.js.get_stream(&shard[0]).await.unwrap();
     let mut handed_on = moved;
     backpressure.purge().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while handed_on < 40 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while handed_on < LARGE {
         assert!(
             std::time::Instant::now() < deadline,
-            "only {handed_on} of acme's 40 messages were handed on"
+            "only {handed_on} of acme's {LARGE} messages were handed on"
         );
         let now = held(&h.js, &idempotency, &acme).await;
         assert!(
@@ -331,7 +335,7 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
             .purged;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(handed_on, 40, "each accepted message handed on once");
+    assert_eq!(handed_on, LARGE, "each accepted message handed on once");
     assert!(h.dlq().await.is_empty(), "nothing dead-lettered");
     h.stop().await;
 }
