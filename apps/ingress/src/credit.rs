@@ -23,11 +23,13 @@
 //! tenants at the most they can hold there) and opens or closes each tenant's gate; a tenant's
 //! gate stays closed until a scan has counted it. Between scans every message is counted
 //! against its tenant's bytes as it arrives from the tenant's stream ([`TenantMeter`]), and
-//! each fetch brings no more messages than the tenant's bytes left hold at the largest it has
-//! fetched, so a tenant handing on faster than the scans see is paused as soon as it reaches
-//! the bound, not a scan later, and passes it by one message at most — per ingress replica,
-//! each of which counts its own. A scan that fails leaves the gates as they are; reading
-//! resumes with the next good one.
+//! each fetch brings no more messages than the tenant's bytes left hold at the largest message
+//! its stream can hold, so a tenant handing on faster than the scans see is paused as soon as
+//! it reaches the bound, not a scan later, and passes it by one message at most — per ingress
+//! replica, each of which counts its own. A held stream that cannot be read is charged to its
+//! tenants in full (those of a shard whose stream has no leader are paused; the others read
+//! on), and said in the log when that changes. A scan that fails otherwise (the next stage's
+//! stream) leaves the gates as they are; reading resumes with the next good one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,8 +58,6 @@ use tokio_util::sync::CancellationToken;
 /// last). A message the reading also saw is counted twice until the next scan; none is missed.
 struct Gate {
     open: watch::Sender<bool>,
-    /// The largest message counted so far ([`counted`]): what a fetch's size is planned by.
-    largest: AtomicU64,
     held: AtomicU64,
     spent: AtomicU64,
     settled: AtomicU64,
@@ -71,7 +71,6 @@ impl Gate {
     /// scan opens it again if there is room).
     fn spend(&self, tenant: &TenantId, bytes: u64, limit: u64) {
         self.spent.fetch_add(bytes, Ordering::Relaxed);
-        self.largest.fetch_max(bytes, Ordering::Relaxed);
         // Decided under the watch's lock, as `Credit::apply` decides: neither undoes the other.
         self.open.send_if_modified(|open| {
             if !*open || self.holding() < limit {
@@ -98,6 +97,11 @@ pub struct Credit {
     gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
     /// Bytes a tenant may hold in the held streams ([`CreditSettings`]).
     bytes_limit: u64,
+    /// What the largest message a tenant's stream can hold counts once handed on
+    /// ([`counted`]): what each fetch is planned at.
+    largest: u64,
+    /// The held streams the last scan could not read (logged when this changes).
+    unreadable: Mutex<Vec<String>>,
     /// Tenants paused now.
     paused: Gauge,
 }
@@ -128,8 +132,11 @@ pub struct Reading {
     pub held: BTreeMap<TenantId, Held>,
     /// For the held streams not listed (too little in them for any tenant to be near the
     /// bound): the most bytes any tenant can hold in them, charged to every tenant — in
-    /// `unsharded` for the streams every tenant uses, per shard for the shards.
+    /// `unsharded` for the streams every tenant uses, per shard for the shards; for those that
+    /// could not be read, the whole bound.
     pub unlisted: Unlisted,
+    /// The held streams that could not be read.
+    pub unreadable: Vec<String>,
 }
 
 /// The most bytes any one tenant can hold in the held streams a scan did not list.
@@ -139,6 +146,19 @@ pub struct Unlisted {
     pub unsharded: u64,
     /// In each shard not listed (only that shard's tenants' messages are there).
     pub shards: BTreeMap<Shard, u64>,
+}
+
+impl Unlisted {
+    /// Charges `bytes` to the tenants of `shard`, or to every tenant for an unsharded stream.
+    fn charge(&mut self, shard: Option<Shard>, bytes: u64) {
+        match shard {
+            Some(shard) => {
+                let charged = self.shards.entry(shard).or_insert(0);
+                *charged = charged.saturating_add(bytes);
+            }
+            None => self.unsharded = self.unsharded.saturating_add(bytes),
+        }
+    }
 }
 
 impl Reading {
@@ -159,12 +179,15 @@ impl Reading {
 }
 
 impl Credit {
-    /// No gates yet; a tenant may hold `bytes_limit` bytes in the held streams; `paused`
-    /// counts the tenants paused.
-    pub fn new(bytes_limit: u64, paused: Gauge) -> Self {
+    /// No gates yet; a tenant may hold `bytes_limit` bytes in the held streams, and the
+    /// largest message its own stream can hold counts `largest` bytes once handed on (what
+    /// its fetches are planned at, [`fetch_max`]); `paused` counts the tenants paused.
+    pub fn new(bytes_limit: u64, largest: u64, paused: Gauge) -> Self {
         Self {
             gates: Mutex::new(HashMap::new()),
             bytes_limit,
+            largest,
+            unreadable: Mutex::new(Vec::new()),
             paused,
         }
     }
@@ -181,7 +204,6 @@ impl Credit {
             .or_insert_with(|| {
                 Arc::new(Gate {
                     open: watch::channel(false).0,
-                    largest: AtomicU64::new(0),
                     held: AtomicU64::new(0),
                     spent: AtomicU64::new(0),
                     settled: AtomicU64::new(0),
@@ -196,6 +218,7 @@ impl Credit {
                 tenant: tenant.clone(),
                 gate,
                 limit: self.bytes_limit,
+                largest: self.largest,
             })),
         }
     }
@@ -226,6 +249,17 @@ impl Credit {
         limit: u64,
         admission_closed: impl Fn(&TenantId) -> bool,
     ) -> usize {
+        {
+            let mut unreadable = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+            if *unreadable != reading.unreadable {
+                if reading.unreadable.is_empty() {
+                    tracing::info!("every held stream readable again");
+                } else {
+                    tracing::warn!(streams = ?reading.unreadable, "held streams cannot be read: their tenants are paused until they can");
+                }
+                unreadable.clone_from(&reading.unreadable);
+            }
+        }
         let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = 0;
         for (tenant, gate) in gates.iter() {
@@ -314,17 +348,18 @@ pub const ENVELOPE_ROOM: usize = 2048;
 /// One tenant's [`switchyard_service::Meter`]: every message its loop fetches is counted
 /// against its bytes as it arrives (the gate closes once the tenant reaches its bound, so no
 /// further fetch starts), and settled when handled; each fetch brings at most as many messages
-/// as its bytes left hold at the largest it has fetched ([`fetch_max`]).
+/// as its bytes left hold at the largest message its stream can hold ([`fetch_max`]).
 struct TenantMeter {
     tenant: TenantId,
     gate: Arc<Gate>,
     limit: u64,
+    largest: u64,
 }
 
 impl switchyard_service::Meter for TenantMeter {
     fn fetch_max(&self) -> usize {
         let left = self.limit.saturating_sub(self.gate.holding());
-        fetch_max(left, self.gate.largest.load(Ordering::Relaxed))
+        fetch_max(left, self.largest)
     }
 
     fn fetched(&self, msg: &jetstream::Message) -> u64 {
@@ -360,15 +395,21 @@ async fn scan(
             .backlog
             .extend(switchyard_topology::backlog_by_tenant(js, ns, name).await?);
     }
+    // Each held stream on its own: one that cannot be read is charged in full to the tenants
+    // whose messages may be there (see `Unlisted`), the others are read.
+    let mut unreadable = Vec::new();
     let mut stored = Vec::with_capacity(settings.held_streams.len());
     for (name, shard) in &settings.held_streams {
-        let stream = js.get_stream(name).await?;
-        let state = &stream.cached_info().state;
-        stored.push((
-            name.clone(),
-            *shard,
-            most_counted(state.bytes, state.messages),
-        ));
+        match js.get_stream(name).await {
+            Ok(stream) => {
+                let state = &stream.cached_info().state;
+                stored.push((name, *shard, most_counted(state.bytes, state.messages)));
+            }
+            Err(error) => {
+                tracing::debug!(stream = %name, %error, "a held stream cannot be read");
+                unreadable.push((name, *shard));
+            }
+        }
     }
     let unsharded: u64 = stored.iter().filter(|s| s.1.is_none()).map(|s| s.2).sum();
     let largest_shard = stored
@@ -377,30 +418,43 @@ async fn scan(
         .map(|s| s.2)
         .max()
         .unwrap_or(0);
-    let mut listed = Vec::new();
     for (name, shard, most) in stored {
         let with = unsharded.saturating_add(if shard.is_some() { most } else { largest_shard });
-        if most > 0 && with.saturating_mul(2) >= bytes_limit {
-            listed.push(name);
-        } else if let Some(shard) = shard {
-            reading.unlisted.shards.insert(shard, most);
+        let listed = if most > 0 && with.saturating_mul(2) >= bytes_limit {
+            switchyard_topology::held_by_tenant(js, ns, std::slice::from_ref(name)).await
         } else {
-            reading.unlisted.unsharded = reading.unlisted.unsharded.saturating_add(most);
+            reading.unlisted.charge(shard, most);
+            continue;
+        };
+        match listed {
+            Ok(held) => {
+                for (tenant, h) in held {
+                    let entry = reading.held.entry(tenant).or_default();
+                    entry.messages += h.messages;
+                    entry.bytes = entry.bytes.saturating_add(h.bytes);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(stream = %name, %error, "a held stream cannot be listed");
+                unreadable.push((name, shard));
+            }
         }
     }
-    reading.held = switchyard_topology::held_by_tenant(js, ns, &listed).await?;
+    for (name, shard) in unreadable {
+        reading.unlisted.charge(shard, bytes_limit);
+        reading.unreadable.push(name.clone());
+    }
     Ok(reading)
 }
 
-/// The most messages a tenant's next fetch may bring with `left` bytes of credit, planned at
-/// the largest message it has fetched (`largest`, as [`counted`]): as many of those as fit, at
-/// least one; one while it has fetched none (its first fetch learns its size). Past its credit
-/// goes at most the last message of a fetch (more only when messages grow larger than before).
+/// The most messages a tenant's next fetch may bring with `left` bytes of credit: as many of
+/// the largest message its stream can hold (`largest`, as [`counted`]) as fit, at least one.
+/// Whatever its messages' sizes, all of a fetch but its last message fit what was left, so the
+/// tenant passes its credit by one message at most; far from it, fetches are `tenant_batch`.
 fn fetch_max(left: u64, largest: u64) -> usize {
-    if largest == 0 {
-        return 1;
-    }
-    usize::try_from(left / largest).unwrap_or(usize::MAX).max(1)
+    usize::try_from(left / largest.max(1))
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// The most bytes size classes can count for `messages` messages storing `bytes` bytes: each
@@ -448,12 +502,13 @@ mod tests {
                 })
                 .collect(),
             unlisted: Unlisted::default(),
+            unreadable: Vec::new(),
         }
     }
 
     #[test]
     fn a_tenant_over_its_credit_or_with_closed_admission_is_paused_and_resumes() {
-        let credit = Credit::new(u64::MAX, Gauge::default());
+        let credit = Credit::new(u64::MAX, 100, Gauge::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
@@ -478,22 +533,23 @@ mod tests {
     #[test]
     fn a_tenant_over_its_bytes_by_a_scan_or_by_its_hand_offs_since_is_paused_until_a_scan_finds_room()
      {
-        let credit = Credit::new(1000, Gauge::default());
+        let credit = Credit::new(1000, 100, Gauge::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
 
-        // A fetch brings one message until the tenant's size is known, then as many of its
-        // largest as its bytes left hold (at least one).
+        // A fetch brings as many of the largest message (100 here) as the bytes left hold,
+        // at least one.
         let fetch = |tenant: &TenantId| credit.gate(tenant).meter.unwrap().fetch_max();
-        assert_eq!(fetch(&acme), 1, "size not known yet");
-        credit.spend(&acme, 100);
-        credit.settle(&acme, 100);
-        assert_eq!(fetch(&acme), 9, "900 left of 1000: nine of 100");
+        assert_eq!(fetch(&acme), 10, "nothing held: ten of 100 fit 1000");
+        credit.spend(&acme, 30);
+        credit.settle(&acme, 30);
+        assert_eq!(fetch(&acme), 9, "970 left");
         credit.mark();
         let partly = reading(&[], &[(&acme, 950), (&globex, 200)]);
         assert_eq!(credit.apply(&partly, 10, |_| false), 0);
         assert_eq!(fetch(&acme), 1, "50 left: still one");
+        assert_eq!(fetch(&globex), 8);
 
         // Between scans, hand-offs count as they start: globex reaches the bound with one
         // more byte.
@@ -532,13 +588,11 @@ mod tests {
             *g.borrow(),
             "a scan after the hand-offs counts what is stored"
         );
-        credit.spend(&TenantId::new("initech").unwrap(), 5000);
-        assert!(*a.borrow(), "a tenant not read has no gate to close");
     }
 
     #[test]
     fn streams_not_listed_are_charged_to_their_tenants_at_the_most_they_can_hold() {
-        let credit = Credit::new(1000, Gauge::default());
+        let credit = Credit::new(1000, 100, Gauge::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);

@@ -22,7 +22,7 @@ use switchyard_registry::KvCache;
 use switchyard_service::{
     DlqQuota, Handoff, HttpServer, Metrics, Readiness, Worker, WorkerSettings, launch_with, router,
 };
-use switchyard_subjects::InputStage;
+use switchyard_subjects::{InputStage, SizeClass};
 use switchyard_topology::{BucketName, StreamName};
 use tokio_util::sync::CancellationToken;
 
@@ -112,8 +112,20 @@ pub async fn start(
         "Tenants not read now: over their credit at the next stages, or admission closed",
         paused.clone(),
     );
+    // What the largest message a tenant's stream can hold counts once handed on: what each
+    // fetch is planned at (unbounded streams: the largest class).
+    let largest = topology
+        .tenant_streams
+        .iter()
+        .find(|s| s.base == StreamName::Ingress.base())
+        .and_then(|s| usize::try_from(s.config.max_message_size).ok())
+        .map_or(SizeClass::LARGEST, |size| {
+            SizeClass::of(size.saturating_add(credit::ENVELOPE_ROOM))
+        })
+        .bound();
     let credit = Arc::new(credit::Credit::new(
         config.ingress.next_stage_credit_bytes,
+        largest,
         paused,
     ));
     let handler = Arc::new(handler::IngressHandler {

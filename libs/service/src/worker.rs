@@ -67,6 +67,17 @@ impl std::fmt::Debug for Gate {
     }
 }
 
+/// Tells its [`Meter`] that a message's handling has ended when dropped.
+struct Finished(Option<(Arc<dyn Meter>, u64)>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some((meter, charged)) = self.0.take() {
+            meter.finished(charged);
+        }
+    }
+}
+
 /// Counts what a gated loop takes ([`Gate::meter`]): each message as it arrives from a fetch
 /// (before its task starts, so the next fetch is planned with it counted) and again once its
 /// handling has ended, whatever the outcome (an aborted task included).
@@ -429,15 +440,14 @@ impl<H: Handler> Worker<H> {
         let shutdown = shutdown.clone();
         let abort = abort.clone();
         async move {
+            // Told when the task ends, however it ends (a panic or an abort included).
+            let _finished = Finished(metered);
             tokio::select! {
                 biased;
                 () = abort.cancelled() => {}
                 () = worker
                     .settler
                     .process(msg, &shutdown, worker.handler.as_ref(), max_deliver) => {}
-            }
-            if let Some((meter, charged)) = metered {
-                meter.finished(charged);
             }
             drop(permit);
         }

@@ -339,3 +339,69 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     assert!(h.dlq().await.is_empty(), "nothing dead-lettered");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_shard_that_cannot_be_read_pauses_its_own_tenants_and_no_others() {
+    let h = Harness::launch_with(Harness::prepare().await, |config| {
+        config.ingress.credit_scan_ms = 20;
+    })
+    .await;
+    let (acme, globex) = (
+        TenantId::new("acme").unwrap(),
+        TenantId::new("globex").unwrap(),
+    );
+    assert_ne!(Shard::of(&acme), Shard::of(&globex));
+    // globex's shard is gone (as a shard without a leader cannot be read): ingress cannot
+    // count globex's bytes there, so it stops reading globex.
+    let shard = backpressure_stream("globex");
+    let config =
+        h.js.get_stream(&shard)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    h.js.delete_stream(&shard).await.unwrap();
+    wait_for("globex to be paused", Duration::from_secs(20), || async {
+        let metrics = super::reqwest_client()
+            .get(format!("{}/metrics", h.probes()))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_ingress_tenants_paused") && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .await;
+    h.publish("ingress.v1.globex.ops.slack", with_id("g-0"), b"y")
+        .await;
+    h.publish("ingress.v1.acme.ops.slack", with_id("a-0"), b"x")
+        .await;
+    let idempotency = vec!["IDEMPOTENCY".to_owned()];
+    wait_for(
+        "acme's message handed on",
+        Duration::from_secs(20),
+        || async { (held(&h.js, &idempotency, &acme).await.messages == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(held(&h.js, &idempotency, &globex).await.messages, 0);
+    assert_eq!(
+        reading(&h.js, "globex").await.0,
+        1,
+        "kept in its own stream"
+    );
+
+    // The shard back, globex is read again.
+    h.js.create_stream(config).await.unwrap();
+    wait_for(
+        "globex's message handed on",
+        Duration::from_secs(20),
+        || async { (held(&h.js, &idempotency, &globex).await.messages == 1).then_some(()) },
+    )
+    .await;
+    h.stop().await;
+}
