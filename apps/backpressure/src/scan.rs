@@ -236,17 +236,6 @@ async fn write_pressure(
     }
 }
 
-/// The bytes of `held` beyond its first `leased` messages, at their average counted size:
-/// what waits in the shard past what the tenant's loops hold fetched.
-fn waiting_bytes(held: Held, leased: u64) -> u64 {
-    if held.messages == 0 || leased >= held.messages {
-        return 0;
-    }
-    let waiting =
-        u128::from(held.bytes) * u128::from(held.messages - leased) / u128::from(held.messages);
-    u64::try_from(waiting).unwrap_or(u64::MAX)
-}
-
 /// How many of the messages `held` must leave (at their average counted size, oldest first)
 /// for the rest to count fewer than `under` bytes.
 fn to_drain(held: Held, under: u64) -> u64 {
@@ -279,14 +268,6 @@ async fn scan_once(
             .map(|(t, _)| t.clone()),
     );
     let bytes_high = shared.settings.default_backlog_high_bytes;
-    let lease = Duration::try_from_secs_f64(shared.settings.lease_secs)
-        .unwrap_or(Duration::from_millis(500));
-    let max_batch = shared.settings.max_batch;
-    let replicas = shared
-        .leaser
-        .replicas
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .max(1);
     for tenant in tenants {
         let held = here.get(&tenant).copied().unwrap_or_default();
         let backlog = held.messages + next.get(&tenant).copied().unwrap_or(0);
@@ -309,15 +290,11 @@ async fn scan_once(
         let (high, low) = limit.thresholds(shared.settings.default_backlog_high);
 
         // Bytes in its shard close admission too (a shard's 64 MiB is its tenants'), and it
-        // reopens once they are under half the mark; what the tenant's loops hold fetched for
-        // their next slots (a lease of its rate per replica) is being served, not waiting.
-        let leased = tenant_loop::lease_block(limit.rate_per_sec, lease, max_batch)
-            .saturating_mul(replicas) as u64;
-        let waiting = waiting_bytes(held, leased);
-        let over_bytes = waiting >= bytes_high;
+        // reopens once they are under half the mark.
+        let over_bytes = held.bytes >= bytes_high;
         let wanted = match current {
             Admission::Open if backlog >= high || over_bytes => Admission::Closed,
-            Admission::Closed if backlog < low && waiting < bytes_high / 2 => Admission::Open,
+            Admission::Closed if backlog < low && held.bytes < bytes_high / 2 => Admission::Open,
             same => same,
         };
         shared
@@ -350,7 +327,8 @@ async fn scan_once(
                     Admission::Closed if backlog < high => (
                         EventKind::AdmissionClosed,
                         format!(
-                            "{waiting} bytes waiting in its shard reached {bytes_high} (backlog {backlog}): producers are refused"
+                            "{} bytes waiting in its shard reached {bytes_high} (backlog {backlog}): producers are refused",
+                            held.bytes
                         ),
                     ),
                     Admission::Closed => (
@@ -360,7 +338,8 @@ async fn scan_once(
                     Admission::Open => (
                         EventKind::AdmissionReopened,
                         format!(
-                            "backlog {backlog} fell below {low} ({waiting} bytes waiting in its shard): producers are admitted"
+                            "backlog {backlog} fell below {low} ({} bytes waiting in its shard): producers are admitted",
+                            held.bytes
                         ),
                     ),
                 };
@@ -423,19 +402,6 @@ mod tests {
         assert!(loops.ensure(&acme, async {}), "restarted on the next pass");
         assert!(loops.drain().await.is_empty(), "a clean end is no panic");
         assert!(!loops.is_running(&acme));
-    }
-
-    #[test]
-    fn what_the_loops_hold_fetched_is_not_waiting() {
-        let held = Held {
-            messages: 10,
-            bytes: 10_000,
-        };
-        assert_eq!(waiting_bytes(held, 0), 10_000);
-        assert_eq!(waiting_bytes(held, 4), 6_000);
-        assert_eq!(waiting_bytes(held, 10), 0);
-        assert_eq!(waiting_bytes(held, 50), 0);
-        assert_eq!(waiting_bytes(Held::default(), 1), 0);
     }
 
     #[test]

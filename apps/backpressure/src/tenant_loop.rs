@@ -82,7 +82,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     while !shutdown.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
         let limit = shared.limit_for(&tenant);
-        let max_block = lease_block(limit.rate_per_sec, lease_window, max_batch);
+        let max_block =
+            ((limit.rate_per_sec * lease_window.as_secs_f64()).ceil() as usize).clamp(1, max_batch);
         // In flight at most one lease window of the tenant's rate (`max_block`): every fetched
         // message's slot is near, none is hoarded for a later window.
         let in_flight_now = max_batch - room.available_permits();
@@ -254,10 +255,4 @@ async fn forward(shared: &Shared, msg: &jetstream::Message) -> Handled {
         Err(error) => error.outcome(msg, Stage::Backpressure, &envelope),
     };
     Handled { tenant, outcome }
-}
-
-/// The most of a tenant's messages one loop holds fetched at a time: one lease window of its
-/// rate (`rate_per_sec` × `lease`, rounded up), between 1 and `max_batch`.
-pub fn lease_block(rate_per_sec: f64, lease: Duration, max_batch: usize) -> usize {
-    ((rate_per_sec * lease.as_secs_f64()).ceil() as usize).clamp(1, max_batch.max(1))
 }
