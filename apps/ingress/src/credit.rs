@@ -24,11 +24,11 @@
 //! gate stays closed until a scan has counted it. Between scans every message is counted
 //! against its tenant's bytes as it arrives from the tenant's stream ([`TenantMeter`]), and
 //! each fetch brings no more messages than the tenant's bytes left hold at the largest message
-//! its stream can hold, so a tenant handing on faster than the scans see is paused as soon as
+//! it may send, so a tenant handing on faster than the scans see is paused as soon as
 //! it reaches the bound, not a scan later, and passes it by one message at most — per ingress
 //! replica, each of which counts its own. A held stream that cannot be read is charged to its
-//! tenants in full (those of a shard whose stream has no leader are paused; the others read
-//! on), and said in the log when that changes. A scan that fails otherwise (the next stage's
+//! tenants in full (a shard whose stream has no leader pauses its tenants, the others read
+//! on; `IDEMPOTENCY` unreadable pauses every tenant), and said in the log when that changes. A scan that fails otherwise (the next stage's
 //! stream) leaves the gates as they are; reading resumes with the next good one.
 
 use std::collections::{BTreeMap, HashMap};
@@ -97,7 +97,7 @@ pub struct Credit {
     gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
     /// Bytes a tenant may hold in the held streams ([`CreditSettings`]).
     bytes_limit: u64,
-    /// What the largest message a tenant's stream can hold counts once handed on
+    /// What the largest message a producer may send counts once handed on
     /// ([`counted`]): what each fetch is planned at.
     largest: u64,
     /// The held streams the last scan could not read (logged when this changes).
@@ -135,7 +135,7 @@ pub struct Reading {
     /// `unsharded` for the streams every tenant uses, per shard for the shards; for those that
     /// could not be read, the whole bound.
     pub unlisted: Unlisted,
-    /// The held streams that could not be read.
+    /// The held streams that could not be read, each with why (`<stream>: <error>`).
     pub unreadable: Vec<String>,
 }
 
@@ -348,7 +348,7 @@ pub const ENVELOPE_ROOM: usize = 2048;
 /// One tenant's [`switchyard_service::Meter`]: every message its loop fetches is counted
 /// against its bytes as it arrives (the gate closes once the tenant reaches its bound, so no
 /// further fetch starts), and settled when handled; each fetch brings at most as many messages
-/// as its bytes left hold at the largest message its stream can hold ([`fetch_max`]).
+/// as its bytes left hold at the largest message it may send ([`fetch_max`]).
 struct TenantMeter {
     tenant: TenantId,
     gate: Arc<Gate>,
@@ -406,8 +406,7 @@ async fn scan(
                 stored.push((name, *shard, most_counted(state.bytes, state.messages)));
             }
             Err(error) => {
-                tracing::debug!(stream = %name, %error, "a held stream cannot be read");
-                unreadable.push((name, *shard));
+                unreadable.push((name, *shard, error.to_string()));
             }
         }
     }
@@ -435,22 +434,22 @@ async fn scan(
                 }
             }
             Err(error) => {
-                tracing::debug!(stream = %name, %error, "a held stream cannot be listed");
-                unreadable.push((name, shard));
+                unreadable.push((name, shard, error.to_string()));
             }
         }
     }
-    for (name, shard) in unreadable {
+    for (name, shard, error) in unreadable {
         reading.unlisted.charge(shard, bytes_limit);
-        reading.unreadable.push(name.clone());
+        reading.unreadable.push(format!("{name}: {error}"));
     }
     Ok(reading)
 }
 
 /// The most messages a tenant's next fetch may bring with `left` bytes of credit: as many of
-/// the largest message its stream can hold (`largest`, as [`counted`]) as fit, at least one.
-/// Whatever its messages' sizes, all of a fetch but its last message fit what was left, so the
-/// tenant passes its credit by one message at most; far from it, fetches are `tenant_batch`.
+/// the largest message it may send (`largest`, as [`counted`]) as fit, at least one. Whatever
+/// its messages' sizes, all of a fetch but its last message fit what was left, so the tenant
+/// passes its credit by one message at most (a message larger than `largest`, which ingress
+/// refuses, by that one). With the defaults a fetch brings at most 15 (16 MiB / 1,114,112).
 fn fetch_max(left: u64, largest: u64) -> usize {
     usize::try_from(left / largest.max(1))
         .unwrap_or(usize::MAX)

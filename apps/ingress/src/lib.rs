@@ -112,17 +112,12 @@ pub async fn start(
         "Tenants not read now: over their credit at the next stages, or admission closed",
         paused.clone(),
     );
-    // What the largest message a tenant's stream can hold counts once handed on: what each
-    // fetch is planned at (unbounded streams: the largest class).
-    let largest = topology
-        .tenant_streams
-        .iter()
-        .find(|s| s.base == StreamName::Ingress.base())
-        .and_then(|s| usize::try_from(s.config.max_message_size).ok())
-        .map_or(SizeClass::LARGEST, |size| {
-            SizeClass::of(size.saturating_add(credit::ENVELOPE_ROOM))
-        })
-        .bound();
+    // What the largest message a producer may send counts once handed on (its payload, its
+    // headers, the envelope's): what each fetch is planned at.
+    let largest = SizeClass::of(
+        config.ingress.max_payload_bytes + config::PRODUCER_HEADER_ROOM + credit::ENVELOPE_ROOM,
+    )
+    .bound();
     let credit = Arc::new(credit::Credit::new(
         config.ingress.next_stage_credit_bytes,
         largest,

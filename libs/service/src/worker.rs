@@ -204,8 +204,9 @@ impl<H: Handler> Worker<H> {
 
     /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` is open (a
     /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
-    /// a closed gate stops new fetches (one under way still delivers up to `max_batch`), and
-    /// the loop waits for it to open. A gate whose sender is gone counts as open, unbounded.
+    /// a closed gate stops new fetches (one under way still delivers what it asked for: at
+    /// most `max_batch`, and at most the gate's [`Meter::fetch_max`]), and the loop waits for
+    /// it to open. A gate whose sender is gone counts as open.
     /// Ends, after draining, at `shutdown`
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
     /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
@@ -439,9 +440,10 @@ impl<H: Handler> Worker<H> {
         let worker = self.clone();
         let shutdown = shutdown.clone();
         let abort = abort.clone();
+        // Told when the task ends, however it ends (a panic, an abort, or dropped unpolled).
+        let finished = Finished(metered);
         async move {
-            // Told when the task ends, however it ends (a panic or an abort included).
-            let _finished = Finished(metered);
+            let _finished = finished;
             tokio::select! {
                 biased;
                 () = abort.cancelled() => {}
