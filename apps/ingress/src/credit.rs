@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_keys::{RateKey, RateRecord, RateScope, TenantId};
 use switchyard_registry::{Admission, KvCache, PressureRecord};
@@ -102,8 +103,16 @@ pub struct Credit {
     largest: u64,
     /// The held streams the last scan could not read (logged when this changes).
     unreadable: Mutex<Vec<String>>,
-    /// Tenants paused now.
-    paused: Gauge,
+    metrics: CreditMetrics,
+}
+
+/// What the credit reports.
+#[derive(Debug, Clone, Default)]
+pub struct CreditMetrics {
+    /// Tenants paused now (as of the last scan).
+    pub paused: Gauge,
+    /// Scans applied to the gates.
+    pub scans: Counter,
 }
 
 /// Where a tenant's credit is counted and how much it has.
@@ -181,14 +190,15 @@ impl Reading {
 impl Credit {
     /// No gates yet; a tenant may hold `bytes_limit` bytes in the held streams, and the
     /// largest message its own stream can hold counts `largest` bytes once handed on (what
-    /// its fetches are planned at, [`fetch_max`]); `paused` counts the tenants paused.
-    pub fn new(bytes_limit: u64, largest: u64, paused: Gauge) -> Self {
+    /// its fetches are planned at, [`fetch_max`]); `metrics` counts the tenants paused and
+    /// the scans applied.
+    pub fn new(bytes_limit: u64, largest: u64, metrics: CreditMetrics) -> Self {
         Self {
             gates: Mutex::new(HashMap::new()),
             bytes_limit,
             largest,
             unreadable: Mutex::new(Vec::new()),
-            paused,
+            metrics,
         }
     }
 
@@ -284,7 +294,8 @@ impl Credit {
                 closed += 1;
             }
         }
-        self.paused.set(closed as i64);
+        self.metrics.paused.set(closed as i64);
+        self.metrics.scans.inc();
         closed
     }
 
@@ -386,9 +397,13 @@ async fn scan(
     bytes_limit: u64,
 ) -> anyhow::Result<Reading> {
     let mut reading = Reading::default();
+    // (bytes, messages) of each stream read, so that one in both lists is asked once.
+    let mut states = HashMap::new();
     for name in &settings.next_streams {
         let stream = js.get_stream(name).await?;
-        if stream.cached_info().state.messages < settings.limit {
+        let state = &stream.cached_info().state;
+        states.insert(name.as_str(), (state.bytes, state.messages));
+        if state.messages < settings.limit {
             continue;
         }
         reading
@@ -400,14 +415,16 @@ async fn scan(
     let mut unreadable = Vec::new();
     let mut stored = Vec::with_capacity(settings.held_streams.len());
     for (name, shard) in &settings.held_streams {
-        match js.get_stream(name).await {
-            Ok(stream) => {
+        let state = match states.get(name.as_str()) {
+            Some(state) => Ok(*state),
+            None => js.get_stream(name).await.map(|stream| {
                 let state = &stream.cached_info().state;
-                stored.push((name, *shard, most_counted(state.bytes, state.messages)));
-            }
-            Err(error) => {
-                unreadable.push((name, *shard, error.to_string()));
-            }
+                (state.bytes, state.messages)
+            }),
+        };
+        match state {
+            Ok((bytes, messages)) => stored.push((name, *shard, most_counted(bytes, messages))),
+            Err(error) => unreadable.push((name, *shard, error.to_string())),
         }
     }
     let unsharded: u64 = stored.iter().filter(|s| s.1.is_none()).map(|s| s.2).sum();
@@ -507,7 +524,7 @@ mod tests {
 
     #[test]
     fn a_tenant_over_its_credit_or_with_closed_admission_is_paused_and_resumes() {
-        let credit = Credit::new(u64::MAX, 100, Gauge::default());
+        let credit = Credit::new(u64::MAX, 100, CreditMetrics::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
@@ -532,7 +549,7 @@ mod tests {
     #[test]
     fn a_tenant_over_its_bytes_by_a_scan_or_by_its_hand_offs_since_is_paused_until_a_scan_finds_room()
      {
-        let credit = Credit::new(1000, 100, Gauge::default());
+        let credit = Credit::new(1000, 100, CreditMetrics::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);
@@ -591,7 +608,7 @@ mod tests {
 
     #[test]
     fn streams_not_listed_are_charged_to_their_tenants_at_the_most_they_can_hold() {
-        let credit = Credit::new(1000, 100, Gauge::default());
+        let credit = Credit::new(1000, 100, CreditMetrics::default());
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let (a, g) = (credit.gate(&acme).open, credit.gate(&globex).open);

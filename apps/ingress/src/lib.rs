@@ -106,11 +106,16 @@ pub async fn start(
         router(readiness, metrics.clone()),
     );
 
-    let paused = Gauge::default();
+    let gauges = credit::CreditMetrics::default();
     metrics.register(
         "ingress_tenants_paused",
         "Tenants not read now: over their credit at the next stages, or admission closed",
-        paused.clone(),
+        gauges.paused.clone(),
+    );
+    metrics.register(
+        "ingress_credit_scans",
+        "Scans of the next stages' streams applied to the tenants' gates (stalls while scans fail)",
+        gauges.scans.clone(),
     );
     // What the largest message a producer may send counts once handed on (its payload, its
     // headers, the envelope's): what each fetch is planned at.
@@ -121,7 +126,7 @@ pub async fn start(
     let credit = Arc::new(credit::Credit::new(
         config.ingress.next_stage_credit_bytes,
         largest,
-        paused,
+        gauges,
     ));
     let handler = Arc::new(handler::IngressHandler {
         validator,

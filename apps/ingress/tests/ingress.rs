@@ -138,6 +138,38 @@ impl Harness {
         .await;
     }
 
+    /// A metric's value as the probe listener renders it (`None` before it has a sample).
+    async fn metric(&self, series: &str) -> Option<String> {
+        let text = reqwest_client()
+            .get(format!("{}/metrics", self.probes()))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_owned)
+    }
+
+    /// Waits until ingress's credit has applied `n` more scans than it had when called: every
+    /// gate then reflects the streams as they were after this call.
+    async fn scans_pass(&self, n: u64) {
+        let scans = || async {
+            self.metric("switchyard_ingress_credit_scans_total")
+                .await
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let from = scans().await.unwrap_or(0);
+        wait_for(
+            &format!("{n} credit scans"),
+            Duration::from_secs(20),
+            || async { scans().await.filter(|now| *now >= from + n).map(|_| ()) },
+        )
+        .await;
+    }
+
     async fn handed_on(&self) -> Vec<StreamMessage> {
         stored_messages(&self.js, "IDEMPOTENCY").await
     }

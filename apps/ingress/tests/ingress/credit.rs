@@ -18,6 +18,18 @@ use switchyard_topology::Held;
 
 use super::{Harness, with_id};
 
+/// Publishes ids `<prefix>-<i>` for `i` in `ids` to `tenant`'s `ops.slack`, each acked.
+async fn send(h: &Harness, tenant: &str, prefix: &str, ids: std::ops::Range<u64>, payload: &[u8]) {
+    for i in ids {
+        h.publish(
+            &format!("ingress.v1.{tenant}.ops.slack"),
+            with_id(&format!("{prefix}-{i}")),
+            payload,
+        )
+        .await;
+    }
+}
+
 /// Messages per tenant waiting in `IDEMPOTENCY`.
 async fn handed_on(js: &jetstream::Context) -> BTreeMap<TenantId, u64> {
     switchyard_topology::backlog_by_tenant(js, &Default::default(), "IDEMPOTENCY")
@@ -113,14 +125,7 @@ async fn a_flooding_tenant_is_paused_at_its_credit_refused_at_its_quota_and_othe
     );
 
     // globex is not paused: its messages are handed on at once.
-    for i in 0..10 {
-        h.publish(
-            "ingress.v1.globex.ops.slack",
-            with_id(&format!("g-{i}")),
-            b"y",
-        )
-        .await;
-    }
+    send(&h, "globex", "g", 0..10, b"y").await;
     wait_for(
         "globex's messages handed on",
         Duration::from_secs(20),
@@ -157,14 +162,7 @@ async fn a_flooding_tenant_is_paused_at_its_credit_refused_at_its_quota_and_othe
         (reading(&h.js, "globex").await.1 == 0).then_some(())
     })
     .await;
-    for i in 10..15 {
-        h.publish(
-            "ingress.v1.globex.ops.slack",
-            with_id(&format!("g-{i}")),
-            b"y",
-        )
-        .await;
-    }
+    send(&h, "globex", "g", 10..15, b"y").await;
     assert_eq!(
         reading(&h.js, "globex").await,
         (5, 0),
@@ -214,14 +212,7 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     // 500 KiB payloads: with their envelope headers in the 512k class (557,056 bytes each),
     // so 4 MiB holds 7 of them; 30 is far below acme's message credit (1,000).
     let payload = vec![b'x'; 500 * 1024];
-    for i in 0..LARGE {
-        h.publish(
-            "ingress.v1.acme.ops.slack",
-            with_id(&format!("a-{i}")),
-            &payload,
-        )
-        .await;
-    }
+    send(&h, "acme", "a", 0..LARGE, &payload).await;
     // Paused once its hand-offs reached 4 MiB (the 8th): its 8th stored, no pull of its
     // stream waiting, the rest still there.
     let at_pause = wait_for(
@@ -259,14 +250,7 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
     );
 
     // globex's small messages are handed on at once meanwhile.
-    for i in 0..10 {
-        h.publish(
-            "ingress.v1.globex.ops.slack",
-            with_id(&format!("g-{i}")),
-            b"y",
-        )
-        .await;
-    }
+    send(&h, "globex", "g", 0..10, b"y").await;
     wait_for(
         "globex's messages handed on",
         Duration::from_secs(20),
@@ -287,7 +271,8 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
         .await;
     }
     assert_eq!(held(&h.js, &shard, &acme).await.bytes, waiting * class);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A whole scan sees the copies before they leave IDEMPOTENCY.
+    h.scans_pass(2).await;
     let idempotency_stream = h.js.get_stream("IDEMPOTENCY").await.unwrap();
     let moved = idempotency_stream
         .purge()
@@ -296,7 +281,8 @@ async fn a_tenant_of_large_messages_is_paused_at_its_bytes_in_the_shared_streams
         .unwrap()
         .purged;
     assert_eq!(moved, waiting, "acme handed on nothing meanwhile");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Ten scans later, none of which found it room, acme has still not been read.
+    h.scans_pass(10).await;
     assert_eq!(
         held(&h.js, &idempotency, &acme).await.messages,
         0,
@@ -363,18 +349,8 @@ async fn a_shard_that_cannot_be_read_pauses_its_own_tenants_and_no_others() {
             .clone();
     h.js.delete_stream(&shard).await.unwrap();
     wait_for("globex to be paused", Duration::from_secs(20), || async {
-        let metrics = super::reqwest_client()
-            .get(format!("{}/metrics", h.probes()))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_ingress_tenants_paused") && l.ends_with(" 1"))
-            .then_some(())
+        let paused = h.metric("switchyard_ingress_tenants_paused").await;
+        (paused.as_deref() == Some("1")).then_some(())
     })
     .await;
     h.publish("ingress.v1.globex.ops.slack", with_id("g-0"), b"y")

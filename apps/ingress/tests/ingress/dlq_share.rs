@@ -72,18 +72,8 @@ async fn a_tenant_holding_its_dlq_share_waits_and_others_still_dead_letter() {
     );
     // And ingress stops reading acme meanwhile, so those two do not use up their deliveries.
     wait_for("acme to be paused", Duration::from_secs(20), || async {
-        let metrics = super::reqwest_client()
-            .get(format!("{}/metrics", h.probes()))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_ingress_tenants_paused") && l.ends_with(" 1"))
-            .then_some(())
+        let paused = h.metric("switchyard_ingress_tenants_paused").await;
+        (paused.as_deref() == Some("1")).then_some(())
     })
     .await;
 

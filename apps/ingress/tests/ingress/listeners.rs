@@ -67,21 +67,6 @@ fn json_body(response: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
 
-/// A metric's value as the probe listener renders it (`None` before it has a sample).
-async fn metric(h: &Harness, series: &str) -> Option<String> {
-    let text = reqwest_client()
-        .get(format!("{}/metrics", h.probes()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(str::to_owned)
-}
-
 #[tokio::test]
 async fn probes_answer_only_on_the_probe_listener_and_the_api_only_on_the_public_one() {
     let h = Harness::start(1024).await;
@@ -146,12 +131,9 @@ async fn a_body_that_never_finishes_is_answered_408_within_the_request_timeout()
             .contains("http.request_timeout_ms")
     );
     assert_eq!(
-        metric(
-            &h,
-            "switchyard_ingress_http_requests_refused_total{reason=\"request_timeout\"}"
-        )
-        .await
-        .as_deref(),
+        h.metric("switchyard_ingress_http_requests_refused_total{reason=\"request_timeout\"}")
+            .await
+            .as_deref(),
         Some("1")
     );
 
@@ -232,7 +214,7 @@ async fn one_request_beyond_max_concurrent_requests_is_refused_503_at_once() {
         held.push(sent(addr, format!("{head}partial").as_bytes()).await);
     }
     wait_for("both slots held", ANSWER_WITHIN, || async {
-        (metric(&h, in_flight).await.as_deref() == Some("2")).then_some(())
+        (h.metric(in_flight).await.as_deref() == Some("2")).then_some(())
     })
     .await;
 
@@ -256,20 +238,17 @@ async fn one_request_beyond_max_concurrent_requests_is_refused_503_at_once() {
             .contains("http.max_concurrent_requests")
     );
     assert_eq!(
-        metric(
-            &h,
-            "switchyard_ingress_http_requests_refused_total{reason=\"overloaded\"}"
-        )
-        .await
-        .as_deref(),
+        h.metric("switchyard_ingress_http_requests_refused_total{reason=\"overloaded\"}")
+            .await
+            .as_deref(),
         Some("1")
     );
-    assert_eq!(metric(&h, in_flight).await.as_deref(), Some("2"));
+    assert_eq!(h.metric(in_flight).await.as_deref(), Some("2"));
 
     // Producers that hang up give their slots back.
     drop(held);
     wait_for("the slots given back", ANSWER_WITHIN, || async {
-        (metric(&h, in_flight).await.as_deref() == Some("0")).then_some(())
+        (h.metric(in_flight).await.as_deref() == Some("0")).then_some(())
     })
     .await;
     let accepted = reqwest_client()
