@@ -97,7 +97,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
             batch = Box::pin(consumer
-                .fetch()
+                .batch()
                 .max_messages(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES))
                 .expires(switchyard_service::worker::TENANT_FETCH_WAIT)
                 .messages()) => batch,

@@ -2,9 +2,13 @@
 //! loop hands each message to the [`Settler`], the one place an [`Outcome`] becomes ack /
 //! nak-with-delay / DLQ record then ack.
 //!
-//! Fetches only as many messages as it has free handler slots (so nothing waits in a local
+//! Pulls only as many messages as it has free handler slots (so nothing waits in a local
 //! buffer holding an ack-pending slot), and on shutdown stops fetching and waits for every
-//! in-flight message to settle.
+//! in-flight message to settle. A pull stays open until it has brought what it asked for or
+//! its wait ends (JetStream's pull request without `no_wait`), each message handled as it
+//! comes: a trickle of messages costs one pull per pull's worth of them, not one each (with
+//! `no_wait`, a pull ends as soon as the stream is empty, and each message of a trickle cost
+//! the stage and nats-server a subscription, a pull request, a status and an unsubscribe).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -33,7 +37,7 @@ use crate::settle::{SettleSettings, Settler};
 /// consumer's `ack_wait`): 256 free slots of 1 MiB messages would otherwise ask for 256 MiB at
 /// once. (A pull's own `max_bytes` would bound it by size instead, but on a 3-node cluster
 /// pulls with `max_bytes` lost deliveries under load in the benchmark: messages were
-/// redelivered until `max_deliver`.) 32 messages a fetch keep its fixed cost (a subscription,
+/// redelivered until `max_deliver`.) 32 messages a pull keep its fixed cost (a subscription,
 /// a pull request, an unsubscribe) small per message.
 pub const FETCH_MAX_MESSAGES: usize = 32;
 
@@ -45,9 +49,10 @@ pub const TENANT_FETCH_MAX_MESSAGES: usize = 16;
 
 /// How long a per-tenant pull (ingress's and backpressure's loops, one per tenant) waits for
 /// messages before it is renewed. A message that arrives meanwhile is delivered to the waiting
-/// pull at once, so this bounds only what an idle tenant costs: a pull request (and its
-/// timeout status) per tenant per wait, on the stage and on nats-server. At one second, 1,000
-/// idle tenants cost 1,000 pulls a second on each stage (docs/performance.md).
+/// pull at once (and the pull goes on waiting for the rest of its count), so this bounds only
+/// what an idle tenant costs: a pull request (and its timeout status) per tenant per wait, on
+/// the stage and on nats-server. At one second, 1,000 idle tenants cost 1,000 pulls a second
+/// on each stage (docs/performance.md).
 pub const TENANT_FETCH_WAIT: Duration = Duration::from_secs(20);
 
 /// What a gated consume loop ([`Worker::consume_gated`]) checks before each fetch.
@@ -138,7 +143,7 @@ pub trait Handler: Send + Sync + 'static {
 pub struct WorkerSettings {
     /// Messages handled at once.
     pub concurrency: usize,
-    /// How long one fetch waits for messages.
+    /// How long one pull waits for the messages it asked for.
     pub fetch_wait: Duration,
     /// Most messages one fetch asks for (the free slots, at most this): with several
     /// consumers sharing the slots (one per tenant), it bounds what one consumer takes at a
@@ -196,7 +201,10 @@ impl<H: Handler> Worker<H> {
     /// Several consumers (one per tenant stream) can be read at once by the same worker: they
     /// share its `concurrency` slots, each fetching at most `max_batch` at a time, and the
     /// slots' FIFO queue serves the consumers with messages in turn. A fetch that ends in an
-    /// error (the consumer deleted, say) is followed by a pause, never by a tight loop.
+    /// error (the consumer deleted, say) is followed by a pause, never by a tight loop. A pull
+    /// sized to the slots free when it was sent stays open for the rest of its count: with
+    /// several consumers, a message it brings later can wait for a slot another consumer took
+    /// meanwhile (each consumer's pull at most `max_batch`, as a burst would bring anyway).
     pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
         self.consume_until(Box::new(consumer), None, false, shutdown)
             .await;
@@ -204,9 +212,9 @@ impl<H: Handler> Worker<H> {
 
     /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` is open (a
     /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
-    /// a closed gate stops new fetches (one under way still delivers what it asked for: at
-    /// most `max_batch`, and at most the gate's [`Meter::fetch_max`]), and the loop waits for
-    /// it to open. A gate whose sender is gone counts as open.
+    /// a closed gate stops new fetches (one under way still delivers what it asked for, within
+    /// its wait: at most `max_batch`, and at most the gate's [`Meter::fetch_max`]), and the loop
+    /// waits for it to open. A gate whose sender is gone counts as open.
     /// Ends, after draining, at `shutdown`
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
     /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
@@ -466,7 +474,7 @@ impl<H: Handler> Worker<H> {
         shutdown: &CancellationToken,
     ) -> Fetched {
         let batch = consumer
-            .fetch()
+            .batch()
             .max_messages(max.min(FETCH_MAX_MESSAGES))
             .expires(self.settings.fetch_wait)
             .messages()
