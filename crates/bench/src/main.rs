@@ -7,7 +7,8 @@
 //! print a summary. `--replicas` runs several processes per stage, `--cluster` a 3-node
 //! cluster with R3 streams, `--fairness` the fairness run between tenants ([`fairness`]),
 //! `--consumer-layout` JetStream's cost per message for many tenants' consumers on one shared
-//! stream, on 16 shard streams and on a stream per tenant ([`layout`]).
+//! stream, on 16 shard streams and on a stream per tenant ([`layout`]), `--stage-latency` each
+//! stage's share of a pipeline run's latency ([`stages`]).
 
 mod console;
 mod fairness;
@@ -16,6 +17,7 @@ mod pipeline;
 mod reference;
 mod report;
 mod servers;
+mod stages;
 mod traffic;
 
 use clap::Parser;
@@ -73,6 +75,12 @@ pub struct Args {
     /// without `telemetry.otlp_endpoint`.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// Pipeline runs: also time each message at every stage's input (a subscription of the
+    /// benchmark's own on the stages' subjects) and print when it got there and each stage's
+    /// share of the median latency. The subscription's copies cost nats-server a little, so
+    /// the run is a little slower than without it.
+    #[arg(long)]
+    pub stage_latency: bool,
     /// Directory of the service binaries (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,

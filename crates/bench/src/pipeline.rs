@@ -25,6 +25,7 @@ use switchyard_topology::{BucketName, DeploymentConfig, TenantQuota, provision, 
 use crate::Args;
 use crate::report::{Figures, cpu_per_message, cpu_times, peak_rss};
 use crate::servers::Servers;
+use crate::stages::StageClock;
 use crate::traffic::{Sink, Traffic, publish_all};
 
 /// A service process, killed on drop.
@@ -446,6 +447,11 @@ pub async fn run(
                 deployment.log_dir.display()
             )
         })?;
+    let clock = if args.stage_latency {
+        Some(StageClock::start(&servers.client().await, &Namespace::default()).await?)
+    } else {
+        None
+    };
     let collect = sink.collect(traffic.messages, Duration::from_secs(60));
 
     let processes: Vec<(String, u32)> = deployment
@@ -493,6 +499,10 @@ pub async fn run(
         &messages_after,
         figures.received,
     ));
+    if let Some(clock) = clock {
+        let line = clock.stop(&figures.latencies).await?;
+        figures.notes.push(line);
+    }
     for (name, pid) in deployment.processes() {
         if let Some(bytes) = peak_rss(pid) {
             figures.peak_rss.push((format!("switchyard-{name}"), bytes));
