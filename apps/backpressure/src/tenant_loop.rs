@@ -18,6 +18,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use switchyard_envelope::Envelope;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, Stage, TenantId};
+use switchyard_registry::LimitRecord;
 use switchyard_runtime::RetryPolicy;
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
@@ -72,6 +73,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let mut tokens: VecDeque<i64> = VecDeque::new();
     let mut last_activity = Instant::now();
     let mut recent_rate = 0.0_f64;
+    let mut arrivals = Arrivals::default();
     let mut fetch_backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     let forward = Forward(shared.clone());
     let max_deliver = consumer.cached_info().config.max_deliver;
@@ -81,9 +83,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let mut reconnected = switchyard_runtime::nats::reconnections();
     while !shutdown.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
-        let limit = shared.limit_for(&tenant);
-        let max_block =
-            ((limit.rate_per_sec * lease_window.as_secs_f64()).ceil() as usize).clamp(1, max_batch);
+        let max_block = max_block_of(&shared.limit_for(&tenant), lease_window, max_batch);
         // In flight at most one lease window of the tenant's rate (`max_block`): every fetched
         // message's slot is near, none is hoarded for a later window.
         let in_flight_now = max_batch - room.available_permits();
@@ -96,6 +96,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         }
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Open until it has brought `free` messages or its wait ends: a trickle costs one
+            // pull per `free` messages (the room is this loop's own, so none waits for it).
             batch = Box::pin(consumer
                 .batch()
                 .max_messages(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES))
@@ -112,7 +114,10 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 continue;
             }
         };
-        // Each message is handled as it arrives (never held until the batch completes).
+        // Each message is handled as it arrives (never held until the batch completes). The
+        // pull stays open until it has brought `free` messages or its wait ends (20 s), so it
+        // can span a trickle: what sizes a lease is the messages of the last two lease windows
+        // (`arrivals`: a token's life), not all the pull has brought.
         let mut got = 0usize;
         let mut failed = false;
         loop {
@@ -139,16 +144,22 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 None => break,
             };
             got += 1;
+            arrivals.count(Instant::now(), lease_window);
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
             let stale = now_ms().saturating_sub(2 * lease_window.as_millis() as i64);
             while tokens.front().is_some_and(|&slot| slot < stale) {
                 tokens.pop_front();
             }
             if tokens.is_empty() {
+                // The limit as it is now: a pull can stay open for a while (20 s), and a
+                // changed limit applies from the next lease.
+                let limit = shared.limit_for(&tenant);
+                let max_block = max_block_of(&limit, lease_window, max_batch);
                 // Lease for the demand seen: the recent rate over one window, or (growing
-                // geometrically within a batch) what this batch has brought so far.
+                // geometrically within a burst) what came within a token's life so far, so
+                // a lease holds what is likely used before its tokens go stale.
                 let ahead = (recent_rate * lease_window.as_secs_f64()).ceil() as usize;
-                let count = ahead.max(got).clamp(1, max_block) as u32;
+                let count = ahead.max(arrivals.recent()).clamp(1, max_block) as u32;
                 let key = RateKey {
                     scope: RateScope::Tenant(tenant.clone()),
                     record: RateRecord::Tokens,
@@ -225,6 +236,47 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     while in_flight.join_next().await.is_some() {}
 }
 
+/// The most messages a tenant loop has in flight, and leases at once: one lease window of the
+/// tenant's rate, within 1 ..= `max_batch` (docs/backpressure.md).
+fn max_block_of(limit: &LimitRecord, lease_window: Duration, max_batch: usize) -> usize {
+    ((limit.rate_per_sec * lease_window.as_secs_f64()).ceil() as usize).clamp(1, max_batch)
+}
+
+/// The messages a tenant loop received within about the last two lease windows (a leased
+/// token's life: older tokens are dropped), counted in two fixed windows — the current one
+/// and the one before — so a loop keeps two counters, not a time per message.
+#[derive(Debug, Default)]
+struct Arrivals {
+    /// When the current window began (`None`: nothing counted yet).
+    since: Option<Instant>,
+    /// Messages in the current window.
+    current: usize,
+    /// Messages in the window before it (0 when it ended over a window ago).
+    previous: usize,
+}
+
+impl Arrivals {
+    /// Counts a message received at `now`, windows being `window` long.
+    fn count(&mut self, now: Instant, window: Duration) {
+        let since = *self.since.get_or_insert(now);
+        // Whole windows passed since the current one began: the windows stay aligned, so the
+        // two counted never reach back more than two windows.
+        let passed = now.saturating_duration_since(since).as_nanos() / window.as_nanos().max(1);
+        if passed >= 1 {
+            self.previous = if passed == 1 { self.current } else { 0 };
+            self.current = 0;
+            let passed = u32::try_from(passed).unwrap_or(u32::MAX);
+            self.since = Some(since + window.saturating_mul(passed));
+        }
+        self.current += 1;
+    }
+
+    /// Messages of the current window and the one before.
+    fn recent(&self) -> usize {
+        self.current + self.previous
+    }
+}
+
 /// What a tenant loop does with a message whose slot has come: hand it on to the next stage,
 /// hold it in place when the hand-off fails (the settler retries), or dead-letter it when its
 /// envelope is unreadable or it is too large for the next stage (`payload_too_large`). Settling is the shared [`Settler`](switchyard_service::Settler)'s.
@@ -255,4 +307,62 @@ async fn forward(shared: &Shared, msg: &jetstream::Message) -> Handled {
         Err(error) => error.outcome(msg, Stage::Backpressure, &envelope),
     };
     Handled { tenant, outcome }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_millis(500);
+
+    /// Counts a message at each of `offsets` (ms from `start`), returning `recent()` after each.
+    fn recent_after(arrivals: &mut Arrivals, start: Instant, offsets: &[u64]) -> Vec<usize> {
+        offsets
+            .iter()
+            .map(|&ms| {
+                arrivals.count(start + Duration::from_millis(ms), WINDOW);
+                arrivals.recent()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_trickle_sizes_leases_at_one_whatever_the_pull_has_brought() {
+        // One message a second with half-second windows: each finds the window before it
+        // empty, so a lease is one token, however long the pull that brought them has been
+        // open.
+        let mut arrivals = Arrivals::default();
+        let offsets: Vec<u64> = (0..16).map(|i| i * 1_000).collect();
+        assert_eq!(
+            recent_after(&mut arrivals, Instant::now(), &offsets),
+            vec![1; 16]
+        );
+    }
+
+    #[test]
+    fn a_burst_counts_the_current_window_and_the_one_before() {
+        let mut arrivals = Arrivals::default();
+        let start = Instant::now();
+        // Four in the first window, then three in the next: 4 + 3 seen within a token's life.
+        assert_eq!(
+            recent_after(&mut arrivals, start, &[0, 10, 20, 30, 600, 610, 620]),
+            vec![1, 2, 3, 4, 5, 6, 7]
+        );
+        // The window after that forgets the first four.
+        assert_eq!(recent_after(&mut arrivals, start, &[1_200]), vec![4]);
+        // A pause of two windows or more forgets everything before it.
+        assert_eq!(recent_after(&mut arrivals, start, &[2_300]), vec![1]);
+    }
+
+    #[test]
+    fn the_windows_stay_aligned_so_nothing_older_than_two_windows_is_counted() {
+        // Messages just under a window apart: the fourth, at 1,497 ms, counts the windows
+        // beginning at 1,000 and 500 ms (itself and the one at 998 ms), not those at 0 and
+        // 499 ms, which a window that began at the third message's arrival would still count.
+        let mut arrivals = Arrivals::default();
+        assert_eq!(
+            recent_after(&mut arrivals, Instant::now(), &[0, 499, 998, 1_497]),
+            vec![1, 2, 3, 2]
+        );
+    }
 }

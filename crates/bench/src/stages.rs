@@ -8,7 +8,10 @@
 //! What it does not see: the time a message waits in a stream for its consumer's pull and a
 //! stage's handling of it are one share (from one stage's input to the next's). The
 //! subscription costs nats-server one more copy of every hand-off and the benchmark one more
-//! message to read each, so a run measured with it is a little slower than one without.
+//! message to read each, so a run measured with it is a little slower than one without. A time
+//! is taken when the copy is read: in an unpaced run it includes the benchmark's own lag in
+//! reading them. On a cluster, the first messages may pass before the subscription's interest
+//! has reached the other nodes.
 
 use std::time::Duration;
 

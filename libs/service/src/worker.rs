@@ -4,11 +4,10 @@
 //!
 //! Pulls only as many messages as it has free handler slots (so nothing waits in a local
 //! buffer holding an ack-pending slot), and on shutdown stops fetching and waits for every
-//! in-flight message to settle. A pull stays open until it has brought what it asked for or
-//! its wait ends (JetStream's pull request without `no_wait`), each message handled as it
-//! comes: a trickle of messages costs one pull per pull's worth of them, not one each (with
-//! `no_wait`, a pull ends as soon as the stream is empty, and each message of a trickle cost
-//! the stage and nats-server a subscription, a pull request, a status and an unsubscribe).
+//! in-flight message to settle. How long a pull stays open is `PullEnds`: a loop that owns
+//! its slots keeps it open until it has brought its count, so a trickle costs one pull per
+//! pull's worth of messages; per-tenant loops sharing slots end it when the stream is empty,
+//! so each next pull is sized afresh.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -49,11 +48,28 @@ pub const TENANT_FETCH_MAX_MESSAGES: usize = 16;
 
 /// How long a per-tenant pull (ingress's and backpressure's loops, one per tenant) waits for
 /// messages before it is renewed. A message that arrives meanwhile is delivered to the waiting
-/// pull at once (and the pull goes on waiting for the rest of its count), so this bounds only
-/// what an idle tenant costs: a pull request (and its timeout status) per tenant per wait, on
-/// the stage and on nats-server. At one second, 1,000 idle tenants cost 1,000 pulls a second
-/// on each stage (docs/performance.md).
+/// pull at once (backpressure's pull then goes on waiting for the rest of its count; ingress's
+/// ends, `PullEnds::AtEmpty`), so this bounds only what an idle tenant costs: a pull request
+/// (and its timeout status) per tenant per wait, on the stage and on nats-server. At one
+/// second, 1,000 idle tenants cost 1,000 pulls a second on each stage (docs/performance.md).
 pub const TENANT_FETCH_WAIT: Duration = Duration::from_secs(20);
+
+/// When one pull of a consume loop ends (the JetStream pull request's `no_wait`; either way it
+/// waits up to its `expires` for its first message, and each message is handled as it comes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullEnds {
+    /// When it has brought what it asked for, or its wait ends (`no_wait` off): a trickle of
+    /// messages costs one pull per pull's worth of them. For a loop whose slots are its own,
+    /// where the count asked for stays free until the messages come.
+    AtCount,
+    /// As soon as the stream is empty (`no_wait`): each message of a trickle costs the stage
+    /// and nats-server a subscription, a pull request, a status and an unsubscribe, but the
+    /// next pull is sized from the slots, the gate and the credit as they are then. For
+    /// per-tenant loops sharing slots: an open pull sized when slots were free would go on
+    /// bringing messages (up to `max_batch` per tenant, for up to its wait) to wait for slots
+    /// other tenants took meanwhile, past their `ack_wait`, or past a gate that closed.
+    AtEmpty,
+}
 
 /// What a gated consume loop ([`Worker::consume_gated`]) checks before each fetch.
 pub struct Gate {
@@ -198,23 +214,24 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Reads `consumer` with this worker's slots until `shutdown`, then drains what it took.
-    /// Several consumers (one per tenant stream) can be read at once by the same worker: they
-    /// share its `concurrency` slots, each fetching at most `max_batch` at a time, and the
-    /// slots' FIFO queue serves the consumers with messages in turn. A fetch that ends in an
-    /// error (the consumer deleted, say) is followed by a pause, never by a tight loop. A pull
-    /// sized to the slots free when it was sent stays open for the rest of its count: with
-    /// several consumers, a message it brings later can wait for a slot another consumer took
-    /// meanwhile (each consumer's pull at most `max_batch`, as a burst would bring anyway).
+    /// Each pull asks for the free slots (at most `max_batch` and [`FETCH_MAX_MESSAGES`]) and
+    /// stays open until they are filled or `fetch_wait` ends (`PullEnds::AtCount`), so the
+    /// worker should read this one consumer: several
+    /// consumers sharing its slots are read with [`Worker::consume_gated`]. A fetch that ends
+    /// in an error (the consumer deleted, say) is followed by a pause, never by a tight loop.
     pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
-        self.consume_until(Box::new(consumer), None, false, shutdown)
+        self.consume_until(Box::new(consumer), None, PullEnds::AtCount, false, shutdown)
             .await;
     }
 
-    /// [`Worker::consume`] of a per-tenant consumer, fetching only while `gate` is open (a
+    /// Reads a per-tenant consumer with this worker's slots, which several such consumers (one
+    /// per tenant stream) share: each fetches at most `max_batch` at a time, its pulls end
+    /// when its stream is empty (`PullEnds::AtEmpty`), and the slots' FIFO queue serves the
+    /// consumers with messages in turn. Fetches only while `gate` is open (a
     /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
-    /// a closed gate stops new fetches (one under way still delivers what it asked for, within
-    /// its wait: at most `max_batch`, and at most the gate's [`Meter::fetch_max`]), and the loop
-    /// waits for it to open. A gate whose sender is gone counts as open.
+    /// a closed gate stops new fetches (one under way still delivers what its stream holds, up
+    /// to what it asked for: at most `max_batch`, and at most the gate's [`Meter::fetch_max`]),
+    /// and the loop waits for it to open. A gate whose sender is gone counts as open.
     /// Ends, after draining, at `shutdown`
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
     /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
@@ -230,13 +247,14 @@ impl<H: Handler> Worker<H> {
         gate: Option<Gate>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Ended> + Send {
-        self.consume_until(Box::new(consumer), gate, true, shutdown)
+        self.consume_until(Box::new(consumer), gate, PullEnds::AtEmpty, true, shutdown)
     }
 
     async fn consume_until(
         self: Arc<Self>,
         consumer: Box<PullConsumer>,
         mut gate: Option<Gate>,
+        pull_ends: PullEnds,
         end_when_gone: bool,
         shutdown: CancellationToken,
     ) -> Ended {
@@ -275,7 +293,8 @@ impl<H: Handler> Worker<H> {
                 free = free.min(meter.fetch_max().max(1));
             }
             drop(permit);
-            let fetched = Box::pin(shared.fetch(&consumer, free, &mut backoff, &shutdown)).await;
+            let fetched =
+                Box::pin(shared.fetch(&consumer, free, pull_ends, &mut backoff, &shutdown)).await;
             let mut batch = match fetched {
                 Fetched::Batch(batch) => batch,
                 Fetched::Retry => continue,
@@ -332,8 +351,9 @@ impl<H: Handler> Worker<H> {
     /// messages buffered, not behind a whole burst of one of them. Stream order is kept within
     /// a tenant. `window` should stay within the consumer's `max_ack_pending`, and small enough
     /// that a buffered message is handled before its `ack_wait` (else it is delivered again,
-    /// which the stages absorb as a duplicate). Runs until `shutdown`, then drains what it took
-    /// (buffered messages are left unacked: JetStream redelivers them).
+    /// which the stages absorb as a duplicate). Each pull asks for the window's room and stays
+    /// open until it has brought that many (`PullEnds::AtCount`). Runs until `shutdown`, then
+    /// drains what it took (buffered messages are left unacked: JetStream redelivers them).
     pub async fn consume_fair(
         self: Arc<Self>,
         consumer: PullConsumer,
@@ -371,7 +391,10 @@ impl<H: Handler> Worker<H> {
                     _ = tasks.join_next() => continue,
                 }
             }
-            let mut batch = match self.fetch(&consumer, room, &mut backoff, &shutdown).await {
+            let mut batch = match self
+                .fetch(&consumer, room, PullEnds::AtCount, &mut backoff, &shutdown)
+                .await
+            {
                 Fetched::Batch(batch) => batch,
                 Fetched::Retry => continue,
                 Fetched::Stop => break,
@@ -463,22 +486,30 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Asks `consumer` for up to `max` messages within `fetch_wait`; a failure waits the next
+    /// Asks `consumer` for up to `max` messages within `fetch_wait`, the pull ending as `ends`
+    /// says; a failure waits the next
     /// delay of `backoff` (shared by the loop, which resets it once a fetch ends without an
     /// error: sending the pull succeeds even while the server answers every pull with one).
     async fn fetch(
         &self,
         consumer: &PullConsumer,
         max: usize,
+        ends: PullEnds,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Fetched {
-        let batch = consumer
-            .batch()
-            .max_messages(max.min(FETCH_MAX_MESSAGES))
-            .expires(self.settings.fetch_wait)
-            .messages()
-            .await;
+        let max = max.min(FETCH_MAX_MESSAGES);
+        let wait = self.settings.fetch_wait;
+        let batch = match ends {
+            PullEnds::AtCount => {
+                let pull = consumer.batch().max_messages(max).expires(wait);
+                pull.messages().await
+            }
+            PullEnds::AtEmpty => {
+                let pull = consumer.fetch().max_messages(max).expires(wait);
+                pull.messages().await
+            }
+        };
         match batch {
             Ok(batch) => Fetched::Batch(Box::new(batch)),
             Err(error) => {
