@@ -21,8 +21,9 @@ async fn publish(js: jetstream::Context, subject: String, id: String) -> Option<
 }
 
 /// A 3-node cluster with its meta leader elected, a client of it, an admin context whose API
-/// requests wait 30 s (R3 creations on a loaded two-core machine can take longer than the 5 s
-/// default), and the R3 topology.
+/// requests wait 10 s (R3 creations on a loaded two-core machine can take longer than the 5 s
+/// default; a creation with no answer by then is sent again, within provisioning's 30 s
+/// `PLACEMENT_WAIT`), and the R3 topology.
 async fn cluster() -> (
     NatsCluster,
     async_nats::Client,
@@ -33,7 +34,7 @@ async fn cluster() -> (
     let client = cluster.client().await;
     cluster.wait_for_meta_leader(&client).await;
     let mut admin = jetstream::new(client.clone());
-    admin.set_timeout(Duration::from_secs(30));
+    admin.set_timeout(Duration::from_secs(10));
     let topology = DeploymentConfig {
         replicas: Some(3),
         ..Default::default()

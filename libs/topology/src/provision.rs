@@ -318,8 +318,8 @@ pub const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `create` (a stream's or a bucket's creation or restore), trying again while the
 /// cluster cannot place its replicas yet (`placing` says whether an error is
-/// [`NO_SUITABLE_PEERS`]), every 250 ms to 2 s for up to [`PLACEMENT_WAIT`], logging each
-/// retry with `what`. Any other error is returned at once.
+/// [`NO_SUITABLE_PEERS`], or another worth creating again for), every 250 ms to 2 s for up to
+/// [`PLACEMENT_WAIT`], logging each retry with `what`. Any other error is returned at once.
 pub async fn while_placing<T, E, Fut>(
     what: &str,
     create: impl FnMut() -> Fut,
@@ -342,14 +342,22 @@ where
         .await
 }
 
-/// Whether `error`, or an error it wraps, is [`NO_SUITABLE_PEERS`].
+/// Whether creating again is the answer to `error` (or an error it wraps): the cluster cannot
+/// place the replicas yet ([`NO_SUITABLE_PEERS`]), or no answer came within the request's
+/// timeout (a creation lost in a meta leader change, or still under way on a loaded cluster).
+/// Creating again is safe: nats-server takes a creation equal to one it already has (or has in
+/// flight) as that one (`jsClusteredStreamRequest`, "an equal assignment"), and refuses a
+/// different one.
 fn awaits_placement<E: std::error::Error + 'static>(error: &E) -> bool {
     let error: &(dyn std::error::Error + 'static) = error;
     std::iter::successors(Some(error), |e| e.source()).any(|e| {
         e.downcast_ref::<jetstream::context::CreateStreamError>()
-            .is_some_and(|e| {
-                matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
-                    if j.error_code() == NO_SUITABLE_PEERS)
+            .is_some_and(|e| match e.kind() {
+                jetstream::context::CreateStreamErrorKind::JetStream(j) => {
+                    j.error_code() == NO_SUITABLE_PEERS
+                }
+                jetstream::context::CreateStreamErrorKind::TimedOut => true,
+                _ => false,
             })
     })
 }
@@ -893,4 +901,26 @@ pub async fn advisories_follow_the_shards(
             fixable: true,
         }],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+
+    #[test]
+    fn a_creation_with_no_answer_is_made_again_and_a_refused_one_is_not() {
+        assert!(awaits_placement(&CreateStreamError::new(
+            CreateStreamErrorKind::TimedOut
+        )));
+        assert!(!awaits_placement(&CreateStreamError::new(
+            CreateStreamErrorKind::InvalidStreamName
+        )));
+        // Wrapped, as provisioning reports it.
+        let wrapped = TopologyError::js(
+            "creating stream X",
+            CreateStreamError::new(CreateStreamErrorKind::TimedOut),
+        );
+        assert!(awaits_placement(&wrapped));
+    }
 }
