@@ -9,8 +9,8 @@ use serde::Deserialize;
 use switchyard_registry::LimitRecord;
 use switchyard_runtime::config::HttpConfig;
 use switchyard_runtime::{ConfigError, ConfigSource, NatsConfig, StorageConfig, TelemetryConfig};
-use switchyard_subjects::{InputStage, SizeClass};
-use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology, StreamName};
+use switchyard_subjects::InputStage;
+use switchyard_topology::{ConsumerName, DeploymentConfig, ResolvedTopology};
 
 /// The built-in defaults, every key documented.
 pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
@@ -51,7 +51,8 @@ pub struct BackpressureSettings {
     /// Backlog that closes admission for tenants without their own threshold (default 100000).
     pub default_backlog_high: u64,
     /// Bytes a tenant's messages may take in its `BACKPRESSURE_<shard>` (counted by size
-    /// class) before its admission closes; it reopens under half (default 12 MiB, below
+    /// class) before its admission closes, for tenants whose limit sets no
+    /// `backlog_high_bytes`; it reopens under half (default 12 MiB, below
     /// ingress's `next_stage_credit_bytes`, so that a tenant of large messages is refused
     /// with `admission_closed` before ingress stops reading it).
     pub default_backlog_high_bytes: u64,
@@ -142,18 +143,7 @@ impl BackpressureSettings {
                     .to_owned(),
             );
         }
-        // The largest message a shard stores, counted at its class's bound.
-        let largest = topology
-            .streams
-            .iter()
-            .filter(|s| s.base == StreamName::Backpressure.base())
-            // Unlimited (-1): as large as a class goes.
-            .map(|s| {
-                SizeClass::of(usize::try_from(s.config.max_message_size).unwrap_or(usize::MAX))
-            })
-            .max()
-            .unwrap_or(SizeClass::SMALLEST)
-            .bound();
+        let largest = topology.largest_shard_message_counted();
         if self.default_backlog_high_bytes < largest {
             return fail(
                 "default_backlog_high_bytes",
@@ -243,6 +233,7 @@ impl BackpressureSettings {
             burst: self.default_burst,
             backlog_high: Some(self.default_backlog_high),
             backlog_low: None,
+            backlog_high_bytes: None,
         }
     }
 }

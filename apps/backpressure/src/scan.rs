@@ -2,9 +2,9 @@
 //! at the next stage) and the bytes it holds in its shard (counted by the size class of each
 //! subject, `switchyard_topology::held_by_tenant`), start a loop for every tenant with messages
 //! waiting, and publish each tenant's admission state to KV when it changes: closed at
-//! `backlog_high` or at `default_backlog_high_bytes` in its shard, open again below
-//! `backlog_low` with under half those bytes (hysteresis). Every replica scans; writes happen
-//! only on a change.
+//! `backlog_high` or at `backlog_high_bytes` in its shard (the limit's, else the service's
+//! `default_backlog_high_bytes`), open again below `backlog_low` with under half those bytes
+//! (hysteresis). Every replica scans; writes happen only on a change.
 //!
 //! Tenant loops are supervised ([`TenantLoops`]): a loop that ends — idle, or by panicking — is
 //! reaped on the next pass, and started again as soon as its tenant has messages waiting. A
@@ -267,7 +267,6 @@ async fn scan_once(
             .filter(|(_, a)| **a == Admission::Closed)
             .map(|(t, _)| t.clone()),
     );
-    let bytes_high = shared.settings.default_backlog_high_bytes;
     for tenant in tenants {
         let held = here.get(&tenant).copied().unwrap_or_default();
         let backlog = held.messages + next.get(&tenant).copied().unwrap_or(0);
@@ -288,6 +287,7 @@ async fn scan_once(
                 });
         let limit = shared.limit_for(&tenant);
         let (high, low) = limit.thresholds(shared.settings.default_backlog_high);
+        let bytes_high = limit.bytes_mark(shared.settings.default_backlog_high_bytes);
 
         // Bytes in its shard close admission too (a shard's 64 MiB is its tenants'), and it
         // reopens once they are under half the mark.

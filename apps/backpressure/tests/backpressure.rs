@@ -190,6 +190,7 @@ fn limit(rate: f64, burst: u32) -> LimitRecord {
         burst,
         backlog_high: None,
         backlog_low: None,
+        backlog_high_bytes: None,
     }
 }
 
@@ -331,6 +332,7 @@ async fn admission_closes_over_the_high_mark_and_reopens_below_the_low_mark() {
             burst: 1,
             backlog_high: Some(100),
             backlog_low: Some(20),
+            backlog_high_bytes: None,
         },
     )
     .await;
@@ -436,30 +438,13 @@ async fn admission_closes_when_a_tenants_messages_take_its_bytes_in_its_shard_an
             burst: 1,
             backlog_high: Some(1000),
             backlog_low: Some(500),
+            backlog_high_bytes: None,
         },
     )
     .await;
     // Fourteen 1 MiB messages handed on as idempotency hands them: each in the 1m class
     // (1,114,112 bytes counted), 14 of them past the default 12 MiB.
-    let handoff = Handoff::new(h.js.clone(), Namespace::default());
-    let payload = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
-    for i in 0..14 {
-        let envelope = stamped(
-            Address::parse("heavy", "ops", "hooks").unwrap(),
-            &format!("big-{i}"),
-            1000 + i,
-        );
-        let headers = Handoff::headers(&envelope, None);
-        handoff
-            .forward(
-                InputStage::Backpressure,
-                &envelope,
-                headers,
-                payload.clone(),
-            )
-            .await
-            .unwrap();
-    }
+    hand_on_mebibytes(&h.js, "heavy", 14).await;
     let shard = backpressure_stream("heavy");
     let subjects: Vec<String> = stored_messages(&h.js, &shard)
         .await
@@ -475,16 +460,7 @@ async fn admission_closes_when_a_tenants_messages_take_its_bytes_in_its_shard_an
         "{subjects:?}"
     );
 
-    let kv = h.js.get_key_value("rate-limits").await.unwrap();
-    let key = RateKey {
-        scope: RateScope::Tenant(TenantId::new("heavy").unwrap()),
-        record: RateRecord::Pressure,
-    }
-    .render();
-    let admission = || async {
-        let bytes = kv.get(&key).await.ok()??;
-        serde_json::from_slice::<PressureRecord>(&bytes).ok()
-    };
+    let admission = || pressure_of(&h.js, "heavy");
     let closed = wait_for("admission to close", Duration::from_secs(20), || async {
         admission()
             .await
@@ -514,6 +490,81 @@ async fn admission_closes_when_a_tenants_messages_take_its_bytes_in_its_shard_an
         admission().await.filter(|r| r.admission == Admission::Open)
     })
     .await;
+    h.stop().await;
+}
+
+/// A tenant's own `backlog_high_bytes` closes its admission at its mark, not the service's:
+/// five 1 MiB messages close `tight` (its mark: three of them; at 0.1/s with a burst of one,
+/// at most two leave the shard within the test), while `loose`, holding as many in its shard
+/// under the service's 12 MiB, stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_bytes_mark_closes_its_admission_and_no_one_elses() {
+    let h = Harness::start(1).await;
+    let mark = 3 * 1_114_112;
+    for tenant in ["tight", "loose"] {
+        switchyard_fixtures::enable_tenant(
+            &h.js,
+            tenant,
+            &switchyard_registry::TenantRecord::enabled(),
+        )
+        .await;
+        // Slow: what is handed on stays in the shard.
+        let own_mark = (tenant == "tight").then_some(mark);
+        h.set_limit(
+            tenant,
+            LimitRecord {
+                backlog_high_bytes: own_mark,
+                ..limit(0.1, 1)
+            },
+        )
+        .await;
+        hand_on_mebibytes(&h.js, tenant, 5).await;
+    }
+    let closed = wait_for(
+        "tight's admission to close",
+        Duration::from_secs(20),
+        || async {
+            pressure_of(&h.js, "tight")
+                .await
+                .filter(|r| r.admission == Admission::Closed)
+        },
+    )
+    .await;
+    // Closed once three or more were stored (the scan runs while they are handed on; one
+    // being forwarded to EGRESS can count in both streams).
+    assert!((3..=6).contains(&closed.backlog), "{closed:?}");
+    // Producers are told to wait until the bytes could be under half its own mark: all but
+    // one of the messages to leave at 0.1/s (the service's 12 MiB would give about 1 s).
+    assert!(closed.reopen_in_secs >= Some(20), "{closed:?}");
+    let event = last_event(&h.js, "events.v1.tight.admission_closed").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("bytes waiting in its shard reached {mark}"))),
+        "{event}"
+    );
+    // The scan that counted loose's five messages left its admission open.
+    wait_for(
+        "a scan to count loose's backlog",
+        Duration::from_secs(20),
+        || async {
+            (h.metric_sum("switchyard_backpressure_backlog{tenant=\"loose\"}")
+                .await
+                >= 3.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        h.metric_sum("switchyard_backpressure_admission_closed{tenant=\"loose\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        pressure_of(&h.js, "loose")
+            .await
+            .is_none_or(|r| r.admission == Admission::Open)
+    );
     h.stop().await;
 }
 
@@ -601,6 +652,42 @@ async fn a_setting_that_would_crash_a_tenant_loop_stops_the_service_at_start_up(
         format!("{error:#}").contains("invalid setting backpressure.default_rate_per_sec"),
         "{error:#}"
     );
+}
+
+/// Hands `n` messages of 1 MiB for `tenant` on into its shard as idempotency hands them on
+/// (`Handoff::forward`: each in the `1m` class, counted at 1,114,112 bytes).
+async fn hand_on_mebibytes(js: &jetstream::Context, tenant: &str, n: u64) {
+    let handoff = Handoff::new(js.clone(), Namespace::default());
+    let payload = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+    for i in 0..n {
+        let envelope = stamped(
+            Address::parse(tenant, "ops", "hooks").unwrap(),
+            &format!("big-{i}"),
+            1000 + i,
+        );
+        let headers = Handoff::headers(&envelope, None);
+        handoff
+            .forward(
+                InputStage::Backpressure,
+                &envelope,
+                headers,
+                payload.clone(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `tenant`'s admission record (`<tenant>.pressure`), if the scan wrote one.
+async fn pressure_of(js: &jetstream::Context, tenant: &str) -> Option<PressureRecord> {
+    let kv = js.get_key_value("rate-limits").await.ok()?;
+    let key = RateKey {
+        scope: RateScope::Tenant(TenantId::new(tenant).unwrap()),
+        record: RateRecord::Pressure,
+    }
+    .render();
+    let bytes = kv.get(&key).await.ok()??;
+    serde_json::from_slice::<PressureRecord>(&bytes).ok()
 }
 
 /// The latest event stored on `subject`, as JSON, waited for up to 15 s.

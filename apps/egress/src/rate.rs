@@ -153,6 +153,7 @@ mod tests {
             burst,
             backlog_high: None,
             backlog_low: None,
+            backlog_high_bytes: None,
         }
     }
 

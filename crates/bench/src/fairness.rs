@@ -118,6 +118,7 @@ pub async fn run(servers: &Servers, args: &Args) -> anyhow::Result<String> {
         burst: 50,
         backlog_high: Some(2_000),
         backlog_low: None,
+        backlog_high_bytes: None,
     };
     deployment
         .limits

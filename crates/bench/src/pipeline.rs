@@ -220,6 +220,7 @@ impl Deployment {
             burst: 100_000,
             backlog_high: None,
             backlog_low: None,
+            backlog_high_bytes: None,
         };
         limits
             .put(

@@ -247,6 +247,7 @@ impl RateLimit {
             burst: self.burst,
             backlog_high: None,
             backlog_low: None,
+            backlog_high_bytes: None,
         }
     }
 }

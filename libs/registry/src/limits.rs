@@ -19,6 +19,12 @@ pub struct LimitRecord {
     /// Backlog below which ingress reopens (hysteresis; default: half of `backlog_high`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog_low: Option<u64>,
+    /// Bytes of the tenant's messages in its `BACKPRESSURE` shard (each counted at its size
+    /// class's bound) at which new ingress is refused; admission reopens once they are under
+    /// half (default: the backpressure service's `default_backlog_high_bytes`, 12 MiB). For a
+    /// tenant whose large messages flow fast, whose lease alone can hold more (contracts §15.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_high_bytes: Option<u64>,
 }
 
 impl LimitRecord {
@@ -43,7 +49,16 @@ impl LimitRecord {
                 "backlog_low ({low}) must be below backlog_high ({high})"
             ));
         }
+        if self.backlog_high_bytes == Some(0) {
+            return Err("backlog_high_bytes must be at least 1".to_owned());
+        }
         Ok(())
+    }
+
+    /// The bytes in its shard that close the tenant's admission: `backlog_high_bytes`, or
+    /// `default_high_bytes` when the record has none (it reopens under half).
+    pub fn bytes_mark(&self, default_high_bytes: u64) -> u64 {
+        self.backlog_high_bytes.unwrap_or(default_high_bytes)
     }
 
     /// The admission thresholds `(close at, reopen below)`: `backlog_high` (or
@@ -159,6 +174,36 @@ impl PressureRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenants_bytes_mark_is_optional_and_never_zero() {
+        // Records written before the field existed still read, and fall back to the default.
+        let old: LimitRecord =
+            serde_json::from_str(r#"{"rate_per_sec": 50.0, "burst": 50}"#).unwrap();
+        assert_eq!(old.backlog_high_bytes, None);
+        assert_eq!(old.bytes_mark(12_582_912), 12_582_912);
+        assert!(
+            !serde_json::to_string(&old)
+                .unwrap()
+                .contains("backlog_high_bytes")
+        );
+        let own = LimitRecord {
+            backlog_high_bytes: Some(33_554_432),
+            ..old.clone()
+        };
+        assert_eq!(own.validate(), Ok(()));
+        assert_eq!(own.bytes_mark(12_582_912), 33_554_432);
+        let text = serde_json::to_string(&own).unwrap();
+        assert_eq!(serde_json::from_str::<LimitRecord>(&text).unwrap(), own);
+        let zero = LimitRecord {
+            backlog_high_bytes: Some(0),
+            ..old
+        };
+        assert_eq!(
+            zero.validate(),
+            Err("backlog_high_bytes must be at least 1".to_owned())
+        );
+    }
 
     #[test]
     fn reopening_is_estimated_from_the_backlog_above_low_and_the_rate() {

@@ -327,6 +327,7 @@ mod tests {
             burst,
             backlog_high: None,
             backlog_low: None,
+            backlog_high_bytes: None,
         }
     }
 

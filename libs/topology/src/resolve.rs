@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv, stream};
 use switchyard_subjects::advisory::{self, AdvisoryKind};
-use switchyard_subjects::{DlqFilter, InputStage, Namespace, Shard};
+use switchyard_subjects::{DlqFilter, InputStage, Namespace, Shard, SizeClass};
 
 use switchyard_keys::TenantId;
 
@@ -200,6 +200,22 @@ pub fn stream_subjects(ns: &Namespace, kind: SubjectsKind, allow_schedules: bool
 }
 
 impl ResolvedTopology {
+    /// What the largest message a `BACKPRESSURE` shard stores counts as, by size class (its
+    /// class's bound, bytes; a shard without a message size limit: the largest class): the
+    /// least a bytes mark of admission can be, else one message closes it.
+    pub fn largest_shard_message_counted(&self) -> u64 {
+        self.streams
+            .iter()
+            .filter(|s| s.base == StreamName::Backpressure.base())
+            // Unlimited (-1): as large as a class goes.
+            .map(|s| {
+                SizeClass::of(usize::try_from(s.config.max_message_size).unwrap_or(usize::MAX))
+            })
+            .max()
+            .unwrap_or(SizeClass::SMALLEST)
+            .bound()
+    }
+
     /// Resolves the declarations with the given options.
     pub fn resolve(topology: &Topology, options: &TopologyOptions) -> Self {
         let ns = &options.namespace;

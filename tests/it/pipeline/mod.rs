@@ -365,6 +365,7 @@ impl Pipeline {
             burst,
             backlog_high: None,
             backlog_low: None,
+            backlog_high_bytes: None,
         };
         store.put(&key, &limit).await.unwrap();
     }

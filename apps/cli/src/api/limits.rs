@@ -32,6 +32,12 @@ pub struct LimitRequest {
     pub backlog_high: Option<u64>,
     /// Backlog below which admission reopens (default: half of `backlog_high`).
     pub backlog_low: Option<u64>,
+    /// Bytes of the tenant's messages in its `BACKPRESSURE` shard that close its admission; it
+    /// reopens under half (default: the backpressure service's `default_backlog_high_bytes`).
+    /// At least what the largest message a shard stores counts (1114112 with the bundled
+    /// topology); a mark at or above ingress's `next_stage_credit_bytes` is not reached.
+    #[schema(minimum = 1)]
+    pub backlog_high_bytes: Option<u64>,
 }
 
 /// The limit in force as JSON: `limits get --json`'s object, and `from` (the tenant, or
@@ -67,10 +73,12 @@ async fn set_scope(
     let request: LimitRequest =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let record = limits::limit_record(
+        &state.topology,
         request.rate_per_sec,
         request.burst,
         request.backlog_high,
         request.backlog_low,
+        request.backlog_high_bytes,
     )
     .map_err(|e| ApiError::invalid(format!("invalid limit: {e}")))?;
     limits::set(&state.limits, scope, &record)
@@ -88,7 +96,7 @@ async fn set_scope(
 /// tenant's own record, or `_default`), with its admission state.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/limits", tag = "limits",
     params(("tenant" = String, Path, description = "tenant id", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
-    responses((status = 200, body = Object, description = "{\"tenant\", \"from\", \"rate_per_sec\", \"burst\", \"backlog_high\"?, \"backlog_low\"?, \"admission\"}"),
+    responses((status = 200, body = Object, description = "{\"tenant\", \"from\", \"rate_per_sec\", \"burst\", \"backlog_high\"?, \"backlog_low\"?, \"backlog_high_bytes\"?, \"admission\"}"),
               (status = 400, body = ApiError), (status = 401, body = ApiError),
               (status = 403, body = ApiError), (status = 404, body = ApiError),
               (status = 503, body = ApiError)))]

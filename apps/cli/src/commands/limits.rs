@@ -62,6 +62,12 @@ pub struct SetArgs {
     /// Backlog below which admission reopens (default: half of --backlog-high).
     #[arg(long)]
     pub backlog_low: Option<u64>,
+    /// Bytes of the tenant's messages in its BACKPRESSURE shard that close its admission; it
+    /// reopens under half (default: the backpressure service's default_backlog_high_bytes).
+    /// At least one message of the largest a shard stores; a mark at or above ingress's
+    /// next_stage_credit_bytes (16 MiB) is not reached (the credit pauses the tenant first).
+    #[arg(long)]
+    pub backlog_high_bytes: Option<u64>,
 }
 
 fn scope(raw: &str) -> anyhow::Result<RateScope> {
@@ -83,7 +89,8 @@ pub fn scope_name(scope: &RateScope) -> String {
 }
 
 /// A limit as `limits get|ls|set --json` (and the management API) show it:
-/// `{"tenant", "rate_per_sec", "burst", "backlog_high"?, "backlog_low"?, "admission"}`.
+/// `{"tenant", "rate_per_sec", "burst", "backlog_high"?, "backlog_low"?,
+/// "backlog_high_bytes"?, "admission"}`.
 #[derive(Debug, Serialize)]
 pub struct LimitView {
     /// The tenant, or `_default`.
@@ -132,20 +139,35 @@ impl LimitStores {
 
 /// The record `limits set` writes: `burst` defaults to one second's worth of `rate`.
 ///
-/// Errors: the values are not a valid limit (the reason).
+/// Errors: the values are not a valid limit (the reason), or `backlog_high_bytes` is below
+/// what the largest message a `BACKPRESSURE` shard of `topology` stores counts (one message
+/// would close the tenant's admission: the backpressure service refuses the same for its
+/// default).
 pub fn limit_record(
+    topology: &ResolvedTopology,
     rate: f64,
     burst: Option<u32>,
     backlog_high: Option<u64>,
     backlog_low: Option<u64>,
+    backlog_high_bytes: Option<u64>,
 ) -> Result<LimitRecord, String> {
     let record = LimitRecord {
         rate_per_sec: rate,
         burst: burst.unwrap_or_else(|| rate.ceil().max(1.0) as u32),
         backlog_high,
         backlog_low,
+        backlog_high_bytes,
     };
     record.validate()?;
+    let largest = topology.largest_shard_message_counted();
+    if let Some(bytes) = backlog_high_bytes
+        && bytes < largest
+    {
+        return Err(format!(
+            "backlog_high_bytes ({bytes}) is below what the largest message a BACKPRESSURE \
+             shard stores counts ({largest} bytes): one message would close admission; set at least that"
+        ));
+    }
     Ok(record)
 }
 
@@ -244,6 +266,14 @@ pub async fn list(stores: &LimitStores) -> Result<Vec<LimitView>, StoreError> {
     Ok(views)
 }
 
+/// The bytes mark, `close/reopen` (it reopens under half), or the service's default.
+fn bytes_thresholds(limit: &LimitRecord) -> String {
+    match limit.backlog_high_bytes {
+        Some(high) => format!("{high}/{}", high / 2),
+        None => "service default".to_owned(),
+    }
+}
+
 fn thresholds(limit: &LimitRecord) -> String {
     match (limit.backlog_high, limit.reopen_below()) {
         (Some(high), Some(low)) => format!("{high}/{low}"),
@@ -262,8 +292,15 @@ pub async fn run(
     match &args.command {
         LimitsCommand::Set(set) => {
             let scope = scope(&set.tenant)?;
-            let record = limit_record(set.rate, set.burst, set.backlog_high, set.backlog_low)
-                .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
+            let record = limit_record(
+                topology,
+                set.rate,
+                set.burst,
+                set.backlog_high,
+                set.backlog_low,
+                set.backlog_high_bytes,
+            )
+            .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
             let revision = self::set(&stores, &scope, &record).await?;
             if out.is_json() {
                 out.json(&LimitView {
@@ -272,8 +309,12 @@ pub async fn run(
                     admission: None,
                 })?;
             } else {
+                let bytes = match record.backlog_high_bytes {
+                    Some(_) => format!(", bytes {}", bytes_thresholds(&record)),
+                    None => String::new(),
+                };
                 println!(
-                    "set limit {}: {}/s, burst {}, backlog {} (revision {revision})",
+                    "set limit {}: {}/s, burst {}, backlog {}{bytes} (revision {revision})",
                     scope_name(&scope),
                     record.rate_per_sec,
                     record.burst,
@@ -304,6 +345,7 @@ pub async fn run(
                 println!("rate       {}/s", limit.rate_per_sec);
                 println!("burst      {}", limit.burst);
                 println!("backlog    {} (close/reopen)", thresholds(limit));
+                println!("bytes      {} (close/reopen)", bytes_thresholds(limit));
                 if let Some(p) = &view.admission {
                     println!(
                         "admission  {:?} (backlog {} at {})",
@@ -326,6 +368,7 @@ pub async fn run(
                     "RATE/S",
                     "BURST",
                     "BACKLOG CLOSE/REOPEN",
+                    "BYTES CLOSE/REOPEN",
                     "ADMISSION",
                 ]);
                 for v in &views {
@@ -337,6 +380,7 @@ pub async fn run(
                         v.limit.rate_per_sec.to_string(),
                         v.limit.burst.to_string(),
                         thresholds(&v.limit),
+                        bytes_thresholds(&v.limit),
                         admission,
                     ]);
                 }

@@ -479,12 +479,77 @@ async fn limits_set_get_ls_and_bad_limits_are_refused() {
     );
     let ls = ok(&url, &["limits", "ls"]).await;
     assert!(
-        ls.starts_with("TENANT    RATE/S  BURST  BACKLOG CLOSE/REOPEN  ADMISSION\n"),
+        ls.starts_with(
+            "TENANT    RATE/S  BURST  BACKLOG CLOSE/REOPEN  BYTES CLOSE/REOPEN  ADMISSION\n"
+        ),
         "{ls}"
     );
     assert!(
-        ls.contains("acme      200     20     5000/2500             open"),
+        ls.contains("acme      200     20     5000/2500             service default     open"),
         "{ls}"
+    );
+    // A tenant's own bytes mark (a tenant of large messages that flow fast).
+    assert_eq!(
+        ok(
+            &url,
+            &[
+                "limits",
+                "set",
+                "initech",
+                "--rate",
+                "100",
+                "--backlog-high-bytes",
+                "8388608"
+            ]
+        )
+        .await,
+        "set limit initech: 100/s, burst 100, backlog service default, bytes 8388608/4194304 (revision 3)\n"
+    );
+    let get = ok(&url, &["limits", "get", "initech"]).await;
+    assert!(
+        get.contains("bytes      8388608/4194304 (close/reopen)\n"),
+        "{get}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["limits", "get", "initech", "--json"]).await).unwrap();
+    assert_eq!(json["backlog_high_bytes"], 8388608);
+    let refused = fails(
+        &url,
+        &[
+            "limits",
+            "set",
+            "initech",
+            "--rate",
+            "5",
+            "--backlog-high-bytes",
+            "0",
+        ],
+    )
+    .await;
+    assert!(
+        refused.contains("invalid limit: backlog_high_bytes must be at least 1"),
+        "{refused}"
+    );
+    // Below one message of the largest a shard stores: that message alone would close it.
+    let refused = fails(
+        &url,
+        &[
+            "limits",
+            "set",
+            "initech",
+            "--rate",
+            "5",
+            "--backlog-high-bytes",
+            "1000000",
+        ],
+    )
+    .await;
+    assert!(
+        refused.contains(
+            "invalid limit: backlog_high_bytes (1000000) is below what the largest message a \
+             BACKPRESSURE shard stores counts ("
+        ),
+        "{refused}"
     );
     let json: serde_json::Value =
         serde_json::from_str(&ok(&url, &["limits", "ls", "--json"]).await).unwrap();

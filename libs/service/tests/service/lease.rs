@@ -17,6 +17,7 @@ fn limit() -> LimitRecord {
         burst: 1,
         backlog_high: None,
         backlog_low: None,
+        backlog_high_bytes: None,
     }
 }
 
