@@ -233,6 +233,15 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A test failing shows what the server said: the cause of a refusal (a store it could
+        // not create, say) is often only in its log, which goes with the temporary store.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- the last lines of nats-server {}'s log ---\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
         self.kill();
     }
 }
