@@ -44,12 +44,25 @@ pub(crate) fn binary() -> PathBuf {
         .clone()
 }
 
-/// A free TCP port on loopback (bound, then released for the server to take).
+/// A free TCP port on loopback (bound, then released for the server to take), never one this
+/// process was given before: the kernel may hand the same ephemeral port to the next bind while
+/// the first taker has not bound it yet (two services of one benchmark run were once given the
+/// same port that way, and the second could not start).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on loopback");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `GET /healthz` on the monitoring port: true when the server says it is healthy.
