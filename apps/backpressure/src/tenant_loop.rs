@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
 use switchyard_envelope::Envelope;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, Stage, TenantId};
 use switchyard_registry::LimitRecord;
 use switchyard_runtime::RetryPolicy;
+use switchyard_service::pull::{PullEnds, Puller};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
 use tokio::sync::Semaphore;
@@ -81,6 +81,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let room = Arc::new(Semaphore::new(max_batch));
     let mut in_flight = JoinSet::new();
     let mut reconnected = switchyard_runtime::nats::reconnections();
+    // Boxed: one such loop runs per tenant.
+    let mut puller = Box::new(Puller::new(shared.js.clone()));
     while !shutdown.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
         let max_block = max_block_of(&shared.limit_for(&tenant), lease_window, max_batch);
@@ -94,26 +96,24 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 _ = in_flight.join_next() => continue,
             }
         }
-        let fetched = tokio::select! {
+        let sent = tokio::select! {
             _ = shutdown.cancelled() => break,
             // Open until it has brought `free` messages or its wait ends: a trickle costs one
             // pull per `free` messages (the room is this loop's own, so none waits for it).
-            batch = Box::pin(consumer
-                .batch()
-                .max_messages(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES))
-                .expires(switchyard_service::worker::TENANT_FETCH_WAIT)
-                .messages()) => batch,
+            sent = Box::pin(puller.pull(
+                &consumer,
+                free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES),
+                PullEnds::AtCount,
+                switchyard_service::worker::TENANT_FETCH_WAIT,
+            )) => sent,
         };
-        let mut batch = match fetched {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(%error, %tenant, "fetch failed; retrying");
-                if !Box::pin(fetch_backoff.wait(&shutdown)).await {
-                    break;
-                }
-                continue;
+        if let Err(error) = sent {
+            tracing::warn!(%error, %tenant, "fetch failed; retrying");
+            if !Box::pin(fetch_backoff.wait(&shutdown)).await {
+                break;
             }
-        };
+            continue;
+        }
         // Each message is handled as it arrives (never held until the batch completes). The
         // pull stays open until it has brought `free` messages or its wait ends (20 s), so it
         // can span a trickle: what sizes a lease is the messages of the last two lease windows
@@ -132,7 +132,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     break;
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-                next = batch.next() => next,
+                next = puller.next() => next,
             };
             let msg = match next {
                 Some(Ok(msg)) => msg,

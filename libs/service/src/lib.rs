@@ -15,6 +15,7 @@
 //! - [`lease`]: global rate limits across replicas, by leasing GCRA slots from KV (a tenant's
 //!   limit at backpressure, a destination's at egress).
 //! - [`metrics`]: the core metric set every service emits, in Prometheus text.
+//! - [`pull`]: a consume loop's pulls, one at a time, through one inbox it keeps.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`launch`]: the one start-up path: take the listener (an address or a bound listener),
 //!   and a second one where the probes live apart ([`launch_with`]: ingress), serve the routes
@@ -33,6 +34,7 @@ pub mod launch;
 pub mod lease;
 pub mod metrics;
 pub mod probes;
+pub mod pull;
 pub mod serve;
 pub mod settle;
 pub mod shutdown;

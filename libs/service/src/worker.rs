@@ -4,10 +4,11 @@
 //!
 //! Pulls only as many messages as it has free handler slots (so nothing waits in a local
 //! buffer holding an ack-pending slot), and on shutdown stops fetching and waits for every
-//! in-flight message to settle. How long a pull stays open is `PullEnds`: a loop that owns
-//! its slots keeps it open until it has brought its count, so a trickle costs one pull per
-//! pull's worth of messages; per-tenant loops sharing slots end it when the stream is empty,
-//! so each next pull is sized afresh.
+//! in-flight message to settle. Pulls go through the loop's [`Puller`] (one inbox for all its
+//! pulls). How long a pull stays open is [`PullEnds`]: a loop that owns its slots keeps it open
+//! until it has brought its count, so a trickle costs one pull per pull's worth of messages;
+//! per-tenant loops sharing slots end it when the stream is empty, so each next pull is sized
+//! afresh, and at a trickle ask for one message at a time and keep that pull open.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::StreamExt;
 use switchyard_keys::TenantId;
 use switchyard_runtime::RetryPolicy;
 use switchyard_runtime::retry::Backoff;
@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Metrics;
+pub use crate::pull::PullEnds;
+use crate::pull::Puller;
 pub use crate::settle::{Handled, Outcome};
 use crate::settle::{SettleSettings, Settler};
 
@@ -53,23 +55,6 @@ pub const TENANT_FETCH_MAX_MESSAGES: usize = 16;
 /// (and its timeout status) per tenant per wait, on the stage and on nats-server. At one
 /// second, 1,000 idle tenants cost 1,000 pulls a second on each stage (docs/performance.md).
 pub const TENANT_FETCH_WAIT: Duration = Duration::from_secs(20);
-
-/// When one pull of a consume loop ends (the JetStream pull request's `no_wait`; either way it
-/// waits up to its `expires` for its first message, and each message is handled as it comes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PullEnds {
-    /// When it has brought what it asked for, or its wait ends (`no_wait` off): a trickle of
-    /// messages costs one pull per pull's worth of them. For a loop whose slots are its own,
-    /// where the count asked for stays free until the messages come.
-    AtCount,
-    /// As soon as the stream is empty (`no_wait`): each message of a trickle costs the stage
-    /// and nats-server a subscription, a pull request, a status and an unsubscribe, but the
-    /// next pull is sized from the slots, the gate and the credit as they are then. For
-    /// per-tenant loops sharing slots: an open pull sized when slots were free would go on
-    /// bringing messages (up to `max_batch` per tenant, for up to its wait) to wait for slots
-    /// other tenants took meanwhile, past their `ack_wait`, or past a gate that closed.
-    AtEmpty,
-}
 
 /// What a gated consume loop ([`Worker::consume_gated`]) checks before each fetch.
 pub struct Gate {
@@ -184,6 +169,8 @@ impl Default for WorkerSettings {
 pub struct Worker<H> {
     handler: Arc<H>,
     settler: Settler,
+    /// What pulls are sent with and messages settled through.
+    js: jetstream::Context,
     settings: WorkerSettings,
     /// Handler slots, shared by every consumer this worker reads.
     slots: Arc<Semaphore>,
@@ -198,11 +185,12 @@ impl<H: Handler> Worker<H> {
         metrics: Arc<Metrics>,
         settings: WorkerSettings,
     ) -> Self {
-        let settler = Settler::new(js, ns, metrics, settings.settle.clone());
+        let settler = Settler::new(js.clone(), ns, metrics, settings.settle.clone());
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Self {
             handler,
             settler,
+            js,
             settings,
             slots,
         }
@@ -227,10 +215,13 @@ impl<H: Handler> Worker<H> {
     /// Reads a per-tenant consumer with this worker's slots, which several such consumers (one
     /// per tenant stream) share: each fetches at most `max_batch` at a time, its pulls end
     /// when its stream is empty (`PullEnds::AtEmpty`), and the slots' FIFO queue serves the
-    /// consumers with messages in turn. Fetches only while `gate` is open (a
+    /// consumers with messages in turn. At a trickle (the last message fetched left the stream
+    /// empty: its `num_pending` was 0) a pull asks for one message and stays open for it, until
+    /// a message shows more behind it. Fetches only while `gate` is open (a
     /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
     /// a closed gate stops new fetches (one under way still delivers what its stream holds, up
-    /// to what it asked for: at most `max_batch`, and at most the gate's [`Meter::fetch_max`]),
+    /// to what it asked for: at most `max_batch`, at most the gate's [`Meter::fetch_max`], and
+    /// one at a trickle),
     /// and the loop waits for it to open. A gate whose sender is gone counts as open.
     /// Ends, after draining, at `shutdown`
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
@@ -272,6 +263,9 @@ impl<H: Handler> Worker<H> {
         let abort = CancellationToken::new();
         let _abort_on_drop = abort.clone().drop_guard();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+        // Boxed, as the consumer: one such loop runs per tenant.
+        let mut puller = Box::new(Puller::new(shared.js.clone()));
+        let mut trickle = false;
         while !shutdown.is_cancelled() {
             if let Some(open) = gate.as_mut().map(|g| &mut g.open) {
                 let sender_gone = tokio::select! {
@@ -293,14 +287,24 @@ impl<H: Handler> Worker<H> {
                 free = free.min(meter.fetch_max().max(1));
             }
             drop(permit);
-            let fetched =
-                Box::pin(shared.fetch(&consumer, free, pull_ends, &mut backoff, &shutdown)).await;
-            let mut batch = match fetched {
-                Fetched::Batch(batch) => batch,
-                Fetched::Retry => continue,
-                Fetched::Stop => break,
+            // At a trickle (the last message left the stream empty) one message is asked for
+            // and the pull stays open for it: nats-server then owes no `404` after it, and no
+            // more than it waits for a slot or passes a gate that closed meanwhile.
+            let (ends, count) = if trickle {
+                (PullEnds::AtCount, 1)
+            } else {
+                (pull_ends, free)
             };
+            let sent =
+                Box::pin(shared.pull(&mut puller, &consumer, count, ends, &mut backoff, &shutdown))
+                    .await;
+            match sent {
+                Pulled::Sent => {}
+                Pulled::Retry => continue,
+                Pulled::Stop => break,
+            }
             let mut failed = false;
+            let mut pending = None;
             loop {
                 // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not,
                 // nor a reconnection (the server may have forgotten the pull: it ends here, and
@@ -311,7 +315,7 @@ impl<H: Handler> Worker<H> {
                         failed = true;
                         break;
                     }
-                    next = batch.next() => next,
+                    next = puller.next() => next,
                 };
                 let msg = match next {
                     Some(Ok(msg)) => msg,
@@ -322,11 +326,17 @@ impl<H: Handler> Worker<H> {
                     }
                     None => break,
                 };
+                pending = msg.info().ok().map(|info| info.pending);
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
                 let metered = meter.as_ref().map(|m| (m.clone(), m.fetched(&msg)));
                 tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver, metered));
+            }
+            if pull_ends == PullEnds::AtEmpty
+                && let Some(pending) = pending
+            {
+                trickle = pending == 0;
             }
             if !failed {
                 backoff.reset();
@@ -370,6 +380,7 @@ impl<H: Handler> Worker<H> {
         let mut tasks = JoinSet::new();
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         let mut reconnected = switchyard_runtime::nats::reconnections();
+        let mut puller = Puller::new(self.js.clone());
         let dispatch = |queues: &mut FairQueues, tasks: &mut JoinSet<()>| {
             while !queues.is_empty() {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -391,14 +402,21 @@ impl<H: Handler> Worker<H> {
                     _ = tasks.join_next() => continue,
                 }
             }
-            let mut batch = match self
-                .fetch(&consumer, room, PullEnds::AtCount, &mut backoff, &shutdown)
-                .await
-            {
-                Fetched::Batch(batch) => batch,
-                Fetched::Retry => continue,
-                Fetched::Stop => break,
-            };
+            let sent = self
+                .pull(
+                    &mut puller,
+                    &consumer,
+                    room,
+                    PullEnds::AtCount,
+                    &mut backoff,
+                    &shutdown,
+                )
+                .await;
+            match sent {
+                Pulled::Sent => {}
+                Pulled::Retry => continue,
+                Pulled::Stop => break,
+            }
             let mut failed = false;
             loop {
                 tokio::select! {
@@ -408,7 +426,7 @@ impl<H: Handler> Worker<H> {
                         failed = true;
                         break;
                     }
-                    next = batch.next() => match next {
+                    next = puller.next() => match next {
                         Some(Ok(msg)) => {
                             let tenant = tenant_of(&msg);
                             queues.push(tenant, msg);
@@ -444,11 +462,11 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-/// What one fetch gave.
-enum Fetched {
-    /// Up to the asked number of messages, as they arrive (within `fetch_wait`).
-    Batch(Box<jetstream::consumer::pull::Batch>),
-    /// The fetch failed; its backoff has been waited: fetch again.
+/// What sending one pull gave.
+enum Pulled {
+    /// It is under way: read it with [`Puller::next`].
+    Sent,
+    /// It could not be sent; its backoff has been waited: pull again.
     Retry,
     /// Shutdown came while waiting.
     Stop,
@@ -486,38 +504,31 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Asks `consumer` for up to `max` messages within `fetch_wait`, the pull ending as `ends`
-    /// says; a failure waits the next
-    /// delay of `backoff` (shared by the loop, which resets it once a fetch ends without an
+    /// Sends `puller` a pull of `consumer` for up to `max` messages (at most
+    /// [`FETCH_MAX_MESSAGES`]) within `fetch_wait`, ending as `ends` says; a failure waits the
+    /// next delay of `backoff` (shared by the loop, which resets it once a pull ends without an
     /// error: sending the pull succeeds even while the server answers every pull with one).
-    async fn fetch(
+    async fn pull(
         &self,
+        puller: &mut Puller,
         consumer: &PullConsumer,
         max: usize,
         ends: PullEnds,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
-    ) -> Fetched {
+    ) -> Pulled {
         let max = max.min(FETCH_MAX_MESSAGES);
-        let wait = self.settings.fetch_wait;
-        let batch = match ends {
-            PullEnds::AtCount => {
-                let pull = consumer.batch().max_messages(max).expires(wait);
-                pull.messages().await
-            }
-            PullEnds::AtEmpty => {
-                let pull = consumer.fetch().max_messages(max).expires(wait);
-                pull.messages().await
-            }
-        };
-        match batch {
-            Ok(batch) => Fetched::Batch(Box::new(batch)),
+        match puller
+            .pull(consumer, max, ends, self.settings.fetch_wait)
+            .await
+        {
+            Ok(()) => Pulled::Sent,
             Err(error) => {
                 tracing::warn!(%error, "fetch failed; retrying");
                 if backoff.wait(shutdown).await {
-                    Fetched::Retry
+                    Pulled::Retry
                 } else {
-                    Fetched::Stop
+                    Pulled::Stop
                 }
             }
         }

@@ -1,18 +1,20 @@
 //! `Worker` against a real stream: dropping a per-tenant consume loop (aborting the service's
 //! task, as a crash would) ends the message tasks it started where they are, leaving their
-//! messages unacked for redelivery — whereas a shutdown waits for them to settle.
+//! messages unacked for redelivery — whereas a shutdown waits for them to settle; and a gate
+//! that closes while a tenant's loop waits at a trickle lets at most one message through.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use switchyard_keys::Stage;
+use switchyard_service::worker::Gate;
 use switchyard_service::{
     Handled, Handler, Metrics, Outcome, SettleSettings, Worker, WorkerSettings,
 };
 use switchyard_subjects::Namespace;
-use switchyard_testkit::NatsServer;
-use tokio::sync::mpsc;
+use switchyard_testkit::{NatsServer, wait_for};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Reports each message it starts (with its delivery count), then never finishes; reports
@@ -129,4 +131,102 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
         .expect("handler alive");
     assert_eq!(delivered, 2, "the same message, its second delivery");
     again.abort();
+}
+
+/// Hands each message on at once (acked), reporting it.
+struct Counts(mpsc::UnboundedSender<()>);
+
+impl Handler for Counts {
+    async fn handle(&self, _msg: &jetstream::Message) -> Handled {
+        let _ = self.0.send(());
+        Handled {
+            tenant: None,
+            outcome: Outcome::Forwarded,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gate_that_closes_while_a_tenant_trickles_lets_at_most_one_message_through() {
+    let server = NatsServer::start().await;
+    // One message in the stream: the loop reads it, and at the trickle it leaves (nothing
+    // behind it) waits for the next with a pull for one.
+    let (js, mut consumer) = one_message_consumer(&server).await;
+    let (handled_tx, mut handled) = mpsc::unbounded_channel();
+    let worker = Arc::new(Worker::new(
+        Arc::new(Counts(handled_tx)),
+        js.clone(),
+        Namespace::new(None),
+        Arc::new(Metrics::new(Stage::Ingress)),
+        WorkerSettings {
+            concurrency: 4,
+            fetch_wait: Duration::from_secs(20),
+            max_batch: 4,
+            settle: SettleSettings::default(),
+        },
+    ));
+    let (open_tx, open) = watch::channel(true);
+    let shutdown = CancellationToken::new();
+    let looping = tokio::spawn(worker.consume_gated(
+        consumer.clone(),
+        Some(Gate { open, meter: None }),
+        shutdown.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("the first message was handled")
+        .expect("handler alive");
+
+    // The gate closes (the tenant's credit at the next stage is spent, say); a burst follows.
+    open_tx.send(false).expect("the loop holds the gate");
+    // Sent at once (acks awaited after), so the burst is stored faster than it is delivered.
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(
+            js.publish("work.acme", format!("burst {i}").into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    // Settled: no pull waits (the loop waits at the gate) and nothing is being handled.
+    let info = wait_for(
+        "the loop to settle at its gate",
+        Duration::from_secs(10),
+        || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await.ok()?.clone();
+                (info.num_waiting == 0 && info.num_ack_pending == 0).then_some(info)
+            }
+        },
+    )
+    .await;
+    let mut passed = 0;
+    while handled.try_recv().is_ok() {
+        passed += 1;
+    }
+    assert!(
+        passed <= 1,
+        "{passed} messages passed the closed gate (a pull sized for the free slots would have brought 4)"
+    );
+    assert_eq!(info.num_pending, 5 - passed, "the rest wait in the stream");
+
+    // Open again: the rest are read.
+    open_tx.send(true).expect("the loop holds the gate");
+    for _ in passed..5 {
+        tokio::time::timeout(Duration::from_secs(10), handled.recv())
+            .await
+            .expect("the rest were handled once the gate opened")
+            .expect("handler alive");
+    }
+    shutdown.cancel();
+    assert_eq!(
+        looping.await.expect("the loop ended"),
+        switchyard_service::worker::Ended::Shutdown
+    );
+    let info = consumer.info().await.expect("info");
+    assert_eq!(info.num_pending, 0);
 }
