@@ -231,8 +231,11 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         recent_rate = 0.7 * recent_rate + 0.3 * (got as f64 / elapsed);
         last_activity = Instant::now();
     }
-    // Whatever was fetched is settled before the loop ends (a hold ends at shutdown; a message
-    // still waiting for its slot is given back).
+    // The pull left open goes with its inbox before the drain (what nats-server would deliver
+    // to it meanwhile would wait unread for its `ack_wait`). Whatever was fetched is settled
+    // before the loop ends (a hold ends at shutdown; a message still waiting for its slot is
+    // given back).
+    drop(puller);
     while in_flight.join_next().await.is_some() {}
 }
 

@@ -54,7 +54,7 @@ pub fn free_port() -> u16 {
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
+    for _ in 0..1_000 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -63,6 +63,10 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+    panic!(
+        "no free loopback port this process was not given before, in 1,000 tries ({} given)",
+        given.len()
+    );
 }
 
 /// `GET /healthz` on the monitoring port: true when the server says it is healthy.

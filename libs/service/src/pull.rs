@@ -5,18 +5,23 @@
 //! an inbox the messages are delivered to. The client library's `fetch()` and `batch()`
 //! subscribe a new inbox for every pull and unsubscribe it when the pull ends, so a stage reading
 //! a trickle (a pull per message or per few) pays a subscription and an unsubscription on itself
-//! and on nats-server for each. [`Puller`] keeps its inbox while each pull ends by nats-server's
-//! word or by its count, the only ends after which nothing more of that pull can arrive, and
-//! replaces it when a pull is left open (its wait passed with no word, a reconnection, shutdown),
-//! so a late message of an abandoned pull never reaches the next one's inbox: nats-server drops a
-//! pull whose inbox has no interest.
+//! and on nats-server for each. [`Puller`] keeps its inbox while each pull ends by its count or
+//! by nats-server's `404` or `408`, ends after which nothing more of that pull arrives, and
+//! replaces it when a pull is left open (its wait passed with no word, a reconnection, shutdown:
+//! the loops drop their puller before draining) or ends in an error, so a late message of an
+//! abandoned pull never reaches the next one's inbox: nats-server drops a pull whose inbox has
+//! no interest. An inbox that holds anything unread when the next pull is sent (a status sent
+//! late, as a new consumer leader's `409 Leadership Change` to pulls its predecessor had
+//! already ended) is replaced too.
 //!
 //! How nats-server ends a pull (`server/consumer.go`, `processWaiting` and
 //! `processNextMsgRequest`): it sends nothing once the pull has brought its count; `404 No
-//! Messages` when a `no_wait` pull finds the stream empty after its first message; `408 Request
-//! Timeout` when its `expires` passes; a `409` (consumer deleted, leadership change, too many
-//! waiting pulls) or another status when it cannot serve it; a `100` is an idle heartbeat (never
-//! asked for here).
+//! Messages` when a `no_wait` pull finds the stream empty after its first message (on a
+//! replicated consumer possibly a `408` after the last delivery is replicated); `408 Request
+//! Timeout` (or `Interest Expired`) when its `expires` passes; a `409` (consumer deleted,
+//! leadership change, too many waiting pulls) or another status when it cannot serve it. Pulls
+//! here ask for neither `max_bytes` (whose `409 Batch Completed` follows a pull that has brought
+//! its count) nor idle heartbeats (`100`): with either, a status could follow a pull's end.
 
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::time::{Instant, Sleep};
 
 /// How long past a pull's `expires` its inbox waits for nats-server's `408` before the pull is
@@ -119,8 +124,8 @@ impl Puller {
 
     /// Sends a pull for up to `max` messages (at least 1) of `consumer`, waiting up to
     /// `expires` for them, ended as `ends` says; read it with [`Puller::next`]. A pull still
-    /// under way (left open by its reader: shutdown, a reconnection) is abandoned first, with
-    /// its inbox. Errors: [`PullError::Subscribe`], [`PullError::Request`] (the connection is
+    /// under way (left open by its reader: a reconnection, say) is abandoned first, with its
+    /// inbox. Errors: [`PullError::Subscribe`], [`PullError::Request`] (the connection is
     /// down or closed).
     pub async fn pull(
         &mut self,
@@ -132,7 +137,17 @@ impl Puller {
         if self.open.take().is_some() {
             self.inbox = None;
         }
-        let inbox = match self.inbox.take() {
+        // Anything already in the kept inbox belongs to no pull: a new inbox, so it is not
+        // taken for this pull's.
+        let mut kept = self.inbox.take();
+        let stray = kept
+            .as_mut()
+            .is_some_and(|inbox| inbox.sub.next().now_or_never().is_some());
+        if stray {
+            tracing::debug!("the kept inbox held something of no pull; subscribing a new one");
+            kept = None;
+        }
+        let inbox = match kept {
             Some(inbox) => inbox,
             None => {
                 let client = self.js.client();

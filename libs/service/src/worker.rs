@@ -215,9 +215,9 @@ impl<H: Handler> Worker<H> {
     /// Reads a per-tenant consumer with this worker's slots, which several such consumers (one
     /// per tenant stream) share: each fetches at most `max_batch` at a time, its pulls end
     /// when its stream is empty (`PullEnds::AtEmpty`), and the slots' FIFO queue serves the
-    /// consumers with messages in turn. At a trickle (the last message fetched left the stream
-    /// empty: its `num_pending` was 0) a pull asks for one message and stays open for it, until
-    /// a message shows more behind it. Fetches only while `gate` is open (a
+    /// consumers with messages in turn. At a trickle (the last message fetched was a first
+    /// delivery that left the stream empty: its `num_pending` was 0) a pull asks for one message
+    /// and stays open for it, until a message shows more behind it or is a redelivery. Fetches only while `gate` is open (a
     /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
     /// a closed gate stops new fetches (one under way still delivers what its stream holds, up
     /// to what it asked for: at most `max_batch`, at most the gate's [`Meter::fetch_max`], and
@@ -304,7 +304,7 @@ impl<H: Handler> Worker<H> {
                 Pulled::Stop => break,
             }
             let mut failed = false;
-            let mut pending = None;
+            let mut trickle_seen = None;
             loop {
                 // A fetch may wait long (`fetch_wait`) for its first message: shutdown does not,
                 // nor a reconnection (the server may have forgotten the pull: it ends here, and
@@ -326,7 +326,12 @@ impl<H: Handler> Worker<H> {
                     }
                     None => break,
                 };
-                pending = msg.info().ok().map(|info| info.pending);
+                // `num_pending` counts the messages never delivered, not those waiting to be
+                // delivered again: a redelivery says nothing of what is behind it.
+                trickle_seen = msg
+                    .info()
+                    .ok()
+                    .map(|info| info.pending == 0 && info.delivered == 1);
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
@@ -334,9 +339,9 @@ impl<H: Handler> Worker<H> {
                 tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver, metered));
             }
             if pull_ends == PullEnds::AtEmpty
-                && let Some(pending) = pending
+                && let Some(seen) = trickle_seen
             {
-                trickle = pending == 0;
+                trickle = seen;
             }
             if !failed {
                 backoff.reset();
@@ -347,6 +352,9 @@ impl<H: Handler> Worker<H> {
                 break;
             }
         }
+        // The pull left open goes with its inbox now, not after the drain: what nats-server
+        // would deliver to it meanwhile would wait unread for its `ack_wait`.
+        drop(puller);
         tracing::info!(in_flight = tasks.len(), "draining");
         tasks.close();
         tasks.wait().await;
@@ -452,6 +460,8 @@ impl<H: Handler> Worker<H> {
                 break;
             }
         }
+        // As in `consume_until`: no pull left open through the drain.
+        drop(puller);
         tracing::info!(
             in_flight = tasks.len(),
             buffered = queues.len(),

@@ -41,7 +41,7 @@ async fn publish(js: &jetstream::Context, count: usize) {
 }
 
 /// nats-server's count of subscriptions made and removed since it started (`/subsz`).
-async fn subscriptions_made_and_removed(server: &NatsServer) -> (u64, u64) {
+pub(crate) async fn subscriptions_made_and_removed(server: &NatsServer) -> (u64, u64) {
     let addr = ([127, 0, 0, 1], server.monitor_port()).into();
     let response = http_get(addr, "/subsz").await;
     let body = response.split("\r\n\r\n").nth(1).expect("a body");

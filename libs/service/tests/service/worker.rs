@@ -1,7 +1,8 @@
 //! `Worker` against a real stream: dropping a per-tenant consume loop (aborting the service's
 //! task, as a crash would) ends the message tasks it started where they are, leaving their
-//! messages unacked for redelivery — whereas a shutdown waits for them to settle; and a gate
-//! that closes while a tenant's loop waits at a trickle lets at most one message through.
+//! messages unacked for redelivery — whereas a shutdown waits for them to settle, with no pull
+//! left open while it does; and a gate that closes while a tenant's loop waits at a trickle
+//! lets at most one message through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,7 +178,13 @@ async fn a_gate_that_closes_while_a_tenant_trickles_lets_at_most_one_message_thr
         .expect("the first message was handled")
         .expect("handler alive");
 
-    // The gate closes (the tenant's credit at the next stage is spent, say); a burst follows.
+    // The loop's next pull waits (for one message); then the gate closes (the tenant's credit
+    // at the next stage is spent, say), and a burst follows.
+    wait_for("the loop's next pull", Duration::from_secs(10), || {
+        let mut consumer = consumer.clone();
+        async move { (consumer.info().await.ok()?.num_waiting == 1).then_some(()) }
+    })
+    .await;
     open_tx.send(false).expect("the loop holds the gate");
     // Sent at once (acks awaited after), so the burst is stored faster than it is delivered.
     let mut acks = Vec::new();
@@ -229,4 +236,97 @@ async fn a_gate_that_closes_while_a_tenant_trickles_lets_at_most_one_message_thr
     );
     let info = consumer.info().await.expect("info");
     assert_eq!(info.num_pending, 0);
+}
+
+/// Reports each message it starts, then finishes it (acked) when released.
+struct Held {
+    started: mpsc::UnboundedSender<()>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Handler for Held {
+    async fn handle(&self, _msg: &jetstream::Message) -> Handled {
+        let _ = self.started.send(());
+        let _ = self.release.acquire().await.map(|permit| permit.forget());
+        Handled {
+            tenant: None,
+            outcome: Outcome::Forwarded,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_shutdown_leaves_no_pull_open_while_it_drains() {
+    let server = NatsServer::start().await;
+    let (js, mut consumer) = one_message_consumer(&server).await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let worker = Arc::new(Worker::new(
+        Arc::new(Held {
+            started: started_tx,
+            release: release.clone(),
+        }),
+        js.clone(),
+        Namespace::new(None),
+        Arc::new(Metrics::new(Stage::Egress)),
+        WorkerSettings {
+            concurrency: 2,
+            fetch_wait: Duration::from_secs(20),
+            max_batch: 2,
+            settle: SettleSettings::default(),
+        },
+    ));
+    let shutdown = CancellationToken::new();
+    let looping = tokio::spawn(worker.consume(consumer.clone(), shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("the message reached the handler")
+        .expect("handler alive");
+    // The loop's pull for its free slot waits; the handler holds the first message.
+    wait_for("the loop's next pull", Duration::from_secs(10), || {
+        let mut consumer = consumer.clone();
+        async move { (consumer.info().await.ok()?.num_waiting == 1).then_some(()) }
+    })
+    .await;
+    let (_, removed) = crate::pull::subscriptions_made_and_removed(&server).await;
+
+    // Shutdown: the loop stops pulling and drains (the handler still holds its message); its
+    // open pull goes with its inbox now, not when the drain ends.
+    shutdown.cancel();
+    wait_for(
+        "the open pull's inbox to go",
+        Duration::from_secs(10),
+        || {
+            let server = &server;
+            async move {
+                let (_, removed_now) = crate::pull::subscriptions_made_and_removed(server).await;
+                (removed_now > removed).then_some(())
+            }
+        },
+    )
+    .await;
+    // A message arriving during the drain stays in the stream for the next replica, instead
+    // of waiting unread, delivered to a pull no one reads, for its `ack_wait`.
+    js.publish("work.acme", "during the drain".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let info = consumer.info().await.expect("info");
+    assert_eq!(
+        info.num_ack_pending, 1,
+        "only the held message is delivered"
+    );
+    assert_eq!(info.num_pending, 1, "the new one waits in the stream");
+    assert!(!looping.is_finished(), "the loop drains the held message");
+
+    release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), looping)
+        .await
+        .expect("drained")
+        .expect("the loop ended");
+    assert!(
+        started.try_recv().is_err(),
+        "nothing more was handled after shutdown"
+    );
 }
