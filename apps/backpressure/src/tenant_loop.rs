@@ -22,7 +22,7 @@ use switchyard_runtime::RetryPolicy;
 use switchyard_service::pull::{PullEnds, Puller};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -71,18 +71,6 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let max_batch = shared.settings.max_batch.max(1);
     let idle_after = Duration::from_secs(shared.settings.tenant_idle_secs);
     let mut tokens: VecDeque<i64> = VecDeque::new();
-    // The rate `tokens` were leased at, and word of any limit changed since: a raised limit
-    // sets aside the tokens leased under the old one, and each message waiting for an old
-    // slot takes a new one (`wait_for_slot`).
-    let mut tokens_rate = 0.0_f64;
-    let mut limit_changes = shared.limits.changes();
-    let token_key: Arc<str> = RateKey {
-        scope: RateScope::Tenant(tenant.clone()),
-        record: RateRecord::Tokens,
-    }
-    .render()
-    .into();
-    let tenant_of_tasks = Arc::new(tenant.clone());
     let mut last_activity = Instant::now();
     let mut recent_rate = 0.0_f64;
     let mut arrivals = Arrivals::default();
@@ -162,27 +150,22 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             while tokens.front().is_some_and(|&slot| slot < stale) {
                 tokens.pop_front();
             }
-            if limit_changes.has_changed().unwrap_or(false) {
-                limit_changes.mark_unchanged();
-                if shared.limit_for(&tenant).rate_per_sec > tokens_rate {
-                    tokens.clear();
-                }
-            }
             if tokens.is_empty() {
                 // The limit as it is now: a pull can stay open for a while (20 s), and a
-                // changed limit applies from the next lease. Marked seen first, so a change
-                // after this read reaches the messages given these tokens.
-                limit_changes.mark_unchanged();
+                // changed limit applies from the next lease.
                 let limit = shared.limit_for(&tenant);
-                tokens_rate = limit.rate_per_sec;
                 let max_block = max_block_of(&limit, lease_window, max_batch);
                 // Lease for the demand seen: the recent rate over one window, or (growing
                 // geometrically within a burst) what came within a token's life so far, so
                 // a lease holds what is likely used before its tokens go stale.
                 let ahead = (recent_rate * lease_window.as_secs_f64()).ceil() as usize;
                 let count = ahead.max(arrivals.recent()).clamp(1, max_block) as u32;
-                let lease =
-                    Box::pin(shared.leaser.lease(&token_key, count, &limit, now_ms())).await;
+                let key = RateKey {
+                    scope: RateScope::Tenant(tenant.clone()),
+                    record: RateRecord::Tokens,
+                }
+                .render();
+                let lease = Box::pin(shared.leaser.lease(&key, count, &limit, now_ms())).await;
                 shared.own.fallback_active.set(i64::from(
                     shared
                         .leaser
@@ -202,22 +185,21 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 break;
             };
             let (forward, shutdown) = (forward.clone(), shutdown.clone());
-            let leased = Leased {
-                slot,
-                rate: tokens_rate,
-                key: token_key.clone(),
-                tenant: tenant_of_tasks.clone(),
-                changes: limit_changes.clone(),
-            };
             in_flight.spawn(async move {
-                if !Box::pin(wait_for_slot(&forward.0, leased, &shutdown)).await {
-                    // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
-                    // away): the message goes back to its stream at once, for whichever
-                    // replica runs next (a delivery attempt spent).
-                    if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
-                        tracing::debug!(%error, "nak at shutdown failed; redelivered after ack_wait");
+                let wait = slot.saturating_sub(now_ms());
+                if wait > 0 {
+                    tokio::select! {
+                        // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
+                        // away): the message goes back to its stream at once, for whichever
+                        // replica runs next (a delivery attempt spent).
+                        _ = shutdown.cancelled() => {
+                            if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
+                                tracing::debug!(%error, "nak at shutdown failed; redelivered after ack_wait");
+                            }
+                            return;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
                     }
-                    return;
                 }
                 forward
                     .0
@@ -255,65 +237,6 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     // given back).
     drop(puller);
     while in_flight.join_next().await.is_some() {}
-}
-
-/// A message's slot and what it was leased under.
-struct Leased {
-    /// When the message may be handed on (ms since the epoch).
-    slot: i64,
-    /// The tenant's rate (per second) when the slot was leased.
-    rate: f64,
-    /// The tenant's token record (`<tenant>.tokens`).
-    key: Arc<str>,
-    tenant: Arc<TenantId>,
-    /// Word of limit changes, seen up to the lease's reading of the limit.
-    changes: watch::Receiver<u64>,
-}
-
-/// Waits until `leased`'s slot, or takes a new slot when the tenant's limit is raised
-/// meanwhile (under the raised rate the slots still owed are carried over at once:
-/// `switchyard_service::lease::carried_tat`), so a raise reaches a message already waiting
-/// for a slow rate's slot (up to 1 / rate away) instead of after it. A lowered limit leaves
-/// the slot as leased. `false`: shutdown came first.
-async fn wait_for_slot(shared: &Shared, leased: Leased, shutdown: &CancellationToken) -> bool {
-    let Leased {
-        mut slot,
-        mut rate,
-        key,
-        tenant,
-        mut changes,
-    } = leased;
-    let mut watching = true;
-    loop {
-        let wait = slot.saturating_sub(now_ms());
-        if wait <= 0 {
-            return true;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => return true,
-            changed = changes.changed(), if watching => {
-                if changed.is_err() {
-                    // The cache is gone (the service is stopping): the slot as leased.
-                    watching = false;
-                    continue;
-                }
-                let limit = shared.limit_for(&tenant);
-                if limit.rate_per_sec > rate {
-                    let lease = Box::pin(shared.leaser.lease(&key, 1, &limit, now_ms())).await;
-                    shared
-                        .own
-                        .tokens_leased
-                        .get_or_create(&TenantLabel {
-                            tenant: tenant.to_string(),
-                        })
-                        .inc();
-                    slot = lease.slot(0);
-                    rate = limit.rate_per_sec;
-                }
-            }
-        }
-    }
 }
 
 /// The most messages a tenant loop has in flight, and leases at once: one lease window of the

@@ -109,18 +109,11 @@ pub fn limit_lookup(tenant: &TenantId) -> [(RateKey, LimitSource); 2] {
 }
 
 /// The global token state of one tenant (JSON at `<tenant>.tokens`): the GCRA "theoretical
-/// arrival time", the instant (ms since the epoch) from which the next slot is free, and the
-/// rate it was last advanced at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// arrival time", the instant (ms since the epoch) from which the next slot is free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenState {
     /// Next free slot, in milliseconds since the epoch.
     pub tat_ms: i64,
-    /// The rate (per second) the last lease advanced `tat_ms` at; absent in records written
-    /// before it was kept. A lease under a higher rate carries the slots still owed at this rate
-    /// over at its own (`switchyard_service::lease::carried_tat`), so a raised limit applies at
-    /// once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_per_sec: Option<f64>,
 }
 
 /// Whether a tenant's new ingress is admitted.

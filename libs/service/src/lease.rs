@@ -18,12 +18,6 @@
 //! deleted and made again, or restored from a backup, and written up to the same revision; the
 //! short memory bounds that window to seconds.)
 //!
-//! The record also keeps the rate its `T` was last advanced at. A lease under a higher rate
-//! (an operator raised the limit) first carries what is still owed over at that rate
-//! ([`carried_tat`]: `T − now` at the old rate is `(T − now) × old / new` at the new one), so
-//! a raise applies from the next lease instead of after the slots run up under the old limit;
-//! a cut applies to the slots leased from then on (those already leased stay as they are).
-//!
 //! A replica that dies holding a lease strands at most that lease's slots: the record keeps
 //! moving with time, so nothing is lost for longer than the lease (≤ `lease_secs` of rate),
 //! and the limit is never exceeded because of it. While KV is unreachable a replica leases
@@ -70,7 +64,7 @@ pub const REMEMBER_FOR: std::time::Duration = std::time::Duration::from_secs(10)
 #[derive(Debug, Clone, Copy)]
 struct Written {
     revision: u64,
-    state: TokenState,
+    tat_ms: i64,
     at: std::time::Instant,
 }
 
@@ -113,22 +107,6 @@ pub fn sane_tat(tat_ms: i64, now_ms: i64, limit: &LimitRecord) -> Result<i64, St
     Ok(tat_ms)
 }
 
-/// The `tat_ms` to lease from under `limit`, given the record's `tat_ms` advanced at
-/// `was_rate` per second: when `limit`'s rate is higher, the time still owed (`tat_ms − now`)
-/// is what that many slots take at the new rate (`× was_rate / rate`, rounded up), so slots
-/// leased under a lower limit do not delay the first ones under a raised one. Otherwise (the
-/// same or a lower rate, no rate known, a `tat_ms` not ahead of now) `tat_ms` as it is.
-pub fn carried_tat(tat_ms: i64, was_rate: Option<f64>, now_ms: i64, limit: &LimitRecord) -> i64 {
-    let rate = limit.rate_per_sec;
-    let owed = tat_ms.saturating_sub(now_ms);
-    match was_rate {
-        Some(was) if owed > 0 && was.is_finite() && was > 0.0 && rate.is_finite() && rate > was => {
-            now_ms.saturating_add(ms_of(owed as f64 * was / rate, f64::ceil))
-        }
-        _ => tat_ms,
-    }
-}
-
 /// GCRA: the lease for `count` slots given the current `tat`, and the new `tat`. Saturating
 /// throughout: no input (extreme times, a zero, NaN or vanishing rate, any burst) panics.
 pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease, i64) {
@@ -153,7 +131,7 @@ pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease
 pub struct Leaser {
     kv: kv::Store,
     /// The fallback's token state, by record key.
-    local: Mutex<HashMap<String, TokenState>>,
+    local: Mutex<HashMap<String, i64>>,
     /// What this replica last wrote, by record key, for [`REMEMBER_FOR`]. Valid for as long as
     /// the record's revision is still that one, which the compare-and-swap checks.
     written: Mutex<HashMap<String, Written>>,
@@ -210,13 +188,9 @@ impl Leaser {
             ..limit.clone()
         };
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let state = local.entry(key.to_owned()).or_default();
-        let tat = carried_tat(state.tat_ms, state.rate_per_sec, now_ms, &share);
-        let (lease, new_tat) = gcra(tat, now_ms, &share, count);
-        *state = TokenState {
-            tat_ms: new_tat,
-            rate_per_sec: Some(share.rate_per_sec),
-        };
+        let tat = local.entry(key.to_owned()).or_insert(0);
+        let (lease, new_tat) = gcra(*tat, now_ms, &share, count);
+        *tat = new_tat;
         lease
     }
 
@@ -231,17 +205,12 @@ impl Leaser {
         // (and the first, when nothing is remembered) reads the record first.
         let mut remembered = self.remembered(key);
         for _ in 0..16 {
-            let (state, revision) = match remembered.take() {
+            let (tat, revision) = match remembered.take() {
                 Some(known) => known,
                 None => self.read(key, limit, now_ms).await?,
             };
-            let tat = carried_tat(state.tat_ms, state.rate_per_sec, now_ms, limit);
             let (lease, new_tat) = gcra(tat, now_ms, limit, count);
-            let new_state = TokenState {
-                tat_ms: new_tat,
-                rate_per_sec: Some(limit.rate_per_sec),
-            };
-            let value = serde_json::to_vec(&new_state).unwrap_or_default();
+            let value = serde_json::to_vec(&TokenState { tat_ms: new_tat }).unwrap_or_default();
             self.kv_ops.inc();
             let written = if revision == 0 {
                 self.kv.create(key, value.into()).await.map_err(|e| {
@@ -263,7 +232,7 @@ impl Leaser {
             };
             match written {
                 Ok(new_revision) => {
-                    self.remember(key, Some((new_revision, new_state)));
+                    self.remember(key, Some((new_revision, new_tat)));
                     return Ok(lease);
                 }
                 // Another replica leased first (or the record changed): read it again.
@@ -277,49 +246,46 @@ impl Leaser {
         Err(format!("lease of {key} kept conflicting"))
     }
 
-    /// The record `key` as stored, and its revision (0 when there is none). An unreadable
-    /// or impossible `tat_ms` reads as `now_ms` (its rate unknown), with a warning.
+    /// The record `key` as stored: `(tat_ms, revision)`, revision 0 when there is none. An
+    /// unreadable or impossible `tat_ms` reads as `now_ms`, with a warning.
     async fn read(
         &self,
         key: &str,
         limit: &LimitRecord,
         now_ms: i64,
-    ) -> Result<(TokenState, u64), String> {
+    ) -> Result<(i64, u64), String> {
         self.kv_ops.inc();
         let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
         Ok(match &entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let state = serde_json::from_slice::<TokenState>(&e.value)
+                let tat = serde_json::from_slice::<TokenState>(&e.value)
                     .map_err(|error| format!("unreadable token state: {error}"))
-                    .and_then(|state| sane_tat(state.tat_ms, now_ms, limit).map(|_| state))
+                    .and_then(|state| sane_tat(state.tat_ms, now_ms, limit))
                     .unwrap_or_else(|problem| {
                         tracing::warn!(%key, %problem, "token state reset to now");
-                        TokenState {
-                            tat_ms: now_ms,
-                            rate_per_sec: None,
-                        }
+                        now_ms
                     });
-                (state, e.revision)
+                (tat, e.revision)
             }
-            Some(e) => (TokenState::default(), e.revision),
-            None => (TokenState::default(), 0),
+            Some(e) => (0, e.revision),
+            None => (0, 0),
         })
     }
 
-    /// What this replica wrote to `key` within [`REMEMBER_FOR`], and its revision.
-    fn remembered(&self, key: &str) -> Option<(TokenState, u64)> {
+    /// What this replica wrote to `key` within [`REMEMBER_FOR`], as `(tat_ms, revision)`.
+    fn remembered(&self, key: &str) -> Option<(i64, u64)> {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written
             .get(key)
             .filter(|w| w.at.elapsed() < REMEMBER_FOR)
-            .map(|w| (w.state, w.revision))
+            .map(|w| (w.tat_ms, w.revision))
     }
 
     /// Records (or, with `None`, forgets) what this replica wrote to `key`: a write that got
     /// an older revision than one remembered (two leases of one record at once) is not kept.
-    fn remember(&self, key: &str, write: Option<(u64, TokenState)>) {
+    fn remember(&self, key: &str, write: Option<(u64, i64)>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((revision, state)) = write else {
+        let Some((revision, tat_ms)) = write else {
             written.remove(key);
             return;
         };
@@ -329,7 +295,7 @@ impl Leaser {
                 if revision > known.revision || known.at.elapsed() >= REMEMBER_FOR {
                     *known = Written {
                         revision,
-                        state,
+                        tat_ms,
                         at: now,
                     };
                 }
@@ -342,7 +308,7 @@ impl Leaser {
                     key.to_owned(),
                     Written {
                         revision,
-                        state,
+                        tat_ms,
                         at: now,
                     },
                 );
@@ -374,27 +340,6 @@ mod tests {
         assert_eq!(b.start_ms, 10_500);
         assert_eq!(tat2, 11_000);
         assert_eq!(a.slot(99), 10_495);
-    }
-
-    #[test]
-    fn a_raised_rate_carries_the_slots_still_owed_over_at_its_own_pace() {
-        let now = 1_000_000;
-        // At 0.1/s, two slots leased: the next is free 20 s from now.
-        let (_, tat) = gcra(0, now, &limit(0.1, 1), 2);
-        assert_eq!(tat, now + 20_000);
-        // Raised to 1,000/s: those two slots take 2 ms at the new rate, not 20 s.
-        let raised = limit(1000.0, 1);
-        let carried = carried_tat(tat, Some(0.1), now, &raised);
-        assert_eq!(carried, now + 2);
-        let (lease, _) = gcra(carried, now, &raised, 1);
-        assert_eq!(lease.start_ms, now + 2);
-        // Lowered, the same or unknown: the record as it is (a cut applies to slots leased
-        // from then on).
-        assert_eq!(carried_tat(tat, Some(0.1), now, &limit(0.05, 1)), tat);
-        assert_eq!(carried_tat(tat, Some(0.1), now, &limit(0.1, 1)), tat);
-        assert_eq!(carried_tat(tat, None, now, &raised), tat);
-        // Nothing owed: nothing to carry.
-        assert_eq!(carried_tat(now - 5, Some(0.1), now, &raised), now - 5);
     }
 
     #[test]
@@ -447,10 +392,6 @@ mod tests {
                             assert!(lease.slot(count) >= lease.start_ms);
                             assert!(!lease.spacing_ms.is_nan() && lease.spacing_ms >= 0.0);
                             let _ = sane_tat(tat, now, &l);
-                            for was in rates {
-                                let carried = carried_tat(tat, Some(was), now, &l);
-                                assert!(carried <= tat.max(now), "{was} {rate} {tat} {now}");
-                            }
                         }
                     }
                 }
