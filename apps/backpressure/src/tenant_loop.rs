@@ -19,10 +19,11 @@ use switchyard_envelope::Envelope;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, Stage, TenantId};
 use switchyard_registry::LimitRecord;
 use switchyard_runtime::RetryPolicy;
+use switchyard_service::lease::rescaled;
 use switchyard_service::pull::{PullEnds, Puller};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +72,13 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let max_batch = shared.settings.max_batch.max(1);
     let idle_after = Duration::from_secs(shared.settings.tenant_idle_secs);
     let mut tokens: VecDeque<i64> = VecDeque::new();
+    // What a raised limit moves (`Raise`): the rate `tokens` were leased at, word of limit
+    // changes, and the signal to this loop's messages waiting for their slots.
+    let mut raise = Raise {
+        tokens_rate: 0.0,
+        changes: shared.limits.changes(),
+        to_waiting: watch::Sender::new(0.0),
+    };
     let mut last_activity = Instant::now();
     let mut recent_rate = 0.0_f64;
     let mut arrivals = Arrivals::default();
@@ -94,6 +102,10 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = in_flight.join_next() => continue,
+                Ok(()) = raise.changes.changed() => {
+                    raise.apply(&shared, &tenant, &mut tokens);
+                    continue;
+                }
             }
         }
         let sent = tokio::select! {
@@ -132,6 +144,10 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     break;
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                Ok(()) = raise.changes.changed() => {
+                    raise.apply(&shared, &tenant, &mut tokens);
+                    continue;
+                }
                 next = puller.next() => next,
             };
             let msg = match next {
@@ -165,7 +181,11 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     record: RateRecord::Tokens,
                 }
                 .render();
-                let lease = Box::pin(shared.leaser.lease(&key, count, &limit, now_ms())).await;
+                // Carrying: what the record owes under a lower rate moves to this one, as
+                // every holder's slots do when it sees the raise (`Raise::apply`).
+                let lease =
+                    Box::pin(shared.leaser.lease_carrying(&key, count, &limit, now_ms())).await;
+                raise.tokens_rate = limit.rate_per_sec;
                 shared.own.fallback_active.set(i64::from(
                     shared
                         .leaser
@@ -185,21 +205,16 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 break;
             };
             let (forward, shutdown) = (forward.clone(), shutdown.clone());
+            let (rate, raised) = (raise.tokens_rate, raise.to_waiting.subscribe());
             in_flight.spawn(async move {
-                let wait = slot.saturating_sub(now_ms());
-                if wait > 0 {
-                    tokio::select! {
-                        // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
-                        // away): the message goes back to its stream at once, for whichever
-                        // replica runs next (a delivery attempt spent).
-                        _ = shutdown.cancelled() => {
-                            if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
-                                tracing::debug!(%error, "nak at shutdown failed; redelivered after ack_wait");
-                            }
-                            return;
-                        }
-                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                if !wait_for_slot(slot, rate, raised, &shutdown).await {
+                    // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
+                    // away): the message goes back to its stream at once, for whichever
+                    // replica runs next (a delivery attempt spent).
+                    if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
+                        tracing::debug!(%error, "nak at shutdown failed; redelivered after ack_wait");
                     }
+                    return;
                 }
                 forward
                     .0
@@ -237,6 +252,72 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     // given back).
     drop(puller);
     while in_flight.join_next().await.is_some() {}
+}
+
+/// What a raised limit moves in one tenant's loop. The slots this replica holds — `tokens`
+/// not yet given to a message, and those of messages waiting for them — were leased at some
+/// rate; when the tenant's limit rises above it, each moves by the map the next carrying lease
+/// applies to the token record (`lease::rescaled`: the time to it scaled by old / new), so the
+/// slots owed keep their order, take the new pace, and end before the next lease's first slot.
+/// A lowered limit moves nothing (it applies from the next lease). Any limit record's change
+/// wakes the loop; only a raise of this tenant's wakes its waiting messages.
+struct Raise {
+    /// The rate `tokens` were leased at (or last moved to).
+    tokens_rate: f64,
+    /// Word of any change of a limit record (`KvCache::changes`).
+    changes: watch::Receiver<u64>,
+    /// The rate the loop's held slots move to, for messages waiting for theirs.
+    to_waiting: watch::Sender<f64>,
+}
+
+impl Raise {
+    /// Reads the tenant's limit again after a change; on a raise above `tokens_rate`, moves
+    /// `tokens` and tells the waiting messages.
+    fn apply(&mut self, shared: &Shared, tenant: &TenantId, tokens: &mut VecDeque<i64>) {
+        let rate = shared.limit_for(tenant).rate_per_sec;
+        if rate <= self.tokens_rate {
+            return;
+        }
+        let now = now_ms();
+        for slot in tokens.iter_mut() {
+            *slot = rescaled(*slot, self.tokens_rate, rate, now);
+        }
+        self.tokens_rate = rate;
+        self.to_waiting.send_replace(rate);
+    }
+}
+
+/// Waits until `slot` (leased at `rate`), moving it when the loop tells of a raise
+/// (`Raise`). `false`: shutdown came first.
+async fn wait_for_slot(
+    mut slot: i64,
+    mut rate: f64,
+    mut raised: watch::Receiver<f64>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut watching = true;
+    loop {
+        let wait = slot.saturating_sub(now_ms());
+        if wait <= 0 {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => return true,
+            changed = raised.changed(), if watching => {
+                if changed.is_err() {
+                    // The loop is gone (its task set aborts this one too): the slot as held.
+                    watching = false;
+                    continue;
+                }
+                let to = *raised.borrow_and_update();
+                if to > rate {
+                    slot = rescaled(slot, rate, to, now_ms());
+                    rate = to;
+                }
+            }
+        }
+    }
 }
 
 /// The most messages a tenant loop has in flight, and leases at once: one lease window of the

@@ -301,6 +301,81 @@ async fn a_limit_change_takes_effect_on_every_replica_at_once() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_limit_reaches_a_message_already_waiting_for_a_slow_rates_slot() {
+    let h = Harness::start(1).await;
+    // One message per 10 s: the first goes at once, the second is leased a slot 10 s away.
+    h.set_limit("slow", limit(0.1, 1)).await;
+    h.send("slow", 3, 0.0).await;
+    h.wait_delivered("slow", 1, Duration::from_secs(10)).await;
+    wait_for(
+        "the second message's lease",
+        Duration::from_secs(10),
+        || async {
+            let leased = h
+                .metric_sum("switchyard_backpressure_tokens_leased_total{tenant=\"slow\"}")
+                .await;
+            (leased >= 2.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        h.delivered("slow").len(),
+        1,
+        "the second waits for its slot"
+    );
+
+    // Raised: the waiting message takes a slot under the new rate (the 10 s owed at 0.1/s are
+    // 1 ms at 1,000/s), and so does the third; under the old slots they would take 10 and 20 s.
+    let raised = Instant::now();
+    h.set_limit("slow", limit(1000.0, 10)).await;
+    h.wait_delivered("slow", 3, Duration::from_secs(5)).await;
+    eprintln!("both delivered {:?} after the raise", raised.elapsed());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_with_three_replicas_holding_slots_never_passes_the_new_limit() {
+    let h = Harness::start(3).await;
+    h.set_limit("steady", limit(40.0, 1)).await;
+    h.send("steady", 700, 0.0).await;
+    // Each replica now holds up to a lease window of slots (20 at 40/s).
+    h.wait_delivered("steady", 120, Duration::from_secs(20))
+        .await;
+    let raised = Instant::now();
+    h.set_limit("steady", limit(80.0, 1)).await;
+    h.wait_delivered("steady", 120 + 3 * 80 + 40, Duration::from_secs(20))
+        .await;
+    let deliveries: Vec<Instant> = h
+        .delivered("steady")
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
+    let window = |from: Instant| {
+        deliveries
+            .iter()
+            .filter(|&&t| t >= from && t < from + Duration::from_secs(1))
+            .count()
+    };
+    // The slots the replicas held move to the new pace, and the next leases start after them:
+    // no second of the raise carries the held slots on top of the new rate (up to 60 more).
+    let after: Vec<usize> = (0..3)
+        .map(|s| window(raised + Duration::from_secs(s)))
+        .collect();
+    eprintln!("deliveries per second after the raise (limit 80/s): {after:?}");
+    for count in &after {
+        assert!(
+            *count <= 89,
+            "{count} in a second, over 80/s (+10%): {after:?}"
+        );
+    }
+    assert!(
+        after.iter().sum::<usize>() >= 3 * 72,
+        "the raise applies at once: {after:?}"
+    );
+    h.stop().await;
+}
+
 /// One NATS publish to `tenant`'s ingress subject: `true` when its stream acked it.
 async fn ingress_accepts(js: &jetstream::Context, tenant: &str, id: &str) -> bool {
     let mut h = HeaderMap::new();

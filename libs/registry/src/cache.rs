@@ -26,6 +26,8 @@ pub type Cached<R> = Result<R, String>;
 pub struct KvCache<K, R> {
     entries: RwLock<HashMap<K, Cached<R>>>,
     loaded: watch::Sender<bool>,
+    /// Counts the updates applied (see [`KvCache::changes`]).
+    version: watch::Sender<u64>,
     filter: Option<String>,
 }
 
@@ -56,9 +58,11 @@ where
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (loaded, _) = watch::channel(false);
+        let (version, _) = watch::channel(0);
         let cache = Arc::new(Self {
             entries: RwLock::new(HashMap::new()),
             loaded,
+            version,
             filter,
         });
         let task = cache.clone();
@@ -75,6 +79,12 @@ where
     /// Whether the initial load is complete.
     pub fn is_loaded(&self) -> bool {
         *self.loaded.borrow()
+    }
+
+    /// A receiver told of every update applied from now on (a put, a delete; its value counts
+    /// them), for a holder of a value read from the cache to notice it may have changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// The cached value for `key`.
@@ -137,6 +147,9 @@ where
                 entries.remove(&key);
             }
         }
+        drop(entries);
+        self.version
+            .send_modify(|version| *version = version.wrapping_add(1));
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {

@@ -109,11 +109,18 @@ pub fn limit_lookup(tenant: &TenantId) -> [(RateKey, LimitSource); 2] {
 }
 
 /// The global token state of one tenant (JSON at `<tenant>.tokens`): the GCRA "theoretical
-/// arrival time", the instant (ms since the epoch) from which the next slot is free.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// arrival time", the instant (ms since the epoch) from which the next slot is free, and a
+/// bound on the rate of the slots it owes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenState {
     /// Next free slot, in milliseconds since the epoch.
     pub tat_ms: i64,
+    /// A bound on the rate (per second) of every slot still owed before `tat_ms`; absent in
+    /// records written before it was kept. A carrying lease under a higher rate moves what is
+    /// owed to its own pace (`switchyard_service::lease::step`), so a raised limit applies at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
 }
 
 /// Whether a tenant's new ingress is admitted.

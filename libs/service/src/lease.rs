@@ -2,8 +2,9 @@
 //! limit per tenant) and egress (one per destination with a rate limit).
 //!
 //! Each limited thing has one record in the `rate-limits` bucket — a tenant's `<tenant>.tokens`,
-//! a destination's `<tenant>.<destination>.tokens` — holding `{"tat_ms": T}`: the instant from which the
-//! next delivery slot is free (GCRA's theoretical arrival time). A replica that needs `k`
+//! a destination's `<tenant>.<destination>.tokens` — holding `{"tat_ms": T, "rate_per_sec": R}`:
+//! the instant from which the next delivery slot is free (GCRA's theoretical arrival time), and
+//! `R` (below). A replica that needs `k`
 //! tokens leases `k` consecutive slots with one compare-and-swap:
 //! `start = max(T, now − burst/rate)`, `T' = start + k/rate`. Slot `i` of the lease may be used
 //! from `start + i/rate` on. Slots are disjoint across replicas, so the delivered rate never
@@ -17,6 +18,16 @@
 //! (The one way a swap could succeed against a changed record is a revision reused: the bucket
 //! deleted and made again, or restored from a backup, and written up to the same revision; the
 //! short memory bounds that window to seconds.)
+//!
+//! The record also keeps `R`, a bound on the rate of every slot it still owes (`T − now`): the
+//! rate of the lease that advanced it when nothing was owed before, else the larger of `R` and
+//! the new lease's rate; unknown (absent) in records of earlier releases until they owe nothing.
+//! A lease that *carries* ([`Leaser::lease_carrying`], backpressure's tenant limits) and finds
+//! its rate above `R` first moves what is owed to the new pace ([`step`]: `T − now` becomes
+//! `(T − now) × R / rate`), so a raised limit applies from the next lease instead of after the
+//! slots run up under the old one. That is only sound because the holders of those slots move
+//! them by the same map when they see the raise (`tenant_loop.rs`); egress, whose held slots do
+//! not move, leases without carrying, and so does the KV-down fallback.
 //!
 //! A replica that dies holding a lease strands at most that lease's slots: the record keeps
 //! moving with time, so nothing is lost for longer than the lease (≤ `lease_secs` of rate),
@@ -64,7 +75,7 @@ pub const REMEMBER_FOR: std::time::Duration = std::time::Duration::from_secs(10)
 #[derive(Debug, Clone, Copy)]
 struct Written {
     revision: u64,
-    tat_ms: i64,
+    state: TokenState,
     at: std::time::Instant,
 }
 
@@ -107,6 +118,56 @@ pub fn sane_tat(tat_ms: i64, now_ms: i64, limit: &LimitRecord) -> Result<i64, St
     Ok(tat_ms)
 }
 
+/// Where a slot leased at `was` per second lies once its holder learns of a raise to `rate`:
+/// the time from `now_ms` to it scaled by `was / rate` (rounded up), so the slots a holder owes
+/// keep their order and take the new pace; unchanged when `rate` is not above `was` (or either
+/// is not a positive finite number) or the slot is not ahead of `now_ms`. The same map moves a
+/// token record's `tat_ms` when a lease carries ([`step`]).
+pub fn rescaled(slot_ms: i64, was: f64, rate: f64, now_ms: i64) -> i64 {
+    let ahead = slot_ms.saturating_sub(now_ms);
+    if ahead > 0 && was.is_finite() && was > 0.0 && rate.is_finite() && rate > was {
+        now_ms.saturating_add(ms_of(ahead as f64 * was / rate, f64::ceil))
+    } else {
+        slot_ms
+    }
+}
+
+/// One lease of `count` slots under `limit` from the token state `state` (module doc): with
+/// `carry` and `limit`'s rate above the state's bound `R`, what is owed is first moved to the
+/// new pace ([`rescaled`]). Returns the lease and the state to write: its `tat_ms` advanced
+/// (GCRA, [`gcra`]) and its bound `R` kept true (the lease's rate when nothing was owed, else
+/// the larger of the two; unknown stays unknown while anything is owed).
+pub fn step(
+    state: TokenState,
+    now_ms: i64,
+    limit: &LimitRecord,
+    count: u32,
+    carry: bool,
+) -> (Lease, TokenState) {
+    let rate = limit.rate_per_sec;
+    let owed = state.tat_ms > now_ms;
+    let (tat_ms, bound) = match state.rate_per_sec {
+        Some(was) if carry && owed => {
+            let moved = rescaled(state.tat_ms, was, rate, now_ms);
+            (moved, if moved == state.tat_ms { was } else { rate })
+        }
+        bound => (state.tat_ms, bound.unwrap_or(rate)),
+    };
+    let (lease, new_tat) = gcra(tat_ms, now_ms, limit, count);
+    let rate_per_sec = if !owed {
+        Some(rate)
+    } else {
+        state.rate_per_sec.map(|_| bound.max(rate))
+    };
+    (
+        lease,
+        TokenState {
+            tat_ms: new_tat,
+            rate_per_sec,
+        },
+    )
+}
+
 /// GCRA: the lease for `count` slots given the current `tat`, and the new `tat`. Saturating
 /// throughout: no input (extreme times, a zero, NaN or vanishing rate, any burst) panics.
 pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease, i64) {
@@ -131,7 +192,7 @@ pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease
 pub struct Leaser {
     kv: kv::Store,
     /// The fallback's token state, by record key.
-    local: Mutex<HashMap<String, i64>>,
+    local: Mutex<HashMap<String, TokenState>>,
     /// What this replica last wrote, by record key, for [`REMEMBER_FOR`]. Valid for as long as
     /// the record's revision is still that one, which the compare-and-swap checks.
     written: Mutex<HashMap<String, Written>>,
@@ -163,7 +224,30 @@ impl Leaser {
     /// `RateKey { scope: Tenant(acme), record: Tokens }` → `acme.tokens`, or a destination's
     /// `acme.crm.tokens`).
     pub async fn lease(&self, key: &str, count: u32, limit: &LimitRecord, now_ms: i64) -> Lease {
-        match self.lease_kv(key, count, limit, now_ms).await {
+        self.lease_with(key, count, limit, now_ms, false).await
+    }
+
+    /// As [`Leaser::lease`], carrying what the record owes over to a raised rate first (module
+    /// doc): for a caller whose held slots move by [`rescaled`] when it sees the raise.
+    pub async fn lease_carrying(
+        &self,
+        key: &str,
+        count: u32,
+        limit: &LimitRecord,
+        now_ms: i64,
+    ) -> Lease {
+        self.lease_with(key, count, limit, now_ms, true).await
+    }
+
+    async fn lease_with(
+        &self,
+        key: &str,
+        count: u32,
+        limit: &LimitRecord,
+        now_ms: i64,
+        carry: bool,
+    ) -> Lease {
+        match self.lease_kv(key, count, limit, now_ms, carry).await {
             Ok(lease) => {
                 if self.in_fallback.swap(false, Ordering::Relaxed) {
                     tracing::info!("kv reachable again: global rate limiting restored");
@@ -188,9 +272,11 @@ impl Leaser {
             ..limit.clone()
         };
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = local.entry(key.to_owned()).or_insert(0);
-        let (lease, new_tat) = gcra(*tat, now_ms, &share, count);
-        *tat = new_tat;
+        // Never carries: the live replicas' count changes the share without its holders
+        // moving their slots.
+        let state = local.entry(key.to_owned()).or_default();
+        let (lease, next) = step(*state, now_ms, &share, count, false);
+        *state = next;
         lease
     }
 
@@ -200,17 +286,18 @@ impl Leaser {
         count: u32,
         limit: &LimitRecord,
         now_ms: i64,
+        carry: bool,
     ) -> Result<Lease, String> {
         // The first try swaps against what this replica last wrote, unread; any later one
         // (and the first, when nothing is remembered) reads the record first.
         let mut remembered = self.remembered(key);
         for _ in 0..16 {
-            let (tat, revision) = match remembered.take() {
+            let (state, revision) = match remembered.take() {
                 Some(known) => known,
                 None => self.read(key, limit, now_ms).await?,
             };
-            let (lease, new_tat) = gcra(tat, now_ms, limit, count);
-            let value = serde_json::to_vec(&TokenState { tat_ms: new_tat }).unwrap_or_default();
+            let (lease, new_state) = step(state, now_ms, limit, count, carry);
+            let value = serde_json::to_vec(&new_state).unwrap_or_default();
             self.kv_ops.inc();
             let written = if revision == 0 {
                 self.kv.create(key, value.into()).await.map_err(|e| {
@@ -232,7 +319,7 @@ impl Leaser {
             };
             match written {
                 Ok(new_revision) => {
-                    self.remember(key, Some((new_revision, new_tat)));
+                    self.remember(key, Some((new_revision, new_state)));
                     return Ok(lease);
                 }
                 // Another replica leased first (or the record changed): read it again.
@@ -246,46 +333,49 @@ impl Leaser {
         Err(format!("lease of {key} kept conflicting"))
     }
 
-    /// The record `key` as stored: `(tat_ms, revision)`, revision 0 when there is none. An
-    /// unreadable or impossible `tat_ms` reads as `now_ms`, with a warning.
+    /// The record `key` as stored, and its revision (0 when there is none). An unreadable
+    /// or impossible `tat_ms` reads as `now_ms` (its rate unknown), with a warning.
     async fn read(
         &self,
         key: &str,
         limit: &LimitRecord,
         now_ms: i64,
-    ) -> Result<(i64, u64), String> {
+    ) -> Result<(TokenState, u64), String> {
         self.kv_ops.inc();
         let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
         Ok(match &entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let tat = serde_json::from_slice::<TokenState>(&e.value)
+                let state = serde_json::from_slice::<TokenState>(&e.value)
                     .map_err(|error| format!("unreadable token state: {error}"))
-                    .and_then(|state| sane_tat(state.tat_ms, now_ms, limit))
+                    .and_then(|state| sane_tat(state.tat_ms, now_ms, limit).map(|_| state))
                     .unwrap_or_else(|problem| {
                         tracing::warn!(%key, %problem, "token state reset to now");
-                        now_ms
+                        TokenState {
+                            tat_ms: now_ms,
+                            rate_per_sec: None,
+                        }
                     });
-                (tat, e.revision)
+                (state, e.revision)
             }
-            Some(e) => (0, e.revision),
-            None => (0, 0),
+            Some(e) => (TokenState::default(), e.revision),
+            None => (TokenState::default(), 0),
         })
     }
 
-    /// What this replica wrote to `key` within [`REMEMBER_FOR`], as `(tat_ms, revision)`.
-    fn remembered(&self, key: &str) -> Option<(i64, u64)> {
+    /// What this replica wrote to `key` within [`REMEMBER_FOR`], and its revision.
+    fn remembered(&self, key: &str) -> Option<(TokenState, u64)> {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written
             .get(key)
             .filter(|w| w.at.elapsed() < REMEMBER_FOR)
-            .map(|w| (w.tat_ms, w.revision))
+            .map(|w| (w.state, w.revision))
     }
 
     /// Records (or, with `None`, forgets) what this replica wrote to `key`: a write that got
     /// an older revision than one remembered (two leases of one record at once) is not kept.
-    fn remember(&self, key: &str, write: Option<(u64, i64)>) {
+    fn remember(&self, key: &str, write: Option<(u64, TokenState)>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((revision, tat_ms)) = write else {
+        let Some((revision, state)) = write else {
             written.remove(key);
             return;
         };
@@ -295,7 +385,7 @@ impl Leaser {
                 if revision > known.revision || known.at.elapsed() >= REMEMBER_FOR {
                     *known = Written {
                         revision,
-                        tat_ms,
+                        state,
                         at: now,
                     };
                 }
@@ -308,7 +398,7 @@ impl Leaser {
                     key.to_owned(),
                     Written {
                         revision,
-                        tat_ms,
+                        state,
                         at: now,
                     },
                 );
@@ -340,6 +430,45 @@ mod tests {
         assert_eq!(b.start_ms, 10_500);
         assert_eq!(tat2, 11_000);
         assert_eq!(a.slot(99), 10_495);
+    }
+
+    #[test]
+    fn a_carrying_lease_moves_what_is_owed_to_a_raised_pace_and_keeps_its_bound_true() {
+        let now = 1_000_000;
+        let state = |tat_ms, rate_per_sec| TokenState {
+            tat_ms,
+            rate_per_sec,
+        };
+        // At 0.1/s, two slots leased from nothing owed: the bound is that rate, and the next
+        // slot is free 20 s from now.
+        let (_, owed) = step(TokenState::default(), now, &limit(0.1, 1), 2, true);
+        assert_eq!(owed, state(now + 20_000, Some(0.1)));
+        // Raised to 1,000/s: those two slots take 2 ms at the new pace, not 20 s.
+        let (lease, after) = step(owed, now, &limit(1000.0, 1), 1, true);
+        assert_eq!(lease.start_ms, now + 2);
+        assert_eq!(after, state(now + 3, Some(1000.0)));
+        // Without carrying (egress, the KV-down fallback): the record as it is, its bound the
+        // larger rate.
+        let (lease, kept) = step(owed, now, &limit(1000.0, 1), 1, false);
+        assert_eq!(lease.start_ms, now + 20_000);
+        assert_eq!(kept.rate_per_sec, Some(1000.0));
+        // Cut while slots are owed: nothing moves, the bound stays the old (larger) rate, so
+        // a later raise moves the slots owed at both rates no further than the faster allows.
+        let (_, cut) = step(owed, now, &limit(0.05, 1), 1, true);
+        assert_eq!(cut, state(now + 40_000, Some(0.1)));
+        let (lease, _) = step(cut, now, &limit(1000.0, 1), 1, true);
+        assert_eq!(lease.start_ms, now + 4);
+        // A record of an earlier release (bound unknown) carries nothing while it owes
+        // anything; once it owes nothing, the lease's rate is its bound.
+        let (lease, unknown) = step(state(now + 20_000, None), now, &limit(1000.0, 1), 1, true);
+        assert_eq!(lease.start_ms, now + 20_000);
+        assert_eq!(unknown.rate_per_sec, None);
+        let (_, known) = step(state(now - 5, None), now, &limit(1000.0, 1), 1, true);
+        assert_eq!(known.rate_per_sec, Some(1000.0));
+        // A holder's slot moves by the same map; never later, never before now.
+        assert_eq!(rescaled(now + 10_000, 0.1, 1000.0, now), now + 1);
+        assert_eq!(rescaled(now + 10_000, 1000.0, 0.1, now), now + 10_000);
+        assert_eq!(rescaled(now - 7, 0.1, 1000.0, now), now - 7);
     }
 
     #[test]
@@ -392,6 +521,16 @@ mod tests {
                             assert!(lease.slot(count) >= lease.start_ms);
                             assert!(!lease.spacing_ms.is_nan() && lease.spacing_ms >= 0.0);
                             let _ = sane_tat(tat, now, &l);
+                            for was in rates {
+                                let moved = rescaled(tat, was, rate, now);
+                                assert!(moved <= tat.max(now), "{was} {rate} {tat} {now}");
+                                let state = TokenState {
+                                    tat_ms: tat,
+                                    rate_per_sec: Some(was),
+                                };
+                                let (lease, next) = step(state, now, &l, count, true);
+                                assert!(next.tat_ms >= lease.start_ms, "{was} {rate} {tat} {now}");
+                            }
                         }
                     }
                 }

@@ -87,6 +87,8 @@ async fn a_record_changed_by_anyone_else_is_read_again_not_trusted_from_memory()
     // of slots already taken.
     let taken = serde_json::to_vec(&TokenState {
         tat_ms: NOW + 5_000,
+        // As an earlier release wrote it: the rate unknown, nothing carried over.
+        rate_per_sec: None,
     })
     .expect("json");
     store.put(KEY, taken.into()).await.expect("put");
@@ -100,4 +102,9 @@ async fn a_record_changed_by_anyone_else_is_read_again_not_trusted_from_memory()
     let stored = store.get(KEY).await.expect("get").expect("a record");
     let stored: TokenState = serde_json::from_slice(&stored).expect("json");
     assert_eq!(stored.tat_ms, end(&fresh));
+    assert_eq!(
+        stored.rate_per_sec,
+        Some(limit().rate_per_sec),
+        "the rate it was leased at"
+    );
 }
