@@ -19,7 +19,7 @@ use switchyard_envelope::Envelope;
 use switchyard_keys::{KvKey, RateKey, RateRecord, RateScope, Stage, TenantId};
 use switchyard_registry::LimitRecord;
 use switchyard_runtime::RetryPolicy;
-use switchyard_service::lease::rescaled;
+use switchyard_service::lease::HeldSlot;
 use switchyard_service::pull::{PullEnds, Puller};
 use switchyard_service::{Handled, Handler, Handoff, Outcome};
 use switchyard_topology::ConsumerName;
@@ -71,11 +71,11 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         .unwrap_or(Duration::from_millis(500));
     let max_batch = shared.settings.max_batch.max(1);
     let idle_after = Duration::from_secs(shared.settings.tenant_idle_secs);
-    let mut tokens: VecDeque<i64> = VecDeque::new();
-    // What a raised limit moves (`Raise`): the rate `tokens` were leased at, word of limit
-    // changes, and the signal to this loop's messages waiting for their slots.
+    let mut tokens: VecDeque<HeldSlot> = VecDeque::new();
+    // What a raised limit moves (`Raise`): word of limit changes, the tenant's rate last seen,
+    // and the signal to this loop's messages waiting for their slots.
     let mut raise = Raise {
-        tokens_rate: 0.0,
+        rate: f64::NAN,
         changes: shared.limits.changes(),
         to_waiting: watch::Sender::new(0.0),
     };
@@ -103,7 +103,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 _ = shutdown.cancelled() => break,
                 _ = in_flight.join_next() => continue,
                 Ok(()) = raise.changes.changed() => {
-                    raise.apply(&shared, &tenant, &mut tokens);
+                    raise.apply(shared.limit_for(&tenant).rate_per_sec, &mut tokens);
                     continue;
                 }
             }
@@ -145,7 +145,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
                 Ok(()) = raise.changes.changed() => {
-                    raise.apply(&shared, &tenant, &mut tokens);
+                    raise.apply(shared.limit_for(&tenant).rate_per_sec, &mut tokens);
                     continue;
                 }
                 next = puller.next() => next,
@@ -163,12 +163,12 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             arrivals.count(Instant::now(), lease_window);
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
             let stale = now_ms().saturating_sub(2 * lease_window.as_millis() as i64);
-            while tokens.front().is_some_and(|&slot| slot < stale) {
+            while tokens.front().is_some_and(|held| held.slot_ms < stale) {
                 tokens.pop_front();
             }
             if tokens.is_empty() {
-                // The limit as it is now: a pull can stay open for a while (20 s), and a
-                // changed limit applies from the next lease.
+                // The limit as it is now: a pull can stay open for a while (20 s); a cut
+                // applies from the next lease, a raise to held slots too (`Raise`).
                 let limit = shared.limit_for(&tenant);
                 let max_block = max_block_of(&limit, lease_window, max_batch);
                 // Lease for the demand seen: the recent rate over one window, or (growing
@@ -182,10 +182,11 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 }
                 .render();
                 // Carrying: what the record owes under a lower rate moves to this one, as
-                // every holder's slots do when it sees the raise (`Raise::apply`).
+                // every holder's slots do when it sees the raise (`Raise::apply`) — this
+                // loop's own first, should the raise be read here before its word came.
+                raise.apply(limit.rate_per_sec, &mut tokens);
                 let lease =
                     Box::pin(shared.leaser.lease_carrying(&key, count, &limit, now_ms())).await;
-                raise.tokens_rate = limit.rate_per_sec;
                 shared.own.fallback_active.set(i64::from(
                     shared
                         .leaser
@@ -197,17 +198,25 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     .tokens_leased
                     .get_or_create(&label)
                     .inc_by(u64::from(count));
-                tokens.extend((0..lease.count).map(|i| lease.slot(i)));
+                tokens.extend((0..lease.count).map(|i| lease.held(i)));
             }
-            let slot = tokens.pop_front().unwrap_or_else(now_ms);
+            let held = tokens.pop_front().unwrap_or_else(|| {
+                let now = now_ms();
+                HeldSlot {
+                    slot_ms: now,
+                    start_ms: now,
+                    rate: f64::INFINITY,
+                    owed_rate: None,
+                }
+            });
             // The fetch asked for no more than the free room; waiting here is only a guard.
             let Ok(permit) = room.clone().acquire_owned().await else {
                 break;
             };
             let (forward, shutdown) = (forward.clone(), shutdown.clone());
-            let (rate, raised) = (raise.tokens_rate, raise.to_waiting.subscribe());
+            let raised = raise.to_waiting.subscribe();
             in_flight.spawn(async move {
-                if !wait_for_slot(slot, rate, raised, &shutdown).await {
+                if !wait_for_slot(held, raised, &shutdown).await {
                     // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
                     // away): the message goes back to its stream at once, for whichever
                     // replica runs next (a delivery attempt spent).
@@ -255,49 +264,47 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
 }
 
 /// What a raised limit moves in one tenant's loop. The slots this replica holds — `tokens`
-/// not yet given to a message, and those of messages waiting for them — were leased at some
-/// rate; when the tenant's limit rises above it, each moves by the map the next carrying lease
-/// applies to the token record (`lease::rescaled`: the time to it scaled by old / new), so the
-/// slots owed keep their order, take the new pace, and end before the next lease's first slot.
-/// A lowered limit moves nothing (it applies from the next lease). Any limit record's change
-/// wakes the loop; only a raise of this tenant's wakes its waiting messages.
+/// not yet given to a message, and those of messages waiting for them — each move, when the
+/// tenant's rate rises, by `HeldSlot::moved`: its lease's start as the record moves what it
+/// owed before that lease, the slot at the new pace within it — so every holder's slots keep
+/// their order and end before the first slot of the next carrying lease (`lease::step`). A
+/// lowered limit moves nothing (it applies from the next lease). Any limit record's change
+/// wakes the loop; only a change of this tenant's rate wakes its waiting messages.
 struct Raise {
-    /// The rate `tokens` were leased at (or last moved to).
-    tokens_rate: f64,
+    /// The tenant's rate last applied (NaN before the first).
+    rate: f64,
     /// Word of any change of a limit record (`KvCache::changes`).
     changes: watch::Receiver<u64>,
-    /// The rate the loop's held slots move to, for messages waiting for theirs.
+    /// The tenant's rate, for messages waiting for their slots (each moves its own).
     to_waiting: watch::Sender<f64>,
 }
 
 impl Raise {
-    /// Reads the tenant's limit again after a change; on a raise above `tokens_rate`, moves
-    /// `tokens` and tells the waiting messages.
-    fn apply(&mut self, shared: &Shared, tenant: &TenantId, tokens: &mut VecDeque<i64>) {
-        let rate = shared.limit_for(tenant).rate_per_sec;
-        if rate <= self.tokens_rate {
+    /// Applies the tenant's rate as read now: when it changed, moves `tokens` (if it rose
+    /// above their lease's) and tells the waiting messages.
+    fn apply(&mut self, rate: f64, tokens: &mut VecDeque<HeldSlot>) {
+        if rate == self.rate {
             return;
         }
+        self.rate = rate;
         let now = now_ms();
-        for slot in tokens.iter_mut() {
-            *slot = rescaled(*slot, self.tokens_rate, rate, now);
+        for held in tokens.iter_mut() {
+            *held = held.moved(rate, now);
         }
-        self.tokens_rate = rate;
         self.to_waiting.send_replace(rate);
     }
 }
 
-/// Waits until `slot` (leased at `rate`), moving it when the loop tells of a raise
+/// Waits until `held`'s slot, moving it when the loop tells of the tenant's rate rising
 /// (`Raise`). `false`: shutdown came first.
 async fn wait_for_slot(
-    mut slot: i64,
-    mut rate: f64,
+    mut held: HeldSlot,
     mut raised: watch::Receiver<f64>,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut watching = true;
     loop {
-        let wait = slot.saturating_sub(now_ms());
+        let wait = held.slot_ms.saturating_sub(now_ms());
         if wait <= 0 {
             return true;
         }
@@ -311,10 +318,7 @@ async fn wait_for_slot(
                     continue;
                 }
                 let to = *raised.borrow_and_update();
-                if to > rate {
-                    slot = rescaled(slot, rate, to, now_ms());
-                    rate = to;
-                }
+                held = held.moved(to, now_ms());
             }
         }
     }

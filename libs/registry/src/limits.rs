@@ -115,10 +115,10 @@ pub fn limit_lookup(tenant: &TenantId) -> [(RateKey, LimitSource); 2] {
 pub struct TokenState {
     /// Next free slot, in milliseconds since the epoch.
     pub tat_ms: i64,
-    /// A bound on the rate (per second) of every slot still owed before `tat_ms`; absent in
-    /// records written before it was kept. A carrying lease under a higher rate moves what is
-    /// owed to its own pace (`switchyard_service::lease::step`), so a raised limit applies at
-    /// once.
+    /// A bound on the rate (per second) of every slot still owed before `tat_ms`; absent while
+    /// unknown (records written before it was kept, until they owe nothing). With it, a
+    /// carrying lease under a higher rate moves what is owed to its own pace
+    /// (`switchyard_service::lease::step`), so a raised limit applies at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<f64>,
 }

@@ -8,7 +8,8 @@
 //! tokens leases `k` consecutive slots with one compare-and-swap:
 //! `start = max(T, now − burst/rate)`, `T' = start + k/rate`. Slot `i` of the lease may be used
 //! from `start + i/rate` on. Slots are disjoint across replicas, so the delivered rate never
-//! exceeds `rate` (plus `burst` after a quiet period), whatever the number of replicas.
+//! exceeds `rate` (plus `burst` after a quiet period), whatever the number of replicas (across
+//! a raise, within the bounds docs/backpressure.md gives under "Raising and cutting a limit").
 //!
 //! A replica remembers the record it last wrote (its `T'` and the revision the write got) for
 //! [`REMEMBER_FOR`] and leases next by compare-and-swap against that revision without reading
@@ -56,9 +57,23 @@ pub struct Lease {
     pub spacing_ms: f64,
     /// How many slots.
     pub count: u32,
+    /// The record's bound on the rate of the slots it owed before this lease (after any carry;
+    /// `None`: unknown, a record of an earlier release), for the holder to move the lease's
+    /// slots when it sees a raise ([`HeldSlot::moved`]). Set by [`step`]; `None` from [`gcra`].
+    pub owed_rate: Option<f64>,
 }
 
 impl Lease {
+    /// Slot `i` as its holder keeps it, to move on a raise ([`HeldSlot::moved`]).
+    pub fn held(&self, i: u32) -> HeldSlot {
+        HeldSlot {
+            slot_ms: self.slot(i),
+            start_ms: self.start_ms,
+            rate: 1000.0 / self.spacing_ms,
+            owed_rate: self.owed_rate,
+        }
+    }
+
     /// When slot `i` may be used (ms since the epoch; saturates at the representable ends).
     pub fn slot(&self, i: u32) -> i64 {
         self.start_ms
@@ -132,6 +147,48 @@ pub fn rescaled(slot_ms: i64, was: f64, rate: f64, now_ms: i64) -> i64 {
     }
 }
 
+/// A slot a holder keeps until it is used, with what moving it on a raise needs: its lease's
+/// first slot, the lease's rate, and the record's bound on what it owed before the lease
+/// ([`Lease::owed_rate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeldSlot {
+    /// When the slot may be used (ms since the epoch).
+    pub slot_ms: i64,
+    /// Its lease's first slot (ms since the epoch).
+    pub start_ms: i64,
+    /// The pace of its lease's slots (per second).
+    pub rate: f64,
+    /// The record's bound on the rate of the slots owed before its lease; `None`: unknown.
+    pub owed_rate: Option<f64>,
+}
+
+impl HeldSlot {
+    /// Where the slot lies once its holder learns of a raise to `to` per second, at `now_ms`:
+    /// its lease's start moves as the record moves what it owed before it (a carrying lease:
+    /// [`rescaled`] with the bound, so not at all when the bound is already `to` or more, or
+    /// unknown), and the slot keeps its place in the lease at the new pace. Leases moved so
+    /// keep their order and end before the record's carried `T` ([`step`]), whichever holder
+    /// holds them and whether or not another lease carried first. Never later than it was.
+    pub fn moved(self, to: f64, now_ms: i64) -> HeldSlot {
+        let start_ms = match self.owed_rate {
+            Some(owed) => rescaled(self.start_ms, owed, to, now_ms),
+            None => self.start_ms,
+        };
+        let into = self.slot_ms.saturating_sub(self.start_ms).max(0);
+        let into = if to.is_finite() && to > self.rate && self.rate > 0.0 {
+            ms_of(into as f64 * self.rate / to, f64::ceil)
+        } else {
+            into
+        };
+        HeldSlot {
+            slot_ms: start_ms.saturating_add(into).min(self.slot_ms),
+            start_ms,
+            rate: if to > self.rate { to } else { self.rate },
+            owed_rate: self.owed_rate.map(|owed| if to > owed { to } else { owed }),
+        }
+    }
+}
+
 /// One lease of `count` slots under `limit` from the token state `state` (module doc): with
 /// `carry` and `limit`'s rate above the state's bound `R`, what is owed is first moved to the
 /// new pace ([`rescaled`]). Returns the lease and the state to write: its `tat_ms` advanced
@@ -153,7 +210,12 @@ pub fn step(
         }
         bound => (state.tat_ms, bound.unwrap_or(rate)),
     };
-    let (lease, new_tat) = gcra(tat_ms, now_ms, limit, count);
+    let (mut lease, new_tat) = gcra(tat_ms, now_ms, limit, count);
+    lease.owed_rate = if owed {
+        state.rate_per_sec.map(|_| bound)
+    } else {
+        Some(rate)
+    };
     let rate_per_sec = if !owed {
         Some(rate)
     } else {
@@ -183,6 +245,7 @@ pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease
             start_ms,
             spacing_ms,
             count,
+            owed_rate: None,
         },
         new_tat,
     )
@@ -469,6 +532,94 @@ mod tests {
         assert_eq!(rescaled(now + 10_000, 0.1, 1000.0, now), now + 1);
         assert_eq!(rescaled(now + 10_000, 1000.0, 0.1, now), now + 10_000);
         assert_eq!(rescaled(now - 7, 0.1, 1000.0, now), now - 7);
+    }
+
+    /// Leases `count` slots from `record` at `rate` (carrying or not), as a holder keeps them.
+    fn take(
+        record: &mut TokenState,
+        now: i64,
+        rate: f64,
+        count: u32,
+        carry: bool,
+    ) -> Vec<HeldSlot> {
+        let (lease, next) = step(*record, now, &limit(rate, 1), count, carry);
+        *record = next;
+        (0..count).map(|i| lease.held(i)).collect()
+    }
+
+    /// Every slot at least `gap_ms` after the one before it (the pace holds across holders).
+    fn assert_paced(mut slots: Vec<i64>, gap_ms: i64, what: &str) {
+        slots.sort_unstable();
+        for pair in slots.windows(2) {
+            assert!(pair[1] - pair[0] >= gap_ms, "{what}: {pair:?} in {slots:?}");
+        }
+    }
+
+    #[test]
+    fn held_slots_moved_on_a_raise_keep_the_new_pace_with_every_holder_and_the_next_lease() {
+        let now = 1_000_000;
+        // Replica B holds 20 slots at 40/s; replica A sees the raise to 80/s first and leases
+        // carrying; B, not yet told, leases 20 more at 40/s after it; then B is told.
+        let mut record = TokenState::default();
+        let b_first = take(&mut record, now, 40.0, 20, true);
+        let a = take(&mut record, now, 80.0, 40, true);
+        let b_late = take(&mut record, now, 40.0, 20, true);
+        let told = now + 5;
+        let mut slots: Vec<i64> = a.iter().map(|h| h.slot_ms).collect();
+        slots.extend(
+            b_first
+                .iter()
+                .chain(&b_late)
+                .map(|h| h.moved(80.0, told).slot_ms),
+        );
+        let next = take(&mut record, told, 80.0, 1, true)[0].slot_ms;
+        assert!(
+            slots.iter().all(|&slot| slot < next),
+            "the next lease comes after"
+        );
+        slots.push(next);
+        assert_paced(slots, 12, "a late lease at the old rate");
+
+        // A cut (100/s to 10/s) with slots owed, then a raise to 200/s: the slots leased at
+        // both rates move to 200/s without overlapping, and the next lease after them.
+        let mut record = TokenState::default();
+        let fast = take(&mut record, now, 100.0, 50, true);
+        let slow = take(&mut record, now, 10.0, 5, true);
+        let mut slots: Vec<i64> = fast
+            .iter()
+            .chain(&slow)
+            .map(|h| h.moved(200.0, now).slot_ms)
+            .collect();
+        let next = take(&mut record, now, 200.0, 1, true)[0].slot_ms;
+        assert!(
+            slots.iter().all(|&slot| slot < next),
+            "the next lease comes after"
+        );
+        slots.push(next);
+        assert_paced(slots, 5, "a cut then a raise");
+
+        // Two raises in turn (10/s to 20/s to 40/s), held slots moved at each.
+        let mut record = TokenState::default();
+        let held = take(&mut record, now, 10.0, 10, true);
+        let mid = take(&mut record, now + 1, 20.0, 1, true);
+        let mut slots: Vec<i64> = held
+            .iter()
+            .map(|h| h.moved(20.0, now + 1).moved(40.0, now + 2).slot_ms)
+            .chain(mid.iter().map(|h| h.moved(40.0, now + 2).slot_ms))
+            .collect();
+        let next = take(&mut record, now + 2, 40.0, 1, true)[0].slot_ms;
+        assert!(
+            slots.iter().all(|&slot| slot < next),
+            "the next lease comes after"
+        );
+        slots.push(next);
+        assert_paced(slots, 25, "two raises");
+
+        // Never later; a cut moves nothing.
+        for h in b_first.iter().chain(&fast) {
+            assert!(h.moved(1_000.0, now).slot_ms <= h.slot_ms);
+            assert_eq!(h.moved(1.0, now), *h);
+        }
     }
 
     #[test]
