@@ -207,6 +207,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                     start_ms: now,
                     rate: f64::INFINITY,
                     owed_rate: None,
+                    movable: false,
                 }
             });
             // The fetch asked for no more than the free room; waiting here is only a guard.

@@ -61,6 +61,10 @@ pub struct Lease {
     /// `None`: unknown, a record of an earlier release), for the holder to move the lease's
     /// slots when it sees a raise ([`HeldSlot::moved`]). Set by [`step`]; `None` from [`gcra`].
     pub owed_rate: Option<f64>,
+    /// Whether its slots may move on a raise: leases from the KV record only. A lease of the
+    /// KV-down fallback is paced at a share of the rate (`rate / N`) that a raise of the
+    /// tenant's rate says nothing about.
+    pub movable: bool,
 }
 
 impl Lease {
@@ -71,6 +75,7 @@ impl Lease {
             start_ms: self.start_ms,
             rate: 1000.0 / self.spacing_ms,
             owed_rate: self.owed_rate,
+            movable: self.movable,
         }
     }
 
@@ -160,6 +165,8 @@ pub struct HeldSlot {
     pub rate: f64,
     /// The record's bound on the rate of the slots owed before its lease; `None`: unknown.
     pub owed_rate: Option<f64>,
+    /// Whether it may move on a raise ([`Lease::movable`]).
+    pub movable: bool,
 }
 
 impl HeldSlot {
@@ -168,23 +175,37 @@ impl HeldSlot {
     /// [`rescaled`] with the bound, so not at all when the bound is already `to` or more, or
     /// unknown), and the slot keeps its place in the lease at the new pace. Leases moved so
     /// keep their order and end before the record's carried `T` ([`step`]), whichever holder
-    /// holds them and whether or not another lease carried first. Never later than it was.
+    /// holds them and whether or not another lease carried first. A lease that began before
+    /// `now_ms` (its first slots used, or a burst's slots in the past) is anchored at `now_ms`
+    /// instead, so its pending slots keep the new pace from now rather than falling due at
+    /// once. A slot already due, or of a lease that is not [`HeldSlot::movable`], stays. Never
+    /// later than it was.
     pub fn moved(self, to: f64, now_ms: i64) -> HeldSlot {
+        let faster = to > self.rate || self.owed_rate.is_some_and(|owed| to > owed);
+        if !self.movable || !faster || self.slot_ms <= now_ms {
+            return self;
+        }
         let start_ms = match self.owed_rate {
             Some(owed) => rescaled(self.start_ms, owed, to, now_ms),
             None => self.start_ms,
         };
-        let into = self.slot_ms.saturating_sub(self.start_ms).max(0);
+        // Where the lease's pending slots count from: its (moved) start, or now if that passed.
+        let anchor = start_ms.max(now_ms);
+        let into = self
+            .slot_ms
+            .saturating_sub(anchor.max(self.start_ms))
+            .max(0);
         let into = if to.is_finite() && to > self.rate && self.rate > 0.0 {
             ms_of(into as f64 * self.rate / to, f64::ceil)
         } else {
             into
         };
         HeldSlot {
-            slot_ms: start_ms.saturating_add(into).min(self.slot_ms),
-            start_ms,
+            slot_ms: anchor.saturating_add(into).min(self.slot_ms),
+            start_ms: anchor,
             rate: if to > self.rate { to } else { self.rate },
             owed_rate: self.owed_rate.map(|owed| if to > owed { to } else { owed }),
+            movable: true,
         }
     }
 }
@@ -246,6 +267,7 @@ pub fn gcra(tat_ms: i64, now_ms: i64, limit: &LimitRecord, count: u32) -> (Lease
             spacing_ms,
             count,
             owed_rate: None,
+            movable: false,
         },
         new_tat,
     )
@@ -359,7 +381,8 @@ impl Leaser {
                 Some(known) => known,
                 None => self.read(key, limit, now_ms).await?,
             };
-            let (lease, new_state) = step(state, now_ms, limit, count, carry);
+            let (mut lease, new_state) = step(state, now_ms, limit, count, carry);
+            lease.movable = true;
             let value = serde_json::to_vec(&new_state).unwrap_or_default();
             self.kv_ops.inc();
             let written = if revision == 0 {
@@ -542,8 +565,9 @@ mod tests {
         count: u32,
         carry: bool,
     ) -> Vec<HeldSlot> {
-        let (lease, next) = step(*record, now, &limit(rate, 1), count, carry);
+        let (mut lease, next) = step(*record, now, &limit(rate, 1), count, carry);
         *record = next;
+        lease.movable = true;
         (0..count).map(|i| lease.held(i)).collect()
     }
 
@@ -559,12 +583,14 @@ mod tests {
     fn held_slots_moved_on_a_raise_keep_the_new_pace_with_every_holder_and_the_next_lease() {
         let now = 1_000_000;
         // Replica B holds 20 slots at 40/s; replica A sees the raise to 80/s first and leases
-        // carrying; B, not yet told, leases 20 more at 40/s after it; then B is told.
+        // carrying; B, not yet told, leases 20 more at 40/s after it; then B is told (at the
+        // same moment here: a later one places B's pending slots that much later, scaled by
+        // 1 − 40/80, the documented lag).
         let mut record = TokenState::default();
-        let b_first = take(&mut record, now, 40.0, 20, true);
+        let b_first = take(&mut record, now - 1, 40.0, 20, true);
         let a = take(&mut record, now, 80.0, 40, true);
         let b_late = take(&mut record, now, 40.0, 20, true);
-        let told = now + 5;
+        let told = now;
         let mut slots: Vec<i64> = a.iter().map(|h| h.slot_ms).collect();
         slots.extend(
             b_first
@@ -615,10 +641,41 @@ mod tests {
         slots.push(next);
         assert_paced(slots, 25, "two raises");
 
-        // Never later; a cut moves nothing.
+        // Told halfway through a lease (its first half used): the pending half keeps the new
+        // pace from now, none falls due at once; holders told at different moments stay apart.
+        let mut record = TokenState::default();
+        let first = take(&mut record, now, 40.0, 20, true);
+        let second = take(&mut record, now, 40.0, 20, true);
+        let (first_told, second_told) = (now + 250, now + 260);
+        let mut slots: Vec<i64> = first
+            .iter()
+            .filter(|h| h.slot_ms > first_told)
+            .map(|h| h.moved(80.0, first_told).slot_ms)
+            .collect();
+        assert!(
+            slots.iter().all(|&slot| slot > first_told),
+            "none in the past"
+        );
+        slots.extend(second.iter().map(|h| h.moved(80.0, second_told).slot_ms));
+        let next = take(&mut record, second_told, 80.0, 1, true)[0].slot_ms;
+        assert!(
+            slots.iter().all(|&slot| slot < next),
+            "the next lease comes after"
+        );
+        slots.push(next);
+        assert_paced(slots, 12, "told mid-lease, at different moments");
+
+        // Never later; a cut moves nothing; a slot already due stays; a lease of the KV-down
+        // fallback (paced at a share of the rate) never moves.
         for h in b_first.iter().chain(&fast) {
             assert!(h.moved(1_000.0, now).slot_ms <= h.slot_ms);
             assert_eq!(h.moved(1.0, now), *h);
+            assert_eq!(h.moved(1_000.0, h.slot_ms), *h);
+            let fallback = HeldSlot {
+                movable: false,
+                ..*h
+            };
+            assert_eq!(fallback.moved(1_000.0, now), fallback);
         }
     }
 
