@@ -261,7 +261,16 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     // before the loop ends (a hold ends at shutdown; a message still waiting for its slot is
     // given back).
     drop(puller);
-    while in_flight.join_next().await.is_some() {}
+    // Its waiting messages still move on a raise meanwhile (a slow rate's slot can be seconds
+    // away, and other replicas carry).
+    loop {
+        tokio::select! {
+            next = in_flight.join_next() => if next.is_none() { break },
+            Ok(()) = raise.changes.changed() => {
+                raise.apply(shared.limit_for(&tenant).rate_per_sec, &mut tokens);
+            }
+        }
+    }
 }
 
 /// What a raised limit moves in one tenant's loop. The slots this replica holds — `tokens`

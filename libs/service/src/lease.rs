@@ -665,6 +665,34 @@ mod tests {
         slots.push(next);
         assert_paced(slots, 12, "told mid-lease, at different moments");
 
+        // Told in the other order (the later lease's holder first, the earlier one's 10 ms
+        // after): the earlier one's pending slots land 10 × (1 − 40/80) = 5 ms late at most.
+        let mut record = TokenState::default();
+        let first = take(&mut record, now, 40.0, 20, true);
+        let second = take(&mut record, now, 40.0, 20, true);
+        let (second_told, first_told) = (now + 250, now + 260);
+        let mut slots: Vec<i64> = second
+            .iter()
+            .map(|h| h.moved(80.0, second_told).slot_ms)
+            .collect();
+        slots.extend(
+            first
+                .iter()
+                .filter(|h| h.slot_ms > first_told)
+                .map(|h| h.moved(80.0, first_told).slot_ms),
+        );
+        assert_paced(slots, 12 - 5, "told in the other order, within the lag");
+
+        // Only leases from the KV record move: `gcra` and `step` leave a lease unmovable (the
+        // fallback's), and a held slot keeps what its lease says.
+        let (lease, _) = step(TokenState::default(), now, &limit(40.0, 1), 2, true);
+        assert!(!lease.movable && !lease.held(1).movable);
+        let movable = Lease {
+            movable: true,
+            ..lease
+        };
+        assert!(movable.held(1).movable);
+
         // Never later; a cut moves nothing; a slot already due stays; a lease of the KV-down
         // fallback (paced at a share of the rate) never moves.
         for h in b_first.iter().chain(&fast) {
