@@ -85,11 +85,16 @@ async fn a_producer_retry_is_dropped_at_its_tenant_edge_or_by_idempotency_and_an
     // the retry is stored and the idempotency stage drops it. nats-server forgets ids on a
     // timer (`stream.purgeMsgIds`), not at the instant the window ends, so on a busy machine
     // an id can outlive the window: the retry is repeated (each repetition the stream still
-    // drops as a duplicate) until the stream stores it.
+    // drops as a duplicate) until the stream stores it. The window is shortened twice: a
+    // stream update fires that timer at once but sets the new window only afterwards
+    // (`stream.update`, nats-server 2.15.1), so the purge can still read the old one (2 min)
+    // and re-arm itself for it; the second update's purge reads a short window either way.
     let mut acme = p.js.get_stream("INGRESS_acme").await.unwrap();
     let mut config = acme.info().await.unwrap().config.clone();
-    config.duplicate_window = Duration::from_millis(100);
-    p.js.update_stream(config).await.unwrap();
+    for window in [110, 100] {
+        config.duplicate_window = Duration::from_millis(window);
+        p.js.update_stream(config.clone()).await.unwrap();
+    }
     tokio::time::sleep(WINDOW).await;
     wait_for(
         "a retry past the window to be stored",
