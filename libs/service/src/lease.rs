@@ -579,6 +579,24 @@ mod tests {
         }
     }
 
+    /// [`assert_paced`] for `slots` and the next lease's first slot, which comes after them all.
+    fn assert_paced_before(mut slots: Vec<i64>, next: i64, gap_ms: i64, what: &str) {
+        assert!(
+            slots.iter().all(|&slot| slot < next),
+            "{what}: the next lease comes after"
+        );
+        slots.push(next);
+        assert_paced(slots, gap_ms, what);
+    }
+
+    /// The slots of `held` not yet due at `told`, moved there to `to`.
+    fn moved_pending(held: &[HeldSlot], to: f64, told: i64) -> Vec<i64> {
+        held.iter()
+            .filter(|h| h.slot_ms > told)
+            .map(|h| h.moved(to, told).slot_ms)
+            .collect()
+    }
+
     #[test]
     fn held_slots_moved_on_a_raise_keep_the_new_pace_with_every_holder_and_the_next_lease() {
         let now = 1_000_000;
@@ -599,47 +617,32 @@ mod tests {
                 .map(|h| h.moved(80.0, told).slot_ms),
         );
         let next = take(&mut record, told, 80.0, 1, true)[0].slot_ms;
-        assert!(
-            slots.iter().all(|&slot| slot < next),
-            "the next lease comes after"
-        );
-        slots.push(next);
-        assert_paced(slots, 12, "a late lease at the old rate");
+        assert_paced_before(slots, next, 12, "a late lease at the old rate");
 
         // A cut (100/s to 10/s) with slots owed, then a raise to 200/s: the slots leased at
         // both rates move to 200/s without overlapping, and the next lease after them.
         let mut record = TokenState::default();
         let fast = take(&mut record, now, 100.0, 50, true);
         let slow = take(&mut record, now, 10.0, 5, true);
-        let mut slots: Vec<i64> = fast
+        let slots: Vec<i64> = fast
             .iter()
             .chain(&slow)
             .map(|h| h.moved(200.0, now).slot_ms)
             .collect();
         let next = take(&mut record, now, 200.0, 1, true)[0].slot_ms;
-        assert!(
-            slots.iter().all(|&slot| slot < next),
-            "the next lease comes after"
-        );
-        slots.push(next);
-        assert_paced(slots, 5, "a cut then a raise");
+        assert_paced_before(slots, next, 5, "a cut then a raise");
 
         // Two raises in turn (10/s to 20/s to 40/s), held slots moved at each.
         let mut record = TokenState::default();
         let held = take(&mut record, now, 10.0, 10, true);
         let mid = take(&mut record, now + 1, 20.0, 1, true);
-        let mut slots: Vec<i64> = held
+        let slots: Vec<i64> = held
             .iter()
             .map(|h| h.moved(20.0, now + 1).moved(40.0, now + 2).slot_ms)
             .chain(mid.iter().map(|h| h.moved(40.0, now + 2).slot_ms))
             .collect();
         let next = take(&mut record, now + 2, 40.0, 1, true)[0].slot_ms;
-        assert!(
-            slots.iter().all(|&slot| slot < next),
-            "the next lease comes after"
-        );
-        slots.push(next);
-        assert_paced(slots, 25, "two raises");
+        assert_paced_before(slots, next, 25, "two raises");
 
         // Told halfway through a lease (its first half used): the pending half keeps the new
         // pace from now, none falls due at once; holders told at different moments stay apart.
@@ -647,23 +650,14 @@ mod tests {
         let first = take(&mut record, now, 40.0, 20, true);
         let second = take(&mut record, now, 40.0, 20, true);
         let (first_told, second_told) = (now + 250, now + 260);
-        let mut slots: Vec<i64> = first
-            .iter()
-            .filter(|h| h.slot_ms > first_told)
-            .map(|h| h.moved(80.0, first_told).slot_ms)
-            .collect();
+        let mut slots = moved_pending(&first, 80.0, first_told);
         assert!(
             slots.iter().all(|&slot| slot > first_told),
             "none in the past"
         );
-        slots.extend(second.iter().map(|h| h.moved(80.0, second_told).slot_ms));
+        slots.extend(moved_pending(&second, 80.0, second_told));
         let next = take(&mut record, second_told, 80.0, 1, true)[0].slot_ms;
-        assert!(
-            slots.iter().all(|&slot| slot < next),
-            "the next lease comes after"
-        );
-        slots.push(next);
-        assert_paced(slots, 12, "told mid-lease, at different moments");
+        assert_paced_before(slots, next, 12, "told mid-lease, at different moments");
 
         // Told in the other order (the later lease's holder first, the earlier one's 10 ms
         // after): the earlier one's pending slots land 10 × (1 − 40/80) = 5 ms late at most.
@@ -671,16 +665,8 @@ mod tests {
         let first = take(&mut record, now, 40.0, 20, true);
         let second = take(&mut record, now, 40.0, 20, true);
         let (second_told, first_told) = (now + 250, now + 260);
-        let mut slots: Vec<i64> = second
-            .iter()
-            .map(|h| h.moved(80.0, second_told).slot_ms)
-            .collect();
-        slots.extend(
-            first
-                .iter()
-                .filter(|h| h.slot_ms > first_told)
-                .map(|h| h.moved(80.0, first_told).slot_ms),
-        );
+        let mut slots = moved_pending(&second, 80.0, second_told);
+        slots.extend(moved_pending(&first, 80.0, first_told));
         assert_paced(slots, 12 - 5, "told in the other order, within the lag");
 
         // Only leases from the KV record move: `gcra` and `step` leave a lease unmovable (the

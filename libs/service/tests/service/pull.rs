@@ -9,7 +9,15 @@ use async_nats::jetstream::{self, consumer, stream};
 use switchyard_service::pull::{PullEnds, PullError, Puller};
 use switchyard_testkit::{NatsServer, http_get, wait_for};
 
-async fn work_consumer(server: &NatsServer) -> (jetstream::Context, consumer::PullConsumer) {
+/// nats-server's default `ack_wait`: nothing in these tests waits for a redelivery.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// A work-queue stream `WORK` (`work.>`) and its durable pull consumer `worker`, whose
+/// unacked messages come back after `ack_wait`.
+pub(crate) async fn work_consumer(
+    server: &NatsServer,
+    ack_wait: Duration,
+) -> (jetstream::Context, consumer::PullConsumer) {
     let js = jetstream::new(server.client().await);
     let stream = js
         .create_stream(stream::Config {
@@ -23,6 +31,7 @@ async fn work_consumer(server: &NatsServer) -> (jetstream::Context, consumer::Pu
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("worker".into()),
+            ack_wait,
             ..Default::default()
         })
         .await
@@ -30,7 +39,8 @@ async fn work_consumer(server: &NatsServer) -> (jetstream::Context, consumer::Pu
     (js, consumer)
 }
 
-async fn publish(js: &jetstream::Context, count: usize) {
+/// Publishes `count` messages to `work.acme`, each stored before the next.
+pub(crate) async fn publish(js: &jetstream::Context, count: usize) {
     for i in 0..count {
         js.publish("work.acme", format!("m{i}").into())
             .await
@@ -63,7 +73,7 @@ async fn read_to_end(puller: &mut Puller) -> usize {
 #[tokio::test]
 async fn a_loops_pulls_share_one_inbox_while_each_ends_by_its_count_or_the_servers_word() {
     let server = NatsServer::start().await;
-    let (js, consumer) = work_consumer(&server).await;
+    let (js, consumer) = work_consumer(&server, ACK_WAIT).await;
     publish(&js, 3).await;
     let mut puller = Puller::new(js.clone());
     let (made, removed) = subscriptions_made_and_removed(&server).await;
@@ -103,7 +113,7 @@ async fn a_loops_pulls_share_one_inbox_while_each_ends_by_its_count_or_the_serve
 #[tokio::test]
 async fn an_abandoned_pull_brings_nothing_to_the_next_one() {
     let server = NatsServer::start().await;
-    let (js, consumer) = work_consumer(&server).await;
+    let (js, consumer) = work_consumer(&server, ACK_WAIT).await;
     let mut puller = Puller::new(js.clone());
     // A pull for ten, left waiting on the empty stream (as a reconnection or shutdown leaves
     // one), then a pull for one.
@@ -140,7 +150,7 @@ async fn an_abandoned_pull_brings_nothing_to_the_next_one() {
 #[tokio::test]
 async fn a_pull_whose_consumer_is_deleted_ends_with_its_status() {
     let server = NatsServer::start().await;
-    let (js, consumer) = work_consumer(&server).await;
+    let (js, consumer) = work_consumer(&server, ACK_WAIT).await;
     let mut puller = Puller::new(js.clone());
     puller
         .pull(&consumer, 5, PullEnds::AtCount, Duration::from_secs(30))

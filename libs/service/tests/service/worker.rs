@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use switchyard_keys::Stage;
 use switchyard_service::worker::Gate;
 use switchyard_service::{
@@ -46,44 +46,26 @@ impl Handler for Stuck {
     }
 }
 
+/// `WORK` holding one message, read by a consumer whose `ack_wait` is short (1 s), so an
+/// abandoned message comes back within a test.
 async fn one_message_consumer(server: &NatsServer) -> (jetstream::Context, consumer::PullConsumer) {
-    let js = jetstream::new(server.client().await);
-    let stream = js
-        .create_stream(stream::Config {
-            name: "WORK".into(),
-            subjects: vec!["work.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("worker".into()),
-            // Short, so the abandoned message comes back within the test.
-            ack_wait: Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    js.publish("work.acme", "one".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    let (js, consumer) = crate::pull::work_consumer(server, Duration::from_secs(1)).await;
+    crate::pull::publish(&js, 1).await;
     (js, consumer)
 }
 
-fn worker(js: &jetstream::Context, handler: Stuck) -> Arc<Worker<Stuck>> {
+/// A worker for `handler` with `slots` handler slots (each pull asks for at most that many),
+/// its pulls waiting 20 s.
+fn worker<H: Handler>(js: &jetstream::Context, handler: H, slots: usize) -> Arc<Worker<H>> {
     Arc::new(Worker::new(
         Arc::new(handler),
         js.clone(),
         Namespace::new(None),
         Arc::new(Metrics::new(Stage::Ingress)),
         WorkerSettings {
-            concurrency: 4,
+            concurrency: slots,
             fetch_wait: Duration::from_secs(20),
-            max_batch: 4,
+            max_batch: slots,
             settle: SettleSettings::default(),
         },
     ))
@@ -101,6 +83,7 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
             started: started_tx.clone(),
             dropped: dropped_tx.clone(),
         },
+        4,
     );
     let looping =
         tokio::spawn(first.consume_gated(consumer.clone(), None, CancellationToken::new()));
@@ -124,6 +107,7 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
             started: started_tx,
             dropped: dropped_tx,
         },
+        4,
     );
     let again = tokio::spawn(second.consume_gated(consumer, None, CancellationToken::new()));
     let delivered = tokio::time::timeout(Duration::from_secs(10), started.recv())
@@ -154,18 +138,7 @@ async fn a_gate_that_closes_while_a_tenant_trickles_lets_at_most_one_message_thr
     // behind it) waits for the next with a pull for one.
     let (js, mut consumer) = one_message_consumer(&server).await;
     let (handled_tx, mut handled) = mpsc::unbounded_channel();
-    let worker = Arc::new(Worker::new(
-        Arc::new(Counts(handled_tx)),
-        js.clone(),
-        Namespace::new(None),
-        Arc::new(Metrics::new(Stage::Ingress)),
-        WorkerSettings {
-            concurrency: 4,
-            fetch_wait: Duration::from_secs(20),
-            max_batch: 4,
-            settle: SettleSettings::default(),
-        },
-    ));
+    let worker = worker(&js, Counts(handled_tx), 4);
     let (open_tx, open) = watch::channel(true);
     let shutdown = CancellationToken::new();
     let looping = tokio::spawn(worker.consume_gated(
@@ -261,21 +234,14 @@ async fn a_shutdown_leaves_no_pull_open_while_it_drains() {
     let (js, mut consumer) = one_message_consumer(&server).await;
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let worker = Arc::new(Worker::new(
-        Arc::new(Held {
+    let worker = worker(
+        &js,
+        Held {
             started: started_tx,
             release: release.clone(),
-        }),
-        js.clone(),
-        Namespace::new(None),
-        Arc::new(Metrics::new(Stage::Egress)),
-        WorkerSettings {
-            concurrency: 2,
-            fetch_wait: Duration::from_secs(20),
-            max_batch: 2,
-            settle: SettleSettings::default(),
         },
-    ));
+        2,
+    );
     let shutdown = CancellationToken::new();
     let looping = tokio::spawn(worker.consume(consumer.clone(), shutdown.clone()));
     tokio::time::timeout(Duration::from_secs(10), started.recv())
