@@ -327,20 +327,21 @@ impl<H: Handler> Worker<H> {
                     None => break,
                 };
                 // `num_pending` counts the messages never delivered, not those waiting to be
-                // delivered again: a redelivery says nothing of what is behind it.
-                trickle_seen = msg
-                    .info()
-                    .ok()
-                    .map(|info| info.pending == 0 && info.delivered == 1);
+                // delivered again: a redelivery says nothing of what is behind it. Read only by
+                // the loops whose pulls end at an empty stream (the others never trickle).
+                if pull_ends == PullEnds::AtEmpty {
+                    trickle_seen = msg
+                        .info()
+                        .ok()
+                        .map(|info| info.pending == 0 && info.delivered == 1);
+                }
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
                 let metered = meter.as_ref().map(|m| (m.clone(), m.fetched(&msg)));
                 tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver, metered));
             }
-            if pull_ends == PullEnds::AtEmpty
-                && let Some(seen) = trickle_seen
-            {
+            if let Some(seen) = trickle_seen {
                 trickle = seen;
             }
             if !failed {
