@@ -30,6 +30,25 @@ async fn stored(js: &async_nats::jetstream::Context, subject: &'static str, payl
         .unwrap();
 }
 
+/// Deletes the stream `config` names and creates it again, empty (a stream drained and left
+/// as it was, without its consumers). nats-server removes an account's emptied store
+/// directories in a goroutine after a stream is deleted (`stream.stop`), which can race a
+/// create right after it when the deleted stream was the account's last
+/// (`10049 error creating store for stream`: "could not create storage directory"), so the
+/// create is made again until it takes.
+async fn emptied(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) {
+    js.delete_stream(&config.name).await.unwrap();
+    switchyard_testkit::wait_for(
+        "the stream to be created again",
+        Duration::from_secs(10),
+        || async { js.create_stream(config.clone()).await.ok().map(|_| ()) },
+    )
+    .await;
+}
+
 /// Why provisioning `topology` is refused (panics if it is not).
 async fn refused(
     js: &async_nats::jetstream::Context,
@@ -390,8 +409,7 @@ async fn a_drained_shared_ingress_is_retired_and_one_still_holding_work_is_refus
     );
 
     // Drained (its worker consumed and acked everything): retired, then tenants get theirs.
-    js.delete_stream("INGRESS").await.unwrap();
-    js.create_stream(legacy).await.unwrap();
+    emptied(&js, legacy).await;
     let report = provision(&js, &topology, false).await.unwrap();
     assert!(
         report
@@ -561,8 +579,7 @@ async fn a_retirement_of_the_unsharded_backpressure_stopped_half_way_is_finished
     assert!(js.get_stream("BACKPRESSURE_00").await.is_err());
 
     // Empty: the retirement is finished, and the shards are created.
-    js.delete_stream("BACKPRESSURE").await.unwrap();
-    js.create_stream(closed).await.unwrap();
+    emptied(&js, closed).await;
     let report = provision(&js, &topology, false).await.unwrap();
     assert_eq!(
         outcome_of(&report, "BACKPRESSURE").outcome,
