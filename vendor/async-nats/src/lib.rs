@@ -510,6 +510,9 @@ impl ConnectionHandler {
             handler: &'a mut ConnectionHandler,
             receiver: &'a mut mpsc::Receiver<Command>,
             recv_buf: &'a mut Vec<Command>,
+            /// Switchyard patch: whether this connection last yielded with commands received
+            /// but not yet written (see the write loop below).
+            write_deferred: bool,
         }
 
         enum ExitReason {
@@ -604,6 +607,7 @@ impl ConnectionHandler {
                 // trigger a call to `poll_write`
 
                 let mut made_progress = true;
+                let mut received = false;
                 loop {
                     while !self.handler.connection.is_write_buf_full() {
                         debug_assert!(self.recv_buf.is_empty());
@@ -612,11 +616,13 @@ impl ConnectionHandler {
                             recv_buf,
                             handler,
                             receiver,
+                            ..
                         } = &mut *self;
                         match receiver.poll_recv_many(cx, recv_buf, Self::RECV_CHUNK_SIZE) {
                             Poll::Pending => break,
                             Poll::Ready(1..) => {
                                 made_progress = true;
+                                received = true;
 
                                 for cmd in recv_buf.drain(..) {
                                     handler.handle_command(cmd);
@@ -626,6 +632,28 @@ impl ConnectionHandler {
                             Poll::Ready(_) => return Poll::Ready(ExitReason::Closed),
                         }
                     }
+
+                    // Switchyard patch: coalesce writes. The task that sends a command wakes
+                    // this one, which then runs next on its worker (tokio's LIFO slot) and used
+                    // to write that one command at once: a `writev` per publish or ack when each
+                    // message has its own task. Having received commands, yield once (waking
+                    // ourselves puts this task behind the tasks already ready to run, tokio's
+                    // `yield_now` rule) so that they queue theirs, and write them together on the
+                    // next poll. At most one yield per write; a full buffer is written at once.
+                    // A drain is written at once too: the next poll's first steps (above) take
+                    // a drain's UNSUBs as flushed by the poll before.
+                    if received
+                        && !mem::take(&mut self.write_deferred)
+                        && !self.handler.connection.is_write_buf_full()
+                        && self.handler.drain_pings.is_empty()
+                        && !self.handler.is_draining
+                    {
+                        self.write_deferred = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    received = false;
+                    self.write_deferred = false;
 
                     // The first round will poll both from
                     // the `receiver` and the writer, giving
@@ -687,6 +715,7 @@ impl ConnectionHandler {
                 handler: self,
                 receiver,
                 recv_buf: &mut recv_buf,
+                write_deferred: false,
             };
             match process.await {
                 ExitReason::Disconnected(err) => {
