@@ -463,7 +463,14 @@ struct Multiplexer {
     subject: Subject,
     prefix: Subject,
     senders: HashMap<String, oneshot::Sender<Message>>,
+    /// Switchyard patch: the number of waiting requests at which the next request first drops
+    /// those whose caller stopped waiting (timed out or dropped) and were never answered;
+    /// upstream kept them until the connection closed.
+    sweep_at: usize,
 }
+
+/// Switchyard patch: the fewest waiting requests at which the multiplexer sweeps.
+const MULTIPLEXER_SWEEP_MIN: usize = 1024;
 
 /// A connection handler which facilitates communication from channels to a single shared connection.
 pub(crate) struct ConnectionHandler {
@@ -949,8 +956,14 @@ impl ConnectionHandler {
                         subject,
                         prefix,
                         senders: HashMap::new(),
+                        sweep_at: MULTIPLEXER_SWEEP_MIN,
                     })
                 };
+                if multiplexer.senders.len() >= multiplexer.sweep_at {
+                    multiplexer.senders.retain(|_, sender| !sender.is_closed());
+                    multiplexer.sweep_at =
+                        (multiplexer.senders.len() * 2).max(MULTIPLEXER_SWEEP_MIN);
+                }
                 self.connector
                     .connect_stats
                     .out_messages

@@ -10,7 +10,7 @@ use switchyard_service::pull::{PullEnds, PullError, Puller};
 use switchyard_testkit::{NatsServer, http_get, wait_for};
 
 /// nats-server's default `ack_wait`: nothing in these tests waits for a redelivery.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// A work-queue stream `WORK` (`work.>`) and its durable pull consumer `worker`, whose
 /// unacked messages come back after `ack_wait`.

@@ -20,7 +20,6 @@ use crate::{error, header, message, Error, HeaderValue};
 use crate::{subject::Subject, HeaderMap};
 use bytes::Bytes;
 use futures_util::future::TryFutureExt;
-use futures_util::StreamExt;
 use std::fmt::Display;
 use std::{mem, time::Duration};
 
@@ -370,23 +369,7 @@ impl Message {
     /// ```
     pub async fn double_ack_with(&self, ack_kind: AckKind) -> Result<(), Error> {
         if let Some(ref reply) = self.reply {
-            let inbox = self.context.client.new_inbox();
-            let mut subscription = self.context.client.subscribe(inbox.clone()).await?;
-            self.context
-                .client
-                .publish_with_reply(reply.clone(), inbox, ack_kind.into())
-                .await?;
-            match tokio::time::timeout(self.context.timeout_or_default(), subscription.next())
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "double ack response timed out",
-                    )
-                })? {
-                Some(_) => Ok(()),
-                None => Err(Box::new(std::io::Error::other("subscription dropped"))),
-            }
+            double_ack_request(&self.context, reply, ack_kind).await
         } else {
             Err(Box::new(std::io::Error::other(
                 "No reply subject, not a JetStream message",
@@ -700,23 +683,7 @@ impl Acker {
     /// ```
     pub async fn double_ack_with(&self, ack_kind: AckKind) -> Result<(), Error> {
         if let Some(ref reply) = self.reply {
-            let inbox = self.context.client.new_inbox();
-            let mut subscription = self.context.client.subscribe(inbox.to_owned()).await?;
-            self.context
-                .client
-                .publish_with_reply(reply.to_owned(), inbox, ack_kind.into())
-                .await?;
-            match tokio::time::timeout(self.context.timeout_or_default(), subscription.next())
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "double ack response timed out",
-                    )
-                })? {
-                Some(_) => Ok(()),
-                None => Err(Box::new(std::io::Error::other("subscription dropped"))),
-            }
+            double_ack_request(&self.context, reply, ack_kind).await
         } else {
             Err(Box::new(std::io::Error::other(
                 "No reply subject, not a JetStream message",
@@ -784,6 +751,28 @@ pub enum AckKind {
     /// Instructs the server to stop redelivery of a message
     /// without acknowledging it as successfully processed.
     Term,
+}
+
+/// Switchyard patch: a confirmed ack (`double_ack`, `double_ack_with`) is a request through the
+/// client's shared response subscription. Upstream subscribed a new inbox for every ack and
+/// unsubscribed it after: a `SUB` and an `UNSUB` per message on the client and in
+/// nats-server's subject index. A `503 No Responders` reply (the consumer is gone) is now an
+/// error; upstream took any reply as the confirmation.
+async fn double_ack_request(
+    context: &Context,
+    reply: &Subject,
+    ack_kind: AckKind,
+) -> Result<(), Error> {
+    let request = crate::Request::new()
+        .payload(ack_kind.into())
+        .timeout(Some(context.timeout_or_default()));
+    match context.client.send_request(reply.clone(), request).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == crate::RequestErrorKind::TimedOut => Err(Box::new(
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "double ack response timed out"),
+        )),
+        Err(err) => Err(Box::new(err)),
+    }
 }
 
 impl From<AckKind> for Bytes {
