@@ -636,24 +636,40 @@ impl ConnectionHandler {
                                 }
                             }
                             // TODO: replace `_` with `0` after bumping MSRV to 1.75
-                            Poll::Ready(_) => return Poll::Ready(ExitReason::Closed),
+                            Poll::Ready(_) => {
+                                // Switchyard patch: every handle is gone. Write what was
+                                // received before (this poll's or, after a yield below, the
+                                // last poll's) as far as the socket takes it without waiting.
+                                let connection = &mut handler.connection;
+                                if let Poll::Ready(Ok(())) = connection.poll_write(cx) {
+                                    let _ = connection.poll_flush(cx);
+                                }
+                                return Poll::Ready(ExitReason::Closed);
+                            }
                         }
                     }
 
                     // Switchyard patch: coalesce writes. The task that sends a command wakes
-                    // this one, which then runs next on its worker (tokio's LIFO slot) and used
+                    // this one, which then runs next on its worker (Tokio's LIFO slot) and used
                     // to write that one command at once: a `writev` per publish or ack when each
-                    // message has its own task. Having received commands, yield once (waking
-                    // ourselves puts this task behind the tasks already ready to run, tokio's
-                    // `yield_now` rule) so that they queue theirs, and write them together on the
-                    // next poll. At most one yield per write; a full buffer is written at once.
-                    // A drain is written at once too: the next poll's first steps (above) take
-                    // a drain's UNSUBs as flushed by the poll before.
+                    // message has its own task. Having received commands, yield once before
+                    // writing them: a task that wakes itself during its poll is scheduled behind the
+                    // tasks already queued on its worker (Tokio's harness, `OkNotified` →
+                    // `Schedule::yield_now`), so they queue theirs, and the next poll writes them
+                    // together (best effort: an idle worker may steal this task sooner). Never
+                    // twice in a row: the poll after a yield writes first. Written at once, as
+                    // upstream: a full buffer; a drain under way (the next poll's first steps,
+                    // above, take a drain's UNSUBs as flushed by the poll before); and everything
+                    // while a `Client::flush` waits or a reconnect is asked for, so that a poll
+                    // that keeps receiving still reaches the flush and reconnect steps below
+                    // (when the channel or Tokio's budget runs out).
                     if received
                         && !mem::take(&mut self.write_deferred)
                         && !self.handler.connection.is_write_buf_full()
                         && self.handler.drain_pings.is_empty()
                         && !self.handler.is_draining
+                        && self.handler.flush_observers.is_empty()
+                        && !self.handler.should_reconnect
                     {
                         self.write_deferred = true;
                         cx.waker().wake_by_ref();
@@ -963,6 +979,10 @@ impl ConnectionHandler {
                     multiplexer.senders.retain(|_, sender| !sender.is_closed());
                     multiplexer.sweep_at =
                         (multiplexer.senders.len() * 2).max(MULTIPLEXER_SWEEP_MIN);
+                    // A sweep walks the map's whole capacity: give back what a burst left.
+                    if multiplexer.senders.capacity() > 2 * multiplexer.sweep_at {
+                        multiplexer.senders.shrink_to(multiplexer.sweep_at);
+                    }
                 }
                 self.connector
                     .connect_stats

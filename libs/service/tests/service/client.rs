@@ -1,8 +1,9 @@
 //! The vendored NATS client's performance patches (`vendor/async-nats/PATCHED.md`) against a
 //! real nats-server: its connection task yields once before writing what the client's handles
 //! queued, and a drain, which the connection task takes as written by the poll that received
-//! it, must not wait behind that yield; a confirmed ack goes through the client's shared
-//! response subscription, and a consumer that is gone is no confirmation.
+//! it, must not wait behind that yield, nor be lost when the last handle drops; a confirmed
+//! ack goes through the client's shared response subscription, and a consumer that is gone is
+//! no confirmation.
 
 use std::time::Duration;
 
@@ -43,6 +44,28 @@ async fn publishes_queued_just_before_a_drain_all_reach_the_server() {
     assert_eq!(
         got, PUBLISHES,
         "every publish queued before the drain was written"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_publish_right_before_the_last_handle_drops_is_written() {
+    let server = NatsServer::start().await;
+    let reader = server.client().await;
+    let mut seen = reader.subscribe("closing.>").await.expect("subscribe");
+    reader.flush().await.expect("flush");
+
+    let writer = server.client().await;
+    writer
+        .publish("closing.last", "m".into())
+        .await
+        .expect("publish queued");
+    // No flush: the connection task receives the publish and finds every handle gone.
+    drop(writer);
+
+    let got = tokio::time::timeout(Duration::from_secs(10), seen.next()).await;
+    assert!(
+        matches!(got, Ok(Some(_))),
+        "the publish queued before the client was dropped reached the server"
     );
 }
 
@@ -100,9 +123,16 @@ async fn a_confirmed_ack_to_a_consumer_that_is_gone_is_an_error() {
         .await
         .expect("consumer deleted");
 
-    let acked = messages[0].double_ack().await;
-    assert!(
-        acked.is_err(),
-        "nats-server answered 'no responders', which is no confirmation"
+    let error = messages[0]
+        .double_ack()
+        .await
+        .expect_err("nats-server's 'no responders' is no confirmation");
+    let kind = error
+        .downcast_ref::<async_nats::RequestError>()
+        .map(async_nats::RequestError::kind);
+    assert_eq!(
+        kind,
+        Some(async_nats::RequestErrorKind::NoResponders),
+        "refused at once, not timed out: {error}"
     );
 }

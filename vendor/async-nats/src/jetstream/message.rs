@@ -756,8 +756,9 @@ pub enum AckKind {
 /// Switchyard patch: a confirmed ack (`double_ack`, `double_ack_with`) is a request through the
 /// client's shared response subscription. Upstream subscribed a new inbox for every ack and
 /// unsubscribed it after: a `SUB` and an `UNSUB` per message on the client and in
-/// nats-server's subject index. A `503 No Responders` reply (the consumer is gone) is now an
-/// error; upstream took any reply as the confirmation.
+/// nats-server's subject index. A `503 No Responders` reply (the consumer is gone, or on a
+/// cluster its leader is moving) is now an error, a `RequestError` of kind `NoResponders`;
+/// upstream took any reply as the confirmation.
 async fn double_ack_request(
     context: &Context,
     reply: &Subject,
