@@ -485,6 +485,8 @@ pub(crate) struct ConnectionHandler {
     flush_observers: Vec<oneshot::Sender<()>>,
     is_draining: bool,
     drain_pings: VecDeque<u64>,
+    /// Switchyard patch: `ConnectOptions::coalesce_writes`.
+    coalesce_writes: bool,
 }
 
 impl ConnectionHandler {
@@ -493,6 +495,7 @@ impl ConnectionHandler {
         connector: Connector,
         info_sender: tokio::sync::watch::Sender<Option<ServerInfo>>,
         ping_period: Duration,
+        coalesce_writes: bool,
     ) -> ConnectionHandler {
         let mut ping_interval = interval(ping_period);
         ping_interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -509,6 +512,7 @@ impl ConnectionHandler {
             flush_observers: Vec::new(),
             is_draining: false,
             drain_pings: VecDeque::new(),
+            coalesce_writes,
         }
     }
 
@@ -664,6 +668,7 @@ impl ConnectionHandler {
                     // that keeps receiving still reaches the flush and reconnect steps below
                     // (when the channel or Tokio's budget runs out).
                     if received
+                        && self.handler.coalesce_writes
                         && !mem::take(&mut self.write_deferred)
                         && !self.handler.connection.is_write_buf_full()
                         && self.handler.drain_pings.is_empty()
@@ -1156,6 +1161,7 @@ pub async fn connect_with_options<A: ToServerAddrs>(
         info = Some(info_ok);
     }
 
+    let coalesce_writes = options.coalesce_writes;
     let (info_sender, info_watcher) = tokio::sync::watch::channel(info.clone());
     let (sender, mut receiver) = mpsc::channel(options.sender_capacity);
 
@@ -1194,7 +1200,7 @@ pub async fn connect_with_options<A: ToServerAddrs>(
         }
         let connection = connection.unwrap();
         let mut connection_handler =
-            ConnectionHandler::new(connection, connector, info_sender, ping_period);
+            ConnectionHandler::new(connection, connector, info_sender, ping_period, coalesce_writes);
         connection_handler.process(&mut receiver).await
     });
 

@@ -65,6 +65,8 @@ pub struct ConnectOptions {
     pub(crate) ignore_discovered_servers: bool,
     pub(crate) retain_servers_order: bool,
     pub(crate) read_buffer_capacity: u16,
+    /// Switchyard patch: see [`ConnectOptions::coalesce_writes`].
+    pub(crate) coalesce_writes: bool,
     pub(crate) reconnect_delay_callback: Arc<dyn Fn(usize) -> Duration + Send + Sync + 'static>,
     pub(crate) auth_callback: Option<CallbackArg1<Vec<u8>, Result<Auth, AuthError>>>,
     pub(crate) skip_subject_validation: bool,
@@ -90,6 +92,7 @@ impl fmt::Debug for ConnectOptions {
             .entry(&"inbox_prefix", &self.inbox_prefix)
             .entry(&"retry_on_initial_connect", &self.retry_on_initial_connect)
             .entry(&"read_buffer_capacity", &self.read_buffer_capacity)
+            .entry(&"coalesce_writes", &self.coalesce_writes)
             .entry(&"skip_subject_validation", &self.skip_subject_validation)
             .finish()
     }
@@ -118,6 +121,7 @@ impl Default for ConnectOptions {
             ignore_discovered_servers: false,
             retain_servers_order: false,
             read_buffer_capacity: 65535,
+            coalesce_writes: true,
             reconnect_delay_callback: Arc::new(|attempts| {
                 connector::reconnect_delay_callback_default(attempts)
             }),
@@ -1011,6 +1015,18 @@ impl ConnectOptions {
     /// ```
     pub fn read_buffer_capacity(mut self, size: u16) -> ConnectOptions {
         self.read_buffer_capacity = size;
+        self
+    }
+
+    /// Switchyard patch: whether the connection task, having received commands from the
+    /// client's handles, yields once before writing them so that the tasks ready to run queue
+    /// theirs and one write carries them all (default `true`; `false` writes at once, as
+    /// upstream does). Worth it where many tasks each send a little (a task per message);
+    /// where one task sends a whole batch before it awaits, the yield only adds a scheduler
+    /// round to each round trip. `vendor/async-nats/PATCHED.md`, "Writes coalesced across
+    /// tasks".
+    pub fn coalesce_writes(mut self, coalesce: bool) -> ConnectOptions {
+        self.coalesce_writes = coalesce;
         self
     }
 
