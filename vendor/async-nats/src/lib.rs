@@ -643,11 +643,15 @@ impl ConnectionHandler {
                             Poll::Ready(_) => {
                                 // Switchyard patch: every handle is gone. Write what was
                                 // received before (this poll's or, after a yield below, the
-                                // last poll's) as far as the socket takes it without waiting.
+                                // last poll's) as far as the socket takes it without waiting,
+                                // outside Tokio's budget (the receive above may have spent its
+                                // last unit, and a write refused by the budget would be lost).
                                 let connection = &mut handler.connection;
-                                if let Poll::Ready(Ok(())) = connection.poll_write(cx) {
-                                    let _ = connection.poll_flush(cx);
-                                }
+                                let write = std::future::poll_fn(|cx| {
+                                    std::task::ready!(connection.poll_write(cx))?;
+                                    connection.poll_flush(cx)
+                                });
+                                let _ = std::pin::pin!(task::unconstrained(write)).poll(cx);
                                 return Poll::Ready(ExitReason::Closed);
                             }
                         }
