@@ -516,6 +516,21 @@ impl ConnectionHandler {
         }
     }
 
+    /// Switchyard patch: whether the commands just received may wait one yield before they are
+    /// written (`ConnectOptions::coalesce_writes`). Not when the write buffer is full; not while
+    /// a drain is under way (the next poll's first steps take a drain's `UNSUB`s as flushed by
+    /// the poll before); not while a `Client::flush` waits or a reconnect is asked for, so that
+    /// a poll that keeps receiving still reaches the flush and reconnect steps (when the
+    /// channel or Tokio's budget runs out).
+    fn write_may_wait(&self) -> bool {
+        self.coalesce_writes
+            && !self.connection.is_write_buf_full()
+            && self.drain_pings.is_empty()
+            && !self.is_draining
+            && self.flush_observers.is_empty()
+            && !self.should_reconnect
+    }
+
     pub(crate) async fn process<'a>(&'a mut self, receiver: &'a mut mpsc::Receiver<Command>) {
         struct ProcessFut<'a> {
             handler: &'a mut ConnectionHandler,
@@ -661,24 +676,15 @@ impl ConnectionHandler {
                     // this one, which then runs next on its worker (Tokio's LIFO slot) and used
                     // to write that one command at once: a `writev` per publish or ack when each
                     // message has its own task. Having received commands, yield once before
-                    // writing them: a task that wakes itself during its poll is scheduled behind the
-                    // tasks already queued on its worker (Tokio's harness, `OkNotified` →
+                    // writing them: a task that wakes itself during its poll is scheduled behind
+                    // the tasks already queued on its worker (Tokio's harness, `OkNotified` →
                     // `Schedule::yield_now`), so they queue theirs, and the next poll writes them
                     // together (best effort: an idle worker may steal this task sooner). Never
-                    // twice in a row: the poll after a yield writes first. Written at once, as
-                    // upstream: a full buffer; a drain under way (the next poll's first steps,
-                    // above, take a drain's UNSUBs as flushed by the poll before); and everything
-                    // while a `Client::flush` waits or a reconnect is asked for, so that a poll
-                    // that keeps receiving still reaches the flush and reconnect steps below
-                    // (when the channel or Tokio's budget runs out).
+                    // twice in a row: the poll after a yield writes first. Otherwise written at
+                    // once, as upstream, when `write_may_wait` says so.
                     if received
-                        && self.handler.coalesce_writes
                         && !mem::take(&mut self.write_deferred)
-                        && !self.handler.connection.is_write_buf_full()
-                        && self.handler.drain_pings.is_empty()
-                        && !self.handler.is_draining
-                        && self.handler.flush_observers.is_empty()
-                        && !self.handler.should_reconnect
+                        && self.handler.write_may_wait()
                     {
                         self.write_deferred = true;
                         cx.waker().wake_by_ref();

@@ -18,14 +18,27 @@ use crate::pull::{ACK_WAIT, publish, subscriptions_made_and_removed, work_consum
 /// them in one poll.
 const PUBLISHES: usize = 100;
 
-#[tokio::test(flavor = "current_thread")]
-async fn publishes_queued_just_before_a_drain_all_reach_the_server() {
+/// A server, a reader subscribed to `subject` (its interest flushed), its subscription, and a
+/// second connection to write with.
+async fn reader_and_writer(
+    subject: &'static str,
+) -> (
+    NatsServer,
+    async_nats::Client,
+    async_nats::Subscriber,
+    async_nats::Client,
+) {
     let server = NatsServer::start().await;
     let reader = server.client().await;
-    let mut seen = reader.subscribe("coalesce.>").await.expect("subscribe");
+    let seen = reader.subscribe(subject).await.expect("subscribe");
     reader.flush().await.expect("flush");
-
     let writer = server.client().await;
+    (server, reader, seen, writer)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn publishes_queued_just_before_a_drain_all_reach_the_server() {
+    let (_server, _reader, mut seen, writer) = reader_and_writer("coalesce.>").await;
     for i in 0..PUBLISHES {
         writer
             .publish(format!("coalesce.{i}"), "m".into())
@@ -49,12 +62,7 @@ async fn publishes_queued_just_before_a_drain_all_reach_the_server() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_publish_right_before_the_last_handle_drops_is_written() {
-    let server = NatsServer::start().await;
-    let reader = server.client().await;
-    let mut seen = reader.subscribe("closing.>").await.expect("subscribe");
-    reader.flush().await.expect("flush");
-
-    let writer = server.client().await;
+    let (_server, _reader, mut seen, writer) = reader_and_writer("closing.>").await;
     writer
         .publish("closing.last", "m".into())
         .await
