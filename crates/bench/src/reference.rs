@@ -128,10 +128,35 @@ impl Step {
                 client
                     .request_with_headers(subject, h, msg.payload.clone())
                     .await?;
-                msg.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                confirmed_ack(&msg).await?;
             }
         }
         Ok(())
+    }
+}
+
+/// Acks `msg` and awaits the server's confirmation (`double_ack`), tried again as egress tries
+/// a delivery's confirmed ack: with `SettleSettings::default().confirm_ack`'s delays (100 ms
+/// doubling to 1 s, for up to 10 s) and each try bounded by its `confirm_ack_try` (2 s). A
+/// `503 No Responders` (the consumer's leader moving on a cluster) or a lost confirmation is
+/// tried again; acking twice is harmless, as the server confirms an ack for a message it no
+/// longer holds as pending.
+///
+/// # Errors
+/// The last try's error once the 10 s have passed.
+async fn confirmed_ack(msg: &jetstream::Message) -> anyhow::Result<()> {
+    let settings = switchyard_service::SettleSettings::default();
+    let mut backoff = settings.confirm_ack.backoff();
+    loop {
+        let error = match tokio::time::timeout(settings.confirm_ack_try, msg.double_ack()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => anyhow::anyhow!(e),
+            Err(elapsed) => anyhow::anyhow!(elapsed),
+        };
+        match backoff.next_delay() {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(error.context("the confirmed ack of a delivery")),
+        }
     }
 }
 
@@ -359,4 +384,109 @@ pub async fn ideal(target: &Target, traffic: &Traffic, tenants: usize) -> anyhow
     let mut figures = Figures::new(crate::report::IDEAL, traffic, latencies, elapsed);
     figures.notes.push(format!("{}: {cpu}", figures.name));
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use switchyard_testkit::NatsServer;
+
+    /// The relay's confirmed ack outlives a consumer that is answered by `503 No Responders` for
+    /// a while (as one is while its leader moves on a cluster): it is tried again and confirmed
+    /// once the consumer answers, instead of ending the run.
+    #[tokio::test]
+    async fn a_confirmed_ack_that_meets_no_consumer_is_tried_again_until_confirmed() {
+        let server = NatsServer::start().await;
+        let relay_client = server.client().await;
+        let admin = jetstream::new(server.client().await);
+        let stream = admin
+            .create_stream(stream::Config {
+                name: "RELAYED".into(),
+                subjects: vec!["relayed.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let config = pull::Config {
+            durable_name: Some("relay".into()),
+            ..Default::default()
+        };
+        admin
+            .publish("relayed.1", "m".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        let consumer: PullConsumer = crate::traffic::jetstream(&relay_client)
+            .get_stream("RELAYED")
+            .await
+            .expect("stream seen by the relay")
+            .create_consumer(config.clone())
+            .await
+            .expect("consumer");
+        let msg = consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch")
+            .next()
+            .await
+            .expect("one message")
+            .expect("a message");
+        stream
+            .delete_consumer("relay")
+            .await
+            .expect("consumer deleted");
+
+        let received = relay_client
+            .statistics()
+            .in_messages
+            .load(Ordering::Relaxed);
+        let ack = tokio::spawn(async move { confirmed_ack(&msg).await });
+        // The first try's answer (nats-server's 503: nothing serves the consumer's ack subject).
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while relay_client
+                .statistics()
+                .in_messages
+                .load(Ordering::Relaxed)
+                == received
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the first try was answered");
+
+        // The consumer back, holding the message as delivered (as a new leader holds its
+        // replicated state): it confirms the next try.
+        let again: PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .expect("consumer again");
+        let redelivered = again
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch again")
+            .next()
+            .await
+            .expect("the message again")
+            .expect("a message");
+        assert_eq!(redelivered.subject.as_str(), "relayed.1");
+        tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .expect("confirmed within the retry window")
+            .expect("the ack task")
+            .expect("confirmed by the consumer made again");
+        let info = stream.get_info().await.expect("stream info");
+        assert_eq!(
+            info.state.messages, 0,
+            "the confirmed ack removed the message"
+        );
+    }
 }
