@@ -929,10 +929,13 @@ fn parse_header_block(
         None
     };
 
-    // Sized for the block's lines, up to a bound: blank lines are skipped, so a block of a
-    // million newlines must not reserve a million entries.
+    // Sized for the block's header lines, up to a bound: blank lines are skipped, so a block
+    // of a million newlines must not reserve a million entries. The version line and the
+    // closing blank line are not headers: counting them would double the map's table for a
+    // block of 13 or 14 headers (room for 15 or 16 is 32 buckets, for 14 it is 16).
     let lines_in_block = memchr::memchr_iter(b'\n', header).count();
-    let mut headers = HeaderMap::with_capacity(lines_in_block.min(MAX_PRESIZED_HEADERS));
+    let mut headers =
+        HeaderMap::with_capacity(lines_in_block.saturating_sub(2).min(MAX_PRESIZED_HEADERS));
     while let Some(line) = lines.next() {
         if line.is_empty() {
             continue;
@@ -1432,6 +1435,20 @@ mod read_op {
         let headers = headers.unwrap();
         assert!(headers.is_empty());
         assert!(headers.capacity() <= 64, "{}", headers.capacity());
+    }
+
+    /// Switchyard patch: a block's map has room for its headers and no more: 14 headers (an
+    /// envelope's 13 and a hop's `Nats-Msg-Id`) fit the 16-bucket table, not a 32-bucket one.
+    #[test]
+    fn a_block_of_headers_reserves_room_for_them_alone() {
+        let mut block = b"NATS/1.0\r\n".to_vec();
+        for i in 0..14 {
+            block.extend(format!("Header-{i}: value {i}\r\n").as_bytes());
+        }
+        block.extend(b"\r\n");
+        let (_, _, headers) = super::parse_header_block(&bytes::Bytes::from(block)).unwrap();
+        assert_eq!(headers.len(), 14);
+        assert_eq!(headers.capacity(), 14, "the capacity of a 16-bucket table");
     }
 
     /// Switchyard patch: a lone carriage return in a value (plain or folded) is an unparsable
