@@ -45,43 +45,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// # }
 /// ```
 
-#[derive(Clone, Default)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct HeaderMap {
-    // Switchyard patch: each name maps to a slot of `values` (upstream: a map from names to
-    // their values). A message's headers then take two allocations of under a kilobyte each
-    // (for 14 names: a 16-bucket table of 40-byte entries, and 14 slots of 48 bytes) instead
-    // of one of 1,312 bytes, which glibc serves from its per-thread cache instead of its
-    // large-bin path. The values of one name are a `SmallVec` (one value, the usual case,
+    // Switchyard patch: the values of one name are a `SmallVec` (one value, the usual case,
     // needs no allocation of its own) instead of a `Vec`.
-    index: HashMap<HeaderName, usize>,
-    // Slots no name refers to (left by `retain`) are empty, and reclaimed once they are as
-    // many as the names (`compact`).
-    values: Vec<Values>,
-}
-
-impl PartialEq for HeaderMap {
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len()
-            && self
-                .iter()
-                .all(|(name, values)| other.values_of(name.as_str()) == Some(values))
-    }
-}
-
-impl Eq for HeaderMap {}
-
-impl fmt::Debug for HeaderMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Entries<'a>(&'a HeaderMap);
-        impl fmt::Debug for Entries<'_> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_map().entries(self.0.iter()).finish()
-            }
-        }
-        f.debug_struct("HeaderMap")
-            .field("inner", &Entries(self))
-            .finish()
-    }
+    inner: HashMap<HeaderName, Values>,
 }
 
 /// The values of one header name, in the order they were added (Switchyard patch: a
@@ -114,11 +82,12 @@ impl<'de> Deserialize<'de> for HeaderMap {
             HeaderMapHelper::Legacy { inner } => inner,
             HeaderMapHelper::Current(inner) => inner,
         };
-        let mut map = HeaderMap::with_capacity(inner.len());
-        for (name, values) in inner {
-            *map.values_mut(name) = Values::from_vec(values);
-        }
-        Ok(map)
+        Ok(HeaderMap {
+            inner: inner
+                .into_iter()
+                .map(|(name, values)| (name, Values::from_vec(values)))
+                .collect(),
+        })
     }
 }
 
@@ -128,7 +97,11 @@ impl Serialize for HeaderMap {
         S: Serializer,
     {
         // Serialize as the new format (direct HashMap without "inner" wrapper)
-        serializer.collect_map(self.iter().map(|(name, values)| (name, values.as_slice())))
+        serializer.collect_map(
+            self.inner
+                .iter()
+                .map(|(name, values)| (name, values.as_slice())),
+        )
     }
 }
 
@@ -143,38 +116,10 @@ impl FromIterator<(HeaderName, HeaderValue)> for HeaderMap {
 }
 
 impl HeaderMap {
-    /// Each name with its values, in no particular order (Switchyard patch: a
-    /// [`HeaderMapIter`]; upstream, the `HashMap`'s iterator, with the same items).
-    pub fn iter(&self) -> HeaderMapIter<'_> {
-        HeaderMapIter {
-            names: self.index.iter(),
-            values: &self.values,
-        }
+    pub fn iter(&self) -> std::collections::hash_map::Iter<'_, HeaderName, Values> {
+        self.inner.iter()
     }
 }
-
-/// The names of a [`HeaderMap`] with their values (Switchyard patch).
-pub struct HeaderMapIter<'a> {
-    names: std::collections::hash_map::Iter<'a, HeaderName, usize>,
-    values: &'a [Values],
-}
-
-impl<'a> Iterator for HeaderMapIter<'a> {
-    type Item = (&'a HeaderName, &'a Values);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let (name, slot) = self.names.next()?;
-        Some((name, &self.values[*slot]))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.names.size_hint()
-    }
-}
-
-impl ExactSizeIterator for HeaderMapIter<'_> {}
-
-impl std::iter::FusedIterator for HeaderMapIter<'_> {}
 
 pub struct GetAll<'a, T> {
     inner: Iter<'a, T>,
@@ -207,58 +152,20 @@ impl HeaderMap {
     /// (Switchyard patch).
     pub fn with_capacity(capacity: usize) -> Self {
         HeaderMap {
-            index: HashMap::with_capacity(capacity),
-            values: Vec::with_capacity(capacity),
+            inner: HashMap::with_capacity(capacity),
         }
     }
 
     /// How many header names the map holds before it reallocates (Switchyard patch, for tests).
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.index.capacity()
+        self.inner.capacity()
     }
 
     /// Keeps only the headers whose name `keep` accepts, with all their values (Switchyard
     /// patch).
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        let values = &mut self.values;
-        self.index.retain(|name, slot| {
-            let kept = keep(name.as_str());
-            if !kept {
-                values[*slot] = Values::new();
-            }
-            kept
-        });
-        if self.values.len() > 2 * self.index.len() + 8 {
-            self.compact();
-        }
-    }
-
-    /// Moves the values of every name to the front of `values`, dropping the empty slots
-    /// `retain` left (Switchyard patch).
-    fn compact(&mut self) {
-        let mut values = Vec::with_capacity(self.index.len());
-        for slot in self.index.values_mut() {
-            values.push(std::mem::take(&mut self.values[*slot]));
-            *slot = values.len() - 1;
-        }
-        self.values = values;
-    }
-
-    /// The values stored under `name`, if any (Switchyard patch).
-    fn values_of(&self, name: &str) -> Option<&Values> {
-        self.index.get(name).map(|slot| &self.values[*slot])
-    }
-
-    /// The values stored under `name`, an empty list added under it if there are none
-    /// (Switchyard patch).
-    fn values_mut<K: IntoHeaderName>(&mut self, name: K) -> &mut Values {
-        let next = self.values.len();
-        let slot = name.slot_in(&mut self.index, next);
-        if slot == next {
-            self.values.push(Values::new());
-        }
-        &mut self.values[slot]
+        self.inner.retain(|name, _| keep(name.as_str()));
     }
 
     /// Returns true if the map contains no elements.
@@ -277,11 +184,11 @@ impl HeaderMap {
     /// assert!(!map.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.inner.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.inner.len()
     }
 
     /// Serialized byte length of this header block (as [`HeaderMap::to_bytes`]
@@ -289,7 +196,7 @@ impl HeaderMap {
     pub(crate) fn wire_len(&self) -> usize {
         // Mirrors `to_bytes`: "NATS/1.0\r\n" + each "<key>: <value>\r\n" + "\r\n".
         let mut len = b"NATS/1.0\r\n".len() + b"\r\n".len();
-        for (k, vs) in self.iter() {
+        for (k, vs) in &self.inner {
             for v in vs.iter() {
                 len += k.as_str().len() + b": ".len() + v.inner.len() + b"\r\n".len();
             }
@@ -311,7 +218,7 @@ impl HeaderMap {
     /// ```
     pub fn insert<K: IntoHeaderName, V: IntoHeaderValue>(&mut self, name: K, value: V) {
         let value = value.into_header_value();
-        let values = self.values_mut(name);
+        let values = name.entry_in(&mut self.inner);
         values.clear();
         values.push(value);
     }
@@ -329,7 +236,7 @@ impl HeaderMap {
     /// headers.append("Key", "Another");
     pub fn append<K: IntoHeaderName, V: IntoHeaderValue>(&mut self, name: K, value: V) {
         let value = value.into_header_value();
-        self.values_mut(name).push(value);
+        name.entry_in(&mut self.inner).push(value);
     }
 
     /// Gets a value for a given key. If key is not found, [Option::None] is returned.
@@ -344,8 +251,7 @@ impl HeaderMap {
     /// let values = headers.get("Key").unwrap();
     /// ```
     pub fn get<K: IntoHeaderName>(&self, key: K) -> Option<&HeaderValue> {
-        key.find_in(&self.index)
-            .and_then(|slot| self.values[slot].first())
+        key.find_in(&self.inner).and_then(|x| x.first())
     }
 
     /// Gets a last value for a given key. If key is not found, [Option::None] is returned.
@@ -360,8 +266,7 @@ impl HeaderMap {
     /// let values = headers.get_last("Key").unwrap();
     /// ```
     pub fn get_last<K: IntoHeaderName>(&self, key: K) -> Option<&HeaderValue> {
-        key.find_in(&self.index)
-            .and_then(|slot| self.values[slot].last())
+        key.find_in(&self.inner).and_then(|x| x.last())
     }
 
     /// Gets an iterator to the values for a given key.
@@ -380,8 +285,8 @@ impl HeaderMap {
     /// ```
     pub fn get_all<K: IntoHeaderName>(&self, key: K) -> GetAll<'_, HeaderValue> {
         let inner = key
-            .find_in(&self.index)
-            .map(|slot| self.values[slot].iter())
+            .find_in(&self.inner)
+            .map(|x| x.iter())
             .unwrap_or([].iter());
 
         GetAll { inner }
@@ -398,7 +303,7 @@ impl HeaderMap {
     /// write it straight into its buffer). Writes exactly [`Self::wire_len`] bytes.
     pub(crate) fn write_to(&self, buf: &mut impl bytes::BufMut) {
         buf.put_slice(b"NATS/1.0\r\n");
-        for (k, vs) in self.iter() {
+        for (k, vs) in &self.inner {
             for v in vs.iter() {
                 buf.put_slice(k.as_str().as_bytes());
                 buf.put_slice(b": ");
@@ -603,26 +508,26 @@ fn validate_header_value(s: &str) -> Result<(), ParseHeaderValueError> {
 pub trait IntoHeaderName {
     fn into_header_name(self) -> HeaderName;
 
-    /// Switchyard patch: the slot of this name's values in a map's `index`. Text keys are
-    /// looked up as they are, without building a [`HeaderName`] (no allocation, and a name
-    /// that could not have been stored is simply not found rather than a panic).
+    /// Switchyard patch: the values stored under this name in `map`. Text keys are looked up
+    /// as they are, without building a [`HeaderName`] (no allocation, and a name that could
+    /// not have been stored is simply not found rather than a panic).
     #[doc(hidden)]
-    fn find_in(self, index: &HashMap<HeaderName, usize>) -> Option<usize>
+    fn find_in(self, map: &HashMap<HeaderName, Values>) -> Option<&Values>
     where
         Self: Sized,
     {
-        index.get(&self.into_header_name()).copied()
+        map.get(&self.into_header_name())
     }
 
-    /// Switchyard patch: the slot of this name's values in a map's `index`, `next` recorded
-    /// for it if it has none. A text key already present is not turned into a new
+    /// Switchyard patch: the values stored under this name in `map`, an empty list inserted
+    /// under it if there are none. A text key already present is not turned into a new
     /// [`HeaderName`] (no allocation when a header is set again).
     #[doc(hidden)]
-    fn slot_in(self, index: &mut HashMap<HeaderName, usize>, next: usize) -> usize
+    fn entry_in(self, map: &mut HashMap<HeaderName, Values>) -> &mut Values
     where
         Self: Sized,
     {
-        *index.entry(self.into_header_name()).or_insert(next)
+        map.entry(self.into_header_name()).or_default()
     }
 }
 
@@ -642,15 +547,15 @@ impl IntoHeaderName for &str {
         }
     }
 
-    fn find_in(self, index: &HashMap<HeaderName, usize>) -> Option<usize> {
-        index.get(self).copied()
+    fn find_in(self, map: &HashMap<HeaderName, Values>) -> Option<&Values> {
+        map.get(self)
     }
 
-    fn slot_in(self, index: &mut HashMap<HeaderName, usize>, next: usize) -> usize {
-        if let Some(slot) = index.get(self) {
-            return *slot;
+    fn entry_in(self, map: &mut HashMap<HeaderName, Values>) -> &mut Values {
+        if map.contains_key(self) {
+            return map.get_mut(self).expect("the key was found just above");
         }
-        *index.entry(self.into_header_name()).or_insert(next)
+        map.entry(self.into_header_name()).or_default()
     }
 }
 
@@ -670,15 +575,15 @@ impl IntoHeaderName for String {
         }
     }
 
-    fn find_in(self, index: &HashMap<HeaderName, usize>) -> Option<usize> {
-        index.get(self.as_str()).copied()
+    fn find_in(self, map: &HashMap<HeaderName, Values>) -> Option<&Values> {
+        map.get(self.as_str())
     }
 
-    fn slot_in(self, index: &mut HashMap<HeaderName, usize>, next: usize) -> usize {
-        if let Some(slot) = index.get(self.as_str()) {
-            return *slot;
+    fn entry_in(self, map: &mut HashMap<HeaderName, Values>) -> &mut Values {
+        if map.contains_key(self.as_str()) {
+            return map.get_mut(self.as_str()).expect("the key was found just above");
         }
-        *index.entry(self.into_header_name()).or_insert(next)
+        map.entry(self.into_header_name()).or_default()
     }
 }
 
@@ -1540,81 +1445,5 @@ mod tests {
                 format!("Value-{}", i)
             );
         }
-    }
-
-    /// Switchyard patch: a map of 14 names (an envelope's 13 and a hop's `Nats-Msg-Id`) takes
-    /// two allocations glibc serves from its per-thread cache (requests of at most 1,032
-    /// bytes, and under 1,008 its small bins): the names' 16-bucket table and their 14 slots.
-    #[test]
-    fn fourteen_names_fit_two_small_allocations() {
-        const GROUP_WIDTH: usize = 16;
-        let table = 16 * std::mem::size_of::<(HeaderName, usize)>() + 16 + GROUP_WIDTH;
-        let slots = 14 * std::mem::size_of::<super::Values>();
-        assert!(table < 1_008, "the names' table takes {table} bytes");
-        assert!(slots < 1_008, "the values' slots take {slots} bytes");
-        let map = HeaderMap::with_capacity(14);
-        assert_eq!(map.capacity(), 14, "room for 14 names is a 16-bucket table");
-    }
-
-    /// Switchyard patch: names removed by `retain` are gone from every read, their slots are
-    /// reused by nothing and reclaimed once they outnumber the names, and maps compare equal
-    /// whatever order their slots are in.
-    #[test]
-    fn retain_then_insert_reads_as_a_fresh_map() {
-        let mut map = HeaderMap::new();
-        for i in 0..20 {
-            map.insert(format!("Keep-{i}").as_str(), format!("k{i}").as_str());
-            map.append(format!("Drop-{i}").as_str(), "d");
-            map.append(format!("Drop-{i}").as_str(), "d2");
-        }
-        map.retain(|name| !name.starts_with("Drop-"));
-        assert_eq!(map.len(), 20);
-        assert!(map.get("Drop-3").is_none());
-        assert_eq!(map.get_all("Drop-3").count(), 0);
-        assert!(
-            map.values.len() <= 2 * map.len() + 8,
-            "empty slots reclaimed: {} slots for {} names",
-            map.values.len(),
-            map.len()
-        );
-        map.append("Keep-3", "again");
-        map.insert("New", "n");
-        assert_eq!(
-            map.get_all("Keep-3").map(HeaderValue::as_str).collect::<Vec<_>>(),
-            ["k3", "again"]
-        );
-        assert_eq!(map.get("New").map(HeaderValue::as_str), Some("n"));
-
-        // The same headers added in another order.
-        let mut other = HeaderMap::new();
-        other.insert("New", "n");
-        for i in (0..20).rev() {
-            other.insert(format!("Keep-{i}").as_str(), format!("k{i}").as_str());
-        }
-        other.append("Keep-3", "again");
-        assert_eq!(map, other);
-        other.append("Keep-3", "once more");
-        assert_ne!(map, other);
-
-        let mut written = Vec::new();
-        map.write_to(&mut written);
-        assert_eq!(written.len(), map.wire_len());
-        let lines = written.split(|b| *b == b'\n').filter(|l| l.len() > 1).count();
-        assert_eq!(lines, 1 + 20 + 1 + 1, "version line, 20 names, a second Keep-3, New");
-        assert_eq!(map.iter().len(), 21);
-    }
-
-    /// Switchyard patch: a few names removed leave their slots until they are many.
-    #[test]
-    fn a_few_removed_names_keep_their_slots_until_they_are_many() {
-        let mut map = HeaderMap::new();
-        map.insert("A", "1");
-        map.insert("B", "2");
-        map.retain(|name| name == "B");
-        assert_eq!(map.values.len(), 2, "one empty slot is not worth a new allocation");
-        assert_eq!(map.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["B"]);
-        map.insert("A", "3");
-        assert_eq!(map.get("A").map(HeaderValue::as_str), Some("3"));
-        assert_eq!(format!("{map:?}").matches("HeaderMap { inner: {").count(), 1);
     }
 }
