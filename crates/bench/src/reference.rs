@@ -462,7 +462,9 @@ mod tests {
         .expect("the first try was answered");
 
         // The consumer back, holding the message as delivered (as a new leader holds its
-        // replicated state): it confirms the next try.
+        // replicated state): it confirms the next try. A try that reaches it before it has
+        // delivered the message again is ignored by nats-server (an ack past the consumer's
+        // next sequence: no reply, the message left alone), and the one after confirms.
         let again: PullConsumer = stream
             .create_consumer(config)
             .await

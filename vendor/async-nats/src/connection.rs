@@ -1448,7 +1448,11 @@ mod read_op {
         block.extend(b"\r\n");
         let (_, _, headers) = super::parse_header_block(&bytes::Bytes::from(block)).unwrap();
         assert_eq!(headers.len(), 14);
-        assert_eq!(headers.capacity(), 14, "the capacity of a 16-bucket table");
+        assert!(
+            headers.capacity() < 28,
+            "room for {} names: a 32-bucket table, not a 16-bucket one",
+            headers.capacity()
+        );
     }
 
     /// Switchyard patch: a lone carriage return in a value (plain or folded) is an unparsable
