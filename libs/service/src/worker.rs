@@ -437,9 +437,24 @@ impl<H: Handler> Worker<H> {
                     }
                     next = puller.next() => match next {
                         Some(Ok(msg)) => {
-                            let tenant = tenant_of(&msg);
-                            queues.push(tenant, msg);
-                            dispatch(&mut queues, &mut tasks);
+                            // Nobody waits for a slot, so nobody is passed over: the message
+                            // takes a free slot at once, without a turn through the queues
+                            // (which would make and drop its tenant's queue, room for 4
+                            // messages, every time).
+                            let free = if queues.is_empty() {
+                                slots.clone().try_acquire_owned().ok()
+                            } else {
+                                None
+                            };
+                            if let Some(permit) = free {
+                                let task = self.task(
+                                    msg, permit, &shutdown, &never_aborted, max_deliver, None,
+                                );
+                                tasks.spawn(task);
+                            } else {
+                                queues.push(tenant_of(&msg), msg);
+                                dispatch(&mut queues, &mut tasks);
+                            }
                         }
                         Some(Err(error)) => {
                             tracing::debug!(%error, "fetch ended");
