@@ -393,6 +393,20 @@ mod tests {
     use super::*;
     use switchyard_testkit::NatsServer;
 
+    /// The next message `consumer` delivers.
+    async fn fetch_one(consumer: &PullConsumer) -> jetstream::Message {
+        consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch")
+            .next()
+            .await
+            .expect("one message")
+            .expect("a message")
+    }
+
     /// The relay's confirmed ack outlives a consumer that is answered by `503 No Responders` for
     /// a while (as one is while its leader moves on a cluster): it is tried again and confirmed
     /// once the consumer answers, instead of ending the run.
@@ -427,16 +441,7 @@ mod tests {
             .create_consumer(config.clone())
             .await
             .expect("consumer");
-        let msg = consumer
-            .fetch()
-            .max_messages(1)
-            .messages()
-            .await
-            .expect("fetch")
-            .next()
-            .await
-            .expect("one message")
-            .expect("a message");
+        let msg = fetch_one(&consumer).await;
         stream
             .delete_consumer("relay")
             .await
@@ -469,16 +474,7 @@ mod tests {
             .create_consumer(config)
             .await
             .expect("consumer again");
-        let redelivered = again
-            .fetch()
-            .max_messages(1)
-            .messages()
-            .await
-            .expect("fetch again")
-            .next()
-            .await
-            .expect("the message again")
-            .expect("a message");
+        let redelivered = fetch_one(&again).await;
         assert_eq!(redelivered.subject.as_str(), "relayed.1");
         tokio::time::timeout(Duration::from_secs(10), ack)
             .await

@@ -390,6 +390,10 @@ impl<H: Handler> Worker<H> {
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         let mut reconnected = switchyard_runtime::nats::reconnections();
         let mut puller = Puller::new(self.js.clone());
+        let start =
+            |tasks: &mut JoinSet<()>, msg: jetstream::Message, permit: OwnedSemaphorePermit| {
+                tasks.spawn(self.task(msg, permit, &shutdown, &never_aborted, max_deliver, None));
+            };
         let dispatch = |queues: &mut FairQueues, tasks: &mut JoinSet<()>| {
             while !queues.is_empty() {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -398,7 +402,7 @@ impl<H: Handler> Worker<H> {
                 let Some(msg) = queues.pop() else {
                     break;
                 };
-                tasks.spawn(self.task(msg, permit, &shutdown, &never_aborted, max_deliver, None));
+                start(tasks, msg, permit);
             }
         };
         'outer: while !shutdown.is_cancelled() {
@@ -447,10 +451,7 @@ impl<H: Handler> Worker<H> {
                                 None
                             };
                             if let Some(permit) = free {
-                                let task = self.task(
-                                    msg, permit, &shutdown, &never_aborted, max_deliver, None,
-                                );
-                                tasks.spawn(task);
+                                start(&mut tasks, msg, permit);
                             } else {
                                 queues.push(tenant_of(&msg), msg);
                                 dispatch(&mut queues, &mut tasks);
