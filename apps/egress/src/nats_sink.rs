@@ -3,7 +3,10 @@
 //! Headers are the message's own less the server-interpreted `Nats-*` ones, egress's attempt
 //! log and the seal headers (`Switchyard-Key`, `Switchyard-Nonce`: the sink gets the payload in
 //! clear, so `Switchyard-Schema` is 1, the version of a plain payload), plus `Nats-Msg-Id` =
-//! the envelope id, so a JetStream sink drops a redelivered copy within its duplicate window.
+//! the copy key ([`Envelope::copy_key`]: the envelope id, with `_<destination>` on a fanned-out
+//! copy), so a JetStream sink drops a redelivered copy within its duplicate window but stores
+//! each destination's copy of one message, even when one stream captures several destinations'
+//! subjects.
 //! How an attempt is confirmed depends on the route:
 //!
 //! | route | sent as | delivered when | nobody listening |
@@ -140,7 +143,10 @@ pub fn sink_headers(envelope: &Envelope, incoming: Option<&HeaderMap>) -> Header
         headers::name(headers::SCHEMA),
         schema_for(false).to_string(),
     );
-    h.insert(headers::NATS_MSG_ID, envelope.id.to_string());
+    // The copy key, not the envelope id: JetStream de-duplicates by `Nats-Msg-Id` across a whole
+    // stream, so two destinations whose subjects one stream captures would otherwise get the
+    // first copy stored and the second acked as a duplicate, never stored.
+    h.insert(headers::NATS_MSG_ID, envelope.copy_key());
     // The sink's copy is a child of this delivery's span (same trace).
     switchyard_runtime::telemetry::inject_current(&mut h);
     h

@@ -105,9 +105,11 @@ fn destination_of(entry: &DlqEntry) -> Option<&str> {
 #[tokio::test]
 async fn one_message_reaches_exactly_the_matching_destinations_and_a_failing_one_fails_alone() {
     let p = Pipeline::start(&["acme"]).await;
+    // One stream captures two destinations' subjects: each destination's copy of a message is
+    // stored, not the first alone (JetStream de-duplicates `Nats-Msg-Id` across a stream).
     p.js.create_stream(stream::Config {
-        name: "SINK_AUDIT".into(),
-        subjects: vec!["sink.acme.audit".into()],
+        name: "SINK_ACME".into(),
+        subjects: vec!["sink.acme.>".into()],
         ..Default::default()
     })
     .await
@@ -134,29 +136,31 @@ async fn one_message_reaches_exactly_the_matching_destinations_and_a_failing_one
     )
     .await;
     p.sink.answer("crm", 503);
-    // Every message of the tenant, to a JetStream subject.
-    put_destination(
-        &p,
-        "acme",
-        "audit",
-        Destination {
-            target: Route::Nats(NatsRoute {
-                subject: "sink.acme.audit".into(),
-                jetstream: true,
-                fire_and_forget: false,
-                timeout_ms: 5_000,
-                max_in_flight: 16,
-            }),
-            subscription: Subscription::default(),
-            description: None,
-            disabled: None,
-            rate_limit: None,
-        },
-    )
-    .await;
+    // Every message of the tenant, to two JetStream subjects of that one stream.
+    for id in ["audit", "archive"] {
+        put_destination(
+            &p,
+            "acme",
+            id,
+            Destination {
+                target: Route::Nats(NatsRoute {
+                    subject: format!("sink.acme.{id}"),
+                    jetstream: true,
+                    fire_and_forget: false,
+                    timeout_ms: 5_000,
+                    max_in_flight: 16,
+                }),
+                subscription: Subscription::default(),
+                description: None,
+                disabled: None,
+                rate_limit: None,
+            },
+        )
+        .await;
+    }
 
-    // big: orders, crm and audit; small: audit alone (orders' filter and crm's platform
-    // refuse it).
+    // big: orders, crm, audit and archive; small: audit and archive alone (orders' filter and
+    // crm's platform refuse it).
     publish(&p, "shop", "big", "order.created", r#"{"amount":250}"#).await;
     publish(&p, "blog", "small", "order.created", r#"{"amount":5}"#).await;
 
@@ -186,14 +190,21 @@ async fn one_message_reaches_exactly_the_matching_destinations_and_a_failing_one
         3,
         "three attempts of the big order, nothing of the small one"
     );
-    let audit = stream_messages(&p.js, "SINK_AUDIT").await;
-    let mut payloads: Vec<&[u8]> = audit.iter().map(|m| &m.payload[..]).collect();
-    payloads.sort_unstable();
-    assert_eq!(
-        payloads,
-        [&br#"{"amount":250}"#[..], &br#"{"amount":5}"#[..]],
-        "audit got both messages, once each"
-    );
+    let sunk = stream_messages(&p.js, "SINK_ACME").await;
+    for id in ["audit", "archive"] {
+        let subject = format!("sink.acme.{id}");
+        let mut payloads: Vec<&[u8]> = sunk
+            .iter()
+            .filter(|m| m.subject.as_str() == subject)
+            .map(|m| &m.payload[..])
+            .collect();
+        payloads.sort_unstable();
+        assert_eq!(
+            payloads,
+            [&br#"{"amount":250}"#[..], &br#"{"amount":5}"#[..]],
+            "{id} got both messages, once each"
+        );
+    }
 
     // The same message has the same webhook-id at every destination and attempt.
     let big_id = orders[0].webhook_id.clone();
@@ -242,9 +253,9 @@ async fn one_message_reaches_exactly_the_matching_destinations_and_a_failing_one
         "the replay did not go to orders again"
     );
     assert_eq!(
-        stream_messages(&p.js, "SINK_AUDIT").await.len(),
-        2,
-        "nor to audit"
+        stream_messages(&p.js, "SINK_ACME").await.len(),
+        4,
+        "nor to audit or archive"
     );
     p.stop().await;
 }
