@@ -493,11 +493,20 @@ async fn original_id(state: &ApiState, stream: &str, sequence: u64) -> Option<St
     )
 }
 
-/// What the producer hears when JetStream refuses the message: the tenant's quota is full
-/// (`429 quota_exceeded`, the stream's `discard: new` limit, error 10077), the message is too
-/// large for the stream (`413`), the tenant has no ingress stream (`503
-/// tenant_not_provisioned`), or anything else (`503 unavailable`).
+/// What the producer hears when JetStream refuses the message: the message can never fit
+/// (`413 payload_too_large`: over the server's `max_payload`, the stream's `max_msg_size`
+/// (10054) or the 65,535-byte header block (10097); the one rule,
+/// [`switchyard_service::handoff::too_large`]), the tenant's quota is full (`429
+/// quota_exceeded`, the stream's `discard: new` limit, error 10077), the tenant has no ingress
+/// stream (`503 tenant_not_provisioned`), or anything else (`503 unavailable`).
 fn refused(tenant: &TenantId, error: &PublishError) -> ApiError {
+    if switchyard_service::handoff::too_large(error) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            DlqCode::PayloadTooLarge.as_str(),
+            format!("the message is larger than the ingress stream or the server accepts: {error}"),
+        );
+    }
     let jetstream =
         std::error::Error::source(error).and_then(|s| s.downcast_ref::<jetstream::Error>());
     match (error.kind(), jetstream) {
@@ -508,29 +517,13 @@ fn refused(tenant: &TenantId, error: &PublishError) -> ApiError {
                 "tenant {tenant} has no ingress stream (run `switchyard tenants enable {tenant}`)"
             ),
         ),
-        (_, Some(js)) if js.error_code() == ErrorCode::STREAM_STORE_FAILED => {
-            let text = js.to_string();
-            if text.contains("size") {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    DlqCode::PayloadTooLarge.as_str(),
-                    format!("the message is larger than the ingress stream accepts: {text}"),
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "quota_exceeded",
-                    format!(
-                        "tenant {tenant}'s ingress quota is full ({text}): its accepted messages \
-                         wait for delivery; retry later"
-                    ),
-                )
-            }
-        }
-        (PublishErrorKind::MaxPayloadExceeded, _) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            DlqCode::PayloadTooLarge.as_str(),
-            format!("the message is larger than the server accepts: {error}"),
+        (_, Some(js)) if js.error_code() == ErrorCode::STREAM_STORE_FAILED => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!(
+                "tenant {tenant}'s ingress quota is full ({js}): its accepted messages wait for \
+                 delivery; retry later"
+            ),
         ),
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -503,6 +503,10 @@ async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
         (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth(acme).header("Idempotency-Key", "x").header("Content-Type", "application/json").body("{"), 400, "invalid_payload"),
         (http.post(format!("{base}/v1/messages")).bearer_auth(acme).header("Content-Type", "application/json").body("{\"tenant\":"), 400, "invalid_request"),
         (http.post(format!("{base}/v1/messages")).bearer_auth(acme).json(&serde_json::json!({"tenant":"acme","team":"ops","platform":"slack","id":"x","payload":1,"payload_base64":"eA=="})), 400, "invalid_payload"),
+        // A message no retry can make fit (here a header block over JetStream's 65,535 bytes,
+        // refused by the stream with 10097): 413, not a 503 telling the producer to retry.
+        // (The body is one byte: the request passes the API's own body limit.)
+        (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth(acme).header("Idempotency-Key", "x").header("Content-Type", format!("application/octet-stream; x={}", "a".repeat(65_600))).body("x"), 413, "payload_too_large"),
         // Authentication: a key is required, and it publishes for its own tenant only.
         (http.post(format!("{base}/v1/messages/acme/ops/slack")).header("Idempotency-Key", "x").body("x"), 401, "unauthorized"),
         (http.post(format!("{base}/v1/messages/acme/ops/slack")).bearer_auth("sy_not-a-key").header("Idempotency-Key", "x").body("x"), 401, "unauthorized"),

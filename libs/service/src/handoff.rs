@@ -66,30 +66,34 @@ const HEADER_TOO_LARGE: async_nats::jetstream::ErrorCode = async_nats::jetstream
 /// over a size limit.
 const SIZE_EXCEEDED_TEXT: &str = "message size exceeds maximum allowed";
 
+/// Whether JetStream refused a publish because the message can never fit: over the server's
+/// `max_payload` (the client's own check), over the stream's `max_msg_size` (error 10054), a
+/// header block over 65,535 bytes (10097), or the store failure (10077) whose text says a size
+/// was exceeded (10077 also covers a full stream, which is not this). The one rule for every
+/// publish of a message a producer or a stage cannot shrink: a stage dead-letters it
+/// `payload_too_large`, ingress's HTTP API answers `413`.
+pub fn too_large(error: &async_nats::jetstream::context::PublishError) -> bool {
+    if error.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return true;
+    }
+    let server = std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>());
+    server.is_some_and(|e| {
+        e.error_code() == MESSAGE_TOO_LARGE
+            || e.error_code() == HEADER_TOO_LARGE
+            || (e.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED
+                && e.to_string()
+                    .to_ascii_lowercase()
+                    .contains(SIZE_EXCEEDED_TEXT))
+    })
+}
+
 impl HandoffError {
     /// Whether the hand-off can never succeed ([`HandoffErrorKind::TooLarge`]) or may on a
     /// retry.
     pub fn kind(&self) -> HandoffErrorKind {
-        let HandoffError::Publish { source, .. } = self else {
-            return HandoffErrorKind::Other;
-        };
-        if source.kind() == PublishErrorKind::MaxPayloadExceeded {
-            return HandoffErrorKind::TooLarge;
-        }
-        let server = std::error::Error::source(source)
-            .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>());
-        match server {
-            Some(e)
-                if e.error_code() == MESSAGE_TOO_LARGE
-                    || e.error_code() == HEADER_TOO_LARGE
-                    || (e.error_code()
-                        == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED
-                        && e.to_string()
-                            .to_ascii_lowercase()
-                            .contains(SIZE_EXCEEDED_TEXT)) =>
-            {
-                HandoffErrorKind::TooLarge
-            }
+        match self {
+            HandoffError::Publish { source, .. } if too_large(source) => HandoffErrorKind::TooLarge,
             _ => HandoffErrorKind::Other,
         }
     }
