@@ -127,6 +127,8 @@ async fn a_500_then_a_200_is_delivered_on_the_second_attempt() {
     h.put_route("acme._.slack", &webhook(&sink, "/flaky")).await;
     h.start(|c| c.egress.backoff_secs = vec![1]).await;
     let mut receipts = h.client.subscribe("delivered.v1.>").await.unwrap();
+    // Egress's acks as nats-server gets them (a confirmed ack carries a reply subject).
+    let mut acks = h.client.subscribe("$JS.ACK.EGRESS.>").await.unwrap();
 
     let envelope = h
         .publish(
@@ -152,6 +154,20 @@ async fn a_500_then_a_200_is_delivered_on_the_second_attempt() {
         assert_eq!(request.headers["webhook-id"], envelope.id.to_string());
         assert_eq!(request.body, Bytes::from_static(b"retry me"));
     }
+    // Both acks are confirmed: the first copy's (its retry scheduled) as well as the delivered
+    // copy's. A lost plain ack of the first would have it redelivered after the ack wait and
+    // attempted again beside its fired schedule: a second delivery.
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 2 {
+        let ack = tokio::time::timeout(LONG, futures::StreamExt::next(&mut acks))
+            .await
+            .expect("egress's acks")
+            .unwrap();
+        if &ack.payload[..] == b"+ACK" {
+            confirmed.push(ack.reply.is_some());
+        }
+    }
+    assert_eq!(confirmed, [true, true], "every ack awaits its confirmation");
     assert!(h.dlq().await.is_empty());
     h.stop().await;
 }

@@ -6,8 +6,8 @@
 //!
 //! | outcome | settlement |
 //! |---|---|
-//! | `Forwarded`, `Duplicate`, `Delayed` | ack (plain) |
-//! | `Delivered`, `Dropped` | confirmed ack (see below) |
+//! | `Forwarded`, `Duplicate` | ack (plain) |
+//! | `Delivered`, `Delayed`, `Dropped` | confirmed ack (see below) |
 //! | `Retry` | decided again in place (progress acks keep the message; delays from [`SettleSettings::hold`]) until the hold's deadline, then nak after `after` |
 //! | `Wait` | nak after `after` at once (no hold: the slot is freed for other tenants' messages) |
 //! | `DeadLetter(record)` | publish the record, await the DLQ's ack, then confirmed ack; if it cannot be stored, nak after [`SettleSettings::dlq_retry_after`] |
@@ -23,9 +23,12 @@
 //! - `Forwarded`: plain. The redelivered copy is handed on again under the same deterministic
 //!   hop `Nats-Msg-Id`, which the next stream's duplicate window drops.
 //! - `Duplicate`: plain. The copy is decided a duplicate again.
-//! - `Delayed`: plain. The schedule (or delayed copy) is published under the same
-//!   deterministic id, so it is stored once; egress cancels a schedule left behind once a
-//!   redelivered copy settles for good.
+//! - `Delayed` (egress: a retry, hold or park scheduled): confirmed. The schedule is published
+//!   under a deterministic id, so a redelivered copy stores it once, and egress cancels a
+//!   schedule left behind once a redelivered copy settles for good; but a schedule due before
+//!   the ack wait has fired by then, and its copy is a stream message of its own, which nothing
+//!   cancels: the redelivered copy would be attempted beside it, and the sink called twice. The
+//!   round trip is paid on the retry path only.
 //! - `Retry` (nak): plain. A lost nak means redelivery after the ack wait instead of `after`.
 //! - `Delivered`: confirmed. A redelivered copy would be delivered to the sink again.
 //! - `Dropped`: confirmed. A redelivered copy would be counted and receipted again.
@@ -118,10 +121,11 @@ impl Outcome {
     /// documentation for why each outcome gets its mode).
     pub fn ack_mode(&self) -> AckMode {
         match self {
-            Outcome::Delivered | Outcome::DeadLetter(_) | Outcome::Dropped => AckMode::Confirmed,
+            Outcome::Delivered | Outcome::DeadLetter(_) | Outcome::Dropped | Outcome::Delayed => {
+                AckMode::Confirmed
+            }
             Outcome::Forwarded
             | Outcome::Duplicate
-            | Outcome::Delayed
             | Outcome::Retry { .. }
             | Outcome::Wait { .. } => AckMode::Plain,
         }
