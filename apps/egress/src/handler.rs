@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::stream::{
     DeleteMessageError, DeleteMessageErrorKind, DirectGetErrorKind,
@@ -33,11 +34,13 @@ use switchyard_registry::{
     Destination, Disabled, DisabledBy, KvCache, RateLimit, Route, Store, TenantRecord, Unmatched,
     Written,
 };
+use switchyard_runtime::retry::RetryPolicy;
 use switchyard_service::events::EventLog;
 use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::{DelaySubject, EventKind, InputStage, Namespace, SubjectKind};
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::attempt_log::AttemptLog;
@@ -59,7 +62,8 @@ use crate::sink::{Sinks, Unopened, with_progress};
 /// `[d/2, d]`).
 pub const BUSY_DELAY: Duration = Duration::from_secs(1);
 
-/// The longest nak delay when a schedule cannot be stored (a NATS problem of our own).
+/// The longest nak delay when a schedule cannot be stored, even after trying again in place
+/// (a NATS problem of our own).
 const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
 
 /// What egress needs to handle messages.
@@ -111,6 +115,11 @@ pub struct EgressHandler {
     pub attempt_log: AttemptLog,
     /// Operational events (breakers, destinations disabled).
     pub events: EventLog,
+    /// How a schedule that cannot be stored is tried again in place (the settler's
+    /// [`SettleSettings::hold`](switchyard_service::SettleSettings::hold)).
+    pub hold: RetryPolicy,
+    /// Cuts such a wait short: the message is then nakked.
+    pub shutdown: CancellationToken,
 }
 
 /// The longest `attempts_exhausted` detail, in characters (the DLQ entry keeps the whole
@@ -456,7 +465,7 @@ impl EgressHandler {
                         tracing::info!(route = %resolved.id, attempt, ?delay, %reason, "attempt failed; retry scheduled");
                         Outcome::Delayed
                     }
-                    Err(error) => Outcome::Retry {
+                    Err(error) => Outcome::Wait {
                         after: delay.min(MAX_NAK_DELAY),
                         reason: format!("scheduling retry {attempt} failed: {error}"),
                     },
@@ -568,7 +577,7 @@ impl EgressHandler {
                     .count_deferred(envelope.address.tenant.as_str(), "destination_disabled");
                 Outcome::Delayed
             }
-            Err(error) => Outcome::Retry {
+            Err(error) => Outcome::Wait {
                 after: wait.min(MAX_NAK_DELAY),
                 reason: format!("parking for a disabled destination failed: {error}"),
             },
@@ -813,7 +822,7 @@ impl EgressHandler {
                     .count_deferred(envelope.address.tenant.as_str(), reason);
                 Outcome::Delayed
             }
-            Err(error) => Outcome::Retry {
+            Err(error) => Outcome::Wait {
                 after: wait.min(MAX_NAK_DELAY),
                 reason: format!("deferring ({reason}) failed: {error}"),
             },
@@ -911,7 +920,16 @@ impl EgressHandler {
     }
 
     /// Schedules a copy of `msg` (its payload, headers `h`) to re-enter egress at `at`; `tag`
-    /// makes the schedule's publish id unique.
+    /// makes the schedule's publish id unique, so a try whose ack was lost and a try again store
+    /// one schedule.
+    ///
+    /// A failed store is tried again here, in place, with progress acks keeping the message,
+    /// for as long as the settler holds a transient failure ([`EgressHandler::hold`]) — never
+    /// by deciding the message again (an `Outcome::Retry`), which would call the sink again
+    /// after an attempt already made, or deliver it now beside a schedule that was stored
+    /// though its ack was lost. `Err`: the last error, once the hold is over or shutdown began;
+    /// the caller then naks (`Outcome::Wait`), and the redelivered copy, delivered more than
+    /// once, cancels a schedule left behind when it settles for good.
     async fn reenter(
         &self,
         envelope: &Envelope,
@@ -920,16 +938,31 @@ impl EgressHandler {
         at: OffsetDateTime,
         tag: &str,
     ) -> Result<(), switchyard_service::HandoffError> {
-        self.handoff
-            .schedule(
-                InputStage::Egress,
-                envelope,
-                h,
-                msg.payload.clone(),
-                at,
-                tag,
-            )
-            .await
+        let mut hold = self.hold.backoff();
+        loop {
+            let error = match self
+                .handoff
+                .schedule(
+                    InputStage::Egress,
+                    envelope,
+                    h.clone(),
+                    msg.payload.clone(),
+                    at,
+                    tag,
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            tracing::warn!(%error, tag, "storing a schedule failed; trying again in place");
+            if let Err(error) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "progress ack failed");
+            }
+            if !hold.wait(&self.shutdown).await {
+                return Err(error);
+            }
+        }
     }
 
     /// Parks a decided dead letter whose tenant holds its share of the DLQ: a copy carrying
@@ -964,7 +997,7 @@ impl EgressHandler {
                     .count_deferred(envelope.address.tenant.as_str(), "dlq_share");
                 Outcome::Delayed
             }
-            Err(error) => Outcome::Retry {
+            Err(error) => Outcome::Wait {
                 after: PARKED_WAIT,
                 reason: format!("parking a dead letter failed: {error}"),
             },

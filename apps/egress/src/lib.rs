@@ -187,6 +187,10 @@ pub async fn start(
             return Ok(launch("egress", config.http.listen, axum::Router::new(), shutdown, async {}).await?);
         }
     }
+    let settle = SettleSettings {
+        dlq_quota: dlq_quota.clone(),
+        ..SettleSettings::default()
+    };
     let handler = EgressHandler {
         ns: ns.clone(),
         own_subjects: nats_sink::OwnSubjects::of(&ns),
@@ -237,6 +241,8 @@ pub async fn start(
         metrics: egress_metrics,
         settings: settings.clone(),
         dlq_quota: dlq_quota.clone(),
+        hold: settle.hold,
+        shutdown: shutdown.clone(),
     };
 
     // (c) Probes and metrics.
@@ -272,10 +278,7 @@ pub async fn start(
         metrics,
         WorkerSettings {
             concurrency: settings.concurrency,
-            settle: SettleSettings {
-                dlq_quota,
-                ..SettleSettings::default()
-            },
+            settle,
             ..WorkerSettings::default()
         },
     );
