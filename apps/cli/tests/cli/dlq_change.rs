@@ -132,7 +132,8 @@ async fn dlq_replay_keeps_missing_and_unreplayable_entries_and_removes_a_message
     let invalid = dead_letter(&js, &refused_at_ingress).await;
     assert_eq!((again, invalid), (2, 3));
 
-    let out = ok(&url, &["dlq", "replay", "2", "3", "99"]).await;
+    // 2 named twice is replayed once.
+    let out = ok(&url, &["dlq", "replay", "2", "3", "2", "99"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "kept seq 99: no DLQ entry with seq 99", "{out}");
     assert_eq!(

@@ -180,7 +180,9 @@ async fn load(
         }
         Target::Seqs(seqs) => {
             let (mut entries, mut kept) = (Vec::new(), Vec::new());
-            for &seq in seqs {
+            // A sequence named twice is one entry, replayed once (in the order first named).
+            let mut named = std::collections::HashSet::new();
+            for &seq in seqs.iter().filter(|&&seq| named.insert(seq)) {
                 match reader.get(seq).await? {
                     None => kept.push(ReplayResult::kept(
                         seq,
@@ -249,6 +251,18 @@ async fn replay_one(
         return Ok(result);
     };
     pace.tick().await;
+    // The entries were read when the run began, minutes ago in a long one: an entry replayed
+    // (by a job, another terminal) or purged since is not published again.
+    if reader.get(entry.seq).await?.is_none() {
+        return Ok(ReplayResult::kept(
+            entry.seq,
+            "no such entry",
+            format!(
+                "entry {} left the DLQ after this run read it (replayed or purged meanwhile)",
+                entry.seq
+            ),
+        ));
+    }
     let stored = match step::replay(replayer, entry.seq, &plan, args.force).await {
         Ok(Stepped::Replayed { stream, seq, .. }) => (stream, seq),
         Ok(Stepped::KeptUncertain { since, subject }) => {
@@ -362,7 +376,14 @@ pub async fn run(
             Err(err) => {
                 // Stop at the first failed publish; report what was done before it.
                 progress.finish();
-                if !out.is_json() {
+                if out.is_json() {
+                    results.sort_by_key(|r| r.seq);
+                    out.json(&serde_json::json!({
+                        "dry_run": args.dry_run,
+                        "results": results,
+                        "error": format!("{err:#}"),
+                    }))?;
+                } else {
                     println!("{}", summary(&results, args.dry_run));
                 }
                 return Err(err);
