@@ -120,6 +120,10 @@ pub struct JobSettings {
     pub max_concurrent: usize,
     /// Ceiling on a job's rate, in replays per second (default 10000).
     pub max_rate: u32,
+    /// How long one entry's copy is tried again, in seconds (default 60), before the job
+    /// leaves the entry in the DLQ (kept `publish failed`) and goes on: a target stream that
+    /// keeps refusing one tenant's copies (its quota full, say) must not hold up the rest.
+    pub entry_retry_secs: u64,
 }
 
 /// Inflow counters.
@@ -174,6 +178,7 @@ impl DlqConfig {
             ("jobs.scan_interval_secs", self.jobs.scan_interval_secs),
             ("jobs.max_concurrent", self.jobs.max_concurrent as u64),
             ("jobs.max_rate", u64::from(self.jobs.max_rate)),
+            ("jobs.entry_retry_secs", self.jobs.entry_retry_secs),
             ("stats.lease_secs", self.stats.lease_secs),
             ("stats.batch_max", self.stats.batch_max as u64),
             ("alerts.window_secs", self.alerts.window_secs),

@@ -419,6 +419,9 @@ impl Execution {
                             }
                             if self.job.state == JobState::Cancelled && stopping.is_none() {
                                 stopping = Some(Stop::Cancelled);
+                                // Copies being retried stop at once (an attempt under way
+                                // ends first): their entries stay in the DLQ.
+                                abort.cancel();
                             }
                             dirty = true;
                         }
@@ -454,7 +457,10 @@ impl Execution {
     }
 
     /// Publishes one entry's copy, awaits the ack, deletes the entry; retries failures until
-    /// done or `abort`.
+    /// done, for at most `jobs.entry_retry_secs` (then the entry stays in the DLQ, kept
+    /// `publish failed`, and the job goes on: the steps finish in order, so one entry retried
+    /// without end would hold up every entry after it), or until `abort` (a cancel, a lost
+    /// lease: kept `aborted`).
     fn replay(
         &self,
         candidate: Candidate,
@@ -468,15 +474,20 @@ impl Execution {
             let Work::Replay { plan } = candidate.work else {
                 return (seq, Done::Skipped);
             };
-            let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
+            let retry_for = Duration::from_secs(runner.settings.entry_retry_secs);
+            let mut backoff = RetryPolicy::INFRASTRUCTURE.within(retry_for).backoff();
             loop {
                 match step::replay_once(&runner, &deletes, seq, &plan).await {
                     Ok(done) => return (seq, done),
                     Err(error) => {
                         let error = format!("{:#}", anyhow::Error::from(error));
-                        tracing::warn!(%job, seq, error, "replaying an entry failed; retrying");
-                        if !backoff.wait(&abort).await {
+                        if backoff.wait(&abort).await {
+                            tracing::warn!(%job, seq, error, "replaying an entry failed; retrying");
+                        } else if abort.is_cancelled() {
                             return (seq, Done::Kept("aborted"));
+                        } else {
+                            tracing::error!(%job, seq, error, ?retry_for, "replaying an entry kept failing; it stays in the DLQ");
+                            return (seq, Done::Kept("publish failed"));
                         }
                     }
                 }

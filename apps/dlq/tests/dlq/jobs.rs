@@ -249,3 +249,79 @@ async fn a_listed_job_naming_a_tenant_replays_that_tenants_entries_only() {
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_copy_its_target_keeps_refusing_stays_in_the_dlq_and_holds_up_neither_the_job_nor_a_cancel()
+ {
+    let env = Env::start().await;
+    // Another tenant on another shard: its copies have somewhere to go.
+    let other = ["globex", "initech", "umbrella", "hooli", "stark"]
+        .into_iter()
+        .find(|t| backpressure_stream(t) != backpressure_stream("acme"))
+        .unwrap();
+    seed(&env.js, "acme", 1, 2, DlqCode::RetriesExhausted).await;
+    let last = *seed(&env.js, other, 3, 2, DlqCode::RetriesExhausted)
+        .await
+        .last()
+        .unwrap();
+    let mut config = env.config();
+    config.jobs.entry_retry_secs = 2;
+    let service = env.service(config).await;
+    // acme's copies are refused: its shard's stream no longer takes its subjects (no
+    // responders, on every try).
+    let shard = backpressure_stream("acme");
+    let mut taken = env
+        .js
+        .get_stream(&shard)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    env.js.delete_stream(&shard).await.unwrap();
+    taken.subjects = vec![format!("elsewhere.{shard}")];
+    env.js.create_stream(taken).await.unwrap();
+    let id = create(&env.js, spec(Selection::default(), 100, false, last, 4)).await;
+    let done = finished(&env.js, &id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Done);
+    assert_eq!(done.progress.replayed, 2, "{:?}", done.progress);
+    assert_eq!(done.progress.kept.get("publish failed"), Some(&2));
+    assert_eq!(stored_count(&env.js, &backpressure_stream(other)).await, 2);
+    assert_eq!(stored_count(&env.js, "DLQ").await, 2, "acme's two stay");
+    service.stop().await;
+
+    // Retried without end, they still give way to a cancel.
+    let mut config = env.config();
+    config.jobs.entry_retry_secs = 3_600;
+    let service = env.service(config).await;
+    let id = create(&env.js, spec(Selection::default(), 100, false, last, 2)).await;
+    wait_for("the job to run", Duration::from_secs(30), || async {
+        (job(&env.js, &id).await.state == JobState::Running).then_some(())
+    })
+    .await;
+    let store = store(&env.js).await;
+    loop {
+        let (mut record, revision) = store.get(&id).await.unwrap().unwrap();
+        record.state = JobState::Cancelled;
+        record.finished_at = Some(OffsetDateTime::now_utc());
+        if let Written::Stored(_) = store.update(&record, revision).await.unwrap() {
+            break;
+        }
+    }
+    let stopped = wait_for(
+        "the executor to record the cancel",
+        Duration::from_secs(20),
+        || async {
+            let job = job(&env.js, &id).await;
+            (job.state == JobState::Cancelled && job.lease.is_none()).then_some(job)
+        },
+    )
+    .await;
+    assert_eq!(stopped.progress.replayed, 0);
+    assert_eq!(
+        stored_count(&env.js, "DLQ").await,
+        2,
+        "both stay in the DLQ"
+    );
+    service.stop().await;
+}
