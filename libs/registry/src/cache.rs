@@ -29,6 +29,12 @@ pub struct KvCache<K, R> {
     /// Counts the updates applied (see [`KvCache::changes`]).
     version: watch::Sender<u64>,
     filter: Option<String>,
+    /// The bucket revision of the last entry applied. A watch hands entries over in the
+    /// bucket's order, and one re-created after an outage hands the bucket over again from its
+    /// start, older revisions of every key included (`tenants` keeps 5): those at or below it
+    /// were applied already, and applying them again would put a key's older record back for
+    /// a while (a disabled tenant enabled again, say).
+    applied: std::sync::atomic::AtomicU64,
 }
 
 impl<K, R> KvCache<K, R>
@@ -57,17 +63,23 @@ where
         filter: Option<String>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let cache = Arc::new(Self::empty(filter));
+        let task = cache.clone();
+        tokio::spawn(async move { task.follow(bucket, shutdown).await });
+        cache
+    }
+
+    /// A cache holding nothing yet, following nothing.
+    fn empty(filter: Option<String>) -> Self {
         let (loaded, _) = watch::channel(false);
         let (version, _) = watch::channel(0);
-        let cache = Arc::new(Self {
+        Self {
             entries: RwLock::new(HashMap::new()),
             loaded,
             version,
             filter,
-        });
-        let task = cache.clone();
-        tokio::spawn(async move { task.follow(bucket, shutdown).await });
-        cache
+            applied: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Waits until every value present at start-up has been loaded.
@@ -131,6 +143,12 @@ where
     }
 
     fn apply(&self, entry: &kv::Entry) {
+        // Only this cache's follow task applies: a load and a store do not race.
+        use std::sync::atomic::Ordering::Relaxed;
+        if entry.revision <= self.applied.load(Relaxed) {
+            return;
+        }
+        self.applied.store(entry.revision, Relaxed);
         let Ok(key) = K::parse(&entry.key) else {
             tracing::warn!(key = %entry.key, "ignoring a key outside the bucket's schema");
             return;
@@ -240,5 +258,67 @@ async fn watch_once(
         if entry.delta == 0 && !*loaded.borrow() {
             loaded.send_replace(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_keys::{TenantId, TenantKey};
+
+    use super::*;
+
+    fn entry(key: &str, revision: u64, value: Option<&str>) -> kv::Entry {
+        kv::Entry {
+            bucket: "tenants".to_owned(),
+            key: key.to_owned(),
+            value: value.unwrap_or_default().as_bytes().to_vec().into(),
+            revision,
+            delta: 0,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            operation: if value.is_some() {
+                kv::Operation::Put
+            } else {
+                kv::Operation::Delete
+            },
+            seen_current: true,
+        }
+    }
+
+    #[test]
+    fn a_bucket_handed_over_again_by_a_re_created_watch_changes_nothing() {
+        let cache = KvCache::<TenantKey, serde_json::Value>::empty(None);
+        let acme = TenantKey {
+            tenant: TenantId::new("acme").unwrap(),
+        };
+        let globex = TenantKey {
+            tenant: TenantId::new("globex").unwrap(),
+        };
+        let history = [
+            entry("acme", 1, Some(r#"{"enabled":true}"#)),
+            entry("globex", 2, Some(r#"{"enabled":true}"#)),
+            entry("acme", 3, Some(r#"{"enabled":false}"#)),
+            entry("globex", 4, None),
+        ];
+        for e in &history {
+            cache.apply(e);
+        }
+        let disabled = Ok(serde_json::json!({"enabled": false}));
+        assert_eq!(cache.get(&acme), Some(disabled.clone()));
+        let version = *cache.version.borrow();
+        // After an outage the watch starts over at revision 1, older records included: none
+        // of them is applied again, not even for a while.
+        for e in &history {
+            cache.apply(e);
+            assert_eq!(cache.get(&acme), Some(disabled.clone()));
+            assert_eq!(cache.get(&globex), None);
+        }
+        assert_eq!(*cache.version.borrow(), version, "nothing applied twice");
+        // What changed since is applied.
+        cache.apply(&entry("acme", 5, Some(r#"{"enabled":true}"#)));
+        assert_eq!(
+            cache.get(&acme),
+            Some(Ok(serde_json::json!({"enabled": true})))
+        );
+        assert_eq!(*cache.version.borrow(), version + 1);
     }
 }
