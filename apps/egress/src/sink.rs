@@ -151,7 +151,8 @@ impl Sinks {
     }
 
     /// Delivers `payload` (the message's, in clear: [`Sinks::open`]) once over `resolved`'s
-    /// sink; a route's timeout ends the attempt.
+    /// sink; a route's timeout ends the attempt (a webhook's: until its status is in, then its
+    /// body is read briefly, [`WebhookClient::post`](crate::webhook::WebhookClient::post)).
     pub async fn attempt(
         &self,
         msg: &jetstream::Message,
@@ -160,34 +161,32 @@ impl Sinks {
         payload: Bytes,
     ) -> Attempted {
         let timeout = resolved.route.timeout();
-        let sent = async {
-            match &resolved.route {
-                Route::Webhook(route) => {
-                    let id = envelope.id.to_string();
-                    // The sink's request is a child of this delivery's span (same trace).
-                    let traceparent = switchyard_runtime::telemetry::current_traceparent()
-                        .or_else(|| envelope.trace.traceparent.clone());
-                    let request = WebhookRequest {
-                        route,
-                        keys: &resolved.keys,
-                        id: &id,
-                        content_type: envelope.content_type.as_deref(),
-                        traceparent: traceparent.as_deref(),
-                        tracestate: envelope.trace.tracestate.as_deref(),
-                        payload: payload.clone(),
-                    };
-                    self.webhook.post(request).await
-                }
-                Route::Nats(route) => {
-                    self.nats
-                        .publish(route, envelope, msg.headers.as_ref(), payload.clone())
-                        .await
-                }
+        match &resolved.route {
+            Route::Webhook(route) => {
+                let id = envelope.id.to_string();
+                // The sink's request is a child of this delivery's span (same trace).
+                let traceparent = switchyard_runtime::telemetry::current_traceparent()
+                    .or_else(|| envelope.trace.traceparent.clone());
+                let request = WebhookRequest {
+                    route,
+                    keys: &resolved.keys,
+                    id: &id,
+                    content_type: envelope.content_type.as_deref(),
+                    traceparent: traceparent.as_deref(),
+                    tracestate: envelope.trace.tracestate.as_deref(),
+                    payload: payload.clone(),
+                };
+                self.webhook.post(request, timeout).await
             }
-        };
-        tokio::time::timeout(timeout, sent)
-            .await
-            .unwrap_or(Attempted::TimedOut { after: timeout })
+            Route::Nats(route) => {
+                let sent =
+                    self.nats
+                        .publish(route, envelope, msg.headers.as_ref(), payload.clone());
+                tokio::time::timeout(timeout, sent)
+                    .await
+                    .unwrap_or(Attempted::TimedOut { after: timeout })
+            }
+        }
     }
 }
 

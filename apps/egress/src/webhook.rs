@@ -28,6 +28,10 @@ pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// lets the connection be reused). Longer bodies are cut off and the connection is dropped.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How long the answer's body is read, for the attempt log, once its status is in: a body that
+/// stalls (or breaks off) changes nothing about the attempt, which its status decides.
+const BODY_WAIT: Duration = Duration::from_secs(1);
+
 /// How many characters of a response body the attempt history keeps.
 const BODY_SNIPPET_CHARS: usize = 160;
 
@@ -90,8 +94,11 @@ impl WebhookClient {
         Ok(Self { http })
     }
 
-    /// POSTs one message and reports what happened. The caller bounds the time it takes.
-    pub async fn post(&self, request: WebhookRequest<'_>) -> Attempted {
+    /// POSTs one message and reports what happened: the answer's status within `timeout` (the
+    /// route's `timeout_ms`; else [`Attempted::TimedOut`]), then up to [`MAX_BODY_BYTES`] of
+    /// its body within [`BODY_WAIT`] more. A receiver that sends `200` and never finishes the
+    /// body has the message: it is delivered, not retried.
+    pub async fn post(&self, request: WebhookRequest<'_>, timeout: Duration) -> Attempted {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let headers = match headers(&request, timestamp) {
             Ok(headers) => headers,
@@ -107,11 +114,11 @@ impl WebhookClient {
             .post(&request.route.url)
             .headers(headers)
             .body(request.payload)
-            .send()
-            .await;
-        let mut response = match sent {
-            Ok(response) => response,
-            Err(error) => return failed(error, &request.route.display_url()),
+            .send();
+        let mut response = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return failed(error, &request.route.display_url()),
+            Err(_) => return Attempted::TimedOut { after: timeout },
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -120,13 +127,17 @@ impl WebhookClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut body = Vec::new();
-        while body.len() < MAX_BODY_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                // The status is what counts; a body that breaks off does not change it.
-                Ok(None) | Err(_) => break,
+        let read = async {
+            while body.len() < MAX_BODY_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    // The status is what counts; a body that breaks off does not change it.
+                    Ok(None) | Err(_) => break,
+                }
             }
-        }
+        };
+        // Nor does one that stalls: what came within the wait is kept.
+        let _ = tokio::time::timeout(BODY_WAIT, read).await;
         Attempted::HttpResponse {
             status,
             retry_after,
@@ -303,15 +314,18 @@ mod tests {
                 signing_key: None,
             };
             let attempted = client
-                .post(WebhookRequest {
-                    route: &route,
-                    keys: &[b"0123456789abcdef".to_vec()],
-                    id: "0190-id",
-                    content_type: None,
-                    traceparent: None,
-                    tracestate: None,
-                    payload: Bytes::from_static(b"x"),
-                })
+                .post(
+                    WebhookRequest {
+                        route: &route,
+                        keys: &[b"0123456789abcdef".to_vec()],
+                        id: "0190-id",
+                        content_type: None,
+                        traceparent: None,
+                        tracestate: None,
+                        payload: Bytes::from_static(b"x"),
+                    },
+                    Duration::from_secs(5),
+                )
                 .await;
             let Attempted::HttpFailed { error, .. } = attempted else {
                 panic!("{attempted:?}");

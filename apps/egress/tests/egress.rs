@@ -173,6 +173,42 @@ async fn a_500_then_a_200_is_delivered_on_the_second_attempt() {
 }
 
 #[tokio::test]
+async fn a_2xx_whose_body_never_ends_is_delivered_once_not_retried() {
+    let sink = Sink::start().await;
+    sink.script(
+        "/stalls",
+        Vec::new(),
+        Reply::status(200).body("ok").stall_body(),
+    );
+    let mut h = Harness::new().await;
+    let mut route = webhook(&sink, "/stalls");
+    if let Route::Webhook(w) = &mut route {
+        w.timeout_ms = 1_000;
+    }
+    h.put_route("acme._.slack", &route).await;
+    h.start(|c| c.egress.backoff_secs = vec![1]).await;
+    let mut receipts = h.client.subscribe("delivered.v1.>").await.unwrap();
+    h.publish(
+        &address("acme", "ops", "slack"),
+        Bytes::from_static(b"once"),
+        None,
+    )
+    .await;
+    let receipt = tokio::time::timeout(LONG, futures::StreamExt::next(&mut receipts))
+        .await
+        .expect("a receipt")
+        .unwrap();
+    let receipt: Receipt = serde_json::from_slice(&receipt.payload).unwrap();
+    assert_eq!(receipt.attempts, 1);
+    assert_eq!(receipt.status, Some(200));
+    // Past the route's timeout and the retry's 1 s: still the one request.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sink.count("/stalls"), 1, "the receiver got it once");
+    assert!(h.dlq().await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_429_retry_after_delays_the_next_attempt_by_at_least_that_long() {
     let sink = Sink::start().await;
     sink.script(

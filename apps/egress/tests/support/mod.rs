@@ -401,6 +401,7 @@ pub struct Reply {
     headers: Vec<(String, String)>,
     body: String,
     hang: Option<Duration>,
+    stall_body: bool,
 }
 
 impl Reply {
@@ -411,6 +412,7 @@ impl Reply {
             headers: Vec::new(),
             body: String::new(),
             hang: None,
+            stall_body: false,
         }
     }
 
@@ -429,6 +431,12 @@ impl Reply {
     /// Waits this long before answering.
     pub fn hang(mut self, after: Duration) -> Self {
         self.hang = Some(after);
+        self
+    }
+
+    /// Sends the status, headers and body, then never ends the body.
+    pub fn stall_body(mut self) -> Self {
+        self.stall_body = true;
         self
     }
 }
@@ -572,6 +580,11 @@ async fn answer(
     let mut response = Response::builder().status(reply.status);
     for (name, value) in &reply.headers {
         response = response.header(name, value);
+    }
+    if reply.stall_body {
+        let first = futures::stream::once(async move { Ok::<_, std::io::Error>(reply.body) });
+        let body = futures::StreamExt::chain(first, futures::stream::pending());
+        return response.body(Body::from_stream(body)).unwrap();
     }
     response.body(Body::from(reply.body)).unwrap()
 }
