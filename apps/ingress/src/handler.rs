@@ -69,7 +69,8 @@ const RECEIVED_AT_TOLERANCE: time::Duration = time::Duration::minutes(5);
 /// publishes (so the `202` can name the envelope id before the worker reads the message), when
 /// present and within five minutes of the stream's timestamp `stored`; else `stored`. A NATS
 /// producer setting the header moves only its own message's id within those minutes: the id's
-/// random part comes from the tenant's own stream and sequence, so it stays unique.
+/// random part comes from the tenant's own stream and sequence, so it stays unique. Always in
+/// UTC: a producer's `+05:00` names the same instant, and the envelope's field is UTC with `Z`.
 pub fn received_at(
     headers: Option<&async_nats::HeaderMap>,
     stored: OffsetDateTime,
@@ -79,6 +80,7 @@ pub fn received_at(
         .and_then(|v| OffsetDateTime::parse(v.as_str(), &Rfc3339).ok())
         .filter(|at| (*at - stored).abs() <= RECEIVED_AT_TOLERANCE)
         .unwrap_or(stored)
+        .to_offset(time::UtcOffset::UTC)
 }
 
 /// Stamps the envelope of an accepted message, as one with a plain payload (schema version 1;
@@ -250,5 +252,25 @@ impl IngressHandler {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_producers_received_at_within_the_tolerance_is_taken_in_utc() {
+        let stored = OffsetDateTime::parse("2026-11-23T10:00:00Z", &Rfc3339).unwrap();
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::RECEIVED_AT, "2026-11-23T15:01:00.123+05:00");
+        let at = received_at(Some(&h), stored);
+        assert_eq!(at.format(&Rfc3339).unwrap(), "2026-11-23T10:01:00.123Z");
+        h.insert(headers::RECEIVED_AT, "2026-11-23T16:00:00+05:00");
+        assert_eq!(
+            received_at(Some(&h), stored),
+            stored,
+            "an hour off: the stream's time"
+        );
     }
 }
