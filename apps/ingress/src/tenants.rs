@@ -6,8 +6,16 @@
 //! at most `max_batch` slots at a time and the slots go round the tenants with messages: one
 //! tenant's burst queues in its own stream, not in front of the others'. Each loop reads only
 //! while its tenant has credit at the next stage ([`crate::credit`]).
+//!
+//! A tenant stream whose tenant is not in the registry (its record deleted by hand, or lost in
+//! a partial restore) is read too, once two scans of the server's streams
+//! ([`ORPHAN_SCAN_EVERY`] apart) have found it so: its producers' messages were acked by the
+//! stream, and unread they would expire there with no trace. Read, they are decided like any
+//! other — dead-lettered `unknown_tenant` (replayable once the tenant is registered again), or
+//! handed on with `require_registered_tenant = false`. The second scan spares a stream that
+//! `switchyard tenants enable` has just created and is about to register.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +38,10 @@ pub const FETCH_WAIT: Duration = switchyard_service::worker::TENANT_FETCH_WAIT;
 /// How often the registry is compared with the running loops (a tenant enabled now is read
 /// within this long; its stream holds its messages meanwhile).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the server's streams are listed for tenant streams the registry does not name
+/// (one `STREAM.NAMES` request per 1,024 streams).
+pub const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(10);
 
 /// What the supervisor needs: the shared worker, the credit gates, where the tenants' streams
 /// are, the registry, and its two gauges (`consumers`: loops running; `missing`: registered
@@ -67,25 +79,50 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
     let mut running: HashMap<TenantId, CancellationToken> = HashMap::new();
     let mut loops = JoinSet::new();
     let mut warned: HashMap<TenantId, String> = HashMap::new();
+    // Tenant streams without a registry record: found by the last scan, and by the two last.
+    let mut unregistered_once: HashSet<TenantId> = HashSet::new();
+    let mut orphans: HashSet<TenantId> = HashSet::new();
+    let mut next_scan = tokio::time::Instant::now() + ORPHAN_SCAN_EVERY;
     while !shutdown.is_cancelled() {
         while loops.try_join_next().is_some() {}
-        let registered: Vec<TenantId> = tenants.keys().into_iter().map(|k| k.tenant).collect();
-        // Tenants removed from the registry: stop their loops (their streams stay).
-        // A loop that ended on its own is started again below with the same gate (its
-        // tenant's bytes counted so far).
+        let registered: HashSet<TenantId> = tenants.keys().into_iter().map(|k| k.tenant).collect();
+        if tokio::time::Instant::now() >= next_scan {
+            next_scan = tokio::time::Instant::now() + ORPHAN_SCAN_EVERY;
+            match tenant_streams(&js, &topology).await {
+                Ok(streams) => {
+                    let unregistered: HashSet<TenantId> =
+                        streams.difference(&registered).cloned().collect();
+                    orphans = unregistered
+                        .intersection(&unregistered_once)
+                        .cloned()
+                        .collect();
+                    for tenant in orphans.difference(&running_set(&running)) {
+                        tracing::warn!(%tenant, "the tenant's ingress stream has no registry record: reading it, so its messages are decided (dead-lettered unknown_tenant unless require_registered_tenant is off), not left to expire");
+                    }
+                    unregistered_once = unregistered;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "listing the tenants' ingress streams failed; retrying at the next scan")
+                }
+            }
+        }
+        orphans.retain(|tenant| !registered.contains(tenant));
+        // Tenants removed from the registry (and not read as orphans): stop their loops (their
+        // streams stay). A loop that ended on its own is started again below with the same
+        // gate (its tenant's bytes counted so far).
         running.retain(|tenant, token| {
-            let registered = registered.contains(tenant);
-            let keep = registered && !token.is_cancelled();
+            let read = registered.contains(tenant) || orphans.contains(tenant);
+            let keep = read && !token.is_cancelled();
             if !keep {
                 token.cancel();
             }
-            if !registered {
+            if !read {
                 credit.forget(tenant);
             }
             keep
         });
         let mut not_open = 0;
-        for tenant in registered {
+        for tenant in registered.iter().chain(orphans.iter()).cloned() {
             if running.contains_key(&tenant) {
                 continue;
             }
@@ -127,6 +164,31 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
         }
     }
     while loops.join_next().await.is_some() {}
+}
+
+/// The tenants in `running`.
+fn running_set(running: &HashMap<TenantId, CancellationToken>) -> HashSet<TenantId> {
+    running.keys().cloned().collect()
+}
+
+/// Every tenant with an ingress stream of this deployment on the server (by the streams'
+/// names, [`ResolvedTopology::tenant_of_stream`]).
+async fn tenant_streams(
+    js: &jetstream::Context,
+    topology: &ResolvedTopology,
+) -> Result<HashSet<TenantId>, String> {
+    use futures::TryStreamExt;
+    let names: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(names
+        .iter()
+        .filter_map(|name| topology.tenant_of_stream(name))
+        .filter(|(stream, _)| *stream == switchyard_topology::StreamName::Ingress)
+        .map(|(_, tenant)| tenant)
+        .collect())
 }
 
 /// Opens `tenant`'s `ingress-worker` consumer on its own stream, creating it as declared when

@@ -466,6 +466,41 @@ async fn hostile_input_gets_precise_codes_and_good_traffic_still_flows() {
 }
 
 #[tokio::test]
+async fn a_tenant_stream_whose_registry_record_is_gone_is_still_read_not_left_to_expire() {
+    let provisioned = Harness::prepare().await;
+    // globex's record deleted by hand: its stream stays, and goes on acking its producers.
+    provisioned
+        .js
+        .get_key_value("tenants")
+        .await
+        .unwrap()
+        .delete("globex")
+        .await
+        .unwrap();
+    let h = Harness::launch(provisioned, 1024).await;
+    h.publish("ingress.v1.globex.ops.slack", with_id("orphan-1"), b"x")
+        .await;
+    let entry = wait_for(
+        "the message of a tenant without a record in the DLQ",
+        Duration::from_secs(45),
+        || async {
+            h.dlq()
+                .await
+                .into_iter()
+                .find(|e| e.original_msg_id.as_deref() == Some("orphan-1"))
+        },
+    )
+    .await;
+    assert_eq!(entry.record.code, DlqCode::UnknownTenant);
+    assert_eq!(
+        stored_count(&h.js, &ingress_stream("globex")).await,
+        0,
+        "decided, not left in the stream"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn http_api_accepts_raw_and_json_and_refuses_bad_input_precisely() {
     let h = Harness::start(1024).await;
     let http = reqwest_client();
