@@ -485,12 +485,15 @@ impl KeyCache {
 
     /// Opens a received message's payload for `tenant`, bound to `aad_id` (the envelope id, or
     /// [`crate::edge_seal_id`] for a payload sealed at the edge): a payload without seal
-    /// headers comes back as it is.
+    /// headers comes back as it is, and so does one whose seal headers are malformed (half a
+    /// pair, say) when the tenant never had encryption on — a producer's own headers, not a
+    /// seal (a well-formed pair for such a tenant is [`OpenError::NotEncrypted`]).
     ///
     /// # Errors
     /// As [`KeyCache::opening_key`]; [`OpenError::Refused`] with [`CryptError::Tampered`] when
     /// anything bound into the seal differs, or [`CryptError::BadHeader`] for malformed seal
-    /// headers.
+    /// headers of a tenant that has (or had) encryption on; [`OpenError::Unavailable`] when
+    /// that cannot be told (the key record unreadable).
     pub async fn open(
         &self,
         tenant: &TenantId,
@@ -498,8 +501,21 @@ impl KeyCache {
         headers: Option<&HeaderMap>,
         payload: &Bytes,
     ) -> Result<Opened, OpenError> {
-        let Some(seal) = seal_headers(headers).map_err(OpenError::Refused)? else {
-            return Ok(Opened::Plain(payload.clone()));
+        let seal = match seal_headers(headers) {
+            Ok(Some(seal)) => seal,
+            Ok(None) => return Ok(Opened::Plain(payload.clone())),
+            Err(error) => {
+                if self.records.get(tenant).is_some() {
+                    return Err(OpenError::Refused(error));
+                }
+                return match read_state(&self.kv, tenant).await {
+                    Ok(KeyState::Off) => Ok(Opened::Plain(payload.clone())),
+                    Ok(KeyState::On(..) | KeyState::Shredded) => Err(OpenError::Refused(error)),
+                    Err(e) => Err(OpenError::Unavailable(format!(
+                        "reading tenant {tenant}'s key record: {e}"
+                    ))),
+                };
+            }
         };
         let key = self.opening_key(tenant, &seal.key).await?;
         let plaintext = key

@@ -204,6 +204,41 @@ async fn a_service_cache_seals_opens_follows_rotation_and_forgets_shredded_keys(
         .await
         .unwrap_err();
     assert!(matches!(err, OpenError::NotEncrypted { .. }), "{err}");
+    // Half a pair, or a malformed one, is a producer's own headers for such a tenant: the
+    // payload is taken as it is, not judged tampered. For acme (shredded) it is refused.
+    for (name, value) in [
+        (switchyard_crypt::KEY_HEADER, "x"),
+        (switchyard_crypt::NONCE_HEADER, "not base64 at all"),
+    ] {
+        let mut noise = HeaderMap::new();
+        noise.insert(name, value);
+        assert_eq!(
+            cache
+                .open(
+                    &globex,
+                    ENVELOPE,
+                    Some(&noise),
+                    &Bytes::from_static(b"plain")
+                )
+                .await
+                .unwrap(),
+            Opened::Plain(Bytes::from_static(b"plain")),
+            "{name}: {value}"
+        );
+        let err = cache
+            .open(
+                &acme(),
+                ENVELOPE,
+                Some(&noise),
+                &Bytes::from_static(b"plain"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OpenError::Refused(CryptError::BadHeader { .. })),
+            "{err}"
+        );
+    }
 
     // A service without the KEK refuses to seal for a tenant with encryption on.
     store.enable(&acme(), &ring(1), now()).await.unwrap();
