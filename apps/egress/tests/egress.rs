@@ -209,6 +209,67 @@ async fn a_2xx_whose_body_never_ends_is_delivered_once_not_retried() {
 }
 
 #[tokio::test]
+async fn a_retry_that_cannot_be_scheduled_is_held_without_calling_the_sink_again() {
+    let sink = Sink::start().await;
+    sink.script("/down", Vec::new(), Reply::status(503));
+    let mut h = Harness::new().await;
+    h.put_route("acme._.slack", &webhook(&sink, "/down")).await;
+    // EGRESS at its high-water mark: its limit lowered to 20 messages, 19 of them fillers that
+    // no consumer reads, so no retry can be scheduled into it.
+    let mut config =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    config.max_messages = 20;
+    h.js.update_stream(config).await.unwrap();
+    for i in 0..19 {
+        h.js.publish(format!("delay.v1.egress.filler.ops.slack.f{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    h.start(|c| {
+        c.egress.backoff_secs = vec![1];
+        c.storage.max_fill_pct = 100.0;
+    })
+    .await;
+    h.publish(
+        &address("acme", "ops", "slack"),
+        Bytes::from_static(b"held"),
+        None,
+    )
+    .await;
+    wait_for("the first attempt", LONG, || async {
+        (sink.count("/down") == 1).then_some(())
+    })
+    .await;
+    // Its retry cannot be stored: it is stored again in place, the sink not called again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sink.count("/down"),
+        1,
+        "no attempt while the retry waits for room"
+    );
+    // Room again: the retry is stored, and fires as scheduled (attempt 2).
+    h.js.get_stream("EGRESS")
+        .await
+        .unwrap()
+        .purge()
+        .filter("delay.v1.egress.filler.>")
+        .await
+        .unwrap();
+    wait_for("the scheduled retry", LONG, || async {
+        (sink.count("/down") == 2).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_429_retry_after_delays_the_next_attempt_by_at_least_that_long() {
     let sink = Sink::start().await;
     sink.script(
