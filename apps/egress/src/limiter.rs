@@ -1,8 +1,12 @@
-//! Per-route in-flight limits: at most a route's `max_in_flight` attempts at once, so one slow
-//! route cannot take every worker slot. A message that finds no free slot within
-//! `route_wait_ms` is rescheduled instead of holding a worker slot while it waits.
+//! Per-route (and per-tenant) in-flight limits: at most a key's `limit` attempts at once, so
+//! one slow route or tenant cannot take every worker slot. A message that finds no free slot
+//! within `route_wait_ms` is rescheduled instead of holding a worker slot while it waits; and
+//! at most `limit` messages wait for a key's slots at once — one more is rescheduled at once —
+//! so a key's messages hold at most twice its limit of the worker's slots, attempting and
+//! waiting together, however many of them the stream holds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,10 +18,28 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// One key's slots and how many messages wait for one now.
+#[derive(Debug)]
+struct Slots {
+    limit: usize,
+    semaphore: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a message as waiting for a slot until dropped (a slot taken, the wait over, or the
+/// message's task ended).
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The in-flight limits of every route, by route id (the route's KV key).
 #[derive(Debug, Default)]
 pub struct Limiter {
-    routes: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    routes: Mutex<HashMap<String, Slots>>,
 }
 
 impl Limiter {
@@ -26,27 +48,40 @@ impl Limiter {
         Self::default()
     }
 
-    /// The semaphore for `route` with `limit` slots. When a route's limit changes, a fresh
-    /// semaphore replaces the old one; attempts already running on the old one finish there.
-    fn semaphore(&self, route: &str, limit: usize) -> Arc<Semaphore> {
+    /// The semaphore and waiting count for `route` with `limit` slots. When a route's limit
+    /// changes, a fresh semaphore replaces the old one; attempts already running on the old
+    /// one finish there.
+    fn slots(&self, route: &str, limit: usize) -> (Arc<Semaphore>, Arc<AtomicUsize>) {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         match routes.get(route) {
-            Some((current, semaphore)) if *current == limit => semaphore.clone(),
+            Some(slots) if slots.limit == limit => (slots.semaphore.clone(), slots.waiting.clone()),
             _ => {
-                let semaphore = Arc::new(Semaphore::new(limit));
-                routes.insert(route.to_owned(), (limit, semaphore.clone()));
-                semaphore
+                let slots = Slots {
+                    limit,
+                    semaphore: Arc::new(Semaphore::new(limit)),
+                    waiting: Arc::new(AtomicUsize::new(0)),
+                };
+                let handles = (slots.semaphore.clone(), slots.waiting.clone());
+                routes.insert(route.to_owned(), slots);
+                handles
             }
         }
     }
 
-    /// Takes one of `route`'s `limit` slots, waiting at most `wait`; `None` if none freed up.
+    /// Takes one of `route`'s `limit` slots, waiting at most `wait`; `None` if none freed up,
+    /// and at once when `limit` messages already wait for one (a message gets no slot sooner
+    /// for waiting behind them, and each holds a worker slot while it waits).
     pub async fn acquire(&self, route: &str, limit: usize, wait: Duration) -> Option<Slot> {
-        let semaphore = self.semaphore(route, limit);
+        let (semaphore, waiting) = self.slots(route, limit);
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Some(Slot { _permit: permit });
         }
+        if waiting.fetch_add(1, Ordering::Relaxed) >= limit.max(1) {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let _waiting = Waiting(waiting);
         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Some(Slot { _permit: permit }),
             _ => None,
@@ -56,7 +91,7 @@ impl Limiter {
     /// Slots of `route` free right now (for tests and diagnostics).
     pub fn available(&self, route: &str) -> Option<usize> {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        routes.get(route).map(|(_, s)| s.available_permits())
+        routes.get(route).map(|s| s.semaphore.available_permits())
     }
 }
 
@@ -92,6 +127,34 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(held);
         assert!(waiter.await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_messages_wait_for_a_routes_slots_than_it_has() {
+        let limiter = Arc::new(Limiter::new());
+        let wait = Duration::from_millis(200);
+        let _held = [
+            limiter.acquire("r", 2, wait).await,
+            limiter.acquire("r", 2, wait).await,
+        ];
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.acquire("r", 2, wait).await.is_some() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // Two wait already: a third gives up at once, without waiting.
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire("r", 2, wait).await.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        for waiter in waiters {
+            assert!(!waiter.await.unwrap(), "no slot freed within the wait");
+        }
+        // The waits over, a message may wait again.
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire("r", 2, wait).await.is_none());
+        assert_eq!(started.elapsed(), wait);
     }
 
     #[tokio::test]
