@@ -1,9 +1,11 @@
 //! Per-route (and per-tenant) in-flight limits: at most a key's `limit` attempts at once, so
 //! one slow route or tenant cannot take every worker slot. A message that finds no free slot
-//! within `route_wait_ms` is rescheduled instead of holding a worker slot while it waits; and
-//! at most `limit` messages wait for a key's slots at once — one more is rescheduled at once —
-//! so a key's messages hold at most twice its limit of the worker's slots, attempting and
-//! waiting together, however many of them the stream holds.
+//! within `route_wait_ms` is rescheduled instead of holding a worker slot while it waits. More
+//! than `limit` messages wait for a key's slots at once only while its slots turn over (one
+//! was released within the last wait): a slow key's messages — whose waits would end without a
+//! slot — hold at most twice its limit of the worker's slots, attempting and waiting together,
+//! however many of them the stream holds, while a fast key's burst waits its few milliseconds
+//! rather than being rescheduled.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,11 +13,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// One slot of a route, released on drop.
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    released: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
 }
 
 /// One key's slots and how many messages wait for one now.
@@ -24,6 +34,15 @@ struct Slots {
     limit: usize,
     semaphore: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
+    /// When a slot was last released.
+    released: Arc<Mutex<Option<Instant>>>,
+}
+
+/// What [`Limiter::acquire`] works with for one key.
+struct Handles {
+    semaphore: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    released: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Counts a message as waiting for a slot until dropped (a slot taken, the wait over, or the
@@ -48,42 +67,59 @@ impl Limiter {
         Self::default()
     }
 
-    /// The semaphore and waiting count for `route` with `limit` slots. When a route's limit
-    /// changes, a fresh semaphore replaces the old one; attempts already running on the old
-    /// one finish there.
-    fn slots(&self, route: &str, limit: usize) -> (Arc<Semaphore>, Arc<AtomicUsize>) {
+    /// The semaphore, waiting count and last release for `route` with `limit` slots. When a
+    /// route's limit changes, a fresh semaphore replaces the old one; attempts already running
+    /// on the old one finish there.
+    fn slots(&self, route: &str, limit: usize) -> Handles {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        match routes.get(route) {
-            Some(slots) if slots.limit == limit => (slots.semaphore.clone(), slots.waiting.clone()),
-            _ => {
-                let slots = Slots {
-                    limit,
-                    semaphore: Arc::new(Semaphore::new(limit)),
-                    waiting: Arc::new(AtomicUsize::new(0)),
-                };
-                let handles = (slots.semaphore.clone(), slots.waiting.clone());
-                routes.insert(route.to_owned(), slots);
-                handles
-            }
+        if routes.get(route).is_none_or(|slots| slots.limit != limit) {
+            let slots = Slots {
+                limit,
+                semaphore: Arc::new(Semaphore::new(limit)),
+                waiting: Arc::new(AtomicUsize::new(0)),
+                released: Arc::new(Mutex::new(None)),
+            };
+            routes.insert(route.to_owned(), slots);
+        }
+        let slots = &routes[route];
+        Handles {
+            semaphore: slots.semaphore.clone(),
+            waiting: slots.waiting.clone(),
+            released: slots.released.clone(),
         }
     }
 
     /// Takes one of `route`'s `limit` slots, waiting at most `wait`; `None` if none freed up,
-    /// and at once when `limit` messages already wait for one (a message gets no slot sooner
-    /// for waiting behind them, and each holds a worker slot while it waits).
+    /// and at once when `limit` messages already wait for one and no slot was released within
+    /// the last `wait` (the slots are held long: this wait would end without one too, and it
+    /// holds a worker slot meanwhile).
     pub async fn acquire(&self, route: &str, limit: usize, wait: Duration) -> Option<Slot> {
-        let (semaphore, waiting) = self.slots(route, limit);
+        let Handles {
+            semaphore,
+            waiting,
+            released,
+        } = self.slots(route, limit);
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Some(Slot { _permit: permit });
+            return Some(Slot {
+                _permit: permit,
+                released,
+            });
         }
-        if waiting.fetch_add(1, Ordering::Relaxed) >= limit.max(1) {
+        let turning_over = released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < wait);
+        if waiting.fetch_add(1, Ordering::Relaxed) >= limit.max(1) && !turning_over {
             waiting.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         let _waiting = Waiting(waiting);
         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
-            Ok(Ok(permit)) => Some(Slot { _permit: permit }),
+            Ok(Ok(permit)) => Some(Slot {
+                _permit: permit,
+                released,
+            }),
             _ => None,
         }
     }
@@ -155,6 +191,27 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(limiter.acquire("r", 2, wait).await.is_none());
         assert_eq!(started.elapsed(), wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_a_routes_slots_turn_over_more_may_wait_for_them() {
+        let limiter = Arc::new(Limiter::new());
+        let wait = Duration::from_millis(200);
+        let first = limiter.acquire("r", 1, wait).await;
+        drop(first);
+        let _held = limiter.acquire("r", 1, wait).await;
+        // A slot was released just now: a burst waits, beyond the one waiter a slow key gets.
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.acquire("r", 1, wait).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(limiter.slots("r", 1).waiting.load(Ordering::Relaxed), 3);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap().is_none());
+        }
     }
 
     #[tokio::test]
