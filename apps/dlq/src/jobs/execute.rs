@@ -250,24 +250,27 @@ impl Execution {
     }
 
     /// On resume: reserved entries of the previous executor that left the DLQ were replayed
-    /// by it (only a replay deletes an entry while its job runs). Count them.
-    async fn settle_in_flight(&mut self) -> Result<(), Stop> {
+    /// by it (only a replay deletes an entry while its job runs). Count them, and return their
+    /// sequences: the feed passes over them (a listed one would otherwise be read again, found
+    /// gone, and counted `missing` too).
+    async fn settle_in_flight(&mut self) -> Result<BTreeSet<u64>, Stop> {
         let in_flight = std::mem::take(&mut self.job.progress.in_flight);
         if in_flight.is_empty() {
-            return Ok(());
+            return Ok(BTreeSet::new());
         }
-        let mut gone = 0;
+        let mut gone = BTreeSet::new();
         let reader = self.runner.reader();
         for seq in in_flight {
             // A failed read counts as still there: the entry is handled again, not counted.
             if matches!(reader.get(seq).await, Ok(None)) {
-                gone += 1;
+                gone.insert(seq);
             }
         }
-        tracing::info!(job = %self.job.id, gone, "settled the previous executor's entries in flight");
-        self.job.progress.replayed += gone;
-        self.job.progress.handled += gone;
-        self.save().await
+        tracing::info!(job = %self.job.id, gone = gone.len(), "settled the previous executor's entries in flight");
+        self.job.progress.replayed += gone.len() as u64;
+        self.job.progress.handled += gone.len() as u64;
+        self.save().await?;
+        Ok(gone)
     }
 
     fn apply(&mut self, seq: u64, done: Done) {
@@ -300,7 +303,7 @@ impl Execution {
 
     /// The pipelined loop (see the module docs).
     async fn execute(&mut self, shutdown: &CancellationToken) -> Result<(), Stop> {
-        self.settle_in_flight().await?;
+        let settled = self.settle_in_flight().await?;
         let rate = self
             .job
             .spec
@@ -316,6 +319,7 @@ impl Execution {
             self.runner.clone(),
             self.job.spec.clone(),
             self.job.progress.last_seq,
+            settled,
             tx,
         );
         tokio::pin!(feed);

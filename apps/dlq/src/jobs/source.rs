@@ -6,6 +6,7 @@
 //! and stop at the job's `upper_seq`; listed-sequence jobs get each sequence from the stream
 //! leader ([`DlqReader::get`](switchyard_dlq_ops::DlqReader::get)).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -72,16 +73,23 @@ fn decide(spec: &JobSpec, runner: &JobRunner, entry: Result<DlqEntry, DlqError>)
     }
 }
 
-/// Sends the job's candidates after `after`, in order, then closes the channel. Retries reads
-/// that fail; returns when done or when the receiver is gone.
-pub async fn feed(runner: Arc<JobRunner>, spec: JobSpec, after: u64, tx: mpsc::Sender<Candidate>) {
+/// Sends the job's candidates after `after`, in order, then closes the channel, passing over
+/// `settled` (entries a previous executor replayed, counted on resume). Retries reads that
+/// fail; returns when done or when the receiver is gone.
+pub async fn feed(
+    runner: Arc<JobRunner>,
+    spec: JobSpec,
+    after: u64,
+    settled: BTreeSet<u64>,
+    tx: mpsc::Sender<Candidate>,
+) {
     let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     let mut next = after + 1;
     loop {
         let result = if spec.selection.seqs.is_empty() {
             feed_filter(&runner, &spec, &mut next, &tx).await
         } else {
-            feed_listed(&runner, &spec, &mut next, &tx).await
+            feed_listed(&runner, &spec, &settled, &mut next, &tx).await
         };
         match result {
             Ok(()) => return,
@@ -106,12 +114,14 @@ pub async fn feed(runner: Arc<JobRunner>, spec: JobSpec, after: u64, tx: mpsc::S
 async fn feed_listed(
     runner: &JobRunner,
     spec: &JobSpec,
+    settled: &BTreeSet<u64>,
     next: &mut u64,
     tx: &mpsc::Sender<Candidate>,
 ) -> Result<(), ReadError> {
     let reader = runner.reader();
     let start = *next;
-    for &seq in spec.selection.seqs.iter().filter(|&&s| s >= start) {
+    let listed = spec.selection.seqs.iter();
+    for &seq in listed.filter(|&&s| s >= start && !settled.contains(&s)) {
         let work = match reader.get(seq).await? {
             Some(message) => decide(spec, runner, reader.entry_of(&message)),
             None => Work::Missing,

@@ -325,3 +325,42 @@ async fn a_copy_its_target_keeps_refusing_stays_in_the_dlq_and_holds_up_neither_
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_listed_job_resumed_counts_an_entry_its_previous_executor_replayed_once() {
+    let env = Env::start().await;
+    let seqs = seed(&env.js, "acme", 1, 3, DlqCode::RetriesExhausted).await;
+    // The previous executor had listed the first as in flight, replayed it and deleted it,
+    // then stopped before recording that.
+    env.js
+        .get_stream("DLQ")
+        .await
+        .unwrap()
+        .delete_message(seqs[0])
+        .await
+        .unwrap();
+    let listed = Selection {
+        seqs: seqs.clone(),
+        ..Selection::default()
+    };
+    let mut record = JobRecord::new(
+        spec(listed, 100, false, *seqs.last().unwrap(), 3),
+        OffsetDateTime::now_utc(),
+    );
+    record.progress.in_flight = vec![seqs[0]];
+    store(&env.js).await.create(&record).await.unwrap();
+    let service = env.service(env.config()).await;
+    let done = finished(&env.js, &record.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Done);
+    assert_eq!(
+        (
+            done.progress.replayed,
+            done.progress.missing,
+            done.progress.handled
+        ),
+        (3, 0, 3),
+        "counted once, as replayed: {:?}",
+        done.progress
+    );
+    service.stop().await;
+}
