@@ -306,7 +306,10 @@ pub async fn replay(
     })
 }
 
-/// Removes entry `seq` from the DLQ without secure erase; an entry already gone counts.
+/// Removes entry `seq` from the DLQ without secure erase; an entry already gone counts (10037,
+/// or nats-server's catch-all delete failure 10057 saying "no message found"). Any other
+/// 10057 — "message delete not permitted" on a stream with `deny_delete`, a store error — is
+/// a refusal: the entry is still there, and the replay did not finish.
 async fn delete(js: &jetstream::Context, dlq: &Stream, seq: u64) -> Result<(), DeleteError> {
     let response: Response<DeleteStatus> = js
         .request(
@@ -318,10 +321,9 @@ async fn delete(js: &jetstream::Context, dlq: &Stream, seq: u64) -> Result<(), D
     match response {
         Response::Ok(_) => Ok(()),
         Response::Err { error }
-            if matches!(
-                error.error_code(),
-                ErrorCode::NO_MESSAGE_FOUND | ErrorCode::STREAM_MESSAGE_DELETE_FAILED
-            ) =>
+            if error.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                || (error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                    && error.to_string().contains("no message found")) =>
         {
             Ok(())
         }

@@ -14,7 +14,7 @@ use switchyard_testkit::{
 };
 
 use crate::fixtures::{Entry, dead_letter, dead_letter_with, dlq_seqs, envelope, payload, seed};
-use crate::{fails, ok, provisioned};
+use crate::{fails, ok, provisioned, stderr, switchyard};
 
 #[tokio::test]
 async fn dlq_replay_by_tenant_republishes_exactly_that_tenants_entries() {
@@ -411,4 +411,31 @@ async fn an_unfinished_replay_past_the_duplicate_window_is_kept_as_uncertain_unt
     assert!(dlq_seqs(&url, &[]).await.is_empty());
     let markers = js.get_key_value("dlq-replays").await.unwrap();
     assert!(markers.get(old_key.as_str()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_replayed_entry_the_dlq_refuses_to_delete_is_reported_not_counted_gone() {
+    let server = provisioned().await;
+    let url = server.url();
+    let js = jetstream::new(server.client().await);
+    let seq = dead_letter(&js, &Entry::egress("acme", DlqCode::RetriesExhausted, 1)).await;
+    // A DLQ that refuses deletes (nats-server's 10057 "message delete not permitted").
+    let mut config = js
+        .get_stream("DLQ")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.deny_delete = true;
+    js.update_stream(config).await.unwrap();
+    let output = switchyard(&url, &["dlq", "replay", &seq.to_string()]).await;
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!(
+            "entry {seq} was replayed but could not be deleted"
+        )),
+        "{err}"
+    );
+    assert_eq!(dlq_seqs(&url, &[]).await, [seq], "the entry is still there");
 }
