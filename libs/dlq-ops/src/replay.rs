@@ -20,7 +20,9 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use switchyard_dlq::{DlqCode, DlqEntry};
-use switchyard_envelope::{Envelope, EnvelopeError, SchemaError, headers as env_headers, schema};
+use switchyard_envelope::{
+    Envelope, EnvelopeError, MsgIdPolicy, SchemaError, SourceRef, headers as env_headers, schema,
+};
 use switchyard_keys::Stage;
 use switchyard_keys::kv::DlqReplayKey;
 use switchyard_subjects::{InputStage, Namespace, SizeClass, StageSubject, SubjectKind};
@@ -171,9 +173,25 @@ pub fn plan_replay_to(
             _ => return Err(refuse()),
         }
         let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
-        if let Some(id) = &entry.original_msg_id {
-            h.insert(env_headers::NATS_MSG_ID, id.as_str());
-        }
+        // The producer's id; for a message that came without one (accepted under
+        // `msg_id_policy = "assign_from_source"`), the id ingress gives the original:
+        // `seq:<its stream>:<its sequence>`. Either way every copy of the entry carries one id,
+        // so a copy stored twice (a crash between its ack and the delete, a second replay) is
+        // one message to the pipeline (`INGRESS`'s duplicate window, the idempotency claim).
+        let id = match &entry.original_msg_id {
+            Some(id) => id.to_string(),
+            None => MsgIdPolicy::AssignFromSource
+                .resolve(
+                    None,
+                    &SourceRef {
+                        stream: record.source_stream.clone(),
+                        sequence: record.source_seq,
+                    },
+                )
+                .map_err(|_| refuse())?
+                .to_string(),
+        };
+        h.insert(env_headers::NATS_MSG_ID, id.as_str());
         return Ok(ReplayPlan {
             stage,
             subject: record.source_subject.clone(),
@@ -250,8 +268,8 @@ fn marker(entry: &DlqEntry) -> DlqReplayKey {
 mod tests {
     use super::*;
     use switchyard_dlq::DeadLetter;
-    use switchyard_envelope::{Attempt, EnvelopeId, SourceRef, TraceContext};
-    use switchyard_keys::{Address, MsgId};
+    use switchyard_envelope::{Attempt, EnvelopeId, TraceContext};
+    use switchyard_keys::{Address, MsgId, TenantId};
     use time::OffsetDateTime;
 
     /// An egress entry (`permanent_failure`) of a message whose envelope is `envelope`,
@@ -313,6 +331,51 @@ mod tests {
         (env_headers::SEAL_KEY, "3f9c0a7de21b4c55"),
         (env_headers::SEAL_NONCE, "AAAAAAAAAAAAAAAA"),
     ];
+
+    #[test]
+    fn an_ingress_entry_without_a_producer_id_replays_under_the_id_ingress_gives_it() {
+        let at = OffsetDateTime::now_utc();
+        let mut original = HeaderMap::new();
+        original.insert("Content-Type", "text/plain");
+        let entry = DlqEntry {
+            seq: 3,
+            stored_at: at,
+            subject: "dlq.v1.acme.ingress.slack".into(),
+            record: DeadLetter {
+                stage: Stage::Ingress,
+                code: DlqCode::TenantDisabled,
+                reason: "disabled".into(),
+                tenant: Some(TenantId::new("acme").unwrap()),
+                platform: None,
+                attempts: 1,
+                first_failure: at,
+                last_failure: at,
+                source_stream: "INGRESS_acme".into(),
+                source_seq: 41,
+                source_time: Some(at),
+                source_subject: "ingress.v1.acme.ops.slack".into(),
+                history: Vec::new(),
+            },
+            original_headers: original,
+            original_msg_id: None,
+            payload: Bytes::from_static(b"x"),
+        };
+        let ns = Namespace::default();
+        let plan = plan_replay(&ns, &entry).unwrap();
+        let id = plan.headers.get(env_headers::NATS_MSG_ID).unwrap().as_str();
+        assert_eq!(
+            id, "seq:INGRESS_acme:41",
+            "as assign_from_source names the original"
+        );
+        assert_eq!(
+            plan_replay(&ns, &entry)
+                .unwrap()
+                .headers
+                .get(env_headers::NATS_MSG_ID),
+            plan.headers.get(env_headers::NATS_MSG_ID),
+            "every copy the same"
+        );
+    }
 
     #[test]
     fn a_replayed_copy_carries_no_attempt_history_and_no_parking() {
