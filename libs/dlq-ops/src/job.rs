@@ -101,7 +101,8 @@ pub struct JobProgress {
     /// Dry run: entries that would be replayed.
     pub would_replay: u64,
     /// Left in the DLQ, by reason (`not replayable`, `no envelope`, `unsupported schema`,
-    /// `inconsistent schema`, `target refused`, `duplicate`, `invalid record`, `uncertain`,
+    /// `inconsistent schema`, `target refused`, `headers dropped`, `duplicate`, `invalid
+    /// record`, `uncertain`,
     /// `publish failed`: refused or unanswered for `jobs.entry_retry_secs`, `aborted`: cancelled
     /// or the lease lost while its copy was being retried).
     pub kept: BTreeMap<String, u64>,

@@ -83,6 +83,18 @@ pub enum ReplayError {
         #[source]
         source: SchemaError,
     },
+    /// The entry's original headers were over the record's share and were not kept: a copy
+    /// would carry the payload without them (its content type, trace context, the producer's
+    /// own headers), so it is not made. `dlq export` still has the payload.
+    #[error(
+        "entry {seq}'s original headers were not kept ({dropped}): a replay would deliver its payload without them"
+    )]
+    HeadersDropped {
+        /// The entry.
+        seq: u64,
+        /// What the record says was dropped.
+        dropped: String,
+    },
     /// The entry cannot re-enter the requested stage.
     #[error(
         "entry {seq} was dead-lettered at {stage} and cannot be replayed to {target}: only entries from ingress re-enter ingress (with the producer's message), and only entries with an envelope re-enter a later stage"
@@ -100,7 +112,7 @@ pub enum ReplayError {
 impl ReplayError {
     /// The short reason an entry is kept for: `not replayable`, `no envelope`, `unsupported
     /// schema` (a version this build does not read), `inconsistent schema` (headers its
-    /// version does not describe), `target refused`.
+    /// version does not describe), `headers dropped`, `target refused`.
     pub fn reason(&self) -> &'static str {
         match self {
             ReplayError::NotReplayable { .. } => "not replayable",
@@ -110,6 +122,7 @@ impl ReplayError {
                 SchemaError::Inconsistent { .. } => "inconsistent schema",
                 SchemaError::Missing | SchemaError::Invalid { .. } => "no envelope",
             },
+            ReplayError::HeadersDropped { .. } => "headers dropped",
             ReplayError::TargetRefused { .. } => "target refused",
         }
     }
@@ -155,6 +168,12 @@ pub fn plan_replay_to(
             seq: entry.seq,
             stage: record.stage,
             target: stage,
+        });
+    }
+    if let Some(dropped) = &entry.headers_dropped {
+        return Err(ReplayError::HeadersDropped {
+            seq: entry.seq,
+            dropped: dropped.clone(),
         });
     }
     if stage == InputStage::Ingress {
@@ -303,6 +322,7 @@ mod tests {
             record,
             original_headers: original,
             original_msg_id: None,
+            headers_dropped: None,
             payload: Bytes::from_static(b"x"),
         }
     }
@@ -332,12 +352,12 @@ mod tests {
         (env_headers::SEAL_NONCE, "AAAAAAAAAAAAAAAA"),
     ];
 
-    #[test]
-    fn an_ingress_entry_without_a_producer_id_replays_under_the_id_ingress_gives_it() {
+    /// An ingress entry (`tenant_disabled`) of a message that came without a producer id.
+    fn ingress_entry() -> DlqEntry {
         let at = OffsetDateTime::now_utc();
         let mut original = HeaderMap::new();
         original.insert("Content-Type", "text/plain");
-        let entry = DlqEntry {
+        DlqEntry {
             seq: 3,
             stored_at: at,
             subject: "dlq.v1.acme.ingress.slack".into(),
@@ -358,8 +378,14 @@ mod tests {
             },
             original_headers: original,
             original_msg_id: None,
+            headers_dropped: None,
             payload: Bytes::from_static(b"x"),
-        };
+        }
+    }
+
+    #[test]
+    fn an_ingress_entry_without_a_producer_id_replays_under_the_id_ingress_gives_it() {
+        let entry = ingress_entry();
         let ns = Namespace::default();
         let plan = plan_replay(&ns, &entry).unwrap();
         let id = plan.headers.get(env_headers::NATS_MSG_ID).unwrap().as_str();
@@ -375,6 +401,16 @@ mod tests {
             plan.headers.get(env_headers::NATS_MSG_ID),
             "every copy the same"
         );
+    }
+
+    #[test]
+    fn an_entry_whose_original_headers_were_dropped_is_not_replayed_without_them() {
+        let mut entry = ingress_entry();
+        entry.original_headers = HeaderMap::new();
+        entry.headers_dropped = Some("3000 original headers of 70000 bytes".into());
+        let err = plan_replay(&Namespace::default(), &entry).unwrap_err();
+        assert_eq!(err.reason(), "headers dropped");
+        assert!(err.to_string().contains("3000 original headers"), "{err}");
     }
 
     #[test]

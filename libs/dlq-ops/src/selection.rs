@@ -298,6 +298,7 @@ mod tests {
                 },
                 original_headers: original,
                 original_msg_id: None,
+                headers_dropped: None,
                 payload: bytes::Bytes::from_static(b"x"),
             }
         };

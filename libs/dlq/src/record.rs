@@ -252,6 +252,9 @@ pub struct DlqEntry {
     pub original_headers: HeaderMap,
     /// The producer's original `Nats-Msg-Id`, if any.
     pub original_msg_id: Option<String>,
+    /// What [`headers::HEADERS_DROPPED`] says, when the original headers were over the
+    /// record's share and were not kept (`original_headers` is then empty).
+    pub headers_dropped: Option<String>,
     /// The original payload, byte for byte.
     pub payload: Bytes,
 }
@@ -335,6 +338,9 @@ impl DlqEntry {
             subject: subject.to_owned(),
             original_msg_id: h
                 .get(headers::ORIGINAL_MSG_ID)
+                .map(|v| v.as_str().to_owned()),
+            headers_dropped: h
+                .get(headers::HEADERS_DROPPED)
                 .map(|v| v.as_str().to_owned()),
             record,
             original_headers,

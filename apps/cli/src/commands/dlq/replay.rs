@@ -98,7 +98,8 @@ pub struct ReplayResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored: Option<(String, u64)>,
     /// A short reason, when kept: `duplicate`, `not replayable`, `no envelope`, `unsupported
-    /// schema`, `inconsistent schema`, `target refused`, `no such entry`, `invalid record`.
+    /// schema`, `inconsistent schema`, `headers dropped`, `target refused`, `no such entry`,
+    /// `invalid record`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_because: Option<&'static str>,
     /// The details.
