@@ -90,8 +90,9 @@ pub struct JsonMessage {
     #[serde(default)]
     pub content_type: Option<String>,
     /// The payload as JSON, kept as the exact text the producer sent for the field (no
-    /// re-serialisation: numbers, key order, duplicate keys and whitespace stay as sent).
-    #[serde(default)]
+    /// re-serialisation: numbers, key order, duplicate keys and whitespace stay as sent);
+    /// `null` is a payload too (`None` only when the field is absent).
+    #[serde(default, deserialize_with = "present")]
     pub payload: Option<Box<RawValue>>,
     /// The payload as base64 bytes.
     #[serde(default)]
@@ -292,6 +293,12 @@ fn utf8_header<'a>(headers: &'a HttpHeaders, name: &str) -> Result<Option<&'a st
             })
         })
         .transpose()
+}
+
+/// A field that is present is `Some`, `null` included (serde reads `null` as `None` for an
+/// `Option`; with `#[serde(default)]` an absent field is still `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 async fn post_json(

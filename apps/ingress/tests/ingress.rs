@@ -640,6 +640,28 @@ async fn http_ids_are_read_as_utf8_content_types_are_checked_and_json_payloads_k
         .await
         .unwrap();
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    // `null` is a JSON payload like any other, not a missing one ...
+    let null = serde_json::json!({"tenant":"acme","team":"ops","platform":"slack","id":"json-null","payload":null});
+    let response = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(acme)
+        .json(&null)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    // ... so beside `payload_base64` it is one payload too many.
+    let both = serde_json::json!({"tenant":"acme","team":"ops","platform":"slack","id":"json-both","payload":null,"payload_base64":"aGk="});
+    let response = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(acme)
+        .json(&both)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_payload", "{body}");
 
     let refused = [
         // Not UTF-8: a bad header, not a missing one.
@@ -688,7 +710,7 @@ async fn http_ids_are_read_as_utf8_content_types_are_checked_and_json_payloads_k
 
     h.settled().await;
     let forwarded = h.handed_on().await;
-    assert_eq!(forwarded.len(), 2);
+    assert_eq!(forwarded.len(), 3);
     let by_id = |msg_id: &str| {
         forwarded
             .iter()
@@ -698,6 +720,7 @@ async fn http_ids_are_read_as_utf8_content_types_are_checked_and_json_payloads_k
             .unwrap_or_else(|| panic!("{msg_id} handed on"))
     };
     assert_eq!(&by_id("order ✓ 9").payload[..], b"hello");
+    assert_eq!(&by_id("json-null").payload[..], b"null");
     let json = by_id("json-verbatim");
     assert_eq!(std::str::from_utf8(&json.payload).unwrap(), payload);
     assert_eq!(
