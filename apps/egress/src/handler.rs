@@ -509,32 +509,32 @@ impl EgressHandler {
 
     /// Publishes one copy of the message per target back into `EGRESS`, each naming its
     /// destination and under its own hop id, and acks the original once every copy is stored.
-    /// A copy that is not stored fails the whole fan-out, which runs again on redelivery (the
-    /// copies already stored are dropped by the stream's duplicate window).
+    /// Room for every copy is taken at once ([`Handoff::forward_all`]): above the high-water
+    /// mark none is published. A copy that is not stored fails the whole fan-out, which runs
+    /// again in place or on redelivery (the copies already stored are dropped by the stream's
+    /// duplicate window).
     async fn fan_out(
         &self,
         msg: &jetstream::Message,
         envelope: &Envelope,
         targets: &[Target],
     ) -> Outcome {
-        let publishes = targets.iter().map(|target| {
-            let mut copy = envelope.clone();
-            copy.destination = Some(target.clone());
-            let mut h = Handoff::pass_on_headers(msg.headers.as_ref());
-            h.insert(DESTINATION, target.as_str());
-            async move {
-                self.handoff
-                    .forward(InputStage::Egress, &copy, h, msg.payload.clone())
-                    .await
-            }
-        });
-        let failed: Vec<_> = futures::future::join_all(publishes)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
+        let copies = targets
+            .iter()
+            .map(|target| {
+                let mut copy = envelope.clone();
+                copy.destination = Some(target.clone());
+                let mut h = Handoff::pass_on_headers(msg.headers.as_ref());
+                h.insert(DESTINATION, target.as_str());
+                (copy, h)
+            })
             .collect();
-        if let Some(error) = failed.first() {
-            tracing::warn!(%error, failed = failed.len(), copies = targets.len(), "fanning out failed");
+        if let Err(error) = self
+            .handoff
+            .forward_all(InputStage::Egress, copies, &msg.payload)
+            .await
+        {
+            tracing::warn!(%error, copies = targets.len(), "fanning out failed");
             return error.outcome(msg, Stage::Egress, envelope);
         }
         tracing::debug!(copies = targets.len(), "fanned out");

@@ -163,9 +163,21 @@ impl Handoff {
         subject: &str,
         bytes: usize,
     ) -> Result<(), HandoffError> {
+        self.check_room_for(stage, subject, bytes, 1)
+    }
+
+    /// Takes room for `messages` messages of `bytes` in all in `stage`'s stream when it is
+    /// watched, all or none; fails when they would pass its mark.
+    fn check_room_for(
+        &self,
+        stage: InputStage,
+        subject: &str,
+        bytes: usize,
+        messages: u64,
+    ) -> Result<(), HandoffError> {
         match &self.high_water {
             Some(mark) if mark.stage() == stage => {
-                mark.reserve(bytes)
+                mark.reserve_all(bytes, messages)
                     .map_err(|fill| HandoffError::AboveHighWater {
                         stream: mark.stream().to_owned(),
                         subject: subject.to_owned(),
@@ -246,6 +258,48 @@ impl Handoff {
         .format_sized(&self.ns, Self::size_class(&h, &payload));
         self.check_room(next, &subject, Self::stored_size(&subject, &h, &payload))?;
         self.publish(subject, h, payload).await
+    }
+
+    /// Hands several copies of one message on to `next` ([`Handoff::forward`] each, at once),
+    /// with room for all of them taken first: above the high-water mark none is published, so
+    /// a refusal never leaves some copies stored (and delivered) while the rest wait for a
+    /// redelivery that may come after the stream's duplicate window. Fails with the first
+    /// error; copies stored before a publish error are dropped as duplicates when it is tried
+    /// again within the window.
+    pub async fn forward_all(
+        &self,
+        next: InputStage,
+        copies: Vec<(Envelope, HeaderMap)>,
+        payload: &Bytes,
+    ) -> Result<(), HandoffError> {
+        let prepared: Vec<(String, HeaderMap)> = copies
+            .into_iter()
+            .map(|(envelope, mut h)| {
+                h.insert(headers::NATS_MSG_ID, envelope.hop_msg_id(next.stage()));
+                switchyard_runtime::telemetry::inject_current(&mut h);
+                let subject = StageSubject {
+                    stage: next,
+                    address: envelope.address.clone(),
+                }
+                .format_sized(&self.ns, Self::size_class(&h, payload));
+                (subject, h)
+            })
+            .collect();
+        let Some((first, _)) = prepared.first() else {
+            return Ok(());
+        };
+        let bytes = prepared
+            .iter()
+            .map(|(subject, h)| Self::stored_size(subject, h, payload))
+            .sum();
+        self.check_room_for(next, first, bytes, prepared.len() as u64)?;
+        let published = prepared
+            .into_iter()
+            .map(|(subject, h)| self.publish(subject, h, payload.clone()));
+        futures::future::join_all(published)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Schedules the message to re-enter `stage` at `at` (a JetStream message schedule on the

@@ -97,16 +97,23 @@ impl HighWater {
     /// Takes room for one message of `bytes` if the stream stays at or under [`HIGH_WATER`]
     /// with it; otherwise leaves everything as it is and returns the fill.
     pub fn reserve(&self, bytes: usize) -> Result<(), f64> {
+        self.reserve_all(bytes, 1)
+    }
+
+    /// Takes room for `messages` messages of `bytes` in all, at once, if the stream stays at
+    /// or under [`HIGH_WATER`] with every one of them; otherwise takes none and returns the
+    /// fill (for writes that must all be stored or none: a fan-out's copies).
+    pub fn reserve_all(&self, bytes: usize, messages: u64) -> Result<(), f64> {
         let mut fill = self.fill.lock().unwrap_or_else(|p| p.into_inner());
         let after = fill.ratio(
             fill.bytes + fill.added_bytes + bytes as u64,
-            fill.messages + fill.added_msgs + 1,
+            fill.messages + fill.added_msgs + messages,
         );
         if after > HIGH_WATER {
             return Err(fill.now());
         }
         fill.added_bytes += bytes as u64;
-        fill.added_msgs += 1;
+        fill.added_msgs += messages;
         Ok(())
     }
 

@@ -118,3 +118,70 @@ async fn a_destination_limited_to_5_per_second_gets_at_most_that_across_three_re
     eprintln!("{MESSAGES} deliveries over {span:?}; the busiest 10 s window held {worst}");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_fan_out_without_room_for_every_copy_stores_none_then_all_once_there_is_room() {
+    let sink = Sink::start().await;
+    let mut h = Harness::new().await;
+    let store: Store<DestinationKey, Destination> =
+        Store::new(h.js.get_key_value("destinations").await.unwrap());
+    for id in ["one", "two"] {
+        let key = DestinationKey {
+            tenant: "acme".parse().unwrap(),
+            destination: id.parse().unwrap(),
+        };
+        let destination = Destination {
+            target: webhook(&sink, &format!("/{id}")),
+            subscription: Subscription::default(),
+            description: None,
+            disabled: None,
+            rate_limit: None,
+        };
+        store.put(&key, &destination).await.unwrap();
+    }
+    // EGRESS limited to 20 messages, 17 of them fillers no consumer reads: room under the
+    // 90 % mark (18) for one copy, not for both (egress reads the fill as it starts, before
+    // the message comes).
+    let mut config =
+        h.js.get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    config.max_messages = 20;
+    h.js.update_stream(config).await.unwrap();
+    for i in 0..17 {
+        h.js.publish(format!("delay.v1.egress.filler.ops.slack.f{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    h.start(|c| c.storage.max_fill_pct = 100.0).await;
+    h.publish(
+        &address("acme", "ops", "slack"),
+        Bytes::from_static(b"both or none"),
+        None,
+    )
+    .await;
+    // The fan-out is held in place: neither copy is stored, so neither is delivered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (sink.count("/one"), sink.count("/two")),
+        (0, 0),
+        "no copy goes while another has no room"
+    );
+    h.js.get_stream("EGRESS")
+        .await
+        .unwrap()
+        .purge()
+        .filter("delay.v1.egress.filler.>")
+        .await
+        .unwrap();
+    wait_for("both copies delivered", Duration::from_secs(30), || async {
+        (sink.count("/one") == 1 && sink.count("/two") == 1).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
