@@ -796,6 +796,11 @@ async fn service_users_are_refused_what_their_service_does_not_need() {
         .await
         .expect("ingress reads INGRESS_acme's ingress-worker");
     assert_eq!(worker.info().await.expect("info").num_pending, 1);
+    // It lists the streams' names (a tenant stream without its registry record is read too).
+    let names: Vec<String> = futures::TryStreamExt::try_collect(ingress.js.stream_names())
+        .await
+        .expect("ingress lists stream names");
+    assert!(names.iter().any(|n| n == "INGRESS_acme"), "{names:?}");
     // It creates that consumer again as declared (its state is in memory, so a server restart
     // removes it); the message is still in the stream for it.
     let declared = DeploymentConfig::default()

@@ -122,18 +122,18 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             keep
         });
         let mut not_open = 0;
-        for tenant in registered.iter().chain(orphans.iter()).cloned() {
-            if running.contains_key(&tenant) {
+        for tenant in registered.iter().chain(orphans.iter()) {
+            if running.contains_key(tenant) {
                 continue;
             }
-            match open(&js, &topology, &tenant).await {
+            match open(&js, &topology, tenant).await {
                 Ok(consumer) => {
-                    warned.remove(&tenant);
+                    warned.remove(tenant);
                     tracing::info!(%tenant, "reading the tenant's ingress stream");
                     let token = shutdown.child_token();
                     running.insert(tenant.clone(), token.clone());
                     let worker = worker.clone();
-                    let gate = credit.gate(&tenant);
+                    let gate = credit.gate(tenant);
                     let tenant = tenant.clone();
                     // Built here, not inside the task: the task then holds the loop's future
                     // (with its consumer boxed), not a second copy of the consumer.
@@ -149,7 +149,7 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
                 }
                 Err(error) => {
                     not_open += 1;
-                    if warned.get(&tenant) != Some(&error) {
+                    if warned.get(tenant) != Some(&error) {
                         tracing::warn!(%tenant, %error, "cannot read the tenant's ingress stream; retrying");
                         warned.insert(tenant.clone(), error);
                     }

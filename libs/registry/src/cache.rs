@@ -35,6 +35,8 @@ pub struct KvCache<K, R> {
     /// were applied already, and applying them again would put a key's older record back for
     /// a while (a disabled tenant enabled again, say).
     applied: std::sync::atomic::AtomicU64,
+    /// When the followed bucket's stream was created (see [`KvCache::started`]).
+    bucket_created: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl<K, R> KvCache<K, R>
@@ -79,6 +81,7 @@ where
             version,
             filter,
             applied: std::sync::atomic::AtomicU64::new(0),
+            bucket_created: std::sync::Mutex::new(None),
         }
     }
 
@@ -171,14 +174,35 @@ where
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {
-        follow_bucket(
+        follow_bucket_from(
             &bucket,
             self.filter.as_deref(),
             &self.loaded,
             &shutdown,
+            &|created| self.started(created),
             &|entry| self.apply(entry),
         )
         .await;
+    }
+
+    /// A watch begins on the bucket created at `created`: when that is not the bucket followed
+    /// so far (it was deleted and made again, its revisions starting over), what is cached
+    /// is dropped, and the new bucket's entries are all applied.
+    fn started(&self, created: time::OffsetDateTime) {
+        let mut followed = self
+            .bucket_created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if followed.is_some_and(|was| was != created) {
+            tracing::warn!(%created, "the bucket was made again: its cached entries are dropped and read anew");
+            if let Ok(mut entries) = self.entries.write() {
+                entries.clear();
+            }
+            self.applied.store(0, std::sync::atomic::Ordering::Relaxed);
+            self.version
+                .send_modify(|version| *version = version.wrapping_add(1));
+        }
+        *followed = Some(created);
     }
 }
 
@@ -195,17 +219,32 @@ pub async fn follow_bucket(
     shutdown: &CancellationToken,
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) {
+    follow_bucket_from(bucket, filter, loaded, shutdown, &|_| {}, apply).await;
+}
+
+/// [`follow_bucket`], telling `started` when each watch begins, before its first entry, when
+/// the bucket's stream was created: a time that changes means the bucket was deleted and made
+/// again (a restore after a lost store, say), its revisions starting over at 1, and what was
+/// followed before is no longer in it.
+pub async fn follow_bucket_from(
+    bucket: &kv::Store,
+    filter: Option<&str>,
+    loaded: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+    started: &(dyn Fn(time::OffsetDateTime) + Sync),
+    apply: &(dyn Fn(&kv::Entry) + Sync),
+) {
     let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     loop {
-        let started = tokio::time::Instant::now();
-        match watch_once(bucket, filter, loaded, shutdown, apply).await {
+        let began = tokio::time::Instant::now();
+        match watch_once(bucket, filter, loaded, shutdown, started, apply).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(bucket = %bucket.name, %error, "kv watch ended; re-creating")
             }
         }
         // A watch that ran for a while was healthy: start the delays over.
-        if started.elapsed() > Duration::from_secs(30) {
+        if began.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }
         if !backoff.wait(shutdown).await {
@@ -220,8 +259,10 @@ async fn watch_once(
     filter: Option<&str>,
     loaded: &watch::Sender<bool>,
     shutdown: &CancellationToken,
+    started: &(dyn Fn(time::OffsetDateTime) + Sync),
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) -> Result<(), String> {
+    let status = bucket.status().await.map_err(|e| e.to_string())?;
     let (mut watch, empty) = match filter {
         Some(filter) => (
             bucket
@@ -230,17 +271,15 @@ async fn watch_once(
                 .map_err(|e| e.to_string())?,
             true,
         ),
-        None => {
-            let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
-            (
-                bucket
-                    .watch_all_from_revision(1)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                empty,
-            )
-        }
+        None => (
+            bucket
+                .watch_all_from_revision(1)
+                .await
+                .map_err(|e| e.to_string())?,
+            status.values() == 0,
+        ),
     };
+    started(status.info.created);
     if empty {
         loaded.send_replace(true);
     }
@@ -320,5 +359,22 @@ mod tests {
             Some(Ok(serde_json::json!({"enabled": true})))
         );
         assert_eq!(*cache.version.borrow(), version + 1);
+
+        // The bucket deleted and made again (a restore): its revisions start over, and what
+        // it holds replaces what was cached.
+        let first = time::OffsetDateTime::UNIX_EPOCH;
+        cache.started(first);
+        cache.started(first);
+        assert!(
+            cache.get(&acme).is_some(),
+            "the same bucket: nothing dropped"
+        );
+        cache.started(first + time::Duration::seconds(1));
+        assert_eq!(cache.get(&acme), None);
+        cache.apply(&entry("globex", 1, Some(r#"{"enabled":true}"#)));
+        assert_eq!(
+            cache.get(&globex),
+            Some(Ok(serde_json::json!({"enabled": true})))
+        );
     }
 }
