@@ -345,8 +345,8 @@ impl EgressHandler {
                 Ok(wait) if wait.is_zero() => {}
                 Ok(wait) => tokio::time::sleep(wait).await,
                 Err(()) => {
-                    drop(slot);
-                    drop(tenant_slot);
+                    slot.unused();
+                    tenant_slot.unused();
                     let wait = self.spread(&resolved.id, rate::spacing(limit));
                     return self
                         .defer(msg, &envelope, &deadline, wait, "rate_limited")
@@ -357,8 +357,8 @@ impl EgressHandler {
         // ... and the decision that counts is taken holding the slot, so a breaker that
         // opened while this message waited is respected.
         if let Admission::Wait { until } = self.breakers.admit(&resolved.id, Instant::now()) {
-            drop(slot);
-            drop(tenant_slot);
+            slot.unused();
+            tenant_slot.unused();
             return self
                 .hold(msg, &envelope, &deadline, &resolved.id, until)
                 .await;
@@ -459,7 +459,7 @@ impl EgressHandler {
                 }
                 let at = OffsetDateTime::now_utc() + delay;
                 let tag = attempt.to_string();
-                let scheduled = self.reenter(&envelope, h, msg, at, &tag).await;
+                let scheduled = self.reenter(&envelope, h, msg, (at, &tag), true).await;
                 match scheduled {
                     Ok(()) => {
                         tracing::info!(route = %resolved.id, attempt, ?delay, %reason, "attempt failed; retry scheduled");
@@ -570,17 +570,21 @@ impl EgressHandler {
             envelope.attempt.delivery,
             now.unix_timestamp_nanos() / 1_000_000
         );
-        match self.reenter(envelope, h, msg, now + wait, &tag).await {
+        match self
+            .reenter(envelope, h, msg, (now + wait, &tag), false)
+            .await
+        {
             Ok(()) => {
                 tracing::debug!(?wait, "destination disabled; parked");
                 self.metrics
                     .count_deferred(envelope.address.tenant.as_str(), "destination_disabled");
                 Outcome::Delayed
             }
-            Err(error) => Outcome::Wait {
-                after: wait.min(MAX_NAK_DELAY),
-                reason: format!("parking for a disabled destination failed: {error}"),
-            },
+            Err(error) => unscheduled(
+                &error,
+                wait,
+                format!("parking for a disabled destination failed: {error}"),
+            ),
         }
     }
 
@@ -814,7 +818,7 @@ impl EgressHandler {
             envelope.attempt.delivery,
             now.unix_timestamp_nanos() / 1_000_000
         );
-        let scheduled = self.reenter(envelope, h, msg, at, &tag).await;
+        let scheduled = self.reenter(envelope, h, msg, (at, &tag), false).await;
         match scheduled {
             Ok(()) => {
                 tracing::debug!(reason, ?wait, "deferred");
@@ -822,10 +826,11 @@ impl EgressHandler {
                     .count_deferred(envelope.address.tenant.as_str(), reason);
                 Outcome::Delayed
             }
-            Err(error) => Outcome::Wait {
-                after: wait.min(MAX_NAK_DELAY),
-                reason: format!("deferring ({reason}) failed: {error}"),
-            },
+            Err(error) => unscheduled(
+                &error,
+                wait,
+                format!("deferring ({reason}) failed: {error}"),
+            ),
         }
     }
 
@@ -923,20 +928,24 @@ impl EgressHandler {
     /// makes the schedule's publish id unique, so a try whose ack was lost and a try again store
     /// one schedule.
     ///
-    /// A failed store is tried again here, in place, with progress acks keeping the message,
-    /// for as long as the settler holds a transient failure ([`EgressHandler::hold`]) — never
-    /// by deciding the message again (an `Outcome::Retry`), which would call the sink again
-    /// after an attempt already made, or deliver it now beside a schedule that was stored
-    /// though its ack was lost. `Err`: the last error, once the hold is over or shutdown began;
-    /// the caller then naks (`Outcome::Wait`), and the redelivered copy, delivered more than
-    /// once, cancels a schedule left behind when it settles for good.
+    /// A store that failed is tried again here, in place, with progress acks keeping the
+    /// message, for as long as the settler holds a transient failure ([`EgressHandler::hold`])
+    /// — when the sink was `attempted` in this handling, whatever the failure, since deciding
+    /// the message again (an `Outcome::Retry`) would call the sink again; and otherwise when
+    /// the publish may have been stored (its ack did not come), since a message decided again
+    /// and delivered now would leave that schedule to fire beside it. A refusal that stored
+    /// nothing (`EGRESS` above its high-water mark) of a message not `attempted` comes back at
+    /// once, for the caller to decide the message again (a slot may have freed meanwhile).
+    /// `Err`: the last error, once the hold is over or shutdown began; the caller then naks
+    /// (`Outcome::Wait`), and the redelivered copy, delivered more than once, cancels a
+    /// schedule left behind when it settles for good.
     async fn reenter(
         &self,
         envelope: &Envelope,
         h: async_nats::HeaderMap,
         msg: &jetstream::Message,
-        at: OffsetDateTime,
-        tag: &str,
+        (at, tag): (OffsetDateTime, &str),
+        attempted: bool,
     ) -> Result<(), switchyard_service::HandoffError> {
         let mut hold = self.hold.backoff();
         loop {
@@ -955,6 +964,13 @@ impl EgressHandler {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
+            let stored_nothing = matches!(
+                error,
+                switchyard_service::HandoffError::AboveHighWater { .. }
+            );
+            if stored_nothing && !attempted {
+                return Err(error);
+            }
             tracing::warn!(%error, tag, "storing a schedule failed; trying again in place");
             if let Err(error) = msg.ack_with(AckKind::Progress).await {
                 tracing::debug!(%error, "progress ack failed");
@@ -988,7 +1004,7 @@ impl EgressHandler {
         let now = OffsetDateTime::now_utc();
         let tag = format!("parked-{}", now.unix_timestamp_nanos() / 1_000_000);
         let scheduled = self
-            .reenter(envelope, h, msg, now + PARKED_WAIT, &tag)
+            .reenter(envelope, h, msg, (now + PARKED_WAIT, &tag), true)
             .await;
         match scheduled {
             Ok(()) => {
@@ -1064,6 +1080,22 @@ fn history(msg: &jetstream::Message) -> Vec<AttemptRecord> {
 }
 
 /// Now, in milliseconds since the epoch (the lease arithmetic's clock).
+/// The outcome for a message made no attempt for whose schedule (`wait` ahead) could not be
+/// stored ([`EgressHandler::reenter`]): refused above the high-water mark, nothing stored, so
+/// it is decided again in place (`Retry`: a slot may free meanwhile); otherwise (tried again
+/// in place already, perhaps stored) nakked after `wait`, at most [`MAX_NAK_DELAY`].
+fn unscheduled(
+    error: &switchyard_service::HandoffError,
+    wait: Duration,
+    reason: String,
+) -> Outcome {
+    let after = wait.min(MAX_NAK_DELAY);
+    match error {
+        switchyard_service::HandoffError::AboveHighWater { .. } => Outcome::Retry { after, reason },
+        _ => Outcome::Wait { after, reason },
+    }
+}
+
 fn now_ms() -> i64 {
     i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }

@@ -1,48 +1,69 @@
 //! Per-route (and per-tenant) in-flight limits: at most a key's `limit` attempts at once, so
 //! one slow route or tenant cannot take every worker slot. A message that finds no free slot
-//! within `route_wait_ms` is rescheduled instead of holding a worker slot while it waits. More
-//! than `limit` messages wait for a key's slots at once only while its slots turn over (one
-//! was released within the last wait): a slow key's messages — whose waits would end without a
-//! slot — hold at most twice its limit of the worker's slots, attempting and waiting together,
-//! however many of them the stream holds, while a fast key's burst waits its few milliseconds
-//! rather than being rescheduled.
+//! within `route_wait_ms` is rescheduled instead of holding a worker slot while it waits, and it
+//! waits at all only when a slot is expected within that time: the n-th message waiting for a
+//! key expects one after about n × the key's mean slot hold ÷ its limit (the mean of the holds
+//! that carried an attempt, weighted to the recent ones). A slow key's messages therefore hold
+//! little more than its limit of the worker's slots — with attempts of 1 s and a limit of 16,
+//! three wait; with attempts of a minute, none — however many of them the stream holds, while a
+//! fast key's burst (or one with no history yet) waits its few milliseconds rather than being
+//! rescheduled.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// One slot of a route, released on drop.
+/// One slot of a key, released on drop; its hold counts towards the key's mean unless it
+/// carried no attempt ([`Slot::unused`]).
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    released: Arc<Mutex<Option<Instant>>>,
+    taken: Instant,
+    mean_hold_us: Arc<AtomicU64>,
+    counted: bool,
+}
+
+impl Slot {
+    /// Releases the slot without counting its hold: it carried no attempt (a rate or a
+    /// breaker sent the message back), and a quick release would make the key look fast.
+    pub fn unused(mut self) {
+        self.counted = false;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        if !self.counted {
+            return;
+        }
+        let held = u64::try_from(self.taken.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        // An exponentially weighted mean (1/8 for the newest), 0 while none was counted.
+        let _ = self
+            .mean_hold_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
+                Some(if mean == 0 {
+                    held
+                } else {
+                    (mean.saturating_mul(7) / 8).saturating_add(held / 8).max(1)
+                })
+            });
     }
 }
 
-/// One key's slots and how many messages wait for one now.
+/// One key's slots, how many messages wait for one now, and how long slots are held.
 #[derive(Debug)]
 struct Slots {
     limit: usize,
     semaphore: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
-    /// When a slot was last released.
-    released: Arc<Mutex<Option<Instant>>>,
-}
-
-/// What [`Limiter::acquire`] works with for one key.
-struct Handles {
-    semaphore: Arc<Semaphore>,
-    waiting: Arc<AtomicUsize>,
-    released: Arc<Mutex<Option<Instant>>>,
+    /// The mean hold of a slot that carried an attempt, µs; 0: none yet.
+    mean_hold_us: Arc<AtomicU64>,
 }
 
 /// Counts a message as waiting for a slot until dropped (a slot taken, the wait over, or the
@@ -67,59 +88,58 @@ impl Limiter {
         Self::default()
     }
 
-    /// The semaphore, waiting count and last release for `route` with `limit` slots. When a
+    /// The semaphore, waiting count and mean hold for `route` with `limit` slots. When a
     /// route's limit changes, a fresh semaphore replaces the old one; attempts already running
     /// on the old one finish there.
-    fn slots(&self, route: &str, limit: usize) -> Handles {
+    fn slots(
+        &self,
+        route: &str,
+        limit: usize,
+    ) -> (Arc<Semaphore>, Arc<AtomicUsize>, Arc<AtomicU64>) {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         if routes.get(route).is_none_or(|slots| slots.limit != limit) {
+            let mean_hold_us = routes
+                .get(route)
+                .map_or_else(|| Arc::new(AtomicU64::new(0)), |s| s.mean_hold_us.clone());
             let slots = Slots {
                 limit,
                 semaphore: Arc::new(Semaphore::new(limit)),
                 waiting: Arc::new(AtomicUsize::new(0)),
-                released: Arc::new(Mutex::new(None)),
+                mean_hold_us,
             };
             routes.insert(route.to_owned(), slots);
         }
         let slots = &routes[route];
-        Handles {
-            semaphore: slots.semaphore.clone(),
-            waiting: slots.waiting.clone(),
-            released: slots.released.clone(),
-        }
+        (
+            slots.semaphore.clone(),
+            slots.waiting.clone(),
+            slots.mean_hold_us.clone(),
+        )
     }
 
     /// Takes one of `route`'s `limit` slots, waiting at most `wait`; `None` if none freed up,
-    /// and at once when `limit` messages already wait for one and no slot was released within
-    /// the last `wait` (the slots are held long: this wait would end without one too, and it
-    /// holds a worker slot meanwhile).
+    /// and at once when none is expected within `wait` (see the module documentation).
     pub async fn acquire(&self, route: &str, limit: usize, wait: Duration) -> Option<Slot> {
-        let Handles {
-            semaphore,
-            waiting,
-            released,
-        } = self.slots(route, limit);
+        let (semaphore, waiting, mean_hold_us) = self.slots(route, limit);
+        let slot = |permit| Slot {
+            _permit: permit,
+            taken: Instant::now(),
+            mean_hold_us: mean_hold_us.clone(),
+            counted: true,
+        };
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Some(Slot {
-                _permit: permit,
-                released,
-            });
+            return Some(slot(permit));
         }
-        let turning_over = released
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < wait);
-        if waiting.fetch_add(1, Ordering::Relaxed) >= limit.max(1) && !turning_over {
-            waiting.fetch_sub(1, Ordering::Relaxed);
+        let ahead = waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(waiting);
+        let mean = Duration::from_micros(mean_hold_us.load(Ordering::Relaxed));
+        let expected = mean.mul_f64((ahead + 1) as f64 / limit.max(1) as f64);
+        if expected >= wait {
             return None;
         }
-        let _waiting = Waiting(waiting);
         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
-            Ok(Ok(permit)) => Some(Slot {
-                _permit: permit,
-                released,
-            }),
+            Ok(Ok(permit)) => Some(slot(permit)),
             _ => None,
         }
     }
@@ -165,53 +185,97 @@ mod tests {
         assert!(waiter.await.unwrap().is_some());
     }
 
+    /// Holds `n` slots of `route` (limit `limit`) for `held`, then releases them counted.
+    async fn hold_for(limiter: &Limiter, route: &str, limit: usize, n: usize, held: Duration) {
+        let mut slots = Vec::new();
+        for _ in 0..n {
+            slots.push(limiter.acquire(route, limit, Duration::ZERO).await.unwrap());
+        }
+        tokio::time::sleep(held).await;
+        drop(slots);
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn no_more_messages_wait_for_a_routes_slots_than_it_has() {
+    async fn a_key_whose_slots_are_held_long_has_messages_rescheduled_at_once() {
         let limiter = Arc::new(Limiter::new());
         let wait = Duration::from_millis(200);
+        // Attempts of a minute: no message can expect a slot within the wait.
+        hold_for(&limiter, "slow", 2, 2, Duration::from_secs(60)).await;
         let _held = [
-            limiter.acquire("r", 2, wait).await,
-            limiter.acquire("r", 2, wait).await,
+            limiter.acquire("slow", 2, wait).await,
+            limiter.acquire("slow", 2, wait).await,
+        ];
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire("slow", 2, wait).await.is_none());
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "rescheduled without waiting"
+        );
+        // Attempts of 160 ms with 2 slots: a slot about every 80 ms, so two wait (80 and
+        // 160 ms expected), a third (240 ms) does not.
+        hold_for(&limiter, "steady", 2, 2, Duration::from_millis(160)).await;
+        let _held = [
+            limiter.acquire("steady", 2, wait).await,
+            limiter.acquire("steady", 2, wait).await,
         ];
         let waiters: Vec<_> = (0..2)
             .map(|_| {
                 let limiter = limiter.clone();
-                tokio::spawn(async move { limiter.acquire("r", 2, wait).await.is_some() })
+                tokio::spawn(async move { limiter.acquire("steady", 2, wait).await.is_some() })
             })
             .collect();
         tokio::task::yield_now().await;
-        // Two wait already: a third gives up at once, without waiting.
         let started = tokio::time::Instant::now();
-        assert!(limiter.acquire("r", 2, wait).await.is_none());
+        assert!(limiter.acquire("steady", 2, wait).await.is_none());
         assert_eq!(started.elapsed(), Duration::ZERO);
         for waiter in waiters {
             assert!(!waiter.await.unwrap(), "no slot freed within the wait");
         }
-        // The waits over, a message may wait again.
-        let started = tokio::time::Instant::now();
-        assert!(limiter.acquire("r", 2, wait).await.is_none());
-        assert_eq!(started.elapsed(), wait);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn while_a_routes_slots_turn_over_more_may_wait_for_them() {
+    async fn a_burst_waits_for_a_fast_key_or_one_with_no_history() {
         let limiter = Arc::new(Limiter::new());
         let wait = Duration::from_millis(200);
-        let first = limiter.acquire("r", 1, wait).await;
-        drop(first);
-        let _held = limiter.acquire("r", 1, wait).await;
-        // A slot was released just now: a burst waits, beyond the one waiter a slow key gets.
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let limiter = limiter.clone();
-                tokio::spawn(async move { limiter.acquire("r", 1, wait).await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        assert_eq!(limiter.slots("r", 1).waiting.load(Ordering::Relaxed), 3);
-        for waiter in waiters {
-            assert!(waiter.await.unwrap().is_none());
+        for (route, held) in [("new", None), ("fast", Some(Duration::from_millis(5)))] {
+            if let Some(held) = held {
+                hold_for(&limiter, route, 1, 1, held).await;
+            }
+            let _held = limiter.acquire(route, 1, wait).await;
+            let waiters: Vec<_> = (0..5)
+                .map(|_| {
+                    let limiter = limiter.clone();
+                    tokio::spawn(async move { limiter.acquire(route, 1, wait).await.is_some() })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            let waiting = limiter.routes.lock().unwrap()[route]
+                .waiting
+                .load(Ordering::Relaxed);
+            assert_eq!(waiting, 5, "{route}: the whole burst waits");
+            for waiter in waiters {
+                waiter.await.unwrap();
+            }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_released_unused_does_not_make_a_key_look_fast() {
+        let limiter = Limiter::new();
+        let wait = Duration::from_millis(200);
+        hold_for(&limiter, "r", 1, 1, Duration::from_secs(60)).await;
+        for _ in 0..20 {
+            limiter
+                .acquire("r", 1, Duration::ZERO)
+                .await
+                .unwrap()
+                .unused();
+        }
+        let _held = limiter.acquire("r", 1, wait).await;
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire("r", 1, wait).await.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test]

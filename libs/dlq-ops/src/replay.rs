@@ -192,25 +192,33 @@ pub fn plan_replay_to(
             _ => return Err(refuse()),
         }
         let mut h = env_headers::without_server_headers(Some(&entry.original_headers));
-        // The producer's id; for a message that came without one (accepted under
-        // `msg_id_policy = "assign_from_source"`), the id ingress gives the original:
-        // `seq:<its stream>:<its sequence>`. Either way every copy of the entry carries one id,
-        // so a copy stored twice (a crash between its ack and the delete, a second replay) is
-        // one message to the pipeline (`INGRESS`'s duplicate window, the idempotency claim).
+        // The producer's id. An `unknown_tenant` or `tenant_disabled` entry without one came
+        // past ingress's id check (which comes first), so under `msg_id_policy =
+        // "assign_from_source"`: its copy gets the id ingress gives the original,
+        // `seq:<its stream>:<its sequence>`, so every copy of the entry is one message to the
+        // pipeline (`INGRESS`'s duplicate window, the idempotency claim) — a copy stored twice
+        // (a crash between its ack and the delete, a second replay) is delivered once. Other
+        // entries without one (dead-lettered before that check) go without, and ingress applies
+        // its policy to the copy.
         let id = match &entry.original_msg_id {
-            Some(id) => id.to_string(),
-            None => MsgIdPolicy::AssignFromSource
-                .resolve(
-                    None,
-                    &SourceRef {
-                        stream: record.source_stream.clone(),
-                        sequence: record.source_seq,
-                    },
-                )
-                .map_err(|_| refuse())?
-                .to_string(),
+            Some(id) => Some(id.to_string()),
+            None if matches!(
+                record.code,
+                DlqCode::UnknownTenant | DlqCode::TenantDisabled
+            ) =>
+            {
+                let source = SourceRef {
+                    stream: record.source_stream.clone(),
+                    sequence: record.source_seq,
+                };
+                let assigned = MsgIdPolicy::AssignFromSource.resolve(None, &source);
+                Some(assigned.map_err(|_| refuse())?.to_string())
+            }
+            None => None,
         };
-        h.insert(env_headers::NATS_MSG_ID, id.as_str());
+        if let Some(id) = id {
+            h.insert(env_headers::NATS_MSG_ID, id.as_str());
+        }
         return Ok(ReplayPlan {
             stage,
             subject: record.source_subject.clone(),
@@ -400,6 +408,18 @@ mod tests {
                 .get(env_headers::NATS_MSG_ID),
             plan.headers.get(env_headers::NATS_MSG_ID),
             "every copy the same"
+        );
+    }
+
+    #[test]
+    fn an_entry_dead_lettered_before_ingress_checked_its_id_replays_without_one() {
+        let mut entry = ingress_entry();
+        entry.record.code = DlqCode::ExhaustedDeliveries;
+        let plan = plan_replay(&Namespace::default(), &entry).unwrap();
+        assert_eq!(
+            plan.headers.get(env_headers::NATS_MSG_ID),
+            None,
+            "ingress applies its msg_id_policy to the copy"
         );
     }
 

@@ -306,8 +306,10 @@ pub async fn replay(
     })
 }
 
-/// Removes entry `seq` from the DLQ without secure erase; an entry already gone counts (10037,
-/// or nats-server's catch-all delete failure 10057 saying "no message found"). Any other
+/// Removes entry `seq` from the DLQ without secure erase; an entry already gone counts:
+/// nats-server answers a delete of a sequence it no longer holds with 10043 (sequence not
+/// found), or with its catch-all delete failure 10057 when the store says "no message found"
+/// (`jsMsgDeleteRequest`; egress's `already_gone` reads a delete the same way). Any other
 /// 10057 — "message delete not permitted" on a stream with `deny_delete`, a store error — is
 /// a refusal: the entry is still there, and the replay did not finish.
 async fn delete(js: &jetstream::Context, dlq: &Stream, seq: u64) -> Result<(), DeleteError> {
@@ -321,7 +323,8 @@ async fn delete(js: &jetstream::Context, dlq: &Stream, seq: u64) -> Result<(), D
     match response {
         Response::Ok(_) => Ok(()),
         Response::Err { error }
-            if error.error_code() == ErrorCode::NO_MESSAGE_FOUND
+            if error.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
+                || error.error_code() == ErrorCode::NO_MESSAGE_FOUND
                 || (error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
                     && error.to_string().contains("no message found")) =>
         {

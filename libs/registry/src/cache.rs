@@ -37,6 +37,9 @@ pub struct KvCache<K, R> {
     applied: std::sync::atomic::AtomicU64,
     /// When the followed bucket's stream was created (see [`KvCache::started`]).
     bucket_created: std::sync::Mutex<Option<time::OffsetDateTime>>,
+    /// While a bucket made again is read anew: the keys it has handed over so far. Once the
+    /// watch has caught up, the cached keys it did not hand over are dropped.
+    reread: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl<K, R> KvCache<K, R>
@@ -82,6 +85,7 @@ where
             filter,
             applied: std::sync::atomic::AtomicU64::new(0),
             bucket_created: std::sync::Mutex::new(None),
+            reread: std::sync::Mutex::new(None),
         }
     }
 
@@ -159,6 +163,13 @@ where
         let Ok(mut entries) = self.entries.write() else {
             return;
         };
+        let mut reread = self
+            .reread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(seen) = reread.as_mut() {
+            seen.insert(entry.key.clone());
+        }
         match entry.operation {
             kv::Operation::Put => {
                 let value = serde_json::from_slice::<R>(&entry.value).map_err(|e| e.to_string());
@@ -168,6 +179,13 @@ where
                 entries.remove(&key);
             }
         }
+        // Caught up with a bucket made again: what it did not hand over is not in it.
+        if entry.delta == 0
+            && let Some(seen) = reread.take()
+        {
+            entries.retain(|key, _| seen.contains(&key.render()));
+        }
+        drop(reread);
         drop(entries);
         self.version
             .send_modify(|version| *version = version.wrapping_add(1));
@@ -179,28 +197,39 @@ where
             self.filter.as_deref(),
             &self.loaded,
             &shutdown,
-            &|created| self.started(created),
+            &|created, values| self.started(created, values),
             &|entry| self.apply(entry),
         )
         .await;
     }
 
-    /// A watch begins on the bucket created at `created`: when that is not the bucket followed
-    /// so far (it was deleted and made again, its revisions starting over), what is cached
-    /// is dropped, and the new bucket's entries are all applied.
-    fn started(&self, created: time::OffsetDateTime) {
+    /// A watch begins on the bucket created at `created`, holding `values` values: when that
+    /// is not the bucket followed so far (it was deleted and made again, its revisions starting
+    /// over), its entries are all applied as they come, each replacing the cached one, and once
+    /// the watch has caught up the cached keys it did not hand over are dropped — the cache
+    /// keeps serving what it had meanwhile rather than nothing. (A filtered cache whose new
+    /// bucket holds none of its keys drops its old ones at its next entry.)
+    fn started(&self, created: time::OffsetDateTime, values: u64) {
         let mut followed = self
             .bucket_created
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if followed.is_some_and(|was| was != created) {
-            tracing::warn!(%created, "the bucket was made again: its cached entries are dropped and read anew");
-            if let Ok(mut entries) = self.entries.write() {
-                entries.clear();
-            }
+            tracing::warn!(%created, "the bucket was made again: its entries are read anew");
             self.applied.store(0, std::sync::atomic::Ordering::Relaxed);
-            self.version
-                .send_modify(|version| *version = version.wrapping_add(1));
+            if values == 0 && self.filter.is_none() {
+                if let Ok(mut entries) = self.entries.write() {
+                    entries.clear();
+                }
+                self.version
+                    .send_modify(|version| *version = version.wrapping_add(1));
+            } else {
+                *self
+                    .reread
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::collections::HashSet::new());
+            }
         }
         *followed = Some(created);
     }
@@ -219,19 +248,19 @@ pub async fn follow_bucket(
     shutdown: &CancellationToken,
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) {
-    follow_bucket_from(bucket, filter, loaded, shutdown, &|_| {}, apply).await;
+    follow_bucket_from(bucket, filter, loaded, shutdown, &|_, _| {}, apply).await;
 }
 
 /// [`follow_bucket`], telling `started` when each watch begins, before its first entry, when
-/// the bucket's stream was created: a time that changes means the bucket was deleted and made
-/// again (a restore after a lost store, say), its revisions starting over at 1, and what was
-/// followed before is no longer in it.
+/// the bucket's stream was created and how many values it holds: a time that changes means the
+/// bucket was deleted and made again (a restore after a lost store, say), its revisions
+/// starting over at 1, and what was followed before is no longer in it.
 pub async fn follow_bucket_from(
     bucket: &kv::Store,
     filter: Option<&str>,
     loaded: &watch::Sender<bool>,
     shutdown: &CancellationToken,
-    started: &(dyn Fn(time::OffsetDateTime) + Sync),
+    started: &(dyn Fn(time::OffsetDateTime, u64) + Sync),
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) {
     let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
@@ -259,7 +288,7 @@ async fn watch_once(
     filter: Option<&str>,
     loaded: &watch::Sender<bool>,
     shutdown: &CancellationToken,
-    started: &(dyn Fn(time::OffsetDateTime) + Sync),
+    started: &(dyn Fn(time::OffsetDateTime, u64) + Sync),
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) -> Result<(), String> {
     let status = bucket.status().await.map_err(|e| e.to_string())?;
@@ -279,7 +308,7 @@ async fn watch_once(
             status.values() == 0,
         ),
     };
-    started(status.info.created);
+    started(status.info.created, status.values());
     if empty {
         loaded.send_replace(true);
     }
@@ -360,21 +389,35 @@ mod tests {
         );
         assert_eq!(*cache.version.borrow(), version + 1);
 
-        // The bucket deleted and made again (a restore): its revisions start over, and what
-        // it holds replaces what was cached.
+        // The bucket deleted and made again (a restore) holding globex alone: its revisions
+        // start over, each of its entries applies, and once the watch has caught up acme,
+        // which it does not hold, is dropped — served until then, not missing meanwhile.
         let first = time::OffsetDateTime::UNIX_EPOCH;
-        cache.started(first);
-        cache.started(first);
+        cache.started(first, 1);
+        cache.started(first, 1);
+        cache.apply(&entry("acme", 1, Some(r#"{"enabled":false}"#)));
         assert!(
             cache.get(&acme).is_some(),
-            "the same bucket: nothing dropped"
+            "the same bucket: nothing read anew"
         );
-        cache.started(first + time::Duration::seconds(1));
+        cache.started(first + time::Duration::seconds(1), 1);
+        let mut restored = entry("globex", 1, Some(r#"{"enabled":true}"#));
+        restored.delta = 1;
+        cache.apply(&restored);
+        assert!(
+            cache.get(&acme).is_some(),
+            "kept until the watch has caught up"
+        );
+        let mut last = entry("globex", 2, Some(r#"{"enabled":false}"#));
+        last.delta = 0;
+        cache.apply(&last);
         assert_eq!(cache.get(&acme), None);
-        cache.apply(&entry("globex", 1, Some(r#"{"enabled":true}"#)));
         assert_eq!(
             cache.get(&globex),
-            Some(Ok(serde_json::json!({"enabled": true})))
+            Some(Ok(serde_json::json!({"enabled": false})))
         );
+        // Made again, empty: nothing is left.
+        cache.started(first + time::Duration::seconds(2), 0);
+        assert_eq!(cache.len(), 0);
     }
 }

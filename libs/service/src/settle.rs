@@ -23,12 +23,14 @@
 //! - `Forwarded`: plain. The redelivered copy is handed on again under the same deterministic
 //!   hop `Nats-Msg-Id`, which the next stream's duplicate window drops.
 //! - `Duplicate`: plain. The copy is decided a duplicate again.
-//! - `Delayed` (egress: a retry, hold or park scheduled): confirmed. The schedule is published
-//!   under a deterministic id, so a redelivered copy stores it once, and egress cancels a
-//!   schedule left behind once a redelivered copy settles for good; but a schedule due before
-//!   the ack wait has fired by then, and its copy is a stream message of its own, which nothing
+//! - `Delayed` (egress: a retry, a deferral — busy, rate-limited, breaker open, destination
+//!   disabled — or a parked dead letter scheduled): confirmed. The schedule is published under
+//!   a deterministic id, so a redelivered copy stores it once, and egress cancels a schedule
+//!   left behind once a redelivered copy settles for good; but a schedule due before the ack
+//!   wait has fired by then, and its copy is a stream message of its own, which nothing
 //!   cancels: the redelivered copy would be attempted beside it, and the sink called twice. The
-//!   round trip is paid on the retry path only.
+//!   round trip is paid on those paths, never by a first delivery: a deferral (a rate-limited
+//!   destination's burst, say) now costs two round trips, the schedule's and the ack's.
 //! - `Retry` (nak): plain. A lost nak means redelivery after the ack wait instead of `after`.
 //! - `Delivered`: confirmed. A redelivered copy would be delivered to the sink again.
 //! - `Dropped`: confirmed. A redelivered copy would be counted and receipted again.
