@@ -103,8 +103,9 @@ pub struct JobProgress {
     /// Left in the DLQ, by reason (`not replayable`, `no envelope`, `unsupported schema`,
     /// `inconsistent schema`, `target refused`, `headers dropped`, `duplicate`, `invalid
     /// record`, `uncertain`,
-    /// `publish failed`: refused or unanswered for `jobs.entry_retry_secs`, `aborted`: cancelled
-    /// or the lease lost while its copy was being retried).
+    /// `publish failed`: refused or unanswered for `jobs.entry_retry_secs`, `not deleted`: the
+    /// copy stored but the entry not deleted for as long, `aborted`: cancelled or the lease
+    /// lost while its copy was being retried).
     pub kept: BTreeMap<String, u64>,
     /// Listed sequences that were no longer in the DLQ.
     pub missing: u64,

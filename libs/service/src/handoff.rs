@@ -246,18 +246,31 @@ impl Handoff {
         &self,
         next: InputStage,
         envelope: &Envelope,
-        mut h: HeaderMap,
+        h: HeaderMap,
         payload: Bytes,
     ) -> Result<(), HandoffError> {
+        let (subject, h) = self.hand_off_to(next, envelope, h, &payload);
+        self.check_room(next, &subject, Self::stored_size(&subject, &h, &payload))?;
+        self.publish(subject, h, payload).await
+    }
+
+    /// A hand-off of `envelope` to `next`, ready to publish: its subject (sized by exactly what
+    /// is sent) and headers `h` with the hop `Nats-Msg-Id` and the current trace context.
+    fn hand_off_to(
+        &self,
+        next: InputStage,
+        envelope: &Envelope,
+        mut h: HeaderMap,
+        payload: &Bytes,
+    ) -> (String, HeaderMap) {
         h.insert(headers::NATS_MSG_ID, envelope.hop_msg_id(next.stage()));
         switchyard_runtime::telemetry::inject_current(&mut h);
         let subject = StageSubject {
             stage: next,
             address: envelope.address.clone(),
         }
-        .format_sized(&self.ns, Self::size_class(&h, &payload));
-        self.check_room(next, &subject, Self::stored_size(&subject, &h, &payload))?;
-        self.publish(subject, h, payload).await
+        .format_sized(&self.ns, Self::size_class(&h, payload));
+        (subject, h)
     }
 
     /// Hands several copies of one message on to `next` ([`Handoff::forward`] each, at once),
@@ -265,7 +278,9 @@ impl Handoff {
     /// a refusal never leaves some copies stored (and delivered) while the rest wait for a
     /// redelivery that may come after the stream's duplicate window. Fails with the first
     /// error; copies stored before a publish error are dropped as duplicates when it is tried
-    /// again within the window.
+    /// again within the window. All or nothing can wait longer than one copy would: while
+    /// single hand-offs keep the stream just under its mark, a wide fan-out waits for room
+    /// for all its copies.
     pub async fn forward_all(
         &self,
         next: InputStage,
@@ -274,16 +289,7 @@ impl Handoff {
     ) -> Result<(), HandoffError> {
         let prepared: Vec<(String, HeaderMap)> = copies
             .into_iter()
-            .map(|(envelope, mut h)| {
-                h.insert(headers::NATS_MSG_ID, envelope.hop_msg_id(next.stage()));
-                switchyard_runtime::telemetry::inject_current(&mut h);
-                let subject = StageSubject {
-                    stage: next,
-                    address: envelope.address.clone(),
-                }
-                .format_sized(&self.ns, Self::size_class(&h, payload));
-                (subject, h)
-            })
+            .map(|(envelope, h)| self.hand_off_to(next, &envelope, h, payload))
             .collect();
         let Some((first, _)) = prepared.first() else {
             return Ok(());

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use switchyard_dlq_ops::{JobRecord, JobState, StoreError, Written};
+use switchyard_dlq_ops::{JobRecord, JobState, StepError, StoreError, Written};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -484,6 +484,12 @@ impl Execution {
                 match step::replay_once(&runner, &deletes, seq, &plan).await {
                     Ok(done) => return (seq, done),
                     Err(error) => {
+                        // The copy stored, the entry not deleted: not a failed publish.
+                        let why = if matches!(error, StepError::Delete { .. }) {
+                            "not deleted"
+                        } else {
+                            "publish failed"
+                        };
                         let error = format!("{:#}", anyhow::Error::from(error));
                         if backoff.wait(&abort).await {
                             tracing::warn!(%job, seq, error, "replaying an entry failed; retrying");
@@ -491,7 +497,7 @@ impl Execution {
                             return (seq, Done::Kept("aborted"));
                         } else {
                             tracing::error!(%job, seq, error, ?retry_for, "replaying an entry kept failing; it stays in the DLQ");
-                            return (seq, Done::Kept("publish failed"));
+                            return (seq, Done::Kept(why));
                         }
                     }
                 }

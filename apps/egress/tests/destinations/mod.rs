@@ -140,8 +140,10 @@ async fn a_fan_out_without_room_for_every_copy_stores_none_then_all_once_there_i
         store.put(&key, &destination).await.unwrap();
     }
     // EGRESS limited to 20 messages, 17 of them fillers no consumer reads: room under the
-    // 90 % mark (18) for one copy, not for both (egress reads the fill as it starts, before
-    // the message comes).
+    // 90 % mark (18) for one copy, not for both, as egress read the fill when it started. (Its
+    // next reading, 500 ms on, also counts the message itself, and leaves room for none; the
+    // first handling comes well before it, so a fan-out that stored copies one by one would
+    // store and deliver the first.)
     let mut config =
         h.js.get_stream("EGRESS")
             .await
