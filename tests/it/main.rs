@@ -9,4 +9,5 @@ mod hostile_ids;
 mod permissions;
 mod pipeline;
 mod provisioning;
+mod registry_cache;
 mod storage;
