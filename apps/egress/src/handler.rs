@@ -328,6 +328,8 @@ impl EgressHandler {
             .acquire(&resolved.id, resolved.route.max_in_flight(), wait)
             .await
         else {
+            // No attempt: the tenant's slot goes back now, its hold not counted.
+            tenant_slot.unused();
             let spacing = busy_spacing(resolved.route.max_in_flight());
             let wait = self.spread(&resolved.id, spacing);
             return self
@@ -580,10 +582,11 @@ impl EgressHandler {
                     .count_deferred(envelope.address.tenant.as_str(), "destination_disabled");
                 Outcome::Delayed
             }
-            Err(error) => unscheduled(
-                &error,
+            Err(unstored) => unscheduled(
+                &unstored,
+                false,
                 wait,
-                format!("parking for a disabled destination failed: {error}"),
+                format!("parking for a disabled destination failed: {unstored}"),
             ),
         }
     }
@@ -826,10 +829,11 @@ impl EgressHandler {
                     .count_deferred(envelope.address.tenant.as_str(), reason);
                 Outcome::Delayed
             }
-            Err(error) => unscheduled(
-                &error,
+            Err(unstored) => unscheduled(
+                &unstored,
+                matches!(reason, "tenant_busy" | "route_busy"),
                 wait,
-                format!("deferring ({reason}) failed: {error}"),
+                format!("deferring ({reason}) failed: {unstored}"),
             ),
         }
     }
@@ -931,13 +935,13 @@ impl EgressHandler {
     /// A store that failed is tried again here, in place, with progress acks keeping the
     /// message, for as long as the settler holds a transient failure ([`EgressHandler::hold`])
     /// — when the sink was `attempted` in this handling, whatever the failure, since deciding
-    /// the message again (an `Outcome::Retry`) would call the sink again; and otherwise when
-    /// the publish may have been stored (its ack did not come), since a message decided again
-    /// and delivered now would leave that schedule to fire beside it. A refusal that stored
-    /// nothing (`EGRESS` above its high-water mark) of a message not `attempted` comes back at
-    /// once, for the caller to decide the message again (a slot may have freed meanwhile).
-    /// `Err`: the last error, once the hold is over or shutdown began; the caller then naks
-    /// (`Outcome::Wait`), and the redelivered copy, delivered more than once, cancels a
+    /// the message again (an `Outcome::Retry`) would call the sink again; and otherwise once a
+    /// try may have been stored (its ack did not come), since a message decided again and
+    /// delivered now would leave that schedule to fire beside it. A message not `attempted`
+    /// whose tries were all refused above the high-water mark (nothing stored) comes back at
+    /// once, [`Unscheduled::nothing_stored`], for the caller to decide it again where that can
+    /// help. Otherwise `Err` comes once the hold is over or shutdown began; the caller then
+    /// naks (`Outcome::Wait`), and the redelivered copy, delivered more than once, cancels a
     /// schedule left behind when it settles for good.
     async fn reenter(
         &self,
@@ -946,8 +950,9 @@ impl EgressHandler {
         msg: &jetstream::Message,
         (at, tag): (OffsetDateTime, &str),
         attempted: bool,
-    ) -> Result<(), switchyard_service::HandoffError> {
+    ) -> Result<(), Unscheduled> {
         let mut hold = self.hold.backoff();
+        let mut maybe_stored = false;
         loop {
             let error = match self
                 .handoff
@@ -964,19 +969,25 @@ impl EgressHandler {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            let stored_nothing = matches!(
+            maybe_stored |= !matches!(
                 error,
                 switchyard_service::HandoffError::AboveHighWater { .. }
             );
-            if stored_nothing && !attempted {
-                return Err(error);
+            if !attempted && !maybe_stored {
+                return Err(Unscheduled {
+                    error,
+                    nothing_stored: true,
+                });
             }
             tracing::warn!(%error, tag, "storing a schedule failed; trying again in place");
             if let Err(error) = msg.ack_with(AckKind::Progress).await {
                 tracing::debug!(%error, "progress ack failed");
             }
             if !hold.wait(&self.shutdown).await {
-                return Err(error);
+                return Err(Unscheduled {
+                    error,
+                    nothing_stored: !maybe_stored,
+                });
             }
         }
     }
@@ -1079,23 +1090,41 @@ fn history(msg: &jetstream::Message) -> Vec<AttemptRecord> {
     })
 }
 
-/// Now, in milliseconds since the epoch (the lease arithmetic's clock).
-/// The outcome for a message made no attempt for whose schedule (`wait` ahead) could not be
-/// stored ([`EgressHandler::reenter`]): refused above the high-water mark, nothing stored, so
-/// it is decided again in place (`Retry`: a slot may free meanwhile); otherwise (tried again
-/// in place already, perhaps stored) nakked after `wait`, at most [`MAX_NAK_DELAY`].
+/// A schedule [`EgressHandler::reenter`] could not store.
+struct Unscheduled {
+    /// The last try's error.
+    error: switchyard_service::HandoffError,
+    /// Every try was refused above the high-water mark: no schedule was stored.
+    nothing_stored: bool,
+}
+
+impl std::fmt::Display for Unscheduled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// The outcome for a message that made no attempt and whose schedule (`wait` ahead) could not
+/// be stored. A busy tenant or route (`retry_helps`) whose schedule was refused above the
+/// high-water mark with nothing stored is decided again in place (`Retry`: a slot may free
+/// meanwhile, and its delivery drains `EGRESS`); anything else — a breaker, a rate or a
+/// disabled destination, which deciding again cannot get past, or a schedule that may have
+/// been stored — is nakked after `wait`, at most [`MAX_NAK_DELAY`], freeing its worker slot.
 fn unscheduled(
-    error: &switchyard_service::HandoffError,
+    unstored: &Unscheduled,
+    retry_helps: bool,
     wait: Duration,
     reason: String,
 ) -> Outcome {
     let after = wait.min(MAX_NAK_DELAY);
-    match error {
-        switchyard_service::HandoffError::AboveHighWater { .. } => Outcome::Retry { after, reason },
-        _ => Outcome::Wait { after, reason },
+    if unstored.nothing_stored && retry_helps {
+        Outcome::Retry { after, reason }
+    } else {
+        Outcome::Wait { after, reason }
     }
 }
 
+/// Now, in milliseconds since the epoch (the lease arithmetic's clock).
 fn now_ms() -> i64 {
     i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }

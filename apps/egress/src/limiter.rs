@@ -3,19 +3,24 @@
 //! within `route_wait_ms` is rescheduled instead of holding a worker slot while it waits, and it
 //! waits at all only when a slot is expected within that time: the n-th message waiting for a
 //! key expects one after about n × the key's mean slot hold ÷ its limit (the mean of the holds
-//! that carried an attempt, weighted to the recent ones). A slow key's messages therefore hold
-//! little more than its limit of the worker's slots — with attempts of 1 s and a limit of 16,
-//! three wait; with attempts of a minute, none — however many of them the stream holds, while a
-//! fast key's burst (or one with no history yet) waits its few milliseconds rather than being
-//! rescheduled.
+//! that carried an attempt, weighted to the recent ones; for a key with none yet, the age of
+//! its oldest slot held). A slow key's messages therefore hold little more than its limit of
+//! the worker's slots — with attempts of 1 s and a limit of 16, three wait; with attempts of a
+//! minute, none — however many of them the stream holds, while a fast key's burst (or a new
+//! key's) waits its few milliseconds rather than being rescheduled. The mean follows a key
+//! that turns slow once its first slow attempt ends (within the route's timeout): until then
+//! its messages wait as a fast key's do.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+/// When each of a key's slots now held was taken (how many at that instant).
+type Held = Arc<Mutex<BTreeMap<Instant, usize>>>;
 
 /// One slot of a key, released on drop; its hold counts towards the key's mean unless it
 /// carried no attempt ([`Slot::unused`]).
@@ -24,6 +29,7 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
     taken: Instant,
     mean_hold_us: Arc<AtomicU64>,
+    held: Held,
     counted: bool,
 }
 
@@ -37,6 +43,15 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = held.get_mut(&self.taken) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&self.taken);
+                }
+            }
+        }
         if !self.counted {
             return;
         }
@@ -64,6 +79,16 @@ struct Slots {
     waiting: Arc<AtomicUsize>,
     /// The mean hold of a slot that carried an attempt, µs; 0: none yet.
     mean_hold_us: Arc<AtomicU64>,
+    /// The slots held now.
+    held: Held,
+}
+
+/// What [`Limiter::acquire`] works with for one key.
+struct Handles {
+    semaphore: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    mean_hold_us: Arc<AtomicU64>,
+    held: Held,
 }
 
 /// Counts a message as waiting for a slot until dropped (a slot taken, the wait over, or the
@@ -91,50 +116,71 @@ impl Limiter {
     /// The semaphore, waiting count and mean hold for `route` with `limit` slots. When a
     /// route's limit changes, a fresh semaphore replaces the old one; attempts already running
     /// on the old one finish there.
-    fn slots(
-        &self,
-        route: &str,
-        limit: usize,
-    ) -> (Arc<Semaphore>, Arc<AtomicUsize>, Arc<AtomicU64>) {
+    fn slots(&self, route: &str, limit: usize) -> Handles {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         if routes.get(route).is_none_or(|slots| slots.limit != limit) {
-            let mean_hold_us = routes
-                .get(route)
-                .map_or_else(|| Arc::new(AtomicU64::new(0)), |s| s.mean_hold_us.clone());
+            let (mean_hold_us, held) = routes.get(route).map_or_else(
+                || (Arc::new(AtomicU64::new(0)), Held::default()),
+                |s| (s.mean_hold_us.clone(), s.held.clone()),
+            );
             let slots = Slots {
                 limit,
                 semaphore: Arc::new(Semaphore::new(limit)),
                 waiting: Arc::new(AtomicUsize::new(0)),
                 mean_hold_us,
+                held,
             };
             routes.insert(route.to_owned(), slots);
         }
         let slots = &routes[route];
-        (
-            slots.semaphore.clone(),
-            slots.waiting.clone(),
-            slots.mean_hold_us.clone(),
-        )
+        Handles {
+            semaphore: slots.semaphore.clone(),
+            waiting: slots.waiting.clone(),
+            mean_hold_us: slots.mean_hold_us.clone(),
+            held: slots.held.clone(),
+        }
     }
 
     /// Takes one of `route`'s `limit` slots, waiting at most `wait`; `None` if none freed up,
     /// and at once when none is expected within `wait` (see the module documentation).
     pub async fn acquire(&self, route: &str, limit: usize, wait: Duration) -> Option<Slot> {
-        let (semaphore, waiting, mean_hold_us) = self.slots(route, limit);
-        let slot = |permit| Slot {
-            _permit: permit,
-            taken: Instant::now(),
-            mean_hold_us: mean_hold_us.clone(),
-            counted: true,
+        let Handles {
+            semaphore,
+            waiting,
+            mean_hold_us,
+            held,
+        } = self.slots(route, limit);
+        let slot = |permit| {
+            let taken = Instant::now();
+            *held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(taken)
+                .or_default() += 1;
+            Slot {
+                _permit: permit,
+                taken,
+                mean_hold_us: mean_hold_us.clone(),
+                held: held.clone(),
+                counted: true,
+            }
         };
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Some(slot(permit));
         }
         let ahead = waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(waiting);
-        let mean = Duration::from_micros(mean_hold_us.load(Ordering::Relaxed));
-        let expected = mean.mul_f64((ahead + 1) as f64 / limit.max(1) as f64);
+        // A slot's hold: the key's mean, or, with none counted yet, its oldest slot's age.
+        let hold = match mean_hold_us.load(Ordering::Relaxed) {
+            0 => held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first_key_value()
+                .map_or(Duration::ZERO, |(taken, _)| taken.elapsed()),
+            mean => Duration::from_micros(mean),
+        };
+        let expected = hold.mul_f64((ahead + 1) as f64 / limit.max(1) as f64);
         if expected >= wait {
             return None;
         }
@@ -258,6 +304,19 @@ mod tests {
                 waiter.await.unwrap();
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_key_whose_first_attempts_hang_has_messages_rescheduled() {
+        let limiter = Limiter::new();
+        let wait = Duration::from_millis(200);
+        let _held = limiter.acquire("hung", 2, wait).await;
+        let _held2 = limiter.acquire("hung", 2, wait).await;
+        // No hold counted yet, but both slots held for 10 s: none expected soon.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire("hung", 2, wait).await.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
