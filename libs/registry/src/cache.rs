@@ -29,6 +29,10 @@ pub struct KvCache<K, R> {
     /// Counts the updates applied (see [`KvCache::changes`]).
     version: watch::Sender<u64>,
     filter: Option<String>,
+    /// The keys the current watch has handed over, until it has caught up: the cached keys it
+    /// did not hand over are then no longer in the bucket (deleted while the watch was down
+    /// with no marker left, aged out, or the bucket deleted and made again), and are dropped.
+    handed: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl<K, R> KvCache<K, R>
@@ -57,17 +61,23 @@ where
         filter: Option<String>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let cache = Arc::new(Self::empty(filter));
+        let task = cache.clone();
+        tokio::spawn(async move { task.follow(bucket, shutdown).await });
+        cache
+    }
+
+    /// A cache holding nothing yet, following nothing.
+    fn empty(filter: Option<String>) -> Self {
         let (loaded, _) = watch::channel(false);
         let (version, _) = watch::channel(0);
-        let cache = Arc::new(Self {
+        Self {
             entries: RwLock::new(HashMap::new()),
             loaded,
             version,
             filter,
-        });
-        let task = cache.clone();
-        tokio::spawn(async move { task.follow(bucket, shutdown).await });
-        cache
+            handed: std::sync::Mutex::new(None),
+        }
     }
 
     /// Waits until every value present at start-up has been loaded.
@@ -130,22 +140,50 @@ where
         self.len() == 0
     }
 
+    /// A watch begins: it will hand over every key the bucket holds (or its filter matches).
+    fn started(&self) {
+        *self
+            .handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Default::default());
+    }
+
     fn apply(&self, entry: &kv::Entry) {
-        let Ok(key) = K::parse(&entry.key) else {
-            tracing::warn!(key = %entry.key, "ignoring a key outside the bucket's schema");
-            return;
+        let caught_up = {
+            let mut handed = self
+                .handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(seen) = handed.as_mut() {
+                seen.insert(entry.key.clone());
+            }
+            // Nothing more pending: every key the bucket holds has been handed over.
+            if entry.delta == 0 {
+                handed.take()
+            } else {
+                None
+            }
         };
         let Ok(mut entries) = self.entries.write() else {
             return;
         };
-        match entry.operation {
-            kv::Operation::Put => {
-                let value = serde_json::from_slice::<R>(&entry.value).map_err(|e| e.to_string());
-                entries.insert(key, value);
+        match K::parse(&entry.key) {
+            Ok(key) => match entry.operation {
+                kv::Operation::Put => {
+                    let value =
+                        serde_json::from_slice::<R>(&entry.value).map_err(|e| e.to_string());
+                    entries.insert(key, value);
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    entries.remove(&key);
+                }
+            },
+            Err(_) => {
+                tracing::warn!(key = %entry.key, "ignoring a key outside the bucket's schema");
             }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                entries.remove(&key);
-            }
+        }
+        if let Some(seen) = caught_up {
+            entries.retain(|key, _| seen.contains(&key.render()));
         }
         drop(entries);
         self.version
@@ -153,11 +191,12 @@ where
     }
 
     async fn follow(&self, bucket: kv::Store, shutdown: CancellationToken) {
-        follow_bucket(
+        follow_bucket_from(
             &bucket,
             self.filter.as_deref(),
             &self.loaded,
             &shutdown,
+            &|| self.started(),
             &|entry| self.apply(entry),
         )
         .await;
@@ -179,17 +218,30 @@ pub async fn follow_bucket(
     shutdown: &CancellationToken,
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) {
+    follow_bucket_from(bucket, filter, loaded, shutdown, &|| {}, apply).await;
+}
+
+/// [`follow_bucket`], calling `started` as each watch begins, before its first entry (the
+/// watch then hands over every key the bucket holds, until an entry with nothing pending).
+pub async fn follow_bucket_from(
+    bucket: &kv::Store,
+    filter: Option<&str>,
+    loaded: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+    started: &(dyn Fn() + Sync),
+    apply: &(dyn Fn(&kv::Entry) + Sync),
+) {
     let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
     loop {
-        let started = tokio::time::Instant::now();
-        match watch_once(bucket, filter, loaded, shutdown, apply).await {
+        let began = tokio::time::Instant::now();
+        match watch_once(bucket, filter, loaded, shutdown, started, apply).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(bucket = %bucket.name, %error, "kv watch ended; re-creating")
             }
         }
         // A watch that ran for a while was healthy: start the delays over.
-        if started.elapsed() > Duration::from_secs(30) {
+        if began.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }
         if !backoff.wait(shutdown).await {
@@ -204,6 +256,7 @@ async fn watch_once(
     filter: Option<&str>,
     loaded: &watch::Sender<bool>,
     shutdown: &CancellationToken,
+    started: &(dyn Fn() + Sync),
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) -> Result<(), String> {
     let (mut watch, empty) = match filter {
@@ -225,6 +278,7 @@ async fn watch_once(
             )
         }
     };
+    started();
     if empty {
         loaded.send_replace(true);
     }
@@ -242,5 +296,55 @@ async fn watch_once(
         if entry.delta == 0 && !*loaded.borrow() {
             loaded.send_replace(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_keys::{TenantId, TenantKey};
+
+    use super::*;
+
+    fn entry(key: &str, value: &str, delta: u64) -> kv::Entry {
+        kv::Entry {
+            bucket: "tenants".to_owned(),
+            key: key.to_owned(),
+            value: value.as_bytes().to_vec().into(),
+            revision: 1,
+            delta,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            operation: kv::Operation::Put,
+            seen_current: delta == 0,
+        }
+    }
+
+    fn key(tenant: &str) -> TenantKey {
+        TenantKey {
+            tenant: TenantId::new(tenant).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_key_a_watch_started_again_does_not_hand_over_is_dropped_once_it_has_caught_up() {
+        let cache = KvCache::<TenantKey, serde_json::Value>::empty(None);
+        cache.started();
+        cache.apply(&entry("acme", "1", 1));
+        cache.apply(&entry("globex", "1", 0));
+        assert_eq!(cache.len(), 2);
+        // The watch ends (an outage) meanwhile globex leaves the bucket with no marker (the
+        // bucket deleted and made again, a value aged out); the new watch hands over acme.
+        cache.started();
+        cache.apply(&entry("initech", "1", 1));
+        assert!(
+            cache.get(&key("globex")).is_some(),
+            "served until the watch has caught up"
+        );
+        cache.apply(&entry("acme", "2", 0));
+        assert_eq!(cache.get(&key("globex")), None);
+        assert_eq!(cache.get(&key("acme")), Some(Ok(serde_json::json!(2))));
+        assert_eq!(cache.len(), 2);
+        // Live changes afterwards drop nothing.
+        cache.apply(&entry("hooli", "1", 0));
+        assert_eq!(cache.len(), 3);
     }
 }
