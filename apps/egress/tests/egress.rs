@@ -21,9 +21,9 @@ use sha2::Sha256;
 use switchyard_dlq::DlqCode;
 use switchyard_egress::receipt::Receipt;
 use switchyard_registry::{NatsRoute, Route};
-use switchyard_testkit::wait_for;
+use switchyard_testkit::{stored_count, wait_for};
 
-use support::{Harness, Reply, SECRET, Sink, address, webhook};
+use support::{Harness, Reply, SECRET, Sink, address, progress_acks, webhook};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -138,11 +138,7 @@ async fn a_500_then_a_200_is_delivered_on_the_second_attempt() {
         )
         .await;
 
-    let receipt = tokio::time::timeout(LONG, futures::StreamExt::next(&mut receipts))
-        .await
-        .expect("a receipt")
-        .unwrap();
-    let receipt: Receipt = serde_json::from_slice(&receipt.payload).unwrap();
+    let receipt = next_receipt(&mut receipts).await;
     assert_eq!(receipt.attempts, 2);
     assert_eq!(
         receipt.route, "acme._.slack",
@@ -194,15 +190,15 @@ async fn a_2xx_whose_body_never_ends_is_delivered_once_not_retried() {
         None,
     )
     .await;
-    let receipt = tokio::time::timeout(LONG, futures::StreamExt::next(&mut receipts))
-        .await
-        .expect("a receipt")
-        .unwrap();
-    let receipt: Receipt = serde_json::from_slice(&receipt.payload).unwrap();
+    let receipt = next_receipt(&mut receipts).await;
     assert_eq!(receipt.attempts, 1);
     assert_eq!(receipt.status, Some(200));
-    // Past the route's timeout and the retry's 1 s: still the one request.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled for good: nothing left in EGRESS (no message, no retry scheduled) to call the
+    // receiver again.
+    wait_for("EGRESS empty", LONG, || async {
+        (stored_count(&h.js, "EGRESS").await == 0).then_some(())
+    })
+    .await;
     assert_eq!(sink.count("/stalls"), 1, "the receiver got it once");
     assert!(h.dlq().await.is_empty());
     h.stop().await;
@@ -216,22 +212,8 @@ async fn a_retry_that_cannot_be_scheduled_is_held_without_calling_the_sink_again
     h.put_route("acme._.slack", &webhook(&sink, "/down")).await;
     // EGRESS at its high-water mark: its limit lowered to 20 messages, 19 of them fillers that
     // no consumer reads, so no retry can be scheduled into it.
-    let mut config =
-        h.js.get_stream("EGRESS")
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-    config.max_messages = 20;
-    h.js.update_stream(config).await.unwrap();
-    for i in 0..19 {
-        h.js.publish(format!("delay.v1.egress.filler.ops.slack.f{i}"), "x".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    h.fill_egress(20, 19).await;
+    let mut acks = h.client.subscribe("$JS.ACK.EGRESS.>").await.unwrap();
     h.start(|c| {
         c.egress.backoff_secs = vec![1];
         c.storage.max_fill_pct = 100.0;
@@ -247,21 +229,16 @@ async fn a_retry_that_cannot_be_scheduled_is_held_without_calling_the_sink_again
         (sink.count("/down") == 1).then_some(())
     })
     .await;
-    // Its retry cannot be stored: it is stored again in place, the sink not called again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Its retry cannot be stored: it is stored again in place (a progress ack before each
+    // try), the sink not called again.
+    progress_acks(&mut acks, 3).await;
     assert_eq!(
         sink.count("/down"),
         1,
         "no attempt while the retry waits for room"
     );
     // Room again: the retry is stored, and fires as scheduled (attempt 2).
-    h.js.get_stream("EGRESS")
-        .await
-        .unwrap()
-        .purge()
-        .filter("delay.v1.egress.filler.>")
-        .await
-        .unwrap();
+    h.remove_fillers().await;
     wait_for("the scheduled retry", LONG, || async {
         (sink.count("/down") == 2).then_some(())
     })
@@ -740,13 +717,7 @@ async fn an_open_breaker_holds_messages_without_hitting_the_route_or_spending_at
     }
     let mut attempts = 0;
     for _ in 0..messages {
-        let receipt = tokio::time::timeout(LONG, futures::StreamExt::next(&mut receipts))
-            .await
-            .expect("every message is delivered")
-            .unwrap();
-        attempts += serde_json::from_slice::<Receipt>(&receipt.payload)
-            .unwrap()
-            .attempts;
+        attempts += next_receipt(&mut receipts).await.attempts;
     }
 
     let requests = sink.requests("/flap");
@@ -836,4 +807,13 @@ async fn a_redelivered_copy_that_is_delivered_cancels_the_schedule_an_earlier_co
     })
     .await;
     h.stop().await;
+}
+
+/// The next receipt on `receipts` (a subscription to `delivered.v1.>`).
+async fn next_receipt(receipts: &mut async_nats::Subscriber) -> Receipt {
+    let receipt = tokio::time::timeout(LONG, futures::StreamExt::next(receipts))
+        .await
+        .expect("a receipt")
+        .unwrap();
+    serde_json::from_slice(&receipt.payload).unwrap()
 }

@@ -51,6 +51,29 @@ async fn finished(js: &jetstream::Context, id: &str, within: Duration) -> JobRec
     .await
 }
 
+/// Cancels job `id` as the CLI does (a compare-and-set on its record) and waits for its
+/// executor to record the cancel; returns the record then.
+async fn cancel(js: &jetstream::Context, id: &str) -> JobRecord {
+    let store = store(js).await;
+    loop {
+        let (mut record, revision) = store.get(id).await.unwrap().unwrap();
+        record.state = JobState::Cancelled;
+        record.finished_at = Some(OffsetDateTime::now_utc());
+        if let Written::Stored(_) = store.update(&record, revision).await.unwrap() {
+            break;
+        }
+    }
+    wait_for(
+        "the executor to record the cancel",
+        Duration::from_secs(20),
+        || async {
+            let job = job(js, id).await;
+            (job.state == JobState::Cancelled && job.lease.is_none()).then_some(job)
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn two_instances_share_a_job_but_only_one_executes_it() {
     let env = Env::start().await;
@@ -153,24 +176,7 @@ async fn a_cancelled_job_stops_and_leaves_the_rest_in_the_dlq() {
     })
     .await;
     // Cancel as the CLI does: a compare-and-set on the record.
-    let store = store(&env.js).await;
-    loop {
-        let (mut record, revision) = store.get(&id).await.unwrap().unwrap();
-        record.state = JobState::Cancelled;
-        record.finished_at = Some(OffsetDateTime::now_utc());
-        if let Written::Stored(_) = store.update(&record, revision).await.unwrap() {
-            break;
-        }
-    }
-    let stopped = wait_for(
-        "the executor to record the cancel",
-        Duration::from_secs(20),
-        || async {
-            let job = job(&env.js, &id).await;
-            (job.state == JobState::Cancelled && job.lease.is_none()).then_some(job)
-        },
-    )
-    .await;
+    let stopped = cancel(&env.js, &id).await;
     let replayed = stopped.progress.replayed;
     assert!(replayed < 200, "{replayed}");
     // Nothing more happens, even while the service drains.
@@ -299,24 +305,7 @@ async fn a_copy_its_target_keeps_refusing_stays_in_the_dlq_and_holds_up_neither_
         (job(&env.js, &id).await.state == JobState::Running).then_some(())
     })
     .await;
-    let store = store(&env.js).await;
-    loop {
-        let (mut record, revision) = store.get(&id).await.unwrap().unwrap();
-        record.state = JobState::Cancelled;
-        record.finished_at = Some(OffsetDateTime::now_utc());
-        if let Written::Stored(_) = store.update(&record, revision).await.unwrap() {
-            break;
-        }
-    }
-    let stopped = wait_for(
-        "the executor to record the cancel",
-        Duration::from_secs(20),
-        || async {
-            let job = job(&env.js, &id).await;
-            (job.state == JobState::Cancelled && job.lease.is_none()).then_some(job)
-        },
-    )
-    .await;
+    let stopped = cancel(&env.js, &id).await;
     assert_eq!(stopped.progress.replayed, 0);
     assert_eq!(
         stored_count(&env.js, "DLQ").await,

@@ -8,7 +8,7 @@ use switchyard_registry::{Destination, RateLimit, Store, Subscription};
 use switchyard_testkit::wait_for;
 use tokio::time::Instant;
 
-use crate::support::{Harness, Sink, address, webhook};
+use crate::support::{Harness, Sink, address, progress_acks, webhook};
 
 /// A destination limited to `rate` with `burst`, and egress started.
 async fn limited(sink: &Sink, rate: f64, burst: u32) -> Harness {
@@ -144,22 +144,8 @@ async fn a_fan_out_without_room_for_every_copy_stores_none_then_all_once_there_i
     // next reading, 500 ms on, also counts the message itself, and leaves room for none; the
     // first handling comes well before it, so a fan-out that stored copies one by one would
     // store and deliver the first.)
-    let mut config =
-        h.js.get_stream("EGRESS")
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-    config.max_messages = 20;
-    h.js.update_stream(config).await.unwrap();
-    for i in 0..17 {
-        h.js.publish(format!("delay.v1.egress.filler.ops.slack.f{i}"), "x".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    h.fill_egress(20, 17).await;
+    let mut acks = h.client.subscribe("$JS.ACK.EGRESS.>").await.unwrap();
     h.start(|c| c.storage.max_fill_pct = 100.0).await;
     h.publish(
         &address("acme", "ops", "slack"),
@@ -167,20 +153,15 @@ async fn a_fan_out_without_room_for_every_copy_stores_none_then_all_once_there_i
         None,
     )
     .await;
-    // The fan-out is held in place: neither copy is stored, so neither is delivered.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The fan-out is held in place (a progress ack before each try): neither copy is stored,
+    // so neither is delivered.
+    progress_acks(&mut acks, 2).await;
     assert_eq!(
         (sink.count("/one"), sink.count("/two")),
         (0, 0),
         "no copy goes while another has no room"
     );
-    h.js.get_stream("EGRESS")
-        .await
-        .unwrap()
-        .purge()
-        .filter("delay.v1.egress.filler.>")
-        .await
-        .unwrap();
+    h.remove_fillers().await;
     wait_for("both copies delivered", Duration::from_secs(30), || async {
         (sink.count("/one") == 1 && sink.count("/two") == 1).then_some(())
     })

@@ -289,6 +289,41 @@ impl Harness {
         envelope
     }
 
+    /// Lowers `EGRESS`'s limit to `max_messages` and stores `fillers` messages no consumer
+    /// reads (on `delay.v1.egress.filler.…`), to bring it to its high-water mark.
+    pub async fn fill_egress(&self, max_messages: i64, fillers: usize) {
+        let mut config = self
+            .js
+            .get_stream("EGRESS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        config.max_messages = max_messages;
+        self.js.update_stream(config).await.unwrap();
+        for i in 0..fillers {
+            self.js
+                .publish(format!("delay.v1.egress.filler.ops.slack.f{i}"), "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Removes [`Harness::fill_egress`]'s fillers: room again.
+    pub async fn remove_fillers(&self) {
+        self.js
+            .get_stream("EGRESS")
+            .await
+            .unwrap()
+            .purge()
+            .filter("delay.v1.egress.filler.>")
+            .await
+            .unwrap();
+    }
+
     /// Takes every pending message off the egress consumer and naks it, as a copy that
     /// crashed would leave it: each is then redelivered with a delivery count of 2.
     pub async fn nak_pending(&self) {
@@ -587,4 +622,19 @@ async fn answer(
         return response.body(Body::from_stream(body)).unwrap();
     }
     response.body(Body::from(reply.body)).unwrap()
+}
+
+/// Waits until `acks` (a subscription to `$JS.ACK.EGRESS.>`) has carried `n` progress acks
+/// (`+WPI`): a message is being held in place, tried again after each.
+pub async fn progress_acks(acks: &mut async_nats::Subscriber, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let ack = tokio::time::timeout(Duration::from_secs(30), acks.next())
+            .await
+            .expect("progress acks")
+            .expect("the subscription is open");
+        if &ack.payload[..] == b"+WPI" {
+            seen += 1;
+        }
+    }
 }
