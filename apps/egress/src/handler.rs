@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::stream::{
     DeleteMessageError, DeleteMessageErrorKind, DirectGetErrorKind,
 };
@@ -1156,15 +1155,11 @@ fn record(at: OffsetDateTime, classified: &Classified, duration_ms: u64) -> Atte
     )
 }
 
-/// Whether deleting a message failed only because it is no longer in the stream (the server
-/// answers `no message found`, error code 10057, or 10043 for a sequence it never had).
+/// Whether deleting a message failed only because it is no longer in the stream
+/// ([`switchyard_registry::gone_on_delete`]).
 fn already_gone(error: &DeleteMessageError) -> bool {
     match error.kind() {
-        DeleteMessageErrorKind::JetStream(error) => {
-            error.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
-                || (error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
-                    && error.to_string().contains("no message found"))
-        }
+        DeleteMessageErrorKind::JetStream(error) => switchyard_registry::gone_on_delete(&error),
         _ => false,
     }
 }

@@ -96,7 +96,7 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
                         .intersection(&unregistered_once)
                         .cloned()
                         .collect();
-                    for tenant in orphans.difference(&running_set(&running)) {
+                    for tenant in orphans.iter().filter(|t| !running.contains_key(*t)) {
                         tracing::warn!(%tenant, "the tenant's ingress stream has no registry record: reading it, so its messages are decided (dead-lettered unknown_tenant unless require_registered_tenant is off), not left to expire");
                     }
                     unregistered_once = unregistered;
@@ -164,11 +164,6 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
         }
     }
     while loops.join_next().await.is_some() {}
-}
-
-/// The tenants in `running`.
-fn running_set(running: &HashMap<TenantId, CancellationToken>) -> HashSet<TenantId> {
-    running.keys().cloned().collect()
 }
 
 /// Every tenant with an ingress stream of this deployment on the server (by the streams'

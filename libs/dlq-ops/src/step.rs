@@ -26,11 +26,11 @@
 //! slower); an entry already gone (an earlier attempt deleted it, or it was purged) counts as
 //! deleted, since its copy is stored.
 
+use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, RequestError};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{DeleteStatus, Stream};
-use async_nats::jetstream::{self, ErrorCode};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -306,12 +306,10 @@ pub async fn replay(
     })
 }
 
-/// Removes entry `seq` from the DLQ without secure erase; an entry already gone counts:
-/// nats-server answers a delete of a sequence it no longer holds with 10043 (sequence not
-/// found), or with its catch-all delete failure 10057 when the store says "no message found"
-/// (`jsMsgDeleteRequest`; egress's `already_gone` reads a delete the same way). Any other
-/// 10057 — "message delete not permitted" on a stream with `deny_delete`, a store error — is
-/// a refusal: the entry is still there, and the replay did not finish.
+/// Removes entry `seq` from the DLQ without secure erase; an entry already gone counts
+/// ([`switchyard_registry::gone_on_delete`]). Any other refusal ("message delete not
+/// permitted" on a stream with `deny_delete`, a store error) leaves the entry there, and the
+/// replay unfinished.
 async fn delete(js: &jetstream::Context, dlq: &Stream, seq: u64) -> Result<(), DeleteError> {
     let response: Response<DeleteStatus> = js
         .request(
@@ -322,14 +320,7 @@ async fn delete(js: &jetstream::Context, dlq: &Stream, seq: u64) -> Result<(), D
         .map_err(DeleteError::Request)?;
     match response {
         Response::Ok(_) => Ok(()),
-        Response::Err { error }
-            if error.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
-                || error.error_code() == ErrorCode::NO_MESSAGE_FOUND
-                || (error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
-                    && error.to_string().contains("no message found")) =>
-        {
-            Ok(())
-        }
+        Response::Err { error } if switchyard_registry::gone_on_delete(&error) => Ok(()),
         Response::Err { error } => Err(DeleteError::Refused(error)),
     }
 }

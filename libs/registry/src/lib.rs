@@ -43,5 +43,5 @@ pub use route::{
     NatsRoute, Route, RouteError, SEALED_SECRET_PREFIX, WebhookRoute, WebhookSecret, sealed_key_id,
 };
 pub use signing_key::{SigningKey, sign_v1, sign_v1a};
-pub use store::{Changed, Store, StoreError, Written};
+pub use store::{Changed, Store, StoreError, Written, gone_on_delete};
 pub use tenant::{TenantNameError, TenantRecord};

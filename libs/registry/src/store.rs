@@ -11,6 +11,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchyard_keys::{KeyError, KvKey};
 
+/// Whether nats-server's answer to a message delete (`STREAM.MSG.DELETE`) says only that the
+/// message was no longer there: 10043 (sequence not found), 10037 (no message found), or its
+/// catch-all delete failure 10057 when the store says "no message found"
+/// (`jsMsgDeleteRequest`). Any other 10057 — "message delete not permitted" on a stream with
+/// `deny_delete`, a store error — is a refusal: the message is still there. The one reading of
+/// a delete for every caller (egress's schedules, the DLQ's replayed entries).
+pub fn gone_on_delete(error: &async_nats::jetstream::Error) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    let code = error.error_code();
+    code == ErrorCode::SEQUENCE_NOT_FOUND
+        || code == ErrorCode::NO_MESSAGE_FOUND
+        || (code == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+            && error.to_string().contains("no message found"))
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
