@@ -66,6 +66,10 @@ pub struct BackpressureSettings {
     pub tenant_idle_secs: u64,
     /// Messages fetched at once per tenant (default 1000).
     pub max_batch: usize,
+    /// Most bytes of messages every tenant loop together holds (fetched, not yet settled), default 8 MiB; at least
+    /// one message of the largest size the streams admit, 1 MiB + 64 KiB
+    /// ([`switchyard_service::budget`]).
+    pub max_in_flight_bytes: usize,
     /// How often each tenant's own ingress stream is compared with its quota, in seconds
     /// (default 30; 0 = never; at most 3600).
     pub quota_check_secs: u64,
@@ -213,6 +217,11 @@ impl BackpressureSettings {
                 ),
             );
         }
+        if let Err(why) =
+            switchyard_service::budget::check_max_in_flight_bytes(self.max_in_flight_bytes)
+        {
+            return fail("max_in_flight_bytes", why);
+        }
         if self.max_batch == 0 || self.max_batch > max_ack_pending {
             return fail(
                 "max_batch",
@@ -300,6 +309,10 @@ mod tests {
     fn every_setting_that_would_stall_or_panic_a_tenant_loop_is_refused_by_name() {
         let cases: Vec<(&str, Change)> = vec![
             ("max_batch", Box::new(|s| s.max_batch = 0)),
+            (
+                "max_in_flight_bytes",
+                Box::new(|s| s.max_in_flight_bytes = 1 << 20),
+            ),
             ("max_batch", Box::new(|s| s.max_batch = 10_001)),
             ("lease_secs", Box::new(|s| s.lease_secs = -1.0)),
             ("lease_secs", Box::new(|s| s.lease_secs = f64::NAN)),

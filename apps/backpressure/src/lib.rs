@@ -75,6 +75,10 @@ pub async fn start(
         leaser,
         limits,
         settings: config.backpressure.clone(),
+        budget: switchyard_service::budget::ByteBudget::new(
+            config.backpressure.max_in_flight_bytes,
+            metrics.bytes_held.clone(),
+        ),
         metrics: metrics.clone(),
         own,
         loop_health: loop_health.clone(),

@@ -158,6 +158,8 @@ pub struct Shared {
     pub release_pending: std::sync::Mutex<std::collections::HashSet<TenantId>>,
     /// Operational events: admission closed and reopened.
     pub events: switchyard_service::events::EventLog,
+    /// The bytes of messages every tenant loop together holds (`max_in_flight_bytes`).
+    pub budget: Arc<switchyard_service::budget::ByteBudget>,
 }
 
 impl Shared {

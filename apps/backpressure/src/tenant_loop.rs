@@ -3,7 +3,8 @@
 //! limit simply stay in the stream — they are not fetched, so they hold no ack-pending slot,
 //! spend no delivery attempt, and never block another tenant, whose loop is its own task.
 //!
-//! Up to one lease window of the tenant's rate (at most `max_batch`) of its messages are in
+//! Up to one lease window of the tenant's rate (at most `max_batch`, and within the service's
+//! byte budget, `max_in_flight_bytes`, which every tenant loop shares) of its messages are in
 //! flight at once, each in its own task (waiting for its slot, then handed on and settled), so
 //! the tenant's throughput is not one hand-off round trip at a time, and a message held by a
 //! failing hand-off does not hold the ones behind it; a message is never fetched long before
@@ -98,16 +99,20 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         // message's slot is near, none is hoarded for a later window.
         let in_flight_now = max_batch - room.available_permits();
         let free = max_block.saturating_sub(in_flight_now);
-        if free == 0 {
+        // The service's byte budget (every tenant loop's messages together) must have room too.
+        let budget_full = shared.budget.held() >= shared.budget.limit();
+        if free == 0 || budget_full {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = in_flight.join_next() => continue,
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                () = shared.budget.room(), if budget_full => continue,
                 Ok(()) = raise.changes.changed() => {
                     raise.apply(shared.limit_for(&tenant).rate_per_sec, &mut tokens);
                     continue;
                 }
             }
         }
+        let free = shared.budget.plan(free);
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break,
             // Open until it has brought `free` messages or its wait ends: a trickle costs one
@@ -160,6 +165,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 None => break,
             };
             got += 1;
+            let charge = shared.budget.charge(msg.length);
             arrivals.count(Instant::now(), lease_window);
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
             let stale = now_ms().saturating_sub(2 * lease_window.as_millis() as i64);
@@ -217,6 +223,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             let (forward, shutdown) = (forward.clone(), shutdown.clone());
             let raised = raise.to_waiting.subscribe();
             in_flight.spawn(async move {
+                // The message's bytes are held until its task ends, however it ends.
+                let _charge = charge;
                 if !wait_for_slot(held, raised, &shutdown).await {
                     // Shutdown does not wait for a slow tenant's slot (up to 1 / its rate
                     // away): the message goes back to its stream at once, for whichever

@@ -278,6 +278,7 @@ pub async fn start(
         metrics,
         WorkerSettings {
             concurrency: settings.concurrency,
+            max_in_flight_bytes: settings.max_in_flight_bytes,
             settle,
             ..WorkerSettings::default()
         },

@@ -507,6 +507,48 @@ async fn a_tenant_with_slow_sinks_holds_only_its_share_of_the_slots() {
 }
 
 #[tokio::test]
+async fn egress_holds_no_more_message_bytes_than_its_budget_whatever_its_slots() {
+    let sink = Sink::start().await;
+    // A slow but successful sink: each request answers 200 after 2 s.
+    sink.script(
+        "/big",
+        vec![],
+        Reply::status(200).hang(Duration::from_secs(2)),
+    );
+    let mut h = Harness::new().await;
+    let mut route = webhook(&sink, "/big");
+    if let Route::Webhook(w) = &mut route {
+        w.timeout_ms = 15_000;
+        w.max_in_flight = 64;
+    }
+    h.put_route("acme.ops.slack", &route).await;
+    // The least budget: one message of the largest size the streams admit (1 MiB + 64 KiB).
+    let budget = 1024 * 1024 + 64 * 1024;
+    h.start(|c| {
+        c.egress.concurrency = 64;
+        c.egress.tenant_max_in_flight = 64;
+        c.egress.max_in_flight_bytes = budget;
+    })
+    .await;
+
+    // Ten messages of 300 KiB: the slots would let all ten be sent at once.
+    let payload = Bytes::from(vec![b'x'; 300 * 1024]);
+    for _ in 0..10 {
+        h.publish(&address("acme", "ops", "slack"), payload.clone(), None)
+            .await;
+    }
+    wait_for("every delivery", LONG, || async {
+        (sink.count("/big") == 10).then_some(())
+    })
+    .await;
+    // Three (~0.9 MiB) leave room under the budget, so a fourth is fetched; none after it
+    // until one of them ends.
+    assert_eq!(sink.max_in_flight("/big"), 4, "requests at once");
+    assert!(h.dlq().await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn messages_without_a_usable_route_or_envelope_are_dead_lettered_with_their_code() {
     let mut h = Harness::new().await;
     h.put_raw_route(

@@ -54,6 +54,10 @@ pub enum KvUnavailable {
 pub struct IdempotencySettings {
     /// Messages handled at once (default 64).
     pub concurrency: usize,
+    /// Most bytes of messages held at once (fetched, not yet settled), default 8 MiB; at least
+    /// one message of the largest size the streams admit, 1 MiB + 64 KiB
+    /// ([`switchyard_service::budget`]).
+    pub max_in_flight_bytes: usize,
     /// Claim lifetime in seconds (default 129600 = 36 h).
     pub ttl_secs: u64,
     /// Where first sightings go (default `backpressure`).
@@ -83,6 +87,11 @@ impl IdempotencySettings {
                 reason,
             })
         };
+        if let Err(why) =
+            switchyard_service::budget::check_max_in_flight_bytes(self.max_in_flight_bytes)
+        {
+            return fail("max_in_flight_bytes", why);
+        }
         if self.concurrency == 0 {
             return fail(
                 "concurrency",
@@ -210,6 +219,10 @@ mod tests {
         let topology = config.deployment.resolve().unwrap();
         let cases: Vec<(&str, Change)> = vec![
             ("concurrency", Box::new(|s| s.concurrency = 0)),
+            (
+                "max_in_flight_bytes",
+                Box::new(|s| s.max_in_flight_bytes = 1 << 20),
+            ),
             ("ttl_secs", Box::new(|s| s.ttl_secs = 0)),
             ("ttl_secs", Box::new(|s| s.ttl_secs = 129_601)),
             (

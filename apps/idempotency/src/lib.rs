@@ -105,6 +105,7 @@ pub async fn start(
     // `wait`) or a failed hand-off is retried in place for exactly `kv_wait_max_secs`.
     let mut worker_settings = WorkerSettings {
         concurrency: settings.concurrency,
+        max_in_flight_bytes: settings.max_in_flight_bytes,
         ..WorkerSettings::default()
     };
     worker_settings.settle.dlq_quota = DlqQuota::start_declared(

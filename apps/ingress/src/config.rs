@@ -50,6 +50,10 @@ pub struct IngressConfig {
 pub struct IngressSettings {
     /// Messages handled at once (default 64).
     pub concurrency: usize,
+    /// Most bytes of messages held at once (fetched, not yet settled), default 8 MiB; at least
+    /// one message of the largest size the streams admit, 1 MiB + 64 KiB
+    /// ([`switchyard_service::budget`]).
+    pub max_in_flight_bytes: usize,
     /// Most messages one tenant's stream is fetched at a time (default 16): the
     /// `concurrency` slots go round the tenants with messages in batches of at most this.
     pub tenant_batch: usize,
@@ -210,6 +214,11 @@ impl IngressSettings {
                 reason,
             })
         };
+        if let Err(why) =
+            switchyard_service::budget::check_max_in_flight_bytes(self.max_in_flight_bytes)
+        {
+            return fail("max_in_flight_bytes", why);
+        }
         if self.concurrency == 0 {
             return fail(
                 "concurrency",
@@ -496,6 +505,10 @@ mod tests {
         let topology = config.deployment.resolve().unwrap();
         let cases: Vec<(&str, Change)> = vec![
             ("concurrency", Box::new(|s| s.concurrency = 0)),
+            (
+                "max_in_flight_bytes",
+                Box::new(|s| s.max_in_flight_bytes = 1 << 20),
+            ),
             ("tenant_batch", Box::new(|s| s.tenant_batch = 0)),
             ("tenant_batch", Box::new(|s| s.tenant_batch = 65)),
             (

@@ -137,6 +137,7 @@ pub async fn start(
     });
     let mut settings = WorkerSettings {
         concurrency: config.ingress.concurrency,
+        max_in_flight_bytes: config.ingress.max_in_flight_bytes,
         max_batch: config.ingress.tenant_batch,
         // One pull waits per tenant; a long wait keeps an idle tenant's cost low (a message
         // arriving is delivered to the waiting pull at once).

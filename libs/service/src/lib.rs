@@ -1,5 +1,7 @@
 //! What every pipeline service shares, so each service's code is only its own logic:
 //!
+//! - [`budget`]: the bytes of messages a service's loops hold at once, under its
+//!   `max_in_flight_bytes`: fetches wait for room and are sized by it.
 //! - [`settle`]: the one place a stage's [`Outcome`] becomes ack / nak-with-delay / DLQ record +
 //!   ack, with the per-message tracing span and the in-place hold for transient failures; used
 //!   by the worker and by the backpressure service's per-tenant loops.
@@ -26,6 +28,7 @@
 //! - [`storage`]: storage health (KV and publish round trips, fill of shared streams and
 //!   buckets) measured every interval, for `/readyz` and `/metrics` ([`StorageProbe`]).
 
+pub mod budget;
 pub mod dlq_quota;
 pub mod events;
 pub mod handoff;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub acks_unconfirmed: Family<TenantLabels, Counter>,
     /// Messages being handled now.
     pub in_flight: Gauge,
+    /// Bytes of the messages the stage holds now (fetched and not yet settled), bounded by
+    /// its `max_in_flight_bytes` ([`crate::budget::ByteBudget`]).
+    pub bytes_held: Gauge,
     /// Handler latency, in seconds.
     pub latency: Histogram,
 }
@@ -71,6 +74,7 @@ impl Metrics {
         let dead_lettered = Family::<DlqLabels, Counter>::default();
         let acks_unconfirmed = Family::<TenantLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let bytes_held = Gauge::default();
         let latency = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
@@ -100,6 +104,11 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register(
+            "message_bytes_held",
+            "Bytes of the messages the stage holds (fetched, not yet settled), bounded by its max_in_flight_bytes",
+            bytes_held.clone(),
+        );
+        registry.register(
             "handler_latency_seconds",
             "Time from receipt to settlement",
             latency.clone(),
@@ -112,6 +121,7 @@ impl Metrics {
             dead_lettered,
             acks_unconfirmed,
             in_flight,
+            bytes_held,
             latency,
         }
     }

@@ -3,7 +3,8 @@
 //! nak-with-delay / DLQ record then ack.
 //!
 //! Pulls only as many messages as it has free handler slots (so nothing waits in a local
-//! buffer holding an ack-pending slot), and on shutdown stops fetching and waits for every
+//! buffer holding an ack-pending slot) and its byte budget has room for ([`crate::budget`]:
+//! the service's `max_in_flight_bytes`), and on shutdown stops fetching and waits for every
 //! in-flight message to settle. Pulls go through the loop's [`Puller`] (one inbox for all its
 //! pulls). How long a pull stays open is [`PullEnds`]: a loop that owns its slots keeps it open
 //! until it has brought its count, so a trickle costs one pull per pull's worth of messages;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Metrics;
+use crate::budget::{ByteBudget, Charge};
 pub use crate::pull::PullEnds;
 use crate::pull::Puller;
 pub use crate::settle::{Handled, Outcome};
@@ -144,6 +146,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct WorkerSettings {
     /// Messages handled at once.
     pub concurrency: usize,
+    /// Most bytes of messages the worker's loops hold at once (fetched and not yet settled):
+    /// fetches wait for room and are sized by it ([`crate::budget`]).
+    pub max_in_flight_bytes: usize,
     /// How long one pull waits for the messages it asked for.
     pub fetch_wait: Duration,
     /// Most messages one fetch asks for (the free slots, at most this): with several
@@ -158,6 +163,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            max_in_flight_bytes: crate::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
             fetch_wait: Duration::from_secs(1),
             max_batch: usize::MAX,
             settle: SettleSettings::default(),
@@ -174,6 +180,8 @@ pub struct Worker<H> {
     settings: WorkerSettings,
     /// Handler slots, shared by every consumer this worker reads.
     slots: Arc<Semaphore>,
+    /// The bytes its loops hold, shared as the slots are.
+    budget: Arc<ByteBudget>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -185,6 +193,7 @@ impl<H: Handler> Worker<H> {
         metrics: Arc<Metrics>,
         settings: WorkerSettings,
     ) -> Self {
+        let budget = ByteBudget::new(settings.max_in_flight_bytes, metrics.bytes_held.clone());
         let settler = Settler::new(js.clone(), ns, metrics, settings.settle.clone());
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Self {
@@ -193,6 +202,7 @@ impl<H: Handler> Worker<H> {
             js,
             settings,
             slots,
+            budget,
         }
     }
 
@@ -276,6 +286,11 @@ impl<H: Handler> Worker<H> {
                     gate = None;
                 }
             }
+            // Room in the service's byte budget before anything is fetched.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                () = shared.budget.room() => {}
+            }
             // Wait for at least one free slot (or shutdown) before fetching.
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -286,6 +301,7 @@ impl<H: Handler> Worker<H> {
             if let Some(meter) = &meter {
                 free = free.min(meter.fetch_max().max(1));
             }
+            free = shared.budget.plan(free);
             drop(permit);
             // At a trickle (the last message left the stream empty) one message is asked for
             // and the pull stays open for it: nats-server then owes no `404` after it, and no
@@ -338,8 +354,16 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
+                let charge = shared.budget.charge(msg.length);
                 let metered = meter.as_ref().map(|m| (m.clone(), m.fetched(&msg)));
-                tasks.spawn(shared.task(msg, permit, &shutdown, &abort, max_deliver, metered));
+                tasks.spawn(shared.task(
+                    (msg, charge),
+                    permit,
+                    &shutdown,
+                    &abort,
+                    max_deliver,
+                    metered,
+                ));
             }
             if let Some(seen) = trickle_seen {
                 trickle = seen;
@@ -390,31 +414,33 @@ impl<H: Handler> Worker<H> {
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         let mut reconnected = switchyard_runtime::nats::reconnections();
         let mut puller = Puller::new(self.js.clone());
-        let start =
-            |tasks: &mut JoinSet<()>, msg: jetstream::Message, permit: OwnedSemaphorePermit| {
-                tasks.spawn(self.task(msg, permit, &shutdown, &never_aborted, max_deliver, None));
-            };
+        let start = |tasks: &mut JoinSet<()>, held: Held, permit: OwnedSemaphorePermit| {
+            tasks.spawn(self.task(held, permit, &shutdown, &never_aborted, max_deliver, None));
+        };
         let dispatch = |queues: &mut FairQueues, tasks: &mut JoinSet<()>| {
             while !queues.is_empty() {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let Some(msg) = queues.pop() else {
+                let Some(held) = queues.pop() else {
                     break;
                 };
-                start(tasks, msg, permit);
+                start(tasks, held, permit);
             }
         };
         'outer: while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             dispatch(&mut queues, &mut tasks);
             let room = window.saturating_sub(queues.len() + tasks.len());
-            if room == 0 {
+            if room == 0 || self.budget.held() >= self.budget.limit() {
+                // The window is full, or the byte budget: a settled message makes room.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tasks.join_next() => continue,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    () = self.budget.room(), if room > 0 => continue,
                 }
             }
+            let room = self.budget.plan(room);
             let sent = self
                 .pull(
                     &mut puller,
@@ -441,6 +467,7 @@ impl<H: Handler> Worker<H> {
                     }
                     next = puller.next() => match next {
                         Some(Ok(msg)) => {
+                            let charge = self.budget.charge(msg.length);
                             // Nobody waits for a slot, so nobody is passed over: the message
                             // takes a free slot at once, without a turn through the queues
                             // (which would make and drop its tenant's queue, room for 4
@@ -451,9 +478,9 @@ impl<H: Handler> Worker<H> {
                                 None
                             };
                             if let Some(permit) = free {
-                                start(&mut tasks, msg, permit);
+                                start(&mut tasks, (msg, charge), permit);
                             } else {
-                                queues.push(tenant_of(&msg), msg);
+                                queues.push(tenant_of(&msg), (msg, charge));
                                 dispatch(&mut queues, &mut tasks);
                             }
                         }
@@ -489,6 +516,9 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+/// A fetched message with its bytes charged to the worker's budget.
+type Held = (jetstream::Message, Charge);
+
 /// What sending one pull gave.
 enum Pulled {
     /// It is under way: read it with [`Puller::next`].
@@ -500,13 +530,14 @@ enum Pulled {
 }
 
 impl<H: Handler> Worker<H> {
-    /// The task that settles `msg`, holding its slot (`permit`) until done, or ending where it
-    /// is (the message neither acked nor nak'd, as in a crash) once `abort` is cancelled. The
-    /// race is written inside the task, not as a wrapper around it: a wrapping `async fn` would
-    /// hold the task's future twice (its argument, and the moved copy it awaits).
+    /// The task that settles `msg`, holding its slot (`permit`) and its bytes until done, or
+    /// ending where it is (the message neither acked nor nak'd, as in a crash) once `abort` is
+    /// cancelled. The race is written inside the task, not as a wrapper around it: a wrapping
+    /// `async fn` would hold the task's future twice (its argument, and the moved copy it
+    /// awaits).
     fn task(
         self: &Arc<Self>,
-        msg: jetstream::Message,
+        (msg, charge): Held,
         permit: OwnedSemaphorePermit,
         shutdown: &CancellationToken,
         abort: &CancellationToken,
@@ -528,6 +559,7 @@ impl<H: Handler> Worker<H> {
                     .process(msg, &shutdown, worker.handler.as_ref(), max_deliver) => {}
             }
             drop(permit);
+            drop(charge);
         }
     }
 
@@ -566,14 +598,14 @@ impl<H: Handler> Worker<H> {
 /// names none), served in turn.
 #[derive(Default)]
 struct FairQueues {
-    queues: HashMap<Option<TenantId>, VecDeque<jetstream::Message>>,
+    queues: HashMap<Option<TenantId>, VecDeque<Held>>,
     /// Tenants with messages, in the order they are served next.
     turn: VecDeque<Option<TenantId>>,
     len: usize,
 }
 
 impl FairQueues {
-    fn push(&mut self, tenant: Option<TenantId>, msg: jetstream::Message) {
+    fn push(&mut self, tenant: Option<TenantId>, msg: Held) {
         let queue = self.queues.entry(tenant.clone()).or_default();
         if queue.is_empty() {
             self.turn.push_back(tenant);
@@ -583,7 +615,7 @@ impl FairQueues {
     }
 
     /// The next tenant's oldest message.
-    fn pop(&mut self) -> Option<jetstream::Message> {
+    fn pop(&mut self) -> Option<Held> {
         let tenant = self.turn.pop_front()?;
         let queue = self.queues.get_mut(&tenant)?;
         let msg = queue.pop_front()?;

@@ -2,7 +2,8 @@
 //! task, as a crash would) ends the message tasks it started where they are, leaving their
 //! messages unacked for redelivery — whereas a shutdown waits for them to settle, with no pull
 //! left open while it does; and a gate that closes while a tenant's loop waits at a trickle
-//! lets at most one message through.
+//! lets at most one message through; and a worker holds no more message bytes than its budget,
+//! whatever its free slots.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,7 @@ fn worker<H: Handler>(js: &jetstream::Context, handler: H, slots: usize) -> Arc<
         Arc::new(Metrics::new(Stage::Ingress)),
         WorkerSettings {
             concurrency: slots,
+            max_in_flight_bytes: switchyard_service::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
             fetch_wait: Duration::from_secs(20),
             max_batch: slots,
             settle: SettleSettings::default(),
@@ -295,4 +297,114 @@ async fn a_shutdown_leaves_no_pull_open_while_it_drains() {
         started.try_recv().is_err(),
         "nothing more was handled after shutdown"
     );
+}
+
+/// Counts the messages it holds at once (and the most it ever held), finishing each (acked)
+/// when released.
+struct HeldCounts {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+    release: tokio::sync::Semaphore,
+}
+
+struct Counting(Arc<HeldCounts>);
+
+impl Handler for Counting {
+    async fn handle(&self, _msg: &jetstream::Message) -> Handled {
+        use std::sync::atomic::Ordering::SeqCst;
+        let this = &self.0;
+        let now = this.now.fetch_add(1, SeqCst) + 1;
+        this.most.fetch_max(now, SeqCst);
+        let _ = this.release.acquire().await.map(|permit| permit.forget());
+        this.now.fetch_sub(1, SeqCst);
+        this.done.fetch_add(1, SeqCst);
+        Handled {
+            tenant: None,
+            outcome: Outcome::Forwarded,
+        }
+    }
+}
+
+/// Ten messages of ~1 KiB through a worker with 16 slots and a budget of 2,500 bytes, read by
+/// `consume` (`fair`: `false`) or `consume_fair`: the handler is released one message at a
+/// time, and never holds more than three at once (the third is fetched while two, ~2 KiB,
+/// leave room; none after it), where the slots alone would let all ten in.
+async fn at_most_the_budget_of_bytes_is_held(fair: bool) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let server = NatsServer::start().await;
+    let (js, consumer) = crate::pull::work_consumer(&server, Duration::from_secs(30)).await;
+    for _ in 0..10 {
+        js.publish("work.acme", vec![b'x'; 1000].into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let counting = Arc::new(HeldCounts {
+        now: Default::default(),
+        most: Default::default(),
+        done: Default::default(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let worker = Arc::new(Worker::new(
+        Arc::new(Counting(counting.clone())),
+        js.clone(),
+        Namespace::new(None),
+        Arc::new(Metrics::new(Stage::Ingress)),
+        WorkerSettings {
+            concurrency: 16,
+            max_in_flight_bytes: 2_500,
+            fetch_wait: Duration::from_secs(1),
+            max_batch: 16,
+            settle: SettleSettings::default(),
+        },
+    ));
+    let shutdown = CancellationToken::new();
+    let looping = if fair {
+        tokio::spawn(worker.consume_fair(consumer.clone(), 16, |_| None, shutdown.clone()))
+    } else {
+        tokio::spawn(worker.consume(consumer.clone(), shutdown.clone()))
+    };
+    for released in 0..10 {
+        // The next message is released once the handler holds all the budget lets it.
+        wait_for(
+            "the handler to fill the budget",
+            Duration::from_secs(10),
+            || {
+                let (counting, released) = (&counting, released);
+                async move {
+                    let held = counting.now.load(SeqCst);
+                    (held == 3.min(10 - released)).then_some(())
+                }
+            },
+        )
+        .await;
+        counting.release.add_permits(1);
+        wait_for(
+            "the released message to end",
+            Duration::from_secs(10),
+            || {
+                let counting = &counting;
+                async move { (counting.done.load(SeqCst) > released).then_some(()) }
+            },
+        )
+        .await;
+    }
+    assert_eq!(counting.most.load(SeqCst), 3, "the most held at once");
+    shutdown.cancel();
+    looping.await.expect("the loop ended");
+    let mut consumer = consumer;
+    let info = consumer.info().await.expect("info");
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+}
+
+#[tokio::test]
+async fn a_worker_holds_no_more_message_bytes_than_its_budget() {
+    at_most_the_budget_of_bytes_is_held(false).await;
+}
+
+#[tokio::test]
+async fn a_fair_worker_holds_no_more_message_bytes_than_its_budget() {
+    at_most_the_budget_of_bytes_is_held(true).await;
 }
