@@ -112,14 +112,18 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 }
             }
         }
-        let free = shared.budget.plan(free);
+        // As many as the byte budget's room holds (at least one), counted as planned until they
+        // arrive or the pull ends.
+        let mut planned = shared
+            .budget
+            .plan(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES));
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break,
             // Open until it has brought `free` messages or its wait ends: a trickle costs one
             // pull per `free` messages (the room is this loop's own, so none waits for it).
             sent = Box::pin(puller.pull(
                 &consumer,
-                free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES),
+                planned.count(),
                 PullEnds::AtCount,
                 switchyard_service::worker::TENANT_FETCH_WAIT,
             )) => sent,
@@ -165,6 +169,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 None => break,
             };
             got += 1;
+            planned.arrived();
             let charge = shared.budget.charge(msg.length);
             arrivals.count(Instant::now(), lease_window);
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
@@ -242,6 +247,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 drop(permit);
             });
         }
+        drop(planned);
         // Sending a pull succeeds even while the server answers each with an error: the
         // backoff is reset only by a pull that ended without one, so the pause grows.
         if !failed {

@@ -81,11 +81,17 @@ impl Harness {
     }
 
     async fn add_replica(&mut self) {
+        self.add_replica_with(|_| {}).await;
+    }
+
+    /// [`Harness::add_replica`], its settings changed by `tune`.
+    async fn add_replica_with(&mut self, tune: impl FnOnce(&mut BackpressureConfig)) {
         let mut config = BackpressureConfig::defaults().unwrap();
         config.nats.url = self.server.url();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.backpressure.scan_interval_ms = 200;
         config.backpressure.quota_check_secs = 1;
+        tune(&mut config);
         let shutdown = CancellationToken::new();
         let client = self.server.client().await;
         let running = switchyard_backpressure::start(config, client, shutdown.clone())
@@ -106,6 +112,12 @@ impl Harness {
 
     /// Hands `n` messages for `tenant` to the backpressure stage, `rate` per second (0 = at once).
     async fn send(&self, tenant: &str, n: usize, rate: f64) {
+        self.send_sized(tenant, n, rate, bytes::Bytes::from_static(b"x"))
+            .await;
+    }
+
+    /// [`Harness::send`] with `payload` in each message.
+    async fn send_sized(&self, tenant: &str, n: usize, rate: f64, payload: bytes::Bytes) {
         let started = Instant::now();
         let mut pending = futures::stream::FuturesUnordered::new();
         for i in 0..n {
@@ -134,7 +146,7 @@ impl Harness {
             .format(&Namespace::default());
             let ack = self
                 .js
-                .publish_with_headers(subject, h, "x".into())
+                .publish_with_headers(subject, h, payload.clone())
                 .await
                 .unwrap();
             pending.push(ack.into_future());

@@ -5,8 +5,11 @@
 //! loops of ingress and backpressure each hold their own fetch. The budget bounds the bytes.
 //!
 //! - Before each fetch a loop waits until the budget has room ([`ByteBudget::room`]: what is
-//!   held is under the limit) and asks for no more messages than the room holds at the size it
-//!   expects ([`ByteBudget::plan`], at least one).
+//!   held is under the limit) and asks for no more messages than the room holds at the size
+//!   expected ([`ByteBudget::plan`], at least one), less what other loops' pulls under way
+//!   asked for and have not brought yet ([`Planned`], counted until each message arrives or the
+//!   pull ends). What is planned shapes the size of fetches only: a pull left open for a
+//!   tenant that sends nothing keeps no loop from fetching.
 //! - Each message that arrives is charged its size (subject, headers and payload, as read off
 //!   the wire: `Message::length`) by [`ByteBudget::charge`]. The [`Charge`] goes with the
 //!   message and gives its bytes back when dropped, however its handling ended.
@@ -16,11 +19,11 @@
 //!   1 MiB, the largest payload the hand-off streams admit, so the first fetches ask for few.
 //!
 //! A message is charged when it has arrived: it is already in memory, so it is never refused.
-//! The budget can therefore be passed by the messages of pulls already under way: by one
-//! pull's messages larger than expected for a stage with one loop (egress, idempotency), and by
-//! one pull per tenant loop fetching at that moment for ingress and backpressure (at most 16
-//! messages each, `worker::TENANT_FETCH_MAX_MESSAGES`). No loop fetches again until the held
-//! bytes are back under the limit.
+//! The budget can therefore be passed by messages larger than expected (at most a pull's count
+//! of them: 32, or 16 for a tenant's loop), and by one message per loop planning a fetch while
+//! the room is taken (each may ask for one): for ingress and backpressure, one per tenant loop
+//! fetching at that moment. No loop fetches again until the held bytes are back under the
+//! limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,6 +66,9 @@ pub struct ByteBudget {
     held: Gauge,
     /// The size of message expected: the largest seen lately (module docs).
     expected: AtomicUsize,
+    /// Bytes that pulls under way asked for and have not brought yet, at the size expected
+    /// when each was planned.
+    planned: AtomicUsize,
     /// Woken whenever bytes are given back.
     freed: Notify,
 }
@@ -75,6 +81,7 @@ impl ByteBudget {
             limit: limit.max(1),
             held,
             expected: AtomicUsize::new(FIRST_EXPECTED),
+            planned: AtomicUsize::new(0),
             freed: Notify::new(),
         })
     }
@@ -105,11 +112,21 @@ impl ByteBudget {
         self.expected.load(Ordering::Relaxed)
     }
 
-    /// How many messages the next fetch may ask for: as many of the expected size as the free
-    /// room holds, at least 1 and at most `most`.
-    pub fn plan(&self, most: usize) -> usize {
-        let free = self.limit.saturating_sub(self.held());
-        (free / self.expected().max(1)).clamp(1, most.max(1))
+    /// Plans a fetch of at most `most` messages: as many of the expected size as the room holds
+    /// that is neither held nor planned by other pulls, at least 1. The returned [`Planned`]
+    /// counts them as planned until each arrives ([`Planned::arrived`]) or it is dropped (the
+    /// pull has ended).
+    pub fn plan(self: &Arc<Self>, most: usize) -> Planned {
+        let each = self.expected().max(1);
+        let taken = self.held() + self.planned.load(Ordering::Relaxed);
+        let count = (self.limit.saturating_sub(taken) / each).clamp(1, most.max(1));
+        self.planned.fetch_add(count * each, Ordering::Relaxed);
+        Planned {
+            budget: self.clone(),
+            each,
+            left: count,
+            count,
+        }
     }
 
     /// Charges an arrived message of `length` bytes (and counts its size in the expected
@@ -126,6 +143,41 @@ impl ByteBudget {
             budget: self.clone(),
             bytes: length,
         }
+    }
+}
+
+/// The messages one pull asked for, counted in its [`ByteBudget`] until they arrive or the
+/// pull ends (dropped).
+#[derive(Debug)]
+pub struct Planned {
+    budget: Arc<ByteBudget>,
+    /// The size each was planned at.
+    each: usize,
+    /// Those not arrived yet.
+    left: usize,
+    count: usize,
+}
+
+impl Planned {
+    /// How many messages the pull may ask for (at least 1).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// One of them arrived (it is charged on its own, [`ByteBudget::charge`]).
+    pub fn arrived(&mut self) {
+        if self.left > 0 {
+            self.left -= 1;
+            self.budget.planned.fetch_sub(self.each, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Planned {
+    fn drop(&mut self) {
+        self.budget
+            .planned
+            .fetch_sub(self.left * self.each, Ordering::Relaxed);
     }
 }
 
@@ -155,16 +207,20 @@ mod tests {
     #[test]
     fn the_plan_fills_the_free_room_at_the_expected_size_and_asks_for_one_at_least() {
         let budget = ByteBudget::new(1000, Gauge::default());
-        assert_eq!(budget.plan(32), 1, "1 MiB expected before any message");
+        assert_eq!(
+            budget.plan(32).count(),
+            1,
+            "1 MiB expected before any message"
+        );
         for _ in 0..200 {
             drop(budget.charge(100));
         }
         assert_eq!(budget.expected(), 100);
-        assert_eq!(budget.plan(32), 10);
-        assert_eq!(budget.plan(4), 4);
+        assert_eq!(budget.plan(32).count(), 10);
+        assert_eq!(budget.plan(4).count(), 4);
         let held: Vec<_> = (0..9).map(|_| budget.charge(100)).collect();
         assert_eq!(budget.held(), 900);
-        assert_eq!(budget.plan(32), 1);
+        assert_eq!(budget.plan(32).count(), 1);
         let more = budget.charge(500);
         assert_eq!(budget.expected(), 500, "rises at once to a larger message");
         assert_eq!(
@@ -172,12 +228,37 @@ mod tests {
             1400,
             "an arrived message is charged past the limit"
         );
-        assert_eq!(budget.plan(32), 1);
+        assert_eq!(budget.plan(32).count(), 1);
         drop(more);
         drop(held);
         assert_eq!(budget.held(), 0);
-        assert_eq!(budget.plan(32), 2);
-        assert_eq!(budget.plan(1), 1);
+        assert_eq!(budget.plan(32).count(), 2);
+        assert_eq!(budget.plan(1).count(), 1);
+    }
+
+    #[test]
+    fn what_other_pulls_planned_is_not_planned_again_until_it_arrives_or_they_end() {
+        let budget = ByteBudget::new(1000, Gauge::default());
+        for _ in 0..200 {
+            drop(budget.charge(100));
+        }
+        let mut first = budget.plan(6);
+        assert_eq!(first.count(), 6);
+        let second = budget.plan(32);
+        assert_eq!(second.count(), 4, "the room the first pull did not plan");
+        assert_eq!(budget.plan(32).count(), 1, "one at least, all planned");
+        // Two of the first pull's arrive (held now), and it ends without the rest.
+        let arrived: Vec<_> = (0..2)
+            .map(|_| {
+                first.arrived();
+                budget.charge(100)
+            })
+            .collect();
+        drop(first);
+        assert_eq!(budget.plan(32).count(), 4, "1000 - 200 held - 400 planned");
+        drop(second);
+        drop(arrived);
+        assert_eq!(budget.plan(32).count(), 10);
     }
 
     #[test]
@@ -192,7 +273,7 @@ mod tests {
             drop(budget.charge(256));
         }
         assert_eq!(budget.expected(), 256);
-        assert_eq!(budget.plan(10_000), (1 << 20) / budget.expected());
+        assert_eq!(budget.plan(10_000).count(), (1 << 20) / 256);
     }
 
     #[tokio::test]

@@ -301,7 +301,6 @@ impl<H: Handler> Worker<H> {
             if let Some(meter) = &meter {
                 free = free.min(meter.fetch_max().max(1));
             }
-            free = shared.budget.plan(free);
             drop(permit);
             // At a trickle (the last message left the stream empty) one message is asked for
             // and the pull stays open for it: nats-server then owes no `404` after it, and no
@@ -309,8 +308,12 @@ impl<H: Handler> Worker<H> {
             let (ends, count) = if trickle {
                 (PullEnds::AtCount, 1)
             } else {
-                (pull_ends, free)
+                (pull_ends, free.min(FETCH_MAX_MESSAGES))
             };
+            // As many as the byte budget's room holds (at least one), counted as planned until
+            // they arrive or the pull ends.
+            let mut planned = shared.budget.plan(count);
+            let count = planned.count();
             let sent =
                 Box::pin(shared.pull(&mut puller, &consumer, count, ends, &mut backoff, &shutdown))
                     .await;
@@ -354,6 +357,7 @@ impl<H: Handler> Worker<H> {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
+                planned.arrived();
                 let charge = shared.budget.charge(msg.length);
                 let metered = meter.as_ref().map(|m| (m.clone(), m.fetched(&msg)));
                 tasks.spawn(shared.task(
@@ -365,6 +369,7 @@ impl<H: Handler> Worker<H> {
                     metered,
                 ));
             }
+            drop(planned);
             if let Some(seen) = trickle_seen {
                 trickle = seen;
             }
@@ -440,7 +445,8 @@ impl<H: Handler> Worker<H> {
                     () = self.budget.room(), if room > 0 => continue,
                 }
             }
-            let room = self.budget.plan(room);
+            let mut planned = self.budget.plan(room.min(FETCH_MAX_MESSAGES));
+            let room = planned.count();
             let sent = self
                 .pull(
                     &mut puller,
@@ -467,6 +473,7 @@ impl<H: Handler> Worker<H> {
                     }
                     next = puller.next() => match next {
                         Some(Ok(msg)) => {
+                            planned.arrived();
                             let charge = self.budget.charge(msg.length);
                             // Nobody waits for a slot, so nobody is passed over: the message
                             // takes a free slot at once, without a turn through the queues
@@ -496,6 +503,7 @@ impl<H: Handler> Worker<H> {
                     }
                 }
             }
+            drop(planned);
             // A pull the server answered with an error (the consumer deleted, say) is retried
             // after a growing pause, never at once.
             if !failed {

@@ -1,7 +1,7 @@
 //! `EGRESS` must discard old (JetStream refuses message schedules otherwise), so a full one
 //! would evict its oldest messages. Hand-offs into it stop at its high-water mark instead: the
 //! rest wait in `BACKPRESSURE`, nothing is evicted, and every message arrives once there is
-//! room.
+//! room. The hand-offs held meanwhile stay within the service's byte budget.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -73,6 +73,49 @@ async fn a_tenants_held_hand_offs_are_in_flight_together_not_one_at_a_time() {
         || async { (h.metric_sum("switchyard_messages_in_flight").await >= 15.0).then_some(()) },
     )
     .await;
+
+    assert_eq!(drain_egress(&h, 30).await.len(), 30);
+    h.stop().await;
+}
+
+/// The tenant loops share the service's byte budget: while every hand-off is held above
+/// `EGRESS`'s mark, three tenants' 300 KiB messages are fetched only while what the service
+/// holds is under `max_in_flight_bytes` (here the least, 1 MiB + 64 KiB: three messages fit,
+/// and each tenant's loop may bring one more while the room is taken), where each tenant's lease
+/// window alone would let in all its ten. All of them arrive once there is room.
+#[tokio::test]
+async fn the_tenant_loops_hold_no_more_message_bytes_than_the_budget_together() {
+    const BUDGET: f64 = 1_114_112.0;
+    const SIZE: usize = 300 * 1024;
+    let mut h = Harness::start(0).await;
+    shrink_egress(&h, 10).await;
+    h.add_replica_with(|c| c.backpressure.max_in_flight_bytes = BUDGET as usize)
+        .await;
+    let tenants = ["acme", "globex", "initech"];
+    for tenant in tenants {
+        h.set_limit(tenant, super::limit(1_000.0, 1_000)).await;
+    }
+    let payload = bytes::Bytes::from(vec![b'x'; SIZE]);
+    for tenant in tenants {
+        h.send_sized(tenant, 10, 0.0, payload.clone()).await;
+    }
+    // EGRESS takes 9 (90 % of 10); the loops then fill the budget with held hand-offs while
+    // the rest wait unfetched in BACKPRESSURE.
+    wait_for(
+        "the budget to fill, the rest waiting",
+        Duration::from_secs(30),
+        || async {
+            (h.metric_sum("switchyard_message_bytes_held").await >= BUDGET
+                && stored_count_in(&h.js, &backpressure_streams()).await > 9)
+                .then_some(())
+        },
+    )
+    .await;
+    let held = h.metric_sum("switchyard_message_bytes_held").await;
+    assert!(
+        held < BUDGET + 3.0 * (SIZE as f64 + 4096.0),
+        "{held} bytes held: more than the budget and one message per tenant loop"
+    );
 
     assert_eq!(drain_egress(&h, 30).await.len(), 30);
     h.stop().await;
