@@ -92,6 +92,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
     let mut reconnected = switchyard_runtime::nats::reconnections();
     // Boxed: one such loop runs per tenant.
     let mut puller = Box::new(Puller::new(shared.js.clone()));
+    // The tenant's part of the service's byte budget, which every tenant loop shares.
+    let budget = shared.budget.tenant(&tenant);
     while !shutdown.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
         let max_block = max_block_of(&shared.limit_for(&tenant), lease_window, max_batch);
@@ -99,13 +101,14 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         // message's slot is near, none is hoarded for a later window.
         let in_flight_now = max_batch - room.available_permits();
         let free = max_block.saturating_sub(in_flight_now);
-        // The service's byte budget (every tenant loop's messages together) must have room too.
-        let budget_full = shared.budget.held() >= shared.budget.limit();
+        // The service's byte budget (every tenant loop's messages together) must have room
+        // too, or the tenant be under its fair share of it.
+        let budget_full = !budget.has_room();
         if free == 0 || budget_full {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-                () = shared.budget.room(), if budget_full => continue,
+                () = budget.room(), if budget_full => continue,
                 Ok(()) = raise.changes.changed() => {
                     raise.apply(shared.limit_for(&tenant).rate_per_sec, &mut tokens);
                     continue;
@@ -114,9 +117,8 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
         }
         // As many as the byte budget's room holds (at least one), counted as planned until they
         // arrive or the pull ends.
-        let mut planned = shared
-            .budget
-            .plan(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES));
+        let mut planned =
+            budget.plan(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES));
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break,
             // Open until it has brought `free` messages or its wait ends: a trickle costs one
@@ -129,6 +131,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             )) => sent,
         };
         if let Err(error) = sent {
+            drop(planned);
             tracing::warn!(%error, %tenant, "fetch failed; retrying");
             if !Box::pin(fetch_backoff.wait(&shutdown)).await {
                 break;
@@ -170,7 +173,7 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
             };
             got += 1;
             planned.arrived();
-            let charge = shared.budget.charge(msg.length);
+            let charge = budget.charge(msg.length);
             arrivals.count(Instant::now(), lease_window);
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
             let stale = now_ms().saturating_sub(2 * lease_window.as_millis() as i64);

@@ -296,6 +296,50 @@ async fn a_flooding_tenant_does_not_slow_a_quiet_one() {
     h.stop().await;
 }
 
+/// Tenants throttled to a slow rate hold their large messages for their slots (10 s apart)
+/// and, together, more than the service's byte budget: another tenant's loop still fetches,
+/// within its fair share, and its messages are handed on at once.
+#[tokio::test]
+async fn tenants_holding_large_messages_for_slow_slots_do_not_stop_another_tenant() {
+    let mut h = Harness::start(0).await;
+    h.add_replica_with(|c| c.backpressure.max_in_flight_bytes = 1024 * 1024 + 64 * 1024)
+        .await;
+    let slow = ["slow-a", "slow-b", "slow-c", "slow-d"];
+    for tenant in slow {
+        h.set_limit(tenant, limit(0.1, 1)).await;
+    }
+    h.set_limit("fast", limit(1_000.0, 1_000)).await;
+    let large = bytes::Bytes::from(vec![b'x'; 300 * 1024]);
+    for tenant in slow {
+        h.send_sized(tenant, 3, 0.0, large.clone()).await;
+    }
+    // Each slow tenant hands its first on (its burst) and holds its second for a slot 10 s
+    // away: four of them, 1.2 MB held, past the 1.1 MB budget.
+    wait_for(
+        "the slow tenants' second messages held",
+        Duration::from_secs(30),
+        || async {
+            let held = h.metric_sum("switchyard_message_bytes_held").await;
+            let first = slow.iter().all(|t| h.delivered(t).len() == 1);
+            (first && held >= (1024.0 * 1024.0 + 64.0 * 1024.0)).then_some(())
+        },
+    )
+    .await;
+    let started = Instant::now();
+    h.send_sized("fast", 5, 0.0, large.clone()).await;
+    h.wait_delivered("fast", 5, Duration::from_secs(30)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the fast tenant waited for the slow tenants' slots: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slow.iter().all(|t| h.delivered(t).len() == 1),
+        "the slow tenants kept to their rate"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_change_takes_effect_on_every_replica_at_once() {
     let h = Harness::start(3).await;

@@ -78,7 +78,9 @@ pub struct EgressSettings {
     /// Most deliveries one tenant may have in flight at once, across all its routes (default
     /// 16, a quarter of the default `concurrency`): a tenant whose sinks are slow, even when
     /// they succeed, holds at most this many slots, and the rest of `concurrency` stays free
-    /// for the other tenants. At least 1; above `concurrency` it limits nothing.
+    /// for the other tenants. At least 1; above `concurrency` it limits nothing. The same part
+    /// of `max_in_flight_bytes` is the tenant's share of the bytes (2 MiB by default): a
+    /// message whose tenant's attempts hold more waits as for a slot.
     pub tenant_max_in_flight: usize,
     /// Publish a delivery receipt after each delivery (default true).
     pub receipts: bool,

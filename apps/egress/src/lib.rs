@@ -40,6 +40,7 @@ use std::time::Duration;
 use anyhow::Context;
 use switchyard_keys::{DestinationKey, RouteKey, Stage, TenantKey};
 use switchyard_registry::{Destination, KvCache, Route, Store, TenantRecord};
+use switchyard_service::budget::ByteBudget;
 use switchyard_service::events::EventLog;
 use switchyard_service::lease::Leaser;
 use switchyard_service::{
@@ -191,7 +192,19 @@ pub async fn start(
         dlq_quota: dlq_quota.clone(),
         ..SettleSettings::default()
     };
+    // The byte budget, shared by the consume loop (which fetches within it) and the handler
+    // (which sends a tenant's messages beyond its share back to wait): each tenant's share is
+    // the budget's part its `tenant_max_in_flight` is of the slots.
+    let budget = ByteBudget::with_tenant_share(
+        settings.max_in_flight_bytes,
+        settings
+            .max_in_flight_bytes
+            .saturating_mul(settings.tenant_max_in_flight)
+            / settings.concurrency.max(1),
+        metrics.bytes_held.clone(),
+    );
     let handler = EgressHandler {
+        budget: budget.clone(),
         ns: ns.clone(),
         own_subjects: nats_sink::OwnSubjects::of(&ns),
         stream: stream_handle,
@@ -270,7 +283,10 @@ pub async fn start(
     .await;
     let app = switchyard_service::router(readiness, metrics.clone());
 
-    // (d) The worker, until shutdown.
+    // (d) The worker, until shutdown. Each message is charged to its tenant in the byte
+    // budget, so a tenant whose attempts are held long (a sink that never answers) holds its
+    // fair share of it, not the fetches of every other tenant.
+    let subjects = ns.clone();
     let worker = Worker::new(
         Arc::new(handler),
         js,
@@ -279,10 +295,19 @@ pub async fn start(
         WorkerSettings {
             concurrency: settings.concurrency,
             max_in_flight_bytes: settings.max_in_flight_bytes,
+            budget: Some(budget),
             settle,
             ..WorkerSettings::default()
         },
-    );
+    )
+    .with_tenant_of(move |msg| {
+        <switchyard_subjects::StageSubject as switchyard_subjects::SubjectKind>::parse(
+            &subjects,
+            msg.subject.as_str(),
+        )
+        .ok()
+        .map(|subject| subject.address.tenant)
+    });
     tracing::info!(concurrency = settings.concurrency, "egress running");
     let listen = config.http.listen;
     Ok(launch("egress", listen, app, shutdown.clone(), async move {

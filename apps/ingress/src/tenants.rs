@@ -137,7 +137,12 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
                     let tenant = tenant.clone();
                     // Built here, not inside the task: the task then holds the loop's future
                     // (with its consumer boxed), not a second copy of the consumer.
-                    let consume = worker.consume_gated(consumer, Some(gate), token.clone());
+                    let consume = worker.consume_gated(
+                        consumer,
+                        Some(tenant.clone()),
+                        Some(gate),
+                        token.clone(),
+                    );
                     loops.spawn(async move {
                         let ended = consume.await;
                         if ended == Ended::ConsumerGone {

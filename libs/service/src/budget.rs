@@ -2,33 +2,45 @@
 //! not yet settled: waiting for a slot, a token or a route, or being handled), shared by all
 //! its loops. Handler slots bound how many messages a service holds, not how much memory:
 //! 64 slots hold 16 KiB of 256-byte messages but 64 MiB of 1 MiB ones, and the per-tenant
-//! loops of ingress and backpressure each hold their own fetch. The budget bounds the bytes.
+//! loops of ingress and backpressure each hold their own fetch. The budget bounds the bytes,
+//! without letting one tenant's held messages stop another's.
 //!
-//! - Before each fetch a loop waits until the budget has room ([`ByteBudget::room`]: what is
-//!   held is under the limit) and asks for no more messages than the room holds at the size
-//!   expected ([`ByteBudget::plan`], at least one), less what other loops' pulls under way
-//!   asked for and have not brought yet ([`Planned`], counted until each message arrives or the
-//!   pull ends). What is planned shapes the size of fetches only: a pull left open for a
-//!   tenant that sends nothing keeps no loop from fetching.
 //! - Each message that arrives is charged its size (subject, headers and payload, as read off
-//!   the wire: `Message::length`) by [`ByteBudget::charge`]. The [`Charge`] goes with the
-//!   message and gives its bytes back when dropped, however its handling ended.
-//! - The size expected is the largest message the service's loops saw lately (one for all of
-//!   them, so a new tenant's loop plans with what the service reads now): it rises at once to
-//!   a larger message and moves a tenth of the way down towards each smaller one. It starts at
-//!   1 MiB, the largest payload the hand-off streams admit, so the first fetches ask for few.
+//!   the wire: `Message::length`), to its tenant where the loop knows it, by
+//!   [`ByteBudget::charge`] or [`TenantBudget::charge`]. The [`Charge`] goes with the message
+//!   and gives its bytes back when dropped, however its handling ended.
+//! - A tenant's **fair share** is the limit ÷ the tenants holding bytes now, or a fixed share
+//!   ([`ByteBudget::with_tenant_share`]: egress, as its `tenant_max_in_flight` is of its slots).
+//!   A per-tenant loop ([`TenantBudget`]: ingress, backpressure) fetches while the service holds
+//!   less than the limit, or while its tenant holds less than its fair share. A loop reading
+//!   every tenant's messages ([`ByteBudget::room`]: egress, idempotency) fetches while the bytes
+//!   held within each tenant's fair share add up to less than the limit and all it holds to
+//!   less than twice the limit. Either way, what a tenant holds beyond its share (messages held
+//!   long: a slow rate's slots, a sink that never answers) does not keep another tenant's
+//!   messages from being fetched: egress sends a tenant's messages beyond its share back to
+//!   wait, as it does beyond its slots (`tenant_busy`), so what it holds stays near its share.
+//! - Each fetch asks for no more messages than the room holds at the size expected, at least
+//!   one, less what other pulls under way asked for and have not brought yet ([`Planned`],
+//!   counted until each message arrives or the pull ends: a pull left open for a quiet tenant
+//!   shapes the size of others' fetches only).
+//! - The size expected is the largest message seen lately: it rises at once to a larger
+//!   message and moves a tenth of the way down towards each smaller one; a tenant's loop plans
+//!   with its tenant's own, a shared loop with the service's. It starts at 1 MiB, the largest
+//!   payload the hand-off streams admit, so the first fetches ask for few.
 //!
 //! A message is charged when it has arrived: it is already in memory, so it is never refused.
-//! The budget can therefore be passed by messages larger than expected (at most a pull's count
-//! of them: 32, or 16 for a tenant's loop), and by one message per loop planning a fetch while
-//! the room is taken (each may ask for one): for ingress and backpressure, one per tenant loop
-//! fetching at that moment. No loop fetches again until the held bytes are back under the
-//! limit.
+//! What a service holds can therefore pass the limit: by messages larger than the size expected
+//! when their pull was planned (a pull asks for at most 32 messages; the per-tenant pulls of
+//! backpressure, and ingress's at a trickle, stay open up to 20 s); by one message for each
+//! loop that plans while the room is taken; and by the fair shares, which tenants may fill even
+//! when others' held messages keep the service over the limit (about twice the limit in all).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
+use switchyard_keys::TenantId;
 use tokio::sync::Notify;
 
 /// The size a loop expects its first messages to have: 1 MiB, the largest payload the
@@ -58,6 +70,24 @@ pub fn check_max_in_flight_bytes(bytes: usize) -> Result<(), String> {
     }
 }
 
+/// The size expected next: rises at once to a larger message, moves a tenth of the way down
+/// to a smaller one.
+fn expect(expected: &AtomicUsize, length: usize) {
+    let _ = expected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |expected| {
+        Some(length.max(expected - expected.saturating_sub(length).div_ceil(10)))
+    });
+}
+
+/// What one tenant holds in a [`ByteBudget`].
+#[derive(Debug)]
+struct TenantHeld {
+    bytes: AtomicUsize,
+    /// The size of the tenant's messages expected: the largest seen lately.
+    expected: AtomicUsize,
+    /// Woken whenever the tenant's bytes are given back (what its loop waits on).
+    freed: Notify,
+}
+
 /// The bytes of messages a service's loops hold, under a limit (module docs).
 #[derive(Debug)]
 pub struct ByteBudget {
@@ -69,20 +99,44 @@ pub struct ByteBudget {
     /// Bytes that pulls under way asked for and have not brought yet, at the size expected
     /// when each was planned.
     planned: AtomicUsize,
-    /// Woken whenever bytes are given back.
+    /// What each tenant holds (an entry stays once made: one per tenant the service reads).
+    tenants: Mutex<HashMap<TenantId, Arc<TenantHeld>>>,
+    /// Tenants holding bytes now.
+    holders: AtomicUsize,
+    /// A fixed share of the limit per tenant; `None`: the limit ÷ the tenants holding bytes.
+    tenant_share: Option<usize>,
+    /// Woken when what is held falls under the limit.
     freed: Notify,
+    /// Woken whenever bytes are given back (what a shared loop waits on).
+    released: Notify,
 }
 
 impl ByteBudget {
     /// A budget of `limit` bytes (at least 1), counting what is held in `held` (the service's
     /// [`crate::Metrics::bytes_held`]; a fresh gauge where nothing reports it).
     pub fn new(limit: usize, held: Gauge) -> Arc<Self> {
+        Self::with_share(limit, None, held)
+    }
+
+    /// A budget of `limit` bytes whose every tenant's fair share is `share` bytes (at least 1),
+    /// not the limit ÷ the tenants holding bytes: for a stage that sends a tenant's messages
+    /// beyond its share back to wait (egress), so that a few tenants' held messages cannot
+    /// fill the limit.
+    pub fn with_tenant_share(limit: usize, share: usize, held: Gauge) -> Arc<Self> {
+        Self::with_share(limit, Some(share.max(1)), held)
+    }
+
+    fn with_share(limit: usize, tenant_share: Option<usize>, held: Gauge) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1),
             held,
             expected: AtomicUsize::new(FIRST_EXPECTED),
             planned: AtomicUsize::new(0),
+            tenants: Mutex::new(HashMap::new()),
+            holders: AtomicUsize::new(0),
+            tenant_share,
             freed: Notify::new(),
+            released: Notify::new(),
         })
     }
 
@@ -96,53 +150,203 @@ impl ByteBudget {
         usize::try_from(self.held.get()).unwrap_or(0)
     }
 
-    /// Waits until what is held is under the limit. Cancel-safe.
-    pub async fn room(&self) {
-        loop {
-            let freed = self.freed.notified();
-            if self.held() < self.limit {
-                return;
-            }
-            freed.await;
-        }
-    }
-
     /// The size of message expected, in bytes: the largest seen lately (module docs).
     pub fn expected(&self) -> usize {
         self.expected.load(Ordering::Relaxed)
     }
 
-    /// Plans a fetch of at most `most` messages: as many of the expected size as the room holds
-    /// that is neither held nor planned by other pulls, at least 1. The returned [`Planned`]
-    /// counts them as planned until each arrives ([`Planned::arrived`]) or it is dropped (the
-    /// pull has ended).
-    pub fn plan(self: &Arc<Self>, most: usize) -> Planned {
-        let each = self.expected().max(1);
-        let taken = self.held() + self.planned.load(Ordering::Relaxed);
-        let count = (self.limit.saturating_sub(taken) / each).clamp(1, most.max(1));
-        self.planned.fetch_add(count * each, Ordering::Relaxed);
-        Planned {
+    /// A tenant's fair share, in bytes: the fixed share, or the limit ÷ the tenants holding
+    /// bytes now.
+    pub fn fair_share(&self) -> usize {
+        self.tenant_share
+            .unwrap_or_else(|| self.limit / self.holders.load(Ordering::Relaxed).max(1))
+    }
+
+    /// The fair share of a tenant holding `own` bytes: one holding nothing counts itself among
+    /// the holders, as it will once it fetches.
+    fn share_of(&self, own: usize) -> usize {
+        self.tenant_share.unwrap_or_else(|| {
+            let holders = self.holders.load(Ordering::Relaxed) + usize::from(own == 0);
+            self.limit / holders.max(1)
+        })
+    }
+
+    /// The bytes `tenant` holds now.
+    pub fn tenant_held(&self, tenant: &TenantId) -> usize {
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .get(tenant)
+            .map_or(0, |held| held.bytes.load(Ordering::Relaxed))
+    }
+
+    /// The handle a loop reading one tenant's messages charges and waits with.
+    pub fn tenant(self: &Arc<Self>, tenant: &TenantId) -> TenantBudget {
+        TenantBudget {
             budget: self.clone(),
-            each,
-            left: count,
-            count,
+            tenant: self.held_by(tenant),
         }
     }
 
-    /// Charges an arrived message of `length` bytes (and counts its size in the expected
-    /// one); the bytes are given back when the returned [`Charge`] is dropped.
-    pub fn charge(self: &Arc<Self>, length: usize) -> Charge {
-        // Rises at once to a larger message, moves a tenth of the way down to a smaller one.
+    fn held_by(&self, tenant: &TenantId) -> Arc<TenantHeld> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = tenants.get(tenant) {
+            return held.clone();
+        }
+        let held = Arc::new(TenantHeld {
+            bytes: AtomicUsize::new(0),
+            expected: AtomicUsize::new(self.expected()),
+            freed: Notify::new(),
+        });
+        tenants.insert(tenant.clone(), held.clone());
+        held
+    }
+
+    /// The bytes held within each tenant's fair share (what a tenant holds beyond its share
+    /// left out), with those charged to no tenant.
+    pub fn fair_held(&self) -> usize {
+        let held = self.held();
+        if held < self.limit {
+            // Nothing left out can matter: under the limit as it is.
+            return held;
+        }
+        let share = self.fair_share();
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let beyond: usize = tenants
+            .values()
+            .map(|t| t.bytes.load(Ordering::Relaxed).saturating_sub(share))
+            .sum();
+        held.saturating_sub(beyond)
+    }
+
+    /// Whether a loop reading every tenant's messages may fetch now: the bytes held within
+    /// each tenant's fair share are under the limit, and all that is held under twice it.
+    pub fn has_room(&self) -> bool {
+        self.held() < self.limit.saturating_mul(2) && self.fair_held() < self.limit
+    }
+
+    /// Waits until a loop reading every tenant's messages may fetch
+    /// ([`ByteBudget::has_room`]). Cancel-safe.
+    pub async fn room(&self) {
+        loop {
+            let released = self.released.notified();
+            if self.has_room() {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Plans a shared loop's fetch of at most `most` messages: as many of the expected size as
+    /// the room holds that is neither held (within the fair shares) nor planned by other
+    /// pulls, at least 1. The returned [`Planned`] counts them as planned until each arrives
+    /// ([`Planned::arrived`]) or it is dropped (the pull has ended).
+    pub fn plan(self: &Arc<Self>, most: usize) -> Planned {
+        let each = self.expected().max(1);
+        let room = self
+            .limit
+            .saturating_sub(self.fair_held())
+            .min(self.limit.saturating_mul(2).saturating_sub(self.held()));
+        self.plan_with(each, most, |planned| room.saturating_sub(planned) / each)
+    }
+
+    /// Adds `count(planned now)` messages of `each` bytes (clamped to [1, `most`]) to what is
+    /// planned, in one step, so loops planning at once do not count the same room twice.
+    fn plan_with(
+        self: &Arc<Self>,
+        each: usize,
+        most: usize,
+        count: impl Fn(usize) -> usize,
+    ) -> Planned {
+        let mut planned_count = 1;
         let _ = self
-            .expected
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |expected| {
-                Some(length.max(expected - expected.saturating_sub(length).div_ceil(10)))
+            .planned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |planned| {
+                planned_count = count(planned).clamp(1, most.max(1));
+                Some(planned + planned_count * each)
             });
+        Planned {
+            budget: self.clone(),
+            each,
+            left: planned_count,
+            count: planned_count,
+        }
+    }
+
+    /// Charges an arrived message of `length` bytes to `tenant` (`None`: a message whose
+    /// tenant is unknown, counted in the total only), and counts its size in the expected one;
+    /// the bytes are given back when the returned [`Charge`] is dropped.
+    pub fn charge(self: &Arc<Self>, length: usize, tenant: Option<&TenantId>) -> Charge {
+        let tenant = tenant.map(|tenant| self.held_by(tenant));
+        self.charge_to(length, tenant)
+    }
+
+    fn charge_to(self: &Arc<Self>, length: usize, tenant: Option<Arc<TenantHeld>>) -> Charge {
+        expect(&self.expected, length);
+        if let Some(tenant) = &tenant {
+            expect(&tenant.expected, length);
+            if tenant.bytes.fetch_add(length, Ordering::AcqRel) == 0 {
+                self.holders.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         self.held.inc_by(i64::try_from(length).unwrap_or(i64::MAX));
         Charge {
             budget: self.clone(),
+            tenant,
             bytes: length,
         }
+    }
+}
+
+/// A [`ByteBudget`] as one tenant's loop uses it (ingress's and backpressure's per-tenant
+/// loops).
+#[derive(Debug, Clone)]
+pub struct TenantBudget {
+    budget: Arc<ByteBudget>,
+    tenant: Arc<TenantHeld>,
+}
+
+impl TenantBudget {
+    /// Whether the tenant's loop may fetch now: the service holds less than the limit, or the
+    /// tenant less than its fair share.
+    pub fn has_room(&self) -> bool {
+        let own = self.tenant.bytes.load(Ordering::Acquire);
+        self.budget.held() < self.budget.limit || own < self.budget.share_of(own)
+    }
+
+    /// Waits until the tenant's loop may fetch ([`TenantBudget::has_room`]). Cancel-safe.
+    pub async fn room(&self) {
+        loop {
+            let freed = self.budget.freed.notified();
+            let own_freed = self.tenant.freed.notified();
+            if self.has_room() {
+                return;
+            }
+            // Waiting means the tenant holds at least its share, so bytes of its own are
+            // still held and their release wakes this wait.
+            tokio::select! {
+                () = freed => {}
+                () = own_freed => {}
+            }
+        }
+    }
+
+    /// Plans the tenant's fetch of at most `most` messages: as many of the size its messages
+    /// have lately as the larger of the service's room (less what other pulls planned) and
+    /// what is left of the tenant's fair share holds, at least 1 ([`ByteBudget::plan`]).
+    pub fn plan(&self, most: usize) -> Planned {
+        let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
+        let held = self.budget.held();
+        let own = self.tenant.bytes.load(Ordering::Relaxed);
+        let share_left = self.budget.share_of(own).saturating_sub(own) / each;
+        let limit = self.budget.limit;
+        self.budget.plan_with(each, most, |planned| {
+            (limit.saturating_sub(held + planned) / each).max(share_left)
+        })
+    }
+
+    /// Charges an arrived message of the tenant's of `length` bytes ([`ByteBudget::charge`]).
+    pub fn charge(&self, length: usize) -> Charge {
+        self.budget.charge_to(length, Some(self.tenant.clone()))
     }
 }
 
@@ -164,7 +368,7 @@ impl Planned {
         self.count
     }
 
-    /// One of them arrived (it is charged on its own, [`ByteBudget::charge`]).
+    /// One of them arrived (it is charged on its own).
     pub fn arrived(&mut self) {
         if self.left > 0 {
             self.left -= 1;
@@ -185,24 +389,48 @@ impl Drop for Planned {
 #[derive(Debug)]
 pub struct Charge {
     budget: Arc<ByteBudget>,
+    tenant: Option<Arc<TenantHeld>>,
     bytes: usize,
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        let bytes = i64::try_from(self.bytes).unwrap_or(i64::MAX);
-        let before = self.budget.held.dec_by(bytes);
-        // Only a fall under the limit can end a wait (`room` registers before it checks).
-        let limit = i64::try_from(self.budget.limit).unwrap_or(i64::MAX);
-        if before >= limit && before - bytes < limit {
-            self.budget.freed.notify_waiters();
+        let budget = &self.budget;
+        if let Some(tenant) = &self.tenant {
+            if tenant.bytes.fetch_sub(self.bytes, Ordering::AcqRel) == self.bytes {
+                budget.holders.fetch_sub(1, Ordering::AcqRel);
+            }
+            tenant.freed.notify_waiters();
         }
+        let bytes = i64::try_from(self.bytes).unwrap_or(i64::MAX);
+        let before = budget.held.dec_by(bytes);
+        // Only a fall under the limit can end a per-tenant wait for the service's room (it
+        // registers before it checks); a shared loop's wait depends on every tenant's share.
+        let limit = i64::try_from(budget.limit).unwrap_or(i64::MAX);
+        if before >= limit && before - bytes < limit {
+            budget.freed.notify_waiters();
+        }
+        budget.released.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::new(name).expect("a valid tenant id")
+    }
+
+    /// A budget of `limit` whose expected size has come down to `size`.
+    fn settled_at(limit: usize, size: usize) -> Arc<ByteBudget> {
+        let budget = ByteBudget::new(limit, Gauge::default());
+        for _ in 0..200 {
+            drop(budget.charge(size, None));
+        }
+        assert_eq!(budget.expected(), size);
+        budget
+    }
 
     #[test]
     fn the_plan_fills_the_free_room_at_the_expected_size_and_asks_for_one_at_least() {
@@ -212,16 +440,13 @@ mod tests {
             1,
             "1 MiB expected before any message"
         );
-        for _ in 0..200 {
-            drop(budget.charge(100));
-        }
-        assert_eq!(budget.expected(), 100);
+        let budget = settled_at(1000, 100);
         assert_eq!(budget.plan(32).count(), 10);
         assert_eq!(budget.plan(4).count(), 4);
-        let held: Vec<_> = (0..9).map(|_| budget.charge(100)).collect();
+        let held: Vec<_> = (0..9).map(|_| budget.charge(100, None)).collect();
         assert_eq!(budget.held(), 900);
         assert_eq!(budget.plan(32).count(), 1);
-        let more = budget.charge(500);
+        let more = budget.charge(500, None);
         assert_eq!(budget.expected(), 500, "rises at once to a larger message");
         assert_eq!(
             budget.held(),
@@ -238,10 +463,7 @@ mod tests {
 
     #[test]
     fn what_other_pulls_planned_is_not_planned_again_until_it_arrives_or_they_end() {
-        let budget = ByteBudget::new(1000, Gauge::default());
-        for _ in 0..200 {
-            drop(budget.charge(100));
-        }
+        let budget = settled_at(1000, 100);
         let mut first = budget.plan(6);
         assert_eq!(first.count(), 6);
         let second = budget.plan(32);
@@ -251,7 +473,7 @@ mod tests {
         let arrived: Vec<_> = (0..2)
             .map(|_| {
                 first.arrived();
-                budget.charge(100)
+                budget.charge(100, None)
             })
             .collect();
         drop(first);
@@ -264,13 +486,13 @@ mod tests {
     #[test]
     fn the_expected_size_falls_a_tenth_of_the_way_to_each_smaller_message() {
         let budget = ByteBudget::new(1 << 20, Gauge::default());
-        drop(budget.charge(256));
+        drop(budget.charge(256, None));
         assert_eq!(
             budget.expected(),
             FIRST_EXPECTED - (FIRST_EXPECTED - 256).div_ceil(10)
         );
         for _ in 0..200 {
-            drop(budget.charge(256));
+            drop(budget.charge(256, None));
         }
         assert_eq!(budget.expected(), 256);
         assert_eq!(budget.plan(10_000).count(), (1 << 20) / 256);
@@ -280,7 +502,7 @@ mod tests {
     async fn a_full_budget_opens_when_bytes_are_given_back() {
         use futures::FutureExt;
         let budget = ByteBudget::new(100, Gauge::default());
-        let charge = budget.charge(150);
+        let charge = budget.charge(150, None);
         let mut room = std::pin::pin!(budget.room());
         assert!(
             (&mut room).now_or_never().is_none(),
@@ -289,6 +511,72 @@ mod tests {
         drop(charge);
         room.await;
         assert!(budget.room().now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_holding_the_whole_budget_keeps_no_other_tenant_from_fetching() {
+        use futures::FutureExt;
+        let budget = settled_at(1000, 100);
+        let (slow, fast) = (
+            budget.tenant(&tenant("slow")),
+            budget.tenant(&tenant("fast")),
+        );
+        // The slow tenant's messages are held long, past the limit.
+        let held: Vec<_> = (0..12).map(|_| slow.charge(100)).collect();
+        assert_eq!(budget.held(), 1200);
+        assert!(
+            slow.room().now_or_never().is_none(),
+            "the slow tenant holds more than the limit"
+        );
+        // The fast tenant holds nothing: under its fair share (1000 ÷ 1 holder).
+        assert!(fast.room().now_or_never().is_some());
+        assert_eq!(
+            fast.plan(32).count(),
+            5,
+            "half the limit (two holders once it fetches)"
+        );
+        let fast_held: Vec<_> = (0..4).map(|_| fast.charge(100)).collect();
+        assert_eq!(budget.fair_share(), 500, "two tenants hold bytes");
+        assert!(fast.room().now_or_never().is_some(), "400 of its 500");
+        // A loop reading every tenant's messages counts the slow tenant's bytes within its
+        // share only: 500 + 400 < 1000.
+        assert_eq!(budget.fair_held(), 900);
+        assert!(budget.room().now_or_never().is_some());
+        let one_more = fast.charge(100);
+        assert!(
+            fast.room().now_or_never().is_none(),
+            "the fast tenant at its share"
+        );
+        assert!(budget.room().now_or_never().is_none(), "500 + 500 fair");
+        // The slow tenant's messages end: it stops holding, the budget is free again.
+        drop(held);
+        assert_eq!(budget.fair_share(), 1000);
+        assert!(slow.room().now_or_never().is_some());
+        drop((fast_held, one_more));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_waiting_at_its_share_is_woken_by_its_own_messages_ending() {
+        use futures::FutureExt;
+        let budget = settled_at(1000, 100);
+        let (slow, other) = (
+            budget.tenant(&tenant("slow")),
+            budget.tenant(&tenant("other")),
+        );
+        let others: Vec<_> = (0..6).map(|_| other.charge(100)).collect();
+        let mut own: Vec<_> = (0..6).map(|_| slow.charge(100)).collect();
+        // 1,200 held of 1,000; the slow tenant holds 600 of its 500 share.
+        let mut room = std::pin::pin!(slow.room());
+        assert!((&mut room).now_or_never().is_none());
+        own.pop();
+        own.pop();
+        // 400 of its share now, though the service still holds 1,000 (no fall under the
+        // limit to wake it): its own release does.
+        tokio::time::timeout(std::time::Duration::from_secs(10), room)
+            .await
+            .expect("woken by its own release");
+        drop((own, others));
     }
 
     #[test]

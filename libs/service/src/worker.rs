@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Metrics;
-use crate::budget::{ByteBudget, Charge};
+use crate::budget::{ByteBudget, Charge, TenantBudget};
 pub use crate::pull::PullEnds;
 use crate::pull::Puller;
 pub use crate::settle::{Handled, Outcome};
@@ -149,6 +149,9 @@ pub struct WorkerSettings {
     /// Most bytes of messages the worker's loops hold at once (fetched and not yet settled):
     /// fetches wait for room and are sized by it ([`crate::budget`]).
     pub max_in_flight_bytes: usize,
+    /// The byte budget, where the handler shares it (egress: a tenant's messages beyond its
+    /// share wait); `None`: the worker's own, of `max_in_flight_bytes`.
+    pub budget: Option<Arc<ByteBudget>>,
     /// How long one pull waits for the messages it asked for.
     pub fetch_wait: Duration,
     /// Most messages one fetch asks for (the free slots, at most this): with several
@@ -164,6 +167,7 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 64,
             max_in_flight_bytes: crate::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            budget: None,
             fetch_wait: Duration::from_secs(1),
             max_batch: usize::MAX,
             settle: SettleSettings::default(),
@@ -182,7 +186,13 @@ pub struct Worker<H> {
     slots: Arc<Semaphore>,
     /// The bytes its loops hold, shared as the slots are.
     budget: Arc<ByteBudget>,
+    /// Whose a message is, for the budget's fair shares, where one loop reads every tenant's
+    /// messages ([`Worker::with_tenant_of`]); `None`: charged to no tenant.
+    tenant_of: Option<TenantOf>,
 }
+
+/// Whose a message is (from its subject, say); `None` when it names no tenant.
+pub type TenantOf = Arc<dyn Fn(&jetstream::Message) -> Option<TenantId> + Send + Sync>;
 
 impl<H: Handler> Worker<H> {
     /// A worker for `handler`, writing DLQ records with `js` in `ns`.
@@ -193,7 +203,9 @@ impl<H: Handler> Worker<H> {
         metrics: Arc<Metrics>,
         settings: WorkerSettings,
     ) -> Self {
-        let budget = ByteBudget::new(settings.max_in_flight_bytes, metrics.bytes_held.clone());
+        let budget = settings.budget.clone().unwrap_or_else(|| {
+            ByteBudget::new(settings.max_in_flight_bytes, metrics.bytes_held.clone())
+        });
         let settler = Settler::new(js.clone(), ns, metrics, settings.settle.clone());
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Self {
@@ -203,7 +215,19 @@ impl<H: Handler> Worker<H> {
             settings,
             slots,
             budget,
+            tenant_of: None,
         }
+    }
+
+    /// Charges each message [`Worker::consume`] reads to its tenant, `tenant_of(msg)`, so that
+    /// what one tenant holds beyond its fair share of the byte budget keeps no other tenant's
+    /// messages from being fetched ([`crate::budget`]).
+    pub fn with_tenant_of(
+        mut self,
+        tenant_of: impl Fn(&jetstream::Message) -> Option<TenantId> + Send + Sync + 'static,
+    ) -> Self {
+        self.tenant_of = Some(Arc::new(tenant_of));
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then drains in-flight messages and returns.
@@ -218,8 +242,15 @@ impl<H: Handler> Worker<H> {
     /// consumers sharing its slots are read with [`Worker::consume_gated`]. A fetch that ends
     /// in an error (the consumer deleted, say) is followed by a pause, never by a tight loop.
     pub async fn consume(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
-        self.consume_until(Box::new(consumer), None, PullEnds::AtCount, false, shutdown)
-            .await;
+        self.consume_until(
+            Box::new(consumer),
+            None,
+            None,
+            PullEnds::AtCount,
+            false,
+            shutdown,
+        )
+        .await;
     }
 
     /// Reads a per-tenant consumer with this worker's slots, which several such consumers (one
@@ -238,6 +269,10 @@ impl<H: Handler> Worker<H> {
     /// ([`Ended::ConsumerGone`]: a consumer whose state nats-server keeps in memory does not
     /// survive the server's restart), for the caller to create it again.
     ///
+    /// The consumer's messages are `tenant`'s (`None`: no one tenant's): they are charged to
+    /// it in the byte budget, and the loop fetches while the service has room or the tenant is
+    /// under its fair share ([`crate::budget::TenantBudget`]).
+    ///
     /// One such loop runs per tenant, for as long as the tenant is registered, so what it
     /// keeps is kept once per tenant: the consumer (its cached info, over a kilobyte) is boxed
     /// here, before the loop's state is laid out, and the sub-futures the loop awaits only now
@@ -245,15 +280,25 @@ impl<H: Handler> Worker<H> {
     pub fn consume_gated(
         self: Arc<Self>,
         consumer: PullConsumer,
+        tenant: Option<TenantId>,
         gate: Option<Gate>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Ended> + Send {
-        self.consume_until(Box::new(consumer), gate, PullEnds::AtEmpty, true, shutdown)
+        let tenant = tenant.map(|tenant| self.budget.tenant(&tenant));
+        self.consume_until(
+            Box::new(consumer),
+            tenant,
+            gate,
+            PullEnds::AtEmpty,
+            true,
+            shutdown,
+        )
     }
 
     async fn consume_until(
         self: Arc<Self>,
         consumer: Box<PullConsumer>,
+        tenant: Option<TenantBudget>,
         mut gate: Option<Gate>,
         pull_ends: PullEnds,
         end_when_gone: bool,
@@ -286,10 +331,17 @@ impl<H: Handler> Worker<H> {
                     gate = None;
                 }
             }
-            // Room in the service's byte budget before anything is fetched.
+            // Room in the service's byte budget (or the tenant's fair share of it) before
+            // anything is fetched.
+            let room = async {
+                match &tenant {
+                    Some(tenant) => tenant.room().await,
+                    None => shared.budget.room().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                () = shared.budget.room() => {}
+                () = room => {}
             }
             // Wait for at least one free slot (or shutdown) before fetching.
             let permit = tokio::select! {
@@ -312,7 +364,10 @@ impl<H: Handler> Worker<H> {
             };
             // As many as the byte budget's room holds (at least one), counted as planned until
             // they arrive or the pull ends.
-            let mut planned = shared.budget.plan(count);
+            let mut planned = match &tenant {
+                Some(tenant) => tenant.plan(count),
+                None => shared.budget.plan(count),
+            };
             let count = planned.count();
             let sent =
                 Box::pin(shared.pull(&mut puller, &consumer, count, ends, &mut backoff, &shutdown))
@@ -354,11 +409,18 @@ impl<H: Handler> Worker<H> {
                         .ok()
                         .map(|info| info.pending == 0 && info.delivered == 1);
                 }
+                // Charged as it arrives: it is held from now on, a slot or not.
+                planned.arrived();
+                let charge = match &tenant {
+                    Some(tenant) => tenant.charge(msg.length),
+                    None => {
+                        let whose = shared.tenant_of.as_ref().and_then(|of| of(&msg));
+                        shared.budget.charge(msg.length, whose.as_ref())
+                    }
+                };
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                planned.arrived();
-                let charge = shared.budget.charge(msg.length);
                 let metered = meter.as_ref().map(|m| (m.clone(), m.fetched(&msg)));
                 tasks.spawn(shared.task(
                     (msg, charge),
@@ -399,9 +461,12 @@ impl<H: Handler> Worker<H> {
     /// messages buffered, not behind a whole burst of one of them. Stream order is kept within
     /// a tenant. `window` should stay within the consumer's `max_ack_pending`, and small enough
     /// that a buffered message is handled before its `ack_wait` (else it is delivered again,
-    /// which the stages absorb as a duplicate). Each pull asks for the window's room and stays
-    /// open until it has brought that many (`PullEnds::AtCount`). Runs until `shutdown`, then
-    /// drains what it took (buffered messages are left unacked: JetStream redelivers them).
+    /// which the stages absorb as a duplicate). Each message is charged to its tenant in the
+    /// byte budget, buffered or handled, and the loop fetches while what is held within each
+    /// tenant's fair share is under the limit ([`ByteBudget::room`]). Each pull asks for the
+    /// window's room (within the budget's) and stays open until it has brought that many
+    /// (`PullEnds::AtCount`). Runs until `shutdown`, then drains what it took (buffered
+    /// messages are left unacked: JetStream redelivers them).
     pub async fn consume_fair(
         self: Arc<Self>,
         consumer: PullConsumer,
@@ -437,7 +502,7 @@ impl<H: Handler> Worker<H> {
             while tasks.try_join_next().is_some() {}
             dispatch(&mut queues, &mut tasks);
             let room = window.saturating_sub(queues.len() + tasks.len());
-            if room == 0 || self.budget.held() >= self.budget.limit() {
+            if room == 0 || !self.budget.has_room() {
                 // The window is full, or the byte budget: a settled message makes room.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -474,7 +539,8 @@ impl<H: Handler> Worker<H> {
                     next = puller.next() => match next {
                         Some(Ok(msg)) => {
                             planned.arrived();
-                            let charge = self.budget.charge(msg.length);
+                            let tenant = tenant_of(&msg);
+                            let charge = self.budget.charge(msg.length, tenant.as_ref());
                             // Nobody waits for a slot, so nobody is passed over: the message
                             // takes a free slot at once, without a turn through the queues
                             // (which would make and drop its tenant's queue, room for 4
@@ -487,7 +553,7 @@ impl<H: Handler> Worker<H> {
                             if let Some(permit) = free {
                                 start(&mut tasks, (msg, charge), permit);
                             } else {
-                                queues.push(tenant_of(&msg), (msg, charge));
+                                queues.push(tenant, (msg, charge));
                                 dispatch(&mut queues, &mut tasks);
                             }
                         }

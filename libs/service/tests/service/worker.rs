@@ -66,6 +66,7 @@ fn worker<H: Handler>(js: &jetstream::Context, handler: H, slots: usize) -> Arc<
         WorkerSettings {
             concurrency: slots,
             max_in_flight_bytes: switchyard_service::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            budget: None,
             fetch_wait: Duration::from_secs(20),
             max_batch: slots,
             settle: SettleSettings::default(),
@@ -88,7 +89,7 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
         4,
     );
     let looping =
-        tokio::spawn(first.consume_gated(consumer.clone(), None, CancellationToken::new()));
+        tokio::spawn(first.consume_gated(consumer.clone(), None, None, CancellationToken::new()));
     let delivered = tokio::time::timeout(Duration::from_secs(10), started.recv())
         .await
         .expect("the message reached the handler")
@@ -111,7 +112,7 @@ async fn dropping_a_consume_loop_ends_its_message_tasks_and_leaves_the_message_u
         },
         4,
     );
-    let again = tokio::spawn(second.consume_gated(consumer, None, CancellationToken::new()));
+    let again = tokio::spawn(second.consume_gated(consumer, None, None, CancellationToken::new()));
     let delivered = tokio::time::timeout(Duration::from_secs(10), started.recv())
         .await
         .expect("the abandoned message was delivered again")
@@ -145,6 +146,7 @@ async fn a_gate_that_closes_while_a_tenant_trickles_lets_at_most_one_message_thr
     let shutdown = CancellationToken::new();
     let looping = tokio::spawn(worker.consume_gated(
         consumer.clone(),
+        None,
         Some(Gate { open, meter: None }),
         shutdown.clone(),
     ));
@@ -355,6 +357,7 @@ async fn at_most_the_budget_of_bytes_is_held(fair: bool) {
         WorkerSettings {
             concurrency: 16,
             max_in_flight_bytes: 2_500,
+            budget: None,
             fetch_wait: Duration::from_secs(1),
             max_batch: 16,
             settle: SettleSettings::default(),
