@@ -48,10 +48,6 @@ pub struct EgressConfig {
 pub struct EgressSettings {
     /// Messages handled at once across all routes (default 64).
     pub concurrency: usize,
-    /// Most bytes of messages held at once (fetched, not yet settled), default 8 MiB; at least
-    /// one message of the largest size the streams admit, 1 MiB + 64 KiB
-    /// ([`switchyard_service::budget`]).
-    pub max_in_flight_bytes: usize,
     /// Delivery attempts per message before it is dead-lettered with `retries_exhausted`
     /// (default 8).
     pub max_attempts: u32,
@@ -78,9 +74,7 @@ pub struct EgressSettings {
     /// Most deliveries one tenant may have in flight at once, across all its routes (default
     /// 16, a quarter of the default `concurrency`): a tenant whose sinks are slow, even when
     /// they succeed, holds at most this many slots, and the rest of `concurrency` stays free
-    /// for the other tenants. At least 1; above `concurrency` it limits nothing. The same part
-    /// of `max_in_flight_bytes` is the tenant's share of the bytes (2 MiB by default): a
-    /// message whose tenant's attempts hold more waits as for a slot.
+    /// for the other tenants. At least 1; above `concurrency` it limits nothing.
     pub tenant_max_in_flight: usize,
     /// Publish a delivery receipt after each delivery (default true).
     pub receipts: bool,
@@ -123,11 +117,6 @@ impl EgressSettings {
         };
         if self.concurrency == 0 {
             return fail("concurrency", "must be at least 1");
-        }
-        if let Err(why) =
-            switchyard_service::budget::check_max_in_flight_bytes(self.max_in_flight_bytes)
-        {
-            return fail("max_in_flight_bytes", &why);
         }
         if self.max_attempts == 0 {
             return fail("max_attempts", "must be at least 1");
@@ -245,7 +234,6 @@ mod tests {
             assert_eq!(config.http.listen.to_string(), "0.0.0.0:9104");
             let e = &config.egress;
             assert_eq!(e.concurrency, 64);
-            assert_eq!(e.max_in_flight_bytes, 8 * 1024 * 1024);
             assert_eq!(e.max_attempts, 8);
             assert_eq!(e.backoff_secs, [1, 5, 30, 120, 600, 1800, 3600]);
             assert_eq!(e.max_retry_after_secs, 3600);
@@ -344,13 +332,6 @@ mod tests {
                 );
             }
             jail.set_env("SWITCHYARD_EGRESS_EGRESS__DELIVERY_DEADLINE_SECS", "86400");
-            jail.set_env("SWITCHYARD_EGRESS_EGRESS__MAX_IN_FLIGHT_BYTES", "1048576");
-            let err = EgressConfig::load(None).unwrap_err();
-            assert!(
-                format!("{err:#}").contains("invalid setting egress.max_in_flight_bytes"),
-                "{err:#}"
-            );
-            jail.set_env("SWITCHYARD_EGRESS_EGRESS__MAX_IN_FLIGHT_BYTES", "8388608");
             for (key, bad) in [
                 ("breaker_failure_rate", "1.5"),
                 ("breaker_failure_rate", "-0.1"),

@@ -34,7 +34,6 @@ use switchyard_registry::{
     Written,
 };
 use switchyard_runtime::retry::RetryPolicy;
-use switchyard_service::budget::ByteBudget;
 use switchyard_service::events::EventLog;
 use switchyard_service::{DlqQuota, Handled, Handler, Handoff, Outcome};
 use switchyard_subjects::{DelaySubject, EventKind, InputStage, Namespace, SubjectKind};
@@ -102,9 +101,6 @@ pub struct EgressHandler {
     pub limiter: Limiter,
     /// Per-tenant in-flight limits (`tenant_max_in_flight`), across a tenant's routes.
     pub tenant_limiter: Limiter,
-    /// The byte budget the consume loop fetches within; each tenant's share of it is the
-    /// budget's part `tenant_max_in_flight` is of the slots.
-    pub budget: Arc<ByteBudget>,
     /// The retry schedule.
     pub backoff: Backoff,
     /// The `[egress]` settings.
@@ -309,24 +305,6 @@ impl EgressHandler {
                 .await;
         }
         let wait = self.settings.route_wait();
-        // A tenant's share of the byte budget: one whose attempts already hold more than its
-        // share (large messages to slow sinks) sends this one back to wait, as for a slot,
-        // so the consume loop keeps fetching the other tenants' messages.
-        let attempts = self
-            .tenant_limiter
-            .available(envelope.address.tenant.as_str())
-            .map_or(0, |free| {
-                self.settings.tenant_max_in_flight.saturating_sub(free)
-            });
-        if attempts > 0
-            && self.budget.tenant_held(&envelope.address.tenant) > self.budget.fair_share()
-        {
-            let spacing = busy_spacing(self.settings.tenant_max_in_flight);
-            let wait = self.spread(&resolved.id, spacing);
-            return self
-                .defer(msg, &envelope, &deadline, wait, "tenant_busy")
-                .await;
-        }
         // A tenant's share of the slots first: a tenant with slow sinks waits for its own
         // slots, never for the others'.
         let Some(tenant_slot) = self

@@ -40,7 +40,6 @@ use std::time::Duration;
 use anyhow::Context;
 use switchyard_keys::{DestinationKey, RouteKey, Stage, TenantKey};
 use switchyard_registry::{Destination, KvCache, Route, Store, TenantRecord};
-use switchyard_service::budget::ByteBudget;
 use switchyard_service::events::EventLog;
 use switchyard_service::lease::Leaser;
 use switchyard_service::{
@@ -192,19 +191,7 @@ pub async fn start(
         dlq_quota: dlq_quota.clone(),
         ..SettleSettings::default()
     };
-    // The byte budget, shared by the consume loop (which fetches within it) and the handler
-    // (which sends a tenant's messages beyond its share back to wait): each tenant's share is
-    // the budget's part its `tenant_max_in_flight` is of the slots.
-    let budget = ByteBudget::with_tenant_share(
-        settings.max_in_flight_bytes,
-        settings
-            .max_in_flight_bytes
-            .saturating_mul(settings.tenant_max_in_flight)
-            / settings.concurrency.max(1),
-        metrics.bytes_held.clone(),
-    );
     let handler = EgressHandler {
-        budget: budget.clone(),
         ns: ns.clone(),
         own_subjects: nats_sink::OwnSubjects::of(&ns),
         stream: stream_handle,
@@ -283,10 +270,10 @@ pub async fn start(
     .await;
     let app = switchyard_service::router(readiness, metrics.clone());
 
-    // (d) The worker, until shutdown. Each message is charged to its tenant in the byte
-    // budget, so a tenant whose attempts are held long (a sink that never answers) holds its
-    // fair share of it, not the fetches of every other tenant.
-    let subjects = ns.clone();
+    // (d) The worker, until shutdown. Its slots, not a byte budget, bound what it holds: its
+    // one consume loop reads every tenant's messages in stream order, so a budget would let
+    // one tenant's attempts held long (large messages to a sink that never answers) stop the
+    // fetches of every other tenant (docs/performance.md, "Memory bounded by bytes").
     let worker = Worker::new(
         Arc::new(handler),
         js,
@@ -294,20 +281,11 @@ pub async fn start(
         metrics,
         WorkerSettings {
             concurrency: settings.concurrency,
-            max_in_flight_bytes: settings.max_in_flight_bytes,
-            budget: Some(budget),
+            max_in_flight_bytes: usize::MAX,
             settle,
             ..WorkerSettings::default()
         },
-    )
-    .with_tenant_of(move |msg| {
-        <switchyard_subjects::StageSubject as switchyard_subjects::SubjectKind>::parse(
-            &subjects,
-            msg.subject.as_str(),
-        )
-        .ok()
-        .map(|subject| subject.address.tenant)
-    });
+    );
     tracing::info!(concurrency = settings.concurrency, "egress running");
     let listen = config.http.listen;
     Ok(launch("egress", listen, app, shutdown.clone(), async move {

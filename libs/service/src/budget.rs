@@ -9,16 +9,17 @@
 //!   the wire: `Message::length`), to its tenant where the loop knows it, by
 //!   [`ByteBudget::charge`] or [`TenantBudget::charge`]. The [`Charge`] goes with the message
 //!   and gives its bytes back when dropped, however its handling ended.
-//! - A tenant's **fair share** is the limit ÷ the tenants holding bytes now, or a fixed share
-//!   ([`ByteBudget::with_tenant_share`]: egress, as its `tenant_max_in_flight` is of its slots).
-//!   A per-tenant loop ([`TenantBudget`]: ingress, backpressure) fetches while the service holds
-//!   less than the limit, or while its tenant holds less than its fair share. A loop reading
-//!   every tenant's messages ([`ByteBudget::room`]: egress, idempotency) fetches while the bytes
-//!   held within each tenant's fair share add up to less than the limit and all it holds to
-//!   less than twice the limit. Either way, what a tenant holds beyond its share (messages held
-//!   long: a slow rate's slots, a sink that never answers) does not keep another tenant's
-//!   messages from being fetched: egress sends a tenant's messages beyond its share back to
-//!   wait, as it does beyond its slots (`tenant_busy`), so what it holds stays near its share.
+//! - A tenant's **fair share** is the limit ÷ the tenants holding bytes now. A per-tenant loop
+//!   ([`TenantBudget`]: ingress, backpressure) fetches while the service holds less than the
+//!   limit, or while its tenant holds less than its fair share, so what other tenants hold
+//!   (messages held long: a slow rate's slots) never stops it. A loop reading every tenant's
+//!   messages in stream order ([`ByteBudget::room`]: idempotency) fetches while the bytes held
+//!   within each tenant's fair share add up to less than the limit and all it holds to less
+//!   than twice the limit; it cannot choose whose message comes next, so a tenant that holds
+//!   more than that there holds up the others until its messages are handled (at idempotency,
+//!   a claim and a hand-off; the bytes any tenant has there are bounded by ingress's credit).
+//!   Egress, whose messages can be held long by a tenant's own sinks, is bounded by its slots
+//!   instead (`docs/performance.md`, "Memory bounded by bytes").
 //! - Each fetch asks for no more messages than the room holds at the size expected, at least
 //!   one, less what other pulls under way asked for and have not brought yet ([`Planned`],
 //!   counted until each message arrives or the pull ends: a pull left open for a quiet tenant
@@ -103,8 +104,6 @@ pub struct ByteBudget {
     tenants: Mutex<HashMap<TenantId, Arc<TenantHeld>>>,
     /// Tenants holding bytes now.
     holders: AtomicUsize,
-    /// A fixed share of the limit per tenant; `None`: the limit ÷ the tenants holding bytes.
-    tenant_share: Option<usize>,
     /// Woken when what is held falls under the limit.
     freed: Notify,
     /// Woken whenever bytes are given back (what a shared loop waits on).
@@ -115,18 +114,6 @@ impl ByteBudget {
     /// A budget of `limit` bytes (at least 1), counting what is held in `held` (the service's
     /// [`crate::Metrics::bytes_held`]; a fresh gauge where nothing reports it).
     pub fn new(limit: usize, held: Gauge) -> Arc<Self> {
-        Self::with_share(limit, None, held)
-    }
-
-    /// A budget of `limit` bytes whose every tenant's fair share is `share` bytes (at least 1),
-    /// not the limit ÷ the tenants holding bytes: for a stage that sends a tenant's messages
-    /// beyond its share back to wait (egress), so that a few tenants' held messages cannot
-    /// fill the limit.
-    pub fn with_tenant_share(limit: usize, share: usize, held: Gauge) -> Arc<Self> {
-        Self::with_share(limit, Some(share.max(1)), held)
-    }
-
-    fn with_share(limit: usize, tenant_share: Option<usize>, held: Gauge) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1),
             held,
@@ -134,7 +121,6 @@ impl ByteBudget {
             planned: AtomicUsize::new(0),
             tenants: Mutex::new(HashMap::new()),
             holders: AtomicUsize::new(0),
-            tenant_share,
             freed: Notify::new(),
             released: Notify::new(),
         })
@@ -155,28 +141,16 @@ impl ByteBudget {
         self.expected.load(Ordering::Relaxed)
     }
 
-    /// A tenant's fair share, in bytes: the fixed share, or the limit ÷ the tenants holding
-    /// bytes now.
+    /// A tenant's fair share, in bytes: the limit ÷ the tenants holding bytes now.
     pub fn fair_share(&self) -> usize {
-        self.tenant_share
-            .unwrap_or_else(|| self.limit / self.holders.load(Ordering::Relaxed).max(1))
+        self.limit / self.holders.load(Ordering::Relaxed).max(1)
     }
 
     /// The fair share of a tenant holding `own` bytes: one holding nothing counts itself among
     /// the holders, as it will once it fetches.
     fn share_of(&self, own: usize) -> usize {
-        self.tenant_share.unwrap_or_else(|| {
-            let holders = self.holders.load(Ordering::Relaxed) + usize::from(own == 0);
-            self.limit / holders.max(1)
-        })
-    }
-
-    /// The bytes `tenant` holds now.
-    pub fn tenant_held(&self, tenant: &TenantId) -> usize {
-        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        tenants
-            .get(tenant)
-            .map_or(0, |held| held.bytes.load(Ordering::Relaxed))
+        let holders = self.holders.load(Ordering::Relaxed) + usize::from(own == 0);
+        self.limit / holders.max(1)
     }
 
     /// The handle a loop reading one tenant's messages charges and waits with.
@@ -331,16 +305,15 @@ impl TenantBudget {
     }
 
     /// Plans the tenant's fetch of at most `most` messages: as many of the size its messages
-    /// have lately as the larger of the service's room (less what other pulls planned) and
-    /// what is left of the tenant's fair share holds, at least 1 ([`ByteBudget::plan`]).
+    /// have lately as the service's room holds, less what other pulls planned, at least 1
+    /// ([`ByteBudget::plan`]). Where only its fair share has room (others hold the rest),
+    /// that one: it fetches into its share one message a pull, each after the last arrived.
     pub fn plan(&self, most: usize) -> Planned {
         let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
         let held = self.budget.held();
-        let own = self.tenant.bytes.load(Ordering::Relaxed);
-        let share_left = self.budget.share_of(own).saturating_sub(own) / each;
         let limit = self.budget.limit;
         self.budget.plan_with(each, most, |planned| {
-            (limit.saturating_sub(held + planned) / each).max(share_left)
+            limit.saturating_sub(held + planned) / each
         })
     }
 
@@ -532,8 +505,8 @@ mod tests {
         assert!(fast.room().now_or_never().is_some());
         assert_eq!(
             fast.plan(32).count(),
-            5,
-            "half the limit (two holders once it fetches)"
+            1,
+            "within its share only: one a pull"
         );
         let fast_held: Vec<_> = (0..4).map(|_| fast.charge(100)).collect();
         assert_eq!(budget.fair_share(), 500, "two tenants hold bytes");

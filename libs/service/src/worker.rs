@@ -149,9 +149,6 @@ pub struct WorkerSettings {
     /// Most bytes of messages the worker's loops hold at once (fetched and not yet settled):
     /// fetches wait for room and are sized by it ([`crate::budget`]).
     pub max_in_flight_bytes: usize,
-    /// The byte budget, where the handler shares it (egress: a tenant's messages beyond its
-    /// share wait); `None`: the worker's own, of `max_in_flight_bytes`.
-    pub budget: Option<Arc<ByteBudget>>,
     /// How long one pull waits for the messages it asked for.
     pub fetch_wait: Duration,
     /// Most messages one fetch asks for (the free slots, at most this): with several
@@ -167,7 +164,6 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 64,
             max_in_flight_bytes: crate::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
-            budget: None,
             fetch_wait: Duration::from_secs(1),
             max_batch: usize::MAX,
             settle: SettleSettings::default(),
@@ -186,13 +182,7 @@ pub struct Worker<H> {
     slots: Arc<Semaphore>,
     /// The bytes its loops hold, shared as the slots are.
     budget: Arc<ByteBudget>,
-    /// Whose a message is, for the budget's fair shares, where one loop reads every tenant's
-    /// messages ([`Worker::with_tenant_of`]); `None`: charged to no tenant.
-    tenant_of: Option<TenantOf>,
 }
-
-/// Whose a message is (from its subject, say); `None` when it names no tenant.
-pub type TenantOf = Arc<dyn Fn(&jetstream::Message) -> Option<TenantId> + Send + Sync>;
 
 impl<H: Handler> Worker<H> {
     /// A worker for `handler`, writing DLQ records with `js` in `ns`.
@@ -203,9 +193,7 @@ impl<H: Handler> Worker<H> {
         metrics: Arc<Metrics>,
         settings: WorkerSettings,
     ) -> Self {
-        let budget = settings.budget.clone().unwrap_or_else(|| {
-            ByteBudget::new(settings.max_in_flight_bytes, metrics.bytes_held.clone())
-        });
+        let budget = ByteBudget::new(settings.max_in_flight_bytes, metrics.bytes_held.clone());
         let settler = Settler::new(js.clone(), ns, metrics, settings.settle.clone());
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Self {
@@ -215,19 +203,7 @@ impl<H: Handler> Worker<H> {
             settings,
             slots,
             budget,
-            tenant_of: None,
         }
-    }
-
-    /// Charges each message [`Worker::consume`] reads to its tenant, `tenant_of(msg)`, so that
-    /// what one tenant holds beyond its fair share of the byte budget keeps no other tenant's
-    /// messages from being fetched ([`crate::budget`]).
-    pub fn with_tenant_of(
-        mut self,
-        tenant_of: impl Fn(&jetstream::Message) -> Option<TenantId> + Send + Sync + 'static,
-    ) -> Self {
-        self.tenant_of = Some(Arc::new(tenant_of));
-        self
     }
 
     /// Runs until `shutdown` is cancelled, then drains in-flight messages and returns.
@@ -413,10 +389,7 @@ impl<H: Handler> Worker<H> {
                 planned.arrived();
                 let charge = match &tenant {
                     Some(tenant) => tenant.charge(msg.length),
-                    None => {
-                        let whose = shared.tenant_of.as_ref().and_then(|of| of(&msg));
-                        shared.budget.charge(msg.length, whose.as_ref())
-                    }
+                    None => shared.budget.charge(msg.length, None),
                 };
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;

@@ -66,7 +66,6 @@ fn worker<H: Handler>(js: &jetstream::Context, handler: H, slots: usize) -> Arc<
         WorkerSettings {
             concurrency: slots,
             max_in_flight_bytes: switchyard_service::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
-            budget: None,
             fetch_wait: Duration::from_secs(20),
             max_batch: slots,
             settle: SettleSettings::default(),
@@ -357,7 +356,6 @@ async fn at_most_the_budget_of_bytes_is_held(fair: bool) {
         WorkerSettings {
             concurrency: 16,
             max_in_flight_bytes: 2_500,
-            budget: None,
             fetch_wait: Duration::from_secs(1),
             max_batch: 16,
             settle: SettleSettings::default(),
