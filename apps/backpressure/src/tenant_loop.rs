@@ -115,23 +115,22 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 }
             }
         }
-        // As many as the byte budget's room holds (at least one), counted as planned until they
-        // arrive or the pull ends.
-        let mut planned =
-            budget.plan(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES));
+        // As many as the byte budget's room holds (at least one). Not counted as planned: this
+        // pull stays open up to 20 s whether or not the tenant sends.
+        let count =
+            budget.fetch_count(free.min(switchyard_service::worker::TENANT_FETCH_MAX_MESSAGES));
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break,
-            // Open until it has brought `free` messages or its wait ends: a trickle costs one
-            // pull per `free` messages (the room is this loop's own, so none waits for it).
+            // Open until it has brought `count` messages or its wait ends: a trickle costs one
+            // pull per `count` messages (the room is this loop's own, so none waits for it).
             sent = Box::pin(puller.pull(
                 &consumer,
-                planned.count(),
+                count,
                 PullEnds::AtCount,
                 switchyard_service::worker::TENANT_FETCH_WAIT,
             )) => sent,
         };
         if let Err(error) = sent {
-            drop(planned);
             tracing::warn!(%error, %tenant, "fetch failed; retrying");
             if !Box::pin(fetch_backoff.wait(&shutdown)).await {
                 break;
@@ -172,7 +171,6 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 None => break,
             };
             got += 1;
-            planned.arrived();
             let charge = budget.charge(msg.length);
             arrivals.count(Instant::now(), lease_window);
             // Tokens older than two lease windows are dropped: a replica never hoards a burst.
@@ -250,7 +248,6 @@ pub async fn run(shared: Arc<Shared>, tenant: TenantId, shutdown: CancellationTo
                 drop(permit);
             });
         }
-        drop(planned);
         // Sending a pull succeeds even while the server answers each with an error: the
         // backoff is reset only by a pull that ended without one, so the pause grows.
         if !failed {

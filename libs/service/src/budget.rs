@@ -22,19 +22,26 @@
 //!   instead (`docs/performance.md`, "Memory bounded by bytes").
 //! - Each fetch asks for no more messages than the room holds at the size expected, at least
 //!   one, less what other pulls under way asked for and have not brought yet ([`Planned`],
-//!   counted until each message arrives or the pull ends: a pull left open for a quiet tenant
-//!   shapes the size of others' fetches only).
+//!   counted until each message arrives or the pull ends). A pull of one message is not
+//!   counted, nor are backpressure's ([`TenantBudget::fetch_count`]), which stay open up to
+//!   20 s whether or not the tenant sends: a tenant that sends nothing takes no room from the
+//!   others (ingress's per-tenant loops ask for one message until a message shows more behind
+//!   it).
 //! - The size expected is the largest message seen lately: it rises at once to a larger
 //!   message and moves a tenth of the way down towards each smaller one; a tenant's loop plans
-//!   with its tenant's own, a shared loop with the service's. It starts at 1 MiB, the largest
-//!   payload the hand-off streams admit, so the first fetches ask for few.
+//!   with its tenant's own (starting from the service's when the loop starts), a shared loop
+//!   with the service's. The service's starts at 1 MiB, the largest payload the hand-off
+//!   streams admit, so the first fetches ask for few.
 //!
 //! A message is charged when it has arrived: it is already in memory, so it is never refused.
 //! What a service holds can therefore pass the limit: by messages larger than the size expected
-//! when their pull was planned (a pull asks for at most 32 messages; the per-tenant pulls of
-//! backpressure, and ingress's at a trickle, stay open up to 20 s); by one message for each
-//! loop that plans while the room is taken; and by the fair shares, which tenants may fill even
-//! when others' held messages keep the service over the limit (about twice the limit in all).
+//! when their pull was planned (a pull asks for at most 32 messages, 16 for a tenant's loop;
+//! backpressure's and ingress's per-tenant pulls stay open up to 20 s), by the pulls that were
+//! not counted as planned (one message for every loop; at backpressure, each tenant loop's
+//! pull), and by the fair shares, which tenants may fill while others' held messages keep the
+//! service over the limit. In all: about twice the limit, plus up to one pull for each tenant
+//! whose loop fetches at the moment (with many tenants of large messages held long, e.g.
+//! throttled to slow rates at backpressure, that term is the larger).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -224,7 +231,9 @@ impl ByteBudget {
     }
 
     /// Adds `count(planned now)` messages of `each` bytes (clamped to [1, `most`]) to what is
-    /// planned, in one step, so loops planning at once do not count the same room twice.
+    /// planned, in one step, so loops planning at once do not count the same room twice. A
+    /// pull of one message is not counted: every loop may have one (module docs), and one
+    /// left open for a tenant that sends nothing must take no room from the others.
     fn plan_with(
         self: &Arc<Self>,
         each: usize,
@@ -232,15 +241,16 @@ impl ByteBudget {
         count: impl Fn(usize) -> usize,
     ) -> Planned {
         let mut planned_count = 1;
-        let _ = self
+        let counted = self
             .planned
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |planned| {
                 planned_count = count(planned).clamp(1, most.max(1));
-                Some(planned + planned_count * each)
-            });
+                (planned_count > 1).then_some(planned + planned_count * each)
+            })
+            .is_ok();
         Planned {
             budget: self.clone(),
-            each,
+            each: if counted { each } else { 0 },
             left: planned_count,
             count: planned_count,
         }
@@ -302,6 +312,17 @@ impl TenantBudget {
                 () = own_freed => {}
             }
         }
+    }
+
+    /// How many messages the tenant's next fetch may ask for, without counting them as
+    /// planned: for loops whose pulls stay open long whether or not the tenant sends
+    /// (backpressure's, up to 20 s, for up to `tenant_idle_secs` after its last message), which
+    /// must not take room from the others meanwhile. As many of the size its messages have
+    /// lately as the service's room holds, less what others planned, at least 1.
+    pub fn fetch_count(&self, most: usize) -> usize {
+        let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
+        let taken = self.budget.held() + self.budget.planned.load(Ordering::Relaxed);
+        (self.budget.limit.saturating_sub(taken) / each).clamp(1, most.max(1))
     }
 
     /// Plans the tenant's fetch of at most `most` messages: as many of the size its messages
@@ -454,6 +475,23 @@ mod tests {
         drop(second);
         drop(arrived);
         assert_eq!(budget.plan(32).count(), 10);
+    }
+
+    #[test]
+    fn a_one_message_pull_takes_no_room_from_the_others() {
+        let budget = settled_at(1000, 100);
+        let open: Vec<_> = (0..50).map(|_| budget.plan(1)).collect();
+        assert!(open.iter().all(|pull| pull.count() == 1));
+        assert_eq!(
+            budget.plan(32).count(),
+            10,
+            "fifty one-message pulls left open"
+        );
+        let tenant = budget.tenant(&tenant("quiet"));
+        assert_eq!(tenant.fetch_count(32), 10);
+        let counted = budget.plan(4);
+        assert_eq!(tenant.fetch_count(32), 6, "a counted plan is seen");
+        drop((open, counted));
     }
 
     #[test]

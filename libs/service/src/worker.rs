@@ -296,19 +296,13 @@ impl<H: Handler> Worker<H> {
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         // Boxed, as the consumer: one such loop runs per tenant.
         let mut puller = Box::new(Puller::new(shared.js.clone()));
-        let mut trickle = false;
+        // A per-tenant loop starts at a trickle (one message asked for) until a message shows
+        // more behind it: a tenant that sends nothing keeps a one-message pull open, which
+        // takes nothing of the byte budget's room from the others.
+        let mut trickle = pull_ends == PullEnds::AtEmpty;
         while !shutdown.is_cancelled() {
-            if let Some(open) = gate.as_mut().map(|g| &mut g.open) {
-                let sender_gone = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    waited = open.wait_for(|open| *open) => waited.is_err(),
-                };
-                if sender_gone {
-                    gate = None;
-                }
-            }
             // Room in the service's byte budget (or the tenant's fair share of it) before
-            // anything is fetched.
+            // anything is fetched; then the gate, which may have closed meanwhile.
             let room = async {
                 match &tenant {
                     Some(tenant) => tenant.room().await,
@@ -318,6 +312,15 @@ impl<H: Handler> Worker<H> {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 () = room => {}
+            }
+            if let Some(open) = gate.as_mut().map(|g| &mut g.open) {
+                let sender_gone = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    waited = open.wait_for(|open| *open) => waited.is_err(),
+                };
+                if sender_gone {
+                    gate = None;
+                }
             }
             // Wait for at least one free slot (or shutdown) before fetching.
             let permit = tokio::select! {
