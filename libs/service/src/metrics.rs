@@ -58,8 +58,9 @@ pub struct Metrics {
     pub acks_unconfirmed: Family<TenantLabels, Counter>,
     /// Messages being handled now.
     pub in_flight: Gauge,
-    /// Bytes of the messages the stage holds now (fetched and not yet settled), bounded by
-    /// its `max_in_flight_bytes` ([`crate::budget::ByteBudget`]).
+    /// Bytes of the messages the stage holds now (fetched and not yet settled): ingress,
+    /// idempotency and backpressure keep it near their `max_in_flight_bytes`
+    /// ([`crate::budget::ByteBudget`]); egress counts it without a limit.
     pub bytes_held: Gauge,
     /// Handler latency, in seconds.
     pub latency: Histogram,
@@ -105,7 +106,7 @@ impl Metrics {
         );
         registry.register(
             "message_bytes_held",
-            "Bytes of the messages the stage holds (fetched, not yet settled), bounded by its max_in_flight_bytes",
+            "Bytes of the messages the stage holds (fetched, not yet settled); ingress, idempotency and backpressure keep it near their max_in_flight_bytes",
             bytes_held.clone(),
         );
         registry.register(
