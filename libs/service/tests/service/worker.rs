@@ -3,7 +3,7 @@
 //! messages unacked for redelivery — whereas a shutdown waits for them to settle, with no pull
 //! left open while it does; and a gate that closes while a tenant's loop waits at a trickle
 //! lets at most one message through; and a worker holds no more message bytes than its budget,
-//! whatever its free slots.
+//! whatever its free slots, while one tenant's held messages never stop another tenant's loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -408,4 +408,136 @@ async fn a_worker_holds_no_more_message_bytes_than_its_budget() {
 #[tokio::test]
 async fn a_fair_worker_holds_no_more_message_bytes_than_its_budget() {
     at_most_the_budget_of_bytes_is_held(true).await;
+}
+
+/// Holds every message of `work.held` until the end of the test; finishes the others (acked)
+/// at once, counting them.
+struct HoldsOne {
+    held: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+struct HoldingOne(Arc<HoldsOne>);
+
+impl Handler for HoldingOne {
+    async fn handle(&self, msg: &jetstream::Message) -> Handled {
+        use std::sync::atomic::Ordering::SeqCst;
+        if msg.subject.as_str() == "work.held" {
+            self.0.held.fetch_add(1, SeqCst);
+            std::future::pending::<()>().await;
+        }
+        self.0.done.fetch_add(1, SeqCst);
+        Handled {
+            tenant: None,
+            outcome: Outcome::Forwarded,
+        }
+    }
+}
+
+/// Two tenants' loops share a worker whose budget is 2,500 bytes: one tenant's ~1 KiB
+/// messages are held (a slow rate's slots, say) until they fill it, and the other tenant's
+/// loop still fetches, within its fair share, and its messages are all handled.
+#[tokio::test]
+async fn one_tenants_held_messages_do_not_stop_another_tenants_loop() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let server = NatsServer::start().await;
+    let js = jetstream::new(server.client().await);
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "WORK".into(),
+            subjects: vec!["work.>".into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let consumer_of = |subject: &'static str, name: &'static str| {
+        let stream = stream.clone();
+        async move {
+            stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(name.into()),
+                    filter_subject: subject.into(),
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await
+                .expect("consumer")
+        }
+    };
+    let (held_consumer, free_consumer) = (
+        consumer_of("work.held", "held").await,
+        consumer_of("work.free", "free").await,
+    );
+    let publish = |subject: &'static str, n: usize| {
+        let js = js.clone();
+        async move {
+            for _ in 0..n {
+                js.publish(subject, vec![b'x'; 1000].into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("stored");
+            }
+        }
+    };
+    publish("work.held", 5).await;
+    let counts = Arc::new(HoldsOne {
+        held: Default::default(),
+        done: Default::default(),
+    });
+    let worker = Arc::new(Worker::new(
+        Arc::new(HoldingOne(counts.clone())),
+        js.clone(),
+        Namespace::new(None),
+        Arc::new(Metrics::new(Stage::Ingress)),
+        WorkerSettings {
+            concurrency: 16,
+            max_in_flight_bytes: 2_500,
+            fetch_wait: Duration::from_secs(1),
+            max_batch: 16,
+            settle: SettleSettings::default(),
+        },
+    ));
+    let shutdown = CancellationToken::new();
+    let tenant = |name: &str| switchyard_keys::TenantId::new(name).expect("a tenant id");
+    let held_loop = tokio::spawn(worker.clone().consume_gated(
+        held_consumer,
+        Some(tenant("held")),
+        None,
+        shutdown.clone(),
+    ));
+    // Three held messages (~3 KiB) fill the budget; the loop fetches no more.
+    wait_for(
+        "the held tenant to fill the budget",
+        Duration::from_secs(10),
+        || {
+            let counts = &counts;
+            async move { (counts.held.load(SeqCst) >= 3).then_some(()) }
+        },
+    )
+    .await;
+    let free_loop = tokio::spawn(worker.clone().consume_gated(
+        free_consumer,
+        Some(tenant("free")),
+        None,
+        shutdown.clone(),
+    ));
+    publish("work.free", 5).await;
+    wait_for(
+        "the other tenant's messages to be handled",
+        Duration::from_secs(10),
+        || {
+            let counts = &counts;
+            async move { (counts.done.load(SeqCst) == 5).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        counts.held.load(SeqCst) <= 4,
+        "the held tenant kept to the budget and its one message more: {}",
+        counts.held.load(SeqCst)
+    );
+    held_loop.abort();
+    free_loop.abort();
 }
