@@ -102,13 +102,14 @@ async fn the_tenant_loops_hold_no_more_message_bytes_than_the_budget_together() 
         h.send_sized(tenant, 10, 0.0, payload.clone()).await;
     }
     // EGRESS takes 9 (90 % of 10); the loops then fill the budget with held hand-offs and stop
-    // fetching (no pull open), while the rest wait unfetched in BACKPRESSURE.
+    // fetching (no pull open where messages wait), while the rest wait unfetched in
+    // BACKPRESSURE.
     wait_for(
         "the budget to fill and the loops to stop fetching",
         Duration::from_secs(30),
         || async {
             (h.metric_sum("switchyard_message_bytes_held").await >= BUDGET
-                && waiting_pulls(&h, &tenants).await == 0)
+                && fetching(&h, &tenants).await == 0)
                 .then_some(())
         },
     )
@@ -124,32 +125,29 @@ async fn the_tenant_loops_hold_no_more_message_bytes_than_the_budget_together() 
     h.stop().await;
 }
 
-/// Pulls open on the `tenants`' `backpressure-<tenant>` consumers, in every shard.
-async fn waiting_pulls(h: &Harness, tenants: &[&str]) -> usize {
-    let mut waiting = 0;
+/// The `tenants`' `backpressure-<tenant>` consumers (in every shard) with a pull open while
+/// messages wait for them: loops still fetching. (A tenant whose messages have all been
+/// fetched keeps a pull open for more.)
+async fn fetching(h: &Harness, tenants: &[&str]) -> usize {
+    let mut fetching = 0;
     for name in backpressure_streams() {
         let stream = h.js.get_stream(&name).await.unwrap();
         for tenant in tenants {
             let durable = format!("backpressure-{tenant}");
             if let Ok(mut consumer) = stream.get_consumer::<pull::Config>(&durable).await {
-                waiting += consumer.info().await.unwrap().num_waiting;
+                let info = consumer.info().await.unwrap();
+                if info.num_waiting > 0 && info.num_pending > 0 {
+                    fetching += 1;
+                }
             }
         }
     }
-    waiting
+    fetching
 }
 
 /// Sets `EGRESS`'s `max_messages` (its high-water mark is 90 % of it).
 async fn shrink_egress(h: &Harness, max_messages: i64) {
-    let mut config =
-        h.js.get_stream("EGRESS")
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-    config.max_messages = max_messages;
-    h.js.update_stream(config).await.unwrap();
+    switchyard_testkit::set_max_messages(&h.js, "EGRESS", max_messages).await;
 }
 
 /// Reads `EGRESS` through the egress stage's consumer, acking, until `n` distinct envelopes
