@@ -446,6 +446,34 @@ async fn a_failing_route_does_not_hold_up_other_routes() {
 
 #[tokio::test]
 async fn a_tenant_with_slow_sinks_holds_only_its_share_of_the_slots() {
+    // Far more of the slow tenant's messages than slots.
+    let (h, _sink) =
+        a_slow_tenant_ahead_of_a_quiet_one(16, 40, Bytes::from_static(b"slow"), 4).await;
+    assert!(h.dlq().await.is_empty());
+    h.stop().await;
+}
+
+/// Egress bounds what it holds by its slots, not by bytes (one consume loop reads every
+/// tenant's messages in stream order): a tenant whose large messages hang at its sink holds
+/// its share of the slots, and another tenant's messages behind them are still fetched.
+#[tokio::test]
+async fn a_tenant_whose_large_messages_hang_does_not_hold_up_another_tenant() {
+    // Ten of 300 KiB.
+    let large = Bytes::from(vec![b'x'; 300 * 1024]);
+    let (h, _sink) = a_slow_tenant_ahead_of_a_quiet_one(64, 10, large, 1).await;
+    h.stop().await;
+}
+
+/// Egress with `concurrency` slots, 4 per tenant: `count` of acme's messages (`payload`) to a
+/// sink that answers only after 10 s, then, once acme has `started` requests under way, 5 of
+/// globex's to a fast one. Globex is delivered while acme's requests still hang, and acme
+/// never had more than its 4 at once. The sink is returned to outlive the harness's drain.
+async fn a_slow_tenant_ahead_of_a_quiet_one(
+    concurrency: usize,
+    count: usize,
+    payload: Bytes,
+    started: usize,
+) -> (Harness, Sink) {
     let sink = Sink::start().await;
     // A slow but successful sink: each request answers 200 after 10 s.
     sink.script(
@@ -463,23 +491,19 @@ async fn a_tenant_with_slow_sinks_holds_only_its_share_of_the_slots() {
     h.put_route("globex.ops.slack", &webhook(&sink, "/ok"))
         .await;
     h.start(|c| {
-        c.egress.concurrency = 16;
+        c.egress.concurrency = concurrency;
         c.egress.tenant_max_in_flight = 4;
         c.egress.route_wait_ms = 50;
     })
     .await;
 
-    // Far more of the slow tenant's messages than slots, all ahead of the quiet tenant's.
-    for _ in 0..40 {
-        h.publish(
-            &address("acme", "ops", "slack"),
-            Bytes::from_static(b"slow"),
-            None,
-        )
-        .await;
+    // All of the slow tenant's messages ahead of the quiet tenant's.
+    for _ in 0..count {
+        h.publish(&address("acme", "ops", "slack"), payload.clone(), None)
+            .await;
     }
     wait_for("the slow tenant's first requests", LONG, || async {
-        (sink.count("/slow") >= 4).then_some(())
+        (sink.count("/slow") >= started).then_some(())
     })
     .await;
     for _ in 0..5 {
@@ -491,80 +515,18 @@ async fn a_tenant_with_slow_sinks_holds_only_its_share_of_the_slots() {
         .await;
     }
     // The quiet tenant is delivered while every slow request still hangs.
-    let started = std::time::Instant::now();
+    let waited = std::time::Instant::now();
     wait_for("the quiet tenant's deliveries", LONG, || async {
         (sink.count("/ok") == 5).then_some(())
     })
     .await;
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        waited.elapsed() < Duration::from_secs(8),
         "the quiet tenant waited for the slow one: {:?}",
-        started.elapsed()
+        waited.elapsed()
     );
     assert_eq!(sink.max_in_flight("/slow"), 4, "the slow tenant's share");
-    assert!(h.dlq().await.is_empty());
-    h.stop().await;
-}
-
-/// Egress bounds what it holds by its slots, not by bytes (one consume loop reads every
-/// tenant's messages in stream order): a tenant whose large messages hang at its sink holds
-/// its share of the slots, and another tenant's messages behind them are still fetched.
-#[tokio::test]
-async fn a_tenant_whose_large_messages_hang_does_not_hold_up_another_tenant() {
-    let sink = Sink::start().await;
-    // A sink that answers 200 only after 10 s.
-    sink.script(
-        "/slow",
-        vec![],
-        Reply::status(200).hang(Duration::from_secs(10)),
-    );
-    let mut h = Harness::new().await;
-    let mut slow = webhook(&sink, "/slow");
-    if let Route::Webhook(w) = &mut slow {
-        w.timeout_ms = 15_000;
-        w.max_in_flight = 64;
-    }
-    h.put_route("acme.ops.slack", &slow).await;
-    h.put_route("globex.ops.slack", &webhook(&sink, "/ok"))
-        .await;
-    h.start(|c| {
-        c.egress.concurrency = 64;
-        c.egress.tenant_max_in_flight = 4;
-        c.egress.route_wait_ms = 50;
-    })
-    .await;
-
-    // Ten of acme's 300 KiB messages, all ahead of globex's.
-    let payload = Bytes::from(vec![b'x'; 300 * 1024]);
-    for _ in 0..10 {
-        h.publish(&address("acme", "ops", "slack"), payload.clone(), None)
-            .await;
-    }
-    wait_for("acme's first request", LONG, || async {
-        (sink.count("/slow") >= 1).then_some(())
-    })
-    .await;
-    for _ in 0..5 {
-        h.publish(
-            &address("globex", "ops", "slack"),
-            Bytes::from_static(b"quiet"),
-            None,
-        )
-        .await;
-    }
-    // Globex is delivered while acme's requests still hang.
-    let started = std::time::Instant::now();
-    wait_for("globex's deliveries", LONG, || async {
-        (sink.count("/ok") == 5).then_some(())
-    })
-    .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "globex waited for acme's held messages: {:?}",
-        started.elapsed()
-    );
-    assert_eq!(sink.max_in_flight("/slow"), 4, "acme's share of the slots");
-    h.stop().await;
+    (h, sink)
 }
 
 #[tokio::test]

@@ -31,7 +31,8 @@ pub use http::{http_get, metric};
 pub use node::{NatsServer, free_port};
 pub use raw::publish_raw;
 pub use streams::{
-    backpressure_stream, backpressure_streams, stored_count, stored_count_in, stored_messages,
+    backpressure_stream, backpressure_streams, set_max_messages, stored_count, stored_count_in,
+    stored_messages,
 };
 pub use wait::wait_for;
 

@@ -1,4 +1,5 @@
-//! Reading what a stream holds, for assertions (without consuming anything).
+//! Reading what a stream holds, for assertions (without consuming anything), and shrinking a
+//! stream's limit to bring it to its high-water mark in a test.
 
 use std::time::{Duration, Instant};
 
@@ -90,4 +91,15 @@ pub async fn stored_count_in(js: &jetstream::Context, streams: &[String]) -> u64
         total += stored_count(js, stream).await;
     }
     total
+}
+
+/// Sets `stream`'s `max_messages` (a stream that must discard old, `EGRESS`, has its high-water
+/// mark at 90 % of it); panics if the server refuses.
+pub async fn set_max_messages(js: &jetstream::Context, stream: &str, max_messages: i64) {
+    let (_, info) = stream_info(js, stream).await;
+    let mut config = info.config;
+    config.max_messages = max_messages;
+    js.update_stream(config)
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream}: max_messages {max_messages}: {e}"));
 }

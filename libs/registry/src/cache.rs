@@ -259,25 +259,16 @@ async fn watch_once(
     started: &(dyn Fn() + Sync),
     apply: &(dyn Fn(&kv::Entry) + Sync),
 ) -> Result<(), String> {
-    let (mut watch, empty) = match filter {
-        Some(filter) => (
-            bucket
-                .watch_with_history(filter)
-                .await
-                .map_err(|e| e.to_string())?,
-            true,
-        ),
-        None => {
-            let empty = bucket.status().await.map_err(|e| e.to_string())?.values() == 0;
-            (
-                bucket
-                    .watch_with_history(">")
-                    .await
-                    .map_err(|e| e.to_string())?,
-                empty,
-            )
-        }
+    // A filtered watch counts as loaded at once (the bucket's count is of every key); an
+    // unfiltered one once its last present entry is handed over, or at once when empty.
+    let empty = match filter {
+        Some(_) => true,
+        None => bucket.status().await.map_err(|e| e.to_string())?.values() == 0,
     };
+    let mut watch = bucket
+        .watch_with_history(filter.unwrap_or(">"))
+        .await
+        .map_err(|e| e.to_string())?;
     started();
     if empty {
         loaded.send_replace(true);

@@ -292,16 +292,7 @@ impl Harness {
     /// Lowers `EGRESS`'s limit to `max_messages` and stores `fillers` messages no consumer
     /// reads (on `delay.v1.egress.filler.…`), to bring it to its high-water mark.
     pub async fn fill_egress(&self, max_messages: i64, fillers: usize) {
-        let mut config = self
-            .js
-            .get_stream("EGRESS")
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-        config.max_messages = max_messages;
-        self.js.update_stream(config).await.unwrap();
+        switchyard_testkit::set_max_messages(&self.js, "EGRESS", max_messages).await;
         for i in 0..fillers {
             self.js
                 .publish(format!("delay.v1.egress.filler.ops.slack.f{i}"), "x".into())

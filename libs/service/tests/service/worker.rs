@@ -300,6 +300,35 @@ async fn a_shutdown_leaves_no_pull_open_while_it_drains() {
     );
 }
 
+/// A worker for `handler` with 16 slots and a byte budget of 2,500 bytes (two messages of
+/// [`publish_kib`] fit, a third passes it).
+fn budgeted_worker<H: Handler>(js: &jetstream::Context, handler: H) -> Arc<Worker<H>> {
+    Arc::new(Worker::new(
+        Arc::new(handler),
+        js.clone(),
+        Namespace::new(None),
+        Arc::new(Metrics::new(Stage::Ingress)),
+        WorkerSettings {
+            concurrency: 16,
+            max_in_flight_bytes: 2_500,
+            fetch_wait: Duration::from_secs(1),
+            max_batch: 16,
+            settle: SettleSettings::default(),
+        },
+    ))
+}
+
+/// Publishes `count` messages of 1,000 bytes to `subject`, each stored before the next.
+async fn publish_kib(js: &jetstream::Context, subject: &'static str, count: usize) {
+    for _ in 0..count {
+        js.publish(subject, vec![b'x'; 1000].into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
 /// Counts the messages it holds at once (and the most it ever held), finishing each (acked)
 /// when released.
 struct HeldCounts {
@@ -335,32 +364,14 @@ async fn at_most_the_budget_of_bytes_is_held(fair: bool) {
     use std::sync::atomic::Ordering::SeqCst;
     let server = NatsServer::start().await;
     let (js, consumer) = crate::pull::work_consumer(&server, Duration::from_secs(30)).await;
-    for _ in 0..10 {
-        js.publish("work.acme", vec![b'x'; 1000].into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
-    }
+    publish_kib(&js, "work.acme", 10).await;
     let counting = Arc::new(HeldCounts {
         now: Default::default(),
         most: Default::default(),
         done: Default::default(),
         release: tokio::sync::Semaphore::new(0),
     });
-    let worker = Arc::new(Worker::new(
-        Arc::new(Counting(counting.clone())),
-        js.clone(),
-        Namespace::new(None),
-        Arc::new(Metrics::new(Stage::Ingress)),
-        WorkerSettings {
-            concurrency: 16,
-            max_in_flight_bytes: 2_500,
-            fetch_wait: Duration::from_secs(1),
-            max_batch: 16,
-            settle: SettleSettings::default(),
-        },
-    ));
+    let worker = budgeted_worker(&js, Counting(counting.clone()));
     let shutdown = CancellationToken::new();
     let looping = if fair {
         tokio::spawn(worker.consume_fair(consumer.clone(), 16, |_| None, shutdown.clone()))
@@ -469,36 +480,12 @@ async fn one_tenants_held_messages_do_not_stop_another_tenants_loop() {
         consumer_of("work.held", "held").await,
         consumer_of("work.free", "free").await,
     );
-    let publish = |subject: &'static str, n: usize| {
-        let js = js.clone();
-        async move {
-            for _ in 0..n {
-                js.publish(subject, vec![b'x'; 1000].into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("stored");
-            }
-        }
-    };
-    publish("work.held", 5).await;
+    publish_kib(&js, "work.held", 5).await;
     let counts = Arc::new(HoldsOne {
         held: Default::default(),
         done: Default::default(),
     });
-    let worker = Arc::new(Worker::new(
-        Arc::new(HoldingOne(counts.clone())),
-        js.clone(),
-        Namespace::new(None),
-        Arc::new(Metrics::new(Stage::Ingress)),
-        WorkerSettings {
-            concurrency: 16,
-            max_in_flight_bytes: 2_500,
-            fetch_wait: Duration::from_secs(1),
-            max_batch: 16,
-            settle: SettleSettings::default(),
-        },
-    ));
+    let worker = budgeted_worker(&js, HoldingOne(counts.clone()));
     let shutdown = CancellationToken::new();
     let tenant = |name: &str| switchyard_keys::TenantId::new(name).expect("a tenant id");
     let held_loop = tokio::spawn(worker.clone().consume_gated(
@@ -523,7 +510,7 @@ async fn one_tenants_held_messages_do_not_stop_another_tenants_loop() {
         None,
         shutdown.clone(),
     ));
-    publish("work.free", 5).await;
+    publish_kib(&js, "work.free", 5).await;
     wait_for(
         "the other tenant's messages to be handled",
         Duration::from_secs(10),
