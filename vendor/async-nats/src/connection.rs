@@ -83,6 +83,11 @@ impl Display for State {
     }
 }
 
+/// Switchyard patch: the size from which a received message is copied into an allocation of
+/// its own instead of being split off the read buffer (`Connection::take_message`): a quarter
+/// of the default read buffer (65,535 bytes).
+pub(crate) const OWN_ALLOCATION_MIN: usize = 16 * 1024;
+
 /// A framed connection
 pub(crate) struct Connection {
     pub(crate) stream: Box<dyn AsyncReadWrite>,
@@ -127,6 +132,29 @@ impl Connection {
             (true, true) => ShouldFlush::Yes,
             (true, false) => ShouldFlush::May,
             (false, _) => ShouldFlush::No,
+        }
+    }
+
+    /// Switchyard patch: takes the next `len` bytes of the read buffer (one received message:
+    /// its control line, header block and payload) as one `Bytes`, which the parsed subject,
+    /// reply, headers and payload are slices of.
+    ///
+    /// A slice keeps its whole allocation alive. Upstream split every message off the read
+    /// buffer, so one message held by the application (a handler slot, a byte budget) kept
+    /// the buffer it was read into, up to twice its own size for a large message (the buffer
+    /// doubles as it reads one) or a whole 64 KiB buffer for a small one, and the connection
+    /// had to allocate a new buffer for what it read next. A message of
+    /// [`OWN_ALLOCATION_MIN`] bytes or more is therefore copied into an allocation of exactly
+    /// its size, and the read buffer, shared with nothing, is reused for the next read. A
+    /// smaller one is split off as upstream does: copying it would cost an allocation per
+    /// message, and many of them share one buffer.
+    fn take_message(&mut self, len: usize) -> Bytes {
+        if len >= OWN_ALLOCATION_MIN {
+            let message = Bytes::copy_from_slice(&self.read_buf[..len]);
+            self.read_buf.advance(len);
+            message
+        } else {
+            self.read_buf.split_to(len).freeze()
         }
     }
 
@@ -232,10 +260,12 @@ impl Connection {
             let reply = reply_to.map(|reply| Arg::of(&line, reply, 4));
             drop(line);
 
-            let line = self.read_buf.split_to(len + 2).freeze();
+            // Switchyard patch: the message is taken whole ([`Connection::take_message`]).
+            let mut message = self.take_message(len + 2 + payload_len);
+            let line = message.split_to(len + 2);
             let subject = subject.into_subject(&line);
             let reply = reply.map(|reply| reply.into_subject(&line));
-            let payload = self.read_buf.split_to(payload_len).freeze();
+            let payload = message;
             self.read_buf.advance(2);
 
             trace!(
@@ -336,12 +366,14 @@ impl Connection {
                 return Ok(None);
             }
 
-            let line = self.read_buf.split_to(len + 2).freeze();
+            // Switchyard patch: the message is taken whole ([`Connection::take_message`]), and
+            // the parsed header names and values are slices of its header block.
+            let mut message = self.take_message(len + 2 + total_len);
+            let line = message.split_to(len + 2);
             let subject = subject.into_subject(&line);
             let reply = reply.map(|reply| reply.into_subject(&line));
-            // Switchyard patch: frozen, so that the parsed names and values are slices of it.
-            let header = self.read_buf.split_to(header_len).freeze();
-            let payload = self.read_buf.split_to(total_len - header_len).freeze();
+            let header = message.split_to(header_len);
+            let payload = message;
             self.read_buf.advance(2);
 
             // Switchyard patch: a header block the client cannot parse (a name outside ASCII
@@ -1414,6 +1446,58 @@ mod read_op {
             assert_eq!(subject.as_str(), want);
             assert_eq!(got_reply.as_ref().map(|r| r.as_str()), reply);
             assert_eq!(&payload[..], b"hi");
+        }
+    }
+
+    /// Switchyard patch: a large message held by the application does not keep the read
+    /// buffer it was read into: the buffer can take the next read without a new allocation,
+    /// and the message's parts are intact.
+    #[tokio::test]
+    async fn a_held_large_message_leaves_the_read_buffer_free() {
+        let (stream, mut server) = io::duplex(1 << 20);
+        let mut connection = Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
+        let payload = vec![b'p'; 100_000];
+        let block = b"NATS/1.0\r\nA: b\r\n\r\n";
+        let line = format!(
+            "HMSG s.h 1 r.h {} {}\r\n",
+            block.len(),
+            block.len() + payload.len()
+        );
+        server.write_all(line.as_bytes()).await.unwrap();
+        server.write_all(block).await.unwrap();
+        server.write_all(&payload).await.unwrap();
+        server.write_all(b"\r\n").await.unwrap();
+        let line = format!("MSG s.m 2 {}\r\n", payload.len());
+        server.write_all(line.as_bytes()).await.unwrap();
+        server.write_all(&payload).await.unwrap();
+        server.write_all(b"\r\n").await.unwrap();
+        let mut held = Vec::new();
+        for (subject, reply, headers) in [("s.h", Some("r.h"), Some("b")), ("s.m", None, None)] {
+            let Some(ServerOp::Message {
+                subject: got_subject,
+                reply: got_reply,
+                headers: got_headers,
+                payload: got_payload,
+                ..
+            }) = connection.read_op().await.unwrap()
+            else {
+                panic!("a message");
+            };
+            assert_eq!(got_subject.as_str(), subject);
+            assert_eq!(got_reply.as_ref().map(|r| r.as_str()), reply);
+            assert_eq!(
+                got_headers
+                    .as_ref()
+                    .and_then(|h| h.get("A"))
+                    .map(|v| v.as_str()),
+                headers
+            );
+            assert_eq!(got_payload, payload);
+            assert!(
+                connection.read_buf.try_reclaim(64 * 1024),
+                "the read buffer is shared with the held message {subject}"
+            );
+            held.push((got_subject, got_headers, got_payload));
         }
     }
 
