@@ -89,6 +89,8 @@ fn expect(expected: &AtomicUsize, length: usize) {
 /// What one tenant holds in a [`ByteBudget`].
 #[derive(Debug)]
 struct TenantHeld {
+    /// The tenant's id: its key in [`ByteBudget`]'s map.
+    tenant: TenantId,
     bytes: AtomicUsize,
     /// The size of the tenant's messages expected: the largest seen lately.
     expected: AtomicUsize,
@@ -107,7 +109,8 @@ pub struct ByteBudget {
     /// Bytes that pulls under way asked for and have not brought yet, at the size expected
     /// when each was planned.
     planned: AtomicUsize,
-    /// What each tenant holds (an entry stays once made: one per tenant the service reads).
+    /// What each tenant holds: the tenants holding bytes and those a loop of their own reads
+    /// ([`ByteBudget::forget_if_unused`]).
     tenants: Mutex<HashMap<TenantId, Arc<TenantHeld>>>,
     /// Tenants holding bytes now.
     holders: AtomicUsize,
@@ -174,12 +177,25 @@ impl ByteBudget {
             return held.clone();
         }
         let held = Arc::new(TenantHeld {
+            tenant: tenant.clone(),
             bytes: AtomicUsize::new(0),
             expected: AtomicUsize::new(self.expected()),
             freed: Notify::new(),
         });
         tenants.insert(tenant.clone(), held.clone());
         held
+    }
+
+    /// Drops `tenant`'s entry when it holds nothing and nothing else refers to it (no tenant
+    /// loop's [`TenantBudget`], no other [`Charge`]): a shared loop's tenants come and go, and
+    /// the map keeps only those holding bytes or read by a loop of their own. Called by the
+    /// dropping charge, which holds the one reference besides the map's.
+    fn forget_if_unused(&self, tenant: &Arc<TenantHeld>) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock no new reference can be taken (`held_by` clones under it).
+        if Arc::strong_count(tenant) == 2 && tenant.bytes.load(Ordering::Acquire) == 0 {
+            tenants.remove(&tenant.tenant);
+        }
     }
 
     /// The bytes held within each tenant's fair share (what a tenant holds beyond its share
@@ -393,6 +409,7 @@ impl Drop for Charge {
         if let Some(tenant) = &self.tenant {
             if tenant.bytes.fetch_sub(self.bytes, Ordering::AcqRel) == self.bytes {
                 budget.holders.fetch_sub(1, Ordering::AcqRel);
+                budget.forget_if_unused(tenant);
             }
             tenant.freed.notify_waiters();
         }
@@ -564,6 +581,29 @@ mod tests {
         assert_eq!(budget.fair_share(), 1000);
         assert!(slow.room().now_or_never().is_some());
         drop((fast_held, one_more));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_tenant_is_forgotten_once_it_holds_nothing_and_has_no_loop() {
+        let budget = settled_at(1000, 100);
+        let entries = |budget: &ByteBudget| budget.tenants.lock().map(|t| t.len()).unwrap_or(0);
+        // A shared loop's tenants: an entry while their messages are held.
+        let first = budget.charge(100, Some(&tenant("a")));
+        let second = budget.charge(100, Some(&tenant("a")));
+        let other = budget.charge(100, Some(&tenant("b")));
+        assert_eq!(entries(&budget), 2);
+        drop(first);
+        assert_eq!(entries(&budget), 2, "a still holds 100");
+        drop((second, other));
+        assert_eq!(entries(&budget), 0, "neither holds anything");
+        assert_eq!(budget.fair_share(), 1000);
+        // A tenant with a loop of its own keeps its entry (and what it expects) while idle.
+        let own = budget.tenant(&tenant("c"));
+        drop(own.charge(100));
+        drop(budget.charge(100, Some(&tenant("c"))));
+        assert_eq!(entries(&budget), 1);
+        drop(own);
         assert_eq!(budget.held(), 0);
     }
 
