@@ -406,19 +406,23 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         let budget = &self.budget;
+        let mut stopped_holding = false;
         if let Some(tenant) = &self.tenant {
             if tenant.bytes.fetch_sub(self.bytes, Ordering::AcqRel) == self.bytes {
                 budget.holders.fetch_sub(1, Ordering::AcqRel);
                 budget.forget_if_unused(tenant);
+                stopped_holding = true;
             }
             tenant.freed.notify_waiters();
         }
         let bytes = i64::try_from(self.bytes).unwrap_or(i64::MAX);
         let before = budget.held.dec_by(bytes);
-        // Only a fall under the limit can end a per-tenant wait for the service's room (it
-        // registers before it checks); a shared loop's wait depends on every tenant's share.
+        // A per-tenant wait for room (it registers before it checks) can end only when the
+        // service falls under the limit, or, while it stays over, when a tenant stops holding
+        // and so every other tenant's share grows; a shared loop's wait depends on every
+        // tenant's share.
         let limit = i64::try_from(budget.limit).unwrap_or(i64::MAX);
-        if before >= limit && before - bytes < limit {
+        if before >= limit && (before - bytes < limit || stopped_holding) {
             budget.freed.notify_waiters();
         }
         budget.released.notify_waiters();
@@ -582,6 +586,31 @@ mod tests {
         assert!(slow.room().now_or_never().is_some());
         drop((fast_held, one_more));
         assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_waiting_at_its_share_is_woken_when_another_stops_holding() {
+        use futures::FutureExt;
+        let budget = settled_at(1000, 100);
+        let (big, small, waiting) = (
+            budget.tenant(&tenant("big")),
+            budget.tenant(&tenant("small")),
+            budget.tenant(&tenant("waiting")),
+        );
+        let _big: Vec<_> = (0..7).map(|_| big.charge(100)).collect();
+        let small_held = small.charge(100);
+        let _own: Vec<_> = (0..4).map(|_| waiting.charge(100)).collect();
+        // 1,200 held of 1,000 by three tenants: a share of 333, and the waiting tenant holds
+        // 400 of it.
+        let mut room = std::pin::pin!(waiting.room());
+        assert!((&mut room).now_or_never().is_none());
+        // The small tenant's message ends: 1,100 still held, over the limit, but two tenants
+        // hold bytes now, a share of 500 each. The wait ends without a release of its own.
+        drop(small_held);
+        assert_eq!(budget.fair_share(), 500);
+        tokio::time::timeout(std::time::Duration::from_secs(5), room)
+            .await
+            .expect("woken when its share grew");
     }
 
     #[test]
