@@ -193,9 +193,11 @@ impl ByteBudget {
     }
 
     /// Drops `tenant`'s entry when it holds nothing and nothing else refers to it (no tenant
-    /// loop's [`TenantBudget`], no other [`Charge`]): a shared loop's tenants come and go, and
-    /// the map keeps only those holding bytes or read by a loop of their own. Called by the
-    /// dropping charge, which holds the one reference besides the map's.
+    /// loop's [`TenantBudget`], no other [`Charge`]): a shared loop's tenants come and go, as
+    /// do per-tenant loops, and the map keeps those holding bytes or read by a loop. Called by
+    /// a dropping charge or loop handle, which holds the one reference besides the map's. (Two
+    /// charges of a tenant dropped at once on two threads may each see the other's reference
+    /// and leave the entry, holding nothing, until the tenant's next charge ends.)
     fn forget_if_unused(&self, tenant: &Arc<TenantHeld>) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         // Under the lock no new reference can be taken (`held_by` clones under it).
@@ -422,6 +424,15 @@ impl Drop for Planned {
     }
 }
 
+impl Drop for TenantBudget {
+    /// The last handle of an ended loop whose tenant holds nothing drops the tenant's entry.
+    fn drop(&mut self) {
+        if self.tenant.bytes.load(Ordering::Acquire) == 0 {
+            self.budget.forget_if_unused(&self.tenant);
+        }
+    }
+}
+
 /// One message's bytes held in a [`ByteBudget`], given back on drop.
 #[derive(Debug)]
 pub struct Charge {
@@ -433,23 +444,22 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         let budget = &self.budget;
-        let mut stopped_holding = false;
         if let Some(tenant) = &self.tenant {
             if tenant.bytes.fetch_sub(self.bytes, Ordering::AcqRel) == self.bytes {
                 budget.holders.fetch_sub(1, Ordering::AcqRel);
                 budget.forget_if_unused(tenant);
-                stopped_holding = true;
             }
             tenant.freed.notify_waiters();
         }
         let bytes = i64::try_from(self.bytes).unwrap_or(i64::MAX);
         let before = budget.held.dec_by(bytes);
-        // A per-tenant wait for room (it registers before it checks) can end only when the
-        // service falls under the limit, or, while it stays over, when a tenant stops holding
-        // and so every other tenant's share grows; a shared loop's wait depends on every
-        // tenant's share.
+        // A per-tenant wait for room (it registers before it checks) ends at its tenant's own
+        // release (above) or when the service falls under the limit. Not when another tenant
+        // stops holding, although every share grows then: that would wake every waiting loop
+        // at each message's end, and with many tenants waiting almost none would find room.
+        // A shared loop's wait depends on every tenant's share.
         let limit = i64::try_from(budget.limit).unwrap_or(i64::MAX);
-        if before >= limit && (before - bytes < limit || stopped_holding) {
+        if before >= limit && before - bytes < limit {
             budget.freed.notify_waiters();
         }
         budget.released.notify_waiters();
@@ -641,31 +651,6 @@ mod tests {
         assert_eq!(budget.held(), 0);
     }
 
-    #[tokio::test]
-    async fn a_tenant_waiting_at_its_share_is_woken_when_another_stops_holding() {
-        use futures::FutureExt;
-        let budget = settled_at(1000, 100);
-        let (big, small, waiting) = (
-            budget.tenant(&tenant("big")),
-            budget.tenant(&tenant("small")),
-            budget.tenant(&tenant("waiting")),
-        );
-        let _big: Vec<_> = (0..7).map(|_| big.charge(100)).collect();
-        let small_held = small.charge(100);
-        let _own: Vec<_> = (0..4).map(|_| waiting.charge(100)).collect();
-        // 1,200 held of 1,000 by three tenants: a share of 333, and the waiting tenant holds
-        // 400 of it.
-        let mut room = std::pin::pin!(waiting.room());
-        assert!((&mut room).now_or_never().is_none());
-        // The small tenant's message ends: 1,100 still held, over the limit, but two tenants
-        // hold bytes now, a share of 500 each. The wait ends without a release of its own.
-        drop(small_held);
-        assert_eq!(budget.fair_share(), 500);
-        tokio::time::timeout(std::time::Duration::from_secs(5), room)
-            .await
-            .expect("woken when its share grew");
-    }
-
     #[test]
     fn a_tenant_is_forgotten_once_it_holds_nothing_and_has_no_loop() {
         let budget = settled_at(1000, 100);
@@ -685,7 +670,11 @@ mod tests {
         drop(own.charge(100));
         drop(budget.charge(100, Some(&tenant("c"))));
         assert_eq!(entries(&budget), 1);
+        let copy = own.clone();
         drop(own);
+        assert_eq!(entries(&budget), 1, "a handle of its loop is left");
+        drop(copy);
+        assert_eq!(entries(&budget), 0, "its loop ended");
         assert_eq!(budget.held(), 0);
     }
 

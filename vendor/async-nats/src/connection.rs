@@ -88,6 +88,21 @@ impl Display for State {
 /// of the default read buffer (65,535 bytes).
 pub(crate) const OWN_ALLOCATION_MIN: usize = 16 * 1024;
 
+/// Switchyard patch: where a received message ends in the read buffer: its control line of
+/// `line` bytes, CRLF, `payload` bytes and CRLF. A length so large that the sum overflows is
+/// an `InvalidInput` error naming `op` (upstream's sum wrapped in release builds, and a
+/// message was then framed short).
+fn message_end(line: usize, payload: usize, op: &str) -> Result<usize, io::Error> {
+    line.checked_add(4)
+        .and_then(|framing| framing.checked_add(payload))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the number of bytes after {op} is out of range"),
+            )
+        })
+}
+
 /// A framed connection
 pub(crate) struct Connection {
     pub(crate) stream: Box<dyn AsyncReadWrite>,
@@ -247,8 +262,9 @@ impl Connection {
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
 
             // Return early without advancing if there is not enough data read the entire
-            // message
-            if len + payload_len + 4 > self.read_buf.remaining() {
+            // message. Switchyard patch: a length that would overflow is refused (upstream's
+            // sum wrapped in release builds).
+            if message_end(len, payload_len, "MSG")? > self.read_buf.remaining() {
                 return Ok(None);
             }
 
@@ -362,7 +378,7 @@ impl Connection {
                 ));
             }
 
-            if len + total_len + 4 > self.read_buf.remaining() {
+            if message_end(len, total_len, "HMSG")? > self.read_buf.remaining() {
                 return Ok(None);
             }
 
@@ -1498,6 +1514,23 @@ mod read_op {
                 "the read buffer is shared with the held message {subject}"
             );
             held.push((got_subject, got_headers, got_payload));
+        }
+    }
+
+    /// Switchyard patch: a length that would overflow the frame's end is refused, not wrapped
+    /// into a short message.
+    #[tokio::test]
+    async fn a_length_past_the_address_space_is_refused() {
+        for line in [
+            format!("MSG s 1 {}\r\nhi\r\n", usize::MAX - 2),
+            format!("HMSG s 1 12 {}\r\nNATS/1.0\r\n\r\nhi\r\n", usize::MAX - 2),
+        ] {
+            let (stream, mut server) = io::duplex(1 << 20);
+            let mut connection =
+                Connection::new(Box::new(stream), 0, Arc::new(Statistics::default()));
+            server.write_all(line.as_bytes()).await.unwrap();
+            let error = connection.read_op().await.expect_err("refused");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{line}");
         }
     }
 
