@@ -30,8 +30,8 @@
 //!   others.
 //! - The size expected is the largest message seen lately: it rises at once to a larger
 //!   message and moves a tenth of the way down towards each smaller one; a tenant's loop plans
-//!   with its tenant's own (the service's until the tenant's first message arrives), a shared
-//!   loop with the service's. The service's starts at 1 MiB, the largest payload the hand-off
+//!   with its tenant's own (starting from the service's when the loop starts), a shared loop
+//!   with the service's. The service's starts at 1 MiB, the largest payload the hand-off
 //!   streams admit, so the first fetches ask for few.
 //!
 //! A message is charged when it has arrived: it is already in memory, so it is never refused.
@@ -94,8 +94,7 @@ struct TenantHeld {
     /// The tenant's id: its key in [`ByteBudget`]'s map.
     tenant: TenantId,
     bytes: AtomicUsize,
-    /// The size of the tenant's messages expected: the largest seen lately; 0 until its first
-    /// message, while the service's is used ([`TenantBudget::expected`]).
+    /// The size of the tenant's messages expected: the largest seen lately.
     expected: AtomicUsize,
     /// Woken whenever the tenant's bytes are given back (what its loop waits on).
     freed: Notify,
@@ -185,7 +184,7 @@ impl ByteBudget {
         let held = Arc::new(TenantHeld {
             tenant: tenant.clone(),
             bytes: AtomicUsize::new(0),
-            expected: AtomicUsize::new(0),
+            expected: AtomicUsize::new(self.expected()),
             freed: Notify::new(),
         });
         tenants.insert(tenant.clone(), held.clone());
@@ -316,16 +315,6 @@ pub struct TenantBudget {
 }
 
 impl TenantBudget {
-    /// The size the tenant's messages are expected to have, in bytes (at least 1): the largest
-    /// of its own seen lately, or the service's until its first message has arrived.
-    fn expected(&self) -> usize {
-        match self.tenant.expected.load(Ordering::Relaxed) {
-            0 => self.budget.expected(),
-            own => own,
-        }
-        .max(1)
-    }
-
     /// Whether the tenant's loop may fetch now: the service holds less than the limit, or the
     /// tenant less than its fair share.
     pub fn has_room(&self) -> bool {
@@ -356,7 +345,7 @@ impl TenantBudget {
     /// must not take room from the others meanwhile. As many of the size its messages have
     /// lately as the service's room holds, less what others planned, at least 1.
     pub fn fetch_count(&self, most: usize) -> usize {
-        let each = self.expected();
+        let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
         let taken = self.budget.held() + self.budget.planned.load(Ordering::Relaxed);
         (self.budget.limit.saturating_sub(taken) / each).clamp(1, most.max(1))
     }
@@ -369,7 +358,7 @@ impl TenantBudget {
     /// others, and all tenants' open pulls together ask for about the limit at most.
     pub fn open_pull(&self, most: usize) -> Planned {
         let budget = &self.budget;
-        let each = self.expected();
+        let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
         let slice = budget.limit / budget.tenant_count.load(Ordering::Relaxed).max(1);
         let taken = budget.held() + budget.planned.load(Ordering::Relaxed);
         let count = (slice.min(budget.limit.saturating_sub(taken)) / each).clamp(1, most.max(1));
@@ -386,7 +375,7 @@ impl TenantBudget {
     /// ([`ByteBudget::plan`]). Where only its fair share has room (others hold the rest),
     /// that one: it fetches into its share one message a pull, each after the last arrived.
     pub fn plan(&self, most: usize) -> Planned {
-        let each = self.expected();
+        let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
         let held = self.budget.held();
         let limit = self.budget.limit;
         self.budget.plan_with(each, most, |planned| {
@@ -561,22 +550,6 @@ mod tests {
         let counted = budget.plan(4);
         assert_eq!(tenant.fetch_count(32), 6, "a counted plan is seen");
         drop((open, counted));
-    }
-
-    #[test]
-    fn a_tenant_expects_the_services_size_until_its_first_message() {
-        let budget = ByteBudget::new(10_000, Gauge::default());
-        // A loop started before the service has read anything: 1 MiB expected.
-        let first = budget.tenant(&tenant("first"));
-        assert_eq!(first.open_pull(16).count(), 1);
-        // Other messages bring the service's size down; the tenant's follows until its own
-        // first message.
-        for _ in 0..200 {
-            drop(budget.charge(100, None));
-        }
-        assert_eq!(first.open_pull(16).count(), 16);
-        drop(first.charge(1_000));
-        assert_eq!(first.open_pull(16).count(), 10, "its own size from now on");
     }
 
     #[test]
