@@ -23,11 +23,10 @@
 //! - Each fetch asks for no more messages than the room holds at the size expected, at least
 //!   one, less what other pulls under way asked for and have not brought yet ([`Planned`],
 //!   counted until each message arrives or the pull ends). A pull of one message is not
-//!   counted, nor are backpressure's ([`TenantBudget::fetch_count`]) and those ingress's
-//!   per-tenant loops leave open at a trickle ([`TenantBudget::open_pull`]: the tenant's slice
-//!   of the limit, the limit ÷ the tenants the service reads), which stay open up to 20 s
-//!   whether or not the tenant sends: a tenant that sends nothing takes no room from the
-//!   others.
+//!   counted, nor are backpressure's ([`TenantBudget::fetch_count`]), which stay open up to
+//!   20 s whether or not the tenant sends: a tenant that sends nothing takes no room from the
+//!   others (ingress's per-tenant loops ask for one message until a message shows more behind
+//!   it).
 //! - The size expected is the largest message seen lately: it rises at once to a larger
 //!   message and moves a tenth of the way down towards each smaller one; a tenant's loop plans
 //!   with its tenant's own (starting from the service's when the loop starts), a shared loop
@@ -39,8 +38,7 @@
 //! when their pull was planned (a pull asks for at most 32 messages, 16 for a tenant's loop;
 //! backpressure's and ingress's per-tenant pulls stay open up to 20 s), by the pulls that were
 //! not counted as planned (one message for every loop; at backpressure, each tenant loop's
-//! pull; at ingress, each tenant loop's pull left open at a trickle, together about the
-//! limit), and by the fair shares, which tenants may fill while others' held messages keep the
+//! pull), and by the fair shares, which tenants may fill while others' held messages keep the
 //! service over the limit. In all: about twice the limit, plus up to one pull for each tenant
 //! whose loop fetches at the moment (with many tenants of large messages held long, e.g.
 //! throttled to slow rates at backpressure, that term is the larger).
@@ -114,8 +112,6 @@ pub struct ByteBudget {
     /// What each tenant holds: the tenants holding bytes and those a loop of their own reads
     /// ([`ByteBudget::forget_if_unused`]).
     tenants: Mutex<HashMap<TenantId, Arc<TenantHeld>>>,
-    /// The entries of `tenants`, read without its lock ([`TenantBudget::open_pull`]).
-    tenant_count: AtomicUsize,
     /// Tenants holding bytes now.
     holders: AtomicUsize,
     /// Woken when what is held falls under the limit.
@@ -134,7 +130,6 @@ impl ByteBudget {
             expected: AtomicUsize::new(FIRST_EXPECTED),
             planned: AtomicUsize::new(0),
             tenants: Mutex::new(HashMap::new()),
-            tenant_count: AtomicUsize::new(0),
             holders: AtomicUsize::new(0),
             freed: Notify::new(),
             released: Notify::new(),
@@ -188,7 +183,6 @@ impl ByteBudget {
             freed: Notify::new(),
         });
         tenants.insert(tenant.clone(), held.clone());
-        self.tenant_count.store(tenants.len(), Ordering::Relaxed);
         held
     }
 
@@ -203,7 +197,6 @@ impl ByteBudget {
         // Under the lock no new reference can be taken (`held_by` clones under it).
         if Arc::strong_count(tenant) == 2 && tenant.bytes.load(Ordering::Acquire) == 0 {
             tenants.remove(&tenant.tenant);
-            self.tenant_count.store(tenants.len(), Ordering::Relaxed);
         }
     }
 
@@ -348,26 +341,6 @@ impl TenantBudget {
         let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
         let taken = self.budget.held() + self.budget.planned.load(Ordering::Relaxed);
         (self.budget.limit.saturating_sub(taken) / each).clamp(1, most.max(1))
-    }
-
-    /// Plans the tenant's pull left open at a trickle (its stream empty, the pull waits up to
-    /// 20 s for what the tenant sends next): as many messages of the size its messages have
-    /// lately as the tenant's slice of the budget holds (the limit ÷ the tenants the service
-    /// reads), within the service's room less what other pulls planned, at most `most`, at
-    /// least 1. Not counted as planned, so a tenant that sends nothing takes no room from the
-    /// others, and all tenants' open pulls together ask for about the limit at most.
-    pub fn open_pull(&self, most: usize) -> Planned {
-        let budget = &self.budget;
-        let each = self.tenant.expected.load(Ordering::Relaxed).max(1);
-        let slice = budget.limit / budget.tenant_count.load(Ordering::Relaxed).max(1);
-        let taken = budget.held() + budget.planned.load(Ordering::Relaxed);
-        let count = (slice.min(budget.limit.saturating_sub(taken)) / each).clamp(1, most.max(1));
-        Planned {
-            budget: budget.clone(),
-            each: 0,
-            left: count,
-            count,
-        }
     }
 
     /// Plans the tenant's fetch of at most `most` messages: as many of the size its messages
@@ -550,32 +523,6 @@ mod tests {
         let counted = budget.plan(4);
         assert_eq!(tenant.fetch_count(32), 6, "a counted plan is seen");
         drop((open, counted));
-    }
-
-    #[test]
-    fn a_pull_left_open_asks_for_the_tenants_slice_and_takes_no_room() {
-        let budget = settled_at(1000, 100);
-        let first = budget.tenant(&tenant("first"));
-        assert_eq!(
-            first.open_pull(16).count(),
-            10,
-            "one tenant: the whole limit"
-        );
-        assert_eq!(first.open_pull(4).count(), 4, "at most what it may ask for");
-        let others: Vec<_> = (0..4)
-            .map(|i| budget.tenant(&tenant(&format!("other-{i}"))))
-            .collect();
-        // Five tenants read: a slice of 200 each, two messages of 100.
-        let open: Vec<_> = std::iter::once(&first)
-            .chain(&others)
-            .map(|t| t.open_pull(16))
-            .collect();
-        assert!(open.iter().all(|pull| pull.count() == 2));
-        assert_eq!(budget.plan(32).count(), 10, "open pulls are not planned");
-        // Within the service's room: with 900 held, one message.
-        let held: Vec<_> = (0..9).map(|_| others[0].charge(100)).collect();
-        assert_eq!(first.open_pull(16).count(), 1);
-        drop((held, open));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! pulls). How long a pull stays open is [`PullEnds`]: a loop that owns its slots keeps it open
 //! until it has brought its count, so a trickle costs one pull per pull's worth of messages;
 //! per-tenant loops sharing slots end it when the stream is empty, so each next pull is sized
-//! afresh, and at a trickle keep a pull open for their tenant's slice of the byte budget.
+//! afresh, and at a trickle ask for one message at a time and keep that pull open.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -233,14 +233,12 @@ impl<H: Handler> Worker<H> {
     /// per tenant stream) share: each fetches at most `max_batch` at a time, its pulls end
     /// when its stream is empty (`PullEnds::AtEmpty`), and the slots' FIFO queue serves the
     /// consumers with messages in turn. At a trickle (the last message fetched was a first
-    /// delivery that left the stream empty: its `num_pending` was 0) a pull stays open for the
-    /// messages that come next, as many as the tenant's slice of the byte budget holds
-    /// ([`TenantBudget::open_pull`]; one where the loop has no tenant), until a message shows
-    /// more behind it or is a redelivery. Fetches only while `gate` is open (a
+    /// delivery that left the stream empty: its `num_pending` was 0) a pull asks for one message
+    /// and stays open for it, until a message shows more behind it or is a redelivery. Fetches only while `gate` is open (a
     /// tenant with credit at the next stage, say) and at most the messages it allows per fetch:
-    /// a closed gate stops new fetches (one under way still delivers what it asked for: at
-    /// most the free slots and `max_batch`, at most the gate's [`Meter::fetch_max`], which is
-    /// what bounds a tenant's messages passing a gate that closes while its pull waits),
+    /// a closed gate stops new fetches (one under way still delivers what its stream holds, up
+    /// to what it asked for: at most `max_batch`, at most the gate's [`Meter::fetch_max`], and
+    /// one at a trickle),
     /// and the loop waits for it to open. A gate whose sender is gone counts as open.
     /// Ends, after draining, at `shutdown`
     /// ([`Ended::Shutdown`]) or when a failed fetch finds the consumer gone
@@ -298,9 +296,9 @@ impl<H: Handler> Worker<H> {
         let mut backoff = RetryPolicy::INFRASTRUCTURE.backoff();
         // Boxed, as the consumer: one such loop runs per tenant.
         let mut puller = Box::new(Puller::new(shared.js.clone()));
-        // A per-tenant loop starts at a trickle (a pull left open) until a message shows more
-        // behind it: a tenant that sends nothing keeps that pull open, which takes nothing of
-        // the byte budget's room from the others.
+        // A per-tenant loop starts at a trickle (one message asked for) until a message shows
+        // more behind it: a tenant that sends nothing keeps a one-message pull open, which
+        // takes nothing of the byte budget's room from the others.
         let mut trickle = pull_ends == PullEnds::AtEmpty;
         while !shutdown.is_cancelled() {
             // Room in the service's byte budget (or the tenant's fair share of it) before
@@ -335,21 +333,19 @@ impl<H: Handler> Worker<H> {
                 free = free.min(meter.fetch_max().max(1));
             }
             drop(permit);
+            // At a trickle (the last message left the stream empty) one message is asked for
+            // and the pull stays open for it: nats-server then owes no `404` after it, and no
+            // more than it waits for a slot or passes a gate that closed meanwhile.
+            let (ends, count) = if trickle {
+                (PullEnds::AtCount, 1)
+            } else {
+                (pull_ends, free.min(FETCH_MAX_MESSAGES))
+            };
             // As many as the byte budget's room holds (at least one), counted as planned until
-            // they arrive or the pull ends. At a trickle (the last message left the stream
-            // empty) the pull stays open for what comes next: nats-server then owes no `404`
-            // after each message, and a trickle costs a pull per pull's worth of messages. A
-            // tenant's loop then asks for its slice of the budget
-            // ([`TenantBudget::open_pull`], not counted as planned: a tenant that sends
-            // nothing takes no room from the others), within the free slots and the gate's
-            // meter, which bound what passes a gate that closes meanwhile; a loop without a
-            // tenant, for one.
-            let most = free.min(FETCH_MAX_MESSAGES);
-            let (ends, mut planned) = match (&tenant, trickle) {
-                (Some(tenant), true) => (PullEnds::AtCount, tenant.open_pull(most)),
-                (None, true) => (PullEnds::AtCount, shared.budget.plan(1)),
-                (Some(tenant), false) => (pull_ends, tenant.plan(most)),
-                (None, false) => (pull_ends, shared.budget.plan(most)),
+            // they arrive or the pull ends.
+            let mut planned = match &tenant {
+                Some(tenant) => tenant.plan(count),
+                None => shared.budget.plan(count),
             };
             let count = planned.count();
             let sent =

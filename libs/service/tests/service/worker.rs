@@ -1,9 +1,8 @@
 //! `Worker` against a real stream: dropping a per-tenant consume loop (aborting the service's
 //! task, as a crash would) ends the message tasks it started where they are, leaving their
 //! messages unacked for redelivery — whereas a shutdown waits for them to settle, with no pull
-//! left open while it does; and a gate that closes while a loop without a tenant waits at a
-//! trickle lets at most one message through, while a tenant's trickle is read by one pull
-//! for several messages; and a worker holds no more message bytes than its budget,
+//! left open while it does; and a gate that closes while a tenant's loop waits at a trickle
+//! lets at most one message through; and a worker holds no more message bytes than its budget,
 //! whatever its free slots, while one tenant's held messages never stop another tenant's loop.
 
 use std::sync::Arc;
@@ -134,41 +133,11 @@ impl Handler for Counts {
     }
 }
 
-/// Allows `0` messages a fetch; counts nothing.
-struct FetchMax(usize);
-
-impl switchyard_service::Meter for FetchMax {
-    fn fetch_max(&self) -> usize {
-        self.0
-    }
-    fn fetched(&self, _msg: &jetstream::Message) -> u64 {
-        0
-    }
-    fn finished(&self, _charged: u64) {}
-}
-
 #[tokio::test]
-async fn a_gate_that_closes_while_a_loop_without_a_tenant_trickles_lets_one_message_through() {
-    a_gate_closes_at_a_trickle(None, None, 1).await;
-}
-
-#[tokio::test]
-async fn a_gate_that_closes_while_a_tenant_trickles_lets_what_its_meter_allowed_through() {
-    let tenant = switchyard_keys::TenantId::new("acme").expect("a tenant id");
-    a_gate_closes_at_a_trickle(Some(tenant), Some(Arc::new(FetchMax(2))), 2).await;
-}
-
-/// A loop (for `tenant`, its gate metered by `meter`) waits at a trickle; its gate closes and
-/// a burst follows: at most `most` messages pass the closed gate, and the rest are read once
-/// it opens.
-async fn a_gate_closes_at_a_trickle(
-    tenant: Option<switchyard_keys::TenantId>,
-    meter: Option<Arc<dyn switchyard_service::Meter>>,
-    most: usize,
-) {
+async fn a_gate_that_closes_while_a_tenant_trickles_lets_at_most_one_message_through() {
     let server = NatsServer::start().await;
     // One message in the stream: the loop reads it, and at the trickle it leaves (nothing
-    // behind it) waits for the next with a pull left open.
+    // behind it) waits for the next with a pull for one.
     let (js, mut consumer) = one_message_consumer(&server).await;
     let (handled_tx, mut handled) = mpsc::unbounded_channel();
     let worker = worker(&js, Counts(handled_tx), 4);
@@ -176,8 +145,8 @@ async fn a_gate_closes_at_a_trickle(
     let shutdown = CancellationToken::new();
     let looping = tokio::spawn(worker.consume_gated(
         consumer.clone(),
-        tenant,
-        Some(Gate { open, meter }),
+        None,
+        Some(Gate { open, meter: None }),
         shutdown.clone(),
     ));
     tokio::time::timeout(Duration::from_secs(10), handled.recv())
@@ -185,7 +154,7 @@ async fn a_gate_closes_at_a_trickle(
         .expect("the first message was handled")
         .expect("handler alive");
 
-    // The loop's next pull waits; then the gate closes (the tenant's credit
+    // The loop's next pull waits (for one message); then the gate closes (the tenant's credit
     // at the next stage is spent, say), and a burst follows.
     wait_for("the loop's next pull", Duration::from_secs(10), || {
         let mut consumer = consumer.clone();
@@ -223,14 +192,10 @@ async fn a_gate_closes_at_a_trickle(
         passed += 1;
     }
     assert!(
-        passed <= most,
+        passed <= 1,
         "{passed} messages passed the closed gate (a pull sized for the free slots would have brought 4)"
     );
-    assert_eq!(
-        info.num_pending,
-        5 - passed as u64,
-        "the rest wait in the stream"
-    );
+    assert_eq!(info.num_pending, 5 - passed, "the rest wait in the stream");
 
     // Open again: the rest are read.
     open_tx.send(true).expect("the loop holds the gate");
@@ -247,58 +212,6 @@ async fn a_gate_closes_at_a_trickle(
     );
     let info = consumer.info().await.expect("info");
     assert_eq!(info.num_pending, 0);
-}
-
-#[tokio::test]
-async fn a_tenant_trickling_messages_is_read_by_one_pull_for_several() {
-    use futures::StreamExt;
-    let server = NatsServer::start().await;
-    let (js, mut consumer) = one_message_consumer(&server).await;
-    // Every pull the loop sends, as nats-server receives it.
-    let watcher = server.client().await;
-    let mut pulls = watcher
-        .subscribe("$JS.API.CONSUMER.MSG.NEXT.WORK.worker")
-        .await
-        .expect("subscribe");
-    watcher.flush().await.expect("flush");
-    let (handled_tx, mut handled) = mpsc::unbounded_channel();
-    let worker = worker(&js, Counts(handled_tx), 4);
-    let shutdown = CancellationToken::new();
-    let tenant = switchyard_keys::TenantId::new("acme").expect("a tenant id");
-    let looping =
-        tokio::spawn(worker.consume_gated(consumer.clone(), Some(tenant), None, shutdown.clone()));
-    // Nine messages, each sent once the one before was handled and a pull waits: a trickle,
-    // each leaving the stream empty.
-    for i in 0..9 {
-        if i > 0 {
-            wait_for("a pull waiting", Duration::from_secs(10), || {
-                let mut consumer = consumer.clone();
-                async move { (consumer.info().await.ok()?.num_waiting == 1).then_some(()) }
-            })
-            .await;
-            crate::pull::publish(&js, 1).await;
-        }
-        tokio::time::timeout(Duration::from_secs(10), handled.recv())
-            .await
-            .expect("handled")
-            .expect("handler alive");
-    }
-    shutdown.cancel();
-    assert_eq!(
-        looping.await.expect("the loop ended"),
-        switchyard_service::worker::Ended::Shutdown
-    );
-    watcher.flush().await.expect("flush");
-    let mut sent = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), pulls.next()).await {
-        sent += 1;
-    }
-    // Pulls of four (the free slots) left open: three. One message a pull would be ten.
-    assert!(
-        (1..=4).contains(&sent),
-        "{sent} pulls for nine messages of a trickle"
-    );
-    assert_eq!(consumer.info().await.expect("info").num_pending, 0);
 }
 
 /// Reports each message it starts, then finishes it (acked) when released.
