@@ -190,8 +190,9 @@ impl ByteBudget {
     /// loop's [`TenantBudget`], no other [`Charge`]): a shared loop's tenants come and go, as
     /// do per-tenant loops, and the map keeps those holding bytes or read by a loop. Called by
     /// a dropping charge or loop handle, which holds the one reference besides the map's. (Two
-    /// charges of a tenant dropped at once on two threads may each see the other's reference
-    /// and leave the entry, holding nothing, until the tenant's next charge ends.)
+    /// references dropped at once on two threads, two charges or a loop's handle and its last
+    /// charge, may each see the other and leave the entry, holding nothing, until the tenant's
+    /// next charge ends: a few bytes, and a fair share counted a little smaller.)
     fn forget_if_unused(&self, tenant: &Arc<TenantHeld>) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         // Under the lock no new reference can be taken (`held_by` clones under it).
