@@ -192,7 +192,7 @@ impl ByteBudget {
     /// a dropping charge or loop handle, which holds the one reference besides the map's. (Two
     /// references dropped at once on two threads, two charges or a loop's handle and its last
     /// charge, may each see the other and leave the entry, holding nothing, until the tenant's
-    /// next charge ends: a few bytes, and a fair share counted a little smaller.)
+    /// next charge ends: a few bytes; nothing is counted from it.)
     fn forget_if_unused(&self, tenant: &Arc<TenantHeld>) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         // Under the lock no new reference can be taken (`held_by` clones under it).
