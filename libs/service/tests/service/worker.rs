@@ -58,6 +58,24 @@ async fn one_message_consumer(server: &NatsServer) -> (jetstream::Context, consu
 /// A worker for `handler` with `slots` handler slots (each pull asks for at most that many),
 /// its pulls waiting 20 s.
 fn worker<H: Handler>(js: &jetstream::Context, handler: H, slots: usize) -> Arc<Worker<H>> {
+    worker_with(
+        js,
+        handler,
+        slots,
+        switchyard_service::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
+        Duration::from_secs(20),
+    )
+}
+
+/// A worker for `handler` with `slots` handler slots, a byte budget of `max_in_flight_bytes`
+/// and its pulls waiting `fetch_wait`.
+fn worker_with<H: Handler>(
+    js: &jetstream::Context,
+    handler: H,
+    slots: usize,
+    max_in_flight_bytes: usize,
+    fetch_wait: Duration,
+) -> Arc<Worker<H>> {
     Arc::new(Worker::new(
         Arc::new(handler),
         js.clone(),
@@ -65,8 +83,8 @@ fn worker<H: Handler>(js: &jetstream::Context, handler: H, slots: usize) -> Arc<
         Arc::new(Metrics::new(Stage::Ingress)),
         WorkerSettings {
             concurrency: slots,
-            max_in_flight_bytes: switchyard_service::budget::DEFAULT_MAX_IN_FLIGHT_BYTES,
-            fetch_wait: Duration::from_secs(20),
+            max_in_flight_bytes,
+            fetch_wait,
             max_batch: slots,
             settle: SettleSettings::default(),
         },
@@ -303,19 +321,7 @@ async fn a_shutdown_leaves_no_pull_open_while_it_drains() {
 /// A worker for `handler` with 16 slots and a byte budget of 2,500 bytes (two messages of
 /// [`publish_kib`] fit, a third passes it).
 fn budgeted_worker<H: Handler>(js: &jetstream::Context, handler: H) -> Arc<Worker<H>> {
-    Arc::new(Worker::new(
-        Arc::new(handler),
-        js.clone(),
-        Namespace::new(None),
-        Arc::new(Metrics::new(Stage::Ingress)),
-        WorkerSettings {
-            concurrency: 16,
-            max_in_flight_bytes: 2_500,
-            fetch_wait: Duration::from_secs(1),
-            max_batch: 16,
-            settle: SettleSettings::default(),
-        },
-    ))
+    worker_with(js, handler, 16, 2_500, Duration::from_secs(1))
 }
 
 /// Publishes `count` messages of 1,000 bytes to `subject`, each stored before the next.
